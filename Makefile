@@ -1,0 +1,82 @@
+# moxy -- Lua-scriptable edge proxy.
+#
+#   make run     install what is missing, build, start on the quickstart config
+#   make test    install what is missing, build, run every spec
+#   make check   the same specs against an ASan+UBSan build
+#   make bench   moxy vs nginx side by side (wrk on loopback)
+
+PREFIX    ?= /usr/local
+LUADIR    ?= $(PREFIX)/share/moxy/lua
+CC        ?= cc
+LLHTTP_SRC = /usr/share/llhttp
+LLHTTP_INC = /usr/share/include/llhttp
+
+PKGS      := luajit libevent_core libevent_pthreads libssl libcrypto zlib libmaxminddb
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fno-strict-aliasing \
+             -I$(LLHTTP_INC) -Icore -DMOXY_LUADIR='"$(LUADIR)"'
+LDLIBS    += -lluajit-5.1 -levent_core -levent_pthreads -lssl -lcrypto -lz -lmaxminddb -lpthread -lm -ldl
+LDFLAGS   += -Wl,-E
+
+BUILD     ?= build
+SRCS      := $(wildcard core/*.c)
+OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
+BUSTED     = luajit /usr/bin/busted
+
+.PHONY: all deps run test check bench install fmt lint clean
+
+all: moxy
+
+deps:
+	@tools/deps.sh
+
+moxy: $(BUILD)/moxy
+	cp $< $@
+
+$(BUILD)/moxy: $(OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# llhttp is third-party C from Debian's node-llhttp; build it without our -Werror.
+$(BUILD)/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
+	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+$(BUILD)/llhttp_api.o: $(LLHTTP_SRC)/api.c | $(BUILD)
+	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+$(BUILD)/llhttp_http.o: $(LLHTTP_SRC)/http.c | $(BUILD)
+	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+
+$(BUILD):
+	mkdir -p $@
+
+run: deps moxy
+	./moxy -c conf/quickstart.lua
+
+test: deps moxy
+	MOXY_BIN=$(CURDIR)/moxy $(BUSTED) spec
+
+check: deps
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	        LDFLAGS="-Wl,-E -fsanitize=address,undefined" build-asan/moxy
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  MOXY_BIN=$(CURDIR)/build-asan/moxy MOXY_SANITIZED=1 $(BUSTED) spec
+
+bench: moxy
+	@tools/deps.sh bench
+	bench/run.sh
+
+install: moxy
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUADIR)/moxy
+	install -m 755 moxy $(DESTDIR)$(PREFIX)/bin/moxy
+	install -m 644 lua/moxy/*.lua $(DESTDIR)$(LUADIR)/moxy/
+
+fmt:
+	clang-format -i core/*.c core/*.h
+
+lint:
+	@! grep -rn '#only' spec || (echo "lint: a spec is left with #only" && false)
+	luajit tools/check-ffi.lua
+
+clean:
+	rm -rf build build-asan moxy

@@ -1,0 +1,30 @@
+#!/bin/sh
+# deps.sh -- install the Debian 12 packages moxy needs to build and test.
+#
+#   tools/deps.sh          build + test dependencies
+#   tools/deps.sh bench    also the benchmark peers (nginx, wrk)
+#
+# Installs only what is missing, so it is cheap to call before every build.
+set -eu
+
+BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zlib1g-dev \
+libmaxminddb-dev node-llhttp"
+TEST="lua-busted lua-socket lua-posix lua-cjson python3 curl procps"
+BENCH="nginx wrk util-linux iproute2"
+
+want="$BUILD $TEST"
+[ "${1:-}" = bench ] && want="$want $BENCH"
+
+missing=""
+for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+        || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing$missing"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends $missing
