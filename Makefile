@@ -14,7 +14,8 @@ LLHTTP_INC = /usr/share/include/llhttp
 PKGS      := luajit libevent_core libevent_pthreads libssl libcrypto zlib libmaxminddb
 CFLAGS    ?= -O2 -g
 CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fno-strict-aliasing \
-             -I$(LLHTTP_INC) -Icore -DMOXY_LUADIR='"$(LUADIR)"'
+             -I$(LLHTTP_INC) -Icore -DMOXY_LUADIR='"$(LUADIR)"' -DLLHTTP_STRICT_MODE=1 \
+             $(shell pkg-config --cflags luajit)
 LDLIBS    += -lluajit-5.1 -levent_core -levent_pthreads -lssl -lcrypto -lz -lmaxminddb -lpthread -lm -ldl
 LDFLAGS   += -Wl,-E
 
@@ -41,11 +42,11 @@ $(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)
 
 # llhttp is third-party C from Debian's node-llhttp; build it without our -Werror.
 $(BUILD)/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
-	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 $(BUILD)/llhttp_api.o: $(LLHTTP_SRC)/api.c | $(BUILD)
-	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 $(BUILD)/llhttp_http.o: $(LLHTTP_SRC)/http.c | $(BUILD)
-	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 
 $(BUILD):
 	mkdir -p $@

@@ -1,0 +1,245 @@
+/*
+ * config.c -- the configuration in C; see config.h.  The checking is done by
+ * lua/moxy/config.lua, which returns a normalised table; this file only
+ * copies that table into C structures.
+ */
+#include "config.h"
+#include "log.h"
+#include "lua_vm.h"
+
+#include <arpa/inet.h>
+#include <lauxlib.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static char *field_str(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    char *r = lua_isstring(L, -1) ? strdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return r;
+}
+
+static double field_num(lua_State *L, int idx, const char *key, double dflt)
+{
+    lua_getfield(L, idx, key);
+    double r = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : dflt;
+    lua_pop(L, 1);
+    return r;
+}
+
+/* Read the {text, host, port, family} table at the top of the stack. */
+static int read_addr(lua_State *L, moxy_addr_t *a)
+{
+    int t = lua_gettop(L);
+    a->text = field_str(L, t, "text");
+    char *host = field_str(L, t, "host");
+    int port = (int)field_num(L, t, "port", 0);
+    int family = (int)field_num(L, t, "family", 4);
+    int rc = MOXY_ERROR;
+    memset(&a->sa, 0, sizeof(a->sa));
+    if (host && family == 4) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&a->sa;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) rc = MOXY_OK;
+        a->salen = sizeof(*sin);
+    } else if (host) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&a->sa;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) rc = MOXY_OK;
+        a->salen = sizeof(*sin6);
+    }
+    free(host);
+    return rc;
+}
+
+int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t len)
+{
+    for (int i = 0; i < conf->nupstreams; i++) {
+        if (strlen(conf->upstreams[i].name) == len && memcmp(conf->upstreams[i].name, name, len) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static int level_of(const char *s)
+{
+    for (int i = 0; i <= MOXY_LOG_DEBUG; i++)
+        if (s && strcmp(s, moxy_log_level_names[i]) == 0) return i;
+    return MOXY_LOG_INFO;
+}
+
+/* Copy the normalised table at index t into conf.  On a bad address (which
+ * the Lua side should have caught) prints it and returns MOXY_ERROR. */
+static int read_conf(lua_State *L, int t, moxy_conf_t *c)
+{
+    c->workers = (int)field_num(L, t, "workers", 0);
+    c->dir = field_str(L, t, "dir");
+
+    lua_getfield(L, t, "upstreams");
+    c->nupstreams = (int)lua_objlen(L, -1);
+    c->upstreams = calloc((size_t)c->nupstreams + 1, sizeof(*c->upstreams));
+    for (int i = 0; i < c->nupstreams; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        int u = lua_gettop(L);
+        moxy_upstream_conf_t *up = &c->upstreams[i];
+        up->name = field_str(L, u, "name");
+        up->host = field_str(L, u, "host");
+        up->keepalive = (int)field_num(L, u, "keepalive", 64);
+        up->keepalive_timeout = field_num(L, u, "keepalive_timeout", 60);
+        lua_getfield(L, u, "servers");
+        up->nservers = (int)lua_objlen(L, -1);
+        up->servers = calloc((size_t)up->nservers + 1, sizeof(*up->servers));
+        for (int j = 0; j < up->nservers; j++) {
+            lua_rawgeti(L, -1, j + 1);
+            up->servers[j].weight = (int)field_num(L, -1, "weight", 1);
+            if (read_addr(L, &up->servers[j].addr) != MOXY_OK) {
+                fprintf(stderr, "%s: upstreams.%s: bad address\n", c->path, up->name);
+                return MOXY_ERROR;
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+
+    char *dflt = field_str(L, t, "default_upstream");
+    c->default_upstream = dflt ? moxy_conf_upstream_index(c, dflt, strlen(dflt)) : -1;
+    free(dflt);
+
+    lua_getfield(L, t, "listen");
+    c->nlistens = (int)lua_objlen(L, -1);
+    c->listens = calloc((size_t)c->nlistens + 1, sizeof(*c->listens));
+    for (int i = 0; i < c->nlistens; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        int l = lua_gettop(L);
+        moxy_listen_conf_t *ls = &c->listens[i];
+        ls->name = field_str(L, l, "name");
+        ls->backlog = (int)field_num(L, l, "backlog", 4096);
+        char *up = field_str(L, l, "upstream");
+        ls->upstream = up ? moxy_conf_upstream_index(c, up, strlen(up)) : -1;
+        free(up);
+        lua_getfield(L, l, "addr");
+        if (read_addr(L, &ls->addr) != MOXY_OK) {
+            fprintf(stderr, "%s: listen[%d]: bad address\n", c->path, i + 1);
+            return MOXY_ERROR;
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "scripts");
+    c->nscripts = (int)lua_objlen(L, -1);
+    c->scripts = calloc((size_t)c->nscripts + 1, sizeof(char *));
+    for (int i = 0; i < c->nscripts; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        c->scripts[i] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "limits");
+    int lim = lua_gettop(L);
+    c->limits.header_bytes = (size_t)field_num(L, lim, "header_bytes", 32768);
+    c->limits.headers = (int)field_num(L, lim, "headers", 100);
+    c->limits.uri_bytes = (size_t)field_num(L, lim, "uri_bytes", 8192);
+    c->limits.body_bytes = (uint64_t)field_num(L, lim, "body_bytes", 64.0 * 1024 * 1024);
+    c->limits.connections = (int)field_num(L, lim, "connections", 10000);
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "timeouts");
+    int to = lua_gettop(L);
+    c->timeouts.client_header = field_num(L, to, "client_header", 10);
+    c->timeouts.client_body = field_num(L, to, "client_body", 30);
+    c->timeouts.client_send = field_num(L, to, "client_send", 60);
+    c->timeouts.connect = field_num(L, to, "connect", 3);
+    c->timeouts.upstream = field_num(L, to, "upstream", 60);
+    c->timeouts.keepalive = field_num(L, to, "keepalive", 75);
+    c->timeouts.drain = field_num(L, to, "drain", 60);
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "log");
+    int lg = lua_gettop(L);
+    c->log.access = field_str(L, lg, "access");
+    char *fmt = field_str(L, lg, "format");
+    c->log.format = fmt && strcmp(fmt, "json") == 0 ? MOXY_ALOG_JSON : MOXY_ALOG_COMBINED;
+    free(fmt);
+    c->log.error = field_str(L, lg, "error");
+    char *lvl = field_str(L, lg, "level");
+    c->log.level = level_of(lvl);
+    free(lvl);
+    lua_pop(L, 1);
+    return MOXY_OK;
+}
+
+moxy_conf_t *moxy_conf_load(const char *path)
+{
+    moxy_conf_t *c = NULL;
+    lua_State *L = moxy_lua_new(NULL);
+    if (!L) {
+        fprintf(stderr, "moxy: out of memory\n");
+        return NULL;
+    }
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moxy.config");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        fprintf(stderr, "moxy: cannot load moxy's Lua modules from %s: %s\n", moxy_lua_dir(),
+                lua_tostring(L, -1));
+        goto err;
+    }
+    lua_getfield(L, -1, "load");
+    lua_pushstring(L, path);
+    if (lua_pcall(L, 1, 2, 0) != 0) {
+        fprintf(stderr, "%s: %s\n", path, lua_tostring(L, -1));
+        goto err;
+    }
+    if (lua_isnil(L, -2)) {
+        int n = (int)lua_objlen(L, -1);
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            fprintf(stderr, "%s\n", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        goto err;
+    }
+    lua_pop(L, 1);
+    c = calloc(1, sizeof(*c));
+    if (!c) goto err;
+    c->path = strdup(path);
+    if (read_conf(L, lua_gettop(L), c) != MOXY_OK) goto err;
+    lua_close(L);
+    return c;
+
+err:
+    moxy_conf_free(c);
+    lua_close(L);
+    return NULL;
+}
+
+void moxy_conf_free(moxy_conf_t *c)
+{
+    if (!c) return;
+    for (int i = 0; i < c->nupstreams; i++) {
+        moxy_upstream_conf_t *u = &c->upstreams[i];
+        for (int j = 0; j < u->nservers; j++) free(u->servers[j].addr.text);
+        free(u->servers);
+        free(u->name);
+        free(u->host);
+    }
+    free(c->upstreams);
+    for (int i = 0; i < c->nlistens; i++) {
+        free(c->listens[i].addr.text);
+        free(c->listens[i].name);
+    }
+    free(c->listens);
+    for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
+    free(c->scripts);
+    free(c->log.access);
+    free(c->log.error);
+    free(c->path);
+    free(c->dir);
+    free(c);
+}

@@ -1,0 +1,143 @@
+/*
+ * ffi.c -- the FFI exports of ffi.h.
+ */
+#include "ffi.h"
+#include "headers.h"
+#include "http.h"
+#include "worker.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+EXPORT int moxy_ffi_abi_version(void)
+{
+    return MOXY_FFI_ABI;
+}
+
+static moxy_headers_t *list_of(moxy_req_t *r, int which)
+{
+    return which ? &r->resp_headers : &r->headers;
+}
+
+EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len)
+{
+    moxy_client_t *c = r->c;
+    const moxy_conf_t *conf = c->w->conf;
+    switch (field) {
+    case MOXY_FFI_F_METHOD:
+        *out = r->method_name;
+        *len = strlen(r->method_name);
+        return MOXY_OK;
+    case MOXY_FFI_F_URI:
+        *out = r->uri;
+        *len = r->uri_len;
+        return MOXY_OK;
+    case MOXY_FFI_F_PATH:
+        *out = r->uri;
+        *len = r->path_len;
+        return MOXY_OK;
+    case MOXY_FFI_F_QUERY:
+        if (r->path_len >= r->uri_len) return MOXY_DECLINED;
+        *out = r->uri + r->path_len + 1;
+        *len = r->uri_len - r->path_len - 1;
+        return MOXY_OK;
+    case MOXY_FFI_F_HOST:
+        if (!r->host) return MOXY_DECLINED;
+        *out = r->host;
+        *len = strlen(r->host);
+        return MOXY_OK;
+    case MOXY_FFI_F_CLIENT_IP:
+        *out = c->ip;
+        *len = strlen(c->ip);
+        return MOXY_OK;
+    case MOXY_FFI_F_ID:
+        *out = r->id;
+        *len = strlen(r->id);
+        return MOXY_OK;
+    case MOXY_FFI_F_LISTENER:
+        *out = conf->listens[c->listen_index].name;
+        *len = strlen(*out);
+        return MOXY_OK;
+    case MOXY_FFI_F_VERSION:
+        *out = r->http_minor ? "1.1" : "1.0";
+        *len = 3;
+        return MOXY_OK;
+    case MOXY_FFI_F_POOL:
+        if (r->pool < 0) return MOXY_DECLINED;
+        *out = conf->upstreams[r->pool].name;
+        *len = strlen(*out);
+        return MOXY_OK;
+    }
+    return MOXY_ERROR;
+}
+
+EXPORT int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen, int index,
+                               const char **val, size_t *vlen)
+{
+    moxy_headers_t *hs = list_of(r, which);
+    int i = -1;
+    for (int k = 0; k <= index; k++) {
+        i = moxy_headers_find(hs, name, nlen, (uint32_t)(i + 1));
+        if (i < 0) return MOXY_DECLINED;
+    }
+    *val = hs->h[i].value;
+    *vlen = hs->h[i].value_len;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen,
+                               const char *val, size_t vlen, int add)
+{
+    if (!moxy_header_name_valid(name, nlen) || !moxy_header_value_valid(val, vlen)) return MOXY_ERROR;
+    moxy_pool_t *pool = &r->c->pool;
+    moxy_headers_t *hs = list_of(r, which);
+    int rc = add ? moxy_headers_add(pool, hs, name, nlen, val, vlen)
+                 : moxy_headers_set(pool, hs, name, nlen, val, vlen);
+    if (rc == MOXY_OK && !which && MOXY_STRIEQ_LIT(name, nlen, "host")) {
+        int i = moxy_headers_find(hs, "host", 4, 0);
+        r->host = i >= 0 ? hs->h[i].value : NULL;
+    }
+    return rc;
+}
+
+EXPORT int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nlen)
+{
+    int n = moxy_headers_remove(list_of(r, which), name, nlen);
+    if (!which && MOXY_STRIEQ_LIT(name, nlen, "host")) r->host = NULL;
+    return n;
+}
+
+EXPORT int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, size_t *nlen,
+                              const char **val, size_t *vlen)
+{
+    moxy_headers_t *hs = list_of(r, which);
+    if (index < 0 || (uint32_t)index >= hs->n) return MOXY_DECLINED;
+    *name = hs->h[index].name;
+    *nlen = hs->h[index].name_len;
+    *val = hs->h[index].value;
+    *vlen = hs->h[index].value_len;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len)
+{
+    int i = moxy_conf_upstream_index(r->c->w->conf, name, len);
+    if (i < 0) return MOXY_DECLINED;
+    r->pool = i;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len)
+{
+    if (status < 200 || status > 999 || status == 101) return MOXY_ERROR;
+    r->local_body = len ? moxy_pstrdup(&r->c->pool, body, len) : NULL;
+    if (len && !r->local_body) return MOXY_ERROR;
+    r->local_body_len = len;
+    r->status = status;
+    r->local = 1;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_client_port(moxy_req_t *r)
+{
+    return r->c->port;
+}

@@ -1,0 +1,129 @@
+/*
+ * headers.c -- header lists and hop-by-hop rules; see headers.h.
+ */
+#include "headers.h"
+
+static int grow(moxy_pool_t *pool, moxy_headers_t *hs)
+{
+    uint32_t cap = hs->cap ? hs->cap * 2 : 16;
+    moxy_header_t *h = moxy_prealloc(pool, hs->h, hs->cap * sizeof(*h), cap * sizeof(*h));
+    if (!h) return MOXY_ERROR;
+    hs->h = h;
+    hs->cap = cap;
+    return MOXY_OK;
+}
+
+int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                     const char *value, size_t vlen)
+{
+    if (hs->n == hs->cap && grow(pool, hs) != MOXY_OK) return MOXY_ERROR;
+    char *buf = moxy_palloc(pool, nlen + vlen + 2);
+    if (!buf) return MOXY_ERROR;
+    memcpy(buf, name, nlen);
+    buf[nlen] = '\0';
+    memcpy(buf + nlen + 1, value, vlen);
+    buf[nlen + 1 + vlen] = '\0';
+    moxy_header_t *h = &hs->h[hs->n++];
+    h->name = buf;
+    h->name_len = (uint32_t)nlen;
+    h->value = buf + nlen + 1;
+    h->value_len = (uint32_t)vlen;
+    return MOXY_OK;
+}
+
+int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, uint32_t start)
+{
+    for (uint32_t i = start; i < hs->n; i++)
+        if (moxy_strieq(hs->h[i].name, hs->h[i].name_len, name, nlen)) return (int)i;
+    return -1;
+}
+
+int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen)
+{
+    uint32_t j = 0;
+    int removed = 0;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        if (moxy_strieq(hs->h[i].name, hs->h[i].name_len, name, nlen)) {
+            removed++;
+            continue;
+        }
+        hs->h[j++] = hs->h[i];
+    }
+    hs->n = j;
+    return removed;
+}
+
+int moxy_headers_set(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                     const char *value, size_t vlen)
+{
+    moxy_headers_remove(hs, name, nlen);
+    return moxy_headers_add(pool, hs, name, nlen, value, vlen);
+}
+
+/* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+ *         "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+static const uint8_t tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
+    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,
+    ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
+    ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1,
+    ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,
+    ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1,
+    ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1,
+    ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
+int moxy_header_name_valid(const char *p, size_t n)
+{
+    if (n == 0) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!tchar[(unsigned char)p[i]]) return 0;
+    return 1;
+}
+
+int moxy_header_value_valid(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch < 0x20 && ch != '\t') return 0;
+        if (ch == 0x7f) return 0;
+    }
+    return 1;
+}
+
+int moxy_list_has_token(const char *v, size_t vlen, const char *token, size_t tlen)
+{
+    size_t i = 0;
+    while (i < vlen) {
+        while (i < vlen && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+        size_t s = i;
+        while (i < vlen && v[i] != ',') i++;
+        size_t e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+        if (e > s && moxy_strieq(v + s, e - s, token, tlen)) return 1;
+    }
+    return 0;
+}
+
+int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h)
+{
+    const char *n = h->name;
+    size_t l = h->name_len;
+    if (MOXY_STRIEQ_LIT(n, l, "connection") || MOXY_STRIEQ_LIT(n, l, "keep-alive") ||
+        MOXY_STRIEQ_LIT(n, l, "te") || MOXY_STRIEQ_LIT(n, l, "trailer") ||
+        MOXY_STRIEQ_LIT(n, l, "transfer-encoding") || MOXY_STRIEQ_LIT(n, l, "upgrade"))
+        return 1;
+    if (l >= 6 && moxy_strieq(n, 6, "proxy-", 6)) return 1;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *c = &hs->h[i];
+        if (MOXY_STRIEQ_LIT(c->name, c->name_len, "connection") &&
+            moxy_list_has_token(c->value, c->value_len, n, l))
+            return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,37 @@
+/*
+ * headers.h -- ordered header lists in a request pool, and the rules about
+ * which headers are hop-by-hop.
+ */
+#ifndef MOXY_HEADERS_H
+#define MOXY_HEADERS_H
+
+#include "http-t.h"
+
+/* Append name: value (copied into pool).  MOXY_OK or MOXY_ERROR (out of memory). */
+int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                     const char *value, size_t vlen);
+
+/* Index of the first header called name at or after start, or -1. */
+int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, uint32_t start);
+
+/* Remove every header called name; returns how many were removed. */
+int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen);
+
+/* Replace every header called name by one name: value.  MOXY_OK or MOXY_ERROR. */
+int moxy_headers_set(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                     const char *value, size_t vlen);
+
+/* 1 when the bytes are a valid field name (RFC 9110 token). */
+int moxy_header_name_valid(const char *p, size_t n);
+
+/* 1 when the bytes are a valid field value (VCHAR, SP, HTAB, obs-text; no CR/LF/NUL). */
+int moxy_header_value_valid(const char *p, size_t n);
+
+/* 1 when the header must not be forwarded (hop-by-hop) in either direction,
+ * given the Connection header values in hs (which name more hop-by-hop ones). */
+int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h);
+
+/* 1 when the comma-separated list value contains token (case-insensitive). */
+int moxy_list_has_token(const char *value, size_t vlen, const char *token, size_t tlen);
+
+#endif

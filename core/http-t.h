@@ -1,0 +1,212 @@
+/*
+ * http-t.h -- the types of the HTTP/1.x proxy: header lists, client
+ * connections, requests and origin connections.  Prototypes are in http.h.
+ *
+ * Lifetimes: a client connection (moxy_client_t) is malloc'ed at accept and
+ * freed at close.  Its request (moxy_req_t) and everything the request points
+ * to come from the connection's pool, reset after the request is logged.  An
+ * origin connection (moxy_upconn_t) is malloc'ed at connect and freed at close;
+ * between requests it waits in its worker's idle list for its pool.
+ */
+#ifndef MOXY_HTTP_T_H
+#define MOXY_HTTP_T_H
+
+#include "moxy.h"
+#include "pool.h"
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <llhttp.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+typedef struct moxy_worker_s moxy_worker_t;
+typedef struct moxy_listener_s moxy_listener_t;
+typedef struct moxy_client_s moxy_client_t;
+typedef struct moxy_req_s moxy_req_t;
+typedef struct moxy_upconn_s moxy_upconn_t;
+typedef struct moxy_pool_rt_s moxy_pool_rt_t;
+
+/* Bytes queued toward a peer above which we stop reading from the other side,
+ * and below which we start again (le-proxy's watermarks). */
+#define MOXY_HIGH_WATER (256 * 1024)
+#define MOXY_LOW_WATER (64 * 1024)
+#define MOXY_READ_CHUNK 16384
+
+/* One header.  Name and value live in the request pool. */
+typedef struct {
+    char *name;
+    char *value;
+    uint32_t name_len;
+    uint32_t value_len;
+} moxy_header_t;
+
+/* An ordered list of headers (order and repeats are kept, as received). */
+typedef struct {
+    moxy_header_t *h;
+    uint32_t n;
+    uint32_t cap;
+} moxy_headers_t;
+
+/* How a message body is delimited. */
+typedef enum {
+    MOXY_BODY_NONE = 0, /* no body */
+    MOXY_BODY_LENGTH,   /* Content-Length bytes */
+    MOXY_BODY_CHUNKED,  /* chunked coding */
+    MOXY_BODY_EOF,      /* until the connection closes (responses only) */
+} moxy_body_kind_t;
+
+/* Where the client connection is. */
+typedef enum {
+    MOXY_C_HEAD = 0,  /* reading a request head (or idle between requests) */
+    MOXY_C_ACTIVE,    /* a request is being served */
+    MOXY_C_TUNNEL,    /* bytes pass both ways after a 101 */
+    MOXY_C_CLOSING,   /* flushing the last bytes, then close */
+} moxy_client_state_t;
+
+/* Where the response of the current request is. */
+typedef enum {
+    MOXY_R_NONE = 0, /* nothing sent to the client yet */
+    MOXY_R_BODY,     /* head sent, body streaming */
+    MOXY_R_DONE,     /* the whole response is queued for the client */
+} moxy_resp_state_t;
+
+/* A listening socket of one worker. */
+struct moxy_listener_s {
+    moxy_worker_t *w;
+    int fd;
+    int conf_index; /* index into conf->listens */
+    struct event ev;
+};
+
+/* A request, from its first byte to its access-log line. */
+struct moxy_req_s {
+    moxy_client_t *c;
+
+    /* request head */
+    uint8_t method;        /* llhttp_method_t */
+    uint8_t http_major, http_minor;
+    char *method_name;     /* NUL-terminated, static or pool */
+    char *uri;             /* as received; NUL-terminated */
+    uint32_t uri_len;
+    uint32_t path_len;     /* uri[0..path_len) is the path, the query follows '?' */
+    moxy_headers_t headers;
+    moxy_headers_t trailers; /* of a chunked request body */
+    char *host;            /* Host header, NUL-terminated, or NULL */
+    char id[129];          /* request id, NUL-terminated */
+
+    /* head parsing scratch */
+    char *field;           /* header name being assembled */
+    char *value;           /* header value being assembled */
+    uint32_t field_len, value_len;
+    uint32_t field_cap, value_cap;
+    size_t head_bytes;     /* bytes of request line + headers so far */
+    unsigned in_trailers : 1;
+
+    /* request body */
+    moxy_body_kind_t body_kind;
+    uint64_t body_length;  /* Content-Length as received */
+    uint64_t body_left;    /* MOXY_BODY_LENGTH: bytes not yet read */
+    uint64_t body_read;    /* bytes of body read from the client */
+    unsigned body_done : 1;
+    unsigned expect_continue : 1;
+    unsigned upgrade : 1;      /* Upgrade requested and allowed */
+    unsigned keepalive : 1;    /* the client connection may serve another request */
+    unsigned has_te : 1;
+    unsigned has_cl : 1;
+    unsigned hook_done : 1;
+
+    /* upstream */
+    int pool;              /* index into conf->upstreams, or -1 */
+    moxy_upconn_t *up;
+    int tries;
+    char peer[64];         /* "ip:port" of the last peer, for logs */
+
+    /* response */
+    moxy_resp_state_t resp_state;
+    int status;            /* status sent (or to send) to the client */
+    moxy_headers_t resp_headers;
+    moxy_headers_t resp_trailers;
+    moxy_body_kind_t resp_body_kind; /* as received from the origin */
+    uint64_t resp_body_left;
+    unsigned resp_chunked_out : 1; /* we chunk the body toward the client */
+    unsigned resp_head_sent : 1;
+    unsigned local : 1;            /* answered by moxy itself (hook, error page) */
+    char *local_body;              /* body of a local response */
+    size_t local_body_len;
+    uint64_t bytes_sent;           /* body bytes queued for the client */
+    const char *error;             /* why moxy answered with an error, for the log */
+
+    /* timing */
+    struct timeval started;
+};
+
+/* A client connection. */
+struct moxy_client_s {
+    moxy_worker_t *w;
+    int fd;
+    int listen_index;           /* conf->listens[] it came in on */
+    moxy_client_state_t state;
+    struct event rev, wev;
+    struct evbuffer *in;        /* NULL while idle */
+    struct evbuffer *out;       /* NULL while idle */
+    llhttp_t parser;
+    moxy_pool_t pool;           /* the current request's memory */
+    moxy_req_t *req;            /* current request, NULL between requests */
+    struct timeval head_deadline; /* client_header timeout of the current head */
+    unsigned reading : 1;       /* rev is added */
+    unsigned writing : 1;       /* wev is added */
+    unsigned eof : 1;           /* the client closed its side */
+    unsigned close_after : 1;   /* close once the current response is out */
+    unsigned in_process : 1;    /* client_process is on the stack */
+    unsigned dead : 1;          /* closed; freed when busy drops to 0 */
+    int busy;                   /* event callbacks on the stack that use c */
+    uint16_t port;
+    char ip[46];
+    LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */
+};
+
+/* A connection to an origin server. */
+struct moxy_upconn_s {
+    moxy_worker_t *w;
+    int fd;
+    int pool;                   /* index into conf->upstreams */
+    int server;                 /* index into the pool's servers */
+    struct event rev, wev;
+    struct evbuffer *in;
+    struct evbuffer *out;
+    llhttp_t parser;
+    moxy_req_t *req;            /* the request it serves, NULL while idle */
+    unsigned connected : 1;
+    unsigned reused : 1;        /* served an earlier request */
+    unsigned got_bytes : 1;     /* any response byte for the current request */
+    unsigned keepalive : 1;     /* may be reused after this response */
+    unsigned reading : 1;
+    unsigned writing : 1;
+    unsigned eof : 1;
+    unsigned head_done : 1;     /* response head of the current request parsed */
+    unsigned in_trailers : 1;
+    unsigned interim : 1;       /* parsing a 1xx response */
+    unsigned body_done : 1;     /* chunked response body complete */
+    unsigned write_failed : 1;
+    unsigned idle : 1;          /* in the pool's idle list */
+    unsigned dead : 1;          /* closed; freed when busy drops to 0 */
+    int busy;
+    size_t head_bytes;
+    char *field;
+    char *value;
+    uint32_t field_len, value_len, field_cap, value_cap;
+    TAILQ_ENTRY(moxy_upconn_s) idle_link;
+};
+
+TAILQ_HEAD(moxy_upconn_list_s, moxy_upconn_s);
+
+/* A worker's running state of one upstream pool. */
+struct moxy_pool_rt_s {
+    int *current_weight;              /* smooth weighted round-robin state */
+    struct moxy_upconn_list_s idle;   /* idle keep-alive connections, newest first */
+    int nidle;
+};
+
+#endif

@@ -1,0 +1,947 @@
+/*
+ * http_client.c -- the client side of the proxy: accept, parse each request
+ * head with llhttp (strict), check it, run the hooks, stream the request body
+ * to the origin connection, write the response, keep the connection alive.
+ *
+ * One request at a time per connection: pipelined requests wait in c->in
+ * until the current response is queued, so answers go out in order.
+ *
+ * Request bodies with Content-Length bypass llhttp: the head parser is paused
+ * at the end of the headers and the body bytes are moved (not copied) from
+ * the client's input buffer to the origin's output buffer.  Chunked bodies go
+ * through llhttp, which checks the framing, and are re-chunked toward the
+ * origin: what the origin sees is always framed by moxy, never passed through.
+ */
+#include "headers.h"
+#include "http.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg);
+static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+static void client_process(moxy_client_t *c);
+static void client_finish_request(moxy_client_t *c);
+
+/* --- reading control --- */
+
+static void client_read_timeout(moxy_client_t *c, const struct timeval *tv)
+{
+    event_add(&c->rev, tv);
+    c->reading = 1;
+}
+
+static void client_stop_read(moxy_client_t *c)
+{
+    if (c->reading) {
+        event_del(&c->rev);
+        c->reading = 0;
+    }
+}
+
+/* (Re)arm the read event with the timeout that fits where the connection is. */
+static void client_want_read(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    moxy_req_t *r = c->req;
+    if (c->eof || c->state == MOXY_C_CLOSING) {
+        client_stop_read(c);
+        return;
+    }
+    if (c->state == MOXY_C_HEAD) {
+        int partial = r && r->head_bytes > 0;
+        if (partial || c->listen_index < 0) client_read_timeout(c, &w->tv_client_header);
+        else client_read_timeout(c, w->ctv_keepalive);
+    } else if (c->state == MOXY_C_TUNNEL) {
+        client_read_timeout(c, w->ctv_upstream);
+    } else if (r && !r->body_done) {
+        client_read_timeout(c, w->ctv_client_body);
+    } else {
+        /* Body done: read only to notice pipelined requests or a close,
+         * and not more than one head's worth. */
+        if (evbuffer_get_length(c->in) > w->conf->limits.header_bytes) client_stop_read(c);
+        else client_read_timeout(c, NULL);
+    }
+}
+
+/* --- request life --- */
+
+static const llhttp_settings_t *request_settings(void);
+
+static moxy_req_t *client_new_request(moxy_client_t *c)
+{
+    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
+    if (!r) return NULL;
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->pool = -1;
+    r->status = 0;
+    r->started = (struct timeval){0, 0};
+    event_base_gettimeofday_cached(c->w->base, &r->started);
+    c->req = r;
+    llhttp_init(&c->parser, HTTP_REQUEST, request_settings());
+    c->parser.data = c;
+    return r;
+}
+
+void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index)
+{
+    moxy_client_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->fd = fd;
+    c->listen_index = listen_index;
+    moxy_pool_init(&c->pool);
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s->sin_addr, c->ip, sizeof(c->ip));
+        c->port = ntohs(s->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s->sin6_addr, c->ip, sizeof(c->ip));
+        c->port = ntohs(s->sin6_port);
+    } else {
+        strcpy(c->ip, "unix");
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    LIST_INSERT_HEAD(&w->clients, c, link);
+    w->nconns++;
+    /* The first request gets the client_header timeout from accept on. */
+    struct timeval now;
+    event_base_gettimeofday_cached(w->base, &now);
+    evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
+    client_read_timeout(c, &w->tv_client_header);
+    c->listen_index = listen_index;
+}
+
+static void client_free(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    if (c->in) evbuffer_free(c->in);
+    if (c->out) evbuffer_free(c->out);
+    moxy_pool_reset(&c->pool);
+    LIST_REMOVE(c, link);
+    free(c);
+    moxy_worker_conn_closed(w);
+}
+
+void moxy_client_hold(moxy_client_t *c)
+{
+    c->busy++;
+}
+
+void moxy_client_release(moxy_client_t *c)
+{
+    if (--c->busy == 0 && c->dead) client_free(c);
+}
+
+void moxy_client_close(moxy_client_t *c)
+{
+    if (c->dead) return;
+    c->dead = 1;
+    moxy_req_t *r = c->req;
+    if (r) {
+        if (r->up) {
+            moxy_upconn_t *u = r->up;
+            r->up = NULL;
+            u->req = NULL;
+            moxy_upconn_close(u);
+        }
+        if (r->method_name) {
+            if (r->resp_state != MOXY_R_DONE) {
+                if (!r->status || !r->resp_head_sent) r->status = 499;
+                if (!r->error) r->error = "client closed";
+            }
+            moxy_access_log(r);
+        }
+        c->req = NULL;
+    }
+    event_del(&c->rev);
+    event_del(&c->wev);
+    close(c->fd);
+    c->fd = -1;
+    if (c->busy == 0) client_free(c);
+}
+
+void moxy_client_drain(moxy_client_t *c)
+{
+    if (c->state == MOXY_C_HEAD && (!c->req || c->req->head_bytes == 0) &&
+        (!c->out || evbuffer_get_length(c->out) == 0)) {
+        moxy_client_close(c);
+        return;
+    }
+    c->close_after = 1;
+}
+
+/* Close once the output is flushed; no more reading. */
+static void client_closing(moxy_client_t *c)
+{
+    c->state = MOXY_C_CLOSING;
+    client_stop_read(c);
+    if (!c->out || evbuffer_get_length(c->out) == 0) {
+        moxy_client_close(c);
+        return;
+    }
+    moxy_client_send(c);
+}
+
+/* Answer a request that could not be parsed or was refused before its
+ * hooks ran, then close: nothing after a bad head can be trusted. */
+static void client_reject(moxy_client_t *c, int status, const char *why)
+{
+    moxy_req_t *r = c->req;
+    client_stop_read(c);
+    r->keepalive = 0;
+    c->close_after = 1;
+    moxy_resp_error(r, status, why);
+}
+
+static int client_ensure_buffers(moxy_client_t *c)
+{
+    if (!c->in && !(c->in = evbuffer_new())) return MOXY_ERROR;
+    if (!c->out && !(c->out = evbuffer_new())) return MOXY_ERROR;
+    return MOXY_OK;
+}
+
+/* --- writing --- */
+
+int moxy_client_send(moxy_client_t *c)
+{
+    size_t left = evbuffer_get_length(c->out);
+    while (left > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) break;
+            moxy_log(MOXY_LOG_DEBUG, c->req ? c->req->id : NULL, "client %s: write: %s", c->ip,
+                     strerror(errno));
+            moxy_client_close(c);
+            return MOXY_ERROR;
+        }
+        if (n == 0) break;
+        left = evbuffer_get_length(c->out);
+    }
+    if (left > 0) {
+        if (!c->writing) {
+            event_add(&c->wev, c->w->ctv_client_send);
+            c->writing = 1;
+        }
+    } else if (c->writing) {
+        event_del(&c->wev);
+        c->writing = 0;
+    }
+    if (c->state == MOXY_C_CLOSING && left == 0) {
+        moxy_client_close(c);
+        return MOXY_ERROR;
+    }
+    moxy_req_t *r = c->req;
+    if (r && r->up && left < MOXY_LOW_WATER) moxy_upstream_resume_read(r->up);
+    return MOXY_OK;
+}
+
+static void client_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_client_t *c = arg;
+    MOXY_UNUSED(fd);
+    if (what & EV_TIMEOUT) {
+        moxy_log(MOXY_LOG_INFO, c->req ? c->req->id : NULL, "client %s: send timed out", c->ip);
+        if (c->req && !c->req->error) c->req->error = "client send timeout";
+        moxy_client_close(c);
+        return;
+    }
+    moxy_client_hold(c);
+    moxy_client_send(c);
+    moxy_client_release(c);
+}
+
+/* --- the request head (llhttp callbacks) --- */
+
+static int append(moxy_pool_t *pool, char **buf, uint32_t *len, uint32_t *cap, const char *at,
+                  size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        uint32_t ncap = *cap ? *cap : 64;
+        while (ncap < *len + n + 1) ncap *= 2;
+        char *nb = moxy_prealloc(pool, *buf, *cap, ncap);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, at, n);
+    *len += (uint32_t)n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+/* Fail the parse with status for the client (400 unless said otherwise). */
+static int parse_fail(llhttp_t *p, int status, const char *why)
+{
+    moxy_client_t *c = p->data;
+    c->req->status = status;
+    llhttp_set_error_reason(p, why);
+    return HPE_USER;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->head_bytes += n;
+    if (r->uri_len + n > c->w->conf->limits.uri_bytes) return parse_fail(p, 414, "URI too long");
+    uint32_t cap = r->uri_len ? (r->uri_len + 1) : 0;
+    if (append(&c->pool, &r->uri, &r->uri_len, &cap, at, n)) return -1;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->head_bytes += n;
+    if (r->head_bytes > c->w->conf->limits.header_bytes)
+        return parse_fail(p, 431, "request header fields too large");
+    return append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->head_bytes += n;
+    if (r->head_bytes > c->w->conf->limits.header_bytes)
+        return parse_fail(p, 431, "request header fields too large");
+    return append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    const char *v = r->value ? r->value : "";
+    uint32_t vl = r->value_len;
+    r->head_bytes += 4;
+    /* llhttp (strict) checks tokens; check again what it lets through in
+     * values (NUL and other controls). */
+    if (!moxy_header_name_valid(r->field, r->field_len)) return parse_fail(p, 400, "invalid header name");
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+    if (!moxy_header_value_valid(v, vl)) return parse_fail(p, 400, "invalid header value");
+    moxy_headers_t *hs = r->in_trailers ? &r->trailers : &r->headers;
+    if (!r->in_trailers && (int)hs->n >= c->w->conf->limits.headers)
+        return parse_fail(p, 431, "too many request headers");
+    if (r->in_trailers && MOXY_STRIEQ_LIT(r->field, r->field_len, "content-length"))
+        return parse_fail(p, 400, "Content-Length in trailers");
+    if (moxy_headers_add(&c->pool, hs, r->field, r->field_len, v, vl) != MOXY_OK) return -1;
+    r->field_len = r->value_len = 0;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    c->req->value_len = 0;
+    return 0;
+}
+
+/* Checks llhttp leaves to us; returns 0 or a parse_fail. */
+static int check_head(llhttp_t *p, moxy_req_t *r)
+{
+    int hosts = 0, cls = 0, tes = 0;
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        moxy_header_t *h = &r->headers.h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "host")) {
+            hosts++;
+            r->host = h->value;
+        } else if (MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length")) {
+            cls++;
+        } else if (MOXY_STRIEQ_LIT(h->name, h->name_len, "transfer-encoding")) {
+            tes++;
+            /* Only a lone "chunked" is unambiguous. */
+            if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "chunked"))
+                return parse_fail(p, 400, "unsupported Transfer-Encoding");
+        } else if (MOXY_STRIEQ_LIT(h->name, h->name_len, "expect")) {
+            if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "100-continue"))
+                return parse_fail(p, 417, "unsupported expectation");
+            if (r->http_minor >= 1) r->expect_continue = 1;
+        }
+    }
+    if (hosts > 1) return parse_fail(p, 400, "more than one Host header");
+    if (hosts == 0 && r->http_major == 1 && r->http_minor >= 1)
+        return parse_fail(p, 400, "missing Host header");
+    if (cls > 1) return parse_fail(p, 400, "more than one Content-Length header");
+    if (tes > 1) return parse_fail(p, 400, "more than one Transfer-Encoding header");
+    if (cls && tes) return parse_fail(p, 400, "both Content-Length and Transfer-Encoding");
+    if (tes && r->http_minor == 0) return parse_fail(p, 400, "Transfer-Encoding in HTTP/1.0");
+    r->has_cl = cls > 0;
+    r->has_te = tes > 0;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (r->in_trailers) return 0;
+    r->method = p->method;
+    r->http_major = p->http_major;
+    r->http_minor = p->http_minor;
+    r->method_name = (char *)llhttp_method_name((llhttp_method_t)p->method);
+    if (r->http_major != 1) return parse_fail(p, 505, "HTTP version not supported");
+    if (p->method == HTTP_CONNECT) return parse_fail(p, 405, "CONNECT is not supported");
+    if (!r->uri || r->uri[0] != '/') {
+        if (!(r->uri && r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS))
+            return parse_fail(p, 400, "request target is not an absolute path");
+    }
+    int rc = check_head(p, r);
+    if (rc) return rc;
+    if (p->flags & F_CHUNKED) {
+        r->body_kind = MOXY_BODY_CHUNKED;
+    } else if (r->has_cl) {
+        r->body_kind = p->content_length ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
+        r->body_left = r->body_length = p->content_length;
+    } else {
+        r->body_kind = MOXY_BODY_NONE;
+    }
+    r->upgrade = p->upgrade ? 1 : 0;
+    if (r->uri) {
+        char *q = memchr(r->uri, '?', r->uri_len);
+        r->path_len = q ? (uint32_t)(q - r->uri) : r->uri_len;
+    }
+    return HPE_PAUSED; /* run the hooks before reading on */
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (p->content_length == 0) {
+        r->in_trailers = 1;
+        return 0;
+    }
+    if (r->up) evbuffer_add_printf(r->up->out, "%llx\r\n", (unsigned long long)p->content_length);
+    return 0;
+}
+
+static int on_chunk_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (!r->in_trailers && r->up) evbuffer_add(r->up->out, "\r\n", 2);
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->body_read += n;
+    if (r->body_read > c->w->conf->limits.body_bytes)
+        return parse_fail(p, 413, "request body too large");
+    if (r->up) evbuffer_add(r->up->out, at, n);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (r->body_kind != MOXY_BODY_CHUNKED) return HPE_PAUSED;
+    if (r->up) {
+        struct evbuffer *o = r->up->out;
+        evbuffer_add(o, "0\r\n", 3);
+        for (uint32_t i = 0; i < r->trailers.n; i++) {
+            moxy_header_t *h = &r->trailers.h[i];
+            evbuffer_add(o, h->name, h->name_len);
+            evbuffer_add(o, ": ", 2);
+            evbuffer_add(o, h->value, h->value_len);
+            evbuffer_add(o, "\r\n", 2);
+        }
+        evbuffer_add(o, "\r\n", 2);
+    }
+    r->body_done = 1;
+    return HPE_PAUSED; /* the next request waits for this one's response */
+}
+
+static const llhttp_settings_t *request_settings(void)
+{
+    static llhttp_settings_t s;
+    static int ready;
+    if (!ready) { /* set once, before any worker thread starts (see moxy_http_init) */
+        llhttp_settings_init(&s);
+        s.on_url = on_url;
+        s.on_header_field = on_header_field;
+        s.on_header_value = on_header_value;
+        s.on_header_field_complete = on_header_field_complete;
+        s.on_header_value_complete = on_header_value_complete;
+        s.on_headers_complete = on_headers_complete;
+        s.on_chunk_header = on_chunk_header;
+        s.on_chunk_complete = on_chunk_complete;
+        s.on_body = on_body;
+        s.on_message_complete = on_message_complete;
+        ready = 1;
+    }
+    return &s;
+}
+
+/* Called once from the main thread before workers start. */
+void moxy_http_init(void);
+void moxy_http_init(void)
+{
+    request_settings();
+}
+
+/* Feed c->in to llhttp.  MOXY_OK: paused (head or message complete), consumed
+ * bytes drained; MOXY_AGAIN: all consumed, need more; MOXY_ERROR: parse error
+ * (r->status holds the status to answer, 0 for a plain 400). */
+static int client_parse(moxy_client_t *c, const char **reason)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(c->in, -1, NULL, v, 16);
+    if (n > 16) n = 16;
+    size_t consumed = 0;
+    int rc = MOXY_AGAIN;
+    for (int i = 0; i < n; i++) {
+        const char *base = v[i].iov_base;
+        llhttp_errno_t err = llhttp_execute(&c->parser, base, v[i].iov_len);
+        if (err == HPE_OK) {
+            consumed += v[i].iov_len;
+            continue;
+        }
+        if (err == HPE_PAUSED) {
+            consumed += (size_t)(llhttp_get_error_pos(&c->parser) - base);
+            llhttp_resume(&c->parser);
+            rc = MOXY_OK;
+            break;
+        }
+        *reason = llhttp_get_error_reason(&c->parser);
+        if (!*reason) *reason = llhttp_errno_name(err);
+        rc = MOXY_ERROR;
+        break;
+    }
+    if (consumed) evbuffer_drain(c->in, consumed);
+    return rc;
+}
+
+/* --- starting a request --- */
+
+static int request_id_valid(const char *v, size_t n)
+{
+    if (n == 0 || n > 128) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+static uint64_t rng_next(uint64_t s[2])
+{
+    uint64_t x = s[0], y = s[1];
+    s[0] = y;
+    x ^= x << 23;
+    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return s[1] + y;
+}
+
+static void request_set_id(moxy_req_t *r)
+{
+    int i = moxy_headers_find(&r->headers, "X-Request-Id", 12, 0);
+    if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
+        /* kept: an id given by a trusted edge ties the logs together */
+        size_t n = MOXY_MIN(r->headers.h[i].value_len, sizeof(r->id) - 1);
+        memcpy(r->id, r->headers.h[i].value, n);
+        r->id[n] = '\0';
+        return;
+    }
+    moxy_req_make_id(r);
+}
+
+void moxy_req_make_id(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    uint64_t a = rng_next(c->w->rng), b = rng_next(c->w->rng);
+    snprintf(r->id, sizeof(r->id), "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+    moxy_headers_set(&c->pool, &r->headers, "X-Request-Id", 12, r->id, 32);
+}
+
+/* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
+static int request_add_forwarding(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_pool_t *pool = &c->pool;
+    moxy_headers_t *hs = &r->headers;
+
+    /* X-Forwarded-For: what came in (all lines, joined) plus the client. */
+    size_t len = strlen(c->ip);
+    for (uint32_t i = 0; i < hs->n; i++)
+        if (MOXY_STRIEQ_LIT(hs->h[i].name, hs->h[i].name_len, "x-forwarded-for"))
+            len += hs->h[i].value_len + 2;
+    char *xff = moxy_palloc(pool, len + 1), *p = xff;
+    if (!xff) return MOXY_ERROR;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        moxy_header_t *h = &hs->h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "x-forwarded-for") && h->value_len) {
+            memcpy(p, h->value, h->value_len);
+            p += h->value_len;
+            *p++ = ',';
+            *p++ = ' ';
+        }
+    }
+    p = stpcpy(p, c->ip);
+    if (moxy_headers_set(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK)
+        return MOXY_ERROR;
+    if (moxy_headers_set(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK) return MOXY_ERROR;
+    if (r->host && moxy_headers_set(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK)
+        return MOXY_ERROR;
+    return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
+}
+
+static void client_start_request(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_worker_t *w = c->w;
+    const moxy_conf_t *conf = w->conf;
+
+    /* keep-alive as the client asked (RFC 9112 9.3) */
+    int conn_close = 0, conn_keep = 0;
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        moxy_header_t *h = &r->headers.h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "connection")) {
+            conn_close |= moxy_list_has_token(h->value, h->value_len, "close", 5);
+            conn_keep |= moxy_list_has_token(h->value, h->value_len, "keep-alive", 10);
+        }
+    }
+    r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
+    if (w->draining || c->close_after) r->keepalive = 0;
+
+    request_set_id(r);
+    c->state = MOXY_C_ACTIVE;
+    if (r->body_kind == MOXY_BODY_NONE) r->body_done = 1;
+
+    if (r->body_kind == MOXY_BODY_LENGTH && r->body_left > conf->limits.body_bytes) {
+        client_reject(c, 413, "request body too large");
+        return;
+    }
+    if (request_add_forwarding(r) != MOXY_OK) {
+        client_reject(c, 500, "out of memory");
+        return;
+    }
+
+    int rc = moxy_lua_on_request(r);
+    if (rc == MOXY_DONE) return; /* answered by a hook */
+    if (rc == MOXY_ERROR) {
+        if (!r->body_done) r->keepalive = 0;
+        moxy_resp_error(r, 500, "script error");
+        return;
+    }
+    if (r->pool < 0) {
+        int li = c->listen_index;
+        r->pool = conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
+    }
+    if (r->pool < 0) {
+        if (!r->body_done) r->keepalive = 0;
+        moxy_resp_error(r, 502, "no upstream pool for this request");
+        return;
+    }
+    if (r->expect_continue && !r->body_done)
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    moxy_upstream_start(r);
+}
+
+/* Move request body bytes from c->in to the origin connection.  MOXY_OK when
+ * the caller may go on, MOXY_ERROR when c was answered/closed. */
+static int client_read_body(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_upconn_t *u = r->up;
+    if (!u) {
+        /* Answered without an origin: the body is not read, the connection
+         * will close after the answer. */
+        client_stop_read(c);
+        return MOXY_OK;
+    }
+    if (r->body_kind == MOXY_BODY_LENGTH) {
+        size_t have = evbuffer_get_length(c->in);
+        size_t n = have < r->body_left ? have : (size_t)r->body_left;
+        if (n) {
+            evbuffer_remove_buffer(c->in, u->out, n);
+            r->body_left -= n;
+            r->body_read += n;
+        }
+        if (r->body_left == 0) {
+            r->body_done = 1;
+            llhttp_init(&c->parser, HTTP_REQUEST, request_settings());
+            c->parser.data = c;
+        }
+    } else {
+        const char *reason = NULL;
+        int rc = client_parse(c, &reason);
+        if (rc == MOXY_ERROR) {
+            int status = r->status ? r->status : 400;
+            r->status = 0;
+            moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->ip, reason);
+            if (!r->resp_head_sent) {
+                client_reject(c, status, reason);
+            } else {
+                r->error = reason;
+                moxy_client_close(c);
+            }
+            return MOXY_ERROR;
+        }
+    }
+    moxy_upstream_send(u);
+    if (moxy_upstream_backlogged(u)) client_stop_read(c);
+    return MOXY_OK;
+}
+
+void moxy_client_resume_read(moxy_client_t *c)
+{
+    if (c->state == MOXY_C_ACTIVE && c->req && !c->req->body_done && !c->reading && !c->eof) {
+        client_want_read(c);
+        if (evbuffer_get_length(c->in) > 0) client_process(c);
+    } else if (c->state == MOXY_C_TUNNEL && !c->reading && !c->eof) {
+        client_want_read(c);
+        if (evbuffer_get_length(c->in) > 0) client_process(c);
+    }
+}
+
+/* Parse and start requests, move body bytes: whatever c->in allows.  Not
+ * re-entered: a call from below (a response finished while a request was
+ * being started) leaves the work to the loop already running. */
+static void client_process(moxy_client_t *c)
+{
+    if (c->in_process) return;
+    c->in_process = 1;
+    moxy_worker_t *w = c->w;
+    while (!c->dead) {
+        if (c->state == MOXY_C_HEAD) {
+            if (evbuffer_get_length(c->in) == 0) break;
+            moxy_req_t *r = c->req ? c->req : client_new_request(c);
+            if (!r) {
+                moxy_client_close(c);
+                break;
+            }
+            if (r->head_bytes == 0) {
+                /* first bytes of a head: its client_header deadline starts */
+                struct timeval now;
+                event_base_gettimeofday_cached(w->base, &now);
+                evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
+                r->started = now;
+                r->head_bytes = 1;
+                client_read_timeout(c, &w->tv_client_header);
+            }
+            const char *reason = NULL;
+            int rc = client_parse(c, &reason);
+            if (rc == MOXY_AGAIN) {
+                if (r->head_bytes > w->conf->limits.header_bytes)
+                    client_reject(c, 431, "request header fields too large");
+                break;
+            }
+            if (rc == MOXY_ERROR) {
+                int status = r->status ? r->status : 400;
+                r->status = 0;
+                moxy_log(MOXY_LOG_INFO, NULL, "client %s: bad request: %s", c->ip, reason);
+                client_reject(c, status, reason);
+                break;
+            }
+            client_start_request(c);
+            if (!c->dead && c->state == MOXY_C_ACTIVE) client_want_read(c);
+            continue;
+        }
+        if (c->state == MOXY_C_ACTIVE) {
+            moxy_req_t *r = c->req;
+            if (r->body_done || !r->up || evbuffer_get_length(c->in) == 0) break;
+            if (client_read_body(c) != MOXY_OK || c->dead) break;
+            if (!r->body_done) break;
+            client_want_read(c);
+            continue;
+        }
+        if (c->state == MOXY_C_TUNNEL) {
+            moxy_req_t *r = c->req;
+            if (r->up && evbuffer_get_length(c->in) > 0) {
+                evbuffer_add_buffer(r->up->out, c->in);
+                moxy_upstream_send(r->up);
+                if (!c->dead && r->up && moxy_upstream_backlogged(r->up)) client_stop_read(c);
+            }
+            break;
+        }
+        break; /* closing */
+    }
+    c->in_process = 0;
+    if (!c->dead && c->eof && c->state == MOXY_C_HEAD) moxy_client_close(c);
+}
+
+/* --- the end of a request --- */
+
+void moxy_req_response_done(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    r->resp_state = MOXY_R_DONE;
+    if (c->state == MOXY_C_TUNNEL) return;
+    client_finish_request(c);
+}
+
+static void client_finish_request(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    int keep = r->keepalive && r->body_done && !c->close_after && !c->eof && !c->w->draining;
+    if (r->up) {
+        /* the origin did not finish with us (e.g. the body was cut): close it */
+        moxy_upconn_t *u = r->up;
+        r->up = NULL;
+        u->req = NULL;
+        moxy_upconn_close(u);
+    }
+    moxy_access_log(r);
+    c->req = NULL;
+    moxy_pool_reset(&c->pool);
+    if (!keep) {
+        client_closing(c);
+        return;
+    }
+    c->state = MOXY_C_HEAD;
+    if (moxy_client_send(c) != MOXY_OK) return;
+    client_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) {
+        /* a pipelined request is waiting */
+        if (!c->in_process) client_process(c);
+    }
+}
+
+void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
+{
+    moxy_client_t *c = r->c;
+    if (r->up) {
+        moxy_upconn_t *u = r->up;
+        r->up = NULL;
+        u->req = NULL;
+        moxy_upconn_close(u);
+    }
+    if (r->resp_head_sent) {
+        r->error = why;
+        moxy_log(MOXY_LOG_WARN, r->id, "%s (response already started, connection cut)", why);
+        moxy_client_close(c);
+        return;
+    }
+    if (!r->body_done) r->keepalive = 0;
+    moxy_resp_error(r, status, why);
+}
+
+void moxy_client_tunnel(moxy_client_t *c)
+{
+    c->state = MOXY_C_TUNNEL;
+    client_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+/* --- events --- */
+
+static void client_timeout(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_worker_t *w = c->w;
+    if (c->state == MOXY_C_HEAD) {
+        if (!r || r->head_bytes == 0) {
+            moxy_client_close(c); /* idle keep-alive connection */
+            return;
+        }
+        struct timeval now, left;
+        event_base_gettimeofday_cached(w->base, &now);
+        if (evutil_timercmp(&now, &c->head_deadline, <)) {
+            evutil_timersub(&c->head_deadline, &now, &left);
+            client_read_timeout(c, &left);
+            return;
+        }
+        client_reject(c, 408, "client header timeout");
+        return;
+    }
+    if (c->state == MOXY_C_TUNNEL) {
+        moxy_client_close(c);
+        return;
+    }
+    if (r && !r->body_done) {
+        if (r->resp_head_sent) {
+            r->error = "client body timeout";
+            moxy_client_close(c);
+            return;
+        }
+        if (r->up) {
+            moxy_upconn_t *u = r->up;
+            r->up = NULL;
+            u->req = NULL;
+            moxy_upconn_close(u);
+        }
+        client_reject(c, 408, "client body timeout");
+    }
+}
+
+static void client_read(moxy_client_t *c, evutil_socket_t fd, short what);
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_client_t *c = arg;
+    moxy_client_hold(c);
+    client_read(c, fd, what);
+    moxy_client_release(c);
+}
+
+static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
+{
+    if (what & EV_TIMEOUT) {
+        client_timeout(c);
+        return;
+    }
+    if (client_ensure_buffers(c) != MOXY_OK) {
+        moxy_client_close(c);
+        return;
+    }
+    int n = evbuffer_read(c->in, fd, c->state == MOXY_C_HEAD ? MOXY_READ_CHUNK : 65536);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        n = 0; /* reset: as a close */
+    }
+    if (n == 0) {
+        c->eof = 1;
+        client_stop_read(c);
+        moxy_req_t *r = c->req;
+        if (c->state == MOXY_C_HEAD) {
+            if (r && r->head_bytes > 0 && evbuffer_get_length(c->in) > 0) {
+                client_process(c); /* parse what came before the close */
+                return;
+            }
+            moxy_client_close(c);
+            return;
+        }
+        if (c->state == MOXY_C_TUNNEL) {
+            if (r->up) {
+                shutdown(r->up->fd, SHUT_WR);
+            }
+            if (!r->up || r->up->eof) moxy_client_close(c);
+            return;
+        }
+        if (r && !r->body_done) {
+            /* the client went away in the middle of its body */
+            r->error = "client closed during request body";
+            moxy_client_close(c);
+            return;
+        }
+        /* half-closed after a complete request: answer, then close */
+        return;
+    }
+    client_process(c);
+}

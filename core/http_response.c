@@ -1,0 +1,191 @@
+/*
+ * http_response.c -- what moxy writes toward the client itself: the status
+ * line and headers of a proxied response (with moxy's framing), responses a
+ * hook gives, and error pages.
+ */
+#include "headers.h"
+#include "http.h"
+#include "log.h"
+#include "worker.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <time.h>
+
+const char *moxy_status_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return status < 200 ? "Informational" : status < 300 ? "OK" : status < 400 ? "Redirect"
+                  : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+static _Thread_local time_t date_sec = -1;
+static _Thread_local char date_buf[40];
+static _Thread_local size_t date_len;
+
+const char *moxy_http_date(moxy_worker_t *w, size_t *len)
+{
+    struct timeval now;
+    event_base_gettimeofday_cached(w->base, &now);
+    if (now.tv_sec != date_sec) {
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        date_len = strftime(date_buf, sizeof(date_buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        date_sec = now.tv_sec;
+    }
+    *len = date_len;
+    return date_buf;
+}
+
+static void add_header(struct evbuffer *o, const char *n, size_t nl, const char *v, size_t vl)
+{
+    evbuffer_add(o, n, nl);
+    evbuffer_add(o, ": ", 2);
+    evbuffer_add(o, v, vl);
+    evbuffer_add(o, "\r\n", 2);
+}
+
+#define ADD_LIT(o, n, v) add_header((o), n, sizeof(n) - 1, v, sizeof(v) - 1)
+
+static int resp_has_body(const moxy_req_t *r)
+{
+    return !(r->method == HTTP_HEAD || r->status == 204 || r->status == 304 || r->status < 200);
+}
+
+int moxy_resp_write_head(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    struct evbuffer *o = c->out;
+    int tunnel = r->status == 101;
+    int body = resp_has_body(r);
+
+    if (!r->body_done) r->keepalive = 0; /* the rest of the request body is not read */
+    if (body && r->resp_body_kind != MOXY_BODY_LENGTH && r->resp_body_kind != MOXY_BODY_NONE) {
+        if (r->http_minor >= 1) r->resp_chunked_out = 1;
+        else r->keepalive = 0; /* HTTP/1.0: delimited by close */
+    }
+
+    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\n", r->status, moxy_status_reason(r->status));
+    for (uint32_t i = 0; i < r->resp_headers.n; i++) {
+        moxy_header_t *h = &r->resp_headers.h[i];
+        if (moxy_header_is_hop(&r->resp_headers, h)) {
+            if (!(tunnel && MOXY_STRIEQ_LIT(h->name, h->name_len, "upgrade"))) continue;
+        }
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length") && body) continue;
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "x-request-id")) continue;
+        add_header(o, h->name, h->name_len, h->value, h->value_len);
+    }
+    if (!r->local) ADD_LIT(o, "Via", "1.1 moxy");
+    add_header(o, "X-Request-Id", 12, r->id, strlen(r->id));
+    if (body) {
+        if (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE)
+            evbuffer_add_printf(o, "Content-Length: %llu\r\n", (unsigned long long)r->resp_body_left);
+        else if (r->resp_chunked_out)
+            ADD_LIT(o, "Transfer-Encoding", "chunked");
+    }
+    if (tunnel) ADD_LIT(o, "Connection", "upgrade");
+    else if (!r->keepalive) ADD_LIT(o, "Connection", "close");
+    else if (r->http_minor == 0) ADD_LIT(o, "Connection", "keep-alive");
+    evbuffer_add(o, "\r\n", 2);
+    r->resp_head_sent = 1;
+    r->resp_state = MOXY_R_BODY;
+    return MOXY_OK;
+}
+
+void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
+{
+    moxy_client_t *c = r->c;
+    moxy_worker_t *w = c->w;
+    size_t dl;
+    const char *date = moxy_http_date(w, &dl);
+    r->local = 1;
+    r->status = status;
+    r->resp_body_kind = MOXY_BODY_LENGTH;
+    r->resp_body_left = len;
+    if (moxy_headers_find(&r->resp_headers, "Date", 4, 0) < 0)
+        moxy_headers_add(&c->pool, &r->resp_headers, "Date", 4, date, dl);
+    if (moxy_headers_find(&r->resp_headers, "Content-Type", 12, 0) < 0 && len > 0)
+        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
+    moxy_resp_write_head(r);
+    if (resp_has_body(r) && len > 0) {
+        evbuffer_add(c->out, body, len);
+        r->bytes_sent = len;
+    }
+    moxy_req_response_done(r);
+}
+
+static int wants_json(const moxy_req_t *r)
+{
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        const moxy_header_t *h = &r->headers.h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "accept") && memmem(h->value, h->value_len, "json", 4))
+            return 1;
+    }
+    return 0;
+}
+
+void moxy_resp_error(moxy_req_t *r, int status, const char *why)
+{
+    moxy_client_t *c = r->c;
+    char body[512];
+    int n;
+    if (!r->id[0]) moxy_req_make_id(r);
+    if (!r->method_name) r->method_name = "-";
+    r->error = why;
+    moxy_log(status >= 500 ? MOXY_LOG_WARN : MOXY_LOG_INFO, r->id, "%s %s from %s: %d: %s",
+             r->method_name, r->uri ? r->uri : "-", c->ip, status, why);
+    r->resp_headers.n = 0;
+    const char *reason = moxy_status_reason(status);
+    if (wants_json(r)) {
+        n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
+                     status, reason, r->id);
+        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "application/json", 16);
+    } else {
+        n = snprintf(body, sizeof(body),
+                     "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
+                     "<body><h1>%d %s</h1><p>request id %s</p><hr>moxy</body></html>\n",
+                     status, reason, status, reason, r->id);
+        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8", 24);
+    }
+    moxy_headers_add(&c->pool, &r->resp_headers, "Cache-Control", 13, "no-store", 8);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof(body)) n = sizeof(body) - 1;
+    moxy_resp_local(r, status, body, (size_t)n);
+}

@@ -1,0 +1,780 @@
+/*
+ * http_upstream.c -- the origin side of the proxy: pick a server of the
+ * request's pool (smooth weighted round-robin), reuse an idle keep-alive
+ * connection or connect, write the request head moxy builds, parse the
+ * response head with llhttp and stream the body back with back-pressure.
+ *
+ * Response bodies with Content-Length, and bodies delimited by close, are
+ * moved between evbuffers without copying; chunked bodies are decoded by
+ * llhttp and re-chunked for HTTP/1.1 clients (or sent raw and delimited by
+ * close for HTTP/1.0 clients).
+ */
+#include "headers.h"
+#include "http.h"
+#include "log.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void up_read_cb(evutil_socket_t fd, short what, void *arg);
+static void up_write_cb(evutil_socket_t fd, short what, void *arg);
+static const llhttp_settings_t *response_settings(void);
+
+static struct timeval tv_of(double s)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
+/* --- pools --- */
+
+int moxy_upstream_init_worker(moxy_worker_t *w)
+{
+    const moxy_conf_t *conf = w->conf;
+    w->pools = calloc((size_t)conf->nupstreams + 1, sizeof(*w->pools));
+    if (!w->pools) return MOXY_ERROR;
+    for (int i = 0; i < conf->nupstreams; i++) {
+        w->pools[i].current_weight = calloc((size_t)conf->upstreams[i].nservers + 1, sizeof(int));
+        if (!w->pools[i].current_weight) return MOXY_ERROR;
+        TAILQ_INIT(&w->pools[i].idle);
+    }
+    return MOXY_OK;
+}
+
+void moxy_upstream_free_worker(moxy_worker_t *w)
+{
+    if (!w->pools) return;
+    for (int i = 0; i < w->conf->nupstreams; i++) {
+        moxy_upconn_t *u;
+        while ((u = TAILQ_FIRST(&w->pools[i].idle))) moxy_upconn_close(u);
+        free(w->pools[i].current_weight);
+    }
+    free(w->pools);
+    w->pools = NULL;
+}
+
+/* Smooth weighted round-robin (nginx): every pick adds each server's weight
+ * to its current weight, takes the largest and subtracts the total from it,
+ * so a weight-5 server is spread among the others instead of picked 5 times
+ * in a row. */
+static int pick_server(moxy_worker_t *w, int pool)
+{
+    const moxy_upstream_conf_t *uc = &w->conf->upstreams[pool];
+    int *cw = w->pools[pool].current_weight;
+    int total = 0, best = 0;
+    for (int i = 0; i < uc->nservers; i++) {
+        cw[i] += uc->servers[i].weight;
+        total += uc->servers[i].weight;
+        if (cw[i] > cw[best]) best = i;
+    }
+    cw[best] -= total;
+    return best;
+}
+
+/* --- connection life --- */
+
+static void up_hold(moxy_upconn_t *u)
+{
+    u->busy++;
+}
+
+static void up_free(moxy_upconn_t *u)
+{
+    if (u->in) evbuffer_free(u->in);
+    if (u->out) evbuffer_free(u->out);
+    free(u);
+}
+
+static void up_release(moxy_upconn_t *u)
+{
+    if (--u->busy == 0 && u->dead) up_free(u);
+}
+
+void moxy_upconn_close(moxy_upconn_t *u)
+{
+    if (u->dead) return;
+    u->dead = 1;
+    if (u->idle) {
+        moxy_pool_rt_t *rt = &u->w->pools[u->pool];
+        TAILQ_REMOVE(&rt->idle, u, idle_link);
+        rt->nidle--;
+        u->idle = 0;
+    }
+    if (u->req) {
+        u->req->up = NULL;
+        u->req = NULL;
+    }
+    event_del(&u->rev);
+    event_del(&u->wev);
+    close(u->fd);
+    u->fd = -1;
+    if (u->busy == 0) up_free(u);
+}
+
+static moxy_upconn_t *up_connect(moxy_worker_t *w, int pool, int server, const char **err)
+{
+    const moxy_addr_t *a = &w->conf->upstreams[pool].servers[server].addr;
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *err = strerror(errno);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int connected = 0;
+    if (connect(fd, (const struct sockaddr *)&a->sa, a->salen) == 0) {
+        connected = 1;
+    } else if (errno != EINPROGRESS) {
+        *err = strerror(errno);
+        close(fd);
+        return NULL;
+    }
+    moxy_upconn_t *u = calloc(1, sizeof(*u));
+    if (!u || !(u->in = evbuffer_new()) || !(u->out = evbuffer_new())) {
+        if (u && u->in) evbuffer_free(u->in);
+        free(u);
+        close(fd);
+        *err = "out of memory";
+        return NULL;
+    }
+    u->w = w;
+    u->fd = fd;
+    u->pool = pool;
+    u->server = server;
+    u->connected = connected;
+    event_assign(&u->rev, w->base, fd, EV_READ | EV_PERSIST, up_read_cb, u);
+    event_assign(&u->wev, w->base, fd, EV_WRITE | EV_PERSIST, up_write_cb, u);
+    return u;
+}
+
+/* Write the request head moxy sends to the origin. */
+static void up_write_head(moxy_req_t *r, moxy_upconn_t *u)
+{
+    struct evbuffer *o = u->out;
+    const moxy_conf_t *conf = u->w->conf;
+    const moxy_upstream_conf_t *uc = &conf->upstreams[u->pool];
+    moxy_headers_t *hs = &r->headers;
+
+    evbuffer_add_printf(o, "%s %s HTTP/1.1\r\n", r->method_name, r->uri);
+    const char *host = uc->host ? uc->host : r->host ? r->host : uc->servers[u->server].addr.text;
+    evbuffer_add(o, "Host: ", 6);
+    evbuffer_add(o, host, strlen(host));
+    evbuffer_add(o, "\r\n", 2);
+    for (uint32_t i = 0; i < hs->n; i++) {
+        moxy_header_t *h = &hs->h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "host") ||
+            MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length") ||
+            MOXY_STRIEQ_LIT(h->name, h->name_len, "expect"))
+            continue;
+        if (moxy_header_is_hop(hs, h)) {
+            if (!(r->upgrade && MOXY_STRIEQ_LIT(h->name, h->name_len, "upgrade"))) continue;
+        }
+        evbuffer_add(o, h->name, h->name_len);
+        evbuffer_add(o, ": ", 2);
+        evbuffer_add(o, h->value, h->value_len);
+        evbuffer_add(o, "\r\n", 2);
+    }
+    if (r->upgrade) evbuffer_add(o, "Connection: upgrade\r\n", 21);
+    if (r->body_kind == MOXY_BODY_CHUNKED)
+        evbuffer_add(o, "Transfer-Encoding: chunked\r\n", 28);
+    else if (r->has_cl)
+        evbuffer_add_printf(o, "Content-Length: %llu\r\n", (unsigned long long)r->body_length);
+    evbuffer_add(o, "\r\n", 2);
+}
+
+int moxy_upstream_start(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_worker_t *w = c->w;
+    moxy_pool_rt_t *rt = &w->pools[r->pool];
+    moxy_upconn_t *u = NULL;
+    r->tries++;
+    if (r->tries == 1 && (u = TAILQ_FIRST(&rt->idle))) {
+        TAILQ_REMOVE(&rt->idle, u, idle_link);
+        rt->nidle--;
+        u->idle = 0;
+        u->reused = 1;
+    } else {
+        const char *err = NULL;
+        int server = pick_server(w, r->pool);
+        u = up_connect(w, r->pool, server, &err);
+        if (!u) {
+            snprintf(r->peer, sizeof(r->peer), "%s", w->conf->upstreams[r->pool].servers[server].addr.text);
+            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s (pool %s): %s", r->peer,
+                     w->conf->upstreams[r->pool].name, err);
+            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            return MOXY_ERROR;
+        }
+    }
+    snprintf(r->peer, sizeof(r->peer), "%s", w->conf->upstreams[r->pool].servers[u->server].addr.text);
+    u->req = r;
+    r->up = u;
+    u->got_bytes = u->head_done = u->eof = u->interim = u->in_trailers = 0;
+    u->keepalive = 1;
+    u->body_done = u->write_failed = 0;
+    u->head_bytes = 0;
+    u->field = u->value = NULL;
+    u->field_len = u->value_len = u->field_cap = u->value_cap = 0;
+    llhttp_init(&u->parser, HTTP_RESPONSE, response_settings());
+    u->parser.data = u;
+    up_write_head(r, u);
+    event_add(&u->rev, w->ctv_upstream);
+    u->reading = 1;
+    if (u->connected) {
+        moxy_upstream_send(u);
+    } else {
+        event_add(&u->wev, &w->tv_connect);
+        u->writing = 1;
+    }
+    return MOXY_OK;
+}
+
+/* The origin failed this request. */
+static void up_fail(moxy_upconn_t *u, int status, const char *why)
+{
+    moxy_req_t *r = u->req;
+    if (!r) {
+        moxy_upconn_close(u);
+        return;
+    }
+    moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
+             u->w->conf->upstreams[u->pool].name, why);
+    moxy_req_upstream_failed(r, status, why);
+}
+
+int moxy_upstream_backlogged(const moxy_upconn_t *u)
+{
+    return evbuffer_get_length(u->out) >= MOXY_HIGH_WATER;
+}
+
+void moxy_upstream_send(moxy_upconn_t *u)
+{
+    if (!u->connected || u->dead) return;
+    size_t left = evbuffer_get_length(u->out);
+    while (left > 0) {
+        int n = evbuffer_write(u->out, u->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) break;
+            /* The origin may have answered and closed (e.g. an early 413):
+             * stop writing and let the read side take what it sent. */
+            evbuffer_drain(u->out, evbuffer_get_length(u->out));
+            u->write_failed = 1;
+            left = 0;
+            break;
+        }
+        left = evbuffer_get_length(u->out);
+    }
+    if (left > 0) {
+        if (!u->writing) {
+            event_add(&u->wev, u->w->ctv_upstream);
+            u->writing = 1;
+        }
+    } else if (u->writing) {
+        event_del(&u->wev);
+        u->writing = 0;
+    }
+    moxy_req_t *r = u->req;
+    if (r && left < MOXY_LOW_WATER) moxy_client_resume_read(r->c);
+}
+
+static void up_write(moxy_upconn_t *u, short what)
+{
+    if (what & EV_TIMEOUT) {
+        up_fail(u, 504, u->connected ? "origin write timed out" : "connect to origin timed out");
+        return;
+    }
+    if (!u->connected) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            if (u->req)
+                moxy_log(MOXY_LOG_DEBUG, u->req->id, "connect to %s: %s", u->req->peer, strerror(err));
+            up_fail(u, 502, err == ECONNREFUSED ? "connect failed: connection refused"
+                            : err == ETIMEDOUT  ? "connect failed: timed out"
+                                                : "connect failed");
+            return;
+        }
+        u->connected = 1;
+        event_del(&u->wev);
+        u->writing = 0;
+    }
+    moxy_upstream_send(u);
+}
+
+static void up_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_upconn_t *u = arg;
+    MOXY_UNUSED(fd);
+    moxy_client_t *c = u->req ? u->req->c : NULL;
+    if (c) moxy_client_hold(c);
+    up_hold(u);
+    up_write(u, what);
+    up_release(u);
+    if (c) moxy_client_release(c);
+}
+
+void moxy_upstream_resume_read(moxy_upconn_t *u)
+{
+    if (u->reading || u->dead || u->eof) return;
+    event_add(&u->rev, u->w->ctv_upstream);
+    u->reading = 1;
+    if (evbuffer_get_length(u->in) > 0) {
+        /* bytes read before the pause are still waiting */
+        event_active(&u->rev, EV_READ, 0);
+    }
+}
+
+static void up_stop_read(moxy_upconn_t *u)
+{
+    if (u->reading) {
+        event_del(&u->rev);
+        u->reading = 0;
+    }
+}
+
+/* --- response head (llhttp callbacks) --- */
+
+static int up_append(moxy_pool_t *pool, char **buf, uint32_t *len, uint32_t *cap, const char *at,
+                     size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        uint32_t ncap = *cap ? *cap : 64;
+        while (ncap < *len + n + 1) ncap *= 2;
+        char *nb = moxy_prealloc(pool, *buf, *cap, ncap);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, at, n);
+    *len += (uint32_t)n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+static int rs_fail(llhttp_t *p, const char *why)
+{
+    llhttp_set_error_reason(p, why);
+    return HPE_USER;
+}
+
+static int rs_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    u->head_bytes += n;
+    if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
+    return up_append(&r->c->pool, &u->field, &u->field_len, &u->field_cap, at, n);
+}
+
+static int rs_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    u->head_bytes += n;
+    if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
+    return up_append(&r->c->pool, &u->value, &u->value_len, &u->value_cap, at, n);
+}
+
+static int rs_header_field_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    u->value_len = 0;
+    return 0;
+}
+
+static int rs_header_value_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    const char *v = u->value ? u->value : "";
+    uint32_t vl = u->value_len;
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+    if (!moxy_header_name_valid(u->field, u->field_len) || !moxy_header_value_valid(v, vl))
+        return rs_fail(p, "invalid header in response");
+    moxy_headers_t *hs = u->in_trailers ? &r->resp_trailers : &r->resp_headers;
+    if ((int)hs->n >= u->w->conf->limits.headers) return rs_fail(p, "too many response headers");
+    if (moxy_headers_add(&r->c->pool, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;
+    u->field_len = u->value_len = 0;
+    u->head_bytes += 4;
+    return 0;
+}
+
+/* Forward an interim (1xx) response to an HTTP/1.1 client; 100 is moxy's own
+ * business with the client and is not forwarded. */
+static void up_interim(moxy_upconn_t *u, int status)
+{
+    moxy_req_t *r = u->req;
+    moxy_client_t *c = r->c;
+    if (status != 100 && r->http_minor >= 1) {
+        evbuffer_add_printf(c->out, "HTTP/1.1 %d %s\r\n", status, moxy_status_reason(status));
+        for (uint32_t i = 0; i < r->resp_headers.n; i++) {
+            moxy_header_t *h = &r->resp_headers.h[i];
+            if (moxy_header_is_hop(&r->resp_headers, h)) continue;
+            evbuffer_add(c->out, h->name, h->name_len);
+            evbuffer_add(c->out, ": ", 2);
+            evbuffer_add(c->out, h->value, h->value_len);
+            evbuffer_add(c->out, "\r\n", 2);
+        }
+        evbuffer_add(c->out, "\r\n", 2);
+    }
+    r->resp_headers.n = 0;
+}
+
+static int rs_headers_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    if (u->in_trailers) return 0;
+    int status = p->status_code;
+    if (status < 100 || status > 999) return rs_fail(p, "invalid status");
+    if (status < 200 && status != 101) {
+        up_interim(u, status);
+        u->interim = 1;
+        u->head_bytes = 0;
+        return 0;
+    }
+    r->status = status;
+    int close = p->http_major == 1 && p->http_minor == 0;
+    for (uint32_t i = 0; i < r->resp_headers.n; i++) {
+        moxy_header_t *h = &r->resp_headers.h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "connection")) {
+            if (moxy_list_has_token(h->value, h->value_len, "close", 5)) close = 1;
+            if (moxy_list_has_token(h->value, h->value_len, "keep-alive", 10) && p->http_minor == 0)
+                close = 0;
+        }
+    }
+    if (close) u->keepalive = 0;
+    if (status == 101) {
+        r->resp_body_kind = MOXY_BODY_NONE;
+    } else if (r->method == HTTP_HEAD || status == 204 || status == 304) {
+        r->resp_body_kind = MOXY_BODY_NONE;
+    } else if (p->flags & F_CHUNKED) {
+        r->resp_body_kind = MOXY_BODY_CHUNKED;
+    } else if (p->flags & F_CONTENT_LENGTH) {
+        r->resp_body_kind = MOXY_BODY_LENGTH;
+        r->resp_body_left = p->content_length;
+    } else {
+        r->resp_body_kind = MOXY_BODY_EOF;
+        u->keepalive = 0;
+    }
+    return HPE_PAUSED;
+}
+
+static int rs_chunk_header(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    if (p->content_length == 0) {
+        u->in_trailers = 1;
+        return 0;
+    }
+    if (r->resp_chunked_out)
+        evbuffer_add_printf(r->c->out, "%llx\r\n", (unsigned long long)p->content_length);
+    return 0;
+}
+
+static int rs_chunk_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    if (!u->in_trailers && r->resp_chunked_out) evbuffer_add(r->c->out, "\r\n", 2);
+    return 0;
+}
+
+static int rs_body(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    evbuffer_add(r->c->out, at, n);
+    r->bytes_sent += n;
+    return 0;
+}
+
+static int rs_message_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    if (u->interim) {
+        u->interim = 0;
+        return 0;
+    }
+    if (r->resp_body_kind == MOXY_BODY_CHUNKED && r->resp_chunked_out) {
+        struct evbuffer *o = r->c->out;
+        evbuffer_add(o, "0\r\n", 3);
+        for (uint32_t i = 0; i < r->resp_trailers.n; i++) {
+            moxy_header_t *h = &r->resp_trailers.h[i];
+            evbuffer_add(o, h->name, h->name_len);
+            evbuffer_add(o, ": ", 2);
+            evbuffer_add(o, h->value, h->value_len);
+            evbuffer_add(o, "\r\n", 2);
+        }
+        evbuffer_add(o, "\r\n", 2);
+    }
+    u->body_done = 1;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t *response_settings(void)
+{
+    static llhttp_settings_t s;
+    static int ready;
+    if (!ready) { /* first call is from the main thread (moxy_http_init) */
+        llhttp_settings_init(&s);
+        s.on_header_field = rs_header_field;
+        s.on_header_value = rs_header_value;
+        s.on_header_field_complete = rs_header_field_complete;
+        s.on_header_value_complete = rs_header_value_complete;
+        s.on_headers_complete = rs_headers_complete;
+        s.on_chunk_header = rs_chunk_header;
+        s.on_chunk_complete = rs_chunk_complete;
+        s.on_body = rs_body;
+        s.on_message_complete = rs_message_complete;
+        ready = 1;
+    }
+    return &s;
+}
+
+void moxy_upstream_http_init(void);
+void moxy_upstream_http_init(void)
+{
+    response_settings();
+}
+
+/* Feed u->in to llhttp.  MOXY_OK: paused; MOXY_AGAIN: all consumed;
+ * MOXY_ERROR: bad response (*why set). */
+static int up_parse(moxy_upconn_t *u, const char **why)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(u->in, -1, NULL, v, 16);
+    if (n > 16) n = 16;
+    size_t consumed = 0;
+    int rc = MOXY_AGAIN;
+    for (int i = 0; i < n; i++) {
+        const char *base = v[i].iov_base;
+        llhttp_errno_t err = llhttp_execute(&u->parser, base, v[i].iov_len);
+        if (err == HPE_OK) {
+            consumed += v[i].iov_len;
+            continue;
+        }
+        if (err == HPE_PAUSED) {
+            consumed += (size_t)(llhttp_get_error_pos(&u->parser) - base);
+            llhttp_resume(&u->parser);
+            rc = MOXY_OK;
+            break;
+        }
+        *why = llhttp_get_error_reason(&u->parser);
+        if (!*why) *why = llhttp_errno_name(err);
+        rc = MOXY_ERROR;
+        break;
+    }
+    if (consumed) evbuffer_drain(u->in, consumed);
+    return rc;
+}
+
+/* The response is complete: keep the connection for the next request when
+ * it is clean, then let the client side finish. */
+static void up_response_done(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    moxy_worker_t *w = u->w;
+    const moxy_upstream_conf_t *uc = &w->conf->upstreams[u->pool];
+    moxy_pool_rt_t *rt = &w->pools[u->pool];
+    int reuse = u->keepalive && !u->eof && !u->write_failed && r->body_done &&
+                evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 &&
+                rt->nidle < uc->keepalive && !w->draining;
+    r->up = NULL;
+    u->req = NULL;
+    if (reuse) {
+        event_del(&u->wev);
+        u->writing = 0;
+        struct timeval tv = tv_of(uc->keepalive_timeout);
+        event_add(&u->rev, &tv);
+        u->reading = 1;
+        u->idle = 1;
+        u->field = u->value = NULL;
+        u->field_cap = u->value_cap = 0;
+        TAILQ_INSERT_HEAD(&rt->idle, u, idle_link);
+        rt->nidle++;
+    } else {
+        moxy_upconn_close(u);
+    }
+    moxy_req_response_done(r);
+}
+
+/* The origin closed (or reset) before the response head was complete. */
+static void up_eof_before_head(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    /* A reused connection the origin closed while idle: the request never
+     * reached it.  Send it again on a new connection if nothing can have
+     * been lost (no body streamed yet). */
+    if (u->reused && !u->got_bytes && r->body_kind == MOXY_BODY_NONE && r->tries == 1) {
+        moxy_upconn_close(u);
+        moxy_upstream_start(r);
+        return;
+    }
+    up_fail(u, 502, u->got_bytes ? "origin closed the connection in the response head"
+                                  : "origin closed the connection without answering");
+}
+
+static void up_process(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    moxy_client_t *c = r->c;
+
+    if (c->state == MOXY_C_TUNNEL) {
+        if (evbuffer_get_length(u->in)) evbuffer_add_buffer(c->out, u->in);
+        if (u->eof) shutdown(c->fd, SHUT_WR);
+        if (moxy_client_send(c) != MOXY_OK) return;
+        if (u->eof && (c->eof || evbuffer_get_length(c->out) == 0)) {
+            moxy_client_close(c);
+            return;
+        }
+        if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) up_stop_read(u);
+        return;
+    }
+
+    if (!u->head_done) {
+        const char *why = NULL;
+        int rc = up_parse(u, &why);
+        if (rc == MOXY_ERROR) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "invalid response from origin: %s", why);
+            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: %s", r->peer, msg);
+            u->keepalive = 0;
+            up_fail(u, 502, "invalid response from origin");
+            return;
+        }
+        if (rc == MOXY_AGAIN) {
+            if (u->eof) up_eof_before_head(u);
+            else if (evbuffer_get_length(c->out) > 0) moxy_client_send(c); /* 1xx */
+            return;
+        }
+        u->head_done = 1;
+        if (r->status == 101) {
+            if (!r->upgrade) {
+                up_fail(u, 502, "origin switched protocols without being asked");
+                return;
+            }
+            moxy_resp_write_head(r);
+            moxy_client_tunnel(c);
+            if (c->dead) return;
+            if (evbuffer_get_length(u->in) || u->eof) up_process(u);
+            else moxy_client_send(c);
+            return;
+        }
+        moxy_resp_write_head(r);
+    }
+
+    int done = 0;
+    switch (r->resp_body_kind) {
+    case MOXY_BODY_NONE:
+        done = 1;
+        break;
+    case MOXY_BODY_LENGTH: {
+        size_t have = evbuffer_get_length(u->in);
+        size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
+        if (n) {
+            evbuffer_remove_buffer(u->in, c->out, n);
+            r->resp_body_left -= n;
+            r->bytes_sent += n;
+        }
+        done = r->resp_body_left == 0;
+        break;
+    }
+    case MOXY_BODY_CHUNKED: {
+        const char *why = NULL;
+        int rc = up_parse(u, &why);
+        if (rc == MOXY_ERROR) {
+            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, why);
+            u->keepalive = 0;
+            up_fail(u, 502, "invalid chunked body from origin");
+            return;
+        }
+        done = rc == MOXY_OK;
+        break;
+    }
+    case MOXY_BODY_EOF: {
+        size_t have = evbuffer_get_length(u->in);
+        if (have) {
+            if (r->resp_chunked_out) evbuffer_add_printf(c->out, "%zx\r\n", have);
+            evbuffer_remove_buffer(u->in, c->out, have);
+            if (r->resp_chunked_out) evbuffer_add(c->out, "\r\n", 2);
+            r->bytes_sent += have;
+        }
+        if (u->eof) {
+            if (r->resp_chunked_out) evbuffer_add(c->out, "0\r\n\r\n", 5);
+            done = 1;
+        }
+        break;
+    }
+    }
+
+    if (done) {
+        up_response_done(u);
+        return;
+    }
+    if (u->eof) {
+        up_fail(u, 502, "origin closed the connection in the middle of the body");
+        return;
+    }
+    if (moxy_client_send(c) != MOXY_OK) return;
+    if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) up_stop_read(u);
+}
+
+static void up_read(moxy_upconn_t *u, short what)
+{
+    moxy_req_t *r = u->req;
+    if (what & EV_TIMEOUT) {
+        if (!r) {
+            moxy_upconn_close(u); /* idle too long */
+        } else if (r->c->state == MOXY_C_TUNNEL) {
+            moxy_client_close(r->c);
+        } else {
+            up_fail(u, 504, "origin read timed out");
+        }
+        return;
+    }
+    if (!r) {
+        /* idle: the origin closed, or sent what nobody asked for */
+        moxy_upconn_close(u);
+        return;
+    }
+    int n = evbuffer_read(u->in, u->fd, 65536);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            if (evbuffer_get_length(u->in)) up_process(u); /* resumed after a pause */
+            return;
+        }
+        n = 0;
+    }
+    if (n == 0) {
+        u->eof = 1;
+        up_stop_read(u);
+    } else {
+        u->got_bytes = 1;
+    }
+    up_process(u);
+}
+
+static void up_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_upconn_t *u = arg;
+    MOXY_UNUSED(fd);
+    moxy_client_t *c = u->req ? u->req->c : NULL;
+    if (c) moxy_client_hold(c);
+    up_hold(u);
+    up_read(u, what);
+    up_release(u);
+    if (c) moxy_client_release(c);
+}

@@ -1,0 +1,146 @@
+/*
+ * log.c -- error log and buffered access-log writer; see log.h.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *const moxy_log_level_names[] = {"error", "warn", "info", "debug"};
+
+static int error_fd = 2;
+static int error_level = MOXY_LOG_INFO;
+static char *error_path; /* NULL when stderr */
+static int access_fd = -1;
+static char *access_path;
+
+static int open_append(const char *path)
+{
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+}
+
+int moxy_log_open_error(const char *path, int level)
+{
+    error_level = level;
+    if (!path || strcmp(path, "stderr") == 0) return MOXY_OK;
+    int fd = open_append(path);
+    if (fd < 0) return MOXY_ERROR;
+    free(error_path);
+    error_path = strdup(path);
+    if (error_fd > 2) close(error_fd);
+    error_fd = fd;
+    return MOXY_OK;
+}
+
+int moxy_log_open_access(const char *path)
+{
+    if (!path || !*path) return MOXY_OK;
+    int fd = open_append(path);
+    if (fd < 0) return MOXY_ERROR;
+    free(access_path);
+    access_path = strdup(path);
+    if (access_fd >= 0) close(access_fd);
+    access_fd = fd;
+    return MOXY_OK;
+}
+
+static int reopen_onto(const char *path, int fd)
+{
+    int nfd = open_append(path);
+    if (nfd < 0) return MOXY_ERROR;
+    /* dup2 swaps the file under the same descriptor number atomically:
+     * a worker writing concurrently writes either to the old or the new file. */
+    int r = dup2(nfd, fd) < 0 ? MOXY_ERROR : MOXY_OK;
+    close(nfd);
+    return r;
+}
+
+int moxy_log_reopen(void)
+{
+    int rc = MOXY_OK;
+    if (error_path && reopen_onto(error_path, error_fd) != MOXY_OK) {
+        moxy_log_err("cannot reopen error log \"%s\": %s", error_path, strerror(errno));
+        rc = MOXY_ERROR;
+    }
+    if (access_path && reopen_onto(access_path, access_fd) != MOXY_OK) {
+        moxy_log_err("cannot reopen access log \"%s\": %s", access_path, strerror(errno));
+        rc = MOXY_ERROR;
+    }
+    return rc;
+}
+
+int moxy_log_enabled(int level)
+{
+    return level <= error_level;
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return; /* nowhere left to report it */
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+void moxy_log(int level, const char *rid, const char *fmt, ...)
+{
+    if (level > error_level) return;
+    char line[2048];
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ [%s] ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int)(tv.tv_usec / 1000), moxy_log_level_names[level]);
+    if (rid && *rid) n += snprintf(line + n, sizeof(line) - (size_t)n, "rid=%s ", rid);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0) m = 0;
+    n += m;
+    if (n > (int)sizeof(line) - 2) n = (int)sizeof(line) - 2;
+    line[n++] = '\n';
+    write_all(error_fd, line, (size_t)n);
+}
+
+int moxy_alog_enabled(void)
+{
+    return access_fd >= 0;
+}
+
+char *moxy_alog_reserve(moxy_alog_buf_t *b, size_t n)
+{
+    if (n > MOXY_ALOG_BUF) return NULL;
+    if (MOXY_ALOG_BUF - b->len < n) moxy_alog_flush(b);
+    return b->data + b->len;
+}
+
+void moxy_alog_flush(moxy_alog_buf_t *b)
+{
+    if (b->len && access_fd >= 0) write_all(access_fd, b->data, b->len);
+    b->len = 0;
+}
+
+void moxy_log_close(void)
+{
+    if (access_fd >= 0) close(access_fd);
+    access_fd = -1;
+    if (error_fd > 2) close(error_fd);
+    error_fd = 2;
+    free(access_path);
+    free(error_path);
+    access_path = error_path = NULL;
+}

@@ -1,0 +1,27 @@
+/*
+ * lua_bridge.h -- each worker's LuaJIT VM and the hooks it runs.  The txn
+ * API itself is lua/moxy/txn.lua over the FFI exports in ffi.h.
+ */
+#ifndef MOXY_LUA_BRIDGE_H
+#define MOXY_LUA_BRIDGE_H
+
+#include "config.h"
+#include "http-t.h"
+
+/* Build w's VM and load conf's scripts.  MOXY_OK, or MOXY_ERROR with the
+ * reason (naming file:line) in w->error. */
+int moxy_lua_worker_init(moxy_worker_t *w);
+
+/* Close w's VM. */
+void moxy_lua_worker_free(moxy_worker_t *w);
+
+/* Run the on_request hooks for r.  MOXY_OK: go on to the upstream;
+ * MOXY_DONE: a hook answered (r's local response is set); MOXY_ERROR: a
+ * script failed (logged with file:line), answer 500. */
+int moxy_lua_on_request(moxy_req_t *r);
+
+/* Load conf's scripts in a scratch VM (for moxy -t).  MOXY_OK, or MOXY_ERROR
+ * after printing the reason to stderr. */
+int moxy_lua_check_scripts(const moxy_conf_t *conf);
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * lua_vm.c -- LuaJIT states with moxy's module path; see lua_vm.h.
+ */
+#include "lua_vm.h"
+#include "moxy.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char lua_dir[PATH_MAX];
+static pthread_once_t lua_dir_once = PTHREAD_ONCE_INIT;
+
+static void find_lua_dir(void)
+{
+    const char *env = getenv("MOXY_LUA_DIR");
+    if (env && *env) {
+        snprintf(lua_dir, sizeof(lua_dir), "%s", env);
+        return;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            struct stat st;
+            /* ./moxy and build/moxy in a source tree, then installed layouts */
+            const char *tries[] = {"%s/lua", "%s/../lua"};
+            for (size_t i = 0; i < MOXY_ARRAY_LEN(tries); i++) {
+                char cand[PATH_MAX + 16], probe[PATH_MAX + 32];
+                snprintf(cand, sizeof(cand), tries[i], exe);
+                snprintf(probe, sizeof(probe), "%s/moxy/config.lua", cand);
+                if (stat(probe, &st) == 0 && realpath(cand, lua_dir)) return;
+            }
+        }
+    }
+    snprintf(lua_dir, sizeof(lua_dir), "%s", MOXY_LUADIR);
+}
+
+const char *moxy_lua_dir(void)
+{
+    pthread_once(&lua_dir_once, find_lua_dir);
+    return lua_dir;
+}
+
+lua_State *moxy_lua_new(const char *conf_dir)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) return NULL;
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", moxy_lua_dir(), moxy_lua_dir());
+    if (conf_dir) lua_pushfstring(L, "%s/?.lua;", conf_dir);
+    else lua_pushliteral(L, "");
+    lua_getfield(L, -3, "path");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+    return L;
+}

@@ -1,0 +1,215 @@
+/*
+ * main.c -- command line, signals, and the worker threads' start and end.
+ *
+ *   moxy [-c FILE]        run (default FILE: moxy.lua)
+ *   moxy -t [-c FILE]     check the configuration and its scripts, then exit
+ *   moxy -v               version of moxy and of the libraries it runs on
+ */
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <luajit.h>
+#include <maxminddb.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#include <zlib.h>
+
+void moxy_http_init(void);
+void moxy_upstream_http_init(void);
+
+static moxy_worker_t **workers;
+static int nworkers;
+static struct event_base *main_base;
+static struct event *exit_ev;
+static atomic_int workers_exited;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moxy [-c FILE] [-t] [-v]\n"
+               "  -c FILE  configuration file (default: moxy.lua)\n"
+               "  -t       check the configuration and scripts, then exit\n"
+               "  -v       print versions and exit\n");
+}
+
+static void print_versions(void)
+{
+    printf("moxy %s\n", MOXY_VERSION);
+    printf("%s\n", LUAJIT_VERSION);
+    printf("libevent %s\n", event_get_version());
+    printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("zlib %s\n", zlibVersion());
+    printf("libmaxminddb %s\n", MMDB_lib_version());
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    MOXY_UNUSED(what);
+    MOXY_UNUSED(arg);
+    switch (sig) {
+    case SIGQUIT:
+        moxy_log_info("QUIT: draining: no new connections, in-flight requests finish");
+        for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_DRAIN);
+        break;
+    case SIGTERM:
+    case SIGINT:
+        moxy_log_info("%s: exiting now", sig == SIGTERM ? "TERM" : "INT");
+        for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_STOP);
+        break;
+    case SIGUSR1:
+        moxy_log_info("USR1: reopening log files");
+        moxy_log_reopen();
+        break;
+    case SIGHUP:
+        moxy_log_warn("HUP: configuration reload is not available in this version; restart moxy "
+                      "to apply changes");
+        break;
+    }
+}
+
+static void worker_exit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    MOXY_UNUSED(arg);
+    if (atomic_load(&workers_exited) >= nworkers) event_base_loopbreak(main_base);
+}
+
+/* Called on each worker's thread as it ends. */
+void moxy_main_worker_exited(void);
+void moxy_main_worker_exited(void)
+{
+    atomic_fetch_add(&workers_exited, 1);
+    event_active(exit_ev, EV_READ, 0);
+}
+
+static int cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "moxy.lua";
+    int check = 0, opt;
+    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 't': check = 1; break;
+        case 'v': print_versions(); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    moxy_conf_t *conf = moxy_conf_load(path);
+    if (!conf) return 1;
+    if (check) {
+        int rc = moxy_lua_check_scripts(conf);
+        if (rc == MOXY_OK) printf("moxy: configuration %s ok\n", path);
+        moxy_conf_free(conf);
+        return rc == MOXY_OK ? 0 : 1;
+    }
+
+    if (moxy_log_open_error(conf->log.error, conf->log.level) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot open error log %s: %s\n", conf->log.error, strerror(errno));
+        return 1;
+    }
+    if (moxy_log_open_access(conf->log.access) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot open access log %s: %s\n", conf->log.access, strerror(errno));
+        return 1;
+    }
+
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    moxy_http_init();
+    moxy_upstream_http_init();
+
+    main_base = event_base_new();
+    if (!main_base) {
+        fprintf(stderr, "moxy: cannot create the main event loop\n");
+        return 1;
+    }
+    exit_ev = event_new(main_base, -1, 0, worker_exit_cb, NULL);
+
+    nworkers = conf->workers > 0 ? conf->workers : cpu_count();
+    workers = calloc((size_t)nworkers, sizeof(*workers));
+    int failed = 0;
+    for (int i = 0; i < nworkers && !failed; i++) {
+        workers[i] = moxy_worker_new(conf, i);
+        if (!workers[i]) {
+            fprintf(stderr, "moxy: out of memory\n");
+            failed = 1;
+        } else if (workers[i]->error[0]) {
+            fprintf(stderr, "moxy: %s\n", workers[i]->error);
+            failed = 1;
+        }
+    }
+    if (failed) {
+        for (int i = 0; i < nworkers; i++) moxy_worker_join_free(workers[i]);
+        return 1;
+    }
+
+    /* Workers inherit a mask that blocks the signals the main thread handles. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGHUP};
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) sigaddset(&set, sigs[i]);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    for (int i = 0; i < nworkers; i++) {
+        if (moxy_worker_start(workers[i]) != MOXY_OK) {
+            fprintf(stderr, "moxy: cannot start worker %d\n", i);
+            return 1;
+        }
+    }
+    struct event *sev[MOXY_ARRAY_LEN(sigs)];
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) {
+        sev[i] = evsignal_new(main_base, sigs[i], signal_cb, NULL);
+        event_add(sev[i], NULL);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    for (int i = 0; i < conf->nlistens; i++)
+        moxy_log_info("listening on %s (%s)", conf->listens[i].addr.text, conf->listens[i].name);
+    moxy_log_info("moxy %s started: %d worker%s, configuration %s", MOXY_VERSION, nworkers,
+                  nworkers == 1 ? "" : "s", path);
+
+    event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
+
+    for (int i = 0; i < nworkers; i++) moxy_worker_join_free(workers[i]);
+    free(workers);
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) event_free(sev[i]);
+    event_free(exit_ev);
+    event_base_free(main_base);
+    moxy_log_info("exited");
+    moxy_log_close();
+    moxy_conf_free(conf);
+    libevent_global_shutdown();
+    return 0;
+}

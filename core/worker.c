@@ -1,0 +1,253 @@
+/*
+ * worker.c -- worker threads: event loop, listening sockets, accept,
+ * drain/stop on command from the main thread; see worker.h.
+ */
+#include "worker.h"
+#include "http.h"
+#include "lua_bridge.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 64
+
+void moxy_main_worker_exited(void); /* main.c */
+
+static struct timeval tv_of(double s)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
+static void accept_enable(moxy_worker_t *w, int on)
+{
+    if (w->accepting == on) return;
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd < 0) continue;
+        if (on) event_add(&w->listeners[i].ev, NULL);
+        else event_del(&w->listeners[i].ev);
+    }
+    w->accepting = on;
+}
+
+static void accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_listener_t *l = arg;
+    moxy_worker_t *w = l->w;
+    MOXY_UNUSED(what);
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+            if (errno == EMFILE || errno == ENFILE) {
+                /* out of descriptors: stop accepting until a connection closes */
+                moxy_log_err("worker %d: accept: %s; pausing accept", w->id, strerror(errno));
+                accept_enable(w, 0);
+                return;
+            }
+            moxy_log_err("worker %d: accept: %s", w->id, strerror(errno));
+            return;
+        }
+        moxy_client_accept(w, cfd, (struct sockaddr *)&ss, l->conf_index);
+        if (w->nconns >= w->conf->limits.connections) {
+            moxy_log(MOXY_LOG_WARN, NULL, "worker %d: %d connections (limits.connections); pausing accept",
+                     w->id, w->nconns);
+            accept_enable(w, 0);
+            return;
+        }
+    }
+}
+
+void moxy_worker_conn_closed(moxy_worker_t *w)
+{
+    w->nconns--;
+    if (w->draining) {
+        if (w->nconns == 0) event_base_loopexit(w->base, NULL);
+        return;
+    }
+    if (!w->accepting && w->nconns < w->conf->limits.connections) accept_enable(w, 1);
+}
+
+static int open_listener(moxy_worker_t *w, int i)
+{
+    const moxy_listen_conf_t *lc = &w->conf->listens[i];
+    moxy_listener_t *l = &w->listeners[i];
+    l->w = w;
+    l->conf_index = i;
+    l->fd = socket(lc->addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0) goto err;
+    int one = 1;
+    setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) goto err;
+    if (lc->addr.sa.ss_family == AF_INET6) setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(l->fd, (const struct sockaddr *)&lc->addr.sa, lc->addr.salen) < 0) goto err;
+    if (listen(l->fd, lc->backlog) < 0) goto err;
+    event_assign(&l->ev, w->base, l->fd, EV_READ | EV_PERSIST, accept_cb, l);
+    return MOXY_OK;
+err:
+    snprintf(w->error, sizeof(w->error), "listen %s: %s", lc->addr.text, strerror(errno));
+    if (l->fd >= 0) close(l->fd);
+    l->fd = -1;
+    return MOXY_ERROR;
+}
+
+static void close_listeners(moxy_worker_t *w)
+{
+    accept_enable(w, 0);
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd >= 0) close(w->listeners[i].fd);
+        w->listeners[i].fd = -1;
+    }
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    moxy_log_warn("worker %d: drain deadline passed with %d connections open; closing them", w->id,
+                  w->nconns);
+    event_base_loopbreak(w->base);
+}
+
+static void control_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    int cmd = atomic_exchange(&w->command, 0);
+    if (cmd & MOXY_WORKER_STOP) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    if ((cmd & MOXY_WORKER_DRAIN) && !w->draining) {
+        w->draining = 1;
+        close_listeners(w);
+        moxy_upstream_free_worker(w); /* idle origin connections */
+        moxy_upstream_init_worker(w);
+        moxy_client_t *c = LIST_FIRST(&w->clients), *next;
+        for (; c; c = next) {
+            next = LIST_NEXT(c, link);
+            moxy_client_drain(c);
+        }
+        if (w->nconns == 0) {
+            event_base_loopexit(w->base, NULL);
+            return;
+        }
+        struct timeval tv = tv_of(w->conf->timeouts.drain);
+        evtimer_assign(&w->drain_timer, w->base, drain_timeout_cb, w);
+        evtimer_add(&w->drain_timer, &tv);
+    }
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    moxy_alog_flush(&w->alog);
+}
+
+moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
+{
+    moxy_worker_t *w = calloc(1, sizeof(*w));
+    if (!w) return NULL;
+    w->id = id;
+    w->conf = conf;
+    w->lua_on_request = -2; /* LUA_NOREF */
+    LIST_INIT(&w->clients);
+    w->base = event_base_new();
+    if (!w->base) {
+        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
+        return w;
+    }
+    w->tv_client_header = tv_of(conf->timeouts.client_header);
+    w->tv_client_body = tv_of(conf->timeouts.client_body);
+    w->tv_client_send = tv_of(conf->timeouts.client_send);
+    w->tv_connect = tv_of(conf->timeouts.connect);
+    w->tv_upstream = tv_of(conf->timeouts.upstream);
+    w->tv_keepalive = tv_of(conf->timeouts.keepalive);
+    /* Common timeouts: O(1) re-arming for the timeouts every connection uses. */
+    w->ctv_keepalive = event_base_init_common_timeout(w->base, &w->tv_keepalive);
+    w->ctv_client_body = event_base_init_common_timeout(w->base, &w->tv_client_body);
+    w->ctv_client_send = event_base_init_common_timeout(w->base, &w->tv_client_send);
+    w->ctv_upstream = event_base_init_common_timeout(w->base, &w->tv_upstream);
+    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
+        w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
+        w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
+    }
+    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+
+    w->nlisteners = conf->nlistens;
+    w->listeners = calloc((size_t)conf->nlistens, sizeof(*w->listeners));
+    for (int i = 0; i < conf->nlistens; i++) w->listeners[i].fd = -1;
+    for (int i = 0; i < conf->nlistens; i++)
+        if (open_listener(w, i) != MOXY_OK) return w;
+    if (moxy_upstream_init_worker(w) != MOXY_OK) {
+        snprintf(w->error, sizeof(w->error), "out of memory");
+        return w;
+    }
+    event_assign(&w->control, w->base, -1, 0, control_cb, w);
+    event_assign(&w->flush_timer, w->base, -1, EV_PERSIST, flush_cb, w);
+    struct timeval sec = {1, 0};
+    event_add(&w->flush_timer, &sec);
+    if (moxy_lua_worker_init(w) != MOXY_OK) return w;
+    return w;
+}
+
+static void *worker_main(void *arg)
+{
+    moxy_worker_t *w = arg;
+    accept_enable(w, 1);
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    /* Whatever is still open is cut: it is logged as aborted. */
+    moxy_client_t *c;
+    while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
+    moxy_alog_flush(&w->alog);
+    moxy_upstream_free_worker(w);
+    moxy_lua_worker_free(w);
+    moxy_pool_thread_cleanup();
+    moxy_main_worker_exited();
+    return NULL;
+}
+
+int moxy_worker_start(moxy_worker_t *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return MOXY_ERROR;
+    w->started = 1;
+    return MOXY_OK;
+}
+
+void moxy_worker_signal(moxy_worker_t *w, int command)
+{
+    atomic_fetch_or(&w->command, command);
+    event_active(&w->control, EV_READ, 0);
+}
+
+void moxy_worker_join_free(moxy_worker_t *w)
+{
+    if (!w) return;
+    if (w->started) pthread_join(w->thread, NULL);
+    else {
+        moxy_upstream_free_worker(w);
+        moxy_lua_worker_free(w);
+    }
+    if (w->listeners) {
+        close_listeners(w);
+        free(w->listeners);
+    }
+    if (w->base) {
+        event_del(&w->flush_timer);
+        event_base_free(w->base);
+    }
+    free(w);
+}

@@ -1,0 +1,79 @@
+/*
+ * worker.h -- worker threads.  Each owns an event_base, a LuaJIT VM, its own
+ * SO_REUSEPORT listening sockets, its client connections and its idle origin
+ * connections.  Nothing a worker touches on the request path is shared.
+ *
+ * The main thread talks to a worker only through moxy_worker_signal(), which
+ * sets a flag and wakes the worker's event loop (event_active is thread-safe
+ * once evthread_use_pthreads() has run).
+ */
+#ifndef MOXY_WORKER_H
+#define MOXY_WORKER_H
+
+#include "config.h"
+#include "http-t.h"
+#include "log.h"
+
+#include <lua.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum {
+    MOXY_WORKER_DRAIN = 1, /* stop accepting, finish in-flight requests, exit */
+    MOXY_WORKER_STOP = 2,  /* exit now */
+};
+
+struct moxy_worker_s {
+    int id;
+    pthread_t thread;
+    int started;                 /* the thread runs */
+    moxy_conf_t *conf;
+    struct event_base *base;
+    lua_State *L;
+    int lua_on_request;          /* registry ref of the on_request runner, or LUA_NOREF */
+
+    moxy_listener_t *listeners;  /* one per conf->listens */
+    int nlisteners;
+    int accepting;               /* listeners' events are added */
+    int nconns;                  /* open client connections */
+    LIST_HEAD(, moxy_client_s) clients;
+
+    moxy_pool_rt_t *pools;       /* one per conf->upstreams */
+
+    struct event control;        /* woken by moxy_worker_signal */
+    atomic_int command;          /* MOXY_WORKER_* bits */
+    int draining;
+    struct event drain_timer;
+    struct event flush_timer;    /* flushes the access log every second */
+
+    uint64_t rng[2];             /* xorshift128+ state for request ids */
+    moxy_alog_buf_t alog;
+
+    /* timeouts, converted once */
+    struct timeval tv_client_header, tv_client_body, tv_client_send, tv_connect,
+        tv_upstream, tv_keepalive;
+    const struct timeval *ctv_keepalive; /* libevent common-timeout versions */
+    const struct timeval *ctv_client_body, *ctv_client_send, *ctv_upstream;
+
+    int exit_status;
+    char error[256];             /* why the worker could not start */
+};
+
+/* Create worker id for conf: opens its listening sockets and builds its Lua VM.
+ * Returns NULL after logging why.  The worker does not run until started. */
+moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id);
+
+/* Run the worker's loop on a new thread.  MOXY_OK or MOXY_ERROR. */
+int moxy_worker_start(moxy_worker_t *w);
+
+/* Ask a running worker to drain or stop (MOXY_WORKER_*); safe from any thread. */
+void moxy_worker_signal(moxy_worker_t *w, int command);
+
+/* Wait for the worker's thread to end, then free the worker. */
+void moxy_worker_join_free(moxy_worker_t *w);
+
+/* Called when a client connection closes: lets a paused accept resume and a
+ * draining worker finish. */
+void moxy_worker_conn_closed(moxy_worker_t *w);
+
+#endif

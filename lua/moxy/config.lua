@@ -1,0 +1,379 @@
+-- moxy.config: load a configuration file, check it against the schema and
+-- return it normalised (sizes in bytes, durations in seconds, addresses split).
+--
+-- Errors name the file, the line and the key path:
+--   /etc/moxy/moxy.lua:12: upstreams.app.servers[2]: bad address "10.0.0.1:99999"
+-- A Lua table does not remember where its keys were written, so the line is
+-- found by searching the source for the path's keys in order (the nearest
+-- named key when the path ends in an array index).
+
+local M = {}
+
+local function escape(s)
+  return (s:gsub("%p", "%%%0"))
+end
+
+-- Line of the key path `keys` in `src`, or nil.
+local function line_of(src, keys)
+  local pos, found = 1, nil
+  for _, k in ipairs(keys) do
+    if type(k) == "string" then
+      local e = escape(k)
+      local s = src:find("%f[%w_]" .. e .. "%s*=", pos)
+        or src:find("%[%s*[\"']" .. e .. "[\"']%s*%]%s*=", pos)
+      if s then
+        pos, found = s, s
+      end
+    end
+  end
+  if not found then return nil end
+  local _, n = src:sub(1, found):gsub("\n", "")
+  return n + 1
+end
+
+local function path_text(keys)
+  local out = {}
+  for i, k in ipairs(keys) do
+    if type(k) == "number" then
+      out[#out + 1] = "[" .. k .. "]"
+    elseif i == 1 then
+      out[#out + 1] = k
+    else
+      out[#out + 1] = "." .. k
+    end
+  end
+  return table.concat(out)
+end
+
+local function child(keys, k)
+  local c = { unpack(keys) }
+  c[#c + 1] = k
+  return c
+end
+
+-- Value parsers: return the normalised value, or nil and a message. ----------
+
+local SIZE_UNITS = { [""] = 1, b = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 }
+
+local function size(v)
+  if type(v) == "number" then
+    if v >= 0 and v == math.floor(v) then return v end
+    return nil, "expected a whole number of bytes, got " .. v
+  end
+  if type(v) ~= "string" then return nil, "expected a size (number or \"64k\"), got " .. type(v) end
+  local n, u = v:lower():match("^%s*(%d+)%s*([kmgb]?)%s*$")
+  if not n then return nil, "bad size \"" .. v .. "\" (use bytes or 64k, 16m, 1g)" end
+  return tonumber(n) * SIZE_UNITS[u]
+end
+
+local TIME_UNITS = { ms = 0.001, s = 1, m = 60, h = 3600 }
+
+local function duration(v)
+  if type(v) == "number" then
+    if v >= 0 then return v end
+    return nil, "expected a duration >= 0, got " .. v
+  end
+  if type(v) ~= "string" then return nil, "expected a duration (seconds or \"250ms\"), got " .. type(v) end
+  local n, u = v:lower():match("^%s*(%d+%.?%d*)%s*(m?s?h?)%s*$")
+  if not n then return nil, "bad duration \"" .. v .. "\" (use 250ms, 10s, 5m, 1h)" end
+  if u == "" then u = "s" end
+  if not TIME_UNITS[u] then return nil, "bad duration \"" .. v .. "\" (use 250ms, 10s, 5m, 1h)" end
+  return tonumber(n) * TIME_UNITS[u]
+end
+
+local function ipv4(h)
+  local a, b, c, d = h:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return false end
+  for _, o in ipairs { a, b, c, d } do
+    if #o > 3 or tonumber(o) > 255 then return false end
+  end
+  return true
+end
+
+-- "host:port" -> { host = ..., port = n, family = 4|6 }.  Hosts are IP
+-- literals ("127.0.0.1", "[::1]"), "localhost" or "*" (any address).
+local function address(v)
+  if type(v) ~= "string" then return nil, "expected an address \"host:port\", got " .. type(v) end
+  local host, port = v:match("^%[([%x:.]+)%]:(%d+)$")
+  local family = 6
+  if not host then
+    host, port = v:match("^([^:]*):(%d+)$")
+    family = 4
+  end
+  if not host then return nil, "bad address \"" .. v .. "\" (expected host:port)" end
+  port = tonumber(port)
+  if port < 1 or port > 65535 then return nil, "bad address \"" .. v .. "\" (port out of range)" end
+  if family == 4 then
+    if host == "" or host == "*" then
+      host = "0.0.0.0"
+    elseif host == "localhost" then
+      host = "127.0.0.1"
+    elseif not ipv4(host) then
+      return nil, "bad address \"" .. v .. "\" (expected an IP address; names are not resolved yet)"
+    end
+  elseif not host:find(":") then
+    return nil, "bad address \"" .. v .. "\" (bad IPv6 literal)"
+  end
+  return { text = v, host = host, port = port, family = family }
+end
+
+-- Schema walking -------------------------------------------------------------
+
+local Checker = {}
+Checker.__index = Checker
+
+function Checker:err(keys, msg)
+  local line = line_of(self.src, keys) or self.return_line or 1
+  self.errors[#self.errors + 1] = string.format("%s:%d: %s: %s", self.path, line, path_text(keys), msg)
+end
+
+-- Check that `t` is a table with only the keys in `allowed`.
+function Checker:table(t, keys, allowed)
+  if type(t) ~= "table" then
+    self:err(keys, "expected a table, got " .. type(t))
+    return false
+  end
+  for k in pairs(t) do
+    if type(k) ~= "string" or not allowed[k] then
+      local names = {}
+      for n in pairs(allowed) do names[#names + 1] = n end
+      table.sort(names)
+      self:err(child(keys, tostring(k)), "unknown key (expected one of: " .. table.concat(names, ", ") .. ")")
+    end
+  end
+  return true
+end
+
+function Checker:value(v, keys, parse, default)
+  if v == nil then return default end
+  local r, msg = parse(v)
+  if r == nil then
+    self:err(keys, msg)
+    return default
+  end
+  return r
+end
+
+local function typed(want)
+  return function(v)
+    if type(v) ~= want then return nil, "expected a " .. want .. ", got " .. type(v) end
+    return v
+  end
+end
+
+local function integer(min, max)
+  return function(v)
+    if type(v) ~= "number" or v ~= math.floor(v) then
+      return nil, "expected a whole number, got " .. (type(v) == "number" and v or type(v))
+    end
+    if v < min or v > max then return nil, string.format("expected a number in %d..%d, got %d", min, max, v) end
+    return v
+  end
+end
+
+local function one_of(...)
+  local set = { ... }
+  return function(v)
+    for _, s in ipairs(set) do
+      if v == s then return v end
+    end
+    return nil, "expected one of \"" .. table.concat(set, "\", \"") .. "\", got " .. tostring(v)
+  end
+end
+
+local function workers(v)
+  if v == "auto" then return 0 end
+  return integer(1, 256)(v)
+end
+
+local function list(c, v, keys)
+  if v == nil then return {} end
+  if type(v) ~= "table" then
+    c:err(keys, "expected a list, got " .. type(v))
+    return {}
+  end
+  local n = #v
+  for k in pairs(v) do
+    if type(k) ~= "number" or k < 1 or k > n or k ~= math.floor(k) then
+      c:err(child(keys, tostring(k)), "unknown key (expected a list)")
+    end
+  end
+  return v
+end
+
+function Checker:listen(v, keys)
+  local out = {}
+  if v == nil then
+    self:err(keys, "at least one listener is required")
+    return out
+  end
+  if type(v) == "string" then v = { v } end
+  for i, l in ipairs(list(self, v, keys)) do
+    local k = child(keys, i)
+    if type(l) == "string" then l = { addr = l } end
+    if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true }) then
+      local a = self:value(l.addr, child(k, "addr"), address)
+      if l.addr == nil then self:err(k, "addr is required") end
+      if a then
+        out[#out + 1] = {
+          addr = a,
+          name = self:value(l.name, child(k, "name"), typed("string"), a.text),
+          upstream = self:value(l.upstream, child(k, "upstream"), typed("string")),
+          upstream_keys = child(k, "upstream"),
+          backlog = self:value(l.backlog, child(k, "backlog"), integer(1, 65535), 4096),
+        }
+      end
+    end
+  end
+  if #v == 0 then self:err(keys, "at least one listener is required") end
+  return out
+end
+
+function Checker:upstreams(v, keys)
+  local out, names = {}, {}
+  if v == nil then return out end
+  if type(v) ~= "table" then
+    self:err(keys, "expected a table of pools, got " .. type(v))
+    return out
+  end
+  for name in pairs(v) do names[#names + 1] = name end
+  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  for _, name in ipairs(names) do
+    local k = child(keys, tostring(name))
+    local u = v[name]
+    if type(name) ~= "string" or not name:match("^[%w_.-]+$") then
+      self:err(k, "pool names are words of letters, digits, _ . -")
+    elseif self:table(u, k, { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true }) then
+      local pool = {
+        name = name,
+        servers = {},
+        keepalive = self:value(u.keepalive, child(k, "keepalive"), integer(0, 100000), 64),
+        keepalive_timeout = self:value(u.keepalive_timeout, child(k, "keepalive_timeout"), duration, 60),
+        host = self:value(u.host, child(k, "host"), typed("string")),
+      }
+      self:value(u.balance, child(k, "balance"), one_of("round_robin"))
+      local sk = child(k, "servers")
+      if u.servers == nil or (type(u.servers) == "table" and #u.servers == 0) then
+        self:err(sk, "a pool needs at least one server")
+      end
+      for i, s in ipairs(list(self, u.servers, sk)) do
+        local ik = child(sk, i)
+        if type(s) == "string" then s = { addr = s } end
+        if self:table(s, ik, { addr = true, weight = true }) then
+          local a = self:value(s.addr, child(ik, "addr"), address)
+          if s.addr == nil then self:err(ik, "addr is required") end
+          if a then
+            if a.host == "0.0.0.0" then self:err(child(ik, "addr"), "an upstream server needs a host") end
+            a.weight = self:value(s.weight, child(ik, "weight"), integer(1, 1000), 1)
+            pool.servers[#pool.servers + 1] = a
+          end
+        end
+      end
+      out[#out + 1] = pool
+    end
+  end
+  return out
+end
+
+local TOP = {
+  workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true,
+  limits = true, timeouts = true, log = true,
+}
+
+-- Check the table `t` that `path` (with source text `src`) returned.
+-- Returns the normalised configuration, or nil and a list of error lines.
+function M.check(t, path, src)
+  local c = setmetatable({ errors = {}, path = path, src = src }, Checker)
+  do
+    local _, n = (src:match("^(.-)%f[%w_]return%f[^%w_]") or ""):gsub("\n", "")
+    c.return_line = n + 1
+  end
+  local conf = { path = path, dir = path:match("^(.*)/[^/]*$") or "." }
+  if not c:table(t, {}, TOP) then return nil, c.errors end
+
+  conf.workers = c:value(t.workers, { "workers" }, workers, 0)
+  conf.listen = c:listen(t.listen, { "listen" })
+  conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
+  local pools = {}
+  for _, p in ipairs(conf.upstreams) do pools[p.name] = true end
+  conf.default_upstream = c:value(t.default_upstream, { "default_upstream" }, typed("string"))
+  if conf.default_upstream and not pools[conf.default_upstream] then
+    c:err({ "default_upstream" }, "no pool named \"" .. conf.default_upstream .. "\" in upstreams")
+  end
+  if not conf.default_upstream and #conf.upstreams == 1 then conf.default_upstream = conf.upstreams[1].name end
+  for _, l in ipairs(conf.listen) do
+    if l.upstream and not pools[l.upstream] then
+      c:err(l.upstream_keys, "no pool named \"" .. l.upstream .. "\" in upstreams")
+    end
+    l.upstream_keys = nil
+  end
+
+  conf.scripts = {}
+  for i, s in ipairs(list(c, t.scripts, { "scripts" })) do
+    local p = c:value(s, { "scripts", i }, typed("string"))
+    if p then conf.scripts[#conf.scripts + 1] = p:sub(1, 1) == "/" and p or conf.dir .. "/" .. p end
+  end
+
+  local lim = t.limits or {}
+  if c:table(lim, { "limits" }, { header_bytes = true, headers = true, uri_bytes = true, body_bytes = true, connections = true }) then
+    conf.limits = {
+      header_bytes = c:value(lim.header_bytes, { "limits", "header_bytes" }, size, 32 * 1024),
+      headers = c:value(lim.headers, { "limits", "headers" }, integer(1, 10000), 100),
+      uri_bytes = c:value(lim.uri_bytes, { "limits", "uri_bytes" }, size, 8 * 1024),
+      body_bytes = c:value(lim.body_bytes, { "limits", "body_bytes" }, size, 64 * 1024 * 1024),
+      connections = c:value(lim.connections, { "limits", "connections" }, integer(1, 1000000), 10000),
+    }
+  end
+
+  local to = t.timeouts or {}
+  local TO = { client_header = 10, client_body = 30, client_send = 60, connect = 3, upstream = 60, keepalive = 75, drain = 60 }
+  local allowed = {}
+  for k in pairs(TO) do allowed[k] = true end
+  if c:table(to, { "timeouts" }, allowed) then
+    conf.timeouts = {}
+    for k, d in pairs(TO) do conf.timeouts[k] = c:value(to[k], { "timeouts", k }, duration, d) end
+  end
+
+  local lg = t.log or {}
+  if c:table(lg, { "log" }, { access = true, format = true, error = true, level = true }) then
+    local access = lg.access
+    if access == nil or access == false then
+      access = nil
+    else
+      access = c:value(access, { "log", "access" }, typed("string"))
+      if access and access:sub(1, 1) ~= "/" then access = conf.dir .. "/" .. access end
+    end
+    local err = c:value(lg.error, { "log", "error" }, typed("string"), "stderr")
+    if err ~= "stderr" and err:sub(1, 1) ~= "/" then err = conf.dir .. "/" .. err end
+    conf.log = {
+      access = access,
+      format = c:value(lg.format, { "log", "format" }, one_of("combined", "json"), "combined"),
+      error = err,
+      level = c:value(lg.level, { "log", "level" }, one_of("error", "warn", "info", "debug"), "info"),
+    }
+  end
+
+  if #c.errors > 0 then return nil, c.errors end
+  return conf
+end
+
+-- Load and check the configuration file at `path`.
+-- Returns the normalised configuration, or nil and a list of error lines.
+function M.load(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, { path .. ": cannot open: " .. tostring(err) } end
+  local src = f:read("*a")
+  f:close()
+  local chunk, cerr = loadstring(src, "@" .. path)
+  if not chunk then return nil, { cerr } end
+  local ok, t = pcall(chunk)
+  if not ok then return nil, { tostring(t) } end
+  if type(t) ~= "table" then
+    return nil, { path .. ":1: the configuration must return a table, got " .. type(t) }
+  end
+  return M.check(t, path, src)
+end
+
+M._size, M._duration, M._address, M._line_of = size, duration, address, line_of
+
+return M

@@ -1,0 +1,229 @@
+-- moxy.txn: the transaction object a hook receives (`txn`), over the C
+-- exports of core/ffi.h.  The cdef below must match that header (checked by
+-- tools/check-ffi.lua).
+local ffi = require "ffi"
+
+ffi.cdef [[
+typedef struct moxy_req_s moxy_req_t;
+int moxy_ffi_abi_version(void);
+int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len);
+int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen, int index,
+                        const char **val, size_t *vlen);
+int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
+                        size_t vlen, int add);
+int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nlen);
+int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, size_t *nlen,
+                       const char **val, size_t *vlen);
+int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
+int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
+int moxy_ffi_client_port(moxy_req_t *r);
+]]
+
+local C = ffi.C
+local ABI = 1
+if C.moxy_ffi_abi_version() ~= ABI then
+  error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
+    .. C.moxy_ffi_abi_version() .. "); install them together", 0)
+end
+
+local OK, DECLINED = 0, -3
+local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
+            listener = 7, version = 8, pool = 9 }
+
+local sp = ffi.new("const char *[1]")
+local sl = ffi.new("size_t[1]")
+local np = ffi.new("const char *[1]")
+local nl = ffi.new("size_t[1]")
+local ffi_string, type, tostring, error = ffi.string, type, tostring, error
+
+local function field(r, f)
+  if C.moxy_ffi_req_field(r, f, sp, sl) ~= OK then return nil end
+  return ffi_string(sp[0], sl[0])
+end
+
+-- Headers ------------------------------------------------------------------
+
+local Headers = {}
+Headers.__index = Headers
+
+local function check_name(name, what)
+  if type(name) ~= "string" then
+    error("headers:" .. what .. ": header name must be a string, got " .. type(name), 3)
+  end
+end
+
+--- headers:get(name) -> the first value of header `name` (case-insensitive), or nil.
+function Headers:get(name)
+  check_name(name, "get")
+  if C.moxy_ffi_header_get(self._r, self._which, name, #name, 0, sp, sl) ~= OK then return nil end
+  return ffi_string(sp[0], sl[0])
+end
+
+--- headers:get_all(name) -> a list of every value of header `name` (maybe empty).
+function Headers:get_all(name)
+  check_name(name, "get_all")
+  local out, i = {}, 0
+  while C.moxy_ffi_header_get(self._r, self._which, name, #name, i, sp, sl) == OK do
+    i = i + 1
+    out[i] = ffi_string(sp[0], sl[0])
+  end
+  return out
+end
+
+local function put(self, name, value, add, what)
+  check_name(name, what)
+  if type(value) ~= "string" then
+    if type(value) == "number" then
+      value = tostring(value)
+    else
+      error("headers:" .. what .. ": value must be a string, got " .. type(value), 3)
+    end
+  end
+  if C.moxy_ffi_header_set(self._r, self._which, name, #name, value, #value, add) ~= OK then
+    error("headers:" .. what .. ": invalid header " .. name .. ": " .. string.format("%q", value), 3)
+  end
+end
+
+--- headers:set(name, value): replace every `name` header by one with `value`.
+function Headers:set(name, value)
+  put(self, name, value, 0, "set")
+end
+
+--- headers:add(name, value): add a `name` header, keeping the others.
+function Headers:add(name, value)
+  put(self, name, value, 1, "add")
+end
+
+--- headers:remove(name): remove every `name` header.
+function Headers:remove(name)
+  check_name(name, "remove")
+  C.moxy_ffi_header_remove(self._r, self._which, name, #name)
+end
+
+--- headers:each() -> iterator over name, value in order (repeats included).
+function Headers:each()
+  local i, r, which = -1, self._r, self._which
+  return function()
+    i = i + 1
+    if C.moxy_ffi_header_at(r, which, i, np, nl, sp, sl) ~= OK then return nil end
+    return ffi_string(np[0], nl[0]), ffi_string(sp[0], sl[0])
+  end
+end
+
+-- txn.req ------------------------------------------------------------------
+
+local REQ_FIELDS = {
+  method = F.method, uri = F.uri, path = F.path, query = F.query, host = F.host,
+  http_version = F.version,
+}
+
+local Req = {}
+Req.__index = function(self, k)
+  local f = REQ_FIELDS[k]
+  if f then return field(self._r, f) end
+  if k == "headers" then
+    local h = setmetatable({ _r = self._r, _which = 0 }, Headers)
+    rawset(self, "headers", h)
+    return h
+  end
+  if k == "scheme" then return "http" end
+  return nil
+end
+
+local Resp = {}
+Resp.__index = function(self, k)
+  if k == "headers" then
+    local h = setmetatable({ _r = self._r, _which = 1 }, Headers)
+    rawset(self, "headers", h)
+    return h
+  end
+  return nil
+end
+
+local Client = {}
+Client.__index = function(self, k)
+  if k == "ip" then return field(self._r, F.client_ip) end
+  if k == "port" then return C.moxy_ffi_client_port(self._r) end
+  return nil
+end
+
+local Upstream = {}
+Upstream.__index = function(self, k)
+  if k == "pick" then return Upstream.pick end
+  if k == "pool" then return field(self._r, F.pool) end
+  return nil
+end
+
+--- txn.upstream:pick(pool): send this request to the named pool.
+function Upstream.pick(self, pool)
+  if type(pool) ~= "string" then error("upstream:pick: pool name must be a string", 2) end
+  if C.moxy_ffi_upstream_pick(self._r, pool, #pool) ~= OK then
+    error("upstream:pick: no pool named \"" .. pool .. "\"", 2)
+  end
+end
+
+-- txn ----------------------------------------------------------------------
+
+local Txn = {}
+local methods = {}
+
+Txn.__index = function(self, k)
+  local m = methods[k]
+  if m then return m end
+  local r = self._r
+  local v
+  if k == "req" then
+    v = setmetatable({ _r = r }, Req)
+  elseif k == "resp" then
+    v = setmetatable({ _r = r }, Resp)
+  elseif k == "client" then
+    v = setmetatable({ _r = r }, Client)
+  elseif k == "upstream" then
+    v = setmetatable({ _r = r }, Upstream)
+  elseif k == "ctx" then
+    v = {}
+  elseif k == "id" then
+    return field(r, F.id)
+  elseif k == "listener" then
+    return field(r, F.listener)
+  else
+    return nil
+  end
+  rawset(self, k, v)
+  return v
+end
+
+--- txn:respond(status, body, headers): answer the request directly.
+-- body: string (or nil); headers: table name -> value (or list of values).
+function methods.respond(self, status, body, headers)
+  if type(status) ~= "number" then error("txn:respond: status must be a number", 2) end
+  body = body == nil and "" or body
+  if type(body) ~= "string" then error("txn:respond: body must be a string", 2) end
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("txn:respond: headers must be a table", 2) end
+    local h = self.resp.headers
+    for name, value in pairs(headers) do
+      if type(value) == "table" then
+        for _, v in ipairs(value) do h:add(name, v) end
+      else
+        h:set(name, value)
+      end
+    end
+  end
+  if C.moxy_ffi_respond(self._r, status, body, #body) ~= OK then
+    error("txn:respond: bad status " .. tostring(status), 2)
+  end
+  rawset(self, "_done", true)
+end
+
+local M = {}
+
+local cast = ffi.cast
+local REQ_T = ffi.typeof("moxy_req_t *")
+
+-- A txn for the request behind the light userdata `ptr`.
+function M.new(ptr)
+  return setmetatable({ _r = cast(REQ_T, ptr) }, Txn)
+end
+
+return M
