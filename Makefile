@@ -32,7 +32,7 @@ deps:
 	@tools/deps.sh
 
 moxy: $(BUILD)/moxy
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/moxy: $(OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
