@@ -103,6 +103,8 @@ struct moxy_req_s {
     uint32_t field_cap, value_cap;
     size_t head_bytes;     /* bytes of request line + headers so far */
     unsigned in_trailers : 1;
+    unsigned head_line : 1;  /* raw head scan: past the request line */
+    char head_prev;          /* raw head scan: previous byte */
 
     /* request body */
     moxy_body_kind_t body_kind;
@@ -191,6 +193,7 @@ struct moxy_upconn_s {
     unsigned body_done : 1;     /* chunked response body complete */
     unsigned write_failed : 1;
     unsigned idle : 1;          /* in the pool's idle list */
+    unsigned read_timer : 1;    /* rev carries the upstream read timeout */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;
     size_t head_bytes;
@@ -205,8 +208,8 @@ TAILQ_HEAD(moxy_upconn_list_s, moxy_upconn_s);
 /* A worker's running state of one upstream pool. */
 struct moxy_pool_rt_s {
     int *current_weight;              /* smooth weighted round-robin state */
-    struct moxy_upconn_list_s idle;   /* idle keep-alive connections, newest first */
-    int nidle;
+    struct moxy_upconn_list_s *idle;  /* per server: idle keep-alive connections, newest first */
+    int nidle;                        /* idle connections of the whole pool */
 };
 
 #endif

@@ -503,6 +503,27 @@ void moxy_http_init(void)
     request_settings();
 }
 
+/* What llhttp (8.1, strict) lets through in a head and we refuse: obs-fold
+ * (a line starting with SP or HTAB, RFC 9112 5.2) and a request line with
+ * more than one SP between its parts.  Scans the head bytes p[0..n).
+ * Returns NULL or the reason. */
+static const char *head_scan(moxy_req_t *r, const char *p, size_t n)
+{
+    char prev = r->head_prev;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (!r->head_line) {
+            if (ch == '\n') r->head_line = 1;
+            else if ((ch == ' ' && prev == ' ') || ch == '\t') return "malformed request line";
+        } else if (prev == '\n' && (ch == ' ' || ch == '\t')) {
+            return "obsolete line folding";
+        }
+        prev = ch;
+    }
+    r->head_prev = prev;
+    return NULL;
+}
+
 /* Feed c->in to llhttp.  MOXY_OK: paused (head or message complete), consumed
  * bytes drained; MOXY_AGAIN: all consumed, need more; MOXY_ERROR: parse error
  * (r->status holds the status to answer, 0 for a plain 400). */
@@ -516,12 +537,19 @@ static int client_parse(moxy_client_t *c, const char **reason)
     for (int i = 0; i < n; i++) {
         const char *base = v[i].iov_base;
         llhttp_errno_t err = llhttp_execute(&c->parser, base, v[i].iov_len);
+        size_t used = err == HPE_OK ? v[i].iov_len
+                      : err == HPE_PAUSED ? (size_t)(llhttp_get_error_pos(&c->parser) - base) : 0;
+        if (c->state == MOXY_C_HEAD && used && (*reason = head_scan(c->req, base, used))) {
+            c->req->status = 400;
+            rc = MOXY_ERROR;
+            break;
+        }
         if (err == HPE_OK) {
-            consumed += v[i].iov_len;
+            consumed += used;
             continue;
         }
         if (err == HPE_PAUSED) {
-            consumed += (size_t)(llhttp_get_error_pos(&c->parser) - base);
+            consumed += used;
             llhttp_resume(&c->parser);
             rc = MOXY_OK;
             break;
@@ -658,8 +686,10 @@ static void client_start_request(moxy_client_t *c)
         moxy_resp_error(r, 502, "no upstream pool for this request");
         return;
     }
-    if (r->expect_continue && !r->body_done)
+    if (r->expect_continue && !r->body_done) {
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (moxy_client_send(c) != MOXY_OK) return;
+    }
     moxy_upstream_start(r);
 }
 
@@ -736,14 +766,20 @@ static void client_process(moxy_client_t *c)
                 moxy_client_close(c);
                 break;
             }
+            struct timeval now;
+            event_base_gettimeofday_cached(w->base, &now);
             if (r->head_bytes == 0) {
                 /* first bytes of a head: its client_header deadline starts */
-                struct timeval now;
-                event_base_gettimeofday_cached(w->base, &now);
                 evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
                 r->started = now;
                 r->head_bytes = 1;
                 client_read_timeout(c, &w->tv_client_header);
+            } else if (evutil_timercmp(&now, &c->head_deadline, <)) {
+                /* a head in pieces: the read timeout must not restart the
+                 * deadline with every piece */
+                struct timeval left;
+                evutil_timersub(&c->head_deadline, &now, &left);
+                client_read_timeout(c, &left);
             }
             const char *reason = NULL;
             int rc = client_parse(c, &reason);

@@ -43,9 +43,11 @@ int moxy_upstream_init_worker(moxy_worker_t *w)
     w->pools = calloc((size_t)conf->nupstreams + 1, sizeof(*w->pools));
     if (!w->pools) return MOXY_ERROR;
     for (int i = 0; i < conf->nupstreams; i++) {
-        w->pools[i].current_weight = calloc((size_t)conf->upstreams[i].nservers + 1, sizeof(int));
-        if (!w->pools[i].current_weight) return MOXY_ERROR;
-        TAILQ_INIT(&w->pools[i].idle);
+        int n = conf->upstreams[i].nservers;
+        w->pools[i].current_weight = calloc((size_t)n + 1, sizeof(int));
+        w->pools[i].idle = calloc((size_t)n + 1, sizeof(*w->pools[i].idle));
+        if (!w->pools[i].current_weight || !w->pools[i].idle) return MOXY_ERROR;
+        for (int j = 0; j < n; j++) TAILQ_INIT(&w->pools[i].idle[j]);
     }
     return MOXY_OK;
 }
@@ -55,8 +57,10 @@ void moxy_upstream_free_worker(moxy_worker_t *w)
     if (!w->pools) return;
     for (int i = 0; i < w->conf->nupstreams; i++) {
         moxy_upconn_t *u;
-        while ((u = TAILQ_FIRST(&w->pools[i].idle))) moxy_upconn_close(u);
+        for (int j = 0; j < w->conf->upstreams[i].nservers && w->pools[i].idle; j++)
+            while ((u = TAILQ_FIRST(&w->pools[i].idle[j]))) moxy_upconn_close(u);
         free(w->pools[i].current_weight);
+        free(w->pools[i].idle);
     }
     free(w->pools);
     w->pools = NULL;
@@ -105,7 +109,7 @@ void moxy_upconn_close(moxy_upconn_t *u)
     u->dead = 1;
     if (u->idle) {
         moxy_pool_rt_t *rt = &u->w->pools[u->pool];
-        TAILQ_REMOVE(&rt->idle, u, idle_link);
+        TAILQ_REMOVE(&rt->idle[u->server], u, idle_link);
         rt->nidle--;
         u->idle = 0;
     }
@@ -198,14 +202,14 @@ int moxy_upstream_start(moxy_req_t *r)
     moxy_pool_rt_t *rt = &w->pools[r->pool];
     moxy_upconn_t *u = NULL;
     r->tries++;
-    if (r->tries == 1 && (u = TAILQ_FIRST(&rt->idle))) {
-        TAILQ_REMOVE(&rt->idle, u, idle_link);
+    int server = pick_server(w, r->pool);
+    if (r->tries == 1 && (u = TAILQ_FIRST(&rt->idle[server]))) {
+        TAILQ_REMOVE(&rt->idle[server], u, idle_link);
         rt->nidle--;
         u->idle = 0;
         u->reused = 1;
     } else {
         const char *err = NULL;
-        int server = pick_server(w, r->pool);
         u = up_connect(w, r->pool, server, &err);
         if (!u) {
             snprintf(r->peer, sizeof(r->peer), "%s", w->conf->upstreams[r->pool].servers[server].addr.text);
@@ -227,7 +231,10 @@ int moxy_upstream_start(moxy_req_t *r)
     llhttp_init(&u->parser, HTTP_RESPONSE, response_settings());
     u->parser.data = u;
     up_write_head(r, u);
-    event_add(&u->rev, w->ctv_upstream);
+    /* The read timeout starts once the whole request is sent (as nginx's
+     * proxy_read_timeout); until then the client's body timeout rules. */
+    u->read_timer = r->body_done;
+    event_add(&u->rev, u->read_timer ? w->ctv_upstream : NULL);
     u->reading = 1;
     if (u->connected) {
         moxy_upstream_send(u);
@@ -283,6 +290,10 @@ void moxy_upstream_send(moxy_upconn_t *u)
         u->writing = 0;
     }
     moxy_req_t *r = u->req;
+    if (r && left == 0 && r->body_done && !u->read_timer && u->reading) {
+        event_add(&u->rev, u->w->ctv_upstream);
+        u->read_timer = 1;
+    }
     if (r && left < MOXY_LOW_WATER) moxy_client_resume_read(r->c);
 }
 
@@ -603,7 +614,7 @@ static void up_response_done(moxy_upconn_t *u)
         u->idle = 1;
         u->field = u->value = NULL;
         u->field_cap = u->value_cap = 0;
-        TAILQ_INSERT_HEAD(&rt->idle, u, idle_link);
+        TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
         rt->nidle++;
     } else {
         moxy_upconn_close(u);

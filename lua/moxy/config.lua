@@ -13,8 +13,9 @@ local function escape(s)
   return (s:gsub("%p", "%%%0"))
 end
 
--- Line of the key path `keys` in `src`, or nil.
-local function line_of(src, keys)
+-- Line of the key path `keys` in `src`, or nil.  When the bad `value` is a
+-- string, the line of its literal after the last key found is better.
+local function line_of(src, keys, value)
   local pos, found = 1, nil
   for _, k in ipairs(keys) do
     if type(k) == "string" then
@@ -25,6 +26,11 @@ local function line_of(src, keys)
         pos, found = s, s
       end
     end
+  end
+  if type(value) == "string" then
+    local e = escape(value)
+    local s = src:find("[\"']" .. e .. "[\"']", found or 1)
+    if s then found = s end
   end
   if not found then return nil end
   local _, n = src:sub(1, found):gsub("\n", "")
@@ -122,8 +128,8 @@ end
 local Checker = {}
 Checker.__index = Checker
 
-function Checker:err(keys, msg)
-  local line = line_of(self.src, keys) or self.return_line or 1
+function Checker:err(keys, msg, value)
+  local line = line_of(self.src, keys, value) or self.return_line or 1
   self.errors[#self.errors + 1] = string.format("%s:%d: %s: %s", self.path, line, path_text(keys), msg)
 end
 
@@ -148,7 +154,7 @@ function Checker:value(v, keys, parse, default)
   if v == nil then return default end
   local r, msg = parse(v)
   if r == nil then
-    self:err(keys, msg)
+    self:err(keys, msg, v)
     return default
   end
   return r
@@ -210,9 +216,12 @@ function Checker:listen(v, keys)
   if type(v) == "string" then v = { v } end
   for i, l in ipairs(list(self, v, keys)) do
     local k = child(keys, i)
-    if type(l) == "string" then l = { addr = l } end
+    local ak = child(k, "addr")
+    if type(l) == "string" then
+      l, ak = { addr = l }, k
+    end
     if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true }) then
-      local a = self:value(l.addr, child(k, "addr"), address)
+      local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
         out[#out + 1] = {
@@ -258,12 +267,15 @@ function Checker:upstreams(v, keys)
       end
       for i, s in ipairs(list(self, u.servers, sk)) do
         local ik = child(sk, i)
-        if type(s) == "string" then s = { addr = s } end
+        local ak = child(ik, "addr")
+        if type(s) == "string" then
+          s, ak = { addr = s }, ik
+        end
         if self:table(s, ik, { addr = true, weight = true }) then
-          local a = self:value(s.addr, child(ik, "addr"), address)
+          local a = self:value(s.addr, ak, address)
           if s.addr == nil then self:err(ik, "addr is required") end
           if a then
-            if a.host == "0.0.0.0" then self:err(child(ik, "addr"), "an upstream server needs a host") end
+            if a.host == "0.0.0.0" then self:err(ak, "an upstream server needs a host", s.addr) end
             a.weight = self:value(s.weight, child(ik, "weight"), integer(1, 1000), 1)
             pool.servers[#pool.servers + 1] = a
           end
@@ -311,7 +323,16 @@ function M.check(t, path, src)
   conf.scripts = {}
   for i, s in ipairs(list(c, t.scripts, { "scripts" })) do
     local p = c:value(s, { "scripts", i }, typed("string"))
-    if p then conf.scripts[#conf.scripts + 1] = p:sub(1, 1) == "/" and p or conf.dir .. "/" .. p end
+    if p then
+      local full = p:sub(1, 1) == "/" and p or conf.dir .. "/" .. p
+      local f, err = io.open(full, "rb")
+      if f then
+        f:close()
+        conf.scripts[#conf.scripts + 1] = full
+      else
+        c:err({ "scripts", i }, "cannot open script: " .. tostring(err), p)
+      end
+    end
   end
 
   local lim = t.limits or {}
