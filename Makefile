@@ -13,11 +13,11 @@ LLHTTP_INC = /usr/share/include/llhttp
 
 PKGS      := luajit libevent_core libevent_pthreads libssl libcrypto zlib libmaxminddb
 CFLAGS    ?= -O2 -g
-CFLAGS    += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fno-strict-aliasing \
+MOXY_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fno-strict-aliasing \
              -I$(LLHTTP_INC) -Icore -DMOXY_LUADIR='"$(LUADIR)"' -DLLHTTP_STRICT_MODE=1 \
              $(shell pkg-config --cflags luajit)
 LDLIBS    += -lluajit-5.1 -levent_core -levent_pthreads -lssl -lcrypto -lz -lmaxminddb -lpthread -lm -ldl
-LDFLAGS   += -Wl,-E
+MOXY_LDFLAGS = -Wl,-E
 
 BUILD     ?= build
 SRCS      := $(wildcard core/*.c)
@@ -35,10 +35,11 @@ moxy: $(BUILD)/moxy
 	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/moxy: $(OBJS)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(MOXY_CFLAGS) $(LDFLAGS) $(MOXY_LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	@echo "  CC $<"
+	@$(CC) $(CFLAGS) $(MOXY_CFLAGS) -c -o $@ $<
 
 # llhttp is third-party C from Debian's node-llhttp; build it without our -Werror.
 $(BUILD)/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
@@ -59,7 +60,7 @@ test: deps moxy
 
 check: deps
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	        LDFLAGS="-Wl,-E -fsanitize=address,undefined" build-asan/moxy
+	        LDFLAGS="-fsanitize=address,undefined" build-asan/moxy
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MOXY_BIN=$(CURDIR)/build-asan/moxy MOXY_SANITIZED=1 $(BUSTED) spec
 
