@@ -1,0 +1,95 @@
+-- moxy.config: the checks and normalisation of configuration files, pure Lua.
+package.path = "lua/?.lua;" .. package.path
+local config = require "moxy.config"
+
+local function tmpfile(src)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(src)
+  f:close()
+  return path
+end
+
+local BASE = [[
+return {
+  workers = 2,
+  listen = { "127.0.0.1:8080", { addr = "[::1]:8081", name = "v6" } },
+  upstreams = {
+    app = { servers = { "127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 } } },
+  },
+  limits = { header_bytes = "16k", body_bytes = "2m" },
+  timeouts = { connect = "250ms", upstream = 5, keepalive = "2m" },
+}
+]]
+
+describe("moxy.config", function()
+  it("normalises sizes, durations and addresses", function()
+    local path = tmpfile(BASE)
+    local c, errs = config.load(path)
+    os.remove(path)
+    assert.is_nil(errs)
+    assert.equal(2, c.workers)
+    assert.equal(16384, c.limits.header_bytes)
+    assert.equal(2 * 1024 * 1024, c.limits.body_bytes)
+    assert.equal(100, c.limits.headers) -- default
+    assert.near(0.25, c.timeouts.connect, 1e-9)
+    assert.equal(5, c.timeouts.upstream)
+    assert.equal(120, c.timeouts.keepalive)
+    assert.equal("::1", c.listen[2].addr.host)
+    assert.equal(6, c.listen[2].addr.family)
+    assert.equal(8081, c.listen[2].addr.port)
+    assert.equal("v6", c.listen[2].name)
+    assert.equal("127.0.0.1:8080", c.listen[1].name)
+    assert.equal(3, c.upstreams[1].servers[2].weight)
+    assert.equal("app", c.default_upstream) -- the only pool
+  end)
+
+  it("turns workers = \"auto\" into 0 (one per core, decided by the core)", function()
+    local path = tmpfile((BASE:gsub("workers = 2", 'workers = "auto"')))
+    local c = config.load(path)
+    os.remove(path)
+    assert.equal(0, c.workers)
+  end)
+
+  it("names file, line and key path of each problem", function()
+    local src = BASE:gsub("workers = 2,", "workers = 2,\n  colour = 'blue',")
+      :gsub('"127.0.0.1:9001"', '"127.0.0.1:70000"')
+      :gsub('connect = "250ms"', 'connect = "fast"')
+    local path = tmpfile(src)
+    local c, errs = config.load(path)
+    os.remove(path)
+    assert.is_nil(c)
+    local text = table.concat(errs, "\n")
+    assert.matches(path:gsub("%p", "%%%0") .. ":3: colour: unknown key", text)
+    assert.matches(":6: upstreams%.app%.servers%[1%]: bad address \"127%.0%.0%.1:70000\"", text)
+    assert.matches(":9: timeouts%.connect: bad duration \"fast\"", text)
+    assert.equal(3, #errs)
+  end)
+
+  it("rejects host names (not resolved yet) and wildcard upstream hosts", function()
+    assert.is_nil((config._address("example.com:80")))
+    assert.same("0.0.0.0", config._address("*:80").host)
+    assert.same("127.0.0.1", config._address("localhost:80").host)
+    assert.is_nil((config._address("1.2.3.256:80")))
+    assert.is_nil((config._address("1.2.3.4:0")))
+  end)
+
+  it("parses sizes and durations with units", function()
+    assert.equal(1024, config._size("1k"))
+    assert.equal(3 * 1024 ^ 3, config._size("3g"))
+    assert.equal(77, config._size(77))
+    assert.is_nil((config._size("1.5m")))
+    assert.equal(0.5, config._duration("500ms"))
+    assert.equal(3600, config._duration("1h"))
+    assert.equal(90, config._duration("1.5m"))
+    assert.is_nil((config._duration("-1")))
+  end)
+
+  it("reports a syntax error with its line", function()
+    local path = tmpfile("return {\n  workers = ,\n}\n")
+    local c, errs = config.load(path)
+    os.remove(path)
+    assert.is_nil(c)
+    assert.matches(":2:", errs[1])
+  end)
+end)

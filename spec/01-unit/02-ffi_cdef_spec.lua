@@ -1,0 +1,9 @@
+-- The ffi.cdef of lua/moxy/txn.lua must match core/ffi.h, or the Lua side
+-- would call the C side with the wrong arguments.
+local check = dofile("tools/check-ffi.lua")
+
+describe("FFI declarations", function()
+  it("match between core/ffi.h and lua/moxy/txn.lua", function()
+    assert.same({}, check.compare("."))
+  end)
+end)
