@@ -1,0 +1,46 @@
+-- bench/moxy-bench.lua -- moxy's configuration for bench/run.sh.
+--
+--   LISTEN_PORT=18081 ORIGIN_PORT=18080 ./moxy -c bench/moxy-bench.lua
+--
+-- Mirrors bench/nginx-proxy.conf: one worker, keep-alive to the origin pool,
+-- no access log; the per-request work is the hook in bench-hook.lua (set one
+-- request header, pick the pool), like the quickstart script.
+-- The ports come from the environment, set by bench/run.sh.
+
+local function env(name, default)
+  local v = os.getenv(name)
+  if v == nil or v == "" then
+    if default ~= nil then return default end
+    error("moxy-bench.lua: environment variable " .. name
+          .. " is not set (start moxy through bench/run.sh)", 2)
+  end
+  return v
+end
+
+local function port(name)
+  local p = env(name)
+  if not p:match("^%d+$") then
+    error("moxy-bench.lua: " .. name .. " is not a port number: " .. p, 2)
+  end
+  return p
+end
+
+local listen_port = port("LISTEN_PORT")
+local origin_port = port("ORIGIN_PORT")
+
+return {
+  workers = tonumber(env("MOXY_WORKERS", "1")),
+  listen = { "127.0.0.1:" .. listen_port },
+  upstreams = {
+    origin = {
+      servers = { "127.0.0.1:" .. origin_port },
+      keepalive = 1024,
+      keepalive_timeout = "300s",
+    },
+  },
+  default_upstream = "origin",
+  scripts = { "bench-hook.lua" },          -- relative to this file
+  timeouts = { keepalive = "300s" },       -- never close a client mid-run
+  limits = { connections = 20000 },        -- room for IDLE_CONNS=10000
+  log = { access = false, error = "stderr", level = "warn" },
+}
