@@ -110,15 +110,96 @@ int moxy_list_has_token(const char *v, size_t vlen, const char *token, size_t tl
     return 0;
 }
 
+/* 1 for the names that are always hop-by-hop. */
+static int fixed_hop(const char *n, size_t l)
+{
+    switch (l) {
+    case 2: return MOXY_STRIEQ_LIT(n, l, "te");
+    case 7: return MOXY_STRIEQ_LIT(n, l, "trailer") || MOXY_STRIEQ_LIT(n, l, "upgrade");
+    case 10: return MOXY_STRIEQ_LIT(n, l, "connection") || MOXY_STRIEQ_LIT(n, l, "keep-alive");
+    case 17: return MOXY_STRIEQ_LIT(n, l, "transfer-encoding");
+    }
+    return l >= 6 && moxy_strieq(n, 6, "proxy-", 6);
+}
+
+/* 1 when a Connection header names n (conn: the list, or NULL if it has none). */
+static int named_hop(const moxy_headers_t *conn, const char *n, size_t l)
+{
+    if (!conn) return 0;
+    for (uint32_t i = 0; i < conn->n; i++) {
+        const moxy_header_t *c = &conn->h[i];
+        if (MOXY_STRIEQ_LIT(c->name, c->name_len, "connection") &&
+            moxy_list_has_token(c->value, c->value_len, n, l))
+            return 1;
+    }
+    return 0;
+}
+
+size_t moxy_headers_size(const moxy_headers_t *hs)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < hs->n; i++) n += hs->h[i].name_len + hs->h[i].value_len + 4;
+    return n;
+}
+
+size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, const moxy_str_t *skip,
+                          int nskip)
+{
+    const moxy_headers_t *conn = moxy_headers_find(hs, "connection", 10, 0) >= 0 ? hs : NULL;
+    char *start = p;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *h = &hs->h[i];
+        if (fixed_hop(h->name, h->name_len)) {
+            if (!(keep_upgrade && MOXY_STRIEQ_LIT(h->name, h->name_len, "upgrade"))) continue;
+        } else if (named_hop(conn, h->name, h->name_len)) {
+            continue;
+        }
+        int skipped = 0;
+        for (int k = 0; k < nskip && !skipped; k++)
+            skipped = moxy_strieq(h->name, h->name_len, skip[k].data, skip[k].len);
+        if (skipped) continue;
+        memcpy(p, h->name, h->name_len);
+        p += h->name_len;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, h->value, h->value_len);
+        p += h->value_len;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    return (size_t)(p - start);
+}
+
+char *moxy_write_u64(char *p, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+char *moxy_write_hex(char *p, uint64_t v)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = hex[v & 15];
+        v >>= 4;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
 int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h)
 {
     const char *n = h->name;
     size_t l = h->name_len;
-    if (MOXY_STRIEQ_LIT(n, l, "connection") || MOXY_STRIEQ_LIT(n, l, "keep-alive") ||
-        MOXY_STRIEQ_LIT(n, l, "te") || MOXY_STRIEQ_LIT(n, l, "trailer") ||
-        MOXY_STRIEQ_LIT(n, l, "transfer-encoding") || MOXY_STRIEQ_LIT(n, l, "upgrade"))
-        return 1;
-    if (l >= 6 && moxy_strieq(n, 6, "proxy-", 6)) return 1;
+    if (fixed_hop(n, l)) return 1;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *c = &hs->h[i];
         if (MOXY_STRIEQ_LIT(c->name, c->name_len, "connection") &&

@@ -31,6 +31,21 @@ int moxy_header_value_valid(const char *p, size_t n);
  * given the Connection header values in hs (which name more hop-by-hop ones). */
 int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h);
 
+/* An upper bound of the bytes moxy_headers_write writes for hs. */
+size_t moxy_headers_size(const moxy_headers_t *hs);
+
+/* Write "Name: value\r\n" at p for each header of hs that is not hop-by-hop
+ * (Upgrade kept when keep_upgrade) and not named in skip[0..nskip).  Returns
+ * the bytes written (at most moxy_headers_size(hs)). */
+size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, const moxy_str_t *skip,
+                          int nskip);
+
+/* Write v in decimal at p; returns the end. */
+char *moxy_write_u64(char *p, uint64_t v);
+
+/* Write v in lowercase hex at p; returns the end. */
+char *moxy_write_hex(char *p, uint64_t v);
+
 /* 1 when the comma-separated list value contains token (case-insensitive). */
 int moxy_list_has_token(const char *value, size_t vlen, const char *token, size_t tlen);
 

@@ -14,6 +14,7 @@
  */
 #include "headers.h"
 #include "http.h"
+#include "io.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "worker.h"
@@ -431,7 +432,12 @@ static int on_chunk_header(llhttp_t *p)
         r->in_trailers = 1;
         return 0;
     }
-    if (r->up) evbuffer_add_printf(r->up->out, "%llx\r\n", (unsigned long long)p->content_length);
+    if (r->up) {
+        char line[24], *e = moxy_write_hex(line, p->content_length);
+        *e++ = '\r';
+        *e++ = '\n';
+        evbuffer_add(r->up->out, line, (size_t)(e - line));
+    }
     return 0;
 }
 
@@ -946,7 +952,7 @@ static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
         moxy_client_close(c);
         return;
     }
-    int n = evbuffer_read(c->in, fd, c->state == MOXY_C_HEAD ? MOXY_READ_CHUNK : 65536);
+    ssize_t n = moxy_io_read(c->in, fd, c->state == MOXY_C_HEAD ? MOXY_READ_CHUNK : 65536);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
         n = 0; /* reset: as a close */

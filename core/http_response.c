@@ -74,25 +74,16 @@ const char *moxy_http_date(moxy_worker_t *w, size_t *len)
     return date_buf;
 }
 
-static void add_header(struct evbuffer *o, const char *n, size_t nl, const char *v, size_t vl)
-{
-    evbuffer_add(o, n, nl);
-    evbuffer_add(o, ": ", 2);
-    evbuffer_add(o, v, vl);
-    evbuffer_add(o, "\r\n", 2);
-}
-
-#define ADD_LIT(o, n, v) add_header((o), n, sizeof(n) - 1, v, sizeof(v) - 1)
-
 static int resp_has_body(const moxy_req_t *r)
 {
     return !(r->method == HTTP_HEAD || r->status == 204 || r->status == 304 || r->status < 200);
 }
 
+#define PUT_LIT(p, lit) (memcpy((p), lit, sizeof(lit) - 1), (p) += sizeof(lit) - 1)
+
 int moxy_resp_write_head(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
-    struct evbuffer *o = c->out;
     int tunnel = r->status == 101;
     int body = resp_has_body(r);
 
@@ -102,28 +93,42 @@ int moxy_resp_write_head(moxy_req_t *r)
         else r->keepalive = 0; /* HTTP/1.0: delimited by close */
     }
 
-    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\n", r->status, moxy_status_reason(r->status));
-    for (uint32_t i = 0; i < r->resp_headers.n; i++) {
-        moxy_header_t *h = &r->resp_headers.h[i];
-        if (moxy_header_is_hop(&r->resp_headers, h)) {
-            if (!(tunnel && MOXY_STRIEQ_LIT(h->name, h->name_len, "upgrade"))) continue;
-        }
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length") && body) continue;
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "x-request-id")) continue;
-        add_header(o, h->name, h->name_len, h->value, h->value_len);
-    }
-    if (!r->local) ADD_LIT(o, "Via", "1.1 moxy");
-    add_header(o, "X-Request-Id", 12, r->id, strlen(r->id));
+    /* Content-Length is moxy's to write when there is a body; for HEAD and
+     * 304 the origin's tells the length of what was not sent. */
+    static const moxy_str_t skip[] = {{"x-request-id", 12}, {"content-length", 14}};
+    const char *reason = moxy_status_reason(r->status);
+    size_t idlen = strlen(r->id), rlen = strlen(reason);
+    size_t max = 16 + rlen + moxy_headers_size(&r->resp_headers) + idlen + 160;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(c->out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
+    char *p = v.iov_base;
+    PUT_LIT(p, "HTTP/1.1 ");
+    p = moxy_write_u64(p, (uint64_t)r->status);
+    *p++ = ' ';
+    memcpy(p, reason, rlen);
+    p += rlen;
+    PUT_LIT(p, "\r\n");
+    p += moxy_headers_write(p, &r->resp_headers, tunnel, skip, body ? 2 : 1);
+    if (!r->local) PUT_LIT(p, "Via: 1.1 moxy\r\n");
+    PUT_LIT(p, "X-Request-Id: ");
+    memcpy(p, r->id, idlen);
+    p += idlen;
+    PUT_LIT(p, "\r\n");
     if (body) {
-        if (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE)
-            evbuffer_add_printf(o, "Content-Length: %llu\r\n", (unsigned long long)r->resp_body_left);
-        else if (r->resp_chunked_out)
-            ADD_LIT(o, "Transfer-Encoding", "chunked");
+        if (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE) {
+            PUT_LIT(p, "Content-Length: ");
+            p = moxy_write_u64(p, r->resp_body_left);
+            PUT_LIT(p, "\r\n");
+        } else if (r->resp_chunked_out) {
+            PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
+        }
     }
-    if (tunnel) ADD_LIT(o, "Connection", "upgrade");
-    else if (!r->keepalive) ADD_LIT(o, "Connection", "close");
-    else if (r->http_minor == 0) ADD_LIT(o, "Connection", "keep-alive");
-    evbuffer_add(o, "\r\n", 2);
+    if (tunnel) PUT_LIT(p, "Connection: upgrade\r\n");
+    else if (!r->keepalive) PUT_LIT(p, "Connection: close\r\n");
+    else if (r->http_minor == 0) PUT_LIT(p, "Connection: keep-alive\r\n");
+    PUT_LIT(p, "\r\n");
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    evbuffer_commit_space(c->out, &v, 1);
     r->resp_head_sent = 1;
     r->resp_state = MOXY_R_BODY;
     return MOXY_OK;

@@ -11,6 +11,7 @@
  */
 #include "headers.h"
 #include "http.h"
+#include "io.h"
 #include "log.h"
 #include "worker.h"
 
@@ -160,39 +161,46 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, int pool, int server, const c
     return u;
 }
 
-/* Write the request head moxy sends to the origin. */
-static void up_write_head(moxy_req_t *r, moxy_upconn_t *u)
+/* Write the request head moxy sends to the origin, in one piece. */
+static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
 {
-    struct evbuffer *o = u->out;
-    const moxy_conf_t *conf = u->w->conf;
-    const moxy_upstream_conf_t *uc = &conf->upstreams[u->pool];
-    moxy_headers_t *hs = &r->headers;
-
-    evbuffer_add_printf(o, "%s %s HTTP/1.1\r\n", r->method_name, r->uri);
+    static const moxy_str_t skip[] = {{"host", 4}, {"content-length", 14}, {"expect", 6}};
+    const moxy_upstream_conf_t *uc = &u->w->conf->upstreams[u->pool];
     const char *host = uc->host ? uc->host : r->host ? r->host : uc->servers[u->server].addr.text;
-    evbuffer_add(o, "Host: ", 6);
-    evbuffer_add(o, host, strlen(host));
-    evbuffer_add(o, "\r\n", 2);
-    for (uint32_t i = 0; i < hs->n; i++) {
-        moxy_header_t *h = &hs->h[i];
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "host") ||
-            MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length") ||
-            MOXY_STRIEQ_LIT(h->name, h->name_len, "expect"))
-            continue;
-        if (moxy_header_is_hop(hs, h)) {
-            if (!(r->upgrade && MOXY_STRIEQ_LIT(h->name, h->name_len, "upgrade"))) continue;
-        }
-        evbuffer_add(o, h->name, h->name_len);
-        evbuffer_add(o, ": ", 2);
-        evbuffer_add(o, h->value, h->value_len);
-        evbuffer_add(o, "\r\n", 2);
+    size_t mlen = strlen(r->method_name), hlen = strlen(host);
+    size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + 160;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(u->out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
+    char *p = v.iov_base;
+    memcpy(p, r->method_name, mlen);
+    p += mlen;
+    *p++ = ' ';
+    memcpy(p, r->uri, r->uri_len);
+    p += r->uri_len;
+    memcpy(p, " HTTP/1.1\r\nHost: ", 17);
+    p += 17;
+    memcpy(p, host, hlen);
+    p += hlen;
+    *p++ = '\r';
+    *p++ = '\n';
+    p += moxy_headers_write(p, &r->headers, r->upgrade, skip, (int)MOXY_ARRAY_LEN(skip));
+    if (r->upgrade) {
+        memcpy(p, "Connection: upgrade\r\n", 21);
+        p += 21;
     }
-    if (r->upgrade) evbuffer_add(o, "Connection: upgrade\r\n", 21);
-    if (r->body_kind == MOXY_BODY_CHUNKED)
-        evbuffer_add(o, "Transfer-Encoding: chunked\r\n", 28);
-    else if (r->has_cl)
-        evbuffer_add_printf(o, "Content-Length: %llu\r\n", (unsigned long long)r->body_length);
-    evbuffer_add(o, "\r\n", 2);
+    if (r->body_kind == MOXY_BODY_CHUNKED) {
+        memcpy(p, "Transfer-Encoding: chunked\r\n", 28);
+        p += 28;
+    } else if (r->has_cl) {
+        memcpy(p, "Content-Length: ", 16);
+        p = moxy_write_u64(p + 16, r->body_length);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    return evbuffer_commit_space(u->out, &v, 1) == 0 ? MOXY_OK : MOXY_ERROR;
 }
 
 int moxy_upstream_start(moxy_req_t *r)
@@ -230,7 +238,10 @@ int moxy_upstream_start(moxy_req_t *r)
     u->field_len = u->value_len = u->field_cap = u->value_cap = 0;
     llhttp_init(&u->parser, HTTP_RESPONSE, response_settings());
     u->parser.data = u;
-    up_write_head(r, u);
+    if (up_write_head(r, u) != MOXY_OK) {
+        moxy_req_upstream_failed(r, 500, "out of memory");
+        return MOXY_ERROR;
+    }
     /* The read timeout starts once the whole request is sent (as nginx's
      * proxy_read_timeout); until then the client's body timeout rules. */
     u->read_timer = r->body_done;
@@ -489,8 +500,12 @@ static int rs_chunk_header(llhttp_t *p)
         u->in_trailers = 1;
         return 0;
     }
-    if (r->resp_chunked_out)
-        evbuffer_add_printf(r->c->out, "%llx\r\n", (unsigned long long)p->content_length);
+    if (r->resp_chunked_out) {
+        char line[24], *e = moxy_write_hex(line, p->content_length);
+        *e++ = '\r';
+        *e++ = '\n';
+        evbuffer_add(r->c->out, line, (size_t)(e - line));
+    }
     return 0;
 }
 
@@ -761,7 +776,7 @@ static void up_read(moxy_upconn_t *u, short what)
         moxy_upconn_close(u);
         return;
     }
-    int n = evbuffer_read(u->in, u->fd, 65536);
+    ssize_t n = moxy_io_read(u->in, u->fd, 65536);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             if (evbuffer_get_length(u->in)) up_process(u); /* resumed after a pause */

@@ -1,0 +1,40 @@
+/*
+ * io.c -- socket reads into evbuffers; see io.h.
+ */
+#include "io.h"
+
+#include <errno.h>
+#include <sys/uio.h>
+
+ssize_t moxy_io_read(struct evbuffer *b, int fd, size_t max)
+{
+    struct evbuffer_iovec v[2];
+    int n = evbuffer_reserve_space(b, (ev_ssize_t)max, v, 2);
+    if (n <= 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    /* reserve_space may give more room than asked: read no more than max */
+    size_t room = 0;
+    for (int i = 0; i < n; i++) {
+        if (room + v[i].iov_len > max) v[i].iov_len = max - room;
+        room += v[i].iov_len;
+    }
+    ssize_t r;
+    do {
+        r = readv(fd, (struct iovec *)v, n);
+    } while (r < 0 && errno == EINTR);
+    if (r <= 0) {
+        int saved = errno;
+        evbuffer_commit_space(b, v, 0);
+        errno = saved;
+        return r;
+    }
+    size_t left = (size_t)r;
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > left) v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(b, v, n);
+    return r;
+}
