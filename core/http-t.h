@@ -210,6 +210,7 @@ struct moxy_pool_rt_s {
     int *current_weight;              /* smooth weighted round-robin state */
     struct moxy_upconn_list_s *idle;  /* per server: idle keep-alive connections, newest first */
     int nidle;                        /* idle connections of the whole pool */
+    const struct timeval *ctv_idle;   /* keepalive_timeout as a common timeout */
 };
 
 #endif

@@ -68,9 +68,11 @@ static void client_want_read(moxy_client_t *c)
         client_read_timeout(c, w->ctv_client_body);
     } else {
         /* Body done: read only to notice pipelined requests or a close,
-         * and not more than one head's worth. */
+         * and not more than one head's worth.  A timeout left armed from
+         * before is harmless (client_timeout ignores this state), and
+         * not re-arming saves a timer operation per request. */
         if (evbuffer_get_length(c->in) > w->conf->limits.header_bytes) client_stop_read(c);
-        else client_read_timeout(c, NULL);
+        else if (!c->reading) client_read_timeout(c, NULL);
     }
 }
 
@@ -608,8 +610,13 @@ static void request_set_id(moxy_req_t *r)
 void moxy_req_make_id(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
+    static const char hex[] = "0123456789abcdef";
     uint64_t a = rng_next(c->w->rng), b = rng_next(c->w->rng);
-    snprintf(r->id, sizeof(r->id), "%016llx%016llx", (unsigned long long)a, (unsigned long long)b);
+    for (int i = 0; i < 16; i++) {
+        r->id[i] = hex[(a >> (60 - 4 * i)) & 15];
+        r->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    r->id[32] = '\0';
     moxy_headers_set(&c->pool, &r->headers, "X-Request-Id", 12, r->id, 32);
 }
 
@@ -774,12 +781,14 @@ static void client_process(moxy_client_t *c)
             }
             struct timeval now;
             event_base_gettimeofday_cached(w->base, &now);
-            if (r->head_bytes == 0) {
-                /* first bytes of a head: its client_header deadline starts */
+            int first = r->head_bytes == 0;
+            if (first) {
+                /* first bytes of a head: its client_header deadline starts
+                 * (the timer itself is armed only if the head is not
+                 * complete in this read, which is the common case) */
                 evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
                 r->started = now;
                 r->head_bytes = 1;
-                client_read_timeout(c, &w->tv_client_header);
             } else if (evutil_timercmp(&now, &c->head_deadline, <)) {
                 /* a head in pieces: the read timeout must not restart the
                  * deadline with every piece */
@@ -792,6 +801,8 @@ static void client_process(moxy_client_t *c)
             if (rc == MOXY_AGAIN) {
                 if (r->head_bytes > w->conf->limits.header_bytes)
                     client_reject(c, 431, "request header fields too large");
+                else if (first)
+                    client_read_timeout(c, &w->tv_client_header);
                 break;
             }
             if (rc == MOXY_ERROR) {

@@ -49,6 +49,8 @@ int moxy_upstream_init_worker(moxy_worker_t *w)
         w->pools[i].idle = calloc((size_t)n + 1, sizeof(*w->pools[i].idle));
         if (!w->pools[i].current_weight || !w->pools[i].idle) return MOXY_ERROR;
         for (int j = 0; j < n; j++) TAILQ_INIT(&w->pools[i].idle[j]);
+        struct timeval tv = tv_of(conf->upstreams[i].keepalive_timeout);
+        w->pools[i].ctv_idle = event_base_init_common_timeout(w->base, &tv);
     }
     return MOXY_OK;
 }
@@ -621,10 +623,9 @@ static void up_response_done(moxy_upconn_t *u)
     r->up = NULL;
     u->req = NULL;
     if (reuse) {
-        event_del(&u->wev);
+        if (u->writing) event_del(&u->wev);
         u->writing = 0;
-        struct timeval tv = tv_of(uc->keepalive_timeout);
-        event_add(&u->rev, &tv);
+        event_add(&u->rev, rt->ctv_idle);
         u->reading = 1;
         u->idle = 1;
         u->field = u->value = NULL;
@@ -776,7 +777,8 @@ static void up_read(moxy_upconn_t *u, short what)
         moxy_upconn_close(u);
         return;
     }
-    ssize_t n = moxy_io_read(u->in, u->fd, 65536);
+    /* small reads until the head is in: most responses fit in one */
+    ssize_t n = moxy_io_read(u->in, u->fd, u->head_done ? 65536 : MOXY_READ_CHUNK);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             if (evbuffer_get_length(u->in)) up_process(u); /* resumed after a pause */

@@ -4,6 +4,7 @@
 #include "io.h"
 
 #include <errno.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 ssize_t moxy_io_read(struct evbuffer *b, int fd, size_t max)
@@ -22,7 +23,7 @@ ssize_t moxy_io_read(struct evbuffer *b, int fd, size_t max)
     }
     ssize_t r;
     do {
-        r = readv(fd, (struct iovec *)v, n);
+        r = n == 1 ? recv(fd, v[0].iov_base, v[0].iov_len, 0) : readv(fd, (struct iovec *)v, n);
     } while (r < 0 && errno == EINTR);
     if (r <= 0) {
         int saved = errno;

@@ -13,7 +13,6 @@
 
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <getopt.h>
 #include <luajit.h>
 #include <maxminddb.h>
@@ -21,6 +20,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -32,6 +32,7 @@ static moxy_worker_t **workers;
 static int nworkers;
 static struct event_base *main_base;
 static struct event *exit_ev;
+static int exit_fd = -1; /* eventfd: workers tell the main thread they ended */
 static atomic_int workers_exited;
 
 static void usage(FILE *f)
@@ -89,9 +90,10 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
 static void worker_exit_cb(evutil_socket_t fd, short what, void *arg)
 {
-    MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     MOXY_UNUSED(arg);
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0) return;
     if (atomic_load(&workers_exited) >= nworkers) event_base_loopbreak(main_base);
 }
 
@@ -99,8 +101,9 @@ static void worker_exit_cb(evutil_socket_t fd, short what, void *arg)
 void moxy_main_worker_exited(void);
 void moxy_main_worker_exited(void)
 {
+    uint64_t one = 1;
     atomic_fetch_add(&workers_exited, 1);
-    event_active(exit_ev, EV_READ, 0);
+    if (write(exit_fd, &one, sizeof(one)) < 0) abort(); /* cannot happen with an eventfd */
 }
 
 static int cpu_count(void)
@@ -147,7 +150,6 @@ int main(int argc, char **argv)
 
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();
     moxy_http_init();
     moxy_upstream_http_init();
 
@@ -156,7 +158,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "moxy: cannot create the main event loop\n");
         return 1;
     }
-    exit_ev = event_new(main_base, -1, 0, worker_exit_cb, NULL);
+    exit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    exit_ev = event_new(main_base, exit_fd, EV_READ | EV_PERSIST, worker_exit_cb, NULL);
+    if (exit_fd < 0 || !exit_ev || event_add(exit_ev, NULL) != 0) {
+        fprintf(stderr, "moxy: cannot set up the main loop: %s\n", strerror(errno));
+        return 1;
+    }
 
     nworkers = conf->workers > 0 ? conf->workers : cpu_count();
     workers = calloc((size_t)nworkers, sizeof(*workers));
@@ -206,6 +213,7 @@ int main(int argc, char **argv)
     free(workers);
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) event_free(sev[i]);
     event_free(exit_ev);
+    close(exit_fd);
     event_base_free(main_base);
     moxy_log_info("exited");
     moxy_log_close();

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -122,8 +123,9 @@ static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
 static void control_cb(evutil_socket_t fd, short what, void *arg)
 {
     moxy_worker_t *w = arg;
-    MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN) moxy_log_err("worker %d: control: %s", w->id, strerror(errno));
     int cmd = atomic_exchange(&w->command, 0);
     if (cmd & MOXY_WORKER_STOP) {
         event_base_loopbreak(w->base);
@@ -164,9 +166,16 @@ moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
     w->id = id;
     w->conf = conf;
     w->lua_on_request = -2; /* LUA_NOREF */
+    w->control_fd = -1;
     LIST_INIT(&w->clients);
-    w->base = event_base_new();
-    if (!w->base) {
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
+    w->control_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!w->base || w->control_fd < 0) {
         snprintf(w->error, sizeof(w->error), "cannot create an event loop");
         return w;
     }
@@ -196,7 +205,8 @@ moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
         snprintf(w->error, sizeof(w->error), "out of memory");
         return w;
     }
-    event_assign(&w->control, w->base, -1, 0, control_cb, w);
+    event_assign(&w->control, w->base, w->control_fd, EV_READ | EV_PERSIST, control_cb, w);
+    event_add(&w->control, NULL);
     event_assign(&w->flush_timer, w->base, -1, EV_PERSIST, flush_cb, w);
     struct timeval sec = {1, 0};
     event_add(&w->flush_timer, &sec);
@@ -229,8 +239,10 @@ int moxy_worker_start(moxy_worker_t *w)
 
 void moxy_worker_signal(moxy_worker_t *w, int command)
 {
+    uint64_t one = 1;
     atomic_fetch_or(&w->command, command);
-    event_active(&w->control, EV_READ, 0);
+    if (write(w->control_fd, &one, sizeof(one)) < 0)
+        moxy_log_err("worker %d: cannot wake: %s", w->id, strerror(errno));
 }
 
 void moxy_worker_join_free(moxy_worker_t *w)
@@ -247,7 +259,9 @@ void moxy_worker_join_free(moxy_worker_t *w)
     }
     if (w->base) {
         event_del(&w->flush_timer);
+        event_del(&w->control);
         event_base_free(w->base);
     }
+    if (w->control_fd >= 0) close(w->control_fd);
     free(w);
 }

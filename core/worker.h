@@ -4,8 +4,9 @@
  * connections.  Nothing a worker touches on the request path is shared.
  *
  * The main thread talks to a worker only through moxy_worker_signal(), which
- * sets a flag and wakes the worker's event loop (event_active is thread-safe
- * once evthread_use_pthreads() has run).
+ * sets a flag and writes the worker's eventfd.  Event bases are created
+ * without locks (EVENT_BASE_FLAG_NOLOCK): no other thread ever touches them,
+ * so no event_add on the request path pays for a mutex.
  */
 #ifndef MOXY_WORKER_H
 #define MOXY_WORKER_H
@@ -40,7 +41,8 @@ struct moxy_worker_s {
 
     moxy_pool_rt_t *pools;       /* one per conf->upstreams */
 
-    struct event control;        /* woken by moxy_worker_signal */
+    struct event control;        /* reads control_fd */
+    int control_fd;              /* eventfd written by moxy_worker_signal */
     atomic_int command;          /* MOXY_WORKER_* bits */
     int draining;
     struct event drain_timer;
