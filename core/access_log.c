@@ -68,7 +68,7 @@ void moxy_access_log(moxy_req_t *r)
     const char *uri = r->uri ? r->uri : "-";
     size_t urilen = r->uri ? r->uri_len : 1;
     const moxy_header_t *ref = find(r, "Referer", 7), *ua = find(r, "User-Agent", 10);
-    const char *upstream = r->peer[0] ? r->peer : "-";
+    const char *upstream = r->peer ? r->peer : "-";
     int status = r->status ? r->status : 0;
 
     if (w->conf->log.format == MOXY_ALOG_JSON) {

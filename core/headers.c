@@ -135,6 +135,29 @@ static int named_hop(const moxy_headers_t *conn, const char *n, size_t l)
     return 0;
 }
 
+/* 1 when a Connection header names more than close, keep-alive and upgrade
+ * (which are hop-by-hop or no header at all anyway): only then must every
+ * header be checked against it. */
+static int connection_names_more(const moxy_headers_t *hs)
+{
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *c = &hs->h[i];
+        if (!MOXY_STRIEQ_LIT(c->name, c->name_len, "connection")) continue;
+        const char *v = c->value;
+        size_t n = c->value_len, j = 0;
+        while (j < n) {
+            while (j < n && (v[j] == ' ' || v[j] == '\t' || v[j] == ',')) j++;
+            size_t s = j;
+            while (j < n && v[j] != ',' && v[j] != ' ' && v[j] != '\t') j++;
+            if (j == s) continue;
+            if (!MOXY_STRIEQ_LIT(v + s, j - s, "close") && !MOXY_STRIEQ_LIT(v + s, j - s, "keep-alive") &&
+                !MOXY_STRIEQ_LIT(v + s, j - s, "upgrade"))
+                return 1;
+        }
+    }
+    return 0;
+}
+
 size_t moxy_headers_size(const moxy_headers_t *hs)
 {
     size_t n = 0;
@@ -145,7 +168,7 @@ size_t moxy_headers_size(const moxy_headers_t *hs)
 size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, const moxy_str_t *skip,
                           int nskip)
 {
-    const moxy_headers_t *conn = moxy_headers_find(hs, "connection", 10, 0) >= 0 ? hs : NULL;
+    const moxy_headers_t *conn = connection_names_more(hs) ? hs : NULL;
     char *start = p;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];

@@ -123,7 +123,7 @@ struct moxy_req_s {
     int pool;              /* index into conf->upstreams, or -1 */
     moxy_upconn_t *up;
     int tries;
-    char peer[64];         /* "ip:port" of the last peer, for logs */
+    const char *peer;      /* "ip:port" of the last peer (configuration memory), for logs */
 
     /* response */
     moxy_resp_state_t resp_state;

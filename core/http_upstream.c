@@ -222,14 +222,14 @@ int moxy_upstream_start(moxy_req_t *r)
         const char *err = NULL;
         u = up_connect(w, r->pool, server, &err);
         if (!u) {
-            snprintf(r->peer, sizeof(r->peer), "%s", w->conf->upstreams[r->pool].servers[server].addr.text);
+            r->peer = w->conf->upstreams[r->pool].servers[server].addr.text;
             moxy_log(MOXY_LOG_ERR, r->id, "connect to %s (pool %s): %s", r->peer,
                      w->conf->upstreams[r->pool].name, err);
             moxy_req_upstream_failed(r, 502, "cannot connect to origin");
             return MOXY_ERROR;
         }
     }
-    snprintf(r->peer, sizeof(r->peer), "%s", w->conf->upstreams[r->pool].servers[u->server].addr.text);
+    r->peer = w->conf->upstreams[r->pool].servers[u->server].addr.text;
     u->req = r;
     r->up = u;
     u->got_bytes = u->head_done = u->eof = u->interim = u->in_trailers = 0;
@@ -422,9 +422,8 @@ static int rs_header_value_complete(llhttp_t *p)
     moxy_req_t *r = u->req;
     const char *v = u->value ? u->value : "";
     uint32_t vl = u->value_len;
-    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
-    if (!moxy_header_name_valid(u->field, u->field_len) || !moxy_header_value_valid(v, vl))
-        return rs_fail(p, "invalid header in response");
+    if (u->field_len == 0) return rs_fail(p, "empty header name in response");
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--; /* llhttp checked the rest */
     moxy_headers_t *hs = u->in_trailers ? &r->resp_trailers : &r->resp_headers;
     if ((int)hs->n >= u->w->conf->limits.headers) return rs_fail(p, "too many response headers");
     if (moxy_headers_add(&r->c->pool, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;

@@ -62,7 +62,9 @@ int moxy_lua_on_request(moxy_req_t *r)
     if (w->lua_on_request == LUA_NOREF) return MOXY_OK;
     lua_State *L = w->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_on_request);
-    lua_pushlightuserdata(L, r);
+    /* The pointer travels as a number: ffi.cast of a light userdata is not
+     * compiled by LuaJIT's JIT (NYI), a number to pointer cast is. */
+    lua_pushnumber(L, (lua_Number)(uintptr_t)r);
     if (lua_pcall(L, 1, 1, 0) != 0) {
         moxy_log(MOXY_LOG_ERR, r->id, "on_request: %s", lua_tostring(L, -1));
         lua_settop(L, 0);

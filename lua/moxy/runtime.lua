@@ -41,4 +41,19 @@ function M.on_request(ptr)
   return false
 end
 
+-- With a single hook (the common case) no loop: the JIT compiles the call
+-- into one trace instead of giving up on a loop it cannot keep.
+local function single(ptr)
+  local t = txn.new(ptr)
+  on_request[1](t)
+  return rawget(t, "_done") == true
+end
+
+local load = M.load
+function M.load(paths)
+  local n = load(paths)
+  if n == 1 then M.on_request = single end
+  return n
+end
+
 return M

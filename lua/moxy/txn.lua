@@ -221,7 +221,7 @@ local M = {}
 local cast = ffi.cast
 local REQ_T = ffi.typeof("moxy_req_t *")
 
--- A txn for the request behind the light userdata `ptr`.
+-- A txn for the request at address `ptr` (a number: see lua_bridge.c).
 function M.new(ptr)
   return setmetatable({ _r = cast(REQ_T, ptr) }, Txn)
 end
