@@ -24,11 +24,51 @@ int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, si
     memcpy(buf + nlen + 1, value, vlen);
     buf[nlen + 1 + vlen] = '\0';
     moxy_header_t *h = &hs->h[hs->n++];
+    h->kind = moxy_header_kind(name, nlen);
     h->name = buf;
     h->name_len = (uint32_t)nlen;
     h->value = buf + nlen + 1;
     h->value_len = (uint32_t)vlen;
     return MOXY_OK;
+}
+
+uint32_t moxy_header_kind(const char *n, size_t l)
+{
+    switch (l) {
+    case 2: return MOXY_STRIEQ_LIT(n, l, "te") ? MOXY_HK_HOP : 0;
+    case 4: return MOXY_STRIEQ_LIT(n, l, "host") ? MOXY_HK_HOST : 0;
+    case 6:
+        if (MOXY_STRIEQ_LIT(n, l, "expect")) return MOXY_HK_EXPECT;
+        break;
+    case 7:
+        if (MOXY_STRIEQ_LIT(n, l, "upgrade")) return MOXY_HK_HOP | MOXY_HK_UPGRADE;
+        if (MOXY_STRIEQ_LIT(n, l, "trailer")) return MOXY_HK_HOP;
+        break;
+    case 10:
+        if (MOXY_STRIEQ_LIT(n, l, "connection")) return MOXY_HK_HOP | MOXY_HK_CONNECTION;
+        if (MOXY_STRIEQ_LIT(n, l, "keep-alive")) return MOXY_HK_HOP;
+        break;
+    case 12:
+        if (MOXY_STRIEQ_LIT(n, l, "x-request-id")) return MOXY_HK_XRID;
+        break;
+    case 14:
+        if (MOXY_STRIEQ_LIT(n, l, "content-length")) return MOXY_HK_CL;
+        break;
+    case 15:
+        if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-for")) return MOXY_HK_XFF;
+        break;
+    case 17:
+        if (MOXY_STRIEQ_LIT(n, l, "transfer-encoding")) return MOXY_HK_HOP | MOXY_HK_TE;
+        break;
+    }
+    return l >= 6 && moxy_strieq(n, 6, "proxy-", 6) ? MOXY_HK_HOP : 0;
+}
+
+int moxy_headers_find_kind(const moxy_headers_t *hs, uint32_t mask, uint32_t start)
+{
+    for (uint32_t i = start; i < hs->n; i++)
+        if (hs->h[i].kind & mask) return (int)i;
+    return -1;
 }
 
 int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, uint32_t start)
@@ -110,26 +150,13 @@ int moxy_list_has_token(const char *v, size_t vlen, const char *token, size_t tl
     return 0;
 }
 
-/* 1 for the names that are always hop-by-hop. */
-static int fixed_hop(const char *n, size_t l)
-{
-    switch (l) {
-    case 2: return MOXY_STRIEQ_LIT(n, l, "te");
-    case 7: return MOXY_STRIEQ_LIT(n, l, "trailer") || MOXY_STRIEQ_LIT(n, l, "upgrade");
-    case 10: return MOXY_STRIEQ_LIT(n, l, "connection") || MOXY_STRIEQ_LIT(n, l, "keep-alive");
-    case 17: return MOXY_STRIEQ_LIT(n, l, "transfer-encoding");
-    }
-    return l >= 6 && moxy_strieq(n, 6, "proxy-", 6);
-}
-
 /* 1 when a Connection header names n (conn: the list, or NULL if it has none). */
 static int named_hop(const moxy_headers_t *conn, const char *n, size_t l)
 {
     if (!conn) return 0;
     for (uint32_t i = 0; i < conn->n; i++) {
         const moxy_header_t *c = &conn->h[i];
-        if (MOXY_STRIEQ_LIT(c->name, c->name_len, "connection") &&
-            moxy_list_has_token(c->value, c->value_len, n, l))
+        if ((c->kind & MOXY_HK_CONNECTION) && moxy_list_has_token(c->value, c->value_len, n, l))
             return 1;
     }
     return 0;
@@ -142,7 +169,7 @@ static int connection_names_more(const moxy_headers_t *hs)
 {
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *c = &hs->h[i];
-        if (!MOXY_STRIEQ_LIT(c->name, c->name_len, "connection")) continue;
+        if (!(c->kind & MOXY_HK_CONNECTION)) continue;
         const char *v = c->value;
         size_t n = c->value_len, j = 0;
         while (j < n) {
@@ -165,22 +192,18 @@ size_t moxy_headers_size(const moxy_headers_t *hs)
     return n;
 }
 
-size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, const moxy_str_t *skip,
-                          int nskip)
+size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip)
 {
     const moxy_headers_t *conn = connection_names_more(hs) ? hs : NULL;
     char *start = p;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
-        if (fixed_hop(h->name, h->name_len)) {
-            if (!(keep_upgrade && MOXY_STRIEQ_LIT(h->name, h->name_len, "upgrade"))) continue;
-        } else if (named_hop(conn, h->name, h->name_len)) {
+        if (h->kind & skip) continue;
+        if (h->kind & MOXY_HK_HOP) {
+            if (!(keep_upgrade && (h->kind & MOXY_HK_UPGRADE))) continue;
+        } else if (conn && named_hop(conn, h->name, h->name_len)) {
             continue;
         }
-        int skipped = 0;
-        for (int k = 0; k < nskip && !skipped; k++)
-            skipped = moxy_strieq(h->name, h->name_len, skip[k].data, skip[k].len);
-        if (skipped) continue;
         memcpy(p, h->name, h->name_len);
         p += h->name_len;
         *p++ = ':';
@@ -220,14 +243,5 @@ char *moxy_write_hex(char *p, uint64_t v)
 
 int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h)
 {
-    const char *n = h->name;
-    size_t l = h->name_len;
-    if (fixed_hop(n, l)) return 1;
-    for (uint32_t i = 0; i < hs->n; i++) {
-        const moxy_header_t *c = &hs->h[i];
-        if (MOXY_STRIEQ_LIT(c->name, c->name_len, "connection") &&
-            moxy_list_has_token(c->value, c->value_len, n, l))
-            return 1;
-    }
-    return 0;
+    return (h->kind & MOXY_HK_HOP) || named_hop(hs, h->name, h->name_len);
 }

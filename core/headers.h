@@ -11,6 +11,12 @@
 int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
                      const char *value, size_t vlen);
 
+/* The MOXY_HK_* bits of a header name. */
+uint32_t moxy_header_kind(const char *name, size_t len);
+
+/* Index of the first header with a kind bit of mask at or after start, or -1. */
+int moxy_headers_find_kind(const moxy_headers_t *hs, uint32_t mask, uint32_t start);
+
 /* Index of the first header called name at or after start, or -1. */
 int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, uint32_t start);
 
@@ -35,10 +41,9 @@ int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h);
 size_t moxy_headers_size(const moxy_headers_t *hs);
 
 /* Write "Name: value\r\n" at p for each header of hs that is not hop-by-hop
- * (Upgrade kept when keep_upgrade) and not named in skip[0..nskip).  Returns
- * the bytes written (at most moxy_headers_size(hs)). */
-size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, const moxy_str_t *skip,
-                          int nskip);
+ * (Upgrade kept when keep_upgrade) and has no kind bit of skip.  Returns the
+ * bytes written (at most moxy_headers_size(hs)). */
+size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip);
 
 /* Write v in decimal at p; returns the end. */
 char *moxy_write_u64(char *p, uint64_t v);

@@ -34,12 +34,28 @@ typedef struct moxy_pool_rt_s moxy_pool_rt_t;
 #define MOXY_LOW_WATER (64 * 1024)
 #define MOXY_READ_CHUNK 16384
 
+/* What moxy itself cares about in a header, found once when it is added
+ * (bits of moxy_header_t.kind), so later passes test a bit instead of
+ * comparing names. */
+enum {
+    MOXY_HK_HOP = 1 << 0,        /* always hop-by-hop (RFC 9110 7.6.1, and Proxy-*) */
+    MOXY_HK_CONNECTION = 1 << 1,
+    MOXY_HK_UPGRADE = 1 << 2,
+    MOXY_HK_TE = 1 << 3,         /* Transfer-Encoding */
+    MOXY_HK_HOST = 1 << 4,
+    MOXY_HK_CL = 1 << 5,         /* Content-Length */
+    MOXY_HK_EXPECT = 1 << 6,
+    MOXY_HK_XRID = 1 << 7,       /* X-Request-Id */
+    MOXY_HK_XFF = 1 << 8,        /* X-Forwarded-For */
+};
+
 /* One header.  Name and value live in the request pool. */
 typedef struct {
     char *name;
     char *value;
     uint32_t name_len;
     uint32_t value_len;
+    uint32_t kind;   /* MOXY_HK_* bits */
 } moxy_header_t;
 
 /* An ordered list of headers (order and repeats are kept, as received). */

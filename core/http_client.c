@@ -365,17 +365,18 @@ static int check_head(llhttp_t *p, moxy_req_t *r)
     int hosts = 0, cls = 0, tes = 0;
     for (uint32_t i = 0; i < r->headers.n; i++) {
         moxy_header_t *h = &r->headers.h[i];
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "host")) {
+        if (!(h->kind & (MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_TE | MOXY_HK_EXPECT))) continue;
+        if (h->kind & MOXY_HK_HOST) {
             hosts++;
             r->host = h->value;
-        } else if (MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length")) {
+        } else if (h->kind & MOXY_HK_CL) {
             cls++;
-        } else if (MOXY_STRIEQ_LIT(h->name, h->name_len, "transfer-encoding")) {
+        } else if (h->kind & MOXY_HK_TE) {
             tes++;
             /* Only a lone "chunked" is unambiguous. */
             if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "chunked"))
                 return parse_fail(p, 400, "unsupported Transfer-Encoding");
-        } else if (MOXY_STRIEQ_LIT(h->name, h->name_len, "expect")) {
+        } else {
             if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "100-continue"))
                 return parse_fail(p, 417, "unsupported expectation");
             if (r->http_minor >= 1) r->expect_continue = 1;
@@ -596,7 +597,7 @@ static uint64_t rng_next(uint64_t s[2])
 
 static void request_set_id(moxy_req_t *r)
 {
-    int i = moxy_headers_find(&r->headers, "X-Request-Id", 12, 0);
+    int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
     if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
         /* kept: an id given by a trusted edge ties the logs together */
         size_t n = MOXY_MIN(r->headers.h[i].value_len, sizeof(r->id) - 1);
@@ -630,13 +631,13 @@ static int request_add_forwarding(moxy_req_t *r)
     /* X-Forwarded-For: what came in (all lines, joined) plus the client. */
     size_t len = strlen(c->ip);
     for (uint32_t i = 0; i < hs->n; i++)
-        if (MOXY_STRIEQ_LIT(hs->h[i].name, hs->h[i].name_len, "x-forwarded-for"))
+        if (hs->h[i].kind & MOXY_HK_XFF)
             len += hs->h[i].value_len + 2;
     char *xff = moxy_palloc(pool, len + 1), *p = xff;
     if (!xff) return MOXY_ERROR;
     for (uint32_t i = 0; i < hs->n; i++) {
         moxy_header_t *h = &hs->h[i];
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "x-forwarded-for") && h->value_len) {
+        if ((h->kind & MOXY_HK_XFF) && h->value_len) {
             memcpy(p, h->value, h->value_len);
             p += h->value_len;
             *p++ = ',';
@@ -662,7 +663,7 @@ static void client_start_request(moxy_client_t *c)
     int conn_close = 0, conn_keep = 0;
     for (uint32_t i = 0; i < r->headers.n; i++) {
         moxy_header_t *h = &r->headers.h[i];
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "connection")) {
+        if (h->kind & MOXY_HK_CONNECTION) {
             conn_close |= moxy_list_has_token(h->value, h->value_len, "close", 5);
             conn_keep |= moxy_list_has_token(h->value, h->value_len, "keep-alive", 10);
         }

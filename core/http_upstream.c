@@ -166,7 +166,6 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, int pool, int server, const c
 /* Write the request head moxy sends to the origin, in one piece. */
 static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
 {
-    static const moxy_str_t skip[] = {{"host", 4}, {"content-length", 14}, {"expect", 6}};
     const moxy_upstream_conf_t *uc = &u->w->conf->upstreams[u->pool];
     const char *host = uc->host ? uc->host : r->host ? r->host : uc->servers[u->server].addr.text;
     size_t mlen = strlen(r->method_name), hlen = strlen(host);
@@ -185,7 +184,7 @@ static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
     p += hlen;
     *p++ = '\r';
     *p++ = '\n';
-    p += moxy_headers_write(p, &r->headers, r->upgrade, skip, (int)MOXY_ARRAY_LEN(skip));
+    p += moxy_headers_write(p, &r->headers, r->upgrade, MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_EXPECT);
     if (r->upgrade) {
         memcpy(p, "Connection: upgrade\r\n", 21);
         p += 21;
@@ -470,7 +469,7 @@ static int rs_headers_complete(llhttp_t *p)
     int close = p->http_major == 1 && p->http_minor == 0;
     for (uint32_t i = 0; i < r->resp_headers.n; i++) {
         moxy_header_t *h = &r->resp_headers.h[i];
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "connection")) {
+        if (h->kind & MOXY_HK_CONNECTION) {
             if (moxy_list_has_token(h->value, h->value_len, "close", 5)) close = 1;
             if (moxy_list_has_token(h->value, h->value_len, "keep-alive", 10) && p->http_minor == 0)
                 close = 0;

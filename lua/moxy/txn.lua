@@ -55,7 +55,7 @@ end
 --- headers:get(name) -> the first value of header `name` (case-insensitive), or nil.
 function Headers:get(name)
   check_name(name, "get")
-  if C.moxy_ffi_header_get(self._r, self._which, name, #name, 0, sp, sl) ~= OK then return nil end
+  if C.moxy_ffi_header_get(self._cur[0], self._which, name, #name, 0, sp, sl) ~= OK then return nil end
   return ffi_string(sp[0], sl[0])
 end
 
@@ -63,7 +63,7 @@ end
 function Headers:get_all(name)
   check_name(name, "get_all")
   local out, i = {}, 0
-  while C.moxy_ffi_header_get(self._r, self._which, name, #name, i, sp, sl) == OK do
+  while C.moxy_ffi_header_get(self._cur[0], self._which, name, #name, i, sp, sl) == OK do
     i = i + 1
     out[i] = ffi_string(sp[0], sl[0])
   end
@@ -79,7 +79,7 @@ local function put(self, name, value, add, what)
       error("headers:" .. what .. ": value must be a string, got " .. type(value), 3)
     end
   end
-  if C.moxy_ffi_header_set(self._r, self._which, name, #name, value, #value, add) ~= OK then
+  if C.moxy_ffi_header_set(self._cur[0], self._which, name, #name, value, #value, add) ~= OK then
     error("headers:" .. what .. ": invalid header " .. name .. ": " .. string.format("%q", value), 3)
   end
 end
@@ -97,12 +97,12 @@ end
 --- headers:remove(name): remove every `name` header.
 function Headers:remove(name)
   check_name(name, "remove")
-  C.moxy_ffi_header_remove(self._r, self._which, name, #name)
+  C.moxy_ffi_header_remove(self._cur[0], self._which, name, #name)
 end
 
 --- headers:each() -> iterator over name, value in order (repeats included).
 function Headers:each()
-  local i, r, which = -1, self._r, self._which
+  local i, r, which = -1, self._cur[0], self._which
   return function()
     i = i + 1
     if C.moxy_ffi_header_at(r, which, i, np, nl, sp, sl) ~= OK then return nil end
@@ -110,88 +110,75 @@ function Headers:each()
   end
 end
 
--- txn.req ------------------------------------------------------------------
+-- The objects below the txn ----------------------------------------------
+--
+-- txn.req, txn.req.headers, txn.resp, txn.client and txn.upstream are made
+-- once per VM and address "the request whose hook is running" (cur[0]),
+-- which the runner sets before each hook call, as ngx.req does in OpenResty.
+-- So a hook allocates nothing but its txn table, and the JIT keeps the whole
+-- hook in one trace.  Keep a txn, not these objects, if you need a request
+-- later.
+
+local cur = ffi.new("moxy_req_t *[1]")
 
 local REQ_FIELDS = {
   method = F.method, uri = F.uri, path = F.path, query = F.query, host = F.host,
   http_version = F.version,
 }
 
-local Req = {}
-Req.__index = function(self, k)
-  local f = REQ_FIELDS[k]
-  if f then return field(self._r, f) end
-  if k == "headers" then
-    local h = setmetatable({ _r = self._r, _which = 0 }, Headers)
-    rawset(self, "headers", h)
-    return h
-  end
-  if k == "scheme" then return "http" end
-  return nil
-end
+local req = setmetatable({ headers = setmetatable({ _which = 0, _cur = cur }, Headers) }, {
+  __index = function(_, k)
+    local f = REQ_FIELDS[k]
+    if f then return field(cur[0], f) end
+    if k == "scheme" then return "http" end
+    return nil
+  end,
+})
 
-local Resp = {}
-Resp.__index = function(self, k)
-  if k == "headers" then
-    local h = setmetatable({ _r = self._r, _which = 1 }, Headers)
-    rawset(self, "headers", h)
-    return h
-  end
-  return nil
-end
+local resp = { headers = setmetatable({ _which = 1, _cur = cur }, Headers) }
 
-local Client = {}
-Client.__index = function(self, k)
-  if k == "ip" then return field(self._r, F.client_ip) end
-  if k == "port" then return C.moxy_ffi_client_port(self._r) end
-  return nil
-end
+local client = setmetatable({}, {
+  __index = function(_, k)
+    if k == "ip" then return field(cur[0], F.client_ip) end
+    if k == "port" then return C.moxy_ffi_client_port(cur[0]) end
+    return nil
+  end,
+})
 
-local Upstream = {}
-Upstream.__index = function(self, k)
-  if k == "pick" then return Upstream.pick end
-  if k == "pool" then return field(self._r, F.pool) end
-  return nil
-end
+local upstream = setmetatable({}, {
+  __index = function(_, k)
+    if k == "pool" then return field(cur[0], F.pool) end
+    return nil
+  end,
+})
 
 --- txn.upstream:pick(pool): send this request to the named pool.
-function Upstream.pick(self, pool)
+function upstream.pick(_, pool)
   if type(pool) ~= "string" then error("upstream:pick: pool name must be a string", 2) end
-  if C.moxy_ffi_upstream_pick(self._r, pool, #pool) ~= OK then
+  if C.moxy_ffi_upstream_pick(cur[0], pool, #pool) ~= OK then
     error("upstream:pick: no pool named \"" .. pool .. "\"", 2)
   end
 end
 
 -- txn ----------------------------------------------------------------------
 
-local Txn = {}
 local methods = {}
+local STATIC = { req = req, resp = resp, client = client, upstream = upstream }
 
-Txn.__index = function(self, k)
-  local m = methods[k]
-  if m then return m end
-  local r = self._r
-  local v
-  if k == "req" then
-    v = setmetatable({ _r = r }, Req)
-  elseif k == "resp" then
-    v = setmetatable({ _r = r }, Resp)
-  elseif k == "client" then
-    v = setmetatable({ _r = r }, Client)
-  elseif k == "upstream" then
-    v = setmetatable({ _r = r }, Upstream)
-  elseif k == "ctx" then
-    v = {}
-  elseif k == "id" then
-    return field(r, F.id)
-  elseif k == "listener" then
-    return field(r, F.listener)
-  else
+local Txn = {
+  __index = function(self, k)
+    local v = STATIC[k] or methods[k]
+    if v then return v end
+    if k == "id" then return field(cur[0], F.id) end
+    if k == "listener" then return field(cur[0], F.listener) end
+    if k == "ctx" then
+      v = {}
+      rawset(self, "ctx", v)
+      return v
+    end
     return nil
-  end
-  rawset(self, k, v)
-  return v
-end
+  end,
+}
 
 --- txn:respond(status, body, headers): answer the request directly.
 -- body: string (or nil); headers: table name -> value (or list of values).
@@ -201,7 +188,7 @@ function methods.respond(self, status, body, headers)
   if type(body) ~= "string" then error("txn:respond: body must be a string", 2) end
   if headers ~= nil then
     if type(headers) ~= "table" then error("txn:respond: headers must be a table", 2) end
-    local h = self.resp.headers
+    local h = resp.headers
     for name, value in pairs(headers) do
       if type(value) == "table" then
         for _, v in ipairs(value) do h:add(name, v) end
@@ -210,7 +197,7 @@ function methods.respond(self, status, body, headers)
       end
     end
   end
-  if C.moxy_ffi_respond(self._r, status, body, #body) ~= OK then
+  if C.moxy_ffi_respond(cur[0], status, body, #body) ~= OK then
     error("txn:respond: bad status " .. tostring(status), 2)
   end
   rawset(self, "_done", true)
@@ -221,9 +208,11 @@ local M = {}
 local cast = ffi.cast
 local REQ_T = ffi.typeof("moxy_req_t *")
 
--- A txn for the request at address `ptr` (a number: see lua_bridge.c).
+-- A txn for the request at address `ptr` (a number: see lua_bridge.c); it
+-- becomes the request the objects above address.
 function M.new(ptr)
-  return setmetatable({ _r = cast(REQ_T, ptr) }, Txn)
+  cur[0] = cast(REQ_T, ptr)
+  return setmetatable({}, Txn)
 end
 
 return M
