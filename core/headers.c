@@ -57,8 +57,12 @@ uint32_t moxy_header_kind(const char *n, size_t l)
     case 15:
         if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-for")) return MOXY_HK_XFF;
         break;
+    case 16:
+        if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-host")) return MOXY_HK_XFH;
+        break;
     case 17:
         if (MOXY_STRIEQ_LIT(n, l, "transfer-encoding")) return MOXY_HK_HOP | MOXY_HK_TE;
+        if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-proto")) return MOXY_HK_XFP;
         break;
     }
     return l >= 6 && moxy_strieq(n, 6, "proxy-", 6) ? MOXY_HK_HOP : 0;
@@ -84,6 +88,21 @@ int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen)
     int removed = 0;
     for (uint32_t i = 0; i < hs->n; i++) {
         if (moxy_strieq(hs->h[i].name, hs->h[i].name_len, name, nlen)) {
+            removed++;
+            continue;
+        }
+        hs->h[j++] = hs->h[i];
+    }
+    hs->n = j;
+    return removed;
+}
+
+int moxy_headers_remove_kind(moxy_headers_t *hs, uint32_t mask)
+{
+    uint32_t j = 0;
+    int removed = 0;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        if (hs->h[i].kind & mask) {
             removed++;
             continue;
         }

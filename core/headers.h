@@ -23,6 +23,9 @@ int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, u
 /* Remove every header called name; returns how many were removed. */
 int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen);
 
+/* Remove every header with a kind bit of mask; returns how many were removed. */
+int moxy_headers_remove_kind(moxy_headers_t *hs, uint32_t mask);
+
 /* Replace every header called name by one name: value.  MOXY_OK or MOXY_ERROR. */
 int moxy_headers_set(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
                      const char *value, size_t vlen);

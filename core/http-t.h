@@ -47,6 +47,8 @@ enum {
     MOXY_HK_EXPECT = 1 << 6,
     MOXY_HK_XRID = 1 << 7,       /* X-Request-Id */
     MOXY_HK_XFF = 1 << 8,        /* X-Forwarded-For */
+    MOXY_HK_XFP = 1 << 9,        /* X-Forwarded-Proto */
+    MOXY_HK_XFH = 1 << 10,       /* X-Forwarded-Host */
 };
 
 /* One header.  Name and value live in the request pool. */

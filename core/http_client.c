@@ -618,7 +618,8 @@ void moxy_req_make_id(moxy_req_t *r)
         r->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
     }
     r->id[32] = '\0';
-    moxy_headers_set(&c->pool, &r->headers, "X-Request-Id", 12, r->id, 32);
+    moxy_headers_remove_kind(&r->headers, MOXY_HK_XRID);
+    moxy_headers_add(&c->pool, &r->headers, "X-Request-Id", 12, r->id, 32);
 }
 
 /* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
@@ -645,10 +646,11 @@ static int request_add_forwarding(moxy_req_t *r)
         }
     }
     p = stpcpy(p, c->ip);
-    if (moxy_headers_set(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK)
-        return MOXY_ERROR;
-    if (moxy_headers_set(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK) return MOXY_ERROR;
-    if (r->host && moxy_headers_set(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK)
+    /* what the client claimed is replaced, in one pass */
+    moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
+    if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
+        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK ||
+        (r->host && moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
         return MOXY_ERROR;
     return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
 }
