@@ -182,6 +182,7 @@ struct moxy_client_s {
     unsigned in_process : 1;    /* client_process is on the stack */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;                   /* event callbacks on the stack that use c */
+    uint32_t read_size;         /* next body read (io.h) */
     uint16_t port;
     char ip[46];
     LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */
@@ -214,6 +215,7 @@ struct moxy_upconn_s {
     unsigned read_timer : 1;    /* rev carries the upstream read timeout */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;
+    uint32_t read_size;         /* next body read (io.h) */
     size_t head_bytes;
     char *field;
     char *value;

@@ -106,6 +106,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     c->w = w;
     c->fd = fd;
     c->listen_index = listen_index;
+    c->read_size = MOXY_IO_READ_MIN;
     moxy_pool_init(&c->pool);
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
@@ -725,7 +726,7 @@ static int client_read_body(moxy_client_t *c)
         size_t have = evbuffer_get_length(c->in);
         size_t n = have < r->body_left ? have : (size_t)r->body_left;
         if (n) {
-            evbuffer_remove_buffer(c->in, u->out, n);
+            moxy_io_move(u->out, c->in, n);
             r->body_left -= n;
             r->body_read += n;
         }
@@ -966,7 +967,10 @@ static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
         moxy_client_close(c);
         return;
     }
-    ssize_t n = moxy_io_read(c->in, fd, c->state == MOXY_C_HEAD ? MOXY_READ_CHUNK : 65536);
+    int body = c->state != MOXY_C_HEAD;
+    size_t want = body ? c->read_size : MOXY_READ_CHUNK;
+    ssize_t n = moxy_io_read(c->in, fd, want);
+    if (body) c->read_size = (uint32_t)moxy_io_next_size(want, n);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
         n = 0; /* reset: as a close */

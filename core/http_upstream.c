@@ -158,6 +158,7 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, int pool, int server, const c
     u->pool = pool;
     u->server = server;
     u->connected = connected;
+    u->read_size = MOXY_IO_READ_MIN;
     event_assign(&u->rev, w->base, fd, EV_READ | EV_PERSIST, up_read_cb, u);
     event_assign(&u->wev, w->base, fd, EV_WRITE | EV_PERSIST, up_write_cb, u);
     return u;
@@ -710,7 +711,7 @@ static void up_process(moxy_upconn_t *u)
         size_t have = evbuffer_get_length(u->in);
         size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
         if (n) {
-            evbuffer_remove_buffer(u->in, c->out, n);
+            moxy_io_move(c->out, u->in, n);
             r->resp_body_left -= n;
             r->bytes_sent += n;
         }
@@ -733,7 +734,7 @@ static void up_process(moxy_upconn_t *u)
         size_t have = evbuffer_get_length(u->in);
         if (have) {
             if (r->resp_chunked_out) evbuffer_add_printf(c->out, "%zx\r\n", have);
-            evbuffer_remove_buffer(u->in, c->out, have);
+            moxy_io_move(c->out, u->in, have);
             if (r->resp_chunked_out) evbuffer_add(c->out, "\r\n", 2);
             r->bytes_sent += have;
         }
@@ -776,7 +777,9 @@ static void up_read(moxy_upconn_t *u, short what)
         return;
     }
     /* small reads until the head is in: most responses fit in one */
-    ssize_t n = moxy_io_read(u->in, u->fd, u->head_done ? 65536 : MOXY_READ_CHUNK);
+    size_t want = u->head_done ? u->read_size : MOXY_READ_CHUNK;
+    ssize_t n = moxy_io_read(u->in, u->fd, want);
+    if (u->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             if (evbuffer_get_length(u->in)) up_process(u); /* resumed after a pause */

@@ -39,3 +39,16 @@ ssize_t moxy_io_read(struct evbuffer *b, int fd, size_t max)
     evbuffer_commit_space(b, v, n);
     return r;
 }
+
+void moxy_io_move(struct evbuffer *dst, struct evbuffer *src, size_t n)
+{
+    if (n < 4096) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(src, (ev_ssize_t)n, NULL, &v, 1) == 1 && v.iov_len >= n) {
+            evbuffer_add(dst, v.iov_base, n);
+            evbuffer_drain(src, n);
+            return;
+        }
+    }
+    evbuffer_remove_buffer(src, dst, n);
+}

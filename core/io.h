@@ -16,4 +16,25 @@
  * 0 at end of stream, -1 with errno set (EAGAIN when nothing is there). */
 ssize_t moxy_io_read(struct evbuffer *b, int fd, size_t max);
 
+/* Read sizes adapt to the stream: a read that fills its buffer doubles the
+ * next one (up to MOXY_IO_READ_MAX), one that fills less than a quarter
+ * halves it (down to MOXY_IO_READ_MIN).  Big reads halve the syscalls and
+ * the ACKs of a fast transfer; small ones keep a trickle from pinning big
+ * buffers. */
+#define MOXY_IO_READ_MIN 16384
+#define MOXY_IO_READ_MAX (256 * 1024)
+
+/* The next read size after a read of size cur returned got bytes. */
+static inline size_t moxy_io_next_size(size_t cur, ssize_t got)
+{
+    if (got >= (ssize_t)cur && cur < MOXY_IO_READ_MAX) return cur * 2;
+    if (got >= 0 && (size_t)got < cur / 4 && cur > MOXY_IO_READ_MIN) return cur / 2;
+    return cur;
+}
+
+/* Move n bytes from the front of src to the end of dst.  Whole buffers are
+ * handed over without copying; a small piece (under 4 KiB) is copied, so a
+ * trickle of small reads cannot pile up big, mostly empty buffers in dst. */
+void moxy_io_move(struct evbuffer *dst, struct evbuffer *src, size_t n);
+
 #endif
