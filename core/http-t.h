@@ -101,6 +101,7 @@ struct moxy_listener_s {
 /* A request, from its first byte to its access-log line. */
 struct moxy_req_s {
     moxy_client_t *c;
+    llhttp_t parser;       /* the request's head and chunked body */
 
     /* request head */
     uint8_t method;        /* llhttp_method_t */
@@ -171,7 +172,6 @@ struct moxy_client_s {
     struct event rev, wev;
     struct evbuffer *in;        /* NULL while idle */
     struct evbuffer *out;       /* NULL while idle */
-    llhttp_t parser;
     moxy_pool_t pool;           /* the current request's memory */
     moxy_req_t *req;            /* current request, NULL between requests */
     struct timeval head_deadline; /* client_header timeout of the current head */

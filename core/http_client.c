@@ -91,8 +91,8 @@ static moxy_req_t *client_new_request(moxy_client_t *c)
     r->started = (struct timeval){0, 0};
     event_base_gettimeofday_cached(c->w->base, &r->started);
     c->req = r;
-    llhttp_init(&c->parser, HTTP_REQUEST, request_settings());
-    c->parser.data = c;
+    llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
+    r->parser.data = c;
     return r;
 }
 
@@ -226,6 +226,8 @@ static int client_ensure_buffers(moxy_client_t *c)
 
 int moxy_client_send(moxy_client_t *c)
 {
+    if (c->dead) return MOXY_ERROR;
+    if (!c->out) return MOXY_OK;
     size_t left = evbuffer_get_length(c->out);
     while (left > 0) {
         int n = evbuffer_write(c->out, c->fd);
@@ -546,9 +548,9 @@ static int client_parse(moxy_client_t *c, const char **reason)
     int rc = MOXY_AGAIN;
     for (int i = 0; i < n; i++) {
         const char *base = v[i].iov_base;
-        llhttp_errno_t err = llhttp_execute(&c->parser, base, v[i].iov_len);
+        llhttp_errno_t err = llhttp_execute(&c->req->parser, base, v[i].iov_len);
         size_t used = err == HPE_OK ? v[i].iov_len
-                      : err == HPE_PAUSED ? (size_t)(llhttp_get_error_pos(&c->parser) - base) : 0;
+                      : err == HPE_PAUSED ? (size_t)(llhttp_get_error_pos(&c->req->parser) - base) : 0;
         if (c->state == MOXY_C_HEAD && used && (*reason = head_scan(c->req, base, used))) {
             c->req->status = 400;
             rc = MOXY_ERROR;
@@ -560,11 +562,11 @@ static int client_parse(moxy_client_t *c, const char **reason)
         }
         if (err == HPE_PAUSED) {
             consumed += used;
-            llhttp_resume(&c->parser);
+            llhttp_resume(&c->req->parser);
             rc = MOXY_OK;
             break;
         }
-        *reason = llhttp_get_error_reason(&c->parser);
+        *reason = llhttp_get_error_reason(&c->req->parser);
         if (!*reason) *reason = llhttp_errno_name(err);
         rc = MOXY_ERROR;
         break;
@@ -730,11 +732,7 @@ static int client_read_body(moxy_client_t *c)
             r->body_left -= n;
             r->body_read += n;
         }
-        if (r->body_left == 0) {
-            r->body_done = 1;
-            llhttp_init(&c->parser, HTTP_REQUEST, request_settings());
-            c->parser.data = c;
-        }
+        if (r->body_left == 0) r->body_done = 1;
     } else {
         const char *reason = NULL;
         int rc = client_parse(c, &reason);
@@ -877,6 +875,12 @@ static void client_finish_request(moxy_client_t *c)
     if (evbuffer_get_length(c->in) > 0) {
         /* a pipelined request is waiting */
         if (!c->in_process) client_process(c);
+    } else if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
+        /* Idle: give the buffers back (nginx does the same) so that an
+         * idle keep-alive connection costs its struct and little more. */
+        evbuffer_free(c->in);
+        evbuffer_free(c->out);
+        c->in = c->out = NULL;
     }
 }
 
