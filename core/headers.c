@@ -3,6 +3,8 @@
  */
 #include "headers.h"
 
+#include <event2/buffer.h>
+
 static int grow(moxy_pool_t *pool, moxy_headers_t *hs)
 {
     uint32_t cap = hs->cap ? hs->cap * 2 : 16;
@@ -263,4 +265,25 @@ char *moxy_write_hex(char *p, uint64_t v)
 int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h)
 {
     return (h->kind & MOXY_HK_HOP) || named_hop(hs, h->name, h->name_len);
+}
+
+void moxy_chunk_head(struct evbuffer *o, uint64_t len)
+{
+    char line[24], *e = moxy_write_hex(line, len);
+    *e++ = '\r';
+    *e++ = '\n';
+    evbuffer_add(o, line, (size_t)(e - line));
+}
+
+void moxy_chunk_end(struct evbuffer *o, const moxy_headers_t *trailers)
+{
+    evbuffer_add(o, "0\r\n", 3);
+    for (uint32_t i = 0; trailers && i < trailers->n; i++) {
+        const moxy_header_t *h = &trailers->h[i];
+        evbuffer_add(o, h->name, h->name_len);
+        evbuffer_add(o, ": ", 2);
+        evbuffer_add(o, h->value, h->value_len);
+        evbuffer_add(o, "\r\n", 2);
+    }
+    evbuffer_add(o, "\r\n", 2);
 }

@@ -54,6 +54,12 @@ char *moxy_write_u64(char *p, uint64_t v);
 /* Write v in lowercase hex at p; returns the end. */
 char *moxy_write_hex(char *p, uint64_t v);
 
+/* Write a chunk-size line ("1f40\r\n") for a chunk of len bytes to o. */
+void moxy_chunk_head(struct evbuffer *o, uint64_t len);
+
+/* Write the last chunk, the trailers (may be NULL) and the final CRLF to o. */
+void moxy_chunk_end(struct evbuffer *o, const moxy_headers_t *trailers);
+
 /* 1 when the comma-separated list value contains token (case-insensitive). */
 int moxy_list_has_token(const char *value, size_t vlen, const char *token, size_t tlen);
 

@@ -109,6 +109,7 @@ struct moxy_req_s {
     char *method_name;     /* NUL-terminated, static or pool */
     char *uri;             /* as received; NUL-terminated */
     uint32_t uri_len;
+    uint32_t uri_cap;
     uint32_t path_len;     /* uri[0..path_len) is the path, the query follows '?' */
     moxy_headers_t headers;
     moxy_headers_t trailers; /* of a chunked request body */

@@ -276,23 +276,6 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
 
 /* --- the request head (llhttp callbacks) --- */
 
-static int append(moxy_pool_t *pool, char **buf, uint32_t *len, uint32_t *cap, const char *at,
-                  size_t n)
-{
-    if (*len + n + 1 > *cap) {
-        uint32_t ncap = *cap ? *cap : 64;
-        while (ncap < *len + n + 1) ncap *= 2;
-        char *nb = moxy_prealloc(pool, *buf, *cap, ncap);
-        if (!nb) return -1;
-        *buf = nb;
-        *cap = ncap;
-    }
-    memcpy(*buf + *len, at, n);
-    *len += (uint32_t)n;
-    (*buf)[*len] = '\0';
-    return 0;
-}
-
 /* Fail the parse with status for the client (400 unless said otherwise). */
 static int parse_fail(llhttp_t *p, int status, const char *why)
 {
@@ -308,9 +291,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     moxy_req_t *r = c->req;
     r->head_bytes += n;
     if (r->uri_len + n > c->w->conf->limits.uri_bytes) return parse_fail(p, 414, "URI too long");
-    uint32_t cap = r->uri_len ? (r->uri_len + 1) : 0;
-    if (append(&c->pool, &r->uri, &r->uri_len, &cap, at, n)) return -1;
-    return 0;
+    return moxy_pool_append(&c->pool, &r->uri, &r->uri_len, &r->uri_cap, at, n);
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
@@ -320,7 +301,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
     r->head_bytes += n;
     if (r->head_bytes > c->w->conf->limits.header_bytes)
         return parse_fail(p, 431, "request header fields too large");
-    return append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
+    return moxy_pool_append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
@@ -330,7 +311,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     r->head_bytes += n;
     if (r->head_bytes > c->w->conf->limits.header_bytes)
         return parse_fail(p, 431, "request header fields too large");
-    return append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n);
+    return moxy_pool_append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n);
 }
 
 static int on_header_value_complete(llhttp_t *p)
@@ -438,12 +419,7 @@ static int on_chunk_header(llhttp_t *p)
         r->in_trailers = 1;
         return 0;
     }
-    if (r->up) {
-        char line[24], *e = moxy_write_hex(line, p->content_length);
-        *e++ = '\r';
-        *e++ = '\n';
-        evbuffer_add(r->up->out, line, (size_t)(e - line));
-    }
+    if (r->up) moxy_chunk_head(r->up->out, p->content_length);
     return 0;
 }
 
@@ -471,18 +447,7 @@ static int on_message_complete(llhttp_t *p)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     if (r->body_kind != MOXY_BODY_CHUNKED) return HPE_PAUSED;
-    if (r->up) {
-        struct evbuffer *o = r->up->out;
-        evbuffer_add(o, "0\r\n", 3);
-        for (uint32_t i = 0; i < r->trailers.n; i++) {
-            moxy_header_t *h = &r->trailers.h[i];
-            evbuffer_add(o, h->name, h->name_len);
-            evbuffer_add(o, ": ", 2);
-            evbuffer_add(o, h->value, h->value_len);
-            evbuffer_add(o, "\r\n", 2);
-        }
-        evbuffer_add(o, "\r\n", 2);
-    }
+    if (r->up) moxy_chunk_end(r->up->out, &r->trailers);
     r->body_done = 1;
     return HPE_PAUSED; /* the next request waits for this one's response */
 }

@@ -368,23 +368,6 @@ static void up_stop_read(moxy_upconn_t *u)
 
 /* --- response head (llhttp callbacks) --- */
 
-static int up_append(moxy_pool_t *pool, char **buf, uint32_t *len, uint32_t *cap, const char *at,
-                     size_t n)
-{
-    if (*len + n + 1 > *cap) {
-        uint32_t ncap = *cap ? *cap : 64;
-        while (ncap < *len + n + 1) ncap *= 2;
-        char *nb = moxy_prealloc(pool, *buf, *cap, ncap);
-        if (!nb) return -1;
-        *buf = nb;
-        *cap = ncap;
-    }
-    memcpy(*buf + *len, at, n);
-    *len += (uint32_t)n;
-    (*buf)[*len] = '\0';
-    return 0;
-}
-
 static int rs_fail(llhttp_t *p, const char *why)
 {
     llhttp_set_error_reason(p, why);
@@ -397,7 +380,7 @@ static int rs_header_field(llhttp_t *p, const char *at, size_t n)
     moxy_req_t *r = u->req;
     u->head_bytes += n;
     if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
-    return up_append(&r->c->pool, &u->field, &u->field_len, &u->field_cap, at, n);
+    return moxy_pool_append(&r->c->pool, &u->field, &u->field_len, &u->field_cap, at, n);
 }
 
 static int rs_header_value(llhttp_t *p, const char *at, size_t n)
@@ -406,7 +389,7 @@ static int rs_header_value(llhttp_t *p, const char *at, size_t n)
     moxy_req_t *r = u->req;
     u->head_bytes += n;
     if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
-    return up_append(&r->c->pool, &u->value, &u->value_len, &u->value_cap, at, n);
+    return moxy_pool_append(&r->c->pool, &u->value, &u->value_len, &u->value_cap, at, n);
 }
 
 static int rs_header_field_complete(llhttp_t *p)
@@ -501,12 +484,7 @@ static int rs_chunk_header(llhttp_t *p)
         u->in_trailers = 1;
         return 0;
     }
-    if (r->resp_chunked_out) {
-        char line[24], *e = moxy_write_hex(line, p->content_length);
-        *e++ = '\r';
-        *e++ = '\n';
-        evbuffer_add(r->c->out, line, (size_t)(e - line));
-    }
+    if (r->resp_chunked_out) moxy_chunk_head(r->c->out, p->content_length);
     return 0;
 }
 
@@ -535,18 +513,8 @@ static int rs_message_complete(llhttp_t *p)
         u->interim = 0;
         return 0;
     }
-    if (r->resp_body_kind == MOXY_BODY_CHUNKED && r->resp_chunked_out) {
-        struct evbuffer *o = r->c->out;
-        evbuffer_add(o, "0\r\n", 3);
-        for (uint32_t i = 0; i < r->resp_trailers.n; i++) {
-            moxy_header_t *h = &r->resp_trailers.h[i];
-            evbuffer_add(o, h->name, h->name_len);
-            evbuffer_add(o, ": ", 2);
-            evbuffer_add(o, h->value, h->value_len);
-            evbuffer_add(o, "\r\n", 2);
-        }
-        evbuffer_add(o, "\r\n", 2);
-    }
+    if (r->resp_body_kind == MOXY_BODY_CHUNKED && r->resp_chunked_out)
+        moxy_chunk_end(r->c->out, &r->resp_trailers);
     u->body_done = 1;
     return HPE_PAUSED;
 }
@@ -733,13 +701,13 @@ static void up_process(moxy_upconn_t *u)
     case MOXY_BODY_EOF: {
         size_t have = evbuffer_get_length(u->in);
         if (have) {
-            if (r->resp_chunked_out) evbuffer_add_printf(c->out, "%zx\r\n", have);
+            if (r->resp_chunked_out) moxy_chunk_head(c->out, have);
             moxy_io_move(c->out, u->in, have);
             if (r->resp_chunked_out) evbuffer_add(c->out, "\r\n", 2);
             r->bytes_sent += have;
         }
         if (u->eof) {
-            if (r->resp_chunked_out) evbuffer_add(c->out, "0\r\n\r\n", 5);
+            if (r->resp_chunked_out) moxy_chunk_end(c->out, NULL);
             done = 1;
         }
         break;

@@ -81,6 +81,22 @@ void *moxy_prealloc(moxy_pool_t *p, void *old, size_t old_n, size_t n)
     return d;
 }
 
+int moxy_pool_append(moxy_pool_t *p, char **buf, uint32_t *len, uint32_t *cap, const char *at, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        uint32_t ncap = *cap ? *cap : 64;
+        while (ncap < *len + n + 1) ncap *= 2;
+        char *nb = moxy_prealloc(p, *buf, *cap, ncap);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, at, n);
+    *len += (uint32_t)n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
 void moxy_pool_reset(moxy_pool_t *p)
 {
     moxy_pool_block_t *b, *next;

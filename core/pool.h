@@ -34,6 +34,12 @@ char *moxy_pstrdup(moxy_pool_t *p, const char *s, size_t n);
 /* Grow the allocation at old (old_n bytes, the pool's last or not) to n bytes. */
 void *moxy_prealloc(moxy_pool_t *p, void *old, size_t old_n, size_t n);
 
+/* Append the n bytes at `at` to the NUL-terminated string *buf of *len
+ * bytes in a *cap-byte allocation from p, growing it (doubling) as needed.
+ * For header names and values that arrive in pieces.  0, or -1 when out of
+ * memory. */
+int moxy_pool_append(moxy_pool_t *p, char **buf, uint32_t *len, uint32_t *cap, const char *at, size_t n);
+
 /* Free everything allocated from p; p stays usable and empty. */
 void moxy_pool_reset(moxy_pool_t *p);
 
