@@ -6,9 +6,11 @@ return {
     if txn.listener == "demo-origin" then
       local body = string.format(
         "Hello from moxy's demo origin.\n\n" ..
-        "You asked for   %s %s\n" ..
-        "through moxy as %s (X-Forwarded-For: %s)\n" ..
-        "request id      %s\n",
+        "request          %s %s\n" ..
+        "X-Edge-Proxy     %s\n" ..
+        "X-Forwarded-For  %s\n" ..
+        "request id       %s\n\n" ..
+        "X-Edge-Proxy was set by scripts/quickstart.lua on the way through the proxy.\n",
         txn.req.method, txn.req.uri, txn.req.headers:get("X-Edge-Proxy") or "-",
         txn.req.headers:get("X-Forwarded-For") or "-", txn.id)
       return txn:respond(200, body, { ["Content-Type"] = "text/plain; charset=utf-8" })
