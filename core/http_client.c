@@ -704,10 +704,10 @@ static int client_read_body(moxy_client_t *c)
         if (rc == MOXY_ERROR) {
             int status = r->status ? r->status : 400;
             r->status = 0;
-            moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->ip, reason);
             if (!r->resp_head_sent) {
-                client_reject(c, status, reason);
+                client_reject(c, status, reason); /* logs it */
             } else {
+                moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->ip, reason);
                 r->error = reason;
                 moxy_client_close(c);
             }
@@ -775,7 +775,6 @@ static void client_process(moxy_client_t *c)
             if (rc == MOXY_ERROR) {
                 int status = r->status ? r->status : 400;
                 r->status = 0;
-                moxy_log(MOXY_LOG_INFO, NULL, "client %s: bad request: %s", c->ip, reason);
                 client_reject(c, status, reason);
                 break;
             }
