@@ -4,6 +4,7 @@
 #include "ffi.h"
 #include "headers.h"
 #include "http.h"
+#include "log.h"
 #include "worker.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -140,4 +141,13 @@ EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t 
 EXPORT int moxy_ffi_client_port(moxy_req_t *r)
 {
     return r->c->port;
+}
+
+EXPORT int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len)
+{
+    if (level < MOXY_LOG_ERR || level > MOXY_LOG_DEBUG) level = MOXY_LOG_ERR;
+    if (!moxy_log_enabled(level)) return MOXY_DECLINED;
+    if (len > 1800) len = 1800; /* one line; moxy_log cuts the rest anyway */
+    moxy_log(level, r ? r->id : NULL, "%.*s", (int)len, msg);
+    return MOXY_OK;
 }

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 1
+#define MOXY_FFI_ABI 2
 
 /* BEGIN FFI */
 typedef struct moxy_req_s moxy_req_t;
@@ -50,6 +50,10 @@ int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 
 /* The client's port. */
 int moxy_ffi_client_port(moxy_req_t *r);
+
+/* Write msg (len bytes) to the error log at level (MOXY_LOG_*), with r's id
+ * when r is not NULL.  MOXY_DECLINED when the level is not logged. */
+int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 /* END FFI */
 
 /* Field numbers of moxy_ffi_req_field (also in txn.lua). */

@@ -139,6 +139,9 @@ struct moxy_req_s {
     unsigned has_cl : 1;
     unsigned hook_done : 1;
 
+    /* hooks */
+    void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */
+
     /* upstream */
     int pool;              /* index into conf->upstreams, or -1 */
     moxy_upconn_t *up;

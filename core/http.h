@@ -41,6 +41,10 @@ void moxy_req_response_done(moxy_req_t *r);
  * page if nothing was sent yet, else cut the client connection. */
 void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why);
 
+/* The hooks of r that yielded are done (rc as moxy_lua_on_request returns):
+ * carry on with the request. */
+void moxy_req_hooks_done(moxy_req_t *r, int rc);
+
 /* Give r a new random request id (also set as its X-Request-Id header). */
 void moxy_req_make_id(moxy_req_t *r);
 

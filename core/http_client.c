@@ -32,6 +32,7 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 static void client_process(moxy_client_t *c);
 static void client_finish_request(moxy_client_t *c);
+static void client_after_hooks(moxy_client_t *c, int rc);
 
 /* --- reading control --- */
 
@@ -160,6 +161,7 @@ void moxy_client_close(moxy_client_t *c)
     c->dead = 1;
     moxy_req_t *r = c->req;
     if (r) {
+        if (r->hook) moxy_lua_abort(r);
         if (r->up) {
             moxy_upconn_t *u = r->up;
             r->up = NULL;
@@ -655,7 +657,36 @@ static void client_start_request(moxy_client_t *c)
     }
 
     int rc = moxy_lua_on_request(r);
-    if (rc == MOXY_DONE) return; /* answered by a hook */
+    if (rc == MOXY_AGAIN) {
+        /* A hook yielded (moxy.sleep, ...): the request waits.  Its body
+         * stays in the socket until the hooks are done; without a body we
+         * keep reading, to notice a client that leaves (DESIGN: cancel the
+         * armed events when the client goes away). */
+        if (!r->body_done) client_stop_read(c);
+        return;
+    }
+    client_after_hooks(c, rc);
+}
+
+void moxy_req_hooks_done(moxy_req_t *r, int rc)
+{
+    moxy_client_t *c = r->c;
+    client_after_hooks(c, rc);
+    if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
+    client_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+/* The on_request hooks are done (rc from moxy_lua_on_request): answer, or
+ * send the request on. */
+static void client_after_hooks(moxy_client_t *c, int rc)
+{
+    moxy_req_t *r = c->req;
+    const moxy_conf_t *conf = c->w->conf;
+    if (rc == MOXY_DONE) { /* a hook answered */
+        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+        return;
+    }
     if (rc == MOXY_ERROR) {
         if (!r->body_done) r->keepalive = 0;
         moxy_resp_error(r, 500, "script error");
@@ -784,6 +815,10 @@ static void client_process(moxy_client_t *c)
         }
         if (c->state == MOXY_C_ACTIVE) {
             moxy_req_t *r = c->req;
+            if (r->hook) {
+                if (!r->body_done) client_stop_read(c); /* the body waits in the socket */
+                break;
+            }
             if (r->body_done || !r->up || evbuffer_get_length(c->in) == 0) break;
             if (client_read_body(c) != MOXY_OK || c->dead) break;
             if (!r->body_done) break;
@@ -965,6 +1000,12 @@ static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
         if (r && !r->body_done) {
             /* the client went away in the middle of its body */
             r->error = "client closed during request body";
+            moxy_client_close(c);
+            return;
+        }
+        if (r && r->hook) {
+            /* gone while its hooks are parked: nobody waits for the answer */
+            r->error = "client closed while hooks were parked";
             moxy_client_close(c);
             return;
         }

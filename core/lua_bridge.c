@@ -1,6 +1,16 @@
 /*
  * lua_bridge.c -- a worker's LuaJIT VM: loads the scripts through
- * lua/moxy/runtime.lua and runs their hooks; see lua_bridge.h.
+ * lua/moxy/runtime.lua and runs their hooks in coroutines that may yield;
+ * see lua_bridge.h.
+ *
+ * A hook coroutine runs runtime.coroutine_body: it runs one request's hooks
+ * and yields DONE, then waits to be resumed with the next request.  Idle
+ * coroutines are kept per worker, so a hook that never yields costs one
+ * lua_resume and no allocation.  A hook that calls moxy.sleep yields SLEEP:
+ * the request keeps its coroutine (referenced from the registry so the GC
+ * leaves it alone), a timer is armed, and the coroutine is resumed with the
+ * request pointer when it fires.  A coroutine that failed, or whose client
+ * left while it was parked, is dropped and collected.
  */
 #include "lua_bridge.h"
 #include "http.h"
@@ -9,7 +19,26 @@
 #include "worker.h"
 
 #include <lauxlib.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+
+#define CO_FREE_MAX 1024 /* idle coroutines kept per worker */
+
+enum { YIELD_DONE = 0, YIELD_SLEEP = 1 }; /* runtime.DONE, runtime.SLEEP */
+
+/* A hook coroutine and its registry reference. */
+struct moxy_lua_co_s {
+    lua_State *co;
+    int ref;
+};
+
+/* The hooks of a request parked on an event (r->hook), in the request pool. */
+typedef struct {
+    struct moxy_lua_co_s co;
+    struct event timer;
+    moxy_req_t *r;
+} hook_state_t;
 
 /* Push runtime.load(conf->scripts) results; returns the lua_pcall status.
  * Leaves the runtime module below the result (or the error). */
@@ -41,10 +70,10 @@ int moxy_lua_worker_init(moxy_worker_t *w)
     }
     int nhooks = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
-    w->lua_on_request = LUA_NOREF;
+    w->lua_body = LUA_NOREF;
     if (nhooks > 0) {
-        lua_getfield(L, -1, "on_request");
-        w->lua_on_request = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_getfield(L, -1, "coroutine_body");
+        w->lua_body = luaL_ref(L, LUA_REGISTRYINDEX);
     }
     lua_settop(L, 0);
     return MOXY_OK;
@@ -52,33 +81,133 @@ int moxy_lua_worker_init(moxy_worker_t *w)
 
 void moxy_lua_worker_free(moxy_worker_t *w)
 {
+    free(w->co_free);
+    w->co_free = NULL;
+    w->nco_free = w->co_free_cap = 0;
     if (w->L) lua_close(w->L);
     w->L = NULL;
+}
+
+/* A coroutine for a request: an idle one, or a new one with the body pushed. */
+static int co_get(moxy_worker_t *w, struct moxy_lua_co_s *out, int *fresh)
+{
+    if (w->nco_free > 0) {
+        *out = w->co_free[--w->nco_free];
+        *fresh = 0;
+        return MOXY_OK;
+    }
+    lua_State *L = w->L;
+    out->co = lua_newthread(L);
+    out->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_body);
+    lua_xmove(L, out->co, 1);
+    *fresh = 1;
+    return MOXY_OK;
+}
+
+/* The coroutine finished a request cleanly: keep it for the next one. */
+static void co_put(moxy_worker_t *w, struct moxy_lua_co_s co)
+{
+    if (w->nco_free == w->co_free_cap && w->co_free_cap < CO_FREE_MAX) {
+        int cap = w->co_free_cap ? w->co_free_cap * 2 : 16;
+        struct moxy_lua_co_s *n = realloc(w->co_free, (size_t)cap * sizeof(*n));
+        if (n) {
+            w->co_free = n;
+            w->co_free_cap = cap;
+        }
+    }
+    if (w->nco_free < w->co_free_cap) w->co_free[w->nco_free++] = co;
+    else luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
+}
+
+static void hook_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Resume co for r with nargs values on its stack and act on what it yields. */
+static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
+{
+    moxy_worker_t *w = r->c->w;
+    lua_State *c = co.co;
+    int st = lua_resume(c, nargs);
+    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 2) {
+        int answered = lua_toboolean(c, 2);
+        lua_settop(c, 0);
+        co_put(w, co);
+        return answered && r->local ? MOXY_DONE : MOXY_OK;
+    }
+    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_SLEEP) {
+        double secs = lua_tonumber(c, 2);
+        lua_settop(c, 0);
+        hook_state_t *h = r->hook;
+        if (!h) {
+            h = moxy_palloc(&r->c->pool, sizeof(*h));
+            if (!h) {
+                luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
+                moxy_log(MOXY_LOG_ERR, r->id, "on_request: out of memory");
+                return MOXY_ERROR;
+            }
+            h->r = r;
+            evtimer_assign(&h->timer, w->base, hook_timer_cb, h);
+            r->hook = h;
+        }
+        h->co = co;
+        struct timeval tv;
+        if (!(secs > 0)) secs = 0;
+        if (secs > 1e7) secs = 1e7;
+        tv.tv_sec = (time_t)secs;
+        tv.tv_usec = (suseconds_t)((secs - floor(secs)) * 1e6);
+        evtimer_add(&h->timer, &tv);
+        return MOXY_AGAIN;
+    }
+    /* an error, or a yield that did not come from moxy's API */
+    if (st == LUA_YIELD)
+        moxy_log(MOXY_LOG_ERR, r->id,
+                 "on_request: a hook yielded outside moxy's API (coroutine.yield in a hook?)");
+    else
+        moxy_log(MOXY_LOG_ERR, r->id, "on_request: %s",
+                 lua_isstring(c, -1) ? lua_tostring(c, -1) : "(error object is not a string)");
+    luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
+    r->local = 0;
+    r->resp_headers.n = 0;
+    return MOXY_ERROR;
 }
 
 int moxy_lua_on_request(moxy_req_t *r)
 {
     moxy_worker_t *w = r->c->w;
-    if (w->lua_on_request == LUA_NOREF) return MOXY_OK;
-    lua_State *L = w->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_on_request);
+    if (w->lua_body == LUA_NOREF) return MOXY_OK;
+    struct moxy_lua_co_s co;
+    int fresh;
+    co_get(w, &co, &fresh);
     /* The pointer travels as a number: ffi.cast of a light userdata is not
      * compiled by LuaJIT's JIT (NYI), a number to pointer cast is. */
-    lua_pushnumber(L, (lua_Number)(uintptr_t)r);
-    if (lua_pcall(L, 1, 1, 0) != 0) {
-        moxy_log(MOXY_LOG_ERR, r->id, "on_request: %s", lua_tostring(L, -1));
-        lua_settop(L, 0);
-        r->local = 0;
-        r->resp_headers.n = 0;
-        return MOXY_ERROR;
+    lua_pushnumber(co.co, (lua_Number)(uintptr_t)r);
+    return co_resume(r, co, 1);
+}
+
+static void hook_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    hook_state_t *h = arg;
+    moxy_req_t *r = h->r;
+    moxy_client_t *c = r->c;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    moxy_client_hold(c);
+    lua_pushnumber(h->co.co, (lua_Number)(uintptr_t)r);
+    int rc = co_resume(r, h->co, 1);
+    if (rc != MOXY_AGAIN) {
+        r->hook = NULL;
+        moxy_req_hooks_done(r, rc);
     }
-    int answered = lua_toboolean(L, -1);
-    lua_settop(L, 0);
-    if (answered && r->local) {
-        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
-        return MOXY_DONE;
-    }
-    return MOXY_OK;
+    moxy_client_release(c);
+}
+
+void moxy_lua_abort(moxy_req_t *r)
+{
+    hook_state_t *h = r->hook;
+    if (!h) return;
+    event_del(&h->timer);
+    luaL_unref(r->c->w->L, LUA_REGISTRYINDEX, h->co.ref);
+    r->hook = NULL;
 }
 
 int moxy_lua_check_scripts(const moxy_conf_t *conf)

@@ -16,9 +16,15 @@ int moxy_lua_worker_init(moxy_worker_t *w);
 void moxy_lua_worker_free(moxy_worker_t *w);
 
 /* Run the on_request hooks for r.  MOXY_OK: go on to the upstream;
- * MOXY_DONE: a hook answered (r's local response is set); MOXY_ERROR: a
- * script failed (logged with file:line), answer 500. */
+ * MOXY_DONE: a hook answered (r->status, r->local_body
+ * and r->resp_headers hold the answer, for the caller to send); MOXY_ERROR: a script
+ * failed (logged with file:line), answer 500; MOXY_AGAIN: a hook yielded,
+ * moxy_req_hooks_done(r, rc) follows when the hooks are done. */
 int moxy_lua_on_request(moxy_req_t *r);
+
+/* The client of r went away while its hooks were parked: cancel their event
+ * and drop their coroutine. */
+void moxy_lua_abort(moxy_req_t *r);
 
 /* Load conf's scripts in a scratch VM (for moxy -t).  MOXY_OK, or MOXY_ERROR
  * after printing the reason to stderr. */

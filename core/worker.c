@@ -165,7 +165,7 @@ moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
     if (!w) return NULL;
     w->id = id;
     w->conf = conf;
-    w->lua_on_request = -2; /* LUA_NOREF */
+    w->lua_body = -2; /* LUA_NOREF */
     w->control_fd = -1;
     LIST_INIT(&w->clients);
     struct event_config *ec = event_config_new();

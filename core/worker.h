@@ -31,7 +31,9 @@ struct moxy_worker_s {
     moxy_conf_t *conf;
     struct event_base *base;
     lua_State *L;
-    int lua_on_request;          /* registry ref of the on_request runner, or LUA_NOREF */
+    int lua_body;                /* registry ref of runtime.coroutine_body, or LUA_NOREF (no hooks) */
+    struct moxy_lua_co_s *co_free; /* idle hook coroutines, ready for the next request */
+    int nco_free, co_free_cap;
 
     moxy_listener_t *listeners;  /* one per conf->listens */
     int nlisteners;

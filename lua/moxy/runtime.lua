@@ -1,8 +1,19 @@
 -- moxy.runtime: loads the user's scripts into a worker's VM and runs their
--- hooks.  Called from core/lua_bridge.c.
+-- hooks.  Driven from core/lua_bridge.c.
+--
+-- Hooks run inside coroutines so that they may yield (moxy.sleep, ...).  A
+-- coroutine runs one request's hooks, yields DONE, and is then reused for the
+-- next request, so a hook that never yields costs no coroutine creation.
+-- Protocol with C (lua_resume):
+--   resume(co, ptr)           -> yields DONE, answered      hooks finished
+--                             -> yields SLEEP, seconds      parked; C resumes
+--   resume(co, ptr) again        after the event, with the request pointer
 local txn = require "moxy.txn"
+local yield = coroutine.yield
 
 local M = {}
+
+M.DONE, M.SLEEP = 0, 1
 
 local KNOWN = { on_request = true }
 local on_request = {}
@@ -10,6 +21,7 @@ local on_request = {}
 -- Load the scripts at `paths` (in order).  Raises "file:line: message".
 -- Returns the number of on_request hooks.
 function M.load(paths)
+  _G.moxy = require "moxy"
   for _, path in ipairs(paths) do
     local chunk, err = loadfile(path)
     if not chunk then error(err, 0) end
@@ -31,8 +43,7 @@ function M.load(paths)
   return #on_request
 end
 
--- Run the on_request hooks for the request `ptr`; true when one answered.
-function M.on_request(ptr)
+local function run_hooks(ptr)
   local t = txn.new(ptr)
   for i = 1, #on_request do
     on_request[i](t)
@@ -43,17 +54,28 @@ end
 
 -- With a single hook (the common case) no loop: the JIT compiles the call
 -- into one trace instead of giving up on a loop it cannot keep.
-local function single(ptr)
+local function run_single(ptr)
   local t = txn.new(ptr)
   on_request[1](t)
   return rawget(t, "_done") == true
 end
 
-local load = M.load
-function M.load(paths)
-  local n = load(paths)
-  if n == 1 then M.on_request = single end
-  return n
+-- The body of every hook coroutine: run a request's hooks, report, wait for
+-- the next request.
+function M.coroutine_body(ptr)
+  local run = #on_request == 1 and run_single or run_hooks
+  while true do
+    local answered = run(ptr)
+    txn.leave()
+    ptr = yield(M.DONE, answered)
+  end
+end
+
+-- Park the running hook for `seconds` (called by moxy.sleep).
+function M.sleep(seconds)
+  txn.leave()
+  local ptr = yield(M.SLEEP, seconds)
+  txn.enter(ptr)
 end
 
 return M

@@ -17,10 +17,11 @@ int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, s
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 int moxy_ffi_client_port(moxy_req_t *r);
+int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 1
+local ABI = 2
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -41,6 +42,16 @@ local function field(r, f)
   return ffi_string(sp[0], sl[0])
 end
 
+local cur = ffi.new("moxy_req_t *[1]")
+
+-- The running hook's request; raises when no hook runs (a txn kept past its
+-- hook, or used from code that runs outside hooks).
+local function req_ptr()
+  local r = cur[0]
+  if r == nil then error("txn: used outside of a hook of its request", 3) end
+  return r
+end
+
 -- Headers ------------------------------------------------------------------
 
 local Headers = {}
@@ -55,7 +66,7 @@ end
 --- headers:get(name) -> the first value of header `name` (case-insensitive), or nil.
 function Headers:get(name)
   check_name(name, "get")
-  if C.moxy_ffi_header_get(self._cur[0], self._which, name, #name, 0, sp, sl) ~= OK then return nil end
+  if C.moxy_ffi_header_get(req_ptr(), self._which, name, #name, 0, sp, sl) ~= OK then return nil end
   return ffi_string(sp[0], sl[0])
 end
 
@@ -63,7 +74,7 @@ end
 function Headers:get_all(name)
   check_name(name, "get_all")
   local out, i = {}, 0
-  while C.moxy_ffi_header_get(self._cur[0], self._which, name, #name, i, sp, sl) == OK do
+  while C.moxy_ffi_header_get(req_ptr(), self._which, name, #name, i, sp, sl) == OK do
     i = i + 1
     out[i] = ffi_string(sp[0], sl[0])
   end
@@ -79,7 +90,7 @@ local function put(self, name, value, add, what)
       error("headers:" .. what .. ": value must be a string, got " .. type(value), 3)
     end
   end
-  if C.moxy_ffi_header_set(self._cur[0], self._which, name, #name, value, #value, add) ~= OK then
+  if C.moxy_ffi_header_set(req_ptr(), self._which, name, #name, value, #value, add) ~= OK then
     error("headers:" .. what .. ": invalid header " .. name .. ": " .. string.format("%q", value), 3)
   end
 end
@@ -97,12 +108,12 @@ end
 --- headers:remove(name): remove every `name` header.
 function Headers:remove(name)
   check_name(name, "remove")
-  C.moxy_ffi_header_remove(self._cur[0], self._which, name, #name)
+  C.moxy_ffi_header_remove(req_ptr(), self._which, name, #name)
 end
 
 --- headers:each() -> iterator over name, value in order (repeats included).
 function Headers:each()
-  local i, r, which = -1, self._cur[0], self._which
+  local i, r, which = -1, req_ptr(), self._which
   return function()
     i = i + 1
     if C.moxy_ffi_header_at(r, which, i, np, nl, sp, sl) ~= OK then return nil end
@@ -119,35 +130,34 @@ end
 -- hook in one trace.  Keep a txn, not these objects, if you need a request
 -- later.
 
-local cur = ffi.new("moxy_req_t *[1]")
 
 local REQ_FIELDS = {
   method = F.method, uri = F.uri, path = F.path, query = F.query, host = F.host,
   http_version = F.version,
 }
 
-local req = setmetatable({ headers = setmetatable({ _which = 0, _cur = cur }, Headers) }, {
+local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
   __index = function(_, k)
     local f = REQ_FIELDS[k]
-    if f then return field(cur[0], f) end
+    if f then return field(req_ptr(), f) end
     if k == "scheme" then return "http" end
     return nil
   end,
 })
 
-local resp = { headers = setmetatable({ _which = 1, _cur = cur }, Headers) }
+local resp = { headers = setmetatable({ _which = 1 }, Headers) }
 
 local client = setmetatable({}, {
   __index = function(_, k)
-    if k == "ip" then return field(cur[0], F.client_ip) end
-    if k == "port" then return C.moxy_ffi_client_port(cur[0]) end
+    if k == "ip" then return field(req_ptr(), F.client_ip) end
+    if k == "port" then return C.moxy_ffi_client_port(req_ptr()) end
     return nil
   end,
 })
 
 local upstream = setmetatable({}, {
   __index = function(_, k)
-    if k == "pool" then return field(cur[0], F.pool) end
+    if k == "pool" then return field(req_ptr(), F.pool) end
     return nil
   end,
 })
@@ -155,7 +165,7 @@ local upstream = setmetatable({}, {
 --- txn.upstream:pick(pool): send this request to the named pool.
 function upstream.pick(_, pool)
   if type(pool) ~= "string" then error("upstream:pick: pool name must be a string", 2) end
-  if C.moxy_ffi_upstream_pick(cur[0], pool, #pool) ~= OK then
+  if C.moxy_ffi_upstream_pick(req_ptr(), pool, #pool) ~= OK then
     error("upstream:pick: no pool named \"" .. pool .. "\"", 2)
   end
 end
@@ -169,8 +179,8 @@ local Txn = {
   __index = function(self, k)
     local v = STATIC[k] or methods[k]
     if v then return v end
-    if k == "id" then return field(cur[0], F.id) end
-    if k == "listener" then return field(cur[0], F.listener) end
+    if k == "id" then return field(req_ptr(), F.id) end
+    if k == "listener" then return field(req_ptr(), F.listener) end
     if k == "ctx" then
       v = {}
       rawset(self, "ctx", v)
@@ -197,7 +207,7 @@ function methods.respond(self, status, body, headers)
       end
     end
   end
-  if C.moxy_ffi_respond(cur[0], status, body, #body) ~= OK then
+  if C.moxy_ffi_respond(req_ptr(), status, body, #body) ~= OK then
     error("txn:respond: bad status " .. tostring(status), 2)
   end
   rawset(self, "_done", true)
@@ -214,5 +224,24 @@ function M.new(ptr)
   cur[0] = cast(REQ_T, ptr)
   return setmetatable({}, Txn)
 end
+
+-- The running hook's request is `ptr` again (after a yield).
+function M.enter(ptr)
+  cur[0] = cast(REQ_T, ptr)
+end
+
+-- No hook runs (a hook yielded or finished).
+function M.leave()
+  cur[0] = nil
+end
+
+-- The request of the running hook, or nil outside hooks.
+function M.current()
+  local r = cur[0]
+  if r == nil then return nil end
+  return r
+end
+
+M.C = C
 
 return M

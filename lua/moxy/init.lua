@@ -1,0 +1,39 @@
+-- moxy: the module every script sees as the global `moxy` (also
+-- `require "moxy"`).  This version: moxy.sleep and moxy.log.
+local runtime = require "moxy.runtime"
+local txn = require "moxy.txn"
+
+local C = txn.C
+local type, tostring, select, concat = type, tostring, select, table.concat
+
+local M = { version = "0.1.0" }
+
+--- moxy.sleep(seconds): park the running hook for `seconds` (>= 0) without
+-- blocking the worker; other requests go on meanwhile.  Phases: on_request.
+-- Raises when called outside a hook (e.g. while a script loads).
+function M.sleep(seconds)
+  if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
+    error("moxy.sleep: seconds must be a number >= 0, got " .. tostring(seconds), 2)
+  end
+  if txn.current() == nil then error("moxy.sleep: only hooks may sleep", 2) end
+  runtime.sleep(seconds)
+end
+
+local LEVELS = { err = 0, warn = 1, info = 2, debug = 3 }
+
+local function logger(level)
+  return function(...)
+    local n = select("#", ...)
+    local parts = { ... }
+    for i = 1, n do parts[i] = tostring(parts[i]) end
+    local msg = concat(parts, " ", 1, n)
+    C.moxy_ffi_log(txn.current(), level, msg, #msg)
+  end
+end
+
+--- moxy.log.err/warn/info/debug(...): one error-log line of the arguments
+-- (tostring'ed, space-separated), with the request id inside a hook.
+M.log = {}
+for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
+
+return M
