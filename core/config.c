@@ -134,11 +134,18 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
     lua_getfield(L, t, "scripts");
     c->nscripts = (int)lua_objlen(L, -1);
     c->scripts = calloc((size_t)c->nscripts + 1, sizeof(char *));
+    c->scripts_jit = calloc((size_t)c->nscripts + 1, sizeof(int));
     for (int i = 0; i < c->nscripts; i++) {
         lua_rawgeti(L, -1, i + 1);
-        c->scripts[i] = strdup(lua_tostring(L, -1));
-        lua_pop(L, 1);
+        c->scripts[i] = field_str(L, lua_gettop(L), "path");
+        lua_getfield(L, -1, "jit");
+        c->scripts_jit[i] = lua_toboolean(L, -1);
+        lua_pop(L, 2);
     }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "lua");
+    c->cpu_budget = field_num(L, lua_gettop(L), "cpu_budget", 0.05);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "limits");
@@ -237,6 +244,7 @@ void moxy_conf_free(moxy_conf_t *c)
     free(c->listens);
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
+    free(c->scripts_jit);
     free(c->log.access);
     free(c->log.error);
     free(c->path);

@@ -51,7 +51,9 @@ typedef struct {
     int default_upstream; /* index, or -1 */
 
     char **scripts; /* absolute or config-relative paths */
+    int *scripts_jit; /* 1: the script's functions may be JIT-compiled (no CPU budget) */
     int nscripts;
+    double cpu_budget; /* seconds one hook call may run before it is stopped; 0: no limit */
 
     struct {
         size_t header_bytes; /* request line + headers */

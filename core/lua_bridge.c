@@ -22,6 +22,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define CO_FREE_MAX 1024 /* idle coroutines kept per worker */
 
@@ -40,6 +41,64 @@ typedef struct {
     moxy_req_t *r;
 } hook_state_t;
 
+/* The CPU budget of a hook call.  LuaJIT runs no debug hook inside compiled
+ * code, so the functions of a script are kept out of the JIT (runtime.lua:
+ * jit.off(chunk, true)) unless the configuration says `jit = true` for it;
+ * moxy's own library stays compiled.  A count hook every BUDGET_COUNT VM
+ * instructions compares the monotonic clock with the call's deadline (a
+ * hook call runs without interruption on its worker, so wall time is its
+ * CPU time unless the kernel preempts it).  Past the deadline the hook
+ * raises at every instruction, so a pcall in the script cannot swallow it. */
+#define BUDGET_COUNT 1000
+
+static _Thread_local struct timespec budget_deadline;
+static _Thread_local int budget_armed;
+static _Thread_local double budget_secs;
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    MOXY_UNUSED(ar);
+    if (!budget_armed) return;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec < budget_deadline.tv_sec ||
+        (now.tv_sec == budget_deadline.tv_sec && now.tv_nsec < budget_deadline.tv_nsec))
+        return;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    /* name the line that was running: level 0 inside a hook (luaL_error's
+     * level 1 would name its caller) */
+    lua_Debug d;
+    if (lua_getstack(L, 0, &d) && lua_getinfo(L, "Sl", &d) && d.currentline > 0)
+        lua_pushfstring(L, "%s:%d: ", d.short_src, d.currentline);
+    else
+        lua_pushliteral(L, "");
+    lua_pushfstring(L, "hook ran past its CPU budget of %d ms", (int)(budget_secs * 1000 + 0.5));
+    lua_concat(L, 2);
+    lua_error(L);
+}
+
+static void budget_arm(moxy_worker_t *w)
+{
+    budget_secs = w->conf->cpu_budget;
+    if (!(budget_secs > 0)) return;
+    clock_gettime(CLOCK_MONOTONIC, &budget_deadline);
+    double s = budget_secs;
+    budget_deadline.tv_sec += (time_t)s;
+    budget_deadline.tv_nsec += (long)((s - floor(s)) * 1e9);
+    if (budget_deadline.tv_nsec >= 1000000000L) {
+        budget_deadline.tv_sec++;
+        budget_deadline.tv_nsec -= 1000000000L;
+    }
+    budget_armed = 1;
+}
+
+static void budget_disarm(moxy_worker_t *w)
+{
+    if (!budget_armed) return;
+    budget_armed = 0;
+    lua_sethook(w->L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
+}
+
 /* Push runtime.load(conf->scripts) results; returns the lua_pcall status.
  * Leaves the runtime module below the result (or the error). */
 static int load_scripts(lua_State *L, const moxy_conf_t *conf)
@@ -50,7 +109,11 @@ static int load_scripts(lua_State *L, const moxy_conf_t *conf)
     lua_getfield(L, -1, "load");
     lua_createtable(L, conf->nscripts, 0);
     for (int i = 0; i < conf->nscripts; i++) {
+        lua_createtable(L, 0, 2);
         lua_pushstring(L, conf->scripts[i]);
+        lua_setfield(L, -2, "path");
+        lua_pushboolean(L, conf->scripts_jit[i]);
+        lua_setfield(L, -2, "jit");
         lua_rawseti(L, -2, i + 1);
     }
     return lua_pcall(L, 1, 1, 0);
@@ -70,6 +133,7 @@ int moxy_lua_worker_init(moxy_worker_t *w)
     }
     int nhooks = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
+    if (w->conf->cpu_budget > 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
     w->lua_body = LUA_NOREF;
     if (nhooks > 0) {
         lua_getfield(L, -1, "coroutine_body");
@@ -127,7 +191,9 @@ static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
 {
     moxy_worker_t *w = r->c->w;
     lua_State *c = co.co;
+    budget_arm(w);
     int st = lua_resume(c, nargs);
+    budget_disarm(w);
     if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 2) {
         int answered = lua_toboolean(c, 2);
         lua_settop(c, 0);

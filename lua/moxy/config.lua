@@ -140,9 +140,11 @@ function Checker:table(t, keys, allowed)
     return false
   end
   for k in pairs(t) do
-    if type(k) ~= "string" or not allowed[k] then
+    if not allowed[k] then
       local names = {}
-      for n in pairs(allowed) do names[#names + 1] = n end
+      for n in pairs(allowed) do
+        if type(n) == "string" then names[#names + 1] = n end
+      end
       table.sort(names)
       self:err(child(keys, tostring(k)), "unknown key (expected one of: " .. table.concat(names, ", ") .. ")")
     end
@@ -288,7 +290,7 @@ function Checker:upstreams(v, keys)
 end
 
 local TOP = {
-  workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true,
+  workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true,
 }
 
@@ -322,17 +324,32 @@ function M.check(t, path, src)
 
   conf.scripts = {}
   for i, s in ipairs(list(c, t.scripts, { "scripts" })) do
-    local p = c:value(s, { "scripts", i }, typed("string"))
+    local k, jit = { "scripts", i }, false
+    if type(s) == "table" then
+      if c:table(s, k, { [1] = true, path = true, jit = true }) then
+        jit = c:value(s.jit, { "scripts", i, "jit" }, typed("boolean"), false)
+        s = s.path or s[1]
+        if s == nil then c:err(k, "path is required") end
+      else
+        s = nil
+      end
+    end
+    local p = s ~= nil and c:value(s, k, typed("string")) or nil
     if p then
       local full = p:sub(1, 1) == "/" and p or conf.dir .. "/" .. p
       local f, err = io.open(full, "rb")
       if f then
         f:close()
-        conf.scripts[#conf.scripts + 1] = full
+        conf.scripts[#conf.scripts + 1] = { path = full, jit = jit }
       else
-        c:err({ "scripts", i }, "cannot open script: " .. tostring(err), p)
+        c:err(k, "cannot open script: " .. tostring(err), p)
       end
     end
+  end
+
+  local lua = t.lua or {}
+  if c:table(lua, { "lua" }, { cpu_budget = true }) then
+    conf.lua = { cpu_budget = c:value(lua.cpu_budget, { "lua", "cpu_budget" }, duration, 0.05) }
   end
 
   local lim = t.limits or {}

@@ -20,11 +20,16 @@ local on_request = {}
 
 -- Load the scripts at `paths` (in order).  Raises "file:line: message".
 -- Returns the number of on_request hooks.
-function M.load(paths)
+-- `scripts`: a list of { path = ..., jit = bool }.  Unless jit is true, the
+-- script's functions are kept out of the JIT, so that the CPU budget's count
+-- hook (lua_bridge.c) sees them run; moxy's own modules stay compiled.
+function M.load(scripts)
   _G.moxy = require "moxy"
-  for _, path in ipairs(paths) do
+  for _, s in ipairs(scripts) do
+    local path = s.path
     local chunk, err = loadfile(path)
     if not chunk then error(err, 0) end
+    if not s.jit then jit.off(chunk, true) end
     local ok, hooks = pcall(chunk)
     if not ok then error(tostring(hooks), 0) end
     if type(hooks) ~= "table" then

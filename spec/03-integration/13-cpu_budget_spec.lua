@@ -1,0 +1,82 @@
+-- lua.cpu_budget: a hook call that runs away ends its request with a 500 and
+-- a log line naming file:line; the worker and other requests carry on, and
+-- time spent parked (moxy.sleep) does not count.
+local helpers = require "spec.helpers"
+
+local SITE = [[
+return {
+  on_request = function(txn)
+    local mode = txn.req.headers:get("X-Mode")
+    if mode == "spin" then
+      local n = 0
+      while true do n = n + 1 end -- SPIN_LINE
+    elseif mode == "spin-pcall" then
+      while true do
+        pcall(function() while true do end end)
+      end
+    elseif mode == "nap" then
+      moxy.sleep(0.3)
+      txn.req.headers:set("X-Napped", "yes")
+    end
+  end,
+}
+]]
+
+local SPIN_LINE
+do
+  local n = 0
+  for line in SITE:gmatch("([^\n]*)\n") do
+    n = n + 1
+    if line:find("SPIN_LINE", 1, true) then SPIN_LINE = n end
+  end
+end
+
+describe("lua.cpu_budget", function()
+  local origin, moxy
+
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    moxy = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      scripts = { "site.lua" },
+      lua = { cpu_budget = "100ms" },
+    }, { files = { ["site.lua"] = SITE } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function mode(m, path)
+    return helpers.request(moxy.port, { path = path or "/echo", headers = { { "X-Mode", m } } })
+  end
+
+  it("ends a runaway hook with a 500 and a log line naming file:line", function()
+    local t = helpers.now()
+    local res = assert(mode("spin"))
+    assert.equal(500, res.status)
+    assert.is_true(helpers.now() - t < 2 * helpers.scale, "the budget did not stop the loop in time")
+    local line = moxy:wait_log("site.lua:" .. SPIN_LINE .. ": hook ran past its CPU budget of 100 ms", 3,
+      moxy.error_log)
+    assert(line, "no error-log line naming site.lua:" .. SPIN_LINE)
+    assert.matches("rid=" .. res:header("x-request-id"), line, 1, true)
+  end)
+
+  it("is not fooled by a pcall around the loop", function()
+    local res = assert(mode("spin-pcall"))
+    assert.equal(500, res.status)
+  end)
+
+  it("keeps serving other requests, before and after", function()
+    local c = assert(helpers.connection(moxy.port))
+    assert(c:send(helpers.build_request({ path = "/echo", headers = { { "X-Mode", "spin" } } })))
+    for _ = 1, 5 do
+      assert.equal(200, assert(helpers.request(moxy.port, { path = "/echo" })).status)
+    end
+    assert.equal(500, assert(c:read_response()).status)
+    c:close()
+  end)
+
+  it("does not count the time a hook is parked", function()
+    local e = helpers.echo(assert(mode("nap")))
+    assert.equal("yes", helpers.echo_value(e, "X-Napped"))
+  end)
+end)
