@@ -45,7 +45,8 @@ typedef struct {
  * code, so the functions of a script are kept out of the JIT (runtime.lua:
  * jit.off(chunk, true)) unless the configuration says `jit = true` for it;
  * moxy's own library stays compiled.  A count hook every BUDGET_COUNT VM
- * instructions compares the monotonic clock with the call's deadline (a
+ * instructions compares the coarse monotonic clock (vDSO, a few ms of
+ * resolution: plenty for a budget of tens of ms) with the call's deadline (a
  * hook call runs without interruption on its worker, so wall time is its
  * CPU time unless the kernel preempts it).  Past the deadline the hook
  * raises at every instruction, so a pcall in the script cannot swallow it. */
@@ -60,7 +61,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     MOXY_UNUSED(ar);
     if (!budget_armed) return;
     struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
     if (now.tv_sec < budget_deadline.tv_sec ||
         (now.tv_sec == budget_deadline.tv_sec && now.tv_nsec < budget_deadline.tv_nsec))
         return;
@@ -81,7 +82,7 @@ static void budget_arm(moxy_worker_t *w)
 {
     budget_secs = w->conf->cpu_budget;
     if (!(budget_secs > 0)) return;
-    clock_gettime(CLOCK_MONOTONIC, &budget_deadline);
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &budget_deadline);
     double s = budget_secs;
     budget_deadline.tv_sec += (time_t)s;
     budget_deadline.tv_nsec += (long)((s - floor(s)) * 1e9);
