@@ -39,7 +39,9 @@ return {
     },
   },
   default_upstream = "origin",
-  scripts = { "bench-hook.lua" },          -- relative to this file
+  -- relative to this file; MOXY_HOOK_JIT=1 lets the JIT compile the hook
+  -- (no CPU budget on it), the default runs it guarded, as users get it
+  scripts = { { path = "bench-hook.lua", jit = os.getenv("MOXY_HOOK_JIT") == "1" } },
   timeouts = { keepalive = "300s" },       -- never close a client mid-run
   limits = { connections = 20000 },        -- room for IDLE_CONNS=10000
   log = { access = false, error = "stderr", level = "warn" },
