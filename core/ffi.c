@@ -119,6 +119,37 @@ EXPORT int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **
     return MOXY_OK;
 }
 
+/* 1 when the n bytes at p may stand in a request target (RFC 3986 characters,
+ * no '#'); '?' only when query is 1. */
+static int target_valid(const char *p, size_t n, int query)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '#' || (ch == '?' && !query)) return 0;
+    }
+    return 1;
+}
+
+EXPORT int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
+                                   size_t qlen, int has_query)
+{
+    if (plen == 0 || path[0] != '/' || !target_valid(path, plen, 0)) return MOXY_ERROR;
+    if (has_query && !target_valid(query, qlen, 1)) return MOXY_ERROR;
+    size_t n = plen + (has_query ? qlen + 1 : 0);
+    char *uri = moxy_palloc(&r->c->pool, n + 1);
+    if (!uri) return MOXY_ERROR;
+    memcpy(uri, path, plen);
+    if (has_query) {
+        uri[plen] = '?';
+        memcpy(uri + plen + 1, query, qlen);
+    }
+    uri[n] = '\0';
+    r->uri = uri;
+    r->uri_len = r->uri_cap = (uint32_t)n;
+    r->path_len = (uint32_t)plen;
+    return MOXY_OK;
+}
+
 EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len)
 {
     int i = moxy_conf_upstream_index(r->c->w->conf, name, len);

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 2
+#define MOXY_FFI_ABI 3
 
 /* BEGIN FFI */
 typedef struct moxy_req_s moxy_req_t;
@@ -40,6 +40,12 @@ int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nl
 /* The index-th header (0-based) of the list.  MOXY_DECLINED past the end. */
 int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, size_t *nlen,
                        const char **val, size_t *vlen);
+
+/* Replace the request target with path (plen bytes, starting with '/') and,
+ * when has_query, '?' and query (qlen bytes).  MOXY_ERROR on bytes that do
+ * not belong in a request target (controls, space, '#', '?' in the path). */
+int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
+                            size_t qlen, int has_query);
 
 /* Send the request to pool name.  MOXY_DECLINED: no such pool. */
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);

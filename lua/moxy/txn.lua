@@ -14,6 +14,8 @@ int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen,
 int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nlen);
 int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, size_t *nlen,
                        const char **val, size_t *vlen);
+int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
+                            size_t qlen, int has_query);
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 int moxy_ffi_client_port(moxy_req_t *r);
@@ -21,7 +23,7 @@ int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 2
+local ABI = 3
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -136,12 +138,36 @@ local REQ_FIELDS = {
   http_version = F.version,
 }
 
+local function set_target(path, query)
+  local r = req_ptr()
+  local has_query = query ~= nil and 1 or 0
+  query = query or ""
+  if C.moxy_ffi_req_set_target(r, path, #path, query, #query, has_query) ~= OK then
+    error(string.format("txn.req: invalid request target %q", path .. (has_query == 1 and "?" .. query or "")), 3)
+  end
+end
+
 local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
   __index = function(_, k)
     local f = REQ_FIELDS[k]
     if f then return field(req_ptr(), f) end
     if k == "scheme" then return "http" end
     return nil
+  end,
+  -- txn.req.path = "/new" and txn.req.query = "a=1" (nil: no query) change
+  -- what is sent to the origin
+  __newindex = function(_, k, v)
+    if k == "path" then
+      if type(v) ~= "string" then error("txn.req.path must be a string, got " .. type(v), 2) end
+      set_target(v, field(req_ptr(), F.query))
+    elseif k == "query" then
+      if v ~= nil and type(v) ~= "string" then
+        error("txn.req.query must be a string or nil, got " .. type(v), 2)
+      end
+      set_target(field(req_ptr(), F.path), v)
+    else
+      error("txn.req." .. tostring(k) .. " cannot be set (settable: path, query)", 2)
+    end
   end,
 })
 
@@ -211,6 +237,18 @@ function methods.respond(self, status, body, headers)
     error("txn:respond: bad status " .. tostring(status), 2)
   end
   rawset(self, "_done", true)
+end
+
+local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+--- txn:redirect(url, status): answer with a redirect to url (status 301,
+-- 302 (default), 303, 307 or 308).
+function methods.redirect(self, url, status)
+  status = status or 302
+  if type(url) ~= "string" or url == "" then error("txn:redirect: url must be a string", 2) end
+  if not REDIRECTS[status] then error("txn:redirect: status must be 301, 302, 303, 307 or 308", 2) end
+  resp.headers:set("Location", url)
+  methods.respond(self, status, "")
 end
 
 local M = {}
