@@ -150,6 +150,18 @@ EXPORT int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen,
     return MOXY_OK;
 }
 
+static int bodiless(int status)
+{
+    return status < 200 || status == 204 || status == 304;
+}
+
+EXPORT int moxy_ffi_resp_status(moxy_req_t *r, int status)
+{
+    if (status > 0 && status <= 999 && r->status && !bodiless(status) && !bodiless(r->status))
+        r->status = status;
+    return r->status;
+}
+
 EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len)
 {
     int i = moxy_conf_upstream_index(r->c->w->conf, name, len);

@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 3
+#define MOXY_FFI_ABI 4
 
 /* BEGIN FFI */
 typedef struct moxy_req_s moxy_req_t;
@@ -46,6 +46,11 @@ int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, s
  * not belong in a request target (controls, space, '#', '?' in the path). */
 int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
                             size_t qlen, int has_query);
+
+/* The response status (0 before there is one); with status > 0, first
+ * change it (on_response): refused (returns the old one) for 1xx, 204 and
+ * 304 either way, which would change whether the response has a body. */
+int moxy_ffi_resp_status(moxy_req_t *r, int status);
 
 /* Send the request to pool name.  MOXY_DECLINED: no such pool. */
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);

@@ -141,6 +141,8 @@ struct moxy_req_s {
 
     /* hooks */
     void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */
+    int hook_phase;        /* MOXY_PHASE_* of the hooks that run or are parked */
+    int txn_ref;           /* registry ref of the request's txn for later phases, 0: none */
 
     /* upstream */
     int pool;              /* index into conf->upstreams, or -1 */

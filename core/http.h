@@ -57,6 +57,10 @@ void moxy_client_tunnel(moxy_client_t *c);
  * there).  MOXY_OK, or MOXY_ERROR after answering the client. */
 int moxy_upstream_start(moxy_req_t *r);
 
+/* The on_response hooks of r that yielded are done (rc as moxy_lua_run
+ * returns): send the response head, or the hooks' answer, and go on. */
+void moxy_upstream_hooks_done(moxy_req_t *r, int rc);
+
 /* The client drained below the low watermark: read more of the response. */
 void moxy_upstream_resume_read(moxy_upconn_t *u);
 

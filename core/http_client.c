@@ -162,6 +162,7 @@ void moxy_client_close(moxy_client_t *c)
     moxy_req_t *r = c->req;
     if (r) {
         if (r->hook) moxy_lua_abort(r);
+        moxy_lua_req_done(r);
         if (r->up) {
             moxy_upconn_t *u = r->up;
             r->up = NULL;
@@ -656,7 +657,7 @@ static void client_start_request(moxy_client_t *c)
         return;
     }
 
-    int rc = moxy_lua_on_request(r);
+    int rc = moxy_lua_run(r, MOXY_PHASE_REQUEST);
     if (rc == MOXY_AGAIN) {
         /* A hook yielded (moxy.sleep, ...): the request waits.  Its body
          * stays in the socket until the hooks are done; without a body we
@@ -671,6 +672,10 @@ static void client_start_request(moxy_client_t *c)
 void moxy_req_hooks_done(moxy_req_t *r, int rc)
 {
     moxy_client_t *c = r->c;
+    if (r->hook_phase == MOXY_PHASE_RESPONSE) {
+        moxy_upstream_hooks_done(r, rc);
+        return;
+    }
     client_after_hooks(c, rc);
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);
@@ -862,6 +867,7 @@ static void client_finish_request(moxy_client_t *c)
         moxy_upconn_close(u);
     }
     moxy_access_log(r);
+    moxy_lua_req_done(r);
     c->req = NULL;
     moxy_pool_reset(&c->pool);
     if (!keep) {

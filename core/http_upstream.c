@@ -13,6 +13,7 @@
 #include "http.h"
 #include "io.h"
 #include "log.h"
+#include "lua_bridge.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -26,6 +27,7 @@
 
 static void up_read_cb(evutil_socket_t fd, short what, void *arg);
 static void up_write_cb(evutil_socket_t fd, short what, void *arg);
+static void up_process(moxy_upconn_t *u);
 static const llhttp_settings_t *response_settings(void);
 
 static struct timeval tv_of(double s)
@@ -621,6 +623,40 @@ static void up_eof_before_head(moxy_upconn_t *u)
                                   : "origin closed the connection without answering");
 }
 
+/* The on_response hooks ran (rc from moxy_lua_run): MOXY_OK when the
+ * origin's response goes on to the client; otherwise the request was
+ * answered (the hooks' answer or a 500) and u is closed. */
+static int up_after_response_hooks(moxy_upconn_t *u, int rc)
+{
+    moxy_req_t *r = u->req;
+    if (rc == MOXY_OK) return MOXY_OK;
+    /* the origin's body will not be read: its connection cannot be reused */
+    r->up = NULL;
+    u->req = NULL;
+    moxy_upconn_close(u);
+    if (rc == MOXY_DONE) {
+        r->resp_chunked_out = 0;
+        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+    } else {
+        moxy_resp_error(r, 500, "script error in on_response");
+    }
+    return MOXY_DONE;
+}
+
+void moxy_upstream_hooks_done(moxy_req_t *r, int rc)
+{
+    moxy_upconn_t *u = r->up;
+    if (!u) return;
+    up_hold(u);
+    if (up_after_response_hooks(u, rc) == MOXY_OK) {
+        moxy_resp_write_head(r);
+        moxy_upstream_resume_read(u);
+        if (evbuffer_get_length(u->in) > 0 || u->eof) up_process(u);
+        else moxy_client_send(r->c);
+    }
+    up_release(u);
+}
+
 static void up_process(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
@@ -666,6 +702,14 @@ static void up_process(moxy_upconn_t *u)
             if (evbuffer_get_length(u->in) || u->eof) up_process(u);
             else moxy_client_send(c);
             return;
+        }
+        if (moxy_lua_has(u->w, MOXY_PHASE_RESPONSE)) {
+            int rc = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
+            if (rc == MOXY_AGAIN) {
+                up_stop_read(u); /* the body waits in the socket */
+                return;
+            }
+            if (up_after_response_hooks(u, rc) != MOXY_OK) return;
         }
         moxy_resp_write_head(r);
     }

@@ -132,7 +132,15 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
         return MOXY_ERROR;
     }
-    int nhooks = (int)lua_tointeger(L, -1);
+    /* runtime.load returns the number of hooks of each phase */
+    static const char *const names[MOXY_PHASES] = {"on_request", "on_response"};
+    int nhooks = 0;
+    for (int i = 0; i < MOXY_PHASES; i++) {
+        lua_getfield(L, -1, names[i]);
+        w->lua_hooks[i] = (int)lua_tointeger(L, -1);
+        nhooks += w->lua_hooks[i];
+        lua_pop(L, 1);
+    }
     lua_pop(L, 1);
     if (w->conf->cpu_budget > 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
     w->lua_body = LUA_NOREF;
@@ -195,8 +203,14 @@ static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
     budget_arm(w);
     int st = lua_resume(c, nargs);
     budget_disarm(w);
-    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 2) {
+    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 3) {
         int answered = lua_toboolean(c, 2);
+        /* keep the txn (and its ctx) for the request's later phases */
+        if (r->hook_phase == MOXY_PHASE_REQUEST && w->lua_hooks[MOXY_PHASE_RESPONSE] > 0 &&
+            !r->txn_ref && lua_istable(c, 3)) {
+            lua_xmove(c, w->L, 1);
+            r->txn_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+        }
         lua_settop(c, 0);
         co_put(w, co);
         return answered && r->local ? MOXY_DONE : MOXY_OK;
@@ -238,17 +252,30 @@ static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
     return MOXY_ERROR;
 }
 
-int moxy_lua_on_request(moxy_req_t *r)
+int moxy_lua_has(const moxy_worker_t *w, int phase)
+{
+    return w->lua_hooks[phase] > 0;
+}
+
+int moxy_lua_run(moxy_req_t *r, int phase)
 {
     moxy_worker_t *w = r->c->w;
-    if (w->lua_body == LUA_NOREF) return MOXY_OK;
+    if (w->lua_hooks[phase] == 0) return MOXY_OK;
     struct moxy_lua_co_s co;
     int fresh;
     co_get(w, &co, &fresh);
+    r->hook_phase = phase;
     /* The pointer travels as a number: ffi.cast of a light userdata is not
      * compiled by LuaJIT's JIT (NYI), a number to pointer cast is. */
     lua_pushnumber(co.co, (lua_Number)(uintptr_t)r);
-    return co_resume(r, co, 1);
+    lua_pushinteger(co.co, phase);
+    if (r->txn_ref > 0) {
+        lua_rawgeti(w->L, LUA_REGISTRYINDEX, r->txn_ref);
+        lua_xmove(w->L, co.co, 1);
+    } else {
+        lua_pushnil(co.co);
+    }
+    return co_resume(r, co, 3);
 }
 
 static void hook_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -266,6 +293,12 @@ static void hook_timer_cb(evutil_socket_t fd, short what, void *arg)
         moxy_req_hooks_done(r, rc);
     }
     moxy_client_release(c);
+}
+
+void moxy_lua_req_done(moxy_req_t *r)
+{
+    if (r->txn_ref > 0) luaL_unref(r->c->w->L, LUA_REGISTRYINDEX, r->txn_ref);
+    r->txn_ref = 0;
 }
 
 void moxy_lua_abort(moxy_req_t *r)

@@ -15,12 +15,21 @@ int moxy_lua_worker_init(moxy_worker_t *w);
 /* Close w's VM. */
 void moxy_lua_worker_free(moxy_worker_t *w);
 
-/* Run the on_request hooks for r.  MOXY_OK: go on to the upstream;
- * MOXY_DONE: a hook answered (r->status, r->local_body
- * and r->resp_headers hold the answer, for the caller to send); MOXY_ERROR: a script
- * failed (logged with file:line), answer 500; MOXY_AGAIN: a hook yielded,
- * moxy_req_hooks_done(r, rc) follows when the hooks are done. */
-int moxy_lua_on_request(moxy_req_t *r);
+/* The phases whose hooks moxy_lua_run runs. */
+enum { MOXY_PHASE_REQUEST = 0, MOXY_PHASE_RESPONSE, MOXY_PHASES };
+
+/* Run the hooks of phase for r.  MOXY_OK: go on; MOXY_DONE: a hook answered
+ * (r->status, r->local_body and r->resp_headers hold the answer, for the
+ * caller to send); MOXY_ERROR: a script failed (logged with file:line),
+ * answer 500; MOXY_AGAIN: a hook yielded, moxy_req_hooks_done(r, rc)
+ * follows when the hooks are done (r->hook_phase says which phase). */
+int moxy_lua_run(moxy_req_t *r, int phase);
+
+/* 1 when phase has hooks (so a caller can skip everything else). */
+int moxy_lua_has(const moxy_worker_t *w, int phase);
+
+/* r ends: release what its hooks kept (its txn). */
+void moxy_lua_req_done(moxy_req_t *r);
 
 /* The client of r went away while its hooks were parked: cancel their event
  * and drop their coroutine. */

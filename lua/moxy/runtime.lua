@@ -15,8 +15,11 @@ local M = {}
 
 M.DONE, M.SLEEP = 0, 1
 
-local KNOWN = { on_request = true }
-local on_request = {}
+local PHASES = { "on_request", "on_response" } -- index - 1 = MOXY_PHASE_* in C
+local hooks = {}
+for i, name in ipairs(PHASES) do hooks[i] = {} end
+local KNOWN = {}
+for _, name in ipairs(PHASES) do KNOWN[name] = true end
 
 -- Load the scripts at `paths` (in order).  Raises "file:line: message".
 -- Returns the number of on_request hooks.
@@ -30,57 +33,70 @@ function M.load(scripts)
     local chunk, err = loadfile(path)
     if not chunk then error(err, 0) end
     if not s.jit then jit.off(chunk, true) end
-    local ok, hooks = pcall(chunk)
-    if not ok then error(tostring(hooks), 0) end
-    if type(hooks) ~= "table" then
-      error(path .. ": a script must return a table of hooks, got " .. type(hooks), 0)
+    local ok, t = pcall(chunk)
+    if not ok then error(tostring(t), 0) end
+    if type(t) ~= "table" then
+      error(path .. ": a script must return a table of hooks, got " .. type(t), 0)
     end
-    for name, fn in pairs(hooks) do
+    for name, fn in pairs(t) do
       if not KNOWN[name] then
-        error(path .. ": unknown hook \"" .. tostring(name) .. "\" (known: on_request)", 0)
+        error(path .. ": unknown hook \"" .. tostring(name) .. "\" (known: "
+          .. table.concat(PHASES, ", ") .. ")", 0)
       end
       if type(fn) ~= "function" then
         error(path .. ": " .. name .. " must be a function, got " .. type(fn), 0)
       end
     end
-    if hooks.on_request then on_request[#on_request + 1] = hooks.on_request end
+    for i, name in ipairs(PHASES) do
+      if t[name] then hooks[i][#hooks[i] + 1] = t[name] end
+    end
   end
-  return #on_request
+  local counts = {}
+  for i, name in ipairs(PHASES) do counts[name] = #hooks[i] end
+  return counts
 end
 
-local function run_hooks(ptr)
-  local t = txn.new(ptr)
-  for i = 1, #on_request do
-    on_request[i](t)
-    if rawget(t, "_done") then return true end
+-- Run the hooks of `phase` (0-based, as in C) for the request `ptr`; true
+-- when one answered.
+local function run_hooks(ptr, phase, t)
+  local list = hooks[phase + 1]
+  if t then
+    txn.enter(ptr, phase) -- a later phase: the request's txn (and ctx) again
+  else
+    t = txn.new(ptr, phase)
   end
-  return false
+  if #list == 1 then
+    -- no loop for a single hook (the common case): the JIT keeps the call
+    -- in one trace instead of giving up on a loop it cannot keep
+    list[1](t)
+    return rawget(t, "_done") == true, t
+  end
+  for i = 1, #list do
+    list[i](t)
+    if rawget(t, "_done") then return true, t end
+  end
+  return false, t
 end
 
--- With a single hook (the common case) no loop: the JIT compiles the call
--- into one trace instead of giving up on a loop it cannot keep.
-local function run_single(ptr)
-  local t = txn.new(ptr)
-  on_request[1](t)
-  return rawget(t, "_done") == true
-end
-
--- The body of every hook coroutine: run a request's hooks, report, wait for
--- the next request.
-function M.coroutine_body(ptr)
-  local run = #on_request == 1 and run_single or run_hooks
+-- The body of every hook coroutine: run a request's hooks of one phase,
+-- report, wait for the next.
+-- The txn goes back to C with DONE; C keeps it for the request's later
+-- phases when there are hooks for them.
+function M.coroutine_body(ptr, phase, t)
   while true do
-    local answered = run(ptr)
+    local answered
+    answered, t = run_hooks(ptr, phase, t)
     txn.leave()
-    ptr = yield(M.DONE, answered)
+    ptr, phase, t = yield(M.DONE, answered, t)
   end
 end
 
 -- Park the running hook for `seconds` (called by moxy.sleep).
 function M.sleep(seconds)
+  local phase = txn.phase()
   txn.leave()
   local ptr = yield(M.SLEEP, seconds)
-  txn.enter(ptr)
+  txn.enter(ptr, phase)
 end
 
 return M

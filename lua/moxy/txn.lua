@@ -17,13 +17,14 @@ int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, s
 int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
                             size_t qlen, int has_query);
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
+int moxy_ffi_resp_status(moxy_req_t *r, int status);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 int moxy_ffi_client_port(moxy_req_t *r);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 3
+local ABI = 4
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -171,7 +172,25 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
   end,
 })
 
-local resp = { headers = setmetatable({ _which = 1 }, Headers) }
+local phase = 0 -- of the running hook: 0 on_request, 1 on_response
+
+local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
+  __index = function(_, k)
+    if k == "status" then
+      local s = C.moxy_ffi_resp_status(req_ptr(), 0)
+      return s > 0 and s or nil
+    end
+    return nil
+  end,
+  -- txn.resp.status = 404 in on_response
+  __newindex = function(_, k, v)
+    if k ~= "status" then error("txn.resp." .. tostring(k) .. " cannot be set (settable: status)", 2) end
+    if phase ~= 1 then error("txn.resp.status: settable in on_response only", 2) end
+    if type(v) ~= "number" or C.moxy_ffi_resp_status(req_ptr(), v) ~= v then
+      error("txn.resp.status: cannot change this response's status to " .. tostring(v), 2)
+    end
+  end,
+})
 
 local client = setmetatable({}, {
   __index = function(_, k)
@@ -222,6 +241,12 @@ function methods.respond(self, status, body, headers)
   if type(status) ~= "number" then error("txn:respond: status must be a number", 2) end
   body = body == nil and "" or body
   if type(body) ~= "string" then error("txn:respond: body must be a string", 2) end
+  if phase == 1 then
+    -- in on_response the origin's headers are there: the answer replaces them
+    local h, names = resp.headers, {}
+    for name in h:each() do names[#names + 1] = name end
+    for i = 1, #names do h:remove(names[i]) end
+  end
   if headers ~= nil then
     if type(headers) ~= "table" then error("txn:respond: headers must be a table", 2) end
     local h = resp.headers
@@ -258,14 +283,22 @@ local REQ_T = ffi.typeof("moxy_req_t *")
 
 -- A txn for the request at address `ptr` (a number: see lua_bridge.c); it
 -- becomes the request the objects above address.
-function M.new(ptr)
+function M.new(ptr, ph)
   cur[0] = cast(REQ_T, ptr)
+  phase = ph or 0
   return setmetatable({}, Txn)
 end
 
--- The running hook's request is `ptr` again (after a yield).
-function M.enter(ptr)
+-- The running hook's request is `ptr` again (after a yield, or in a later
+-- phase), in phase `ph`.
+function M.enter(ptr, ph)
   cur[0] = cast(REQ_T, ptr)
+  phase = ph or 0
+end
+
+-- The phase of the running hook.
+function M.phase()
+  return phase
 end
 
 -- No hook runs (a hook yielded or finished).
