@@ -72,6 +72,8 @@ install: moxy
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUADIR)/moxy
 	install -m 755 moxy $(DESTDIR)$(PREFIX)/bin/moxy
 	install -m 644 lua/moxy/*.lua $(DESTDIR)$(LUADIR)/moxy/
+	install -d $(DESTDIR)$(PREFIX)/share/moxy/scripts
+	install -m 644 scripts/*.lua $(DESTDIR)$(PREFIX)/share/moxy/scripts/
 
 fmt:
 	clang-format -i core/*.c core/*.h

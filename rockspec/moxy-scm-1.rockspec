@@ -1,0 +1,22 @@
+-- The Lua half of moxy, for `luarocks make rockspec/moxy-scm-1.rockspec`.
+-- The modules call into the moxy binary through LuaJIT's FFI: they run inside
+-- moxy (or `moxy test`), not in a plain Lua interpreter.
+package = "moxy"
+version = "scm-1"
+source = { url = "git+file://." }
+description = {
+  summary = "Lua API of the moxy edge proxy",
+  detailed = "The txn API, the script runtime and the configuration checker of moxy.",
+  license = "Apache-2.0",
+}
+dependencies = { "lua == 5.1" }
+build = {
+  type = "builtin",
+  modules = {
+    ["moxy"] = "lua/moxy/init.lua",
+    ["moxy.config"] = "lua/moxy/config.lua",
+    ["moxy.runtime"] = "lua/moxy/runtime.lua",
+    ["moxy.txn"] = "lua/moxy/txn.lua",
+    ["moxy.types"] = "lua/moxy/types.lua",
+  },
+}
