@@ -1,5 +1,5 @@
 -- moxy: the module every script sees as the global `moxy` (also
--- `require "moxy"`).  This version: moxy.sleep and moxy.log.
+-- `require "moxy"`).  This version: moxy.sleep, moxy.log and moxy.json.
 local runtime = require "moxy.runtime"
 local txn = require "moxy.txn"
 
@@ -35,5 +35,20 @@ end
 -- (tostring'ed, space-separated), with the request id inside a hook.
 M.log = {}
 for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
+
+--- moxy.json: lua-cjson's safe module (loaded on first use):
+-- moxy.json.encode(value) -> string or nil, err; moxy.json.decode(text) ->
+-- value or nil, err; moxy.json.null.
+setmetatable(M, {
+  __index = function(t, k)
+    if k == "json" then
+      local ok, cjson = pcall(require, "cjson.safe")
+      if not ok then error("moxy.json needs lua-cjson (Debian package lua-cjson)", 2) end
+      rawset(t, "json", cjson)
+      return cjson
+    end
+    return nil
+  end,
+})
 
 return M

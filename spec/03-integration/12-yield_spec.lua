@@ -25,6 +25,11 @@ return {
       moxy.log.warn("hello from", txn.req.path, 42)
     elseif mode == "bad-yield" then
       coroutine.yield("nope")
+    elseif mode == "json" then
+      local doc = assert(moxy.json.decode(txn.req.headers:get("X-Doc")))
+      local bad, err = moxy.json.decode("{nope")
+      return txn:respond(200, moxy.json.encode({ got = doc.n * 2, bad = bad == nil, err = type(err) }),
+        { ["Content-Type"] = "application/json" })
     end
   end,
 }
@@ -126,6 +131,16 @@ describe("yielding hooks", function()
     local res = assert(req(moxy.port, "bad-yield"))
     assert.equal(500, res.status)
     assert(moxy:wait_log("yielded outside moxy's API", 3, moxy.error_log))
+  end)
+
+  it("encode and decode JSON with moxy.json (nil, err on bad input)", function()
+    local res = assert(helpers.request(moxy.port, { path = "/j",
+      headers = { { "X-Mode", "json" }, { "X-Doc", '{"n":21}' } } }))
+    assert.equal(200, res.status)
+    local doc = helpers.json(res.body)
+    assert.equal(42, doc.got)
+    assert.is_true(doc.bad)
+    assert.equal("string", doc.err)
   end)
 
   it("log with moxy.log and the request id", function()
