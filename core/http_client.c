@@ -61,7 +61,7 @@ static void client_want_read(moxy_client_t *c)
     }
     if (c->state == MOXY_C_HEAD) {
         int partial = r && r->head_bytes > 0;
-        if (partial || c->listen_index < 0) client_read_timeout(c, &w->tv_client_header);
+        if (partial) client_read_timeout(c, &w->tv_client_header);
         else client_read_timeout(c, w->ctv_keepalive);
     } else if (c->state == MOXY_C_TUNNEL) {
         client_read_timeout(c, w->ctv_upstream);
@@ -131,7 +131,6 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     event_base_gettimeofday_cached(w->base, &now);
     evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
     client_read_timeout(c, &w->tv_client_header);
-    c->listen_index = listen_index;
 }
 
 static void client_free(moxy_client_t *c)
