@@ -62,6 +62,11 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *out = r->http_minor ? "1.1" : "1.0";
         *len = 3;
         return MOXY_OK;
+    case MOXY_FFI_F_ERROR:
+        if (!r->error) return MOXY_DECLINED;
+        *out = r->error;
+        *len = strlen(r->error);
+        return MOXY_OK;
     case MOXY_FFI_F_POOL:
         if (r->pool < 0) return MOXY_DECLINED;
         *out = conf->upstreams[r->pool].name;

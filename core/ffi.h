@@ -79,6 +79,7 @@ enum {
     MOXY_FFI_F_LISTENER,
     MOXY_FFI_F_VERSION,
     MOXY_FFI_F_POOL,
+    MOXY_FFI_F_ERROR,
 };
 
 #endif

@@ -92,6 +92,14 @@ void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len);
  * it), logging why at level warn. */
 void moxy_resp_error(moxy_req_t *r, int status, const char *why);
 
+/* The request failed after it was accepted (a 5xx: script error, origin
+ * refused, timed out...): log why, then let the on_error hooks answer, or
+ * answer with moxy's error page. */
+void moxy_req_fail(moxy_req_t *r, int status, const char *why);
+
+/* The on_error hooks of r that yielded are done (rc as moxy_lua_run). */
+void moxy_req_error_hooks_done(moxy_req_t *r, int rc);
+
 /* Standard reason phrase of a status code. */
 const char *moxy_status_reason(int status);
 

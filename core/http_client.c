@@ -675,6 +675,10 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc)
         moxy_upstream_hooks_done(r, rc);
         return;
     }
+    if (r->hook_phase == MOXY_PHASE_ERROR) {
+        moxy_req_error_hooks_done(r, rc);
+        return;
+    }
     client_after_hooks(c, rc);
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);
@@ -692,8 +696,7 @@ static void client_after_hooks(moxy_client_t *c, int rc)
         return;
     }
     if (rc == MOXY_ERROR) {
-        if (!r->body_done) r->keepalive = 0;
-        moxy_resp_error(r, 500, "script error");
+        moxy_req_fail(r, 500, "script error in on_request");
         return;
     }
     if (r->pool < 0) {
@@ -701,8 +704,7 @@ static void client_after_hooks(moxy_client_t *c, int rc)
         r->pool = conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
     }
     if (r->pool < 0) {
-        if (!r->body_done) r->keepalive = 0;
-        moxy_resp_error(r, 502, "no upstream pool for this request");
+        moxy_req_fail(r, 502, "no upstream pool for this request");
         return;
     }
     if (r->expect_continue && !r->body_done) {
@@ -903,8 +905,7 @@ void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
         moxy_client_close(c);
         return;
     }
-    if (!r->body_done) r->keepalive = 0;
-    moxy_resp_error(r, status, why);
+    moxy_req_fail(r, status, why);
 }
 
 void moxy_client_tunnel(moxy_client_t *c)

@@ -6,6 +6,7 @@
 #include "headers.h"
 #include "http.h"
 #include "log.h"
+#include "lua_bridge.h"
 #include "worker.h"
 
 #include <event2/buffer.h>
@@ -165,16 +166,22 @@ static int wants_json(const moxy_req_t *r)
     return 0;
 }
 
-void moxy_resp_error(moxy_req_t *r, int status, const char *why)
+static void log_error(moxy_req_t *r, int status, const char *why)
 {
     moxy_client_t *c = r->c;
-    char body[512];
-    int n;
     if (!r->id[0]) moxy_req_make_id(r);
     if (!r->method_name) r->method_name = "-";
     r->error = why;
     moxy_log(status >= 500 ? MOXY_LOG_WARN : MOXY_LOG_INFO, r->id, "%s %s from %s: %d: %s",
              r->method_name, r->uri ? r->uri : "-", c->ip, status, why);
+}
+
+/* moxy's own error page for status. */
+static void error_page(moxy_req_t *r, int status)
+{
+    moxy_client_t *c = r->c;
+    char body[512];
+    int n;
     r->resp_headers.n = 0;
     const char *reason = moxy_status_reason(status);
     if (wants_json(r)) {
@@ -192,4 +199,33 @@ void moxy_resp_error(moxy_req_t *r, int status, const char *why)
     if (n < 0) n = 0;
     if ((size_t)n >= sizeof(body)) n = sizeof(body) - 1;
     moxy_resp_local(r, status, body, (size_t)n);
+}
+
+void moxy_resp_error(moxy_req_t *r, int status, const char *why)
+{
+    log_error(r, status, why);
+    error_page(r, status);
+}
+
+void moxy_req_fail(moxy_req_t *r, int status, const char *why)
+{
+    moxy_client_t *c = r->c;
+    log_error(r, status, why);
+    if (!r->body_done) r->keepalive = 0;
+    if (!moxy_lua_has(c->w, MOXY_PHASE_ERROR) || r->hook_phase == MOXY_PHASE_ERROR) {
+        error_page(r, status); /* no hooks, or they failed themselves */
+        return;
+    }
+    r->status = status;
+    r->resp_headers.n = 0;
+    r->local = 0;
+    int rc = moxy_lua_run(r, MOXY_PHASE_ERROR);
+    if (rc == MOXY_AGAIN) return; /* moxy_req_error_hooks_done follows */
+    moxy_req_error_hooks_done(r, rc);
+}
+
+void moxy_req_error_hooks_done(moxy_req_t *r, int rc)
+{
+    if (rc == MOXY_DONE) moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+    else error_page(r, r->status >= 500 ? r->status : 500);
 }

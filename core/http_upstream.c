@@ -638,7 +638,7 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
         r->resp_chunked_out = 0;
         moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
     } else {
-        moxy_resp_error(r, 500, "script error in on_response");
+        moxy_req_fail(r, 500, "script error in on_response");
     }
     return MOXY_DONE;
 }

@@ -133,7 +133,7 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         return MOXY_ERROR;
     }
     /* runtime.load returns the number of hooks of each phase */
-    static const char *const names[MOXY_PHASES] = {"on_request", "on_response"};
+    static const char *const names[MOXY_PHASES] = {"on_request", "on_response", "on_error"};
     int nhooks = 0;
     for (int i = 0; i < MOXY_PHASES; i++) {
         lua_getfield(L, -1, names[i]);
@@ -206,7 +206,8 @@ static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
     if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 3) {
         int answered = lua_toboolean(c, 2);
         /* keep the txn (and its ctx) for the request's later phases */
-        if (r->hook_phase == MOXY_PHASE_REQUEST && w->lua_hooks[MOXY_PHASE_RESPONSE] > 0 &&
+        if (r->hook_phase == MOXY_PHASE_REQUEST &&
+            (w->lua_hooks[MOXY_PHASE_RESPONSE] > 0 || w->lua_hooks[MOXY_PHASE_ERROR] > 0) &&
             !r->txn_ref && lua_istable(c, 3)) {
             lua_xmove(c, w->L, 1);
             r->txn_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);

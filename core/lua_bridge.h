@@ -16,7 +16,7 @@ int moxy_lua_worker_init(moxy_worker_t *w);
 void moxy_lua_worker_free(moxy_worker_t *w);
 
 /* The phases whose hooks moxy_lua_run runs. */
-enum { MOXY_PHASE_REQUEST = 0, MOXY_PHASE_RESPONSE, MOXY_PHASES };
+enum { MOXY_PHASE_REQUEST = 0, MOXY_PHASE_RESPONSE, MOXY_PHASE_ERROR, MOXY_PHASES };
 
 /* Run the hooks of phase for r.  MOXY_OK: go on; MOXY_DONE: a hook answered
  * (r->status, r->local_body and r->resp_headers hold the answer, for the

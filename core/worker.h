@@ -32,7 +32,7 @@ struct moxy_worker_s {
     struct event_base *base;
     lua_State *L;
     int lua_body;                /* registry ref of runtime.coroutine_body, or LUA_NOREF (no hooks) */
-    int lua_hooks[2];            /* hooks per phase (MOXY_PHASE_*) */
+    int lua_hooks[3];            /* hooks per phase (MOXY_PHASE_*) */
     struct moxy_lua_co_s *co_free; /* idle hook coroutines, ready for the next request */
     int nco_free, co_free_cap;
 

@@ -15,7 +15,7 @@ local M = {}
 
 M.DONE, M.SLEEP = 0, 1
 
-local PHASES = { "on_request", "on_response" } -- index - 1 = MOXY_PHASE_* in C
+local PHASES = { "on_request", "on_response", "on_error" } -- index - 1 = MOXY_PHASE_* in C
 local hooks = {}
 for i, name in ipairs(PHASES) do hooks[i] = {} end
 local KNOWN = {}

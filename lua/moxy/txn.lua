@@ -32,7 +32,7 @@ end
 
 local OK, DECLINED = 0, -3
 local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
-            listener = 7, version = 8, pool = 9 }
+            listener = 7, version = 8, pool = 9, error = 10 }
 
 local sp = ffi.new("const char *[1]")
 local sl = ffi.new("size_t[1]")
@@ -226,6 +226,7 @@ local Txn = {
     if v then return v end
     if k == "id" then return field(req_ptr(), F.id) end
     if k == "listener" then return field(req_ptr(), F.listener) end
+    if k == "error" then return field(req_ptr(), F.error) end
     if k == "ctx" then
       v = {}
       rawset(self, "ctx", v)

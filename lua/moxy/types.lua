@@ -69,6 +69,7 @@ function Upstream:pick(pool) end
 ---@field ctx table                  yours, from on_request to on_response
 ---@field id string                  the request id
 ---@field listener string            the listener's name
+---@field error string|nil           in on_error: why the request failed
 local Txn = {}
 
 ---Answer the request now; later hooks of the phase are skipped.
@@ -85,6 +86,7 @@ function Txn:redirect(url, status) end
 ---@class moxy.Hooks
 ---@field on_request? fun(txn: moxy.Txn)
 ---@field on_response? fun(txn: moxy.Txn)
+---@field on_error? fun(txn: moxy.Txn)
 
 ---@class moxy.Log
 ---@field err fun(...: any)
