@@ -26,6 +26,7 @@
 #include <zlib.h>
 
 void moxy_http_init(void);
+int moxy_test_main(int argc, char **argv);
 void moxy_upstream_http_init(void);
 
 static moxy_worker_t **workers;
@@ -38,6 +39,7 @@ static atomic_int workers_exited;
 static void usage(FILE *f)
 {
     fprintf(f, "usage: moxy [-c FILE] [-t] [-v]\n"
+               "       moxy test [busted options] [spec paths...]\n"
                "  -c FILE  configuration file (default: moxy.lua)\n"
                "  -t       check the configuration and scripts, then exit\n"
                "  -v       print versions and exit\n");
@@ -114,6 +116,7 @@ static int cpu_count(void)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "test") == 0) return moxy_test_main(argc - 1, argv + 1);
     const char *path = "moxy.lua";
     int check = 0, opt;
     while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
