@@ -76,6 +76,9 @@
 --       origin received it (case-insensitive, in order); echo_value(doc, name)
 --       -> them joined with ", " or nil
 --   helpers.read_file(path), helpers.write_file(path, text), helpers.tmpdir()
+--   helpers.script_with_config(path, config) -> the source of the script at
+--       path (scripts/*.lua) with its "-- CONFIG BEGIN" .. "-- CONFIG END"
+--       block replaced by `local CONFIG = <config>` (Lua source of a table)
 
 local socket = require "socket"
 local cjson = require "cjson.safe"
@@ -1375,6 +1378,15 @@ function helpers.blackhole()
     return nil, "connect() to a full listen queue does not hang here"
   end
   return bh
+end
+
+function helpers.script_with_config(path, config)
+  local src = assert(helpers.read_file(path))
+  local out, n = src:gsub("\n%-%- CONFIG BEGIN\n.-\n%-%- CONFIG END\n", function()
+    return "\n-- CONFIG BEGIN\nlocal CONFIG = " .. config .. "\n-- CONFIG END\n"
+  end)
+  assert(n == 1, "no CONFIG BEGIN/END block in " .. path)
+  return out
 end
 
 return helpers

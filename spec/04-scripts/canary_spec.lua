@@ -4,14 +4,8 @@ local bit = require "bit"
 
 local PATH = helpers.root .. "/scripts/canary.lua"
 
--- the script with its CONFIG block replaced by `config` (Lua source of a table)
 local function with_config(config)
-  local src = assert(helpers.read_file(PATH))
-  local out, n = src:gsub("\n%-%- CONFIG BEGIN\n.-\n%-%- CONFIG END\n", function()
-    return "\n-- CONFIG BEGIN\nlocal CONFIG = " .. config .. "\n-- CONFIG END\n"
-  end)
-  assert(n == 1, "no CONFIG BEGIN/END block in " .. PATH)
-  return out
+  return helpers.script_with_config(PATH, config)
 end
 
 -- FNV-1a 32 of s mod 10000, computed independently of the script (plain

@@ -4,14 +4,8 @@ local helpers = require "spec.helpers"
 
 local PATH = helpers.root .. "/scripts/maintenance.lua"
 
--- the script with its CONFIG block replaced by `config` (Lua source of a table)
 local function with_config(config)
-  local src = assert(helpers.read_file(PATH))
-  local out, n = src:gsub("\n%-%- CONFIG BEGIN\n.-\n%-%- CONFIG END\n", function()
-    return "\n-- CONFIG BEGIN\nlocal CONFIG = " .. config .. "\n-- CONFIG END\n"
-  end)
-  assert(n == 1, "no CONFIG BEGIN/END block in " .. PATH)
-  return out
+  return helpers.script_with_config(PATH, config)
 end
 
 describe("scripts/maintenance.lua", function()
