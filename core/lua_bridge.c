@@ -100,6 +100,15 @@ static void budget_disarm(moxy_worker_t *w)
     lua_sethook(w->L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
 }
 
+/* Run runtime.run_once(name) with the runtime module at the top of L's
+ * stack; returns the lua_pcall status (the error on the stack). */
+static int run_once(lua_State *L, const char *name)
+{
+    lua_getfield(L, -1, "run_once");
+    lua_pushstring(L, name);
+    return lua_pcall(L, 1, 0, 0);
+}
+
 /* Push runtime.load(conf->scripts) results; returns the lua_pcall status.
  * Leaves the runtime module below the result (or the error). */
 static int load_scripts(lua_State *L, const moxy_conf_t *conf)
@@ -142,6 +151,10 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    if (run_once(L, "worker_init") != 0) {
+        snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
+        return MOXY_ERROR;
+    }
     if (w->conf->cpu_budget > 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
     w->lua_body = LUA_NOREF;
     if (nhooks > 0) {
@@ -322,6 +335,12 @@ int moxy_lua_check_scripts(const moxy_conf_t *conf)
     if (load_scripts(L, conf) != 0) {
         fprintf(stderr, "%s\n", lua_tostring(L, -1));
         rc = MOXY_ERROR;
+    } else {
+        lua_pop(L, 1); /* the counts: the runtime module is on top again */
+        if (run_once(L, "init") != 0) {
+            fprintf(stderr, "%s\n", lua_tostring(L, -1));
+            rc = MOXY_ERROR;
+        }
     }
     lua_close(L);
     return rc;

@@ -35,8 +35,8 @@ void moxy_lua_req_done(moxy_req_t *r);
  * and drop their coroutine. */
 void moxy_lua_abort(moxy_req_t *r);
 
-/* Load conf's scripts in a scratch VM (for moxy -t).  MOXY_OK, or MOXY_ERROR
- * after printing the reason to stderr. */
+/* Load conf's scripts in a scratch VM and run their init hooks (moxy -t, and
+ * once at start).  MOXY_OK, or MOXY_ERROR after printing the reason. */
 int moxy_lua_check_scripts(const moxy_conf_t *conf);
 
 #endif

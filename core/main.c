@@ -142,6 +142,12 @@ int main(int argc, char **argv)
         return rc == MOXY_OK ? 0 : 1;
     }
 
+    /* init hooks: once per configuration, before any worker; an error stops here */
+    if (moxy_lua_check_scripts(conf) != MOXY_OK) {
+        moxy_conf_free(conf);
+        return 1;
+    }
+
     if (moxy_log_open_error(conf->log.error, conf->log.level) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot open error log %s: %s\n", conf->log.error, strerror(errno));
         return 1;

@@ -15,7 +15,7 @@ function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
     error("moxy.sleep: seconds must be a number >= 0, got " .. tostring(seconds), 2)
   end
-  if txn.current() == nil then error("moxy.sleep: only hooks may sleep", 2) end
+  if txn.current() == nil and not runtime.in_once then error("moxy.sleep: only hooks may sleep", 2) end
   runtime.sleep(seconds)
 end
 

@@ -18,8 +18,9 @@ M.DONE, M.SLEEP = 0, 1
 local PHASES = { "on_request", "on_response", "on_error" } -- index - 1 = MOXY_PHASE_* in C
 local hooks = {}
 for i, name in ipairs(PHASES) do hooks[i] = {} end
-local KNOWN = {}
+local KNOWN = { init = true, worker_init = true }
 for _, name in ipairs(PHASES) do KNOWN[name] = true end
+local once = { init = {}, worker_init = {} } -- hooks that run outside requests
 
 -- Load the scripts at `paths` (in order).  Raises "file:line: message".
 -- Returns the number of on_request hooks.
@@ -40,7 +41,7 @@ function M.load(scripts)
     end
     for name, fn in pairs(t) do
       if not KNOWN[name] then
-        error(path .. ": unknown hook \"" .. tostring(name) .. "\" (known: "
+        error(path .. ": unknown hook \"" .. tostring(name) .. "\" (known: init, worker_init, "
           .. table.concat(PHASES, ", ") .. ")", 0)
       end
       if type(fn) ~= "function" then
@@ -49,6 +50,9 @@ function M.load(scripts)
     end
     for i, name in ipairs(PHASES) do
       if t[name] then hooks[i][#hooks[i] + 1] = t[name] end
+    end
+    for name, list in pairs(once) do
+      if t[name] then list[#list + 1] = t[name] end
     end
   end
   local counts = {}
@@ -91,8 +95,45 @@ function M.coroutine_body(ptr, phase, t)
   end
 end
 
+-- Outside requests (init, worker_init) nothing else runs on the thread yet:
+-- a hook that sleeps simply blocks it for that long.
+local ffi = require "ffi"
+ffi.cdef [[ int poll(void *fds, unsigned long nfds, int timeout); ]]
+
+M.in_once = false -- an init or worker_init hook runs
+
+-- Run the `name` hooks ("init" once per configuration before the workers
+-- start, "worker_init" in each worker's VM before it serves).  Hooks run in
+-- a coroutine and may moxy.sleep.  Raises "name: file:line: message".
+function M.run_once(name)
+  for _, fn in ipairs(once[name]) do
+    local co = coroutine.create(fn)
+    local args = {}
+    M.in_once = true
+    while true do
+      local ok, kind, secs = coroutine.resume(co, unpack(args))
+      if not ok then
+        M.in_once = false
+        error(name .. ": " .. tostring(kind), 0)
+      end
+      if coroutine.status(co) == "dead" then break end
+      if kind ~= M.SLEEP then
+        M.in_once = false
+        error(name .. ": a hook yielded outside moxy's API", 0)
+      end
+      ffi.C.poll(nil, 0, math.floor((tonumber(secs) or 0) * 1000 + 0.5))
+      args = {}
+    end
+    M.in_once = false
+  end
+end
+
 -- Park the running hook for `seconds` (called by moxy.sleep).
 function M.sleep(seconds)
+  if M.in_once then
+    yield(M.SLEEP, seconds)
+    return
+  end
   local phase = txn.phase()
   txn.leave()
   local ptr = yield(M.SLEEP, seconds)

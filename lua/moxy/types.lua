@@ -84,6 +84,8 @@ function Txn:respond(status, body, headers) end
 function Txn:redirect(url, status) end
 
 ---@class moxy.Hooks
+---@field init? fun()
+---@field worker_init? fun()
 ---@field on_request? fun(txn: moxy.Txn)
 ---@field on_response? fun(txn: moxy.Txn)
 ---@field on_error? fun(txn: moxy.Txn)
