@@ -142,19 +142,17 @@ int main(int argc, char **argv)
         return rc == MOXY_OK ? 0 : 1;
     }
 
+    int status = 1;
     /* init hooks: once per configuration, before any worker; an error stops here */
-    if (moxy_lua_check_scripts(conf) != MOXY_OK) {
-        moxy_conf_free(conf);
-        return 1;
-    }
+    if (moxy_lua_check_scripts(conf) != MOXY_OK) goto out;
 
     if (moxy_log_open_error(conf->log.error, conf->log.level) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot open error log %s: %s\n", conf->log.error, strerror(errno));
-        return 1;
+        goto out;
     }
     if (moxy_log_open_access(conf->log.access) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot open access log %s: %s\n", conf->log.access, strerror(errno));
-        return 1;
+        goto out;
     }
 
     raise_nofile();
@@ -163,33 +161,27 @@ int main(int argc, char **argv)
     moxy_upstream_http_init();
 
     main_base = event_base_new();
-    if (!main_base) {
-        fprintf(stderr, "moxy: cannot create the main event loop\n");
-        return 1;
-    }
     exit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    exit_ev = event_new(main_base, exit_fd, EV_READ | EV_PERSIST, worker_exit_cb, NULL);
-    if (exit_fd < 0 || !exit_ev || event_add(exit_ev, NULL) != 0) {
+    if (main_base && exit_fd >= 0)
+        exit_ev = event_new(main_base, exit_fd, EV_READ | EV_PERSIST, worker_exit_cb, NULL);
+    if (!exit_ev || event_add(exit_ev, NULL) != 0) {
         fprintf(stderr, "moxy: cannot set up the main loop: %s\n", strerror(errno));
-        return 1;
+        goto out;
     }
 
     nworkers = conf->workers > 0 ? conf->workers : cpu_count();
     workers = calloc((size_t)nworkers, sizeof(*workers));
-    int failed = 0;
-    for (int i = 0; i < nworkers && !failed; i++) {
+    if (!workers) goto out;
+    for (int i = 0; i < nworkers; i++) {
         workers[i] = moxy_worker_new(conf, i);
         if (!workers[i]) {
             fprintf(stderr, "moxy: out of memory\n");
-            failed = 1;
-        } else if (workers[i]->error[0]) {
-            fprintf(stderr, "moxy: %s\n", workers[i]->error);
-            failed = 1;
+            goto out;
         }
-    }
-    if (failed) {
-        for (int i = 0; i < nworkers; i++) moxy_worker_join_free(workers[i]);
-        return 1;
+        if (workers[i]->error[0]) {
+            fprintf(stderr, "moxy: %s\n", workers[i]->error);
+            goto out;
+        }
     }
 
     /* Workers inherit a mask that blocks the signals the main thread handles. */
@@ -200,8 +192,9 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, &old);
     for (int i = 0; i < nworkers; i++) {
         if (moxy_worker_start(workers[i]) != MOXY_OK) {
-            fprintf(stderr, "moxy: cannot start worker %d\n", i);
-            return 1;
+            fprintf(stderr, "moxy: cannot start worker %d: %s\n", i, strerror(errno));
+            for (int j = 0; j < i; j++) moxy_worker_signal(workers[j], MOXY_WORKER_STOP);
+            goto out; /* joins the started ones */
         }
     }
     struct event *sev[MOXY_ARRAY_LEN(sigs)];
@@ -217,16 +210,18 @@ int main(int argc, char **argv)
                   nworkers == 1 ? "" : "s", path);
 
     event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
-
-    for (int i = 0; i < nworkers; i++) moxy_worker_join_free(workers[i]);
-    free(workers);
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) event_free(sev[i]);
-    event_free(exit_ev);
-    close(exit_fd);
-    event_base_free(main_base);
     moxy_log_info("exited");
+    status = 0;
+
+out:
+    for (int i = 0; workers && i < nworkers; i++) moxy_worker_join_free(workers[i]);
+    free(workers);
+    if (exit_ev) event_free(exit_ev);
+    if (exit_fd >= 0) close(exit_fd);
+    if (main_base) event_base_free(main_base);
     moxy_log_close();
     moxy_conf_free(conf);
     libevent_global_shutdown();
-    return 0;
+    return status;
 }
