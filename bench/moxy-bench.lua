@@ -28,6 +28,28 @@ end
 local listen_port = port("LISTEN_PORT")
 local origin_port = port("ORIGIN_PORT")
 
+-- The hook, by MOXY_BENCH_VARIANT (bench/run.sh sets it per peer; HOOKS=1):
+--   "" or "moxy"  bench-hook.lua, guarded (interpreter + lua.cpu_budget), as
+--                 users get it; MOXY_HOOK_JIT=1 lets the JIT compile it instead
+--   "jit"         bench-hook.lua with { jit = true } (no CPU budget on it)
+--   "noop"        bench-noop-hook.lua: on_request = function(txn) end (guarded)
+--   "nohook"      no scripts at all: moxy's bare proxy path
+-- Paths are relative to this file.
+local variant = env("MOXY_BENCH_VARIANT", "moxy")
+local scripts
+if variant == "moxy" then
+  scripts = { { path = "bench-hook.lua", jit = os.getenv("MOXY_HOOK_JIT") == "1" } }
+elseif variant == "jit" then
+  scripts = { { path = "bench-hook.lua", jit = true } }
+elseif variant == "noop" then
+  scripts = { { path = "bench-noop-hook.lua", jit = false } }
+elseif variant == "nohook" then
+  scripts = {}
+else
+  error("moxy-bench.lua: MOXY_BENCH_VARIANT must be moxy, jit, noop or nohook, not "
+        .. variant, 0)
+end
+
 return {
   workers = tonumber(env("MOXY_WORKERS", "1")),
   listen = { "127.0.0.1:" .. listen_port },
@@ -39,9 +61,7 @@ return {
     },
   },
   default_upstream = "origin",
-  -- relative to this file; MOXY_HOOK_JIT=1 lets the JIT compile the hook
-  -- (no CPU budget on it), the default runs it guarded, as users get it
-  scripts = { { path = "bench-hook.lua", jit = os.getenv("MOXY_HOOK_JIT") == "1" } },
+  scripts = scripts,
   timeouts = { keepalive = "300s" },       -- never close a client mid-run
   limits = { connections = 20000 },        -- room for IDLE_CONNS=10000
   log = { access = false, error = "stderr", level = "warn" },

@@ -12,6 +12,9 @@
 # holds IDLE_CONNS idle keep-alive connections (tools/idle_conns.py) to
 # measure memory per idle connection.  RUNS repeats all of it; the report
 # (tools/report.py) gives moxy/nginx ratios, as medians over the runs.
+# HOOKS=1 adds the peers nginx-lua (nginx + lua-nginx-module doing the hook's
+# work in rewrite_by_lua_block) and the moxy variants moxy-nohook, moxy-noop,
+# moxy-jit, and the report adds moxy/nginx-lua and X/moxy-nohook ratios.
 #
 # Raw results: bench/results/<timestamp>/ (git-ignored): meta.txt, report.txt,
 # run-N/{load.tsv,idle.tsv,checks.txt,wrk/*.txt,logs/*}.
@@ -36,6 +39,16 @@
 #                     noise floor (ratios should be ~1.00)
 #   QUICK [0]         1 = smoke run: DURATION=3 WARMUP=1 IDLE_CONNS=1000, one
 #                     case (small:50); explicit knobs still win
+#   HOOKS [0]         1 = the hook-cost comparison: PEERS defaults to
+#                     "nginx nginx-lua moxy-nohook moxy-noop moxy moxy-jit" and
+#                     LARGE_CONNS to "" (small bodies only); nginx-lua needs
+#                     Debian's libnginx-mod-http-lua (apt-get installs it if
+#                     missing, only with HOOKS=1 or nginx-lua in PEERS)
+#   PEERS             the proxies, in order (default "nginx moxy", or "nginx
+#                     standin"): nginx (bench/nginx-proxy.conf), nginx-lua
+#                     (bench/nginx-lua.conf), moxy (bench-hook.lua, guarded),
+#                     moxy-jit (the same hook, jit = true), moxy-noop (an empty
+#                     on_request), moxy-nohook (no scripts), standin (nginx as moxy)
 #   READY_TIMEOUT [20] seconds a process gets to answer 200 on /small
 #   RESULTS_DIR [bench/results/<timestamp>]   KEEP_SCRATCH [0] keep rendered configs
 #
@@ -50,6 +63,19 @@ TOOLS_DIR=$BENCH_DIR/tools
 
 # ---------------------------------------------------------------- knobs ----
 QUICK=${QUICK:-0}
+HOOKS=${HOOKS:-0}
+MOXY_STANDIN=${MOXY_STANDIN:-0}
+if [[ $HOOKS == 1 ]]; then
+    if [[ $MOXY_STANDIN == 1 ]]; then
+        PEERS=${PEERS:-nginx nginx-lua standin}
+    else
+        PEERS=${PEERS:-nginx nginx-lua moxy-nohook moxy-noop moxy moxy-jit}
+    fi
+    [[ -n ${LARGE_CONNS+set} ]] || LARGE_CONNS=""   # the hook ratios are small-body
+fi
+if [[ -z ${PEERS:-} ]]; then
+    if [[ $MOXY_STANDIN == 1 ]]; then PEERS="nginx standin"; else PEERS="nginx moxy"; fi
+fi
 if [[ $QUICK == 1 ]]; then
     DURATION=${DURATION:-3}
     WARMUP=${WARMUP:-1}
@@ -76,7 +102,6 @@ PROXY_CPUS=${PROXY_CPUS:-0}
 ORIGIN_CPUS=${ORIGIN_CPUS:-1}
 WRK_CPUS=${WRK_CPUS:-1}
 MOXY_WORKERS=${MOXY_WORKERS:-1}
-MOXY_STANDIN=${MOXY_STANDIN:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_SCRATCH=${KEEP_SCRATCH:-0}
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -85,6 +110,12 @@ RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results/$STAMP}
 REF=nginx                                   # the reference proxy
 SUBJECT=moxy                                # the proxy under test
 [[ $MOXY_STANDIN == 1 ]] && SUBJECT=standin
+# shellcheck disable=SC2206
+PEER_LIST=($PEERS)
+declare -A EXPECT_OF=(                      # X-Edge-Proxy each peer's work sets
+    [nginx]=nginx [standin]=standin [nginx-lua]=nginx-lua
+    [moxy]=moxy [moxy-jit]=moxy [moxy-noop]="" [moxy-nohook]=""
+)
 
 # ------------------------------------------------------------- helpers ----
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -101,6 +132,17 @@ for c in $CASES; do
     [[ $c =~ ^(small|large):[0-9]+$ ]] || die "bad case '$c' (want small:N or large:N)"
 done
 [[ -n ${CASES// /} ]] || die "no cases (CONNS, LARGE_CONNS and CASES are all empty)"
+NEED_MOXY=0 NEED_LUA=0
+declare -A SEEN_PEER=()
+for p in "${PEER_LIST[@]}"; do
+    [[ -n ${EXPECT_OF[$p]+set} ]] ||
+        die "unknown peer '$p' in PEERS (want: nginx nginx-lua moxy moxy-jit moxy-noop moxy-nohook standin)"
+    [[ -z ${SEEN_PEER[$p]:-} ]] || die "peer '$p' is twice in PEERS"
+    SEEN_PEER[$p]=1
+    [[ $p == moxy* ]] && NEED_MOXY=1
+    [[ $p == nginx-lua ]] && NEED_LUA=1
+done
+((${#PEER_LIST[@]} >= 1)) || die "PEERS is empty"
 
 # render TEMPLATE OUT KEY=VALUE... : copy TEMPLATE with @@KEY@@ replaced.
 render() {
@@ -313,7 +355,10 @@ check_proxy() {
         "http://127.0.0.1:$port/large" || true)
     [[ $code == 200 ]] || die "$name: GET /large -> $code"
     cmp -s "$d/large.b" "$SCRATCH/www/large.bin" || die "$name: GET /large returned a wrong body"
-    if [[ $seen == "$want" ]]; then
+    if [[ $seen == "$want" && -z $want ]]; then
+        printf '%s\tok\tno X-Edge-Seen (this peer sets no header)\n' "$name" >>"$out"
+        log "$name: /small and /large OK, no hook header (as expected for $name)"
+    elif [[ $seen == "$want" ]]; then
         printf '%s\tok\tX-Edge-Seen: %s\n' "$name" "$seen" >>"$out"
         log "$name: /small and /large OK, hook header seen (X-Edge-Seen: $seen)"
     else
@@ -332,6 +377,11 @@ start_proxy() {
     rm -rf "$dir"
     mkdir -p "$dir/tmp"
     [[ $name == standin ]] && kind=nginx
+    local variant=""
+    case $name in
+    moxy) variant="" ;;              # bench-hook.lua as before (MOXY_HOOK_JIT applies)
+    moxy-*) variant=${name#moxy-} kind=moxy ;;
+    esac
     case $kind in
     nginx)
         render "$BENCH_DIR/nginx-proxy.conf" "$dir/nginx.conf" PORT="${PORT_OF[$name]}" \
@@ -340,9 +390,18 @@ start_proxy() {
         start_bg "$name" "$logf" "$dir" "${PIN_PROXY[@]}" nginx -p "$dir" \
             -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
         ;;
+    nginx-lua)
+        render "$BENCH_DIR/nginx-lua.conf" "$dir/nginx.conf" PORT="${PORT_OF[$name]}" \
+            ORIGIN_PORT="$ORIGIN_PORT" DIR="$dir" NOFILE="$NOFILE" \
+            WORKER_CONNS="$NOFILE" EDGE_NAME="$name" \
+            NDK_MODULE="$NDK_MODULE" LUA_MODULE="$LUA_MODULE"
+        start_bg "$name" "$logf" "$dir" "${PIN_PROXY[@]}" nginx -p "$dir" \
+            -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
+        ;;
     moxy)
         start_bg "$name" "$logf" "$dir" env LISTEN_PORT="${PORT_OF[$name]}" \
             ORIGIN_PORT="$ORIGIN_PORT" MOXY_WORKERS="$MOXY_WORKERS" \
+            MOXY_BENCH_VARIANT="$variant" \
             "${PIN_PROXY[@]}" "$MOXY_BIN" -c "$BENCH_DIR/moxy-bench.lua"
         ;;
     esac
@@ -506,8 +565,9 @@ done
 PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 HZ=$(getconf CLK_TCK)
 
-if [[ $MOXY_STANDIN == 1 ]]; then
-    MOXY_BIN="(standin: nginx)"
+if ((!NEED_MOXY)); then
+    MOXY_BIN="(none: no moxy peer in PEERS)"
+    [[ $MOXY_STANDIN == 1 ]] && MOXY_BIN="(standin: nginx)"
 else
     if [[ -z ${MOXY_BIN:-} ]]; then
         MOXY_BIN=$REPO_DIR/moxy
@@ -516,6 +576,50 @@ else
     fi
     [[ -x $MOXY_BIN ]] || die "no moxy binary at $MOXY_BIN (build it with 'make moxy'," \
         "point MOXY_BIN at one, or MOXY_STANDIN=1 to test the harness with nginx in its place)"
+fi
+
+# nginx-lua needs lua-nginx-module (+ ndk) built for this nginx.  With
+# HOOKS=1 / nginx-lua in PEERS only, install Debian's package if missing.
+NDK_MODULE="" LUA_MODULE=""
+find_lua_modules() {
+    local d
+    NDK_MODULE="" LUA_MODULE=""
+    for d in /usr/lib/nginx/modules /usr/share/nginx/modules /usr/lib64/nginx/modules; do
+        [[ -z $NDK_MODULE && -f $d/ndk_http_module.so ]] && NDK_MODULE=$d/ndk_http_module.so
+        [[ -z $LUA_MODULE && -f $d/ngx_http_lua_module.so ]] && LUA_MODULE=$d/ngx_http_lua_module.so
+    done
+    [[ -n $NDK_MODULE && -n $LUA_MODULE ]]
+}
+if ((NEED_LUA)) && ! find_lua_modules; then
+    lua_help="the nginx-lua peer needs Debian's libnginx-mod-http-lua (lua-nginx-module +"
+    lua_help+=" ndk): install it with 'apt-get install -y libnginx-mod-http-lua', or leave"
+    lua_help+=" nginx-lua out of PEERS (e.g. PEERS='nginx moxy-nohook moxy-noop moxy moxy-jit')"
+    if ((EUID != 0)) || ! command -v apt-get >/dev/null; then
+        die "$lua_help (not installing it: this needs root and apt-get)"
+    fi
+    log "nginx-lua: lua-nginx-module not found; apt-get install -y libnginx-mod-http-lua ..."
+    mkdir -p "$RESULTS_DIR/logs"
+    apt_log=$RESULTS_DIR/logs/apt-get.log
+    if ! DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y libnginx-mod-http-lua \
+            >"$apt_log" 2>&1; then
+        log "nginx-lua: install failed; apt-get update, then trying again"
+        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get update >>"$apt_log" 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y libnginx-mod-http-lua \
+            >>"$apt_log" 2>&1 || true
+    fi
+    find_lua_modules || die "$lua_help; apt-get could not install it (see $apt_log)"
+    log "nginx-lua: installed ($LUA_MODULE)"
+fi
+if ((NEED_LUA)); then
+    # a module built for another nginx version refuses to load: say so now
+    lua_t=$(mktemp -d "${TMPDIR:-/tmp}/moxy-bench-luat.XXXXXX")
+    printf 'load_module %s;\nload_module %s;\nevents {}\n' "$NDK_MODULE" "$LUA_MODULE" \
+        >"$lua_t/nginx.conf"
+    if ! lua_err=$(timeout 20 nginx -t -p "$lua_t" -e "$lua_t/error.log" -c "$lua_t/nginx.conf" 2>&1); then
+        rm -rf "$lua_t"
+        die "nginx-lua: nginx cannot load $LUA_MODULE: $(tail -n 3 <<<"$lua_err" | tr '\n' ' ')"
+    fi
+    rm -rf "$lua_t"
 fi
 
 PIN_PROXY=() PIN_ORIGIN=() PIN_WRK=()
@@ -551,9 +655,10 @@ if ((IDLE_CONNS > 0 && IDLE_CONNS + 1200 > NOFILE)); then
     IDLE_CONNS=$new
 fi
 
-read -r ORIGIN_PORT P1 P2 < <("$PYTHON" "$TOOLS_DIR/free_ports.py" 3)
-PORT_OF[$REF]=$P1
-PORT_OF[$SUBJECT]=$P2
+read -r -a ALL_PORTS < <("$PYTHON" "$TOOLS_DIR/free_ports.py" $((1 + ${#PEER_LIST[@]})))
+((${#ALL_PORTS[@]} == 1 + ${#PEER_LIST[@]})) || die "free_ports.py gave too few ports"
+ORIGIN_PORT=${ALL_PORTS[0]}
+for i in "${!PEER_LIST[@]}"; do PORT_OF[${PEER_LIST[i]}]=${ALL_PORTS[i + 1]}; done
 
 mkdir -p "$RESULTS_DIR/logs"
 RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
@@ -575,8 +680,10 @@ BG_BUSY=$(cpu_busy "$bg0" "$bg1" | tr '\t' ' ')
     echo "loadavg at start: $(cat /proc/loadavg)"
     echo "background busy % (per cpu, then steal), 2 s before start: $BG_BUSY"
     echo "versions: $(nginx -v 2>&1) | $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
-    if [[ $MOXY_STANDIN == 1 ]]; then
+    if [[ $MOXY_STANDIN == 1 ]] && ((!NEED_MOXY)); then
         echo "subject: standin (MOXY_STANDIN=1: a second nginx proxy in moxy's place)"
+    elif ((!NEED_MOXY)); then
+        echo "subject: none (no moxy peer in PEERS)"
     else
         echo "subject: moxy $MOXY_BIN ($(timeout 5 "$MOXY_BIN" -v 2>/dev/null | head -n 1 || true))" \
             "sha256 $(sha256sum "$MOXY_BIN" | cut -c1-16)" \
@@ -584,13 +691,22 @@ BG_BUSY=$(cpu_busy "$bg0" "$bg1" | tr '\t' ' ')
         echo "git: $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')" \
             "($(git -C "$REPO_DIR" status --porcelain -- core lua 2>/dev/null | wc -l) changed files in core/ lua/)"
     fi
+    echo "peers: ${PEER_LIST[*]} (HOOKS=$HOOKS)"
+    if ((NEED_LUA)); then
+        echo "nginx-lua: $LUA_MODULE ($(dpkg-query -W -f '${Package} ${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?'))"
+    fi
+    if ((NEED_MOXY)); then
+        echo "moxy hook: MOXY_HOOK_JIT=${MOXY_HOOK_JIT:-0} (applies to the peer moxy only)"
+    fi
     echo "settings: CASES='${CASES# }' DURATION=$DURATION WARMUP=$WARMUP RUNS=$RUNS THREADS=$THREADS IDLE_CONNS=$IDLE_CONNS IDLE_HOLD=$IDLE_HOLD IDLE_BATCH=$IDLE_BATCH MOXY_WORKERS=$MOXY_WORKERS QUICK=$QUICK"
     if [[ $PIN == 1 ]]; then
         echo "pinning: PIN=1 proxies=cpu$PROXY_CPUS origin=cpu$ORIGIN_CPUS wrk=cpu$WRK_CPUS"
     else
         echo "pinning: PIN=0 (nothing pinned)"
     fi
-    echo "ports: origin $ORIGIN_PORT, $REF ${PORT_OF[$REF]}, $SUBJECT ${PORT_OF[$SUBJECT]}; open-file limit $NOFILE"
+    ports="origin $ORIGIN_PORT"
+    for p in "${PEER_LIST[@]}"; do ports+=", $p ${PORT_OF[$p]}"; done
+    echo "ports: $ports; open-file limit $NOFILE"
 } >"$RESULTS_DIR/meta.txt"
 log "results in $RESULTS_DIR (background CPU busy % per cpu, then steal: $BG_BUSY)"
 if awk -v s="$BG_BUSY" 'BEGIN { n = split(s, a, " "); for (i = 1; i < n; i++) if (a[i] > 20) exit 0; exit 1 }'; then
@@ -620,14 +736,18 @@ for ((run = 1; run <= RUNS; run++)); do
     : >"$rdir/checks.txt"
     # Alternate which proxy goes first, so neither always gets the
     # (slightly different) first slot of each case.
-    if ((run % 2)); then order=("$REF" "$SUBJECT"); else order=("$SUBJECT" "$REF"); fi
+    # (Rotate the peer list by one per run: with two peers, this alternates.)
+    n_peers=${#PEER_LIST[@]} order=()
+    for ((i = 0; i < n_peers; i++)); do
+        order+=("${PEER_LIST[(i + run - 1) % n_peers]}")
+    done
     log "=== run $run/$RUNS: cases ${CASES# }; order ${order[*]} ==="
 
     # Load: both proxies up (the idle one costs nothing), cases interleaved,
     # so the two measurements of a case are seconds apart on this machine.
     for name in "${order[@]}"; do
         start_proxy "$name" "$rdir/logs"
-        check_proxy "$name" "${PORT_OF[$name]}" "$name" "$rdir/checks.txt"
+        check_proxy "$name" "${PORT_OF[$name]}" "${EXPECT_OF[$name]}" "$rdir/checks.txt"
     done
     for cs in $CASES; do
         for name in "${order[@]}"; do

@@ -9,6 +9,11 @@ single run-N directory.  With one run it prints that run; with several, every
 number is the median over the runs.  Ratios (moxy/nginx) are taken within each
 run, where both proxies shared the same machine conditions, and only then
 summarised, with their min-max range.
+
+When the run has the HOOKS=1 peers (nginx-lua, moxy-nohook, moxy-noop,
+moxy-jit), each small-body case also gets the hook-cost ratios, against the
+milestone targets: X/nginx-lua req/s (target >= 1.25) and X/moxy-nohook CPU
+us/req (target <= 1.10), for X = moxy, moxy-noop, moxy-jit.
 """
 import argparse
 import csv
@@ -18,6 +23,12 @@ import statistics
 import sys
 
 NAN = float("nan")
+
+# HOOKS=1: (numerator, denominator, column, label, target, higher-is-better)
+HOOK_SUBJECTS = ("moxy", "moxy-noop", "moxy-jit")
+HOOK_RATIOS = [(x, "nginx-lua", "rps", "req/s", 1.25, True) for x in HOOK_SUBJECTS] + \
+              [(x, "moxy-nohook", "us_per_req", "CPU us/req", 1.10, False) for x in HOOK_SUBJECTS] + \
+              [("moxy", "nginx-lua", "us_per_req", "CPU us/req", None, False)]  # no target: context
 
 
 def read_tsv(path):
@@ -87,7 +98,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", default="nginx", help="reference proxy (denominator)")
     ap.add_argument("--subject", default=None,
-                    help="proxy under test (numerator); default: the other one")
+                    help="proxy under test (numerator); default: moxy if it ran, else the other one")
     ap.add_argument("dirs", nargs="+")
     args = ap.parse_args()
 
@@ -109,7 +120,8 @@ def main():
             if c not in cases:
                 cases.append(c)
     ref = args.ref
-    subj = args.subject or next((p for p in proxies if p != ref), None)
+    subj = args.subject or ("moxy" if "moxy" in proxies and ref != "moxy" else
+                            next((p for p in proxies if p != ref), None))
     order = [p for p in (ref, subj) if p] + [p for p in proxies if p not in (ref, subj)]
     label = f"{subj}/{ref}"
     busy_cols = [k for k in (runs[0]["load"][0] if runs[0]["load"] else {})
@@ -126,7 +138,8 @@ def main():
         if os.path.exists(meta):
             with open(meta) as f:
                 for l in f.read().splitlines():
-                    if l.split(":")[0] in ("date", "subject", "settings", "pinning",
+                    if l.split(":")[0] in ("date", "subject", "peers", "nginx-lua",
+                                           "moxy hook", "settings", "pinning",
                                            "background busy % (per cpu, then steal), 2 s before start"):
                         print("  " + l)
     if subj == "standin":
@@ -145,6 +158,7 @@ def main():
           f"whole-CPU utilisation (shows which side saturated).")
 
     summary = []
+    hook_summary = []
     for body, conns in cases:
         per = {}
         for p in order:
@@ -202,6 +216,13 @@ def main():
             print(f"{(label + ' CPU us/req').ljust(w)} = {summary_of(rq['us'], n)}   lower is better")
             summary.append([f"{body} c={conns}", fmt(med(rq["rps"]), 2),
                             fmt(med(rq["p99"]), 2), fmt(med(rq["us"]), 2)])
+        if body == "small":
+            lines = hook_lines(runs, per, body, conns, n)
+            if lines:
+                print("\nhook cost (HOOKS=1 peers; targets from the milestone):")
+                for text, verdict, cell in lines:
+                    print(f"  {text}{verdict}")
+                    hook_summary.append([cell[0], f"{body} c={conns}"] + cell[1:])
 
     idle_rows = [x for r in runs for x in r["idle"]]
     idle_line = None
@@ -242,7 +263,47 @@ def main():
                               "CPU us/req (lower better)"], summary))
         if idle_line:
             print(idle_line)
+    if hook_summary:
+        head = "Summary: hook cost" + (f" (medians of {n} runs)" if n > 1 else "")
+        print(f"\n{head}\n{'-' * len(head)}")
+        print(text_table(["ratio", "case", "value", "target", "verdict"], hook_summary))
     return 0
+
+
+def hook_lines(runs, per, body, conns, n):
+    """The HOOK_RATIOS whose two peers ran in this case: [(text, verdict, cells)]."""
+    out = []
+    specs = [h for h in HOOK_RATIOS if h[0] in per and h[1] in per]
+    if not specs:
+        return out
+    w = max(len(f"{a}/{b} {lab}") for a, b, _, lab, _, _ in specs)
+    for a, b, col, lab, target, higher in specs:
+        rr = []
+        for r in runs:
+            x = {row["proxy"]: row for row in r["load"]
+                 if row["body"] == body and int(row["conns"]) == conns}
+            if a in x and b in x:
+                rr.append(ratio(num(x[a][col]), num(x[b][col])))
+        m = med(rr)
+        if target is None:
+            want = "-"
+            name = f"{a}/{b} {lab}"
+            out.append((f"{name.ljust(w)} = {summary_of(rr, n)}",
+                        f"   no target ({'higher' if higher else 'lower'} is better)",
+                        [name, fmt(m, 2), want, "info"]))
+            continue
+        want = f"{'>=' if higher else '<='} {target:.2f}"
+        if not ok(m):
+            verdict = "-"
+        elif (m >= target) if higher else (m <= target):
+            verdict = "ok"
+        else:
+            verdict = "MISSED"
+        name = f"{a}/{b} {lab}"
+        text = f"{name.ljust(w)} = {summary_of(rr, n)}"
+        out.append((text, f"   target {want}: {verdict}",
+                    [name, fmt(m, 2), want, verdict]))
+    return out
 
 
 def read_tsv_plain(path):
