@@ -893,6 +893,8 @@ static void client_finish_request(moxy_client_t *c)
 void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
 {
     moxy_client_t *c = r->c;
+    /* on_response hooks parked on this response are moot now */
+    if (r->hook) moxy_lua_abort(r);
     if (r->up) {
         moxy_upconn_t *u = r->up;
         r->up = NULL;
