@@ -83,6 +83,71 @@ function Txn:respond(status, body, headers) end
 ---@param status? integer
 function Txn:redirect(url, status) end
 
+-- Helper modules (require "moxy.router", ...) -----------------------------
+
+---@class moxy.Router
+local Router = {}
+---@param methods string|string[]   "GET", "*" or a list
+---@param pattern string            "/exact", "/users/:id", "/static/*"
+---@param handler fun(txn: moxy.Txn, params: table)
+---@param opts? { host?: string, strict_slash?: boolean }
+---@return moxy.Router
+function Router:add(methods, pattern, handler, opts) end
+---@return moxy.Router
+function Router:get(pattern, handler, opts) end
+---@return moxy.Router
+function Router:post(pattern, handler, opts) end
+---@return moxy.Router
+function Router:put(pattern, handler, opts) end
+---@return moxy.Router
+function Router:delete(pattern, handler, opts) end
+---@return moxy.Router
+function Router:patch(pattern, handler, opts) end
+---@return moxy.Router
+function Router:head(pattern, handler, opts) end
+---@return moxy.Router
+function Router:options(pattern, handler, opts) end
+---@return moxy.Router
+function Router:any(pattern, handler, opts) end
+---@param method string
+---@param host string|nil
+---@param path string
+---@return function|nil handler, table|nil params
+function Router:match(method, host, path) end
+---@param txn moxy.Txn
+---@return boolean matched
+function Router:dispatch(txn) end
+
+---@class moxy.router
+---@field new fun(): moxy.Router
+
+---@class moxy.cookie
+---@field parse fun(header: string): table<string, string>
+---@field get fun(txn: moxy.Txn, name: string): string|nil
+---@field build fun(name: string, value: string|number, opts?: { path?: string, domain?: string, max_age?: number, expires?: number, secure?: boolean, http_only?: boolean, same_site?: string }): string
+---@field http_date fun(epoch: number): string
+
+---@class moxy.query
+---@field parse fun(qs: string, max?: integer): table<string, string|string[]>
+---@field encode fun(t: table): string
+---@field escape fun(s: string): string
+---@field unescape fun(s: string): string
+
+---@class moxy.url.parts
+---@field scheme string|nil
+---@field userinfo string|nil
+---@field host string|nil
+---@field port integer|nil
+---@field path string|nil
+---@field query string|nil
+---@field fragment string|nil
+
+---@class moxy.url
+---@field parse fun(s: string): moxy.url.parts|nil, string|nil
+---@field build fun(t: moxy.url.parts): string
+---@field join fun(base: string, ref: string): string|nil, string|nil
+---@field remove_dot_segments fun(path: string): string
+
 ---@class moxy.Hooks
 ---@field init? fun()
 ---@field worker_init? fun()
@@ -99,6 +164,7 @@ function Txn:redirect(url, status) end
 ---@class moxy
 ---@field version string
 ---@field log moxy.Log
+---@field json { encode: fun(v: any): string|nil, string|nil, decode: fun(s: string): any, string|nil, null: any }
 moxy = {}
 
 ---Park the running hook for `seconds` without blocking the worker.
