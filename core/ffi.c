@@ -62,6 +62,11 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *out = r->http_minor ? "1.1" : "1.0";
         *len = 3;
         return MOXY_OK;
+    case MOXY_FFI_F_PEER:
+        if (!r->peer) return MOXY_DECLINED;
+        *out = r->peer;
+        *len = strlen(r->peer);
+        return MOXY_OK;
     case MOXY_FFI_F_ERROR:
         if (!r->error) return MOXY_DECLINED;
         *out = r->error;
@@ -184,6 +189,15 @@ EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t 
     r->status = status;
     r->local = 1;
     return MOXY_OK;
+}
+
+EXPORT double moxy_ffi_req_number(moxy_req_t *r, int which)
+{
+    switch (which) {
+    case MOXY_FFI_N_TRIES: return r->tries;
+    case MOXY_FFI_N_STARTED: return (double)r->started.tv_sec + (double)r->started.tv_usec / 1e6;
+    }
+    return -1;
 }
 
 EXPORT int moxy_ffi_client_port(moxy_req_t *r)

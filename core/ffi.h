@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 4
+#define MOXY_FFI_ABI 5
 
 /* BEGIN FFI */
 typedef struct moxy_req_s moxy_req_t;
@@ -59,6 +59,9 @@ int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
  * set so far go with it.  MOXY_ERROR: bad status. */
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 
+/* A number about the request (MOXY_FFI_N_*); -1 for an unknown one. */
+double moxy_ffi_req_number(moxy_req_t *r, int which);
+
 /* The client's port. */
 int moxy_ffi_client_port(moxy_req_t *r);
 
@@ -80,6 +83,13 @@ enum {
     MOXY_FFI_F_VERSION,
     MOXY_FFI_F_POOL,
     MOXY_FFI_F_ERROR,
+    MOXY_FFI_F_PEER,
+};
+
+/* Numbers of moxy_ffi_req_number. */
+enum {
+    MOXY_FFI_N_TRIES = 0, /* origin connections tried for this request */
+    MOXY_FFI_N_STARTED,   /* when the request's first byte came, epoch seconds */
 };
 
 #endif

@@ -19,12 +19,13 @@ int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const 
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
 int moxy_ffi_resp_status(moxy_req_t *r, int status);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
+double moxy_ffi_req_number(moxy_req_t *r, int which);
 int moxy_ffi_client_port(moxy_req_t *r);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 4
+local ABI = 5
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -32,7 +33,7 @@ end
 
 local OK, DECLINED = 0, -3
 local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
-            listener = 7, version = 8, pool = 9, error = 10 }
+            listener = 7, version = 8, pool = 9, error = 10, peer = 11 }
 
 local sp = ffi.new("const char *[1]")
 local sl = ffi.new("size_t[1]")
@@ -203,6 +204,8 @@ local client = setmetatable({}, {
 local upstream = setmetatable({}, {
   __index = function(_, k)
     if k == "pool" then return field(req_ptr(), F.pool) end
+    if k == "peer" then return field(req_ptr(), F.peer) end
+    if k == "tries" then return C.moxy_ffi_req_number(req_ptr(), 0) end
     return nil
   end,
 })
@@ -227,6 +230,7 @@ local Txn = {
     if k == "id" then return field(req_ptr(), F.id) end
     if k == "listener" then return field(req_ptr(), F.listener) end
     if k == "error" then return field(req_ptr(), F.error) end
+    if k == "started" then return C.moxy_ffi_req_number(req_ptr(), 1) end
     if k == "ctx" then
       v = {}
       rawset(self, "ctx", v)

@@ -55,6 +55,8 @@ function Headers:each() end
 
 ---@class moxy.Upstream
 ---@field pool string|nil            the pool picked so far
+---@field peer string|nil            "ip:port" of the origin server tried last
+---@field tries integer              origin connections tried so far
 local Upstream = {}
 
 ---Send the request to the pool called `pool` (raises if there is none).
@@ -70,6 +72,7 @@ function Upstream:pick(pool) end
 ---@field id string                  the request id
 ---@field listener string            the listener's name
 ---@field error string|nil           in on_error: why the request failed
+---@field started number             when the request's first byte came (epoch seconds)
 local Txn = {}
 
 ---Answer the request now; later hooks of the phase are skipped.

@@ -13,6 +13,8 @@ return {
     local mode = txn.ctx.mode
     txn.resp.headers:set("X-Seen-Path", txn.ctx.path)
     txn.resp.headers:set("X-Origin-Status", tostring(txn.resp.status))
+    txn.resp.headers:set("X-Peer", txn.upstream.peer .. " " .. txn.upstream.tries)
+    txn.resp.headers:set("X-Started", string.format("%.3f", txn.started))
     if mode == "strip" then
       txn.resp.headers:remove("X-Secret")
     elseif mode == "status" then
@@ -53,6 +55,8 @@ describe("on_response", function()
     assert.equal(200, res.status)
     assert.equal("/echo", res:header("x-seen-path"))
     assert.equal("200", res:header("x-origin-status"))
+    assert.equal(origin.addr .. " 1", res:header("x-peer"))
+    assert.is_true(math.abs(tonumber(res:header("x-started")) - os.time()) < 5)
   end)
 
   it("removes an origin header", function()
