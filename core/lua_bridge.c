@@ -109,6 +109,8 @@ static int run_once(lua_State *L, const char *name)
     return lua_pcall(L, 1, 0, 0);
 }
 
+static const char *const phase_names[MOXY_PHASES] = {"on_request", "on_response", "on_error"};
+
 /* Push runtime.load(conf->scripts) results; returns the lua_pcall status.
  * Leaves the runtime module below the result (or the error). */
 static int load_scripts(lua_State *L, const moxy_conf_t *conf)
@@ -142,10 +144,9 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         return MOXY_ERROR;
     }
     /* runtime.load returns the number of hooks of each phase */
-    static const char *const names[MOXY_PHASES] = {"on_request", "on_response", "on_error"};
     int nhooks = 0;
     for (int i = 0; i < MOXY_PHASES; i++) {
-        lua_getfield(L, -1, names[i]);
+        lua_getfield(L, -1, phase_names[i]);
         w->lua_hooks[i] = (int)lua_tointeger(L, -1);
         nhooks += w->lua_hooks[i];
         lua_pop(L, 1);
@@ -237,7 +238,7 @@ static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
             h = moxy_palloc(&r->c->pool, sizeof(*h));
             if (!h) {
                 luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
-                moxy_log(MOXY_LOG_ERR, r->id, "on_request: out of memory");
+                moxy_log(MOXY_LOG_ERR, r->id, "%s: out of memory", phase_names[r->hook_phase]);
                 return MOXY_ERROR;
             }
             h->r = r;
@@ -255,10 +256,10 @@ static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
     }
     /* an error, or a yield that did not come from moxy's API */
     if (st == LUA_YIELD)
-        moxy_log(MOXY_LOG_ERR, r->id,
-                 "on_request: a hook yielded outside moxy's API (coroutine.yield in a hook?)");
+        moxy_log(MOXY_LOG_ERR, r->id, "%s: a hook yielded outside moxy's API (coroutine.yield in a hook?)",
+                 phase_names[r->hook_phase]);
     else
-        moxy_log(MOXY_LOG_ERR, r->id, "on_request: %s",
+        moxy_log(MOXY_LOG_ERR, r->id, "%s: %s", phase_names[r->hook_phase],
                  lua_isstring(c, -1) ? lua_tostring(c, -1) : "(error object is not a string)");
     luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
     r->local = 0;
