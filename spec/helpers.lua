@@ -76,6 +76,8 @@
 --       origin received it (case-insensitive, in order); echo_value(doc, name)
 --       -> them joined with ", " or nil
 --   helpers.read_file(path), helpers.write_file(path, text), helpers.tmpdir()
+--   helpers.line_of(src, marker) -> the number of the first line of src
+--       containing marker (to assert on the file:line moxy logs)
 --   helpers.script_with_config(path, config) -> the source of the script at
 --       path (scripts/*.lua) with its "-- CONFIG BEGIN" .. "-- CONFIG END"
 --       block replaced by `local CONFIG = <config>` (Lua source of a table)
@@ -1387,6 +1389,15 @@ function helpers.script_with_config(path, config)
   end)
   assert(n == 1, "no CONFIG BEGIN/END block in " .. path)
   return out
+end
+
+function helpers.line_of(src, marker)
+  local n = 0
+  for line in src:gmatch("([^\n]*)\n") do
+    n = n + 1
+    if line:find(marker, 1, true) then return n end
+  end
+  error("no line with " .. marker)
 end
 
 return helpers

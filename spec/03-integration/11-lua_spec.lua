@@ -38,14 +38,7 @@ return {
 }
 ]]
 
-local ERROR_LINE
-do
-  local n = 0
-  for line in SITE:gmatch("([^\n]*)\n") do
-    n = n + 1
-    if line:find("ERROR_LINE", 1, true) then ERROR_LINE = n end
-  end
-end
+local ERROR_LINE = helpers.line_of(SITE, "ERROR_LINE")
 
 describe("lua on_request", function()
   local a, b, moxy, p_second

@@ -22,14 +22,7 @@ return {
 }
 ]]
 
-local SPIN_LINE
-do
-  local n = 0
-  for line in SITE:gmatch("([^\n]*)\n") do
-    n = n + 1
-    if line:find("SPIN_LINE", 1, true) then SPIN_LINE = n end
-  end
-end
+local SPIN_LINE = helpers.line_of(SITE, "SPIN_LINE")
 
 describe("lua.cpu_budget", function()
   local origin, moxy
