@@ -94,6 +94,33 @@ describe("bodies", function()
     c:close()
   end)
 
+  it("sends a chunked or close-delimited origin body to an HTTP/1.0 client delimited by close", function()
+    for _, path in ipairs({ "/chunked/30000?chunk=7000", "/close/30000" }) do
+      local c = assert(helpers.connection(moxy.port))
+      local res = assert(c:request({ path = path, version = "HTTP/1.0",
+        headers = { { "Connection", "keep-alive" } } }))
+      assert.equal(200, res.status)
+      assert.is_falsy(res.chunked, path .. ": chunked sent to an HTTP/1.0 client")
+      assert.is_true(res.close_delimited, path .. ": not delimited by close")
+      assert.equal(30000, #res.body)
+      assert.is_true(helpers.pattern_ok(0, res.body))
+      assert.is_true((c:wait_closed(2 * helpers.scale)), path .. ": connection left open")
+      c:close()
+    end
+  end)
+
+  it("keeps an HTTP/1.0 keep-alive client's connection for a sized body", function()
+    local c = assert(helpers.connection(moxy.port))
+    for _ = 1, 2 do
+      local res = assert(c:request({ path = "/bytes/500", version = "HTTP/1.0",
+        headers = { { "Connection", "keep-alive" } } }))
+      assert.equal(200, res.status)
+      assert.equal("keep-alive", res:header("connection"))
+      assert.equal(500, #res.body)
+    end
+    c:close()
+  end)
+
   it("sends no body for HEAD, and the connection stays in sync", function()
     local c = assert(helpers.connection(moxy.port))
     local res = assert(c:request({ method = "HEAD", path = "/bytes/5000" }))
