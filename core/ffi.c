@@ -104,7 +104,7 @@ EXPORT int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_
     int rc = add ? moxy_headers_add(pool, hs, name, nlen, val, vlen)
                  : moxy_headers_set(pool, hs, name, nlen, val, vlen);
     if (rc == MOXY_OK && !which && MOXY_STRIEQ_LIT(name, nlen, "host")) {
-        int i = moxy_headers_find(hs, "host", 4, 0);
+        int i = moxy_headers_find_kind(hs, MOXY_HK_HOST, 0);
         r->host = i >= 0 ? hs->h[i].value : NULL;
     }
     return rc;

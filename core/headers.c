@@ -262,11 +262,6 @@ char *moxy_write_hex(char *p, uint64_t v)
     return p;
 }
 
-int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h)
-{
-    return (h->kind & MOXY_HK_HOP) || named_hop(hs, h->name, h->name_len);
-}
-
 void moxy_chunk_head(struct evbuffer *o, uint64_t len)
 {
     char line[24], *e = moxy_write_hex(line, len);

@@ -36,10 +36,6 @@ int moxy_header_name_valid(const char *p, size_t n);
 /* 1 when the bytes are a valid field value (VCHAR, SP, HTAB, obs-text; no CR/LF/NUL). */
 int moxy_header_value_valid(const char *p, size_t n);
 
-/* 1 when the header must not be forwarded (hop-by-hop) in either direction,
- * given the Connection header values in hs (which name more hop-by-hop ones). */
-int moxy_header_is_hop(const moxy_headers_t *hs, const moxy_header_t *h);
-
 /* An upper bound of the bytes moxy_headers_write writes for hs. */
 size_t moxy_headers_size(const moxy_headers_t *hs);
 

@@ -8,6 +8,11 @@
 
 #include "http-t.h"
 
+/* Prepare the parser settings of both sides; once, on the main thread,
+ * before any worker starts. */
+void moxy_http_init(void);
+void moxy_upstream_http_init(void);
+
 /* --- client side (http_client.c) --- */
 
 /* Take over an accepted, non-blocking socket fd from listener listen_index. */
@@ -73,6 +78,9 @@ void moxy_upstream_send(moxy_upconn_t *u);
 
 /* Close an origin connection, detached from its request. */
 void moxy_upconn_close(moxy_upconn_t *u);
+
+/* Close the worker's idle origin connections (drain). */
+void moxy_upstream_close_idle(moxy_worker_t *w);
 
 /* Set up the worker's pools / free them (idle connections closed). */
 int moxy_upstream_init_worker(moxy_worker_t *w);

@@ -296,24 +296,26 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     return moxy_pool_append(&c->pool, &r->uri, &r->uri_len, &r->uri_cap, at, n);
 }
 
-static int on_header_field(llhttp_t *p, const char *at, size_t n)
+/* A piece of a header name (value = 0) or value, counted against header_bytes. */
+static int header_piece(llhttp_t *p, const char *at, size_t n, int value)
 {
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     r->head_bytes += n;
     if (r->head_bytes > c->w->conf->limits.header_bytes)
         return parse_fail(p, 431, "request header fields too large");
-    return moxy_pool_append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
+    return value ? moxy_pool_append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n)
+                 : moxy_pool_append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    return header_piece(p, at, n, 0);
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
-    moxy_client_t *c = p->data;
-    moxy_req_t *r = c->req;
-    r->head_bytes += n;
-    if (r->head_bytes > c->w->conf->limits.header_bytes)
-        return parse_fail(p, 431, "request header fields too large");
-    return moxy_pool_append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n);
+    return header_piece(p, at, n, 1);
 }
 
 static int on_header_value_complete(llhttp_t *p)
@@ -475,8 +477,6 @@ static const llhttp_settings_t *request_settings(void)
     return &s;
 }
 
-/* Called once from the main thread before workers start. */
-void moxy_http_init(void);
 void moxy_http_init(void)
 {
     request_settings();

@@ -30,14 +30,6 @@ static void up_write_cb(evutil_socket_t fd, short what, void *arg);
 static void up_process(moxy_upconn_t *u);
 static const llhttp_settings_t *response_settings(void);
 
-static struct timeval tv_of(double s)
-{
-    struct timeval tv;
-    tv.tv_sec = (time_t)s;
-    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
-    return tv;
-}
-
 /* --- pools --- */
 
 int moxy_upstream_init_worker(moxy_worker_t *w)
@@ -51,19 +43,27 @@ int moxy_upstream_init_worker(moxy_worker_t *w)
         w->pools[i].idle = calloc((size_t)n + 1, sizeof(*w->pools[i].idle));
         if (!w->pools[i].current_weight || !w->pools[i].idle) return MOXY_ERROR;
         for (int j = 0; j < n; j++) TAILQ_INIT(&w->pools[i].idle[j]);
-        struct timeval tv = tv_of(conf->upstreams[i].keepalive_timeout);
+        struct timeval tv = moxy_timeval(conf->upstreams[i].keepalive_timeout);
         w->pools[i].ctv_idle = event_base_init_common_timeout(w->base, &tv);
     }
     return MOXY_OK;
 }
 
-void moxy_upstream_free_worker(moxy_worker_t *w)
+void moxy_upstream_close_idle(moxy_worker_t *w)
 {
     if (!w->pools) return;
     for (int i = 0; i < w->conf->nupstreams; i++) {
         moxy_upconn_t *u;
         for (int j = 0; j < w->conf->upstreams[i].nservers && w->pools[i].idle; j++)
             while ((u = TAILQ_FIRST(&w->pools[i].idle[j]))) moxy_upconn_close(u);
+    }
+}
+
+void moxy_upstream_free_worker(moxy_worker_t *w)
+{
+    if (!w->pools) return;
+    moxy_upstream_close_idle(w);
+    for (int i = 0; i < w->conf->nupstreams; i++) {
         free(w->pools[i].current_weight);
         free(w->pools[i].idle);
     }
@@ -376,22 +376,25 @@ static int rs_fail(llhttp_t *p, const char *why)
     return HPE_USER;
 }
 
-static int rs_header_field(llhttp_t *p, const char *at, size_t n)
+/* A piece of a response header name (value = 0) or value, counted against header_bytes. */
+static int rs_header_piece(llhttp_t *p, const char *at, size_t n, int value)
 {
     moxy_upconn_t *u = p->data;
-    moxy_req_t *r = u->req;
+    moxy_pool_t *pool = &u->req->c->pool;
     u->head_bytes += n;
     if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
-    return moxy_pool_append(&r->c->pool, &u->field, &u->field_len, &u->field_cap, at, n);
+    return value ? moxy_pool_append(pool, &u->value, &u->value_len, &u->value_cap, at, n)
+                 : moxy_pool_append(pool, &u->field, &u->field_len, &u->field_cap, at, n);
+}
+
+static int rs_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    return rs_header_piece(p, at, n, 0);
 }
 
 static int rs_header_value(llhttp_t *p, const char *at, size_t n)
 {
-    moxy_upconn_t *u = p->data;
-    moxy_req_t *r = u->req;
-    u->head_bytes += n;
-    if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
-    return moxy_pool_append(&r->c->pool, &u->value, &u->value_len, &u->value_cap, at, n);
+    return rs_header_piece(p, at, n, 1);
 }
 
 static int rs_header_field_complete(llhttp_t *p)
@@ -424,16 +427,18 @@ static void up_interim(moxy_upconn_t *u, int status)
     moxy_req_t *r = u->req;
     moxy_client_t *c = r->c;
     if (status != 100 && r->http_minor >= 1) {
-        evbuffer_add_printf(c->out, "HTTP/1.1 %d %s\r\n", status, moxy_status_reason(status));
-        for (uint32_t i = 0; i < r->resp_headers.n; i++) {
-            moxy_header_t *h = &r->resp_headers.h[i];
-            if (moxy_header_is_hop(&r->resp_headers, h)) continue;
-            evbuffer_add(c->out, h->name, h->name_len);
-            evbuffer_add(c->out, ": ", 2);
-            evbuffer_add(c->out, h->value, h->value_len);
-            evbuffer_add(c->out, "\r\n", 2);
+        const char *reason = moxy_status_reason(status);
+        struct evbuffer_iovec v;
+        size_t max = 32 + strlen(reason) + moxy_headers_size(&r->resp_headers);
+        if (evbuffer_reserve_space(c->out, (ev_ssize_t)max, &v, 1) == 1) {
+            char *p = v.iov_base;
+            p += sprintf(p, "HTTP/1.1 %d %s\r\n", status, reason);
+            p += moxy_headers_write(p, &r->resp_headers, 0, 0);
+            *p++ = '\r';
+            *p++ = '\n';
+            v.iov_len = (size_t)(p - (char *)v.iov_base);
+            evbuffer_commit_space(c->out, &v, 1);
         }
-        evbuffer_add(c->out, "\r\n", 2);
     }
     r->resp_headers.n = 0;
 }
@@ -541,7 +546,6 @@ static const llhttp_settings_t *response_settings(void)
     return &s;
 }
 
-void moxy_upstream_http_init(void);
 void moxy_upstream_http_init(void)
 {
     response_settings();

@@ -176,20 +176,17 @@ void moxy_lua_worker_free(moxy_worker_t *w)
 }
 
 /* A coroutine for a request: an idle one, or a new one with the body pushed. */
-static int co_get(moxy_worker_t *w, struct moxy_lua_co_s *out, int *fresh)
+static void co_get(moxy_worker_t *w, struct moxy_lua_co_s *out)
 {
     if (w->nco_free > 0) {
         *out = w->co_free[--w->nco_free];
-        *fresh = 0;
-        return MOXY_OK;
+        return;
     }
     lua_State *L = w->L;
     out->co = lua_newthread(L);
     out->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_body);
     lua_xmove(L, out->co, 1);
-    *fresh = 1;
-    return MOXY_OK;
 }
 
 /* The coroutine finished a request cleanly: keep it for the next one. */
@@ -277,8 +274,7 @@ int moxy_lua_run(moxy_req_t *r, int phase)
     moxy_worker_t *w = r->c->w;
     if (w->lua_hooks[phase] == 0) return MOXY_OK;
     struct moxy_lua_co_s co;
-    int fresh;
-    co_get(w, &co, &fresh);
+    co_get(w, &co);
     r->hook_phase = phase;
     /* The pointer travels as a number: ffi.cast of a light userdata is not
      * compiled by LuaJIT's JIT (NYI), a number to pointer cast is. */

@@ -25,9 +25,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-void moxy_http_init(void);
-int moxy_test_main(int argc, char **argv);
-void moxy_upstream_http_init(void);
+int moxy_test_main(int argc, char **argv); /* test_runner.c */
 
 static moxy_worker_t **workers;
 static int nworkers;
@@ -99,8 +97,6 @@ static void worker_exit_cb(evutil_socket_t fd, short what, void *arg)
     if (atomic_load(&workers_exited) >= nworkers) event_base_loopbreak(main_base);
 }
 
-/* Called on each worker's thread as it ends. */
-void moxy_main_worker_exited(void);
 void moxy_main_worker_exited(void)
 {
     uint64_t one = 1;

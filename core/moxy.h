@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/types.h>
 
 #define MOXY_VERSION "0.1.0"
@@ -63,6 +64,15 @@ static inline int moxy_strieq_lit(const char *p, size_t n, const char *lit, size
     for (; i < n; i++)
         if (((unsigned char)p[i] | 0x20) != (unsigned char)lit[i]) return 0;
     return 1;
+}
+
+/* Seconds (a configuration duration) as a struct timeval. */
+static inline struct timeval moxy_timeval(double s)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    return tv;
 }
 
 #define MOXY_STRIEQ_LIT(p, n, lit) moxy_strieq_lit((p), (n), (lit), sizeof(lit) - 1)

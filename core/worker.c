@@ -17,15 +17,6 @@
 
 #define ACCEPT_BATCH 64
 
-void moxy_main_worker_exited(void); /* main.c */
-
-static struct timeval tv_of(double s)
-{
-    struct timeval tv;
-    tv.tv_sec = (time_t)s;
-    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
-    return tv;
-}
 
 static void accept_enable(moxy_worker_t *w, int on)
 {
@@ -134,8 +125,7 @@ static void control_cb(evutil_socket_t fd, short what, void *arg)
     if ((cmd & MOXY_WORKER_DRAIN) && !w->draining) {
         w->draining = 1;
         close_listeners(w);
-        moxy_upstream_free_worker(w); /* idle origin connections */
-        moxy_upstream_init_worker(w);
+        moxy_upstream_close_idle(w);
         moxy_client_t *c = LIST_FIRST(&w->clients), *next;
         for (; c; c = next) {
             next = LIST_NEXT(c, link);
@@ -145,7 +135,7 @@ static void control_cb(evutil_socket_t fd, short what, void *arg)
             event_base_loopexit(w->base, NULL);
             return;
         }
-        struct timeval tv = tv_of(w->conf->timeouts.drain);
+        struct timeval tv = moxy_timeval(w->conf->timeouts.drain);
         evtimer_assign(&w->drain_timer, w->base, drain_timeout_cb, w);
         evtimer_add(&w->drain_timer, &tv);
     }
@@ -179,12 +169,12 @@ moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
         snprintf(w->error, sizeof(w->error), "cannot create an event loop");
         return w;
     }
-    w->tv_client_header = tv_of(conf->timeouts.client_header);
-    w->tv_client_body = tv_of(conf->timeouts.client_body);
-    w->tv_client_send = tv_of(conf->timeouts.client_send);
-    w->tv_connect = tv_of(conf->timeouts.connect);
-    w->tv_upstream = tv_of(conf->timeouts.upstream);
-    w->tv_keepalive = tv_of(conf->timeouts.keepalive);
+    w->tv_client_header = moxy_timeval(conf->timeouts.client_header);
+    w->tv_client_body = moxy_timeval(conf->timeouts.client_body);
+    w->tv_client_send = moxy_timeval(conf->timeouts.client_send);
+    w->tv_connect = moxy_timeval(conf->timeouts.connect);
+    w->tv_upstream = moxy_timeval(conf->timeouts.upstream);
+    w->tv_keepalive = moxy_timeval(conf->timeouts.keepalive);
     /* Common timeouts: O(1) re-arming for the timeouts every connection uses. */
     w->ctv_keepalive = event_base_init_common_timeout(w->base, &w->tv_keepalive);
     w->ctv_client_body = event_base_init_common_timeout(w->base, &w->tv_client_body);

@@ -77,6 +77,9 @@ void moxy_worker_signal(moxy_worker_t *w, int command);
 /* Wait for the worker's thread to end, then free the worker. */
 void moxy_worker_join_free(moxy_worker_t *w);
 
+/* Called on each worker's thread as it ends (main.c): wakes the main thread. */
+void moxy_main_worker_exited(void);
+
 /* Called when a client connection closes: lets a paused accept resume and a
  * draining worker finish. */
 void moxy_worker_conn_closed(moxy_worker_t *w);
