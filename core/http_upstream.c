@@ -639,7 +639,6 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     u->req = NULL;
     moxy_upconn_close(u);
     if (rc == MOXY_DONE) {
-        r->resp_chunked_out = 0;
         moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
     } else {
         moxy_req_fail(r, 500, "script error in on_response");
