@@ -4,8 +4,9 @@
  * MOXY_ERROR / MOXY_DECLINED), results through out-parameters.  FFI calls are
  * compiled by the JIT; lua_CFunctions never are.
  *
- * The ffi.cdef in lua/moxy/txn.lua must match this file: tools/check-ffi.lua
- * (make lint, and a spec) compares them.  Bump MOXY_FFI_ABI on any change.
+ * Each block "BEGIN FFI <file>" ... "END FFI" lists what the ffi.cdef of that
+ * Lua module declares: tools/check-ffi.lua (make lint, and a spec) compares
+ * them.  Bump MOXY_FFI_ABI on any change.
  */
 #ifndef MOXY_FFI_H
 #define MOXY_FFI_H
@@ -14,7 +15,7 @@
 
 #define MOXY_FFI_ABI 5
 
-/* BEGIN FFI */
+/* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
 
 /* The ABI version the Lua side must match. */

@@ -1,5 +1,5 @@
--- check-ffi.lua: the ffi.cdef in lua/moxy/txn.lua must declare exactly what
--- core/ffi.h exports between "BEGIN FFI" and "END FFI".  Run from the source
+-- check-ffi.lua: each Lua module's ffi.cdef must declare exactly what
+-- core/ffi.h exports for it, between "BEGIN FFI <module file>" and "END FFI".  Run from the source
 -- root: `luajit tools/check-ffi.lua`; exits 1 and says what differs.
 local function read(path)
   local f = assert(io.open(path, "rb"))
@@ -22,22 +22,33 @@ end
 
 local M = {}
 
+-- Every "BEGIN FFI <lua file>" ... "END FFI" block of core/ffi.h against the
+-- first ffi.cdef of that Lua file (a block without a file name: txn.lua).
+-- Returns a list of problems (empty when they all agree).
 function M.compare(root)
   root = root or "."
-  local h = read(root .. "/core/ffi.h"):match("/%* BEGIN FFI %*/(.-)/%* END FFI %*/")
-  local lua = read(root .. "/lua/moxy/txn.lua"):match("ffi%.cdef%s*%[%[(.-)%]%]")
-  assert(h, "core/ffi.h: no BEGIN FFI / END FFI block")
-  assert(lua, "lua/moxy/txn.lua: no ffi.cdef block")
-  local a, b = decls(h), decls(lua)
-  local seta, setb, problems = {}, {}, {}
-  for _, d in ipairs(a) do seta[d] = true end
-  for _, d in ipairs(b) do setb[d] = true end
-  for _, d in ipairs(a) do
-    if not setb[d] then problems[#problems + 1] = "only in core/ffi.h: " .. d end
+  local header = read(root .. "/core/ffi.h")
+  local problems, nblocks = {}, 0
+  for file, h in header:gmatch("/%* BEGIN FFI ?([%w_/%.%-]*) %*/(.-)/%* END FFI %*/") do
+    nblocks = nblocks + 1
+    if file == "" then file = "lua/moxy/txn.lua" end
+    local lua = read(root .. "/" .. file):match("ffi%.cdef%s*%[%[(.-)%]%]")
+    if not lua then
+      problems[#problems + 1] = file .. ": no ffi.cdef block"
+    else
+      local a, b = decls(h), decls(lua)
+      local seta, setb = {}, {}
+      for _, d in ipairs(a) do seta[d] = true end
+      for _, d in ipairs(b) do setb[d] = true end
+      for _, d in ipairs(a) do
+        if not setb[d] then problems[#problems + 1] = "only in core/ffi.h: " .. d end
+      end
+      for _, d in ipairs(b) do
+        if not seta[d] then problems[#problems + 1] = "only in " .. file .. ": " .. d end
+      end
+    end
   end
-  for _, d in ipairs(b) do
-    if not seta[d] then problems[#problems + 1] = "only in lua/moxy/txn.lua: " .. d end
-  end
+  if nblocks == 0 then problems[#problems + 1] = "core/ffi.h: no BEGIN FFI / END FFI block" end
   return problems
 end
 
@@ -45,7 +56,7 @@ if arg and arg[0] and arg[0]:match("check%-ffi%.lua$") then
   local problems = M.compare(".")
   for _, p in ipairs(problems) do io.stderr:write(p, "\n") end
   if #problems > 0 then os.exit(1) end
-  print("check-ffi: core/ffi.h and lua/moxy/txn.lua agree")
+  print("check-ffi: core/ffi.h and the Lua cdefs agree")
 end
 
 return M

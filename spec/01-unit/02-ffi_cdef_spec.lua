@@ -3,7 +3,7 @@
 local check = dofile("tools/check-ffi.lua")
 
 describe("FFI declarations", function()
-  it("match between core/ffi.h and lua/moxy/txn.lua", function()
+  it("match between core/ffi.h and the Lua modules", function()
     assert.same({}, check.compare("."))
   end)
 end)
