@@ -39,8 +39,17 @@ for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
 --- moxy.json: lua-cjson's safe module (loaded on first use):
 -- moxy.json.encode(value) -> string or nil, err; moxy.json.decode(text) ->
 -- value or nil, err; moxy.json.null.
+-- Modules loaded on first use: moxy.shared (lua/moxy/shared.lua), moxy.re
+-- (lua/moxy/re.lua).
+local LAZY = { shared = "moxy.shared", re = "moxy.re" }
+
 setmetatable(M, {
   __index = function(t, k)
+    if LAZY[k] then
+      local mod = require(LAZY[k])
+      rawset(t, k, mod)
+      return mod
+    end
     if k == "json" then
       local ok, cjson = pcall(require, "cjson.safe")
       if not ok then error("moxy.json needs lua-cjson (Debian package lua-cjson)", 2) end
