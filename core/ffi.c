@@ -7,6 +7,10 @@
 #include "log.h"
 #include "worker.h"
 
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+
 #define EXPORT __attribute__((visibility("default")))
 
 EXPORT int moxy_ffi_abi_version(void)
@@ -29,10 +33,12 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *len = strlen(r->method_name);
         return MOXY_OK;
     case MOXY_FFI_F_URI:
+        if (!r->uri) return MOXY_DECLINED; /* a request line that did not parse */
         *out = r->uri;
         *len = r->uri_len;
         return MOXY_OK;
     case MOXY_FFI_F_PATH:
+        if (!r->uri) return MOXY_DECLINED;
         *out = r->uri;
         *len = r->path_len;
         return MOXY_OK;
@@ -177,6 +183,7 @@ EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len)
     int i = moxy_conf_upstream_index(r->c->w->conf, name, len);
     if (i < 0) return MOXY_DECLINED;
     r->pool = i;
+    r->peer_addr = NULL;
     return MOXY_OK;
 }
 
@@ -191,13 +198,71 @@ EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t 
     return MOXY_OK;
 }
 
+/* Seconds from a to b, or -1 when either is not set. */
+static double secs_between(const struct timeval *a, const struct timeval *b)
+{
+    if (!evutil_timerisset(a) || !evutil_timerisset(b)) return -1;
+    return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_usec - a->tv_usec) / 1e6;
+}
+
 EXPORT double moxy_ffi_req_number(moxy_req_t *r, int which)
 {
     switch (which) {
     case MOXY_FFI_N_TRIES: return r->tries;
     case MOXY_FFI_N_STARTED: return (double)r->started.tv_sec + (double)r->started.tv_usec / 1e6;
+    case MOXY_FFI_N_UP_STATUS: return r->up_status ? r->up_status : -1;
+    case MOXY_FFI_N_CONNECT_TIME: return secs_between(&r->up_started, &r->up_connected);
+    case MOXY_FFI_N_HEADER_TIME: return secs_between(&r->up_started, &r->up_header);
+    case MOXY_FFI_N_RESPONSE_TIME: return secs_between(&r->up_started, &r->up_done);
+    case MOXY_FFI_N_DURATION: {
+        struct timeval now;
+        event_base_gettimeofday_cached(r->c->w->base, &now);
+        return secs_between(&r->started, &now);
+    }
+    case MOXY_FFI_N_BYTES_SENT: return (double)r->bytes_sent;
+    case MOXY_FFI_N_STATUS: return r->status ? r->status : -1;
     }
     return -1;
+}
+
+EXPORT int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port)
+{
+    char ip[64];
+    if (len == 0 || len >= sizeof(ip) || port < 1 || port > 65535) return MOXY_ERROR;
+    memcpy(ip, host, len);
+    ip[len] = '\0';
+    moxy_pool_t *pool = &r->c->pool;
+    moxy_addr_t *a = moxy_palloc(pool, sizeof(*a));
+    char *text = moxy_palloc(pool, len + 10);
+    if (!a || !text) return MOXY_ERROR;
+    memset(a, 0, sizeof(*a));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&a->sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a->sa;
+    if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        a->salen = sizeof(*s4);
+        snprintf(text, len + 10, "%s:%d", ip, port);
+    } else if (inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        a->salen = sizeof(*s6);
+        snprintf(text, len + 10, "[%s]:%d", ip, port);
+    } else {
+        return MOXY_ERROR;
+    }
+    a->text = text;
+    r->peer_addr = a;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value)
+{
+    switch (flag) {
+    case MOXY_FFI_FLAG_RETRYABLE: r->retryable = value != 0; return MOXY_OK;
+    case MOXY_FFI_FLAG_NO_FILTER: r->no_filter = value != 0; return MOXY_OK;
+    }
+    return MOXY_ERROR;
 }
 
 EXPORT int moxy_ffi_client_port(moxy_req_t *r)

@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 5
+#define MOXY_FFI_ABI 6
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -66,9 +66,31 @@ double moxy_ffi_req_number(moxy_req_t *r, int which);
 /* The client's port. */
 int moxy_ffi_client_port(moxy_req_t *r);
 
+/* Send this try of r to host (an IP address, len bytes) and port instead
+ * of a pool's server.  MOXY_ERROR: not an IP address. */
+int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
+
+/* Set (value 1) or clear (0) a flag of r (MOXY_FFI_FLAG_*).  MOXY_ERROR for
+ * an unknown flag. */
+int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
+
 /* Write msg (len bytes) to the error log at level (MOXY_LOG_*), with r's id
  * when r is not NULL.  MOXY_DECLINED when the level is not logged. */
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
+/* END FFI */
+
+/* BEGIN FFI lua/moxy/runtime.lua */
+/* Park the running hook (or timer callback) for secs: it yields next, and
+ * is resumed when the time is up.  MOXY_DECLINED outside hooks. */
+int moxy_ffi_sleep(double secs);
+
+/* Call runtime.timers[id] after delay seconds, then every interval seconds
+ * (interval > 0) until cancelled.  MOXY_DECLINED: no event loop on this
+ * thread (moxy -t, init); MOXY_ERROR: too many timers. */
+int moxy_ffi_timer_add(double delay, double interval, int id);
+
+/* Cancel timer id (a running callback finishes).  MOXY_DECLINED: unknown. */
+int moxy_ffi_timer_cancel(int id);
 /* END FFI */
 
 /* Field numbers of moxy_ffi_req_field (also in txn.lua). */
@@ -87,10 +109,115 @@ enum {
     MOXY_FFI_F_PEER,
 };
 
-/* Numbers of moxy_ffi_req_number. */
+/* Numbers of moxy_ffi_req_number (-1: not known yet). */
 enum {
-    MOXY_FFI_N_TRIES = 0, /* origin connections tried for this request */
-    MOXY_FFI_N_STARTED,   /* when the request's first byte came, epoch seconds */
+    MOXY_FFI_N_TRIES = 0,      /* origin connections tried for this request */
+    MOXY_FFI_N_STARTED,        /* when the request's first byte came, epoch seconds */
+    MOXY_FFI_N_UP_STATUS,      /* the origin's status (before on_response changed it) */
+    MOXY_FFI_N_CONNECT_TIME,   /* seconds to connect to the origin (0: a kept-alive connection) */
+    MOXY_FFI_N_HEADER_TIME,    /* seconds from the try's start to the origin's response head */
+    MOXY_FFI_N_RESPONSE_TIME,  /* seconds from the try's start to the origin's last byte */
+    MOXY_FFI_N_DURATION,       /* seconds from the request's first byte until now */
+    MOXY_FFI_N_BYTES_SENT,     /* response body bytes queued for the client */
+    MOXY_FFI_N_STATUS,         /* the status sent to the client */
 };
+
+/* Flags of moxy_ffi_req_flag. */
+enum {
+    MOXY_FFI_FLAG_RETRYABLE = 0, /* may go to another peer after a failure */
+    MOXY_FFI_FLAG_NO_FILTER,     /* the response body skips on_body */
+};
+
+/* BEGIN FFI lua/moxy/shared.lua */
+typedef struct moxy_shdict_s moxy_shdict_t;
+
+/* What moxy_ffi_shdict_stats fills in, summed over the dict's stripes:
+ * capacity (bytes, the configured size), used (bytes counted: keys + values
+ * + a per-item overhead), items (expired ones not met yet included),
+ * evictions (live items dropped to make room), hits and misses (of get). */
+typedef struct {
+    size_t capacity, used, items, evictions, hits, misses;
+} moxy_shdict_stats_t;
+
+/* The type tag of a stored value. */
+enum {
+    MOXY_SHDICT_NIL = 0,     /* no value: moxy_ffi_shdict_store deletes the key */
+    MOXY_SHDICT_STRING = 1,  /* bytes */
+    MOXY_SHDICT_NUMBER = 2,  /* a double, in num */
+    MOXY_SHDICT_BOOLEAN = 3, /* 0 or 1, in num */
+    MOXY_SHDICT_TABLE = 4    /* bytes of LuaJIT's string.buffer encode */
+};
+
+/* What moxy_ffi_shdict_store does about the key being there or not. */
+enum {
+    MOXY_SHDICT_SET = 0,    /* store either way */
+    MOXY_SHDICT_ADD = 1,    /* only when absent, else MOXY_SHDICT_E_EXISTS */
+    MOXY_SHDICT_REPLACE = 2 /* only when present, else MOXY_SHDICT_E_NOT_FOUND */
+};
+
+/* Why a call failed, in its *err out-parameter. */
+enum {
+    MOXY_SHDICT_E_NO_MEMORY = 1, /* bigger than a stripe's budget, or malloc failed */
+    MOXY_SHDICT_E_EXISTS = 2,
+    MOXY_SHDICT_E_NOT_FOUND = 3,
+    MOXY_SHDICT_E_NOT_NUMBER = 4,
+    MOXY_SHDICT_E_BAD_KEY = 5 /* empty, or longer than 65535 bytes */
+};
+
+/* The dict called name (nlen bytes), or NULL when none was created. */
+moxy_shdict_t *moxy_ffi_shdict_find(const char *name, size_t nlen);
+
+/* For tests and tools: the dict called name, created with a budget of size
+ * bytes when absent (an existing one is returned as it is, data and size).
+ * NULL: size 0 or out of memory.  The registry owns it until exit. */
+moxy_shdict_t *moxy_ffi_shdict_create(const char *name, size_t nlen, size_t size);
+
+/* Copy key's value out, under the lock.  *type gets its MOXY_SHDICT_* tag,
+ * *num the number (or boolean 0/1).  A string or table is copied into *val,
+ * a caller buffer of *vlen bytes, or when longer into a malloc'd buffer put
+ * in *val with *must_free = 1 (free it with moxy_ffi_shdict_free); *vlen gets
+ * its length.  MOXY_OK; MOXY_DECLINED: absent or expired (a miss);
+ * MOXY_ERROR: bad key, or out of memory. */
+int moxy_ffi_shdict_get(moxy_shdict_t *d, const char *key, size_t klen, int *type, char **val,
+                        size_t *vlen, double *num, int *must_free);
+
+/* Store under key, as op (MOXY_SHDICT_SET/ADD/REPLACE) says, a value of type
+ * (MOXY_SHDICT_NIL deletes the key): the slen bytes at str (copied) for a
+ * string or table, num for a number or boolean; it expires in ttl seconds
+ * (0: never).  MOXY_OK; MOXY_DECLINED with *err E_EXISTS (ADD) or
+ * E_NOT_FOUND (REPLACE); MOXY_ERROR with *err E_NO_MEMORY or E_BAD_KEY
+ * (then an old value is left as it was). */
+int moxy_ffi_shdict_store(moxy_shdict_t *d, int op, const char *key, size_t klen, int type,
+                          const char *str, size_t slen, double num, double ttl, int *err);
+
+/* Add by to key's number atomically; *out gets the sum.  An absent key is
+ * created as init + by, expiring in ttl seconds (0: never), when has_init;
+ * else MOXY_DECLINED (*err E_NOT_FOUND).  An existing key keeps its ttl.
+ * MOXY_ERROR with *err E_NOT_NUMBER, E_NO_MEMORY or E_BAD_KEY. */
+int moxy_ffi_shdict_incr(moxy_shdict_t *d, const char *key, size_t klen, double by, double init,
+                         int has_init, double ttl, double *out, int *err);
+
+/* Seconds key has left into *ttl (0: never expires).  MOXY_DECLINED: absent. */
+int moxy_ffi_shdict_ttl(moxy_shdict_t *d, const char *key, size_t klen, double *ttl);
+
+/* Make key expire ttl seconds from now (0: never).  MOXY_DECLINED: absent. */
+int moxy_ffi_shdict_expire(moxy_shdict_t *d, const char *key, size_t klen, double ttl);
+
+/* Up to max live keys (max <= 0: all), stripe by stripe, each under its own
+ * lock (not a snapshot of the whole dict), in a malloc'd *buf of *len bytes
+ * (NULL when there is none; free it with moxy_ffi_shdict_free): *count
+ * entries, each a size_t length, the key's bytes, padding to a multiple of
+ * sizeof(size_t).  MOXY_OK, or MOXY_ERROR when out of memory. */
+int moxy_ffi_shdict_keys(moxy_shdict_t *d, int max, char **buf, size_t *len, int *count);
+
+/* Remove every item (the counters of the stats stay). */
+void moxy_ffi_shdict_flush_all(moxy_shdict_t *d);
+
+/* Fill *out; see moxy_shdict_stats_t. */
+void moxy_ffi_shdict_stats(moxy_shdict_t *d, moxy_shdict_stats_t *out);
+
+/* Free a buffer that moxy_ffi_shdict_get or moxy_ffi_shdict_keys malloc'd. */
+void moxy_ffi_shdict_free(void *p);
+/* END FFI */
 
 #endif

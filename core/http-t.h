@@ -90,6 +90,19 @@ typedef enum {
     MOXY_R_DONE,     /* the whole response is queued for the client */
 } moxy_resp_state_t;
 
+/* The phases whose hooks a request runs (lua_bridge.c), in the order a
+ * proxied request meets them; runtime.lua's PHASES list has the same order. */
+enum {
+    MOXY_PHASE_REQUEST = 0,      /* on_request: the head is in */
+    MOXY_PHASE_UPSTREAM,         /* on_upstream: choose the pool/peer, again on each retry */
+    MOXY_PHASE_UPSTREAM_REQUEST, /* on_upstream_request: last edits before the origin sees it */
+    MOXY_PHASE_RESPONSE,         /* on_response: the origin's head is in */
+    MOXY_PHASE_BODY,             /* on_body: each piece of the response body */
+    MOXY_PHASE_LOG,              /* on_log: after the last byte */
+    MOXY_PHASE_ERROR,            /* on_error: moxy answers with an error */
+    MOXY_PHASES
+};
+
 /* A listening socket of one worker. */
 struct moxy_listener_s {
     moxy_worker_t *w;
@@ -147,8 +160,21 @@ struct moxy_req_s {
     /* upstream */
     int pool;              /* index into conf->upstreams, or -1 */
     moxy_upconn_t *up;
-    int tries;
-    const char *peer;      /* "ip:port" of the last peer (configuration memory), for logs */
+    int tries;             /* tries started (the current one included) */
+    int server;            /* index of the peer chosen for this try in the pool, -1: peer_addr */
+    int last_server;       /* the peer of the previous try, -1: none */
+    const char *peer;      /* "ip:port" of the last peer, for logs */
+    struct moxy_addr_s *peer_addr; /* txn.upstream:set_peer's address (request pool), or NULL */
+    unsigned retryable : 1;  /* may go to another peer after a failure (idempotent, or said so) */
+    unsigned no_filter : 1;  /* on_body hooks skip this response */
+    unsigned filtering : 1;  /* the response body goes through on_body hooks */
+    unsigned filter_eof : 1; /* the origin's body is complete; the last on_body call is due */
+    unsigned filter_final : 1; /* the last on_body call ran (or runs) */
+    int up_status;         /* the origin's status, before on_response changed it */
+    struct timeval up_started, up_connected, up_header; /* of the current try */
+    struct timeval up_done;                             /* the origin's last byte */
+    struct evbuffer *filter_in;  /* response body waiting for on_body (lazily created) */
+    struct evbuffer *filter_out; /* on_body's output, to be framed for the client */
 
     /* response */
     moxy_resp_state_t resp_state;

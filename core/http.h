@@ -27,6 +27,10 @@ void moxy_client_release(moxy_client_t *c);
 /* Close now: the request (if any) is logged as aborted, its origin connection closed. */
 void moxy_client_close(moxy_client_t *c);
 
+/* Abort the on_log hooks of requests detached from their connection, and
+ * log them (the worker stops). */
+void moxy_client_end_detached(moxy_worker_t *w);
+
 /* Drain (QUIT): close if idle, else close after the current response. */
 void moxy_client_drain(moxy_client_t *c);
 
@@ -58,13 +62,19 @@ void moxy_client_tunnel(moxy_client_t *c);
 
 /* --- origin side (http_upstream.c) --- */
 
-/* Send r to a peer of r->pool (reusing an idle connection when one is
- * there).  MOXY_OK, or MOXY_ERROR after answering the client. */
-int moxy_upstream_start(moxy_req_t *r);
+/* Start a try of r: on_upstream hooks, a peer of r->pool (or set_peer's),
+ * on_upstream_request hooks, then an idle keep-alive connection or a new
+ * one.  A try that fails before any response byte starts the next one when
+ * r may retry; otherwise the client gets the answer. */
+void moxy_upstream_try(moxy_req_t *r);
 
-/* The on_response hooks of r that yielded are done (rc as moxy_lua_run
- * returns): send the response head, or the hooks' answer, and go on. */
+/* Hooks of r that yielded in an origin-side phase (on_upstream,
+ * on_upstream_request, on_response, on_body) are done (rc as moxy_lua_run
+ * returns): go on with the try or the response. */
 void moxy_upstream_hooks_done(moxy_req_t *r, int rc);
+
+/* r ends: free what its response body filter held. */
+void moxy_upstream_req_free(moxy_req_t *r);
 
 /* The client drained below the low watermark: read more of the response. */
 void moxy_upstream_resume_read(moxy_upconn_t *u);

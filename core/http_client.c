@@ -33,6 +33,9 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 static void client_process(moxy_client_t *c);
 static void client_finish_request(moxy_client_t *c);
 static void client_after_hooks(moxy_client_t *c, int rc);
+static void request_end(moxy_req_t *r);
+static void request_log(moxy_client_t *c);
+static void request_detached_end(moxy_req_t *r);
 
 /* --- reading control --- */
 
@@ -88,6 +91,7 @@ static moxy_req_t *client_new_request(moxy_client_t *c)
     memset(r, 0, sizeof(*r));
     r->c = c;
     r->pool = -1;
+    r->server = r->last_server = -1;
     r->status = 0;
     r->started = (struct timeval){0, 0};
     event_base_gettimeofday_cached(c->w->base, &r->started);
@@ -154,6 +158,76 @@ void moxy_client_release(moxy_client_t *c)
     if (--c->busy == 0 && c->dead) client_free(c);
 }
 
+/* r is over: release what its hooks and its response filter kept. */
+static void request_end(moxy_req_t *r)
+{
+    moxy_lua_req_done(r);
+    moxy_upstream_req_free(r);
+}
+
+/* r's on_log hooks wait: give r a copy of its connection without the
+ * socket, owning the request's memory, so that the connection can go on
+ * (or close).  The copy counts as a connection until r is logged. */
+static int request_detach(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_worker_t *w = c->w;
+    moxy_client_t *g = malloc(sizeof(*g));
+    if (!g) return MOXY_ERROR;
+    *g = *c;
+    g->fd = -1;
+    g->in = g->out = NULL;
+    g->busy = 0;
+    g->dead = 0;
+    g->state = MOXY_C_CLOSING;
+    g->reading = g->writing = 0;
+    r->c = g;
+    moxy_pool_init(&c->pool);
+    c->req = NULL;
+    LIST_INSERT_HEAD(&w->detached, g, link);
+    w->nconns++;
+    return MOXY_OK;
+}
+
+/* The end of a detached request: its log line, its memory. */
+static void request_detached_end(moxy_req_t *r)
+{
+    moxy_client_t *g = r->c;
+    moxy_worker_t *w = g->w;
+    moxy_access_log(r);
+    request_end(r);
+    LIST_REMOVE(g, link);
+    moxy_pool_reset(&g->pool);
+    free(g);
+    moxy_worker_conn_closed(w);
+}
+
+void moxy_client_end_detached(moxy_worker_t *w)
+{
+    moxy_client_t *g;
+    while ((g = LIST_FIRST(&w->detached))) {
+        moxy_req_t *r = g->req;
+        moxy_lua_abort(r);
+        request_detached_end(r);
+    }
+}
+
+/* c's request is over: on_log hooks, then its access-log line.  When the
+ * hooks wait, the request is detached from c (logged when they are done);
+ * either way c->req is NULL and c's pool empty after. */
+static void request_log(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    if (moxy_lua_has(c->w, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
+        if (request_detach(c) == MOXY_OK) return;
+        moxy_lua_abort(r);
+    }
+    moxy_access_log(r);
+    request_end(r);
+    c->req = NULL;
+    moxy_pool_reset(&c->pool);
+}
+
 void moxy_client_close(moxy_client_t *c)
 {
     if (c->dead) return;
@@ -161,7 +235,6 @@ void moxy_client_close(moxy_client_t *c)
     moxy_req_t *r = c->req;
     if (r) {
         if (r->hook) moxy_lua_abort(r);
-        moxy_lua_req_done(r);
         if (r->up) {
             moxy_upconn_t *u = r->up;
             r->up = NULL;
@@ -173,7 +246,9 @@ void moxy_client_close(moxy_client_t *c)
                 if (!r->status || !r->resp_head_sent) r->status = 499;
                 if (!r->error) r->error = "client closed";
             }
-            moxy_access_log(r);
+            request_log(c);
+        } else {
+            request_end(r);
         }
         c->req = NULL;
     }
@@ -645,6 +720,9 @@ static void client_start_request(moxy_client_t *c)
 
     request_set_id(r);
     c->state = MOXY_C_ACTIVE;
+    /* idempotent methods may go to another peer after a failure (RFC 9110 9.2.2) */
+    r->retryable = r->method == HTTP_GET || r->method == HTTP_HEAD || r->method == HTTP_OPTIONS ||
+                   r->method == HTTP_PUT || r->method == HTTP_DELETE || r->method == HTTP_TRACE;
     if (r->body_kind == MOXY_BODY_NONE) r->body_done = 1;
 
     if (r->body_kind == MOXY_BODY_LENGTH && r->body_left > conf->limits.body_bytes) {
@@ -671,15 +749,25 @@ static void client_start_request(moxy_client_t *c)
 void moxy_req_hooks_done(moxy_req_t *r, int rc)
 {
     moxy_client_t *c = r->c;
-    if (r->hook_phase == MOXY_PHASE_RESPONSE) {
+    switch (r->hook_phase) {
+    case MOXY_PHASE_REQUEST:
+        client_after_hooks(c, rc);
+        break;
+    case MOXY_PHASE_UPSTREAM:
+    case MOXY_PHASE_UPSTREAM_REQUEST:
+        moxy_upstream_hooks_done(r, rc);
+        break; /* then read the body on, below */
+    case MOXY_PHASE_RESPONSE:
+    case MOXY_PHASE_BODY:
         moxy_upstream_hooks_done(r, rc);
         return;
-    }
-    if (r->hook_phase == MOXY_PHASE_ERROR) {
+    case MOXY_PHASE_LOG:
+        request_detached_end(r);
+        return;
+    case MOXY_PHASE_ERROR:
         moxy_req_error_hooks_done(r, rc);
         return;
     }
-    client_after_hooks(c, rc);
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);
     if (evbuffer_get_length(c->in) > 0) client_process(c);
@@ -690,7 +778,6 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc)
 static void client_after_hooks(moxy_client_t *c, int rc)
 {
     moxy_req_t *r = c->req;
-    const moxy_conf_t *conf = c->w->conf;
     if (rc == MOXY_DONE) { /* a hook answered */
         moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
         return;
@@ -699,19 +786,7 @@ static void client_after_hooks(moxy_client_t *c, int rc)
         moxy_req_fail(r, 500, "script error in on_request");
         return;
     }
-    if (r->pool < 0) {
-        int li = c->listen_index;
-        r->pool = conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
-    }
-    if (r->pool < 0) {
-        moxy_req_fail(r, 502, "no upstream pool for this request");
-        return;
-    }
-    if (r->expect_continue && !r->body_done) {
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-        if (moxy_client_send(c) != MOXY_OK) return;
-    }
-    moxy_upstream_start(r);
+    moxy_upstream_try(r);
 }
 
 /* Move request body bytes from c->in to the origin connection.  MOXY_OK when
@@ -867,10 +942,15 @@ static void client_finish_request(moxy_client_t *c)
         u->req = NULL;
         moxy_upconn_close(u);
     }
-    moxy_access_log(r);
-    moxy_lua_req_done(r);
-    c->req = NULL;
-    moxy_pool_reset(&c->pool);
+    if (moxy_lua_has(c->w, MOXY_PHASE_LOG)) {
+        /* on_log runs after the last byte: send it first */
+        moxy_client_hold(c);
+        int rc = moxy_client_send(c);
+        int dead = c->dead;
+        moxy_client_release(c);
+        if (rc != MOXY_OK || dead) return;
+    }
+    request_log(c);
     if (!keep) {
         client_closing(c);
         return;

@@ -89,7 +89,8 @@ int moxy_resp_write_head(moxy_req_t *r)
     int body = resp_has_body(r);
 
     if (!r->body_done) r->keepalive = 0; /* the rest of the request body is not read */
-    if (body && r->resp_body_kind != MOXY_BODY_LENGTH && r->resp_body_kind != MOXY_BODY_NONE) {
+    int sized = !r->filtering && (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE);
+    if (body && !sized) {
         if (r->http_minor >= 1) r->resp_chunked_out = 1;
         else r->keepalive = 0; /* HTTP/1.0: delimited by close */
     }
@@ -115,7 +116,7 @@ int moxy_resp_write_head(moxy_req_t *r)
     p += idlen;
     PUT_LIT(p, "\r\n");
     if (body) {
-        if (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE) {
+        if (sized) {
             PUT_LIT(p, "Content-Length: ");
             p = moxy_write_u64(p, r->resp_body_left);
             PUT_LIT(p, "\r\n");

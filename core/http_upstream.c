@@ -129,9 +129,9 @@ void moxy_upconn_close(moxy_upconn_t *u)
     if (u->busy == 0) up_free(u);
 }
 
-static moxy_upconn_t *up_connect(moxy_worker_t *w, int pool, int server, const char **err)
+static moxy_upconn_t *up_connect(moxy_worker_t *w, const moxy_addr_t *a, int pool, int server,
+                                 const char **err)
 {
-    const moxy_addr_t *a = &w->conf->upstreams[pool].servers[server].addr;
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = strerror(errno);
@@ -169,8 +169,8 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, int pool, int server, const c
 /* Write the request head moxy sends to the origin, in one piece. */
 static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
 {
-    const moxy_upstream_conf_t *uc = &u->w->conf->upstreams[u->pool];
-    const char *host = uc->host ? uc->host : r->host ? r->host : uc->servers[u->server].addr.text;
+    const moxy_upstream_conf_t *uc = u->pool >= 0 ? &u->w->conf->upstreams[u->pool] : NULL;
+    const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
     size_t mlen = strlen(r->method_name), hlen = strlen(host);
     size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + 160;
     struct evbuffer_iovec v;
@@ -207,35 +207,137 @@ static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
     return evbuffer_commit_space(u->out, &v, 1) == 0 ? MOXY_OK : MOXY_ERROR;
 }
 
-int moxy_upstream_start(moxy_req_t *r)
+/* --- a try: on_upstream, the peer, on_upstream_request, connect --- */
+
+static void try_after_upstream_hooks(moxy_req_t *r, int rc);
+static void try_after_request_hooks(moxy_req_t *r, int rc);
+static void try_connect(moxy_req_t *r);
+
+void moxy_upstream_try(moxy_req_t *r)
+{
+    r->tries++;
+    r->server = -1;
+    evutil_timerclear(&r->up_started);
+    evutil_timerclear(&r->up_connected);
+    evutil_timerclear(&r->up_header);
+    evutil_timerclear(&r->up_done);
+    if (r->tries > 1) r->peer_addr = NULL; /* set_peer is for one try */
+    int rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM);
+    if (rc != MOXY_AGAIN) try_after_upstream_hooks(r, rc);
+}
+
+/* A hook answered (MOXY_DONE) or failed (MOXY_ERROR) in phase: answer. */
+static void try_hooks_ended(moxy_req_t *r, int rc, const char *why)
+{
+    if (rc == MOXY_DONE) moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+    else moxy_req_fail(r, 500, why);
+}
+
+static void try_after_upstream_hooks(moxy_req_t *r, int rc)
 {
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
-    moxy_pool_rt_t *rt = &w->pools[r->pool];
+    const moxy_conf_t *conf = w->conf;
+    if (rc != MOXY_OK) {
+        try_hooks_ended(r, rc, "script error in on_upstream");
+        return;
+    }
+    if (r->peer_addr) {
+        r->peer = r->peer_addr->text;
+    } else {
+        if (r->pool < 0) {
+            int li = c->listen_index;
+            r->pool = conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
+        }
+        if (r->pool < 0) {
+            moxy_req_fail(r, 502, "no upstream pool for this request");
+            return;
+        }
+        /* a retry goes to another server when the pool has one */
+        int n = conf->upstreams[r->pool].nservers;
+        int server = pick_server(w, r->pool);
+        for (int i = 1; i < n && server == r->last_server; i++) server = pick_server(w, r->pool);
+        r->server = server;
+        r->peer = conf->upstreams[r->pool].servers[server].addr.text;
+    }
+    rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM_REQUEST);
+    if (rc != MOXY_AGAIN) try_after_request_hooks(r, rc);
+}
+
+static void try_after_request_hooks(moxy_req_t *r, int rc)
+{
+    moxy_client_t *c = r->c;
+    if (rc != MOXY_OK) {
+        try_hooks_ended(r, rc, "script error in on_upstream_request");
+        return;
+    }
+    if (r->expect_continue && !r->body_done && r->tries == 1) {
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (moxy_client_send(c) != MOXY_OK) return;
+    }
+    try_connect(r);
+}
+
+/* The number of tries r may make. */
+static int tries_max(const moxy_req_t *r)
+{
+    return r->pool >= 0 ? r->c->w->conf->upstreams[r->pool].tries : 2;
+}
+
+/* This try of r failed before any response byte (u: its connection, or
+ * NULL): start the next try when r may have one (retryable, its body not
+ * streamed yet, tries left, another peer to go to).  1 when it did. */
+static int try_again(moxy_req_t *r, moxy_upconn_t *u, const char *why)
+{
+    if (!r->retryable || r->tries >= tries_max(r) || r->resp_head_sent || r->c->dead ||
+        (r->body_kind != MOXY_BODY_NONE && r->body_read > 0))
+        return 0;
+    /* another peer: another server of the pool, or what on_upstream says */
+    const moxy_worker_t *w = r->c->w;
+    if (!moxy_lua_has(w, MOXY_PHASE_UPSTREAM) && (r->pool < 0 || w->conf->upstreams[r->pool].nservers < 2))
+        return 0;
+    moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; trying again (%d of %d)", r->peer, why,
+             r->tries + 1, tries_max(r));
+    if (u) {
+        r->up = NULL;
+        u->req = NULL;
+        moxy_upconn_close(u);
+    }
+    r->error = why;
+    r->last_server = r->server;
+    moxy_upstream_try(r);
+    return 1;
+}
+
+static void try_connect(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_worker_t *w = c->w;
     moxy_upconn_t *u = NULL;
-    r->tries++;
-    int server = pick_server(w, r->pool);
-    if (r->tries == 1 && (u = TAILQ_FIRST(&rt->idle[server]))) {
-        TAILQ_REMOVE(&rt->idle[server], u, idle_link);
+    event_base_gettimeofday_cached(w->base, &r->up_started);
+    if (r->server >= 0 && r->tries == 1 && (u = TAILQ_FIRST(&w->pools[r->pool].idle[r->server]))) {
+        moxy_pool_rt_t *rt = &w->pools[r->pool];
+        TAILQ_REMOVE(&rt->idle[r->server], u, idle_link);
         rt->nidle--;
         u->idle = 0;
         u->reused = 1;
     } else {
         const char *err = NULL;
-        u = up_connect(w, r->pool, server, &err);
+        const moxy_addr_t *a = r->server >= 0 ? &w->conf->upstreams[r->pool].servers[r->server].addr
+                                              : r->peer_addr;
+        u = up_connect(w, a, r->server >= 0 ? r->pool : -1, r->server, &err);
         if (!u) {
-            r->peer = w->conf->upstreams[r->pool].servers[server].addr.text;
-            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s (pool %s): %s", r->peer,
-                     w->conf->upstreams[r->pool].name, err);
-            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
-            return MOXY_ERROR;
+            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
+            if (!try_again(r, NULL, "cannot connect to origin"))
+                moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            return;
         }
     }
-    r->peer = w->conf->upstreams[r->pool].servers[u->server].addr.text;
+    if (u->connected) r->up_connected = r->up_started;
     u->req = r;
     r->up = u;
     u->got_bytes = u->head_done = u->eof = u->interim = u->in_trailers = 0;
-    u->keepalive = 1;
+    u->keepalive = u->server >= 0; /* set_peer connections are not kept */
     u->body_done = u->write_failed = 0;
     u->head_bytes = 0;
     u->field = u->value = NULL;
@@ -244,7 +346,7 @@ int moxy_upstream_start(moxy_req_t *r)
     u->parser.data = u;
     if (up_write_head(r, u) != MOXY_OK) {
         moxy_req_upstream_failed(r, 500, "out of memory");
-        return MOXY_ERROR;
+        return;
     }
     /* The read timeout starts once the whole request is sent (as nginx's
      * proxy_read_timeout); until then the client's body timeout rules. */
@@ -257,11 +359,11 @@ int moxy_upstream_start(moxy_req_t *r)
         event_add(&u->wev, &w->tv_connect);
         u->writing = 1;
     }
-    return MOXY_OK;
 }
 
-/* The origin failed this request. */
-static void up_fail(moxy_upconn_t *u, int status, const char *why)
+/* The origin failed this request: try again elsewhere when the failure came
+ * before any response byte and r may (retry), else answer status. */
+static void up_fail(moxy_upconn_t *u, int status, const char *why, int retry)
 {
     moxy_req_t *r = u->req;
     if (!r) {
@@ -269,7 +371,8 @@ static void up_fail(moxy_upconn_t *u, int status, const char *why)
         return;
     }
     moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
-             u->w->conf->upstreams[u->pool].name, why);
+             u->pool >= 0 ? u->w->conf->upstreams[u->pool].name : "-", why);
+    if (retry && !u->got_bytes && try_again(r, u, why)) return;
     moxy_req_upstream_failed(r, status, why);
 }
 
@@ -315,7 +418,7 @@ void moxy_upstream_send(moxy_upconn_t *u)
 static void up_write(moxy_upconn_t *u, short what)
 {
     if (what & EV_TIMEOUT) {
-        up_fail(u, 504, u->connected ? "origin write timed out" : "connect to origin timed out");
+        up_fail(u, 504, u->connected ? "origin write timed out" : "connect to origin timed out", !u->connected);
         return;
     }
     if (!u->connected) {
@@ -325,12 +428,15 @@ static void up_write(moxy_upconn_t *u, short what)
         if (err) {
             if (u->req)
                 moxy_log(MOXY_LOG_DEBUG, u->req->id, "connect to %s: %s", u->req->peer, strerror(err));
-            up_fail(u, 502, err == ECONNREFUSED ? "connect failed: connection refused"
-                            : err == ETIMEDOUT  ? "connect failed: timed out"
-                                                : "connect failed");
+            up_fail(u, 502,
+                    err == ECONNREFUSED ? "connect failed: connection refused"
+                    : err == ETIMEDOUT  ? "connect failed: timed out"
+                                        : "connect failed",
+                    1);
             return;
         }
         u->connected = 1;
+        if (u->req) event_base_gettimeofday_cached(u->w->base, &u->req->up_connected);
         event_del(&u->wev);
         u->writing = 0;
     }
@@ -491,7 +597,7 @@ static int rs_chunk_header(llhttp_t *p)
         u->in_trailers = 1;
         return 0;
     }
-    if (r->resp_chunked_out) moxy_chunk_head(r->c->out, p->content_length);
+    if (r->resp_chunked_out && !r->filtering) moxy_chunk_head(r->c->out, p->content_length);
     return 0;
 }
 
@@ -499,7 +605,7 @@ static int rs_chunk_complete(llhttp_t *p)
 {
     moxy_upconn_t *u = p->data;
     moxy_req_t *r = u->req;
-    if (!u->in_trailers && r->resp_chunked_out) evbuffer_add(r->c->out, "\r\n", 2);
+    if (!u->in_trailers && r->resp_chunked_out && !r->filtering) evbuffer_add(r->c->out, "\r\n", 2);
     return 0;
 }
 
@@ -507,6 +613,10 @@ static int rs_body(llhttp_t *p, const char *at, size_t n)
 {
     moxy_upconn_t *u = p->data;
     moxy_req_t *r = u->req;
+    if (r->filtering) {
+        evbuffer_add(r->filter_in, at, n);
+        return 0;
+    }
     evbuffer_add(r->c->out, at, n);
     r->bytes_sent += n;
     return 0;
@@ -520,7 +630,7 @@ static int rs_message_complete(llhttp_t *p)
         u->interim = 0;
         return 0;
     }
-    if (r->resp_body_kind == MOXY_BODY_CHUNKED && r->resp_chunked_out)
+    if (r->resp_body_kind == MOXY_BODY_CHUNKED && r->resp_chunked_out && !r->filtering)
         moxy_chunk_end(r->c->out, &r->resp_trailers);
     u->body_done = 1;
     return HPE_PAUSED;
@@ -582,33 +692,37 @@ static int up_parse(moxy_upconn_t *u, const char **why)
     return rc;
 }
 
-/* The response is complete: keep the connection for the next request when
- * it is clean, then let the client side finish. */
-static void up_response_done(moxy_upconn_t *u)
+/* The origin's response is complete: keep the connection for the next
+ * request when it is clean. */
+static void up_finished(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
     moxy_worker_t *w = u->w;
+    event_base_gettimeofday_cached(w->base, &r->up_done);
+    r->up = NULL;
+    u->req = NULL;
+    if (u->pool < 0 || u->server < 0) {
+        moxy_upconn_close(u);
+        return;
+    }
     const moxy_upstream_conf_t *uc = &w->conf->upstreams[u->pool];
     moxy_pool_rt_t *rt = &w->pools[u->pool];
     int reuse = u->keepalive && !u->eof && !u->write_failed && r->body_done &&
                 evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 &&
                 rt->nidle < uc->keepalive && !w->draining;
-    r->up = NULL;
-    u->req = NULL;
-    if (reuse) {
-        if (u->writing) event_del(&u->wev);
-        u->writing = 0;
-        event_add(&u->rev, rt->ctv_idle);
-        u->reading = 1;
-        u->idle = 1;
-        u->field = u->value = NULL;
-        u->field_cap = u->value_cap = 0;
-        TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
-        rt->nidle++;
-    } else {
+    if (!reuse) {
         moxy_upconn_close(u);
+        return;
     }
-    moxy_req_response_done(r);
+    if (u->writing) event_del(&u->wev);
+    u->writing = 0;
+    event_add(&u->rev, rt->ctv_idle);
+    u->reading = 1;
+    u->idle = 1;
+    u->field = u->value = NULL;
+    u->field_cap = u->value_cap = 0;
+    TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
+    rt->nidle++;
 }
 
 /* The origin closed (or reset) before the response head was complete. */
@@ -620,20 +734,118 @@ static void up_eof_before_head(moxy_upconn_t *u)
      * been lost (no body streamed yet). */
     if (u->reused && !u->got_bytes && r->body_kind == MOXY_BODY_NONE && r->tries == 1) {
         moxy_upconn_close(u);
-        moxy_upstream_start(r);
+        moxy_upstream_try(r);
         return;
     }
-    up_fail(u, 502, u->got_bytes ? "origin closed the connection in the response head"
-                                  : "origin closed the connection without answering");
+    up_fail(u, 502,
+            u->got_bytes ? "origin closed the connection in the response head"
+                         : "origin closed the connection without answering",
+            1);
 }
 
+/* --- on_body: the response body through the hooks --- */
+
+/* Send the on_body hooks' output (rc: how they ended) to the client,
+ * framed; after the last call, the end of the body.  MOXY_OK, or
+ * MOXY_ERROR when a hook failed: the response is cut (its head is out). */
+static int filter_emit(moxy_req_t *r, int rc)
+{
+    moxy_client_t *c = r->c;
+    if (rc == MOXY_ERROR) {
+        r->error = "script error in on_body";
+        moxy_log(MOXY_LOG_WARN, r->id, "response cut: script error in on_body");
+        moxy_client_close(c);
+        return MOXY_ERROR;
+    }
+    size_t n = evbuffer_get_length(r->filter_out);
+    if (n) {
+        if (r->resp_chunked_out) moxy_chunk_head(c->out, n);
+        evbuffer_add_buffer(c->out, r->filter_out);
+        if (r->resp_chunked_out) evbuffer_add(c->out, "\r\n", 2);
+        r->bytes_sent += n;
+    }
+    if (r->filter_final && r->resp_chunked_out) moxy_chunk_end(c->out, &r->resp_trailers);
+    return MOXY_OK;
+}
+
+/* Hand what filter_in holds -- and the end, once the origin's body is
+ * complete -- to the on_body hooks.  MOXY_OK: all handed over, more may
+ * come; MOXY_AGAIN: a hook waits; MOXY_DONE: the body's end went out;
+ * MOXY_ERROR: a hook failed and the client connection is cut. */
+static int filter_pump(moxy_req_t *r)
+{
+    for (;;) {
+        size_t n = evbuffer_get_length(r->filter_in);
+        if (n == 0 && !r->filter_eof) return MOXY_OK;
+        const char *data = n ? (const char *)evbuffer_pullup(r->filter_in, (ev_ssize_t)n) : "";
+        r->filter_final = r->filter_eof;
+        int rc = moxy_lua_run_body(r, data, n, r->filter_final, r->filter_out);
+        evbuffer_drain(r->filter_in, n); /* the hooks got a copy */
+        if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+        if (filter_emit(r, rc) != MOXY_OK) return MOXY_ERROR;
+        if (r->filter_final) return MOXY_DONE;
+    }
+}
+
+/* Go on after the hooks handled a piece: the next pieces, the end, or
+ * more of the origin's body. */
+static void filter_continue(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_upconn_t *u = r->up;
+    int rc = filter_pump(r);
+    if (rc == MOXY_ERROR) return;
+    if (rc == MOXY_AGAIN) {
+        if (u) up_stop_read(u);
+        return;
+    }
+    if (rc == MOXY_DONE) {
+        moxy_req_response_done(r);
+        return;
+    }
+    if (moxy_client_send(c) != MOXY_OK || !u) return;
+    if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) {
+        up_stop_read(u);
+        return;
+    }
+    moxy_upstream_resume_read(u);
+    if (evbuffer_get_length(u->in) > 0 || u->eof) up_process(u);
+}
+
+/* Decide whether r's response body goes through on_body, before its head is
+ * written (a filtered body loses its Content-Length: chunked, or close-
+ * delimited for HTTP/1.0).  MOXY_ERROR: out of memory. */
+static int filter_start(moxy_req_t *r)
+{
+    moxy_worker_t *w = r->c->w;
+    r->filtering = moxy_lua_has(w, MOXY_PHASE_BODY) && !r->no_filter &&
+                   r->resp_body_kind != MOXY_BODY_NONE;
+    if (!r->filtering) return MOXY_OK;
+    if (!r->filter_in) r->filter_in = evbuffer_new();
+    if (!r->filter_out) r->filter_out = evbuffer_new();
+    return r->filter_in && r->filter_out ? MOXY_OK : MOXY_ERROR;
+}
+
+void moxy_upstream_req_free(moxy_req_t *r)
+{
+    if (r->filter_in) evbuffer_free(r->filter_in);
+    if (r->filter_out) evbuffer_free(r->filter_out);
+    r->filter_in = r->filter_out = NULL;
+}
+
+/* --- the response --- */
+
 /* The on_response hooks ran (rc from moxy_lua_run): MOXY_OK when the
- * origin's response goes on to the client; otherwise the request was
- * answered (the hooks' answer or a 500) and u is closed. */
+ * origin's response goes on to the client (its head is queued); otherwise
+ * the request was answered (the hooks' answer or a 500) and u is closed. */
 static int up_after_response_hooks(moxy_upconn_t *u, int rc)
 {
     moxy_req_t *r = u->req;
-    if (rc == MOXY_OK) return MOXY_OK;
+    if (rc == MOXY_OK && filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
+    if (rc == MOXY_OK) {
+        moxy_resp_write_head(r);
+        return MOXY_OK;
+    }
     /* the origin's body will not be read: its connection cannot be reused */
     r->up = NULL;
     u->req = NULL;
@@ -648,11 +860,23 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
 
 void moxy_upstream_hooks_done(moxy_req_t *r, int rc)
 {
+    switch (r->hook_phase) {
+    case MOXY_PHASE_UPSTREAM:
+        try_after_upstream_hooks(r, rc);
+        return;
+    case MOXY_PHASE_UPSTREAM_REQUEST:
+        try_after_request_hooks(r, rc);
+        return;
+    case MOXY_PHASE_BODY:
+        if (filter_emit(r, rc) != MOXY_OK) return;
+        if (r->filter_final) moxy_req_response_done(r);
+        else filter_continue(r);
+        return;
+    }
     moxy_upconn_t *u = r->up;
     if (!u) return;
     up_hold(u);
     if (up_after_response_hooks(u, rc) == MOXY_OK) {
-        moxy_resp_write_head(r);
         moxy_upstream_resume_read(u);
         if (evbuffer_get_length(u->in) > 0 || u->eof) up_process(u);
         else moxy_client_send(r->c);
@@ -676,6 +900,11 @@ static void up_process(moxy_upconn_t *u)
         if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) up_stop_read(u);
         return;
     }
+    if (r->hook) {
+        /* hooks wait (on_response, on_body): the rest waits in the socket */
+        up_stop_read(u);
+        return;
+    }
 
     if (!u->head_done) {
         const char *why = NULL;
@@ -685,7 +914,7 @@ static void up_process(moxy_upconn_t *u)
             snprintf(msg, sizeof(msg), "invalid response from origin: %s", why);
             moxy_log(MOXY_LOG_ERR, r->id, "origin %s: %s", r->peer, msg);
             u->keepalive = 0;
-            up_fail(u, 502, "invalid response from origin");
+            up_fail(u, 502, "invalid response from origin", 0);
             return;
         }
         if (rc == MOXY_AGAIN) {
@@ -694,9 +923,11 @@ static void up_process(moxy_upconn_t *u)
             return;
         }
         u->head_done = 1;
+        r->up_status = r->status;
+        event_base_gettimeofday_cached(u->w->base, &r->up_header);
         if (r->status == 101) {
             if (!r->upgrade) {
-                up_fail(u, 502, "origin switched protocols without being asked");
+                up_fail(u, 502, "origin switched protocols without being asked", 0);
                 return;
             }
             moxy_resp_write_head(r);
@@ -706,17 +937,16 @@ static void up_process(moxy_upconn_t *u)
             else moxy_client_send(c);
             return;
         }
-        if (moxy_lua_has(u->w, MOXY_PHASE_RESPONSE)) {
-            int rc = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
-            if (rc == MOXY_AGAIN) {
-                up_stop_read(u); /* the body waits in the socket */
-                return;
-            }
-            if (up_after_response_hooks(u, rc) != MOXY_OK) return;
+        int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
+        if (rc2 == MOXY_AGAIN) {
+            up_stop_read(u); /* the body waits in the socket */
+            return;
         }
-        moxy_resp_write_head(r);
+        if (up_after_response_hooks(u, rc2) != MOXY_OK) return;
     }
 
+    struct evbuffer *to = r->filtering ? r->filter_in : c->out;
+    int framed = r->resp_chunked_out && !r->filtering; /* we chunk here, not the filter */
     int done = 0;
     switch (r->resp_body_kind) {
     case MOXY_BODY_NONE:
@@ -726,20 +956,20 @@ static void up_process(moxy_upconn_t *u)
         size_t have = evbuffer_get_length(u->in);
         size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
         if (n) {
-            moxy_io_move(c->out, u->in, n);
+            moxy_io_move(to, u->in, n);
             r->resp_body_left -= n;
-            r->bytes_sent += n;
+            if (!r->filtering) r->bytes_sent += n;
         }
         done = r->resp_body_left == 0;
         break;
     }
     case MOXY_BODY_CHUNKED: {
         const char *why = NULL;
-        int rc = up_parse(u, &why);
+        int rc = up_parse(u, &why); /* rs_body writes to c->out or filter_in */
         if (rc == MOXY_ERROR) {
             moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, why);
             u->keepalive = 0;
-            up_fail(u, 502, "invalid chunked body from origin");
+            up_fail(u, 502, "invalid chunked body from origin", 0);
             return;
         }
         done = rc == MOXY_OK;
@@ -748,13 +978,13 @@ static void up_process(moxy_upconn_t *u)
     case MOXY_BODY_EOF: {
         size_t have = evbuffer_get_length(u->in);
         if (have) {
-            if (r->resp_chunked_out) moxy_chunk_head(c->out, have);
-            moxy_io_move(c->out, u->in, have);
-            if (r->resp_chunked_out) evbuffer_add(c->out, "\r\n", 2);
-            r->bytes_sent += have;
+            if (framed) moxy_chunk_head(c->out, have);
+            moxy_io_move(to, u->in, have);
+            if (framed) evbuffer_add(c->out, "\r\n", 2);
+            if (!r->filtering) r->bytes_sent += have;
         }
         if (u->eof) {
-            if (r->resp_chunked_out) moxy_chunk_end(c->out, NULL);
+            if (framed) moxy_chunk_end(c->out, NULL);
             done = 1;
         }
         break;
@@ -762,11 +992,21 @@ static void up_process(moxy_upconn_t *u)
     }
 
     if (done) {
-        up_response_done(u);
+        up_finished(u);
+        if (!r->filtering) {
+            moxy_req_response_done(r);
+            return;
+        }
+        r->filter_eof = 1;
+        filter_continue(r);
         return;
     }
     if (u->eof) {
-        up_fail(u, 502, "origin closed the connection in the middle of the body");
+        up_fail(u, 502, "origin closed the connection in the middle of the body", 0);
+        return;
+    }
+    if (r->filtering) {
+        filter_continue(r);
         return;
     }
     if (moxy_client_send(c) != MOXY_OK) return;
@@ -782,7 +1022,7 @@ static void up_read(moxy_upconn_t *u, short what)
         } else if (r->c->state == MOXY_C_TUNNEL) {
             moxy_client_close(r->c);
         } else {
-            up_fail(u, 504, "origin read timed out");
+            up_fail(u, 504, "origin read timed out", 1);
         }
         return;
     }

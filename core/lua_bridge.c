@@ -4,29 +4,38 @@
  * see lua_bridge.h.
  *
  * A hook coroutine runs runtime.coroutine_body: it runs one request's hooks
- * and yields DONE, then waits to be resumed with the next request.  Idle
- * coroutines are kept per worker, so a hook that never yields costs one
- * lua_resume and no allocation.  A hook that calls moxy.sleep yields SLEEP:
- * the request keeps its coroutine (referenced from the registry so the GC
- * leaves it alone), a timer is armed, and the coroutine is resumed with the
- * request pointer when it fires.  A coroutine that failed, or whose client
- * left while it was parked, is dropped and collected.
+ * of one phase (or one timer callback) and yields DONE, then waits to be
+ * resumed with the next.  Idle coroutines are kept per worker, so a hook
+ * that never yields costs one lua_resume and no allocation: its task lives
+ * on the C stack.  A yielding call (moxy.sleep, moxy.http, txn:read_body)
+ * first asks C to start what it waits for -- which moves the running task
+ * into stable memory (the request pool, or malloc for a timer's task) --
+ * then yields WAIT; the task keeps its coroutine referenced from the
+ * registry (so the GC leaves it alone) and is resumed with the request
+ * pointer and the results when the event fires.  A coroutine that failed,
+ * or whose client left while it was parked, is dropped and collected.
  */
 #include "lua_bridge.h"
+#include "ffi.h"
 #include "http.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "worker.h"
 
+#include <event2/buffer.h>
 #include <lauxlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-#define CO_FREE_MAX 1024 /* idle coroutines kept per worker */
+#define EXPORT __attribute__((visibility("default")))
 
-enum { YIELD_DONE = 0, YIELD_SLEEP = 1 }; /* runtime.DONE, runtime.SLEEP */
+#define CO_FREE_MAX 1024   /* idle coroutines kept per worker */
+#define TIMERS_MAX 65536   /* moxy.timer timers pending per worker */
+#define PHASE_TIMER MOXY_PHASES /* runtime.TIMER: a timer's callback, not a phase */
+
+enum { YIELD_DONE = 0, YIELD_WAIT = 1 }; /* runtime.DONE, runtime.WAIT */
 
 /* A hook coroutine and its registry reference. */
 struct moxy_lua_co_s {
@@ -34,12 +43,40 @@ struct moxy_lua_co_s {
     int ref;
 };
 
-/* The hooks of a request parked on an event (r->hook), in the request pool. */
-typedef struct {
+/* A moxy.timer timer: runtime.timers[id] holds its function. */
+typedef struct moxy_lua_timer_s {
+    moxy_worker_t *w;
+    struct event ev;
+    int id;
+    double interval;            /* > 0: moxy.timer.every */
+    moxy_lua_task_t *task;      /* its callback, parked, or NULL */
+    unsigned running : 1;       /* its callback runs (maybe parked) */
+    unsigned cancelled : 1;
+    LIST_ENTRY(moxy_lua_timer_s) link;
+} moxy_lua_timer_t;
+
+/* One run of hooks: a request's phase, or a timer's callback. */
+struct moxy_lua_task_s {
+    moxy_worker_t *w;
     struct moxy_lua_co_s co;
-    struct event timer;
-    moxy_req_t *r;
-} hook_state_t;
+    moxy_req_t *r;              /* NULL: a timer's callback */
+    moxy_lua_timer_t *timer;    /* the timer whose callback this is, or NULL */
+    struct evbuffer *body_out;  /* on_body: where the hooks' result goes */
+    struct event sleep;         /* moxy.sleep (assigned once stable) */
+    void *op;                   /* the operation it waits for, or NULL */
+    void (*cancel)(void *op);
+    unsigned stable : 1;        /* in the request pool or malloc'ed, not on the C stack */
+    unsigned sleeping : 1;
+    unsigned waiting : 1;       /* something will wake it */
+};
+
+static const char *const phase_names[MOXY_PHASES + 1] = {
+    "on_request", "on_upstream", "on_upstream_request", "on_response",
+    "on_body",    "on_log",      "on_error",            "timer"};
+
+/* The task whose coroutine runs on this thread, and the worker. */
+static _Thread_local moxy_lua_task_t *cur_task;
+static _Thread_local moxy_worker_t *cur_worker;
 
 /* The CPU budget of a hook call.  LuaJIT runs no debug hook inside compiled
  * code, so the functions of a script are kept out of the JIT (runtime.lua:
@@ -109,8 +146,6 @@ static int run_once(lua_State *L, const char *name)
     return lua_pcall(L, 1, 0, 0);
 }
 
-static const char *const phase_names[MOXY_PHASES] = {"on_request", "on_response", "on_error"};
-
 /* Push runtime.load(conf->scripts) results; returns the lua_pcall status.
  * Leaves the runtime module below the result (or the error). */
 static int load_scripts(lua_State *L, const moxy_conf_t *conf)
@@ -133,6 +168,8 @@ static int load_scripts(lua_State *L, const moxy_conf_t *conf)
 
 int moxy_lua_worker_init(moxy_worker_t *w)
 {
+    LIST_INIT(&w->timers);
+    w->lua_body = LUA_NOREF;
     w->L = moxy_lua_new(w->conf->dir);
     if (!w->L) {
         snprintf(w->error, sizeof(w->error), "cannot create a Lua VM");
@@ -144,35 +181,64 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         return MOXY_ERROR;
     }
     /* runtime.load returns the number of hooks of each phase */
-    int nhooks = 0;
+    w->lua_phases = 0;
     for (int i = 0; i < MOXY_PHASES; i++) {
         lua_getfield(L, -1, phase_names[i]);
         w->lua_hooks[i] = (int)lua_tointeger(L, -1);
-        nhooks += w->lua_hooks[i];
+        w->lua_phases += w->lua_hooks[i] > 0;
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    /* every coroutine runs the same body: hooks, or a timer's callback */
+    lua_getfield(L, -1, "coroutine_body");
+    w->lua_body = luaL_ref(L, LUA_REGISTRYINDEX);
+    cur_worker = w; /* worker_init may start timers */
     if (run_once(L, "worker_init") != 0) {
         snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
         return MOXY_ERROR;
     }
     if (w->conf->cpu_budget > 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
-    w->lua_body = LUA_NOREF;
-    if (nhooks > 0) {
-        lua_getfield(L, -1, "coroutine_body");
-        w->lua_body = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
     lua_settop(L, 0);
     return MOXY_OK;
 }
 
+/* Stop what t waits for and drop its coroutine (the GC collects it). */
+static void task_drop(moxy_lua_task_t *t)
+{
+    if (t->sleeping) event_del(&t->sleep);
+    t->sleeping = 0;
+    if (t->op) t->cancel(t->op);
+    t->op = NULL;
+    t->waiting = 0;
+    luaL_unref(t->w->L, LUA_REGISTRYINDEX, t->co.ref);
+}
+
+static void timer_free(moxy_lua_timer_t *tm)
+{
+    event_del(&tm->ev);
+    LIST_REMOVE(tm, link);
+    tm->w->ntimers--;
+    free(tm);
+}
+
 void moxy_lua_worker_free(moxy_worker_t *w)
 {
+    if (w->L) {
+        moxy_lua_timer_t *tm;
+        while ((tm = LIST_FIRST(&w->timers))) {
+            if (tm->task) {
+                task_drop(tm->task);
+                free(tm->task);
+            }
+            timer_free(tm);
+        }
+    }
     free(w->co_free);
     w->co_free = NULL;
     w->nco_free = w->co_free_cap = 0;
     if (w->L) lua_close(w->L);
     w->L = NULL;
+    if (cur_worker == w) cur_worker = NULL;
 }
 
 /* A coroutine for a request: an idle one, or a new one with the body pushed. */
@@ -189,7 +255,7 @@ static void co_get(moxy_worker_t *w, struct moxy_lua_co_s *out)
     lua_xmove(L, out->co, 1);
 }
 
-/* The coroutine finished a request cleanly: keep it for the next one. */
+/* The coroutine finished a run cleanly: keep it for the next one. */
 static void co_put(moxy_worker_t *w, struct moxy_lua_co_s co)
 {
     if (w->nco_free == w->co_free_cap && w->co_free_cap < CO_FREE_MAX) {
@@ -204,63 +270,89 @@ static void co_put(moxy_worker_t *w, struct moxy_lua_co_s co)
     else luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
 }
 
-static void hook_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void task_sleep_cb(evutil_socket_t fd, short what, void *arg);
 
-/* Resume co for r with nargs values on its stack and act on what it yields. */
-static int co_resume(moxy_req_t *r, struct moxy_lua_co_s co, int nargs)
+/* The running task, moved to stable memory first if it is still on the C
+ * stack (an operation is about to keep a pointer to it).  NULL outside a
+ * task, or when out of memory. */
+static moxy_lua_task_t *task_current(void)
 {
-    moxy_worker_t *w = r->c->w;
-    lua_State *c = co.co;
+    moxy_lua_task_t *t = cur_task;
+    if (!t || t->stable) return t;
+    moxy_lua_task_t *s = t->r ? moxy_palloc(&t->r->c->pool, sizeof(*s)) : malloc(sizeof(*s));
+    if (!s) return NULL;
+    *s = *t;
+    s->stable = 1;
+    evtimer_assign(&s->sleep, s->w->base, task_sleep_cb, s);
+    cur_task = s;
+    return s;
+}
+
+/* The request pointer as resumed coroutines receive it.  It travels as a
+ * number: ffi.cast of a light userdata is not compiled by LuaJIT's JIT
+ * (NYI), a number to pointer cast is. */
+static void push_req(lua_State *co, const moxy_req_t *r)
+{
+    lua_pushnumber(co, (lua_Number)(uintptr_t)r);
+}
+
+static void log_task_error(moxy_lua_task_t *t, const char *msg)
+{
+    int phase = t->r ? t->r->hook_phase : PHASE_TIMER;
+    moxy_log(MOXY_LOG_ERR, t->r ? t->r->id : NULL, "%s: %s", phase_names[phase], msg);
+}
+
+/* Resume t's coroutine (nargs values pushed) and act on what it yields:
+ * MOXY_OK / MOXY_DONE when the run is over, MOXY_AGAIN when it waits (t is
+ * then stable: *tp points to it), MOXY_ERROR when it failed (logged). */
+static int co_resume(moxy_lua_task_t **tp, int nargs)
+{
+    moxy_lua_task_t *t = *tp;
+    moxy_worker_t *w = t->w;
+    moxy_req_t *r = t->r;
+    lua_State *c = t->co.co;
+    moxy_lua_task_t *outer = cur_task;
+    cur_task = t;
     budget_arm(w);
     int st = lua_resume(c, nargs);
     budget_disarm(w);
+    t = *tp = cur_task; /* task_current may have moved it */
+    cur_task = outer;
     if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 3) {
         int answered = lua_toboolean(c, 2);
-        /* keep the txn (and its ctx) for the request's later phases */
-        if (r->hook_phase == MOXY_PHASE_REQUEST &&
-            (w->lua_hooks[MOXY_PHASE_RESPONSE] > 0 || w->lua_hooks[MOXY_PHASE_ERROR] > 0) &&
-            !r->txn_ref && lua_istable(c, 3)) {
-            lua_xmove(c, w->L, 1);
-            r->txn_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
-        }
-        lua_settop(c, 0);
-        co_put(w, co);
-        return answered && r->local ? MOXY_DONE : MOXY_OK;
-    }
-    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_SLEEP) {
-        double secs = lua_tonumber(c, 2);
-        lua_settop(c, 0);
-        hook_state_t *h = r->hook;
-        if (!h) {
-            h = moxy_palloc(&r->c->pool, sizeof(*h));
-            if (!h) {
-                luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
-                moxy_log(MOXY_LOG_ERR, r->id, "%s: out of memory", phase_names[r->hook_phase]);
-                return MOXY_ERROR;
+        if (r) {
+            if (t->body_out) {
+                size_t n;
+                const char *s = lua_tolstring(c, 4, &n);
+                if (s && n) evbuffer_add(t->body_out, s, n);
             }
-            h->r = r;
-            evtimer_assign(&h->timer, w->base, hook_timer_cb, h);
-            r->hook = h;
+            /* keep the txn (and its ctx) for the request's later phases */
+            if (w->lua_phases > 1 && !r->txn_ref && lua_istable(c, 3)) {
+                lua_pushvalue(c, 3);
+                lua_xmove(c, w->L, 1);
+                r->txn_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+            }
         }
-        h->co = co;
-        struct timeval tv;
-        if (!(secs > 0)) secs = 0;
-        if (secs > 1e7) secs = 1e7;
-        tv.tv_sec = (time_t)secs;
-        tv.tv_usec = (suseconds_t)((secs - floor(secs)) * 1e6);
-        evtimer_add(&h->timer, &tv);
+        lua_settop(c, 0);
+        co_put(w, t->co);
+        return answered && r && r->local ? MOXY_DONE : MOXY_OK;
+    }
+    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_WAIT && t->waiting) {
+        lua_settop(c, 0);
+        if (r) r->hook = t;
+        else t->timer->task = t;
         return MOXY_AGAIN;
     }
     /* an error, or a yield that did not come from moxy's API */
     if (st == LUA_YIELD)
-        moxy_log(MOXY_LOG_ERR, r->id, "%s: a hook yielded outside moxy's API (coroutine.yield in a hook?)",
-                 phase_names[r->hook_phase]);
+        log_task_error(t, "a hook yielded outside moxy's API (coroutine.yield in a hook?)");
     else
-        moxy_log(MOXY_LOG_ERR, r->id, "%s: %s", phase_names[r->hook_phase],
-                 lua_isstring(c, -1) ? lua_tostring(c, -1) : "(error object is not a string)");
-    luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
-    r->local = 0;
-    r->resp_headers.n = 0;
+        log_task_error(t, lua_isstring(c, -1) ? lua_tostring(c, -1) : "(error object is not a string)");
+    task_drop(t);
+    if (r) {
+        r->local = 0; /* a half-made answer is not sent */
+        if (r->hook_phase < MOXY_PHASE_BODY) r->resp_headers.n = 0;
+    }
     return MOXY_ERROR;
 }
 
@@ -269,41 +361,119 @@ int moxy_lua_has(const moxy_worker_t *w, int phase)
     return w->lua_hooks[phase] > 0;
 }
 
-int moxy_lua_run(moxy_req_t *r, int phase)
+/* Start a run of phase's hooks for r: coroutine, request, phase, txn. */
+static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 {
     moxy_worker_t *w = r->c->w;
-    if (w->lua_hooks[phase] == 0) return MOXY_OK;
-    struct moxy_lua_co_s co;
-    co_get(w, &co);
+    t->w = w;
+    t->r = r;
+    co_get(w, &t->co);
     r->hook_phase = phase;
-    /* The pointer travels as a number: ffi.cast of a light userdata is not
-     * compiled by LuaJIT's JIT (NYI), a number to pointer cast is. */
-    lua_pushnumber(co.co, (lua_Number)(uintptr_t)r);
-    lua_pushinteger(co.co, phase);
+    push_req(t->co.co, r);
+    lua_pushinteger(t->co.co, phase);
     if (r->txn_ref > 0) {
         lua_rawgeti(w->L, LUA_REGISTRYINDEX, r->txn_ref);
-        lua_xmove(w->L, co.co, 1);
+        lua_xmove(w->L, t->co.co, 1);
     } else {
-        lua_pushnil(co.co);
+        lua_pushnil(t->co.co);
     }
-    return co_resume(r, co, 3);
 }
 
-static void hook_timer_cb(evutil_socket_t fd, short what, void *arg)
+int moxy_lua_run(moxy_req_t *r, int phase)
 {
-    hook_state_t *h = arg;
-    moxy_req_t *r = h->r;
-    moxy_client_t *c = r->c;
+    if (r->c->w->lua_hooks[phase] == 0) return MOXY_OK;
+    moxy_lua_task_t task = {0}, *t = &task;
+    task_start(t, r, phase);
+    return co_resume(&t, 3);
+}
+
+int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out)
+{
+    moxy_lua_task_t task = {0}, *t = &task;
+    task_start(t, r, MOXY_PHASE_BODY);
+    t->body_out = out;
+    lua_pushlstring(t->co.co, data, len);
+    lua_pushboolean(t->co.co, eof);
+    return co_resume(&t, 5);
+}
+
+static void timer_done(moxy_lua_timer_t *tm);
+
+/* Resume a parked task (its request pointer and nargs - 1 results pushed)
+ * and, when its run is over, tell its owner. */
+static void task_resume_parked(moxy_lua_task_t *t, int nargs)
+{
+    moxy_req_t *r = t->r;
+    if (!r) {
+        moxy_lua_timer_t *tm = t->timer;
+        tm->task = NULL;
+        if (co_resume(&t, nargs) != MOXY_AGAIN) {
+            free(t);
+            timer_done(tm);
+        }
+        return;
+    }
+    /* a detached request (on_log) has no connection to hold: its end frees it */
+    moxy_client_t *c = r->hook_phase == MOXY_PHASE_LOG ? NULL : r->c;
+    if (c) moxy_client_hold(c);
+    r->hook = NULL;
+    int rc = co_resume(&t, nargs);
+    if (rc != MOXY_AGAIN) moxy_req_hooks_done(r, rc);
+    if (c) moxy_client_release(c);
+}
+
+static void task_sleep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_lua_task_t *t = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    moxy_client_hold(c);
-    lua_pushnumber(h->co.co, (lua_Number)(uintptr_t)r);
-    int rc = co_resume(r, h->co, 1);
-    if (rc != MOXY_AGAIN) {
-        r->hook = NULL;
-        moxy_req_hooks_done(r, rc);
-    }
-    moxy_client_release(c);
+    t->sleeping = 0;
+    t->waiting = 0;
+    push_req(t->co.co, t->r);
+    task_resume_parked(t, 1);
+}
+
+void moxy_lua_task_wait(moxy_lua_task_t *t, void *op, void (*cancel)(void *op))
+{
+    t->op = op;
+    t->cancel = cancel;
+    t->waiting = 1;
+}
+
+lua_State *moxy_lua_task_thread(moxy_lua_task_t *t)
+{
+    return t->co.co;
+}
+
+void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults)
+{
+    t->op = NULL;
+    t->waiting = 0;
+    push_req(t->co.co, t->r);
+    lua_insert(t->co.co, -(nresults + 1));
+    task_resume_parked(t, nresults + 1);
+}
+
+moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t)
+{
+    return t->w;
+}
+
+moxy_req_t *moxy_lua_task_req(const moxy_lua_task_t *t)
+{
+    return t->r;
+}
+
+moxy_worker_t *moxy_lua_current_worker(void)
+{
+    return cur_worker;
+}
+
+/* The running task, stable, for an FFI call that starts an operation
+ * (moxy.http, the request body...).  NULL outside hooks and timers. */
+moxy_lua_task_t *moxy_lua_current_task(void)
+{
+    return task_current();
 }
 
 void moxy_lua_req_done(moxy_req_t *r)
@@ -314,11 +484,88 @@ void moxy_lua_req_done(moxy_req_t *r)
 
 void moxy_lua_abort(moxy_req_t *r)
 {
-    hook_state_t *h = r->hook;
-    if (!h) return;
-    event_del(&h->timer);
-    luaL_unref(r->c->w->L, LUA_REGISTRYINDEX, h->co.ref);
+    moxy_lua_task_t *t = r->hook;
+    if (!t) return;
+    task_drop(t);
     r->hook = NULL;
+}
+
+/* --- moxy.sleep and moxy.timer (FFI exports, lua/moxy/runtime.lua) --- */
+
+EXPORT int moxy_ffi_sleep(double secs)
+{
+    moxy_lua_task_t *t = task_current();
+    if (!t) return MOXY_DECLINED;
+    struct timeval tv = moxy_timeval(secs > 1e7 ? 1e7 : secs);
+    evtimer_add(&t->sleep, &tv);
+    t->sleeping = 1;
+    t->waiting = 1;
+    return MOXY_OK;
+}
+
+static void timer_arm(moxy_lua_timer_t *tm, double secs)
+{
+    struct timeval tv = moxy_timeval(secs > 1e7 ? 1e7 : secs);
+    evtimer_add(&tm->ev, &tv);
+}
+
+/* The timer's callback is over: again after its interval, or gone. */
+static void timer_done(moxy_lua_timer_t *tm)
+{
+    tm->running = 0;
+    if (tm->interval > 0 && !tm->cancelled) timer_arm(tm, tm->interval);
+    else timer_free(tm);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_lua_timer_t *tm = arg;
+    moxy_worker_t *w = tm->w;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    tm->running = 1;
+    moxy_lua_task_t task = {0}, *t = &task;
+    t->w = w;
+    t->timer = tm;
+    co_get(w, &t->co);
+    lua_pushnumber(t->co.co, 0);
+    lua_pushinteger(t->co.co, PHASE_TIMER);
+    lua_pushinteger(t->co.co, tm->id);
+    if (co_resume(&t, 3) != MOXY_AGAIN) {
+        if (t->stable) free(t);
+        timer_done(tm);
+    }
+}
+
+EXPORT int moxy_ffi_timer_add(double delay, double interval, int id)
+{
+    moxy_worker_t *w = cur_worker;
+    if (!w) return MOXY_DECLINED;
+    if (w->ntimers >= TIMERS_MAX) return MOXY_ERROR;
+    moxy_lua_timer_t *tm = calloc(1, sizeof(*tm));
+    if (!tm) return MOXY_ERROR;
+    tm->w = w;
+    tm->id = id;
+    tm->interval = interval;
+    evtimer_assign(&tm->ev, w->base, timer_cb, tm);
+    LIST_INSERT_HEAD(&w->timers, tm, link);
+    w->ntimers++;
+    timer_arm(tm, delay);
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_timer_cancel(int id)
+{
+    moxy_worker_t *w = cur_worker;
+    if (!w) return MOXY_DECLINED;
+    moxy_lua_timer_t *tm;
+    LIST_FOREACH(tm, &w->timers, link) {
+        if (tm->id != id || tm->cancelled) continue;
+        if (tm->running) tm->cancelled = 1; /* freed when its callback is over */
+        else timer_free(tm);
+        return MOXY_OK;
+    }
+    return MOXY_DECLINED;
 }
 
 int moxy_lua_check_scripts(const moxy_conf_t *conf)

@@ -1,6 +1,11 @@
 /*
  * lua_bridge.h -- each worker's LuaJIT VM and the hooks it runs.  The txn
  * API itself is lua/moxy/txn.lua over the FFI exports in ffi.h.
+ *
+ * Hooks run in coroutines ("tasks").  A task belongs to a request phase, or
+ * to a timer callback (moxy.timer).  A task that yields waits for one thing:
+ * a sleep, or an operation another file runs (moxy.http's fetch, the request
+ * body); that file resumes it with moxy_lua_task_wake.
  */
 #ifndef MOXY_LUA_BRIDGE_H
 #define MOXY_LUA_BRIDGE_H
@@ -8,22 +13,30 @@
 #include "config.h"
 #include "http-t.h"
 
+#include <lua.h>
+
+typedef struct moxy_lua_task_s moxy_lua_task_t;
+
 /* Build w's VM and load conf's scripts.  MOXY_OK, or MOXY_ERROR with the
  * reason (naming file:line) in w->error. */
 int moxy_lua_worker_init(moxy_worker_t *w);
 
-/* Close w's VM. */
+/* Stop w's timers and parked tasks, then close w's VM. */
 void moxy_lua_worker_free(moxy_worker_t *w);
 
-/* The phases whose hooks moxy_lua_run runs. */
-enum { MOXY_PHASE_REQUEST = 0, MOXY_PHASE_RESPONSE, MOXY_PHASE_ERROR, MOXY_PHASES };
-
-/* Run the hooks of phase for r.  MOXY_OK: go on; MOXY_DONE: a hook answered
- * (r->status, r->local_body and r->resp_headers hold the answer, for the
- * caller to send); MOXY_ERROR: a script failed (logged with file:line),
- * answer 500; MOXY_AGAIN: a hook yielded, moxy_req_hooks_done(r, rc)
- * follows when the hooks are done (r->hook_phase says which phase). */
+/* Run the hooks of phase (MOXY_PHASE_*) for r.  MOXY_OK: go on; MOXY_DONE:
+ * a hook answered (r->status, r->local_body and r->resp_headers hold the
+ * answer, for the caller to send); MOXY_ERROR: a script failed (logged with
+ * file:line), answer 500; MOXY_AGAIN: a hook yielded, moxy_req_hooks_done(r,
+ * rc) follows when the hooks are done (r->hook_phase says which phase).
+ * MOXY_PHASE_BODY takes the chunk and eof flag through moxy_lua_run_body. */
 int moxy_lua_run(moxy_req_t *r, int phase);
+
+/* Run the on_body hooks over len bytes at data (eof: the last call).  The
+ * hooks' result is appended to out.  Return codes as moxy_lua_run (no
+ * MOXY_DONE: a body hook cannot answer); after MOXY_AGAIN the result goes
+ * to out before moxy_req_hooks_done. */
+int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out);
 
 /* 1 when phase has hooks (so a caller can skip everything else). */
 int moxy_lua_has(const moxy_worker_t *w, int phase);
@@ -31,12 +44,38 @@ int moxy_lua_has(const moxy_worker_t *w, int phase);
 /* r ends: release what its hooks kept (its txn). */
 void moxy_lua_req_done(moxy_req_t *r);
 
-/* The client of r went away while its hooks were parked: cancel their event
- * and drop their coroutine. */
+/* The client of r went away while its hooks were parked: cancel what they
+ * wait for and drop their coroutine. */
 void moxy_lua_abort(moxy_req_t *r);
 
 /* Load conf's scripts in a scratch VM and run their init hooks (moxy -t, and
  * once at start).  MOXY_OK, or MOXY_ERROR after printing the reason. */
 int moxy_lua_check_scripts(const moxy_conf_t *conf);
+
+/* --- for operations a task waits on (moxy.http, the request body) --- */
+
+/* The running task (hooks or a timer's callback), for an FFI call that
+ * starts an operation the task will wait for; NULL outside hooks. */
+moxy_lua_task_t *moxy_lua_current_task(void);
+
+/* The operation op of task t started: t waits for it.  cancel(op) is called
+ * if t is dropped first (its client left, the worker stops); after cancel,
+ * op must not wake t. */
+void moxy_lua_task_wait(moxy_lua_task_t *t, void *op, void (*cancel)(void *op));
+
+/* The coroutine of t, to push the operation's results on before waking it. */
+lua_State *moxy_lua_task_thread(moxy_lua_task_t *t);
+
+/* The operation t waited for is done and nresults values are pushed on its
+ * coroutine: resume it (its yield returns them). */
+void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults);
+
+/* The worker t runs on, and its request (NULL for a timer's task). */
+moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
+moxy_req_t *moxy_lua_task_req(const moxy_lua_task_t *t);
+
+/* The worker whose VM runs on the calling thread, or NULL (main thread,
+ * moxy test). */
+moxy_worker_t *moxy_lua_current_worker(void);
 
 #endif

@@ -212,6 +212,7 @@ static void *worker_main(void *arg)
     /* Whatever is still open is cut: it is logged as aborted. */
     moxy_client_t *c;
     while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
+    moxy_client_end_detached(w);
     moxy_alog_flush(&w->alog);
     moxy_upstream_free_worker(w);
     moxy_lua_worker_free(w);

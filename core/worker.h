@@ -32,9 +32,14 @@ struct moxy_worker_s {
     struct event_base *base;
     lua_State *L;
     int lua_body;                /* registry ref of runtime.coroutine_body, or LUA_NOREF (no hooks) */
-    int lua_hooks[3];            /* hooks per phase (MOXY_PHASE_*) */
+    int lua_hooks[MOXY_PHASES];  /* hooks per phase (MOXY_PHASE_*) */
+    int lua_phases;              /* phases with hooks: >1 keeps a request's txn between them */
     struct moxy_lua_co_s *co_free; /* idle hook coroutines, ready for the next request */
     int nco_free, co_free_cap;
+    LIST_HEAD(, moxy_lua_timer_s) timers; /* moxy.timer timers armed or running */
+    int ntimers;
+    LIST_HEAD(, moxy_client_s) detached; /* requests whose on_log hooks outlived their
+                                             connection (each counts in nconns) */
 
     moxy_listener_t *listeners;  /* one per conf->listens */
     int nlisteners;

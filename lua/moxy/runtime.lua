@@ -1,32 +1,51 @@
 -- moxy.runtime: loads the user's scripts into a worker's VM and runs their
--- hooks.  Driven from core/lua_bridge.c.
+-- hooks and timer callbacks.  Driven from core/lua_bridge.c.
 --
--- Hooks run inside coroutines so that they may yield (moxy.sleep, ...).  A
--- coroutine runs one request's hooks, yields DONE, and is then reused for the
--- next request, so a hook that never yields costs no coroutine creation.
+-- Hooks run inside coroutines so that they may yield (moxy.sleep,
+-- moxy.http, txn:read_body, ...).  A coroutine runs one request's hooks of
+-- one phase (or one timer callback), yields DONE, and is then reused, so a
+-- hook that never yields costs no coroutine creation.
 -- Protocol with C (lua_resume):
---   resume(co, ptr)           -> yields DONE, answered      hooks finished
---                             -> yields SLEEP, seconds      parked; C resumes
---   resume(co, ptr) again        after the event, with the request pointer
+--   resume(co, ptr, phase, txn[, chunk, eof])  run the hooks of a phase
+--   resume(co, 0, TIMER, id)                   run timer `id`'s callback
+--     -> yields DONE, answered, txn[, chunk]    finished
+--     -> yields WAIT                            parked: an FFI call started
+--                                               what it waits for
+--   resume(co, ptr, results...)                 after the event
+local ffi = require "ffi"
 local txn = require "moxy.txn"
 local yield = coroutine.yield
 
+ffi.cdef [[
+int moxy_ffi_sleep(double secs);
+int moxy_ffi_timer_add(double delay, double interval, int id);
+int moxy_ffi_timer_cancel(int id);
+]]
+local C = ffi.C
+local OK = 0
+
 local M = {}
 
-M.DONE, M.SLEEP = 0, 1
+M.DONE, M.WAIT = 0, 1
 
-local PHASES = { "on_request", "on_response", "on_error" } -- index - 1 = MOXY_PHASE_* in C
+-- index - 1 = MOXY_PHASE_* in C (core/http-t.h)
+local PHASES = { "on_request", "on_upstream", "on_upstream_request", "on_response", "on_body",
+                 "on_log", "on_error" }
+local P = txn.PHASE
+local TIMER = #PHASES -- a timer's callback (not a phase)
+M.PHASES = PHASES
+
 local hooks = {}
-for i, name in ipairs(PHASES) do hooks[i] = {} end
+for i in ipairs(PHASES) do hooks[i] = {} end
 local KNOWN = { init = true, worker_init = true }
 for _, name in ipairs(PHASES) do KNOWN[name] = true end
 local once = { init = {}, worker_init = {} } -- hooks that run outside requests
 
--- Load the scripts at `paths` (in order).  Raises "file:line: message".
--- Returns the number of on_request hooks.
--- `scripts`: a list of { path = ..., jit = bool }.  Unless jit is true, the
--- script's functions are kept out of the JIT, so that the CPU budget's count
--- hook (lua_bridge.c) sees them run; moxy's own modules stay compiled.
+-- Load the scripts (in order).  `scripts`: a list of { path = ..., jit =
+-- bool }.  Unless jit is true, the script's functions are kept out of the
+-- JIT, so that the CPU budget's count hook (lua_bridge.c) sees them run;
+-- moxy's own modules stay compiled.  Raises "file:line: message".
+-- Returns the number of hooks of each phase, by name.
 function M.load(scripts)
   _G.moxy = require "moxy"
   for _, s in ipairs(scripts) do
@@ -60,44 +79,94 @@ function M.load(scripts)
   return counts
 end
 
--- Run the hooks of `phase` (0-based, as in C) for the request `ptr`; true
--- when one answered.
-local function run_hooks(ptr, phase, t)
+-- The hooks of each phase (lists of functions), for moxy.test.
+M.hooks = hooks
+
+local function check_pool(p, i)
+  if type(p) ~= "string" then
+    error("on_upstream hook #" .. i .. " returned a " .. type(p) .. " (a pool name, or nothing)", 0)
+  end
+end
+
+-- on_body: each hook gets the previous one's output; nil keeps the chunk.
+local function run_body(list, t, chunk, eof)
+  for i = 1, #list do
+    local out = list[i](t, chunk, eof)
+    if out ~= nil then
+      if type(out) ~= "string" then
+        error("on_body hook #" .. i .. " returned a " .. type(out) .. " (a string, or nil to keep the chunk)", 0)
+      end
+      chunk = out
+    end
+  end
+  return chunk
+end
+
+-- Run the hooks of `phase` (0-based, as in C) for the request `ptr`.
+-- Returns answered (a hook called txn:respond), the txn, and for on_body
+-- the chunk to send.
+local function run_hooks(ptr, phase, t, chunk, eof)
   local list = hooks[phase + 1]
   if t then
     txn.enter(ptr, phase) -- a later phase: the request's txn (and ctx) again
   else
     t = txn.new(ptr, phase)
   end
+  if phase == P.body then return false, t, run_body(list, t, chunk, eof) end
   if #list == 1 then
     -- no loop for a single hook (the common case): the JIT keeps the call
     -- in one trace instead of giving up on a loop it cannot keep
-    list[1](t)
+    local p = list[1](t)
+    if p ~= nil and phase == P.upstream then
+      check_pool(p, 1)
+      t.upstream:pick(p)
+    end
     return rawget(t, "_done") == true, t
   end
   for i = 1, #list do
-    list[i](t)
+    local p = list[i](t)
+    if p ~= nil and phase == P.upstream then
+      check_pool(p, i)
+      t.upstream:pick(p)
+    end
     if rawget(t, "_done") then return true, t end
   end
   return false, t
 end
 
--- The body of every hook coroutine: run a request's hooks of one phase,
--- report, wait for the next.
+-- moxy.timer callbacks by id; C calls back with the id.
+local timers, next_timer = {}, 0
+
+local function run_timer(id)
+  local tm = timers[id]
+  if not tm then return end -- cancelled meanwhile
+  if not tm.every then timers[id] = nil end
+  tm.fn(unpack(tm.args, 1, tm.args.n))
+end
+
+local hook_cos = setmetatable({}, { __mode = "k" }) -- coroutines of coroutine_body
+
+-- The body of every hook coroutine: run a request's hooks of one phase (or
+-- a timer's callback), report, wait for the next.
 -- The txn goes back to C with DONE; C keeps it for the request's later
 -- phases when there are hooks for them.
-function M.coroutine_body(ptr, phase, t)
+function M.coroutine_body(ptr, phase, t, chunk, eof)
+  hook_cos[coroutine.running()] = true
   while true do
-    local answered
-    answered, t = run_hooks(ptr, phase, t)
-    txn.leave()
-    ptr, phase, t = yield(M.DONE, answered, t)
+    local answered, out
+    if phase == TIMER then
+      run_timer(t)
+      t = nil
+    else
+      answered, t, out = run_hooks(ptr, phase, t, chunk, eof)
+      txn.leave()
+    end
+    ptr, phase, t, chunk, eof = yield(M.DONE, answered, t, out)
   end
 end
 
 -- Outside requests (init, worker_init) nothing else runs on the thread yet:
 -- a hook that sleeps simply blocks it for that long.
-local ffi = require "ffi"
 ffi.cdef [[ int poll(void *fds, unsigned long nfds, int timeout); ]]
 
 M.in_once = false -- an init or worker_init hook runs
@@ -108,36 +177,74 @@ M.in_once = false -- an init or worker_init hook runs
 function M.run_once(name)
   for _, fn in ipairs(once[name]) do
     local co = coroutine.create(fn)
-    local args = {}
     M.in_once = true
     while true do
-      local ok, kind, secs = coroutine.resume(co, unpack(args))
+      local ok, kind, secs = coroutine.resume(co)
       if not ok then
         M.in_once = false
         error(name .. ": " .. tostring(kind), 0)
       end
       if coroutine.status(co) == "dead" then break end
-      if kind ~= M.SLEEP then
+      if kind ~= M.WAIT or type(secs) ~= "number" then
         M.in_once = false
-        error(name .. ": a hook yielded outside moxy's API", 0)
+        error(name .. ": only moxy.sleep may yield in " .. name, 0)
       end
-      ffi.C.poll(nil, 0, math.floor((tonumber(secs) or 0) * 1000 + 0.5))
-      args = {}
+      C.poll(nil, 0, math.floor(secs * 1000 + 0.5))
     end
     M.in_once = false
   end
 end
 
+-- 1 when the running code may wait (a hook or a timer callback).
+function M.can_wait()
+  local co = coroutine.running()
+  return co ~= nil and hook_cos[co] == true
+end
+
+local function resumed(ph, ptr, ...)
+  txn.enter(ptr, ph)
+  return ...
+end
+
+-- Yield until what the running hook started (through an FFI call) is done;
+-- returns its results.  For moxy's yielding APIs.
+function M.wait()
+  local ph = txn.phase()
+  txn.leave()
+  return resumed(ph, yield(M.WAIT))
+end
+
 -- Park the running hook for `seconds` (called by moxy.sleep).
 function M.sleep(seconds)
   if M.in_once then
-    yield(M.SLEEP, seconds)
+    yield(M.WAIT, seconds)
     return
   end
-  local phase = txn.phase()
-  txn.leave()
-  local ptr = yield(M.SLEEP, seconds)
-  txn.enter(ptr, phase)
+  if not M.can_wait() or C.moxy_ffi_sleep(seconds) ~= OK then
+    error("moxy.sleep: only hooks and timer callbacks may sleep", 3)
+  end
+  M.wait()
+end
+
+-- Start a timer (moxy.timer.at / every); returns its id or nil, err.
+function M.timer_add(delay, interval, fn, args)
+  next_timer = next_timer + 1
+  if next_timer >= 2 ^ 31 then next_timer = 1 end
+  local id = next_timer
+  local rc = C.moxy_ffi_timer_add(delay, interval, id)
+  if rc ~= OK then
+    if rc == -3 then return nil, "no event loop here (timers start in worker_init or hooks)" end
+    return nil, "too many timers"
+  end
+  timers[id] = { fn = fn, args = args, every = interval > 0 }
+  return id
+end
+
+-- Cancel timer `id`; true when it was pending.
+function M.timer_cancel(id)
+  if not timers[id] then return false end
+  timers[id] = nil
+  return C.moxy_ffi_timer_cancel(id) == OK
 end
 
 return M

@@ -22,10 +22,12 @@ int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 double moxy_ffi_req_number(moxy_req_t *r, int which);
 int moxy_ffi_client_port(moxy_req_t *r);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
+int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
+int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 ]]
 
 local C = ffi.C
-local ABI = 5
+local ABI = 6
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -34,6 +36,9 @@ end
 local OK, DECLINED = 0, -3
 local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
             listener = 7, version = 8, pool = 9, error = 10, peer = 11 }
+local N = { tries = 0, started = 1, up_status = 2, connect_time = 3, header_time = 4,
+            response_time = 5, duration = 6, bytes_sent = 7, status = 8 }
+local FLAG = { retryable = 0, no_filter = 1 }
 
 local sp = ffi.new("const char *[1]")
 local sl = ffi.new("size_t[1]")
@@ -173,7 +178,10 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
   end,
 })
 
-local phase = 0 -- of the running hook: 0 on_request, 1 on_response
+-- Phases, as in C (MOXY_PHASE_*, core/http-t.h).
+local PHASE = { request = 0, upstream = 1, upstream_request = 2, response = 3, body = 4, log = 5,
+                error = 6 }
+local phase = 0 -- of the running hook
 
 local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
   __index = function(_, k)
@@ -185,8 +193,14 @@ local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
   end,
   -- txn.resp.status = 404 in on_response
   __newindex = function(_, k, v)
-    if k ~= "status" then error("txn.resp." .. tostring(k) .. " cannot be set (settable: status)", 2) end
-    if phase ~= 1 then error("txn.resp.status: settable in on_response only", 2) end
+    if k == "filter" then
+      -- txn.resp.filter = false: this response's body skips the on_body hooks
+      if phase > PHASE.response then error("txn.resp.filter: settable until on_response", 2) end
+      C.moxy_ffi_req_flag(req_ptr(), FLAG.no_filter, v == false and 1 or 0)
+      return
+    end
+    if k ~= "status" then error("txn.resp." .. tostring(k) .. " cannot be set (settable: status, filter)", 2) end
+    if phase ~= PHASE.response then error("txn.resp.status: settable in on_response only", 2) end
     if type(v) ~= "number" or C.moxy_ffi_resp_status(req_ptr(), v) ~= v then
       error("txn.resp.status: cannot change this response's status to " .. tostring(v), 2)
     end
@@ -201,21 +215,51 @@ local client = setmetatable({}, {
   end,
 })
 
+local UP_NUMBERS = { tries = N.tries, status = N.up_status, connect_time = N.connect_time,
+                     header_time = N.header_time, response_time = N.response_time }
+
 local upstream = setmetatable({}, {
   __index = function(_, k)
     if k == "pool" then return field(req_ptr(), F.pool) end
     if k == "peer" then return field(req_ptr(), F.peer) end
-    if k == "tries" then return C.moxy_ffi_req_number(req_ptr(), 0) end
+    local n = UP_NUMBERS[k]
+    if n then
+      local v = C.moxy_ffi_req_number(req_ptr(), n)
+      if v < 0 then return nil end
+      return v
+    end
     return nil
   end,
 })
 
---- txn.upstream:pick(pool): send this request to the named pool.
-function upstream.pick(_, pool)
+--- txn.upstream:pick(pool): send this request to the named pool.  In
+-- on_request, on_upstream (also by returning the name) and on_error's
+-- retries.
+function upstream.pick(_, pool, opts)
   if type(pool) ~= "string" then error("upstream:pick: pool name must be a string", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("upstream:pick: opts must be a table", 2) end
   if C.moxy_ffi_upstream_pick(req_ptr(), pool, #pool) ~= OK then
     error("upstream:pick: no pool named \"" .. pool .. "\"", 2)
   end
+end
+
+--- txn.upstream:set_peer(host, port): send this try to host:port (an IP
+-- address) instead of a pool's server.
+function upstream.set_peer(_, host, port)
+  if type(host) ~= "string" then error("upstream:set_peer: host must be an IP address string", 2) end
+  if type(port) ~= "number" or port < 1 or port > 65535 or port % 1 ~= 0 then
+    error("upstream:set_peer: port must be an integer in 1..65535", 2)
+  end
+  local rc = C.moxy_ffi_upstream_set_peer(req_ptr(), host, #host, port)
+  if rc ~= OK then
+    error("upstream:set_peer: \"" .. host .. "\" is not an IP address (names are not resolved here)", 2)
+  end
+end
+
+--- txn.upstream:retryable(yes): whether this request may be sent to
+-- another peer after a failure (default: for idempotent methods).
+function upstream.retryable(_, yes)
+  C.moxy_ffi_req_flag(req_ptr(), FLAG.retryable, yes == false and 0 or 1)
 end
 
 -- txn ----------------------------------------------------------------------
@@ -230,7 +274,9 @@ local Txn = {
     if k == "id" then return field(req_ptr(), F.id) end
     if k == "listener" then return field(req_ptr(), F.listener) end
     if k == "error" then return field(req_ptr(), F.error) end
-    if k == "started" then return C.moxy_ffi_req_number(req_ptr(), 1) end
+    if k == "started" then return C.moxy_ffi_req_number(req_ptr(), N.started) end
+    if k == "duration" then return C.moxy_ffi_req_number(req_ptr(), N.duration) end
+    if k == "bytes_sent" then return C.moxy_ffi_req_number(req_ptr(), N.bytes_sent) end
     if k == "ctx" then
       v = {}
       rawset(self, "ctx", v)
@@ -246,7 +292,10 @@ function methods.respond(self, status, body, headers)
   if type(status) ~= "number" then error("txn:respond: status must be a number", 2) end
   body = body == nil and "" or body
   if type(body) ~= "string" then error("txn:respond: body must be a string", 2) end
-  if phase == 1 then
+  if phase == PHASE.body or phase == PHASE.log then
+    error("txn:respond: the response has started (" .. (phase == PHASE.body and "on_body" or "on_log") .. ")", 2)
+  end
+  if phase == PHASE.response then
     -- in on_response the origin's headers are there: the answer replaces them
     local h, names = resp.headers, {}
     for name in h:each() do names[#names + 1] = name end
@@ -319,5 +368,6 @@ function M.current()
 end
 
 M.C = C
+M.PHASE = PHASE
 
 return M
