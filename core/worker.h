@@ -38,6 +38,7 @@ struct moxy_worker_s {
     int nco_free, co_free_cap;
     LIST_HEAD(, moxy_lua_timer_s) timers; /* moxy.timer timers armed or running */
     int ntimers;
+    void *fetch;                 /* moxy.http's state (http_fetch.c), or NULL */
     LIST_HEAD(, moxy_client_s) detached; /* requests whose on_log hooks outlived their
                                              connection (each counts in nconns) */
 
