@@ -464,9 +464,16 @@ moxy_req_t *moxy_lua_task_req(const moxy_lua_task_t *t)
     return t->r;
 }
 
+/* The worker whose Lua runs: the running task's, or the one whose
+ * worker_init runs (on the main thread, before the worker starts). */
+static moxy_worker_t *lua_worker(void)
+{
+    return cur_task ? cur_task->w : cur_worker;
+}
+
 moxy_worker_t *moxy_lua_current_worker(void)
 {
-    return cur_worker;
+    return lua_worker();
 }
 
 /* The running task, stable, for an FFI call that starts an operation
@@ -539,7 +546,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 EXPORT int moxy_ffi_timer_add(double delay, double interval, int id)
 {
-    moxy_worker_t *w = cur_worker;
+    moxy_worker_t *w = lua_worker();
     if (!w) return MOXY_DECLINED;
     if (w->ntimers >= TIMERS_MAX) return MOXY_ERROR;
     moxy_lua_timer_t *tm = calloc(1, sizeof(*tm));
@@ -556,7 +563,7 @@ EXPORT int moxy_ffi_timer_add(double delay, double interval, int id)
 
 EXPORT int moxy_ffi_timer_cancel(int id)
 {
-    moxy_worker_t *w = cur_worker;
+    moxy_worker_t *w = lua_worker();
     if (!w) return MOXY_DECLINED;
     moxy_lua_timer_t *tm;
     LIST_FOREACH(tm, &w->timers, link) {

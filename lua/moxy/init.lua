@@ -1,5 +1,6 @@
 -- moxy: the module every script sees as the global `moxy` (also
--- `require "moxy"`).  This version: moxy.sleep, moxy.log and moxy.json.
+-- `require "moxy"`): moxy.sleep, moxy.timer, moxy.log, moxy.json, and the
+-- modules loaded on first use below.
 local runtime = require "moxy.runtime"
 local txn = require "moxy.txn"
 
@@ -9,14 +10,48 @@ local type, tostring, select, concat = type, tostring, select, table.concat
 local M = { version = "0.1.0" }
 
 --- moxy.sleep(seconds): park the running hook for `seconds` (>= 0) without
--- blocking the worker; other requests go on meanwhile.  Phases: on_request.
--- Raises when called outside a hook (e.g. while a script loads).
+-- blocking the worker; other requests go on meanwhile.  In every phase,
+-- timer callbacks, init and worker_init (which simply wait).  Raises when
+-- called outside them (e.g. while a script loads).
 function M.sleep(seconds)
   if type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds then
     error("moxy.sleep: seconds must be a number >= 0, got " .. tostring(seconds), 2)
   end
-  if txn.current() == nil and not runtime.in_once then error("moxy.sleep: only hooks may sleep", 2) end
   runtime.sleep(seconds)
+end
+
+--- moxy.timer.at(delay, fn, ...) -> id or nil, err: call fn(...) once,
+-- delay seconds from now, in a coroutine of its own (it may sleep or call
+-- moxy.http; it runs outside any request, under the same CPU budget).
+-- moxy.timer.every(interval, fn, ...) -> id or nil, err: call fn(...) every
+-- interval seconds (the next call is scheduled when one returns, so calls
+-- never overlap).  moxy.timer.cancel(id) -> true when it was pending.
+-- Timers belong to the worker that started them: start per-worker
+-- background work in worker_init.
+M.timer = {}
+
+local function check_timer(what, secs, fn)
+  if type(secs) ~= "number" or secs < 0 or secs ~= secs then
+    error("moxy.timer." .. what .. ": delay must be a number >= 0, got " .. tostring(secs), 3)
+  end
+  if type(fn) ~= "function" then
+    error("moxy.timer." .. what .. ": fn must be a function, got " .. type(fn), 3)
+  end
+end
+
+function M.timer.at(delay, fn, ...)
+  check_timer("at", delay, fn)
+  return runtime.timer_add(delay, 0, fn, { n = select("#", ...), ... })
+end
+
+function M.timer.every(interval, fn, ...)
+  check_timer("every", interval, fn)
+  if interval <= 0 then error("moxy.timer.every: interval must be > 0", 2) end
+  return runtime.timer_add(interval, interval, fn, { n = select("#", ...), ... })
+end
+
+function M.timer.cancel(id)
+  return runtime.timer_cancel(id)
 end
 
 local LEVELS = { err = 0, warn = 1, info = 2, debug = 3 }

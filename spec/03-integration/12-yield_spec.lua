@@ -160,6 +160,6 @@ return {
 ]]
     local code, out = helpers.run_moxy_check(src, { files = { ["nap.lua"] = "moxy.sleep(1)\nreturn {}\n" } })
     assert.equal(1, code, out)
-    assert.matches("nap.lua:1: moxy.sleep: only hooks may sleep", out, 1, true)
+    assert.matches("nap.lua:1: moxy.sleep: only hooks and timer callbacks may sleep", out, 1, true)
   end)
 end)
