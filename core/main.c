@@ -17,6 +17,8 @@
 #include <luajit.h>
 #include <maxminddb.h>
 #include <openssl/crypto.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,9 @@ static void print_versions(void)
     printf("zlib %s\n", zlibVersion());
     printf("libmaxminddb %s\n", MMDB_lib_version());
     printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+    /* also links libpcre2-8 for moxy.re, whose FFI finds it through ffi.C */
+    char pcre2[64];
+    if (pcre2_config(PCRE2_CONFIG_VERSION, pcre2) > 0) printf("PCRE2 %s\n", pcre2);
 }
 
 static void raise_nofile(void)

@@ -17,6 +17,7 @@ build = {
     ["moxy.config"] = "lua/moxy/config.lua",
     ["moxy.cookie"] = "lua/moxy/cookie.lua",
     ["moxy.query"] = "lua/moxy/query.lua",
+    ["moxy.re"] = "lua/moxy/re.lua",
     ["moxy.router"] = "lua/moxy/router.lua",
     ["moxy.url"] = "lua/moxy/url.lua",
     ["moxy.runtime"] = "lua/moxy/runtime.lua",

@@ -175,3 +175,26 @@ moxy = {}
 function moxy.sleep(seconds) end
 
 return moxy
+
+-- moxy.re (lua/moxy/re.lua, docs/re.md): PCRE2 regular expressions -----------
+-- (comments only: they may follow the `return` above)
+
+---Captures of a match: [0] the whole match, [1..n] the groups (false when a
+---group did not take part), named groups also under their names.
+---@alias moxy.re.Captures table<integer|string, string|false>
+
+---@class moxy.re
+---@field version string   PCRE2's version, e.g. "10.42 2022-12-11"
+---@field jit boolean      whether PCRE2 JIT-compiles patterns
+---opts: flags "i" caseless, "m" multiline, "s" dotall, "x" extended, "u" UTF-8,
+---"a" anchored at init, "D" duplicate names ("j", "o" ignored).  Errors: nil, err.
+---@field match fun(subject: string, pattern: string, opts?: string, init?: integer): moxy.re.Captures|nil, string|nil
+---@field find fun(subject: string, pattern: string, opts?: string, init?: integer): integer|nil, integer|string|nil
+---@field gmatch fun(subject: string, pattern: string, opts?: string): (fun(): moxy.re.Captures|nil, string|nil)|nil, string|nil
+---@field sub fun(subject: string, pattern: string, repl: string|fun(m: moxy.re.Captures): string|number|false|nil, opts?: string): string|nil, integer|string
+---@field gsub fun(subject: string, pattern: string, repl: string|fun(m: moxy.re.Captures): string|number|false|nil, opts?: string): string|nil, integer|string
+---@field split fun(subject: string, pattern: string, opts?: string, max?: integer): string[]|nil, string|nil
+---@field set_limits fun(limits: { match?: integer, depth?: integer })
+
+---@class moxy
+---@field re moxy.re
