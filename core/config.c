@@ -144,6 +144,17 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "shared");
+    c->nshared = (int)lua_objlen(L, -1);
+    c->shared = calloc((size_t)c->nshared + 1, sizeof(*c->shared));
+    for (int i = 0; i < c->nshared; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        c->shared[i].name = field_str(L, lua_gettop(L), "name");
+        c->shared[i].size = (size_t)field_num(L, lua_gettop(L), "size", 0);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "lua");
     c->cpu_budget = field_num(L, lua_gettop(L), "cpu_budget", 0.05);
     lua_pop(L, 1);
@@ -245,6 +256,8 @@ void moxy_conf_free(moxy_conf_t *c)
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     free(c->scripts_jit);
+    for (int i = 0; i < c->nshared; i++) free(c->shared[i].name);
+    free(c->shared);
     free(c->log.access);
     free(c->log.error);
     free(c->path);

@@ -40,6 +40,11 @@ typedef struct {
 } moxy_upstream_conf_t;
 
 typedef struct {
+    char *name;  /* moxy.shared.NAME */
+    size_t size; /* bytes */
+} moxy_shared_conf_t;
+
+typedef struct {
     char *path; /* the configuration file */
     char *dir;  /* its directory: relative paths start here */
     int workers; /* 0 until resolved: "auto" */
@@ -54,6 +59,9 @@ typedef struct {
     int *scripts_jit; /* 1: the script's functions may be JIT-compiled (no CPU budget) */
     int nscripts;
     double cpu_budget; /* seconds one hook call may run before it is stopped; 0: no limit */
+
+    moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
+    int nshared;
 
     struct {
         size_t header_bytes; /* request line + headers */

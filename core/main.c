@@ -9,6 +9,7 @@
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "shared_dict.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -136,6 +137,11 @@ int main(int argc, char **argv)
 
     moxy_conf_t *conf = moxy_conf_load(path);
     if (!conf) return 1;
+    /* moxy.shared dicts: init hooks (moxy -t runs them too) and workers may use them */
+    if (moxy_shdict_create_all(conf) != MOXY_OK) {
+        moxy_conf_free(conf);
+        return 1;
+    }
     if (check) {
         int rc = moxy_lua_check_scripts(conf);
         if (rc == MOXY_OK) printf("moxy: configuration %s ok\n", path);

@@ -21,6 +21,7 @@ build = {
     ["moxy.router"] = "lua/moxy/router.lua",
     ["moxy.url"] = "lua/moxy/url.lua",
     ["moxy.runtime"] = "lua/moxy/runtime.lua",
+    ["moxy.shared"] = "lua/moxy/shared.lua",
     ["moxy.txn"] = "lua/moxy/txn.lua",
     ["moxy.types"] = "lua/moxy/types.lua",
   },

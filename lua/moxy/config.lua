@@ -289,9 +289,50 @@ function Checker:upstreams(v, keys)
   return out
 end
 
+local LUA_KEYWORDS = {}
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat "
+  .. "return then true until while"):gmatch("%a+") do
+  LUA_KEYWORDS[w] = true
+end
+
+local MIN_DICT, MAX_DICT = 8 * 1024, 1024 ^ 4
+
+local function dict_size(v)
+  local n, err = size(v)
+  if n == nil then return nil, err end
+  if n < MIN_DICT then return nil, "a shared dict needs at least 8k, got " .. tostring(v) end
+  if n > MAX_DICT then return nil, "a shared dict can be at most 1024g, got " .. tostring(v) end
+  return n
+end
+
+-- shared = { NAME = size, ... }: the moxy.shared dicts, as a list of
+-- { name = ..., size = bytes } sorted by name.
+function Checker:shared(v, keys)
+  local out = {}
+  if v == nil then return out end
+  if type(v) ~= "table" then
+    self:err(keys, "expected a table of dict sizes (shared = { limits = \"10m\" }), got " .. type(v))
+    return out
+  end
+  local names = {}
+  for name in pairs(v) do names[#names + 1] = name end
+  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  for _, name in ipairs(names) do
+    local k = child(keys, type(name) == "number" and name or tostring(name))
+    if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") or LUA_KEYWORDS[name] then
+      self:err(k, "dict names are Lua identifiers, for moxy.shared.NAME (shared = { NAME = \"10m\" })")
+    else
+      local n = self:value(v[name], k, dict_size)
+      if n then out[#out + 1] = { name = name, size = n } end
+    end
+  end
+  return out
+end
+
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true,
+  shared = true,
 }
 
 -- Check the table `t` that `path` (with source text `src`) returned.
@@ -351,6 +392,8 @@ function M.check(t, path, src)
   if c:table(lua, { "lua" }, { cpu_budget = true }) then
     conf.lua = { cpu_budget = c:value(lua.cpu_budget, { "lua", "cpu_budget" }, duration, 0.05) }
   end
+
+  conf.shared = c:shared(t.shared, { "shared" })
 
   local lim = t.limits or {}
   if c:table(lim, { "limits" }, { header_bytes = true, headers = true, uri_bytes = true, body_bytes = true, connections = true }) then

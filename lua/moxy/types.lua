@@ -198,3 +198,49 @@ return moxy
 
 ---@class moxy
 ---@field re moxy.re
+
+-- moxy.shared (lua/moxy/shared.lua, docs/shared.md): dicts shared by the workers
+-- (comments only: they may follow the `return` above)
+
+---A dict of moxy.shared, declared in the configuration: shared = { NAME = "10m" }.
+---Keys are strings of 1..65535 bytes; values strings, numbers, booleans or
+---tables (stored as copies).  ttl: seconds, nil or 0 = never expires.
+---Wrong argument types raise ("shared.NAME:set: key must be a string, got nil").
+---@class moxy.SharedDict
+---The value, or nil when absent or expired.
+---@field get fun(self: moxy.SharedDict, key: string): string|number|boolean|table|nil
+---true, or nil, "no memory".  A nil value deletes the key.
+---@field set fun(self: moxy.SharedDict, key: string, value: string|number|boolean|table|nil, ttl?: number): true|nil, string|nil
+---true, or nil, "exists" (or "no memory"): stores only an absent key.
+---@field add fun(self: moxy.SharedDict, key: string, value: string|number|boolean|table, ttl?: number): true|nil, string|nil
+---true, or nil, "not found" (or "no memory"): stores only a present key.
+---@field replace fun(self: moxy.SharedDict, key: string, value: string|number|boolean|table, ttl?: number): true|nil, string|nil
+---Atomic add; an absent key starts at init (with ttl) or gives nil, "not found";
+---nil, "not a number" when the value is not a number.
+---@field incr fun(self: moxy.SharedDict, key: string, by: number, init?: number, ttl?: number): number|nil, string|nil
+---@field delete fun(self: moxy.SharedDict, key: string)
+---Seconds left (0: never expires), or nil, "not found".
+---@field ttl fun(self: moxy.SharedDict, key: string): number|nil, string|nil
+---true, or nil, "not found".  ttl 0: never expires.
+---@field expire fun(self: moxy.SharedDict, key: string, ttl: number): true|nil, string|nil
+---Up to max keys (default 1024; 0: all), in no particular order.
+---@field keys fun(self: moxy.SharedDict, max?: integer): string[]|nil, string|nil
+---@field flush_all fun(self: moxy.SharedDict)
+---@field stats fun(self: moxy.SharedDict): moxy.SharedDictStats
+
+---@class moxy.SharedDictStats
+---@field capacity integer   bytes: the configured size
+---@field used integer       bytes counted: keys + values + per-item overhead
+---@field items integer      items held (expired ones not met yet included)
+---@field evictions integer  live items dropped to make room
+---@field hits integer       get calls that found their key
+---@field misses integer     get calls that did not
+
+---moxy.shared.NAME is the dict declared as NAME (an error when there is none).
+---@class moxy.shared
+---For tests and tools: the dict `name`, created with `size` bytes when absent.
+---@field create fun(name: string, size: integer|string): moxy.SharedDict
+---@field [string] moxy.SharedDict
+
+---@class moxy
+---@field shared moxy.shared
