@@ -8,6 +8,7 @@
 #include "worker.h"
 
 #include <arpa/inet.h>
+#include <event2/buffer.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -67,6 +68,11 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
     case MOXY_FFI_F_VERSION:
         *out = r->http_minor ? "1.1" : "1.0";
         *len = 3;
+        return MOXY_OK;
+    case MOXY_FFI_F_BODY_ERROR:
+        if (!r->body_error) return MOXY_DECLINED;
+        *out = r->body_error;
+        *len = strlen(r->body_error);
         return MOXY_OK;
     case MOXY_FFI_F_PEER:
         if (!r->peer) return MOXY_DECLINED;
@@ -253,6 +259,19 @@ EXPORT int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t le
     }
     a->text = text;
     r->peer_addr = a;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_req_read_body(moxy_req_t *r, double max)
+{
+    return moxy_req_read_body(r, max > 0 ? (uint64_t)max : 0);
+}
+
+EXPORT int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len)
+{
+    if (!r->body_buffered) return MOXY_ERROR;
+    *len = r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
+    *out = *len ? (const char *)evbuffer_pullup(r->body_buf, -1) : "";
     return MOXY_OK;
 }
 

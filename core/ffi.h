@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 6
+#define MOXY_FFI_ABI 7
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -70,6 +70,17 @@ int moxy_ffi_client_port(moxy_req_t *r);
  * of a pool's server.  MOXY_ERROR: not an IP address. */
 int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
 
+/* txn:read_body: buffer r's body, up to max bytes (0: limits.body_bytes).
+ * MOXY_OK: moxy_ffi_req_body has it; MOXY_AGAIN: the running hook must
+ * wait (runtime.wait), then call moxy_ffi_req_body; MOXY_ERROR: too large or
+ * malformed (MOXY_FFI_F_BODY_ERROR says why; the request is answered so
+ * unless a hook answers); MOXY_DECLINED: already streaming to the origin. */
+int moxy_ffi_req_read_body(moxy_req_t *r, double max);
+
+/* The buffered body (valid until the request ends).  MOXY_ERROR when it is
+ * not (or not all) buffered. */
+int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
+
 /* Set (value 1) or clear (0) a flag of r (MOXY_FFI_FLAG_*).  MOXY_ERROR for
  * an unknown flag. */
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
@@ -107,6 +118,7 @@ enum {
     MOXY_FFI_F_POOL,
     MOXY_FFI_F_ERROR,
     MOXY_FFI_F_PEER,
+    MOXY_FFI_F_BODY_ERROR,
 };
 
 /* Numbers of moxy_ffi_req_number (-1: not known yet). */

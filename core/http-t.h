@@ -151,6 +151,13 @@ struct moxy_req_s {
     unsigned has_te : 1;
     unsigned has_cl : 1;
     unsigned hook_done : 1;
+    unsigned buffering : 1;     /* txn:read_body: the body goes to body_buf */
+    unsigned body_buffered : 1; /* body_buf holds the whole body (sent with Content-Length) */
+    struct evbuffer *body_buf;  /* the buffered body (txn:read_body), or NULL */
+    uint64_t body_max;          /* txn:read_body's limit */
+    int body_status;            /* 413/400: read_body failed; answered so unless a hook does */
+    const char *body_error;     /* why, for the log and read_body's error */
+    struct moxy_lua_task_s *body_task; /* the hook waiting for the body */
 
     /* hooks */
     void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */

@@ -54,6 +54,14 @@ void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why);
  * carry on with the request. */
 void moxy_req_hooks_done(moxy_req_t *r, int rc);
 
+/* txn:read_body: buffer r's body (up to max bytes, 0: limits.body_bytes)
+ * for the running hook.  MOXY_OK: r->body_buf holds it; MOXY_AGAIN: the
+ * hook waits for it (moxy_lua_current_task); MOXY_ERROR: too large or
+ * malformed (r->body_status, r->body_error: answered so when the hooks end
+ * without an answer); MOXY_DECLINED: the body already streams to the
+ * origin. */
+int moxy_req_read_body(moxy_req_t *r, uint64_t max);
+
 /* Give r a new random request id (also set as its X-Request-Id header). */
 void moxy_req_make_id(moxy_req_t *r);
 

@@ -36,6 +36,7 @@ static void client_after_hooks(moxy_client_t *c, int rc);
 static void request_end(moxy_req_t *r);
 static void request_log(moxy_client_t *c);
 static void request_detached_end(moxy_req_t *r);
+static int client_parse(moxy_client_t *c, const char **reason);
 
 /* --- reading control --- */
 
@@ -163,6 +164,8 @@ static void request_end(moxy_req_t *r)
 {
     moxy_lua_req_done(r);
     moxy_upstream_req_free(r);
+    if (r->body_buf) evbuffer_free(r->body_buf);
+    r->body_buf = NULL;
 }
 
 /* r's on_log hooks wait: give r a copy of its connection without the
@@ -498,7 +501,7 @@ static int on_chunk_header(llhttp_t *p)
         r->in_trailers = 1;
         return 0;
     }
-    if (r->up) moxy_chunk_head(r->up->out, p->content_length);
+    if (r->up && !r->buffering) moxy_chunk_head(r->up->out, p->content_length);
     return 0;
 }
 
@@ -506,7 +509,7 @@ static int on_chunk_complete(llhttp_t *p)
 {
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
-    if (!r->in_trailers && r->up) evbuffer_add(r->up->out, "\r\n", 2);
+    if (!r->in_trailers && r->up && !r->buffering) evbuffer_add(r->up->out, "\r\n", 2);
     return 0;
 }
 
@@ -517,7 +520,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     r->body_read += n;
     if (r->body_read > c->w->conf->limits.body_bytes)
         return parse_fail(p, 413, "request body too large");
-    if (r->up) evbuffer_add(r->up->out, at, n);
+    if (r->buffering) evbuffer_add(r->body_buf, at, n);
+    else if (r->up) evbuffer_add(r->up->out, at, n);
     return 0;
 }
 
@@ -526,7 +530,7 @@ static int on_message_complete(llhttp_t *p)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     if (r->body_kind != MOXY_BODY_CHUNKED) return HPE_PAUSED;
-    if (r->up) moxy_chunk_end(r->up->out, &r->trailers);
+    if (r->up && !r->buffering) moxy_chunk_end(r->up->out, &r->trailers);
     r->body_done = 1;
     return HPE_PAUSED; /* the next request waits for this one's response */
 }
@@ -740,7 +744,7 @@ static void client_start_request(moxy_client_t *c)
          * stays in the socket until the hooks are done; without a body we
          * keep reading, to notice a client that leaves (DESIGN: cancel the
          * armed events when the client goes away). */
-        if (!r->body_done) client_stop_read(c);
+        if (!r->body_done && !r->buffering) client_stop_read(c);
         return;
     }
     client_after_hooks(c, rc);
@@ -771,6 +775,103 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc)
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);
     if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+/* --- txn:read_body: the request body buffered for the hooks --- */
+
+/* Move what c->in holds of the body into r->body_buf.  MOXY_AGAIN: more to
+ * come; MOXY_OK: all there; MOXY_ERROR: too large or malformed
+ * (r->body_status says which; the connection closes after the answer). */
+static int body_buffer(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    if (r->body_kind == MOXY_BODY_LENGTH) {
+        size_t have = evbuffer_get_length(c->in);
+        size_t n = have < r->body_left ? have : (size_t)r->body_left;
+        if (n) {
+            evbuffer_remove_buffer(c->in, r->body_buf, n);
+            r->body_left -= n;
+            r->body_read += n;
+        }
+        if (r->body_left == 0) r->body_done = 1;
+    } else if (r->body_kind == MOXY_BODY_CHUNKED) {
+        const char *reason = NULL;
+        if (client_parse(c, &reason) == MOXY_ERROR) {
+            r->body_status = r->status ? r->status : 400;
+            r->status = 0;
+            r->body_error = reason;
+        }
+    }
+    if (!r->body_status && evbuffer_get_length(r->body_buf) > r->body_max) {
+        r->body_status = 413;
+        r->body_error = "request body too large";
+    }
+    if (r->body_status) {
+        r->buffering = 0;
+        r->keepalive = 0;
+        client_stop_read(c);
+        return MOXY_ERROR;
+    }
+    if (!r->body_done) return MOXY_AGAIN;
+    r->buffering = 0;
+    r->body_buffered = 1;
+    return MOXY_OK;
+}
+
+/* The body is in (or failed): resume the hook waiting for it. */
+static void body_wake(moxy_req_t *r)
+{
+    moxy_lua_task_t *t = r->body_task;
+    r->body_task = NULL;
+    if (t) moxy_lua_task_wake(t, 0);
+}
+
+static void body_cancel(void *op)
+{
+    moxy_req_t *r = op;
+    r->body_task = NULL;
+    r->buffering = 0;
+}
+
+int moxy_req_read_body(moxy_req_t *r, uint64_t max)
+{
+    moxy_client_t *c = r->c;
+    if (r->body_buffered) return MOXY_OK;
+    if (r->body_status) return MOXY_ERROR;
+    if (r->body_kind == MOXY_BODY_NONE) {
+        r->body_buffered = 1;
+        return MOXY_OK;
+    }
+    if (r->body_read > 0 || r->up || r->buffering || c->state != MOXY_C_ACTIVE) {
+        r->body_error = "the body is already on its way to the origin";
+        return MOXY_DECLINED;
+    }
+    if (!max || max > c->w->conf->limits.body_bytes) max = c->w->conf->limits.body_bytes;
+    r->body_max = max;
+    if (r->body_kind == MOXY_BODY_LENGTH && r->body_length > max) {
+        r->body_status = 413;
+        r->body_error = "request body too large";
+        r->keepalive = 0;
+        return MOXY_ERROR;
+    }
+    if (!r->body_buf && !(r->body_buf = evbuffer_new())) return MOXY_ERROR;
+    if (r->expect_continue) {
+        r->expect_continue = 0;
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        moxy_client_send(c); /* a failure shows as the client going away */
+    }
+    r->buffering = 1;
+    int rc = body_buffer(c);
+    if (rc != MOXY_AGAIN) return rc;
+    moxy_lua_task_t *t = moxy_lua_current_task();
+    if (!t) {
+        r->buffering = 0;
+        return MOXY_ERROR;
+    }
+    r->body_task = t;
+    moxy_lua_task_wait(t, r, body_cancel);
+    client_want_read(c);
+    return MOXY_AGAIN;
 }
 
 /* The on_request hooks are done (rc from moxy_lua_on_request): answer, or
@@ -896,6 +997,11 @@ static void client_process(moxy_client_t *c)
         }
         if (c->state == MOXY_C_ACTIVE) {
             moxy_req_t *r = c->req;
+            if (r->buffering) {
+                if (evbuffer_get_length(c->in) == 0) break;
+                if (body_buffer(c) != MOXY_AGAIN) body_wake(r);
+                break;
+            }
             if (r->hook) {
                 if (!r->body_done) client_stop_read(c); /* the body waits in the socket */
                 break;
@@ -1028,6 +1134,7 @@ static void client_timeout(moxy_client_t *c)
             moxy_client_close(c);
             return;
         }
+        if (r->hook) moxy_lua_abort(r); /* a hook waiting for this body */
         if (r->up) {
             moxy_upconn_t *u = r->up;
             r->up = NULL;

@@ -192,7 +192,14 @@ static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
         memcpy(p, "Connection: upgrade\r\n", 21);
         p += 21;
     }
-    if (r->body_kind == MOXY_BODY_CHUNKED) {
+    size_t buffered = r->body_buffered && r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
+    if (r->body_buffered && r->body_kind != MOXY_BODY_NONE) {
+        /* read by a hook: sent whole, with its length (a retry sends it again) */
+        memcpy(p, "Content-Length: ", 16);
+        p = moxy_write_u64(p + 16, buffered);
+        *p++ = '\r';
+        *p++ = '\n';
+    } else if (r->body_kind == MOXY_BODY_CHUNKED) {
         memcpy(p, "Transfer-Encoding: chunked\r\n", 28);
         p += 28;
     } else if (r->has_cl) {
@@ -204,7 +211,9 @@ static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
     *p++ = '\r';
     *p++ = '\n';
     v.iov_len = (size_t)(p - (char *)v.iov_base);
-    return evbuffer_commit_space(u->out, &v, 1) == 0 ? MOXY_OK : MOXY_ERROR;
+    if (evbuffer_commit_space(u->out, &v, 1) != 0) return MOXY_ERROR;
+    if (buffered && evbuffer_add(u->out, evbuffer_pullup(r->body_buf, -1), buffered) != 0) return MOXY_ERROR;
+    return MOXY_OK;
 }
 
 /* --- a try: on_upstream, the peer, on_upstream_request, connect --- */
@@ -215,6 +224,10 @@ static void try_connect(moxy_req_t *r);
 
 void moxy_upstream_try(moxy_req_t *r)
 {
+    if (r->body_status) { /* txn:read_body failed and no hook answered */
+        moxy_resp_error(r, r->body_status, r->body_error);
+        return;
+    }
     r->tries++;
     r->server = -1;
     evutil_timerclear(&r->up_started);
@@ -290,7 +303,7 @@ static int tries_max(const moxy_req_t *r)
 static int try_again(moxy_req_t *r, moxy_upconn_t *u, const char *why)
 {
     if (!r->retryable || r->tries >= tries_max(r) || r->resp_head_sent || r->c->dead ||
-        (r->body_kind != MOXY_BODY_NONE && r->body_read > 0))
+        (r->body_kind != MOXY_BODY_NONE && r->body_read > 0 && !r->body_buffered))
         return 0;
     /* another peer: another server of the pool, or what on_upstream says */
     const moxy_worker_t *w = r->c->w;

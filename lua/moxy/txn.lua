@@ -24,18 +24,20 @@ int moxy_ffi_client_port(moxy_req_t *r);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
+int moxy_ffi_req_read_body(moxy_req_t *r, double max);
+int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 6
+local ABI = 7
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
 end
 
-local OK, DECLINED = 0, -3
+local OK, AGAIN, DECLINED = 0, -2, -3
 local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
-            listener = 7, version = 8, pool = 9, error = 10, peer = 11 }
+            listener = 7, version = 8, pool = 9, error = 10, peer = 11, body_error = 12 }
 local N = { tries = 0, started = 1, up_status = 2, connect_time = 3, header_time = 4,
             response_time = 5, duration = 6, bytes_sent = 7, status = 8 }
 local FLAG = { retryable = 0, no_filter = 1 }
@@ -316,6 +318,33 @@ function methods.respond(self, status, body, headers)
     error("txn:respond: bad status " .. tostring(status), 2)
   end
   rawset(self, "_done", true)
+end
+
+--- txn:read_body(max) -> the request body as a string (possibly empty), or
+-- nil, err.  The hook waits until the whole body is in (other requests go
+-- on); the body then goes to the origin with a Content-Length, and a
+-- failed try may be retried with it.  max: bytes (default and ceiling:
+-- limits.body_bytes).  A body over max gives nil, "request body too large"
+-- and the request is answered 413 unless a hook answers; a malformed one
+-- nil, err and 400.  In on_request, on_upstream and on_upstream_request
+-- (before the body streams to the origin); later phases get the body a
+-- hook read before.
+function methods.read_body(_, max)
+  if max ~= nil and (type(max) ~= "number" or max < 0) then
+    error("txn:read_body: max must be a number of bytes >= 0", 2)
+  end
+  local r = req_ptr()
+  local rc = C.moxy_ffi_req_read_body(r, max or 0)
+  if rc == AGAIN then
+    require("moxy.runtime").wait()
+    r = req_ptr()
+  elseif rc ~= OK then
+    return nil, field(r, F.body_error) or "cannot read the body"
+  end
+  if C.moxy_ffi_req_body(r, sp, sl) ~= OK then
+    return nil, field(r, F.body_error) or "cannot read the body"
+  end
+  return ffi_string(sp[0], sl[0])
 end
 
 local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
