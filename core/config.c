@@ -90,6 +90,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         up->host = field_str(L, u, "host");
         up->keepalive = (int)field_num(L, u, "keepalive", 64);
         up->keepalive_timeout = field_num(L, u, "keepalive_timeout", 60);
+        up->tries = (int)field_num(L, u, "tries", 2);
         lua_getfield(L, u, "servers");
         up->nservers = (int)lua_objlen(L, -1);
         up->servers = calloc((size_t)up->nservers + 1, sizeof(*up->servers));

@@ -12,7 +12,7 @@
 
 enum { MOXY_ALOG_COMBINED = 0, MOXY_ALOG_JSON };
 
-typedef struct {
+typedef struct moxy_addr_s {
     char *text;                  /* as written, e.g. "127.0.0.1:8080" */
     struct sockaddr_storage sa;  /* resolved address */
     socklen_t salen;
@@ -37,6 +37,7 @@ typedef struct {
     int keepalive;            /* idle connections kept per worker */
     double keepalive_timeout; /* seconds an idle connection is kept */
     char *host;               /* Host sent to this pool, NULL: the client's */
+    int tries;                /* peers a retryable request may try */
 } moxy_upstream_conf_t;
 
 typedef struct {

@@ -254,13 +254,15 @@ function Checker:upstreams(v, keys)
     local u = v[name]
     if type(name) ~= "string" or not name:match("^[%w_.-]+$") then
       self:err(k, "pool names are words of letters, digits, _ . -")
-    elseif self:table(u, k, { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true }) then
+    elseif self:table(u, k, { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true,
+                                 tries = true }) then
       local pool = {
         name = name,
         servers = {},
         keepalive = self:value(u.keepalive, child(k, "keepalive"), integer(0, 100000), 64),
         keepalive_timeout = self:value(u.keepalive_timeout, child(k, "keepalive_timeout"), duration, 60),
         host = self:value(u.host, child(k, "host"), typed("string")),
+        tries = self:value(u.tries, child(k, "tries"), integer(1, 100), 2),
       }
       self:value(u.balance, child(k, "balance"), one_of("round_robin"))
       local sk = child(k, "servers")
