@@ -52,6 +52,16 @@ describe("moxy.shared", function()
       shared = { counters = "1m", sessions = "64k" },
       scripts = { "site.lua" },
     }, { files = { ["site.lua"] = SITE } })
+    -- start_moxy returns once one worker listens; the others open their
+    -- sockets after it (slowly under ASan): wait until all four answer
+    local vms, n = {}, 0
+    local all = helpers.wait_until(function()
+      local res = helpers.request(moxy.port, { path = "/count" }) -- a new connection each time
+      local vm = res and res:header("x-vm")
+      if vm and not vms[vm] then vms[vm], n = true, n + 1 end
+      return n == 4
+    end, 10 * helpers.scale, 0.01)
+    assert(all, "only " .. n .. " of 4 workers answered")
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
