@@ -35,52 +35,74 @@ local P = txn.PHASE
 local TIMER = #PHASES -- a timer's callback (not a phase)
 M.PHASES = PHASES
 
-local hooks = {}
-for i in ipairs(PHASES) do hooks[i] = {} end
 local KNOWN = { init = true, worker_init = true }
 for _, name in ipairs(PHASES) do KNOWN[name] = true end
-local once = { init = {}, worker_init = {} } -- hooks that run outside requests
 
--- Load the scripts (in order).  `scripts`: a list of { path = ..., jit =
--- bool }.  Unless jit is true, the script's functions are kept out of the
--- JIT, so that the CPU budget's count hook (lua_bridge.c) sees them run;
--- moxy's own modules stay compiled.  Raises "file:line: message".
--- Returns the number of hooks of each phase, by name.
-function M.load(scripts)
-  _G.moxy = require "moxy"
-  for _, s in ipairs(scripts) do
-    local path = s.path
-    local chunk, err = loadfile(path)
-    if not chunk then error(err, 0) end
-    if not s.jit then jit.off(chunk, true) end
-    local ok, t = pcall(chunk)
-    if not ok then error(tostring(t), 0) end
-    if type(t) ~= "table" then
-      error(path .. ": a script must return a table of hooks, got " .. type(t), 0)
+-- A set of hooks: by phase index (1-based), plus init and worker_init.
+local function new_set()
+  local set = { once = { init = {}, worker_init = {} } }
+  for i in ipairs(PHASES) do set[i] = {} end
+  return set
+end
+
+-- Add the hooks of table `t` (what the script at `path` returned) to set.
+local function add_hooks(set, t, path)
+  if type(t) ~= "table" then
+    error(path .. ": a script must return a table of hooks, got " .. type(t), 0)
+  end
+  for name, fn in pairs(t) do
+    if not KNOWN[name] then
+      error(path .. ": unknown hook \"" .. tostring(name) .. "\" (known: init, worker_init, "
+        .. table.concat(PHASES, ", ") .. ")", 0)
     end
-    for name, fn in pairs(t) do
-      if not KNOWN[name] then
-        error(path .. ": unknown hook \"" .. tostring(name) .. "\" (known: init, worker_init, "
-          .. table.concat(PHASES, ", ") .. ")", 0)
-      end
-      if type(fn) ~= "function" then
-        error(path .. ": " .. name .. " must be a function, got " .. type(fn), 0)
-      end
-    end
-    for i, name in ipairs(PHASES) do
-      if t[name] then hooks[i][#hooks[i] + 1] = t[name] end
-    end
-    for name, list in pairs(once) do
-      if t[name] then list[#list + 1] = t[name] end
+    if type(fn) ~= "function" then
+      error(path .. ": " .. name .. " must be a function, got " .. type(fn), 0)
     end
   end
+  for i, name in ipairs(PHASES) do
+    if t[name] then set[i][#set[i] + 1] = t[name] end
+  end
+  for name, list in pairs(set.once) do
+    if t[name] then list[#list + 1] = t[name] end
+  end
+end
+
+-- Compile and run the script at `path`; its table of hooks.  Unless jit,
+-- the script's functions are kept out of the JIT, so that the CPU budget's
+-- count hook (lua_bridge.c) sees them run; moxy's own modules stay compiled.
+local function load_script(path, jit_on)
+  local chunk, err = loadfile(path)
+  if not chunk then error(err, 0) end
+  if not jit_on then jit.off(chunk, true) end
+  local ok, t = pcall(chunk)
+  if not ok then error(tostring(t), 0) end
+  return t
+end
+
+local hooks = new_set() -- the worker's (M.load)
+
+-- Load the scripts (in order) into the worker's hooks.  `scripts`: a list of
+-- { path = ..., jit = bool }.  Raises "file:line: message".  Returns the
+-- number of hooks of each phase, by name.
+function M.load(scripts)
+  _G.moxy = require "moxy"
+  for _, s in ipairs(scripts) do add_hooks(hooks, load_script(s.path, s.jit), s.path) end
   local counts = {}
   for i, name in ipairs(PHASES) do counts[name] = #hooks[i] end
   return counts
 end
 
--- The hooks of each phase (lists of functions), for moxy.test.
-M.hooks = hooks
+-- A set of hooks of its own (for moxy.test): from a list whose items are
+-- script paths or tables of hooks.  Raises like M.load.
+function M.hook_set(list)
+  _G.moxy = require "moxy"
+  local set = new_set()
+  for i, item in ipairs(list) do
+    if type(item) == "string" then add_hooks(set, load_script(item, true), item)
+    else add_hooks(set, item, "hooks #" .. i) end
+  end
+  return set
+end
 
 local function check_pool(p, i)
   if type(p) ~= "string" then
@@ -102,11 +124,11 @@ local function run_body(list, t, chunk, eof)
   return chunk
 end
 
--- Run the hooks of `phase` (0-based, as in C) for the request `ptr`.
+-- Run set's hooks of `phase` (0-based, as in C) for the request `ptr`.
 -- Returns answered (a hook called txn:respond), the txn, and for on_body
 -- the chunk to send.
-local function run_hooks(ptr, phase, t, chunk, eof)
-  local list = hooks[phase + 1]
+local function run_hooks(set, ptr, phase, t, chunk, eof)
+  local list = set[phase + 1]
   if t then
     txn.enter(ptr, phase) -- a later phase: the request's txn (and ctx) again
   else
@@ -144,6 +166,12 @@ local function run_timer(id)
   tm.fn(unpack(tm.args, 1, tm.args.n))
 end
 
+-- Run set's hooks of phase for ptr (moxy.test drives the phases itself):
+-- answered, txn[, on_body's chunk].
+function M.run_phase(set, ptr, phase, t, chunk, eof)
+  return run_hooks(set, ptr, phase, t, chunk, eof)
+end
+
 local hook_cos = setmetatable({}, { __mode = "k" }) -- coroutines of coroutine_body
 
 -- The body of every hook coroutine: run a request's hooks of one phase (or
@@ -158,7 +186,7 @@ function M.coroutine_body(ptr, phase, t, chunk, eof)
       run_timer(t)
       t = nil
     else
-      answered, t, out = run_hooks(ptr, phase, t, chunk, eof)
+      answered, t, out = run_hooks(hooks, ptr, phase, t, chunk, eof)
       txn.leave()
     end
     ptr, phase, t, chunk, eof = yield(M.DONE, answered, t, out)
@@ -174,8 +202,8 @@ M.in_once = false -- an init or worker_init hook runs
 -- Run the `name` hooks ("init" once per configuration before the workers
 -- start, "worker_init" in each worker's VM before it serves).  Hooks run in
 -- a coroutine and may moxy.sleep.  Raises "name: file:line: message".
-function M.run_once(name)
-  for _, fn in ipairs(once[name]) do
+function M.run_once(name, set)
+  for _, fn in ipairs((set or hooks).once[name]) do
     local co = coroutine.create(fn)
     M.in_once = true
     while true do
@@ -195,8 +223,13 @@ function M.run_once(name)
   end
 end
 
--- 1 when the running code may wait (a hook or a timer callback).
+-- moxy.test: with M.test set, hooks run without an event loop: moxy.sleep
+-- simply waits (blocks), and M.test.http(opts) answers moxy.http calls.
+M.test = nil
+
+-- true when the running code may wait (a hook or a timer callback).
 function M.can_wait()
+  if M.test then return true end
   local co = coroutine.running()
   return co ~= nil and hook_cos[co] == true
 end
@@ -218,6 +251,10 @@ end
 function M.sleep(seconds)
   if M.in_once then
     yield(M.WAIT, seconds)
+    return
+  end
+  if M.test then
+    C.poll(nil, 0, math.floor(seconds * 1000 + 0.5))
     return
   end
   if not M.can_wait() or C.moxy_ffi_sleep(seconds) ~= OK then
