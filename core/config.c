@@ -158,6 +158,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
 
     lua_getfield(L, t, "lua");
     c->cpu_budget = field_num(L, lua_gettop(L), "cpu_budget", 0.05);
+    c->lua_memory = (size_t)field_num(L, lua_gettop(L), "memory", 512.0 * 1024 * 1024);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "limits");
@@ -229,12 +230,12 @@ moxy_conf_t *moxy_conf_load(const char *path)
     if (!c) goto err;
     c->path = strdup(path);
     if (read_conf(L, lua_gettop(L), c) != MOXY_OK) goto err;
-    lua_close(L);
+    moxy_lua_close(L);
     return c;
 
 err:
     moxy_conf_free(c);
-    lua_close(L);
+    moxy_lua_close(L);
     return NULL;
 }
 

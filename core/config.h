@@ -60,6 +60,7 @@ typedef struct {
     int *scripts_jit; /* 1: the script's functions may be JIT-compiled (no CPU budget) */
     int nscripts;
     double cpu_budget; /* seconds one hook call may run before it is stopped; 0: no limit */
+    size_t lua_memory; /* bytes a worker's Lua VM may hold while hooks run; 0: no limit */
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
     int nshared;

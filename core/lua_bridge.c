@@ -176,6 +176,10 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         return MOXY_ERROR;
     }
     lua_State *L = w->L;
+    if (w->conf->lua_memory && moxy_lua_memory_limit(L, w->conf->lua_memory) != MOXY_OK) {
+        snprintf(w->error, sizeof(w->error), "out of memory");
+        return MOXY_ERROR;
+    }
     if (load_scripts(L, w->conf) != 0) {
         snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
         return MOXY_ERROR;
@@ -236,7 +240,7 @@ void moxy_lua_worker_free(moxy_worker_t *w)
     free(w->co_free);
     w->co_free = NULL;
     w->nco_free = w->co_free_cap = 0;
-    if (w->L) lua_close(w->L);
+    if (w->L) moxy_lua_close(w->L);
     w->L = NULL;
     if (cur_worker == w) cur_worker = NULL;
 }
@@ -314,7 +318,9 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     moxy_lua_task_t *outer = cur_task;
     cur_task = t;
     budget_arm(w);
+    moxy_lua_memory_enforce(w->L, 1);
     int st = lua_resume(c, nargs);
+    size_t used = moxy_lua_memory_enforce(w->L, 0);
     budget_disarm(w);
     t = *tp = cur_task; /* task_current may have moved it */
     cur_task = outer;
@@ -344,11 +350,20 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
         return MOXY_AGAIN;
     }
     /* an error, or a yield that did not come from moxy's API */
-    if (st == LUA_YIELD)
+    if (st == LUA_YIELD) {
         log_task_error(t, "a hook yielded outside moxy's API (coroutine.yield in a hook?)");
-    else
+    } else if (st == LUA_ERRMEM) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "the worker's Lua memory limit was reached (lua.memory = %zu MiB)",
+                 w->conf->lua_memory >> 20);
+        log_task_error(t, msg);
+    } else {
         log_task_error(t, lua_isstring(c, -1) ? lua_tostring(c, -1) : "(error object is not a string)");
+    }
     task_drop(t);
+    /* what the failed hook held is garbage now: give it back before the
+     * next hook needs the room */
+    if (w->conf->lua_memory && used > w->conf->lua_memory / 2) lua_gc(w->L, LUA_GCCOLLECT, 0);
     if (r) {
         r->local = 0; /* a half-made answer is not sent */
         if (r->hook_phase < MOXY_PHASE_BODY) r->resp_headers.n = 0;
@@ -593,6 +608,6 @@ int moxy_lua_check_scripts(const moxy_conf_t *conf)
             rc = MOXY_ERROR;
         }
     }
-    lua_close(L);
+    moxy_lua_close(L);
     return rc;
 }

@@ -43,6 +43,6 @@ int moxy_test_main(int argc, char **argv)
         fprintf(stderr, "moxy test: %s\n", lua_tostring(L, -1));
         rc = 2;
     }
-    lua_close(L);
+    moxy_lua_close(L);
     return rc;
 }

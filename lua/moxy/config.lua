@@ -391,8 +391,12 @@ function M.check(t, path, src)
   end
 
   local lua = t.lua or {}
-  if c:table(lua, { "lua" }, { cpu_budget = true }) then
-    conf.lua = { cpu_budget = c:value(lua.cpu_budget, { "lua", "cpu_budget" }, duration, 0.05) }
+  if c:table(lua, { "lua" }, { cpu_budget = true, memory = true }) then
+    conf.lua = { cpu_budget = c:value(lua.cpu_budget, { "lua", "cpu_budget" }, duration, 0.05),
+                 memory = c:value(lua.memory, { "lua", "memory" }, size, 512 * 1024 * 1024) }
+    if conf.lua.memory and conf.lua.memory ~= 0 and conf.lua.memory < 16 * 1024 * 1024 then
+      c:err({ "lua", "memory" }, "at least 16m (or 0: no limit)", lua.memory)
+    end
   end
 
   conf.shared = c:shared(t.shared, { "shared" })
