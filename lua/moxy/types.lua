@@ -48,6 +48,7 @@ function Headers:each() end
 ---@class moxy.Response
 ---@field status integer|nil         settable in on_response
 ---@field headers moxy.Headers
+---@field filter boolean             set false (until on_response) to skip on_body
 
 ---@class moxy.Client
 ---@field ip string
@@ -55,25 +56,47 @@ function Headers:each() end
 
 ---@class moxy.Upstream
 ---@field pool string|nil            the pool picked so far
----@field peer string|nil            "ip:port" of the origin server tried last
----@field tries integer              origin connections tried so far
+---@field peer string|nil            "ip:port" of the peer of this (or the last) try
+---@field tries integer              the number of this try (1 for the first)
+---@field status integer|nil         the origin's status, before on_response changed it
+---@field connect_time number|nil    seconds from the try's start to connected
+---@field header_time number|nil     seconds from the try's start to the response head
+---@field response_time number|nil   seconds from the try's start to the last byte
 local Upstream = {}
 
----Send the request to the pool called `pool` (raises if there is none).
+---Send the request (this try) to the pool called `pool` (raises if there is none).
 ---@param pool string
-function Upstream:pick(pool) end
+---@param opts? table
+function Upstream:pick(pool, opts) end
+
+---Send this try to ip:port instead of a pool's server (an IP literal).
+---@param ip string
+---@param port integer
+function Upstream:set_peer(ip, port) end
+
+---Allow (true) or forbid (false) retries on another peer for this request.
+---@param yes boolean
+function Upstream:retryable(yes) end
 
 ---@class moxy.Txn
 ---@field req moxy.Request
 ---@field resp moxy.Response
 ---@field client moxy.Client
 ---@field upstream moxy.Upstream
----@field ctx table                  yours, from on_request to on_response
+---@field ctx table                  yours, from the first hook to on_log, across retries
 ---@field id string                  the request id
 ---@field listener string            the listener's name
----@field error string|nil           in on_error: why the request failed
+---@field error string|nil           in on_error (and on_upstream on a retry): why it failed
 ---@field started number             when the request's first byte came (epoch seconds)
+---@field duration number            seconds since then
+---@field bytes_sent number          response body bytes sent to the client
 local Txn = {}
+
+---Wait for the whole request body (up to max bytes, default limits.body_bytes).
+---Over the limit: nil, "request body too large" (and a 413 unless a hook answers).
+---@param max? integer
+---@return string|nil body, string|nil err
+function Txn:read_body(max) end
 
 ---Answer the request now; later hooks of the phase are skipped.
 ---@param status integer
@@ -155,7 +178,11 @@ function Router:dispatch(txn) end
 ---@field init? fun()
 ---@field worker_init? fun()
 ---@field on_request? fun(txn: moxy.Txn)
+---@field on_upstream? fun(txn: moxy.Txn): string|nil   may return a pool name
+---@field on_upstream_request? fun(txn: moxy.Txn)
 ---@field on_response? fun(txn: moxy.Txn)
+---@field on_body? fun(txn: moxy.Txn, chunk: string, eof: boolean): string|nil
+---@field on_log? fun(txn: moxy.Txn)
 ---@field on_error? fun(txn: moxy.Txn)
 
 ---@class moxy.Log
@@ -164,13 +191,19 @@ function Router:dispatch(txn) end
 ---@field info fun(...: any)
 ---@field debug fun(...: any)
 
+---@class moxy.timer
+---@field at fun(delay: number, fn: function, ...: any): integer|nil, string|nil
+---@field every fun(interval: number, fn: function, ...: any): integer|nil, string|nil
+---@field cancel fun(id: integer): boolean
+
 ---@class moxy
 ---@field version string
 ---@field log moxy.Log
+---@field timer moxy.timer
 ---@field json { encode: fun(v: any): string|nil, string|nil, decode: fun(s: string): any, string|nil, null: any }
 moxy = {}
 
----Park the running hook for `seconds` without blocking the worker.
+---Park the running hook (or timer callback) for `seconds` without blocking the worker.
 ---@param seconds number
 function moxy.sleep(seconds) end
 
@@ -244,3 +277,34 @@ return moxy
 
 ---@class moxy
 ---@field shared moxy.shared
+
+-- moxy.http (lua/moxy/http.lua, docs/http.md): the non-blocking HTTP/1.1 client
+-- (comments only: they may follow the `return` above)
+
+---Options of moxy.http.request.
+---@class moxy.http.Options
+---@field url string                 "http://host[:port]/path?query" (https: not yet)
+---@field method? string             default "GET"
+---@field headers? table<string, string|number|(string|number)[]>  Host, User-Agent defaulted; Content-Length/Transfer-Encoding come from body
+---@field body? string
+---@field timeout? number            seconds for the whole call (default 10)
+---@field connect_timeout? number    seconds per connect (default: the config's timeouts.connect)
+---@field max_body? integer|string   bytes or "64k" (default 16 MiB); more: nil, "body too large"
+---@field keepalive? boolean         keep the connection for the next call (default true)
+
+---A response.  headers: lower-case names; repeated headers joined with ", ",
+---except set-cookie, a list of strings.
+---@class moxy.http.Response
+---@field status integer
+---@field headers table<string, string|string[]>
+---@field body string
+
+---In hooks (every phase) and moxy.timer callbacks; the hook waits, the worker does not.
+---Raises on wrong argument types; returns nil, err on failure ("timeout",
+---"connect: connection refused", "body too large", "invalid response: ...", "closed", ...).
+---@class moxy.http
+---@field request fun(opts: moxy.http.Options): moxy.http.Response|nil, string|nil
+---@field get fun(url: string, opts?: moxy.http.Options|table): moxy.http.Response|nil, string|nil
+
+---@class moxy
+---@field http moxy.http
