@@ -161,6 +161,7 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
     local f = REQ_FIELDS[k]
     if f then return field(req_ptr(), f) end
     if k == "scheme" then return "http" end
+    if k == "args" then return require("moxy.query").parse(field(req_ptr(), F.query) or "") end
     return nil
   end,
   -- txn.req.path = "/new" and txn.req.query = "a=1" (nil: no query) change
@@ -174,8 +175,15 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
         error("txn.req.query must be a string or nil, got " .. type(v), 2)
       end
       set_target(field(req_ptr(), F.path), v)
+    elseif k == "args" then
+      -- txn.req.args = { page = 2, tag = { "a", "b" } }: the query, encoded (nil: none)
+      if v ~= nil and type(v) ~= "table" then
+        error("txn.req.args must be a table or nil, got " .. type(v), 2)
+      end
+      local q = v and require("moxy.query").encode(v)
+      set_target(field(req_ptr(), F.path), q ~= "" and q or nil)
     else
-      error("txn.req." .. tostring(k) .. " cannot be set (settable: path, query)", 2)
+      error("txn.req." .. tostring(k) .. " cannot be set (settable: path, query, args)", 2)
     end
   end,
 })

@@ -40,6 +40,7 @@ function Headers:each() end
 ---@field uri string                 path and query as received (or as rewritten)
 ---@field path string                settable: the path sent to the origin
 ---@field query string|nil           settable (nil: no query)
+---@field args table<string, string|string[]>  the query parsed; settable from a table
 ---@field host string|nil
 ---@field scheme string
 ---@field http_version string        "1.1" or "1.0"

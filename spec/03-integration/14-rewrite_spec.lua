@@ -14,6 +14,17 @@ return {
     elseif p == "/noquery" then
       txn.req.path = "/echo"
       txn.req.query = nil
+    elseif p == "/args" then
+      local args = txn.req.args
+      txn.req.path = "/echo"
+      args.page = tonumber(args.page) + 1
+      args.drop = nil
+      args.tag = { "x y", "z" }
+      txn.req.args = args
+      txn.req.headers:set("X-Seen", tostring(txn.req.args.page))
+    elseif p == "/noargs" then
+      txn.req.path = "/echo"
+      txn.req.args = {}
     elseif p == "/badpath" then
       txn.req.path = "/a b"
     elseif p == "/moved" then
@@ -47,6 +58,14 @@ describe("request rewriting", function()
     local e = helpers.echo(assert(helpers.request(moxy.port, { path = "/requery?a=1" })))
     assert.equal("/echo?b=2&c=%20", e.uri)
     e = helpers.echo(assert(helpers.request(moxy.port, { path = "/noquery?a=1" })))
+    assert.equal("/echo", e.uri)
+  end)
+
+  it("reads and sets the query as a table (txn.req.args)", function()
+    local e = helpers.echo(assert(helpers.request(moxy.port, { path = "/args?page=1&drop=1&tag=a" })))
+    assert.equal("/echo?page=2&tag=x%20y&tag=z", e.uri)
+    assert.equal("2", helpers.echo_value(e, "X-Seen"))
+    e = helpers.echo(assert(helpers.request(moxy.port, { path = "/noargs?a=1" })))
     assert.equal("/echo", e.uri)
   end)
 
