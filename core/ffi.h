@@ -232,4 +232,20 @@ void moxy_ffi_shdict_stats(moxy_shdict_t *d, moxy_shdict_stats_t *out);
 void moxy_ffi_shdict_free(void *p);
 /* END FFI */
 
+/* BEGIN FFI lua/moxy/http.lua */
+/* Start an HTTP/1.1 call for the running hook or timer callback, which then
+ * waits (runtime.wait) for its result: a table { status, headers, body }, or
+ * nil and an error.  host (hlen bytes: an IP literal without brackets, or a
+ * name) and port say where to connect; req (rlen bytes, copied) is the whole
+ * request, head and body; head: a HEAD request (no body comes back);
+ * keepalive: the connection may be kept and reused; timeout: seconds for
+ * the whole call; connect_timeout: seconds per connect (<= 0: the
+ * configuration's timeouts.connect); max_body: bytes the response body may
+ * have.  MOXY_OK: started; MOXY_DECLINED: no hook or timer callback runs;
+ * MOXY_ERROR: failed at once, the reason in err (errlen bytes, NUL-ended). */
+int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req, size_t rlen,
+                        int head, int keepalive, double timeout, double connect_timeout,
+                        size_t max_body, char *err, size_t errlen);
+/* END FFI */
+
 #endif

@@ -4,6 +4,7 @@
  */
 #include "worker.h"
 #include "http.h"
+#include "http_fetch.h"
 #include "lua_bridge.h"
 
 #include <errno.h>
@@ -213,6 +214,7 @@ static void *worker_main(void *arg)
     moxy_client_t *c;
     while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
     moxy_client_end_detached(w);
+    moxy_fetch_free_worker(w);
     moxy_alog_flush(&w->alog);
     moxy_upstream_free_worker(w);
     moxy_lua_worker_free(w);
