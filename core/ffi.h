@@ -248,4 +248,89 @@ int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req
                         size_t max_body, char *err, size_t errlen);
 /* END FFI */
 
+/* BEGIN FFI lua/moxy/test.lua */
+/* `moxy test` (core/test_txn.c): a request detached from any socket, whose
+ * phases lua/moxy/test.lua drives as http_client.c and http_upstream.c do.
+ * A moxy_test_t owns a worker of its own (pools, a listener "test", an
+ * event_base that never runs), a client with fd -1 and its one request. */
+typedef struct moxy_test_s moxy_test_t;
+
+/* A test worker whose configuration has npools pools called pools[i], each
+ * with one server whose "ip:port" text is peers[i] (strings copied), the
+ * pool default_pool (index, or -1) as default_upstream, tries as every
+ * pool's tries, and config.c's default limits and timeouts.  NULL: out of
+ * memory.  The caller frees it with moxy_ffi_test_free. */
+moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, int npools, int default_pool,
+                               int tries);
+
+/* Free t, its request and everything the request holds. */
+void moxy_ffi_test_free(moxy_test_t *t);
+
+/* t's request (one per t): method (one llhttp parses), uri (path and
+ * query, as on the request line), HTTP/1.minor, from client ip:port.  NULL
+ * with the reason in err (errlen bytes, NUL-ended) where the parser would
+ * refuse it.  Owned by t. */
+moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t mlen, const char *uri,
+                              size_t ulen, int minor, const char *ip, size_t iplen, int port,
+                              char *err, size_t errlen);
+
+/* Add a header to r's request (which = 0) or response (which = 1) headers,
+ * as the parsers do (value trimmed).  MOXY_ERROR: invalid name or value;
+ * MOXY_DECLINED: over limits.headers. */
+int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
+                         size_t vlen);
+
+/* r's head is complete: the parser's checks, Host, keep-alive, the request
+ * id, X-Forwarded-* and Via, and (has_body) the body's blen bytes, already
+ * buffered as after txn:read_body.  MOXY_ERROR with the reason in err. */
+int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen, int has_body, char *err,
+                            size_t errlen);
+
+/* A try of r starts (moxy_upstream_try, up to the on_upstream hooks). */
+void moxy_ffi_test_try_start(moxy_req_t *r);
+
+/* The on_upstream hooks ran: the try's peer.  0: a server of r's pool (the
+ * listener's or default_upstream when no hook picked one); 1: set_peer's
+ * address; MOXY_DECLINED: no pool (502). */
+int moxy_ffi_test_try_peer(moxy_req_t *r);
+
+/* What the origin receives for this try: the request head moxy writes
+ * (*head, *hlen) and the body (*body, *blen); in request memory.  MOXY_OK,
+ * or MOXY_ERROR (out of memory). */
+int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t *hlen, const char **body,
+                                 size_t *blen);
+
+/* The try failed for why (len bytes, copied): the tries r may make when it
+ * goes on to another try (try_again's rules; upstream_hooks: there are
+ * on_upstream hooks), 0 when it fails. */
+int moxy_ffi_test_try_failed(moxy_req_t *r, const char *why, size_t len, int upstream_hooks);
+
+/* The origin answered status (its headers added with moxy_ffi_test_header)
+ * with body_len bytes of body: 1 when the response has a body, 0 when not
+ * (HEAD, 204, 304). */
+int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len);
+
+/* The on_response hooks let the response go: its head is out.  1 when its
+ * body goes through on_body (body_hooks: there are on_body hooks). */
+int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks);
+
+/* n bytes of response body went to the client; done: the last of them. */
+void moxy_ffi_test_body_sent(moxy_req_t *r, size_t n, int done);
+
+/* r failed with status for why (len bytes, copied), before its on_error
+ * hooks (moxy_req_fail); status 0: the response was cut, only why is kept. */
+void moxy_ffi_test_fail(moxy_req_t *r, int status, const char *why, size_t len);
+
+/* 1 when r is answered by a hook (txn:respond) or by moxy. */
+int moxy_ffi_test_answered(moxy_req_t *r);
+
+/* moxy's error page for status (HTML, or JSON for Accept: ...json) as r's
+ * answer. */
+void moxy_ffi_test_error_page(moxy_req_t *r, int status);
+
+/* r's local answer goes out (moxy_resp_local: Date, Content-Type added):
+ * *body, *len get what the client receives of its body. */
+void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len);
+/* END FFI */
+
 #endif

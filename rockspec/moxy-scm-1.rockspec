@@ -23,6 +23,7 @@ build = {
     ["moxy.url"] = "lua/moxy/url.lua",
     ["moxy.runtime"] = "lua/moxy/runtime.lua",
     ["moxy.shared"] = "lua/moxy/shared.lua",
+    ["moxy.test"] = "lua/moxy/test.lua",
     ["moxy.txn"] = "lua/moxy/txn.lua",
     ["moxy.types"] = "lua/moxy/types.lua",
   },

@@ -309,3 +309,77 @@ return moxy
 
 ---@class moxy
 ---@field http moxy.http
+
+-- moxy.test (lua/moxy/test.lua, docs/testing.md): hooks tested without a server
+-- (comments only: they may follow the `return` above)
+
+---A request for t.run (t.txn's fields; all optional).
+---@class moxy.test.TxnFields
+---@field method? string             default "GET"
+---@field path? string               default "/"; may hold "?query"
+---@field query? string              appended after "?"
+---@field host? string|false         the Host header (default "localhost"; false: none, HTTP/1.0 only)
+---@field headers? table<string, string|number|string[]>|{ [1]: string, [2]: string }[]
+---@field client_ip? string          default "127.0.0.1"
+---@field client_port? integer       default 54321
+---@field body? string               sent with Content-Length, already buffered (txn:read_body)
+---@field http_version? "1.1"|"1.0"
+
+---What the fake origin received for a try.
+---@class moxy.test.OriginRequest
+---@field method string
+---@field uri string
+---@field path string
+---@field query string|nil
+---@field http_version string
+---@field host string|nil
+---@field headers moxy.test.OriginHeaders
+---@field body string
+---@field pool string|nil
+---@field peer string
+
+---The origin's headers in order ({ name, value } pairs), hop-by-hop ones removed.
+---@class moxy.test.OriginHeaders: { [integer]: { [1]: string, [2]: string } }
+---@field get fun(self: moxy.test.OriginHeaders, name: string): string|nil
+---@field get_all fun(self: moxy.test.OriginHeaders, name: string): string[]
+
+---A fake origin: fn returns status, body, headers; or raises / returns nil, err (a failed try).
+---@alias moxy.test.OriginFn fun(req: moxy.test.OriginRequest): integer|nil, string|nil, table<string, string|number|string[]>|nil
+
+---@class moxy.test.Upstream
+---@field fn moxy.test.OriginFn
+---@field calls integer                          times it was asked
+---@field requests moxy.test.OriginRequest[]     every req it got
+
+---@class moxy.test.Options
+---@field upstreams? table<string, moxy.test.Upstream|moxy.test.OriginFn>  the pools and their fake origins
+---@field peers? table<string, moxy.test.Upstream|moxy.test.OriginFn>      "ip:port" -> origin, for upstream:set_peer
+---@field default_upstream? string   default: the only pool
+---@field tries? integer             every pool's tries (default 2)
+---@field chunk_size? integer        response body bytes per on_body call (default: all)
+---@field http? fun(opts: table): moxy.http.Response|nil, string|nil  answers moxy.http.request
+---@field shared? table<string, integer|string>  moxy.shared dicts to create
+
+---@class moxy.test.LogLine
+---@field level "err"|"warn"|"info"|"debug"
+---@field message string
+
+---t.run's result: the txn after on_log.  txn.req/resp/client/upstream read the
+---last t.run's request.  Also txn.resp.body (what the client got),
+---txn.upstream.request / .requests (what the origin got).
+---@class moxy.test.Result: moxy.Txn
+---@field logs moxy.test.LogLine[]   moxy.log calls and moxy's own lines of the run
+---@field phases string[]            the phases whose hooks ran, in order
+---@field error string|nil           why moxy answered with an error ("on_request: file:line: msg")
+
+---Scripts compiled once (t.load).
+---@class moxy.test.Loaded
+
+---@alias moxy.test.Scripts string|moxy.Hooks|(string|moxy.Hooks)[]|moxy.test.Loaded
+
+---require "moxy.test"
+---@class moxy.test
+---@field txn fun(fields?: moxy.test.TxnFields): moxy.test.TxnFields
+---@field upstream fun(fn: moxy.test.OriginFn): moxy.test.Upstream
+---@field load fun(scripts: moxy.test.Scripts): moxy.test.Loaded
+---@field run fun(scripts: moxy.test.Scripts, txn?: moxy.test.TxnFields, opts?: moxy.test.Options): moxy.test.Result

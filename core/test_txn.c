@@ -1,0 +1,627 @@
+/*
+ * test_txn.c -- `moxy test`'s transactions (lua/moxy/test.lua): a real
+ * moxy_req_t, detached from any socket, that a spec's hooks run on through
+ * the same FFI exports (ffi.c) as in production.
+ *
+ * A moxy_test_t owns a worker of its own (a configuration holding the pools
+ * the spec names, one listener called "test", an event_base that never runs:
+ * it only answers the cached-time calls), a client connection with fd -1,
+ * and that client's one request, built in the client's pool as the parser
+ * would build it.  lua/moxy/test.lua drives the phases in the order
+ * http_client.c and http_upstream.c do; the functions below are the request
+ * bookkeeping of those files that is not reachable without a socket (the
+ * steps of a try, the origin's head, moxy's own answers), kept to the same
+ * rules.  Where a rule is copied (forwarding headers, request id, error
+ * page), the production function is named above the copy.
+ */
+#include "ffi.h"
+#include "headers.h"
+#include "http.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+struct moxy_test_s {
+    moxy_worker_t *w; /* its conf (moxy_conf_free) and base are ours too */
+    moxy_client_t *c; /* fd -1; its pool holds the request */
+};
+
+/* --- the test worker --- */
+
+/* A configuration as config.c makes one from a file with only upstreams:
+ * npools pools (one server each, "ip:port" text peers[i]) and one listener
+ * "test" without a pool of its own. */
+static moxy_conf_t *test_conf(const char **pools, const char **peers, int npools, int default_pool,
+                              int tries)
+{
+    moxy_conf_t *conf = calloc(1, sizeof(*conf));
+    if (!conf) return NULL;
+    conf->upstreams = calloc((size_t)npools + 1, sizeof(*conf->upstreams));
+    conf->listens = calloc(1, sizeof(*conf->listens));
+    conf->path = strdup("moxy test");
+    if (!conf->upstreams || !conf->listens || !conf->path) goto err;
+    for (int i = 0; i < npools; i++) {
+        moxy_upstream_conf_t *u = &conf->upstreams[i];
+        conf->nupstreams = i + 1; /* what moxy_conf_free frees */
+        u->name = strdup(pools[i]);
+        u->servers = calloc(1, sizeof(*u->servers));
+        if (!u->name || !u->servers) goto err;
+        u->nservers = 1;
+        u->servers[0].weight = 1;
+        u->servers[0].addr.text = strdup(peers[i]);
+        if (!u->servers[0].addr.text) goto err;
+        u->keepalive = 64;
+        u->keepalive_timeout = 60;
+        u->tries = tries > 0 ? tries : 2;
+    }
+    conf->default_upstream = default_pool >= 0 && default_pool < npools ? default_pool : -1;
+    conf->nlistens = 1;
+    conf->listens[0].name = strdup("test");
+    conf->listens[0].addr.text = strdup("test");
+    if (!conf->listens[0].name || !conf->listens[0].addr.text) goto err;
+    conf->listens[0].upstream = -1;
+    conf->listens[0].backlog = 4096;
+    /* the defaults of config.c's read_conf */
+    conf->cpu_budget = 0.05;
+    conf->limits.header_bytes = 32768;
+    conf->limits.headers = 100;
+    conf->limits.uri_bytes = 8192;
+    conf->limits.body_bytes = 64ull * 1024 * 1024;
+    conf->limits.connections = 10000;
+    conf->timeouts.client_header = 10;
+    conf->timeouts.client_body = 30;
+    conf->timeouts.client_send = 60;
+    conf->timeouts.connect = 3;
+    conf->timeouts.upstream = 60;
+    conf->timeouts.keepalive = 75;
+    conf->timeouts.drain = 60;
+    conf->log.level = MOXY_LOG_INFO;
+    return conf;
+err:
+    moxy_conf_free(conf);
+    return NULL;
+}
+
+EXPORT void moxy_ffi_test_free(moxy_test_t *t)
+{
+    if (!t) return;
+    moxy_client_t *c = t->c;
+    if (c) {
+        moxy_req_t *r = c->req;
+        if (r) { /* request_end, without the hooks' state (test.lua keeps it) */
+            moxy_upstream_req_free(r);
+            if (r->body_buf) evbuffer_free(r->body_buf);
+        }
+        moxy_pool_reset(&c->pool);
+        free(c);
+    }
+    moxy_worker_t *w = t->w;
+    if (w) {
+        if (w->base) event_base_free(w->base);
+        moxy_conf_free(w->conf);
+        free(w);
+    }
+    free(t);
+}
+
+EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, int npools,
+                                      int default_pool, int tries)
+{
+    moxy_test_t *t = calloc(1, sizeof(*t));
+    if (!t) return NULL;
+    moxy_worker_t *w = t->w = calloc(1, sizeof(*w));
+    if (!w) goto err;
+    w->id = -1;
+    w->lua_body = -2; /* LUA_NOREF: this worker has no VM; test.lua runs the hooks */
+    w->control_fd = -1;
+    LIST_INIT(&w->clients);
+    LIST_INIT(&w->detached);
+    LIST_INIT(&w->timers);
+    if (!(w->conf = test_conf(pools, peers, npools, default_pool, tries))) goto err;
+    /* never run: event_base_gettimeofday_cached (txn.duration, Date) reads
+     * the clock through it */
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
+    if (!w->base) goto err;
+    const moxy_conf_t *conf = w->conf;
+    w->tv_client_header = moxy_timeval(conf->timeouts.client_header);
+    w->tv_client_body = moxy_timeval(conf->timeouts.client_body);
+    w->tv_client_send = moxy_timeval(conf->timeouts.client_send);
+    w->tv_connect = moxy_timeval(conf->timeouts.connect);
+    w->tv_upstream = moxy_timeval(conf->timeouts.upstream);
+    w->tv_keepalive = moxy_timeval(conf->timeouts.keepalive);
+    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
+        w->rng[0] = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)t;
+        w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
+    }
+    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+
+    moxy_client_t *c = t->c = calloc(1, sizeof(*c));
+    if (!c) goto err;
+    c->w = w;
+    c->fd = -1;
+    c->listen_index = 0;
+    c->state = MOXY_C_HEAD;
+    moxy_pool_init(&c->pool);
+    return t;
+err:
+    moxy_ffi_test_free(t);
+    return NULL;
+}
+
+/* --- the request --- */
+
+static int fail_msg(char *err, size_t errlen, const char *msg)
+{
+    snprintf(err, errlen, "%s", msg);
+    return MOXY_ERROR;
+}
+
+/* The llhttp method called name (len bytes), or -1: one the request parser
+ * does not know. */
+static int method_of(const char *name, size_t len, const char **static_name)
+{
+    static const struct {
+        int num;
+        const char *name;
+    } methods[] = {
+#define MOXY_METHOD(NUM, NAME, STRING) {NUM, #STRING},
+        HTTP_METHOD_MAP(MOXY_METHOD)
+#undef MOXY_METHOD
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(methods); i++) {
+        if (strlen(methods[i].name) == len && memcmp(methods[i].name, name, len) == 0) {
+            *static_name = methods[i].name;
+            return methods[i].num;
+        }
+    }
+    return -1;
+}
+
+EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t mlen,
+                                     const char *uri, size_t ulen, int minor, const char *ip,
+                                     size_t iplen, int port, char *err, size_t errlen)
+{
+    moxy_client_t *c = t->c;
+    const moxy_conf_t *conf = c->w->conf;
+    if (c->req) {
+        fail_msg(err, errlen, "this test transaction has a request already");
+        return NULL;
+    }
+    /* what the parser refuses before the hooks would run */
+    const char *mname = NULL;
+    int m = method_of(method, mlen, &mname);
+    if (m < 0) {
+        fail_msg(err, errlen, "unknown method (llhttp's request methods, in capitals)");
+        return NULL;
+    }
+    if (m == HTTP_CONNECT) {
+        fail_msg(err, errlen, "CONNECT is not supported (moxy answers 405)");
+        return NULL;
+    }
+    if (ulen == 0 || (uri[0] != '/' && !(ulen == 1 && uri[0] == '*' && m == HTTP_OPTIONS))) {
+        fail_msg(err, errlen, "the path must start with /");
+        return NULL;
+    }
+    if (ulen > conf->limits.uri_bytes) {
+        fail_msg(err, errlen, "URI too long (limits.uri_bytes: moxy answers 414)");
+        return NULL;
+    }
+    for (size_t i = 0; i < ulen; i++) {
+        unsigned char ch = (unsigned char)uri[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '#') {
+            fail_msg(err, errlen,
+                     "the path and query may not hold spaces, controls, '#' or non-ASCII bytes "
+                     "(percent-encode them)");
+            return NULL;
+        }
+    }
+    if (minor != 0 && minor != 1) {
+        fail_msg(err, errlen, "http_version must be \"1.0\" or \"1.1\"");
+        return NULL;
+    }
+    char ipbuf[sizeof(c->ip)];
+    unsigned char addr[16];
+    if (iplen == 0 || iplen >= sizeof(ipbuf)) {
+        fail_msg(err, errlen, "client_ip must be an IPv4 or IPv6 address");
+        return NULL;
+    }
+    memcpy(ipbuf, ip, iplen);
+    ipbuf[iplen] = '\0';
+    if (inet_pton(AF_INET, ipbuf, addr) != 1 && inet_pton(AF_INET6, ipbuf, addr) != 1) {
+        fail_msg(err, errlen, "client_ip must be an IPv4 or IPv6 address");
+        return NULL;
+    }
+    if (port < 0 || port > 65535) {
+        fail_msg(err, errlen, "client_port must be in 0..65535");
+        return NULL;
+    }
+    memcpy(c->ip, ipbuf, iplen + 1);
+    c->port = (uint16_t)port;
+
+    /* client_new_request + on_url + on_headers_complete */
+    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
+    char *u = r ? moxy_pstrdup(&c->pool, uri, ulen) : NULL;
+    if (!u) {
+        fail_msg(err, errlen, "out of memory");
+        return NULL;
+    }
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->pool = -1;
+    r->server = r->last_server = -1;
+    event_base_gettimeofday_cached(c->w->base, &r->started);
+    r->method = (uint8_t)m;
+    r->method_name = (char *)mname;
+    r->http_major = 1;
+    r->http_minor = (uint8_t)minor;
+    r->uri = u;
+    r->uri_len = r->uri_cap = (uint32_t)ulen;
+    char *q = memchr(u, '?', ulen);
+    r->path_len = q ? (uint32_t)(q - u) : (uint32_t)ulen;
+    r->head_bytes = mlen + ulen + 11;
+    c->req = r;
+    return r;
+}
+
+EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size_t nlen,
+                                const char *val, size_t vlen)
+{
+    moxy_client_t *c = r->c;
+    /* llhttp skips the spaces around a value; on_header_value_complete the trailing ones */
+    while (vlen > 0 && (val[0] == ' ' || val[0] == '\t')) {
+        val++;
+        vlen--;
+    }
+    while (vlen > 0 && (val[vlen - 1] == ' ' || val[vlen - 1] == '\t'))
+        vlen--;
+    if (!moxy_header_name_valid(name, nlen) || !moxy_header_value_valid(val, vlen))
+        return MOXY_ERROR;
+    moxy_headers_t *hs = which ? &r->resp_headers : &r->headers;
+    if ((int)hs->n >= c->w->conf->limits.headers) return MOXY_DECLINED;
+    if (!which) r->head_bytes += nlen + vlen + 4;
+    return moxy_headers_add(&c->pool, hs, name, nlen, val, vlen);
+}
+
+/* http_client.c's request_id_valid */
+static int request_id_valid(const char *v, size_t n)
+{
+    if (n == 0 || n > 128) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+/* http_client.c's request_add_forwarding: X-Forwarded-*, Via. */
+static int add_forwarding(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_pool_t *pool = &c->pool;
+    moxy_headers_t *hs = &r->headers;
+    size_t len = strlen(c->ip);
+    for (uint32_t i = 0; i < hs->n; i++)
+        if (hs->h[i].kind & MOXY_HK_XFF) len += hs->h[i].value_len + 2;
+    char *xff = moxy_palloc(pool, len + 1), *p = xff;
+    if (!xff) return MOXY_ERROR;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        moxy_header_t *h = &hs->h[i];
+        if ((h->kind & MOXY_HK_XFF) && h->value_len) {
+            memcpy(p, h->value, h->value_len);
+            p += h->value_len;
+            *p++ = ',';
+            *p++ = ' ';
+        }
+    }
+    p = stpcpy(p, c->ip);
+    moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
+    if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
+        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK ||
+        (r->host &&
+         moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
+        return MOXY_ERROR;
+    return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
+}
+
+EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen, int has_body,
+                                   char *err, size_t errlen)
+{
+    moxy_client_t *c = r->c;
+    const moxy_conf_t *conf = c->w->conf;
+    if (r->head_bytes > conf->limits.header_bytes)
+        return fail_msg(err, errlen, "request head over limits.header_bytes (moxy answers 431)");
+    /* check_head */
+    int hosts = 0, cls = 0, tes = 0, conn_close = 0, conn_keep = 0;
+    const moxy_header_t *cl = NULL;
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        moxy_header_t *h = &r->headers.h[i];
+        if (h->kind & MOXY_HK_HOST) {
+            hosts++;
+            r->host = h->value;
+        } else if (h->kind & MOXY_HK_CL) {
+            cls++;
+            cl = h;
+        } else if (h->kind & MOXY_HK_TE) {
+            tes++;
+            if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "chunked"))
+                return fail_msg(err, errlen, "unsupported Transfer-Encoding (moxy answers 400)");
+        } else if (h->kind & MOXY_HK_EXPECT) {
+            if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "100-continue"))
+                return fail_msg(err, errlen, "unsupported Expect (moxy answers 417)");
+        } else if (h->kind & MOXY_HK_CONNECTION) {
+            conn_close |= moxy_list_has_token(h->value, h->value_len, "close", 5);
+            conn_keep |= moxy_list_has_token(h->value, h->value_len, "keep-alive", 10);
+        }
+    }
+    if (hosts > 1) return fail_msg(err, errlen, "more than one Host header (moxy answers 400)");
+    if (hosts == 0 && r->http_minor >= 1)
+        return fail_msg(err, errlen, "missing Host header (moxy answers 400)");
+    if (cls > 1)
+        return fail_msg(err, errlen, "more than one Content-Length header (moxy answers 400)");
+    if (tes > 1)
+        return fail_msg(err, errlen, "more than one Transfer-Encoding header (moxy answers 400)");
+    if (cls && tes)
+        return fail_msg(err, errlen,
+                        "both Content-Length and Transfer-Encoding (moxy answers 400)");
+    if (tes && r->http_minor == 0)
+        return fail_msg(err, errlen, "Transfer-Encoding in HTTP/1.0 (moxy answers 400)");
+    if (tes && !has_body) return fail_msg(err, errlen, "Transfer-Encoding: chunked without a body");
+    if (cl) {
+        char num[24];
+        int n = snprintf(num, sizeof(num), "%zu", blen);
+        if (!has_body || cl->value_len != (uint32_t)n || memcmp(cl->value, num, (size_t)n) != 0)
+            return fail_msg(err, errlen, "the Content-Length header does not match the body");
+    }
+    r->has_cl = cls > 0;
+    r->has_te = tes > 0;
+    if (blen > conf->limits.body_bytes)
+        return fail_msg(err, errlen, "request body over limits.body_bytes (moxy answers 413)");
+
+    /* client_start_request */
+    r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
+    int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
+    if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
+        size_t n = MOXY_MIN(r->headers.h[i].value_len, sizeof(r->id) - 1);
+        memcpy(r->id, r->headers.h[i].value, n);
+        r->id[n] = '\0';
+    } else {
+        moxy_req_make_id(r);
+    }
+    c->state = MOXY_C_ACTIVE;
+    int m = r->method;
+    r->retryable = m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
+                   m == HTTP_DELETE || m == HTTP_TRACE;
+    /* the body, as if a hook's txn:read_body had buffered all of it */
+    r->body_kind = tes ? MOXY_BODY_CHUNKED : blen ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
+    r->body_length = tes ? 0 : blen;
+    r->body_read = blen;
+    r->body_done = 1;
+    if (has_body) {
+        r->body_buffered = 1;
+        if (!(r->body_buf = evbuffer_new()) || (blen && evbuffer_add(r->body_buf, body, blen) != 0))
+            return fail_msg(err, errlen, "out of memory");
+    }
+    if (add_forwarding(r) != MOXY_OK) return fail_msg(err, errlen, "out of memory");
+    return MOXY_OK;
+}
+
+/* --- a try (http_upstream.c) --- */
+
+EXPORT void moxy_ffi_test_try_start(moxy_req_t *r)
+{
+    /* moxy_upstream_try, up to the on_upstream hooks */
+    r->tries++;
+    r->server = -1;
+    evutil_timerclear(&r->up_started);
+    evutil_timerclear(&r->up_connected);
+    evutil_timerclear(&r->up_header);
+    evutil_timerclear(&r->up_done);
+    if (r->tries > 1) r->peer_addr = NULL;
+}
+
+EXPORT int moxy_ffi_test_try_peer(moxy_req_t *r)
+{
+    /* try_after_upstream_hooks: set_peer's address, or the pool's server */
+    moxy_client_t *c = r->c;
+    const moxy_conf_t *conf = c->w->conf;
+    if (r->peer_addr) {
+        r->peer = r->peer_addr->text;
+        return 1;
+    }
+    if (r->pool < 0) {
+        int li = c->listen_index;
+        r->pool =
+            conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
+    }
+    if (r->pool < 0) return MOXY_DECLINED;
+    r->server = 0; /* a test pool has one server */
+    r->peer = conf->upstreams[r->pool].servers[0].addr.text;
+    return 0;
+}
+
+EXPORT int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t *hlen,
+                                        const char **body, size_t *blen)
+{
+    /* try_connect + up_write_head: the request head moxy writes */
+    moxy_client_t *c = r->c;
+    moxy_worker_t *w = c->w;
+    event_base_gettimeofday_cached(w->base, &r->up_started);
+    r->up_connected = r->up_started;
+    const moxy_upstream_conf_t *uc = r->server >= 0 ? &w->conf->upstreams[r->pool] : NULL;
+    const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
+    size_t mlen = strlen(r->method_name), hl = strlen(host);
+    size_t max = mlen + r->uri_len + hl + moxy_headers_size(&r->headers) + 160;
+    char *start = moxy_palloc(&c->pool, max), *p = start;
+    if (!start) return MOXY_ERROR;
+    memcpy(p, r->method_name, mlen);
+    p += mlen;
+    *p++ = ' ';
+    memcpy(p, r->uri, r->uri_len);
+    p += r->uri_len;
+    memcpy(p, " HTTP/1.1\r\nHost: ", 17);
+    p += 17;
+    memcpy(p, host, hl);
+    p += hl;
+    *p++ = '\r';
+    *p++ = '\n';
+    p += moxy_headers_write(p, &r->headers, r->upgrade, MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_EXPECT);
+    size_t buffered = r->body_buffered && r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
+    if (r->body_buffered && r->body_kind != MOXY_BODY_NONE) {
+        memcpy(p, "Content-Length: ", 16);
+        p = moxy_write_u64(p + 16, buffered);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    *head = start;
+    *hlen = (size_t)(p - start);
+    *body = buffered ? (const char *)evbuffer_pullup(r->body_buf, -1) : "";
+    *blen = buffered;
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_test_try_failed(moxy_req_t *r, const char *why, size_t len, int upstream_hooks)
+{
+    /* try_again's rules */
+    const moxy_conf_t *conf = r->c->w->conf;
+    int max = r->pool >= 0 ? conf->upstreams[r->pool].tries : 2;
+    if (!r->retryable || r->tries >= max || r->resp_head_sent ||
+        (r->body_kind != MOXY_BODY_NONE && r->body_read > 0 && !r->body_buffered))
+        return 0;
+    if (!upstream_hooks && (r->pool < 0 || conf->upstreams[r->pool].nservers < 2)) return 0;
+    const char *copy = moxy_pstrdup(&r->c->pool, why, len);
+    if (!copy) return 0;
+    r->error = copy;
+    r->last_server = r->server;
+    return max;
+}
+
+EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
+{
+    /* rs_headers_complete, for a response with Content-Length */
+    r->status = r->up_status = status;
+    event_base_gettimeofday_cached(r->c->w->base, &r->up_header);
+    if (r->method == HTTP_HEAD || status == 204 || status == 304) {
+        r->resp_body_kind = MOXY_BODY_NONE;
+        return 0;
+    }
+    r->resp_body_kind = MOXY_BODY_LENGTH;
+    r->resp_body_left = body_len;
+    return 1;
+}
+
+EXPORT int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks)
+{
+    /* filter_start + moxy_resp_write_head: the head is out */
+    r->filtering = body_hooks && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
+    r->resp_head_sent = 1;
+    r->resp_state = MOXY_R_BODY;
+    return r->filtering;
+}
+
+EXPORT void moxy_ffi_test_body_sent(moxy_req_t *r, size_t n, int done)
+{
+    r->bytes_sent += n;
+    if (!done) return;
+    r->resp_body_left = 0;
+    r->resp_state = MOXY_R_DONE;
+    event_base_gettimeofday_cached(r->c->w->base, &r->up_done);
+}
+
+/* --- moxy's own answers (http_response.c) --- */
+
+EXPORT void moxy_ffi_test_fail(moxy_req_t *r, int status, const char *why, size_t len)
+{
+    const char *copy = moxy_pstrdup(&r->c->pool, why, len);
+    if (copy) r->error = copy;
+    if (!status) return; /* the response was cut: only why */
+    /* moxy_req_fail, before the on_error hooks */
+    if (!r->body_done) r->keepalive = 0;
+    r->status = status;
+    r->resp_headers.n = 0;
+    r->local = 0;
+}
+
+EXPORT int moxy_ffi_test_answered(moxy_req_t *r)
+{
+    return r->local;
+}
+
+/* http_response.c's wants_json */
+static int wants_json(const moxy_req_t *r)
+{
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        const moxy_header_t *h = &r->headers.h[i];
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "accept") &&
+            memmem(h->value, h->value_len, "json", 4))
+            return 1;
+    }
+    return 0;
+}
+
+EXPORT void moxy_ffi_test_error_page(moxy_req_t *r, int status)
+{
+    /* http_response.c's error_page */
+    moxy_client_t *c = r->c;
+    char body[512];
+    int n;
+    r->resp_headers.n = 0;
+    const char *reason = moxy_status_reason(status);
+    if (wants_json(r)) {
+        n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
+                     status, reason, r->id);
+        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "application/json", 16);
+    } else {
+        n = snprintf(body, sizeof(body),
+                     "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
+                     "<body><h1>%d %s</h1><p>request id %s</p><hr>moxy</body></html>\n",
+                     status, reason, status, reason, r->id);
+        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8",
+                         24);
+    }
+    moxy_headers_add(&c->pool, &r->resp_headers, "Cache-Control", 13, "no-store", 8);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof(body)) n = sizeof(body) - 1;
+    r->local_body = moxy_pstrdup(&c->pool, body, (size_t)n);
+    r->local_body_len = r->local_body ? (size_t)n : 0;
+    r->status = status;
+    r->local = 1;
+}
+
+EXPORT void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len)
+{
+    /* moxy_resp_local */
+    moxy_client_t *c = r->c;
+    size_t dl, n = r->local_body ? r->local_body_len : 0;
+    const char *date = moxy_http_date(c->w, &dl);
+    r->local = 1;
+    r->resp_body_kind = MOXY_BODY_LENGTH;
+    r->resp_body_left = n;
+    if (moxy_headers_find(&r->resp_headers, "Date", 4, 0) < 0)
+        moxy_headers_add(&c->pool, &r->resp_headers, "Date", 4, date, dl);
+    if (moxy_headers_find(&r->resp_headers, "Content-Type", 12, 0) < 0 && n > 0)
+        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
+    r->resp_head_sent = 1;
+    r->resp_state = MOXY_R_DONE;
+    int has_body =
+        !(r->method == HTTP_HEAD || r->status == 204 || r->status == 304 || r->status < 200);
+    *body = has_body && n ? r->local_body : "";
+    *len = has_body ? n : 0;
+    r->bytes_sent = *len;
+}
