@@ -62,7 +62,7 @@ struct moxy_lua_task_s {
     moxy_req_t *r;              /* NULL: a timer's callback */
     moxy_lua_timer_t *timer;    /* the timer whose callback this is, or NULL */
     struct evbuffer *body_out;  /* on_body: where the hooks' result goes */
-    struct event sleep;         /* moxy.sleep (assigned once stable) */
+    struct event *sleep;        /* moxy.sleep's timer, once stable (after the task) */
     void *op;                   /* the operation it waits for, or NULL */
     void (*cancel)(void *op);
     unsigned stable : 1;        /* in the request pool or malloc'ed, not on the C stack */
@@ -176,7 +176,7 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         return MOXY_ERROR;
     }
     lua_State *L = w->L;
-    if (w->conf->lua_memory && moxy_lua_memory_limit(L, w->conf->lua_memory) != MOXY_OK) {
+    if (w->conf->lua_memory && !(w->lua_mem = moxy_lua_memory_limit(L, w->conf->lua_memory))) {
         snprintf(w->error, sizeof(w->error), "out of memory");
         return MOXY_ERROR;
     }
@@ -209,7 +209,7 @@ int moxy_lua_worker_init(moxy_worker_t *w)
 /* Stop what t waits for and drop its coroutine (the GC collects it). */
 static void task_drop(moxy_lua_task_t *t)
 {
-    if (t->sleeping) event_del(&t->sleep);
+    if (t->sleeping) event_del(t->sleep);
     t->sleeping = 0;
     if (t->op) t->cancel(t->op);
     t->op = NULL;
@@ -243,6 +243,7 @@ void moxy_lua_worker_free(moxy_worker_t *w)
     if (w->L) moxy_lua_close(w->L);
     w->L = NULL;
     if (cur_worker == w) cur_worker = NULL;
+    w->lua_mem = NULL; /* freed with the VM */
 }
 
 /* A coroutine for a request: an idle one, or a new one with the body pushed. */
@@ -281,13 +282,17 @@ static void task_sleep_cb(evutil_socket_t fd, short what, void *arg);
  * task, or when out of memory. */
 static moxy_lua_task_t *task_current(void)
 {
-    moxy_lua_task_t *t = cur_task;
+    moxy_lua_task_t *t = cur_task, *s;
     if (!t || t->stable) return t;
-    moxy_lua_task_t *s = t->r ? moxy_palloc(&t->r->c->pool, sizeof(*s)) : malloc(sizeof(*s));
+    /* the task and its sleep timer in one piece; the stack copy stays small
+     * because a hook that never yields never needs the timer */
+    size_t n = sizeof(*s) + sizeof(struct event);
+    s = t->r ? moxy_palloc(&t->r->c->pool, n) : malloc(n);
     if (!s) return NULL;
     *s = *t;
     s->stable = 1;
-    evtimer_assign(&s->sleep, s->w->base, task_sleep_cb, s);
+    s->sleep = (struct event *)(s + 1);
+    evtimer_assign(s->sleep, s->w->base, task_sleep_cb, s);
     cur_task = s;
     return s;
 }
@@ -318,9 +323,13 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     moxy_lua_task_t *outer = cur_task;
     cur_task = t;
     budget_arm(w);
-    moxy_lua_memory_enforce(w->L, 1);
+    if (w->lua_mem) w->lua_mem->enforce = 1;
     int st = lua_resume(c, nargs);
-    size_t used = moxy_lua_memory_enforce(w->L, 0);
+    size_t used = 0;
+    if (w->lua_mem) {
+        w->lua_mem->enforce = 0;
+        used = w->lua_mem->used > 0 ? (size_t)w->lua_mem->used : 0;
+    }
     budget_disarm(w);
     t = *tp = cur_task; /* task_current may have moved it */
     cur_task = outer;
@@ -332,8 +341,12 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
                 const char *s = lua_tolstring(c, 4, &n);
                 if (s && n) evbuffer_add(t->body_out, s, n);
             }
-            /* keep the txn (and its ctx) for the request's later phases */
-            if (w->lua_phases > 1 && !r->txn_ref && lua_istable(c, 3)) {
+            /* keep the txn (and its ctx) for the request's later phases:
+             * other phases' hooks, or this one's again (on_body's next
+             * piece, on_upstream's retry) */
+            if (!r->txn_ref && (w->lua_phases > 1 || r->hook_phase == MOXY_PHASE_BODY ||
+                                r->hook_phase == MOXY_PHASE_UPSTREAM) &&
+                lua_istable(c, 3)) {
                 lua_pushvalue(c, 3);
                 lua_xmove(c, w->L, 1);
                 r->txn_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
@@ -519,7 +532,7 @@ EXPORT int moxy_ffi_sleep(double secs)
     moxy_lua_task_t *t = task_current();
     if (!t) return MOXY_DECLINED;
     struct timeval tv = moxy_timeval(secs > 1e7 ? 1e7 : secs);
-    evtimer_add(&t->sleep, &tv);
+    evtimer_add(t->sleep, &tv);
     t->sleeping = 1;
     t->waiting = 1;
     return MOXY_OK;

@@ -50,16 +50,8 @@ const char *moxy_lua_dir(void)
     return lua_dir;
 }
 
-/* Memory accounting of a state: its allocations pass through account_alloc
- * to LuaJIT's own allocator. */
-typedef struct {
-    lua_Alloc orig;
-    void *orig_ud;
-    int64_t used;  /* bytes the state holds */
-    int64_t limit; /* 0: none */
-    int enforce;
-} moxy_lua_mem_t;
-
+/* A state's allocations pass through account_alloc to LuaJIT's own
+ * allocator. */
 static void *account_alloc(void *ud, void *p, size_t osize, size_t nsize)
 {
     moxy_lua_mem_t *m = ud;
@@ -70,24 +62,15 @@ static void *account_alloc(void *ud, void *p, size_t osize, size_t nsize)
     return q;
 }
 
-int moxy_lua_memory_limit(lua_State *L, size_t limit)
+moxy_lua_mem_t *moxy_lua_memory_limit(lua_State *L, size_t limit)
 {
     moxy_lua_mem_t *m = calloc(1, sizeof(*m));
-    if (!m) return MOXY_ERROR;
+    if (!m) return NULL;
     m->orig = lua_getallocf(L, &m->orig_ud);
     m->used = (int64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + lua_gc(L, LUA_GCCOUNTB, 0);
     m->limit = (int64_t)limit;
     lua_setallocf(L, account_alloc, m);
-    return MOXY_OK;
-}
-
-size_t moxy_lua_memory_enforce(lua_State *L, int on)
-{
-    void *ud;
-    if (lua_getallocf(L, &ud) != account_alloc) return 0;
-    moxy_lua_mem_t *m = ud;
-    m->enforce = on;
-    return m->used > 0 ? (size_t)m->used : 0;
+    return m;
 }
 
 void moxy_lua_close(lua_State *L)

@@ -5,6 +5,8 @@
 #define MOXY_LUA_VM_H
 
 #include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
 
 /* The directory holding moxy's Lua modules (lua/moxy/NAME.lua): $MOXY_LUA_DIR, else
  * "lua" beside the executable, else the install directory. */
@@ -18,15 +20,20 @@ lua_State *moxy_lua_new(const char *conf_dir);
 /* Close L (made by moxy_lua_new) and free its memory accounting. */
 void moxy_lua_close(lua_State *L);
 
-/* Count what L allocates from now on against limit bytes (0: no limit).
- * The limit holds only while enforce is on (moxy_lua_memory_enforce): an
- * allocation past it fails there with "not enough memory", which the
- * running code sees as an error; outside, moxy's own calls never fail.
- * MOXY_ERROR when out of memory. */
-int moxy_lua_memory_limit(lua_State *L, size_t limit);
+/* The memory accounting of a state (moxy_lua_memory_limit). */
+typedef struct moxy_lua_mem_s {
+    lua_Alloc orig;
+    void *orig_ud;
+    int64_t used;  /* bytes the state holds */
+    int64_t limit; /* 0: none */
+    int enforce;   /* 1: allocations past limit fail (while hooks run) */
+} moxy_lua_mem_t;
 
-/* Turn the limit of L on (while hooks run) or off; returns the bytes L
- * holds. */
-size_t moxy_lua_memory_enforce(lua_State *L, int on);
+/* Count what L allocates from now on against limit bytes.  The limit holds
+ * only while the result's enforce is 1: an allocation past it fails there
+ * with "not enough memory", which the running code sees as an error;
+ * outside, moxy's own calls never fail.  The accounting lives until
+ * moxy_lua_close.  NULL when out of memory. */
+moxy_lua_mem_t *moxy_lua_memory_limit(lua_State *L, size_t limit);
 
 #endif

@@ -285,3 +285,65 @@ return {
     assert.equal("from timer: yes", assert(helpers.request(moxy.port, { path = "/later" })).body)
   end)
 end)
+
+describe("a script with on_body hooks only", function()
+  local origin, moxy
+
+  local ONLY_BODY = [[
+return {
+  on_body = function(txn, chunk, eof)
+    txn.ctx.calls = (txn.ctx.calls or 0) + 1
+    txn.ctx.bytes = (txn.ctx.bytes or 0) + #chunk
+    if eof then return chunk .. "|" .. txn.ctx.bytes .. " bytes in " .. txn.ctx.calls .. " calls" end
+  end,
+}
+]]
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    moxy = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      scripts = { "only.lua" },
+    }, { files = { ["only.lua"] = ONLY_BODY } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("keeps txn.ctx from one on_body call to the next", function()
+    local res = assert(helpers.request(moxy.port, { path = "/chunked/50000?chunk=5000" }))
+    local n = tonumber(res.body:match("|(%d+) bytes in %d+ calls$"))
+    assert.equal(50000, n, res.body:sub(-60))
+    assert.is_true(tonumber(res.body:match("in (%d+) calls$")) >= 2)
+  end)
+end)
+
+describe("a script with on_upstream hooks only", function()
+  local origin, moxy
+
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    moxy = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      scripts = { "only.lua" },
+    }, { files = { ["only.lua"] = [[
+return {
+  on_upstream = function(txn)
+    txn.ctx.seen = (txn.ctx.seen or "") .. txn.upstream.tries
+    if txn.upstream.tries == 1 then
+      txn.upstream:set_peer("127.0.0.1", tonumber(txn.req.headers:get("X-Dead-Port")))
+    else
+      txn.req.headers:set("X-Seen", txn.ctx.seen)
+    end
+  end,
+}
+]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("keeps txn.ctx across a retry", function()
+    local res = assert(helpers.request(moxy.port, { path = "/echo",
+      headers = { { "X-Dead-Port", tostring(helpers.free_port()) } } }))
+    assert.equal(200, res.status)
+    assert.equal("12", helpers.echo_value(helpers.echo(res), "X-Seen"))
+  end)
+end)

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# bench/callgrind.sh -- CPU instructions moxy spends per proxied request, by
+# hook variant, counted by valgrind's callgrind: deterministic, so unlike wrk
+# figures on a shared machine they compare across runs and commits.
+#
+#   bench/callgrind.sh                 variants nohook noop moxy jit, 2000 requests each
+#   N=5000 VARIANTS="moxy" bench/callgrind.sh
+#   MOXY_BIN=/path/to/moxy bench/callgrind.sh
+#
+# For each variant (bench/moxy-bench.lua's MOXY_BENCH_VARIANT) moxy runs under
+# callgrind against spec/support/origin.py; 200 warm-up requests on one
+# keep-alive connection, counters zeroed, N more requests (GET /bytes/100),
+# counters dumped: instructions / N is moxy's cost per request, everything
+# included (parsing, hooks, origin side, syscalls' user-space part).
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
+MOXY_BIN=${MOXY_BIN:-$REPO_DIR/moxy}
+N=${N:-2000}
+VARIANTS=${VARIANTS:-"nohook noop moxy jit"}
+command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/moxy-callgrind.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ -n ${KEEP:-} ]] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# origin
+python3 "$REPO_DIR/spec/support/origin.py" 0 >"$WORK/origin.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^ready' "$WORK/origin.out" 2>/dev/null && break; sleep 0.1; done
+ORIGIN_PORT=$(awk '/^ready/ {print $2}' "$WORK/origin.out")
+[[ -n $ORIGIN_PORT ]] || { echo "callgrind.sh: the origin did not start" >&2; exit 1; }
+
+# send COUNT requests on one keep-alive connection to PORT
+send() {
+    python3 - "$1" "$2" <<'EOF'
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+req = b"GET /bytes/100 HTTP/1.1\r\nHost: bench\r\n\r\n"
+buf = b""
+for _ in range(count):
+    s.sendall(req)
+    while True:
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buf[:head_end].decode("latin-1").lower()
+            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            if len(buf) >= head_end + 4 + length:
+                assert head.startswith("http/1.1 200"), head
+                buf = buf[head_end + 4 + length:]
+                break
+        data = s.recv(65536)
+        if not data:
+            sys.exit("closed")
+        buf += data
+s.close()
+EOF
+}
+
+printf "%-8s %12s\n" variant "instr/req"
+for variant in $VARIANTS; do
+    LISTEN_PORT=$(python3 "$REPO_DIR/bench/tools/free_ports.py" 1 | head -n 1)
+    out="$WORK/callgrind.$variant"
+    LISTEN_PORT=$LISTEN_PORT ORIGIN_PORT=$ORIGIN_PORT MOXY_BENCH_VARIANT=$variant \
+        valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
+        "$MOXY_BIN" -c "$REPO_DIR/bench/moxy-bench.lua" >"$WORK/moxy.$variant.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$LISTEN_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    send "$LISTEN_PORT" 200
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    send "$LISTEN_PORT" "$N"
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    # the dump made after the N requests (the first one written by -d)
+    dump=$(ls "$out.$pid".* 2>/dev/null | sort | head -n 1)
+    total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    printf "%-8s %12d\n" "$variant" $((total / N))
+done
