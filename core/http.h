@@ -6,7 +6,13 @@
 #ifndef MOXY_HTTP_H
 #define MOXY_HTTP_H
 
+#include "config.h"
 #include "http-t.h"
+
+struct evbuffer;
+
+/* Room for any of moxy's error pages (moxy_resp_error_body). */
+#define MOXY_ERROR_PAGE_MAX 512
 
 /* Prepare the parser settings of both sides; once, on the main thread,
  * before any worker starts. */
@@ -65,6 +71,17 @@ int moxy_req_read_body(moxy_req_t *r, uint64_t max);
 /* Give r a new random request id (also set as its X-Request-Id header). */
 void moxy_req_make_id(moxy_req_t *r);
 
+/* Set r's request id when its head is complete: the client's X-Request-Id
+ * when it is a valid one (1 to 128 of A-Z a-z 0-9 - _ . :), else a new one
+ * (moxy_req_make_id). */
+void moxy_req_set_id(moxy_req_t *r);
+
+/* Replace the X-Forwarded-For/-Proto/-Host r came with by moxy's (For: the
+ * values that came in, joined, then the client's address; Host: r->host, if
+ * any) and add Via; in request memory.  MOXY_OK, or MOXY_ERROR (out of
+ * memory). */
+int moxy_req_add_forwarding(moxy_req_t *r);
+
 /* Switch the client connection to a two-way tunnel with r's origin connection. */
 void moxy_client_tunnel(moxy_client_t *c);
 
@@ -76,10 +93,31 @@ void moxy_client_tunnel(moxy_client_t *c);
  * r may retry; otherwise the client gets the answer. */
 void moxy_upstream_try(moxy_req_t *r);
 
+/* The bookkeeping a try of r starts with (moxy_upstream_try, before the
+ * on_upstream hooks): count it, forget the last try's server and times, and
+ * set_peer's address after the first try. */
+void moxy_upstream_try_begin(moxy_req_t *r);
+
 /* Hooks of r that yielded in an origin-side phase (on_upstream,
  * on_upstream_request, on_response, on_body) are done (rc as moxy_lua_run
  * returns): go on with the try or the response. */
 void moxy_upstream_hooks_done(moxy_req_t *r, int rc);
+
+/* Queue on out the request head moxy sends to r's origin -- request line,
+ * Host (uc->host, else the client's, else the peer's address), r's headers,
+ * the body's framing -- then the body a hook buffered, if any.  uc: the
+ * try's pool, NULL for a set_peer address.  MOXY_OK, or MOXY_ERROR (out of
+ * memory). */
+int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc,
+                             struct evbuffer *out);
+
+/* A try of r failed before any response byte: whether r may go on to
+ * another one (idempotent method, tries left, no response head sent, no
+ * body streamed that could not be sent again, and another peer to go to: a
+ * second server in its pool, or upstream_hooks, on_upstream hooks that may
+ * pick one).  The number of tries r may make, or 0.  Logs and changes
+ * nothing. */
+int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks);
 
 /* r ends: free what its response body filter held. */
 void moxy_upstream_req_free(moxy_req_t *r);
@@ -110,13 +148,30 @@ void moxy_upstream_free_worker(moxy_worker_t *w);
  * the framing (Content-Length kept, chunked for HTTP/1.1, close for 1.0). */
 int moxy_resp_write_head(moxy_req_t *r);
 
+/* 1 when r's response carries a body (not for HEAD, 1xx, 204, 304). */
+static inline int moxy_resp_has_body(const moxy_req_t *r)
+{
+    return !(r->method == HTTP_HEAD || r->status == 204 || r->status == 304 || r->status < 200);
+}
+
 /* Answer r with status, body and r->resp_headers (set by a hook or empty).
  * Marks r done once queued. */
 void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len);
 
+/* The part of moxy_resp_local that writes nothing: r becomes a local answer
+ * of status with a len-byte body, and gets the Date and Content-Type
+ * (text/plain, when len > 0) headers its r->resp_headers lack. */
+void moxy_resp_local_prepare(moxy_req_t *r, int status, size_t len);
+
 /* Answer r with a small error page (HTML, or JSON when the client accepts
  * it), logging why at level warn. */
 void moxy_resp_error(moxy_req_t *r, int status, const char *why);
+
+/* moxy's error page for status (HTML, or JSON when the client accepts it):
+ * sets r->resp_headers to the page's (Content-Type, Cache-Control), writes
+ * the body into buf (size > 0 bytes; MOXY_ERROR_PAGE_MAX holds any page)
+ * and returns its length.  Answers nothing (moxy_resp_error does). */
+size_t moxy_resp_error_body(moxy_req_t *r, int status, char *buf, size_t size);
 
 /* The request failed after it was accepted (a 5xx: script error, origin
  * refused, timed out...): log why, then let the on_error hooks answer, or

@@ -644,7 +644,7 @@ static uint64_t rng_next(uint64_t s[2])
     return s[1] + y;
 }
 
-static void request_set_id(moxy_req_t *r)
+void moxy_req_set_id(moxy_req_t *r)
 {
     int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
     if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
@@ -672,7 +672,7 @@ void moxy_req_make_id(moxy_req_t *r)
 }
 
 /* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
-static int request_add_forwarding(moxy_req_t *r)
+int moxy_req_add_forwarding(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
     moxy_pool_t *pool = &c->pool;
@@ -722,7 +722,7 @@ static void client_start_request(moxy_client_t *c)
     r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
     if (w->draining || c->close_after) r->keepalive = 0;
 
-    request_set_id(r);
+    moxy_req_set_id(r);
     c->state = MOXY_C_ACTIVE;
     /* idempotent methods may go to another peer after a failure (RFC 9110 9.2.2) */
     r->retryable = r->method == HTTP_GET || r->method == HTTP_HEAD || r->method == HTTP_OPTIONS ||
@@ -733,7 +733,7 @@ static void client_start_request(moxy_client_t *c)
         client_reject(c, 413, "request body too large");
         return;
     }
-    if (request_add_forwarding(r) != MOXY_OK) {
+    if (moxy_req_add_forwarding(r) != MOXY_OK) {
         client_reject(c, 500, "out of memory");
         return;
     }

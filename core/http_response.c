@@ -75,18 +75,13 @@ const char *moxy_http_date(moxy_worker_t *w, size_t *len)
     return date_buf;
 }
 
-static int resp_has_body(const moxy_req_t *r)
-{
-    return !(r->method == HTTP_HEAD || r->status == 204 || r->status == 304 || r->status < 200);
-}
-
 #define PUT_LIT(p, lit) (memcpy((p), lit, sizeof(lit) - 1), (p) += sizeof(lit) - 1)
 
 int moxy_resp_write_head(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
     int tunnel = r->status == 101;
-    int body = resp_has_body(r);
+    int body = moxy_resp_has_body(r);
 
     if (!r->body_done) r->keepalive = 0; /* the rest of the request body is not read */
     int sized = !r->filtering && (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE);
@@ -135,12 +130,11 @@ int moxy_resp_write_head(moxy_req_t *r)
     return MOXY_OK;
 }
 
-void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
+void moxy_resp_local_prepare(moxy_req_t *r, int status, size_t len)
 {
     moxy_client_t *c = r->c;
-    moxy_worker_t *w = c->w;
     size_t dl;
-    const char *date = moxy_http_date(w, &dl);
+    const char *date = moxy_http_date(c->w, &dl);
     r->local = 1;
     r->status = status;
     r->resp_body_kind = MOXY_BODY_LENGTH;
@@ -149,8 +143,14 @@ void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
         moxy_headers_add(&c->pool, &r->resp_headers, "Date", 4, date, dl);
     if (moxy_headers_find(&r->resp_headers, "Content-Type", 12, 0) < 0 && len > 0)
         moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
+}
+
+void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
+{
+    moxy_client_t *c = r->c;
+    moxy_resp_local_prepare(r, status, len);
     moxy_resp_write_head(r);
-    if (resp_has_body(r) && len > 0) {
+    if (moxy_resp_has_body(r) && len > 0) {
         evbuffer_add(c->out, body, len);
         r->bytes_sent = len;
     }
@@ -177,29 +177,34 @@ static void log_error(moxy_req_t *r, int status, const char *why)
              r->method_name, r->uri ? r->uri : "-", c->ip, status, why);
 }
 
-/* moxy's own error page for status. */
-static void error_page(moxy_req_t *r, int status)
+size_t moxy_resp_error_body(moxy_req_t *r, int status, char *buf, size_t size)
 {
     moxy_client_t *c = r->c;
-    char body[512];
     int n;
     r->resp_headers.n = 0;
     const char *reason = moxy_status_reason(status);
     if (wants_json(r)) {
-        n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
+        n = snprintf(buf, size, "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
                      status, reason, r->id);
         moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "application/json", 16);
     } else {
-        n = snprintf(body, sizeof(body),
+        n = snprintf(buf, size,
                      "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
                      "<body><h1>%d %s</h1><p>request id %s</p><hr>moxy</body></html>\n",
                      status, reason, status, reason, r->id);
         moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8", 24);
     }
     moxy_headers_add(&c->pool, &r->resp_headers, "Cache-Control", 13, "no-store", 8);
-    if (n < 0) n = 0;
-    if ((size_t)n >= sizeof(body)) n = sizeof(body) - 1;
-    moxy_resp_local(r, status, body, (size_t)n);
+    if (n < 0) return 0;
+    return (size_t)n < size ? (size_t)n : size - 1; /* snprintf cut it there */
+}
+
+/* moxy's own error page for status. */
+static void error_page(moxy_req_t *r, int status)
+{
+    char body[MOXY_ERROR_PAGE_MAX];
+    size_t n = moxy_resp_error_body(r, status, body, sizeof(body));
+    moxy_resp_local(r, status, body, n);
 }
 
 void moxy_resp_error(moxy_req_t *r, int status, const char *why)

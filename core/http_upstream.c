@@ -166,15 +166,16 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const moxy_addr_t *a, int poo
     return u;
 }
 
-/* Write the request head moxy sends to the origin, in one piece. */
-static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
+/* The head is written in one piece into space reserved on out: no copy of
+ * it is made on the way to the socket. */
+int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc,
+                             struct evbuffer *out)
 {
-    const moxy_upstream_conf_t *uc = u->pool >= 0 ? &u->w->conf->upstreams[u->pool] : NULL;
     const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
     size_t mlen = strlen(r->method_name), hlen = strlen(host);
     size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + 160;
     struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(u->out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
     char *p = v.iov_base;
     memcpy(p, r->method_name, mlen);
     p += mlen;
@@ -211,8 +212,9 @@ static int up_write_head(moxy_req_t *r, moxy_upconn_t *u)
     *p++ = '\r';
     *p++ = '\n';
     v.iov_len = (size_t)(p - (char *)v.iov_base);
-    if (evbuffer_commit_space(u->out, &v, 1) != 0) return MOXY_ERROR;
-    if (buffered && evbuffer_add(u->out, evbuffer_pullup(r->body_buf, -1), buffered) != 0) return MOXY_ERROR;
+    if (evbuffer_commit_space(out, &v, 1) != 0) return MOXY_ERROR;
+    if (buffered && evbuffer_add(out, evbuffer_pullup(r->body_buf, -1), buffered) != 0)
+        return MOXY_ERROR;
     return MOXY_OK;
 }
 
@@ -222,12 +224,8 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc);
 static void try_after_request_hooks(moxy_req_t *r, int rc);
 static void try_connect(moxy_req_t *r);
 
-void moxy_upstream_try(moxy_req_t *r)
+void moxy_upstream_try_begin(moxy_req_t *r)
 {
-    if (r->body_status) { /* txn:read_body failed and no hook answered */
-        moxy_resp_error(r, r->body_status, r->body_error);
-        return;
-    }
     r->tries++;
     r->server = -1;
     evutil_timerclear(&r->up_started);
@@ -235,6 +233,15 @@ void moxy_upstream_try(moxy_req_t *r)
     evutil_timerclear(&r->up_header);
     evutil_timerclear(&r->up_done);
     if (r->tries > 1) r->peer_addr = NULL; /* set_peer is for one try */
+}
+
+void moxy_upstream_try(moxy_req_t *r)
+{
+    if (r->body_status) { /* txn:read_body failed and no hook answered */
+        moxy_resp_error(r, r->body_status, r->body_error);
+        return;
+    }
+    moxy_upstream_try_begin(r);
     int rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM);
     if (rc != MOXY_AGAIN) try_after_upstream_hooks(r, rc);
 }
@@ -297,20 +304,26 @@ static int tries_max(const moxy_req_t *r)
     return r->pool >= 0 ? r->c->w->conf->upstreams[r->pool].tries : 2;
 }
 
-/* This try of r failed before any response byte (u: its connection, or
- * NULL): start the next try when r may have one (retryable, its body not
- * streamed yet, tries left, another peer to go to).  1 when it did. */
-static int try_again(moxy_req_t *r, moxy_upconn_t *u, const char *why)
+int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
 {
     if (!r->retryable || r->tries >= tries_max(r) || r->resp_head_sent || r->c->dead ||
         (r->body_kind != MOXY_BODY_NONE && r->body_read > 0 && !r->body_buffered))
         return 0;
     /* another peer: another server of the pool, or what on_upstream says */
-    const moxy_worker_t *w = r->c->w;
-    if (!moxy_lua_has(w, MOXY_PHASE_UPSTREAM) && (r->pool < 0 || w->conf->upstreams[r->pool].nservers < 2))
+    if (!upstream_hooks && (r->pool < 0 || r->c->w->conf->upstreams[r->pool].nservers < 2))
         return 0;
+    return tries_max(r);
+}
+
+/* This try of r failed before any response byte (u: its connection, or
+ * NULL): start the next try when r may have one (moxy_upstream_may_retry).
+ * 1 when it did. */
+static int try_again(moxy_req_t *r, moxy_upconn_t *u, const char *why)
+{
+    int max = moxy_upstream_may_retry(r, moxy_lua_has(r->c->w, MOXY_PHASE_UPSTREAM));
+    if (!max) return 0;
     moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; trying again (%d of %d)", r->peer, why,
-             r->tries + 1, tries_max(r));
+             r->tries + 1, max);
     if (u) {
         r->up = NULL;
         u->req = NULL;
@@ -357,7 +370,8 @@ static void try_connect(moxy_req_t *r)
     u->field_len = u->value_len = u->field_cap = u->value_cap = 0;
     llhttp_init(&u->parser, HTTP_RESPONSE, response_settings());
     u->parser.data = u;
-    if (up_write_head(r, u) != MOXY_OK) {
+    const moxy_upstream_conf_t *uc = u->pool >= 0 ? &w->conf->upstreams[u->pool] : NULL;
+    if (moxy_upstream_write_head(r, uc, u->out) != MOXY_OK) {
         moxy_req_upstream_failed(r, 500, "out of memory");
         return;
     }

@@ -10,9 +10,10 @@
  * would build it.  lua/moxy/test.lua drives the phases in the order
  * http_client.c and http_upstream.c do; the functions below are the request
  * bookkeeping of those files that is not reachable without a socket (the
- * steps of a try, the origin's head, moxy's own answers), kept to the same
- * rules.  Where a rule is copied (forwarding headers, request id, error
- * page), the production function is named above the copy.
+ * steps of a try, moxy's own answers).  The rules themselves -- request id,
+ * forwarding headers, the origin's head, the retry rule, the error page,
+ * a local answer's headers -- are the production functions of http.h,
+ * called here, not copied.
  */
 #include "ffi.h"
 #include "headers.h"
@@ -295,49 +296,6 @@ EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size
     return moxy_headers_add(&c->pool, hs, name, nlen, val, vlen);
 }
 
-/* http_client.c's request_id_valid */
-static int request_id_valid(const char *v, size_t n)
-{
-    if (n == 0 || n > 128) return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)v[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
-            return 0;
-    }
-    return 1;
-}
-
-/* http_client.c's request_add_forwarding: X-Forwarded-*, Via. */
-static int add_forwarding(moxy_req_t *r)
-{
-    moxy_client_t *c = r->c;
-    moxy_pool_t *pool = &c->pool;
-    moxy_headers_t *hs = &r->headers;
-    size_t len = strlen(c->ip);
-    for (uint32_t i = 0; i < hs->n; i++)
-        if (hs->h[i].kind & MOXY_HK_XFF) len += hs->h[i].value_len + 2;
-    char *xff = moxy_palloc(pool, len + 1), *p = xff;
-    if (!xff) return MOXY_ERROR;
-    for (uint32_t i = 0; i < hs->n; i++) {
-        moxy_header_t *h = &hs->h[i];
-        if ((h->kind & MOXY_HK_XFF) && h->value_len) {
-            memcpy(p, h->value, h->value_len);
-            p += h->value_len;
-            *p++ = ',';
-            *p++ = ' ';
-        }
-    }
-    p = stpcpy(p, c->ip);
-    moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
-    if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
-        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK ||
-        (r->host &&
-         moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
-        return MOXY_ERROR;
-    return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
-}
-
 EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen, int has_body,
                                    char *err, size_t errlen)
 {
@@ -394,14 +352,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
 
     /* client_start_request */
     r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
-    int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
-    if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
-        size_t n = MOXY_MIN(r->headers.h[i].value_len, sizeof(r->id) - 1);
-        memcpy(r->id, r->headers.h[i].value, n);
-        r->id[n] = '\0';
-    } else {
-        moxy_req_make_id(r);
-    }
+    moxy_req_set_id(r);
     c->state = MOXY_C_ACTIVE;
     int m = r->method;
     r->retryable = m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
@@ -416,7 +367,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
         if (!(r->body_buf = evbuffer_new()) || (blen && evbuffer_add(r->body_buf, body, blen) != 0))
             return fail_msg(err, errlen, "out of memory");
     }
-    if (add_forwarding(r) != MOXY_OK) return fail_msg(err, errlen, "out of memory");
+    if (moxy_req_add_forwarding(r) != MOXY_OK) return fail_msg(err, errlen, "out of memory");
     return MOXY_OK;
 }
 
@@ -425,13 +376,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
 EXPORT void moxy_ffi_test_try_start(moxy_req_t *r)
 {
     /* moxy_upstream_try, up to the on_upstream hooks */
-    r->tries++;
-    r->server = -1;
-    evutil_timerclear(&r->up_started);
-    evutil_timerclear(&r->up_connected);
-    evutil_timerclear(&r->up_header);
-    evutil_timerclear(&r->up_done);
-    if (r->tries > 1) r->peer_addr = NULL;
+    moxy_upstream_try_begin(r);
 }
 
 EXPORT int moxy_ffi_test_try_peer(moxy_req_t *r)
@@ -457,54 +402,36 @@ EXPORT int moxy_ffi_test_try_peer(moxy_req_t *r)
 EXPORT int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t *hlen,
                                         const char **body, size_t *blen)
 {
-    /* try_connect + up_write_head: the request head moxy writes */
+    /* try_connect: what moxy_upstream_write_head queues for the origin,
+     * copied out of a scratch buffer into request memory */
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
     event_base_gettimeofday_cached(w->base, &r->up_started);
     r->up_connected = r->up_started;
     const moxy_upstream_conf_t *uc = r->server >= 0 ? &w->conf->upstreams[r->pool] : NULL;
-    const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
-    size_t mlen = strlen(r->method_name), hl = strlen(host);
-    size_t max = mlen + r->uri_len + hl + moxy_headers_size(&r->headers) + 160;
-    char *start = moxy_palloc(&c->pool, max), *p = start;
-    if (!start) return MOXY_ERROR;
-    memcpy(p, r->method_name, mlen);
-    p += mlen;
-    *p++ = ' ';
-    memcpy(p, r->uri, r->uri_len);
-    p += r->uri_len;
-    memcpy(p, " HTTP/1.1\r\nHost: ", 17);
-    p += 17;
-    memcpy(p, host, hl);
-    p += hl;
-    *p++ = '\r';
-    *p++ = '\n';
-    p += moxy_headers_write(p, &r->headers, r->upgrade, MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_EXPECT);
-    size_t buffered = r->body_buffered && r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
-    if (r->body_buffered && r->body_kind != MOXY_BODY_NONE) {
-        memcpy(p, "Content-Length: ", 16);
-        p = moxy_write_u64(p + 16, buffered);
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-    *p++ = '\r';
-    *p++ = '\n';
-    *head = start;
-    *hlen = (size_t)(p - start);
-    *body = buffered ? (const char *)evbuffer_pullup(r->body_buf, -1) : "";
-    *blen = buffered;
+    struct evbuffer *out = evbuffer_new();
+    if (!out) return MOXY_ERROR;
+    int ok = moxy_upstream_write_head(r, uc, out) == MOXY_OK;
+    /* the head ends at its first empty line; the body follows */
+    struct evbuffer_ptr end = evbuffer_search(out, "\r\n\r\n", 4, NULL);
+    size_t n = evbuffer_get_length(out);
+    char *copy = ok && end.pos >= 0 ? moxy_palloc(&c->pool, n + 1) : NULL;
+    if (copy) evbuffer_remove(out, copy, n);
+    evbuffer_free(out);
+    if (!copy) return MOXY_ERROR;
+    copy[n] = '\0';
+    *head = copy;
+    *hlen = (size_t)end.pos + 4;
+    *body = copy + *hlen;
+    *blen = n - *hlen;
     return MOXY_OK;
 }
 
 EXPORT int moxy_ffi_test_try_failed(moxy_req_t *r, const char *why, size_t len, int upstream_hooks)
 {
-    /* try_again's rules */
-    const moxy_conf_t *conf = r->c->w->conf;
-    int max = r->pool >= 0 ? conf->upstreams[r->pool].tries : 2;
-    if (!r->retryable || r->tries >= max || r->resp_head_sent ||
-        (r->body_kind != MOXY_BODY_NONE && r->body_read > 0 && !r->body_buffered))
-        return 0;
-    if (!upstream_hooks && (r->pool < 0 || conf->upstreams[r->pool].nservers < 2)) return 0;
+    /* try_again, without the log line (test.lua writes it) */
+    int max = moxy_upstream_may_retry(r, upstream_hooks);
+    if (!max) return 0;
     const char *copy = moxy_pstrdup(&r->c->pool, why, len);
     if (!copy) return 0;
     r->error = copy;
@@ -563,64 +490,25 @@ EXPORT int moxy_ffi_test_answered(moxy_req_t *r)
     return r->local;
 }
 
-/* http_response.c's wants_json */
-static int wants_json(const moxy_req_t *r)
-{
-    for (uint32_t i = 0; i < r->headers.n; i++) {
-        const moxy_header_t *h = &r->headers.h[i];
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "accept") &&
-            memmem(h->value, h->value_len, "json", 4))
-            return 1;
-    }
-    return 0;
-}
-
 EXPORT void moxy_ffi_test_error_page(moxy_req_t *r, int status)
 {
-    /* http_response.c's error_page */
-    moxy_client_t *c = r->c;
-    char body[512];
-    int n;
-    r->resp_headers.n = 0;
-    const char *reason = moxy_status_reason(status);
-    if (wants_json(r)) {
-        n = snprintf(body, sizeof(body), "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
-                     status, reason, r->id);
-        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "application/json", 16);
-    } else {
-        n = snprintf(body, sizeof(body),
-                     "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
-                     "<body><h1>%d %s</h1><p>request id %s</p><hr>moxy</body></html>\n",
-                     status, reason, status, reason, r->id);
-        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8",
-                         24);
-    }
-    moxy_headers_add(&c->pool, &r->resp_headers, "Cache-Control", 13, "no-store", 8);
-    if (n < 0) n = 0;
-    if ((size_t)n >= sizeof(body)) n = sizeof(body) - 1;
-    r->local_body = moxy_pstrdup(&c->pool, body, (size_t)n);
-    r->local_body_len = r->local_body ? (size_t)n : 0;
+    /* http_response.c's error_page, up to moxy_resp_local */
+    char body[MOXY_ERROR_PAGE_MAX];
+    size_t n = moxy_resp_error_body(r, status, body, sizeof(body));
+    r->local_body = moxy_pstrdup(&r->c->pool, body, n);
+    r->local_body_len = r->local_body ? n : 0;
     r->status = status;
     r->local = 1;
 }
 
 EXPORT void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len)
 {
-    /* moxy_resp_local */
-    moxy_client_t *c = r->c;
-    size_t dl, n = r->local_body ? r->local_body_len : 0;
-    const char *date = moxy_http_date(c->w, &dl);
-    r->local = 1;
-    r->resp_body_kind = MOXY_BODY_LENGTH;
-    r->resp_body_left = n;
-    if (moxy_headers_find(&r->resp_headers, "Date", 4, 0) < 0)
-        moxy_headers_add(&c->pool, &r->resp_headers, "Date", 4, date, dl);
-    if (moxy_headers_find(&r->resp_headers, "Content-Type", 12, 0) < 0 && n > 0)
-        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
+    /* moxy_resp_local: the head and body are out at once */
+    size_t n = r->local_body ? r->local_body_len : 0;
+    moxy_resp_local_prepare(r, r->status, n);
     r->resp_head_sent = 1;
     r->resp_state = MOXY_R_DONE;
-    int has_body =
-        !(r->method == HTTP_HEAD || r->status == 204 || r->status == 304 || r->status < 200);
+    int has_body = moxy_resp_has_body(r);
     *body = has_body && n ? r->local_body : "";
     *len = has_body ? n : 0;
     r->bytes_sent = *len;
