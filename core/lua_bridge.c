@@ -24,6 +24,10 @@
 
 #include <event2/buffer.h>
 #include <lauxlib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,28 +85,38 @@ static _Thread_local moxy_worker_t *cur_worker;
 /* The CPU budget of a hook call.  LuaJIT runs no debug hook inside compiled
  * code, so the functions of a script are kept out of the JIT (runtime.lua:
  * jit.off(chunk, true)) unless the configuration says `jit = true` for it;
- * moxy's own library stays compiled.  A count hook every BUDGET_COUNT VM
- * instructions compares the coarse monotonic clock (vDSO, a few ms of
- * resolution: plenty for a budget of tens of ms) with the call's deadline (a
- * hook call runs without interruption on its worker, so wall time is its
- * CPU time unless the kernel preempts it).  Past the deadline the hook
- * raises at every instruction, so a pcall in the script cannot swallow it. */
-#define BUDGET_COUNT 1000
+ * moxy's own library stays compiled.  No hook is set while hooks behave: a
+ * run only stamps its start in its worker (w->lua_since, the coarse
+ * monotonic clock: a few ms of resolution, plenty for a budget of tens of
+ * ms; a hook call runs without interruption on its worker, so wall time is
+ * its CPU time unless the kernel preempts it).  A watchdog thread looks at
+ * every worker a few times per budget; when a run is past its budget it
+ * sends the worker's thread BUDGET_SIGNAL, whose handler sets a count hook
+ * on the VM (lua_sethook is async-signal-safe: LuaJIT's own command line
+ * stops scripts on SIGINT this way).  The hook raises at every instruction,
+ * so a pcall in the script cannot swallow it, until the run ends. */
+#define BUDGET_SIGNAL (SIGRTMIN + 1)
 
-static _Thread_local struct timespec budget_deadline;
-static _Thread_local int budget_armed;
-static _Thread_local double budget_secs;
+static _Thread_local moxy_worker_t *budget_w; /* the worker of this thread's runs */
+static _Thread_local volatile sig_atomic_t budget_hooked;
+
+static int64_t budget_now_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+static int64_t budget_ms(const moxy_worker_t *w)
+{
+    return (int64_t)(w->conf->cpu_budget * 1000 + 0.5);
+}
 
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     MOXY_UNUSED(ar);
-    if (!budget_armed) return;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-    if (now.tv_sec < budget_deadline.tv_sec ||
-        (now.tv_sec == budget_deadline.tv_sec && now.tv_nsec < budget_deadline.tv_nsec))
-        return;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    moxy_worker_t *w = budget_w;
+    if (!w || atomic_load_explicit(&w->lua_since, memory_order_relaxed) == 0) return;
     /* name the line that was running: level 0 inside a hook (luaL_error's
      * level 1 would name its caller) */
     lua_Debug d;
@@ -110,31 +124,93 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         lua_pushfstring(L, "%s:%d: ", d.short_src, d.currentline);
     else
         lua_pushliteral(L, "");
-    lua_pushfstring(L, "hook ran past its CPU budget of %d ms", (int)(budget_secs * 1000 + 0.5));
+    lua_pushfstring(L, "hook ran past its CPU budget of %d ms", (int)budget_ms(w));
     lua_concat(L, 2);
     lua_error(L);
 }
 
+/* BUDGET_SIGNAL, on a worker's thread: hook the VM if its run is still
+ * past the budget (not a later run that started meanwhile). */
+static void budget_signal(int sig)
+{
+    MOXY_UNUSED(sig);
+    moxy_worker_t *w = budget_w;
+    if (!w || !w->L) return;
+    int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);
+    if (since == 0 || budget_now_ms() - since < budget_ms(w)) return;
+    budget_hooked = 1;
+    lua_sethook(w->L, budget_hook, LUA_MASKCOUNT, 1);
+}
+
 static void budget_arm(moxy_worker_t *w)
 {
-    budget_secs = w->conf->cpu_budget;
-    if (!(budget_secs > 0)) return;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &budget_deadline);
-    double s = budget_secs;
-    budget_deadline.tv_sec += (time_t)s;
-    budget_deadline.tv_nsec += (long)((s - floor(s)) * 1e9);
-    if (budget_deadline.tv_nsec >= 1000000000L) {
-        budget_deadline.tv_sec++;
-        budget_deadline.tv_nsec -= 1000000000L;
-    }
-    budget_armed = 1;
+    if (!(w->conf->cpu_budget > 0)) return;
+    budget_w = w;
+    atomic_store_explicit(&w->lua_since, budget_now_ms(), memory_order_relaxed);
 }
 
 static void budget_disarm(moxy_worker_t *w)
 {
-    if (!budget_armed) return;
-    budget_armed = 0;
-    lua_sethook(w->L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
+    if (!(w->conf->cpu_budget > 0)) return;
+    atomic_store_explicit(&w->lua_since, 0, memory_order_relaxed);
+    if (budget_hooked) {
+        budget_hooked = 0;
+        lua_sethook(w->L, NULL, 0, 0);
+    }
+}
+
+static struct {
+    pthread_t thread;
+    int running;
+    atomic_int stop;
+    moxy_worker_t **workers;
+    int n;
+    struct timespec tick;
+} watchdog;
+
+static void *watchdog_main(void *arg)
+{
+    MOXY_UNUSED(arg);
+    while (!atomic_load(&watchdog.stop)) {
+        nanosleep(&watchdog.tick, NULL);
+        int64_t now = budget_now_ms();
+        for (int i = 0; i < watchdog.n; i++) {
+            moxy_worker_t *w = watchdog.workers[i];
+            int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);
+            if (since && w->started && now - since >= budget_ms(w)) pthread_kill(w->thread, BUDGET_SIGNAL);
+        }
+    }
+    return NULL;
+}
+
+int moxy_lua_watchdog_start(moxy_worker_t **workers, int n)
+{
+    if (n == 0 || !(workers[0]->conf->cpu_budget > 0)) return MOXY_OK;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = budget_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(BUDGET_SIGNAL, &sa, NULL) != 0) return MOXY_ERROR;
+    /* a few looks per budget: a runaway hook is stopped within ~1.25 budgets */
+    double tick = workers[0]->conf->cpu_budget / 4;
+    if (tick < 0.001) tick = 0.001;
+    if (tick > 0.025) tick = 0.025;
+    watchdog.tick = (struct timespec){0, (long)(tick * 1e9)};
+    watchdog.workers = workers;
+    watchdog.n = n;
+    atomic_store(&watchdog.stop, 0);
+    if (pthread_create(&watchdog.thread, NULL, watchdog_main, NULL) != 0) return MOXY_ERROR;
+    watchdog.running = 1;
+    return MOXY_OK;
+}
+
+void moxy_lua_watchdog_stop(void)
+{
+    if (!watchdog.running) return;
+    atomic_store(&watchdog.stop, 1);
+    pthread_join(watchdog.thread, NULL);
+    watchdog.running = 0;
 }
 
 /* Run runtime.run_once(name) with the runtime module at the top of L's
@@ -201,7 +277,6 @@ int moxy_lua_worker_init(moxy_worker_t *w)
         snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
         return MOXY_ERROR;
     }
-    if (w->conf->cpu_budget > 0) lua_sethook(L, budget_hook, LUA_MASKCOUNT, BUDGET_COUNT);
     lua_settop(L, 0);
     return MOXY_OK;
 }

@@ -48,6 +48,12 @@ void moxy_lua_req_done(moxy_req_t *r);
  * wait for and drop their coroutine. */
 void moxy_lua_abort(moxy_req_t *r);
 
+/* Start the thread that stops hooks running past lua.cpu_budget on these
+ * workers (none when the budget is 0), before the workers start; stop it
+ * before they are joined.  MOXY_ERROR: cannot. */
+int moxy_lua_watchdog_start(moxy_worker_t **workers, int n);
+void moxy_lua_watchdog_stop(void);
+
 /* Load conf's scripts in a scratch VM and run their init hooks (moxy -t, and
  * once at start).  MOXY_OK, or MOXY_ERROR after printing the reason. */
 int moxy_lua_check_scripts(const moxy_conf_t *conf);

@@ -197,6 +197,10 @@ int main(int argc, char **argv)
     int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGHUP};
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) sigaddset(&set, sigs[i]);
     pthread_sigmask(SIG_BLOCK, &set, &old);
+    if (moxy_lua_watchdog_start(workers, nworkers) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot start the CPU budget's watchdog: %s\n", strerror(errno));
+        goto out;
+    }
     for (int i = 0; i < nworkers; i++) {
         if (moxy_worker_start(workers[i]) != MOXY_OK) {
             fprintf(stderr, "moxy: cannot start worker %d: %s\n", i, strerror(errno));
@@ -222,6 +226,7 @@ int main(int argc, char **argv)
     status = 0;
 
 out:
+    moxy_lua_watchdog_stop();
     for (int i = 0; workers && i < nworkers; i++) moxy_worker_join_free(workers[i]);
     free(workers);
     if (exit_ev) event_free(exit_ev);

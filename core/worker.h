@@ -32,6 +32,7 @@ struct moxy_worker_s {
     struct event_base *base;
     lua_State *L;
     struct moxy_lua_mem_s *lua_mem; /* L's memory accounting (lua.memory), or NULL */
+    atomic_llong lua_since;      /* when the running hook call started (ms, coarse monotonic); 0: none */
     int lua_body;                /* registry ref of runtime.coroutine_body, or LUA_NOREF (no hooks) */
     int lua_hooks[MOXY_PHASES];  /* hooks per phase (MOXY_PHASE_*) */
     int lua_phases;              /* phases with hooks: >1 keeps a request's txn between them */

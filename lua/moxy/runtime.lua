@@ -127,19 +127,23 @@ end
 -- Run set's hooks of `phase` (0-based, as in C) for the request `ptr`.
 -- Returns answered (a hook called txn:respond), the txn, and for on_body
 -- the chunk to send.
+-- This runs once per hook call, in LuaJIT's interpreter (a trace cannot
+-- cross the user's functions, which are kept out of the JIT, nor the yield
+-- after it): every bytecode here costs, so keep it short.
+local txn_new, txn_enter, txn_leave = txn.new, txn.enter, txn.leave
+local PHASE_BODY, PHASE_UPSTREAM = P.body, P.upstream
+
 local function run_hooks(set, ptr, phase, t, chunk, eof)
   local list = set[phase + 1]
   if t then
-    txn.enter(ptr, phase) -- a later phase: the request's txn (and ctx) again
+    txn_enter(ptr, phase) -- a later phase: the request's txn (and ctx) again
   else
-    t = txn.new(ptr, phase)
+    t = txn_new(ptr, phase)
   end
-  if phase == P.body then return false, t, run_body(list, t, chunk, eof) end
-  if #list == 1 then
-    -- no loop for a single hook (the common case): the JIT keeps the call
-    -- in one trace instead of giving up on a loop it cannot keep
+  if phase == PHASE_BODY then return false, t, run_body(list, t, chunk, eof) end
+  if list[2] == nil then -- a single hook, the common case
     local p = list[1](t)
-    if p ~= nil and phase == P.upstream then
+    if p ~= nil and phase == PHASE_UPSTREAM then
       check_pool(p, 1)
       t.upstream:pick(p)
     end
@@ -147,7 +151,7 @@ local function run_hooks(set, ptr, phase, t, chunk, eof)
   end
   for i = 1, #list do
     local p = list[i](t)
-    if p ~= nil and phase == P.upstream then
+    if p ~= nil and phase == PHASE_UPSTREAM then
       check_pool(p, i)
       t.upstream:pick(p)
     end
@@ -180,16 +184,17 @@ local hook_cos = setmetatable({}, { __mode = "k" }) -- coroutines of coroutine_b
 -- phases when there are hooks for them.
 function M.coroutine_body(ptr, phase, t, chunk, eof)
   hook_cos[coroutine.running()] = true
+  local DONE, set = M.DONE, hooks
   while true do
     local answered, out
-    if phase == TIMER then
+    if phase ~= TIMER then
+      answered, t, out = run_hooks(set, ptr, phase, t, chunk, eof)
+      txn_leave()
+    else
       run_timer(t)
       t = nil
-    else
-      answered, t, out = run_hooks(hooks, ptr, phase, t, chunk, eof)
-      txn.leave()
     end
-    ptr, phase, t, chunk, eof = yield(M.DONE, answered, t, out)
+    ptr, phase, t, chunk, eof = yield(DONE, answered, t, out)
   end
 end
 

@@ -53,14 +53,20 @@ local function field(r, f)
   return ffi_string(sp[0], sl[0])
 end
 
-local cur = ffi.new("moxy_req_t *[1]")
+-- The address of the running hook's request, as a number (0: none).  A
+-- plain number, not a cdata, so that entering and leaving a hook -- which
+-- the interpreter runs, between the C resume and the user's function -- is
+-- an assignment; the cast happens in the API functions, which the JIT
+-- compiles.
+local cur = 0
+local cast = ffi.cast
+local REQ_T = ffi.typeof("moxy_req_t *")
 
 -- The running hook's request; raises when no hook runs (a txn kept past its
 -- hook, or used from code that runs outside hooks).
 local function req_ptr()
-  local r = cur[0]
-  if r == nil then error("txn: used outside of a hook of its request", 3) end
-  return r
+  if cur == 0 then error("txn: used outside of a hook of its request", 3) end
+  return cast(REQ_T, cur)
 end
 
 -- Headers ------------------------------------------------------------------
@@ -135,7 +141,7 @@ end
 -- The objects below the txn ----------------------------------------------
 --
 -- txn.req, txn.req.headers, txn.resp, txn.client and txn.upstream are made
--- once per VM and address "the request whose hook is running" (cur[0]),
+-- once per VM and address "the request whose hook is running" (cur),
 -- which the runner sets before each hook call, as ngx.req does in OpenResty.
 -- So a hook allocates nothing but its txn table, and the JIT keeps the whole
 -- hook in one trace.  Keep a txn, not these objects, if you need a request
@@ -369,21 +375,18 @@ end
 
 local M = {}
 
-local cast = ffi.cast
-local REQ_T = ffi.typeof("moxy_req_t *")
-
 -- A txn for the request at address `ptr` (a number: see lua_bridge.c); it
 -- becomes the request the objects above address.
 function M.new(ptr, ph)
-  cur[0] = cast(REQ_T, ptr)
+  cur = ptr
   phase = ph or 0
   return setmetatable({}, Txn)
 end
 
 -- The running hook's request is `ptr` again (after a yield, or in a later
--- phase), in phase `ph`.
+-- phase), in phase `ph`; ptr 0: none (a timer's callback).
 function M.enter(ptr, ph)
-  cur[0] = cast(REQ_T, ptr)
+  cur = ptr
   phase = ph or 0
 end
 
@@ -394,14 +397,13 @@ end
 
 -- No hook runs (a hook yielded or finished).
 function M.leave()
-  cur[0] = nil
+  cur = 0
 end
 
 -- The request of the running hook, or nil outside hooks.
 function M.current()
-  local r = cur[0]
-  if r == nil then return nil end
-  return r
+  if cur == 0 then return nil end
+  return cast(REQ_T, cur)
 end
 
 M.C = C

@@ -73,3 +73,50 @@ describe("lua.cpu_budget", function()
     assert.equal("yes", helpers.echo_value(e, "X-Napped"))
   end)
 end)
+
+describe("lua.cpu_budget with several workers and timers", function()
+  local moxy
+
+  local SPIN = [[
+local runs = 0
+return {
+  worker_init = function()
+    moxy.timer.at(0.05, function()
+      while true do end -- TIMER_SPIN
+    end)
+    moxy.timer.every(0.05, function() runs = runs + 1 end)
+  end,
+  on_request = function(txn)
+    if txn.req.headers:get("X-Mode") == "spin" then
+      while true do end
+    end
+    txn:respond(200, "runs " .. runs)
+  end,
+}
+]]
+
+  lazy_setup(function()
+    moxy = helpers.start_moxy({ workers = 2, scripts = { "spin.lua" }, lua = { cpu_budget = "50ms" } },
+      { files = { ["spin.lua"] = SPIN } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("stops a runaway hook on whichever worker runs it", function()
+    for _ = 1, 6 do
+      local res = assert(helpers.request(moxy.port, { path = "/", headers = { { "X-Mode", "spin" } } }))
+      assert.equal(500, res.status)
+    end
+  end)
+
+  it("stops a runaway timer callback, and the worker's other timers go on", function()
+    assert.truthy(helpers.wait_until(function()
+      local n = select(2, moxy:stderr():gsub("timer: [^\n]*spin.lua:" .. helpers.line_of(SPIN, "TIMER_SPIN")
+        .. ": hook ran past its CPU budget of 50 ms", ""))
+      return n >= 2 -- one per worker
+    end, 5), moxy:stderr())
+    helpers.sleep(0.3)
+    local body = assert(helpers.request(moxy.port, { path = "/" })).body
+    assert.is_true(tonumber(body:match("runs (%d+)")) >= 3, body)
+  end)
+end)
