@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 7
+#define MOXY_FFI_ABI 8
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
