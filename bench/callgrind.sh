@@ -5,13 +5,16 @@
 #
 #   bench/callgrind.sh                 variants nohook noop moxy jit, 2000 requests each
 #   N=5000 VARIANTS="moxy" bench/callgrind.sh
+#   VARIANTS="moxy nginx nginx-lua" bench/callgrind.sh   (the nginx peers of run.sh)
 #   MOXY_BIN=/path/to/moxy bench/callgrind.sh
 #
-# For each variant (bench/moxy-bench.lua's MOXY_BENCH_VARIANT) moxy runs under
-# callgrind against spec/support/origin.py; 200 warm-up requests on one
-# keep-alive connection, counters zeroed, N more requests (GET /bytes/100),
-# counters dumped: instructions / N is moxy's cost per request, everything
-# included (parsing, hooks, origin side, syscalls' user-space part).
+# For each variant (bench/moxy-bench.lua's MOXY_BENCH_VARIANT, or nginx /
+# nginx-lua with bench/nginx-proxy.conf / nginx-lua.conf, one process) the
+# proxy runs under callgrind against spec/support/origin.py; 200 warm-up
+# requests on one keep-alive connection, counters zeroed, N more requests
+# (GET /bytes/100), counters dumped: instructions / N is the proxy's cost per
+# request, everything included (parsing, hooks, origin side, the user-space
+# part of system calls).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,9 +70,26 @@ printf "%-8s %12s\n" variant "instr/req"
 for variant in $VARIANTS; do
     LISTEN_PORT=$(python3 "$REPO_DIR/bench/tools/free_ports.py" 1 | head -n 1)
     out="$WORK/callgrind.$variant"
-    LISTEN_PORT=$LISTEN_PORT ORIGIN_PORT=$ORIGIN_PORT MOXY_BENCH_VARIANT=$variant \
+    case $variant in
+    nginx | nginx-lua)
+        dir="$WORK/$variant"
+        mkdir -p "$dir/tmp"
+        tpl="$REPO_DIR/bench/nginx-proxy.conf"
+        [[ $variant == nginx-lua ]] && tpl="$REPO_DIR/bench/nginx-lua.conf"
+        sed -e "s|@@PORT@@|$LISTEN_PORT|g; s|@@ORIGIN_PORT@@|$ORIGIN_PORT|g; s|@@DIR@@|$dir|g" \
+            -e "s|@@NOFILE@@|4096|g; s|@@WORKER_CONNS@@|4096|g; s|@@EDGE_NAME@@|$variant|g" \
+            -e "s|@@NDK_MODULE@@|/usr/lib/nginx/modules/ndk_http_module.so|g" \
+            -e "s|@@LUA_MODULE@@|/usr/lib/nginx/modules/ngx_http_lua_module.so|g" "$tpl" >"$dir/nginx.conf"
         valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
-        "$MOXY_BIN" -c "$REPO_DIR/bench/moxy-bench.lua" >"$WORK/moxy.$variant.log" 2>&1 &
+            nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off; master_process off;' \
+            >"$WORK/$variant.log" 2>&1 &
+        ;;
+    *)
+        LISTEN_PORT=$LISTEN_PORT ORIGIN_PORT=$ORIGIN_PORT MOXY_BENCH_VARIANT=$variant \
+            valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
+            "$MOXY_BIN" -c "$REPO_DIR/bench/moxy-bench.lua" >"$WORK/moxy.$variant.log" 2>&1 &
+        ;;
+    esac
     pid=$!
     for _ in $(seq 300); do
         (exec 3<>"/dev/tcp/127.0.0.1/$LISTEN_PORT") 2>/dev/null && break
