@@ -214,6 +214,7 @@ static void *worker_main(void *arg)
     moxy_client_t *c;
     while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
     moxy_client_end_detached(w);
+    moxy_client_free_buffers(w);
     moxy_fetch_free_worker(w);
     moxy_alog_flush(&w->alog);
     moxy_upstream_free_worker(w);

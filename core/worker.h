@@ -49,6 +49,9 @@ struct moxy_worker_s {
     int accepting;               /* listeners' events are added */
     int nconns;                  /* open client connections */
     LIST_HEAD(, moxy_client_s) clients;
+#define MOXY_BUF_FREE_MAX 64
+    struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* empty client buffers for reuse (http_client.c) */
+    int nbuf_free;
 
     moxy_pool_rt_t *pools;       /* one per conf->upstreams */
 
