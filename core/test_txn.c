@@ -24,7 +24,6 @@
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -118,36 +117,16 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
 {
     moxy_test_t *t = calloc(1, sizeof(*t));
     if (!t) return NULL;
-    moxy_worker_t *w = t->w = calloc(1, sizeof(*w));
-    if (!w) goto err;
-    w->id = -1;
-    w->lua_body = -2; /* LUA_NOREF: this worker has no VM; test.lua runs the hooks */
-    w->control_fd = -1;
-    LIST_INIT(&w->clients);
-    LIST_INIT(&w->detached);
-    LIST_INIT(&w->timers);
-    if (!(w->conf = test_conf(pools, peers, npools, default_pool, tries))) goto err;
-    /* never run: event_base_gettimeofday_cached (txn.duration, Date) reads
-     * the clock through it */
-    struct event_config *ec = event_config_new();
-    if (ec) {
-        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-        w->base = event_base_new_with_config(ec);
-        event_config_free(ec);
+    moxy_conf_t *conf = test_conf(pools, peers, npools, default_pool, tries);
+    if (!conf) goto err;
+    /* its event base never runs: event_base_gettimeofday_cached (txn.duration,
+     * Date) reads the clock through it.  No VM: test.lua runs the hooks. */
+    moxy_worker_t *w = t->w = moxy_worker_alloc(conf, -1);
+    if (!w) {
+        moxy_conf_free(conf);
+        goto err;
     }
-    if (!w->base) goto err;
-    const moxy_conf_t *conf = w->conf;
-    w->tv_client_header = moxy_timeval(conf->timeouts.client_header);
-    w->tv_client_body = moxy_timeval(conf->timeouts.client_body);
-    w->tv_client_send = moxy_timeval(conf->timeouts.client_send);
-    w->tv_connect = moxy_timeval(conf->timeouts.connect);
-    w->tv_upstream = moxy_timeval(conf->timeouts.upstream);
-    w->tv_keepalive = moxy_timeval(conf->timeouts.keepalive);
-    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
-        w->rng[0] = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)t;
-        w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
-    }
-    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+    if (w->error[0]) goto err;
 
     moxy_client_t *c = t->c = calloc(1, sizeof(*c));
     if (!c) goto err;

@@ -150,7 +150,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     moxy_alog_flush(&w->alog);
 }
 
-moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
+moxy_worker_t *moxy_worker_alloc(moxy_conf_t *conf, int id)
 {
     moxy_worker_t *w = calloc(1, sizeof(*w));
     if (!w) return NULL;
@@ -159,14 +159,15 @@ moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
     w->lua_body = -2; /* LUA_NOREF */
     w->control_fd = -1;
     LIST_INIT(&w->clients);
+    LIST_INIT(&w->detached);
+    LIST_INIT(&w->timers);
     struct event_config *ec = event_config_new();
     if (ec) {
         event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
     }
-    w->control_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!w->base || w->control_fd < 0) {
+    if (!w->base) {
         snprintf(w->error, sizeof(w->error), "cannot create an event loop");
         return w;
     }
@@ -186,7 +187,18 @@ moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
         w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
     }
     if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+    return w;
+}
 
+moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id)
+{
+    moxy_worker_t *w = moxy_worker_alloc(conf, id);
+    if (!w || w->error[0]) return w;
+    w->control_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->control_fd < 0) {
+        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
+        return w;
+    }
     w->nlisteners = conf->nlistens;
     w->listeners = calloc((size_t)conf->nlistens, sizeof(*w->listeners));
     for (int i = 0; i < conf->nlistens; i++) w->listeners[i].fd = -1;

@@ -75,6 +75,12 @@ struct moxy_worker_s {
     char error[256];             /* why the worker could not start */
 };
 
+/* A worker's memory for conf: its event base (without locks), timeouts and
+ * request-id seed; no sockets, threads or VM (moxy.test's worker is just
+ * this).  NULL when out of memory; w->error says why when the event base
+ * could not be made. */
+moxy_worker_t *moxy_worker_alloc(moxy_conf_t *conf, int id);
+
 /* Create worker id for conf: opens its listening sockets and builds its Lua VM.
  * Returns NULL after logging why.  The worker does not run until started. */
 moxy_worker_t *moxy_worker_new(moxy_conf_t *conf, int id);
