@@ -347,3 +347,37 @@ return {
     assert.equal("12", helpers.echo_value(helpers.echo(res), "X-Seen"))
   end)
 end)
+
+describe("a graceful stop (QUIT)", function()
+  local origin, moxy
+
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    moxy = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      scripts = { "log.lua" },
+    }, { files = { ["log.lua"] = [[
+return {
+  on_log = function(txn)
+    moxy.sleep(0.5)
+    moxy.log.warn("late log line for", txn.req.path)
+  end,
+}
+]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("waits for on_log hooks still running after their response", function()
+    assert.equal(200, assert(helpers.request(moxy.port, { path = "/echo/drained" })).status)
+    moxy:signal("QUIT")
+    local code = moxy:wait_exit(5 * helpers.scale)
+    assert.equal(0, code)
+    assert.truthy(moxy:stderr():find("late log line for /echo/drained", 1, true), moxy:stderr())
+    assert.truthy(helpers.wait_until(function()
+      for _, l in ipairs(moxy:access_lines()) do
+        if l:find("/echo/drained", 1, true) then return true end
+      end
+    end, 2))
+  end)
+end)
