@@ -28,7 +28,6 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -70,8 +69,7 @@ struct moxy_lua_task_s {
     void *op;                   /* the operation it waits for, or NULL */
     void (*cancel)(void *op);
     unsigned stable : 1;        /* in the request pool or malloc'ed, not on the C stack */
-    unsigned sleeping : 1;
-    unsigned waiting : 1;       /* something will wake it */
+    unsigned sleeping : 1;      /* waits for t->sleep; else, when op is set, for op */
 };
 
 static const char *const phase_names[MOXY_PHASES + 1] = {
@@ -288,7 +286,6 @@ static void task_drop(moxy_lua_task_t *t)
     t->sleeping = 0;
     if (t->op) t->cancel(t->op);
     t->op = NULL;
-    t->waiting = 0;
     luaL_unref(t->w->L, LUA_REGISTRYINDEX, t->co.ref);
 }
 
@@ -431,7 +428,7 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
         co_put(w, t->co);
         return answered && r && r->local ? MOXY_DONE : MOXY_OK;
     }
-    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_WAIT && t->waiting) {
+    if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_WAIT && (t->sleeping || t->op)) {
         lua_settop(c, 0);
         if (r) r->hook = t;
         else t->timer->task = t;
@@ -531,7 +528,6 @@ static void task_sleep_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     t->sleeping = 0;
-    t->waiting = 0;
     push_req(t->co.co, t->r);
     task_resume_parked(t, 1);
 }
@@ -540,7 +536,6 @@ void moxy_lua_task_wait(moxy_lua_task_t *t, void *op, void (*cancel)(void *op))
 {
     t->op = op;
     t->cancel = cancel;
-    t->waiting = 1;
 }
 
 lua_State *moxy_lua_task_thread(moxy_lua_task_t *t)
@@ -551,7 +546,6 @@ lua_State *moxy_lua_task_thread(moxy_lua_task_t *t)
 void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults)
 {
     t->op = NULL;
-    t->waiting = 0;
     push_req(t->co.co, t->r);
     lua_insert(t->co.co, -(nresults + 1));
     task_resume_parked(t, nresults + 1);
@@ -562,21 +556,11 @@ moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t)
     return t->w;
 }
 
-moxy_req_t *moxy_lua_task_req(const moxy_lua_task_t *t)
-{
-    return t->r;
-}
-
 /* The worker whose Lua runs: the running task's, or the one whose
  * worker_init runs (on the main thread, before the worker starts). */
 static moxy_worker_t *lua_worker(void)
 {
     return cur_task ? cur_task->w : cur_worker;
-}
-
-moxy_worker_t *moxy_lua_current_worker(void)
-{
-    return lua_worker();
 }
 
 /* The running task, stable, for an FFI call that starts an operation
@@ -609,7 +593,6 @@ EXPORT int moxy_ffi_sleep(double secs)
     struct timeval tv = moxy_timeval(secs > 1e7 ? 1e7 : secs);
     evtimer_add(t->sleep, &tv);
     t->sleeping = 1;
-    t->waiting = 1;
     return MOXY_OK;
 }
 

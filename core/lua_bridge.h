@@ -76,12 +76,7 @@ lua_State *moxy_lua_task_thread(moxy_lua_task_t *t);
  * coroutine: resume it (its yield returns them). */
 void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults);
 
-/* The worker t runs on, and its request (NULL for a timer's task). */
+/* The worker t runs on. */
 moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
-moxy_req_t *moxy_lua_task_req(const moxy_lua_task_t *t);
-
-/* The worker whose VM runs on the calling thread, or NULL (main thread,
- * moxy test). */
-moxy_worker_t *moxy_lua_current_worker(void);
 
 #endif
