@@ -210,9 +210,7 @@ void moxy_client_end_detached(moxy_worker_t *w)
 {
     moxy_client_t *g;
     while ((g = LIST_FIRST(&w->detached))) {
-        moxy_req_t *r = g->req;
-        moxy_lua_abort(r);
-        request_detached_end(r);
+        request_detached_end(g->req); /* its parked on_log hooks are dropped */
     }
 }
 
@@ -224,7 +222,6 @@ static void request_log(moxy_client_t *c)
     moxy_req_t *r = c->req;
     if (moxy_lua_has(c->w, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
         if (request_detach(c) == MOXY_OK) return;
-        moxy_lua_abort(r);
     }
     moxy_access_log(r);
     request_end(r);
@@ -238,7 +235,6 @@ void moxy_client_close(moxy_client_t *c)
     c->dead = 1;
     moxy_req_t *r = c->req;
     if (r) {
-        if (r->hook) moxy_lua_abort(r);
         if (r->up) {
             moxy_upconn_t *u = r->up;
             r->up = NULL;
@@ -1101,8 +1097,6 @@ static void client_finish_request(moxy_client_t *c)
 void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
 {
     moxy_client_t *c = r->c;
-    /* on_response hooks parked on this response are moot now */
-    if (r->hook) moxy_lua_abort(r);
     if (r->up) {
         moxy_upconn_t *u = r->up;
         r->up = NULL;
@@ -1156,7 +1150,6 @@ static void client_timeout(moxy_client_t *c)
             moxy_client_close(c);
             return;
         }
-        if (r->hook) moxy_lua_abort(r); /* a hook waiting for this body */
         if (r->up) {
             moxy_upconn_t *u = r->up;
             r->up = NULL;

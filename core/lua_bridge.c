@@ -348,6 +348,7 @@ static void co_put(moxy_worker_t *w, struct moxy_lua_co_s co)
 }
 
 static void task_sleep_cb(evutil_socket_t fd, short what, void *arg);
+static void lua_abort(moxy_req_t *r);
 
 /* The running task, moved to stable memory first if it is still on the C
  * stack (an operation is about to keep a pointer to it).  NULL outside a
@@ -465,6 +466,9 @@ int moxy_lua_has(const moxy_worker_t *w, int phase)
 static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 {
     moxy_worker_t *w = r->c->w;
+    /* hooks of an earlier phase still parked (the request failed or was
+     * answered meanwhile: its origin failed, its body timed out) are moot */
+    lua_abort(r);
     t->w = w;
     t->r = r;
     co_get(w, &t->co);
@@ -572,11 +576,13 @@ moxy_lua_task_t *moxy_lua_current_task(void)
 
 void moxy_lua_req_done(moxy_req_t *r)
 {
+    lua_abort(r);
     if (r->txn_ref > 0) luaL_unref(r->c->w->L, LUA_REGISTRYINDEX, r->txn_ref);
     r->txn_ref = 0;
 }
 
-void moxy_lua_abort(moxy_req_t *r)
+/* Cancel what r's parked hooks wait for and drop their coroutine. */
+static void lua_abort(moxy_req_t *r)
 {
     moxy_lua_task_t *t = r->hook;
     if (!t) return;

@@ -41,12 +41,9 @@ int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, stru
 /* 1 when phase has hooks (so a caller can skip everything else). */
 int moxy_lua_has(const moxy_worker_t *w, int phase);
 
-/* r ends: release what its hooks kept (its txn). */
+/* r ends: drop its hooks still parked, release what they kept (its txn).
+ * Starting a phase drops an earlier phase's parked hooks the same way. */
 void moxy_lua_req_done(moxy_req_t *r);
-
-/* The client of r went away while its hooks were parked: cancel what they
- * wait for and drop their coroutine. */
-void moxy_lua_abort(moxy_req_t *r);
 
 /* Start the thread that stops hooks running past lua.cpu_budget on these
  * workers (none when the budget is 0), before the workers start; stop it
