@@ -280,7 +280,7 @@ end
 local function start_offset(fname, init, len)
   if init == nil then return 0 end
   if type(init) ~= "number" then
-    error(fname .. ": init must be a number or nil, got " .. type(init), 3)
+    error(fname .. ": init must be a number or nil, got " .. type(init), 4)
   end
   init = floor(init)
   if init < 0 then
@@ -343,6 +343,23 @@ local function next_match(e, subject, len, pos, empty, mopts)
   return P.pcre2_match_8(e.code, subject, len, pos, mopts, e.md, mctx)
 end
 
+-- re.match's and re.find's one search: e, rc (>= 0), or nil (no match),
+-- or nil, err.  Argument errors name fname and its caller's line.
+local function search_once(fname, subject, pattern, opts, init)
+  local flags = check(fname, subject, pattern, opts, 4)
+  local e, err = get(pattern, flags)
+  if not e then return nil, err end
+  local len = #subject
+  local pos = start_offset(fname, init, len)
+  if not pos then return nil end
+  local rc = P.pcre2_match_8(e.code, subject, len, pos, 0, e.md, mctx)
+  if rc < 0 then
+    if rc == ERROR_NOMATCH then return nil end
+    return nil, match_error(rc)
+  end
+  return e, rc
+end
+
 --- re.match(subject, pattern [, opts [, init]]) -> captures, or nil (no
 -- match), or nil, err.  captures[0] is the whole match, captures[1..n] the
 -- groups (false for a group that did not take part), named groups also under
@@ -350,17 +367,8 @@ end
 -- 1; negative: from the end); lookbehinds and \b still see what precedes it.
 --   local m = re.match(path, [[^/users/(\d+)$]]) -- m[1] == "42" for /users/42
 function M.match(subject, pattern, opts, init)
-  local flags = check("re.match", subject, pattern, opts, 3)
-  local e, err = get(pattern, flags)
-  if not e then return nil, err end
-  local len = #subject
-  local pos = start_offset("re.match", init, len)
-  if not pos then return nil end
-  local rc = P.pcre2_match_8(e.code, subject, len, pos, 0, e.md, mctx)
-  if rc < 0 then
-    if rc == ERROR_NOMATCH then return nil end
-    return nil, match_error(rc)
-  end
+  local e, rc = search_once("re.match", subject, pattern, opts, init)
+  if not e then return nil, rc end
   return captures(e, subject, rc)
 end
 
@@ -369,17 +377,8 @@ end
 -- match), or nil, err.  Allocates nothing.
 --   if re.find(ua, "bot|crawler|spider", "i") then ... end
 function M.find(subject, pattern, opts, init)
-  local flags = check("re.find", subject, pattern, opts, 3)
-  local e, err = get(pattern, flags)
+  local e, err = search_once("re.find", subject, pattern, opts, init)
   if not e then return nil, err end
-  local len = #subject
-  local pos = start_offset("re.find", init, len)
-  if not pos then return nil end
-  local rc = P.pcre2_match_8(e.code, subject, len, pos, 0, e.md, mctx)
-  if rc < 0 then
-    if rc == ERROR_NOMATCH then return nil end
-    return nil, match_error(rc)
-  end
   return ov_start(e) + 1, ov_end(e)
 end
 
