@@ -104,10 +104,12 @@ function M.hook_set(list)
   return set
 end
 
-local function check_pool(p, i)
+-- on_upstream hook #i returned p: the pool to pick.
+local function returned_pool(t, p, i)
   if type(p) ~= "string" then
     error("on_upstream hook #" .. i .. " returned a " .. type(p) .. " (a pool name, or nothing)", 0)
   end
+  t.upstream:pick(p)
 end
 
 -- on_body: each hook gets the previous one's output; nil keeps the chunk.
@@ -143,18 +145,12 @@ local function run_hooks(set, ptr, phase, t, chunk, eof)
   if phase == PHASE_BODY then return false, t, run_body(list, t, chunk, eof) end
   if list[2] == nil then -- a single hook, the common case
     local p = list[1](t)
-    if p ~= nil and phase == PHASE_UPSTREAM then
-      check_pool(p, 1)
-      t.upstream:pick(p)
-    end
+    if p ~= nil and phase == PHASE_UPSTREAM then returned_pool(t, p, 1) end
     return rawget(t, "_done") == true, t
   end
   for i = 1, #list do
     local p = list[i](t)
-    if p ~= nil and phase == PHASE_UPSTREAM then
-      check_pool(p, i)
-      t.upstream:pick(p)
-    end
+    if p ~= nil and phase == PHASE_UPSTREAM then returned_pool(t, p, i) end
     if rawget(t, "_done") then return true, t end
   end
   return false, t
