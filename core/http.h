@@ -37,9 +37,6 @@ void moxy_client_close(moxy_client_t *c);
  * log them (the worker stops). */
 void moxy_client_end_detached(moxy_worker_t *w);
 
-/* Free the worker's spare client buffers (the worker stops). */
-void moxy_client_free_buffers(moxy_worker_t *w);
-
 /* Drain (QUIT): close if idle, else close after the current response. */
 void moxy_client_drain(moxy_client_t *c);
 

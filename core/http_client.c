@@ -33,7 +33,6 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 static void client_process(moxy_client_t *c);
 static void client_finish_request(moxy_client_t *c);
 static void client_after_hooks(moxy_client_t *c, int rc);
-static void buf_put(moxy_worker_t *w, struct evbuffer *b);
 static void request_end(moxy_req_t *r);
 static void request_log(moxy_client_t *c);
 static void request_detached_end(moxy_req_t *r);
@@ -142,8 +141,8 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
 static void client_free(moxy_client_t *c)
 {
     moxy_worker_t *w = c->w;
-    if (c->in) buf_put(w, c->in);
-    if (c->out) buf_put(w, c->out);
+    if (c->in) moxy_worker_buf_put(w, c->in);
+    if (c->out) moxy_worker_buf_put(w, c->out);
     moxy_pool_reset(&c->pool);
     LIST_REMOVE(c, link);
     free(c);
@@ -165,7 +164,7 @@ static void request_end(moxy_req_t *r)
 {
     moxy_lua_req_done(r);
     moxy_upstream_req_free(r);
-    if (r->body_buf) evbuffer_free(r->body_buf);
+    if (r->body_buf) moxy_worker_buf_put(r->c->w, r->body_buf);
     r->body_buf = NULL;
 }
 
@@ -292,31 +291,13 @@ static void client_reject(moxy_client_t *c, int status, const char *why)
     moxy_resp_error(r, status, why);
 }
 
-/* Buffers of connections between requests: an idle keep-alive connection
- * gives its two (empty) buffers back, so that it costs its struct and little
- * more (nginx does the same); the worker keeps a few for the next request
- * instead of freeing and allocating two evbuffers per request. */
-static struct evbuffer *buf_get(moxy_worker_t *w)
-{
-    if (w->nbuf_free > 0) return w->buf_free[--w->nbuf_free];
-    return evbuffer_new();
-}
-
-static void buf_put(moxy_worker_t *w, struct evbuffer *b)
-{
-    if (w->nbuf_free < MOXY_BUF_FREE_MAX && evbuffer_get_length(b) == 0) w->buf_free[w->nbuf_free++] = b;
-    else evbuffer_free(b);
-}
-
-void moxy_client_free_buffers(moxy_worker_t *w)
-{
-    while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
-}
-
+/* An idle keep-alive connection gives its two (empty) buffers back, so that
+ * it costs its struct and little more (nginx does the same); they go to the
+ * worker's spares (moxy_worker_buf_put) for the next request. */
 static int client_ensure_buffers(moxy_client_t *c)
 {
-    if (!c->in && !(c->in = buf_get(c->w))) return MOXY_ERROR;
-    if (!c->out && !(c->out = buf_get(c->w))) return MOXY_ERROR;
+    if (!c->in && !(c->in = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
+    if (!c->out && !(c->out = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
     return MOXY_OK;
 }
 
@@ -872,7 +853,7 @@ int moxy_req_read_body(moxy_req_t *r, uint64_t max)
         r->keepalive = 0;
         return MOXY_ERROR;
     }
-    if (!r->body_buf && !(r->body_buf = evbuffer_new())) return MOXY_ERROR;
+    if (!r->body_buf && !(r->body_buf = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
     if (r->expect_continue) {
         r->expect_continue = 0;
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
@@ -1088,8 +1069,8 @@ static void client_finish_request(moxy_client_t *c)
     } else if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
         /* Idle: give the buffers back (nginx does the same) so that an
          * idle keep-alive connection costs its struct and little more. */
-        buf_put(c->w, c->in);
-        buf_put(c->w, c->out);
+        moxy_worker_buf_put(c->w, c->in);
+        moxy_worker_buf_put(c->w, c->out);
         c->in = c->out = NULL;
     }
 }

@@ -848,15 +848,15 @@ static int filter_start(moxy_req_t *r)
     r->filtering = moxy_lua_has(w, MOXY_PHASE_BODY) && !r->no_filter &&
                    r->resp_body_kind != MOXY_BODY_NONE;
     if (!r->filtering) return MOXY_OK;
-    if (!r->filter_in) r->filter_in = evbuffer_new();
-    if (!r->filter_out) r->filter_out = evbuffer_new();
+    if (!r->filter_in) r->filter_in = moxy_worker_buf_get(w);
+    if (!r->filter_out) r->filter_out = moxy_worker_buf_get(w);
     return r->filter_in && r->filter_out ? MOXY_OK : MOXY_ERROR;
 }
 
 void moxy_upstream_req_free(moxy_req_t *r)
 {
-    if (r->filter_in) evbuffer_free(r->filter_in);
-    if (r->filter_out) evbuffer_free(r->filter_out);
+    if (r->filter_in) moxy_worker_buf_put(r->c->w, r->filter_in);
+    if (r->filter_out) moxy_worker_buf_put(r->c->w, r->filter_out);
     r->filter_in = r->filter_out = NULL;
 }
 

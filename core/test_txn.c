@@ -98,13 +98,14 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
         moxy_req_t *r = c->req;
         if (r) { /* request_end, without the hooks' state (test.lua keeps it) */
             moxy_upstream_req_free(r);
-            if (r->body_buf) evbuffer_free(r->body_buf);
+            if (r->body_buf) moxy_worker_buf_put(t->w, r->body_buf);
         }
         moxy_pool_reset(&c->pool);
         free(c);
     }
     moxy_worker_t *w = t->w;
     if (w) {
+        moxy_worker_buf_free_all(w);
         if (w->base) event_base_free(w->base);
         moxy_conf_free(w->conf);
         free(w);

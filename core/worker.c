@@ -8,6 +8,7 @@
 #include "lua_bridge.h"
 
 #include <errno.h>
+#include <event2/buffer.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -150,6 +151,23 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     moxy_alog_flush(&w->alog);
 }
 
+struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)
+{
+    if (w->nbuf_free > 0) return w->buf_free[--w->nbuf_free];
+    return evbuffer_new();
+}
+
+void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b)
+{
+    if (w->nbuf_free < MOXY_BUF_FREE_MAX && evbuffer_get_length(b) == 0) w->buf_free[w->nbuf_free++] = b;
+    else evbuffer_free(b);
+}
+
+void moxy_worker_buf_free_all(moxy_worker_t *w)
+{
+    while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
+}
+
 moxy_worker_t *moxy_worker_alloc(moxy_conf_t *conf, int id)
 {
     moxy_worker_t *w = calloc(1, sizeof(*w));
@@ -226,7 +244,7 @@ static void *worker_main(void *arg)
     moxy_client_t *c;
     while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
     moxy_client_end_detached(w);
-    moxy_client_free_buffers(w);
+    moxy_worker_buf_free_all(w);
     moxy_fetch_free_worker(w);
     moxy_alog_flush(&w->alog);
     moxy_upstream_free_worker(w);

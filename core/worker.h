@@ -50,7 +50,7 @@ struct moxy_worker_s {
     int nconns;                  /* open client connections */
     LIST_HEAD(, moxy_client_s) clients;
 #define MOXY_BUF_FREE_MAX 64
-    struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* empty client buffers for reuse (http_client.c) */
+    struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;
 
     moxy_pool_rt_t *pools;       /* one per conf->upstreams */
@@ -80,6 +80,17 @@ struct moxy_worker_s {
  * this).  NULL when out of memory; w->error says why when the event base
  * could not be made. */
 moxy_worker_t *moxy_worker_alloc(moxy_conf_t *conf, int id);
+
+/* An empty evbuffer: a spare of w's, or a new one (NULL: out of memory).
+ * Requests and connections take their buffers here instead of allocating
+ * and freeing them each time. */
+struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w);
+
+/* Give b back: kept as a spare when it is empty and w has room, else freed. */
+void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b);
+
+/* Free w's spares (the worker ends). */
+void moxy_worker_buf_free_all(moxy_worker_t *w);
 
 /* Create worker id for conf: opens its listening sockets and builds its Lua VM.
  * Returns NULL after logging why.  The worker does not run until started. */
