@@ -6,6 +6,7 @@
 #include "config.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "upstream.h"
 
 #include <arpa/inet.h>
 #include <lauxlib.h>
@@ -34,6 +35,7 @@ static int read_addr(lua_State *L, moxy_addr_t *a)
 {
     int t = lua_gettop(L);
     a->text = field_str(L, t, "text");
+    if (field_num(L, t, "family", 4) == 0) return MOXY_OK; /* a name: resolved later */
     char *host = field_str(L, t, "host");
     int port = (int)field_num(L, t, "port", 0);
     int family = (int)field_num(L, t, "family", 4);
@@ -65,6 +67,74 @@ int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t l
     return -1;
 }
 
+static int field_bool(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    int r = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return r;
+}
+
+/* The list of statuses at t[key] as a set (empty when absent). */
+static void read_statuses(lua_State *L, int t, const char *key, moxy_status_set_t *set)
+{
+    memset(set, 0, sizeof(*set));
+    lua_getfield(L, t, key);
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        int st = (int)lua_tointeger(L, -1);
+        if (st >= 0 && st < 640) set->bits[st >> 6] |= 1ull << (st & 63);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static int balance_of(lua_State *L, int u)
+{
+    static const char *names[] = {"round_robin", "least_conn", "ewma", "hash", "random"};
+    char *b = field_str(L, u, "balance");
+    int r = MOXY_BAL_ROUND_ROBIN;
+    for (int i = 0; b && i < (int)MOXY_ARRAY_LEN(names); i++)
+        if (strcmp(b, names[i]) == 0) r = i;
+    free(b);
+    return r;
+}
+
+static void read_passive(lua_State *L, int u, moxy_upstream_conf_t *up)
+{
+    lua_getfield(L, u, "passive");
+    int p = lua_gettop(L);
+    up->passive.failures = lua_istable(L, p) ? (int)field_num(L, p, "failures", 3) : 0;
+    up->passive.window = field_num(L, p, "window", 10);
+    up->passive.backoff = field_num(L, p, "backoff", 10);
+    up->passive.max_backoff = field_num(L, p, "max_backoff", 300);
+    up->passive.max_ejected = field_num(L, p, "max_ejected", 0.5);
+    read_statuses(L, p, "statuses", &up->passive.statuses);
+    lua_pop(L, 1);
+}
+
+static void read_health(lua_State *L, int u, moxy_upstream_conf_t *up)
+{
+    lua_getfield(L, u, "health");
+    int h = lua_gettop(L);
+    if (lua_istable(L, h)) {
+        char *type = field_str(L, h, "type");
+        up->health.type = type && strcmp(type, "tcp") == 0 ? MOXY_CHECK_TCP : MOXY_CHECK_HTTP;
+        free(type);
+        up->health.method = field_str(L, h, "method");
+        up->health.path = field_str(L, h, "path");
+        up->health.host = field_str(L, h, "host");
+        up->health.body = field_str(L, h, "body");
+        read_statuses(L, h, "statuses", &up->health.statuses);
+        up->health.interval = field_num(L, h, "interval", 5);
+        up->health.timeout = field_num(L, h, "timeout", 2);
+        up->health.healthy = (int)field_num(L, h, "healthy", 2);
+        up->health.unhealthy = (int)field_num(L, h, "unhealthy", 2);
+    }
+    lua_pop(L, 1);
+}
+
 static int level_of(const char *s)
 {
     for (int i = 0; i <= MOXY_LOG_DEBUG; i++)
@@ -91,13 +161,29 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         up->keepalive = (int)field_num(L, u, "keepalive", 64);
         up->keepalive_timeout = field_num(L, u, "keepalive_timeout", 60);
         up->tries = (int)field_num(L, u, "tries", 2);
+        up->balance = balance_of(L, u);
+        up->retry_timeout = field_num(L, u, "retry_timeout", 0);
+        read_statuses(L, u, "retry_statuses", &up->retry_statuses);
+        up->retry_budget = field_num(L, u, "retry_budget", 0.2);
+        up->retry_budget_min = (int)field_num(L, u, "retry_budget_min", 10);
+        up->resolve = field_num(L, u, "resolve", 30);
+        read_passive(L, u, up);
+        read_health(L, u, up);
         lua_getfield(L, u, "servers");
         up->nservers = (int)lua_objlen(L, -1);
         up->servers = calloc((size_t)up->nservers + 1, sizeof(*up->servers));
         for (int j = 0; j < up->nservers; j++) {
             lua_rawgeti(L, -1, j + 1);
-            up->servers[j].weight = (int)field_num(L, -1, "weight", 1);
-            if (read_addr(L, &up->servers[j].addr) != MOXY_OK) {
+            int sv = lua_gettop(L);
+            moxy_server_conf_t *s = &up->servers[j];
+            s->weight = (int)field_num(L, sv, "weight", 1);
+            s->backup = field_bool(L, sv, "backup");
+            s->drain = field_bool(L, sv, "drain");
+            s->max_conns = (int)field_num(L, sv, "max_conns", 0);
+            s->slow_start = field_num(L, sv, "slow_start", 0);
+            s->name = field_str(L, sv, "name");
+            s->port = (uint16_t)field_num(L, sv, "port", 0);
+            if (read_addr(L, &s->addr) != MOXY_OK) {
                 fprintf(stderr, "%s: upstreams.%s: bad address\n", c->path, up->name);
                 return MOXY_ERROR;
             }
@@ -155,6 +241,19 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+
+    lua_getfield(L, t, "resolver");
+    int rs = lua_gettop(L);
+    c->resolver.timeout = field_num(L, rs, "timeout", 5);
+    lua_getfield(L, rs, "nameservers");
+    c->resolver.nnameservers = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    c->resolver.nameservers = calloc((size_t)c->resolver.nnameservers + 1, sizeof(char *));
+    for (int i = 0; i < c->resolver.nnameservers; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        c->resolver.nameservers[i] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
 
     lua_getfield(L, t, "lua");
     c->cpu_budget = field_num(L, lua_gettop(L), "cpu_budget", 0.05);
@@ -244,10 +343,18 @@ void moxy_conf_free(moxy_conf_t *c)
     if (!c) return;
     for (int i = 0; i < c->nupstreams; i++) {
         moxy_upstream_conf_t *u = &c->upstreams[i];
-        for (int j = 0; j < u->nservers; j++) free(u->servers[j].addr.text);
+        for (int j = 0; j < u->nservers; j++) {
+            free(u->servers[j].addr.text);
+            free(u->servers[j].name);
+        }
         free(u->servers);
         free(u->name);
         free(u->host);
+        free(u->health.method);
+        free(u->health.path);
+        free(u->health.host);
+        free(u->health.body);
+        moxy_upstream_state_free(u->state);
     }
     free(c->upstreams);
     for (int i = 0; i < c->nlistens; i++) {
@@ -258,6 +365,9 @@ void moxy_conf_free(moxy_conf_t *c)
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     free(c->scripts_jit);
+    for (int i = 0; c->resolver.nameservers && i < c->resolver.nnameservers; i++)
+        free(c->resolver.nameservers[i]);
+    free(c->resolver.nameservers);
     for (int i = 0; i < c->nshared; i++) free(c->shared[i].name);
     free(c->shared);
     free(c->log.access);

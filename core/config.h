@@ -25,10 +25,39 @@ typedef struct {
     int backlog;
 } moxy_listen_conf_t;
 
+/* An upstream server as configured. */
 typedef struct {
-    moxy_addr_t addr;
-    int weight;
+    moxy_addr_t addr;   /* text as written; sa/salen set for an IP literal, salen 0 for a name */
+    char *name;         /* DNS name to resolve (upstream.c), or NULL for an IP literal */
+    uint16_t port;
+    int weight;         /* 1..1000 */
+    int backup;         /* used only when no primary server is usable */
+    int max_conns;      /* requests in flight to it, all workers together; 0: no limit */
+    int drain;          /* starts drained (no new requests) */
+    double slow_start;  /* seconds its weight ramps up after it comes back; 0: none */
 } moxy_server_conf_t;
+
+/* A set of HTTP statuses 0..639. */
+typedef struct {
+    uint64_t bits[10];
+} moxy_status_set_t;
+
+static inline int moxy_status_in(const moxy_status_set_t *s, int status)
+{
+    return status >= 0 && status < 640 && (s->bits[status >> 6] >> (status & 63)) & 1;
+}
+
+/* How a pool spreads requests over its servers (balance = ...). */
+enum {
+    MOXY_BAL_ROUND_ROBIN = 0, /* smooth weighted round-robin (nginx's) */
+    MOXY_BAL_LEAST_CONN,      /* fewest requests in flight per weight */
+    MOXY_BAL_EWMA,            /* power of two choices on latency EWMA x in-flight */
+    MOXY_BAL_HASH,            /* consistent hashing (Maglev) on a key from Lua */
+    MOXY_BAL_RANDOM,          /* random, weighted */
+};
+
+/* Active health checks of a pool (health = {...}). */
+enum { MOXY_CHECK_NONE = 0, MOXY_CHECK_HTTP, MOXY_CHECK_TCP };
 
 typedef struct {
     char *name;
@@ -37,7 +66,30 @@ typedef struct {
     int keepalive;            /* idle connections kept per worker */
     double keepalive_timeout; /* seconds an idle connection is kept */
     char *host;               /* Host sent to this pool, NULL: the client's */
+    int balance;              /* MOXY_BAL_* */
     int tries;                /* peers a retryable request may try */
+    double retry_timeout;     /* seconds from the first try after which none starts; 0: no limit */
+    moxy_status_set_t retry_statuses; /* origin statuses that send a retryable request elsewhere */
+    double retry_budget;      /* retries may add this share of the pool's requests (10 s window) */
+    int retry_budget_min;     /* retries per second allowed whatever the share */
+    double resolve;           /* seconds between resolutions of server names */
+    struct {                  /* passive health: failures seen by requests */
+        int failures;         /* consecutive failures that eject a server; 0: off */
+        double window;        /* seconds within which they must fall */
+        double backoff;       /* first ejection's length; doubles each time, up to max_backoff */
+        double max_backoff;
+        moxy_status_set_t statuses; /* origin statuses that count as failures */
+        double max_ejected;   /* share of the pool that may be ejected at once */
+    } passive;
+    struct {                  /* active health checks (health_check.c) */
+        int type;             /* MOXY_CHECK_* */
+        char *method, *path, *host; /* host NULL: the pool's host, else the server's address */
+        moxy_status_set_t statuses; /* statuses that pass */
+        char *body;           /* PCRE2 pattern the body must match, or NULL */
+        double interval, timeout;
+        int healthy, unhealthy; /* consecutive results that flip the state */
+    } health;
+    struct moxy_upstream_s *state; /* the pool's shared running state (upstream.c) */
 } moxy_upstream_conf_t;
 
 typedef struct {
@@ -64,6 +116,12 @@ typedef struct {
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
     int nshared;
+
+    struct {
+        char **nameservers; /* "ip:port" texts; none: /etc/resolv.conf */
+        int nnameservers;
+        double timeout;
+    } resolver;
 
     struct {
         size_t header_bytes; /* request line + headers */

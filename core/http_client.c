@@ -634,15 +634,6 @@ static int request_id_valid(const char *v, size_t n)
     return 1;
 }
 
-static uint64_t rng_next(uint64_t s[2])
-{
-    uint64_t x = s[0], y = s[1];
-    s[0] = y;
-    x ^= x << 23;
-    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
-    return s[1] + y;
-}
-
 void moxy_req_set_id(moxy_req_t *r)
 {
     int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
@@ -660,7 +651,7 @@ void moxy_req_make_id(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
     static const char hex[] = "0123456789abcdef";
-    uint64_t a = rng_next(c->w->rng), b = rng_next(c->w->rng);
+    uint64_t a = moxy_rng_next(c->w->rng), b = moxy_rng_next(c->w->rng);
     for (int i = 0; i < 16; i++) {
         r->id[i] = hex[(a >> (60 - 4 * i)) & 15];
         r->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "lua_bridge.h"
 #include "shared_dict.h"
+#include "upstream.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -137,6 +138,11 @@ int main(int argc, char **argv)
 
     moxy_conf_t *conf = moxy_conf_load(path);
     if (!conf) return 1;
+    if (moxy_upstreams_create(conf) != MOXY_OK) {
+        fprintf(stderr, "moxy: out of memory\n");
+        moxy_conf_free(conf);
+        return 1;
+    }
     /* moxy.shared dicts: init hooks (moxy -t runs them too) and workers may use them */
     if (moxy_shdict_create_all(conf) != MOXY_OK) {
         moxy_conf_free(conf);

@@ -75,6 +75,16 @@ static inline struct timeval moxy_timeval(double s)
     return tv;
 }
 
+/* The next number of the xorshift128+ generator whose state is s (not zero). */
+static inline uint64_t moxy_rng_next(uint64_t s[2])
+{
+    uint64_t x = s[0], y = s[1];
+    s[0] = y;
+    x ^= x << 23;
+    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return s[1] + y;
+}
+
 #define MOXY_STRIEQ_LIT(p, n, lit) moxy_strieq_lit((p), (n), (lit), sizeof(lit) - 1)
 
 #endif

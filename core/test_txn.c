@@ -18,6 +18,7 @@
 #include "ffi.h"
 #include "headers.h"
 #include "http.h"
+#include "upstream.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -61,7 +62,10 @@ static moxy_conf_t *test_conf(const char **pools, const char **peers, int npools
         u->keepalive = 64;
         u->keepalive_timeout = 60;
         u->tries = tries > 0 ? tries : 2;
+        u->retry_budget = 0.2;
+        u->retry_budget_min = 10;
     }
+    if (moxy_upstreams_create(conf) != MOXY_OK) goto err;
     conf->default_upstream = default_pool >= 0 && default_pool < npools ? default_pool : -1;
     conf->nlistens = 1;
     conf->listens[0].name = strdup("test");

@@ -240,6 +240,112 @@ function Checker:listen(v, keys)
   return out
 end
 
+-- An upstream server's "host:port": an IP literal or "localhost" as for
+-- listeners, or a DNS name (resolved without blocking, see upstream.c).
+local function server_address(v)
+  local a, err = address(v)
+  if a then return a end
+  if type(v) ~= "string" then return nil, err end
+  local host, port = v:match("^([%w][%w.-]*):(%d+)$")
+  if not host or host:find("%.%.") or host:sub(-1) == "-" or #host > 253 then return nil, err end
+  port = tonumber(port)
+  if port < 1 or port > 65535 then return nil, "bad address \"" .. v .. "\" (port out of range)" end
+  return { text = v, name = host, port = port, family = 0 }
+end
+
+-- A list of HTTP statuses ({502, 503} or the strings "5xx" / "500-599").
+local function statuses(c, v, keys, default)
+  if v == nil then return default end
+  local out = {}
+  for i, s in ipairs(list(c, v, keys)) do
+    local lo, hi
+    if type(s) == "number" and s == math.floor(s) then
+      lo, hi = s, s
+    elseif type(s) == "string" and s:match("^[1-5]xx$") then
+      lo = tonumber(s:sub(1, 1)) * 100
+      hi = lo + 99
+    elseif type(s) == "string" and s:match("^%d%d%d%-%d%d%d$") then
+      lo, hi = tonumber(s:sub(1, 3)), tonumber(s:sub(5, 7))
+    end
+    if not lo or lo < 100 or hi > 599 or lo > hi then
+      c:err(child(keys, i), "expected a status (100..599), \"5xx\" or \"500-504\", got " .. tostring(s), s)
+    else
+      for n = lo, hi do out[#out + 1] = n end
+    end
+  end
+  return out
+end
+
+local function ratio(v)
+  if type(v) ~= "number" or v < 0 or v > 1 then
+    return nil, "expected a number in 0..1, got " .. tostring(v)
+  end
+  return v
+end
+
+local BALANCE = { "round_robin", "least_conn", "ewma", "hash", "random" }
+
+function Checker:passive(v, k)
+  local d = { failures = 3, window = 10, backoff = 10, max_backoff = 300, statuses = {}, max_ejected = 0.5 }
+  if v == nil then return d end
+  if v == false then
+    d.failures = 0
+    return d
+  end
+  if not self:table(v, k, { failures = true, window = true, backoff = true, max_backoff = true, statuses = true,
+                            max_ejected = true }) then
+    return d
+  end
+  return {
+    failures = self:value(v.failures, child(k, "failures"), integer(0, 1000), d.failures),
+    window = self:value(v.window, child(k, "window"), duration, d.window),
+    backoff = self:value(v.backoff, child(k, "backoff"), duration, d.backoff),
+    max_backoff = self:value(v.max_backoff, child(k, "max_backoff"), duration, d.max_backoff),
+    statuses = statuses(self, v.statuses, child(k, "statuses"), d.statuses),
+    max_ejected = self:value(v.max_ejected, child(k, "max_ejected"), ratio, d.max_ejected),
+  }
+end
+
+function Checker:health(v, k)
+  if v == nil or v == false then return nil end
+  if not self:table(v, k, { type = true, method = true, path = true, host = true, statuses = true, body = true,
+                            interval = true, timeout = true, healthy = true, unhealthy = true }) then
+    return nil
+  end
+  local h = {
+    type = self:value(v.type, child(k, "type"), one_of("http", "tcp"), "http"),
+    method = self:value(v.method, child(k, "method"), typed("string"), "GET"),
+    path = self:value(v.path, child(k, "path"), typed("string"), "/"),
+    host = self:value(v.host, child(k, "host"), typed("string")),
+    statuses = statuses(self, v.statuses, child(k, "statuses"), nil),
+    body = self:value(v.body, child(k, "body"), typed("string")),
+    interval = self:value(v.interval, child(k, "interval"), duration, 5),
+    timeout = self:value(v.timeout, child(k, "timeout"), duration, 2),
+    healthy = self:value(v.healthy, child(k, "healthy"), integer(1, 100), 2),
+    unhealthy = self:value(v.unhealthy, child(k, "unhealthy"), integer(1, 100), 2),
+  }
+  if not h.statuses then
+    h.statuses = {}
+    for n = 200, 399 do h.statuses[#h.statuses + 1] = n end
+  end
+  if not h.method:match("^[A-Z]+$") then self:err(child(k, "method"), "expected an HTTP method such as GET", v.method) end
+  if h.path:sub(1, 1) ~= "/" or h.path:find("[%s%c]") then
+    self:err(child(k, "path"), "expected a path starting with / without spaces", v.path)
+  end
+  if h.body then
+    local ok, m, err = pcall(require("moxy.re").find, "", h.body)
+    if not ok or (m == nil and err) then self:err(child(k, "body"), "bad pattern: " .. tostring(err or m), v.body) end
+  end
+  if h.interval < 0.01 then self:err(child(k, "interval"), "at least 10ms", v.interval) end
+  if h.timeout <= 0 then self:err(child(k, "timeout"), "must be more than 0", v.timeout) end
+  return h
+end
+
+local POOL_KEYS = { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true,
+                    tries = true, retry_timeout = true, retry_statuses = true, retry_budget = true,
+                    retry_budget_min = true, passive = true, health = true, resolve = true }
+local SERVER_KEYS = { addr = true, weight = true, backup = true, max_conns = true, slow_start = true, drain = true }
+
 function Checker:upstreams(v, keys)
   local out, names = {}, {}
   if v == nil then return out end
@@ -254,40 +360,71 @@ function Checker:upstreams(v, keys)
     local u = v[name]
     if type(name) ~= "string" or not name:match("^[%w_.-]+$") then
       self:err(k, "pool names are words of letters, digits, _ . -")
-    elseif self:table(u, k, { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true,
-                                 tries = true }) then
+    elseif self:table(u, k, POOL_KEYS) then
       local pool = {
         name = name,
         servers = {},
         keepalive = self:value(u.keepalive, child(k, "keepalive"), integer(0, 100000), 64),
         keepalive_timeout = self:value(u.keepalive_timeout, child(k, "keepalive_timeout"), duration, 60),
         host = self:value(u.host, child(k, "host"), typed("string")),
+        balance = self:value(u.balance, child(k, "balance"), one_of(unpack(BALANCE)), "round_robin"),
         tries = self:value(u.tries, child(k, "tries"), integer(1, 100), 2),
+        retry_timeout = self:value(u.retry_timeout, child(k, "retry_timeout"), duration, 0),
+        retry_statuses = statuses(self, u.retry_statuses, child(k, "retry_statuses"), {}),
+        retry_budget = self:value(u.retry_budget, child(k, "retry_budget"), ratio, 0.2),
+        retry_budget_min = self:value(u.retry_budget_min, child(k, "retry_budget_min"), integer(0, 1000000), 10),
+        passive = self:passive(u.passive, child(k, "passive")),
+        health = self:health(u.health, child(k, "health")),
+        resolve = self:value(u.resolve, child(k, "resolve"), duration, 30),
       }
-      self:value(u.balance, child(k, "balance"), one_of("round_robin"))
+      if pool.resolve < 1 then self:err(child(k, "resolve"), "at least 1s", u.resolve) end
       local sk = child(k, "servers")
       if u.servers == nil or (type(u.servers) == "table" and #u.servers == 0) then
         self:err(sk, "a pool needs at least one server")
       end
+      local seen, primaries = {}, 0
       for i, s in ipairs(list(self, u.servers, sk)) do
         local ik = child(sk, i)
         local ak = child(ik, "addr")
         if type(s) == "string" then
           s, ak = { addr = s }, ik
         end
-        if self:table(s, ik, { addr = true, weight = true }) then
-          local a = self:value(s.addr, ak, address)
+        if self:table(s, ik, SERVER_KEYS) then
+          local a = self:value(s.addr, ak, server_address)
           if s.addr == nil then self:err(ik, "addr is required") end
           if a then
             if a.host == "0.0.0.0" then self:err(ak, "an upstream server needs a host", s.addr) end
+            if seen[a.text] then self:err(ak, "listed twice in this pool", s.addr) end
+            seen[a.text] = true
             a.weight = self:value(s.weight, child(ik, "weight"), integer(1, 1000), 1)
+            a.backup = self:value(s.backup, child(ik, "backup"), typed("boolean"), false)
+            a.max_conns = self:value(s.max_conns, child(ik, "max_conns"), integer(0, 10000000), 0)
+            a.slow_start = self:value(s.slow_start, child(ik, "slow_start"), duration, 0)
+            a.drain = self:value(s.drain, child(ik, "drain"), typed("boolean"), false)
+            if not a.backup then primaries = primaries + 1 end
             pool.servers[#pool.servers + 1] = a
           end
         end
       end
+      if #pool.servers > 0 and primaries == 0 then self:err(sk, "every server is a backup: at least one must not be") end
+      if #pool.servers > 60000 then self:err(sk, "at most 60000 servers") end
       out[#out + 1] = pool
     end
   end
+  return out
+end
+
+-- resolver = { nameservers = {"127.0.0.1:53"}, timeout = "5s" }: the DNS
+-- servers for upstream names (default: /etc/resolv.conf and /etc/hosts).
+function Checker:resolver(v, k)
+  local out = { nameservers = {}, timeout = 5 }
+  if v == nil then return out end
+  if not self:table(v, k, { nameservers = true, timeout = true }) then return out end
+  for i, s in ipairs(list(self, v.nameservers, child(k, "nameservers"))) do
+    local a = self:value(s, child(child(k, "nameservers"), i), address)
+    if a then out.nameservers[#out.nameservers + 1] = a.text end
+  end
+  out.timeout = self:value(v.timeout, child(k, "timeout"), duration, 5)
   return out
 end
 
@@ -334,7 +471,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true,
-  shared = true,
+  shared = true, resolver = true,
 }
 
 -- Check the table `t` that `path` (with source text `src`) returned.
@@ -351,6 +488,7 @@ function M.check(t, path, src)
   conf.workers = c:value(t.workers, { "workers" }, workers, 0)
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
+  conf.resolver = c:resolver(t.resolver, { "resolver" })
   local pools = {}
   for _, p in ipairs(conf.upstreams) do pools[p.name] = true end
   conf.default_upstream = c:value(t.default_upstream, { "default_upstream" }, typed("string"))

@@ -1,0 +1,270 @@
+/*
+ * upstream.c -- the shared running state of upstream pools (see upstream.h):
+ * peers' usability, slow start, passive health, drain, addresses, and the
+ * retry budget.
+ */
+#include "upstream.h"
+#include "log.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* --- creation --- */
+
+static int state_create(moxy_upstream_conf_t *uc)
+{
+    moxy_upstream_t *up = calloc(1, sizeof(*up));
+    if (!up) return MOXY_ERROR;
+    uc->state = up;
+    up->conf = uc;
+    pthread_mutex_init(&up->lock, NULL);
+    up->peers = calloc((size_t)uc->nservers + 1, sizeof(*up->peers));
+    if (!up->peers) return MOXY_ERROR;
+    up->npeers = uc->nservers;
+    for (int i = 0; i < uc->nservers; i++) {
+        moxy_peer_t *p = &up->peers[i];
+        const moxy_server_conf_t *s = &uc->servers[i];
+        p->conf = s;
+        p->pool = up;
+        pthread_mutex_init(&p->addr_lock, NULL);
+        pthread_mutex_init(&p->check_lock, NULL);
+        if (!s->backup) up->nprimary++;
+        if (!s->name) {
+            p->addrs[0] = s->addr.sa;
+            p->addrlens[0] = s->addr.salen;
+            p->naddrs = 1;
+            atomic_store(&p->resolved, 1);
+        }
+        atomic_store(&p->drained, s->drain);
+    }
+    if (uc->balance == MOXY_BAL_HASH) return moxy_balancer_build(up);
+    return MOXY_OK;
+}
+
+int moxy_upstreams_create(moxy_conf_t *conf)
+{
+    for (int i = 0; i < conf->nupstreams; i++)
+        if (state_create(&conf->upstreams[i]) != MOXY_OK) return MOXY_ERROR;
+    return MOXY_OK;
+}
+
+void moxy_upstream_state_free(moxy_upstream_t *up)
+{
+    if (!up) return;
+    for (int i = 0; up->peers && i < up->npeers; i++) {
+        pthread_mutex_destroy(&up->peers[i].addr_lock);
+        pthread_mutex_destroy(&up->peers[i].check_lock);
+    }
+    pthread_mutex_destroy(&up->lock);
+    free(up->peers);
+    free(up->maglev);
+    free(up);
+}
+
+/* --- usability --- */
+
+int moxy_peer_state(const moxy_peer_t *p, long long now)
+{
+    if (atomic_load_explicit(&p->drained, memory_order_relaxed)) return MOXY_PEER_DRAINED;
+    if (atomic_load_explicit(&p->check_down, memory_order_relaxed)) return MOXY_PEER_UNHEALTHY;
+    if (atomic_load_explicit(&p->down_until, memory_order_relaxed) > now) return MOXY_PEER_DOWN;
+    if (!atomic_load_explicit(&p->resolved, memory_order_relaxed)) return MOXY_PEER_UNRESOLVED;
+    return MOXY_PEER_UP;
+}
+
+int moxy_peer_weight(const moxy_peer_t *p, long long now)
+{
+    int w = p->conf->weight * 16;
+    if (p->conf->slow_start <= 0) return w;
+    long long since = atomic_load_explicit(&p->up_since, memory_order_relaxed);
+    if (since == 0 || now < since) return w;
+    double ramp = (double)(now - since) / (p->conf->slow_start * 1000.0);
+    if (ramp >= 1) return w;
+    int r = (int)(w * ramp);
+    return r > 0 ? r : 1;
+}
+
+int moxy_peer_addr(moxy_peer_t *p, struct sockaddr_storage *sa, socklen_t *salen, unsigned *gen)
+{
+    if (!p->conf->name) { /* fixed: no lock */
+        *sa = p->addrs[0];
+        *salen = p->addrlens[0];
+        *gen = 0;
+        return MOXY_OK;
+    }
+    int rc = MOXY_DECLINED;
+    pthread_mutex_lock(&p->addr_lock);
+    if (p->naddrs > 0) {
+        unsigned i = atomic_fetch_add_explicit(&p->addr_next, 1, memory_order_relaxed) % (unsigned)p->naddrs;
+        *sa = p->addrs[i];
+        *salen = p->addrlens[i];
+        *gen = atomic_load(&p->addr_gen);
+        rc = MOXY_OK;
+    }
+    pthread_mutex_unlock(&p->addr_lock);
+    return rc;
+}
+
+double moxy_peer_ewma(const moxy_peer_t *p, long long now)
+{
+    long long e = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+    if (e == 0) return 0;
+    long long at = atomic_load_explicit(&p->ewma_at, memory_order_relaxed);
+    return now > at ? (double)e * exp(-(double)(now - at) / MOXY_EWMA_DECAY_MS) : (double)e;
+}
+
+/* --- passive health --- */
+
+/* Peers of up ejected now (pool lock held). */
+static int ejected_count(const moxy_upstream_t *up, long long now)
+{
+    int n = 0;
+    for (int i = 0; i < up->npeers; i++)
+        if (atomic_load_explicit(&up->peers[i].down_until, memory_order_relaxed) > now) n++;
+    return n;
+}
+
+static void peer_failed(moxy_peer_t *p, long long now)
+{
+    moxy_upstream_t *up = p->pool;
+    const moxy_upstream_conf_t *uc = up->conf;
+    atomic_fetch_add_explicit(&p->failures, 1, memory_order_relaxed);
+    if (uc->passive.failures <= 0) return;
+    pthread_mutex_lock(&up->lock);
+    if (atomic_load(&p->down_until) > now) goto out; /* already out (a try started before) */
+    int fails = atomic_load(&p->fails);
+    if (fails == 0 || now - p->first_fail > (long long)(uc->passive.window * 1000)) {
+        p->first_fail = now;
+        fails = 0;
+    }
+    atomic_store(&p->fails, ++fails);
+    if (fails < uc->passive.failures) goto out;
+    int limit = (int)(uc->passive.max_ejected * up->npeers + 1e-9);
+    if (ejected_count(up, now) + 1 > limit) {
+        moxy_log(MOXY_LOG_WARN, NULL,
+                 "upstream %s: peer %s failed %d times but stays in: %d of %d peers may be ejected at once",
+                 uc->name, p->conf->addr.text, fails, limit, up->npeers);
+        atomic_store(&p->fails, 0);
+        goto out;
+    }
+    double backoff = uc->passive.backoff;
+    for (int i = 0; i < p->ejections && backoff < uc->passive.max_backoff; i++) backoff *= 2;
+    if (backoff > uc->passive.max_backoff) backoff = uc->passive.max_backoff;
+    long long until = now + (long long)(backoff * 1000);
+    p->ejections++;
+    atomic_store(&p->fails, 0);
+    atomic_store(&p->up_since, until);
+    atomic_store(&p->down_until, until);
+    moxy_log(MOXY_LOG_WARN, NULL, "upstream %s: peer %s is down for %.3gs after %d failures",
+             uc->name, p->conf->addr.text, backoff, fails);
+out:
+    pthread_mutex_unlock(&up->lock);
+}
+
+void moxy_peer_report(moxy_peer_t *p, int ok, long long latency_us)
+{
+    if (latency_us > 0) {
+        /* peak EWMA (Finagle's): a slower sample counts at once; the cost
+         * decays toward faster ones with the time between samples */
+        long long now = moxy_mono_ms();
+        long long at = atomic_load_explicit(&p->ewma_at, memory_order_relaxed);
+        double e = (double)atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
+        double w = exp(-(double)(now - at) / MOXY_EWMA_DECAY_MS);
+        double n = (double)latency_us > e ? (double)latency_us : e * w + (double)latency_us * (1 - w);
+        atomic_store_explicit(&p->ewma_us, n >= 1 ? (long long)n : 1, memory_order_relaxed);
+        atomic_store_explicit(&p->ewma_at, now, memory_order_relaxed);
+    }
+    if (!ok) {
+        peer_failed(p, moxy_mono_ms());
+        return;
+    }
+    if (atomic_load_explicit(&p->fails, memory_order_relaxed)) atomic_store(&p->fails, 0);
+    if (p->ejections) { /* racy read; the lock makes the reset exact */
+        pthread_mutex_lock(&p->pool->lock);
+        p->ejections = 0;
+        pthread_mutex_unlock(&p->pool->lock);
+    }
+}
+
+/* --- active health, drain --- */
+
+void moxy_peer_set_checked(moxy_peer_t *p, int healthy, const char *why)
+{
+    const char *pool = p->pool->conf->name;
+    pthread_mutex_lock(&p->check_lock);
+    snprintf(p->check_error, sizeof(p->check_error), "%s", healthy || !why ? "" : why);
+    pthread_mutex_unlock(&p->check_lock);
+    int was_down = atomic_load(&p->check_down);
+    if (healthy == !was_down) return;
+    if (healthy) {
+        atomic_store(&p->up_since, moxy_mono_ms());
+        atomic_store(&p->check_down, 0);
+        moxy_log(MOXY_LOG_WARN, NULL, "upstream %s: peer %s is healthy again", pool, p->conf->addr.text);
+    } else {
+        atomic_store(&p->check_down, 1);
+        moxy_log(MOXY_LOG_WARN, NULL, "upstream %s: peer %s is unhealthy: %s", pool, p->conf->addr.text,
+                 why ? why : "check failed");
+    }
+}
+
+void moxy_peer_set_drained(moxy_peer_t *p, int drained)
+{
+    if (atomic_exchange(&p->drained, drained ? 1 : 0) == (drained ? 1 : 0)) return;
+    if (!drained) atomic_store(&p->up_since, moxy_mono_ms());
+    moxy_log(MOXY_LOG_INFO, NULL, "upstream %s: peer %s %s", p->pool->conf->name, p->conf->addr.text,
+             drained ? "drained" : "enabled");
+}
+
+moxy_peer_t *moxy_upstream_find_peer(moxy_upstream_t *up, const char *addr, size_t len)
+{
+    for (int i = 0; i < up->npeers; i++) {
+        const char *t = up->peers[i].conf->addr.text;
+        if (strlen(t) == len && memcmp(t, addr, len) == 0) return &up->peers[i];
+    }
+    return NULL;
+}
+
+/* --- retry budget --- */
+
+/* The slot of second sec, cleared when it still counts an older second. */
+static moxy_budget_slot_t *budget_slot(moxy_upstream_t *up, long long sec)
+{
+    moxy_budget_slot_t *s = &up->budget[sec % MOXY_BUDGET_SLOTS];
+    long long old = atomic_load_explicit(&s->second, memory_order_relaxed);
+    if (old != sec && atomic_compare_exchange_strong(&s->second, &old, sec)) {
+        /* a count added by another thread between the exchange and these
+         * stores is lost: the budget is an estimate, not a ledger */
+        atomic_store_explicit(&s->requests, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->retries, 0, memory_order_relaxed);
+    }
+    return s;
+}
+
+void moxy_budget_request(moxy_upstream_t *up)
+{
+    moxy_budget_slot_t *s = budget_slot(up, moxy_mono_ms() / 1000);
+    atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
+}
+
+int moxy_budget_retry(moxy_upstream_t *up)
+{
+    long long sec = moxy_mono_ms() / 1000;
+    unsigned long long reqs = 0, retries = 0;
+    for (int i = 0; i < MOXY_BUDGET_SLOTS; i++) {
+        const moxy_budget_slot_t *s = &up->budget[i];
+        long long at = atomic_load_explicit(&s->second, memory_order_relaxed);
+        if (at > sec - MOXY_BUDGET_SLOTS && at <= sec) {
+            reqs += atomic_load_explicit(&s->requests, memory_order_relaxed);
+            retries += atomic_load_explicit(&s->retries, memory_order_relaxed);
+        }
+    }
+    double allowed = up->conf->retry_budget * (double)reqs + (double)up->conf->retry_budget_min * MOXY_BUDGET_SLOTS;
+    if ((double)retries + 1 > allowed) {
+        atomic_fetch_add_explicit(&up->budget_denied, 1, memory_order_relaxed);
+        return 0;
+    }
+    atomic_fetch_add_explicit(&budget_slot(up, sec)->retries, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&up->retries, 1, memory_order_relaxed);
+    return 1;
+}
