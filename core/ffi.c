@@ -5,6 +5,7 @@
 #include "headers.h"
 #include "http.h"
 #include "log.h"
+#include "upstream.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -184,12 +185,15 @@ EXPORT int moxy_ffi_resp_status(moxy_req_t *r, int status)
     return r->status;
 }
 
-EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len)
+EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
+                                  int has_key)
 {
     int i = moxy_conf_upstream_index(r->c->w->conf, name, len);
     if (i < 0) return MOXY_DECLINED;
     r->pool = i;
     r->peer_addr = NULL;
+    r->has_hash = has_key != 0;
+    if (has_key) r->hash = moxy_hash64(key, klen);
     return MOXY_OK;
 }
 

@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 8
+#define MOXY_FFI_ABI 9
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -54,7 +54,8 @@ int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const 
 int moxy_ffi_resp_status(moxy_req_t *r, int status);
 
 /* Send the request to pool name.  MOXY_DECLINED: no such pool. */
-int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
+int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
+                           int has_key);
 
 /* Answer the request with status and body (copied); the response headers
  * set so far go with it.  MOXY_ERROR: bad status. */
@@ -246,6 +247,38 @@ void moxy_ffi_shdict_free(void *p);
 int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req, size_t rlen,
                         int head, int keepalive, double timeout, double connect_timeout,
                         size_t max_body, char *err, size_t errlen);
+/* END FFI */
+
+/* BEGIN FFI lua/moxy/upstream.lua */
+/* One peer of a pool as moxy.upstream.peers() shows it. */
+typedef struct {
+    const char *addr;      /* as configured; valid while the configuration is */
+    int state;             /* 0 up, 1 down (ejected), 2 unhealthy, 3 drained, 4 unresolved */
+    int weight;            /* configured */
+    double weight_now;     /* with slow start */
+    int backup, max_conns;
+    int active;            /* requests in flight, all workers */
+    double ewma_ms;        /* latency EWMA to the response head; 0: no sample */
+    int fails;             /* consecutive failures */
+    double down_for;       /* seconds left of an ejection; 0: none */
+    unsigned long long requests, failures, checks;
+    char check_error[96];  /* why the last health check failed, "" */
+} moxy_ffi_peer_t;
+
+/* Peers of the pool called name (len bytes) in the running configuration;
+ * -1: no such pool, -2: no configuration here (not in a hook or timer). */
+int moxy_ffi_upstream_npeers(const char *name, size_t len);
+
+/* Fill *out with peer i of the pool called name.  MOXY_OK or MOXY_DECLINED. */
+int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t *out);
+
+/* Drain (drained = 1) or enable the peer addr of the pool called name, for
+ * every worker.  MOXY_OK; MOXY_DECLINED: no such pool or peer. */
+int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained);
+
+/* The pool's retries and retries the budget refused, since start. */
+int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long long *retries,
+                              unsigned long long *denied);
 /* END FFI */
 
 /* BEGIN FFI lua/moxy/test.lua */

@@ -170,6 +170,15 @@ struct moxy_req_s {
     int tries;             /* tries started (the current one included) */
     int server;            /* index of the peer chosen for this try in the pool, -1: peer_addr */
     int last_server;       /* the peer of the previous try, -1: none */
+    int active_server;     /* the peer whose in-flight count this try holds, -1: none */
+    uint64_t tried;        /* bit i: server i (< 64) of pool tried_pool had a try */
+    int tried_pool;
+    uint64_t hash;         /* txn.upstream:pick's hash key, when has_hash */
+    long long first_try_ms; /* moxy_mono_ms() when the first try started (retry_timeout) */
+    int fail_status;       /* what the failed try would have answered (502/504), for a retry that finds no peer */
+    unsigned has_hash : 1;
+    unsigned reported : 1;   /* this try's outcome went to passive health */
+    unsigned fresh_conn : 1; /* this try must not reuse an idle connection (stale keep-alive resend) */
     const char *peer;      /* "ip:port" of the last peer, for logs */
     struct moxy_addr_s *peer_addr; /* txn.upstream:set_peer's address (request pool), or NULL */
     unsigned retryable : 1;  /* may go to another peer after a failure (idempotent, or said so) */
@@ -233,6 +242,7 @@ struct moxy_upconn_s {
     int fd;
     int pool;                   /* index into conf->upstreams */
     int server;                 /* index into the pool's servers */
+    unsigned addr_gen;          /* the peer's address generation it connected to */
     struct event rev, wev;
     struct evbuffer *in;
     struct evbuffer *out;

@@ -1,8 +1,11 @@
 /*
- * http_upstream.c -- the origin side of the proxy: pick a server of the
- * request's pool (smooth weighted round-robin), reuse an idle keep-alive
- * connection or connect, write the request head moxy builds, parse the
- * response head with llhttp and stream the body back with back-pressure.
+ * http_upstream.c -- the origin side of the proxy: a try picks a peer of the
+ * request's pool (balancer.c), reuses an idle keep-alive connection or
+ * connects, writes the request head moxy builds, parses the response head
+ * with llhttp and streams the body back with back-pressure.  Each try's
+ * outcome goes to the peer's passive health (upstream.c); a try that fails
+ * before any response byte, or answers a retry status, starts another on a
+ * different peer when the retry rules and the pool's budget allow.
  *
  * Response bodies with Content-Length, and bodies delimited by close, are
  * moved between evbuffers without copying; chunked bodies are decoded by
@@ -14,6 +17,7 @@
 #include "io.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "upstream.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -71,22 +75,36 @@ void moxy_upstream_free_worker(moxy_worker_t *w)
     w->pools = NULL;
 }
 
-/* Smooth weighted round-robin (nginx): every pick adds each server's weight
- * to its current weight, takes the largest and subtracts the total from it,
- * so a weight-5 server is spread among the others instead of picked 5 times
- * in a row. */
-static int pick_server(moxy_worker_t *w, int pool)
+/* The shared state of the peer r's try holds, or NULL (set_peer, no pool). */
+static moxy_peer_t *try_peer(const moxy_req_t *r)
 {
-    const moxy_upstream_conf_t *uc = &w->conf->upstreams[pool];
-    int *cw = w->pools[pool].current_weight;
-    int total = 0, best = 0;
-    for (int i = 0; i < uc->nservers; i++) {
-        cw[i] += uc->servers[i].weight;
-        total += uc->servers[i].weight;
-        if (cw[i] > cw[best]) best = i;
+    if (r->pool < 0 || r->server < 0) return NULL;
+    return &r->c->w->conf->upstreams[r->pool].state->peers[r->server];
+}
+
+/* The try's outcome for passive health, once per try: ok, or failed. */
+static void try_report(moxy_req_t *r, int ok)
+{
+    moxy_peer_t *p = try_peer(r);
+    if (!p || r->reported) return;
+    r->reported = 1;
+    long long us = 0;
+    if (ok && evutil_timerisset(&r->up_header)) {
+        struct timeval d;
+        evutil_timersub(&r->up_header, &r->up_started, &d);
+        us = (long long)d.tv_sec * 1000000 + d.tv_usec;
+        if (us <= 0) us = 1;
     }
-    cw[best] -= total;
-    return best;
+    moxy_peer_report(p, ok, us);
+}
+
+/* The try no longer counts in its peer's requests in flight. */
+static void try_release(moxy_req_t *r)
+{
+    if (r->active_server < 0) return;
+    moxy_peer_t *p = &r->c->w->conf->upstreams[r->pool].state->peers[r->active_server];
+    atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
+    r->active_server = -1;
 }
 
 /* --- connection life --- */
@@ -129,10 +147,10 @@ void moxy_upconn_close(moxy_upconn_t *u)
     if (u->busy == 0) up_free(u);
 }
 
-static moxy_upconn_t *up_connect(moxy_worker_t *w, const moxy_addr_t *a, int pool, int server,
-                                 const char **err)
+static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage *sa, socklen_t salen,
+                                 int pool, int server, const char **err)
 {
-    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = strerror(errno);
         return NULL;
@@ -140,7 +158,7 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const moxy_addr_t *a, int poo
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     int connected = 0;
-    if (connect(fd, (const struct sockaddr *)&a->sa, a->salen) == 0) {
+    if (connect(fd, (const struct sockaddr *)sa, salen) == 0) {
         connected = 1;
     } else if (errno != EINPROGRESS) {
         *err = strerror(errno);
@@ -226,8 +244,10 @@ static void try_connect(moxy_req_t *r);
 
 void moxy_upstream_try_begin(moxy_req_t *r)
 {
+    try_release(r);
     r->tries++;
     r->server = -1;
+    r->reported = 0;
     evutil_timerclear(&r->up_started);
     evutil_timerclear(&r->up_connected);
     evutil_timerclear(&r->up_header);
@@ -253,6 +273,49 @@ static void try_hooks_ended(moxy_req_t *r, int rc, const char *why)
     else moxy_req_fail(r, 500, why);
 }
 
+/* Choose the peer of r's pool for this try and count the try in its
+ * requests in flight.  MOXY_ERROR: none is usable and r was answered (502,
+ * 503 when every live peer is at max_conns; a retry answers what the failed
+ * try would have). */
+static int pick_peer(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_worker_t *w = c->w;
+    moxy_upstream_t *up = w->conf->upstreams[r->pool].state;
+    if (r->tries == 1) {
+        moxy_budget_request(up);
+        r->first_try_ms = moxy_mono_ms();
+    }
+    if (r->tried_pool != r->pool) { /* on_upstream moved a retry to another pool */
+        r->tried = 0;
+        r->last_server = -1;
+        r->tried_pool = r->pool;
+    }
+    uint64_t hash = 0;
+    if (up->conf->balance == MOXY_BAL_HASH) hash = r->has_hash ? r->hash : moxy_hash64(c->ip, strlen(c->ip));
+    const char *why = "no live peer";
+    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, r->tried, r->last_server, &why);
+    if (i < 0) {
+        if (r->tries > 1 && r->error) {
+            moxy_log(MOXY_LOG_WARN, r->id, "upstream %s: %s for try %d", up->conf->name, why, r->tries);
+            moxy_req_upstream_failed(r, r->fail_status ? r->fail_status : 502, r->error);
+        } else {
+            char *msg = moxy_palloc(&c->pool, 200);
+            if (msg) snprintf(msg, 200, "upstream %s: %s", up->conf->name, why);
+            moxy_req_upstream_failed(r, why[0] == 'e' ? 503 : 502, msg ? msg : why);
+        }
+        return MOXY_ERROR;
+    }
+    moxy_peer_t *p = &up->peers[i];
+    r->server = i;
+    r->peer = p->conf->addr.text;
+    if (i < 64) r->tried |= 1ull << i;
+    r->active_server = i;
+    atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->requests, 1, memory_order_relaxed);
+    return MOXY_OK;
+}
+
 static void try_after_upstream_hooks(moxy_req_t *r, int rc)
 {
     moxy_client_t *c = r->c;
@@ -273,12 +336,7 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc)
             moxy_req_fail(r, 502, "no upstream pool for this request");
             return;
         }
-        /* a retry goes to another server when the pool has one */
-        int n = conf->upstreams[r->pool].nservers;
-        int server = pick_server(w, r->pool);
-        for (int i = 1; i < n && server == r->last_server; i++) server = pick_server(w, r->pool);
-        r->server = server;
-        r->peer = conf->upstreams[r->pool].servers[server].addr.text;
+        if (pick_peer(r) != MOXY_OK) return;
     }
     rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM_REQUEST);
     if (rc != MOXY_AGAIN) try_after_request_hooks(r, rc);
@@ -315,13 +373,45 @@ int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
     return tries_max(r);
 }
 
-/* This try of r failed before any response byte (u: its connection, or
- * NULL): start the next try when r may have one (moxy_upstream_may_retry).
- * 1 when it did. */
-static int try_again(moxy_req_t *r, moxy_upconn_t *u, const char *why)
+/* A retry of r, past moxy_upstream_may_retry: within the pool's
+ * retry_timeout and its budget.  1 when allowed (and counted). */
+static int retry_allowed(moxy_req_t *r, const char *why)
 {
+    if (r->pool < 0) return 1;
+    const moxy_upstream_conf_t *uc = &r->c->w->conf->upstreams[r->pool];
+    if (uc->retry_timeout > 0 && moxy_mono_ms() - r->first_try_ms >= (long long)(uc->retry_timeout * 1000)) {
+        moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; no retry: retry_timeout passed", r->peer, why);
+        return 0;
+    }
+    if (!moxy_budget_retry(uc->state)) {
+        moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; no retry: pool %s's retry budget is spent",
+                 r->peer, why, uc->name);
+        return 0;
+    }
+    return 1;
+}
+
+/* This try of r failed (u: its connection, or NULL) before any response
+ * byte reached the client; status is what the client gets if no other try
+ * follows.  A reused keep-alive connection that the origin closed before
+ * answering (it closed while idle: the request never reached it) is sent
+ * again once on a new connection to the same peer.  Otherwise the next try
+ * starts when r may have one (moxy_upstream_may_retry, retry_allowed).
+ * 1 when another try started. */
+static int try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *why)
+{
+    if (u && u->reused && !u->got_bytes && !r->fresh_conn && r->tries == 1 &&
+        (r->body_kind == MOXY_BODY_NONE || r->body_buffered)) {
+        r->up = NULL;
+        u->req = NULL;
+        moxy_upconn_close(u);
+        r->fresh_conn = 1;
+        try_connect(r);
+        return 1;
+    }
+    try_report(r, 0);
     int max = moxy_upstream_may_retry(r, moxy_lua_has(r->c->w, MOXY_PHASE_UPSTREAM));
-    if (!max) return 0;
+    if (!max || !retry_allowed(r, why)) return 0;
     moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; trying again (%d of %d)", r->peer, why,
              r->tries + 1, max);
     if (u) {
@@ -330,6 +420,7 @@ static int try_again(moxy_req_t *r, moxy_upconn_t *u, const char *why)
         moxy_upconn_close(u);
     }
     r->error = why;
+    r->fail_status = status;
     r->last_server = r->server;
     moxy_upstream_try(r);
     return 1;
@@ -341,23 +432,39 @@ static void try_connect(moxy_req_t *r)
     moxy_worker_t *w = c->w;
     moxy_upconn_t *u = NULL;
     event_base_gettimeofday_cached(w->base, &r->up_started);
-    if (r->server >= 0 && r->tries == 1 && (u = TAILQ_FIRST(&w->pools[r->pool].idle[r->server]))) {
-        moxy_pool_rt_t *rt = &w->pools[r->pool];
+    moxy_peer_t *p = try_peer(r);
+    struct sockaddr_storage sa;
+    socklen_t salen = 0;
+    unsigned gen = 0;
+    if (p && moxy_peer_addr(p, &sa, &salen, &gen) != MOXY_OK) {
+        moxy_req_upstream_failed(r, 502, "origin's name has no address");
+        return;
+    }
+    moxy_pool_rt_t *rt = p ? &w->pools[r->pool] : NULL;
+    while (rt && r->tries == 1 && !r->fresh_conn && (u = TAILQ_FIRST(&rt->idle[r->server]))) {
         TAILQ_REMOVE(&rt->idle[r->server], u, idle_link);
         rt->nidle--;
         u->idle = 0;
+        if (u->addr_gen == gen) break;
+        moxy_upconn_close(u); /* the name resolves elsewhere now */
+        u = NULL;
+    }
+    if (u) {
         u->reused = 1;
     } else {
         const char *err = NULL;
-        const moxy_addr_t *a = r->server >= 0 ? &w->conf->upstreams[r->pool].servers[r->server].addr
-                                              : r->peer_addr;
-        u = up_connect(w, a, r->server >= 0 ? r->pool : -1, r->server, &err);
+        if (!p) {
+            sa = r->peer_addr->sa;
+            salen = r->peer_addr->salen;
+        }
+        u = up_connect(w, &sa, salen, p ? r->pool : -1, r->server, &err);
         if (!u) {
             moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
-            if (!try_again(r, NULL, "cannot connect to origin"))
+            if (!try_again(r, NULL, 502, "cannot connect to origin"))
                 moxy_req_upstream_failed(r, 502, "cannot connect to origin");
             return;
         }
+        u->addr_gen = gen;
     }
     if (u->connected) r->up_connected = r->up_started;
     u->req = r;
@@ -399,7 +506,8 @@ static void up_fail(moxy_upconn_t *u, int status, const char *why, int retry)
     }
     moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
              u->pool >= 0 ? u->w->conf->upstreams[u->pool].name : "-", why);
-    if (retry && !u->got_bytes && try_again(r, u, why)) return;
+    if (retry && !u->got_bytes && try_again(r, u, status, why)) return;
+    if (!u->head_done) try_report(r, 0);
     moxy_req_upstream_failed(r, status, why);
 }
 
@@ -726,6 +834,7 @@ static void up_finished(moxy_upconn_t *u)
     moxy_req_t *r = u->req;
     moxy_worker_t *w = u->w;
     event_base_gettimeofday_cached(w->base, &r->up_done);
+    try_release(r);
     r->up = NULL;
     u->req = NULL;
     if (u->pool < 0 || u->server < 0) {
@@ -755,15 +864,6 @@ static void up_finished(moxy_upconn_t *u)
 /* The origin closed (or reset) before the response head was complete. */
 static void up_eof_before_head(moxy_upconn_t *u)
 {
-    moxy_req_t *r = u->req;
-    /* A reused connection the origin closed while idle: the request never
-     * reached it.  Send it again on a new connection if nothing can have
-     * been lost (no body streamed yet). */
-    if (u->reused && !u->got_bytes && r->body_kind == MOXY_BODY_NONE && r->tries == 1) {
-        moxy_upconn_close(u);
-        moxy_upstream_try(r);
-        return;
-    }
     up_fail(u, 502,
             u->got_bytes ? "origin closed the connection in the response head"
                          : "origin closed the connection without answering",
@@ -855,6 +955,7 @@ static int filter_start(moxy_req_t *r)
 
 void moxy_upstream_req_free(moxy_req_t *r)
 {
+    try_release(r);
     if (r->filter_in) moxy_worker_buf_put(r->c->w, r->filter_in);
     if (r->filter_out) moxy_worker_buf_put(r->c->w, r->filter_out);
     r->filter_in = r->filter_out = NULL;
@@ -911,6 +1012,32 @@ void moxy_upstream_hooks_done(moxy_req_t *r, int rc)
     up_release(u);
 }
 
+/* The origin's head is in: its status goes to passive health, and a retry
+ * status (retry_statuses) sends a retryable request to another peer.
+ * MOXY_OK: go on with this response; MOXY_DONE: another try started. */
+static int up_head_verdict(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    if (u->pool < 0) return MOXY_OK;
+    const moxy_upstream_conf_t *uc = &u->w->conf->upstreams[u->pool];
+    int failed = moxy_status_in(&uc->passive.statuses, r->status);
+    if (!moxy_status_in(&uc->retry_statuses, r->status)) {
+        try_report(r, !failed);
+        return MOXY_OK;
+    }
+    char *why = moxy_palloc(&r->c->pool, 40);
+    if (!why) return MOXY_OK;
+    snprintf(why, 40, "origin answered %d", r->status);
+    if (!failed) try_report(r, 1); /* the peer is fine; the answer is not */
+    /* the next try parses its own head into the same lists */
+    int status = r->status;
+    uint32_t nh = r->resp_headers.n;
+    r->resp_headers.n = 0;
+    if (try_again(r, u, status, why)) return MOXY_DONE;
+    r->resp_headers.n = nh; /* no other try: the client gets this answer */
+    return MOXY_OK;
+}
+
 static void up_process(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
@@ -952,6 +1079,7 @@ static void up_process(moxy_upconn_t *u)
         u->head_done = 1;
         r->up_status = r->status;
         event_base_gettimeofday_cached(u->w->base, &r->up_header);
+        if (up_head_verdict(u) != MOXY_OK) return;
         if (r->status == 101) {
             if (!r->upgrade) {
                 up_fail(u, 502, "origin switched protocols without being asked", 0);

@@ -567,6 +567,14 @@ static moxy_worker_t *lua_worker(void)
     return cur_task ? cur_task->w : cur_worker;
 }
 
+static _Thread_local const moxy_conf_t *check_conf; /* moxy_lua_check_scripts' */
+
+const moxy_conf_t *moxy_lua_conf(void)
+{
+    moxy_worker_t *w = lua_worker();
+    return w ? w->conf : check_conf;
+}
+
 /* The running task, stable, for an FFI call that starts an operation
  * (moxy.http, the request body...).  NULL outside hooks and timers. */
 moxy_lua_task_t *moxy_lua_current_task(void)
@@ -675,6 +683,7 @@ int moxy_lua_check_scripts(const moxy_conf_t *conf)
         return MOXY_ERROR;
     }
     int rc = MOXY_OK;
+    check_conf = conf;
     if (load_scripts(L, conf) != 0) {
         fprintf(stderr, "%s\n", lua_tostring(L, -1));
         rc = MOXY_ERROR;
@@ -685,6 +694,7 @@ int moxy_lua_check_scripts(const moxy_conf_t *conf)
             rc = MOXY_ERROR;
         }
     }
+    check_conf = NULL;
     moxy_lua_close(L);
     return rc;
 }

@@ -76,4 +76,8 @@ void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults);
 /* The worker t runs on. */
 moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
 
+/* The configuration the running Lua code belongs to: the worker's (hooks,
+ * timers, worker_init) or the one whose init hooks run; NULL elsewhere. */
+const moxy_conf_t *moxy_lua_conf(void);
+
 #endif

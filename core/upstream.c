@@ -4,7 +4,9 @@
  * retry budget.
  */
 #include "upstream.h"
+#include "ffi.h"
 #include "log.h"
+#include "lua_bridge.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -267,4 +269,68 @@ int moxy_budget_retry(moxy_upstream_t *up)
     atomic_fetch_add_explicit(&budget_slot(up, sec)->retries, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&up->retries, 1, memory_order_relaxed);
     return 1;
+}
+
+/* --- moxy.upstream (FFI, block lua/moxy/upstream.lua) --- */
+
+#define EXPORT __attribute__((visibility("default")))
+
+static moxy_upstream_t *ffi_pool(const char *name, size_t len)
+{
+    const moxy_conf_t *conf = moxy_lua_conf();
+    int i = conf ? moxy_conf_upstream_index(conf, name, len) : -1;
+    return i >= 0 ? conf->upstreams[i].state : NULL;
+}
+
+EXPORT int moxy_ffi_upstream_npeers(const char *name, size_t len)
+{
+    if (!moxy_lua_conf()) return -2;
+    moxy_upstream_t *up = ffi_pool(name, len);
+    return up ? up->npeers : -1;
+}
+
+EXPORT int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t *out)
+{
+    moxy_upstream_t *up = ffi_pool(name, len);
+    if (!up || i < 0 || i >= up->npeers) return MOXY_DECLINED;
+    moxy_peer_t *p = &up->peers[i];
+    long long now = moxy_mono_ms();
+    long long until = atomic_load(&p->down_until);
+    memset(out, 0, sizeof(*out));
+    out->addr = p->conf->addr.text;
+    out->state = moxy_peer_state(p, now);
+    out->weight = p->conf->weight;
+    out->weight_now = moxy_peer_weight(p, now) / 16.0;
+    out->backup = p->conf->backup;
+    out->max_conns = p->conf->max_conns;
+    out->active = atomic_load(&p->active);
+    out->ewma_ms = moxy_peer_ewma(p, now) / 1000.0;
+    out->fails = atomic_load(&p->fails);
+    out->down_for = until > now ? (double)(until - now) / 1000.0 : 0;
+    out->requests = atomic_load(&p->requests);
+    out->failures = atomic_load(&p->failures);
+    out->checks = atomic_load(&p->checks);
+    pthread_mutex_lock(&p->check_lock);
+    memcpy(out->check_error, p->check_error, sizeof(out->check_error));
+    pthread_mutex_unlock(&p->check_lock);
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained)
+{
+    moxy_upstream_t *up = ffi_pool(name, len);
+    moxy_peer_t *p = up ? moxy_upstream_find_peer(up, addr, alen) : NULL;
+    if (!p) return MOXY_DECLINED;
+    moxy_peer_set_drained(p, drained);
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long long *retries,
+                                     unsigned long long *denied)
+{
+    moxy_upstream_t *up = ffi_pool(name, len);
+    if (!up) return MOXY_DECLINED;
+    *retries = atomic_load(&up->retries);
+    *denied = atomic_load(&up->budget_denied);
+    return MOXY_OK;
 }

@@ -26,5 +26,6 @@ build = {
     ["moxy.test"] = "lua/moxy/test.lua",
     ["moxy.txn"] = "lua/moxy/txn.lua",
     ["moxy.types"] = "lua/moxy/types.lua",
+    ["moxy.upstream"] = "lua/moxy/upstream.lua",
   },
 }

@@ -75,8 +75,9 @@ for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
 -- moxy.json.encode(value) -> string or nil, err; moxy.json.decode(text) ->
 -- value or nil, err; moxy.json.null.
 -- Modules loaded on first use: moxy.shared (lua/moxy/shared.lua), moxy.re
--- (lua/moxy/re.lua), moxy.http (lua/moxy/http.lua).
-local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http" }
+-- (lua/moxy/re.lua), moxy.http (lua/moxy/http.lua), moxy.upstream
+-- (lua/moxy/upstream.lua).
+local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http", upstream = "moxy.upstream" }
 
 setmetatable(M, {
   __index = function(t, k)

@@ -16,7 +16,8 @@ int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, s
                        const char **val, size_t *vlen);
 int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
                             size_t qlen, int has_query);
-int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len);
+int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
+                           int has_key);
 int moxy_ffi_resp_status(moxy_req_t *r, int status);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 double moxy_ffi_req_number(moxy_req_t *r, int which);
@@ -29,7 +30,7 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 8
+local ABI = 9
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -248,13 +249,19 @@ local upstream = setmetatable({}, {
   end,
 })
 
---- txn.upstream:pick(pool): send this request to the named pool.  In
--- on_request, on_upstream (also by returning the name) and on_error's
--- retries.
+--- txn.upstream:pick(pool [, {hash = key}]): send this request to the
+-- named pool.  In on_request and on_upstream (also by returning the name).
+-- hash: the key (string or number) a pool with balance = "hash" maps to a
+-- peer (without one, the client's address).
 function upstream.pick(_, pool, opts)
   if type(pool) ~= "string" then error("upstream:pick: pool name must be a string", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("upstream:pick: opts must be a table", 2) end
-  if C.moxy_ffi_upstream_pick(req_ptr(), pool, #pool) ~= OK then
+  local key = opts and opts.hash
+  if key ~= nil then
+    if type(key) == "number" then key = tostring(key) end
+    if type(key) ~= "string" then error("upstream:pick: opts.hash must be a string or a number", 2) end
+  end
+  if C.moxy_ffi_upstream_pick(req_ptr(), pool, #pool, key, key and #key or 0, key and 1 or 0) ~= OK then
     error("upstream:pick: no pool named \"" .. pool .. "\"", 2)
   end
 end
