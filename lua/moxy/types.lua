@@ -66,8 +66,9 @@ function Headers:each() end
 local Upstream = {}
 
 ---Send the request (this try) to the pool called `pool` (raises if there is none).
+---opts.hash: the key a balance = "hash" pool maps to a peer (default: the client address).
 ---@param pool string
----@param opts? table
+---@param opts? { hash?: string|number }
 function Upstream:pick(pool, opts) end
 
 ---Send this try to ip:port instead of a pool's server (an IP literal).
@@ -383,3 +384,31 @@ return moxy
 ---@field upstream fun(fn: moxy.test.OriginFn): moxy.test.Upstream
 ---@field load fun(scripts: moxy.test.Scripts): moxy.test.Loaded
 ---@field run fun(scripts: moxy.test.Scripts, txn?: moxy.test.TxnFields, opts?: moxy.test.Options): moxy.test.Result
+
+-- moxy.upstream (lua/moxy/upstream.lua, docs/upstreams.md): the pools' shared state
+-- (comments only: they may follow the `return` above)
+
+---@class moxy.upstream.Peer
+---@field addr string             as configured
+---@field state "up"|"down"|"unhealthy"|"drained"|"unresolved"
+---@field weight integer          configured
+---@field weight_now number       with slow start
+---@field backup boolean
+---@field max_conns integer       0: no limit
+---@field active integer          requests in flight, all workers
+---@field ewma_ms number          latency EWMA to the response head; 0: no sample
+---@field fails integer           consecutive failures
+---@field down_for number         seconds of ejection left
+---@field requests integer
+---@field failures integer
+---@field checks integer          active health checks run
+---@field check_error string      why the last check failed, "" when it passed
+
+---@class moxy.upstream
+---@field peers fun(pool: string): moxy.upstream.Peer[]|nil, string|nil
+---@field drain fun(pool: string, addr: string): true|nil, string|nil
+---@field enable fun(pool: string, addr: string): true|nil, string|nil
+---@field stats fun(pool: string): { retries: integer, retries_denied: integer }|nil, string|nil
+
+---@class moxy
+---@field upstream moxy.upstream
