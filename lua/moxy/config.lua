@@ -115,7 +115,7 @@ local function address(v)
     elseif host == "localhost" then
       host = "127.0.0.1"
     elseif not ipv4(host) then
-      return nil, "bad address \"" .. v .. "\" (expected an IP address; names are not resolved yet)"
+      return nil, "bad address \"" .. v .. "\" (expected an IP address)"
     end
   elseif not host:find(":") then
     return nil, "bad address \"" .. v .. "\" (bad IPv6 literal)"
@@ -247,7 +247,9 @@ local function server_address(v)
   if a then return a end
   if type(v) ~= "string" then return nil, err end
   local host, port = v:match("^([%w][%w.-]*):(%d+)$")
-  if not host or host:find("%.%.") or host:sub(-1) == "-" or #host > 253 then return nil, err end
+  if not host or host:find("%.%.") or host:sub(-1) == "-" or #host > 253 then
+    return nil, "bad address \"" .. v .. "\" (expected ip:port, [ipv6]:port or name:port)"
+  end
   port = tonumber(port)
   if port < 1 or port > 65535 then return nil, "bad address \"" .. v .. "\" (port out of range)" end
   return { text = v, name = host, port = port, family = 0 }

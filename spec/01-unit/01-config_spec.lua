@@ -66,7 +66,7 @@ describe("moxy.config", function()
     assert.equal(3, #errs)
   end)
 
-  it("rejects host names (not resolved yet) and wildcard upstream hosts", function()
+  it("takes IP literals, localhost and * for listeners, not names", function()
     assert.is_nil((config._address("example.com:80")))
     assert.same("0.0.0.0", config._address("*:80").host)
     assert.same("127.0.0.1", config._address("localhost:80").host)
@@ -110,6 +110,92 @@ describe("moxy.config", function()
     assert.is_nil(c)
     assert.matches(":3: scripts%[1%]%.jit: expected a boolean", errs[1])
     os.execute("rm -rf " .. dir)
+  end)
+
+  local function load_src(src)
+    local path = tmpfile(src)
+    local c, errs = config.load(path)
+    os.remove(path)
+    return c, errs
+  end
+
+  it("fills every upstream option's default", function()
+    local c = assert(load_src(BASE))
+    local u = c.upstreams[1]
+    assert.equal("round_robin", u.balance)
+    assert.equal(2, u.tries)
+    assert.equal(0, u.retry_timeout)
+    assert.same({}, u.retry_statuses)
+    assert.equal(0.2, u.retry_budget)
+    assert.equal(10, u.retry_budget_min)
+    assert.equal(30, u.resolve)
+    assert.same({ failures = 3, window = 10, backoff = 10, max_backoff = 300, statuses = {}, max_ejected = 0.5 },
+      u.passive)
+    assert.is_nil(u.health)
+    local s = u.servers[1]
+    assert.same({ false, 0, 0, false, 1 }, { s.backup, s.max_conns, s.slow_start, s.drain, s.weight })
+    assert.same({ nameservers = {}, timeout = 5 }, c.resolver)
+  end)
+
+  it("reads balance, retries, passive and active health, names and server options", function()
+    local c, errs = load_src([[
+return {
+  listen = "127.0.0.1:8080",
+  upstreams = { app = {
+    servers = { "127.0.0.1:9001", { addr = "app.internal:9002", backup = true, max_conns = 5, slow_start = "30s",
+                                    drain = true } },
+    balance = "hash", tries = 3, retry_timeout = "2s", retry_statuses = { 429, "502-503", "5xx" },
+    passive = false,
+    health = { path = "/healthz", interval = "1s", body = "ok$", statuses = { 200 } },
+  } },
+  resolver = { nameservers = { "127.0.0.1:5353" }, timeout = "1s" },
+}
+]])
+    assert.is_nil(errs)
+    local u = c.upstreams[1]
+    assert.equal("hash", u.balance)
+    assert.equal(3, u.tries)
+    assert.equal(2, u.retry_timeout)
+    assert.equal(429, u.retry_statuses[1])
+    assert.equal(1 + 2 + 100, #u.retry_statuses)
+    assert.equal(0, u.passive.failures)
+    assert.same({ 200 }, u.health.statuses)
+    assert.same({ "http", "GET", "/healthz", 1, 2, 2, 2 },
+      { u.health.type, u.health.method, u.health.path, u.health.interval, u.health.timeout, u.health.healthy,
+        u.health.unhealthy })
+    local s = u.servers[2]
+    assert.same({ "app.internal", 9002, 0 }, { s.name, s.port, s.family })
+    assert.same({ true, 5, 30, true }, { s.backup, s.max_conns, s.slow_start, s.drain })
+    assert.same({ "127.0.0.1:5353" }, c.resolver.nameservers)
+  end)
+
+  it("names the key of each bad upstream option", function()
+    local _, errs = load_src([[
+return {
+  listen = "127.0.0.1:8080",
+  upstreams = { app = {
+    servers = { "127.0.0.1:9001", "127.0.0.1:9001", { addr = "bad_name!:80" } },
+    balance = "fastest",
+    retry_statuses = { 700 },
+    retry_budget = 2,
+    passive = { failures = -1, colour = 1 },
+    health = { type = "udp", path = "healthz", body = "(" },
+  },
+  only_backups = { servers = { { addr = "127.0.0.1:1", backup = true } } } },
+}
+]])
+    local text = table.concat(errs, "\n")
+    assert.matches(":4: upstreams%.app%.servers%[2%]: listed twice", text)
+    assert.matches("upstreams%.app%.servers%[3%]%.addr: bad address", text)
+    assert.matches(":5: upstreams%.app%.balance: expected one of", text)
+    assert.matches(":6: upstreams%.app%.retry_statuses%[1%]: expected a status", text)
+    assert.matches(":7: upstreams%.app%.retry_budget: expected a number in 0%.%.1", text)
+    assert.matches(":8: upstreams%.app%.passive%.failures: expected a number in 0%.%.1000", text)
+    assert.matches(":8: upstreams%.app%.passive%.colour: unknown key", text)
+    assert.matches(":9: upstreams%.app%.health%.type: expected one of", text)
+    assert.matches(":9: upstreams%.app%.health%.path: expected a path", text)
+    assert.matches(":9: upstreams%.app%.health%.body: bad pattern", text)
+    assert.matches("upstreams%.only_backups%.servers: every server is a backup", text)
   end)
 
   it("reports a syntax error with its line", function()
