@@ -245,7 +245,7 @@ static void try_connect(moxy_req_t *r);
 void moxy_upstream_try_begin(moxy_req_t *r)
 {
     try_release(r);
-    r->tries++;
+    if (++r->tries == 1) r->first_try_ms = moxy_mono_ms();
     r->server = -1;
     r->reported = 0;
     evutil_timerclear(&r->up_started);
@@ -282,10 +282,7 @@ static int pick_peer(moxy_req_t *r)
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
     moxy_upstream_t *up = w->conf->upstreams[r->pool].state;
-    if (r->tries == 1) {
-        moxy_budget_request(up);
-        r->first_try_ms = moxy_mono_ms();
-    }
+    if (r->tries == 1) moxy_budget_request(up);
     if (r->tried_pool != r->pool) { /* on_upstream moved a retry to another pool */
         r->tried = 0;
         r->last_server = -1;

@@ -9,7 +9,7 @@ local WRK = "/usr/bin/wrk"
 
 -- A site script: /_up/... answers from moxy.upstream (peers, stats, drain,
 -- enable; ?pool=NAME, default "app"; ?addr=IP:PORT); "X-Retryable: yes"
--- marks a request retryable.  bad: the address of a peer whose tries are
+-- reads the body (so it can be sent again) and marks the request retryable.  bad: the address of a peer whose tries are
 -- sent to /status/503 instead of the request's path.
 local function site(bad)
   return [[
@@ -19,7 +19,10 @@ return {
   on_request = function(txn)
     local p = txn.req.path
     if p:sub(1, 5) ~= "/_up/" then
-      if txn.req.headers:get("X-Retryable") == "yes" then txn.upstream:retryable(true) end
+      if txn.req.headers:get("X-Retryable") == "yes" then
+        assert(txn:read_body()) -- a body streamed to the origin cannot be sent again
+        txn.upstream:retryable(true)
+      end
       return
     end
     local args = txn.req.args
@@ -381,7 +384,8 @@ describe("failover", function()
     assert.equal(5, #bad:saw("^/status/503"))
     assert.equal(5, #good:saw("^/echo"))
 
-    -- txn.upstream:retryable(true) makes a POST retryable
+    -- txn.upstream:retryable(true) makes a POST retryable (its body read by
+    -- txn:read_body: a body streamed to the origin cannot be sent twice)
     reset({ bad, good })
     st = load(m.port, 10, { method = "POST", path = "/echo", body = "x", headers = { ["X-Retryable"] = "yes" } })
     assert.same({ [200] = 10 }, st)
