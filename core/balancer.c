@@ -29,7 +29,6 @@
  */
 #include "upstream.h"
 
-#include <math.h>
 #include <stdlib.h>
 
 uint64_t moxy_hash64(const void *key, size_t len)
@@ -240,6 +239,11 @@ int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t h
                        int last, const char **why)
 {
     pick_t k = {.up = up, .now = moxy_mono_ms(), .tried = tried, .last = last};
+    if (up->npeers == 1) { /* nothing to choose: is it usable? */
+        if (candidate(&k, 0)) return 0;
+        *why = k.full ? "every live peer is at max_conns" : "no live peer";
+        return -1;
+    }
     for (k.backup = 0; k.backup <= 1; k.backup++) {
         int i;
         switch (up->conf->balance) {

@@ -8,7 +8,6 @@
 #include "log.h"
 #include "lua_bridge.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -108,12 +107,21 @@ int moxy_peer_addr(moxy_peer_t *p, struct sockaddr_storage *sa, socklen_t *salen
     return rc;
 }
 
+/* exp(-ms / MOXY_EWMA_DECAY_MS), closely enough for a weight: 1 / (1 + x +
+ * x^2/2 + x^3/6) is within 2% of exp(-x) for x <= 1 and falls off alike. */
+static double decay(long long ms)
+{
+    if (ms <= 0) return 1;
+    double x = (double)ms / MOXY_EWMA_DECAY_MS;
+    return 1 / (1 + x * (1 + x * (0.5 + x / 6)));
+}
+
 double moxy_peer_ewma(const moxy_peer_t *p, long long now)
 {
     long long e = atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
     if (e == 0) return 0;
     long long at = atomic_load_explicit(&p->ewma_at, memory_order_relaxed);
-    return now > at ? (double)e * exp(-(double)(now - at) / MOXY_EWMA_DECAY_MS) : (double)e;
+    return now > at ? (double)e * decay(now - at) : (double)e;
 }
 
 /* --- passive health --- */
@@ -172,7 +180,7 @@ void moxy_peer_report(moxy_peer_t *p, int ok, long long latency_us)
         long long now = moxy_mono_ms();
         long long at = atomic_load_explicit(&p->ewma_at, memory_order_relaxed);
         double e = (double)atomic_load_explicit(&p->ewma_us, memory_order_relaxed);
-        double w = exp(-(double)(now - at) / MOXY_EWMA_DECAY_MS);
+        double w = decay(now - at);
         double n = (double)latency_us > e ? (double)latency_us : e * w + (double)latency_us * (1 - w);
         atomic_store_explicit(&p->ewma_us, n >= 1 ? (long long)n : 1, memory_order_relaxed);
         atomic_store_explicit(&p->ewma_at, now, memory_order_relaxed);

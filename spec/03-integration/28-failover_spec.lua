@@ -9,8 +9,9 @@ local WRK = "/usr/bin/wrk"
 
 -- A site script: /_up/... answers from moxy.upstream (peers, stats, drain,
 -- enable; ?pool=NAME, default "app"; ?addr=IP:PORT); "X-Retryable: yes"
--- reads the body (so it can be sent again) and marks the request retryable.  bad: the address of a peer whose tries are
--- sent to /status/503 instead of the request's path.
+-- reads the body (so it can be sent again) and marks the request retryable.
+-- bad: the address of a peer whose tries go to /status/503 (or the path in
+-- X-Bad-Path) while the other peers' go to /echo.
 local function site(bad)
   return [[
 local BAD = ]] .. (bad and string.format("%q", bad) or "nil") .. [[
@@ -38,7 +39,9 @@ return {
   end,
 
   on_upstream_request = function(txn)
-    if BAD then txn.req.path = txn.upstream.peer == BAD and "/status/503" or "/echo" end
+    if BAD then
+      txn.req.path = txn.upstream.peer == BAD and (txn.req.headers:get("X-Bad-Path") or "/status/503") or "/echo"
+    end
   end,
 }
 ]]
@@ -189,15 +192,22 @@ describe("failover", function()
       assert.truthy(requests, "cannot parse wrk's output:\n" .. out .. wrk:stderr())
       local back_served = served(back)
       local ups = up(m, "peers")
-      local ejections = select(2, m:stderr():gsub("peer " .. victim.addr:gsub("%.", "%%.") .. " is down for", ""))
+      -- "upstream app: peer ADDR is down for 1s after 3 failures": backoffs
+      local backoffs = {}
+      local mark = "peer " .. victim.addr .. " is down for "
+      for line in m:stderr():gmatch("[^\n]+") do
+        local at = line:find(mark, 1, true)
+        if at then backoffs[#backoffs + 1] = tonumber(line:sub(at + #mark):match("^([%d.]+)s after")) end
+      end
+      local ejections = #backoffs
       local stats = assert(up(m, "stats"))
       print(string.format(
         "\n  wrk 10 s, 16 connections, origin killed at %.1f s: %d requests, %d non-2xx, %d socket errors;"
         .. "\n  ejected %.0f ms after the kill (%d failed tries then); over its first 3 s dead it was tried"
-        .. " %d times and failed %d times, ejected %d times in all; %d retries;"
+        .. " %d times and failed %d times; ejected %d times in all, for %s s; %d retries;"
         .. "\n  restarted, it got traffic again after %.2f s and served %d requests by the end",
         t_kill - t0, requests, non2xx, errors, eject_s * 1000, fails_at_eject, requests_dead, fails_dead,
-        ejections, stats.retries, return_s, back_served))
+        ejections, table.concat(backoffs, ", "), stats.retries, return_s, back_served))
 
       assert.equal(0, non2xx, "non-2xx responses:\n" .. out)
       assert.equal(0, errors, "socket errors:\n" .. out)
@@ -208,7 +218,11 @@ describe("failover", function()
       -- 3 s dead with backoff 1 s then 2 s: at most 2 ejections in that time;
       -- without ejection a third of ~3 s of traffic would have gone to it
       assert.is_true(fails_dead <= 3 * 16 + 16, fails_dead .. " failed tries on the dead origin")
-      assert.is_true(ejections >= 1)
+      -- backoff 1 s, doubling, at most max_backoff 2 s
+      assert.is_true(ejections >= 2, "ejected " .. ejections .. " times")
+      assert.equal(1, backoffs[1])
+      assert.equal(2, backoffs[2])
+      for i = 3, ejections do assert.equal(2, backoffs[i]) end
       assert.is_true(back_served > 100, "the restarted origin served only " .. back_served)
       for _, p in ipairs(ups) do assert.equal("up", p.state, p.addr) end
     end)
@@ -260,8 +274,9 @@ describe("failover", function()
       assert.same({ [200] = n2 }, st2)
       assert.is_true(n >= 50 and n2 >= 50, "too few requests to judge: " .. n .. ", " .. n2)
       assert.is_true(weight_early < 0.25, "weight_now " .. weight_early)
-      -- weights 0 -> 0.25 of 1 during that 0.5 s: under 11% at the end
-      assert.is_true(early < 0.15, "share right after coming back " .. early)
+      -- weight 0 -> 0.25 of 1 during that 0.5 s: ~6% on average, 11% at
+      -- the end (margin for a late start on a busy machine)
+      assert.is_true(early < 0.2, "share right after coming back " .. early)
       assert.equal(1, later_weight)
       assert.is_true(later > 0.28 and later < 0.39, "share once ramped up " .. later)
     end)
@@ -327,9 +342,10 @@ describe("failover", function()
         local st, n = load(m.port, N, { path = "/status/503" }, 40 * S)
         assert.equal(N, n, "sent only " .. n .. " requests in " .. since(t) .. " s")
         assert.same({ [503] = N }, st)
-        local total = served(o[1]) + served(o[2]) + served(o[3])
+        local each = { served(o[1]), served(o[2]), served(o[3]) }
+        local total = each[1] + each[2] + each[3]
         local stats = assert(up(m, "stats"))
-        return { ratio = total / N, total = total, seconds = since(t), stats = stats,
+        return { ratio = total / N, total = total, each = each, seconds = since(t), stats = stats,
                  log = m:stderr() }
       end)
       m:stop()
@@ -355,6 +371,8 @@ describe("failover", function()
       assert.matches("no retry: pool app's retry budget is spent", tight.log, 1, true)
       -- the same load without a binding budget: every request tried 3 times
       assert.is_true(loose.ratio >= 2.95, "amplification x" .. loose.ratio)
+      -- never the same origin twice for one request: each saw every request
+      assert.same({ N, N, N }, loose.each)
       assert.equal(0, loose.stats.retries_denied)
     end)
   end)
@@ -372,17 +390,25 @@ describe("failover", function()
 
     local st = load(m.port, 10, { path = "/echo" })
     assert.same({ [200] = 10 }, st)
-    -- round-robin sent half of the first tries to the bad one: retried
-    assert.equal(5, #bad:saw("^/status/503"))
+    -- round-robin sent about half of the first tries to the bad one: each
+    -- was tried again on the good one
+    local retried = #bad:saw("^/status/503")
+    assert.is_true(retried >= 3, "the bad origin saw " .. retried)
     assert.equal(10, #good:saw("^/echo"))
 
     reset({ bad, good })
     st = load(m.port, 10, { method = "POST", path = "/echo", body = "x" })
-    print(string.format("\n  retry_statuses 5xx, 1 of 2 origins answering 503: 10 GETs -> %d x 200;"
-      .. " 10 POSTs -> %d x 200, %d x 503", 10, st[200] or 0, st[503] or 0))
-    assert.same({ [200] = 5, [503] = 5 }, st)
-    assert.equal(5, #bad:saw("^/status/503"))
-    assert.equal(5, #good:saw("^/echo"))
+    print(string.format("\n  retry_statuses 5xx, 1 of 2 origins answering 503: 10 GETs -> 10 x 200"
+      .. " (%d retried); 10 POSTs -> %d x 200, %d x 503", retried, st[200] or 0, st[503] or 0))
+    -- every POST that landed on the bad origin got its 503, none retried
+    assert.equal(10, (st[200] or 0) + (st[503] or 0))
+    assert.is_true((st[503] or 0) >= 3 and (st[200] or 0) >= 3, "statuses " .. (st[200] or 0) .. "/" .. (st[503] or 0))
+    assert.equal(st[503], #bad:saw("^/status/503"))
+    assert.equal(st[200], #good:saw("^/echo"))
+    local res = assert(helpers.request(m.port, { method = "POST", path = "/echo", body = "x" }))
+    if res.status == 200 then res = assert(helpers.request(m.port, { method = "POST", path = "/echo", body = "x" })) end
+    assert.equal(503, res.status)
+    assert.equal("status 503\n", res.body) -- the origin's answer, not moxy's page
 
     -- txn.upstream:retryable(true) makes a POST retryable (its body read by
     -- txn:read_body: a body streamed to the origin cannot be sent twice)
@@ -391,6 +417,68 @@ describe("failover", function()
     assert.same({ [200] = 10 }, st)
     assert.equal(10, #good:saw("^/echo"))
     for _, e in ipairs(good:stats().log) do assert.equal("POST", e.method) end
+
+    -- a reset before the head is retried too, and counts for passive health:
+    -- 3 of them eject the bad origin (a reused keep-alive connection is
+    -- first tried once more on a new one: it may have been closed idle)
+    reset({ bad, good })
+    st = load(m.port, 10, { path = "/echo", headers = { ["X-Bad-Path"] = "/reset" } })
+    assert.same({ [200] = 10 }, st)
+    local resets = #bad:saw("^/reset")
+    assert.is_true(resets >= 3 and resets <= 6, resets .. " resets")
+    assert.equal(10, #good:saw("^/echo"))
+    assert.equal("down", peer(m, bad.addr).state)
+  end)
+
+  ---------------------------------------------------------------------------
+  describe("when the retries outnumber the peers", function()
+    it("the client gets the last origin's answer, not moxy's page", function()
+      local a, b = helpers.start_origin(), helpers.start_origin()
+      local m = start_moxy({
+        upstreams = { app = { servers = { a.addr, b.addr }, tries = 3, retry_statuses = { 503 } } },
+      })
+      finally(function()
+        m:stop()
+        stop({ a, b })
+      end)
+      local res = assert(helpers.request(m.port, { path = "/status/503?rh=Retry-After:7" }))
+      assert.equal(503, res.status)
+      assert.equal(1, served(a))
+      assert.equal(1, served(b))
+      -- BUG: with no untried peer left for try 3, moxy answers its own 503
+      -- page ("upstream app: no live peer for try 3"): the origin's body and
+      -- its Retry-After are lost (same with tries = 2 when the other peer is
+      -- drained or ejected), and a retry of the budget is spent on a try
+      -- that never happens.
+      if res.body:find("<h1>503 Service Unavailable</h1>", 1, true) then
+        pending("BUG: a retry status with no untried peer left gives moxy's 503 page, not the origin's answer")
+      end
+      assert.equal("status 503\n", res.body)
+      assert.equal("7", res:header("retry-after"))
+    end)
+
+    it("no peer of a pool of more than 64 servers is tried twice for one request", function()
+      local a, b = helpers.start_origin(), helpers.start_origin()
+      local servers = {}
+      for i = 1, 64 do servers[i] = { addr = "127.0.0.1:" .. helpers.free_port(), drain = true } end
+      servers[65], servers[66] = a.addr, b.addr
+      local m = start_moxy({ upstreams = { app = { servers = servers, tries = 3, retry_statuses = { 503 } } } })
+      finally(function()
+        m:stop()
+        stop({ a, b })
+      end)
+      local res = assert(helpers.request(m.port, { path = "/status/503" }))
+      assert.equal(503, res.status)
+      local seen = { served(a), served(b) }
+      -- BUG: the peers a request tried are a 64-bit mask (core/http_upstream.c
+      -- pick_peer: `if (i < 64) r->tried |= ...`): servers 65 and up are
+      -- only kept from the try right after theirs, so try 3 goes back to
+      -- the 65th server.
+      if seen[1] + seen[2] == 3 then
+        pending("BUG: the 65th server of a pool is tried twice for one request (tried mask is 64 bits)")
+      end
+      assert.same({ 1, 1 }, seen)
+    end)
   end)
 
   ---------------------------------------------------------------------------
@@ -417,6 +505,7 @@ describe("failover", function()
         if p.state == "down" then down = down + 1 end
       end
       assert.equal(1, down)
+      assert.truthy(m:wait_error_log("but stays in: 1 of 3 peers may be ejected at once", 3 * S))
     end)
 
     it("answers 502 without trying once every peer is ejected, and logs no live peer", function()
@@ -494,7 +583,8 @@ describe("failover", function()
     assert.equal("up", peer(m, o[2].addr).state)
     reset(o)
     assert.same({ [200] = 30 }, load(m.port, 30))
-    assert.equal(10, served(o[2]))
+    local back = served(o[2])
+    assert.is_true(back >= 7 and back <= 13, "the enabled peer got " .. back .. " of 30")
 
     local _, status, body = up(m, "drain?addr=127.0.0.1:1")
     assert.equal(404, status)
