@@ -390,14 +390,14 @@ static int retry_allowed(moxy_req_t *r, const char *why)
 
 /* This try of r failed (u: its connection, or NULL) before any response
  * byte reached the client; status is what the client gets if no other try
- * follows.  A reused keep-alive connection that the origin closed before
- * answering (it closed while idle: the request never reached it) is sent
- * again once on a new connection to the same peer.  Otherwise the next try
+ * follows.  A reused keep-alive connection that the origin closed (or
+ * reset) before answering -- it closed while idle: the request never
+ * reached it -- is sent again once on a new connection to the same peer.  Otherwise the next try
  * starts when r may have one (moxy_upstream_may_retry, retry_allowed).
  * 1 when another try started. */
 static int try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *why)
 {
-    if (u && u->reused && !u->got_bytes && !r->fresh_conn && r->tries == 1 &&
+    if (u && u->reused && u->eof && !u->got_bytes && !r->fresh_conn && r->tries == 1 &&
         (r->body_kind == MOXY_BODY_NONE || r->body_buffered)) {
         r->up = NULL;
         u->req = NULL;
