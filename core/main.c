@@ -6,6 +6,7 @@
  *   moxy -v               version of moxy and of the libraries it runs on
  */
 #include "config.h"
+#include "health_check.h"
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
@@ -181,6 +182,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "moxy: cannot set up the main loop: %s\n", strerror(errno));
         goto out;
     }
+    if (moxy_health_start(conf, main_base) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot start the health checks\n");
+        goto out;
+    }
 
     nworkers = conf->workers > 0 ? conf->workers : cpu_count();
     workers = calloc((size_t)nworkers, sizeof(*workers));
@@ -237,6 +242,7 @@ out:
     free(workers);
     if (exit_ev) event_free(exit_ev);
     if (exit_fd >= 0) close(exit_fd);
+    moxy_health_stop();
     if (main_base) event_base_free(main_base);
     moxy_log_close();
     moxy_conf_free(conf);
