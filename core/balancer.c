@@ -129,7 +129,7 @@ int moxy_balancer_maglev_lookup(const moxy_upstream_t *up, uint64_t hash)
 typedef struct {
     moxy_upstream_t *up;
     long long now;
-    uint64_t tried;
+    const uint64_t *tried;
     int last;
     int backup;  /* the pass: 0 primaries, 1 backups */
     int full;    /* a usable peer was skipped for max_conns */
@@ -138,7 +138,7 @@ typedef struct {
 static int candidate(pick_t *k, int i)
 {
     const moxy_peer_t *p = &k->up->peers[i];
-    if (p->conf->backup != k->backup || i == k->last || (i < 64 && (k->tried >> i) & 1)) return 0;
+    if (p->conf->backup != k->backup || i == k->last || (k->tried[i >> 6] >> (i & 63)) & 1) return 0;
     if (moxy_peer_state(p, k->now) != MOXY_PEER_UP) return 0;
     if (moxy_peer_full(p)) {
         k->full = 1;
@@ -235,7 +235,7 @@ static int pick_hash(pick_t *k, int *rr, uint64_t hash)
     return pick_rr(k, rr, -1, 1);
 }
 
-int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, uint64_t tried,
+int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, const uint64_t *tried,
                        int last, const char **why)
 {
     pick_t k = {.up = up, .now = moxy_mono_ms(), .tried = tried, .last = last};
@@ -257,4 +257,13 @@ int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t h
     }
     *why = k.full ? "every live peer is at max_conns" : "no live peer";
     return -1;
+}
+
+int moxy_balancer_available(moxy_upstream_t *up, const uint64_t *tried, int last)
+{
+    pick_t k = {.up = up, .now = moxy_mono_ms(), .tried = tried, .last = last};
+    for (k.backup = 0; k.backup <= 1; k.backup++)
+        for (int i = 0; i < up->npeers; i++)
+            if (candidate(&k, i)) return 1;
+    return 0;
 }

@@ -171,7 +171,8 @@ struct moxy_req_s {
     int server;            /* index of the peer chosen for this try in the pool, -1: peer_addr */
     int last_server;       /* the peer of the previous try, -1: none */
     int active_server;     /* the peer whose in-flight count this try holds, -1: none */
-    uint64_t tried;        /* bit i: server i (< 64) of pool tried_pool had a try */
+    uint64_t tried;        /* bit i: server i of pool tried_pool had a try (pools of <= 64) */
+    uint64_t *tried_map;   /* the same for bigger pools (request pool), or NULL */
     int tried_pool;
     uint64_t hash;         /* txn.upstream:pick's hash key, when has_hash */
     long long first_try_ms; /* moxy_mono_ms() when the first try started (retry_timeout) */

@@ -283,15 +283,27 @@ static int pick_peer(moxy_req_t *r)
     moxy_worker_t *w = c->w;
     moxy_upstream_t *up = w->conf->upstreams[r->pool].state;
     if (r->tries == 1) moxy_budget_request(up);
-    if (r->tried_pool != r->pool) { /* on_upstream moved a retry to another pool */
+    if (r->tried_pool != r->pool || (up->npeers > 64 && !r->tried_map)) {
+        /* the first pick, or on_upstream moved a retry to another pool */
         r->tried = 0;
-        r->last_server = -1;
+        r->tried_map = NULL;
+        if (r->tried_pool != r->pool) r->last_server = -1;
         r->tried_pool = r->pool;
+        if (up->npeers > 64) {
+            size_t words = ((size_t)up->npeers + 63) / 64;
+            r->tried_map = moxy_palloc(&c->pool, words * sizeof(uint64_t));
+            if (!r->tried_map) {
+                moxy_req_upstream_failed(r, 500, "out of memory");
+                return MOXY_ERROR;
+            }
+            memset(r->tried_map, 0, words * sizeof(uint64_t));
+        }
     }
     uint64_t hash = 0;
     if (up->conf->balance == MOXY_BAL_HASH) hash = r->has_hash ? r->hash : moxy_hash64(c->ip, strlen(c->ip));
     const char *why = "no live peer";
-    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, r->tried, r->last_server, &why);
+    uint64_t *tried = r->tried_map ? r->tried_map : &r->tried;
+    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server, &why);
     if (i < 0) {
         if (r->tries > 1 && r->error) {
             moxy_log(MOXY_LOG_WARN, r->id, "upstream %s: %s for try %d", up->conf->name, why, r->tries);
@@ -306,7 +318,7 @@ static int pick_peer(moxy_req_t *r)
     moxy_peer_t *p = &up->peers[i];
     r->server = i;
     r->peer = p->conf->addr.text;
-    if (i < 64) r->tried |= 1ull << i;
+    tried[i >> 6] |= 1ull << (i & 63);
     r->active_server = i;
     atomic_fetch_add_explicit(&p->active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->requests, 1, memory_order_relaxed);
@@ -370,6 +382,15 @@ int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
     return tries_max(r);
 }
 
+/* 1 when r's pool has a peer r has not tried that is usable now (a retry
+ * without on_upstream hooks stays in the pool). */
+static int peer_left(moxy_req_t *r)
+{
+    if (r->pool < 0) return 0;
+    moxy_upstream_t *up = r->c->w->conf->upstreams[r->pool].state;
+    return moxy_balancer_available(up, r->tried_map ? r->tried_map : &r->tried, r->server);
+}
+
 /* A retry of r, past moxy_upstream_may_retry: within the pool's
  * retry_timeout and its budget.  1 when allowed (and counted). */
 static int retry_allowed(moxy_req_t *r, const char *why)
@@ -407,8 +428,9 @@ static int try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *wh
         return 1;
     }
     try_report(r, 0);
-    int max = moxy_upstream_may_retry(r, moxy_lua_has(r->c->w, MOXY_PHASE_UPSTREAM));
-    if (!max || !retry_allowed(r, why)) return 0;
+    int hooks = moxy_lua_has(r->c->w, MOXY_PHASE_UPSTREAM);
+    int max = moxy_upstream_may_retry(r, hooks);
+    if (!max || (!hooks && !peer_left(r)) || !retry_allowed(r, why)) return 0;
     moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; trying again (%d of %d)", r->peer, why,
              r->tries + 1, max);
     if (u) {

@@ -285,6 +285,14 @@ local function ratio(v)
   return v
 end
 
+-- A Host header value: visible ASCII without spaces (no CR, LF or NUL to
+-- smuggle another header in).
+local function host_value(v)
+  if type(v) ~= "string" then return nil, "expected a string, got " .. type(v) end
+  if v == "" or v:find("[^\33-\126]") then return nil, "bad Host value \"" .. v .. "\" (visible characters, no spaces)" end
+  return v
+end
+
 local BALANCE = { "round_robin", "least_conn", "ewma", "hash", "random" }
 
 function Checker:passive(v, k)
@@ -318,7 +326,7 @@ function Checker:health(v, k)
     type = self:value(v.type, child(k, "type"), one_of("http", "tcp"), "http"),
     method = self:value(v.method, child(k, "method"), typed("string"), "GET"),
     path = self:value(v.path, child(k, "path"), typed("string"), "/"),
-    host = self:value(v.host, child(k, "host"), typed("string")),
+    host = self:value(v.host, child(k, "host"), host_value),
     statuses = statuses(self, v.statuses, child(k, "statuses"), nil),
     body = self:value(v.body, child(k, "body"), typed("string")),
     interval = self:value(v.interval, child(k, "interval"), duration, 5),
@@ -368,7 +376,7 @@ function Checker:upstreams(v, keys)
         servers = {},
         keepalive = self:value(u.keepalive, child(k, "keepalive"), integer(0, 100000), 64),
         keepalive_timeout = self:value(u.keepalive_timeout, child(k, "keepalive_timeout"), duration, 60),
-        host = self:value(u.host, child(k, "host"), typed("string")),
+        host = self:value(u.host, child(k, "host"), host_value),
         balance = self:value(u.balance, child(k, "balance"), one_of(unpack(BALANCE)), "round_robin"),
         tries = self:value(u.tries, child(k, "tries"), integer(1, 100), 2),
         retry_timeout = self:value(u.retry_timeout, child(k, "retry_timeout"), duration, 0),

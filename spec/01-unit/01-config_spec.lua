@@ -180,6 +180,7 @@ return {
     retry_budget = 2,
     passive = { failures = -1, colour = 1 },
     health = { type = "udp", path = "healthz", body = "(" },
+    host = "a\r\nX-Evil: 1",
   },
   only_backups = { servers = { { addr = "127.0.0.1:1", backup = true } } } },
 }
@@ -196,6 +197,7 @@ return {
     assert.matches(":9: upstreams%.app%.health%.path: expected a path", text)
     assert.matches(":9: upstreams%.app%.health%.body: bad pattern", text)
     assert.matches("upstreams%.only_backups%.servers: every server is a backup", text)
+    assert.matches("upstreams%.app%.host: bad Host value", text)
   end)
 
   it("reports a syntax error with its line", function()
