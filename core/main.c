@@ -10,6 +10,7 @@
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "resolver.h"
 #include "shared_dict.h"
 #include "upstream.h"
 #include "worker.h"
@@ -182,6 +183,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "moxy: cannot set up the main loop: %s\n", strerror(errno));
         goto out;
     }
+    /* upstream names: resolved on the main loop; the first answers before any worker */
+    if (moxy_resolver_start(conf, main_base) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot start resolving upstream names\n");
+        goto out;
+    }
+    moxy_resolver_wait(main_base, conf->resolver.timeout);
     if (moxy_health_start(conf, main_base) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot start the health checks\n");
         goto out;
@@ -243,6 +250,7 @@ out:
     if (exit_ev) event_free(exit_ev);
     if (exit_fd >= 0) close(exit_fd);
     moxy_health_stop();
+    moxy_resolver_stop();
     if (main_base) event_base_free(main_base);
     moxy_log_close();
     moxy_conf_free(conf);

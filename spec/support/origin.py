@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """origin.py -- the origin server moxy's integration specs proxy to.
 
-    python3 spec/support/origin.py PORT        (PORT 0 picks a free port)
+    python3 spec/support/origin.py PORT [HOST] (PORT 0 picks a free port)
 
-Prints "ready PORT" on stdout once it listens on 127.0.0.1:PORT.  Raw sockets
+Prints "ready PORT" on stdout once it listens on HOST:PORT (HOST defaults to
+127.0.0.1; another loopback address such as 127.0.0.2 serves specs that need
+two origins on one port).  Raw sockets
 and one thread per connection, so every byte on the wire is under our control.
 HTTP/1.1 keep-alive (several requests per connection) and `Expect:
 100-continue` (an interim 100 before the body is read) are handled for every
@@ -674,9 +676,10 @@ def handle(sock, cid):
 def main():
     global PORT
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
+    srv.bind((host, port))
     srv.listen(1024)
     PORT = srv.getsockname()[1]
     sys.stdout.write("ready %d\n" % PORT)
