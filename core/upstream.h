@@ -28,7 +28,7 @@
 #include <time.h>
 
 #define MOXY_PEER_MAX_ADDRS 8
-#define MOXY_EWMA_DECAY_MS 10000.0 /* the latency EWMA's time constant */
+#define MOXY_EWMA_DECAY_MS 5000.0 /* the latency EWMA's time constant */
 #define MOXY_BUDGET_SLOTS 10 /* the retry budget's window: this many one-second slots */
 
 /* A peer's state as moxy.upstream.peers() shows it. */
