@@ -282,7 +282,8 @@ static int pick_peer(moxy_req_t *r)
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
     moxy_upstream_t *up = w->conf->upstreams[r->pool].state;
-    if (r->tries == 1) moxy_budget_request(up);
+    long long now = moxy_mono_ms();
+    if (r->tries == 1) moxy_budget_request(up, now);
     if (r->tried_pool != r->pool || (up->npeers > 64 && !r->tried_map)) {
         /* the first pick, or on_upstream moved a retry to another pool */
         r->tried = 0;
@@ -303,7 +304,8 @@ static int pick_peer(moxy_req_t *r)
     if (up->conf->balance == MOXY_BAL_HASH) hash = r->has_hash ? r->hash : moxy_hash64(c->ip, strlen(c->ip));
     const char *why = "no live peer";
     uint64_t *tried = r->tried_map ? r->tried_map : &r->tried;
-    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server, &why);
+    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server, now,
+                               &why);
     if (i < 0) {
         if (r->tries > 1 && r->error) {
             moxy_log(MOXY_LOG_WARN, r->id, "upstream %s: %s for try %d", up->conf->name, why, r->tries);
@@ -452,13 +454,8 @@ static void try_connect(moxy_req_t *r)
     moxy_upconn_t *u = NULL;
     event_base_gettimeofday_cached(w->base, &r->up_started);
     moxy_peer_t *p = try_peer(r);
-    struct sockaddr_storage sa;
-    socklen_t salen = 0;
-    unsigned gen = 0;
-    if (p && moxy_peer_addr(p, &sa, &salen, &gen) != MOXY_OK) {
-        moxy_req_upstream_failed(r, 502, "origin's name has no address");
-        return;
-    }
+    /* an idle connection to the peer's current addresses, if any */
+    unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &w->pools[r->pool] : NULL;
     while (rt && r->tries == 1 && !r->fresh_conn && (u = TAILQ_FIRST(&rt->idle[r->server]))) {
         TAILQ_REMOVE(&rt->idle[r->server], u, idle_link);
@@ -472,11 +469,17 @@ static void try_connect(moxy_req_t *r)
         u->reused = 1;
     } else {
         const char *err = NULL;
+        struct sockaddr_storage ss;
+        const struct sockaddr_storage *sa = &ss;
+        socklen_t salen;
         if (!p) {
-            sa = r->peer_addr->sa;
+            sa = &r->peer_addr->sa;
             salen = r->peer_addr->salen;
+        } else if (moxy_peer_addr(p, &ss, &salen, &gen) != MOXY_OK) {
+            moxy_req_upstream_failed(r, 502, "origin's name has no address");
+            return;
         }
-        u = up_connect(w, &sa, salen, p ? r->pool : -1, r->server, &err);
+        u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err);
         if (!u) {
             moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
             if (!try_again(r, NULL, 502, "cannot connect to origin"))

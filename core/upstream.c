@@ -251,9 +251,9 @@ static moxy_budget_slot_t *budget_slot(moxy_upstream_t *up, long long sec)
     return s;
 }
 
-void moxy_budget_request(moxy_upstream_t *up)
+void moxy_budget_request(moxy_upstream_t *up, long long now)
 {
-    moxy_budget_slot_t *s = budget_slot(up, moxy_mono_ms() / 1000);
+    moxy_budget_slot_t *s = budget_slot(up, now / 1000);
     atomic_fetch_add_explicit(&s->requests, 1, memory_order_relaxed);
 }
 

@@ -143,8 +143,8 @@ void moxy_peer_set_drained(moxy_peer_t *p, int drained);
 /* The peer of up whose address text is addr (len bytes), or NULL. */
 moxy_peer_t *moxy_upstream_find_peer(moxy_upstream_t *up, const char *addr, size_t len);
 
-/* Count a request to up in the retry budget's window. */
-void moxy_budget_request(moxy_upstream_t *up);
+/* Count a request to up in the retry budget's window (now: moxy_mono_ms()). */
+void moxy_budget_request(moxy_upstream_t *up, long long now);
 
 /* Take one retry from up's budget: 1 when allowed (and counted), 0 when the
  * window's retries already reached retry_budget x requests + the minimum. */
@@ -159,10 +159,10 @@ uint64_t moxy_hash64(const void *key, size_t len);
  * the pool's algorithm.  hash is the key's hash for balance = "hash"
  * (without a key from Lua, the caller passes the client address's).  rr and
  * rng are the calling worker's round-robin weights (one int per server) and
- * random state.  Returns the server index, or -1 (*why: "no live peer" or
- * "every live peer is at max_conns"). */
+ * random state; now is moxy_mono_ms().  Returns the server index, or -1
+ * (*why: "no live peer" or "every live peer is at max_conns"). */
 int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, const uint64_t *tried,
-                       int last, const char **why);
+                       int last, long long now, const char **why);
 
 /* 1 when moxy_balancer_pick would find a peer (tried, last as there). */
 int moxy_balancer_available(moxy_upstream_t *up, const uint64_t *tried, int last);
