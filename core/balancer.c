@@ -236,9 +236,14 @@ static int pick_hash(pick_t *k, int *rr, uint64_t hash)
 }
 
 int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, const uint64_t *tried,
-                       int last, long long now, const char **why)
+                       int last, int want, long long now, const char **why)
 {
     pick_t k = {.up = up, .now = now, .tried = tried, .last = last};
+    if (want >= 0 && want < up->npeers) { /* the script's choice, while it is usable */
+        k.backup = up->peers[want].conf->backup;
+        if (candidate(&k, want)) return want;
+        k.backup = 0;
+    }
     if (up->npeers == 1) { /* nothing to choose: is it usable? */
         if (candidate(&k, 0)) return 0;
         *why = k.full ? "every live peer is at max_conns" : "no live peer";

@@ -186,15 +186,22 @@ EXPORT int moxy_ffi_resp_status(moxy_req_t *r, int status)
 }
 
 EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
-                                  int has_key)
+                                  int has_key, const char *peer, size_t plen)
 {
-    int i = moxy_conf_upstream_index(r->c->w->conf, name, len);
+    const moxy_conf_t *conf = r->c->w->conf;
+    int i = moxy_conf_upstream_index(conf, name, len);
     if (i < 0) return MOXY_DECLINED;
+    r->want_server = -1;
+    moxy_peer_t *p = NULL;
+    if (plen) {
+        moxy_upstream_t *up = conf->upstreams[i].state;
+        if (up && (p = moxy_upstream_find_peer(up, peer, plen))) r->want_server = (int)(p - up->peers);
+    }
     r->pool = i;
     r->peer_addr = NULL;
     r->has_hash = has_key != 0;
     if (has_key) r->hash = moxy_hash64(key, klen);
-    return MOXY_OK;
+    return plen && !p ? MOXY_ERROR : MOXY_OK;
 }
 
 EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len)

@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 9
+#define MOXY_FFI_ABI 10
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -53,9 +53,13 @@ int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const 
  * 304 either way, which would change whether the response has a body. */
 int moxy_ffi_resp_status(moxy_req_t *r, int status);
 
-/* Send the request to pool name.  MOXY_DECLINED: no such pool. */
+/* Send the request to pool name; with has_key, key (klen bytes) is the hash
+ * key of a balance = "hash" pool; with plen > 0, peer (the address of one
+ * of its servers, as configured) is preferred while it is usable.
+ * MOXY_DECLINED: no such pool (nothing changed); MOXY_ERROR: the pool is
+ * picked but has no such peer. */
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
-                           int has_key);
+                           int has_key, const char *peer, size_t plen);
 
 /* Answer the request with status and body (copied); the response headers
  * set so far go with it.  MOXY_ERROR: bad status. */

@@ -171,6 +171,7 @@ struct moxy_req_s {
     int server;            /* index of the peer chosen for this try in the pool, -1: peer_addr */
     int last_server;       /* the peer of the previous try, -1: none */
     int active_server;     /* the peer whose in-flight count this try holds, -1: none */
+    int want_server;       /* txn.upstream:pick's {peer = ...}: preferred while usable, -1: none */
     uint64_t tried;        /* bit i: server i of pool tried_pool had a try (pools of <= 64) */
     uint64_t *tried_map;   /* the same for bigger pools (request pool), or NULL */
     int tried_pool;

@@ -92,7 +92,7 @@ static moxy_req_t *client_new_request(moxy_client_t *c)
     memset(r, 0, sizeof(*r));
     r->c = c;
     r->pool = -1;
-    r->server = r->last_server = r->active_server = -1;
+    r->server = r->last_server = r->active_server = r->want_server = -1;
     r->status = 0;
     r->started = (struct timeval){0, 0};
     event_base_gettimeofday_cached(c->w->base, &r->started);

@@ -304,8 +304,8 @@ static int pick_peer(moxy_req_t *r)
     if (up->conf->balance == MOXY_BAL_HASH) hash = r->has_hash ? r->hash : moxy_hash64(c->ip, strlen(c->ip));
     const char *why = "no live peer";
     uint64_t *tried = r->tried_map ? r->tried_map : &r->tried;
-    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server, now,
-                               &why);
+    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server,
+                               r->want_server, now, &why);
     if (i < 0) {
         if (r->tries > 1 && r->error) {
             moxy_log(MOXY_LOG_WARN, r->id, "upstream %s: %s for try %d", up->conf->name, why, r->tries);

@@ -246,7 +246,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     memset(r, 0, sizeof(*r));
     r->c = c;
     r->pool = -1;
-    r->server = r->last_server = r->active_server = -1;
+    r->server = r->last_server = r->active_server = r->want_server = -1;
     event_base_gettimeofday_cached(c->w->base, &r->started);
     r->method = (uint8_t)m;
     r->method_name = (char *)mname;

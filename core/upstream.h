@@ -156,13 +156,13 @@ uint64_t moxy_hash64(const void *key, size_t len);
 /* Pick a peer of up for a new try: usable (moxy_peer_state), not full, not
  * tried (tried: a bitmap of up->npeers bits, bit i set when server i had a
  * try; last: the previous try's server or -1), primaries before backups, by
- * the pool's algorithm.  hash is the key's hash for balance = "hash"
+ * the pool's algorithm -- or want (>= 0) when it is such a peer.  hash is the key's hash for balance = "hash"
  * (without a key from Lua, the caller passes the client address's).  rr and
  * rng are the calling worker's round-robin weights (one int per server) and
  * random state; now is moxy_mono_ms().  Returns the server index, or -1
  * (*why: "no live peer" or "every live peer is at max_conns"). */
 int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, const uint64_t *tried,
-                       int last, long long now, const char **why);
+                       int last, int want, long long now, const char **why);
 
 /* 1 when moxy_balancer_pick would find a peer (tried, last as there). */
 int moxy_balancer_available(moxy_upstream_t *up, const uint64_t *tried, int last);

@@ -17,7 +17,7 @@ int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, s
 int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen, const char *query,
                             size_t qlen, int has_query);
 int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
-                           int has_key);
+                           int has_key, const char *peer, size_t plen);
 int moxy_ffi_resp_status(moxy_req_t *r, int status);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 double moxy_ffi_req_number(moxy_req_t *r, int which);
@@ -30,7 +30,7 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 9
+local ABI = 10
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -249,21 +249,29 @@ local upstream = setmetatable({}, {
   end,
 })
 
---- txn.upstream:pick(pool [, {hash = key}]): send this request to the
--- named pool.  In on_request and on_upstream (also by returning the name).
--- hash: the key (string or number) a pool with balance = "hash" maps to a
--- peer (without one, the client's address).
+--- txn.upstream:pick(pool [, {hash = key, peer = addr}]): send this request
+-- to the named pool.  In on_request and on_upstream (also by returning the
+-- name).  hash: the key (string or number) a pool with balance = "hash"
+-- maps to a peer (without one, the client's address).  peer: one of the
+-- pool's server addresses, as configured, chosen while it is usable (up,
+-- not drained, under max_conns, not tried yet); else the pool's algorithm
+-- chooses -- sticky sessions without losing failover.  Returns true, or
+-- nil, "no peer ... in pool ..." when the pool has no such peer (the pool
+-- is picked all the same: a stale cookie only loses its stickiness).
 function upstream.pick(_, pool, opts)
   if type(pool) ~= "string" then error("upstream:pick: pool name must be a string", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("upstream:pick: opts must be a table", 2) end
-  local key = opts and opts.hash
+  local key, peer = opts and opts.hash, opts and opts.peer
   if key ~= nil then
     if type(key) == "number" then key = tostring(key) end
     if type(key) ~= "string" then error("upstream:pick: opts.hash must be a string or a number", 2) end
   end
-  if C.moxy_ffi_upstream_pick(req_ptr(), pool, #pool, key, key and #key or 0, key and 1 or 0) ~= OK then
-    error("upstream:pick: no pool named \"" .. pool .. "\"", 2)
-  end
+  if peer ~= nil and type(peer) ~= "string" then error("upstream:pick: opts.peer must be a string", 2) end
+  local rc = C.moxy_ffi_upstream_pick(req_ptr(), pool, #pool, key, key and #key or 0, key and 1 or 0,
+                                      peer, peer and #peer or 0)
+  if rc == DECLINED then error("upstream:pick: no pool named \"" .. pool .. "\"", 2) end
+  if rc ~= OK then return nil, "no peer " .. peer .. " in pool " .. pool end
+  return true
 end
 
 --- txn.upstream:set_peer(host, port): send this try to host:port (an IP

@@ -67,8 +67,9 @@ local Upstream = {}
 
 ---Send the request (this try) to the pool called `pool` (raises if there is none).
 ---opts.hash: the key a balance = "hash" pool maps to a peer (default: the client address).
+---opts.peer: one of the pool's server addresses, preferred while it is usable.
 ---@param pool string
----@param opts? { hash?: string|number }
+---@param opts? { hash?: string|number, peer?: string }
 function Upstream:pick(pool, opts) end
 
 ---Send this try to ip:port instead of a pool's server (an IP literal).

@@ -182,7 +182,9 @@ describe("consistent hashing", function()
         if h:get("X-Peers") then return txn:respond(200, moxy.json.encode(moxy.upstream.peers(h:get("X-Peers")))) end
       end,
       on_upstream = function(txn)
-        txn.upstream:pick(txn.req.headers:get("X-Pool"), { hash = txn.req.headers:get("X-Key") })
+        local ok, err = txn.upstream:pick(txn.req.headers:get("X-Pool"),
+                                          { hash = txn.req.headers:get("X-Key"), peer = txn.req.headers:get("X-Want") })
+        if not ok then moxy.log.warn("pick: " .. err) end
       end,
       on_upstream_request = function(txn) return txn:respond(200, txn.upstream.peer) end,
     }
@@ -277,6 +279,27 @@ describe("consistent hashing", function()
     assert.equal(200, res.status, res.body)
     return res.body
   end
+
+  it("prefers the peer a script names while it is usable, and balances when it is not", function()
+    local function get(want)
+      local res = assert(helpers.request(m.port, { path = "/", headers = { ["X-Pool"] = "ten", ["X-Key"] = "k",
+                                                                           ["X-Want"] = want } }))
+      return res.status, res.body
+    end
+    for _ = 1, 5 do assert.same({ 200, "127.0.0.1:40007" }, { get("127.0.0.1:40007") }) end
+    control("X-Drain", "127.0.0.1:40007")
+    local status, peer = get("127.0.0.1:40007")
+    control("X-Enable", "127.0.0.1:40007")
+    assert.equal(200, status)
+    assert.are_not.equal("127.0.0.1:40007", peer)
+    assert.equal(select(2, get("127.0.0.1:40007")), "127.0.0.1:40007")
+    -- a peer that is not in the pool (a stale cookie): pick says so, and the
+    -- pool's algorithm chooses
+    local st, p = get("127.0.0.1:1")
+    assert.equal(200, st)
+    assert.matches("^127%.0%.0%.1:400%d%d?$", p)
+    assert.matches("pick: no peer 127%.0%.0%.1:1 in pool ten", m:stderr())
+  end)
 
   it("moves only the keys of a drained peer, and brings them back when it is enabled", function()
     local before = map("ten")
