@@ -242,6 +242,18 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "geoip");
+    c->ngeoip = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    c->geoip = calloc((size_t)c->ngeoip + 1, sizeof(*c->geoip));
+    for (int i = 0; i < c->ngeoip; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        c->geoip[i].name = field_str(L, lua_gettop(L), "name");
+        c->geoip[i].path = field_str(L, lua_gettop(L), "path");
+        c->geoip[i].line = (int)field_num(L, lua_gettop(L), "line", 1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "resolver");
     int rs = lua_gettop(L);
     c->resolver.timeout = field_num(L, rs, "timeout", 5);
@@ -368,6 +380,11 @@ void moxy_conf_free(moxy_conf_t *c)
     for (int i = 0; c->resolver.nameservers && i < c->resolver.nnameservers; i++)
         free(c->resolver.nameservers[i]);
     free(c->resolver.nameservers);
+    for (int i = 0; c->geoip && i < c->ngeoip; i++) {
+        free(c->geoip[i].name);
+        free(c->geoip[i].path);
+    }
+    free(c->geoip);
     for (int i = 0; i < c->nshared; i++) free(c->shared[i].name);
     free(c->shared);
     free(c->log.access);

@@ -93,6 +93,12 @@ typedef struct {
 } moxy_upstream_conf_t;
 
 typedef struct {
+    char *name; /* geoip.NAME: moxy.geo's db argument */
+    char *path;
+    int line;   /* of its key in the configuration file, for error messages */
+} moxy_geoip_conf_t;
+
+typedef struct {
     char *name;  /* moxy.shared.NAME */
     size_t size; /* bytes */
 } moxy_shared_conf_t;
@@ -116,6 +122,9 @@ typedef struct {
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
     int nshared;
+
+    moxy_geoip_conf_t *geoip; /* MaxMind databases (geoip.c), sorted by name */
+    int ngeoip;
 
     struct {
         char **nameservers; /* "ip:port" texts; none: /etc/resolv.conf */

@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 10
+#define MOXY_FFI_ABI 11
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -280,9 +280,54 @@ int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t 
  * every worker.  MOXY_OK; MOXY_DECLINED: no such pool or peer. */
 int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained);
 
+/* Peers of the pool called name that can take a request now (usable and
+ * under max_conns); -1: no such pool. */
+int moxy_ffi_upstream_usable(const char *name, size_t len);
+
 /* The pool's retries and retries the budget refused, since start. */
 int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long long *retries,
                               unsigned long long *denied);
+/* END FFI */
+
+/* BEGIN FFI lua/moxy/geo.lua */
+/* A value of txn.client.geo (moxy_ffi_geo_client). */
+enum { MOXY_FFI_GEO_NONE = 0, MOXY_FFI_GEO_STRING = 1, MOXY_FFI_GEO_NUMBER = 2, MOXY_FFI_GEO_BOOLEAN = 3 };
+typedef struct {
+    int type;      /* MOXY_FFI_GEO_* */
+    const char *s; /* STRING: len bytes, valid until the running Lua code yields or returns */
+    size_t len;
+    double n;      /* NUMBER; BOOLEAN: 0 or 1 */
+} moxy_ffi_geo_value_t;
+
+/* One entry of a record, in the order of libmaxminddb's entry data list
+ * (a map: its size, then key, value, key, value...; an array: its size,
+ * then its values). */
+typedef struct {
+    int type;                  /* libmaxminddb's MMDB_DATA_TYPE_* */
+    unsigned size;             /* map: pairs; array: values */
+    const char *s;             /* string, bytes: len bytes (valid as above) */
+    size_t len;
+    double n;                  /* double, float, uint16, uint32, int32, boolean */
+    unsigned long long u, u_hi; /* uint64: u; uint128: u_hi, u */
+} moxy_ffi_geo_item_t;
+
+/* Field `field` (lua/moxy/geo.lua's FIELDS order) of the client's record:
+ * from the first database, in name order, that has it.  The lookups are
+ * made once per database and request.  MOXY_OK; MOXY_DECLINED: no
+ * database knows it (or no database, or the address is not an IP);
+ * MOXY_ERROR: out of memory. */
+int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out);
+
+/* The number of databases, and the name of database i (NULL: none). */
+int moxy_ffi_geo_count(void);
+const char *moxy_ffi_geo_name(int i);
+
+/* Look ip (iplen bytes, IPv4 or IPv6) up in database db: its record as at
+ * most max items (*n of them).  MOXY_OK; MOXY_DECLINED: not found;
+ * MOXY_ERROR: the reason in err ("invalid address", "database error: ...",
+ * "record too large ..."). */
+int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_geo_item_t *items, int max, int *n,
+                        char *err, size_t errlen);
 /* END FFI */
 
 /* BEGIN FFI lua/moxy/test.lua */

@@ -159,6 +159,8 @@ struct moxy_req_s {
     const char *body_error;     /* why, for the log and read_body's error */
     struct moxy_lua_task_s *body_task; /* the hook waiting for the body */
 
+    void *geo;             /* geoip.c: this request's lookups (request pool), or NULL */
+
     /* hooks */
     void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */
     int hook_phase;        /* MOXY_PHASE_* of the hooks that run or are parked */

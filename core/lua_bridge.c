@@ -569,6 +569,11 @@ static moxy_worker_t *lua_worker(void)
 
 static _Thread_local const moxy_conf_t *check_conf; /* moxy_lua_check_scripts' */
 
+moxy_worker_t *moxy_lua_worker(void)
+{
+    return lua_worker();
+}
+
 const moxy_conf_t *moxy_lua_conf(void)
 {
     moxy_worker_t *w = lua_worker();

@@ -80,4 +80,8 @@ moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
  * timers, worker_init) or the one whose init hooks run; NULL elsewhere. */
 const moxy_conf_t *moxy_lua_conf(void);
 
+/* The worker the running Lua code belongs to; NULL on the main thread (init
+ * hooks) and outside Lua. */
+moxy_worker_t *moxy_lua_worker(void);
+
 #endif

@@ -6,6 +6,7 @@
  *   moxy -v               version of moxy and of the libraries it runs on
  */
 #include "config.h"
+#include "geoip.h"
 #include "health_check.h"
 #include "http.h"
 #include "log.h"
@@ -145,14 +146,21 @@ int main(int argc, char **argv)
         moxy_conf_free(conf);
         return 1;
     }
+    if (moxy_geoip_open_all(conf) != MOXY_OK) {
+        moxy_geoip_close_all();
+        moxy_conf_free(conf);
+        return 1;
+    }
     /* moxy.shared dicts: init hooks (moxy -t runs them too) and workers may use them */
     if (moxy_shdict_create_all(conf) != MOXY_OK) {
+        moxy_geoip_close_all();
         moxy_conf_free(conf);
         return 1;
     }
     if (check) {
         int rc = moxy_lua_check_scripts(conf);
         if (rc == MOXY_OK) printf("moxy: configuration %s ok\n", path);
+        moxy_geoip_close_all();
         moxy_conf_free(conf);
         return rc == MOXY_OK ? 0 : 1;
     }
@@ -189,6 +197,10 @@ int main(int argc, char **argv)
         goto out;
     }
     moxy_resolver_wait(main_base, conf->resolver.timeout);
+    if (moxy_geoip_watch_start(main_base) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot watch the GeoIP databases\n");
+        goto out;
+    }
     if (moxy_health_start(conf, main_base) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot start the health checks\n");
         goto out;
@@ -251,6 +263,7 @@ out:
     if (exit_fd >= 0) close(exit_fd);
     moxy_health_stop();
     moxy_resolver_stop();
+    moxy_geoip_close_all();
     if (main_base) event_base_free(main_base);
     moxy_log_close();
     moxy_conf_free(conf);

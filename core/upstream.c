@@ -324,6 +324,17 @@ EXPORT int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_
     return MOXY_OK;
 }
 
+EXPORT int moxy_ffi_upstream_usable(const char *name, size_t len)
+{
+    moxy_upstream_t *up = ffi_pool(name, len);
+    if (!up) return -1;
+    long long now = moxy_mono_ms();
+    int n = 0;
+    for (int i = 0; i < up->npeers; i++)
+        if (moxy_peer_state(&up->peers[i], now) == MOXY_PEER_UP && !moxy_peer_full(&up->peers[i])) n++;
+    return n;
+}
+
 EXPORT int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained)
 {
     moxy_upstream_t *up = ffi_pool(name, len);

@@ -3,6 +3,7 @@
  * drain/stop on command from the main thread; see worker.h.
  */
 #include "worker.h"
+#include "geoip.h"
 #include "http.h"
 #include "http_fetch.h"
 #include "lua_bridge.h"
@@ -149,6 +150,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     moxy_alog_flush(&w->alog);
+    moxy_geoip_worker_refresh(w);
 }
 
 struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)
@@ -249,6 +251,7 @@ static void *worker_main(void *arg)
     moxy_alog_flush(&w->alog);
     moxy_upstream_free_worker(w);
     moxy_lua_worker_free(w);
+    moxy_geoip_worker_free(w);
     moxy_pool_thread_cleanup();
     moxy_main_worker_exited();
     return NULL;
@@ -276,6 +279,7 @@ void moxy_worker_join_free(moxy_worker_t *w)
     else {
         moxy_upstream_free_worker(w);
         moxy_lua_worker_free(w);
+        moxy_geoip_worker_free(w);
     }
     if (w->listeners) {
         close_listeners(w);

@@ -41,6 +41,7 @@ struct moxy_worker_s {
     LIST_HEAD(, moxy_lua_timer_s) timers; /* moxy.timer timers armed or running */
     int ntimers;
     void *fetch;                 /* moxy.http's state (http_fetch.c), or NULL */
+    void *geo;                   /* geoip.c: the database versions this worker looks up in, or NULL */
     LIST_HEAD(, moxy_client_s) detached; /* requests whose on_log hooks outlived their
                                              connection (each counts in nconns) */
 

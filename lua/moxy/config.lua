@@ -424,6 +424,35 @@ function Checker:upstreams(v, keys)
   return out
 end
 
+-- geoip = { NAME = "path.mmdb", ... }: MaxMind databases, as a list of
+-- { name, path (absolute), line } sorted by name; the core opens them (the
+-- line is for its error message).  Names are Lua identifiers (moxy.geo's
+-- db argument).
+function Checker:geoip(v, keys, dir)
+  local out = {}
+  if v == nil then return out end
+  if type(v) ~= "table" then
+    self:err(keys, "expected a table of databases (geoip = { city = \"GeoLite2-City.mmdb\" }), got " .. type(v))
+    return out
+  end
+  local names = {}
+  for name in pairs(v) do names[#names + 1] = name end
+  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+  for _, name in ipairs(names) do
+    local k = child(keys, type(name) == "number" and name or tostring(name))
+    if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
+      self:err(k, "database names are identifiers (geoip = { city = \"GeoLite2-City.mmdb\" })")
+    else
+      local p = self:value(v[name], k, typed("string"))
+      if p then
+        out[#out + 1] = { name = name, path = p:sub(1, 1) == "/" and p or dir .. "/" .. p,
+                          line = line_of(self.src, k, p) or self.return_line or 1 }
+      end
+    end
+  end
+  return out
+end
+
 -- resolver = { nameservers = {"127.0.0.1:53"}, timeout = "5s" }: the DNS
 -- servers for upstream names (default: /etc/resolv.conf and /etc/hosts).
 function Checker:resolver(v, k)
@@ -481,7 +510,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true,
-  shared = true, resolver = true,
+  shared = true, resolver = true, geoip = true,
 }
 
 -- Check the table `t` that `path` (with source text `src`) returned.
@@ -499,6 +528,7 @@ function M.check(t, path, src)
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })
+  conf.geoip = c:geoip(t.geoip, { "geoip" }, conf.dir)
   local pools = {}
   for _, p in ipairs(conf.upstreams) do pools[p.name] = true end
   conf.default_upstream = c:value(t.default_upstream, { "default_upstream" }, typed("string"))

@@ -76,8 +76,9 @@ for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
 -- value or nil, err; moxy.json.null.
 -- Modules loaded on first use: moxy.shared (lua/moxy/shared.lua), moxy.re
 -- (lua/moxy/re.lua), moxy.http (lua/moxy/http.lua), moxy.upstream
--- (lua/moxy/upstream.lua).
-local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http", upstream = "moxy.upstream" }
+-- (lua/moxy/upstream.lua), moxy.geo (lua/moxy/geo.lua).
+local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http", upstream = "moxy.upstream",
+               geo = "moxy.geo" }
 
 setmetatable(M, {
   __index = function(t, k)

@@ -30,7 +30,7 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 10
+local ABI = 11
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -224,9 +224,24 @@ local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
   end,
 })
 
+-- txn.client.geo: the client's GeoIP fields (moxy.geo), each looked up on
+-- first use in the request (one static proxy: no table per request).
+local geo_proxy
+local function geo()
+  if not geo_proxy then
+    local client_field = require("moxy.geo").client_field
+    geo_proxy = setmetatable({}, {
+      __index = function(_, k) return client_field(req_ptr(), k) end,
+      __newindex = function() error("txn.client.geo is read-only", 2) end,
+    })
+  end
+  return geo_proxy
+end
+
 local client = setmetatable({}, {
   __index = function(_, k)
     if k == "ip" then return field(req_ptr(), F.client_ip) end
+    if k == "geo" then return geo() end
     if k == "port" then return C.moxy_ffi_client_port(req_ptr()) end
     return nil
   end,

@@ -32,6 +32,7 @@ typedef struct {
 } moxy_ffi_peer_t;
 int moxy_ffi_upstream_npeers(const char *name, size_t len);
 int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t *out);
+int moxy_ffi_upstream_usable(const char *name, size_t len);
 int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained);
 int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long long *retries,
                               unsigned long long *denied);
@@ -87,6 +88,15 @@ function M.peers(pool)
     end
   end
   return out
+end
+
+--- moxy.upstream.usable(pool) -> the number of its peers that can take a
+-- request now (up, not drained, under max_conns), or nil, err.  Cheap:
+-- for routing decisions on every request.
+function M.usable(pool)
+  local n = check_pool("usable", pool)
+  if n < 0 then return nil, "no pool named \"" .. pool .. "\"" end
+  return C.moxy_ffi_upstream_usable(pool, #pool)
 end
 
 local function set_drain(fn, pool, addr, drained)

@@ -1,0 +1,449 @@
+/*
+ * geoip.c -- MaxMind databases shared by the workers and swapped when their
+ * files change (see geoip.h), and the lookups Lua makes: txn.client.geo's
+ * fields and moxy.geo.lookup's whole records.
+ *
+ * The client's fields (country, city, asn, is_anonymous, ...) are read one
+ * at a time with MMDB_aget_value from the request's lookup result, which is
+ * made once per database and request (cached in the request), so a script
+ * that reads txn.client.geo.country pays one tree walk and one map walk.
+ * A field is taken from the first database (in name order) that has it,
+ * whatever its type: City, Country, ASN, Anonymous-IP or a custom one.
+ */
+#include "geoip.h"
+#include "ffi.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <maxminddb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* One open file. */
+typedef struct geo_version_s {
+    MMDB_s mmdb;
+    atomic_int refs;         /* the registry's (while current) + each worker's */
+    atomic_int error_logged; /* a lookup error was logged for this version */
+} geo_version_t;
+
+/* One database of the configuration. */
+typedef struct {
+    char *name, *path;
+    pthread_mutex_t lock;             /* taking a reference to current; swapping it */
+    _Atomic(geo_version_t *) current;
+    struct stat st;                   /* of the current version's file (main thread) */
+    struct stat rejected;             /* of the last file that failed to open, to log it once */
+} geo_db_t;
+
+static geo_db_t *dbs;
+static int ndbs;
+static struct event *watch_ev;
+
+/* What a request looked up in one database. */
+typedef struct {
+    geo_version_t *v; /* the version looked up in (NULL: not yet) */
+    MMDB_lookup_result_s res;
+    int status;       /* MOXY_OK: found, MOXY_DECLINED: not found, MOXY_ERROR */
+} geo_lookup_t;
+
+/* --- versions --- */
+
+static geo_version_t *version_open(const char *path, char *err, size_t errlen)
+{
+    geo_version_t *v = calloc(1, sizeof(*v));
+    if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int rc = MMDB_open(path, MMDB_MODE_MMAP, &v->mmdb);
+    if (rc != MMDB_SUCCESS) {
+        snprintf(err, errlen, "%s%s%s", MMDB_strerror(rc), rc == MMDB_IO_ERROR ? ": " : "",
+                 rc == MMDB_IO_ERROR ? strerror(errno) : "");
+        free(v);
+        return NULL;
+    }
+    atomic_store(&v->refs, 1);
+    return v;
+}
+
+static void version_release(geo_version_t *v)
+{
+    if (v && atomic_fetch_sub(&v->refs, 1) == 1) {
+        MMDB_close(&v->mmdb);
+        free(v);
+    }
+}
+
+/* The current version of database i for w (NULL: the main thread, which
+ * owns the swaps and may read current directly). */
+static geo_version_t *version_get(moxy_worker_t *w, int i)
+{
+    geo_db_t *db = &dbs[i];
+    geo_version_t *cur = atomic_load_explicit(&db->current, memory_order_acquire);
+    if (!w) return cur;
+    if (!w->geo) {
+        w->geo = calloc((size_t)ndbs, sizeof(geo_version_t *));
+        if (!w->geo) return NULL;
+    }
+    geo_version_t **slot = (geo_version_t **)w->geo + i;
+    if (*slot == cur) return cur;
+    pthread_mutex_lock(&db->lock);
+    cur = atomic_load(&db->current);
+    atomic_fetch_add(&cur->refs, 1);
+    pthread_mutex_unlock(&db->lock);
+    version_release(*slot);
+    *slot = cur;
+    return cur;
+}
+
+void moxy_geoip_worker_refresh(moxy_worker_t *w)
+{
+    geo_version_t **slots = w->geo;
+    for (int i = 0; slots && i < ndbs; i++) {
+        if (slots[i] && slots[i] != atomic_load(&dbs[i].current)) {
+            version_release(slots[i]);
+            slots[i] = NULL;
+        }
+    }
+}
+
+void moxy_geoip_worker_free(moxy_worker_t *w)
+{
+    geo_version_t **slots = w->geo;
+    for (int i = 0; slots && i < ndbs; i++) version_release(slots[i]);
+    free(w->geo);
+    w->geo = NULL;
+}
+
+/* --- the registry --- */
+
+int moxy_geoip_open_all(const moxy_conf_t *conf)
+{
+    int rc = MOXY_OK;
+    dbs = calloc((size_t)conf->ngeoip + 1, sizeof(*dbs));
+    if (!dbs) return MOXY_ERROR;
+    for (int i = 0; i < conf->ngeoip; i++) {
+        const moxy_geoip_conf_t *gc = &conf->geoip[i];
+        geo_db_t *db = &dbs[ndbs];
+        char err[256];
+        if (stat(gc->path, &db->st) != 0) {
+            fprintf(stderr, "%s:%d: geoip.%s: cannot open %s: %s\n", conf->path, gc->line, gc->name, gc->path,
+                    strerror(errno));
+            rc = MOXY_ERROR;
+            continue;
+        }
+        geo_version_t *v = version_open(gc->path, err, sizeof(err));
+        if (!v) {
+            fprintf(stderr, "%s:%d: geoip.%s: cannot open %s: %s\n", conf->path, gc->line, gc->name, gc->path, err);
+            rc = MOXY_ERROR;
+            continue;
+        }
+        db->name = strdup(gc->name);
+        db->path = strdup(gc->path);
+        pthread_mutex_init(&db->lock, NULL);
+        atomic_store(&db->current, v);
+        ndbs++;
+        if (!db->name || !db->path) rc = MOXY_ERROR;
+    }
+    return rc;
+}
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* The main thread's look at the files: open what changed, swap it in. */
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    MOXY_UNUSED(arg);
+    for (int i = 0; i < ndbs; i++) {
+        geo_db_t *db = &dbs[i];
+        struct stat st;
+        if (stat(db->path, &st) != 0 || same_file(&st, &db->st) || same_file(&st, &db->rejected)) continue;
+        char err[256];
+        geo_version_t *v = version_open(db->path, err, sizeof(err));
+        if (!v) {
+            db->rejected = st;
+            moxy_log(MOXY_LOG_ERR, NULL, "geoip %s: %s changed but cannot be opened (%s); the old one stays in use",
+                     db->name, db->path, err);
+            continue;
+        }
+        pthread_mutex_lock(&db->lock);
+        geo_version_t *old = atomic_load(&db->current);
+        atomic_store_explicit(&db->current, v, memory_order_release);
+        pthread_mutex_unlock(&db->lock);
+        version_release(old);
+        db->st = st;
+        memset(&db->rejected, 0, sizeof(db->rejected));
+        moxy_log(MOXY_LOG_INFO, NULL, "geoip %s: reopened %s (%s, built %" PRIu64 ")", db->name, db->path,
+                 v->mmdb.metadata.database_type, v->mmdb.metadata.build_epoch);
+    }
+}
+
+int moxy_geoip_watch_start(struct event_base *base)
+{
+    if (ndbs == 0) return MOXY_OK;
+    watch_ev = event_new(base, -1, EV_PERSIST, watch_cb, NULL);
+    struct timeval sec = {1, 0};
+    if (!watch_ev || event_add(watch_ev, &sec) != 0) return MOXY_ERROR;
+    return MOXY_OK;
+}
+
+void moxy_geoip_close_all(void)
+{
+    if (watch_ev) event_free(watch_ev);
+    watch_ev = NULL;
+    for (int i = 0; i < ndbs; i++) {
+        version_release(atomic_load(&dbs[i].current));
+        pthread_mutex_destroy(&dbs[i].lock);
+        free(dbs[i].name);
+        free(dbs[i].path);
+    }
+    free(dbs);
+    dbs = NULL;
+    ndbs = 0;
+}
+
+/* --- lookups --- */
+
+/* Parse an IP literal (len bytes) into sa; an IPv4-mapped IPv6 address
+ * becomes IPv4 (found in any database, also those without the mapped
+ * subtree).  MOXY_OK or MOXY_ERROR. */
+static int parse_ip(const char *ip, size_t len, struct sockaddr_storage *sa)
+{
+    char buf[INET6_ADDRSTRLEN + 1];
+    if (len == 0 || len >= sizeof(buf)) return MOXY_ERROR;
+    memcpy(buf, ip, len);
+    buf[len] = '\0';
+    memset(sa, 0, sizeof(*sa));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET, buf, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        return MOXY_OK;
+    }
+    if (inet_pton(AF_INET6, buf, &s6->sin6_addr) != 1) return MOXY_ERROR;
+    if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+        struct in_addr a;
+        memcpy(&a, &s6->sin6_addr.s6_addr[12], 4);
+        s4->sin_addr = a;
+        s4->sin_family = AF_INET;
+        return MOXY_OK;
+    }
+    s6->sin6_family = AF_INET6;
+    return MOXY_OK;
+}
+
+/* Look sa up in version v of database i into *out; errors are logged once
+ * per version. */
+static void lookup(int i, geo_version_t *v, const struct sockaddr_storage *sa, geo_lookup_t *out)
+{
+    int mmdb_err = MMDB_SUCCESS;
+    out->v = v;
+    out->res = MMDB_lookup_sockaddr(&v->mmdb, (const struct sockaddr *)sa, &mmdb_err);
+    if (mmdb_err == MMDB_SUCCESS) {
+        out->status = out->res.found_entry ? MOXY_OK : MOXY_DECLINED;
+        return;
+    }
+    out->status = mmdb_err == MMDB_IPV6_LOOKUP_IN_IPV4_DATABASE_ERROR ? MOXY_DECLINED : MOXY_ERROR;
+    if (out->status == MOXY_ERROR && !atomic_exchange(&v->error_logged, 1))
+        moxy_log(MOXY_LOG_ERR, NULL, "geoip %s: lookup failed: %s", dbs[i].name, MMDB_strerror(mmdb_err));
+}
+
+/* txn.client.geo's fields: the path of each in MaxMind's record layout. */
+static const char *const client_fields[][5] = {
+    {"country", "iso_code"},                /* country */
+    {"country", "names", "en"},             /* country_name */
+    {"continent", "code"},                  /* continent */
+    {"continent", "names", "en"},           /* continent_name */
+    {"city", "names", "en"},                /* city */
+    {"subdivisions", "0", "iso_code"},      /* subdivision */
+    {"subdivisions", "0", "names", "en"},   /* subdivision_name */
+    {"postal", "code"},                     /* postal */
+    {"location", "latitude"},               /* lat */
+    {"location", "longitude"},              /* lon */
+    {"location", "accuracy_radius"},        /* accuracy_radius */
+    {"location", "time_zone"},              /* time_zone */
+    {"registered_country", "iso_code"},     /* registered_country */
+    {"autonomous_system_number"},           /* asn */
+    {"autonomous_system_organization"},     /* as_org */
+    {"is_anonymous"},
+    {"is_anonymous_vpn"},
+    {"is_hosting_provider"},
+    {"is_public_proxy"},
+    {"is_tor_exit_node"},
+    {"is_residential_proxy"},
+};
+
+/* A scalar entry as a moxy_ffi_geo_value_t.  MOXY_OK, or MOXY_DECLINED for
+ * a type a field does not hold (map, array, bytes...). */
+static int scalar(const MMDB_entry_data_s *d, moxy_ffi_geo_value_t *out)
+{
+    switch (d->type) {
+    case MMDB_DATA_TYPE_UTF8_STRING:
+        out->type = MOXY_FFI_GEO_STRING;
+        out->s = d->utf8_string;
+        out->len = d->data_size;
+        return MOXY_OK;
+    case MMDB_DATA_TYPE_DOUBLE: out->n = d->double_value; break;
+    case MMDB_DATA_TYPE_FLOAT: out->n = d->float_value; break;
+    case MMDB_DATA_TYPE_UINT16: out->n = d->uint16; break;
+    case MMDB_DATA_TYPE_UINT32: out->n = d->uint32; break;
+    case MMDB_DATA_TYPE_INT32: out->n = d->int32; break;
+    case MMDB_DATA_TYPE_UINT64: out->n = (double)d->uint64; break;
+    case MMDB_DATA_TYPE_BOOLEAN:
+        out->type = MOXY_FFI_GEO_BOOLEAN;
+        out->n = d->boolean;
+        return MOXY_OK;
+    default: return MOXY_DECLINED;
+    }
+    out->type = MOXY_FFI_GEO_NUMBER;
+    return MOXY_OK;
+}
+
+/* The client address txn.client.geo looks up. */
+static const char *client_ip(const moxy_req_t *r)
+{
+    return r->c->ip;
+}
+
+EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out)
+{
+    out->type = MOXY_FFI_GEO_NONE;
+    if (field < 0 || field >= (int)MOXY_ARRAY_LEN(client_fields) || ndbs == 0) return MOXY_DECLINED;
+    moxy_worker_t *w = r->c->w;
+    geo_lookup_t *lk = r->geo;
+    if (!lk) {
+        lk = moxy_palloc(&r->c->pool, (size_t)ndbs * sizeof(*lk));
+        if (!lk) return MOXY_ERROR;
+        memset(lk, 0, (size_t)ndbs * sizeof(*lk));
+        r->geo = lk;
+    }
+    struct sockaddr_storage sa;
+    int parsed = 0;
+    for (int i = 0; i < ndbs; i++) {
+        geo_version_t *v = version_get(w, i);
+        if (!v) return MOXY_ERROR;
+        if (lk[i].v != v) { /* first look at this database, or it was swapped since */
+            if (!parsed && parse_ip(client_ip(r), strlen(client_ip(r)), &sa) != MOXY_OK) return MOXY_DECLINED;
+            parsed = 1;
+            lookup(i, v, &sa, &lk[i]);
+        }
+        if (lk[i].status != MOXY_OK) continue;
+        MMDB_entry_data_s d;
+        if (MMDB_aget_value(&lk[i].res.entry, &d, client_fields[field]) == MMDB_SUCCESS && d.has_data &&
+            scalar(&d, out) == MOXY_OK)
+            return MOXY_OK;
+    }
+    return MOXY_DECLINED;
+}
+
+EXPORT int moxy_ffi_geo_count(void)
+{
+    return ndbs;
+}
+
+EXPORT const char *moxy_ffi_geo_name(int i)
+{
+    return i >= 0 && i < ndbs ? dbs[i].name : NULL;
+}
+
+/* The worker whose Lua runs, NULL on the main thread (init hooks). */
+static moxy_worker_t *lua_worker(void)
+{
+    return moxy_lua_worker();
+}
+
+EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_geo_item_t *items, int max, int *n,
+                               char *err, size_t errlen)
+{
+    *n = 0;
+    if (db < 0 || db >= ndbs) {
+        snprintf(err, errlen, "no such database");
+        return MOXY_ERROR;
+    }
+    struct sockaddr_storage sa;
+    if (parse_ip(ip, iplen, &sa) != MOXY_OK) {
+        snprintf(err, errlen, "invalid address");
+        return MOXY_ERROR;
+    }
+    geo_version_t *v = version_get(lua_worker(), db);
+    if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return MOXY_ERROR;
+    }
+    geo_lookup_t lk;
+    lookup(db, v, &sa, &lk);
+    if (lk.status == MOXY_DECLINED) return MOXY_DECLINED;
+    if (lk.status == MOXY_ERROR) {
+        snprintf(err, errlen, "database error");
+        return MOXY_ERROR;
+    }
+    MMDB_entry_data_list_s *list = NULL;
+    int rc = MMDB_get_entry_data_list(&lk.res.entry, &list);
+    if (rc != MMDB_SUCCESS) {
+        MMDB_free_entry_data_list(list);
+        snprintf(err, errlen, "database error: %s", MMDB_strerror(rc));
+        return MOXY_ERROR;
+    }
+    int count = 0;
+    for (MMDB_entry_data_list_s *e = list; e; e = e->next) {
+        if (count == max) {
+            MMDB_free_entry_data_list(list);
+            snprintf(err, errlen, "record too large (more than %d items)", max);
+            return MOXY_ERROR;
+        }
+        const MMDB_entry_data_s *d = &e->entry_data;
+        moxy_ffi_geo_item_t *it = &items[count++];
+        memset(it, 0, sizeof(*it));
+        it->type = (int)d->type;
+        switch (d->type) {
+        case MMDB_DATA_TYPE_UTF8_STRING:
+            it->s = d->utf8_string;
+            it->len = d->data_size;
+            break;
+        case MMDB_DATA_TYPE_BYTES:
+            it->s = (const char *)d->bytes;
+            it->len = d->data_size;
+            break;
+        case MMDB_DATA_TYPE_MAP:
+        case MMDB_DATA_TYPE_ARRAY: it->size = d->data_size; break;
+        case MMDB_DATA_TYPE_DOUBLE: it->n = d->double_value; break;
+        case MMDB_DATA_TYPE_FLOAT: it->n = d->float_value; break;
+        case MMDB_DATA_TYPE_UINT16: it->n = d->uint16; break;
+        case MMDB_DATA_TYPE_UINT32: it->n = d->uint32; break;
+        case MMDB_DATA_TYPE_INT32: it->n = d->int32; break;
+        case MMDB_DATA_TYPE_UINT64: it->u = d->uint64; break;
+        case MMDB_DATA_TYPE_UINT128:
+#if MMDB_UINT128_IS_BYTE_ARRAY
+            for (int b = 0; b < 8; b++) {
+                it->u_hi = it->u_hi << 8 | d->uint128[b];
+                it->u = it->u << 8 | d->uint128[b + 8];
+            }
+#else
+            it->u_hi = (unsigned long long)(d->uint128 >> 64);
+            it->u = (unsigned long long)d->uint128;
+#endif
+            break;
+        case MMDB_DATA_TYPE_BOOLEAN: it->n = d->boolean; break;
+        default: break;
+        }
+    }
+    MMDB_free_entry_data_list(list);
+    *n = count;
+    return MOXY_OK;
+}
