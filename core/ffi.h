@@ -318,6 +318,11 @@ typedef struct {
  * MOXY_ERROR: out of memory. */
 int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out);
 
+/* Field `field` of any address ip (iplen bytes), as moxy_ffi_geo_client
+ * (no cache).  MOXY_OK; MOXY_DECLINED: unknown, or not an IP; MOXY_ERROR:
+ * out of memory. */
+int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_geo_value_t *out);
+
 /* The number of databases, and the name of database i (NULL: none). */
 int moxy_ffi_geo_count(void);
 const char *moxy_ffi_geo_name(int i);
@@ -413,6 +418,11 @@ void moxy_ffi_test_error_page(moxy_req_t *r, int status);
 /* r's local answer goes out (moxy_resp_local: Date, Content-Type added):
  * *body, *len get what the client receives of its body. */
 void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len);
+
+/* Make the n databases names[i] at paths[i] the process's GeoIP databases
+ * (t.run's opts.geoip; n = 0: none).  MOXY_OK, or MOXY_ERROR with
+ * "geoip.NAME: why" in err. */
+int moxy_ffi_test_geoip(const char **names, const char **paths, int n, char *err, size_t errlen);
 /* END FFI */
 
 #endif

@@ -32,6 +32,7 @@
 /* One open file. */
 typedef struct geo_version_s {
     MMDB_s mmdb;
+    unsigned long long id;   /* unique for the process: a request's cached lookup names its version by it */
     atomic_int refs;         /* the registry's (while current) + each worker's */
     atomic_int error_logged; /* a lookup error was logged for this version */
 } geo_version_t;
@@ -47,11 +48,20 @@ typedef struct {
 
 static geo_db_t *dbs;
 static int ndbs;
+static unsigned registry_gen; /* changes when the set of databases does */
 static struct event *watch_ev;
+
+/* The versions a worker holds, one per database of registry generation gen. */
+typedef struct {
+    unsigned gen;
+    int n;
+    geo_version_t *v[];
+} geo_slots_t;
 
 /* What a request looked up in one database. */
 typedef struct {
-    geo_version_t *v; /* the version looked up in (NULL: not yet) */
+    unsigned long long id; /* the version looked up in (0: not yet); an id, not a
+                            * pointer: a freed version's address may come back */
     MMDB_lookup_result_s res;
     int status;       /* MOXY_OK: found, MOXY_DECLINED: not found, MOXY_ERROR */
 } geo_lookup_t;
@@ -72,6 +82,8 @@ static geo_version_t *version_open(const char *path, char *err, size_t errlen)
         free(v);
         return NULL;
     }
+    static atomic_ullong last_id;
+    v->id = atomic_fetch_add(&last_id, 1) + 1;
     atomic_store(&v->refs, 1);
     return v;
 }
@@ -84,6 +96,12 @@ static void version_release(geo_version_t *v)
     }
 }
 
+static void slots_free(geo_slots_t *sl)
+{
+    for (int i = 0; sl && i < sl->n; i++) version_release(sl->v[i]);
+    free(sl);
+}
+
 /* The current version of database i for w (NULL: the main thread, which
  * owns the swaps and may read current directly). */
 static geo_version_t *version_get(moxy_worker_t *w, int i)
@@ -91,11 +109,15 @@ static geo_version_t *version_get(moxy_worker_t *w, int i)
     geo_db_t *db = &dbs[i];
     geo_version_t *cur = atomic_load_explicit(&db->current, memory_order_acquire);
     if (!w) return cur;
-    if (!w->geo) {
-        w->geo = calloc((size_t)ndbs, sizeof(geo_version_t *));
-        if (!w->geo) return NULL;
+    geo_slots_t *sl = w->geo;
+    if (!sl || sl->gen != registry_gen) { /* first lookup, or another set of databases */
+        slots_free(sl);
+        w->geo = sl = calloc(1, sizeof(*sl) + (size_t)ndbs * sizeof(sl->v[0]));
+        if (!sl) return NULL;
+        sl->gen = registry_gen;
+        sl->n = ndbs;
     }
-    geo_version_t **slot = (geo_version_t **)w->geo + i;
+    geo_version_t **slot = &sl->v[i];
     if (*slot == cur) return cur;
     pthread_mutex_lock(&db->lock);
     cur = atomic_load(&db->current);
@@ -108,52 +130,87 @@ static geo_version_t *version_get(moxy_worker_t *w, int i)
 
 void moxy_geoip_worker_refresh(moxy_worker_t *w)
 {
-    geo_version_t **slots = w->geo;
-    for (int i = 0; slots && i < ndbs; i++) {
-        if (slots[i] && slots[i] != atomic_load(&dbs[i].current)) {
-            version_release(slots[i]);
-            slots[i] = NULL;
+    geo_slots_t *sl = w->geo;
+    if (!sl || sl->gen != registry_gen) return;
+    for (int i = 0; i < sl->n; i++) {
+        if (sl->v[i] && sl->v[i] != atomic_load(&dbs[i].current)) {
+            version_release(sl->v[i]);
+            sl->v[i] = NULL;
         }
     }
 }
 
 void moxy_geoip_worker_free(moxy_worker_t *w)
 {
-    geo_version_t **slots = w->geo;
-    for (int i = 0; slots && i < ndbs; i++) version_release(slots[i]);
-    free(w->geo);
+    slots_free(w->geo);
     w->geo = NULL;
 }
 
 /* --- the registry --- */
 
+/* Open the database name at path as the next of dbs (room for it made by
+ * the caller).  MOXY_OK, or MOXY_ERROR with the reason in err. */
+static int open_one(const char *name, const char *path, char *err, size_t errlen)
+{
+    geo_db_t *db = &dbs[ndbs];
+    memset(db, 0, sizeof(*db));
+    if (stat(path, &db->st) != 0) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return MOXY_ERROR;
+    }
+    char why[200];
+    geo_version_t *v = version_open(path, why, sizeof(why));
+    if (!v) {
+        snprintf(err, errlen, "cannot open %s: %s", path, why);
+        return MOXY_ERROR;
+    }
+    db->name = strdup(name);
+    db->path = strdup(path);
+    pthread_mutex_init(&db->lock, NULL);
+    atomic_store(&db->current, v);
+    ndbs++;
+    if (!db->name || !db->path) {
+        snprintf(err, errlen, "out of memory");
+        return MOXY_ERROR;
+    }
+    return MOXY_OK;
+}
+
+int moxy_geoip_open(const char *const *names, const char *const *paths, int n, char *err, size_t errlen)
+{
+    moxy_geoip_close_all();
+    registry_gen++;
+    if (n == 0) return MOXY_OK;
+    dbs = calloc((size_t)n + 1, sizeof(*dbs));
+    if (!dbs) {
+        snprintf(err, errlen, "out of memory");
+        return MOXY_ERROR;
+    }
+    for (int i = 0; i < n; i++) {
+        char why[300];
+        if (open_one(names[i], paths[i], why, sizeof(why)) != MOXY_OK) {
+            snprintf(err, errlen, "geoip.%s: %s", names[i], why);
+            moxy_geoip_close_all();
+            return MOXY_ERROR;
+        }
+    }
+    return MOXY_OK;
+}
+
 int moxy_geoip_open_all(const moxy_conf_t *conf)
 {
     int rc = MOXY_OK;
+    moxy_geoip_close_all();
+    registry_gen++;
     dbs = calloc((size_t)conf->ngeoip + 1, sizeof(*dbs));
     if (!dbs) return MOXY_ERROR;
     for (int i = 0; i < conf->ngeoip; i++) {
         const moxy_geoip_conf_t *gc = &conf->geoip[i];
-        geo_db_t *db = &dbs[ndbs];
-        char err[256];
-        if (stat(gc->path, &db->st) != 0) {
-            fprintf(stderr, "%s:%d: geoip.%s: cannot open %s: %s\n", conf->path, gc->line, gc->name, gc->path,
-                    strerror(errno));
+        char err[300];
+        if (open_one(gc->name, gc->path, err, sizeof(err)) != MOXY_OK) {
+            fprintf(stderr, "%s:%d: geoip.%s: %s\n", conf->path, gc->line, gc->name, err);
             rc = MOXY_ERROR;
-            continue;
         }
-        geo_version_t *v = version_open(gc->path, err, sizeof(err));
-        if (!v) {
-            fprintf(stderr, "%s:%d: geoip.%s: cannot open %s: %s\n", conf->path, gc->line, gc->name, gc->path, err);
-            rc = MOXY_ERROR;
-            continue;
-        }
-        db->name = strdup(gc->name);
-        db->path = strdup(gc->path);
-        pthread_mutex_init(&db->lock, NULL);
-        atomic_store(&db->current, v);
-        ndbs++;
-        if (!db->name || !db->path) rc = MOXY_ERROR;
     }
     return rc;
 }
@@ -253,7 +310,7 @@ static int parse_ip(const char *ip, size_t len, struct sockaddr_storage *sa)
 static void lookup(int i, geo_version_t *v, const struct sockaddr_storage *sa, geo_lookup_t *out)
 {
     int mmdb_err = MMDB_SUCCESS;
-    out->v = v;
+    out->id = v->id;
     out->res = MMDB_lookup_sockaddr(&v->mmdb, (const struct sockaddr *)sa, &mmdb_err);
     if (mmdb_err == MMDB_SUCCESS) {
         out->status = out->res.found_entry ? MOXY_OK : MOXY_DECLINED;
@@ -321,25 +378,21 @@ static const char *client_ip(const moxy_req_t *r)
     return r->c->ip;
 }
 
-EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out)
+/* Field `field` of ip (len bytes) from the first database that has it, for
+ * w (NULL: the main thread); lk: ndbs lookups, made here when they are not
+ * of the current versions (a request's cache, or scratch). */
+static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *lk, int field,
+                    moxy_ffi_geo_value_t *out)
 {
     out->type = MOXY_FFI_GEO_NONE;
-    if (field < 0 || field >= (int)MOXY_ARRAY_LEN(client_fields) || ndbs == 0) return MOXY_DECLINED;
-    moxy_worker_t *w = r->c->w;
-    geo_lookup_t *lk = r->geo;
-    if (!lk) {
-        lk = moxy_palloc(&r->c->pool, (size_t)ndbs * sizeof(*lk));
-        if (!lk) return MOXY_ERROR;
-        memset(lk, 0, (size_t)ndbs * sizeof(*lk));
-        r->geo = lk;
-    }
+    if (field < 0 || field >= (int)MOXY_ARRAY_LEN(client_fields)) return MOXY_DECLINED;
     struct sockaddr_storage sa;
     int parsed = 0;
     for (int i = 0; i < ndbs; i++) {
         geo_version_t *v = version_get(w, i);
         if (!v) return MOXY_ERROR;
-        if (lk[i].v != v) { /* first look at this database, or it was swapped since */
-            if (!parsed && parse_ip(client_ip(r), strlen(client_ip(r)), &sa) != MOXY_OK) return MOXY_DECLINED;
+        if (lk[i].id != v->id) { /* first look at this database, or it was swapped since */
+            if (!parsed && parse_ip(ip, len, &sa) != MOXY_OK) return MOXY_DECLINED;
             parsed = 1;
             lookup(i, v, &sa, &lk[i]);
         }
@@ -350,6 +403,33 @@ EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *o
             return MOXY_OK;
     }
     return MOXY_DECLINED;
+}
+
+EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out)
+{
+    out->type = MOXY_FFI_GEO_NONE;
+    if (ndbs == 0) return MOXY_DECLINED;
+    geo_lookup_t *lk = r->geo;
+    if (!lk) {
+        lk = moxy_palloc(&r->c->pool, (size_t)ndbs * sizeof(*lk));
+        if (!lk) return MOXY_ERROR;
+        memset(lk, 0, (size_t)ndbs * sizeof(*lk));
+        r->geo = lk;
+    }
+    const char *ip = client_ip(r);
+    return field_of(r->c->w, ip, strlen(ip), lk, field, out);
+}
+
+EXPORT int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_geo_value_t *out)
+{
+    out->type = MOXY_FFI_GEO_NONE;
+    if (ndbs == 0) return MOXY_DECLINED;
+    geo_lookup_t scratch[8], *lk = scratch;
+    if (ndbs > (int)MOXY_ARRAY_LEN(scratch) && !(lk = calloc((size_t)ndbs, sizeof(*lk)))) return MOXY_ERROR;
+    memset(lk, 0, (size_t)MOXY_MIN(ndbs, (int)MOXY_ARRAY_LEN(scratch)) * sizeof(*lk));
+    int rc = field_of(moxy_lua_worker(), ip, iplen, lk, field, out);
+    if (lk != scratch) free(lk);
+    return rc;
 }
 
 EXPORT int moxy_ffi_geo_count(void)

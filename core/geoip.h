@@ -29,6 +29,11 @@
  * stderr for each that cannot be opened. */
 int moxy_geoip_open_all(const moxy_conf_t *conf);
 
+/* Replace the registry with the n databases names[i] at paths[i] (moxy
+ * test's t.run{geoip = ...}; no worker may run).  MOXY_OK, or MOXY_ERROR
+ * with "geoip.NAME: why" in err and no database open. */
+int moxy_geoip_open(const char *const *names, const char *const *paths, int n, char *err, size_t errlen);
+
 /* Look at the files every second on base (the main thread's loop) and
  * swap in those that changed.  MOXY_OK or MOXY_ERROR. */
 int moxy_geoip_watch_start(struct event_base *base);

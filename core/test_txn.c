@@ -16,6 +16,7 @@
  * called here, not copied.
  */
 #include "ffi.h"
+#include "geoip.h"
 #include "headers.h"
 #include "http.h"
 #include "upstream.h"
@@ -109,6 +110,7 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
     }
     moxy_worker_t *w = t->w;
     if (w) {
+        moxy_geoip_worker_free(w);
         moxy_worker_buf_free_all(w);
         if (w->base) event_base_free(w->base);
         moxy_conf_free(w->conf);
@@ -496,4 +498,9 @@ EXPORT void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len)
     *body = has_body && n ? r->local_body : "";
     *len = has_body ? n : 0;
     r->bytes_sent = *len;
+}
+
+EXPORT int moxy_ffi_test_geoip(const char **names, const char **paths, int n, char *err, size_t errlen)
+{
+    return moxy_geoip_open((const char *const *)names, (const char *const *)paths, n, err, errlen);
 }

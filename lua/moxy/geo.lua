@@ -34,6 +34,7 @@ typedef struct {
     unsigned long long u, u_hi;
 } moxy_ffi_geo_item_t;
 int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out);
+int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_geo_value_t *out);
 int moxy_ffi_geo_count(void);
 const char *moxy_ffi_geo_name(int i);
 int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_geo_item_t *items, int max, int *n,
@@ -64,16 +65,32 @@ M.FIELDS = FIELDS
 
 local val = ffi.new("moxy_ffi_geo_value_t")
 
---- The value of txn.client.geo[name] for the request at r, or nil.
-function M.client_field(r, name)
-  local id = FIELD_ID[name]
-  if not id then return nil end
-  if C.moxy_ffi_geo_client(r, id, val) ~= OK then return nil end
+local function value()
   local t = val.type
   if t == STRING then return ffi_string(val.s, val.len) end
   if t == NUMBER then return val.n end
   if t == BOOLEAN then return val.n ~= 0 end
   return nil
+end
+
+--- The value of txn.client.geo[name] for the request at r, or nil.
+function M.client_field(r, name)
+  local id = FIELD_ID[name]
+  if not id then return nil end
+  if C.moxy_ffi_geo_client(r, id, val) ~= OK then return nil end
+  return value()
+end
+
+--- moxy.geo.get(ip, field) -> one of txn.client.geo's fields (country,
+-- continent, city, lat, asn, is_anonymous, ...) for any address, from the
+-- first database that has it; nil when unknown or ip is not an address.
+-- Much cheaper than moxy.geo.lookup (no table is built).
+function M.get(ip, name)
+  if type(ip) ~= "string" then error("moxy.geo.get: ip must be a string", 2) end
+  local id = FIELD_ID[name]
+  if not id then error("moxy.geo.get: unknown field " .. tostring(name), 2) end
+  if C.moxy_ffi_geo_field(ip, #ip, id, val) ~= OK then return nil end
+  return value()
 end
 
 -- Databases by name -> index.
@@ -226,45 +243,56 @@ function Regions:nearest_to(lat, lon, live_only)
   return out
 end
 
---- regions:nearest(txn) -> name, region of the region for this client:
--- its country's or continent's region when listed and live, else the
--- nearest live region to its location, else the default (when live), else
--- the nearest live region to nothing in particular (the first live one).
--- nil when no region has a live pool.
-function Regions:nearest(txn)
+--- regions:nearest(txn [, exclude]) -> name, region for this client, or
+-- nil when no region has a live pool.  The region its country or continent
+-- is listed in, when that region's pool is live; else the nearest live
+-- region to the client's location (or, without one, to the listed region's
+-- location); else the default region, else the first live one.  exclude: a
+-- set of region names to pass over (e.g. the ones a retry already tried).
+function Regions:nearest(txn, exclude)
   local g = txn.client.geo
+  local function ok(r) return r and not (exclude and exclude[r.name]) and live(r.pool) end
   local c = g.country
-  local r = c and self.by_country[c]
-  if r and live(r.pool) then return r.name, r end
+  local listed = c and self.by_country[c]
+  if ok(listed) then return listed.name, listed end
   local cont = g.continent
-  r = cont and self.by_continent[cont]
-  if r and live(r.pool) then return r.name, r end
+  local by_cont = cont and self.by_continent[cont]
+  if not listed then listed = by_cont end
+  if ok(by_cont) then return by_cont.name, by_cont end
   local lat, lon = g.lat, g.lon
+  if not (lat and lon) and listed then lat, lon = listed.lat, listed.lon end
   if lat and lon then
     local best, best_km
     for _, reg in ipairs(self.list) do
       local km = M.distance(lat, lon, reg.lat, reg.lon)
-      if (not best_km or km < best_km) and live(reg.pool) then best, best_km = reg, km end
+      if (not best_km or km < best_km) and ok(reg) then best, best_km = reg, km end
     end
     if best then return best.name, best end
   end
-  if self.default then
-    for _, reg in ipairs(self.list) do
-      if reg.name == self.default and live(reg.pool) then return reg.name, reg end
-    end
+  for _, reg in ipairs(self.list) do
+    if reg.name == self.default and ok(reg) then return reg.name, reg end
   end
   for _, reg in ipairs(self.list) do
-    if live(reg.pool) then return reg.name, reg end
+    if ok(reg) then return reg.name, reg end
   end
   return nil
 end
 
---- regions:pick(txn) -> name: txn.upstream:pick the pool of regions:nearest(txn)
--- (nothing when no region is live: the request keeps its pool).
-function Regions:pick(txn)
-  local name, r = self:nearest(txn)
+--- regions:pick(txn [, exclude]) -> name: txn.upstream:pick the pool of
+-- regions:nearest(txn, exclude) (nothing when no region is live: the
+-- request keeps its pool).
+function Regions:pick(txn, exclude)
+  local name, r = self:nearest(txn, exclude)
   if r then txn.upstream:pick(r.pool) end
   return name
+end
+
+--- regions:get(name) -> the region called name ({name, lat, lon, pool}), or nil.
+function Regions:get(name)
+  for _, r in ipairs(self.list) do
+    if r.name == name then return r end
+  end
+  return nil
 end
 
 local function by_field(field, fn)

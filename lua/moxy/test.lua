@@ -41,6 +41,7 @@ void moxy_ffi_test_fail(moxy_req_t *r, int status, const char *why, size_t len);
 int moxy_ffi_test_answered(moxy_req_t *r);
 void moxy_ffi_test_error_page(moxy_req_t *r, int status);
 void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len);
+int moxy_ffi_test_geoip(const char **names, const char **paths, int n, char *err, size_t errlen);
 ]]
 
 local C = ffi.C
@@ -270,7 +271,38 @@ end
 -- t.run ----------------------------------------------------------------------
 
 local OPTS = { upstreams = "table", peers = "table", default_upstream = "string", tries = "number",
-               chunk_size = "number", http = "function", shared = "table" }
+               chunk_size = "number", http = "function", shared = "table", geoip = "table" }
+
+-- The GeoIP databases open in this process ("name=path;..." of the last
+-- t.run's opts.geoip): reopened only when a t.run asks for others.
+local geoip_open = ""
+
+local function use_geoip(list)
+  local names = {}
+  for name, path in pairs(list or {}) do
+    if type(name) ~= "string" or type(path) ~= "string" then
+      error("t.run: opts.geoip: { name = \"path.mmdb\" }", 0)
+    end
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  local key = {}
+  for i, name in ipairs(names) do key[i] = name .. "=" .. list[name] end
+  key = table.concat(key, ";")
+  if key == geoip_open then return end
+  local cnames = ffi.new("const char *[?]", #names + 1)
+  local cpaths = ffi.new("const char *[?]", #names + 1)
+  for i, name in ipairs(names) do
+    cnames[i - 1] = name
+    cpaths[i - 1] = list[name]
+  end
+  local err = ffi.new("char[256]")
+  geoip_open = ""
+  if C.moxy_ffi_test_geoip(cnames, cpaths, #names, err, 256) ~= 0 then
+    error("t.run: opts." .. ffi.string(err), 0)
+  end
+  geoip_open = key
+end
 
 local function free_current()
   txn_mod.leave()
@@ -570,6 +602,8 @@ end
 --   chunk_size        bytes of response body per on_body call (the whole body)
 --   http              function(opts) -> res or nil, err: answers moxy.http.request
 --   shared            { name = size }: moxy.shared dicts to create (kept for the process)
+--   geoip             { name = "path.mmdb" }: the GeoIP databases (as the
+--                     configuration's geoip; txn.client.geo looks up txn.client.ip)
 -- The result is the txn the hooks got (txn.req, txn.resp.status,
 -- txn.resp.headers, txn.ctx, txn.upstream.pool, ... read the request as it
 -- ended), plus txn.resp.body (what the client got), txn.upstream.request
@@ -597,6 +631,7 @@ function M.run(scripts, spec, opts)
   local result
   ok, err = pcall(function()
     for name, size in pairs(opts.shared or {}) do require("moxy.shared").create(name, size) end
+    use_geoip(opts.geoip)
     set = hook_set(scripts, "t.run")
     local r = build(spec, opts)
     local run = {
