@@ -33,6 +33,7 @@
 typedef struct geo_version_s {
     MMDB_s mmdb;
     unsigned long long id;   /* unique for the process: a request's cached lookup names its version by it */
+    unsigned kinds;          /* GEO_K_* of the fields its records may hold (from its database_type) */
     atomic_int refs;         /* the registry's (while current) + each worker's */
     atomic_int error_logged; /* a lookup error was logged for this version */
 } geo_version_t;
@@ -66,6 +67,24 @@ typedef struct {
     int status;       /* MOXY_OK: found, MOXY_DECLINED: not found, MOXY_ERROR */
 } geo_lookup_t;
 
+/* The groups of txn.client.geo's fields, to skip databases that cannot
+ * have a field (an ASN database has no country): a field costs one tree
+ * walk, not one per database. */
+enum { GEO_K_LOCATION = 1, GEO_K_ASN = 2, GEO_K_ANON = 4, GEO_K_ALL = 7 };
+
+/* The field groups a database of type t (its metadata's database_type)
+ * holds: MaxMind's types by name, any other type all of them. */
+static unsigned kinds_of(const char *t)
+{
+    if (!t) return GEO_K_ALL;
+    if (strstr(t, "Anonymous")) return GEO_K_ANON;
+    if (strstr(t, "ASN")) return GEO_K_ASN;
+    if ((strstr(t, "GeoIP2") || strstr(t, "GeoLite2") || strstr(t, "DBIP")) &&
+        (strstr(t, "City") || strstr(t, "Country")))
+        return GEO_K_LOCATION;
+    return GEO_K_ALL;
+}
+
 /* --- versions --- */
 
 static geo_version_t *version_open(const char *path, char *err, size_t errlen)
@@ -82,6 +101,7 @@ static geo_version_t *version_open(const char *path, char *err, size_t errlen)
         free(v);
         return NULL;
     }
+    v->kinds = kinds_of(v->mmdb.metadata.database_type);
     static atomic_ullong last_id;
     v->id = atomic_fetch_add(&last_id, 1) + 1;
     atomic_store(&v->refs, 1);
@@ -321,6 +341,13 @@ static void lookup(int i, geo_version_t *v, const struct sockaddr_storage *sa, g
         moxy_log(MOXY_LOG_ERR, NULL, "geoip %s: lookup failed: %s", dbs[i].name, MMDB_strerror(mmdb_err));
 }
 
+/* txn.client.geo's fields: the group of each (GEO_K_*), in order. */
+static const unsigned char client_kinds[] = {
+    GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION,
+    GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION,
+    GEO_K_LOCATION, GEO_K_ASN, GEO_K_ASN, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON,
+};
+
 /* txn.client.geo's fields: the path of each in MaxMind's record layout. */
 static const char *const client_fields[][5] = {
     {"country", "iso_code"},                /* country */
@@ -345,6 +372,8 @@ static const char *const client_fields[][5] = {
     {"is_tor_exit_node"},
     {"is_residential_proxy"},
 };
+
+_Static_assert(MOXY_ARRAY_LEN(client_kinds) == MOXY_ARRAY_LEN(client_fields), "a group for every field");
 
 /* A scalar entry as a moxy_ffi_geo_value_t.  MOXY_OK, or MOXY_DECLINED for
  * a type a field does not hold (map, array, bytes...). */
@@ -391,6 +420,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
     for (int i = 0; i < ndbs; i++) {
         geo_version_t *v = version_get(w, i);
         if (!v) return MOXY_ERROR;
+        if (!(v->kinds & client_kinds[field])) continue;
         if (lk[i].id != v->id) { /* first look at this database, or it was swapped since */
             if (!parsed && parse_ip(ip, len, &sa) != MOXY_OK) return MOXY_DECLINED;
             parsed = 1;
