@@ -567,7 +567,12 @@ static moxy_worker_t *lua_worker(void)
     return cur_task ? cur_task->w : cur_worker;
 }
 
-static _Thread_local const moxy_conf_t *check_conf; /* moxy_lua_check_scripts' */
+static _Thread_local const moxy_conf_t *check_conf; /* moxy_lua_check_scripts', or moxy test's */
+
+void moxy_lua_use_conf(const moxy_conf_t *conf)
+{
+    check_conf = conf;
+}
 
 moxy_worker_t *moxy_lua_worker(void)
 {

@@ -80,6 +80,10 @@ moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
  * timers, worker_init) or the one whose init hooks run; NULL elsewhere. */
 const moxy_conf_t *moxy_lua_conf(void);
 
+/* Make conf what moxy_lua_conf() returns outside workers (moxy test's
+ * requests; NULL: none). */
+void moxy_lua_use_conf(const moxy_conf_t *conf);
+
 /* The worker the running Lua code belongs to; NULL on the main thread (init
  * hooks) and outside Lua. */
 moxy_worker_t *moxy_lua_worker(void);

@@ -19,6 +19,7 @@
 #include "geoip.h"
 #include "headers.h"
 #include "http.h"
+#include "lua_bridge.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -110,6 +111,7 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
     }
     moxy_worker_t *w = t->w;
     if (w) {
+        if (moxy_lua_conf() == w->conf) moxy_lua_use_conf(NULL);
         moxy_geoip_worker_free(w);
         moxy_worker_buf_free_all(w);
         if (w->base) event_base_free(w->base);
@@ -142,6 +144,7 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
     c->listen_index = 0;
     c->state = MOXY_C_HEAD;
     moxy_pool_init(&c->pool);
+    moxy_lua_use_conf(conf); /* moxy.upstream's calls find the test's pools */
     return t;
 err:
     moxy_ffi_test_free(t);
