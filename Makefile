@@ -74,6 +74,7 @@ install: moxy
 	install -m 644 lua/moxy/*.lua $(DESTDIR)$(LUADIR)/moxy/
 	install -d $(DESTDIR)$(PREFIX)/share/moxy/scripts
 	install -m 644 scripts/*.lua $(DESTDIR)$(PREFIX)/share/moxy/scripts/
+	install -m 755 geoip/mmdb-build $(DESTDIR)$(PREFIX)/bin/moxy-mmdb-build
 
 fmt:
 	clang-format -i core/*.c core/*.h
