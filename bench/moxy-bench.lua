@@ -34,6 +34,9 @@ local origin_port = port("ORIGIN_PORT")
 --   "jit"         bench-hook.lua with { jit = true } (no CPU budget on it)
 --   "noop"        bench-noop-hook.lua: on_request = function(txn) end (guarded)
 --   "nohook"      no scripts at all: moxy's bare proxy path
+--   "geo"         bench-geo-hook.lua: scripts/geo_routing.lua's work (regions,
+--                 txn.client.geo, X-Geo-Country) on MOXY_BENCH_GEOIP, a City
+--                 database that knows 127.0.0.1 (bench/geo.sh builds one)
 -- Paths are relative to this file.
 local variant = env("MOXY_BENCH_VARIANT", "moxy")
 local scripts
@@ -45,8 +48,10 @@ elseif variant == "noop" then
   scripts = { { path = "bench-noop-hook.lua", jit = false } }
 elseif variant == "nohook" then
   scripts = {}
+elseif variant == "geo" then
+  scripts = { { path = "bench-geo-hook.lua", jit = os.getenv("MOXY_HOOK_JIT") == "1" } }
 else
-  error("moxy-bench.lua: MOXY_BENCH_VARIANT must be moxy, jit, noop or nohook, not "
+  error("moxy-bench.lua: MOXY_BENCH_VARIANT must be moxy, jit, noop, nohook or geo, not "
         .. variant, 0)
 end
 
@@ -62,6 +67,7 @@ return {
   },
   default_upstream = "origin",
   scripts = scripts,
+  geoip = variant == "geo" and { city = env("MOXY_BENCH_GEOIP") } or nil,
   timeouts = { keepalive = "300s" },       -- never close a client mid-run
   limits = { connections = 20000 },        -- room for IDLE_CONNS=10000
   log = { access = false, error = "stderr", level = "warn" },

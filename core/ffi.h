@@ -281,7 +281,7 @@ int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t 
 int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained);
 
 /* Peers of the pool called name that can take a request now (usable and
- * under max_conns); -1: no such pool. */
+ * under max_conns); -1: no such pool; -2: no configuration here. */
 int moxy_ffi_upstream_usable(const char *name, size_t len);
 
 /* The pool's retries and retries the budget refused, since start. */

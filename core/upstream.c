@@ -326,6 +326,7 @@ EXPORT int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_
 
 EXPORT int moxy_ffi_upstream_usable(const char *name, size_t len)
 {
+    if (!moxy_lua_conf()) return -2;
     moxy_upstream_t *up = ffi_pool(name, len);
     if (!up) return -1;
     long long now = moxy_mono_ms();

@@ -194,11 +194,18 @@ function M.distance(lat1, lon1, lat2, lon2)
   return 2 * 6371.0088 * asin(min(1, sqrt(a)))
 end
 
+local usable -- moxy.upstream.usable, loaded on first use
+
 -- Whether a region's pool has a peer that can take a request now.
 local function live(pool)
-  if not pool then return true end
-  local n = require("moxy.upstream").usable(pool)
+  if not usable then usable = require("moxy.upstream").usable end
+  local n = usable(pool)
   return n ~= nil and n > 0
+end
+
+-- Region r may take the request: not excluded, its pool live.
+local function ok(r, exclude)
+  return r and not (exclude and exclude[r.name]) and live(r.pool)
 end
 
 local Regions = {}
@@ -251,29 +258,28 @@ end
 -- set of region names to pass over (e.g. the ones a retry already tried).
 function Regions:nearest(txn, exclude)
   local g = txn.client.geo
-  local function ok(r) return r and not (exclude and exclude[r.name]) and live(r.pool) end
   local c = g.country
   local listed = c and self.by_country[c]
-  if ok(listed) then return listed.name, listed end
+  if ok(listed, exclude) then return listed.name, listed end
   local cont = g.continent
   local by_cont = cont and self.by_continent[cont]
   if not listed then listed = by_cont end
-  if ok(by_cont) then return by_cont.name, by_cont end
+  if ok(by_cont, exclude) then return by_cont.name, by_cont end
   local lat, lon = g.lat, g.lon
   if not (lat and lon) and listed then lat, lon = listed.lat, listed.lon end
   if lat and lon then
     local best, best_km
     for _, reg in ipairs(self.list) do
       local km = M.distance(lat, lon, reg.lat, reg.lon)
-      if (not best_km or km < best_km) and ok(reg) then best, best_km = reg, km end
+      if (not best_km or km < best_km) and ok(reg, exclude) then best, best_km = reg, km end
     end
     if best then return best.name, best end
   end
   for _, reg in ipairs(self.list) do
-    if reg.name == self.default and ok(reg) then return reg.name, reg end
+    if reg.name == self.default and ok(reg, exclude) then return reg.name, reg end
   end
   for _, reg in ipairs(self.list) do
-    if ok(reg) then return reg.name, reg end
+    if ok(reg, exclude) then return reg.name, reg end
   end
   return nil
 end

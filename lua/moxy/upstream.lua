@@ -94,9 +94,11 @@ end
 -- request now (up, not drained, under max_conns), or nil, err.  Cheap:
 -- for routing decisions on every request.
 function M.usable(pool)
-  local n = check_pool("usable", pool)
+  if type(pool) ~= "string" then error("moxy.upstream.usable: pool name must be a string", 2) end
+  local n = C.moxy_ffi_upstream_usable(pool, #pool)
+  if n == -2 then error("moxy.upstream.usable: only in hooks, timers and init", 2) end
   if n < 0 then return nil, "no pool named \"" .. pool .. "\"" end
-  return C.moxy_ffi_upstream_usable(pool, #pool)
+  return n
 end
 
 local function set_drain(fn, pool, addr, drained)
