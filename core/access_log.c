@@ -77,7 +77,7 @@ void moxy_access_log(moxy_req_t *r)
         o += (size_t)snprintf(p + o, room - o,
                               "{\"time\":\"%s.%03dZ\",\"request_id\":\"%s\",\"client\":\"%s\","
                               "\"method\":\"%s\",\"uri\":\"",
-                              ts, (int)(now.tv_usec / 1000), r->id, c->ip, method);
+                              ts, (int)(now.tv_usec / 1000), r->id, moxy_req_client_ip(r), method);
         o += put_escaped(p + o, room - o - 512, uri, urilen, 1);
         o += (size_t)snprintf(p + o, room - o,
                               "\",\"protocol\":\"HTTP/%d.%d\",\"status\":%d,\"bytes\":%llu,"
@@ -93,7 +93,8 @@ void moxy_access_log(moxy_req_t *r)
     } else {
         char ts[40];
         strftime(ts, sizeof(ts), "%d/%b/%Y:%H:%M:%S +0000", &tm);
-        o += (size_t)snprintf(p + o, room - o, "%s - - [%s] \"%s ", c->ip, ts, method);
+        o += (size_t)snprintf(p + o, room - o, "%s - - [%s] \"%s ", moxy_req_client_ip(r), ts,
+                              method);
         o += put_escaped(p + o, room - o - 512, uri, urilen, 0);
         o += (size_t)snprintf(p + o, room - o, " HTTP/%d.%d\" %d %llu \"",
                               r->http_major ? r->http_major : 1, r->http_minor, status,

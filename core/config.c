@@ -6,6 +6,7 @@
 #include "config.h"
 #include "log.h"
 #include "lua_vm.h"
+#include "realip.h"
 #include "upstream.h"
 
 #include <arpa/inet.h>
@@ -142,6 +143,37 @@ static int level_of(const char *s)
     return MOXY_LOG_INFO;
 }
 
+/* trusted_proxies ({addr, family, bits} tables) and real_ip_header. */
+static int read_trusted(lua_State *L, int t, moxy_conf_t *c)
+{
+    char *h = field_str(L, t, "real_ip_header");
+    c->real_ip_header = h && strcmp(h, "Forwarded") == 0 ? MOXY_REALIP_FORWARDED : MOXY_REALIP_XFF;
+    free(h);
+    lua_getfield(L, t, "trusted_proxies");
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    c->trusted = calloc((size_t)n + 1, sizeof(*c->trusted));
+    if (!c->trusted) return MOXY_ERROR;
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        int e = lua_gettop(L);
+        char *addr = field_str(L, e, "addr");
+        int family = (int)field_num(L, e, "family", 4);
+        int bits = (int)field_num(L, e, "bits", family == 4 ? 32 : 128);
+        moxy_cidr_t *m = &c->trusted[c->ntrusted];
+        int ok = addr && inet_pton(family == 4 ? AF_INET : AF_INET6, addr, m->addr) == 1;
+        free(addr);
+        if (!ok) {
+            fprintf(stderr, "%s: trusted_proxies[%d]: bad address\n", c->path, i + 1);
+            return MOXY_ERROR;
+        }
+        moxy_cidr_init(m, family, bits);
+        c->ntrusted++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return MOXY_OK;
+}
+
 /* Copy the normalised table at index t into conf.  On a bad address (which
  * the Lua side should have caught) prints it and returns MOXY_ERROR. */
 static int read_conf(lua_State *L, int t, moxy_conf_t *c)
@@ -206,6 +238,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         moxy_listen_conf_t *ls = &c->listens[i];
         ls->name = field_str(L, l, "name");
         ls->backlog = (int)field_num(L, l, "backlog", 4096);
+        ls->proxy_protocol = field_bool(L, l, "proxy_protocol");
         char *up = field_str(L, l, "upstream");
         ls->upstream = up ? moxy_conf_upstream_index(c, up, strlen(up)) : -1;
         free(up);
@@ -217,6 +250,8 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         lua_pop(L, 2);
     }
     lua_pop(L, 1);
+
+    if (read_trusted(L, t, c) != MOXY_OK) return MOXY_ERROR;
 
     lua_getfield(L, t, "scripts");
     c->nscripts = (int)lua_objlen(L, -1);
@@ -374,6 +409,7 @@ void moxy_conf_free(moxy_conf_t *c)
         free(c->listens[i].name);
     }
     free(c->listens);
+    free(c->trusted);
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     free(c->scripts_jit);

@@ -23,7 +23,20 @@ typedef struct {
     char *name;    /* listener name (txn.listener), defaults to the address text */
     int upstream;  /* index into conf->upstreams, or -1 for the default */
     int backlog;
+    int proxy_protocol; /* connections start with a PROXY protocol header (v1 or v2) */
 } moxy_listen_conf_t;
+
+/* An address block of trusted_proxies: the first bits bits of addr.  IPv4
+ * blocks (family 4) use addr[0..4); an IPv4-mapped IPv6 block is stored as
+ * the IPv4 block it maps. */
+typedef struct {
+    uint8_t family; /* 4 or 6 */
+    uint8_t bits;   /* prefix length: 0..32 or 0..128 */
+    uint8_t addr[16];
+} moxy_cidr_t;
+
+/* Which request header names the hops in front of a trusted proxy. */
+enum { MOXY_REALIP_XFF = 0, MOXY_REALIP_FORWARDED };
 
 /* An upstream server as configured. */
 typedef struct {
@@ -113,6 +126,10 @@ typedef struct {
     moxy_upstream_conf_t *upstreams;
     int nupstreams;
     int default_upstream; /* index, or -1 */
+
+    moxy_cidr_t *trusted; /* trusted_proxies, in the order written */
+    int ntrusted;
+    int real_ip_header;   /* MOXY_REALIP_* */
 
     char **scripts; /* absolute or config-relative paths */
     int *scripts_jit; /* 1: the script's functions may be JIT-compiled (no CPU budget) */

@@ -55,8 +55,12 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *len = strlen(r->host);
         return MOXY_OK;
     case MOXY_FFI_F_CLIENT_IP:
-        *out = c->ip;
-        *len = strlen(c->ip);
+        *out = moxy_req_client_ip(r);
+        *len = strlen(*out);
+        return MOXY_OK;
+    case MOXY_FFI_F_SOCKET_IP:
+        *out = c->sock_ip;
+        *len = strlen(c->sock_ip);
         return MOXY_OK;
     case MOXY_FFI_F_ID:
         *out = r->id;
@@ -295,9 +299,9 @@ EXPORT int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value)
     return MOXY_ERROR;
 }
 
-EXPORT int moxy_ffi_client_port(moxy_req_t *r)
+EXPORT int moxy_ffi_client_port(moxy_req_t *r, int socket)
 {
-    return r->c->port;
+    return socket ? r->c->sock_port : moxy_req_client_port(r);
 }
 
 EXPORT int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len)

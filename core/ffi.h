@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 11
+#define MOXY_FFI_ABI 12
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -68,8 +68,9 @@ int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 /* A number about the request (MOXY_FFI_N_*); -1 for an unknown one. */
 double moxy_ffi_req_number(moxy_req_t *r, int which);
 
-/* The client's port. */
-int moxy_ffi_client_port(moxy_req_t *r);
+/* The real client's port (socket = 0; -1: the trusted proxy's header gave
+ * none), or the TCP peer's (socket = 1). */
+int moxy_ffi_client_port(moxy_req_t *r, int socket);
 
 /* Send this try of r to host (an IP address, len bytes) and port instead
  * of a pool's server.  MOXY_ERROR: not an IP address. */
@@ -124,6 +125,7 @@ enum {
     MOXY_FFI_F_ERROR,
     MOXY_FFI_F_PEER,
     MOXY_FFI_F_BODY_ERROR,
+    MOXY_FFI_F_SOCKET_IP,  /* the TCP peer (CLIENT_IP: the real client) */
 };
 
 /* Numbers of moxy_ffi_req_number (-1: not known yet). */

@@ -404,7 +404,7 @@ static int scalar(const MMDB_entry_data_s *d, moxy_ffi_geo_value_t *out)
 /* The client address txn.client.geo looks up. */
 static const char *client_ip(const moxy_req_t *r)
 {
-    return r->c->ip;
+    return r->client_ip ? r->client_ip : r->c->ip; /* realip.c's choice, or the connection's */
 }
 
 /* Field `field` of ip (len bytes) from the first database that has it, for

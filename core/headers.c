@@ -46,6 +46,9 @@ uint32_t moxy_header_kind(const char *n, size_t l)
         if (MOXY_STRIEQ_LIT(n, l, "upgrade")) return MOXY_HK_HOP | MOXY_HK_UPGRADE;
         if (MOXY_STRIEQ_LIT(n, l, "trailer")) return MOXY_HK_HOP;
         break;
+    case 9:
+        if (MOXY_STRIEQ_LIT(n, l, "forwarded")) return MOXY_HK_FWD;
+        break;
     case 10:
         if (MOXY_STRIEQ_LIT(n, l, "connection")) return MOXY_HK_HOP | MOXY_HK_CONNECTION;
         if (MOXY_STRIEQ_LIT(n, l, "keep-alive")) return MOXY_HK_HOP;

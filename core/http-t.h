@@ -49,6 +49,7 @@ enum {
     MOXY_HK_XFF = 1 << 8,        /* X-Forwarded-For */
     MOXY_HK_XFP = 1 << 9,        /* X-Forwarded-Proto */
     MOXY_HK_XFH = 1 << 10,       /* X-Forwarded-Host */
+    MOXY_HK_FWD = 1 << 11,       /* Forwarded (RFC 7239) */
 };
 
 /* One header.  Name and value live in the request pool. */
@@ -128,6 +129,8 @@ struct moxy_req_s {
     moxy_headers_t trailers; /* of a chunked request body */
     char *host;            /* Host header, NUL-terminated, or NULL */
     char id[129];          /* request id, NUL-terminated */
+    char *client_ip;       /* the real client (realip.c), request memory; NULL: c->ip */
+    int client_port;       /* its port when client_ip is set; -1: the header gave none */
 
     /* head parsing scratch */
     char *field;           /* header name being assembled */
@@ -234,9 +237,13 @@ struct moxy_client_s {
     unsigned in_process : 1;    /* client_process is on the stack */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;                   /* event callbacks on the stack that use c */
+    unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
+    unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
     uint32_t read_size;         /* next body read (io.h) */
-    uint16_t port;
-    char ip[46];
+    uint16_t port;              /* the client's: the PROXY header's source, else sock_port */
+    uint16_t sock_port;         /* the TCP peer's */
+    char ip[46];                /* the client's address (as port) */
+    char sock_ip[46];           /* the TCP peer's address */
     LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */
 };
 

@@ -82,6 +82,18 @@ void moxy_req_set_id(moxy_req_t *r);
  * memory). */
 int moxy_req_add_forwarding(moxy_req_t *r);
 
+/* The real client of r (realip.c; the connection's client when no trusted
+ * proxy said otherwise) and its port (-1: unknown). */
+static inline const char *moxy_req_client_ip(const moxy_req_t *r)
+{
+    return r->client_ip ? r->client_ip : r->c->ip;
+}
+
+static inline int moxy_req_client_port(const moxy_req_t *r)
+{
+    return r->client_ip ? r->client_port : r->c->port;
+}
+
 /* Switch the client connection to a two-way tunnel with r's origin connection. */
 void moxy_client_tunnel(moxy_client_t *c);
 

@@ -17,6 +17,7 @@
 #include "io.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "realip.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -114,17 +115,26 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     c->listen_index = listen_index;
     c->read_size = MOXY_IO_READ_MIN;
     moxy_pool_init(&c->pool);
+    const moxy_conf_t *conf = w->conf;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &s->sin_addr, c->ip, sizeof(c->ip));
-        c->port = ntohs(s->sin_port);
+        inet_ntop(AF_INET, &s->sin_addr, c->sock_ip, sizeof(c->sock_ip));
+        c->sock_port = ntohs(s->sin_port);
+        if (conf->ntrusted)
+            c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 4,
+                                         (const uint8_t *)&s->sin_addr);
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &s->sin6_addr, c->ip, sizeof(c->ip));
-        c->port = ntohs(s->sin6_port);
+        inet_ntop(AF_INET6, &s->sin6_addr, c->sock_ip, sizeof(c->sock_ip));
+        c->sock_port = ntohs(s->sin6_port);
+        if (conf->ntrusted)
+            c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 6, s->sin6_addr.s6_addr);
     } else {
-        strcpy(c->ip, "unix");
+        strcpy(c->sock_ip, "unix");
     }
+    memcpy(c->ip, c->sock_ip, sizeof(c->ip));
+    c->port = c->sock_port;
+    c->proxy_wait = conf->listens[listen_index].proxy_protocol != 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
@@ -712,6 +722,8 @@ static void client_start_request(moxy_client_t *c)
     r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
     if (w->draining || c->close_after) r->keepalive = 0;
 
+    /* the real client, before X-Forwarded-For is rewritten (and for a 413's log line) */
+    if (c->trusted) moxy_realip_resolve(r);
     moxy_req_set_id(r);
     c->state = MOXY_C_ACTIVE;
     /* idempotent methods may go to another peer after a failure (RFC 9110 9.2.2) */
@@ -933,6 +945,65 @@ void moxy_client_resume_read(moxy_client_t *c)
     }
 }
 
+/* --- the PROXY protocol header (listeners with proxy_protocol) --- */
+
+/* Log why c's PROXY header failed (one line: listener, peer, why), then close. */
+static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
+{
+    moxy_log(level, NULL, "listener %s: client %s:%u: %s; closing",
+             c->w->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, why);
+    moxy_client_close(c);
+}
+
+/* Read the PROXY header at the start of c->in.  MOXY_OK: consumed, c->ip and
+ * c->port are its source (unless it keeps the socket's address); MOXY_AGAIN:
+ * more must come (within the client_header deadline set at accept);
+ * MOXY_ERROR: c is closed. */
+static int client_proxy_header(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    size_t n = MOXY_MIN(evbuffer_get_length(c->in), (size_t)MOXY_PROXY_V2_HEAD);
+    const uint8_t *p = evbuffer_pullup(c->in, (ssize_t)n);
+    moxy_proxy_hdr_t h;
+    int rc = moxy_proxy_parse(p, n, &h);
+    if (rc == MOXY_AGAIN && n == MOXY_PROXY_V2_HEAD) {
+        /* the fixed part says how long the header is: look at all of it (v1:
+         * up to its limit; v2: the length field's) */
+        size_t want = p[0] == 'P' ? MOXY_PROXY_V1_MAX
+                                  : MOXY_PROXY_V2_HEAD + (((size_t)p[14] << 8) | p[15]);
+        n = MOXY_MIN(evbuffer_get_length(c->in), want);
+        p = evbuffer_pullup(c->in, (ssize_t)n);
+        rc = moxy_proxy_parse(p, n, &h);
+    }
+    if (rc == MOXY_ERROR) {
+        char why[128];
+        snprintf(why, sizeof(why), "bad PROXY protocol header (%s)", h.why);
+        client_proxy_fail(c, MOXY_LOG_WARN, why);
+        return MOXY_ERROR;
+    }
+    /* The header, then the first byte of the first request, are due within
+     * client_header of the accept (head_deadline): pieces do not restart it. */
+    struct timeval now, left = {0, 1};
+    event_base_gettimeofday_cached(w->base, &now);
+    if (evutil_timercmp(&now, &c->head_deadline, <))
+        evutil_timersub(&c->head_deadline, &now, &left);
+    client_read_timeout(c, &left);
+    if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+    evbuffer_drain(c->in, h.len);
+    c->proxy_wait = 0;
+    if (h.family) {
+        const moxy_conf_t *conf = w->conf;
+        inet_ntop(h.family == 4 ? AF_INET : AF_INET6, h.addr, c->ip, sizeof(c->ip));
+        c->port = h.port;
+        c->trusted =
+            conf->ntrusted && moxy_cidr_match(conf->trusted, conf->ntrusted, h.family, h.addr);
+    }
+    moxy_log(MOXY_LOG_DEBUG, NULL, "listener %s: client %s:%u: PROXY v%d, client %s:%u",
+             w->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, h.version, c->ip,
+             c->port);
+    return MOXY_OK;
+}
+
 /* Parse and start requests, move body bytes: whatever c->in allows.  Not
  * re-entered: a call from below (a response finished while a request was
  * being started) leaves the work to the loop already running. */
@@ -944,6 +1015,10 @@ static void client_process(moxy_client_t *c)
     while (!c->dead) {
         if (c->state == MOXY_C_HEAD) {
             if (evbuffer_get_length(c->in) == 0) break;
+            if (c->proxy_wait) {
+                if (client_proxy_header(c) != MOXY_OK) break;
+                continue;
+            }
             moxy_req_t *r = c->req ? c->req : client_new_request(c);
             if (!r) {
                 moxy_client_close(c);
@@ -1098,6 +1173,11 @@ static void client_timeout(moxy_client_t *c)
     moxy_req_t *r = c->req;
     moxy_worker_t *w = c->w;
     if (c->state == MOXY_C_HEAD) {
+        if (c->proxy_wait) {
+            client_proxy_fail(c, MOXY_LOG_WARN,
+                              "no PROXY protocol header within timeouts.client_header");
+            return;
+        }
         if (!r || r->head_bytes == 0) {
             moxy_client_close(c); /* idle keep-alive connection */
             return;
@@ -1165,6 +1245,14 @@ static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
         client_stop_read(c);
         moxy_req_t *r = c->req;
         if (c->state == MOXY_C_HEAD) {
+            if (c->proxy_wait) {
+                /* an L4 balancer's health check connects and closes: not worth a warning */
+                int some = c->in && evbuffer_get_length(c->in) > 0;
+                client_proxy_fail(c, some ? MOXY_LOG_WARN : MOXY_LOG_DEBUG,
+                                  some ? "closed in the middle of the PROXY protocol header"
+                                       : "closed before the PROXY protocol header");
+                return;
+            }
             if (r && r->head_bytes > 0 && evbuffer_get_length(c->in) > 0) {
                 client_process(c); /* parse what came before the close */
                 return;

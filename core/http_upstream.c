@@ -301,7 +301,10 @@ static int pick_peer(moxy_req_t *r)
         }
     }
     uint64_t hash = 0;
-    if (up->conf->balance == MOXY_BAL_HASH) hash = r->has_hash ? r->hash : moxy_hash64(c->ip, strlen(c->ip));
+    if (up->conf->balance == MOXY_BAL_HASH) {
+        const char *ip = moxy_req_client_ip(r); /* the real client, behind trusted proxies */
+        hash = r->has_hash ? r->hash : moxy_hash64(ip, strlen(ip));
+    }
     const char *why = "no live peer";
     uint64_t *tried = r->tried_map ? r->tried_map : &r->tried;
     int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server,

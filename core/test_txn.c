@@ -20,6 +20,7 @@
 #include "headers.h"
 #include "http.h"
 #include "lua_bridge.h"
+#include "realip.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -240,6 +241,8 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     }
     memcpy(c->ip, ipbuf, iplen + 1);
     c->port = (uint16_t)port;
+    memcpy(c->sock_ip, ipbuf, iplen + 1); /* no PROXY header, no trusted proxy: one address */
+    c->sock_port = c->port;
 
     /* client_new_request + on_url + on_headers_complete */
     moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
@@ -356,6 +359,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
         if (!(r->body_buf = evbuffer_new()) || (blen && evbuffer_add(r->body_buf, body, blen) != 0))
             return fail_msg(err, errlen, "out of memory");
     }
+    if (c->trusted) moxy_realip_resolve(r); /* never: the test worker trusts no proxy */
     if (moxy_req_add_forwarding(r) != MOXY_OK) return fail_msg(err, errlen, "out of memory");
     return MOXY_OK;
 }

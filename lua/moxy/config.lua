@@ -96,6 +96,47 @@ local function ipv4(h)
   return true
 end
 
+-- 1 when h is an IPv6 literal (RFC 4291 2.2: groups of 1..4 hex digits, at
+-- most one "::", an optional dotted IPv4 tail), without brackets or zone.
+local function ipv6(h)
+  if #h < 2 or #h > 45 or h:find("[^%x:.]") then return false end
+  local v4 = h:match(":(%d+%.%d+%.%d+%.%d+)$")
+  if v4 then
+    if not ipv4(v4) then return false end
+    h = h:sub(1, #h - #v4) .. "0:0" -- the tail counts as two groups
+  end
+  if h:find(".", 1, true) then return false end
+  local function groups(g)
+    if g == "" then return 0 end
+    local n = 0
+    for x in (g .. ":"):gmatch("([^:]*):") do
+      if #x < 1 or #x > 4 then return nil end
+      n = n + 1
+    end
+    return n
+  end
+  local dbl = h:find("::", 1, true)
+  if not dbl then return groups(h) == 8 end
+  if h:find("::", dbl + 1, true) then return false end
+  local a, b = groups(h:sub(1, dbl - 1)), groups(h:sub(dbl + 2))
+  return a ~= nil and b ~= nil and a + b <= 7
+end
+
+-- A trusted_proxies entry, "10.0.0.0/8", "192.0.2.7", "fd00::/8" or "::1"
+-- -> { text = v, addr = "10.0.0.0", family = 4|6, bits = n }.  Bits below
+-- the prefix are ignored (as nginx's set_real_ip_from does).
+local function cidr(v)
+  if type(v) ~= "string" then return nil, "expected an address or CIDR (\"10.0.0.0/8\"), got " .. type(v) end
+  local host, bits = v:match("^([^/]+)/(%d+)$")
+  if not host then host = v end
+  local family = ipv4(host) and 4 or ipv6(host) and 6
+  if not family then return nil, "bad address \"" .. v .. "\" (expected an IPv4 or IPv6 address or CIDR)" end
+  local max = family == 4 and 32 or 128
+  bits = bits and tonumber(bits) or max
+  if bits > max then return nil, "bad prefix in \"" .. v .. "\" (at most /" .. max .. ")" end
+  return { text = v, addr = host, family = family, bits = bits }
+end
+
 -- "host:port" -> { host = ..., port = n, family = 4|6 }.  Hosts are IP
 -- literals ("127.0.0.1", "[::1]"), "localhost" or "*" (any address).
 local function address(v)
@@ -117,7 +158,7 @@ local function address(v)
     elseif not ipv4(host) then
       return nil, "bad address \"" .. v .. "\" (expected an IP address)"
     end
-  elseif not host:find(":") then
+  elseif not ipv6(host) then
     return nil, "bad address \"" .. v .. "\" (bad IPv6 literal)"
   end
   return { text = v, host = host, port = port, family = family }
@@ -222,7 +263,7 @@ function Checker:listen(v, keys)
     if type(l) == "string" then
       l, ak = { addr = l }, k
     end
-    if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true }) then
+    if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -232,6 +273,7 @@ function Checker:listen(v, keys)
           upstream = self:value(l.upstream, child(k, "upstream"), typed("string")),
           upstream_keys = child(k, "upstream"),
           backlog = self:value(l.backlog, child(k, "backlog"), integer(1, 65535), 4096),
+          proxy_protocol = self:value(l.proxy_protocol, child(k, "proxy_protocol"), typed("boolean"), false),
         }
       end
     end
@@ -507,10 +549,31 @@ function Checker:shared(v, keys)
   return out
 end
 
+-- trusted_proxies = { "10.0.0.0/8", "::1", ... } (or one string): the
+-- addresses whose real_ip_header moxy believes, as a list of cidr() tables.
+function Checker:trusted_proxies(v, keys)
+  local out = {}
+  if type(v) == "string" then v = { v } end
+  for i, s in ipairs(list(self, v, keys)) do
+    local e = self:value(s, child(keys, i), cidr)
+    if e then out[#out + 1] = e end
+  end
+  return out
+end
+
+-- real_ip_header: "X-Forwarded-For" (default) or "Forwarded", in any case.
+local function real_ip_header(v)
+  if type(v) == "string" then
+    if v:lower() == "x-forwarded-for" then return "X-Forwarded-For" end
+    if v:lower() == "forwarded" then return "Forwarded" end
+  end
+  return nil, "expected \"X-Forwarded-For\" or \"Forwarded\", got " .. tostring(v)
+end
+
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true,
-  shared = true, resolver = true, geoip = true,
+  shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true,
 }
 
 -- Check the table `t` that `path` (with source text `src`) returned.
@@ -529,6 +592,8 @@ function M.check(t, path, src)
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })
   conf.geoip = c:geoip(t.geoip, { "geoip" }, conf.dir)
+  conf.trusted_proxies = c:trusted_proxies(t.trusted_proxies, { "trusted_proxies" })
+  conf.real_ip_header = c:value(t.real_ip_header, { "real_ip_header" }, real_ip_header, "X-Forwarded-For")
   local pools = {}
   for _, p in ipairs(conf.upstreams) do pools[p.name] = true end
   conf.default_upstream = c:value(t.default_upstream, { "default_upstream" }, typed("string"))
@@ -640,5 +705,6 @@ function M.load(path)
 end
 
 M._size, M._duration, M._address, M._line_of = size, duration, address, line_of
+M._cidr = cidr
 
 return M

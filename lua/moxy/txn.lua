@@ -21,7 +21,7 @@ int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const ch
 int moxy_ffi_resp_status(moxy_req_t *r, int status);
 int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len);
 double moxy_ffi_req_number(moxy_req_t *r, int which);
-int moxy_ffi_client_port(moxy_req_t *r);
+int moxy_ffi_client_port(moxy_req_t *r, int socket);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
@@ -30,7 +30,7 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 11
+local ABI = 12
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -38,7 +38,8 @@ end
 
 local OK, AGAIN, DECLINED = 0, -2, -3
 local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
-            listener = 7, version = 8, pool = 9, error = 10, peer = 11, body_error = 12 }
+            listener = 7, version = 8, pool = 9, error = 10, peer = 11, body_error = 12,
+            socket_ip = 13 }
 local N = { tries = 0, started = 1, up_status = 2, connect_time = 3, header_time = 4,
             response_time = 5, duration = 6, bytes_sent = 7, status = 8 }
 local FLAG = { retryable = 0, no_filter = 1 }
@@ -242,7 +243,12 @@ local client = setmetatable({}, {
   __index = function(_, k)
     if k == "ip" then return field(req_ptr(), F.client_ip) end
     if k == "geo" then return geo() end
-    if k == "port" then return C.moxy_ffi_client_port(req_ptr()) end
+    if k == "port" then
+      local port = C.moxy_ffi_client_port(req_ptr(), 0)
+      return port >= 0 and port or nil
+    end
+    if k == "socket_ip" then return field(req_ptr(), F.socket_ip) end
+    if k == "socket_port" then return C.moxy_ffi_client_port(req_ptr(), 1) end
     return nil
   end,
 })

@@ -52,8 +52,10 @@ function Headers:each() end
 ---@field filter boolean             set false (until on_response) to skip on_body
 
 ---@class moxy.Client
----@field ip string
----@field port integer
+---@field ip string                  the real client (trusted_proxies' header, PROXY source, TCP peer)
+---@field port integer|nil           its port (nil when a trusted proxy's header gave none)
+---@field socket_ip string           the TCP peer (the load balancer, when there is one)
+---@field socket_port integer        the TCP peer's port
 
 ---@class moxy.Upstream
 ---@field pool string|nil            the pool picked so far
@@ -66,7 +68,7 @@ function Headers:each() end
 local Upstream = {}
 
 ---Send the request (this try) to the pool called `pool` (raises if there is none).
----opts.hash: the key a balance = "hash" pool maps to a peer (default: the client address).
+---opts.hash: the key a balance = "hash" pool maps to a peer (default: txn.client.ip, the real client).
 ---opts.peer: one of the pool's server addresses, preferred while it is usable.
 ---@param pool string
 ---@param opts? { hash?: string|number, peer?: string }

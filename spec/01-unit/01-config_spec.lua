@@ -200,6 +200,60 @@ return {
     assert.matches("upstreams%.app%.host: bad Host value", text)
   end)
 
+  it("reads trusted_proxies, real_ip_header and a listener's proxy_protocol", function()
+    local c, errs = load_src([[
+return {
+  listen = { { addr = "127.0.0.1:8080", proxy_protocol = true }, "127.0.0.1:8081" },
+  upstreams = { app = { servers = { "127.0.0.1:9001" } } },
+  trusted_proxies = { "127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "::ffff:192.168.0.0/112", "1:2:3:4:5:6:7:8/128" },
+  real_ip_header = "forwarded",
+}
+]])
+    assert.is_nil(errs)
+    assert.is_true(c.listen[1].proxy_protocol)
+    assert.is_false(c.listen[2].proxy_protocol)
+    assert.equal("Forwarded", c.real_ip_header)
+    assert.same({ text = "10.0.0.0/8", addr = "10.0.0.0", family = 4, bits = 8 }, c.trusted_proxies[2])
+    assert.same({ text = "::1", addr = "::1", family = 6, bits = 128 }, c.trusted_proxies[3])
+    assert.equal(112, c.trusted_proxies[5].bits)
+    assert.equal(6, #c.trusted_proxies)
+    local d = load_src('return { listen = "127.0.0.1:8080" }')
+    assert.same({}, d.trusted_proxies)
+    assert.equal("X-Forwarded-For", d.real_ip_header)
+    assert.is_false(d.listen[1].proxy_protocol)
+  end)
+
+  it("names each bad trusted_proxies entry, real_ip_header and proxy_protocol", function()
+    local _, errs = load_src([[
+return {
+  listen = { { addr = "127.0.0.1:8080", proxy_protocol = "yes" } },
+  trusted_proxies = { "10.0.0.0/33", "proxy.internal", "::1/129", 7, "1::2::3", "1.2.3.4/" },
+  real_ip_header = "X-Real-IP",
+}
+]])
+    local text = table.concat(errs, "\n")
+    assert.matches(":2: listen%[1%]%.proxy_protocol: expected a boolean", text)
+    assert.matches(":3: trusted_proxies%[1%]: bad prefix in \"10%.0%.0%.0/33\" %(at most /32%)", text)
+    assert.matches(":3: trusted_proxies%[2%]: bad address \"proxy%.internal\"", text)
+    assert.matches(":3: trusted_proxies%[3%]: bad prefix in \"::1/129\" %(at most /128%)", text)
+    assert.matches("trusted_proxies%[4%]: expected an address or CIDR", text)
+    assert.matches(":3: trusted_proxies%[5%]: bad address \"1::2::3\"", text)
+    assert.matches(":3: trusted_proxies%[6%]: bad address \"1%.2%.3%.4/\"", text)
+    assert.matches(":4: real_ip_header: expected \"X%-Forwarded%-For\" or \"Forwarded\", got X%-Real%-IP", text)
+    assert.equal(8, #errs)
+  end)
+
+  it("tells IPv6 literals from what only looks like one", function()
+    for _, ok in ipairs { "::", "::1", "2001:db8::1", "fe80::1:2", "1:2:3:4:5:6:7:8", "::ffff:10.0.0.1",
+                          "1:2:3:4:5:6:1.2.3.4", "2001:DB8::A" } do
+      assert.is_table(config._cidr(ok), ok)
+    end
+    for _, bad in ipairs { ":", ":::", "1:2:3:4:5:6:7:8:9", "1::2::3", "12345::", "g::1", ":1::", "1::2:",
+                           "::1.2.3.256", "1:2:3:4:5:6:7:1.2.3.4", "[::1]", "::1%eth0", "" } do
+      assert.is_nil((config._cidr(bad)), bad)
+    end
+  end)
+
   it("reports a syntax error with its line", function()
     local path = tmpfile("return {\n  workers = ,\n}\n")
     local c, errs = config.load(path)
