@@ -472,26 +472,14 @@ end
 -- db argument).
 function Checker:geoip(v, keys, dir)
   local out = {}
-  if v == nil then return out end
-  if type(v) ~= "table" then
-    self:err(keys, "expected a table of databases (geoip = { city = \"GeoLite2-City.mmdb\" }), got " .. type(v))
-    return out
-  end
-  local names = {}
-  for name in pairs(v) do names[#names + 1] = name end
-  table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
-  for _, name in ipairs(names) do
-    local k = child(keys, type(name) == "number" and name or tostring(name))
-    if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
-      self:err(k, "database names are identifiers (geoip = { city = \"GeoLite2-City.mmdb\" })")
-    else
-      local p = self:value(v[name], k, typed("string"))
+  self:names(v, keys, "expected a table of databases (geoip = { city = \"GeoLite2-City.mmdb\" })",
+    "database names are identifiers (geoip = { city = \"GeoLite2-City.mmdb\" })", function(name, p, k)
+      p = self:value(p, k, typed("string"))
       if p then
         out[#out + 1] = { name = name, path = p:sub(1, 1) == "/" and p or dir .. "/" .. p,
                           line = line_of(self.src, k, p) or self.return_line or 1 }
       end
-    end
-  end
+    end)
   return out
 end
 
@@ -529,10 +517,22 @@ end
 -- { name = ..., size = bytes } sorted by name.
 function Checker:shared(v, keys)
   local out = {}
-  if v == nil then return out end
+  self:names(v, keys, "expected a table of dict sizes (shared = { limits = \"10m\" })",
+    "dict names are Lua identifiers, for moxy.shared.NAME (shared = { NAME = \"10m\" })", function(name, size, k)
+      local n = self:value(size, k, dict_size)
+      if n then out[#out + 1] = { name = name, size = n } end
+    end)
+  return out
+end
+
+-- Walk v, a table of NAME = value, in name order: fn(name, value, keys)
+-- for each name that is a Lua identifier, an error (name_msg) for the
+-- others; v not a table: the error `expected`.
+function Checker:names(v, keys, expected, name_msg, fn)
+  if v == nil then return end
   if type(v) ~= "table" then
-    self:err(keys, "expected a table of dict sizes (shared = { limits = \"10m\" }), got " .. type(v))
-    return out
+    self:err(keys, expected .. ", got " .. type(v))
+    return
   end
   local names = {}
   for name in pairs(v) do names[#names + 1] = name end
@@ -540,13 +540,11 @@ function Checker:shared(v, keys)
   for _, name in ipairs(names) do
     local k = child(keys, type(name) == "number" and name or tostring(name))
     if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") or LUA_KEYWORDS[name] then
-      self:err(k, "dict names are Lua identifiers, for moxy.shared.NAME (shared = { NAME = \"10m\" })")
+      self:err(k, name_msg)
     else
-      local n = self:value(v[name], k, dict_size)
-      if n then out[#out + 1] = { name = name, size = n } end
+      fn(name, v[name], k)
     end
   end
-  return out
 end
 
 -- trusted_proxies = { "10.0.0.0/8", "::1", ... } (or one string): the

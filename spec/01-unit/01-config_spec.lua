@@ -254,6 +254,32 @@ return {
     end
   end)
 
+  it("reads geoip databases by name, paths relative to the file, and names bad ones", function()
+    local c, errs = load_src([[
+return {
+  listen = "127.0.0.1:8080",
+  upstreams = { app = { servers = { "127.0.0.1:9001" } } },
+  geoip = { city = "GeoLite2-City.mmdb", asn = "/var/lib/GeoIP/GeoLite2-ASN.mmdb" },
+}
+]])
+    assert.is_nil(errs)
+    assert.equal("asn", c.geoip[1].name)
+    assert.equal("/var/lib/GeoIP/GeoLite2-ASN.mmdb", c.geoip[1].path)
+    assert.equal(4, c.geoip[1].line)
+    assert.matches("/GeoLite2%-City%.mmdb$", c.geoip[2].path)
+    assert.are_not.equal("G", c.geoip[2].path:sub(1, 1))
+    local _, errs2 = load_src([[
+return {
+  listen = "127.0.0.1:8080",
+  upstreams = { app = { servers = { "127.0.0.1:9001" } } },
+  geoip = { ["2bad"] = "x.mmdb", ok = 42 },
+}
+]])
+    local text = table.concat(errs2, "\n")
+    assert.matches(":4: geoip%.2bad: database names are identifiers", text)
+    assert.matches(":4: geoip%.ok: expected a string, got number", text)
+  end)
+
   it("reports a syntax error with its line", function()
     local path = tmpfile("return {\n  workers = ,\n}\n")
     local c, errs = config.load(path)
