@@ -4,6 +4,7 @@
  * modules (moxy.router, moxy.config, the scripts' helpers...) exactly as
  * scripts do, with the FFI exports of this binary behind them.
  */
+#include "log.h"
 #include "lua_vm.h"
 #include "moxy.h"
 
@@ -25,6 +26,9 @@ static const char RUN[] =
  * status (busted itself exits with its own). */
 int moxy_test_main(int argc, char **argv)
 {
+    /* moxy's own lines from in-process requests (moxy.test): warnings and
+     * errors only; t.run captures the script's moxy.log calls itself */
+    moxy_log_open_error("stderr", MOXY_LOG_WARN);
     lua_State *L = moxy_lua_new(".");
     if (!L) {
         fprintf(stderr, "moxy test: cannot create a Lua VM\n");
