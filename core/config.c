@@ -289,6 +289,19 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "admin");
+    if (lua_istable(L, -1)) {
+        c->admin.enabled = 1;
+        c->admin.token = field_str(L, lua_gettop(L), "token");
+        lua_getfield(L, -1, "listen");
+        if (read_addr(L, &c->admin.addr) != MOXY_OK) {
+            fprintf(stderr, "%s: admin.listen: bad address\n", c->path);
+            return MOXY_ERROR;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "resolver");
     int rs = lua_gettop(L);
     c->resolver.timeout = field_num(L, rs, "timeout", 5);
@@ -416,6 +429,8 @@ void moxy_conf_free(moxy_conf_t *c)
     for (int i = 0; c->resolver.nameservers && i < c->resolver.nnameservers; i++)
         free(c->resolver.nameservers[i]);
     free(c->resolver.nameservers);
+    free(c->admin.addr.text);
+    free(c->admin.token);
     for (int i = 0; c->geoip && i < c->ngeoip; i++) {
         free(c->geoip[i].name);
         free(c->geoip[i].path);

@@ -144,6 +144,12 @@ typedef struct {
     int ngeoip;
 
     struct {
+        int enabled;        /* admin = {...} is set */
+        moxy_addr_t addr;   /* where the admin listener listens */
+        char *token;        /* bearer token for requests that change state, or NULL */
+    } admin;
+
+    struct {
         char **nameservers; /* "ip:port" texts; none: /etc/resolv.conf */
         int nnameservers;
         double timeout;

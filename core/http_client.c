@@ -141,6 +141,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
     LIST_INSERT_HEAD(&w->clients, c, link);
     w->nconns++;
+    MOXY_STAT_SET(w->stats.conns, w->nconns);
     /* The first request gets the client_header timeout from accept on. */
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
@@ -199,6 +200,7 @@ static int request_detach(moxy_client_t *c)
     c->req = NULL;
     LIST_INSERT_HEAD(&w->detached, g, link);
     w->nconns++;
+    MOXY_STAT_SET(w->stats.conns, w->nconns);
     return MOXY_OK;
 }
 
@@ -208,6 +210,7 @@ static void request_detached_end(moxy_req_t *r)
     moxy_client_t *g = r->c;
     moxy_worker_t *w = g->w;
     moxy_access_log(r);
+    moxy_stats_request(r);
     request_end(r);
     LIST_REMOVE(g, link);
     moxy_pool_reset(&g->pool);
@@ -233,6 +236,7 @@ static void request_log(moxy_client_t *c)
         if (request_detach(c) == MOXY_OK) return;
     }
     moxy_access_log(r);
+    moxy_stats_request(r);
     request_end(r);
     c->req = NULL;
     moxy_pool_reset(&c->pool);

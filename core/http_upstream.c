@@ -134,6 +134,7 @@ void moxy_upconn_close(moxy_upconn_t *u)
         moxy_pool_rt_t *rt = &u->w->pools[u->pool];
         TAILQ_REMOVE(&rt->idle[u->server], u, idle_link);
         rt->nidle--;
+        MOXY_STAT_SET(u->w->stats.pools[u->pool].idle, rt->nidle);
         u->idle = 0;
     }
     if (u->req) {
@@ -463,6 +464,7 @@ static void try_connect(moxy_req_t *r)
     while (rt && r->tries == 1 && !r->fresh_conn && (u = TAILQ_FIRST(&rt->idle[r->server]))) {
         TAILQ_REMOVE(&rt->idle[r->server], u, idle_link);
         rt->nidle--;
+        MOXY_STAT_SET(u->w->stats.pools[u->pool].idle, rt->nidle);
         u->idle = 0;
         if (u->addr_gen == gen) break;
         moxy_upconn_close(u); /* the name resolves elsewhere now */
@@ -884,6 +886,7 @@ static void up_finished(moxy_upconn_t *u)
     u->field_cap = u->value_cap = 0;
     TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
     rt->nidle++;
+    MOXY_STAT_SET(w->stats.pools[u->pool].idle, rt->nidle);
 }
 
 /* The origin closed (or reset) before the response head was complete. */

@@ -381,6 +381,7 @@ static void push_req(lua_State *co, const moxy_req_t *r)
 static void log_task_error(moxy_lua_task_t *t, const char *msg)
 {
     int phase = t->r ? t->r->hook_phase : PHASE_TIMER;
+    MOXY_STAT_ADD(t->w->stats.lua_errors, 1);
     moxy_log(MOXY_LOG_ERR, t->r ? t->r->id : NULL, "%s: %s", phase_names[phase], msg);
 }
 

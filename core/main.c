@@ -5,6 +5,7 @@
  *   moxy -t [-c FILE]     check the configuration and its scripts, then exit
  *   moxy -v               version of moxy and of the libraries it runs on
  */
+#include "admin.h"
 #include "config.h"
 #include "geoip.h"
 #include "health_check.h"
@@ -245,6 +246,10 @@ int main(int argc, char **argv)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
+    if (moxy_admin_start(conf, main_base, workers, nworkers) != MOXY_OK) {
+        for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_STOP);
+        goto out;
+    }
     for (int i = 0; i < conf->nlistens; i++)
         moxy_log_info("listening on %s (%s)", conf->listens[i].addr.text, conf->listens[i].name);
     moxy_log_info("moxy %s started: %d worker%s, configuration %s", MOXY_VERSION, nworkers,
@@ -256,6 +261,7 @@ int main(int argc, char **argv)
     status = 0;
 
 out:
+    moxy_admin_stop();
     moxy_lua_watchdog_stop();
     for (int i = 0; workers && i < nworkers; i++) moxy_worker_join_free(workers[i]);
     free(workers);

@@ -117,6 +117,7 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
         moxy_worker_buf_free_all(w);
         if (w->base) event_base_free(w->base);
         moxy_conf_free(w->conf);
+        moxy_stats_free(w);
         free(w);
     }
     free(t);

@@ -65,6 +65,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 void moxy_worker_conn_closed(moxy_worker_t *w)
 {
     w->nconns--;
+    MOXY_STAT_SET(w->stats.conns, w->nconns);
     if (w->draining) {
         if (w->nconns == 0) event_base_loopexit(w->base, NULL);
         return;
@@ -191,6 +192,10 @@ moxy_worker_t *moxy_worker_alloc(moxy_conf_t *conf, int id)
         snprintf(w->error, sizeof(w->error), "cannot create an event loop");
         return w;
     }
+    if (moxy_stats_init(w) != MOXY_OK) {
+        snprintf(w->error, sizeof(w->error), "out of memory");
+        return w;
+    }
     w->tv_client_header = moxy_timeval(conf->timeouts.client_header);
     w->tv_client_body = moxy_timeval(conf->timeouts.client_body);
     w->tv_client_send = moxy_timeval(conf->timeouts.client_send);
@@ -291,5 +296,6 @@ void moxy_worker_join_free(moxy_worker_t *w)
         event_base_free(w->base);
     }
     if (w->control_fd >= 0) close(w->control_fd);
+    moxy_stats_free(w);
     free(w);
 }

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "http-t.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <lua.h>
 #include <pthread.h>
@@ -55,6 +56,7 @@ struct moxy_worker_s {
     int nbuf_free;
 
     moxy_pool_rt_t *pools;       /* one per conf->upstreams */
+    moxy_stats_t stats;          /* what this worker counted (metrics.h), read by the admin listener */
 
     struct event control;        /* reads control_fd */
     int control_fd;              /* eventfd written by moxy_worker_signal */

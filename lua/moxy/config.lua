@@ -571,7 +571,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true,
-  shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true,
+  shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
 -- Check the table `t` that `path` (with source text `src`) returned.
@@ -589,6 +589,15 @@ function M.check(t, path, src)
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })
+  if t.admin ~= nil and c:table(t.admin, { "admin" }, { listen = true, token = true }) then
+    conf.admin = {
+      listen = c:value(t.admin.listen, { "admin", "listen" }, address, address("127.0.0.1:9090")),
+      token = c:value(t.admin.token, { "admin", "token" }, typed("string")),
+    }
+    if conf.admin.token and #conf.admin.token < 16 then
+      c:err({ "admin", "token" }, "at least 16 characters (it guards drain, enable and, later, reload)")
+    end
+  end
   conf.geoip = c:geoip(t.geoip, { "geoip" }, conf.dir)
   conf.trusted_proxies = c:trusted_proxies(t.trusted_proxies, { "trusted_proxies" })
   conf.real_ip_header = c:value(t.real_ip_header, { "real_ip_header" }, real_ip_header, "X-Forwarded-For")

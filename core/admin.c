@@ -1,0 +1,252 @@
+/*
+ * admin.c -- the admin listener (see admin.h): libevent's evhttp on the main
+ * thread, reading what the workers counted and the shared upstream state.
+ */
+#include "admin.h"
+#include "ffi.h"
+#include "log.h"
+#include "metrics.h"
+#include "shared_dict.h"
+#include "upstream.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct {
+    struct evhttp *http;
+    const moxy_conf_t *conf;
+    moxy_worker_t *const *workers;
+    int n;
+    struct timespec started;
+} admin;
+
+static double uptime(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - admin.started.tv_sec) + (double)(now.tv_nsec - admin.started.tv_nsec) / 1e9;
+}
+
+static void reply(struct evhttp_request *req, int code, const char *reason, const char *type, struct evbuffer *body)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", type);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    evhttp_send_reply(req, code, reason, body);
+}
+
+static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *text)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    evbuffer_add_printf(b, "%s\n", text);
+    reply(req, code, reason, "text/plain; charset=utf-8", b);
+    evbuffer_free(b);
+}
+
+/* A JSON string (the names and addresses here hold no control bytes, but
+ * quotes and backslashes are escaped all the same). */
+static void json_str(struct evbuffer *b, const char *s)
+{
+    evbuffer_add(b, "\"", 1);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') evbuffer_add_printf(b, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) evbuffer_add_printf(b, "\\u%04x", (unsigned char)*s);
+        else evbuffer_add(b, s, 1);
+    }
+    evbuffer_add(b, "\"", 1);
+}
+
+static const char *const state_names[] = {"up", "down", "unhealthy", "drained", "unresolved"};
+
+static void status(struct evhttp_request *req)
+{
+    const moxy_conf_t *conf = admin.conf;
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    long long conns = 0;
+    unsigned long long requests = 0, lua_errors = 0;
+    for (int i = 0; i < admin.n; i++) {
+        const moxy_stats_t *st = &admin.workers[i]->stats;
+        conns += atomic_load_explicit(&st->conns, memory_order_relaxed);
+        lua_errors += atomic_load_explicit(&st->lua_errors, memory_order_relaxed);
+        for (int c = 0; c < 6; c++) requests += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
+    }
+    evbuffer_add_printf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime\":%.3f,\"workers\":%d,\"connections\":%lld,"
+                           "\"requests\":%llu,\"lua_errors\":%llu,\"config\":",
+                        MOXY_VERSION, (int)getpid(), uptime(), admin.n, conns, requests, lua_errors);
+    json_str(b, conf->path);
+    evbuffer_add(b, ",\"pools\":{", 10);
+    long long now = moxy_mono_ms();
+    for (int i = 0; i < conf->nupstreams; i++) {
+        const moxy_upstream_t *up = conf->upstreams[i].state;
+        if (i) evbuffer_add(b, ",", 1);
+        json_str(b, conf->upstreams[i].name);
+        evbuffer_add_printf(b, ":{\"retries\":%llu,\"retries_denied\":%llu,\"peers\":[",
+                            (unsigned long long)atomic_load(&up->retries),
+                            (unsigned long long)atomic_load(&up->budget_denied));
+        for (int j = 0; j < up->npeers; j++) {
+            const moxy_peer_t *p = &up->peers[j];
+            long long until = atomic_load(&p->down_until);
+            if (j) evbuffer_add(b, ",", 1);
+            evbuffer_add(b, "{\"addr\":", 8);
+            json_str(b, p->conf->addr.text);
+            evbuffer_add_printf(b,
+                                ",\"state\":\"%s\",\"weight\":%d,\"weight_now\":%g,\"backup\":%s,\"active\":%d,"
+                                "\"requests\":%llu,\"failures\":%llu,\"fails\":%d,\"down_for\":%.3f,\"checks\":%llu,"
+                                "\"ewma_ms\":%.3f}",
+                                state_names[moxy_peer_state(p, now)], p->conf->weight,
+                                moxy_peer_weight(p, now) / 16.0, p->conf->backup ? "true" : "false",
+                                atomic_load(&p->active), (unsigned long long)atomic_load(&p->requests),
+                                (unsigned long long)atomic_load(&p->failures), atomic_load(&p->fails),
+                                until > now ? (double)(until - now) / 1000 : 0.0,
+                                (unsigned long long)atomic_load(&p->checks), moxy_peer_ewma(p, now) / 1000.0);
+        }
+        evbuffer_add(b, "]}", 2);
+    }
+    evbuffer_add(b, "},\"shared\":{", 12);
+    for (int i = 0; i < conf->nshared; i++) {
+        moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
+        moxy_shdict_stats_t st = {0};
+        if (d) moxy_ffi_shdict_stats(d, &st);
+        if (i) evbuffer_add(b, ",", 1);
+        json_str(b, conf->shared[i].name);
+        evbuffer_add_printf(b, ":{\"capacity\":%zu,\"used\":%zu,\"items\":%zu,\"evictions\":%zu}", st.capacity,
+                            st.used, st.items, st.evictions);
+    }
+    evbuffer_add(b, "}}\n", 3);
+    reply(req, 200, "OK", "application/json", b);
+    evbuffer_free(b);
+}
+
+static void metrics(struct evhttp_request *req)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b || moxy_metrics_render(b, admin.workers, admin.n, admin.conf, uptime()) != MOXY_OK) {
+        if (b) evbuffer_free(b);
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b);
+    evbuffer_free(b);
+}
+
+/* 1 when req carries the admin token (compared in constant time). */
+static int authorized(struct evhttp_request *req)
+{
+    const char *token = admin.conf->admin.token;
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    if (!token || !h || strncmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    size_t tl = strlen(token), hl = strlen(h);
+    unsigned char diff = tl != hl;
+    for (size_t i = 0; i < tl; i++) diff |= (unsigned char)(token[i] ^ (i < hl ? h[i] : 0));
+    return diff == 0;
+}
+
+/* POST /peers/{pool}/{peer}/drain|enable (path already checked to start with /peers/). */
+static void peer_action(struct evhttp_request *req, const char *path)
+{
+    if (!admin.conf->admin.token) {
+        reply_text(req, 403, "Forbidden", "admin.token is not set: state-changing requests are refused");
+        return;
+    }
+    if (!authorized(req)) {
+        reply_text(req, 401, "Unauthorized", "a valid Authorization: Bearer <admin.token> is needed");
+        return;
+    }
+    char pool[128], peer[300], action[16];
+    char *decoded = evhttp_uridecode(path + 7, 0, NULL);
+    int ok = decoded && sscanf(decoded, "%127[^/]/%299[^/]/%15s", pool, peer, action) == 3;
+    free(decoded);
+    if (!ok || (strcmp(action, "drain") != 0 && strcmp(action, "enable") != 0)) {
+        reply_text(req, 404, "Not Found", "POST /peers/{pool}/{peer}/drain or /enable");
+        return;
+    }
+    int i = moxy_conf_upstream_index(admin.conf, pool, strlen(pool));
+    moxy_peer_t *p = i >= 0 ? moxy_upstream_find_peer(admin.conf->upstreams[i].state, peer, strlen(peer)) : NULL;
+    if (!p) {
+        reply_text(req, 404, "Not Found", i < 0 ? "no such pool" : "no such peer in this pool");
+        return;
+    }
+    moxy_peer_set_drained(p, action[0] == 'd');
+    reply_text(req, 200, "OK", action[0] == 'd' ? "drained" : "enabled");
+}
+
+static void handle(struct evhttp_request *req, void *arg)
+{
+    MOXY_UNUSED(arg);
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (!path) path = "/";
+    if (strncmp(path, "/peers/", 7) == 0) {
+        if (cmd != EVHTTP_REQ_POST) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+            reply_text(req, 405, "Method Not Allowed", "POST only");
+            return;
+        }
+        peer_action(req, path);
+        return;
+    }
+    if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
+        reply_text(req, 404, "Not Found", "GET /status, GET /metrics, POST /peers/{pool}/{peer}/drain|enable");
+        return;
+    }
+    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        reply_text(req, 405, "Method Not Allowed", "GET only");
+        return;
+    }
+    if (path[1] == 's') status(req);
+    else metrics(req);
+}
+
+int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_worker_t *const *workers, int n)
+{
+    if (!conf->admin.enabled) return MOXY_OK;
+    admin.conf = conf;
+    admin.workers = workers;
+    admin.n = n;
+    clock_gettime(CLOCK_MONOTONIC, &admin.started);
+    admin.http = evhttp_new(base);
+    if (!admin.http) goto err;
+    evhttp_set_allowed_methods(admin.http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
+    evhttp_set_max_headers_size(admin.http, 16384);
+    evhttp_set_max_body_size(admin.http, 65536);
+    evhttp_set_timeout(admin.http, 10);
+    evhttp_set_gencb(admin.http, handle, NULL);
+    evutil_socket_t fd = socket(conf->admin.addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (const struct sockaddr *)&conf->admin.addr.sa, conf->admin.addr.salen) != 0 ||
+        listen(fd, 128) != 0 || !evhttp_accept_socket_with_handle(admin.http, fd)) {
+        moxy_log_err("admin: cannot listen on %s: %s", conf->admin.addr.text, strerror(errno));
+        if (fd >= 0) close(fd);
+        goto err;
+    }
+    moxy_log_info("admin listener on %s%s", conf->admin.addr.text,
+                  conf->admin.token ? "" : " (no admin.token: drain and enable are refused)");
+    return MOXY_OK;
+err:
+    moxy_admin_stop();
+    return MOXY_ERROR;
+}
+
+void moxy_admin_stop(void)
+{
+    if (admin.http) evhttp_free(admin.http);
+    admin.http = NULL;
+}

@@ -1,0 +1,30 @@
+/*
+ * admin.h -- the admin listener (`admin = { listen, token }`): an HTTP
+ * server on the main thread's loop (libevent's evhttp) for operators.
+ *
+ *   GET  /status                           JSON: version, uptime, workers,
+ *                                          connections, requests, pools and
+ *                                          their peers, shared dicts
+ *   GET  /metrics                          Prometheus text format (metrics.h)
+ *   POST /peers/{pool}/{peer}/drain        drain a peer (every worker)
+ *   POST /peers/{pool}/{peer}/enable       take it back
+ *
+ * Requests that change state need `Authorization: Bearer <admin.token>`;
+ * without a configured token they are refused.
+ */
+#ifndef MOXY_ADMIN_H
+#define MOXY_ADMIN_H
+
+#include "config.h"
+#include "worker.h"
+
+#include <event2/event.h>
+
+/* Listen on conf->admin.addr on base for the n workers.  MOXY_OK (also
+ * when conf has no admin listener), or MOXY_ERROR after logging why. */
+int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_worker_t *const *workers, int n);
+
+/* Close the admin listener (before the workers and conf are freed). */
+void moxy_admin_stop(void);
+
+#endif

@@ -1,0 +1,254 @@
+/*
+ * metrics.c -- the workers' counts and the Prometheus text rendering (see
+ * metrics.h).
+ */
+#include "metrics.h"
+#include "ffi.h"
+#include "shared_dict.h"
+#include "upstream.h"
+#include "worker.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Bucket upper bounds in seconds: from cache-hit fast to slow-origin slow. */
+static const double bounds[MOXY_HIST_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                  0.1,    0.25,  0.5,    1,     2.5,  10};
+
+int moxy_stats_init(moxy_worker_t *w)
+{
+    int n = w->conf->nupstreams;
+    w->stats.pools = calloc((size_t)n + 1, sizeof(*w->stats.pools));
+    return w->stats.pools ? MOXY_OK : MOXY_ERROR;
+}
+
+void moxy_stats_free(moxy_worker_t *w)
+{
+    free(w->stats.pools);
+    w->stats.pools = NULL;
+}
+
+static void hist_add(moxy_hist_t *h, long long us)
+{
+    if (us < 0) us = 0;
+    double s = (double)us / 1e6;
+    int i = 0;
+    while (i < MOXY_HIST_BUCKETS && s > bounds[i]) i++;
+    MOXY_STAT_ADD(h->bucket[i], 1);
+    MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
+}
+
+static long long tv_us(const struct timeval *a, const struct timeval *b)
+{
+    return (long long)(b->tv_sec - a->tv_sec) * 1000000 + (b->tv_usec - a->tv_usec);
+}
+
+void moxy_stats_request(moxy_req_t *r)
+{
+    moxy_worker_t *w = r->c->w;
+    int cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
+    struct timeval now;
+    event_base_gettimeofday_cached(w->base, &now);
+    MOXY_STAT_ADD(w->stats.requests[cls], 1);
+    hist_add(&w->stats.duration, tv_us(&r->started, &now));
+    if (r->pool >= 0 && r->pool < w->conf->nupstreams && w->stats.pools) {
+        moxy_pool_stats_t *ps = &w->stats.pools[r->pool];
+        MOXY_STAT_ADD(ps->requests[cls], 1);
+        if (evutil_timerisset(&r->up_header)) hist_add(&ps->header_time, tv_us(&r->up_started, &r->up_header));
+    }
+}
+
+/* --- rendering --- */
+
+#define LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
+
+static const char *const class_names[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+/* A label value with \, " and newline escaped (Prometheus' text format). */
+static void put_label(struct evbuffer *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"') evbuffer_add_printf(out, "\\%c", *s);
+        else if (*s == '\n') evbuffer_add(out, "\\n", 2);
+        else evbuffer_add(out, s, 1);
+    }
+}
+
+static void head(struct evbuffer *out, const char *name, const char *type, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* The histogram name{labels} (labels: "" or `pool="x",`) of the summed h[0..n). */
+static void put_hist(struct evbuffer *out, const char *name, const char *labels, moxy_hist_t *const *h, int n)
+{
+    unsigned long long cum = 0, sum_us = 0;
+    for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) {
+        for (int i = 0; i < n; i++) cum += LOAD(h[i]->bucket[b]);
+        if (b < MOXY_HIST_BUCKETS)
+            evbuffer_add_printf(out, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, bounds[b], cum);
+        else
+            evbuffer_add_printf(out, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, cum);
+    }
+    for (int i = 0; i < n; i++) sum_us += LOAD(h[i]->sum_us);
+    /* the label set without its trailing comma, or nothing */
+    size_t ll = strlen(labels);
+    if (ll)
+        evbuffer_add_printf(out, "%s_sum{%.*s} %.6f\n%s_count{%.*s} %llu\n", name, (int)ll - 1, labels,
+                            (double)sum_us / 1e6, name, (int)ll - 1, labels, cum);
+    else
+        evbuffer_add_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_us / 1e6, name, cum);
+}
+
+static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+{
+    head(out, "moxy_requests_total", "counter", "Requests answered, by status class.");
+    for (int c = 0; c < 6; c++) {
+        unsigned long long v = 0;
+        for (int i = 0; i < n; i++) v += LOAD(workers[i]->stats.requests[c]);
+        evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], v);
+    }
+    head(out, "moxy_pool_requests_total", "counter", "Requests answered, by upstream pool and status class.");
+    for (int p = 0; p < conf->nupstreams; p++) {
+        for (int c = 0; c < 6; c++) {
+            unsigned long long v = 0;
+            for (int i = 0; i < n; i++) v += LOAD(workers[i]->stats.pools[p].requests[c]);
+            evbuffer_add(out, "moxy_pool_requests_total{pool=\"", 31);
+            put_label(out, conf->upstreams[p].name);
+            evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v);
+        }
+    }
+    moxy_hist_t *h[n > 0 ? n : 1];
+    head(out, "moxy_request_duration_seconds", "histogram", "Time from a request's first byte to its last response byte.");
+    for (int i = 0; i < n; i++) h[i] = &workers[i]->stats.duration;
+    put_hist(out, "moxy_request_duration_seconds", "", h, n);
+    head(out, "moxy_upstream_header_seconds", "histogram",
+         "Time from the start of a try to the origin's response head (connect included), by pool.");
+    for (int p = 0; p < conf->nupstreams; p++) {
+        /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
+        char labels[300];
+        snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
+        for (int i = 0; i < n; i++) h[i] = &workers[i]->stats.pools[p].header_time;
+        put_hist(out, "moxy_upstream_header_seconds", labels, h, n);
+    }
+}
+
+static void peer_labels(struct evbuffer *out, const char *name, const moxy_upstream_t *up, const moxy_peer_t *p)
+{
+    evbuffer_add_printf(out, "%s{pool=\"", name);
+    put_label(out, up->conf->name);
+    evbuffer_add(out, "\",peer=\"", 8);
+    put_label(out, p->conf->addr.text);
+    evbuffer_add(out, "\"} ", 3);
+}
+
+static void render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+{
+    long long now = moxy_mono_ms();
+    static const struct {
+        const char *name, *type, *help;
+    } peer_metrics[] = {
+        {"moxy_peer_up", "gauge", "1 when the peer takes new requests (not ejected, unhealthy, drained or unresolved)."},
+        {"moxy_peer_state", "gauge", "The peer's state: 0 up, 1 ejected, 2 unhealthy, 3 drained, 4 unresolved."},
+        {"moxy_peer_active", "gauge", "Requests in flight to the peer."},
+        {"moxy_peer_tries_total", "counter", "Tries sent to the peer."},
+        {"moxy_peer_failures_total", "counter", "Tries to the peer that failed (passive health's view)."},
+        {"moxy_peer_checks_total", "counter", "Active health checks of the peer."},
+        {"moxy_peer_latency_ewma_seconds", "gauge", "The peer's latency EWMA to the response head."},
+        {"moxy_peer_weight", "gauge", "The peer's weight now (slow start included)."},
+    };
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(peer_metrics); m++) {
+        head(out, peer_metrics[m].name, peer_metrics[m].type, peer_metrics[m].help);
+        for (int i = 0; i < conf->nupstreams; i++) {
+            const moxy_upstream_t *up = conf->upstreams[i].state;
+            for (int j = 0; up && j < up->npeers; j++) {
+                const moxy_peer_t *p = &up->peers[j];
+                int st = moxy_peer_state(p, now);
+                peer_labels(out, peer_metrics[m].name, up, p);
+                switch (m) {
+                case 0: evbuffer_add_printf(out, "%d\n", st == MOXY_PEER_UP); break;
+                case 1: evbuffer_add_printf(out, "%d\n", st); break;
+                case 2: evbuffer_add_printf(out, "%d\n", atomic_load(&p->active)); break;
+                case 3: evbuffer_add_printf(out, "%llu\n", (unsigned long long)atomic_load(&p->requests)); break;
+                case 4: evbuffer_add_printf(out, "%llu\n", (unsigned long long)atomic_load(&p->failures)); break;
+                case 5: evbuffer_add_printf(out, "%llu\n", (unsigned long long)atomic_load(&p->checks)); break;
+                case 6: evbuffer_add_printf(out, "%.6f\n", moxy_peer_ewma(p, now) / 1e6); break;
+                default: evbuffer_add_printf(out, "%g\n", moxy_peer_weight(p, now) / 16.0); break;
+                }
+            }
+        }
+    }
+    head(out, "moxy_pool_retries_total", "counter", "Retries of the pool's requests.");
+    for (int i = 0; i < conf->nupstreams; i++) {
+        evbuffer_add(out, "moxy_pool_retries_total{pool=\"", 30);
+        put_label(out, conf->upstreams[i].name);
+        evbuffer_add_printf(out, "\"} %llu\n", (unsigned long long)atomic_load(&conf->upstreams[i].state->retries));
+    }
+    head(out, "moxy_pool_retries_denied_total", "counter", "Retries the pool's retry budget refused.");
+    for (int i = 0; i < conf->nupstreams; i++) {
+        evbuffer_add(out, "moxy_pool_retries_denied_total{pool=\"", 37);
+        put_label(out, conf->upstreams[i].name);
+        evbuffer_add_printf(out, "\"} %llu\n",
+                            (unsigned long long)atomic_load(&conf->upstreams[i].state->budget_denied));
+    }
+    head(out, "moxy_pool_idle_connections", "gauge", "Idle keep-alive connections to the pool's origins.");
+    for (int i = 0; i < conf->nupstreams; i++) {
+        long long v = 0;
+        for (int k = 0; k < n; k++) v += LOAD(workers[k]->stats.pools[i].idle);
+        evbuffer_add(out, "moxy_pool_idle_connections{pool=\"", 33);
+        put_label(out, conf->upstreams[i].name);
+        evbuffer_add_printf(out, "\"} %lld\n", v);
+    }
+}
+
+static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } dict_metrics[] = {
+        {"moxy_shared_dict_capacity_bytes", "gauge", "Bytes the dict may hold."},
+        {"moxy_shared_dict_used_bytes", "gauge", "Bytes the dict holds."},
+        {"moxy_shared_dict_items", "gauge", "Items in the dict."},
+        {"moxy_shared_dict_evictions_total", "counter", "Live items evicted to make room."},
+    };
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(dict_metrics); m++) {
+        head(out, dict_metrics[m].name, dict_metrics[m].type, dict_metrics[m].help);
+        for (int i = 0; i < conf->nshared; i++) {
+            moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
+            if (!d) continue;
+            moxy_shdict_stats_t st;
+            moxy_ffi_shdict_stats(d, &st);
+            size_t v = m == 0 ? st.capacity : m == 1 ? st.used : m == 2 ? st.items : st.evictions;
+            evbuffer_add_printf(out, "%s{dict=\"", dict_metrics[m].name);
+            put_label(out, conf->shared[i].name);
+            evbuffer_add_printf(out, "\"} %zu\n", v);
+        }
+    }
+}
+
+int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
+                        double uptime)
+{
+    head(out, "moxy_info", "gauge", "moxy's version (the value is always 1).");
+    evbuffer_add_printf(out, "moxy_info{version=\"%s\"} 1\n", MOXY_VERSION);
+    head(out, "moxy_uptime_seconds", "gauge", "Seconds since moxy started.");
+    evbuffer_add_printf(out, "moxy_uptime_seconds %.3f\n", uptime);
+    head(out, "moxy_workers", "gauge", "Worker threads.");
+    evbuffer_add_printf(out, "moxy_workers %d\n", n);
+    head(out, "moxy_connections", "gauge", "Open client connections.");
+    long long conns = 0;
+    unsigned long long lua_errors = 0;
+    for (int i = 0; i < n; i++) {
+        conns += LOAD(workers[i]->stats.conns);
+        lua_errors += LOAD(workers[i]->stats.lua_errors);
+    }
+    evbuffer_add_printf(out, "moxy_connections %lld\n", conns);
+    head(out, "moxy_lua_errors_total", "counter",
+         "Hook and timer runs that failed: script errors, CPU budget and memory limit.");
+    evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", lua_errors);
+    render_requests(out, workers, n, conf);
+    render_upstreams(out, workers, n, conf);
+    render_dicts(out, conf);
+    return MOXY_OK;
+}

@@ -1,0 +1,63 @@
+/*
+ * metrics.h -- what moxy counts, and its Prometheus text rendering.
+ *
+ * Each worker counts in its own moxy_stats_t (one writer: a relaxed load and
+ * store, no locked instruction on the request path); the admin listener on
+ * the main thread sums the workers' counts when it is asked (relaxed loads),
+ * and reads the shared upstream and dict state as they are.
+ */
+#ifndef MOXY_METRICS_H
+#define MOXY_METRICS_H
+
+#include "config.h"
+#include "http-t.h"
+
+#include <stdatomic.h>
+
+struct evbuffer;
+
+#define MOXY_HIST_BUCKETS 13 /* upper bounds (seconds) in metrics.c, then +Inf */
+
+/* A latency histogram: counts per bucket (not cumulative) and the sum. */
+typedef struct {
+    atomic_ullong bucket[MOXY_HIST_BUCKETS + 1];
+    atomic_ullong sum_us;
+} moxy_hist_t;
+
+/* A worker's counts for one pool. */
+typedef struct {
+    atomic_ullong requests[6]; /* requests answered for this pool, by status class (index 1..5; 0: none) */
+    moxy_hist_t header_time;   /* try start to the origin's response head */
+    atomic_llong idle;         /* idle keep-alive connections (gauge) */
+} moxy_pool_stats_t;
+
+/* A worker's counts. */
+typedef struct {
+    atomic_ullong requests[6]; /* by status class */
+    moxy_hist_t duration;      /* first byte to last byte, every request */
+    atomic_llong conns;        /* open client connections (gauge) */
+    atomic_ullong lua_errors;  /* hook runs that failed (script errors, budget, memory) */
+    moxy_pool_stats_t *pools;  /* one per conf->upstreams, or NULL */
+} moxy_stats_t;
+
+/* Add n to a counter only its worker writes (no locked instruction). */
+#define MOXY_STAT_ADD(v, n) \
+    atomic_store_explicit(&(v), atomic_load_explicit(&(v), memory_order_relaxed) + (n), memory_order_relaxed)
+#define MOXY_STAT_SET(v, n) atomic_store_explicit(&(v), (n), memory_order_relaxed)
+
+/* Make w's counts for its configuration.  MOXY_OK or MOXY_ERROR. */
+int moxy_stats_init(moxy_worker_t *w);
+
+/* Free what moxy_stats_init made. */
+void moxy_stats_free(moxy_worker_t *w);
+
+/* Count r, which is over (status, duration, pool, origin timing). */
+void moxy_stats_request(moxy_req_t *r);
+
+/* Append every metric, in Prometheus' text format (version 0.0.4), to out:
+ * the n workers' counts summed, the upstream pools' shared state, the
+ * shared dicts; uptime in seconds.  MOXY_OK or MOXY_ERROR (out of memory). */
+int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
+                        double uptime);
+
+#endif
