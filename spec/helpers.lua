@@ -603,6 +603,13 @@ local function can_connect(port)
   local s = socket.tcp()
   s:settimeout(0.2)
   local ok = s:connect("127.0.0.1", port)
+  -- A port from the ephemeral range that nobody listens on yet can still
+  -- "accept": the kernel may pick that same port as the source and connect
+  -- the socket to itself (TCP simultaneous open).  That is not a listener.
+  if ok then
+    local _, lport = s:getsockname()
+    if tonumber(lport) == port then ok = nil end
+  end
   s:close()
   return ok ~= nil
 end
