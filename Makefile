@@ -4,9 +4,17 @@
 #   make test    install what is missing, build, run every spec
 #   make check   the same specs against an ASan+UBSan build
 #   make bench   moxy vs nginx side by side (wrk on loopback)
+#   make install [PREFIX=/usr/local] [DESTDIR=]   binary, Lua modules, scripts, man page,
+#                the systemd unit and logrotate file as examples under share/moxy/dist
+#   make install-systemd   the unit to /etc/systemd/system, logrotate to /etc/logrotate.d
+#   make uninstall, make uninstall-systemd
 
 PREFIX    ?= /usr/local
 LUADIR    ?= $(PREFIX)/share/moxy/lua
+DATADIR   ?= $(PREFIX)/share/moxy
+MANDIR    ?= $(PREFIX)/share/man
+UNITDIR   ?= /etc/systemd/system
+LOGROTATEDIR ?= /etc/logrotate.d
 CC        ?= cc
 LLHTTP_SRC = /usr/share/llhttp
 LLHTTP_INC = /usr/share/include/llhttp
@@ -24,7 +32,8 @@ SRCS      := $(wildcard core/*.c)
 OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 # Specs run inside moxy's own runtime (`moxy test` = busted with moxy's modules).
 
-.PHONY: all deps run test check bench install fmt lint clean
+.PHONY: all deps run test check bench install install-systemd uninstall uninstall-systemd \
+        fmt lint clean FORCE
 
 all: moxy
 
@@ -52,6 +61,14 @@ $(BUILD)/llhttp_http.o: $(LLHTTP_SRC)/http.c | $(BUILD)
 $(BUILD):
 	mkdir -p $@
 
+# LUADIR is compiled in (core/lua_vm.c's fallback after ./lua): lua_vm.o is rebuilt
+# whenever it changes, so `make install PREFIX=/opt/moxy` installs a binary that finds
+# the modules it installs.
+$(BUILD)/luadir: FORCE | $(BUILD)
+	@echo '$(LUADIR)' | cmp -s - $@ || echo '$(LUADIR)' > $@
+$(BUILD)/lua_vm.o: $(BUILD)/luadir
+FORCE:
+
 run: deps moxy
 	./moxy -c conf/quickstart.lua
 
@@ -68,13 +85,44 @@ bench: moxy
 	@tools/deps.sh bench
 	bench/run.sh
 
-install: moxy
+# The unit's ExecStart and ExecStartPre name $(PREFIX)/bin/moxy.
+UNIT_SED = sed 's|/usr/local/bin/moxy|$(PREFIX)/bin/moxy|g'
+
+# Installs $(BUILD)/moxy, built for this LUADIR (see $(BUILD)/luadir above).
+install: $(BUILD)/moxy
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUADIR)/moxy
-	install -m 755 moxy $(DESTDIR)$(PREFIX)/bin/moxy
+	install -m 755 $(BUILD)/moxy $(DESTDIR)$(PREFIX)/bin/moxy
 	install -m 644 lua/moxy/*.lua $(DESTDIR)$(LUADIR)/moxy/
-	install -d $(DESTDIR)$(PREFIX)/share/moxy/scripts
-	install -m 644 scripts/*.lua $(DESTDIR)$(PREFIX)/share/moxy/scripts/
+	install -d $(DESTDIR)$(DATADIR)/scripts
+	install -m 644 scripts/*.lua $(DESTDIR)$(DATADIR)/scripts/
 	install -m 755 geoip/mmdb-build $(DESTDIR)$(PREFIX)/bin/moxy-mmdb-build
+	install -d $(DESTDIR)$(MANDIR)/man8
+	install -m 644 man/moxy.8 $(DESTDIR)$(MANDIR)/man8/moxy.8
+	install -d $(DESTDIR)$(DATADIR)/dist
+	$(UNIT_SED) dist/moxy.service > $(DESTDIR)$(DATADIR)/dist/moxy.service
+	chmod 644 $(DESTDIR)$(DATADIR)/dist/moxy.service
+	install -m 644 dist/moxy.logrotate $(DESTDIR)$(DATADIR)/dist/moxy.logrotate
+
+# Into the system's directories: only on request (docs/operations.md, "systemd").
+install-systemd:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(LOGROTATEDIR)
+	$(UNIT_SED) dist/moxy.service > $(DESTDIR)$(UNITDIR)/moxy.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/moxy.service
+	install -m 644 dist/moxy.logrotate $(DESTDIR)$(LOGROTATEDIR)/moxy
+	@echo "installed $(DESTDIR)$(UNITDIR)/moxy.service; next: systemctl daemon-reload"
+
+# Removes what install put there (directories only when left empty).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/moxy $(DESTDIR)$(PREFIX)/bin/moxy-mmdb-build
+	rm -f $(addprefix $(DESTDIR)$(LUADIR)/moxy/,$(notdir $(wildcard lua/moxy/*.lua)))
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/scripts/,$(notdir $(wildcard scripts/*.lua)))
+	rm -f $(DESTDIR)$(DATADIR)/dist/moxy.service $(DESTDIR)$(DATADIR)/dist/moxy.logrotate
+	rm -f $(DESTDIR)$(MANDIR)/man8/moxy.8
+	@for d in $(DESTDIR)$(LUADIR)/moxy $(DESTDIR)$(LUADIR) $(DESTDIR)$(DATADIR)/scripts \
+	          $(DESTDIR)$(DATADIR)/dist $(DESTDIR)$(DATADIR); do rmdir "$$d" 2>/dev/null || true; done
+
+uninstall-systemd:
+	rm -f $(DESTDIR)$(UNITDIR)/moxy.service $(DESTDIR)$(LOGROTATEDIR)/moxy
 
 fmt:
 	clang-format -i core/*.c core/*.h

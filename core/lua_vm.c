@@ -16,6 +16,20 @@
 static char lua_dir[PATH_MAX];
 static pthread_once_t lua_dir_once = PTHREAD_ONCE_INIT;
 
+/* 1 (and lua_dir set) when fmt, given dir, names a directory holding moxy's modules. */
+static int try_lua_dir(const char *fmt, const char *dir)
+{
+    char cand[PATH_MAX + 32], probe[PATH_MAX + 64];
+    struct stat st;
+    snprintf(cand, sizeof(cand), fmt, dir);
+    snprintf(probe, sizeof(probe), "%s/moxy/config.lua", cand);
+    return stat(probe, &st) == 0 && realpath(cand, lua_dir) != NULL;
+}
+
+/* $MOXY_LUA_DIR; else beside the executable in a source tree (./moxy,
+ * build/moxy); else the LUADIR it was built for (make install rebuilds when
+ * LUADIR changes); else PREFIX/share/moxy/lua relative to PREFIX/bin/moxy, for
+ * a tree installed with DESTDIR or moved after installing. */
 static void find_lua_dir(void)
 {
     const char *env = getenv("MOXY_LUA_DIR");
@@ -23,25 +37,19 @@ static void find_lua_dir(void)
         snprintf(lua_dir, sizeof(lua_dir), "%s", env);
         return;
     }
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], *slash = NULL;
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n > 0) {
         exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            struct stat st;
-            /* ./moxy and build/moxy in a source tree, then installed layouts */
-            const char *tries[] = {"%s/lua", "%s/../lua"};
-            for (size_t i = 0; i < MOXY_ARRAY_LEN(tries); i++) {
-                char cand[PATH_MAX + 16], probe[PATH_MAX + 32];
-                snprintf(cand, sizeof(cand), tries[i], exe);
-                snprintf(probe, sizeof(probe), "%s/moxy/config.lua", cand);
-                if (stat(probe, &st) == 0 && realpath(cand, lua_dir)) return;
-            }
-        }
+        slash = strrchr(exe, '/');
     }
-    snprintf(lua_dir, sizeof(lua_dir), "%s", MOXY_LUADIR);
+    if (slash) {
+        *slash = '\0';
+        if (try_lua_dir("%s/lua", exe) || try_lua_dir("%s/../lua", exe)) return;
+    }
+    if (try_lua_dir("%s", MOXY_LUADIR)) return;
+    if (slash && try_lua_dir("%s/../share/moxy/lua", exe)) return;
+    snprintf(lua_dir, sizeof(lua_dir), "%s", MOXY_LUADIR); /* for the error message */
 }
 
 const char *moxy_lua_dir(void)

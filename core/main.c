@@ -13,6 +13,7 @@
 #include "log.h"
 #include "lua_bridge.h"
 #include "resolver.h"
+#include "sd_notify.h"
 #include "shared_dict.h"
 #include "upstream.h"
 #include "worker.h"
@@ -81,11 +82,13 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     switch (sig) {
     case SIGQUIT:
         moxy_log_info("QUIT: draining: no new connections, in-flight requests finish");
+        moxy_sd_notify("STOPPING=1\nSTATUS=draining: in-flight requests finish");
         for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_DRAIN);
         break;
     case SIGTERM:
     case SIGINT:
         moxy_log_info("%s: exiting now", sig == SIGTERM ? "TERM" : "INT");
+        moxy_sd_notify("STOPPING=1\nSTATUS=exiting now");
         for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_STOP);
         break;
     case SIGUSR1:
@@ -254,6 +257,9 @@ int main(int argc, char **argv)
         moxy_log_info("listening on %s (%s)", conf->listens[i].addr.text, conf->listens[i].name);
     moxy_log_info("moxy %s started: %d worker%s, configuration %s", MOXY_VERSION, nworkers,
                   nworkers == 1 ? "" : "s", path);
+    /* listeners opened and worker_init run in moxy_worker_new: connections queue until accepted */
+    moxy_sd_notifyf("READY=1\nMAINPID=%ld\nSTATUS=serving: %d worker%s, configuration %s",
+                    (long)getpid(), nworkers, nworkers == 1 ? "" : "s", path);
 
     event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) event_free(sev[i]);
