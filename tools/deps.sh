@@ -9,7 +9,7 @@ set -eu
 
 BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zlib1g-dev \
 libmaxminddb-dev libpcre2-dev node-llhttp lua-cjson"
-TEST="lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin"
+TEST="lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd"
 BENCH="nginx wrk util-linux iproute2"
 
 want="$BUILD $TEST"
