@@ -89,6 +89,11 @@ void moxy_access_log(moxy_req_t *r)
         if (ua) o += put_escaped(p + o, room - o - 128, ua->value, ua->value_len, 1);
         o += (size_t)snprintf(p + o, room - o, "\"");
         if (r->error) o += (size_t)snprintf(p + o, room - o, ",\"error\":\"%s\"", r->error);
+        for (const moxy_log_field_t *f = r->log_fields; f && o + 100 < room; f = f->next) {
+            o += (size_t)snprintf(p + o, room - o, ",\"%.*s\":%s", (int)f->name_len, f->name, f->quoted ? "\"" : "");
+            o += put_escaped(p + o, room - o - 16, f->value, f->value_len, 1);
+            if (f->quoted) p[o++] = '"';
+        }
         o += (size_t)snprintf(p + o, room - o, "}\n");
     } else {
         char ts[40];
@@ -104,7 +109,15 @@ void moxy_access_log(moxy_req_t *r)
         o += (size_t)snprintf(p + o, room - o, "\" \"");
         if (ua) o += put_escaped(p + o, room - o - 128, ua->value, ua->value_len, 0);
         else p[o++] = '-';
-        o += (size_t)snprintf(p + o, room - o, "\" rid=%s up=%s rt=%.3f\n", r->id, upstream, secs);
+        o += (size_t)snprintf(p + o, room - o, "\" rid=%s up=%s rt=%.3f", r->id, upstream, secs);
+        for (const moxy_log_field_t *f = r->log_fields; f && o + 100 < room; f = f->next) {
+            /* name=value; a string with a space or a quote goes in quotes */
+            int q = f->quoted && (f->value_len == 0 || memchr(f->value, ' ', f->value_len) || memchr(f->value, '"', f->value_len));
+            o += (size_t)snprintf(p + o, room - o, " %.*s=%s", (int)f->name_len, f->name, q ? "\"" : "");
+            o += put_escaped(p + o, room - o - 16, f->value, f->value_len, 0);
+            if (q) p[o++] = '"';
+        }
+        if (o < room) p[o++] = '\n';
     }
     if (o >= room) {
         o = room - 1;

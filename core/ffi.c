@@ -208,6 +208,35 @@ EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, c
     return plen && !p ? MOXY_ERROR : MOXY_OK;
 }
 
+EXPORT int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted)
+{
+    if (nlen == 0 || nlen > 64) return MOXY_ERROR;
+    for (size_t i = 0; i < nlen; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        if (!(ch == '_' || (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z'))) return MOXY_ERROR;
+    }
+    moxy_pool_t *pool = &r->c->pool;
+    char *v = moxy_pstrdup(pool, val, vlen);
+    if (!v && vlen) return MOXY_ERROR;
+    for (moxy_log_field_t *f = r->log_fields; f; f = f->next) {
+        if (f->name_len == nlen && memcmp(f->name, name, nlen) == 0) {
+            f->value = v;
+            f->value_len = (uint32_t)vlen;
+            f->quoted = quoted;
+            return MOXY_OK;
+        }
+    }
+    moxy_log_field_t *f = moxy_palloc(pool, sizeof(*f));
+    char *n = moxy_pstrdup(pool, name, nlen);
+    if (!f || !n) return MOXY_ERROR;
+    *f = (moxy_log_field_t){.name = n, .value = v, .name_len = (uint32_t)nlen, .value_len = (uint32_t)vlen,
+                            .quoted = quoted};
+    if (r->log_fields_last) r->log_fields_last->next = f;
+    else r->log_fields = f;
+    r->log_fields_last = f;
+    return MOXY_OK;
+}
+
 EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len)
 {
     if (status < 200 || status > 999 || status == 101) return MOXY_ERROR;

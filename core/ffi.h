@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 12
+#define MOXY_FFI_ABI 13
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -34,6 +34,12 @@ int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen,
  * MOXY_ERROR on an invalid name or value (CR, LF, NUL...). */
 int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
                         size_t vlen, int add);
+
+/* Add the field name = value (nlen, vlen bytes; value a string when quoted,
+ * else the text of a number or boolean) to the request's access-log line;
+ * a name given again replaces its value.  MOXY_OK; MOXY_ERROR: a bad name
+ * (1..64 of A-Z a-z 0-9 _) or out of memory. */
+int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted);
 
 /* Remove every header called name; returns how many were removed. */
 int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nlen);

@@ -112,6 +112,14 @@ struct moxy_listener_s {
     struct event ev;
 };
 
+/* A field a hook added to the request's access-log line (txn:log_field). */
+typedef struct moxy_log_field_s {
+    struct moxy_log_field_s *next;
+    char *name, *value;  /* request pool */
+    uint32_t name_len, value_len;
+    int quoted;          /* a string (escaped, quoted in JSON), else a number or boolean */
+} moxy_log_field_t;
+
 /* A request, from its first byte to its access-log line. */
 struct moxy_req_s {
     moxy_client_t *c;
@@ -163,6 +171,7 @@ struct moxy_req_s {
     struct moxy_lua_task_s *body_task; /* the hook waiting for the body */
 
     void *geo;             /* geoip.c: this request's lookups (request pool), or NULL */
+    moxy_log_field_t *log_fields, *log_fields_last; /* txn:log_field's, in order */
 
     /* hooks */
     void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */

@@ -678,7 +678,9 @@ function M.check(t, path, src)
       access = nil
     else
       access = c:value(access, { "log", "access" }, typed("string"))
-      if access and access:sub(1, 1) ~= "/" then access = conf.dir .. "/" .. access end
+      if access and access ~= "stdout" and access ~= "stderr" and access:sub(1, 1) ~= "/" then
+        access = conf.dir .. "/" .. access
+      end
     end
     local err = c:value(lg.error, { "log", "error" }, typed("string"), "stderr")
     if err ~= "stderr" and err:sub(1, 1) ~= "/" then err = conf.dir .. "/" .. err end

@@ -11,6 +11,7 @@ int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen,
                         const char **val, size_t *vlen);
 int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
                         size_t vlen, int add);
+int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted);
 int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nlen);
 int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, size_t *nlen,
                        const char **val, size_t *vlen);
@@ -30,7 +31,7 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 12
+local ABI = 13
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -395,6 +396,31 @@ function methods.read_body(_, max)
     return nil, field(r, F.body_error) or "cannot read the body"
   end
   return ffi_string(sp[0], sl[0])
+end
+
+--- txn:log_field(name, value): add name=value to this request's access-log
+-- line (JSON: a key of the object; combined: ` name=value` at the end).
+-- name: 1..64 of A-Z a-z 0-9 _; value: a string, number or boolean (nil
+-- removes nothing: it is an error).  Any phase, on_log included; a name
+-- given again replaces its value.
+function methods.log_field(_, name, value)
+  if type(name) ~= "string" then error("txn:log_field: name must be a string", 2) end
+  local t, quoted = type(value), 0
+  if t == "string" then
+    quoted = 1
+  elseif t == "number" then
+    if value ~= value or value == math.huge or value == -math.huge then
+      error("txn:log_field: value must be a finite number", 2)
+    end
+    value = value % 1 == 0 and string.format("%d", value) or string.format("%.17g", value)
+  elseif t == "boolean" then
+    value = value and "true" or "false"
+  else
+    error("txn:log_field: value must be a string, number or boolean, got " .. t, 2)
+  end
+  if C.moxy_ffi_log_field(req_ptr(), name, #name, value, #value, quoted) ~= OK then
+    error("txn:log_field: bad name \"" .. name .. "\" (1..64 letters, digits or _)", 2)
+  end
 end
 
 local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }

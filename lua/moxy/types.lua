@@ -84,6 +84,7 @@ function Upstream:set_peer(ip, port) end
 function Upstream:retryable(yes) end
 
 ---@class moxy.Txn
+---@field log_field fun(self: moxy.Txn, name: string, value: string|number|boolean)  add name=value to the access-log line
 ---@field req moxy.Request
 ---@field resp moxy.Response
 ---@field client moxy.Client
