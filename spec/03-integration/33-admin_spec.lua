@@ -114,7 +114,8 @@ describe("admin listener", function()
   lazy_teardown(function() helpers.stop_all() end)
 
   local function get(path, headers)
-    return assert(helpers.request(admin_port, { path = path, headers = headers }))
+    local res, err = helpers.request(admin_port, { path = path, headers = headers })
+    return assert(res, tostring(err) .. "\n--- moxy's stderr ---\n" .. m:stderr())
   end
 
   local function post(path, token)
