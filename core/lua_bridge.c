@@ -152,6 +152,7 @@ static void budget_disarm(moxy_worker_t *w)
     if (!(w->conf->cpu_budget > 0)) return;
     atomic_store_explicit(&w->lua_since, 0, memory_order_relaxed);
     if (budget_hooked) {
+        MOXY_STAT_ADD(w->stats.budget_kills, 1);
         budget_hooked = 0;
         lua_sethook(w->L, NULL, 0, 0);
     }

@@ -247,6 +247,15 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     head(out, "moxy_lua_errors_total", "counter",
          "Hook and timer runs that failed: script errors, CPU budget and memory limit.");
     evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", lua_errors);
+    head(out, "moxy_lua_budget_kills_total", "counter", "Hook and timer runs stopped past lua.cpu_budget.");
+    unsigned long long kills = 0;
+    for (int i = 0; i < n; i++) kills += LOAD(workers[i]->stats.budget_kills);
+    evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", kills);
+    head(out, "moxy_worker_loop_lag_seconds", "gauge",
+         "How late each worker's one-second timer fired last: time its event loop was kept busy.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(out, "moxy_worker_loop_lag_seconds{worker=\"%d\"} %.6f\n", workers[i]->id,
+                            (double)LOAD(workers[i]->stats.loop_lag_us) / 1e6);
     render_requests(out, workers, n, conf);
     render_upstreams(out, workers, n, conf);
     render_dicts(out, conf);

@@ -37,6 +37,9 @@ typedef struct {
     moxy_hist_t duration;      /* first byte to last byte, every request */
     atomic_llong conns;        /* open client connections (gauge) */
     atomic_ullong lua_errors;  /* hook runs that failed (script errors, budget, memory) */
+    atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
+    atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
+    long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *pools;  /* one per conf->upstreams, or NULL */
 } moxy_stats_t;
 

@@ -152,6 +152,13 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(what);
     moxy_alog_flush(&w->alog);
     moxy_geoip_worker_refresh(w);
+    /* event-loop lag: how late this one-second timer fires (a loop kept
+     * busy by a slow callback fires it late) */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long now = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (w->stats.timer_due_us) MOXY_STAT_SET(w->stats.loop_lag_us, MOXY_MAX(0, now - w->stats.timer_due_us));
+    w->stats.timer_due_us = now + 1000000;
 }
 
 struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)

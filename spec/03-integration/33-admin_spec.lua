@@ -108,7 +108,14 @@ describe("admin listener", function()
       upstreams = { app = { servers = { a.addr, b.addr } } },
       shared = { sessions = "1m" },
       admin = { listen = "127.0.0.1:" .. admin_port, token = TOKEN },
-    }, { ports = { port, admin_port } })
+      lua = { cpu_budget = "20ms" },
+      scripts = { "spin.lua" },
+    }, { ports = { port, admin_port }, files = { ["spin.lua"] = [[
+return { on_request = function(txn)
+  if txn.req.path == "/spin" then while true do end end
+  if txn.req.path == "/fail" then error("boom") end
+end }
+]] } })
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
@@ -158,6 +165,19 @@ describe("admin listener", function()
     assert.equal(1, value(after, "moxy_peer_up", { pool = "app", peer = a.addr }))
     assert.equal(1048576, value(after, "moxy_shared_dict_capacity_bytes", { dict = "sessions" }))
     assert.equal(2, value(after, "moxy_workers"))
+  end)
+
+  it("counts script errors and CPU-budget kills, and shows each worker's loop lag", function()
+    local before = parse_prometheus(get("/metrics").body)
+    assert.equal(500, assert(helpers.request(m.port, { path = "/spin" })).status)
+    assert.equal(500, assert(helpers.request(m.port, { path = "/fail" })).status)
+    local after = parse_prometheus(get("/metrics").body)
+    assert.equal(1, value(after, "moxy_lua_budget_kills_total") - value(before, "moxy_lua_budget_kills_total"))
+    assert.equal(2, value(after, "moxy_lua_errors_total") - value(before, "moxy_lua_errors_total"))
+    for w = 0, 1 do
+      local lag = value(after, "moxy_worker_loop_lag_seconds", { worker = tostring(w) })
+      assert.is_true(lag ~= nil and lag >= 0 and lag < 5, "worker " .. w .. " lag " .. tostring(lag))
+    end
   end)
 
   it("serves /status as JSON", function()
