@@ -116,6 +116,10 @@ return { on_request = function(txn)
   if txn.req.path == "/fail" then error("boom") end
 end }
 ]] } })
+    -- the admin listener is bound after the workers' listeners: wait for its log line
+    assert(helpers.wait_until(function()
+      return m:stderr():find("admin listener on 127.0.0.1:" .. admin_port, 1, true) or not m:alive()
+    end, 10 * helpers.scale) and m:alive(), "no admin listener:\n" .. m:stderr())
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
@@ -228,6 +232,8 @@ end }
       admin = { listen = "127.0.0.1:" .. ap },
     }, { ports = { port, ap } })
     finally(function() m2:stop() end)
+    assert(helpers.wait_until(function() return m2:stderr():find("admin listener on", 1, true) end,
+      10 * helpers.scale), m2:stderr())
     local res = assert(helpers.request(ap, { method = "POST", path = "/peers/app/" .. a.addr .. "/drain",
                                             headers = { Authorization = "Bearer " .. TOKEN } }))
     assert.equal(403, res.status)
