@@ -47,6 +47,71 @@ static const moxy_header_t *find(const moxy_req_t *r, const char *name, size_t n
     return i < 0 ? NULL : &r->headers.h[i];
 }
 
+/* One "key":value of a JSON line (field f, MOXY_ALF_*) at p (room bytes,
+ * at least 600); returns its length. */
+static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const char *ts, const struct timeval *now,
+                         double secs, const char *method, const char *uri, size_t urilen, const char *upstream,
+                         int status, const moxy_header_t *ref, const moxy_header_t *ua)
+{
+    size_t o = 0;
+    const moxy_conf_t *conf = r->c->w->conf;
+    switch (f) {
+    case MOXY_ALF_TIME:
+        return (size_t)snprintf(p, room, "\"time\":\"%s.%03dZ\"", ts, (int)(now->tv_usec / 1000));
+    case MOXY_ALF_REQUEST_ID: return (size_t)snprintf(p, room, "\"request_id\":\"%s\"", r->id);
+    case MOXY_ALF_CLIENT: return (size_t)snprintf(p, room, "\"client\":\"%s\"", moxy_req_client_ip(r));
+    case MOXY_ALF_SOCKET_CLIENT: return (size_t)snprintf(p, room, "\"socket_client\":\"%s\"", r->c->sock_ip);
+    case MOXY_ALF_METHOD:
+        o = (size_t)snprintf(p, room, "\"method\":\"");
+        o += put_escaped(p + o, room - o - 2, method, strlen(method), 1);
+        break;
+    case MOXY_ALF_URI:
+        o = (size_t)snprintf(p, room, "\"uri\":\"");
+        o += put_escaped(p + o, room - o - 2 > 512 ? room - o - 512 : room - o - 2, uri, urilen, 1);
+        break;
+    case MOXY_ALF_HOST:
+        o = (size_t)snprintf(p, room, "\"host\":\"");
+        if (r->host) o += put_escaped(p + o, room - o - 2 > 256 ? 256 : room - o - 2, r->host, strlen(r->host), 1);
+        break;
+    case MOXY_ALF_PROTOCOL:
+        return (size_t)snprintf(p, room, "\"protocol\":\"HTTP/%d.%d\"", r->http_major ? r->http_major : 1,
+                                r->http_minor);
+    case MOXY_ALF_STATUS: return (size_t)snprintf(p, room, "\"status\":%d", status);
+    case MOXY_ALF_BYTES: return (size_t)snprintf(p, room, "\"bytes\":%llu", (unsigned long long)r->bytes_sent);
+    case MOXY_ALF_UPSTREAM: return (size_t)snprintf(p, room, "\"upstream\":\"%s\"", upstream);
+    case MOXY_ALF_DURATION_MS: return (size_t)snprintf(p, room, "\"duration_ms\":%.3f", secs * 1000.0);
+    case MOXY_ALF_REFERER:
+        o = (size_t)snprintf(p, room, "\"referer\":\"");
+        if (ref) o += put_escaped(p + o, room - o - 2 > 256 ? 256 : room - o - 2, ref->value, ref->value_len, 1);
+        break;
+    case MOXY_ALF_USER_AGENT:
+        o = (size_t)snprintf(p, room, "\"user_agent\":\"");
+        if (ua) o += put_escaped(p + o, room - o - 2 > 256 ? 256 : room - o - 2, ua->value, ua->value_len, 1);
+        break;
+    case MOXY_ALF_ERROR: return (size_t)snprintf(p, room, "\"error\":\"%s\"", r->error ? r->error : "");
+    case MOXY_ALF_POOL:
+        return (size_t)snprintf(p, room, "\"pool\":\"%s\"",
+                                r->pool >= 0 && r->pool < conf->nupstreams ? conf->upstreams[r->pool].name : "");
+    case MOXY_ALF_TRIES: return (size_t)snprintf(p, room, "\"tries\":%d", r->tries);
+    case MOXY_ALF_UPSTREAM_STATUS: return (size_t)snprintf(p, room, "\"upstream_status\":%d", r->up_status);
+    case MOXY_ALF_UPSTREAM_HEADER_MS: {
+        double ms = -1;
+        if (evutil_timerisset(&r->up_header)) {
+            struct timeval d;
+            evutil_timersub(&r->up_header, &r->up_started, &d);
+            ms = (double)d.tv_sec * 1000 + (double)d.tv_usec / 1000;
+        }
+        return ms < 0 ? (size_t)snprintf(p, room, "\"upstream_header_ms\":null")
+                      : (size_t)snprintf(p, room, "\"upstream_header_ms\":%.3f", ms);
+    }
+    case MOXY_ALF_LISTENER:
+        return (size_t)snprintf(p, room, "\"listener\":\"%s\"", conf->listens[r->c->listen_index].name);
+    default: return 0;
+    }
+    p[o++] = '"';
+    return o;
+}
+
 void moxy_access_log(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
@@ -74,23 +139,18 @@ void moxy_access_log(moxy_req_t *r)
     if (w->conf->log.format == MOXY_ALOG_JSON) {
         char ts[40];
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-        o += (size_t)snprintf(p + o, room - o,
-                              "{\"time\":\"%s.%03dZ\",\"request_id\":\"%s\",\"client\":\"%s\","
-                              "\"method\":\"%s\",\"uri\":\"",
-                              ts, (int)(now.tv_usec / 1000), r->id, moxy_req_client_ip(r), method);
-        o += put_escaped(p + o, room - o - 512, uri, urilen, 1);
-        o += (size_t)snprintf(p + o, room - o,
-                              "\",\"protocol\":\"HTTP/%d.%d\",\"status\":%d,\"bytes\":%llu,"
-                              "\"upstream\":\"%s\",\"duration_ms\":%.3f,\"referer\":\"",
-                              r->http_major ? r->http_major : 1, r->http_minor, status,
-                              (unsigned long long)r->bytes_sent, upstream, secs * 1000.0);
-        if (ref) o += put_escaped(p + o, room - o - 256, ref->value, ref->value_len, 1);
-        o += (size_t)snprintf(p + o, room - o, "\",\"user_agent\":\"");
-        if (ua) o += put_escaped(p + o, room - o - 128, ua->value, ua->value_len, 1);
-        o += (size_t)snprintf(p + o, room - o, "\"");
-        if (r->error) o += (size_t)snprintf(p + o, room - o, ",\"error\":\"%s\"", r->error);
+        p[o++] = '{';
+        size_t start = o;
+        for (int i = 0; i < w->conf->log.nfields && o + 600 < room; i++) {
+            int f = w->conf->log.fields[i];
+            if (f == MOXY_ALF_ERROR && !r->error) continue;
+            if (o > start) p[o++] = ',';
+            o += json_field(r, f, p + o, room - o - 64, ts, &now, secs, method, uri, urilen, upstream, status,
+                            ref, ua);
+        }
         for (const moxy_log_field_t *f = r->log_fields; f && o + 100 < room; f = f->next) {
-            o += (size_t)snprintf(p + o, room - o, ",\"%.*s\":%s", (int)f->name_len, f->name, f->quoted ? "\"" : "");
+            if (o > start) p[o++] = ',';
+            o += (size_t)snprintf(p + o, room - o, "\"%.*s\":%s", (int)f->name_len, f->name, f->quoted ? "\"" : "");
             o += put_escaped(p + o, room - o - 16, f->value, f->value_len, 1);
             if (f->quoted) p[o++] = '"';
         }

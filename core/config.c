@@ -345,6 +345,17 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
     c->log.access = field_str(L, lg, "access");
     char *fmt = field_str(L, lg, "format");
     c->log.format = fmt && strcmp(fmt, "json") == 0 ? MOXY_ALOG_JSON : MOXY_ALOG_COMBINED;
+    lua_getfield(L, lg, "fields");
+    int nf = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    for (int i = 1; i <= nf && c->log.nfields < (int)sizeof(c->log.fields); i++) {
+        lua_rawgeti(L, -1, i);
+        int f = (int)lua_tointeger(L, -1);
+        if (f >= 0 && f < MOXY_ALF_COUNT) c->log.fields[c->log.nfields++] = (unsigned char)f;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (!lua_istable(L, lg)) /* no log table: the default fields */
+        for (int f = 0; f <= MOXY_ALF_ERROR; f++) c->log.fields[c->log.nfields++] = (unsigned char)f;
     free(fmt);
     c->log.error = field_str(L, lg, "error");
     char *lvl = field_str(L, lg, "level");

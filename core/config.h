@@ -12,6 +12,31 @@
 
 enum { MOXY_ALOG_COMBINED = 0, MOXY_ALOG_JSON };
 
+/* The access log's JSON fields (log.fields; config.lua's LOG_FIELDS order). */
+enum {
+    MOXY_ALF_TIME = 0,
+    MOXY_ALF_REQUEST_ID,
+    MOXY_ALF_CLIENT,
+    MOXY_ALF_METHOD,
+    MOXY_ALF_URI,
+    MOXY_ALF_PROTOCOL,
+    MOXY_ALF_STATUS,
+    MOXY_ALF_BYTES,
+    MOXY_ALF_UPSTREAM,
+    MOXY_ALF_DURATION_MS,
+    MOXY_ALF_REFERER,
+    MOXY_ALF_USER_AGENT,
+    MOXY_ALF_ERROR,
+    MOXY_ALF_HOST,
+    MOXY_ALF_SOCKET_CLIENT,
+    MOXY_ALF_POOL,
+    MOXY_ALF_TRIES,
+    MOXY_ALF_UPSTREAM_STATUS,
+    MOXY_ALF_UPSTREAM_HEADER_MS,
+    MOXY_ALF_LISTENER,
+    MOXY_ALF_COUNT
+};
+
 typedef struct moxy_addr_s {
     char *text;                  /* as written, e.g. "127.0.0.1:8080" */
     struct sockaddr_storage sa;  /* resolved address */
@@ -170,6 +195,8 @@ typedef struct {
     struct {
         char *access; /* NULL: off */
         int format;   /* MOXY_ALOG_* */
+        unsigned char fields[32]; /* JSON format: the fields (MOXY_ALF_*), in order */
+        int nfields;
         char *error;  /* "stderr" or a path */
         int level;    /* MOXY_LOG_* */
     } log;

@@ -9,6 +9,11 @@
 
 local M = {}
 
+-- The access log's JSON fields, in core/access_log.c's order (ALF_*), and
+-- the default set.
+M.LOG_FIELDS = { "time", "request_id", "client", "method", "uri", "protocol", "status", "bytes", "upstream", "duration_ms", "referer", "user_agent", "error", "host", "socket_client", "pool", "tries", "upstream_status", "upstream_header_ms", "listener" }
+M.LOG_FIELDS_DEFAULT = { "time", "request_id", "client", "method", "uri", "protocol", "status", "bytes", "upstream", "duration_ms", "referer", "user_agent", "error" }
+
 local function escape(s)
   return (s:gsub("%p", "%%%0"))
 end
@@ -672,7 +677,7 @@ function M.check(t, path, src)
   end
 
   local lg = t.log or {}
-  if c:table(lg, { "log" }, { access = true, format = true, error = true, level = true }) then
+  if c:table(lg, { "log" }, { access = true, format = true, error = true, level = true, fields = true }) then
     local access = lg.access
     if access == nil or access == false then
       access = nil
@@ -689,7 +694,19 @@ function M.check(t, path, src)
       format = c:value(lg.format, { "log", "format" }, one_of("combined", "json"), "combined"),
       error = err,
       level = c:value(lg.level, { "log", "level" }, one_of("error", "warn", "info", "debug"), "info"),
+      fields = {},
     }
+    -- log.fields: the JSON line's keys, in order (the combined format is fixed)
+    local known = {}
+    for i, f in ipairs(M.LOG_FIELDS) do known[f] = i - 1 end
+    local fields = lg.fields == nil and M.LOG_FIELDS_DEFAULT or list(c, lg.fields, { "log", "fields" })
+    for i, f in ipairs(fields) do
+      if known[f] == nil then
+        c:err({ "log", "fields", i }, "unknown field " .. tostring(f) .. " (known: " .. table.concat(M.LOG_FIELDS, ", ") .. ")", f)
+      else
+        conf.log.fields[#conf.log.fields + 1] = known[f]
+      end
+    end
   end
 
   if #c.errors > 0 then return nil, c.errors end

@@ -60,6 +60,41 @@ describe("access log", function()
     assert.equal(200, doc.status)
   end)
 
+  it("writes the JSON fields log.fields names, in that order, then the hooks' fields", function()
+    local m = start({ access = "access.log", format = "json", error = "stderr",
+                      fields = { "status", "pool", "tries", "upstream_status", "upstream_header_ms", "host",
+                                 "listener", "socket_client", "client" } })
+    finally(function() m:stop() end)
+    assert.equal(200, assert(helpers.request(m.port, { path = "/echo", host = "example.test" })).status)
+    local line = last_line(m)
+    local doc = assert(cjson.decode(line))
+    assert.equal(200, doc.status)
+    assert.equal("app", doc.pool)
+    assert.equal(1, doc.tries)
+    assert.equal(200, doc.upstream_status)
+    assert.is_true(doc.upstream_header_ms >= 0)
+    assert.equal("example.test", doc.host)
+    assert.equal("127.0.0.1", doc.socket_client)
+    assert.is_nil(doc.uri)
+    assert.is_nil(doc.time)
+    local keys = {}
+    for k in line:gmatch('"([%w_]+)":') do keys[#keys + 1] = k end
+    assert.same({ "status", "pool", "tries", "upstream_status", "upstream_header_ms", "host", "listener",
+                  "socket_client", "client", "user", "score", "ratio", "cached", "note" }, keys)
+  end)
+
+  it("names an unknown log field in the configuration", function()
+    local code, out = helpers.run_moxy_check([[
+return {
+  listen = "127.0.0.1:1",
+  upstreams = { app = { servers = { "127.0.0.1:2" } } },
+  log = { format = "json", fields = { "status", "colour" } },
+}
+]])
+    assert.equal(1, code)
+    assert.matches(":4: log%.fields%[2%]: unknown field colour", out)
+  end)
+
   it("refuses a bad field name with a script error", function()
     local m = start({ access = "access.log", error = "stderr" })
     finally(function() m:stop() end)
