@@ -76,6 +76,7 @@
 --       origin received it (case-insensitive, in order); echo_value(doc, name)
 --       -> them joined with ", " or nil
 --   helpers.read_file(path), helpers.write_file(path, text), helpers.tmpdir()
+--   helpers.sh(cmd) -> output (stdout and stderr), exit status; helpers.shell_quote(s)
 --   helpers.line_of(src, marker) -> the number of the first line of src
 --       containing marker (to assert on the file:line moxy logs)
 --   helpers.script_with_config(path, config) -> the source of the script at
@@ -125,6 +126,20 @@ function helpers.wait_until(fn, timeout, interval)
     if now() >= deadline then return nil end
     sleep(interval)
   end
+end
+
+-- s quoted for /bin/sh (single quotes).
+function helpers.shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- helpers.sh(cmd) -> its combined stdout and stderr, its exit status.
+function helpers.sh(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"__exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local body, code = out:match("^(.*)__exit=(%d+)%s*$")
+  return body, tonumber(code)
 end
 
 function helpers.read_file(path)

@@ -11,18 +11,7 @@ local BUILD = helpers.root .. "/geoip/mmdb-build"
 local TESTDATA = helpers.root .. "/../shared/testdata/geoip"
 local S = helpers.scale
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- sh(cmd) -> combined stdout and stderr, exit status
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"__exit=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local body, code = out:match("^(.*)__exit=(%d+)%s*$")
-  return body, tonumber(code)
-end
+local quote, sh = helpers.shell_quote, helpers.sh
 
 local MMDBLOOKUP = (function()
   local out = sh("command -v mmdblookup")

@@ -10,18 +10,7 @@ local helpers = require "spec.helpers"
 local S = helpers.scale
 local ROOT = helpers.root
 
-local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- sh(cmd) -> combined stdout and stderr, exit status
-local function sh(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"__exit=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local body, code = out:match("^(.*)__exit=(%d+)%s*$")
-  return body, tonumber(code)
-end
+local quote, sh = helpers.shell_quote, helpers.sh
 
 local function have(tool)
   local out = sh("command -v " .. tool)
