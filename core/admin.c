@@ -24,14 +24,12 @@ static struct {
     const moxy_conf_t *conf;
     moxy_worker_t *const *workers;
     int n;
-    struct timespec started;
+    long long started_us; /* moxy_mono_us() */
 } admin;
 
 static double uptime(void)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - admin.started.tv_sec) + (double)(now.tv_nsec - admin.started.tv_nsec) / 1e9;
+    return (double)(moxy_mono_us() - admin.started_us) / 1e6;
 }
 
 static void reply(struct evhttp_request *req, int code, const char *reason, const char *type, struct evbuffer *body)
@@ -220,7 +218,7 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
     admin.conf = conf;
     admin.workers = workers;
     admin.n = n;
-    clock_gettime(CLOCK_MONOTONIC, &admin.started);
+    admin.started_us = moxy_mono_us();
     admin.http = evhttp_new(base);
     if (!admin.http) goto err;
     evhttp_set_allowed_methods(admin.http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);

@@ -12,6 +12,7 @@
  */
 #include "geoip.h"
 #include "ffi.h"
+#include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "worker.h"
@@ -401,12 +402,6 @@ static int scalar(const MMDB_entry_data_s *d, moxy_ffi_geo_value_t *out)
     return MOXY_OK;
 }
 
-/* The client address txn.client.geo looks up. */
-static const char *client_ip(const moxy_req_t *r)
-{
-    return r->client_ip ? r->client_ip : r->c->ip; /* realip.c's choice, or the connection's */
-}
-
 /* Field `field` of ip (len bytes) from the first database that has it, for
  * w (NULL: the main thread); lk: ndbs lookups, made here when they are not
  * of the current versions (a request's cache, or scratch). */
@@ -446,7 +441,7 @@ EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *o
         memset(lk, 0, (size_t)ndbs * sizeof(*lk));
         r->geo = lk;
     }
-    const char *ip = client_ip(r);
+    const char *ip = moxy_req_client_ip(r);
     return field_of(r->c->w, ip, strlen(ip), lk, field, out);
 }
 
@@ -454,9 +449,8 @@ EXPORT int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_
 {
     out->type = MOXY_FFI_GEO_NONE;
     if (ndbs == 0) return MOXY_DECLINED;
-    geo_lookup_t scratch[8], *lk = scratch;
+    geo_lookup_t scratch[8] = {0}, *lk = scratch; /* no cache to keep: lookups of this call only */
     if (ndbs > (int)MOXY_ARRAY_LEN(scratch) && !(lk = calloc((size_t)ndbs, sizeof(*lk)))) return MOXY_ERROR;
-    memset(lk, 0, (size_t)MOXY_MIN(ndbs, (int)MOXY_ARRAY_LEN(scratch)) * sizeof(*lk));
     int rc = field_of(moxy_lua_worker(), ip, iplen, lk, field, out);
     if (lk != scratch) free(lk);
     return rc;

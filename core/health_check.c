@@ -88,13 +88,6 @@ static struct {
 
 static void round_start(health_peer_t *hp);
 
-static long long mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static struct timeval tv_of_us(long long us)
 {
     struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
@@ -131,7 +124,7 @@ static void record(health_peer_t *hp, const char *why)
  * interval later, or at once when that time has passed. */
 static void schedule_next(health_peer_t *hp)
 {
-    long long now = mono_us();
+    long long now = moxy_mono_us();
     hp->due_us += hp->pool->interval_us;
     if (hp->due_us < now) hp->due_us = now;
     struct timeval tv = tv_of_us(hp->due_us - now);
@@ -488,7 +481,7 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
         moxy_log_err("health checks: out of memory");
         goto err;
     }
-    long long now = mono_us();
+    long long now = moxy_mono_us();
     for (int i = 0; i < conf->nupstreams; i++) {
         const moxy_upstream_conf_t *uc = &conf->upstreams[i];
         if (uc->health.type == MOXY_CHECK_NONE) continue;

@@ -98,13 +98,6 @@ static _Thread_local moxy_worker_t *cur_worker;
 static _Thread_local moxy_worker_t *budget_w; /* the worker of this thread's runs */
 static _Thread_local volatile sig_atomic_t budget_hooked;
 
-static int64_t budget_now_ms(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-    return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
 static int64_t budget_ms(const moxy_worker_t *w)
 {
     return (int64_t)(w->conf->cpu_budget * 1000 + 0.5);
@@ -135,7 +128,7 @@ static void budget_signal(int sig)
     moxy_worker_t *w = budget_w;
     if (!w || !w->L) return;
     int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);
-    if (since == 0 || budget_now_ms() - since < budget_ms(w)) return;
+    if (since == 0 || moxy_mono_ms() - since < budget_ms(w)) return;
     budget_hooked = 1;
     lua_sethook(w->L, budget_hook, LUA_MASKCOUNT, 1);
 }
@@ -144,7 +137,7 @@ static void budget_arm(moxy_worker_t *w)
 {
     if (!(w->conf->cpu_budget > 0)) return;
     budget_w = w;
-    atomic_store_explicit(&w->lua_since, budget_now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&w->lua_since, moxy_mono_ms(), memory_order_relaxed);
 }
 
 static void budget_disarm(moxy_worker_t *w)
@@ -172,7 +165,7 @@ static void *watchdog_main(void *arg)
     MOXY_UNUSED(arg);
     while (!atomic_load(&watchdog.stop)) {
         nanosleep(&watchdog.tick, NULL);
-        int64_t now = budget_now_ms();
+        int64_t now = moxy_mono_ms();
         for (int i = 0; i < watchdog.n; i++) {
             moxy_worker_t *w = watchdog.workers[i];
             int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/time.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define MOXY_VERSION "0.1.0"
 
@@ -73,6 +74,23 @@ static inline struct timeval moxy_timeval(double s)
     tv.tv_sec = (time_t)s;
     tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
     return tv;
+}
+
+/* Milliseconds of the coarse monotonic clock (a few ms of resolution, a
+ * vDSO read): deadlines, ejections, budgets. */
+static inline long long moxy_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Microseconds of the monotonic clock (precise): intervals to measure. */
+static inline long long moxy_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* The next number of the xorshift128+ generator whose state is s (not zero). */

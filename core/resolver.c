@@ -49,15 +49,6 @@ static struct {
     int stopping;
 } resolver;
 
-static struct timeval seconds_tv(double s)
-{
-    struct timeval tv;
-    if (s < 0) s = 0;
-    tv.tv_sec = (time_t)s;
-    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
-    return tv;
-}
-
 /* Order of addresses: IPv4 before IPv6, then by address bytes (ports are
  * all the server's). */
 static int addr_cmp(const void *a, const void *b)
@@ -198,7 +189,7 @@ static void lookup_cb(int err, struct evutil_addrinfo *res, void *arg)
         n->answered = 1;
         resolver.unanswered--;
     }
-    struct timeval tv = seconds_tv(n->peer->pool->conf->resolve);
+    struct timeval tv = moxy_timeval(n->peer->pool->conf->resolve);
     evtimer_add(n->timer, &tv);
 out:
     if (res) evutil_freeaddrinfo(res);
@@ -327,7 +318,7 @@ void moxy_resolver_wait(struct event_base *base, double timeout)
     if (resolver.unanswered <= 0) return;
     int expired = 0;
     struct event *t = evtimer_new(base, wait_expired_cb, &expired);
-    struct timeval tv = seconds_tv(timeout);
+    struct timeval tv = moxy_timeval(timeout);
     if (!t || evtimer_add(t, &tv) != 0) {
         if (t) event_free(t);
         return; /* out of memory: start without waiting */

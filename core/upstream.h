@@ -25,7 +25,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #define MOXY_PEER_MAX_ADDRS 8
 #define MOXY_EWMA_DECAY_MS 5000.0 /* the latency EWMA's time constant */
@@ -91,13 +90,6 @@ typedef struct moxy_upstream_s {
     atomic_ullong retries, budget_denied; /* totals */
 } moxy_upstream_t;
 
-/* Milliseconds of a monotonic clock (coarse, cheap). */
-static inline long long moxy_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Make the running state of every pool of conf (conf->upstreams[i].state),
  * IP literals' addresses filled in, names unresolved.  MOXY_OK, or

@@ -154,9 +154,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     moxy_geoip_worker_refresh(w);
     /* event-loop lag: how late this one-second timer fires (a loop kept
      * busy by a slow callback fires it late) */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    long long now = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    long long now = moxy_mono_us();
     if (w->stats.timer_due_us) MOXY_STAT_SET(w->stats.loop_lag_us, MOXY_MAX(0, now - w->stats.timer_due_us));
     w->stats.timer_due_us = now + 1000000;
 }
