@@ -90,28 +90,24 @@ static void status(struct evhttp_request *req)
     evbuffer_add(b, ",\"pools\":{", 10);
     long long now = moxy_mono_ms();
     for (int i = 0; i < conf->nupstreams; i++) {
-        const moxy_upstream_t *up = conf->upstreams[i].state;
+        moxy_upstream_t *up = conf->upstreams[i].state;
         if (i) evbuffer_add(b, ",", 1);
         json_str(b, conf->upstreams[i].name);
         evbuffer_add_printf(b, ":{\"retries\":%llu,\"retries_denied\":%llu,\"peers\":[",
                             (unsigned long long)atomic_load(&up->retries),
                             (unsigned long long)atomic_load(&up->budget_denied));
         for (int j = 0; j < up->npeers; j++) {
-            const moxy_peer_t *p = &up->peers[j];
-            long long until = atomic_load(&p->down_until);
+            moxy_ffi_peer_t st;
+            moxy_peer_snapshot(&up->peers[j], now, &st);
             if (j) evbuffer_add(b, ",", 1);
             evbuffer_add(b, "{\"addr\":", 8);
-            json_str(b, p->conf->addr.text);
+            json_str(b, st.addr);
             evbuffer_add_printf(b,
                                 ",\"state\":\"%s\",\"weight\":%d,\"weight_now\":%g,\"backup\":%s,\"active\":%d,"
                                 "\"requests\":%llu,\"failures\":%llu,\"fails\":%d,\"down_for\":%.3f,\"checks\":%llu,"
                                 "\"ewma_ms\":%.3f}",
-                                state_names[moxy_peer_state(p, now)], p->conf->weight,
-                                moxy_peer_weight(p, now) / 16.0, p->conf->backup ? "true" : "false",
-                                atomic_load(&p->active), (unsigned long long)atomic_load(&p->requests),
-                                (unsigned long long)atomic_load(&p->failures), atomic_load(&p->fails),
-                                until > now ? (double)(until - now) / 1000 : 0.0,
-                                (unsigned long long)atomic_load(&p->checks), moxy_peer_ewma(p, now) / 1000.0);
+                                state_names[st.state], st.weight, st.weight_now, st.backup ? "true" : "false",
+                                st.active, st.requests, st.failures, st.fails, st.down_for, st.checks, st.ewma_ms);
         }
         evbuffer_add(b, "]}", 2);
     }

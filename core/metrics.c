@@ -134,18 +134,34 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
     }
 }
 
-static void peer_labels(struct evbuffer *out, const char *name, const moxy_upstream_t *up, const moxy_peer_t *p)
+/* The value of peer metric m (render_upstreams' peer_metrics order). */
+static double peer_value(const moxy_ffi_peer_t *st, size_t m)
 {
-    evbuffer_add_printf(out, "%s{pool=\"", name);
-    put_label(out, up->conf->name);
-    evbuffer_add(out, "\",peer=\"", 8);
-    put_label(out, p->conf->addr.text);
-    evbuffer_add(out, "\"} ", 3);
+    switch (m) {
+    case 0: return st->state == MOXY_PEER_UP;
+    case 1: return st->state;
+    case 2: return st->active;
+    case 3: return (double)st->requests;
+    case 4: return (double)st->failures;
+    case 5: return (double)st->checks;
+    case 6: return st->ewma_ms / 1000;
+    default: return st->weight_now;
+    }
 }
 
-static void render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+/* The value of pool metric m (render_upstreams' pool_metrics order) for pool i. */
+static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t *conf, int i, size_t m)
 {
-    long long now = moxy_mono_ms();
+    const moxy_upstream_t *up = conf->upstreams[i].state;
+    if (m == 0) return (double)atomic_load(&up->retries);
+    if (m == 1) return (double)atomic_load(&up->budget_denied);
+    long long v = 0;
+    for (int k = 0; k < n; k++) v += LOAD(workers[k]->stats.pools[i].idle);
+    return (double)v;
+}
+
+static int render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+{
     static const struct {
         const char *name, *type, *help;
     } peer_metrics[] = {
@@ -157,49 +173,42 @@ static void render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers
         {"moxy_peer_checks_total", "counter", "Active health checks of the peer."},
         {"moxy_peer_latency_ewma_seconds", "gauge", "The peer's latency EWMA to the response head."},
         {"moxy_peer_weight", "gauge", "The peer's weight now (slow start included)."},
+    }, pool_metrics[] = {
+        {"moxy_pool_retries_total", "counter", "Retries of the pool's requests."},
+        {"moxy_pool_retries_denied_total", "counter", "Retries the pool's retry budget refused."},
+        {"moxy_pool_idle_connections", "gauge", "Idle keep-alive connections to the pool's origins."},
     };
+    /* every peer read once, so that all its metrics tell the same moment */
+    int total = 0;
+    for (int i = 0; i < conf->nupstreams; i++) total += conf->upstreams[i].state->npeers;
+    moxy_ffi_peer_t *snap = calloc((size_t)total + 1, sizeof(*snap));
+    if (!snap) return MOXY_ERROR;
+    long long now = moxy_mono_ms();
+    for (int i = 0, k = 0; i < conf->nupstreams; i++)
+        for (int j = 0; j < conf->upstreams[i].state->npeers; j++)
+            moxy_peer_snapshot(&conf->upstreams[i].state->peers[j], now, &snap[k++]);
     for (size_t m = 0; m < MOXY_ARRAY_LEN(peer_metrics); m++) {
         head(out, peer_metrics[m].name, peer_metrics[m].type, peer_metrics[m].help);
-        for (int i = 0; i < conf->nupstreams; i++) {
-            const moxy_upstream_t *up = conf->upstreams[i].state;
-            for (int j = 0; up && j < up->npeers; j++) {
-                const moxy_peer_t *p = &up->peers[j];
-                int st = moxy_peer_state(p, now);
-                peer_labels(out, peer_metrics[m].name, up, p);
-                switch (m) {
-                case 0: evbuffer_add_printf(out, "%d\n", st == MOXY_PEER_UP); break;
-                case 1: evbuffer_add_printf(out, "%d\n", st); break;
-                case 2: evbuffer_add_printf(out, "%d\n", atomic_load(&p->active)); break;
-                case 3: evbuffer_add_printf(out, "%llu\n", (unsigned long long)atomic_load(&p->requests)); break;
-                case 4: evbuffer_add_printf(out, "%llu\n", (unsigned long long)atomic_load(&p->failures)); break;
-                case 5: evbuffer_add_printf(out, "%llu\n", (unsigned long long)atomic_load(&p->checks)); break;
-                case 6: evbuffer_add_printf(out, "%.6f\n", moxy_peer_ewma(p, now) / 1e6); break;
-                default: evbuffer_add_printf(out, "%g\n", moxy_peer_weight(p, now) / 16.0); break;
-                }
+        for (int i = 0, k = 0; i < conf->nupstreams; i++) {
+            for (int j = 0; j < conf->upstreams[i].state->npeers; j++, k++) {
+                evbuffer_add_printf(out, "%s{pool=\"", peer_metrics[m].name);
+                put_label(out, conf->upstreams[i].name);
+                evbuffer_add(out, "\",peer=\"", 8);
+                put_label(out, snap[k].addr);
+                evbuffer_add_printf(out, "\"} %.17g\n", peer_value(&snap[k], m));
             }
         }
     }
-    head(out, "moxy_pool_retries_total", "counter", "Retries of the pool's requests.");
-    for (int i = 0; i < conf->nupstreams; i++) {
-        evbuffer_add(out, "moxy_pool_retries_total{pool=\"", 30);
-        put_label(out, conf->upstreams[i].name);
-        evbuffer_add_printf(out, "\"} %llu\n", (unsigned long long)atomic_load(&conf->upstreams[i].state->retries));
+    free(snap);
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(pool_metrics); m++) {
+        head(out, pool_metrics[m].name, pool_metrics[m].type, pool_metrics[m].help);
+        for (int i = 0; i < conf->nupstreams; i++) {
+            evbuffer_add_printf(out, "%s{pool=\"", pool_metrics[m].name);
+            put_label(out, conf->upstreams[i].name);
+            evbuffer_add_printf(out, "\"} %.17g\n", pool_value(workers, n, conf, i, m));
+        }
     }
-    head(out, "moxy_pool_retries_denied_total", "counter", "Retries the pool's retry budget refused.");
-    for (int i = 0; i < conf->nupstreams; i++) {
-        evbuffer_add(out, "moxy_pool_retries_denied_total{pool=\"", 37);
-        put_label(out, conf->upstreams[i].name);
-        evbuffer_add_printf(out, "\"} %llu\n",
-                            (unsigned long long)atomic_load(&conf->upstreams[i].state->budget_denied));
-    }
-    head(out, "moxy_pool_idle_connections", "gauge", "Idle keep-alive connections to the pool's origins.");
-    for (int i = 0; i < conf->nupstreams; i++) {
-        long long v = 0;
-        for (int k = 0; k < n; k++) v += LOAD(workers[k]->stats.pools[i].idle);
-        evbuffer_add(out, "moxy_pool_idle_connections{pool=\"", 33);
-        put_label(out, conf->upstreams[i].name);
-        evbuffer_add_printf(out, "\"} %lld\n", v);
-    }
+    return MOXY_OK;
 }
 
 static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
@@ -257,7 +266,7 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
         evbuffer_add_printf(out, "moxy_worker_loop_lag_seconds{worker=\"%d\"} %.6f\n", workers[i]->id,
                             (double)LOAD(workers[i]->stats.loop_lag_us) / 1e6);
     render_requests(out, workers, n, conf);
-    render_upstreams(out, workers, n, conf);
+    if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
     return MOXY_OK;
 }

@@ -301,8 +301,12 @@ EXPORT int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_
 {
     moxy_upstream_t *up = ffi_pool(name, len);
     if (!up || i < 0 || i >= up->npeers) return MOXY_DECLINED;
-    moxy_peer_t *p = &up->peers[i];
-    long long now = moxy_mono_ms();
+    moxy_peer_snapshot(&up->peers[i], moxy_mono_ms(), out);
+    return MOXY_OK;
+}
+
+void moxy_peer_snapshot(moxy_peer_t *p, long long now, moxy_ffi_peer_t *out)
+{
     long long until = atomic_load(&p->down_until);
     memset(out, 0, sizeof(*out));
     out->addr = p->conf->addr.text;
@@ -321,7 +325,6 @@ EXPORT int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_
     pthread_mutex_lock(&p->check_lock);
     memcpy(out->check_error, p->check_error, sizeof(out->check_error));
     pthread_mutex_unlock(&p->check_lock);
-    return MOXY_OK;
 }
 
 EXPORT int moxy_ffi_upstream_usable(const char *name, size_t len)

@@ -20,6 +20,7 @@
 #define MOXY_UPSTREAM_H
 
 #include "config.h"
+#include "ffi.h"
 #include "moxy.h"
 
 #include <pthread.h>
@@ -128,6 +129,10 @@ void moxy_peer_report(moxy_peer_t *p, int ok, long long latency_us);
 /* The health checks' verdict on p changed: healthy or not (why: the last
  * failure).  Main thread; logs the transition. */
 void moxy_peer_set_checked(moxy_peer_t *p, int healthy, const char *why);
+
+/* What p is now, as moxy.upstream.peers(), /status and /metrics show it
+ * (state, weights, in-flight requests, EWMA, counters, last check error). */
+void moxy_peer_snapshot(moxy_peer_t *p, long long now, moxy_ffi_peer_t *out);
 
 /* Drain p (no new requests; those in flight finish) or put it back. */
 void moxy_peer_set_drained(moxy_peer_t *p, int drained);
