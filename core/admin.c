@@ -79,7 +79,7 @@ static void status(struct evhttp_request *req)
     unsigned long long requests = 0, lua_errors = 0;
     for (int i = 0; i < admin.n; i++) {
         const moxy_stats_t *st = &admin.workers[i]->stats;
-        conns += atomic_load_explicit(&st->conns, memory_order_relaxed);
+        conns += atomic_load_explicit(&admin.workers[i]->nconns, memory_order_relaxed);
         lua_errors += atomic_load_explicit(&st->lua_errors, memory_order_relaxed);
         for (int c = 0; c < 6; c++) requests += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
     }

@@ -140,8 +140,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
     event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
     LIST_INSERT_HEAD(&w->clients, c, link);
-    w->nconns++;
-    MOXY_STAT_SET(w->stats.conns, w->nconns);
+    MOXY_STAT_ADD(w->nconns, 1);
     /* The first request gets the client_header timeout from accept on. */
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
@@ -199,8 +198,7 @@ static int request_detach(moxy_client_t *c)
     moxy_pool_init(&c->pool);
     c->req = NULL;
     LIST_INSERT_HEAD(&w->detached, g, link);
-    w->nconns++;
-    MOXY_STAT_SET(w->stats.conns, w->nconns);
+    MOXY_STAT_ADD(w->nconns, 1);
     return MOXY_OK;
 }
 

@@ -249,7 +249,7 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     long long conns = 0;
     unsigned long long lua_errors = 0;
     for (int i = 0; i < n; i++) {
-        conns += LOAD(workers[i]->stats.conns);
+        conns += LOAD(workers[i]->nconns);
         lua_errors += LOAD(workers[i]->stats.lua_errors);
     }
     evbuffer_add_printf(out, "moxy_connections %lld\n", conns);

@@ -35,7 +35,6 @@ typedef struct {
 typedef struct {
     atomic_ullong requests[6]; /* by status class */
     moxy_hist_t duration;      /* first byte to last byte, every request */
-    atomic_llong conns;        /* open client connections (gauge) */
     atomic_ullong lua_errors;  /* hook runs that failed (script errors, budget, memory) */
     atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */

@@ -64,8 +64,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 
 void moxy_worker_conn_closed(moxy_worker_t *w)
 {
-    w->nconns--;
-    MOXY_STAT_SET(w->stats.conns, w->nconns);
+    MOXY_STAT_ADD(w->nconns, -1);
     if (w->draining) {
         if (w->nconns == 0) event_base_loopexit(w->base, NULL);
         return;

@@ -49,7 +49,8 @@ struct moxy_worker_s {
     moxy_listener_t *listeners;  /* one per conf->listens */
     int nlisteners;
     int accepting;               /* listeners' events are added */
-    int nconns;                  /* open client connections */
+    atomic_int nconns;           /* open client connections (MOXY_STAT_ADD: its only writer is
+                                    the worker; /status and /metrics read it) */
     LIST_HEAD(, moxy_client_s) clients;
 #define MOXY_BUF_FREE_MAX 64
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
