@@ -54,7 +54,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
                          int status, const moxy_header_t *ref, const moxy_header_t *ua)
 {
     size_t o = 0;
-    const moxy_conf_t *conf = r->c->w->conf;
+    const moxy_conf_t *conf = r->g->conf;
     switch (f) {
     case MOXY_ALF_TIME:
         return (size_t)snprintf(p, room, "\"time\":\"%s.%03dZ\"", ts, (int)(now->tv_usec / 1000));
@@ -105,7 +105,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
                       : (size_t)snprintf(p, room, "\"upstream_header_ms\":%.3f", ms);
     }
     case MOXY_ALF_LISTENER:
-        return (size_t)snprintf(p, room, "\"listener\":\"%s\"", conf->listens[r->c->listen_index].name);
+        return (size_t)snprintf(p, room, "\"listener\":\"%s\"", conf->listens[r->listen_index].name);
     default: return 0;
     }
     p[o++] = '"';
@@ -136,13 +136,14 @@ void moxy_access_log(moxy_req_t *r)
     const char *upstream = r->peer ? r->peer : "-";
     int status = r->status ? r->status : 0;
 
-    if (w->conf->log.format == MOXY_ALOG_JSON) {
+    const moxy_conf_t *conf = r->g->conf;
+    if (conf->log.format == MOXY_ALOG_JSON) {
         char ts[40];
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
         p[o++] = '{';
         size_t start = o;
-        for (int i = 0; i < w->conf->log.nfields && o + 600 < room; i++) {
-            int f = w->conf->log.fields[i];
+        for (int i = 0; i < conf->log.nfields && o + 600 < room; i++) {
+            int f = conf->log.fields[i];
             if (f == MOXY_ALF_ERROR && !r->error) continue;
             if (o > start) p[o++] = ',';
             o += json_field(r, f, p + o, room - o - 64, ts, &now, secs, method, uri, urilen, upstream, status,

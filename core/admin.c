@@ -4,6 +4,7 @@
  */
 #include "admin.h"
 #include "ffi.h"
+#include "generation.h"
 #include "log.h"
 #include "metrics.h"
 #include "shared_dict.h"
@@ -65,6 +66,17 @@ static void json_str(struct evbuffer *b, const char *s)
     evbuffer_add(b, "\"", 1);
 }
 
+/* A reload's result as JSON: {"seq","ok","generation","at","took","message","reloads","failures"}. */
+static void reload_json(struct evbuffer *b, const moxy_reload_status_t *rs)
+{
+    evbuffer_add_printf(b, "{\"seq\":%u,\"ok\":%s,\"generation\":%u,\"at\":%.3f,\"took\":%.3f,\"reloads\":%llu,"
+                           "\"failures\":%llu,\"message\":",
+                        rs->seq, rs->seq == 0 || rs->ok ? "true" : "false", rs->generation, rs->at, rs->took,
+                        rs->reloads, rs->failures);
+    json_str(b, rs->message);
+    evbuffer_add(b, "}", 1);
+}
+
 static const char *const state_names[] = {"up", "down", "unhealthy", "drained", "unresolved"};
 
 static void status(struct evhttp_request *req)
@@ -83,10 +95,13 @@ static void status(struct evhttp_request *req)
         lua_errors += atomic_load_explicit(&st->lua_errors, memory_order_relaxed);
         for (int c = 0; c < 6; c++) requests += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
     }
-    evbuffer_add_printf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime\":%.3f,\"workers\":%d,\"connections\":%lld,"
-                           "\"requests\":%llu,\"lua_errors\":%llu,\"config\":",
-                        MOXY_VERSION, (int)getpid(), uptime(), admin.n, conns, requests, lua_errors);
+    const moxy_reload_status_t *rs = moxy_reload_status();
+    evbuffer_add_printf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime\":%.3f,\"generation\":%u,\"workers\":%d,"
+                           "\"connections\":%lld,\"requests\":%llu,\"lua_errors\":%llu,\"config\":",
+                        MOXY_VERSION, (int)getpid(), uptime(), rs->generation, admin.n, conns, requests, lua_errors);
     json_str(b, conf->path);
+    evbuffer_add(b, ",\"reload\":", 10);
+    reload_json(b, rs);
     evbuffer_add(b, ",\"pools\":{", 10);
     long long now = moxy_mono_ms();
     for (int i = 0; i < conf->nupstreams; i++) {
@@ -151,17 +166,71 @@ static int authorized(struct evhttp_request *req)
     return diff == 0;
 }
 
-/* POST /peers/{pool}/{peer}/drain|enable (path already checked to start with /peers/). */
-static void peer_action(struct evhttp_request *req, const char *path)
+/* 1 when req may change state; else it was answered 403 (no token
+ * configured) or 401. */
+static int may_change(struct evhttp_request *req)
 {
     if (!admin.conf->admin.token) {
         reply_text(req, 403, "Forbidden", "admin.token is not set: state-changing requests are refused");
-        return;
+        return 0;
     }
     if (!authorized(req)) {
         reply_text(req, 401, "Unauthorized", "a valid Authorization: Bearer <admin.token> is needed");
+        return 0;
+    }
+    return 1;
+}
+
+/* A POST /reload waiting for its reload (req NULL: its client went away). */
+typedef struct {
+    struct evhttp_request *req;
+} reload_wait_t;
+
+static void reload_client_closed(struct evhttp_connection *conn, void *arg)
+{
+    reload_wait_t *rw = arg;
+    MOXY_UNUSED(conn);
+    rw->req = NULL;
+}
+
+static void reload_done(const moxy_reload_status_t *st, void *arg)
+{
+    reload_wait_t *rw = arg;
+    struct evhttp_request *req = rw->req;
+    free(rw);
+    if (!req) return;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, NULL);
         return;
     }
+    reload_json(b, st);
+    evbuffer_add(b, "\n", 1);
+    if (st->ok) reply(req, 200, "OK", "application/json", b);
+    else reply(req, 422, "Unprocessable Content", "application/json", b);
+    evbuffer_free(b);
+}
+
+/* POST /reload: answered when the reload is over (200 with the new
+ * generation, 422 with the errors; the old generation keeps serving). */
+static void reload(struct evhttp_request *req)
+{
+    if (!may_change(req)) return;
+    reload_wait_t *rw = calloc(1, sizeof(*rw));
+    if (!rw) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    rw->req = req;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), reload_client_closed, rw);
+    moxy_reload(reload_done, rw);
+}
+
+/* POST /peers/{pool}/{peer}/drain|enable (path already checked to start with /peers/). */
+static void peer_action(struct evhttp_request *req, const char *path)
+{
+    if (!may_change(req)) return;
     char pool[128], peer[300], action[16];
     char *decoded = evhttp_uridecode(path + 7, 0, NULL);
     int ok = decoded && sscanf(decoded, "%127[^/]/%299[^/]/%15s", pool, peer, action) == 3;
@@ -186,17 +255,19 @@ static void handle(struct evhttp_request *req, void *arg)
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (!path) path = "/";
-    if (strncmp(path, "/peers/", 7) == 0) {
+    if (strncmp(path, "/peers/", 7) == 0 || strcmp(path, "/reload") == 0) {
         if (cmd != EVHTTP_REQ_POST) {
             evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
             reply_text(req, 405, "Method Not Allowed", "POST only");
             return;
         }
-        peer_action(req, path);
+        if (path[1] == 'r') reload(req);
+        else peer_action(req, path);
         return;
     }
     if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
-        reply_text(req, 404, "Not Found", "GET /status, GET /metrics, POST /peers/{pool}/{peer}/drain|enable");
+        reply_text(req, 404, "Not Found",
+                   "GET /status, GET /metrics, POST /reload, POST /peers/{pool}/{peer}/drain|enable");
         return;
     }
     if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
@@ -232,11 +303,16 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
         goto err;
     }
     moxy_log_info("admin listener on %s%s", conf->admin.addr.text,
-                  conf->admin.token ? "" : " (no admin.token: drain and enable are refused)");
+                  conf->admin.token ? "" : " (no admin.token: reload, drain and enable are refused)");
     return MOXY_OK;
 err:
     moxy_admin_stop();
     return MOXY_ERROR;
+}
+
+void moxy_admin_set_conf(const moxy_conf_t *conf)
+{
+    admin.conf = conf;
 }
 
 void moxy_admin_stop(void)

@@ -2,10 +2,13 @@
  * admin.h -- the admin listener (`admin = { listen, token }`): an HTTP
  * server on the main thread's loop (libevent's evhttp) for operators.
  *
- *   GET  /status                           JSON: version, uptime, workers,
+ *   GET  /status                           JSON: version, uptime, generation,
+ *                                          the last reload, workers,
  *                                          connections, requests, pools and
  *                                          their peers, shared dicts
  *   GET  /metrics                          Prometheus text format (metrics.h)
+ *   POST /reload                           reload; answered with the result
+ *                                          (200, or 422 with the errors)
  *   POST /peers/{pool}/{peer}/drain        drain a peer (every worker)
  *   POST /peers/{pool}/{peer}/enable       take it back
  *
@@ -23,6 +26,9 @@
 /* Listen on conf->admin.addr on base for the n workers.  MOXY_OK (also
  * when conf has no admin listener), or MOXY_ERROR after logging why. */
 int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_worker_t *const *workers, int n);
+
+/* A reload: conf is the configuration serving now (pools, token). */
+void moxy_admin_set_conf(const moxy_conf_t *conf);
 
 /* Close the admin listener (before the workers and conf are freed). */
 void moxy_admin_stop(void);

@@ -144,7 +144,7 @@ static int level_of(const char *s)
 }
 
 /* trusted_proxies ({addr, family, bits} tables) and real_ip_header. */
-static int read_trusted(lua_State *L, int t, moxy_conf_t *c)
+static int read_trusted(lua_State *L, int t, moxy_conf_t *c, FILE *err)
 {
     char *h = field_str(L, t, "real_ip_header");
     c->real_ip_header = h && strcmp(h, "Forwarded") == 0 ? MOXY_REALIP_FORWARDED : MOXY_REALIP_XFF;
@@ -163,7 +163,7 @@ static int read_trusted(lua_State *L, int t, moxy_conf_t *c)
         int ok = addr && inet_pton(family == 4 ? AF_INET : AF_INET6, addr, m->addr) == 1;
         free(addr);
         if (!ok) {
-            fprintf(stderr, "%s: trusted_proxies[%d]: bad address\n", c->path, i + 1);
+            fprintf(err, "%s: trusted_proxies[%d]: bad address\n", c->path, i + 1);
             return MOXY_ERROR;
         }
         moxy_cidr_init(m, family, bits);
@@ -176,10 +176,13 @@ static int read_trusted(lua_State *L, int t, moxy_conf_t *c)
 
 /* Copy the normalised table at index t into conf.  On a bad address (which
  * the Lua side should have caught) prints it and returns MOXY_ERROR. */
-static int read_conf(lua_State *L, int t, moxy_conf_t *c)
+static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
 {
     c->workers = (int)field_num(L, t, "workers", 0);
     c->dir = field_str(L, t, "dir");
+    c->pid_file = field_str(L, t, "pid_file");
+    c->pid_file_set = field_bool(L, t, "pid_file_set");
+    c->watch = field_bool(L, t, "watch");
 
     lua_getfield(L, t, "upstreams");
     c->nupstreams = (int)lua_objlen(L, -1);
@@ -216,7 +219,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
             s->name = field_str(L, sv, "name");
             s->port = (uint16_t)field_num(L, sv, "port", 0);
             if (read_addr(L, &s->addr) != MOXY_OK) {
-                fprintf(stderr, "%s: upstreams.%s: bad address\n", c->path, up->name);
+                fprintf(err, "%s: upstreams.%s: bad address\n", c->path, up->name);
                 return MOXY_ERROR;
             }
             lua_pop(L, 1);
@@ -244,14 +247,14 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         free(up);
         lua_getfield(L, l, "addr");
         if (read_addr(L, &ls->addr) != MOXY_OK) {
-            fprintf(stderr, "%s: listen[%d]: bad address\n", c->path, i + 1);
+            fprintf(err, "%s: listen[%d]: bad address\n", c->path, i + 1);
             return MOXY_ERROR;
         }
         lua_pop(L, 2);
     }
     lua_pop(L, 1);
 
-    if (read_trusted(L, t, c) != MOXY_OK) return MOXY_ERROR;
+    if (read_trusted(L, t, c, err) != MOXY_OK) return MOXY_ERROR;
 
     lua_getfield(L, t, "scripts");
     c->nscripts = (int)lua_objlen(L, -1);
@@ -295,7 +298,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
         c->admin.token = field_str(L, lua_gettop(L), "token");
         lua_getfield(L, -1, "listen");
         if (read_addr(L, &c->admin.addr) != MOXY_OK) {
-            fprintf(stderr, "%s: admin.listen: bad address\n", c->path);
+            fprintf(err, "%s: admin.listen: bad address\n", c->path);
             return MOXY_ERROR;
         }
         lua_pop(L, 1);
@@ -365,32 +368,32 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c)
     return MOXY_OK;
 }
 
-moxy_conf_t *moxy_conf_load(const char *path)
+moxy_conf_t *moxy_conf_load(const char *path, FILE *err)
 {
     moxy_conf_t *c = NULL;
     lua_State *L = moxy_lua_new(NULL);
     if (!L) {
-        fprintf(stderr, "moxy: out of memory\n");
+        fprintf(err, "moxy: out of memory\n");
         return NULL;
     }
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moxy.config");
     if (lua_pcall(L, 1, 1, 0) != 0) {
-        fprintf(stderr, "moxy: cannot load moxy's Lua modules from %s: %s\n", moxy_lua_dir(),
+        fprintf(err, "moxy: cannot load moxy's Lua modules from %s: %s\n", moxy_lua_dir(),
                 lua_tostring(L, -1));
         goto err;
     }
     lua_getfield(L, -1, "load");
     lua_pushstring(L, path);
     if (lua_pcall(L, 1, 2, 0) != 0) {
-        fprintf(stderr, "%s: %s\n", path, lua_tostring(L, -1));
+        fprintf(err, "%s: %s\n", path, lua_tostring(L, -1));
         goto err;
     }
     if (lua_isnil(L, -2)) {
         int n = (int)lua_objlen(L, -1);
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, i);
-            fprintf(stderr, "%s\n", lua_tostring(L, -1));
+            fprintf(err, "%s\n", lua_tostring(L, -1));
             lua_pop(L, 1);
         }
         goto err;
@@ -398,20 +401,26 @@ moxy_conf_t *moxy_conf_load(const char *path)
     lua_pop(L, 1);
     c = calloc(1, sizeof(*c));
     if (!c) goto err;
+    atomic_store(&c->refs, 1);
     c->path = strdup(path);
-    if (read_conf(L, lua_gettop(L), c) != MOXY_OK) goto err;
+    if (read_conf(L, lua_gettop(L), c, err) != MOXY_OK) goto err;
     moxy_lua_close(L);
     return c;
 
 err:
-    moxy_conf_free(c);
+    moxy_conf_release(c);
     moxy_lua_close(L);
     return NULL;
 }
 
-void moxy_conf_free(moxy_conf_t *c)
+void moxy_conf_hold(moxy_conf_t *c)
 {
-    if (!c) return;
+    atomic_fetch_add(&c->refs, 1);
+}
+
+void moxy_conf_release(moxy_conf_t *c)
+{
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
     for (int i = 0; i < c->nupstreams; i++) {
         moxy_upstream_conf_t *u = &c->upstreams[i];
         for (int j = 0; j < u->nservers; j++) {
@@ -425,7 +434,8 @@ void moxy_conf_free(moxy_conf_t *c)
         free(u->health.path);
         free(u->health.host);
         free(u->health.body);
-        moxy_upstream_state_free(u->state);
+        if (u->state_owner) moxy_conf_release(u->state_owner);
+        else moxy_upstream_state_free(u->state);
     }
     free(c->upstreams);
     for (int i = 0; i < c->nlistens; i++) {
@@ -453,5 +463,8 @@ void moxy_conf_free(moxy_conf_t *c)
     free(c->log.error);
     free(c->path);
     free(c->dir);
+    free(c->pid_file);
+    for (int i = 0; i < c->nwatched; i++) free(c->watched[i]);
+    free(c->watched);
     free(c);
 }

@@ -8,6 +8,8 @@
 
 #include "moxy.h"
 
+#include <stdatomic.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 enum { MOXY_ALOG_COMBINED = 0, MOXY_ALOG_JSON };
@@ -128,6 +130,8 @@ typedef struct {
         int healthy, unhealthy; /* consecutive results that flip the state */
     } health;
     struct moxy_upstream_s *state; /* the pool's shared running state (upstream.c) */
+    struct moxy_conf_s *state_owner; /* NULL: state is this configuration's; else the earlier
+                                        one that made it (a reference: state points into it) */
 } moxy_upstream_conf_t;
 
 typedef struct {
@@ -141,10 +145,16 @@ typedef struct {
     size_t size; /* bytes */
 } moxy_shared_conf_t;
 
-typedef struct {
+typedef struct moxy_conf_s {
+    atomic_int refs; /* its generation's, + each later one's that kept a pool state it made */
     char *path; /* the configuration file */
     char *dir;  /* its directory: relative paths start here */
     int workers; /* 0 until resolved: "auto" */
+    char *pid_file; /* where the running moxy writes its PID (`moxy reload`), or NULL */
+    int pid_file_set; /* pid_file was written in the file (else the default: not writing it is no error) */
+    int watch;      /* reload when the configuration, a script or a moxy.watch'ed file changes */
+    char **watched; /* the files the scripts named with moxy.watch (as given, relative to dir) */
+    int nwatched;
 
     moxy_listen_conf_t *listens;
     int nlistens;
@@ -202,14 +212,17 @@ typedef struct {
     } log;
 } moxy_conf_t;
 
-/* Load and check the configuration file at path.  Returns a new configuration,
- * or NULL after printing every problem ("file:line: key: message") to stderr. */
-moxy_conf_t *moxy_conf_load(const char *path);
+/* Load and check the configuration file at path.  Returns a new configuration
+ * (one reference), or NULL after writing every problem ("file:line: key:
+ * message") to err. */
+moxy_conf_t *moxy_conf_load(const char *path, FILE *err);
 
 /* Index of the pool called name (len bytes) in conf, or -1. */
 int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t len);
 
-/* Free a configuration and everything it owns. */
-void moxy_conf_free(moxy_conf_t *conf);
+/* Take / drop a reference to conf (any thread); the last one frees it and
+ * everything it owns. */
+void moxy_conf_hold(moxy_conf_t *conf);
+void moxy_conf_release(moxy_conf_t *conf);
 
 #endif

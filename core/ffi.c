@@ -28,7 +28,7 @@ static moxy_headers_t *list_of(moxy_req_t *r, int which)
 EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len)
 {
     moxy_client_t *c = r->c;
-    const moxy_conf_t *conf = c->w->conf;
+    const moxy_conf_t *conf = r->g->conf;
     switch (field) {
     case MOXY_FFI_F_METHOD:
         *out = r->method_name;
@@ -67,7 +67,7 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *len = strlen(r->id);
         return MOXY_OK;
     case MOXY_FFI_F_LISTENER:
-        *out = conf->listens[c->listen_index].name;
+        *out = conf->listens[r->listen_index].name;
         *len = strlen(*out);
         return MOXY_OK;
     case MOXY_FFI_F_VERSION:
@@ -192,7 +192,7 @@ EXPORT int moxy_ffi_resp_status(moxy_req_t *r, int status)
 EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, const char *key, size_t klen,
                                   int has_key, const char *peer, size_t plen)
 {
-    const moxy_conf_t *conf = r->c->w->conf;
+    const moxy_conf_t *conf = r->g->conf;
     int i = moxy_conf_upstream_index(conf, name, len);
     if (i < 0) return MOXY_DECLINED;
     r->want_server = -1;

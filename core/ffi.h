@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 13
+#define MOXY_FFI_ABI 14
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -114,6 +114,12 @@ int moxy_ffi_timer_add(double delay, double interval, int id);
 
 /* Cancel timer id (a running callback finishes).  MOXY_DECLINED: unknown. */
 int moxy_ffi_timer_cancel(int id);
+
+/* moxy.watch: with watch = true, a change to the file at path (len bytes,
+ * relative to the configuration's directory) reloads.  Recorded while the
+ * main thread loads a generation's scripts (their top level and init
+ * hooks); a no-op in workers.  MOXY_ERROR: out of memory. */
+int moxy_ffi_watch(const char *path, size_t len);
 /* END FFI */
 
 /* Field numbers of moxy_ffi_req_field (also in txn.lua). */

@@ -27,6 +27,7 @@ typedef struct moxy_client_s moxy_client_t;
 typedef struct moxy_req_s moxy_req_t;
 typedef struct moxy_upconn_s moxy_upconn_t;
 typedef struct moxy_pool_rt_s moxy_pool_rt_t;
+typedef struct moxy_wgen_s moxy_wgen_t;
 
 /* Bytes queued toward a peer above which we stop reading from the other side,
  * and below which we start again (le-proxy's watermarks). */
@@ -123,6 +124,8 @@ typedef struct moxy_log_field_s {
 /* A request, from its first byte to its access-log line. */
 struct moxy_req_s {
     moxy_client_t *c;
+    moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */
+    int listen_index;      /* g->conf->listens[] it came in on */
     llhttp_t parser;       /* the request's head and chunked body */
 
     /* request head */
@@ -231,7 +234,8 @@ struct moxy_req_s {
 struct moxy_client_s {
     moxy_worker_t *w;
     int fd;
-    int listen_index;           /* conf->listens[] it came in on */
+    int listen_index;           /* the current generation's conf->listens[] it came in on;
+                                   -1: a reload removed that listener */
     moxy_client_state_t state;
     struct event rev, wev;
     struct evbuffer *in;        /* NULL while idle */
@@ -259,8 +263,9 @@ struct moxy_client_s {
 /* A connection to an origin server. */
 struct moxy_upconn_s {
     moxy_worker_t *w;
+    moxy_wgen_t *g;             /* the generation whose pool it belongs to */
     int fd;
-    int pool;                   /* index into conf->upstreams */
+    int pool;                   /* index into g->conf->upstreams, -1: txn.upstream:set_peer's */
     int server;                 /* index into the pool's servers */
     unsigned addr_gen;          /* the peer's address generation it connected to */
     struct event rev, wev;
@@ -296,6 +301,8 @@ TAILQ_HEAD(moxy_upconn_list_s, moxy_upconn_s);
 
 /* A worker's running state of one upstream pool. */
 struct moxy_pool_rt_s {
+    struct moxy_upstream_s *state;    /* the pool's shared state (carried over by reloads) */
+    struct moxy_pool_stats_s *stats;  /* the worker's counts for the pool's name (metrics.h) */
     int *current_weight;              /* smooth weighted round-robin state */
     struct moxy_upconn_list_s *idle;  /* per server: idle keep-alive connections, newest first */
     int nidle;                        /* idle connections of the whole pool */

@@ -37,6 +37,10 @@ void moxy_client_close(moxy_client_t *c);
  * log them (the worker stops). */
 void moxy_client_end_detached(moxy_worker_t *w);
 
+/* The same for the detached requests running on generation g only (its
+ * drain deadline passed). */
+void moxy_client_end_detached_gen(moxy_worker_t *w, moxy_wgen_t *g);
+
 /* Drain (QUIT): close if idle, else close after the current response. */
 void moxy_client_drain(moxy_client_t *c);
 
@@ -150,9 +154,13 @@ void moxy_upconn_close(moxy_upconn_t *u);
 /* Close the worker's idle origin connections (drain). */
 void moxy_upstream_close_idle(moxy_worker_t *w);
 
-/* Set up the worker's pools / free them (idle connections closed). */
-int moxy_upstream_init_worker(moxy_worker_t *w);
-void moxy_upstream_free_worker(moxy_worker_t *w);
+/* Set up g's pools (g->conf->upstreams) / free them (idle connections closed). */
+int moxy_upstream_init_wgen(moxy_wgen_t *g);
+void moxy_upstream_free_wgen(moxy_wgen_t *g);
+
+/* The worker moves from generation old to g: idle connections of a pool g
+ * kept unchanged (the same shared state) move to g's pool; the others close. */
+void moxy_upstream_switch_wgen(moxy_wgen_t *old, moxy_wgen_t *g);
 
 /* --- responses moxy writes (http_response.c) --- */
 

@@ -58,8 +58,8 @@ static void client_stop_read(moxy_client_t *c)
 /* (Re)arm the read event with the timeout that fits where the connection is. */
 static void client_want_read(moxy_client_t *c)
 {
-    moxy_worker_t *w = c->w;
     moxy_req_t *r = c->req;
+    moxy_wgen_t *w = r ? r->g : c->w->g; /* the timeouts of the request's generation */
     if (c->eof || c->state == MOXY_C_CLOSING) {
         client_stop_read(c);
         return;
@@ -88,10 +88,14 @@ static const llhttp_settings_t *request_settings(void);
 
 static moxy_req_t *client_new_request(moxy_client_t *c)
 {
+    if (c->listen_index < 0) return NULL; /* a reload removed its listener */
     moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
     if (!r) return NULL;
     memset(r, 0, sizeof(*r));
     r->c = c;
+    r->g = c->w->g;
+    moxy_wgen_hold(r->g);
+    r->listen_index = c->listen_index;
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
     r->status = 0;
@@ -115,7 +119,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     c->listen_index = listen_index;
     c->read_size = MOXY_IO_READ_MIN;
     moxy_pool_init(&c->pool);
-    const moxy_conf_t *conf = w->conf;
+    const moxy_conf_t *conf = w->g->conf;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &s->sin_addr, c->sock_ip, sizeof(c->sock_ip));
@@ -144,8 +148,8 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     /* The first request gets the client_header timeout from accept on. */
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
-    evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
-    client_read_timeout(c, &w->tv_client_header);
+    evutil_timeradd(&now, &w->g->tv_client_header, &c->head_deadline);
+    client_read_timeout(c, &w->g->tv_client_header);
 }
 
 static void client_free(moxy_client_t *c)
@@ -176,6 +180,8 @@ static void request_end(moxy_req_t *r)
     moxy_upstream_req_free(r);
     if (r->body_buf) moxy_worker_buf_put(r->c->w, r->body_buf);
     r->body_buf = NULL;
+    moxy_wgen_release(r->g); /* may free an old generation: last */
+    r->g = NULL;
 }
 
 /* r's on_log hooks wait: give r a copy of its connection without the
@@ -224,13 +230,22 @@ void moxy_client_end_detached(moxy_worker_t *w)
     }
 }
 
+void moxy_client_end_detached_gen(moxy_worker_t *w, moxy_wgen_t *gen)
+{
+    moxy_client_t *g = LIST_FIRST(&w->detached), *next;
+    for (; g; g = next) {
+        next = LIST_NEXT(g, link);
+        if (g->req->g == gen) request_detached_end(g->req);
+    }
+}
+
 /* c's request is over: on_log hooks, then its access-log line.  When the
  * hooks wait, the request is detached from c (logged when they are done);
  * either way c->req is NULL and c's pool empty after. */
 static void request_log(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
-    if (moxy_lua_has(c->w, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
+    if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
         if (request_detach(c) == MOXY_OK) return;
     }
     moxy_access_log(r);
@@ -334,7 +349,7 @@ int moxy_client_send(moxy_client_t *c)
     }
     if (left > 0) {
         if (!c->writing) {
-            event_add(&c->wev, c->w->ctv_client_send);
+            event_add(&c->wev, c->req ? c->req->g->ctv_client_send : c->w->g->ctv_client_send);
             c->writing = 1;
         }
     } else if (c->writing) {
@@ -381,7 +396,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     r->head_bytes += n;
-    if (r->uri_len + n > c->w->conf->limits.uri_bytes) return parse_fail(p, 414, "URI too long");
+    if (r->uri_len + n > c->req->g->conf->limits.uri_bytes) return parse_fail(p, 414, "URI too long");
     return moxy_pool_append(&c->pool, &r->uri, &r->uri_len, &r->uri_cap, at, n);
 }
 
@@ -391,7 +406,7 @@ static int header_piece(llhttp_t *p, const char *at, size_t n, int value)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     r->head_bytes += n;
-    if (r->head_bytes > c->w->conf->limits.header_bytes)
+    if (r->head_bytes > c->req->g->conf->limits.header_bytes)
         return parse_fail(p, 431, "request header fields too large");
     return value ? moxy_pool_append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n)
                  : moxy_pool_append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
@@ -420,7 +435,7 @@ static int on_header_value_complete(llhttp_t *p)
     if (r->field_len == 0) return parse_fail(p, 400, "empty header name");
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
     moxy_headers_t *hs = r->in_trailers ? &r->trailers : &r->headers;
-    if (!r->in_trailers && (int)hs->n >= c->w->conf->limits.headers)
+    if (!r->in_trailers && (int)hs->n >= c->req->g->conf->limits.headers)
         return parse_fail(p, 431, "too many request headers");
     if (r->in_trailers && MOXY_STRIEQ_LIT(r->field, r->field_len, "content-length"))
         return parse_fail(p, 400, "Content-Length in trailers");
@@ -529,7 +544,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     r->body_read += n;
-    if (r->body_read > c->w->conf->limits.body_bytes)
+    if (r->body_read > c->req->g->conf->limits.body_bytes)
         return parse_fail(p, 413, "request body too large");
     if (r->buffering) evbuffer_add(r->body_buf, at, n);
     else if (r->up) evbuffer_add(r->up->out, at, n);
@@ -710,7 +725,7 @@ static void client_start_request(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     moxy_worker_t *w = c->w;
-    const moxy_conf_t *conf = w->conf;
+    const moxy_conf_t *conf = r->g->conf;
 
     /* keep-alive as the client asked (RFC 9112 9.3) */
     int conn_close = 0, conn_keep = 0;
@@ -850,7 +865,7 @@ int moxy_req_read_body(moxy_req_t *r, uint64_t max)
         r->body_error = "the body is already on its way to the origin";
         return MOXY_DECLINED;
     }
-    if (!max || max > c->w->conf->limits.body_bytes) max = c->w->conf->limits.body_bytes;
+    if (!max || max > c->req->g->conf->limits.body_bytes) max = c->req->g->conf->limits.body_bytes;
     r->body_max = max;
     if (r->body_kind == MOXY_BODY_LENGTH && r->body_length > max) {
         r->body_status = 413;
@@ -953,7 +968,7 @@ void moxy_client_resume_read(moxy_client_t *c)
 static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
 {
     moxy_log(level, NULL, "listener %s: client %s:%u: %s; closing",
-             c->w->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, why);
+             c->w->g->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, why);
     moxy_client_close(c);
 }
 
@@ -994,14 +1009,14 @@ static int client_proxy_header(moxy_client_t *c)
     evbuffer_drain(c->in, h.len);
     c->proxy_wait = 0;
     if (h.family) {
-        const moxy_conf_t *conf = w->conf;
+        const moxy_conf_t *conf = w->g->conf;
         inet_ntop(h.family == 4 ? AF_INET : AF_INET6, h.addr, c->ip, sizeof(c->ip));
         c->port = h.port;
         c->trusted =
             conf->ntrusted && moxy_cidr_match(conf->trusted, conf->ntrusted, h.family, h.addr);
     }
     moxy_log(MOXY_LOG_DEBUG, NULL, "listener %s: client %s:%u: PROXY v%d, client %s:%u",
-             w->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, h.version, c->ip,
+             w->g->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, h.version, c->ip,
              c->port);
     return MOXY_OK;
 }
@@ -1033,7 +1048,7 @@ static void client_process(moxy_client_t *c)
                 /* first bytes of a head: its client_header deadline starts
                  * (the timer itself is armed only if the head is not
                  * complete in this read, which is the common case) */
-                evutil_timeradd(&now, &w->tv_client_header, &c->head_deadline);
+                evutil_timeradd(&now, &r->g->tv_client_header, &c->head_deadline);
                 r->started = now;
                 r->head_bytes = 1;
             } else if (evutil_timercmp(&now, &c->head_deadline, <)) {
@@ -1046,10 +1061,10 @@ static void client_process(moxy_client_t *c)
             const char *reason = NULL;
             int rc = client_parse(c, &reason);
             if (rc == MOXY_AGAIN) {
-                if (r->head_bytes > w->conf->limits.header_bytes)
+                if (r->head_bytes > r->g->conf->limits.header_bytes)
                     client_reject(c, 431, "request header fields too large");
                 else if (first)
-                    client_read_timeout(c, &w->tv_client_header);
+                    client_read_timeout(c, &r->g->tv_client_header);
                 break;
             }
             if (rc == MOXY_ERROR) {
@@ -1115,7 +1130,7 @@ static void client_finish_request(moxy_client_t *c)
         u->req = NULL;
         moxy_upconn_close(u);
     }
-    if (moxy_lua_has(c->w, MOXY_PHASE_LOG)) {
+    if (moxy_lua_has(r->g, MOXY_PHASE_LOG)) {
         /* on_log runs after the last byte: send it first */
         moxy_client_hold(c);
         int rc = moxy_client_send(c);

@@ -898,6 +898,7 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     moxy_lua_task_t *t = moxy_lua_current_task();
     if (!t) return MOXY_DECLINED;
     moxy_worker_t *w = moxy_lua_task_worker(t);
+    const moxy_conf_t *conf = moxy_lua_task_wgen(t)->conf;
     const char *why = "out of memory";
     fetch_op_t *op = NULL;
     fetch_reg_t *reg = reg_get(w);
@@ -927,11 +928,11 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     op->out_len = rlen;
     op->head = head != 0;
     op->keepalive = keepalive != 0;
-    op->connect_timeout = connect_timeout > 0 ? connect_timeout : w->conf->timeouts.connect;
+    op->connect_timeout = connect_timeout > 0 ? connect_timeout : conf->timeouts.connect;
     if (op->connect_timeout > 1e7) op->connect_timeout = 1e7;
     op->max_body = max_body;
-    op->max_head = w->conf->limits.header_bytes;
-    op->max_headers = w->conf->limits.headers;
+    op->max_head = conf->limits.header_bytes;
+    op->max_headers = conf->limits.headers;
     struct event_base *base = w->base;
     event_assign(&op->rev, base, -1, EV_READ | EV_PERSIST, op_read_cb, op);
     event_assign(&op->wev, base, -1, EV_WRITE | EV_PERSIST, op_write_cb, op);

@@ -215,10 +215,9 @@ void moxy_resp_error(moxy_req_t *r, int status, const char *why)
 
 void moxy_req_fail(moxy_req_t *r, int status, const char *why)
 {
-    moxy_client_t *c = r->c;
     log_error(r, status, why);
     if (!r->body_done) r->keepalive = 0;
-    if (!moxy_lua_has(c->w, MOXY_PHASE_ERROR) || r->hook_phase == MOXY_PHASE_ERROR) {
+    if (!moxy_lua_has(r->g, MOXY_PHASE_ERROR) || r->hook_phase == MOXY_PHASE_ERROR) {
         error_page(r, status); /* no hooks, or they failed themselves */
         return;
     }

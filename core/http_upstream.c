@@ -36,50 +36,90 @@ static const llhttp_settings_t *response_settings(void);
 
 /* --- pools --- */
 
-int moxy_upstream_init_worker(moxy_worker_t *w)
+int moxy_upstream_init_wgen(moxy_wgen_t *g)
 {
-    const moxy_conf_t *conf = w->conf;
-    w->pools = calloc((size_t)conf->nupstreams + 1, sizeof(*w->pools));
-    if (!w->pools) return MOXY_ERROR;
+    const moxy_conf_t *conf = g->conf;
+    g->pools = calloc((size_t)conf->nupstreams + 1, sizeof(*g->pools));
+    if (!g->pools) return MOXY_ERROR;
     for (int i = 0; i < conf->nupstreams; i++) {
+        moxy_pool_rt_t *rt = &g->pools[i];
         int n = conf->upstreams[i].nservers;
-        w->pools[i].current_weight = calloc((size_t)n + 1, sizeof(int));
-        w->pools[i].idle = calloc((size_t)n + 1, sizeof(*w->pools[i].idle));
-        if (!w->pools[i].current_weight || !w->pools[i].idle) return MOXY_ERROR;
-        for (int j = 0; j < n; j++) TAILQ_INIT(&w->pools[i].idle[j]);
+        rt->state = conf->upstreams[i].state;
+        rt->stats = moxy_stats_pool(g->w, conf->upstreams[i].name);
+        rt->current_weight = calloc((size_t)n + 1, sizeof(int));
+        rt->idle = calloc((size_t)n + 1, sizeof(*rt->idle));
+        if (!rt->stats || !rt->current_weight || !rt->idle) return MOXY_ERROR;
+        for (int j = 0; j < n; j++) TAILQ_INIT(&rt->idle[j]);
         struct timeval tv = moxy_timeval(conf->upstreams[i].keepalive_timeout);
-        w->pools[i].ctv_idle = event_base_init_common_timeout(w->base, &tv);
+        rt->ctv_idle = event_base_init_common_timeout(g->w->base, &tv);
     }
     return MOXY_OK;
 }
 
-void moxy_upstream_close_idle(moxy_worker_t *w)
+/* Close g's idle origin connections. */
+static void close_idle(moxy_wgen_t *g)
 {
-    if (!w->pools) return;
-    for (int i = 0; i < w->conf->nupstreams; i++) {
+    for (int i = 0; g->pools && i < g->conf->nupstreams; i++) {
         moxy_upconn_t *u;
-        for (int j = 0; j < w->conf->upstreams[i].nservers && w->pools[i].idle; j++)
-            while ((u = TAILQ_FIRST(&w->pools[i].idle[j]))) moxy_upconn_close(u);
+        for (int j = 0; j < g->conf->upstreams[i].nservers && g->pools[i].idle; j++)
+            while ((u = TAILQ_FIRST(&g->pools[i].idle[j]))) moxy_upconn_close(u);
     }
 }
 
-void moxy_upstream_free_worker(moxy_worker_t *w)
+void moxy_upstream_close_idle(moxy_worker_t *w)
 {
-    if (!w->pools) return;
-    moxy_upstream_close_idle(w);
-    for (int i = 0; i < w->conf->nupstreams; i++) {
-        free(w->pools[i].current_weight);
-        free(w->pools[i].idle);
+    moxy_wgen_t *g;
+    LIST_FOREACH(g, &w->retired, link) close_idle(g);
+    if (w->g) close_idle(w->g);
+}
+
+void moxy_upstream_free_wgen(moxy_wgen_t *g)
+{
+    if (!g->pools) return;
+    close_idle(g);
+    for (int i = 0; i < g->conf->nupstreams; i++) {
+        free(g->pools[i].current_weight);
+        free(g->pools[i].idle);
     }
-    free(w->pools);
-    w->pools = NULL;
+    free(g->pools);
+    g->pools = NULL;
+}
+
+/* The pool of g whose shared state is state, or -1. */
+static int pool_of_state(const moxy_wgen_t *g, const moxy_upstream_t *state)
+{
+    for (int i = 0; i < g->conf->nupstreams; i++)
+        if (g->pools[i].state == state) return i;
+    return -1;
+}
+
+void moxy_upstream_switch_wgen(moxy_wgen_t *old, moxy_wgen_t *g)
+{
+    for (int i = 0; old->pools && i < old->conf->nupstreams; i++) {
+        moxy_pool_rt_t *from = &old->pools[i];
+        int k = pool_of_state(g, from->state);
+        if (k < 0) continue; /* closed with old */
+        moxy_pool_rt_t *to = &g->pools[k];
+        memcpy(to->current_weight, from->current_weight, (size_t)from->state->npeers * sizeof(int));
+        for (int j = 0; j < from->state->npeers; j++) {
+            moxy_upconn_t *u;
+            while ((u = TAILQ_LAST(&from->idle[j], moxy_upconn_list_s))) {
+                TAILQ_REMOVE(&from->idle[j], u, idle_link);
+                TAILQ_INSERT_HEAD(&to->idle[j], u, idle_link);
+                u->g = g;
+                u->pool = k;
+            }
+        }
+        to->nidle = from->nidle;
+        from->nidle = 0;
+    }
 }
 
 /* The shared state of the peer r's try holds, or NULL (set_peer, no pool). */
 static moxy_peer_t *try_peer(const moxy_req_t *r)
 {
     if (r->pool < 0 || r->server < 0) return NULL;
-    return &r->c->w->conf->upstreams[r->pool].state->peers[r->server];
+    return &r->g->conf->upstreams[r->pool].state->peers[r->server];
 }
 
 /* The try's outcome for passive health, once per try: ok, or failed. */
@@ -102,7 +142,7 @@ static void try_report(moxy_req_t *r, int ok)
 static void try_release(moxy_req_t *r)
 {
     if (r->active_server < 0) return;
-    moxy_peer_t *p = &r->c->w->conf->upstreams[r->pool].state->peers[r->active_server];
+    moxy_peer_t *p = &r->g->conf->upstreams[r->pool].state->peers[r->active_server];
     atomic_fetch_sub_explicit(&p->active, 1, memory_order_relaxed);
     r->active_server = -1;
 }
@@ -131,10 +171,10 @@ void moxy_upconn_close(moxy_upconn_t *u)
     if (u->dead) return;
     u->dead = 1;
     if (u->idle) {
-        moxy_pool_rt_t *rt = &u->w->pools[u->pool];
+        moxy_pool_rt_t *rt = &u->g->pools[u->pool];
         TAILQ_REMOVE(&rt->idle[u->server], u, idle_link);
         rt->nidle--;
-        MOXY_STAT_SET(u->w->stats.pools[u->pool].idle, rt->nidle);
+        MOXY_STAT_SET(rt->stats->idle, rt->nidle);
         u->idle = 0;
     }
     if (u->req) {
@@ -282,7 +322,7 @@ static int pick_peer(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
-    moxy_upstream_t *up = w->conf->upstreams[r->pool].state;
+    moxy_upstream_t *up = r->g->conf->upstreams[r->pool].state;
     long long now = moxy_mono_ms();
     if (r->tries == 1) moxy_budget_request(up, now);
     if (r->tried_pool != r->pool || (up->npeers > 64 && !r->tried_map)) {
@@ -308,7 +348,7 @@ static int pick_peer(moxy_req_t *r)
     }
     const char *why = "no live peer";
     uint64_t *tried = r->tried_map ? r->tried_map : &r->tried;
-    int i = moxy_balancer_pick(up, w->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server,
+    int i = moxy_balancer_pick(up, r->g->pools[r->pool].current_weight, w->rng, hash, tried, r->last_server,
                                r->want_server, now, &why);
     if (i < 0) {
         if (r->tries > 1 && r->error) {
@@ -333,9 +373,7 @@ static int pick_peer(moxy_req_t *r)
 
 static void try_after_upstream_hooks(moxy_req_t *r, int rc)
 {
-    moxy_client_t *c = r->c;
-    moxy_worker_t *w = c->w;
-    const moxy_conf_t *conf = w->conf;
+    const moxy_conf_t *conf = r->g->conf;
     if (rc != MOXY_OK) {
         try_hooks_ended(r, rc, "script error in on_upstream");
         return;
@@ -344,7 +382,7 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc)
         r->peer = r->peer_addr->text;
     } else {
         if (r->pool < 0) {
-            int li = c->listen_index;
+            int li = r->listen_index;
             r->pool = conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
         }
         if (r->pool < 0) {
@@ -374,7 +412,7 @@ static void try_after_request_hooks(moxy_req_t *r, int rc)
 /* The number of tries r may make. */
 static int tries_max(const moxy_req_t *r)
 {
-    return r->pool >= 0 ? r->c->w->conf->upstreams[r->pool].tries : 2;
+    return r->pool >= 0 ? r->g->conf->upstreams[r->pool].tries : 2;
 }
 
 int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
@@ -383,7 +421,7 @@ int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
         (r->body_kind != MOXY_BODY_NONE && r->body_read > 0 && !r->body_buffered))
         return 0;
     /* another peer: another server of the pool, or what on_upstream says */
-    if (!upstream_hooks && (r->pool < 0 || r->c->w->conf->upstreams[r->pool].nservers < 2))
+    if (!upstream_hooks && (r->pool < 0 || r->g->conf->upstreams[r->pool].nservers < 2))
         return 0;
     return tries_max(r);
 }
@@ -393,7 +431,7 @@ int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
 static int peer_left(moxy_req_t *r)
 {
     if (r->pool < 0) return 0;
-    moxy_upstream_t *up = r->c->w->conf->upstreams[r->pool].state;
+    moxy_upstream_t *up = r->g->conf->upstreams[r->pool].state;
     return moxy_balancer_available(up, r->tried_map ? r->tried_map : &r->tried, r->server);
 }
 
@@ -402,7 +440,7 @@ static int peer_left(moxy_req_t *r)
 static int retry_allowed(moxy_req_t *r, const char *why)
 {
     if (r->pool < 0) return 1;
-    const moxy_upstream_conf_t *uc = &r->c->w->conf->upstreams[r->pool];
+    const moxy_upstream_conf_t *uc = &r->g->conf->upstreams[r->pool];
     if (uc->retry_timeout > 0 && moxy_mono_ms() - r->first_try_ms >= (long long)(uc->retry_timeout * 1000)) {
         moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; no retry: retry_timeout passed", r->peer, why);
         return 0;
@@ -434,7 +472,7 @@ static int try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *wh
         return 1;
     }
     try_report(r, 0);
-    int hooks = moxy_lua_has(r->c->w, MOXY_PHASE_UPSTREAM);
+    int hooks = moxy_lua_has(r->g, MOXY_PHASE_UPSTREAM);
     int max = moxy_upstream_may_retry(r, hooks);
     if (!max || (!hooks && !peer_left(r)) || !retry_allowed(r, why)) return 0;
     moxy_log(MOXY_LOG_WARN, r->id, "origin %s: %s; trying again (%d of %d)", r->peer, why,
@@ -460,11 +498,11 @@ static void try_connect(moxy_req_t *r)
     moxy_peer_t *p = try_peer(r);
     /* an idle connection to the peer's current addresses, if any */
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
-    moxy_pool_rt_t *rt = p ? &w->pools[r->pool] : NULL;
+    moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
     while (rt && r->tries == 1 && !r->fresh_conn && (u = TAILQ_FIRST(&rt->idle[r->server]))) {
         TAILQ_REMOVE(&rt->idle[r->server], u, idle_link);
         rt->nidle--;
-        MOXY_STAT_SET(u->w->stats.pools[u->pool].idle, rt->nidle);
+        MOXY_STAT_SET(rt->stats->idle, rt->nidle);
         u->idle = 0;
         if (u->addr_gen == gen) break;
         moxy_upconn_close(u); /* the name resolves elsewhere now */
@@ -492,6 +530,7 @@ static void try_connect(moxy_req_t *r)
             return;
         }
         u->addr_gen = gen;
+        u->g = r->g;
     }
     if (u->connected) r->up_connected = r->up_started;
     u->req = r;
@@ -504,7 +543,7 @@ static void try_connect(moxy_req_t *r)
     u->field_len = u->value_len = u->field_cap = u->value_cap = 0;
     llhttp_init(&u->parser, HTTP_RESPONSE, response_settings());
     u->parser.data = u;
-    const moxy_upstream_conf_t *uc = u->pool >= 0 ? &w->conf->upstreams[u->pool] : NULL;
+    const moxy_upstream_conf_t *uc = u->pool >= 0 ? &r->g->conf->upstreams[u->pool] : NULL;
     if (moxy_upstream_write_head(r, uc, u->out) != MOXY_OK) {
         moxy_req_upstream_failed(r, 500, "out of memory");
         return;
@@ -512,12 +551,12 @@ static void try_connect(moxy_req_t *r)
     /* The read timeout starts once the whole request is sent (as nginx's
      * proxy_read_timeout); until then the client's body timeout rules. */
     u->read_timer = r->body_done;
-    event_add(&u->rev, u->read_timer ? w->ctv_upstream : NULL);
+    event_add(&u->rev, u->read_timer ? r->g->ctv_upstream : NULL);
     u->reading = 1;
     if (u->connected) {
         moxy_upstream_send(u);
     } else {
-        event_add(&u->wev, &w->tv_connect);
+        event_add(&u->wev, &r->g->tv_connect);
         u->writing = 1;
     }
 }
@@ -532,7 +571,7 @@ static void up_fail(moxy_upconn_t *u, int status, const char *why, int retry)
         return;
     }
     moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
-             u->pool >= 0 ? u->w->conf->upstreams[u->pool].name : "-", why);
+             u->pool >= 0 ? u->g->conf->upstreams[u->pool].name : "-", why);
     if (retry && !u->got_bytes && try_again(r, u, status, why)) return;
     if (!u->head_done) try_report(r, 0);
     moxy_req_upstream_failed(r, status, why);
@@ -562,7 +601,7 @@ void moxy_upstream_send(moxy_upconn_t *u)
     }
     if (left > 0) {
         if (!u->writing) {
-            event_add(&u->wev, u->w->ctv_upstream);
+            event_add(&u->wev, u->g->ctv_upstream);
             u->writing = 1;
         }
     } else if (u->writing) {
@@ -571,7 +610,7 @@ void moxy_upstream_send(moxy_upconn_t *u)
     }
     moxy_req_t *r = u->req;
     if (r && left == 0 && r->body_done && !u->read_timer && u->reading) {
-        event_add(&u->rev, u->w->ctv_upstream);
+        event_add(&u->rev, u->g->ctv_upstream);
         u->read_timer = 1;
     }
     if (r && left < MOXY_LOW_WATER) moxy_client_resume_read(r->c);
@@ -620,7 +659,7 @@ static void up_write_cb(evutil_socket_t fd, short what, void *arg)
 void moxy_upstream_resume_read(moxy_upconn_t *u)
 {
     if (u->reading || u->dead || u->eof) return;
-    event_add(&u->rev, u->w->ctv_upstream);
+    event_add(&u->rev, u->g->ctv_upstream);
     u->reading = 1;
     if (evbuffer_get_length(u->in) > 0) {
         /* bytes read before the pause are still waiting */
@@ -650,7 +689,7 @@ static int rs_header_piece(llhttp_t *p, const char *at, size_t n, int value)
     moxy_upconn_t *u = p->data;
     moxy_pool_t *pool = &u->req->c->pool;
     u->head_bytes += n;
-    if (u->head_bytes > u->w->conf->limits.header_bytes) return rs_fail(p, "response head too large");
+    if (u->head_bytes > u->g->conf->limits.header_bytes) return rs_fail(p, "response head too large");
     return value ? moxy_pool_append(pool, &u->value, &u->value_len, &u->value_cap, at, n)
                  : moxy_pool_append(pool, &u->field, &u->field_len, &u->field_cap, at, n);
 }
@@ -681,7 +720,7 @@ static int rs_header_value_complete(llhttp_t *p)
     if (u->field_len == 0) return rs_fail(p, "empty header name in response");
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--; /* llhttp checked the rest */
     moxy_headers_t *hs = u->in_trailers ? &r->resp_trailers : &r->resp_headers;
-    if ((int)hs->n >= u->w->conf->limits.headers) return rs_fail(p, "too many response headers");
+    if ((int)hs->n >= u->g->conf->limits.headers) return rs_fail(p, "too many response headers");
     if (moxy_headers_add(&r->c->pool, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;
     u->field_len = u->value_len = 0;
     u->head_bytes += 4;
@@ -868,8 +907,17 @@ static void up_finished(moxy_upconn_t *u)
         moxy_upconn_close(u);
         return;
     }
-    const moxy_upstream_conf_t *uc = &w->conf->upstreams[u->pool];
-    moxy_pool_rt_t *rt = &w->pools[u->pool];
+    if (u->g != w->g) { /* a request that started before a reload */
+        int k = pool_of_state(w->g, u->g->pools[u->pool].state);
+        if (k < 0) { /* the pool changed: its connections go with its generation */
+            moxy_upconn_close(u);
+            return;
+        }
+        u->g = w->g;
+        u->pool = k;
+    }
+    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
+    moxy_pool_rt_t *rt = &u->g->pools[u->pool];
     int reuse = u->keepalive && !u->eof && !u->write_failed && r->body_done &&
                 evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 &&
                 rt->nidle < uc->keepalive && !w->draining;
@@ -886,7 +934,7 @@ static void up_finished(moxy_upconn_t *u)
     u->field_cap = u->value_cap = 0;
     TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
     rt->nidle++;
-    MOXY_STAT_SET(w->stats.pools[u->pool].idle, rt->nidle);
+    MOXY_STAT_SET(rt->stats->idle, rt->nidle);
 }
 
 /* The origin closed (or reset) before the response head was complete. */
@@ -973,7 +1021,7 @@ static void filter_continue(moxy_req_t *r)
 static int filter_start(moxy_req_t *r)
 {
     moxy_worker_t *w = r->c->w;
-    r->filtering = moxy_lua_has(w, MOXY_PHASE_BODY) && !r->no_filter &&
+    r->filtering = moxy_lua_has(r->g, MOXY_PHASE_BODY) && !r->no_filter &&
                    r->resp_body_kind != MOXY_BODY_NONE;
     if (!r->filtering) return MOXY_OK;
     if (!r->filter_in) r->filter_in = moxy_worker_buf_get(w);
@@ -1047,7 +1095,7 @@ static int up_head_verdict(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
     if (u->pool < 0) return MOXY_OK;
-    const moxy_upstream_conf_t *uc = &u->w->conf->upstreams[u->pool];
+    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
     int failed = moxy_status_in(&uc->passive.statuses, r->status);
     if (!moxy_status_in(&uc->retry_statuses, r->status)) {
         try_report(r, !failed);

@@ -48,7 +48,7 @@ struct moxy_lua_co_s {
 
 /* A moxy.timer timer: runtime.timers[id] holds its function. */
 typedef struct moxy_lua_timer_s {
-    moxy_worker_t *w;
+    moxy_wgen_t *g;             /* the generation whose VM holds its function */
     struct event ev;
     int id;
     double interval;            /* > 0: moxy.timer.every */
@@ -61,6 +61,7 @@ typedef struct moxy_lua_timer_s {
 /* One run of hooks: a request's phase, or a timer's callback. */
 struct moxy_lua_task_s {
     moxy_worker_t *w;
+    moxy_wgen_t *g;             /* the generation whose VM runs it */
     struct moxy_lua_co_s co;
     moxy_req_t *r;              /* NULL: a timer's callback */
     moxy_lua_timer_t *timer;    /* the timer whose callback this is, or NULL */
@@ -76,9 +77,10 @@ static const char *const phase_names[MOXY_PHASES + 1] = {
     "on_request", "on_upstream", "on_upstream_request", "on_response",
     "on_body",    "on_log",      "on_error",            "timer"};
 
-/* The task whose coroutine runs on this thread, and the worker. */
+/* The task whose coroutine runs on this thread, and the generation whose
+ * worker_init runs. */
 static _Thread_local moxy_lua_task_t *cur_task;
-static _Thread_local moxy_worker_t *cur_worker;
+static _Thread_local moxy_wgen_t *cur_wgen;
 
 /* The CPU budget of a hook call.  LuaJIT runs no debug hook inside compiled
  * code, so the functions of a script are kept out of the JIT (runtime.lua:
@@ -100,7 +102,7 @@ static _Thread_local volatile sig_atomic_t budget_hooked;
 
 static int64_t budget_ms(const moxy_worker_t *w)
 {
-    return (int64_t)(w->conf->cpu_budget * 1000 + 0.5);
+    return atomic_load_explicit(&w->lua_budget_ms, memory_order_relaxed);
 }
 
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -126,28 +128,32 @@ static void budget_signal(int sig)
 {
     MOXY_UNUSED(sig);
     moxy_worker_t *w = budget_w;
-    if (!w || !w->L) return;
+    if (!w || !w->lua_running) return;
     int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);
     if (since == 0 || moxy_mono_ms() - since < budget_ms(w)) return;
     budget_hooked = 1;
-    lua_sethook(w->L, budget_hook, LUA_MASKCOUNT, 1);
+    lua_sethook(w->lua_running, budget_hook, LUA_MASKCOUNT, 1);
 }
 
-static void budget_arm(moxy_worker_t *w)
+static void budget_arm(moxy_wgen_t *g)
 {
-    if (!(w->conf->cpu_budget > 0)) return;
+    moxy_worker_t *w = g->w;
+    if (!(g->conf->cpu_budget > 0)) return;
     budget_w = w;
+    w->lua_running = g->L;
+    atomic_store_explicit(&w->lua_budget_ms, (int64_t)(g->conf->cpu_budget * 1000 + 0.5), memory_order_relaxed);
     atomic_store_explicit(&w->lua_since, moxy_mono_ms(), memory_order_relaxed);
 }
 
-static void budget_disarm(moxy_worker_t *w)
+static void budget_disarm(moxy_wgen_t *g)
 {
-    if (!(w->conf->cpu_budget > 0)) return;
+    moxy_worker_t *w = g->w;
+    if (!(g->conf->cpu_budget > 0)) return;
     atomic_store_explicit(&w->lua_since, 0, memory_order_relaxed);
     if (budget_hooked) {
         MOXY_STAT_ADD(w->stats.budget_kills, 1);
         budget_hooked = 0;
-        lua_sethook(w->L, NULL, 0, 0);
+        lua_sethook(g->L, NULL, 0, 0);
     }
 }
 
@@ -157,38 +163,47 @@ static struct {
     atomic_int stop;
     moxy_worker_t **workers;
     int n;
-    struct timespec tick;
+    atomic_long tick_ns;
 } watchdog;
 
 static void *watchdog_main(void *arg)
 {
     MOXY_UNUSED(arg);
     while (!atomic_load(&watchdog.stop)) {
-        nanosleep(&watchdog.tick, NULL);
+        struct timespec tick = {0, atomic_load(&watchdog.tick_ns)};
+        nanosleep(&tick, NULL);
         int64_t now = moxy_mono_ms();
         for (int i = 0; i < watchdog.n; i++) {
             moxy_worker_t *w = watchdog.workers[i];
             int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);
-            if (since && w->started && now - since >= budget_ms(w)) pthread_kill(w->thread, BUDGET_SIGNAL);
+            if (since && w->started && budget_ms(w) > 0 && now - since >= budget_ms(w))
+                pthread_kill(w->thread, BUDGET_SIGNAL);
         }
     }
     return NULL;
 }
 
-int moxy_lua_watchdog_start(moxy_worker_t **workers, int n)
+void moxy_lua_watchdog_tick(double budget)
 {
-    if (n == 0 || !(workers[0]->conf->cpu_budget > 0)) return MOXY_OK;
+    /* a few looks per budget: a runaway hook is stopped within ~1.25
+     * budgets; without a budget, 40 looks a second cost nothing and a
+     * reload may set one */
+    double tick = budget > 0 ? budget / 4 : 0.025;
+    if (tick < 0.001) tick = 0.001;
+    if (tick > 0.025) tick = 0.025;
+    atomic_store(&watchdog.tick_ns, (long)(tick * 1e9));
+}
+
+int moxy_lua_watchdog_start(moxy_worker_t **workers, int n, double budget)
+{
+    if (n == 0) return MOXY_OK;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = budget_signal;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     if (sigaction(BUDGET_SIGNAL, &sa, NULL) != 0) return MOXY_ERROR;
-    /* a few looks per budget: a runaway hook is stopped within ~1.25 budgets */
-    double tick = workers[0]->conf->cpu_budget / 4;
-    if (tick < 0.001) tick = 0.001;
-    if (tick > 0.025) tick = 0.025;
-    watchdog.tick = (struct timespec){0, (long)(tick * 1e9)};
+    moxy_lua_watchdog_tick(budget);
     watchdog.workers = workers;
     watchdog.n = n;
     atomic_store(&watchdog.stop, 0);
@@ -234,38 +249,42 @@ static int load_scripts(lua_State *L, const moxy_conf_t *conf)
     return lua_pcall(L, 1, 1, 0);
 }
 
-int moxy_lua_worker_init(moxy_worker_t *w)
+int moxy_lua_wgen_init(moxy_wgen_t *g)
 {
-    LIST_INIT(&w->timers);
-    w->lua_body = LUA_NOREF;
-    w->L = moxy_lua_new(w->conf->dir);
-    if (!w->L) {
+    moxy_worker_t *w = g->w;
+    LIST_INIT(&g->timers);
+    g->lua_body = LUA_NOREF;
+    g->L = moxy_lua_new(g->conf->dir);
+    if (!g->L) {
         snprintf(w->error, sizeof(w->error), "cannot create a Lua VM");
         return MOXY_ERROR;
     }
-    lua_State *L = w->L;
-    if (w->conf->lua_memory && !(w->lua_mem = moxy_lua_memory_limit(L, w->conf->lua_memory))) {
+    lua_State *L = g->L;
+    if (g->conf->lua_memory && !(g->lua_mem = moxy_lua_memory_limit(L, g->conf->lua_memory))) {
         snprintf(w->error, sizeof(w->error), "out of memory");
         return MOXY_ERROR;
     }
-    if (load_scripts(L, w->conf) != 0) {
+    if (load_scripts(L, g->conf) != 0) {
         snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
         return MOXY_ERROR;
     }
     /* runtime.load returns the number of hooks of each phase */
-    w->lua_phases = 0;
+    g->lua_phases = 0;
     for (int i = 0; i < MOXY_PHASES; i++) {
         lua_getfield(L, -1, phase_names[i]);
-        w->lua_hooks[i] = (int)lua_tointeger(L, -1);
-        w->lua_phases += w->lua_hooks[i] > 0;
+        g->lua_hooks[i] = (int)lua_tointeger(L, -1);
+        g->lua_phases += g->lua_hooks[i] > 0;
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
     /* every coroutine runs the same body: hooks, or a timer's callback */
     lua_getfield(L, -1, "coroutine_body");
-    w->lua_body = luaL_ref(L, LUA_REGISTRYINDEX);
-    cur_worker = w; /* worker_init may start timers */
-    if (run_once(L, "worker_init") != 0) {
+    g->lua_body = luaL_ref(L, LUA_REGISTRYINDEX);
+    moxy_wgen_t *outer = cur_wgen;
+    cur_wgen = g; /* worker_init may start timers */
+    int rc = run_once(L, "worker_init");
+    cur_wgen = outer;
+    if (rc != 0) {
         snprintf(w->error, sizeof(w->error), "%s", lua_tostring(L, -1));
         return MOXY_ERROR;
     }
@@ -280,22 +299,47 @@ static void task_drop(moxy_lua_task_t *t)
     t->sleeping = 0;
     if (t->op) t->cancel(t->op);
     t->op = NULL;
-    luaL_unref(t->w->L, LUA_REGISTRYINDEX, t->co.ref);
+    luaL_unref(t->g->L, LUA_REGISTRYINDEX, t->co.ref);
 }
 
 static void timer_free(moxy_lua_timer_t *tm)
 {
     event_del(&tm->ev);
     LIST_REMOVE(tm, link);
-    tm->w->ntimers--;
+    tm->g->ntimers--;
     free(tm);
 }
 
-void moxy_lua_worker_free(moxy_worker_t *w)
+void moxy_lua_wgen_retire(moxy_wgen_t *g)
 {
-    if (w->L) {
+    moxy_lua_timer_t *tm = LIST_FIRST(&g->timers), *next;
+    for (; tm; tm = next) {
+        next = LIST_NEXT(tm, link);
+        if (tm->running) tm->cancelled = 1; /* freed when its callback is over */
+        else timer_free(tm);
+    }
+}
+
+void moxy_lua_wgen_cut(moxy_wgen_t *g)
+{
+    int running = 0;
+    moxy_lua_timer_t *tm;
+    while ((tm = LIST_FIRST(&g->timers))) {
+        if (tm->task) {
+            task_drop(tm->task);
+            free(tm->task);
+        }
+        running += tm->running;
+        timer_free(tm);
+    }
+    while (running-- > 0) moxy_wgen_release(g);
+}
+
+void moxy_lua_wgen_free(moxy_wgen_t *g)
+{
+    if (g->L) {
         moxy_lua_timer_t *tm;
-        while ((tm = LIST_FIRST(&w->timers))) {
+        while ((tm = LIST_FIRST(&g->timers))) {
             if (tm->task) {
                 task_drop(tm->task);
                 free(tm->task);
@@ -303,17 +347,18 @@ void moxy_lua_worker_free(moxy_worker_t *w)
             timer_free(tm);
         }
     }
-    free(w->co_free);
-    w->co_free = NULL;
-    w->nco_free = w->co_free_cap = 0;
-    if (w->L) moxy_lua_close(w->L);
-    w->L = NULL;
-    if (cur_worker == w) cur_worker = NULL;
-    w->lua_mem = NULL; /* freed with the VM */
+    free(g->co_free);
+    g->co_free = NULL;
+    g->nco_free = g->co_free_cap = 0;
+    if (g->L && g->w->lua_running == g->L) g->w->lua_running = NULL;
+    if (g->L) moxy_lua_close(g->L);
+    g->L = NULL;
+    if (cur_wgen == g) cur_wgen = NULL;
+    g->lua_mem = NULL; /* freed with the VM */
 }
 
 /* A coroutine for a request: an idle one, or a new one with the body pushed. */
-static void co_get(moxy_worker_t *w, struct moxy_lua_co_s *out)
+static void co_get(moxy_wgen_t *w, struct moxy_lua_co_s *out)
 {
     if (w->nco_free > 0) {
         *out = w->co_free[--w->nco_free];
@@ -327,7 +372,7 @@ static void co_get(moxy_worker_t *w, struct moxy_lua_co_s *out)
 }
 
 /* The coroutine finished a run cleanly: keep it for the next one. */
-static void co_put(moxy_worker_t *w, struct moxy_lua_co_s co)
+static void co_put(moxy_wgen_t *w, struct moxy_lua_co_s co)
 {
     if (w->nco_free == w->co_free_cap && w->co_free_cap < CO_FREE_MAX) {
         int cap = w->co_free_cap ? w->co_free_cap * 2 : 16;
@@ -385,7 +430,7 @@ static void log_task_error(moxy_lua_task_t *t, const char *msg)
 static int co_resume(moxy_lua_task_t **tp, int nargs)
 {
     moxy_lua_task_t *t = *tp;
-    moxy_worker_t *w = t->w;
+    moxy_wgen_t *w = t->g;
     moxy_req_t *r = t->r;
     lua_State *c = t->co.co;
     moxy_lua_task_t *outer = cur_task;
@@ -452,19 +497,15 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     return MOXY_ERROR;
 }
 
-int moxy_lua_has(const moxy_worker_t *w, int phase)
-{
-    return w->lua_hooks[phase] > 0;
-}
-
 /* Start a run of phase's hooks for r: coroutine, request, phase, txn. */
 static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 {
-    moxy_worker_t *w = r->c->w;
+    moxy_wgen_t *w = r->g;
     /* hooks of an earlier phase still parked (the request failed or was
      * answered meanwhile: its origin failed, its body timed out) are moot */
     lua_abort(r);
-    t->w = w;
+    t->w = w->w;
+    t->g = w;
     t->r = r;
     co_get(w, &t->co);
     r->hook_phase = phase;
@@ -480,7 +521,7 @@ static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 
 int moxy_lua_run(moxy_req_t *r, int phase)
 {
-    if (r->c->w->lua_hooks[phase] == 0) return MOXY_OK;
+    if (r->g->lua_hooks[phase] == 0) return MOXY_OK;
     moxy_lua_task_t task = {0}, *t = &task;
     task_start(t, r, phase);
     return co_resume(&t, 3);
@@ -555,11 +596,17 @@ moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t)
     return t->w;
 }
 
-/* The worker whose Lua runs: the running task's, or the one whose
- * worker_init runs (on the main thread, before the worker starts). */
-static moxy_worker_t *lua_worker(void)
+moxy_wgen_t *moxy_lua_task_wgen(const moxy_lua_task_t *t)
 {
-    return cur_task ? cur_task->w : cur_worker;
+    return t->g;
+}
+
+/* The generation whose Lua runs: the running task's, or the one whose
+ * worker_init runs (on its worker's thread, or the main thread before the
+ * worker starts). */
+static moxy_wgen_t *lua_wgen(void)
+{
+    return cur_task ? cur_task->g : cur_wgen;
 }
 
 static _Thread_local const moxy_conf_t *check_conf; /* moxy_lua_check_scripts', or moxy test's */
@@ -571,13 +618,14 @@ void moxy_lua_use_conf(const moxy_conf_t *conf)
 
 moxy_worker_t *moxy_lua_worker(void)
 {
-    return lua_worker();
+    moxy_wgen_t *g = lua_wgen();
+    return g ? g->w : NULL;
 }
 
 const moxy_conf_t *moxy_lua_conf(void)
 {
-    moxy_worker_t *w = lua_worker();
-    return w ? w->conf : check_conf;
+    moxy_wgen_t *g = lua_wgen();
+    return g ? g->conf : check_conf;
 }
 
 /* The running task, stable, for an FFI call that starts an operation
@@ -590,7 +638,7 @@ moxy_lua_task_t *moxy_lua_current_task(void)
 void moxy_lua_req_done(moxy_req_t *r)
 {
     lua_abort(r);
-    if (r->txn_ref > 0) luaL_unref(r->c->w->L, LUA_REGISTRYINDEX, r->txn_ref);
+    if (r->txn_ref > 0) luaL_unref(r->g->L, LUA_REGISTRYINDEX, r->txn_ref);
     r->txn_ref = 0;
 }
 
@@ -621,25 +669,30 @@ static void timer_arm(moxy_lua_timer_t *tm, double secs)
     evtimer_add(&tm->ev, &tv);
 }
 
-/* The timer's callback is over: again after its interval, or gone. */
+/* The timer's callback is over: again after its interval, or gone; its
+ * generation may go too. */
 static void timer_done(moxy_lua_timer_t *tm)
 {
+    moxy_wgen_t *g = tm->g;
     tm->running = 0;
     if (tm->interval > 0 && !tm->cancelled) timer_arm(tm, tm->interval);
     else timer_free(tm);
+    moxy_wgen_release(g);
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     moxy_lua_timer_t *tm = arg;
-    moxy_worker_t *w = tm->w;
+    moxy_wgen_t *g = tm->g;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     tm->running = 1;
+    moxy_wgen_hold(g); /* a running callback keeps its generation */
     moxy_lua_task_t task = {0}, *t = &task;
-    t->w = w;
+    t->w = g->w;
+    t->g = g;
     t->timer = tm;
-    co_get(w, &t->co);
+    co_get(g, &t->co);
     lua_pushnumber(t->co.co, 0);
     lua_pushinteger(t->co.co, PHASE_TIMER);
     lua_pushinteger(t->co.co, tm->id);
@@ -651,15 +704,16 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 EXPORT int moxy_ffi_timer_add(double delay, double interval, int id)
 {
-    moxy_worker_t *w = lua_worker();
+    moxy_wgen_t *w = lua_wgen();
     if (!w) return MOXY_DECLINED;
     if (w->ntimers >= TIMERS_MAX) return MOXY_ERROR;
+    if (w->retired) return MOXY_OK; /* a retired generation's timers would never run */
     moxy_lua_timer_t *tm = calloc(1, sizeof(*tm));
     if (!tm) return MOXY_ERROR;
-    tm->w = w;
+    tm->g = w;
     tm->id = id;
     tm->interval = interval;
-    evtimer_assign(&tm->ev, w->base, timer_cb, tm);
+    evtimer_assign(&tm->ev, w->w->base, timer_cb, tm);
     LIST_INSERT_HEAD(&w->timers, tm, link);
     w->ntimers++;
     timer_arm(tm, delay);
@@ -668,7 +722,7 @@ EXPORT int moxy_ffi_timer_add(double delay, double interval, int id)
 
 EXPORT int moxy_ffi_timer_cancel(int id)
 {
-    moxy_worker_t *w = lua_worker();
+    moxy_wgen_t *w = lua_wgen();
     if (!w) return MOXY_DECLINED;
     moxy_lua_timer_t *tm;
     LIST_FOREACH(tm, &w->timers, link) {
@@ -680,26 +734,46 @@ EXPORT int moxy_ffi_timer_cancel(int id)
     return MOXY_DECLINED;
 }
 
-int moxy_lua_check_scripts(const moxy_conf_t *conf)
+/* The configuration whose scripts the main thread loads (moxy.watch records
+ * into it), or NULL. */
+static _Thread_local moxy_conf_t *watch_conf;
+
+EXPORT int moxy_ffi_watch(const char *path, size_t len)
+{
+    moxy_conf_t *c = watch_conf;
+    if (!c) return MOXY_OK;
+    for (int i = 0; i < c->nwatched; i++)
+        if (strlen(c->watched[i]) == len && memcmp(c->watched[i], path, len) == 0) return MOXY_OK;
+    char **n = realloc(c->watched, (size_t)(c->nwatched + 1) * sizeof(*n));
+    if (!n) return MOXY_ERROR;
+    c->watched = n;
+    if (!(n[c->nwatched] = strndup(path, len))) return MOXY_ERROR;
+    c->nwatched++;
+    return MOXY_OK;
+}
+
+int moxy_lua_check_scripts(const moxy_conf_t *conf, FILE *err)
 {
     lua_State *L = moxy_lua_new(conf->dir);
     if (!L) {
-        fprintf(stderr, "moxy: cannot create a Lua VM\n");
+        fprintf(err, "moxy: cannot create a Lua VM\n");
         return MOXY_ERROR;
     }
     int rc = MOXY_OK;
     check_conf = conf;
+    watch_conf = (moxy_conf_t *)conf; /* still the loader's: nothing else reads it yet */
     if (load_scripts(L, conf) != 0) {
-        fprintf(stderr, "%s\n", lua_tostring(L, -1));
+        fprintf(err, "%s\n", lua_tostring(L, -1));
         rc = MOXY_ERROR;
     } else {
         lua_pop(L, 1); /* the counts: the runtime module is on top again */
         if (run_once(L, "init") != 0) {
-            fprintf(stderr, "%s\n", lua_tostring(L, -1));
+            fprintf(err, "%s\n", lua_tostring(L, -1));
             rc = MOXY_ERROR;
         }
     }
     check_conf = NULL;
+    watch_conf = NULL;
     moxy_lua_close(L);
     return rc;
 }

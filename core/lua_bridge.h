@@ -12,17 +12,27 @@
 
 #include "config.h"
 #include "http-t.h"
+#include "worker.h"
 
 #include <lua.h>
 
 typedef struct moxy_lua_task_s moxy_lua_task_t;
 
-/* Build w's VM and load conf's scripts.  MOXY_OK, or MOXY_ERROR with the
- * reason (naming file:line) in w->error. */
-int moxy_lua_worker_init(moxy_worker_t *w);
+/* Build g's VM, load g->conf's scripts and run their worker_init hooks (on
+ * g's worker's thread, or before it starts).  MOXY_OK, or MOXY_ERROR with
+ * the reason (naming file:line) in the worker's error. */
+int moxy_lua_wgen_init(moxy_wgen_t *g);
 
-/* Stop w's timers and parked tasks, then close w's VM. */
-void moxy_lua_worker_free(moxy_worker_t *w);
+/* g is no longer current: its timers stop (one whose callback runs ends
+ * with it). */
+void moxy_lua_wgen_retire(moxy_wgen_t *g);
+
+/* g's drain deadline passed: drop the callbacks of its timers that still
+ * run (each releases its reference to g). */
+void moxy_lua_wgen_cut(moxy_wgen_t *g);
+
+/* Stop g's timers and parked tasks, then close g's VM. */
+void moxy_lua_wgen_free(moxy_wgen_t *g);
 
 /* Run the hooks of phase (MOXY_PHASE_*) for r.  MOXY_OK: go on; MOXY_DONE:
  * a hook answered (r->status, r->local_body and r->resp_headers hold the
@@ -38,22 +48,23 @@ int moxy_lua_run(moxy_req_t *r, int phase);
  * to out before moxy_req_hooks_done. */
 int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out);
 
-/* 1 when phase has hooks (so a caller can skip everything else). */
-int moxy_lua_has(const moxy_worker_t *w, int phase);
+/* 1 when phase has hooks in generation g (so a caller can skip everything else). */
+static inline int moxy_lua_has(const moxy_wgen_t *g, int phase)
+{
+    return g->lua_hooks[phase] > 0;
+}
 
 /* r ends: drop its hooks still parked, release what they kept (its txn).
  * Starting a phase drops an earlier phase's parked hooks the same way. */
 void moxy_lua_req_done(moxy_req_t *r);
 
-/* Start the thread that stops hooks running past lua.cpu_budget on these
- * workers (none when the budget is 0), before the workers start; stop it
- * before they are joined.  MOXY_ERROR: cannot. */
-int moxy_lua_watchdog_start(moxy_worker_t **workers, int n);
+int moxy_lua_watchdog_start(moxy_worker_t **workers, int n, double budget);
 void moxy_lua_watchdog_stop(void);
 
-/* Load conf's scripts in a scratch VM and run their init hooks (moxy -t, and
- * once at start).  MOXY_OK, or MOXY_ERROR after printing the reason. */
-int moxy_lua_check_scripts(const moxy_conf_t *conf);
+/* Load conf's scripts in a scratch VM and run their init hooks (moxy -t, at
+ * start and for each reload).  MOXY_OK, or MOXY_ERROR after writing the
+ * reason to err. */
+int moxy_lua_check_scripts(const moxy_conf_t *conf, FILE *err);
 
 /* --- for operations a task waits on (moxy.http, the request body) --- */
 
@@ -76,6 +87,9 @@ void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults);
 /* The worker t runs on. */
 moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
 
+/* The generation t runs on. */
+moxy_wgen_t *moxy_lua_task_wgen(const moxy_lua_task_t *t);
+
 /* The configuration the running Lua code belongs to: the worker's (hooks,
  * timers, worker_init) or the one whose init hooks run; NULL elsewhere. */
 const moxy_conf_t *moxy_lua_conf(void);
@@ -87,5 +101,12 @@ void moxy_lua_use_conf(const moxy_conf_t *conf);
 /* The worker the running Lua code belongs to; NULL on the main thread (init
  * hooks) and outside Lua. */
 moxy_worker_t *moxy_lua_worker(void);
+
+/* Start the thread that stops hooks running past their generation's
+ * lua.cpu_budget on these workers, before the workers start; stop it
+ * before they are joined.  tick_budget: the current budget (seconds, 0:
+ * none), which sets how often it looks; moxy_lua_watchdog_tick changes it
+ * (a reload).  MOXY_ERROR: cannot. */
+void moxy_lua_watchdog_tick(double budget);
 
 #endif

@@ -84,9 +84,16 @@ moxy_lua_mem_t *moxy_lua_memory_limit(lua_State *L, size_t limit)
 void moxy_lua_close(lua_State *L)
 {
     void *ud;
-    int accounted = lua_getallocf(L, &ud) == account_alloc;
+    moxy_lua_mem_t *m = NULL;
+    if (lua_getallocf(L, &ud) == account_alloc) {
+        /* LuaJIT frees its own allocator's whole arena at close only when
+         * that allocator is the state's: put it back first, or every block
+         * the VM ever held stays mapped */
+        m = ud;
+        lua_setallocf(L, m->orig, m->orig_ud);
+    }
     lua_close(L);
-    if (accounted) free(ud);
+    free(m);
 }
 
 lua_State *moxy_lua_new(const char *conf_dir)

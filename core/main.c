@@ -4,9 +4,14 @@
  *   moxy [-c FILE]        run (default FILE: moxy.lua)
  *   moxy -t [-c FILE]     check the configuration and its scripts, then exit
  *   moxy -v               version of moxy and of the libraries it runs on
+ *   moxy reload [-c FILE] [-p PIDFILE]
+ *                         ask the running moxy (its pid_file) to reload; prints
+ *                         the result, exits 1 when the reload failed
+ *   -p PIDFILE            overrides the configuration's pid_file
  */
 #include "admin.h"
 #include "config.h"
+#include "generation.h"
 #include "geoip.h"
 #include "health_check.h"
 #include "http.h"
@@ -16,6 +21,7 @@
 #include "sd_notify.h"
 #include "shared_dict.h"
 #include "upstream.h"
+#include "watch.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -45,9 +51,11 @@ static atomic_int workers_exited;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moxy [-c FILE] [-t] [-v]\n"
+    fprintf(f, "usage: moxy [-c FILE] [-p PIDFILE] [-t] [-v]\n"
+               "       moxy reload [-c FILE] [-p PIDFILE]\n"
                "       moxy test [busted options] [spec paths...]\n"
                "  -c FILE  configuration file (default: moxy.lua)\n"
+               "  -p FILE  PID file (default: pid_file of the configuration)\n"
                "  -t       check the configuration and scripts, then exit\n"
                "  -v       print versions and exit\n");
 }
@@ -96,8 +104,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         moxy_log_reopen();
         break;
     case SIGHUP:
-        moxy_log_warn("HUP: configuration reload is not available in this version; restart moxy "
-                      "to apply changes");
+        moxy_log_info("HUP: reloading the configuration");
+        moxy_reload(NULL, NULL);
         break;
     }
 }
@@ -118,20 +126,132 @@ void moxy_main_worker_exited(void)
     if (write(exit_fd, &one, sizeof(one)) < 0) abort(); /* cannot happen with an eventfd */
 }
 
-static int cpu_count(void)
+/* The status file of reloads beside the PID file. */
+static void status_path_of(const char *pid_file, char *out, size_t len)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+    snprintf(out, len, "%s.reload", pid_file);
+}
+
+/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR. */
+static int pid_write(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return MOXY_ERROR;
+    fprintf(f, "%ld\n", (long)getpid());
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return MOXY_ERROR;
+    }
+    return MOXY_OK;
+}
+
+/* The PID in path, or 0. */
+static long pid_read(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%ld", &pid) != 1) pid = 0;
+    fclose(f);
+    return pid;
+}
+
+/* Remove path if it still names us (a newer moxy may have taken it over). */
+static void pid_remove(const char *path)
+{
+    if (pid_read(path) == (long)getpid()) unlink(path);
+}
+
+/* The seq of the reload status file at path (0: none), and its text. */
+static unsigned status_read(const char *path, char *text, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    unsigned seq = 0;
+    if (text && len) text[0] = '\0';
+    if (!f) return 0;
+    if (fscanf(f, "%u", &seq) != 1) seq = 0;
+    if (text && len) {
+        rewind(f);
+        size_t n = fread(text, 1, len - 1, f);
+        text[n] = '\0';
+    }
+    fclose(f);
+    return seq;
+}
+
+/* moxy reload [-c FILE]: signal the running moxy and wait for its verdict. */
+static int reload_main(int argc, char **argv)
+{
+    const char *path = "moxy.lua", *pid_opt = NULL;
+    int opt;
+    optind = 1;
+    while ((opt = getopt(argc, argv, "c:p:h")) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'p': pid_opt = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    moxy_conf_t *conf = moxy_conf_load(path, stderr);
+    if (!conf) {
+        fprintf(stderr, "moxy reload: %s has errors; the running moxy was not asked to reload\n", path);
+        return 1;
+    }
+    const char *pid_file = pid_opt ? pid_opt : conf->pid_file;
+    if (!pid_file) {
+        fprintf(stderr, "moxy reload: %s sets pid_file = false and no -p was given: no running moxy to find\n", path);
+        moxy_conf_release(conf);
+        return 1;
+    }
+    char status[4096], text[4096];
+    status_path_of(pid_file, status, sizeof(status));
+    long pid = pid_read(pid_file);
+    if (pid <= 0 || kill((pid_t)pid, 0) != 0) {
+        fprintf(stderr, "moxy reload: no running moxy (pid_file %s: %s)\n", pid_file,
+                pid <= 0 ? "missing or empty" : strerror(errno));
+        moxy_conf_release(conf);
+        return 1;
+    }
+    unsigned before = status_read(status, NULL, 0);
+    if (kill((pid_t)pid, SIGHUP) != 0) {
+        fprintf(stderr, "moxy reload: cannot signal pid %ld: %s\n", pid, strerror(errno));
+        moxy_conf_release(conf);
+        return 1;
+    }
+    moxy_conf_release(conf);
+    /* the reload's result appears in the status file (bounded wait: a
+     * reload gives up on its workers after a minute) */
+    for (int i = 0; i < 90 * 50; i++) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        unsigned seq = status_read(status, text, sizeof(text));
+        if (seq == 0 || seq == before) {
+            if (kill((pid_t)pid, 0) != 0) break;
+            continue;
+        }
+        char *msg = strchr(text, '\n');
+        int ok = strstr(text, " ok ") != NULL && (!msg || strstr(text, " ok ") < msg);
+        printf("moxy reload: %s\n", ok ? "ok" : "failed; the running configuration keeps serving");
+        if (msg) fputs(msg + 1, ok ? stdout : stderr);
+        return ok ? 0 : 1;
+    }
+    fprintf(stderr, "moxy reload: no answer from pid %ld\n", pid);
+    return 1;
 }
 
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "test") == 0) return moxy_test_main(argc - 1, argv + 1);
-    const char *path = "moxy.lua";
+    if (argc >= 2 && strcmp(argv[1], "reload") == 0) return reload_main(argc - 1, argv + 1);
+    const char *path = "moxy.lua", *pid_opt = NULL;
     int check = 0, opt;
-    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:p:tvh")) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
+        case 'p': pid_opt = optarg; break;
         case 't': check = 1; break;
         case 'v': print_versions(); return 0;
         case 'h': usage(stdout); return 0;
@@ -143,35 +263,27 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    moxy_conf_t *conf = moxy_conf_load(path);
-    if (!conf) return 1;
-    if (moxy_upstreams_create(conf) != MOXY_OK) {
-        fprintf(stderr, "moxy: out of memory\n");
-        moxy_conf_free(conf);
-        return 1;
-    }
-    if (moxy_geoip_open_all(conf) != MOXY_OK) {
-        moxy_geoip_close_all();
-        moxy_conf_free(conf);
-        return 1;
-    }
-    /* moxy.shared dicts: init hooks (moxy -t runs them too) and workers may use them */
-    if (moxy_shdict_create_all(conf) != MOXY_OK) {
-        moxy_geoip_close_all();
-        moxy_conf_free(conf);
-        return 1;
-    }
+    /* the first generation: configuration, pools, dicts, scripts and init
+     * hooks, listening sockets (moxy -t: all but the sockets) */
+    moxy_gen_t *gen = moxy_gen_load(path, NULL, check ? -1 : 0, stderr);
     if (check) {
-        int rc = moxy_lua_check_scripts(conf);
-        if (rc == MOXY_OK) printf("moxy: configuration %s ok\n", path);
+        if (gen) printf("moxy: configuration %s ok\n", path);
+        moxy_gen_release(gen);
         moxy_geoip_close_all();
-        moxy_conf_free(conf);
-        return rc == MOXY_OK ? 0 : 1;
+        return gen ? 0 : 1;
     }
-
-    int status = 1;
-    /* init hooks: once per configuration, before any worker; an error stops here */
-    if (moxy_lua_check_scripts(conf) != MOXY_OK) goto out;
+    if (!gen) {
+        moxy_geoip_close_all();
+        return 1;
+    }
+    moxy_conf_t *conf = gen->conf;
+    int status = 1, pid_written = 0;
+    char status_file[4096], pid_path[4096];
+    if (pid_opt) {
+        free(conf->pid_file);
+        if (!(conf->pid_file = strdup(pid_opt))) goto out;
+        conf->pid_file_set = 1;
+    }
 
     if (moxy_log_open_error(conf->log.error, conf->log.level) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot open error log %s: %s\n", conf->log.error, strerror(errno));
@@ -210,11 +322,12 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    nworkers = conf->workers > 0 ? conf->workers : cpu_count();
+    if (moxy_gen_listen(gen, NULL, stderr) != MOXY_OK) goto out;
+    nworkers = gen->nworkers;
     workers = calloc((size_t)nworkers, sizeof(*workers));
     if (!workers) goto out;
     for (int i = 0; i < nworkers; i++) {
-        workers[i] = moxy_worker_new(conf, i);
+        workers[i] = moxy_worker_new(gen, i);
         if (!workers[i]) {
             fprintf(stderr, "moxy: out of memory\n");
             goto out;
@@ -224,6 +337,25 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (conf->pid_file) {
+        status_path_of(conf->pid_file, status_file, sizeof(status_file));
+        if (pid_write(conf->pid_file) == MOXY_OK) {
+            pid_written = 1;
+            snprintf(pid_path, sizeof(pid_path), "%s", conf->pid_file);
+        } else if (conf->pid_file_set) {
+            fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", conf->pid_file, strerror(errno));
+            goto out;
+        } else {
+            moxy_log_warn("cannot write %s (%s): `moxy reload` will not find this moxy; set pid_file",
+                          conf->pid_file, strerror(errno));
+        }
+    }
+    if (moxy_reload_init(main_base, workers, nworkers, path, gen, pid_written ? status_file : NULL) != MOXY_OK) {
+        fprintf(stderr, "moxy: cannot set up reloads: %s\n", strerror(errno));
+        goto out;
+    }
+    gen = NULL; /* the reload module's now */
+    moxy_watch_set(conf, main_base);
 
     /* Workers inherit a mask that blocks the signals the main thread handles. */
     sigset_t set, old;
@@ -231,7 +363,7 @@ int main(int argc, char **argv)
     int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGHUP};
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) sigaddset(&set, sigs[i]);
     pthread_sigmask(SIG_BLOCK, &set, &old);
-    if (moxy_lua_watchdog_start(workers, nworkers) != MOXY_OK) {
+    if (moxy_lua_watchdog_start(workers, nworkers, conf->cpu_budget) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot start the CPU budget's watchdog: %s\n", strerror(errno));
         goto out;
     }
@@ -273,12 +405,15 @@ out:
     free(workers);
     if (exit_ev) event_free(exit_ev);
     if (exit_fd >= 0) close(exit_fd);
+    moxy_watch_stop();
     moxy_health_stop();
     moxy_resolver_stop();
+    moxy_reload_shutdown();
+    moxy_gen_release(gen);
     moxy_geoip_close_all();
     if (main_base) event_base_free(main_base);
+    if (pid_written) pid_remove(pid_path);
     moxy_log_close();
-    moxy_conf_free(conf);
     libevent_global_shutdown();
     return status;
 }

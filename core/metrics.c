@@ -4,6 +4,7 @@
  */
 #include "metrics.h"
 #include "ffi.h"
+#include "generation.h"
 #include "shared_dict.h"
 #include "upstream.h"
 #include "worker.h"
@@ -16,17 +17,37 @@
 static const double bounds[MOXY_HIST_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                   0.1,    0.25,  0.5,    1,     2.5,  10};
 
-int moxy_stats_init(moxy_worker_t *w)
+moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
 {
-    int n = w->conf->nupstreams;
-    w->stats.pools = calloc((size_t)n + 1, sizeof(*w->stats.pools));
-    return w->stats.pools ? MOXY_OK : MOXY_ERROR;
+    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)moxy_stats_pool_find(w, name);
+    if (ps) return ps;
+    ps = calloc(1, sizeof(*ps));
+    if (!ps || !(ps->name = strdup(name))) {
+        free(ps);
+        return NULL;
+    }
+    ps->next = atomic_load_explicit(&w->stats.pools, memory_order_relaxed);
+    atomic_store_explicit(&w->stats.pools, ps, memory_order_release);
+    return ps;
+}
+
+const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name)
+{
+    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
+    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
+        if (strcmp(ps->name, name) == 0) return ps;
+    return NULL;
 }
 
 void moxy_stats_free(moxy_worker_t *w)
 {
-    free(w->stats.pools);
-    w->stats.pools = NULL;
+    moxy_pool_stats_t *ps = atomic_load(&w->stats.pools), *next;
+    for (; ps; ps = next) {
+        next = atomic_load(&ps->next);
+        free(ps->name);
+        free(ps);
+    }
+    atomic_store(&w->stats.pools, NULL);
 }
 
 static void hist_add(moxy_hist_t *h, long long us)
@@ -52,8 +73,8 @@ void moxy_stats_request(moxy_req_t *r)
     event_base_gettimeofday_cached(w->base, &now);
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
     hist_add(&w->stats.duration, tv_us(&r->started, &now));
-    if (r->pool >= 0 && r->pool < w->conf->nupstreams && w->stats.pools) {
-        moxy_pool_stats_t *ps = &w->stats.pools[r->pool];
+    if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
+        moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
         MOXY_STAT_ADD(ps->requests[cls], 1);
         if (evutil_timerisset(&r->up_header)) hist_add(&ps->header_time, tv_us(&r->up_started, &r->up_header));
     }
@@ -113,13 +134,17 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
     for (int p = 0; p < conf->nupstreams; p++) {
         for (int c = 0; c < 6; c++) {
             unsigned long long v = 0;
-            for (int i = 0; i < n; i++) v += LOAD(workers[i]->stats.pools[p].requests[c]);
+            for (int i = 0; i < n; i++) {
+                const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
+                if (ps) v += LOAD(ps->requests[c]);
+            }
             evbuffer_add(out, "moxy_pool_requests_total{pool=\"", 31);
             put_label(out, conf->upstreams[p].name);
             evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v);
         }
     }
     moxy_hist_t *h[n > 0 ? n : 1];
+    static moxy_hist_t none; /* a worker that never served the pool */
     head(out, "moxy_request_duration_seconds", "histogram", "Time from a request's first byte to its last response byte.");
     for (int i = 0; i < n; i++) h[i] = &workers[i]->stats.duration;
     put_hist(out, "moxy_request_duration_seconds", "", h, n);
@@ -129,7 +154,10 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
         /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
         char labels[300];
         snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
-        for (int i = 0; i < n; i++) h[i] = &workers[i]->stats.pools[p].header_time;
+        for (int i = 0; i < n; i++) {
+            const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
+            h[i] = ps ? (moxy_hist_t *)&ps->header_time : &none;
+        }
         put_hist(out, "moxy_upstream_header_seconds", labels, h, n);
     }
 }
@@ -156,7 +184,10 @@ static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t
     if (m == 0) return (double)atomic_load(&up->retries);
     if (m == 1) return (double)atomic_load(&up->budget_denied);
     long long v = 0;
-    for (int k = 0; k < n; k++) v += LOAD(workers[k]->stats.pools[i].idle);
+    for (int k = 0; k < n; k++) {
+        const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[k], conf->upstreams[i].name);
+        if (ps) v += LOAD(ps->idle);
+    }
     return (double)v;
 }
 
@@ -243,6 +274,16 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     evbuffer_add_printf(out, "moxy_info{version=\"%s\"} 1\n", MOXY_VERSION);
     head(out, "moxy_uptime_seconds", "gauge", "Seconds since moxy started.");
     evbuffer_add_printf(out, "moxy_uptime_seconds %.3f\n", uptime);
+    const moxy_reload_status_t *rs = moxy_reload_status();
+    head(out, "moxy_generation", "gauge", "The configuration generation serving (1 at start, +1 per reload).");
+    evbuffer_add_printf(out, "moxy_generation %u\n", rs->generation);
+    head(out, "moxy_reloads_total", "counter", "Reloads, by result (a failed one leaves the old generation serving).");
+    evbuffer_add_printf(out, "moxy_reloads_total{result=\"ok\"} %llu\nmoxy_reloads_total{result=\"failed\"} %llu\n",
+                        rs->reloads, rs->failures);
+    head(out, "moxy_last_reload_success", "gauge", "1 when the last reload succeeded (or none was tried), else 0.");
+    evbuffer_add_printf(out, "moxy_last_reload_success %d\n", rs->seq == 0 || rs->ok);
+    head(out, "moxy_last_reload_timestamp_seconds", "gauge", "When the last reload was tried (Unix time; 0: none).");
+    evbuffer_add_printf(out, "moxy_last_reload_timestamp_seconds %.3f\n", rs->at);
     head(out, "moxy_workers", "gauge", "Worker threads.");
     evbuffer_add_printf(out, "moxy_workers %d\n", n);
     head(out, "moxy_connections", "gauge", "Open client connections.");

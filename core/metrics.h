@@ -24,8 +24,13 @@ typedef struct {
     atomic_ullong sum_us;
 } moxy_hist_t;
 
-/* A worker's counts for one pool. */
-typedef struct {
+/* A worker's counts for the pools of one name, whatever generation they
+ * belong to (a reload keeps counting on).  Made on the worker's thread (or
+ * before it starts), never freed before the worker: the admin listener
+ * walks the list while it grows. */
+typedef struct moxy_pool_stats_s {
+    struct moxy_pool_stats_s *_Atomic next;
+    char *name;
     atomic_ullong requests[6]; /* requests answered for this pool, by status class (index 1..5; 0: none) */
     moxy_hist_t header_time;   /* try start to the origin's response head */
     atomic_llong idle;         /* idle keep-alive connections (gauge) */
@@ -39,7 +44,7 @@ typedef struct {
     atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
-    moxy_pool_stats_t *pools;  /* one per conf->upstreams, or NULL */
+    moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
 } moxy_stats_t;
 
 /* Add n to a counter only its worker writes (no locked instruction). */
@@ -47,10 +52,14 @@ typedef struct {
     atomic_store_explicit(&(v), atomic_load_explicit(&(v), memory_order_relaxed) + (n), memory_order_relaxed)
 #define MOXY_STAT_SET(v, n) atomic_store_explicit(&(v), (n), memory_order_relaxed)
 
-/* Make w's counts for its configuration.  MOXY_OK or MOXY_ERROR. */
-int moxy_stats_init(moxy_worker_t *w);
+/* w's counts for the pools called name: found, or made (on w's thread, or
+ * before it runs).  NULL when out of memory. */
+moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name);
 
-/* Free what moxy_stats_init made. */
+/* w's counts for the pools called name, or NULL (any thread). */
+const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name);
+
+/* Free w's per-pool counts (the worker is over). */
 void moxy_stats_free(moxy_worker_t *w);
 
 /* Count r, which is over (status, duration, pool, origin timing). */

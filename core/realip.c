@@ -205,7 +205,7 @@ void moxy_realip_resolve(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
     if (!c->trusted) return;
-    walk_t w = {.conf = c->w->conf};
+    walk_t w = {.conf = r->g->conf};
     int forwarded = w.conf->real_ip_header == MOXY_REALIP_FORWARDED;
     uint32_t kind = forwarded ? MOXY_HK_FWD : MOXY_HK_XFF;
     for (uint32_t i = r->headers.n; i-- > 0;) {

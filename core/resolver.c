@@ -36,6 +36,7 @@ typedef struct {
     long long started;                     /* moxy_mono_ms() when the lookup started */
     int failing;                           /* the last lookup failed, with this error: */
     int last_err;
+    int dead;                              /* a reload replaced the resolver: ignore answers */
 } name_t;
 
 static struct {
@@ -48,6 +49,18 @@ static struct {
     double timeout; /* seconds a lookup may take */
     int stopping;
 } resolver;
+
+/* What a reload's restart left behind: freed once libevent delivered the
+ * cancellations (they arrive through deferred callbacks). */
+typedef struct retired_s {
+    struct retired_s *next;
+    struct evdns_base *dns;
+    name_t *names;
+    struct event *ev;
+} retired_t;
+
+static retired_t *retired;
+static void retired_free_cb(evutil_socket_t fd, short what, void *arg);
 
 /* Order of addresses: IPv4 before IPv6, then by address bytes (ports are
  * all the server's). */
@@ -177,6 +190,10 @@ static void lookup_answered(name_t *n, const struct evutil_addrinfo *res)
 static void lookup_cb(int err, struct evutil_addrinfo *res, void *arg)
 {
     name_t *n = arg;
+    if (n->dead) { /* moxy_resolver_restart's cancellation */
+        if (res) evutil_freeaddrinfo(res);
+        return;
+    }
     n->req = NULL;
     n->pending = 0;
     resolver.inflight--;
@@ -353,7 +370,55 @@ void moxy_resolver_stop(void)
             event_base_loop(resolver.base, EVLOOP_NONBLOCK);
         evdns_base_free(resolver.dns, 0);
     }
+    /* what reloads left: their cancellations first, as above */
+    for (int i = 0; retired && i < 2; i++) event_base_loop(event_get_base(retired->ev), EVLOOP_NONBLOCK);
+    while (retired) retired_free_cb(-1, 0, retired);
     evdns_set_log_fn(NULL);
     free(resolver.names);
     memset(&resolver, 0, sizeof(resolver));
+}
+
+/* What a reload's restart left behind: freed once libevent delivered the
+ * cancellations (they arrive through deferred callbacks). */
+
+static void retired_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+    retired_t *old = arg, **pp;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    for (pp = &retired; *pp != old; pp = &(*pp)->next) {}
+    *pp = old->next;
+    evdns_base_free(old->dns, 0);
+    free(old->names);
+    event_free(old->ev);
+    free(old);
+}
+
+int moxy_resolver_restart(moxy_conf_t *conf, struct event_base *base)
+{
+    if (resolver.dns) {
+        retired_t *old = calloc(1, sizeof(*old));
+        if (!old || !(old->ev = evtimer_new(base, retired_free_cb, old))) {
+            free(old);
+            moxy_log_err("resolver: out of memory");
+            return MOXY_ERROR;
+        }
+        for (int i = 0; i < resolver.nnames; i++) {
+            name_t *n = &resolver.names[i];
+            n->dead = 1;
+            if (n->timer) event_free(n->timer);
+            n->timer = NULL;
+            if (n->req) evdns_getaddrinfo_cancel(n->req);
+            n->req = NULL;
+        }
+        evdns_base_clear_nameservers_and_suspend(resolver.dns);
+        old->dns = resolver.dns;
+        old->names = resolver.names;
+        struct timeval tv = {2, 0};
+        evtimer_add(old->ev, &tv);
+        old->next = retired;
+        retired = old;
+        memset(&resolver, 0, sizeof(resolver));
+    }
+    return moxy_resolver_start(conf, base);
 }

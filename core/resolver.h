@@ -30,4 +30,10 @@ void moxy_resolver_wait(struct event_base *base, double timeout);
  * (before conf and base are freed).  Safe when nothing was started. */
 void moxy_resolver_stop(void);
 
+/* A reload: resolve conf's names from now on (inside the main loop; the
+ * lookups in flight for the old configuration are cancelled and their
+ * answers ignored).  Peers carried over keep their addresses until the
+ * first answers.  MOXY_OK or MOXY_ERROR. */
+int moxy_resolver_restart(moxy_conf_t *conf, struct event_base *base);
+
 #endif

@@ -34,7 +34,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 struct moxy_test_s {
-    moxy_worker_t *w; /* its conf (moxy_conf_free) and base are ours too */
+    moxy_worker_t *w; /* its generation's conf (moxy_conf_release) and base are ours too */
     moxy_client_t *c; /* fd -1; its pool holds the request */
 };
 
@@ -48,13 +48,14 @@ static moxy_conf_t *test_conf(const char **pools, const char **peers, int npools
 {
     moxy_conf_t *conf = calloc(1, sizeof(*conf));
     if (!conf) return NULL;
+    atomic_store(&conf->refs, 1);
     conf->upstreams = calloc((size_t)npools + 1, sizeof(*conf->upstreams));
     conf->listens = calloc(1, sizeof(*conf->listens));
     conf->path = strdup("moxy test");
     if (!conf->upstreams || !conf->listens || !conf->path) goto err;
     for (int i = 0; i < npools; i++) {
         moxy_upstream_conf_t *u = &conf->upstreams[i];
-        conf->nupstreams = i + 1; /* what moxy_conf_free frees */
+        conf->nupstreams = i + 1; /* what moxy_conf_release frees */
         u->name = strdup(pools[i]);
         u->servers = calloc(1, sizeof(*u->servers));
         if (!u->name || !u->servers) goto err;
@@ -68,7 +69,7 @@ static moxy_conf_t *test_conf(const char **pools, const char **peers, int npools
         u->retry_budget = 0.2;
         u->retry_budget_min = 10;
     }
-    if (moxy_upstreams_create(conf) != MOXY_OK) goto err;
+    if (moxy_upstreams_create(conf, NULL) != MOXY_OK) goto err;
     conf->default_upstream = default_pool >= 0 && default_pool < npools ? default_pool : -1;
     conf->nlistens = 1;
     conf->listens[0].name = strdup("test");
@@ -93,7 +94,7 @@ static moxy_conf_t *test_conf(const char **pools, const char **peers, int npools
     conf->log.level = MOXY_LOG_INFO;
     return conf;
 err:
-    moxy_conf_free(conf);
+    moxy_conf_release(conf);
     return NULL;
 }
 
@@ -112,11 +113,13 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
     }
     moxy_worker_t *w = t->w;
     if (w) {
-        if (moxy_lua_conf() == w->conf) moxy_lua_use_conf(NULL);
+        const moxy_conf_t *conf = w->g ? w->g->conf : NULL;
+        if (conf && moxy_lua_conf() == conf) moxy_lua_use_conf(NULL);
         moxy_geoip_worker_free(w);
         moxy_worker_buf_free_all(w);
+        free(w->g);
         if (w->base) event_base_free(w->base);
-        moxy_conf_free(w->conf);
+        moxy_conf_release((moxy_conf_t *)conf);
         moxy_stats_free(w);
         free(w);
     }
@@ -132,12 +135,11 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
     if (!conf) goto err;
     /* its event base never runs: event_base_gettimeofday_cached (txn.duration,
      * Date) reads the clock through it.  No VM: test.lua runs the hooks. */
-    moxy_worker_t *w = t->w = moxy_worker_alloc(conf, -1);
-    if (!w) {
-        moxy_conf_free(conf);
+    moxy_worker_t *w = t->w = moxy_worker_alloc(-1);
+    if (!w || w->error[0] || !(w->g = moxy_wgen_alloc(w, conf))) {
+        moxy_conf_release(conf);
         goto err;
     }
-    if (w->error[0]) goto err;
 
     moxy_client_t *c = t->c = calloc(1, sizeof(*c));
     if (!c) goto err;
@@ -187,7 +189,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
                                      size_t iplen, int port, char *err, size_t errlen)
 {
     moxy_client_t *c = t->c;
-    const moxy_conf_t *conf = c->w->conf;
+    const moxy_conf_t *conf = c->w->g->conf;
     if (c->req) {
         fail_msg(err, errlen, "this test transaction has a request already");
         return NULL;
@@ -254,6 +256,8 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     }
     memset(r, 0, sizeof(*r));
     r->c = c;
+    r->g = c->w->g; /* the test's generation, freed with the test: no reference */
+    r->listen_index = 0;
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
     event_base_gettimeofday_cached(c->w->base, &r->started);
@@ -284,7 +288,7 @@ EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size
     if (!moxy_header_name_valid(name, nlen) || !moxy_header_value_valid(val, vlen))
         return MOXY_ERROR;
     moxy_headers_t *hs = which ? &r->resp_headers : &r->headers;
-    if ((int)hs->n >= c->w->conf->limits.headers) return MOXY_DECLINED;
+    if ((int)hs->n >= c->w->g->conf->limits.headers) return MOXY_DECLINED;
     if (!which) r->head_bytes += nlen + vlen + 4;
     return moxy_headers_add(&c->pool, hs, name, nlen, val, vlen);
 }
@@ -293,7 +297,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
                                    char *err, size_t errlen)
 {
     moxy_client_t *c = r->c;
-    const moxy_conf_t *conf = c->w->conf;
+    const moxy_conf_t *conf = c->w->g->conf;
     if (r->head_bytes > conf->limits.header_bytes)
         return fail_msg(err, errlen, "request head over limits.header_bytes (moxy answers 431)");
     /* check_head */
@@ -377,13 +381,13 @@ EXPORT int moxy_ffi_test_try_peer(moxy_req_t *r)
 {
     /* try_after_upstream_hooks: set_peer's address, or the pool's server */
     moxy_client_t *c = r->c;
-    const moxy_conf_t *conf = c->w->conf;
+    const moxy_conf_t *conf = c->w->g->conf;
     if (r->peer_addr) {
         r->peer = r->peer_addr->text;
         return 1;
     }
     if (r->pool < 0) {
-        int li = c->listen_index;
+        int li = r->listen_index;
         r->pool =
             conf->listens[li].upstream >= 0 ? conf->listens[li].upstream : conf->default_upstream;
     }
@@ -402,7 +406,7 @@ EXPORT int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t
     moxy_worker_t *w = c->w;
     event_base_gettimeofday_cached(w->base, &r->up_started);
     r->up_connected = r->up_started;
-    const moxy_upstream_conf_t *uc = r->server >= 0 ? &w->conf->upstreams[r->pool] : NULL;
+    const moxy_upstream_conf_t *uc = r->server >= 0 ? &w->g->conf->upstreams[r->pool] : NULL;
     struct evbuffer *out = evbuffer_new();
     if (!out) return MOXY_ERROR;
     int ok = moxy_upstream_write_head(r, uc, out) == MOXY_OK;

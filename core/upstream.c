@@ -43,10 +43,94 @@ static int state_create(moxy_upstream_conf_t *uc)
     return MOXY_OK;
 }
 
-int moxy_upstreams_create(moxy_conf_t *conf)
+/* 1 when two health check / status settings are the same. */
+static int str_eq(const char *a, const char *b)
 {
-    for (int i = 0; i < conf->nupstreams; i++)
-        if (state_create(&conf->upstreams[i]) != MOXY_OK) return MOXY_ERROR;
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* 1 when pools a and b are defined alike (name, servers and every setting):
+ * b may keep a's running state. */
+static int pool_same(const moxy_upstream_conf_t *a, const moxy_upstream_conf_t *b)
+{
+    if (!str_eq(a->name, b->name) || a->nservers != b->nservers || !str_eq(a->host, b->host) ||
+        a->keepalive != b->keepalive || a->keepalive_timeout != b->keepalive_timeout ||
+        a->balance != b->balance || a->tries != b->tries || a->retry_timeout != b->retry_timeout ||
+        memcmp(&a->retry_statuses, &b->retry_statuses, sizeof(a->retry_statuses)) != 0 ||
+        a->retry_budget != b->retry_budget || a->retry_budget_min != b->retry_budget_min ||
+        a->resolve != b->resolve || a->passive.failures != b->passive.failures ||
+        a->passive.window != b->passive.window || a->passive.backoff != b->passive.backoff ||
+        a->passive.max_backoff != b->passive.max_backoff || a->passive.max_ejected != b->passive.max_ejected ||
+        memcmp(&a->passive.statuses, &b->passive.statuses, sizeof(a->passive.statuses)) != 0 ||
+        a->health.type != b->health.type || !str_eq(a->health.method, b->health.method) ||
+        !str_eq(a->health.path, b->health.path) || !str_eq(a->health.host, b->health.host) ||
+        memcmp(&a->health.statuses, &b->health.statuses, sizeof(a->health.statuses)) != 0 ||
+        !str_eq(a->health.body, b->health.body) || a->health.interval != b->health.interval ||
+        a->health.timeout != b->health.timeout || a->health.healthy != b->health.healthy ||
+        a->health.unhealthy != b->health.unhealthy)
+        return 0;
+    for (int i = 0; i < a->nservers; i++) {
+        const moxy_server_conf_t *x = &a->servers[i], *y = &b->servers[i];
+        if (!str_eq(x->addr.text, y->addr.text) || x->weight != y->weight || x->backup != y->backup ||
+            x->max_conns != y->max_conns || x->drain != y->drain || x->slow_start != y->slow_start)
+            return 0;
+    }
+    return 1;
+}
+
+/* A pool that changed keeps what its servers (by address text) went
+ * through: drain (unless the configuration's drain flag changed), health
+ * verdicts, ejection, latency, counters, resolved addresses.  Requests in
+ * flight keep counting in the old state's in-flight numbers. */
+static void carry_peers(moxy_upstream_t *to, moxy_upstream_t *from)
+{
+    for (int i = 0; i < to->npeers; i++) {
+        moxy_peer_t *p = &to->peers[i];
+        moxy_peer_t *q = moxy_upstream_find_peer(from, p->conf->addr.text, strlen(p->conf->addr.text));
+        if (!q) continue;
+        if (q->conf->drain == p->conf->drain) atomic_store(&p->drained, atomic_load(&q->drained));
+        atomic_store(&p->check_down, atomic_load(&q->check_down));
+        atomic_store(&p->check_ok, atomic_load(&q->check_ok));
+        atomic_store(&p->check_fail, atomic_load(&q->check_fail));
+        atomic_store(&p->checks, atomic_load(&q->checks));
+        atomic_store(&p->down_until, atomic_load(&q->down_until));
+        atomic_store(&p->up_since, atomic_load(&q->up_since));
+        atomic_store(&p->ewma_us, atomic_load(&q->ewma_us));
+        atomic_store(&p->ewma_at, atomic_load(&q->ewma_at));
+        atomic_store(&p->fails, atomic_load(&q->fails));
+        atomic_store(&p->requests, atomic_load(&q->requests));
+        atomic_store(&p->failures, atomic_load(&q->failures));
+        pthread_mutex_lock(&q->check_lock);
+        memcpy(p->check_error, q->check_error, sizeof(p->check_error));
+        pthread_mutex_unlock(&q->check_lock);
+        if (p->conf->name && q->conf->name && strcmp(p->conf->name, q->conf->name) == 0) {
+            pthread_mutex_lock(&q->addr_lock);
+            memcpy(p->addrs, q->addrs, sizeof(p->addrs));
+            memcpy(p->addrlens, q->addrlens, sizeof(p->addrlens));
+            p->naddrs = q->naddrs;
+            pthread_mutex_unlock(&q->addr_lock);
+            atomic_store(&p->resolved, p->naddrs > 0);
+        }
+    }
+    atomic_store(&to->retries, atomic_load(&from->retries));
+    atomic_store(&to->budget_denied, atomic_load(&from->budget_denied));
+}
+
+int moxy_upstreams_create(moxy_conf_t *conf, const moxy_conf_t *old)
+{
+    for (int i = 0; i < conf->nupstreams; i++) {
+        moxy_upstream_conf_t *uc = &conf->upstreams[i];
+        int o = old ? moxy_conf_upstream_index(old, uc->name, strlen(uc->name)) : -1;
+        const moxy_upstream_conf_t *ouc = o >= 0 ? &old->upstreams[o] : NULL;
+        if (ouc && pool_same(ouc, uc)) {
+            uc->state = ouc->state;
+            uc->state_owner = ouc->state_owner ? ouc->state_owner : (moxy_conf_t *)old;
+            moxy_conf_hold(uc->state_owner);
+            continue;
+        }
+        if (state_create(uc) != MOXY_OK) return MOXY_ERROR;
+        if (ouc) carry_peers(uc->state, ouc->state);
+    }
     return MOXY_OK;
 }
 

@@ -14,7 +14,8 @@
  *
  * Lifetime: the state of a configuration's pools is made by
  * moxy_upstreams_create() before any worker or check starts and freed with
- * the configuration (moxy_conf_free).
+ * the configuration that made it (a later configuration that kept a pool
+ * holds a reference to it).
  */
 #ifndef MOXY_UPSTREAM_H
 #define MOXY_UPSTREAM_H
@@ -93,11 +94,15 @@ typedef struct moxy_upstream_s {
 
 
 /* Make the running state of every pool of conf (conf->upstreams[i].state),
- * IP literals' addresses filled in, names unresolved.  MOXY_OK, or
- * MOXY_ERROR when out of memory (what was made is freed by moxy_conf_free). */
-int moxy_upstreams_create(moxy_conf_t *conf);
+ * IP literals' addresses filled in, names unresolved.  With old (the
+ * configuration serving before a reload, or NULL): a pool defined exactly
+ * as in old keeps old's state (and a reference to the configuration that
+ * made it); a pool that changed gets a new state that carries over what
+ * its servers, by address, went through.  MOXY_OK, or MOXY_ERROR when out
+ * of memory (what was made is freed by moxy_conf_release). */
+int moxy_upstreams_create(moxy_conf_t *conf, const moxy_conf_t *old);
 
-/* Free one pool's state (moxy_conf_free calls it). */
+/* Free one pool's state (moxy_conf_release calls it). */
 void moxy_upstream_state_free(moxy_upstream_t *up);
 
 /* Why p is not usable for a new request now (MOXY_PEER_*), MOXY_PEER_UP when

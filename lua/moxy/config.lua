@@ -575,7 +575,7 @@ end
 
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
-  limits = true, timeouts = true, log = true,
+  limits = true, timeouts = true, log = true, pid_file = true, watch = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -591,6 +591,17 @@ function M.check(t, path, src)
   if not c:table(t, {}, TOP) then return nil, c.errors end
 
   conf.workers = c:value(t.workers, { "workers" }, workers, 0)
+  -- pid_file: where `moxy reload` finds the running moxy; false: none
+  if t.pid_file == false then
+    conf.pid_file = nil
+  else
+    local pf = c:value(t.pid_file, { "pid_file" }, typed("string"), "moxy.pid")
+    if pf then
+      conf.pid_file = pf:sub(1, 1) == "/" and pf or conf.dir .. "/" .. pf
+      conf.pid_file_set = t.pid_file ~= nil
+    end
+  end
+  conf.watch = c:value(t.watch, { "watch" }, typed("boolean"), false)
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })

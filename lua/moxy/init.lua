@@ -66,6 +66,18 @@ local function logger(level)
   end
 end
 
+--- moxy.watch(path): with `watch = true` in the configuration, a change
+-- to the file at path (relative to the configuration's directory) reloads
+-- moxy, as a change to the configuration or a script does.  Call it where
+-- a script reads a file it depends on (its top level or init).
+function M.watch(path)
+  if type(path) ~= "string" or path == "" then
+    error("moxy.watch: path must be a non-empty string, got " .. tostring(path), 2)
+  end
+  runtime.watch(path)
+  return true
+end
+
 --- moxy.log.err/warn/info/debug(...): one error-log line of the arguments
 -- (tostring'ed, space-separated), with the request id inside a hook.
 M.log = {}

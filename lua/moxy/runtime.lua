@@ -20,6 +20,7 @@ ffi.cdef [[
 int moxy_ffi_sleep(double secs);
 int moxy_ffi_timer_add(double delay, double interval, int id);
 int moxy_ffi_timer_cancel(int id);
+int moxy_ffi_watch(const char *path, size_t len);
 ]]
 local C = ffi.C
 local OK = 0
@@ -27,6 +28,11 @@ local OK = 0
 local M = {}
 
 M.DONE, M.WAIT = 0, 1
+
+-- moxy.watch's FFI call (init.lua checks the argument).
+function M.watch(path)
+  if C.moxy_ffi_watch(path, #path) ~= OK then error("moxy.watch: out of memory", 3) end
+end
 
 -- index - 1 = MOXY_PHASE_* in C (core/http-t.h)
 local PHASES = { "on_request", "on_upstream", "on_upstream_request", "on_response", "on_body",

@@ -181,6 +181,6 @@ describe("access log off", function()
     local files = {}
     for name in io.popen("ls -A '" .. moxy.dir .. "'"):lines() do files[#files + 1] = name end
     table.sort(files)
-    assert.same({ "cwd", "moxy.lua", "stderr.log", "stdout.log" }, files)
+    assert.same({ "cwd", "moxy.lua", "moxy.pid", "stderr.log", "stdout.log" }, files)
   end)
 end)
