@@ -24,6 +24,10 @@ typedef struct {
     atomic_ullong sum_us;
 } moxy_hist_t;
 
+/* The upper bound, in seconds, of histogram bucket i (0 <= i < MOXY_HIST_BUCKETS;
+ * bucket MOXY_HIST_BUCKETS is +Inf). */
+double moxy_hist_bound(int i);
+
 /* A worker's counts for one pool. */
 typedef struct {
     atomic_ullong requests[6]; /* requests answered for this pool, by status class (index 1..5; 0: none) */
