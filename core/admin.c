@@ -239,7 +239,8 @@ static void handle(struct evhttp_request *req, void *arg)
         return;
     }
     if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
-        reply_text(req, 404, "Not Found", "GET /, GET /status, GET /metrics, GET /history, POST /peers/{pool}/{peer}/drain|enable");
+        reply_text(req, 404, "Not Found",
+                   "GET /, GET /status, GET /metrics, GET /history, POST /peers/{pool}/{peer}/drain|enable");
         return;
     }
     if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {

@@ -129,6 +129,7 @@ describe("admin status page", function()
     assert.equal(h.samples, #pa.active)
     assert.equal(0, pa.state[#pa.state])
     -- drained shows in the next sample, and so does enabled
+    finally(function() post("/peers/app/" .. a.addr .. "/enable") end)
     assert.equal(200, post("/peers/app/" .. a.addr .. "/drain").status)
     assert(helpers.wait_until(function()
       local pe = peer(helpers.json(get("/history").body), "app", a.addr)
@@ -167,7 +168,8 @@ describe("admin status page", function()
       "--screenshots", helpers.shell_quote(shots),
     }, " ")
     local out, code = helpers.sh("STATUS_PAGE_WAIT=" .. 10 * helpers.scale .. " " .. cmd)
-    assert.equal(0, code, "status_page.py failed (screenshots in " .. shots .. "):\n" .. out)
+    assert.equal(0, code, "status_page.py failed (its screenshots stay in " .. shots
+      .. " with MOXY_SPEC_KEEP=1):\n" .. out)
     for _, check in ipairs {
       "page loaded and live", "request%-rate chart: 2xx up to", "pixels of the 2xx line",
       "latency chart: p50 up to", "charts update by themselves", "peers .* listed, up",
