@@ -50,6 +50,9 @@ $(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)
 	@echo "  CC $<"
 	@$(CC) $(CFLAGS) $(MOXY_CFLAGS) -c -o $@ $<
 
+# The status page's files are embedded by admin_page.c's .incbin (paths from the root).
+$(BUILD)/admin_page.o: $(wildcard admin/*)
+
 # llhttp is third-party C from Debian's node-llhttp; build it without our -Werror.
 $(BUILD)/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
 	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<

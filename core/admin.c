@@ -3,6 +3,8 @@
  * thread, reading what the workers counted and the shared upstream state.
  */
 #include "admin.h"
+#include "admin_history.h"
+#include "admin_page.h"
 #include "ffi.h"
 #include "generation.h"
 #include "log.h"
@@ -22,6 +24,7 @@
 
 static struct {
     struct evhttp *http;
+    struct event *tick; /* samples the status page's history every second */
     const moxy_conf_t *conf;
     moxy_worker_t *const *workers;
     int n;
@@ -249,6 +252,36 @@ static void peer_action(struct evhttp_request *req, const char *path)
     reply_text(req, 200, "OK", action[0] == 'd' ? "drained" : "enabled");
 }
 
+/* The status page: GET / and its files (admin_page.c), GET /history (admin_history.c),
+ * and the one-second timer that samples the history. */
+static void page(struct evhttp_request *req, const moxy_admin_asset_t *asset)
+{
+    struct evbuffer *b = evbuffer_new();
+    int ok = b && (asset ? evbuffer_add_reference(b, asset->data, asset->len, NULL, NULL) == 0
+                         : moxy_history_json(b) == MOXY_OK);
+    if (!ok) {
+        if (b) evbuffer_free(b);
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (asset) {
+        evhttp_add_header(h, "Content-Security-Policy", moxy_admin_page_csp);
+        evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+        evhttp_add_header(h, "Referrer-Policy", "no-referrer");
+    }
+    reply(req, 200, "OK", asset ? asset->type : "application/json", b);
+    evbuffer_free(b);
+}
+
+static void tick(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    MOXY_UNUSED(arg);
+    moxy_history_sample(admin.workers, admin.n, admin.conf);
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
     MOXY_UNUSED(arg);
@@ -265,9 +298,19 @@ static void handle(struct evhttp_request *req, void *arg)
         else peer_action(req, path);
         return;
     }
+    const moxy_admin_asset_t *asset = moxy_admin_asset(path);
+    if (asset || strcmp(path, "/history") == 0) {
+        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+            reply_text(req, 405, "Method Not Allowed", "GET only");
+            return;
+        }
+        page(req, asset);
+        return;
+    }
     if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
         reply_text(req, 404, "Not Found",
-                   "GET /status, GET /metrics, POST /reload, POST /peers/{pool}/{peer}/drain|enable");
+                   "GET /, GET /status, GET /metrics, GET /history, POST /reload, POST /peers/{pool}/{peer}/drain|enable");
         return;
     }
     if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
@@ -293,6 +336,11 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
     evhttp_set_max_body_size(admin.http, 65536);
     evhttp_set_timeout(admin.http, 10);
     evhttp_set_gencb(admin.http, handle, NULL);
+    moxy_history_reset();
+    moxy_history_sample(workers, n, conf);
+    static const struct timeval second = {1, 0};
+    admin.tick = event_new(base, -1, EV_PERSIST, tick, NULL);
+    if (!admin.tick || event_add(admin.tick, &second) != 0) goto err;
     evutil_socket_t fd = socket(conf->admin.addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
@@ -317,6 +365,8 @@ void moxy_admin_set_conf(const moxy_conf_t *conf)
 
 void moxy_admin_stop(void)
 {
+    if (admin.tick) event_free(admin.tick);
+    admin.tick = NULL;
     if (admin.http) evhttp_free(admin.http);
     admin.http = NULL;
 }

@@ -2,6 +2,10 @@
  * admin.h -- the admin listener (`admin = { listen, token }`): an HTTP
  * server on the main thread's loop (libevent's evhttp) for operators.
  *
+ *   GET  /                                 the status page (admin_page.h), with
+ *                                          /status.js and /status.css
+ *   GET  /history                          JSON: the last five minutes, one
+ *                                          sample a second (admin_history.h)
  *   GET  /status                           JSON: version, uptime, generation,
  *                                          the last reload, workers,
  *                                          connections, requests, pools and

@@ -17,6 +17,11 @@
 static const double bounds[MOXY_HIST_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                   0.1,    0.25,  0.5,    1,     2.5,  10};
 
+double moxy_hist_bound(int i)
+{
+    return bounds[i];
+}
+
 moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
 {
     moxy_pool_stats_t *ps = (moxy_pool_stats_t *)moxy_stats_pool_find(w, name);

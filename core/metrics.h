@@ -24,6 +24,10 @@ typedef struct {
     atomic_ullong sum_us;
 } moxy_hist_t;
 
+/* The upper bound, in seconds, of histogram bucket i (0 <= i < MOXY_HIST_BUCKETS;
+ * bucket MOXY_HIST_BUCKETS is +Inf). */
+double moxy_hist_bound(int i);
+
 /* A worker's counts for the pools of one name, whatever generation they
  * belong to (a reload keeps counting on).  Made on the worker's thread (or
  * before it starts), never freed before the worker: the admin listener

@@ -1,0 +1,188 @@
+-- The admin listener's status page: GET / (with /status.js and /status.css,
+-- built into the binary) under a strict Content-Security-Policy, the five
+-- minutes of samples it draws from (GET /history), and -- in headless
+-- Chromium driven by spec/support/status_page.py -- what an operator sees:
+-- charts that fill with the traffic sent, the pool's peers, and Drain /
+-- Enable buttons that work with the token typed in the page.
+local helpers = require "spec.helpers"
+
+local cjson = require "cjson.safe"
+
+local TOKEN = "s3cret-admin-token-0123"
+
+describe("admin status page", function()
+  local a, b, m, admin_port
+
+  lazy_setup(function()
+    a, b = helpers.start_origin(), helpers.start_origin()
+    admin_port = helpers.free_port()
+    local port = helpers.free_port()
+    m = helpers.start_moxy({
+      workers = 2,
+      listen = { "127.0.0.1:" .. port },
+      upstreams = { app = { servers = { a.addr, b.addr } } },
+      admin = { listen = "127.0.0.1:" .. admin_port, token = TOKEN },
+    }, { ports = { port, admin_port } })
+    assert(helpers.wait_until(function()
+      return m:stderr():find("admin listener on 127.0.0.1:" .. admin_port, 1, true) or not m:alive()
+    end, 10 * helpers.scale) and m:alive(), "no admin listener:\n" .. m:stderr())
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function get(path, method)
+    local res, err = helpers.request(admin_port, { method = method, path = path })
+    return assert(res, tostring(err) .. "\n--- moxy's stderr ---\n" .. m:stderr())
+  end
+
+  local function post(path)
+    return assert(helpers.request(admin_port, { method = "POST", path = path,
+                                                headers = { Authorization = "Bearer " .. TOKEN } }))
+  end
+
+  -- n requests to path on one connection
+  local function traffic(n, path)
+    local conn = assert(helpers.connection(m.port))
+    for _ = 1, n do assert(conn:request({ path = path })) end
+    conn:close()
+  end
+
+  -- requests answered in the window by status class: sum of rate x interval
+  local function answered(h, class)
+    local n = 0
+    for i = 2, #h.t do n = n + h.rate[class][i] * (h.t[i] - h.t[i - 1]) / 1000 end
+    return n + (h.rate[class][1] or 0) -- the first interval is about a second
+  end
+
+  local function peer(h, pool, addr)
+    for _, p in ipairs(h.pools) do
+      if p.name == pool then
+        for _, pe in ipairs(p.peers) do if pe.addr == addr then return pe end end
+      end
+    end
+  end
+
+  it("serves the page, its script and style with a strict CSP, GET only", function()
+    local res = get("/")
+    assert.equal(200, res.status)
+    assert.equal("text/html; charset=utf-8", res:header("content-type"))
+    assert.equal("no-store", res:header("cache-control"))
+    assert.equal("nosniff", res:header("x-content-type-options"))
+    local csp = res:header("content-security-policy")
+    assert.matches("default%-src 'none'", csp)
+    assert.matches("script%-src 'self';", csp)
+    assert.not_matches("unsafe", csp)
+    assert.matches("<title>moxy status</title>", res.body, 1, true)
+    assert.matches('<script src="/status.js"', res.body, 1, true)
+    -- the page has no inline script or style for the CSP to block
+    assert.not_matches("<script>", res.body, 1, true)
+    assert.not_matches("<style", res.body, 1, true)
+    assert.not_matches(" style=", res.body, 1, true)
+    local js = get("/status.js")
+    assert.equal(200, js.status)
+    assert.equal("text/javascript; charset=utf-8", js:header("content-type"))
+    assert.equal(helpers.read_file(helpers.root .. "/admin/status.js"), js.body)
+    local css = get("/status.css")
+    assert.equal("text/css; charset=utf-8", css:header("content-type"))
+    assert.equal(helpers.read_file(helpers.root .. "/admin/status.css"), css.body)
+    assert.equal(405, get("/", "POST").status)
+    assert.equal(405, get("/history", "POST").status)
+    assert.equal(404, get("/status.html").status)
+  end)
+
+  it("keeps a sample a second in GET /history: rates by class, percentiles, peers", function()
+    -- the samples before this traffic
+    local h0 = helpers.json(get("/history").body)
+    assert.equal(300, h0.capacity)
+    assert.same({ "up", "down", "unhealthy", "drained", "unresolved" }, h0.states)
+    traffic(20, "/echo?delay=0.02")
+    traffic(3, "/status/503")
+    -- two more samples cover the traffic
+    local h = helpers.wait_until(function()
+      local h = helpers.json(get("/history").body)
+      return h.samples >= h0.samples + 2 and h
+    end, 5 * helpers.scale)
+    assert(h, "GET /history took no new sample in 5 s")
+    assert.equal(h.samples, #h.t)
+    for _, class in ipairs { "1xx", "2xx", "3xx", "4xx", "5xx" } do assert.equal(h.samples, #h.rate[class]) end
+    assert.equal(h.samples, #h.latency_ms.p50)
+    assert.equal(h.samples, #h.connections)
+    assert.is_true(math.abs(answered(h, "2xx") - 20) < 1.5, "2xx: " .. answered(h, "2xx"))
+    assert.is_true(math.abs(answered(h, "5xx") - 3) < 0.5, "5xx: " .. answered(h, "5xx"))
+    assert.is_true(answered(h, "4xx") < 0.01)
+    -- the 20 requests took >= 20 ms each (the origin's delay): p90 sits in
+    -- the 10-25 ms bucket or above it; seconds without requests are null
+    local p90, nulls = 0, 0
+    for i = 1, h.samples do
+      if h.latency_ms.p90[i] == cjson.null then nulls = nulls + 1
+      else p90 = math.max(p90, h.latency_ms.p90[i]) end
+    end
+    assert.is_true(p90 >= 10 and p90 <= 250, "p90 " .. p90)
+    assert.is_true(nulls >= 1, "a second without requests has null percentiles")
+    -- the pool's peers, in configuration order, up, with a value per sample
+    assert.equal(1, #h.pools)
+    assert.equal("app", h.pools[1].name)
+    assert.equal(a.addr, h.pools[1].peers[1].addr)
+    assert.equal(b.addr, h.pools[1].peers[2].addr)
+    local pa = peer(h, "app", a.addr)
+    assert.equal(h.samples, #pa.state)
+    assert.equal(h.samples, #pa.active)
+    assert.equal(0, pa.state[#pa.state])
+    -- drained shows in the next sample, and so does enabled
+    finally(function() post("/peers/app/" .. a.addr .. "/enable") end)
+    assert.equal(200, post("/peers/app/" .. a.addr .. "/drain").status)
+    assert(helpers.wait_until(function()
+      local pe = peer(helpers.json(get("/history").body), "app", a.addr)
+      return pe.state[#pe.state] == 3
+    end, 3 * helpers.scale), "the drained state is not in /history")
+    assert.equal(200, post("/peers/app/" .. a.addr .. "/enable").status)
+    assert(helpers.wait_until(function()
+      local pe = peer(helpers.json(get("/history").body), "app", a.addr)
+      return pe.state[#pe.state] == 0
+    end, 3 * helpers.scale), "the enabled state is not in /history")
+  end)
+
+  it("shows live charts and peers in a browser, and drains and enables from it", function()
+    -- traffic over a few seconds: 2xx (some slower) and a few 5xx
+    for _ = 1, 3 do
+      traffic(15, "/echo?delay=0.01")
+      traffic(15, "/echo")
+      traffic(5, "/status/503")
+      helpers.sleep(0.5)
+    end
+    local addr = a.addr:gsub("%p", "%%%0")
+    local function logged(what)
+      local n = 0
+      for _ in m:stderr():gmatch("upstream app: peer " .. addr .. " " .. what) do n = n + 1 end
+      return n
+    end
+    local drained, enabled = logged("drained"), logged("enabled")
+    local shots = helpers.tmpdir("status-page")
+    local python = os.getenv("PYTHON") ~= nil and os.getenv("PYTHON") ~= "" and os.getenv("PYTHON") or "/usr/bin/python3"
+    local cmd = table.concat({
+      "timeout", tostring(90 * helpers.scale), helpers.shell_quote(python),
+      helpers.shell_quote(helpers.support .. "/status_page.py"),
+      "--admin", helpers.shell_quote("http://127.0.0.1:" .. admin_port),
+      "--token", helpers.shell_quote(TOKEN), "--pool", "app",
+      "--peer", helpers.shell_quote(a.addr), "--other", helpers.shell_quote(b.addr),
+      "--screenshots", helpers.shell_quote(shots),
+    }, " ")
+    local out, code = helpers.sh("STATUS_PAGE_WAIT=" .. 10 * helpers.scale .. " " .. cmd)
+    assert.equal(0, code, "status_page.py failed (its screenshots stay in " .. shots
+      .. " with MOXY_SPEC_KEEP=1):\n" .. out)
+    for _, check in ipairs {
+      "page loaded and live", "request%-rate chart: 2xx up to", "pixels of the 2xx line",
+      "latency chart: p50 up to", "charts update by themselves", "peers .* listed, up",
+      "Drain: .* drained in the table, the state chart and GET /status", "token kept in sessionStorage",
+      "Enable: .* up again", "no console errors", "wrong token: 401 shown",
+    } do
+      assert.matches("ok: [^\n]*" .. check, out)
+    end
+    -- moxy saw the page's requests: the peer was drained and enabled once each
+    assert.equal(drained + 1, logged("drained"))
+    assert.equal(enabled + 1, logged("enabled"))
+    local st = helpers.json(get("/status").body)
+    assert.equal("up", st.pools.app.peers[1].state)
+    assert.equal("up", st.pools.app.peers[2].state)
+  end)
+end)
