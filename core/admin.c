@@ -123,9 +123,10 @@ static void status(struct evhttp_request *req)
             evbuffer_add_printf(b,
                                 ",\"state\":\"%s\",\"weight\":%d,\"weight_now\":%g,\"backup\":%s,\"active\":%d,"
                                 "\"requests\":%llu,\"failures\":%llu,\"fails\":%d,\"down_for\":%.3f,\"checks\":%llu,"
-                                "\"ewma_ms\":%.3f}",
+                                "\"ewma_ms\":%.3f,\"ejections\":%llu,\"transitions\":%llu}",
                                 state_names[st.state], st.weight, st.weight_now, st.backup ? "true" : "false",
-                                st.active, st.requests, st.failures, st.fails, st.down_for, st.checks, st.ewma_ms);
+                                st.active, st.requests, st.failures, st.fails, st.down_for, st.checks, st.ewma_ms,
+                                st.ejections, st.transitions);
         }
         evbuffer_add(b, "]}", 2);
     }
@@ -343,7 +344,9 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
     if (!admin.tick || event_add(admin.tick, &second) != 0) goto err;
     evutil_socket_t fd = socket(conf->admin.addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
+    /* SO_REUSEPORT: a binary upgrade's new process listens here before the old one is gone */
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
         bind(fd, (const struct sockaddr *)&conf->admin.addr.sa, conf->admin.addr.salen) != 0 ||
         listen(fd, 128) != 0 || !evhttp_accept_socket_with_handle(admin.http, fd)) {
         moxy_log_err("admin: cannot listen on %s: %s", conf->admin.addr.text, strerror(errno));

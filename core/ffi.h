@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 14
+#define MOXY_FFI_ABI 15
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -280,6 +280,8 @@ typedef struct {
     int fails;             /* consecutive failures */
     double down_for;       /* seconds left of an ejection; 0: none */
     unsigned long long requests, failures, checks;
+    unsigned long long ejections;   /* passive health ejections */
+    unsigned long long transitions; /* health-check verdict changes (up <-> unhealthy) */
     char check_error[96];  /* why the last health check failed, "" */
 } moxy_ffi_peer_t;
 

@@ -22,6 +22,7 @@
 #include "resolver.h"
 #include "sd_notify.h"
 #include "shared_dict.h"
+#include "upgrade.h"
 #include "upstream.h"
 #include "watch.h"
 #include "worker.h"
@@ -103,9 +104,12 @@ int moxy_gen_listen(moxy_gen_t *g, const moxy_gen_t *cur_gen, FILE *err)
     for (size_t i = 0; i < n; i++) g->listen_fds[i] = -1;
     for (int i = 0; i < conf->nlistens; i++) {
         if (listening_on(cur, &conf->listens[i].addr)) continue;
-        for (int k = 0; k < g->nworkers; k++)
-            if ((g->listen_fds[i * g->nworkers + k] = listen_socket(conf, &conf->listens[i], err)) < 0)
-                return MOXY_ERROR;
+        for (int k = 0; k < g->nworkers; k++) {
+            int *fd = &g->listen_fds[i * g->nworkers + k];
+            /* a binary upgrade's first generation adopts the old process's sockets */
+            if (!cur && (*fd = moxy_upgrade_take(&conf->listens[i].addr)) >= 0) continue;
+            if ((*fd = listen_socket(conf, &conf->listens[i], err)) < 0) return MOXY_ERROR;
+        }
     }
     return MOXY_OK;
 }
@@ -216,6 +220,11 @@ static struct {
 moxy_gen_t *moxy_gen_current(void)
 {
     return rl.current;
+}
+
+int moxy_reload_running(void)
+{
+    return rl.running;
 }
 
 const moxy_reload_status_t *moxy_reload_status(void)

@@ -91,6 +91,9 @@ void moxy_reload(moxy_reload_cb cb, void *arg);
 /* The generation serving now. */
 moxy_gen_t *moxy_gen_current(void);
 
+/* 1 while a reload is under way. */
+int moxy_reload_running(void);
+
 /* The last reload's result. */
 const moxy_reload_status_t *moxy_reload_status(void);
 

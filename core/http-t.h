@@ -31,6 +31,11 @@ typedef struct moxy_wgen_s moxy_wgen_t;
 
 /* Bytes queued toward a peer above which we stop reading from the other side,
  * and below which we start again (le-proxy's watermarks). */
+/* Draining (QUIT, an upgrade, a listener removed by a reload): how long an
+ * idle keep-alive connection waits for a request already on its way before
+ * it closes. */
+#define MOXY_DRAIN_IDLE_GRACE_MS 1000
+
 #define MOXY_HIGH_WATER (256 * 1024)
 #define MOXY_LOW_WATER (64 * 1024)
 #define MOXY_READ_CHUNK 16384

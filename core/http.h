@@ -41,7 +41,9 @@ void moxy_client_end_detached(moxy_worker_t *w);
  * drain deadline passed). */
 void moxy_client_end_detached_gen(moxy_worker_t *w, moxy_wgen_t *g);
 
-/* Drain (QUIT): close if idle, else close after the current response. */
+/* Drain (QUIT, upgrade, a listener gone): close after the current response;
+ * an idle connection closes unless a request comes within
+ * MOXY_DRAIN_IDLE_GRACE_MS (served, with Connection: close). */
 void moxy_client_drain(moxy_client_t *c);
 
 /* Write what c->out holds, as much as the socket takes; arms the write event

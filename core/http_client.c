@@ -287,12 +287,21 @@ void moxy_client_close(moxy_client_t *c)
 
 void moxy_client_drain(moxy_client_t *c)
 {
+    c->close_after = 1;
+    if (c->req && !c->req->resp_head_sent) c->req->keepalive = 0; /* its response says close */
     if (c->state == MOXY_C_HEAD && (!c->req || c->req->head_bytes == 0) &&
-        (!c->out || evbuffer_get_length(c->out) == 0)) {
-        moxy_client_close(c);
+        (!c->out || evbuffer_get_length(c->out) == 0) && !c->reading) {
+        moxy_client_close(c); /* not even reading: nothing can be on its way */
         return;
     }
-    c->close_after = 1;
+    if (c->state == MOXY_C_HEAD && (!c->req || c->req->head_bytes == 0)) {
+        /* Idle between requests: the client may have sent its next request
+         * already (a busy keep-alive client always has).  Closing now would
+         * lose it; it is served instead, with Connection: close, if it
+         * comes within the grace, and the connection closes after. */
+        static const struct timeval grace = {MOXY_DRAIN_IDLE_GRACE_MS / 1000, (MOXY_DRAIN_IDLE_GRACE_MS % 1000) * 1000};
+        client_read_timeout(c, &grace);
+    }
 }
 
 /* Close once the output is flushed; no more reading. */
@@ -1122,7 +1131,11 @@ void moxy_req_response_done(moxy_req_t *r)
 static void client_finish_request(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
-    int keep = r->keepalive && r->body_done && !c->close_after && !c->eof && !c->w->draining;
+    /* the response promised keep-alive: even when draining, the client may
+     * send its next request before it could see the connection close, so
+     * that one is still served (with Connection: close) */
+    int keep = r->keepalive && r->body_done && !c->eof;
+    int draining = c->close_after || c->w->draining;
     if (r->up) {
         /* the origin did not finish with us (e.g. the body was cut): close it */
         moxy_upconn_t *u = r->up;
@@ -1149,6 +1162,8 @@ static void client_finish_request(moxy_client_t *c)
     if (evbuffer_get_length(c->in) > 0) {
         /* a pipelined request is waiting */
         if (!c->in_process) client_process(c);
+    } else if (draining) {
+        moxy_client_drain(c); /* the drain grace for a request on its way */
     } else if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
         /* Idle: give the buffers back (nginx does the same) so that an
          * idle keep-alive connection costs its struct and little more. */

@@ -20,6 +20,7 @@
 #include "resolver.h"
 #include "sd_notify.h"
 #include "shared_dict.h"
+#include "upgrade.h"
 #include "upstream.h"
 #include "watch.h"
 #include "worker.h"
@@ -89,8 +90,13 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     MOXY_UNUSED(arg);
     switch (sig) {
     case SIGQUIT:
-        moxy_log_info("QUIT: draining: no new connections, in-flight requests finish");
-        moxy_sd_notify("STOPPING=1\nSTATUS=draining: in-flight requests finish");
+        if (moxy_upgrade_handing_over()) {
+            /* the new process serves and is the service's main process now */
+            moxy_log_info("QUIT: the new moxy took over; draining: in-flight requests finish");
+        } else {
+            moxy_log_info("QUIT: draining: no new connections, in-flight requests finish");
+            moxy_sd_notify("STOPPING=1\nSTATUS=draining: in-flight requests finish");
+        }
         for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_DRAIN);
         break;
     case SIGTERM:
@@ -102,6 +108,9 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     case SIGUSR1:
         moxy_log_info("USR1: reopening log files");
         moxy_log_reopen();
+        break;
+    case SIGUSR2:
+        moxy_upgrade_start(main_base, workers, nworkers);
         break;
     case SIGHUP:
         moxy_log_info("HUP: reloading the configuration");
@@ -246,6 +255,7 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "test") == 0) return moxy_test_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "reload") == 0) return reload_main(argc - 1, argv + 1);
+    moxy_upgrade_init(argv);
     const char *path = "moxy.lua", *pid_opt = NULL;
     int check = 0, opt;
     while ((opt = getopt(argc, argv, "c:p:tvh")) != -1) {
@@ -322,6 +332,13 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    int inherited = moxy_upgrade_inherited_per_addr();
+    if (inherited > gen->nworkers) {
+        /* every inherited socket needs a worker, or connections queued on it are lost */
+        moxy_log_warn("upgrade: %d workers, as the old process had (workers = %d until a restart)", inherited,
+                      inherited);
+        gen->nworkers = inherited;
+    }
     if (moxy_gen_listen(gen, NULL, stderr) != MOXY_OK) goto out;
     nworkers = gen->nworkers;
     workers = calloc((size_t)nworkers, sizeof(*workers));
@@ -360,7 +377,7 @@ int main(int argc, char **argv)
     /* Workers inherit a mask that blocks the signals the main thread handles. */
     sigset_t set, old;
     sigemptyset(&set);
-    int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGHUP};
+    int sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP};
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) sigaddset(&set, sigs[i]);
     pthread_sigmask(SIG_BLOCK, &set, &old);
     if (moxy_lua_watchdog_start(workers, nworkers, conf->cpu_budget) != MOXY_OK) {
@@ -392,6 +409,7 @@ int main(int argc, char **argv)
     /* listeners opened and worker_init run in moxy_worker_new: connections queue until accepted */
     moxy_sd_notifyf("READY=1\nMAINPID=%ld\nSTATUS=serving: %d worker%s, configuration %s",
                     (long)getpid(), nworkers, nworkers == 1 ? "" : "s", path);
+    moxy_upgrade_took_over();
 
     event_base_loop(main_base, EVLOOP_NO_EXIT_ON_EMPTY);
     for (size_t i = 0; i < MOXY_ARRAY_LEN(sigs); i++) event_free(sev[i]);
@@ -406,6 +424,7 @@ out:
     if (exit_ev) event_free(exit_ev);
     if (exit_fd >= 0) close(exit_fd);
     moxy_watch_stop();
+    moxy_upgrade_stop();
     moxy_health_stop();
     moxy_resolver_stop();
     moxy_reload_shutdown();

@@ -10,6 +10,7 @@
 #include "worker.h"
 
 #include <event2/buffer.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -55,7 +56,7 @@ void moxy_stats_free(moxy_worker_t *w)
     atomic_store(&w->stats.pools, NULL);
 }
 
-static void hist_add(moxy_hist_t *h, long long us)
+void moxy_hist_add(moxy_hist_t *h, long long us)
 {
     if (us < 0) us = 0;
     double s = (double)us / 1e6;
@@ -77,11 +78,11 @@ void moxy_stats_request(moxy_req_t *r)
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
-    hist_add(&w->stats.duration, tv_us(&r->started, &now));
+    moxy_hist_add(&w->stats.duration, tv_us(&r->started, &now));
     if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
         moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
         MOXY_STAT_ADD(ps->requests[cls], 1);
-        if (evutil_timerisset(&r->up_header)) hist_add(&ps->header_time, tv_us(&r->up_started, &r->up_header));
+        if (evutil_timerisset(&r->up_header)) moxy_hist_add(&ps->header_time, tv_us(&r->up_started, &r->up_header));
     }
 }
 
@@ -153,17 +154,29 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
     head(out, "moxy_request_duration_seconds", "histogram", "Time from a request's first byte to its last response byte.");
     for (int i = 0; i < n; i++) h[i] = &workers[i]->stats.duration;
     put_hist(out, "moxy_request_duration_seconds", "", h, n);
-    head(out, "moxy_upstream_header_seconds", "histogram",
-         "Time from the start of a try to the origin's response head (connect included), by pool.");
-    for (int p = 0; p < conf->nupstreams; p++) {
-        /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
-        char labels[300];
-        snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
-        for (int i = 0; i < n; i++) {
-            const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
-            h[i] = ps ? (moxy_hist_t *)&ps->header_time : &none;
+    static const struct {
+        const char *name, *help;
+        size_t offset; /* of the histogram in moxy_pool_stats_t */
+    } pool_hists[] = {
+        {"moxy_upstream_header_seconds",
+         "Time from the start of a try to the origin's response head (connect included), by pool.",
+         offsetof(moxy_pool_stats_t, header_time)},
+        {"moxy_upstream_connect_seconds",
+         "Time from the start of a try to its new origin connection being established, by pool.",
+         offsetof(moxy_pool_stats_t, connect_time)},
+    };
+    for (size_t k = 0; k < MOXY_ARRAY_LEN(pool_hists); k++) {
+        head(out, pool_hists[k].name, "histogram", pool_hists[k].help);
+        for (int p = 0; p < conf->nupstreams; p++) {
+            /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
+            char labels[300];
+            snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
+            for (int i = 0; i < n; i++) {
+                const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
+                h[i] = ps ? (moxy_hist_t *)((char *)ps + pool_hists[k].offset) : &none;
+            }
+            put_hist(out, pool_hists[k].name, labels, h, n);
         }
-        put_hist(out, "moxy_upstream_header_seconds", labels, h, n);
     }
 }
 
@@ -178,7 +191,9 @@ static double peer_value(const moxy_ffi_peer_t *st, size_t m)
     case 4: return (double)st->failures;
     case 5: return (double)st->checks;
     case 6: return st->ewma_ms / 1000;
-    default: return st->weight_now;
+    case 7: return st->weight_now;
+    case 8: return (double)st->ejections;
+    default: return (double)st->transitions;
     }
 }
 
@@ -209,6 +224,8 @@ static int render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers,
         {"moxy_peer_checks_total", "counter", "Active health checks of the peer."},
         {"moxy_peer_latency_ewma_seconds", "gauge", "The peer's latency EWMA to the response head."},
         {"moxy_peer_weight", "gauge", "The peer's weight now (slow start included)."},
+        {"moxy_peer_ejections_total", "counter", "Times passive health ejected the peer."},
+        {"moxy_peer_health_transitions_total", "counter", "Times the health checks' verdict on the peer changed."},
     }, pool_metrics[] = {
         {"moxy_pool_retries_total", "counter", "Retries of the pool's requests."},
         {"moxy_pool_retries_denied_total", "counter", "Retries the pool's retry budget refused."},

@@ -37,6 +37,7 @@ typedef struct moxy_pool_stats_s {
     char *name;
     atomic_ullong requests[6]; /* requests answered for this pool, by status class (index 1..5; 0: none) */
     moxy_hist_t header_time;   /* try start to the origin's response head */
+    moxy_hist_t connect_time;  /* try start to a new connection's establishment */
     atomic_llong idle;         /* idle keep-alive connections (gauge) */
 } moxy_pool_stats_t;
 
@@ -65,6 +66,9 @@ const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char
 
 /* Free w's per-pool counts (the worker is over). */
 void moxy_stats_free(moxy_worker_t *w);
+
+/* Count us microseconds in h (its worker's thread). */
+void moxy_hist_add(moxy_hist_t *h, long long us);
 
 /* Count r, which is over (status, duration, pool, origin timing). */
 void moxy_stats_request(moxy_req_t *r);

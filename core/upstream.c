@@ -100,6 +100,8 @@ static void carry_peers(moxy_upstream_t *to, moxy_upstream_t *from)
         atomic_store(&p->fails, atomic_load(&q->fails));
         atomic_store(&p->requests, atomic_load(&q->requests));
         atomic_store(&p->failures, atomic_load(&q->failures));
+        atomic_store(&p->ejections_total, atomic_load(&q->ejections_total));
+        atomic_store(&p->transitions, atomic_load(&q->transitions));
         pthread_mutex_lock(&q->check_lock);
         memcpy(p->check_error, q->check_error, sizeof(p->check_error));
         pthread_mutex_unlock(&q->check_lock);
@@ -247,6 +249,7 @@ static void peer_failed(moxy_peer_t *p, long long now)
     if (backoff > uc->passive.max_backoff) backoff = uc->passive.max_backoff;
     long long until = now + (long long)(backoff * 1000);
     p->ejections++;
+    atomic_fetch_add(&p->ejections_total, 1);
     atomic_store(&p->fails, 0);
     atomic_store(&p->up_since, until);
     atomic_store(&p->down_until, until);
@@ -291,6 +294,7 @@ void moxy_peer_set_checked(moxy_peer_t *p, int healthy, const char *why)
     pthread_mutex_unlock(&p->check_lock);
     int was_down = atomic_load(&p->check_down);
     if (healthy == !was_down) return;
+    atomic_fetch_add(&p->transitions, 1);
     if (healthy) {
         atomic_store(&p->up_since, moxy_mono_ms());
         atomic_store(&p->check_down, 0);
@@ -406,6 +410,8 @@ void moxy_peer_snapshot(moxy_peer_t *p, long long now, moxy_ffi_peer_t *out)
     out->requests = atomic_load(&p->requests);
     out->failures = atomic_load(&p->failures);
     out->checks = atomic_load(&p->checks);
+    out->ejections = atomic_load(&p->ejections_total);
+    out->transitions = atomic_load(&p->transitions);
     pthread_mutex_lock(&p->check_lock);
     memcpy(out->check_error, p->check_error, sizeof(out->check_error));
     pthread_mutex_unlock(&p->check_lock);

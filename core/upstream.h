@@ -66,6 +66,8 @@ typedef struct moxy_peer_s {
     int ejections;              /* ejections since the last success (pool lock) */
     atomic_ullong requests;     /* tries sent to it */
     atomic_ullong failures;     /* tries that failed (passive's view) */
+    atomic_ullong ejections_total; /* times passive health ejected it */
+    atomic_ullong transitions;  /* times the health checks' verdict changed */
 
     /* written by health_check.c on the main thread, read by anyone */
     atomic_int check_ok, check_fail; /* consecutive results */

@@ -353,6 +353,7 @@ static void wgen_switch(moxy_worker_t *w, moxy_wgen_t *g)
     struct timeval tv = moxy_timeval(g->conf->timeouts.drain);
     evtimer_add(&old->deadline, &tv);
     moxy_wgen_release(old);
+    atomic_store(&w->gen_id, g->id);
 }
 
 /* Free every generation of w (its loop is over: nothing runs on them). */
@@ -420,6 +421,7 @@ moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
     struct timeval sec = {1, 0};
     event_add(&w->flush_timer, &sec);
     w->g = wgen_build(w, gen);
+    atomic_store(&w->gen_id, gen->id);
     return w;
 }
 

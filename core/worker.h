@@ -73,6 +73,8 @@ struct moxy_worker_s {
     LIST_HEAD(, moxy_wgen_s) retired; /* older ones with requests still on them */
     _Atomic(struct moxy_gen_s *) pending; /* MOXY_WORKER_PREPARE's generation */
     moxy_wgen_t *prepared;       /* built for pending, waiting for COMMIT or ABORT */
+    atomic_uint gen_id;          /* the generation its listeners belong to, once switched (the
+                                    main thread reads the listeners only when all agree) */
     atomic_llong lua_since;      /* when the running hook call started (ms, coarse monotonic); 0: none */
     atomic_llong lua_budget_ms;  /* the running hook call's CPU budget */
     lua_State *lua_running;      /* the VM whose hook call runs (the budget's signal handler) */

@@ -31,7 +31,7 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 ]]
 
 local C = ffi.C
-local ABI = 14
+local ABI = 15
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)

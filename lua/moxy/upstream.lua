@@ -28,6 +28,8 @@ typedef struct {
     int fails;
     double down_for;
     unsigned long long requests, failures, checks;
+    unsigned long long ejections;
+    unsigned long long transitions;
     char check_error[96];
 } moxy_ffi_peer_t;
 int moxy_ffi_upstream_npeers(const char *name, size_t len);
@@ -62,7 +64,8 @@ end
 -- "unresolved"), weight, weight_now (slow start), backup, max_conns,
 -- active (requests in flight, all workers), ewma_ms (latency to the
 -- response head, 0: no sample), fails (consecutive), down_for (seconds of
--- ejection left), requests, failures, checks, check_error }.
+-- ejection left), requests, failures, checks, ejections (passive), transitions
+-- (health-check verdict changes), check_error }.
 function M.peers(pool)
   local n = check_pool("peers", pool)
   if n < 0 then return nil, "no pool named \"" .. pool .. "\"" end
@@ -83,6 +86,8 @@ function M.peers(pool)
         requests = tonumber(peer.requests),
         failures = tonumber(peer.failures),
         checks = tonumber(peer.checks),
+        ejections = tonumber(peer.ejections),
+        transitions = tonumber(peer.transitions),
         check_error = ffi_string(peer.check_error),
       }
     end

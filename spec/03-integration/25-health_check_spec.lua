@@ -73,14 +73,14 @@ describe("health checks", function()
     wait_seen(back, "^/status/200$", 1)
   end)
 
-  -- what moxy.upstream.peers("app") shows, one peer a line: addr state checks check_error
+  -- what moxy.upstream.peers("app") shows, one peer a line: addr state checks transitions check_error
   local PEERS = [[
 return {
   on_request = function(txn)
     if txn.req.path ~= "/peers" then return end
     local lines = {}
     for _, p in ipairs(moxy.upstream.peers("app")) do
-      lines[#lines + 1] = table.concat({ p.addr, p.state, p.checks, p.check_error }, " ")
+      lines[#lines + 1] = table.concat({ p.addr, p.state, p.checks, p.transitions, p.check_error }, " ")
     end
     return txn:respond(200, table.concat(lines, "\n") .. "\n")
   end,
@@ -112,8 +112,8 @@ return {
     dead:stop()
     -- the check that finds it dead is refused, or (killed mid-check) sees the connection close
     wait_logged(m, unhealthy_line("app", dead.addr), 1.5 * SCALE)
-    assert.matches("^%S+ unhealthy [1-9]%d* %a.+$", peer_line(m, dead.addr))
-    assert.matches("^%S+ up [1-9]%d* $", peer_line(m, o[1].addr))
+    assert.matches("^%S+ unhealthy [1-9]%d* 1 %a.+$", peer_line(m, dead.addr))
+    assert.matches("^%S+ up [1-9]%d* 0 $", peer_line(m, o[1].addr))
     for i = 1, 30 do
       local res = assert(helpers.request(m.port, { path = "/echo/" .. i }))
       assert.equal(200, res.status)
@@ -122,7 +122,7 @@ return {
 
     local back = helpers.start_origin({ port = port })
     wait_logged(m, healthy_line("app", back.addr), 1.5 * SCALE)
-    assert.matches("^%S+ up [1-9]%d* $", peer_line(m, back.addr))
+    assert.matches("^%S+ up [1-9]%d* 2 $", peer_line(m, back.addr)) -- unhealthy, then healthy again
     for i = 1, 30 do
       local res = assert(helpers.request(m.port, { path = "/echo/again/" .. i }))
       assert.equal(200, res.status)

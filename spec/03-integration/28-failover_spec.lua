@@ -228,6 +228,10 @@ describe("failover", function()
       assert.equal(1, backoffs[1])
       assert.equal(2, backoffs[2])
       for i = 3, ejections do assert.equal(2, backoffs[i]) end
+      -- moxy.upstream.peers (and /metrics' moxy_peer_ejections_total) count them
+      for _, p in ipairs(ups) do
+        assert.equal(p.addr == victim.addr and ejections or 0, p.ejections, p.addr)
+      end
       assert.is_true(back_served > 100, "the restarted origin served only " .. back_served)
       for _, p in ipairs(ups) do assert.equal("up", p.state, p.addr) end
     end)

@@ -149,8 +149,10 @@ end }
     assert.matches("^text/plain; version=0%.0%.4", res:header("content-type"))
     local after = parse_prometheus(res.body)
     for _, name in ipairs { "moxy_requests_total", "moxy_request_duration_seconds", "moxy_upstream_header_seconds",
-                            "moxy_peer_up", "moxy_peer_tries_total", "moxy_pool_retries_total",
-                            "moxy_connections", "moxy_shared_dict_capacity_bytes", "moxy_lua_errors_total" } do
+                            "moxy_upstream_connect_seconds", "moxy_peer_up", "moxy_peer_tries_total",
+                            "moxy_peer_ejections_total", "moxy_peer_health_transitions_total", "moxy_pool_retries_total",
+                            "moxy_connections", "moxy_shared_dict_capacity_bytes", "moxy_lua_errors_total",
+                            "moxy_generation", "moxy_reloads_total", "moxy_last_reload_success" } do
       assert.truthy(after[name], name)
       assert.truthy(after[name].help, name)
     end
@@ -166,6 +168,11 @@ end }
     local tries = value(after, "moxy_peer_tries_total", { pool = "app", peer = a.addr })
       + value(after, "moxy_peer_tries_total", { pool = "app", peer = b.addr })
     assert.is_true(tries >= 23)
+    -- every origin connection made counts its connect time; reused ones do not
+    local connects = value(after, "moxy_upstream_connect_seconds_count", { pool = "app" })
+    assert.is_true(connects >= 2 and connects <= tries, "connects " .. tostring(connects))
+    assert.equal(0, value(after, "moxy_peer_ejections_total", { pool = "app", peer = a.addr }))
+    assert.equal(1, value(after, "moxy_generation"))
     assert.equal(1, value(after, "moxy_peer_up", { pool = "app", peer = a.addr }))
     assert.equal(1048576, value(after, "moxy_shared_dict_capacity_bytes", { dict = "sessions" }))
     assert.equal(2, value(after, "moxy_workers"))

@@ -46,11 +46,11 @@ return {
 end
 
 -- An origin and a moxy (2 workers, admin listener) running script("v1").
-local function start()
+local function start(env)
   local origin = helpers.start_origin()
   local port, admin_port = helpers.free_port(), helpers.free_port()
   local m = helpers.start_moxy(config(port, admin_port, origin), {
-    ports = { port, admin_port }, files = { ["site.lua"] = script("v1") } })
+    ports = { port, admin_port }, files = { ["site.lua"] = script("v1") }, env = env })
   assert(helpers.wait_until(function()
     return m:stderr():find("admin listener on", 1, true) or not m:alive()
   end, 10 * helpers.scale) and m:alive(), m:stderr())
@@ -331,7 +331,12 @@ end)
 describe("hot reload memory", function()
   local origin, m, port, admin_port
 
-  lazy_setup(function() origin, m, port, admin_port = start() end)
+  -- under AddressSanitizer (make check) freed memory waits in its quarantine
+  -- (256 MiB by default) before it is reused: keep that small here
+  lazy_setup(function()
+    origin, m, port, admin_port = start(helpers.sanitized and {
+      ASAN_OPTIONS = (os.getenv("ASAN_OPTIONS") or "") .. ":quarantine_size_mb=1:thread_local_quarantine_size_kb=64" })
+  end)
 
   lazy_teardown(function() helpers.stop_all() end)
 
