@@ -194,6 +194,40 @@ describe("hot reload", function()
     conn:close()
   end)
 
+  it("keeps an unchanged pool's idle origin connections", function()
+    local conn = assert(helpers.connection(port))
+    assert.equal(200, assert(conn:request({ path = "/echo" })).status)
+    local accepted = origin:stats().accepted
+    write("site.lua", script("v2"))
+    assert.equal(200, post_reload(TOKEN).status)
+    for _ = 1, 5 do assert.equal(200, assert(conn:request({ path = "/echo" })).status) end
+    conn:close()
+    -- the same worker served them all over the same keep-alive connection to
+    -- the origin: the only connection it accepted since is the one asking it
+    -- for its stats
+    assert.equal(accepted + 1, origin:stats().accepted, m:stderr())
+  end)
+
+  it("cuts what still runs on an old generation at its drain deadline", function()
+    -- timeouts.drain is 5 s in config(): a request parked for 30 s outlives it
+    write("site.lua", script("v1", [[
+on_log = function(txn) end,
+init = function() end,]]):gsub('if txn.req.query == "slow" then moxy.sleep%(0.6%) end',
+      'if txn.req.query == "slow" then moxy.sleep(0.6) end\n      if txn.req.query == "stuck" then moxy.sleep(30) end'))
+    assert.equal(200, post_reload(TOKEN).status)
+    local conn = assert(helpers.connection(port))
+    assert(conn:send(helpers.build_request({ path = "/version?stuck" })))
+    helpers.sleep(0.2)
+    write("site.lua", script("v2"))
+    local t0 = helpers.now()
+    assert.equal(200, post_reload(TOKEN).status)
+    assert.is_true(conn:wait_closed(10 * helpers.scale), "the stuck request was not cut")
+    local took = helpers.now() - t0
+    assert.is_true(took > 4.5 and took < 7 * helpers.scale, ("cut after %.1f s"):format(took))
+    assert.matches("generation 2: drain deadline passed with 1 request or timer on it; cutting them", m:stderr(), 1, true)
+    assert.equal("v2", select(2, version()))
+  end)
+
   it("keeps shared dicts and peer state; applies listener changes", function()
     write("site.lua", script("v1", [[
 init = function() moxy.shared.counts:add("inits", 1) end,
