@@ -5,6 +5,7 @@
 #include "admin.h"
 #include "admin_history.h"
 #include "admin_page.h"
+#include "cache.h"
 #include "ffi.h"
 #include "generation.h"
 #include "log.h"
@@ -130,7 +131,18 @@ static void status(struct evhttp_request *req)
         }
         evbuffer_add(b, "]}", 2);
     }
-    evbuffer_add(b, "},\"shared\":{", 12);
+    evbuffer_add(b, "},\"cache\":", 10);
+    if (moxy_cache_enabled()) {
+        moxy_cache_stats_t cs;
+        moxy_cache_stats(&cs);
+        evbuffer_add_printf(b, "{\"capacity\":%zu,\"used\":%zu,\"objects\":%zu,\"hits\":%llu,\"misses\":%llu,"
+                               "\"stores\":%llu,\"evictions\":%llu,\"invalidations\":%llu,\"too_big\":%llu}",
+                            cs.capacity, cs.used, cs.objects, cs.hits, cs.misses, cs.stores, cs.evictions,
+                            cs.invalidations, cs.too_big);
+    } else {
+        evbuffer_add(b, "null", 4);
+    }
+    evbuffer_add(b, ",\"shared\":{", 11);
     for (int i = 0; i < conf->nshared; i++) {
         moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
         moxy_shdict_stats_t st = {0};

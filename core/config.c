@@ -292,6 +292,14 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "cache");
+    if (lua_istable(L, -1)) {
+        c->cache.enabled = 1;
+        c->cache.size = (size_t)field_num(L, lua_gettop(L), "size", 256.0 * 1024 * 1024);
+        c->cache.max_object = (size_t)field_num(L, lua_gettop(L), "max_object", 16.0 * 1024 * 1024);
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "admin");
     if (lua_istable(L, -1)) {
         c->admin.enabled = 1;

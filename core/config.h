@@ -172,6 +172,12 @@ typedef struct moxy_conf_s {
     double cpu_budget; /* seconds one hook call may run before it is stopped; 0: no limit */
     size_t lua_memory; /* bytes a worker's Lua VM may hold while hooks run; 0: no limit */
 
+    struct {
+        int enabled;       /* cache = {...} is set */
+        size_t size;       /* bytes */
+        size_t max_object; /* bytes */
+    } cache;
+
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
     int nshared;
 

@@ -15,6 +15,7 @@
  */
 #include "generation.h"
 #include "admin.h"
+#include "cache.h"
 #include "geoip.h"
 #include "health_check.h"
 #include "log.h"
@@ -146,6 +147,10 @@ static int reload_limits(const moxy_conf_t *cur, const moxy_conf_t *conf, FILE *
         moxy_log_warn("reload: log.access, log.error and log.level stay until moxy restarts");
     if (conf->admin.enabled != cur->admin.enabled || !str_same(conf->admin.addr.text, cur->admin.addr.text))
         moxy_log_warn("reload: admin.listen stays until moxy restarts (admin.token changes apply)");
+    if (cur->cache.enabled && (conf->cache.size != cur->cache.size || conf->cache.max_object != cur->cache.max_object))
+        moxy_log_warn("reload: cache.size and cache.max_object stay until moxy restarts (the cache keeps its objects)");
+    if (cur->cache.enabled && !conf->cache.enabled)
+        moxy_log_warn("reload: the cache stays on (with its objects) until moxy restarts");
     if (!str_same(conf->pid_file, cur->pid_file))
         moxy_log_warn("reload: pid_file stays until moxy restarts");
     for (int i = 0; i < conf->nshared; i++) {
@@ -185,6 +190,11 @@ moxy_gen_t *moxy_gen_load(const char *path, const moxy_gen_t *cur, int nworkers,
     if (!cc && moxy_geoip_open_all(conf) != MOXY_OK) goto err;
     /* moxy.shared dicts: init hooks and workers may use them (kept by name) */
     if (moxy_shdict_create_all(conf) != MOXY_OK) goto err;
+    /* the HTTP cache: made once, kept by reloads */
+    if (conf->cache.enabled && nworkers >= 0 && moxy_cache_create(conf->cache.size, conf->cache.max_object) != MOXY_OK) {
+        fprintf(err, "moxy: out of memory for the cache\n");
+        goto err;
+    }
     if (moxy_lua_check_scripts(conf, err) != MOXY_OK) goto err;
     if (cur && moxy_gen_listen(g, cur, err) != MOXY_OK) goto err;
     return g;

@@ -231,6 +231,18 @@ struct moxy_req_s {
     uint64_t bytes_sent;           /* body bytes queued for the client */
     const char *error;             /* why moxy answered with an error, for the log */
 
+    /* cache (http_cache.c) */
+    char *cache_key;               /* the primary key (request pool), or NULL: no lookup */
+    uint32_t cache_klen;
+    uint64_t cache_hash;
+    struct moxy_cache_obj_s *cache_obj;  /* the object a hit serves (a reference), or NULL */
+    struct moxy_cache_obj_s *cache_fill; /* the object the origin's response fills, or NULL */
+    unsigned cache_lookup : 1;     /* a GET or HEAD looked up: its response may be stored */
+    unsigned cache_hit : 1;        /* served from the cache */
+    unsigned cache_bypass : 1;     /* txn.cache:bypass(): no lookup, no store */
+    unsigned cache_no_store : 1;   /* not stored (request no-store, txn.cache:no_store()) */
+    unsigned cache_invalidate : 1; /* an unsafe method: invalidate the URI once answered */
+
     /* timing */
     struct timeval started;
 };

@@ -164,6 +164,36 @@ void moxy_upstream_free_wgen(moxy_wgen_t *g);
  * kept unchanged (the same shared state) move to g's pool; the others close. */
 void moxy_upstream_switch_wgen(moxy_wgen_t *old, moxy_wgen_t *g);
 
+/* --- the HTTP cache (http_cache.c) --- */
+
+/* After on_request: look r up.  MOXY_DONE: r is answered from the cache
+ * (or refused: only-if-cached); MOXY_DECLINED: go to the origin. */
+int moxy_cache_request(moxy_req_t *r);
+
+/* The on_response hooks of a hit are done (rc as moxy_lua_run): write it. */
+void moxy_cache_after_response_hooks(moxy_req_t *r, int rc);
+
+/* The origin's response head is in (before on_response): decide whether
+ * it is stored, start its object; an unsafe method's success invalidates. */
+void moxy_cache_response_head(moxy_req_t *r);
+
+/* Body bytes of the origin's response, for the object being filled
+ * (r->cache_fill set): len bytes at data, or the first n bytes of b. */
+void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len);
+void moxy_cache_response_body_buffer(moxy_req_t *r, struct evbuffer *b, size_t n);
+
+/* The origin's response is complete: publish its object. */
+void moxy_cache_response_done(moxy_req_t *r);
+
+/* r ends: drop its references (an unfinished object is not stored). */
+void moxy_cache_req_free(moxy_req_t *r);
+
+/* on_body for a response that does not come from an origin connection (a
+ * hit): decide whether it is filtered (before its head is written), and
+ * pump filter_in once filled and marked filter_eof.  MOXY_ERROR: out of memory. */
+int moxy_upstream_filter_start(moxy_req_t *r);
+void moxy_upstream_filter_continue(moxy_req_t *r);
+
 /* --- responses moxy writes (http_response.c) --- */
 
 /* Queue the status line and headers of r's response for the client, choosing

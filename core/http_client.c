@@ -915,6 +915,7 @@ static void client_after_hooks(moxy_client_t *c, int rc)
         moxy_req_fail(r, 500, "script error in on_request");
         return;
     }
+    if (moxy_cache_request(r) == MOXY_DONE) return;
     moxy_upstream_try(r);
 }
 

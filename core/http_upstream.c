@@ -821,6 +821,7 @@ static int rs_body(llhttp_t *p, const char *at, size_t n)
 {
     moxy_upconn_t *u = p->data;
     moxy_req_t *r = u->req;
+    if (r->cache_fill) moxy_cache_response_body(r, at, n);
     if (r->filtering) {
         evbuffer_add(r->filter_in, at, n);
         return 0;
@@ -1036,9 +1037,20 @@ static int filter_start(moxy_req_t *r)
     return r->filter_in && r->filter_out ? MOXY_OK : MOXY_ERROR;
 }
 
+int moxy_upstream_filter_start(moxy_req_t *r)
+{
+    return filter_start(r);
+}
+
+void moxy_upstream_filter_continue(moxy_req_t *r)
+{
+    filter_continue(r);
+}
+
 void moxy_upstream_req_free(moxy_req_t *r)
 {
     try_release(r);
+    moxy_cache_req_free(r);
     if (r->filter_in) moxy_worker_buf_put(r->c->w, r->filter_in);
     if (r->filter_out) moxy_worker_buf_put(r->c->w, r->filter_out);
     r->filter_in = r->filter_out = NULL;
@@ -1082,6 +1094,10 @@ void moxy_upstream_hooks_done(moxy_req_t *r, int rc)
         if (filter_emit(r, rc) != MOXY_OK) return;
         if (r->filter_final) moxy_req_response_done(r);
         else filter_continue(r);
+        return;
+    }
+    if (r->cache_hit) {
+        moxy_cache_after_response_hooks(r, rc);
         return;
     }
     moxy_upconn_t *u = r->up;
@@ -1175,6 +1191,7 @@ static void up_process(moxy_upconn_t *u)
             else moxy_client_send(c);
             return;
         }
+        moxy_cache_response_head(r);
         int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
         if (rc2 == MOXY_AGAIN) {
             up_stop_read(u); /* the body waits in the socket */
@@ -1194,6 +1211,7 @@ static void up_process(moxy_upconn_t *u)
         size_t have = evbuffer_get_length(u->in);
         size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
         if (n) {
+            if (r->cache_fill) moxy_cache_response_body_buffer(r, u->in, n);
             moxy_io_move(to, u->in, n);
             r->resp_body_left -= n;
             if (!r->filtering) r->bytes_sent += n;
@@ -1216,6 +1234,7 @@ static void up_process(moxy_upconn_t *u)
     case MOXY_BODY_EOF: {
         size_t have = evbuffer_get_length(u->in);
         if (have) {
+            if (r->cache_fill) moxy_cache_response_body_buffer(r, u->in, have);
             if (framed) moxy_chunk_head(c->out, have);
             moxy_io_move(to, u->in, have);
             if (framed) evbuffer_add(c->out, "\r\n", 2);
@@ -1231,6 +1250,7 @@ static void up_process(moxy_upconn_t *u)
 
     if (done) {
         up_finished(u);
+        moxy_cache_response_done(r);
         if (!r->filtering) {
             moxy_req_response_done(r);
             return;

@@ -10,6 +10,7 @@
  *   -p PIDFILE            overrides the configuration's pid_file
  */
 #include "admin.h"
+#include "cache.h"
 #include "config.h"
 #include "generation.h"
 #include "geoip.h"
@@ -430,6 +431,7 @@ out:
     moxy_reload_shutdown();
     moxy_gen_release(gen);
     moxy_geoip_close_all();
+    moxy_cache_destroy();
     if (main_base) event_base_free(main_base);
     if (pid_written) pid_remove(pid_path);
     moxy_log_close();

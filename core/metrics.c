@@ -3,6 +3,7 @@
  * metrics.h).
  */
 #include "metrics.h"
+#include "cache.h"
 #include "ffi.h"
 #include "generation.h"
 #include "shared_dict.h"
@@ -289,6 +290,31 @@ static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
     }
 }
 
+static void render_cache(struct evbuffer *out)
+{
+    if (!moxy_cache_enabled()) return;
+    moxy_cache_stats_t cs;
+    moxy_cache_stats(&cs);
+    const struct {
+        const char *name, *type, *help;
+        double v;
+    } m[] = {
+        {"moxy_cache_capacity_bytes", "gauge", "Bytes the cache may hold (cache.size).", (double)cs.capacity},
+        {"moxy_cache_used_bytes", "gauge", "Bytes the cache holds (objects, their heads and bookkeeping).", (double)cs.used},
+        {"moxy_cache_objects", "gauge", "Objects in the cache.", (double)cs.objects},
+        {"moxy_cache_hits_total", "counter", "Lookups answered from the cache.", (double)cs.hits},
+        {"moxy_cache_misses_total", "counter", "Lookups that went to the origin (no object, stale, or the request asked).", (double)cs.misses},
+        {"moxy_cache_stores_total", "counter", "Responses stored.", (double)cs.stores},
+        {"moxy_cache_evictions_total", "counter", "Objects evicted to make room.", (double)cs.evictions},
+        {"moxy_cache_invalidations_total", "counter", "Objects dropped by unsafe methods and purges.", (double)cs.invalidations},
+        {"moxy_cache_too_big_total", "counter", "Responses not stored: larger than cache.max_object.", (double)cs.too_big},
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(m); i++) {
+        head(out, m[i].name, m[i].type, m[i].help);
+        evbuffer_add_printf(out, "%s %.17g\n", m[i].name, m[i].v);
+    }
+}
+
 int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
                         double uptime)
 {
@@ -331,5 +357,6 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     render_requests(out, workers, n, conf);
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
+    render_cache(out);
     return MOXY_OK;
 }

@@ -575,7 +575,7 @@ end
 
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
-  limits = true, timeouts = true, log = true, pid_file = true, watch = true,
+  limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -666,6 +666,20 @@ function M.check(t, path, src)
   end
 
   conf.shared = c:shared(t.shared, { "shared" })
+
+  -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
+  if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true }) then
+    conf.cache = {
+      size = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024),
+      max_object = c:value(t.cache.max_object, { "cache", "max_object" }, size, 16 * 1024 * 1024),
+    }
+    if conf.cache.size and conf.cache.size < 1024 * 1024 then
+      c:err({ "cache", "size" }, "at least 1m", t.cache.size)
+    end
+    if conf.cache.size and conf.cache.max_object and conf.cache.max_object > conf.cache.size / 2 then
+      c:err({ "cache", "max_object" }, "at most half of cache.size", t.cache.max_object)
+    end
+  end
 
   local lim = t.limits or {}
   if c:table(lim, { "limits" }, { header_bytes = true, headers = true, uri_bytes = true, body_bytes = true, connections = true }) then

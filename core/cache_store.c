@@ -1,0 +1,452 @@
+/*
+ * cache_store.c -- the cache's objects, index and S3-FIFO eviction (see
+ * cache.h).
+ *
+ * Locks: a stripe's mutex guards its buckets; the queue mutex guards the
+ * FIFOs, the ghost ring and `used`.  Order: queue lock, then a stripe lock
+ * (eviction holds the first and takes the second); a lookup takes a stripe
+ * lock alone.
+ */
+#include "cache.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#define STRIPES 64
+#define SMALL_SHARE 10    /* percent of the bytes for the small FIFO */
+#define GHOSTS 65536      /* slots of the ghost table (power of 2) */
+#define OBJ_OVERHEAD 256  /* bytes charged per object beyond its head and body */
+
+enum { Q_NONE = 0, Q_SMALL, Q_MAIN };
+
+typedef struct {
+    moxy_cache_obj_t *head, *tail; /* oldest at head */
+    size_t bytes;
+} fifo_t;
+
+typedef struct {
+    pthread_mutex_t lock;
+    moxy_cache_obj_t **buckets;
+    size_t nbuckets, nkeys;
+} stripe_t;
+
+static struct {
+    int ready;
+    size_t capacity, max_object;
+    stripe_t stripes[STRIPES];
+    pthread_mutex_t qlock;
+    fifo_t small, main;
+    uint64_t ghost[GHOSTS];  /* hashes of keys evicted from small: a direct-mapped table, a newer key
+                                overwrites an older one in its slot (the ghost FIFO, approximately) */
+    atomic_size_t used, objects;
+    atomic_ullong hits, misses, stores, evictions, invalidations, too_big;
+} C;
+
+uint64_t moxy_cache_hash(const char *key, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a, then a finaliser */
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 0x100000001b3ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+int moxy_cache_create(size_t size, size_t max_object)
+{
+    if (C.ready) return MOXY_OK;
+    C.capacity = size;
+    C.max_object = max_object;
+    pthread_mutex_init(&C.qlock, NULL);
+    for (int i = 0; i < STRIPES; i++) {
+        stripe_t *s = &C.stripes[i];
+        pthread_mutex_init(&s->lock, NULL);
+        s->nbuckets = 64;
+        s->buckets = calloc(s->nbuckets, sizeof(*s->buckets));
+        if (!s->buckets) return MOXY_ERROR;
+    }
+    C.ready = 1;
+    return MOXY_OK;
+}
+
+int moxy_cache_enabled(void)
+{
+    return C.ready;
+}
+
+size_t moxy_cache_max_object(void)
+{
+    return C.max_object;
+}
+
+static stripe_t *stripe_of(uint64_t hash)
+{
+    return &C.stripes[hash % STRIPES];
+}
+
+static size_t bucket_of(const stripe_t *s, uint64_t hash)
+{
+    return (size_t)(hash >> 8) & (s->nbuckets - 1);
+}
+
+static int same_key(const moxy_cache_obj_t *o, const char *key, size_t klen, uint64_t hash)
+{
+    return o->hash == hash && o->klen == klen && memcmp(o->key, key, klen) == 0;
+}
+
+static void obj_free(moxy_cache_obj_t *o)
+{
+    moxy_cache_seg_t *s = o->body, *next;
+    for (; s; s = next) {
+        next = s->next;
+        free(s);
+    }
+    free(o->key);
+    free(o->vary);
+    free(o->vary_values);
+    free(o->head);
+    free(o->etag);
+    free(o->last_modified);
+    free(o);
+}
+
+void moxy_cache_obj_unref(moxy_cache_obj_t *o)
+{
+    if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) obj_free(o);
+}
+
+moxy_cache_obj_t *moxy_cache_find(const char *key, size_t klen, uint64_t hash,
+                                  int (*match)(const moxy_cache_obj_t *o, void *arg), void *arg, int *uri_seen)
+{
+    *uri_seen = 0;
+    if (!C.ready) return NULL;
+    stripe_t *s = stripe_of(hash);
+    moxy_cache_obj_t *found = NULL;
+    pthread_mutex_lock(&s->lock);
+    for (moxy_cache_obj_t *o = s->buckets[bucket_of(s, hash)]; o; o = o->inext) {
+        if (!same_key(o, key, klen, hash)) continue;
+        *uri_seen = 1;
+        if (match(o, arg)) {
+            found = o;
+            moxy_cache_obj_ref(o);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (found) moxy_cache_obj_touch(found);
+    return found;
+}
+
+void moxy_cache_count(int hit)
+{
+    atomic_fetch_add_explicit(hit ? &C.hits : &C.misses, 1, memory_order_relaxed);
+}
+
+moxy_cache_obj_t *moxy_cache_obj_new(const char *key, size_t klen, uint64_t hash)
+{
+    moxy_cache_obj_t *o = calloc(1, sizeof(*o));
+    if (!o) return NULL;
+    o->key = malloc(klen + 1);
+    if (!o->key) {
+        free(o);
+        return NULL;
+    }
+    memcpy(o->key, key, klen);
+    o->key[klen] = '\0';
+    o->klen = klen;
+    o->hash = hash;
+    o->lifetime = -1;
+    atomic_store(&o->refs, 1);
+    return o;
+}
+
+int moxy_cache_obj_append(moxy_cache_obj_t *o, const char *data, size_t len)
+{
+    if (o->body_len + len > C.max_object) {
+        atomic_fetch_add_explicit(&C.too_big, 1, memory_order_relaxed);
+        return MOXY_ERROR;
+    }
+    while (len > 0) {
+        moxy_cache_seg_t *s = o->body_last;
+        if (!s || s->len == s->cap) {
+            /* segments grow with the body: small objects stay small */
+            size_t cap = s ? s->cap * 4 : 4096;
+            if (cap > MOXY_CACHE_SEGMENT) cap = MOXY_CACHE_SEGMENT;
+            if (cap < len && !s) cap = len < MOXY_CACHE_SEGMENT ? len : MOXY_CACHE_SEGMENT;
+            moxy_cache_seg_t *n = malloc(sizeof(*n) + cap);
+            if (!n) return MOXY_ERROR;
+            n->next = NULL;
+            n->len = 0;
+            n->cap = cap;
+            if (s) s->next = n;
+            else o->body = n;
+            o->body_last = s = n;
+        }
+        size_t take = s->cap - s->len < len ? s->cap - s->len : len;
+        memcpy(s->data + s->len, data, take);
+        s->len += take;
+        o->body_len += take;
+        data += take;
+        len -= take;
+    }
+    return MOXY_OK;
+}
+
+static size_t charge_of(const moxy_cache_obj_t *o)
+{
+    size_t n = OBJ_OVERHEAD + o->klen + o->head_len;
+    for (const moxy_cache_seg_t *s = o->body; s; s = s->next) n += sizeof(*s) + s->cap;
+    return n;
+}
+
+/* --- the index (stripe locked) --- */
+
+static void stripe_grow(stripe_t *s)
+{
+    size_t n = s->nbuckets * 2;
+    moxy_cache_obj_t **b = calloc(n, sizeof(*b));
+    if (!b) return; /* longer chains, still correct */
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        moxy_cache_obj_t *o = s->buckets[i], *next;
+        for (; o; o = next) {
+            next = o->inext;
+            size_t j = (size_t)(o->hash >> 8) & (n - 1);
+            o->inext = b[j];
+            b[j] = o;
+        }
+    }
+    free(s->buckets);
+    s->buckets = b;
+    s->nbuckets = n;
+}
+
+/* Unlink o from its stripe's bucket (stripe locked). */
+static void index_remove(stripe_t *s, moxy_cache_obj_t *o)
+{
+    moxy_cache_obj_t **pp = &s->buckets[bucket_of(s, o->hash)];
+    for (; *pp; pp = &(*pp)->inext) {
+        if (*pp == o) {
+            *pp = o->inext;
+            o->inext = NULL;
+            o->published = 0;
+            s->nkeys--;
+            return;
+        }
+    }
+}
+
+static int same_variant(const moxy_cache_obj_t *a, const moxy_cache_obj_t *b)
+{
+    if (!a->vary != !b->vary) return 0;
+    if (!a->vary) return 1;
+    return strcmp(a->vary, b->vary) == 0 && strcmp(a->vary_values, b->vary_values) == 0;
+}
+
+/* --- the FIFOs (queue locked) --- */
+
+static void fifo_push(fifo_t *f, moxy_cache_obj_t *o)
+{
+    o->qnext = NULL;
+    o->qprev = f->tail;
+    if (f->tail) f->tail->qnext = o;
+    else f->head = o;
+    f->tail = o;
+    f->bytes += o->charge;
+}
+
+static void fifo_unlink(fifo_t *f, moxy_cache_obj_t *o)
+{
+    if (o->qprev) o->qprev->qnext = o->qnext;
+    else f->head = o->qnext;
+    if (o->qnext) o->qnext->qprev = o->qprev;
+    else f->tail = o->qprev;
+    o->qnext = o->qprev = NULL;
+    f->bytes -= o->charge;
+}
+
+static fifo_t *fifo_of(moxy_cache_obj_t *o)
+{
+    return o->queue == Q_SMALL ? &C.small : o->queue == Q_MAIN ? &C.main : NULL;
+}
+
+static int ghost_has(uint64_t hash)
+{
+    return hash && C.ghost[hash & (GHOSTS - 1)] == hash;
+}
+
+/* o leaves the cache (queue locked): out of its FIFO and the index. */
+static void drop(moxy_cache_obj_t *o)
+{
+    fifo_t *f = fifo_of(o);
+    if (f) fifo_unlink(f, o);
+    o->queue = Q_NONE;
+    stripe_t *s = stripe_of(o->hash);
+    pthread_mutex_lock(&s->lock);
+    int was = o->published;
+    if (was) index_remove(s, o);
+    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_sub(&C.used, o->charge);
+    atomic_fetch_sub(&C.objects, 1);
+    if (was) moxy_cache_obj_unref(o); /* the index's reference */
+}
+
+/* Evict until need more bytes fit (queue locked). */
+static void make_room(size_t need)
+{
+    size_t small_max = C.capacity / 100 * SMALL_SHARE;
+    int guard = 1000000;
+    while (atomic_load(&C.used) + need > C.capacity && guard-- > 0) {
+        if (C.small.head && (C.small.bytes > small_max || !C.main.head)) {
+            moxy_cache_obj_t *o = C.small.head;
+            fifo_unlink(&C.small, o);
+            if (atomic_load_explicit(&o->freq, memory_order_relaxed) > 0) {
+                atomic_store(&o->freq, 0); /* hit while on probation: to main */
+                o->queue = Q_MAIN;
+                fifo_push(&C.main, o);
+            } else {
+                C.ghost[o->hash & (GHOSTS - 1)] = o->hash;
+                o->queue = Q_NONE;
+                drop(o);
+                atomic_fetch_add(&C.evictions, 1);
+            }
+        } else if (C.main.head) {
+            moxy_cache_obj_t *o = C.main.head;
+            unsigned char f = atomic_load_explicit(&o->freq, memory_order_relaxed);
+            if (f > 0) { /* hit since last looked at: once more round */
+                atomic_store(&o->freq, (unsigned char)(f - 1));
+                fifo_unlink(&C.main, o);
+                fifo_push(&C.main, o);
+            } else {
+                drop(o);
+                atomic_fetch_add(&C.evictions, 1);
+            }
+        } else {
+            break;
+        }
+    }
+}
+
+void moxy_cache_publish(moxy_cache_obj_t *o)
+{
+    o->charge = charge_of(o);
+    if (o->charge > C.capacity) return;
+    moxy_cache_obj_ref(o); /* the index's */
+    pthread_mutex_lock(&C.qlock);
+    make_room(o->charge);
+    /* into the index, replacing the same variant */
+    stripe_t *s = stripe_of(o->hash);
+    moxy_cache_obj_t *old = NULL;
+    pthread_mutex_lock(&s->lock);
+    for (moxy_cache_obj_t *x = s->buckets[bucket_of(s, o->hash)]; x; x = x->inext) {
+        if (same_key(x, o->key, o->klen, o->hash) && same_variant(x, o)) {
+            old = x;
+            break;
+        }
+    }
+    if (s->nkeys + 1 > s->nbuckets) stripe_grow(s);
+    size_t b = bucket_of(s, o->hash);
+    o->inext = s->buckets[b];
+    s->buckets[b] = o;
+    o->published = 1;
+    s->nkeys++;
+    pthread_mutex_unlock(&s->lock);
+    if (old) drop(old);
+    atomic_fetch_add(&C.used, o->charge);
+    atomic_fetch_add(&C.objects, 1);
+    atomic_fetch_add(&C.stores, 1);
+    o->queue = ghost_has(o->hash) ? Q_MAIN : Q_SMALL;
+    fifo_push(o->queue == Q_MAIN ? &C.main : &C.small, o);
+    pthread_mutex_unlock(&C.qlock);
+}
+
+/* Drop every published object of s for which pick says so (queue locked). */
+static int invalidate_where(int (*pick)(const moxy_cache_obj_t *o, const void *arg), const void *arg,
+                            stripe_t *only)
+{
+    int n = 0;
+    for (int i = 0; i < STRIPES; i++) {
+        stripe_t *s = &C.stripes[i];
+        if (only && s != only) continue;
+        for (;;) {
+            moxy_cache_obj_t *victim = NULL;
+            pthread_mutex_lock(&s->lock);
+            for (size_t b = 0; b < s->nbuckets && !victim; b++)
+                for (moxy_cache_obj_t *o = s->buckets[b]; o && !victim; o = o->inext)
+                    if (pick(o, arg)) victim = o;
+            pthread_mutex_unlock(&s->lock);
+            if (!victim) break;
+            drop(victim);
+            n++;
+        }
+    }
+    atomic_fetch_add(&C.invalidations, (unsigned long long)n);
+    return n;
+}
+
+typedef struct {
+    const char *key;
+    size_t len;
+    uint64_t hash;
+} key_arg_t;
+
+static int pick_key(const moxy_cache_obj_t *o, const void *arg)
+{
+    const key_arg_t *k = arg;
+    return same_key(o, k->key, k->len, k->hash);
+}
+
+static int pick_prefix(const moxy_cache_obj_t *o, const void *arg)
+{
+    const key_arg_t *k = arg;
+    return o->klen >= k->len && memcmp(o->key, k->key, k->len) == 0;
+}
+
+int moxy_cache_invalidate(const char *key, size_t klen)
+{
+    if (!C.ready) return 0;
+    key_arg_t k = {key, klen, moxy_cache_hash(key, klen)};
+    pthread_mutex_lock(&C.qlock);
+    int n = invalidate_where(pick_key, &k, stripe_of(k.hash));
+    pthread_mutex_unlock(&C.qlock);
+    return n;
+}
+
+int moxy_cache_invalidate_prefix(const char *prefix, size_t len)
+{
+    if (!C.ready) return 0;
+    key_arg_t k = {prefix, len, 0};
+    pthread_mutex_lock(&C.qlock);
+    int n = invalidate_where(pick_prefix, &k, NULL);
+    pthread_mutex_unlock(&C.qlock);
+    return n;
+}
+
+void moxy_cache_stats(moxy_cache_stats_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!C.ready) return;
+    out->capacity = C.capacity;
+    out->used = atomic_load(&C.used);
+    out->objects = atomic_load(&C.objects);
+    out->hits = atomic_load(&C.hits);
+    out->misses = atomic_load(&C.misses);
+    out->stores = atomic_load(&C.stores);
+    out->evictions = atomic_load(&C.evictions);
+    out->invalidations = atomic_load(&C.invalidations);
+    out->too_big = atomic_load(&C.too_big);
+}
+
+void moxy_cache_destroy(void)
+{
+    if (!C.ready) return;
+    pthread_mutex_lock(&C.qlock);
+    while (C.small.head) drop(C.small.head);
+    while (C.main.head) drop(C.main.head);
+    pthread_mutex_unlock(&C.qlock);
+    for (int i = 0; i < STRIPES; i++) {
+        free(C.stripes[i].buckets);
+        pthread_mutex_destroy(&C.stripes[i].lock);
+    }
+    pthread_mutex_destroy(&C.qlock);
+    memset(&C, 0, sizeof(C));
+}

@@ -1,0 +1,686 @@
+/*
+ * http_cache.c -- the HTTP cache in a request's life (RFC 9111): the key
+ * and lookup after on_request, hits served from the store (cache.h),
+ * misses' responses judged storable and copied into a new object while
+ * they stream to the client, unsafe methods invalidating, Age and
+ * Cache-Status (RFC 9211) on every GET and HEAD.
+ *
+ * What a hit runs: on_response (on the stored head), on_body, on_log --
+ * as a response from the origin would; not on_upstream.
+ */
+#include "cache.h"
+#include "headers.h"
+#include "http.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "worker.h"
+
+#include <event2/buffer.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <time.h>
+
+/* --- Cache-Control --- */
+
+typedef struct {
+    unsigned no_store : 1, no_cache : 1, private_ : 1, public_ : 1, must_revalidate : 1, only_if_cached : 1;
+    double max_age, s_maxage, max_stale, min_fresh, swr, sie; /* < 0: absent */
+} cc_t;
+
+/* A delta-seconds argument (RFC 9111 1.2.2): digits, or -1 when malformed. */
+static double delta_seconds(const char *p, size_t n)
+{
+    if (n >= 2 && p[0] == '"' && p[n - 1] == '"') { /* quoted: tolerated (RFC 9111 5.2) */
+        p++;
+        n -= 2;
+    }
+    if (n == 0) return -1;
+    double v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v > 2147483648.0 ? 2147483648.0 : v; /* RFC 9111 1.2.2: cap at 2^31 */
+}
+
+/* Parse every field called name in hs into cc (directives of all of them). */
+static void cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, cc_t *cc)
+{
+    memset(cc, 0, sizeof(*cc));
+    cc->max_age = cc->s_maxage = cc->max_stale = cc->min_fresh = cc->swr = cc->sie = -1;
+    for (int i = moxy_headers_find(hs, name, nlen, 0); i >= 0; i = moxy_headers_find(hs, name, nlen, (uint32_t)i + 1)) {
+        const char *p = hs->h[i].value, *end = p + hs->h[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
+            const char *d = p;
+            while (p < end && *p != ',' && *p != '=') p++;
+            size_t dl = (size_t)(p - d);
+            while (dl && (d[dl - 1] == ' ' || d[dl - 1] == '\t')) dl--;
+            const char *a = NULL;
+            size_t al = 0;
+            if (p < end && *p == '=') {
+                p++;
+                while (p < end && (*p == ' ' || *p == '\t')) p++;
+                a = p;
+                if (p < end && *p == '"') { /* quoted-string, may hold commas */
+                    p++;
+                    while (p < end && *p != '"') p += *p == '\\' && p + 1 < end ? 2 : 1;
+                    if (p < end) p++;
+                } else {
+                    while (p < end && *p != ',') p++;
+                }
+                al = (size_t)(p - a);
+                while (al && (a[al - 1] == ' ' || a[al - 1] == '\t')) al--;
+            }
+            if (MOXY_STRIEQ_LIT(d, dl, "no-store")) cc->no_store = 1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "no-cache")) cc->no_cache = 1; /* with field names: the whole response (stricter) */
+            else if (MOXY_STRIEQ_LIT(d, dl, "private")) cc->private_ = 1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "public")) cc->public_ = 1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "must-revalidate") || MOXY_STRIEQ_LIT(d, dl, "proxy-revalidate"))
+                cc->must_revalidate = 1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "only-if-cached")) cc->only_if_cached = 1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "max-age")) cc->max_age = a ? delta_seconds(a, al) : -1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "s-maxage")) cc->s_maxage = a ? delta_seconds(a, al) : -1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "max-stale")) cc->max_stale = a ? delta_seconds(a, al) : 1e12;
+            else if (MOXY_STRIEQ_LIT(d, dl, "min-fresh")) cc->min_fresh = a ? delta_seconds(a, al) : -1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "stale-while-revalidate")) cc->swr = a ? delta_seconds(a, al) : -1;
+            else if (MOXY_STRIEQ_LIT(d, dl, "stale-if-error")) cc->sie = a ? delta_seconds(a, al) : -1;
+            if (p < end && *p == ',') p++;
+        }
+    }
+}
+
+/* The first value of field name in hs, or NULL. */
+static const moxy_header_t *field(const moxy_headers_t *hs, const char *name, size_t nlen)
+{
+    int i = moxy_headers_find(hs, name, nlen, 0);
+    return i >= 0 ? &hs->h[i] : NULL;
+}
+
+/* An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime) as Unix
+ * time, or -1 when it is not one. */
+static double http_date(const moxy_header_t *h)
+{
+    if (!h || h->value_len >= 64) return -1;
+    char buf[64];
+    memcpy(buf, h->value, h->value_len);
+    buf[h->value_len] = '\0';
+    static const char *const fmts[] = {"%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"};
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(fmts); i++) {
+        struct tm tm;
+        memset(&tm, 0, sizeof(tm));
+        const char *end = strptime(buf, fmts[i], &tm);
+        if (end && *end == '\0') return (double)timegm(&tm);
+    }
+    return -1;
+}
+
+/* --- the key --- */
+
+/* The default key of host and uri (ulen bytes, the path its first plen):
+ * http://host (lower case) + path, then the query's parameters sorted (so
+ * that ?a=1&b=2 and ?b=2&a=1 share an object).  In pool; NULL when out of
+ * memory. */
+static char *build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
+                       uint32_t *klen)
+{
+    size_t hl = strlen(host);
+    char *k = moxy_palloc(pool, 7 + hl + ulen + 2);
+    if (!k) return NULL;
+    char *p = k;
+    memcpy(p, "http://", 7);
+    p += 7;
+    for (size_t i = 0; i < hl; i++) *p++ = (char)((host[i] >= 'A' && host[i] <= 'Z') ? host[i] + 32 : host[i]);
+    memcpy(p, uri, plen);
+    p += plen;
+    if (plen + 1 < ulen) { /* a query */
+        const char *q = uri + plen + 1, *qe = uri + ulen;
+        /* up to 64 parameters sorted; more: kept in their order */
+        const char *ps[64];
+        size_t pl[64], np = 0;
+        int sortable = 1;
+        for (const char *s = q; s < qe && sortable;) {
+            const char *e = memchr(s, '&', (size_t)(qe - s));
+            if (!e) e = qe;
+            if (e > s) {
+                if (np == MOXY_ARRAY_LEN(ps)) sortable = 0;
+                else {
+                    ps[np] = s;
+                    pl[np++] = (size_t)(e - s);
+                }
+            }
+            s = e + 1;
+        }
+        *p++ = '?';
+        if (!sortable) {
+            memcpy(p, q, (size_t)(qe - q));
+            p += qe - q;
+        } else {
+            for (size_t i = 1; i < np; i++) { /* insertion sort: few parameters */
+                for (size_t j = i; j > 0; j--) {
+                    size_t m = MOXY_MIN(pl[j - 1], pl[j]);
+                    int c = memcmp(ps[j - 1], ps[j], m);
+                    if (c < 0 || (c == 0 && pl[j - 1] <= pl[j])) break;
+                    const char *tp = ps[j];
+                    size_t tl = pl[j];
+                    ps[j] = ps[j - 1];
+                    pl[j] = pl[j - 1];
+                    ps[j - 1] = tp;
+                    pl[j - 1] = tl;
+                }
+            }
+            for (size_t i = 0; i < np; i++) {
+                if (i) *p++ = '&';
+                memcpy(p, ps[i], pl[i]);
+                p += pl[i];
+            }
+        }
+    }
+    *p = '\0';
+    *klen = (uint32_t)(p - k);
+    return k;
+}
+
+static int make_key(moxy_req_t *r)
+{
+    r->cache_key = build_key(&r->c->pool, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
+    if (!r->cache_key) return MOXY_ERROR;
+    r->cache_hash = moxy_cache_hash(r->cache_key, r->cache_klen);
+    return MOXY_OK;
+}
+
+/* --- Vary --- */
+
+/* The request's values of the fields named by vary (", "-separated lower
+ * case names), "\n"-separated, each field's values joined with ", " and
+ * trimmed.  Request pool; NULL when out of memory. */
+static char *vary_values(moxy_req_t *r, const char *vary)
+{
+    size_t cap = 1;
+    for (uint32_t i = 0; i < r->headers.n; i++) cap += r->headers.h[i].value_len + 3;
+    cap += strlen(vary);
+    char *out = moxy_palloc(&r->c->pool, cap), *p = out;
+    if (!out) return NULL;
+    for (const char *v = vary; *v;) {
+        const char *e = strchr(v, ',');
+        size_t nl = e ? (size_t)(e - v) : strlen(v);
+        if (p > out) *p++ = '\n';
+        int first = 1;
+        for (uint32_t i = 0; i < r->headers.n; i++) {
+            const moxy_header_t *h = &r->headers.h[i];
+            if (h->name_len != nl || strncasecmp(h->name, v, nl) != 0) continue;
+            const char *a = h->value, *b = h->value + h->value_len;
+            while (a < b && (*a == ' ' || *a == '\t')) a++;
+            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+            if (!first) {
+                memcpy(p, ", ", 2);
+                p += 2;
+            }
+            memcpy(p, a, (size_t)(b - a));
+            p += b - a;
+            first = 0;
+        }
+        v += nl;
+        while (*v == ',' || *v == ' ') v++;
+    }
+    *p = '\0';
+    return out;
+}
+
+static int variant_matches(const moxy_cache_obj_t *o, void *arg)
+{
+    moxy_req_t *r = arg;
+    if (!o->vary) return 1;
+    const char *mine = vary_values(r, o->vary);
+    return mine && strcmp(mine, o->vary_values) == 0;
+}
+
+/* The response's Vary names, lower case, ", "-separated (NULL: no Vary),
+ * or "*" (never served from cache). */
+static char *vary_of(const moxy_headers_t *hs)
+{
+    size_t cap = 1;
+    for (uint32_t i = 0; i < hs->n; i++)
+        if (MOXY_STRIEQ_LIT(hs->h[i].name, hs->h[i].name_len, "vary")) cap += hs->h[i].value_len + 2;
+    if (cap == 1) return NULL;
+    char *out = malloc(cap), *p = out;
+    if (!out) return NULL;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *h = &hs->h[i];
+        if (!MOXY_STRIEQ_LIT(h->name, h->name_len, "vary")) continue;
+        for (const char *a = h->value, *end = h->value + h->value_len; a < end;) {
+            while (a < end && (*a == ' ' || *a == '\t' || *a == ',')) a++;
+            const char *b = a;
+            while (b < end && *b != ',' && *b != ' ' && *b != '\t') b++;
+            if (b > a) {
+                if (p > out) {
+                    memcpy(p, ", ", 2);
+                    p += 2;
+                }
+                for (const char *c = a; c < b; c++) *p++ = (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c);
+            }
+            a = b;
+        }
+    }
+    *p = '\0';
+    if (p == out) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* --- age and freshness (RFC 9111 4.2) --- */
+
+static double wall_now(const moxy_req_t *r)
+{
+    struct timeval now;
+    event_base_gettimeofday_cached(r->c->w->base, &now);
+    return (double)now.tv_sec + (double)now.tv_usec / 1e6;
+}
+
+static double tv_secs(const struct timeval *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
+static double current_age(const moxy_cache_obj_t *o, double now)
+{
+    double resident = now - o->response_time;
+    return o->initial_age + (resident > 0 ? resident : 0);
+}
+
+/* Statuses a cache may store with heuristic freshness (RFC 9110 15.1). */
+static int heuristic_status(int s)
+{
+    return s == 200 || s == 203 || s == 204 || s == 206 || s == 300 || s == 301 || s == 308 || s == 404 ||
+           s == 405 || s == 410 || s == 414 || s == 501;
+}
+
+/* --- Cache-Status (RFC 9211) and Age on the response --- */
+
+static void set_status_field(moxy_req_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_status_field(moxy_req_t *r, const char *fmt, ...)
+{
+    char buf[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    moxy_headers_set(&r->c->pool, &r->resp_headers, "Cache-Status", 12, buf, (size_t)MOXY_MIN(n, (int)sizeof(buf) - 1));
+}
+
+/* --- the request --- */
+
+static int unsafe_method(int m)
+{
+    return m == HTTP_POST || m == HTTP_PUT || m == HTTP_DELETE || m == HTTP_PATCH;
+}
+
+/* 1 when a client's conditional request is satisfied by o: 304. */
+static int not_modified(const moxy_req_t *r, const moxy_cache_obj_t *o)
+{
+    const moxy_header_t *inm = field(&r->headers, "If-None-Match", 13);
+    if (inm) {
+        if (!o->etag) return 0;
+        /* weak comparison (RFC 9110 13.1.2): W/ prefixes ignored */
+        const char *tag = o->etag;
+        if (tag[0] == 'W' && tag[1] == '/') tag += 2;
+        size_t tl = strlen(tag);
+        for (const char *p = inm->value, *end = inm->value + inm->value_len; p < end;) {
+            while (p < end && (*p == ' ' || *p == ',' || *p == '\t')) p++;
+            if (p < end && *p == '*') return 1;
+            if (end - p >= 2 && p[0] == 'W' && p[1] == '/') p += 2;
+            const char *e = p;
+            if (e < end && *e == '"') {
+                e++;
+                while (e < end && *e != '"') e++;
+                if (e < end) e++;
+            } else {
+                while (e < end && *e != ',') e++;
+            }
+            if ((size_t)(e - p) == tl && memcmp(p, tag, tl) == 0) return 1;
+            p = e;
+        }
+        return 0;
+    }
+    const moxy_header_t *ims = field(&r->headers, "If-Modified-Since", 17);
+    if (ims && o->last_modified) {
+        moxy_header_t lm = {.value = o->last_modified, .value_len = (uint32_t)strlen(o->last_modified)};
+        double since = http_date(ims), mod = http_date(&lm);
+        return since >= 0 && mod >= 0 && mod <= since;
+    }
+    return 0;
+}
+
+static void seg_release(const void *data, size_t len, void *arg)
+{
+    MOXY_UNUSED(data);
+    MOXY_UNUSED(len);
+    moxy_cache_obj_unref(arg);
+}
+
+/* The stored head of o as r's response head. */
+static int load_head(moxy_req_t *r, const moxy_cache_obj_t *o)
+{
+    r->resp_headers.n = 0;
+    for (const char *p = o->head, *end = o->head + o->head_len; p < end;) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!colon || !eol || colon > eol) break;
+        const char *v = colon + 2 <= eol ? colon + 2 : eol;
+        if (moxy_headers_add(&r->c->pool, &r->resp_headers, p, (size_t)(colon - p), v, (size_t)(eol - v)) != MOXY_OK)
+            return MOXY_ERROR;
+        p = eol + 2;
+    }
+    return MOXY_OK;
+}
+
+/* Serve r from o (a fresh hit, or a 304 for the client's condition). */
+static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
+{
+    r->cache_obj = o;
+    r->cache_hit = 1;
+    if (load_head(r, o) != MOXY_OK) {
+        moxy_req_fail(r, 500, "out of memory");
+        return;
+    }
+    double age = current_age(o, now);
+    char ab[24];
+    int n = snprintf(ab, sizeof(ab), "%.0f", floor(age));
+    moxy_headers_set(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
+    set_status_field(r, "moxy; hit; ttl=%.0f", floor(o->lifetime - age));
+    r->status = o->status;
+    r->up_status = o->status;
+    r->resp_body_kind = o->body_len ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
+    r->resp_body_left = o->body_len;
+    if (r->method == HTTP_HEAD && o->status != 204) { /* the length of what a GET would get */
+        char lb[24];
+        int ln = snprintf(lb, sizeof(lb), "%llu", (unsigned long long)o->body_len);
+        moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, (size_t)ln);
+    }
+    if (not_modified(r, o)) {
+        /* RFC 9110 15.4.5: only these fields, no body */
+        static const char *const keep[] = {"cache-control", "content-location", "date", "etag", "expires",
+                                           "vary", "age", "cache-status", "last-modified"};
+        moxy_headers_t *hs = &r->resp_headers;
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < hs->n; i++) {
+            int ok = 0;
+            for (size_t j = 0; j < MOXY_ARRAY_LEN(keep) && !ok; j++)
+                ok = hs->h[i].name_len == strlen(keep[j]) && strncasecmp(hs->h[i].name, keep[j], hs->h[i].name_len) == 0;
+            if (ok) hs->h[k++] = hs->h[i];
+        }
+        hs->n = k;
+        r->status = 304;
+        r->resp_body_kind = MOXY_BODY_NONE;
+        r->resp_body_left = 0;
+    }
+    int rc = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
+    if (rc != MOXY_AGAIN) moxy_cache_after_response_hooks(r, rc);
+}
+
+void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
+{
+    moxy_client_t *c = r->c;
+    if (rc == MOXY_DONE) {
+        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+        return;
+    }
+    if (rc != MOXY_OK || moxy_upstream_filter_start(r) != MOXY_OK) {
+        moxy_req_fail(r, 500, rc != MOXY_OK ? "script error in on_response" : "out of memory");
+        return;
+    }
+    moxy_resp_write_head(r);
+    moxy_cache_obj_t *o = r->cache_obj;
+    if (!moxy_resp_has_body(r) || r->resp_body_kind == MOXY_BODY_NONE) {
+        moxy_req_response_done(r);
+        return;
+    }
+    struct evbuffer *to = r->filtering ? r->filter_in : c->out;
+    for (moxy_cache_seg_t *s = o->body; s; s = s->next) {
+        moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
+        if (evbuffer_add_reference(to, s->data, s->len, seg_release, o) != 0) {
+            moxy_cache_obj_unref(o);
+            moxy_client_close(c);
+            return;
+        }
+    }
+    if (!r->filtering) {
+        r->bytes_sent = o->body_len;
+        moxy_req_response_done(r);
+        return;
+    }
+    r->filter_eof = 1;
+    moxy_upstream_filter_continue(r);
+}
+
+int moxy_cache_request(moxy_req_t *r)
+{
+    if (!moxy_cache_enabled() || !r->uri) return MOXY_DECLINED;
+    int get = r->method == HTTP_GET, head = r->method == HTTP_HEAD;
+    if (unsafe_method(r->method)) {
+        if (make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
+        return MOXY_DECLINED;
+    }
+    if (!get && !head) return MOXY_DECLINED;
+    if (r->cache_bypass) {
+        set_status_field(r, "moxy; fwd=bypass");
+        return MOXY_DECLINED;
+    }
+    if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
+    r->cache_lookup = 1;
+    cc_t cc;
+    cc_parse(&r->headers, "Cache-Control", 13, &cc);
+    if (cc.no_store) r->cache_no_store = 1;
+    const moxy_header_t *pragma = field(&r->headers, "Pragma", 6);
+    int reload = cc.no_cache || cc.max_age == 0 ||
+                 (pragma && moxy_list_has_token(pragma->value, pragma->value_len, "no-cache", 8) &&
+                  !field(&r->headers, "Cache-Control", 13));
+    int seen = 0;
+    moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
+    double now = wall_now(r);
+    if (o) {
+        double age = current_age(o, now), life = o->lifetime;
+        int fresh = life >= 0 && !o->no_cache && age < life;
+        if (cc.max_age >= 0 && age > cc.max_age) fresh = 0;
+        if (cc.min_fresh >= 0 && life - age < cc.min_fresh) fresh = 0;
+        if (!fresh && cc.max_stale >= 0 && !o->must_revalidate && !o->no_cache && life >= 0 &&
+            age - life <= cc.max_stale && cc.max_age != 0)
+            fresh = 1; /* the client accepts it stale */
+        if (fresh && !reload) {
+            moxy_cache_count(1);
+            serve(r, o, now);
+            return MOXY_DONE;
+        }
+        moxy_cache_obj_unref(o);
+        set_status_field(r, reload ? "moxy; fwd=request" : "moxy; fwd=stale");
+    } else {
+        set_status_field(r, seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss");
+    }
+    moxy_cache_count(0);
+    if (cc.only_if_cached) {
+        moxy_resp_error(r, 504, "not in cache (only-if-cached)");
+        return MOXY_DONE;
+    }
+    return MOXY_DECLINED;
+}
+
+/* --- the response from the origin --- */
+
+/* Invalidate the key of the URI reference in field name of r's response,
+ * when it is on the request's host (RFC 9111 4.4). */
+static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
+{
+    const moxy_header_t *h = field(&r->resp_headers, name, nlen);
+    if (!h || !r->host) return;
+    const char *v = h->value;
+    size_t vl = h->value_len, hl = strlen(r->host);
+    if (vl >= 7 && strncasecmp(v, "http://", 7) == 0) {
+        if (vl < 7 + hl || strncasecmp(v + 7, r->host, hl) != 0 || (vl > 7 + hl && v[7 + hl] != '/')) return;
+        v += 7 + hl;
+        vl -= 7 + hl;
+    }
+    if (vl == 0 || v[0] != '/') return;
+    const char *qm = memchr(v, '?', vl);
+    uint32_t kl;
+    char *key = build_key(&r->c->pool, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
+    if (key) moxy_cache_invalidate(key, kl);
+}
+
+void moxy_cache_response_head(moxy_req_t *r)
+{
+    if (r->cache_invalidate) {
+        if (r->status < 400 && r->cache_key) {
+            moxy_cache_invalidate(r->cache_key, r->cache_klen);
+            invalidate_ref(r, "Location", 8);
+            invalidate_ref(r, "Content-Location", 16);
+        }
+        return;
+    }
+    if (!r->cache_lookup) return;
+    const char *why = NULL;
+    const moxy_headers_t *hs = &r->resp_headers;
+    cc_t cc;
+    cc_parse(hs, "Cache-Control", 13, &cc);
+    char *vary = NULL;
+    double now = wall_now(r);
+    double date = http_date(field(hs, "Date", 4));
+    double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
+    double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
+    if (date < 0) date = response_time;
+    /* freshness lifetime (RFC 9111 4.2.1) */
+    double life = -1;
+    const moxy_header_t *expires = field(hs, "Expires", 7);
+    const moxy_header_t *lm = field(hs, "Last-Modified", 13);
+    if (cc.s_maxage >= 0) life = cc.s_maxage;
+    else if (cc.max_age >= 0) life = cc.max_age;
+    else if (expires) {
+        double e = http_date(expires);
+        life = e < 0 ? 0 : MOXY_MAX(0, e - date); /* an invalid Expires is in the past */
+    } else if (lm && (heuristic_status(r->status) || cc.public_)) {
+        double m = http_date(lm);
+        if (m >= 0 && m < date) life = (date - m) / 10; /* the 10% rule (RFC 9111 4.2.2) */
+    }
+    int has_validator = field(hs, "ETag", 4) || lm;
+    if (r->method != HTTP_GET) why = "method";
+    else if (r->cache_no_store || cc.no_store) why = "no-store";
+    else if (cc.private_) why = "private";
+    else if (r->status < 200 || r->status == 206 || r->status == 304) why = "status";
+    else if (field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
+        why = "authorization";
+    else if (field(hs, "Set-Cookie", 10)) why = "set-cookie";
+    else if (cc.no_cache) why = "no-cache"; /* stored only once revalidation exists */
+    else if (life < 0 && !(heuristic_status(r->status) && has_validator)) why = "no freshness";
+    else if (life <= 0) why = "not fresh";
+    else if (r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > moxy_cache_max_object()) why = "too big";
+    else if ((vary = vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
+    if (why) {
+        free(vary);
+        moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: %s", r->cache_key, why);
+        return;
+    }
+    moxy_cache_obj_t *o = moxy_cache_obj_new(r->cache_key, r->cache_klen, r->cache_hash);
+    if (!o) {
+        free(vary);
+        return;
+    }
+    o->vary = vary;
+    if (vary) {
+        const char *vv = vary_values(r, vary);
+        o->vary_values = vv ? strdup(vv) : NULL;
+        if (!o->vary_values) goto fail;
+    }
+    o->status = r->status;
+    o->request_time = request_time;
+    o->response_time = response_time;
+    /* corrected_initial_age (RFC 9111 4.2.3) */
+    const moxy_header_t *ageh = field(hs, "Age", 3);
+    double age_value = ageh ? delta_seconds(ageh->value, ageh->value_len) : 0;
+    if (age_value < 0) age_value = 0;
+    double apparent = MOXY_MAX(0, response_time - date);
+    o->initial_age = MOXY_MAX(apparent, age_value + (response_time - request_time));
+    o->lifetime = life;
+    o->must_revalidate = cc.must_revalidate;
+    o->stale_while_revalidate = cc.swr;
+    o->stale_if_error = cc.sie;
+    /* the head as stored: what a hit answers with, minus hop-by-hop and
+     * what moxy writes per response */
+    size_t cap = moxy_headers_size(hs) + 1;
+    o->head = malloc(cap);
+    if (!o->head) goto fail;
+    char *p = o->head;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *h = &hs->h[i];
+        if (h->kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_TE | MOXY_HK_CL | MOXY_HK_UPGRADE | MOXY_HK_XRID))
+            continue;
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "age") || MOXY_STRIEQ_LIT(h->name, h->name_len, "cache-status"))
+            continue;
+        memcpy(p, h->name, h->name_len);
+        p += h->name_len;
+        memcpy(p, ": ", 2);
+        p += 2;
+        memcpy(p, h->value, h->value_len);
+        p += h->value_len;
+        memcpy(p, "\r\n", 2);
+        p += 2;
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified)
+            o->last_modified = strndup(h->value, h->value_len);
+    }
+    o->head_len = (size_t)(p - o->head);
+    r->cache_fill = o;
+    /* Cache-Status so far was set at lookup: add that this one is stored */
+    int i = moxy_headers_find(&r->resp_headers, "Cache-Status", 12, 0);
+    const char *was = i >= 0 ? r->resp_headers.h[i].value : "moxy; fwd=miss";
+    set_status_field(r, "%s; stored; ttl=%.0f", was, floor(life - o->initial_age));
+    return;
+fail:
+    moxy_cache_obj_unref(o);
+}
+
+void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len)
+{
+    if (moxy_cache_obj_append(r->cache_fill, data, len) != MOXY_OK) {
+        moxy_log(MOXY_LOG_INFO, r->id, "cache: %s not stored: larger than cache.max_object", r->cache_key);
+        moxy_cache_obj_unref(r->cache_fill);
+        r->cache_fill = NULL;
+    }
+}
+
+void moxy_cache_response_body_buffer(moxy_req_t *r, struct evbuffer *b, size_t n)
+{
+    size_t off = 0;
+    while (off < n && r->cache_fill) {
+        struct evbuffer_iovec v[16];
+        struct evbuffer_ptr pos;
+        if (evbuffer_ptr_set(b, &pos, off, EVBUFFER_PTR_SET) != 0) return;
+        int k = evbuffer_peek(b, (ev_ssize_t)(n - off), &pos, v, 16);
+        if (k <= 0) return;
+        for (int i = 0; i < MOXY_MIN(k, 16) && off < n && r->cache_fill; i++) {
+            size_t take = MOXY_MIN(n - off, v[i].iov_len);
+            moxy_cache_response_body(r, v[i].iov_base, take);
+            off += take;
+        }
+    }
+}
+
+void moxy_cache_response_done(moxy_req_t *r)
+{
+    moxy_cache_obj_t *o = r->cache_fill;
+    if (!o) return;
+    r->cache_fill = NULL;
+    moxy_cache_publish(o);
+    moxy_cache_obj_unref(o);
+}
+
+void moxy_cache_req_free(moxy_req_t *r)
+{
+    if (r->cache_fill) moxy_cache_obj_unref(r->cache_fill); /* an incomplete response is not stored */
+    if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
+    r->cache_fill = r->cache_obj = NULL;
+}

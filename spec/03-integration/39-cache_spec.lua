@@ -1,0 +1,274 @@
+-- The HTTP cache (RFC 9111) against a real origin whose response headers
+-- the spec chooses (origin.py's ?rh=Name:Value), counting what reaches the
+-- origin: a fresh hit must not.
+local helpers = require "spec.helpers"
+local cjson = require "cjson.safe"
+
+local function q(s) return (s:gsub("[^%w%-%._~:/=]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+
+-- "/bytes/N?rh=..&rh=..": an origin path answering with these headers
+local function path(base, headers)
+  local parts = {}
+  for _, h in ipairs(headers or {}) do parts[#parts + 1] = "rh=" .. q(h) end
+  return base .. (#parts > 0 and ("?" .. table.concat(parts, "&")) or "")
+end
+
+local function http_date(t) return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
+
+describe("HTTP cache", function()
+  local origin, m, admin_port
+  local n = 0
+
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    admin_port = helpers.free_port()
+    local port = helpers.free_port()
+    m = helpers.start_moxy({
+      workers = 2,
+      listen = { "127.0.0.1:" .. port },
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "8m", max_object = "256k" },
+      admin = { listen = "127.0.0.1:" .. admin_port },
+      scripts = { "hooks.lua" },
+    }, { ports = { port, admin_port }, files = { ["hooks.lua"] = [[
+return {
+  on_response = function(txn)
+    txn.resp.headers:set("X-Hook", "ran")
+  end,
+}
+]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  -- a path no other case uses
+  local function fresh(base, headers)
+    n = n + 1
+    local hs = { "X-Case:" .. n }
+    for _, h in ipairs(headers or {}) do hs[#hs + 1] = h end
+    return path(base or "/bytes/100", hs)
+  end
+
+  local function get(p, headers, method)
+    return assert(helpers.request(m.port, { path = p, headers = headers, method = method }))
+  end
+
+  local function origin_saw(p)
+    local pat = "^" .. p:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") .. "$"
+    return #origin:saw(pat)
+  end
+
+  local function status()
+    return assert(cjson.decode(assert(helpers.request(admin_port, { path = "/status" })).body))
+  end
+
+  it("answers a fresh response from the cache: one origin request for many, Age and Cache-Status", function()
+    local p = fresh(nil, { "Cache-Control:max-age=60" })
+    local first = get(p)
+    assert.equal(200, first.status)
+    assert.equal(100, #first.body)
+    assert.matches("^moxy; fwd=uri%-miss; stored; ttl=%d+$", first:header("cache-status"))
+    for _ = 1, 5 do
+      local res = get(p)
+      assert.equal(200, res.status)
+      assert.equal(first.body, res.body)
+      assert.matches("^moxy; hit; ttl=%d+$", res:header("cache-status"))
+      assert.equal("ran", res:header("x-hook")) -- on_response runs on hits too
+      assert.truthy(tonumber(res:header("age")))
+    end
+    assert.equal(1, origin_saw(p))
+    helpers.sleep(1.1)
+    local res = get(p)
+    assert.is_true(tonumber(res:header("age")) >= 1, res:header("age"))
+    local ttl = tonumber(res:header("cache-status"):match("ttl=(%-?%d+)"))
+    assert.is_true(ttl <= 59 and ttl >= 55, tostring(ttl))
+  end)
+
+  it("expires: after max-age the next request goes to the origin and is stored again", function()
+    local p = fresh(nil, { "Cache-Control:max-age=1" })
+    get(p)
+    assert.matches("hit", get(p):header("cache-status"))
+    helpers.sleep(1.2)
+    local res = get(p)
+    assert.matches("^moxy; fwd=stale; stored", res:header("cache-status"))
+    assert.equal(2, origin_saw(p))
+  end)
+
+  it("takes s-maxage over max-age, and Expires without max-age", function()
+    local p = fresh(nil, { "Cache-Control:max-age=0, s-maxage=60" })
+    get(p)
+    get(p)
+    assert.equal(1, origin_saw(p))
+    p = fresh(nil, { "Expires:" .. http_date(os.time() + 60) })
+    get(p)
+    get(p)
+    assert.equal(1, origin_saw(p))
+    p = fresh(nil, { "Expires:" .. http_date(os.time() - 60) })
+    get(p)
+    get(p)
+    assert.equal(2, origin_saw(p))
+    p = fresh(nil, { "Expires:not a date" })
+    get(p)
+    get(p)
+    assert.equal(2, origin_saw(p))
+  end)
+
+  it("uses heuristic freshness only with Last-Modified; stores nothing without freshness or validators", function()
+    local p = fresh(nil, { "Last-Modified:" .. http_date(os.time() - 10 * 86400) })
+    get(p)
+    local res = get(p)
+    assert.matches("hit", res:header("cache-status"))
+    -- 10% of 10 days
+    local ttl = tonumber(res:header("cache-status"):match("ttl=(%d+)"))
+    assert.is_true(math.abs(ttl - 86400) < 120, tostring(ttl))
+    assert.equal(1, origin_saw(p))
+    p = fresh()
+    get(p)
+    res = get(p)
+    assert.equal("moxy; fwd=uri-miss", res:header("cache-status"))
+    assert.equal(2, origin_saw(p))
+  end)
+
+  it("does not store no-store, private, no-cache, Set-Cookie or 206; nor a response to a request with no-store", function()
+    for _, h in ipairs { "Cache-Control:no-store, max-age=60", "Cache-Control:private, max-age=60",
+                         "Cache-Control:no-cache, max-age=60", "Set-Cookie:a=b" } do
+      local p = fresh(nil, { h, h:find("Set%-Cookie") and "Cache-Control:max-age=60" or nil })
+      get(p)
+      get(p)
+      assert.equal(2, origin_saw(p), h)
+    end
+    local p = fresh(nil, { "Cache-Control:max-age=60" })
+    get(p, { ["Cache-Control"] = "no-store" })
+    get(p)
+    assert.equal(2, origin_saw(p))
+  end)
+
+  it("stores a response to a request with Authorization only when the response allows it", function()
+    local p = fresh(nil, { "Cache-Control:max-age=60" })
+    get(p, { Authorization = "Bearer x" })
+    get(p, { Authorization = "Bearer x" })
+    assert.equal(2, origin_saw(p))
+    p = fresh(nil, { "Cache-Control:public, max-age=60" })
+    get(p, { Authorization = "Bearer x" })
+    get(p, { Authorization = "Bearer x" })
+    assert.equal(1, origin_saw(p))
+  end)
+
+  it("keeps variants by Vary, and never stores Vary: *", function()
+    local p = fresh("/echo", { "Cache-Control:max-age=60", "Vary:Accept-Language" })
+    local en = get(p, { ["Accept-Language"] = "en" })
+    local fr = get(p, { ["Accept-Language"] = "fr" })
+    assert.equal(2, origin_saw(p))
+    local en2 = get(p, { ["Accept-Language"] = " en " })
+    assert.matches("hit", en2:header("cache-status"))
+    assert.equal(en.body, en2.body)
+    local fr2 = get(p, { ["Accept-Language"] = "fr" })
+    assert.equal(fr.body, fr2.body)
+    assert.equal("moxy; fwd=vary-miss; stored; ttl=59", (get(p, { ["Accept-Language"] = "de" }):header("cache-status"):gsub("ttl=%d+", "ttl=59")))
+    assert.equal(3, origin_saw(p))
+    p = fresh(nil, { "Cache-Control:max-age=60", "Vary:*" })
+    get(p)
+    get(p)
+    assert.equal(2, origin_saw(p))
+  end)
+
+  it("answers HEAD from a cached GET, and 304 to the client's own conditions", function()
+    local p = fresh(nil, { "Cache-Control:max-age=60", 'ETag:"v1"', "Last-Modified:" .. http_date(os.time() - 3600) })
+    get(p)
+    local h = get(p, nil, "HEAD")
+    assert.equal(200, h.status)
+    assert.equal("100", h:header("content-length"))
+    assert.equal("", h.body)
+    local nm = get(p, { ["If-None-Match"] = 'W/"v1", "other"' })
+    assert.equal(304, nm.status)
+    assert.equal('"v1"', nm:header("etag"))
+    assert.is_nil(nm:header("content-type"))
+    assert.equal(200, get(p, { ["If-None-Match"] = '"v2"' }).status)
+    assert.equal(304, get(p, { ["If-Modified-Since"] = http_date(os.time()) }).status)
+    assert.equal(200, get(p, { ["If-Modified-Since"] = http_date(os.time() - 7200) }).status)
+    assert.equal(1, origin_saw(p))
+  end)
+
+  it("honours the request's no-cache, max-age and only-if-cached", function()
+    local p = fresh(nil, { "Cache-Control:max-age=60" })
+    get(p)
+    assert.equal("moxy; fwd=request; stored", (get(p, { ["Cache-Control"] = "no-cache" }):header("cache-status"):gsub("; ttl=%d+", "")))
+    assert.equal(2, origin_saw(p))
+    helpers.sleep(1.1)
+    assert.matches("fwd=request", get(p, { ["Cache-Control"] = "max-age=0" }):header("cache-status"))
+    assert.matches("hit", get(p, { ["Cache-Control"] = "max-age=30" }):header("cache-status"))
+    assert.equal(504, get(fresh(), { ["Cache-Control"] = "only-if-cached" }).status)
+  end)
+
+  it("shares an object between query strings that differ only in parameter order", function()
+    n = n + 1
+    local a = "/bytes/10?x=" .. n .. "&rh=Cache-Control:max-age%3D60&b=2"
+    local b = "/bytes/10?b=2&rh=Cache-Control:max-age%3D60&x=" .. n
+    get(a)
+    assert.matches("hit", get(b):header("cache-status"))
+    assert.equal(1, origin_saw(a))
+    assert.equal(0, origin_saw(b))
+  end)
+
+  it("invalidates the URI, Location and Content-Location on an unsafe method's success", function()
+    local p = fresh("/echo", { "Cache-Control:max-age=60" })
+    local other = fresh("/echo", { "Cache-Control:max-age=60" })
+    get(p)
+    get(other)
+    assert.matches("hit", get(p):header("cache-status"))
+    -- a failed POST invalidates nothing
+    local failed = p .. "&status=500"
+    get(failed, nil, "POST")
+    assert.matches("hit", get(p):header("cache-status"))
+    assert.equal(200, get(p, nil, "POST").status)
+    assert.matches("fwd=uri%-miss", get(p):header("cache-status"))
+    -- Location names the other object
+    local loc = fresh("/echo", { "Location:" .. other })
+    assert.equal(200, get(loc, nil, "DELETE").status)
+    assert.matches("fwd=uri%-miss", get(other):header("cache-status"))
+  end)
+
+  it("streams a response larger than max_object to its client without storing it", function()
+    local p = fresh("/bytes/400000", { "Cache-Control:max-age=60" })
+    local res = get(p)
+    assert.equal(400000, #res.body)
+    assert.is_true(helpers.pattern_ok(0, res.body))
+    get(p)
+    assert.equal(2, origin_saw(p))
+    -- chunked, of unknown length: abandoned mid-stream, the client gets it all
+    p = fresh("/chunked/300000", { "Cache-Control:max-age=60" })
+    res = get(p)
+    assert.equal(300000, #res.body)
+    assert.is_true(helpers.pattern_ok(0, res.body))
+    get(p)
+    assert.equal(2, origin_saw(p))
+    assert.is_true(status().cache.too_big >= 2)
+  end)
+
+  it("stays within cache.size and counts what it did", function()
+    -- 8 MiB of cache, 120 objects of 100 KB
+    for i = 1, 120 do
+      local p = fresh("/bytes/100000", { "Cache-Control:max-age=60" })
+      assert.equal(100000, #get(p).body, "object " .. i)
+    end
+    local st = status().cache
+    assert.is_true(st.used <= st.capacity, st.used .. " > " .. st.capacity)
+    assert.is_true(st.used > st.capacity / 2, "only " .. st.used .. " used")
+    assert.is_true(st.evictions > 30, "evictions " .. st.evictions)
+    assert.is_true(st.hits > 0 and st.misses > 0 and st.stores > 0)
+    local metrics = assert(helpers.request(admin_port, { path = "/metrics" })).body
+    assert.matches("moxy_cache_hits_total %d+", metrics)
+    assert.matches("moxy_cache_used_bytes %d+", metrics)
+  end)
+
+  it("keeps a hot object through a scan of one-hit wonders 2.5 times its size (S3-FIFO; LRU would not)", function()
+    local hot = fresh("/bytes/50000", { "Cache-Control:max-age=60" })
+    get(hot)
+    get(hot) -- hit once: promoted out of the probation queue when it comes up
+    for _ = 1, 400 do -- 20 MB of objects requested once, the hot one untouched
+      get(fresh("/bytes/50000", { "Cache-Control:max-age=60" }))
+    end
+    assert.matches("hit", get(hot):header("cache-status"))
+    assert.equal(1, origin_saw(hot))
+  end)
+end)
