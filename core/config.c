@@ -143,35 +143,43 @@ static int level_of(const char *s)
     return MOXY_LOG_INFO;
 }
 
-/* trusted_proxies ({addr, family, bits} tables) and real_ip_header. */
-static int read_trusted(lua_State *L, int t, moxy_conf_t *c, FILE *err)
+/* The list of {addr, family, bits} tables at t[key] (what config.lua's
+ * cidr() makes) as *out, *n entries. */
+static int read_cidrs(lua_State *L, int t, const char *key, moxy_cidr_t **out, int *n, const char *path, FILE *err)
 {
-    char *h = field_str(L, t, "real_ip_header");
-    c->real_ip_header = h && strcmp(h, "Forwarded") == 0 ? MOXY_REALIP_FORWARDED : MOXY_REALIP_XFF;
-    free(h);
-    lua_getfield(L, t, "trusted_proxies");
-    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
-    c->trusted = calloc((size_t)n + 1, sizeof(*c->trusted));
-    if (!c->trusted) return MOXY_ERROR;
-    for (int i = 0; i < n; i++) {
+    lua_getfield(L, t, key);
+    int len = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    *n = 0;
+    *out = calloc((size_t)len + 1, sizeof(**out));
+    if (!*out) return MOXY_ERROR;
+    for (int i = 0; i < len; i++) {
         lua_rawgeti(L, -1, i + 1);
         int e = lua_gettop(L);
         char *addr = field_str(L, e, "addr");
         int family = (int)field_num(L, e, "family", 4);
         int bits = (int)field_num(L, e, "bits", family == 4 ? 32 : 128);
-        moxy_cidr_t *m = &c->trusted[c->ntrusted];
+        moxy_cidr_t *m = &(*out)[*n];
         int ok = addr && inet_pton(family == 4 ? AF_INET : AF_INET6, addr, m->addr) == 1;
         free(addr);
         if (!ok) {
-            fprintf(err, "%s: trusted_proxies[%d]: bad address\n", c->path, i + 1);
+            fprintf(err, "%s: %s[%d]: bad address\n", path, key, i + 1);
             return MOXY_ERROR;
         }
         moxy_cidr_init(m, family, bits);
-        c->ntrusted++;
+        (*n)++;
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
     return MOXY_OK;
+}
+
+/* trusted_proxies and real_ip_header. */
+static int read_trusted(lua_State *L, int t, moxy_conf_t *c, FILE *err)
+{
+    char *h = field_str(L, t, "real_ip_header");
+    c->real_ip_header = h && strcmp(h, "Forwarded") == 0 ? MOXY_REALIP_FORWARDED : MOXY_REALIP_XFF;
+    free(h);
+    return read_cidrs(L, t, "trusted_proxies", &c->trusted, &c->ntrusted, c->path, err);
 }
 
 /* Copy the normalised table at index t into conf.  On a bad address (which
@@ -297,6 +305,8 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         c->cache.enabled = 1;
         c->cache.size = (size_t)field_num(L, lua_gettop(L), "size", 256.0 * 1024 * 1024);
         c->cache.max_object = (size_t)field_num(L, lua_gettop(L), "max_object", 16.0 * 1024 * 1024);
+        if (read_cidrs(L, lua_gettop(L), "purge", &c->cache.purge, &c->cache.npurge, c->path, err) != MOXY_OK)
+            return MOXY_ERROR;
     }
     lua_pop(L, 1);
 
@@ -452,6 +462,7 @@ void moxy_conf_release(moxy_conf_t *c)
     }
     free(c->listens);
     free(c->trusted);
+    free(c->cache.purge);
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     free(c->scripts_jit);

@@ -176,6 +176,8 @@ typedef struct moxy_conf_s {
         int enabled;       /* cache = {...} is set */
         size_t size;       /* bytes */
         size_t max_object; /* bytes */
+        moxy_cidr_t *purge; /* addresses allowed to PURGE */
+        int npurge;
     } cache;
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */

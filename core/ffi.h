@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 15
+#define MOXY_FFI_ABI 16
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -100,6 +100,25 @@ int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 /* Write msg (len bytes) to the error log at level (MOXY_LOG_*), with r's id
  * when r is not NULL.  MOXY_DECLINED when the level is not logged. */
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
+/* txn.cache: op 1 bypass (no lookup, no store: before the lookup), 2
+ * no_store, 3 store for ttl seconds (stale: seconds it may be served stale
+ * after, < 0 none; on_response).  MOXY_OK; MOXY_DECLINED: too late for it,
+ * or no cache. */
+int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale);
+
+/* txn.cache's fields: the key (NULL before the lookup), the status
+ * (MOXY_CACHE_*), the age of the object served (-1: none). */
+int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, double *age);
+
+/* txn.cache.key = key (len bytes), in on_request and on_cache_key.
+ * MOXY_DECLINED: too late, or no cache; MOXY_ERROR: out of memory. */
+int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
+/* END FFI */
+
+/* BEGIN FFI lua/moxy/cache.lua */
+/* moxy.cache.purge(key) / purge_prefix(prefix): objects dropped, or -1
+ * when there is no cache. */
+int moxy_ffi_cache_purge(const char *key, size_t len, int prefix);
 /* END FFI */
 
 /* BEGIN FFI lua/moxy/runtime.lua */

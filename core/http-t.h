@@ -107,8 +107,12 @@ enum {
     MOXY_PHASE_BODY,             /* on_body: each piece of the response body */
     MOXY_PHASE_LOG,              /* on_log: after the last byte */
     MOXY_PHASE_ERROR,            /* on_error: moxy answers with an error */
+    MOXY_PHASE_CACHE_KEY,        /* on_cache_key: after on_request, before the cache lookup */
     MOXY_PHASES
 };
+
+/* Where a request stands with the cache (txn.cache.status). */
+enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT };
 
 /* A listening socket of one worker. */
 struct moxy_listener_s {
@@ -242,6 +246,9 @@ struct moxy_req_s {
     unsigned cache_bypass : 1;     /* txn.cache:bypass(): no lookup, no store */
     unsigned cache_no_store : 1;   /* not stored (request no-store, txn.cache:no_store()) */
     unsigned cache_invalidate : 1; /* an unsafe method: invalidate the URI once answered */
+    unsigned char cache_state;     /* MOXY_CACHE_* (txn.cache.status) */
+    double cache_ttl, cache_stale; /* txn.cache:store{ttl, stale}; ttl < 0: not set */
+    moxy_headers_t cache_head;     /* the origin's head before on_response (request pool) */
 
     /* timing */
     struct timeval started;

@@ -177,6 +177,14 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc);
  * it is stored, start its object; an unsafe method's success invalidates. */
 void moxy_cache_response_head(moxy_req_t *r);
 
+/* After on_response (whose txn.cache calls count): store the origin's
+ * response or not; its object starts filling. */
+void moxy_cache_response_decide(moxy_req_t *r);
+
+/* The on_cache_key hooks are done (rc as moxy_lua_run): look up, then
+ * answer from the cache or go to the origin. */
+void moxy_cache_key_hooks_done(moxy_req_t *r, int rc);
+
 /* Body bytes of the origin's response, for the object being filled
  * (r->cache_fill set): len bytes at data, or the first n bytes of b. */
 void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len);

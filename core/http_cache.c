@@ -12,6 +12,7 @@
 #include "headers.h"
 #include "http.h"
 #include "log.h"
+#include "realip.h"
 #include "lua_bridge.h"
 #include "worker.h"
 
@@ -22,6 +23,8 @@
 #include <stdlib.h>
 #include <strings.h>
 #include <time.h>
+
+#define EXPORT __attribute__((visibility("default")))
 
 /* --- Cache-Control --- */
 
@@ -186,6 +189,7 @@ static char *build_key(moxy_pool_t *pool, const char *host, const char *uri, siz
 
 static int make_key(moxy_req_t *r)
 {
+    if (r->cache_key) return MOXY_OK; /* txn.cache.key set in on_request */
     r->cache_key = build_key(&r->c->pool, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
     if (!r->cache_key) return MOXY_ERROR;
     r->cache_hash = moxy_cache_hash(r->cache_key, r->cache_klen);
@@ -459,20 +463,45 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
     moxy_upstream_filter_continue(r);
 }
 
-int moxy_cache_request(moxy_req_t *r)
+/* PURGE on a cached URI, from an address cache.purge allows: every variant
+ * is dropped; 200 "purged N", 404 when none was there. */
+static int purge_method(moxy_req_t *r)
 {
-    if (!moxy_cache_enabled() || !r->uri) return MOXY_DECLINED;
-    int get = r->method == HTTP_GET, head = r->method == HTTP_HEAD;
-    if (unsafe_method(r->method)) {
-        if (make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
-        return MOXY_DECLINED;
+    const moxy_conf_t *conf = r->g->conf;
+    const char *ip = moxy_req_client_ip(r);
+    int family, port;
+    uint8_t addr[16];
+    if (moxy_ip_parse(ip, strlen(ip), &family, addr, &port) != MOXY_OK ||
+        !moxy_cidr_match(conf->cache.purge, conf->cache.npurge, family, addr)) {
+        moxy_resp_error(r, 403, "PURGE is not allowed from this address (cache.purge)");
+        return MOXY_DONE;
     }
-    if (!get && !head) return MOXY_DECLINED;
+    if (make_key(r) != MOXY_OK) {
+        moxy_req_fail(r, 500, "out of memory");
+        return MOXY_DONE;
+    }
+    int n = moxy_cache_invalidate(r->cache_key, r->cache_klen);
+    char body[64];
+    int len = snprintf(body, sizeof(body), n ? "purged %d\n" : "not in cache\n", n);
+    moxy_log(MOXY_LOG_INFO, r->id, "cache: PURGE %s from %s: %d object%s", r->cache_key, ip, n, n == 1 ? "" : "s");
+    char *b = moxy_palloc(&r->c->pool, (size_t)len);
+    if (!b) {
+        moxy_req_fail(r, 500, "out of memory");
+        return MOXY_DONE;
+    }
+    memcpy(b, body, (size_t)len);
+    moxy_resp_local(r, n ? 200 : 404, b, (size_t)len);
+    return MOXY_DONE;
+}
+
+/* The lookup of r, its key made. */
+static int lookup(moxy_req_t *r)
+{
     if (r->cache_bypass) {
+        r->cache_state = MOXY_CACHE_BYPASS;
         set_status_field(r, "moxy; fwd=bypass");
         return MOXY_DECLINED;
     }
-    if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
     r->cache_lookup = 1;
     cc_t cc;
     cc_parse(&r->headers, "Cache-Control", 13, &cc);
@@ -484,6 +513,7 @@ int moxy_cache_request(moxy_req_t *r)
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
     double now = wall_now(r);
+    r->cache_state = MOXY_CACHE_MISS;
     if (o) {
         double age = current_age(o, now), life = o->lifetime;
         int fresh = life >= 0 && !o->no_cache && age < life;
@@ -494,10 +524,12 @@ int moxy_cache_request(moxy_req_t *r)
             fresh = 1; /* the client accepts it stale */
         if (fresh && !reload) {
             moxy_cache_count(1);
+            r->cache_state = MOXY_CACHE_HIT;
             serve(r, o, now);
             return MOXY_DONE;
         }
         moxy_cache_obj_unref(o);
+        if (!reload) r->cache_state = MOXY_CACHE_STALE;
         set_status_field(r, reload ? "moxy; fwd=request" : "moxy; fwd=stale");
     } else {
         set_status_field(r, seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss");
@@ -508,6 +540,94 @@ int moxy_cache_request(moxy_req_t *r)
         return MOXY_DONE;
     }
     return MOXY_DECLINED;
+}
+
+/* The on_cache_key hooks ended (rc as moxy_lua_run): answered, or look up. */
+static int key_hooks_ended(moxy_req_t *r, int rc)
+{
+    if (rc == MOXY_DONE) {
+        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+        return MOXY_DONE;
+    }
+    if (rc == MOXY_ERROR) {
+        moxy_req_fail(r, 500, "script error in on_cache_key");
+        return MOXY_DONE;
+    }
+    return lookup(r);
+}
+
+void moxy_cache_key_hooks_done(moxy_req_t *r, int rc)
+{
+    if (key_hooks_ended(r, rc) != MOXY_DONE) moxy_upstream_try(r);
+}
+
+int moxy_cache_request(moxy_req_t *r)
+{
+    if (!moxy_cache_enabled() || !r->uri) return MOXY_DECLINED;
+    if (r->method == HTTP_PURGE && r->g->conf->cache.npurge) return purge_method(r);
+    if (unsafe_method(r->method)) {
+        if (make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
+        return MOXY_DECLINED;
+    }
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD) return MOXY_DECLINED;
+    if (r->cache_bypass) return lookup(r);
+    if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
+    if (!moxy_lua_has(r->g, MOXY_PHASE_CACHE_KEY)) return lookup(r);
+    int rc = moxy_lua_run(r, MOXY_PHASE_CACHE_KEY);
+    if (rc == MOXY_AGAIN) return MOXY_DONE; /* moxy_cache_key_hooks_done goes on */
+    return key_hooks_ended(r, rc);
+}
+
+/* --- txn.cache (FFI exports, lua/moxy/txn.lua) --- */
+
+EXPORT int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale)
+{
+    if (!moxy_cache_enabled()) return MOXY_DECLINED;
+    switch (op) {
+    case 1:
+        if (r->cache_lookup || r->cache_hit) return MOXY_DECLINED;
+        r->cache_bypass = 1;
+        return MOXY_OK;
+    case 2:
+        r->cache_no_store = 1;
+        return MOXY_OK;
+    case 3:
+        if (r->hook_phase != MOXY_PHASE_RESPONSE) return MOXY_DECLINED;
+        if (r->cache_hit) return MOXY_OK; /* a hit: stored already */
+        r->cache_ttl = ttl;
+        r->cache_stale = stale;
+        return MOXY_OK;
+    }
+    return MOXY_DECLINED;
+}
+
+EXPORT int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, double *age)
+{
+    *key = r->cache_key;
+    *klen = r->cache_key ? r->cache_klen : 0;
+    *age = r->cache_obj ? current_age(r->cache_obj, wall_now(r)) : -1;
+    return r->cache_state;
+}
+
+EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
+{
+    if (!moxy_cache_enabled() || r->cache_lookup || r->cache_hit ||
+        (r->hook_phase != MOXY_PHASE_REQUEST && r->hook_phase != MOXY_PHASE_CACHE_KEY))
+        return MOXY_DECLINED;
+    char *k = moxy_palloc(&r->c->pool, len + 1);
+    if (!k) return MOXY_ERROR;
+    memcpy(k, key, len);
+    k[len] = '\0';
+    r->cache_key = k;
+    r->cache_klen = (uint32_t)len;
+    r->cache_hash = moxy_cache_hash(k, len);
+    return MOXY_OK;
+}
+
+EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
+{
+    if (!moxy_cache_enabled()) return -1;
+    return prefix ? moxy_cache_invalidate_prefix(key, len) : moxy_cache_invalidate(key, len);
 }
 
 /* --- the response from the origin --- */
@@ -542,9 +662,21 @@ void moxy_cache_response_head(moxy_req_t *r)
         }
         return;
     }
-    if (!r->cache_lookup) return;
+    if (!r->cache_lookup || r->cache_no_store) return;
+    /* the origin's head as it came: what is stored, whatever on_response does */
+    moxy_headers_t *hs = &r->cache_head;
+    hs->h = moxy_palloc(&r->c->pool, (r->resp_headers.n + 1) * sizeof(moxy_header_t));
+    if (!hs->h) return;
+    memcpy(hs->h, r->resp_headers.h, r->resp_headers.n * sizeof(moxy_header_t));
+    hs->n = hs->cap = r->resp_headers.n;
+}
+
+void moxy_cache_response_decide(moxy_req_t *r)
+{
+    if (!r->cache_head.h) return;
     const char *why = NULL;
-    const moxy_headers_t *hs = &r->resp_headers;
+    const moxy_headers_t *hs = &r->cache_head;
+    int status = r->up_status;
     cc_t cc;
     cc_parse(hs, "Cache-Control", 13, &cc);
     char *vary = NULL;
@@ -562,23 +694,28 @@ void moxy_cache_response_head(moxy_req_t *r)
     else if (expires) {
         double e = http_date(expires);
         life = e < 0 ? 0 : MOXY_MAX(0, e - date); /* an invalid Expires is in the past */
-    } else if (lm && (heuristic_status(r->status) || cc.public_)) {
+    } else if (lm && (heuristic_status(status) || cc.public_)) {
         double m = http_date(lm);
         if (m >= 0 && m < date) life = (date - m) / 10; /* the 10% rule (RFC 9111 4.2.2) */
     }
     int has_validator = field(hs, "ETag", 4) || lm;
+    int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
+    if (forced) life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
-    else if (r->cache_no_store || cc.no_store) why = "no-store";
+    else if (r->cache_no_store) why = "no-store";
+    else if (status < 200 || status == 206 || status == 304) why = "status";
+    else if (forced) why = NULL;
+    else if (cc.no_store) why = "no-store";
     else if (cc.private_) why = "private";
-    else if (r->status < 200 || r->status == 206 || r->status == 304) why = "status";
     else if (field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
         why = "authorization";
     else if (field(hs, "Set-Cookie", 10)) why = "set-cookie";
     else if (cc.no_cache) why = "no-cache"; /* stored only once revalidation exists */
-    else if (life < 0 && !(heuristic_status(r->status) && has_validator)) why = "no freshness";
+    else if (life < 0 && !(heuristic_status(status) && has_validator)) why = "no freshness";
     else if (life <= 0) why = "not fresh";
     else if (r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > moxy_cache_max_object()) why = "too big";
-    else if ((vary = vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
+    if (!why && (vary = vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
+    if (!why && forced && life <= 0) why = "ttl 0";
     if (why) {
         free(vary);
         moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: %s", r->cache_key, why);
@@ -595,7 +732,7 @@ void moxy_cache_response_head(moxy_req_t *r)
         o->vary_values = vv ? strdup(vv) : NULL;
         if (!o->vary_values) goto fail;
     }
-    o->status = r->status;
+    o->status = status;
     o->request_time = request_time;
     o->response_time = response_time;
     /* corrected_initial_age (RFC 9111 4.2.3) */
@@ -607,7 +744,7 @@ void moxy_cache_response_head(moxy_req_t *r)
     o->lifetime = life;
     o->must_revalidate = cc.must_revalidate;
     o->stale_while_revalidate = cc.swr;
-    o->stale_if_error = cc.sie;
+    o->stale_if_error = forced && r->cache_stale >= 0 ? r->cache_stale : cc.sie;
     /* the head as stored: what a hit answers with, minus hop-by-hop and
      * what moxy writes per response */
     size_t cap = moxy_headers_size(hs) + 1;

@@ -98,6 +98,7 @@ static moxy_req_t *client_new_request(moxy_client_t *c)
     r->listen_index = c->listen_index;
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
+    r->cache_ttl = r->cache_stale = -1;
     r->status = 0;
     r->started = (struct timeval){0, 0};
     event_base_gettimeofday_cached(c->w->base, &r->started);
@@ -799,6 +800,9 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc)
     case MOXY_PHASE_ERROR:
         moxy_req_error_hooks_done(r, rc);
         return;
+    case MOXY_PHASE_CACHE_KEY:
+        moxy_cache_key_hooks_done(r, rc);
+        break; /* then read the body on, below */
     }
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);

@@ -1066,6 +1066,7 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     moxy_req_t *r = u->req;
     if (rc == MOXY_OK && filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
     if (rc == MOXY_OK) {
+        moxy_cache_response_decide(r);
         moxy_resp_write_head(r);
         return MOXY_OK;
     }

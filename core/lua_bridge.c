@@ -75,7 +75,7 @@ struct moxy_lua_task_s {
 
 static const char *const phase_names[MOXY_PHASES + 1] = {
     "on_request", "on_upstream", "on_upstream_request", "on_response",
-    "on_body",    "on_log",      "on_error",            "timer"};
+    "on_body",    "on_log",      "on_error",            "on_cache_key", "timer"};
 
 /* The task whose coroutine runs on this thread, and the generation whose
  * worker_init runs. */

@@ -257,6 +257,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     memset(r, 0, sizeof(*r));
     r->c = c;
     r->g = c->w->g; /* the test's generation, freed with the test: no reference */
+    r->cache_ttl = r->cache_stale = -1;
     r->listen_index = 0;
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;

@@ -668,10 +668,15 @@ function M.check(t, path, src)
   conf.shared = c:shared(t.shared, { "shared" })
 
   -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
-  if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true }) then
+  if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true }) then
+    local csize = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024) or 0
     conf.cache = {
-      size = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024),
-      max_object = c:value(t.cache.max_object, { "cache", "max_object" }, size, 16 * 1024 * 1024),
+      size = csize,
+      -- default: 16m, or an eighth of a small cache
+      max_object = c:value(t.cache.max_object, { "cache", "max_object" }, size,
+                           math.min(16 * 1024 * 1024, math.floor(csize / 8))),
+      -- addresses allowed to send PURGE (none: PURGE goes to the origin like any method)
+      purge = c:trusted_proxies(t.cache.purge, { "cache", "purge" }),
     }
     if conf.cache.size and conf.cache.size < 1024 * 1024 then
       c:err({ "cache", "size" }, "at least 1m", t.cache.size)

@@ -36,7 +36,7 @@ end
 
 -- index - 1 = MOXY_PHASE_* in C (core/http-t.h)
 local PHASES = { "on_request", "on_upstream", "on_upstream_request", "on_response", "on_body",
-                 "on_log", "on_error" }
+                 "on_log", "on_error", "on_cache_key" }
 local P = txn.PHASE
 local TIMER = #PHASES -- a timer's callback (not a phase)
 M.PHASES = PHASES
@@ -139,7 +139,15 @@ end
 -- cross the user's functions, which are kept out of the JIT, nor the yield
 -- after it): every bytecode here costs, so keep it short.
 local txn_new, txn_enter, txn_leave = txn.new, txn.enter, txn.leave
-local PHASE_BODY, PHASE_UPSTREAM = P.body, P.upstream
+local PHASE_BODY, PHASE_UPSTREAM, PHASE_CACHE_KEY = P.body, P.upstream, P.cache_key
+
+-- on_cache_key hook #i returned k: the key to use.
+local function returned_key(t, k, i)
+  if type(k) ~= "string" then
+    error("on_cache_key hook #" .. i .. " returned a " .. type(k) .. " (a key string, or nothing)", 0)
+  end
+  t.cache.key = k
+end
 
 local function run_hooks(set, ptr, phase, t, chunk, eof)
   local list = set[phase + 1]
@@ -151,12 +159,18 @@ local function run_hooks(set, ptr, phase, t, chunk, eof)
   if phase == PHASE_BODY then return false, t, run_body(list, t, chunk, eof) end
   if list[2] == nil then -- a single hook, the common case
     local p = list[1](t)
-    if p ~= nil and phase == PHASE_UPSTREAM then returned_pool(t, p, 1) end
+    if p ~= nil then
+      if phase == PHASE_UPSTREAM then returned_pool(t, p, 1)
+      elseif phase == PHASE_CACHE_KEY then returned_key(t, p, 1) end
+    end
     return rawget(t, "_done") == true, t
   end
   for i = 1, #list do
     local p = list[i](t)
-    if p ~= nil and phase == PHASE_UPSTREAM then returned_pool(t, p, i) end
+    if p ~= nil then
+      if phase == PHASE_UPSTREAM then returned_pool(t, p, i)
+      elseif phase == PHASE_CACHE_KEY then returned_key(t, p, i) end
+    end
     if rawget(t, "_done") then return true, t end
   end
   return false, t

@@ -28,10 +28,13 @@ int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int 
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 int moxy_ffi_req_read_body(moxy_req_t *r, double max);
 int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
+int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale);
+int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, double *age);
+int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 15
+local ABI = 16
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -199,7 +202,7 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
 
 -- Phases, as in C (MOXY_PHASE_*, core/http-t.h).
 local PHASE = { request = 0, upstream = 1, upstream_request = 2, response = 3, body = 4, log = 5,
-                error = 6 }
+                error = 6, cache_key = 7 }
 local phase = 0 -- of the running hook
 
 local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
@@ -315,10 +318,67 @@ function upstream.retryable(_, yes)
   C.moxy_ffi_req_flag(req_ptr(), FLAG.retryable, yes == false and 0 or 1)
 end
 
+-- txn.cache ------------------------------------------------------------------
+
+local CACHE_STATUS = { [0] = nil, "bypass", "miss", "stale", "hit" }
+local agep = ffi.new("double[1]")
+
+local cache = {}
+local CacheMT = {
+  __index = function(_, k)
+    if k == "key" or k == "status" or k == "age" then
+      local st = C.moxy_ffi_cache_info(req_ptr(), sp, sl, agep)
+      if k == "status" then return CACHE_STATUS[st] end
+      if k == "age" then return agep[0] >= 0 and agep[0] or nil end
+      return sp[0] ~= nil and ffi_string(sp[0], sl[0]) or nil
+    end
+    return nil
+  end,
+  -- txn.cache.key = "..." in on_request or on_cache_key
+  __newindex = function(_, k, v)
+    if k ~= "key" then error("txn.cache." .. tostring(k) .. " cannot be set (settable: key)", 2) end
+    if type(v) ~= "string" or v == "" then error("txn.cache.key: a non-empty string", 2) end
+    local rc = C.moxy_ffi_cache_set_key(req_ptr(), v, #v)
+    if rc == DECLINED then error("txn.cache.key: settable in on_request and on_cache_key, with a cache", 2) end
+    if rc ~= OK then error("txn.cache.key: out of memory", 2) end
+  end,
+}
+
+--- txn.cache:bypass(): no lookup and no store for this request (on_request,
+-- on_cache_key).
+function cache.bypass(_)
+  if C.moxy_ffi_cache_op(req_ptr(), 1, 0, 0) ~= OK then
+    error("cache:bypass: in on_request or on_cache_key, with a cache", 2)
+  end
+end
+
+--- txn.cache:no_store(): this response is not stored (any phase up to
+-- on_response).
+function cache.no_store(_)
+  C.moxy_ffi_cache_op(req_ptr(), 2, 0, 0)
+end
+
+--- txn.cache:store{ttl = seconds [, stale = seconds]}: store this response
+-- for ttl seconds whatever its Cache-Control says (on_response; not for a
+-- response the cache must never hold: partial, Vary: *, or a no-store
+-- request).  stale: how long it may then be served stale if the origin fails.
+function cache.store(_, opts)
+  if type(opts) ~= "table" or type(opts.ttl) ~= "number" or opts.ttl < 0 then
+    error("cache:store: {ttl = seconds >= 0 [, stale = seconds]}", 2)
+  end
+  if opts.stale ~= nil and (type(opts.stale) ~= "number" or opts.stale < 0) then
+    error("cache:store: stale must be a number of seconds >= 0", 2)
+  end
+  if C.moxy_ffi_cache_op(req_ptr(), 3, opts.ttl, opts.stale or -1) ~= OK then
+    error("cache:store: in on_response, with a cache", 2)
+  end
+end
+setmetatable(cache, CacheMT)
+
 -- txn ----------------------------------------------------------------------
 
 local methods = {}
-local STATIC = { req = req, resp = resp, client = client, upstream = upstream }
+local STATIC = { req = req, resp = resp, client = client, upstream = upstream, cache = cache }
 
 local Txn = {
   __index = function(self, k)

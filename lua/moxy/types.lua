@@ -83,7 +83,24 @@ function Upstream:set_peer(ip, port) end
 ---@param yes boolean
 function Upstream:retryable(yes) end
 
+---@class moxy.Cache
+---@field key string|nil             the cache key (default "http://host/path?sorted&query"); settable in on_request, on_cache_key
+---@field status string|nil          "hit", "miss", "stale" or "bypass"; nil without a lookup
+---@field age number|nil             seconds, the age of the object a hit serves
+local Cache = {}
+
+---No lookup and no store for this request (on_request, on_cache_key).
+function Cache:bypass() end
+
+---Do not store this response.
+function Cache:no_store() end
+
+---Store this response for opts.ttl seconds whatever its Cache-Control says (on_response).
+---@param opts { ttl: number, stale?: number }
+function Cache:store(opts) end
+
 ---@class moxy.Txn
+---@field cache moxy.Cache
 ---@field log_field fun(self: moxy.Txn, name: string, value: string|number|boolean)  add name=value to the access-log line
 ---@field req moxy.Request
 ---@field resp moxy.Response
@@ -190,6 +207,7 @@ function Router:dispatch(txn) end
 ---@field on_body? fun(txn: moxy.Txn, chunk: string, eof: boolean): string|nil
 ---@field on_log? fun(txn: moxy.Txn)
 ---@field on_error? fun(txn: moxy.Txn)
+---@field on_cache_key? fun(txn: moxy.Txn): string|nil   may return the cache key
 
 ---@class moxy.Log
 ---@field err fun(...: any)
@@ -212,6 +230,16 @@ moxy = {}
 ---Park the running hook (or timer callback) for `seconds` without blocking the worker.
 ---@param seconds number
 function moxy.sleep(seconds) end
+
+---With watch = true: reload when the file at path (relative to the configuration) changes.
+---@param path string
+---@return boolean
+function moxy.watch(path) end
+
+---@class moxy.cache
+---@field purge fun(key: string): integer|nil, string|nil          objects dropped (every variant of key)
+---@field purge_prefix fun(prefix: string): integer|nil, string|nil objects whose key starts with prefix
+moxy.cache = {}
 
 return moxy
 

@@ -272,3 +272,124 @@ return {
     assert.equal(1, origin_saw(hot))
   end)
 end)
+
+describe("HTTP cache steered from Lua", function()
+  local origin, m, denied
+  local n = 0
+
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    m = helpers.start_moxy({
+      workers = 2,
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "8m", purge = { "127.0.0.1" } },
+      scripts = { "rules.lua" },
+    }, { files = { ["rules.lua"] = [[
+return {
+  on_request = function(txn)
+    local path = txn.req.path
+    if path == "/purge" then
+      return txn:respond(200, tostring(moxy.cache.purge(txn.req.headers:get("X-Key"))))
+    end
+    if path == "/purge-prefix" then
+      return txn:respond(200, tostring(moxy.cache.purge_prefix(txn.req.headers:get("X-Key"))))
+    end
+    if txn.req.headers:get("Cookie") then txn.cache:bypass() end
+    if path:find("^/echo/keyed") then txn.cache.key = "custom:" .. path end
+  end,
+  on_cache_key = function(txn)
+    -- tracking parameters are not part of the key
+    local key = txn.cache.key
+    if key:find("utm_") then
+      return (key:gsub("[?&]utm_[^&]*", ""):gsub("^([^?]*)&", "%1?"))
+    end
+  end,
+  on_response = function(txn)
+    txn.resp.headers:set("X-Cache", tostring(txn.cache.status) .. " " .. tostring(txn.cache.age ~= nil))
+    txn.resp.headers:set("X-Key", tostring(txn.cache.key))
+    if txn.req.path:find("^/echo/always") then txn.cache:store{ ttl = 60 } end
+    if txn.req.path:find("^/echo/never") then txn.cache:no_store() end
+  end,
+}
+]] } })
+    denied = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "2m", purge = { "10.0.0.0/8" } },
+    })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function get(p, headers, method, port)
+    return assert(helpers.request(port or m.port, { path = p, headers = headers, method = method }))
+  end
+
+  local function saw(p) return #origin:saw("^" .. p:gsub("%p", "%%%0") .. "$") end
+
+  local function uniq(base)
+    n = n + 1
+    return base .. n
+  end
+
+  it("on_cache_key edits the key: tracking parameters share an object", function()
+    local p = uniq("/echo/k")
+    local a = get(p .. "?utm_source=x&rh=Cache-Control:max-age%3D60")
+    assert.equal("miss false", a:header("x-cache"))
+    assert.matches("^http://localhost" .. p:gsub("%p", "%%%0") .. "%?rh=", a:header("x-key"))
+    local b = get(p .. "?rh=Cache-Control:max-age%3D60&utm_campaign=y")
+    assert.equal("hit true", b:header("x-cache"))
+    assert.equal(a.body, b.body)
+  end)
+
+  it("txn.cache.key set in on_request keys the object", function()
+    local p = uniq("/echo/keyed")
+    get(p .. "?rh=Cache-Control:max-age%3D60")
+    local res = get(p .. "?other=1")
+    assert.equal("custom:" .. p, res:header("x-key"))
+    assert.equal("hit true", res:header("x-cache"))
+  end)
+
+  it("txn.cache:bypass() skips the cache", function()
+    local p = uniq("/echo/b") .. "?rh=Cache-Control:max-age%3D60"
+    get(p)
+    local res = get(p, { Cookie = "session=1" })
+    assert.equal("moxy; fwd=bypass", res:header("cache-status"))
+    assert.equal("bypass false", res:header("x-cache"))
+    assert.equal(2, saw(p))
+  end)
+
+  it("txn.cache:store{ttl} stores what the origin did not mark cacheable; no_store() refuses what it did", function()
+    local p = uniq("/echo/always")
+    get(p)
+    assert.equal("hit true", get(p):header("x-cache"))
+    assert.equal(1, saw(p))
+    p = uniq("/echo/never") .. "?rh=Cache-Control:max-age%3D60"
+    get(p)
+    get(p)
+    assert.equal(2, saw(p))
+  end)
+
+  it("moxy.cache.purge and purge_prefix drop objects; PURGE from an allowed address too", function()
+    local p = uniq("/echo/p") .. "?rh=Cache-Control:max-age%3D60"
+    local key = get(p):header("x-key")
+    assert.equal("hit true", get(p):header("x-cache"))
+    assert.equal("1", get("/purge", { ["X-Key"] = key }).body)
+    assert.equal("miss false", get(p):header("x-cache"))
+    local dir = uniq("/echo/dir")
+    get(dir .. "/a?rh=Cache-Control:max-age%3D60")
+    get(dir .. "/b?rh=Cache-Control:max-age%3D60")
+    assert.equal("2", get("/purge-prefix", { ["X-Key"] = "http://localhost" .. dir .. "/" }).body)
+    assert.equal("miss false", get(dir .. "/a?rh=Cache-Control:max-age%3D60"):header("x-cache"))
+    -- the PURGE method
+    local res = get(p, nil, "PURGE")
+    assert.equal(200, res.status)
+    assert.equal("purged 1\n", res.body)
+    assert.equal(404, get(p, nil, "PURGE").status)
+    assert.equal("miss false", get(p):header("x-cache"))
+    -- from an address cache.purge does not allow
+    local q = "/echo/denied?rh=Cache-Control:max-age%3D60"
+    get(q, nil, nil, denied.port)
+    assert.equal(403, get(q, nil, "PURGE", denied.port).status)
+    assert.matches("hit", get(q, nil, nil, denied.port):header("cache-status"))
+  end)
+end)
