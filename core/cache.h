@@ -54,6 +54,8 @@ typedef struct moxy_cache_obj_s {
     size_t head_len;
     moxy_cache_seg_t *body, *body_last;
     uint64_t body_len;
+    struct moxy_cache_obj_s *body_owner; /* a revalidated copy's: the object whose body it shares
+                                            (a reference), or NULL: the body is its own */
     size_t charge;               /* bytes counted against the cache's size */
 
     /* RFC 9111 bookkeeping, wall-clock seconds (cache_policy.c) */
@@ -132,6 +134,12 @@ static inline void moxy_cache_obj_touch(moxy_cache_obj_t *o)
 {
     unsigned char f = atomic_load_explicit(&o->freq, memory_order_relaxed);
     if (f < 3) atomic_store_explicit(&o->freq, (unsigned char)(f + 1), memory_order_relaxed);
+}
+
+/* The object whose segments hold o's body (o itself, or its body owner). */
+static inline const moxy_cache_obj_t *moxy_cache_body(const moxy_cache_obj_t *o)
+{
+    return o->body_owner ? o->body_owner : o;
 }
 
 void moxy_cache_stats(moxy_cache_stats_t *out);

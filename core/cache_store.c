@@ -107,7 +107,9 @@ static void obj_free(moxy_cache_obj_t *o)
     free(o->head);
     free(o->etag);
     free(o->last_modified);
+    moxy_cache_obj_t *owner = o->body_owner;
     free(o);
+    if (owner) moxy_cache_obj_unref(owner);
 }
 
 void moxy_cache_obj_unref(moxy_cache_obj_t *o)
@@ -195,7 +197,7 @@ int moxy_cache_obj_append(moxy_cache_obj_t *o, const char *data, size_t len)
 static size_t charge_of(const moxy_cache_obj_t *o)
 {
     size_t n = OBJ_OVERHEAD + o->klen + o->head_len;
-    for (const moxy_cache_seg_t *s = o->body; s; s = s->next) n += sizeof(*s) + s->cap;
+    for (const moxy_cache_seg_t *s = moxy_cache_body(o)->body; s; s = s->next) n += sizeof(*s) + s->cap;
     return n;
 }
 

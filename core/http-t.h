@@ -248,6 +248,11 @@ struct moxy_req_s {
     unsigned cache_invalidate : 1; /* an unsafe method: invalidate the URI once answered */
     unsigned char cache_state;     /* MOXY_CACHE_* (txn.cache.status) */
     double cache_ttl, cache_stale; /* txn.cache:store{ttl, stale}; ttl < 0: not set */
+    uint64_t cache_from;           /* a hit's first body byte sent (Range) */
+    struct moxy_cache_obj_s *cache_reval; /* the stale object a miss keeps (revalidation,
+                                             stale-if-error; a reference), or NULL */
+    unsigned cache_conditional : 1; /* the request carries cache_reval's validators */
+    int cache_fwd_status;          /* the origin's status when the answer is cache_reval's (304, 5xx) */
     moxy_headers_t cache_head;     /* the origin's head before on_response (request pool) */
 
     /* timing */

@@ -181,6 +181,20 @@ void moxy_cache_response_head(moxy_req_t *r);
  * response or not; its object starts filling. */
 void moxy_cache_response_decide(moxy_req_t *r);
 
+/* The origin's head is in, before anything else looks at it: a 304 to a
+ * revalidation, or a 5xx within stale-if-error, is answered from the
+ * stored object (MOXY_DONE: the origin's response is the caller's to
+ * finish or close); MOXY_DECLINED: go on. */
+int moxy_cache_upstream_head(moxy_req_t *r);
+
+/* After MOXY_DONE from moxy_cache_upstream_head, the origin's connection
+ * let go: answer from the stored object. */
+void moxy_cache_answer_kept(moxy_req_t *r);
+
+/* The origin failed (status: what the client would get): answer with the
+ * stale object r kept when stale-if-error allows.  1 when it did. */
+int moxy_cache_stale_on_error(moxy_req_t *r, int status);
+
 /* The on_cache_key hooks are done (rc as moxy_lua_run): look up, then
  * answer from the cache or go to the origin. */
 void moxy_cache_key_hooks_done(moxy_req_t *r, int rc);

@@ -304,6 +304,26 @@ static int heuristic_status(int s)
            s == 405 || s == 410 || s == 414 || s == 501;
 }
 
+/* The freshness lifetime (RFC 9111 4.2.1) of a response of status with
+ * head hs (cc parsed from it, date its Date or when it came): s-maxage,
+ * max-age, Expires - Date, or the heuristic; -1: none. */
+static double lifetime_of(const moxy_headers_t *hs, int status, const cc_t *cc, double date)
+{
+    const moxy_header_t *expires = field(hs, "Expires", 7);
+    const moxy_header_t *lm = field(hs, "Last-Modified", 13);
+    if (cc->s_maxage >= 0) return cc->s_maxage;
+    if (cc->max_age >= 0) return cc->max_age;
+    if (expires) {
+        double e = http_date(expires);
+        return e < 0 ? 0 : MOXY_MAX(0, e - date); /* an invalid Expires is in the past */
+    }
+    if (lm && (heuristic_status(status) || cc->public_)) {
+        double m = http_date(lm);
+        if (m >= 0 && m < date) return (date - m) / 10; /* the 10% rule (RFC 9111 4.2.2) */
+    }
+    return -1;
+}
+
 /* --- Cache-Status (RFC 9211) and Age on the response --- */
 
 static void set_status_field(moxy_req_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -361,6 +381,54 @@ static int not_modified(const moxy_req_t *r, const moxy_cache_obj_t *o)
     return 0;
 }
 
+/* A single byte range of r (RFC 9110 14.1.2) over a body of len bytes:
+ * 1 and [*from, *to] when it asks for one that is satisfiable, 0 when it
+ * asks for none (no Range, not bytes, several ranges, or If-Range does not
+ * match o: the whole body goes), -1 when unsatisfiable (416). */
+static int byte_range(const moxy_req_t *r, const moxy_cache_obj_t *o, uint64_t len, uint64_t *from, uint64_t *to)
+{
+    const moxy_header_t *h = field(&r->headers, "Range", 5);
+    if (!h || h->value_len < 7 || strncasecmp(h->value, "bytes=", 6) != 0) return 0;
+    if (memchr(h->value, ',', h->value_len)) return 0; /* several ranges: the whole body */
+    const moxy_header_t *ir = field(&r->headers, "If-Range", 8);
+    if (ir) { /* only a strong validator that matches keeps the range */
+        int etag_ok = o->etag && o->etag[0] == '"' && ir->value_len == strlen(o->etag) &&
+                      memcmp(ir->value, o->etag, ir->value_len) == 0;
+        int date_ok = o->last_modified && ir->value_len == strlen(o->last_modified) &&
+                      memcmp(ir->value, o->last_modified, ir->value_len) == 0;
+        if (!etag_ok && !date_ok) return 0;
+    }
+    const char *p = h->value + 6, *end = h->value + h->value_len;
+    while (p < end && *p == ' ') p++;
+    uint64_t a = 0, b = 0;
+    int has_a = 0, has_b = 0;
+    while (p < end && *p >= '0' && *p <= '9') {
+        if (a > UINT64_MAX / 10 - 10) return 0;
+        a = a * 10 + (uint64_t)(*p++ - '0');
+        has_a = 1;
+    }
+    if (p >= end || *p != '-') return 0;
+    p++;
+    while (p < end && *p >= '0' && *p <= '9') {
+        if (b > UINT64_MAX / 10 - 10) return 0;
+        b = b * 10 + (uint64_t)(*p++ - '0');
+        has_b = 1;
+    }
+    while (p < end && *p == ' ') p++;
+    if (p != end || (!has_a && !has_b)) return 0; /* malformed: ignored */
+    if (!has_a) { /* a suffix: the last b bytes */
+        if (b == 0) return -1;
+        *from = b >= len ? 0 : len - b;
+        *to = len - 1;
+        return len ? 1 : -1;
+    }
+    if (has_b && b < a) return 0;
+    if (a >= len) return -1;
+    *from = a;
+    *to = has_b && b < len ? b : len - 1;
+    return 1;
+}
+
 static void seg_release(const void *data, size_t len, void *arg)
 {
     MOXY_UNUSED(data);
@@ -397,7 +465,12 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     char ab[24];
     int n = snprintf(ab, sizeof(ab), "%.0f", floor(age));
     moxy_headers_set(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
-    set_status_field(r, "moxy; hit; ttl=%.0f", floor(o->lifetime - age));
+    if (r->cache_fwd_status == 304) /* revalidated */
+        set_status_field(r, "moxy; fwd=stale; fwd-status=304; stored; ttl=%.0f", floor(o->lifetime - age));
+    else if (r->cache_fwd_status) /* the origin failed: stale-if-error */
+        set_status_field(r, "moxy; fwd=stale; fwd-status=%d; ttl=%.0f", r->cache_fwd_status, floor(o->lifetime - age));
+    else
+        set_status_field(r, "moxy; hit; ttl=%.0f", floor(o->lifetime - age));
     r->status = o->status;
     r->up_status = o->status;
     r->resp_body_kind = o->body_len ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
@@ -406,6 +479,26 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         char lb[24];
         int ln = snprintf(lb, sizeof(lb), "%llu", (unsigned long long)o->body_len);
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, (size_t)ln);
+    }
+    uint64_t from, to;
+    int range = o->status == 200 && r->method == HTTP_GET ? byte_range(r, o, o->body_len, &from, &to) : 0;
+    if (range != 0 && !not_modified(r, o)) {
+        char cr[80];
+        int cn;
+        if (range > 0) {
+            r->status = 206;
+            r->cache_from = from;
+            r->resp_body_left = to - from + 1;
+            cn = snprintf(cr, sizeof(cr), "bytes %llu-%llu/%llu", (unsigned long long)from, (unsigned long long)to,
+                          (unsigned long long)o->body_len);
+        } else {
+            r->status = 416;
+            r->resp_body_kind = MOXY_BODY_NONE;
+            r->resp_body_left = 0;
+            r->cache_from = o->body_len;
+            cn = snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)o->body_len);
+        }
+        moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
     if (not_modified(r, o)) {
         /* RFC 9110 15.4.5: only these fields, no body */
@@ -446,16 +539,25 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         return;
     }
     struct evbuffer *to = r->filtering ? r->filter_in : c->out;
-    for (moxy_cache_seg_t *s = o->body; s; s = s->next) {
+    uint64_t skip = r->cache_from, left = r->resp_body_left; /* a range: its slice */
+    for (moxy_cache_seg_t *s = moxy_cache_body(o)->body; s && left > 0; s = s->next) {
+        if (skip >= s->len) {
+            skip -= s->len;
+            continue;
+        }
+        size_t n = s->len - (size_t)skip;
+        if (n > left) n = (size_t)left;
         moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
-        if (evbuffer_add_reference(to, s->data, s->len, seg_release, o) != 0) {
+        if (evbuffer_add_reference(to, s->data + skip, n, seg_release, o) != 0) {
             moxy_cache_obj_unref(o);
             moxy_client_close(c);
             return;
         }
+        skip = 0;
+        left -= n;
     }
     if (!r->filtering) {
-        r->bytes_sent = o->body_len;
+        r->bytes_sent = r->resp_body_left;
         moxy_req_response_done(r);
         return;
     }
@@ -494,6 +596,35 @@ static int purge_method(moxy_req_t *r)
     return MOXY_DONE;
 }
 
+/* 1 when the client's request carries conditions of its own. */
+static int client_conditional(const moxy_req_t *r)
+{
+    return field(&r->headers, "If-None-Match", 13) || field(&r->headers, "If-Modified-Since", 17) ||
+           field(&r->headers, "If-Match", 8) || field(&r->headers, "If-Unmodified-Since", 19) ||
+           field(&r->headers, "If-Range", 8);
+}
+
+/* r goes to the origin with o stale: keep o to revalidate it (the request
+ * gets o's validators, RFC 9111 4.3.1) and to answer with it if the origin
+ * fails within stale-if-error (RFC 5861 4); else drop it. */
+static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
+{
+    int validators = (o->etag || o->last_modified) && !client_conditional(r) && r->method == HTTP_GET;
+    int on_error = o->stale_if_error >= 0 && !o->must_revalidate &&
+                   current_age(o, now) - MOXY_MAX(o->lifetime, 0) <= o->stale_if_error;
+    if (!validators && !on_error) {
+        moxy_cache_obj_unref(o);
+        return;
+    }
+    r->cache_reval = o;
+    if (!validators) return;
+    moxy_pool_t *pool = &r->c->pool;
+    if (o->etag) moxy_headers_set(pool, &r->headers, "If-None-Match", 13, o->etag, strlen(o->etag));
+    if (o->last_modified)
+        moxy_headers_set(pool, &r->headers, "If-Modified-Since", 17, o->last_modified, strlen(o->last_modified));
+    r->cache_conditional = 1;
+}
+
 /* The lookup of r, its key made. */
 static int lookup(moxy_req_t *r)
 {
@@ -528,9 +659,9 @@ static int lookup(moxy_req_t *r)
             serve(r, o, now);
             return MOXY_DONE;
         }
-        moxy_cache_obj_unref(o);
         if (!reload) r->cache_state = MOXY_CACHE_STALE;
         set_status_field(r, reload ? "moxy; fwd=request" : "moxy; fwd=stale");
+        keep_stale(r, o, now); /* for a revalidation, or stale-if-error */
     } else {
         set_status_field(r, seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss");
     }
@@ -652,6 +783,161 @@ static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
     if (key) moxy_cache_invalidate(key, kl);
 }
 
+/* The origin answered 304 to the revalidation of r->cache_reval (its
+ * head in r->resp_headers): a new object, the stored head updated by the
+ * 304's fields (RFC 9111 4.3.4), new times, the old body (shared).
+ * NULL when out of memory. */
+static moxy_cache_obj_t *freshen(moxy_req_t *r)
+{
+    moxy_cache_obj_t *old = r->cache_reval;
+    const moxy_headers_t *fresh = &r->resp_headers;
+    moxy_cache_obj_t *o = moxy_cache_obj_new(old->key, old->klen, old->hash);
+    if (!o) return NULL;
+    /* stored head: the old lines whose name the 304 does not bring, then the 304's */
+    size_t cap = old->head_len + moxy_headers_size(fresh) + 1;
+    char *p = o->head = malloc(cap);
+    if (!p) goto fail;
+    for (const char *l = old->head, *end = old->head + old->head_len; l < end;) {
+        const char *eol = memchr(l, '\r', (size_t)(end - l));
+        const char *colon = memchr(l, ':', (size_t)(end - l));
+        if (!eol || !colon || colon > eol) break;
+        if (moxy_headers_find(fresh, l, (size_t)(colon - l), 0) < 0 ||
+            MOXY_STRIEQ_LIT(l, (size_t)(colon - l), "content-length")) {
+            memcpy(p, l, (size_t)(eol + 2 - l));
+            p += eol + 2 - l;
+        }
+        l = eol + 2;
+    }
+    for (uint32_t i = 0; i < fresh->n; i++) {
+        const moxy_header_t *h = &fresh->h[i];
+        if (h->kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_TE | MOXY_HK_CL | MOXY_HK_UPGRADE | MOXY_HK_XRID))
+            continue;
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "age") || MOXY_STRIEQ_LIT(h->name, h->name_len, "cache-status") ||
+            MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length"))
+            continue;
+        memcpy(p, h->name, h->name_len);
+        p += h->name_len;
+        memcpy(p, ": ", 2);
+        p += 2;
+        memcpy(p, h->value, h->value_len);
+        p += h->value_len;
+        memcpy(p, "\r\n", 2);
+        p += 2;
+    }
+    o->head_len = (size_t)(p - o->head);
+    o->status = old->status;
+    o->body_owner = (moxy_cache_obj_t *)moxy_cache_body(old);
+    moxy_cache_obj_ref(o->body_owner);
+    o->body_len = old->body_len;
+    if (old->vary) {
+        o->vary = strdup(old->vary);
+        o->vary_values = strdup(old->vary_values);
+        if (!o->vary || !o->vary_values) goto fail;
+    }
+    if (old->etag) o->etag = strdup(old->etag);
+    if (old->last_modified) o->last_modified = strdup(old->last_modified);
+    const moxy_header_t *et = field(fresh, "ETag", 4), *lm = field(fresh, "Last-Modified", 13);
+    if (et) {
+        free(o->etag);
+        o->etag = strndup(et->value, et->value_len);
+    }
+    if (lm) {
+        free(o->last_modified);
+        o->last_modified = strndup(lm->value, lm->value_len);
+    }
+    /* the merged head as a list, for the freshness rules */
+    moxy_headers_t merged = {0};
+    for (const char *l = o->head, *end = o->head + o->head_len; l < end;) {
+        const char *eol = memchr(l, '\r', (size_t)(end - l));
+        const char *colon = memchr(l, ':', (size_t)(end - l));
+        if (!eol || !colon || colon > eol) break;
+        const char *v = colon + 2 <= eol ? colon + 2 : eol;
+        if (moxy_headers_add(&r->c->pool, &merged, l, (size_t)(colon - l), v, (size_t)(eol - v)) != MOXY_OK) goto fail;
+        l = eol + 2;
+    }
+    cc_t cc;
+    cc_parse(&merged, "Cache-Control", 13, &cc);
+    double now = wall_now(r);
+    double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
+    double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
+    double date = http_date(field(fresh, "Date", 4));
+    if (date < 0) date = response_time;
+    const moxy_header_t *ageh = field(fresh, "Age", 3);
+    double age_value = ageh ? delta_seconds(ageh->value, ageh->value_len) : 0;
+    if (age_value < 0) age_value = 0;
+    o->request_time = request_time;
+    o->response_time = response_time;
+    o->initial_age = MOXY_MAX(MOXY_MAX(0, response_time - date), age_value + (response_time - request_time));
+    o->lifetime = r->cache_ttl >= 0 ? r->cache_ttl : lifetime_of(&merged, o->status, &cc, date);
+    o->must_revalidate = cc.must_revalidate;
+    o->no_cache = cc.no_cache;
+    o->stale_while_revalidate = cc.swr;
+    o->stale_if_error = cc.sie;
+    return o;
+fail:
+    moxy_cache_obj_unref(o);
+    return NULL;
+}
+
+/* 1 when r may be answered with the stale object it kept because the
+ * origin failed (stale-if-error, RFC 5861 4). */
+static int stale_usable(const moxy_req_t *r, double now)
+{
+    const moxy_cache_obj_t *o = r->cache_reval;
+    if (!o || r->resp_head_sent) return 0;
+    double stale_for = current_age(o, now) - MOXY_MAX(o->lifetime, 0);
+    return o->stale_if_error >= 0 && !o->must_revalidate && stale_for <= o->stale_if_error;
+}
+
+int moxy_cache_stale_on_error(moxy_req_t *r, int status)
+{
+    if (!stale_usable(r, wall_now(r))) return 0;
+    moxy_log(MOXY_LOG_WARN, r->id, "cache: origin failed (%d); serving %s stale (stale-if-error)", status, r->cache_key);
+    r->cache_fwd_status = status;
+    moxy_cache_answer_kept(r);
+    return 1;
+}
+
+int moxy_cache_upstream_head(moxy_req_t *r)
+{
+    moxy_cache_obj_t *old = r->cache_reval;
+    if (!old) return MOXY_DECLINED;
+    if (r->status == 304 && r->cache_conditional) {
+        moxy_cache_obj_t *o = freshen(r);
+        if (!o) { /* the client gets the 304 it cannot use: rare, out of memory */
+            moxy_log(MOXY_LOG_ERR, r->id, "cache: %s: cannot refresh the stored response (out of memory)", r->cache_key);
+            return MOXY_DECLINED;
+        }
+        moxy_cache_publish(o);
+        r->cache_reval = o; /* the filler's reference: served by moxy_cache_answer_kept */
+        moxy_cache_obj_unref(old);
+        r->cache_fwd_status = 304;
+        return MOXY_DONE;
+    }
+    if (r->status >= 500 && stale_usable(r, wall_now(r))) {
+        moxy_log(MOXY_LOG_WARN, r->id, "cache: origin answered %d; serving %s stale (stale-if-error)", r->status,
+                 r->cache_key);
+        r->cache_fwd_status = r->status;
+        return MOXY_DONE;
+    }
+    return MOXY_DECLINED;
+}
+
+void moxy_cache_answer_kept(moxy_req_t *r)
+{
+    moxy_cache_obj_t *o = r->cache_reval;
+    r->cache_reval = NULL;
+    if (r->cache_conditional) { /* the conditions were the cache's, not the client's */
+        moxy_headers_remove(&r->headers, "If-None-Match", 13);
+        moxy_headers_remove(&r->headers, "If-Modified-Since", 17);
+        r->cache_conditional = 0;
+    }
+    r->cache_head.h = NULL; /* nothing of the origin's is stored */
+    r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
+    if (r->cache_fwd_status == 304) moxy_cache_count(1);
+    serve(r, o, wall_now(r));
+}
+
 void moxy_cache_response_head(moxy_req_t *r)
 {
     if (r->cache_invalidate) {
@@ -685,20 +971,8 @@ void moxy_cache_response_decide(moxy_req_t *r)
     double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
     double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
     if (date < 0) date = response_time;
-    /* freshness lifetime (RFC 9111 4.2.1) */
-    double life = -1;
-    const moxy_header_t *expires = field(hs, "Expires", 7);
-    const moxy_header_t *lm = field(hs, "Last-Modified", 13);
-    if (cc.s_maxage >= 0) life = cc.s_maxage;
-    else if (cc.max_age >= 0) life = cc.max_age;
-    else if (expires) {
-        double e = http_date(expires);
-        life = e < 0 ? 0 : MOXY_MAX(0, e - date); /* an invalid Expires is in the past */
-    } else if (lm && (heuristic_status(status) || cc.public_)) {
-        double m = http_date(lm);
-        if (m >= 0 && m < date) life = (date - m) / 10; /* the 10% rule (RFC 9111 4.2.2) */
-    }
-    int has_validator = field(hs, "ETag", 4) || lm;
+    double life = lifetime_of(hs, status, &cc, date);
+    int has_validator = field(hs, "ETag", 4) || field(hs, "Last-Modified", 13);
     int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
     if (forced) life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
@@ -710,9 +984,9 @@ void moxy_cache_response_decide(moxy_req_t *r)
     else if (field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
         why = "authorization";
     else if (field(hs, "Set-Cookie", 10)) why = "set-cookie";
-    else if (cc.no_cache) why = "no-cache"; /* stored only once revalidation exists */
+    else if (cc.no_cache && !has_validator) why = "no-cache without a validator";
     else if (life < 0 && !(heuristic_status(status) && has_validator)) why = "no freshness";
-    else if (life <= 0) why = "not fresh";
+    else if (life <= 0 && !has_validator) why = "not fresh";
     else if (r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > moxy_cache_max_object()) why = "too big";
     if (!why && (vary = vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
     if (!why && forced && life <= 0) why = "ttl 0";
@@ -743,6 +1017,7 @@ void moxy_cache_response_decide(moxy_req_t *r)
     o->initial_age = MOXY_MAX(apparent, age_value + (response_time - request_time));
     o->lifetime = life;
     o->must_revalidate = cc.must_revalidate;
+    o->no_cache = cc.no_cache;
     o->stale_while_revalidate = cc.swr;
     o->stale_if_error = forced && r->cache_stale >= 0 ? r->cache_stale : cc.sie;
     /* the head as stored: what a hit answers with, minus hop-by-hop and
@@ -819,5 +1094,6 @@ void moxy_cache_req_free(moxy_req_t *r)
 {
     if (r->cache_fill) moxy_cache_obj_unref(r->cache_fill); /* an incomplete response is not stored */
     if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
-    r->cache_fill = r->cache_obj = NULL;
+    if (r->cache_reval) moxy_cache_obj_unref(r->cache_reval);
+    r->cache_fill = r->cache_obj = r->cache_reval = NULL;
 }

@@ -1193,6 +1193,7 @@ void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
         moxy_client_close(c);
         return;
     }
+    if (moxy_cache_stale_on_error(r, status)) return;
     moxy_req_fail(r, status, why);
 }
 

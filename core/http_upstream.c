@@ -1193,6 +1193,19 @@ static void up_process(moxy_upconn_t *u)
             return;
         }
         moxy_cache_response_head(r);
+        if (moxy_cache_upstream_head(r) == MOXY_DONE) {
+            /* a 304 to a revalidation (no body: the connection is kept), or a
+             * 5xx answered with the stale object (its body is not read) */
+            if (r->status == 304) {
+                up_finished(u);
+            } else {
+                r->up = NULL;
+                u->req = NULL;
+                moxy_upconn_close(u);
+            }
+            moxy_cache_answer_kept(r);
+            return;
+        }
         int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
         if (rc2 == MOXY_AGAIN) {
             up_stop_read(u); /* the body waits in the socket */

@@ -189,6 +189,99 @@ return {
     assert.equal(1, origin_saw(p))
   end)
 
+  it("answers a single byte range from a stored object (206, 416), the whole body for several", function()
+    local p = fresh("/bytes/200000", { "Cache-Control:max-age=60", 'ETag:"r1"' })
+    assert.equal(200000, #get(p).body)
+    local function range(spec, extra)
+      local h = { Range = spec }
+      for k, v in pairs(extra or {}) do h[k] = v end
+      return get(p, h)
+    end
+    -- across the object's segments (4k, 16k, 64k, 256k)
+    local res = range("bytes=4000-90000")
+    assert.equal(206, res.status)
+    assert.equal("bytes 4000-90000/200000", res:header("content-range"))
+    assert.equal(86001, #res.body)
+    assert.is_true(helpers.pattern_ok(4000, res.body))
+    res = range("bytes=199990-")
+    assert.equal("bytes 199990-199999/200000", res:header("content-range"))
+    assert.is_true(helpers.pattern_ok(199990, res.body))
+    res = range("bytes=-5")
+    assert.equal(5, #res.body)
+    assert.is_true(helpers.pattern_ok(199995, res.body))
+    res = range("bytes=0-999999")
+    assert.equal("bytes 0-199999/200000", res:header("content-range"))
+    res = range("bytes=200000-")
+    assert.equal(416, res.status)
+    assert.equal("bytes */200000", res:header("content-range"))
+    assert.equal(200, range("bytes=0-1,5-9").status) -- several: the whole body
+    assert.equal(200000, #range("bytes=0-1,5-9").body)
+    assert.equal(206, range("bytes=0-9", { ["If-Range"] = '"r1"' }).status)
+    assert.equal(200, range("bytes=0-9", { ["If-Range"] = '"other"' }).status)
+    assert.equal(1, origin_saw(p))
+  end)
+
+  it("revalidates a stale object with its validators: a 304 refreshes it and the client gets the stored body", function()
+    local p = fresh(nil, { "Cache-Control:max-age=1", 'ETag:"e1"' }) .. "&match304=" .. q('"e1"')
+    local first = get(p)
+    helpers.sleep(1.2)
+    local res = get(p)
+    assert.equal(200, res.status)
+    assert.equal(first.body, res.body)
+    assert.matches("^moxy; fwd=stale; fwd%-status=304; stored; ttl=%-?%d+$", res:header("cache-status"))
+    assert.equal(2, origin_saw(p))
+    assert.equal("ran", res:header("x-hook"))
+    -- fresh again for max-age
+    assert.matches("^moxy; hit", get(p):header("cache-status"))
+    assert.equal(2, origin_saw(p))
+    -- a client's own condition is not replaced by the cache's
+    helpers.sleep(1.2)
+    local own = get(p, { ["If-None-Match"] = '"e1"' })
+    assert.equal(304, own.status)
+    assert.equal(3, origin_saw(p))
+  end)
+
+  it("stores a no-cache response with a validator and revalidates it on every use", function()
+    local p = fresh(nil, { "Cache-Control:no-cache", 'ETag:"nc"' }) .. "&match304=" .. q('"nc"')
+    get(p)
+    for i = 1, 3 do
+      local res = get(p)
+      assert.equal(100, #res.body)
+      assert.matches("fwd%-status=304", res:header("cache-status"))
+      assert.equal(1 + i, origin_saw(p))
+    end
+    -- without a validator it is not stored
+    p = fresh(nil, { "Cache-Control:no-cache" })
+    get(p)
+    assert.equal("moxy; fwd=uri-miss", get(p):header("cache-status"))
+  end)
+
+  it("serves a stale object when the origin fails within stale-if-error, not after must-revalidate", function()
+    local o2 = helpers.start_origin()
+    local m2 = helpers.start_moxy({
+      upstreams = { app = { servers = { o2.addr } } },
+      cache = { size = "2m" },
+      timeouts = { connect = "1s" },
+    })
+    local port = m2.port
+    local ok_path = path("/bytes/100", { "Cache-Control:max-age=1, stale-if-error=60" })
+    local strict = path("/bytes/100", { "Cache-Control:max-age=1, stale-if-error=60, must-revalidate" })
+    local short = path("/bytes/100", { "Cache-Control:max-age=1, stale-if-error=1" })
+    for _, p in ipairs { ok_path, strict, short } do
+      assert.equal(200, assert(helpers.request(port, { path = p })).status)
+    end
+    o2:stop()
+    helpers.sleep(1.2)
+    local res = assert(helpers.request(port, { path = ok_path }))
+    assert.equal(200, res.status)
+    assert.equal(100, #res.body)
+    assert.matches("^moxy; fwd=stale; fwd%-status=502; ttl=%-%d+$", res:header("cache-status"))
+    assert.equal(502, assert(helpers.request(port, { path = strict })).status)
+    helpers.sleep(1)
+    assert.equal(502, assert(helpers.request(port, { path = short })).status)
+    assert.matches("stale%-if%-error", m2:stderr())
+  end)
+
   it("honours the request's no-cache, max-age and only-if-cached", function()
     local p = fresh(nil, { "Cache-Control:max-age=60" })
     get(p)
@@ -347,6 +440,16 @@ return {
     local res = get(p .. "?other=1")
     assert.equal("custom:" .. p, res:header("x-key"))
     assert.equal("hit true", res:header("x-cache"))
+  end)
+
+  it("answers a 5xx from the origin with the stale object within stale-if-error", function()
+    local p = uniq("/echo/keyed")
+    assert.equal(200, get(p .. "?rh=" .. "Cache-Control:max-age%3D1%2C%20stale-if-error%3D60").status)
+    helpers.sleep(1.2)
+    -- the same key (custom:path), an origin that now answers 503
+    local res = get(p .. "?status=503")
+    assert.equal(200, res.status)
+    assert.matches("^moxy; fwd=stale; fwd%-status=503", res:header("cache-status"))
   end)
 
   it("txn.cache:bypass() skips the cache", function()

@@ -52,6 +52,8 @@ Options valid on every path:
   idle_close=S       after answering, close the connection if idle for S seconds
   rh=Name:Value      add a response header (repeatable)
   delay=S            sleep S seconds before reading the request body
+  match304=TAG       answer 304 (with the rh headers, no body) when the request's
+                     If-None-Match contains TAG
 """
 
 import base64
@@ -561,6 +563,12 @@ def serve_one(c, r):
     if delay:
         time.sleep(delay)
     x.maybe_continue(body)
+
+    m304 = qget(r, "match304")
+    if m304 and any(m304 in v for v in hget(r, "if-none-match")):
+        body.drain()
+        x.respond(304)
+        return not x.close
 
     if path.startswith("/echo"):
         handle_echo(x, body)
