@@ -783,6 +783,25 @@ static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
     if (key) moxy_cache_invalidate(key, kl);
 }
 
+/* Append h to a stored head at p ("Name: value\r\n"), unless it is
+ * hop-by-hop or one moxy writes for each response (Content-Length, Age,
+ * Cache-Status, X-Request-Id).  Returns the new end. */
+static char *store_field(char *p, const moxy_header_t *h)
+{
+    if (h->kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_TE | MOXY_HK_CL | MOXY_HK_UPGRADE | MOXY_HK_XRID))
+        return p;
+    if (MOXY_STRIEQ_LIT(h->name, h->name_len, "age") || MOXY_STRIEQ_LIT(h->name, h->name_len, "cache-status"))
+        return p;
+    memcpy(p, h->name, h->name_len);
+    p += h->name_len;
+    memcpy(p, ": ", 2);
+    p += 2;
+    memcpy(p, h->value, h->value_len);
+    p += h->value_len;
+    memcpy(p, "\r\n", 2);
+    return p + 2;
+}
+
 /* The origin answered 304 to the revalidation of r->cache_reval (its
  * head in r->resp_headers): a new object, the stored head updated by the
  * 304's fields (RFC 9111 4.3.4), new times, the old body (shared).
@@ -808,22 +827,7 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
         }
         l = eol + 2;
     }
-    for (uint32_t i = 0; i < fresh->n; i++) {
-        const moxy_header_t *h = &fresh->h[i];
-        if (h->kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_TE | MOXY_HK_CL | MOXY_HK_UPGRADE | MOXY_HK_XRID))
-            continue;
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "age") || MOXY_STRIEQ_LIT(h->name, h->name_len, "cache-status") ||
-            MOXY_STRIEQ_LIT(h->name, h->name_len, "content-length"))
-            continue;
-        memcpy(p, h->name, h->name_len);
-        p += h->name_len;
-        memcpy(p, ": ", 2);
-        p += 2;
-        memcpy(p, h->value, h->value_len);
-        p += h->value_len;
-        memcpy(p, "\r\n", 2);
-        p += 2;
-    }
+    for (uint32_t i = 0; i < fresh->n; i++) p = store_field(p, &fresh->h[i]);
     o->head_len = (size_t)(p - o->head);
     o->status = old->status;
     o->body_owner = (moxy_cache_obj_t *)moxy_cache_body(old);
@@ -1028,18 +1032,7 @@ void moxy_cache_response_decide(moxy_req_t *r)
     char *p = o->head;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
-        if (h->kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_TE | MOXY_HK_CL | MOXY_HK_UPGRADE | MOXY_HK_XRID))
-            continue;
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "age") || MOXY_STRIEQ_LIT(h->name, h->name_len, "cache-status"))
-            continue;
-        memcpy(p, h->name, h->name_len);
-        p += h->name_len;
-        memcpy(p, ": ", 2);
-        p += 2;
-        memcpy(p, h->value, h->value_len);
-        p += h->value_len;
-        memcpy(p, "\r\n", 2);
-        p += 2;
+        p = store_field(p, h);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified)
             o->last_modified = strndup(h->value, h->value_len);
