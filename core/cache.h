@@ -129,6 +129,20 @@ static inline void moxy_cache_obj_ref(moxy_cache_obj_t *o)
     atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
+/* --- request coalescing: one origin request per key at a time --- */
+
+/* Register a request for key going to the origin.  1: it is the first (the
+ * leader: others wait for what it stores); 0: another is under way. */
+int moxy_cache_flight_begin(const char *key, size_t klen, uint64_t hash);
+
+/* The leader's request for key is over.  no_wait > 0: its response was
+ * not storable; for no_wait seconds requests for key do not wait for each
+ * other (Varnish's hit-for-miss), so an uncacheable URL is not serialised. */
+void moxy_cache_flight_end(const char *key, size_t klen, uint64_t hash, double no_wait);
+
+/* 1 while a leader's request for key is under way. */
+int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash);
+
 /* Note a hit on o for eviction (no lock). */
 static inline void moxy_cache_obj_touch(moxy_cache_obj_t *o)
 {

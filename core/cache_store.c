@@ -16,6 +16,7 @@
 #define SMALL_SHARE 10    /* percent of the bytes for the small FIFO */
 #define GHOSTS 65536      /* slots of the ghost table (power of 2) */
 #define OBJ_OVERHEAD 256  /* bytes charged per object beyond its head and body */
+#define MARKS_MAX 64      /* hit-for-miss marks kept per stripe */
 
 enum { Q_NONE = 0, Q_SMALL, Q_MAIN };
 
@@ -24,10 +25,21 @@ typedef struct {
     size_t bytes;
 } fifo_t;
 
+/* A key whose leader is at the origin (request coalescing). */
+typedef struct flight_s {
+    struct flight_s *next;
+    long long free_until;  /* > 0: no flight, a "hit-for-miss" mark: the key's responses are not
+                              stored, so nobody waits for them until then (moxy_mono_ms()) */
+    uint64_t hash;
+    size_t klen;
+    char key[];
+} flight_t;
+
 typedef struct {
     pthread_mutex_t lock;
     moxy_cache_obj_t **buckets;
     size_t nbuckets, nkeys;
+    flight_t *flights;   /* keys of this stripe at the origin now (few: a list) */
 } stripe_t;
 
 static struct {
@@ -423,6 +435,83 @@ int moxy_cache_invalidate_prefix(const char *prefix, size_t len)
     return n;
 }
 
+static flight_t **flight_find(stripe_t *s, const char *key, size_t klen, uint64_t hash)
+{
+    flight_t **pp = &s->flights;
+    for (; *pp; pp = &(*pp)->next)
+        if ((*pp)->hash == hash && (*pp)->klen == klen && memcmp((*pp)->key, key, klen) == 0) break;
+    return pp;
+}
+
+int moxy_cache_flight_begin(const char *key, size_t klen, uint64_t hash)
+{
+    if (!C.ready) return 1;
+    stripe_t *s = stripe_of(hash);
+    pthread_mutex_lock(&s->lock);
+    flight_t **pp = flight_find(s, key, klen, hash), *f = *pp;
+    int leader = 1;
+    if (f && f->free_until) { /* a hit-for-miss mark: nobody waits; gone once old */
+        if (f->free_until > moxy_mono_ms()) {
+            pthread_mutex_unlock(&s->lock);
+            return 1;
+        }
+        *pp = f->next;
+        free(f);
+        f = NULL;
+    }
+    if (f) {
+        leader = 0;
+    } else if ((f = malloc(sizeof(*f) + klen))) {
+        f->next = s->flights;
+        f->free_until = 0;
+        f->hash = hash;
+        f->klen = klen;
+        memcpy(f->key, key, klen);
+        s->flights = f;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return leader;
+}
+
+void moxy_cache_flight_end(const char *key, size_t klen, uint64_t hash, double no_wait)
+{
+    if (!C.ready) return;
+    stripe_t *s = stripe_of(hash);
+    pthread_mutex_lock(&s->lock);
+    flight_t **pp = flight_find(s, key, klen, hash), *f = *pp;
+    if (f && no_wait > 0) {
+        long long now = moxy_mono_ms();
+        f->free_until = now + (long long)(no_wait * 1000); /* kept as the mark */
+        f = NULL;
+        /* marks are few per stripe: expired ones and those past MARKS_MAX go */
+        int marks = 0;
+        for (flight_t **q = &s->flights; *q;) {
+            flight_t *m = *q;
+            if (m->free_until && (m->free_until <= now || ++marks > MARKS_MAX)) {
+                *q = m->next;
+                free(m);
+            } else {
+                q = &m->next;
+            }
+        }
+    } else if (f) {
+        *pp = f->next;
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(f);
+}
+
+int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash)
+{
+    if (!C.ready) return 0;
+    stripe_t *s = stripe_of(hash);
+    pthread_mutex_lock(&s->lock);
+    flight_t *f = *flight_find(s, key, klen, hash);
+    int active = f && !f->free_until;
+    pthread_mutex_unlock(&s->lock);
+    return active;
+}
+
 void moxy_cache_stats(moxy_cache_stats_t *out)
 {
     memset(out, 0, sizeof(*out));
@@ -447,6 +536,11 @@ void moxy_cache_destroy(void)
     pthread_mutex_unlock(&C.qlock);
     for (int i = 0; i < STRIPES; i++) {
         free(C.stripes[i].buckets);
+        flight_t *f = C.stripes[i].flights, *next;
+        for (; f; f = next) {
+            next = f->next;
+            free(f);
+        }
         pthread_mutex_destroy(&C.stripes[i].lock);
     }
     pthread_mutex_destroy(&C.qlock);

@@ -176,6 +176,7 @@ typedef struct moxy_conf_s {
         int enabled;       /* cache = {...} is set */
         size_t size;       /* bytes */
         size_t max_object; /* bytes */
+        double coalesce_timeout; /* seconds a miss waits for another's response to the same key; 0: off */
         moxy_cidr_t *purge; /* addresses allowed to PURGE */
         int npurge;
     } cache;

@@ -253,6 +253,11 @@ struct moxy_req_s {
                                              stale-if-error; a reference), or NULL */
     unsigned cache_conditional : 1; /* the request carries cache_reval's validators */
     int cache_fwd_status;          /* the origin's status when the answer is cache_reval's (304, 5xx) */
+    unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
+    unsigned cache_collapsed : 1;  /* answered with what another request fetched */
+    struct event *cache_wait;      /* waiting for the leader's response (request pool), or NULL */
+    double cache_wait_until;       /* then it goes to the origin itself */
+    int cache_wait_ms;             /* the next look's delay */
     moxy_headers_t cache_head;     /* the origin's head before on_response (request pool) */
 
     /* timing */

@@ -470,7 +470,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     else if (r->cache_fwd_status) /* the origin failed: stale-if-error */
         set_status_field(r, "moxy; fwd=stale; fwd-status=%d; ttl=%.0f", r->cache_fwd_status, floor(o->lifetime - age));
     else
-        set_status_field(r, "moxy; hit; ttl=%.0f", floor(o->lifetime - age));
+        set_status_field(r, "moxy; hit; ttl=%.0f%s", floor(o->lifetime - age), r->cache_collapsed ? "; collapsed" : "");
     r->status = o->status;
     r->up_status = o->status;
     r->resp_body_kind = o->body_len ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
@@ -625,6 +625,8 @@ static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     r->cache_conditional = 1;
 }
 
+static int wait_start(moxy_req_t *r, double timeout);
+
 /* The lookup of r, its key made. */
 static int lookup(moxy_req_t *r)
 {
@@ -665,12 +667,76 @@ static int lookup(moxy_req_t *r)
     } else {
         set_status_field(r, seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss");
     }
-    moxy_cache_count(0);
     if (cc.only_if_cached) {
+        moxy_cache_count(0);
         moxy_resp_error(r, 504, "not in cache (only-if-cached)");
         return MOXY_DONE;
     }
+    /* coalescing: one GET per key at the origin, the others wait for it */
+    double timeout = r->g->conf->cache.coalesce_timeout;
+    if (r->method == HTTP_GET && !reload && !r->cache_no_store && timeout > 0) {
+        if (moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash)) r->cache_leader = 1;
+        else if (wait_start(r, timeout) == MOXY_DONE) return MOXY_DONE;
+    }
+    moxy_cache_count(0);
     return MOXY_DECLINED;
+}
+
+/* A waiter looks again: the leader's object, or its own way to the origin
+ * once the leader is gone (it stored nothing usable) or the wait is over. */
+static void wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_req_t *r = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    double now = wall_now(r);
+    int seen = 0;
+    moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
+    if (o && o->lifetime >= 0 && !o->no_cache && current_age(o, now) < o->lifetime) {
+        r->cache_wait = NULL;
+        r->cache_collapsed = 1;
+        r->cache_state = MOXY_CACHE_HIT;
+        moxy_cache_count(1);
+        serve(r, o, now);
+        return;
+    }
+    if (o) moxy_cache_obj_unref(o);
+    if (now < r->cache_wait_until && moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash)) {
+        r->cache_wait_ms = MOXY_MIN(r->cache_wait_ms * 2, 20);
+        struct timeval tv = {0, r->cache_wait_ms * 1000};
+        evtimer_add(r->cache_wait, &tv);
+        return;
+    }
+    r->cache_wait = NULL; /* the leader is gone without a usable object, or the wait is over: go */
+    moxy_cache_count(0);
+    moxy_upstream_try(r);
+}
+
+/* r misses while another request for its key is at the origin: wait for
+ * that one's response (polled: a look costs a lookup).  MOXY_DONE, or
+ * MOXY_DECLINED when it cannot wait (out of memory). */
+static int wait_start(moxy_req_t *r, double timeout)
+{
+    struct event *ev = moxy_palloc(&r->c->pool, sizeof(*ev));
+    if (!ev) return MOXY_DECLINED;
+    evtimer_assign(ev, r->c->w->base, wait_cb, r);
+    r->cache_wait = ev;
+    r->cache_wait_until = wall_now(r) + timeout;
+    r->cache_wait_ms = 1;
+    struct timeval tv = {0, 1000};
+    evtimer_add(ev, &tv);
+    return MOXY_DONE;
+}
+
+#define HIT_FOR_MISS 10.0 /* seconds a key whose response was not storable is not coalesced */
+
+/* r's time as its key's leader is over; not_storable: its response was not
+ * stored (the key is not coalesced for a while). */
+static void flight_over(moxy_req_t *r, int not_storable)
+{
+    if (!r->cache_leader) return;
+    r->cache_leader = 0;
+    moxy_cache_flight_end(r->cache_key, r->cache_klen, r->cache_hash, not_storable ? HIT_FOR_MISS : 0);
 }
 
 /* The on_cache_key hooks ended (rc as moxy_lua_run): answered, or look up. */
@@ -997,6 +1063,7 @@ void moxy_cache_response_decide(moxy_req_t *r)
     if (why) {
         free(vary);
         moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: %s", r->cache_key, why);
+        flight_over(r, 1); /* the waiters go to the origin themselves, new requests too */
         return;
     }
     moxy_cache_obj_t *o = moxy_cache_obj_new(r->cache_key, r->cache_klen, r->cache_hash);
@@ -1081,10 +1148,14 @@ void moxy_cache_response_done(moxy_req_t *r)
     r->cache_fill = NULL;
     moxy_cache_publish(o);
     moxy_cache_obj_unref(o);
+    flight_over(r, 0);
 }
 
 void moxy_cache_req_free(moxy_req_t *r)
 {
+    flight_over(r, 0);
+    if (r->cache_wait) event_del(r->cache_wait); /* its client left while it waited */
+    r->cache_wait = NULL;
     if (r->cache_fill) moxy_cache_obj_unref(r->cache_fill); /* an incomplete response is not stored */
     if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
     if (r->cache_reval) moxy_cache_obj_unref(r->cache_reval);

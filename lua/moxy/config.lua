@@ -668,7 +668,8 @@ function M.check(t, path, src)
   conf.shared = c:shared(t.shared, { "shared" })
 
   -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
-  if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true }) then
+  if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true,
+                                                           coalesce_timeout = true }) then
     local csize = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024) or 0
     conf.cache = {
       size = csize,
@@ -677,6 +678,8 @@ function M.check(t, path, src)
                            math.min(16 * 1024 * 1024, math.floor(csize / 8))),
       -- addresses allowed to send PURGE (none: PURGE goes to the origin like any method)
       purge = c:trusted_proxies(t.cache.purge, { "cache", "purge" }),
+      -- concurrent misses for a key wait this long for the first one's response; 0: off
+      coalesce_timeout = c:value(t.cache.coalesce_timeout, { "cache", "coalesce_timeout" }, duration, 5),
     }
     if conf.cache.size and conf.cache.size < 1024 * 1024 then
       c:err({ "cache", "size" }, "at least 1m", t.cache.size)

@@ -338,6 +338,50 @@ return {
     assert.is_true(status().cache.too_big >= 2)
   end)
 
+  -- n requests for p at once, on n connections: their responses
+  local function at_once(p, count)
+    local conns = {}
+    for i = 1, count do
+      conns[i] = assert(helpers.connection(m.port))
+      assert(conns[i]:send(helpers.build_request({ path = p })))
+    end
+    local out = {}
+    for i = 1, count do
+      out[i] = assert(conns[i]:read_response())
+      conns[i]:close()
+    end
+    return out
+  end
+
+  it("coalesces concurrent misses: 100 at once, one origin request, the others collapsed on its object", function()
+    local p = fresh("/slow-headers/0.5", { "Cache-Control:max-age=60" })
+    local t0 = helpers.now()
+    local res = at_once(p, 100)
+    local took = helpers.now() - t0
+    local stored, collapsed = 0, 0
+    for _, r in ipairs(res) do
+      assert.equal(200, r.status)
+      assert.equal("slow\n", r.body)
+      local cs = r:header("cache-status")
+      if cs:find("stored") then stored = stored + 1 end
+      if cs:find("; collapsed") then collapsed = collapsed + 1 end
+    end
+    assert.equal(1, origin_saw(p))
+    assert.equal(1, stored)
+    assert.equal(99, collapsed)
+    print(("\n    100 concurrent misses, origin 0.5 s: 1 origin request, 99 collapsed, all answered in %.2f s"):format(took))
+    assert.is_true(took < 2.5, "took " .. took)
+  end)
+
+  it("lets waiters go to the origin as soon as the first response turns out not storable", function()
+    local p = fresh("/slow-headers/0.3")
+    local t0 = helpers.now()
+    local res = at_once(p, 20)
+    for _, r in ipairs(res) do assert.equal(200, r.status) end
+    assert.equal(20, origin_saw(p))
+    assert.is_true(helpers.now() - t0 < 2.5, "waiters waited for the coalescing timeout")
+  end)
+
   it("stays within cache.size and counts what it did", function()
     -- 8 MiB of cache, 120 objects of 100 KB
     for i = 1, 120 do
