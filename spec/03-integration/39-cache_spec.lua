@@ -411,15 +411,19 @@ return {
 end)
 
 describe("HTTP cache steered from Lua", function()
-  local origin, m, denied
+  local origin, m, denied, admin_port
   local n = 0
 
   lazy_setup(function()
     origin = helpers.start_origin()
+    admin_port = helpers.free_port()
+    local port = helpers.free_port()
     m = helpers.start_moxy({
+      listen = { "127.0.0.1:" .. port },
       workers = 2,
       upstreams = { app = { servers = { origin.addr } } },
       cache = { size = "8m", purge = { "127.0.0.1" } },
+      admin = { listen = "127.0.0.1:" .. admin_port, token = "reload-token-0123456789" },
       scripts = { "rules.lua" },
     }, { files = { ["rules.lua"] = [[
 return {
@@ -441,6 +445,9 @@ return {
       return (key:gsub("[?&]utm_[^&]*", ""):gsub("^([^?]*)&", "%1?"))
     end
   end,
+  on_body = function(txn, chunk, eof)
+    if txn.req.path:find("^/echo/upper") then return chunk:upper() end
+  end,
   on_response = function(txn)
     txn.resp.headers:set("X-Cache", tostring(txn.cache.status) .. " " .. tostring(txn.cache.age ~= nil))
     txn.resp.headers:set("X-Key", tostring(txn.cache.key))
@@ -448,7 +455,7 @@ return {
     if txn.req.path:find("^/echo/never") then txn.cache:no_store() end
   end,
 }
-]] } })
+]] }, ports = { port, admin_port } })
     denied = helpers.start_moxy({
       upstreams = { app = { servers = { origin.addr } } },
       cache = { size = "2m", purge = { "10.0.0.0/8" } },
@@ -476,6 +483,26 @@ return {
     local b = get(p .. "?rh=Cache-Control:max-age%3D60&utm_campaign=y")
     assert.equal("hit true", b:header("x-cache"))
     assert.equal(a.body, b.body)
+  end)
+
+  it("runs on_body over a hit's body as over the origin's", function()
+    local p = uniq("/echo/upper") .. "?rh=Cache-Control:max-age%3D60"
+    local first = get(p)
+    local hit = get(p)
+    assert.equal("hit true", hit:header("x-cache"))
+    assert.equal(first.body, hit.body)
+    assert.equal(first.body:upper(), hit.body)
+    assert.matches('"PATH"', hit.body)
+  end)
+
+  it("keeps its objects across a reload", function()
+    local p = uniq("/echo/reload") .. "?rh=Cache-Control:max-age%3D60"
+    get(p)
+    local res = assert(helpers.request(admin_port, { method = "POST", path = "/reload",
+      headers = { Authorization = "Bearer reload-token-0123456789" } }))
+    assert.equal(200, res.status, res.body)
+    assert.equal("hit true", get(p):header("x-cache"))
+    assert.equal(1, saw(p))
   end)
 
   it("txn.cache.key set in on_request keys the object", function()
