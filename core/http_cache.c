@@ -661,6 +661,16 @@ static int lookup(moxy_req_t *r)
             serve(r, o, now);
             return MOXY_DONE;
         }
+        /* stale-while-revalidate (RFC 5861 3): while another request
+         * refreshes it, this one gets the stale object at once */
+        if (!reload && life >= 0 && o->stale_while_revalidate >= 0 && !o->must_revalidate && !o->no_cache &&
+            age - life <= o->stale_while_revalidate && r->method == HTTP_GET &&
+            moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash)) {
+            moxy_cache_count(1);
+            r->cache_state = MOXY_CACHE_STALE;
+            serve(r, o, now);
+            return MOXY_DONE;
+        }
         if (!reload) r->cache_state = MOXY_CACHE_STALE;
         set_status_field(r, reload ? "moxy; fwd=request" : "moxy; fwd=stale");
         keep_stale(r, o, now); /* for a revalidation, or stale-if-error */
