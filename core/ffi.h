@@ -102,8 +102,8 @@ int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 /* txn.cache: op 1 bypass (no lookup, no store: before the lookup), 2
  * no_store, 3 store for ttl seconds (stale: seconds it may be served stale
- * after, < 0 none; on_response).  MOXY_OK; MOXY_DECLINED: too late for it,
- * or no cache. */
+ * after, < 0 none; on_response).  MOXY_OK (also without a cache: nothing
+ * to do); MOXY_DECLINED: not in a phase where it can act. */
 int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale);
 
 /* txn.cache's fields: the key (NULL before the lookup), the status
@@ -111,7 +111,8 @@ int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale);
 int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, double *age);
 
 /* txn.cache.key = key (len bytes), in on_request and on_cache_key.
- * MOXY_DECLINED: too late, or no cache; MOXY_ERROR: out of memory. */
+ * MOXY_OK (without a cache: ignored); MOXY_DECLINED: too late;
+ * MOXY_ERROR: out of memory. */
 int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 /* END FFI */
 

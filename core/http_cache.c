@@ -789,7 +789,7 @@ int moxy_cache_request(moxy_req_t *r)
 
 EXPORT int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale)
 {
-    if (!moxy_cache_enabled()) return MOXY_DECLINED;
+    if (!moxy_cache_enabled()) return MOXY_OK; /* no cache: nothing to steer (the same script runs without one) */
     switch (op) {
     case 1:
         if (r->cache_lookup || r->cache_hit) return MOXY_DECLINED;
@@ -818,7 +818,8 @@ EXPORT int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, do
 
 EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
 {
-    if (!moxy_cache_enabled() || r->cache_lookup || r->cache_hit ||
+    if (!moxy_cache_enabled()) return MOXY_OK; /* no cache: no key */
+    if (r->cache_lookup || r->cache_hit ||
         (r->hook_phase != MOXY_PHASE_REQUEST && r->hook_phase != MOXY_PHASE_CACHE_KEY))
         return MOXY_DECLINED;
     char *k = moxy_palloc(&r->c->pool, len + 1);

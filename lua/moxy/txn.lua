@@ -339,16 +339,16 @@ local CacheMT = {
     if k ~= "key" then error("txn.cache." .. tostring(k) .. " cannot be set (settable: key)", 2) end
     if type(v) ~= "string" or v == "" then error("txn.cache.key: a non-empty string", 2) end
     local rc = C.moxy_ffi_cache_set_key(req_ptr(), v, #v)
-    if rc == DECLINED then error("txn.cache.key: settable in on_request and on_cache_key, with a cache", 2) end
+    if rc == DECLINED then error("txn.cache.key: settable in on_request and on_cache_key", 2) end
     if rc ~= OK then error("txn.cache.key: out of memory", 2) end
   end,
 }
 
 --- txn.cache:bypass(): no lookup and no store for this request (on_request,
--- on_cache_key).
+-- on_cache_key).  Without a cache, txn.cache's calls do nothing.
 function cache.bypass(_)
   if C.moxy_ffi_cache_op(req_ptr(), 1, 0, 0) ~= OK then
-    error("cache:bypass: in on_request or on_cache_key, with a cache", 2)
+    error("cache:bypass: in on_request or on_cache_key", 2)
   end
 end
 
@@ -370,7 +370,7 @@ function cache.store(_, opts)
     error("cache:store: stale must be a number of seconds >= 0", 2)
   end
   if C.moxy_ffi_cache_op(req_ptr(), 3, opts.ttl, opts.stale or -1) ~= OK then
-    error("cache:store: in on_response, with a cache", 2)
+    error("cache:store: in on_response", 2)
   end
 end
 setmetatable(cache, CacheMT)
