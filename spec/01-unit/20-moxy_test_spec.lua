@@ -21,6 +21,19 @@ describe("moxy.test", function()
   lazy_teardown(function() helpers.stop_all() end)
 
   describe("t.run", function()
+    it("runs cache rules as a moxy without a cache does: txn.cache's calls do nothing", function()
+      local txn = t.run({
+        on_request = function(txn) txn.cache:bypass(); txn.cache.key = "k" end,
+        on_response = function(txn)
+          txn.cache:store { ttl = 60 }
+          txn.cache:no_store()
+          txn.resp.headers:set("X-Status", tostring(txn.cache.status) .. " " .. tostring(txn.cache.key))
+        end,
+      }, t.txn{ path = "/" }, { upstreams = { app = ok_origin() } })
+      assert.equal(200, txn.resp.status)
+      assert.equal("nil nil", txn.resp.headers:get("X-Status"))
+    end)
+
     it("routes, tags and answers as the brief's example says", function()
       local hooks = {
         on_request = function(txn)
