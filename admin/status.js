@@ -5,7 +5,9 @@
 //
 // Each chart's canvas carries data-series: JSON {name: {points, max, last}},
 // what it drew (points: samples with a value), and a line chart data-zero-y,
-// the y (CSS pixels) of its zero line: for people and tests alike.
+// the y (CSS pixels) of its zero line: for people and tests alike.  The
+// cache's section carries data-cache: "on", "off" (no cache configured: its
+// charts and cards are hidden) or "unknown" (before the first /history).
 'use strict';
 
 (function () {
@@ -14,6 +16,7 @@
   const COLORS = {
     '1xx': '#8a8a8a', '2xx': '#2e9d48', '3xx': '#3b73c4', '4xx': '#d99a1e', '5xx': '#d33c3c',
     p50: '#3b73c4', p90: '#d99a1e', p99: '#d33c3c', connections: '#6f4bb8',
+    hit_ratio: '#1b9aaa', hits: '#2e9d48', misses: '#d99a1e',
   };
   const STATE_COLORS = {
     up: '#2e9d48', down: '#d33c3c', unhealthy: '#e07b24', drained: '#8a8a8a', unresolved: '#b04fb0',
@@ -54,6 +57,14 @@
     return v >= 10 ? v.toFixed(1) : v.toFixed(2);
   }
 
+  function fmtBytes(v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return '–';
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    for (; v >= 1024 && i < units.length - 1; i++) v /= 1024;
+    return fmt(v) + ' ' + units[i];
+  }
+
   // The time axis: capacity one-second slots, the newest sample at the right edge.
   function timeAxis(ctx, left, right, bottom, capacity) {
     ctx.fillStyle = '#667085';
@@ -67,9 +78,10 @@
   }
 
   // Lines for series [{name, color, values}] (values: one per sample, oldest
-  // first; null: no value) over capacity slots.  Records what it drew in
-  // canvas.dataset.series.
-  function lineChart(canvas, series, capacity) {
+  // first; null: no value) over capacity slots, the y axis up to ymax if
+  // given, else to a round number above the largest value.  Records what it
+  // drew in canvas.dataset.series.
+  function lineChart(canvas, series, capacity, ymax) {
     const { ctx, w, h } = surface(canvas);
     const left = 44, right = w - 8, top = 8, bottom = h - 18;
     let max = 0;
@@ -80,7 +92,7 @@
       drawn[s.name] = { points, max: smax, last: s.values.length ? s.values[s.values.length - 1] : null };
       max = Math.max(max, smax);
     }
-    const ymax = niceCeil(max);
+    ymax = ymax || niceCeil(max);
     const y = (v) => bottom - (v / ymax) * (bottom - top);
     ctx.font = '11px system-ui, sans-serif';
     ctx.strokeStyle = '#e6e9ee';
@@ -240,6 +252,27 @@
     return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
   }
 
+  // The cache's section and cards from history.cache: null (or enabled false)
+  // when there is no cache; hit_ratio 0..1 (null: no lookup that second),
+  // hits and misses per second, used_bytes.
+  function renderCache(c, cap) {
+    const on = Boolean(c && c.enabled);
+    $('cache').dataset.cache = on ? 'on' : 'off';
+    $('cache-off').hidden = on;
+    for (const e of document.querySelectorAll('.cache-only')) e.hidden = !on;
+    if (!on) return; // shown before drawing: the canvases need their width
+    const ratio = c.hit_ratio.map((v) => (v === null ? null : 100 * v));
+    lineChart($('chart-cache-ratio'), [{ name: 'hit_ratio', color: COLORS.hit_ratio, values: ratio }], cap, 100);
+    const kinds = ['hits', 'misses'];
+    lineChart($('chart-cache-lookups'), kinds.map((k) => ({ name: k, color: COLORS[k], values: c[k] })), cap);
+    legend(document.querySelector('[data-for="chart-cache-lookups"]'), kinds.map((k) => [k, COLORS[k]]));
+    const minute = (values) => values.slice(-60).reduce((a, b) => a + (b || 0), 0);
+    const hits = minute(c.hits), lookups = hits + minute(c.misses);
+    $('card-cache-ratio').textContent = lookups > 0 ? fmt((100 * hits) / lookups) + ' %' : '–';
+    const used = c.used_bytes.length ? c.used_bytes[c.used_bytes.length - 1] : null;
+    $('card-cache-used').textContent = fmtBytes(used) + ' / ' + fmtBytes(c.capacity);
+  }
+
   function renderHistory(h) {
     const cap = h.capacity;
     const classes = ['1xx', '2xx', '3xx', '4xx', '5xx']; // drawn in this order: errors on top
@@ -261,6 +294,7 @@
     const p99 = recent(h.latency_ms.p99, 10);
     $('card-p99').textContent = p99 === null ? '–' : fmt(p99) + ' ms';
     $('card-conns').textContent = fmt(recent(h.connections, 1));
+    renderCache(h.cache, cap);
 
     for (const pool of h.pools) {
       const sec = document.getElementById('pool-' + encodeURIComponent(pool.name));

@@ -7,8 +7,11 @@
  * when the sample is taken, from the difference with the previous call's
  * sums.  That keeps the ring small (a few dozen bytes a sample) and the
  * JSON short; the cost is that the page cannot choose other percentiles.
+ * The cache's lookups are kept the same way: hits and misses per second and
+ * the interval's hit ratio, with the bytes in use at the sample.
  */
 #include "admin_history.h"
+#include "cache.h"
 #include "ffi.h"
 #include "metrics.h"
 #include "upstream.h"
@@ -29,6 +32,9 @@ typedef struct {
     float rate[5];  /* requests per second by status class 1xx..5xx */
     float p_ms[3];  /* latency at quantiles[], ms; < 0: no request in the interval */
     int conns;      /* open client connections */
+    float c_rate[2]; /* cache hits, misses per second; < 0: no cache */
+    float c_ratio;   /* the interval's hits / lookups; < 0: no cache or no lookup */
+    double c_used;   /* bytes the cache holds; < 0: no cache */
 } sample_t;
 
 /* One peer's series; the slot is free when last_seen is 0 or out of the window. */
@@ -44,6 +50,7 @@ static struct {
     int have_base;          /* prev_* hold a first reading */
     long long prev_us;      /* moxy_mono_us() of the previous reading */
     unsigned long long prev_req[6], prev_hist[MOXY_HIST_BUCKETS + 1];
+    unsigned long long prev_cache[2]; /* the cache's hits, misses (0 without a cache) */
     sample_t samples[N];
     slot_t slots[MOXY_HISTORY_PEERS];
     int untracked; /* peers of the latest sample without a slot */
@@ -132,6 +139,9 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
 {
     unsigned long long req[6] = {0}, hist[MOXY_HIST_BUCKETS + 1] = {0};
     long long conns = 0, now_us = moxy_mono_us();
+    moxy_cache_stats_t cs; /* all zero without a cache */
+    int cache = moxy_cache_enabled();
+    moxy_cache_stats(&cs);
     for (int w = 0; w < n; w++) {
         const moxy_stats_t *st = &workers[w]->stats;
         conns += atomic_load_explicit(&workers[w]->nconns, memory_order_relaxed);
@@ -156,6 +166,16 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
         for (int q = 0; q < 3; q++)
             sp->p_ms[q] = tot ? (float)quantile_ms(d, tot, quantiles[q]) : -1.0f;
         sp->conns = (int)conns;
+        if (cache) {
+            unsigned long long dh = delta(cs.hits, H.prev_cache[0]), dm = delta(cs.misses, H.prev_cache[1]);
+            sp->c_rate[0] = (float)((double)dh / secs);
+            sp->c_rate[1] = (float)((double)dm / secs);
+            sp->c_ratio = dh + dm ? (float)((double)dh / (double)(dh + dm)) : -1.0f;
+            sp->c_used = (double)cs.used;
+        } else {
+            sp->c_rate[0] = sp->c_rate[1] = sp->c_ratio = -1.0f;
+            sp->c_used = -1;
+        }
         sample_peers(conf, s);
         H.seq = s + 1;
     }
@@ -163,6 +183,8 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
     H.prev_us = now_us;
     memcpy(H.prev_req, req, sizeof(req));
     memcpy(H.prev_hist, hist, sizeof(hist));
+    H.prev_cache[0] = cs.hits;
+    H.prev_cache[1] = cs.misses;
 }
 
 /* JSON output: every append goes through these, which remember a failure. */
@@ -290,6 +312,23 @@ int moxy_history_json(struct evbuffer *b)
     SERIES(&o, "p99", first, count, sp->p_ms[2]);
     put(&o, "},");
     SERIES(&o, "connections", first, count, sp->conns);
+    put(&o, ",\"cache\":");
+    if (moxy_cache_enabled()) {
+        moxy_cache_stats_t cs;
+        moxy_cache_stats(&cs);
+        snprintf(head, sizeof(head), "{\"enabled\":true,\"capacity\":%zu,", cs.capacity);
+        put(&o, head);
+        SERIES(&o, "hit_ratio", first, count, sp->c_ratio);
+        put(&o, ",");
+        SERIES(&o, "hits", first, count, sp->c_rate[0]);
+        put(&o, ",");
+        SERIES(&o, "misses", first, count, sp->c_rate[1]);
+        put(&o, ",");
+        SERIES(&o, "used_bytes", first, count, sp->c_used);
+        put(&o, "}");
+    } else {
+        put(&o, "null");
+    }
     put(&o, ",\"states\":[\"up\",\"down\",\"unhealthy\",\"drained\",\"unresolved\"],");
     put_pools(&o, first, count);
     put(&o, "}\n");

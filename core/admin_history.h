@@ -27,8 +27,10 @@ struct evbuffer;
 /* Take one sample: the n workers' requests by status class and their
  * duration histogram (relaxed loads; the rates and percentiles of the
  * interval since the previous call are kept, the first call only sets the
- * baseline), their open connections, and every peer of conf's pools
- * (state, requests in flight).  conf may differ from the previous call's. */
+ * baseline), their open connections, every peer of conf's pools (state,
+ * requests in flight) and, when there is a cache, its hits and misses in
+ * the interval and the bytes it holds.  conf may differ from the previous
+ * call's. */
 void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t *conf);
 
 /* Append the ring, oldest sample first, to out as one compact JSON object

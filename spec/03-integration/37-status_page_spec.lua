@@ -2,8 +2,10 @@
 -- built into the binary) under a strict Content-Security-Policy, the five
 -- minutes of samples it draws from (GET /history), and -- in headless
 -- Chromium driven by spec/support/status_page.py -- what an operator sees:
--- charts that fill with the traffic sent, the pool's peers, and Drain /
--- Enable buttons that work with the token typed in the page.
+-- charts that fill with the traffic sent (the cache's hit ratio among them),
+-- the pool's peers, and Drain / Enable buttons that work with the token
+-- typed in the page.  A second moxy without a cache shows how the page says
+-- there is none.
 local helpers = require "spec.helpers"
 
 local cjson = require "cjson.safe"
@@ -11,7 +13,7 @@ local cjson = require "cjson.safe"
 local TOKEN = "s3cret-admin-token-0123"
 
 describe("admin status page", function()
-  local a, b, m, admin_port
+  local a, b, m, admin_port, plain_admin -- plain: a moxy without a cache
 
   lazy_setup(function()
     a, b = helpers.start_origin(), helpers.start_origin()
@@ -21,11 +23,21 @@ describe("admin status page", function()
       workers = 2,
       listen = { "127.0.0.1:" .. port },
       upstreams = { app = { servers = { a.addr, b.addr } } },
+      cache = { size = "8m" },
       admin = { listen = "127.0.0.1:" .. admin_port, token = TOKEN },
     }, { ports = { port, admin_port } })
-    assert(helpers.wait_until(function()
-      return m:stderr():find("admin listener on 127.0.0.1:" .. admin_port, 1, true) or not m:alive()
-    end, 10 * helpers.scale) and m:alive(), "no admin listener:\n" .. m:stderr())
+    plain_admin = helpers.free_port()
+    local plain_port = helpers.free_port()
+    local plain = helpers.start_moxy({
+      listen = { "127.0.0.1:" .. plain_port },
+      upstreams = { app = { servers = { a.addr } } },
+      admin = { listen = "127.0.0.1:" .. plain_admin },
+    }, { ports = { plain_port, plain_admin } })
+    for _, x in ipairs { { m, admin_port }, { plain, plain_admin } } do
+      assert(helpers.wait_until(function()
+        return x[1]:stderr():find("admin listener on 127.0.0.1:" .. x[2], 1, true) or not x[1]:alive()
+      end, 10 * helpers.scale) and x[1]:alive(), "no admin listener:\n" .. x[1]:stderr())
+    end
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
@@ -52,6 +64,16 @@ describe("admin status page", function()
     local n = 0
     for i = 2, #h.t do n = n + h.rate[class][i] * (h.t[i] - h.t[i - 1]) / 1000 end
     return n + (h.rate[class][1] or 0) -- the first interval is about a second
+  end
+
+  -- the sum of series[i] x interval over the samples of h taken after time t0
+  -- (ms): with a per-second series, how many happened since then
+  local function since(h, series, t0)
+    local n = 0
+    for i = 2, #h.t do
+      if h.t[i] > t0 and series[i] ~= cjson.null then n = n + series[i] * (h.t[i] - h.t[i - 1]) / 1000 end
+    end
+    return n
   end
 
   local function peer(h, pool, addr)
@@ -142,12 +164,53 @@ describe("admin status page", function()
     end, 3 * helpers.scale), "the enabled state is not in /history")
   end)
 
+  it("samples the cache in GET /history: hits and misses per second, hit ratio, bytes used", function()
+    local h0 = helpers.json(get("/history").body)
+    assert.is_table(h0.cache)
+    assert.is_true(h0.cache.enabled)
+    assert.equal(8 * 1024 * 1024, h0.cache.capacity)
+    local t0 = h0.t[#h0.t] or 0
+    -- one miss (stored) and nine hits; then four misses that are not stored
+    traffic(10, "/bytes/1000?rh=Cache-Control:max-age%3D60&rh=X-Case:history")
+    traffic(4, "/echo?case=history")
+    local h = helpers.wait_until(function()
+      local h = helpers.json(get("/history").body)
+      return h.samples >= h0.samples + 2 and h
+    end, 5 * helpers.scale)
+    assert(h, "GET /history took no new sample in 5 s")
+    local c = h.cache
+    for _, k in ipairs { "hit_ratio", "hits", "misses", "used_bytes" } do
+      assert.equal(h.samples, #c[k], k)
+    end
+    local hits, misses = since(h, c.hits, t0), since(h, c.misses, t0)
+    assert.is_true(math.abs(hits - 9) < 1, "hits: " .. hits)
+    assert.is_true(math.abs(misses - 5) < 1, "misses: " .. misses)
+    -- the ratio of each second with lookups; null in a second without any
+    local best, nulls = 0, 0
+    for i = 1, h.samples do
+      if c.hit_ratio[i] == cjson.null then nulls = nulls + 1
+      else
+        assert.is_true(c.hit_ratio[i] >= 0 and c.hit_ratio[i] <= 1, "hit_ratio " .. c.hit_ratio[i])
+        best = math.max(best, c.hit_ratio[i])
+      end
+    end
+    assert.is_true(best >= 0.5, "the best second's hit ratio: " .. best)
+    assert.is_true(nulls >= 1, "a second without lookups has a null hit ratio")
+    local used = c.used_bytes[#c.used_bytes]
+    assert.is_true(used >= 1000 and used <= c.capacity, "used_bytes " .. tostring(used))
+    -- a moxy without a cache has none
+    local res = assert(helpers.request(plain_admin, { path = "/history" }))
+    assert.equal(200, res.status)
+    assert.equal(cjson.null, helpers.json(res.body).cache)
+  end)
+
   it("shows live charts and peers in a browser, and drains and enables from it", function()
     -- traffic over a few seconds: 2xx (some slower) and a few 5xx
     for _ = 1, 3 do
       traffic(15, "/echo?delay=0.01")
       traffic(15, "/echo")
       traffic(5, "/status/503")
+      traffic(5, "/bytes/100?rh=Cache-Control:max-age%3D60&rh=X-Case:browser") -- cache hits
       helpers.sleep(0.5)
     end
     local addr = a.addr:gsub("%p", "%%%0")
@@ -166,15 +229,18 @@ describe("admin status page", function()
       "--token", helpers.shell_quote(TOKEN), "--pool", "app",
       "--peer", helpers.shell_quote(a.addr), "--other", helpers.shell_quote(b.addr),
       "--screenshots", helpers.shell_quote(shots),
+      "--no-cache-admin", helpers.shell_quote("http://127.0.0.1:" .. plain_admin),
     }, " ")
     local out, code = helpers.sh("STATUS_PAGE_WAIT=" .. 10 * helpers.scale .. " " .. cmd)
     assert.equal(0, code, "status_page.py failed (its screenshots stay in " .. shots
       .. " with MOXY_SPEC_KEEP=1):\n" .. out)
     for _, check in ipairs {
       "page loaded and live", "request%-rate chart: 2xx up to", "pixels of the 2xx line",
-      "latency chart: p50 up to", "charts update by themselves", "peers .* listed, up",
+      "latency chart: p50 up to", "cache chart: hit ratio up to", "pixels of the hit ratio line",
+      "cache cards: hit ratio [%d.]+ %%, used [^\n]+ / 8 MiB", "charts update by themselves", "peers .* listed, up",
       "Drain: .* drained in the table, the state chart and GET /status", "token kept in sessionStorage",
       "Enable: .* up again", "no console errors", "wrong token: 401 shown",
+      "without a cache: .*no cache configured",
     } do
       assert.matches("ok: [^\n]*" .. check, out)
     end

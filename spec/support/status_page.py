@@ -2,21 +2,26 @@
 """Drive moxy's admin status page in headless Chromium, as a person would.
 
     status_page.py --admin http://127.0.0.1:PORT --token T --pool app \
-                   --peer ADDR --other ADDR [--screenshots DIR]
+                   --peer ADDR --other ADDR [--screenshots DIR] \
+                   [--no-cache-admin http://127.0.0.1:PORT2]
 
 Run by spec/03-integration/37-status_page_spec.lua after it has sent traffic
-through moxy (2xx and some 5xx, spread over a few seconds).  Checks, each
-with a bounded wait:
+through moxy (2xx and some 5xx, cache hits and misses, spread over a few
+seconds; moxy has an 8 MiB cache).  Checks, each with a bounded wait:
   1. the page loads (title) and goes live;
   2. the charts have data: the request-rate chart drew 2xx and 5xx points
-     with a rate > 0, the latency chart p50/p99 points, and the canvases hold
-     pixels of those lines' colours; the charts keep updating by themselves;
+     with a rate > 0, the latency chart p50/p99 points, the cache's charts a
+     hit ratio > 0 and hits and misses per second > 0, and the canvases hold
+     pixels of those lines' colours; the cache cards show the last minute's
+     hit ratio and "used / 8 MiB"; the charts keep updating by themselves;
   3. the peers table lists both peers of the pool, up;
   4. with the token typed in the page, Drain shows the peer drained in the
      table, in the state chart and in GET /status; the token survives a
      reload (sessionStorage); Enable brings it back up;
   5. no console errors;
-  6. a wrong token gets a 401 shown in the page and changes nothing.
+  6. a wrong token gets a 401 shown in the page and changes nothing;
+  7. with --no-cache-admin (a moxy without a cache): that page says "no cache
+     configured" and shows no cache chart or card, without console errors.
 Prints "ok: ..." per check; exits 1 with "FAIL: ..." at the first failure.
 """
 import argparse
@@ -149,11 +154,31 @@ def run(driver, a):
         lambda s: s if s.get("p50", {}).get("max", 0) > 0 and s.get("p99", {}).get("max", 0) > 0 else None)(
         series(driver, "#chart-latency")))
     ok(f"latency chart: p50 up to {lat['p50']['max']} ms, p99 up to {lat['p99']['max']} ms")
+    wait_for("the cache section on", lambda: driver.find_element(By.ID, "cache").get_attribute("data-cache") == "on")
+    ratio = wait_for("the cache chart to show a hit ratio > 0", lambda: (
+        lambda s: s if s.get("hit_ratio", {}).get("max", 0) > 0 else None)(series(driver, "#chart-cache-ratio")))
+    lookups = wait_for("the cache lookups chart to show hits and misses", lambda: (
+        lambda s: s if s.get("hits", {}).get("max", 0) > 0 and s.get("misses", {}).get("max", 0) > 0 else None)(
+        series(driver, "#chart-cache-lookups")))
+    ok(f"cache chart: hit ratio up to {ratio['hit_ratio']['max']} % over {ratio['hit_ratio']['points']} samples, "
+       f"hits up to {lookups['hits']['max']}/s, misses up to {lookups['misses']['max']}/s")
     for css, colour, name in (("#chart-rate", (0x2e, 0x9d, 0x48), "2xx line"),
                               ("#chart-rate", (0xd3, 0x3c, 0x3c), "5xx line"),
-                              ("#chart-latency", (0x3b, 0x73, 0xc4), "p50 line")):
+                              ("#chart-latency", (0x3b, 0x73, 0xc4), "p50 line"),
+                              ("#chart-cache-ratio", (0x1b, 0x9a, 0xaa), "hit ratio line"),
+                              ("#chart-cache-lookups", (0x2e, 0x9d, 0x48), "cache hits line")):
         n = wait_for(f"pixels of the {name} in {css}", lambda: pixels(driver, css, colour) > 5 and pixels(driver, css, colour))
         ok(f"{css}: {n} pixels of the {name}")
+    card_ratio = wait_for("the cache hit ratio card to show a ratio > 0", lambda: (
+        lambda t: t if t.endswith(" %") and float(t[:-2]) > 0 else None)(
+        driver.find_element(By.ID, "card-cache-ratio").text))
+    card_used = wait_for("the cache used card to show used / 8 MiB", lambda: (
+        lambda t: t if t.endswith(" / 8 MiB") and not t.startswith("–") else None)(
+        driver.find_element(By.ID, "card-cache-used").text))
+    if not driver.find_element(By.ID, "card-cache-ratio").is_displayed() or \
+            driver.find_element(By.ID, "cache-off").is_displayed():
+        raise Failed("cache on, but its card hidden or 'no cache configured' shown")
+    ok(f"cache cards: hit ratio {card_ratio}, used {card_used}")
     before = series(driver, "#chart-rate")["total"]["points"]
     after = wait_for("the charts to update by themselves", lambda: (
         lambda n: n if n > before else None)(series(driver, "#chart-rate")["total"]["points"]), timeout=5)
@@ -210,6 +235,26 @@ def run(driver, a):
     if a.screenshots:
         driver.save_screenshot(os.path.join(a.screenshots, "final.png"))
 
+    # 7. a moxy without a cache: the page says so, draws no cache chart
+    if a.no_cache_admin:
+        driver.get(a.no_cache_admin + "/")
+        wait_for("the page without a cache to go live",
+                 lambda: driver.find_element(By.ID, "live").get_attribute("data-live") == "yes")
+        wait_for("the cache section off", lambda: driver.find_element(By.ID, "cache").get_attribute("data-cache") == "off")
+        note = wait_for("'no cache configured' shown", lambda: (
+            lambda e: e.is_displayed() and "no cache configured" in e.text.lower() and e.text)(
+            driver.find_element(By.ID, "cache-off")))
+        shown = [css for css in ("#chart-cache-ratio", "#chart-cache-lookups", "#card-cache-ratio", "#card-cache-used")
+                 if driver.find_element(By.CSS_SELECTOR, css).is_displayed()]
+        if shown:
+            raise Failed("without a cache, shown: " + ", ".join(shown))
+        errs = console_errors(driver)
+        if errs:
+            raise Failed("console errors without a cache: " + json.dumps(errs))
+        ok(f"without a cache: 'no cache configured' shown ({note!r}), no cache chart or card")
+        if a.screenshots:
+            driver.save_screenshot(os.path.join(a.screenshots, "no-cache.png"))
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -219,6 +264,7 @@ def main():
     ap.add_argument("--peer", required=True)
     ap.add_argument("--other", required=True)
     ap.add_argument("--screenshots")
+    ap.add_argument("--no-cache-admin", help="the admin URL of a moxy without a cache")
     a = ap.parse_args()
     t0 = time.monotonic()
     driver = browser()
