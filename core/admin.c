@@ -243,6 +243,43 @@ static void reload(struct evhttp_request *req)
     moxy_reload(reload_done, rw);
 }
 
+/* POST /purge?key=K or ?prefix=P: drop cached objects (every variant of
+ * key K, or every key starting with P); 200 {"purged":N}. */
+static void purge(struct evhttp_request *req)
+{
+    if (!may_change(req)) return;
+    if (!moxy_cache_enabled()) {
+        reply_text(req, 409, "Conflict", "no cache is configured (cache = {...})");
+        return;
+    }
+    struct evkeyvalq q;
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    if (!query || evhttp_parse_query_str(query, &q) != 0) {
+        reply_text(req, 400, "Bad Request", "POST /purge?key=KEY or /purge?prefix=PREFIX (URL-encoded)");
+        return;
+    }
+    const char *key = evhttp_find_header(&q, "key"), *prefix = evhttp_find_header(&q, "prefix");
+    int n = -1;
+    if (key && *key && !prefix) n = moxy_cache_invalidate(key, strlen(key));
+    else if (prefix && *prefix && !key) n = moxy_cache_invalidate_prefix(prefix, strlen(prefix));
+    if (n < 0) {
+        evhttp_clear_headers(&q);
+        reply_text(req, 400, "Bad Request", "POST /purge?key=KEY or /purge?prefix=PREFIX (one of them)");
+        return;
+    }
+    moxy_log_info("admin: purged %d cached object%s (%s %s)", n, n == 1 ? "" : "s", key ? "key" : "prefix",
+                  key ? key : prefix);
+    evhttp_clear_headers(&q);
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    evbuffer_add_printf(b, "{\"purged\":%d}\n", n);
+    reply(req, 200, "OK", "application/json", b);
+    evbuffer_free(b);
+}
+
 /* POST /peers/{pool}/{peer}/drain|enable (path already checked to start with /peers/). */
 static void peer_action(struct evhttp_request *req, const char *path)
 {
@@ -301,13 +338,14 @@ static void handle(struct evhttp_request *req, void *arg)
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (!path) path = "/";
-    if (strncmp(path, "/peers/", 7) == 0 || strcmp(path, "/reload") == 0) {
+    if (strncmp(path, "/peers/", 7) == 0 || strcmp(path, "/reload") == 0 || strcmp(path, "/purge") == 0) {
         if (cmd != EVHTTP_REQ_POST) {
             evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
             reply_text(req, 405, "Method Not Allowed", "POST only");
             return;
         }
         if (path[1] == 'r') reload(req);
+        else if (path[2] == 'u') purge(req);
         else peer_action(req, path);
         return;
     }
@@ -323,7 +361,8 @@ static void handle(struct evhttp_request *req, void *arg)
     }
     if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
         reply_text(req, 404, "Not Found",
-                   "GET /, GET /status, GET /metrics, GET /history, POST /reload, POST /peers/{pool}/{peer}/drain|enable");
+                   "GET /, GET /status, GET /metrics, GET /history, POST /reload, POST /purge, "
+                   "POST /peers/{pool}/{peer}/drain|enable");
         return;
     }
     if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {

@@ -11,6 +11,7 @@
  *                                          connections, requests, pools and
  *                                          their peers, shared dicts
  *   GET  /metrics                          Prometheus text format (metrics.h)
+ *   POST /purge?key=K | ?prefix=P          drop cached objects: {"purged":N}
  *   POST /reload                           reload; answered with the result
  *                                          (200, or 422 with the errors)
  *   POST /peers/{pool}/{peer}/drain        drain a peer (every worker)

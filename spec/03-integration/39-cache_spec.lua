@@ -593,6 +593,20 @@ return {
     assert.equal("purged 1\n", res.body)
     assert.equal(404, get(p, nil, "PURGE").status)
     assert.equal("miss false", get(p):header("x-cache"))
+    -- POST /purge on the admin listener (with its token)
+    local q2 = uniq("/echo/admin") .. "?rh=Cache-Control:max-age%3D60"
+    local k2 = get(q2):header("x-key")
+    assert.equal("hit true", get(q2):header("x-cache"))
+    local purge = function(query, token)
+      return assert(helpers.request(admin_port, { method = "POST", path = "/purge?" .. query,
+        headers = token and { Authorization = "Bearer " .. token } or nil }))
+    end
+    assert.equal(401, purge("key=x").status)
+    local ok = purge("key=" .. k2:gsub("[^%w]", function(ch) return ("%%%02X"):format(ch:byte()) end), "reload-token-0123456789")
+    assert.equal(200, ok.status, ok.body)
+    assert.equal('{"purged":1}\n', ok.body)
+    assert.equal("miss false", get(q2):header("x-cache"))
+    assert.equal(400, purge("nothing=1", "reload-token-0123456789").status)
     -- from an address cache.purge does not allow
     local q = "/echo/denied?rh=Cache-Control:max-age%3D60"
     get(q, nil, nil, denied.port)
