@@ -280,6 +280,41 @@ return {
     assert.matches(":4: geoip%.ok: expected a string, got number", text)
   end)
 
+  it("reads pid_file, watch and cache, with their defaults and errors", function()
+    local path = tmpfile(BASE)
+    local c = config.load(path)
+    os.remove(path)
+    assert.matches("/moxy%.pid$", c.pid_file) -- beside the file
+    assert.is_false(c.watch)
+    assert.is_nil(c.cache) -- off unless configured
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, pid_file = false, watch = true,
+  cache = { size = "64m", purge = { "127.0.0.1", "10.0.0.0/8" }, coalesce_timeout = "2s" },]])))
+    c = config.load(path)
+    os.remove(path)
+    assert.is_nil(c.pid_file)
+    assert.is_true(c.watch)
+    assert.equal(64 * 1024 * 1024, c.cache.size)
+    assert.equal(8 * 1024 * 1024, c.cache.max_object) -- an eighth of a cache under 128m
+    assert.equal(2, #c.cache.purge)
+    assert.equal(2, c.cache.coalesce_timeout)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, watch = "yes",
+  cache = { size = "100k", max_object = "1g", colour = 1, purge = { "nope" } },]])))
+    local errs
+    c, errs = config.load(path)
+    os.remove(path)
+    assert.is_nil(c)
+    local all = table.concat(errs, "\n")
+    assert.matches("watch", all)
+    assert.matches("cache%.size: at least 1m", all)
+    assert.matches("cache%.colour", all)
+    assert.matches("cache%.purge%[1%]", all)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { size = "4m", max_object = "3m" },]])))
+    c, errs = config.load(path)
+    os.remove(path)
+    assert.is_nil(c)
+    assert.matches("cache%.max_object: at most half of cache%.size", table.concat(errs, "\n"))
+  end)
+
   it("reports a syntax error with its line", function()
     local path = tmpfile("return {\n  workers = ,\n}\n")
     local c, errs = config.load(path)
