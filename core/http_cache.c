@@ -3,12 +3,16 @@
  * and lookup after on_request, hits served from the store (cache.h),
  * misses' responses judged storable and copied into a new object while
  * they stream to the client, unsafe methods invalidating, Age and
- * Cache-Status (RFC 9211) on every GET and HEAD.
+ * Cache-Status (RFC 9211) on every GET and HEAD, revalidation, stale
+ * answers, coalescing of concurrent misses.  The rules themselves
+ * (directives, dates, freshness, Vary, conditions, ranges, the key) are
+ * cache_policy.c's.
  *
  * What a hit runs: on_response (on the stored head), on_body, on_log --
  * as a response from the origin would; not on_upstream.
  */
 #include "cache.h"
+#include "cache_policy.h"
 #include "headers.h"
 #include "http.h"
 #include "log.h"
@@ -26,171 +30,12 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-/* --- Cache-Control --- */
-
-typedef struct {
-    unsigned no_store : 1, no_cache : 1, private_ : 1, public_ : 1, must_revalidate : 1, only_if_cached : 1;
-    double max_age, s_maxage, max_stale, min_fresh, swr, sie; /* < 0: absent */
-} cc_t;
-
-/* A delta-seconds argument (RFC 9111 1.2.2): digits, or -1 when malformed. */
-static double delta_seconds(const char *p, size_t n)
-{
-    if (n >= 2 && p[0] == '"' && p[n - 1] == '"') { /* quoted: tolerated (RFC 9111 5.2) */
-        p++;
-        n -= 2;
-    }
-    if (n == 0) return -1;
-    double v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9') return -1;
-        v = v * 10 + (p[i] - '0');
-    }
-    return v > 2147483648.0 ? 2147483648.0 : v; /* RFC 9111 1.2.2: cap at 2^31 */
-}
-
-/* Parse every field called name in hs into cc (directives of all of them). */
-static void cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, cc_t *cc)
-{
-    memset(cc, 0, sizeof(*cc));
-    cc->max_age = cc->s_maxage = cc->max_stale = cc->min_fresh = cc->swr = cc->sie = -1;
-    for (int i = moxy_headers_find(hs, name, nlen, 0); i >= 0; i = moxy_headers_find(hs, name, nlen, (uint32_t)i + 1)) {
-        const char *p = hs->h[i].value, *end = p + hs->h[i].value_len;
-        while (p < end) {
-            while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
-            const char *d = p;
-            while (p < end && *p != ',' && *p != '=') p++;
-            size_t dl = (size_t)(p - d);
-            while (dl && (d[dl - 1] == ' ' || d[dl - 1] == '\t')) dl--;
-            const char *a = NULL;
-            size_t al = 0;
-            if (p < end && *p == '=') {
-                p++;
-                while (p < end && (*p == ' ' || *p == '\t')) p++;
-                a = p;
-                if (p < end && *p == '"') { /* quoted-string, may hold commas */
-                    p++;
-                    while (p < end && *p != '"') p += *p == '\\' && p + 1 < end ? 2 : 1;
-                    if (p < end) p++;
-                } else {
-                    while (p < end && *p != ',') p++;
-                }
-                al = (size_t)(p - a);
-                while (al && (a[al - 1] == ' ' || a[al - 1] == '\t')) al--;
-            }
-            if (MOXY_STRIEQ_LIT(d, dl, "no-store")) cc->no_store = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "no-cache")) cc->no_cache = 1; /* with field names: the whole response (stricter) */
-            else if (MOXY_STRIEQ_LIT(d, dl, "private")) cc->private_ = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "public")) cc->public_ = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "must-revalidate") || MOXY_STRIEQ_LIT(d, dl, "proxy-revalidate"))
-                cc->must_revalidate = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "only-if-cached")) cc->only_if_cached = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "max-age")) cc->max_age = a ? delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "s-maxage")) cc->s_maxage = a ? delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "max-stale")) cc->max_stale = a ? delta_seconds(a, al) : 1e12;
-            else if (MOXY_STRIEQ_LIT(d, dl, "min-fresh")) cc->min_fresh = a ? delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "stale-while-revalidate")) cc->swr = a ? delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "stale-if-error")) cc->sie = a ? delta_seconds(a, al) : -1;
-            if (p < end && *p == ',') p++;
-        }
-    }
-}
-
-/* The first value of field name in hs, or NULL. */
-static const moxy_header_t *field(const moxy_headers_t *hs, const char *name, size_t nlen)
-{
-    int i = moxy_headers_find(hs, name, nlen, 0);
-    return i >= 0 ? &hs->h[i] : NULL;
-}
-
-/* An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime) as Unix
- * time, or -1 when it is not one. */
-static double http_date(const moxy_header_t *h)
-{
-    if (!h || h->value_len >= 64) return -1;
-    char buf[64];
-    memcpy(buf, h->value, h->value_len);
-    buf[h->value_len] = '\0';
-    static const char *const fmts[] = {"%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"};
-    for (size_t i = 0; i < MOXY_ARRAY_LEN(fmts); i++) {
-        struct tm tm;
-        memset(&tm, 0, sizeof(tm));
-        const char *end = strptime(buf, fmts[i], &tm);
-        if (end && *end == '\0') return (double)timegm(&tm);
-    }
-    return -1;
-}
-
 /* --- the key --- */
-
-/* The default key of host and uri (ulen bytes, the path its first plen):
- * http://host (lower case) + path, then the query's parameters sorted (so
- * that ?a=1&b=2 and ?b=2&a=1 share an object).  In pool; NULL when out of
- * memory. */
-static char *build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
-                       uint32_t *klen)
-{
-    size_t hl = strlen(host);
-    char *k = moxy_palloc(pool, 7 + hl + ulen + 2);
-    if (!k) return NULL;
-    char *p = k;
-    memcpy(p, "http://", 7);
-    p += 7;
-    for (size_t i = 0; i < hl; i++) *p++ = (char)((host[i] >= 'A' && host[i] <= 'Z') ? host[i] + 32 : host[i]);
-    memcpy(p, uri, plen);
-    p += plen;
-    if (plen + 1 < ulen) { /* a query */
-        const char *q = uri + plen + 1, *qe = uri + ulen;
-        /* up to 64 parameters sorted; more: kept in their order */
-        const char *ps[64];
-        size_t pl[64], np = 0;
-        int sortable = 1;
-        for (const char *s = q; s < qe && sortable;) {
-            const char *e = memchr(s, '&', (size_t)(qe - s));
-            if (!e) e = qe;
-            if (e > s) {
-                if (np == MOXY_ARRAY_LEN(ps)) sortable = 0;
-                else {
-                    ps[np] = s;
-                    pl[np++] = (size_t)(e - s);
-                }
-            }
-            s = e + 1;
-        }
-        *p++ = '?';
-        if (!sortable) {
-            memcpy(p, q, (size_t)(qe - q));
-            p += qe - q;
-        } else {
-            for (size_t i = 1; i < np; i++) { /* insertion sort: few parameters */
-                for (size_t j = i; j > 0; j--) {
-                    size_t m = MOXY_MIN(pl[j - 1], pl[j]);
-                    int c = memcmp(ps[j - 1], ps[j], m);
-                    if (c < 0 || (c == 0 && pl[j - 1] <= pl[j])) break;
-                    const char *tp = ps[j];
-                    size_t tl = pl[j];
-                    ps[j] = ps[j - 1];
-                    pl[j] = pl[j - 1];
-                    ps[j - 1] = tp;
-                    pl[j - 1] = tl;
-                }
-            }
-            for (size_t i = 0; i < np; i++) {
-                if (i) *p++ = '&';
-                memcpy(p, ps[i], pl[i]);
-                p += pl[i];
-            }
-        }
-    }
-    *p = '\0';
-    *klen = (uint32_t)(p - k);
-    return k;
-}
 
 static int make_key(moxy_req_t *r)
 {
     if (r->cache_key) return MOXY_OK; /* txn.cache.key set in on_request */
-    r->cache_key = build_key(&r->c->pool, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
+    r->cache_key = moxy_cache_build_key(&r->c->pool, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
     if (!r->cache_key) return MOXY_ERROR;
     r->cache_hash = moxy_cache_hash(r->cache_key, r->cache_klen);
     return MOXY_OK;
@@ -198,83 +43,12 @@ static int make_key(moxy_req_t *r)
 
 /* --- Vary --- */
 
-/* The request's values of the fields named by vary (", "-separated lower
- * case names), "\n"-separated, each field's values joined with ", " and
- * trimmed.  Request pool; NULL when out of memory. */
-static char *vary_values(moxy_req_t *r, const char *vary)
-{
-    size_t cap = 1;
-    for (uint32_t i = 0; i < r->headers.n; i++) cap += r->headers.h[i].value_len + 3;
-    cap += strlen(vary);
-    char *out = moxy_palloc(&r->c->pool, cap), *p = out;
-    if (!out) return NULL;
-    for (const char *v = vary; *v;) {
-        const char *e = strchr(v, ',');
-        size_t nl = e ? (size_t)(e - v) : strlen(v);
-        if (p > out) *p++ = '\n';
-        int first = 1;
-        for (uint32_t i = 0; i < r->headers.n; i++) {
-            const moxy_header_t *h = &r->headers.h[i];
-            if (h->name_len != nl || strncasecmp(h->name, v, nl) != 0) continue;
-            const char *a = h->value, *b = h->value + h->value_len;
-            while (a < b && (*a == ' ' || *a == '\t')) a++;
-            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
-            if (!first) {
-                memcpy(p, ", ", 2);
-                p += 2;
-            }
-            memcpy(p, a, (size_t)(b - a));
-            p += b - a;
-            first = 0;
-        }
-        v += nl;
-        while (*v == ',' || *v == ' ') v++;
-    }
-    *p = '\0';
-    return out;
-}
-
 static int variant_matches(const moxy_cache_obj_t *o, void *arg)
 {
     moxy_req_t *r = arg;
     if (!o->vary) return 1;
-    const char *mine = vary_values(r, o->vary);
+    const char *mine = moxy_cache_vary_values(&r->c->pool, &r->headers, o->vary);
     return mine && strcmp(mine, o->vary_values) == 0;
-}
-
-/* The response's Vary names, lower case, ", "-separated (NULL: no Vary),
- * or "*" (never served from cache). */
-static char *vary_of(const moxy_headers_t *hs)
-{
-    size_t cap = 1;
-    for (uint32_t i = 0; i < hs->n; i++)
-        if (MOXY_STRIEQ_LIT(hs->h[i].name, hs->h[i].name_len, "vary")) cap += hs->h[i].value_len + 2;
-    if (cap == 1) return NULL;
-    char *out = malloc(cap), *p = out;
-    if (!out) return NULL;
-    for (uint32_t i = 0; i < hs->n; i++) {
-        const moxy_header_t *h = &hs->h[i];
-        if (!MOXY_STRIEQ_LIT(h->name, h->name_len, "vary")) continue;
-        for (const char *a = h->value, *end = h->value + h->value_len; a < end;) {
-            while (a < end && (*a == ' ' || *a == '\t' || *a == ',')) a++;
-            const char *b = a;
-            while (b < end && *b != ',' && *b != ' ' && *b != '\t') b++;
-            if (b > a) {
-                if (p > out) {
-                    memcpy(p, ", ", 2);
-                    p += 2;
-                }
-                for (const char *c = a; c < b; c++) *p++ = (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c);
-            }
-            a = b;
-        }
-    }
-    *p = '\0';
-    if (p == out) {
-        free(out);
-        return NULL;
-    }
-    return out;
 }
 
 /* --- age and freshness (RFC 9111 4.2) --- */
@@ -297,33 +71,6 @@ static double current_age(const moxy_cache_obj_t *o, double now)
     return o->initial_age + (resident > 0 ? resident : 0);
 }
 
-/* Statuses a cache may store with heuristic freshness (RFC 9110 15.1). */
-static int heuristic_status(int s)
-{
-    return s == 200 || s == 203 || s == 204 || s == 206 || s == 300 || s == 301 || s == 308 || s == 404 ||
-           s == 405 || s == 410 || s == 414 || s == 501;
-}
-
-/* The freshness lifetime (RFC 9111 4.2.1) of a response of status with
- * head hs (cc parsed from it, date its Date or when it came): s-maxage,
- * max-age, Expires - Date, or the heuristic; -1: none. */
-static double lifetime_of(const moxy_headers_t *hs, int status, const cc_t *cc, double date)
-{
-    const moxy_header_t *expires = field(hs, "Expires", 7);
-    const moxy_header_t *lm = field(hs, "Last-Modified", 13);
-    if (cc->s_maxage >= 0) return cc->s_maxage;
-    if (cc->max_age >= 0) return cc->max_age;
-    if (expires) {
-        double e = http_date(expires);
-        return e < 0 ? 0 : MOXY_MAX(0, e - date); /* an invalid Expires is in the past */
-    }
-    if (lm && (heuristic_status(status) || cc->public_)) {
-        double m = http_date(lm);
-        if (m >= 0 && m < date) return (date - m) / 10; /* the 10% rule (RFC 9111 4.2.2) */
-    }
-    return -1;
-}
-
 /* --- Cache-Status (RFC 9211) and Age on the response --- */
 
 static void set_status_field(moxy_req_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -343,90 +90,6 @@ static void set_status_field(moxy_req_t *r, const char *fmt, ...)
 static int unsafe_method(int m)
 {
     return m == HTTP_POST || m == HTTP_PUT || m == HTTP_DELETE || m == HTTP_PATCH;
-}
-
-/* 1 when a client's conditional request is satisfied by o: 304. */
-static int not_modified(const moxy_req_t *r, const moxy_cache_obj_t *o)
-{
-    const moxy_header_t *inm = field(&r->headers, "If-None-Match", 13);
-    if (inm) {
-        if (!o->etag) return 0;
-        /* weak comparison (RFC 9110 13.1.2): W/ prefixes ignored */
-        const char *tag = o->etag;
-        if (tag[0] == 'W' && tag[1] == '/') tag += 2;
-        size_t tl = strlen(tag);
-        for (const char *p = inm->value, *end = inm->value + inm->value_len; p < end;) {
-            while (p < end && (*p == ' ' || *p == ',' || *p == '\t')) p++;
-            if (p < end && *p == '*') return 1;
-            if (end - p >= 2 && p[0] == 'W' && p[1] == '/') p += 2;
-            const char *e = p;
-            if (e < end && *e == '"') {
-                e++;
-                while (e < end && *e != '"') e++;
-                if (e < end) e++;
-            } else {
-                while (e < end && *e != ',') e++;
-            }
-            if ((size_t)(e - p) == tl && memcmp(p, tag, tl) == 0) return 1;
-            p = e;
-        }
-        return 0;
-    }
-    const moxy_header_t *ims = field(&r->headers, "If-Modified-Since", 17);
-    if (ims && o->last_modified) {
-        moxy_header_t lm = {.value = o->last_modified, .value_len = (uint32_t)strlen(o->last_modified)};
-        double since = http_date(ims), mod = http_date(&lm);
-        return since >= 0 && mod >= 0 && mod <= since;
-    }
-    return 0;
-}
-
-/* A single byte range of r (RFC 9110 14.1.2) over a body of len bytes:
- * 1 and [*from, *to] when it asks for one that is satisfiable, 0 when it
- * asks for none (no Range, not bytes, several ranges, or If-Range does not
- * match o: the whole body goes), -1 when unsatisfiable (416). */
-static int byte_range(const moxy_req_t *r, const moxy_cache_obj_t *o, uint64_t len, uint64_t *from, uint64_t *to)
-{
-    const moxy_header_t *h = field(&r->headers, "Range", 5);
-    if (!h || h->value_len < 7 || strncasecmp(h->value, "bytes=", 6) != 0) return 0;
-    if (memchr(h->value, ',', h->value_len)) return 0; /* several ranges: the whole body */
-    const moxy_header_t *ir = field(&r->headers, "If-Range", 8);
-    if (ir) { /* only a strong validator that matches keeps the range */
-        int etag_ok = o->etag && o->etag[0] == '"' && ir->value_len == strlen(o->etag) &&
-                      memcmp(ir->value, o->etag, ir->value_len) == 0;
-        int date_ok = o->last_modified && ir->value_len == strlen(o->last_modified) &&
-                      memcmp(ir->value, o->last_modified, ir->value_len) == 0;
-        if (!etag_ok && !date_ok) return 0;
-    }
-    const char *p = h->value + 6, *end = h->value + h->value_len;
-    while (p < end && *p == ' ') p++;
-    uint64_t a = 0, b = 0;
-    int has_a = 0, has_b = 0;
-    while (p < end && *p >= '0' && *p <= '9') {
-        if (a > UINT64_MAX / 10 - 10) return 0;
-        a = a * 10 + (uint64_t)(*p++ - '0');
-        has_a = 1;
-    }
-    if (p >= end || *p != '-') return 0;
-    p++;
-    while (p < end && *p >= '0' && *p <= '9') {
-        if (b > UINT64_MAX / 10 - 10) return 0;
-        b = b * 10 + (uint64_t)(*p++ - '0');
-        has_b = 1;
-    }
-    while (p < end && *p == ' ') p++;
-    if (p != end || (!has_a && !has_b)) return 0; /* malformed: ignored */
-    if (!has_a) { /* a suffix: the last b bytes */
-        if (b == 0) return -1;
-        *from = b >= len ? 0 : len - b;
-        *to = len - 1;
-        return len ? 1 : -1;
-    }
-    if (has_b && b < a) return 0;
-    if (a >= len) return -1;
-    *from = a;
-    *to = has_b && b < len ? b : len - 1;
-    return 1;
 }
 
 static void seg_release(const void *data, size_t len, void *arg)
@@ -481,8 +144,8 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, (size_t)ln);
     }
     uint64_t from, to;
-    int range = o->status == 200 && r->method == HTTP_GET ? byte_range(r, o, o->body_len, &from, &to) : 0;
-    if (range != 0 && !not_modified(r, o)) {
+    int range = o->status == 200 && r->method == HTTP_GET ? moxy_cache_byte_range(&r->headers, o, o->body_len, &from, &to) : 0;
+    if (range != 0 && !moxy_cache_not_modified(&r->headers, o)) {
         char cr[80];
         int cn;
         if (range > 0) {
@@ -500,7 +163,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         }
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
-    if (not_modified(r, o)) {
+    if (moxy_cache_not_modified(&r->headers, o)) {
         /* RFC 9110 15.4.5: only these fields, no body */
         static const char *const keep[] = {"cache-control", "content-location", "date", "etag", "expires",
                                            "vary", "age", "cache-status", "last-modified"};
@@ -599,9 +262,9 @@ static int purge_method(moxy_req_t *r)
 /* 1 when the client's request carries conditions of its own. */
 static int client_conditional(const moxy_req_t *r)
 {
-    return field(&r->headers, "If-None-Match", 13) || field(&r->headers, "If-Modified-Since", 17) ||
-           field(&r->headers, "If-Match", 8) || field(&r->headers, "If-Unmodified-Since", 19) ||
-           field(&r->headers, "If-Range", 8);
+    return moxy_cache_field(&r->headers, "If-None-Match", 13) || moxy_cache_field(&r->headers, "If-Modified-Since", 17) ||
+           moxy_cache_field(&r->headers, "If-Match", 8) || moxy_cache_field(&r->headers, "If-Unmodified-Since", 19) ||
+           moxy_cache_field(&r->headers, "If-Range", 8);
 }
 
 /* r goes to the origin with o stale: keep o to revalidate it (the request
@@ -636,13 +299,13 @@ static int lookup(moxy_req_t *r)
         return MOXY_DECLINED;
     }
     r->cache_lookup = 1;
-    cc_t cc;
-    cc_parse(&r->headers, "Cache-Control", 13, &cc);
+    moxy_cc_t cc;
+    moxy_cache_cc_parse(&r->headers, "Cache-Control", 13, &cc);
     if (cc.no_store) r->cache_no_store = 1;
-    const moxy_header_t *pragma = field(&r->headers, "Pragma", 6);
+    const moxy_header_t *pragma = moxy_cache_field(&r->headers, "Pragma", 6);
     int reload = cc.no_cache || cc.max_age == 0 ||
                  (pragma && moxy_list_has_token(pragma->value, pragma->value_len, "no-cache", 8) &&
-                  !field(&r->headers, "Cache-Control", 13));
+                  !moxy_cache_field(&r->headers, "Cache-Control", 13));
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
     double now = wall_now(r);
@@ -844,7 +507,7 @@ EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
  * when it is on the request's host (RFC 9111 4.4). */
 static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
 {
-    const moxy_header_t *h = field(&r->resp_headers, name, nlen);
+    const moxy_header_t *h = moxy_cache_field(&r->resp_headers, name, nlen);
     if (!h || !r->host) return;
     const char *v = h->value;
     size_t vl = h->value_len, hl = strlen(r->host);
@@ -856,7 +519,7 @@ static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
     if (vl == 0 || v[0] != '/') return;
     const char *qm = memchr(v, '?', vl);
     uint32_t kl;
-    char *key = build_key(&r->c->pool, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
+    char *key = moxy_cache_build_key(&r->c->pool, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
     if (key) moxy_cache_invalidate(key, kl);
 }
 
@@ -917,7 +580,7 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
     }
     if (old->etag) o->etag = strdup(old->etag);
     if (old->last_modified) o->last_modified = strdup(old->last_modified);
-    const moxy_header_t *et = field(fresh, "ETag", 4), *lm = field(fresh, "Last-Modified", 13);
+    const moxy_header_t *et = moxy_cache_field(fresh, "ETag", 4), *lm = moxy_cache_field(fresh, "Last-Modified", 13);
     if (et) {
         free(o->etag);
         o->etag = strndup(et->value, et->value_len);
@@ -936,20 +599,20 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
         if (moxy_headers_add(&r->c->pool, &merged, l, (size_t)(colon - l), v, (size_t)(eol - v)) != MOXY_OK) goto fail;
         l = eol + 2;
     }
-    cc_t cc;
-    cc_parse(&merged, "Cache-Control", 13, &cc);
+    moxy_cc_t cc;
+    moxy_cache_cc_parse(&merged, "Cache-Control", 13, &cc);
     double now = wall_now(r);
     double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
     double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
-    double date = http_date(field(fresh, "Date", 4));
+    double date = moxy_cache_date(moxy_cache_field(fresh, "Date", 4));
     if (date < 0) date = response_time;
-    const moxy_header_t *ageh = field(fresh, "Age", 3);
-    double age_value = ageh ? delta_seconds(ageh->value, ageh->value_len) : 0;
+    const moxy_header_t *ageh = moxy_cache_field(fresh, "Age", 3);
+    double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
     if (age_value < 0) age_value = 0;
     o->request_time = request_time;
     o->response_time = response_time;
     o->initial_age = MOXY_MAX(MOXY_MAX(0, response_time - date), age_value + (response_time - request_time));
-    o->lifetime = r->cache_ttl >= 0 ? r->cache_ttl : lifetime_of(&merged, o->status, &cc, date);
+    o->lifetime = r->cache_ttl >= 0 ? r->cache_ttl : moxy_cache_lifetime(&merged, o->status, &cc, date);
     o->must_revalidate = cc.must_revalidate;
     o->no_cache = cc.no_cache;
     o->stale_while_revalidate = cc.swr;
@@ -1044,16 +707,16 @@ void moxy_cache_response_decide(moxy_req_t *r)
     const char *why = NULL;
     const moxy_headers_t *hs = &r->cache_head;
     int status = r->up_status;
-    cc_t cc;
-    cc_parse(hs, "Cache-Control", 13, &cc);
+    moxy_cc_t cc;
+    moxy_cache_cc_parse(hs, "Cache-Control", 13, &cc);
     char *vary = NULL;
     double now = wall_now(r);
-    double date = http_date(field(hs, "Date", 4));
+    double date = moxy_cache_date(moxy_cache_field(hs, "Date", 4));
     double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
     double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
     if (date < 0) date = response_time;
-    double life = lifetime_of(hs, status, &cc, date);
-    int has_validator = field(hs, "ETag", 4) || field(hs, "Last-Modified", 13);
+    double life = moxy_cache_lifetime(hs, status, &cc, date);
+    int has_validator = moxy_cache_field(hs, "ETag", 4) || moxy_cache_field(hs, "Last-Modified", 13);
     int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
     if (forced) life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
@@ -1062,14 +725,14 @@ void moxy_cache_response_decide(moxy_req_t *r)
     else if (forced) why = NULL;
     else if (cc.no_store) why = "no-store";
     else if (cc.private_) why = "private";
-    else if (field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
+    else if (moxy_cache_field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
         why = "authorization";
-    else if (field(hs, "Set-Cookie", 10)) why = "set-cookie";
+    else if (moxy_cache_field(hs, "Set-Cookie", 10)) why = "set-cookie";
     else if (cc.no_cache && !has_validator) why = "no-cache without a validator";
-    else if (life < 0 && !(heuristic_status(status) && has_validator)) why = "no freshness";
+    else if (life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
     else if (life <= 0 && !has_validator) why = "not fresh";
     else if (r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > moxy_cache_max_object()) why = "too big";
-    if (!why && (vary = vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
+    if (!why && (vary = moxy_cache_vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
     if (!why && forced && life <= 0) why = "ttl 0";
     if (why) {
         free(vary);
@@ -1084,7 +747,7 @@ void moxy_cache_response_decide(moxy_req_t *r)
     }
     o->vary = vary;
     if (vary) {
-        const char *vv = vary_values(r, vary);
+        const char *vv = moxy_cache_vary_values(&r->c->pool, &r->headers, vary);
         o->vary_values = vv ? strdup(vv) : NULL;
         if (!o->vary_values) goto fail;
     }
@@ -1092,8 +755,8 @@ void moxy_cache_response_decide(moxy_req_t *r)
     o->request_time = request_time;
     o->response_time = response_time;
     /* corrected_initial_age (RFC 9111 4.2.3) */
-    const moxy_header_t *ageh = field(hs, "Age", 3);
-    double age_value = ageh ? delta_seconds(ageh->value, ageh->value_len) : 0;
+    const moxy_header_t *ageh = moxy_cache_field(hs, "Age", 3);
+    double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
     if (age_value < 0) age_value = 0;
     double apparent = MOXY_MAX(0, response_time - date);
     o->initial_age = MOXY_MAX(apparent, age_value + (response_time - request_time));

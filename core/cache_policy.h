@@ -1,0 +1,64 @@
+/*
+ * cache_policy.h -- the rules of RFC 9111 (and 9110, 5861) the cache
+ * applies, as functions of header lists and stored objects: Cache-Control
+ * directives, HTTP dates, freshness lifetimes, Vary, client conditions,
+ * byte ranges, and the default cache key.  http_cache.c applies them to
+ * requests.
+ */
+#ifndef MOXY_CACHE_POLICY_H
+#define MOXY_CACHE_POLICY_H
+
+#include "cache.h"
+#include "http-t.h"
+#include "pool.h"
+
+/* The Cache-Control directives moxy acts on. */
+typedef struct {
+    unsigned no_store : 1, no_cache : 1, private_ : 1, public_ : 1, must_revalidate : 1, only_if_cached : 1;
+    double max_age, s_maxage, max_stale, min_fresh, swr, sie; /* < 0: absent */
+} moxy_cc_t;
+
+/* A delta-seconds value (RFC 9111 1.2.2) of n bytes at p; -1 when malformed. */
+double moxy_cache_delta_seconds(const char *p, size_t n);
+
+/* The directives of every field called name (nlen bytes) in hs, into cc. */
+void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, moxy_cc_t *cc);
+
+/* The first field called name in hs, or NULL. */
+const moxy_header_t *moxy_cache_field(const moxy_headers_t *hs, const char *name, size_t nlen);
+
+/* h's value as an HTTP-date (IMF-fixdate, RFC 850, asctime): Unix time, or -1. */
+double moxy_cache_date(const moxy_header_t *h);
+
+/* The default key of host and uri (ulen bytes, the path its first plen):
+ * "http://host/path?parameters sorted", in pool; its length in *klen.
+ * NULL when out of memory. */
+char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
+                           uint32_t *klen);
+
+/* The values in req of the fields named by vary, normalised ("\n" between
+ * fields, ", " between repeats, trimmed), in pool; NULL when out of memory. */
+char *moxy_cache_vary_values(moxy_pool_t *pool, const moxy_headers_t *req, const char *vary);
+
+/* A response's Vary field names, lower case and ", "-separated (malloc'ed),
+ * "*" for Vary: *, NULL without Vary. */
+char *moxy_cache_vary_of(const moxy_headers_t *hs);
+
+/* 1 for the statuses cacheable by default (heuristic freshness allowed). */
+int moxy_cache_heuristic_status(int status);
+
+/* The freshness lifetime in seconds of a response of status with head hs
+ * (cc parsed from it; date its Date, or when it came); -1: none. */
+double moxy_cache_lifetime(const moxy_headers_t *hs, int status, const moxy_cc_t *cc, double date);
+
+/* 1 when the conditions in req (If-None-Match, else If-Modified-Since)
+ * are satisfied by o: a 304 answers. */
+int moxy_cache_not_modified(const moxy_headers_t *req, const moxy_cache_obj_t *o);
+
+/* The single byte range req asks of o's body (len bytes): 1 with [*from,
+ * *to]; 0 for the whole body (no Range, several, If-Range not matching);
+ * -1 when unsatisfiable (416). */
+int moxy_cache_byte_range(const moxy_headers_t *req, const moxy_cache_obj_t *o, uint64_t len, uint64_t *from,
+                          uint64_t *to);
+
+#endif
