@@ -306,6 +306,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         c->cache.size = (size_t)field_num(L, lua_gettop(L), "size", 256.0 * 1024 * 1024);
         c->cache.max_object = (size_t)field_num(L, lua_gettop(L), "max_object", 16.0 * 1024 * 1024);
         c->cache.coalesce_timeout = field_num(L, lua_gettop(L), "coalesce_timeout", 5);
+        c->cache.request_directives = field_bool(L, lua_gettop(L), "request_directives");
         if (read_cidrs(L, lua_gettop(L), "purge", &c->cache.purge, &c->cache.npurge, c->path, err) != MOXY_OK)
             return MOXY_ERROR;
     }

@@ -177,6 +177,7 @@ typedef struct moxy_conf_s {
         size_t size;       /* bytes */
         size_t max_object; /* bytes */
         double coalesce_timeout; /* seconds a miss waits for another's response to the same key; 0: off */
+        int request_directives;  /* the client's Cache-Control and Pragma count */
         moxy_cidr_t *purge; /* addresses allowed to PURGE */
         int npurge;
     } cache;

@@ -301,11 +301,16 @@ static int lookup(moxy_req_t *r)
     r->cache_lookup = 1;
     moxy_cc_t cc;
     moxy_cache_cc_parse(&r->headers, "Cache-Control", 13, &cc);
-    if (cc.no_store) r->cache_no_store = 1;
     const moxy_header_t *pragma = moxy_cache_field(&r->headers, "Pragma", 6);
     int reload = cc.no_cache || cc.max_age == 0 ||
                  (pragma && moxy_list_has_token(pragma->value, pragma->value_len, "no-cache", 8) &&
                   !moxy_cache_field(&r->headers, "Cache-Control", 13));
+    if (!r->g->conf->cache.request_directives) { /* cache.request_directives = false */
+        moxy_headers_t none = {0};
+        moxy_cache_cc_parse(&none, "Cache-Control", 13, &cc);
+        reload = 0;
+    }
+    if (cc.no_store) r->cache_no_store = 1;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
     double now = wall_now(r);

@@ -326,6 +326,20 @@ return {
     assert.equal(504, get(fresh(), { ["Cache-Control"] = "only-if-cached" }).status)
   end)
 
+  it("ignores the request's directives with cache.request_directives = false", function()
+    local m3 = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "2m", request_directives = false },
+    })
+    local p = fresh(nil, { "Cache-Control:max-age=60" })
+    assert(helpers.request(m3.port, { path = p }))
+    for _, h in ipairs { { ["Cache-Control"] = "no-cache" }, { Pragma = "no-cache" }, { ["Cache-Control"] = "max-age=0" } } do
+      local res = assert(helpers.request(m3.port, { path = p, headers = h }))
+      assert.matches("^moxy; hit", res:header("cache-status"))
+    end
+    assert.equal(1, origin_saw(p))
+  end)
+
   it("shares an object between query strings that differ only in parameter order", function()
     n = n + 1
     local a = "/bytes/10?x=" .. n .. "&rh=Cache-Control:max-age%3D60&b=2"
