@@ -26,6 +26,7 @@
 --       listen block names 127.0.0.1:PORT addresses.
 --       opts.files = { ["site.lua"] = source, ... } written next to the config.
 --       opts.wait = false: do not wait for the listen ports.
+--       A table's `admin = {...}` without `listen` gets a free port: m.admin_port.
 --       m.port, m.ports, m.pid, m.dir, m.conf_path, m.access_log, m.error_log
 --       m:stop([signal = "TERM"[, timeout]]) -> code, how ("exited"/"killed")
 --       m:signal(name), m:wait_exit(timeout) -> code, how  (nil on timeout)
@@ -583,6 +584,10 @@ function helpers.config_defaults(cfg)
     for name in pairs(cfg.upstreams) do only, count = name, count + 1 end
     if count == 1 then cfg.default_upstream = only end
   end
+  if type(cfg.admin) == "table" and cfg.admin.listen == nil then
+    cfg.admin = copy(cfg.admin)
+    cfg.admin.listen = "127.0.0.1:" .. helpers.free_port()
+  end
   if cfg.log == nil then cfg.log = {} end
   if cfg.log.access == nil then cfg.log.access = "access.log" end
   if cfg.log.error == nil then cfg.log.error = "stderr" end
@@ -638,11 +643,13 @@ Moxy.__index = Moxy
 function helpers.start_moxy(config, opts)
   opts = opts or {}
   local dir = helpers.tmpdir("moxy")
-  local src, ports, cfg
+  local src, ports, cfg, admin_port
   if type(config) == "table" then
     cfg = helpers.config_defaults(config)
     src = "-- written by spec/helpers.lua\nreturn " .. serialize(cfg) .. "\n"
     ports = listen_ports(cfg.listen)
+    if type(cfg.admin) == "table" then admin_port = tonumber(tostring(cfg.admin.listen):match(":(%d+)$")) end
+    if admin_port then ports[#ports + 1] = admin_port end
   else
     src = config
     ports = opts.ports or (opts.port and { opts.port }) or ports_from_source(src)
@@ -672,7 +679,7 @@ function helpers.start_moxy(config, opts)
 
   local m = setmetatable({
     proc = p, pid = p.pid, dir = dir, conf_path = conf_path, source = src, config = cfg,
-    ports = ports, port = ports[1], access_log = access or nil, error_log = errlog or nil,
+    ports = ports, port = ports[1], admin_port = admin_port, access_log = access or nil, error_log = errlog or nil,
     stderr_path = p.stderr_path,
   }, Moxy)
 

@@ -100,22 +100,20 @@ describe("admin listener", function()
 
   lazy_setup(function()
     a, b = helpers.start_origin(), helpers.start_origin()
-    admin_port = helpers.free_port()
-    local port = helpers.free_port()
     m = helpers.start_moxy({
       workers = 2,
-      listen = { "127.0.0.1:" .. port },
       upstreams = { app = { servers = { a.addr, b.addr } } },
       shared = { sessions = "1m" },
-      admin = { listen = "127.0.0.1:" .. admin_port, token = TOKEN },
+      admin = { token = TOKEN },
       lua = { cpu_budget = "20ms" },
       scripts = { "spin.lua" },
-    }, { ports = { port, admin_port }, files = { ["spin.lua"] = [[
+    }, { files = { ["spin.lua"] = [[
 return { on_request = function(txn)
   if txn.req.path == "/spin" then while true do end end
   if txn.req.path == "/fail" then error("boom") end
 end }
 ]] } })
+    admin_port = m.admin_port
     -- the admin listener is bound after the workers' listeners: wait for its log line
     assert(helpers.wait_until(function()
       return m:stderr():find("admin listener on 127.0.0.1:" .. admin_port, 1, true) or not m:alive()

@@ -17,22 +17,18 @@ describe("admin status page", function()
 
   lazy_setup(function()
     a, b = helpers.start_origin(), helpers.start_origin()
-    admin_port = helpers.free_port()
-    local port = helpers.free_port()
     m = helpers.start_moxy({
       workers = 2,
-      listen = { "127.0.0.1:" .. port },
       upstreams = { app = { servers = { a.addr, b.addr } } },
       cache = { size = "8m" },
-      admin = { listen = "127.0.0.1:" .. admin_port, token = TOKEN },
-    }, { ports = { port, admin_port } })
-    plain_admin = helpers.free_port()
-    local plain_port = helpers.free_port()
+      admin = { token = TOKEN },
+    })
+    admin_port = m.admin_port
     local plain = helpers.start_moxy({
-      listen = { "127.0.0.1:" .. plain_port },
       upstreams = { app = { servers = { a.addr } } },
-      admin = { listen = "127.0.0.1:" .. plain_admin },
-    }, { ports = { plain_port, plain_admin } })
+      admin = {},
+    })
+    plain_admin = plain.admin_port
     for _, x in ipairs { { m, admin_port }, { plain, plain_admin } } do
       assert(helpers.wait_until(function()
         return x[1]:stderr():find("admin listener on 127.0.0.1:" .. x[2], 1, true) or not x[1]:alive()

@@ -21,22 +21,20 @@ describe("HTTP cache", function()
 
   lazy_setup(function()
     origin = helpers.start_origin()
-    admin_port = helpers.free_port()
-    local port = helpers.free_port()
     m = helpers.start_moxy({
       workers = 2,
-      listen = { "127.0.0.1:" .. port },
       upstreams = { app = { servers = { origin.addr } } },
       cache = { size = "8m", max_object = "256k" },
-      admin = { listen = "127.0.0.1:" .. admin_port },
+      admin = {},
       scripts = { "hooks.lua" },
-    }, { ports = { port, admin_port }, files = { ["hooks.lua"] = [[
+    }, { files = { ["hooks.lua"] = [[
 return {
   on_response = function(txn)
     txn.resp.headers:set("X-Hook", "ran")
   end,
 }
 ]] } })
+    admin_port = m.admin_port
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
@@ -463,14 +461,11 @@ describe("HTTP cache steered from Lua", function()
 
   lazy_setup(function()
     origin = helpers.start_origin()
-    admin_port = helpers.free_port()
-    local port = helpers.free_port()
     m = helpers.start_moxy({
-      listen = { "127.0.0.1:" .. port },
       workers = 2,
       upstreams = { app = { servers = { origin.addr } } },
       cache = { size = "8m", purge = { "127.0.0.1" } },
-      admin = { listen = "127.0.0.1:" .. admin_port, token = "reload-token-0123456789" },
+      admin = { token = "reload-token-0123456789" },
       scripts = { "rules.lua" },
     }, { files = { ["rules.lua"] = [[
 return {
@@ -502,7 +497,8 @@ return {
     if txn.req.path:find("^/echo/never") then txn.cache:no_store() end
   end,
 }
-]] }, ports = { port, admin_port } })
+]] } })
+    admin_port = m.admin_port
     denied = helpers.start_moxy({
       upstreams = { app = { servers = { origin.addr } } },
       cache = { size = "2m", purge = { "10.0.0.0/8" } },
