@@ -56,6 +56,10 @@ typedef struct moxy_cache_obj_s {
     uint64_t body_len;
     struct moxy_cache_obj_s *body_owner; /* a revalidated copy's: the object whose body it shares
                                             (a reference), or NULL: the body is its own */
+    /* while it fills, coalesced waiters stream from it (http_cache.c) */
+    uint64_t expected;           /* the body's length when the origin said it (Content-Length), else 0 */
+    atomic_ullong avail;         /* body bytes appended so far (release: readers may read them) */
+    atomic_int fill_state;       /* 0 filling, 1 complete, -1 abandoned */
     size_t charge;               /* bytes counted against the cache's size */
 
     /* RFC 9111 bookkeeping, wall-clock seconds (cache_policy.c) */
@@ -142,6 +146,13 @@ void moxy_cache_flight_end(const char *key, size_t klen, uint64_t hash, double n
 
 /* 1 while a leader's request for key is under way. */
 int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash);
+
+/* The leader's object for key, being filled, offered to the waiters (a
+ * reference is taken). */
+void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_cache_obj_t *o);
+
+/* The object the leader of key fills, with a reference, or NULL. */
+moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash);
 
 /* Note a hit on o for eviction (no lock). */
 static inline void moxy_cache_obj_touch(moxy_cache_obj_t *o)

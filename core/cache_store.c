@@ -28,6 +28,7 @@ typedef struct {
 /* A key whose leader is at the origin (request coalescing). */
 typedef struct flight_s {
     struct flight_s *next;
+    moxy_cache_obj_t *filling; /* the leader's object while it fills (a reference), or NULL */
     long long free_until;  /* > 0: no flight, a "hit-for-miss" mark: the key's responses are not
                               stored, so nobody waits for them until then (moxy_mono_ms()) */
     uint64_t hash;
@@ -203,6 +204,8 @@ int moxy_cache_obj_append(moxy_cache_obj_t *o, const char *data, size_t len)
         data += take;
         len -= take;
     }
+    /* the bytes (and segment links) before this store are there for readers */
+    atomic_store_explicit(&o->avail, o->body_len, memory_order_release);
     return MOXY_OK;
 }
 
@@ -463,6 +466,7 @@ int moxy_cache_flight_begin(const char *key, size_t klen, uint64_t hash)
         leader = 0;
     } else if ((f = malloc(sizeof(*f) + klen))) {
         f->next = s->flights;
+        f->filling = NULL;
         f->free_until = 0;
         f->hash = hash;
         f->klen = klen;
@@ -479,6 +483,8 @@ void moxy_cache_flight_end(const char *key, size_t klen, uint64_t hash, double n
     stripe_t *s = stripe_of(hash);
     pthread_mutex_lock(&s->lock);
     flight_t **pp = flight_find(s, key, klen, hash), *f = *pp;
+    moxy_cache_obj_t *filling = f ? f->filling : NULL;
+    if (f) f->filling = NULL;
     if (f && no_wait > 0) {
         long long now = moxy_mono_ms();
         f->free_until = now + (long long)(no_wait * 1000); /* kept as the mark */
@@ -499,6 +505,32 @@ void moxy_cache_flight_end(const char *key, size_t klen, uint64_t hash, double n
     }
     pthread_mutex_unlock(&s->lock);
     free(f);
+    if (filling) moxy_cache_obj_unref(filling);
+}
+
+void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_cache_obj_t *o)
+{
+    if (!C.ready) return;
+    stripe_t *s = stripe_of(hash);
+    pthread_mutex_lock(&s->lock);
+    flight_t *f = *flight_find(s, key, klen, hash);
+    if (f && !f->free_until && !f->filling) {
+        moxy_cache_obj_ref(o);
+        f->filling = o;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash)
+{
+    if (!C.ready) return NULL;
+    stripe_t *s = stripe_of(hash);
+    pthread_mutex_lock(&s->lock);
+    flight_t *f = *flight_find(s, key, klen, hash);
+    moxy_cache_obj_t *o = f && !f->free_until ? f->filling : NULL;
+    if (o) moxy_cache_obj_ref(o);
+    pthread_mutex_unlock(&s->lock);
+    return o;
 }
 
 int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash)
@@ -539,6 +571,7 @@ void moxy_cache_destroy(void)
         flight_t *f = C.stripes[i].flights, *next;
         for (; f; f = next) {
             next = f->next;
+            if (f->filling) moxy_cache_obj_unref(f->filling);
             free(f);
         }
         pthread_mutex_destroy(&C.stripes[i].lock);

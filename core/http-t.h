@@ -255,6 +255,8 @@ struct moxy_req_s {
     int cache_fwd_status;          /* the origin's status when the answer is cache_reval's (304, 5xx) */
     unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
     unsigned cache_collapsed : 1;  /* answered with what another request fetched */
+    unsigned cache_streaming : 1;  /* streams from the object another request fills */
+    uint64_t cache_sent;           /* of that object, the bytes sent so far */
     struct event *cache_wait;      /* waiting for the leader's response (request pool), or NULL */
     double cache_wait_until;       /* then it goes to the origin itself */
     int cache_wait_ms;             /* the next look's delay */

@@ -136,15 +136,20 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         set_status_field(r, "moxy; hit; ttl=%.0f%s", floor(o->lifetime - age), r->cache_collapsed ? "; collapsed" : "");
     r->status = o->status;
     r->up_status = o->status;
-    r->resp_body_kind = o->body_len ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
-    r->resp_body_left = o->body_len;
+    /* streaming from an object still filling: its announced length (its
+     * body_len is the filler's to write) */
+    uint64_t body_len = r->cache_streaming ? o->expected : o->body_len;
+    r->resp_body_kind = body_len ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
+    r->resp_body_left = body_len;
     if (r->method == HTTP_HEAD && o->status != 204) { /* the length of what a GET would get */
         char lb[24];
-        int ln = snprintf(lb, sizeof(lb), "%llu", (unsigned long long)o->body_len);
+        int ln = snprintf(lb, sizeof(lb), "%llu", (unsigned long long)body_len);
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, (size_t)ln);
     }
     uint64_t from, to;
-    int range = o->status == 200 && r->method == HTTP_GET ? moxy_cache_byte_range(&r->headers, o, o->body_len, &from, &to) : 0;
+    int range = o->status == 200 && r->method == HTTP_GET && !r->cache_streaming
+                    ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to)
+                    : 0;
     if (range != 0 && !moxy_cache_not_modified(&r->headers, o)) {
         char cr[80];
         int cn;
@@ -184,6 +189,8 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     if (rc != MOXY_AGAIN) moxy_cache_after_response_hooks(r, rc);
 }
 
+static void stream_step(moxy_req_t *r);
+
 void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
 {
     moxy_client_t *c = r->c;
@@ -199,6 +206,10 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
     moxy_cache_obj_t *o = r->cache_obj;
     if (!moxy_resp_has_body(r) || r->resp_body_kind == MOXY_BODY_NONE) {
         moxy_req_response_done(r);
+        return;
+    }
+    if (r->cache_streaming) { /* the object still fills: its bytes go as they come */
+        stream_step(r);
         return;
     }
     struct evbuffer *to = r->filtering ? r->filter_in : c->out;
@@ -360,6 +371,82 @@ static int lookup(moxy_req_t *r)
     return MOXY_DECLINED;
 }
 
+/* Send the bytes the object r streams from has gained since the last
+ * step; the end when all are there; cut r when the fill was abandoned;
+ * else look again in 2 ms. */
+static void stream_step(moxy_req_t *r)
+{
+    moxy_cache_obj_t *o = r->cache_obj;
+    moxy_client_t *c = r->c;
+    uint64_t avail = atomic_load_explicit(&o->avail, memory_order_acquire);
+    int state = atomic_load_explicit(&o->fill_state, memory_order_acquire);
+    if (avail > o->expected) avail = o->expected;
+    if (avail > r->cache_sent) {
+        /* segments before the one holding byte avail - 1 are full (len == cap);
+         * the filler may be linking the next one: stop before reading it */
+        uint64_t pos = 0;
+        for (moxy_cache_seg_t *s = o->body; s;) {
+            uint64_t end = pos + s->cap, lo = MOXY_MAX(pos, r->cache_sent), hi = MOXY_MIN(end, avail);
+            if (hi > lo) {
+                moxy_cache_obj_ref(o);
+                if (evbuffer_add_reference(c->out, s->data + (lo - pos), (size_t)(hi - lo), seg_release, o) != 0) {
+                    moxy_cache_obj_unref(o);
+                    moxy_client_close(c);
+                    return;
+                }
+            }
+            pos = end;
+            if (pos >= avail) break;
+            s = s->next;
+        }
+        r->cache_sent = avail;
+        r->bytes_sent = avail;
+    }
+    if (r->cache_sent == o->expected) {
+        moxy_req_response_done(r);
+        return;
+    }
+    if (state != 0) { /* abandoned (or complete short: the origin lied about its length) */
+        r->error = "the origin's response this request was collapsed on failed";
+        moxy_log(MOXY_LOG_WARN, r->id, "cache: %s: %s after %llu bytes", r->cache_key, r->error,
+                 (unsigned long long)r->cache_sent);
+        moxy_client_close(c);
+        return;
+    }
+    if (moxy_client_send(c) != MOXY_OK) return;
+    struct timeval tv = {0, 2000};
+    evtimer_add(r->cache_wait, &tv);
+}
+
+static void stream_cb(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    stream_step(arg);
+}
+
+/* A waiter whose leader's response is being stored: stream it from the
+ * object as it fills, when nothing would make it differ for r (a plain GET
+ * of the same variant, no on_body hooks, a known length).  1 when r is
+ * answered that way. */
+static int stream_start(moxy_req_t *r, double now)
+{
+    moxy_cache_obj_t *o = moxy_cache_flight_filling(r->cache_key, r->cache_klen, r->cache_hash);
+    if (!o) return 0;
+    if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) || client_conditional(r) ||
+        moxy_cache_field(&r->headers, "Range", 5)) {
+        moxy_cache_obj_unref(o);
+        return 0;
+    }
+    evtimer_assign(r->cache_wait, r->c->w->base, stream_cb, r); /* its timer steps the stream now */
+    r->cache_streaming = 1;
+    r->cache_collapsed = 1;
+    r->cache_state = MOXY_CACHE_HIT;
+    moxy_cache_count(1);
+    serve(r, o, now); /* takes the reference */
+    return 1;
+}
+
 /* A waiter looks again: the leader's object, or its own way to the origin
  * once the leader is gone (it stored nothing usable) or the wait is over. */
 static void wait_cb(evutil_socket_t fd, short what, void *arg)
@@ -368,6 +455,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     double now = wall_now(r);
+    if (stream_start(r, now)) return;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
     if (o && o->lifetime >= 0 && !o->no_cache && current_age(o, now) < o->lifetime) {
@@ -785,6 +873,10 @@ void moxy_cache_response_decide(moxy_req_t *r)
     }
     o->head_len = (size_t)(p - o->head);
     r->cache_fill = o;
+    if (r->cache_leader && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > 0) {
+        o->expected = r->resp_body_left; /* waiters may stream from it as it fills */
+        moxy_cache_flight_attach(r->cache_key, r->cache_klen, r->cache_hash, o);
+    }
     /* Cache-Status so far was set at lookup: add that this one is stored */
     int i = moxy_headers_find(&r->resp_headers, "Cache-Status", 12, 0);
     const char *was = i >= 0 ? r->resp_headers.h[i].value : "moxy; fwd=miss";
@@ -798,6 +890,7 @@ void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len)
 {
     if (moxy_cache_obj_append(r->cache_fill, data, len) != MOXY_OK) {
         moxy_log(MOXY_LOG_INFO, r->id, "cache: %s not stored: larger than cache.max_object", r->cache_key);
+        atomic_store_explicit(&r->cache_fill->fill_state, -1, memory_order_release);
         moxy_cache_obj_unref(r->cache_fill);
         r->cache_fill = NULL;
     }
@@ -825,6 +918,7 @@ void moxy_cache_response_done(moxy_req_t *r)
     moxy_cache_obj_t *o = r->cache_fill;
     if (!o) return;
     r->cache_fill = NULL;
+    atomic_store_explicit(&o->fill_state, 1, memory_order_release);
     moxy_cache_publish(o);
     moxy_cache_obj_unref(o);
     flight_over(r, 0);
@@ -833,9 +927,12 @@ void moxy_cache_response_done(moxy_req_t *r)
 void moxy_cache_req_free(moxy_req_t *r)
 {
     flight_over(r, 0);
-    if (r->cache_wait) event_del(r->cache_wait); /* its client left while it waited */
+    if (r->cache_wait) event_del(r->cache_wait); /* its client left while it waited or streamed */
     r->cache_wait = NULL;
-    if (r->cache_fill) moxy_cache_obj_unref(r->cache_fill); /* an incomplete response is not stored */
+    if (r->cache_fill) { /* an incomplete response is not stored; its streams are cut */
+        atomic_store_explicit(&r->cache_fill->fill_state, -1, memory_order_release);
+        moxy_cache_obj_unref(r->cache_fill);
+    }
     if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
     if (r->cache_reval) moxy_cache_obj_unref(r->cache_reval);
     r->cache_fill = r->cache_obj = r->cache_reval = NULL;

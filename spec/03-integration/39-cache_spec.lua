@@ -418,6 +418,44 @@ return {
     assert.is_true(took < 2.5, "took " .. took)
   end)
 
+  it("streams the first response to the waiting requests as it comes from the origin", function()
+    -- the origin sends 5 bytes, waits 1 s, sends 5 more
+    local p = fresh("/slow-body/1", { "Cache-Control:max-age=60" })
+    local leader = assert(helpers.connection(m.port))
+    assert(leader:send(helpers.build_request({ path = p })))
+    helpers.sleep(0.15) -- the leader's response head is in
+    local waiters, firsts = {}, {}
+    for i = 1, 10 do
+      waiters[i] = assert(helpers.connection(m.port))
+      assert(waiters[i]:send(helpers.build_request({ path = p })))
+    end
+    local t0 = helpers.now()
+    for i = 1, 10 do
+      -- head and the first 5 bytes, long before the origin's second half
+      local data = ""
+      while not data:find("\r\n\r\n01234", 1, true) do
+        local more, err = waiters[i]:receive_some(0.6)
+        assert(more, "waiter " .. i .. ": nothing within 0.6 s (" .. tostring(err) .. "): " .. data)
+        data = data .. more
+      end
+      firsts[i] = data
+    end
+    assert.is_true(helpers.now() - t0 < 0.7, "the waiters got their first bytes only after the origin's second half")
+    for i = 1, 10 do
+      assert.matches("Cache%-Status: moxy; hit; ttl=%d+; collapsed", firsts[i])
+      assert.matches("Content%-Length: 10", firsts[i])
+      local data = firsts[i]
+      while not data:find("0123456789", 1, true) do
+        local more = assert(waiters[i]:receive_some(3))
+        data = data .. more
+      end
+      waiters[i]:close()
+    end
+    assert.equal("0123456789", assert(leader:read_response()).body)
+    leader:close()
+    assert.equal(1, origin_saw(p))
+  end)
+
   it("lets waiters go to the origin as soon as the first response turns out not storable", function()
     local p = fresh("/slow-headers/0.3")
     local t0 = helpers.now()
