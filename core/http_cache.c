@@ -99,20 +99,26 @@ static void seg_release(const void *data, size_t len, void *arg)
     moxy_cache_obj_unref(arg);
 }
 
-/* The stored head of o as r's response head. */
-static int load_head(moxy_req_t *r, const moxy_cache_obj_t *o)
+/* The "Name: value\r\n" lines of a stored head (len bytes) appended to
+ * list, copied into pool.  MOXY_ERROR: out of memory. */
+static int head_parse(moxy_pool_t *pool, const char *head, size_t len, moxy_headers_t *list)
 {
-    r->resp_headers.n = 0;
-    for (const char *p = o->head, *end = o->head + o->head_len; p < end;) {
+    for (const char *p = head, *end = head + len; p < end;) {
         const char *colon = memchr(p, ':', (size_t)(end - p));
         const char *eol = memchr(p, '\r', (size_t)(end - p));
         if (!colon || !eol || colon > eol) break;
         const char *v = colon + 2 <= eol ? colon + 2 : eol;
-        if (moxy_headers_add(&r->c->pool, &r->resp_headers, p, (size_t)(colon - p), v, (size_t)(eol - v)) != MOXY_OK)
-            return MOXY_ERROR;
+        if (moxy_headers_add(pool, list, p, (size_t)(colon - p), v, (size_t)(eol - v)) != MOXY_OK) return MOXY_ERROR;
         p = eol + 2;
     }
     return MOXY_OK;
+}
+
+/* The stored head of o as r's response head. */
+static int load_head(moxy_req_t *r, const moxy_cache_obj_t *o)
+{
+    r->resp_headers.n = 0;
+    return head_parse(&r->c->pool, o->head, o->head_len, &r->resp_headers);
 }
 
 /* Serve r from o (a fresh hit, or a 304 for the client's condition). */
@@ -635,6 +641,52 @@ static char *store_field(char *p, const moxy_header_t *h)
     return p + 2;
 }
 
+/* When the response r got from the origin (head origin: its Date and Age)
+ * was asked for and came, its Date, and its corrected initial age (RFC
+ * 9111 4.2.3). */
+typedef struct {
+    double request, response, date, initial_age;
+} times_t;
+
+static void response_times(const moxy_req_t *r, const moxy_headers_t *origin, times_t *t)
+{
+    t->response = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : wall_now(r);
+    t->request = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : t->response;
+    t->date = moxy_cache_date(moxy_cache_field(origin, "Date", 4));
+    if (t->date < 0) t->date = t->response;
+    const moxy_header_t *ageh = moxy_cache_field(origin, "Age", 3);
+    double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
+    if (age_value < 0) age_value = 0;
+    t->initial_age = MOXY_MAX(MOXY_MAX(0, t->response - t->date), age_value + (t->response - t->request));
+}
+
+/* o's head as stored (hs's fields, store_field), its validators, times
+ * and freshness (life; the flags from cc).  MOXY_ERROR: out of memory. */
+static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const times_t *t, const moxy_cc_t *cc,
+                       double life)
+{
+    o->head = malloc(moxy_headers_size(hs) + 1);
+    if (!o->head) return MOXY_ERROR;
+    char *p = o->head;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *h = &hs->h[i];
+        p = store_field(p, h);
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified)
+            o->last_modified = strndup(h->value, h->value_len);
+    }
+    o->head_len = (size_t)(p - o->head);
+    o->request_time = t->request;
+    o->response_time = t->response;
+    o->initial_age = t->initial_age;
+    o->lifetime = life;
+    o->must_revalidate = cc->must_revalidate;
+    o->no_cache = cc->no_cache;
+    o->stale_while_revalidate = cc->swr;
+    o->stale_if_error = cc->sie;
+    return MOXY_OK;
+}
+
 /* The origin answered 304 to the revalidation of r->cache_reval (its
  * head in r->resp_headers): a new object, the stored head updated by the
  * 304's fields (RFC 9111 4.3.4), new times, the old body (shared).
@@ -643,25 +695,17 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
 {
     moxy_cache_obj_t *old = r->cache_reval;
     const moxy_headers_t *fresh = &r->resp_headers;
+    moxy_pool_t *pool = &r->c->pool;
+    /* the stored fields, those the 304 brings replaced by its own */
+    moxy_headers_t merged = {0};
+    if (head_parse(pool, old->head, old->head_len, &merged) != MOXY_OK) return NULL;
+    for (uint32_t i = 0; i < fresh->n; i++) moxy_headers_remove(&merged, fresh->h[i].name, fresh->h[i].name_len);
+    for (uint32_t i = 0; i < fresh->n; i++) {
+        const moxy_header_t *h = &fresh->h[i];
+        if (moxy_headers_add(pool, &merged, h->name, h->name_len, h->value, h->value_len) != MOXY_OK) return NULL;
+    }
     moxy_cache_obj_t *o = moxy_cache_obj_new(old->key, old->klen, old->hash);
     if (!o) return NULL;
-    /* stored head: the old lines whose name the 304 does not bring, then the 304's */
-    size_t cap = old->head_len + moxy_headers_size(fresh) + 1;
-    char *p = o->head = malloc(cap);
-    if (!p) goto fail;
-    for (const char *l = old->head, *end = old->head + old->head_len; l < end;) {
-        const char *eol = memchr(l, '\r', (size_t)(end - l));
-        const char *colon = memchr(l, ':', (size_t)(end - l));
-        if (!eol || !colon || colon > eol) break;
-        if (moxy_headers_find(fresh, l, (size_t)(colon - l), 0) < 0 ||
-            MOXY_STRIEQ_LIT(l, (size_t)(colon - l), "content-length")) {
-            memcpy(p, l, (size_t)(eol + 2 - l));
-            p += eol + 2 - l;
-        }
-        l = eol + 2;
-    }
-    for (uint32_t i = 0; i < fresh->n; i++) p = store_field(p, &fresh->h[i]);
-    o->head_len = (size_t)(p - o->head);
     o->status = old->status;
     o->body_owner = (moxy_cache_obj_t *)moxy_cache_body(old);
     moxy_cache_obj_ref(o->body_owner);
@@ -671,45 +715,12 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
         o->vary_values = strdup(old->vary_values);
         if (!o->vary || !o->vary_values) goto fail;
     }
-    if (old->etag) o->etag = strdup(old->etag);
-    if (old->last_modified) o->last_modified = strdup(old->last_modified);
-    const moxy_header_t *et = moxy_cache_field(fresh, "ETag", 4), *lm = moxy_cache_field(fresh, "Last-Modified", 13);
-    if (et) {
-        free(o->etag);
-        o->etag = strndup(et->value, et->value_len);
-    }
-    if (lm) {
-        free(o->last_modified);
-        o->last_modified = strndup(lm->value, lm->value_len);
-    }
-    /* the merged head as a list, for the freshness rules */
-    moxy_headers_t merged = {0};
-    for (const char *l = o->head, *end = o->head + o->head_len; l < end;) {
-        const char *eol = memchr(l, '\r', (size_t)(end - l));
-        const char *colon = memchr(l, ':', (size_t)(end - l));
-        if (!eol || !colon || colon > eol) break;
-        const char *v = colon + 2 <= eol ? colon + 2 : eol;
-        if (moxy_headers_add(&r->c->pool, &merged, l, (size_t)(colon - l), v, (size_t)(eol - v)) != MOXY_OK) goto fail;
-        l = eol + 2;
-    }
     moxy_cc_t cc;
     moxy_cache_cc_parse(&merged, "Cache-Control", 13, &cc);
-    double now = wall_now(r);
-    double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
-    double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
-    double date = moxy_cache_date(moxy_cache_field(fresh, "Date", 4));
-    if (date < 0) date = response_time;
-    const moxy_header_t *ageh = moxy_cache_field(fresh, "Age", 3);
-    double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
-    if (age_value < 0) age_value = 0;
-    o->request_time = request_time;
-    o->response_time = response_time;
-    o->initial_age = MOXY_MAX(MOXY_MAX(0, response_time - date), age_value + (response_time - request_time));
-    o->lifetime = r->cache_ttl >= 0 ? r->cache_ttl : moxy_cache_lifetime(&merged, o->status, &cc, date);
-    o->must_revalidate = cc.must_revalidate;
-    o->no_cache = cc.no_cache;
-    o->stale_while_revalidate = cc.swr;
-    o->stale_if_error = cc.sie;
+    times_t t;
+    response_times(r, fresh, &t);
+    double life = r->cache_ttl >= 0 ? r->cache_ttl : moxy_cache_lifetime(&merged, o->status, &cc, t.date);
+    if (object_fill(o, &merged, &t, &cc, life) != MOXY_OK) goto fail;
     return o;
 fail:
     moxy_cache_obj_unref(o);
@@ -803,12 +814,9 @@ void moxy_cache_response_decide(moxy_req_t *r)
     moxy_cc_t cc;
     moxy_cache_cc_parse(hs, "Cache-Control", 13, &cc);
     char *vary = NULL;
-    double now = wall_now(r);
-    double date = moxy_cache_date(moxy_cache_field(hs, "Date", 4));
-    double response_time = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : now;
-    double request_time = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : response_time;
-    if (date < 0) date = response_time;
-    double life = moxy_cache_lifetime(hs, status, &cc, date);
+    times_t t;
+    response_times(r, hs, &t);
+    double life = moxy_cache_lifetime(hs, status, &cc, t.date);
     int has_validator = moxy_cache_field(hs, "ETag", 4) || moxy_cache_field(hs, "Last-Modified", 13);
     int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
     if (forced) life = r->cache_ttl;
@@ -845,33 +853,8 @@ void moxy_cache_response_decide(moxy_req_t *r)
         if (!o->vary_values) goto fail;
     }
     o->status = status;
-    o->request_time = request_time;
-    o->response_time = response_time;
-    /* corrected_initial_age (RFC 9111 4.2.3) */
-    const moxy_header_t *ageh = moxy_cache_field(hs, "Age", 3);
-    double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
-    if (age_value < 0) age_value = 0;
-    double apparent = MOXY_MAX(0, response_time - date);
-    o->initial_age = MOXY_MAX(apparent, age_value + (response_time - request_time));
-    o->lifetime = life;
-    o->must_revalidate = cc.must_revalidate;
-    o->no_cache = cc.no_cache;
-    o->stale_while_revalidate = cc.swr;
-    o->stale_if_error = forced && r->cache_stale >= 0 ? r->cache_stale : cc.sie;
-    /* the head as stored: what a hit answers with, minus hop-by-hop and
-     * what moxy writes per response */
-    size_t cap = moxy_headers_size(hs) + 1;
-    o->head = malloc(cap);
-    if (!o->head) goto fail;
-    char *p = o->head;
-    for (uint32_t i = 0; i < hs->n; i++) {
-        const moxy_header_t *h = &hs->h[i];
-        p = store_field(p, h);
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified)
-            o->last_modified = strndup(h->value, h->value_len);
-    }
-    o->head_len = (size_t)(p - o->head);
+    if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
+    if (forced && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
     r->cache_fill = o;
     if (r->cache_leader && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > 0) {
         o->expected = r->resp_body_left; /* waiters may stream from it as it fills */
