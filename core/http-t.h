@@ -251,7 +251,9 @@ struct moxy_req_s {
     uint64_t cache_from;           /* a hit's first body byte sent (Range) */
     struct moxy_cache_obj_s *cache_reval; /* the stale object a miss keeps (revalidation,
                                              stale-if-error; a reference), or NULL */
-    unsigned cache_conditional : 1; /* the request carries cache_reval's validators */
+    unsigned cache_conditional : 1; /* the origin gets cache_reval's validators (upstream head) */
+    char *cache_vary;              /* the Vary field names the request's values were made for, or NULL */
+    char *cache_vary_values;       /* its values of them (moxy_cache_vary_values) */
     int cache_fwd_status;          /* the origin's status when the answer is cache_reval's (304, 5xx) */
     unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
     unsigned cache_collapsed : 1;  /* answered with what another request fetched */

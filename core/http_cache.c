@@ -47,8 +47,17 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
 {
     moxy_req_t *r = arg;
     if (!o->vary) return 1;
-    const char *mine = moxy_cache_vary_values(&r->c->pool, &r->headers, o->vary);
-    return mine && strcmp(mine, o->vary_values) == 0;
+    /* the request's values for these fields, made once: a key's variants
+     * (and a waiter's looks) name the same fields */
+    if (!r->cache_vary || strcmp(r->cache_vary, o->vary) != 0) {
+        size_t n = strlen(o->vary) + 1;
+        char *names = moxy_palloc(&r->c->pool, n);
+        if (!names) return 0;
+        memcpy(names, o->vary, n);
+        r->cache_vary = names;
+        r->cache_vary_values = moxy_cache_vary_values(&r->c->pool, &r->headers, names);
+    }
+    return r->cache_vary_values && strcmp(r->cache_vary_values, o->vary_values) == 0;
 }
 
 /* --- age and freshness (RFC 9111 4.2) --- */
@@ -69,6 +78,12 @@ static double current_age(const moxy_cache_obj_t *o, double now)
 {
     double resident = now - o->response_time;
     return o->initial_age + (resident > 0 ? resident : 0);
+}
+
+/* 1 when o may be used without revalidation now (RFC 9111 4.2). */
+static int fresh_now(const moxy_cache_obj_t *o, double now)
+{
+    return o->lifetime >= 0 && !o->no_cache && current_age(o, now) < o->lifetime;
 }
 
 /* --- Cache-Status (RFC 9211) and Age on the response --- */
@@ -297,12 +312,7 @@ static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         return;
     }
     r->cache_reval = o;
-    if (!validators) return;
-    moxy_pool_t *pool = &r->c->pool;
-    if (o->etag) moxy_headers_set(pool, &r->headers, "If-None-Match", 13, o->etag, strlen(o->etag));
-    if (o->last_modified)
-        moxy_headers_set(pool, &r->headers, "If-Modified-Since", 17, o->last_modified, strlen(o->last_modified));
-    r->cache_conditional = 1;
+    r->cache_conditional = validators; /* moxy_upstream_write_head adds them to what the origin gets */
 }
 
 static int wait_start(moxy_req_t *r, double timeout);
@@ -334,7 +344,7 @@ static int lookup(moxy_req_t *r)
     r->cache_state = MOXY_CACHE_MISS;
     if (o) {
         double age = current_age(o, now), life = o->lifetime;
-        int fresh = life >= 0 && !o->no_cache && age < life;
+        int fresh = fresh_now(o, now);
         if (cc.max_age >= 0 && age > cc.max_age) fresh = 0;
         if (cc.min_fresh >= 0 && life - age < cc.min_fresh) fresh = 0;
         if (!fresh && cc.max_stale >= 0 && !o->must_revalidate && !o->no_cache && life >= 0 &&
@@ -464,7 +474,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     if (stream_start(r, now)) return;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
-    if (o && o->lifetime >= 0 && !o->no_cache && current_age(o, now) < o->lifetime) {
+    if (o && fresh_now(o, now)) {
         r->cache_wait = NULL;
         r->cache_collapsed = 1;
         r->cache_state = MOXY_CACHE_HIT;
@@ -775,11 +785,7 @@ void moxy_cache_answer_kept(moxy_req_t *r)
 {
     moxy_cache_obj_t *o = r->cache_reval;
     r->cache_reval = NULL;
-    if (r->cache_conditional) { /* the conditions were the cache's, not the client's */
-        moxy_headers_remove(&r->headers, "If-None-Match", 13);
-        moxy_headers_remove(&r->headers, "If-Modified-Since", 17);
-        r->cache_conditional = 0;
-    }
+    r->cache_conditional = 0;
     r->cache_head.h = NULL; /* nothing of the origin's is stored */
     r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
     if (r->cache_fwd_status == 304) moxy_cache_count(1);

@@ -13,6 +13,7 @@
  * close for HTTP/1.0 clients).
  */
 #include "headers.h"
+#include "cache.h"
 #include "http.h"
 #include "io.h"
 #include "log.h"
@@ -232,7 +233,11 @@ int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc
 {
     const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
     size_t mlen = strlen(r->method_name), hlen = strlen(host);
-    size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + 160;
+    /* a revalidation of a stale object: its validators (RFC 9111 4.3.1) */
+    const char *etag = r->cache_conditional ? r->cache_reval->etag : NULL;
+    const char *lm = r->cache_conditional ? r->cache_reval->last_modified : NULL;
+    size_t elen = etag ? strlen(etag) : 0, lmlen = lm ? strlen(lm) : 0;
+    size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + elen + lmlen + 200;
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
     char *p = v.iov_base;
@@ -251,6 +256,18 @@ int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc
     if (r->upgrade) {
         memcpy(p, "Connection: upgrade\r\n", 21);
         p += 21;
+    }
+    if (etag) {
+        memcpy(p, "If-None-Match: ", 15);
+        memcpy(p + 15, etag, elen);
+        memcpy(p + 15 + elen, "\r\n", 2);
+        p += 15 + elen + 2;
+    }
+    if (lm) {
+        memcpy(p, "If-Modified-Since: ", 19);
+        memcpy(p + 19, lm, lmlen);
+        memcpy(p + 19 + lmlen, "\r\n", 2);
+        p += 19 + lmlen + 2;
     }
     size_t buffered = r->body_buffered && r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
     if (r->body_buffered && r->body_kind != MOXY_BODY_NONE) {
