@@ -83,10 +83,10 @@ return {
   end)
 
   it("expires: after max-age the next request goes to the origin and is stored again", function()
-    local p = fresh(nil, { "Cache-Control:max-age=1" })
+    local p = fresh(nil, { "Cache-Control:max-age=2" })
     get(p)
     assert.matches("hit", get(p):header("cache-status"))
-    helpers.sleep(1.2)
+    helpers.sleep(2.2)
     local res = get(p)
     assert.matches("^moxy; fwd=stale; stored", res:header("cache-status"))
     assert.equal(2, origin_saw(p))
@@ -220,9 +220,9 @@ return {
   end)
 
   it("revalidates a stale object with its validators: a 304 refreshes it and the client gets the stored body", function()
-    local p = fresh(nil, { "Cache-Control:max-age=1", 'ETag:"e1"' }) .. "&match304=" .. q('"e1"')
+    local p = fresh(nil, { "Cache-Control:max-age=2", 'ETag:"e1"' }) .. "&match304=" .. q('"e1"')
     local first = get(p)
-    helpers.sleep(1.2)
+    helpers.sleep(2.2)
     local res = get(p)
     assert.equal(200, res.status)
     assert.equal(first.body, res.body)
@@ -233,7 +233,7 @@ return {
     assert.matches("^moxy; hit", get(p):header("cache-status"))
     assert.equal(2, origin_saw(p))
     -- a client's own condition is not replaced by the cache's
-    helpers.sleep(1.2)
+    helpers.sleep(2.2)
     local own = get(p, { ["If-None-Match"] = '"e1"' })
     assert.equal(304, own.status)
     assert.equal(3, origin_saw(p))
