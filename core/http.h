@@ -34,12 +34,9 @@ void moxy_client_release(moxy_client_t *c);
 void moxy_client_close(moxy_client_t *c);
 
 /* Abort the on_log hooks of requests detached from their connection, and
- * log them (the worker stops). */
-void moxy_client_end_detached(moxy_worker_t *w);
-
-/* The same for the detached requests running on generation g only (its
- * drain deadline passed). */
-void moxy_client_end_detached_gen(moxy_worker_t *w, moxy_wgen_t *g);
+ * log them: those running on generation g (its drain deadline passed), or
+ * all of them when g is NULL (the worker stops). */
+void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *g);
 
 /* Drain (QUIT, upgrade, a listener gone): close after the current response;
  * an idle connection closes unless a request comes within

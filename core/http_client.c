@@ -59,25 +59,25 @@ static void client_stop_read(moxy_client_t *c)
 static void client_want_read(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
-    moxy_wgen_t *w = r ? r->g : c->w->g; /* the timeouts of the request's generation */
+    moxy_wgen_t *g = r ? r->g : c->w->g; /* the timeouts of the request's generation */
     if (c->eof || c->state == MOXY_C_CLOSING) {
         client_stop_read(c);
         return;
     }
     if (c->state == MOXY_C_HEAD) {
         int partial = r && r->head_bytes > 0;
-        if (partial) client_read_timeout(c, &w->tv_client_header);
-        else client_read_timeout(c, w->ctv_keepalive);
+        if (partial) client_read_timeout(c, &g->tv_client_header);
+        else client_read_timeout(c, g->ctv_keepalive);
     } else if (c->state == MOXY_C_TUNNEL) {
-        client_read_timeout(c, w->ctv_upstream);
+        client_read_timeout(c, g->ctv_upstream);
     } else if (r && !r->body_done) {
-        client_read_timeout(c, w->ctv_client_body);
+        client_read_timeout(c, g->ctv_client_body);
     } else {
         /* Body done: read only to notice pipelined requests or a close,
          * and not more than one head's worth.  A timeout left armed from
          * before is harmless (client_timeout ignores this state), and
          * not re-arming saves a timer operation per request. */
-        if (evbuffer_get_length(c->in) > w->conf->limits.header_bytes) client_stop_read(c);
+        if (evbuffer_get_length(c->in) > g->conf->limits.header_bytes) client_stop_read(c);
         else if (!c->reading) client_read_timeout(c, NULL);
     }
 }
@@ -223,20 +223,13 @@ static void request_detached_end(moxy_req_t *r)
     moxy_worker_conn_closed(w);
 }
 
-void moxy_client_end_detached(moxy_worker_t *w)
-{
-    moxy_client_t *g;
-    while ((g = LIST_FIRST(&w->detached))) {
-        request_detached_end(g->req); /* its parked on_log hooks are dropped */
-    }
-}
-
-void moxy_client_end_detached_gen(moxy_worker_t *w, moxy_wgen_t *gen)
+void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *gen)
 {
     moxy_client_t *g = LIST_FIRST(&w->detached), *next;
     for (; g; g = next) {
         next = LIST_NEXT(g, link);
-        if (g->req->g == gen) request_detached_end(g->req);
+        /* its parked on_log hooks are dropped */
+        if (!gen || g->req->g == gen) request_detached_end(g->req);
     }
 }
 

@@ -226,6 +226,15 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
     return u;
 }
 
+/* Write "<name: >value\r\n" at p (name with its ": "); the end. */
+static char *put_field(char *p, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    memcpy(p, name, nlen);
+    memcpy(p + nlen, value, vlen);
+    memcpy(p + nlen + vlen, "\r\n", 2);
+    return p + nlen + vlen + 2;
+}
+
 /* The head is written in one piece into space reserved on out: no copy of
  * it is made on the way to the socket. */
 int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc,
@@ -257,18 +266,8 @@ int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc
         memcpy(p, "Connection: upgrade\r\n", 21);
         p += 21;
     }
-    if (etag) {
-        memcpy(p, "If-None-Match: ", 15);
-        memcpy(p + 15, etag, elen);
-        memcpy(p + 15 + elen, "\r\n", 2);
-        p += 15 + elen + 2;
-    }
-    if (lm) {
-        memcpy(p, "If-Modified-Since: ", 19);
-        memcpy(p + 19, lm, lmlen);
-        memcpy(p + 19 + lmlen, "\r\n", 2);
-        p += 19 + lmlen + 2;
-    }
+    if (etag) p = put_field(p, "If-None-Match: ", 15, etag, elen);
+    if (lm) p = put_field(p, "If-Modified-Since: ", 19, lm, lmlen);
     size_t buffered = r->body_buffered && r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
     if (r->body_buffered && r->body_kind != MOXY_BODY_NONE) {
         /* read by a hook: sent whole, with its length (a retry sends it again) */
@@ -1017,7 +1016,7 @@ static int filter_pump(moxy_req_t *r)
 
 /* Go on after the hooks handled a piece: the next pieces, the end, or
  * more of the origin's body. */
-static void filter_continue(moxy_req_t *r)
+void moxy_upstream_filter_continue(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
     moxy_upconn_t *u = r->up;
@@ -1043,7 +1042,7 @@ static void filter_continue(moxy_req_t *r)
 /* Decide whether r's response body goes through on_body, before its head is
  * written (a filtered body loses its Content-Length: chunked, or close-
  * delimited for HTTP/1.0).  MOXY_ERROR: out of memory. */
-static int filter_start(moxy_req_t *r)
+int moxy_upstream_filter_start(moxy_req_t *r)
 {
     moxy_worker_t *w = r->c->w;
     r->filtering = moxy_lua_has(r->g, MOXY_PHASE_BODY) && !r->no_filter &&
@@ -1052,16 +1051,6 @@ static int filter_start(moxy_req_t *r)
     if (!r->filter_in) r->filter_in = moxy_worker_buf_get(w);
     if (!r->filter_out) r->filter_out = moxy_worker_buf_get(w);
     return r->filter_in && r->filter_out ? MOXY_OK : MOXY_ERROR;
-}
-
-int moxy_upstream_filter_start(moxy_req_t *r)
-{
-    return filter_start(r);
-}
-
-void moxy_upstream_filter_continue(moxy_req_t *r)
-{
-    filter_continue(r);
 }
 
 void moxy_upstream_req_free(moxy_req_t *r)
@@ -1081,7 +1070,7 @@ void moxy_upstream_req_free(moxy_req_t *r)
 static int up_after_response_hooks(moxy_upconn_t *u, int rc)
 {
     moxy_req_t *r = u->req;
-    if (rc == MOXY_OK && filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
+    if (rc == MOXY_OK && moxy_upstream_filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
     if (rc == MOXY_OK) {
         moxy_cache_response_decide(r);
         moxy_resp_write_head(r);
@@ -1111,7 +1100,7 @@ void moxy_upstream_hooks_done(moxy_req_t *r, int rc)
     case MOXY_PHASE_BODY:
         if (filter_emit(r, rc) != MOXY_OK) return;
         if (r->filter_final) moxy_req_response_done(r);
-        else filter_continue(r);
+        else moxy_upstream_filter_continue(r);
         return;
     }
     if (r->cache_hit) {
@@ -1287,7 +1276,7 @@ static void up_process(moxy_upconn_t *u)
             return;
         }
         r->filter_eof = 1;
-        filter_continue(r);
+        moxy_upstream_filter_continue(r);
         return;
     }
     if (u->eof) {
@@ -1295,7 +1284,7 @@ static void up_process(moxy_upconn_t *u)
         return;
     }
     if (r->filtering) {
-        filter_continue(r);
+        moxy_upstream_filter_continue(r);
         return;
     }
     if (moxy_client_send(c) != MOXY_OK) return;
