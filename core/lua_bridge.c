@@ -60,8 +60,7 @@ typedef struct moxy_lua_timer_s {
 
 /* One run of hooks: a request's phase, or a timer's callback. */
 struct moxy_lua_task_s {
-    moxy_worker_t *w;
-    moxy_wgen_t *g;             /* the generation whose VM runs it */
+    moxy_wgen_t *g;             /* the generation whose VM runs it (on g->w) */
     struct moxy_lua_co_s co;
     moxy_req_t *r;              /* NULL: a timer's callback */
     moxy_lua_timer_t *timer;    /* the timer whose callback this is, or NULL */
@@ -320,7 +319,9 @@ void moxy_lua_wgen_retire(moxy_wgen_t *g)
     }
 }
 
-void moxy_lua_wgen_cut(moxy_wgen_t *g)
+/* Free g's timers, dropping the callbacks parked in them.  The number of
+ * them whose callback was running (each held a reference to g). */
+static int timers_drop(moxy_wgen_t *g)
 {
     int running = 0;
     moxy_lua_timer_t *tm;
@@ -332,21 +333,17 @@ void moxy_lua_wgen_cut(moxy_wgen_t *g)
         running += tm->running;
         timer_free(tm);
     }
-    while (running-- > 0) moxy_wgen_release(g);
+    return running;
+}
+
+void moxy_lua_wgen_cut(moxy_wgen_t *g)
+{
+    for (int n = timers_drop(g); n > 0; n--) moxy_wgen_release(g);
 }
 
 void moxy_lua_wgen_free(moxy_wgen_t *g)
 {
-    if (g->L) {
-        moxy_lua_timer_t *tm;
-        while ((tm = LIST_FIRST(&g->timers))) {
-            if (tm->task) {
-                task_drop(tm->task);
-                free(tm->task);
-            }
-            timer_free(tm);
-        }
-    }
+    if (g->L) timers_drop(g); /* none runs: nothing holds g any more */
     free(g->co_free);
     g->co_free = NULL;
     g->nco_free = g->co_free_cap = 0;
@@ -358,32 +355,32 @@ void moxy_lua_wgen_free(moxy_wgen_t *g)
 }
 
 /* A coroutine for a request: an idle one, or a new one with the body pushed. */
-static void co_get(moxy_wgen_t *w, struct moxy_lua_co_s *out)
+static void co_get(moxy_wgen_t *g, struct moxy_lua_co_s *out)
 {
-    if (w->nco_free > 0) {
-        *out = w->co_free[--w->nco_free];
+    if (g->nco_free > 0) {
+        *out = g->co_free[--g->nco_free];
         return;
     }
-    lua_State *L = w->L;
+    lua_State *L = g->L;
     out->co = lua_newthread(L);
     out->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, w->lua_body);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->lua_body);
     lua_xmove(L, out->co, 1);
 }
 
 /* The coroutine finished a run cleanly: keep it for the next one. */
-static void co_put(moxy_wgen_t *w, struct moxy_lua_co_s co)
+static void co_put(moxy_wgen_t *g, struct moxy_lua_co_s co)
 {
-    if (w->nco_free == w->co_free_cap && w->co_free_cap < CO_FREE_MAX) {
-        int cap = w->co_free_cap ? w->co_free_cap * 2 : 16;
-        struct moxy_lua_co_s *n = realloc(w->co_free, (size_t)cap * sizeof(*n));
+    if (g->nco_free == g->co_free_cap && g->co_free_cap < CO_FREE_MAX) {
+        int cap = g->co_free_cap ? g->co_free_cap * 2 : 16;
+        struct moxy_lua_co_s *n = realloc(g->co_free, (size_t)cap * sizeof(*n));
         if (n) {
-            w->co_free = n;
-            w->co_free_cap = cap;
+            g->co_free = n;
+            g->co_free_cap = cap;
         }
     }
-    if (w->nco_free < w->co_free_cap) w->co_free[w->nco_free++] = co;
-    else luaL_unref(w->L, LUA_REGISTRYINDEX, co.ref);
+    if (g->nco_free < g->co_free_cap) g->co_free[g->nco_free++] = co;
+    else luaL_unref(g->L, LUA_REGISTRYINDEX, co.ref);
 }
 
 static void task_sleep_cb(evutil_socket_t fd, short what, void *arg);
@@ -404,7 +401,7 @@ static moxy_lua_task_t *task_current(void)
     *s = *t;
     s->stable = 1;
     s->sleep = (struct event *)(s + 1);
-    evtimer_assign(s->sleep, s->w->base, task_sleep_cb, s);
+    evtimer_assign(s->sleep, s->g->w->base, task_sleep_cb, s);
     cur_task = s;
     return s;
 }
@@ -420,7 +417,7 @@ static void push_req(lua_State *co, const moxy_req_t *r)
 static void log_task_error(moxy_lua_task_t *t, const char *msg)
 {
     int phase = t->r ? t->r->hook_phase : PHASE_TIMER;
-    MOXY_STAT_ADD(t->w->stats.lua_errors, 1);
+    MOXY_STAT_ADD(t->g->w->stats.lua_errors, 1);
     moxy_log(MOXY_LOG_ERR, t->r ? t->r->id : NULL, "%s: %s", phase_names[phase], msg);
 }
 
@@ -430,20 +427,20 @@ static void log_task_error(moxy_lua_task_t *t, const char *msg)
 static int co_resume(moxy_lua_task_t **tp, int nargs)
 {
     moxy_lua_task_t *t = *tp;
-    moxy_wgen_t *w = t->g;
+    moxy_wgen_t *g = t->g;
     moxy_req_t *r = t->r;
     lua_State *c = t->co.co;
     moxy_lua_task_t *outer = cur_task;
     cur_task = t;
-    budget_arm(w);
-    if (w->lua_mem) w->lua_mem->enforce = 1;
+    budget_arm(g);
+    if (g->lua_mem) g->lua_mem->enforce = 1;
     int st = lua_resume(c, nargs);
     size_t used = 0;
-    if (w->lua_mem) {
-        w->lua_mem->enforce = 0;
-        used = w->lua_mem->used > 0 ? (size_t)w->lua_mem->used : 0;
+    if (g->lua_mem) {
+        g->lua_mem->enforce = 0;
+        used = g->lua_mem->used > 0 ? (size_t)g->lua_mem->used : 0;
     }
-    budget_disarm(w);
+    budget_disarm(g);
     t = *tp = cur_task; /* task_current may have moved it */
     cur_task = outer;
     if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_DONE && lua_gettop(c) >= 3) {
@@ -457,16 +454,16 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
             /* keep the txn (and its ctx) for the request's later phases:
              * other phases' hooks, or this one's again (on_body's next
              * piece, on_upstream's retry) */
-            if (!r->txn_ref && (w->lua_phases > 1 || r->hook_phase == MOXY_PHASE_BODY ||
+            if (!r->txn_ref && (g->lua_phases > 1 || r->hook_phase == MOXY_PHASE_BODY ||
                                 r->hook_phase == MOXY_PHASE_UPSTREAM) &&
                 lua_istable(c, 3)) {
                 lua_pushvalue(c, 3);
-                lua_xmove(c, w->L, 1);
-                r->txn_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+                lua_xmove(c, g->L, 1);
+                r->txn_ref = luaL_ref(g->L, LUA_REGISTRYINDEX);
             }
         }
         lua_settop(c, 0);
-        co_put(w, t->co);
+        co_put(g, t->co);
         return answered && r && r->local ? MOXY_DONE : MOXY_OK;
     }
     if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_WAIT && (t->sleeping || t->op)) {
@@ -481,7 +478,7 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     } else if (st == LUA_ERRMEM) {
         char msg[128];
         snprintf(msg, sizeof(msg), "the worker's Lua memory limit was reached (lua.memory = %zu MiB)",
-                 w->conf->lua_memory >> 20);
+                 g->conf->lua_memory >> 20);
         log_task_error(t, msg);
     } else {
         log_task_error(t, lua_isstring(c, -1) ? lua_tostring(c, -1) : "(error object is not a string)");
@@ -489,7 +486,7 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     task_drop(t);
     /* what the failed hook held is garbage now: give it back before the
      * next hook needs the room */
-    if (w->conf->lua_memory && used > w->conf->lua_memory / 2) lua_gc(w->L, LUA_GCCOLLECT, 0);
+    if (g->conf->lua_memory && used > g->conf->lua_memory / 2) lua_gc(g->L, LUA_GCCOLLECT, 0);
     if (r) {
         r->local = 0; /* a half-made answer is not sent */
         if (r->hook_phase < MOXY_PHASE_BODY) r->resp_headers.n = 0;
@@ -500,20 +497,19 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
 /* Start a run of phase's hooks for r: coroutine, request, phase, txn. */
 static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 {
-    moxy_wgen_t *w = r->g;
+    moxy_wgen_t *g = r->g;
     /* hooks of an earlier phase still parked (the request failed or was
      * answered meanwhile: its origin failed, its body timed out) are moot */
     lua_abort(r);
-    t->w = w->w;
-    t->g = w;
+    t->g = g;
     t->r = r;
-    co_get(w, &t->co);
+    co_get(g, &t->co);
     r->hook_phase = phase;
     push_req(t->co.co, r);
     lua_pushinteger(t->co.co, phase);
     if (r->txn_ref > 0) {
-        lua_rawgeti(w->L, LUA_REGISTRYINDEX, r->txn_ref);
-        lua_xmove(w->L, t->co.co, 1);
+        lua_rawgeti(g->L, LUA_REGISTRYINDEX, r->txn_ref);
+        lua_xmove(g->L, t->co.co, 1);
     } else {
         lua_pushnil(t->co.co);
     }
@@ -593,7 +589,7 @@ void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults)
 
 moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t)
 {
-    return t->w;
+    return t->g->w;
 }
 
 moxy_wgen_t *moxy_lua_task_wgen(const moxy_lua_task_t *t)
@@ -689,7 +685,6 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     tm->running = 1;
     moxy_wgen_hold(g); /* a running callback keeps its generation */
     moxy_lua_task_t task = {0}, *t = &task;
-    t->w = g->w;
     t->g = g;
     t->timer = tm;
     co_get(g, &t->co);
@@ -704,28 +699,28 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 EXPORT int moxy_ffi_timer_add(double delay, double interval, int id)
 {
-    moxy_wgen_t *w = lua_wgen();
-    if (!w) return MOXY_DECLINED;
-    if (w->ntimers >= TIMERS_MAX) return MOXY_ERROR;
-    if (w->retired) return MOXY_OK; /* a retired generation's timers would never run */
+    moxy_wgen_t *g = lua_wgen();
+    if (!g) return MOXY_DECLINED;
+    if (g->ntimers >= TIMERS_MAX) return MOXY_ERROR;
+    if (g->retired) return MOXY_OK; /* a retired generation's timers would never run */
     moxy_lua_timer_t *tm = calloc(1, sizeof(*tm));
     if (!tm) return MOXY_ERROR;
-    tm->g = w;
+    tm->g = g;
     tm->id = id;
     tm->interval = interval;
-    evtimer_assign(&tm->ev, w->w->base, timer_cb, tm);
-    LIST_INSERT_HEAD(&w->timers, tm, link);
-    w->ntimers++;
+    evtimer_assign(&tm->ev, g->w->base, timer_cb, tm);
+    LIST_INSERT_HEAD(&g->timers, tm, link);
+    g->ntimers++;
     timer_arm(tm, delay);
     return MOXY_OK;
 }
 
 EXPORT int moxy_ffi_timer_cancel(int id)
 {
-    moxy_wgen_t *w = lua_wgen();
-    if (!w) return MOXY_DECLINED;
+    moxy_wgen_t *g = lua_wgen();
+    if (!g) return MOXY_DECLINED;
     moxy_lua_timer_t *tm;
-    LIST_FOREACH(tm, &w->timers, link) {
+    LIST_FOREACH(tm, &g->timers, link) {
         if (tm->id != id || tm->cancelled) continue;
         if (tm->running) tm->cancelled = 1; /* freed when its callback is over */
         else timer_free(tm);

@@ -58,8 +58,16 @@ static inline int moxy_lua_has(const moxy_wgen_t *g, int phase)
  * Starting a phase drops an earlier phase's parked hooks the same way. */
 void moxy_lua_req_done(moxy_req_t *r);
 
+/* Start the thread that stops hooks running past their generation's
+ * lua.cpu_budget on these workers, before the workers start; stop it
+ * before they are joined.  budget: the current one (seconds, 0: none),
+ * which sets how often it looks.  MOXY_ERROR: cannot. */
 int moxy_lua_watchdog_start(moxy_worker_t **workers, int n, double budget);
 void moxy_lua_watchdog_stop(void);
+
+/* A reload changed lua.cpu_budget to budget: the watchdog looks as often
+ * as it needs. */
+void moxy_lua_watchdog_tick(double budget);
 
 /* Load conf's scripts in a scratch VM and run their init hooks (moxy -t, at
  * start and for each reload).  MOXY_OK, or MOXY_ERROR after writing the
@@ -101,12 +109,5 @@ void moxy_lua_use_conf(const moxy_conf_t *conf);
 /* The worker the running Lua code belongs to; NULL on the main thread (init
  * hooks) and outside Lua. */
 moxy_worker_t *moxy_lua_worker(void);
-
-/* Start the thread that stops hooks running past their generation's
- * lua.cpu_budget on these workers, before the workers start; stop it
- * before they are joined.  tick_budget: the current budget (seconds, 0:
- * none), which sets how often it looks; moxy_lua_watchdog_tick changes it
- * (a reload).  MOXY_ERROR: cannot. */
-void moxy_lua_watchdog_tick(double budget);
 
 #endif
