@@ -611,7 +611,7 @@ function M.check(t, path, src)
       token = c:value(t.admin.token, { "admin", "token" }, typed("string")),
     }
     if conf.admin.token and #conf.admin.token < 16 then
-      c:err({ "admin", "token" }, "at least 16 characters (it guards drain, enable and, later, reload)")
+      c:err({ "admin", "token" }, "at least 16 characters (it guards reload, purge, drain and enable)")
     end
   end
   conf.geoip = c:geoip(t.geoip, { "geoip" }, conf.dir)

@@ -132,12 +132,6 @@ local function run_body(list, t, chunk, eof)
   return chunk
 end
 
--- Run set's hooks of `phase` (0-based, as in C) for the request `ptr`.
--- Returns answered (a hook called txn:respond), the txn, and for on_body
--- the chunk to send.
--- This runs once per hook call, in LuaJIT's interpreter (a trace cannot
--- cross the user's functions, which are kept out of the JIT, nor the yield
--- after it): every bytecode here costs, so keep it short.
 local txn_new, txn_enter, txn_leave = txn.new, txn.enter, txn.leave
 local PHASE_BODY, PHASE_UPSTREAM, PHASE_CACHE_KEY = P.body, P.upstream, P.cache_key
 
@@ -149,6 +143,19 @@ local function returned_key(t, k, i)
   t.cache.key = k
 end
 
+-- Hook #i of phase returned v (not nil): a pool (on_upstream) or a key
+-- (on_cache_key); the other phases' hooks return nothing that counts.
+local function returned(t, phase, v, i)
+  if phase == PHASE_UPSTREAM then returned_pool(t, v, i)
+  elseif phase == PHASE_CACHE_KEY then returned_key(t, v, i) end
+end
+
+-- Run set's hooks of `phase` (0-based, as in C) for the request `ptr`.
+-- Returns answered (a hook called txn:respond), the txn, and for on_body
+-- the chunk to send.
+-- This runs once per hook call, in LuaJIT's interpreter (a trace cannot
+-- cross the user's functions, which are kept out of the JIT, nor the yield
+-- after it): every bytecode here costs, so keep it short.
 local function run_hooks(set, ptr, phase, t, chunk, eof)
   local list = set[phase + 1]
   if t then
@@ -159,18 +166,12 @@ local function run_hooks(set, ptr, phase, t, chunk, eof)
   if phase == PHASE_BODY then return false, t, run_body(list, t, chunk, eof) end
   if list[2] == nil then -- a single hook, the common case
     local p = list[1](t)
-    if p ~= nil then
-      if phase == PHASE_UPSTREAM then returned_pool(t, p, 1)
-      elseif phase == PHASE_CACHE_KEY then returned_key(t, p, 1) end
-    end
+    if p ~= nil then returned(t, phase, p, 1) end
     return rawget(t, "_done") == true, t
   end
   for i = 1, #list do
     local p = list[i](t)
-    if p ~= nil then
-      if phase == PHASE_UPSTREAM then returned_pool(t, p, i)
-      elseif phase == PHASE_CACHE_KEY then returned_key(t, p, i) end
-    end
+    if p ~= nil then returned(t, phase, p, i) end
     if rawget(t, "_done") then return true, t end
   end
   return false, t
