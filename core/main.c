@@ -290,11 +290,10 @@ int main(int argc, char **argv)
     moxy_conf_t *conf = gen->conf;
     int status = 1, pid_written = 0;
     char status_file[4096], pid_path[4096];
-    if (pid_opt) {
-        free(conf->pid_file);
-        if (!(conf->pid_file = strdup(pid_opt))) goto out;
-        conf->pid_file_set = 1;
-    }
+    /* -p overrides pid_file for this process only: a reload reads the file's
+     * own again, and must not see a change */
+    const char *pid_file = pid_opt ? pid_opt : conf->pid_file;
+    int pid_file_set = pid_opt || conf->pid_file_set;
 
     if (moxy_log_open_error(conf->log.error, conf->log.level) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot open error log %s: %s\n", conf->log.error, strerror(errno));
@@ -355,17 +354,17 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (conf->pid_file) {
-        status_path_of(conf->pid_file, status_file, sizeof(status_file));
-        if (pid_write(conf->pid_file) == MOXY_OK) {
+    if (pid_file) {
+        status_path_of(pid_file, status_file, sizeof(status_file));
+        if (pid_write(pid_file) == MOXY_OK) {
             pid_written = 1;
-            snprintf(pid_path, sizeof(pid_path), "%s", conf->pid_file);
-        } else if (conf->pid_file_set) {
-            fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", conf->pid_file, strerror(errno));
+            snprintf(pid_path, sizeof(pid_path), "%s", pid_file);
+        } else if (pid_file_set) {
+            fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", pid_file, strerror(errno));
             goto out;
         } else {
             moxy_log_warn("cannot write %s (%s): `moxy reload` will not find this moxy; set pid_file",
-                          conf->pid_file, strerror(errno));
+                          pid_file, strerror(errno));
         }
     }
     if (moxy_reload_init(main_base, workers, nworkers, path, gen, pid_written ? status_file : NULL) != MOXY_OK) {
