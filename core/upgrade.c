@@ -31,8 +31,7 @@ static struct {
     pid_t from;
     int nfds;
     int fds[MAX_FDS];
-    struct sockaddr_storage addrs[MAX_FDS];
-    socklen_t lens[MAX_FDS];
+    moxy_addr_t addrs[MAX_FDS]; /* fds[i]'s address (no text) */
 } up;
 
 void moxy_upgrade_init(char **argv)
@@ -148,22 +147,16 @@ static void parse(void)
         long fd = strtol(p, &end, 10);
         if (end == p) break;
         p = *end == ',' ? end + 1 : end;
-        int i = up.nfds;
-        up.lens[i] = sizeof(up.addrs[i]);
-        if (fd < 0 || fd > INT_MAX || getsockname((int)fd, (struct sockaddr *)&up.addrs[i], &up.lens[i]) != 0)
+        moxy_addr_t *a = &up.addrs[up.nfds];
+        a->salen = sizeof(a->sa);
+        if (fd < 0 || fd > INT_MAX || getsockname((int)fd, (struct sockaddr *)&a->sa, &a->salen) != 0)
             continue; /* not a socket we can use */
         fcntl((int)fd, F_SETFD, FD_CLOEXEC);
-        up.fds[i] = (int)fd;
-        up.nfds++;
+        up.fds[up.nfds++] = (int)fd;
     }
     /* not for a later child */
     unsetenv(ENV_FDS);
     unsetenv(ENV_FROM);
-}
-
-static int same(const struct sockaddr_storage *a, socklen_t alen, const moxy_addr_t *b)
-{
-    return alen == b->salen && memcmp(a, &b->sa, alen) == 0;
 }
 
 int moxy_upgrade_inherited_per_addr(void)
@@ -173,7 +166,7 @@ int moxy_upgrade_inherited_per_addr(void)
     for (int i = 0; i < up.nfds; i++) {
         int same_addr = 0;
         for (int j = 0; j < up.nfds; j++)
-            same_addr += up.lens[i] == up.lens[j] && memcmp(&up.addrs[i], &up.addrs[j], up.lens[i]) == 0;
+            same_addr += moxy_addr_same(&up.addrs[i], &up.addrs[j]);
         if (same_addr > most) most = same_addr;
     }
     return most;
@@ -183,7 +176,7 @@ int moxy_upgrade_take(const moxy_addr_t *addr)
 {
     parse();
     for (int i = 0; i < up.nfds; i++) {
-        if (up.fds[i] < 0 || !same(&up.addrs[i], up.lens[i], addr)) continue;
+        if (up.fds[i] < 0 || !moxy_addr_same(&up.addrs[i], addr)) continue;
         int fd = up.fds[i];
         up.fds[i] = -1;
         return fd;

@@ -286,12 +286,6 @@ static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
     moxy_wgen_release(g);
 }
 
-/* 1 when two listen addresses are the same socket address. */
-static int same_addr(const moxy_addr_t *a, const moxy_addr_t *b)
-{
-    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
-}
-
 /* The listeners of g->conf: those of addresses w listens on already keep
  * their socket (and its queue of connections), the others take the ones
  * generation.c opened; listeners g->conf does not have are closed.  Client
@@ -314,7 +308,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
     for (int i = 0; i < nc->nlistens; i++) {
         int fd = moxy_gen_take_listen_fd(g->gen, i, w->id);
         for (int j = 0; fd < 0 && j < w->nlisteners; j++) {
-            if (map[j] < 0 && w->listeners[j].fd >= 0 && same_addr(&oc->listens[j].addr, &nc->listens[i].addr)) {
+            if (map[j] < 0 && w->listeners[j].fd >= 0 && moxy_addr_same(&oc->listens[j].addr, &nc->listens[i].addr)) {
                 fd = w->listeners[j].fd;
                 w->listeners[j].fd = -1;
                 map[j] = i;
