@@ -146,13 +146,11 @@ static int reload_limits(const moxy_conf_t *cur, const moxy_conf_t *conf, FILE *
         moxy_log_warn("reload: the cache stays on (with its objects) until moxy restarts");
     if (!moxy_str_same(conf->pid_file, cur->pid_file))
         moxy_log_warn("reload: pid_file stays until moxy restarts");
-    for (int i = 0; i < conf->nshared; i++) {
-        moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
-        for (int j = 0; d && j < cur->nshared; j++)
+    for (int i = 0; i < conf->nshared; i++)
+        for (int j = 0; j < cur->nshared; j++)
             if (strcmp(cur->shared[j].name, conf->shared[i].name) == 0 && cur->shared[j].size != conf->shared[i].size)
                 moxy_log_warn("reload: shared.%s keeps its size and data until moxy restarts",
                               conf->shared[i].name);
-    }
     return MOXY_OK;
 }
 
@@ -211,7 +209,7 @@ static struct {
     char *path, *status_path;
     moxy_gen_t *current;
     moxy_gen_t *next;         /* being prepared by the workers */
-    int running, again;
+    int running;
     waiter_t *waiting;        /* the running reload's */
     waiter_t *queued;         /* the next one's */
     int efd;                  /* workers' answers */

@@ -89,7 +89,9 @@ int moxy_upgrade_start(struct event_base *base, moxy_worker_t *const *workers, i
             o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%d", o ? "," : "", fd);
         }
     }
-    /* the environment, built before fork: the child only execs */
+    /* the environment, built before fork: the child only execs.  environ
+     * has no ENV_FDS or ENV_FROM: parse() unset them before main handled
+     * USR2 (moxy_upgrade_inherited_per_addr) */
     int nenv = 0;
     while (environ[nenv]) nenv++;
     char **env = calloc((size_t)nenv + 3, sizeof(char *));
@@ -100,15 +102,11 @@ int moxy_upgrade_start(struct event_base *base, moxy_worker_t *const *workers, i
         moxy_log_err("USR2: out of memory");
         return MOXY_ERROR;
     }
-    int k = 0;
-    for (int i = 0; i < nenv; i++)
-        if (strncmp(environ[i], ENV_FDS "=", sizeof(ENV_FDS)) != 0 && strncmp(environ[i], ENV_FROM "=", sizeof(ENV_FROM)) != 0)
-            env[k++] = environ[i];
+    memcpy(env, environ, (size_t)nenv * sizeof(char *));
     sprintf(fds_var, "%s=%s", ENV_FDS, list);
     snprintf(from_var, sizeof(from_var), "%s=%ld", ENV_FROM, (long)getpid());
-    env[k++] = fds_var;
-    env[k++] = from_var;
-    env[k] = NULL;
+    env[nenv] = fds_var;
+    env[nenv + 1] = from_var; /* env[nenv + 2]: calloc's NULL */
 
     pid_t pid = fork();
     if (pid == 0) {

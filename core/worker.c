@@ -308,7 +308,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
     for (int i = 0; i < nc->nlistens; i++) {
         int fd = moxy_gen_take_listen_fd(g->gen, i, w->id);
         for (int j = 0; fd < 0 && j < w->nlisteners; j++) {
-            if (map[j] < 0 && w->listeners[j].fd >= 0 && moxy_addr_same(&oc->listens[j].addr, &nc->listens[i].addr)) {
+            if (w->listeners[j].fd >= 0 && moxy_addr_same(&oc->listens[j].addr, &nc->listens[i].addr)) {
                 fd = w->listeners[j].fd;
                 w->listeners[j].fd = -1;
                 map[j] = i;
