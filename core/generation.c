@@ -233,20 +233,34 @@ const moxy_reload_status_t *moxy_reload_status(void)
     return &rl.st;
 }
 
+int moxy_file_replace(const char *path, const char *text)
+{
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+        errno = ENAMETOOLONG;
+        return MOXY_ERROR;
+    }
+    FILE *f = fopen(tmp, "w");
+    if (!f) return MOXY_ERROR;
+    int ok = fputs(text, f) >= 0;
+    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return MOXY_ERROR;
+    }
+    return MOXY_OK;
+}
+
 /* Write the status file `moxy reload` waits for: "seq ok|failed generation\n
- * message\n", replaced atomically. */
+ * message\n". */
 static void write_status(void)
 {
     if (!rl.status_path) return;
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", rl.status_path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        moxy_log_err("reload: cannot write %s: %s", tmp, strerror(errno));
-        return;
-    }
-    fprintf(f, "%u %s %u\n%s\n", rl.st.seq, rl.st.ok ? "ok" : "failed", rl.st.generation, rl.st.message);
-    if (fclose(f) != 0 || rename(tmp, rl.status_path) != 0)
+    char text[sizeof(rl.st.message) + 64];
+    snprintf(text, sizeof(text), "%u %s %u\n%s\n", rl.st.seq, rl.st.ok ? "ok" : "failed", rl.st.generation,
+             rl.st.message);
+    if (moxy_file_replace(rl.status_path, text) != MOXY_OK)
         moxy_log_err("reload: cannot write %s: %s", rl.status_path, strerror(errno));
 }
 

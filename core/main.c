@@ -142,19 +142,12 @@ static void status_path_of(const char *pid_file, char *out, size_t len)
     snprintf(out, len, "%s.reload", pid_file);
 }
 
-/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR. */
+/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR (errno set). */
 static int pid_write(const char *path)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return MOXY_ERROR;
-    fprintf(f, "%ld\n", (long)getpid());
-    if (fclose(f) != 0 || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return MOXY_ERROR;
-    }
-    return MOXY_OK;
+    char text[32];
+    snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+    return moxy_file_replace(path, text);
 }
 
 /* The PID in path, or 0. */
@@ -174,21 +167,16 @@ static void pid_remove(const char *path)
     if (pid_read(path) == (long)getpid()) unlink(path);
 }
 
-/* The seq of the reload status file at path (0: none), and its text. */
+/* The seq of the reload status file at path (0: none), and its text in
+ * text[len] (len > 0; "" when there is no file). */
 static unsigned status_read(const char *path, char *text, size_t len)
 {
     FILE *f = fopen(path, "r");
-    unsigned seq = 0;
-    if (text && len) text[0] = '\0';
-    if (!f) return 0;
-    if (fscanf(f, "%u", &seq) != 1) seq = 0;
-    if (text && len) {
-        rewind(f);
-        size_t n = fread(text, 1, len - 1, f);
-        text[n] = '\0';
-    }
-    fclose(f);
-    return seq;
+    unsigned seq;
+    size_t n = f ? fread(text, 1, len - 1, f) : 0;
+    text[n] = '\0';
+    if (f) fclose(f);
+    return sscanf(text, "%u", &seq) == 1 ? seq : 0;
 }
 
 /* moxy reload [-c FILE]: signal the running moxy and wait for its verdict. */
@@ -225,7 +213,7 @@ static int reload_main(int argc, char **argv)
         moxy_conf_release(conf);
         return 1;
     }
-    unsigned before = status_read(status, NULL, 0);
+    unsigned before = status_read(status, text, sizeof(text));
     if (kill((pid_t)pid, SIGHUP) != 0) {
         fprintf(stderr, "moxy reload: cannot signal pid %ld: %s\n", pid, strerror(errno));
         moxy_conf_release(conf);
