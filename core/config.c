@@ -377,8 +377,6 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    if (!lua_istable(L, lg)) /* no log table: the default fields */
-        for (int f = 0; f <= MOXY_ALF_ERROR; f++) c->log.fields[c->log.nfields++] = (unsigned char)f;
     free(fmt);
     c->log.error = field_str(L, lg, "error");
     char *lvl = field_str(L, lg, "level");

@@ -45,6 +45,13 @@ typedef struct moxy_addr_s {
     socklen_t salen;
 } moxy_addr_t;
 
+/* 1 when a and b are the same socket address (family, address and port:
+ * the bytes of sa up to salen); text is not compared. */
+static inline int moxy_addr_same(const moxy_addr_t *a, const moxy_addr_t *b)
+{
+    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
 typedef struct {
     moxy_addr_t addr;
     char *name;    /* listener name (txn.listener), defaults to the address text */

@@ -88,10 +88,8 @@ fail:
 /* 1 when cur listens on addr already. */
 static int listening_on(const moxy_conf_t *cur, const moxy_addr_t *addr)
 {
-    for (int i = 0; cur && i < cur->nlistens; i++) {
-        const moxy_addr_t *a = &cur->listens[i].addr;
-        if (a->salen == addr->salen && memcmp(&a->sa, &addr->sa, a->salen) == 0) return 1;
-    }
+    for (int i = 0; cur && i < cur->nlistens; i++)
+        if (moxy_addr_same(&cur->listens[i].addr, addr)) return 1;
     return 0;
 }
 
@@ -125,11 +123,6 @@ static int same_geoip(const moxy_conf_t *a, const moxy_conf_t *b)
     return 1;
 }
 
-static int str_same(const char *a, const char *b)
-{
-    return a == b || (a && b && strcmp(a, b) == 0);
-}
-
 /* What a reload cannot change in a running process: refused (geoip), or
  * kept as it was with a warning. */
 static int reload_limits(const moxy_conf_t *cur, const moxy_conf_t *conf, FILE *err)
@@ -142,24 +135,22 @@ static int reload_limits(const moxy_conf_t *cur, const moxy_conf_t *conf, FILE *
     }
     if (conf->workers != cur->workers)
         moxy_log_warn("reload: workers changed; the number of workers stays until moxy restarts");
-    if (!str_same(conf->log.access, cur->log.access) || !str_same(conf->log.error, cur->log.error) ||
+    if (!moxy_str_same(conf->log.access, cur->log.access) || !moxy_str_same(conf->log.error, cur->log.error) ||
         conf->log.level != cur->log.level)
         moxy_log_warn("reload: log.access, log.error and log.level stay until moxy restarts");
-    if (conf->admin.enabled != cur->admin.enabled || !str_same(conf->admin.addr.text, cur->admin.addr.text))
+    if (conf->admin.enabled != cur->admin.enabled || !moxy_str_same(conf->admin.addr.text, cur->admin.addr.text))
         moxy_log_warn("reload: admin.listen stays until moxy restarts (admin.token changes apply)");
     if (cur->cache.enabled && (conf->cache.size != cur->cache.size || conf->cache.max_object != cur->cache.max_object))
         moxy_log_warn("reload: cache.size and cache.max_object stay until moxy restarts (the cache keeps its objects)");
     if (cur->cache.enabled && !conf->cache.enabled)
         moxy_log_warn("reload: the cache stays on (with its objects) until moxy restarts");
-    if (!str_same(conf->pid_file, cur->pid_file))
+    if (!moxy_str_same(conf->pid_file, cur->pid_file))
         moxy_log_warn("reload: pid_file stays until moxy restarts");
-    for (int i = 0; i < conf->nshared; i++) {
-        moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
-        for (int j = 0; d && j < cur->nshared; j++)
+    for (int i = 0; i < conf->nshared; i++)
+        for (int j = 0; j < cur->nshared; j++)
             if (strcmp(cur->shared[j].name, conf->shared[i].name) == 0 && cur->shared[j].size != conf->shared[i].size)
                 moxy_log_warn("reload: shared.%s keeps its size and data until moxy restarts",
                               conf->shared[i].name);
-    }
     return MOXY_OK;
 }
 
@@ -218,7 +209,7 @@ static struct {
     char *path, *status_path;
     moxy_gen_t *current;
     moxy_gen_t *next;         /* being prepared by the workers */
-    int running, again;
+    int running;
     waiter_t *waiting;        /* the running reload's */
     waiter_t *queued;         /* the next one's */
     int efd;                  /* workers' answers */
@@ -242,20 +233,34 @@ const moxy_reload_status_t *moxy_reload_status(void)
     return &rl.st;
 }
 
+int moxy_file_replace(const char *path, const char *text)
+{
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+        errno = ENAMETOOLONG;
+        return MOXY_ERROR;
+    }
+    FILE *f = fopen(tmp, "w");
+    if (!f) return MOXY_ERROR;
+    int ok = fputs(text, f) >= 0;
+    if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return MOXY_ERROR;
+    }
+    return MOXY_OK;
+}
+
 /* Write the status file `moxy reload` waits for: "seq ok|failed generation\n
- * message\n", replaced atomically. */
+ * message\n". */
 static void write_status(void)
 {
     if (!rl.status_path) return;
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", rl.status_path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        moxy_log_err("reload: cannot write %s: %s", tmp, strerror(errno));
-        return;
-    }
-    fprintf(f, "%u %s %u\n%s\n", rl.st.seq, rl.st.ok ? "ok" : "failed", rl.st.generation, rl.st.message);
-    if (fclose(f) != 0 || rename(tmp, rl.status_path) != 0)
+    char text[sizeof(rl.st.message) + 64];
+    snprintf(text, sizeof(text), "%u %s %u\n%s\n", rl.st.seq, rl.st.ok ? "ok" : "failed", rl.st.generation,
+             rl.st.message);
+    if (moxy_file_replace(rl.status_path, text) != MOXY_OK)
         moxy_log_err("reload: cannot write %s: %s", rl.status_path, strerror(errno));
 }
 

@@ -97,6 +97,11 @@ int moxy_reload_running(void);
 /* The last reload's result. */
 const moxy_reload_status_t *moxy_reload_status(void);
 
+/* Replace the file at path by one holding text, atomically: written to
+ * "path.tmp", then renamed over path (the PID file, the reload status
+ * file).  MOXY_OK, or MOXY_ERROR with errno saying why (no .tmp left). */
+int moxy_file_replace(const char *path, const char *text);
+
 /* Called on a worker's thread when its answer to MOXY_WORKER_PREPARE is in
  * w->prepare_result. */
 void moxy_reload_worker_prepared(void);

@@ -142,19 +142,12 @@ static void status_path_of(const char *pid_file, char *out, size_t len)
     snprintf(out, len, "%s.reload", pid_file);
 }
 
-/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR. */
+/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR (errno set). */
 static int pid_write(const char *path)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return MOXY_ERROR;
-    fprintf(f, "%ld\n", (long)getpid());
-    if (fclose(f) != 0 || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return MOXY_ERROR;
-    }
-    return MOXY_OK;
+    char text[32];
+    snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+    return moxy_file_replace(path, text);
 }
 
 /* The PID in path, or 0. */
@@ -174,21 +167,16 @@ static void pid_remove(const char *path)
     if (pid_read(path) == (long)getpid()) unlink(path);
 }
 
-/* The seq of the reload status file at path (0: none), and its text. */
+/* The seq of the reload status file at path (0: none), and its text in
+ * text[len] (len > 0; "" when there is no file). */
 static unsigned status_read(const char *path, char *text, size_t len)
 {
     FILE *f = fopen(path, "r");
-    unsigned seq = 0;
-    if (text && len) text[0] = '\0';
-    if (!f) return 0;
-    if (fscanf(f, "%u", &seq) != 1) seq = 0;
-    if (text && len) {
-        rewind(f);
-        size_t n = fread(text, 1, len - 1, f);
-        text[n] = '\0';
-    }
-    fclose(f);
-    return seq;
+    unsigned seq;
+    size_t n = f ? fread(text, 1, len - 1, f) : 0;
+    text[n] = '\0';
+    if (f) fclose(f);
+    return sscanf(text, "%u", &seq) == 1 ? seq : 0;
 }
 
 /* moxy reload [-c FILE]: signal the running moxy and wait for its verdict. */
@@ -225,7 +213,7 @@ static int reload_main(int argc, char **argv)
         moxy_conf_release(conf);
         return 1;
     }
-    unsigned before = status_read(status, NULL, 0);
+    unsigned before = status_read(status, text, sizeof(text));
     if (kill((pid_t)pid, SIGHUP) != 0) {
         fprintf(stderr, "moxy reload: cannot signal pid %ld: %s\n", pid, strerror(errno));
         moxy_conf_release(conf);
@@ -290,11 +278,10 @@ int main(int argc, char **argv)
     moxy_conf_t *conf = gen->conf;
     int status = 1, pid_written = 0;
     char status_file[4096], pid_path[4096];
-    if (pid_opt) {
-        free(conf->pid_file);
-        if (!(conf->pid_file = strdup(pid_opt))) goto out;
-        conf->pid_file_set = 1;
-    }
+    /* -p overrides pid_file for this process only: a reload reads the file's
+     * own again, and must not see a change */
+    const char *pid_file = pid_opt ? pid_opt : conf->pid_file;
+    int pid_file_set = pid_opt || conf->pid_file_set;
 
     if (moxy_log_open_error(conf->log.error, conf->log.level) != MOXY_OK) {
         fprintf(stderr, "moxy: cannot open error log %s: %s\n", conf->log.error, strerror(errno));
@@ -355,17 +342,17 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (conf->pid_file) {
-        status_path_of(conf->pid_file, status_file, sizeof(status_file));
-        if (pid_write(conf->pid_file) == MOXY_OK) {
+    if (pid_file) {
+        status_path_of(pid_file, status_file, sizeof(status_file));
+        if (pid_write(pid_file) == MOXY_OK) {
             pid_written = 1;
-            snprintf(pid_path, sizeof(pid_path), "%s", conf->pid_file);
-        } else if (conf->pid_file_set) {
-            fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", conf->pid_file, strerror(errno));
+            snprintf(pid_path, sizeof(pid_path), "%s", pid_file);
+        } else if (pid_file_set) {
+            fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", pid_file, strerror(errno));
             goto out;
         } else {
             moxy_log_warn("cannot write %s (%s): `moxy reload` will not find this moxy; set pid_file",
-                          conf->pid_file, strerror(errno));
+                          pid_file, strerror(errno));
         }
     }
     if (moxy_reload_init(main_base, workers, nworkers, path, gen, pid_written ? status_file : NULL) != MOXY_OK) {

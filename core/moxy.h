@@ -67,6 +67,12 @@ static inline int moxy_strieq_lit(const char *p, size_t n, const char *lit, size
     return 1;
 }
 
+/* 1 when a and b are the same string or both NULL (optional settings). */
+static inline int moxy_str_same(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 /* Seconds (a configuration duration) as a struct timeval. */
 static inline struct timeval moxy_timeval(double s)
 {

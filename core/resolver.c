@@ -350,14 +350,25 @@ void moxy_resolver_wait(struct event_base *base, double timeout)
                       timeout, resolver.unanswered == 1 ? "it" : "them");
 }
 
+/* Free every name's timer and cancel its lookup in flight.  dead: their
+ * lookup_cb ignores them (a restart retires the names); else it still
+ * counts them in resolver.inflight (a stop waits for that). */
+static void names_cancel(int dead)
+{
+    for (int i = 0; i < resolver.nnames; i++) {
+        name_t *n = &resolver.names[i];
+        n->dead = dead;
+        if (n->timer) event_free(n->timer);
+        n->timer = NULL;
+        if (n->req) evdns_getaddrinfo_cancel(n->req);
+        n->req = NULL;
+    }
+}
+
 void moxy_resolver_stop(void)
 {
     resolver.stopping = 1;
-    for (int i = 0; i < resolver.nnames; i++) {
-        name_t *n = &resolver.names[i];
-        if (n->timer) event_free(n->timer);
-        if (n->req) evdns_getaddrinfo_cancel(n->req);
-    }
+    names_cancel(0);
     if (resolver.dns) {
         /* Also cancels a probe of a name server that stopped answering,
          * which evdns_base_free would otherwise reach after freeing it. */
@@ -377,9 +388,6 @@ void moxy_resolver_stop(void)
     free(resolver.names);
     memset(&resolver, 0, sizeof(resolver));
 }
-
-/* What a reload's restart left behind: freed once libevent delivered the
- * cancellations (they arrive through deferred callbacks). */
 
 static void retired_free_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -403,14 +411,7 @@ int moxy_resolver_restart(moxy_conf_t *conf, struct event_base *base)
             moxy_log_err("resolver: out of memory");
             return MOXY_ERROR;
         }
-        for (int i = 0; i < resolver.nnames; i++) {
-            name_t *n = &resolver.names[i];
-            n->dead = 1;
-            if (n->timer) event_free(n->timer);
-            n->timer = NULL;
-            if (n->req) evdns_getaddrinfo_cancel(n->req);
-            n->req = NULL;
-        }
+        names_cancel(1);
         evdns_base_clear_nameservers_and_suspend(resolver.dns);
         old->dns = resolver.dns;
         old->names = resolver.names;

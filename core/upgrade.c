@@ -31,8 +31,7 @@ static struct {
     pid_t from;
     int nfds;
     int fds[MAX_FDS];
-    struct sockaddr_storage addrs[MAX_FDS];
-    socklen_t lens[MAX_FDS];
+    moxy_addr_t addrs[MAX_FDS]; /* fds[i]'s address (no text) */
 } up;
 
 void moxy_upgrade_init(char **argv)
@@ -90,7 +89,9 @@ int moxy_upgrade_start(struct event_base *base, moxy_worker_t *const *workers, i
             o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%d", o ? "," : "", fd);
         }
     }
-    /* the environment, built before fork: the child only execs */
+    /* the environment, built before fork: the child only execs.  environ
+     * has no ENV_FDS or ENV_FROM: parse() unset them before main handled
+     * USR2 (moxy_upgrade_inherited_per_addr) */
     int nenv = 0;
     while (environ[nenv]) nenv++;
     char **env = calloc((size_t)nenv + 3, sizeof(char *));
@@ -101,15 +102,11 @@ int moxy_upgrade_start(struct event_base *base, moxy_worker_t *const *workers, i
         moxy_log_err("USR2: out of memory");
         return MOXY_ERROR;
     }
-    int k = 0;
-    for (int i = 0; i < nenv; i++)
-        if (strncmp(environ[i], ENV_FDS "=", sizeof(ENV_FDS)) != 0 && strncmp(environ[i], ENV_FROM "=", sizeof(ENV_FROM)) != 0)
-            env[k++] = environ[i];
+    memcpy(env, environ, (size_t)nenv * sizeof(char *));
     sprintf(fds_var, "%s=%s", ENV_FDS, list);
     snprintf(from_var, sizeof(from_var), "%s=%ld", ENV_FROM, (long)getpid());
-    env[k++] = fds_var;
-    env[k++] = from_var;
-    env[k] = NULL;
+    env[nenv] = fds_var;
+    env[nenv + 1] = from_var; /* env[nenv + 2]: calloc's NULL */
 
     pid_t pid = fork();
     if (pid == 0) {
@@ -148,22 +145,16 @@ static void parse(void)
         long fd = strtol(p, &end, 10);
         if (end == p) break;
         p = *end == ',' ? end + 1 : end;
-        int i = up.nfds;
-        up.lens[i] = sizeof(up.addrs[i]);
-        if (fd < 0 || fd > INT_MAX || getsockname((int)fd, (struct sockaddr *)&up.addrs[i], &up.lens[i]) != 0)
+        moxy_addr_t *a = &up.addrs[up.nfds];
+        a->salen = sizeof(a->sa);
+        if (fd < 0 || fd > INT_MAX || getsockname((int)fd, (struct sockaddr *)&a->sa, &a->salen) != 0)
             continue; /* not a socket we can use */
         fcntl((int)fd, F_SETFD, FD_CLOEXEC);
-        up.fds[i] = (int)fd;
-        up.nfds++;
+        up.fds[up.nfds++] = (int)fd;
     }
     /* not for a later child */
     unsetenv(ENV_FDS);
     unsetenv(ENV_FROM);
-}
-
-static int same(const struct sockaddr_storage *a, socklen_t alen, const moxy_addr_t *b)
-{
-    return alen == b->salen && memcmp(a, &b->sa, alen) == 0;
 }
 
 int moxy_upgrade_inherited_per_addr(void)
@@ -173,7 +164,7 @@ int moxy_upgrade_inherited_per_addr(void)
     for (int i = 0; i < up.nfds; i++) {
         int same_addr = 0;
         for (int j = 0; j < up.nfds; j++)
-            same_addr += up.lens[i] == up.lens[j] && memcmp(&up.addrs[i], &up.addrs[j], up.lens[i]) == 0;
+            same_addr += moxy_addr_same(&up.addrs[i], &up.addrs[j]);
         if (same_addr > most) most = same_addr;
     }
     return most;
@@ -183,7 +174,7 @@ int moxy_upgrade_take(const moxy_addr_t *addr)
 {
     parse();
     for (int i = 0; i < up.nfds; i++) {
-        if (up.fds[i] < 0 || !same(&up.addrs[i], up.lens[i], addr)) continue;
+        if (up.fds[i] < 0 || !moxy_addr_same(&up.addrs[i], addr)) continue;
         int fd = up.fds[i];
         up.fds[i] = -1;
         return fd;

@@ -43,17 +43,11 @@ static int state_create(moxy_upstream_conf_t *uc)
     return MOXY_OK;
 }
 
-/* 1 when two health check / status settings are the same. */
-static int str_eq(const char *a, const char *b)
-{
-    return a == b || (a && b && strcmp(a, b) == 0);
-}
-
 /* 1 when pools a and b are defined alike (name, servers and every setting):
  * b may keep a's running state. */
 static int pool_same(const moxy_upstream_conf_t *a, const moxy_upstream_conf_t *b)
 {
-    if (!str_eq(a->name, b->name) || a->nservers != b->nservers || !str_eq(a->host, b->host) ||
+    if (!moxy_str_same(a->name, b->name) || a->nservers != b->nservers || !moxy_str_same(a->host, b->host) ||
         a->keepalive != b->keepalive || a->keepalive_timeout != b->keepalive_timeout ||
         a->balance != b->balance || a->tries != b->tries || a->retry_timeout != b->retry_timeout ||
         memcmp(&a->retry_statuses, &b->retry_statuses, sizeof(a->retry_statuses)) != 0 ||
@@ -62,16 +56,16 @@ static int pool_same(const moxy_upstream_conf_t *a, const moxy_upstream_conf_t *
         a->passive.window != b->passive.window || a->passive.backoff != b->passive.backoff ||
         a->passive.max_backoff != b->passive.max_backoff || a->passive.max_ejected != b->passive.max_ejected ||
         memcmp(&a->passive.statuses, &b->passive.statuses, sizeof(a->passive.statuses)) != 0 ||
-        a->health.type != b->health.type || !str_eq(a->health.method, b->health.method) ||
-        !str_eq(a->health.path, b->health.path) || !str_eq(a->health.host, b->health.host) ||
+        a->health.type != b->health.type || !moxy_str_same(a->health.method, b->health.method) ||
+        !moxy_str_same(a->health.path, b->health.path) || !moxy_str_same(a->health.host, b->health.host) ||
         memcmp(&a->health.statuses, &b->health.statuses, sizeof(a->health.statuses)) != 0 ||
-        !str_eq(a->health.body, b->health.body) || a->health.interval != b->health.interval ||
+        !moxy_str_same(a->health.body, b->health.body) || a->health.interval != b->health.interval ||
         a->health.timeout != b->health.timeout || a->health.healthy != b->health.healthy ||
         a->health.unhealthy != b->health.unhealthy)
         return 0;
     for (int i = 0; i < a->nservers; i++) {
         const moxy_server_conf_t *x = &a->servers[i], *y = &b->servers[i];
-        if (!str_eq(x->addr.text, y->addr.text) || x->weight != y->weight || x->backup != y->backup ||
+        if (!moxy_str_same(x->addr.text, y->addr.text) || x->weight != y->weight || x->backup != y->backup ||
             x->max_conns != y->max_conns || x->drain != y->drain || x->slow_start != y->slow_start)
             return 0;
     }

@@ -17,8 +17,8 @@
 /* A watched file: the directory watch it belongs to and its name there. */
 typedef struct {
     int wd;
-    char *name;
-    char *path; /* for the log */
+    char *path;       /* as watched, for the log */
+    const char *name; /* in path: the part after its last '/' */
 } watched_t;
 
 static struct {
@@ -35,7 +35,6 @@ static void forget(void)
         int seen = 0; /* a directory's watch is removed once */
         for (int j = 0; j < i; j++) seen |= w.files[j].wd == w.files[i].wd;
         if (!seen && w.files[i].wd >= 0) inotify_rm_watch(w.fd, w.files[i].wd);
-        free(w.files[i].name);
         free(w.files[i].path);
     }
     free(w.files);
@@ -97,14 +96,10 @@ static int add(const char *dir, const char *path)
     watched_t *n = realloc(w.files, (size_t)(w.nfiles + 1) * sizeof(*n));
     if (!n) return MOXY_ERROR;
     w.files = n;
-    n[w.nfiles].wd = wd;
-    n[w.nfiles].name = strdup(slash ? slash + 1 : full);
-    n[w.nfiles].path = strdup(full);
-    if (!n[w.nfiles].name || !n[w.nfiles].path) {
-        free(n[w.nfiles].name);
-        free(n[w.nfiles].path);
-        return MOXY_ERROR;
-    }
+    watched_t *f = &n[w.nfiles];
+    f->wd = wd;
+    if (!(f->path = strdup(full))) return MOXY_ERROR;
+    f->name = slash ? f->path + (slash + 1 - full) : f->path;
     w.nfiles++;
     return MOXY_OK;
 }

@@ -237,7 +237,7 @@ void moxy_wgen_release(moxy_wgen_t *g)
 {
     if (--g->refs == 0) {
         if (g->retired)
-            moxy_log(MOXY_LOG_DEBUG, NULL, "worker %d: generation %u: last request over, freed", g->w->id, g->id);
+            moxy_log(MOXY_LOG_DEBUG, NULL, "worker %d: generation %u: last request over, freed", g->w->id, g->gen->id);
         wgen_free(g);
     }
 }
@@ -253,7 +253,6 @@ static moxy_wgen_t *wgen_build(moxy_worker_t *w, moxy_gen_t *gen)
     }
     moxy_gen_hold(gen);
     g->gen = gen;
-    g->id = gen->id;
     if (moxy_upstream_init_wgen(g) != MOXY_OK) {
         snprintf(w->error, sizeof(w->error), "out of memory");
         wgen_free(g);
@@ -274,7 +273,7 @@ static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     moxy_log_warn("worker %d: generation %u: drain deadline passed with %d request%s or timer%s on it; "
-                  "cutting them", w->id, g->id, g->refs, g->refs == 1 ? "" : "s", g->refs == 1 ? "" : "s");
+                  "cutting them", w->id, g->gen->id, g->refs, g->refs == 1 ? "" : "s", g->refs == 1 ? "" : "s");
     g->refs++; /* g stays while the cut runs */
     moxy_client_t *c = LIST_FIRST(&w->clients), *next;
     for (; c; c = next) {
@@ -284,12 +283,6 @@ static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
     moxy_client_end_detached(w, g);
     moxy_lua_wgen_cut(g);
     moxy_wgen_release(g);
-}
-
-/* 1 when two listen addresses are the same socket address. */
-static int same_addr(const moxy_addr_t *a, const moxy_addr_t *b)
-{
-    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
 }
 
 /* The listeners of g->conf: those of addresses w listens on already keep
@@ -314,7 +307,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
     for (int i = 0; i < nc->nlistens; i++) {
         int fd = moxy_gen_take_listen_fd(g->gen, i, w->id);
         for (int j = 0; fd < 0 && j < w->nlisteners; j++) {
-            if (map[j] < 0 && w->listeners[j].fd >= 0 && same_addr(&oc->listens[j].addr, &nc->listens[i].addr)) {
+            if (w->listeners[j].fd >= 0 && moxy_addr_same(&oc->listens[j].addr, &nc->listens[i].addr)) {
                 fd = w->listeners[j].fd;
                 w->listeners[j].fd = -1;
                 map[j] = i;
@@ -353,7 +346,7 @@ static void wgen_switch(moxy_worker_t *w, moxy_wgen_t *g)
     struct timeval tv = moxy_timeval(g->conf->timeouts.drain);
     evtimer_add(&old->deadline, &tv);
     moxy_wgen_release(old);
-    atomic_store(&w->gen_id, g->id);
+    atomic_store(&w->gen_id, g->gen->id);
 }
 
 /* Free every generation of w (its loop is over: nothing runs on them). */

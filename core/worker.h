@@ -40,7 +40,6 @@ struct moxy_wgen_s {
     moxy_worker_t *w;
     struct moxy_gen_s *gen;      /* the process-wide generation (a reference) */
     const moxy_conf_t *conf;     /* gen->conf */
-    unsigned id;                 /* gen's number */
     int refs;                    /* requests and running timer callbacks on it, + 1 while current */
     lua_State *L;
     struct moxy_lua_mem_s *lua_mem; /* L's memory accounting (lua.memory), or NULL */
