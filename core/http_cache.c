@@ -145,10 +145,11 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_req_fail(r, 500, "out of memory");
         return;
     }
+    /* a stored head has no Age nor Content-Length (store_field): added, not set */
     double age = current_age(o, now);
     char ab[24];
     int n = snprintf(ab, sizeof(ab), "%.0f", floor(age));
-    moxy_headers_set(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
+    moxy_headers_add(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
     if (r->cache_fwd_status == 304) /* revalidated */
         set_status_field(r, "moxy; fwd=stale; fwd-status=304; stored; ttl=%.0f", floor(o->lifetime - age));
     else if (r->cache_fwd_status) /* the origin failed: stale-if-error */
@@ -164,14 +165,15 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     r->resp_body_left = body_len;
     if (r->method == HTTP_HEAD && o->status != 204) { /* the length of what a GET would get */
         char lb[24];
-        int ln = snprintf(lb, sizeof(lb), "%llu", (unsigned long long)body_len);
-        moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, (size_t)ln);
+        size_t ln = (size_t)(moxy_write_u64(lb, body_len) - lb);
+        moxy_headers_add(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, ln);
     }
+    int not_modified = moxy_cache_not_modified(&r->headers, o);
     uint64_t from, to;
     int range = o->status == 200 && r->method == HTTP_GET && !r->cache_streaming
                     ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to)
                     : 0;
-    if (range != 0 && !moxy_cache_not_modified(&r->headers, o)) {
+    if (range != 0 && !not_modified) {
         char cr[80];
         int cn;
         if (range > 0) {
@@ -189,7 +191,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         }
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
-    if (moxy_cache_not_modified(&r->headers, o)) {
+    if (not_modified) {
         /* RFC 9110 15.4.5: only these fields, no body */
         static const char *const keep[] = {"cache-control", "content-location", "date", "etag", "expires",
                                            "vary", "age", "cache-status", "last-modified"};
