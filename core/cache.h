@@ -70,6 +70,7 @@ typedef struct moxy_cache_obj_s {
     unsigned must_revalidate : 1;/* must-revalidate or proxy-revalidate: never served stale */
     unsigned no_cache : 1;       /* no-cache: revalidate before every use */
     char *etag, *last_modified;  /* validators (into head's copy), or NULL */
+    double lm_time;              /* last_modified as Unix time; < 0: none, or not an HTTP-date */
 
     /* store bookkeeping (cache_store.c) */
     atomic_uchar freq;           /* hits since last looked at, saturating at 3 */

@@ -287,10 +287,9 @@ int moxy_cache_not_modified(const moxy_headers_t *req, const moxy_cache_obj_t *o
         return 0;
     }
     const moxy_header_t *ims = moxy_cache_field(req, "If-Modified-Since", 17);
-    if (ims && o->last_modified) {
-        moxy_header_t lm = {.value = o->last_modified, .value_len = (uint32_t)strlen(o->last_modified)};
-        double since = moxy_cache_date(ims), mod = moxy_cache_date(&lm);
-        return since >= 0 && mod >= 0 && mod <= since;
+    if (ims && o->lm_time >= 0) {
+        double since = moxy_cache_date(ims);
+        return since >= 0 && o->lm_time <= since;
     }
     return 0;
 }

@@ -171,6 +171,7 @@ moxy_cache_obj_t *moxy_cache_obj_new(const char *key, size_t klen, uint64_t hash
     o->klen = klen;
     o->hash = hash;
     o->lifetime = -1;
+    o->lm_time = -1;
     atomic_store(&o->refs, 1);
     return o;
 }

@@ -684,8 +684,10 @@ static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const time
         const moxy_header_t *h = &hs->h[i];
         p = store_field(p, h);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified)
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified) {
             o->last_modified = strndup(h->value, h->value_len);
+            if (o->last_modified) o->lm_time = moxy_cache_date(h); /* parsed once, not on each If-Modified-Since */
+        }
     }
     o->head_len = (size_t)(p - o->head);
     o->request_time = t->request;
