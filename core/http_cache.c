@@ -62,22 +62,30 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
 
 /* --- age and freshness (RFC 9111 4.2) --- */
 
+static double tv_secs(const struct timeval *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
 static double wall_now(const moxy_req_t *r)
 {
     struct timeval now;
     event_base_gettimeofday_cached(r->c->w->base, &now);
-    return (double)now.tv_sec + (double)now.tv_usec / 1e6;
-}
-
-static double tv_secs(const struct timeval *tv)
-{
-    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+    return tv_secs(&now);
 }
 
 static double current_age(const moxy_cache_obj_t *o, double now)
 {
     double resident = now - o->response_time;
     return o->initial_age + (resident > 0 ? resident : 0);
+}
+
+/* 1 when o, stale, may still answer a request whose origin failed now
+ * (stale-if-error, RFC 5861 4). */
+static int stale_if_error_allows(const moxy_cache_obj_t *o, double now)
+{
+    double stale_for = current_age(o, now) - MOXY_MAX(o->lifetime, 0);
+    return o->stale_if_error >= 0 && !o->must_revalidate && stale_for <= o->stale_if_error;
 }
 
 /* 1 when o may be used without revalidation now (RFC 9111 4.2). */
@@ -112,6 +120,29 @@ static void seg_release(const void *data, size_t len, void *arg)
     MOXY_UNUSED(data);
     MOXY_UNUSED(len);
     moxy_cache_obj_unref(arg);
+}
+
+/* Add bytes [from, end) of o's body to b by reference, each piece holding
+ * a reference to o until it has left b.  Positions step by each segment's
+ * capacity: every segment but the last is full, and one still filling (a
+ * stream) is read no further than end, nor its successor's link once end is
+ * reached.  MOXY_ERROR: out of memory. */
+static int add_body(struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint64_t end)
+{
+    uint64_t pos = 0;
+    for (const moxy_cache_seg_t *s = moxy_cache_body(o)->body; s; s = s->next) {
+        uint64_t lo = MOXY_MAX(pos, from), hi = MOXY_MIN(pos + s->cap, end);
+        if (hi > lo) {
+            moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
+            if (evbuffer_add_reference(b, s->data + (lo - pos), (size_t)(hi - lo), seg_release, o) != 0) {
+                moxy_cache_obj_unref(o);
+                return MOXY_ERROR;
+            }
+        }
+        pos += s->cap;
+        if (pos >= end) break;
+    }
+    return MOXY_OK;
 }
 
 /* The "Name: value\r\n" lines of a stored head (len bytes) appended to
@@ -235,23 +266,11 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         stream_step(r);
         return;
     }
-    struct evbuffer *to = r->filtering ? r->filter_in : c->out;
-    uint64_t skip = r->cache_from, left = r->resp_body_left; /* a range: its slice */
-    for (moxy_cache_seg_t *s = moxy_cache_body(o)->body; s && left > 0; s = s->next) {
-        if (skip >= s->len) {
-            skip -= s->len;
-            continue;
-        }
-        size_t n = s->len - (size_t)skip;
-        if (n > left) n = (size_t)left;
-        moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
-        if (evbuffer_add_reference(to, s->data + skip, n, seg_release, o) != 0) {
-            moxy_cache_obj_unref(o);
-            moxy_client_close(c);
-            return;
-        }
-        skip = 0;
-        left -= n;
+    /* a range: its slice */
+    if (add_body(r->filtering ? r->filter_in : c->out, o, r->cache_from, r->cache_from + r->resp_body_left) !=
+        MOXY_OK) {
+        moxy_client_close(c);
+        return;
     }
     if (!r->filtering) {
         r->bytes_sent = r->resp_body_left;
@@ -307,8 +326,7 @@ static int client_conditional(const moxy_req_t *r)
 static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
     int validators = (o->etag || o->last_modified) && !client_conditional(r) && r->method == HTTP_GET;
-    int on_error = o->stale_if_error >= 0 && !o->must_revalidate &&
-                   current_age(o, now) - MOXY_MAX(o->lifetime, 0) <= o->stale_if_error;
+    int on_error = stale_if_error_allows(o, now);
     if (!validators && !on_error) {
         moxy_cache_obj_unref(o);
         return;
@@ -400,22 +418,11 @@ static void stream_step(moxy_req_t *r)
     int state = atomic_load_explicit(&o->fill_state, memory_order_acquire);
     if (avail > o->expected) avail = o->expected;
     if (avail > r->cache_sent) {
-        /* segments before the one holding byte avail - 1 are full (len == cap);
-         * the filler may be linking the next one: stop before reading it */
-        uint64_t pos = 0;
-        for (moxy_cache_seg_t *s = o->body; s;) {
-            uint64_t end = pos + s->cap, lo = MOXY_MAX(pos, r->cache_sent), hi = MOXY_MIN(end, avail);
-            if (hi > lo) {
-                moxy_cache_obj_ref(o);
-                if (evbuffer_add_reference(c->out, s->data + (lo - pos), (size_t)(hi - lo), seg_release, o) != 0) {
-                    moxy_cache_obj_unref(o);
-                    moxy_client_close(c);
-                    return;
-                }
-            }
-            pos = end;
-            if (pos >= avail) break;
-            s = s->next;
+        /* the bytes before avail are there, with the links to their segments;
+         * the filler may be linking the next one: add_body stops before it */
+        if (add_body(c->out, o, r->cache_sent, avail) != MOXY_OK) {
+            moxy_client_close(c);
+            return;
         }
         r->cache_sent = avail;
         r->bytes_sent = avail;
@@ -746,9 +753,7 @@ fail:
 static int stale_usable(const moxy_req_t *r, double now)
 {
     const moxy_cache_obj_t *o = r->cache_reval;
-    if (!o || r->resp_head_sent) return 0;
-    double stale_for = current_age(o, now) - MOXY_MAX(o->lifetime, 0);
-    return o->stale_if_error >= 0 && !o->must_revalidate && stale_for <= o->stale_if_error;
+    return o && !r->resp_head_sent && stale_if_error_allows(o, now);
 }
 
 int moxy_cache_stale_on_error(moxy_req_t *r, int status)
