@@ -63,7 +63,7 @@ typedef struct moxy_cache_obj_s {
     size_t charge;               /* bytes counted against the cache's size */
 
     /* RFC 9111 bookkeeping, wall-clock seconds (cache_policy.c) */
-    double request_time, response_time; /* when the request went out, the response came in */
+    double response_time;        /* when the response came in */
     double initial_age;          /* corrected_initial_age (4.2.3) */
     double lifetime;             /* freshness lifetime; < 0: none (stored for revalidation only) */
     double stale_while_revalidate, stale_if_error; /* RFC 5861 windows */

@@ -697,7 +697,6 @@ static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const time
         }
     }
     o->head_len = (size_t)(p - o->head);
-    o->request_time = t->request;
     o->response_time = t->response;
     o->initial_age = t->initial_age;
     o->lifetime = life;
