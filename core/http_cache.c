@@ -25,7 +25,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <strings.h>
 #include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -50,10 +49,8 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
     /* the request's values for these fields, made once: a key's variants
      * (and a waiter's looks) name the same fields */
     if (!r->cache_vary || strcmp(r->cache_vary, o->vary) != 0) {
-        size_t n = strlen(o->vary) + 1;
-        char *names = moxy_palloc(&r->c->pool, n);
+        char *names = moxy_pstrdup(&r->c->pool, o->vary, strlen(o->vary));
         if (!names) return 0;
-        memcpy(names, o->vary, n);
         r->cache_vary = names;
         r->cache_vary_values = moxy_cache_vary_values(&r->c->pool, &r->headers, names);
     }
@@ -231,7 +228,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         for (uint32_t i = 0; i < hs->n; i++) {
             int ok = 0;
             for (size_t j = 0; j < MOXY_ARRAY_LEN(keep) && !ok; j++)
-                ok = hs->h[i].name_len == strlen(keep[j]) && strncasecmp(hs->h[i].name, keep[j], hs->h[i].name_len) == 0;
+                ok = moxy_strieq(hs->h[i].name, hs->h[i].name_len, keep[j], strlen(keep[j]));
             if (ok) hs->h[k++] = hs->h[i];
         }
         hs->n = k;
@@ -302,12 +299,11 @@ static int purge_method(moxy_req_t *r)
     char body[64];
     int len = snprintf(body, sizeof(body), n ? "purged %d\n" : "not in cache\n", n);
     moxy_log(MOXY_LOG_INFO, r->id, "cache: PURGE %s from %s: %d object%s", r->cache_key, ip, n, n == 1 ? "" : "s");
-    char *b = moxy_palloc(&r->c->pool, (size_t)len);
+    char *b = moxy_pstrdup(&r->c->pool, body, (size_t)len);
     if (!b) {
         moxy_req_fail(r, 500, "out of memory");
         return MOXY_DONE;
     }
-    memcpy(b, body, (size_t)len);
     moxy_resp_local(r, n ? 200 : 404, b, (size_t)len);
     return MOXY_DONE;
 }
@@ -315,9 +311,10 @@ static int purge_method(moxy_req_t *r)
 /* 1 when the client's request carries conditions of its own. */
 static int client_conditional(const moxy_req_t *r)
 {
-    return moxy_cache_field(&r->headers, "If-None-Match", 13) || moxy_cache_field(&r->headers, "If-Modified-Since", 17) ||
-           moxy_cache_field(&r->headers, "If-Match", 8) || moxy_cache_field(&r->headers, "If-Unmodified-Since", 19) ||
-           moxy_cache_field(&r->headers, "If-Range", 8);
+    const moxy_headers_t *hs = &r->headers;
+    return moxy_headers_get(hs, "If-None-Match", 13) || moxy_headers_get(hs, "If-Modified-Since", 17) ||
+           moxy_headers_get(hs, "If-Match", 8) || moxy_headers_get(hs, "If-Unmodified-Since", 19) ||
+           moxy_headers_get(hs, "If-Range", 8);
 }
 
 /* r goes to the origin with o stale: keep o to revalidate it (the request
@@ -348,10 +345,10 @@ static int lookup(moxy_req_t *r)
     r->cache_lookup = 1;
     moxy_cc_t cc;
     moxy_cache_cc_parse(&r->headers, "Cache-Control", 13, &cc);
-    const moxy_header_t *pragma = moxy_cache_field(&r->headers, "Pragma", 6);
+    const moxy_header_t *pragma = moxy_headers_get(&r->headers, "Pragma", 6);
     int reload = cc.no_cache || cc.max_age == 0 ||
                  (pragma && moxy_list_has_token(pragma->value, pragma->value_len, "no-cache", 8) &&
-                  !moxy_cache_field(&r->headers, "Cache-Control", 13));
+                  !moxy_headers_get(&r->headers, "Cache-Control", 13));
     if (!r->g->conf->cache.request_directives) { /* cache.request_directives = false */
         moxy_headers_t none = {0};
         moxy_cache_cc_parse(&none, "Cache-Control", 13, &cc);
@@ -459,7 +456,7 @@ static int stream_start(moxy_req_t *r, double now)
     moxy_cache_obj_t *o = moxy_cache_flight_filling(r->cache_key, r->cache_klen, r->cache_hash);
     if (!o) return 0;
     if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) || client_conditional(r) ||
-        moxy_cache_field(&r->headers, "Range", 5)) {
+        moxy_headers_get(&r->headers, "Range", 5)) {
         moxy_cache_obj_unref(o);
         return 0;
     }
@@ -603,10 +600,8 @@ EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
     if (r->cache_lookup || r->cache_hit ||
         (r->hook_phase != MOXY_PHASE_REQUEST && r->hook_phase != MOXY_PHASE_CACHE_KEY))
         return MOXY_DECLINED;
-    char *k = moxy_palloc(&r->c->pool, len + 1);
+    char *k = moxy_pstrdup(&r->c->pool, key, len);
     if (!k) return MOXY_ERROR;
-    memcpy(k, key, len);
-    k[len] = '\0';
     r->cache_key = k;
     r->cache_klen = (uint32_t)len;
     r->cache_hash = moxy_cache_hash(k, len);
@@ -625,12 +620,12 @@ EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
  * when it is on the request's host (RFC 9111 4.4). */
 static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
 {
-    const moxy_header_t *h = moxy_cache_field(&r->resp_headers, name, nlen);
+    const moxy_header_t *h = moxy_headers_get(&r->resp_headers, name, nlen);
     if (!h || !r->host) return;
     const char *v = h->value;
     size_t vl = h->value_len, hl = strlen(r->host);
-    if (vl >= 7 && strncasecmp(v, "http://", 7) == 0) {
-        if (vl < 7 + hl || strncasecmp(v + 7, r->host, hl) != 0 || (vl > 7 + hl && v[7 + hl] != '/')) return;
+    if (vl >= 7 && moxy_strieq(v, 7, "http://", 7)) {
+        if (vl < 7 + hl || !moxy_strieq(v + 7, hl, r->host, hl) || (vl > 7 + hl && v[7 + hl] != '/')) return;
         v += 7 + hl;
         vl -= 7 + hl;
     }
@@ -671,9 +666,9 @@ static void response_times(const moxy_req_t *r, const moxy_headers_t *origin, ti
 {
     t->response = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : wall_now(r);
     t->request = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : t->response;
-    t->date = moxy_cache_date(moxy_cache_field(origin, "Date", 4));
+    t->date = moxy_cache_date(moxy_headers_get(origin, "Date", 4));
     if (t->date < 0) t->date = t->response;
-    const moxy_header_t *ageh = moxy_cache_field(origin, "Age", 3);
+    const moxy_header_t *ageh = moxy_headers_get(origin, "Age", 3);
     double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
     if (age_value < 0) age_value = 0;
     t->initial_age = MOXY_MAX(MOXY_MAX(0, t->response - t->date), age_value + (t->response - t->request));
@@ -831,7 +826,7 @@ void moxy_cache_response_decide(moxy_req_t *r)
     times_t t;
     response_times(r, hs, &t);
     double life = moxy_cache_lifetime(hs, status, &cc, t.date);
-    int has_validator = moxy_cache_field(hs, "ETag", 4) || moxy_cache_field(hs, "Last-Modified", 13);
+    int has_validator = moxy_headers_get(hs, "ETag", 4) || moxy_headers_get(hs, "Last-Modified", 13);
     int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
     if (forced) life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
@@ -840,9 +835,10 @@ void moxy_cache_response_decide(moxy_req_t *r)
     else if (forced) why = NULL;
     else if (cc.no_store) why = "no-store";
     else if (cc.private_) why = "private";
-    else if (moxy_cache_field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
+    else if (moxy_headers_get(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate &&
+             cc.s_maxage < 0)
         why = "authorization";
-    else if (moxy_cache_field(hs, "Set-Cookie", 10)) why = "set-cookie";
+    else if (moxy_headers_get(hs, "Set-Cookie", 10)) why = "set-cookie";
     else if (cc.no_cache && !has_validator) why = "no-cache without a validator";
     else if (life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
     else if (life <= 0 && !has_validator) why = "not fresh";
