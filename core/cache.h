@@ -152,8 +152,9 @@ int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash);
  * reference is taken). */
 void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_cache_obj_t *o);
 
-/* The object the leader of key fills, with a reference, or NULL. */
-moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash);
+/* The object the leader of key fills, with a reference, or NULL; *active
+ * set as moxy_cache_flight_active would (the same look under one lock). */
+moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash, int *active);
 
 /* Note a hit on o for eviction (no lock). */
 static inline void moxy_cache_obj_touch(moxy_cache_obj_t *o)

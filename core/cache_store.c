@@ -513,13 +513,15 @@ void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_
     pthread_mutex_unlock(&s->lock);
 }
 
-moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash)
+moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash, int *active)
 {
+    *active = 0;
     if (!C.ready) return NULL;
     stripe_t *s = stripe_of(hash);
     pthread_mutex_lock(&s->lock);
     flight_t *f = *flight_find(s, key, klen, hash);
-    moxy_cache_obj_t *o = f && !f->free_until ? f->filling : NULL;
+    *active = f && !f->free_until;
+    moxy_cache_obj_t *o = *active ? f->filling : NULL;
     if (o) moxy_cache_obj_ref(o);
     pthread_mutex_unlock(&s->lock);
     return o;

@@ -343,17 +343,16 @@ static int lookup(moxy_req_t *r)
         return MOXY_DECLINED;
     }
     r->cache_lookup = 1;
+    /* cache.request_directives = false: the client's Cache-Control and
+     * Pragma are not read (cc keeps its defaults: no directive) */
+    int directives = r->g->conf->cache.request_directives;
+    const moxy_headers_t none = {0};
     moxy_cc_t cc;
-    moxy_cache_cc_parse(&r->headers, "Cache-Control", 13, &cc);
-    const moxy_header_t *pragma = moxy_headers_get(&r->headers, "Pragma", 6);
+    moxy_cache_cc_parse(directives ? &r->headers : &none, "Cache-Control", 13, &cc);
+    const moxy_header_t *pragma = directives ? moxy_headers_get(&r->headers, "Pragma", 6) : NULL;
     int reload = cc.no_cache || cc.max_age == 0 ||
                  (pragma && moxy_list_has_token(pragma->value, pragma->value_len, "no-cache", 8) &&
                   !moxy_headers_get(&r->headers, "Cache-Control", 13));
-    if (!r->g->conf->cache.request_directives) { /* cache.request_directives = false */
-        moxy_headers_t none = {0};
-        moxy_cache_cc_parse(&none, "Cache-Control", 13, &cc);
-        reload = 0;
-    }
     if (cc.no_store) r->cache_no_store = 1;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
@@ -447,14 +446,12 @@ static void stream_cb(evutil_socket_t fd, short what, void *arg)
     stream_step(arg);
 }
 
-/* A waiter whose leader's response is being stored: stream it from the
- * object as it fills, when nothing would make it differ for r (a plain GET
- * of the same variant, no on_body hooks, a known length).  1 when r is
- * answered that way. */
-static int stream_start(moxy_req_t *r, double now)
+/* A waiter whose leader's response is being stored in o (a reference,
+ * taken over): stream it from the object as it fills, when nothing would
+ * make it differ for r (a plain GET of the same variant, no on_body hooks,
+ * a known length).  1 when r is answered that way. */
+static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
-    moxy_cache_obj_t *o = moxy_cache_flight_filling(r->cache_key, r->cache_klen, r->cache_hash);
-    if (!o) return 0;
     if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) || client_conditional(r) ||
         moxy_headers_get(&r->headers, "Range", 5)) {
         moxy_cache_obj_unref(o);
@@ -477,7 +474,11 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     double now = wall_now(r);
-    if (stream_start(r, now)) return;
+    /* whether the leader is still at the origin is looked at before the
+     * store: once it is gone, what it stored is there to be found */
+    int active;
+    moxy_cache_obj_t *filling = moxy_cache_flight_filling(r->cache_key, r->cache_klen, r->cache_hash, &active);
+    if (filling && stream_start(r, filling, now)) return;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
     if (o && fresh_now(o, now)) {
@@ -489,7 +490,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (o) moxy_cache_obj_unref(o);
-    if (now < r->cache_wait_until && moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash)) {
+    if (now < r->cache_wait_until && active) {
         r->cache_wait_ms = MOXY_MIN(r->cache_wait_ms * 2, 20);
         struct timeval tv = {0, r->cache_wait_ms * 1000};
         evtimer_add(r->cache_wait, &tv);
@@ -743,16 +744,17 @@ fail:
 }
 
 /* 1 when r may be answered with the stale object it kept because the
- * origin failed (stale-if-error, RFC 5861 4). */
-static int stale_usable(const moxy_req_t *r, double now)
+ * origin failed (stale-if-error, RFC 5861 4); the clock is read only when
+ * there is one. */
+static int stale_usable(const moxy_req_t *r)
 {
     const moxy_cache_obj_t *o = r->cache_reval;
-    return o && !r->resp_head_sent && stale_if_error_allows(o, now);
+    return o && !r->resp_head_sent && stale_if_error_allows(o, wall_now(r));
 }
 
 int moxy_cache_stale_on_error(moxy_req_t *r, int status)
 {
-    if (!stale_usable(r, wall_now(r))) return 0;
+    if (!stale_usable(r)) return 0;
     moxy_log(MOXY_LOG_WARN, r->id, "cache: origin failed (%d); serving %s stale (stale-if-error)", status, r->cache_key);
     r->cache_fwd_status = status;
     moxy_cache_answer_kept(r);
@@ -775,7 +777,7 @@ int moxy_cache_upstream_head(moxy_req_t *r)
         r->cache_fwd_status = 304;
         return MOXY_DONE;
     }
-    if (r->status >= 500 && stale_usable(r, wall_now(r))) {
+    if (r->status >= 500 && stale_usable(r)) {
         moxy_log(MOXY_LOG_WARN, r->id, "cache: origin answered %d; serving %s stale (stale-if-error)", r->status,
                  r->cache_key);
         r->cache_fwd_status = r->status;
