@@ -63,13 +63,14 @@ typedef struct moxy_cache_obj_s {
     size_t charge;               /* bytes counted against the cache's size */
 
     /* RFC 9111 bookkeeping, wall-clock seconds (cache_policy.c) */
-    double request_time, response_time; /* when the request went out, the response came in */
+    double response_time;        /* when the response came in */
     double initial_age;          /* corrected_initial_age (4.2.3) */
     double lifetime;             /* freshness lifetime; < 0: none (stored for revalidation only) */
     double stale_while_revalidate, stale_if_error; /* RFC 5861 windows */
     unsigned must_revalidate : 1;/* must-revalidate or proxy-revalidate: never served stale */
     unsigned no_cache : 1;       /* no-cache: revalidate before every use */
     char *etag, *last_modified;  /* validators (into head's copy), or NULL */
+    double lm_time;              /* last_modified as Unix time; < 0: none, or not an HTTP-date */
 
     /* store bookkeeping (cache_store.c) */
     atomic_uchar freq;           /* hits since last looked at, saturating at 3 */
@@ -151,8 +152,9 @@ int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash);
  * reference is taken). */
 void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_cache_obj_t *o);
 
-/* The object the leader of key fills, with a reference, or NULL. */
-moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash);
+/* The object the leader of key fills, with a reference, or NULL; *active
+ * set as moxy_cache_flight_active would (the same look under one lock). */
+moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash, int *active);
 
 /* Note a hit on o for eviction (no lock). */
 static inline void moxy_cache_obj_touch(moxy_cache_obj_t *o)

@@ -6,7 +6,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <strings.h>
 #include <time.h>
 
 /* A delta-seconds argument (RFC 9111 1.2.2): digits, or -1 when malformed. */
@@ -70,13 +69,6 @@ void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen
             if (p < end && *p == ',') p++;
         }
     }
-}
-
-/* The first value of field name in hs, or NULL. */
-const moxy_header_t *moxy_cache_field(const moxy_headers_t *hs, const char *name, size_t nlen)
-{
-    int i = moxy_headers_find(hs, name, nlen, 0);
-    return i >= 0 ? &hs->h[i] : NULL;
 }
 
 /* An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime) as Unix
@@ -178,7 +170,7 @@ char *moxy_cache_vary_values(moxy_pool_t *pool, const moxy_headers_t *req, const
         int first = 1;
         for (uint32_t i = 0; i < req->n; i++) {
             const moxy_header_t *h = &req->h[i];
-            if (h->name_len != nl || strncasecmp(h->name, v, nl) != 0) continue;
+            if (!moxy_strieq(h->name, h->name_len, v, nl)) continue;
             const char *a = h->value, *b = h->value + h->value_len;
             while (a < b && (*a == ' ' || *a == '\t')) a++;
             while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
@@ -244,8 +236,8 @@ int moxy_cache_heuristic_status(int s)
  * max-age, Expires - Date, or the heuristic; -1: none. */
 double moxy_cache_lifetime(const moxy_headers_t *hs, int status, const moxy_cc_t *cc, double date)
 {
-    const moxy_header_t *expires = moxy_cache_field(hs, "Expires", 7);
-    const moxy_header_t *lm = moxy_cache_field(hs, "Last-Modified", 13);
+    const moxy_header_t *expires = moxy_headers_get(hs, "Expires", 7);
+    const moxy_header_t *lm = moxy_headers_get(hs, "Last-Modified", 13);
     if (cc->s_maxage >= 0) return cc->s_maxage;
     if (cc->max_age >= 0) return cc->max_age;
     if (expires) {
@@ -262,7 +254,7 @@ double moxy_cache_lifetime(const moxy_headers_t *hs, int status, const moxy_cc_t
 /* 1 when a client's conditional request is satisfied by o: 304. */
 int moxy_cache_not_modified(const moxy_headers_t *req, const moxy_cache_obj_t *o)
 {
-    const moxy_header_t *inm = moxy_cache_field(req, "If-None-Match", 13);
+    const moxy_header_t *inm = moxy_headers_get(req, "If-None-Match", 13);
     if (inm) {
         if (!o->etag) return 0;
         /* weak comparison (RFC 9110 13.1.2): W/ prefixes ignored */
@@ -286,11 +278,10 @@ int moxy_cache_not_modified(const moxy_headers_t *req, const moxy_cache_obj_t *o
         }
         return 0;
     }
-    const moxy_header_t *ims = moxy_cache_field(req, "If-Modified-Since", 17);
-    if (ims && o->last_modified) {
-        moxy_header_t lm = {.value = o->last_modified, .value_len = (uint32_t)strlen(o->last_modified)};
-        double since = moxy_cache_date(ims), mod = moxy_cache_date(&lm);
-        return since >= 0 && mod >= 0 && mod <= since;
+    const moxy_header_t *ims = moxy_headers_get(req, "If-Modified-Since", 17);
+    if (ims && o->lm_time >= 0) {
+        double since = moxy_cache_date(ims);
+        return since >= 0 && o->lm_time <= since;
     }
     return 0;
 }
@@ -302,10 +293,10 @@ int moxy_cache_not_modified(const moxy_headers_t *req, const moxy_cache_obj_t *o
 int moxy_cache_byte_range(const moxy_headers_t *req, const moxy_cache_obj_t *o, uint64_t len, uint64_t *from,
                           uint64_t *to)
 {
-    const moxy_header_t *h = moxy_cache_field(req, "Range", 5);
-    if (!h || h->value_len < 7 || strncasecmp(h->value, "bytes=", 6) != 0) return 0;
+    const moxy_header_t *h = moxy_headers_get(req, "Range", 5);
+    if (!h || h->value_len < 7 || !moxy_strieq(h->value, 6, "bytes=", 6)) return 0;
     if (memchr(h->value, ',', h->value_len)) return 0; /* several ranges: the whole body */
-    const moxy_header_t *ir = moxy_cache_field(req, "If-Range", 8);
+    const moxy_header_t *ir = moxy_headers_get(req, "If-Range", 8);
     if (ir) { /* only a strong validator that matches keeps the range */
         int etag_ok = o->etag && o->etag[0] == '"' && ir->value_len == strlen(o->etag) &&
                       memcmp(ir->value, o->etag, ir->value_len) == 0;

@@ -24,9 +24,6 @@ double moxy_cache_delta_seconds(const char *p, size_t n);
 /* The directives of every field called name (nlen bytes) in hs, into cc. */
 void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, moxy_cc_t *cc);
 
-/* The first field called name in hs, or NULL. */
-const moxy_header_t *moxy_cache_field(const moxy_headers_t *hs, const char *name, size_t nlen);
-
 /* h's value as an HTTP-date (IMF-fixdate, RFC 850, asctime): Unix time, or -1. */
 double moxy_cache_date(const moxy_header_t *h);
 

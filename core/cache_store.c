@@ -5,7 +5,7 @@
  * Locks: a stripe's mutex guards its buckets; the queue mutex guards the
  * FIFOs, the ghost ring and `used`.  Order: queue lock, then a stripe lock
  * (eviction holds the first and takes the second); a lookup takes a stripe
- * lock alone.
+ * lock alone, as does an invalidation that finds nothing.
  */
 #include "cache.h"
 
@@ -171,6 +171,7 @@ moxy_cache_obj_t *moxy_cache_obj_new(const char *key, size_t klen, uint64_t hash
     o->klen = klen;
     o->hash = hash;
     o->lifetime = -1;
+    o->lm_time = -1;
     atomic_store(&o->refs, 1);
     return o;
 }
@@ -376,65 +377,56 @@ void moxy_cache_publish(moxy_cache_obj_t *o)
     pthread_mutex_unlock(&C.qlock);
 }
 
-/* Drop every published object of s for which pick says so (queue locked). */
-static int invalidate_where(int (*pick)(const moxy_cache_obj_t *o, const void *arg), const void *arg,
-                            stripe_t *only)
+/* The first published variant of key in s (its bucket's chain), or NULL;
+ * takes s's lock.  Only drop() unlinks an object, under the queue lock: a
+ * caller holding that lock across the look and the drop may drop it. */
+static moxy_cache_obj_t *first_of_key(stripe_t *s, const char *key, size_t klen, uint64_t hash)
 {
-    int n = 0;
-    for (int i = 0; i < STRIPES; i++) {
-        stripe_t *s = &C.stripes[i];
-        if (only && s != only) continue;
-        for (;;) {
-            moxy_cache_obj_t *victim = NULL;
-            pthread_mutex_lock(&s->lock);
-            for (size_t b = 0; b < s->nbuckets && !victim; b++)
-                for (moxy_cache_obj_t *o = s->buckets[b]; o && !victim; o = o->inext)
-                    if (pick(o, arg)) victim = o;
-            pthread_mutex_unlock(&s->lock);
-            if (!victim) break;
-            drop(victim);
-            n++;
-        }
-    }
-    atomic_fetch_add(&C.invalidations, (unsigned long long)n);
-    return n;
-}
-
-typedef struct {
-    const char *key;
-    size_t len;
-    uint64_t hash;
-} key_arg_t;
-
-static int pick_key(const moxy_cache_obj_t *o, const void *arg)
-{
-    const key_arg_t *k = arg;
-    return same_key(o, k->key, k->len, k->hash);
-}
-
-static int pick_prefix(const moxy_cache_obj_t *o, const void *arg)
-{
-    const key_arg_t *k = arg;
-    return o->klen >= k->len && memcmp(o->key, k->key, k->len) == 0;
+    pthread_mutex_lock(&s->lock);
+    moxy_cache_obj_t *o = s->buckets[bucket_of(s, hash)];
+    while (o && !same_key(o, key, klen, hash)) o = o->inext;
+    pthread_mutex_unlock(&s->lock);
+    return o;
 }
 
 int moxy_cache_invalidate(const char *key, size_t klen)
 {
     if (!C.ready) return 0;
-    key_arg_t k = {key, klen, moxy_cache_hash(key, klen)};
+    uint64_t hash = moxy_cache_hash(key, klen);
+    stripe_t *s = stripe_of(hash);
+    /* most unsafe requests are for keys not stored: a look under the stripe
+     * lock, and the queue lock (taken first, as drop() needs) only when the
+     * key is there */
+    if (!first_of_key(s, key, klen, hash)) return 0;
+    int n = 0;
     pthread_mutex_lock(&C.qlock);
-    int n = invalidate_where(pick_key, &k, stripe_of(k.hash));
+    for (moxy_cache_obj_t *o; (o = first_of_key(s, key, klen, hash)); n++) drop(o);
     pthread_mutex_unlock(&C.qlock);
+    atomic_fetch_add(&C.invalidations, (unsigned long long)n);
     return n;
 }
 
 int moxy_cache_invalidate_prefix(const char *prefix, size_t len)
 {
     if (!C.ready) return 0;
-    key_arg_t k = {prefix, len, 0};
+    int n = 0;
     pthread_mutex_lock(&C.qlock);
-    int n = invalidate_where(pick_prefix, &k, NULL);
+    for (int i = 0; i < STRIPES; i++) {
+        stripe_t *s = &C.stripes[i];
+        for (;;) {
+            moxy_cache_obj_t *victim = NULL;
+            pthread_mutex_lock(&s->lock);
+            for (size_t b = 0; b < s->nbuckets && !victim; b++)
+                for (moxy_cache_obj_t *o = s->buckets[b]; o && !victim; o = o->inext)
+                    if (o->klen >= len && memcmp(o->key, prefix, len) == 0) victim = o;
+            pthread_mutex_unlock(&s->lock);
+            if (!victim) break;
+            drop(victim);
+            n++;
+        }
+    }
     pthread_mutex_unlock(&C.qlock);
+    atomic_fetch_add(&C.invalidations, (unsigned long long)n);
     return n;
 }
 
@@ -521,13 +513,15 @@ void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_
     pthread_mutex_unlock(&s->lock);
 }
 
-moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash)
+moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash, int *active)
 {
+    *active = 0;
     if (!C.ready) return NULL;
     stripe_t *s = stripe_of(hash);
     pthread_mutex_lock(&s->lock);
     flight_t *f = *flight_find(s, key, klen, hash);
-    moxy_cache_obj_t *o = f && !f->free_until ? f->filling : NULL;
+    *active = f && !f->free_until;
+    moxy_cache_obj_t *o = *active ? f->filling : NULL;
     if (o) moxy_cache_obj_ref(o);
     pthread_mutex_unlock(&s->lock);
     return o;

@@ -87,6 +87,12 @@ int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, u
     return -1;
 }
 
+const moxy_header_t *moxy_headers_get(const moxy_headers_t *hs, const char *name, size_t nlen)
+{
+    int i = moxy_headers_find(hs, name, nlen, 0);
+    return i >= 0 ? &hs->h[i] : NULL;
+}
+
 int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen)
 {
     uint32_t j = 0;

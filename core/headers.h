@@ -20,6 +20,10 @@ int moxy_headers_find_kind(const moxy_headers_t *hs, uint32_t mask, uint32_t sta
 /* Index of the first header called name at or after start, or -1. */
 int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, uint32_t start);
 
+/* The first header called name (nlen bytes, any case) in hs, or NULL.  The
+ * pointer is into hs: valid until hs changes. */
+const moxy_header_t *moxy_headers_get(const moxy_headers_t *hs, const char *name, size_t nlen);
+
 /* Remove every header called name; returns how many were removed. */
 int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen);
 

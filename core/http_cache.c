@@ -25,7 +25,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <strings.h>
 #include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -50,10 +49,8 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
     /* the request's values for these fields, made once: a key's variants
      * (and a waiter's looks) name the same fields */
     if (!r->cache_vary || strcmp(r->cache_vary, o->vary) != 0) {
-        size_t n = strlen(o->vary) + 1;
-        char *names = moxy_palloc(&r->c->pool, n);
+        char *names = moxy_pstrdup(&r->c->pool, o->vary, strlen(o->vary));
         if (!names) return 0;
-        memcpy(names, o->vary, n);
         r->cache_vary = names;
         r->cache_vary_values = moxy_cache_vary_values(&r->c->pool, &r->headers, names);
     }
@@ -62,22 +59,30 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
 
 /* --- age and freshness (RFC 9111 4.2) --- */
 
+static double tv_secs(const struct timeval *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
 static double wall_now(const moxy_req_t *r)
 {
     struct timeval now;
     event_base_gettimeofday_cached(r->c->w->base, &now);
-    return (double)now.tv_sec + (double)now.tv_usec / 1e6;
-}
-
-static double tv_secs(const struct timeval *tv)
-{
-    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+    return tv_secs(&now);
 }
 
 static double current_age(const moxy_cache_obj_t *o, double now)
 {
     double resident = now - o->response_time;
     return o->initial_age + (resident > 0 ? resident : 0);
+}
+
+/* 1 when o, stale, may still answer a request whose origin failed now
+ * (stale-if-error, RFC 5861 4). */
+static int stale_if_error_allows(const moxy_cache_obj_t *o, double now)
+{
+    double stale_for = current_age(o, now) - MOXY_MAX(o->lifetime, 0);
+    return o->stale_if_error >= 0 && !o->must_revalidate && stale_for <= o->stale_if_error;
 }
 
 /* 1 when o may be used without revalidation now (RFC 9111 4.2). */
@@ -114,6 +119,29 @@ static void seg_release(const void *data, size_t len, void *arg)
     moxy_cache_obj_unref(arg);
 }
 
+/* Add bytes [from, end) of o's body to b by reference, each piece holding
+ * a reference to o until it has left b.  Positions step by each segment's
+ * capacity: every segment but the last is full, and one still filling (a
+ * stream) is read no further than end, nor its successor's link once end is
+ * reached.  MOXY_ERROR: out of memory. */
+static int add_body(struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint64_t end)
+{
+    uint64_t pos = 0;
+    for (const moxy_cache_seg_t *s = moxy_cache_body(o)->body; s; s = s->next) {
+        uint64_t lo = MOXY_MAX(pos, from), hi = MOXY_MIN(pos + s->cap, end);
+        if (hi > lo) {
+            moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
+            if (evbuffer_add_reference(b, s->data + (lo - pos), (size_t)(hi - lo), seg_release, o) != 0) {
+                moxy_cache_obj_unref(o);
+                return MOXY_ERROR;
+            }
+        }
+        pos += s->cap;
+        if (pos >= end) break;
+    }
+    return MOXY_OK;
+}
+
 /* The "Name: value\r\n" lines of a stored head (len bytes) appended to
  * list, copied into pool.  MOXY_ERROR: out of memory. */
 static int head_parse(moxy_pool_t *pool, const char *head, size_t len, moxy_headers_t *list)
@@ -145,10 +173,11 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_req_fail(r, 500, "out of memory");
         return;
     }
+    /* a stored head has no Age nor Content-Length (store_field): added, not set */
     double age = current_age(o, now);
     char ab[24];
     int n = snprintf(ab, sizeof(ab), "%.0f", floor(age));
-    moxy_headers_set(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
+    moxy_headers_add(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
     if (r->cache_fwd_status == 304) /* revalidated */
         set_status_field(r, "moxy; fwd=stale; fwd-status=304; stored; ttl=%.0f", floor(o->lifetime - age));
     else if (r->cache_fwd_status) /* the origin failed: stale-if-error */
@@ -164,14 +193,15 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     r->resp_body_left = body_len;
     if (r->method == HTTP_HEAD && o->status != 204) { /* the length of what a GET would get */
         char lb[24];
-        int ln = snprintf(lb, sizeof(lb), "%llu", (unsigned long long)body_len);
-        moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, (size_t)ln);
+        size_t ln = (size_t)(moxy_write_u64(lb, body_len) - lb);
+        moxy_headers_add(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, ln);
     }
+    int not_modified = moxy_cache_not_modified(&r->headers, o);
     uint64_t from, to;
     int range = o->status == 200 && r->method == HTTP_GET && !r->cache_streaming
                     ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to)
                     : 0;
-    if (range != 0 && !moxy_cache_not_modified(&r->headers, o)) {
+    if (range != 0 && !not_modified) {
         char cr[80];
         int cn;
         if (range > 0) {
@@ -189,7 +219,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         }
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
-    if (moxy_cache_not_modified(&r->headers, o)) {
+    if (not_modified) {
         /* RFC 9110 15.4.5: only these fields, no body */
         static const char *const keep[] = {"cache-control", "content-location", "date", "etag", "expires",
                                            "vary", "age", "cache-status", "last-modified"};
@@ -198,7 +228,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         for (uint32_t i = 0; i < hs->n; i++) {
             int ok = 0;
             for (size_t j = 0; j < MOXY_ARRAY_LEN(keep) && !ok; j++)
-                ok = hs->h[i].name_len == strlen(keep[j]) && strncasecmp(hs->h[i].name, keep[j], hs->h[i].name_len) == 0;
+                ok = moxy_strieq(hs->h[i].name, hs->h[i].name_len, keep[j], strlen(keep[j]));
             if (ok) hs->h[k++] = hs->h[i];
         }
         hs->n = k;
@@ -233,23 +263,11 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         stream_step(r);
         return;
     }
-    struct evbuffer *to = r->filtering ? r->filter_in : c->out;
-    uint64_t skip = r->cache_from, left = r->resp_body_left; /* a range: its slice */
-    for (moxy_cache_seg_t *s = moxy_cache_body(o)->body; s && left > 0; s = s->next) {
-        if (skip >= s->len) {
-            skip -= s->len;
-            continue;
-        }
-        size_t n = s->len - (size_t)skip;
-        if (n > left) n = (size_t)left;
-        moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
-        if (evbuffer_add_reference(to, s->data + skip, n, seg_release, o) != 0) {
-            moxy_cache_obj_unref(o);
-            moxy_client_close(c);
-            return;
-        }
-        skip = 0;
-        left -= n;
+    /* a range: its slice */
+    if (add_body(r->filtering ? r->filter_in : c->out, o, r->cache_from, r->cache_from + r->resp_body_left) !=
+        MOXY_OK) {
+        moxy_client_close(c);
+        return;
     }
     if (!r->filtering) {
         r->bytes_sent = r->resp_body_left;
@@ -281,12 +299,11 @@ static int purge_method(moxy_req_t *r)
     char body[64];
     int len = snprintf(body, sizeof(body), n ? "purged %d\n" : "not in cache\n", n);
     moxy_log(MOXY_LOG_INFO, r->id, "cache: PURGE %s from %s: %d object%s", r->cache_key, ip, n, n == 1 ? "" : "s");
-    char *b = moxy_palloc(&r->c->pool, (size_t)len);
+    char *b = moxy_pstrdup(&r->c->pool, body, (size_t)len);
     if (!b) {
         moxy_req_fail(r, 500, "out of memory");
         return MOXY_DONE;
     }
-    memcpy(b, body, (size_t)len);
     moxy_resp_local(r, n ? 200 : 404, b, (size_t)len);
     return MOXY_DONE;
 }
@@ -294,9 +311,10 @@ static int purge_method(moxy_req_t *r)
 /* 1 when the client's request carries conditions of its own. */
 static int client_conditional(const moxy_req_t *r)
 {
-    return moxy_cache_field(&r->headers, "If-None-Match", 13) || moxy_cache_field(&r->headers, "If-Modified-Since", 17) ||
-           moxy_cache_field(&r->headers, "If-Match", 8) || moxy_cache_field(&r->headers, "If-Unmodified-Since", 19) ||
-           moxy_cache_field(&r->headers, "If-Range", 8);
+    const moxy_headers_t *hs = &r->headers;
+    return moxy_headers_get(hs, "If-None-Match", 13) || moxy_headers_get(hs, "If-Modified-Since", 17) ||
+           moxy_headers_get(hs, "If-Match", 8) || moxy_headers_get(hs, "If-Unmodified-Since", 19) ||
+           moxy_headers_get(hs, "If-Range", 8);
 }
 
 /* r goes to the origin with o stale: keep o to revalidate it (the request
@@ -305,8 +323,7 @@ static int client_conditional(const moxy_req_t *r)
 static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
     int validators = (o->etag || o->last_modified) && !client_conditional(r) && r->method == HTTP_GET;
-    int on_error = o->stale_if_error >= 0 && !o->must_revalidate &&
-                   current_age(o, now) - MOXY_MAX(o->lifetime, 0) <= o->stale_if_error;
+    int on_error = stale_if_error_allows(o, now);
     if (!validators && !on_error) {
         moxy_cache_obj_unref(o);
         return;
@@ -326,17 +343,16 @@ static int lookup(moxy_req_t *r)
         return MOXY_DECLINED;
     }
     r->cache_lookup = 1;
+    /* cache.request_directives = false: the client's Cache-Control and
+     * Pragma are not read (cc keeps its defaults: no directive) */
+    int directives = r->g->conf->cache.request_directives;
+    const moxy_headers_t none = {0};
     moxy_cc_t cc;
-    moxy_cache_cc_parse(&r->headers, "Cache-Control", 13, &cc);
-    const moxy_header_t *pragma = moxy_cache_field(&r->headers, "Pragma", 6);
+    moxy_cache_cc_parse(directives ? &r->headers : &none, "Cache-Control", 13, &cc);
+    const moxy_header_t *pragma = directives ? moxy_headers_get(&r->headers, "Pragma", 6) : NULL;
     int reload = cc.no_cache || cc.max_age == 0 ||
                  (pragma && moxy_list_has_token(pragma->value, pragma->value_len, "no-cache", 8) &&
-                  !moxy_cache_field(&r->headers, "Cache-Control", 13));
-    if (!r->g->conf->cache.request_directives) { /* cache.request_directives = false */
-        moxy_headers_t none = {0};
-        moxy_cache_cc_parse(&none, "Cache-Control", 13, &cc);
-        reload = 0;
-    }
+                  !moxy_headers_get(&r->headers, "Cache-Control", 13));
     if (cc.no_store) r->cache_no_store = 1;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
@@ -398,22 +414,11 @@ static void stream_step(moxy_req_t *r)
     int state = atomic_load_explicit(&o->fill_state, memory_order_acquire);
     if (avail > o->expected) avail = o->expected;
     if (avail > r->cache_sent) {
-        /* segments before the one holding byte avail - 1 are full (len == cap);
-         * the filler may be linking the next one: stop before reading it */
-        uint64_t pos = 0;
-        for (moxy_cache_seg_t *s = o->body; s;) {
-            uint64_t end = pos + s->cap, lo = MOXY_MAX(pos, r->cache_sent), hi = MOXY_MIN(end, avail);
-            if (hi > lo) {
-                moxy_cache_obj_ref(o);
-                if (evbuffer_add_reference(c->out, s->data + (lo - pos), (size_t)(hi - lo), seg_release, o) != 0) {
-                    moxy_cache_obj_unref(o);
-                    moxy_client_close(c);
-                    return;
-                }
-            }
-            pos = end;
-            if (pos >= avail) break;
-            s = s->next;
+        /* the bytes before avail are there, with the links to their segments;
+         * the filler may be linking the next one: add_body stops before it */
+        if (add_body(c->out, o, r->cache_sent, avail) != MOXY_OK) {
+            moxy_client_close(c);
+            return;
         }
         r->cache_sent = avail;
         r->bytes_sent = avail;
@@ -441,16 +446,14 @@ static void stream_cb(evutil_socket_t fd, short what, void *arg)
     stream_step(arg);
 }
 
-/* A waiter whose leader's response is being stored: stream it from the
- * object as it fills, when nothing would make it differ for r (a plain GET
- * of the same variant, no on_body hooks, a known length).  1 when r is
- * answered that way. */
-static int stream_start(moxy_req_t *r, double now)
+/* A waiter whose leader's response is being stored in o (a reference,
+ * taken over): stream it from the object as it fills, when nothing would
+ * make it differ for r (a plain GET of the same variant, no on_body hooks,
+ * a known length).  1 when r is answered that way. */
+static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
-    moxy_cache_obj_t *o = moxy_cache_flight_filling(r->cache_key, r->cache_klen, r->cache_hash);
-    if (!o) return 0;
     if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) || client_conditional(r) ||
-        moxy_cache_field(&r->headers, "Range", 5)) {
+        moxy_headers_get(&r->headers, "Range", 5)) {
         moxy_cache_obj_unref(o);
         return 0;
     }
@@ -471,7 +474,11 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     double now = wall_now(r);
-    if (stream_start(r, now)) return;
+    /* whether the leader is still at the origin is looked at before the
+     * store: once it is gone, what it stored is there to be found */
+    int active;
+    moxy_cache_obj_t *filling = moxy_cache_flight_filling(r->cache_key, r->cache_klen, r->cache_hash, &active);
+    if (filling && stream_start(r, filling, now)) return;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
     if (o && fresh_now(o, now)) {
@@ -483,7 +490,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (o) moxy_cache_obj_unref(o);
-    if (now < r->cache_wait_until && moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash)) {
+    if (now < r->cache_wait_until && active) {
         r->cache_wait_ms = MOXY_MIN(r->cache_wait_ms * 2, 20);
         struct timeval tv = {0, r->cache_wait_ms * 1000};
         evtimer_add(r->cache_wait, &tv);
@@ -594,10 +601,8 @@ EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
     if (r->cache_lookup || r->cache_hit ||
         (r->hook_phase != MOXY_PHASE_REQUEST && r->hook_phase != MOXY_PHASE_CACHE_KEY))
         return MOXY_DECLINED;
-    char *k = moxy_palloc(&r->c->pool, len + 1);
+    char *k = moxy_pstrdup(&r->c->pool, key, len);
     if (!k) return MOXY_ERROR;
-    memcpy(k, key, len);
-    k[len] = '\0';
     r->cache_key = k;
     r->cache_klen = (uint32_t)len;
     r->cache_hash = moxy_cache_hash(k, len);
@@ -616,12 +621,12 @@ EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
  * when it is on the request's host (RFC 9111 4.4). */
 static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
 {
-    const moxy_header_t *h = moxy_cache_field(&r->resp_headers, name, nlen);
+    const moxy_header_t *h = moxy_headers_get(&r->resp_headers, name, nlen);
     if (!h || !r->host) return;
     const char *v = h->value;
     size_t vl = h->value_len, hl = strlen(r->host);
-    if (vl >= 7 && strncasecmp(v, "http://", 7) == 0) {
-        if (vl < 7 + hl || strncasecmp(v + 7, r->host, hl) != 0 || (vl > 7 + hl && v[7 + hl] != '/')) return;
+    if (vl >= 7 && moxy_strieq(v, 7, "http://", 7)) {
+        if (vl < 7 + hl || !moxy_strieq(v + 7, hl, r->host, hl) || (vl > 7 + hl && v[7 + hl] != '/')) return;
         v += 7 + hl;
         vl -= 7 + hl;
     }
@@ -662,9 +667,9 @@ static void response_times(const moxy_req_t *r, const moxy_headers_t *origin, ti
 {
     t->response = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : wall_now(r);
     t->request = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : t->response;
-    t->date = moxy_cache_date(moxy_cache_field(origin, "Date", 4));
+    t->date = moxy_cache_date(moxy_headers_get(origin, "Date", 4));
     if (t->date < 0) t->date = t->response;
-    const moxy_header_t *ageh = moxy_cache_field(origin, "Age", 3);
+    const moxy_header_t *ageh = moxy_headers_get(origin, "Age", 3);
     double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
     if (age_value < 0) age_value = 0;
     t->initial_age = MOXY_MAX(MOXY_MAX(0, t->response - t->date), age_value + (t->response - t->request));
@@ -682,11 +687,12 @@ static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const time
         const moxy_header_t *h = &hs->h[i];
         p = store_field(p, h);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified)
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified) {
             o->last_modified = strndup(h->value, h->value_len);
+            if (o->last_modified) o->lm_time = moxy_cache_date(h); /* parsed once, not on each If-Modified-Since */
+        }
     }
     o->head_len = (size_t)(p - o->head);
-    o->request_time = t->request;
     o->response_time = t->response;
     o->initial_age = t->initial_age;
     o->lifetime = life;
@@ -738,18 +744,17 @@ fail:
 }
 
 /* 1 when r may be answered with the stale object it kept because the
- * origin failed (stale-if-error, RFC 5861 4). */
-static int stale_usable(const moxy_req_t *r, double now)
+ * origin failed (stale-if-error, RFC 5861 4); the clock is read only when
+ * there is one. */
+static int stale_usable(const moxy_req_t *r)
 {
     const moxy_cache_obj_t *o = r->cache_reval;
-    if (!o || r->resp_head_sent) return 0;
-    double stale_for = current_age(o, now) - MOXY_MAX(o->lifetime, 0);
-    return o->stale_if_error >= 0 && !o->must_revalidate && stale_for <= o->stale_if_error;
+    return o && !r->resp_head_sent && stale_if_error_allows(o, wall_now(r));
 }
 
 int moxy_cache_stale_on_error(moxy_req_t *r, int status)
 {
-    if (!stale_usable(r, wall_now(r))) return 0;
+    if (!stale_usable(r)) return 0;
     moxy_log(MOXY_LOG_WARN, r->id, "cache: origin failed (%d); serving %s stale (stale-if-error)", status, r->cache_key);
     r->cache_fwd_status = status;
     moxy_cache_answer_kept(r);
@@ -772,7 +777,7 @@ int moxy_cache_upstream_head(moxy_req_t *r)
         r->cache_fwd_status = 304;
         return MOXY_DONE;
     }
-    if (r->status >= 500 && stale_usable(r, wall_now(r))) {
+    if (r->status >= 500 && stale_usable(r)) {
         moxy_log(MOXY_LOG_WARN, r->id, "cache: origin answered %d; serving %s stale (stale-if-error)", r->status,
                  r->cache_key);
         r->cache_fwd_status = r->status;
@@ -823,7 +828,7 @@ void moxy_cache_response_decide(moxy_req_t *r)
     times_t t;
     response_times(r, hs, &t);
     double life = moxy_cache_lifetime(hs, status, &cc, t.date);
-    int has_validator = moxy_cache_field(hs, "ETag", 4) || moxy_cache_field(hs, "Last-Modified", 13);
+    int has_validator = moxy_headers_get(hs, "ETag", 4) || moxy_headers_get(hs, "Last-Modified", 13);
     int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
     if (forced) life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
@@ -832,9 +837,10 @@ void moxy_cache_response_decide(moxy_req_t *r)
     else if (forced) why = NULL;
     else if (cc.no_store) why = "no-store";
     else if (cc.private_) why = "private";
-    else if (moxy_cache_field(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate && cc.s_maxage < 0)
+    else if (moxy_headers_get(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate &&
+             cc.s_maxage < 0)
         why = "authorization";
-    else if (moxy_cache_field(hs, "Set-Cookie", 10)) why = "set-cookie";
+    else if (moxy_headers_get(hs, "Set-Cookie", 10)) why = "set-cookie";
     else if (cc.no_cache && !has_validator) why = "no-cache without a validator";
     else if (life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
     else if (life <= 0 && !has_validator) why = "not fresh";
