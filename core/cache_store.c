@@ -413,12 +413,16 @@ int moxy_cache_invalidate_prefix(const char *prefix, size_t len)
     pthread_mutex_lock(&C.qlock);
     for (int i = 0; i < STRIPES; i++) {
         stripe_t *s = &C.stripes[i];
-        for (;;) {
+        /* the buckets change only by drop() while the queue lock is held
+         * (publish holds it too): the walk goes on from the victim's bucket */
+        for (size_t b = 0;;) {
             moxy_cache_obj_t *victim = NULL;
             pthread_mutex_lock(&s->lock);
-            for (size_t b = 0; b < s->nbuckets && !victim; b++)
+            for (; b < s->nbuckets; b++) {
                 for (moxy_cache_obj_t *o = s->buckets[b]; o && !victim; o = o->inext)
                     if (o->klen >= len && memcmp(o->key, prefix, len) == 0) victim = o;
+                if (victim) break;
+            }
             pthread_mutex_unlock(&s->lock);
             if (!victim) break;
             drop(victim);
