@@ -15,9 +15,9 @@
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "realip.h"
 #include "worker.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <maxminddb.h>
@@ -303,26 +303,19 @@ void moxy_geoip_close_all(void)
  * subtree).  MOXY_OK or MOXY_ERROR. */
 static int parse_ip(const char *ip, size_t len, struct sockaddr_storage *sa)
 {
-    char buf[INET6_ADDRSTRLEN + 1];
-    if (len == 0 || len >= sizeof(buf)) return MOXY_ERROR;
-    memcpy(buf, ip, len);
-    buf[len] = '\0';
+    int family = 0;
+    uint8_t addr[16];
+    if (moxy_ip_pton(ip, len, &family, addr) != MOXY_OK) return MOXY_ERROR;
     memset(sa, 0, sizeof(*sa));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
-    if (inet_pton(AF_INET, buf, &s4->sin_addr) == 1) {
+    if (family == 4) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
         s4->sin_family = AF_INET;
-        return MOXY_OK;
+        memcpy(&s4->sin_addr, addr, 4);
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+        s6->sin6_family = AF_INET6;
+        memcpy(&s6->sin6_addr, addr, 16);
     }
-    if (inet_pton(AF_INET6, buf, &s6->sin6_addr) != 1) return MOXY_ERROR;
-    if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
-        struct in_addr a;
-        memcpy(&a, &s6->sin6_addr.s6_addr[12], 4);
-        s4->sin_addr = a;
-        s4->sin_family = AF_INET;
-        return MOXY_OK;
-    }
-    s6->sin6_family = AF_INET6;
     return MOXY_OK;
 }
 

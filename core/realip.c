@@ -65,14 +65,25 @@ static int parse_port(const char *p, size_t n)
     return v <= 65535 ? v : -1;
 }
 
-/* inet_pton of the n bytes at p as family (4 or 6). */
-static int pton(int family, const char *p, size_t n, uint8_t addr[16])
+int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16])
 {
     char buf[INET6_ADDRSTRLEN];
     if (n == 0 || n >= sizeof(buf)) return MOXY_ERROR;
     memcpy(buf, p, n);
     buf[n] = '\0';
-    return inet_pton(family == 4 ? AF_INET : AF_INET6, buf, addr) == 1 ? MOXY_OK : MOXY_ERROR;
+    if (*family)
+        return inet_pton(*family == 4 ? AF_INET : AF_INET6, buf, addr) == 1 ? MOXY_OK : MOXY_ERROR;
+    if (inet_pton(AF_INET, buf, addr) == 1) {
+        *family = 4;
+        return MOXY_OK;
+    }
+    if (inet_pton(AF_INET6, buf, addr) != 1) return MOXY_ERROR;
+    *family = 6;
+    if (memcmp(addr, V4_MAPPED, 12) == 0) {
+        memmove(addr, addr + 12, 4);
+        *family = 4;
+    }
+    return MOXY_OK;
 }
 
 int moxy_ip_parse(const char *p, size_t n, int *family, uint8_t addr[16], int *port)
@@ -86,17 +97,17 @@ int moxy_ip_parse(const char *p, size_t n, int *family, uint8_t addr[16], int *p
             if (end[1] != ':' || (*port = parse_port(end + 2, after - 1)) < 0) return MOXY_ERROR;
         }
         *family = 6;
-        return pton(6, p + 1, alen, addr);
+        return moxy_ip_pton(p + 1, alen, family, addr);
     }
     const char *colon = memchr(p, ':', n);
     if (colon && memchr(colon + 1, ':', n - (size_t)(colon - p) - 1)) { /* bare v6 */
         *family = 6;
-        return pton(6, p, n, addr);
+        return moxy_ip_pton(p, n, family, addr);
     }
     size_t alen = colon ? (size_t)(colon - p) : n;
     if (colon && (*port = parse_port(colon + 1, n - alen - 1)) < 0) return MOXY_ERROR;
     *family = 4;
-    return pton(4, p, alen, addr);
+    return moxy_ip_pton(p, alen, family, addr);
 }
 
 /* Forwarded's for= value (RFC 7239 6): the node of one element, n bytes at
@@ -248,8 +259,8 @@ static int proxy_v1(const char *p, size_t n, moxy_proxy_hdr_t *h)
         s = sp + 1;
     }
     uint8_t dst[16];
-    if (memchr(f[3], ' ', flen[3]) || pton(family, f[0], flen[0], h->addr) != MOXY_OK ||
-        pton(family, f[1], flen[1], dst) != MOXY_OK) {
+    if (memchr(f[3], ' ', flen[3]) || moxy_ip_pton(f[0], flen[0], &family, h->addr) != MOXY_OK ||
+        moxy_ip_pton(f[1], flen[1], &family, dst) != MOXY_OK) {
         h->why = family == 4 ? "v1: bad TCP4 address" : "v1: bad TCP6 address";
         return MOXY_ERROR;
     }

@@ -53,6 +53,13 @@ int moxy_cidr_match(const moxy_cidr_t *list, int n, int family, const uint8_t *a
  * none given), or MOXY_ERROR. */
 int moxy_ip_parse(const char *p, size_t n, int *family, uint8_t addr[16], int *port);
 
+/* inet_pton of the n bytes at p (no port, no brackets).  *family 4 or 6:
+ * p must be an address of that family; 0: either, set in *family, and an
+ * IPv4-mapped IPv6 address (::ffff:a.b.c.d) comes back as the IPv4 address
+ * it maps (a lookup key, as moxy_cidr_match sees it).  MOXY_OK with addr
+ * (4 or 16 bytes, network order), or MOXY_ERROR. */
+int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16]);
+
 /* Parse the PROXY protocol header at the start of the n bytes at p.
  * MOXY_OK: *h says what it holds; MOXY_AGAIN: the bytes are the start of a
  * valid header, more must come; MOXY_ERROR: not a valid header, h->why. */
