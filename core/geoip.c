@@ -508,23 +508,15 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
         moxy_ffi_geo_item_t *it = &items[count++];
         memset(it, 0, sizeof(*it));
         it->type = (int)d->type;
+        moxy_ffi_geo_value_t v = {0};
         switch (d->type) {
-        case MMDB_DATA_TYPE_UTF8_STRING:
-            it->s = d->utf8_string;
-            it->len = d->data_size;
-            break;
+        case MMDB_DATA_TYPE_MAP:
+        case MMDB_DATA_TYPE_ARRAY: it->size = d->data_size; break;
         case MMDB_DATA_TYPE_BYTES:
             it->s = (const char *)d->bytes;
             it->len = d->data_size;
             break;
-        case MMDB_DATA_TYPE_MAP:
-        case MMDB_DATA_TYPE_ARRAY: it->size = d->data_size; break;
-        case MMDB_DATA_TYPE_DOUBLE: it->n = d->double_value; break;
-        case MMDB_DATA_TYPE_FLOAT: it->n = d->float_value; break;
-        case MMDB_DATA_TYPE_UINT16: it->n = d->uint16; break;
-        case MMDB_DATA_TYPE_UINT32: it->n = d->uint32; break;
-        case MMDB_DATA_TYPE_INT32: it->n = d->int32; break;
-        case MMDB_DATA_TYPE_UINT64: it->u = d->uint64; break;
+        case MMDB_DATA_TYPE_UINT64: it->u = d->uint64; break; /* exact, not as a double */
         case MMDB_DATA_TYPE_UINT128:
 #if MMDB_UINT128_IS_BYTE_ARRAY
             for (int b = 0; b < 8; b++) {
@@ -536,8 +528,12 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
             it->u = (unsigned long long)d->uint128;
 #endif
             break;
-        case MMDB_DATA_TYPE_BOOLEAN: it->n = d->boolean; break;
-        default: break;
+        default: /* string, numbers, boolean: as a field's value */
+            if (scalar(d, &v) == MOXY_OK) {
+                it->s = v.s;
+                it->len = v.len;
+                it->n = v.n;
+            }
         }
     }
     MMDB_free_entry_data_list(list);
