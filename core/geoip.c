@@ -197,13 +197,20 @@ static int open_one(const char *name, const char *path, char *err, size_t errlen
     return MOXY_OK;
 }
 
-int moxy_geoip_open(const char *const *names, const char *const *paths, int n, char *err, size_t errlen)
+/* Close the registry's databases and make room for n new ones (a new
+ * registry generation: workers let go of their versions at their next
+ * lookup).  MOXY_OK, or MOXY_ERROR: out of memory. */
+static int registry_reset(int n)
 {
     moxy_geoip_close_all();
     registry_gen++;
-    if (n == 0) return MOXY_OK;
-    dbs = calloc((size_t)n + 1, sizeof(*dbs));
-    if (!dbs) {
+    dbs = calloc((size_t)n + 1, sizeof(*dbs)); /* + 1: never calloc(0) */
+    return dbs ? MOXY_OK : MOXY_ERROR;
+}
+
+int moxy_geoip_open(const char *const *names, const char *const *paths, int n, char *err, size_t errlen)
+{
+    if (registry_reset(n) != MOXY_OK) {
         snprintf(err, errlen, "out of memory");
         return MOXY_ERROR;
     }
@@ -220,12 +227,9 @@ int moxy_geoip_open(const char *const *names, const char *const *paths, int n, c
 
 int moxy_geoip_open_all(const moxy_conf_t *conf)
 {
+    if (registry_reset(conf->ngeoip) != MOXY_OK) return MOXY_ERROR;
     int rc = MOXY_OK;
-    moxy_geoip_close_all();
-    registry_gen++;
-    dbs = calloc((size_t)conf->ngeoip + 1, sizeof(*dbs));
-    if (!dbs) return MOXY_ERROR;
-    for (int i = 0; i < conf->ngeoip; i++) {
+    for (int i = 0; i < conf->ngeoip; i++) { /* every one that fails is reported */
         const moxy_geoip_conf_t *gc = &conf->geoip[i];
         char err[300];
         if (open_one(gc->name, gc->path, err, sizeof(err)) != MOXY_OK) {
