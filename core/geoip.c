@@ -339,39 +339,34 @@ static void lookup(int i, geo_version_t *v, const struct sockaddr_storage *sa, g
         moxy_log(MOXY_LOG_ERR, NULL, "geoip %s: lookup failed: %s", dbs[i].name, MMDB_strerror(mmdb_err));
 }
 
-/* txn.client.geo's fields: the group of each (GEO_K_*), in order. */
-static const unsigned char client_kinds[] = {
-    GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION,
-    GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION,
-    GEO_K_LOCATION, GEO_K_ASN, GEO_K_ASN, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON,
+/* txn.client.geo's fields, in lua/moxy/geo.lua's FIELDS order: the group
+ * of each (GEO_K_*) and its path in MaxMind's record layout. */
+static const struct {
+    unsigned char kind;
+    const char *const path[5];
+} client_fields[] = {
+    {GEO_K_LOCATION, {"country", "iso_code"}},              /* country */
+    {GEO_K_LOCATION, {"country", "names", "en"}},           /* country_name */
+    {GEO_K_LOCATION, {"continent", "code"}},                /* continent */
+    {GEO_K_LOCATION, {"continent", "names", "en"}},         /* continent_name */
+    {GEO_K_LOCATION, {"city", "names", "en"}},              /* city */
+    {GEO_K_LOCATION, {"subdivisions", "0", "iso_code"}},    /* subdivision */
+    {GEO_K_LOCATION, {"subdivisions", "0", "names", "en"}}, /* subdivision_name */
+    {GEO_K_LOCATION, {"postal", "code"}},                   /* postal */
+    {GEO_K_LOCATION, {"location", "latitude"}},             /* lat */
+    {GEO_K_LOCATION, {"location", "longitude"}},            /* lon */
+    {GEO_K_LOCATION, {"location", "accuracy_radius"}},      /* accuracy_radius */
+    {GEO_K_LOCATION, {"location", "time_zone"}},            /* time_zone */
+    {GEO_K_LOCATION, {"registered_country", "iso_code"}},   /* registered_country */
+    {GEO_K_ASN, {"autonomous_system_number"}},              /* asn */
+    {GEO_K_ASN, {"autonomous_system_organization"}},        /* as_org */
+    {GEO_K_ANON, {"is_anonymous"}},
+    {GEO_K_ANON, {"is_anonymous_vpn"}},
+    {GEO_K_ANON, {"is_hosting_provider"}},
+    {GEO_K_ANON, {"is_public_proxy"}},
+    {GEO_K_ANON, {"is_tor_exit_node"}},
+    {GEO_K_ANON, {"is_residential_proxy"}},
 };
-
-/* txn.client.geo's fields: the path of each in MaxMind's record layout. */
-static const char *const client_fields[][5] = {
-    {"country", "iso_code"},                /* country */
-    {"country", "names", "en"},             /* country_name */
-    {"continent", "code"},                  /* continent */
-    {"continent", "names", "en"},           /* continent_name */
-    {"city", "names", "en"},                /* city */
-    {"subdivisions", "0", "iso_code"},      /* subdivision */
-    {"subdivisions", "0", "names", "en"},   /* subdivision_name */
-    {"postal", "code"},                     /* postal */
-    {"location", "latitude"},               /* lat */
-    {"location", "longitude"},              /* lon */
-    {"location", "accuracy_radius"},        /* accuracy_radius */
-    {"location", "time_zone"},              /* time_zone */
-    {"registered_country", "iso_code"},     /* registered_country */
-    {"autonomous_system_number"},           /* asn */
-    {"autonomous_system_organization"},     /* as_org */
-    {"is_anonymous"},
-    {"is_anonymous_vpn"},
-    {"is_hosting_provider"},
-    {"is_public_proxy"},
-    {"is_tor_exit_node"},
-    {"is_residential_proxy"},
-};
-
-_Static_assert(MOXY_ARRAY_LEN(client_kinds) == MOXY_ARRAY_LEN(client_fields), "a group for every field");
 
 /* A scalar entry as a moxy_ffi_geo_value_t.  MOXY_OK, or MOXY_DECLINED for
  * a type a field does not hold (map, array, bytes...). */
@@ -412,7 +407,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
     for (int i = 0; i < ndbs; i++) {
         geo_version_t *v = version_get(w, i);
         if (!v) return MOXY_ERROR;
-        if (!(v->kinds & client_kinds[field])) continue;
+        if (!(v->kinds & client_fields[field].kind)) continue;
         if (lk[i].id != v->id) { /* first look at this database, or it was swapped since */
             if (!parsed && parse_ip(ip, len, &sa) != MOXY_OK) return MOXY_DECLINED;
             parsed = 1;
@@ -420,7 +415,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
         }
         if (lk[i].status != MOXY_OK) continue;
         MMDB_entry_data_s d;
-        if (MMDB_aget_value(&lk[i].res.entry, &d, client_fields[field]) == MMDB_SUCCESS && d.has_data &&
+        if (MMDB_aget_value(&lk[i].res.entry, &d, client_fields[field].path) == MMDB_SUCCESS && d.has_data &&
             scalar(&d, out) == MOXY_OK)
             return MOXY_OK;
     }
