@@ -161,8 +161,7 @@ static int forwarded_for(const char *p, size_t n, const char **node, size_t *nle
 
 typedef struct {
     const moxy_conf_t *conf;
-    int hops;  /* entries looked at */
-    int found; /* a hop was taken: the fields below hold it */
+    int hops; /* entries that named an address; > 0: the fields below hold the last */
     int family;
     uint8_t addr[16];
     int port;
@@ -184,7 +183,6 @@ static int walk_hop(walk_t *w, const char *p, size_t n, int forwarded)
     } else if (moxy_ip_parse(p, n, &family, addr, &port) != MOXY_OK) {
         return 1;
     }
-    w->found = 1;
     w->family = family;
     memcpy(w->addr, addr, 16);
     w->port = port;
@@ -223,7 +221,7 @@ void moxy_realip_resolve(moxy_req_t *r)
         const moxy_header_t *h = &r->headers.h[i];
         if ((h->kind & kind) && walk_value(&w, h->value, h->value_len, forwarded)) break;
     }
-    if (!w.found) return;
+    if (w.hops == 0) return;
     char *ip = moxy_palloc(&c->pool, INET6_ADDRSTRLEN);
     if (!ip || !inet_ntop(w.family == 4 ? AF_INET : AF_INET6, w.addr, ip, INET6_ADDRSTRLEN)) return;
     r->client_ip = ip;
