@@ -213,7 +213,6 @@ static int walk_value(walk_t *w, const char *v, size_t n, int forwarded)
 void moxy_realip_resolve(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
-    if (!c->trusted) return;
     walk_t w = {.conf = r->g->conf};
     int forwarded = w.conf->real_ip_header == MOXY_REALIP_FORWARDED;
     uint32_t kind = forwarded ? MOXY_HK_FWD : MOXY_HK_XFF;

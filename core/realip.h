@@ -65,14 +65,14 @@ int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16]);
  * valid header, more must come; MOXY_ERROR: not a valid header, h->why. */
 int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h);
 
-/* r's head is in: when its connection's client address is trusted
- * (c->trusted), set r->client_ip (request memory) and r->client_port from
- * the configured real-IP header, walked from the right over trusted hops.
- * The first untrusted hop wins; when all are trusted, the left-most; an
- * entry that does not parse (or Forwarded's for=unknown, for=_hidden)
- * stops the walk at the last trusted hop (the connection's address when
- * it is the right-most).  Leaves r->client_ip NULL (the connection's
- * address) when nothing changes it. */
+/* r's head is in and its connection's client address is trusted (the
+ * caller checks c->trusted): set r->client_ip (request memory) and
+ * r->client_port from the configured real-IP header, walked from the right
+ * over trusted hops.  The first untrusted hop wins; when all are trusted,
+ * the left-most; an entry that does not parse (or Forwarded's for=unknown,
+ * for=_hidden) stops the walk at the last trusted hop (the connection's
+ * address when it is the right-most).  Leaves r->client_ip NULL (the
+ * connection's address) when nothing changes it. */
 void moxy_realip_resolve(moxy_req_t *r);
 
 #endif
