@@ -274,7 +274,10 @@ static int proxy_v1(const char *p, size_t n, moxy_proxy_hdr_t *h)
 int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h)
 {
     memset(h, 0, sizeof(*h));
-    if (n == 0) return MOXY_AGAIN;
+    if (n == 0) {
+        h->len = MOXY_PROXY_V2_HEAD; /* tells v1 from v2, and v2's length */
+        return MOXY_AGAIN;
+    }
     if (p[0] == 'P') {
         h->version = 1;
         if (memcmp(p, "PROXY ", MOXY_MIN(n, 6)) != 0) goto not_proxy;
@@ -297,12 +300,16 @@ int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h)
             h->why = "v1: no CRLF within 107 bytes";
             return MOXY_ERROR;
         }
+        h->len = MOXY_PROXY_V1_MAX; /* at most: the line may end sooner */
         return MOXY_AGAIN;
     }
     if (p[0] == '\r') {
         h->version = 2;
         if (memcmp(p, V2_SIG, MOXY_MIN(n, 12)) != 0) goto not_proxy;
-        if (n < MOXY_PROXY_V2_HEAD) return MOXY_AGAIN;
+        if (n < MOXY_PROXY_V2_HEAD) {
+            h->len = MOXY_PROXY_V2_HEAD;
+            return MOXY_AGAIN;
+        }
         int cmd = p[12] & 0x0f, fam = p[13] >> 4, proto = p[13] & 0x0f;
         size_t len = ((size_t)p[14] << 8) | p[15];
         if ((p[12] >> 4) != 2) {
@@ -322,8 +329,8 @@ int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h)
             h->why = "v2: address block shorter than its family's";
             return MOXY_ERROR;
         }
-        if (n < MOXY_PROXY_V2_HEAD + len) return MOXY_AGAIN;
         h->len = MOXY_PROXY_V2_HEAD + len; /* TLVs after the addresses are skipped */
+        if (n < h->len) return MOXY_AGAIN;
         if (cmd == 1 && proto == 1 && (fam == 1 || fam == 2)) { /* PROXY, TCP over IPv4/IPv6 */
             const uint8_t *a = p + MOXY_PROXY_V2_HEAD;
             size_t asize = fam == 1 ? 4 : 16;

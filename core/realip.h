@@ -28,7 +28,7 @@
 
 /* What a PROXY protocol header said. */
 typedef struct {
-    size_t len;       /* bytes of the header (to drain) */
+    size_t len;       /* bytes of the header (to drain); MOXY_AGAIN: to look at next */
     int version;      /* 1 or 2 */
     int family;       /* 4 or 6: the source below; 0: keep the socket's address
                        * (v1 UNKNOWN, v2 LOCAL, or a family other than TCP over IP) */
@@ -62,7 +62,10 @@ int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16]);
 
 /* Parse the PROXY protocol header at the start of the n bytes at p.
  * MOXY_OK: *h says what it holds; MOXY_AGAIN: the bytes are the start of a
- * valid header, more must come; MOXY_ERROR: not a valid header, h->why. */
+ * valid header, more must come, and h->len is how many bytes to look at
+ * next (v1: MOXY_PROXY_V1_MAX, its line may end sooner; v2: its fixed
+ * part, MOXY_PROXY_V2_HEAD, then its whole length; n = 0:
+ * MOXY_PROXY_V2_HEAD); MOXY_ERROR: not a valid header, h->why. */
 int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h);
 
 /* r's head is in and its connection's client address is trusted (the
