@@ -396,7 +396,9 @@ static int scalar(const MMDB_entry_data_s *d, moxy_ffi_geo_value_t *out)
 
 /* Field `field` of ip (len bytes) from the first database that has it, for
  * w (NULL: the main thread); lk: ndbs lookups, made here when they are not
- * of the current versions (a request's cache, or scratch). */
+ * of the current versions (a request's cache, or scratch).  MOXY_OK;
+ * MOXY_DECLINED (out->type NONE): no database has it (or none is open, or
+ * ip is not an address); MOXY_ERROR: out of memory. */
 static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *lk, int field,
                     moxy_ffi_geo_value_t *out)
 {
@@ -424,8 +426,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
 
 EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out)
 {
-    out->type = MOXY_FFI_GEO_NONE;
-    if (ndbs == 0) return MOXY_DECLINED;
+    if (ndbs == 0) return MOXY_DECLINED; /* no cache to make (a palloc of 0) */
     geo_lookup_t *lk = r->geo;
     if (!lk) {
         lk = moxy_palloc(&r->c->pool, (size_t)ndbs * sizeof(*lk));
@@ -439,8 +440,6 @@ EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *o
 
 EXPORT int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_geo_value_t *out)
 {
-    out->type = MOXY_FFI_GEO_NONE;
-    if (ndbs == 0) return MOXY_DECLINED;
     geo_lookup_t scratch[8] = {0}, *lk = scratch; /* no cache to keep: lookups of this call only */
     if (ndbs > (int)MOXY_ARRAY_LEN(scratch) && !(lk = calloc((size_t)ndbs, sizeof(*lk)))) return MOXY_ERROR;
     int rc = field_of(moxy_lua_worker(), ip, iplen, lk, field, out);
@@ -458,12 +457,6 @@ EXPORT const char *moxy_ffi_geo_name(int i)
     return i >= 0 && i < ndbs ? dbs[i].name : NULL;
 }
 
-/* The worker whose Lua runs, NULL on the main thread (init hooks). */
-static moxy_worker_t *lua_worker(void)
-{
-    return moxy_lua_worker();
-}
-
 EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_geo_item_t *items, int max, int *n,
                                char *err, size_t errlen)
 {
@@ -477,7 +470,7 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
         snprintf(err, errlen, "invalid address");
         return MOXY_ERROR;
     }
-    geo_version_t *v = version_get(lua_worker(), db);
+    geo_version_t *v = version_get(moxy_lua_worker(), db);
     if (!v) {
         snprintf(err, errlen, "out of memory");
         return MOXY_ERROR;

@@ -61,7 +61,6 @@ local FIELDS = { "country", "country_name", "continent", "continent_name", "city
                  "is_tor_exit_node", "is_residential_proxy" }
 local FIELD_ID = {}
 for i, name in ipairs(FIELDS) do FIELD_ID[name] = i - 1 end
-M.FIELDS = FIELDS
 
 local val = ffi.new("moxy_ffi_geo_value_t")
 
