@@ -15,9 +15,9 @@
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "realip.h"
 #include "worker.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <maxminddb.h>
@@ -197,13 +197,20 @@ static int open_one(const char *name, const char *path, char *err, size_t errlen
     return MOXY_OK;
 }
 
-int moxy_geoip_open(const char *const *names, const char *const *paths, int n, char *err, size_t errlen)
+/* Close the registry's databases and make room for n new ones (a new
+ * registry generation: workers let go of their versions at their next
+ * lookup).  MOXY_OK, or MOXY_ERROR: out of memory. */
+static int registry_reset(int n)
 {
     moxy_geoip_close_all();
     registry_gen++;
-    if (n == 0) return MOXY_OK;
-    dbs = calloc((size_t)n + 1, sizeof(*dbs));
-    if (!dbs) {
+    dbs = calloc((size_t)n + 1, sizeof(*dbs)); /* + 1: never calloc(0) */
+    return dbs ? MOXY_OK : MOXY_ERROR;
+}
+
+int moxy_geoip_open(const char *const *names, const char *const *paths, int n, char *err, size_t errlen)
+{
+    if (registry_reset(n) != MOXY_OK) {
         snprintf(err, errlen, "out of memory");
         return MOXY_ERROR;
     }
@@ -220,12 +227,9 @@ int moxy_geoip_open(const char *const *names, const char *const *paths, int n, c
 
 int moxy_geoip_open_all(const moxy_conf_t *conf)
 {
+    if (registry_reset(conf->ngeoip) != MOXY_OK) return MOXY_ERROR;
     int rc = MOXY_OK;
-    moxy_geoip_close_all();
-    registry_gen++;
-    dbs = calloc((size_t)conf->ngeoip + 1, sizeof(*dbs));
-    if (!dbs) return MOXY_ERROR;
-    for (int i = 0; i < conf->ngeoip; i++) {
+    for (int i = 0; i < conf->ngeoip; i++) { /* every one that fails is reported */
         const moxy_geoip_conf_t *gc = &conf->geoip[i];
         char err[300];
         if (open_one(gc->name, gc->path, err, sizeof(err)) != MOXY_OK) {
@@ -303,26 +307,19 @@ void moxy_geoip_close_all(void)
  * subtree).  MOXY_OK or MOXY_ERROR. */
 static int parse_ip(const char *ip, size_t len, struct sockaddr_storage *sa)
 {
-    char buf[INET6_ADDRSTRLEN + 1];
-    if (len == 0 || len >= sizeof(buf)) return MOXY_ERROR;
-    memcpy(buf, ip, len);
-    buf[len] = '\0';
+    int family = 0;
+    uint8_t addr[16];
+    if (moxy_ip_pton(ip, len, &family, addr) != MOXY_OK) return MOXY_ERROR;
     memset(sa, 0, sizeof(*sa));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
-    if (inet_pton(AF_INET, buf, &s4->sin_addr) == 1) {
+    if (family == 4) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
         s4->sin_family = AF_INET;
-        return MOXY_OK;
+        memcpy(&s4->sin_addr, addr, 4);
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+        s6->sin6_family = AF_INET6;
+        memcpy(&s6->sin6_addr, addr, 16);
     }
-    if (inet_pton(AF_INET6, buf, &s6->sin6_addr) != 1) return MOXY_ERROR;
-    if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
-        struct in_addr a;
-        memcpy(&a, &s6->sin6_addr.s6_addr[12], 4);
-        s4->sin_addr = a;
-        s4->sin_family = AF_INET;
-        return MOXY_OK;
-    }
-    s6->sin6_family = AF_INET6;
     return MOXY_OK;
 }
 
@@ -342,39 +339,34 @@ static void lookup(int i, geo_version_t *v, const struct sockaddr_storage *sa, g
         moxy_log(MOXY_LOG_ERR, NULL, "geoip %s: lookup failed: %s", dbs[i].name, MMDB_strerror(mmdb_err));
 }
 
-/* txn.client.geo's fields: the group of each (GEO_K_*), in order. */
-static const unsigned char client_kinds[] = {
-    GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION,
-    GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION, GEO_K_LOCATION,
-    GEO_K_LOCATION, GEO_K_ASN, GEO_K_ASN, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON, GEO_K_ANON,
+/* txn.client.geo's fields, in lua/moxy/geo.lua's FIELDS order: the group
+ * of each (GEO_K_*) and its path in MaxMind's record layout. */
+static const struct {
+    unsigned char kind;
+    const char *const path[5];
+} client_fields[] = {
+    {GEO_K_LOCATION, {"country", "iso_code"}},              /* country */
+    {GEO_K_LOCATION, {"country", "names", "en"}},           /* country_name */
+    {GEO_K_LOCATION, {"continent", "code"}},                /* continent */
+    {GEO_K_LOCATION, {"continent", "names", "en"}},         /* continent_name */
+    {GEO_K_LOCATION, {"city", "names", "en"}},              /* city */
+    {GEO_K_LOCATION, {"subdivisions", "0", "iso_code"}},    /* subdivision */
+    {GEO_K_LOCATION, {"subdivisions", "0", "names", "en"}}, /* subdivision_name */
+    {GEO_K_LOCATION, {"postal", "code"}},                   /* postal */
+    {GEO_K_LOCATION, {"location", "latitude"}},             /* lat */
+    {GEO_K_LOCATION, {"location", "longitude"}},            /* lon */
+    {GEO_K_LOCATION, {"location", "accuracy_radius"}},      /* accuracy_radius */
+    {GEO_K_LOCATION, {"location", "time_zone"}},            /* time_zone */
+    {GEO_K_LOCATION, {"registered_country", "iso_code"}},   /* registered_country */
+    {GEO_K_ASN, {"autonomous_system_number"}},              /* asn */
+    {GEO_K_ASN, {"autonomous_system_organization"}},        /* as_org */
+    {GEO_K_ANON, {"is_anonymous"}},
+    {GEO_K_ANON, {"is_anonymous_vpn"}},
+    {GEO_K_ANON, {"is_hosting_provider"}},
+    {GEO_K_ANON, {"is_public_proxy"}},
+    {GEO_K_ANON, {"is_tor_exit_node"}},
+    {GEO_K_ANON, {"is_residential_proxy"}},
 };
-
-/* txn.client.geo's fields: the path of each in MaxMind's record layout. */
-static const char *const client_fields[][5] = {
-    {"country", "iso_code"},                /* country */
-    {"country", "names", "en"},             /* country_name */
-    {"continent", "code"},                  /* continent */
-    {"continent", "names", "en"},           /* continent_name */
-    {"city", "names", "en"},                /* city */
-    {"subdivisions", "0", "iso_code"},      /* subdivision */
-    {"subdivisions", "0", "names", "en"},   /* subdivision_name */
-    {"postal", "code"},                     /* postal */
-    {"location", "latitude"},               /* lat */
-    {"location", "longitude"},              /* lon */
-    {"location", "accuracy_radius"},        /* accuracy_radius */
-    {"location", "time_zone"},              /* time_zone */
-    {"registered_country", "iso_code"},     /* registered_country */
-    {"autonomous_system_number"},           /* asn */
-    {"autonomous_system_organization"},     /* as_org */
-    {"is_anonymous"},
-    {"is_anonymous_vpn"},
-    {"is_hosting_provider"},
-    {"is_public_proxy"},
-    {"is_tor_exit_node"},
-    {"is_residential_proxy"},
-};
-
-_Static_assert(MOXY_ARRAY_LEN(client_kinds) == MOXY_ARRAY_LEN(client_fields), "a group for every field");
 
 /* A scalar entry as a moxy_ffi_geo_value_t.  MOXY_OK, or MOXY_DECLINED for
  * a type a field does not hold (map, array, bytes...). */
@@ -404,7 +396,9 @@ static int scalar(const MMDB_entry_data_s *d, moxy_ffi_geo_value_t *out)
 
 /* Field `field` of ip (len bytes) from the first database that has it, for
  * w (NULL: the main thread); lk: ndbs lookups, made here when they are not
- * of the current versions (a request's cache, or scratch). */
+ * of the current versions (a request's cache, or scratch).  MOXY_OK;
+ * MOXY_DECLINED (out->type NONE): no database has it (or none is open, or
+ * ip is not an address); MOXY_ERROR: out of memory. */
 static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *lk, int field,
                     moxy_ffi_geo_value_t *out)
 {
@@ -415,7 +409,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
     for (int i = 0; i < ndbs; i++) {
         geo_version_t *v = version_get(w, i);
         if (!v) return MOXY_ERROR;
-        if (!(v->kinds & client_kinds[field])) continue;
+        if (!(v->kinds & client_fields[field].kind)) continue;
         if (lk[i].id != v->id) { /* first look at this database, or it was swapped since */
             if (!parsed && parse_ip(ip, len, &sa) != MOXY_OK) return MOXY_DECLINED;
             parsed = 1;
@@ -423,7 +417,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
         }
         if (lk[i].status != MOXY_OK) continue;
         MMDB_entry_data_s d;
-        if (MMDB_aget_value(&lk[i].res.entry, &d, client_fields[field]) == MMDB_SUCCESS && d.has_data &&
+        if (MMDB_aget_value(&lk[i].res.entry, &d, client_fields[field].path) == MMDB_SUCCESS && d.has_data &&
             scalar(&d, out) == MOXY_OK)
             return MOXY_OK;
     }
@@ -432,8 +426,7 @@ static int field_of(moxy_worker_t *w, const char *ip, size_t len, geo_lookup_t *
 
 EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *out)
 {
-    out->type = MOXY_FFI_GEO_NONE;
-    if (ndbs == 0) return MOXY_DECLINED;
+    if (ndbs == 0) return MOXY_DECLINED; /* no cache to make (a palloc of 0) */
     geo_lookup_t *lk = r->geo;
     if (!lk) {
         lk = moxy_palloc(&r->c->pool, (size_t)ndbs * sizeof(*lk));
@@ -447,8 +440,6 @@ EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *o
 
 EXPORT int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_geo_value_t *out)
 {
-    out->type = MOXY_FFI_GEO_NONE;
-    if (ndbs == 0) return MOXY_DECLINED;
     geo_lookup_t scratch[8] = {0}, *lk = scratch; /* no cache to keep: lookups of this call only */
     if (ndbs > (int)MOXY_ARRAY_LEN(scratch) && !(lk = calloc((size_t)ndbs, sizeof(*lk)))) return MOXY_ERROR;
     int rc = field_of(moxy_lua_worker(), ip, iplen, lk, field, out);
@@ -466,12 +457,6 @@ EXPORT const char *moxy_ffi_geo_name(int i)
     return i >= 0 && i < ndbs ? dbs[i].name : NULL;
 }
 
-/* The worker whose Lua runs, NULL on the main thread (init hooks). */
-static moxy_worker_t *lua_worker(void)
-{
-    return moxy_lua_worker();
-}
-
 EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_geo_item_t *items, int max, int *n,
                                char *err, size_t errlen)
 {
@@ -485,7 +470,7 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
         snprintf(err, errlen, "invalid address");
         return MOXY_ERROR;
     }
-    geo_version_t *v = version_get(lua_worker(), db);
+    geo_version_t *v = version_get(moxy_lua_worker(), db);
     if (!v) {
         snprintf(err, errlen, "out of memory");
         return MOXY_ERROR;
@@ -515,23 +500,15 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
         moxy_ffi_geo_item_t *it = &items[count++];
         memset(it, 0, sizeof(*it));
         it->type = (int)d->type;
+        moxy_ffi_geo_value_t v = {0};
         switch (d->type) {
-        case MMDB_DATA_TYPE_UTF8_STRING:
-            it->s = d->utf8_string;
-            it->len = d->data_size;
-            break;
+        case MMDB_DATA_TYPE_MAP:
+        case MMDB_DATA_TYPE_ARRAY: it->size = d->data_size; break;
         case MMDB_DATA_TYPE_BYTES:
             it->s = (const char *)d->bytes;
             it->len = d->data_size;
             break;
-        case MMDB_DATA_TYPE_MAP:
-        case MMDB_DATA_TYPE_ARRAY: it->size = d->data_size; break;
-        case MMDB_DATA_TYPE_DOUBLE: it->n = d->double_value; break;
-        case MMDB_DATA_TYPE_FLOAT: it->n = d->float_value; break;
-        case MMDB_DATA_TYPE_UINT16: it->n = d->uint16; break;
-        case MMDB_DATA_TYPE_UINT32: it->n = d->uint32; break;
-        case MMDB_DATA_TYPE_INT32: it->n = d->int32; break;
-        case MMDB_DATA_TYPE_UINT64: it->u = d->uint64; break;
+        case MMDB_DATA_TYPE_UINT64: it->u = d->uint64; break; /* exact, not as a double */
         case MMDB_DATA_TYPE_UINT128:
 #if MMDB_UINT128_IS_BYTE_ARRAY
             for (int b = 0; b < 8; b++) {
@@ -543,8 +520,12 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
             it->u = (unsigned long long)d->uint128;
 #endif
             break;
-        case MMDB_DATA_TYPE_BOOLEAN: it->n = d->boolean; break;
-        default: break;
+        default: /* string, numbers, boolean: as a field's value */
+            if (scalar(d, &v) == MOXY_OK) {
+                it->s = v.s;
+                it->len = v.len;
+                it->n = v.n;
+            }
         }
     }
     MMDB_free_entry_data_list(list);

@@ -986,16 +986,15 @@ static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
 static int client_proxy_header(moxy_client_t *c)
 {
     moxy_worker_t *w = c->w;
-    size_t n = MOXY_MIN(evbuffer_get_length(c->in), (size_t)MOXY_PROXY_V2_HEAD);
+    size_t avail = evbuffer_get_length(c->in);
+    size_t n = MOXY_MIN(avail, (size_t)MOXY_PROXY_V2_HEAD);
     const uint8_t *p = evbuffer_pullup(c->in, (ssize_t)n);
     moxy_proxy_hdr_t h;
     int rc = moxy_proxy_parse(p, n, &h);
-    if (rc == MOXY_AGAIN && n == MOXY_PROXY_V2_HEAD) {
-        /* the fixed part says how long the header is: look at all of it (v1:
-         * up to its limit; v2: the length field's) */
-        size_t want = p[0] == 'P' ? MOXY_PROXY_V1_MAX
-                                  : MOXY_PROXY_V2_HEAD + (((size_t)p[14] << 8) | p[15]);
-        n = MOXY_MIN(evbuffer_get_length(c->in), want);
+    if (rc == MOXY_AGAIN && MOXY_MIN(avail, h.len) > n) {
+        /* the fixed part said how long the header is: look at all of it that
+         * came (v1: up to its limit; v2: the length field's) */
+        n = MOXY_MIN(avail, h.len);
         p = evbuffer_pullup(c->in, (ssize_t)n);
         rc = moxy_proxy_parse(p, n, &h);
     }

@@ -65,14 +65,25 @@ static int parse_port(const char *p, size_t n)
     return v <= 65535 ? v : -1;
 }
 
-/* inet_pton of the n bytes at p as family (4 or 6). */
-static int pton(int family, const char *p, size_t n, uint8_t addr[16])
+int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16])
 {
     char buf[INET6_ADDRSTRLEN];
     if (n == 0 || n >= sizeof(buf)) return MOXY_ERROR;
     memcpy(buf, p, n);
     buf[n] = '\0';
-    return inet_pton(family == 4 ? AF_INET : AF_INET6, buf, addr) == 1 ? MOXY_OK : MOXY_ERROR;
+    if (*family)
+        return inet_pton(*family == 4 ? AF_INET : AF_INET6, buf, addr) == 1 ? MOXY_OK : MOXY_ERROR;
+    if (inet_pton(AF_INET, buf, addr) == 1) {
+        *family = 4;
+        return MOXY_OK;
+    }
+    if (inet_pton(AF_INET6, buf, addr) != 1) return MOXY_ERROR;
+    *family = 6;
+    if (memcmp(addr, V4_MAPPED, 12) == 0) {
+        memmove(addr, addr + 12, 4);
+        *family = 4;
+    }
+    return MOXY_OK;
 }
 
 int moxy_ip_parse(const char *p, size_t n, int *family, uint8_t addr[16], int *port)
@@ -86,17 +97,17 @@ int moxy_ip_parse(const char *p, size_t n, int *family, uint8_t addr[16], int *p
             if (end[1] != ':' || (*port = parse_port(end + 2, after - 1)) < 0) return MOXY_ERROR;
         }
         *family = 6;
-        return pton(6, p + 1, alen, addr);
+        return moxy_ip_pton(p + 1, alen, family, addr);
     }
     const char *colon = memchr(p, ':', n);
     if (colon && memchr(colon + 1, ':', n - (size_t)(colon - p) - 1)) { /* bare v6 */
         *family = 6;
-        return pton(6, p, n, addr);
+        return moxy_ip_pton(p, n, family, addr);
     }
     size_t alen = colon ? (size_t)(colon - p) : n;
     if (colon && (*port = parse_port(colon + 1, n - alen - 1)) < 0) return MOXY_ERROR;
     *family = 4;
-    return pton(4, p, alen, addr);
+    return moxy_ip_pton(p, alen, family, addr);
 }
 
 /* Forwarded's for= value (RFC 7239 6): the node of one element, n bytes at
@@ -150,8 +161,7 @@ static int forwarded_for(const char *p, size_t n, const char **node, size_t *nle
 
 typedef struct {
     const moxy_conf_t *conf;
-    int hops;  /* entries looked at */
-    int found; /* a hop was taken: the fields below hold it */
+    int hops; /* entries that named an address; > 0: the fields below hold the last */
     int family;
     uint8_t addr[16];
     int port;
@@ -173,7 +183,6 @@ static int walk_hop(walk_t *w, const char *p, size_t n, int forwarded)
     } else if (moxy_ip_parse(p, n, &family, addr, &port) != MOXY_OK) {
         return 1;
     }
-    w->found = 1;
     w->family = family;
     memcpy(w->addr, addr, 16);
     w->port = port;
@@ -204,7 +213,6 @@ static int walk_value(walk_t *w, const char *v, size_t n, int forwarded)
 void moxy_realip_resolve(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
-    if (!c->trusted) return;
     walk_t w = {.conf = r->g->conf};
     int forwarded = w.conf->real_ip_header == MOXY_REALIP_FORWARDED;
     uint32_t kind = forwarded ? MOXY_HK_FWD : MOXY_HK_XFF;
@@ -212,7 +220,7 @@ void moxy_realip_resolve(moxy_req_t *r)
         const moxy_header_t *h = &r->headers.h[i];
         if ((h->kind & kind) && walk_value(&w, h->value, h->value_len, forwarded)) break;
     }
-    if (!w.found) return;
+    if (w.hops == 0) return;
     char *ip = moxy_palloc(&c->pool, INET6_ADDRSTRLEN);
     if (!ip || !inet_ntop(w.family == 4 ? AF_INET : AF_INET6, w.addr, ip, INET6_ADDRSTRLEN)) return;
     r->client_ip = ip;
@@ -248,8 +256,8 @@ static int proxy_v1(const char *p, size_t n, moxy_proxy_hdr_t *h)
         s = sp + 1;
     }
     uint8_t dst[16];
-    if (memchr(f[3], ' ', flen[3]) || pton(family, f[0], flen[0], h->addr) != MOXY_OK ||
-        pton(family, f[1], flen[1], dst) != MOXY_OK) {
+    if (memchr(f[3], ' ', flen[3]) || moxy_ip_pton(f[0], flen[0], &family, h->addr) != MOXY_OK ||
+        moxy_ip_pton(f[1], flen[1], &family, dst) != MOXY_OK) {
         h->why = family == 4 ? "v1: bad TCP4 address" : "v1: bad TCP6 address";
         return MOXY_ERROR;
     }
@@ -266,7 +274,10 @@ static int proxy_v1(const char *p, size_t n, moxy_proxy_hdr_t *h)
 int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h)
 {
     memset(h, 0, sizeof(*h));
-    if (n == 0) return MOXY_AGAIN;
+    if (n == 0) {
+        h->len = MOXY_PROXY_V2_HEAD; /* tells v1 from v2, and v2's length */
+        return MOXY_AGAIN;
+    }
     if (p[0] == 'P') {
         h->version = 1;
         if (memcmp(p, "PROXY ", MOXY_MIN(n, 6)) != 0) goto not_proxy;
@@ -289,12 +300,16 @@ int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h)
             h->why = "v1: no CRLF within 107 bytes";
             return MOXY_ERROR;
         }
+        h->len = MOXY_PROXY_V1_MAX; /* at most: the line may end sooner */
         return MOXY_AGAIN;
     }
     if (p[0] == '\r') {
         h->version = 2;
         if (memcmp(p, V2_SIG, MOXY_MIN(n, 12)) != 0) goto not_proxy;
-        if (n < MOXY_PROXY_V2_HEAD) return MOXY_AGAIN;
+        if (n < MOXY_PROXY_V2_HEAD) {
+            h->len = MOXY_PROXY_V2_HEAD;
+            return MOXY_AGAIN;
+        }
         int cmd = p[12] & 0x0f, fam = p[13] >> 4, proto = p[13] & 0x0f;
         size_t len = ((size_t)p[14] << 8) | p[15];
         if ((p[12] >> 4) != 2) {
@@ -314,8 +329,8 @@ int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h)
             h->why = "v2: address block shorter than its family's";
             return MOXY_ERROR;
         }
-        if (n < MOXY_PROXY_V2_HEAD + len) return MOXY_AGAIN;
         h->len = MOXY_PROXY_V2_HEAD + len; /* TLVs after the addresses are skipped */
+        if (n < h->len) return MOXY_AGAIN;
         if (cmd == 1 && proto == 1 && (fam == 1 || fam == 2)) { /* PROXY, TCP over IPv4/IPv6 */
             const uint8_t *a = p + MOXY_PROXY_V2_HEAD;
             size_t asize = fam == 1 ? 4 : 16;

@@ -28,7 +28,7 @@
 
 /* What a PROXY protocol header said. */
 typedef struct {
-    size_t len;       /* bytes of the header (to drain) */
+    size_t len;       /* bytes of the header (to drain); MOXY_AGAIN: to look at next */
     int version;      /* 1 or 2 */
     int family;       /* 4 or 6: the source below; 0: keep the socket's address
                        * (v1 UNKNOWN, v2 LOCAL, or a family other than TCP over IP) */
@@ -53,19 +53,29 @@ int moxy_cidr_match(const moxy_cidr_t *list, int n, int family, const uint8_t *a
  * none given), or MOXY_ERROR. */
 int moxy_ip_parse(const char *p, size_t n, int *family, uint8_t addr[16], int *port);
 
+/* inet_pton of the n bytes at p (no port, no brackets).  *family 4 or 6:
+ * p must be an address of that family; 0: either, set in *family, and an
+ * IPv4-mapped IPv6 address (::ffff:a.b.c.d) comes back as the IPv4 address
+ * it maps (a lookup key, as moxy_cidr_match sees it).  MOXY_OK with addr
+ * (4 or 16 bytes, network order), or MOXY_ERROR. */
+int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16]);
+
 /* Parse the PROXY protocol header at the start of the n bytes at p.
  * MOXY_OK: *h says what it holds; MOXY_AGAIN: the bytes are the start of a
- * valid header, more must come; MOXY_ERROR: not a valid header, h->why. */
+ * valid header, more must come, and h->len is how many bytes to look at
+ * next (v1: MOXY_PROXY_V1_MAX, its line may end sooner; v2: its fixed
+ * part, MOXY_PROXY_V2_HEAD, then its whole length; n = 0:
+ * MOXY_PROXY_V2_HEAD); MOXY_ERROR: not a valid header, h->why. */
 int moxy_proxy_parse(const uint8_t *p, size_t n, moxy_proxy_hdr_t *h);
 
-/* r's head is in: when its connection's client address is trusted
- * (c->trusted), set r->client_ip (request memory) and r->client_port from
- * the configured real-IP header, walked from the right over trusted hops.
- * The first untrusted hop wins; when all are trusted, the left-most; an
- * entry that does not parse (or Forwarded's for=unknown, for=_hidden)
- * stops the walk at the last trusted hop (the connection's address when
- * it is the right-most).  Leaves r->client_ip NULL (the connection's
- * address) when nothing changes it. */
+/* r's head is in and its connection's client address is trusted (the
+ * caller checks c->trusted): set r->client_ip (request memory) and
+ * r->client_port from the configured real-IP header, walked from the right
+ * over trusted hops.  The first untrusted hop wins; when all are trusted,
+ * the left-most; an entry that does not parse (or Forwarded's for=unknown,
+ * for=_hidden) stops the walk at the last trusted hop (the connection's
+ * address when it is the right-most).  Leaves r->client_ip NULL (the
+ * connection's address) when nothing changes it. */
 void moxy_realip_resolve(moxy_req_t *r);
 
 #endif

@@ -20,7 +20,6 @@
 #include "headers.h"
 #include "http.h"
 #include "lua_bridge.h"
-#include "realip.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -365,7 +364,6 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
         if (!(r->body_buf = evbuffer_new()) || (blen && evbuffer_add(r->body_buf, body, blen) != 0))
             return fail_msg(err, errlen, "out of memory");
     }
-    if (c->trusted) moxy_realip_resolve(r); /* never: the test worker trusts no proxy */
     if (moxy_req_add_forwarding(r) != MOXY_OK) return fail_msg(err, errlen, "out of memory");
     return MOXY_OK;
 }

@@ -61,7 +61,6 @@ local FIELDS = { "country", "country_name", "continent", "continent_name", "city
                  "is_tor_exit_node", "is_residential_proxy" }
 local FIELD_ID = {}
 for i, name in ipairs(FIELDS) do FIELD_ID[name] = i - 1 end
-M.FIELDS = FIELDS
 
 local val = ffi.new("moxy_ffi_geo_value_t")
 
@@ -217,8 +216,8 @@ Regions.__index = Regions
 -- argument): `default` = the region for clients without a location.
 function M.regions(list, opts)
   if type(list) ~= "table" then error("moxy.geo.regions: expected a table of regions", 2) end
-  local rs = setmetatable({ list = {}, by_country = {}, by_continent = {}, default = opts and opts.default },
-    Regions)
+  local rs = setmetatable({ list = {}, by_name = {}, by_country = {}, by_continent = {},
+    default = opts and opts.default }, Regions)
   local names = {}
   for name in pairs(list) do names[#names + 1] = name end
   table.sort(names)
@@ -229,6 +228,7 @@ function M.regions(list, opts)
     end
     local reg = { name = name, lat = r.lat, lon = r.lon, pool = r.pool or name }
     rs.list[#rs.list + 1] = reg
+    rs.by_name[name] = reg
     for _, c in ipairs(r.countries or {}) do rs.by_country[c] = reg end
     for _, c in ipairs(r.continents or {}) do rs.by_continent[c] = reg end
   end
@@ -275,9 +275,8 @@ function Regions:nearest(txn, exclude)
     end
     if best then return best.name, best end
   end
-  for _, reg in ipairs(self.list) do
-    if reg.name == self.default and ok(reg, exclude) then return reg.name, reg end
-  end
+  local default = self.default and self.by_name[self.default]
+  if ok(default, exclude) then return default.name, default end
   for _, reg in ipairs(self.list) do
     if ok(reg, exclude) then return reg.name, reg end
   end
@@ -295,10 +294,7 @@ end
 
 --- regions:get(name) -> the region called name ({name, lat, lon, pool}), or nil.
 function Regions:get(name)
-  for _, r in ipairs(self.list) do
-    if r.name == name then return r end
-  end
-  return nil
+  return self.by_name[name]
 end
 
 local function by_field(field, fn)
