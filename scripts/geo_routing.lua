@@ -65,16 +65,13 @@ return {
   end,
 
   on_upstream_request = function(txn)
-    local h, ctx = txn.req.headers, txn.ctx
+    local h = txn.req.headers
     if COUNTRY then
-      if ctx.geo_country == nil then -- looked up on the first try only (false: unknown)
-        ctx.geo_country = txn.client.geo.country or false
-      end
-      local c = ctx.geo_country
+      local c = txn.client.geo.country
       if c then h:set(COUNTRY, c) else h:remove(COUNTRY) end
     end
     if REGION then
-      if ctx.geo_region then h:set(REGION, ctx.geo_region) else h:remove(REGION) end
+      if txn.ctx.geo_region then h:set(REGION, txn.ctx.geo_region) else h:remove(REGION) end
     end
   end,
 }
