@@ -15,13 +15,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Bucket upper bounds in seconds: from cache-hit fast to slow-origin slow. */
-static const double bounds[MOXY_HIST_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                  0.1,    0.25,  0.5,    1,     2.5,  10};
+/* Bucket upper bounds in microseconds, from cache-hit fast to slow-origin
+ * slow: moxy_hist_add compares integers, and bound_us / 1e6 is the very
+ * double the seconds literal (0.0005, 0.001, ...) would be. */
+static const long long bounds_us[MOXY_HIST_BUCKETS] = {500,    1000,   2500,   5000,    10000,   25000,   50000,
+                                                       100000, 250000, 500000, 1000000, 2500000, 10000000};
 
 double moxy_hist_bound(int i)
 {
-    return bounds[i];
+    return (double)bounds_us[i] / 1e6;
 }
 
 moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
@@ -60,9 +62,8 @@ void moxy_stats_free(moxy_worker_t *w)
 void moxy_hist_add(moxy_hist_t *h, long long us)
 {
     if (us < 0) us = 0;
-    double s = (double)us / 1e6;
     int i = 0;
-    while (i < MOXY_HIST_BUCKETS && s > bounds[i]) i++;
+    while (i < MOXY_HIST_BUCKETS && us > bounds_us[i]) i++;
     MOXY_STAT_ADD(h->bucket[i], 1);
     MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
 }
@@ -115,7 +116,7 @@ static void put_hist(struct evbuffer *out, const char *name, const char *labels,
     for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) {
         for (int i = 0; i < n; i++) cum += LOAD(h[i]->bucket[b]);
         if (b < MOXY_HIST_BUCKETS)
-            evbuffer_add_printf(out, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, bounds[b], cum);
+            evbuffer_add_printf(out, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, moxy_hist_bound(b), cum);
         else
             evbuffer_add_printf(out, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, cum);
     }

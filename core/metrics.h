@@ -16,7 +16,7 @@
 
 struct evbuffer;
 
-#define MOXY_HIST_BUCKETS 13 /* upper bounds (seconds) in metrics.c, then +Inf */
+#define MOXY_HIST_BUCKETS 13 /* upper bounds (whole µs) in metrics.c, then +Inf */
 
 /* A latency histogram: counts per bucket (not cumulative) and the sum. */
 typedef struct {
