@@ -96,11 +96,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
     case MOXY_ALF_UPSTREAM_STATUS: return (size_t)snprintf(p, room, "\"upstream_status\":%d", r->up_status);
     case MOXY_ALF_UPSTREAM_HEADER_MS: {
         double ms = -1;
-        if (evutil_timerisset(&r->up_header)) {
-            struct timeval d;
-            evutil_timersub(&r->up_header, &r->up_started, &d);
-            ms = (double)d.tv_sec * 1000 + (double)d.tv_usec / 1000;
-        }
+        if (evutil_timerisset(&r->up_header)) ms = (double)moxy_tv_us(&r->up_started, &r->up_header) / 1000;
         return ms < 0 ? (size_t)snprintf(p, room, "\"upstream_header_ms\":null")
                       : (size_t)snprintf(p, room, "\"upstream_header_ms\":%.3f", ms);
     }
@@ -121,11 +117,12 @@ void moxy_access_log(moxy_req_t *r)
     if (!p) return;
     size_t room = LINE_MAX_BYTES, o = 0;
 
-    struct timeval now, dur;
+    struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
-    evutil_timersub(&now, &r->started, &dur);
-    double secs = (double)dur.tv_sec + (double)dur.tv_usec / 1e6;
-    if (secs < 0) secs = 0;
+    long long us = moxy_tv_us(&r->started, &now);
+    /* whole seconds plus the fraction, not us / 1e6: the two doubles can
+     * differ in the last bit, and rt's %.3f would round a tie differently */
+    double secs = us < 0 ? 0 : (double)(us / 1000000) + (double)(us % 1000000) / 1e6;
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
 

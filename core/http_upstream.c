@@ -659,8 +659,7 @@ static void up_write(moxy_upconn_t *u, short what)
             event_base_gettimeofday_cached(u->w->base, &r->up_connected);
             if (u->pool >= 0)
                 moxy_hist_add(&u->g->pools[u->pool].stats->connect_time,
-                              (long long)(r->up_connected.tv_sec - r->up_started.tv_sec) * 1000000 +
-                                  (r->up_connected.tv_usec - r->up_started.tv_usec));
+                              moxy_tv_us(&r->up_started, &r->up_connected));
         }
         event_del(&u->wev);
         u->writing = 0;

@@ -68,11 +68,6 @@ void moxy_hist_add(moxy_hist_t *h, long long us)
     MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
 }
 
-static long long tv_us(const struct timeval *a, const struct timeval *b)
-{
-    return (long long)(b->tv_sec - a->tv_sec) * 1000000 + (b->tv_usec - a->tv_usec);
-}
-
 void moxy_stats_request(moxy_req_t *r)
 {
     moxy_worker_t *w = r->c->w;
@@ -80,11 +75,12 @@ void moxy_stats_request(moxy_req_t *r)
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
-    moxy_hist_add(&w->stats.duration, tv_us(&r->started, &now));
+    moxy_hist_add(&w->stats.duration, moxy_tv_us(&r->started, &now));
     if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
         moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
         MOXY_STAT_ADD(ps->requests[cls], 1);
-        if (evutil_timerisset(&r->up_header)) moxy_hist_add(&ps->header_time, tv_us(&r->up_started, &r->up_header));
+        if (evutil_timerisset(&r->up_header))
+            moxy_hist_add(&ps->header_time, moxy_tv_us(&r->up_started, &r->up_header));
     }
 }
 
