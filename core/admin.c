@@ -91,18 +91,15 @@ static void status(struct evhttp_request *req)
         evhttp_send_error(req, 500, NULL);
         return;
     }
-    long long conns = 0;
-    unsigned long long requests = 0, lua_errors = 0;
-    for (int i = 0; i < admin.n; i++) {
-        const moxy_stats_t *st = &admin.workers[i]->stats;
-        conns += atomic_load_explicit(&admin.workers[i]->nconns, memory_order_relaxed);
-        lua_errors += atomic_load_explicit(&st->lua_errors, memory_order_relaxed);
-        for (int c = 0; c < 6; c++) requests += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
-    }
+    moxy_stats_total_t tot;
+    moxy_stats_sum(admin.workers, admin.n, &tot);
+    unsigned long long requests = 0;
+    for (int c = 0; c < 6; c++) requests += tot.requests[c];
     const moxy_reload_status_t *rs = moxy_reload_status();
     evbuffer_add_printf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime\":%.3f,\"generation\":%u,\"workers\":%d,"
                            "\"connections\":%lld,\"requests\":%llu,\"lua_errors\":%llu,\"config\":",
-                        MOXY_VERSION, (int)getpid(), uptime(), rs->generation, admin.n, conns, requests, lua_errors);
+                        MOXY_VERSION, (int)getpid(), uptime(), rs->generation, admin.n, tot.conns, requests,
+                        tot.lua_errors);
     json_str(b, conf->path);
     evbuffer_add(b, ",\"reload\":", 10);
     reload_json(b, rs);

@@ -137,19 +137,13 @@ static void sample_peers(const moxy_conf_t *conf, unsigned long long s)
 
 void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
 {
-    unsigned long long req[6] = {0}, hist[MOXY_HIST_BUCKETS + 1] = {0};
-    long long conns = 0, now_us = moxy_mono_us();
+    long long now_us = moxy_mono_us();
+    moxy_stats_total_t sum;
+    moxy_stats_sum(workers, n, &sum);
+    const unsigned long long *req = sum.requests, *hist = sum.duration;
     moxy_cache_stats_t cs; /* all zero without a cache */
     int cache = moxy_cache_enabled();
     moxy_cache_stats(&cs);
-    for (int w = 0; w < n; w++) {
-        const moxy_stats_t *st = &workers[w]->stats;
-        conns += atomic_load_explicit(&workers[w]->nconns, memory_order_relaxed);
-        for (int c = 1; c < 6; c++)
-            req[c] += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
-        for (int b = 0; b <= MOXY_HIST_BUCKETS; b++)
-            hist[b] += atomic_load_explicit(&st->duration.bucket[b], memory_order_relaxed);
-    }
     if (H.have_base) {
         unsigned long long s = H.seq;
         sample_t *sp = &H.samples[s % N];
@@ -165,7 +159,7 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
             tot += d[b] = delta(hist[b], H.prev_hist[b]);
         for (int q = 0; q < 3; q++)
             sp->p_ms[q] = tot ? (float)quantile_ms(d, tot, quantiles[q]) : -1.0f;
-        sp->conns = (int)conns;
+        sp->conns = (int)sum.conns;
         if (cache) {
             unsigned long long dh = delta(cs.hits, H.prev_cache[0]), dm = delta(cs.misses, H.prev_cache[1]);
             sp->c_rate[0] = (float)((double)dh / secs);
@@ -181,8 +175,8 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
     }
     H.have_base = 1;
     H.prev_us = now_us;
-    memcpy(H.prev_req, req, sizeof(req));
-    memcpy(H.prev_hist, hist, sizeof(hist));
+    memcpy(H.prev_req, req, sizeof(H.prev_req));
+    memcpy(H.prev_hist, hist, sizeof(H.prev_hist));
     H.prev_cache[0] = cs.hits;
     H.prev_cache[1] = cs.misses;
 }

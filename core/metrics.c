@@ -84,9 +84,22 @@ void moxy_stats_request(moxy_req_t *r)
     }
 }
 
-/* --- rendering --- */
-
 #define LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
+
+void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < n; i++) {
+        const moxy_stats_t *st = &workers[i]->stats;
+        out->conns += LOAD(workers[i]->nconns);
+        for (int c = 0; c < 6; c++) out->requests[c] += LOAD(st->requests[c]);
+        for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) out->duration[b] += LOAD(st->duration.bucket[b]);
+        out->lua_errors += LOAD(st->lua_errors);
+        out->budget_kills += LOAD(st->budget_kills);
+    }
+}
+
+/* --- rendering --- */
 
 static const char *const class_names[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
 
@@ -126,14 +139,12 @@ static void put_hist(struct evbuffer *out, const char *name, const char *labels,
         evbuffer_add_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_us / 1e6, name, cum);
 }
 
-static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
+                            const moxy_stats_total_t *tot)
 {
     head(out, "moxy_requests_total", "counter", "Requests answered, by status class.");
-    for (int c = 0; c < 6; c++) {
-        unsigned long long v = 0;
-        for (int i = 0; i < n; i++) v += LOAD(workers[i]->stats.requests[c]);
-        evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], v);
-    }
+    for (int c = 0; c < 6; c++)
+        evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], tot->requests[c]);
     head(out, "moxy_pool_requests_total", "counter", "Requests answered, by upstream pool and status class.");
     for (int p = 0; p < conf->nupstreams; p++) {
         for (int c = 0; c < 6; c++) {
@@ -331,27 +342,21 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     evbuffer_add_printf(out, "moxy_last_reload_timestamp_seconds %.3f\n", rs->at);
     head(out, "moxy_workers", "gauge", "Worker threads.");
     evbuffer_add_printf(out, "moxy_workers %d\n", n);
+    moxy_stats_total_t tot;
+    moxy_stats_sum(workers, n, &tot);
     head(out, "moxy_connections", "gauge", "Open client connections.");
-    long long conns = 0;
-    unsigned long long lua_errors = 0;
-    for (int i = 0; i < n; i++) {
-        conns += LOAD(workers[i]->nconns);
-        lua_errors += LOAD(workers[i]->stats.lua_errors);
-    }
-    evbuffer_add_printf(out, "moxy_connections %lld\n", conns);
+    evbuffer_add_printf(out, "moxy_connections %lld\n", tot.conns);
     head(out, "moxy_lua_errors_total", "counter",
          "Hook and timer runs that failed: script errors, CPU budget and memory limit.");
-    evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", lua_errors);
+    evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", tot.lua_errors);
     head(out, "moxy_lua_budget_kills_total", "counter", "Hook and timer runs stopped past lua.cpu_budget.");
-    unsigned long long kills = 0;
-    for (int i = 0; i < n; i++) kills += LOAD(workers[i]->stats.budget_kills);
-    evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", kills);
+    evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", tot.budget_kills);
     head(out, "moxy_worker_loop_lag_seconds", "gauge",
          "How late each worker's one-second timer fired last: time its event loop was kept busy.");
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(out, "moxy_worker_loop_lag_seconds{worker=\"%d\"} %.6f\n", workers[i]->id,
                             (double)LOAD(workers[i]->stats.loop_lag_us) / 1e6);
-    render_requests(out, workers, n, conf);
+    render_requests(out, workers, n, conf, &tot);
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
     render_cache(out);

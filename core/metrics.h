@@ -52,6 +52,14 @@ typedef struct {
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
 } moxy_stats_t;
 
+/* The workers' counts summed (moxy_stats_sum). */
+typedef struct {
+    long long conns;                                    /* open client connections */
+    unsigned long long requests[6];                     /* by status class */
+    unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
+    unsigned long long lua_errors, budget_kills;
+} moxy_stats_total_t;
+
 /* Add n to a counter only its worker writes (no locked instruction). */
 #define MOXY_STAT_ADD(v, n) \
     atomic_store_explicit(&(v), atomic_load_explicit(&(v), memory_order_relaxed) + (n), memory_order_relaxed)
@@ -66,6 +74,10 @@ const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char
 
 /* Free w's per-pool counts (the worker is over). */
 void moxy_stats_free(moxy_worker_t *w);
+
+/* Sum the n workers' counts into *out (relaxed loads, any thread: each
+ * count is read as it is at that moment). */
+void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out);
 
 /* Count us microseconds in h (its worker's thread). */
 void moxy_hist_add(moxy_hist_t *h, long long us);
