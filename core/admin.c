@@ -134,7 +134,7 @@ static void status(struct evhttp_request *req)
         moxy_cache_stats(&cs);
         evbuffer_add_printf(b, "{\"capacity\":%zu,\"used\":%zu,\"objects\":%zu,\"hits\":%llu,\"misses\":%llu,"
                                "\"stores\":%llu,\"evictions\":%llu,\"invalidations\":%llu,\"too_big\":%llu}",
-                            cs.capacity, cs.used, cs.objects, cs.hits, cs.misses, cs.stores, cs.evictions,
+                            cs.capacity, cs.used, cs.objects, tot.cache_hits, tot.cache_misses, cs.stores, cs.evictions,
                             cs.invalidations, cs.too_big);
     } else {
         evbuffer_add(b, "null", 4);

@@ -161,7 +161,8 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
             sp->p_ms[q] = tot ? (float)quantile_ms(d, tot, quantiles[q]) : -1.0f;
         sp->conns = (int)sum.conns;
         if (cache) {
-            unsigned long long dh = delta(cs.hits, H.prev_cache[0]), dm = delta(cs.misses, H.prev_cache[1]);
+            unsigned long long dh = delta(sum.cache_hits, H.prev_cache[0]),
+                               dm = delta(sum.cache_misses, H.prev_cache[1]);
             sp->c_rate[0] = (float)((double)dh / secs);
             sp->c_rate[1] = (float)((double)dm / secs);
             sp->c_ratio = dh + dm ? (float)((double)dh / (double)(dh + dm)) : -1.0f;
@@ -177,8 +178,8 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
     H.prev_us = now_us;
     memcpy(H.prev_req, req, sizeof(H.prev_req));
     memcpy(H.prev_hist, hist, sizeof(H.prev_hist));
-    H.prev_cache[0] = cs.hits;
-    H.prev_cache[1] = cs.misses;
+    H.prev_cache[0] = sum.cache_hits;
+    H.prev_cache[1] = sum.cache_misses;
 }
 
 /* JSON output: every append goes through these, which remember a failure. */

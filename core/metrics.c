@@ -96,6 +96,8 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
         for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) out->duration[b] += LOAD(st->duration.bucket[b]);
         out->lua_errors += LOAD(st->lua_errors);
         out->budget_kills += LOAD(st->budget_kills);
+        out->cache_hits += LOAD(st->cache_hits);
+        out->cache_misses += LOAD(st->cache_misses);
     }
 }
 
@@ -298,7 +300,7 @@ static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
     }
 }
 
-static void render_cache(struct evbuffer *out)
+static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
 {
     if (!moxy_cache_enabled()) return;
     moxy_cache_stats_t cs;
@@ -310,8 +312,8 @@ static void render_cache(struct evbuffer *out)
         {"moxy_cache_capacity_bytes", "gauge", "Bytes the cache may hold (cache.size).", (double)cs.capacity},
         {"moxy_cache_used_bytes", "gauge", "Bytes the cache holds (objects, their heads and bookkeeping).", (double)cs.used},
         {"moxy_cache_objects", "gauge", "Objects in the cache.", (double)cs.objects},
-        {"moxy_cache_hits_total", "counter", "Lookups answered from the cache.", (double)cs.hits},
-        {"moxy_cache_misses_total", "counter", "Lookups that went to the origin (no object, stale, or the request asked).", (double)cs.misses},
+        {"moxy_cache_hits_total", "counter", "Lookups answered from the cache.", (double)tot->cache_hits},
+        {"moxy_cache_misses_total", "counter", "Lookups that went to the origin (no object, stale, or the request asked).", (double)tot->cache_misses},
         {"moxy_cache_stores_total", "counter", "Responses stored.", (double)cs.stores},
         {"moxy_cache_evictions_total", "counter", "Objects evicted to make room.", (double)cs.evictions},
         {"moxy_cache_invalidations_total", "counter", "Objects dropped by unsafe methods and purges.", (double)cs.invalidations},
@@ -359,6 +361,6 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     render_requests(out, workers, n, conf, &tot);
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
-    render_cache(out);
+    render_cache(out, &tot);
     return MOXY_OK;
 }

@@ -47,6 +47,8 @@ typedef struct {
     moxy_hist_t duration;      /* first byte to last byte, every request */
     atomic_ullong lua_errors;  /* hook runs that failed (script errors, budget, memory) */
     atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
+    atomic_ullong cache_hits;   /* cache lookups answered from the cache */
+    atomic_ullong cache_misses; /* cache lookups that went to the origin */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
@@ -58,6 +60,7 @@ typedef struct {
     unsigned long long requests[6];                     /* by status class */
     unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
     unsigned long long lua_errors, budget_kills;
+    unsigned long long cache_hits, cache_misses; /* cache lookups */
 } moxy_stats_total_t;
 
 /* Add n to a counter only its worker writes (no locked instruction). */
