@@ -385,7 +385,6 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
     evhttp_set_max_body_size(admin.http, 65536);
     evhttp_set_timeout(admin.http, 10);
     evhttp_set_gencb(admin.http, handle, NULL);
-    moxy_history_reset();
     moxy_history_sample(workers, n, conf);
     static const struct timeval second = {1, 0};
     admin.tick = event_new(base, -1, EV_PERSIST, tick, NULL);

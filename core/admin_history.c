@@ -47,19 +47,13 @@ typedef struct {
 
 static struct {
     unsigned long long seq; /* samples taken; sample s is at index s % N */
-    int have_base;          /* prev_* hold a first reading */
-    long long prev_us;      /* moxy_mono_us() of the previous reading */
+    long long prev_us;      /* moxy_mono_us() of the previous reading; 0: none yet (prev_* unset) */
     unsigned long long prev_req[6], prev_hist[MOXY_HIST_BUCKETS + 1];
     unsigned long long prev_cache[2]; /* the cache's hits, misses (0 without a cache) */
     sample_t samples[N];
     slot_t slots[MOXY_HISTORY_PEERS];
     int untracked; /* peers of the latest sample without a slot */
 } H;
-
-void moxy_history_reset(void)
-{
-    memset(&H, 0, sizeof(H));
-}
 
 static unsigned long long delta(unsigned long long now, unsigned long long before)
 {
@@ -144,7 +138,7 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
     moxy_cache_stats_t cs; /* all zero without a cache */
     int cache = moxy_cache_enabled();
     moxy_cache_stats(&cs);
-    if (H.have_base) {
+    if (H.prev_us) {
         unsigned long long s = H.seq;
         sample_t *sp = &H.samples[s % N];
         struct timespec ts;
@@ -174,7 +168,6 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
         sample_peers(conf, s);
         H.seq = s + 1;
     }
-    H.have_base = 1;
     H.prev_us = now_us;
     memcpy(H.prev_req, req, sizeof(H.prev_req));
     memcpy(H.prev_hist, hist, sizeof(H.prev_hist));

@@ -26,9 +26,18 @@ double moxy_hist_bound(int i)
     return (double)bounds_us[i] / 1e6;
 }
 
+/* w's counts for the pools called name, or NULL (any thread). */
+static const moxy_pool_stats_t *pool_find(const moxy_worker_t *w, const char *name)
+{
+    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
+    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
+        if (strcmp(ps->name, name) == 0) return ps;
+    return NULL;
+}
+
 moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
 {
-    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)moxy_stats_pool_find(w, name);
+    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)pool_find(w, name);
     if (ps) return ps;
     ps = calloc(1, sizeof(*ps));
     if (!ps || !(ps->name = strdup(name))) {
@@ -38,14 +47,6 @@ moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
     ps->next = atomic_load_explicit(&w->stats.pools, memory_order_relaxed);
     atomic_store_explicit(&w->stats.pools, ps, memory_order_release);
     return ps;
-}
-
-const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name)
-{
-    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
-    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
-        if (strcmp(ps->name, name) == 0) return ps;
-    return NULL;
 }
 
 void moxy_stats_free(moxy_worker_t *w)
@@ -152,7 +153,7 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
         for (int c = 0; c < 6; c++) {
             unsigned long long v = 0;
             for (int i = 0; i < n; i++) {
-                const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
+                const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
                 if (ps) v += LOAD(ps->requests[c]);
             }
             evbuffer_add(out, "moxy_pool_requests_total{pool=\"", 31);
@@ -183,7 +184,7 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
             char labels[300];
             snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
             for (int i = 0; i < n; i++) {
-                const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
+                const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
                 h[i] = ps ? (moxy_hist_t *)((char *)ps + pool_hists[k].offset) : &none;
             }
             put_hist(out, pool_hists[k].name, labels, h, n);
@@ -216,7 +217,7 @@ static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t
     if (m == 1) return (double)atomic_load(&up->budget_denied);
     long long v = 0;
     for (int k = 0; k < n; k++) {
-        const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[k], conf->upstreams[i].name);
+        const moxy_pool_stats_t *ps = pool_find(workers[k], conf->upstreams[i].name);
         if (ps) v += LOAD(ps->idle);
     }
     return (double)v;

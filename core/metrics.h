@@ -72,9 +72,6 @@ typedef struct {
  * before it runs).  NULL when out of memory. */
 moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name);
 
-/* w's counts for the pools called name, or NULL (any thread). */
-const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name);
-
 /* Free w's per-pool counts (the worker is over). */
 void moxy_stats_free(moxy_worker_t *w);
 
