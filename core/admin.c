@@ -57,17 +57,17 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
     evbuffer_free(b);
 }
 
-/* A JSON string (the names and addresses here hold no control bytes, but
- * quotes and backslashes are escaped all the same). */
-static void json_str(struct evbuffer *b, const char *s)
+int moxy_json_str(struct evbuffer *b, const char *s)
 {
-    evbuffer_add(b, "\"", 1);
+    int err = evbuffer_add(b, "\"", 1) != 0;
     for (; *s; s++) {
-        if (*s == '"' || *s == '\\') evbuffer_add_printf(b, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20) evbuffer_add_printf(b, "\\u%04x", (unsigned char)*s);
-        else evbuffer_add(b, s, 1);
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') err |= evbuffer_add_printf(b, "\\%c", ch) < 0;
+        else if (ch < 0x20) err |= evbuffer_add_printf(b, "\\u%04x", ch) < 0;
+        else err |= evbuffer_add(b, s, 1) != 0;
     }
-    evbuffer_add(b, "\"", 1);
+    err |= evbuffer_add(b, "\"", 1) != 0;
+    return err ? MOXY_ERROR : MOXY_OK;
 }
 
 /* A reload's result as JSON: {"seq","ok","generation","at","took","message","reloads","failures"}. */
@@ -77,7 +77,7 @@ static void reload_json(struct evbuffer *b, const moxy_reload_status_t *rs)
                            "\"failures\":%llu,\"message\":",
                         rs->seq, rs->seq == 0 || rs->ok ? "true" : "false", rs->generation, rs->at, rs->took,
                         rs->reloads, rs->failures);
-    json_str(b, rs->message);
+    moxy_json_str(b, rs->message);
     evbuffer_add(b, "}", 1);
 }
 
@@ -100,7 +100,7 @@ static void status(struct evhttp_request *req)
                            "\"connections\":%lld,\"requests\":%llu,\"lua_errors\":%llu,\"config\":",
                         MOXY_VERSION, (int)getpid(), uptime(), rs->generation, admin.n, tot.conns, requests,
                         tot.lua_errors);
-    json_str(b, conf->path);
+    moxy_json_str(b, conf->path);
     evbuffer_add(b, ",\"reload\":", 10);
     reload_json(b, rs);
     evbuffer_add(b, ",\"pools\":{", 10);
@@ -108,7 +108,7 @@ static void status(struct evhttp_request *req)
     for (int i = 0; i < conf->nupstreams; i++) {
         moxy_upstream_t *up = conf->upstreams[i].state;
         if (i) evbuffer_add(b, ",", 1);
-        json_str(b, conf->upstreams[i].name);
+        moxy_json_str(b, conf->upstreams[i].name);
         evbuffer_add_printf(b, ":{\"retries\":%llu,\"retries_denied\":%llu,\"peers\":[",
                             (unsigned long long)atomic_load(&up->retries),
                             (unsigned long long)atomic_load(&up->budget_denied));
@@ -117,7 +117,7 @@ static void status(struct evhttp_request *req)
             moxy_peer_snapshot(&up->peers[j], now, &st);
             if (j) evbuffer_add(b, ",", 1);
             evbuffer_add(b, "{\"addr\":", 8);
-            json_str(b, st.addr);
+            moxy_json_str(b, st.addr);
             evbuffer_add_printf(b,
                                 ",\"state\":\"%s\",\"weight\":%d,\"weight_now\":%g,\"backup\":%s,\"active\":%d,"
                                 "\"requests\":%llu,\"failures\":%llu,\"fails\":%d,\"down_for\":%.3f,\"checks\":%llu,"
@@ -145,7 +145,7 @@ static void status(struct evhttp_request *req)
         moxy_shdict_stats_t st = {0};
         if (d) moxy_ffi_shdict_stats(d, &st);
         if (i) evbuffer_add(b, ",", 1);
-        json_str(b, conf->shared[i].name);
+        moxy_json_str(b, conf->shared[i].name);
         evbuffer_add_printf(b, ":{\"capacity\":%zu,\"used\":%zu,\"items\":%zu,\"evictions\":%zu}", st.capacity,
                             st.used, st.items, st.evictions);
     }

@@ -11,6 +11,7 @@
  * the interval's hit ratio, with the bytes in use at the sample.
  */
 #include "admin_history.h"
+#include "admin.h"
 #include "cache.h"
 #include "ffi.h"
 #include "metrics.h"
@@ -202,19 +203,11 @@ static void put_num(out_t *o, double v)
     put(o, buf);
 }
 
+/* s as a JSON string (pool names and peer addresses: config.lua lets no
+ * quote or backslash in). */
 static void put_str(out_t *o, const char *s)
 {
-    char esc[8];
-    put(o, "\"");
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\' || (unsigned char)*s < 0x20) {
-            snprintf(esc, sizeof(esc), "\\u%04x", (unsigned char)*s);
-            put(o, esc);
-        } else if (evbuffer_add(o->b, s, 1) != 0) {
-            o->err = 1;
-        }
-    }
-    put(o, "\"");
+    if (moxy_json_str(o->b, s) != MOXY_OK) o->err = 1;
 }
 
 /* "name":[expr for each sample of the window] (expr reads the sample at sp). */
