@@ -81,8 +81,6 @@ static void reload_json(struct evbuffer *b, const moxy_reload_status_t *rs)
     evbuffer_add(b, "}", 1);
 }
 
-static const char *const state_names[] = {"up", "down", "unhealthy", "drained", "unresolved"};
-
 static void status(struct evhttp_request *req)
 {
     const moxy_conf_t *conf = admin.conf;
@@ -122,7 +120,7 @@ static void status(struct evhttp_request *req)
                                 ",\"state\":\"%s\",\"weight\":%d,\"weight_now\":%g,\"backup\":%s,\"active\":%d,"
                                 "\"requests\":%llu,\"failures\":%llu,\"fails\":%d,\"down_for\":%.3f,\"checks\":%llu,"
                                 "\"ewma_ms\":%.3f,\"ejections\":%llu,\"transitions\":%llu}",
-                                state_names[st.state], st.weight, st.weight_now, st.backup ? "true" : "false",
+                                moxy_peer_state_name(st.state), st.weight, st.weight_now, st.backup ? "true" : "false",
                                 st.active, st.requests, st.failures, st.fails, st.down_for, st.checks, st.ewma_ms,
                                 st.ejections, st.transitions);
         }

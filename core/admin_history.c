@@ -310,7 +310,12 @@ int moxy_history_json(struct evbuffer *b)
     } else {
         put(&o, "null");
     }
-    put(&o, ",\"states\":[\"up\",\"down\",\"unhealthy\",\"drained\",\"unresolved\"],");
+    put(&o, ",\"states\":[");
+    for (int s = 0; s < MOXY_PEER_NSTATES; s++) {
+        if (s) put(&o, ",");
+        put_str(&o, moxy_peer_state_name(s));
+    }
+    put(&o, "],");
     put_pools(&o, first, count);
     put(&o, "}\n");
     return o.err ? MOXY_ERROR : MOXY_OK;
