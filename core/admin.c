@@ -345,16 +345,8 @@ static void handle(struct evhttp_request *req, void *arg)
         return;
     }
     const moxy_admin_asset_t *asset = moxy_admin_asset(path);
-    if (asset || strcmp(path, "/history") == 0) {
-        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-            reply_text(req, 405, "Method Not Allowed", "GET only");
-            return;
-        }
-        page(req, asset);
-        return;
-    }
-    if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
+    int is_page = asset || strcmp(path, "/history") == 0;
+    if (!is_page && strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
         reply_text(req, 404, "Not Found",
                    "GET /, GET /status, GET /metrics, GET /history, POST /reload, POST /purge, "
                    "POST /peers/{pool}/{peer}/drain|enable");
@@ -365,7 +357,8 @@ static void handle(struct evhttp_request *req, void *arg)
         reply_text(req, 405, "Method Not Allowed", "GET only");
         return;
     }
-    if (path[1] == 's') status(req);
+    if (is_page) page(req, asset);
+    else if (path[1] == 's') status(req);
     else metrics(req);
 }
 

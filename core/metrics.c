@@ -121,23 +121,22 @@ static void head(struct evbuffer *out, const char *name, const char *type, const
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* The histogram name{labels} (labels: "" or `pool="x",`) of the summed h[0..n). */
+/* The histogram name{labels} (labels: "" or `pool="x"`) of the summed h[0..n). */
 static void put_hist(struct evbuffer *out, const char *name, const char *labels, moxy_hist_t *const *h, int n)
 {
     unsigned long long cum = 0, sum_us = 0;
+    const char *sep = *labels ? "," : "";
     for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) {
         for (int i = 0; i < n; i++) cum += LOAD(h[i]->bucket[b]);
         if (b < MOXY_HIST_BUCKETS)
-            evbuffer_add_printf(out, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, moxy_hist_bound(b), cum);
+            evbuffer_add_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, moxy_hist_bound(b), cum);
         else
-            evbuffer_add_printf(out, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, cum);
+            evbuffer_add_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, cum);
     }
     for (int i = 0; i < n; i++) sum_us += LOAD(h[i]->sum_us);
-    /* the label set without its trailing comma, or nothing */
-    size_t ll = strlen(labels);
-    if (ll)
-        evbuffer_add_printf(out, "%s_sum{%.*s} %.6f\n%s_count{%.*s} %llu\n", name, (int)ll - 1, labels,
-                            (double)sum_us / 1e6, name, (int)ll - 1, labels, cum);
+    if (*labels)
+        evbuffer_add_printf(out, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels, (double)sum_us / 1e6, name,
+                            labels, cum);
     else
         evbuffer_add_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_us / 1e6, name, cum);
 }
@@ -150,15 +149,15 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
         evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], tot->requests[c]);
     head(out, "moxy_pool_requests_total", "counter", "Requests answered, by upstream pool and status class.");
     for (int p = 0; p < conf->nupstreams; p++) {
+        unsigned long long v[6] = {0};
+        for (int i = 0; i < n; i++) {
+            const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
+            for (int c = 0; ps && c < 6; c++) v[c] += LOAD(ps->requests[c]);
+        }
         for (int c = 0; c < 6; c++) {
-            unsigned long long v = 0;
-            for (int i = 0; i < n; i++) {
-                const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
-                if (ps) v += LOAD(ps->requests[c]);
-            }
             evbuffer_add(out, "moxy_pool_requests_total{pool=\"", 31);
             put_label(out, conf->upstreams[p].name);
-            evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v);
+            evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v[c]);
         }
     }
     moxy_hist_t *h[n > 0 ? n : 1];
@@ -182,7 +181,7 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
         for (int p = 0; p < conf->nupstreams; p++) {
             /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
             char labels[300];
-            snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
+            snprintf(labels, sizeof(labels), "pool=\"%.200s\"", conf->upstreams[p].name);
             for (int i = 0; i < n; i++) {
                 const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
                 h[i] = ps ? (moxy_hist_t *)((char *)ps + pool_hists[k].offset) : &none;
