@@ -47,69 +47,84 @@ static const moxy_header_t *find(const moxy_req_t *r, const char *name, size_t n
     return i < 0 ? NULL : &r->headers.h[i];
 }
 
+/* The JSON format's key of each field (MOXY_ALF_*). */
+static const char *const json_keys[MOXY_ALF_COUNT] = {
+    [MOXY_ALF_TIME] = "time",
+    [MOXY_ALF_REQUEST_ID] = "request_id",
+    [MOXY_ALF_CLIENT] = "client",
+    [MOXY_ALF_METHOD] = "method",
+    [MOXY_ALF_URI] = "uri",
+    [MOXY_ALF_PROTOCOL] = "protocol",
+    [MOXY_ALF_STATUS] = "status",
+    [MOXY_ALF_BYTES] = "bytes",
+    [MOXY_ALF_UPSTREAM] = "upstream",
+    [MOXY_ALF_DURATION_MS] = "duration_ms",
+    [MOXY_ALF_REFERER] = "referer",
+    [MOXY_ALF_USER_AGENT] = "user_agent",
+    [MOXY_ALF_ERROR] = "error",
+    [MOXY_ALF_HOST] = "host",
+    [MOXY_ALF_SOCKET_CLIENT] = "socket_client",
+    [MOXY_ALF_POOL] = "pool",
+    [MOXY_ALF_TRIES] = "tries",
+    [MOXY_ALF_UPSTREAM_STATUS] = "upstream_status",
+    [MOXY_ALF_UPSTREAM_HEADER_MS] = "upstream_header_ms",
+    [MOXY_ALF_LISTENER] = "listener",
+};
+
+/* The n bytes at s (NULL: none) as a JSON string at p, its escaped body
+ * given `body` bytes of room (put_escaped's sense); returns its length. */
+static size_t json_string(char *p, size_t body, const char *s, size_t n)
+{
+    size_t o = 0;
+    p[o++] = '"';
+    if (s) o += put_escaped(p + o, body, s, n, 1);
+    p[o++] = '"';
+    return o;
+}
+
 /* One "key":value of a JSON line (field f, MOXY_ALF_*) at p (room bytes,
  * at least 600); returns its length. */
 static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const char *ts, const struct timeval *now,
                          double secs, const char *method, const char *uri, size_t urilen, const char *upstream,
                          int status, const moxy_header_t *ref, const moxy_header_t *ua)
 {
-    size_t o = 0;
+    if (f < 0 || f >= MOXY_ALF_COUNT) return 0;
     const moxy_conf_t *conf = r->g->conf;
+    size_t k = (size_t)snprintf(p, room, "\"%s\":", json_keys[f]);
+    p += k;
+    room -= k;
+    /* an escaped string's room: its quotes and a spare byte off; the header
+     * values get 256 at most, the URI leaves about 512 to the fields after it */
+    size_t body = room - 3, small = body > 256 ? 256 : body;
+    const char *plain = NULL; /* a string value that needs no escaping */
     switch (f) {
-    case MOXY_ALF_TIME:
-        return (size_t)snprintf(p, room, "\"time\":\"%s.%03dZ\"", ts, (int)(now->tv_usec / 1000));
-    case MOXY_ALF_REQUEST_ID: return (size_t)snprintf(p, room, "\"request_id\":\"%s\"", r->id);
-    case MOXY_ALF_CLIENT: return (size_t)snprintf(p, room, "\"client\":\"%s\"", moxy_req_client_ip(r));
-    case MOXY_ALF_SOCKET_CLIENT: return (size_t)snprintf(p, room, "\"socket_client\":\"%s\"", r->c->sock_ip);
-    case MOXY_ALF_METHOD:
-        o = (size_t)snprintf(p, room, "\"method\":\"");
-        o += put_escaped(p + o, room - o - 2, method, strlen(method), 1);
-        break;
-    case MOXY_ALF_URI:
-        o = (size_t)snprintf(p, room, "\"uri\":\"");
-        o += put_escaped(p + o, room - o - 2 > 512 ? room - o - 512 : room - o - 2, uri, urilen, 1);
-        break;
-    case MOXY_ALF_HOST:
-        o = (size_t)snprintf(p, room, "\"host\":\"");
-        if (r->host) o += put_escaped(p + o, room - o - 2 > 256 ? 256 : room - o - 2, r->host, strlen(r->host), 1);
-        break;
+    case MOXY_ALF_TIME: return k + (size_t)snprintf(p, room, "\"%s.%03dZ\"", ts, (int)(now->tv_usec / 1000));
+    case MOXY_ALF_REQUEST_ID: plain = r->id; break;
+    case MOXY_ALF_CLIENT: plain = moxy_req_client_ip(r); break;
+    case MOXY_ALF_SOCKET_CLIENT: plain = r->c->sock_ip; break;
+    case MOXY_ALF_METHOD: return k + json_string(p, body, method, strlen(method));
+    case MOXY_ALF_URI: return k + json_string(p, body > 512 ? body - 510 : body, uri, urilen);
+    case MOXY_ALF_HOST: return k + json_string(p, small, r->host, r->host ? strlen(r->host) : 0);
     case MOXY_ALF_PROTOCOL:
-        return (size_t)snprintf(p, room, "\"protocol\":\"HTTP/%d.%d\"", r->http_major ? r->http_major : 1,
-                                r->http_minor);
-    case MOXY_ALF_STATUS: return (size_t)snprintf(p, room, "\"status\":%d", status);
-    case MOXY_ALF_BYTES: return (size_t)snprintf(p, room, "\"bytes\":%llu", (unsigned long long)r->bytes_sent);
-    case MOXY_ALF_UPSTREAM: return (size_t)snprintf(p, room, "\"upstream\":\"%s\"", upstream);
-    case MOXY_ALF_DURATION_MS: return (size_t)snprintf(p, room, "\"duration_ms\":%.3f", secs * 1000.0);
-    case MOXY_ALF_REFERER:
-        o = (size_t)snprintf(p, room, "\"referer\":\"");
-        if (ref) o += put_escaped(p + o, room - o - 2 > 256 ? 256 : room - o - 2, ref->value, ref->value_len, 1);
-        break;
-    case MOXY_ALF_USER_AGENT:
-        o = (size_t)snprintf(p, room, "\"user_agent\":\"");
-        if (ua) o += put_escaped(p + o, room - o - 2 > 256 ? 256 : room - o - 2, ua->value, ua->value_len, 1);
-        break;
-    case MOXY_ALF_ERROR: return (size_t)snprintf(p, room, "\"error\":\"%s\"", r->error ? r->error : "");
-    case MOXY_ALF_POOL:
-        return (size_t)snprintf(p, room, "\"pool\":\"%s\"",
-                                r->pool >= 0 && r->pool < conf->nupstreams ? conf->upstreams[r->pool].name : "");
-    case MOXY_ALF_TRIES: return (size_t)snprintf(p, room, "\"tries\":%d", r->tries);
-    case MOXY_ALF_UPSTREAM_STATUS: return (size_t)snprintf(p, room, "\"upstream_status\":%d", r->up_status);
+        return k + (size_t)snprintf(p, room, "\"HTTP/%d.%d\"", r->http_major ? r->http_major : 1, r->http_minor);
+    case MOXY_ALF_STATUS: return k + (size_t)snprintf(p, room, "%d", status);
+    case MOXY_ALF_BYTES: return k + (size_t)snprintf(p, room, "%llu", (unsigned long long)r->bytes_sent);
+    case MOXY_ALF_UPSTREAM: plain = upstream; break;
+    case MOXY_ALF_DURATION_MS: return k + (size_t)snprintf(p, room, "%.3f", secs * 1000.0);
+    case MOXY_ALF_REFERER: return k + json_string(p, small, ref ? ref->value : NULL, ref ? ref->value_len : 0);
+    case MOXY_ALF_USER_AGENT: return k + json_string(p, small, ua ? ua->value : NULL, ua ? ua->value_len : 0);
+    case MOXY_ALF_ERROR: plain = r->error; break; /* the caller skips the field without one */
+    case MOXY_ALF_POOL: plain = r->pool >= 0 && r->pool < conf->nupstreams ? conf->upstreams[r->pool].name : ""; break;
+    case MOXY_ALF_TRIES: return k + (size_t)snprintf(p, room, "%d", r->tries);
+    case MOXY_ALF_UPSTREAM_STATUS: return k + (size_t)snprintf(p, room, "%d", r->up_status);
     case MOXY_ALF_UPSTREAM_HEADER_MS: {
         double ms = -1;
-        if (evutil_timerisset(&r->up_header)) {
-            struct timeval d;
-            evutil_timersub(&r->up_header, &r->up_started, &d);
-            ms = (double)d.tv_sec * 1000 + (double)d.tv_usec / 1000;
-        }
-        return ms < 0 ? (size_t)snprintf(p, room, "\"upstream_header_ms\":null")
-                      : (size_t)snprintf(p, room, "\"upstream_header_ms\":%.3f", ms);
+        if (evutil_timerisset(&r->up_header)) ms = (double)moxy_tv_us(&r->up_started, &r->up_header) / 1000;
+        return k + (ms < 0 ? (size_t)snprintf(p, room, "null") : (size_t)snprintf(p, room, "%.3f", ms));
     }
-    case MOXY_ALF_LISTENER:
-        return (size_t)snprintf(p, room, "\"listener\":\"%s\"", conf->listens[r->listen_index].name);
-    default: return 0;
+    case MOXY_ALF_LISTENER: plain = conf->listens[r->listen_index].name; break;
     }
-    p[o++] = '"';
-    return o;
+    return k + (size_t)snprintf(p, room, "\"%s\"", plain);
 }
 
 void moxy_access_log(moxy_req_t *r)
@@ -121,11 +136,12 @@ void moxy_access_log(moxy_req_t *r)
     if (!p) return;
     size_t room = LINE_MAX_BYTES, o = 0;
 
-    struct timeval now, dur;
+    struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
-    evutil_timersub(&now, &r->started, &dur);
-    double secs = (double)dur.tv_sec + (double)dur.tv_usec / 1e6;
-    if (secs < 0) secs = 0;
+    long long us = moxy_tv_us(&r->started, &now);
+    /* whole seconds plus the fraction, not us / 1e6: the two doubles can
+     * differ in the last bit, and rt's %.3f would round a tie differently */
+    double secs = us < 0 ? 0 : (double)(us / 1000000) + (double)(us % 1000000) / 1e6;
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
 

@@ -57,17 +57,17 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
     evbuffer_free(b);
 }
 
-/* A JSON string (the names and addresses here hold no control bytes, but
- * quotes and backslashes are escaped all the same). */
-static void json_str(struct evbuffer *b, const char *s)
+int moxy_json_str(struct evbuffer *b, const char *s)
 {
-    evbuffer_add(b, "\"", 1);
+    int err = evbuffer_add(b, "\"", 1) != 0;
     for (; *s; s++) {
-        if (*s == '"' || *s == '\\') evbuffer_add_printf(b, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20) evbuffer_add_printf(b, "\\u%04x", (unsigned char)*s);
-        else evbuffer_add(b, s, 1);
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') err |= evbuffer_add_printf(b, "\\%c", ch) < 0;
+        else if (ch < 0x20) err |= evbuffer_add_printf(b, "\\u%04x", ch) < 0;
+        else err |= evbuffer_add(b, s, 1) != 0;
     }
-    evbuffer_add(b, "\"", 1);
+    err |= evbuffer_add(b, "\"", 1) != 0;
+    return err ? MOXY_ERROR : MOXY_OK;
 }
 
 /* A reload's result as JSON: {"seq","ok","generation","at","took","message","reloads","failures"}. */
@@ -77,11 +77,9 @@ static void reload_json(struct evbuffer *b, const moxy_reload_status_t *rs)
                            "\"failures\":%llu,\"message\":",
                         rs->seq, rs->seq == 0 || rs->ok ? "true" : "false", rs->generation, rs->at, rs->took,
                         rs->reloads, rs->failures);
-    json_str(b, rs->message);
+    moxy_json_str(b, rs->message);
     evbuffer_add(b, "}", 1);
 }
-
-static const char *const state_names[] = {"up", "down", "unhealthy", "drained", "unresolved"};
 
 static void status(struct evhttp_request *req)
 {
@@ -91,19 +89,16 @@ static void status(struct evhttp_request *req)
         evhttp_send_error(req, 500, NULL);
         return;
     }
-    long long conns = 0;
-    unsigned long long requests = 0, lua_errors = 0;
-    for (int i = 0; i < admin.n; i++) {
-        const moxy_stats_t *st = &admin.workers[i]->stats;
-        conns += atomic_load_explicit(&admin.workers[i]->nconns, memory_order_relaxed);
-        lua_errors += atomic_load_explicit(&st->lua_errors, memory_order_relaxed);
-        for (int c = 0; c < 6; c++) requests += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
-    }
+    moxy_stats_total_t tot;
+    moxy_stats_sum(admin.workers, admin.n, &tot);
+    unsigned long long requests = 0;
+    for (int c = 0; c < 6; c++) requests += tot.requests[c];
     const moxy_reload_status_t *rs = moxy_reload_status();
     evbuffer_add_printf(b, "{\"version\":\"%s\",\"pid\":%d,\"uptime\":%.3f,\"generation\":%u,\"workers\":%d,"
                            "\"connections\":%lld,\"requests\":%llu,\"lua_errors\":%llu,\"config\":",
-                        MOXY_VERSION, (int)getpid(), uptime(), rs->generation, admin.n, conns, requests, lua_errors);
-    json_str(b, conf->path);
+                        MOXY_VERSION, (int)getpid(), uptime(), rs->generation, admin.n, tot.conns, requests,
+                        tot.lua_errors);
+    moxy_json_str(b, conf->path);
     evbuffer_add(b, ",\"reload\":", 10);
     reload_json(b, rs);
     evbuffer_add(b, ",\"pools\":{", 10);
@@ -111,7 +106,7 @@ static void status(struct evhttp_request *req)
     for (int i = 0; i < conf->nupstreams; i++) {
         moxy_upstream_t *up = conf->upstreams[i].state;
         if (i) evbuffer_add(b, ",", 1);
-        json_str(b, conf->upstreams[i].name);
+        moxy_json_str(b, conf->upstreams[i].name);
         evbuffer_add_printf(b, ":{\"retries\":%llu,\"retries_denied\":%llu,\"peers\":[",
                             (unsigned long long)atomic_load(&up->retries),
                             (unsigned long long)atomic_load(&up->budget_denied));
@@ -120,12 +115,12 @@ static void status(struct evhttp_request *req)
             moxy_peer_snapshot(&up->peers[j], now, &st);
             if (j) evbuffer_add(b, ",", 1);
             evbuffer_add(b, "{\"addr\":", 8);
-            json_str(b, st.addr);
+            moxy_json_str(b, st.addr);
             evbuffer_add_printf(b,
                                 ",\"state\":\"%s\",\"weight\":%d,\"weight_now\":%g,\"backup\":%s,\"active\":%d,"
                                 "\"requests\":%llu,\"failures\":%llu,\"fails\":%d,\"down_for\":%.3f,\"checks\":%llu,"
                                 "\"ewma_ms\":%.3f,\"ejections\":%llu,\"transitions\":%llu}",
-                                state_names[st.state], st.weight, st.weight_now, st.backup ? "true" : "false",
+                                moxy_peer_state_name(st.state), st.weight, st.weight_now, st.backup ? "true" : "false",
                                 st.active, st.requests, st.failures, st.fails, st.down_for, st.checks, st.ewma_ms,
                                 st.ejections, st.transitions);
         }
@@ -137,7 +132,7 @@ static void status(struct evhttp_request *req)
         moxy_cache_stats(&cs);
         evbuffer_add_printf(b, "{\"capacity\":%zu,\"used\":%zu,\"objects\":%zu,\"hits\":%llu,\"misses\":%llu,"
                                "\"stores\":%llu,\"evictions\":%llu,\"invalidations\":%llu,\"too_big\":%llu}",
-                            cs.capacity, cs.used, cs.objects, cs.hits, cs.misses, cs.stores, cs.evictions,
+                            cs.capacity, cs.used, cs.objects, tot.cache_hits, tot.cache_misses, cs.stores, cs.evictions,
                             cs.invalidations, cs.too_big);
     } else {
         evbuffer_add(b, "null", 4);
@@ -148,7 +143,7 @@ static void status(struct evhttp_request *req)
         moxy_shdict_stats_t st = {0};
         if (d) moxy_ffi_shdict_stats(d, &st);
         if (i) evbuffer_add(b, ",", 1);
-        json_str(b, conf->shared[i].name);
+        moxy_json_str(b, conf->shared[i].name);
         evbuffer_add_printf(b, ":{\"capacity\":%zu,\"used\":%zu,\"items\":%zu,\"evictions\":%zu}", st.capacity,
                             st.used, st.items, st.evictions);
     }
@@ -350,16 +345,8 @@ static void handle(struct evhttp_request *req, void *arg)
         return;
     }
     const moxy_admin_asset_t *asset = moxy_admin_asset(path);
-    if (asset || strcmp(path, "/history") == 0) {
-        if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-            reply_text(req, 405, "Method Not Allowed", "GET only");
-            return;
-        }
-        page(req, asset);
-        return;
-    }
-    if (strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
+    int is_page = asset || strcmp(path, "/history") == 0;
+    if (!is_page && strcmp(path, "/status") != 0 && strcmp(path, "/metrics") != 0) {
         reply_text(req, 404, "Not Found",
                    "GET /, GET /status, GET /metrics, GET /history, POST /reload, POST /purge, "
                    "POST /peers/{pool}/{peer}/drain|enable");
@@ -370,7 +357,8 @@ static void handle(struct evhttp_request *req, void *arg)
         reply_text(req, 405, "Method Not Allowed", "GET only");
         return;
     }
-    if (path[1] == 's') status(req);
+    if (is_page) page(req, asset);
+    else if (path[1] == 's') status(req);
     else metrics(req);
 }
 
@@ -388,7 +376,6 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
     evhttp_set_max_body_size(admin.http, 65536);
     evhttp_set_timeout(admin.http, 10);
     evhttp_set_gencb(admin.http, handle, NULL);
-    moxy_history_reset();
     moxy_history_sample(workers, n, conf);
     static const struct timeval second = {1, 0};
     admin.tick = event_new(base, -1, EV_PERSIST, tick, NULL);

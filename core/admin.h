@@ -28,6 +28,8 @@
 
 #include <event2/event.h>
 
+struct evbuffer;
+
 /* Listen on conf->admin.addr on base for the n workers.  MOXY_OK (also
  * when conf has no admin listener), or MOXY_ERROR after logging why. */
 int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_worker_t *const *workers, int n);
@@ -37,5 +39,11 @@ void moxy_admin_set_conf(const moxy_conf_t *conf);
 
 /* Close the admin listener (before the workers and conf are freed). */
 void moxy_admin_stop(void);
+
+/* Append s to b as a JSON string: quoted, '"' and '\\' backslash-escaped,
+ * control bytes as \u00XX, other bytes as they are (s is taken to be
+ * UTF-8).  MOXY_OK, or MOXY_ERROR when b ran out of memory (what was
+ * appended before stays). */
+int moxy_json_str(struct evbuffer *b, const char *s);
 
 #endif

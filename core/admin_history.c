@@ -11,6 +11,7 @@
  * the interval's hit ratio, with the bytes in use at the sample.
  */
 #include "admin_history.h"
+#include "admin.h"
 #include "cache.h"
 #include "ffi.h"
 #include "metrics.h"
@@ -47,19 +48,13 @@ typedef struct {
 
 static struct {
     unsigned long long seq; /* samples taken; sample s is at index s % N */
-    int have_base;          /* prev_* hold a first reading */
-    long long prev_us;      /* moxy_mono_us() of the previous reading */
+    long long prev_us;      /* moxy_mono_us() of the previous reading; 0: none yet (prev_* unset) */
     unsigned long long prev_req[6], prev_hist[MOXY_HIST_BUCKETS + 1];
     unsigned long long prev_cache[2]; /* the cache's hits, misses (0 without a cache) */
     sample_t samples[N];
     slot_t slots[MOXY_HISTORY_PEERS];
     int untracked; /* peers of the latest sample without a slot */
 } H;
-
-void moxy_history_reset(void)
-{
-    memset(&H, 0, sizeof(H));
-}
 
 static unsigned long long delta(unsigned long long now, unsigned long long before)
 {
@@ -137,20 +132,14 @@ static void sample_peers(const moxy_conf_t *conf, unsigned long long s)
 
 void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
 {
-    unsigned long long req[6] = {0}, hist[MOXY_HIST_BUCKETS + 1] = {0};
-    long long conns = 0, now_us = moxy_mono_us();
+    long long now_us = moxy_mono_us();
+    moxy_stats_total_t sum;
+    moxy_stats_sum(workers, n, &sum);
+    const unsigned long long *req = sum.requests, *hist = sum.duration;
     moxy_cache_stats_t cs; /* all zero without a cache */
     int cache = moxy_cache_enabled();
     moxy_cache_stats(&cs);
-    for (int w = 0; w < n; w++) {
-        const moxy_stats_t *st = &workers[w]->stats;
-        conns += atomic_load_explicit(&workers[w]->nconns, memory_order_relaxed);
-        for (int c = 1; c < 6; c++)
-            req[c] += atomic_load_explicit(&st->requests[c], memory_order_relaxed);
-        for (int b = 0; b <= MOXY_HIST_BUCKETS; b++)
-            hist[b] += atomic_load_explicit(&st->duration.bucket[b], memory_order_relaxed);
-    }
-    if (H.have_base) {
+    if (H.prev_us) {
         unsigned long long s = H.seq;
         sample_t *sp = &H.samples[s % N];
         struct timespec ts;
@@ -165,9 +154,10 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
             tot += d[b] = delta(hist[b], H.prev_hist[b]);
         for (int q = 0; q < 3; q++)
             sp->p_ms[q] = tot ? (float)quantile_ms(d, tot, quantiles[q]) : -1.0f;
-        sp->conns = (int)conns;
+        sp->conns = (int)sum.conns;
         if (cache) {
-            unsigned long long dh = delta(cs.hits, H.prev_cache[0]), dm = delta(cs.misses, H.prev_cache[1]);
+            unsigned long long dh = delta(sum.cache_hits, H.prev_cache[0]),
+                               dm = delta(sum.cache_misses, H.prev_cache[1]);
             sp->c_rate[0] = (float)((double)dh / secs);
             sp->c_rate[1] = (float)((double)dm / secs);
             sp->c_ratio = dh + dm ? (float)((double)dh / (double)(dh + dm)) : -1.0f;
@@ -179,12 +169,11 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
         sample_peers(conf, s);
         H.seq = s + 1;
     }
-    H.have_base = 1;
     H.prev_us = now_us;
-    memcpy(H.prev_req, req, sizeof(req));
-    memcpy(H.prev_hist, hist, sizeof(hist));
-    H.prev_cache[0] = cs.hits;
-    H.prev_cache[1] = cs.misses;
+    memcpy(H.prev_req, req, sizeof(H.prev_req));
+    memcpy(H.prev_hist, hist, sizeof(H.prev_hist));
+    H.prev_cache[0] = sum.cache_hits;
+    H.prev_cache[1] = sum.cache_misses;
 }
 
 /* JSON output: every append goes through these, which remember a failure. */
@@ -214,19 +203,11 @@ static void put_num(out_t *o, double v)
     put(o, buf);
 }
 
+/* s as a JSON string (pool names and peer addresses: config.lua lets no
+ * quote or backslash in). */
 static void put_str(out_t *o, const char *s)
 {
-    char esc[8];
-    put(o, "\"");
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\' || (unsigned char)*s < 0x20) {
-            snprintf(esc, sizeof(esc), "\\u%04x", (unsigned char)*s);
-            put(o, esc);
-        } else if (evbuffer_add(o->b, s, 1) != 0) {
-            o->err = 1;
-        }
-    }
-    put(o, "\"");
+    if (moxy_json_str(o->b, s) != MOXY_OK) o->err = 1;
 }
 
 /* "name":[expr for each sample of the window] (expr reads the sample at sp). */
@@ -329,7 +310,12 @@ int moxy_history_json(struct evbuffer *b)
     } else {
         put(&o, "null");
     }
-    put(&o, ",\"states\":[\"up\",\"down\",\"unhealthy\",\"drained\",\"unresolved\"],");
+    put(&o, ",\"states\":[");
+    for (int s = 0; s < MOXY_PEER_NSTATES; s++) {
+        if (s) put(&o, ",");
+        put_str(&o, moxy_peer_state_name(s));
+    }
+    put(&o, "],");
     put_pools(&o, first, count);
     put(&o, "}\n");
     return o.err ? MOXY_ERROR : MOXY_OK;

@@ -39,7 +39,4 @@ void moxy_history_sample(moxy_worker_t *const *workers, int n, const moxy_conf_t
  * MOXY_ERROR when out is out of memory. */
 int moxy_history_json(struct evbuffer *out);
 
-/* Forget every sample and peer (the admin listener starts anew). */
-void moxy_history_reset(void);
-
 #endif

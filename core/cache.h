@@ -80,10 +80,11 @@ typedef struct moxy_cache_obj_s {
     struct moxy_cache_obj_s *inext;          /* next variant / next key in its bucket (stripe lock) */
 } moxy_cache_obj_t;
 
-/* What the store holds and did, for /status and /metrics. */
+/* What the store holds and did, for /status and /metrics (lookups' hits
+ * and misses are counted per worker: moxy_stats_t). */
 typedef struct {
     size_t capacity, used, objects;
-    unsigned long long hits, misses, stores, evictions, invalidations, too_big;
+    unsigned long long stores, evictions, invalidations, too_big;
 } moxy_cache_stats_t;
 
 /* Make the process's cache of size bytes, objects up to max_object.  A
@@ -122,9 +123,6 @@ int moxy_cache_invalidate(const char *key, size_t klen);
 
 /* Drop every object whose key starts with prefix.  Returns how many. */
 int moxy_cache_invalidate_prefix(const char *prefix, size_t len);
-
-/* Count a lookup's outcome. */
-void moxy_cache_count(int hit);
 
 /* Drop a reference; the last one frees o. */
 void moxy_cache_obj_unref(moxy_cache_obj_t *o);

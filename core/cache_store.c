@@ -52,7 +52,7 @@ static struct {
     uint64_t ghost[GHOSTS];  /* hashes of keys evicted from small: a direct-mapped table, a newer key
                                 overwrites an older one in its slot (the ghost FIFO, approximately) */
     atomic_size_t used, objects;
-    atomic_ullong hits, misses, stores, evictions, invalidations, too_big;
+    atomic_ullong stores, evictions, invalidations, too_big;
 } C;
 
 uint64_t moxy_cache_hash(const char *key, size_t len)
@@ -150,11 +150,6 @@ moxy_cache_obj_t *moxy_cache_find(const char *key, size_t klen, uint64_t hash,
     pthread_mutex_unlock(&s->lock);
     if (found) moxy_cache_obj_touch(found);
     return found;
-}
-
-void moxy_cache_count(int hit)
-{
-    atomic_fetch_add_explicit(hit ? &C.hits : &C.misses, 1, memory_order_relaxed);
 }
 
 moxy_cache_obj_t *moxy_cache_obj_new(const char *key, size_t klen, uint64_t hash)
@@ -549,8 +544,6 @@ void moxy_cache_stats(moxy_cache_stats_t *out)
     out->capacity = C.capacity;
     out->used = atomic_load(&C.used);
     out->objects = atomic_load(&C.objects);
-    out->hits = atomic_load(&C.hits);
-    out->misses = atomic_load(&C.misses);
     out->stores = atomic_load(&C.stores);
     out->evictions = atomic_load(&C.evictions);
     out->invalidations = atomic_load(&C.invalidations);

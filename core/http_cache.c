@@ -107,6 +107,15 @@ static void set_status_field(moxy_req_t *r, const char *fmt, ...)
 
 /* --- the request --- */
 
+/* Count r's lookup as a hit or a miss, in its worker's counts (r's own
+ * thread: one writer, no locked instruction on the request path). */
+static void count_lookup(moxy_req_t *r, int hit)
+{
+    moxy_stats_t *st = &r->c->w->stats;
+    if (hit) MOXY_STAT_ADD(st->cache_hits, 1);
+    else MOXY_STAT_ADD(st->cache_misses, 1);
+}
+
 static int unsafe_method(int m)
 {
     return m == HTTP_POST || m == HTTP_PUT || m == HTTP_DELETE || m == HTTP_PATCH;
@@ -367,7 +376,7 @@ static int lookup(moxy_req_t *r)
             age - life <= cc.max_stale && cc.max_age != 0)
             fresh = 1; /* the client accepts it stale */
         if (fresh && !reload) {
-            moxy_cache_count(1);
+            count_lookup(r, 1);
             r->cache_state = MOXY_CACHE_HIT;
             serve(r, o, now);
             return MOXY_DONE;
@@ -377,7 +386,7 @@ static int lookup(moxy_req_t *r)
         if (!reload && life >= 0 && o->stale_while_revalidate >= 0 && !o->must_revalidate && !o->no_cache &&
             age - life <= o->stale_while_revalidate && r->method == HTTP_GET &&
             moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash)) {
-            moxy_cache_count(1);
+            count_lookup(r, 1);
             r->cache_state = MOXY_CACHE_STALE;
             serve(r, o, now);
             return MOXY_DONE;
@@ -389,7 +398,7 @@ static int lookup(moxy_req_t *r)
         set_status_field(r, seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss");
     }
     if (cc.only_if_cached) {
-        moxy_cache_count(0);
+        count_lookup(r, 0);
         moxy_resp_error(r, 504, "not in cache (only-if-cached)");
         return MOXY_DONE;
     }
@@ -399,7 +408,7 @@ static int lookup(moxy_req_t *r)
         if (moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash)) r->cache_leader = 1;
         else if (wait_start(r, timeout) == MOXY_DONE) return MOXY_DONE;
     }
-    moxy_cache_count(0);
+    count_lookup(r, 0);
     return MOXY_DECLINED;
 }
 
@@ -461,7 +470,7 @@ static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     r->cache_streaming = 1;
     r->cache_collapsed = 1;
     r->cache_state = MOXY_CACHE_HIT;
-    moxy_cache_count(1);
+    count_lookup(r, 1);
     serve(r, o, now); /* takes the reference */
     return 1;
 }
@@ -485,7 +494,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
         r->cache_wait = NULL;
         r->cache_collapsed = 1;
         r->cache_state = MOXY_CACHE_HIT;
-        moxy_cache_count(1);
+        count_lookup(r, 1);
         serve(r, o, now);
         return;
     }
@@ -497,7 +506,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     r->cache_wait = NULL; /* the leader is gone without a usable object, or the wait is over: go */
-    moxy_cache_count(0);
+    count_lookup(r, 0);
     moxy_upstream_try(r);
 }
 
@@ -793,7 +802,7 @@ void moxy_cache_answer_kept(moxy_req_t *r)
     r->cache_conditional = 0;
     r->cache_head.h = NULL; /* nothing of the origin's is stored */
     r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
-    if (r->cache_fwd_status == 304) moxy_cache_count(1);
+    if (r->cache_fwd_status == 304) count_lookup(r, 1);
     serve(r, o, wall_now(r));
 }
 

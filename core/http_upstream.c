@@ -167,17 +167,29 @@ static void up_release(moxy_upconn_t *u)
     if (--u->busy == 0 && u->dead) up_free(u);
 }
 
+/* u (idle, in rt) leaves rt's idle list; the idle-connections gauge follows. */
+static void idle_take(moxy_pool_rt_t *rt, moxy_upconn_t *u)
+{
+    TAILQ_REMOVE(&rt->idle[u->server], u, idle_link);
+    rt->nidle--;
+    MOXY_STAT_SET(rt->stats->idle, rt->nidle);
+    u->idle = 0;
+}
+
+/* u joins rt's idle list, newest first; the idle-connections gauge follows. */
+static void idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u)
+{
+    TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
+    rt->nidle++;
+    MOXY_STAT_SET(rt->stats->idle, rt->nidle);
+    u->idle = 1;
+}
+
 void moxy_upconn_close(moxy_upconn_t *u)
 {
     if (u->dead) return;
     u->dead = 1;
-    if (u->idle) {
-        moxy_pool_rt_t *rt = &u->g->pools[u->pool];
-        TAILQ_REMOVE(&rt->idle[u->server], u, idle_link);
-        rt->nidle--;
-        MOXY_STAT_SET(rt->stats->idle, rt->nidle);
-        u->idle = 0;
-    }
+    if (u->idle) idle_take(&u->g->pools[u->pool], u);
     if (u->req) {
         u->req->up = NULL;
         u->req = NULL;
@@ -516,10 +528,7 @@ static void try_connect(moxy_req_t *r)
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
     while (rt && r->tries == 1 && !r->fresh_conn && (u = TAILQ_FIRST(&rt->idle[r->server]))) {
-        TAILQ_REMOVE(&rt->idle[r->server], u, idle_link);
-        rt->nidle--;
-        MOXY_STAT_SET(rt->stats->idle, rt->nidle);
-        u->idle = 0;
+        idle_take(rt, u);
         if (u->addr_gen == gen) break;
         moxy_upconn_close(u); /* the name resolves elsewhere now */
         u = NULL;
@@ -658,8 +667,7 @@ static void up_write(moxy_upconn_t *u, short what)
             event_base_gettimeofday_cached(u->w->base, &r->up_connected);
             if (u->pool >= 0)
                 moxy_hist_add(&u->g->pools[u->pool].stats->connect_time,
-                              (long long)(r->up_connected.tv_sec - r->up_started.tv_sec) * 1000000 +
-                                  (r->up_connected.tv_usec - r->up_started.tv_usec));
+                              moxy_tv_us(&r->up_started, &r->up_connected));
         }
         event_del(&u->wev);
         u->writing = 0;
@@ -953,12 +961,9 @@ static void up_finished(moxy_upconn_t *u)
     u->writing = 0;
     event_add(&u->rev, rt->ctv_idle);
     u->reading = 1;
-    u->idle = 1;
     u->field = u->value = NULL;
     u->field_cap = u->value_cap = 0;
-    TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
-    rt->nidle++;
-    MOXY_STAT_SET(rt->stats->idle, rt->nidle);
+    idle_put(rt, u);
 }
 
 /* The origin closed (or reset) before the response head was complete. */

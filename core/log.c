@@ -41,19 +41,12 @@ int moxy_log_open_error(const char *path, int level)
 int moxy_log_open_access(const char *path)
 {
     if (!path || !*path) return MOXY_OK;
-    if (strcmp(path, "stdout") == 0 || strcmp(path, "stderr") == 0) { /* containers: nothing to reopen */
-        int fd = fcntl(path[3] == 'o' ? 1 : 2, F_DUPFD_CLOEXEC, 3);
-        if (fd < 0) return MOXY_ERROR;
-        free(access_path);
-        access_path = NULL;
-        if (access_fd >= 0) close(access_fd);
-        access_fd = fd;
-        return MOXY_OK;
-    }
-    int fd = open_append(path);
+    /* stdout, stderr (containers): a copy of the descriptor, nothing to reopen */
+    int std = strcmp(path, "stdout") == 0 || strcmp(path, "stderr") == 0;
+    int fd = std ? fcntl(path[3] == 'o' ? 1 : 2, F_DUPFD_CLOEXEC, 3) : open_append(path);
     if (fd < 0) return MOXY_ERROR;
     free(access_path);
-    access_path = strdup(path);
+    access_path = std ? NULL : strdup(path);
     if (access_fd >= 0) close(access_fd);
     access_fd = fd;
     return MOXY_OK;

@@ -15,18 +15,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Bucket upper bounds in seconds: from cache-hit fast to slow-origin slow. */
-static const double bounds[MOXY_HIST_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                  0.1,    0.25,  0.5,    1,     2.5,  10};
+/* Bucket upper bounds in microseconds, from cache-hit fast to slow-origin
+ * slow: moxy_hist_add compares integers, and bound_us / 1e6 is the very
+ * double the seconds literal (0.0005, 0.001, ...) would be. */
+static const long long bounds_us[MOXY_HIST_BUCKETS] = {500,    1000,   2500,   5000,    10000,   25000,   50000,
+                                                       100000, 250000, 500000, 1000000, 2500000, 10000000};
 
 double moxy_hist_bound(int i)
 {
-    return bounds[i];
+    return (double)bounds_us[i] / 1e6;
+}
+
+/* w's counts for the pools called name, or NULL (any thread). */
+static const moxy_pool_stats_t *pool_find(const moxy_worker_t *w, const char *name)
+{
+    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
+    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
+        if (strcmp(ps->name, name) == 0) return ps;
+    return NULL;
 }
 
 moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
 {
-    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)moxy_stats_pool_find(w, name);
+    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)pool_find(w, name);
     if (ps) return ps;
     ps = calloc(1, sizeof(*ps));
     if (!ps || !(ps->name = strdup(name))) {
@@ -36,14 +47,6 @@ moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
     ps->next = atomic_load_explicit(&w->stats.pools, memory_order_relaxed);
     atomic_store_explicit(&w->stats.pools, ps, memory_order_release);
     return ps;
-}
-
-const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name)
-{
-    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
-    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
-        if (strcmp(ps->name, name) == 0) return ps;
-    return NULL;
 }
 
 void moxy_stats_free(moxy_worker_t *w)
@@ -60,16 +63,10 @@ void moxy_stats_free(moxy_worker_t *w)
 void moxy_hist_add(moxy_hist_t *h, long long us)
 {
     if (us < 0) us = 0;
-    double s = (double)us / 1e6;
     int i = 0;
-    while (i < MOXY_HIST_BUCKETS && s > bounds[i]) i++;
+    while (i < MOXY_HIST_BUCKETS && us > bounds_us[i]) i++;
     MOXY_STAT_ADD(h->bucket[i], 1);
     MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
-}
-
-static long long tv_us(const struct timeval *a, const struct timeval *b)
-{
-    return (long long)(b->tv_sec - a->tv_sec) * 1000000 + (b->tv_usec - a->tv_usec);
 }
 
 void moxy_stats_request(moxy_req_t *r)
@@ -79,17 +76,33 @@ void moxy_stats_request(moxy_req_t *r)
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
-    moxy_hist_add(&w->stats.duration, tv_us(&r->started, &now));
+    moxy_hist_add(&w->stats.duration, moxy_tv_us(&r->started, &now));
     if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
         moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
         MOXY_STAT_ADD(ps->requests[cls], 1);
-        if (evutil_timerisset(&r->up_header)) moxy_hist_add(&ps->header_time, tv_us(&r->up_started, &r->up_header));
+        if (evutil_timerisset(&r->up_header))
+            moxy_hist_add(&ps->header_time, moxy_tv_us(&r->up_started, &r->up_header));
+    }
+}
+
+#define LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
+
+void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < n; i++) {
+        const moxy_stats_t *st = &workers[i]->stats;
+        out->conns += LOAD(workers[i]->nconns);
+        for (int c = 0; c < 6; c++) out->requests[c] += LOAD(st->requests[c]);
+        for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) out->duration[b] += LOAD(st->duration.bucket[b]);
+        out->lua_errors += LOAD(st->lua_errors);
+        out->budget_kills += LOAD(st->budget_kills);
+        out->cache_hits += LOAD(st->cache_hits);
+        out->cache_misses += LOAD(st->cache_misses);
     }
 }
 
 /* --- rendering --- */
-
-#define LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
 
 static const char *const class_names[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
 
@@ -108,46 +121,43 @@ static void head(struct evbuffer *out, const char *name, const char *type, const
     evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* The histogram name{labels} (labels: "" or `pool="x",`) of the summed h[0..n). */
+/* The histogram name{labels} (labels: "" or `pool="x"`) of the summed h[0..n). */
 static void put_hist(struct evbuffer *out, const char *name, const char *labels, moxy_hist_t *const *h, int n)
 {
     unsigned long long cum = 0, sum_us = 0;
+    const char *sep = *labels ? "," : "";
     for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) {
         for (int i = 0; i < n; i++) cum += LOAD(h[i]->bucket[b]);
         if (b < MOXY_HIST_BUCKETS)
-            evbuffer_add_printf(out, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, bounds[b], cum);
+            evbuffer_add_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, moxy_hist_bound(b), cum);
         else
-            evbuffer_add_printf(out, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, cum);
+            evbuffer_add_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, cum);
     }
     for (int i = 0; i < n; i++) sum_us += LOAD(h[i]->sum_us);
-    /* the label set without its trailing comma, or nothing */
-    size_t ll = strlen(labels);
-    if (ll)
-        evbuffer_add_printf(out, "%s_sum{%.*s} %.6f\n%s_count{%.*s} %llu\n", name, (int)ll - 1, labels,
-                            (double)sum_us / 1e6, name, (int)ll - 1, labels, cum);
+    if (*labels)
+        evbuffer_add_printf(out, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels, (double)sum_us / 1e6, name,
+                            labels, cum);
     else
         evbuffer_add_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_us / 1e6, name, cum);
 }
 
-static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
+                            const moxy_stats_total_t *tot)
 {
     head(out, "moxy_requests_total", "counter", "Requests answered, by status class.");
-    for (int c = 0; c < 6; c++) {
-        unsigned long long v = 0;
-        for (int i = 0; i < n; i++) v += LOAD(workers[i]->stats.requests[c]);
-        evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], v);
-    }
+    for (int c = 0; c < 6; c++)
+        evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], tot->requests[c]);
     head(out, "moxy_pool_requests_total", "counter", "Requests answered, by upstream pool and status class.");
     for (int p = 0; p < conf->nupstreams; p++) {
+        unsigned long long v[6] = {0};
+        for (int i = 0; i < n; i++) {
+            const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
+            for (int c = 0; ps && c < 6; c++) v[c] += LOAD(ps->requests[c]);
+        }
         for (int c = 0; c < 6; c++) {
-            unsigned long long v = 0;
-            for (int i = 0; i < n; i++) {
-                const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
-                if (ps) v += LOAD(ps->requests[c]);
-            }
             evbuffer_add(out, "moxy_pool_requests_total{pool=\"", 31);
             put_label(out, conf->upstreams[p].name);
-            evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v);
+            evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v[c]);
         }
     }
     moxy_hist_t *h[n > 0 ? n : 1];
@@ -171,9 +181,9 @@ static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers,
         for (int p = 0; p < conf->nupstreams; p++) {
             /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
             char labels[300];
-            snprintf(labels, sizeof(labels), "pool=\"%.200s\",", conf->upstreams[p].name);
+            snprintf(labels, sizeof(labels), "pool=\"%.200s\"", conf->upstreams[p].name);
             for (int i = 0; i < n; i++) {
-                const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[i], conf->upstreams[p].name);
+                const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
                 h[i] = ps ? (moxy_hist_t *)((char *)ps + pool_hists[k].offset) : &none;
             }
             put_hist(out, pool_hists[k].name, labels, h, n);
@@ -206,7 +216,7 @@ static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t
     if (m == 1) return (double)atomic_load(&up->budget_denied);
     long long v = 0;
     for (int k = 0; k < n; k++) {
-        const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[k], conf->upstreams[i].name);
+        const moxy_pool_stats_t *ps = pool_find(workers[k], conf->upstreams[i].name);
         if (ps) v += LOAD(ps->idle);
     }
     return (double)v;
@@ -290,7 +300,7 @@ static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
     }
 }
 
-static void render_cache(struct evbuffer *out)
+static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
 {
     if (!moxy_cache_enabled()) return;
     moxy_cache_stats_t cs;
@@ -302,8 +312,8 @@ static void render_cache(struct evbuffer *out)
         {"moxy_cache_capacity_bytes", "gauge", "Bytes the cache may hold (cache.size).", (double)cs.capacity},
         {"moxy_cache_used_bytes", "gauge", "Bytes the cache holds (objects, their heads and bookkeeping).", (double)cs.used},
         {"moxy_cache_objects", "gauge", "Objects in the cache.", (double)cs.objects},
-        {"moxy_cache_hits_total", "counter", "Lookups answered from the cache.", (double)cs.hits},
-        {"moxy_cache_misses_total", "counter", "Lookups that went to the origin (no object, stale, or the request asked).", (double)cs.misses},
+        {"moxy_cache_hits_total", "counter", "Lookups answered from the cache.", (double)tot->cache_hits},
+        {"moxy_cache_misses_total", "counter", "Lookups that went to the origin (no object, stale, or the request asked).", (double)tot->cache_misses},
         {"moxy_cache_stores_total", "counter", "Responses stored.", (double)cs.stores},
         {"moxy_cache_evictions_total", "counter", "Objects evicted to make room.", (double)cs.evictions},
         {"moxy_cache_invalidations_total", "counter", "Objects dropped by unsafe methods and purges.", (double)cs.invalidations},
@@ -334,29 +344,23 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     evbuffer_add_printf(out, "moxy_last_reload_timestamp_seconds %.3f\n", rs->at);
     head(out, "moxy_workers", "gauge", "Worker threads.");
     evbuffer_add_printf(out, "moxy_workers %d\n", n);
+    moxy_stats_total_t tot;
+    moxy_stats_sum(workers, n, &tot);
     head(out, "moxy_connections", "gauge", "Open client connections.");
-    long long conns = 0;
-    unsigned long long lua_errors = 0;
-    for (int i = 0; i < n; i++) {
-        conns += LOAD(workers[i]->nconns);
-        lua_errors += LOAD(workers[i]->stats.lua_errors);
-    }
-    evbuffer_add_printf(out, "moxy_connections %lld\n", conns);
+    evbuffer_add_printf(out, "moxy_connections %lld\n", tot.conns);
     head(out, "moxy_lua_errors_total", "counter",
          "Hook and timer runs that failed: script errors, CPU budget and memory limit.");
-    evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", lua_errors);
+    evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", tot.lua_errors);
     head(out, "moxy_lua_budget_kills_total", "counter", "Hook and timer runs stopped past lua.cpu_budget.");
-    unsigned long long kills = 0;
-    for (int i = 0; i < n; i++) kills += LOAD(workers[i]->stats.budget_kills);
-    evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", kills);
+    evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", tot.budget_kills);
     head(out, "moxy_worker_loop_lag_seconds", "gauge",
          "How late each worker's one-second timer fired last: time its event loop was kept busy.");
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(out, "moxy_worker_loop_lag_seconds{worker=\"%d\"} %.6f\n", workers[i]->id,
                             (double)LOAD(workers[i]->stats.loop_lag_us) / 1e6);
-    render_requests(out, workers, n, conf);
+    render_requests(out, workers, n, conf, &tot);
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
-    render_cache(out);
+    render_cache(out, &tot);
     return MOXY_OK;
 }

@@ -16,7 +16,7 @@
 
 struct evbuffer;
 
-#define MOXY_HIST_BUCKETS 13 /* upper bounds (seconds) in metrics.c, then +Inf */
+#define MOXY_HIST_BUCKETS 13 /* upper bounds (whole µs) in metrics.c, then +Inf */
 
 /* A latency histogram: counts per bucket (not cumulative) and the sum. */
 typedef struct {
@@ -47,10 +47,21 @@ typedef struct {
     moxy_hist_t duration;      /* first byte to last byte, every request */
     atomic_ullong lua_errors;  /* hook runs that failed (script errors, budget, memory) */
     atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
+    atomic_ullong cache_hits;   /* cache lookups answered from the cache */
+    atomic_ullong cache_misses; /* cache lookups that went to the origin */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
 } moxy_stats_t;
+
+/* The workers' counts summed (moxy_stats_sum). */
+typedef struct {
+    long long conns;                                    /* open client connections */
+    unsigned long long requests[6];                     /* by status class */
+    unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
+    unsigned long long lua_errors, budget_kills;
+    unsigned long long cache_hits, cache_misses; /* cache lookups */
+} moxy_stats_total_t;
 
 /* Add n to a counter only its worker writes (no locked instruction). */
 #define MOXY_STAT_ADD(v, n) \
@@ -61,11 +72,12 @@ typedef struct {
  * before it runs).  NULL when out of memory. */
 moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name);
 
-/* w's counts for the pools called name, or NULL (any thread). */
-const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name);
-
 /* Free w's per-pool counts (the worker is over). */
 void moxy_stats_free(moxy_worker_t *w);
+
+/* Sum the n workers' counts into *out (relaxed loads, any thread: each
+ * count is read as it is at that moment). */
+void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out);
 
 /* Count us microseconds in h (its worker's thread). */
 void moxy_hist_add(moxy_hist_t *h, long long us);

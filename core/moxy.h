@@ -82,6 +82,13 @@ static inline struct timeval moxy_timeval(double s)
     return tv;
 }
 
+/* Microseconds from `from` to `to` (negative when `to` is earlier), exact
+ * in integers: neither needs to be normalised. */
+static inline long long moxy_tv_us(const struct timeval *from, const struct timeval *to)
+{
+    return (long long)(to->tv_sec - from->tv_sec) * 1000000 + (to->tv_usec - from->tv_usec);
+}
+
 /* Milliseconds of the coarse monotonic clock (a few ms of resolution, a
  * vDSO read): deadlines, ejections, budgets. */
 static inline long long moxy_mono_ms(void)

@@ -40,6 +40,21 @@ enum {
     MOXY_PEER_DRAINED,    /* takes no new requests */
     MOXY_PEER_UNRESOLVED, /* a name that never resolved */
 };
+#define MOXY_PEER_NSTATES (MOXY_PEER_UNRESOLVED + 1)
+
+/* The name of peer state s (MOXY_PEER_*, 0 <= s < MOXY_PEER_NSTATES), as
+ * /status and /history show it (upstream.lua's STATES has the same). */
+static inline const char *moxy_peer_state_name(int s)
+{
+    static const char *const names[MOXY_PEER_NSTATES] = {
+        [MOXY_PEER_UP] = "up",
+        [MOXY_PEER_DOWN] = "down",
+        [MOXY_PEER_UNHEALTHY] = "unhealthy",
+        [MOXY_PEER_DRAINED] = "drained",
+        [MOXY_PEER_UNRESOLVED] = "unresolved",
+    };
+    return names[s];
+}
 
 typedef struct moxy_peer_s {
     const moxy_server_conf_t *conf; /* address text, weight, backup, max_conns, slow_start */
