@@ -41,12 +41,6 @@ static size_t put_escaped(char *p, size_t room, const char *s, size_t n, int jso
     return o;
 }
 
-static const moxy_header_t *find(const moxy_req_t *r, const char *name, size_t n)
-{
-    int i = moxy_headers_find(&r->headers, name, n, 0);
-    return i < 0 ? NULL : &r->headers.h[i];
-}
-
 /* The JSON format's key of each field (MOXY_ALF_*). */
 static const char *const json_keys[MOXY_ALF_COUNT] = {
     [MOXY_ALF_TIME] = "time",
@@ -148,7 +142,8 @@ void moxy_access_log(moxy_req_t *r)
     const char *method = r->method_name ? r->method_name : "-";
     const char *uri = r->uri ? r->uri : "-";
     size_t urilen = r->uri ? r->uri_len : 1;
-    const moxy_header_t *ref = find(r, "Referer", 7), *ua = find(r, "User-Agent", 10);
+    const moxy_header_t *ref = moxy_headers_get(&r->headers, "Referer", 7),
+                        *ua = moxy_headers_get(&r->headers, "User-Agent", 10);
     const char *upstream = r->peer ? r->peer : "-";
     int status = r->status ? r->status : 0;
 

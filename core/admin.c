@@ -392,7 +392,7 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
         goto err;
     }
     moxy_log_info("admin listener on %s%s", conf->admin.addr.text,
-                  conf->admin.token ? "" : " (no admin.token: reload, drain and enable are refused)");
+                  conf->admin.token ? "" : " (no admin.token: reload, purge, drain and enable are refused)");
     return MOXY_OK;
 err:
     moxy_admin_stop();

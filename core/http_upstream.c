@@ -131,9 +131,7 @@ static void try_report(moxy_req_t *r, int ok)
     r->reported = 1;
     long long us = 0;
     if (ok && evutil_timerisset(&r->up_header)) {
-        struct timeval d;
-        evutil_timersub(&r->up_header, &r->up_started, &d);
-        us = (long long)d.tv_sec * 1000000 + d.tv_usec;
+        us = moxy_tv_us(&r->up_started, &r->up_header);
         if (us <= 0) us = 1;
     }
     moxy_peer_report(p, ok, us);
