@@ -564,7 +564,10 @@ int moxy_cache_request(moxy_req_t *r)
         if (make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
         return MOXY_DECLINED;
     }
-    if (r->method != HTTP_GET && r->method != HTTP_HEAD) return MOXY_DECLINED;
+    /* a protocol switch (WebSocket) is neither answered from the cache nor
+     * coalesced: its 101 is no response to keep, and a waiter would wait
+     * for a tunnel to end */
+    if ((r->method != HTTP_GET && r->method != HTTP_HEAD) || r->upgrade) return MOXY_DECLINED;
     if (r->cache_bypass) return lookup(r);
     if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
     if (!moxy_lua_has(r->g, MOXY_PHASE_CACHE_KEY)) return lookup(r);

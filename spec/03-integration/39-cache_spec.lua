@@ -465,6 +465,27 @@ return {
     assert.is_true(helpers.now() - t0 < 2.5, "waiters waited for the coalescing timeout")
   end)
 
+  it("leaves WebSocket handshakes alone: two to one path at once both switch at once, with no Cache-Status", function()
+    local ws = {
+      { "Upgrade", "websocket" }, { "Connection", "Upgrade" },
+      { "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==" }, { "Sec-WebSocket-Version", "13" },
+    }
+    local first = assert(helpers.connection(m.port))
+    local res = assert(first:request({ path = "/ws", headers = ws }))
+    assert.equal(101, res.status)
+    assert.is_nil(res:header("cache-status"))
+    -- the first tunnel is open: a second handshake must not wait for it
+    -- (cache.coalesce_timeout, 5 s, if it were taken for a miss)
+    local second = assert(helpers.connection(m.port))
+    local t0 = helpers.now()
+    res = assert(second:request({ path = "/ws", headers = ws }))
+    local took = helpers.now() - t0
+    assert.equal(101, res.status)
+    assert.is_true(took < 2.5, ("the second handshake took %.1f s"):format(took))
+    first:close()
+    second:close()
+  end)
+
   it("stays within cache.size and counts what it did", function()
     -- 8 MiB of cache, 120 objects of 100 KB
     for i = 1, 120 do
