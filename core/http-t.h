@@ -263,6 +263,8 @@ struct moxy_req_s {
     double cache_wait_until;       /* then it goes to the origin itself */
     int cache_wait_ms;             /* the next look's delay */
     moxy_headers_t cache_head;     /* the origin's head before on_response (request pool) */
+    const char *cache_fwd;         /* the lookup's Cache-Status ("moxy; fwd=uri-miss"...), added to
+                                      the origin's head that answers; NULL: no lookup */
 
     /* timing */
     struct timeval started;

@@ -348,7 +348,7 @@ static int lookup(moxy_req_t *r)
 {
     if (r->cache_bypass) {
         r->cache_state = MOXY_CACHE_BYPASS;
-        set_status_field(r, "moxy; fwd=bypass");
+        r->cache_fwd = "moxy; fwd=bypass";
         return MOXY_DECLINED;
     }
     r->cache_lookup = 1;
@@ -392,10 +392,10 @@ static int lookup(moxy_req_t *r)
             return MOXY_DONE;
         }
         if (!reload) r->cache_state = MOXY_CACHE_STALE;
-        set_status_field(r, reload ? "moxy; fwd=request" : "moxy; fwd=stale");
+        r->cache_fwd = reload ? "moxy; fwd=request" : "moxy; fwd=stale";
         keep_stale(r, o, now); /* for a revalidation, or stale-if-error */
     } else {
-        set_status_field(r, seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss");
+        r->cache_fwd = seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss";
     }
     if (cc.only_if_cached) {
         count_lookup(r, 0);
@@ -819,13 +819,20 @@ void moxy_cache_response_head(moxy_req_t *r)
         }
         return;
     }
-    if (!r->cache_lookup || r->cache_no_store) return;
-    /* the origin's head as it came: what is stored, whatever on_response does */
-    moxy_headers_t *hs = &r->cache_head;
-    hs->h = moxy_palloc(&r->c->pool, (r->resp_headers.n + 1) * sizeof(moxy_header_t));
-    if (!hs->h) return;
-    memcpy(hs->h, r->resp_headers.h, r->resp_headers.n * sizeof(moxy_header_t));
-    hs->n = hs->cap = r->resp_headers.n;
+    if (!r->cache_fwd) return; /* not looked up: a method the cache leaves alone */
+    if (r->cache_lookup && !r->cache_no_store) {
+        /* the origin's head as it came: what is stored, whatever on_response does */
+        moxy_headers_t *hs = &r->cache_head;
+        hs->h = moxy_palloc(&r->c->pool, (r->resp_headers.n + 1) * sizeof(moxy_header_t));
+        if (hs->h) {
+            memcpy(hs->h, r->resp_headers.h, r->resp_headers.n * sizeof(moxy_header_t));
+            hs->n = hs->cap = r->resp_headers.n;
+        }
+    }
+    /* the lookup's verdict on the response that answers it (not on a 1xx,
+     * nor on a try that is retried), after the entries of caches nearer the
+     * origin (RFC 9211 2) */
+    moxy_headers_add(&r->c->pool, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
 }
 
 void moxy_cache_response_decide(moxy_req_t *r)
@@ -884,10 +891,8 @@ void moxy_cache_response_decide(moxy_req_t *r)
         o->expected = r->resp_body_left; /* waiters may stream from it as it fills */
         moxy_cache_flight_attach(r->cache_key, r->cache_klen, r->cache_hash, o);
     }
-    /* Cache-Status so far was set at lookup: add that this one is stored */
-    int i = moxy_headers_find(&r->resp_headers, "Cache-Status", 12, 0);
-    const char *was = i >= 0 ? r->resp_headers.h[i].value : "moxy; fwd=miss";
-    set_status_field(r, "%s; stored; ttl=%.0f", was, floor(life - o->initial_age));
+    /* the lookup's Cache-Status, and that this response is stored */
+    set_status_field(r, "%s; stored; ttl=%.0f", r->cache_fwd, floor(life - o->initial_age));
     return;
 fail:
     moxy_cache_obj_unref(o);

@@ -465,6 +465,15 @@ return {
     assert.is_true(helpers.now() - t0 < 2.5, "waiters waited for the coalescing timeout")
   end)
 
+  it("puts Cache-Status on the response that answers, not on a 103 Early Hints before it", function()
+    n = n + 1
+    local res = get("/early-hints?case=" .. n)
+    assert.equal(200, res.status)
+    assert.equal(1, #res.interim, "no 103 forwarded")
+    assert.is_nil(res.interim[1]:header("cache-status"))
+    assert.equal("moxy; fwd=uri-miss", res:header("cache-status"))
+  end)
+
   it("leaves WebSocket handshakes alone: two to one path at once both switch at once, with no Cache-Status", function()
     local ws = {
       { "Upgrade", "websocket" }, { "Connection", "Upgrade" },
