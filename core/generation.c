@@ -178,9 +178,9 @@ moxy_gen_t *moxy_gen_load(const char *path, const moxy_gen_t *cur, int nworkers,
         fprintf(err, "moxy: out of memory\n");
         goto err;
     }
-    if (!cc && moxy_geoip_open_all(conf) != MOXY_OK) goto err;
+    if (!cc && moxy_geoip_open_all(conf, err) != MOXY_OK) goto err;
     /* moxy.shared dicts: init hooks and workers may use them (kept by name) */
-    if (moxy_shdict_create_all(conf) != MOXY_OK) goto err;
+    if (moxy_shdict_create_all(conf, err) != MOXY_OK) goto err;
     /* the HTTP cache: made once, kept by reloads */
     if (conf->cache.enabled && nworkers >= 0 && moxy_cache_create(conf->cache.size, conf->cache.max_object) != MOXY_OK) {
         fprintf(err, "moxy: out of memory for the cache\n");

@@ -225,7 +225,7 @@ int moxy_geoip_open(const char *const *names, const char *const *paths, int n, c
     return MOXY_OK;
 }
 
-int moxy_geoip_open_all(const moxy_conf_t *conf)
+int moxy_geoip_open_all(const moxy_conf_t *conf, FILE *out)
 {
     if (registry_reset(conf->ngeoip) != MOXY_OK) return MOXY_ERROR;
     int rc = MOXY_OK;
@@ -233,7 +233,7 @@ int moxy_geoip_open_all(const moxy_conf_t *conf)
         const moxy_geoip_conf_t *gc = &conf->geoip[i];
         char err[300];
         if (open_one(gc->name, gc->path, err, sizeof(err)) != MOXY_OK) {
-            fprintf(stderr, "%s:%d: geoip.%s: %s\n", conf->path, gc->line, gc->name, err);
+            fprintf(out, "%s:%d: geoip.%s: %s\n", conf->path, gc->line, gc->name, err);
             rc = MOXY_ERROR;
         }
     }

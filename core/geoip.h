@@ -25,9 +25,9 @@
 #include <event2/event.h>
 
 /* Open every database of conf (main thread, before the workers start).
- * MOXY_OK, or MOXY_ERROR after printing "file:line: geoip.NAME: why" to
- * stderr for each that cannot be opened. */
-int moxy_geoip_open_all(const moxy_conf_t *conf);
+ * MOXY_OK, or MOXY_ERROR after writing "file:line: geoip.NAME: why" to err
+ * for each that cannot be opened. */
+int moxy_geoip_open_all(const moxy_conf_t *conf, FILE *err);
 
 /* Replace the registry with the n databases names[i] at paths[i] (moxy
  * test's t.run{geoip = ...}; no worker may run).  MOXY_OK, or MOXY_ERROR

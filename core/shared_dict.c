@@ -364,12 +364,12 @@ moxy_shdict_t *moxy_shdict_open(const char *name, size_t len, size_t size)
     return d;
 }
 
-int moxy_shdict_create_all(const moxy_conf_t *conf)
+int moxy_shdict_create_all(const moxy_conf_t *conf, FILE *err)
 {
     for (int i = 0; i < conf->nshared; i++) {
         const moxy_shared_conf_t *sc = &conf->shared[i];
         if (!moxy_shdict_open(sc->name, strlen(sc->name), sc->size)) {
-            fprintf(stderr, "moxy: shared.%s: cannot create the dict: out of memory\n", sc->name);
+            fprintf(err, "moxy: shared.%s: cannot create the dict: out of memory\n", sc->name);
             return MOXY_ERROR;
         }
     }

@@ -35,8 +35,8 @@ typedef struct moxy_shdict_s moxy_shdict_t;
 
 /* Create every dict conf->shared declares, keeping (with their data) those
  * the registry already holds.  Call on the main thread before the workers
- * start.  MOXY_OK, or MOXY_ERROR after printing why (out of memory). */
-int moxy_shdict_create_all(const moxy_conf_t *conf);
+ * start.  MOXY_OK, or MOXY_ERROR after writing why to err (out of memory). */
+int moxy_shdict_create_all(const moxy_conf_t *conf, FILE *err);
 
 /* The dict called name (len bytes), created with a budget of size bytes when
  * the registry does not hold it yet.  Thread-safe.  NULL when out of memory
