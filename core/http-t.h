@@ -112,7 +112,7 @@ enum {
 };
 
 /* Where a request stands with the cache (txn.cache.status). */
-enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT };
+enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT, MOXY_CACHE_REFRESH };
 
 /* A listening socket of one worker. */
 struct moxy_listener_s {
@@ -258,6 +258,7 @@ struct moxy_req_s {
     unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
     unsigned cache_collapsed : 1;  /* answered with what another request fetched */
     unsigned cache_streaming : 1;  /* streams from the object another request fills */
+    unsigned cache_refresh : 1;    /* a background refresh of a stale object (stale-while-revalidate) */
     uint64_t cache_sent;           /* of that object, the bytes sent so far */
     struct event *cache_wait;      /* waiting for the leader's response (request pool), or NULL */
     double cache_wait_until;       /* then it goes to the origin itself */
@@ -292,6 +293,8 @@ struct moxy_client_s {
     int busy;                   /* event callbacks on the stack that use c */
     unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
     unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
+    unsigned socketless : 1;    /* a request moxy makes itself (a cache refresh): no socket,
+                                   what it would send is dropped (moxy_req_background) */
     uint32_t read_size;         /* next body read (io.h) */
     uint16_t port;              /* the client's: the PROXY header's source, else sock_port */
     uint16_t sock_port;         /* the TCP peer's */

@@ -24,6 +24,15 @@ void moxy_upstream_http_init(void);
 /* Take over an accepted, non-blocking socket fd from listener listen_index. */
 void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index);
 
+/* A request moxy makes itself on from's worker and generation (a cache
+ * refresh in the background): a GET of from's URI with from's headers as
+ * its hooks left them, less the client's conditions and Range, to from's
+ * pool or peer, on a connection without a socket whose output is dropped.
+ * It runs the origin-side phases and on_log (its txn.ctx is from's), is
+ * logged, and ends on its own.  Not started: the caller sets it up, then
+ * calls moxy_upstream_try.  NULL: out of memory. */
+moxy_req_t *moxy_req_background(moxy_req_t *from);
+
 /* Keep c's memory valid across calls that may close it (an event callback
  * holds its client); release frees it if it was closed meanwhile.  After any
  * call that may close c, check c->dead. */

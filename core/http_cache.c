@@ -343,6 +343,53 @@ static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 
 static int wait_start(moxy_req_t *r, double timeout);
 
+static void refresh_go(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_req_t *r = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    r->cache_wait = NULL;
+    moxy_upstream_try(r);
+}
+
+/* r found o stale within its stale-while-revalidate window, and no
+ * request is at the origin for its key: start one in the background
+ * (moxy_req_background) that revalidates o, or fetches it again, and
+ * stores the answer; it leads the key's flight, so that it is the only
+ * one.  It starts from the loop, after r's hit is on its way.  MOXY_OK;
+ * MOXY_DECLINED when another request took the key meanwhile (r may serve
+ * stale all the same); MOXY_ERROR: r must refresh it itself. */
+static int refresh_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
+{
+    if (!moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash)) return MOXY_DECLINED;
+    moxy_req_t *b = moxy_req_background(r);
+    struct event *ev = b ? moxy_palloc(&b->c->pool, sizeof(*ev)) : NULL;
+    char *key = b ? moxy_pstrdup(&b->c->pool, r->cache_key, r->cache_klen) : NULL;
+    if (!ev || !key) {
+        moxy_cache_flight_end(r->cache_key, r->cache_klen, r->cache_hash, 0);
+        if (b) {
+            b->error = "out of memory";
+            moxy_client_close(b->c);
+        }
+        return MOXY_ERROR;
+    }
+    b->cache_key = key;
+    b->cache_klen = r->cache_klen;
+    b->cache_hash = r->cache_hash;
+    b->cache_lookup = 1;
+    b->cache_leader = 1;
+    b->cache_refresh = 1;
+    b->cache_state = MOXY_CACHE_REFRESH;
+    b->cache_fwd = "moxy; fwd=stale";
+    moxy_cache_obj_ref(o);
+    keep_stale(b, o, now); /* its validators; an origin that fails leaves o as it is */
+    moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s: stale, refreshed in the background (request %s)", r->cache_key, b->id);
+    evtimer_assign(ev, b->c->w->base, refresh_go, b);
+    b->cache_wait = ev; /* deleted if b ends first (moxy_cache_req_free) */
+    event_active(ev, EV_TIMEOUT, 1);
+    return MOXY_OK;
+}
+
 /* The lookup of r, its key made. */
 static int lookup(moxy_req_t *r)
 {
@@ -381,11 +428,12 @@ static int lookup(moxy_req_t *r)
             serve(r, o, now);
             return MOXY_DONE;
         }
-        /* stale-while-revalidate (RFC 5861 3): while another request
-         * refreshes it, this one gets the stale object at once */
+        /* stale-while-revalidate (RFC 5861 3): the stale object at once,
+         * while one request refreshes it in the background */
         if (!reload && life >= 0 && o->stale_while_revalidate >= 0 && !o->must_revalidate && !o->no_cache &&
-            age - life <= o->stale_while_revalidate && r->method == HTTP_GET &&
-            moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash)) {
+            age - life <= o->stale_while_revalidate &&
+            (moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash) ||
+             refresh_start(r, o, now) == MOXY_OK)) {
             count_lookup(r, 1);
             r->cache_state = MOXY_CACHE_STALE;
             serve(r, o, now);
@@ -804,8 +852,10 @@ void moxy_cache_answer_kept(moxy_req_t *r)
     r->cache_reval = NULL;
     r->cache_conditional = 0;
     r->cache_head.h = NULL; /* nothing of the origin's is stored */
-    r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
-    if (r->cache_fwd_status == 304) count_lookup(r, 1);
+    if (!r->cache_refresh) { /* a refresh's lookup was its client request's */
+        r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
+        if (r->cache_fwd_status == 304) count_lookup(r, 1);
+    }
     serve(r, o, wall_now(r));
 }
 
@@ -869,6 +919,10 @@ void moxy_cache_response_decide(moxy_req_t *r)
     if (why) {
         free(vary);
         moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: %s", r->cache_key, why);
+        /* a refresh the origin answered with something not to keep: the
+         * stale object it was to replace is not served any more either
+         * (an origin that fails, 5xx, leaves it for its stale windows) */
+        if (r->cache_refresh && status < 500) moxy_cache_invalidate(r->cache_key, r->cache_klen);
         flight_over(r, 1); /* the waiters go to the origin themselves, new requests too */
         return;
     }

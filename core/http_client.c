@@ -38,11 +38,13 @@ static void request_end(moxy_req_t *r);
 static void request_log(moxy_client_t *c);
 static void request_detached_end(moxy_req_t *r);
 static int client_parse(moxy_client_t *c, const char **reason);
+static int client_ensure_buffers(moxy_client_t *c);
 
 /* --- reading control --- */
 
 static void client_read_timeout(moxy_client_t *c, const struct timeval *tv)
 {
+    if (c->socketless) return; /* nothing to read */
     event_add(&c->rev, tv);
     c->reading = 1;
 }
@@ -151,6 +153,106 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     event_base_gettimeofday_cached(w->base, &now);
     evutil_timeradd(&now, &w->g->tv_client_header, &c->head_deadline);
     client_read_timeout(c, &w->g->tv_client_header);
+}
+
+/* 1 for the request fields a refresh must not carry: the client's own
+ * conditions and Range (the refresh asks for the whole object, with the
+ * stored object's validators). */
+static int client_condition(const moxy_header_t *h)
+{
+    static const struct { const char *name; size_t len; } drop[] = {
+        {"If-None-Match", 13}, {"If-Modified-Since", 17}, {"If-Match", 8},
+        {"If-Unmodified-Since", 19}, {"If-Range", 8}, {"Range", 5},
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(drop); i++)
+        if (moxy_strieq(h->name, h->name_len, drop[i].name, drop[i].len)) return 1;
+    return 0;
+}
+
+/* from's head, as its hooks left it, into r (c's pool); MOXY_ERROR: out of memory. */
+static int request_copy(moxy_req_t *r, const moxy_req_t *from)
+{
+    moxy_pool_t *pool = &r->c->pool;
+    r->method = HTTP_GET;
+    r->method_name = "GET";
+    r->http_major = 1;
+    r->http_minor = 1;
+    if (!(r->uri = moxy_pstrdup(pool, from->uri, from->uri_len))) return MOXY_ERROR;
+    r->uri_len = r->uri_cap = from->uri_len;
+    r->path_len = from->path_len;
+    if (from->host && !(r->host = moxy_pstrdup(pool, from->host, strlen(from->host)))) return MOXY_ERROR;
+    for (uint32_t i = 0; i < from->headers.n; i++) {
+        const moxy_header_t *h = &from->headers.h[i];
+        if (client_condition(h) || (h->kind & (MOXY_HK_CL | MOXY_HK_TE | MOXY_HK_EXPECT))) continue;
+        if (moxy_headers_add(pool, &r->headers, h->name, h->name_len, h->value, h->value_len) != MOXY_OK)
+            return MOXY_ERROR;
+    }
+    if (from->client_ip && !(r->client_ip = moxy_pstrdup(pool, from->client_ip, strlen(from->client_ip))))
+        return MOXY_ERROR;
+    r->client_port = from->client_port;
+    if (from->peer_addr) {
+        moxy_addr_t *a = moxy_palloc(pool, sizeof(*a));
+        if (!a) return MOXY_ERROR;
+        *a = *from->peer_addr;
+        if (!(a->text = moxy_pstrdup(pool, a->text, strlen(a->text)))) return MOXY_ERROR;
+        r->peer_addr = a;
+    }
+    r->pool = from->pool;
+    r->want_server = from->want_server;
+    r->hash = from->hash;
+    r->has_hash = from->has_hash;
+    r->no_filter = from->no_filter;
+    return MOXY_OK;
+}
+
+moxy_req_t *moxy_req_background(moxy_req_t *from)
+{
+    moxy_client_t *fc = from->c;
+    moxy_worker_t *w = fc->w;
+    moxy_client_t *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->w = w;
+    c->fd = -1;
+    c->socketless = 1;
+    c->listen_index = fc->listen_index;
+    c->state = MOXY_C_ACTIVE;
+    c->close_after = 1;
+    c->port = fc->port;
+    c->sock_port = fc->sock_port;
+    memcpy(c->ip, fc->ip, sizeof(c->ip));
+    memcpy(c->sock_ip, fc->sock_ip, sizeof(c->sock_ip));
+    moxy_pool_init(&c->pool);
+    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
+    if (!r || client_ensure_buffers(c) != MOXY_OK) goto fail;
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    c->req = r;
+    r->g = from->g;
+    moxy_wgen_hold(r->g);
+    r->listen_index = from->listen_index;
+    r->server = r->last_server = r->active_server = -1;
+    r->cache_ttl = r->cache_stale = -1;
+    event_base_gettimeofday_cached(w->base, &r->started);
+    llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
+    r->parser.data = c;
+    r->body_kind = MOXY_BODY_NONE;
+    r->body_done = 1;
+    r->retryable = 1;
+    if (request_copy(r, from) != MOXY_OK) {
+        request_end(r);
+        goto fail;
+    }
+    moxy_req_make_id(r);
+    moxy_lua_req_fork(r, from);
+    LIST_INSERT_HEAD(&w->clients, c, link);
+    MOXY_STAT_ADD(w->nconns, 1);
+    return r;
+fail:
+    if (c->in) moxy_worker_buf_put(w, c->in);
+    if (c->out) moxy_worker_buf_put(w, c->out);
+    moxy_pool_reset(&c->pool);
+    free(c);
+    return NULL;
 }
 
 static void client_free(moxy_client_t *c)
@@ -272,9 +374,11 @@ void moxy_client_close(moxy_client_t *c)
         }
         c->req = NULL;
     }
-    event_del(&c->rev);
-    event_del(&c->wev);
-    close(c->fd);
+    if (!c->socketless) {
+        event_del(&c->rev);
+        event_del(&c->wev);
+        close(c->fd);
+    }
     c->fd = -1;
     if (c->busy == 0) client_free(c);
 }
@@ -338,6 +442,10 @@ int moxy_client_send(moxy_client_t *c)
     if (c->dead) return MOXY_ERROR;
     if (!c->out) return MOXY_OK;
     size_t left = evbuffer_get_length(c->out);
+    if (c->socketless) { /* a refresh's response: nobody reads it */
+        evbuffer_drain(c->out, left);
+        left = 0;
+    }
     while (left > 0) {
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0) {

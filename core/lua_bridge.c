@@ -638,6 +638,21 @@ void moxy_lua_req_done(moxy_req_t *r)
     r->txn_ref = 0;
 }
 
+void moxy_lua_req_fork(moxy_req_t *r2, const moxy_req_t *r)
+{
+    if (r->txn_ref <= 0 || r2->g != r->g) return;
+    lua_State *L = r->g->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->txn_ref);
+    lua_createtable(L, 0, 2);
+    if (lua_getmetatable(L, -2)) lua_setmetatable(L, -2); /* txn.lua's Txn */
+    lua_pushliteral(L, "ctx");
+    lua_pushliteral(L, "ctx");
+    lua_rawget(L, -4);
+    lua_rawset(L, -3); /* nil when r's hooks never touched txn.ctx: the new one makes its own */
+    r2->txn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+}
+
 /* Cancel what r's parked hooks wait for and drop their coroutine. */
 static void lua_abort(moxy_req_t *r)
 {

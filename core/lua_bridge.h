@@ -58,6 +58,10 @@ static inline int moxy_lua_has(const moxy_wgen_t *g, int phase)
  * Starting a phase drops an earlier phase's parked hooks the same way. */
 void moxy_lua_req_done(moxy_req_t *r);
 
+/* r2 is a request made from r (moxy_req_background): its hooks get a txn
+ * of their own whose ctx is r's txn.ctx (the same table), when r has one. */
+void moxy_lua_req_fork(moxy_req_t *r2, const moxy_req_t *r);
+
 /* Start the thread that stops hooks running past their generation's
  * lua.cpu_budget on these workers, before the workers start; stop it
  * before they are joined.  budget: the current one (seconds, 0: none),

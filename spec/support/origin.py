@@ -42,7 +42,8 @@ Paths (the query string adds options, see below):
   /stats             JSON {accepted, connections, requests, log}; connections and
                      requests count only non-control traffic (anything but
                      /stats and /reset-stats); log holds one entry per request
-                     head seen: {conn, n, method, target, version, line}, and
+                     head seen: {conn, n, method, target, version, line,
+                     headers [[name, value], ...]}, and
                      an entry {conn, error, line} for unparsable input
   /reset-stats       clears counters and log
   anything else      404
@@ -198,6 +199,7 @@ def read_head(c):
     c.nreq += 1
     r.n = c.nreq
     r.control = r.target.split("?")[0] in CONTROL
+    r.headers = []
     with STATS.lock:
         if not r.control:
             STATS.requests += 1
@@ -210,9 +212,9 @@ def read_head(c):
                     "target": r.target,
                     "version": r.version,
                     "line": r.line,
+                    "headers": r.headers,  # filled below (as lists once serialised)
                 }
             )
-    r.headers = []
     while True:
         line = c.readline()
         h = strip_eol(line)
