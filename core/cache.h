@@ -134,8 +134,14 @@ static inline void moxy_cache_obj_ref(moxy_cache_obj_t *o)
 
 /* --- request coalescing: one origin request per key at a time --- */
 
-/* Register a request for key going to the origin.  1: it is the first (the
- * leader: others wait for what it stores); 0: another is under way. */
+/* What moxy_cache_flight_begin found. */
+enum {
+    MOXY_FLIGHT_WAIT = 0,   /* another request for key is under way */
+    MOXY_FLIGHT_LEADER = 1, /* none was: this one leads (moxy_cache_flight_end when it is over) */
+    MOXY_FLIGHT_FREE = 2,   /* key's last response was not storable: nobody leads nor waits */
+};
+
+/* Register a request for key going to the origin: MOXY_FLIGHT_*. */
 int moxy_cache_flight_begin(const char *key, size_t klen, uint64_t hash);
 
 /* The leader's request for key is over.  no_wait > 0: its response was

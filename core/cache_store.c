@@ -439,22 +439,22 @@ static flight_t **flight_find(stripe_t *s, const char *key, size_t klen, uint64_
 
 int moxy_cache_flight_begin(const char *key, size_t klen, uint64_t hash)
 {
-    if (!C.ready) return 1;
+    if (!C.ready) return MOXY_FLIGHT_FREE;
     stripe_t *s = stripe_of(hash);
     pthread_mutex_lock(&s->lock);
     flight_t **pp = flight_find(s, key, klen, hash), *f = *pp;
-    int leader = 1;
+    int leader = MOXY_FLIGHT_LEADER;
     if (f && f->free_until) { /* a hit-for-miss mark: nobody waits; gone once old */
         if (f->free_until > moxy_mono_ms()) {
             pthread_mutex_unlock(&s->lock);
-            return 1;
+            return MOXY_FLIGHT_FREE;
         }
         *pp = f->next;
         free(f);
         f = NULL;
     }
     if (f) {
-        leader = 0;
+        leader = MOXY_FLIGHT_WAIT;
     } else if ((f = malloc(sizeof(*f) + klen))) {
         f->next = s->flights;
         f->filling = NULL;

@@ -112,7 +112,7 @@ enum {
 };
 
 /* Where a request stands with the cache (txn.cache.status). */
-enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT, MOXY_CACHE_REFRESH };
+enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT, MOXY_CACHE_BACKGROUND };
 
 /* A listening socket of one worker. */
 struct moxy_listener_s {
@@ -258,7 +258,7 @@ struct moxy_req_s {
     unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
     unsigned cache_collapsed : 1;  /* answered with what another request fetched */
     unsigned cache_streaming : 1;  /* streams from the object another request fills */
-    unsigned cache_refresh : 1;    /* a background refresh of a stale object (stale-while-revalidate) */
+    unsigned cache_background : 1;    /* a background refresh of a stale object (stale-while-revalidate) */
     uint64_t cache_sent;           /* of that object, the bytes sent so far */
     struct event *cache_wait;      /* waiting for the leader's response (request pool), or NULL */
     double cache_wait_until;       /* then it goes to the origin itself */

@@ -184,8 +184,10 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc);
 void moxy_cache_response_head(moxy_req_t *r);
 
 /* After on_response (whose txn.cache calls count): store the origin's
- * response or not; its object starts filling. */
-void moxy_cache_response_decide(moxy_req_t *r);
+ * response or not; its object starts filling.  MOXY_OK; MOXY_DONE for a
+ * background request (moxy_req_background) whose response is not stored:
+ * nobody wants its body, the caller drops it. */
+int moxy_cache_response_decide(moxy_req_t *r);
 
 /* The origin's head is in, before anything else looks at it: a 304 to a
  * revalidation, or a 5xx within stale-if-error, is answered from the

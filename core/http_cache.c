@@ -207,9 +207,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     }
     int not_modified = moxy_cache_not_modified(&r->headers, o);
     uint64_t from, to;
-    int range = o->status == 200 && r->method == HTTP_GET && !r->cache_streaming
-                    ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to)
-                    : 0;
+    int range = o->status == 200 && r->method == HTTP_GET ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to) : 0;
     if (range != 0 && !not_modified) {
         char cr[80];
         int cn;
@@ -218,13 +216,13 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
             r->cache_from = from;
             r->resp_body_left = to - from + 1;
             cn = snprintf(cr, sizeof(cr), "bytes %llu-%llu/%llu", (unsigned long long)from, (unsigned long long)to,
-                          (unsigned long long)o->body_len);
+                          (unsigned long long)body_len);
         } else {
             r->status = 416;
             r->resp_body_kind = MOXY_BODY_NONE;
             r->resp_body_left = 0;
-            r->cache_from = o->body_len;
-            cn = snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)o->body_len);
+            r->cache_from = body_len;
+            cn = snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)body_len);
         }
         moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
@@ -269,6 +267,7 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         return;
     }
     if (r->cache_streaming) { /* the object still fills: its bytes go as they come */
+        r->cache_sent = r->cache_from;
         stream_step(r);
         return;
     }
@@ -326,6 +325,15 @@ static int client_conditional(const moxy_req_t *r)
            moxy_headers_get(hs, "If-Range", 8);
 }
 
+/* 1 when the only condition r carries is If-Range (with Range): a stored
+ * or filling object answers it (moxy_cache_byte_range). */
+static int only_range_conditions(const moxy_req_t *r)
+{
+    const moxy_headers_t *hs = &r->headers;
+    return !moxy_headers_get(hs, "If-None-Match", 13) && !moxy_headers_get(hs, "If-Modified-Since", 17) &&
+           !moxy_headers_get(hs, "If-Match", 8) && !moxy_headers_get(hs, "If-Unmodified-Since", 19);
+}
+
 /* r goes to the origin with o stale: keep o to revalidate it (the request
  * gets o's validators, RFC 9111 4.3.1) and to answer with it if the origin
  * fails within stale-if-error (RFC 5861 4); else drop it. */
@@ -343,7 +351,7 @@ static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 
 static int wait_start(moxy_req_t *r, double timeout);
 
-static void refresh_go(evutil_socket_t fd, short what, void *arg)
+static void background_go(evutil_socket_t fd, short what, void *arg)
 {
     moxy_req_t *r = arg;
     MOXY_UNUSED(fd);
@@ -352,16 +360,14 @@ static void refresh_go(evutil_socket_t fd, short what, void *arg)
     moxy_upstream_try(r);
 }
 
-/* r found o stale within its stale-while-revalidate window, and no
- * request is at the origin for its key: start one in the background
- * (moxy_req_background) that revalidates o, or fetches it again, and
- * stores the answer; it leads the key's flight, so that it is the only
- * one.  It starts from the loop, after r's hit is on its way.  MOXY_OK;
- * MOXY_DECLINED when another request took the key meanwhile (r may serve
- * stale all the same); MOXY_ERROR: r must refresh it itself. */
-static int refresh_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
+/* Fetch r's key from the origin in the background, to store it: a request
+ * moxy makes itself (moxy_req_background) leads the key's flight, which
+ * the caller has begun (MOXY_FLIGHT_LEADER), revalidates stale (or NULL)
+ * with its validators (RFC 9111 4.3.1), and starts from the loop, after r
+ * is on its way.  MOXY_OK; MOXY_ERROR when out of memory (the flight is
+ * over: r goes on its own). */
+static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
 {
-    if (!moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash)) return MOXY_DECLINED;
     moxy_req_t *b = moxy_req_background(r);
     struct event *ev = b ? moxy_palloc(&b->c->pool, sizeof(*ev)) : NULL;
     char *key = b ? moxy_pstrdup(&b->c->pool, r->cache_key, r->cache_klen) : NULL;
@@ -378,16 +384,28 @@ static int refresh_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     b->cache_hash = r->cache_hash;
     b->cache_lookup = 1;
     b->cache_leader = 1;
-    b->cache_refresh = 1;
-    b->cache_state = MOXY_CACHE_REFRESH;
-    b->cache_fwd = "moxy; fwd=stale";
-    moxy_cache_obj_ref(o);
-    keep_stale(b, o, now); /* its validators; an origin that fails leaves o as it is */
-    moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s: stale, refreshed in the background (request %s)", r->cache_key, b->id);
-    evtimer_assign(ev, b->c->w->base, refresh_go, b);
+    b->cache_background = 1;
+    b->cache_state = MOXY_CACHE_BACKGROUND;
+    b->cache_fwd = stale ? "moxy; fwd=stale" : "moxy; fwd=uri-miss";
+    if (stale) {
+        moxy_cache_obj_ref(stale);
+        keep_stale(b, stale, now); /* its validators; an origin that fails leaves it as it is */
+    }
+    moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s: fetched in the background by request %s", r->cache_key, b->id);
+    evtimer_assign(ev, b->c->w->base, background_go, b);
     b->cache_wait = ev; /* deleted if b ends first (moxy_cache_req_free) */
     event_active(ev, EV_TIMEOUT, 1);
     return MOXY_OK;
+}
+
+/* r found o stale within its stale-while-revalidate window (RFC 5861 3):
+ * 1 when r may have it at once -- another request is at the origin for
+ * the key, or its last answer was not storable (an origin failing), or a
+ * refresh now starts in the background; 0: r refreshes it itself. */
+static int stale_while_revalidate(moxy_req_t *r, moxy_cache_obj_t *o, double now)
+{
+    int f = moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash);
+    return f != MOXY_FLIGHT_LEADER || background_start(r, o, now) == MOXY_OK;
 }
 
 /* The lookup of r, its key made. */
@@ -431,9 +449,7 @@ static int lookup(moxy_req_t *r)
         /* stale-while-revalidate (RFC 5861 3): the stale object at once,
          * while one request refreshes it in the background */
         if (!reload && life >= 0 && o->stale_while_revalidate >= 0 && !o->must_revalidate && !o->no_cache &&
-            age - life <= o->stale_while_revalidate &&
-            (moxy_cache_flight_active(r->cache_key, r->cache_klen, r->cache_hash) ||
-             refresh_start(r, o, now) == MOXY_OK)) {
+            age - life <= o->stale_while_revalidate && stale_while_revalidate(r, o, now)) {
             count_lookup(r, 1);
             r->cache_state = MOXY_CACHE_STALE;
             serve(r, o, now);
@@ -453,8 +469,15 @@ static int lookup(moxy_req_t *r)
     /* coalescing: one GET per key at the origin, the others wait for it */
     double timeout = r->g->conf->cache.coalesce_timeout;
     if (r->method == HTTP_GET && !reload && !r->cache_no_store && timeout > 0) {
-        if (moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash)) r->cache_leader = 1;
-        else if (wait_start(r, timeout) == MOXY_DONE) return MOXY_DONE;
+        int f = moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash);
+        /* a range of what the cache lacks: the whole response is fetched
+         * in the background and stored, and r waits for it like any other
+         * request (its range comes from the object as it fills) */
+        if (f == MOXY_FLIGHT_LEADER && moxy_headers_get(&r->headers, "Range", 5) &&
+            background_start(r, r->cache_reval, now) == MOXY_OK)
+            f = MOXY_FLIGHT_WAIT;
+        if (f == MOXY_FLIGHT_LEADER) r->cache_leader = 1;
+        else if (f == MOXY_FLIGHT_WAIT && wait_start(r, timeout) == MOXY_DONE) return MOXY_DONE;
     }
     count_lookup(r, 0);
     return MOXY_DECLINED;
@@ -467,9 +490,10 @@ static void stream_step(moxy_req_t *r)
 {
     moxy_cache_obj_t *o = r->cache_obj;
     moxy_client_t *c = r->c;
+    uint64_t end = r->cache_from + r->resp_body_left; /* the whole body, or a range's end */
     uint64_t avail = atomic_load_explicit(&o->avail, memory_order_acquire);
     int state = atomic_load_explicit(&o->fill_state, memory_order_acquire);
-    if (avail > o->expected) avail = o->expected;
+    if (avail > end) avail = end;
     if (avail > r->cache_sent) {
         /* the bytes before avail are there, with the links to their segments;
          * the filler may be linking the next one: add_body stops before it */
@@ -478,9 +502,9 @@ static void stream_step(moxy_req_t *r)
             return;
         }
         r->cache_sent = avail;
-        r->bytes_sent = avail;
+        r->bytes_sent = avail - r->cache_from;
     }
-    if (r->cache_sent == o->expected) {
+    if (r->cache_sent == end) {
         moxy_req_response_done(r);
         return;
     }
@@ -509,8 +533,8 @@ static void stream_cb(evutil_socket_t fd, short what, void *arg)
  * a known length).  1 when r is answered that way. */
 static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
-    if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) || client_conditional(r) ||
-        moxy_headers_get(&r->headers, "Range", 5)) {
+    if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) ||
+        (client_conditional(r) && !only_range_conditions(r))) {
         moxy_cache_obj_unref(o);
         return 0;
     }
@@ -852,7 +876,7 @@ void moxy_cache_answer_kept(moxy_req_t *r)
     r->cache_reval = NULL;
     r->cache_conditional = 0;
     r->cache_head.h = NULL; /* nothing of the origin's is stored */
-    if (!r->cache_refresh) { /* a refresh's lookup was its client request's */
+    if (!r->cache_background) { /* a refresh's lookup was its client request's */
         r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
         if (r->cache_fwd_status == 304) count_lookup(r, 1);
     }
@@ -885,9 +909,9 @@ void moxy_cache_response_head(moxy_req_t *r)
     moxy_headers_add(&r->c->pool, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
 }
 
-void moxy_cache_response_decide(moxy_req_t *r)
+int moxy_cache_response_decide(moxy_req_t *r)
 {
-    if (!r->cache_head.h) return;
+    if (!r->cache_head.h) return r->cache_background ? MOXY_DONE : MOXY_OK;
     const char *why = NULL;
     const moxy_headers_t *hs = &r->cache_head;
     int status = r->up_status;
@@ -922,14 +946,14 @@ void moxy_cache_response_decide(moxy_req_t *r)
         /* a refresh the origin answered with something not to keep: the
          * stale object it was to replace is not served any more either
          * (an origin that fails, 5xx, leaves it for its stale windows) */
-        if (r->cache_refresh && status < 500) moxy_cache_invalidate(r->cache_key, r->cache_klen);
+        if (r->cache_background && status < 500) moxy_cache_invalidate(r->cache_key, r->cache_klen);
         flight_over(r, 1); /* the waiters go to the origin themselves, new requests too */
-        return;
+        return r->cache_background ? MOXY_DONE : MOXY_OK;
     }
     moxy_cache_obj_t *o = moxy_cache_obj_new(r->cache_key, r->cache_klen, r->cache_hash);
     if (!o) {
         free(vary);
-        return;
+        return r->cache_background ? MOXY_DONE : MOXY_OK;
     }
     o->vary = vary;
     if (vary) {
@@ -947,9 +971,10 @@ void moxy_cache_response_decide(moxy_req_t *r)
     }
     /* the lookup's Cache-Status, and that this response is stored */
     set_status_field(r, "%s; stored; ttl=%.0f", r->cache_fwd, floor(life - o->initial_age));
-    return;
+    return MOXY_OK;
 fail:
     moxy_cache_obj_unref(o);
+    return r->cache_background ? MOXY_DONE : MOXY_OK;
 }
 
 void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len)

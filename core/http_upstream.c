@@ -1075,15 +1075,19 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     moxy_req_t *r = u->req;
     if (rc == MOXY_OK && moxy_upstream_filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
     if (rc == MOXY_OK) {
-        moxy_cache_response_decide(r);
-        moxy_resp_write_head(r);
-        return MOXY_OK;
+        if (moxy_cache_response_decide(r) == MOXY_OK) {
+            moxy_resp_write_head(r);
+            return MOXY_OK;
+        }
+        rc = MOXY_DECLINED; /* a background fetch whose response is not stored */
     }
     /* the origin's body will not be read: its connection cannot be reused */
     r->up = NULL;
     u->req = NULL;
     moxy_upconn_close(u);
-    if (rc == MOXY_DONE) {
+    if (rc == MOXY_DECLINED) {
+        moxy_req_response_done(r);
+    } else if (rc == MOXY_DONE) {
         moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
     } else {
         moxy_req_fail(r, 500, "script error in on_response");

@@ -320,7 +320,7 @@ end
 
 -- txn.cache ------------------------------------------------------------------
 
-local CACHE_STATUS = { [0] = nil, "bypass", "miss", "stale", "hit", "refresh" }
+local CACHE_STATUS = { [0] = nil, "bypass", "miss", "stale", "hit", "background" }
 local agep = ffi.new("double[1]")
 
 local cache = {}

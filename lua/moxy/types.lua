@@ -85,7 +85,7 @@ function Upstream:retryable(yes) end
 
 ---@class moxy.Cache
 ---@field key string|nil             the cache key (default "http://host/path?sorted&query"); settable in on_request, on_cache_key
----@field status string|nil          "hit", "miss", "stale", "bypass", or "refresh" (a background refresh); nil without a lookup
+---@field status string|nil          "hit", "miss", "stale", "bypass", or "background" (a request moxy makes to fill the cache); nil without a lookup
 ---@field age number|nil             seconds, the age of the object a hit serves
 local Cache = {}
 
