@@ -459,6 +459,19 @@ void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len);
  * (t.run's opts.geoip; n = 0: none).  MOXY_OK, or MOXY_ERROR with
  * "geoip.NAME: why" in err. */
 int moxy_ffi_test_geoip(const char **names, const char **paths, int n, char *err, size_t errlen);
+
+/* The hooks of phase (MOXY_PHASE_*) run for r now (what lua_bridge.c's
+ * task_start notes, for the calls that depend on the phase). */
+void moxy_ffi_test_phase(moxy_req_t *r, int phase);
+
+/* t.run's opts.cache, step by step as http_cache.c would go (there is no
+ * store: every lookup misses).  step 0: test mode on or off (on:
+ * txn.cache's calls act as with a cache; r unused); 1: r's key made: 1
+ * when on_cache_key runs for r; 2: the lookup (a miss, or bypass); 3: the
+ * origin's head is in, before on_response (Cache-Status added, the head
+ * kept as stored); 4: after on_response, whether the response would be
+ * stored, bodies up to max_object: 1 with *ttl, or 0 with *why. */
+int moxy_ffi_test_cache(moxy_req_t *r, int step, int on, double max_object, double *ttl, const char **why);
 /* END FFI */
 
 #endif

@@ -218,6 +218,17 @@ void moxy_cache_response_done(moxy_req_t *r);
 /* r ends: drop its references (an unfinished object is not stored). */
 void moxy_cache_req_free(moxy_req_t *r);
 
+/* moxy.test (core/test_txn.c) drives the cache's steps of a request
+ * without a store: test mode on (txn.cache's calls act as with a cache)
+ * or off; r's key as the lookup makes it (1: on_cache_key runs; 0: r is
+ * not looked up); r looked up (a miss: there is no store, or bypass);
+ * after on_response, whether the response would be stored: NULL with its
+ * freshness lifetime in *ttl, or why not. */
+void moxy_cache_test_mode(int on);
+int moxy_cache_test_key(moxy_req_t *r);
+void moxy_cache_test_lookup(moxy_req_t *r);
+const char *moxy_cache_test_verdict(moxy_req_t *r, size_t max_object, double *ttl);
+
 /* on_body for a response that does not come from an origin connection (a
  * hit): decide whether it is filtered (before its head is written), and
  * pump filter_in once filled and marked filter_eof.  MOXY_ERROR: out of memory. */

@@ -648,11 +648,25 @@ int moxy_cache_request(moxy_req_t *r)
     return key_hooks_ended(r, rc);
 }
 
+/* --- moxy.test (core/test_txn.c): the cache's steps without a store --- */
+
+static int test_mode; /* moxy test's runs with opts.cache: txn.cache acts as with a cache */
+
+static int cache_on(void)
+{
+    return moxy_cache_enabled() || test_mode;
+}
+
+void moxy_cache_test_mode(int on)
+{
+    test_mode = on;
+}
+
 /* --- txn.cache (FFI exports, lua/moxy/txn.lua) --- */
 
 EXPORT int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale)
 {
-    if (!moxy_cache_enabled()) return MOXY_OK; /* no cache: nothing to steer (the same script runs without one) */
+    if (!cache_on()) return MOXY_OK; /* no cache: nothing to steer (the same script runs without one) */
     switch (op) {
     case 1:
         if (r->cache_lookup || r->cache_hit) return MOXY_DECLINED;
@@ -681,7 +695,7 @@ EXPORT int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, do
 
 EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
 {
-    if (!moxy_cache_enabled()) return MOXY_OK; /* no cache: no key */
+    if (!cache_on()) return MOXY_OK; /* no cache: no key */
     if (r->cache_lookup || r->cache_hit ||
         (r->hook_phase != MOXY_PHASE_REQUEST && r->hook_phase != MOXY_PHASE_CACHE_KEY))
         return MOXY_DECLINED;
@@ -909,39 +923,57 @@ void moxy_cache_response_head(moxy_req_t *r)
     moxy_headers_add(&r->c->pool, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
 }
 
-int moxy_cache_response_decide(moxy_req_t *r)
+/* Whether the origin's response to r (its head as it came, r->cache_head)
+ * is stored, by RFC 9111 3 and the txn.cache calls: NULL, with its
+ * freshness lifetime in *life (and the directives, times and Vary names --
+ * malloc'ed, or NULL -- the object is made with); or why not.  max_object:
+ * the largest body stored. */
+static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, times_t *t, double *life, char **vary)
 {
-    if (!r->cache_head.h) return r->cache_background ? MOXY_DONE : MOXY_OK;
     const char *why = NULL;
     const moxy_headers_t *hs = &r->cache_head;
     int status = r->up_status;
-    moxy_cc_t cc;
-    moxy_cache_cc_parse(hs, "Cache-Control", 13, &cc);
-    char *vary = NULL;
-    times_t t;
-    response_times(r, hs, &t);
-    double life = moxy_cache_lifetime(hs, status, &cc, t.date);
+    moxy_cache_cc_parse(hs, "Cache-Control", 13, cc);
+    *vary = NULL;
+    response_times(r, hs, t);
+    *life = moxy_cache_lifetime(hs, status, cc, t->date);
     int has_validator = moxy_headers_get(hs, "ETag", 4) || moxy_headers_get(hs, "Last-Modified", 13);
     int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
-    if (forced) life = r->cache_ttl;
+    if (forced) *life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
     else if (r->cache_no_store) why = "no-store";
     else if (status < 200 || status == 206 || status == 304) why = "status";
     else if (forced) why = NULL;
-    else if (cc.no_store) why = "no-store";
-    else if (cc.private_) why = "private";
-    else if (moxy_headers_get(&r->headers, "Authorization", 13) && !cc.public_ && !cc.must_revalidate &&
-             cc.s_maxage < 0)
+    else if (cc->no_store) why = "no-store";
+    else if (cc->private_) why = "private";
+    else if (moxy_headers_get(&r->headers, "Authorization", 13) && !cc->public_ && !cc->must_revalidate &&
+             cc->s_maxage < 0)
         why = "authorization";
     else if (moxy_headers_get(hs, "Set-Cookie", 10)) why = "set-cookie";
-    else if (cc.no_cache && !has_validator) why = "no-cache without a validator";
-    else if (life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
-    else if (life <= 0 && !has_validator) why = "not fresh";
-    else if (r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > moxy_cache_max_object()) why = "too big";
-    if (!why && (vary = moxy_cache_vary_of(hs)) && strcmp(vary, "*") == 0) why = "vary *";
-    if (!why && forced && life <= 0) why = "ttl 0";
+    else if (cc->no_cache && !has_validator) why = "no-cache without a validator";
+    else if (*life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
+    else if (*life <= 0 && !has_validator) why = "not fresh";
+    if (!why && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > max_object) why = "too big";
+    if (!why && (*vary = moxy_cache_vary_of(hs)) && strcmp(*vary, "*") == 0) why = "vary *";
+    if (!why && forced && *life <= 0) why = "ttl 0";
     if (why) {
-        free(vary);
+        free(*vary);
+        *vary = NULL;
+    }
+    return why;
+}
+
+int moxy_cache_response_decide(moxy_req_t *r)
+{
+    if (!r->cache_head.h) return r->cache_background ? MOXY_DONE : MOXY_OK;
+    moxy_cc_t cc;
+    times_t t;
+    double life;
+    char *vary;
+    const char *why = verdict(r, moxy_cache_max_object(), &cc, &t, &life, &vary);
+    const moxy_headers_t *hs = &r->cache_head;
+    int status = r->up_status;
+    if (why) {
         moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: %s", r->cache_key, why);
         /* a refresh the origin answered with something not to keep: the
          * stale object it was to replace is not served any more either
@@ -963,7 +995,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     }
     o->status = status;
     if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
-    if (forced && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
+    if (r->cache_ttl >= 0 && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
     r->cache_fill = o;
     if (r->cache_leader && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > 0) {
         o->expected = r->resp_body_left; /* waiters may stream from it as it fills */
@@ -1027,4 +1059,40 @@ void moxy_cache_req_free(moxy_req_t *r)
     if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
     if (r->cache_reval) moxy_cache_obj_unref(r->cache_reval);
     r->cache_fill = r->cache_obj = r->cache_reval = NULL;
+}
+
+/* --- moxy.test's steps (http.h) --- */
+
+int moxy_cache_test_key(moxy_req_t *r)
+{
+    if (!r->uri || (r->method != HTTP_GET && r->method != HTTP_HEAD) || r->upgrade) return 0;
+    if (r->cache_bypass || make_key(r) != MOXY_OK) return 0;
+    return 1;
+}
+
+void moxy_cache_test_lookup(moxy_req_t *r)
+{
+    if (!r->uri || (r->method != HTTP_GET && r->method != HTTP_HEAD) || r->upgrade) return;
+    if (r->cache_bypass) {
+        r->cache_state = MOXY_CACHE_BYPASS;
+        r->cache_fwd = "moxy; fwd=bypass";
+        return;
+    }
+    r->cache_lookup = 1;
+    r->cache_state = MOXY_CACHE_MISS;
+    r->cache_fwd = "moxy; fwd=uri-miss";
+}
+
+const char *moxy_cache_test_verdict(moxy_req_t *r, size_t max_object, double *ttl)
+{
+    if (!r->cache_head.h) return r->cache_bypass ? "bypass" : !r->cache_lookup ? "not looked up" : "no-store";
+    moxy_cc_t cc;
+    times_t t;
+    double life;
+    char *vary;
+    const char *why = verdict(r, max_object, &cc, &t, &life, &vary);
+    free(vary);
+    *ttl = why ? -1 : life;
+    if (!why) set_status_field(r, "%s; stored; ttl=%.0f", r->cache_fwd, floor(life - t.initial_age)); /* as decide */
+    return why;
 }

@@ -515,3 +515,29 @@ EXPORT int moxy_ffi_test_geoip(const char **names, const char **paths, int n, ch
 {
     return moxy_geoip_open((const char *const *)names, (const char *const *)paths, n, err, errlen);
 }
+
+EXPORT void moxy_ffi_test_phase(moxy_req_t *r, int phase)
+{
+    r->hook_phase = phase;
+}
+
+EXPORT int moxy_ffi_test_cache(moxy_req_t *r, int step, int on, double max_object, double *ttl, const char **why)
+{
+    switch (step) {
+    case 0:
+        moxy_cache_test_mode(on);
+        return 0;
+    case 1:
+        return moxy_cache_test_key(r);
+    case 2:
+        moxy_cache_test_lookup(r);
+        return 0;
+    case 3:
+        moxy_cache_response_head(r);
+        return 0;
+    case 4:
+        *why = moxy_cache_test_verdict(r, (size_t)max_object, ttl);
+        return *why == NULL;
+    }
+    return 0;
+}

@@ -42,6 +42,8 @@ int moxy_ffi_test_answered(moxy_req_t *r);
 void moxy_ffi_test_error_page(moxy_req_t *r, int status);
 void moxy_ffi_test_local(moxy_req_t *r, const char **body, size_t *len);
 int moxy_ffi_test_geoip(const char **names, const char **paths, int n, char *err, size_t errlen);
+void moxy_ffi_test_phase(moxy_req_t *r, int phase);
+int moxy_ffi_test_cache(moxy_req_t *r, int step, int on, double max_object, double *ttl, const char **why);
 ]]
 
 local C = ffi.C
@@ -60,6 +62,7 @@ local sp = ffi.new("const char *[1]")
 local sl = ffi.new("size_t[1]")
 local bp = ffi.new("const char *[1]")
 local bl = ffi.new("size_t[1]")
+local ttlp = ffi.new("double[1]")
 
 local M = {}
 
@@ -271,7 +274,8 @@ end
 -- t.run ----------------------------------------------------------------------
 
 local OPTS = { upstreams = "table", peers = "table", default_upstream = "string", tries = "number",
-               chunk_size = "number", http = "function", shared = "table", geoip = "table" }
+               chunk_size = "number", http = "function", shared = "table", geoip = "table", cache = "table" }
+local MAX_OBJECT = 16 * 1024 * 1024 -- cache.max_object's default
 
 -- The GeoIP databases open in this process ("name=path;..." of the last
 -- t.run's opts.geoip): reopened only when a t.run asks for others.
@@ -331,6 +335,7 @@ local function phase(run, ph, chunk, eof)
   local name = NAMES[ph + 1]
   run.phases[#run.phases + 1] = name
   run.hook_phase = ph
+  C.moxy_ffi_test_phase(run.r, ph)
   local co = coroutine.create(runtime.run_phase)
   local ok, answered, t, out = coroutine.resume(co, run.set, run.ptr, ph, run.saved, chunk, eof)
   txn_mod.leave()
@@ -444,9 +449,18 @@ local function proxy_response(run, status, body, headers)
   if with_body and not has_length then add_header(r, 1, "Content-Length", #body, "t.run") end
   if not with_body then body = "" end
 
+  if run.opts.cache then C.moxy_ffi_test_cache(r, 3, 1, 0, ttlp, sp) end
   local rc = phase(run, P.response)
   if rc == "done" then return answer_local(run) end
   if rc == "error" then return fail(run, 500, "script error in on_response") end
+  if run.opts.cache then
+    local max = run.opts.cache.max_object or MAX_OBJECT
+    if C.moxy_ffi_test_cache(r, 4, 1, max, ttlp, sp) == 1 then
+      run.stored = { ttl = ttlp[0] }
+    else
+      run.stored = { why = ffi_string(sp[0]) }
+    end
+  end
 
   if C.moxy_ffi_test_resp_start(r, has(run, P.body) and 1 or 0) == 0 then
     C.moxy_ffi_test_body_sent(r, #body, 1)
@@ -575,6 +589,31 @@ local function check_opts(opts)
   if opts.chunk_size and (opts.chunk_size < 1 or opts.chunk_size % 1 ~= 0) then
     error("t.run: opts.chunk_size must be an integer >= 1", 0)
   end
+  if opts.cache then
+    for k, v in pairs(opts.cache) do
+      if k ~= "max_object" then error("t.run: opts.cache: unknown field \"" .. tostring(k) .. "\" (max_object)", 0) end
+      if type(v) ~= "number" or v < 0 then error("t.run: opts.cache.max_object must be a number of bytes", 0) end
+    end
+  end
+end
+
+-- After on_request, with opts.cache: the key, on_cache_key, the lookup
+-- (http_cache.c's moxy_cache_request; there is no store: a miss).  "ok",
+-- or "done" when an on_cache_key hook answered or failed.
+local function cache_lookup(run)
+  local r = run.r
+  if C.moxy_ffi_test_cache(r, 1, 1, 0, ttlp, sp) == 1 then
+    local rc = phase(run, P.cache_key)
+    if rc == "done" then
+      answer_local(run)
+      return "done"
+    elseif rc == "error" then
+      fail(run, 500, "script error in on_cache_key")
+      return "done"
+    end
+  end
+  C.moxy_ffi_test_cache(r, 2, 1, 0, ttlp, sp)
+  return "ok"
 end
 
 local function run_all(run)
@@ -583,7 +622,7 @@ local function run_all(run)
     answer_local(run)
   elseif rc == "error" then
     fail(run, 500, "script error in on_request")
-  else
+  elseif not run.opts.cache or cache_lookup(run) == "ok" then
     proxy(run)
   end
   phase(run, P.log) -- after the last byte; a failure there is only logged
@@ -604,6 +643,9 @@ end
 --   shared            { name = size }: moxy.shared dicts to create (kept for the process)
 --   geoip             { name = "path.mmdb" }: the GeoIP databases (as the
 --                     configuration's geoip; txn.client.geo looks up txn.client.ip)
+--   cache             {} or { max_object = bytes }: looked up as with a cache
+--                     (no store: a miss), on_cache_key runs, txn.cache's calls
+--                     count, and txn.stored tells what would be stored
 -- The result is the txn the hooks got (txn.req, txn.resp.status,
 -- txn.resp.headers, txn.ctx, txn.upstream.pool, ... read the request as it
 -- ended), plus txn.resp.body (what the client got), txn.upstream.request
@@ -611,7 +653,8 @@ end
 -- txn.logs ({ level, message } of moxy.log calls and of moxy's own lines:
 -- script errors, failed tries), txn.phases (names of the phases whose
 -- hooks ran, in order) and txn.error (why moxy answered with an error; the
--- "phase: file:line: message" of a script error).  txn.req, txn.resp,
+-- "phase: file:line: message" of a script error), and with opts.cache
+-- txn.stored ({ ttl = s } or { why = "..." }; nil when no origin answered).  txn.req, txn.resp,
 -- txn.client and txn.upstream address the last t.run's request: a later
 -- t.run switches them (txn.logs, .phases, .error and .ctx stay).
 function M.run(scripts, spec, opts)
@@ -646,6 +689,7 @@ function M.run(scripts, spec, opts)
     rawset(upstream, "request", nil)
     rawset(upstream, "requests", nil)
     runtime.test = { http = opts.http or no_http }
+    C.moxy_ffi_test_cache(r, 0, opts.cache and 1 or 0, 0, ttlp, sp)
     run_all(run)
     runtime.test = saved_test
     local t = run.txn or txn_mod.new(run.ptr, P.log)
@@ -656,9 +700,11 @@ function M.run(scripts, spec, opts)
     rawset(t, "logs", logs)
     rawset(t, "phases", run.phases)
     if run.script_error then rawset(t, "error", run.script_error) end
+    rawset(t, "stored", run.stored)
     result = t
   end)
   runtime.test = saved_test
+  C.moxy_ffi_test_cache(nil, 0, 0, 0, ttlp, sp) -- test mode off: another t.run may have no cache
   wrap_log(false)
   capture = nil
   running = false

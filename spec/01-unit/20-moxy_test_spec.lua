@@ -34,6 +34,76 @@ describe("moxy.test", function()
       assert.equal("nil nil", txn.resp.headers:get("X-Status"))
     end)
 
+    it("with opts.cache: makes the key, runs on_cache_key, and says whether and how long the response is stored", function()
+      local origin = function(headers)
+        return t.upstream(function() return 200, "body", headers end)
+      end
+      local rules = t.load(script("cache_rules.lua"))
+      -- a static asset: a day, whatever the origin said
+      local txn = t.run(rules, t.txn{ path = "/assets/app.js", host = "example.com" },
+        { upstreams = { app = origin({ ["Cache-Control"] = "no-cache" }) }, cache = {} })
+      assert.equal("miss", txn.cache.status)
+      assert.equal("http://example.com/assets/app.js", txn.cache.key)
+      assert.same({ ttl = 86400 }, txn.stored)
+      assert.matches("^moxy; fwd=uri%-miss; stored; ttl=86[34]%d%d$", txn.resp.headers:get("Cache-Status"))
+      assert.same({ "on_request", "on_cache_key", "on_response" }, txn.phases)
+      -- tracking parameters are not part of the key (query sorted by the default key)
+      txn = t.run(rules, t.txn{ path = "/page", query = "utm_source=x&b=2&gclid=9&a=1", host = "example.com" },
+        { upstreams = { app = origin({ ["Cache-Control"] = "max-age=60" }) }, cache = {} })
+      assert.equal("http://example.com/page?a=1&b=2", txn.cache.key)
+      assert.same({ ttl = 60 }, txn.stored)
+      -- /api/ without explicit freshness: not stored, though heuristics would
+      txn = t.run(rules, t.txn{ path = "/api/users" },
+        { upstreams = { app = origin({ ["Last-Modified"] = "Mon, 01 Jan 2024 00:00:00 GMT" }) }, cache = {} })
+      assert.same({ why = "no-store" }, txn.stored)
+      txn = t.run(rules, t.txn{ path = "/api/users" },
+        { upstreams = { app = origin({ ["Cache-Control"] = "public, max-age=30" }) }, cache = {} })
+      assert.same({ ttl = 30 }, txn.stored)
+      -- the origin's own rules: private, Set-Cookie, no freshness
+      txn = t.run(rules, t.txn{ path = "/page" },
+        { upstreams = { app = origin({ ["Cache-Control"] = "private, max-age=60" }) }, cache = {} })
+      assert.same({ why = "private" }, txn.stored)
+      txn = t.run(rules, t.txn{ path = "/page" }, { upstreams = { app = origin({}) }, cache = {} })
+      assert.same({ why = "no freshness" }, txn.stored)
+      -- a logged-in user bypasses: no on_cache_key, nothing stored
+      txn = t.run(rules, t.txn{ path = "/assets/app.js", headers = { Cookie = "theme=dark; session=abc" } },
+        { upstreams = { app = origin({}) }, cache = {} })
+      assert.equal("bypass", txn.cache.status)
+      assert.is_nil(txn.cache.key)
+      assert.same({ why = "bypass" }, txn.stored)
+      assert.equal("moxy; fwd=bypass", txn.resp.headers:get("Cache-Status"))
+      assert.same({ "on_request", "on_response" }, txn.phases)
+      -- a body larger than max_object is not stored
+      txn = t.run(rules, t.txn{ path = "/assets/app.js" },
+        { upstreams = { app = origin({}) }, cache = { max_object = 3 } })
+      assert.same({ why = "too big" }, txn.stored)
+      -- without opts.cache: no cache, as before
+      txn = t.run(rules, t.txn{ path = "/assets/app.js" }, { upstreams = { app = origin({}) } })
+      assert.is_nil(txn.cache.status)
+      assert.is_nil(txn.stored)
+    end)
+
+    it("with opts.cache: on_cache_key may answer, fail, or return a key", function()
+      local up = { app = t.upstream(function() return 200, "x", { ["Cache-Control"] = "max-age=5" } end) }
+      local txn = t.run({ on_cache_key = function() return "custom" end }, t.txn{ path = "/" },
+        { upstreams = up, cache = {} })
+      assert.equal("custom", txn.cache.key)
+      txn = t.run({ on_cache_key = function(txn) txn:respond(403, "no") end }, t.txn{ path = "/" },
+        { upstreams = up, cache = {} })
+      assert.equal(403, txn.resp.status)
+      txn = t.run({ on_cache_key = function() return 42 end }, t.txn{ path = "/" },
+        { upstreams = up, cache = {} })
+      assert.equal(500, txn.resp.status)
+      assert.matches("on_cache_key hook #1 returned a number", txn.error)
+      -- POST is not looked up
+      txn = t.run({ on_cache_key = function() error("not run") end }, t.txn{ method = "POST", path = "/", body = "b" },
+        { upstreams = up, cache = {} })
+      assert.equal(200, txn.resp.status)
+      assert.is_nil(txn.cache.status)
+      assert.same({ why = "not looked up" }, txn.stored)
+      assert.error_matches(function() t.run({}, t.txn{}, { cache = { size = 1 } }) end, "opts.cache: unknown field")
+    end)
+
     it("routes, tags and answers as the brief's example says", function()
       local hooks = {
         on_request = function(txn)
