@@ -24,11 +24,43 @@ double moxy_cache_delta_seconds(const char *p, size_t n)
     return v > 2147483648.0 ? 2147483648.0 : v; /* RFC 9111 1.2.2: cap at 2^31 */
 }
 
-/* Parse every field called name in hs into cc (directives of all of them). */
-void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, moxy_cc_t *cc)
+static void cc_init(moxy_cc_t *cc)
 {
     memset(cc, 0, sizeof(*cc));
     cc->max_age = cc->s_maxage = cc->max_stale = cc->min_fresh = cc->swr = cc->sie = -1;
+}
+
+/* Directive d (dl bytes, any case) into cc.  flag: for a directive that
+ * takes no argument, whether it is set (an argument -- field names -- is
+ * read as the directive without one: the whole response, stricter);
+ * delta: the argument of one that takes seconds, -1 when absent or not a
+ * delta-seconds; -2: leave those as they are. */
+static void cc_apply(moxy_cc_t *cc, const char *d, size_t dl, int flag, double delta)
+{
+    if (delta < -1.5) {
+        if (MOXY_STRIEQ_LIT(d, dl, "max-age") || MOXY_STRIEQ_LIT(d, dl, "s-maxage") ||
+            MOXY_STRIEQ_LIT(d, dl, "min-fresh") || MOXY_STRIEQ_LIT(d, dl, "stale-while-revalidate") ||
+            MOXY_STRIEQ_LIT(d, dl, "stale-if-error"))
+            return;
+    }
+    if (MOXY_STRIEQ_LIT(d, dl, "no-store")) cc->no_store |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "no-cache")) cc->no_cache |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "private")) cc->private_ |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "public")) cc->public_ |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "must-revalidate") || MOXY_STRIEQ_LIT(d, dl, "proxy-revalidate"))
+        cc->must_revalidate |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "only-if-cached")) cc->only_if_cached |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "max-age")) cc->max_age = delta;
+    else if (MOXY_STRIEQ_LIT(d, dl, "s-maxage")) cc->s_maxage = delta;
+    else if (MOXY_STRIEQ_LIT(d, dl, "min-fresh")) cc->min_fresh = delta;
+    else if (MOXY_STRIEQ_LIT(d, dl, "stale-while-revalidate")) cc->swr = delta;
+    else if (MOXY_STRIEQ_LIT(d, dl, "stale-if-error")) cc->sie = delta;
+}
+
+/* Parse every field called name in hs into cc (directives of all of them). */
+void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, moxy_cc_t *cc)
+{
+    cc_init(cc);
     for (int i = moxy_headers_find(hs, name, nlen, 0); i >= 0; i = moxy_headers_find(hs, name, nlen, (uint32_t)i + 1)) {
         const char *p = hs->h[i].value, *end = p + hs->h[i].value_len;
         while (p < end) {
@@ -53,40 +85,320 @@ void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen
                 al = (size_t)(p - a);
                 while (al && (a[al - 1] == ' ' || a[al - 1] == '\t')) al--;
             }
-            if (MOXY_STRIEQ_LIT(d, dl, "no-store")) cc->no_store = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "no-cache")) cc->no_cache = 1; /* with field names: the whole response (stricter) */
-            else if (MOXY_STRIEQ_LIT(d, dl, "private")) cc->private_ = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "public")) cc->public_ = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "must-revalidate") || MOXY_STRIEQ_LIT(d, dl, "proxy-revalidate"))
-                cc->must_revalidate = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "only-if-cached")) cc->only_if_cached = 1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "max-age")) cc->max_age = a ? moxy_cache_delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "s-maxage")) cc->s_maxage = a ? moxy_cache_delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "max-stale")) cc->max_stale = a ? moxy_cache_delta_seconds(a, al) : 1e12;
-            else if (MOXY_STRIEQ_LIT(d, dl, "min-fresh")) cc->min_fresh = a ? moxy_cache_delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "stale-while-revalidate")) cc->swr = a ? moxy_cache_delta_seconds(a, al) : -1;
-            else if (MOXY_STRIEQ_LIT(d, dl, "stale-if-error")) cc->sie = a ? moxy_cache_delta_seconds(a, al) : -1;
+            if (MOXY_STRIEQ_LIT(d, dl, "max-stale")) cc->max_stale = a ? moxy_cache_delta_seconds(a, al) : 1e12;
+            else cc_apply(cc, d, dl, 1, a ? moxy_cache_delta_seconds(a, al) : -1);
             if (p < end && *p == ',') p++;
         }
     }
 }
 
-/* An HTTP-date (RFC 9110 5.6.7: IMF-fixdate, RFC 850, asctime) as Unix
- * time, or -1 when it is not one. */
+/* --- targeted fields (RFC 9213): Structured Field Dictionaries (RFC 8941 3.2) --- */
+
+typedef struct {
+    const char *p, *end;
+} sf_t;
+
+static int sf_key_char(int c, int first)
+{
+    return (c >= 'a' && c <= 'z') || c == '*' ||
+           (!first && ((c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'));
+}
+
+static int sf_tchar(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~:/", c));
+}
+
+/* A key; its length, 0 when there is none. */
+static size_t sf_key(sf_t *s)
+{
+    const char *k = s->p;
+    if (s->p >= s->end || !sf_key_char(*s->p, 1)) return 0;
+    while (s->p < s->end && sf_key_char(*s->p, 0)) s->p++;
+    return (size_t)(s->p - k);
+}
+
+enum { SF_BAD = 0, SF_INT, SF_TRUE, SF_FALSE, SF_OTHER };
+
+/* A bare item: its type; *num its value for an integer. */
+static int sf_item(sf_t *s, double *num)
+{
+    const char *p = s->p, *end = s->end;
+    if (p >= end) return SF_BAD;
+    if (*p == '-' || (*p >= '0' && *p <= '9')) { /* integer or decimal */
+        int neg = *p == '-', n = 0, frac = -1;
+        if (neg) p++;
+        double v = 0;
+        for (; p < end && ((*p >= '0' && *p <= '9') || (*p == '.' && frac < 0)); p++) {
+            if (*p == '.') {
+                if (n == 0 || n > 12) return SF_BAD;
+                frac = 0;
+            } else if (frac >= 0) {
+                if (++frac > 3) return SF_BAD;
+            } else {
+                if (++n > 15) return SF_BAD;
+                v = v * 10 + (*p - '0');
+            }
+        }
+        if (n == 0 || frac == 0) return SF_BAD;
+        s->p = p;
+        *num = neg ? -v : v;
+        return frac < 0 ? SF_INT : SF_OTHER;
+    }
+    if (*p == '"') { /* string */
+        for (p++; p < end && *p != '"'; p++) {
+            if (*p == '\\') {
+                if (++p >= end || (*p != '"' && *p != '\\')) return SF_BAD;
+            } else if (*p < 0x20 || *p > 0x7e) {
+                return SF_BAD;
+            }
+        }
+        if (p >= end) return SF_BAD;
+        s->p = p + 1;
+        return SF_OTHER;
+    }
+    if (*p == ':') { /* byte sequence */
+        for (p++; p < end && *p != ':'; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '+' ||
+                  *p == '/' || *p == '='))
+                return SF_BAD;
+        if (p >= end) return SF_BAD;
+        s->p = p + 1;
+        return SF_OTHER;
+    }
+    if (*p == '?') { /* boolean */
+        if (p + 1 >= end || (p[1] != '0' && p[1] != '1')) return SF_BAD;
+        s->p = p + 2;
+        return p[1] == '1' ? SF_TRUE : SF_FALSE;
+    }
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '*') { /* token */
+        while (p < end && sf_tchar(*p)) p++;
+        s->p = p;
+        return SF_OTHER;
+    }
+    return SF_BAD;
+}
+
+/* Parameters (";key[=item]"...): 1, or 0 when malformed. */
+static int sf_params(sf_t *s)
+{
+    while (s->p < s->end && *s->p == ';') {
+        s->p++;
+        while (s->p < s->end && *s->p == ' ') s->p++;
+        if (!sf_key(s)) return 0;
+        double n;
+        if (s->p < s->end && *s->p == '=') {
+            s->p++;
+            if (sf_item(s, &n) == SF_BAD) return 0;
+        }
+    }
+    return 1;
+}
+
+/* A member's value after its key: SF_TRUE for none (a bare key), else the
+ * item's type (an inner list is SF_OTHER).  SF_BAD when malformed. */
+static int sf_value(sf_t *s, double *num)
+{
+    int type = SF_TRUE;
+    if (s->p < s->end && *s->p == '=') {
+        s->p++;
+        if (s->p < s->end && *s->p == '(') { /* inner list */
+            s->p++;
+            for (;;) {
+                while (s->p < s->end && *s->p == ' ') s->p++;
+                if (s->p >= s->end) return SF_BAD;
+                if (*s->p == ')') {
+                    s->p++;
+                    break;
+                }
+                double n;
+                if (sf_item(s, &n) == SF_BAD || !sf_params(s)) return SF_BAD;
+                if (s->p < s->end && *s->p != ' ' && *s->p != ')') return SF_BAD;
+            }
+            type = SF_OTHER;
+        } else if ((type = sf_item(s, num)) == SF_BAD) {
+            return SF_BAD;
+        }
+    }
+    return sf_params(s) ? type : SF_BAD;
+}
+
+/* The dictionary v (n bytes) into cc: 1, or 0 when it is not a valid
+ * dictionary (then none of it counts).  Directives of the wrong type are
+ * ignored (RFC 9213 2.1). */
+static int sf_dict_cc(const char *v, size_t n, moxy_cc_t *cc)
+{
+    sf_t s = {v, v + n};
+    while (s.p < s.end && *s.p == ' ') s.p++;
+    while (s.p < s.end) {
+        const char *k = s.p;
+        size_t kl = sf_key(&s);
+        double num = -1;
+        int type = kl ? sf_value(&s, &num) : SF_BAD;
+        if (type == SF_BAD) return 0;
+        if (type == SF_INT) /* seconds; a negative number is no delta-seconds */
+            cc_apply(cc, k, kl, 0, num >= 0 ? MOXY_MIN(num, 2147483648.0) : -1);
+        else /* a flag: set unless ?0; an argument of the wrong type is ignored */
+            cc_apply(cc, k, kl, type != SF_FALSE, -2);
+        while (s.p < s.end && (*s.p == ' ' || *s.p == '\t')) s.p++;
+        if (s.p >= s.end) break;
+        if (*s.p != ',') return 0;
+        s.p++;
+        while (s.p < s.end && (*s.p == ' ' || *s.p == '\t')) s.p++;
+        if (s.p >= s.end) return 0; /* a trailing comma */
+    }
+    return 1;
+}
+
+int moxy_cache_response_cc(const moxy_headers_t *hs, char *const *targeted, int ntargeted, moxy_cc_t *cc)
+{
+    for (int t = 0; t < ntargeted; t++) {
+        size_t nl = strlen(targeted[t]);
+        int i = moxy_headers_find(hs, targeted[t], nl, 0);
+        if (i < 0) continue;
+        /* its lines joined by ", " (RFC 8941 3.2), then parsed as one */
+        char buf[2048];
+        size_t len = 0;
+        int fits = 1;
+        for (; i >= 0 && fits; i = moxy_headers_find(hs, targeted[t], nl, (uint32_t)i + 1)) {
+            const moxy_header_t *h = &hs->h[i];
+            if (len + h->value_len + 2 > sizeof(buf)) fits = 0;
+            else {
+                if (len) {
+                    memcpy(buf + len, ", ", 2);
+                    len += 2;
+                }
+                memcpy(buf + len, h->value, h->value_len);
+                len += h->value_len;
+            }
+        }
+        cc_init(cc);
+        if (fits && sf_dict_cc(buf, len, cc)) return 1;
+    }
+    moxy_cache_cc_parse(hs, "Cache-Control", 13, cc);
+    return 0;
+}
+
+/* --- HTTP-date (RFC 9110 5.6.7), strictly: a malformed Expires means
+ * "already expired", so a loose parse would keep what must not be kept --- */
+
+static const char *const WDAY[] = {"Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"};
+static const char MONTHS[] = "janfebmaraprmayjunjulaugsepoctnovdec";
+
+static int lower(int c)
+{
+    return c >= 'A' && c <= 'Z' ? c + 32 : c;
+}
+
+/* The value of exactly n digits at p, or -1. */
+static int digits(const char *p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+/* The month (0-11) named by the 3 letters at p (any case), or -1. */
+static int month3(const char *p)
+{
+    for (int m = 0; m < 12; m++)
+        if (lower(p[0]) == MONTHS[3 * m] && lower(p[1]) == MONTHS[3 * m + 1] && lower(p[2]) == MONTHS[3 * m + 2])
+            return m;
+    return -1;
+}
+
+/* 1 when the n letters at p are a day name, short (n = 3) or long. */
+static int day_name(const char *p, size_t n)
+{
+    for (int d = 0; d < 7; d++)
+        if (n == 3 ? moxy_strieq(p, 3, WDAY[d], 3) : moxy_strieq(p, n, WDAY[d], strlen(WDAY[d]))) return 1;
+    return 0;
+}
+
+/* "HH:MM:SS" at p into tm: 1, or 0 when malformed. */
+static int time_of_day(const char *p, struct tm *tm)
+{
+    tm->tm_hour = digits(p, 2);
+    tm->tm_min = digits(p + 3, 2);
+    tm->tm_sec = digits(p + 6, 2);
+    return p[2] == ':' && p[5] == ':' && tm->tm_hour >= 0 && tm->tm_hour <= 23 && tm->tm_min >= 0 &&
+           tm->tm_min <= 59 && tm->tm_sec >= 0 && tm->tm_sec <= 60;
+}
+
+static int gmt(const char *p)
+{
+    return lower(p[0]) == 'g' && lower(p[1]) == 'm' && lower(p[2]) == 't';
+}
+
+/* An HTTP-date in one of its three forms, or -1:
+ *   IMF-fixdate  "Sun, 06 Nov 1994 08:49:37 GMT"
+ *   RFC 850      "Sunday, 06-Nov-94 08:49:37 GMT" (a two-digit year more
+ *                than 50 years ahead is in the past century: RFC 9110 5.6.7)
+ *   asctime      "Sun Nov  6 08:49:37 1994"
+ * Names are matched in any case; the rest exactly as written. */
+static double http_date(const char *p, size_t n, double now)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    const char *comma = memchr(p, ',', n);
+    if (n == 29 && comma == p + 3) { /* IMF-fixdate */
+        if (!day_name(p, 3) || p[4] != ' ' || p[7] != ' ' || p[11] != ' ' || p[16] != ' ' || p[25] != ' ' ||
+            !gmt(p + 26))
+            return -1;
+        tm.tm_mday = digits(p + 5, 2);
+        tm.tm_mon = month3(p + 8);
+        tm.tm_year = digits(p + 12, 4) - 1900;
+        if (!time_of_day(p + 17, &tm)) return -1;
+    } else if (comma && comma > p + 3 && n == (size_t)(comma - p) + 24) { /* RFC 850 */
+        const char *d = comma + 2;
+        if (!day_name(p, (size_t)(comma - p)) || comma[1] != ' ' || d[2] != '-' || d[6] != '-' || d[9] != ' ' ||
+            d[18] != ' ' || !gmt(d + 19))
+            return -1;
+        tm.tm_mday = digits(d, 2);
+        tm.tm_mon = month3(d + 3);
+        int yy = digits(d + 7, 2);
+        if (yy < 0 || !time_of_day(d + 10, &tm)) return -1;
+        time_t t = (time_t)now;
+        struct tm nowtm;
+        gmtime_r(&t, &nowtm);
+        int year = (nowtm.tm_year + 1900) / 100 * 100 + yy;
+        if (year > nowtm.tm_year + 1900 + 50) year -= 100;
+        tm.tm_year = year - 1900;
+    } else if (n == 24 && !comma) { /* asctime */
+        if (!day_name(p, 3) || p[3] != ' ' || p[7] != ' ' || p[10] != ' ' || p[19] != ' ') return -1;
+        tm.tm_mon = month3(p + 4);
+        tm.tm_mday = p[8] == ' ' ? digits(p + 9, 1) : digits(p + 8, 2);
+        tm.tm_year = digits(p + 20, 4) - 1900;
+        if (!time_of_day(p + 11, &tm)) return -1;
+    } else {
+        return -1;
+    }
+    if (tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_year < 0) return -1;
+    return (double)timegm(&tm);
+}
+
 double moxy_cache_date(const moxy_header_t *h)
 {
-    if (!h || h->value_len >= 64) return -1;
-    char buf[64];
-    memcpy(buf, h->value, h->value_len);
-    buf[h->value_len] = '\0';
-    static const char *const fmts[] = {"%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"};
-    for (size_t i = 0; i < MOXY_ARRAY_LEN(fmts); i++) {
-        struct tm tm;
-        memset(&tm, 0, sizeof(tm));
-        const char *end = strptime(buf, fmts[i], &tm);
-        if (end && *end == '\0') return (double)timegm(&tm);
-    }
-    return -1;
+    if (!h) return -1;
+    return http_date(h->value, h->value_len, (double)time(NULL));
+}
+
+double moxy_cache_age(const moxy_headers_t *hs)
+{
+    const moxy_header_t *h = moxy_headers_get(hs, "Age", 3);
+    if (!h) return 0;
+    /* the first member of the first line: digits, then the end, a list
+     * separator or a parameter; anything else is no Age at all */
+    const char *p = h->value, *end = p + h->value_len;
+    double v = 0;
+    const char *d = p;
+    while (p < end && *p >= '0' && *p <= '9') v = v * 10 + (*p++ - '0');
+    if (p == d || (p < end && *p != ',' && *p != ';' && *p != ' ' && *p != '\t')) return 0;
+    return v > 2147483648.0 ? 2147483648.0 : v;
 }
 
 /* The default key of host and uri (ulen bytes, the path its first plen):
@@ -206,6 +518,10 @@ char *moxy_cache_vary_of(const moxy_headers_t *hs)
             while (a < end && (*a == ' ' || *a == '\t' || *a == ',')) a++;
             const char *b = a;
             while (b < end && *b != ',' && *b != ' ' && *b != '\t') b++;
+            if (b - a == 1 && *a == '*') { /* a "*" anywhere: no request matches (RFC 9111 4.1) */
+                strcpy(out, "*");
+                return out;
+            }
             if (b > a) {
                 if (p > out) {
                     memcpy(p, ", ", 2);
@@ -241,8 +557,9 @@ double moxy_cache_lifetime(const moxy_headers_t *hs, int status, const moxy_cc_t
     if (cc->s_maxage >= 0) return cc->s_maxage;
     if (cc->max_age >= 0) return cc->max_age;
     if (expires) {
-        double e = moxy_cache_date(expires);
-        return e < 0 ? 0 : MOXY_MAX(0, e - date); /* an invalid Expires is in the past */
+        /* an invalid Expires, or several, is in the past (RFC 9111 5.3) */
+        double e = moxy_headers_find(hs, "Expires", 7, (uint32_t)(expires - hs->h) + 1) < 0 ? moxy_cache_date(expires) : -1;
+        return e < 0 ? 0 : MOXY_MAX(0, e - date);
     }
     if (lm && (moxy_cache_heuristic_status(status) || cc->public_)) {
         double m = moxy_cache_date(lm);

@@ -24,8 +24,17 @@ double moxy_cache_delta_seconds(const char *p, size_t n);
 /* The directives of every field called name (nlen bytes) in hs, into cc. */
 void moxy_cache_cc_parse(const moxy_headers_t *hs, const char *name, size_t nlen, moxy_cc_t *cc);
 
+/* A response's directives (RFC 9213): those of the first of the targeted
+ * fields (ntargeted names, e.g. "CDN-Cache-Control") it carries that is a
+ * valid Structured Field Dictionary -- 1 --, else its Cache-Control's -- 0. */
+int moxy_cache_response_cc(const moxy_headers_t *hs, char *const *targeted, int ntargeted, moxy_cc_t *cc);
+
 /* h's value as an HTTP-date (IMF-fixdate, RFC 850, asctime): Unix time, or -1. */
 double moxy_cache_date(const moxy_header_t *h);
+
+/* The Age of a response with head hs (RFC 9111 5.1): the first value of
+ * its first Age field, 0 when it has none or it is not a number. */
+double moxy_cache_age(const moxy_headers_t *hs);
 
 /* The default key of host and uri (ulen bytes, the path its first plen):
  * "http://host/path?parameters sorted", in pool; its length in *klen.

@@ -307,6 +307,20 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         c->cache.max_object = (size_t)field_num(L, lua_gettop(L), "max_object", 16.0 * 1024 * 1024);
         c->cache.coalesce_timeout = field_num(L, lua_gettop(L), "coalesce_timeout", 5);
         c->cache.request_directives = field_bool(L, lua_gettop(L), "request_directives");
+        lua_getfield(L, -1, "targeted_fields");
+        c->cache.ntargeted = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+        c->cache.targeted = calloc((size_t)c->cache.ntargeted + 1, sizeof(char *));
+        if (!c->cache.targeted) c->cache.ntargeted = 0;
+        for (int i = 0; i < c->cache.ntargeted; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            c->cache.targeted[i] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            if (!c->cache.targeted[i]) {
+                fprintf(err, "%s: out of memory\n", c->path);
+                return MOXY_ERROR;
+            }
+        }
+        lua_pop(L, 1);
         if (read_cidrs(L, lua_gettop(L), "purge", &c->cache.purge, &c->cache.npurge, c->path, err) != MOXY_OK)
             return MOXY_ERROR;
     }
@@ -463,6 +477,8 @@ void moxy_conf_release(moxy_conf_t *c)
     free(c->listens);
     free(c->trusted);
     free(c->cache.purge);
+    for (int i = 0; i < c->cache.ntargeted; i++) free(c->cache.targeted[i]);
+    free(c->cache.targeted);
     for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     free(c->scripts_jit);

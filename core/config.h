@@ -187,6 +187,8 @@ typedef struct moxy_conf_s {
         int request_directives;  /* the client's Cache-Control and Pragma count */
         moxy_cidr_t *purge; /* addresses allowed to PURGE */
         int npurge;
+        char **targeted;    /* RFC 9213 fields replacing Cache-Control, in order ("CDN-Cache-Control") */
+        int ntargeted;
     } cache;
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */

@@ -180,8 +180,7 @@ int moxy_list_has_token(const char *v, size_t vlen, const char *token, size_t tl
     return 0;
 }
 
-/* 1 when a Connection header names n (conn: the list, or NULL if it has none). */
-static int named_hop(const moxy_headers_t *conn, const char *n, size_t l)
+int moxy_header_connection_named(const moxy_headers_t *conn, const char *n, size_t l)
 {
     if (!conn) return 0;
     for (uint32_t i = 0; i < conn->n; i++) {
@@ -215,6 +214,11 @@ static int connection_names_more(const moxy_headers_t *hs)
     return 0;
 }
 
+const moxy_headers_t *moxy_headers_connection_list(const moxy_headers_t *hs)
+{
+    return connection_names_more(hs) ? hs : NULL;
+}
+
 size_t moxy_headers_size(const moxy_headers_t *hs)
 {
     size_t n = 0;
@@ -224,14 +228,14 @@ size_t moxy_headers_size(const moxy_headers_t *hs)
 
 size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip)
 {
-    const moxy_headers_t *conn = connection_names_more(hs) ? hs : NULL;
+    const moxy_headers_t *conn = moxy_headers_connection_list(hs);
     char *start = p;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
         if (h->kind & skip) continue;
         if (h->kind & MOXY_HK_HOP) {
             if (!(keep_upgrade && (h->kind & MOXY_HK_UPGRADE))) continue;
-        } else if (conn && named_hop(conn, h->name, h->name_len)) {
+        } else if (conn && moxy_header_connection_named(conn, h->name, h->name_len)) {
             continue;
         }
         memcpy(p, h->name, h->name_len);

@@ -34,6 +34,16 @@ int moxy_headers_remove_kind(moxy_headers_t *hs, uint32_t mask);
 int moxy_headers_set(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
                      const char *value, size_t vlen);
 
+/* Fields a Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+ * For a list copied field by field: hs when its Connection headers name
+ * fields besides close, keep-alive and upgrade (then check each field with
+ * moxy_header_connection_named), else NULL: nothing to check. */
+const moxy_headers_t *moxy_headers_connection_list(const moxy_headers_t *hs);
+
+/* 1 when a Connection header of conn (moxy_headers_connection_list's, or
+ * NULL) names the field name (len bytes). */
+int moxy_header_connection_named(const moxy_headers_t *conn, const char *name, size_t len);
+
 /* 1 when the bytes are a valid field name (RFC 9110 token). */
 int moxy_header_name_valid(const char *p, size_t n);
 

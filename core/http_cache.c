@@ -116,9 +116,13 @@ static void count_lookup(moxy_req_t *r, int hit)
     else MOXY_STAT_ADD(st->cache_misses, 1);
 }
 
+/* 1 for a method whose success invalidates its target (RFC 9111 4.4):
+ * any but the safe ones (RFC 9110 9.2.1, and WebDAV's), methods whose
+ * safety is unknown included; CONNECT has no target to invalidate. */
 static int unsafe_method(int m)
 {
-    return m == HTTP_POST || m == HTTP_PUT || m == HTTP_DELETE || m == HTTP_PATCH;
+    return m != HTTP_GET && m != HTTP_HEAD && m != HTTP_OPTIONS && m != HTTP_TRACE && m != HTTP_CONNECT &&
+           m != HTTP_PROPFIND && m != HTTP_REPORT && m != HTTP_SEARCH;
 }
 
 static void seg_release(const void *data, size_t len, void *arg)
@@ -754,6 +758,16 @@ static char *store_field(char *p, const moxy_header_t *h)
     return p + 2;
 }
 
+/* The directives of a response to r with head hs: its targeted field's
+ * (cache.targeted_fields, RFC 9213) or its Cache-Control's. */
+static void response_cc(const moxy_req_t *r, const moxy_headers_t *hs, moxy_cc_t *cc)
+{
+    static char *const cdn[] = {"CDN-Cache-Control"}; /* moxy.test's runs: the default */
+    const moxy_conf_t *conf = r->g->conf;
+    if (conf->cache.enabled) moxy_cache_response_cc(hs, conf->cache.targeted, conf->cache.ntargeted, cc);
+    else moxy_cache_response_cc(hs, cdn, 1, cc);
+}
+
 /* When the response r got from the origin (head origin: its Date and Age)
  * was asked for and came, its Date, and its corrected initial age (RFC
  * 9111 4.2.3). */
@@ -767,9 +781,7 @@ static void response_times(const moxy_req_t *r, const moxy_headers_t *origin, ti
     t->request = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : t->response;
     t->date = moxy_cache_date(moxy_headers_get(origin, "Date", 4));
     if (t->date < 0) t->date = t->response;
-    const moxy_header_t *ageh = moxy_headers_get(origin, "Age", 3);
-    double age_value = ageh ? moxy_cache_delta_seconds(ageh->value, ageh->value_len) : 0;
-    if (age_value < 0) age_value = 0;
+    double age_value = moxy_cache_age(origin);
     t->initial_age = MOXY_MAX(MOXY_MAX(0, t->response - t->date), age_value + (t->response - t->request));
 }
 
@@ -781,8 +793,10 @@ static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const time
     o->head = malloc(moxy_headers_size(hs) + 1);
     if (!o->head) return MOXY_ERROR;
     char *p = o->head;
+    const moxy_headers_t *conn = moxy_headers_connection_list(hs);
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
+        if (moxy_header_connection_named(conn, h->name, h->name_len)) continue; /* hop-by-hop */
         p = store_field(p, h);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified) {
@@ -830,7 +844,7 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
         if (!o->vary || !o->vary_values) goto fail;
     }
     moxy_cc_t cc;
-    moxy_cache_cc_parse(&merged, "Cache-Control", 13, &cc);
+    response_cc(r, &merged, &cc);
     times_t t;
     response_times(r, fresh, &t);
     double life = r->cache_ttl >= 0 ? r->cache_ttl : moxy_cache_lifetime(&merged, o->status, &cc, t.date);
@@ -933,7 +947,7 @@ static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, time
     const char *why = NULL;
     const moxy_headers_t *hs = &r->cache_head;
     int status = r->up_status;
-    moxy_cache_cc_parse(hs, "Cache-Control", 13, cc);
+    response_cc(r, hs, cc);
     *vary = NULL;
     response_times(r, hs, t);
     *life = moxy_cache_lifetime(hs, status, cc, t->date);

@@ -669,7 +669,8 @@ function M.check(t, path, src)
 
   -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
   if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true,
-                                                           coalesce_timeout = true, request_directives = true }) then
+                                                           coalesce_timeout = true, request_directives = true,
+                                                           targeted_fields = true }) then
     local csize = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024) or 0
     conf.cache = {
       size = csize,
@@ -684,7 +685,22 @@ function M.check(t, path, src)
       -- choice, clients cannot force requests to the origin
       request_directives = c:value(t.cache.request_directives, { "cache", "request_directives" },
                                    typed("boolean"), true),
+      -- RFC 9213: response fields that, when present and valid, replace Cache-Control for
+      -- this cache (the first one present wins); {}: Cache-Control only
+      targeted_fields = { "CDN-Cache-Control" },
     }
+    if t.cache.targeted_fields ~= nil then
+      local keys = { "cache", "targeted_fields" }
+      local names = {}
+      for i, name in ipairs(list(c, t.cache.targeted_fields, keys)) do
+        if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+%-.^_`|~]+$") then
+          c:err(child(keys, i), "a header field name", name)
+        else
+          names[#names + 1] = name
+        end
+      end
+      conf.cache.targeted_fields = names
+    end
     if conf.cache.size and conf.cache.size < 1024 * 1024 then
       c:err({ "cache", "size" }, "at least 1m", t.cache.size)
     end

@@ -297,8 +297,13 @@ return {
     assert.equal(8 * 1024 * 1024, c.cache.max_object) -- an eighth of a cache under 128m
     assert.equal(2, #c.cache.purge)
     assert.equal(2, c.cache.coalesce_timeout)
+    assert.same({ "CDN-Cache-Control" }, c.cache.targeted_fields)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { targeted_fields = { "Moxy-Cache-Control" } },]])))
+    c = config.load(path)
+    os.remove(path)
+    assert.same({ "Moxy-Cache-Control" }, c.cache.targeted_fields)
     path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, watch = "yes",
-  cache = { size = "100k", max_object = "1g", colour = 1, purge = { "nope" } },]])))
+  cache = { size = "100k", max_object = "1g", colour = 1, purge = { "nope" }, targeted_fields = { "a b" } },]])))
     local errs
     c, errs = config.load(path)
     os.remove(path)
@@ -308,6 +313,7 @@ return {
     assert.matches("cache%.size: at least 1m", all)
     assert.matches("cache%.colour", all)
     assert.matches("cache%.purge%[1%]", all)
+    assert.matches("cache%.targeted_fields%[1%]: a header field name", all)
     path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { size = "4m", max_object = "3m" },]])))
     c, errs = config.load(path)
     os.remove(path)

@@ -268,6 +268,68 @@ return {
     assert.equal("bytes=0-9", header(seen(p)[3], "range"))
   end)
 
+  it("parses what decides storing strictly: HTTP-dates, Age, Vary lists, Connection-named fields", function()
+    local function stored(headers)
+      local p = fresh(nil, headers)
+      get(p)
+      return get(p):header("cache-status"):match("^moxy; hit") ~= nil, p
+    end
+    -- Expires: the three forms of HTTP-date; anything else (or two of them) is in the past
+    assert.is_true(stored({ "Expires:Thu, 18 Aug 2050 02:01:18 GMT" }))
+    assert.is_true(stored({ "Expires:Thursday, 18-Aug-50 02:01:18 GMT" }))
+    assert.is_true(stored({ "Expires:Thu Aug  8 02:01:18 2050" }))
+    assert.is_true(stored({ "Expires:THU, 18 AUG 2050 02:01:18 gmt" }))
+    for _, bad in ipairs({ "Thu, 18 Aug 2050 2:01:18 GMT", "Thu, 18  Aug  2050 02:01:18 GMT",
+                           "Thu, 18 Aug 2050 02:01:18 UTC", "Thu, 18-Aug-2050 02:01:18 GMT",
+                           "Thu 18 Aug 2050 02:01:18 GMT", "Thu, 18 Aug 50 02:01:18 GMT" }) do
+      assert.is_false(stored({ "Expires:" .. bad }), bad)
+    end
+    assert.is_false(stored({ "Expires:Thu, 18 Aug 2050 02:01:18 GMT", "Expires:Thu, 18 Aug 2050 02:01:19 GMT" }))
+    -- Age: the first member of a list counts; a malformed one is no Age
+    assert.is_false(stored({ "Cache-Control:max-age=3600", "Age:7200, 0" }))
+    assert.is_true(stored({ "Cache-Control:max-age=3600", "Age:0, 7200" }))
+    assert.is_true(stored({ "Cache-Control:max-age=3600", "Age:7200.0" }))
+    -- Vary: a "*" anywhere in the list
+    assert.is_false(stored({ "Cache-Control:max-age=60", "Vary:Accept, *" }))
+    assert.is_false(stored({ "Cache-Control:max-age=60", "Vary:*", "Vary:*" }))
+    -- fields a Connection header names are hop-by-hop: not forwarded, not stored
+    local ok, p = stored({ "Cache-Control:max-age=60", "Connection:x-a", "X-A:1", "X-B:2" })
+    assert.is_true(ok)
+    local hit = get(p)
+    assert.is_nil(hit:header("x-a"))
+    assert.equal("2", hit:header("x-b"))
+  end)
+
+  it("honours CDN-Cache-Control (RFC 9213) over Cache-Control, when it is a valid dictionary", function()
+    local function stored(headers)
+      local p = fresh(nil, headers)
+      get(p)
+      return get(p):header("cache-status"):match("^moxy; hit") ~= nil
+    end
+    assert.is_true(stored({ "Cache-Control:no-store", "CDN-Cache-Control:max-age=60" }))
+    assert.is_false(stored({ "Cache-Control:max-age=60", "CDN-Cache-Control:private" }))
+    assert.is_false(stored({ "Cache-Control:max-age=60", "CDN-Cache-Control:no-store" }))
+    assert.is_false(stored({ "Cache-Control:max-age=3600", "CDN-Cache-Control:max-age=0" }))
+    assert.is_true(stored({ "CDN-Cache-Control:foo, max-age=60" }))
+    -- not a dictionary, or max-age of the wrong type: Cache-Control decides
+    assert.is_false(stored({ "Cache-Control:no-store", "CDN-Cache-Control:max-age=60, &&&" }))
+    assert.is_false(stored({ "Cache-Control:no-store", 'CDN-Cache-Control:max-age="60"' }))
+    assert.is_true(stored({ "Cache-Control:max-age=60", "CDN-Cache-Control:MAX-AGE=0" }))
+    -- the field itself goes on to the client
+    local p = fresh(nil, { "CDN-Cache-Control:max-age=60" })
+    assert.equal("max-age=60", get(p):header("cdn-cache-control"))
+  end)
+
+  it("invalidates on a method whose safety it does not know (M-SEARCH), not on OPTIONS", function()
+    local p = fresh(nil, { "Cache-Control:max-age=60" })
+    get(p)
+    assert.matches("^moxy; hit", get(p):header("cache-status"))
+    assert.equal(200, get(p, nil, "OPTIONS").status)
+    assert.matches("^moxy; hit", get(p):header("cache-status"))
+    assert.equal(200, get(p, nil, "M-SEARCH").status)
+    assert.matches("^moxy; fwd=uri%-miss", get(p):header("cache-status"))
+  end)
+
   it("revalidates a stale object with its validators: a 304 refreshes it and the client gets the stored body", function()
     local p = fresh(nil, { "Cache-Control:max-age=2", 'ETag:"e1"' }) .. "&match304=" .. q('"e1"')
     local first = get(p)
