@@ -36,10 +36,12 @@
 
 #define MOXY_CACHE_SEGMENT (256 * 1024) /* body bytes per segment, at most */
 
+#define MOXY_CACHE_FILE_MIN (64 * 1024) /* a body of known length from this size lives in a memfd */
+
 typedef struct moxy_cache_seg_s {
     struct moxy_cache_seg_s *next;
     size_t len, cap;
-    char data[];
+    char *data;   /* just after the struct, or the memfd's mapping (body_fd) */
 } moxy_cache_seg_t;
 
 typedef struct moxy_cache_obj_s {
@@ -54,6 +56,8 @@ typedef struct moxy_cache_obj_s {
     size_t head_len;
     moxy_cache_seg_t *body, *body_last;
     uint64_t body_len;
+    int body_fd;                 /* a memfd holding the body, mapped at body->data (moxy_cache_obj_reserve),
+                                    so that hits can hand it to the socket with sendfile; -1: none */
     struct moxy_cache_obj_s *body_owner; /* a revalidated copy's: the object whose body it shares
                                             (a reference), or NULL: the body is its own */
     /* while it fills, coalesced waiters stream from it (http_cache.c) */
@@ -108,6 +112,13 @@ moxy_cache_obj_t *moxy_cache_find(const char *key, size_t klen, uint64_t hash,
 
 /* A new object for key, not yet visible (one reference: the filler's). */
 moxy_cache_obj_t *moxy_cache_obj_new(const char *key, size_t klen, uint64_t hash);
+
+/* o's body will be len bytes (the origin's Content-Length): one segment
+ * for all of it, in a memfd when it is large (MOXY_CACHE_FILE_MIN), so that
+ * hits can send it with sendfile, without a copy in moxy.  Nothing happens
+ * when that cannot be (too many memfds, out of memory): appends make
+ * segments as usual.  Before the first append. */
+void moxy_cache_obj_reserve(moxy_cache_obj_t *o, uint64_t len);
 
 /* Append len body bytes to o (being filled).  MOXY_ERROR when o would pass
  * max_object (or out of memory): the filler must abort. */

@@ -11,6 +11,9 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #define STRIPES 64
 #define SMALL_SHARE 10    /* percent of the bytes for the small FIFO */
@@ -53,6 +56,8 @@ static struct {
                                 overwrites an older one in its slot (the ghost FIFO, approximately) */
     atomic_size_t used, objects;
     atomic_ullong stores, evictions, invalidations, too_big;
+    atomic_int nfiles;   /* memfd bodies open */
+    int max_files;       /* at most this many: a quarter of the descriptors moxy may open */
 } C;
 
 uint64_t moxy_cache_hash(const char *key, size_t len)
@@ -70,6 +75,8 @@ int moxy_cache_create(size_t size, size_t max_object)
     if (C.ready) return MOXY_OK;
     C.capacity = size;
     C.max_object = max_object;
+    struct rlimit rl;
+    C.max_files = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (int)(rl.rlim_cur / 4) : 1024;
     pthread_mutex_init(&C.qlock, NULL);
     for (int i = 0; i < STRIPES; i++) {
         stripe_t *s = &C.stripes[i];
@@ -110,6 +117,11 @@ static int same_key(const moxy_cache_obj_t *o, const char *key, size_t klen, uin
 static void obj_free(moxy_cache_obj_t *o)
 {
     moxy_cache_seg_t *s = o->body, *next;
+    if (o->body_fd >= 0) { /* its one segment maps the memfd */
+        munmap(s->data, s->cap);
+        close(o->body_fd);
+        atomic_fetch_sub_explicit(&C.nfiles, 1, memory_order_relaxed);
+    }
     for (; s; s = next) {
         next = s->next;
         free(s);
@@ -167,8 +179,34 @@ moxy_cache_obj_t *moxy_cache_obj_new(const char *key, size_t klen, uint64_t hash
     o->hash = hash;
     o->lifetime = -1;
     o->lm_time = -1;
+    o->body_fd = -1;
     atomic_store(&o->refs, 1);
     return o;
+}
+
+void moxy_cache_obj_reserve(moxy_cache_obj_t *o, uint64_t len)
+{
+    if (o->body || len < MOXY_CACHE_FILE_MIN || len > C.max_object) return;
+    if (atomic_fetch_add_explicit(&C.nfiles, 1, memory_order_relaxed) >= C.max_files) goto none;
+    moxy_cache_seg_t *seg = malloc(sizeof(*seg));
+    int fd = memfd_create("moxy-cache", MFD_CLOEXEC);
+    void *map = MAP_FAILED;
+    if (seg && fd >= 0 && ftruncate(fd, (off_t)len) == 0)
+        map = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        free(seg);
+        if (fd >= 0) close(fd);
+        goto none;
+    }
+    seg->next = NULL;
+    seg->len = 0;
+    seg->cap = (size_t)len;
+    seg->data = map;
+    o->body = o->body_last = seg;
+    o->body_fd = fd;
+    return;
+none:
+    atomic_fetch_sub_explicit(&C.nfiles, 1, memory_order_relaxed);
 }
 
 int moxy_cache_obj_append(moxy_cache_obj_t *o, const char *data, size_t len)
@@ -186,6 +224,7 @@ int moxy_cache_obj_append(moxy_cache_obj_t *o, const char *data, size_t len)
             if (cap < len && !s) cap = len < MOXY_CACHE_SEGMENT ? len : MOXY_CACHE_SEGMENT;
             moxy_cache_seg_t *n = malloc(sizeof(*n) + cap);
             if (!n) return MOXY_ERROR;
+            n->data = (char *)(n + 1);
             n->next = NULL;
             n->len = 0;
             n->cap = cap;

@@ -307,6 +307,9 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         c->cache.max_object = (size_t)field_num(L, lua_gettop(L), "max_object", 16.0 * 1024 * 1024);
         c->cache.coalesce_timeout = field_num(L, lua_gettop(L), "coalesce_timeout", 5);
         c->cache.request_directives = field_bool(L, lua_gettop(L), "request_directives");
+        lua_getfield(L, -1, "sendfile");
+        c->cache.sendfile = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : MOXY_SENDFILE_AUTO;
+        lua_pop(L, 1);
         lua_getfield(L, -1, "targeted_fields");
         c->cache.ntargeted = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
         c->cache.targeted = calloc((size_t)c->cache.ntargeted + 1, sizeof(char *));

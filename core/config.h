@@ -39,6 +39,8 @@ enum {
     MOXY_ALF_COUNT
 };
 
+#define MOXY_SENDFILE_AUTO 2 /* cache.sendfile = "auto" */
+
 typedef struct moxy_addr_s {
     char *text;                  /* as written, e.g. "127.0.0.1:8080" */
     struct sockaddr_storage sa;  /* resolved address */
@@ -187,6 +189,8 @@ typedef struct moxy_conf_s {
         int request_directives;  /* the client's Cache-Control and Pragma count */
         moxy_cidr_t *purge; /* addresses allowed to PURGE */
         int npurge;
+        int sendfile;       /* a hit's memfd body goes to the socket with sendfile: 1, 0, or
+                               MOXY_SENDFILE_AUTO (not to a client on the same host) */
         char **targeted;    /* RFC 9213 fields replacing Cache-Control, in order ("CDN-Cache-Control") */
         int ntargeted;
     } cache;

@@ -293,6 +293,7 @@ struct moxy_client_s {
     int busy;                   /* event callbacks on the stack that use c */
     unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
     unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
+    unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
     unsigned socketless : 1;    /* a request moxy makes itself (a cache refresh): no socket,
                                    what it would send is dropped (moxy_req_background) */
     uint32_t read_size;         /* next body read (io.h) */

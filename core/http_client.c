@@ -127,6 +127,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
         const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &s->sin_addr, c->sock_ip, sizeof(c->sock_ip));
         c->sock_port = ntohs(s->sin_port);
+        c->local_peer = (ntohl(s->sin_addr.s_addr) >> 24) == 127;
         if (conf->ntrusted)
             c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 4,
                                          (const uint8_t *)&s->sin_addr);
@@ -134,10 +135,13 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
         const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &s->sin6_addr, c->sock_ip, sizeof(c->sock_ip));
         c->sock_port = ntohs(s->sin6_port);
+        c->local_peer = IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) ||
+                        (IN6_IS_ADDR_V4MAPPED(&s->sin6_addr) && s->sin6_addr.s6_addr[12] == 127);
         if (conf->ntrusted)
             c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 6, s->sin6_addr.s6_addr);
     } else {
         strcpy(c->sock_ip, "unix");
+        c->local_peer = 1;
     }
     memcpy(c->ip, c->sock_ip, sizeof(c->ip));
     c->port = c->sock_port;

@@ -175,7 +175,11 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)
 {
     if (w->nbuf_free > 0) return w->buf_free[--w->nbuf_free];
-    return evbuffer_new();
+    struct evbuffer *b = evbuffer_new();
+    /* written to sockets: a file segment added (a cache hit's memfd body)
+     * goes with sendfile, not read into memory */
+    if (b) evbuffer_set_flags(b, EVBUFFER_FLAG_DRAINS_TO_FD);
+    return b;
 }
 
 void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b)

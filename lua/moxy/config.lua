@@ -670,7 +670,7 @@ function M.check(t, path, src)
   -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
   if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true,
                                                            coalesce_timeout = true, request_directives = true,
-                                                           targeted_fields = true }) then
+                                                           targeted_fields = true, sendfile = true }) then
     local csize = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024) or 0
     conf.cache = {
       size = csize,
@@ -688,6 +688,13 @@ function M.check(t, path, src)
       -- RFC 9213: response fields that, when present and valid, replace Cache-Control for
       -- this cache (the first one present wins); {}: Cache-Control only
       targeted_fields = { "CDN-Cache-Control" },
+      -- large bodies (64k and up, of known length) go to clients with sendfile from the
+      -- memfd that holds them: true, false, or "auto" (not to clients on the same host,
+      -- who pay more to receive sendfile's pages than moxy saves)
+      sendfile = c:value(t.cache.sendfile, { "cache", "sendfile" }, function(v)
+        if v == true or v == false or v == "auto" then return v end
+        return nil, 'true, false or "auto"'
+      end, "auto"),
     }
     if t.cache.targeted_fields ~= nil then
       local keys = { "cache", "targeted_fields" }

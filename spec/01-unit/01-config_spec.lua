@@ -298,12 +298,15 @@ return {
     assert.equal(2, #c.cache.purge)
     assert.equal(2, c.cache.coalesce_timeout)
     assert.same({ "CDN-Cache-Control" }, c.cache.targeted_fields)
-    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { targeted_fields = { "Moxy-Cache-Control" } },]])))
+    assert.equal("auto", c.cache.sendfile)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { targeted_fields = { "Moxy-Cache-Control" }, sendfile = false },]])))
     c = config.load(path)
     os.remove(path)
     assert.same({ "Moxy-Cache-Control" }, c.cache.targeted_fields)
+    assert.is_false(c.cache.sendfile)
     path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, watch = "yes",
-  cache = { size = "100k", max_object = "1g", colour = 1, purge = { "nope" }, targeted_fields = { "a b" } },]])))
+  cache = { size = "100k", max_object = "1g", colour = 1, purge = { "nope" }, targeted_fields = { "a b" },
+            sendfile = "yes" },]])))
     local errs
     c, errs = config.load(path)
     os.remove(path)
@@ -314,6 +317,7 @@ return {
     assert.matches("cache%.colour", all)
     assert.matches("cache%.purge%[1%]", all)
     assert.matches("cache%.targeted_fields%[1%]: a header field name", all)
+    assert.matches('cache%.sendfile: true, false or "auto"', all)
     path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { size = "4m", max_object = "3m" },]])))
     c, errs = config.load(path)
     os.remove(path)
