@@ -829,6 +829,9 @@ static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const time
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
         if (moxy_header_connection_named(conn, h->name, h->name_len)) continue; /* hop-by-hop */
+        /* a cookie is for the client that caused the fetch, never for the others a
+         * stored copy answers (such a response is stored only by txn.cache:store{}) */
+        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "set-cookie")) continue;
         p = store_field(p, h);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
         if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified) {

@@ -800,6 +800,13 @@ return {
     get(p)
     assert.equal("hit true", get(p):header("x-cache"))
     assert.equal(1, saw(p))
+    -- a cookie goes to the client whose request fetched the response, not to the hits
+    p = uniq("/echo/always") .. "?rh=Set-Cookie:session%3Dsecret&rh=X-Kept:yes"
+    assert.equal("session=secret", get(p):header("set-cookie"))
+    local hit = get(p)
+    assert.equal("hit true", hit:header("x-cache"))
+    assert.is_nil(hit:header("set-cookie"))
+    assert.equal("yes", hit:header("x-kept"))
     p = uniq("/echo/never") .. "?rh=Cache-Control:max-age%3D60"
     get(p)
     get(p)
