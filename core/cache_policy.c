@@ -50,6 +50,7 @@ static void cc_apply(moxy_cc_t *cc, const char *d, size_t dl, int flag, double d
     else if (MOXY_STRIEQ_LIT(d, dl, "must-revalidate") || MOXY_STRIEQ_LIT(d, dl, "proxy-revalidate"))
         cc->must_revalidate |= flag;
     else if (MOXY_STRIEQ_LIT(d, dl, "only-if-cached")) cc->only_if_cached |= flag;
+    else if (MOXY_STRIEQ_LIT(d, dl, "must-understand")) cc->must_understand |= flag;
     else if (MOXY_STRIEQ_LIT(d, dl, "max-age")) cc->max_age = delta;
     else if (MOXY_STRIEQ_LIT(d, dl, "s-maxage")) cc->s_maxage = delta;
     else if (MOXY_STRIEQ_LIT(d, dl, "min-fresh")) cc->min_fresh = delta;
@@ -486,12 +487,19 @@ char *moxy_cache_vary_values(moxy_pool_t *pool, const moxy_headers_t *req, const
             const char *a = h->value, *b = h->value + h->value_len;
             while (a < b && (*a == ' ' || *a == '\t')) a++;
             while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
-            if (!first) {
-                memcpy(p, ", ", 2);
-                p += 2;
+            /* lists compare without the whitespace around their commas (and
+             * lines joined the same way); language and coding tokens in any case */
+            int fold = MOXY_STRIEQ_LIT(v, nl, "accept-language") || MOXY_STRIEQ_LIT(v, nl, "accept-encoding");
+            if (!first) *p++ = ',';
+            for (; a < b; a++) {
+                if (*a == ',') {
+                    while (p > out && (p[-1] == ' ' || p[-1] == '\t')) p--;
+                    *p++ = ',';
+                    while (a + 1 < b && (a[1] == ' ' || a[1] == '\t')) a++;
+                } else {
+                    *p++ = fold && *a >= 'A' && *a <= 'Z' ? (char)(*a + 32) : *a;
+                }
             }
-            memcpy(p, a, (size_t)(b - a));
-            p += b - a;
             first = 0;
         }
         v += nl;

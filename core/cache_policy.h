@@ -14,7 +14,8 @@
 
 /* The Cache-Control directives moxy acts on. */
 typedef struct {
-    unsigned no_store : 1, no_cache : 1, private_ : 1, public_ : 1, must_revalidate : 1, only_if_cached : 1;
+    unsigned no_store : 1, no_cache : 1, private_ : 1, public_ : 1, must_revalidate : 1, only_if_cached : 1,
+        must_understand : 1;
     double max_age, s_maxage, max_stale, min_fresh, swr, sie; /* < 0: absent */
 } moxy_cc_t;
 

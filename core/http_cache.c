@@ -972,6 +972,12 @@ void moxy_cache_response_head(moxy_req_t *r)
     moxy_headers_add(&r->c->pool, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
 }
 
+/* 1 for a status whose caching requirements moxy implements. */
+static int understood_status(int status)
+{
+    return moxy_cache_heuristic_status(status) || status == 302 || status == 307;
+}
+
 /* Whether the origin's response to r (its head as it came, r->cache_head)
  * is stored, by RFC 9111 3 and the txn.cache calls: NULL, with its
  * freshness lifetime in *life (and the directives, times and Vary names --
@@ -993,7 +999,10 @@ static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, time
     else if (r->cache_no_store) why = "no-store";
     else if (status < 200 || status == 206 || status == 304) why = "status";
     else if (forced) why = NULL;
-    else if (cc->no_store) why = "no-store";
+    /* must-understand (RFC 9111 5.2.2.3): no-store yields for a status whose
+     * caching rules moxy implements; any other status is not stored */
+    else if (cc->must_understand && !understood_status(status)) why = "must-understand";
+    else if (cc->no_store && !cc->must_understand) why = "no-store";
     else if (cc->private_) why = "private";
     else if (moxy_headers_get(&r->headers, "Authorization", 13) && !cc->public_ && !cc->must_revalidate &&
              cc->s_maxage < 0)

@@ -301,6 +301,22 @@ return {
     assert.equal("2", hit:header("x-b"))
   end)
 
+  it("matches Vary'd lists without the whitespace around commas, languages in any case; honours must-understand", function()
+    local p = fresh(nil, { "Cache-Control:max-age=60", "Vary:Accept-Language, X-List" })
+    get(p, { ["Accept-Language"] = "en-GB, fr;q=0.5", ["X-List"] = "a, b" })
+    local res = get(p, { ["Accept-Language"] = "EN-gb,fr;q=0.5", ["X-List"] = "a ,b" })
+    assert.matches("^moxy; hit", res:header("cache-status"))
+    res = get(p, { ["Accept-Language"] = "fr;q=0.5, en-GB", ["X-List"] = "a, b" }) -- order counts
+    assert.matches("^moxy; fwd=vary%-miss; stored", res:header("cache-status"))
+    -- must-understand: no-store yields for a status moxy knows how to cache, not for another
+    p = fresh(nil, { "Cache-Control:max-age=60, no-store, must-understand" })
+    get(p)
+    assert.matches("^moxy; hit", get(p):header("cache-status"))
+    p = fresh("/status/299", { "Cache-Control:max-age=60, must-understand" })
+    get(p)
+    assert.equal("moxy; fwd=uri-miss", get(p):header("cache-status"))
+  end)
+
   it("honours CDN-Cache-Control (RFC 9213) over Cache-Control, when it is a valid dictionary", function()
     local function stored(headers)
       local p = fresh(nil, headers)
