@@ -175,7 +175,8 @@ static void *watchdog_main(void *arg)
         for (int i = 0; i < watchdog.n; i++) {
             moxy_worker_t *w = watchdog.workers[i];
             int64_t since = atomic_load_explicit(&w->lua_since, memory_order_relaxed);
-            if (since && w->started && budget_ms(w) > 0 && now - since >= budget_ms(w))
+            if (since && atomic_load_explicit(&w->started, memory_order_acquire) && budget_ms(w) > 0 &&
+                now - since >= budget_ms(w))
                 pthread_kill(w->thread, BUDGET_SIGNAL);
         }
     }

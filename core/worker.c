@@ -444,7 +444,7 @@ static void *worker_main(void *arg)
 int moxy_worker_start(moxy_worker_t *w)
 {
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return MOXY_ERROR;
-    w->started = 1;
+    atomic_store_explicit(&w->started, 1, memory_order_release);
     return MOXY_OK;
 }
 
@@ -459,7 +459,7 @@ void moxy_worker_signal(moxy_worker_t *w, int command)
 void moxy_worker_join_free(moxy_worker_t *w)
 {
     if (!w) return;
-    if (w->started) pthread_join(w->thread, NULL);
+    if (atomic_load_explicit(&w->started, memory_order_acquire)) pthread_join(w->thread, NULL);
     else {
         worker_free_wgens(w);
         moxy_geoip_worker_free(w);

@@ -66,7 +66,7 @@ struct moxy_wgen_s {
 struct moxy_worker_s {
     int id;
     pthread_t thread;
-    int started;                 /* the thread runs */
+    atomic_int started;          /* the thread runs (w->thread is set once this is; the watchdog reads both) */
     struct event_base *base;
     moxy_wgen_t *g;              /* the current generation: new requests start on it */
     LIST_HEAD(, moxy_wgen_s) retired; /* older ones with requests still on them */
