@@ -32,7 +32,7 @@ SRCS      := $(wildcard core/*.c)
 OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 # Specs run inside moxy's own runtime (`moxy test` = busted with moxy's modules).
 
-.PHONY: all deps run test check bench install install-systemd uninstall uninstall-systemd \
+.PHONY: all deps run test check tsan bench install install-systemd uninstall uninstall-systemd \
         fmt lint clean FORCE
 
 all: moxy
@@ -83,6 +83,19 @@ check: deps moxy
 	        LDFLAGS="-fsanitize=address,undefined" build-asan/moxy
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  MOXY_BIN=$(CURDIR)/build-asan/moxy MOXY_SANITIZED=1 ./moxy test spec
+
+# ThreadSanitizer on the specs whose moxy runs several workers over shared state (the
+# cache's store and flights, shared dicts, reloads, timers and moxy.http): the others
+# would time out under its slowdown, and single-threaded code has nothing to race.
+TSAN_SPECS = spec/03-integration/39-cache_spec.lua spec/03-integration/19-shared_spec.lua \
+             spec/03-integration/36-reload_spec.lua spec/03-integration/12-yield_spec.lua \
+             spec/03-integration/21-http_client_spec.lua spec/03-integration/25-health_check_spec.lua
+
+tsan: deps moxy
+	$(MAKE) BUILD=build-tsan CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
+	        LDFLAGS="-fsanitize=thread" build-tsan/moxy
+	TSAN_OPTIONS=halt_on_error=0:report_signal_unsafe=0 \
+	  MOXY_BIN=$(CURDIR)/build-tsan/moxy MOXY_SANITIZED=1 ./moxy test $(TSAN_SPECS)
 
 bench: moxy
 	@tools/deps.sh bench
@@ -135,4 +148,4 @@ lint:
 	luajit tools/check-ffi.lua
 
 clean:
-	rm -rf build build-asan moxy
+	rm -rf build build-asan build-tsan moxy
