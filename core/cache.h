@@ -160,15 +160,13 @@ int moxy_cache_flight_begin(const char *key, size_t klen, uint64_t hash);
  * other (Varnish's hit-for-miss), so an uncacheable URL is not serialised. */
 void moxy_cache_flight_end(const char *key, size_t klen, uint64_t hash, double no_wait);
 
-/* 1 while a leader's request for key is under way. */
-int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash);
-
 /* The leader's object for key, being filled, offered to the waiters (a
  * reference is taken). */
 void moxy_cache_flight_attach(const char *key, size_t klen, uint64_t hash, moxy_cache_obj_t *o);
 
-/* The object the leader of key fills, with a reference, or NULL; *active
- * set as moxy_cache_flight_active would (the same look under one lock). */
+/* The object the leader of key fills, with a reference, or NULL; *active:
+ * 1 while a leader's request for key is under way (the same look under
+ * one lock). */
 moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64_t hash, int *active);
 
 /* Note a hit on o for eviction (no lock). */

@@ -565,17 +565,6 @@ moxy_cache_obj_t *moxy_cache_flight_filling(const char *key, size_t klen, uint64
     return o;
 }
 
-int moxy_cache_flight_active(const char *key, size_t klen, uint64_t hash)
-{
-    if (!C.ready) return 0;
-    stripe_t *s = stripe_of(hash);
-    pthread_mutex_lock(&s->lock);
-    flight_t *f = *flight_find(s, key, klen, hash);
-    int active = f && !f->free_until;
-    pthread_mutex_unlock(&s->lock);
-    return active;
-}
-
 void moxy_cache_stats(moxy_cache_stats_t *out)
 {
     memset(out, 0, sizeof(*out));
