@@ -73,6 +73,7 @@ typedef struct moxy_cache_obj_s {
     double stale_while_revalidate, stale_if_error; /* RFC 5861 windows */
     unsigned must_revalidate : 1;/* must-revalidate or proxy-revalidate: never served stale */
     unsigned no_cache : 1;       /* no-cache: revalidate before every use */
+    unsigned s_maxage : 1;       /* s-maxage: never stale without the origin's own permission */
     char *etag, *last_modified;  /* validators (into head's copy), or NULL */
     double lm_time;              /* last_modified as Unix time; < 0: none, or not an HTTP-date */
 

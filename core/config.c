@@ -306,6 +306,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         c->cache.size = (size_t)field_num(L, lua_gettop(L), "size", 256.0 * 1024 * 1024);
         c->cache.max_object = (size_t)field_num(L, lua_gettop(L), "max_object", 16.0 * 1024 * 1024);
         c->cache.coalesce_timeout = field_num(L, lua_gettop(L), "coalesce_timeout", 5);
+        c->cache.stale_if_error = field_num(L, lua_gettop(L), "stale_if_error", 0);
         c->cache.request_directives = field_bool(L, lua_gettop(L), "request_directives");
         lua_getfield(L, -1, "sendfile");
         c->cache.sendfile = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : MOXY_SENDFILE_AUTO;

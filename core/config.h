@@ -189,6 +189,8 @@ typedef struct moxy_conf_s {
         int request_directives;  /* the client's Cache-Control and Pragma count */
         moxy_cidr_t *purge; /* addresses allowed to PURGE */
         int npurge;
+        double stale_if_error; /* seconds a stale object without stale-if-error may answer when
+                                  the origin fails; 0: only with the directive */
         int sendfile;       /* a hit's memfd body goes to the socket with sendfile: 1, 0, or
                                MOXY_SENDFILE_AUTO (not to a client on the same host) */
         char **targeted;    /* RFC 9213 fields replacing Cache-Control, in order ("CDN-Cache-Control") */

@@ -77,12 +77,19 @@ static double current_age(const moxy_cache_obj_t *o, double now)
     return o->initial_age + (resident > 0 ? resident : 0);
 }
 
-/* 1 when o, stale, may still answer a request whose origin failed now
- * (stale-if-error, RFC 5861 4). */
-static int stale_if_error_allows(const moxy_cache_obj_t *o, double now)
+/* 1 when o, stale, may still answer r whose origin failed now: within
+ * its stale-if-error (RFC 5861 4), or, without one, cache.stale_if_error
+ * (RFC 9111 4.2.4: the origin is as good as disconnected) unless it must
+ * be revalidated before every use, or has s-maxage, which implies
+ * proxy-revalidate for a shared cache (RFC 9111 5.2.2.10; the origin's
+ * own stale-if-error or stale-while-revalidate still counts). */
+static int stale_if_error_allows(const moxy_req_t *r, const moxy_cache_obj_t *o, double now)
 {
+    double window = o->stale_if_error;
+    if (window < 0 && !o->no_cache && !o->s_maxage && r->g->conf->cache.stale_if_error > 0)
+        window = r->g->conf->cache.stale_if_error;
     double stale_for = current_age(o, now) - MOXY_MAX(o->lifetime, 0);
-    return o->stale_if_error >= 0 && !o->must_revalidate && stale_for <= o->stale_if_error;
+    return window >= 0 && !o->must_revalidate && stale_for <= window;
 }
 
 /* 1 when o may be used without revalidation now (RFC 9111 4.2). */
@@ -376,7 +383,7 @@ static int only_range_conditions(const moxy_req_t *r)
 static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
     int validators = (o->etag || o->last_modified) && !client_conditional(r) && r->method == HTTP_GET;
-    int on_error = stale_if_error_allows(o, now);
+    int on_error = stale_if_error_allows(r, o, now);
     if (!validators && !on_error) {
         moxy_cache_obj_unref(o);
         return;
@@ -844,6 +851,7 @@ static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const time
     o->initial_age = t->initial_age;
     o->lifetime = life;
     o->must_revalidate = cc->must_revalidate;
+    o->s_maxage = cc->s_maxage >= 0;
     o->no_cache = cc->no_cache;
     o->stale_while_revalidate = cc->swr;
     o->stale_if_error = cc->sie;
@@ -896,7 +904,7 @@ fail:
 static int stale_usable(const moxy_req_t *r)
 {
     const moxy_cache_obj_t *o = r->cache_reval;
-    return o && !r->resp_head_sent && stale_if_error_allows(o, wall_now(r));
+    return o && !r->resp_head_sent && stale_if_error_allows(r, o, wall_now(r));
 }
 
 int moxy_cache_stale_on_error(moxy_req_t *r, int status)

@@ -670,7 +670,8 @@ function M.check(t, path, src)
   -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
   if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true,
                                                            coalesce_timeout = true, request_directives = true,
-                                                           targeted_fields = true, sendfile = true }) then
+                                                           targeted_fields = true, sendfile = true,
+                                                           stale_if_error = true }) then
     local csize = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024) or 0
     conf.cache = {
       size = csize,
@@ -681,6 +682,9 @@ function M.check(t, path, src)
       purge = c:trusted_proxies(t.cache.purge, { "cache", "purge" }),
       -- concurrent misses for a key wait this long for the first one's response; 0: off
       coalesce_timeout = c:value(t.cache.coalesce_timeout, { "cache", "coalesce_timeout" }, duration, 5),
+      -- a stale object without its own stale-if-error answers when the origin fails, for
+      -- this long after it went stale (Varnish's grace); 0: only objects that say so
+      stale_if_error = c:value(t.cache.stale_if_error, { "cache", "stale_if_error" }, duration, 0),
       -- honour the client's Cache-Control / Pragma (no-cache, max-age, ...); false: a CDN's
       -- choice, clients cannot force requests to the origin
       request_directives = c:value(t.cache.request_directives, { "cache", "request_directives" },

@@ -299,9 +299,11 @@ return {
     assert.equal(2, c.cache.coalesce_timeout)
     assert.same({ "CDN-Cache-Control" }, c.cache.targeted_fields)
     assert.equal("auto", c.cache.sendfile)
-    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { targeted_fields = { "Moxy-Cache-Control" }, sendfile = false },]])))
+    assert.equal(0, c.cache.stale_if_error)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, cache = { targeted_fields = { "Moxy-Cache-Control" }, sendfile = false, stale_if_error = "10s" },]])))
     c = config.load(path)
     os.remove(path)
+    assert.equal(10, c.cache.stale_if_error)
     assert.same({ "Moxy-Cache-Control" }, c.cache.targeted_fields)
     assert.is_false(c.cache.sendfile)
     path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, watch = "yes",

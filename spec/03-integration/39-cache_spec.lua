@@ -471,6 +471,32 @@ return {
     assert.matches("stale%-if%-error", m2:stderr())
   end)
 
+  it("serves stale objects without stale-if-error for cache.stale_if_error when the origin fails", function()
+    local o2 = helpers.start_origin()
+    local m2 = helpers.start_moxy({
+      upstreams = { app = { servers = { o2.addr } } },
+      cache = { size = "2m", stale_if_error = "3s" },
+      timeouts = { connect = "1s" },
+    })
+    local plain = path("/bytes/100", { "Cache-Control:max-age=1" })
+    local own = path("/bytes/100", { "Cache-Control:max-age=1, stale-if-error=0" }) -- its own says no
+    local nocache = path("/bytes/100", { "Cache-Control:no-cache", 'ETag:"n"' })
+    local shared = path("/bytes/100", { "Cache-Control:s-maxage=1" }) -- implies proxy-revalidate
+    for _, p in ipairs { plain, own, nocache, shared } do
+      assert.equal(200, assert(helpers.request(m2.port, { path = p })).status)
+    end
+    o2:stop()
+    helpers.sleep(1.2)
+    local res = assert(helpers.request(m2.port, { path = plain }))
+    assert.equal(200, res.status)
+    assert.matches("^moxy; fwd=stale; fwd%-status=502", res:header("cache-status"))
+    assert.equal(502, assert(helpers.request(m2.port, { path = own })).status)
+    assert.equal(502, assert(helpers.request(m2.port, { path = nocache })).status)
+    assert.equal(502, assert(helpers.request(m2.port, { path = shared })).status)
+    helpers.sleep(3)
+    assert.equal(502, assert(helpers.request(m2.port, { path = plain })).status) -- past the window
+  end)
+
   it("honours the request's no-cache, max-age and only-if-cached", function()
     local p = fresh(nil, { "Cache-Control:max-age=60" })
     get(p)
