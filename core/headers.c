@@ -39,12 +39,17 @@ uint32_t moxy_header_kind(const char *n, size_t l)
     switch (l) {
     case 2: return MOXY_STRIEQ_LIT(n, l, "te") ? MOXY_HK_HOP : 0;
     case 4: return MOXY_STRIEQ_LIT(n, l, "host") ? MOXY_HK_HOST : 0;
+    case 5: return MOXY_STRIEQ_LIT(n, l, "range") ? MOXY_HK_RANGE : 0;
     case 6:
         if (MOXY_STRIEQ_LIT(n, l, "expect")) return MOXY_HK_EXPECT;
         break;
     case 7:
         if (MOXY_STRIEQ_LIT(n, l, "upgrade")) return MOXY_HK_HOP | MOXY_HK_UPGRADE;
         if (MOXY_STRIEQ_LIT(n, l, "trailer")) return MOXY_HK_HOP;
+        break;
+    case 8:
+        if (MOXY_STRIEQ_LIT(n, l, "if-match")) return MOXY_HK_CONDITION;
+        if (MOXY_STRIEQ_LIT(n, l, "if-range")) return MOXY_HK_IF_RANGE;
         break;
     case 9:
         if (MOXY_STRIEQ_LIT(n, l, "forwarded")) return MOXY_HK_FWD;
@@ -55,6 +60,9 @@ uint32_t moxy_header_kind(const char *n, size_t l)
         break;
     case 12:
         if (MOXY_STRIEQ_LIT(n, l, "x-request-id")) return MOXY_HK_XRID;
+        break;
+    case 13:
+        if (MOXY_STRIEQ_LIT(n, l, "if-none-match")) return MOXY_HK_CONDITION;
         break;
     case 14:
         if (MOXY_STRIEQ_LIT(n, l, "content-length")) return MOXY_HK_CL;
@@ -68,9 +76,20 @@ uint32_t moxy_header_kind(const char *n, size_t l)
     case 17:
         if (MOXY_STRIEQ_LIT(n, l, "transfer-encoding")) return MOXY_HK_HOP | MOXY_HK_TE;
         if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-proto")) return MOXY_HK_XFP;
+        if (MOXY_STRIEQ_LIT(n, l, "if-modified-since")) return MOXY_HK_CONDITION;
+        break;
+    case 19:
+        if (MOXY_STRIEQ_LIT(n, l, "if-unmodified-since")) return MOXY_HK_CONDITION;
         break;
     }
     return l >= 6 && moxy_strieq(n, 6, "proxy-", 6) ? MOXY_HK_HOP : 0;
+}
+
+uint32_t moxy_headers_kinds(const moxy_headers_t *hs)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < hs->n; i++) k |= hs->h[i].kind;
+    return k;
 }
 
 int moxy_headers_find_kind(const moxy_headers_t *hs, uint32_t mask, uint32_t start)

@@ -24,6 +24,9 @@ int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, u
  * pointer is into hs: valid until hs changes. */
 const moxy_header_t *moxy_headers_get(const moxy_headers_t *hs, const char *name, size_t nlen);
 
+/* The MOXY_HK_* bits of all of hs's headers together. */
+uint32_t moxy_headers_kinds(const moxy_headers_t *hs);
+
 /* Remove every header called name; returns how many were removed. */
 int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen);
 

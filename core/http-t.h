@@ -56,6 +56,9 @@ enum {
     MOXY_HK_XFP = 1 << 9,        /* X-Forwarded-Proto */
     MOXY_HK_XFH = 1 << 10,       /* X-Forwarded-Host */
     MOXY_HK_FWD = 1 << 11,       /* Forwarded (RFC 7239) */
+    MOXY_HK_CONDITION = 1 << 12, /* If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since */
+    MOXY_HK_IF_RANGE = 1 << 13,  /* If-Range */
+    MOXY_HK_RANGE = 1 << 14,     /* Range */
 };
 
 /* One header.  Name and value live in the request pool. */

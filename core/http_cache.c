@@ -247,9 +247,13 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         size_t ln = (size_t)(moxy_write_u64(lb, body_len) - lb);
         moxy_headers_add(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, ln);
     }
-    int not_modified = moxy_cache_not_modified(&r->headers, o);
+    /* the conditions and the range, looked for only when the request has them (one pass) */
+    uint32_t kinds = moxy_headers_kinds(&r->headers);
+    int not_modified = (kinds & MOXY_HK_CONDITION) && moxy_cache_not_modified(&r->headers, o);
     uint64_t from, to;
-    int range = o->status == 200 && r->method == HTTP_GET ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to) : 0;
+    int range = (kinds & MOXY_HK_RANGE) && o->status == 200 && r->method == HTTP_GET
+                    ? moxy_cache_byte_range(&r->headers, o, body_len, &from, &to)
+                    : 0;
     if (range != 0 && !not_modified) {
         char cr[80];
         int cn;
@@ -362,19 +366,7 @@ static int purge_method(moxy_req_t *r)
 /* 1 when the client's request carries conditions of its own. */
 static int client_conditional(const moxy_req_t *r)
 {
-    const moxy_headers_t *hs = &r->headers;
-    return moxy_headers_get(hs, "If-None-Match", 13) || moxy_headers_get(hs, "If-Modified-Since", 17) ||
-           moxy_headers_get(hs, "If-Match", 8) || moxy_headers_get(hs, "If-Unmodified-Since", 19) ||
-           moxy_headers_get(hs, "If-Range", 8);
-}
-
-/* 1 when the only condition r carries is If-Range (with Range): a stored
- * or filling object answers it (moxy_cache_byte_range). */
-static int only_range_conditions(const moxy_req_t *r)
-{
-    const moxy_headers_t *hs = &r->headers;
-    return !moxy_headers_get(hs, "If-None-Match", 13) && !moxy_headers_get(hs, "If-Modified-Since", 17) &&
-           !moxy_headers_get(hs, "If-Match", 8) && !moxy_headers_get(hs, "If-Unmodified-Since", 19);
+    return moxy_headers_find_kind(&r->headers, MOXY_HK_CONDITION | MOXY_HK_IF_RANGE, 0) >= 0;
 }
 
 /* r goes to the origin with o stale: keep o to revalidate it (the request
@@ -451,14 +443,28 @@ static int stale_while_revalidate(moxy_req_t *r, moxy_cache_obj_t *o, double now
     return f != MOXY_FLIGHT_LEADER || background_start(r, o, now) == MOXY_OK;
 }
 
+/* 1 when a hook called txn.cache:bypass() for r (noted as its cache
+ * status): no lookup, no store. */
+static int bypassed(moxy_req_t *r)
+{
+    if (!r->cache_bypass) return 0;
+    r->cache_state = MOXY_CACHE_BYPASS;
+    r->cache_fwd = "moxy; fwd=bypass";
+    return 1;
+}
+
+/* 1 for a request the cache looks up: a GET or HEAD, not a protocol
+ * switch (a WebSocket handshake's 101 is no response to keep, and a
+ * waiter would wait for a tunnel to end). */
+static int looked_up(const moxy_req_t *r)
+{
+    return r->uri && (r->method == HTTP_GET || r->method == HTTP_HEAD) && !r->upgrade;
+}
+
 /* The lookup of r, its key made. */
 static int lookup(moxy_req_t *r)
 {
-    if (r->cache_bypass) {
-        r->cache_state = MOXY_CACHE_BYPASS;
-        r->cache_fwd = "moxy; fwd=bypass";
-        return MOXY_DECLINED;
-    }
+    if (bypassed(r)) return MOXY_DECLINED;
     r->cache_lookup = 1;
     /* cache.request_directives = false: the client's Cache-Control and
      * Pragma are not read (cc keeps its defaults: no directive) */
@@ -516,7 +522,7 @@ static int lookup(moxy_req_t *r)
         /* a range of what the cache lacks: the whole response is fetched
          * in the background and stored, and r waits for it like any other
          * request (its range comes from the object as it fills) */
-        if (f == MOXY_FLIGHT_LEADER && moxy_headers_get(&r->headers, "Range", 5) &&
+        if (f == MOXY_FLIGHT_LEADER && moxy_headers_find_kind(&r->headers, MOXY_HK_RANGE, 0) >= 0 &&
             background_start(r, r->cache_reval, now) == MOXY_OK)
             f = MOXY_FLIGHT_WAIT;
         if (f == MOXY_FLIGHT_LEADER) r->cache_leader = 1;
@@ -577,7 +583,7 @@ static void stream_cb(evutil_socket_t fd, short what, void *arg)
 static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
     if (!o->expected || !variant_matches(o, r) || moxy_lua_has(r->g, MOXY_PHASE_BODY) ||
-        (client_conditional(r) && !only_range_conditions(r))) {
+        moxy_headers_find_kind(&r->headers, MOXY_HK_CONDITION, 0) >= 0) { /* If-Range: the slice's affair */
         moxy_cache_obj_unref(o);
         return 0;
     }
@@ -679,10 +685,7 @@ int moxy_cache_request(moxy_req_t *r)
         if (make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
         return MOXY_DECLINED;
     }
-    /* a protocol switch (WebSocket) is neither answered from the cache nor
-     * coalesced: its 101 is no response to keep, and a waiter would wait
-     * for a tunnel to end */
-    if ((r->method != HTTP_GET && r->method != HTTP_HEAD) || r->upgrade) return MOXY_DECLINED;
+    if (!looked_up(r)) return MOXY_DECLINED;
     if (r->cache_bypass) return lookup(r);
     if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
     if (!moxy_lua_has(r->g, MOXY_PHASE_CACHE_KEY)) return lookup(r);
@@ -1132,19 +1135,12 @@ void moxy_cache_req_free(moxy_req_t *r)
 
 int moxy_cache_test_key(moxy_req_t *r)
 {
-    if (!r->uri || (r->method != HTTP_GET && r->method != HTTP_HEAD) || r->upgrade) return 0;
-    if (r->cache_bypass || make_key(r) != MOXY_OK) return 0;
-    return 1;
+    return looked_up(r) && !r->cache_bypass && make_key(r) == MOXY_OK;
 }
 
 void moxy_cache_test_lookup(moxy_req_t *r)
 {
-    if (!r->uri || (r->method != HTTP_GET && r->method != HTTP_HEAD) || r->upgrade) return;
-    if (r->cache_bypass) {
-        r->cache_state = MOXY_CACHE_BYPASS;
-        r->cache_fwd = "moxy; fwd=bypass";
-        return;
-    }
+    if (!looked_up(r) || bypassed(r)) return;
     r->cache_lookup = 1;
     r->cache_state = MOXY_CACHE_MISS;
     r->cache_fwd = "moxy; fwd=uri-miss";

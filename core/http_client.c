@@ -88,26 +88,32 @@ static void client_want_read(moxy_client_t *c)
 
 static const llhttp_settings_t *request_settings(void);
 
-static moxy_req_t *client_new_request(moxy_client_t *c)
+/* A new request of c (its pool's memory) on generation g, which it holds,
+ * having come in on g's listener listen_index; c's current one.  NULL: out
+ * of memory. */
+static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_index)
 {
-    if (c->listen_index < 0) return NULL; /* a reload removed its listener */
     moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
     if (!r) return NULL;
     memset(r, 0, sizeof(*r));
     r->c = c;
-    r->g = c->w->g;
-    moxy_wgen_hold(r->g);
-    r->listen_index = c->listen_index;
+    r->g = g;
+    moxy_wgen_hold(g);
+    r->listen_index = listen_index;
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
     r->cache_ttl = r->cache_stale = -1;
-    r->status = 0;
-    r->started = (struct timeval){0, 0};
     event_base_gettimeofday_cached(c->w->base, &r->started);
     c->req = r;
     llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
     r->parser.data = c;
     return r;
+}
+
+static moxy_req_t *client_new_request(moxy_client_t *c)
+{
+    if (c->listen_index < 0) return NULL; /* a reload removed its listener */
+    return request_new(c, c->w->g, c->listen_index);
 }
 
 void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index)
@@ -159,20 +165,6 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     client_read_timeout(c, &w->g->tv_client_header);
 }
 
-/* 1 for the request fields a refresh must not carry: the client's own
- * conditions and Range (the refresh asks for the whole object, with the
- * stored object's validators). */
-static int client_condition(const moxy_header_t *h)
-{
-    static const struct { const char *name; size_t len; } drop[] = {
-        {"If-None-Match", 13}, {"If-Modified-Since", 17}, {"If-Match", 8},
-        {"If-Unmodified-Since", 19}, {"If-Range", 8}, {"Range", 5},
-    };
-    for (size_t i = 0; i < MOXY_ARRAY_LEN(drop); i++)
-        if (moxy_strieq(h->name, h->name_len, drop[i].name, drop[i].len)) return 1;
-    return 0;
-}
-
 /* from's head, as its hooks left it, into r (c's pool); MOXY_ERROR: out of memory. */
 static int request_copy(moxy_req_t *r, const moxy_req_t *from)
 {
@@ -187,7 +179,11 @@ static int request_copy(moxy_req_t *r, const moxy_req_t *from)
     if (from->host && !(r->host = moxy_pstrdup(pool, from->host, strlen(from->host)))) return MOXY_ERROR;
     for (uint32_t i = 0; i < from->headers.n; i++) {
         const moxy_header_t *h = &from->headers.h[i];
-        if (client_condition(h) || (h->kind & (MOXY_HK_CL | MOXY_HK_TE | MOXY_HK_EXPECT))) continue;
+        /* not the client's own conditions and Range: a background request
+         * asks for the whole object, with the stored one's validators */
+        if (h->kind & (MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_CL | MOXY_HK_TE |
+                       MOXY_HK_EXPECT))
+            continue;
         if (moxy_headers_add(pool, &r->headers, h->name, h->name_len, h->value, h->value_len) != MOXY_OK)
             return MOXY_ERROR;
     }
@@ -226,19 +222,8 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
     memcpy(c->ip, fc->ip, sizeof(c->ip));
     memcpy(c->sock_ip, fc->sock_ip, sizeof(c->sock_ip));
     moxy_pool_init(&c->pool);
-    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
-    if (!r || client_ensure_buffers(c) != MOXY_OK) goto fail;
-    memset(r, 0, sizeof(*r));
-    r->c = c;
-    c->req = r;
-    r->g = from->g;
-    moxy_wgen_hold(r->g);
-    r->listen_index = from->listen_index;
-    r->server = r->last_server = r->active_server = -1;
-    r->cache_ttl = r->cache_stale = -1;
-    event_base_gettimeofday_cached(w->base, &r->started);
-    llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
-    r->parser.data = c;
+    moxy_req_t *r = NULL;
+    if (client_ensure_buffers(c) != MOXY_OK || !(r = request_new(c, from->g, from->listen_index))) goto fail;
     r->body_kind = MOXY_BODY_NONE;
     r->body_done = 1;
     r->retryable = 1;
