@@ -4,6 +4,7 @@
 #   make test    install what is missing, build, run every spec
 #   make check   the same specs against an ASan+UBSan build
 #   make bench   moxy vs nginx side by side (wrk on loopback)
+#   make fuzz    every libFuzzer harness in fuzz/ for FUZZ_S seconds (default 60)
 #   make install [PREFIX=/usr/local] [DESTDIR=]   binary, Lua modules, scripts, man page,
 #                the systemd unit and logrotate file as examples under share/moxy/dist
 #   make install-systemd   the unit to /etc/systemd/system, logrotate to /etc/logrotate.d
@@ -32,8 +33,8 @@ SRCS      := $(wildcard core/*.c)
 OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
 # Specs run inside moxy's own runtime (`moxy test` = busted with moxy's modules).
 
-.PHONY: all deps run test check tsan bench install install-systemd uninstall uninstall-systemd \
-        fmt lint clean FORCE
+.PHONY: all deps run test check tsan bench fuzz fuzz-build install install-systemd uninstall \
+        uninstall-systemd fmt lint clean FORCE
 
 all: moxy
 
@@ -55,11 +56,11 @@ $(BUILD)/admin_page.o: $(wildcard admin/*)
 
 # llhttp is third-party C from Debian's node-llhttp; build it without our -Werror.
 $(BUILD)/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
-	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 $(BUILD)/llhttp_api.o: $(LLHTTP_SRC)/api.c | $(BUILD)
-	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 $(BUILD)/llhttp_http.o: $(LLHTTP_SRC)/http.c | $(BUILD)
-	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
+	$(CC) $(CFLAGS) -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 
 $(BUILD):
 	mkdir -p $@
@@ -77,6 +78,7 @@ run: deps moxy
 
 test: deps moxy
 	MOXY_BIN=$(CURDIR)/moxy ./moxy test spec
+	$(MAKE) fuzz FUZZ_S=$(FUZZ_TEST_S)
 
 check: deps moxy
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
@@ -96,6 +98,32 @@ tsan: deps moxy
 	        LDFLAGS="-fsanitize=thread" build-tsan/moxy
 	TSAN_OPTIONS=halt_on_error=0:report_signal_unsafe=0 \
 	  MOXY_BIN=$(CURDIR)/build-tsan/moxy MOXY_SANITIZED=1 ./moxy test $(TSAN_SPECS)
+
+# libFuzzer harnesses: fuzz/NAME_fuzz.c, each with its seed corpus fuzz/corpus/NAME/
+# (and fuzz/NAME.dict when there is one), linked against every core object but
+# main.o, all built by clang with ASan and UBSan.  `make fuzz` runs each for
+# FUZZ_S seconds (tools/fuzz.sh); `make test` for FUZZ_TEST_S, so that CI keeps
+# them building and their seeds passing.
+FUZZ_S      ?= 60
+FUZZ_TEST_S ?= 3
+FUZZ_CC     ?= clang
+FUZZ_CFLAGS  = -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=undefined
+FUZZ_NAMES  := $(patsubst fuzz/%_fuzz.c,%,$(wildcard fuzz/*_fuzz.c))
+
+fuzz: fuzz-build
+	FUZZ_S=$(FUZZ_S) tools/fuzz.sh $(FUZZ_NAMES)
+
+fuzz-build: deps
+	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) CFLAGS="$(FUZZ_CFLAGS)" \
+	        $(FUZZ_NAMES:%=build-fuzz/%_fuzz)
+
+$(BUILD)/libmoxy.a: $(filter-out $(BUILD)/main.o,$(OBJS))
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
+	$(CC) $(CFLAGS) $(MOXY_CFLAGS) -Ifuzz -fsanitize=fuzzer $(MOXY_LDFLAGS) -o $@ $< \
+	      $(BUILD)/libmoxy.a $(LDLIBS)
 
 bench: moxy
 	@tools/deps.sh bench
@@ -148,4 +176,4 @@ lint:
 	luajit tools/check-ffi.lua
 
 clean:
-	rm -rf build build-asan build-tsan moxy
+	rm -rf build build-asan build-tsan build-fuzz moxy

@@ -1,7 +1,7 @@
 #!/bin/sh
 # deps.sh -- install the Debian 12 packages moxy needs to build and test.
 #
-#   tools/deps.sh          build + test dependencies (wrk: failover under load;
+#   tools/deps.sh          build + test dependencies (clang: the fuzz harnesses; wrk: failover under load;
 #                          chromium, chromium-driver, python3-selenium: the status page spec)
 #   tools/deps.sh bench    also the benchmark peers (nginx, wrk)
 #
@@ -10,7 +10,7 @@ set -eu
 
 BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zlib1g-dev \
 libmaxminddb-dev libpcre2-dev node-llhttp lua-cjson"
-TEST="lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
+TEST="clang libclang-rt-14-dev lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
 chromium chromium-driver python3-selenium"
 BENCH="nginx wrk util-linux iproute2"
 
