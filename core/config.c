@@ -250,6 +250,8 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         ls->name = field_str(L, l, "name");
         ls->backlog = (int)field_num(L, l, "backlog", 4096);
         ls->proxy_protocol = field_bool(L, l, "proxy_protocol");
+        ls->upgrade = field_str(L, l, "upgrade");
+        if (!ls->upgrade) ls->upgrade = strdup("websocket");
         char *up = field_str(L, l, "upstream");
         ls->upstream = up ? moxy_conf_upstream_index(c, up, strlen(up)) : -1;
         free(up);
@@ -379,6 +381,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->timeouts.upstream = field_num(L, to, "upstream", 60);
     c->timeouts.keepalive = field_num(L, to, "keepalive", 75);
     c->timeouts.drain = field_num(L, to, "drain", 60);
+    c->timeouts.linger = field_num(L, to, "linger", 5);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "log");
@@ -477,6 +480,7 @@ void moxy_conf_release(moxy_conf_t *c)
     for (int i = 0; i < c->nlistens; i++) {
         free(c->listens[i].addr.text);
         free(c->listens[i].name);
+        free(c->listens[i].upgrade);
     }
     free(c->listens);
     free(c->trusted);

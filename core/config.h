@@ -60,6 +60,8 @@ typedef struct {
     int upstream;  /* index into conf->upstreams, or -1 for the default */
     int backlog;
     int proxy_protocol; /* connections start with a PROXY protocol header (v1 or v2) */
+    char *upgrade;      /* protocols a tunnel may carry (Upgrade), lower case, comma-separated
+                           ("websocket"; "" for none) */
 } moxy_listen_conf_t;
 
 /* An address block of trusted_proxies: the first bits bits of addr.  IPv4
@@ -225,6 +227,7 @@ typedef struct moxy_conf_s {
 
     struct { /* seconds */
         double client_header, client_body, client_send, connect, upstream, keepalive, drain;
+        double linger; /* closing with request bytes unread: longest time spent reading them */
     } timeouts;
 
     struct {

@@ -3,6 +3,7 @@
  */
 #include "headers.h"
 
+#include <arpa/inet.h>
 #include <event2/buffer.h>
 
 static int grow(moxy_pool_t *pool, moxy_headers_t *hs)
@@ -38,18 +39,27 @@ uint32_t moxy_header_kind(const char *n, size_t l)
 {
     switch (l) {
     case 2: return MOXY_STRIEQ_LIT(n, l, "te") ? MOXY_HK_HOP : 0;
-    case 4: return MOXY_STRIEQ_LIT(n, l, "host") ? MOXY_HK_HOST : 0;
+    case 3: return MOXY_STRIEQ_LIT(n, l, "age") ? MOXY_HK_NOT_TRAILER : 0;
+    case 4:
+        if (MOXY_STRIEQ_LIT(n, l, "host")) return MOXY_HK_HOST;
+        if (MOXY_STRIEQ_LIT(n, l, "date") || MOXY_STRIEQ_LIT(n, l, "vary")) return MOXY_HK_NOT_TRAILER;
+        break;
     case 5: return MOXY_STRIEQ_LIT(n, l, "range") ? MOXY_HK_RANGE : 0;
     case 6:
         if (MOXY_STRIEQ_LIT(n, l, "expect")) return MOXY_HK_EXPECT;
+        if (MOXY_STRIEQ_LIT(n, l, "cookie") || MOXY_STRIEQ_LIT(n, l, "accept") ||
+            MOXY_STRIEQ_LIT(n, l, "pragma"))
+            return MOXY_HK_NOT_TRAILER;
         break;
     case 7:
         if (MOXY_STRIEQ_LIT(n, l, "upgrade")) return MOXY_HK_HOP | MOXY_HK_UPGRADE;
         if (MOXY_STRIEQ_LIT(n, l, "trailer")) return MOXY_HK_HOP;
+        if (MOXY_STRIEQ_LIT(n, l, "expires") || MOXY_STRIEQ_LIT(n, l, "warning")) return MOXY_HK_NOT_TRAILER;
         break;
     case 8:
         if (MOXY_STRIEQ_LIT(n, l, "if-match")) return MOXY_HK_CONDITION;
         if (MOXY_STRIEQ_LIT(n, l, "if-range")) return MOXY_HK_IF_RANGE;
+        if (MOXY_STRIEQ_LIT(n, l, "location")) return MOXY_HK_NOT_TRAILER;
         break;
     case 9:
         if (MOXY_STRIEQ_LIT(n, l, "forwarded")) return MOXY_HK_FWD;
@@ -57,21 +67,35 @@ uint32_t moxy_header_kind(const char *n, size_t l)
     case 10:
         if (MOXY_STRIEQ_LIT(n, l, "connection")) return MOXY_HK_HOP | MOXY_HK_CONNECTION;
         if (MOXY_STRIEQ_LIT(n, l, "keep-alive")) return MOXY_HK_HOP;
+        if (MOXY_STRIEQ_LIT(n, l, "set-cookie")) return MOXY_HK_NOT_TRAILER;
+        break;
+    case 11:
+        if (MOXY_STRIEQ_LIT(n, l, "retry-after")) return MOXY_HK_NOT_TRAILER;
         break;
     case 12:
         if (MOXY_STRIEQ_LIT(n, l, "x-request-id")) return MOXY_HK_XRID;
+        if (MOXY_STRIEQ_LIT(n, l, "content-type") || MOXY_STRIEQ_LIT(n, l, "max-forwards"))
+            return MOXY_HK_NOT_TRAILER;
         break;
     case 13:
         if (MOXY_STRIEQ_LIT(n, l, "if-none-match")) return MOXY_HK_CONDITION;
+        if (MOXY_STRIEQ_LIT(n, l, "cache-control") || MOXY_STRIEQ_LIT(n, l, "authorization") ||
+            MOXY_STRIEQ_LIT(n, l, "content-range"))
+            return MOXY_HK_NOT_TRAILER;
         break;
     case 14:
         if (MOXY_STRIEQ_LIT(n, l, "content-length")) return MOXY_HK_CL;
+        if (MOXY_STRIEQ_LIT(n, l, "accept-charset")) return MOXY_HK_NOT_TRAILER;
         break;
     case 15:
         if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-for")) return MOXY_HK_XFF;
+        if (MOXY_STRIEQ_LIT(n, l, "accept-encoding") || MOXY_STRIEQ_LIT(n, l, "accept-language"))
+            return MOXY_HK_NOT_TRAILER;
         break;
     case 16:
         if (MOXY_STRIEQ_LIT(n, l, "x-forwarded-host")) return MOXY_HK_XFH;
+        if (MOXY_STRIEQ_LIT(n, l, "content-encoding") || MOXY_STRIEQ_LIT(n, l, "www-authenticate"))
+            return MOXY_HK_NOT_TRAILER;
         break;
     case 17:
         if (MOXY_STRIEQ_LIT(n, l, "transfer-encoding")) return MOXY_HK_HOP | MOXY_HK_TE;
@@ -185,6 +209,72 @@ int moxy_header_value_valid(const char *p, size_t n)
     return 1;
 }
 
+/* RFC 3986 unreserved / sub-delims: the bytes of a reg-name besides pct-encoded. */
+static int reg_name_char(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+           ch == '.' || ch == '_' || ch == '~' || ch == '!' || ch == '$' || ch == '&' || ch == '\'' ||
+           ch == '(' || ch == ')' || ch == '*' || ch == '+' || ch == ',' || ch == ';' || ch == '=';
+}
+
+static int hex_digit(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+/* IP-literal's inside, n bytes at p: IPv6address or IPvFuture. */
+static int ip_literal_valid(const char *p, size_t n)
+{
+    if (n > 0 && (p[0] == 'v' || p[0] == 'V')) { /* "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ) */
+        size_t i = 1;
+        while (i < n && hex_digit((unsigned char)p[i])) i++;
+        if (i == 1 || i >= n || p[i] != '.' || i + 1 == n) return 0;
+        for (i++; i < n; i++)
+            if (!reg_name_char((unsigned char)p[i]) && p[i] != ':') return 0;
+        return 1;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    unsigned char addr[16];
+    if (n == 0 || n >= sizeof(buf)) return 0;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return inet_pton(AF_INET6, buf, addr) == 1;
+}
+
+int moxy_host_valid(const char *p, size_t n)
+{
+    size_t i = 0;
+    if (n > 0 && p[0] == '[') {
+        const char *e = memchr(p, ']', n);
+        if (!e || !ip_literal_valid(p + 1, (size_t)(e - p - 1))) return 0;
+        i = (size_t)(e - p) + 1;
+    } else {
+        while (i < n && p[i] != ':') {
+            unsigned char ch = (unsigned char)p[i];
+            if (ch == '%') {
+                if (i + 2 >= n || !hex_digit((unsigned char)p[i + 1]) || !hex_digit((unsigned char)p[i + 2]))
+                    return 0;
+                i += 3;
+                continue;
+            }
+            if (!reg_name_char(ch)) return 0;
+            i++;
+        }
+        if (i == 0) return 0; /* RFC 9110 4.2.1: no empty host in an http URI */
+    }
+    if (i == n) return 1;
+    if (p[i] != ':') return 0;
+    /* port: at most 5 digits, at most 65535 (empty: the scheme's default) */
+    size_t digits = n - i - 1;
+    if (digits > 5) return 0;
+    unsigned port = 0;
+    for (i++; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        port = port * 10 + (unsigned)(p[i] - '0');
+    }
+    return port <= 65535;
+}
+
 int moxy_list_has_token(const char *v, size_t vlen, const char *token, size_t tlen)
 {
     size_t i = 0;
@@ -245,18 +335,36 @@ size_t moxy_headers_size(const moxy_headers_t *hs)
     return n;
 }
 
-size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip)
+/* A header marked for removal by moxy_headers_drop_connection_named (a
+ * kind bit no header name has). */
+#define HK_DROP (1u << 31)
+
+int moxy_headers_drop_connection_named(moxy_headers_t *hs, uint32_t keep)
 {
     const moxy_headers_t *conn = moxy_headers_connection_list(hs);
+    if (!conn) return 0;
+    /* Mark first, then remove: the Connection headers themselves (hop-by-
+     * hop, never marked) are read while the list is walked. */
+    int marked = 0;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        moxy_header_t *h = &hs->h[i];
+        if (h->kind & (MOXY_HK_HOP | keep)) continue;
+        if (moxy_header_connection_named(conn, h->name, h->name_len)) {
+            h->kind |= HK_DROP;
+            marked++;
+        }
+    }
+    if (marked) moxy_headers_remove_kind(hs, HK_DROP);
+    return marked;
+}
+
+size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip)
+{
     char *start = p;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
         if (h->kind & skip) continue;
-        if (h->kind & MOXY_HK_HOP) {
-            if (!(keep_upgrade && (h->kind & MOXY_HK_UPGRADE))) continue;
-        } else if (conn && moxy_header_connection_named(conn, h->name, h->name_len)) {
-            continue;
-        }
+        if ((h->kind & MOXY_HK_HOP) && !(keep_upgrade && (h->kind & MOXY_HK_UPGRADE))) continue;
         memcpy(p, h->name, h->name_len);
         p += h->name_len;
         *p++ = ':';
@@ -307,6 +415,7 @@ void moxy_chunk_end(struct evbuffer *o, const moxy_headers_t *trailers)
     evbuffer_add(o, "0\r\n", 3);
     for (uint32_t i = 0; trailers && i < trailers->n; i++) {
         const moxy_header_t *h = &trailers->h[i];
+        if (h->kind & MOXY_HK_TRAILER_FORBIDDEN) continue;
         evbuffer_add(o, h->name, h->name_len);
         evbuffer_add(o, ": ", 2);
         evbuffer_add(o, h->value, h->value_len);

@@ -53,12 +53,27 @@ int moxy_header_name_valid(const char *p, size_t n);
 /* 1 when the bytes are a valid field value (VCHAR, SP, HTAB, obs-text; no CR/LF/NUL). */
 int moxy_header_value_valid(const char *p, size_t n);
 
+/* 1 when the n bytes at p are a valid Host (RFC 9110 7.2): uri-host [ ":"
+ * port ], where uri-host is a non-empty reg-name (unreserved, pct-encoded,
+ * sub-delims), an IPv4 address or an IP-literal ("[" IPv6 or IPvFuture "]"),
+ * and port at most 5 digits up to 65535.  No '/', '?', '#', '@', space or
+ * control byte can pass. */
+int moxy_host_valid(const char *p, size_t n);
+
 /* An upper bound of the bytes moxy_headers_write writes for hs. */
 size_t moxy_headers_size(const moxy_headers_t *hs);
 
+/* Remove from hs the fields its Connection headers name (hop-by-hop, RFC
+ * 9110 7.6.1), but those with a kind bit of keep; the Connection headers
+ * stay.  Done when a message comes in, before moxy adds fields of its own,
+ * so that a peer cannot name those away.  Returns how many were removed. */
+int moxy_headers_drop_connection_named(moxy_headers_t *hs, uint32_t keep);
+
 /* Write "Name: value\r\n" at p for each header of hs that is not hop-by-hop
- * (Upgrade kept when keep_upgrade) and has no kind bit of skip.  Returns the
- * bytes written (at most moxy_headers_size(hs)). */
+ * (Upgrade kept when keep_upgrade) and has no kind bit of skip; the fields a
+ * Connection header named were dropped on the way in
+ * (moxy_headers_drop_connection_named).  Returns the bytes written (at most
+ * moxy_headers_size(hs)). */
 size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip);
 
 /* Write v in decimal at p; returns the end. */
@@ -70,7 +85,8 @@ char *moxy_write_hex(char *p, uint64_t v);
 /* Write a chunk-size line ("1f40\r\n") for a chunk of len bytes to o. */
 void moxy_chunk_head(struct evbuffer *o, uint64_t len);
 
-/* Write the last chunk, the trailers (may be NULL) and the final CRLF to o. */
+/* Write the last chunk, the trailers (may be NULL; the fields a trailer must
+ * not carry, MOXY_HK_TRAILER_FORBIDDEN, are left out) and the final CRLF to o. */
 void moxy_chunk_end(struct evbuffer *o, const moxy_headers_t *trailers);
 
 /* 1 when the comma-separated list value contains token (case-insensitive). */

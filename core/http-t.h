@@ -36,9 +36,17 @@ typedef struct moxy_wgen_s moxy_wgen_t;
  * it closes. */
 #define MOXY_DRAIN_IDLE_GRACE_MS 1000
 
+/* Interim (1xx) responses an origin may send before its final one. */
+#define MOXY_MAX_INTERIM 8
+
 #define MOXY_HIGH_WATER (256 * 1024)
 #define MOXY_LOW_WATER (64 * 1024)
 #define MOXY_READ_CHUNK 16384
+
+/* Lingering close: a connection closes once it has read and dropped this
+ * many bytes (or timeouts.linger passed, or a second went by without any). */
+#define MOXY_LINGER_MAX_BYTES (16 * 1024 * 1024)
+#define MOXY_LINGER_IDLE_MS 1000
 
 /* What moxy itself cares about in a header, found once when it is added
  * (bits of moxy_header_t.kind), so later passes test a bit instead of
@@ -59,7 +67,15 @@ enum {
     MOXY_HK_CONDITION = 1 << 12, /* If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since */
     MOXY_HK_IF_RANGE = 1 << 13,  /* If-Range */
     MOXY_HK_RANGE = 1 << 14,     /* Range */
+    MOXY_HK_NOT_TRAILER = 1 << 15, /* other fields a trailer must not carry (RFC 9110 6.5.1) */
 };
+
+/* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
+ * request modifiers, authentication, response control data, how to process
+ * the content, and everything hop-by-hop. */
+#define MOXY_HK_TRAILER_FORBIDDEN                                                            \
+    (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE | MOXY_HK_HOST | MOXY_HK_CL | \
+     MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER)
 
 /* One header.  Name and value live in the request pool. */
 typedef struct {
@@ -91,6 +107,8 @@ typedef enum {
     MOXY_C_ACTIVE,    /* a request is being served */
     MOXY_C_TUNNEL,    /* bytes pass both ways after a 101 */
     MOXY_C_CLOSING,   /* flushing the last bytes, then close */
+    MOXY_C_LINGER,    /* half-closed after an answer: reading and dropping what the client
+                         still sends, for a while, so that no reset destroys the answer */
 } moxy_client_state_t;
 
 /* Where the response of the current request is. */
@@ -162,6 +180,7 @@ struct moxy_req_s {
     uint32_t field_cap, value_cap;
     size_t head_bytes;     /* bytes of request line + headers so far */
     unsigned in_trailers : 1;
+    unsigned head_begun : 1; /* raw head scan: past the empty lines before the request line */
     unsigned head_line : 1;  /* raw head scan: past the request line */
     char head_prev;          /* raw head scan: previous byte */
 
@@ -179,6 +198,9 @@ struct moxy_req_s {
     unsigned hook_done : 1;
     unsigned buffering : 1;     /* txn:read_body: the body goes to body_buf */
     unsigned body_buffered : 1; /* body_buf holds the whole body (sent with Content-Length) */
+    unsigned body_sent : 1;     /* a byte of the streamed body or of its framing (a chunk-size
+                                   line, the last chunk) went toward an origin: no other try
+                                   can send that body again */
     struct evbuffer *body_buf;  /* the buffered body (txn:read_body), or NULL */
     uint64_t body_max;          /* txn:read_body's limit */
     int body_status;            /* 413/400: read_body failed; answered so unless a hook does */
@@ -286,11 +308,13 @@ struct moxy_client_s {
     struct evbuffer *out;       /* NULL while idle */
     moxy_pool_t pool;           /* the current request's memory */
     moxy_req_t *req;            /* current request, NULL between requests */
-    struct timeval head_deadline; /* client_header timeout of the current head */
+    struct timeval head_deadline; /* client_header timeout of the current head; lingering: its end */
+    uint64_t linger_bytes;      /* lingering: bytes read and dropped */
     unsigned reading : 1;       /* rev is added */
     unsigned writing : 1;       /* wev is added */
     unsigned eof : 1;           /* the client closed its side */
     unsigned close_after : 1;   /* close once the current response is out */
+    unsigned linger : 1;        /* request bytes may be unread: linger when closing */
     unsigned in_process : 1;    /* client_process is on the stack */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;                   /* event callbacks on the stack that use c */
@@ -338,6 +362,8 @@ struct moxy_upconn_s {
     int busy;
     uint32_t read_size;         /* next body read (io.h) */
     size_t head_bytes;
+    unsigned interims;          /* interim (1xx) heads of the current response */
+    size_t interim_bytes;       /* their bytes together (at most limits.header_bytes) */
     char *field;
     char *value;
     uint32_t field_len, value_len, field_cap, value_cap;

@@ -80,6 +80,13 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc);
  * origin. */
 int moxy_req_read_body(moxy_req_t *r, uint64_t max);
 
+/* Before r's head goes to an origin: check the framing of the chunked body
+ * bytes that came with the head (or while its hooks ran), so that a request
+ * whose body is already known bad is answered 400 without contacting an
+ * origin.  MOXY_OK: nothing wrong so far (or nothing to check); MOXY_ERROR:
+ * r was answered 400 and its connection closes after. */
+int moxy_req_body_check(moxy_req_t *r);
+
 /* Give r a new random request id (also set as its X-Request-Id header). */
 void moxy_req_make_id(moxy_req_t *r);
 
@@ -105,6 +112,10 @@ static inline int moxy_req_client_port(const moxy_req_t *r)
 {
     return r->client_ip ? r->client_port : r->c->port;
 }
+
+/* 1 when the protocols an origin's 101 to r switches to (the Upgrade field
+ * of resp) are named and all allowed by r's listener (its `upgrade` list). */
+int moxy_req_upgrade_allowed(const moxy_req_t *r, const moxy_headers_t *resp);
 
 /* Switch the client connection to a two-way tunnel with r's origin connection. */
 void moxy_client_tunnel(moxy_client_t *c);

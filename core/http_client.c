@@ -62,6 +62,7 @@ static void client_want_read(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     moxy_wgen_t *g = r ? r->g : c->w->g; /* the timeouts of the request's generation */
+    if (c->state == MOXY_C_LINGER) return; /* its own timer */
     if (c->eof || c->state == MOXY_C_CLOSING) {
         client_stop_read(c);
         return;
@@ -391,13 +392,81 @@ void moxy_client_drain(moxy_client_t *c)
     }
 }
 
+/* Lingering: wait for more of what the client sends, until the linger
+ * deadline (c->head_deadline), at most MOXY_LINGER_IDLE_MS at a time. */
+static void linger_wait(moxy_client_t *c)
+{
+    struct timeval now, left, idle = {MOXY_LINGER_IDLE_MS / 1000, (MOXY_LINGER_IDLE_MS % 1000) * 1000};
+    event_base_gettimeofday_cached(c->w->base, &now);
+    if (!evutil_timercmp(&now, &c->head_deadline, <)) {
+        moxy_client_close(c);
+        return;
+    }
+    evutil_timersub(&c->head_deadline, &now, &left);
+    client_read_timeout(c, evutil_timercmp(&left, &idle, <) ? &left : &idle);
+}
+
+/* The answer is out and the connection closes, but the client may still be
+ * sending (a body not read, a pipelined request): a close now would make
+ * the kernel answer those bytes with a reset, which can destroy the answer
+ * before the client reads it.  Half-close instead, read and drop what comes
+ * for at most timeouts.linger, MOXY_LINGER_MAX_BYTES, or until a second
+ * without any, then close (nginx's lingering close). */
+static void client_linger(moxy_client_t *c)
+{
+    double t = c->w->g->conf->timeouts.linger;
+    c->linger = 0;
+    if (t <= 0 || c->eof || c->socketless || !c->in || shutdown(c->fd, SHUT_WR) != 0) {
+        moxy_client_close(c);
+        return;
+    }
+    c->state = MOXY_C_LINGER;
+    c->linger_bytes = evbuffer_get_length(c->in);
+    evbuffer_drain(c->in, c->linger_bytes);
+    struct timeval now, tv = moxy_timeval(t);
+    event_base_gettimeofday_cached(c->w->base, &now);
+    evutil_timeradd(&now, &tv, &c->head_deadline);
+    client_stop_read(c);
+    linger_wait(c);
+}
+
+/* A lingering connection can be read (or its wait ended). */
+static void linger_read(moxy_client_t *c, evutil_socket_t fd, short what)
+{
+    if (what & EV_TIMEOUT) {
+        moxy_client_close(c);
+        return;
+    }
+    ssize_t n = moxy_io_read(c->in, fd, MOXY_READ_CHUNK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) { /* the client closed too (or reset): done */
+        moxy_client_close(c);
+        return;
+    }
+    evbuffer_drain(c->in, (size_t)n);
+    c->linger_bytes += (uint64_t)n;
+    if (c->linger_bytes > MOXY_LINGER_MAX_BYTES) {
+        moxy_client_close(c);
+        return;
+    }
+    client_stop_read(c);
+    linger_wait(c);
+}
+
+/* The output is flushed and the connection is to close: close, or linger. */
+static void client_flushed_close(moxy_client_t *c)
+{
+    if (c->linger) client_linger(c);
+    else moxy_client_close(c);
+}
+
 /* Close once the output is flushed; no more reading. */
 static void client_closing(moxy_client_t *c)
 {
     c->state = MOXY_C_CLOSING;
     client_stop_read(c);
     if (!c->out || evbuffer_get_length(c->out) == 0) {
-        moxy_client_close(c);
+        client_flushed_close(c);
         return;
     }
     moxy_client_send(c);
@@ -457,7 +526,7 @@ int moxy_client_send(moxy_client_t *c)
         c->writing = 0;
     }
     if (c->state == MOXY_C_CLOSING && left == 0) {
-        moxy_client_close(c);
+        client_flushed_close(c);
         return MOXY_ERROR;
     }
     moxy_req_t *r = c->req;
@@ -535,8 +604,8 @@ static int on_header_value_complete(llhttp_t *p)
     if (r->field_len == 0) return parse_fail(p, 400, "empty header name");
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
     moxy_headers_t *hs = r->in_trailers ? &r->trailers : &r->headers;
-    if (!r->in_trailers && (int)hs->n >= c->req->g->conf->limits.headers)
-        return parse_fail(p, 431, "too many request headers");
+    if ((int)hs->n >= c->req->g->conf->limits.headers)
+        return parse_fail(p, 431, r->in_trailers ? "too many request trailer fields" : "too many request headers");
     if (r->in_trailers && MOXY_STRIEQ_LIT(r->field, r->field_len, "content-length"))
         return parse_fail(p, 400, "Content-Length in trailers");
     if (moxy_headers_add(&c->pool, hs, r->field, r->field_len, v, vl) != MOXY_OK) return -1;
@@ -586,6 +655,118 @@ static int check_head(llhttp_t *p, moxy_req_t *r)
     return 0;
 }
 
+/* The absolute-form target of r ("http://authority/path?query", RFC 9112
+ * 3.2.2), which a server must accept: its authority replaces Host (checked
+ * by check_head: there is at most one), and r->uri becomes the origin-form
+ * scripts and origins see.  Returns 0 or a parse_fail. */
+static int absolute_form(llhttp_t *p, moxy_req_t *r)
+{
+    moxy_client_t *c = p->data;
+    const char *u = r->uri;
+    size_t n = r->uri_len, i = 0;
+    while (i < n && ((u[i] >= 'a' && u[i] <= 'z') || (u[i] >= 'A' && u[i] <= 'Z') ||
+                     (i > 0 && ((u[i] >= '0' && u[i] <= '9') || u[i] == '+' || u[i] == '-' || u[i] == '.'))))
+        i++;
+    if (i == 0 || n - i < 3 || memcmp(u + i, "://", 3) != 0)
+        return parse_fail(p, 400, "request target is not an absolute path");
+    if (!MOXY_STRIEQ_LIT(u, i, "http") && !MOXY_STRIEQ_LIT(u, i, "https"))
+        return parse_fail(p, 400, "request target's scheme is not http");
+    const char *a = u + i + 3;
+    size_t alen = 0;
+    while (a + alen < u + n && a[alen] != '/' && a[alen] != '?') alen++;
+    if (memchr(a, '@', alen)) return parse_fail(p, 400, "userinfo in the request target");
+    if (!moxy_host_valid(a, alen)) return parse_fail(p, 400, "invalid authority in the request target");
+    const char *rest = a + alen;
+    size_t rlen = (size_t)(u + n - rest);
+    /* an empty path is "/", or "*" for OPTIONS (RFC 9112 3.2.4) */
+    int star = rlen == 0 && p->method == HTTP_OPTIONS;
+    size_t slash = rlen == 0 || rest[0] == '?' ? 1 : 0;
+    char *t = moxy_palloc(&c->pool, slash + rlen + 1);
+    if (!t) return -1;
+    if (slash) t[0] = star ? '*' : '/';
+    memcpy(t + slash, rest, rlen);
+    t[slash + rlen] = '\0';
+    moxy_headers_remove_kind(&r->headers, MOXY_HK_HOST);
+    if (moxy_headers_add(&c->pool, &r->headers, "Host", 4, a, alen) != MOXY_OK) return -1;
+    r->host = r->headers.h[r->headers.n - 1].value;
+    r->uri = t;
+    r->uri_len = r->uri_cap = (uint32_t)(slash + rlen);
+    return 0;
+}
+
+/* The next protocol of the Upgrade value v[0..n) from *j on (protocol-name
+ * [ "/" version ], RFC 9110 7.8): its start, its length with the version,
+ * and the length of its name.  0 when none is left. */
+static int upgrade_next(const char *v, size_t n, size_t *j, size_t *start, size_t *len, size_t *name)
+{
+    for (;;) {
+        while (*j < n && (v[*j] == ' ' || v[*j] == '\t' || v[*j] == ',')) (*j)++;
+        if (*j >= n) return 0;
+        size_t s = *j, e;
+        while (*j < n && v[*j] != ',') (*j)++;
+        for (e = *j; e > s && (v[e - 1] == ' ' || v[e - 1] == '\t');) e--;
+        if (e == s) continue;
+        const char *slash = memchr(v + s, '/', e - s);
+        *start = s;
+        *len = e - s;
+        *name = slash ? (size_t)(slash - v - s) : e - s;
+        return 1;
+    }
+}
+
+/* 1 when r's listener lets a tunnel carry the protocol name[0..n). */
+static int upgrade_allowed(const moxy_req_t *r, const char *name, size_t n)
+{
+    const char *allowed = r->g->conf->listens[r->listen_index].upgrade;
+    return allowed && moxy_list_has_token(allowed, strlen(allowed), name, n);
+}
+
+/* The client asks to switch protocols (Upgrade with Connection: upgrade).
+ * Only the protocols its listener allows go through a tunnel (the Upgrade
+ * field keeps just those); for any other, or an HTTP/1.0 client (RFC 9110
+ * 7.8), Upgrade and HTTP2-Settings go and the request is proxied as plain
+ * HTTP/1.1.  Returns 0 or -1 (out of memory). */
+static int request_upgrade(llhttp_t *p, moxy_req_t *r)
+{
+    moxy_client_t *c = p->data;
+    char *keep = NULL;
+    uint32_t klen = 0, kcap = 0;
+    for (uint32_t i = 0; r->http_minor >= 1 && i < r->headers.n; i++) {
+        const moxy_header_t *h = &r->headers.h[i];
+        if (!(h->kind & MOXY_HK_UPGRADE)) continue;
+        size_t j = 0, s, len, name;
+        while (upgrade_next(h->value, h->value_len, &j, &s, &len, &name)) {
+            if (!upgrade_allowed(r, h->value + s, name)) continue;
+            if ((klen && moxy_pool_append(&c->pool, &keep, &klen, &kcap, ", ", 2)) ||
+                moxy_pool_append(&c->pool, &keep, &klen, &kcap, h->value + s, len))
+                return -1;
+        }
+    }
+    moxy_headers_remove_kind(&r->headers, MOXY_HK_UPGRADE);
+    if (!keep) {
+        moxy_headers_remove(&r->headers, "HTTP2-Settings", 14);
+        r->upgrade = 0;
+        return 0;
+    }
+    r->upgrade = 1;
+    return moxy_headers_add(&c->pool, &r->headers, "Upgrade", 7, keep, klen) == MOXY_OK ? 0 : -1;
+}
+
+int moxy_req_upgrade_allowed(const moxy_req_t *r, const moxy_headers_t *resp)
+{
+    int seen = 0;
+    for (uint32_t i = 0; i < resp->n; i++) {
+        const moxy_header_t *h = &resp->h[i];
+        if (!(h->kind & MOXY_HK_UPGRADE)) continue;
+        size_t j = 0, s, len, name;
+        while (upgrade_next(h->value, h->value_len, &j, &s, &len, &name)) {
+            if (!upgrade_allowed(r, h->value + s, name)) return 0;
+            seen = 1;
+        }
+    }
+    return seen;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     moxy_client_t *c = p->data;
@@ -597,12 +778,13 @@ static int on_headers_complete(llhttp_t *p)
     r->method_name = (char *)llhttp_method_name((llhttp_method_t)p->method);
     if (r->http_major != 1) return parse_fail(p, 505, "HTTP version not supported");
     if (p->method == HTTP_CONNECT) return parse_fail(p, 405, "CONNECT is not supported");
-    if (!r->uri || r->uri[0] != '/') {
-        if (!(r->uri && r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS))
-            return parse_fail(p, 400, "request target is not an absolute path");
-    }
+    if (!r->uri) return parse_fail(p, 400, "no request target");
     int rc = check_head(p, r);
     if (rc) return rc;
+    if (r->uri[0] != '/' && !(r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS) &&
+        (rc = absolute_form(p, r)))
+        return rc;
+    if (r->host && !moxy_host_valid(r->host, strlen(r->host))) return parse_fail(p, 400, "invalid Host header");
     if (p->flags & F_CHUNKED) {
         r->body_kind = MOXY_BODY_CHUNKED;
     } else if (r->has_cl) {
@@ -611,7 +793,7 @@ static int on_headers_complete(llhttp_t *p)
     } else {
         r->body_kind = MOXY_BODY_NONE;
     }
-    r->upgrade = p->upgrade ? 1 : 0;
+    if (p->upgrade && (rc = request_upgrade(p, r))) return rc;
     if (r->uri) {
         char *q = memchr(r->uri, '?', r->uri_len);
         r->path_len = q ? (uint32_t)(q - r->uri) : r->uri_len;
@@ -627,7 +809,10 @@ static int on_chunk_header(llhttp_t *p)
         r->in_trailers = 1;
         return 0;
     }
-    if (r->up && !r->buffering) moxy_chunk_head(r->up->out, p->content_length);
+    if (r->up && !r->buffering) {
+        moxy_chunk_head(r->up->out, p->content_length);
+        r->body_sent = 1;
+    }
     return 0;
 }
 
@@ -646,8 +831,12 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     r->body_read += n;
     if (r->body_read > c->req->g->conf->limits.body_bytes)
         return parse_fail(p, 413, "request body too large");
-    if (r->buffering) evbuffer_add(r->body_buf, at, n);
-    else if (r->up) evbuffer_add(r->up->out, at, n);
+    if (r->buffering) {
+        evbuffer_add(r->body_buf, at, n);
+    } else if (r->up) {
+        evbuffer_add(r->up->out, at, n);
+        r->body_sent = 1;
+    }
     return 0;
 }
 
@@ -656,7 +845,10 @@ static int on_message_complete(llhttp_t *p)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     if (r->body_kind != MOXY_BODY_CHUNKED) return HPE_PAUSED;
-    if (r->up && !r->buffering) moxy_chunk_end(r->up->out, &r->trailers);
+    if (r->up && !r->buffering) {
+        moxy_chunk_end(r->up->out, &r->trailers);
+        r->body_sent = 1;
+    }
     r->body_done = 1;
     return HPE_PAUSED; /* the next request waits for this one's response */
 }
@@ -682,14 +874,26 @@ static const llhttp_settings_t *request_settings(void)
     return &s;
 }
 
+/* moxy_req_body_check's parser: framing only, no callback but the end. */
+static llhttp_settings_t body_check_settings;
+
+static int check_message_complete(llhttp_t *p)
+{
+    MOXY_UNUSED(p);
+    return HPE_PAUSED; /* the rest is the next request's */
+}
+
 void moxy_http_init(void)
 {
     request_settings();
+    llhttp_settings_init(&body_check_settings);
+    body_check_settings.on_message_complete = check_message_complete;
 }
 
 /* What llhttp (8.1, strict) lets through in a head and we refuse: obs-fold
  * (a line starting with SP or HTAB, RFC 9112 5.2) and a request line with
- * more than one SP between its parts.  Scans the head bytes p[0..n).
+ * more than one SP between its parts, or a tab; the same for a request line
+ * after empty lines.  Scans the head bytes p[0..n).
  * Returns NULL or the reason. */
 static const char *head_scan(moxy_req_t *r, const char *p, size_t n)
 {
@@ -697,6 +901,12 @@ static const char *head_scan(moxy_req_t *r, const char *p, size_t n)
     for (size_t i = 0; i < n; i++) {
         char ch = p[i];
         if (!r->head_line) {
+            if (!r->head_begun) {
+                /* empty lines before the request line (RFC 9112 2.2: a
+                 * server SHOULD ignore them): not the request line yet */
+                if (ch == '\r' || ch == '\n') continue;
+                r->head_begun = 1;
+            }
             if (ch == '\n') r->head_line = 1;
             else if ((ch == ' ' && prev == ' ') || ch == '\t') return "malformed request line";
         } else if (prev == '\n' && (ch == ' ' || ch == '\t')) {
@@ -841,6 +1051,9 @@ static void client_start_request(moxy_client_t *c)
 
     /* the real client, before X-Forwarded-For is rewritten (and for a 413's log line) */
     if (c->trusted) moxy_realip_resolve(r);
+    /* the fields the client's Connection names are for this hop only; gone
+     * before moxy adds its own, which the client cannot name away */
+    moxy_headers_drop_connection_named(&r->headers, MOXY_HK_HOST | MOXY_HK_CL);
     moxy_req_set_id(r);
     c->state = MOXY_C_ACTIVE;
     /* idempotent methods may go to another peer after a failure (RFC 9110 9.2.2) */
@@ -897,6 +1110,30 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc)
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);
     if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+/* --- the body bytes that came with the head --- */
+
+
+int moxy_req_body_check(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    if (r->body_kind != MOXY_BODY_CHUNKED || r->body_sent || r->buffering || r->body_buffered ||
+        !c->in || evbuffer_get_length(c->in) == 0)
+        return MOXY_OK;
+    /* a copy of the parser where the real one stands reads what came so
+     * far; the real one reads it again as it goes to the origin */
+    llhttp_t p = r->parser;
+    p.settings = &body_check_settings;
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(c->in, -1, NULL, v, 16);
+    if (n > 16) n = 16;
+    llhttp_errno_t err = HPE_OK;
+    for (int i = 0; i < n && err == HPE_OK; i++) err = llhttp_execute(&p, v[i].iov_base, v[i].iov_len);
+    if (err == HPE_OK || err == HPE_PAUSED) return MOXY_OK;
+    const char *why = llhttp_get_error_reason(&p);
+    client_reject(c, 400, why ? why : llhttp_errno_name(err));
+    return MOXY_ERROR;
 }
 
 /* --- txn:read_body: the request body buffered for the hooks --- */
@@ -1032,6 +1269,7 @@ static int client_read_body(moxy_client_t *c)
             moxy_io_move(u->out, c->in, n);
             r->body_left -= n;
             r->body_read += n;
+            r->body_sent = 1;
         }
         if (r->body_left == 0) r->body_done = 1;
     } else {
@@ -1230,6 +1468,8 @@ static void client_finish_request(moxy_client_t *c)
      * that one is still served (with Connection: close) */
     int keep = r->keepalive && r->body_done && !c->eof;
     int draining = c->close_after || c->w->draining;
+    /* closing with bytes of the client's unread: linger (client_linger) */
+    if (!keep) c->linger = !c->eof && (!r->body_done || evbuffer_get_length(c->in) > 0);
     if (r->up) {
         /* the origin did not finish with us (e.g. the body was cut): close it */
         moxy_upconn_t *u = r->up;
@@ -1351,6 +1591,10 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg)
 
 static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
 {
+    if (c->state == MOXY_C_LINGER) {
+        linger_read(c, fd, what);
+        return;
+    }
     if (what & EV_TIMEOUT) {
         client_timeout(c);
         return;

@@ -91,7 +91,8 @@ int moxy_resp_write_head(moxy_req_t *r)
     }
 
     /* Content-Length is moxy's to write when there is a body; for HEAD and
-     * 304 the origin's tells the length of what was not sent. */
+     * 304 the origin's tells the length of what was not sent; a 1xx or a 204
+     * has none. */
     const char *reason = moxy_status_reason(r->status);
     size_t idlen = strlen(r->id), rlen = strlen(reason);
     size_t max = 16 + rlen + moxy_headers_size(&r->resp_headers) + idlen + 160;
@@ -104,7 +105,9 @@ int moxy_resp_write_head(moxy_req_t *r)
     memcpy(p, reason, rlen);
     p += rlen;
     PUT_LIT(p, "\r\n");
-    p += moxy_headers_write(p, &r->resp_headers, tunnel, MOXY_HK_XRID | (body ? MOXY_HK_CL : 0));
+    /* RFC 9110 8.6: no Content-Length on a 1xx or a 204 */
+    int no_cl = body || r->status == 204 || r->status < 200;
+    p += moxy_headers_write(p, &r->resp_headers, tunnel, MOXY_HK_XRID | (no_cl ? MOXY_HK_CL : 0));
     if (!r->local) PUT_LIT(p, "Via: 1.1 moxy\r\n");
     PUT_LIT(p, "X-Request-Id: ");
     memcpy(p, r->id, idlen);

@@ -443,8 +443,13 @@ static int tries_max(const moxy_req_t *r)
 
 int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
 {
+    /* A streamed body is sent once: after any byte of it, or of its chunked
+     * framing, went to an origin, another try would send the rest without
+     * what went before, and the next origin would read the body's bytes as
+     * requests of their own.  Only a body buffered whole (txn:read_body) is
+     * sent again. */
     if (!r->retryable || r->tries >= tries_max(r) || r->resp_head_sent || r->c->dead ||
-        (r->body_kind != MOXY_BODY_NONE && r->body_read > 0 && !r->body_buffered))
+        (r->body_kind != MOXY_BODY_NONE && !r->body_buffered && (r->body_read > 0 || r->body_sent)))
         return 0;
     /* another peer: another server of the pool, or what on_upstream says */
     if (!upstream_hooks && (r->pool < 0 || r->g->conf->upstreams[r->pool].nservers < 2))
@@ -520,6 +525,7 @@ static void try_connect(moxy_req_t *r)
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
     moxy_upconn_t *u = NULL;
+    if (moxy_req_body_check(r) != MOXY_OK) return; /* a bad body answered before the origin sees the head */
     event_base_gettimeofday_cached(w->base, &r->up_started);
     moxy_peer_t *p = try_peer(r);
     /* an idle connection to the peer's current addresses, if any */
@@ -559,6 +565,8 @@ static void try_connect(moxy_req_t *r)
     u->req = r;
     r->up = u;
     u->got_bytes = u->head_done = u->eof = u->interim = u->in_trailers = 0;
+    u->interims = 0;
+    u->interim_bytes = 0;
     u->keepalive = u->server >= 0; /* set_peer connections are not kept */
     u->body_done = u->write_failed = 0;
     u->head_bytes = 0;
@@ -769,7 +777,7 @@ static void up_interim(moxy_upconn_t *u, int status)
         if (evbuffer_reserve_space(c->out, (ev_ssize_t)max, &v, 1) == 1) {
             char *p = v.iov_base;
             p += sprintf(p, "HTTP/1.1 %d %s\r\n", status, reason);
-            p += moxy_headers_write(p, &r->resp_headers, 0, 0);
+            p += moxy_headers_write(p, &r->resp_headers, 0, MOXY_HK_CL);
             *p++ = '\r';
             *p++ = '\n';
             v.iov_len = (size_t)(p - (char *)v.iov_base);
@@ -786,11 +794,23 @@ static int rs_headers_complete(llhttp_t *p)
     if (u->in_trailers) return 0;
     int status = p->status_code;
     if (status < 100 || status > 999) return rs_fail(p, "invalid status");
+    /* the fields the origin's Connection names are for this hop only */
+    moxy_headers_drop_connection_named(&r->resp_headers, MOXY_HK_CL);
     if (status < 200 && status != 101) {
+        /* A 1xx never has a body (RFC 9110 15.2): framing on one is an
+         * attempt to split the response stream.  The interim heads of one
+         * response share a bound in number and in bytes. */
+        if (p->flags & (F_CHUNKED | F_CONTENT_LENGTH) ||
+            moxy_headers_find_kind(&r->resp_headers, MOXY_HK_TE | MOXY_HK_CL, 0) >= 0)
+            return rs_fail(p, "interim response with a body");
+        if (++u->interims > MOXY_MAX_INTERIM) return rs_fail(p, "too many interim responses");
+        u->interim_bytes += u->head_bytes;
+        if (u->interim_bytes > u->g->conf->limits.header_bytes)
+            return rs_fail(p, "interim responses too large");
         up_interim(u, status);
         u->interim = 1;
         u->head_bytes = 0;
-        return 0;
+        return 1; /* no body, whatever the status (llhttp reads one for 104-199) */
     }
     r->status = status;
     int close = p->http_major == 1 && p->http_minor == 0;
@@ -1196,6 +1216,10 @@ static void up_process(moxy_upconn_t *u)
         if (r->status == 101) {
             if (!r->upgrade) {
                 up_fail(u, 502, "origin switched protocols without being asked", 0);
+                return;
+            }
+            if (!moxy_req_upgrade_allowed(r, &r->resp_headers)) {
+                up_fail(u, 502, "origin switched to a protocol the listener does not allow", 0);
                 return;
             }
             moxy_resp_write_head(r);

@@ -326,6 +326,8 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
     if (hosts > 1) return fail_msg(err, errlen, "more than one Host header (moxy answers 400)");
     if (hosts == 0 && r->http_minor >= 1)
         return fail_msg(err, errlen, "missing Host header (moxy answers 400)");
+    if (r->host && !moxy_host_valid(r->host, strlen(r->host)))
+        return fail_msg(err, errlen, "invalid Host header (moxy answers 400)");
     if (cls > 1)
         return fail_msg(err, errlen, "more than one Content-Length header (moxy answers 400)");
     if (tes > 1)
@@ -349,6 +351,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
 
     /* client_start_request */
     r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
+    moxy_headers_drop_connection_named(&r->headers, MOXY_HK_HOST | MOXY_HK_CL);
     moxy_req_set_id(r);
     c->state = MOXY_C_ACTIVE;
     int m = r->method;

@@ -13,6 +13,7 @@
 -- Processes
 --   helpers.moxy_bin()                    MOXY_BIN or <repo>/moxy
 --   helpers.free_port()                   a currently free 127.0.0.1 port
+--   helpers.start_raw_origin(mode, reply) -> an origin answering exact bytes (raw_origin.py)
 --   helpers.start_origin()                -> origin (spec/support/origin.py)
 --       origin.port, origin.addr ("127.0.0.1:PORT"), origin.pid
 --       origin:stats()  -> {accepted, connections, requests, log = {...}}
@@ -502,6 +503,44 @@ function helpers.start_origin(opts)
     error("origin.py did not start: " .. p:stdout() .. p:stderr(), 2)
   end
   return setmetatable({ port = port, addr = "127.0.0.1:" .. port, pid = p.pid, proc = p }, Origin)
+end
+
+-- An origin that answers exactly the given bytes and records exactly what it
+-- receives (spec/support/raw_origin.py; modes: "reply", "reply-close",
+-- "close-head", "close-body").  raw.port, raw.addr; raw:received(n) -> the
+-- bytes connection n (from 1) received so far, or ""; raw:connections() ->
+-- how many connections it saw.
+local RawOrigin = {}
+RawOrigin.__index = RawOrigin
+
+function helpers.start_raw_origin(mode, reply)
+  local dir = helpers.tmpdir("raw-origin")
+  local argv = { python(), "-u", helpers.support .. "/raw_origin.py", dir .. "/conn", mode }
+  if reply then
+    helpers.write_file(dir .. "/reply", reply)
+    argv[#argv + 1] = dir .. "/reply"
+  end
+  local p = helpers.spawn(argv, { dir = dir, kind = "origin" })
+  local port = helpers.wait_until(function()
+    local port = p:stdout():match("ready (%d+)")
+    if port then return tonumber(port) end
+    if not p:alive() then return -1 end
+  end, 10 * SCALE)
+  if not port or port < 0 then
+    p:stop("KILL")
+    error("raw_origin.py did not start: " .. p:stdout() .. p:stderr(), 2)
+  end
+  return setmetatable({ port = port, addr = "127.0.0.1:" .. port, dir = dir, proc = p }, RawOrigin)
+end
+
+function RawOrigin:received(n)
+  return helpers.read_file(self.dir .. "/conn." .. n) or ""
+end
+
+function RawOrigin:connections()
+  local n = 0
+  while helpers.read_file(self.dir .. "/conn." .. (n + 1)) do n = n + 1 end
+  return n
 end
 
 function Origin:stats()

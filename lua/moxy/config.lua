@@ -255,6 +255,22 @@ local function list(c, v, keys)
   return v
 end
 
+-- A listener's `upgrade`: the protocols a client may switch to (Upgrade,
+-- RFC 9110 7.8) through a tunnel, as tokens ("websocket"); default
+-- { "websocket" }, {} for none.  Normalised to one lower-case comma list.
+function Checker:upgrade_protocols(v, keys)
+  if v == nil then return "websocket" end
+  local out = {}
+  for i, p in ipairs(list(self, v, keys)) do
+    if type(p) ~= "string" or not p:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+      self:err(child(keys, i), "expected a protocol name (a token such as \"websocket\")")
+    else
+      out[#out + 1] = p:lower()
+    end
+  end
+  return table.concat(out, ",")
+end
+
 function Checker:listen(v, keys)
   local out = {}
   if v == nil then
@@ -268,7 +284,8 @@ function Checker:listen(v, keys)
     if type(l) == "string" then
       l, ak = { addr = l }, k
     end
-    if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true }) then
+    if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true,
+                          upgrade = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -279,6 +296,7 @@ function Checker:listen(v, keys)
           upstream_keys = child(k, "upstream"),
           backlog = self:value(l.backlog, child(k, "backlog"), integer(1, 65535), 4096),
           proxy_protocol = self:value(l.proxy_protocol, child(k, "proxy_protocol"), typed("boolean"), false),
+          upgrade = self:upgrade_protocols(l.upgrade, child(k, "upgrade")),
         }
       end
     end
@@ -732,7 +750,8 @@ function M.check(t, path, src)
   end
 
   local to = t.timeouts or {}
-  local TO = { client_header = 10, client_body = 30, client_send = 60, connect = 3, upstream = 60, keepalive = 75, drain = 60 }
+  local TO = { client_header = 10, client_body = 30, client_send = 60, connect = 3, upstream = 60, keepalive = 75,
+               drain = 60, linger = 5 }
   local allowed = {}
   for k in pairs(TO) do allowed[k] = true end
   if c:table(to, { "timeouts" }, allowed) then
