@@ -116,6 +116,9 @@ EXPORT int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_
                                const char *val, size_t vlen, int add)
 {
     if (!moxy_header_name_valid(name, nlen) || !moxy_header_value_valid(val, vlen)) return MOXY_ERROR;
+    /* the request's Host names the cache key, X-Forwarded-Host and the
+     * origin's Host: held to the rules a client's is (RFC 3986 host[:port]) */
+    if (!which && MOXY_STRIEQ_LIT(name, nlen, "host") && !moxy_host_valid(val, vlen)) return MOXY_ERROR;
     moxy_pool_t *pool = &r->c->pool;
     moxy_headers_t *hs = list_of(r, which);
     int rc = add ? moxy_headers_add(pool, hs, name, nlen, val, vlen)

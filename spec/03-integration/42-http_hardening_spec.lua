@@ -101,6 +101,19 @@ describe("http hardening", function()
     end
   end)
 
+  it("a script cannot set an invalid Host either", function()
+    local m = helpers.start_moxy({ upstreams = { app = { servers = { origin.addr } } }, scripts = { "s.lua" } },
+      { files = { ["s.lua"] = [[
+        return { on_request = function(txn)
+          local ok = pcall(txn.req.headers.set, txn.req.headers, "Host", txn.req.headers:get("X-Host"))
+          if not ok then return txn:respond(421, "refused\n") end
+        end }
+      ]] } })
+    assert.equal(421, helpers.request(m.port, { path = "/echo", headers = { ["X-Host"] = "a.example/evil" } }).status)
+    local e = helpers.echo(helpers.request(m.port, { path = "/echo", headers = { ["X-Host"] = "a.example:8080" } }))
+    assert.equal("a.example:8080", helpers.echo_value(e, "Host"))
+  end)
+
   describe("absolute-form targets (RFC 9112 3.2.2)", function()
     it("are accepted: the authority replaces Host, the origin gets the path", function()
       local c = assert(helpers.connection(moxy.port))
