@@ -113,7 +113,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
     case MOXY_ALF_UPSTREAM_STATUS: return k + (size_t)snprintf(p, room, "%d", r->up_status);
     case MOXY_ALF_UPSTREAM_HEADER_MS: {
         double ms = -1;
-        if (evutil_timerisset(&r->up_header)) ms = (double)moxy_tv_us(&r->up_started, &r->up_header) / 1000;
+        if (r->up_header_us) ms = (double)(r->up_header_us - r->up_started_us) / 1000;
         return k + (ms < 0 ? (size_t)snprintf(p, room, "null") : (size_t)snprintf(p, room, "%.3f", ms));
     }
     case MOXY_ALF_LISTENER: plain = conf->listens[r->listen_index].name; break;
@@ -132,7 +132,7 @@ void moxy_access_log(moxy_req_t *r)
 
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
-    long long us = moxy_tv_us(&r->started, &now);
+    long long us = moxy_req_elapsed_us(r);
     /* whole seconds plus the fraction, not us / 1e6: the two doubles can
      * differ in the last bit, and rt's %.3f would round a tie differently */
     double secs = us < 0 ? 0 : (double)(us / 1000000) + (double)(us % 1000000) / 1e6;
