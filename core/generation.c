@@ -93,10 +93,52 @@ static int listening_on(const moxy_conf_t *cur, const moxy_addr_t *addr)
     return 0;
 }
 
+int moxy_listen_probe(const moxy_addr_t *addr)
+{
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, rc = 0;
+    if (fd < 0) return 0; /* the real socket will say what is wrong */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* TIME_WAIT is no one */
+    if (addr->sa.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&addr->sa, addr->salen) != 0 && errno == EADDRINUSE) rc = EADDRINUSE;
+    close(fd);
+    return rc;
+}
+
+/* 1 when addr's port is this process's already: cur listens on it (a
+ * reload from 127.0.0.1:80 to *:80 conflicts with itself until the switch)
+ * or an upgrade handed a socket on it over (the old process listens there
+ * until it drains).  Then no probe: it would find ourselves. */
+static int port_ours(const moxy_conf_t *cur, const moxy_addr_t *addr)
+{
+    int port = moxy_addr_port(addr);
+    for (int i = 0; cur && i < cur->nlistens; i++)
+        if (moxy_addr_port(&cur->listens[i].addr) == port) return 1;
+    return !cur && moxy_upgrade_inherits_port(port);
+}
+
 int moxy_gen_listen(moxy_gen_t *g, const moxy_gen_t *cur_gen, FILE *err)
 {
     const moxy_conf_t *cur = cur_gen ? cur_gen->conf : NULL;
     const moxy_conf_t *conf = g->conf;
+    /* SO_REUSEPORT lets a second moxy of the same user bind the same
+     * address and take a share of its connections: first make sure nobody
+     * listens on the new addresses (every one before binding any: two
+     * listeners of this file may share a port) */
+    for (int i = 0; i < conf->nlistens; i++) {
+        const moxy_addr_t *a = &conf->listens[i].addr;
+        if (listening_on(cur, a) || port_ours(cur, a) || moxy_listen_probe(a) != EADDRINUSE) continue;
+        fprintf(err, "%s: address in use: %s (another process listens there; `ss -ltnp` names it)\n", conf->path,
+                a->text);
+        return MOXY_ERROR;
+    }
+    /* the admin listener (opened later, kept by reloads) likewise, but in
+     * an upgrade, whose old process listens there until it drains */
+    if (!cur && conf->admin.enabled && !moxy_upgrade_is_new() &&
+        moxy_listen_probe(&conf->admin.addr) == EADDRINUSE) {
+        fprintf(err, "%s: admin.listen: address in use: %s (another process listens there; `ss -ltnp` names it)\n",
+                conf->path, conf->admin.addr.text);
+        return MOXY_ERROR;
+    }
     size_t n = (size_t)conf->nlistens * (size_t)g->nworkers;
     g->listen_fds = malloc((n + 1) * sizeof(int));
     if (!g->listen_fds) return MOXY_ERROR;

@@ -18,6 +18,7 @@
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "pidfile.h"
 #include "resolver.h"
 #include "sd_notify.h"
 #include "shared_dict.h"
@@ -142,31 +143,6 @@ static void status_path_of(const char *pid_file, char *out, size_t len)
     snprintf(out, len, "%s.reload", pid_file);
 }
 
-/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR (errno set). */
-static int pid_write(const char *path)
-{
-    char text[32];
-    snprintf(text, sizeof(text), "%ld\n", (long)getpid());
-    return moxy_file_replace(path, text);
-}
-
-/* The PID in path, or 0. */
-static long pid_read(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    long pid = 0;
-    if (!f) return 0;
-    if (fscanf(f, "%ld", &pid) != 1) pid = 0;
-    fclose(f);
-    return pid;
-}
-
-/* Remove path if it still names us (a newer moxy may have taken it over). */
-static void pid_remove(const char *path)
-{
-    if (pid_read(path) == (long)getpid()) unlink(path);
-}
-
 /* The seq of the reload status file at path (0: none), and its text in
  * text[len] (len > 0; "" when there is no file). */
 static unsigned status_read(const char *path, char *text, size_t len)
@@ -204,12 +180,12 @@ static int reload_main(int argc, char **argv)
         moxy_conf_release(conf);
         return 1;
     }
-    char status[4096], text[4096];
+    char status[4096], text[4096], why[160];
     status_path_of(pid_file, status, sizeof(status));
-    long pid = pid_read(pid_file);
+    long pid = moxy_pidfile_owner(pid_file, why, sizeof(why));
     if (pid <= 0 || kill((pid_t)pid, 0) != 0) {
         fprintf(stderr, "moxy reload: no running moxy (pid_file %s: %s)\n", pid_file,
-                pid <= 0 ? "missing or empty" : strerror(errno));
+                pid <= 0 ? why : strerror(errno));
         moxy_conf_release(conf);
         return 1;
     }
@@ -276,8 +252,8 @@ int main(int argc, char **argv)
         return 1;
     }
     moxy_conf_t *conf = gen->conf;
-    int status = 1, pid_written = 0;
-    char status_file[4096], pid_path[4096];
+    int status = 1, pid_written = 0, pid_locked = 0;
+    char status_file[4096];
     /* -p overrides pid_file for this process only: a reload reads the file's
      * own again, and must not see a change */
     const char *pid_file = pid_opt ? pid_opt : conf->pid_file;
@@ -328,6 +304,30 @@ int main(int argc, char **argv)
         gen->nworkers = inherited;
     }
     if (moxy_gen_listen(gen, NULL, stderr) != MOXY_OK) goto out;
+    /* the PID file is this process's from here on (locked; written once
+     * the workers run, so a signal finds its handlers) */
+    int inherited_pid_fd = moxy_upgrade_pid_fd();
+    if (pid_file) {
+        long holder = 0;
+        int rc = moxy_pidfile_lock(pid_file, inherited_pid_fd, &holder);
+        if (rc == MOXY_DECLINED) {
+            fprintf(stderr, "moxy: pid_file %s belongs to a running moxy (pid %ld); stop that one, or give this one "
+                            "a pid_file of its own (pid_file = ... or -p)\n", pid_file, holder);
+            goto out;
+        }
+        if (rc == MOXY_OK) {
+            pid_locked = 1;
+        } else if (pid_file_set) {
+            fprintf(stderr, "moxy: cannot lock pid_file %s: %s%s\n", pid_file, strerror(errno),
+                    errno == ELOOP ? " (a symbolic link: moxy does not follow one there)" : "");
+            goto out;
+        } else {
+            moxy_log_warn("cannot lock %s (%s): `moxy reload` will not find this moxy; set pid_file",
+                          pid_file, strerror(errno));
+        }
+    } else if (inherited_pid_fd >= 0) {
+        close(inherited_pid_fd);
+    }
     nworkers = gen->nworkers;
     workers = calloc((size_t)nworkers, sizeof(*workers));
     if (!workers) goto out;
@@ -342,11 +342,10 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (pid_file) {
+    if (pid_locked) {
         status_path_of(pid_file, status_file, sizeof(status_file));
-        if (pid_write(pid_file) == MOXY_OK) {
+        if (moxy_pidfile_write() == MOXY_OK) {
             pid_written = 1;
-            snprintf(pid_path, sizeof(pid_path), "%s", pid_file);
         } else if (pid_file_set) {
             fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", pid_file, strerror(errno));
             goto out;
@@ -420,7 +419,7 @@ out:
     moxy_geoip_close_all();
     moxy_cache_destroy();
     if (main_base) event_base_free(main_base);
-    if (pid_written) pid_remove(pid_path);
+    moxy_pidfile_release(); /* removed if it names us: not after an upgrade took over, nor a failed start */
     moxy_log_close();
     libevent_global_shutdown();
     return status;

@@ -64,3 +64,132 @@ describe("timings", function()
     assert.is_true(sum >= N / 2 * (0.002 + 0.013), res.body)
   end)
 end)
+
+describe("a second moxy", function()
+  local origin
+  lazy_setup(function() origin = helpers.start_origin() end)
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function alive(pid)
+    local _, code = helpers.sh("kill -0 " .. pid .. " 2>/dev/null")
+    return code == 0
+  end
+
+  local function pid_in(path)
+    return tonumber((helpers.read_file(path) or ""):match("%d+"))
+  end
+
+  local function start_first(extra)
+    local cfg = { upstreams = { app = { servers = { origin.addr } } } }
+    for k, v in pairs(extra or {}) do cfg[k] = v end
+    local m = helpers.start_moxy(cfg)
+    local pid_file = m.dir .. "/moxy.pid"
+    assert(helpers.wait_until(function() return pid_in(pid_file) == m.pid end, 5 * SCALE),
+      "no PID file:\n" .. m:stderr())
+    return m, pid_file
+  end
+
+  -- the first still answers every request (a second one would take a share)
+  local function serves_alone(m, n)
+    for _ = 1, n do
+      local res = assert(helpers.request(m.port, { path = "/echo" }))
+      assert.equal(200, res.status)
+    end
+    assert.is_true(m:alive())
+  end
+
+  it("on the same address exits 1 naming it; the first keeps serving and its PID file", function()
+    local m, pid_file = start_first()
+    finally(function() m:stop() end)
+    -- the very same configuration, started again
+    local code, out = helpers.run_moxy({ "-c", m.conf_path }, 8 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("address in use: 127%.0%.0%.1:" .. m.port, out)
+    assert.equal(m.pid, pid_in(pid_file))
+    serves_alone(m, 20)
+  end)
+
+  it("on another address but the same PID file exits 1 naming the running one", function()
+    local m, pid_file = start_first()
+    finally(function() m:stop() end)
+    -- a second configuration in the same directory: the same default pid_file
+    local other = m.dir .. "/other.lua"
+    helpers.write_file(other, ([[return { workers = 1, listen = { "127.0.0.1:%d" },
+      upstreams = { app = { servers = { %q } } }, log = { error = "stderr" } }]]):format(helpers.free_port(), origin.addr))
+    local code, out = helpers.run_moxy({ "-c", other }, 8 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("pid_file " .. pid_file:gsub("%p", "%%%0") .. " belongs to a running moxy %(pid " .. m.pid .. "%)", out)
+    assert.equal(m.pid, pid_in(pid_file))
+    serves_alone(m, 5)
+  end)
+
+  it("on the admin listener's address exits 1 naming it", function()
+    local m = start_first({ admin = {} })
+    finally(function() m:stop() end)
+    local other = m.dir .. "/other.lua"
+    helpers.write_file(other, ([[return { workers = 1, listen = { "127.0.0.1:%d" }, pid_file = false,
+      admin = { listen = "127.0.0.1:%d" },
+      upstreams = { app = { servers = { %q } } }, log = { error = "stderr" } }]]):format(
+      helpers.free_port(), m.admin_port, origin.addr))
+    local code, out = helpers.run_moxy({ "-c", other }, 8 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("admin.listen: address in use: 127%.0%.0%.1:" .. m.admin_port, out)
+    local res = assert(helpers.request(m.admin_port, { path = "/status" }))
+    assert.equal(m.pid, helpers.json(res.body).pid)
+  end)
+
+  it("`moxy reload` does not signal the process a stale PID file names", function()
+    -- a moxy killed by SIGKILL left its PID file; the PID now is another process's
+    local dir = helpers.tmpdir("stale")
+    local sleeper = helpers.spawn({ "/bin/sleep", "30" }, { dir = dir, kind = "sleep" })
+    finally(function() sleeper:stop("KILL") end)
+    helpers.write_file(dir .. "/moxy.pid", sleeper.pid .. "\n")
+    helpers.write_file(dir .. "/moxy.lua", ([[return { listen = { "127.0.0.1:%d" },
+      upstreams = { app = { servers = { %q } } } }]]):format(helpers.free_port(), origin.addr))
+    local code, out = helpers.run_moxy({ "reload", "-c", dir .. "/moxy.lua" }, 8 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("no running moxy %(pid_file .*: no moxy holds it", out)
+    helpers.sleep(0.2)
+    assert.is_true(sleeper:alive(), "moxy reload sent SIGHUP to pid " .. sleeper.pid)
+    -- and a moxy that starts takes that file over
+    local src = helpers.read_file(dir .. "/moxy.lua"):gsub("return {", "return { pid_file = " ..
+      ("%q"):format(dir .. "/moxy.pid") .. ",", 1)
+    local m = helpers.start_moxy(src)
+    finally(function() m:stop() end)
+    assert(helpers.wait_until(function() return pid_in(dir .. "/moxy.pid") == m.pid end, 5 * SCALE), m:stderr())
+  end)
+
+  it("after a binary upgrade is refused by the new process, which owns the PID file", function()
+    local m, pid_file = start_first()
+    local new_pid
+    finally(function()
+      if new_pid and alive(new_pid) then
+        helpers.sh("kill -KILL " .. new_pid)
+      end
+      m:stop()
+    end)
+    m:signal("USR2")
+    assert(helpers.wait_until(function()
+      local p = pid_in(pid_file)
+      return p and p ~= m.pid
+    end, 10 * SCALE), "no new PID in the pid file:\n" .. m:stderr())
+    new_pid = pid_in(pid_file)
+    assert.equal(0, m:wait_exit(20 * SCALE), m:stderr())
+    -- the old one's exit left the file, and the lock, to the new one
+    assert.equal(new_pid, pid_in(pid_file))
+    local other = m.dir .. "/other.lua"
+    helpers.write_file(other, ([[return { workers = 1, listen = { "127.0.0.1:%d" },
+      upstreams = { app = { servers = { %q } } }, log = { error = "stderr" } }]]):format(helpers.free_port(), origin.addr))
+    local code, out = helpers.run_moxy({ "-c", other }, 8 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("belongs to a running moxy %(pid " .. new_pid .. "%)", out)
+    local code2, out2 = helpers.run_moxy({ "-c", m.conf_path }, 8 * SCALE)
+    assert.equal(1, code2, out2)
+    assert.matches("address in use: 127%.0%.0%.1:" .. m.port, out2)
+    assert.equal(200, assert(helpers.request(m.port, { path = "/echo" })).status)
+    -- its owner removes it when it exits
+    helpers.sh("kill -TERM " .. new_pid)
+    assert(helpers.wait_until(function() return not alive(new_pid) end, 10 * SCALE))
+    assert.is_nil(helpers.read_file(pid_file))
+  end)
+end)
