@@ -193,3 +193,39 @@ describe("a second moxy", function()
     assert.is_nil(helpers.read_file(pid_file))
   end)
 end)
+
+describe("passive ejection", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("ends when an active check passes again, long before its backoff", function()
+    local o1, o2 = helpers.start_origin(), helpers.start_origin()
+    local m = helpers.start_moxy({
+      upstreams = { app = {
+        servers = { o1.addr, o2.addr },
+        passive = { failures = 2, backoff = "10s", max_ejected = 0.5 },
+        health = { path = "/status/200", interval = "100ms", timeout = "500ms", healthy = 1, unhealthy = 2 },
+      } },
+    })
+    finally(function() m:stop() end)
+    local ejected_line = "upstream app: peer " .. o2.addr .. " is down for 10s"
+    o2:stop()
+    -- its requests fail (each goes on to o1) until passive health ejects it
+    assert(helpers.wait_until(function()
+      assert.equal(200, assert(helpers.request(m.port, { path = "/echo" })).status)
+      return m:stderr():find(ejected_line, 1, true)
+    end, 5 * SCALE, 0.01), "not ejected:\n" .. m:stderr())
+    -- back on its port: its checks pass at once
+    local back = helpers.start_origin({ port = o2.port })
+    local t_back = helpers.now()
+    local served = helpers.wait_until(function()
+      assert.equal(200, assert(helpers.request(m.port, { path = "/echo" })).status)
+      return #back:saw("^/echo") > 0
+    end, 5 * SCALE, 0.05)
+    local took = helpers.now() - t_back
+    assert.truthy(served, "the recovered peer got no request within 5 s (its 10 s backoff runs):\n" .. m:stderr())
+    -- a couple of check intervals, plus a loaded machine's slack
+    assert.is_true(took < 2 * SCALE, ("traffic again after %.2f s"):format(took))
+    assert.matches("upstream app: peer " .. o2.addr:gsub("%p", "%%%0") .. " is back [%d.]+s before its ejection ends: "
+      .. "a health check passed", m:stderr())
+  end)
+end)
