@@ -334,6 +334,6 @@ EXPORT int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len)
     if (level < MOXY_LOG_ERR || level > MOXY_LOG_DEBUG) level = MOXY_LOG_ERR;
     if (!moxy_log_enabled(level)) return MOXY_DECLINED;
     if (len > 1800) len = 1800; /* one line; moxy_log cuts the rest anyway */
-    moxy_log(level, r ? r->id : NULL, "%.*s", (int)len, msg);
+    moxy_log_bytes(level, r ? r->id : NULL, msg, len);
     return MOXY_OK;
 }

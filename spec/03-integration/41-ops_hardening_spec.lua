@@ -229,3 +229,110 @@ describe("passive ejection", function()
       .. "a health check passed", m:stderr())
   end)
 end)
+
+-- true when s is well-formed UTF-8 (RFC 3629: no overlong forms, no
+-- surrogates, nothing above U+10FFFF)
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len, lo, hi = 1, 0x80, 0xbf
+    if c < 0x80 then len = 1
+    elseif c >= 0xc2 and c <= 0xdf then len = 2
+    elseif c >= 0xe0 and c <= 0xef then len = 3
+    elseif c >= 0xf0 and c <= 0xf4 then len = 4
+    else return false end
+    if c == 0xe0 then lo = 0xa0 elseif c == 0xed then hi = 0x9f
+    elseif c == 0xf0 then lo = 0x90 elseif c == 0xf4 then hi = 0x8f end
+    if len > 1 then
+      local b = s:byte(i + 1)
+      if not b or b < lo or b > hi then return false end
+      for k = i + 2, i + len - 1 do
+        local x = s:byte(k)
+        if not x or x < 0x80 or x > 0xbf then return false end
+      end
+    end
+    i = i + len
+  end
+  return true
+end
+
+describe("JSON output", function()
+  local origin
+  lazy_setup(function() origin = helpers.start_origin() end)
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local REPLACEMENT = "\239\191\189" -- U+FFFD
+
+  it("keeps an access-log line valid JSON whatever bytes a header or a hook holds", function()
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } }, scripts = { "site.lua" },
+      listen = { { addr = "127.0.0.1:" .. helpers.free_port(), name = "edge \"one\"\1" } },
+      log = { access = "access.log", format = "json", error = "stderr",
+              fields = { "status", "user_agent", "referer", "listener" } },
+    }, { files = { ["site.lua"] = [[
+      return { on_request = function(txn)
+        txn:log_field("note", "nul\0esc\27bad\255\254end \240\159\152\128")
+      end }
+    ]] } })
+    finally(function() m:stop() end)
+    -- obs-text and a tab are allowed in a header value; these bytes are not UTF-8
+    local ua = "a\tb\255\192\175 \237\160\128 \240\159\152\128 \195"
+    local text = helpers.raw(m.port, "GET /echo HTTP/1.1\r\nHost: x\r\nUser-Agent: " .. ua
+      .. "\r\nReferer: /caf\195\169\r\nConnection: close\r\n\r\n")
+    assert.matches("^HTTP/1.1 200", text)
+    local line = access_lines(m, 1)[1]
+    assert.is_true(valid_utf8(line), "not UTF-8: " .. line)
+    assert.is_nil(line:find("[%z\1-\31\127]"), "a raw control byte: " .. line)
+    local doc = helpers.json(line)
+    local R = REPLACEMENT
+    -- each byte that is no part of a character is U+FFFD; characters stay
+    assert.equal("a\tb" .. R .. R .. R .. " " .. R .. R .. R .. " \240\159\152\128 " .. R, doc.user_agent)
+    assert.equal("/caf\195\169", doc.referer)
+    assert.equal("nul\0esc\27bad" .. R .. R .. "end \240\159\152\128", doc.note)
+    assert.equal("edge \"one\"\1", doc.listener)
+  end)
+
+  it("keeps the admin listener's JSON valid when a reload error holds such bytes", function()
+    local m = helpers.start_moxy({ upstreams = { app = { servers = { origin.addr } } },
+      admin = { token = "0123456789abcdef0123" }, scripts = { "site.lua" } },
+      { files = { ["site.lua"] = "return {}\n" } })
+    finally(function() m:stop() end)
+    helpers.write_file(m.dir .. "/site.lua", 'return { init = function() error("bad \\255\\254 byte \\1", 0) end }\n')
+    local res = assert(helpers.request(m.admin_port, { method = "POST", path = "/reload",
+      headers = { Authorization = "Bearer 0123456789abcdef0123" } }))
+    assert.equal(422, res.status, res.body)
+    for _, body in ipairs({ res.body, assert(helpers.request(m.admin_port, { path = "/status" })).body }) do
+      assert.is_true(valid_utf8(body), "not UTF-8: " .. body)
+      local doc = helpers.json(body)
+      local msg = doc.message or doc.reload.message
+      assert.matches("bad " .. REPLACEMENT .. REPLACEMENT .. " byte \1", msg, 1, true)
+    end
+  end)
+end)
+
+describe("the error log", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("keeps one event on one line: newlines and control bytes in a value are escaped", function()
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({ upstreams = { app = { servers = { origin.addr } } }, scripts = { "site.lua" } },
+      { files = { ["site.lua"] = [[
+      return { on_request = function(txn)
+        moxy.log.err("first\nforged [error] line\r\27[31mred\0")
+      end }
+    ]] } })
+    finally(function() m:stop() end)
+    assert.equal(200, assert(helpers.request(m.port, { path = "/echo" })).status)
+    local line = helpers.wait_until(function()
+      for l in m:stderr():gmatch("[^\n]+") do
+        if l:find("first", 1, true) then return l end
+      end
+    end, 5 * SCALE)
+    assert(line, m:stderr())
+    assert.matches("%[error%] rid=%x+ .*first\\nforged %[error%] line\\r\\x1b%[31mred\\x00$", line)
+    for l in m:stderr():gmatch("[^\n]+") do
+      assert.is_nil(l:match("^forged"), "a value started a line of its own: " .. l)
+    end
+  end)
+end)
