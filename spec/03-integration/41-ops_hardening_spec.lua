@@ -336,3 +336,38 @@ describe("the error log", function()
     end
   end)
 end)
+
+describe("a configuration's relative paths", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("resolve dofile and require beside the file, moxy's modules first, in the file and its scripts", function()
+    local origin = helpers.start_origin()
+    local port = helpers.free_port()
+    -- moxy runs from another directory (start_moxy's cwd is <dir>/cwd)
+    local m = helpers.start_moxy(([[
+      local pools = dofile("pools.lua")
+      local names = require "names"
+      local url = require "moxy.url"          -- moxy's own module still wins
+      assert(url.parse and names.listener == "edge")
+      return { workers = 1, listen = { { addr = "127.0.0.1:%d", name = names.listener } },
+               upstreams = pools, scripts = { "site.lua" }, log = { error = "stderr" } }
+    ]]):format(port), { port = port, files = {
+      ["pools.lua"] = ("return { app = { servers = { %q } } }\n"):format(origin.addr),
+      ["names.lua"] = 'return { listener = "edge" }\n',
+      ["data.lua"] = 'return "from data.lua"\n',
+      ["lib/greet/init.lua"] = 'return function() return "hello" end\n',
+      ["site.lua"] = [[
+        local data = dofile("data.lua")
+        local f = assert(loadfile("data.lua"))
+        local greet = require "lib.greet"       -- lib/greet/init.lua
+        return { on_request = function(txn)
+          txn:respond(200, greet() .. " " .. data .. " " .. f() .. " " .. txn.listener)
+        end }
+      ]],
+    } })
+    finally(function() m:stop() end)
+    local res = assert(helpers.request(port, { path = "/" }))
+    assert.equal(200, res.status, m:stderr())
+    assert.equal("hello from data.lua from data.lua edge", res.body)
+  end)
+end)
