@@ -84,7 +84,9 @@ typedef void (*moxy_reload_cb)(const moxy_reload_status_t *st, void *arg);
 
 /* Reloads of path on base for these workers, first serving: moxy_reload
  * keeps it as the current generation.  status_path (NULL: none) is where
- * each reload's result is written for `moxy reload`.  MOXY_OK or
+ * each reload's result is written for `moxy reload` ("seq ok|failed
+ * generation pid path\nmessage\n"; seq 0 at once, so that `moxy reload`
+ * knows which configuration this process reloads).  MOXY_OK or
  * MOXY_ERROR. */
 int moxy_reload_init(struct event_base *base, struct moxy_worker_s **workers, int n, const char *path,
                      moxy_gen_t *first, const char *status_path);

@@ -337,6 +337,30 @@ describe("the error log", function()
   end)
 end)
 
+describe("moxy reload -c", function()
+  local origin
+  lazy_setup(function() origin = helpers.start_origin() end)
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("refuses another file than the one moxy runs, and reloads that one by any name", function()
+    local m = helpers.start_moxy({ upstreams = { app = { servers = { origin.addr } } } })
+    finally(function() m:stop() end)
+    assert(helpers.wait_until(function() return m:stderr():find(" started: ", 1, true) end, 5 * SCALE), m:stderr())
+    -- other.lua beside it: the same pid_file finds the running moxy
+    local other = m.dir .. "/other.lua"
+    helpers.write_file(other, ([[return { listen = { "127.0.0.1:%d" },
+      upstreams = { app = { servers = { %q } } } }]]):format(m.port, origin.addr))
+    local code, out = helpers.run_moxy({ "reload", "-c", other }, 10 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("runs " .. m.conf_path:gsub("%p", "%%%0") .. ", not " .. other:gsub("%p", "%%%0"), out)
+    assert.is_nil(m:stderr():find("HUP: reloading", 1, true), "it was asked to reload:\n" .. m:stderr())
+    -- its own file, by a path that reads differently, is fine
+    local code2, out2 = helpers.run_moxy({ "reload", "-c", m.dir .. "/./moxy.lua" }, 10 * SCALE)
+    assert.equal(0, code2, out2)
+    assert.matches("moxy reload: ok", out2)
+  end)
+end)
+
 describe("a configuration's relative paths", function()
   lazy_teardown(function() helpers.stop_all() end)
 
@@ -369,5 +393,31 @@ describe("a configuration's relative paths", function()
     local res = assert(helpers.request(port, { path = "/" }))
     assert.equal(200, res.status, m:stderr())
     assert.equal("hello from data.lua from data.lua edge", res.body)
+  end)
+end)
+
+describe("the command line", function()
+  it("--help prints the usage on stdout and exits 0", function()
+    local code, out = helpers.run_moxy({ "--help" })
+    assert.equal(0, code, out)
+    assert.matches("^usage: moxy ", out)
+    assert.matches("%-%-version", out)
+    local rcode, rout = helpers.run_moxy({ "reload", "--help" })
+    assert.equal(0, rcode, rout)
+    assert.matches("^usage: moxy ", rout)
+  end)
+
+  it("--version and -v print moxy's version and the libraries it uses, and exit 0", function()
+    for _, flag in ipairs({ "--version", "-v" }) do
+      local code, out = helpers.run_moxy({ flag })
+      assert.equal(0, code, out)
+      assert.matches("^moxy %d+%.%d+%.%d+\n", out)
+      for _, lib in ipairs({ "LuaJIT", "libevent", "libmaxminddb", "llhttp", "PCRE2" }) do
+        assert.matches("\n" .. lib .. " ", out)
+      end
+      -- linked by the build, used by nothing yet
+      assert.is_nil(out:find("OpenSSL", 1, true), out)
+      assert.is_nil(out:find("zlib", 1, true), out)
+    end
   end)
 end)
