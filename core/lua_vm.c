@@ -98,9 +98,11 @@ void moxy_lua_close(lua_State *L)
 
 /* dofile and loadfile with a relative path read it from the configuration's
  * directory (the first argument), as every other relative path in it; nil
- * (standard input) and absolute paths are left as they are. */
+ * (standard input) and absolute paths are left as they are, and "." (the
+ * working directory: moxy test, moxy -c moxy.lua) needs no wrapper. */
 static const char relative_files[] =
     "local dir, dofile, loadfile = ...\n"
+    "if dir == '.' then return end\n"
     "local function full(p)\n"
     "  if type(p) == 'string' and p:sub(1, 1) ~= '/' then return dir .. '/' .. p end\n"
     "  return p\n"

@@ -376,8 +376,10 @@ int main(int argc, char **argv)
         long holder = 0;
         int rc = moxy_pidfile_lock(pid_file, inherited_pid_fd, &holder);
         if (rc == MOXY_DECLINED) {
-            fprintf(stderr, "moxy: pid_file %s belongs to a running moxy (pid %ld); stop that one, or give this one "
-                            "a pid_file of its own (pid_file = ... or -p)\n", pid_file, holder);
+            char who[48] = "that is starting";
+            if (holder > 0) snprintf(who, sizeof(who), "(pid %ld)", holder);
+            fprintf(stderr, "moxy: pid_file %s belongs to a running moxy %s; stop that one, or give this one "
+                            "a pid_file of its own (pid_file = ... or -p)\n", pid_file, who);
             goto out;
         }
         if (rc == MOXY_OK) {

@@ -138,6 +138,28 @@ describe("a second moxy", function()
     assert.equal(m.pid, helpers.json(res.body).pid)
   end)
 
+  it("is not joined by a reload that adds its address; a reload to *:port of one's own port works", function()
+    local m2 = start_first()
+    finally(function() m2:stop() end)
+    local m = start_first()
+    finally(function() m:stop() end)
+    local function conf(listen)
+      return ([[return { workers = 1, listen = { %s },
+        upstreams = { app = { servers = { %q } } }, log = { error = "stderr" } }]]):format(listen, origin.addr)
+    end
+    helpers.write_file(m.conf_path, conf(('"127.0.0.1:%d", "127.0.0.1:%d"'):format(m.port, m2.port)))
+    local code, out = helpers.run_moxy({ "reload", "-c", m.conf_path }, 10 * SCALE)
+    assert.equal(1, code, out)
+    assert.matches("address in use: 127%.0%.0%.1:" .. m2.port, out)
+    serves_alone(m2, 10)
+    assert.equal(0, #m:access_lines())
+    -- its own port on every address: no probe finds itself
+    helpers.write_file(m.conf_path, conf(('"*:%d"'):format(m.port)))
+    local code2, out2 = helpers.run_moxy({ "reload", "-c", m.conf_path }, 10 * SCALE)
+    assert.equal(0, code2, out2)
+    serves_alone(m, 5)
+  end)
+
   it("`moxy reload` does not signal the process a stale PID file names", function()
     -- a moxy killed by SIGKILL left its PID file; the PID now is another process's
     local dir = helpers.tmpdir("stale")
