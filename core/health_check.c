@@ -63,11 +63,11 @@ typedef struct {
     moxy_peer_t *peer;
     char *req; /* the HTTP request (NULL for a TCP check) */
     size_t req_len, sent;
-    struct event timer; /* idle: the next round; during a round: its deadline */
-    struct event io;    /* the round's socket (assigned per round) */
-    int fd;             /* -1 between rounds */
-    int phase;          /* HC_* */
-    long long due_us;   /* when the current (or last) round was due */
+    struct event timer;   /* idle: the next round; during a round: its deadline */
+    struct event io;      /* the round's socket (assigned per round) */
+    int fd;               /* -1 between rounds */
+    int phase;            /* HC_* */
+    long long due_us;     /* when the current (or last) round was due */
     long long started_ms; /* moxy_mono_ms() when the current (or last) round started */
     llhttp_t parser;
     int status;             /* the final response's status, 0 before its head */
