@@ -5,6 +5,7 @@
  */
 #include "headers.h"
 #include "http.h"
+#include "json.h"
 #include "log.h"
 #include "worker.h"
 
@@ -13,25 +14,24 @@
 
 #define LINE_MAX_BYTES 8192
 
-/* Copy s into p (at most room bytes), escaping what would break the format:
- * '"' and '\' and control bytes become \xHH (combined) or JSON escapes. */
+/* Copy s into p (at most room bytes, less a spare byte), escaping what
+ * would break the format: for the combined format '"' and '\\' are
+ * backslashed and control bytes and bytes above 0x7e become \xHH; for JSON,
+ * moxy_json_escape (invalid UTF-8 as \ufffd: the line stays valid JSON). */
 static size_t put_escaped(char *p, size_t room, const char *s, size_t n, int json)
 {
     static const char hex[] = "0123456789abcdef";
+    if (room < 2) return 0;
+    if (json) return moxy_json_escape(p, room - 1, s, n, NULL);
     size_t o = 0;
     for (size_t i = 0; i < n && o + 6 < room; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch == '"' || ch == '\\') {
             p[o++] = '\\';
             p[o++] = (char)ch;
-        } else if (ch < 0x20 || ch == 0x7f || (!json && ch >= 0x80)) {
-            if (json) {
-                memcpy(p + o, "\\u00", 4);
-                o += 4;
-            } else {
-                p[o++] = '\\';
-                p[o++] = 'x';
-            }
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            p[o++] = '\\';
+            p[o++] = 'x';
             p[o++] = hex[ch >> 4];
             p[o++] = hex[ch & 15];
         } else {
@@ -90,7 +90,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
     /* an escaped string's room: its quotes and a spare byte off; the header
      * values get 256 at most, the URI leaves about 512 to the fields after it */
     size_t body = room - 3, small = body > 256 ? 256 : body;
-    const char *plain = NULL; /* a string value that needs no escaping */
+    const char *plain = NULL; /* a string value of its own */
     switch (f) {
     case MOXY_ALF_TIME: return k + (size_t)snprintf(p, room, "\"%s.%03dZ\"", ts, (int)(now->tv_usec / 1000));
     case MOXY_ALF_REQUEST_ID: plain = r->id; break;
@@ -113,12 +113,13 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
     case MOXY_ALF_UPSTREAM_STATUS: return k + (size_t)snprintf(p, room, "%d", r->up_status);
     case MOXY_ALF_UPSTREAM_HEADER_MS: {
         double ms = -1;
-        if (evutil_timerisset(&r->up_header)) ms = (double)moxy_tv_us(&r->up_started, &r->up_header) / 1000;
+        if (r->up_header_us) ms = (double)(r->up_header_us - r->up_started_us) / 1000;
         return k + (ms < 0 ? (size_t)snprintf(p, room, "null") : (size_t)snprintf(p, room, "%.3f", ms));
     }
     case MOXY_ALF_LISTENER: plain = conf->listens[r->listen_index].name; break;
     }
-    return k + (size_t)snprintf(p, room, "\"%s\"", plain);
+    /* escaped too: a listener's or a pool's name is whatever the configuration says */
+    return k + json_string(p, small, plain, plain ? strlen(plain) : 0);
 }
 
 void moxy_access_log(moxy_req_t *r)
@@ -132,7 +133,7 @@ void moxy_access_log(moxy_req_t *r)
 
     struct timeval now;
     event_base_gettimeofday_cached(w->base, &now);
-    long long us = moxy_tv_us(&r->started, &now);
+    long long us = moxy_req_elapsed_us(r);
     /* whole seconds plus the fraction, not us / 1e6: the two doubles can
      * differ in the last bit, and rt's %.3f would round a tie differently */
     double secs = us < 0 ? 0 : (double)(us / 1000000) + (double)(us % 1000000) / 1e6;

@@ -8,6 +8,7 @@
 #include "cache.h"
 #include "ffi.h"
 #include "generation.h"
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 #include "shared_dict.h"
@@ -55,19 +56,6 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
     evbuffer_add_printf(b, "%s\n", text);
     reply(req, code, reason, "text/plain; charset=utf-8", b);
     evbuffer_free(b);
-}
-
-int moxy_json_str(struct evbuffer *b, const char *s)
-{
-    int err = evbuffer_add(b, "\"", 1) != 0;
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') err |= evbuffer_add_printf(b, "\\%c", ch) < 0;
-        else if (ch < 0x20) err |= evbuffer_add_printf(b, "\\u%04x", ch) < 0;
-        else err |= evbuffer_add(b, s, 1) != 0;
-    }
-    err |= evbuffer_add(b, "\"", 1) != 0;
-    return err ? MOXY_ERROR : MOXY_OK;
 }
 
 /* A reload's result as JSON: {"seq","ok","generation","at","took","message","reloads","failures"}. */

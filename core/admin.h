@@ -40,10 +40,5 @@ void moxy_admin_set_conf(const moxy_conf_t *conf);
 /* Close the admin listener (before the workers and conf are freed). */
 void moxy_admin_stop(void);
 
-/* Append s to b as a JSON string: quoted, '"' and '\\' backslash-escaped,
- * control bytes as \u00XX, other bytes as they are (s is taken to be
- * UTF-8).  MOXY_OK, or MOXY_ERROR when b ran out of memory (what was
- * appended before stays). */
-int moxy_json_str(struct evbuffer *b, const char *s);
 
 #endif

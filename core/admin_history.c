@@ -14,6 +14,7 @@
 #include "admin.h"
 #include "cache.h"
 #include "ffi.h"
+#include "json.h"
 #include "metrics.h"
 #include "upstream.h"
 

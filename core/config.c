@@ -410,7 +410,13 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
 moxy_conf_t *moxy_conf_load(const char *path, FILE *err)
 {
     moxy_conf_t *c = NULL;
-    lua_State *L = moxy_lua_new(NULL);
+    /* the file's own require, dofile and loadfile read beside it */
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof(dir), ".");
+    else if (slash == path) snprintf(dir, sizeof(dir), "/");
+    else snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    lua_State *L = moxy_lua_new(dir);
     if (!L) {
         fprintf(err, "moxy: out of memory\n");
         return NULL;

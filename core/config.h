@@ -10,6 +10,8 @@
 
 #include <stdatomic.h>
 #include <stdio.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 enum { MOXY_ALOG_COMBINED = 0, MOXY_ALOG_JSON };
@@ -52,6 +54,14 @@ typedef struct moxy_addr_s {
 static inline int moxy_addr_same(const moxy_addr_t *a, const moxy_addr_t *b)
 {
     return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/* a's port, or -1 when it is not an IPv4 or IPv6 address. */
+static inline int moxy_addr_port(const moxy_addr_t *a)
+{
+    if (a->sa.ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)&a->sa)->sin_port);
+    if (a->sa.ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)&a->sa)->sin6_port);
+    return -1;
 }
 
 typedef struct {

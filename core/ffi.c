@@ -251,11 +251,11 @@ EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t 
     return MOXY_OK;
 }
 
-/* Seconds from a to b, or -1 when either is not set. */
-static double secs_between(const struct timeval *a, const struct timeval *b)
+/* Seconds from a to b (moxy_mono_us() values), or -1 when either is not set. */
+static double secs_between(long long a, long long b)
 {
-    if (!evutil_timerisset(a) || !evutil_timerisset(b)) return -1;
-    return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_usec - a->tv_usec) / 1e6;
+    if (!a || !b) return -1;
+    return (double)(b - a) / 1e6;
 }
 
 EXPORT double moxy_ffi_req_number(moxy_req_t *r, int which)
@@ -264,14 +264,10 @@ EXPORT double moxy_ffi_req_number(moxy_req_t *r, int which)
     case MOXY_FFI_N_TRIES: return r->tries;
     case MOXY_FFI_N_STARTED: return (double)r->started.tv_sec + (double)r->started.tv_usec / 1e6;
     case MOXY_FFI_N_UP_STATUS: return r->up_status ? r->up_status : -1;
-    case MOXY_FFI_N_CONNECT_TIME: return secs_between(&r->up_started, &r->up_connected);
-    case MOXY_FFI_N_HEADER_TIME: return secs_between(&r->up_started, &r->up_header);
-    case MOXY_FFI_N_RESPONSE_TIME: return secs_between(&r->up_started, &r->up_done);
-    case MOXY_FFI_N_DURATION: {
-        struct timeval now;
-        event_base_gettimeofday_cached(r->c->w->base, &now);
-        return secs_between(&r->started, &now);
-    }
+    case MOXY_FFI_N_CONNECT_TIME: return secs_between(r->up_started_us, r->up_connected_us);
+    case MOXY_FFI_N_HEADER_TIME: return secs_between(r->up_started_us, r->up_header_us);
+    case MOXY_FFI_N_RESPONSE_TIME: return secs_between(r->up_started_us, r->up_done_us);
+    case MOXY_FFI_N_DURATION: return (double)moxy_req_elapsed_us(r) / 1e6;
     case MOXY_FFI_N_BYTES_SENT: return (double)r->bytes_sent;
     case MOXY_FFI_N_STATUS: return r->status ? r->status : -1;
     }
@@ -341,6 +337,6 @@ EXPORT int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len)
     if (level < MOXY_LOG_ERR || level > MOXY_LOG_DEBUG) level = MOXY_LOG_ERR;
     if (!moxy_log_enabled(level)) return MOXY_DECLINED;
     if (len > 1800) len = 1800; /* one line; moxy_log cuts the rest anyway */
-    moxy_log(level, r ? r->id : NULL, "%.*s", (int)len, msg);
+    moxy_log_bytes(level, r ? r->id : NULL, msg, len);
     return MOXY_OK;
 }

@@ -93,10 +93,52 @@ static int listening_on(const moxy_conf_t *cur, const moxy_addr_t *addr)
     return 0;
 }
 
+int moxy_listen_probe(const moxy_addr_t *addr)
+{
+    int fd = socket(addr->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, rc = 0;
+    if (fd < 0) return 0; /* the real socket will say what is wrong */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)); /* TIME_WAIT is no one */
+    if (addr->sa.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&addr->sa, addr->salen) != 0 && errno == EADDRINUSE) rc = EADDRINUSE;
+    close(fd);
+    return rc;
+}
+
+/* 1 when addr's port is this process's already: cur listens on it (a
+ * reload from 127.0.0.1:80 to *:80 conflicts with itself until the switch)
+ * or an upgrade handed a socket on it over (the old process listens there
+ * until it drains).  Then no probe: it would find ourselves. */
+static int port_ours(const moxy_conf_t *cur, const moxy_addr_t *addr)
+{
+    int port = moxy_addr_port(addr);
+    for (int i = 0; cur && i < cur->nlistens; i++)
+        if (moxy_addr_port(&cur->listens[i].addr) == port) return 1;
+    return !cur && moxy_upgrade_inherits_port(port);
+}
+
 int moxy_gen_listen(moxy_gen_t *g, const moxy_gen_t *cur_gen, FILE *err)
 {
     const moxy_conf_t *cur = cur_gen ? cur_gen->conf : NULL;
     const moxy_conf_t *conf = g->conf;
+    /* SO_REUSEPORT lets a second moxy of the same user bind the same
+     * address and take a share of its connections: first make sure nobody
+     * listens on the new addresses (every one before binding any: two
+     * listeners of this file may share a port) */
+    for (int i = 0; i < conf->nlistens; i++) {
+        const moxy_addr_t *a = &conf->listens[i].addr;
+        if (listening_on(cur, a) || port_ours(cur, a) || moxy_listen_probe(a) != EADDRINUSE) continue;
+        fprintf(err, "%s: address in use: %s (another process listens there; `ss -ltnp` names it)\n", conf->path,
+                a->text);
+        return MOXY_ERROR;
+    }
+    /* the admin listener (opened later, kept by reloads) likewise, but in
+     * an upgrade, whose old process listens there until it drains */
+    if (!cur && conf->admin.enabled && !moxy_upgrade_is_new() &&
+        moxy_listen_probe(&conf->admin.addr) == EADDRINUSE) {
+        fprintf(err, "%s: admin.listen: address in use: %s (another process listens there; `ss -ltnp` names it)\n",
+                conf->path, conf->admin.addr.text);
+        return MOXY_ERROR;
+    }
     size_t n = (size_t)conf->nlistens * (size_t)g->nworkers;
     g->listen_fds = malloc((n + 1) * sizeof(int));
     if (!g->listen_fds) return MOXY_ERROR;
@@ -207,6 +249,7 @@ static struct {
     moxy_worker_t **workers;
     int n;
     char *path, *status_path;
+    char *abs_path;           /* path made absolute (symbolic links kept): what the status file names */
     moxy_gen_t *current;
     moxy_gen_t *next;         /* being prepared by the workers */
     int running;
@@ -252,14 +295,14 @@ int moxy_file_replace(const char *path, const char *text)
     return MOXY_OK;
 }
 
-/* Write the status file `moxy reload` waits for: "seq ok|failed generation\n
- * message\n". */
+/* Write the status file `moxy reload` waits for: "seq ok|failed generation
+ * pid path\nmessage\n" (path: the configuration this process reloads). */
 static void write_status(void)
 {
     if (!rl.status_path) return;
-    char text[sizeof(rl.st.message) + 64];
-    snprintf(text, sizeof(text), "%u %s %u\n%s\n", rl.st.seq, rl.st.ok ? "ok" : "failed", rl.st.generation,
-             rl.st.message);
+    char text[sizeof(rl.st.message) + 4200];
+    snprintf(text, sizeof(text), "%u %s %u %ld %s\n%s\n", rl.st.seq, rl.st.ok ? "ok" : "failed", rl.st.generation,
+             (long)getpid(), rl.abs_path, rl.st.message);
     if (moxy_file_replace(rl.status_path, text) != MOXY_OK)
         moxy_log_err("reload: cannot write %s: %s", rl.status_path, strerror(errno));
 }
@@ -431,16 +474,19 @@ int moxy_reload_init(struct event_base *base, moxy_worker_t **workers, int n, co
     rl.n = n;
     rl.path = strdup(path);
     rl.status_path = status_path ? strdup(status_path) : NULL;
+    char cwd[4096];
+    if (path[0] == '/' || !getcwd(cwd, sizeof(cwd))) rl.abs_path = strdup(path);
+    else if ((rl.abs_path = malloc(strlen(cwd) + strlen(path) + 2))) sprintf(rl.abs_path, "%s/%s", cwd, path);
     rl.st.generation = first->id;
     snprintf(rl.st.message, sizeof(rl.st.message), "generation %u serving (configuration %s)", first->id,
              first->conf->path);
     rl.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!rl.path || rl.efd < 0) return MOXY_ERROR;
+    if (!rl.path || !rl.abs_path || rl.efd < 0) return MOXY_ERROR;
     rl.answer_ev = event_new(base, rl.efd, EV_READ | EV_PERSIST, answer_cb, NULL);
     rl.timeout_ev = evtimer_new(base, timeout_cb, NULL);
     rl.again_ev = evtimer_new(base, again_cb, NULL);
     if (!rl.answer_ev || !rl.timeout_ev || !rl.again_ev || event_add(rl.answer_ev, NULL) != 0) return MOXY_ERROR;
-    if (status_path) unlink(status_path); /* `moxy reload` waits for a new one */
+    write_status(); /* seq 0: `moxy reload` finds the configuration, and waits for a seq above */
     rl.current = first;
     return MOXY_OK;
 }
@@ -462,10 +508,19 @@ void moxy_reload_shutdown(void)
     rl.answer_ev = rl.timeout_ev = rl.again_ev = NULL;
     if (rl.efd >= 0) close(rl.efd);
     rl.efd = -1;
-    if (rl.status_path) unlink(rl.status_path);
+    if (rl.status_path) {
+        /* not when an upgrade's new process wrote it since */
+        char text[128];
+        long pid = 0;
+        FILE *f = fopen(rl.status_path, "r");
+        if (f && fgets(text, sizeof(text), f) && sscanf(text, "%*u %*s %*u %ld", &pid) == 1 && pid == (long)getpid())
+            unlink(rl.status_path);
+        if (f) fclose(f);
+    }
     moxy_gen_release(rl.current);
     rl.current = NULL;
     free(rl.path);
     free(rl.status_path);
-    rl.path = rl.status_path = NULL;
+    free(rl.abs_path);
+    rl.path = rl.status_path = rl.abs_path = NULL;
 }

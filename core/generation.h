@@ -47,9 +47,15 @@ moxy_gen_t *moxy_gen_load(const char *path, const moxy_gen_t *cur, int nworkers,
 
 /* Open the listening sockets of g for the addresses cur (NULL: none) does
  * not listen on, nworkers each (moxy_gen_load does it for a reload; the
- * first generation's are opened once upstream names resolved).  MOXY_OK,
- * or MOXY_ERROR after writing why to err. */
+ * first generation's are opened once upstream names resolved).  A new
+ * address another process listens on is refused ("address in use: ADDR")
+ * unless its port is this process's already (cur's, or inherited in an
+ * upgrade).  MOXY_OK, or MOXY_ERROR after writing why to err. */
 int moxy_gen_listen(moxy_gen_t *g, const moxy_gen_t *cur, FILE *err);
+
+/* Whether another socket listens on addr: bind without SO_REUSEPORT (which
+ * only a listener's presence refuses).  EADDRINUSE when one does, else 0. */
+int moxy_listen_probe(const moxy_addr_t *addr);
 
 /* Take / drop a reference to g (any thread); the last one frees it. */
 void moxy_gen_hold(moxy_gen_t *g);
@@ -78,7 +84,9 @@ typedef void (*moxy_reload_cb)(const moxy_reload_status_t *st, void *arg);
 
 /* Reloads of path on base for these workers, first serving: moxy_reload
  * keeps it as the current generation.  status_path (NULL: none) is where
- * each reload's result is written for `moxy reload`.  MOXY_OK or
+ * each reload's result is written for `moxy reload` ("seq ok|failed
+ * generation pid path\nmessage\n"; seq 0 at once, so that `moxy reload`
+ * knows which configuration this process reloads).  MOXY_OK or
  * MOXY_ERROR. */
 int moxy_reload_init(struct event_base *base, struct moxy_worker_s **workers, int n, const char *path,
                      moxy_gen_t *first, const char *status_path);

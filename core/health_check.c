@@ -63,11 +63,12 @@ typedef struct {
     moxy_peer_t *peer;
     char *req; /* the HTTP request (NULL for a TCP check) */
     size_t req_len, sent;
-    struct event timer; /* idle: the next round; during a round: its deadline */
-    struct event io;    /* the round's socket (assigned per round) */
-    int fd;             /* -1 between rounds */
-    int phase;          /* HC_* */
-    long long due_us;   /* when the current (or last) round was due */
+    struct event timer;   /* idle: the next round; during a round: its deadline */
+    struct event io;      /* the round's socket (assigned per round) */
+    int fd;               /* -1 between rounds */
+    int phase;            /* HC_* */
+    long long due_us;     /* when the current (or last) round was due */
+    long long started_ms; /* moxy_mono_ms() when the current (or last) round started */
     llhttp_t parser;
     int status;             /* the final response's status, 0 before its head */
     unsigned done : 1;      /* the response is complete */
@@ -113,6 +114,7 @@ static void record(health_peer_t *hp, const char *why)
     atomic_store_explicit(mine, n, memory_order_relaxed);
     if (!why) {
         if (n >= uc->health.healthy) moxy_peer_set_checked(p, 1, NULL);
+        moxy_peer_check_passed(p, hp->started_ms);
         return;
     }
     moxy_log(MOXY_LOG_DEBUG, NULL, "upstream %s: peer %s: health check failed (%d in a row): %s",
@@ -383,6 +385,7 @@ static void round_start(health_peer_t *hp)
     }
     hp->status = 0;
     hp->done = hp->interim = hp->got_bytes = 0;
+    hp->started_ms = moxy_mono_ms();
     hp->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (hp->fd < 0) {
         round_failed_errno(hp, "socket", errno);

@@ -240,8 +240,9 @@ struct moxy_req_s {
     unsigned filter_eof : 1; /* the origin's body is complete; the last on_body call is due */
     unsigned filter_final : 1; /* the last on_body call ran (or runs) */
     int up_status;         /* the origin's status, before on_response changed it */
-    struct timeval up_started, up_connected, up_header; /* of the current try */
-    struct timeval up_done;                             /* the origin's last byte */
+    struct timeval up_started, up_header; /* wall clock (cached) of the current try's start and head: cache ages */
+    long long up_started_us, up_connected_us; /* moxy_mono_us() of the current try's start, its connection; */
+    long long up_header_us, up_done_us;       /* its response head, the origin's last byte (0: not yet) */
     struct evbuffer *filter_in;  /* response body waiting for on_body (lazily created) */
     struct evbuffer *filter_out; /* on_body's output, to be framed for the client */
 
@@ -293,7 +294,9 @@ struct moxy_req_s {
                                       the origin's head that answers; NULL: no lookup */
 
     /* timing */
-    struct timeval started;
+    struct timeval started; /* wall clock (cached) of its first byte: the log's time, txn.started */
+    long long started_us;   /* moxy_mono_us() of its first byte: what measures the request */
+    long long ended_us;     /* moxy_mono_us() when it was over (before on_log), 0: not yet */
 };
 
 /* A client connection. */

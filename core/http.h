@@ -117,6 +117,14 @@ static inline int moxy_req_client_port(const moxy_req_t *r)
  * of resp) are named and all allowed by r's listener (its `upgrade` list). */
 int moxy_req_upgrade_allowed(const moxy_req_t *r, const moxy_headers_t *resp);
 
+/* Microseconds of the precise monotonic clock from r's first byte to its
+ * end (ended_us), or to now while it runs; never negative. */
+static inline long long moxy_req_elapsed_us(const moxy_req_t *r)
+{
+    long long us = (r->ended_us ? r->ended_us : moxy_mono_us()) - r->started_us;
+    return us > 0 ? us : 0;
+}
+
 /* Switch the client connection to a two-way tunnel with r's origin connection. */
 void moxy_client_tunnel(moxy_client_t *c);
 

@@ -105,6 +105,7 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
     r->server = r->last_server = r->active_server = r->want_server = -1;
     r->cache_ttl = r->cache_stale = -1;
     event_base_gettimeofday_cached(c->w->base, &r->started);
+    r->started_us = moxy_mono_us();
     c->req = r;
     llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
     r->parser.data = c;
@@ -331,6 +332,7 @@ void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *gen)
 static void request_log(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
+    r->ended_us = moxy_mono_us();
     if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
         if (request_detach(c) == MOXY_OK) return;
     }
@@ -1391,6 +1393,7 @@ static void client_process(moxy_client_t *c)
                  * complete in this read, which is the common case) */
                 evutil_timeradd(&now, &r->g->tv_client_header, &c->head_deadline);
                 r->started = now;
+                r->started_us = moxy_mono_us();
                 r->head_bytes = 1;
             } else if (evutil_timercmp(&now, &c->head_deadline, <)) {
                 /* a head in pieces: the read timeout must not restart the

@@ -130,8 +130,8 @@ static void try_report(moxy_req_t *r, int ok)
     if (!p || r->reported) return;
     r->reported = 1;
     long long us = 0;
-    if (ok && evutil_timerisset(&r->up_header)) {
-        us = moxy_tv_us(&r->up_started, &r->up_header);
+    if (ok && r->up_header_us) {
+        us = r->up_header_us - r->up_started_us;
         if (us <= 0) us = 1;
     }
     moxy_peer_report(p, ok, us);
@@ -316,9 +316,8 @@ void moxy_upstream_try_begin(moxy_req_t *r)
     r->server = -1;
     r->reported = 0;
     evutil_timerclear(&r->up_started);
-    evutil_timerclear(&r->up_connected);
     evutil_timerclear(&r->up_header);
-    evutil_timerclear(&r->up_done);
+    r->up_started_us = r->up_connected_us = r->up_header_us = r->up_done_us = 0;
     if (r->tries > 1) r->peer_addr = NULL; /* set_peer is for one try */
 }
 
@@ -527,6 +526,7 @@ static void try_connect(moxy_req_t *r)
     moxy_upconn_t *u = NULL;
     if (moxy_req_body_check(r) != MOXY_OK) return; /* a bad body answered before the origin sees the head */
     event_base_gettimeofday_cached(w->base, &r->up_started);
+    r->up_started_us = moxy_mono_us();
     moxy_peer_t *p = try_peer(r);
     /* an idle connection to the peer's current addresses, if any */
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
@@ -561,7 +561,7 @@ static void try_connect(moxy_req_t *r)
         u->addr_gen = gen;
         u->g = r->g;
     }
-    if (u->connected) r->up_connected = r->up_started;
+    if (u->connected) r->up_connected_us = r->up_started_us;
     u->req = r;
     r->up = u;
     u->got_bytes = u->head_done = u->eof = u->interim = u->in_trailers = 0;
@@ -670,10 +670,10 @@ static void up_write(moxy_upconn_t *u, short what)
         u->connected = 1;
         if (u->req) {
             moxy_req_t *r = u->req;
-            event_base_gettimeofday_cached(u->w->base, &r->up_connected);
+            r->up_connected_us = moxy_mono_us();
             if (u->pool >= 0)
                 moxy_hist_add(&u->g->pools[u->pool].stats->connect_time,
-                              moxy_tv_us(&r->up_started, &r->up_connected));
+                              r->up_connected_us - r->up_started_us);
         }
         event_del(&u->wev);
         u->writing = 0;
@@ -949,7 +949,7 @@ static void up_finished(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
     moxy_worker_t *w = u->w;
-    event_base_gettimeofday_cached(w->base, &r->up_done);
+    r->up_done_us = moxy_mono_us();
     try_release(r);
     r->up = NULL;
     u->req = NULL;
@@ -1212,6 +1212,7 @@ static void up_process(moxy_upconn_t *u)
         u->head_done = 1;
         r->up_status = r->status;
         event_base_gettimeofday_cached(u->w->base, &r->up_header);
+        r->up_header_us = moxy_mono_us();
         if (up_head_verdict(u) != MOXY_OK) return;
         if (r->status == 101) {
             if (!r->upgrade) {

@@ -95,27 +95,77 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
-void moxy_log(int level, const char *rid, const char *fmt, ...)
+/* Copy the n bytes of msg into out (room bytes), control bytes escaped so
+ * that one event stays one line whatever a logged value holds (a script's
+ * moxy.log.err("a\nb"), a client's bytes in a reason): \n, \r, \t, other
+ * controls and DEL as \xHH.  Stops before an escape that would not fit.
+ * Returns the bytes written. */
+static size_t escape_line(char *out, size_t room, const char *msg, size_t n)
 {
-    if (level > error_level) return;
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)msg[i];
+        if (ch >= 0x20 && ch != 0x7f) {
+            if (o + 1 > room) break;
+            out[o++] = (char)ch;
+            continue;
+        }
+        char e = ch == '\n' ? 'n' : ch == '\r' ? 'r' : ch == '\t' ? 't' : 0;
+        if (o + (e ? 2 : 4) > room) break;
+        out[o++] = '\\';
+        if (e) {
+            out[o++] = e;
+        } else {
+            out[o++] = 'x';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        }
+    }
+    return o;
+}
+
+/* Write the line: time, level, rid=, the len bytes of msg escaped. */
+static void log_line(int level, const char *rid, const char *msg, size_t len)
+{
     char line[2048];
     struct timeval tv;
     struct tm tm;
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ [%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(tv.tv_usec / 1000), moxy_log_level_names[level]);
-    if (rid && *rid) n += snprintf(line + n, sizeof(line) - (size_t)n, "rid=%s ", rid);
+    size_t n = (size_t)snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ [%s] ",
+                                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                                tm.tm_sec, (int)(tv.tv_usec / 1000), moxy_log_level_names[level]);
+    if (rid && *rid) {
+        memcpy(line + n, "rid=", 4);
+        n += 4;
+        n += escape_line(line + n, 200, rid, strlen(rid));
+        line[n++] = ' ';
+    }
+    /* a trailing newline of the message is the line's own */
+    while (len > 0 && msg[len - 1] == '\n') len--;
+    n += escape_line(line + n, sizeof(line) - n - 1, msg, len);
+    line[n++] = '\n';
+    write_all(error_fd, line, n);
+}
+
+void moxy_log(int level, const char *rid, const char *fmt, ...)
+{
+    if (level > error_level) return;
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    int m = vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (m < 0) m = 0;
-    n += m;
-    if (n > (int)sizeof(line) - 2) n = (int)sizeof(line) - 2;
-    line[n++] = '\n';
-    write_all(error_fd, line, (size_t)n);
+    if (m > (int)sizeof(msg) - 1) m = (int)sizeof(msg) - 1;
+    log_line(level, rid, msg, (size_t)m);
+}
+
+void moxy_log_bytes(int level, const char *rid, const char *msg, size_t len)
+{
+    if (level > error_level) return;
+    log_line(level, rid, msg, len);
 }
 
 int moxy_alog_enabled(void)

@@ -29,9 +29,15 @@ int moxy_log_reopen(void);
 /* 1 when messages of this level are written. */
 int moxy_log_enabled(int level);
 
-/* Write one error-log line: time, level, optional request id, message. */
+/* Write one error-log line: time, level, optional request id, message.  The
+ * message's control bytes are escaped (\n, \r, \t, \xHH): a logged value
+ * can neither split the line nor forge another. */
 void moxy_log(int level, const char *rid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* The same with the len bytes at msg as the message, as they are (a NUL
+ * included: escaped like every control byte). */
+void moxy_log_bytes(int level, const char *rid, const char *msg, size_t len);
 
 #define moxy_log_err(...) moxy_log(MOXY_LOG_ERR, NULL, __VA_ARGS__)
 #define moxy_log_warn(...) moxy_log(MOXY_LOG_WARN, NULL, __VA_ARGS__)

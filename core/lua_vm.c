@@ -96,18 +96,45 @@ void moxy_lua_close(lua_State *L)
     free(m);
 }
 
+/* dofile and loadfile with a relative path read it from the configuration's
+ * directory (the first argument), as every other relative path in it; nil
+ * (standard input) and absolute paths are left as they are, and "." (the
+ * working directory: moxy test, moxy -c moxy.lua) needs no wrapper. */
+static const char relative_files[] =
+    "local dir, dofile, loadfile = ...\n"
+    "if dir == '.' then return end\n"
+    "local function full(p)\n"
+    "  if type(p) == 'string' and p:sub(1, 1) ~= '/' then return dir .. '/' .. p end\n"
+    "  return p\n"
+    "end\n"
+    "_G.dofile = function(p, ...) return dofile(full(p), ...) end\n"
+    "_G.loadfile = function(p, ...) return loadfile(full(p), ...) end\n";
+
 lua_State *moxy_lua_new(const char *conf_dir)
 {
     lua_State *L = luaL_newstate();
     if (!L) return NULL;
     luaL_openlibs(L);
     lua_getglobal(L, "package");
+    /* moxy's modules first ("moxy.*" cannot be shadowed), then the
+     * configuration's directory, then Lua's defaults (./?.lua: the working
+     * directory, last) */
     lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", moxy_lua_dir(), moxy_lua_dir());
-    if (conf_dir) lua_pushfstring(L, "%s/?.lua;", conf_dir);
+    if (conf_dir) lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", conf_dir, conf_dir);
     else lua_pushliteral(L, "");
     lua_getfield(L, -3, "path");
     lua_concat(L, 3);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
+    if (conf_dir) {
+        if (luaL_loadbuffer(L, relative_files, sizeof(relative_files) - 1, "=moxy") != 0) goto err;
+        lua_pushstring(L, conf_dir);
+        lua_getglobal(L, "dofile");
+        lua_getglobal(L, "loadfile");
+        if (lua_pcall(L, 3, 0, 0) != 0) goto err;
+    }
     return L;
+err:
+    moxy_lua_close(L);
+    return NULL;
 }

@@ -13,8 +13,9 @@
 const char *moxy_lua_dir(void);
 
 /* A new state with the standard libraries and package.path covering moxy's
- * modules and conf_dir (may be NULL).  NULL when out of memory.  Close it
- * with moxy_lua_close. */
+ * modules and then conf_dir (may be NULL), whose dofile and loadfile read a
+ * relative path from conf_dir.  NULL when out of memory.  Close it with
+ * moxy_lua_close. */
 lua_State *moxy_lua_new(const char *conf_dir);
 
 /* Close L (made by moxy_lua_new) and free its memory accounting. */

@@ -3,10 +3,12 @@
  *
  *   moxy [-c FILE]        run (default FILE: moxy.lua)
  *   moxy -t [-c FILE]     check the configuration and its scripts, then exit
- *   moxy -v               version of moxy and of the libraries it runs on
+ *   moxy -v, --version    version of moxy and of the libraries it runs on
+ *   moxy -h, --help       usage
  *   moxy reload [-c FILE] [-p PIDFILE]
- *                         ask the running moxy (its pid_file) to reload; prints
- *                         the result, exits 1 when the reload failed
+ *                         ask the running moxy (its pid_file) to reload the
+ *                         file it runs (FILE must be that one); prints the
+ *                         result, exits 1 when the reload failed
  *   -p PIDFILE            overrides the configuration's pid_file
  */
 #include "admin.h"
@@ -18,6 +20,7 @@
 #include "http.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "pidfile.h"
 #include "resolver.h"
 #include "sd_notify.h"
 #include "shared_dict.h"
@@ -30,8 +33,8 @@
 #include <event2/event.h>
 #include <getopt.h>
 #include <luajit.h>
+#include <limits.h>
 #include <maxminddb.h>
-#include <openssl/crypto.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <signal.h>
@@ -40,7 +43,6 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
-#include <zlib.h>
 
 int moxy_test_main(int argc, char **argv); /* test_runner.c */
 
@@ -51,24 +53,35 @@ static struct event *exit_ev;
 static int exit_fd = -1; /* eventfd: workers tell the main thread they ended */
 static atomic_int workers_exited;
 
+static const struct option long_options[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moxy [-c FILE] [-p PIDFILE] [-t] [-v]\n"
+    fprintf(f, "usage: moxy [-c FILE] [-p PIDFILE] [-t]\n"
                "       moxy reload [-c FILE] [-p PIDFILE]\n"
                "       moxy test [busted options] [spec paths...]\n"
-               "  -c FILE  configuration file (default: moxy.lua)\n"
-               "  -p FILE  PID file (default: pid_file of the configuration)\n"
-               "  -t       check the configuration and scripts, then exit\n"
-               "  -v       print versions and exit\n");
+               "       moxy -v | --version\n"
+               "       moxy -h | --help\n"
+               "  -c FILE    configuration file (default: moxy.lua)\n"
+               "  -p FILE    PID file (default: pid_file of the configuration)\n"
+               "  -t         check the configuration and scripts, then exit\n"
+               "  -v         print the versions of moxy and of its libraries, then exit\n"
+               "  -h         print this help, then exit\n"
+               "  reload     ask the moxy running FILE (found by its pid_file) to reload it\n"
+               "  test       run busted specs inside moxy's runtime (moxy.test)\n"
+               "man moxy (man/moxy.8) and README.md tell the rest.\n");
 }
 
+/* moxy -v: moxy's version, then those of the libraries it uses. */
 static void print_versions(void)
 {
     printf("moxy %s\n", MOXY_VERSION);
     printf("%s\n", LUAJIT_VERSION);
     printf("libevent %s\n", event_get_version());
-    printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
-    printf("zlib %s\n", zlibVersion());
     printf("libmaxminddb %s\n", MMDB_lib_version());
     printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
     /* also links libpcre2-8 for moxy.re, whose FFI finds it through ffi.C */
@@ -142,41 +155,47 @@ static void status_path_of(const char *pid_file, char *out, size_t len)
     snprintf(out, len, "%s.reload", pid_file);
 }
 
-/* Write our PID to path (atomically).  MOXY_OK or MOXY_ERROR (errno set). */
-static int pid_write(const char *path)
-{
-    char text[32];
-    snprintf(text, sizeof(text), "%ld\n", (long)getpid());
-    return moxy_file_replace(path, text);
-}
+/* The reload status file (generation.c's write_status), parsed. */
+typedef struct {
+    unsigned seq;    /* 0: no file, or no reload yet */
+    int ok;          /* the last reload succeeded */
+    long pid;        /* who wrote it, 0: unknown */
+    char conf[4096]; /* the configuration it reloads (absolute), "": unknown */
+    const char *msg; /* the message lines, in text */
+    char text[8192];
+} status_t;
 
-/* The PID in path, or 0. */
-static long pid_read(const char *path)
+static void status_read(const char *path, status_t *st)
 {
     FILE *f = fopen(path, "r");
-    long pid = 0;
-    if (!f) return 0;
-    if (fscanf(f, "%ld", &pid) != 1) pid = 0;
-    fclose(f);
-    return pid;
-}
-
-/* Remove path if it still names us (a newer moxy may have taken it over). */
-static void pid_remove(const char *path)
-{
-    if (pid_read(path) == (long)getpid()) unlink(path);
-}
-
-/* The seq of the reload status file at path (0: none), and its text in
- * text[len] (len > 0; "" when there is no file). */
-static unsigned status_read(const char *path, char *text, size_t len)
-{
-    FILE *f = fopen(path, "r");
-    unsigned seq;
-    size_t n = f ? fread(text, 1, len - 1, f) : 0;
-    text[n] = '\0';
+    size_t n = f ? fread(st->text, 1, sizeof(st->text) - 1, f) : 0;
     if (f) fclose(f);
-    return sscanf(text, "%u", &seq) == 1 ? seq : 0;
+    st->text[n] = '\0';
+    st->seq = 0;
+    st->ok = 0;
+    st->pid = 0;
+    st->conf[0] = '\0';
+    char *nl = strchr(st->text, '\n');
+    st->msg = nl ? nl + 1 : "";
+    char verdict[16];
+    unsigned gen;
+    int at = 0;
+    int k = sscanf(st->text, "%u %15s %u %ld %n", &st->seq, verdict, &gen, &st->pid, &at);
+    if (k < 1) st->seq = 0;
+    if (k >= 2) st->ok = strcmp(verdict, "ok") == 0;
+    if (k >= 4 && at > 0 && nl && st->text + at < nl)
+        snprintf(st->conf, sizeof(st->conf), "%.*s", (int)(nl - (st->text + at)), st->text + at);
+}
+
+/* 1 when path (as this command was given it) names the file conf (the
+ * running moxy's, absolute): the same name, or the same file now. */
+static int same_conf(const char *path, const char *conf)
+{
+    char abs[8192], cwd[4096], a[PATH_MAX], b[PATH_MAX];
+    if (path[0] == '/' || !getcwd(cwd, sizeof(cwd))) snprintf(abs, sizeof(abs), "%s", path);
+    else snprintf(abs, sizeof(abs), "%s/%s", cwd, path);
+    if (strcmp(abs, conf) == 0) return 1;
+    return realpath(path, a) && realpath(conf, b) && strcmp(a, b) == 0;
 }
 
 /* moxy reload [-c FILE]: signal the running moxy and wait for its verdict. */
@@ -185,13 +204,18 @@ static int reload_main(int argc, char **argv)
     const char *path = "moxy.lua", *pid_opt = NULL;
     int opt;
     optind = 1;
-    while ((opt = getopt(argc, argv, "c:p:h")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:p:h", long_options, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 'p': pid_opt = optarg; break;
         case 'h': usage(stdout); return 0;
+        case 'V': print_versions(); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
     }
     moxy_conf_t *conf = moxy_conf_load(path, stderr);
     if (!conf) {
@@ -204,40 +228,56 @@ static int reload_main(int argc, char **argv)
         moxy_conf_release(conf);
         return 1;
     }
-    char status[4096], text[4096];
+    char status[4096], why[160];
+    status_t *st = malloc(sizeof(*st));
+    if (!st) {
+        fprintf(stderr, "moxy reload: out of memory\n");
+        moxy_conf_release(conf);
+        return 1;
+    }
     status_path_of(pid_file, status, sizeof(status));
-    long pid = pid_read(pid_file);
+    long pid = moxy_pidfile_owner(pid_file, why, sizeof(why));
+    int rc = 1;
     if (pid <= 0 || kill((pid_t)pid, 0) != 0) {
         fprintf(stderr, "moxy reload: no running moxy (pid_file %s: %s)\n", pid_file,
-                pid <= 0 ? "missing or empty" : strerror(errno));
-        moxy_conf_release(conf);
-        return 1;
+                pid <= 0 ? why : strerror(errno));
+        goto out;
     }
-    unsigned before = status_read(status, text, sizeof(text));
+    status_read(status, st);
+    unsigned before = st->seq;
+    /* the running moxy reloads the file it runs, whatever -c says: a
+     * reload "from" another file would report that one's fate for the
+     * other's.  (Unknown when it predates this check: then no check.) */
+    if (st->conf[0] && st->pid == pid && !same_conf(path, st->conf)) {
+        fprintf(stderr, "moxy reload: the running moxy (pid %ld) runs %s, not %s: a reload reads the running "
+                        "configuration's file again. Edit that file and run `moxy reload -c %s`, or restart moxy "
+                        "with -c %s to run another file\n", pid, st->conf, path, st->conf, path);
+        goto out;
+    }
     if (kill((pid_t)pid, SIGHUP) != 0) {
         fprintf(stderr, "moxy reload: cannot signal pid %ld: %s\n", pid, strerror(errno));
-        moxy_conf_release(conf);
-        return 1;
+        goto out;
     }
-    moxy_conf_release(conf);
     /* the reload's result appears in the status file (bounded wait: a
      * reload gives up on its workers after a minute) */
     for (int i = 0; i < 90 * 50; i++) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        unsigned seq = status_read(status, text, sizeof(text));
-        if (seq == 0 || seq == before) {
+        status_read(status, st);
+        if (st->seq == 0 || st->seq == before) {
             if (kill((pid_t)pid, 0) != 0) break;
             continue;
         }
-        char *msg = strchr(text, '\n');
-        int ok = strstr(text, " ok ") != NULL && (!msg || strstr(text, " ok ") < msg);
-        printf("moxy reload: %s\n", ok ? "ok" : "failed; the running configuration keeps serving");
-        if (msg) fputs(msg + 1, ok ? stdout : stderr);
-        return ok ? 0 : 1;
+        printf("moxy reload: %s\n", st->ok ? "ok" : "failed; the running configuration keeps serving");
+        fputs(st->msg, st->ok ? stdout : stderr);
+        rc = st->ok ? 0 : 1;
+        goto out;
     }
     fprintf(stderr, "moxy reload: no answer from pid %ld\n", pid);
-    return 1;
+out:
+    moxy_conf_release(conf);
+    free(st);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -247,12 +287,13 @@ int main(int argc, char **argv)
     moxy_upgrade_init(argv);
     const char *path = "moxy.lua", *pid_opt = NULL;
     int check = 0, opt;
-    while ((opt = getopt(argc, argv, "c:p:tvh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:p:tvh", long_options, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 'p': pid_opt = optarg; break;
         case 't': check = 1; break;
-        case 'v': print_versions(); return 0;
+        case 'v':
+        case 'V': print_versions(); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -276,8 +317,8 @@ int main(int argc, char **argv)
         return 1;
     }
     moxy_conf_t *conf = gen->conf;
-    int status = 1, pid_written = 0;
-    char status_file[4096], pid_path[4096];
+    int status = 1, pid_written = 0, pid_locked = 0;
+    char status_file[4096];
     /* -p overrides pid_file for this process only: a reload reads the file's
      * own again, and must not see a change */
     const char *pid_file = pid_opt ? pid_opt : conf->pid_file;
@@ -328,6 +369,32 @@ int main(int argc, char **argv)
         gen->nworkers = inherited;
     }
     if (moxy_gen_listen(gen, NULL, stderr) != MOXY_OK) goto out;
+    /* the PID file is this process's from here on (locked; written once
+     * the workers run, so a signal finds its handlers) */
+    int inherited_pid_fd = moxy_upgrade_pid_fd();
+    if (pid_file) {
+        long holder = 0;
+        int rc = moxy_pidfile_lock(pid_file, inherited_pid_fd, &holder);
+        if (rc == MOXY_DECLINED) {
+            char who[48] = "that is starting";
+            if (holder > 0) snprintf(who, sizeof(who), "(pid %ld)", holder);
+            fprintf(stderr, "moxy: pid_file %s belongs to a running moxy %s; stop that one, or give this one "
+                            "a pid_file of its own (pid_file = ... or -p)\n", pid_file, who);
+            goto out;
+        }
+        if (rc == MOXY_OK) {
+            pid_locked = 1;
+        } else if (pid_file_set) {
+            fprintf(stderr, "moxy: cannot lock pid_file %s: %s%s\n", pid_file, strerror(errno),
+                    errno == ELOOP ? " (a symbolic link: moxy does not follow one there)" : "");
+            goto out;
+        } else {
+            moxy_log_warn("cannot lock %s (%s): `moxy reload` will not find this moxy; set pid_file",
+                          pid_file, strerror(errno));
+        }
+    } else if (inherited_pid_fd >= 0) {
+        close(inherited_pid_fd);
+    }
     nworkers = gen->nworkers;
     workers = calloc((size_t)nworkers, sizeof(*workers));
     if (!workers) goto out;
@@ -342,11 +409,10 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (pid_file) {
+    if (pid_locked) {
         status_path_of(pid_file, status_file, sizeof(status_file));
-        if (pid_write(pid_file) == MOXY_OK) {
+        if (moxy_pidfile_write() == MOXY_OK) {
             pid_written = 1;
-            snprintf(pid_path, sizeof(pid_path), "%s", pid_file);
         } else if (pid_file_set) {
             fprintf(stderr, "moxy: cannot write pid_file %s: %s\n", pid_file, strerror(errno));
             goto out;
@@ -420,7 +486,7 @@ out:
     moxy_geoip_close_all();
     moxy_cache_destroy();
     if (main_base) event_base_free(main_base);
-    if (pid_written) pid_remove(pid_path);
+    moxy_pidfile_release(); /* removed if it names us: not after an upgrade took over, nor a failed start */
     moxy_log_close();
     libevent_global_shutdown();
     return status;

@@ -6,6 +6,7 @@
 #include "cache.h"
 #include "ffi.h"
 #include "generation.h"
+#include "http.h"
 #include "shared_dict.h"
 #include "upstream.h"
 #include "worker.h"
@@ -73,15 +74,12 @@ void moxy_stats_request(moxy_req_t *r)
 {
     moxy_worker_t *w = r->c->w;
     int cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
-    struct timeval now;
-    event_base_gettimeofday_cached(w->base, &now);
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
-    moxy_hist_add(&w->stats.duration, moxy_tv_us(&r->started, &now));
+    moxy_hist_add(&w->stats.duration, moxy_req_elapsed_us(r));
     if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
         moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
         MOXY_STAT_ADD(ps->requests[cls], 1);
-        if (evutil_timerisset(&r->up_header))
-            moxy_hist_add(&ps->header_time, moxy_tv_us(&r->up_started, &r->up_header));
+        if (r->up_header_us) moxy_hist_add(&ps->header_time, r->up_header_us - r->up_started_us);
     }
 }
 

@@ -82,15 +82,9 @@ static inline struct timeval moxy_timeval(double s)
     return tv;
 }
 
-/* Microseconds from `from` to `to` (negative when `to` is earlier), exact
- * in integers: neither needs to be normalised. */
-static inline long long moxy_tv_us(const struct timeval *from, const struct timeval *to)
-{
-    return (long long)(to->tv_sec - from->tv_sec) * 1000000 + (to->tv_usec - from->tv_usec);
-}
-
 /* Milliseconds of the coarse monotonic clock (a few ms of resolution, a
- * vDSO read): deadlines, ejections, budgets. */
+ * vDSO read): deadlines, ejections, budgets -- never a measured interval
+ * (that is moxy_mono_us: a 2 ms answer must not log as 0 or 4 ms). */
 static inline long long moxy_mono_ms(void)
 {
     struct timespec ts;
@@ -98,7 +92,8 @@ static inline long long moxy_mono_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Microseconds of the monotonic clock (precise): intervals to measure. */
+/* Microseconds of the monotonic clock (precise): intervals to measure --
+ * requests, tries, connects, the EWMA's samples, what logs and metrics say. */
 static inline long long moxy_mono_us(void)
 {
     struct timespec ts;

@@ -132,7 +132,7 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
     if (!t) return NULL;
     moxy_conf_t *conf = test_conf(pools, peers, npools, default_pool, tries);
     if (!conf) goto err;
-    /* its event base never runs: event_base_gettimeofday_cached (txn.duration,
+    /* its event base never runs: event_base_gettimeofday_cached (txn.started,
      * Date) reads the clock through it.  No VM: test.lua runs the hooks. */
     moxy_worker_t *w = t->w = moxy_worker_alloc(-1);
     if (!w || w->error[0] || !(w->g = moxy_wgen_alloc(w, conf))) {
@@ -261,6 +261,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
     event_base_gettimeofday_cached(c->w->base, &r->started);
+    r->started_us = moxy_mono_us();
     r->method = (uint8_t)m;
     r->method_name = (char *)mname;
     r->http_major = 1;
@@ -407,7 +408,7 @@ EXPORT int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t
     moxy_client_t *c = r->c;
     moxy_worker_t *w = c->w;
     event_base_gettimeofday_cached(w->base, &r->up_started);
-    r->up_connected = r->up_started;
+    r->up_started_us = r->up_connected_us = moxy_mono_us();
     const moxy_upstream_conf_t *uc = r->server >= 0 ? &w->g->conf->upstreams[r->pool] : NULL;
     struct evbuffer *out = evbuffer_new();
     if (!out) return MOXY_ERROR;
@@ -444,6 +445,7 @@ EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
     /* rs_headers_complete, for a response with Content-Length */
     r->status = r->up_status = status;
     event_base_gettimeofday_cached(r->c->w->base, &r->up_header);
+    r->up_header_us = moxy_mono_us();
     if (r->method == HTTP_HEAD || status == 204 || status == 304) {
         r->resp_body_kind = MOXY_BODY_NONE;
         return 0;
@@ -468,7 +470,7 @@ EXPORT void moxy_ffi_test_body_sent(moxy_req_t *r, size_t n, int done)
     if (!done) return;
     r->resp_body_left = 0;
     r->resp_state = MOXY_R_DONE;
-    event_base_gettimeofday_cached(r->c->w->base, &r->up_done);
+    r->up_done_us = moxy_mono_us();
 }
 
 /* --- moxy's own answers (http_response.c) --- */

@@ -4,6 +4,7 @@
 #include "upgrade.h"
 #include "generation.h"
 #include "log.h"
+#include "pidfile.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,11 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define ENV_FDS "MOXY_LISTEN_FDS"     /* "fd,fd,..." the new process inherits */
 #define ENV_FROM "MOXY_UPGRADE_FROM"  /* the old process's PID */
+#define ENV_PID_FD "MOXY_PID_FD"      /* the locked PID file's descriptor */
 #define MAX_FDS 4096
 
 extern char **environ;
@@ -30,6 +33,7 @@ static struct {
     int parsed;
     pid_t from;
     int nfds;
+    int pid_fd;                 /* the inherited PID file, until taken; -1: none */
     int fds[MAX_FDS];
     moxy_addr_t addrs[MAX_FDS]; /* fds[i]'s address (no text) */
 } up;
@@ -90,12 +94,12 @@ int moxy_upgrade_start(struct event_base *base, moxy_worker_t *const *workers, i
         }
     }
     /* the environment, built before fork: the child only execs.  environ
-     * has no ENV_FDS or ENV_FROM: parse() unset them before main handled
-     * USR2 (moxy_upgrade_inherited_per_addr) */
-    int nenv = 0;
+     * has no ENV_FDS, ENV_FROM or ENV_PID_FD: parse() unset them before
+     * main handled USR2 (moxy_upgrade_inherited_per_addr) */
+    int nenv = 0, pid_fd = moxy_pidfile_fd();
     while (environ[nenv]) nenv++;
-    char **env = calloc((size_t)nenv + 3, sizeof(char *));
-    char *fds_var = malloc(o + sizeof(ENV_FDS) + 2), from_var[64];
+    char **env = calloc((size_t)nenv + 4, sizeof(char *));
+    char *fds_var = malloc(o + sizeof(ENV_FDS) + 2), from_var[64], pid_var[64];
     if (!env || !fds_var) {
         free(env);
         free(fds_var);
@@ -106,12 +110,17 @@ int moxy_upgrade_start(struct event_base *base, moxy_worker_t *const *workers, i
     sprintf(fds_var, "%s=%s", ENV_FDS, list);
     snprintf(from_var, sizeof(from_var), "%s=%ld", ENV_FROM, (long)getpid());
     env[nenv] = fds_var;
-    env[nenv + 1] = from_var; /* env[nenv + 2]: calloc's NULL */
+    env[nenv + 1] = from_var;
+    if (pid_fd >= 0) { /* env[nenv + 3] (or + 2): calloc's NULL */
+        snprintf(pid_var, sizeof(pid_var), "%s=%d", ENV_PID_FD, pid_fd);
+        env[nenv + 2] = pid_var;
+    }
 
     pid_t pid = fork();
     if (pid == 0) {
         /* the child of a threaded process: async-signal-safe calls only */
         for (int i = 0; i < nfds; i++) fcntl(fds[i], F_SETFD, 0);
+        if (pid_fd >= 0) fcntl(pid_fd, F_SETFD, 0);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -138,8 +147,17 @@ static void parse(void)
 {
     if (up.parsed) return;
     up.parsed = 1;
-    const char *fds = getenv(ENV_FDS), *from = getenv(ENV_FROM);
+    up.pid_fd = -1;
+    const char *fds = getenv(ENV_FDS), *from = getenv(ENV_FROM), *pid_fd = getenv(ENV_PID_FD);
     if (from) up.from = (pid_t)atol(from);
+    if (pid_fd) {
+        long fd = atol(pid_fd);
+        struct stat st;
+        if (fd > 2 && fd <= INT_MAX && fstat((int)fd, &st) == 0 && S_ISREG(st.st_mode)) {
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+            up.pid_fd = (int)fd;
+        }
+    }
     for (const char *p = fds; p && *p && up.nfds < MAX_FDS;) {
         char *end;
         long fd = strtol(p, &end, 10);
@@ -155,6 +173,7 @@ static void parse(void)
     /* not for a later child */
     unsetenv(ENV_FDS);
     unsetenv(ENV_FROM);
+    unsetenv(ENV_PID_FD);
 }
 
 int moxy_upgrade_inherited_per_addr(void)
@@ -182,13 +201,38 @@ int moxy_upgrade_take(const moxy_addr_t *addr)
     return -1;
 }
 
+int moxy_upgrade_pid_fd(void)
+{
+    parse();
+    int fd = up.pid_fd;
+    up.pid_fd = -1;
+    return fd;
+}
+
+int moxy_upgrade_inherits_port(int port)
+{
+    parse();
+    for (int i = 0; i < up.nfds; i++)
+        if (moxy_addr_port(&up.addrs[i]) == port) return 1;
+    return 0;
+}
+
+int moxy_upgrade_is_new(void)
+{
+    parse();
+    return up.from > 1;
+}
+
 void moxy_upgrade_took_over(void)
 {
     parse();
+    if (up.pid_fd >= 0) close(up.pid_fd); /* this configuration has no pid_file */
+    up.pid_fd = -1;
     for (int i = 0; i < up.nfds; i++) {
         if (up.fds[i] >= 0) close(up.fds[i]); /* an address this configuration does not listen on */
         up.fds[i] = -1;
     }
+    up.nfds = 0;
     if (up.from <= 1) return;
     if (kill(up.from, SIGQUIT) == 0)
         moxy_log_info("upgrade: serving; the old moxy (pid %ld) drains and exits", (long)up.from);

@@ -9,7 +9,7 @@
  * for the addresses it listens on (MOXY_LISTEN_FDS), and once it serves it
  * sends SIGQUIT to the old one, which drains and exits.  If the new one
  * fails to start, it exits and the old one, which never stopped accepting,
- * goes on serving (logged).
+ * goes on serving (logged).  The locked PID file goes along (pidfile.h).
  */
 #ifndef MOXY_UPGRADE_H
 #define MOXY_UPGRADE_H
@@ -35,8 +35,22 @@ int moxy_upgrade_inherited_per_addr(void);
  * is given once), or -1. */
 int moxy_upgrade_take(const moxy_addr_t *addr);
 
-/* In the new process, once it serves: close the inherited sockets nobody
- * took and tell the old process to drain.  No-op without an upgrade. */
+/* In the new process: the old one's locked PID file (pidfile.h), taken
+ * (given once), or -1. */
+int moxy_upgrade_pid_fd(void);
+
+/* In the new process until it took over: 1 when an inherited socket
+ * listens on this port (any address), so the old process is not "another
+ * process on the address". */
+int moxy_upgrade_inherits_port(int port);
+
+/* 1 in a process an upgrade started, until it took over: the old process
+ * still listens where this one will (the admin listener too). */
+int moxy_upgrade_is_new(void);
+
+/* In the new process, once it serves: close the inherited sockets and PID
+ * file nobody took and tell the old process to drain.  No-op without an
+ * upgrade. */
 void moxy_upgrade_took_over(void);
 
 /* 1 when this process started a new one that is still running: a QUIT

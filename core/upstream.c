@@ -96,6 +96,9 @@ static void carry_peers(moxy_upstream_t *to, moxy_upstream_t *from)
         atomic_store(&p->failures, atomic_load(&q->failures));
         atomic_store(&p->ejections_total, atomic_load(&q->ejections_total));
         atomic_store(&p->transitions, atomic_load(&q->transitions));
+        pthread_mutex_lock(&from->lock);
+        p->ejected_at = q->ejected_at; /* a check must start after it to end it */
+        pthread_mutex_unlock(&from->lock);
         pthread_mutex_lock(&q->check_lock);
         memcpy(p->check_error, q->check_error, sizeof(p->check_error));
         pthread_mutex_unlock(&q->check_lock);
@@ -243,6 +246,7 @@ static void peer_failed(moxy_peer_t *p, long long now)
     if (backoff > uc->passive.max_backoff) backoff = uc->passive.max_backoff;
     long long until = now + (long long)(backoff * 1000);
     p->ejections++;
+    p->ejected_at = now;
     atomic_fetch_add(&p->ejections_total, 1);
     atomic_store(&p->fails, 0);
     atomic_store(&p->up_since, until);
@@ -279,6 +283,23 @@ void moxy_peer_report(moxy_peer_t *p, int ok, long long latency_us)
 }
 
 /* --- active health, drain --- */
+
+void moxy_peer_check_passed(moxy_peer_t *p, long long started)
+{
+    long long now = moxy_mono_ms();
+    if (atomic_load_explicit(&p->down_until, memory_order_relaxed) <= now) return; /* not ejected */
+    moxy_upstream_t *up = p->pool;
+    pthread_mutex_lock(&up->lock);
+    long long until = atomic_load(&p->down_until);
+    /* a check that started before the ejection says nothing about it */
+    if (until > now && started > p->ejected_at) {
+        atomic_store(&p->up_since, now);
+        atomic_store(&p->down_until, 0);
+        moxy_log(MOXY_LOG_WARN, NULL, "upstream %s: peer %s is back %.3gs before its ejection ends: a health check passed",
+                 up->conf->name, p->conf->addr.text, (double)(until - now) / 1000.0);
+    }
+    pthread_mutex_unlock(&up->lock);
+}
 
 void moxy_peer_set_checked(moxy_peer_t *p, int healthy, const char *why)
 {

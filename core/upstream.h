@@ -78,6 +78,7 @@ typedef struct moxy_peer_s {
     atomic_llong ewma_at;       /* moxy_mono_ms() of its last sample */
     atomic_int fails;           /* consecutive failures (passive) */
     long long first_fail;       /* when the current run of failures started (pool lock) */
+    long long ejected_at;       /* moxy_mono_ms() of the last passive ejection (pool lock) */
     int ejections;              /* ejections since the last success (pool lock) */
     atomic_ullong requests;     /* tries sent to it */
     atomic_ullong failures;     /* tries that failed (passive's view) */
@@ -147,6 +148,11 @@ int moxy_peer_addr(moxy_peer_t *p, struct sockaddr_storage *sa, socklen_t *salen
  * and enough failures within the window eject it.  latency_us > 0 feeds the
  * EWMA.  Thread-safe. */
 void moxy_peer_report(moxy_peer_t *p, int ok, long long latency_us);
+
+/* An active check of p that started at started (moxy_mono_ms()) passed:
+ * a passive ejection that began before it ends now (Envoy's default), with
+ * slow start; logged.  Any thread. */
+void moxy_peer_check_passed(moxy_peer_t *p, long long started);
 
 /* The health checks' verdict on p changed: healthy or not (why: the last
  * failure).  Main thread; logs the transition. */

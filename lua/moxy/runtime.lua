@@ -77,7 +77,13 @@ end
 -- the script's functions are kept out of the JIT, so that the CPU budget's
 -- count hook (lua_bridge.c) sees them run; moxy's own modules stay compiled.
 local function load_script(path, jit_on)
-  local chunk, err = loadfile(path)
+  -- not loadfile: the VM's loadfile reads a relative path from the
+  -- configuration's directory, and path is one already (lua_vm.c)
+  local f, oerr = io.open(path, "rb")
+  if not f then error("cannot open " .. tostring(oerr), 0) end
+  local src = f:read("*a")
+  f:close()
+  local chunk, err = loadstring(src, "@" .. path)
   if not chunk then error(err, 0) end
   if not jit_on then jit.off(chunk, true) end
   local ok, t = pcall(chunk)

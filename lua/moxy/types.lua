@@ -56,6 +56,31 @@ function Headers:each() end
 ---@field port integer|nil           its port (nil when a trusted proxy's header gave none)
 ---@field socket_ip string           the TCP peer (the load balancer, when there is one)
 ---@field socket_port integer        the TCP peer's port
+---@field geo moxy.Geo                the client's GeoIP fields (with `geoip` configured), each looked up on first use
+
+---The client's GeoIP fields (docs/geoip.md); nil when the databases do not know one.
+---@class moxy.Geo
+---@field country string|nil         ISO code, "GB"
+---@field country_name string|nil   "United Kingdom"
+---@field continent string|nil       "EU"
+---@field continent_name string|nil
+---@field registered_country string|nil
+---@field city string|nil
+---@field subdivision string|nil     "ENG" (the first, largest)
+---@field subdivision_name string|nil
+---@field postal string|nil
+---@field lat number|nil
+---@field lon number|nil
+---@field accuracy_radius number|nil km
+---@field time_zone string|nil       "Europe/London"
+---@field asn integer|nil            from an ASN database
+---@field as_org string|nil
+---@field is_anonymous boolean|nil   from an Anonymous-IP database (nil: not listed)
+---@field is_anonymous_vpn boolean|nil
+---@field is_hosting_provider boolean|nil
+---@field is_public_proxy boolean|nil
+---@field is_tor_exit_node boolean|nil
+---@field is_residential_proxy boolean|nil
 
 ---@class moxy.Upstream
 ---@field pool string|nil            the pool picked so far
@@ -384,6 +409,15 @@ return moxy
 ---@field calls integer                          times it was asked
 ---@field requests moxy.test.OriginRequest[]     every req it got
 
+---t.run's opts.cache: run as a moxy with `cache = {...}` would, without a store.
+---@class moxy.test.CacheOptions
+---@field max_object? integer        bytes (default 16 MiB)
+
+---Whether the response would be stored (t.run with opts.cache).
+---@class moxy.test.Stored
+---@field ttl? number                stored for this many seconds
+---@field why? string                not stored, and why
+
 ---@class moxy.test.Options
 ---@field upstreams? table<string, moxy.test.Upstream|moxy.test.OriginFn>  the pools and their fake origins
 ---@field peers? table<string, moxy.test.Upstream|moxy.test.OriginFn>      "ip:port" -> origin, for upstream:set_peer
@@ -392,6 +426,8 @@ return moxy
 ---@field chunk_size? integer        response body bytes per on_body call (default: all)
 ---@field http? fun(opts: table): moxy.http.Response|nil, string|nil  answers moxy.http.request
 ---@field shared? table<string, integer|string>  moxy.shared dicts to create
+---@field geoip? table<string, string>  { name = "path.mmdb" }: the GeoIP databases (txn.client.geo)
+---@field cache? moxy.test.CacheOptions  {} or { max_object = bytes }: the key, on_cache_key and txn.cache as with a cache
 
 ---@class moxy.test.LogLine
 ---@field level "err"|"warn"|"info"|"debug"
@@ -404,6 +440,7 @@ return moxy
 ---@field logs moxy.test.LogLine[]   moxy.log calls and moxy's own lines of the run
 ---@field phases string[]            the phases whose hooks ran, in order
 ---@field error string|nil           why moxy answered with an error ("on_request: file:line: msg")
+---@field stored moxy.test.Stored|nil  with opts.cache: whether the response would be stored (nil: no origin answered)
 
 ---Scripts compiled once (t.load).
 ---@class moxy.test.Loaded
@@ -438,9 +475,48 @@ return moxy
 
 ---@class moxy.upstream
 ---@field peers fun(pool: string): moxy.upstream.Peer[]|nil, string|nil
+---Peers that can take a request now (up, not drained, under max_conns); cheap, for every request.
+---@field usable fun(pool: string): integer|nil, string|nil
 ---@field drain fun(pool: string, addr: string): true|nil, string|nil
 ---@field enable fun(pool: string, addr: string): true|nil, string|nil
 ---@field stats fun(pool: string): { retries: integer, retries_denied: integer }|nil, string|nil
 
 ---@class moxy
 ---@field upstream moxy.upstream
+
+-- moxy.geo (lua/moxy/geo.lua, docs/geoip.md): GeoIP lookups and geo routing
+-- (comments only: they may follow the `return` above)
+
+---A region of a set: where it is, and its pool.
+---@class moxy.geo.Region
+---@field name string
+---@field lat number
+---@field lon number
+---@field pool string               its pool (default: the region's name)
+
+---@class moxy.geo.Regions
+---The region for this client with a live pool: listed country/continent, else nearest; nil when none is live.
+---@field nearest fun(self: moxy.geo.Regions, txn: moxy.Txn, exclude?: table<string, boolean>): string|nil, moxy.geo.Region|nil
+---txn.upstream:pick the pool of nearest(txn, exclude); returns its name (nil: none live, the pool stays).
+---@field pick fun(self: moxy.geo.Regions, txn: moxy.Txn, exclude?: table<string, boolean>): string|nil
+---The regions by distance from lat, lon, nearest first (live_only: pools with a usable peer).
+---@field nearest_to fun(self: moxy.geo.Regions, lat: number, lon: number, live_only?: boolean): { region: moxy.geo.Region, km: number }[]
+---@field get fun(self: moxy.geo.Regions, name: string): moxy.geo.Region|nil
+
+---@class moxy.geo
+---One of txn.client.geo's fields for any address (nil: unknown, or not an address).
+---@field get fun(ip: string, field: string): string|number|boolean|nil
+---The whole record as the database holds it (db: one database; none: all merged), or nil, err.
+---@field lookup fun(ip: string, db?: string): table|nil, string|nil
+---@field databases fun(): string[]
+---Great-circle distance in km.
+---@field distance fun(lat1: number, lon1: number, lat2: number, lon2: number): number
+---A region set; countries/continents: codes that belong to a region whatever the distance;
+---opts.default: the region for clients without a location.
+---@field regions fun(list: table<string, { lat: number, lon: number, pool?: string, countries?: string[], continents?: string[] }>, opts?: { default?: string }): moxy.geo.Regions
+---A function (txn) -> map[the client's country code] or default.
+---@field by_country fun(map: table<string, any>, default?: any): fun(txn: moxy.Txn): any
+---@field by_continent fun(map: table<string, any>, default?: any): fun(txn: moxy.Txn): any
+
+---@class moxy
+---@field geo moxy.geo

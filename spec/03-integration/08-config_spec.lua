@@ -240,9 +240,11 @@ describe("moxy -v", function()
     assert.equal(0, code, out)
     assert.matches("^moxy %d+%.%d+%.%d+", out)
     assert.matches("\nLuaJIT 2%.%d+", out)
-    assert.matches("\nOpenSSL %d+%.%d+%.%d+", out)
     assert.matches("\nllhttp %d+%.%d+%.%d+", out)
-    for lib, pkg in pairs({ libevent = "libevent", zlib = "zlib", libmaxminddb = "libmaxminddb" }) do
+    -- only what moxy uses: OpenSSL and zlib are linked but nothing calls them yet
+    assert.is_nil(out:find("OpenSSL", 1, true), out)
+    assert.is_nil(out:find("zlib", 1, true), out)
+    for lib, pkg in pairs({ libevent = "libevent", libmaxminddb = "libmaxminddb" }) do
       local v = modversion(pkg)
       if v then
         contains(out, "\n" .. lib .. " " .. v)

@@ -181,6 +181,7 @@ describe("access log off", function()
     local files = {}
     for name in io.popen("ls -A '" .. moxy.dir .. "'"):lines() do files[#files + 1] = name end
     table.sort(files)
-    assert.same({ "cwd", "moxy.lua", "moxy.pid", "stderr.log", "stdout.log" }, files)
+    -- moxy.pid.reload: the reload status `moxy reload` reads, written from the start
+    assert.same({ "cwd", "moxy.lua", "moxy.pid", "moxy.pid.reload", "stderr.log", "stdout.log" }, files)
   end)
 end)

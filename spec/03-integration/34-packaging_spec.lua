@@ -307,9 +307,13 @@ describe("packaging", function()
     it("documents every option and signal core/main.c handles", function()
       local main = assert(helpers.read_file(ROOT .. "/core/main.c"))
       local man = assert(helpers.read_file(MAN))
-      local opts = assert(main:match('getopt%(argc, argv, "([^"]+)"%)'), "getopt string not found in main.c")
+      local opts = assert(main:match('getopt_long%(argc, argv, "([^"]+)"'), "getopt string not found in main.c")
       for o in opts:gmatch("%a") do
-        assert(man:find("\n%.BI? \\%-" .. o .. "[%s\n]"), "option -" .. o .. " is not in the man page's OPTIONS")
+        assert(man:find("\n%.B[IR]? \\%-" .. o .. "[%s\n]"), "option -" .. o .. " is not in the man page's OPTIONS")
+      end
+      local longs = assert(main:match("struct option long_options%[%] = {(.-)\n};"), "long_options not found in main.c")
+      for name in longs:gmatch('{"([%w-]+)"') do
+        assert(man:find("\\-\\-" .. name, 1, true), "option --" .. name .. " is not in the man page")
       end
       local sigs = assert(main:match("int sigs%[%] = {([^}]+)}"), "signal list not found in main.c")
       local n = 0
