@@ -402,20 +402,48 @@ double moxy_cache_age(const moxy_headers_t *hs)
     return v > 2147483648.0 ? 2147483648.0 : v;
 }
 
-/* The default key of host and uri (ulen bytes, the path its first plen):
- * http://host (lower case) + path, then the query's parameters sorted (so
- * that ?a=1&b=2 and ?b=2&a=1 share an object).  In pool; NULL when out of
- * memory. */
+/* 1 for the bytes a host keeps as they are in a key: those of a reg-name
+ * (RFC 3986 3.2.2: unreserved, sub-delims), of an IP-literal ('[', ']',
+ * ':', hex digits) and of a port.  Everything else ('/', '?', '#', '%',
+ * '@', spaces, controls, bytes >= 0x80) is percent-encoded. */
+static int host_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("-._~!$&'()*+,;=:[]", c));
+}
+
+/* The default key of host and uri (ulen bytes, the path its first plen;
+ * the path starts with '/'): "http://" + the host, lower case, its bytes
+ * that a host may not hold percent-encoded + the path, then the query's
+ * parameters sorted (so that ?a=1&b=2 and ?b=2&a=1 share an object).
+ * Injective: the encoded host holds no '/', so the key's first '/' after
+ * "http://" ends it, and '%' itself is encoded -- a Host of
+ * "shop.example/cc/login" cannot take the key of "shop.example" and
+ * "/cc/login/...".  In pool; NULL when out of memory. */
 char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
                        uint32_t *klen)
 {
-    size_t hl = strlen(host);
-    char *k = moxy_palloc(pool, 7 + hl + ulen + 2);
+    static const char hex[] = "0123456789ABCDEF";
+    size_t hl = strlen(host), henc = 0;
+    for (size_t i = 0; i < hl; i++) henc += host_char((unsigned char)host[i]) ? 1 : 3;
+    /* the query's parameters, rejoined, take at most the bytes they took */
+    size_t cap = 7 + henc + ulen + 1;
+    if (cap > UINT32_MAX) return NULL;
+    char *k = moxy_palloc(pool, cap);
     if (!k) return NULL;
     char *p = k;
     memcpy(p, "http://", 7);
     p += 7;
-    for (size_t i = 0; i < hl; i++) *p++ = (char)((host[i] >= 'A' && host[i] <= 'Z') ? host[i] + 32 : host[i]);
+    for (size_t i = 0; i < hl; i++) {
+        unsigned char c = (unsigned char)host[i];
+        if (host_char(c)) {
+            *p++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        } else {
+            *p++ = '%';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 15];
+        }
+    }
     memcpy(p, uri, plen);
     p += plen;
     if (plen + 1 < ulen) { /* a query */

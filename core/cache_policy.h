@@ -37,9 +37,13 @@ double moxy_cache_date(const moxy_header_t *h);
  * its first Age field, 0 when it has none or it is not a number. */
 double moxy_cache_age(const moxy_headers_t *hs);
 
-/* The default key of host and uri (ulen bytes, the path its first plen):
- * "http://host/path?parameters sorted", in pool; its length in *klen.
- * NULL when out of memory. */
+/* The default key of host and uri (ulen bytes, the path its first plen;
+ * the path starts with '/'): "http://host/path?parameters sorted", the host
+ * in lower case with every byte that a host may not hold (RFC 3986 3.2.2:
+ * '/', '?', '#', '%', '@', ...) percent-encoded, so that no two hosts and
+ * targets share a key unless they differ only in the host's case or the
+ * order of the query's parameters.  In pool; its length in *klen.  NULL
+ * when out of memory. */
 char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
                            uint32_t *klen);
 

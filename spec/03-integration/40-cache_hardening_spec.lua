@@ -155,5 +155,44 @@ return {
     get(p)
     assert.matches("^moxy; hit", get(p):header("cache-status"))
   end)
+
+  it("keys a Host that holds a path, a query, a fragment, '%' or '@' apart from every other host", function()
+    -- Host "shop.example/cc/login" with /cc/x was the key of shop.example's
+    -- /cc/login/cc/x (the origin answers both 404, cacheable with max-age)
+    local evil = fresh("/cc/x", { "Cache-Control:max-age=60" })
+    local res = get(evil, nil, "shop.example/cc/login")
+    if res.status ~= 400 then -- (an HTTP core that refuses such a Host answers 400: as good)
+      assert.matches("stored", res:header("cache-status"))
+      assert.equal("http://shop.example%2Fcc%2Flogin/cc/x?", (res:header("x-cache-key"):gsub("%?.*", "?")))
+    end
+    local victim = "/cc/login" .. evil
+    local v = get(victim, nil, "shop.example")
+    assert.not_matches("hit", v:header("cache-status"))
+    assert.equal(1, origin_saw(victim))
+    assert.equal("http://shop.example/cc/login/cc/x?", (v:header("x-cache-key"):gsub("%?.*", "?")))
+    -- no two of these hosts share a key, and each is its own
+    local hosts = { "a.example", "A.Example", "a.example/x", "a.example%2Fx", "a.example%252Fx", "a.example?x",
+                    "a.example#x", "user@a.example", "a.example:8080", "[::1]:8080" }
+    local p = fresh("/echo", { "Cache-Control:max-age=60" })
+    local keys = {}
+    for _, h in ipairs(hosts) do
+      local r = get(p, nil, h)
+      if r.status == 200 then
+        local k = r:header("x-cache-key")
+        assert.matches("^http://[%w%-%._~!%$&'%(%)%*%+,;=:%[%]%%]+/echo%?", k)
+        keys[#keys + 1] = { host = h, key = k }
+      end
+    end
+    local by_key = {}
+    for _, e in ipairs(keys) do
+      local prev = by_key[e.key]
+      -- only the host's case may not count
+      if prev then assert.equal(prev:lower(), e.host:lower(), e.key) end
+      by_key[e.key] = e.host
+    end
+    -- keys of ordinary hosts are as they were: lower case, nothing encoded
+    local plain = get(p, nil, "A.Example:8080")
+    assert.equal("http://a.example:8080/echo?", (plain:header("x-cache-key"):gsub("%?.*", "?")))
+  end)
 end)
 
