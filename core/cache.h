@@ -102,7 +102,8 @@ int moxy_cache_enabled(void);
 /* The largest object stored. */
 size_t moxy_cache_max_object(void);
 
-/* 64-bit hash of a primary key. */
+/* 64-bit hash of a primary key, keyed per process (siphash.h): the same in
+ * every worker, unpredictable from outside. */
 uint64_t moxy_cache_hash(const char *key, size_t len);
 
 /* The variant of key whose Vary values match: match(obj, arg) decides for

@@ -8,6 +8,7 @@
  * lock alone, as does an invalidation that finds nothing.
  */
 #include "cache.h"
+#include "siphash.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -60,14 +61,11 @@ static struct {
     int max_files;       /* at most this many: a quarter of the descriptors moxy may open */
 } C;
 
+/* Keys are the client's (its Host and target) or a script's: keyed, so
+ * that nobody can precompute keys that share a stripe's bucket (siphash.h). */
 uint64_t moxy_cache_hash(const char *key, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a, then a finaliser */
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 0x100000001b3ull;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
+    return moxy_hash_keyed(key, len);
 }
 
 int moxy_cache_create(size_t size, size_t max_object)

@@ -196,3 +196,34 @@ return {
   end)
 end)
 
+describe("HTTP cache key hash", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("is keyed per process: two moxy processes hash one key differently", function()
+    -- a script may call any C function of moxy through the FFI; this one
+    -- asks for the hash the cache's index puts a key under
+    local hooks = [[
+local ffi = require "ffi"
+pcall(ffi.cdef, "uint64_t moxy_cache_hash(const char *key, size_t len);")
+return {
+  on_request = function(txn)
+    local key = "http://shop.example/cc/login"
+    txn:respond(200, tostring(ffi.C.moxy_cache_hash(key, #key)))
+  end,
+}
+]]
+    local seen = {}
+    for i = 1, 2 do
+      local mi = helpers.start_moxy({ workers = 2, cache = { size = "1m" }, scripts = { "hooks.lua" } },
+                                    { files = { ["hooks.lua"] = hooks } })
+      -- one process answers alike, whichever of its workers (they share the store)
+      local a = assert(helpers.request(mi.port, { path = "/" }))
+      assert.equal(200, a.status)
+      for _ = 1, 6 do assert.equal(a.body, assert(helpers.request(mi.port, { path = "/" })).body) end
+      seen[i] = a.body
+      mi:stop()
+    end
+    assert.matches("^%d+ULL$", seen[1])
+    assert.not_equal(seen[1], seen[2])
+  end)
+end)
