@@ -80,6 +80,7 @@ typedef struct moxy_cache_obj_s {
     /* store bookkeeping (cache_store.c) */
     atomic_uchar freq;           /* hits since last looked at, saturating at 3 */
     unsigned char queue;         /* which FIFO it is in */
+    unsigned long long seq;      /* when it was published: the store's count of stores then */
     unsigned published : 1;      /* in the index */
     struct moxy_cache_obj_s *qnext, *qprev;  /* in its FIFO (queue lock) */
     struct moxy_cache_obj_s *inext;          /* next variant / next key in its bucket (stripe lock) */

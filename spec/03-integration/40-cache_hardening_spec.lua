@@ -3,6 +3,7 @@
 -- lookups walk.  Each case failed against moxy before its fix; the heap
 -- overflows also show exactly under `make check` (ASan).
 local helpers = require "spec.helpers"
+local cjson = require "cjson.safe"
 
 local function q(s) return (s:gsub("[^%w%-%._~:/=]", function(c) return ("%%%02X"):format(c:byte()) end)) end
 
@@ -37,6 +38,7 @@ describe("HTTP cache hardening", function()
       upstreams = { app = { servers = { origin.addr } } },
       cache = { size = "8m", max_object = "256k" },
       log = { level = "debug" },
+      admin = {},
       scripts = { "hooks.lua" },
     }, { files = { ["hooks.lua"] = [[
 return {
@@ -61,6 +63,11 @@ return {
     local res, err = helpers.request(m.port, { path = p, headers = headers, host = host })
     assert(res, ("moxy did not answer %s: %s (alive: %s)"):format(p:sub(1, 80), tostring(err), tostring(m:alive())))
     return res
+  end
+
+  local function used()
+    local st = assert(helpers.request(m.admin_port, { path = "/status" }))
+    return assert(cjson.decode(st.body)).cache.used
   end
 
   local function origin_saw(p)
@@ -154,6 +161,29 @@ return {
                            "Vary:" .. table.concat(names, ",", 1, 32):lower() })
     get(p)
     assert.matches("^moxy; hit", get(p):header("cache-status"))
+  end)
+
+  it("counts the Vary values a variant keeps against cache.size", function()
+    local before = used()
+    local p = fresh(nil, { "Cache-Control:max-age=60", "Vary:Accept-Encoding" })
+    local ae = big_accept_encoding(12 * 1024, "charge")
+    assert.matches("stored", get(p, { ["Accept-Encoding"] = ae }):header("cache-status"))
+    assert.matches("^moxy; hit", get(p, { ["Accept-Encoding"] = ae }):header("cache-status"))
+    local after = used()
+    assert.is_true(after - before >= #ae, ("used grew by %d bytes for %d of Vary values"):format(after - before, #ae))
+  end)
+
+  it("keeps at most 64 variants of a key: one more replaces the one stored longest ago", function()
+    -- a client choosing the values of a field the origin varies on must not
+    -- grow one key's chain of variants without bound (every lookup walks it)
+    local p = fresh(nil, { "Cache-Control:max-age=60", "Vary:X-V" })
+    for i = 1, 65 do
+      assert.matches("stored", get(p, { ["X-V"] = tostring(i) }):header("cache-status"))
+    end
+    assert.matches("^moxy; hit", get(p, { ["X-V"] = "65" }):header("cache-status"))
+    assert.matches("^moxy; hit", get(p, { ["X-V"] = "2" }):header("cache-status"))
+    assert.matches("^moxy; fwd=vary%-miss; stored", get(p, { ["X-V"] = "1" }):header("cache-status"))
+    assert.equal(66, origin_saw(p))
   end)
 
   it("keys a Host that holds a path, a query, a fragment, '%' or '@' apart from every other host", function()
