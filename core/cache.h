@@ -80,6 +80,7 @@ typedef struct moxy_cache_obj_s {
     /* store bookkeeping (cache_store.c) */
     atomic_uchar freq;           /* hits since last looked at, saturating at 3 */
     unsigned char queue;         /* which FIFO it is in */
+    unsigned long long seq;      /* when it was published: the store's count of stores then */
     unsigned published : 1;      /* in the index */
     struct moxy_cache_obj_s *qnext, *qprev;  /* in its FIFO (queue lock) */
     struct moxy_cache_obj_s *inext;          /* next variant / next key in its bucket (stripe lock) */
@@ -102,7 +103,8 @@ int moxy_cache_enabled(void);
 /* The largest object stored. */
 size_t moxy_cache_max_object(void);
 
-/* 64-bit hash of a primary key. */
+/* 64-bit hash of a primary key, keyed per process (siphash.h): the same in
+ * every worker, unpredictable from outside. */
 uint64_t moxy_cache_hash(const char *key, size_t len);
 
 /* The variant of key whose Vary values match: match(obj, arg) decides for

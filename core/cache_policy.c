@@ -402,20 +402,48 @@ double moxy_cache_age(const moxy_headers_t *hs)
     return v > 2147483648.0 ? 2147483648.0 : v;
 }
 
-/* The default key of host and uri (ulen bytes, the path its first plen):
- * http://host (lower case) + path, then the query's parameters sorted (so
- * that ?a=1&b=2 and ?b=2&a=1 share an object).  In pool; NULL when out of
- * memory. */
+/* 1 for the bytes a host keeps as they are in a key: those of a reg-name
+ * (RFC 3986 3.2.2: unreserved, sub-delims), of an IP-literal ('[', ']',
+ * ':', hex digits) and of a port.  Everything else ('/', '?', '#', '%',
+ * '@', spaces, controls, bytes >= 0x80) is percent-encoded. */
+static int host_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("-._~!$&'()*+,;=:[]", c));
+}
+
+/* The default key of host and uri (ulen bytes, the path its first plen;
+ * the path starts with '/'): "http://" + the host, lower case, its bytes
+ * that a host may not hold percent-encoded + the path, then the query's
+ * parameters sorted (so that ?a=1&b=2 and ?b=2&a=1 share an object).
+ * Injective: the encoded host holds no '/', so the key's first '/' after
+ * "http://" ends it, and '%' itself is encoded -- a Host of
+ * "shop.example/cc/login" cannot take the key of "shop.example" and
+ * "/cc/login/...".  In pool; NULL when out of memory. */
 char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
                        uint32_t *klen)
 {
-    size_t hl = strlen(host);
-    char *k = moxy_palloc(pool, 7 + hl + ulen + 2);
+    static const char hex[] = "0123456789ABCDEF";
+    size_t hl = strlen(host), henc = 0;
+    for (size_t i = 0; i < hl; i++) henc += host_char((unsigned char)host[i]) ? 1 : 3;
+    /* the query's parameters, rejoined, take at most the bytes they took */
+    size_t cap = 7 + henc + ulen + 1;
+    if (cap > UINT32_MAX) return NULL;
+    char *k = moxy_palloc(pool, cap);
     if (!k) return NULL;
     char *p = k;
     memcpy(p, "http://", 7);
     p += 7;
-    for (size_t i = 0; i < hl; i++) *p++ = (char)((host[i] >= 'A' && host[i] <= 'Z') ? host[i] + 32 : host[i]);
+    for (size_t i = 0; i < hl; i++) {
+        unsigned char c = (unsigned char)host[i];
+        if (host_char(c)) {
+            *p++ = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        } else {
+            *p++ = '%';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 15];
+        }
+    }
     memcpy(p, uri, plen);
     p += plen;
     if (plen + 1 < ulen) { /* a query */
@@ -466,59 +494,89 @@ char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri,
     return k;
 }
 
-/* The request's values of the fields named by vary (", "-separated lower
- * case names), "\n"-separated, each field's values joined with ", " and
- * trimmed.  Request pool; NULL when out of memory. */
-char *moxy_cache_vary_values(moxy_pool_t *pool, const moxy_headers_t *req, const char *vary)
+/* Where vary_values writes: it counts every byte, and stores those that fit
+ * in cap (none when out is NULL), so that one pass sizes and the next one
+ * fills the same bytes. */
+typedef struct {
+    char *out;
+    size_t len, cap;
+} vwriter_t;
+
+static void vput(vwriter_t *w, char c)
 {
-    size_t cap = 1;
-    for (uint32_t i = 0; i < req->n; i++) cap += req->h[i].value_len + 3;
-    cap += strlen(vary);
-    char *out = moxy_palloc(pool, cap), *p = out;
-    if (!out) return NULL;
-    for (const char *v = vary; *v;) {
-        const char *e = strchr(v, ',');
-        size_t nl = e ? (size_t)(e - v) : strlen(v);
-        if (p > out) *p++ = '\n';
+    if (w->len < w->cap) w->out[w->len] = c;
+    w->len++;
+}
+
+/* The values of the fields named by vary into w (see moxy_cache_vary_values);
+ * the number of names, or -1 past MOXY_CACHE_VARY_NAMES. */
+static int vary_write(vwriter_t *w, const moxy_headers_t *req, const char *vary)
+{
+    int names = 0;
+    for (const char *v = vary;;) {
+        while (*v == ',' || *v == ' ' || *v == '\t') v++;
+        if (!*v) break;
+        const char *e = v;
+        while (*e && *e != ',' && *e != ' ' && *e != '\t') e++;
+        size_t nl = (size_t)(e - v);
+        if (++names > MOXY_CACHE_VARY_NAMES) return -1;
+        if (names > 1) vput(w, '\n');
+        /* lists compare without the whitespace around their commas (and
+         * lines joined the same way); language and coding tokens in any case */
+        int fold = MOXY_STRIEQ_LIT(v, nl, "accept-language") || MOXY_STRIEQ_LIT(v, nl, "accept-encoding");
         int first = 1;
         for (uint32_t i = 0; i < req->n; i++) {
             const moxy_header_t *h = &req->h[i];
             if (!moxy_strieq(h->name, h->name_len, v, nl)) continue;
-            const char *a = h->value, *b = h->value + h->value_len;
-            while (a < b && (*a == ' ' || *a == '\t')) a++;
-            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
-            /* lists compare without the whitespace around their commas (and
-             * lines joined the same way); language and coding tokens in any case */
-            int fold = MOXY_STRIEQ_LIT(v, nl, "accept-language") || MOXY_STRIEQ_LIT(v, nl, "accept-encoding");
-            if (!first) *p++ = ',';
-            for (; a < b; a++) {
-                if (*a == ',') {
-                    while (p > out && (p[-1] == ' ' || p[-1] == '\t')) p--;
-                    *p++ = ',';
-                    while (a + 1 < b && (a[1] == ' ' || a[1] == '\t')) a++;
-                } else {
-                    *p++ = fold && *a >= 'A' && *a <= 'Z' ? (char)(*a + 32) : *a;
-                }
-            }
+            if (!first) vput(w, ',');
             first = 0;
+            /* each member of the list trimmed, the members joined by ',' */
+            const char *a = h->value, *end = h->value + h->value_len;
+            for (;;) {
+                const char *b = memchr(a, ',', (size_t)(end - a));
+                const char *me = b ? b : end;
+                while (a < me && (*a == ' ' || *a == '\t')) a++;
+                while (me > a && (me[-1] == ' ' || me[-1] == '\t')) me--;
+                for (; a < me; a++) vput(w, fold && *a >= 'A' && *a <= 'Z' ? (char)(*a + 32) : *a);
+                if (!b) break;
+                vput(w, ',');
+                a = b + 1;
+            }
         }
-        v += nl;
-        while (*v == ',' || *v == ' ') v++;
+        v = e;
     }
-    *p = '\0';
-    return out;
+    return names;
 }
 
-/* The response's Vary names, lower case, ", "-separated (NULL: no Vary),
- * or "*" (never served from cache). */
-char *moxy_cache_vary_of(const moxy_headers_t *hs)
+/* The request's values of the fields named by vary (lower case names,
+ * separated by commas and spaces), "\n" between fields, each field's lines
+ * and list members joined with "," and trimmed.  Sized by a first pass that
+ * counts what the second copies: a field named twice is copied twice.
+ * Request pool; NULL when vary names more than MOXY_CACHE_VARY_NAMES
+ * fields, when the values would pass MOXY_CACHE_VARY_VALUES_MAX bytes, or
+ * out of memory. */
+char *moxy_cache_vary_values(moxy_pool_t *pool, const moxy_headers_t *req, const char *vary)
 {
-    size_t cap = 1;
-    for (uint32_t i = 0; i < hs->n; i++)
-        if (MOXY_STRIEQ_LIT(hs->h[i].name, hs->h[i].name_len, "vary")) cap += hs->h[i].value_len + 2;
-    if (cap == 1) return NULL;
-    char *out = malloc(cap), *p = out;
-    if (!out) return NULL;
+    vwriter_t w = {NULL, 0, 0};
+    if (vary_write(&w, req, vary) < 0 || w.len > MOXY_CACHE_VARY_VALUES_MAX) return NULL;
+    size_t need = w.len;
+    w = (vwriter_t){moxy_palloc(pool, need + 1), 0, need};
+    if (!w.out) return NULL;
+    vary_write(&w, req, vary);
+    w.out[need] = '\0';
+    return w.out;
+}
+
+/* The response's Vary names, lower case, each once, ", "-separated, into
+ * *out (malloc'ed; NULL: no Vary), or "*" (never served from cache).
+ * MOXY_DECLINED past MOXY_CACHE_VARY_NAMES names or MOXY_CACHE_VARY_BYTES
+ * bytes; MOXY_ERROR when out of memory. */
+int moxy_cache_vary_of(const moxy_headers_t *hs, char **out)
+{
+    char buf[MOXY_CACHE_VARY_BYTES + 1];
+    size_t len = 0, off[MOXY_CACHE_VARY_NAMES], nlen[MOXY_CACHE_VARY_NAMES];
+    int n = 0, over = 0;
+    *out = NULL;
     for (uint32_t i = 0; i < hs->n; i++) {
         const moxy_header_t *h = &hs->h[i];
         if (!MOXY_STRIEQ_LIT(h->name, h->name_len, "vary")) continue;
@@ -526,26 +584,33 @@ char *moxy_cache_vary_of(const moxy_headers_t *hs)
             while (a < end && (*a == ' ' || *a == '\t' || *a == ',')) a++;
             const char *b = a;
             while (b < end && *b != ',' && *b != ' ' && *b != '\t') b++;
-            if (b - a == 1 && *a == '*') { /* a "*" anywhere: no request matches (RFC 9111 4.1) */
-                strcpy(out, "*");
-                return out;
+            size_t tl = (size_t)(b - a);
+            if (tl == 1 && *a == '*') { /* a "*" anywhere: no request matches (RFC 9111 4.1) */
+                *out = strdup("*");
+                return *out ? MOXY_OK : MOXY_ERROR;
             }
-            if (b > a) {
-                if (p > out) {
-                    memcpy(p, ", ", 2);
-                    p += 2;
+            int seen = 0; /* a name repeated (in any case) counts once */
+            for (int j = 0; j < n && !seen; j++) seen = moxy_strieq(buf + off[j], nlen[j], a, tl);
+            if (tl && !seen && !over) {
+                size_t sep = len ? 2 : 0;
+                if (n == MOXY_CACHE_VARY_NAMES || len + sep + tl > MOXY_CACHE_VARY_BYTES) {
+                    over = 1; /* go on: a "*" further on still says more */
+                } else {
+                    memcpy(buf + len, ", ", sep);
+                    len += sep;
+                    off[n] = len;
+                    nlen[n++] = tl;
+                    for (size_t c = 0; c < tl; c++) buf[len++] = (char)(a[c] >= 'A' && a[c] <= 'Z' ? a[c] + 32 : a[c]);
                 }
-                for (const char *c = a; c < b; c++) *p++ = (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c);
             }
             a = b;
         }
     }
-    *p = '\0';
-    if (p == out) {
-        free(out);
-        return NULL;
-    }
-    return out;
+    if (over) return MOXY_DECLINED;
+    if (len == 0) return MOXY_OK;
+    buf[len] = '\0';
+    *out = strdup(buf);
+    return *out ? MOXY_OK : MOXY_ERROR;
 }
 
 /* Statuses a cache may store with heuristic freshness (RFC 9110 15.1). */

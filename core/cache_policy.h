@@ -37,19 +37,37 @@ double moxy_cache_date(const moxy_header_t *h);
  * its first Age field, 0 when it has none or it is not a number. */
 double moxy_cache_age(const moxy_headers_t *hs);
 
-/* The default key of host and uri (ulen bytes, the path its first plen):
- * "http://host/path?parameters sorted", in pool; its length in *klen.
- * NULL when out of memory. */
+/* The default key of host and uri (ulen bytes, the path its first plen;
+ * the path starts with '/'): "http://host/path?parameters sorted", the host
+ * in lower case with every byte that a host may not hold (RFC 3986 3.2.2:
+ * '/', '?', '#', '%', '@', ...) percent-encoded, so that no two hosts and
+ * targets share a key unless they differ only in the host's case or the
+ * order of the query's parameters.  In pool; its length in *klen.  NULL
+ * when out of memory. */
 char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
                            uint32_t *klen);
 
-/* The values in req of the fields named by vary, normalised ("\n" between
- * fields, ", " between repeats, trimmed), in pool; NULL when out of memory. */
+/* What a Vary may ask for.  A response whose Vary names more distinct
+ * fields, or whose names take more bytes (lower case, ", "-separated), is
+ * not stored; a request whose values of the fields take more bytes is
+ * neither served a variant nor stored. */
+#define MOXY_CACHE_VARY_NAMES 32
+#define MOXY_CACHE_VARY_BYTES 1024
+#define MOXY_CACHE_VARY_VALUES_MAX 16384
+
+/* The values in req of the fields named by vary (names separated by commas
+ * and spaces), normalised ("\n" between fields, "," between repeats and list
+ * members, trimmed), in pool; NULL when vary names more than
+ * MOXY_CACHE_VARY_NAMES fields, the values take more than
+ * MOXY_CACHE_VARY_VALUES_MAX bytes, or out of memory. */
 char *moxy_cache_vary_values(moxy_pool_t *pool, const moxy_headers_t *req, const char *vary);
 
-/* A response's Vary field names, lower case and ", "-separated (malloc'ed),
- * "*" for Vary: *, NULL without Vary. */
-char *moxy_cache_vary_of(const moxy_headers_t *hs);
+/* A response's Vary field names, lower case, each once (in any case), ", "-
+ * separated, into *out (malloc'ed, the caller frees it; NULL without Vary),
+ * or "*" for a Vary with "*" anywhere.  MOXY_OK; MOXY_DECLINED (*out NULL)
+ * when they are more than MOXY_CACHE_VARY_NAMES or take more than
+ * MOXY_CACHE_VARY_BYTES: not to be stored; MOXY_ERROR out of memory. */
+int moxy_cache_vary_of(const moxy_headers_t *hs, char **out);
 
 /* 1 for the statuses cacheable by default (heuristic freshness allowed). */
 int moxy_cache_heuristic_status(int status);

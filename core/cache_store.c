@@ -8,6 +8,7 @@
  * lock alone, as does an invalidation that finds nothing.
  */
 #include "cache.h"
+#include "siphash.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #define GHOSTS 65536      /* slots of the ghost table (power of 2) */
 #define OBJ_OVERHEAD 256  /* bytes charged per object beyond its head and body */
 #define MARKS_MAX 64      /* hit-for-miss marks kept per stripe */
+#define VARIANTS_MAX 64   /* variants kept per key: a new one past them replaces the stalest */
 
 enum { Q_NONE = 0, Q_SMALL, Q_MAIN };
 
@@ -60,14 +62,11 @@ static struct {
     int max_files;       /* at most this many: a quarter of the descriptors moxy may open */
 } C;
 
+/* Keys are the client's (its Host and target) or a script's: keyed, so
+ * that nobody can precompute keys that share a stripe's bucket (siphash.h). */
 uint64_t moxy_cache_hash(const char *key, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a, then a finaliser */
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 0x100000001b3ull;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return h;
+    return moxy_hash_keyed(key, len);
 }
 
 int moxy_cache_create(size_t size, size_t max_object)
@@ -246,7 +245,10 @@ int moxy_cache_obj_append(moxy_cache_obj_t *o, const char *data, size_t len)
 
 static size_t charge_of(const moxy_cache_obj_t *o)
 {
+    /* the Vary names and values too: a client chooses how long the values are */
     size_t n = OBJ_OVERHEAD + o->klen + o->head_len;
+    if (o->vary) n += strlen(o->vary) + 1;
+    if (o->vary_values) n += strlen(o->vary_values) + 1;
     for (const moxy_cache_seg_t *s = moxy_cache_body(o)->body; s; s = s->next) n += sizeof(*s) + s->cap;
     return n;
 }
@@ -384,16 +386,28 @@ void moxy_cache_publish(moxy_cache_obj_t *o)
     if (o->charge > C.capacity) return;
     moxy_cache_obj_ref(o); /* the index's */
     pthread_mutex_lock(&C.qlock);
+    o->seq = atomic_fetch_add(&C.stores, 1);
     make_room(o->charge);
-    /* into the index, replacing the same variant */
+    /* into the index, replacing the same variant -- or, when the key has
+     * VARIANTS_MAX others, the one stored longest ago: a key's variants share
+     * its bucket, and a client choosing the values a Vary names must not
+     * make every lookup there walk thousands of them */
     stripe_t *s = stripe_of(o->hash);
-    moxy_cache_obj_t *old = NULL;
+    moxy_cache_obj_t *old = NULL, *stalest = NULL;
+    int variants = 0;
     pthread_mutex_lock(&s->lock);
     for (moxy_cache_obj_t *x = s->buckets[bucket_of(s, o->hash)]; x; x = x->inext) {
-        if (same_key(x, o->key, o->klen, o->hash) && same_variant(x, o)) {
+        if (!same_key(x, o->key, o->klen, o->hash)) continue;
+        if (same_variant(x, o)) {
             old = x;
             break;
         }
+        variants++;
+        if (!stalest || x->seq < stalest->seq) stalest = x;
+    }
+    if (!old && variants >= VARIANTS_MAX) {
+        old = stalest;
+        atomic_fetch_add(&C.evictions, 1);
     }
     if (s->nkeys + 1 > s->nbuckets) stripe_grow(s);
     size_t b = bucket_of(s, o->hash);
@@ -405,7 +419,6 @@ void moxy_cache_publish(moxy_cache_obj_t *o)
     if (old) drop(old);
     atomic_fetch_add(&C.used, o->charge);
     atomic_fetch_add(&C.objects, 1);
-    atomic_fetch_add(&C.stores, 1);
     o->queue = ghost_has(o->hash) ? Q_MAIN : Q_SMALL;
     fifo_push(o->queue == Q_MAIN ? &C.main : &C.small, o);
     pthread_mutex_unlock(&C.qlock);

@@ -989,6 +989,11 @@ static int understood_status(int status)
     return moxy_cache_heuristic_status(status) || status == 302 || status == 307;
 }
 
+#define CAP_STR_(x) #x
+#define CAP_STR(x) CAP_STR_(x) /* a limit's value, in a message */
+#define VARY_TOO_BIG                                                                               \
+    "Vary names more than " CAP_STR(MOXY_CACHE_VARY_NAMES) " fields or " CAP_STR(MOXY_CACHE_VARY_BYTES) " bytes"
+
 /* Whether the origin's response to r (its head as it came, r->cache_head)
  * is stored, by RFC 9111 3 and the txn.cache calls: NULL, with its
  * freshness lifetime in *life (and the directives, times and Vary names --
@@ -1023,7 +1028,12 @@ static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, time
     else if (*life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
     else if (*life <= 0 && !has_validator) why = "not fresh";
     if (!why && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > max_object) why = "too big";
-    if (!why && (*vary = moxy_cache_vary_of(hs)) && strcmp(*vary, "*") == 0) why = "vary *";
+    if (!why) {
+        int rc = moxy_cache_vary_of(hs, vary);
+        if (rc == MOXY_DECLINED) why = VARY_TOO_BIG;
+        else if (rc != MOXY_OK) why = "out of memory";
+        else if (*vary && strcmp(*vary, "*") == 0) why = "vary *";
+    }
     if (!why && forced && *life <= 0) why = "ttl 0";
     if (why) {
         free(*vary);
@@ -1059,6 +1069,9 @@ int moxy_cache_response_decide(moxy_req_t *r)
     o->vary = vary;
     if (vary) {
         const char *vv = moxy_cache_vary_values(&r->c->pool, &r->headers, vary);
+        if (!vv) /* (or out of memory) */
+            moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: the request's values of Vary's fields pass %d "
+                     "bytes", r->cache_key, MOXY_CACHE_VARY_VALUES_MAX);
         o->vary_values = vv ? strdup(vv) : NULL;
         if (!o->vary_values) goto fail;
     }
@@ -1076,6 +1089,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     return MOXY_OK;
 fail:
     moxy_cache_obj_unref(o);
+    flight_over(r, 0); /* nothing to wait for: the waiters go on now */
     return r->cache_background ? MOXY_DONE : MOXY_OK;
 }
 

@@ -4,13 +4,12 @@
  */
 #include "shared_dict.h"
 #include "ffi.h"
+#include "siphash.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <time.h>
-#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -57,55 +56,12 @@ struct moxy_shdict_s {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static moxy_shdict_t *registry;
 static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
-static uint64_t hash_key[2]; /* SipHash key, random per process */
 
 /* Keys may come from clients (an IP, a header): a keyed hash keeps anyone
- * from choosing keys that all land in one bucket. */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
-
-/* SipHash-1-3 of the len bytes at p. */
+ * from choosing keys that all land in one bucket (siphash.h). */
 static uint64_t key_hash(const char *p, size_t len)
 {
-    uint64_t v0 = 0x736f6d6570736575ull ^ hash_key[0];
-    uint64_t v1 = 0x646f72616e646f6dull ^ hash_key[1];
-    uint64_t v2 = 0x6c7967656e657261ull ^ hash_key[0];
-    uint64_t v3 = 0x7465646279746573ull ^ hash_key[1];
-    const unsigned char *in = (const unsigned char *)p;
-    size_t whole = len & ~(size_t)7;
-    for (size_t i = 0; i < whole; i += 8) {
-        uint64_t m;
-        memcpy(&m, in + i, 8);
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t b = (uint64_t)len << 56;
-    for (size_t i = 0; i < (len & 7); i++) b |= (uint64_t)in[whole + i] << (8 * i);
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
+    return moxy_hash_keyed(p, len);
 }
 
 static double now_monotonic(void)
@@ -278,12 +234,6 @@ static double expiry(double ttl, double now)
 
 static void registry_init(void)
 {
-    if (getrandom(hash_key, sizeof(hash_key), GRND_NONBLOCK) != (ssize_t)sizeof(hash_key)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        hash_key[0] = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
-        hash_key[1] = (uint64_t)ts.tv_sec * 0xbf58476d1ce4e5b9ull ^ (uint64_t)(uintptr_t)&ts;
-    }
     atexit(moxy_shdict_free_all);
 }
 
