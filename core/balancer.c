@@ -14,8 +14,8 @@
  *   least_conn   fewest requests in flight (all workers) per weight; ties by
  *                round-robin among the tied.
  *   ewma         power of two choices: two candidates drawn at random by
- *                weight, the one with the lower (latency EWMA + 1) x (in
- *                flight + 1) wins.
+ *                weight, the one with the lower max(latency EWMA, 1 ms) x
+ *                (in flight + 1) wins.
  *   hash         Maglev consistent hashing over the primaries: a table of a
  *                prime M >= 100 x peers entries, each peer filling entries in
  *                its own permutation order in proportion to its weight.  A
@@ -207,9 +207,16 @@ static int pick_random(pick_t *k, uint64_t rng[2], int not)
     return any; /* weights changed between the passes */
 }
 
+/* Latencies below this are not told apart by the ewma balancer: a
+ * scheduling hiccup of a millisecond or two on a sub-millisecond link would
+ * otherwise make a peer look ten times slower and starve it for the seconds
+ * its peak EWMA takes to decay; below it, requests in flight decide. */
+#define EWMA_FLOOR_US 1000.0
+
 static double ewma_cost(const moxy_peer_t *p, long long now)
 {
-    return (moxy_peer_ewma(p, now) + 1) * (atomic_load_explicit(&p->active, memory_order_relaxed) + 1);
+    double e = moxy_peer_ewma(p, now);
+    return (e > EWMA_FLOOR_US ? e : EWMA_FLOOR_US) * (atomic_load_explicit(&p->active, memory_order_relaxed) + 1);
 }
 
 static int pick_ewma(pick_t *k, uint64_t rng[2])
