@@ -203,6 +203,15 @@ describe("http hardening", function()
       assert.equal(199, list[1].interim[1].status)
     end)
 
+    it("are bounded in bytes, all of them together (limits.header_bytes)", function()
+      local raw = helpers.start_raw_origin("reply", string.rep("HTTP/1.1 103 Early Hints\r\nLink: </"
+        .. string.rep("a", 1500) .. ">\r\n\r\n", 4) .. "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+      local m = helpers.start_moxy({ upstreams = { app = { servers = { raw.addr } } }, limits = { header_bytes = "4k" } })
+      local list = helpers.parse_responses(helpers.raw(m.port, "GET /i HTTP/1.1\r\nHost: x\r\n\r\n", { timeout = 2 * S }))
+      assert.equal(502, list[#list].status)
+      assert.is_true(#list[#list].interim <= 2)
+    end)
+
     it("are bounded in number", function()
       local text = through(string.rep("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", 50)
         .. "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1)
@@ -342,6 +351,27 @@ describe("http hardening", function()
         assert.is_nil(err, "try " .. i .. ": the connection ended with " .. tostring(err)
           .. (code == errno.ECONNRESET and " (a reset)" or ""))
       end
+    end)
+
+    it("lingers for 16 MiB at most", function()
+      local ps = require "posix.sys.socket"
+      local unistd = require "posix.unistd"
+      local fd = assert(ps.socket(ps.AF_INET, ps.SOCK_STREAM, 0))
+      assert(ps.connect(fd, { family = ps.AF_INET, addr = "127.0.0.1", port = moxy.port }))
+      assert(ps.send(fd, "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"))
+      assert(ps.setsockopt(fd, ps.SOL_SOCKET, ps.SO_SNDTIMEO, 1, 0))
+      local chunk = string.rep("x", 65536)
+      local t0, sent, err = helpers.now(), 0, nil
+      while helpers.now() - t0 < 4 * S and sent < 100000000 do
+        local n, e = ps.send(fd, chunk)
+        if not n then err = e break end
+        sent = sent + n
+      end
+      unistd.close(fd)
+      -- moxy stopped reading (and closed) well before timeouts.linger (5 s)
+      assert.is_not_nil(err, "still sending after " .. sent .. " bytes")
+      assert.is_true(sent >= 16 * 1024 * 1024, "closed after " .. sent .. " bytes")
+      assert.is_true(sent < 48 * 1024 * 1024, "took " .. sent .. " bytes")
     end)
 
     it("is logged once and the lingering connection ends by itself", function()
