@@ -138,9 +138,13 @@ static int model_named_any(const char *name, size_t nlen)
     return 0;
 }
 
-/* 1 when a Connection header of the model names name as a comma-list element. */
+/* 1 when a Connection header of the model names name as a comma-list
+ * element.  A field called "close" is left out: "Connection: close" is the
+ * option, and moxy does not look for such a field (the name is reserved,
+ * RFC 9110 16.3.2.1; model_named_any lets it go or stay). */
 static int model_named(const char *name, size_t nlen)
 {
+    if (ieq(name, nlen, "close", 5)) return 0;
     for (int i = 0; i < nmodel; i++)
         if ((model[i].kind & MOXY_HK_CONNECTION) &&
             model_has_token(model[i].value, model[i].vlen, name, nlen))
