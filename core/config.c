@@ -444,18 +444,34 @@ moxy_conf_t *moxy_conf_load(const char *path, FILE *err)
         goto err;
     }
     lua_pop(L, 1);
-    c = calloc(1, sizeof(*c));
+    c = moxy_conf_from_table(L, lua_gettop(L), path, err);
     if (!c) goto err;
-    atomic_store(&c->refs, 1);
-    c->path = strdup(path);
-    if (read_conf(L, lua_gettop(L), c, err) != MOXY_OK) goto err;
     moxy_lua_close(L);
     return c;
 
 err:
-    moxy_conf_release(c);
     moxy_lua_close(L);
     return NULL;
+}
+
+moxy_conf_t *moxy_conf_from_table(lua_State *L, int idx, const char *path, FILE *err)
+{
+    int top = lua_gettop(L);
+    if (idx < 0) idx = top + idx + 1;
+    moxy_conf_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        fprintf(err, "moxy: out of memory\n");
+        return NULL;
+    }
+    atomic_store(&c->refs, 1);
+    c->path = strdup(path);
+    if (!c->path || read_conf(L, idx, c, err) != MOXY_OK) {
+        if (!c->path) fprintf(err, "moxy: out of memory\n");
+        moxy_conf_release(c);
+        c = NULL;
+    }
+    lua_settop(L, top); /* read_conf leaves its stack as it was only when it succeeds */
+    return c;
 }
 
 void moxy_conf_hold(moxy_conf_t *c)

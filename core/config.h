@@ -255,6 +255,14 @@ typedef struct moxy_conf_s {
  * message") to err. */
 moxy_conf_t *moxy_conf_load(const char *path, FILE *err);
 
+/* The second half of moxy_conf_load: copy the normalised table at index idx
+ * of L (what lua/moxy/config.lua's check returns) into a new configuration
+ * for path (one reference), or NULL after writing why to err.  L's stack is
+ * left as it was.  For a caller that keeps one Lua state for many loads
+ * (fuzz/config_fuzz.c). */
+struct lua_State;
+moxy_conf_t *moxy_conf_from_table(struct lua_State *L, int idx, const char *path, FILE *err);
+
 /* Index of the pool called name (len bytes) in conf, or -1. */
 int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t len);
 

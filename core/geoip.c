@@ -457,6 +457,27 @@ EXPORT const char *moxy_ffi_geo_name(int i)
     return i >= 0 && i < ndbs ? dbs[i].name : NULL;
 }
 
+/* The item after the value at items[i] (of n), walked as lua/moxy/geo.lua's
+ * decode walks it (a map: size pairs of a key item and a value; an array:
+ * size values), or -1 when the list does not have that shape.
+ * libmaxminddb takes any value as a map key and lists a map or array key
+ * with its contents: decode, which reads a key as one string item, would
+ * then misread the rest of the record (found by fuzz/geoip_fuzz.c). */
+static int item_end(const moxy_ffi_geo_item_t *items, int i, int n)
+{
+    if (i >= n) return -1;
+    const moxy_ffi_geo_item_t *it = &items[i++];
+    if (it->type == MMDB_DATA_TYPE_MAP) {
+        for (unsigned k = 0; k < it->size && i >= 0; k++) {
+            if (i >= n || items[i].type != MMDB_DATA_TYPE_UTF8_STRING) return -1;
+            i = item_end(items, i + 1, n);
+        }
+    } else if (it->type == MMDB_DATA_TYPE_ARRAY) {
+        for (unsigned k = 0; k < it->size && i >= 0; k++) i = item_end(items, i, n);
+    }
+    return i;
+}
+
 EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_geo_item_t *items, int max, int *n,
                                char *err, size_t errlen)
 {
@@ -529,6 +550,10 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
         }
     }
     MMDB_free_entry_data_list(list);
+    if (item_end(items, 0, count) != count) {
+        snprintf(err, errlen, "database error: %s", MMDB_strerror(MMDB_INVALID_DATA_ERROR));
+        return MOXY_ERROR;
+    }
     *n = count;
     return MOXY_OK;
 }

@@ -65,23 +65,31 @@ end
 -- Value parsers: return the normalised value, or nil and a message. ----------
 
 local SIZE_UNITS = { [""] = 1, b = 1, k = 1024, m = 1024 ^ 2, g = 1024 ^ 3 }
+-- The largest size and duration: the core turns sizes into size_t and
+-- durations into microseconds in 64-bit integers (and timevals); larger
+-- values (1e999 is inf) would not convert.
+local MAX_SIZE, MAX_DURATION = 2 ^ 53, 10 * 365 * 86400
 
 local function size(v)
   if type(v) == "number" then
-    if v >= 0 and v == math.floor(v) then return v end
+    if v >= 0 and v == math.floor(v) and v <= MAX_SIZE then return v end
+    if v >= 0 and v == math.floor(v) then return nil, "size too large (at most 2^53 bytes), got " .. v end
     return nil, "expected a whole number of bytes, got " .. v
   end
   if type(v) ~= "string" then return nil, "expected a size (number or \"64k\"), got " .. type(v) end
   local n, u = v:lower():match("^%s*(%d+)%s*([kmgb]?)%s*$")
   if not n then return nil, "bad size \"" .. v .. "\" (use bytes or 64k, 16m, 1g)" end
-  return tonumber(n) * SIZE_UNITS[u]
+  local r = tonumber(n) * SIZE_UNITS[u]
+  if r > MAX_SIZE then return nil, "size too large (at most 2^53 bytes): \"" .. v .. "\"" end
+  return r
 end
 
 local TIME_UNITS = { ms = 0.001, s = 1, m = 60, h = 3600 }
 
 local function duration(v)
   if type(v) == "number" then
-    if v >= 0 then return v end
+    if v >= 0 and v <= MAX_DURATION then return v end
+    if v >= 0 then return nil, "duration too long (at most 10 years), got " .. v end
     return nil, "expected a duration >= 0, got " .. v
   end
   if type(v) ~= "string" then return nil, "expected a duration (seconds or \"250ms\"), got " .. type(v) end
@@ -89,14 +97,17 @@ local function duration(v)
   if not n then return nil, "bad duration \"" .. v .. "\" (use 250ms, 10s, 5m, 1h)" end
   if u == "" then u = "s" end
   if not TIME_UNITS[u] then return nil, "bad duration \"" .. v .. "\" (use 250ms, 10s, 5m, 1h)" end
-  return tonumber(n) * TIME_UNITS[u]
+  local r = tonumber(n) * TIME_UNITS[u]
+  if r > MAX_DURATION then return nil, "duration too long (at most 10 years): \"" .. v .. "\"" end
+  return r
 end
 
 local function ipv4(h)
   local a, b, c, d = h:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
   if not a then return false end
   for _, o in ipairs { a, b, c, d } do
-    if #o > 3 or tonumber(o) > 255 then return false end
+    -- no leading zero: inet_pton (config.c) refuses "010" (octal to some parsers)
+    if #o > 3 or tonumber(o) > 255 or (#o > 1 and o:sub(1, 1) == "0") then return false end
   end
   return true
 end

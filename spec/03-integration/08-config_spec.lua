@@ -148,6 +148,26 @@ return {
     check_fails({ { "replace", "upstream = \"60s\"", '    upstream = "5 parsecs",' } }, "timeouts.upstream")
   end)
 
+  -- found by fuzz/config_fuzz.c: these were accepted by the Lua check and
+  -- then overflowed converting to C (size_t, struct timeval: UBSan)
+  it("reports sizes and durations too large to convert, with file, line and key", function()
+    check_fails({ { "replace", "body_bytes", "    body_bytes = 1e999," } }, "limits.body_bytes: size too large")
+    check_fails({ { "replace", "header_bytes", '    header_bytes = "99999999999999999999g",' } },
+      "limits.header_bytes: size too large")
+    check_fails({ { "replace", "connect =", "    connect = 1e999," } }, "timeouts.connect: duration too long")
+    check_fails({ { "replace", "upstream = \"60s\"", '    upstream = "99999999999999999999h",' } },
+      "timeouts.upstream: duration too long")
+    check_fails({ { "replace", "keepalive_timeout", "      keepalive_timeout = 1e300," } },
+      "upstreams.app.keepalive_timeout: duration too long")
+  end)
+
+  -- found by fuzz/config_fuzz.c: the Lua check took "010.0.0.1", which
+  -- inet_pton refuses; config.c then failed without a line number
+  it("reports an IPv4 octet with a leading zero with file, line and key", function()
+    check_fails({ { "replace", "\"127.0.0.1:18080\"", '    "127.0.0.01:18080",' } }, "listen[1]: bad address")
+    check_fails({ { "after", "workers", '  trusted_proxies = { "010.0.0.0/8" },' } }, "trusted_proxies[1]: bad address")
+  end)
+
   it("reports a bad server address", function()
     check_fails({ { "replace", "servers = { \"127.0.0.1:9001\"", '      servers = { "foo:bar" },' } },
       "upstreams.app.servers[1]: bad address \"foo:bar\"")

@@ -249,6 +249,34 @@ return {
       assert.matches(":6: geoip%.notdb: cannot open /etc/hostname: .*", out)
     end)
 
+    -- found by fuzz/geoip_fuzz.c: libmaxminddb lists a map used as a map key
+    -- with its contents, and moxy.geo.lookup read the record out of step
+    -- ({ [""] = "v" } instead of an error)
+    it("answers a database error for a record whose map key is not a string", function()
+      local dir = helpers.tmpdir("badkey")
+      helpers.write_file(dir .. "/badkey.json", [=[
+{ "database_type": "Moxy-Test-Bad-Key", "ip_version": 4,
+  "networks": [ { "network": "10.0.0.0/8", "data": { "": "v", "w": "x" } } ] }
+]=])
+      local p = assert(io.popen("cd '" .. helpers.root .. "' && luajit geoip/mmdb-build '" .. dir .. "/badkey.json' '"
+        .. dir .. "/badkey.mmdb' 2>&1"))
+      local text = p:read("*a")
+      assert(p:close(), "mmdb-build: " .. text)
+      -- the record { "": "v", "w": "x" } is E2 40 41'v' 41'w' 41'x'; make it
+      -- { {"v": "w"}: "x" }: a map of one pair whose key is a map
+      local db = helpers.read_file(dir .. "/badkey.mmdb")
+      local at = assert(db:find("\226\64Av" .. "AwAx", 1, true), "record not found in the built database")
+      helpers.write_file(dir .. "/badkey.mmdb", db:sub(1, at - 1) .. "\225\225" .. db:sub(at + 2))
+      local m = helpers.start_moxy({ geoip = { bad = dir .. "/badkey.mmdb" }, scripts = { "site.lua" } },
+        { files = { ["site.lua"] = SITE } })
+      finally(function() m:stop() end)
+      local got = lookups(m, { "bad 10.1.2.3", "bad 192.0.2.1" })
+      assert.is_nil(got[1].rec, "a record read out of step: " .. cjson.encode(got[1]))
+      assert.matches("^database error", got[1].err)
+      assert.equal("not found", got[2].err)
+      assert.is_true(m:alive())
+    end)
+
     it("rejects a broken MaxMind file at start, and answers lookup errors in broken records", function()
       if not HAVE_TESTDATA then pending("no " .. TESTDATA) return end
       local code, out = helpers.run_moxy_check([[
