@@ -72,10 +72,13 @@ enum {
 
 /* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
  * request modifiers, authentication, response control data, how to process
- * the content, and everything hop-by-hop. */
+ * the content, everything hop-by-hop, and the fields moxy writes itself in
+ * the head (X-Forwarded-*, Forwarded, X-Request-Id): an origin that merges
+ * trailers into the head would take a client's for moxy's. */
 #define MOXY_HK_TRAILER_FORBIDDEN                                                            \
     (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE | MOXY_HK_HOST | MOXY_HK_CL | \
-     MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER)
+     MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER |   \
+     MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH | MOXY_HK_FWD | MOXY_HK_XRID)
 
 /* One header.  Name and value live in the request pool. */
 typedef struct {

@@ -18,11 +18,12 @@
  *    get and kinds agree with the model;
  *  - moxy_list_has_token agrees with a model of comma lists with OWS;
  *  - moxy_headers_write writes at most moxy_headers_size bytes; what it
- *    writes is, in order, a subsequence of the list's "Name: value" lines,
- *    none of them hop-by-hop (Upgrade only when kept), skipped by kind, or
- *    named by a Connection header; every other header is there;
+ *    writes is, in order, the list's "Name: value" lines that are not
+ *    hop-by-hop (Upgrade only when kept) nor skipped by kind;
+ *  - moxy_headers_drop_connection_named removes (in order) exactly the
+ *    fields a Connection list names, but hop-by-hop ones and kept kinds;
  *  - moxy_chunk_head writes "<hex>\r\n" of the length; moxy_chunk_end
- *    writes "0\r\n", a subsequence of the trailers' lines, "\r\n"; with
+ *    writes "0\r\n", the trailers' lines but MOXY_HK_TRAILER_FORBIDDEN ones, "\r\n"; with
  *    valid names and values that parses (strict llhttp) as a body's end.
  */
 #include "fuzz.h"
@@ -94,6 +95,16 @@ static uint32_t model_kind(const char *n, size_t l)
         {"x-forwarded-proto", MOXY_HK_XFP},
         {"if-modified-since", MOXY_HK_CONDITION},
         {"if-unmodified-since", MOXY_HK_CONDITION},
+        /* RFC 9110 6.5.1: not in a trailer */
+        {"age", MOXY_HK_NOT_TRAILER}, {"date", MOXY_HK_NOT_TRAILER}, {"vary", MOXY_HK_NOT_TRAILER},
+        {"cookie", MOXY_HK_NOT_TRAILER}, {"accept", MOXY_HK_NOT_TRAILER}, {"pragma", MOXY_HK_NOT_TRAILER},
+        {"expires", MOXY_HK_NOT_TRAILER}, {"warning", MOXY_HK_NOT_TRAILER}, {"location", MOXY_HK_NOT_TRAILER},
+        {"set-cookie", MOXY_HK_NOT_TRAILER}, {"retry-after", MOXY_HK_NOT_TRAILER},
+        {"content-type", MOXY_HK_NOT_TRAILER}, {"max-forwards", MOXY_HK_NOT_TRAILER},
+        {"cache-control", MOXY_HK_NOT_TRAILER}, {"authorization", MOXY_HK_NOT_TRAILER},
+        {"content-range", MOXY_HK_NOT_TRAILER}, {"accept-charset", MOXY_HK_NOT_TRAILER},
+        {"accept-encoding", MOXY_HK_NOT_TRAILER}, {"accept-language", MOXY_HK_NOT_TRAILER},
+        {"content-encoding", MOXY_HK_NOT_TRAILER}, {"www-authenticate", MOXY_HK_NOT_TRAILER},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (ieq(n, l, names[i].name, strlen(names[i].name))) return names[i].kind;
@@ -243,12 +254,10 @@ static void check_write(const moxy_headers_t *hs, int keep_upgrade, uint32_t ski
                     memcmp(buf + pos + m->nlen + 2, m->value, m->vlen) == 0 &&
                     memcmp(buf + pos + line - 2, "\r\n", 2) == 0;
         int hop = (kind & MOXY_HK_HOP) && !(keep_upgrade && (kind & MOXY_HK_UPGRADE));
-        /* a name that is no token (cannot occur) may be in an element with spaces:
-         * moxy splits elements at spaces too, the model does not */
-        int forbidden = hop || (kind & skip) ||
-                        (!(kind & MOXY_HK_HOP) && moxy_header_name_valid(m->name, m->nlen) &&
-                         model_named(m->name, m->nlen));
-        int required = !hop && !(kind & skip) && !model_named_any(m->name, m->nlen);
+        /* what a Connection header names was dropped on the way in
+         * (moxy_headers_drop_connection_named, op 11): the writer writes it */
+        int forbidden = hop || (kind & skip);
+        int required = !forbidden;
         if (match && !forbidden) {
             pos += line;
         } else {
@@ -296,11 +305,13 @@ static void check_chunk_end(const moxy_headers_t *hs)
             MOXY_STRIEQ_LIT(h->name, h->name_len, "proxy-connection"))
             valid = 0;
         size_t line = h->name_len + 2 + h->value_len + 2;
-        if (pos + line <= n - 2 && memcmp(b + pos, h->name, h->name_len) == 0 &&
-            memcmp(b + pos + h->name_len, ": ", 2) == 0 &&
-            memcmp(b + pos + h->name_len + 2, h->value, h->value_len) == 0 &&
-            memcmp(b + pos + line - 2, "\r\n", 2) == 0)
-            pos += line;
+        int match = pos + line <= n - 2 && memcmp(b + pos, h->name, h->name_len) == 0 &&
+                    memcmp(b + pos + h->name_len, ": ", 2) == 0 &&
+                    memcmp(b + pos + h->name_len + 2, h->value, h->value_len) == 0 &&
+                    memcmp(b + pos + line - 2, "\r\n", 2) == 0;
+        if (h->kind & MOXY_HK_TRAILER_FORBIDDEN) continue; /* never written */
+        assert(match); /* every other field is */
+        pos += line;
     }
     assert(pos == n - 2);
     if (valid) {
@@ -447,6 +458,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 !ieq(n0, n0l, "upgrade", 7))
                 assert(named);
             assert(moxy_header_connection_named(NULL, n0, n0l) == 0);
+            if (a.count < 3) break;
+            /* drop what the Connection headers name, but the kinds of keep */
+            uint32_t keep = mask_of(num(&a, 2));
+            int dropped = moxy_headers_drop_connection_named(&hs, keep);
+            int j = 0, k = 0, gone = 0;
+            for (int i = 0; i < nmodel; i++) {
+                mh_t *m = &model[i];
+                int kept = (uint32_t)j < hs.n && hs.h[j].name_len == m->nlen && hs.h[j].value_len == m->vlen &&
+                           memcmp(hs.h[j].name, m->name, m->nlen) == 0 &&
+                           memcmp(hs.h[j].value, m->value, m->vlen) == 0;
+                int spared = (m->kind & (MOXY_HK_HOP | keep)) != 0;
+                /* must go: a token a Connection list names, but the names of
+                 * the options (close, keep-alive, upgrade) */
+                int must = !spared && moxy_header_name_valid(m->name, m->nlen) && model_named(m->name, m->nlen) &&
+                           !ieq(m->name, m->nlen, "keep-alive", 10) && !ieq(m->name, m->nlen, "upgrade", 7);
+                if (kept) {
+                    assert(!must);
+                    model[k++] = *m;
+                    j++;
+                } else {
+                    assert(!spared && model_named_any(m->name, m->nlen));
+                    free(m->name);
+                    free(m->value);
+                    gone++;
+                }
+            }
+            assert((uint32_t)j == hs.n && gone == dropped);
+            nmodel = k;
             break;
         }
         case 12: /* chunk writers */

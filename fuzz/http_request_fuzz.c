@@ -79,7 +79,31 @@ static void check_forwarded(int k, const msg_t *f, const mparser_t *cp)
                 cp->n);
     const msg_t *c = &cp->m[k];
     if (f->method != c->method) finding("request %d: method %d forwarded as %d", k + 1, c->method, f->method);
-    if (f->url_len != c->url_len || (f->url_len && memcmp(f->url, c->url, f->url_len) != 0))
+    /* the target as sent; an absolute-form one (RFC 9112 3.2.2) goes out in
+     * origin-form, its authority as the Host */
+    const char *want = c->url ? c->url : "", *auth = NULL;
+    size_t wlen = c->url_len, alen = 0;
+    const char *sch = wlen ? memchr(want, ':', wlen) : NULL;
+    if (wlen && want[0] != '/' && !(wlen == 1 && want[0] == '*') && sch && (size_t)(want + wlen - sch) >= 3 &&
+        memcmp(sch, "://", 3) == 0) {
+        auth = sch + 3;
+        while (auth + alen < want + wlen && auth[alen] != '/' && auth[alen] != '?') alen++;
+        want = auth + alen;
+        wlen = (size_t)(c->url + c->url_len - want);
+        if (wlen == 0) {
+            want = c->method == HTTP_OPTIONS ? "*" : "/";
+            wlen = 1;
+        } else if (want[0] == '?') {
+            if (f->url_len != wlen + 1 || f->url[0] != '/' || memcmp(f->url + 1, want, wlen) != 0)
+                finding("request %d: absolute-form target not forwarded as /?query", k + 1);
+            want = f->url;
+            wlen = f->url_len;
+        }
+        int hi = -1;
+        if (count_named(f, "host", &hi) == 1 && (f->h[hi].vlen != alen || memcmp(f->h[hi].value, auth, alen) != 0))
+            finding("request %d: Host is not the absolute-form target's authority", k + 1);
+    }
+    if (f->url_len != wlen || (wlen && memcmp(f->url, want, wlen) != 0))
         finding("request %d: target changed", k + 1);
     if (!c->complete) finding("request %d: complete at the origin, not from the client", k + 1);
     if (f->body_len != c->body_len || (f->body_len && memcmp(f->body, c->body, f->body_len) != 0))

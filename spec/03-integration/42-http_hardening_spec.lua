@@ -236,7 +236,7 @@ describe("http hardening", function()
       assert(c:send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         .. "5\r\nhello\r\n0\r\nX-Ok: yes\r\nHost: evil\r\nConnection: close\r\nUpgrade: h2c\r\nTE: trailers\r\n"
         .. "Content-Type: text/evil\r\nAuthorization: Basic eA==\r\nCookie: a=b\r\nCache-Control: no-cache\r\n"
-        .. "X-Checksum: 1\r\n\r\n"))
+        .. "X-Forwarded-For: 10.6.6.6\r\nX-Request-Id: forged\r\nX-Checksum: 1\r\n\r\n"))
       local e = helpers.echo(c:read_response())
       c:close()
       assert.equal("hello", e.body)
