@@ -347,6 +347,29 @@ static inline int connection_names(const msg_t *m, const char *token, size_t tle
     return 0;
 }
 
+/* 1 when a field called name has no place in trailers (RFC 9110 6.5.1:
+ * framing, routing, hop-by-hop and forwarding fields; a recipient that
+ * merges trailers into the header section -- or llhttp, which takes a
+ * Transfer-Encoding there as the message's -- would act on them). */
+static inline int trailer_banned(const char *name, size_t n)
+{
+    static const char *const banned[] = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                                         "te", "trailer", "upgrade", "expect", "x-forwarded-for", "x-forwarded-proto",
+                                         "x-forwarded-host", "forwarded", "via", "x-request-id"};
+    for (size_t b = 0; b < MOXY_ARRAY_LEN(banned); b++)
+        if (ieq(name, n, banned[b])) return 1;
+    return n >= 6 && ieq(name, 6, "proxy-");
+}
+
+/* 1 when a message of mp has such a field in its trailers. */
+static inline int trailers_banned(const mparser_t *mp)
+{
+    for (int i = 0; i < mp->n; i++)
+        for (int j = 0; j < mp->m[i].nh; j++)
+            if (mp->m[i].h[j].trailer && trailer_banned(mp->m[i].h[j].name, mp->m[i].h[j].nlen)) return 1;
+    return 0;
+}
+
 /* --- findings --- */
 
 static const uint8_t *cur_input;
@@ -757,6 +780,7 @@ static void check_client_responses(mparser_t *rp, int nreq)
     size_t n = evbuffer_get_length(client_rx);
     mp_feed(rp, (const char *)evbuffer_pullup(client_rx, -1), n);
     if (client_eof) mp_finish(rp);
+    if (!skipped("trailers") && trailers_banned(rp)) finding("a response reached the client with a framing, routing or hop-by-hop field in its trailers");
     if (rp->error) finding("the client received bytes that are not well-framed responses: %s", rp->why);
     int finals = 0;
     for (int i = 0; i < rp->n; i++) {

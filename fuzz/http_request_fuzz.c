@@ -106,13 +106,8 @@ static void check_forwarded(int k, const msg_t *f, const mparser_t *cp)
         if (h->trailer) {
             /* RFC 9110 6.5.1: no framing, routing, hop-by-hop or forwarding field in
              * trailers (a recipient that merges them into the head would see them there) */
-            static const char *const banned[] = {"host", "content-length", "transfer-encoding", "connection",
-                                                 "keep-alive", "te", "trailer", "upgrade", "expect",
-                                                 "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                                                 "forwarded", "via", "x-request-id"};
-            for (size_t b = 0; b < MOXY_ARRAY_LEN(banned) && !skipped("trailers"); b++)
-                if (ieq(h->name, h->nlen, banned[b]) || (h->nlen >= 6 && ieq(h->name, 6, "proxy-")))
-                    finding("request %d: %.*s forwarded in the trailers", k + 1, (int)h->nlen, h->name);
+            if (!skipped("trailers") && trailer_banned(h->name, h->nlen))
+                finding("request %d: %.*s forwarded in the trailers", k + 1, (int)h->nlen, h->name);
             continue;
         }
         if (ieq(h->name, h->nlen, "keep-alive") || ieq(h->name, h->nlen, "te") || ieq(h->name, h->nlen, "trailer") ||
