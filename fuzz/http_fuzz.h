@@ -114,7 +114,8 @@ struct mparser_s {
     int tunnel;          /* a 101 or CONNECT: the rest is not HTTP */
     /* responses: 1 when message m's body is to be skipped (HEAD, 1xx) */
     int (*skip_body)(mparser_t *mp, msg_t *m);
-    void (*on_complete)(mparser_t *mp, msg_t *m);
+    void (*on_head)(mparser_t *mp, msg_t *m);     /* a message's head is in */
+    void (*on_complete)(mparser_t *mp, msg_t *m); /* a message is complete */
     void *ctx;
 };
 
@@ -200,6 +201,7 @@ static int mp_headers_complete(llhttp_t *p)
     /* a 101 without Upgrade and Connection: upgrade is no switch to llhttp
      * (RFC 9110 15.2.2: a 101 has Upgrade); moxy tunnels after it all the
      * same (101-no-upgrade: take it as the switch) */
+    if (mp->on_head) mp->on_head(mp, m);
     if (p->type == HTTP_RESPONSE && m->status == 101 && !m->upgrade && skipped("101-no-upgrade")) {
         mp->tunnel = 1;
         return HPE_PAUSED;
@@ -500,6 +502,14 @@ static void oconn_complete(mparser_t *mp, msg_t *m)
     origin_on_request(mp->ctx, m);
 }
 
+/* The origin's look at a request head (each harness's). */
+static void origin_on_head(oconn_t *o, msg_t *m);
+
+static void oconn_head(mparser_t *mp, msg_t *m)
+{
+    origin_on_head(mp->ctx, m);
+}
+
 static void origin_accept_cb(evutil_socket_t fd, short what, void *arg)
 {
     MOXY_UNUSED(what);
@@ -515,6 +525,7 @@ static void origin_accept_cb(evutil_socket_t fd, short what, void *arg)
         mp_init(&o->mp, HTTP_REQUEST);
         o->mp.ctx = o;
         o->mp.on_complete = oconn_complete;
+        o->mp.on_head = oconn_head;
         o->next = oconns;
         oconns = o;
         event_assign(&o->ev, W->base, c, EV_READ | EV_PERSIST, oconn_cb, o);

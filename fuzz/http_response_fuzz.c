@@ -58,6 +58,12 @@ static void origin_on_accept(oconn_t *o)
     MOXY_UNUSED(o);
 }
 
+static void origin_on_head(oconn_t *o, msg_t *m)
+{
+    MOXY_UNUSED(o);
+    MOXY_UNUSED(m);
+}
+
 static void origin_on_request(oconn_t *o, msg_t *m)
 {
     /* the first request of the first connection gets the input */
