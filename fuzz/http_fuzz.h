@@ -112,7 +112,8 @@ struct mparser_s {
     int tunnel;          /* a 101 or CONNECT: the rest is not HTTP */
     /* responses: 1 when message m's body is to be skipped (HEAD, 1xx) */
     int (*skip_body)(mparser_t *mp, msg_t *m);
-    void (*on_complete)(mparser_t *mp, msg_t *m);
+    void (*on_head)(mparser_t *mp, msg_t *m);     /* a message's head is in */
+    void (*on_complete)(mparser_t *mp, msg_t *m); /* a message is complete */
     void *ctx;
 };
 
@@ -198,6 +199,7 @@ static int mp_headers_complete(llhttp_t *p)
     /* a 101 without Upgrade and Connection: upgrade is no switch to llhttp
      * (RFC 9110 15.2.2: a 101 has Upgrade); moxy tunnels after it all the
      * same (101-no-upgrade: take it as the switch) */
+    if (mp->on_head) mp->on_head(mp, m);
     if (p->type == HTTP_RESPONSE && m->status == 101 && !m->upgrade && skipped("101-no-upgrade")) {
         mp->tunnel = 1;
         return HPE_PAUSED;
@@ -345,6 +347,29 @@ static inline int connection_names(const msg_t *m, const char *token, size_t tle
     return 0;
 }
 
+/* 1 when a field called name has no place in trailers (RFC 9110 6.5.1:
+ * framing, routing, hop-by-hop and forwarding fields; a recipient that
+ * merges trailers into the header section -- or llhttp, which takes a
+ * Transfer-Encoding there as the message's -- would act on them). */
+static inline int trailer_banned(const char *name, size_t n)
+{
+    static const char *const banned[] = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                                         "te", "trailer", "upgrade", "expect", "x-forwarded-for", "x-forwarded-proto",
+                                         "x-forwarded-host", "forwarded", "via", "x-request-id"};
+    for (size_t b = 0; b < MOXY_ARRAY_LEN(banned); b++)
+        if (ieq(name, n, banned[b])) return 1;
+    return n >= 6 && ieq(name, 6, "proxy-");
+}
+
+/* 1 when a message of mp has such a field in its trailers. */
+static inline int trailers_banned(const mparser_t *mp)
+{
+    for (int i = 0; i < mp->n; i++)
+        for (int j = 0; j < mp->m[i].nh; j++)
+            if (mp->m[i].h[j].trailer && trailer_banned(mp->m[i].h[j].name, mp->m[i].h[j].nlen)) return 1;
+    return 0;
+}
+
 /* --- findings --- */
 
 static const uint8_t *cur_input;
@@ -475,6 +500,14 @@ static void oconn_complete(mparser_t *mp, msg_t *m)
     origin_on_request(mp->ctx, m);
 }
 
+/* The origin's look at a request head (each harness's). */
+static void origin_on_head(oconn_t *o, msg_t *m);
+
+static void oconn_head(mparser_t *mp, msg_t *m)
+{
+    origin_on_head(mp->ctx, m);
+}
+
 static void origin_accept_cb(evutil_socket_t fd, short what, void *arg)
 {
     MOXY_UNUSED(what);
@@ -490,6 +523,7 @@ static void origin_accept_cb(evutil_socket_t fd, short what, void *arg)
         mp_init(&o->mp, HTTP_REQUEST);
         o->mp.ctx = o;
         o->mp.on_complete = oconn_complete;
+        o->mp.on_head = oconn_head;
         o->next = oconns;
         oconns = o;
         event_assign(&o->ev, W->base, c, EV_READ | EV_PERSIST, oconn_cb, o);
@@ -755,6 +789,7 @@ static void check_client_responses(mparser_t *rp, int nreq)
     size_t n = evbuffer_get_length(client_rx);
     mp_feed(rp, (const char *)evbuffer_pullup(client_rx, -1), n);
     if (client_eof) mp_finish(rp);
+    if (!skipped("trailers") && trailers_banned(rp)) finding("a response reached the client with a framing, routing or hop-by-hop field in its trailers");
     if (rp->error) finding("the client received bytes that are not well-framed responses: %s", rp->why);
     int finals = 0;
     for (int i = 0; i < rp->n; i++) {

@@ -6,11 +6,14 @@
  * Input:
  *   byte 0    bit 0: the bytes go in two pieces, the loop settling between
  *             them (a head or body split across reads); bit 1: the client
- *             half-closes at once instead of after moxy settled
+ *             half-closes at once instead of after moxy settled; bit 2: the
+ *             origin answers as soon as a request's head is in (before its
+ *             body); bit 3: the origin answers with Connection: close and
+ *             closes its sending side
  *   the rest  what the client sends on one connection (any number of
  *             requests, pipelined)
- * The origin answers each complete request it gets with a fixed 200
- * (Content-Length: 2, "ok"; no body for HEAD).
+ * The origin answers each request it gets with a fixed 200 (Content-Length:
+ * 2, "ok"; no body for HEAD), once it is complete (or at its head, bit 2).
  *
  * Invariants (the most important of the fuzzing effort: request smuggling):
  *  - what moxy sends the origin, on every connection, parses with a strict
@@ -40,7 +43,6 @@
 
 #define FUZZ_INPUT_MAX 65536
 
-/* The origin's answers. */
 static void origin_on_accept(oconn_t *o)
 {
     MOXY_UNUSED(o);
@@ -55,11 +57,27 @@ typedef struct {
 static fwd_t fwd[1024];
 static int nfwd;
 
+static unsigned origin_mode; /* input flags: 4 answer at the head, 8 close after answering */
+
+static void origin_answer(oconn_t *o, msg_t *m)
+{
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    static const char ok_close[] = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+    const char *a = origin_mode & 8 ? ok_close : ok;
+    size_t n = origin_mode & 8 ? sizeof(ok_close) - 1 : sizeof(ok) - 1;
+    origin_send(o, a, m->method == HTTP_HEAD ? n - 2 : n);
+    if (origin_mode & 8) shutdown(o->fd, SHUT_WR); /* reads on: moxy may still send the body */
+}
+
+static void origin_on_head(oconn_t *o, msg_t *m)
+{
+    if (origin_mode & 4) origin_answer(o, m); /* before the body: moxy must not reuse the connection early */
+}
+
 static void origin_on_request(oconn_t *o, msg_t *m)
 {
     if (nfwd < (int)MOXY_ARRAY_LEN(fwd)) fwd[nfwd++] = (fwd_t){o, (int)(m - o->mp.m)};
-    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    origin_send(o, ok, m->method == HTTP_HEAD ? sizeof(ok) - 3 : sizeof(ok) - 1);
+    if (!(origin_mode & 4)) origin_answer(o, m);
 }
 
 /* Fields moxy writes itself (a client's Connection may name them: moxy's own stay). */
@@ -130,13 +148,8 @@ static void check_forwarded(int k, const msg_t *f, const mparser_t *cp)
         if (h->trailer) {
             /* RFC 9110 6.5.1: no framing, routing, hop-by-hop or forwarding field in
              * trailers (a recipient that merges them into the head would see them there) */
-            static const char *const banned[] = {"host", "content-length", "transfer-encoding", "connection",
-                                                 "keep-alive", "te", "trailer", "upgrade", "expect",
-                                                 "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                                                 "forwarded", "via", "x-request-id"};
-            for (size_t b = 0; b < MOXY_ARRAY_LEN(banned) && !skipped("trailers"); b++)
-                if (ieq(h->name, h->nlen, banned[b]) || (h->nlen >= 6 && ieq(h->name, 6, "proxy-")))
-                    finding("request %d: %.*s forwarded in the trailers", k + 1, (int)h->nlen, h->name);
+            if (!skipped("trailers") && trailer_banned(h->name, h->nlen))
+                finding("request %d: %.*s forwarded in the trailers", k + 1, (int)h->nlen, h->name);
             continue;
         }
         if (ieq(h->name, h->nlen, "keep-alive") || ieq(h->name, h->nlen, "te") || ieq(h->name, h->nlen, "trailer") ||
@@ -159,6 +172,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cur_input = data;
     cur_size = size;
     unsigned flags = fuzz_take_byte(&data, &size);
+    origin_mode = flags;
     nfwd = 0;
 
     client_open();

@@ -20,6 +20,8 @@
  *    no lenient flag; 1xx responses have no content, RFC 9110 15.2; HEAD
  *    responses none) as a sequence of responses, each complete but the last
  *    (cut where moxy gave up), at most one final response per request;
+ *  - no response reaches the client with a framing, routing or hop-by-hop
+ *    field in its trailers (trailers);
  *  - the first final response the client gets, when it is the origin's
  *    (moxy's Via, not one of its error pages) and complete, is the origin's
  *    first final response as a strict parser reads the input (1xx without
@@ -56,6 +58,12 @@ static void origin_on_accept(oconn_t *o)
     MOXY_UNUSED(o);
 }
 
+static void origin_on_head(oconn_t *o, msg_t *m)
+{
+    MOXY_UNUSED(o);
+    MOXY_UNUSED(m);
+}
+
 static void origin_on_request(oconn_t *o, msg_t *m)
 {
     /* the first request of the first connection gets the input */
@@ -71,6 +79,12 @@ static int origin_skip_body(mparser_t *mp, msg_t *m)
     if (m->status == 204 || m->status == 304) return 1; /* RFC 9110 15.3.5, 15.4.5 (llhttp 8 reads a body
                                                            after a 204 with Transfer-Encoding) */
     return head_request;
+}
+
+/* 1 when a response of this status has content (not 1xx, 204, 304). */
+static int moxy_resp_has_body_status(int status)
+{
+    return status >= 200 && status != 204 && status != 304;
 }
 
 static int has_moxy_via(const msg_t *m)
@@ -98,6 +112,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     op.skip_body = origin_skip_body;
     mp_feed(&op, (const char *)answer, answer_len);
     mp_finish(&op);
+    if (skipped("trailers") && trailers_banned(&op)) { /* moxy forwards trailers as they come (a known finding) */
+        mp_free(&op);
+        return 0;
+    }
     if (skipped("1xx-body")) {
         /* a 1xx with framing fields: moxy's llhttp reads a body after it and
          * sends it on (a known finding): not worth running while skipped */
@@ -137,12 +155,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const msg_t *want = NULL;
         for (int i = 0; i < op.n && !want; i++)
             if (op.m[i].head_done && (op.m[i].status >= 200 || op.m[i].status == 101)) want = &op.m[i];
-        if (!want || !want->complete)
+        /* a body delimited by the close (an HTTP/1.0 client) ends where moxy
+         * stops: a prefix of the origin's, which may have been cut */
+        int by_close = !count_named(got, "content-length", NULL) && !count_named(got, "transfer-encoding", NULL) &&
+                       moxy_resp_has_body_status(got->status) && REQUESTS[which].methods[0] != HTTP_HEAD;
+        if (!want || (!want->complete && !by_close))
             finding("the client got a complete %d from the origin, which sent no complete final response%s%s",
                     got->status, op.error ? ": " : "", op.error ? op.why : "");
         if (want->status != got->status) finding("the origin's %d reached the client as %d", want->status, got->status);
-        if (want->body_len != got->body_len || (got->body_len && memcmp(want->body, got->body, got->body_len) != 0))
+        if (by_close ? got->body_len > want->body_len : got->body_len != want->body_len)
             finding("the origin's body of %zu bytes reached the client as %zu bytes", want->body_len, got->body_len);
+        if (got->body_len && memcmp(want->body, got->body, got->body_len) != 0)
+            finding("the origin's body reached the client changed");
     }
     mp_free(&op);
     mp_free(&rp);
