@@ -783,6 +783,10 @@ static int on_headers_complete(llhttp_t *p)
     if (!r->uri) return parse_fail(p, 400, "no request target");
     int rc = check_head(p, r);
     if (rc) return rc;
+    /* what moxy read as a lone "chunked" (its value trimmed of trailing
+     * whitespace) llhttp must have taken for chunked too: else one of them
+     * sees a body where the other sees the next request */
+    if (r->has_te && !(p->flags & F_CHUNKED)) return parse_fail(p, 400, "unsupported Transfer-Encoding");
     if (r->uri[0] != '/' && !(r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS) &&
         (rc = absolute_form(p, r)))
         return rc;

@@ -68,6 +68,10 @@ do
   vec("tab-before-colon", "GET /smuggle/tab-before-colon HTTP/1.1\r\nHost: x\r\nX-Foo\t: a\r\n\r\n"
     .. inner("tab-before-colon"))
 
+  -- moxy trims a value's trailing whitespace, llhttp did not take "chunked\t" for chunked:
+  -- the body was read as the next request (found by fuzz/http_request_fuzz.c)
+  vec("te-trailing-tab", post("te-trailing-tab", "Transfer-Encoding: chunked\t\r\n",
+    "3d\r\n" .. inner("te-trailing-tab") .. "\r\n0\r\n\r\n"))
   for n, te in ipairs({ "chunked, gzip", "gzip", "xchunked" }) do
     vec("te-" .. n, post("te-" .. n, "Transfer-Encoding: " .. te .. "\r\n", "0\r\n\r\n" .. inner("te-" .. n)))
   end
