@@ -487,21 +487,28 @@ end
 local Origin = {}
 Origin.__index = Origin
 
-function helpers.start_origin(opts)
-  opts = opts or {}
-  local dir = helpers.tmpdir("origin")
-  local p = helpers.spawn({ python(), "-u", helpers.support .. "/origin.py", tostring(opts.port or 0) },
-    { dir = dir, kind = "origin" })
+-- Start a Python server of spec/support (argv after the script) in dir; it
+-- prints "ready PORT" once it listens.  -> the process, its port; raises
+-- (at the caller's caller) when it does not start.
+local function start_py_server(script, args, dir)
+  local argv = { python(), "-u", helpers.support .. "/" .. script }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local p = helpers.spawn(argv, { dir = dir, kind = "origin" })
   local port = helpers.wait_until(function()
-    local out = p:stdout()
-    local port = out:match("ready (%d+)")
+    local port = p:stdout():match("ready (%d+)")
     if port then return tonumber(port) end
     if not p:alive() then return -1 end
   end, 10 * SCALE)
   if not port or port < 0 then
     p:stop("KILL")
-    error("origin.py did not start: " .. p:stdout() .. p:stderr(), 2)
+    error(script .. " did not start: " .. p:stdout() .. p:stderr(), 3)
   end
+  return p, port
+end
+
+function helpers.start_origin(opts)
+  opts = opts or {}
+  local p, port = start_py_server("origin.py", { tostring(opts.port or 0) }, helpers.tmpdir("origin"))
   return setmetatable({ port = port, addr = "127.0.0.1:" .. port, pid = p.pid, proc = p }, Origin)
 end
 
@@ -515,21 +522,9 @@ RawOrigin.__index = RawOrigin
 
 function helpers.start_raw_origin(mode, reply)
   local dir = helpers.tmpdir("raw-origin")
-  local argv = { python(), "-u", helpers.support .. "/raw_origin.py", dir .. "/conn", mode }
-  if reply then
-    helpers.write_file(dir .. "/reply", reply)
-    argv[#argv + 1] = dir .. "/reply"
-  end
-  local p = helpers.spawn(argv, { dir = dir, kind = "origin" })
-  local port = helpers.wait_until(function()
-    local port = p:stdout():match("ready (%d+)")
-    if port then return tonumber(port) end
-    if not p:alive() then return -1 end
-  end, 10 * SCALE)
-  if not port or port < 0 then
-    p:stop("KILL")
-    error("raw_origin.py did not start: " .. p:stdout() .. p:stderr(), 2)
-  end
+  local args = { dir .. "/conn", mode }
+  if reply then args[3] = helpers.write_file(dir .. "/reply", reply) end
+  local p, port = start_py_server("raw_origin.py", args, dir)
   return setmetatable({ port = port, addr = "127.0.0.1:" .. port, dir = dir, proc = p }, RawOrigin)
 end
 

@@ -5,14 +5,6 @@ local helpers = require "spec.helpers"
 
 local S = helpers.scale
 
-local function has_header(list, name)
-  name = name:lower()
-  for _, kv in ipairs(list) do
-    if kv[1]:lower() == name then return true end
-  end
-  return false
-end
-
 describe("http hardening", function()
   local origin, moxy
 
