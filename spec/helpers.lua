@@ -19,6 +19,8 @@
 --       origin:stats()  -> {accepted, connections, requests, log = {...}}
 --       origin:reset_stats(), origin:saw(pattern) -> log entries whose target
 --       matches the Lua pattern, origin:stop()
+--   helpers.origin_path(base, {"Name:Value"}) -> base?rh=..: origin.py's response headers
+--   helpers.query_escape(s)               s percent-encoded for a query string
 --   helpers.start_moxy(config, opts)      -> m
 --       config: Lua source string, or a table serialised to Lua.  A table gets
 --       defaults: workers = 1, listen = {"127.0.0.1:<free port>"},
@@ -536,6 +538,19 @@ function RawOrigin:connections()
   local n = 0
   while helpers.read_file(self.dir .. "/conn." .. (n + 1)) do n = n + 1 end
   return n
+end
+
+-- s percent-encoded for a query string (all but unreserved, ':', '/', '=').
+function helpers.query_escape(s)
+  return (s:gsub("[^%w%-%._~:/=]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+-- "/bytes/N?rh=..&rh=..": an origin.py path answering with these response
+-- headers ("Name:Value" strings).
+function helpers.origin_path(base, headers)
+  local parts = {}
+  for _, h in ipairs(headers or {}) do parts[#parts + 1] = "rh=" .. helpers.query_escape(h) end
+  return base .. (#parts > 0 and ("?" .. table.concat(parts, "&")) or "")
 end
 
 function Origin:stats()

@@ -390,6 +390,9 @@ describe("moxy.re", function()
 
     -- RSS includes PCRE2's compiled and JIT code, freed by ffi.gc on eviction.
     -- ASan's quarantine keeps freed memory, so only the Lua heap is checked there.
+    -- Keeping the 30,000 flooded patterns would cost about 67 MiB (each ~2.3 KiB of
+    -- compiled and JIT code); the bound is a third of that, so a leak fails while the
+    -- allocator's and the kernel's noise (fragmentation, huge pages) does not.
     local function rss_kib()
       local f = assert(io.open("/proc/self/statm"))
       local pages = tonumber(f:read("*a"):match("^%d+ (%d+)"))
@@ -409,7 +412,7 @@ describe("moxy.re", function()
       assert.is_true(collectgarbage("count") < kb + 1024,
         "Lua heap grew from " .. kb .. " to " .. collectgarbage("count") .. " KiB")
       if not (os.getenv("MOXY_SANITIZED") or os.getenv("ASAN_OPTIONS")) then
-        assert.is_true(rss_kib() < rss + 8192, "RSS grew from " .. rss .. " to " .. rss_kib() .. " KiB")
+        assert.is_true(rss_kib() < rss + 24 * 1024, "RSS grew from " .. rss .. " to " .. rss_kib() .. " KiB")
       end
       assert.is_true(re._cache_size() <= 1024)
     end)

@@ -4,14 +4,7 @@
 local helpers = require "spec.helpers"
 local cjson = require "cjson.safe"
 
-local function q(s) return (s:gsub("[^%w%-%._~:/=]", function(c) return ("%%%02X"):format(c:byte()) end)) end
-
--- "/bytes/N?rh=..&rh=..": an origin path answering with these headers
-local function path(base, headers)
-  local parts = {}
-  for _, h in ipairs(headers or {}) do parts[#parts + 1] = "rh=" .. q(h) end
-  return base .. (#parts > 0 and ("?" .. table.concat(parts, "&")) or "")
-end
+local q, path = helpers.query_escape, helpers.origin_path
 
 local function http_date(t) return os.date("!%a, %d %b %Y %H:%M:%S GMT", t) end
 

@@ -5,14 +5,7 @@
 local helpers = require "spec.helpers"
 local cjson = require "cjson.safe"
 
-local function q(s) return (s:gsub("[^%w%-%._~:/=]", function(c) return ("%%%02X"):format(c:byte()) end)) end
-
--- "/bytes/N?rh=..&rh=..": an origin path answering with these headers
-local function path(base, headers)
-  local parts = {}
-  for _, h in ipairs(headers or {}) do parts[#parts + 1] = "rh=" .. q(h) end
-  return base .. (#parts > 0 and ("?" .. table.concat(parts, "&")) or "")
-end
+local q, path = helpers.query_escape, helpers.origin_path
 
 -- an Accept-Encoding of about n bytes: a list of codings the client chose
 local function big_accept_encoding(n, tag)
