@@ -37,4 +37,18 @@ static inline unsigned fuzz_take_byte(const uint8_t **data, size_t *size)
     return b;
 }
 
+/* ASCII case-insensitive equality of a[0..an) and b[0..bn), written apart
+ * from core's moxy_strieq so that a model does not share the code it checks. */
+static inline int fuzz_ieq(const char *a, size_t an, const char *b, size_t bn)
+{
+    if (an != bn) return 0;
+    for (size_t i = 0; i < an; i++) {
+        int x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x >= 'A' && x <= 'Z') x += 32;
+        if (y >= 'A' && y <= 'Z') y += 32;
+        if (x != y) return 0;
+    }
+    return 1;
+}
+
 #endif

@@ -56,18 +56,6 @@ static void model_clear(void)
     nmodel = 0;
 }
 
-static int ieq(const char *a, size_t an, const char *b, size_t bn)
-{
-    if (an != bn) return 0;
-    for (size_t i = 0; i < an; i++) {
-        int x = (unsigned char)a[i], y = (unsigned char)b[i];
-        if (x >= 'A' && x <= 'Z') x += 32;
-        if (y >= 'A' && y <= 'Z') y += 32;
-        if (x != y) return 0;
-    }
-    return 1;
-}
-
 /* The kinds of names, from the RFCs and moxy's own list (http-t.h). */
 static uint32_t model_kind(const char *n, size_t l)
 {
@@ -107,8 +95,8 @@ static uint32_t model_kind(const char *n, size_t l)
         {"content-encoding", MOXY_HK_NOT_TRAILER}, {"www-authenticate", MOXY_HK_NOT_TRAILER},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (ieq(n, l, names[i].name, strlen(names[i].name))) return names[i].kind;
-    if (l >= 6 && ieq(n, 6, "proxy-", 6)) return MOXY_HK_HOP;
+        if (fuzz_ieq(n, l, names[i].name, strlen(names[i].name))) return names[i].kind;
+    if (l >= 6 && fuzz_ieq(n, 6, "proxy-", 6)) return MOXY_HK_HOP;
     return 0;
 }
 
@@ -123,7 +111,7 @@ static int model_has_token(const char *v, size_t n, const char *t, size_t tl)
         size_t a = s, b = i;
         while (a < b && (v[a] == ' ' || v[a] == '\t')) a++;
         while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t')) b--;
-        if (b > a && ieq(v + a, b - a, t, tl)) return 1;
+        if (b > a && fuzz_ieq(v + a, b - a, t, tl)) return 1;
         if (i >= n) return 0;
         i++;
     }
@@ -142,7 +130,7 @@ static int model_named_any(const char *name, size_t nlen)
             while (j < n && (v[j] == ' ' || v[j] == '\t' || v[j] == ',')) j++;
             size_t s = j;
             while (j < n && v[j] != ',' && v[j] != ' ' && v[j] != '\t') j++;
-            if (j > s && ieq(v + s, j - s, name, nlen)) return 1;
+            if (j > s && fuzz_ieq(v + s, j - s, name, nlen)) return 1;
         }
         if (model_has_token(v, n, name, nlen)) return 1;
     }
@@ -156,7 +144,7 @@ static int model_named_any(const char *name, size_t nlen)
 static int model_named_list(const char *name, size_t nlen);
 static int model_named(const char *name, size_t nlen)
 {
-    return !ieq(name, nlen, "close", 5) && model_named_list(name, nlen);
+    return !fuzz_ieq(name, nlen, "close", 5) && model_named_list(name, nlen);
 }
 
 /* 1 when a Connection header of the model names name as a comma-list element. */
@@ -202,7 +190,7 @@ static int model_remove(const char *n, size_t nl, uint32_t mask)
 {
     int j = 0, removed = 0;
     for (int i = 0; i < nmodel; i++) {
-        int gone = n ? ieq(model[i].name, model[i].nlen, n, nl)
+        int gone = n ? fuzz_ieq(model[i].name, model[i].nlen, n, nl)
                      : (model[i].kind & mask) != 0;
         if (gone) {
             free(model[i].name);
@@ -411,7 +399,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint32_t start = (uint32_t)(num(&a, 1) % (uint32_t)(nmodel + 2));
             int want = -1;
             for (int i = (int)start; i < nmodel; i++)
-                if (ieq(model[i].name, model[i].nlen, n0, n0l)) {
+                if (fuzz_ieq(model[i].name, model[i].nlen, n0, n0l)) {
                     want = i;
                     break;
                 }
@@ -454,8 +442,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (named) assert(model_named_list(n0, n0l));
             /* a name other than close/keep-alive/upgrade that a Connection
              * list element names: the list must be checked */
-            if (moxy_header_name_valid(n0, n0l) && model_named(n0, n0l) && !ieq(n0, n0l, "close", 5) && !ieq(n0, n0l, "keep-alive", 10) &&
-                !ieq(n0, n0l, "upgrade", 7))
+            if (moxy_header_name_valid(n0, n0l) && model_named(n0, n0l) && !fuzz_ieq(n0, n0l, "close", 5) && !fuzz_ieq(n0, n0l, "keep-alive", 10) &&
+                !fuzz_ieq(n0, n0l, "upgrade", 7))
                 assert(named);
             assert(moxy_header_connection_named(NULL, n0, n0l) == 0);
             if (a.count < 3) break;
@@ -472,7 +460,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 /* must go: a token a Connection list names, but the names of
                  * the options (close, keep-alive, upgrade) */
                 int must = !spared && moxy_header_name_valid(m->name, m->nlen) && model_named(m->name, m->nlen) &&
-                           !ieq(m->name, m->nlen, "keep-alive", 10) && !ieq(m->name, m->nlen, "upgrade", 7);
+                           !fuzz_ieq(m->name, m->nlen, "keep-alive", 10) && !fuzz_ieq(m->name, m->nlen, "upgrade", 7);
                 if (kept) {
                     assert(!must);
                     model[k++] = *m;

@@ -294,17 +294,10 @@ static void mp_free(mparser_t *mp)
     memset(mp, 0, sizeof(*mp));
 }
 
+/* fuzz_ieq against a NUL-terminated b. */
 static int ieq(const char *a, size_t an, const char *b)
 {
-    size_t bn = strlen(b);
-    if (an != bn) return 0;
-    for (size_t i = 0; i < an; i++) {
-        int x = (unsigned char)a[i], y = (unsigned char)b[i];
-        if (x >= 'A' && x <= 'Z') x += 32;
-        if (y >= 'A' && y <= 'Z') y += 32;
-        if (x != y) return 0;
-    }
-    return 1;
+    return fuzz_ieq(a, an, b, strlen(b));
 }
 
 /* The number of header fields (not trailers) of m called name, and the
