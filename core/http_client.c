@@ -787,10 +787,11 @@ static int on_headers_complete(llhttp_t *p)
      * whitespace) llhttp must have taken for chunked too: else one of them
      * sees a body where the other sees the next request */
     if (r->has_te && !(p->flags & F_CHUNKED)) return parse_fail(p, 400, "unsupported Transfer-Encoding");
-    if (r->uri[0] != '/' && !(r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS) &&
-        (rc = absolute_form(p, r)))
-        return rc;
-    if (r->host && !moxy_host_valid(r->host, strlen(r->host))) return parse_fail(p, 400, "invalid Host header");
+    if (r->uri[0] != '/' && !(r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS)) {
+        if ((rc = absolute_form(p, r))) return rc; /* its authority, checked, is the Host */
+    } else if (r->host && !moxy_host_valid(r->host, strlen(r->host))) {
+        return parse_fail(p, 400, "invalid Host header");
+    }
     if (p->flags & F_CHUNKED) {
         r->body_kind = MOXY_BODY_CHUNKED;
     } else if (r->has_cl) {
@@ -1119,7 +1120,6 @@ void moxy_req_hooks_done(moxy_req_t *r, int rc)
 }
 
 /* --- the body bytes that came with the head --- */
-
 
 int moxy_req_body_check(moxy_req_t *r)
 {
