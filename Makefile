@@ -29,8 +29,15 @@ LDLIBS    += -lluajit-5.1 -levent_extra -levent_core -lssl -lcrypto -lz -lmaxmin
 MOXY_LDFLAGS = -Wl,-E
 
 BUILD     ?= build
-SRCS      := $(wildcard core/*.c)
-OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/llhttp.o $(BUILD)/llhttp_api.o $(BUILD)/llhttp_http.o
+# core/ is in layers, lowest first: a folder uses only itself and the folders
+# before it (docs/architecture.md; `make lint` checks it on the objects).
+LAYERS    := base net http http1 proxy cache api ops
+COMMA     := ,
+SPACE     := $(subst x, ,x)
+SRCS      := $(foreach l,$(LAYERS),$(wildcard core/$(l)/*.c))
+HDRS      := $(foreach l,$(LAYERS),$(wildcard core/$(l)/*.h))
+LLHTTP_OBJS = $(BUILD)/base/llhttp.o $(BUILD)/base/llhttp_api.o $(BUILD)/base/llhttp_http.o
+OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
 # Specs run inside moxy's own runtime (`moxy test` = busted with moxy's modules).
 
 .PHONY: all deps run test check tsan bench fuzz fuzz-build install install-systemd uninstall \
@@ -47,36 +54,41 @@ moxy: $(BUILD)/moxy
 $(BUILD)/moxy: $(OBJS)
 	$(CC) $(CFLAGS) $(MOXY_CFLAGS) $(LDFLAGS) $(MOXY_LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)
+$(BUILD)/%.o: core/%.c $(HDRS) | $(BUILD)
+	@mkdir -p $(@D)
 	@echo "  CC $<"
 	@$(CC) $(CFLAGS) $(MOXY_CFLAGS) -c -o $@ $<
 
 # The status page's files are embedded by admin_page.c's .incbin (paths from the root).
-$(BUILD)/admin_page.o: $(wildcard admin/*)
+$(BUILD)/ops/admin_page.o: $(wildcard admin/*)
 
 # llhttp is third-party C from Debian's node-llhttp; build it without our -Werror.
-$(BUILD)/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
+# It sits in the lowest layer: it uses nothing of moxy.
+$(BUILD)/base/llhttp.o: $(LLHTTP_SRC)/llhttp.c | $(BUILD)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
-$(BUILD)/llhttp_api.o: $(LLHTTP_SRC)/api.c | $(BUILD)
+$(BUILD)/base/llhttp_api.o: $(LLHTTP_SRC)/api.c | $(BUILD)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
-$(BUILD)/llhttp_http.o: $(LLHTTP_SRC)/http.c | $(BUILD)
+$(BUILD)/base/llhttp_http.o: $(LLHTTP_SRC)/http.c | $(BUILD)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 
 $(BUILD):
 	mkdir -p $@
 
-# LUADIR is compiled in (core/lua_vm.c's fallback after ./lua): lua_vm.o is rebuilt
+# LUADIR is compiled in (core/base/lua_vm.c's fallback after ./lua): lua_vm.o is rebuilt
 # whenever it changes, so `make install PREFIX=/opt/moxy` installs a binary that finds
 # the modules it installs.
 $(BUILD)/luadir: FORCE | $(BUILD)
 	@echo '$(LUADIR)' | cmp -s - $@ || echo '$(LUADIR)' > $@
-$(BUILD)/lua_vm.o: $(BUILD)/luadir
+$(BUILD)/base/lua_vm.o: $(BUILD)/luadir
 FORCE:
 
 run: deps moxy
 	./moxy -c conf/quickstart.lua
 
-test: deps moxy
+test: deps moxy lint
 	MOXY_BIN=$(CURDIR)/moxy ./moxy test spec
 	$(MAKE) fuzz FUZZ_S=$(FUZZ_TEST_S)
 
@@ -118,7 +130,7 @@ fuzz-build: deps
 	$(MAKE) BUILD=build-fuzz CC=$(FUZZ_CC) CFLAGS="$(FUZZ_CFLAGS)" \
 	        $(FUZZ_NAMES:%=build-fuzz/%_fuzz)
 
-$(BUILD)/libmoxy.a: $(filter-out $(BUILD)/main.o,$(OBJS))
+$(BUILD)/libmoxy.a: $(filter-out $(BUILD)/ops/main.o,$(OBJS))
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
@@ -169,11 +181,16 @@ uninstall-systemd:
 	rm -f $(DESTDIR)$(UNITDIR)/moxy.service $(DESTDIR)$(LOGROTATEDIR)/moxy
 
 fmt:
-	clang-format -i core/*.c core/*.h
+	clang-format -i $(SRCS) $(HDRS)
 
-lint:
+# The layers' rule (tools/layers.lua on the objects' symbols), the FFI cdefs
+# against core/api/ffi.h, and no spec left with #only.
+lint: $(OBJS)
 	@! grep -rn '#only' spec || (echo "lint: a spec is left with #only" && false)
 	luajit tools/check-ffi.lua
+	@luajit tools/layers.lua -k tools/layers.known $(subst $(SPACE),$(COMMA),$(LAYERS)) $(OBJS) \
+	    > $(BUILD)/layers.txt || { grep -v '^known:' $(BUILD)/layers.txt; false; }
+	@tail -n 2 $(BUILD)/layers.txt
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz moxy

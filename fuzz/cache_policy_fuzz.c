@@ -1,5 +1,5 @@
 /*
- * cache_policy_fuzz.c -- every parser of core/cache_policy.c that reads
+ * cache_policy_fuzz.c -- every parser of core/cache/cache_policy.c that reads
  * bytes an origin or a client chose, and the cache's key hash.
  *
  * The input's first byte picks the target; the rest is its text.  Most
@@ -25,9 +25,9 @@
  * answers, checked once at start) and stable within the process.
  */
 #include "fuzz.h"
-#include "cache_policy.h"
-#include "headers.h"
-#include "siphash.h"
+#include "cache/cache_policy.h"
+#include "base/headers.h"
+#include "base/siphash.h"
 
 #include <assert.h>
 #include <stdio.h>

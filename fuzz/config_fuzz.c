@@ -3,7 +3,7 @@
  * configuration: sizes ("64k"), durations ("250ms"), listen and server
  * addresses ("[::1]:80", names), CIDR lists, status lists ("5xx",
  * "500-504"), Host values, patterns, log fields... through the real
- * loader: lua/moxy/config.lua's check, then core/config.c's copy into C
+ * loader: lua/moxy/config.lua's check, then core/base/config.c's copy into C
  * (moxy_conf_from_table), then what the worker converts at start
  * (moxy_wgen_alloc's timevals, the pools' shared state).
  *
@@ -30,10 +30,10 @@
  *    health_check.c, lua_bridge.c, http_upstream.c), every size to size_t.
  */
 #include "fuzz.h"
-#include "config.h"
-#include "lua_vm.h"
-#include "upstream.h"
-#include "worker.h"
+#include "base/config.h"
+#include "base/lua_vm.h"
+#include "proxy/upstream.h"
+#include "ops/worker.h"
 
 #include <assert.h>
 #include <lauxlib.h>

@@ -26,9 +26,9 @@
  *    that is not an IP is "invalid address".
  */
 #include "fuzz.h"
-#include "ffi.h"
-#include "geoip.h"
-#include "realip.h"
+#include "api/ffi.h"
+#include "api/geoip.h"
+#include "base/realip.h"
 
 #include <assert.h>
 #include <fcntl.h>

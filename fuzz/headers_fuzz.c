@@ -27,8 +27,8 @@
  *    valid names and values that parses (strict llhttp) as a body's end.
  */
 #include "fuzz.h"
-#include "headers.h"
-#include "pool.h"
+#include "base/headers.h"
+#include "base/pool.h"
 
 #include <assert.h>
 #include <event2/buffer.h>

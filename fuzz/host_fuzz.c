@@ -8,7 +8,7 @@
  * digits; a port has at most 5 digits; the check never reads past size.
  */
 #include "fuzz.h"
-#include "headers.h"
+#include "base/headers.h"
 
 #include <assert.h>
 #include <ctype.h>

@@ -24,12 +24,12 @@
 #define MOXY_HTTP_FUZZ_H
 
 #include "fuzz.h"
-#include "ffi.h"
-#include "generation.h"
-#include "http.h"
-#include "log.h"
-#include "upstream.h"
-#include "worker.h"
+#include "api/ffi.h"
+#include "ops/generation.h"
+#include "http/http.h"
+#include "base/log.h"
+#include "proxy/upstream.h"
+#include "ops/worker.h"
 
 #include <arpa/inet.h>
 #include <assert.h>

@@ -7,7 +7,7 @@
  * is 0, 4 or 6; MOXY_AGAIN asks for more than was given; an error has a why.
  */
 #include "fuzz.h"
-#include "realip.h"
+#include "base/realip.h"
 
 #include <assert.h>
 

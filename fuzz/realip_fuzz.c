@@ -29,10 +29,10 @@
  *    MOXY_REALIP_MAX_HOPS entries); its port is -1..65535.
  */
 #include "fuzz.h"
-#include "headers.h"
-#include "pool.h"
-#include "realip.h"
-#include "worker.h"
+#include "base/headers.h"
+#include "base/pool.h"
+#include "base/realip.h"
+#include "ops/worker.h"
 
 #include <arpa/inet.h>
 #include <assert.h>

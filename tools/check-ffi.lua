@@ -1,5 +1,5 @@
 -- check-ffi.lua: each Lua module's ffi.cdef must declare exactly what
--- core/ffi.h exports for it, between "BEGIN FFI <module file>" and "END FFI".  Run from the source
+-- core/api/ffi.h exports for it, between "BEGIN FFI <module file>" and "END FFI".  Run from the source
 -- root: `luajit tools/check-ffi.lua`; exits 1 and says what differs.
 local function read(path)
   local f = assert(io.open(path, "rb"))
@@ -22,12 +22,12 @@ end
 
 local M = {}
 
--- Every "BEGIN FFI <lua file>" ... "END FFI" block of core/ffi.h against the
+-- Every "BEGIN FFI <lua file>" ... "END FFI" block of core/api/ffi.h against the
 -- first ffi.cdef of that Lua file (a block without a file name: txn.lua).
 -- Returns a list of problems (empty when they all agree).
 function M.compare(root)
   root = root or "."
-  local header = read(root .. "/core/ffi.h")
+  local header = read(root .. "/core/api/ffi.h")
   local problems, nblocks = {}, 0
   for file, h in header:gmatch("/%* BEGIN FFI ?([%w_/%.%-]*) %*/(.-)/%* END FFI %*/") do
     nblocks = nblocks + 1
@@ -41,14 +41,14 @@ function M.compare(root)
       for _, d in ipairs(a) do seta[d] = true end
       for _, d in ipairs(b) do setb[d] = true end
       for _, d in ipairs(a) do
-        if not setb[d] then problems[#problems + 1] = "only in core/ffi.h: " .. d end
+        if not setb[d] then problems[#problems + 1] = "only in core/api/ffi.h: " .. d end
       end
       for _, d in ipairs(b) do
         if not seta[d] then problems[#problems + 1] = "only in " .. file .. ": " .. d end
       end
     end
   end
-  if nblocks == 0 then problems[#problems + 1] = "core/ffi.h: no BEGIN FFI / END FFI block" end
+  if nblocks == 0 then problems[#problems + 1] = "core/api/ffi.h: no BEGIN FFI / END FFI block" end
   return problems
 end
 
@@ -56,7 +56,7 @@ if arg and arg[0] and arg[0]:match("check%-ffi%.lua$") then
   local problems = M.compare(".")
   for _, p in ipairs(problems) do io.stderr:write(p, "\n") end
   if #problems > 0 then os.exit(1) end
-  print("check-ffi: core/ffi.h and the Lua cdefs agree")
+  print("check-ffi: core/api/ffi.h and the Lua cdefs agree")
 end
 
 return M

@@ -9,7 +9,7 @@
 
 local M = {}
 
--- The access log's JSON fields, in core/access_log.c's order (ALF_*), and
+-- The access log's JSON fields, in core/http/access_log.c's order (ALF_*), and
 -- the default set.
 M.LOG_FIELDS = { "time", "request_id", "client", "method", "uri", "protocol", "status", "bytes", "upstream", "duration_ms", "referer", "user_agent", "error", "host", "socket_client", "pool", "tries", "upstream_status", "upstream_header_ms", "listener" }
 M.LOG_FIELDS_DEFAULT = { "time", "request_id", "client", "method", "uri", "protocol", "status", "bytes", "upstream", "duration_ms", "referer", "user_agent", "error" }

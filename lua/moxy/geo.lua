@@ -1,8 +1,8 @@
 -- moxy.geo: MaxMind (GeoIP2 / GeoLite2 / any .mmdb) lookups and geo-based
 -- routing helpers.  The databases are the configuration's
 -- `geoip = { city = "GeoLite2-City.mmdb", asn = "GeoLite2-ASN.mmdb" }`,
--- opened once and shared by every worker (core/geoip.c); the cdef below
--- must match core/ffi.h (checked by tools/check-ffi.lua).
+-- opened once and shared by every worker (core/api/geoip.c); the cdef below
+-- must match core/api/ffi.h (checked by tools/check-ffi.lua).
 --
 --   local g = txn.client.geo          -- lazy: each field read once per request
 --   if g.country == "DE" then ... end -- g.continent, g.city, g.asn, g.is_anonymous, ...
@@ -54,7 +54,7 @@ local STRING, NUMBER, BOOLEAN = 1, 2, 3
 
 local M = {}
 
--- txn.client.geo's fields, in core/geoip.c's client_fields order.
+-- txn.client.geo's fields, in core/api/geoip.c's client_fields order.
 local FIELDS = { "country", "country_name", "continent", "continent_name", "city", "subdivision",
                  "subdivision_name", "postal", "lat", "lon", "accuracy_radius", "time_zone", "registered_country",
                  "asn", "as_org", "is_anonymous", "is_anonymous_vpn", "is_hosting_provider", "is_public_proxy",

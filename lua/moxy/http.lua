@@ -1,8 +1,8 @@
 -- moxy.http: a non-blocking HTTP/1.1 client for hooks (every phase) and
 -- moxy.timer callbacks.  The calling hook waits (yields) while the call runs
 -- on its worker's event loop; the worker serves other requests meanwhile.
--- Over the C export of core/http_fetch.c; the cdef below must match
--- core/ffi.h (checked by tools/check-ffi.lua).  Reference: docs/http.md.
+-- Over the C export of core/proxy/http_fetch.c; the cdef below must match
+-- core/api/ffi.h (checked by tools/check-ffi.lua).  Reference: docs/http.md.
 --
 --   local res, err = moxy.http.request{ url = "http://127.0.0.1:9000/auth",
 --                                       method = "POST", body = "...",

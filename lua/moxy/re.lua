@@ -38,7 +38,7 @@ local ffi = require "ffi"
 local bit = require "bit"
 
 -- The cdef is of libpcre2-8 (Debian libpcre2-dev, /usr/include/pcre2.h), not
--- of moxy's exports, so core/ffi.h does not list it.  Pointers to code units
+-- of moxy's exports, so core/api/ffi.h does not list it.  Pointers to code units
 -- (PCRE2_SPTR8 = const uint8_t *) are declared const char * here so that Lua
 -- strings pass without a copy; the ABI is the same.
 ffi.cdef [[
@@ -74,7 +74,7 @@ void pcre2_jit_stack_assign_8(pcre2_match_context_8 *mcontext, pcre2_jit_callbac
 void pcre2_jit_stack_free_8(pcre2_jit_stack_8 *jit_stack);
 ]]
 
--- Inside moxy the library is linked into the binary (core/main.c prints its
+-- Inside moxy the library is linked into the binary (core/ops/main.c prints its
 -- version), so ffi.C finds it; under a plain luajit (tools, benchmarks) load it.
 local function library()
   if pcall(function() return ffi.C.pcre2_match_8 end) then return ffi.C end

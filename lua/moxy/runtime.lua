@@ -1,5 +1,5 @@
 -- moxy.runtime: loads the user's scripts into a worker's VM and runs their
--- hooks and timer callbacks.  Driven from core/lua_bridge.c.
+-- hooks and timer callbacks.  Driven from core/http/lua_bridge.c.
 --
 -- Hooks run inside coroutines so that they may yield (moxy.sleep,
 -- moxy.http, txn:read_body, ...).  A coroutine runs one request's hooks of
@@ -34,7 +34,7 @@ function M.watch(path)
   if C.moxy_ffi_watch(path, #path) ~= OK then error("moxy.watch: out of memory", 3) end
 end
 
--- index - 1 = MOXY_PHASE_* in C (core/http-t.h)
+-- index - 1 = MOXY_PHASE_* in C (core/http/http-t.h)
 local PHASES = { "on_request", "on_upstream", "on_upstream_request", "on_response", "on_body",
                  "on_log", "on_error", "on_cache_key" }
 local P = txn.PHASE

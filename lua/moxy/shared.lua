@@ -1,7 +1,7 @@
 -- moxy.shared: dictionaries shared by every worker thread of a moxy process,
 -- declared in the configuration (`shared = { limits = "10m" }`) and reached
--- as `moxy.shared.limits`.  Over the C exports of core/shared_dict.c; the
--- cdef below must match core/ffi.h (checked by tools/check-ffi.lua).
+-- as `moxy.shared.limits`.  Over the C exports of core/base/shared_dict.c; the
+-- cdef below must match core/api/ffi.h (checked by tools/check-ffi.lua).
 -- Reference: docs/shared.md.
 --
 -- Every call is one short critical section on one stripe of the dict: it

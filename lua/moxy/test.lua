@@ -6,12 +6,12 @@
 --                     { upstreams = { api = t.upstream(function(req) return 200, "ok" end) } })
 --   assert.equal(200, txn.resp.status)
 --
--- The request is a real moxy_req_t (core/test_txn.c) with no socket behind
+-- The request is a real moxy_req_t (core/api/test_txn.c) with no socket behind
 -- it: the hooks get the txn objects of lua/moxy/txn.lua and run on the same
 -- C functions as in production.  The phases are driven here, in the order
 -- and by the rules of http_client.c and http_upstream.c; a fake origin (a
 -- Lua function) stands in for each pool.  The ffi.cdef below must match
--- core/ffi.h (tools/check-ffi.lua).
+-- core/api/ffi.h (tools/check-ffi.lua).
 local ffi = require "ffi"
 local txn_mod = require "moxy.txn"
 local runtime = require "moxy.runtime"

@@ -2,8 +2,8 @@
 -- which peers are up, ejected (passive health), unhealthy (health checks),
 -- drained or unresolved, with their requests in flight, latency EWMA and
 -- counters; and draining a peer (no new requests, those in flight finish).
--- Over the C exports of core/upstream.c; the cdef below must match
--- core/ffi.h (checked by tools/check-ffi.lua).
+-- Over the C exports of core/proxy/upstream.c; the cdef below must match
+-- core/api/ffi.h (checked by tools/check-ffi.lua).
 --
 --   for _, p in ipairs(moxy.upstream.peers("app")) do
 --     moxy.log.info(p.addr, " ", p.state, " ", p.active)

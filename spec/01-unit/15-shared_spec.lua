@@ -1,4 +1,4 @@
--- moxy.shared: the dict API over core/shared_dict.c, in `moxy test` (no
+-- moxy.shared: the dict API over core/base/shared_dict.c, in `moxy test` (no
 -- configuration: dicts come from require("moxy.shared").create).  The
 -- sharing between worker threads is in spec/03-integration/19-shared_spec.lua.
 local shared = require "moxy.shared"

@@ -1,4 +1,4 @@
--- moxy.test (lua/moxy/test.lua, core/test_txn.c): a script's hooks run on a
+-- moxy.test (lua/moxy/test.lua, core/api/test_txn.c): a script's hooks run on a
 -- real request without a server, in production's order; the project's own
 -- scripts tested through it; `moxy test` running a user's spec end to end.
 local helpers = require "spec.helpers"

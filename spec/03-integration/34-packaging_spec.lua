@@ -304,8 +304,8 @@ describe("packaging", function()
       assert.equal("", out)
     end)
 
-    it("documents every option and signal core/main.c handles", function()
-      local main = assert(helpers.read_file(ROOT .. "/core/main.c"))
+    it("documents every option and signal core/ops/main.c handles", function()
+      local main = assert(helpers.read_file(ROOT .. "/core/ops/main.c"))
       local man = assert(helpers.read_file(MAN))
       local opts = assert(main:match('getopt_long%(argc, argv, "([^"]+)"'), "getopt string not found in main.c")
       for o in opts:gmatch("%a") do

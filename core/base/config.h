@@ -1,0 +1,274 @@
+/*
+ * config.h -- the configuration of one generation, read from the Lua file the
+ * user wrote.  lua/moxy/config.lua checks and normalises it; this file turns
+ * the result into C structures that live until the configuration is freed.
+ */
+#ifndef MOXY_CONFIG_H
+#define MOXY_CONFIG_H
+
+#include "base/moxy.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+enum { MOXY_ALOG_COMBINED = 0, MOXY_ALOG_JSON };
+
+/* The access log's JSON fields (log.fields; config.lua's LOG_FIELDS order). */
+enum {
+    MOXY_ALF_TIME = 0,
+    MOXY_ALF_REQUEST_ID,
+    MOXY_ALF_CLIENT,
+    MOXY_ALF_METHOD,
+    MOXY_ALF_URI,
+    MOXY_ALF_PROTOCOL,
+    MOXY_ALF_STATUS,
+    MOXY_ALF_BYTES,
+    MOXY_ALF_UPSTREAM,
+    MOXY_ALF_DURATION_MS,
+    MOXY_ALF_REFERER,
+    MOXY_ALF_USER_AGENT,
+    MOXY_ALF_ERROR,
+    MOXY_ALF_HOST,
+    MOXY_ALF_SOCKET_CLIENT,
+    MOXY_ALF_POOL,
+    MOXY_ALF_TRIES,
+    MOXY_ALF_UPSTREAM_STATUS,
+    MOXY_ALF_UPSTREAM_HEADER_MS,
+    MOXY_ALF_LISTENER,
+    MOXY_ALF_COUNT
+};
+
+#define MOXY_SENDFILE_AUTO 2 /* cache.sendfile = "auto" */
+
+typedef struct moxy_addr_s {
+    char *text;                  /* as written, e.g. "127.0.0.1:8080" */
+    struct sockaddr_storage sa;  /* resolved address */
+    socklen_t salen;
+} moxy_addr_t;
+
+/* 1 when a and b are the same socket address (family, address and port:
+ * the bytes of sa up to salen); text is not compared. */
+static inline int moxy_addr_same(const moxy_addr_t *a, const moxy_addr_t *b)
+{
+    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/* a's port, or -1 when it is not an IPv4 or IPv6 address. */
+static inline int moxy_addr_port(const moxy_addr_t *a)
+{
+    if (a->sa.ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)&a->sa)->sin_port);
+    if (a->sa.ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)&a->sa)->sin6_port);
+    return -1;
+}
+
+typedef struct {
+    moxy_addr_t addr;
+    char *name;    /* listener name (txn.listener), defaults to the address text */
+    int upstream;  /* index into conf->upstreams, or -1 for the default */
+    int backlog;
+    int proxy_protocol; /* connections start with a PROXY protocol header (v1 or v2) */
+    char *upgrade;      /* protocols a tunnel may carry (Upgrade), lower case, comma-separated
+                           ("websocket"; "" for none) */
+} moxy_listen_conf_t;
+
+/* An address block of trusted_proxies: the first bits bits of addr.  IPv4
+ * blocks (family 4) use addr[0..4); an IPv4-mapped IPv6 block is stored as
+ * the IPv4 block it maps. */
+typedef struct {
+    uint8_t family; /* 4 or 6 */
+    uint8_t bits;   /* prefix length: 0..32 or 0..128 */
+    uint8_t addr[16];
+} moxy_cidr_t;
+
+/* Which request header names the hops in front of a trusted proxy. */
+enum { MOXY_REALIP_XFF = 0, MOXY_REALIP_FORWARDED };
+
+/* An upstream server as configured. */
+typedef struct {
+    moxy_addr_t addr;   /* text as written; sa/salen set for an IP literal, salen 0 for a name */
+    char *name;         /* DNS name to resolve (upstream.c), or NULL for an IP literal */
+    uint16_t port;
+    int weight;         /* 1..1000 */
+    int backup;         /* used only when no primary server is usable */
+    int max_conns;      /* requests in flight to it, all workers together; 0: no limit */
+    int drain;          /* starts drained (no new requests) */
+    double slow_start;  /* seconds its weight ramps up after it comes back; 0: none */
+} moxy_server_conf_t;
+
+/* A set of HTTP statuses 0..639. */
+typedef struct {
+    uint64_t bits[10];
+} moxy_status_set_t;
+
+static inline int moxy_status_in(const moxy_status_set_t *s, int status)
+{
+    return status >= 0 && status < 640 && (s->bits[status >> 6] >> (status & 63)) & 1;
+}
+
+/* How a pool spreads requests over its servers (balance = ...). */
+enum {
+    MOXY_BAL_ROUND_ROBIN = 0, /* smooth weighted round-robin (nginx's) */
+    MOXY_BAL_LEAST_CONN,      /* fewest requests in flight per weight */
+    MOXY_BAL_EWMA,            /* power of two choices on latency EWMA x in-flight */
+    MOXY_BAL_HASH,            /* consistent hashing (Maglev) on a key from Lua */
+    MOXY_BAL_RANDOM,          /* random, weighted */
+};
+
+/* Active health checks of a pool (health = {...}). */
+enum { MOXY_CHECK_NONE = 0, MOXY_CHECK_HTTP, MOXY_CHECK_TCP };
+
+typedef struct {
+    char *name;
+    moxy_server_conf_t *servers;
+    int nservers;
+    int keepalive;            /* idle connections kept per worker */
+    double keepalive_timeout; /* seconds an idle connection is kept */
+    char *host;               /* Host sent to this pool, NULL: the client's */
+    int balance;              /* MOXY_BAL_* */
+    int tries;                /* peers a retryable request may try */
+    double retry_timeout;     /* seconds from the first try after which none starts; 0: no limit */
+    moxy_status_set_t retry_statuses; /* origin statuses that send a retryable request elsewhere */
+    double retry_budget;      /* retries may add this share of the pool's requests (10 s window) */
+    int retry_budget_min;     /* retries per second allowed whatever the share */
+    double resolve;           /* seconds between resolutions of server names */
+    struct {                  /* passive health: failures seen by requests */
+        int failures;         /* consecutive failures that eject a server; 0: off */
+        double window;        /* seconds within which they must fall */
+        double backoff;       /* first ejection's length; doubles each time, up to max_backoff */
+        double max_backoff;
+        moxy_status_set_t statuses; /* origin statuses that count as failures */
+        double max_ejected;   /* share of the pool that may be ejected at once */
+    } passive;
+    struct {                  /* active health checks (health_check.c) */
+        int type;             /* MOXY_CHECK_* */
+        char *method, *path, *host; /* host NULL: the pool's host, else the server's address */
+        moxy_status_set_t statuses; /* statuses that pass */
+        char *body;           /* PCRE2 pattern the body must match, or NULL */
+        double interval, timeout;
+        int healthy, unhealthy; /* consecutive results that flip the state */
+    } health;
+    struct moxy_upstream_s *state; /* the pool's shared running state (upstream.c) */
+    struct moxy_conf_s *state_owner; /* NULL: state is this configuration's; else the earlier
+                                        one that made it (a reference: state points into it) */
+} moxy_upstream_conf_t;
+
+typedef struct {
+    char *name; /* geoip.NAME: moxy.geo's db argument */
+    char *path;
+    int line;   /* of its key in the configuration file, for error messages */
+} moxy_geoip_conf_t;
+
+typedef struct {
+    char *name;  /* moxy.shared.NAME */
+    size_t size; /* bytes */
+} moxy_shared_conf_t;
+
+typedef struct moxy_conf_s {
+    atomic_int refs; /* its generation's, + each later one's that kept a pool state it made */
+    char *path; /* the configuration file */
+    char *dir;  /* its directory: relative paths start here */
+    int workers; /* 0 until resolved: "auto" */
+    char *pid_file; /* where the running moxy writes its PID (`moxy reload`), or NULL */
+    int pid_file_set; /* pid_file was written in the file (else the default: not writing it is no error) */
+    int watch;      /* reload when the configuration, a script or a moxy.watch'ed file changes */
+    char **watched; /* the files the scripts named with moxy.watch (as given, relative to dir) */
+    int nwatched;
+
+    moxy_listen_conf_t *listens;
+    int nlistens;
+    moxy_upstream_conf_t *upstreams;
+    int nupstreams;
+    int default_upstream; /* index, or -1 */
+
+    moxy_cidr_t *trusted; /* trusted_proxies, in the order written */
+    int ntrusted;
+    int real_ip_header;   /* MOXY_REALIP_* */
+
+    char **scripts; /* absolute or config-relative paths */
+    int *scripts_jit; /* 1: the script's functions may be JIT-compiled (no CPU budget) */
+    int nscripts;
+    double cpu_budget; /* seconds one hook call may run before it is stopped; 0: no limit */
+    size_t lua_memory; /* bytes a worker's Lua VM may hold while hooks run; 0: no limit */
+
+    struct {
+        int enabled;       /* cache = {...} is set */
+        size_t size;       /* bytes */
+        size_t max_object; /* bytes */
+        double coalesce_timeout; /* seconds a miss waits for another's response to the same key; 0: off */
+        int request_directives;  /* the client's Cache-Control and Pragma count */
+        moxy_cidr_t *purge; /* addresses allowed to PURGE */
+        int npurge;
+        double stale_if_error; /* seconds a stale object without stale-if-error may answer when
+                                  the origin fails; 0: only with the directive */
+        int sendfile;       /* a hit's memfd body goes to the socket with sendfile: 1, 0, or
+                               MOXY_SENDFILE_AUTO (not to a client on the same host) */
+        char **targeted;    /* RFC 9213 fields replacing Cache-Control, in order ("CDN-Cache-Control") */
+        int ntargeted;
+    } cache;
+
+    moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
+    int nshared;
+
+    moxy_geoip_conf_t *geoip; /* MaxMind databases (geoip.c), sorted by name */
+    int ngeoip;
+
+    struct {
+        int enabled;        /* admin = {...} is set */
+        moxy_addr_t addr;   /* where the admin listener listens */
+        char *token;        /* bearer token for requests that change state, or NULL */
+    } admin;
+
+    struct {
+        char **nameservers; /* "ip:port" texts; none: /etc/resolv.conf */
+        int nnameservers;
+        double timeout;
+    } resolver;
+
+    struct {
+        size_t header_bytes; /* request line + headers */
+        int headers;         /* header count */
+        size_t uri_bytes;
+        uint64_t body_bytes;
+        int connections;     /* client connections per worker */
+    } limits;
+
+    struct { /* seconds */
+        double client_header, client_body, client_send, connect, upstream, keepalive, drain;
+        double linger; /* closing with request bytes unread: longest time spent reading them */
+    } timeouts;
+
+    struct {
+        char *access; /* NULL: off */
+        int format;   /* MOXY_ALOG_* */
+        unsigned char fields[32]; /* JSON format: the fields (MOXY_ALF_*), in order */
+        int nfields;
+        char *error;  /* "stderr" or a path */
+        int level;    /* MOXY_LOG_* */
+    } log;
+} moxy_conf_t;
+
+/* Load and check the configuration file at path.  Returns a new configuration
+ * (one reference), or NULL after writing every problem ("file:line: key:
+ * message") to err. */
+moxy_conf_t *moxy_conf_load(const char *path, FILE *err);
+
+/* The second half of moxy_conf_load: copy the normalised table at index idx
+ * of L (what lua/moxy/config.lua's check returns) into a new configuration
+ * for path (one reference), or NULL after writing why to err.  L's stack is
+ * left as it was.  For a caller that keeps one Lua state for many loads
+ * (fuzz/config_fuzz.c). */
+struct lua_State;
+moxy_conf_t *moxy_conf_from_table(struct lua_State *L, int idx, const char *path, FILE *err);
+
+/* Index of the pool called name (len bytes) in conf, or -1. */
+int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t len);
+
+/* Take / drop a reference to conf (any thread); the last one frees it and
+ * everything it owns. */
+void moxy_conf_hold(moxy_conf_t *conf);
+void moxy_conf_release(moxy_conf_t *conf);
+
+#endif

@@ -1,0 +1,95 @@
+/*
+ * headers.h -- ordered header lists in a request pool, and the rules about
+ * which headers are hop-by-hop.
+ */
+#ifndef MOXY_HEADERS_H
+#define MOXY_HEADERS_H
+
+#include "http/http-t.h"
+
+/* Append name: value (copied into pool).  MOXY_OK or MOXY_ERROR (out of memory). */
+int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                     const char *value, size_t vlen);
+
+/* The MOXY_HK_* bits of a header name. */
+uint32_t moxy_header_kind(const char *name, size_t len);
+
+/* Index of the first header with a kind bit of mask at or after start, or -1. */
+int moxy_headers_find_kind(const moxy_headers_t *hs, uint32_t mask, uint32_t start);
+
+/* Index of the first header called name at or after start, or -1. */
+int moxy_headers_find(const moxy_headers_t *hs, const char *name, size_t nlen, uint32_t start);
+
+/* The first header called name (nlen bytes, any case) in hs, or NULL.  The
+ * pointer is into hs: valid until hs changes. */
+const moxy_header_t *moxy_headers_get(const moxy_headers_t *hs, const char *name, size_t nlen);
+
+/* The MOXY_HK_* bits of all of hs's headers together. */
+uint32_t moxy_headers_kinds(const moxy_headers_t *hs);
+
+/* Remove every header called name; returns how many were removed. */
+int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen);
+
+/* Remove every header with a kind bit of mask; returns how many were removed. */
+int moxy_headers_remove_kind(moxy_headers_t *hs, uint32_t mask);
+
+/* Replace every header called name by one name: value.  MOXY_OK or MOXY_ERROR. */
+int moxy_headers_set(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                     const char *value, size_t vlen);
+
+/* Fields a Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+ * For a list copied field by field: hs when its Connection headers name
+ * fields besides close, keep-alive and upgrade (then check each field with
+ * moxy_header_connection_named), else NULL: nothing to check. */
+const moxy_headers_t *moxy_headers_connection_list(const moxy_headers_t *hs);
+
+/* 1 when a Connection header of conn (moxy_headers_connection_list's, or
+ * NULL) names the field name (len bytes). */
+int moxy_header_connection_named(const moxy_headers_t *conn, const char *name, size_t len);
+
+/* 1 when the bytes are a valid field name (RFC 9110 token). */
+int moxy_header_name_valid(const char *p, size_t n);
+
+/* 1 when the bytes are a valid field value (VCHAR, SP, HTAB, obs-text; no CR/LF/NUL). */
+int moxy_header_value_valid(const char *p, size_t n);
+
+/* 1 when the n bytes at p are a valid Host (RFC 9110 7.2): uri-host [ ":"
+ * port ], where uri-host is a non-empty reg-name (unreserved, pct-encoded,
+ * sub-delims), an IPv4 address or an IP-literal ("[" IPv6 or IPvFuture "]"),
+ * and port at most 5 digits up to 65535.  No '/', '?', '#', '@', space or
+ * control byte can pass. */
+int moxy_host_valid(const char *p, size_t n);
+
+/* An upper bound of the bytes moxy_headers_write writes for hs. */
+size_t moxy_headers_size(const moxy_headers_t *hs);
+
+/* Remove from hs the fields its Connection headers name (hop-by-hop, RFC
+ * 9110 7.6.1), but those with a kind bit of keep; the Connection headers
+ * stay.  Done when a message comes in, before moxy adds fields of its own,
+ * so that a peer cannot name those away.  Returns how many were removed. */
+int moxy_headers_drop_connection_named(moxy_headers_t *hs, uint32_t keep);
+
+/* Write "Name: value\r\n" at p for each header of hs that is not hop-by-hop
+ * (Upgrade kept when keep_upgrade) and has no kind bit of skip; the fields a
+ * Connection header named were dropped on the way in
+ * (moxy_headers_drop_connection_named).  Returns the bytes written (at most
+ * moxy_headers_size(hs)). */
+size_t moxy_headers_write(char *p, const moxy_headers_t *hs, int keep_upgrade, uint32_t skip);
+
+/* Write v in decimal at p; returns the end. */
+char *moxy_write_u64(char *p, uint64_t v);
+
+/* Write v in lowercase hex at p; returns the end. */
+char *moxy_write_hex(char *p, uint64_t v);
+
+/* Write a chunk-size line ("1f40\r\n") for a chunk of len bytes to o. */
+void moxy_chunk_head(struct evbuffer *o, uint64_t len);
+
+/* Write the last chunk, the trailers (may be NULL; the fields a trailer must
+ * not carry, MOXY_HK_TRAILER_FORBIDDEN, are left out) and the final CRLF to o. */
+void moxy_chunk_end(struct evbuffer *o, const moxy_headers_t *trailers);
+
+/* 1 when the comma-separated list value contains token (case-insensitive). */
+int moxy_list_has_token(const char *value, size_t vlen, const char *token, size_t tlen);
+
+#endif

@@ -1,0 +1,391 @@
+/*
+ * http-t.h -- the types of the HTTP/1.x proxy: header lists, client
+ * connections, requests and origin connections.  Prototypes are in http.h.
+ *
+ * Lifetimes: a client connection (moxy_client_t) is malloc'ed at accept and
+ * freed at close.  Its request (moxy_req_t) and everything the request points
+ * to come from the connection's pool, reset after the request is logged.  An
+ * origin connection (moxy_upconn_t) is malloc'ed at connect and freed at close;
+ * between requests it waits in its worker's idle list for its pool.
+ */
+#ifndef MOXY_HTTP_T_H
+#define MOXY_HTTP_T_H
+
+#include "base/moxy.h"
+#include "base/pool.h"
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <llhttp.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+typedef struct moxy_worker_s moxy_worker_t;
+typedef struct moxy_listener_s moxy_listener_t;
+typedef struct moxy_client_s moxy_client_t;
+typedef struct moxy_req_s moxy_req_t;
+typedef struct moxy_upconn_s moxy_upconn_t;
+typedef struct moxy_pool_rt_s moxy_pool_rt_t;
+typedef struct moxy_wgen_s moxy_wgen_t;
+
+/* Bytes queued toward a peer above which we stop reading from the other side,
+ * and below which we start again (le-proxy's watermarks). */
+/* Draining (QUIT, an upgrade, a listener removed by a reload): how long an
+ * idle keep-alive connection waits for a request already on its way before
+ * it closes. */
+#define MOXY_DRAIN_IDLE_GRACE_MS 1000
+
+/* Interim (1xx) responses an origin may send before its final one. */
+#define MOXY_MAX_INTERIM 8
+
+#define MOXY_HIGH_WATER (256 * 1024)
+#define MOXY_LOW_WATER (64 * 1024)
+#define MOXY_READ_CHUNK 16384
+
+/* Lingering close: a connection closes once it has read and dropped this
+ * many bytes (or timeouts.linger passed, or a second went by without any). */
+#define MOXY_LINGER_MAX_BYTES (16 * 1024 * 1024)
+#define MOXY_LINGER_IDLE_MS 1000
+
+/* What moxy itself cares about in a header, found once when it is added
+ * (bits of moxy_header_t.kind), so later passes test a bit instead of
+ * comparing names. */
+enum {
+    MOXY_HK_HOP = 1 << 0,        /* always hop-by-hop (RFC 9110 7.6.1, and Proxy-*) */
+    MOXY_HK_CONNECTION = 1 << 1,
+    MOXY_HK_UPGRADE = 1 << 2,
+    MOXY_HK_TE = 1 << 3,         /* Transfer-Encoding */
+    MOXY_HK_HOST = 1 << 4,
+    MOXY_HK_CL = 1 << 5,         /* Content-Length */
+    MOXY_HK_EXPECT = 1 << 6,
+    MOXY_HK_XRID = 1 << 7,       /* X-Request-Id */
+    MOXY_HK_XFF = 1 << 8,        /* X-Forwarded-For */
+    MOXY_HK_XFP = 1 << 9,        /* X-Forwarded-Proto */
+    MOXY_HK_XFH = 1 << 10,       /* X-Forwarded-Host */
+    MOXY_HK_FWD = 1 << 11,       /* Forwarded (RFC 7239) */
+    MOXY_HK_CONDITION = 1 << 12, /* If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since */
+    MOXY_HK_IF_RANGE = 1 << 13,  /* If-Range */
+    MOXY_HK_RANGE = 1 << 14,     /* Range */
+    MOXY_HK_NOT_TRAILER = 1 << 15, /* other fields a trailer must not carry (RFC 9110 6.5.1) */
+};
+
+/* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
+ * request modifiers, authentication, response control data, how to process
+ * the content, everything hop-by-hop, and the fields moxy writes itself in
+ * the head (X-Forwarded-*, Forwarded, X-Request-Id): an origin that merges
+ * trailers into the head would take a client's for moxy's. */
+#define MOXY_HK_TRAILER_FORBIDDEN                                                            \
+    (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE | MOXY_HK_HOST | MOXY_HK_CL | \
+     MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER |   \
+     MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH | MOXY_HK_FWD | MOXY_HK_XRID)
+
+/* One header.  Name and value live in the request pool. */
+typedef struct {
+    char *name;
+    char *value;
+    uint32_t name_len;
+    uint32_t value_len;
+    uint32_t kind;   /* MOXY_HK_* bits */
+} moxy_header_t;
+
+/* An ordered list of headers (order and repeats are kept, as received). */
+typedef struct {
+    moxy_header_t *h;
+    uint32_t n;
+    uint32_t cap;
+} moxy_headers_t;
+
+/* How a message body is delimited. */
+typedef enum {
+    MOXY_BODY_NONE = 0, /* no body */
+    MOXY_BODY_LENGTH,   /* Content-Length bytes */
+    MOXY_BODY_CHUNKED,  /* chunked coding */
+    MOXY_BODY_EOF,      /* until the connection closes (responses only) */
+} moxy_body_kind_t;
+
+/* Where the client connection is. */
+typedef enum {
+    MOXY_C_HEAD = 0,  /* reading a request head (or idle between requests) */
+    MOXY_C_ACTIVE,    /* a request is being served */
+    MOXY_C_TUNNEL,    /* bytes pass both ways after a 101 */
+    MOXY_C_CLOSING,   /* flushing the last bytes, then close */
+    MOXY_C_LINGER,    /* half-closed after an answer: reading and dropping what the client
+                         still sends, for a while, so that no reset destroys the answer */
+} moxy_client_state_t;
+
+/* Where the response of the current request is. */
+typedef enum {
+    MOXY_R_NONE = 0, /* nothing sent to the client yet */
+    MOXY_R_BODY,     /* head sent, body streaming */
+    MOXY_R_DONE,     /* the whole response is queued for the client */
+} moxy_resp_state_t;
+
+/* The phases whose hooks a request runs (lua_bridge.c), in the order a
+ * proxied request meets them; runtime.lua's PHASES list has the same order. */
+enum {
+    MOXY_PHASE_REQUEST = 0,      /* on_request: the head is in */
+    MOXY_PHASE_UPSTREAM,         /* on_upstream: choose the pool/peer, again on each retry */
+    MOXY_PHASE_UPSTREAM_REQUEST, /* on_upstream_request: last edits before the origin sees it */
+    MOXY_PHASE_RESPONSE,         /* on_response: the origin's head is in */
+    MOXY_PHASE_BODY,             /* on_body: each piece of the response body */
+    MOXY_PHASE_LOG,              /* on_log: after the last byte */
+    MOXY_PHASE_ERROR,            /* on_error: moxy answers with an error */
+    MOXY_PHASE_CACHE_KEY,        /* on_cache_key: after on_request, before the cache lookup */
+    MOXY_PHASES
+};
+
+/* Where a request stands with the cache (txn.cache.status). */
+enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT, MOXY_CACHE_BACKGROUND };
+
+/* A listening socket of one worker. */
+struct moxy_listener_s {
+    moxy_worker_t *w;
+    int fd;
+    int conf_index; /* index into conf->listens */
+    struct event ev;
+};
+
+/* A field a hook added to the request's access-log line (txn:log_field). */
+typedef struct moxy_log_field_s {
+    struct moxy_log_field_s *next;
+    char *name, *value;  /* request pool */
+    uint32_t name_len, value_len;
+    int quoted;          /* a string (escaped, quoted in JSON), else a number or boolean */
+} moxy_log_field_t;
+
+/* A request, from its first byte to its access-log line. */
+struct moxy_req_s {
+    moxy_client_t *c;
+    moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */
+    int listen_index;      /* g->conf->listens[] it came in on */
+    llhttp_t parser;       /* the request's head and chunked body */
+
+    /* request head */
+    uint8_t method;        /* llhttp_method_t */
+    uint8_t http_major, http_minor;
+    char *method_name;     /* NUL-terminated, static or pool */
+    char *uri;             /* as received; NUL-terminated */
+    uint32_t uri_len;
+    uint32_t uri_cap;
+    uint32_t path_len;     /* uri[0..path_len) is the path, the query follows '?' */
+    moxy_headers_t headers;
+    moxy_headers_t trailers; /* of a chunked request body */
+    char *host;            /* Host header, NUL-terminated, or NULL */
+    char id[129];          /* request id, NUL-terminated */
+    char *client_ip;       /* the real client (realip.c), request memory; NULL: c->ip */
+    int client_port;       /* its port when client_ip is set; -1: the header gave none */
+
+    /* head parsing scratch */
+    char *field;           /* header name being assembled */
+    char *value;           /* header value being assembled */
+    uint32_t field_len, value_len;
+    uint32_t field_cap, value_cap;
+    size_t head_bytes;     /* bytes of request line + headers so far */
+    unsigned in_trailers : 1;
+    unsigned head_begun : 1; /* raw head scan: past the empty lines before the request line */
+    unsigned head_line : 1;  /* raw head scan: past the request line */
+    char head_prev;          /* raw head scan: previous byte */
+
+    /* request body */
+    moxy_body_kind_t body_kind;
+    uint64_t body_length;  /* Content-Length as received */
+    uint64_t body_left;    /* MOXY_BODY_LENGTH: bytes not yet read */
+    uint64_t body_read;    /* bytes of body read from the client */
+    unsigned body_done : 1;
+    unsigned expect_continue : 1;
+    unsigned upgrade : 1;      /* Upgrade requested and allowed */
+    unsigned keepalive : 1;    /* the client connection may serve another request */
+    unsigned has_te : 1;
+    unsigned has_cl : 1;
+    unsigned hook_done : 1;
+    unsigned buffering : 1;     /* txn:read_body: the body goes to body_buf */
+    unsigned body_buffered : 1; /* body_buf holds the whole body (sent with Content-Length) */
+    unsigned body_sent : 1;     /* a byte of the streamed body or of its framing (a chunk-size
+                                   line, the last chunk) went toward an origin: no other try
+                                   can send that body again */
+    struct evbuffer *body_buf;  /* the buffered body (txn:read_body), or NULL */
+    uint64_t body_max;          /* txn:read_body's limit */
+    int body_status;            /* 413/400: read_body failed; answered so unless a hook does */
+    const char *body_error;     /* why, for the log and read_body's error */
+    struct moxy_lua_task_s *body_task; /* the hook waiting for the body */
+
+    void *geo;             /* geoip.c: this request's lookups (request pool), or NULL */
+    moxy_log_field_t *log_fields, *log_fields_last; /* txn:log_field's, in order */
+
+    /* hooks */
+    void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */
+    int hook_phase;        /* MOXY_PHASE_* of the hooks that run or are parked */
+    int txn_ref;           /* registry ref of the request's txn for later phases, 0: none */
+
+    /* upstream */
+    int pool;              /* index into conf->upstreams, or -1 */
+    moxy_upconn_t *up;
+    int tries;             /* tries started (the current one included) */
+    int server;            /* index of the peer chosen for this try in the pool, -1: peer_addr */
+    int last_server;       /* the peer of the previous try, -1: none */
+    int active_server;     /* the peer whose in-flight count this try holds, -1: none */
+    int want_server;       /* txn.upstream:pick's {peer = ...}: preferred while usable, -1: none */
+    uint64_t tried;        /* bit i: server i of pool tried_pool had a try (pools of <= 64) */
+    uint64_t *tried_map;   /* the same for bigger pools (request pool), or NULL */
+    int tried_pool;
+    uint64_t hash;         /* txn.upstream:pick's hash key, when has_hash */
+    long long first_try_ms; /* moxy_mono_ms() when the first try started (retry_timeout) */
+    int fail_status;       /* what the failed try would have answered (502/504), for a retry that finds no peer */
+    unsigned has_hash : 1;
+    unsigned reported : 1;   /* this try's outcome went to passive health */
+    unsigned fresh_conn : 1; /* this try must not reuse an idle connection (stale keep-alive resend) */
+    const char *peer;      /* "ip:port" of the last peer, for logs */
+    struct moxy_addr_s *peer_addr; /* txn.upstream:set_peer's address (request pool), or NULL */
+    unsigned retryable : 1;  /* may go to another peer after a failure (idempotent, or said so) */
+    unsigned no_filter : 1;  /* on_body hooks skip this response */
+    unsigned filtering : 1;  /* the response body goes through on_body hooks */
+    unsigned filter_eof : 1; /* the origin's body is complete; the last on_body call is due */
+    unsigned filter_final : 1; /* the last on_body call ran (or runs) */
+    int up_status;         /* the origin's status, before on_response changed it */
+    struct timeval up_started, up_header; /* wall clock (cached) of the current try's start and head: cache ages */
+    long long up_started_us, up_connected_us; /* moxy_mono_us() of the current try's start, its connection; */
+    long long up_header_us, up_done_us;       /* its response head, the origin's last byte (0: not yet) */
+    struct evbuffer *filter_in;  /* response body waiting for on_body (lazily created) */
+    struct evbuffer *filter_out; /* on_body's output, to be framed for the client */
+
+    /* response */
+    moxy_resp_state_t resp_state;
+    int status;            /* status sent (or to send) to the client */
+    moxy_headers_t resp_headers;
+    moxy_headers_t resp_trailers;
+    moxy_body_kind_t resp_body_kind; /* as received from the origin */
+    uint64_t resp_body_left;
+    unsigned resp_chunked_out : 1; /* we chunk the body toward the client */
+    unsigned resp_head_sent : 1;
+    unsigned local : 1;            /* answered by moxy itself (hook, error page) */
+    char *local_body;              /* body of a local response */
+    size_t local_body_len;
+    uint64_t bytes_sent;           /* body bytes queued for the client */
+    const char *error;             /* why moxy answered with an error, for the log */
+
+    /* cache (http_cache.c) */
+    char *cache_key;               /* the primary key (request pool), or NULL: no lookup */
+    uint32_t cache_klen;
+    uint64_t cache_hash;
+    struct moxy_cache_obj_s *cache_obj;  /* the object a hit serves (a reference), or NULL */
+    struct moxy_cache_obj_s *cache_fill; /* the object the origin's response fills, or NULL */
+    unsigned cache_lookup : 1;     /* a GET or HEAD looked up: its response may be stored */
+    unsigned cache_hit : 1;        /* served from the cache */
+    unsigned cache_bypass : 1;     /* txn.cache:bypass(): no lookup, no store */
+    unsigned cache_no_store : 1;   /* not stored (request no-store, txn.cache:no_store()) */
+    unsigned cache_invalidate : 1; /* an unsafe method: invalidate the URI once answered */
+    unsigned char cache_state;     /* MOXY_CACHE_* (txn.cache.status) */
+    double cache_ttl, cache_stale; /* txn.cache:store{ttl, stale}; ttl < 0: not set */
+    uint64_t cache_from;           /* a hit's first body byte sent (Range) */
+    struct moxy_cache_obj_s *cache_reval; /* the stale object a miss keeps (revalidation,
+                                             stale-if-error; a reference), or NULL */
+    unsigned cache_conditional : 1; /* the origin gets cache_reval's validators (upstream head) */
+    char *cache_vary;              /* the Vary field names the request's values were made for, or NULL */
+    char *cache_vary_values;       /* its values of them (moxy_cache_vary_values) */
+    int cache_fwd_status;          /* the origin's status when the answer is cache_reval's (304, 5xx) */
+    unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
+    unsigned cache_collapsed : 1;  /* answered with what another request fetched */
+    unsigned cache_streaming : 1;  /* streams from the object another request fills */
+    unsigned cache_background : 1;    /* a background refresh of a stale object (stale-while-revalidate) */
+    uint64_t cache_sent;           /* of that object, the bytes sent so far */
+    struct event *cache_wait;      /* waiting for the leader's response (request pool), or NULL */
+    double cache_wait_until;       /* then it goes to the origin itself */
+    int cache_wait_ms;             /* the next look's delay */
+    moxy_headers_t cache_head;     /* the origin's head before on_response (request pool) */
+    const char *cache_fwd;         /* the lookup's Cache-Status ("moxy; fwd=uri-miss"...), added to
+                                      the origin's head that answers; NULL: no lookup */
+
+    /* timing */
+    struct timeval started; /* wall clock (cached) of its first byte: the log's time, txn.started */
+    long long started_us;   /* moxy_mono_us() of its first byte: what measures the request */
+    long long ended_us;     /* moxy_mono_us() when it was over (before on_log), 0: not yet */
+};
+
+/* A client connection. */
+struct moxy_client_s {
+    moxy_worker_t *w;
+    int fd;
+    int listen_index;           /* the current generation's conf->listens[] it came in on;
+                                   -1: a reload removed that listener */
+    moxy_client_state_t state;
+    struct event rev, wev;
+    struct evbuffer *in;        /* NULL while idle */
+    struct evbuffer *out;       /* NULL while idle */
+    moxy_pool_t pool;           /* the current request's memory */
+    moxy_req_t *req;            /* current request, NULL between requests */
+    struct timeval head_deadline; /* client_header timeout of the current head; lingering: its end */
+    uint64_t linger_bytes;      /* lingering: bytes read and dropped */
+    unsigned reading : 1;       /* rev is added */
+    unsigned writing : 1;       /* wev is added */
+    unsigned eof : 1;           /* the client closed its side */
+    unsigned close_after : 1;   /* close once the current response is out */
+    unsigned linger : 1;        /* request bytes may be unread: linger when closing */
+    unsigned in_process : 1;    /* client_process is on the stack */
+    unsigned dead : 1;          /* closed; freed when busy drops to 0 */
+    int busy;                   /* event callbacks on the stack that use c */
+    unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
+    unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
+    unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
+    unsigned socketless : 1;    /* a request moxy makes itself (a cache refresh): no socket,
+                                   what it would send is dropped (moxy_req_background) */
+    uint32_t read_size;         /* next body read (io.h) */
+    uint16_t port;              /* the client's: the PROXY header's source, else sock_port */
+    uint16_t sock_port;         /* the TCP peer's */
+    char ip[46];                /* the client's address (as port) */
+    char sock_ip[46];           /* the TCP peer's address */
+    LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */
+};
+
+/* A connection to an origin server. */
+struct moxy_upconn_s {
+    moxy_worker_t *w;
+    moxy_wgen_t *g;             /* the generation whose pool it belongs to */
+    int fd;
+    int pool;                   /* index into g->conf->upstreams, -1: txn.upstream:set_peer's */
+    int server;                 /* index into the pool's servers */
+    unsigned addr_gen;          /* the peer's address generation it connected to */
+    struct event rev, wev;
+    struct evbuffer *in;
+    struct evbuffer *out;
+    llhttp_t parser;
+    moxy_req_t *req;            /* the request it serves, NULL while idle */
+    unsigned connected : 1;
+    unsigned reused : 1;        /* served an earlier request */
+    unsigned got_bytes : 1;     /* any response byte for the current request */
+    unsigned keepalive : 1;     /* may be reused after this response */
+    unsigned reading : 1;
+    unsigned writing : 1;
+    unsigned eof : 1;
+    unsigned head_done : 1;     /* response head of the current request parsed */
+    unsigned in_trailers : 1;
+    unsigned interim : 1;       /* parsing a 1xx response */
+    unsigned body_done : 1;     /* chunked response body complete */
+    unsigned write_failed : 1;
+    unsigned idle : 1;          /* in the pool's idle list */
+    unsigned read_timer : 1;    /* rev carries the upstream read timeout */
+    unsigned dead : 1;          /* closed; freed when busy drops to 0 */
+    int busy;
+    uint32_t read_size;         /* next body read (io.h) */
+    size_t head_bytes;
+    unsigned interims;          /* interim (1xx) heads of the current response */
+    size_t interim_bytes;       /* their bytes together (at most limits.header_bytes) */
+    char *field;
+    char *value;
+    uint32_t field_len, value_len, field_cap, value_cap;
+    TAILQ_ENTRY(moxy_upconn_s) idle_link;
+};
+
+TAILQ_HEAD(moxy_upconn_list_s, moxy_upconn_s);
+
+/* A worker's running state of one upstream pool. */
+struct moxy_pool_rt_s {
+    struct moxy_upstream_s *state;    /* the pool's shared state (carried over by reloads) */
+    struct moxy_pool_stats_s *stats;  /* the worker's counts for the pool's name (metrics.h) */
+    int *current_weight;              /* smooth weighted round-robin state */
+    struct moxy_upconn_list_s *idle;  /* per server: idle keep-alive connections, newest first */
+    int nidle;                        /* idle connections of the whole pool */
+    const struct timeval *ctv_idle;   /* keepalive_timeout as a common timeout */
+};
+
+#endif

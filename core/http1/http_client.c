@@ -1,0 +1,1664 @@
+/*
+ * http_client.c -- the client side of the proxy: accept, parse each request
+ * head with llhttp (strict), check it, run the hooks, stream the request body
+ * to the origin connection, write the response, keep the connection alive.
+ *
+ * One request at a time per connection: pipelined requests wait in c->in
+ * until the current response is queued, so answers go out in order.
+ *
+ * Request bodies with Content-Length bypass llhttp: the head parser is paused
+ * at the end of the headers and the body bytes are moved (not copied) from
+ * the client's input buffer to the origin's output buffer.  Chunked bodies go
+ * through llhttp, which checks the framing, and are re-chunked toward the
+ * origin: what the origin sees is always framed by moxy, never passed through.
+ */
+#include "base/headers.h"
+#include "http/http.h"
+#include "net/io.h"
+#include "base/log.h"
+#include "http/lua_bridge.h"
+#include "base/realip.h"
+#include "ops/worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg);
+static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+static void client_process(moxy_client_t *c);
+static void client_finish_request(moxy_client_t *c);
+static void client_after_hooks(moxy_client_t *c, int rc);
+static void request_end(moxy_req_t *r);
+static void request_log(moxy_client_t *c);
+static void request_detached_end(moxy_req_t *r);
+static int client_parse(moxy_client_t *c, const char **reason);
+static int client_ensure_buffers(moxy_client_t *c);
+
+/* --- reading control --- */
+
+static void client_read_timeout(moxy_client_t *c, const struct timeval *tv)
+{
+    if (c->socketless) return; /* nothing to read */
+    event_add(&c->rev, tv);
+    c->reading = 1;
+}
+
+static void client_stop_read(moxy_client_t *c)
+{
+    if (c->reading) {
+        event_del(&c->rev);
+        c->reading = 0;
+    }
+}
+
+/* (Re)arm the read event with the timeout that fits where the connection is. */
+static void client_want_read(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_wgen_t *g = r ? r->g : c->w->g; /* the timeouts of the request's generation */
+    if (c->state == MOXY_C_LINGER) return; /* its own timer */
+    if (c->eof || c->state == MOXY_C_CLOSING) {
+        client_stop_read(c);
+        return;
+    }
+    if (c->state == MOXY_C_HEAD) {
+        int partial = r && r->head_bytes > 0;
+        if (partial) client_read_timeout(c, &g->tv_client_header);
+        else client_read_timeout(c, g->ctv_keepalive);
+    } else if (c->state == MOXY_C_TUNNEL) {
+        client_read_timeout(c, g->ctv_upstream);
+    } else if (r && !r->body_done) {
+        client_read_timeout(c, g->ctv_client_body);
+    } else {
+        /* Body done: read only to notice pipelined requests or a close,
+         * and not more than one head's worth.  A timeout left armed from
+         * before is harmless (client_timeout ignores this state), and
+         * not re-arming saves a timer operation per request. */
+        if (evbuffer_get_length(c->in) > g->conf->limits.header_bytes) client_stop_read(c);
+        else if (!c->reading) client_read_timeout(c, NULL);
+    }
+}
+
+/* --- request life --- */
+
+static const llhttp_settings_t *request_settings(void);
+
+/* A new request of c (its pool's memory) on generation g, which it holds,
+ * having come in on g's listener listen_index; c's current one.  NULL: out
+ * of memory. */
+static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_index)
+{
+    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
+    if (!r) return NULL;
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->g = g;
+    moxy_wgen_hold(g);
+    r->listen_index = listen_index;
+    r->pool = -1;
+    r->server = r->last_server = r->active_server = r->want_server = -1;
+    r->cache_ttl = r->cache_stale = -1;
+    event_base_gettimeofday_cached(c->w->base, &r->started);
+    r->started_us = moxy_mono_us();
+    c->req = r;
+    llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
+    r->parser.data = c;
+    return r;
+}
+
+static moxy_req_t *client_new_request(moxy_client_t *c)
+{
+    if (c->listen_index < 0) return NULL; /* a reload removed its listener */
+    return request_new(c, c->w->g, c->listen_index);
+}
+
+void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index)
+{
+    moxy_client_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->fd = fd;
+    c->listen_index = listen_index;
+    c->read_size = MOXY_IO_READ_MIN;
+    moxy_pool_init(&c->pool);
+    const moxy_conf_t *conf = w->g->conf;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s->sin_addr, c->sock_ip, sizeof(c->sock_ip));
+        c->sock_port = ntohs(s->sin_port);
+        c->local_peer = (ntohl(s->sin_addr.s_addr) >> 24) == 127;
+        if (conf->ntrusted)
+            c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 4,
+                                         (const uint8_t *)&s->sin_addr);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s->sin6_addr, c->sock_ip, sizeof(c->sock_ip));
+        c->sock_port = ntohs(s->sin6_port);
+        c->local_peer = IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) ||
+                        (IN6_IS_ADDR_V4MAPPED(&s->sin6_addr) && s->sin6_addr.s6_addr[12] == 127);
+        if (conf->ntrusted)
+            c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 6, s->sin6_addr.s6_addr);
+    } else {
+        strcpy(c->sock_ip, "unix");
+        c->local_peer = 1;
+    }
+    memcpy(c->ip, c->sock_ip, sizeof(c->ip));
+    c->port = c->sock_port;
+    c->proxy_wait = conf->listens[listen_index].proxy_protocol != 0;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
+    LIST_INSERT_HEAD(&w->clients, c, link);
+    MOXY_STAT_ADD(w->nconns, 1);
+    /* The first request gets the client_header timeout from accept on. */
+    struct timeval now;
+    event_base_gettimeofday_cached(w->base, &now);
+    evutil_timeradd(&now, &w->g->tv_client_header, &c->head_deadline);
+    client_read_timeout(c, &w->g->tv_client_header);
+}
+
+/* from's head, as its hooks left it, into r (c's pool); MOXY_ERROR: out of memory. */
+static int request_copy(moxy_req_t *r, const moxy_req_t *from)
+{
+    moxy_pool_t *pool = &r->c->pool;
+    r->method = HTTP_GET;
+    r->method_name = "GET";
+    r->http_major = 1;
+    r->http_minor = 1;
+    if (!(r->uri = moxy_pstrdup(pool, from->uri, from->uri_len))) return MOXY_ERROR;
+    r->uri_len = r->uri_cap = from->uri_len;
+    r->path_len = from->path_len;
+    if (from->host && !(r->host = moxy_pstrdup(pool, from->host, strlen(from->host)))) return MOXY_ERROR;
+    for (uint32_t i = 0; i < from->headers.n; i++) {
+        const moxy_header_t *h = &from->headers.h[i];
+        /* not the client's own conditions and Range: a background request
+         * asks for the whole object, with the stored one's validators */
+        if (h->kind & (MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_CL | MOXY_HK_TE |
+                       MOXY_HK_EXPECT))
+            continue;
+        if (moxy_headers_add(pool, &r->headers, h->name, h->name_len, h->value, h->value_len) != MOXY_OK)
+            return MOXY_ERROR;
+    }
+    if (from->client_ip && !(r->client_ip = moxy_pstrdup(pool, from->client_ip, strlen(from->client_ip))))
+        return MOXY_ERROR;
+    r->client_port = from->client_port;
+    if (from->peer_addr) {
+        moxy_addr_t *a = moxy_palloc(pool, sizeof(*a));
+        if (!a) return MOXY_ERROR;
+        *a = *from->peer_addr;
+        if (!(a->text = moxy_pstrdup(pool, a->text, strlen(a->text)))) return MOXY_ERROR;
+        r->peer_addr = a;
+    }
+    r->pool = from->pool;
+    r->want_server = from->want_server;
+    r->hash = from->hash;
+    r->has_hash = from->has_hash;
+    r->no_filter = from->no_filter;
+    return MOXY_OK;
+}
+
+moxy_req_t *moxy_req_background(moxy_req_t *from)
+{
+    moxy_client_t *fc = from->c;
+    moxy_worker_t *w = fc->w;
+    moxy_client_t *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->w = w;
+    c->fd = -1;
+    c->socketless = 1;
+    c->listen_index = fc->listen_index;
+    c->state = MOXY_C_ACTIVE;
+    c->close_after = 1;
+    c->port = fc->port;
+    c->sock_port = fc->sock_port;
+    memcpy(c->ip, fc->ip, sizeof(c->ip));
+    memcpy(c->sock_ip, fc->sock_ip, sizeof(c->sock_ip));
+    moxy_pool_init(&c->pool);
+    moxy_req_t *r = NULL;
+    if (client_ensure_buffers(c) != MOXY_OK || !(r = request_new(c, from->g, from->listen_index))) goto fail;
+    r->body_kind = MOXY_BODY_NONE;
+    r->body_done = 1;
+    r->retryable = 1;
+    if (request_copy(r, from) != MOXY_OK) {
+        request_end(r);
+        goto fail;
+    }
+    moxy_req_make_id(r);
+    moxy_lua_req_fork(r, from);
+    LIST_INSERT_HEAD(&w->clients, c, link);
+    MOXY_STAT_ADD(w->nconns, 1);
+    return r;
+fail:
+    if (c->in) moxy_worker_buf_put(w, c->in);
+    if (c->out) moxy_worker_buf_put(w, c->out);
+    moxy_pool_reset(&c->pool);
+    free(c);
+    return NULL;
+}
+
+static void client_free(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    if (c->in) moxy_worker_buf_put(w, c->in);
+    if (c->out) moxy_worker_buf_put(w, c->out);
+    moxy_pool_reset(&c->pool);
+    LIST_REMOVE(c, link);
+    free(c);
+    moxy_worker_conn_closed(w);
+}
+
+void moxy_client_hold(moxy_client_t *c)
+{
+    c->busy++;
+}
+
+void moxy_client_release(moxy_client_t *c)
+{
+    if (--c->busy == 0 && c->dead) client_free(c);
+}
+
+/* r is over: release what its hooks and its response filter kept. */
+static void request_end(moxy_req_t *r)
+{
+    moxy_lua_req_done(r);
+    moxy_upstream_req_free(r);
+    if (r->body_buf) moxy_worker_buf_put(r->c->w, r->body_buf);
+    r->body_buf = NULL;
+    moxy_wgen_release(r->g); /* may free an old generation: last */
+    r->g = NULL;
+}
+
+/* r's on_log hooks wait: give r a copy of its connection without the
+ * socket, owning the request's memory, so that the connection can go on
+ * (or close).  The copy counts as a connection until r is logged. */
+static int request_detach(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_worker_t *w = c->w;
+    moxy_client_t *g = malloc(sizeof(*g));
+    if (!g) return MOXY_ERROR;
+    *g = *c;
+    g->fd = -1;
+    g->in = g->out = NULL;
+    g->busy = 0;
+    g->dead = 0;
+    g->state = MOXY_C_CLOSING;
+    g->reading = g->writing = 0;
+    r->c = g;
+    moxy_pool_init(&c->pool);
+    c->req = NULL;
+    LIST_INSERT_HEAD(&w->detached, g, link);
+    MOXY_STAT_ADD(w->nconns, 1);
+    return MOXY_OK;
+}
+
+/* The end of a detached request: its log line, its memory. */
+static void request_detached_end(moxy_req_t *r)
+{
+    moxy_client_t *g = r->c;
+    moxy_worker_t *w = g->w;
+    moxy_access_log(r);
+    moxy_stats_request(r);
+    request_end(r);
+    LIST_REMOVE(g, link);
+    moxy_pool_reset(&g->pool);
+    free(g);
+    moxy_worker_conn_closed(w);
+}
+
+void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *gen)
+{
+    moxy_client_t *g = LIST_FIRST(&w->detached), *next;
+    for (; g; g = next) {
+        next = LIST_NEXT(g, link);
+        /* its parked on_log hooks are dropped */
+        if (!gen || g->req->g == gen) request_detached_end(g->req);
+    }
+}
+
+/* c's request is over: on_log hooks, then its access-log line.  When the
+ * hooks wait, the request is detached from c (logged when they are done);
+ * either way c->req is NULL and c's pool empty after. */
+static void request_log(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    r->ended_us = moxy_mono_us();
+    if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
+        if (request_detach(c) == MOXY_OK) return;
+    }
+    moxy_access_log(r);
+    moxy_stats_request(r);
+    request_end(r);
+    c->req = NULL;
+    moxy_pool_reset(&c->pool);
+}
+
+void moxy_client_close(moxy_client_t *c)
+{
+    if (c->dead) return;
+    c->dead = 1;
+    moxy_req_t *r = c->req;
+    if (r) {
+        if (r->up) {
+            moxy_upconn_t *u = r->up;
+            r->up = NULL;
+            u->req = NULL;
+            moxy_upconn_close(u);
+        }
+        if (r->method_name) {
+            if (r->resp_state != MOXY_R_DONE) {
+                if (!r->status || !r->resp_head_sent) r->status = 499;
+                if (!r->error) r->error = "client closed";
+            }
+            request_log(c);
+        } else {
+            request_end(r);
+        }
+        c->req = NULL;
+    }
+    if (!c->socketless) {
+        event_del(&c->rev);
+        event_del(&c->wev);
+        close(c->fd);
+    }
+    c->fd = -1;
+    if (c->busy == 0) client_free(c);
+}
+
+void moxy_client_drain(moxy_client_t *c)
+{
+    c->close_after = 1;
+    if (c->req && !c->req->resp_head_sent) c->req->keepalive = 0; /* its response says close */
+    if (c->state == MOXY_C_HEAD && (!c->req || c->req->head_bytes == 0) &&
+        (!c->out || evbuffer_get_length(c->out) == 0) && !c->reading) {
+        moxy_client_close(c); /* not even reading: nothing can be on its way */
+        return;
+    }
+    if (c->state == MOXY_C_HEAD && (!c->req || c->req->head_bytes == 0)) {
+        /* Idle between requests: the client may have sent its next request
+         * already (a busy keep-alive client always has).  Closing now would
+         * lose it; it is served instead, with Connection: close, if it
+         * comes within the grace, and the connection closes after. */
+        static const struct timeval grace = {MOXY_DRAIN_IDLE_GRACE_MS / 1000, (MOXY_DRAIN_IDLE_GRACE_MS % 1000) * 1000};
+        client_read_timeout(c, &grace);
+    }
+}
+
+/* Lingering: wait for more of what the client sends, until the linger
+ * deadline (c->head_deadline), at most MOXY_LINGER_IDLE_MS at a time. */
+static void linger_wait(moxy_client_t *c)
+{
+    struct timeval now, left, idle = {MOXY_LINGER_IDLE_MS / 1000, (MOXY_LINGER_IDLE_MS % 1000) * 1000};
+    event_base_gettimeofday_cached(c->w->base, &now);
+    if (!evutil_timercmp(&now, &c->head_deadline, <)) {
+        moxy_client_close(c);
+        return;
+    }
+    evutil_timersub(&c->head_deadline, &now, &left);
+    client_read_timeout(c, evutil_timercmp(&left, &idle, <) ? &left : &idle);
+}
+
+/* The answer is out and the connection closes, but the client may still be
+ * sending (a body not read, a pipelined request): a close now would make
+ * the kernel answer those bytes with a reset, which can destroy the answer
+ * before the client reads it.  Half-close instead, read and drop what comes
+ * for at most timeouts.linger, MOXY_LINGER_MAX_BYTES, or until a second
+ * without any, then close (nginx's lingering close). */
+static void client_linger(moxy_client_t *c)
+{
+    double t = c->w->g->conf->timeouts.linger;
+    c->linger = 0;
+    if (t <= 0 || c->eof || c->socketless || !c->in || shutdown(c->fd, SHUT_WR) != 0) {
+        moxy_client_close(c);
+        return;
+    }
+    c->state = MOXY_C_LINGER;
+    c->linger_bytes = evbuffer_get_length(c->in);
+    evbuffer_drain(c->in, c->linger_bytes);
+    struct timeval now, tv = moxy_timeval(t);
+    event_base_gettimeofday_cached(c->w->base, &now);
+    evutil_timeradd(&now, &tv, &c->head_deadline);
+    client_stop_read(c);
+    linger_wait(c);
+}
+
+/* A lingering connection can be read (or its wait ended). */
+static void linger_read(moxy_client_t *c, evutil_socket_t fd, short what)
+{
+    if (what & EV_TIMEOUT) {
+        moxy_client_close(c);
+        return;
+    }
+    ssize_t n = moxy_io_read(c->in, fd, MOXY_READ_CHUNK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) { /* the client closed too (or reset): done */
+        moxy_client_close(c);
+        return;
+    }
+    evbuffer_drain(c->in, (size_t)n);
+    c->linger_bytes += (uint64_t)n;
+    if (c->linger_bytes > MOXY_LINGER_MAX_BYTES) {
+        moxy_client_close(c);
+        return;
+    }
+    client_stop_read(c);
+    linger_wait(c);
+}
+
+/* The output is flushed and the connection is to close: close, or linger. */
+static void client_flushed_close(moxy_client_t *c)
+{
+    if (c->linger) client_linger(c);
+    else moxy_client_close(c);
+}
+
+/* Close once the output is flushed; no more reading. */
+static void client_closing(moxy_client_t *c)
+{
+    c->state = MOXY_C_CLOSING;
+    client_stop_read(c);
+    if (!c->out || evbuffer_get_length(c->out) == 0) {
+        client_flushed_close(c);
+        return;
+    }
+    moxy_client_send(c);
+}
+
+/* Answer a request that could not be parsed or was refused before its
+ * hooks ran, then close: nothing after a bad head can be trusted. */
+static void client_reject(moxy_client_t *c, int status, const char *why)
+{
+    moxy_req_t *r = c->req;
+    client_stop_read(c);
+    r->keepalive = 0;
+    c->close_after = 1;
+    moxy_resp_error(r, status, why);
+}
+
+/* An idle keep-alive connection gives its two (empty) buffers back, so that
+ * it costs its struct and little more (nginx does the same); they go to the
+ * worker's spares (moxy_worker_buf_put) for the next request. */
+static int client_ensure_buffers(moxy_client_t *c)
+{
+    if (!c->in && !(c->in = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
+    if (!c->out && !(c->out = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
+    return MOXY_OK;
+}
+
+/* --- writing --- */
+
+int moxy_client_send(moxy_client_t *c)
+{
+    if (c->dead) return MOXY_ERROR;
+    if (!c->out) return MOXY_OK;
+    size_t left = evbuffer_get_length(c->out);
+    if (c->socketless) { /* a refresh's response: nobody reads it */
+        evbuffer_drain(c->out, left);
+        left = 0;
+    }
+    while (left > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) break;
+            moxy_log(MOXY_LOG_DEBUG, c->req ? c->req->id : NULL, "client %s: write: %s", c->ip,
+                     strerror(errno));
+            moxy_client_close(c);
+            return MOXY_ERROR;
+        }
+        if (n == 0) break;
+        left = evbuffer_get_length(c->out);
+    }
+    if (left > 0) {
+        if (!c->writing) {
+            event_add(&c->wev, c->req ? c->req->g->ctv_client_send : c->w->g->ctv_client_send);
+            c->writing = 1;
+        }
+    } else if (c->writing) {
+        event_del(&c->wev);
+        c->writing = 0;
+    }
+    if (c->state == MOXY_C_CLOSING && left == 0) {
+        client_flushed_close(c);
+        return MOXY_ERROR;
+    }
+    moxy_req_t *r = c->req;
+    if (r && r->up && left < MOXY_LOW_WATER) moxy_upstream_resume_read(r->up);
+    return MOXY_OK;
+}
+
+static void client_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_client_t *c = arg;
+    MOXY_UNUSED(fd);
+    if (what & EV_TIMEOUT) {
+        moxy_log(MOXY_LOG_INFO, c->req ? c->req->id : NULL, "client %s: send timed out", c->ip);
+        if (c->req && !c->req->error) c->req->error = "client send timeout";
+        moxy_client_close(c);
+        return;
+    }
+    moxy_client_hold(c);
+    moxy_client_send(c);
+    moxy_client_release(c);
+}
+
+/* --- the request head (llhttp callbacks) --- */
+
+/* Fail the parse with status for the client (400 unless said otherwise). */
+static int parse_fail(llhttp_t *p, int status, const char *why)
+{
+    moxy_client_t *c = p->data;
+    c->req->status = status;
+    llhttp_set_error_reason(p, why);
+    return HPE_USER;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->head_bytes += n;
+    if (r->uri_len + n > c->req->g->conf->limits.uri_bytes) return parse_fail(p, 414, "URI too long");
+    return moxy_pool_append(&c->pool, &r->uri, &r->uri_len, &r->uri_cap, at, n);
+}
+
+/* A piece of a header name (value = 0) or value, counted against header_bytes. */
+static int header_piece(llhttp_t *p, const char *at, size_t n, int value)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->head_bytes += n;
+    if (r->head_bytes > c->req->g->conf->limits.header_bytes)
+        return parse_fail(p, 431, "request header fields too large");
+    return value ? moxy_pool_append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n)
+                 : moxy_pool_append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    return header_piece(p, at, n, 0);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    return header_piece(p, at, n, 1);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    const char *v = r->value ? r->value : "";
+    uint32_t vl = r->value_len;
+    r->head_bytes += 4;
+    /* llhttp in strict mode has checked the name's characters (token) and
+     * the value (no NUL, CR, LF or other controls), but lets an empty name
+     * through; the smuggling specs hold it to that. */
+    if (r->field_len == 0) return parse_fail(p, 400, "empty header name");
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+    moxy_headers_t *hs = r->in_trailers ? &r->trailers : &r->headers;
+    if ((int)hs->n >= c->req->g->conf->limits.headers)
+        return parse_fail(p, 431, r->in_trailers ? "too many request trailer fields" : "too many request headers");
+    if (r->in_trailers && MOXY_STRIEQ_LIT(r->field, r->field_len, "content-length"))
+        return parse_fail(p, 400, "Content-Length in trailers");
+    if (moxy_headers_add(&c->pool, hs, r->field, r->field_len, v, vl) != MOXY_OK) return -1;
+    r->field_len = r->value_len = 0;
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    c->req->value_len = 0;
+    return 0;
+}
+
+/* Checks llhttp leaves to us; returns 0 or a parse_fail. */
+static int check_head(llhttp_t *p, moxy_req_t *r)
+{
+    int hosts = 0, cls = 0, tes = 0;
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        moxy_header_t *h = &r->headers.h[i];
+        if (!(h->kind & (MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_TE | MOXY_HK_EXPECT))) continue;
+        if (h->kind & MOXY_HK_HOST) {
+            hosts++;
+            r->host = h->value;
+        } else if (h->kind & MOXY_HK_CL) {
+            cls++;
+        } else if (h->kind & MOXY_HK_TE) {
+            tes++;
+            /* Only a lone "chunked" is unambiguous. */
+            if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "chunked"))
+                return parse_fail(p, 400, "unsupported Transfer-Encoding");
+        } else {
+            if (!MOXY_STRIEQ_LIT(h->value, h->value_len, "100-continue"))
+                return parse_fail(p, 417, "unsupported expectation");
+            if (r->http_minor >= 1) r->expect_continue = 1;
+        }
+    }
+    if (hosts > 1) return parse_fail(p, 400, "more than one Host header");
+    if (hosts == 0 && r->http_major == 1 && r->http_minor >= 1)
+        return parse_fail(p, 400, "missing Host header");
+    if (cls > 1) return parse_fail(p, 400, "more than one Content-Length header");
+    if (tes > 1) return parse_fail(p, 400, "more than one Transfer-Encoding header");
+    if (cls && tes) return parse_fail(p, 400, "both Content-Length and Transfer-Encoding");
+    if (tes && r->http_minor == 0) return parse_fail(p, 400, "Transfer-Encoding in HTTP/1.0");
+    r->has_cl = cls > 0;
+    r->has_te = tes > 0;
+    return 0;
+}
+
+/* The absolute-form target of r ("http://authority/path?query", RFC 9112
+ * 3.2.2), which a server must accept: its authority replaces Host (checked
+ * by check_head: there is at most one), and r->uri becomes the origin-form
+ * scripts and origins see.  Returns 0 or a parse_fail. */
+static int absolute_form(llhttp_t *p, moxy_req_t *r)
+{
+    moxy_client_t *c = p->data;
+    const char *u = r->uri;
+    size_t n = r->uri_len, i = 0;
+    while (i < n && ((u[i] >= 'a' && u[i] <= 'z') || (u[i] >= 'A' && u[i] <= 'Z') ||
+                     (i > 0 && ((u[i] >= '0' && u[i] <= '9') || u[i] == '+' || u[i] == '-' || u[i] == '.'))))
+        i++;
+    if (i == 0 || n - i < 3 || memcmp(u + i, "://", 3) != 0)
+        return parse_fail(p, 400, "request target is not an absolute path");
+    if (!MOXY_STRIEQ_LIT(u, i, "http") && !MOXY_STRIEQ_LIT(u, i, "https"))
+        return parse_fail(p, 400, "request target's scheme is not http");
+    const char *a = u + i + 3;
+    size_t alen = 0;
+    while (a + alen < u + n && a[alen] != '/' && a[alen] != '?') alen++;
+    if (memchr(a, '@', alen)) return parse_fail(p, 400, "userinfo in the request target");
+    if (!moxy_host_valid(a, alen)) return parse_fail(p, 400, "invalid authority in the request target");
+    const char *rest = a + alen;
+    size_t rlen = (size_t)(u + n - rest);
+    /* an empty path is "/", or "*" for OPTIONS (RFC 9112 3.2.4) */
+    int star = rlen == 0 && p->method == HTTP_OPTIONS;
+    size_t slash = rlen == 0 || rest[0] == '?' ? 1 : 0;
+    char *t = moxy_palloc(&c->pool, slash + rlen + 1);
+    if (!t) return -1;
+    if (slash) t[0] = star ? '*' : '/';
+    memcpy(t + slash, rest, rlen);
+    t[slash + rlen] = '\0';
+    moxy_headers_remove_kind(&r->headers, MOXY_HK_HOST);
+    if (moxy_headers_add(&c->pool, &r->headers, "Host", 4, a, alen) != MOXY_OK) return -1;
+    r->host = r->headers.h[r->headers.n - 1].value;
+    r->uri = t;
+    r->uri_len = r->uri_cap = (uint32_t)(slash + rlen);
+    return 0;
+}
+
+/* The next protocol of the Upgrade value v[0..n) from *j on (protocol-name
+ * [ "/" version ], RFC 9110 7.8): its start, its length with the version,
+ * and the length of its name.  0 when none is left. */
+static int upgrade_next(const char *v, size_t n, size_t *j, size_t *start, size_t *len, size_t *name)
+{
+    for (;;) {
+        while (*j < n && (v[*j] == ' ' || v[*j] == '\t' || v[*j] == ',')) (*j)++;
+        if (*j >= n) return 0;
+        size_t s = *j, e;
+        while (*j < n && v[*j] != ',') (*j)++;
+        for (e = *j; e > s && (v[e - 1] == ' ' || v[e - 1] == '\t');) e--;
+        if (e == s) continue;
+        const char *slash = memchr(v + s, '/', e - s);
+        *start = s;
+        *len = e - s;
+        *name = slash ? (size_t)(slash - v - s) : e - s;
+        return 1;
+    }
+}
+
+/* 1 when r's listener lets a tunnel carry the protocol name[0..n). */
+static int upgrade_allowed(const moxy_req_t *r, const char *name, size_t n)
+{
+    const char *allowed = r->g->conf->listens[r->listen_index].upgrade;
+    return allowed && moxy_list_has_token(allowed, strlen(allowed), name, n);
+}
+
+/* The client asks to switch protocols (Upgrade with Connection: upgrade).
+ * Only the protocols its listener allows go through a tunnel (the Upgrade
+ * field keeps just those); for any other, or an HTTP/1.0 client (RFC 9110
+ * 7.8), Upgrade and HTTP2-Settings go and the request is proxied as plain
+ * HTTP/1.1.  Returns 0 or -1 (out of memory). */
+static int request_upgrade(llhttp_t *p, moxy_req_t *r)
+{
+    moxy_client_t *c = p->data;
+    char *keep = NULL;
+    uint32_t klen = 0, kcap = 0;
+    for (uint32_t i = 0; r->http_minor >= 1 && i < r->headers.n; i++) {
+        const moxy_header_t *h = &r->headers.h[i];
+        if (!(h->kind & MOXY_HK_UPGRADE)) continue;
+        size_t j = 0, s, len, name;
+        while (upgrade_next(h->value, h->value_len, &j, &s, &len, &name)) {
+            if (!upgrade_allowed(r, h->value + s, name)) continue;
+            if ((klen && moxy_pool_append(&c->pool, &keep, &klen, &kcap, ", ", 2)) ||
+                moxy_pool_append(&c->pool, &keep, &klen, &kcap, h->value + s, len))
+                return -1;
+        }
+    }
+    moxy_headers_remove_kind(&r->headers, MOXY_HK_UPGRADE);
+    if (!keep) {
+        moxy_headers_remove(&r->headers, "HTTP2-Settings", 14);
+        r->upgrade = 0;
+        return 0;
+    }
+    r->upgrade = 1;
+    return moxy_headers_add(&c->pool, &r->headers, "Upgrade", 7, keep, klen) == MOXY_OK ? 0 : -1;
+}
+
+int moxy_req_upgrade_allowed(const moxy_req_t *r, const moxy_headers_t *resp)
+{
+    int seen = 0;
+    for (uint32_t i = 0; i < resp->n; i++) {
+        const moxy_header_t *h = &resp->h[i];
+        if (!(h->kind & MOXY_HK_UPGRADE)) continue;
+        size_t j = 0, s, len, name;
+        while (upgrade_next(h->value, h->value_len, &j, &s, &len, &name)) {
+            if (!upgrade_allowed(r, h->value + s, name)) return 0;
+            seen = 1;
+        }
+    }
+    return seen;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (r->in_trailers) return 0;
+    r->method = p->method;
+    r->http_major = p->http_major;
+    r->http_minor = p->http_minor;
+    r->method_name = (char *)llhttp_method_name((llhttp_method_t)p->method);
+    if (r->http_major != 1) return parse_fail(p, 505, "HTTP version not supported");
+    if (p->method == HTTP_CONNECT) return parse_fail(p, 405, "CONNECT is not supported");
+    if (!r->uri) return parse_fail(p, 400, "no request target");
+    int rc = check_head(p, r);
+    if (rc) return rc;
+    /* what moxy read as a lone "chunked" (its value trimmed of trailing
+     * whitespace) llhttp must have taken for chunked too: else one of them
+     * sees a body where the other sees the next request */
+    if (r->has_te && !(p->flags & F_CHUNKED)) return parse_fail(p, 400, "unsupported Transfer-Encoding");
+    if (r->uri[0] != '/' && !(r->uri_len == 1 && r->uri[0] == '*' && p->method == HTTP_OPTIONS)) {
+        if ((rc = absolute_form(p, r))) return rc; /* its authority, checked, is the Host */
+    } else if (r->host && !moxy_host_valid(r->host, strlen(r->host))) {
+        return parse_fail(p, 400, "invalid Host header");
+    }
+    if (p->flags & F_CHUNKED) {
+        r->body_kind = MOXY_BODY_CHUNKED;
+    } else if (r->has_cl) {
+        r->body_kind = p->content_length ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
+        r->body_left = r->body_length = p->content_length;
+    } else {
+        r->body_kind = MOXY_BODY_NONE;
+    }
+    if (p->upgrade && (rc = request_upgrade(p, r))) return rc;
+    if (r->uri) {
+        char *q = memchr(r->uri, '?', r->uri_len);
+        r->path_len = q ? (uint32_t)(q - r->uri) : r->uri_len;
+    }
+    return HPE_PAUSED; /* run the hooks before reading on */
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (p->content_length == 0) {
+        r->in_trailers = 1;
+        return 0;
+    }
+    if (r->up && !r->buffering) {
+        moxy_chunk_head(r->up->out, p->content_length);
+        r->body_sent = 1;
+    }
+    return 0;
+}
+
+static int on_chunk_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (!r->in_trailers && r->up && !r->buffering) evbuffer_add(r->up->out, "\r\n", 2);
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    r->body_read += n;
+    if (r->body_read > c->req->g->conf->limits.body_bytes)
+        return parse_fail(p, 413, "request body too large");
+    if (r->buffering) {
+        evbuffer_add(r->body_buf, at, n);
+    } else if (r->up) {
+        evbuffer_add(r->up->out, at, n);
+        r->body_sent = 1;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    moxy_client_t *c = p->data;
+    moxy_req_t *r = c->req;
+    if (r->body_kind != MOXY_BODY_CHUNKED) return HPE_PAUSED;
+    if (r->up && !r->buffering) {
+        moxy_chunk_end(r->up->out, &r->trailers);
+        r->body_sent = 1;
+    }
+    r->body_done = 1;
+    return HPE_PAUSED; /* the next request waits for this one's response */
+}
+
+static const llhttp_settings_t *request_settings(void)
+{
+    static llhttp_settings_t s;
+    static int ready;
+    if (!ready) { /* set once, before any worker thread starts (see moxy_http_init) */
+        llhttp_settings_init(&s);
+        s.on_url = on_url;
+        s.on_header_field = on_header_field;
+        s.on_header_value = on_header_value;
+        s.on_header_field_complete = on_header_field_complete;
+        s.on_header_value_complete = on_header_value_complete;
+        s.on_headers_complete = on_headers_complete;
+        s.on_chunk_header = on_chunk_header;
+        s.on_chunk_complete = on_chunk_complete;
+        s.on_body = on_body;
+        s.on_message_complete = on_message_complete;
+        ready = 1;
+    }
+    return &s;
+}
+
+/* moxy_req_body_check's parser: framing only, no callback but the end. */
+static llhttp_settings_t body_check_settings;
+
+static int check_message_complete(llhttp_t *p)
+{
+    MOXY_UNUSED(p);
+    return HPE_PAUSED; /* the rest is the next request's */
+}
+
+void moxy_http_init(void)
+{
+    request_settings();
+    llhttp_settings_init(&body_check_settings);
+    body_check_settings.on_message_complete = check_message_complete;
+}
+
+/* What llhttp (8.1, strict) lets through in a head and we refuse: obs-fold
+ * (a line starting with SP or HTAB, RFC 9112 5.2) and a request line with
+ * more than one SP between its parts, or a tab; the same for a request line
+ * after empty lines.  Scans the head bytes p[0..n).
+ * Returns NULL or the reason. */
+static const char *head_scan(moxy_req_t *r, const char *p, size_t n)
+{
+    char prev = r->head_prev;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (!r->head_line) {
+            if (!r->head_begun) {
+                /* empty lines before the request line (RFC 9112 2.2: a
+                 * server SHOULD ignore them): not the request line yet */
+                if (ch == '\r' || ch == '\n') continue;
+                r->head_begun = 1;
+            }
+            if (ch == '\n') r->head_line = 1;
+            else if ((ch == ' ' && prev == ' ') || ch == '\t') return "malformed request line";
+        } else if (prev == '\n' && (ch == ' ' || ch == '\t')) {
+            return "obsolete line folding";
+        }
+        prev = ch;
+    }
+    r->head_prev = prev;
+    return NULL;
+}
+
+/* Feed c->in to llhttp.  MOXY_OK: paused (head or message complete), consumed
+ * bytes drained; MOXY_AGAIN: all consumed, need more; MOXY_ERROR: parse error
+ * (r->status holds the status to answer, 0 for a plain 400). */
+static int client_parse(moxy_client_t *c, const char **reason)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(c->in, -1, NULL, v, 16);
+    if (n > 16) n = 16;
+    size_t consumed = 0;
+    int rc = MOXY_AGAIN;
+    for (int i = 0; i < n; i++) {
+        const char *base = v[i].iov_base;
+        llhttp_errno_t err = llhttp_execute(&c->req->parser, base, v[i].iov_len);
+        size_t used = err == HPE_OK ? v[i].iov_len
+                      : err == HPE_PAUSED ? (size_t)(llhttp_get_error_pos(&c->req->parser) - base) : 0;
+        if (c->state == MOXY_C_HEAD && used && (*reason = head_scan(c->req, base, used))) {
+            c->req->status = 400;
+            rc = MOXY_ERROR;
+            break;
+        }
+        if (err == HPE_OK) {
+            consumed += used;
+            continue;
+        }
+        if (err == HPE_PAUSED) {
+            consumed += used;
+            llhttp_resume(&c->req->parser);
+            rc = MOXY_OK;
+            break;
+        }
+        *reason = llhttp_get_error_reason(&c->req->parser);
+        if (!*reason) *reason = llhttp_errno_name(err);
+        rc = MOXY_ERROR;
+        break;
+    }
+    if (consumed) evbuffer_drain(c->in, consumed);
+    return rc;
+}
+
+/* --- starting a request --- */
+
+static int request_id_valid(const char *v, size_t n)
+{
+    if (n == 0 || n > 128) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+void moxy_req_set_id(moxy_req_t *r)
+{
+    int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
+    if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
+        /* kept: an id given by a trusted edge ties the logs together */
+        size_t n = MOXY_MIN(r->headers.h[i].value_len, sizeof(r->id) - 1);
+        memcpy(r->id, r->headers.h[i].value, n);
+        r->id[n] = '\0';
+        return;
+    }
+    moxy_req_make_id(r);
+}
+
+void moxy_req_make_id(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = moxy_rng_next(c->w->rng), b = moxy_rng_next(c->w->rng);
+    for (int i = 0; i < 16; i++) {
+        r->id[i] = hex[(a >> (60 - 4 * i)) & 15];
+        r->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    r->id[32] = '\0';
+    moxy_headers_remove_kind(&r->headers, MOXY_HK_XRID);
+    moxy_headers_add(&c->pool, &r->headers, "X-Request-Id", 12, r->id, 32);
+}
+
+/* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
+int moxy_req_add_forwarding(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    moxy_pool_t *pool = &c->pool;
+    moxy_headers_t *hs = &r->headers;
+
+    /* X-Forwarded-For: what came in (all lines, joined) plus the client. */
+    size_t len = strlen(c->ip);
+    for (uint32_t i = 0; i < hs->n; i++)
+        if (hs->h[i].kind & MOXY_HK_XFF)
+            len += hs->h[i].value_len + 2;
+    char *xff = moxy_palloc(pool, len + 1), *p = xff;
+    if (!xff) return MOXY_ERROR;
+    for (uint32_t i = 0; i < hs->n; i++) {
+        moxy_header_t *h = &hs->h[i];
+        if ((h->kind & MOXY_HK_XFF) && h->value_len) {
+            memcpy(p, h->value, h->value_len);
+            p += h->value_len;
+            *p++ = ',';
+            *p++ = ' ';
+        }
+    }
+    p = stpcpy(p, c->ip);
+    /* what the client claimed is replaced, in one pass */
+    moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
+    if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
+        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK ||
+        (r->host && moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
+        return MOXY_ERROR;
+    return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
+}
+
+static void client_start_request(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_worker_t *w = c->w;
+    const moxy_conf_t *conf = r->g->conf;
+
+    /* keep-alive as the client asked (RFC 9112 9.3) */
+    int conn_close = 0, conn_keep = 0;
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        moxy_header_t *h = &r->headers.h[i];
+        if (h->kind & MOXY_HK_CONNECTION) {
+            conn_close |= moxy_list_has_token(h->value, h->value_len, "close", 5);
+            conn_keep |= moxy_list_has_token(h->value, h->value_len, "keep-alive", 10);
+        }
+    }
+    r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
+    if (w->draining || c->close_after) r->keepalive = 0;
+
+    /* the real client, before X-Forwarded-For is rewritten (and for a 413's log line) */
+    if (c->trusted) moxy_realip_resolve(r);
+    /* the fields the client's Connection names are for this hop only; gone
+     * before moxy adds its own, which the client cannot name away */
+    moxy_headers_drop_connection_named(&r->headers, MOXY_HK_HOST | MOXY_HK_CL);
+    moxy_req_set_id(r);
+    c->state = MOXY_C_ACTIVE;
+    /* idempotent methods may go to another peer after a failure (RFC 9110 9.2.2) */
+    r->retryable = r->method == HTTP_GET || r->method == HTTP_HEAD || r->method == HTTP_OPTIONS ||
+                   r->method == HTTP_PUT || r->method == HTTP_DELETE || r->method == HTTP_TRACE;
+    if (r->body_kind == MOXY_BODY_NONE) r->body_done = 1;
+
+    if (r->body_kind == MOXY_BODY_LENGTH && r->body_left > conf->limits.body_bytes) {
+        client_reject(c, 413, "request body too large");
+        return;
+    }
+    if (moxy_req_add_forwarding(r) != MOXY_OK) {
+        client_reject(c, 500, "out of memory");
+        return;
+    }
+
+    int rc = moxy_lua_run(r, MOXY_PHASE_REQUEST);
+    if (rc == MOXY_AGAIN) {
+        /* A hook yielded (moxy.sleep, ...): the request waits.  Its body
+         * stays in the socket until the hooks are done; without a body we
+         * keep reading, to notice a client that leaves (DESIGN: cancel the
+         * armed events when the client goes away). */
+        if (!r->body_done && !r->buffering) client_stop_read(c);
+        return;
+    }
+    client_after_hooks(c, rc);
+}
+
+void moxy_req_hooks_done(moxy_req_t *r, int rc)
+{
+    moxy_client_t *c = r->c;
+    switch (r->hook_phase) {
+    case MOXY_PHASE_REQUEST:
+        client_after_hooks(c, rc);
+        break;
+    case MOXY_PHASE_UPSTREAM:
+    case MOXY_PHASE_UPSTREAM_REQUEST:
+        moxy_upstream_hooks_done(r, rc);
+        break; /* then read the body on, below */
+    case MOXY_PHASE_RESPONSE:
+    case MOXY_PHASE_BODY:
+        moxy_upstream_hooks_done(r, rc);
+        return;
+    case MOXY_PHASE_LOG:
+        request_detached_end(r);
+        return;
+    case MOXY_PHASE_ERROR:
+        moxy_req_error_hooks_done(r, rc);
+        return;
+    case MOXY_PHASE_CACHE_KEY:
+        moxy_cache_key_hooks_done(r, rc);
+        break; /* then read the body on, below */
+    }
+    if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
+    client_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+/* --- the body bytes that came with the head --- */
+
+int moxy_req_body_check(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    if (r->body_kind != MOXY_BODY_CHUNKED || r->body_sent || r->buffering || r->body_buffered ||
+        !c->in || evbuffer_get_length(c->in) == 0)
+        return MOXY_OK;
+    /* a copy of the parser where the real one stands reads what came so
+     * far; the real one reads it again as it goes to the origin */
+    llhttp_t p = r->parser;
+    p.settings = &body_check_settings;
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(c->in, -1, NULL, v, 16);
+    if (n > 16) n = 16;
+    llhttp_errno_t err = HPE_OK;
+    for (int i = 0; i < n && err == HPE_OK; i++) err = llhttp_execute(&p, v[i].iov_base, v[i].iov_len);
+    if (err == HPE_OK || err == HPE_PAUSED) return MOXY_OK;
+    const char *why = llhttp_get_error_reason(&p);
+    client_reject(c, 400, why ? why : llhttp_errno_name(err));
+    return MOXY_ERROR;
+}
+
+/* --- txn:read_body: the request body buffered for the hooks --- */
+
+/* Move what c->in holds of the body into r->body_buf.  MOXY_AGAIN: more to
+ * come; MOXY_OK: all there; MOXY_ERROR: too large or malformed
+ * (r->body_status says which; the connection closes after the answer). */
+static int body_buffer(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    if (r->body_kind == MOXY_BODY_LENGTH) {
+        size_t have = evbuffer_get_length(c->in);
+        size_t n = have < r->body_left ? have : (size_t)r->body_left;
+        if (n) {
+            evbuffer_remove_buffer(c->in, r->body_buf, n);
+            r->body_left -= n;
+            r->body_read += n;
+        }
+        if (r->body_left == 0) r->body_done = 1;
+    } else if (r->body_kind == MOXY_BODY_CHUNKED) {
+        const char *reason = NULL;
+        if (client_parse(c, &reason) == MOXY_ERROR) {
+            r->body_status = r->status ? r->status : 400;
+            r->status = 0;
+            r->body_error = reason;
+        }
+    }
+    if (!r->body_status && evbuffer_get_length(r->body_buf) > r->body_max) {
+        r->body_status = 413;
+        r->body_error = "request body too large";
+    }
+    if (r->body_status) {
+        r->buffering = 0;
+        r->keepalive = 0;
+        client_stop_read(c);
+        return MOXY_ERROR;
+    }
+    if (!r->body_done) return MOXY_AGAIN;
+    r->buffering = 0;
+    r->body_buffered = 1;
+    return MOXY_OK;
+}
+
+/* The body is in (or failed): resume the hook waiting for it. */
+static void body_wake(moxy_req_t *r)
+{
+    moxy_lua_task_t *t = r->body_task;
+    r->body_task = NULL;
+    if (t) moxy_lua_task_wake(t, 0);
+}
+
+static void body_cancel(void *op)
+{
+    moxy_req_t *r = op;
+    r->body_task = NULL;
+    r->buffering = 0;
+}
+
+int moxy_req_read_body(moxy_req_t *r, uint64_t max)
+{
+    moxy_client_t *c = r->c;
+    if (r->body_buffered) return MOXY_OK;
+    if (r->body_status) return MOXY_ERROR;
+    if (r->body_kind == MOXY_BODY_NONE) {
+        r->body_buffered = 1;
+        return MOXY_OK;
+    }
+    if (r->body_read > 0 || r->up || r->buffering || c->state != MOXY_C_ACTIVE) {
+        r->body_error = "the body is already on its way to the origin";
+        return MOXY_DECLINED;
+    }
+    if (!max || max > c->req->g->conf->limits.body_bytes) max = c->req->g->conf->limits.body_bytes;
+    r->body_max = max;
+    if (r->body_kind == MOXY_BODY_LENGTH && r->body_length > max) {
+        r->body_status = 413;
+        r->body_error = "request body too large";
+        r->keepalive = 0;
+        return MOXY_ERROR;
+    }
+    if (!r->body_buf && !(r->body_buf = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
+    if (r->expect_continue) {
+        r->expect_continue = 0;
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        moxy_client_send(c); /* a failure shows as the client going away */
+    }
+    r->buffering = 1;
+    int rc = body_buffer(c);
+    if (rc != MOXY_AGAIN) return rc;
+    moxy_lua_task_t *t = moxy_lua_current_task();
+    if (!t) {
+        r->buffering = 0;
+        return MOXY_ERROR;
+    }
+    r->body_task = t;
+    moxy_lua_task_wait(t, r, body_cancel);
+    client_want_read(c);
+    return MOXY_AGAIN;
+}
+
+/* The on_request hooks are done (rc from moxy_lua_on_request): answer, or
+ * send the request on. */
+static void client_after_hooks(moxy_client_t *c, int rc)
+{
+    moxy_req_t *r = c->req;
+    if (rc == MOXY_DONE) { /* a hook answered */
+        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+        return;
+    }
+    if (rc == MOXY_ERROR) {
+        moxy_req_fail(r, 500, "script error in on_request");
+        return;
+    }
+    if (moxy_cache_request(r) == MOXY_DONE) return;
+    moxy_upstream_try(r);
+}
+
+/* Move request body bytes from c->in to the origin connection.  MOXY_OK when
+ * the caller may go on, MOXY_ERROR when c was answered/closed. */
+static int client_read_body(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_upconn_t *u = r->up;
+    if (!u) {
+        /* Answered without an origin: the body is not read, the connection
+         * will close after the answer. */
+        client_stop_read(c);
+        return MOXY_OK;
+    }
+    if (r->body_kind == MOXY_BODY_LENGTH) {
+        size_t have = evbuffer_get_length(c->in);
+        size_t n = have < r->body_left ? have : (size_t)r->body_left;
+        if (n) {
+            moxy_io_move(u->out, c->in, n);
+            r->body_left -= n;
+            r->body_read += n;
+            r->body_sent = 1;
+        }
+        if (r->body_left == 0) r->body_done = 1;
+    } else {
+        const char *reason = NULL;
+        int rc = client_parse(c, &reason);
+        if (rc == MOXY_ERROR) {
+            int status = r->status ? r->status : 400;
+            r->status = 0;
+            if (!r->resp_head_sent) {
+                client_reject(c, status, reason); /* logs it */
+            } else {
+                moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->ip, reason);
+                r->error = reason;
+                moxy_client_close(c);
+            }
+            return MOXY_ERROR;
+        }
+    }
+    moxy_upstream_send(u);
+    if (moxy_upstream_backlogged(u)) client_stop_read(c);
+    return MOXY_OK;
+}
+
+void moxy_client_resume_read(moxy_client_t *c)
+{
+    if (c->state == MOXY_C_ACTIVE && c->req && !c->req->body_done && !c->reading && !c->eof) {
+        client_want_read(c);
+        if (evbuffer_get_length(c->in) > 0) client_process(c);
+    } else if (c->state == MOXY_C_TUNNEL && !c->reading && !c->eof) {
+        client_want_read(c);
+        if (evbuffer_get_length(c->in) > 0) client_process(c);
+    }
+}
+
+/* --- the PROXY protocol header (listeners with proxy_protocol) --- */
+
+/* Log why c's PROXY header failed (one line: listener, peer, why), then close. */
+static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
+{
+    moxy_log(level, NULL, "listener %s: client %s:%u: %s; closing",
+             c->w->g->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, why);
+    moxy_client_close(c);
+}
+
+/* Read the PROXY header at the start of c->in.  MOXY_OK: consumed, c->ip and
+ * c->port are its source (unless it keeps the socket's address); MOXY_AGAIN:
+ * more must come (within the client_header deadline set at accept);
+ * MOXY_ERROR: c is closed. */
+static int client_proxy_header(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    size_t avail = evbuffer_get_length(c->in);
+    size_t n = MOXY_MIN(avail, (size_t)MOXY_PROXY_V2_HEAD);
+    const uint8_t *p = evbuffer_pullup(c->in, (ssize_t)n);
+    moxy_proxy_hdr_t h;
+    int rc = moxy_proxy_parse(p, n, &h);
+    if (rc == MOXY_AGAIN && MOXY_MIN(avail, h.len) > n) {
+        /* the fixed part said how long the header is: look at all of it that
+         * came (v1: up to its limit; v2: the length field's) */
+        n = MOXY_MIN(avail, h.len);
+        p = evbuffer_pullup(c->in, (ssize_t)n);
+        rc = moxy_proxy_parse(p, n, &h);
+    }
+    if (rc == MOXY_ERROR) {
+        char why[128];
+        snprintf(why, sizeof(why), "bad PROXY protocol header (%s)", h.why);
+        client_proxy_fail(c, MOXY_LOG_WARN, why);
+        return MOXY_ERROR;
+    }
+    /* The header, then the first byte of the first request, are due within
+     * client_header of the accept (head_deadline): pieces do not restart it. */
+    struct timeval now, left = {0, 1};
+    event_base_gettimeofday_cached(w->base, &now);
+    if (evutil_timercmp(&now, &c->head_deadline, <))
+        evutil_timersub(&c->head_deadline, &now, &left);
+    client_read_timeout(c, &left);
+    if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+    evbuffer_drain(c->in, h.len);
+    c->proxy_wait = 0;
+    if (h.family) {
+        const moxy_conf_t *conf = w->g->conf;
+        inet_ntop(h.family == 4 ? AF_INET : AF_INET6, h.addr, c->ip, sizeof(c->ip));
+        c->port = h.port;
+        c->trusted =
+            conf->ntrusted && moxy_cidr_match(conf->trusted, conf->ntrusted, h.family, h.addr);
+    }
+    moxy_log(MOXY_LOG_DEBUG, NULL, "listener %s: client %s:%u: PROXY v%d, client %s:%u",
+             w->g->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, h.version, c->ip,
+             c->port);
+    return MOXY_OK;
+}
+
+/* Parse and start requests, move body bytes: whatever c->in allows.  Not
+ * re-entered: a call from below (a response finished while a request was
+ * being started) leaves the work to the loop already running. */
+static void client_process(moxy_client_t *c)
+{
+    if (c->in_process) return;
+    c->in_process = 1;
+    moxy_worker_t *w = c->w;
+    while (!c->dead) {
+        if (c->state == MOXY_C_HEAD) {
+            if (evbuffer_get_length(c->in) == 0) break;
+            if (c->proxy_wait) {
+                if (client_proxy_header(c) != MOXY_OK) break;
+                continue;
+            }
+            moxy_req_t *r = c->req ? c->req : client_new_request(c);
+            if (!r) {
+                moxy_client_close(c);
+                break;
+            }
+            struct timeval now;
+            event_base_gettimeofday_cached(w->base, &now);
+            int first = r->head_bytes == 0;
+            if (first) {
+                /* first bytes of a head: its client_header deadline starts
+                 * (the timer itself is armed only if the head is not
+                 * complete in this read, which is the common case) */
+                evutil_timeradd(&now, &r->g->tv_client_header, &c->head_deadline);
+                r->started = now;
+                r->started_us = moxy_mono_us();
+                r->head_bytes = 1;
+            } else if (evutil_timercmp(&now, &c->head_deadline, <)) {
+                /* a head in pieces: the read timeout must not restart the
+                 * deadline with every piece */
+                struct timeval left;
+                evutil_timersub(&c->head_deadline, &now, &left);
+                client_read_timeout(c, &left);
+            }
+            const char *reason = NULL;
+            int rc = client_parse(c, &reason);
+            if (rc == MOXY_AGAIN) {
+                if (r->head_bytes > r->g->conf->limits.header_bytes)
+                    client_reject(c, 431, "request header fields too large");
+                else if (first)
+                    client_read_timeout(c, &r->g->tv_client_header);
+                break;
+            }
+            if (rc == MOXY_ERROR) {
+                int status = r->status ? r->status : 400;
+                r->status = 0;
+                client_reject(c, status, reason);
+                break;
+            }
+            client_start_request(c);
+            if (!c->dead && c->state == MOXY_C_ACTIVE) client_want_read(c);
+            continue;
+        }
+        if (c->state == MOXY_C_ACTIVE) {
+            moxy_req_t *r = c->req;
+            if (r->buffering) {
+                if (evbuffer_get_length(c->in) == 0) break;
+                if (body_buffer(c) != MOXY_AGAIN) body_wake(r);
+                break;
+            }
+            if (r->hook) {
+                if (!r->body_done) client_stop_read(c); /* the body waits in the socket */
+                break;
+            }
+            if (r->body_done || !r->up || evbuffer_get_length(c->in) == 0) break;
+            if (client_read_body(c) != MOXY_OK || c->dead) break;
+            if (!r->body_done) break;
+            client_want_read(c);
+            continue;
+        }
+        if (c->state == MOXY_C_TUNNEL) {
+            moxy_req_t *r = c->req;
+            if (r->up && evbuffer_get_length(c->in) > 0) {
+                evbuffer_add_buffer(r->up->out, c->in);
+                moxy_upstream_send(r->up);
+                if (!c->dead && r->up && moxy_upstream_backlogged(r->up)) client_stop_read(c);
+            }
+            break;
+        }
+        break; /* closing */
+    }
+    c->in_process = 0;
+    if (!c->dead && c->eof && c->state == MOXY_C_HEAD) moxy_client_close(c);
+}
+
+/* --- the end of a request --- */
+
+void moxy_req_response_done(moxy_req_t *r)
+{
+    moxy_client_t *c = r->c;
+    r->resp_state = MOXY_R_DONE;
+    if (c->state == MOXY_C_TUNNEL) return;
+    client_finish_request(c);
+}
+
+static void client_finish_request(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    /* the response promised keep-alive: even when draining, the client may
+     * send its next request before it could see the connection close, so
+     * that one is still served (with Connection: close) */
+    int keep = r->keepalive && r->body_done && !c->eof;
+    int draining = c->close_after || c->w->draining;
+    /* closing with bytes of the client's unread: linger (client_linger) */
+    if (!keep) c->linger = !c->eof && (!r->body_done || evbuffer_get_length(c->in) > 0);
+    if (r->up) {
+        /* the origin did not finish with us (e.g. the body was cut): close it */
+        moxy_upconn_t *u = r->up;
+        r->up = NULL;
+        u->req = NULL;
+        moxy_upconn_close(u);
+    }
+    if (moxy_lua_has(r->g, MOXY_PHASE_LOG)) {
+        /* on_log runs after the last byte: send it first */
+        moxy_client_hold(c);
+        int rc = moxy_client_send(c);
+        int dead = c->dead;
+        moxy_client_release(c);
+        if (rc != MOXY_OK || dead) return;
+    }
+    request_log(c);
+    if (!keep) {
+        client_closing(c);
+        return;
+    }
+    c->state = MOXY_C_HEAD;
+    if (moxy_client_send(c) != MOXY_OK) return;
+    client_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) {
+        /* a pipelined request is waiting */
+        if (!c->in_process) client_process(c);
+    } else if (draining) {
+        moxy_client_drain(c); /* the drain grace for a request on its way */
+    } else if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
+        /* Idle: give the buffers back (nginx does the same) so that an
+         * idle keep-alive connection costs its struct and little more. */
+        moxy_worker_buf_put(c->w, c->in);
+        moxy_worker_buf_put(c->w, c->out);
+        c->in = c->out = NULL;
+    }
+}
+
+void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
+{
+    moxy_client_t *c = r->c;
+    if (r->up) {
+        moxy_upconn_t *u = r->up;
+        r->up = NULL;
+        u->req = NULL;
+        moxy_upconn_close(u);
+    }
+    if (r->resp_head_sent) {
+        r->error = why;
+        moxy_log(MOXY_LOG_WARN, r->id, "%s (response already started, connection cut)", why);
+        moxy_client_close(c);
+        return;
+    }
+    if (moxy_cache_stale_on_error(r, status)) return;
+    moxy_req_fail(r, status, why);
+}
+
+void moxy_client_tunnel(moxy_client_t *c)
+{
+    c->state = MOXY_C_TUNNEL;
+    client_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+/* --- events --- */
+
+static void client_timeout(moxy_client_t *c)
+{
+    moxy_req_t *r = c->req;
+    moxy_worker_t *w = c->w;
+    if (c->state == MOXY_C_HEAD) {
+        if (c->proxy_wait) {
+            client_proxy_fail(c, MOXY_LOG_WARN,
+                              "no PROXY protocol header within timeouts.client_header");
+            return;
+        }
+        if (!r || r->head_bytes == 0) {
+            moxy_client_close(c); /* idle keep-alive connection */
+            return;
+        }
+        struct timeval now, left;
+        event_base_gettimeofday_cached(w->base, &now);
+        if (evutil_timercmp(&now, &c->head_deadline, <)) {
+            evutil_timersub(&c->head_deadline, &now, &left);
+            client_read_timeout(c, &left);
+            return;
+        }
+        client_reject(c, 408, "client header timeout");
+        return;
+    }
+    if (c->state == MOXY_C_TUNNEL) {
+        moxy_client_close(c);
+        return;
+    }
+    if (r && !r->body_done) {
+        if (r->resp_head_sent) {
+            r->error = "client body timeout";
+            moxy_client_close(c);
+            return;
+        }
+        if (r->up) {
+            moxy_upconn_t *u = r->up;
+            r->up = NULL;
+            u->req = NULL;
+            moxy_upconn_close(u);
+        }
+        client_reject(c, 408, "client body timeout");
+    }
+}
+
+static void client_read(moxy_client_t *c, evutil_socket_t fd, short what);
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_client_t *c = arg;
+    moxy_client_hold(c);
+    client_read(c, fd, what);
+    moxy_client_release(c);
+}
+
+static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
+{
+    if (c->state == MOXY_C_LINGER) {
+        linger_read(c, fd, what);
+        return;
+    }
+    if (what & EV_TIMEOUT) {
+        client_timeout(c);
+        return;
+    }
+    if (client_ensure_buffers(c) != MOXY_OK) {
+        moxy_client_close(c);
+        return;
+    }
+    int body = c->state != MOXY_C_HEAD;
+    size_t want = body ? c->read_size : MOXY_READ_CHUNK;
+    ssize_t n = moxy_io_read(c->in, fd, want);
+    if (body) c->read_size = (uint32_t)moxy_io_next_size(want, n);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return;
+        n = 0; /* reset: as a close */
+    }
+    if (n == 0) {
+        c->eof = 1;
+        client_stop_read(c);
+        moxy_req_t *r = c->req;
+        if (c->state == MOXY_C_HEAD) {
+            if (c->proxy_wait) {
+                /* an L4 balancer's health check connects and closes: not worth a warning */
+                int some = c->in && evbuffer_get_length(c->in) > 0;
+                client_proxy_fail(c, some ? MOXY_LOG_WARN : MOXY_LOG_DEBUG,
+                                  some ? "closed in the middle of the PROXY protocol header"
+                                       : "closed before the PROXY protocol header");
+                return;
+            }
+            if (r && r->head_bytes > 0 && evbuffer_get_length(c->in) > 0) {
+                client_process(c); /* parse what came before the close */
+                return;
+            }
+            moxy_client_close(c);
+            return;
+        }
+        if (c->state == MOXY_C_TUNNEL) {
+            if (r->up) {
+                shutdown(r->up->fd, SHUT_WR);
+            }
+            if (!r->up || r->up->eof) moxy_client_close(c);
+            return;
+        }
+        if (r && !r->body_done) {
+            /* the client went away in the middle of its body */
+            r->error = "client closed during request body";
+            moxy_client_close(c);
+            return;
+        }
+        if (r && r->hook) {
+            /* gone while its hooks are parked: nobody waits for the answer */
+            r->error = "client closed while hooks were parked";
+            moxy_client_close(c);
+            return;
+        }
+        /* half-closed after a complete request: answer, then close */
+        return;
+    }
+    client_process(c);
+}

@@ -1,0 +1,364 @@
+/*
+ * metrics.c -- the workers' counts and the Prometheus text rendering (see
+ * metrics.h).
+ */
+#include "ops/metrics.h"
+#include "cache/cache.h"
+#include "api/ffi.h"
+#include "ops/generation.h"
+#include "http/http.h"
+#include "base/shared_dict.h"
+#include "proxy/upstream.h"
+#include "ops/worker.h"
+
+#include <event2/buffer.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Bucket upper bounds in microseconds, from cache-hit fast to slow-origin
+ * slow: moxy_hist_add compares integers, and bound_us / 1e6 is the very
+ * double the seconds literal (0.0005, 0.001, ...) would be. */
+static const long long bounds_us[MOXY_HIST_BUCKETS] = {500,    1000,   2500,   5000,    10000,   25000,   50000,
+                                                       100000, 250000, 500000, 1000000, 2500000, 10000000};
+
+double moxy_hist_bound(int i)
+{
+    return (double)bounds_us[i] / 1e6;
+}
+
+/* w's counts for the pools called name, or NULL (any thread). */
+static const moxy_pool_stats_t *pool_find(const moxy_worker_t *w, const char *name)
+{
+    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
+    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
+        if (strcmp(ps->name, name) == 0) return ps;
+    return NULL;
+}
+
+moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
+{
+    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)pool_find(w, name);
+    if (ps) return ps;
+    ps = calloc(1, sizeof(*ps));
+    if (!ps || !(ps->name = strdup(name))) {
+        free(ps);
+        return NULL;
+    }
+    ps->next = atomic_load_explicit(&w->stats.pools, memory_order_relaxed);
+    atomic_store_explicit(&w->stats.pools, ps, memory_order_release);
+    return ps;
+}
+
+void moxy_stats_free(moxy_worker_t *w)
+{
+    moxy_pool_stats_t *ps = atomic_load(&w->stats.pools), *next;
+    for (; ps; ps = next) {
+        next = atomic_load(&ps->next);
+        free(ps->name);
+        free(ps);
+    }
+    atomic_store(&w->stats.pools, NULL);
+}
+
+void moxy_hist_add(moxy_hist_t *h, long long us)
+{
+    if (us < 0) us = 0;
+    int i = 0;
+    while (i < MOXY_HIST_BUCKETS && us > bounds_us[i]) i++;
+    MOXY_STAT_ADD(h->bucket[i], 1);
+    MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
+}
+
+void moxy_stats_request(moxy_req_t *r)
+{
+    moxy_worker_t *w = r->c->w;
+    int cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
+    MOXY_STAT_ADD(w->stats.requests[cls], 1);
+    moxy_hist_add(&w->stats.duration, moxy_req_elapsed_us(r));
+    if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
+        moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
+        MOXY_STAT_ADD(ps->requests[cls], 1);
+        if (r->up_header_us) moxy_hist_add(&ps->header_time, r->up_header_us - r->up_started_us);
+    }
+}
+
+#define LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
+
+void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < n; i++) {
+        const moxy_stats_t *st = &workers[i]->stats;
+        out->conns += LOAD(workers[i]->nconns);
+        for (int c = 0; c < 6; c++) out->requests[c] += LOAD(st->requests[c]);
+        for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) out->duration[b] += LOAD(st->duration.bucket[b]);
+        out->lua_errors += LOAD(st->lua_errors);
+        out->budget_kills += LOAD(st->budget_kills);
+        out->cache_hits += LOAD(st->cache_hits);
+        out->cache_misses += LOAD(st->cache_misses);
+    }
+}
+
+/* --- rendering --- */
+
+static const char *const class_names[6] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+/* A label value with \, " and newline escaped (Prometheus' text format). */
+static void put_label(struct evbuffer *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"') evbuffer_add_printf(out, "\\%c", *s);
+        else if (*s == '\n') evbuffer_add(out, "\\n", 2);
+        else evbuffer_add(out, s, 1);
+    }
+}
+
+static void head(struct evbuffer *out, const char *name, const char *type, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* The histogram name{labels} (labels: "" or `pool="x"`) of the summed h[0..n). */
+static void put_hist(struct evbuffer *out, const char *name, const char *labels, moxy_hist_t *const *h, int n)
+{
+    unsigned long long cum = 0, sum_us = 0;
+    const char *sep = *labels ? "," : "";
+    for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) {
+        for (int i = 0; i < n; i++) cum += LOAD(h[i]->bucket[b]);
+        if (b < MOXY_HIST_BUCKETS)
+            evbuffer_add_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, moxy_hist_bound(b), cum);
+        else
+            evbuffer_add_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, cum);
+    }
+    for (int i = 0; i < n; i++) sum_us += LOAD(h[i]->sum_us);
+    if (*labels)
+        evbuffer_add_printf(out, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels, (double)sum_us / 1e6, name,
+                            labels, cum);
+    else
+        evbuffer_add_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)sum_us / 1e6, name, cum);
+}
+
+static void render_requests(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
+                            const moxy_stats_total_t *tot)
+{
+    head(out, "moxy_requests_total", "counter", "Requests answered, by status class.");
+    for (int c = 0; c < 6; c++)
+        evbuffer_add_printf(out, "moxy_requests_total{class=\"%s\"} %llu\n", class_names[c], tot->requests[c]);
+    head(out, "moxy_pool_requests_total", "counter", "Requests answered, by upstream pool and status class.");
+    for (int p = 0; p < conf->nupstreams; p++) {
+        unsigned long long v[6] = {0};
+        for (int i = 0; i < n; i++) {
+            const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
+            for (int c = 0; ps && c < 6; c++) v[c] += LOAD(ps->requests[c]);
+        }
+        for (int c = 0; c < 6; c++) {
+            evbuffer_add(out, "moxy_pool_requests_total{pool=\"", 31);
+            put_label(out, conf->upstreams[p].name);
+            evbuffer_add_printf(out, "\",class=\"%s\"} %llu\n", class_names[c], v[c]);
+        }
+    }
+    moxy_hist_t *h[n > 0 ? n : 1];
+    static moxy_hist_t none; /* a worker that never served the pool */
+    head(out, "moxy_request_duration_seconds", "histogram", "Time from a request's first byte to its last response byte.");
+    for (int i = 0; i < n; i++) h[i] = &workers[i]->stats.duration;
+    put_hist(out, "moxy_request_duration_seconds", "", h, n);
+    static const struct {
+        const char *name, *help;
+        size_t offset; /* of the histogram in moxy_pool_stats_t */
+    } pool_hists[] = {
+        {"moxy_upstream_header_seconds",
+         "Time from the start of a try to the origin's response head (connect included), by pool.",
+         offsetof(moxy_pool_stats_t, header_time)},
+        {"moxy_upstream_connect_seconds",
+         "Time from the start of a try to its new origin connection being established, by pool.",
+         offsetof(moxy_pool_stats_t, connect_time)},
+    };
+    for (size_t k = 0; k < MOXY_ARRAY_LEN(pool_hists); k++) {
+        head(out, pool_hists[k].name, "histogram", pool_hists[k].help);
+        for (int p = 0; p < conf->nupstreams; p++) {
+            /* pool names are letters, digits, _ . - (config.lua): nothing to escape */
+            char labels[300];
+            snprintf(labels, sizeof(labels), "pool=\"%.200s\"", conf->upstreams[p].name);
+            for (int i = 0; i < n; i++) {
+                const moxy_pool_stats_t *ps = pool_find(workers[i], conf->upstreams[p].name);
+                h[i] = ps ? (moxy_hist_t *)((char *)ps + pool_hists[k].offset) : &none;
+            }
+            put_hist(out, pool_hists[k].name, labels, h, n);
+        }
+    }
+}
+
+/* The value of peer metric m (render_upstreams' peer_metrics order). */
+static double peer_value(const moxy_ffi_peer_t *st, size_t m)
+{
+    switch (m) {
+    case 0: return st->state == MOXY_PEER_UP;
+    case 1: return st->state;
+    case 2: return st->active;
+    case 3: return (double)st->requests;
+    case 4: return (double)st->failures;
+    case 5: return (double)st->checks;
+    case 6: return st->ewma_ms / 1000;
+    case 7: return st->weight_now;
+    case 8: return (double)st->ejections;
+    default: return (double)st->transitions;
+    }
+}
+
+/* The value of pool metric m (render_upstreams' pool_metrics order) for pool i. */
+static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t *conf, int i, size_t m)
+{
+    const moxy_upstream_t *up = conf->upstreams[i].state;
+    if (m == 0) return (double)atomic_load(&up->retries);
+    if (m == 1) return (double)atomic_load(&up->budget_denied);
+    long long v = 0;
+    for (int k = 0; k < n; k++) {
+        const moxy_pool_stats_t *ps = pool_find(workers[k], conf->upstreams[i].name);
+        if (ps) v += LOAD(ps->idle);
+    }
+    return (double)v;
+}
+
+static int render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } peer_metrics[] = {
+        {"moxy_peer_up", "gauge", "1 when the peer takes new requests (not ejected, unhealthy, drained or unresolved)."},
+        {"moxy_peer_state", "gauge", "The peer's state: 0 up, 1 ejected, 2 unhealthy, 3 drained, 4 unresolved."},
+        {"moxy_peer_active", "gauge", "Requests in flight to the peer."},
+        {"moxy_peer_tries_total", "counter", "Tries sent to the peer."},
+        {"moxy_peer_failures_total", "counter", "Tries to the peer that failed (passive health's view)."},
+        {"moxy_peer_checks_total", "counter", "Active health checks of the peer."},
+        {"moxy_peer_latency_ewma_seconds", "gauge", "The peer's latency EWMA to the response head."},
+        {"moxy_peer_weight", "gauge", "The peer's weight now (slow start included)."},
+        {"moxy_peer_ejections_total", "counter", "Times passive health ejected the peer."},
+        {"moxy_peer_health_transitions_total", "counter", "Times the health checks' verdict on the peer changed."},
+    }, pool_metrics[] = {
+        {"moxy_pool_retries_total", "counter", "Retries of the pool's requests."},
+        {"moxy_pool_retries_denied_total", "counter", "Retries the pool's retry budget refused."},
+        {"moxy_pool_idle_connections", "gauge", "Idle keep-alive connections to the pool's origins."},
+    };
+    /* every peer read once, so that all its metrics tell the same moment */
+    int total = 0;
+    for (int i = 0; i < conf->nupstreams; i++) total += conf->upstreams[i].state->npeers;
+    moxy_ffi_peer_t *snap = calloc((size_t)total + 1, sizeof(*snap));
+    if (!snap) return MOXY_ERROR;
+    long long now = moxy_mono_ms();
+    for (int i = 0, k = 0; i < conf->nupstreams; i++)
+        for (int j = 0; j < conf->upstreams[i].state->npeers; j++)
+            moxy_peer_snapshot(&conf->upstreams[i].state->peers[j], now, &snap[k++]);
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(peer_metrics); m++) {
+        head(out, peer_metrics[m].name, peer_metrics[m].type, peer_metrics[m].help);
+        for (int i = 0, k = 0; i < conf->nupstreams; i++) {
+            for (int j = 0; j < conf->upstreams[i].state->npeers; j++, k++) {
+                evbuffer_add_printf(out, "%s{pool=\"", peer_metrics[m].name);
+                put_label(out, conf->upstreams[i].name);
+                evbuffer_add(out, "\",peer=\"", 8);
+                put_label(out, snap[k].addr);
+                evbuffer_add_printf(out, "\"} %.17g\n", peer_value(&snap[k], m));
+            }
+        }
+    }
+    free(snap);
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(pool_metrics); m++) {
+        head(out, pool_metrics[m].name, pool_metrics[m].type, pool_metrics[m].help);
+        for (int i = 0; i < conf->nupstreams; i++) {
+            evbuffer_add_printf(out, "%s{pool=\"", pool_metrics[m].name);
+            put_label(out, conf->upstreams[i].name);
+            evbuffer_add_printf(out, "\"} %.17g\n", pool_value(workers, n, conf, i, m));
+        }
+    }
+    return MOXY_OK;
+}
+
+static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } dict_metrics[] = {
+        {"moxy_shared_dict_capacity_bytes", "gauge", "Bytes the dict may hold."},
+        {"moxy_shared_dict_used_bytes", "gauge", "Bytes the dict holds."},
+        {"moxy_shared_dict_items", "gauge", "Items in the dict."},
+        {"moxy_shared_dict_evictions_total", "counter", "Live items evicted to make room."},
+    };
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(dict_metrics); m++) {
+        head(out, dict_metrics[m].name, dict_metrics[m].type, dict_metrics[m].help);
+        for (int i = 0; i < conf->nshared; i++) {
+            moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
+            if (!d) continue;
+            moxy_shdict_stats_t st;
+            moxy_ffi_shdict_stats(d, &st);
+            size_t v = m == 0 ? st.capacity : m == 1 ? st.used : m == 2 ? st.items : st.evictions;
+            evbuffer_add_printf(out, "%s{dict=\"", dict_metrics[m].name);
+            put_label(out, conf->shared[i].name);
+            evbuffer_add_printf(out, "\"} %zu\n", v);
+        }
+    }
+}
+
+static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
+{
+    if (!moxy_cache_enabled()) return;
+    moxy_cache_stats_t cs;
+    moxy_cache_stats(&cs);
+    const struct {
+        const char *name, *type, *help;
+        double v;
+    } m[] = {
+        {"moxy_cache_capacity_bytes", "gauge", "Bytes the cache may hold (cache.size).", (double)cs.capacity},
+        {"moxy_cache_used_bytes", "gauge", "Bytes the cache holds (objects, their heads and bookkeeping).", (double)cs.used},
+        {"moxy_cache_objects", "gauge", "Objects in the cache.", (double)cs.objects},
+        {"moxy_cache_hits_total", "counter", "Lookups answered from the cache.", (double)tot->cache_hits},
+        {"moxy_cache_misses_total", "counter", "Lookups that went to the origin (no object, stale, or the request asked).", (double)tot->cache_misses},
+        {"moxy_cache_stores_total", "counter", "Responses stored.", (double)cs.stores},
+        {"moxy_cache_evictions_total", "counter", "Objects evicted to make room.", (double)cs.evictions},
+        {"moxy_cache_invalidations_total", "counter", "Objects dropped by unsafe methods and purges.", (double)cs.invalidations},
+        {"moxy_cache_too_big_total", "counter", "Responses not stored: larger than cache.max_object.", (double)cs.too_big},
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(m); i++) {
+        head(out, m[i].name, m[i].type, m[i].help);
+        evbuffer_add_printf(out, "%s %.17g\n", m[i].name, m[i].v);
+    }
+}
+
+int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
+                        double uptime)
+{
+    head(out, "moxy_info", "gauge", "moxy's version (the value is always 1).");
+    evbuffer_add_printf(out, "moxy_info{version=\"%s\"} 1\n", MOXY_VERSION);
+    head(out, "moxy_uptime_seconds", "gauge", "Seconds since moxy started.");
+    evbuffer_add_printf(out, "moxy_uptime_seconds %.3f\n", uptime);
+    const moxy_reload_status_t *rs = moxy_reload_status();
+    head(out, "moxy_generation", "gauge", "The configuration generation serving (1 at start, +1 per reload).");
+    evbuffer_add_printf(out, "moxy_generation %u\n", rs->generation);
+    head(out, "moxy_reloads_total", "counter", "Reloads, by result (a failed one leaves the old generation serving).");
+    evbuffer_add_printf(out, "moxy_reloads_total{result=\"ok\"} %llu\nmoxy_reloads_total{result=\"failed\"} %llu\n",
+                        rs->reloads, rs->failures);
+    head(out, "moxy_last_reload_success", "gauge", "1 when the last reload succeeded (or none was tried), else 0.");
+    evbuffer_add_printf(out, "moxy_last_reload_success %d\n", rs->seq == 0 || rs->ok);
+    head(out, "moxy_last_reload_timestamp_seconds", "gauge", "When the last reload was tried (Unix time; 0: none).");
+    evbuffer_add_printf(out, "moxy_last_reload_timestamp_seconds %.3f\n", rs->at);
+    head(out, "moxy_workers", "gauge", "Worker threads.");
+    evbuffer_add_printf(out, "moxy_workers %d\n", n);
+    moxy_stats_total_t tot;
+    moxy_stats_sum(workers, n, &tot);
+    head(out, "moxy_connections", "gauge", "Open client connections.");
+    evbuffer_add_printf(out, "moxy_connections %lld\n", tot.conns);
+    head(out, "moxy_lua_errors_total", "counter",
+         "Hook and timer runs that failed: script errors, CPU budget and memory limit.");
+    evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", tot.lua_errors);
+    head(out, "moxy_lua_budget_kills_total", "counter", "Hook and timer runs stopped past lua.cpu_budget.");
+    evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", tot.budget_kills);
+    head(out, "moxy_worker_loop_lag_seconds", "gauge",
+         "How late each worker's one-second timer fired last: time its event loop was kept busy.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(out, "moxy_worker_loop_lag_seconds{worker=\"%d\"} %.6f\n", workers[i]->id,
+                            (double)LOAD(workers[i]->stats.loop_lag_us) / 1e6);
+    render_requests(out, workers, n, conf, &tot);
+    if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
+    render_dicts(out, conf);
+    render_cache(out, &tot);
+    return MOXY_OK;
+}

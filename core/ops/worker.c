@@ -1,0 +1,479 @@
+/*
+ * worker.c -- worker threads: event loop, listening sockets, accept,
+ * drain/stop on command from the main thread; see worker.h.
+ */
+#include "ops/worker.h"
+#include "ops/generation.h"
+#include "api/geoip.h"
+#include "http/http.h"
+#include "proxy/http_fetch.h"
+#include "http/lua_bridge.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 64
+
+
+static void accept_enable(moxy_worker_t *w, int on)
+{
+    if (w->accepting == on) return;
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd < 0) continue;
+        if (on) event_add(&w->listeners[i].ev, NULL);
+        else event_del(&w->listeners[i].ev);
+    }
+    w->accepting = on;
+}
+
+static void accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_listener_t *l = arg;
+    moxy_worker_t *w = l->w;
+    MOXY_UNUSED(what);
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+            if (errno == EMFILE || errno == ENFILE) {
+                /* out of descriptors: stop accepting until a connection closes */
+                moxy_log_err("worker %d: accept: %s; pausing accept", w->id, strerror(errno));
+                accept_enable(w, 0);
+                return;
+            }
+            moxy_log_err("worker %d: accept: %s", w->id, strerror(errno));
+            return;
+        }
+        moxy_client_accept(w, cfd, (struct sockaddr *)&ss, l->conf_index);
+        if (w->nconns >= w->g->conf->limits.connections) {
+            moxy_log(MOXY_LOG_WARN, NULL, "worker %d: %d connections (limits.connections); pausing accept",
+                     w->id, w->nconns);
+            accept_enable(w, 0);
+            return;
+        }
+    }
+}
+
+void moxy_worker_conn_closed(moxy_worker_t *w)
+{
+    MOXY_STAT_ADD(w->nconns, -1);
+    if (w->draining) {
+        if (w->nconns == 0) event_base_loopexit(w->base, NULL);
+        return;
+    }
+    if (!w->accepting && w->nconns < w->g->conf->limits.connections) accept_enable(w, 1);
+}
+
+/* Listener i of w takes fd (opened for it by generation.c), or closes. */
+static void listener_assign(moxy_worker_t *w, moxy_listener_t *l, int i, int fd)
+{
+    l->w = w;
+    l->conf_index = i;
+    l->fd = fd;
+    if (fd >= 0) event_assign(&l->ev, w->base, fd, EV_READ | EV_PERSIST, accept_cb, l);
+}
+
+static void close_listeners(moxy_worker_t *w)
+{
+    accept_enable(w, 0);
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd >= 0) close(w->listeners[i].fd);
+        w->listeners[i].fd = -1;
+    }
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    moxy_log_warn("worker %d: drain deadline passed with %d connections open; closing them", w->id,
+                  w->nconns);
+    event_base_loopbreak(w->base);
+}
+
+static void wgen_free(moxy_wgen_t *g);
+static moxy_wgen_t *wgen_build(moxy_worker_t *w, struct moxy_gen_s *gen);
+static void wgen_switch(moxy_worker_t *w, moxy_wgen_t *g);
+
+static void control_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(what);
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN) moxy_log_err("worker %d: control: %s", w->id, strerror(errno));
+    int cmd = atomic_exchange(&w->command, 0);
+    if (cmd & MOXY_WORKER_STOP) {
+        event_base_loopbreak(w->base);
+        return;
+    }
+    /* a reload's commit or abort comes before the next reload's prepare */
+    if (cmd & MOXY_WORKER_ABORT) {
+        if (w->prepared) wgen_free(w->prepared);
+        w->prepared = NULL;
+    }
+    if (cmd & MOXY_WORKER_COMMIT) {
+        if (w->prepared && !w->draining) wgen_switch(w, w->prepared);
+        else if (w->prepared) wgen_free(w->prepared);
+        w->prepared = NULL;
+    }
+    if (cmd & MOXY_WORKER_PREPARE) {
+        moxy_gen_t *gen = atomic_exchange(&w->pending, NULL);
+        if (gen) {
+            if (w->prepared) wgen_free(w->prepared);
+            w->error[0] = '\0';
+            w->prepared = w->draining ? NULL : wgen_build(w, gen);
+            if (w->draining) snprintf(w->error, sizeof(w->error), "worker %d is draining", w->id);
+            moxy_gen_release(gen); /* the prepared generation holds its own */
+            atomic_store(&w->prepare_result, w->prepared ? 1 : -1);
+            moxy_reload_worker_prepared();
+        }
+    }
+    if ((cmd & MOXY_WORKER_DRAIN) && !w->draining) {
+        w->draining = 1;
+        close_listeners(w);
+        moxy_upstream_close_idle(w);
+        moxy_client_t *c = LIST_FIRST(&w->clients), *next;
+        for (; c; c = next) {
+            next = LIST_NEXT(c, link);
+            moxy_client_drain(c);
+        }
+        if (w->nconns == 0) {
+            event_base_loopexit(w->base, NULL);
+            return;
+        }
+        struct timeval tv = moxy_timeval(w->g->conf->timeouts.drain);
+        evtimer_assign(&w->drain_timer, w->base, drain_timeout_cb, w);
+        evtimer_add(&w->drain_timer, &tv);
+    }
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    moxy_alog_flush(&w->alog);
+    moxy_geoip_worker_refresh(w);
+    /* event-loop lag: how late this one-second timer fires (a loop kept
+     * busy by a slow callback fires it late) */
+    long long now = moxy_mono_us();
+    if (w->stats.timer_due_us) MOXY_STAT_SET(w->stats.loop_lag_us, MOXY_MAX(0, now - w->stats.timer_due_us));
+    w->stats.timer_due_us = now + 1000000;
+}
+
+struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)
+{
+    if (w->nbuf_free > 0) return w->buf_free[--w->nbuf_free];
+    struct evbuffer *b = evbuffer_new();
+    /* written to sockets: a file segment added (a cache hit's memfd body)
+     * goes with sendfile, not read into memory */
+    if (b) evbuffer_set_flags(b, EVBUFFER_FLAG_DRAINS_TO_FD);
+    return b;
+}
+
+void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b)
+{
+    if (w->nbuf_free < MOXY_BUF_FREE_MAX && evbuffer_get_length(b) == 0) w->buf_free[w->nbuf_free++] = b;
+    else evbuffer_free(b);
+}
+
+void moxy_worker_buf_free_all(moxy_worker_t *w)
+{
+    while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
+}
+
+/* --- generations (see worker.h's moxy_wgen_t) --- */
+
+moxy_wgen_t *moxy_wgen_alloc(moxy_worker_t *w, const moxy_conf_t *conf)
+{
+    moxy_wgen_t *g = calloc(1, sizeof(*g));
+    if (!g) return NULL;
+    g->w = w;
+    g->conf = conf;
+    g->refs = 1;
+    g->lua_body = -2; /* LUA_NOREF */
+    LIST_INIT(&g->timers);
+    g->tv_client_header = moxy_timeval(conf->timeouts.client_header);
+    g->tv_client_body = moxy_timeval(conf->timeouts.client_body);
+    g->tv_client_send = moxy_timeval(conf->timeouts.client_send);
+    g->tv_connect = moxy_timeval(conf->timeouts.connect);
+    g->tv_upstream = moxy_timeval(conf->timeouts.upstream);
+    g->tv_keepalive = moxy_timeval(conf->timeouts.keepalive);
+    /* Common timeouts: O(1) re-arming for the timeouts every connection
+     * uses (libevent keeps one queue per duration, shared by generations
+     * that agree; past its limit of 256, plain timeouts) */
+    struct event_base *b = w->base;
+    g->ctv_keepalive = event_base_init_common_timeout(b, &g->tv_keepalive);
+    g->ctv_client_body = event_base_init_common_timeout(b, &g->tv_client_body);
+    g->ctv_client_send = event_base_init_common_timeout(b, &g->tv_client_send);
+    g->ctv_upstream = event_base_init_common_timeout(b, &g->tv_upstream);
+    if (!g->ctv_keepalive) g->ctv_keepalive = &g->tv_keepalive;
+    if (!g->ctv_client_body) g->ctv_client_body = &g->tv_client_body;
+    if (!g->ctv_client_send) g->ctv_client_send = &g->tv_client_send;
+    if (!g->ctv_upstream) g->ctv_upstream = &g->tv_upstream;
+    return g;
+}
+
+static void wgen_free(moxy_wgen_t *g)
+{
+    if (g->retired) {
+        LIST_REMOVE(g, link);
+        event_del(&g->deadline);
+    }
+    moxy_upstream_free_wgen(g);
+    moxy_lua_wgen_free(g);
+    if (g->gen) moxy_gen_release(g->gen);
+    free(g);
+}
+
+void moxy_wgen_release(moxy_wgen_t *g)
+{
+    if (--g->refs == 0) {
+        if (g->retired)
+            moxy_log(MOXY_LOG_DEBUG, NULL, "worker %d: generation %u: last request over, freed", g->w->id, g->gen->id);
+        wgen_free(g);
+    }
+}
+
+/* w's part of gen: timeouts, pools, VM with the scripts loaded and
+ * worker_init run.  NULL with w->error set when it cannot be made. */
+static moxy_wgen_t *wgen_build(moxy_worker_t *w, moxy_gen_t *gen)
+{
+    moxy_wgen_t *g = moxy_wgen_alloc(w, gen->conf);
+    if (!g) {
+        snprintf(w->error, sizeof(w->error), "out of memory");
+        return NULL;
+    }
+    moxy_gen_hold(gen);
+    g->gen = gen;
+    if (moxy_upstream_init_wgen(g) != MOXY_OK) {
+        snprintf(w->error, sizeof(w->error), "out of memory");
+        wgen_free(g);
+        return NULL;
+    }
+    if (moxy_lua_wgen_init(g) != MOXY_OK) { /* w->error says why */
+        wgen_free(g);
+        return NULL;
+    }
+    return g;
+}
+
+/* Past an old generation's drain deadline: what still runs on it is cut. */
+static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_wgen_t *g = arg;
+    moxy_worker_t *w = g->w;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    moxy_log_warn("worker %d: generation %u: drain deadline passed with %d request%s or timer%s on it; "
+                  "cutting them", w->id, g->gen->id, g->refs, g->refs == 1 ? "" : "s", g->refs == 1 ? "" : "s");
+    g->refs++; /* g stays while the cut runs */
+    moxy_client_t *c = LIST_FIRST(&w->clients), *next;
+    for (; c; c = next) {
+        next = LIST_NEXT(c, link);
+        if (c->req && c->req->g == g) moxy_client_close(c);
+    }
+    moxy_client_end_detached(w, g);
+    moxy_lua_wgen_cut(g);
+    moxy_wgen_release(g);
+}
+
+/* The listeners of g->conf: those of addresses w listens on already keep
+ * their socket (and its queue of connections), the others take the ones
+ * generation.c opened; listeners g->conf does not have are closed.  Client
+ * connections follow their listener to its new index, or, when it went
+ * away, close after their current request. */
+static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
+{
+    const moxy_conf_t *nc = g->conf, *oc = w->g->conf;
+    moxy_listener_t *nl = calloc((size_t)nc->nlistens + 1, sizeof(*nl));
+    int *map = calloc((size_t)w->nlisteners + 1, sizeof(int));
+    if (!nl || !map) { /* keep listening as before: better than not at all */
+        moxy_log_err("worker %d: out of memory switching listeners", w->id);
+        free(nl);
+        free(map);
+        return;
+    }
+    int was = w->accepting;
+    accept_enable(w, 0);
+    for (int j = 0; j < w->nlisteners; j++) map[j] = -1;
+    for (int i = 0; i < nc->nlistens; i++) {
+        int fd = moxy_gen_take_listen_fd(g->gen, i, w->id);
+        for (int j = 0; fd < 0 && j < w->nlisteners; j++) {
+            if (w->listeners[j].fd >= 0 && moxy_addr_same(&oc->listens[j].addr, &nc->listens[i].addr)) {
+                fd = w->listeners[j].fd;
+                w->listeners[j].fd = -1;
+                map[j] = i;
+            }
+        }
+        if (fd < 0) moxy_log_err("worker %d: no socket for listener %s", w->id, nc->listens[i].addr.text);
+        listener_assign(w, &nl[i], i, fd);
+    }
+    for (int j = 0; j < w->nlisteners; j++) {
+        if (w->listeners[j].fd >= 0) close(w->listeners[j].fd); /* an address no longer listened on */
+    }
+    free(w->listeners);
+    w->listeners = nl;
+    w->nlisteners = nc->nlistens;
+    moxy_client_t *c = LIST_FIRST(&w->clients), *next;
+    for (; c; c = next) {
+        next = LIST_NEXT(c, link);
+        c->listen_index = c->listen_index >= 0 ? map[c->listen_index] : -1;
+        if (c->listen_index < 0) moxy_client_drain(c);
+    }
+    free(map);
+    if (was) accept_enable(w, 1);
+}
+
+/* w switches to its prepared generation g: new requests start on it. */
+static void wgen_switch(moxy_worker_t *w, moxy_wgen_t *g)
+{
+    moxy_wgen_t *old = w->g;
+    listeners_switch(w, g);
+    moxy_upstream_switch_wgen(old, g);
+    moxy_lua_wgen_retire(old);
+    w->g = g;
+    old->retired = 1;
+    LIST_INSERT_HEAD(&w->retired, old, link);
+    evtimer_assign(&old->deadline, w->base, wgen_deadline_cb, old);
+    struct timeval tv = moxy_timeval(g->conf->timeouts.drain);
+    evtimer_add(&old->deadline, &tv);
+    moxy_wgen_release(old);
+    atomic_store(&w->gen_id, g->gen->id);
+}
+
+/* Free every generation of w (its loop is over: nothing runs on them). */
+static void worker_free_wgens(moxy_worker_t *w)
+{
+    if (w->prepared) wgen_free(w->prepared);
+    w->prepared = NULL;
+    moxy_wgen_t *g;
+    while ((g = LIST_FIRST(&w->retired))) wgen_free(g);
+    if (w->g) wgen_free(w->g);
+    w->g = NULL;
+    moxy_gen_t *gen = atomic_exchange(&w->pending, NULL);
+    if (gen) moxy_gen_release(gen);
+}
+
+/* --- workers --- */
+
+moxy_worker_t *moxy_worker_alloc(int id)
+{
+    moxy_worker_t *w = calloc(1, sizeof(*w));
+    if (!w) return NULL;
+    w->id = id;
+    w->control_fd = -1;
+    LIST_INIT(&w->clients);
+    LIST_INIT(&w->detached);
+    LIST_INIT(&w->retired);
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
+    if (!w->base) {
+        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
+        return w;
+    }
+    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
+        w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
+        w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
+    }
+    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+    return w;
+}
+
+moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
+{
+    moxy_worker_t *w = moxy_worker_alloc(id);
+    if (!w || w->error[0]) return w;
+    w->control_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->control_fd < 0) {
+        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
+        return w;
+    }
+    const moxy_conf_t *conf = gen->conf;
+    w->nlisteners = conf->nlistens;
+    w->listeners = calloc((size_t)conf->nlistens + 1, sizeof(*w->listeners));
+    if (!w->listeners) {
+        snprintf(w->error, sizeof(w->error), "out of memory");
+        return w;
+    }
+    for (int i = 0; i < conf->nlistens; i++) listener_assign(w, &w->listeners[i], i, moxy_gen_take_listen_fd(gen, i, id));
+    event_assign(&w->control, w->base, w->control_fd, EV_READ | EV_PERSIST, control_cb, w);
+    event_add(&w->control, NULL);
+    event_assign(&w->flush_timer, w->base, -1, EV_PERSIST, flush_cb, w);
+    struct timeval sec = {1, 0};
+    event_add(&w->flush_timer, &sec);
+    w->g = wgen_build(w, gen);
+    atomic_store(&w->gen_id, gen->id);
+    return w;
+}
+
+static void *worker_main(void *arg)
+{
+    moxy_worker_t *w = arg;
+    accept_enable(w, 1);
+    event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    /* Whatever is still open is cut: it is logged as aborted. */
+    moxy_client_t *c;
+    while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
+    moxy_client_end_detached(w, NULL);
+    moxy_worker_buf_free_all(w);
+    moxy_fetch_free_worker(w);
+    moxy_alog_flush(&w->alog);
+    worker_free_wgens(w);
+    moxy_geoip_worker_free(w);
+    moxy_pool_thread_cleanup();
+    moxy_main_worker_exited();
+    return NULL;
+}
+
+int moxy_worker_start(moxy_worker_t *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) return MOXY_ERROR;
+    atomic_store_explicit(&w->started, 1, memory_order_release);
+    return MOXY_OK;
+}
+
+void moxy_worker_signal(moxy_worker_t *w, int command)
+{
+    uint64_t one = 1;
+    atomic_fetch_or(&w->command, command);
+    if (write(w->control_fd, &one, sizeof(one)) < 0)
+        moxy_log_err("worker %d: cannot wake: %s", w->id, strerror(errno));
+}
+
+void moxy_worker_join_free(moxy_worker_t *w)
+{
+    if (!w) return;
+    if (atomic_load_explicit(&w->started, memory_order_acquire)) pthread_join(w->thread, NULL);
+    else {
+        worker_free_wgens(w);
+        moxy_geoip_worker_free(w);
+    }
+    if (w->listeners) {
+        close_listeners(w);
+        free(w->listeners);
+    }
+    if (w->base) {
+        event_del(&w->flush_timer);
+        event_del(&w->control);
+        event_base_free(w->base);
+    }
+    if (w->control_fd >= 0) close(w->control_fd);
+    moxy_stats_free(w);
+    free(w);
+}

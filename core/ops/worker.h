@@ -1,0 +1,164 @@
+/*
+ * worker.h -- worker threads.  Each owns an event_base, a LuaJIT VM, its own
+ * SO_REUSEPORT listening sockets, its client connections and its idle origin
+ * connections.  Nothing a worker touches on the request path is shared.
+ *
+ * The main thread talks to a worker only through moxy_worker_signal(), which
+ * sets a flag and writes the worker's eventfd.  Event bases are created
+ * without locks (EVENT_BASE_FLAG_NOLOCK): no other thread ever touches them,
+ * so no event_add on the request path pays for a mutex.
+ */
+#ifndef MOXY_WORKER_H
+#define MOXY_WORKER_H
+
+#include "base/config.h"
+#include "http/http-t.h"
+#include "base/log.h"
+#include "ops/metrics.h"
+
+#include <lua.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum {
+    MOXY_WORKER_DRAIN = 1,   /* stop accepting, finish in-flight requests, exit */
+    MOXY_WORKER_STOP = 2,    /* exit now */
+    MOXY_WORKER_PREPARE = 4, /* build w->pending's generation (its VM), report to the main thread */
+    MOXY_WORKER_COMMIT = 8,  /* switch to the prepared generation */
+    MOXY_WORKER_ABORT = 16,  /* drop the prepared generation */
+};
+
+struct moxy_gen_s; /* generation.h */
+
+/* A worker's part of one configuration generation: the Lua VM that runs the
+ * generation's scripts, the worker's state of its pools, its timeouts.  A
+ * request keeps the generation it started on to its end (r->g); the
+ * connection's next request starts on the worker's current one.  A
+ * generation is freed when the worker has moved on and its last request
+ * (or running timer callback) is over, or at its drain deadline. */
+struct moxy_wgen_s {
+    moxy_worker_t *w;
+    struct moxy_gen_s *gen;      /* the process-wide generation (a reference) */
+    const moxy_conf_t *conf;     /* gen->conf */
+    int refs;                    /* requests and running timer callbacks on it, + 1 while current */
+    lua_State *L;
+    struct moxy_lua_mem_s *lua_mem; /* L's memory accounting (lua.memory), or NULL */
+    int lua_body;                /* registry ref of runtime.coroutine_body, or LUA_NOREF (no hooks) */
+    int lua_hooks[MOXY_PHASES];  /* hooks per phase (MOXY_PHASE_*) */
+    int lua_phases;              /* phases with hooks: >1 keeps a request's txn between them */
+    struct moxy_lua_co_s *co_free; /* idle hook coroutines, ready for the next request */
+    int nco_free, co_free_cap;
+    LIST_HEAD(, moxy_lua_timer_s) timers; /* moxy.timer timers armed or running */
+    int ntimers;
+    moxy_pool_rt_t *pools;       /* one per conf->upstreams */
+
+    /* timeouts, converted once */
+    struct timeval tv_client_header, tv_client_body, tv_client_send, tv_connect,
+        tv_upstream, tv_keepalive;
+    const struct timeval *ctv_keepalive; /* libevent common-timeout versions */
+    const struct timeval *ctv_client_body, *ctv_client_send, *ctv_upstream;
+
+    struct event deadline;       /* retired: past it, what still runs on it is cut */
+    unsigned retired : 1;
+    LIST_ENTRY(moxy_wgen_s) link; /* the worker's retired generations */
+};
+
+struct moxy_worker_s {
+    int id;
+    pthread_t thread;
+    atomic_int started;          /* the thread runs (w->thread is set once this is; the watchdog reads both) */
+    struct event_base *base;
+    moxy_wgen_t *g;              /* the current generation: new requests start on it */
+    LIST_HEAD(, moxy_wgen_s) retired; /* older ones with requests still on them */
+    _Atomic(struct moxy_gen_s *) pending; /* MOXY_WORKER_PREPARE's generation */
+    moxy_wgen_t *prepared;       /* built for pending, waiting for COMMIT or ABORT */
+    atomic_uint gen_id;          /* the generation its listeners belong to, once switched (the
+                                    main thread reads the listeners only when all agree) */
+    atomic_llong lua_since;      /* when the running hook call started (ms, coarse monotonic); 0: none */
+    atomic_llong lua_budget_ms;  /* the running hook call's CPU budget */
+    lua_State *lua_running;      /* the VM whose hook call runs (the budget's signal handler) */
+    void *fetch;                 /* moxy.http's state (http_fetch.c), or NULL */
+    void *geo;                   /* geoip.c: the database versions this worker looks up in, or NULL */
+    LIST_HEAD(, moxy_client_s) detached; /* requests whose on_log hooks outlived their
+                                             connection (each counts in nconns) */
+
+    moxy_listener_t *listeners;  /* one per g->conf->listens */
+    int nlisteners;
+    int accepting;               /* listeners' events are added */
+    atomic_int nconns;           /* open client connections (MOXY_STAT_ADD: its only writer is
+                                    the worker; /status and /metrics read it) */
+    LIST_HEAD(, moxy_client_s) clients;
+#define MOXY_BUF_FREE_MAX 64
+    struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
+    int nbuf_free;
+
+    moxy_stats_t stats;          /* what this worker counted (metrics.h), read by the admin listener */
+
+    struct event control;        /* reads control_fd */
+    int control_fd;              /* eventfd written by moxy_worker_signal */
+    atomic_int command;          /* MOXY_WORKER_* bits */
+    atomic_int prepare_result;   /* 0: pending; 1: prepared; -1: failed (error says why) */
+    int draining;
+    struct event drain_timer;
+    struct event flush_timer;    /* flushes the access log every second */
+
+    uint64_t rng[2];             /* xorshift128+ state for request ids */
+    moxy_alog_buf_t alog;
+
+    int exit_status;
+    char error[256];             /* why the worker or its prepared generation could not start */
+};
+
+/* A worker's memory: its event base (without locks) and request-id seed;
+ * no sockets, threads or generation (moxy.test's worker is this and a bare
+ * generation).  NULL when out of memory; w->error says why when the event
+ * base could not be made. */
+moxy_worker_t *moxy_worker_alloc(int id);
+
+/* A generation of w for conf without VM or pools: timeouts only (moxy
+ * test's; wgen_build in worker.c adds the rest).  One reference.  NULL when
+ * out of memory. */
+moxy_wgen_t *moxy_wgen_alloc(moxy_worker_t *w, const moxy_conf_t *conf);
+
+/* Take / drop a reference to g (g's worker's thread).  The last one frees
+ * it: its VM, its pools' idle connections, its reference to the process's
+ * generation. */
+static inline void moxy_wgen_hold(moxy_wgen_t *g)
+{
+    g->refs++;
+}
+void moxy_wgen_release(moxy_wgen_t *g);
+
+/* An empty evbuffer: a spare of w's, or a new one (NULL: out of memory).
+ * Requests and connections take their buffers here instead of allocating
+ * and freeing them each time. */
+struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w);
+
+/* Give b back: kept as a spare when it is empty and w has room, else freed. */
+void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b);
+
+/* Free w's spares (the worker ends). */
+void moxy_worker_buf_free_all(moxy_worker_t *w);
+
+/* Create worker id for gen: takes its listening sockets and builds its
+ * part of the generation (Lua VM, worker_init).  NULL when out of memory;
+ * w->error says why it cannot run.  The worker does not run until started. */
+moxy_worker_t *moxy_worker_new(struct moxy_gen_s *gen, int id);
+
+/* Run the worker's loop on a new thread.  MOXY_OK or MOXY_ERROR. */
+int moxy_worker_start(moxy_worker_t *w);
+
+/* Ask a running worker to drain or stop (MOXY_WORKER_*); safe from any thread. */
+void moxy_worker_signal(moxy_worker_t *w, int command);
+
+/* Wait for the worker's thread to end, then free the worker. */
+void moxy_worker_join_free(moxy_worker_t *w);
+
+/* Called on each worker's thread as it ends (main.c): wakes the main thread. */
+void moxy_main_worker_exited(void);
+
+/* Called when a client connection closes: lets a paused accept resume and a
+ * draining worker finish. */
+void moxy_worker_conn_closed(moxy_worker_t *w);
+
+#endif

@@ -1,0 +1,542 @@
+/*
+ * health_check.c -- active health checks of upstream peers (see
+ * health_check.h), all on the main thread's event loop.
+ *
+ * Each checked peer has one timer.  While no check runs it waits for the
+ * next round; while a check runs it is the check's deadline (health.timeout),
+ * so a check never overlaps the next: a round that runs past the interval
+ * starts the next one as soon as it ends.  Rounds are due every interval
+ * from the first one (no drift), and the peers' first rounds are spread a
+ * millisecond apart so a large pool does not connect to everything at once.
+ *
+ * A round: copy the peer's address (an unresolved name skips the round
+ * without counting it), connect without blocking, then for an HTTP check
+ * send the request built at start ("Connection: close") and parse the
+ * response with llhttp until it is complete or the peer closes, keeping up
+ * to HEALTH_BODY_MAX bytes of body when health.body is set.  It passes when
+ * the status is in health.statuses and the body matches; a TCP check passes
+ * when the connect does.  The connection is closed after every round.
+ *
+ * Nothing is allocated per round but the body kept for the pattern, freed
+ * when the round ends; the rest lives from moxy_health_start to
+ * moxy_health_stop.
+ */
+#include "proxy/health_check.h"
+#include "base/log.h"
+#include "proxy/upstream.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <limits.h>
+#include <llhttp.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HEALTH_BODY_MAX 65536      /* bytes of body kept for the pattern */
+#define HEALTH_READ 16384          /* bytes read per readable event */
+#define HEALTH_STAGGER_US 1000     /* first rounds of successive peers start this far apart */
+#define HEALTH_MATCH_LIMIT 1000000 /* PCRE2 limits, as moxy.re's defaults */
+#define HEALTH_DEPTH_LIMIT 10000
+
+/* Where a peer's round is. */
+enum { HC_IDLE = 0, HC_CONNECTING, HC_SENDING, HC_READING };
+
+/* What every peer of a checked pool shares. */
+typedef struct {
+    const moxy_upstream_conf_t *conf;
+    pcre2_code *re;            /* health.body compiled, or NULL */
+    pcre2_match_data *md;      /* for re */
+    pcre2_match_context *mctx; /* re's match limits */
+    long long interval_us;
+    struct timeval timeout;
+} health_pool_t;
+
+/* One checked peer. */
+typedef struct {
+    health_pool_t *pool;
+    moxy_peer_t *peer;
+    char *req; /* the HTTP request (NULL for a TCP check) */
+    size_t req_len, sent;
+    struct event timer;   /* idle: the next round; during a round: its deadline */
+    struct event io;      /* the round's socket (assigned per round) */
+    int fd;               /* -1 between rounds */
+    int phase;            /* HC_* */
+    long long due_us;     /* when the current (or last) round was due */
+    long long started_ms; /* moxy_mono_ms() when the current (or last) round started */
+    llhttp_t parser;
+    int status;             /* the final response's status, 0 before its head */
+    unsigned done : 1;      /* the response is complete */
+    unsigned interim : 1;   /* a 1xx response is being skipped */
+    unsigned got_bytes : 1; /* the peer sent something this round */
+    char *body;             /* up to HEALTH_BODY_MAX bytes, when pool->re */
+    size_t blen, bcap;
+    char why[96]; /* a failure's reason (as long as the peer's check_error) */
+} health_peer_t;
+
+static struct {
+    struct event_base *base;
+    health_pool_t *pools;
+    int npools;
+    health_peer_t *peers;
+    int npeers;
+} health;
+
+static void round_start(health_peer_t *hp);
+
+static struct timeval tv_of_us(long long us)
+{
+    struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
+    return tv;
+}
+
+/* --- results --- */
+
+/* Count a finished round: why is NULL when it passed.  Enough results in a
+ * row give the verdict, repeated on every later result of the same kind so
+ * the peer's check_error stays that of the latest failure.  A failure short
+ * of `unhealthy` leaves check_error as it was: moxy_peer_set_checked is its
+ * only writer, and calling it then would flip the peer's state. */
+static void record(health_peer_t *hp, const char *why)
+{
+    moxy_peer_t *p = hp->peer;
+    const moxy_upstream_conf_t *uc = hp->pool->conf;
+    atomic_fetch_add_explicit(&p->checks, 1, memory_order_relaxed);
+    atomic_int *mine = why ? &p->check_fail : &p->check_ok;
+    atomic_store_explicit(why ? &p->check_ok : &p->check_fail, 0, memory_order_relaxed);
+    int n = atomic_load_explicit(mine, memory_order_relaxed);
+    if (n < INT_MAX) n++;
+    atomic_store_explicit(mine, n, memory_order_relaxed);
+    if (!why) {
+        if (n >= uc->health.healthy) moxy_peer_set_checked(p, 1, NULL);
+        moxy_peer_check_passed(p, hp->started_ms);
+        return;
+    }
+    moxy_log(MOXY_LOG_DEBUG, NULL, "upstream %s: peer %s: health check failed (%d in a row): %s",
+             uc->name, p->conf->addr.text, n, why);
+    if (n >= uc->health.unhealthy) moxy_peer_set_checked(p, 0, why);
+}
+
+/* Arm the timer for the round after the one that was due at due_us: an
+ * interval later, or at once when that time has passed. */
+static void schedule_next(health_peer_t *hp)
+{
+    long long now = moxy_mono_us();
+    hp->due_us += hp->pool->interval_us;
+    if (hp->due_us < now) hp->due_us = now;
+    struct timeval tv = tv_of_us(hp->due_us - now);
+    event_del(&hp->timer);
+    event_add(&hp->timer, &tv);
+}
+
+/* Close the round's connection and free what it took. */
+static void round_clean(health_peer_t *hp)
+{
+    if (hp->fd >= 0) {
+        event_del(&hp->io);
+        if (hp->pool->conf->health.type == MOXY_CHECK_TCP) {
+            /* nothing was sent: a reset instead of a FIN leaves no TIME_WAIT
+             * socket behind per check (HAProxy closes its TCP checks so too) */
+            struct linger lg = {1, 0};
+            setsockopt(hp->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        close(hp->fd);
+        hp->fd = -1;
+    }
+    free(hp->body);
+    hp->body = NULL;
+    hp->blen = hp->bcap = 0;
+    hp->phase = HC_IDLE;
+}
+
+/* The round ended: passed when why is NULL. */
+static void round_end(health_peer_t *hp, const char *why)
+{
+    round_clean(hp);
+    record(hp, why);
+    schedule_next(hp);
+}
+
+/* The round failed on a system call (what: "connect", "read", ...) with
+ * errno err: why is "connect refused", "connection reset" or "what failed:
+ * <strerror>". */
+static void round_failed_errno(health_peer_t *hp, const char *what, int err)
+{
+    if (err == ECONNREFUSED)
+        snprintf(hp->why, sizeof(hp->why), "%s refused", what);
+    else if (err == ECONNRESET)
+        snprintf(hp->why, sizeof(hp->why), "connection reset");
+    else
+        snprintf(hp->why, sizeof(hp->why), "%s failed: %s", what, strerror(err));
+    round_end(hp, hp->why);
+}
+
+/* The response is complete: judge it. */
+static void judge(health_peer_t *hp)
+{
+    health_pool_t *hpool = hp->pool;
+    if (!moxy_status_in(&hpool->conf->health.statuses, hp->status)) {
+        snprintf(hp->why, sizeof(hp->why), "status %d", hp->status);
+        round_end(hp, hp->why);
+        return;
+    }
+    if (hpool->re) {
+        int rc = pcre2_match(hpool->re, (PCRE2_SPTR)(hp->body ? hp->body : ""), hp->blen, 0, 0,
+                             hpool->md, hpool->mctx);
+        if (rc == PCRE2_ERROR_NOMATCH) {
+            round_end(hp, "body does not match");
+            return;
+        }
+        if (rc < 0) {
+            char msg[64];
+            pcre2_get_error_message(rc, (PCRE2_UCHAR *)msg, sizeof(msg));
+            snprintf(hp->why, sizeof(hp->why), "body match failed: %s", msg);
+            round_end(hp, hp->why);
+            return;
+        }
+    }
+    round_end(hp, NULL);
+}
+
+/* --- the response parser --- */
+
+static int on_headers_complete(llhttp_t *parser)
+{
+    health_peer_t *hp = parser->data;
+    int status = llhttp_get_status_code(parser);
+    if (status < 200 && status != 101) { /* 1xx: skipped, the real response follows */
+        hp->interim = 1;
+        return 0;
+    }
+    hp->status = status;
+    if (status == 101) { /* nothing follows that we could parse */
+        hp->done = 1;
+        return HPE_PAUSED;
+    }
+    /* a response to HEAD has no body, whatever its headers say */
+    return strcmp(hp->pool->conf->health.method, "HEAD") == 0 ? 1 : 0;
+}
+
+static int on_body(llhttp_t *parser, const char *at, size_t n)
+{
+    health_peer_t *hp = parser->data;
+    if (!hp->pool->re || hp->blen == HEALTH_BODY_MAX) return 0;
+    n = MOXY_MIN(n, HEALTH_BODY_MAX - hp->blen);
+    if (hp->blen + n > hp->bcap) {
+        size_t cap = hp->bcap ? hp->bcap : 4096;
+        while (cap < hp->blen + n)
+            cap *= 2;
+        cap = MOXY_MIN(cap, (size_t)HEALTH_BODY_MAX);
+        char *b = realloc(hp->body, cap);
+        if (!b) {
+            llhttp_set_error_reason(parser, "out of memory");
+            return HPE_USER;
+        }
+        hp->body = b;
+        hp->bcap = cap;
+    }
+    memcpy(hp->body + hp->blen, at, n);
+    hp->blen += n;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *parser)
+{
+    health_peer_t *hp = parser->data;
+    if (hp->interim) {
+        hp->interim = 0;
+        return 0;
+    }
+    hp->done = 1;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t health_settings = {
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* --- a round's I/O --- */
+
+/* Watch the round's socket for what (EV_READ or EV_WRITE). */
+static void watch(health_peer_t *hp, short what, event_callback_fn cb)
+{
+    event_del(&hp->io);
+    event_assign(&hp->io, health.base, hp->fd, what | EV_PERSIST, cb, hp);
+    event_add(&hp->io, NULL);
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    health_peer_t *hp = arg;
+    MOXY_UNUSED(what);
+    char buf[HEALTH_READ];
+    ssize_t n;
+    do
+        n = recv(fd, buf, sizeof(buf), 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) round_failed_errno(hp, "read", errno);
+        return;
+    }
+    llhttp_errno_t e;
+    if (n == 0) {
+        e = llhttp_finish(&hp->parser); /* ends a body delimited by the close */
+        if (hp->done) {
+            judge(hp);
+        } else if (!hp->got_bytes) {
+            round_end(hp, "closed without a response");
+        } else {
+            const char *why = e != HPE_OK ? llhttp_get_error_reason(&hp->parser) : NULL;
+            snprintf(hp->why, sizeof(hp->why), "closed before the response ended%s%s",
+                     why ? ": " : "", why ? why : "");
+            round_end(hp, hp->why);
+        }
+        return;
+    }
+    hp->got_bytes = 1;
+    e = llhttp_execute(&hp->parser, buf, (size_t)n);
+    if (e == HPE_OK) return;
+    if (e == HPE_PAUSED && hp->done) {
+        judge(hp);
+        return;
+    }
+    const char *why = llhttp_get_error_reason(&hp->parser);
+    snprintf(hp->why, sizeof(hp->why), "invalid response: %s", why ? why : llhttp_errno_name(e));
+    round_end(hp, hp->why);
+}
+
+static void send_cb(evutil_socket_t fd, short what, void *arg)
+{
+    health_peer_t *hp = arg;
+    MOXY_UNUSED(what);
+    while (hp->sent < hp->req_len) {
+        ssize_t n = send(fd, hp->req + hp->sent, hp->req_len - hp->sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                watch(hp, EV_WRITE, send_cb);
+                return;
+            }
+            round_failed_errno(hp, "send", errno);
+            return;
+        }
+        hp->sent += (size_t)n;
+    }
+    hp->phase = HC_READING;
+    llhttp_init(&hp->parser, HTTP_RESPONSE, &health_settings);
+    hp->parser.data = hp;
+    watch(hp, EV_READ, read_cb);
+}
+
+/* The connect succeeded: a TCP check passed, an HTTP one sends its request. */
+static void connected(health_peer_t *hp)
+{
+    if (hp->pool->conf->health.type == MOXY_CHECK_TCP) {
+        round_end(hp, NULL);
+        return;
+    }
+    hp->sent = 0;
+    hp->phase = HC_SENDING;
+    send_cb(hp->fd, EV_WRITE, hp);
+}
+
+static void connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+    health_peer_t *hp = arg;
+    MOXY_UNUSED(what);
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err) {
+        round_failed_errno(hp, "connect", err);
+        return;
+    }
+    connected(hp);
+}
+
+/* The timer: a round is due, or the running one reached its deadline. */
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    health_peer_t *hp = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    if (hp->phase == HC_IDLE) {
+        round_start(hp);
+        return;
+    }
+    round_end(hp, hp->phase == HC_CONNECTING ? "connect timed out" : "timed out");
+}
+
+static void round_start(health_peer_t *hp)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    unsigned gen;
+    if (moxy_peer_addr(hp->peer, &sa, &salen, &gen) != MOXY_OK) { /* a name not resolved yet */
+        schedule_next(hp);
+        return;
+    }
+    hp->status = 0;
+    hp->done = hp->interim = hp->got_bytes = 0;
+    hp->started_ms = moxy_mono_ms();
+    hp->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (hp->fd < 0) {
+        round_failed_errno(hp, "socket", errno);
+        return;
+    }
+    hp->phase = HC_CONNECTING;
+    event_add(&hp->timer, &hp->pool->timeout); /* the deadline */
+    int rc;
+    do
+        rc = connect(hp->fd, (struct sockaddr *)&sa, salen);
+    while (rc < 0 && errno == EINTR);
+    if (rc == 0) {
+        connected(hp);
+    } else if (errno == EINPROGRESS) {
+        watch(hp, EV_WRITE, connect_cb);
+    } else {
+        round_failed_errno(hp, "connect", errno);
+    }
+}
+
+/* --- start and stop --- */
+
+/* 1 when s may go into a header value as it is. */
+static int header_safe(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 0;
+    return 1;
+}
+
+/* hp's request: method, path, Host (health.host, the pool's host, or the
+ * server's address text).  MOXY_OK or MOXY_ERROR after logging why. */
+static int build_request(health_peer_t *hp)
+{
+    const moxy_upstream_conf_t *uc = hp->pool->conf;
+    const char *host = uc->health.host;
+    if (!host) host = uc->host;
+    if (!host) host = hp->peer->conf->addr.text;
+    if (!header_safe(host)) {
+        moxy_log_err("upstream %s: health checks: the Host has control characters", uc->name);
+        return MOXY_ERROR;
+    }
+    const char *fmt = "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: moxy-health/" MOXY_VERSION
+                      "\r\nConnection: close\r\n\r\n";
+    int n = snprintf(NULL, 0, fmt, uc->health.method, uc->health.path, host);
+    if (n < 0 || !(hp->req = malloc((size_t)n + 1))) {
+        moxy_log_err("upstream %s: health checks: out of memory", uc->name);
+        return MOXY_ERROR;
+    }
+    snprintf(hp->req, (size_t)n + 1, fmt, uc->health.method, uc->health.path, host);
+    hp->req_len = (size_t)n;
+    return MOXY_OK;
+}
+
+/* Compile hpool's body pattern (JIT-compiled when PCRE2 can) and what
+ * matching it needs.  MOXY_OK or MOXY_ERROR after logging why. */
+static int compile_body(health_pool_t *hpool)
+{
+    const moxy_upstream_conf_t *uc = hpool->conf;
+    int code;
+    PCRE2_SIZE off;
+    hpool->re =
+        pcre2_compile((PCRE2_SPTR)uc->health.body, PCRE2_ZERO_TERMINATED, 0, &code, &off, NULL);
+    if (!hpool->re) {
+        char msg[128];
+        pcre2_get_error_message(code, (PCRE2_UCHAR *)msg, sizeof(msg));
+        moxy_log_err("upstream %s: health.body: bad pattern at offset %zu: %s", uc->name,
+                     (size_t)off, msg);
+        return MOXY_ERROR;
+    }
+    pcre2_jit_compile(hpool->re, PCRE2_JIT_COMPLETE); /* without the JIT, the interpreter runs it */
+    hpool->md = pcre2_match_data_create_from_pattern(hpool->re, NULL);
+    hpool->mctx = pcre2_match_context_create(NULL);
+    if (!hpool->md || !hpool->mctx) {
+        moxy_log_err("upstream %s: health checks: out of memory", uc->name);
+        return MOXY_ERROR;
+    }
+    pcre2_set_match_limit(hpool->mctx, HEALTH_MATCH_LIMIT);
+    pcre2_set_depth_limit(hpool->mctx, HEALTH_DEPTH_LIMIT);
+    return MOXY_OK;
+}
+
+int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
+{
+    int npools = 0, npeers = 0;
+    for (int i = 0; i < conf->nupstreams; i++) {
+        if (conf->upstreams[i].health.type == MOXY_CHECK_NONE) continue;
+        npools++;
+        npeers += conf->upstreams[i].state->npeers;
+    }
+    if (npools == 0) return MOXY_OK;
+    health.base = base;
+    health.pools = calloc((size_t)npools, sizeof(*health.pools));
+    health.peers = calloc((size_t)npeers, sizeof(*health.peers));
+    if (!health.pools || !health.peers) {
+        moxy_log_err("health checks: out of memory");
+        goto err;
+    }
+    long long now = moxy_mono_us();
+    for (int i = 0; i < conf->nupstreams; i++) {
+        const moxy_upstream_conf_t *uc = &conf->upstreams[i];
+        if (uc->health.type == MOXY_CHECK_NONE) continue;
+        health_pool_t *hpool = &health.pools[health.npools++];
+        hpool->conf = uc;
+        hpool->interval_us = (long long)(uc->health.interval * 1e6);
+        hpool->timeout = moxy_timeval(uc->health.timeout);
+        if (uc->health.type == MOXY_CHECK_HTTP && uc->health.body && compile_body(hpool) != MOXY_OK)
+            goto err;
+        for (int j = 0; j < uc->state->npeers; j++) {
+            health_peer_t *hp = &health.peers[health.npeers++];
+            hp->pool = hpool;
+            hp->peer = &uc->state->peers[j];
+            hp->fd = -1;
+            event_assign(&hp->timer, base, -1, 0, timer_cb, hp);
+            event_assign(&hp->io, base, -1, 0, read_cb, hp); /* assigned again per round (watch) */
+            if (uc->health.type == MOXY_CHECK_HTTP && build_request(hp) != MOXY_OK) goto err;
+            /* the first round at once, peers a little apart; schedule_next adds an interval */
+            hp->due_us = now +
+                         ((long long)(health.npeers - 1) * HEALTH_STAGGER_US) % hpool->interval_us -
+                         hpool->interval_us;
+            schedule_next(hp);
+        }
+        if (uc->health.type == MOXY_CHECK_TCP)
+            moxy_log_info("upstream %s: health checks every %gs: TCP connect", uc->name,
+                          uc->health.interval);
+        else
+            moxy_log_info("upstream %s: health checks every %gs: %s %s", uc->name,
+                          uc->health.interval, uc->health.method, uc->health.path);
+    }
+    return MOXY_OK;
+
+err:
+    moxy_health_stop();
+    return MOXY_ERROR;
+}
+
+void moxy_health_stop(void)
+{
+    for (int i = 0; i < health.npeers; i++) {
+        health_peer_t *hp = &health.peers[i];
+        round_clean(hp);
+        event_del(&hp->timer);
+        free(hp->req);
+    }
+    for (int i = 0; i < health.npools; i++) {
+        health_pool_t *hpool = &health.pools[i];
+        pcre2_match_context_free(hpool->mctx);
+        pcre2_match_data_free(hpool->md);
+        pcre2_code_free(hpool->re);
+    }
+    free(health.peers);
+    free(health.pools);
+    memset(&health, 0, sizeof(health));
+}

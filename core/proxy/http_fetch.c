@@ -1,0 +1,992 @@
+/*
+ * http_fetch.c -- moxy.http's client: one HTTP/1.1 call per op, on the
+ * worker's event loop, for a hook or timer callback that waits for it; see
+ * http_fetch.h for the ownership rules.
+ *
+ * A call: take an idle keep-alive connection for "host:port", or resolve
+ * the host (an IP literal directly, a name through evdns, which reads
+ * /etc/hosts first) and connect to its addresses in turn (IPv4 first: a
+ * refused or timed out address moves on to the next); write the request
+ * bytes Lua built; parse the response with llhttp (strict) into headers and
+ * a body capped by max_body; wake the task with the result table, or with
+ * nil and an error.  A reused connection that turns out closed before any
+ * response byte is retried once on a fresh one (the request never reached
+ * the origin, or the origin dropped it unanswered).
+ *
+ * Nothing here completes a call while moxy_ffi_http_start runs: a failure
+ * found there is returned to Lua directly (no yield), so a task is never
+ * woken from inside its own FFI call.  A completion frees the op and only
+ * then wakes the task, which may start new calls (and reuse the connection
+ * just put back) before moxy_lua_task_wake returns.
+ */
+#include "proxy/http_fetch.h"
+#include "api/ffi.h"
+#include "http/lua_bridge.h"
+#include "ops/worker.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+#define FETCH_IDLE_PER_PEER 32 /* idle connections kept per "host:port" */
+#define FETCH_IDLE_MAX 1024    /* idle connections kept per worker */
+#define FETCH_IDLE_SECS 60     /* an idle connection is closed after this */
+#define FETCH_OPS_MAX 4096     /* calls in flight per worker */
+#define FETCH_ADDRS_MAX 4      /* addresses of a name tried in turn */
+#define FETCH_READ 65536       /* bytes read per readable event */
+#define FETCH_HOST_MAX 255
+#define FETCH_ERR_MAX 160
+
+typedef struct fetch_reg_s fetch_reg_t;
+typedef struct fetch_op_s fetch_op_t;
+typedef struct fetch_peer_s fetch_peer_t;
+
+/* An idle keep-alive connection.  No buffers: any byte or EOF closes it. */
+typedef struct fetch_idle_s {
+    fetch_peer_t *peer;
+    int fd;
+    struct event ev; /* readable (the origin closed) or idle timeout */
+    TAILQ_ENTRY(fetch_idle_s) link;
+} fetch_idle_t;
+
+/* The idle connections of one "host:port"; freed when it has none. */
+struct fetch_peer_s {
+    fetch_reg_t *reg;
+    TAILQ_HEAD(, fetch_idle_s) idle; /* most recently used first */
+    int nidle;
+    LIST_ENTRY(fetch_peer_s) link;
+    size_t keylen;
+    char key[]; /* "host:port", host lower-cased */
+};
+
+/* A name lookup.  It outlives its op when the op is cancelled: evdns still
+ * answers a cancelled lookup (EVUTIL_EAI_CANCEL), and only then is it freed. */
+typedef struct fetch_dns_s {
+    fetch_reg_t *reg;
+    fetch_op_t *op; /* the call waiting for it, or NULL */
+    struct evdns_getaddrinfo_request *req;
+    LIST_ENTRY(fetch_dns_s) link; /* in reg->lookups while evdns holds it */
+    int sync;                     /* inside evdns_getaddrinfo: keep the answer */
+    int done, result;
+    struct evutil_addrinfo *ai;
+} fetch_dns_t;
+
+/* A worker's moxy.http state (w->fetch). */
+struct fetch_reg_s {
+    moxy_worker_t *w;
+    struct evdns_base *dns; /* created on the first name lookup */
+    LIST_HEAD(, fetch_peer_s) peers;
+    LIST_HEAD(, fetch_op_s) ops;
+    LIST_HEAD(, fetch_dns_s) lookups;
+    int nops, nidle;
+    const struct timeval *ctv_idle;
+};
+
+/* A response header: offsets into op->hbuf. */
+typedef struct {
+    uint32_t name, nlen, value, vlen;
+} fetch_hdr_t;
+
+/* One call. */
+struct fetch_op_s {
+    fetch_reg_t *reg; /* NULL once the registry is freed */
+    moxy_lua_task_t *task;
+    LIST_ENTRY(fetch_op_s) link; /* in reg->ops */
+    fetch_dns_t *lookup;         /* the name lookup under way, or NULL */
+
+    char *host; /* as in the URL, lower-cased, no brackets */
+    char *key;  /* "host:port" */
+    size_t keylen;
+    int port;
+    struct sockaddr_storage addr[FETCH_ADDRS_MAX];
+    socklen_t addrlen[FETCH_ADDRS_MAX];
+    int naddrs, addr_i; /* addresses known, the one tried now */
+
+    char *out; /* the request bytes (head and body) */
+    size_t out_len, out_sent;
+    double connect_timeout;
+    size_t max_body, max_head;
+    int max_headers;
+
+    int fd;
+    struct event rev, wev, timer;
+    llhttp_t parser;
+    const char *perr; /* why a callback stopped the parser */
+
+    int status;
+    size_t head_bytes;
+    char *hbuf; /* names (lower-cased) and values */
+    size_t hlen, hcap;
+    fetch_hdr_t *hdrs;
+    int nhdrs, hdrcap;
+    size_t cur_name, cur_nlen, cur_value, cur_vlen;
+    char *body;
+    size_t blen, bcap;
+
+    unsigned head : 1;      /* a HEAD request: no body in the response */
+    unsigned keepalive : 1; /* the caller allows keeping the connection */
+    unsigned reused : 1;    /* the connection came from the idle list */
+    unsigned retried : 1;
+    unsigned connected : 1;
+    unsigned reading : 1, writing : 1;
+    unsigned got_bytes : 1; /* the origin sent something on this connection */
+    unsigned write_failed : 1;
+    unsigned in_field : 1;
+    unsigned interim : 1; /* a 1xx response is being skipped */
+    unsigned in_trailers : 1;
+    unsigned done : 1;     /* the response is complete */
+    unsigned leftover : 1; /* bytes after the response: not reusable */
+
+    char err[FETCH_ERR_MAX];
+};
+
+static void op_read_cb(evutil_socket_t fd, short what, void *arg);
+static void op_write_cb(evutil_socket_t fd, short what, void *arg);
+static const llhttp_settings_t fetch_settings;
+
+/* --- the registry and its idle connections --- */
+
+static fetch_reg_t *reg_get(moxy_worker_t *w)
+{
+    if (w->fetch) return w->fetch;
+    fetch_reg_t *reg = calloc(1, sizeof(*reg));
+    if (!reg) return NULL;
+    reg->w = w;
+    LIST_INIT(&reg->peers);
+    LIST_INIT(&reg->ops);
+    LIST_INIT(&reg->lookups);
+    struct timeval tv = {FETCH_IDLE_SECS, 0};
+    reg->ctv_idle = event_base_init_common_timeout(w->base, &tv);
+    w->fetch = reg;
+    return reg;
+}
+
+static fetch_peer_t *peer_find(fetch_reg_t *reg, const char *key, size_t keylen)
+{
+    fetch_peer_t *p;
+    LIST_FOREACH(p, &reg->peers, link) {
+        if (p->keylen == keylen && memcmp(p->key, key, keylen) == 0) return p;
+    }
+    return NULL;
+}
+
+static void idle_close(fetch_idle_t *c)
+{
+    fetch_peer_t *p = c->peer;
+    TAILQ_REMOVE(&p->idle, c, link);
+    p->nidle--;
+    p->reg->nidle--;
+    event_del(&c->ev);
+    close(c->fd);
+    free(c);
+    if (p->nidle == 0) {
+        LIST_REMOVE(p, link);
+        free(p);
+    }
+}
+
+static void idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    idle_close(arg); /* the origin closed or sent something, or idle too long */
+}
+
+/* Keep fd idle for key, or close it when the limits say no. */
+static void idle_put(fetch_reg_t *reg, const char *key, size_t keylen, int fd)
+{
+    fetch_peer_t *p = NULL;
+    fetch_idle_t *c = NULL;
+    if (reg->nidle >= FETCH_IDLE_MAX || reg->w->draining) goto err;
+    p = peer_find(reg, key, keylen);
+    if (p && p->nidle >= FETCH_IDLE_PER_PEER) goto err;
+    if (!p) {
+        p = calloc(1, sizeof(*p) + keylen + 1);
+        if (!p) goto err;
+        p->reg = reg;
+        TAILQ_INIT(&p->idle);
+        p->keylen = keylen;
+        memcpy(p->key, key, keylen);
+        LIST_INSERT_HEAD(&reg->peers, p, link);
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        if (p->nidle == 0) {
+            LIST_REMOVE(p, link);
+            free(p);
+        }
+        goto err;
+    }
+    c->peer = p;
+    c->fd = fd;
+    event_assign(&c->ev, reg->w->base, fd, EV_READ, idle_cb, c);
+    event_add(&c->ev, reg->ctv_idle);
+    TAILQ_INSERT_HEAD(&p->idle, c, link);
+    p->nidle++;
+    reg->nidle++;
+    return;
+err:
+    close(fd);
+}
+
+/* An idle connection to key (its fd, now the caller's), or -1. */
+static int idle_take(fetch_reg_t *reg, const char *key, size_t keylen)
+{
+    fetch_peer_t *p = peer_find(reg, key, keylen);
+    if (!p) return -1;
+    fetch_idle_t *c = TAILQ_FIRST(&p->idle);
+    int fd = c->fd;
+    c->fd = -1;
+    TAILQ_REMOVE(&p->idle, c, link);
+    p->nidle--;
+    reg->nidle--;
+    event_del(&c->ev);
+    free(c);
+    if (p->nidle == 0) {
+        LIST_REMOVE(p, link);
+        free(p);
+    }
+    return fd;
+}
+
+/* --- an op's life --- */
+
+/* Close op's connection (not kept) and remove its socket events. */
+static void op_close_conn(fetch_op_t *op)
+{
+    event_del(&op->rev);
+    event_del(&op->wev);
+    op->reading = op->writing = 0;
+    if (op->fd >= 0) close(op->fd);
+    op->fd = -1;
+    op->connected = 0;
+}
+
+/* Stop everything op waits for: socket, timer, name lookup. */
+static void op_stop(fetch_op_t *op)
+{
+    op_close_conn(op);
+    event_del(&op->timer);
+    fetch_dns_t *d = op->lookup;
+    if (d) {
+        op->lookup = NULL;
+        d->op = NULL; /* freed when evdns answers the cancel */
+        evdns_getaddrinfo_cancel(d->req);
+    }
+}
+
+static void op_free(fetch_op_t *op)
+{
+    op_stop(op);
+    if (op->reg) {
+        LIST_REMOVE(op, link);
+        op->reg->nops--;
+    }
+    free(op->host);
+    free(op->key);
+    free(op->out);
+    free(op->hbuf);
+    free(op->hdrs);
+    free(op->body);
+    free(op);
+}
+
+/* The bridge dropped op's task (its client left, the worker stops). */
+static void op_cancel(void *arg)
+{
+    op_free(arg);
+}
+
+/* op failed: free it, wake its task with nil, why. */
+static void op_fail(fetch_op_t *op, const char *why)
+{
+    char msg[FETCH_ERR_MAX];
+    snprintf(msg, sizeof(msg), "%s", why);
+    moxy_lua_task_t *t = op->task;
+    op_free(op);
+    lua_State *co = moxy_lua_task_thread(t);
+    lua_checkstack(co, 4);
+    lua_pushnil(co);
+    lua_pushstring(co, msg);
+    moxy_lua_task_wake(t, 2);
+}
+
+/* "prefix: strerror(err)" with the first letter of the reason lower-cased. */
+static void set_errno_err(fetch_op_t *op, const char *prefix, int err)
+{
+    int n = snprintf(op->err, sizeof(op->err), "%s: %s", prefix, strerror(err));
+    size_t at = strlen(prefix) + 2;
+    if (n > 0 && at < sizeof(op->err)) op->err[at] = (char)tolower((unsigned char)op->err[at]);
+}
+
+/* Push the result table of op's response on co:
+ * { status = n, headers = { lname = "v1, v2" | {cookies} }, body = "..." }. */
+static void push_result(fetch_op_t *op, lua_State *co)
+{
+    lua_checkstack(co, 8);
+    lua_createtable(co, 0, 3);
+    lua_pushinteger(co, op->status);
+    lua_setfield(co, -2, "status");
+    lua_createtable(co, 0, op->nhdrs);
+    int H = lua_gettop(co);
+    for (int i = 0; i < op->nhdrs; i++) {
+        const fetch_hdr_t *h = &op->hdrs[i];
+        const char *name = op->hbuf + h->name, *value = op->hbuf + h->value;
+        int cookie = MOXY_STRIEQ_LIT(name, h->nlen, "set-cookie");
+        lua_pushlstring(co, name, h->nlen);
+        lua_pushvalue(co, -1);
+        lua_rawget(co, H);
+        if (cookie) {
+            if (lua_isnil(co, -1)) {
+                lua_pop(co, 1);
+                lua_createtable(co, 2, 0);
+                lua_pushvalue(co, -2);
+                lua_pushvalue(co, -2);
+                lua_rawset(co, H);
+            }
+            lua_pushlstring(co, value, h->vlen);
+            lua_rawseti(co, -2, (int)lua_objlen(co, -2) + 1);
+            lua_pop(co, 2);
+            continue;
+        }
+        if (lua_isnil(co, -1)) {
+            lua_pop(co, 1);
+            lua_pushlstring(co, value, h->vlen);
+        } else {
+            lua_pushliteral(co, ", ");
+            lua_pushlstring(co, value, h->vlen);
+            lua_concat(co, 3);
+        }
+        lua_rawset(co, H);
+    }
+    lua_setfield(co, -2, "headers");
+    lua_pushlstring(co, op->body ? op->body : "", op->blen);
+    lua_setfield(co, -2, "body");
+}
+
+/* op's response is complete: keep its connection when it is clean, free
+ * op, wake its task with the result. */
+static void op_done(fetch_op_t *op, int eof)
+{
+    fetch_reg_t *reg = op->reg;
+    int keep = reg && op->keepalive && !eof && !op->leftover && !op->write_failed &&
+               op->out_sent == op->out_len && llhttp_should_keep_alive(&op->parser);
+    if (keep) {
+        event_del(&op->rev);
+        event_del(&op->wev);
+        op->reading = op->writing = 0;
+        idle_put(reg, op->key, op->keylen, op->fd);
+        op->fd = -1;
+    }
+    moxy_lua_task_t *t = op->task;
+    lua_State *co = moxy_lua_task_thread(t);
+    push_result(op, co);
+    op_free(op);
+    moxy_lua_task_wake(t, 1);
+}
+
+/* --- connecting --- */
+
+/* Send what is left of the request; a write error leaves the read side to
+ * see what the origin did (it may have answered early, or closed). */
+static void op_send(fetch_op_t *op)
+{
+    while (op->out_sent < op->out_len) {
+        ssize_t n = send(op->fd, op->out + op->out_sent, op->out_len - op->out_sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!op->writing) event_add(&op->wev, NULL);
+                op->writing = 1;
+                return;
+            }
+            op->write_failed = 1;
+            break;
+        }
+        op->out_sent += (size_t)n;
+    }
+    if (op->writing) event_del(&op->wev);
+    op->writing = 0;
+}
+
+/* op's connection is up: read, and write the request. */
+static void op_connected(fetch_op_t *op)
+{
+    op->connected = 1;
+    event_del(&op->wev);
+    op->writing = 0;
+    event_add(&op->rev, NULL);
+    op->reading = 1;
+    op_send(op);
+}
+
+/* Use fd (connecting or connected) for op. */
+static void op_attach(fetch_op_t *op, int fd)
+{
+    op->fd = fd;
+    struct event_base *base = moxy_lua_task_worker(op->task)->base;
+    event_assign(&op->rev, base, fd, EV_READ | EV_PERSIST, op_read_cb, op);
+    event_assign(&op->wev, base, fd, EV_WRITE | EV_PERSIST, op_write_cb, op);
+}
+
+/* Connect to op's next address.  MOXY_OK: connecting or connected (events
+ * armed); MOXY_ERROR: no address left (op->err says why, unless an earlier
+ * failure set it). */
+static int op_connect_next(fetch_op_t *op)
+{
+    for (; op->addr_i < op->naddrs; op->addr_i++) {
+        const struct sockaddr *sa = (const struct sockaddr *)&op->addr[op->addr_i];
+        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            set_errno_err(op, "socket", errno);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (connect(fd, sa, op->addrlen[op->addr_i]) == 0) {
+            op_attach(op, fd);
+            op_connected(op);
+            return MOXY_OK;
+        }
+        if (errno == EINPROGRESS) {
+            op_attach(op, fd);
+            struct timeval tv = moxy_timeval(op->connect_timeout);
+            event_add(&op->wev, &tv);
+            op->writing = 1;
+            return MOXY_OK;
+        }
+        set_errno_err(op, "connect", errno);
+        close(fd);
+    }
+    return MOXY_ERROR;
+}
+
+/* Keep up to FETCH_ADDRS_MAX addresses of ai for op, IPv4 first. */
+static void op_set_addrs(fetch_op_t *op, const struct evutil_addrinfo *ai)
+{
+    op->naddrs = op->addr_i = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (const struct evutil_addrinfo *a = ai; a && op->naddrs < FETCH_ADDRS_MAX;
+             a = a->ai_next) {
+            int fam = pass == 0 ? AF_INET : AF_INET6;
+            if (a->ai_family != fam || a->ai_addrlen > sizeof(op->addr[0])) continue;
+            memcpy(&op->addr[op->naddrs], a->ai_addr, a->ai_addrlen);
+            op->addrlen[op->naddrs] = (socklen_t)a->ai_addrlen;
+            if (fam == AF_INET)
+                ((struct sockaddr_in *)&op->addr[op->naddrs])->sin_port = htons((uint16_t)op->port);
+            else
+                ((struct sockaddr_in6 *)&op->addr[op->naddrs])->sin6_port =
+                    htons((uint16_t)op->port);
+            op->naddrs++;
+        }
+    }
+}
+
+/* op->host as an IP literal: fill op's address.  0 when it is a name. */
+static int op_literal(fetch_op_t *op)
+{
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&op->addr[0];
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&op->addr[0];
+    memset(&op->addr[0], 0, sizeof(op->addr[0]));
+    if (inet_pton(AF_INET, op->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)op->port);
+        op->addrlen[0] = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, op->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)op->port);
+        op->addrlen[0] = sizeof(*s6);
+    } else {
+        return 0;
+    }
+    op->naddrs = 1;
+    op->addr_i = 0;
+    return 1;
+}
+
+static int op_resolved(fetch_op_t *op, int result, struct evutil_addrinfo *ai);
+
+static void dns_cb(int result, struct evutil_addrinfo *ai, void *arg)
+{
+    fetch_dns_t *d = arg;
+    if (d->sync) { /* evdns_getaddrinfo answered at once (/etc/hosts) */
+        d->done = 1;
+        d->result = result;
+        d->ai = ai;
+        return;
+    }
+    fetch_op_t *op = d->op;
+    LIST_REMOVE(d, link);
+    free(d);
+    if (!op) { /* cancelled */
+        if (ai) evutil_freeaddrinfo(ai);
+        return;
+    }
+    op->lookup = NULL;
+    if (op_resolved(op, result, ai) != MOXY_OK) op_fail(op, op->err);
+}
+
+/* The lookup of op's host ended: connect.  Frees ai. */
+static int op_resolved(fetch_op_t *op, int result, struct evutil_addrinfo *ai)
+{
+    if (result != 0) {
+        snprintf(op->err, sizeof(op->err), "resolve %s: %s", op->host, evutil_gai_strerror(result));
+        if (ai) evutil_freeaddrinfo(ai);
+        return MOXY_ERROR;
+    }
+    op_set_addrs(op, ai);
+    if (ai) evutil_freeaddrinfo(ai);
+    if (op->naddrs == 0) {
+        snprintf(op->err, sizeof(op->err), "resolve %s: no address", op->host);
+        return MOXY_ERROR;
+    }
+    return op_connect_next(op);
+}
+
+/* The worker's resolver: /etc/resolv.conf and /etc/hosts, made once. */
+static struct evdns_base *reg_dns(fetch_reg_t *reg)
+{
+    if (reg->dns) return reg->dns;
+    reg->dns = evdns_base_new(reg->w->base,
+                              EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!reg->dns) { /* no usable resolv.conf: /etc/hosts still works */
+        reg->dns = evdns_base_new(reg->w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (reg->dns) evdns_base_load_hosts(reg->dns, NULL);
+    }
+    return reg->dns;
+}
+
+/* Find op's addresses and connect.  MOXY_OK: connecting; MOXY_AGAIN: a
+ * name lookup runs; MOXY_ERROR: op->err says why. */
+static int op_open(fetch_op_t *op)
+{
+    if (op->naddrs > 0) {
+        op->addr_i = 0;
+        return op_connect_next(op);
+    }
+    if (op_literal(op)) return op_connect_next(op);
+    struct evdns_base *dns = op->reg ? reg_dns(op->reg) : NULL;
+    fetch_dns_t *d = dns ? calloc(1, sizeof(*d)) : NULL;
+    if (!d) {
+        snprintf(op->err, sizeof(op->err), "resolve %s: no resolver", op->host);
+        return MOXY_ERROR;
+    }
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    d->reg = op->reg;
+    d->op = op;
+    d->sync = 1;
+    d->req = evdns_getaddrinfo(dns, op->host, NULL, &hints, dns_cb, d);
+    d->sync = 0;
+    if (d->done || !d->req) {
+        int result = d->done ? d->result : EVUTIL_EAI_FAIL;
+        struct evutil_addrinfo *ai = d->ai;
+        free(d);
+        return op_resolved(op, result, ai);
+    }
+    LIST_INSERT_HEAD(&op->reg->lookups, d, link);
+    op->lookup = d;
+    return MOXY_AGAIN;
+}
+
+/* --- the response --- */
+
+static void op_reset_response(fetch_op_t *op)
+{
+    llhttp_init(&op->parser, HTTP_RESPONSE, &fetch_settings);
+    op->parser.data = op;
+    op->perr = NULL;
+    op->status = 0;
+    op->head_bytes = op->hlen = op->blen = 0;
+    op->nhdrs = 0;
+    op->in_field = op->interim = op->in_trailers = op->done = op->leftover = 0;
+    op->got_bytes = op->write_failed = 0;
+}
+
+/* The reused connection was closed before any response byte: once, send
+ * the request again on a new connection. */
+static void op_retry(fetch_op_t *op)
+{
+    op_close_conn(op);
+    op->reused = 0;
+    op->retried = 1;
+    op->out_sent = 0;
+    op_reset_response(op);
+    if (op_open(op) == MOXY_ERROR) op_fail(op, op->err);
+}
+
+static int rs_stop(fetch_op_t *op, const char *why)
+{
+    op->perr = why;
+    return -1;
+}
+
+static int rs_append(fetch_op_t *op, const char *at, size_t n)
+{
+    if (op->hlen + n > op->hcap) {
+        size_t cap = op->hcap ? op->hcap : 1024;
+        while (cap < op->hlen + n)
+            cap *= 2;
+        char *b = realloc(op->hbuf, cap);
+        if (!b) return rs_stop(op, "out of memory");
+        op->hbuf = b;
+        op->hcap = cap;
+    }
+    memcpy(op->hbuf + op->hlen, at, n);
+    op->hlen += n;
+    return 0;
+}
+
+static int rs_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    fetch_op_t *op = p->data;
+    op->head_bytes += n;
+    if (op->head_bytes > op->max_head) return rs_stop(op, "invalid response: head too large");
+    if (op->in_trailers) return 0; /* trailers are not kept */
+    if (!op->in_field) {
+        op->in_field = 1;
+        op->cur_name = op->hlen;
+        op->cur_nlen = 0;
+    }
+    op->cur_nlen += n;
+    return rs_append(op, at, n);
+}
+
+static int rs_header_field_complete(llhttp_t *p)
+{
+    fetch_op_t *op = p->data;
+    op->in_field = 0;
+    op->cur_value = op->hlen;
+    op->cur_vlen = 0;
+    return 0;
+}
+
+static int rs_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    fetch_op_t *op = p->data;
+    op->head_bytes += n;
+    if (op->head_bytes > op->max_head) return rs_stop(op, "invalid response: head too large");
+    if (op->in_trailers) return 0;
+    op->cur_vlen += n;
+    return rs_append(op, at, n);
+}
+
+static int rs_header_value_complete(llhttp_t *p)
+{
+    fetch_op_t *op = p->data;
+    op->head_bytes += 4;
+    if (op->in_trailers) return 0;
+    if (op->nhdrs >= op->max_headers) return rs_stop(op, "invalid response: too many headers");
+    if (op->nhdrs == op->hdrcap) {
+        int cap = op->hdrcap ? op->hdrcap * 2 : 16;
+        fetch_hdr_t *h = realloc(op->hdrs, (size_t)cap * sizeof(*h));
+        if (!h) return rs_stop(op, "out of memory");
+        op->hdrs = h;
+        op->hdrcap = cap;
+    }
+    size_t vl = op->cur_vlen;
+    const char *v = op->hbuf + op->cur_value;
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+        vl--; /* llhttp checked the rest */
+    char *name = op->hbuf + op->cur_name;
+    for (size_t i = 0; i < op->cur_nlen; i++)
+        name[i] = (char)tolower((unsigned char)name[i]);
+    op->hdrs[op->nhdrs++] = (fetch_hdr_t){(uint32_t)op->cur_name, (uint32_t)op->cur_nlen,
+                                          (uint32_t)op->cur_value, (uint32_t)vl};
+    return 0;
+}
+
+static int rs_headers_complete(llhttp_t *p)
+{
+    fetch_op_t *op = p->data;
+    if (op->in_trailers) return 0;
+    int status = p->status_code;
+    if (status == 101) return rs_stop(op, "invalid response: unexpected 101 Switching Protocols");
+    if (status < 200) { /* 1xx: skipped, the real response follows */
+        op->interim = 1;
+        op->nhdrs = 0;
+        op->hlen = 0;
+        op->head_bytes = 0;
+        return 1;
+    }
+    op->status = status;
+    op->head_bytes = 0; /* trailers get a budget of their own */
+    if (op->head) return 1;
+    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED)) {
+        if (p->content_length > op->max_body) return rs_stop(op, "body too large");
+        if (p->content_length > 0) {
+            op->body = malloc((size_t)p->content_length);
+            if (!op->body) return rs_stop(op, "out of memory");
+            op->bcap = (size_t)p->content_length;
+        }
+    }
+    return 0;
+}
+
+static int rs_chunk_header(llhttp_t *p)
+{
+    fetch_op_t *op = p->data;
+    if (p->content_length == 0) op->in_trailers = 1;
+    return 0;
+}
+
+static int rs_body(llhttp_t *p, const char *at, size_t n)
+{
+    fetch_op_t *op = p->data;
+    if (n > op->max_body - op->blen) {
+        op->perr = "body too large";
+        llhttp_set_error_reason(p, op->perr);
+        return HPE_USER;
+    }
+    if (op->blen + n > op->bcap) {
+        size_t cap = op->bcap ? op->bcap : 16384;
+        while (cap < op->blen + n)
+            cap *= 2;
+        if (cap > op->max_body) cap = op->max_body;
+        char *b = realloc(op->body, cap);
+        if (!b) {
+            op->perr = "out of memory";
+            llhttp_set_error_reason(p, op->perr);
+            return HPE_USER;
+        }
+        op->body = b;
+        op->bcap = cap;
+    }
+    memcpy(op->body + op->blen, at, n);
+    op->blen += n;
+    return 0;
+}
+
+static int rs_message_complete(llhttp_t *p)
+{
+    fetch_op_t *op = p->data;
+    if (op->interim) {
+        op->interim = 0;
+        return 0;
+    }
+    op->done = 1;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t fetch_settings = {
+    .on_header_field = rs_header_field,
+    .on_header_value = rs_header_value,
+    .on_header_field_complete = rs_header_field_complete,
+    .on_header_value_complete = rs_header_value_complete,
+    .on_headers_complete = rs_headers_complete,
+    .on_chunk_header = rs_chunk_header,
+    .on_body = rs_body,
+    .on_message_complete = rs_message_complete,
+};
+
+/* The parser stopped on err: fail op with why. */
+static void op_parse_failed(fetch_op_t *op, llhttp_errno_t err)
+{
+    if (op->perr) {
+        op_fail(op, op->perr);
+        return;
+    }
+    const char *why = llhttp_get_error_reason(&op->parser);
+    snprintf(op->err, sizeof(op->err), "invalid response: %s", why ? why : llhttp_errno_name(err));
+    op_fail(op, op->err);
+}
+
+/* The origin closed op's connection (err: the read error, or 0 at EOF). */
+static void op_eof(fetch_op_t *op, int err)
+{
+    if (op->reused && !op->got_bytes && !op->retried) {
+        op_retry(op);
+        return;
+    }
+    if (err) {
+        set_errno_err(op, "recv", err);
+        op_fail(op, op->err);
+        return;
+    }
+    llhttp_errno_t e = llhttp_finish(&op->parser); /* ends a close-delimited body */
+    if (op->done) {
+        op_done(op, 1);
+        return;
+    }
+    if (e != HPE_OK && e != HPE_PAUSED && op->perr) {
+        op_fail(op, op->perr);
+        return;
+    }
+    op_fail(op, "closed");
+}
+
+static void op_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    fetch_op_t *op = arg;
+    MOXY_UNUSED(what);
+    char buf[FETCH_READ];
+    ssize_t n;
+    do
+        n = recv(fd, buf, sizeof(buf), 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        op_eof(op, errno);
+        return;
+    }
+    if (n == 0) {
+        op_eof(op, 0);
+        return;
+    }
+    op->got_bytes = 1;
+    llhttp_errno_t e = llhttp_execute(&op->parser, buf, (size_t)n);
+    if (e == HPE_OK) return;
+    if (e == HPE_PAUSED && op->done) {
+        if (llhttp_get_error_pos(&op->parser) < buf + n) op->leftover = 1;
+        op_done(op, 0);
+        return;
+    }
+    op_parse_failed(op, e);
+}
+
+static void op_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    fetch_op_t *op = arg;
+    if (op->connected) {
+        op_send(op);
+        return;
+    }
+    if (what & EV_TIMEOUT) {
+        snprintf(op->err, sizeof(op->err), "timeout");
+    } else {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+        if (!err) {
+            op_connected(op);
+            return;
+        }
+        set_errno_err(op, "connect", err);
+    }
+    op_close_conn(op);
+    op->addr_i++;
+    if (op_connect_next(op) != MOXY_OK) op_fail(op, op->err);
+}
+
+static void op_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    op_fail(arg, "timeout");
+}
+
+/* --- the FFI export (lua/moxy/http.lua) --- */
+
+EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req,
+                               size_t rlen, int head, int keepalive, double timeout,
+                               double connect_timeout, size_t max_body, char *err, size_t errlen)
+{
+    moxy_lua_task_t *t = moxy_lua_current_task();
+    if (!t) return MOXY_DECLINED;
+    moxy_worker_t *w = moxy_lua_task_worker(t);
+    const moxy_conf_t *conf = moxy_lua_task_wgen(t)->conf;
+    const char *why = "out of memory";
+    fetch_op_t *op = NULL;
+    fetch_reg_t *reg = reg_get(w);
+    if (!reg) goto err;
+    if (reg->nops >= FETCH_OPS_MAX) {
+        why = "too many calls in flight";
+        goto err;
+    }
+    if (hlen == 0 || hlen > FETCH_HOST_MAX || memchr(host, 0, hlen) || port <= 0 || port > 65535) {
+        why = "invalid URL: bad host or port";
+        goto err;
+    }
+    op = calloc(1, sizeof(*op));
+    if (!op) goto err;
+    op->fd = -1;
+    op->task = t;
+    op->host = malloc(hlen + 1);
+    op->key = malloc(hlen + 8);
+    op->out = malloc(rlen ? rlen : 1);
+    if (!op->host || !op->key || !op->out) goto err;
+    for (size_t i = 0; i < hlen; i++)
+        op->host[i] = (char)tolower((unsigned char)host[i]);
+    op->host[hlen] = '\0';
+    op->keylen = (size_t)snprintf(op->key, hlen + 8, "%s:%d", op->host, port);
+    op->port = port;
+    memcpy(op->out, req, rlen);
+    op->out_len = rlen;
+    op->head = head != 0;
+    op->keepalive = keepalive != 0;
+    op->connect_timeout = connect_timeout > 0 ? connect_timeout : conf->timeouts.connect;
+    if (op->connect_timeout > 1e7) op->connect_timeout = 1e7;
+    op->max_body = max_body;
+    op->max_head = conf->limits.header_bytes;
+    op->max_headers = conf->limits.headers;
+    struct event_base *base = w->base;
+    event_assign(&op->rev, base, -1, EV_READ | EV_PERSIST, op_read_cb, op);
+    event_assign(&op->wev, base, -1, EV_WRITE | EV_PERSIST, op_write_cb, op);
+    evtimer_assign(&op->timer, base, op_timer_cb, op);
+    op_reset_response(op);
+    op->reg = reg;
+    LIST_INSERT_HEAD(&reg->ops, op, link);
+    reg->nops++;
+
+    int fd = op->keepalive ? idle_take(reg, op->key, op->keylen) : -1;
+    if (fd >= 0) {
+        op->reused = 1;
+        op_attach(op, fd);
+        op_connected(op);
+    } else if (op_open(op) == MOXY_ERROR) {
+        why = op->err;
+        goto err;
+    }
+    struct timeval tv = moxy_timeval(timeout > 1e7 ? 1e7 : timeout > 0 ? timeout : 0);
+    evtimer_add(&op->timer, &tv);
+    moxy_lua_task_wait(t, op, op_cancel);
+    return MOXY_OK;
+
+err:
+    if (err && errlen) snprintf(err, errlen, "%s", why);
+    if (op) op_free(op);
+    return MOXY_ERROR;
+}
+
+void moxy_fetch_free_worker(moxy_worker_t *w)
+{
+    fetch_reg_t *reg = w->fetch;
+    if (!reg) return;
+    /* calls in flight: their tasks' cancel frees them later (or already
+     * did); here they only lose their sockets and events */
+    fetch_op_t *op;
+    while ((op = LIST_FIRST(&reg->ops))) {
+        fetch_dns_t *d = op->lookup;
+        if (d) d->op = NULL;
+        op->lookup = NULL; /* no cancel: evdns_base_free drops the lookup */
+        op_stop(op);
+        LIST_REMOVE(op, link);
+        op->reg = NULL;
+    }
+    /* lookups evdns still holds: it will never answer them now */
+    fetch_dns_t *d;
+    while ((d = LIST_FIRST(&reg->lookups))) {
+        LIST_REMOVE(d, link);
+        free(d);
+    }
+    fetch_peer_t *p;
+    while ((p = LIST_FIRST(&reg->peers)))
+        idle_close(TAILQ_FIRST(&p->idle));
+    if (reg->dns) evdns_base_free(reg->dns, 0);
+    free(reg);
+    w->fetch = NULL;
+}
