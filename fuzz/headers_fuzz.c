@@ -84,7 +84,8 @@ static uint32_t model_kind(const char *n, size_t l)
         {"if-modified-since", MOXY_HK_CONDITION},
         {"if-unmodified-since", MOXY_HK_CONDITION},
         /* RFC 9110 6.5.1: not in a trailer */
-        {"age", MOXY_HK_NOT_TRAILER}, {"date", MOXY_HK_NOT_TRAILER}, {"vary", MOXY_HK_NOT_TRAILER},
+        {"age", MOXY_HK_NOT_TRAILER}, {"via", MOXY_HK_NOT_TRAILER}, {"date", MOXY_HK_NOT_TRAILER},
+        {"vary", MOXY_HK_NOT_TRAILER},
         {"cookie", MOXY_HK_NOT_TRAILER}, {"accept", MOXY_HK_NOT_TRAILER}, {"pragma", MOXY_HK_NOT_TRAILER},
         {"expires", MOXY_HK_NOT_TRAILER}, {"warning", MOXY_HK_NOT_TRAILER}, {"location", MOXY_HK_NOT_TRAILER},
         {"set-cookie", MOXY_HK_NOT_TRAILER}, {"retry-after", MOXY_HK_NOT_TRAILER},

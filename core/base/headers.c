@@ -39,7 +39,7 @@ uint32_t moxy_header_kind(const char *n, size_t l)
 {
     switch (l) {
     case 2: return MOXY_STRIEQ_LIT(n, l, "te") ? MOXY_HK_HOP : 0;
-    case 3: return MOXY_STRIEQ_LIT(n, l, "age") ? MOXY_HK_NOT_TRAILER : 0;
+    case 3: return MOXY_STRIEQ_LIT(n, l, "age") || MOXY_STRIEQ_LIT(n, l, "via") ? MOXY_HK_NOT_TRAILER : 0;
     case 4:
         if (MOXY_STRIEQ_LIT(n, l, "host")) return MOXY_HK_HOST;
         if (MOXY_STRIEQ_LIT(n, l, "date") || MOXY_STRIEQ_LIT(n, l, "vary")) return MOXY_HK_NOT_TRAILER;

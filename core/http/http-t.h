@@ -73,8 +73,8 @@ enum {
 /* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
  * request modifiers, authentication, response control data, how to process
  * the content, everything hop-by-hop, and the fields moxy writes itself in
- * the head (X-Forwarded-*, Forwarded, X-Request-Id): an origin that merges
- * trailers into the head would take a client's for moxy's. */
+ * the head (X-Forwarded-*, Forwarded, X-Request-Id, Via): a recipient that
+ * merges trailers into the head would take the sender's for moxy's. */
 #define MOXY_HK_TRAILER_FORBIDDEN                                                            \
     (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE | MOXY_HK_HOST | MOXY_HK_CL | \
      MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER |   \

@@ -222,8 +222,8 @@ describe("http hardening", function()
     assert.is_nil(res.headers["content-length"])
   end)
 
-  describe("request trailers", function()
-    it("lose the fields a trailer must not carry", function()
+  describe("trailers", function()
+    it("of a request lose the fields a trailer must not carry", function()
       local c = assert(helpers.connection(moxy.port))
       assert(c:send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         .. "5\r\nhello\r\n0\r\nX-Ok: yes\r\nHost: evil\r\nConnection: close\r\nUpgrade: h2c\r\nTE: trailers\r\n"
@@ -239,7 +239,21 @@ describe("http hardening", function()
       assert.is_nil(helpers.echo_value(e, "Content-Type"))
     end)
 
-    it("count against limits.headers (431)", function()
+    it("from an origin lose them too, Via included (fuzz finding http_response-4)", function()
+      local raw = helpers.start_raw_origin("reply", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .. "2\r\nok\r\n0\r\nX-Ok: yes\r\nVia: 1.0 evil\r\nContent-Length: 40\r\nX-Request-Id: forged\r\n"
+        .. "Set-Cookie: a=b\r\nX-Checksum: 1\r\n\r\n")
+      local m = helpers.start_moxy({ upstreams = { app = { servers = { raw.addr } } } })
+      local res = assert(helpers.request(m.port, { path = "/t" }))
+      assert.equal("ok", res.body)
+      local names = {}
+      for name in pairs(res.trailers) do names[#names + 1] = name end
+      table.sort(names)
+      assert.same({ "x-checksum", "x-ok" }, names)
+      assert.same({ "1.1 moxy" }, res.headers["via"])
+    end)
+
+    it("of a request count against limits.headers (431)", function()
       local t = {}
       for i = 1, 200 do t[#t + 1] = "X-T" .. i .. ": v\r\n" end
       local text = helpers.raw(moxy.port, "POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
