@@ -381,7 +381,7 @@ TAILQ_HEAD(moxy_upconn_list_s, moxy_upconn_s);
 /* A worker's running state of one upstream pool. */
 struct moxy_pool_rt_s {
     struct moxy_upstream_s *state;    /* the pool's shared state (carried over by reloads) */
-    struct moxy_pool_stats_s *stats;  /* the worker's counts for the pool's name (metrics.h) */
+    struct moxy_pool_stats_s *stats;  /* the worker's counts for the pool's name (stats.h) */
     int *current_weight;              /* smooth weighted round-robin state */
     struct moxy_upconn_list_s *idle;  /* per server: idle keep-alive connections, newest first */
     int nidle;                        /* idle connections of the whole pool */

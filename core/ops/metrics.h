@@ -1,89 +1,14 @@
 /*
- * metrics.h -- what moxy counts, and its Prometheus text rendering.
- *
- * Each worker counts in its own moxy_stats_t (one writer: a relaxed load and
- * store, no locked instruction on the request path); the admin listener on
- * the main thread sums the workers' counts when it is asked (relaxed loads),
- * and reads the shared upstream and dict state as they are.
+ * metrics.h -- the Prometheus text rendering of what moxy counts (the
+ * counts: http/stats.h).
  */
 #ifndef MOXY_METRICS_H
 #define MOXY_METRICS_H
 
 #include "base/config.h"
-#include "http/http-t.h"
-
-#include <stdatomic.h>
+#include "http/stats.h"
 
 struct evbuffer;
-
-#define MOXY_HIST_BUCKETS 13 /* upper bounds (whole µs) in metrics.c, then +Inf */
-
-/* A latency histogram: counts per bucket (not cumulative) and the sum. */
-typedef struct {
-    atomic_ullong bucket[MOXY_HIST_BUCKETS + 1];
-    atomic_ullong sum_us;
-} moxy_hist_t;
-
-/* The upper bound, in seconds, of histogram bucket i (0 <= i < MOXY_HIST_BUCKETS;
- * bucket MOXY_HIST_BUCKETS is +Inf). */
-double moxy_hist_bound(int i);
-
-/* A worker's counts for the pools of one name, whatever generation they
- * belong to (a reload keeps counting on).  Made on the worker's thread (or
- * before it starts), never freed before the worker: the admin listener
- * walks the list while it grows. */
-typedef struct moxy_pool_stats_s {
-    struct moxy_pool_stats_s *_Atomic next;
-    char *name;
-    atomic_ullong requests[6]; /* requests answered for this pool, by status class (index 1..5; 0: none) */
-    moxy_hist_t header_time;   /* try start to the origin's response head */
-    moxy_hist_t connect_time;  /* try start to a new connection's establishment */
-    atomic_llong idle;         /* idle keep-alive connections (gauge) */
-} moxy_pool_stats_t;
-
-/* A worker's counts. */
-typedef struct {
-    atomic_ullong requests[6]; /* by status class */
-    moxy_hist_t duration;      /* first byte to last byte, every request */
-    atomic_ullong lua_errors;  /* hook runs that failed (script errors, budget, memory) */
-    atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
-    atomic_ullong cache_hits;   /* cache lookups answered from the cache */
-    atomic_ullong cache_misses; /* cache lookups that went to the origin */
-    atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
-    long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
-    moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
-} moxy_stats_t;
-
-/* The workers' counts summed (moxy_stats_sum). */
-typedef struct {
-    long long conns;                                    /* open client connections */
-    unsigned long long requests[6];                     /* by status class */
-    unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
-    unsigned long long lua_errors, budget_kills;
-    unsigned long long cache_hits, cache_misses; /* cache lookups */
-} moxy_stats_total_t;
-
-/* Add n to a counter only its worker writes (no locked instruction). */
-#define MOXY_STAT_ADD(v, n) \
-    atomic_store_explicit(&(v), atomic_load_explicit(&(v), memory_order_relaxed) + (n), memory_order_relaxed)
-#define MOXY_STAT_SET(v, n) atomic_store_explicit(&(v), (n), memory_order_relaxed)
-
-/* w's counts for the pools called name: found, or made (on w's thread, or
- * before it runs).  NULL when out of memory. */
-moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name);
-
-/* Free w's per-pool counts (the worker is over). */
-void moxy_stats_free(moxy_worker_t *w);
-
-/* Sum the n workers' counts into *out (relaxed loads, any thread: each
- * count is read as it is at that moment). */
-void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out);
-
-/* Count us microseconds in h (its worker's thread). */
-void moxy_hist_add(moxy_hist_t *h, long long us);
-
-/* Count r, which is over (status, duration, pool, origin timing). */
-void moxy_stats_request(moxy_req_t *r);
 
 /* Append every metric, in Prometheus' text format (version 0.0.4), to out:
  * the n workers' counts summed, the upstream pools' shared state, the

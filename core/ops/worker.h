@@ -14,7 +14,7 @@
 #include "base/config.h"
 #include "http/http-t.h"
 #include "base/log.h"
-#include "ops/metrics.h"
+#include "http/stats.h"
 
 #include <lua.h>
 #include <pthread.h>
@@ -92,7 +92,7 @@ struct moxy_worker_s {
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;
 
-    moxy_stats_t stats;          /* what this worker counted (metrics.h), read by the admin listener */
+    moxy_stats_t stats;          /* what this worker counted (http/stats.h), read by the admin listener */
 
     struct event control;        /* reads control_fd */
     int control_fd;              /* eventfd written by moxy_worker_signal */

@@ -1,0 +1,94 @@
+/*
+ * stats.c -- the workers' counts (see stats.h).
+ */
+#include "http/stats.h"
+#include "http/http.h"
+#include "ops/worker.h"
+
+#include <event2/buffer.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Bucket upper bounds in microseconds, from cache-hit fast to slow-origin
+ * slow: moxy_hist_add compares integers, and bound_us / 1e6 is the very
+ * double the seconds literal (0.0005, 0.001, ...) would be. */
+static const long long bounds_us[MOXY_HIST_BUCKETS] = {500,    1000,   2500,   5000,    10000,   25000,   50000,
+                                                       100000, 250000, 500000, 1000000, 2500000, 10000000};
+
+double moxy_hist_bound(int i)
+{
+    return (double)bounds_us[i] / 1e6;
+}
+
+const moxy_pool_stats_t *moxy_stats_pool_find(const moxy_worker_t *w, const char *name)
+{
+    const moxy_pool_stats_t *ps = atomic_load_explicit(&w->stats.pools, memory_order_acquire);
+    for (; ps; ps = atomic_load_explicit(&ps->next, memory_order_acquire))
+        if (strcmp(ps->name, name) == 0) return ps;
+    return NULL;
+}
+
+moxy_pool_stats_t *moxy_stats_pool(moxy_worker_t *w, const char *name)
+{
+    moxy_pool_stats_t *ps = (moxy_pool_stats_t *)moxy_stats_pool_find(w, name);
+    if (ps) return ps;
+    ps = calloc(1, sizeof(*ps));
+    if (!ps || !(ps->name = strdup(name))) {
+        free(ps);
+        return NULL;
+    }
+    ps->next = atomic_load_explicit(&w->stats.pools, memory_order_relaxed);
+    atomic_store_explicit(&w->stats.pools, ps, memory_order_release);
+    return ps;
+}
+
+void moxy_stats_free(moxy_worker_t *w)
+{
+    moxy_pool_stats_t *ps = atomic_load(&w->stats.pools), *next;
+    for (; ps; ps = next) {
+        next = atomic_load(&ps->next);
+        free(ps->name);
+        free(ps);
+    }
+    atomic_store(&w->stats.pools, NULL);
+}
+
+void moxy_hist_add(moxy_hist_t *h, long long us)
+{
+    if (us < 0) us = 0;
+    int i = 0;
+    while (i < MOXY_HIST_BUCKETS && us > bounds_us[i]) i++;
+    MOXY_STAT_ADD(h->bucket[i], 1);
+    MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
+}
+
+void moxy_stats_request(moxy_req_t *r)
+{
+    moxy_worker_t *w = r->c->w;
+    int cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
+    MOXY_STAT_ADD(w->stats.requests[cls], 1);
+    moxy_hist_add(&w->stats.duration, moxy_req_elapsed_us(r));
+    if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
+        moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
+        MOXY_STAT_ADD(ps->requests[cls], 1);
+        if (r->up_header_us) moxy_hist_add(&ps->header_time, r->up_header_us - r->up_started_us);
+    }
+}
+
+#define LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
+
+void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < n; i++) {
+        const moxy_stats_t *st = &workers[i]->stats;
+        out->conns += LOAD(workers[i]->nconns);
+        for (int c = 0; c < 6; c++) out->requests[c] += LOAD(st->requests[c]);
+        for (int b = 0; b <= MOXY_HIST_BUCKETS; b++) out->duration[b] += LOAD(st->duration.bucket[b]);
+        out->lua_errors += LOAD(st->lua_errors);
+        out->budget_kills += LOAD(st->budget_kills);
+        out->cache_hits += LOAD(st->cache_hits);
+        out->cache_misses += LOAD(st->cache_misses);
+    }
+}
