@@ -33,7 +33,7 @@
 #include "base/config.h"
 #include "base/lua_vm.h"
 #include "proxy/upstream.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <assert.h>
 #include <lauxlib.h>

@@ -29,7 +29,7 @@
 #include "http/http.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
-#include "ops/worker.h"
+#include "ops/workers.h"
 
 #include <arpa/inet.h>
 #include <assert.h>

@@ -32,7 +32,7 @@
 #include "base/headers.h"
 #include "base/pool.h"
 #include "base/realip.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <arpa/inet.h>
 #include <assert.h>

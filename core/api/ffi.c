@@ -6,7 +6,7 @@
 #include "http/http.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>

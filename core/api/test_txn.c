@@ -21,7 +21,7 @@
 #include "http/http.h"
 #include "http/lua_bridge.h"
 #include "proxy/upstream.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>

@@ -4,7 +4,7 @@
  */
 #include "base/realip.h"
 #include "http/http.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

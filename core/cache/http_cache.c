@@ -18,7 +18,7 @@
 #include "base/log.h"
 #include "base/realip.h"
 #include "http/lua_bridge.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <event2/buffer.h>
 #include <math.h>

@@ -7,7 +7,7 @@
 #include "http/http.h"
 #include "base/json.h"
 #include "base/log.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <stdio.h>
 #include <time.h>

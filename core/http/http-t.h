@@ -144,6 +144,8 @@ struct moxy_listener_s {
     int fd;
     int conf_index; /* index into conf->listens */
     struct event ev;
+    /* its connections' protocol (worker.h's moxy_accept_fn) */
+    void (*accept)(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index);
 };
 
 /* A field a hook added to the request's access-log line (txn:log_field). */

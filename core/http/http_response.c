@@ -7,7 +7,7 @@
 #include "http/http.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>

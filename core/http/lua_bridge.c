@@ -20,7 +20,7 @@
 #include "http/http.h"
 #include "base/log.h"
 #include "base/lua_vm.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <event2/buffer.h>
 #include <lauxlib.h>

@@ -12,7 +12,7 @@
 
 #include "base/config.h"
 #include "http/http-t.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <lua.h>
 

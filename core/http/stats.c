@@ -3,7 +3,7 @@
  */
 #include "http/stats.h"
 #include "http/http.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <event2/buffer.h>
 #include <stddef.h>

@@ -18,7 +18,7 @@
 #include "base/log.h"
 #include "http/lua_bridge.h"
 #include "base/realip.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

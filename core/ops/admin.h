@@ -24,7 +24,7 @@
 #define MOXY_ADMIN_H
 
 #include "base/config.h"
-#include "ops/worker.h"
+#include "ops/workers.h"
 
 #include <event2/event.h>
 

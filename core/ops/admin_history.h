@@ -17,7 +17,7 @@
 #define MOXY_ADMIN_HISTORY_H
 
 #include "base/config.h"
-#include "ops/worker.h"
+#include "ops/workers.h"
 
 struct evbuffer;
 

@@ -26,7 +26,7 @@
 #include "ops/upgrade.h"
 #include "proxy/upstream.h"
 #include "ops/watch.h"
-#include "ops/worker.h"
+#include "ops/workers.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -8,7 +8,7 @@
 #include "http/http.h"
 #include "base/shared_dict.h"
 #include "proxy/upstream.h"
-#include "ops/worker.h"
+#include "ops/workers.h"
 
 #include <event2/buffer.h>
 #include <stddef.h>

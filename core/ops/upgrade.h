@@ -15,7 +15,7 @@
 #define MOXY_UPGRADE_H
 
 #include "base/config.h"
-#include "ops/worker.h"
+#include "ops/workers.h"
 
 #include <event2/event.h>
 

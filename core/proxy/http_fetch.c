@@ -22,7 +22,7 @@
 #include "proxy/http_fetch.h"
 #include "api/ffi.h"
 #include "http/lua_bridge.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

@@ -19,7 +19,7 @@
 #include "base/log.h"
 #include "http/lua_bridge.h"
 #include "proxy/upstream.h"
-#include "ops/worker.h"
+#include "http/worker.h"
 
 #include <errno.h>
 #include <event2/buffer.h>

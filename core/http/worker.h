@@ -1,12 +1,14 @@
 /*
- * worker.h -- worker threads.  Each owns an event_base, a LuaJIT VM, its own
- * SO_REUSEPORT listening sockets, its client connections and its idle origin
+ * worker.h -- a worker as its requests see it: its event loop, spare
+ * buffers, listeners and accept, counts, and its generations (moxy_wgen_t).
+ * Each worker owns an event_base, a LuaJIT VM, its own SO_REUSEPORT
+ * listening sockets, its client connections and its idle origin
  * connections.  Nothing a worker touches on the request path is shared.
+ * Its thread, and what the main thread tells it, are ops/workers.h's.
  *
- * The main thread talks to a worker only through moxy_worker_signal(), which
- * sets a flag and writes the worker's eventfd.  Event bases are created
- * without locks (EVENT_BASE_FLAG_NOLOCK): no other thread ever touches them,
- * so no event_add on the request path pays for a mutex.
+ * Event bases are created without locks (EVENT_BASE_FLAG_NOLOCK): no other
+ * thread ever touches them, so no event_add on the request path pays for a
+ * mutex.
  */
 #ifndef MOXY_WORKER_H
 #define MOXY_WORKER_H
@@ -19,14 +21,6 @@
 #include <lua.h>
 #include <pthread.h>
 #include <stdatomic.h>
-
-enum {
-    MOXY_WORKER_DRAIN = 1,   /* stop accepting, finish in-flight requests, exit */
-    MOXY_WORKER_STOP = 2,    /* exit now */
-    MOXY_WORKER_PREPARE = 4, /* build w->pending's generation (its VM), report to the main thread */
-    MOXY_WORKER_COMMIT = 8,  /* switch to the prepared generation */
-    MOXY_WORKER_ABORT = 16,  /* drop the prepared generation */
-};
 
 struct moxy_gen_s; /* generation.h */
 
@@ -58,6 +52,7 @@ struct moxy_wgen_s {
     const struct timeval *ctv_keepalive; /* libevent common-timeout versions */
     const struct timeval *ctv_client_body, *ctv_client_send, *ctv_upstream;
 
+    void (*free)(struct moxy_wgen_s *g); /* what frees it when its last reference goes, or NULL */
     struct event deadline;       /* retired: past it, what still runs on it is cut */
     unsigned retired : 1;
     LIST_ENTRY(moxy_wgen_s) link; /* the worker's retired generations */
@@ -116,13 +111,13 @@ struct moxy_worker_s {
 moxy_worker_t *moxy_worker_alloc(int id);
 
 /* A generation of w for conf without VM or pools: timeouts only (moxy
- * test's; wgen_build in worker.c adds the rest).  One reference.  NULL when
- * out of memory. */
+ * test's; ops/workers.c adds the rest and sets g->free).  One reference.
+ * NULL when out of memory. */
 moxy_wgen_t *moxy_wgen_alloc(moxy_worker_t *w, const moxy_conf_t *conf);
 
 /* Take / drop a reference to g (g's worker's thread).  The last one frees
- * it: its VM, its pools' idle connections, its reference to the process's
- * generation. */
+ * it with g->free (ops/workers.c: its VM, its pools' idle connections, its
+ * reference to the process's generation), or free() when that is NULL. */
 static inline void moxy_wgen_hold(moxy_wgen_t *g)
 {
     g->refs++;
@@ -140,25 +135,22 @@ void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b);
 /* Free w's spares (the worker ends). */
 void moxy_worker_buf_free_all(moxy_worker_t *w);
 
-/* Create worker id for gen: takes its listening sockets and builds its
- * part of the generation (Lua VM, worker_init).  NULL when out of memory;
- * w->error says why it cannot run.  The worker does not run until started. */
-moxy_worker_t *moxy_worker_new(struct moxy_gen_s *gen, int id);
-
-/* Run the worker's loop on a new thread.  MOXY_OK or MOXY_ERROR. */
-int moxy_worker_start(moxy_worker_t *w);
-
-/* Ask a running worker to drain or stop (MOXY_WORKER_*); safe from any thread. */
-void moxy_worker_signal(moxy_worker_t *w, int command);
-
-/* Wait for the worker's thread to end, then free the worker. */
-void moxy_worker_join_free(moxy_worker_t *w);
-
-/* Called on each worker's thread as it ends (main.c): wakes the main thread. */
-void moxy_main_worker_exited(void);
-
 /* Called when a client connection closes: lets a paused accept resume and a
  * draining worker finish. */
 void moxy_worker_conn_closed(moxy_worker_t *w);
+
+/* How a listener's connections are served: takes the accepted socket fd of
+ * the peer sa, which came in on listener listen_index (HTTP/1 today). */
+typedef void (*moxy_accept_fn)(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index);
+
+/* Listener i of w takes the listening socket fd (or fd < 0: none); its
+ * connections go to accept. */
+void moxy_listener_assign(moxy_worker_t *w, moxy_listener_t *l, int i, int fd, moxy_accept_fn accept);
+
+/* Add (on) or remove w's listeners' events. */
+void moxy_accept_enable(moxy_worker_t *w, int on);
+
+/* Close w's listening sockets (they stop accepting). */
+void moxy_listeners_close(moxy_worker_t *w);
 
 #endif

@@ -1,8 +1,8 @@
 /*
- * worker.c -- worker threads: event loop, listening sockets, accept,
- * drain/stop on command from the main thread; see worker.h.
+ * workers.c -- worker threads: their generations' building and switching,
+ * drain/stop on command from the main thread; see workers.h.
  */
-#include "ops/worker.h"
+#include "ops/workers.h"
 #include "ops/generation.h"
 #include "api/geoip.h"
 #include "http/http.h"
@@ -19,78 +19,6 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#define ACCEPT_BATCH 64
-
-
-static void accept_enable(moxy_worker_t *w, int on)
-{
-    if (w->accepting == on) return;
-    for (int i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i].fd < 0) continue;
-        if (on) event_add(&w->listeners[i].ev, NULL);
-        else event_del(&w->listeners[i].ev);
-    }
-    w->accepting = on;
-}
-
-static void accept_cb(evutil_socket_t fd, short what, void *arg)
-{
-    moxy_listener_t *l = arg;
-    moxy_worker_t *w = l->w;
-    MOXY_UNUSED(what);
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof(ss);
-        int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
-            if (errno == EMFILE || errno == ENFILE) {
-                /* out of descriptors: stop accepting until a connection closes */
-                moxy_log_err("worker %d: accept: %s; pausing accept", w->id, strerror(errno));
-                accept_enable(w, 0);
-                return;
-            }
-            moxy_log_err("worker %d: accept: %s", w->id, strerror(errno));
-            return;
-        }
-        moxy_client_accept(w, cfd, (struct sockaddr *)&ss, l->conf_index);
-        if (w->nconns >= w->g->conf->limits.connections) {
-            moxy_log(MOXY_LOG_WARN, NULL, "worker %d: %d connections (limits.connections); pausing accept",
-                     w->id, w->nconns);
-            accept_enable(w, 0);
-            return;
-        }
-    }
-}
-
-void moxy_worker_conn_closed(moxy_worker_t *w)
-{
-    MOXY_STAT_ADD(w->nconns, -1);
-    if (w->draining) {
-        if (w->nconns == 0) event_base_loopexit(w->base, NULL);
-        return;
-    }
-    if (!w->accepting && w->nconns < w->g->conf->limits.connections) accept_enable(w, 1);
-}
-
-/* Listener i of w takes fd (opened for it by generation.c), or closes. */
-static void listener_assign(moxy_worker_t *w, moxy_listener_t *l, int i, int fd)
-{
-    l->w = w;
-    l->conf_index = i;
-    l->fd = fd;
-    if (fd >= 0) event_assign(&l->ev, w->base, fd, EV_READ | EV_PERSIST, accept_cb, l);
-}
-
-static void close_listeners(moxy_worker_t *w)
-{
-    accept_enable(w, 0);
-    for (int i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i].fd >= 0) close(w->listeners[i].fd);
-        w->listeners[i].fd = -1;
-    }
-}
 
 static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -141,7 +69,7 @@ static void control_cb(evutil_socket_t fd, short what, void *arg)
     }
     if ((cmd & MOXY_WORKER_DRAIN) && !w->draining) {
         w->draining = 1;
-        close_listeners(w);
+        moxy_listeners_close(w);
         moxy_upstream_close_idle(w);
         moxy_client_t *c = LIST_FIRST(&w->clients), *next;
         for (; c; c = next) {
@@ -172,61 +100,12 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     w->stats.timer_due_us = now + 1000000;
 }
 
-struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)
-{
-    if (w->nbuf_free > 0) return w->buf_free[--w->nbuf_free];
-    struct evbuffer *b = evbuffer_new();
-    /* written to sockets: a file segment added (a cache hit's memfd body)
-     * goes with sendfile, not read into memory */
-    if (b) evbuffer_set_flags(b, EVBUFFER_FLAG_DRAINS_TO_FD);
-    return b;
-}
-
-void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b)
-{
-    if (w->nbuf_free < MOXY_BUF_FREE_MAX && evbuffer_get_length(b) == 0) w->buf_free[w->nbuf_free++] = b;
-    else evbuffer_free(b);
-}
-
-void moxy_worker_buf_free_all(moxy_worker_t *w)
-{
-    while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
-}
-
 /* --- generations (see worker.h's moxy_wgen_t) --- */
-
-moxy_wgen_t *moxy_wgen_alloc(moxy_worker_t *w, const moxy_conf_t *conf)
-{
-    moxy_wgen_t *g = calloc(1, sizeof(*g));
-    if (!g) return NULL;
-    g->w = w;
-    g->conf = conf;
-    g->refs = 1;
-    g->lua_body = -2; /* LUA_NOREF */
-    LIST_INIT(&g->timers);
-    g->tv_client_header = moxy_timeval(conf->timeouts.client_header);
-    g->tv_client_body = moxy_timeval(conf->timeouts.client_body);
-    g->tv_client_send = moxy_timeval(conf->timeouts.client_send);
-    g->tv_connect = moxy_timeval(conf->timeouts.connect);
-    g->tv_upstream = moxy_timeval(conf->timeouts.upstream);
-    g->tv_keepalive = moxy_timeval(conf->timeouts.keepalive);
-    /* Common timeouts: O(1) re-arming for the timeouts every connection
-     * uses (libevent keeps one queue per duration, shared by generations
-     * that agree; past its limit of 256, plain timeouts) */
-    struct event_base *b = w->base;
-    g->ctv_keepalive = event_base_init_common_timeout(b, &g->tv_keepalive);
-    g->ctv_client_body = event_base_init_common_timeout(b, &g->tv_client_body);
-    g->ctv_client_send = event_base_init_common_timeout(b, &g->tv_client_send);
-    g->ctv_upstream = event_base_init_common_timeout(b, &g->tv_upstream);
-    if (!g->ctv_keepalive) g->ctv_keepalive = &g->tv_keepalive;
-    if (!g->ctv_client_body) g->ctv_client_body = &g->tv_client_body;
-    if (!g->ctv_client_send) g->ctv_client_send = &g->tv_client_send;
-    if (!g->ctv_upstream) g->ctv_upstream = &g->tv_upstream;
-    return g;
-}
 
 static void wgen_free(moxy_wgen_t *g)
 {
+    if (g->retired && g->refs == 0)
+        moxy_log(MOXY_LOG_DEBUG, NULL, "worker %d: generation %u: last request over, freed", g->w->id, g->gen->id);
     if (g->retired) {
         LIST_REMOVE(g, link);
         event_del(&g->deadline);
@@ -237,14 +116,6 @@ static void wgen_free(moxy_wgen_t *g)
     free(g);
 }
 
-void moxy_wgen_release(moxy_wgen_t *g)
-{
-    if (--g->refs == 0) {
-        if (g->retired)
-            moxy_log(MOXY_LOG_DEBUG, NULL, "worker %d: generation %u: last request over, freed", g->w->id, g->gen->id);
-        wgen_free(g);
-    }
-}
 
 /* w's part of gen: timeouts, pools, VM with the scripts loaded and
  * worker_init run.  NULL with w->error set when it cannot be made. */
@@ -257,6 +128,7 @@ static moxy_wgen_t *wgen_build(moxy_worker_t *w, moxy_gen_t *gen)
     }
     moxy_gen_hold(gen);
     g->gen = gen;
+    g->free = wgen_free;
     if (moxy_upstream_init_wgen(g) != MOXY_OK) {
         snprintf(w->error, sizeof(w->error), "out of memory");
         wgen_free(g);
@@ -306,7 +178,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
         return;
     }
     int was = w->accepting;
-    accept_enable(w, 0);
+    moxy_accept_enable(w, 0);
     for (int j = 0; j < w->nlisteners; j++) map[j] = -1;
     for (int i = 0; i < nc->nlistens; i++) {
         int fd = moxy_gen_take_listen_fd(g->gen, i, w->id);
@@ -318,7 +190,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
             }
         }
         if (fd < 0) moxy_log_err("worker %d: no socket for listener %s", w->id, nc->listens[i].addr.text);
-        listener_assign(w, &nl[i], i, fd);
+        moxy_listener_assign(w, &nl[i], i, fd, moxy_client_accept);
     }
     for (int j = 0; j < w->nlisteners; j++) {
         if (w->listeners[j].fd >= 0) close(w->listeners[j].fd); /* an address no longer listened on */
@@ -333,7 +205,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
         if (c->listen_index < 0) moxy_client_drain(c);
     }
     free(map);
-    if (was) accept_enable(w, 1);
+    if (was) moxy_accept_enable(w, 1);
 }
 
 /* w switches to its prepared generation g: new requests start on it. */
@@ -368,33 +240,6 @@ static void worker_free_wgens(moxy_worker_t *w)
 
 /* --- workers --- */
 
-moxy_worker_t *moxy_worker_alloc(int id)
-{
-    moxy_worker_t *w = calloc(1, sizeof(*w));
-    if (!w) return NULL;
-    w->id = id;
-    w->control_fd = -1;
-    LIST_INIT(&w->clients);
-    LIST_INIT(&w->detached);
-    LIST_INIT(&w->retired);
-    struct event_config *ec = event_config_new();
-    if (ec) {
-        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
-        w->base = event_base_new_with_config(ec);
-        event_config_free(ec);
-    }
-    if (!w->base) {
-        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
-        return w;
-    }
-    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
-        w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
-        w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
-    }
-    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
-    return w;
-}
-
 moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
 {
     moxy_worker_t *w = moxy_worker_alloc(id);
@@ -411,7 +256,8 @@ moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
         snprintf(w->error, sizeof(w->error), "out of memory");
         return w;
     }
-    for (int i = 0; i < conf->nlistens; i++) listener_assign(w, &w->listeners[i], i, moxy_gen_take_listen_fd(gen, i, id));
+    for (int i = 0; i < conf->nlistens; i++)
+        moxy_listener_assign(w, &w->listeners[i], i, moxy_gen_take_listen_fd(gen, i, id), moxy_client_accept);
     event_assign(&w->control, w->base, w->control_fd, EV_READ | EV_PERSIST, control_cb, w);
     event_add(&w->control, NULL);
     event_assign(&w->flush_timer, w->base, -1, EV_PERSIST, flush_cb, w);
@@ -425,7 +271,7 @@ moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
 static void *worker_main(void *arg)
 {
     moxy_worker_t *w = arg;
-    accept_enable(w, 1);
+    moxy_accept_enable(w, 1);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     /* Whatever is still open is cut: it is logged as aborted. */
     moxy_client_t *c;
@@ -465,7 +311,7 @@ void moxy_worker_join_free(moxy_worker_t *w)
         moxy_geoip_worker_free(w);
     }
     if (w->listeners) {
-        close_listeners(w);
+        moxy_listeners_close(w);
         free(w->listeners);
     }
     if (w->base) {

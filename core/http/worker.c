@@ -1,0 +1,173 @@
+/*
+ * worker.c -- a worker's loop as its requests see it: accept, spare
+ * buffers, generations (see worker.h).
+ */
+#include "http/worker.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 64
+
+void moxy_accept_enable(moxy_worker_t *w, int on)
+{
+    if (w->accepting == on) return;
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd < 0) continue;
+        if (on) event_add(&w->listeners[i].ev, NULL);
+        else event_del(&w->listeners[i].ev);
+    }
+    w->accepting = on;
+}
+
+static void accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_listener_t *l = arg;
+    moxy_worker_t *w = l->w;
+    MOXY_UNUSED(what);
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
+            if (errno == EMFILE || errno == ENFILE) {
+                /* out of descriptors: stop accepting until a connection closes */
+                moxy_log_err("worker %d: accept: %s; pausing accept", w->id, strerror(errno));
+                moxy_accept_enable(w, 0);
+                return;
+            }
+            moxy_log_err("worker %d: accept: %s", w->id, strerror(errno));
+            return;
+        }
+        l->accept(w, cfd, (struct sockaddr *)&ss, l->conf_index);
+        if (w->nconns >= w->g->conf->limits.connections) {
+            moxy_log(MOXY_LOG_WARN, NULL, "worker %d: %d connections (limits.connections); pausing accept",
+                     w->id, w->nconns);
+            moxy_accept_enable(w, 0);
+            return;
+        }
+    }
+}
+
+void moxy_worker_conn_closed(moxy_worker_t *w)
+{
+    MOXY_STAT_ADD(w->nconns, -1);
+    if (w->draining) {
+        if (w->nconns == 0) event_base_loopexit(w->base, NULL);
+        return;
+    }
+    if (!w->accepting && w->nconns < w->g->conf->limits.connections) moxy_accept_enable(w, 1);
+}
+
+void moxy_listener_assign(moxy_worker_t *w, moxy_listener_t *l, int i, int fd, moxy_accept_fn accept)
+{
+    l->w = w;
+    l->accept = accept;
+    l->conf_index = i;
+    l->fd = fd;
+    if (fd >= 0) event_assign(&l->ev, w->base, fd, EV_READ | EV_PERSIST, accept_cb, l);
+}
+
+void moxy_listeners_close(moxy_worker_t *w)
+{
+    moxy_accept_enable(w, 0);
+    for (int i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i].fd >= 0) close(w->listeners[i].fd);
+        w->listeners[i].fd = -1;
+    }
+}
+
+struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w)
+{
+    if (w->nbuf_free > 0) return w->buf_free[--w->nbuf_free];
+    struct evbuffer *b = evbuffer_new();
+    /* written to sockets: a file segment added (a cache hit's memfd body)
+     * goes with sendfile, not read into memory */
+    if (b) evbuffer_set_flags(b, EVBUFFER_FLAG_DRAINS_TO_FD);
+    return b;
+}
+
+void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b)
+{
+    if (w->nbuf_free < MOXY_BUF_FREE_MAX && evbuffer_get_length(b) == 0) w->buf_free[w->nbuf_free++] = b;
+    else evbuffer_free(b);
+}
+
+void moxy_worker_buf_free_all(moxy_worker_t *w)
+{
+    while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
+}
+
+/* --- generations --- */
+
+moxy_wgen_t *moxy_wgen_alloc(moxy_worker_t *w, const moxy_conf_t *conf)
+{
+    moxy_wgen_t *g = calloc(1, sizeof(*g));
+    if (!g) return NULL;
+    g->w = w;
+    g->conf = conf;
+    g->refs = 1;
+    g->lua_body = -2; /* LUA_NOREF */
+    LIST_INIT(&g->timers);
+    g->tv_client_header = moxy_timeval(conf->timeouts.client_header);
+    g->tv_client_body = moxy_timeval(conf->timeouts.client_body);
+    g->tv_client_send = moxy_timeval(conf->timeouts.client_send);
+    g->tv_connect = moxy_timeval(conf->timeouts.connect);
+    g->tv_upstream = moxy_timeval(conf->timeouts.upstream);
+    g->tv_keepalive = moxy_timeval(conf->timeouts.keepalive);
+    /* Common timeouts: O(1) re-arming for the timeouts every connection
+     * uses (libevent keeps one queue per duration, shared by generations
+     * that agree; past its limit of 256, plain timeouts) */
+    struct event_base *b = w->base;
+    g->ctv_keepalive = event_base_init_common_timeout(b, &g->tv_keepalive);
+    g->ctv_client_body = event_base_init_common_timeout(b, &g->tv_client_body);
+    g->ctv_client_send = event_base_init_common_timeout(b, &g->tv_client_send);
+    g->ctv_upstream = event_base_init_common_timeout(b, &g->tv_upstream);
+    if (!g->ctv_keepalive) g->ctv_keepalive = &g->tv_keepalive;
+    if (!g->ctv_client_body) g->ctv_client_body = &g->tv_client_body;
+    if (!g->ctv_client_send) g->ctv_client_send = &g->tv_client_send;
+    if (!g->ctv_upstream) g->ctv_upstream = &g->tv_upstream;
+    return g;
+}
+
+void moxy_wgen_release(moxy_wgen_t *g)
+{
+    if (--g->refs > 0) return;
+    if (g->free) g->free(g);
+    else free(g);
+}
+
+moxy_worker_t *moxy_worker_alloc(int id)
+{
+    moxy_worker_t *w = calloc(1, sizeof(*w));
+    if (!w) return NULL;
+    w->id = id;
+    w->control_fd = -1;
+    LIST_INIT(&w->clients);
+    LIST_INIT(&w->detached);
+    LIST_INIT(&w->retired);
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
+    if (!w->base) {
+        snprintf(w->error, sizeof(w->error), "cannot create an event loop");
+        return w;
+    }
+    if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng)) {
+        w->rng[0] = (uint64_t)time(NULL) ^ ((uint64_t)id << 32);
+        w->rng[1] = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
+    }
+    if (!w->rng[0] && !w->rng[1]) w->rng[1] = 1;
+    return w;
+}
