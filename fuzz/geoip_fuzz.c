@@ -28,7 +28,7 @@
 #include "fuzz.h"
 #include "api/ffi.h"
 #include "api/geoip.h"
-#include "base/realip.h"
+#include "base/addr.h"
 
 #include <assert.h>
 #include <fcntl.h>

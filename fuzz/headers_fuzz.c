@@ -32,6 +32,7 @@
 
 #include <assert.h>
 #include <event2/buffer.h>
+#include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
 

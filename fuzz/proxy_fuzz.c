@@ -7,7 +7,7 @@
  * is 0, 4 or 6; MOXY_AGAIN asks for more than was given; an error has a why.
  */
 #include "fuzz.h"
-#include "base/realip.h"
+#include "net/proxy_protocol.h"
 
 #include <assert.h>
 

@@ -31,7 +31,8 @@
 #include "fuzz.h"
 #include "base/headers.h"
 #include "base/pool.h"
-#include "base/realip.h"
+#include "base/addr.h"
+#include "http/realip.h"
 #include "http/worker.h"
 
 #include <arpa/inet.h>

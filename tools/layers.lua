@@ -2,25 +2,28 @@
 -- files' symbols (nm): a folder may use symbols defined in itself and in the
 -- folders listed before it, never after.
 --
---   luajit tools/layers.lua [-v] [-m MAP] [-k KNOWN] LAYER1,LAYER2,... OBJ...
+--   luajit tools/layers.lua [-v] [-m MAP] [-k KNOWN] [-s SRCDIR] LAYER1,LAYER2,... OBJ...
 --
 -- Each OBJ is build/FOLDER/NAME.o (or, with -m, a flat build/NAME.o whose folder
 -- MAP gives as "NAME FOLDER" lines: how a move is planned before it is made).
 -- Prints every upward reference (user -> symbol -> definer), the folder graph's
 -- cycles, and per pair of files the count; exits 1 when there is any.  -v also
--- prints the folder-to-folder reference counts.
+-- prints the folder-to-folder reference counts.  With -s, the sources under
+-- SRCDIR/LAYER/ are read too: an #include "FOLDER/x.h" of a later folder is
+-- an upward reference as well (symbol "#include:FOLDER/x.h").
 --
 -- With -k, the upward references listed in KNOWN ("folder/file symbol" lines,
 -- '#' comments) are the ones still being removed: only a reference not in it
 -- fails, and so does a line of it that no longer matches a reference, so that
 -- the list only shrinks.
-local verbose, mapfile, knownfile = false, nil, nil
+local verbose, mapfile, knownfile, srcdir = false, nil, nil, nil
 local args = { ... }
 while args[1] and args[1]:sub(1, 1) == "-" do
   local a = table.remove(args, 1)
   if a == "-v" then verbose = true
   elseif a == "-m" then mapfile = table.remove(args, 1)
   elseif a == "-k" then knownfile = table.remove(args, 1)
+  elseif a == "-s" then srcdir = table.remove(args, 1)
   else io.stderr:write("layers: unknown option ", a, "\n"); os.exit(2) end
 end
 local order = table.remove(args, 1)
@@ -102,6 +105,33 @@ for _, o in ipairs(objs) do
         pairs_up[key] = (pairs_up[key] or 0) + 1
       end
     end
+  end
+end
+
+-- Includes: a file of folder F may include headers of F and earlier folders.
+if srcdir then
+  for _, l in ipairs(layers) do
+    local p = assert(io.popen("ls " .. srcdir .. "/" .. l .. " 2>/dev/null"))
+    for f in p:lines() do
+      if f:match("%.[ch]$") then
+        local text = assert(io.open(srcdir .. "/" .. l .. "/" .. f)):read("*a")
+        for folder, h in text:gmatch('#include "([%w_]+)/([^"]+)"') do
+          if rank[folder] and rank[folder] > rank[l] then
+            local short, sym = l .. "/" .. f, "#include:" .. folder .. "/" .. h
+            nup = nup + 1
+            local key = short .. " " .. sym
+            local mark = "upward: "
+            if known[key] ~= nil then known[key], mark = true, "known:  " else nnew = nnew + 1 end
+            up[#up + 1] = mark .. ("%-24s -> %s"):format(short, sym)
+            local pk = short .. " -> " .. folder .. "/" .. h
+            pairs_up[pk] = (pairs_up[pk] or 0) + 1
+            fgraph[l] = fgraph[l] or {}
+            fgraph[l][folder] = (fgraph[l][folder] or 0) + 1
+          end
+        end
+      end
+    end
+    p:close()
   end
 end
 

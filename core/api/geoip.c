@@ -15,7 +15,7 @@
 #include "http/http.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
-#include "base/realip.h"
+#include "base/addr.h"
 #include "http/worker.h"
 
 #include <errno.h>

@@ -6,8 +6,7 @@
 #include "base/config.h"
 #include "base/log.h"
 #include "base/lua_vm.h"
-#include "base/realip.h"
-#include "proxy/upstream.h"
+#include "base/addr.h"
 
 #include <arpa/inet.h>
 #include <lauxlib.h>
@@ -496,7 +495,7 @@ void moxy_conf_release(moxy_conf_t *c)
         free(u->health.host);
         free(u->health.body);
         if (u->state_owner) moxy_conf_release(u->state_owner);
-        else moxy_upstream_state_free(u->state);
+        else if (u->state) u->state_free(u->state);
     }
     free(c->upstreams);
     for (int i = 0; i < c->nlistens; i++) {

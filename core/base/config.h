@@ -150,7 +150,8 @@ typedef struct {
         double interval, timeout;
         int healthy, unhealthy; /* consecutive results that flip the state */
     } health;
-    struct moxy_upstream_s *state; /* the pool's shared running state (upstream.c) */
+    struct moxy_upstream_s *state; /* the pool's shared running state (proxy/upstream.c) */
+    void (*state_free)(struct moxy_upstream_s *state); /* how its maker frees it */
     struct moxy_conf_s *state_owner; /* NULL: state is this configuration's; else the earlier
                                         one that made it (a reference: state points into it) */
 } moxy_upstream_conf_t;

@@ -5,7 +5,60 @@
 #ifndef MOXY_HEADERS_H
 #define MOXY_HEADERS_H
 
-#include "http/http-t.h"
+#include "base/pool.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct evbuffer;
+
+/* What moxy itself cares about in a header, found once when it is added
+ * (bits of moxy_header_t.kind), so later passes test a bit instead of
+ * comparing names. */
+enum {
+    MOXY_HK_HOP = 1 << 0,        /* always hop-by-hop (RFC 9110 7.6.1, and Proxy-*) */
+    MOXY_HK_CONNECTION = 1 << 1,
+    MOXY_HK_UPGRADE = 1 << 2,
+    MOXY_HK_TE = 1 << 3,         /* Transfer-Encoding */
+    MOXY_HK_HOST = 1 << 4,
+    MOXY_HK_CL = 1 << 5,         /* Content-Length */
+    MOXY_HK_EXPECT = 1 << 6,
+    MOXY_HK_XRID = 1 << 7,       /* X-Request-Id */
+    MOXY_HK_XFF = 1 << 8,        /* X-Forwarded-For */
+    MOXY_HK_XFP = 1 << 9,        /* X-Forwarded-Proto */
+    MOXY_HK_XFH = 1 << 10,       /* X-Forwarded-Host */
+    MOXY_HK_FWD = 1 << 11,       /* Forwarded (RFC 7239) */
+    MOXY_HK_CONDITION = 1 << 12, /* If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since */
+    MOXY_HK_IF_RANGE = 1 << 13,  /* If-Range */
+    MOXY_HK_RANGE = 1 << 14,     /* Range */
+    MOXY_HK_NOT_TRAILER = 1 << 15, /* other fields a trailer must not carry (RFC 9110 6.5.1) */
+};
+
+/* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
+ * request modifiers, authentication, response control data, how to process
+ * the content, everything hop-by-hop, and the fields moxy writes itself in
+ * the head (X-Forwarded-*, Forwarded, X-Request-Id, Via): a recipient that
+ * merges trailers into the head would take the sender's for moxy's. */
+#define MOXY_HK_TRAILER_FORBIDDEN                                                            \
+    (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE | MOXY_HK_HOST | MOXY_HK_CL | \
+     MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER |   \
+     MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH | MOXY_HK_FWD | MOXY_HK_XRID)
+
+/* One header.  Name and value live in the request pool. */
+typedef struct {
+    char *name;
+    char *value;
+    uint32_t name_len;
+    uint32_t value_len;
+    uint32_t kind;   /* MOXY_HK_* bits */
+} moxy_header_t;
+
+/* An ordered list of headers (order and repeats are kept, as received). */
+typedef struct {
+    moxy_header_t *h;
+    uint32_t n;
+    uint32_t cap;
+} moxy_headers_t;
 
 /* Append name: value (copied into pool).  MOXY_OK or MOXY_ERROR (out of memory). */
 int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,

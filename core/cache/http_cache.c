@@ -16,7 +16,7 @@
 #include "base/headers.h"
 #include "http/http.h"
 #include "base/log.h"
-#include "base/realip.h"
+#include "base/addr.h"
 #include "http/lua_bridge.h"
 #include "http/worker.h"
 

@@ -1,6 +1,6 @@
 /*
- * http-t.h -- the types of the HTTP/1.x proxy: header lists, client
- * connections, requests and origin connections.  Prototypes are in http.h.
+ * http-t.h -- the types of the HTTP/1.x proxy: client connections,
+ * requests and origin connections (header lists: base/headers.h).  Prototypes are in http.h.
  *
  * Lifetimes: a client connection (moxy_client_t) is malloc'ed at accept and
  * freed at close.  Its request (moxy_req_t) and everything the request points
@@ -11,6 +11,7 @@
 #ifndef MOXY_HTTP_T_H
 #define MOXY_HTTP_T_H
 
+#include "base/headers.h"
 #include "base/moxy.h"
 #include "base/pool.h"
 
@@ -47,54 +48,6 @@ typedef struct moxy_wgen_s moxy_wgen_t;
  * many bytes (or timeouts.linger passed, or a second went by without any). */
 #define MOXY_LINGER_MAX_BYTES (16 * 1024 * 1024)
 #define MOXY_LINGER_IDLE_MS 1000
-
-/* What moxy itself cares about in a header, found once when it is added
- * (bits of moxy_header_t.kind), so later passes test a bit instead of
- * comparing names. */
-enum {
-    MOXY_HK_HOP = 1 << 0,        /* always hop-by-hop (RFC 9110 7.6.1, and Proxy-*) */
-    MOXY_HK_CONNECTION = 1 << 1,
-    MOXY_HK_UPGRADE = 1 << 2,
-    MOXY_HK_TE = 1 << 3,         /* Transfer-Encoding */
-    MOXY_HK_HOST = 1 << 4,
-    MOXY_HK_CL = 1 << 5,         /* Content-Length */
-    MOXY_HK_EXPECT = 1 << 6,
-    MOXY_HK_XRID = 1 << 7,       /* X-Request-Id */
-    MOXY_HK_XFF = 1 << 8,        /* X-Forwarded-For */
-    MOXY_HK_XFP = 1 << 9,        /* X-Forwarded-Proto */
-    MOXY_HK_XFH = 1 << 10,       /* X-Forwarded-Host */
-    MOXY_HK_FWD = 1 << 11,       /* Forwarded (RFC 7239) */
-    MOXY_HK_CONDITION = 1 << 12, /* If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since */
-    MOXY_HK_IF_RANGE = 1 << 13,  /* If-Range */
-    MOXY_HK_RANGE = 1 << 14,     /* Range */
-    MOXY_HK_NOT_TRAILER = 1 << 15, /* other fields a trailer must not carry (RFC 9110 6.5.1) */
-};
-
-/* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
- * request modifiers, authentication, response control data, how to process
- * the content, everything hop-by-hop, and the fields moxy writes itself in
- * the head (X-Forwarded-*, Forwarded, X-Request-Id, Via): a recipient that
- * merges trailers into the head would take the sender's for moxy's. */
-#define MOXY_HK_TRAILER_FORBIDDEN                                                            \
-    (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE | MOXY_HK_HOST | MOXY_HK_CL | \
-     MOXY_HK_EXPECT | MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_NOT_TRAILER |   \
-     MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH | MOXY_HK_FWD | MOXY_HK_XRID)
-
-/* One header.  Name and value live in the request pool. */
-typedef struct {
-    char *name;
-    char *value;
-    uint32_t name_len;
-    uint32_t value_len;
-    uint32_t kind;   /* MOXY_HK_* bits */
-} moxy_header_t;
-
-/* An ordered list of headers (order and repeats are kept, as received). */
-typedef struct {
-    moxy_header_t *h;
-    uint32_t n;
-    uint32_t cap;
-} moxy_headers_t;
 
 /* How a message body is delimited. */
 typedef enum {

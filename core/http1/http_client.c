@@ -17,7 +17,9 @@
 #include "net/io.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
-#include "base/realip.h"
+#include "base/addr.h"
+#include "http/realip.h"
+#include "net/proxy_protocol.h"
 #include "http/worker.h"
 
 #include <arpa/inet.h>

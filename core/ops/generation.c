@@ -20,7 +20,7 @@
 #include "proxy/health_check.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
-#include "net/resolver.h"
+#include "proxy/resolver.h"
 #include "base/sd_notify.h"
 #include "base/shared_dict.h"
 #include "ops/upgrade.h"

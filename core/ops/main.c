@@ -21,7 +21,7 @@
 #include "base/log.h"
 #include "http/lua_bridge.h"
 #include "base/pidfile.h"
-#include "net/resolver.h"
+#include "proxy/resolver.h"
 #include "base/sd_notify.h"
 #include "base/shared_dict.h"
 #include "ops/upgrade.h"

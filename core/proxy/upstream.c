@@ -18,6 +18,7 @@ static int state_create(moxy_upstream_conf_t *uc)
     moxy_upstream_t *up = calloc(1, sizeof(*up));
     if (!up) return MOXY_ERROR;
     uc->state = up;
+    uc->state_free = moxy_upstream_state_free;
     up->conf = uc;
     pthread_mutex_init(&up->lock, NULL);
     up->peers = calloc((size_t)uc->nservers + 1, sizeof(*up->peers));

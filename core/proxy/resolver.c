@@ -12,7 +12,7 @@
  * addresses in another order (round-robin DNS) is no change: addr_gen moves,
  * and idle connections to the old addresses close, only when the set does.
  */
-#include "net/resolver.h"
+#include "proxy/resolver.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
 
