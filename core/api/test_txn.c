@@ -5,7 +5,7 @@
  *
  * A moxy_test_t owns a worker of its own (a configuration holding the pools
  * the spec names, one listener called "test", an event_base that never runs:
- * it only answers the cached-time calls), a client connection with fd -1,
+ * it only answers the cached-time calls), a client connection with conn.fd -1,
  * and that client's one request, built in the client's pool as the parser
  * would build it.  lua/moxy/test.lua drives the phases in the order
  * http_client.c and http_upstream.c do; the functions below are the request
@@ -34,7 +34,7 @@
 
 struct moxy_test_s {
     moxy_worker_t *w; /* its generation's conf (moxy_conf_release) and base are ours too */
-    moxy_client_t *c; /* fd -1; its pool holds the request */
+    moxy_client_t *c; /* conn.fd -1; its pool holds the request */
 };
 
 /* --- the test worker --- */
@@ -143,7 +143,7 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
     moxy_client_t *c = t->c = calloc(1, sizeof(*c));
     if (!c) goto err;
     c->w = w;
-    c->fd = -1;
+    c->conn.fd = -1;
     c->listen_index = 0;
     c->state = MOXY_C_HEAD;
     moxy_pool_init(&c->pool);

@@ -183,13 +183,15 @@ static int add_body(struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint
     return MOXY_OK;
 }
 
-/* Whether r's client gets a memfd body with sendfile (cache.sendfile): not
- * by default when it is on this host, where receiving sendfile's page
- * references costs the client more than the copy costs moxy (on loopback
- * about 2.3 times the CPU per byte received). */
+/* Whether r's client gets a memfd body with sendfile (cache.sendfile): only
+ * when its transport can (conn.h), and not by default when it is on this
+ * host, where receiving sendfile's page references costs the client more
+ * than the copy costs moxy (on loopback about 2.3 times the CPU per byte
+ * received). */
 static int use_sendfile(const moxy_req_t *r)
 {
     int mode = r->g->conf->cache.sendfile;
+    if (r->c->conn.fd < 0 || !moxy_conn_sendfile(&r->c->conn)) return 0;
     return mode == MOXY_SENDFILE_AUTO ? !r->c->local_peer : mode;
 }
 

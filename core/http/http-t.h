@@ -14,6 +14,7 @@
 #include "base/headers.h"
 #include "base/moxy.h"
 #include "base/pool.h"
+#include "net/conn.h"
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -260,7 +261,7 @@ struct moxy_req_s {
 /* A client connection. */
 struct moxy_client_s {
     moxy_worker_t *w;
-    int fd;
+    moxy_conn_t conn;           /* the socket and its transport (fd -1: socketless, or closed) */
     int listen_index;           /* the current generation's conf->listens[] it came in on;
                                    -1: a reload removed that listener */
     moxy_client_state_t state;
@@ -296,7 +297,7 @@ struct moxy_client_s {
 struct moxy_upconn_s {
     moxy_worker_t *w;
     moxy_wgen_t *g;             /* the generation whose pool it belongs to */
-    int fd;
+    moxy_conn_t conn;           /* the socket and its transport */
     int pool;                   /* index into g->conf->upstreams, -1: txn.upstream:set_peer's */
     int server;                 /* index into the pool's servers */
     unsigned addr_gen;          /* the peer's address generation it connected to */

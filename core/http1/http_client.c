@@ -122,13 +122,15 @@ static moxy_req_t *client_new_request(moxy_client_t *c)
 
 void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index)
 {
+    moxy_conn_t conn;
+    moxy_conn_plain(&conn, fd);
     moxy_client_t *c = calloc(1, sizeof(*c));
     if (!c) {
-        close(fd);
+        moxy_conn_close(&conn);
         return;
     }
     c->w = w;
-    c->fd = fd;
+    c->conn = conn;
     c->listen_index = listen_index;
     c->read_size = MOXY_IO_READ_MIN;
     moxy_pool_init(&c->pool);
@@ -216,7 +218,7 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
     moxy_client_t *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     c->w = w;
-    c->fd = -1;
+    c->conn.fd = -1;
     c->socketless = 1;
     c->listen_index = fc->listen_index;
     c->state = MOXY_C_ACTIVE;
@@ -290,7 +292,7 @@ static int request_detach(moxy_client_t *c)
     moxy_client_t *g = malloc(sizeof(*g));
     if (!g) return MOXY_ERROR;
     *g = *c;
-    g->fd = -1;
+    g->conn.fd = -1;
     g->in = g->out = NULL;
     g->busy = 0;
     g->dead = 0;
@@ -371,9 +373,9 @@ void moxy_client_close(moxy_client_t *c)
     if (!c->socketless) {
         event_del(&c->rev);
         event_del(&c->wev);
-        close(c->fd);
+        moxy_conn_close(&c->conn);
     }
-    c->fd = -1;
+    c->conn.fd = -1;
     if (c->busy == 0) client_free(c);
 }
 
@@ -420,7 +422,7 @@ static void client_linger(moxy_client_t *c)
 {
     double t = c->w->g->conf->timeouts.linger;
     c->linger = 0;
-    if (t <= 0 || c->eof || c->socketless || !c->in || shutdown(c->fd, SHUT_WR) != 0) {
+    if (t <= 0 || c->eof || c->socketless || !c->in || moxy_conn_shutdown(&c->conn) != 0) {
         moxy_client_close(c);
         return;
     }
@@ -435,13 +437,13 @@ static void client_linger(moxy_client_t *c)
 }
 
 /* A lingering connection can be read (or its wait ended). */
-static void linger_read(moxy_client_t *c, evutil_socket_t fd, short what)
+static void linger_read(moxy_client_t *c, short what)
 {
     if (what & EV_TIMEOUT) {
         moxy_client_close(c);
         return;
     }
-    ssize_t n = moxy_io_read(c->in, fd, MOXY_READ_CHUNK);
+    ssize_t n = moxy_conn_read(&c->conn, c->in, MOXY_READ_CHUNK);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (n <= 0) { /* the client closed too (or reset): done */
         moxy_client_close(c);
@@ -509,7 +511,7 @@ int moxy_client_send(moxy_client_t *c)
         left = 0;
     }
     while (left > 0) {
-        int n = evbuffer_write(c->out, c->fd);
+        ssize_t n = moxy_conn_write(&c->conn, c->out);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) break;
             moxy_log(MOXY_LOG_DEBUG, c->req ? c->req->id : NULL, "client %s: write: %s", c->ip,
@@ -1588,20 +1590,21 @@ static void client_timeout(moxy_client_t *c)
     }
 }
 
-static void client_read(moxy_client_t *c, evutil_socket_t fd, short what);
+static void client_read(moxy_client_t *c, short what);
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     moxy_client_t *c = arg;
+    MOXY_UNUSED(fd);
     moxy_client_hold(c);
-    client_read(c, fd, what);
+    client_read(c, what);
     moxy_client_release(c);
 }
 
-static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
+static void client_read(moxy_client_t *c, short what)
 {
     if (c->state == MOXY_C_LINGER) {
-        linger_read(c, fd, what);
+        linger_read(c, what);
         return;
     }
     if (what & EV_TIMEOUT) {
@@ -1614,7 +1617,7 @@ static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
     }
     int body = c->state != MOXY_C_HEAD;
     size_t want = body ? c->read_size : MOXY_READ_CHUNK;
-    ssize_t n = moxy_io_read(c->in, fd, want);
+    ssize_t n = moxy_conn_read(&c->conn, c->in, want);
     if (body) c->read_size = (uint32_t)moxy_io_next_size(want, n);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return;
@@ -1641,9 +1644,7 @@ static void client_read(moxy_client_t *c, evutil_socket_t fd, short what)
             return;
         }
         if (c->state == MOXY_C_TUNNEL) {
-            if (r->up) {
-                shutdown(r->up->fd, SHUT_WR);
-            }
+            if (r->up) moxy_conn_shutdown(&r->up->conn);
             if (!r->up || r->up->eof) moxy_client_close(c);
             return;
         }

@@ -22,6 +22,7 @@
  * moxy_health_stop.
  */
 #include "proxy/health_check.h"
+#include "net/conn.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
 
@@ -65,7 +66,7 @@ typedef struct {
     size_t req_len, sent;
     struct event timer;   /* idle: the next round; during a round: its deadline */
     struct event io;      /* the round's socket (assigned per round) */
-    int fd;               /* -1 between rounds */
+    moxy_conn_t conn;     /* the round's connection; fd -1 between rounds */
     int phase;            /* HC_* */
     long long due_us;     /* when the current (or last) round was due */
     long long started_ms; /* moxy_mono_ms() when the current (or last) round started */
@@ -137,16 +138,15 @@ static void schedule_next(health_peer_t *hp)
 /* Close the round's connection and free what it took. */
 static void round_clean(health_peer_t *hp)
 {
-    if (hp->fd >= 0) {
+    if (hp->conn.fd >= 0) {
         event_del(&hp->io);
         if (hp->pool->conf->health.type == MOXY_CHECK_TCP) {
             /* nothing was sent: a reset instead of a FIN leaves no TIME_WAIT
              * socket behind per check (HAProxy closes its TCP checks so too) */
             struct linger lg = {1, 0};
-            setsockopt(hp->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            setsockopt(hp->conn.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         }
-        close(hp->fd);
-        hp->fd = -1;
+        moxy_conn_close(&hp->conn);
     }
     free(hp->body);
     hp->body = NULL;
@@ -268,19 +268,17 @@ static const llhttp_settings_t health_settings = {
 static void watch(health_peer_t *hp, short what, event_callback_fn cb)
 {
     event_del(&hp->io);
-    event_assign(&hp->io, health.base, hp->fd, what | EV_PERSIST, cb, hp);
+    event_assign(&hp->io, health.base, hp->conn.fd, what | EV_PERSIST, cb, hp);
     event_add(&hp->io, NULL);
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
     health_peer_t *hp = arg;
+    MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     char buf[HEALTH_READ];
-    ssize_t n;
-    do
-        n = recv(fd, buf, sizeof(buf), 0);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = moxy_conn_recv(&hp->conn, buf, sizeof(buf));
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) round_failed_errno(hp, "read", errno);
         return;
@@ -315,11 +313,11 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 static void send_cb(evutil_socket_t fd, short what, void *arg)
 {
     health_peer_t *hp = arg;
+    MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     while (hp->sent < hp->req_len) {
-        ssize_t n = send(fd, hp->req + hp->sent, hp->req_len - hp->sent, MSG_NOSIGNAL);
+        ssize_t n = moxy_conn_send(&hp->conn, hp->req + hp->sent, hp->req_len - hp->sent);
         if (n < 0) {
-            if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 watch(hp, EV_WRITE, send_cb);
                 return;
@@ -344,18 +342,16 @@ static void connected(health_peer_t *hp)
     }
     hp->sent = 0;
     hp->phase = HC_SENDING;
-    send_cb(hp->fd, EV_WRITE, hp);
+    send_cb(hp->conn.fd, EV_WRITE, hp);
 }
 
 static void connect_cb(evutil_socket_t fd, short what, void *arg)
 {
     health_peer_t *hp = arg;
+    MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err) {
-        round_failed_errno(hp, "connect", err);
+    if (moxy_conn_connected(&hp->conn) != MOXY_OK) {
+        round_failed_errno(hp, "connect", errno);
         return;
     }
     connected(hp);
@@ -386,24 +382,15 @@ static void round_start(health_peer_t *hp)
     hp->status = 0;
     hp->done = hp->interim = hp->got_bytes = 0;
     hp->started_ms = moxy_mono_ms();
-    hp->fd = socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (hp->fd < 0) {
-        round_failed_errno(hp, "socket", errno);
-        return;
-    }
     hp->phase = HC_CONNECTING;
     event_add(&hp->timer, &hp->pool->timeout); /* the deadline */
-    int rc;
-    do
-        rc = connect(hp->fd, (struct sockaddr *)&sa, salen);
-    while (rc < 0 && errno == EINTR);
-    if (rc == 0) {
-        connected(hp);
-    } else if (errno == EINPROGRESS) {
-        watch(hp, EV_WRITE, connect_cb);
-    } else {
+    int done;
+    if (moxy_conn_connect(&hp->conn, (struct sockaddr *)&sa, salen, &done) != MOXY_OK)
         round_failed_errno(hp, "connect", errno);
-    }
+    else if (done)
+        connected(hp);
+    else
+        watch(hp, EV_WRITE, connect_cb);
 }
 
 /* --- start and stop --- */
@@ -498,7 +485,7 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
             health_peer_t *hp = &health.peers[health.npeers++];
             hp->pool = hpool;
             hp->peer = &uc->state->peers[j];
-            hp->fd = -1;
+            hp->conn.fd = -1;
             event_assign(&hp->timer, base, -1, 0, timer_cb, hp);
             event_assign(&hp->io, base, -1, 0, read_cb, hp); /* assigned again per round (watch) */
             if (uc->health.type == MOXY_CHECK_HTTP && build_request(hp) != MOXY_OK) goto err;

@@ -55,7 +55,7 @@ typedef struct fetch_peer_s fetch_peer_t;
 /* An idle keep-alive connection.  No buffers: any byte or EOF closes it. */
 typedef struct fetch_idle_s {
     fetch_peer_t *peer;
-    int fd;
+    moxy_conn_t conn;
     struct event ev; /* readable (the origin closed) or idle timeout */
     TAILQ_ENTRY(fetch_idle_s) link;
 } fetch_idle_t;
@@ -119,7 +119,7 @@ struct fetch_op_s {
     size_t max_body, max_head;
     int max_headers;
 
-    int fd;
+    moxy_conn_t conn; /* fd -1: none */
     struct event rev, wev, timer;
     llhttp_t parser;
     const char *perr; /* why a callback stopped the parser */
@@ -188,7 +188,7 @@ static void idle_close(fetch_idle_t *c)
     p->nidle--;
     p->reg->nidle--;
     event_del(&c->ev);
-    close(c->fd);
+    moxy_conn_close(&c->conn);
     free(c);
     if (p->nidle == 0) {
         LIST_REMOVE(p, link);
@@ -203,8 +203,8 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
     idle_close(arg); /* the origin closed or sent something, or idle too long */
 }
 
-/* Keep fd idle for key, or close it when the limits say no. */
-static void idle_put(fetch_reg_t *reg, const char *key, size_t keylen, int fd)
+/* Keep conn idle for key, or close it when the limits say no. */
+static void idle_put(fetch_reg_t *reg, const char *key, size_t keylen, moxy_conn_t *conn)
 {
     fetch_peer_t *p = NULL;
     fetch_idle_t *c = NULL;
@@ -229,25 +229,25 @@ static void idle_put(fetch_reg_t *reg, const char *key, size_t keylen, int fd)
         goto err;
     }
     c->peer = p;
-    c->fd = fd;
-    event_assign(&c->ev, reg->w->base, fd, EV_READ, idle_cb, c);
+    c->conn = *conn;
+    event_assign(&c->ev, reg->w->base, conn->fd, EV_READ, idle_cb, c);
     event_add(&c->ev, reg->ctv_idle);
     TAILQ_INSERT_HEAD(&p->idle, c, link);
     p->nidle++;
     reg->nidle++;
     return;
 err:
-    close(fd);
+    moxy_conn_close(conn);
 }
 
-/* An idle connection to key (its fd, now the caller's), or -1. */
-static int idle_take(fetch_reg_t *reg, const char *key, size_t keylen)
+/* An idle connection to key into *out (now the caller's): MOXY_OK, or
+ * MOXY_DECLINED when there is none. */
+static int idle_take(fetch_reg_t *reg, const char *key, size_t keylen, moxy_conn_t *out)
 {
     fetch_peer_t *p = peer_find(reg, key, keylen);
-    if (!p) return -1;
+    if (!p) return MOXY_DECLINED;
     fetch_idle_t *c = TAILQ_FIRST(&p->idle);
-    int fd = c->fd;
-    c->fd = -1;
+    *out = c->conn;
     TAILQ_REMOVE(&p->idle, c, link);
     p->nidle--;
     reg->nidle--;
@@ -257,7 +257,7 @@ static int idle_take(fetch_reg_t *reg, const char *key, size_t keylen)
         LIST_REMOVE(p, link);
         free(p);
     }
-    return fd;
+    return MOXY_OK;
 }
 
 /* --- an op's life --- */
@@ -268,8 +268,7 @@ static void op_close_conn(fetch_op_t *op)
     event_del(&op->rev);
     event_del(&op->wev);
     op->reading = op->writing = 0;
-    if (op->fd >= 0) close(op->fd);
-    op->fd = -1;
+    moxy_conn_close(&op->conn);
     op->connected = 0;
 }
 
@@ -386,8 +385,8 @@ static void op_done(fetch_op_t *op, int eof)
         event_del(&op->rev);
         event_del(&op->wev);
         op->reading = op->writing = 0;
-        idle_put(reg, op->key, op->keylen, op->fd);
-        op->fd = -1;
+        idle_put(reg, op->key, op->keylen, &op->conn);
+        op->conn.fd = -1;
     }
     moxy_lua_task_t *t = op->task;
     lua_State *co = moxy_lua_task_thread(t);
@@ -403,9 +402,8 @@ static void op_done(fetch_op_t *op, int eof)
 static void op_send(fetch_op_t *op)
 {
     while (op->out_sent < op->out_len) {
-        ssize_t n = send(op->fd, op->out + op->out_sent, op->out_len - op->out_sent, MSG_NOSIGNAL);
+        ssize_t n = moxy_conn_send(&op->conn, op->out + op->out_sent, op->out_len - op->out_sent);
         if (n < 0) {
-            if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if (!op->writing) event_add(&op->wev, NULL);
                 op->writing = 1;
@@ -431,10 +429,11 @@ static void op_connected(fetch_op_t *op)
     op_send(op);
 }
 
-/* Use fd (connecting or connected) for op. */
-static void op_attach(fetch_op_t *op, int fd)
+/* Use conn (connecting or connected) for op. */
+static void op_attach(fetch_op_t *op, const moxy_conn_t *conn)
 {
-    op->fd = fd;
+    op->conn = *conn;
+    int fd = conn->fd;
     struct event_base *base = moxy_lua_task_worker(op->task)->base;
     event_assign(&op->rev, base, fd, EV_READ | EV_PERSIST, op_read_cb, op);
     event_assign(&op->wev, base, fd, EV_WRITE | EV_PERSIST, op_write_cb, op);
@@ -447,27 +446,21 @@ static int op_connect_next(fetch_op_t *op)
 {
     for (; op->addr_i < op->naddrs; op->addr_i++) {
         const struct sockaddr *sa = (const struct sockaddr *)&op->addr[op->addr_i];
-        int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            set_errno_err(op, "socket", errno);
+        moxy_conn_t conn;
+        int done;
+        if (moxy_conn_connect(&conn, sa, op->addrlen[op->addr_i], &done) != MOXY_OK) {
+            set_errno_err(op, "connect", errno);
             continue;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (connect(fd, sa, op->addrlen[op->addr_i]) == 0) {
-            op_attach(op, fd);
+        op_attach(op, &conn);
+        if (done) {
             op_connected(op);
             return MOXY_OK;
         }
-        if (errno == EINPROGRESS) {
-            op_attach(op, fd);
-            struct timeval tv = moxy_timeval(op->connect_timeout);
-            event_add(&op->wev, &tv);
-            op->writing = 1;
-            return MOXY_OK;
-        }
-        set_errno_err(op, "connect", errno);
-        close(fd);
+        struct timeval tv = moxy_timeval(op->connect_timeout);
+        event_add(&op->wev, &tv);
+        op->writing = 1;
+        return MOXY_OK;
     }
     return MOXY_ERROR;
 }
@@ -832,12 +825,10 @@ static void op_eof(fetch_op_t *op, int err)
 static void op_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     fetch_op_t *op = arg;
+    MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     char buf[FETCH_READ];
-    ssize_t n;
-    do
-        n = recv(fd, buf, sizeof(buf), 0);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = moxy_conn_recv(&op->conn, buf, sizeof(buf));
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
         op_eof(op, errno);
@@ -861,6 +852,7 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg)
 static void op_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     fetch_op_t *op = arg;
+    MOXY_UNUSED(fd);
     if (op->connected) {
         op_send(op);
         return;
@@ -868,14 +860,11 @@ static void op_write_cb(evutil_socket_t fd, short what, void *arg)
     if (what & EV_TIMEOUT) {
         snprintf(op->err, sizeof(op->err), "timeout");
     } else {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
-        if (!err) {
+        if (moxy_conn_connected(&op->conn) == MOXY_OK) {
             op_connected(op);
             return;
         }
-        set_errno_err(op, "connect", err);
+        set_errno_err(op, "connect", errno);
     }
     op_close_conn(op);
     op->addr_i++;
@@ -913,7 +902,7 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     }
     op = calloc(1, sizeof(*op));
     if (!op) goto err;
-    op->fd = -1;
+    op->conn.fd = -1;
     op->task = t;
     op->host = malloc(hlen + 1);
     op->key = malloc(hlen + 8);
@@ -942,10 +931,10 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     LIST_INSERT_HEAD(&reg->ops, op, link);
     reg->nops++;
 
-    int fd = op->keepalive ? idle_take(reg, op->key, op->keylen) : -1;
-    if (fd >= 0) {
+    moxy_conn_t idle;
+    if (op->keepalive && idle_take(reg, op->key, op->keylen, &idle) == MOXY_OK) {
         op->reused = 1;
-        op_attach(op, fd);
+        op_attach(op, &idle);
         op_connected(op);
     } else if (op_open(op) == MOXY_ERROR) {
         why = op->err;

@@ -194,39 +194,30 @@ void moxy_upconn_close(moxy_upconn_t *u)
     }
     event_del(&u->rev);
     event_del(&u->wev);
-    close(u->fd);
-    u->fd = -1;
+    moxy_conn_close(&u->conn);
     if (u->busy == 0) up_free(u);
 }
 
 static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage *sa, socklen_t salen,
                                  int pool, int server, const char **err)
 {
-    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    moxy_conn_t conn;
+    int connected;
+    if (moxy_conn_connect(&conn, (const struct sockaddr *)sa, salen, &connected) != MOXY_OK) {
         *err = strerror(errno);
-        return NULL;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    int connected = 0;
-    if (connect(fd, (const struct sockaddr *)sa, salen) == 0) {
-        connected = 1;
-    } else if (errno != EINPROGRESS) {
-        *err = strerror(errno);
-        close(fd);
         return NULL;
     }
     moxy_upconn_t *u = calloc(1, sizeof(*u));
     if (!u || !(u->in = evbuffer_new()) || !(u->out = evbuffer_new())) {
         if (u && u->in) evbuffer_free(u->in);
         free(u);
-        close(fd);
+        moxy_conn_close(&conn);
         *err = "out of memory";
         return NULL;
     }
     u->w = w;
-    u->fd = fd;
+    u->conn = conn;
+    int fd = conn.fd;
     u->pool = pool;
     u->server = server;
     u->connected = connected;
@@ -618,7 +609,7 @@ void moxy_upstream_send(moxy_upconn_t *u)
     if (!u->connected || u->dead) return;
     size_t left = evbuffer_get_length(u->out);
     while (left > 0) {
-        int n = evbuffer_write(u->out, u->fd);
+        ssize_t n = moxy_conn_write(&u->conn, u->out);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) break;
             /* The origin may have answered and closed (e.g. an early 413):
@@ -654,10 +645,8 @@ static void up_write(moxy_upconn_t *u, short what)
         return;
     }
     if (!u->connected) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) {
+        if (moxy_conn_connected(&u->conn) != MOXY_OK) {
+            int err = errno;
             if (u->req)
                 moxy_log(MOXY_LOG_DEBUG, u->req->id, "connect to %s: %s", u->req->peer, strerror(err));
             up_fail(u, 502,
@@ -1178,7 +1167,7 @@ static void up_process(moxy_upconn_t *u)
 
     if (c->state == MOXY_C_TUNNEL) {
         if (evbuffer_get_length(u->in)) evbuffer_add_buffer(c->out, u->in);
-        if (u->eof) shutdown(c->fd, SHUT_WR);
+        if (u->eof) moxy_conn_shutdown(&c->conn);
         if (moxy_client_send(c) != MOXY_OK) return;
         if (u->eof && (c->eof || evbuffer_get_length(c->out) == 0)) {
             moxy_client_close(c);
@@ -1343,7 +1332,7 @@ static void up_read(moxy_upconn_t *u, short what)
     }
     /* small reads until the head is in: most responses fit in one */
     size_t want = u->head_done ? u->read_size : MOXY_READ_CHUNK;
-    ssize_t n = moxy_io_read(u->in, u->fd, want);
+    ssize_t n = moxy_conn_read(&u->conn, u->in, want);
     if (u->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
