@@ -119,7 +119,7 @@ EXPORT int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_
     /* the request's Host names the cache key, X-Forwarded-Host and the
      * origin's Host: held to the rules a client's is (RFC 3986 host[:port]) */
     if (!which && MOXY_STRIEQ_LIT(name, nlen, "host") && !moxy_host_valid(val, vlen)) return MOXY_ERROR;
-    moxy_pool_t *pool = &r->c->pool;
+    moxy_pool_t *pool = &r->mem;
     moxy_headers_t *hs = list_of(r, which);
     int rc = add ? moxy_headers_add(pool, hs, name, nlen, val, vlen)
                  : moxy_headers_set(pool, hs, name, nlen, val, vlen);
@@ -166,7 +166,7 @@ EXPORT int moxy_ffi_req_set_target(moxy_req_t *r, const char *path, size_t plen,
     if (plen == 0 || path[0] != '/' || !target_valid(path, plen, 0)) return MOXY_ERROR;
     if (has_query && !target_valid(query, qlen, 1)) return MOXY_ERROR;
     size_t n = plen + (has_query ? qlen + 1 : 0);
-    char *uri = moxy_palloc(&r->c->pool, n + 1);
+    char *uri = moxy_palloc(&r->mem, n + 1);
     if (!uri) return MOXY_ERROR;
     memcpy(uri, path, plen);
     if (has_query) {
@@ -218,7 +218,7 @@ EXPORT int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, cons
         unsigned char ch = (unsigned char)name[i];
         if (!(ch == '_' || (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z'))) return MOXY_ERROR;
     }
-    moxy_pool_t *pool = &r->c->pool;
+    moxy_pool_t *pool = &r->mem;
     char *v = moxy_pstrdup(pool, val, vlen);
     if (!v && vlen) return MOXY_ERROR;
     for (moxy_log_field_t *f = r->log_fields; f; f = f->next) {
@@ -243,7 +243,7 @@ EXPORT int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, cons
 EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len)
 {
     if (status < 200 || status > 999 || status == 101) return MOXY_ERROR;
-    r->local_body = len ? moxy_pstrdup(&r->c->pool, body, len) : NULL;
+    r->local_body = len ? moxy_pstrdup(&r->mem, body, len) : NULL;
     if (len && !r->local_body) return MOXY_ERROR;
     r->local_body_len = len;
     r->status = status;
@@ -280,7 +280,7 @@ EXPORT int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t le
     if (len == 0 || len >= sizeof(ip) || port < 1 || port > 65535) return MOXY_ERROR;
     memcpy(ip, host, len);
     ip[len] = '\0';
-    moxy_pool_t *pool = &r->c->pool;
+    moxy_pool_t *pool = &r->mem;
     moxy_addr_t *a = moxy_palloc(pool, sizeof(*a));
     char *text = moxy_palloc(pool, len + 10);
     if (!a || !text) return MOXY_ERROR;

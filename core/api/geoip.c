@@ -429,13 +429,13 @@ EXPORT int moxy_ffi_geo_client(moxy_req_t *r, int field, moxy_ffi_geo_value_t *o
     if (ndbs == 0) return MOXY_DECLINED; /* no cache to make (a palloc of 0) */
     geo_lookup_t *lk = r->geo;
     if (!lk) {
-        lk = moxy_palloc(&r->c->pool, (size_t)ndbs * sizeof(*lk));
+        lk = moxy_palloc(&r->mem, (size_t)ndbs * sizeof(*lk));
         if (!lk) return MOXY_ERROR;
         memset(lk, 0, (size_t)ndbs * sizeof(*lk));
         r->geo = lk;
     }
     const char *ip = moxy_req_client_ip(r);
-    return field_of(r->c->w, ip, strlen(ip), lk, field, out);
+    return field_of(r->w, ip, strlen(ip), lk, field, out);
 }
 
 EXPORT int moxy_ffi_geo_field(const char *ip, size_t iplen, int field, moxy_ffi_geo_value_t *out)

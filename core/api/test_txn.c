@@ -19,6 +19,7 @@
 #include "api/geoip.h"
 #include "base/headers.h"
 #include "http/http.h"
+#include "http/request.h"
 #include "http/lua_bridge.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
@@ -103,11 +104,10 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
     moxy_client_t *c = t->c;
     if (c) {
         moxy_req_t *r = c->req;
-        if (r) { /* request_end, without the hooks' state (test.lua keeps it) */
-            moxy_upstream_req_free(r);
-            if (r->body_buf) moxy_worker_buf_put(t->w, r->body_buf);
+        if (r) { /* the hooks' state is test.lua's */
+            moxy_req_end(r);
+            moxy_req_free(r);
         }
-        moxy_pool_reset(&c->pool);
         free(c);
     }
     moxy_worker_t *w = t->w;
@@ -146,7 +146,6 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
     c->conn.fd = -1;
     c->listen_index = 0;
     c->state = MOXY_C_HEAD;
-    moxy_pool_init(&c->pool);
     moxy_lua_use_conf(conf); /* moxy.upstream's calls find the test's pools */
     return t;
 err:
@@ -247,21 +246,17 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     c->sock_port = c->port;
 
     /* client_new_request + on_url + on_headers_complete */
-    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
-    char *u = r ? moxy_pstrdup(&c->pool, uri, ulen) : NULL;
+    moxy_req_t *r = moxy_req_new(c->w, c->w->g, 0);
+    char *u = r ? moxy_pstrdup(&r->mem, uri, ulen) : NULL;
     if (!u) {
+        if (r) {
+            moxy_req_end(r);
+            moxy_req_free(r);
+        }
         fail_msg(err, errlen, "out of memory");
         return NULL;
     }
-    memset(r, 0, sizeof(*r));
     r->c = c;
-    r->g = c->w->g; /* the test's generation, freed with the test: no reference */
-    r->cache_ttl = r->cache_stale = -1;
-    r->listen_index = 0;
-    r->pool = -1;
-    r->server = r->last_server = r->active_server = r->want_server = -1;
-    event_base_gettimeofday_cached(c->w->base, &r->started);
-    r->started_us = moxy_mono_us();
     r->method = (uint8_t)m;
     r->method_name = (char *)mname;
     r->http_major = 1;
@@ -291,7 +286,7 @@ EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size
     moxy_headers_t *hs = which ? &r->resp_headers : &r->headers;
     if ((int)hs->n >= c->w->g->conf->limits.headers) return MOXY_DECLINED;
     if (!which) r->head_bytes += nlen + vlen + 4;
-    return moxy_headers_add(&c->pool, hs, name, nlen, val, vlen);
+    return moxy_headers_add(&r->mem, hs, name, nlen, val, vlen);
 }
 
 EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen, int has_body,
@@ -416,7 +411,7 @@ EXPORT int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t
     /* the head ends at its first empty line; the body follows */
     struct evbuffer_ptr end = evbuffer_search(out, "\r\n\r\n", 4, NULL);
     size_t n = evbuffer_get_length(out);
-    char *copy = ok && end.pos >= 0 ? moxy_palloc(&c->pool, n + 1) : NULL;
+    char *copy = ok && end.pos >= 0 ? moxy_palloc(&r->mem, n + 1) : NULL;
     if (copy) evbuffer_remove(out, copy, n);
     evbuffer_free(out);
     if (!copy) return MOXY_ERROR;
@@ -433,7 +428,7 @@ EXPORT int moxy_ffi_test_try_failed(moxy_req_t *r, const char *why, size_t len, 
     /* try_again, without the log line (test.lua writes it) */
     int max = moxy_upstream_may_retry(r, upstream_hooks);
     if (!max) return 0;
-    const char *copy = moxy_pstrdup(&r->c->pool, why, len);
+    const char *copy = moxy_pstrdup(&r->mem, why, len);
     if (!copy) return 0;
     r->error = copy;
     r->last_server = r->server;
@@ -444,7 +439,7 @@ EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
 {
     /* rs_headers_complete, for a response with Content-Length */
     r->status = r->up_status = status;
-    event_base_gettimeofday_cached(r->c->w->base, &r->up_header);
+    event_base_gettimeofday_cached(r->w->base, &r->up_header);
     r->up_header_us = moxy_mono_us();
     if (r->method == HTTP_HEAD || status == 204 || status == 304) {
         r->resp_body_kind = MOXY_BODY_NONE;
@@ -477,7 +472,7 @@ EXPORT void moxy_ffi_test_body_sent(moxy_req_t *r, size_t n, int done)
 
 EXPORT void moxy_ffi_test_fail(moxy_req_t *r, int status, const char *why, size_t len)
 {
-    const char *copy = moxy_pstrdup(&r->c->pool, why, len);
+    const char *copy = moxy_pstrdup(&r->mem, why, len);
     if (copy) r->error = copy;
     if (!status) return; /* the response was cut: only why */
     /* moxy_req_fail, before the on_error hooks */
@@ -497,7 +492,7 @@ EXPORT void moxy_ffi_test_error_page(moxy_req_t *r, int status)
     /* http_response.c's error_page, up to moxy_resp_local */
     char body[MOXY_ERROR_PAGE_MAX];
     size_t n = moxy_resp_error_body(r, status, body, sizeof(body));
-    r->local_body = moxy_pstrdup(&r->c->pool, body, n);
+    r->local_body = moxy_pstrdup(&r->mem, body, n);
     r->local_body_len = r->local_body ? n : 0;
     r->status = status;
     r->local = 1;

@@ -15,6 +15,7 @@
 #include "cache/cache_policy.h"
 #include "base/headers.h"
 #include "http/http.h"
+#include "http/request.h"
 #include "base/log.h"
 #include "base/addr.h"
 #include "http/lua_bridge.h"
@@ -29,12 +30,19 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* r holds something of the cache's (an object reference, a flight, a
+ * wait): moxy_cache_req_free lets it go when r ends. */
+static void cache_attach(moxy_req_t *r)
+{
+    moxy_req_cleanup_add(r, moxy_cache_req_free);
+}
+
 /* --- the key --- */
 
 static int make_key(moxy_req_t *r)
 {
     if (r->cache_key) return MOXY_OK; /* txn.cache.key set in on_request */
-    r->cache_key = moxy_cache_build_key(&r->c->pool, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
+    r->cache_key = moxy_cache_build_key(&r->mem, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
     if (!r->cache_key) return MOXY_ERROR;
     r->cache_hash = moxy_cache_hash(r->cache_key, r->cache_klen);
     return MOXY_OK;
@@ -49,10 +57,10 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
     /* the request's values for these fields, made once: a key's variants
      * (and a waiter's looks) name the same fields */
     if (!r->cache_vary || strcmp(r->cache_vary, o->vary) != 0) {
-        char *names = moxy_pstrdup(&r->c->pool, o->vary, strlen(o->vary));
+        char *names = moxy_pstrdup(&r->mem, o->vary, strlen(o->vary));
         if (!names) return 0;
         r->cache_vary = names;
-        r->cache_vary_values = moxy_cache_vary_values(&r->c->pool, &r->headers, names);
+        r->cache_vary_values = moxy_cache_vary_values(&r->mem, &r->headers, names);
     }
     return r->cache_vary_values && strcmp(r->cache_vary_values, o->vary_values) == 0;
 }
@@ -67,7 +75,7 @@ static double tv_secs(const struct timeval *tv)
 static double wall_now(const moxy_req_t *r)
 {
     struct timeval now;
-    event_base_gettimeofday_cached(r->c->w->base, &now);
+    event_base_gettimeofday_cached(r->w->base, &now);
     return tv_secs(&now);
 }
 
@@ -109,7 +117,7 @@ static void set_status_field(moxy_req_t *r, const char *fmt, ...)
     int n = vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    moxy_headers_set(&r->c->pool, &r->resp_headers, "Cache-Status", 12, buf, (size_t)MOXY_MIN(n, (int)sizeof(buf) - 1));
+    moxy_headers_set(&r->mem, &r->resp_headers, "Cache-Status", 12, buf, (size_t)MOXY_MIN(n, (int)sizeof(buf) - 1));
 }
 
 /* --- the request --- */
@@ -118,7 +126,7 @@ static void set_status_field(moxy_req_t *r, const char *fmt, ...)
  * thread: one writer, no locked instruction on the request path). */
 static void count_lookup(moxy_req_t *r, int hit)
 {
-    moxy_stats_t *st = &r->c->w->stats;
+    moxy_stats_t *st = &r->w->stats;
     if (hit) MOXY_STAT_ADD(st->cache_hits, 1);
     else MOXY_STAT_ADD(st->cache_misses, 1);
 }
@@ -214,12 +222,13 @@ static int head_parse(moxy_pool_t *pool, const char *head, size_t len, moxy_head
 static int load_head(moxy_req_t *r, const moxy_cache_obj_t *o)
 {
     r->resp_headers.n = 0;
-    return head_parse(&r->c->pool, o->head, o->head_len, &r->resp_headers);
+    return head_parse(&r->mem, o->head, o->head_len, &r->resp_headers);
 }
 
 /* Serve r from o (a fresh hit, or a 304 for the client's condition). */
 static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
+    cache_attach(r);
     r->cache_obj = o;
     r->cache_hit = 1;
     if (load_head(r, o) != MOXY_OK) {
@@ -230,7 +239,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     double age = current_age(o, now);
     char ab[24];
     int n = snprintf(ab, sizeof(ab), "%.0f", floor(age));
-    moxy_headers_add(&r->c->pool, &r->resp_headers, "Age", 3, ab, (size_t)n);
+    moxy_headers_add(&r->mem, &r->resp_headers, "Age", 3, ab, (size_t)n);
     if (r->cache_fwd_status == 304) /* revalidated */
         set_status_field(r, "moxy; fwd=stale; fwd-status=304; stored; ttl=%.0f", floor(o->lifetime - age));
     else if (r->cache_fwd_status) /* the origin failed: stale-if-error */
@@ -247,7 +256,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     if (r->method == HTTP_HEAD && o->status != 204) { /* the length of what a GET would get */
         char lb[24];
         size_t ln = (size_t)(moxy_write_u64(lb, body_len) - lb);
-        moxy_headers_add(&r->c->pool, &r->resp_headers, "Content-Length", 14, lb, ln);
+        moxy_headers_add(&r->mem, &r->resp_headers, "Content-Length", 14, lb, ln);
     }
     /* the conditions and the range, looked for only when the request has them (one pass) */
     uint32_t kinds = moxy_headers_kinds(&r->headers);
@@ -272,7 +281,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
             r->cache_from = body_len;
             cn = snprintf(cr, sizeof(cr), "bytes */%llu", (unsigned long long)body_len);
         }
-        moxy_headers_set(&r->c->pool, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
+        moxy_headers_set(&r->mem, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
     if (not_modified) {
         /* RFC 9110 15.4.5: only these fields, no body */
@@ -356,7 +365,7 @@ static int purge_method(moxy_req_t *r)
     char body[64];
     int len = snprintf(body, sizeof(body), n ? "purged %d\n" : "not in cache\n", n);
     moxy_log(MOXY_LOG_INFO, r->id, "cache: PURGE %s from %s: %d object%s", r->cache_key, ip, n, n == 1 ? "" : "s");
-    char *b = moxy_pstrdup(&r->c->pool, body, (size_t)len);
+    char *b = moxy_pstrdup(&r->mem, body, (size_t)len);
     if (!b) {
         moxy_req_fail(r, 500, "out of memory");
         return MOXY_DONE;
@@ -382,6 +391,7 @@ static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_cache_obj_unref(o);
         return;
     }
+    cache_attach(r);
     r->cache_reval = o;
     r->cache_conditional = validators; /* moxy_upstream_write_head adds them to what the origin gets */
 }
@@ -406,8 +416,8 @@ static void background_go(evutil_socket_t fd, short what, void *arg)
 static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
 {
     moxy_req_t *b = moxy_req_background(r);
-    struct event *ev = b ? moxy_palloc(&b->c->pool, sizeof(*ev)) : NULL;
-    char *key = b ? moxy_pstrdup(&b->c->pool, r->cache_key, r->cache_klen) : NULL;
+    struct event *ev = b ? moxy_palloc(&b->mem, sizeof(*ev)) : NULL;
+    char *key = b ? moxy_pstrdup(&b->mem, r->cache_key, r->cache_klen) : NULL;
     if (!ev || !key) {
         moxy_cache_flight_end(r->cache_key, r->cache_klen, r->cache_hash, 0);
         if (b) {
@@ -419,6 +429,7 @@ static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
     b->cache_key = key;
     b->cache_klen = r->cache_klen;
     b->cache_hash = r->cache_hash;
+    cache_attach(b);
     b->cache_lookup = 1;
     b->cache_leader = 1;
     b->cache_background = 1;
@@ -429,7 +440,7 @@ static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
         keep_stale(b, stale, now); /* its validators; an origin that fails leaves it as it is */
     }
     moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s: fetched in the background by request %s", r->cache_key, b->id);
-    evtimer_assign(ev, b->c->w->base, background_go, b);
+    evtimer_assign(ev, b->w->base, background_go, b);
     b->cache_wait = ev; /* deleted if b ends first (moxy_cache_req_free) */
     event_active(ev, EV_TIMEOUT, 1);
     return MOXY_OK;
@@ -441,6 +452,7 @@ static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
  * refresh now starts in the background; 0: r refreshes it itself. */
 static int stale_while_revalidate(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
+    cache_attach(r);
     int f = moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash);
     return f != MOXY_FLIGHT_LEADER || background_start(r, o, now) == MOXY_OK;
 }
@@ -520,6 +532,7 @@ static int lookup(moxy_req_t *r)
     /* coalescing: one GET per key at the origin, the others wait for it */
     double timeout = r->g->conf->cache.coalesce_timeout;
     if (r->method == HTTP_GET && !reload && !r->cache_no_store && timeout > 0) {
+        cache_attach(r);
         int f = moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash);
         /* a range of what the cache lacks: the whole response is fetched
          * in the background and stored, and r waits for it like any other
@@ -589,7 +602,7 @@ static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_cache_obj_unref(o);
         return 0;
     }
-    evtimer_assign(r->cache_wait, r->c->w->base, stream_cb, r); /* its timer steps the stream now */
+    evtimer_assign(r->cache_wait, r->w->base, stream_cb, r); /* its timer steps the stream now */
     r->cache_streaming = 1;
     r->cache_collapsed = 1;
     r->cache_state = MOXY_CACHE_HIT;
@@ -638,9 +651,10 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
  * MOXY_DECLINED when it cannot wait (out of memory). */
 static int wait_start(moxy_req_t *r, double timeout)
 {
-    struct event *ev = moxy_palloc(&r->c->pool, sizeof(*ev));
+    struct event *ev = moxy_palloc(&r->mem, sizeof(*ev));
     if (!ev) return MOXY_DECLINED;
-    evtimer_assign(ev, r->c->w->base, wait_cb, r);
+    evtimer_assign(ev, r->w->base, wait_cb, r);
+    cache_attach(r);
     r->cache_wait = ev;
     r->cache_wait_until = wall_now(r) + timeout;
     r->cache_wait_ms = 1;
@@ -747,7 +761,7 @@ EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
     if (r->cache_lookup || r->cache_hit ||
         (r->hook_phase != MOXY_PHASE_REQUEST && r->hook_phase != MOXY_PHASE_CACHE_KEY))
         return MOXY_DECLINED;
-    char *k = moxy_pstrdup(&r->c->pool, key, len);
+    char *k = moxy_pstrdup(&r->mem, key, len);
     if (!k) return MOXY_ERROR;
     r->cache_key = k;
     r->cache_klen = (uint32_t)len;
@@ -779,7 +793,7 @@ static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
     if (vl == 0 || v[0] != '/') return;
     const char *qm = memchr(v, '?', vl);
     uint32_t kl;
-    char *key = moxy_cache_build_key(&r->c->pool, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
+    char *key = moxy_cache_build_key(&r->mem, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
     if (key) moxy_cache_invalidate(key, kl);
 }
 
@@ -871,7 +885,7 @@ static moxy_cache_obj_t *freshen(moxy_req_t *r)
 {
     moxy_cache_obj_t *old = r->cache_reval;
     const moxy_headers_t *fresh = &r->resp_headers;
-    moxy_pool_t *pool = &r->c->pool;
+    moxy_pool_t *pool = &r->mem;
     /* the stored fields, those the 304 brings replaced by its own */
     moxy_headers_t merged = {0};
     if (head_parse(pool, old->head, old->head_len, &merged) != MOXY_OK) return NULL;
@@ -932,6 +946,7 @@ int moxy_cache_upstream_head(moxy_req_t *r)
             return MOXY_DECLINED;
         }
         moxy_cache_publish(o);
+        cache_attach(r);
         r->cache_reval = o; /* the filler's reference: served by moxy_cache_answer_kept */
         moxy_cache_obj_unref(old);
         r->cache_fwd_status = 304;
@@ -973,7 +988,7 @@ void moxy_cache_response_head(moxy_req_t *r)
     if (r->cache_lookup && !r->cache_no_store) {
         /* the origin's head as it came: what is stored, whatever on_response does */
         moxy_headers_t *hs = &r->cache_head;
-        hs->h = moxy_palloc(&r->c->pool, (r->resp_headers.n + 1) * sizeof(moxy_header_t));
+        hs->h = moxy_palloc(&r->mem, (r->resp_headers.n + 1) * sizeof(moxy_header_t));
         if (hs->h) {
             memcpy(hs->h, r->resp_headers.h, r->resp_headers.n * sizeof(moxy_header_t));
             hs->n = hs->cap = r->resp_headers.n;
@@ -982,7 +997,7 @@ void moxy_cache_response_head(moxy_req_t *r)
     /* the lookup's verdict on the response that answers it (not on a 1xx,
      * nor on a try that is retried), after the entries of caches nearer the
      * origin (RFC 9211 2) */
-    moxy_headers_add(&r->c->pool, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
+    moxy_headers_add(&r->mem, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
 }
 
 /* 1 for a status whose caching requirements moxy implements. */
@@ -1070,7 +1085,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     }
     o->vary = vary;
     if (vary) {
-        const char *vv = moxy_cache_vary_values(&r->c->pool, &r->headers, vary);
+        const char *vv = moxy_cache_vary_values(&r->mem, &r->headers, vary);
         if (!vv) /* (or out of memory) */
             moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: the request's values of Vary's fields pass %d "
                      "bytes", r->cache_key, MOXY_CACHE_VARY_VALUES_MAX);
@@ -1080,6 +1095,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     o->status = status;
     if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
     if (r->cache_ttl >= 0 && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
+    cache_attach(r);
     r->cache_fill = o;
     if (r->resp_body_kind == MOXY_BODY_LENGTH) moxy_cache_obj_reserve(o, r->resp_body_left);
     if (r->cache_leader && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > 0) {

@@ -4,9 +4,10 @@
  *
  * Lifetimes: a client connection (moxy_client_t) is malloc'ed at accept and
  * freed at close.  Its request (moxy_req_t) and everything the request points
- * to come from the connection's pool, reset after the request is logged.  An
- * origin connection (moxy_upconn_t) is malloc'ed at connect and freed at close;
- * between requests it waits in its worker's idle list for its pool.
+ * to come from the request's own memory (request.h), freed after the request
+ * is logged.  An origin connection (moxy_upconn_t) is malloc'ed at connect
+ * and freed at close; between requests it waits in its worker's idle list
+ * for its pool.
  */
 #ifndef MOXY_HTTP_T_H
 #define MOXY_HTTP_T_H
@@ -110,8 +111,17 @@ typedef struct moxy_log_field_s {
     int quoted;          /* a string (escaped, quoted in JSON), else a number or boolean */
 } moxy_log_field_t;
 
+/* What a module runs when a request ends (request.h), and how many
+ * different ones a request may have. */
+typedef void (*moxy_req_cleanup_fn)(moxy_req_t *r);
+#define MOXY_REQ_CLEANUPS 8
+
 /* A request, from its first byte to its access-log line. */
 struct moxy_req_s {
+    moxy_pool_t mem;       /* its memory: r itself and all it points to (request.h) */
+    moxy_req_cleanup_fn cleanups[MOXY_REQ_CLEANUPS]; /* run when it ends, newest first */
+    int ncleanups;
+    moxy_worker_t *w;      /* the worker it runs on */
     moxy_client_t *c;
     moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */
     int listen_index;      /* g->conf->listens[] it came in on */
@@ -268,7 +278,6 @@ struct moxy_client_s {
     struct event rev, wev;
     struct evbuffer *in;        /* NULL while idle */
     struct evbuffer *out;       /* NULL while idle */
-    moxy_pool_t pool;           /* the current request's memory */
     moxy_req_t *req;            /* current request, NULL between requests */
     struct timeval head_deadline; /* client_header timeout of the current head; lingering: its end */
     uint64_t linger_bytes;      /* lingering: bytes read and dropped */

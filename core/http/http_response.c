@@ -143,9 +143,9 @@ void moxy_resp_local_prepare(moxy_req_t *r, int status, size_t len)
     r->resp_body_kind = MOXY_BODY_LENGTH;
     r->resp_body_left = len;
     if (moxy_headers_find(&r->resp_headers, "Date", 4, 0) < 0)
-        moxy_headers_add(&c->pool, &r->resp_headers, "Date", 4, date, dl);
+        moxy_headers_add(&r->mem, &r->resp_headers, "Date", 4, date, dl);
     if (moxy_headers_find(&r->resp_headers, "Content-Type", 12, 0) < 0 && len > 0)
-        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
+        moxy_headers_add(&r->mem, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
 }
 
 void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
@@ -182,22 +182,21 @@ static void log_error(moxy_req_t *r, int status, const char *why)
 
 size_t moxy_resp_error_body(moxy_req_t *r, int status, char *buf, size_t size)
 {
-    moxy_client_t *c = r->c;
     int n;
     r->resp_headers.n = 0;
     const char *reason = moxy_status_reason(status);
     if (wants_json(r)) {
         n = snprintf(buf, size, "{\"status\":%d,\"error\":\"%s\",\"request_id\":\"%s\"}\n",
                      status, reason, r->id);
-        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "application/json", 16);
+        moxy_headers_add(&r->mem, &r->resp_headers, "Content-Type", 12, "application/json", 16);
     } else {
         n = snprintf(buf, size,
                      "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
                      "<body><h1>%d %s</h1><p>request id %s</p><hr>moxy</body></html>\n",
                      status, reason, status, reason, r->id);
-        moxy_headers_add(&c->pool, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8", 24);
+        moxy_headers_add(&r->mem, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8", 24);
     }
-    moxy_headers_add(&c->pool, &r->resp_headers, "Cache-Control", 13, "no-store", 8);
+    moxy_headers_add(&r->mem, &r->resp_headers, "Cache-Control", 13, "no-store", 8);
     if (n < 0) return 0;
     return (size_t)n < size ? (size_t)n : size - 1; /* snprintf cut it there */
 }

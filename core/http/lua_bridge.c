@@ -16,6 +16,7 @@
  * or whose client left while it was parked, is dropped and collected.
  */
 #include "http/lua_bridge.h"
+#include "http/request.h"
 #include "api/ffi.h"
 #include "http/http.h"
 #include "base/log.h"
@@ -397,7 +398,7 @@ static moxy_lua_task_t *task_current(void)
     /* the task and its sleep timer in one piece; the stack copy stays small
      * because a hook that never yields never needs the timer */
     size_t n = sizeof(*s) + sizeof(struct event);
-    s = t->r ? moxy_palloc(&t->r->c->pool, n) : malloc(n);
+    s = t->r ? moxy_palloc(&t->r->mem, n) : malloc(n);
     if (!s) return NULL;
     *s = *t;
     s->stable = 1;
@@ -519,6 +520,8 @@ static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 int moxy_lua_run(moxy_req_t *r, int phase)
 {
     if (r->g->lua_hooks[phase] == 0) return MOXY_OK;
+    /* what the hooks may leave on r (a parked run, the txn) goes with it */
+    moxy_req_cleanup_add(r, moxy_lua_req_done);
     moxy_lua_task_t task = {0}, *t = &task;
     task_start(t, r, phase);
     return co_resume(&t, 3);
@@ -526,6 +529,7 @@ int moxy_lua_run(moxy_req_t *r, int phase)
 
 int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out)
 {
+    moxy_req_cleanup_add(r, moxy_lua_req_done);
     moxy_lua_task_t task = {0}, *t = &task;
     task_start(t, r, MOXY_PHASE_BODY);
     t->body_out = out;
@@ -642,6 +646,7 @@ void moxy_lua_req_done(moxy_req_t *r)
 void moxy_lua_req_fork(moxy_req_t *r2, const moxy_req_t *r)
 {
     if (r->txn_ref <= 0 || r2->g != r->g) return;
+    moxy_req_cleanup_add(r2, moxy_lua_req_done);
     lua_State *L = r->g->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->txn_ref);
     lua_createtable(L, 0, 2);

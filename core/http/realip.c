@@ -111,7 +111,6 @@ static int walk_value(walk_t *w, const char *v, size_t n, int forwarded)
 
 void moxy_realip_resolve(moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
     walk_t w = {.conf = r->g->conf};
     int forwarded = w.conf->real_ip_header == MOXY_REALIP_FORWARDED;
     uint32_t kind = forwarded ? MOXY_HK_FWD : MOXY_HK_XFF;
@@ -120,7 +119,7 @@ void moxy_realip_resolve(moxy_req_t *r)
         if ((h->kind & kind) && walk_value(&w, h->value, h->value_len, forwarded)) break;
     }
     if (w.hops == 0) return;
-    char *ip = moxy_palloc(&c->pool, INET6_ADDRSTRLEN);
+    char *ip = moxy_palloc(&r->mem, INET6_ADDRSTRLEN);
     if (!ip || !inet_ntop(w.family == 4 ? AF_INET : AF_INET6, w.addr, ip, INET6_ADDRSTRLEN)) return;
     r->client_ip = ip;
     r->client_port = w.port;

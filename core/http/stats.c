@@ -65,7 +65,7 @@ void moxy_hist_add(moxy_hist_t *h, long long us)
 
 void moxy_stats_request(moxy_req_t *r)
 {
-    moxy_worker_t *w = r->c->w;
+    moxy_worker_t *w = r->w;
     int cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
     moxy_hist_add(&w->stats.duration, moxy_req_elapsed_us(r));

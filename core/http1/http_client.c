@@ -19,6 +19,7 @@
 #include "http/lua_bridge.h"
 #include "base/addr.h"
 #include "http/realip.h"
+#include "http/request.h"
 #include "net/proxy_protocol.h"
 #include "http/worker.h"
 
@@ -36,7 +37,6 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 static void client_process(moxy_client_t *c);
 static void client_finish_request(moxy_client_t *c);
 static void client_after_hooks(moxy_client_t *c, int rc);
-static void request_end(moxy_req_t *r);
 static void request_log(moxy_client_t *c);
 static void request_detached_end(moxy_req_t *r);
 static int client_parse(moxy_client_t *c, const char **reason);
@@ -91,23 +91,14 @@ static void client_want_read(moxy_client_t *c)
 
 static const llhttp_settings_t *request_settings(void);
 
-/* A new request of c (its pool's memory) on generation g, which it holds,
+/* A new request of c on generation g, which it holds,
  * having come in on g's listener listen_index; c's current one.  NULL: out
  * of memory. */
 static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_index)
 {
-    moxy_req_t *r = moxy_palloc(&c->pool, sizeof(*r));
+    moxy_req_t *r = moxy_req_new(c->w, g, listen_index);
     if (!r) return NULL;
-    memset(r, 0, sizeof(*r));
     r->c = c;
-    r->g = g;
-    moxy_wgen_hold(g);
-    r->listen_index = listen_index;
-    r->pool = -1;
-    r->server = r->last_server = r->active_server = r->want_server = -1;
-    r->cache_ttl = r->cache_stale = -1;
-    event_base_gettimeofday_cached(c->w->base, &r->started);
-    r->started_us = moxy_mono_us();
     c->req = r;
     llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
     r->parser.data = c;
@@ -133,7 +124,6 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     c->conn = conn;
     c->listen_index = listen_index;
     c->read_size = MOXY_IO_READ_MIN;
-    moxy_pool_init(&c->pool);
     const moxy_conf_t *conf = w->g->conf;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
@@ -171,10 +161,10 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     client_read_timeout(c, &w->g->tv_client_header);
 }
 
-/* from's head, as its hooks left it, into r (c's pool); MOXY_ERROR: out of memory. */
+/* from's head, as its hooks left it, into r (its memory); MOXY_ERROR: out of memory. */
 static int request_copy(moxy_req_t *r, const moxy_req_t *from)
 {
-    moxy_pool_t *pool = &r->c->pool;
+    moxy_pool_t *pool = &r->mem;
     r->method = HTTP_GET;
     r->method_name = "GET";
     r->http_major = 1;
@@ -227,14 +217,14 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
     c->sock_port = fc->sock_port;
     memcpy(c->ip, fc->ip, sizeof(c->ip));
     memcpy(c->sock_ip, fc->sock_ip, sizeof(c->sock_ip));
-    moxy_pool_init(&c->pool);
     moxy_req_t *r = NULL;
     if (client_ensure_buffers(c) != MOXY_OK || !(r = request_new(c, from->g, from->listen_index))) goto fail;
     r->body_kind = MOXY_BODY_NONE;
     r->body_done = 1;
     r->retryable = 1;
     if (request_copy(r, from) != MOXY_OK) {
-        request_end(r);
+        moxy_req_end(r);
+        moxy_req_free(r);
         goto fail;
     }
     moxy_req_make_id(r);
@@ -245,7 +235,6 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
 fail:
     if (c->in) moxy_worker_buf_put(w, c->in);
     if (c->out) moxy_worker_buf_put(w, c->out);
-    moxy_pool_reset(&c->pool);
     free(c);
     return NULL;
 }
@@ -255,7 +244,6 @@ static void client_free(moxy_client_t *c)
     moxy_worker_t *w = c->w;
     if (c->in) moxy_worker_buf_put(w, c->in);
     if (c->out) moxy_worker_buf_put(w, c->out);
-    moxy_pool_reset(&c->pool);
     LIST_REMOVE(c, link);
     free(c);
     moxy_worker_conn_closed(w);
@@ -271,15 +259,11 @@ void moxy_client_release(moxy_client_t *c)
     if (--c->busy == 0 && c->dead) client_free(c);
 }
 
-/* r is over: release what its hooks and its response filter kept. */
-static void request_end(moxy_req_t *r)
+/* The cleanup of a request body buffered for txn:read_body. */
+static void request_body_free(moxy_req_t *r)
 {
-    moxy_lua_req_done(r);
-    moxy_upstream_req_free(r);
-    if (r->body_buf) moxy_worker_buf_put(r->c->w, r->body_buf);
+    if (r->body_buf) moxy_worker_buf_put(r->w, r->body_buf);
     r->body_buf = NULL;
-    moxy_wgen_release(r->g); /* may free an old generation: last */
-    r->g = NULL;
 }
 
 /* r's on_log hooks wait: give r a copy of its connection without the
@@ -299,7 +283,6 @@ static int request_detach(moxy_client_t *c)
     g->state = MOXY_C_CLOSING;
     g->reading = g->writing = 0;
     r->c = g;
-    moxy_pool_init(&c->pool);
     c->req = NULL;
     LIST_INSERT_HEAD(&w->detached, g, link);
     MOXY_STAT_ADD(w->nconns, 1);
@@ -313,9 +296,9 @@ static void request_detached_end(moxy_req_t *r)
     moxy_worker_t *w = g->w;
     moxy_access_log(r);
     moxy_stats_request(r);
-    request_end(r);
+    moxy_req_end(r);
+    moxy_req_free(r);
     LIST_REMOVE(g, link);
-    moxy_pool_reset(&g->pool);
     free(g);
     moxy_worker_conn_closed(w);
 }
@@ -332,7 +315,7 @@ void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *gen)
 
 /* c's request is over: on_log hooks, then its access-log line.  When the
  * hooks wait, the request is detached from c (logged when they are done);
- * either way c->req is NULL and c's pool empty after. */
+ * either way c->req is NULL after. */
 static void request_log(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
@@ -342,9 +325,9 @@ static void request_log(moxy_client_t *c)
     }
     moxy_access_log(r);
     moxy_stats_request(r);
-    request_end(r);
+    moxy_req_end(r);
+    moxy_req_free(r);
     c->req = NULL;
-    moxy_pool_reset(&c->pool);
 }
 
 void moxy_client_close(moxy_client_t *c)
@@ -366,7 +349,8 @@ void moxy_client_close(moxy_client_t *c)
             }
             request_log(c);
         } else {
-            request_end(r);
+            moxy_req_end(r);
+            moxy_req_free(r);
         }
         c->req = NULL;
     }
@@ -572,7 +556,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     moxy_req_t *r = c->req;
     r->head_bytes += n;
     if (r->uri_len + n > c->req->g->conf->limits.uri_bytes) return parse_fail(p, 414, "URI too long");
-    return moxy_pool_append(&c->pool, &r->uri, &r->uri_len, &r->uri_cap, at, n);
+    return moxy_pool_append(&r->mem, &r->uri, &r->uri_len, &r->uri_cap, at, n);
 }
 
 /* A piece of a header name (value = 0) or value, counted against header_bytes. */
@@ -583,8 +567,8 @@ static int header_piece(llhttp_t *p, const char *at, size_t n, int value)
     r->head_bytes += n;
     if (r->head_bytes > c->req->g->conf->limits.header_bytes)
         return parse_fail(p, 431, "request header fields too large");
-    return value ? moxy_pool_append(&c->pool, &r->value, &r->value_len, &r->value_cap, at, n)
-                 : moxy_pool_append(&c->pool, &r->field, &r->field_len, &r->field_cap, at, n);
+    return value ? moxy_pool_append(&r->mem, &r->value, &r->value_len, &r->value_cap, at, n)
+                 : moxy_pool_append(&r->mem, &r->field, &r->field_len, &r->field_cap, at, n);
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
@@ -614,7 +598,7 @@ static int on_header_value_complete(llhttp_t *p)
         return parse_fail(p, 431, r->in_trailers ? "too many request trailer fields" : "too many request headers");
     if (r->in_trailers && MOXY_STRIEQ_LIT(r->field, r->field_len, "content-length"))
         return parse_fail(p, 400, "Content-Length in trailers");
-    if (moxy_headers_add(&c->pool, hs, r->field, r->field_len, v, vl) != MOXY_OK) return -1;
+    if (moxy_headers_add(&r->mem, hs, r->field, r->field_len, v, vl) != MOXY_OK) return -1;
     r->field_len = r->value_len = 0;
     return 0;
 }
@@ -667,7 +651,6 @@ static int check_head(llhttp_t *p, moxy_req_t *r)
  * scripts and origins see.  Returns 0 or a parse_fail. */
 static int absolute_form(llhttp_t *p, moxy_req_t *r)
 {
-    moxy_client_t *c = p->data;
     const char *u = r->uri;
     size_t n = r->uri_len, i = 0;
     while (i < n && ((u[i] >= 'a' && u[i] <= 'z') || (u[i] >= 'A' && u[i] <= 'Z') ||
@@ -687,13 +670,13 @@ static int absolute_form(llhttp_t *p, moxy_req_t *r)
     /* an empty path is "/", or "*" for OPTIONS (RFC 9112 3.2.4) */
     int star = rlen == 0 && p->method == HTTP_OPTIONS;
     size_t slash = rlen == 0 || rest[0] == '?' ? 1 : 0;
-    char *t = moxy_palloc(&c->pool, slash + rlen + 1);
+    char *t = moxy_palloc(&r->mem, slash + rlen + 1);
     if (!t) return -1;
     if (slash) t[0] = star ? '*' : '/';
     memcpy(t + slash, rest, rlen);
     t[slash + rlen] = '\0';
     moxy_headers_remove_kind(&r->headers, MOXY_HK_HOST);
-    if (moxy_headers_add(&c->pool, &r->headers, "Host", 4, a, alen) != MOXY_OK) return -1;
+    if (moxy_headers_add(&r->mem, &r->headers, "Host", 4, a, alen) != MOXY_OK) return -1;
     r->host = r->headers.h[r->headers.n - 1].value;
     r->uri = t;
     r->uri_len = r->uri_cap = (uint32_t)(slash + rlen);
@@ -732,9 +715,8 @@ static int upgrade_allowed(const moxy_req_t *r, const char *name, size_t n)
  * field keeps just those); for any other, or an HTTP/1.0 client (RFC 9110
  * 7.8), Upgrade and HTTP2-Settings go and the request is proxied as plain
  * HTTP/1.1.  Returns 0 or -1 (out of memory). */
-static int request_upgrade(llhttp_t *p, moxy_req_t *r)
+static int request_upgrade(moxy_req_t *r)
 {
-    moxy_client_t *c = p->data;
     char *keep = NULL;
     uint32_t klen = 0, kcap = 0;
     for (uint32_t i = 0; r->http_minor >= 1 && i < r->headers.n; i++) {
@@ -743,8 +725,8 @@ static int request_upgrade(llhttp_t *p, moxy_req_t *r)
         size_t j = 0, s, len, name;
         while (upgrade_next(h->value, h->value_len, &j, &s, &len, &name)) {
             if (!upgrade_allowed(r, h->value + s, name)) continue;
-            if ((klen && moxy_pool_append(&c->pool, &keep, &klen, &kcap, ", ", 2)) ||
-                moxy_pool_append(&c->pool, &keep, &klen, &kcap, h->value + s, len))
+            if ((klen && moxy_pool_append(&r->mem, &keep, &klen, &kcap, ", ", 2)) ||
+                moxy_pool_append(&r->mem, &keep, &klen, &kcap, h->value + s, len))
                 return -1;
         }
     }
@@ -755,7 +737,7 @@ static int request_upgrade(llhttp_t *p, moxy_req_t *r)
         return 0;
     }
     r->upgrade = 1;
-    return moxy_headers_add(&c->pool, &r->headers, "Upgrade", 7, keep, klen) == MOXY_OK ? 0 : -1;
+    return moxy_headers_add(&r->mem, &r->headers, "Upgrade", 7, keep, klen) == MOXY_OK ? 0 : -1;
 }
 
 int moxy_req_upgrade_allowed(const moxy_req_t *r, const moxy_headers_t *resp)
@@ -804,7 +786,7 @@ static int on_headers_complete(llhttp_t *p)
     } else {
         r->body_kind = MOXY_BODY_NONE;
     }
-    if (p->upgrade && (rc = request_upgrade(p, r))) return rc;
+    if (p->upgrade && (rc = request_upgrade(r))) return rc;
     if (r->uri) {
         char *q = memchr(r->uri, '?', r->uri_len);
         r->path_len = q ? (uint32_t)(q - r->uri) : r->uri_len;
@@ -1006,14 +988,14 @@ void moxy_req_make_id(moxy_req_t *r)
     }
     r->id[32] = '\0';
     moxy_headers_remove_kind(&r->headers, MOXY_HK_XRID);
-    moxy_headers_add(&c->pool, &r->headers, "X-Request-Id", 12, r->id, 32);
+    moxy_headers_add(&r->mem, &r->headers, "X-Request-Id", 12, r->id, 32);
 }
 
 /* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
 int moxy_req_add_forwarding(moxy_req_t *r)
 {
     moxy_client_t *c = r->c;
-    moxy_pool_t *pool = &c->pool;
+    moxy_pool_t *pool = &r->mem;
     moxy_headers_t *hs = &r->headers;
 
     /* X-Forwarded-For: what came in (all lines, joined) plus the client. */
@@ -1223,7 +1205,10 @@ int moxy_req_read_body(moxy_req_t *r, uint64_t max)
         r->keepalive = 0;
         return MOXY_ERROR;
     }
-    if (!r->body_buf && !(r->body_buf = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
+    if (!r->body_buf) {
+        moxy_req_cleanup_add(r, request_body_free);
+        if (!(r->body_buf = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
+    }
     if (r->expect_continue) {
         r->expect_continue = 0;
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);

@@ -15,6 +15,7 @@
 #include "base/headers.h"
 #include "cache/cache.h"
 #include "http/http.h"
+#include "http/request.h"
 #include "net/io.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
@@ -302,6 +303,7 @@ static void try_connect(moxy_req_t *r);
 
 void moxy_upstream_try_begin(moxy_req_t *r)
 {
+    moxy_req_cleanup_add(r, moxy_upstream_req_free);
     try_release(r);
     if (++r->tries == 1) r->first_try_ms = moxy_mono_ms();
     r->server = -1;
@@ -349,7 +351,7 @@ static int pick_peer(moxy_req_t *r)
         r->tried_pool = r->pool;
         if (up->npeers > 64) {
             size_t words = ((size_t)up->npeers + 63) / 64;
-            r->tried_map = moxy_palloc(&c->pool, words * sizeof(uint64_t));
+            r->tried_map = moxy_palloc(&r->mem, words * sizeof(uint64_t));
             if (!r->tried_map) {
                 moxy_req_upstream_failed(r, 500, "out of memory");
                 return MOXY_ERROR;
@@ -371,7 +373,7 @@ static int pick_peer(moxy_req_t *r)
             moxy_log(MOXY_LOG_WARN, r->id, "upstream %s: %s for try %d", up->conf->name, why, r->tries);
             moxy_req_upstream_failed(r, r->fail_status ? r->fail_status : 502, r->error);
         } else {
-            char *msg = moxy_palloc(&c->pool, 200);
+            char *msg = moxy_palloc(&r->mem, 200);
             if (msg) snprintf(msg, 200, "upstream %s: %s", up->conf->name, why);
             moxy_req_upstream_failed(r, why[0] == 'e' ? 503 : 502, msg ? msg : why);
         }
@@ -713,7 +715,7 @@ static int rs_fail(llhttp_t *p, const char *why)
 static int rs_header_piece(llhttp_t *p, const char *at, size_t n, int value)
 {
     moxy_upconn_t *u = p->data;
-    moxy_pool_t *pool = &u->req->c->pool;
+    moxy_pool_t *pool = &u->req->mem;
     u->head_bytes += n;
     if (u->head_bytes > u->g->conf->limits.header_bytes) return rs_fail(p, "response head too large");
     return value ? moxy_pool_append(pool, &u->value, &u->value_len, &u->value_cap, at, n)
@@ -747,7 +749,7 @@ static int rs_header_value_complete(llhttp_t *p)
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--; /* llhttp checked the rest */
     moxy_headers_t *hs = u->in_trailers ? &r->resp_trailers : &r->resp_headers;
     if ((int)hs->n >= u->g->conf->limits.headers) return rs_fail(p, "too many response headers");
-    if (moxy_headers_add(&r->c->pool, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;
+    if (moxy_headers_add(&r->mem, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;
     u->field_len = u->value_len = 0;
     u->head_bytes += 4;
     return 0;
@@ -1056,10 +1058,11 @@ void moxy_upstream_filter_continue(moxy_req_t *r)
  * delimited for HTTP/1.0).  MOXY_ERROR: out of memory. */
 int moxy_upstream_filter_start(moxy_req_t *r)
 {
-    moxy_worker_t *w = r->c->w;
+    moxy_worker_t *w = r->w;
     r->filtering = moxy_lua_has(r->g, MOXY_PHASE_BODY) && !r->no_filter &&
                    r->resp_body_kind != MOXY_BODY_NONE;
     if (!r->filtering) return MOXY_OK;
+    moxy_req_cleanup_add(r, moxy_upstream_req_free);
     if (!r->filter_in) r->filter_in = moxy_worker_buf_get(w);
     if (!r->filter_out) r->filter_out = moxy_worker_buf_get(w);
     return r->filter_in && r->filter_out ? MOXY_OK : MOXY_ERROR;
@@ -1068,9 +1071,8 @@ int moxy_upstream_filter_start(moxy_req_t *r)
 void moxy_upstream_req_free(moxy_req_t *r)
 {
     try_release(r);
-    moxy_cache_req_free(r);
-    if (r->filter_in) moxy_worker_buf_put(r->c->w, r->filter_in);
-    if (r->filter_out) moxy_worker_buf_put(r->c->w, r->filter_out);
+    if (r->filter_in) moxy_worker_buf_put(r->w, r->filter_in);
+    if (r->filter_out) moxy_worker_buf_put(r->w, r->filter_out);
     r->filter_in = r->filter_out = NULL;
 }
 
@@ -1147,7 +1149,7 @@ static int up_head_verdict(moxy_upconn_t *u)
         try_report(r, !failed);
         return MOXY_OK;
     }
-    char *why = moxy_palloc(&r->c->pool, 40);
+    char *why = moxy_palloc(&r->mem, 40);
     if (!why) return MOXY_OK;
     snprintf(why, 40, "origin answered %d", r->status);
     if (!failed) try_report(r, 1); /* the peer is fine; the answer is not */

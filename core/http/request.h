@@ -1,0 +1,35 @@
+/*
+ * request.h -- a request's life, whatever protocol brought it: its memory,
+ * and what runs when it ends.
+ *
+ * A request owns its memory (r->mem, nginx's r->pool): r itself and
+ * everything it points to come from it and go at once with moxy_req_free.
+ * What a module attaches to a request that must be released at its end (an
+ * origin connection, cache object references, a Lua coroutine, a buffer)
+ * comes with a cleanup the module adds when it attaches; moxy_req_end runs
+ * them, newest first, and knows no module by name.
+ */
+#ifndef MOXY_REQUEST_H
+#define MOXY_REQUEST_H
+
+#include "http/http-t.h"
+
+/* A new request on worker w and its generation g (which it holds to its
+ * end), come in on g's listener listen_index, started now.  NULL: out of
+ * memory. */
+moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index);
+
+/* Run fn(r) when r ends.  Adding a function already added does nothing,
+ * so that a module adds its cleanup each time it attaches something (a
+ * few pointer compares).  Each module has one: more than MOXY_REQ_CLEANUPS
+ * different ones is a bug, and aborts. */
+void moxy_req_cleanup_add(moxy_req_t *r, moxy_req_cleanup_fn fn);
+
+/* r is over: its cleanups run (newest first), then it lets go of its
+ * generation.  Its memory stays until moxy_req_free. */
+void moxy_req_end(moxy_req_t *r);
+
+/* Free r's memory, r included (after moxy_req_end). */
+void moxy_req_free(moxy_req_t *r);
+
+#endif
