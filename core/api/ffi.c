@@ -27,7 +27,6 @@ static moxy_headers_t *list_of(moxy_req_t *r, int which)
 
 EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len)
 {
-    moxy_client_t *c = r->c;
     const moxy_conf_t *conf = r->g->conf;
     switch (field) {
     case MOXY_FFI_F_METHOD:
@@ -59,8 +58,8 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *len = strlen(*out);
         return MOXY_OK;
     case MOXY_FFI_F_SOCKET_IP:
-        *out = c->sock_ip;
-        *len = strlen(c->sock_ip);
+        *out = r->addr->sock_ip;
+        *len = strlen(r->addr->sock_ip);
         return MOXY_OK;
     case MOXY_FFI_F_ID:
         *out = r->id;
@@ -329,7 +328,7 @@ EXPORT int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value)
 
 EXPORT int moxy_ffi_client_port(moxy_req_t *r, int socket)
 {
-    return socket ? r->c->sock_port : moxy_req_client_port(r);
+    return socket ? r->addr->sock_port : moxy_req_client_port(r);
 }
 
 EXPORT int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len)

@@ -224,7 +224,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
         fail_msg(err, errlen, "http_version must be \"1.0\" or \"1.1\"");
         return NULL;
     }
-    char ipbuf[sizeof(c->ip)];
+    char ipbuf[sizeof(c->addr.ip)];
     unsigned char addr[16];
     if (iplen == 0 || iplen >= sizeof(ipbuf)) {
         fail_msg(err, errlen, "client_ip must be an IPv4 or IPv6 address");
@@ -240,10 +240,10 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
         fail_msg(err, errlen, "client_port must be in 0..65535");
         return NULL;
     }
-    memcpy(c->ip, ipbuf, iplen + 1);
-    c->port = (uint16_t)port;
-    memcpy(c->sock_ip, ipbuf, iplen + 1); /* no PROXY header, no trusted proxy: one address */
-    c->sock_port = c->port;
+    memcpy(c->addr.ip, ipbuf, iplen + 1);
+    c->addr.port = (uint16_t)port;
+    memcpy(c->addr.sock_ip, ipbuf, iplen + 1); /* no PROXY header, no trusted proxy: one address */
+    c->addr.sock_port = c->addr.port;
 
     /* client_new_request + on_url + on_headers_complete */
     moxy_req_t *r = moxy_req_new(c->w, c->w->g, 0);
@@ -257,6 +257,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
         return NULL;
     }
     r->c = c;
+    r->addr = &c->addr;
     r->method = (uint8_t)m;
     r->method_name = (char *)mname;
     r->http_major = 1;

@@ -95,7 +95,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
     case MOXY_ALF_TIME: return k + (size_t)snprintf(p, room, "\"%s.%03dZ\"", ts, (int)(now->tv_usec / 1000));
     case MOXY_ALF_REQUEST_ID: plain = r->id; break;
     case MOXY_ALF_CLIENT: plain = moxy_req_client_ip(r); break;
-    case MOXY_ALF_SOCKET_CLIENT: plain = r->c->sock_ip; break;
+    case MOXY_ALF_SOCKET_CLIENT: plain = r->addr->sock_ip; break;
     case MOXY_ALF_METHOD: return k + json_string(p, body, method, strlen(method));
     case MOXY_ALF_URI: return k + json_string(p, body > 512 ? body - 510 : body, uri, urilen);
     case MOXY_ALF_HOST: return k + json_string(p, small, r->host, r->host ? strlen(r->host) : 0);
@@ -124,8 +124,7 @@ static size_t json_field(const moxy_req_t *r, int f, char *p, size_t room, const
 
 void moxy_access_log(moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
-    moxy_worker_t *w = c->w;
+    moxy_worker_t *w = r->w;
     if (!moxy_alog_enabled()) return;
     char *p = moxy_alog_reserve(&w->alog, LINE_MAX_BYTES);
     if (!p) return;

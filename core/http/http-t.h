@@ -111,6 +111,14 @@ typedef struct moxy_log_field_s {
     int quoted;          /* a string (escaped, quoted in JSON), else a number or boolean */
 } moxy_log_field_t;
 
+/* A client connection's addresses. */
+typedef struct {
+    uint16_t port;              /* the client's: the PROXY header's source, else sock_port */
+    uint16_t sock_port;         /* the TCP peer's */
+    char ip[46];                /* the client's address (as port) */
+    char sock_ip[46];           /* the TCP peer's address */
+} moxy_client_addr_t;
+
 /* What a module runs when a request ends (request.h), and how many
  * different ones a request may have. */
 typedef void (*moxy_req_cleanup_fn)(moxy_req_t *r);
@@ -122,7 +130,9 @@ struct moxy_req_s {
     moxy_req_cleanup_fn cleanups[MOXY_REQ_CLEANUPS]; /* run when it ends, newest first */
     int ncleanups;
     moxy_worker_t *w;      /* the worker it runs on */
-    moxy_client_t *c;
+    moxy_client_t *c;      /* its connection; NULL once it outlived it (on_log hooks that wait) */
+    const moxy_client_addr_t *addr; /* the client's addresses: its connection's, or a copy */
+    LIST_ENTRY(moxy_req_s) detached; /* in its worker's list while it outlives its connection */
     moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */
     int listen_index;      /* g->conf->listens[] it came in on */
     llhttp_t parser;       /* the request's head and chunked body */
@@ -295,10 +305,7 @@ struct moxy_client_s {
     unsigned socketless : 1;    /* a request moxy makes itself (a cache refresh): no socket,
                                    what it would send is dropped (moxy_req_background) */
     uint32_t read_size;         /* next body read (io.h) */
-    uint16_t port;              /* the client's: the PROXY header's source, else sock_port */
-    uint16_t sock_port;         /* the TCP peer's */
-    char ip[46];                /* the client's address (as port) */
-    char sock_ip[46];           /* the TCP peer's address */
+    moxy_client_addr_t addr;    /* its addresses */
     LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */
 };
 

@@ -105,12 +105,12 @@ int moxy_req_add_forwarding(moxy_req_t *r);
  * proxy said otherwise) and its port (-1: unknown). */
 static inline const char *moxy_req_client_ip(const moxy_req_t *r)
 {
-    return r->client_ip ? r->client_ip : r->c->ip;
+    return r->client_ip ? r->client_ip : r->addr->ip;
 }
 
 static inline int moxy_req_client_port(const moxy_req_t *r)
 {
-    return r->client_ip ? r->client_port : r->c->port;
+    return r->client_ip ? r->client_port : r->addr->port;
 }
 
 /* 1 when the protocols an origin's 101 to r switches to (the Upgrade field

@@ -172,12 +172,11 @@ static int wants_json(const moxy_req_t *r)
 
 static void log_error(moxy_req_t *r, int status, const char *why)
 {
-    moxy_client_t *c = r->c;
     if (!r->id[0]) moxy_req_make_id(r);
     if (!r->method_name) r->method_name = "-";
     r->error = why;
     moxy_log(status >= 500 ? MOXY_LOG_WARN : MOXY_LOG_INFO, r->id, "%s %s from %s: %d: %s",
-             r->method_name, r->uri ? r->uri : "-", c->ip, status, why);
+             r->method_name, r->uri ? r->uri : "-", r->addr->ip, status, why);
 }
 
 size_t moxy_resp_error_body(moxy_req_t *r, int status, char *buf, size_t size)

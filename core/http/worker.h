@@ -74,8 +74,8 @@ struct moxy_worker_s {
     lua_State *lua_running;      /* the VM whose hook call runs (the budget's signal handler) */
     void *fetch;                 /* moxy.http's state (http_fetch.c), or NULL */
     void *geo;                   /* geoip.c: the database versions this worker looks up in, or NULL */
-    LIST_HEAD(, moxy_client_s) detached; /* requests whose on_log hooks outlived their
-                                             connection (each counts in nconns) */
+    LIST_HEAD(, moxy_req_s) detached; /* requests whose on_log hooks outlived their
+                                          connection (each counts in nconns) */
 
     moxy_listener_t *listeners;  /* one per g->conf->listens */
     int nlisteners;

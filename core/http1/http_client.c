@@ -99,6 +99,7 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
     moxy_req_t *r = moxy_req_new(c->w, g, listen_index);
     if (!r) return NULL;
     r->c = c;
+    r->addr = &c->addr;
     c->req = r;
     llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
     r->parser.data = c;
@@ -127,26 +128,26 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     const moxy_conf_t *conf = w->g->conf;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &s->sin_addr, c->sock_ip, sizeof(c->sock_ip));
-        c->sock_port = ntohs(s->sin_port);
+        inet_ntop(AF_INET, &s->sin_addr, c->addr.sock_ip, sizeof(c->addr.sock_ip));
+        c->addr.sock_port = ntohs(s->sin_port);
         c->local_peer = (ntohl(s->sin_addr.s_addr) >> 24) == 127;
         if (conf->ntrusted)
             c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 4,
                                          (const uint8_t *)&s->sin_addr);
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &s->sin6_addr, c->sock_ip, sizeof(c->sock_ip));
-        c->sock_port = ntohs(s->sin6_port);
+        inet_ntop(AF_INET6, &s->sin6_addr, c->addr.sock_ip, sizeof(c->addr.sock_ip));
+        c->addr.sock_port = ntohs(s->sin6_port);
         c->local_peer = IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) ||
                         (IN6_IS_ADDR_V4MAPPED(&s->sin6_addr) && s->sin6_addr.s6_addr[12] == 127);
         if (conf->ntrusted)
             c->trusted = moxy_cidr_match(conf->trusted, conf->ntrusted, 6, s->sin6_addr.s6_addr);
     } else {
-        strcpy(c->sock_ip, "unix");
+        strcpy(c->addr.sock_ip, "unix");
         c->local_peer = 1;
     }
-    memcpy(c->ip, c->sock_ip, sizeof(c->ip));
-    c->port = c->sock_port;
+    memcpy(c->addr.ip, c->addr.sock_ip, sizeof(c->addr.ip));
+    c->addr.port = c->addr.sock_port;
     c->proxy_wait = conf->listens[listen_index].proxy_protocol != 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -213,10 +214,7 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
     c->listen_index = fc->listen_index;
     c->state = MOXY_C_ACTIVE;
     c->close_after = 1;
-    c->port = fc->port;
-    c->sock_port = fc->sock_port;
-    memcpy(c->ip, fc->ip, sizeof(c->ip));
-    memcpy(c->sock_ip, fc->sock_ip, sizeof(c->sock_ip));
+    c->addr = *from->addr;
     moxy_req_t *r = NULL;
     if (client_ensure_buffers(c) != MOXY_OK || !(r = request_new(c, from->g, from->listen_index))) goto fail;
     r->body_kind = MOXY_BODY_NONE;
@@ -266,25 +264,20 @@ static void request_body_free(moxy_req_t *r)
     r->body_buf = NULL;
 }
 
-/* r's on_log hooks wait: give r a copy of its connection without the
- * socket, owning the request's memory, so that the connection can go on
- * (or close).  The copy counts as a connection until r is logged. */
+/* r's on_log hooks wait: r outlives its connection c, which goes on (or
+ * closes).  r keeps a copy of the client's addresses; it counts as a
+ * connection until it is logged, so that a draining worker waits for it. */
 static int request_detach(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     moxy_worker_t *w = c->w;
-    moxy_client_t *g = malloc(sizeof(*g));
-    if (!g) return MOXY_ERROR;
-    *g = *c;
-    g->conn.fd = -1;
-    g->in = g->out = NULL;
-    g->busy = 0;
-    g->dead = 0;
-    g->state = MOXY_C_CLOSING;
-    g->reading = g->writing = 0;
-    r->c = g;
+    moxy_client_addr_t *a = moxy_palloc(&r->mem, sizeof(*a));
+    if (!a) return MOXY_ERROR;
+    *a = c->addr;
+    r->addr = a;
+    r->c = NULL;
     c->req = NULL;
-    LIST_INSERT_HEAD(&w->detached, g, link);
+    LIST_INSERT_HEAD(&w->detached, r, detached);
     MOXY_STAT_ADD(w->nconns, 1);
     return MOXY_OK;
 }
@@ -292,24 +285,22 @@ static int request_detach(moxy_client_t *c)
 /* The end of a detached request: its log line, its memory. */
 static void request_detached_end(moxy_req_t *r)
 {
-    moxy_client_t *g = r->c;
-    moxy_worker_t *w = g->w;
+    moxy_worker_t *w = r->w;
     moxy_access_log(r);
     moxy_stats_request(r);
+    LIST_REMOVE(r, detached);
     moxy_req_end(r);
     moxy_req_free(r);
-    LIST_REMOVE(g, link);
-    free(g);
     moxy_worker_conn_closed(w);
 }
 
 void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *gen)
 {
-    moxy_client_t *g = LIST_FIRST(&w->detached), *next;
-    for (; g; g = next) {
-        next = LIST_NEXT(g, link);
+    moxy_req_t *r = LIST_FIRST(&w->detached), *next;
+    for (; r; r = next) {
+        next = LIST_NEXT(r, detached);
         /* its parked on_log hooks are dropped */
-        if (!gen || g->req->g == gen) request_detached_end(g->req);
+        if (!gen || r->g == gen) request_detached_end(r);
     }
 }
 
@@ -498,7 +489,7 @@ int moxy_client_send(moxy_client_t *c)
         ssize_t n = moxy_conn_write(&c->conn, c->out);
         if (n < 0) {
             if (errno == EAGAIN || errno == EINTR) break;
-            moxy_log(MOXY_LOG_DEBUG, c->req ? c->req->id : NULL, "client %s: write: %s", c->ip,
+            moxy_log(MOXY_LOG_DEBUG, c->req ? c->req->id : NULL, "client %s: write: %s", c->addr.ip,
                      strerror(errno));
             moxy_client_close(c);
             return MOXY_ERROR;
@@ -529,7 +520,7 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
     moxy_client_t *c = arg;
     MOXY_UNUSED(fd);
     if (what & EV_TIMEOUT) {
-        moxy_log(MOXY_LOG_INFO, c->req ? c->req->id : NULL, "client %s: send timed out", c->ip);
+        moxy_log(MOXY_LOG_INFO, c->req ? c->req->id : NULL, "client %s: send timed out", c->addr.ip);
         if (c->req && !c->req->error) c->req->error = "client send timeout";
         moxy_client_close(c);
         return;
@@ -999,7 +990,7 @@ int moxy_req_add_forwarding(moxy_req_t *r)
     moxy_headers_t *hs = &r->headers;
 
     /* X-Forwarded-For: what came in (all lines, joined) plus the client. */
-    size_t len = strlen(c->ip);
+    size_t len = strlen(c->addr.ip);
     for (uint32_t i = 0; i < hs->n; i++)
         if (hs->h[i].kind & MOXY_HK_XFF)
             len += hs->h[i].value_len + 2;
@@ -1014,7 +1005,7 @@ int moxy_req_add_forwarding(moxy_req_t *r)
             *p++ = ' ';
         }
     }
-    p = stpcpy(p, c->ip);
+    p = stpcpy(p, c->addr.ip);
     /* what the client claimed is replaced, in one pass */
     moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
     if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
@@ -1276,7 +1267,7 @@ static int client_read_body(moxy_client_t *c)
             if (!r->resp_head_sent) {
                 client_reject(c, status, reason); /* logs it */
             } else {
-                moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->ip, reason);
+                moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->addr.ip, reason);
                 r->error = reason;
                 moxy_client_close(c);
             }
@@ -1305,12 +1296,12 @@ void moxy_client_resume_read(moxy_client_t *c)
 static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
 {
     moxy_log(level, NULL, "listener %s: client %s:%u: %s; closing",
-             c->w->g->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, why);
+             c->w->g->conf->listens[c->listen_index].name, c->addr.sock_ip, c->addr.sock_port, why);
     moxy_client_close(c);
 }
 
-/* Read the PROXY header at the start of c->in.  MOXY_OK: consumed, c->ip and
- * c->port are its source (unless it keeps the socket's address); MOXY_AGAIN:
+/* Read the PROXY header at the start of c->in.  MOXY_OK: consumed, c->addr.ip and
+ * c->addr.port are its source (unless it keeps the socket's address); MOXY_AGAIN:
  * more must come (within the client_header deadline set at accept);
  * MOXY_ERROR: c is closed. */
 static int client_proxy_header(moxy_client_t *c)
@@ -1346,14 +1337,14 @@ static int client_proxy_header(moxy_client_t *c)
     c->proxy_wait = 0;
     if (h.family) {
         const moxy_conf_t *conf = w->g->conf;
-        inet_ntop(h.family == 4 ? AF_INET : AF_INET6, h.addr, c->ip, sizeof(c->ip));
-        c->port = h.port;
+        inet_ntop(h.family == 4 ? AF_INET : AF_INET6, h.addr, c->addr.ip, sizeof(c->addr.ip));
+        c->addr.port = h.port;
         c->trusted =
             conf->ntrusted && moxy_cidr_match(conf->trusted, conf->ntrusted, h.family, h.addr);
     }
     moxy_log(MOXY_LOG_DEBUG, NULL, "listener %s: client %s:%u: PROXY v%d, client %s:%u",
-             w->g->conf->listens[c->listen_index].name, c->sock_ip, c->sock_port, h.version, c->ip,
-             c->port);
+             w->g->conf->listens[c->listen_index].name, c->addr.sock_ip, c->addr.sock_port, h.version, c->addr.ip,
+             c->addr.port);
     return MOXY_OK;
 }
 
