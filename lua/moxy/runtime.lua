@@ -34,7 +34,7 @@ function M.watch(path)
   if C.moxy_ffi_watch(path, #path) ~= OK then error("moxy.watch: out of memory", 3) end
 end
 
--- index - 1 = MOXY_PHASE_* in C (core/http/http-t.h)
+-- index - 1 = MOXY_PHASE_* in C (core/http/http-t.h; tools/check-ffi.lua checks it)
 local PHASES = { "on_request", "on_upstream", "on_upstream_request", "on_response", "on_body",
                  "on_log", "on_error", "on_cache_key" }
 local P = txn.PHASE

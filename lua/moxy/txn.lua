@@ -200,7 +200,7 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
   end,
 })
 
--- Phases, as in C (MOXY_PHASE_*, core/http/http-t.h).
+-- Phases, as in C (MOXY_PHASE_*, core/http/http-t.h; tools/check-ffi.lua checks them).
 local PHASE = { request = 0, upstream = 1, upstream_request = 2, response = 3, body = 4, log = 5,
                 error = 6, cache_key = 7 }
 local phase = 0 -- of the running hook
