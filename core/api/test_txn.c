@@ -361,7 +361,7 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
     r->body_done = 1;
     if (has_body) {
         r->body_buffered = 1;
-        if (!(r->body_buf = evbuffer_new()) || (blen && evbuffer_add(r->body_buf, body, blen) != 0))
+        if (!moxy_req_body_buffer(r) || (blen && evbuffer_add(r->body_buf, body, blen) != 0))
             return fail_msg(err, errlen, "out of memory");
     }
     if (moxy_req_add_forwarding(r) != MOXY_OK) return fail_msg(err, errlen, "out of memory");

@@ -42,6 +42,21 @@ void moxy_req_cleanup_add(moxy_req_t *r, moxy_req_cleanup_fn fn)
     r->cleanups[r->ncleanups++] = fn;
 }
 
+static void body_buffer_free(moxy_req_t *r)
+{
+    if (r->body_buf) moxy_worker_buf_put(r->w, r->body_buf);
+    r->body_buf = NULL;
+}
+
+struct evbuffer *moxy_req_body_buffer(moxy_req_t *r)
+{
+    if (!r->body_buf) {
+        moxy_req_cleanup_add(r, body_buffer_free);
+        r->body_buf = moxy_worker_buf_get(r->w);
+    }
+    return r->body_buf;
+}
+
 void moxy_req_end(moxy_req_t *r)
 {
     /* a cleanup may add another one: take them one at a time */

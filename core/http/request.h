@@ -25,6 +25,11 @@ moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index);
  * different ones is a bug, and aborts. */
 void moxy_req_cleanup_add(moxy_req_t *r, moxy_req_cleanup_fn fn);
 
+/* r->body_buf, the buffer of r's whole body (txn:read_body, moxy.test):
+ * made when r has none (a spare of the worker's), given back when r ends.
+ * NULL when out of memory. */
+struct evbuffer *moxy_req_body_buffer(moxy_req_t *r);
+
 /* r is over: its cleanups run (newest first), then it lets go of its
  * generation.  Its memory stays until moxy_req_free. */
 void moxy_req_end(moxy_req_t *r);

@@ -257,13 +257,6 @@ void moxy_client_release(moxy_client_t *c)
     if (--c->busy == 0 && c->dead) client_free(c);
 }
 
-/* The cleanup of a request body buffered for txn:read_body. */
-static void request_body_free(moxy_req_t *r)
-{
-    if (r->body_buf) moxy_worker_buf_put(r->w, r->body_buf);
-    r->body_buf = NULL;
-}
-
 /* r's on_log hooks wait: r outlives its connection c, which goes on (or
  * closes).  r keeps a copy of the client's addresses; it counts as a
  * connection until it is logged, so that a draining worker waits for it. */
@@ -1196,10 +1189,7 @@ int moxy_req_read_body(moxy_req_t *r, uint64_t max)
         r->keepalive = 0;
         return MOXY_ERROR;
     }
-    if (!r->body_buf) {
-        moxy_req_cleanup_add(r, request_body_free);
-        if (!(r->body_buf = moxy_worker_buf_get(c->w))) return MOXY_ERROR;
-    }
+    if (!moxy_req_body_buffer(r)) return MOXY_ERROR;
     if (r->expect_continue) {
         r->expect_continue = 0;
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
