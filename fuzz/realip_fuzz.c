@@ -184,11 +184,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&c, 0, sizeof(c));
     c.w = &w;
     c.trusted = 1;
-    strcpy(c.ip, "127.0.0.1");
-    moxy_pool_init(&c.pool);
+    strcpy(c.addr.ip, "127.0.0.1");
     moxy_req_t r;
     memset(&r, 0, sizeof(r));
+    moxy_pool_init(&r.mem);
+    r.w = &w;
     r.c = &c;
+    r.addr = &c.addr;
     r.g = &g;
     moxy_header_t hs[MAX_HEADERS];
     char *owned[MAX_HEADERS * 2];
@@ -258,6 +260,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     for (int i = 0; i < nowned; i++) free(owned[i]);
-    moxy_pool_reset(&c.pool);
+    moxy_pool_reset(&r.mem);
     return 0;
 }

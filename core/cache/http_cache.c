@@ -300,7 +300,7 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         r->resp_body_kind = MOXY_BODY_NONE;
         r->resp_body_left = 0;
     }
-    int rc = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
+    int rc = moxy_lua_run(r, MOXY_PHASE_RESPONSE, moxy_cache_after_response_hooks);
     if (rc != MOXY_AGAIN) moxy_cache_after_response_hooks(r, rc);
 }
 
@@ -688,9 +688,13 @@ static int key_hooks_ended(moxy_req_t *r, int rc)
     return lookup(r);
 }
 
-void moxy_cache_key_hooks_done(moxy_req_t *r, int rc)
+/* on_cache_key's hooks that yielded are done; then the request body, which
+ * waited for them, is read on. */
+static void key_hooks_done(moxy_req_t *r, int rc)
 {
+    moxy_stream_ref_t s = moxy_req_stream(r);
     if (key_hooks_ended(r, rc) != MOXY_DONE) moxy_upstream_try(r);
+    moxy_stream_read_on(s, r);
 }
 
 int moxy_cache_request(moxy_req_t *r)
@@ -705,8 +709,8 @@ int moxy_cache_request(moxy_req_t *r)
     if (r->cache_bypass) return lookup(r);
     if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
     if (!moxy_lua_has(r->g, MOXY_PHASE_CACHE_KEY)) return lookup(r);
-    int rc = moxy_lua_run(r, MOXY_PHASE_CACHE_KEY);
-    if (rc == MOXY_AGAIN) return MOXY_DONE; /* moxy_cache_key_hooks_done goes on */
+    int rc = moxy_lua_run(r, MOXY_PHASE_CACHE_KEY, key_hooks_done);
+    if (rc == MOXY_AGAIN) return MOXY_DONE; /* key_hooks_done goes on */
     return key_hooks_ended(r, rc);
 }
 

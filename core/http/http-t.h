@@ -119,6 +119,22 @@ typedef struct {
     char sock_ip[46];           /* the TCP peer's address */
 } moxy_client_addr_t;
 
+/* What carries a request on when its hooks that yielded are done (rc as
+ * moxy_lua_run returns): the code that ran them hands it to moxy_lua_run. */
+typedef void (*moxy_hooks_done_fn)(moxy_req_t *r, int rc);
+
+/* What the request layer asks of the protocol a request came on (HTTP/1
+ * today), through r->stream with r->stream_ctx (the connection). */
+typedef struct {
+    /* Keep ctx valid across a call that may close it / let it go (it is
+     * freed then if it was closed meanwhile). */
+    void (*hold)(void *ctx);
+    void (*release)(void *ctx);
+    /* Hooks that held request r back are done: read its body on, if r is
+     * still ctx's current request (compared only: r may be gone). */
+    void (*read_on)(void *ctx, const moxy_req_t *r);
+} moxy_stream_ops_t;
+
 /* What a module runs when a request ends (request.h), and how many
  * different ones a request may have. */
 typedef void (*moxy_req_cleanup_fn)(moxy_req_t *r);
@@ -131,6 +147,8 @@ struct moxy_req_s {
     int ncleanups;
     moxy_worker_t *w;      /* the worker it runs on */
     moxy_client_t *c;      /* its connection; NULL once it outlived it (on_log hooks that wait) */
+    const moxy_stream_ops_t *stream; /* its protocol's side of it */
+    void *stream_ctx;      /* for stream's calls; NULL once it outlived its connection */
     const moxy_client_addr_t *addr; /* the client's addresses: its connection's, or a copy */
     LIST_ENTRY(moxy_req_s) detached; /* in its worker's list while it outlives its connection */
     moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */
@@ -192,6 +210,7 @@ struct moxy_req_s {
     /* hooks */
     void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */
     int hook_phase;        /* MOXY_PHASE_* of the hooks that run or are parked */
+    moxy_hooks_done_fn hooks_done; /* what follows them when they yielded */
     int txn_ref;           /* registry ref of the request's txn for later phases, 0: none */
 
     /* upstream */

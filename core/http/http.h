@@ -68,10 +68,6 @@ void moxy_req_response_done(moxy_req_t *r);
  * page if nothing was sent yet, else cut the client connection. */
 void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why);
 
-/* The hooks of r that yielded are done (rc as moxy_lua_on_request returns):
- * carry on with the request. */
-void moxy_req_hooks_done(moxy_req_t *r, int rc);
-
 /* txn:read_body: buffer r's body (up to max bytes, 0: limits.body_bytes)
  * for the running hook.  MOXY_OK: r->body_buf holds it; MOXY_AGAIN: the
  * hook waits for it (moxy_lua_current_task); MOXY_ERROR: too large or
@@ -140,11 +136,6 @@ void moxy_upstream_try(moxy_req_t *r);
  * on_upstream hooks): count it, forget the last try's server and times, and
  * set_peer's address after the first try. */
 void moxy_upstream_try_begin(moxy_req_t *r);
-
-/* Hooks of r that yielded in an origin-side phase (on_upstream,
- * on_upstream_request, on_response, on_body) are done (rc as moxy_lua_run
- * returns): go on with the try or the response. */
-void moxy_upstream_hooks_done(moxy_req_t *r, int rc);
 
 /* Queue on out the request head moxy sends to r's origin -- request line,
  * Host (uc->host, else the client's, else the peer's address), r's headers,
@@ -221,10 +212,6 @@ void moxy_cache_answer_kept(moxy_req_t *r);
 /* The origin failed (status: what the client would get): answer with the
  * stale object r kept when stale-if-error allows.  1 when it did. */
 int moxy_cache_stale_on_error(moxy_req_t *r, int status);
-
-/* The on_cache_key hooks are done (rc as moxy_lua_run): look up, then
- * answer from the cache or go to the origin. */
-void moxy_cache_key_hooks_done(moxy_req_t *r, int rc);
 
 /* Body bytes of the origin's response, for the object being filled
  * (r->cache_fill set): len bytes at data, or the first n bytes of b. */

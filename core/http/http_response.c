@@ -225,7 +225,7 @@ void moxy_req_fail(moxy_req_t *r, int status, const char *why)
     r->status = status;
     r->resp_headers.n = 0;
     r->local = 0;
-    int rc = moxy_lua_run(r, MOXY_PHASE_ERROR);
+    int rc = moxy_lua_run(r, MOXY_PHASE_ERROR, moxy_req_error_hooks_done);
     if (rc == MOXY_AGAIN) return; /* moxy_req_error_hooks_done follows */
     moxy_req_error_hooks_done(r, rc);
 }

@@ -517,21 +517,24 @@ static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
     }
 }
 
-int moxy_lua_run(moxy_req_t *r, int phase)
+int moxy_lua_run(moxy_req_t *r, int phase, moxy_hooks_done_fn done)
 {
     if (r->g->lua_hooks[phase] == 0) return MOXY_OK;
     /* what the hooks may leave on r (a parked run, the txn) goes with it */
     moxy_req_cleanup_add(r, moxy_lua_req_done);
     moxy_lua_task_t task = {0}, *t = &task;
     task_start(t, r, phase);
+    r->hooks_done = done;
     return co_resume(&t, 3);
 }
 
-int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out)
+int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out,
+                      moxy_hooks_done_fn done)
 {
     moxy_req_cleanup_add(r, moxy_lua_req_done);
     moxy_lua_task_t task = {0}, *t = &task;
     task_start(t, r, MOXY_PHASE_BODY);
+    r->hooks_done = done;
     t->body_out = out;
     lua_pushlstring(t->co.co, data, len);
     lua_pushboolean(t->co.co, eof);
@@ -555,12 +558,13 @@ static void task_resume_parked(moxy_lua_task_t *t, int nargs)
         return;
     }
     /* a detached request (on_log) has no connection to hold: its end frees it */
-    moxy_client_t *c = r->hook_phase == MOXY_PHASE_LOG ? NULL : r->c;
-    if (c) moxy_client_hold(c);
+    const moxy_stream_ops_t *s = r->stream;
+    void *ctx = r->hook_phase == MOXY_PHASE_LOG ? NULL : r->stream_ctx;
+    if (ctx) s->hold(ctx);
     r->hook = NULL;
     int rc = co_resume(&t, nargs);
-    if (rc != MOXY_AGAIN) moxy_req_hooks_done(r, rc);
-    if (c) moxy_client_release(c);
+    if (rc != MOXY_AGAIN) r->hooks_done(r, rc);
+    if (ctx) s->release(ctx);
 }
 
 static void task_sleep_cb(evutil_socket_t fd, short what, void *arg)

@@ -37,16 +37,17 @@ void moxy_lua_wgen_free(moxy_wgen_t *g);
 /* Run the hooks of phase (MOXY_PHASE_*) for r.  MOXY_OK: go on; MOXY_DONE:
  * a hook answered (r->status, r->local_body and r->resp_headers hold the
  * answer, for the caller to send); MOXY_ERROR: a script failed (logged with
- * file:line), answer 500; MOXY_AGAIN: a hook yielded, moxy_req_hooks_done(r,
- * rc) follows when the hooks are done (r->hook_phase says which phase).
+ * file:line), answer 500; MOXY_AGAIN: a hook yielded, done(r, rc) follows
+ * when the hooks are done, with what they would have returned.
  * MOXY_PHASE_BODY takes the chunk and eof flag through moxy_lua_run_body. */
-int moxy_lua_run(moxy_req_t *r, int phase);
+int moxy_lua_run(moxy_req_t *r, int phase, moxy_hooks_done_fn done);
 
 /* Run the on_body hooks over len bytes at data (eof: the last call).  The
  * hooks' result is appended to out.  Return codes as moxy_lua_run (no
  * MOXY_DONE: a body hook cannot answer); after MOXY_AGAIN the result goes
- * to out before moxy_req_hooks_done. */
-int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out);
+ * to out before done. */
+int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, struct evbuffer *out,
+                      moxy_hooks_done_fn done);
 
 /* 1 when phase has hooks in generation g (so a caller can skip everything else). */
 static inline int moxy_lua_has(const moxy_wgen_t *g, int phase)

@@ -34,6 +34,26 @@ struct evbuffer *moxy_req_body_buffer(moxy_req_t *r);
  * generation.  Its memory stays until moxy_req_free. */
 void moxy_req_end(moxy_req_t *r);
 
+/* r's stream (its protocol's ops and connection), taken before a call that
+ * may end r: what follows such a call uses this, not r. */
+typedef struct {
+    const moxy_stream_ops_t *ops;
+    void *ctx; /* NULL: no connection (it outlived it, or never had one) */
+} moxy_stream_ref_t;
+
+static inline moxy_stream_ref_t moxy_req_stream(const moxy_req_t *r)
+{
+    moxy_stream_ref_t s = {r->stream, r->stream_ctx};
+    return s;
+}
+
+/* Hooks that held r back are done: its protocol reads its body on, if r
+ * is still its current request (r is compared, not read: it may be gone). */
+static inline void moxy_stream_read_on(moxy_stream_ref_t s, const moxy_req_t *r)
+{
+    if (s.ctx) s.ops->read_on(s.ctx, r);
+}
+
 /* Free r's memory, r included (after moxy_req_end). */
 void moxy_req_free(moxy_req_t *r);
 

@@ -39,6 +39,9 @@ static void client_finish_request(moxy_client_t *c);
 static void client_after_hooks(moxy_client_t *c, int rc);
 static void request_log(moxy_client_t *c);
 static void request_detached_end(moxy_req_t *r);
+static void log_hooks_done(moxy_req_t *r, int rc);
+static void request_hooks_done(moxy_req_t *r, int rc);
+static const moxy_stream_ops_t stream_ops;
 static int client_parse(moxy_client_t *c, const char **reason);
 static int client_ensure_buffers(moxy_client_t *c);
 
@@ -100,6 +103,8 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
     if (!r) return NULL;
     r->c = c;
     r->addr = &c->addr;
+    r->stream = &stream_ops;
+    r->stream_ctx = c;
     c->req = r;
     llhttp_init(&r->parser, HTTP_REQUEST, request_settings());
     r->parser.data = c;
@@ -269,6 +274,7 @@ static int request_detach(moxy_client_t *c)
     *a = c->addr;
     r->addr = a;
     r->c = NULL;
+    r->stream_ctx = NULL;
     c->req = NULL;
     LIST_INSERT_HEAD(&w->detached, r, detached);
     MOXY_STAT_ADD(w->nconns, 1);
@@ -304,7 +310,7 @@ static void request_log(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     r->ended_us = moxy_mono_us();
-    if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG) == MOXY_AGAIN) {
+    if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG, log_hooks_done) == MOXY_AGAIN) {
         if (request_detach(c) == MOXY_OK) return;
     }
     moxy_access_log(r);
@@ -1047,7 +1053,7 @@ static void client_start_request(moxy_client_t *c)
         return;
     }
 
-    int rc = moxy_lua_run(r, MOXY_PHASE_REQUEST);
+    int rc = moxy_lua_run(r, MOXY_PHASE_REQUEST, request_hooks_done);
     if (rc == MOXY_AGAIN) {
         /* A hook yielded (moxy.sleep, ...): the request waits.  Its body
          * stays in the socket until the hooks are done; without a body we
@@ -1059,34 +1065,44 @@ static void client_start_request(moxy_client_t *c)
     client_after_hooks(c, rc);
 }
 
-void moxy_req_hooks_done(moxy_req_t *r, int rc)
+/* HTTP/1's moxy_stream_ops_t: the connection is ctx. */
+static void stream_hold(void *ctx)
 {
-    moxy_client_t *c = r->c;
-    switch (r->hook_phase) {
-    case MOXY_PHASE_REQUEST:
-        client_after_hooks(c, rc);
-        break;
-    case MOXY_PHASE_UPSTREAM:
-    case MOXY_PHASE_UPSTREAM_REQUEST:
-        moxy_upstream_hooks_done(r, rc);
-        break; /* then read the body on, below */
-    case MOXY_PHASE_RESPONSE:
-    case MOXY_PHASE_BODY:
-        moxy_upstream_hooks_done(r, rc);
-        return;
-    case MOXY_PHASE_LOG:
-        request_detached_end(r);
-        return;
-    case MOXY_PHASE_ERROR:
-        moxy_req_error_hooks_done(r, rc);
-        return;
-    case MOXY_PHASE_CACHE_KEY:
-        moxy_cache_key_hooks_done(r, rc);
-        break; /* then read the body on, below */
-    }
+    moxy_client_hold(ctx);
+}
+
+static void stream_release(void *ctx)
+{
+    moxy_client_release(ctx);
+}
+
+static void stream_read_on(void *ctx, const moxy_req_t *r)
+{
+    moxy_client_t *c = ctx;
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
     client_want_read(c);
     if (evbuffer_get_length(c->in) > 0) client_process(c);
+}
+
+static const moxy_stream_ops_t stream_ops = {
+    .hold = stream_hold,
+    .release = stream_release,
+    .read_on = stream_read_on,
+};
+
+/* on_request's hooks that yielded are done. */
+static void request_hooks_done(moxy_req_t *r, int rc)
+{
+    moxy_stream_ref_t s = moxy_req_stream(r);
+    client_after_hooks(r->c, rc);
+    moxy_stream_read_on(s, r);
+}
+
+/* on_log's hooks that yielded are done: the request (detached) ends. */
+static void log_hooks_done(moxy_req_t *r, int rc)
+{
+    MOXY_UNUSED(rc);
+    request_detached_end(r);
 }
 
 /* --- the body bytes that came with the head --- */

@@ -300,6 +300,10 @@ int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc
 static void try_after_upstream_hooks(moxy_req_t *r, int rc);
 static void try_after_request_hooks(moxy_req_t *r, int rc);
 static void try_connect(moxy_req_t *r);
+static void upstream_hooks_done(moxy_req_t *r, int rc);
+static void upstream_request_hooks_done(moxy_req_t *r, int rc);
+static void body_hooks_done(moxy_req_t *r, int rc);
+static void response_hooks_done(moxy_req_t *r, int rc);
 
 void moxy_upstream_try_begin(moxy_req_t *r)
 {
@@ -321,7 +325,7 @@ void moxy_upstream_try(moxy_req_t *r)
         return;
     }
     moxy_upstream_try_begin(r);
-    int rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM);
+    int rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM, upstream_hooks_done);
     if (rc != MOXY_AGAIN) try_after_upstream_hooks(r, rc);
 }
 
@@ -409,7 +413,7 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc)
         }
         if (pick_peer(r) != MOXY_OK) return;
     }
-    rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM_REQUEST);
+    rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM_REQUEST, upstream_request_hooks_done);
     if (rc != MOXY_AGAIN) try_after_request_hooks(r, rc);
 }
 
@@ -1020,7 +1024,7 @@ static int filter_pump(moxy_req_t *r)
         if (n == 0 && !r->filter_eof) return MOXY_OK;
         const char *data = n ? (const char *)evbuffer_pullup(r->filter_in, (ev_ssize_t)n) : "";
         r->filter_final = r->filter_eof;
-        int rc = moxy_lua_run_body(r, data, n, r->filter_final, r->filter_out);
+        int rc = moxy_lua_run_body(r, data, n, r->filter_final, r->filter_out, body_hooks_done);
         evbuffer_drain(r->filter_in, n); /* the hooks got a copy */
         if (rc == MOXY_AGAIN) return MOXY_AGAIN;
         if (filter_emit(r, rc) != MOXY_OK) return MOXY_ERROR;
@@ -1106,25 +1110,34 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     return MOXY_DONE;
 }
 
-void moxy_upstream_hooks_done(moxy_req_t *r, int rc)
+/* on_upstream's hooks that yielded are done; then the request body, which
+ * waited for them, is read on. */
+static void upstream_hooks_done(moxy_req_t *r, int rc)
 {
-    switch (r->hook_phase) {
-    case MOXY_PHASE_UPSTREAM:
-        try_after_upstream_hooks(r, rc);
-        return;
-    case MOXY_PHASE_UPSTREAM_REQUEST:
-        try_after_request_hooks(r, rc);
-        return;
-    case MOXY_PHASE_BODY:
-        if (filter_emit(r, rc) != MOXY_OK) return;
-        if (r->filter_final) moxy_req_response_done(r);
-        else moxy_upstream_filter_continue(r);
-        return;
-    }
-    if (r->cache_hit) {
-        moxy_cache_after_response_hooks(r, rc);
-        return;
-    }
+    moxy_stream_ref_t s = moxy_req_stream(r);
+    try_after_upstream_hooks(r, rc);
+    moxy_stream_read_on(s, r);
+}
+
+/* on_upstream_request's hooks that yielded are done (as upstream_hooks_done). */
+static void upstream_request_hooks_done(moxy_req_t *r, int rc)
+{
+    moxy_stream_ref_t s = moxy_req_stream(r);
+    try_after_request_hooks(r, rc);
+    moxy_stream_read_on(s, r);
+}
+
+/* on_body's hooks that yielded are done: their output goes on. */
+static void body_hooks_done(moxy_req_t *r, int rc)
+{
+    if (filter_emit(r, rc) != MOXY_OK) return;
+    if (r->filter_final) moxy_req_response_done(r);
+    else moxy_upstream_filter_continue(r);
+}
+
+/* on_response's hooks that yielded over an origin's head are done. */
+static void response_hooks_done(moxy_req_t *r, int rc)
+{
     moxy_upconn_t *u = r->up;
     if (!u) return;
     up_hold(u);
@@ -1235,7 +1248,7 @@ static void up_process(moxy_upconn_t *u)
             moxy_cache_answer_kept(r);
             return;
         }
-        int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE);
+        int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE, response_hooks_done);
         if (rc2 == MOXY_AGAIN) {
             up_stop_read(u); /* the body waits in the socket */
             return;
