@@ -133,6 +133,9 @@ typedef struct {
     /* Hooks that held request r back are done: read its body on, if r is
      * still ctx's current request (compared only: r may be gone). */
     void (*read_on)(void *ctx, const moxy_req_t *r);
+    /* The whole response of r is queued: what follows it (the next request,
+     * or the close).  r may be gone after. */
+    void (*response_done)(void *ctx, moxy_req_t *r);
 } moxy_stream_ops_t;
 
 /* What a module runs when a request ends (request.h), and how many

@@ -4,6 +4,10 @@
  *
  * A request owns its memory (r->mem, nginx's r->pool): r itself and
  * everything it points to come from it and go at once with moxy_req_free.
+ * Its id (moxy_req_make_id, moxy_req_set_id) and the end of its response
+ * (moxy_req_response_done, which hands over to its protocol) are here too;
+ * their prototypes are in http.h.
+ *
  * What a module attaches to a request that must be released at its end (an
  * origin connection, cache object references, a Lua coroutine, a buffer)
  * comes with a cleanup the module adds when it attaches; moxy_req_end runs

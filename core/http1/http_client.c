@@ -42,6 +42,7 @@ static void request_detached_end(moxy_req_t *r);
 static void log_hooks_done(moxy_req_t *r, int rc);
 static void request_hooks_done(moxy_req_t *r, int rc);
 static const moxy_stream_ops_t stream_ops;
+static void stream_response_done(void *ctx, moxy_req_t *r);
 static int client_parse(moxy_client_t *c, const char **reason);
 static int client_ensure_buffers(moxy_client_t *c);
 
@@ -942,45 +943,6 @@ static int client_parse(moxy_client_t *c, const char **reason)
 
 /* --- starting a request --- */
 
-static int request_id_valid(const char *v, size_t n)
-{
-    if (n == 0 || n > 128) return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)v[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
-            return 0;
-    }
-    return 1;
-}
-
-void moxy_req_set_id(moxy_req_t *r)
-{
-    int i = moxy_headers_find_kind(&r->headers, MOXY_HK_XRID, 0);
-    if (i >= 0 && request_id_valid(r->headers.h[i].value, r->headers.h[i].value_len)) {
-        /* kept: an id given by a trusted edge ties the logs together */
-        size_t n = MOXY_MIN(r->headers.h[i].value_len, sizeof(r->id) - 1);
-        memcpy(r->id, r->headers.h[i].value, n);
-        r->id[n] = '\0';
-        return;
-    }
-    moxy_req_make_id(r);
-}
-
-void moxy_req_make_id(moxy_req_t *r)
-{
-    moxy_client_t *c = r->c;
-    static const char hex[] = "0123456789abcdef";
-    uint64_t a = moxy_rng_next(c->w->rng), b = moxy_rng_next(c->w->rng);
-    for (int i = 0; i < 16; i++) {
-        r->id[i] = hex[(a >> (60 - 4 * i)) & 15];
-        r->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
-    }
-    r->id[32] = '\0';
-    moxy_headers_remove_kind(&r->headers, MOXY_HK_XRID);
-    moxy_headers_add(&r->mem, &r->headers, "X-Request-Id", 12, r->id, 32);
-}
-
 /* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
 int moxy_req_add_forwarding(moxy_req_t *r)
 {
@@ -1088,6 +1050,7 @@ static const moxy_stream_ops_t stream_ops = {
     .hold = stream_hold,
     .release = stream_release,
     .read_on = stream_read_on,
+    .response_done = stream_response_done,
 };
 
 /* on_request's hooks that yielded are done. */
@@ -1445,10 +1408,11 @@ static void client_process(moxy_client_t *c)
 
 /* --- the end of a request --- */
 
-void moxy_req_response_done(moxy_req_t *r)
+/* The whole response of r is queued (moxy_req_response_done). */
+static void stream_response_done(void *ctx, moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
-    r->resp_state = MOXY_R_DONE;
+    moxy_client_t *c = ctx;
+    MOXY_UNUSED(r);
     if (c->state == MOXY_C_TUNNEL) return;
     client_finish_request(c);
 }
