@@ -27,6 +27,7 @@
 #include "api/ffi.h"
 #include "ops/generation.h"
 #include "http/http.h"
+#include "http/request.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
 #include "ops/workers.h"
@@ -665,6 +666,7 @@ static void setup(void)
     moxy_log_open_error(dbg ? "stderr" : "/dev/null", dbg ? MOXY_LOG_DEBUG : MOXY_LOG_ERR);
     moxy_http_init();
     moxy_upstream_http_init();
+    moxy_req_set_content_handler(moxy_cache_content);
     W = moxy_worker_new(gen, 0);
     moxy_gen_release(gen); /* the worker's generation holds it */
     if (!W || W->error[0]) {

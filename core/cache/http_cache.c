@@ -697,6 +697,12 @@ static void key_hooks_done(moxy_req_t *r, int rc)
     moxy_stream_read_on(s, r);
 }
 
+void moxy_cache_content(moxy_req_t *r)
+{
+    if (moxy_cache_request(r) == MOXY_DONE) return;
+    moxy_upstream_try(r);
+}
+
 int moxy_cache_request(moxy_req_t *r)
 {
     if (!moxy_cache_enabled() || !r->uri) return MOXY_DECLINED;

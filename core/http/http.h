@@ -184,6 +184,10 @@ void moxy_upstream_switch_wgen(moxy_wgen_t *old, moxy_wgen_t *g);
 
 /* After on_request: look r up.  MOXY_DONE: r is answered from the cache
  * (or refused: only-if-cached); MOXY_DECLINED: go to the origin. */
+/* The content handler (request.h): a request's answer from the cache, or
+ * from the origin (moxy_upstream_try) when the cache has none. */
+void moxy_cache_content(moxy_req_t *r);
+
 int moxy_cache_request(moxy_req_t *r);
 
 /* The on_response hooks of a hit are done (rc as moxy_lua_run): write it. */

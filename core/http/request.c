@@ -112,6 +112,18 @@ void moxy_req_response_done(moxy_req_t *r)
     if (r->stream_ctx) r->stream->response_done(r->stream_ctx, r);
 }
 
+static moxy_req_handler_fn content_handler;
+
+void moxy_req_set_content_handler(moxy_req_handler_fn h)
+{
+    content_handler = h;
+}
+
+void moxy_req_content(moxy_req_t *r)
+{
+    content_handler(r);
+}
+
 void moxy_req_free(moxy_req_t *r)
 {
     moxy_pool_t mem = r->mem; /* r lives in it */

@@ -58,6 +58,15 @@ static inline void moxy_stream_read_on(moxy_stream_ref_t s, const moxy_req_t *r)
     if (s.ctx) s.ops->read_on(s.ctx, r);
 }
 
+/* What answers a request its on_request hooks let through: the content
+ * handler, set once at start-up (ops/main.c: the cache's, which goes to the
+ * proxy when it has no answer). */
+typedef void (*moxy_req_handler_fn)(moxy_req_t *r);
+void moxy_req_set_content_handler(moxy_req_handler_fn h);
+
+/* Answer r with the content handler. */
+void moxy_req_content(moxy_req_t *r);
+
 /* Free r's memory, r included (after moxy_req_end). */
 void moxy_req_free(moxy_req_t *r);
 

@@ -1201,8 +1201,7 @@ static void client_after_hooks(moxy_client_t *c, int rc)
         moxy_req_fail(r, 500, "script error in on_request");
         return;
     }
-    if (moxy_cache_request(r) == MOXY_DONE) return;
-    moxy_upstream_try(r);
+    moxy_req_content(r);
 }
 
 /* Move request body bytes from c->in to the origin connection.  MOXY_OK when

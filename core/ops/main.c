@@ -18,6 +18,7 @@
 #include "api/geoip.h"
 #include "proxy/health_check.h"
 #include "http/http.h"
+#include "http/request.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
 #include "base/pidfile.h"
@@ -337,6 +338,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     moxy_http_init();
     moxy_upstream_http_init();
+    moxy_req_set_content_handler(moxy_cache_content);
 
     main_base = event_base_new();
     exit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
