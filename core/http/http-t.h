@@ -138,6 +138,21 @@ typedef struct {
     void (*response_done)(void *ctx, moxy_req_t *r);
 } moxy_stream_ops_t;
 
+/* What the client side asks of a request's origin side (the proxy's),
+ * through r->origin, while r->up is set. */
+typedef struct {
+    /* The origin connection goes (the client is done or gone): closed,
+     * r->up NULL. */
+    void (*cut)(moxy_req_t *r);
+    /* Write the request body bytes queued on r->up->out. */
+    void (*send)(moxy_req_t *r);
+    /* 1 when the bytes toward the origin are above the high watermark: stop
+     * reading the client. */
+    int (*backlogged)(const moxy_req_t *r);
+    /* The client took the response bytes queued for it: read the origin on. */
+    void (*resume_read)(moxy_req_t *r);
+} moxy_origin_ops_t;
+
 /* What a module runs when a request ends (request.h), and how many
  * different ones a request may have. */
 typedef void (*moxy_req_cleanup_fn)(moxy_req_t *r);
@@ -152,6 +167,7 @@ struct moxy_req_s {
     moxy_client_t *c;      /* its connection; NULL once it outlived it (on_log hooks that wait) */
     const moxy_stream_ops_t *stream; /* its protocol's side of it */
     void *stream_ctx;      /* for stream's calls; NULL once it outlived its connection */
+    const moxy_origin_ops_t *origin; /* its origin side, once a try started */
     const moxy_client_addr_t *addr; /* the client's addresses: its connection's, or a copy */
     LIST_ENTRY(moxy_req_s) detached; /* in its worker's list while it outlives its connection */
     moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */

@@ -64,10 +64,6 @@ void moxy_client_resume_read(moxy_client_t *c);
 /* The whole response of r is queued for the client. */
 void moxy_req_response_done(moxy_req_t *r);
 
-/* The origin failed (status 502/504, why for the log): answer with an error
- * page if nothing was sent yet, else cut the client connection. */
-void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why);
-
 /* txn:read_body: buffer r's body (up to max bytes, 0: limits.body_bytes)
  * for the running hook.  MOXY_OK: r->body_buf holds it; MOXY_AGAIN: the
  * hook waits for it (moxy_lua_current_task); MOXY_ERROR: too large or
@@ -136,6 +132,11 @@ void moxy_upstream_try(moxy_req_t *r);
  * on_upstream hooks): count it, forget the last try's server and times, and
  * set_peer's address after the first try. */
 void moxy_upstream_try_begin(moxy_req_t *r);
+
+/* The origin failed (status 502/504, why for the log): a stale object the
+ * cache may serve (stale-if-error), else an error page if nothing was sent
+ * yet, else the client connection is cut. */
+void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why);
 
 /* Queue on out the request head moxy sends to r's origin -- request line,
  * Host (uc->host, else the client's, else the peer's address), r's headers,

@@ -58,6 +58,12 @@ static inline void moxy_stream_read_on(moxy_stream_ref_t s, const moxy_req_t *r)
     if (s.ctx) s.ops->read_on(s.ctx, r);
 }
 
+/* The client is done with r's origin connection, or gone: it closes. */
+static inline void moxy_req_origin_cut(moxy_req_t *r)
+{
+    if (r->up) r->origin->cut(r);
+}
+
 /* What answers a request its on_request hooks let through: the content
  * handler, set once at start-up (ops/main.c: the cache's, which goes to the
  * proxy when it has no answer). */

@@ -326,12 +326,7 @@ void moxy_client_close(moxy_client_t *c)
     c->dead = 1;
     moxy_req_t *r = c->req;
     if (r) {
-        if (r->up) {
-            moxy_upconn_t *u = r->up;
-            r->up = NULL;
-            u->req = NULL;
-            moxy_upconn_close(u);
-        }
+        moxy_req_origin_cut(r);
         if (r->method_name) {
             if (r->resp_state != MOXY_R_DONE) {
                 if (!r->status || !r->resp_head_sent) r->status = 499;
@@ -510,7 +505,7 @@ int moxy_client_send(moxy_client_t *c)
         return MOXY_ERROR;
     }
     moxy_req_t *r = c->req;
-    if (r && r->up && left < MOXY_LOW_WATER) moxy_upstream_resume_read(r->up);
+    if (r && r->up && left < MOXY_LOW_WATER) r->origin->resume_read(r);
     return MOXY_OK;
 }
 
@@ -821,8 +816,8 @@ static int client_read_body(moxy_client_t *c)
             return MOXY_ERROR;
         }
     }
-    moxy_upstream_send(u);
-    if (moxy_upstream_backlogged(u)) client_stop_read(c);
+    r->origin->send(r);
+    if (r->origin->backlogged(r)) client_stop_read(c);
     return MOXY_OK;
 }
 
@@ -973,8 +968,8 @@ static void client_process(moxy_client_t *c)
             moxy_req_t *r = c->req;
             if (r->up && evbuffer_get_length(c->in) > 0) {
                 evbuffer_add_buffer(r->up->out, c->in);
-                moxy_upstream_send(r->up);
-                if (!c->dead && r->up && moxy_upstream_backlogged(r->up)) client_stop_read(c);
+                r->origin->send(r);
+                if (!c->dead && r->origin->backlogged(r)) client_stop_read(c);
             }
             break;
         }
@@ -1005,13 +1000,8 @@ static void client_finish_request(moxy_client_t *c)
     int draining = c->close_after || c->w->draining;
     /* closing with bytes of the client's unread: linger (client_linger) */
     if (!keep) c->linger = !c->eof && (!r->body_done || evbuffer_get_length(c->in) > 0);
-    if (r->up) {
-        /* the origin did not finish with us (e.g. the body was cut): close it */
-        moxy_upconn_t *u = r->up;
-        r->up = NULL;
-        u->req = NULL;
-        moxy_upconn_close(u);
-    }
+    /* the origin did not finish with us (e.g. the body was cut): close it */
+    moxy_req_origin_cut(r);
     if (moxy_lua_has(r->g, MOXY_PHASE_LOG)) {
         /* on_log runs after the last byte: send it first */
         moxy_client_hold(c);
@@ -1040,25 +1030,6 @@ static void client_finish_request(moxy_client_t *c)
         moxy_worker_buf_put(c->w, c->out);
         c->in = c->out = NULL;
     }
-}
-
-void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
-{
-    moxy_client_t *c = r->c;
-    if (r->up) {
-        moxy_upconn_t *u = r->up;
-        r->up = NULL;
-        u->req = NULL;
-        moxy_upconn_close(u);
-    }
-    if (r->resp_head_sent) {
-        r->error = why;
-        moxy_log(MOXY_LOG_WARN, r->id, "%s (response already started, connection cut)", why);
-        moxy_client_close(c);
-        return;
-    }
-    if (moxy_cache_stale_on_error(r, status)) return;
-    moxy_req_fail(r, status, why);
 }
 
 void moxy_client_tunnel(moxy_client_t *c)
@@ -1104,12 +1075,7 @@ static void client_timeout(moxy_client_t *c)
             moxy_client_close(c);
             return;
         }
-        if (r->up) {
-            moxy_upconn_t *u = r->up;
-            r->up = NULL;
-            u->req = NULL;
-            moxy_upconn_close(u);
-        }
+        moxy_req_origin_cut(r);
         client_reject(c, 408, "client body timeout");
     }
 }

@@ -305,9 +305,42 @@ static void upstream_request_hooks_done(moxy_req_t *r, int rc);
 static void body_hooks_done(moxy_req_t *r, int rc);
 static void response_hooks_done(moxy_req_t *r, int rc);
 
+/* --- the origin side as the client side sees it (moxy_origin_ops_t) --- */
+
+static void origin_cut(moxy_req_t *r)
+{
+    moxy_upconn_t *u = r->up;
+    r->up = NULL;
+    u->req = NULL;
+    moxy_upconn_close(u);
+}
+
+static void origin_send(moxy_req_t *r)
+{
+    if (r->up) moxy_upstream_send(r->up);
+}
+
+static int origin_backlogged(const moxy_req_t *r)
+{
+    return r->up && moxy_upstream_backlogged(r->up);
+}
+
+static void origin_resume_read(moxy_req_t *r)
+{
+    if (r->up) moxy_upstream_resume_read(r->up);
+}
+
+static const moxy_origin_ops_t origin_ops = {
+    .cut = origin_cut,
+    .send = origin_send,
+    .backlogged = origin_backlogged,
+    .resume_read = origin_resume_read,
+};
+
 void moxy_upstream_try_begin(moxy_req_t *r)
 {
     moxy_req_cleanup_add(r, moxy_upstream_req_free);
+    r->origin = &origin_ops;
     try_release(r);
     if (++r->tries == 1) r->first_try_ms = moxy_mono_ms();
     r->server = -1;
@@ -603,6 +636,20 @@ static void up_fail(moxy_upconn_t *u, int status, const char *why, int retry)
     if (retry && !u->got_bytes && try_again(r, u, status, why)) return;
     if (!u->head_done) try_report(r, 0);
     moxy_req_upstream_failed(r, status, why);
+}
+
+void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
+{
+    moxy_client_t *c = r->c;
+    moxy_req_origin_cut(r);
+    if (r->resp_head_sent) {
+        r->error = why;
+        moxy_log(MOXY_LOG_WARN, r->id, "%s (response already started, connection cut)", why);
+        moxy_client_close(c);
+        return;
+    }
+    if (moxy_cache_stale_on_error(r, status)) return;
+    moxy_req_fail(r, status, why);
 }
 
 int moxy_upstream_backlogged(const moxy_upconn_t *u)
