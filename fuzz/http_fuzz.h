@@ -667,6 +667,7 @@ static void setup(void)
     moxy_http_init();
     moxy_upstream_http_init();
     moxy_req_set_content_handler(moxy_cache_content);
+    moxy_upstream_set_cache(&moxy_cache_for_proxy);
     W = moxy_worker_new(gen, 0);
     moxy_gen_release(gen); /* the worker's generation holds it */
     if (!W || W->error[0]) {

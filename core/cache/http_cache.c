@@ -394,6 +394,8 @@ static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     cache_attach(r);
     r->cache_reval = o;
     r->cache_conditional = validators; /* moxy_upstream_write_head adds them to what the origin gets */
+    r->cache_etag = o->etag;
+    r->cache_last_modified = o->last_modified;
 }
 
 static int wait_start(moxy_req_t *r, double timeout);
@@ -958,6 +960,8 @@ int moxy_cache_upstream_head(moxy_req_t *r)
         moxy_cache_publish(o);
         cache_attach(r);
         r->cache_reval = o; /* the filler's reference: served by moxy_cache_answer_kept */
+        r->cache_etag = o->etag;
+        r->cache_last_modified = o->last_modified;
         moxy_cache_obj_unref(old);
         r->cache_fwd_status = 304;
         return MOXY_DONE;
@@ -976,6 +980,7 @@ void moxy_cache_answer_kept(moxy_req_t *r)
     moxy_cache_obj_t *o = r->cache_reval;
     r->cache_reval = NULL;
     r->cache_conditional = 0;
+    r->cache_etag = r->cache_last_modified = NULL;
     r->cache_head.h = NULL; /* nothing of the origin's is stored */
     if (!r->cache_background) { /* a refresh's lookup was its client request's */
         r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
@@ -1171,6 +1176,7 @@ void moxy_cache_req_free(moxy_req_t *r)
     if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
     if (r->cache_reval) moxy_cache_obj_unref(r->cache_reval);
     r->cache_fill = r->cache_obj = r->cache_reval = NULL;
+    r->cache_etag = r->cache_last_modified = NULL;
 }
 
 /* --- moxy.test's steps (http.h) --- */
@@ -1201,3 +1207,14 @@ const char *moxy_cache_test_verdict(moxy_req_t *r, size_t max_object, double *tt
     if (!why) set_status_field(r, "%s; stored; ttl=%.0f", r->cache_fwd, floor(life - t.initial_age)); /* as decide */
     return why;
 }
+
+const moxy_proxy_cache_t moxy_cache_for_proxy = {
+    .upstream_head = moxy_cache_upstream_head,
+    .answer_kept = moxy_cache_answer_kept,
+    .stale_on_error = moxy_cache_stale_on_error,
+    .response_head = moxy_cache_response_head,
+    .response_decide = moxy_cache_response_decide,
+    .response_body = moxy_cache_response_body,
+    .response_body_buffer = moxy_cache_response_body_buffer,
+    .response_done = moxy_cache_response_done,
+};

@@ -295,6 +295,7 @@ struct moxy_req_s {
     struct moxy_cache_obj_s *cache_reval; /* the stale object a miss keeps (revalidation,
                                              stale-if-error; a reference), or NULL */
     unsigned cache_conditional : 1; /* the origin gets cache_reval's validators (upstream head) */
+    const char *cache_etag, *cache_last_modified; /* those validators (into cache_reval), or NULL */
     char *cache_vary;              /* the Vary field names the request's values were made for, or NULL */
     char *cache_vary_values;       /* its values of them (moxy_cache_vary_values) */
     int cache_fwd_status;          /* the origin's status when the answer is cache_reval's (304, 5xx) */

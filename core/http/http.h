@@ -133,6 +133,26 @@ void moxy_upstream_try(moxy_req_t *r);
  * set_peer's address after the first try. */
 void moxy_upstream_try_begin(moxy_req_t *r);
 
+/* What the proxy asks of the cache while an origin answers (the functions
+ * of the same names, moxy_cache_*, below): handed over once at start-up by
+ * ops/main.c (moxy_upstream_set_cache(&moxy_cache_for_proxy)), so that the
+ * proxy never calls up into cache/. */
+typedef struct {
+    int (*upstream_head)(moxy_req_t *r);
+    void (*answer_kept)(moxy_req_t *r);
+    int (*stale_on_error)(moxy_req_t *r, int status);
+    void (*response_head)(moxy_req_t *r);
+    int (*response_decide)(moxy_req_t *r);
+    void (*response_body)(moxy_req_t *r, const char *data, size_t len);
+    void (*response_body_buffer)(moxy_req_t *r, struct evbuffer *b, size_t n);
+    void (*response_done)(moxy_req_t *r);
+} moxy_proxy_cache_t;
+
+void moxy_upstream_set_cache(const moxy_proxy_cache_t *cache);
+
+/* The cache's moxy_proxy_cache_t. */
+extern const moxy_proxy_cache_t moxy_cache_for_proxy;
+
 /* The origin failed (status 502/504, why for the log): a stale object the
  * cache may serve (stale-if-error), else an error page if nothing was sent
  * yet, else the client connection is cut. */

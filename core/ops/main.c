@@ -339,6 +339,7 @@ int main(int argc, char **argv)
     moxy_http_init();
     moxy_upstream_http_init();
     moxy_req_set_content_handler(moxy_cache_content);
+    moxy_upstream_set_cache(&moxy_cache_for_proxy);
 
     main_base = event_base_new();
     exit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -13,7 +13,6 @@
  * close for HTTP/1.0 clients).
  */
 #include "base/headers.h"
-#include "cache/cache.h"
 #include "http/http.h"
 #include "http/request.h"
 #include "net/io.h"
@@ -245,8 +244,8 @@ int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc
     const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
     size_t mlen = strlen(r->method_name), hlen = strlen(host);
     /* a revalidation of a stale object: its validators (RFC 9111 4.3.1) */
-    const char *etag = r->cache_conditional ? r->cache_reval->etag : NULL;
-    const char *lm = r->cache_conditional ? r->cache_reval->last_modified : NULL;
+    const char *etag = r->cache_conditional ? r->cache_etag : NULL;
+    const char *lm = r->cache_conditional ? r->cache_last_modified : NULL;
     size_t elen = etag ? strlen(etag) : 0, lmlen = lm ? strlen(lm) : 0;
     size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + elen + lmlen + 200;
     struct evbuffer_iovec v;
@@ -304,6 +303,14 @@ static void upstream_hooks_done(moxy_req_t *r, int rc);
 static void upstream_request_hooks_done(moxy_req_t *r, int rc);
 static void body_hooks_done(moxy_req_t *r, int rc);
 static void response_hooks_done(moxy_req_t *r, int rc);
+
+/* The cache, as the proxy uses it (moxy_upstream_set_cache). */
+static const moxy_proxy_cache_t *cache;
+
+void moxy_upstream_set_cache(const moxy_proxy_cache_t *c)
+{
+    cache = c;
+}
 
 /* --- the origin side as the client side sees it (moxy_origin_ops_t) --- */
 
@@ -648,7 +655,7 @@ void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
         moxy_client_close(c);
         return;
     }
-    if (moxy_cache_stale_on_error(r, status)) return;
+    if (cache->stale_on_error(r, status)) return;
     moxy_req_fail(r, status, why);
 }
 
@@ -905,7 +912,7 @@ static int rs_body(llhttp_t *p, const char *at, size_t n)
 {
     moxy_upconn_t *u = p->data;
     moxy_req_t *r = u->req;
-    if (r->cache_fill) moxy_cache_response_body(r, at, n);
+    if (r->cache_fill) cache->response_body(r, at, n);
     if (r->filtering) {
         evbuffer_add(r->filter_in, at, n);
         return 0;
@@ -1137,7 +1144,7 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     moxy_req_t *r = u->req;
     if (rc == MOXY_OK && moxy_upstream_filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
     if (rc == MOXY_OK) {
-        if (moxy_cache_response_decide(r) == MOXY_OK) {
+        if (cache->response_decide(r) == MOXY_OK) {
             moxy_resp_write_head(r);
             return MOXY_OK;
         }
@@ -1281,8 +1288,8 @@ static void up_process(moxy_upconn_t *u)
             else moxy_client_send(c);
             return;
         }
-        moxy_cache_response_head(r);
-        if (moxy_cache_upstream_head(r) == MOXY_DONE) {
+        cache->response_head(r);
+        if (cache->upstream_head(r) == MOXY_DONE) {
             /* a 304 to a revalidation (no body: the connection is kept), or a
              * 5xx answered with the stale object (its body is not read) */
             if (r->status == 304) {
@@ -1292,7 +1299,7 @@ static void up_process(moxy_upconn_t *u)
                 u->req = NULL;
                 moxy_upconn_close(u);
             }
-            moxy_cache_answer_kept(r);
+            cache->answer_kept(r);
             return;
         }
         int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE, response_hooks_done);
@@ -1314,7 +1321,7 @@ static void up_process(moxy_upconn_t *u)
         size_t have = evbuffer_get_length(u->in);
         size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
         if (n) {
-            if (r->cache_fill) moxy_cache_response_body_buffer(r, u->in, n);
+            if (r->cache_fill) cache->response_body_buffer(r, u->in, n);
             moxy_io_move(to, u->in, n);
             r->resp_body_left -= n;
             if (!r->filtering) r->bytes_sent += n;
@@ -1337,7 +1344,7 @@ static void up_process(moxy_upconn_t *u)
     case MOXY_BODY_EOF: {
         size_t have = evbuffer_get_length(u->in);
         if (have) {
-            if (r->cache_fill) moxy_cache_response_body_buffer(r, u->in, have);
+            if (r->cache_fill) cache->response_body_buffer(r, u->in, have);
             if (framed) moxy_chunk_head(c->out, have);
             moxy_io_move(to, u->in, have);
             if (framed) evbuffer_add(c->out, "\r\n", 2);
@@ -1353,7 +1360,7 @@ static void up_process(moxy_upconn_t *u)
 
     if (done) {
         up_finished(u);
-        moxy_cache_response_done(r);
+        cache->response_done(r);
         if (!r->filtering) {
             moxy_req_response_done(r);
             return;
