@@ -89,20 +89,30 @@ end
 
 local up, pairs_up, nup, nnew = {}, {}, 0, 0
 local fgraph = {} -- folder -> folder -> count of references
+
+-- A reference from folder a to folder b.
+local function edge(a, b)
+  fgraph[a] = fgraph[a] or {}
+  fgraph[a][b] = (fgraph[a][b] or 0) + 1
+end
+
+-- An upward reference of user ("folder/file") to sym, defined in target;
+-- shown is its report line.  Counted as known when KNOWN lists it.
+local function upward(user, sym, target, shown)
+  nup = nup + 1
+  local key, mark = user .. " " .. sym, "upward: "
+  if known[key] ~= nil then known[key], mark = true, "known:  " else nnew = nnew + 1 end
+  up[#up + 1] = mark .. shown
+  local pk = user .. " -> " .. target
+  pairs_up[pk] = (pairs_up[pk] or 0) + 1
+end
 for _, o in ipairs(objs) do
   for _, s in ipairs(nm("-u", o.path)) do
     local d = definer[s.sym]
     if d and d ~= o then
-      fgraph[o.folder] = fgraph[o.folder] or {}
-      fgraph[o.folder][d.folder] = (fgraph[o.folder][d.folder] or 0) + 1
+      edge(o.folder, d.folder)
       if rank[d.folder] > rank[o.folder] then
-        nup = nup + 1
-        local key = o.short .. " " .. s.sym
-        local mark = "upward: "
-        if known[key] ~= nil then known[key], mark = true, "known:  " else nnew = nnew + 1 end
-        up[#up + 1] = mark .. ("%-24s -> %-36s (%s)"):format(o.short, s.sym, d.short)
-        local key = o.short .. " -> " .. d.short
-        pairs_up[key] = (pairs_up[key] or 0) + 1
+        upward(o.short, s.sym, d.short, ("%-24s -> %-36s (%s)"):format(o.short, s.sym, d.short))
       end
     end
   end
@@ -118,15 +128,8 @@ if srcdir then
         for folder, h in text:gmatch('#include "([%w_]+)/([^"]+)"') do
           if rank[folder] and rank[folder] > rank[l] then
             local short, sym = l .. "/" .. f, "#include:" .. folder .. "/" .. h
-            nup = nup + 1
-            local key = short .. " " .. sym
-            local mark = "upward: "
-            if known[key] ~= nil then known[key], mark = true, "known:  " else nnew = nnew + 1 end
-            up[#up + 1] = mark .. ("%-24s -> %s"):format(short, sym)
-            local pk = short .. " -> " .. folder .. "/" .. h
-            pairs_up[pk] = (pairs_up[pk] or 0) + 1
-            fgraph[l] = fgraph[l] or {}
-            fgraph[l][folder] = (fgraph[l][folder] or 0) + 1
+            edge(l, folder)
+            upward(short, sym, folder .. "/" .. h, ("%-24s -> %s"):format(short, sym))
           end
         end
       end
