@@ -28,6 +28,7 @@
 #include "ops/generation.h"
 #include "http/http.h"
 #include "http/request.h"
+#include "http1/http1.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
 #include "ops/workers.h"

@@ -180,17 +180,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&g, 0, sizeof(g));
     g.w = &w;
     g.conf = &conf;
-    moxy_client_t c;
-    memset(&c, 0, sizeof(c));
-    c.w = &w;
-    c.trusted = 1;
-    strcpy(c.addr.ip, "127.0.0.1");
+    moxy_client_addr_t addr;
+    memset(&addr, 0, sizeof(addr));
+    strcpy(addr.ip, "127.0.0.1"); /* a trusted peer: moxy_realip_resolve runs */
     moxy_req_t r;
     memset(&r, 0, sizeof(r));
     moxy_pool_init(&r.mem);
     r.w = &w;
-    r.c = &c;
-    r.addr = &c.addr;
+    r.addr = &addr;
     r.g = &g;
     moxy_header_t hs[MAX_HEADERS];
     char *owned[MAX_HEADERS * 2];

@@ -5,9 +5,8 @@
  *
  * A moxy_test_t owns a worker of its own (a configuration holding the pools
  * the spec names, one listener called "test", an event_base that never runs:
- * it only answers the cached-time calls), a client connection with conn.fd -1,
- * and that client's one request, built in the client's pool as the parser
- * would build it.  lua/moxy/test.lua drives the phases in the order
+ * it only answers the cached-time calls) and one request without a
+ * connection, built in its own memory as the parser would build it.  lua/moxy/test.lua drives the phases in the order
  * http_client.c and http_upstream.c do; the functions below are the request
  * bookkeeping of those files that is not reachable without a socket (the
  * steps of a try, moxy's own answers).  The rules themselves -- request id,
@@ -35,7 +34,8 @@
 
 struct moxy_test_s {
     moxy_worker_t *w; /* its generation's conf (moxy_conf_release) and base are ours too */
-    moxy_client_t *c; /* conn.fd -1; its pool holds the request */
+    moxy_req_t *r;    /* its one request, without a connection */
+    moxy_client_addr_t addr; /* the request's client */
 };
 
 /* --- the test worker --- */
@@ -101,14 +101,9 @@ err:
 EXPORT void moxy_ffi_test_free(moxy_test_t *t)
 {
     if (!t) return;
-    moxy_client_t *c = t->c;
-    if (c) {
-        moxy_req_t *r = c->req;
-        if (r) { /* the hooks' state is test.lua's */
-            moxy_req_end(r);
-            moxy_req_free(r);
-        }
-        free(c);
+    if (t->r) { /* the hooks' state is test.lua's */
+        moxy_req_end(t->r);
+        moxy_req_free(t->r);
     }
     moxy_worker_t *w = t->w;
     if (w) {
@@ -139,13 +134,6 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
         moxy_conf_release(conf);
         goto err;
     }
-
-    moxy_client_t *c = t->c = calloc(1, sizeof(*c));
-    if (!c) goto err;
-    c->w = w;
-    c->conn.fd = -1;
-    c->listen_index = 0;
-    c->state = MOXY_C_HEAD;
     moxy_lua_use_conf(conf); /* moxy.upstream's calls find the test's pools */
     return t;
 err:
@@ -186,9 +174,8 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
                                      const char *uri, size_t ulen, int minor, const char *ip,
                                      size_t iplen, int port, char *err, size_t errlen)
 {
-    moxy_client_t *c = t->c;
-    const moxy_conf_t *conf = c->w->g->conf;
-    if (c->req) {
+    const moxy_conf_t *conf = t->w->g->conf;
+    if (t->r) {
         fail_msg(err, errlen, "this test transaction has a request already");
         return NULL;
     }
@@ -224,7 +211,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
         fail_msg(err, errlen, "http_version must be \"1.0\" or \"1.1\"");
         return NULL;
     }
-    char ipbuf[sizeof(c->addr.ip)];
+    char ipbuf[sizeof(t->addr.ip)];
     unsigned char addr[16];
     if (iplen == 0 || iplen >= sizeof(ipbuf)) {
         fail_msg(err, errlen, "client_ip must be an IPv4 or IPv6 address");
@@ -240,13 +227,13 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
         fail_msg(err, errlen, "client_port must be in 0..65535");
         return NULL;
     }
-    memcpy(c->addr.ip, ipbuf, iplen + 1);
-    c->addr.port = (uint16_t)port;
-    memcpy(c->addr.sock_ip, ipbuf, iplen + 1); /* no PROXY header, no trusted proxy: one address */
-    c->addr.sock_port = c->addr.port;
+    memcpy(t->addr.ip, ipbuf, iplen + 1);
+    t->addr.port = (uint16_t)port;
+    memcpy(t->addr.sock_ip, ipbuf, iplen + 1); /* no PROXY header, no trusted proxy: one address */
+    t->addr.sock_port = t->addr.port;
 
     /* client_new_request + on_url + on_headers_complete */
-    moxy_req_t *r = moxy_req_new(c->w, c->w->g, 0);
+    moxy_req_t *r = moxy_req_new(t->w, t->w->g, 0);
     char *u = r ? moxy_pstrdup(&r->mem, uri, ulen) : NULL;
     if (!u) {
         if (r) {
@@ -256,8 +243,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
         fail_msg(err, errlen, "out of memory");
         return NULL;
     }
-    r->c = c;
-    r->addr = &c->addr;
+    r->addr = &t->addr;
     r->method = (uint8_t)m;
     r->method_name = (char *)mname;
     r->http_major = 1;
@@ -267,14 +253,13 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     char *q = memchr(u, '?', ulen);
     r->path_len = q ? (uint32_t)(q - u) : (uint32_t)ulen;
     r->head_bytes = mlen + ulen + 11;
-    c->req = r;
+    t->r = r;
     return r;
 }
 
 EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size_t nlen,
                                 const char *val, size_t vlen)
 {
-    moxy_client_t *c = r->c;
     /* llhttp skips the spaces around a value; on_header_value_complete the trailing ones */
     while (vlen > 0 && (val[0] == ' ' || val[0] == '\t')) {
         val++;
@@ -285,7 +270,7 @@ EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size
     if (!moxy_header_name_valid(name, nlen) || !moxy_header_value_valid(val, vlen))
         return MOXY_ERROR;
     moxy_headers_t *hs = which ? &r->resp_headers : &r->headers;
-    if ((int)hs->n >= c->w->g->conf->limits.headers) return MOXY_DECLINED;
+    if ((int)hs->n >= r->g->conf->limits.headers) return MOXY_DECLINED;
     if (!which) r->head_bytes += nlen + vlen + 4;
     return moxy_headers_add(&r->mem, hs, name, nlen, val, vlen);
 }
@@ -293,8 +278,7 @@ EXPORT int moxy_ffi_test_header(moxy_req_t *r, int which, const char *name, size
 EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen, int has_body,
                                    char *err, size_t errlen)
 {
-    moxy_client_t *c = r->c;
-    const moxy_conf_t *conf = c->w->g->conf;
+    const moxy_conf_t *conf = r->g->conf;
     if (r->head_bytes > conf->limits.header_bytes)
         return fail_msg(err, errlen, "request head over limits.header_bytes (moxy answers 431)");
     /* check_head */
@@ -350,7 +334,6 @@ EXPORT int moxy_ffi_test_req_start(moxy_req_t *r, const char *body, size_t blen,
     r->keepalive = r->http_minor >= 1 ? !conn_close : (conn_keep && !conn_close);
     moxy_headers_drop_connection_named(&r->headers, MOXY_HK_HOST | MOXY_HK_CL);
     moxy_req_set_id(r);
-    c->state = MOXY_C_ACTIVE;
     int m = r->method;
     r->retryable = m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
                    m == HTTP_DELETE || m == HTTP_TRACE;
@@ -379,8 +362,7 @@ EXPORT void moxy_ffi_test_try_start(moxy_req_t *r)
 EXPORT int moxy_ffi_test_try_peer(moxy_req_t *r)
 {
     /* try_after_upstream_hooks: set_peer's address, or the pool's server */
-    moxy_client_t *c = r->c;
-    const moxy_conf_t *conf = c->w->g->conf;
+    const moxy_conf_t *conf = r->g->conf;
     if (r->peer_addr) {
         r->peer = r->peer_addr->text;
         return 1;
@@ -401,8 +383,7 @@ EXPORT int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t
 {
     /* try_connect: what moxy_upstream_write_head queues for the origin,
      * copied out of a scratch buffer into request memory */
-    moxy_client_t *c = r->c;
-    moxy_worker_t *w = c->w;
+    moxy_worker_t *w = r->w;
     event_base_gettimeofday_cached(w->base, &r->up_started);
     r->up_started_us = r->up_connected_us = moxy_mono_us();
     const moxy_upstream_conf_t *uc = r->server >= 0 ? &w->g->conf->upstreams[r->pool] : NULL;
@@ -453,7 +434,7 @@ EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
 
 EXPORT int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks)
 {
-    /* moxy_upstream_filter_start + moxy_resp_write_head: the head is out */
+    /* moxy_upstream_filter_start + moxy_stream_send_head: the head is out */
     r->filtering = body_hooks && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
     r->resp_head_sent = 1;
     r->resp_state = MOXY_R_BODY;

@@ -18,6 +18,7 @@
 #include "http/request.h"
 #include "base/log.h"
 #include "base/addr.h"
+#include "net/io.h"
 #include "http/lua_bridge.h"
 #include "http/worker.h"
 
@@ -165,7 +166,8 @@ static void file_release(const struct evbuffer_file_segment *seg, int flags, voi
 static int add_body(struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint64_t end, int to_socket)
 {
     const moxy_cache_obj_t *bo = moxy_cache_body(o);
-    if (to_socket && bo->body_fd >= 0 && end > from) {
+    /* a small piece is copied on its way out (io.h): not worth a sendfile */
+    if (to_socket && bo->body_fd >= 0 && end - from >= MOXY_IO_COPY_MAX) {
         struct evbuffer_file_segment *seg =
             evbuffer_file_segment_new(bo->body_fd, 0, (ev_off_t)bo->body->cap, EVBUF_FS_DISABLE_LOCKING);
         if (!seg) return MOXY_ERROR;
@@ -199,8 +201,23 @@ static int add_body(struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint
 static int use_sendfile(const moxy_req_t *r)
 {
     int mode = r->g->conf->cache.sendfile;
-    if (r->c->conn.fd < 0 || !moxy_conn_sendfile(&r->c->conn)) return 0;
-    return mode == MOXY_SENDFILE_AUTO ? !r->c->local_peer : mode;
+    int can = moxy_stream_sendfile(r);
+    if (!(can & MOXY_STREAM_SENDFILE)) return 0;
+    return mode == MOXY_SENDFILE_AUTO ? !(can & MOXY_STREAM_LOCAL_PEER) : mode;
+}
+
+/* o's bytes [from, end) for r's client: to the on_body hooks when they
+ * filter r's body, else out through r's stream.  MOXY_ERROR: out of
+ * memory. */
+static int send_body(moxy_req_t *r, moxy_cache_obj_t *o, uint64_t from, uint64_t end)
+{
+    if (r->filtering) return add_body(r->filter_in, o, from, end, 0);
+    struct evbuffer *b = moxy_worker_buf_get(r->w);
+    if (!b) return MOXY_ERROR;
+    int rc = add_body(b, o, from, end, use_sendfile(r));
+    if (rc == MOXY_OK) moxy_stream_send_body(r, b, evbuffer_get_length(b));
+    moxy_worker_buf_put(r->w, b);
+    return rc;
 }
 
 /* The "Name: value\r\n" lines of a stored head (len bytes) appended to
@@ -308,7 +325,6 @@ static void stream_step(moxy_req_t *r);
 
 void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
 {
-    moxy_client_t *c = r->c;
     if (rc == MOXY_DONE) {
         moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
         return;
@@ -317,7 +333,7 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         moxy_req_fail(r, 500, rc != MOXY_OK ? "script error in on_response" : "out of memory");
         return;
     }
-    moxy_resp_write_head(r);
+    moxy_stream_send_head(r);
     moxy_cache_obj_t *o = r->cache_obj;
     if (!moxy_resp_has_body(r) || r->resp_body_kind == MOXY_BODY_NONE) {
         moxy_req_response_done(r);
@@ -329,10 +345,8 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         return;
     }
     /* a range: its slice */
-    if (add_body(r->filtering ? r->filter_in : c->out, o, r->cache_from, r->cache_from + r->resp_body_left,
-                 !r->filtering && use_sendfile(r)) !=
-        MOXY_OK) {
-        moxy_client_close(c);
+    if (send_body(r, o, r->cache_from, r->cache_from + r->resp_body_left) != MOXY_OK) {
+        moxy_stream_abort(r);
         return;
     }
     if (!r->filtering) {
@@ -424,7 +438,7 @@ static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
         moxy_cache_flight_end(r->cache_key, r->cache_klen, r->cache_hash, 0);
         if (b) {
             b->error = "out of memory";
-            moxy_client_close(b->c);
+            moxy_stream_abort(b);
         }
         return MOXY_ERROR;
     }
@@ -555,7 +569,6 @@ static int lookup(moxy_req_t *r)
 static void stream_step(moxy_req_t *r)
 {
     moxy_cache_obj_t *o = r->cache_obj;
-    moxy_client_t *c = r->c;
     uint64_t end = r->cache_from + r->resp_body_left; /* the whole body, or a range's end */
     uint64_t avail = atomic_load_explicit(&o->avail, memory_order_acquire);
     int state = atomic_load_explicit(&o->fill_state, memory_order_acquire);
@@ -563,8 +576,8 @@ static void stream_step(moxy_req_t *r)
     if (avail > r->cache_sent) {
         /* the bytes before avail are there, with the links to their segments;
          * the filler may be linking the next one: add_body stops before it */
-        if (add_body(c->out, o, r->cache_sent, avail, use_sendfile(r)) != MOXY_OK) {
-            moxy_client_close(c);
+        if (send_body(r, o, r->cache_sent, avail) != MOXY_OK) {
+            moxy_stream_abort(r);
             return;
         }
         r->cache_sent = avail;
@@ -578,10 +591,10 @@ static void stream_step(moxy_req_t *r)
         r->error = "the origin's response this request was collapsed on failed";
         moxy_log(MOXY_LOG_WARN, r->id, "cache: %s: %s after %llu bytes", r->cache_key, r->error,
                  (unsigned long long)r->cache_sent);
-        moxy_client_close(c);
+        moxy_stream_abort(r);
         return;
     }
-    if (moxy_client_send(c) != MOXY_OK) return;
+    if (moxy_stream_flush(r) != MOXY_OK) return;
     struct timeval tv = {0, 2000};
     evtimer_add(r->cache_wait, &tv);
 }

@@ -124,7 +124,10 @@ typedef struct {
 typedef void (*moxy_hooks_done_fn)(moxy_req_t *r, int rc);
 
 /* What the request layer asks of the protocol a request came on (HTTP/1
- * today), through r->stream with r->stream_ctx (the connection). */
+ * today: http1/), through r->stream with r->stream_ctx (the connection).
+ * Every byte of a protocol's framing is written behind these calls; the
+ * proxy, the cache and moxy's own answers hand over only the response's
+ * status, fields and body bytes.  request.h wraps each call. */
 typedef struct {
     /* Keep ctx valid across a call that may close it / let it go (it is
      * freed then if it was closed meanwhile). */
@@ -133,10 +136,50 @@ typedef struct {
     /* Hooks that held request r back are done: read its body on, if r is
      * still ctx's current request (compared only: r may be gone). */
     void (*read_on)(void *ctx, const moxy_req_t *r);
-    /* The whole response of r is queued: what follows it (the next request,
-     * or the close).  r may be gone after. */
+    /* The bytes toward the origin drained below the low watermark: read
+     * more of the request body (or of a tunnel). */
+    void (*resume_read)(void *ctx);
+    /* Queue r's response head: r->status, r->resp_headers and the body's
+     * size (r->resp_body_kind, r->resp_body_left; r->filtering: unknown),
+     * with the framing the protocol chooses; sets r->resp_head_sent.
+     * MOXY_ERROR: out of memory. */
+    int (*send_head)(void *ctx, moxy_req_t *r);
+    /* Queue an interim (1xx) head: status with fields h, or moxy's own
+     * 100 Continue when h is NULL.  A client that cannot take one does not
+     * get it. */
+    void (*send_interim)(void *ctx, moxy_req_t *r, int status, const moxy_headers_t *h);
+    /* Queue a piece of r's response body: the first n bytes of from, moved
+     * (memory and file segments alike), or n bytes at data, copied. */
+    void (*send_body)(void *ctx, moxy_req_t *r, struct evbuffer *from, size_t n);
+    void (*send_data)(void *ctx, moxy_req_t *r, const void *data, size_t n);
+    /* Write what is queued, as much as the connection takes now.  MOXY_OK;
+     * otherwise the connection closed (and r may be gone). */
+    int (*flush)(void *ctx);
+    /* 1 when the queued bytes are above the high watermark: stop reading the
+     * origin until resume. */
+    int (*backlogged)(void *ctx);
+    /* What the connection's transport does with file segments:
+     * MOXY_STREAM_SENDFILE when it sends them with sendfile, with
+     * MOXY_STREAM_LOCAL_PEER when the peer is on this host. */
+    int (*sendfile)(void *ctx);
+    /* The whole response of r is queued (its body's end too): what follows
+     * it (the next request, or the close).  r may be gone after. */
     void (*response_done)(void *ctx, moxy_req_t *r);
+    /* Cut: the response cannot be finished; the connection closes and its
+     * request is logged as aborted.  r may be gone after. */
+    void (*abort)(void *ctx);
+    /* r's 101 head is queued: the connection becomes a two-way tunnel with
+     * r's origin connection.  MOXY_OK; MOXY_DONE: it closed meanwhile (r
+     * may be gone; the caller holds ctx). */
+    int (*tunnel)(void *ctx, moxy_req_t *r);
+    /* Bytes of the origin's side of a tunnel (from, all of it; eof: the
+     * origin closed).  MOXY_OK: go on reading; MOXY_AGAIN: backlogged, stop
+     * reading until resume; MOXY_DONE: the tunnel closed (r may be gone). */
+    int (*tunnel_relay)(void *ctx, struct evbuffer *from, int eof);
 } moxy_stream_ops_t;
+
+#define MOXY_STREAM_SENDFILE 1
+#define MOXY_STREAM_LOCAL_PEER 2
 
 /* What the client side asks of a request's origin side (the proxy's),
  * through r->origin, while r->up is set. */
@@ -164,7 +207,6 @@ struct moxy_req_s {
     moxy_req_cleanup_fn cleanups[MOXY_REQ_CLEANUPS]; /* run when it ends, newest first */
     int ncleanups;
     moxy_worker_t *w;      /* the worker it runs on */
-    moxy_client_t *c;      /* its connection; NULL once it outlived it (on_log hooks that wait) */
     const moxy_stream_ops_t *stream; /* its protocol's side of it */
     void *stream_ctx;      /* for stream's calls; NULL once it outlived its connection */
     const moxy_origin_ops_t *origin; /* its origin side, once a try started */
@@ -273,6 +315,9 @@ struct moxy_req_s {
     unsigned resp_chunked_out : 1; /* we chunk the body toward the client */
     unsigned resp_head_sent : 1;
     unsigned local : 1;            /* answered by moxy itself (hook, error page) */
+    unsigned tunnel : 1;           /* a 101 made its connection a tunnel (stream ops tunnel) */
+    unsigned log_waiting : 1;      /* its on_log hooks run (moxy_req_finish) */
+    unsigned is_detached : 1;      /* on its worker's detached list (moxy_req_detach) */
     char *local_body;              /* body of a local response */
     size_t local_body_len;
     uint64_t bytes_sent;           /* body bytes queued for the client */
@@ -320,7 +365,7 @@ struct moxy_req_s {
 /* A client connection. */
 struct moxy_client_s {
     moxy_worker_t *w;
-    moxy_conn_t conn;           /* the socket and its transport (fd -1: socketless, or closed) */
+    moxy_conn_t conn;           /* the socket and its transport (fd -1: closed) */
     int listen_index;           /* the current generation's conf->listens[] it came in on;
                                    -1: a reload removed that listener */
     moxy_client_state_t state;
@@ -341,8 +386,6 @@ struct moxy_client_s {
     unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
     unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
     unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
-    unsigned socketless : 1;    /* a request moxy makes itself (a cache refresh): no socket,
-                                   what it would send is dropped (moxy_req_background) */
     uint32_t read_size;         /* next body read (io.h) */
     moxy_client_addr_t addr;    /* its addresses */
     LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */

@@ -19,47 +19,17 @@ struct evbuffer;
 void moxy_http_init(void);
 void moxy_upstream_http_init(void);
 
-/* --- client side (http_client.c) --- */
+/* --- requests moxy makes itself (background.c) --- */
 
-/* Take over an accepted, non-blocking socket fd from listener listen_index. */
-void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index);
-
-/* A request moxy makes itself on from's worker and generation (a cache
- * refresh in the background): a GET of from's URI with from's headers as
- * its hooks left them, less the client's conditions and Range, to from's
- * pool or peer, on a connection without a socket whose output is dropped.
- * It runs the origin-side phases and on_log (its txn.ctx is from's), is
- * logged, and ends on its own.  Not started: the caller sets it up, then
- * calls moxy_upstream_try.  NULL: out of memory. */
+/* A request moxy makes itself (a cache refresh in the background;
+ * background.c) on from's worker and generation: a GET of from's URI with
+ * from's headers as its hooks left them, less the client's conditions and
+ * Range, to from's pool or peer.  It has no connection (request.h's
+ * moxy_req_detach): what it would send a client is dropped.  It runs the
+ * origin-side phases and on_log (its txn.ctx is from's), is logged, and
+ * ends on its own.  Not started: the caller sets it up, then calls
+ * moxy_upstream_try.  NULL: out of memory. */
 moxy_req_t *moxy_req_background(moxy_req_t *from);
-
-/* Keep c's memory valid across calls that may close it (an event callback
- * holds its client); release frees it if it was closed meanwhile.  After any
- * call that may close c, check c->dead. */
-void moxy_client_hold(moxy_client_t *c);
-void moxy_client_release(moxy_client_t *c);
-
-/* Close now: the request (if any) is logged as aborted, its origin connection closed. */
-void moxy_client_close(moxy_client_t *c);
-
-/* Abort the on_log hooks of requests detached from their connection, and
- * log them: those running on generation g (its drain deadline passed), or
- * all of them when g is NULL (the worker stops). */
-void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *g);
-
-/* Drain (QUIT, upgrade, a listener gone): close after the current response;
- * an idle connection closes unless a request comes within
- * MOXY_DRAIN_IDLE_GRACE_MS (served, with Connection: close). */
-void moxy_client_drain(moxy_client_t *c);
-
-/* Write what c->out holds, as much as the socket takes; arms the write event
- * for the rest.  May close c (write error): callers must not touch c after,
- * unless it returns MOXY_OK. */
-int moxy_client_send(moxy_client_t *c);
-
-/* The origin connection drained its output below the low watermark: read
- * more of the request body. */
-void moxy_client_resume_read(moxy_client_t *c);
 
 /* The whole response of r is queued for the client. */
 void moxy_req_response_done(moxy_req_t *r);
@@ -117,8 +87,6 @@ static inline long long moxy_req_elapsed_us(const moxy_req_t *r)
     return us > 0 ? us : 0;
 }
 
-/* Switch the client connection to a two-way tunnel with r's origin connection. */
-void moxy_client_tunnel(moxy_client_t *c);
 
 /* --- origin side (http_upstream.c) --- */
 
@@ -266,11 +234,7 @@ const char *moxy_cache_test_verdict(moxy_req_t *r, size_t max_object, double *tt
 int moxy_upstream_filter_start(moxy_req_t *r);
 void moxy_upstream_filter_continue(moxy_req_t *r);
 
-/* --- responses moxy writes (http_response.c) --- */
-
-/* Queue the status line and headers of r's response for the client, choosing
- * the framing (Content-Length kept, chunked for HTTP/1.1, close for 1.0). */
-int moxy_resp_write_head(moxy_req_t *r);
+/* --- responses moxy gives itself (http_response.c) --- */
 
 /* 1 when r's response carries a body (not for HEAD, 1xx, 204, 304). */
 static inline int moxy_resp_has_body(const moxy_req_t *r)

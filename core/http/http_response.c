@@ -1,12 +1,13 @@
 /*
- * http_response.c -- what moxy writes toward the client itself: the status
- * line and headers of a proxied response (with moxy's framing), responses a
- * hook gives, and error pages.
+ * http_response.c -- the answers moxy gives itself: responses a hook gives,
+ * error pages, on_error; the reason phrases and the Date of the second.
+ * Their bytes go out through the request's stream (request.h).
  */
 #include "base/headers.h"
 #include "http/http.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
+#include "http/request.h"
 #include "http/worker.h"
 
 #include <event2/buffer.h>
@@ -75,69 +76,10 @@ const char *moxy_http_date(moxy_worker_t *w, size_t *len)
     return date_buf;
 }
 
-#define PUT_LIT(p, lit) (memcpy((p), lit, sizeof(lit) - 1), (p) += sizeof(lit) - 1)
-
-int moxy_resp_write_head(moxy_req_t *r)
-{
-    moxy_client_t *c = r->c;
-    int tunnel = r->status == 101;
-    int body = moxy_resp_has_body(r);
-
-    if (!r->body_done) r->keepalive = 0; /* the rest of the request body is not read */
-    int sized = !r->filtering && (r->resp_body_kind == MOXY_BODY_LENGTH || r->resp_body_kind == MOXY_BODY_NONE);
-    if (body && !sized) {
-        if (r->http_minor >= 1) r->resp_chunked_out = 1;
-        else r->keepalive = 0; /* HTTP/1.0: delimited by close */
-    }
-
-    /* Content-Length is moxy's to write when there is a body; for HEAD and
-     * 304 the origin's tells the length of what was not sent; a 1xx or a 204
-     * has none. */
-    const char *reason = moxy_status_reason(r->status);
-    size_t idlen = strlen(r->id), rlen = strlen(reason);
-    size_t max = 16 + rlen + moxy_headers_size(&r->resp_headers) + idlen + 160;
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(c->out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
-    char *p = v.iov_base;
-    PUT_LIT(p, "HTTP/1.1 ");
-    p = moxy_write_u64(p, (uint64_t)r->status);
-    *p++ = ' ';
-    memcpy(p, reason, rlen);
-    p += rlen;
-    PUT_LIT(p, "\r\n");
-    /* RFC 9110 8.6: no Content-Length on a 1xx or a 204 */
-    int no_cl = body || r->status == 204 || r->status < 200;
-    p += moxy_headers_write(p, &r->resp_headers, tunnel, MOXY_HK_XRID | (no_cl ? MOXY_HK_CL : 0));
-    if (!r->local) PUT_LIT(p, "Via: 1.1 moxy\r\n");
-    PUT_LIT(p, "X-Request-Id: ");
-    memcpy(p, r->id, idlen);
-    p += idlen;
-    PUT_LIT(p, "\r\n");
-    if (body) {
-        if (sized) {
-            PUT_LIT(p, "Content-Length: ");
-            p = moxy_write_u64(p, r->resp_body_left);
-            PUT_LIT(p, "\r\n");
-        } else if (r->resp_chunked_out) {
-            PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
-        }
-    }
-    if (tunnel) PUT_LIT(p, "Connection: upgrade\r\n");
-    else if (!r->keepalive) PUT_LIT(p, "Connection: close\r\n");
-    else if (r->http_minor == 0) PUT_LIT(p, "Connection: keep-alive\r\n");
-    PUT_LIT(p, "\r\n");
-    v.iov_len = (size_t)(p - (char *)v.iov_base);
-    evbuffer_commit_space(c->out, &v, 1);
-    r->resp_head_sent = 1;
-    r->resp_state = MOXY_R_BODY;
-    return MOXY_OK;
-}
-
 void moxy_resp_local_prepare(moxy_req_t *r, int status, size_t len)
 {
-    moxy_client_t *c = r->c;
     size_t dl;
-    const char *date = moxy_http_date(c->w, &dl);
+    const char *date = moxy_http_date(r->w, &dl);
     r->local = 1;
     r->status = status;
     r->resp_body_kind = MOXY_BODY_LENGTH;
@@ -150,11 +92,10 @@ void moxy_resp_local_prepare(moxy_req_t *r, int status, size_t len)
 
 void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
 {
-    moxy_client_t *c = r->c;
     moxy_resp_local_prepare(r, status, len);
-    moxy_resp_write_head(r);
+    moxy_stream_send_head(r);
     if (moxy_resp_has_body(r) && len > 0) {
-        evbuffer_add(c->out, body, len);
+        moxy_stream_send_data(r, body, len);
         r->bytes_sent = len;
     }
     moxy_req_response_done(r);

@@ -5,6 +5,8 @@
 #include "base/headers.h"
 #include "base/log.h"
 #include "http/http.h"
+#include "http/lua_bridge.h"
+#include "http/stats.h"
 #include "http/worker.h"
 
 #include <stdlib.h>
@@ -128,4 +130,82 @@ void moxy_req_free(moxy_req_t *r)
 {
     moxy_pool_t mem = r->mem; /* r lives in it */
     moxy_pool_reset(&mem);
+}
+
+/* --- the end of a request: on_log, the log line, its memory --- */
+
+int moxy_req_detach(moxy_req_t *r)
+{
+    moxy_client_addr_t *a = moxy_palloc(&r->mem, sizeof(*a));
+    if (!a) return MOXY_ERROR;
+    *a = *r->addr;
+    r->addr = a;
+    r->stream_ctx = NULL;
+    LIST_INSERT_HEAD(&r->w->detached, r, detached);
+    r->is_detached = 1;
+    MOXY_STAT_ADD(r->w->nconns, 1);
+    return MOXY_OK;
+}
+
+/* The last of r: its log line and statistics, its memory; a detached
+ * request stops counting as a connection. */
+static void request_log_free(moxy_req_t *r)
+{
+    moxy_worker_t *w = r->w;
+    int detached = r->is_detached;
+    moxy_access_log(r);
+    moxy_stats_request(r);
+    if (detached) LIST_REMOVE(r, detached);
+    moxy_req_end(r);
+    moxy_req_free(r);
+    if (detached) moxy_worker_conn_closed(w);
+}
+
+/* on_log's hooks that yielded are done: the request ends. */
+static void log_hooks_done(moxy_req_t *r, int rc)
+{
+    MOXY_UNUSED(rc);
+    request_log_free(r);
+}
+
+void moxy_req_finish(moxy_req_t *r)
+{
+    r->ended_us = moxy_mono_us();
+    r->log_waiting = 1;
+    if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG, log_hooks_done) == MOXY_AGAIN) {
+        if (r->is_detached || moxy_req_detach(r) == MOXY_OK) return; /* log_hooks_done follows */
+        /* out of memory: the hooks are dropped (moxy_req_end) */
+    }
+    request_log_free(r);
+}
+
+void moxy_req_aborted(moxy_req_t *r, const char *why)
+{
+    if (r->resp_state == MOXY_R_DONE) return;
+    if (!r->status || !r->resp_head_sent) r->status = 499;
+    if (!r->error) r->error = why;
+}
+
+/* The first request of w's detached list on generation g (any when NULL)
+ * that is still waiting for its response (in_flight) or for its on_log
+ * hooks (!in_flight); NULL: none. */
+static moxy_req_t *detached_find(moxy_worker_t *w, const moxy_wgen_t *g, int in_flight)
+{
+    moxy_req_t *r;
+    LIST_FOREACH(r, &w->detached, detached)
+        if ((!g || r->g == g) && (int)!r->log_waiting == in_flight) return r;
+    return NULL;
+}
+
+void moxy_req_end_detached(moxy_worker_t *w, const moxy_wgen_t *g)
+{
+    /* Each step ends one request (or moves it to its on_log hooks) and may
+     * change the list: search again after each. */
+    moxy_req_t *r;
+    while ((r = detached_find(w, g, 1))) {
+        moxy_req_aborted(r, g ? "its generation's drain deadline passed" : "worker stopped");
+        moxy_req_origin_cut(r);
+        moxy_req_finish(r);
+    }
+    while ((r = detached_find(w, g, 0))) request_log_free(r); /* its parked on_log hooks are dropped */
 }

@@ -18,6 +18,8 @@
 
 #include "http/http-t.h"
 
+struct evbuffer;
+
 /* A new request on worker w and its generation g (which it holds to its
  * end), come in on g's listener listen_index, started now.  NULL: out of
  * memory. */
@@ -58,6 +60,81 @@ static inline void moxy_stream_read_on(moxy_stream_ref_t s, const moxy_req_t *r)
     if (s.ctx) s.ops->read_on(s.ctx, r);
 }
 
+static inline void moxy_stream_hold(moxy_stream_ref_t s)
+{
+    if (s.ctx) s.ops->hold(s.ctx);
+}
+
+static inline void moxy_stream_release(moxy_stream_ref_t s)
+{
+    if (s.ctx) s.ops->release(s.ctx);
+}
+
+/* The calls of r's stream (http-t.h's moxy_stream_ops_t), for a request
+ * that has its connection (not one whose on_log hooks outlived it). */
+static inline int moxy_stream_send_head(moxy_req_t *r)
+{
+    return r->stream->send_head(r->stream_ctx, r);
+}
+
+static inline void moxy_stream_send_interim(moxy_req_t *r, int status, const moxy_headers_t *h)
+{
+    r->stream->send_interim(r->stream_ctx, r, status, h);
+}
+
+static inline void moxy_stream_send_body(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    r->stream->send_body(r->stream_ctx, r, from, n);
+}
+
+static inline void moxy_stream_send_data(moxy_req_t *r, const void *data, size_t n)
+{
+    r->stream->send_data(r->stream_ctx, r, data, n);
+}
+
+static inline int moxy_stream_flush(moxy_req_t *r)
+{
+    return r->stream->flush(r->stream_ctx);
+}
+
+static inline int moxy_stream_backlogged(const moxy_req_t *r)
+{
+    return r->stream->backlogged(r->stream_ctx);
+}
+
+static inline void moxy_stream_resume_read(const moxy_req_t *r)
+{
+    if (r->stream_ctx) r->stream->resume_read(r->stream_ctx);
+}
+
+static inline int moxy_stream_sendfile(const moxy_req_t *r)
+{
+    return r->stream_ctx ? r->stream->sendfile(r->stream_ctx) : 0;
+}
+
+static inline void moxy_stream_abort(moxy_req_t *r)
+{
+    r->stream->abort(r->stream_ctx);
+}
+
+static inline int moxy_stream_tunnel(moxy_req_t *r)
+{
+    r->tunnel = 1;
+    return r->stream->tunnel(r->stream_ctx, r);
+}
+
+static inline int moxy_stream_tunnel_relay(moxy_req_t *r, struct evbuffer *from, int eof)
+{
+    return r->stream->tunnel_relay(r->stream_ctx, from, eof);
+}
+
+/* 1 when r's client is gone (its connection closed under it).  A
+ * request of moxy.test has no stream at all, and never loses it. */
+static inline int moxy_req_client_gone(const moxy_req_t *r)
+{
+    return r->stream && !r->stream_ctx;
+}
+
 /* The client is done with r's origin connection, or gone: it closes. */
 static inline void moxy_req_origin_cut(moxy_req_t *r)
 {
@@ -72,6 +149,31 @@ void moxy_req_set_content_handler(moxy_req_handler_fn h);
 
 /* Answer r with the content handler. */
 void moxy_req_content(moxy_req_t *r);
+
+/* r's response is over, or was cut (moxy_req_aborted), and its stream
+ * let go of it (r->stream_ctx NULL or its own): its on_log hooks run, then
+ * its access-log line and statistics, and it ends and is freed.  When the
+ * hooks wait, r lives on by itself (moxy_req_detach) until they are done.
+ * r is not the caller's after. */
+void moxy_req_finish(moxy_req_t *r);
+
+/* r lives without a connection (a request moxy makes itself, or one whose
+ * on_log hooks outlived its connection): it keeps its own copy of the
+ * client's addresses, is listed on its worker's w->detached and counts as
+ * a connection there (a draining worker waits for it) until it is freed.
+ * MOXY_ERROR: out of memory (nothing changed). */
+int moxy_req_detach(moxy_req_t *r);
+
+/* r's response will not be finished (its client left, or the response
+ * was cut): it is logged as 499 when no head went out, with why (unless
+ * an error was already given). */
+void moxy_req_aborted(moxy_req_t *r, const char *why);
+
+/* End the requests of w without a connection that run on generation g
+ * (its drain deadline passed), or all of them when g is NULL (the worker
+ * stops): one still waiting for its origin is aborted, one whose on_log
+ * hooks wait is logged without them. */
+void moxy_req_end_detached(moxy_worker_t *w, const moxy_wgen_t *g);
 
 /* Free r's memory, r included (after moxy_req_end). */
 void moxy_req_free(moxy_req_t *r);

@@ -1,7 +1,7 @@
 /*
- * http1.h -- what the two halves of HTTP/1's server side share:
+ * http1.h -- HTTP/1's server side, the parts of which share this header:
  * request_head.c reads a request's head and framing, http_client.c runs the
- * connection and its requests.
+ * connection and its requests, response.c frames what goes back.
  */
 #ifndef MOXY_HTTP1_H
 #define MOXY_HTTP1_H
@@ -9,8 +9,38 @@
 #include "http/http-t.h"
 
 #include <llhttp.h>
+#include <sys/socket.h>
 
 struct evbuffer;
+
+/* --- the connection (http_client.c) --- */
+
+/* Take over an accepted, non-blocking socket fd from listener listen_index. */
+void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index);
+
+/* Keep c's memory valid across calls that may close it (an event callback
+ * holds its client); release frees it if it was closed meanwhile.  After any
+ * call that may close c, check c->dead. */
+void moxy_client_hold(moxy_client_t *c);
+void moxy_client_release(moxy_client_t *c);
+
+/* Close now: the request (if any) is logged as aborted, its origin connection closed. */
+void moxy_client_close(moxy_client_t *c);
+
+/* Drain (QUIT, upgrade, a listener gone): close after the current response;
+ * an idle connection closes unless a request comes within
+ * MOXY_DRAIN_IDLE_GRACE_MS (served, with Connection: close). */
+void moxy_client_drain(moxy_client_t *c);
+
+/* Write what c->out holds, as much as the socket takes; arms the write event
+ * for the rest.  May close c (write error): callers must not touch c after,
+ * unless it returns MOXY_OK. */
+int moxy_client_send(moxy_client_t *c);
+
+/* Switch the client connection to a two-way tunnel with r's origin connection. */
+void moxy_client_tunnel(moxy_client_t *c);
+
+/* --- the request head (request_head.c) --- */
 
 /* The llhttp settings of a request: every callback checks and stores into
  * the client's current request (parser->data is the moxy_client_t).  Made
@@ -27,5 +57,26 @@ int moxy_h1_parse(moxy_client_t *c, const char **reason);
  * parser where it stands (the real one reads them again later): NULL when
  * they are well framed so far, else why not. */
 const char *moxy_h1_chunked_check(const llhttp_t *parser, struct evbuffer *in);
+
+/* --- the response toward the client (response.c) --- */
+
+/* Queue r's status line and head on out, choosing the framing (its
+ * Content-Length kept, chunked for HTTP/1.1 when the length is unknown,
+ * delimited by the close for HTTP/1.0): sets r->resp_chunked_out,
+ * r->keepalive, r->resp_head_sent.  MOXY_ERROR: out of memory. */
+int moxy_h1_write_head(struct evbuffer *out, moxy_req_t *r);
+
+/* Queue an interim head (status, fields h; h NULL: 100 Continue), unless
+ * r's client speaks HTTP/1.0. */
+void moxy_h1_write_interim(struct evbuffer *out, const moxy_req_t *r, int status, const moxy_headers_t *h);
+
+/* Queue a piece of r's body as a chunk when r is chunked, else as it is:
+ * the first n bytes of from (moved; all of from may hold file segments),
+ * or n bytes at data (copied). */
+void moxy_h1_write_body(struct evbuffer *out, const moxy_req_t *r, struct evbuffer *from, size_t n);
+void moxy_h1_write_data(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n);
+
+/* The end of r's body: the last chunk and r's trailers when r is chunked. */
+void moxy_h1_write_end(struct evbuffer *out, const moxy_req_t *r);
 
 #endif

@@ -40,18 +40,16 @@ static void client_process(moxy_client_t *c);
 static void client_finish_request(moxy_client_t *c);
 static void client_after_hooks(moxy_client_t *c, int rc);
 static void request_log(moxy_client_t *c);
-static void request_detached_end(moxy_req_t *r);
-static void log_hooks_done(moxy_req_t *r, int rc);
 static void request_hooks_done(moxy_req_t *r, int rc);
 static const moxy_stream_ops_t stream_ops;
 static void stream_response_done(void *ctx, moxy_req_t *r);
 static int client_ensure_buffers(moxy_client_t *c);
+static void client_resume_read(moxy_client_t *c);
 
 /* --- reading control --- */
 
 static void client_read_timeout(moxy_client_t *c, const struct timeval *tv)
 {
-    if (c->socketless) return; /* nothing to read */
     event_add(&c->rev, tv);
     c->reading = 1;
 }
@@ -101,7 +99,6 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
 {
     moxy_req_t *r = moxy_req_new(c->w, g, listen_index);
     if (!r) return NULL;
-    r->c = c;
     r->addr = &c->addr;
     r->stream = &stream_ops;
     r->stream_ctx = c;
@@ -167,81 +164,6 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     client_read_timeout(c, &w->g->tv_client_header);
 }
 
-/* from's head, as its hooks left it, into r (its memory); MOXY_ERROR: out of memory. */
-static int request_copy(moxy_req_t *r, const moxy_req_t *from)
-{
-    moxy_pool_t *pool = &r->mem;
-    r->method = HTTP_GET;
-    r->method_name = "GET";
-    r->http_major = 1;
-    r->http_minor = 1;
-    if (!(r->uri = moxy_pstrdup(pool, from->uri, from->uri_len))) return MOXY_ERROR;
-    r->uri_len = r->uri_cap = from->uri_len;
-    r->path_len = from->path_len;
-    if (from->host && !(r->host = moxy_pstrdup(pool, from->host, strlen(from->host)))) return MOXY_ERROR;
-    for (uint32_t i = 0; i < from->headers.n; i++) {
-        const moxy_header_t *h = &from->headers.h[i];
-        /* not the client's own conditions and Range: a background request
-         * asks for the whole object, with the stored one's validators */
-        if (h->kind & (MOXY_HK_CONDITION | MOXY_HK_IF_RANGE | MOXY_HK_RANGE | MOXY_HK_CL | MOXY_HK_TE |
-                       MOXY_HK_EXPECT))
-            continue;
-        if (moxy_headers_add(pool, &r->headers, h->name, h->name_len, h->value, h->value_len) != MOXY_OK)
-            return MOXY_ERROR;
-    }
-    if (from->client_ip && !(r->client_ip = moxy_pstrdup(pool, from->client_ip, strlen(from->client_ip))))
-        return MOXY_ERROR;
-    r->client_port = from->client_port;
-    if (from->peer_addr) {
-        moxy_addr_t *a = moxy_palloc(pool, sizeof(*a));
-        if (!a) return MOXY_ERROR;
-        *a = *from->peer_addr;
-        if (!(a->text = moxy_pstrdup(pool, a->text, strlen(a->text)))) return MOXY_ERROR;
-        r->peer_addr = a;
-    }
-    r->pool = from->pool;
-    r->want_server = from->want_server;
-    r->hash = from->hash;
-    r->has_hash = from->has_hash;
-    r->no_filter = from->no_filter;
-    return MOXY_OK;
-}
-
-moxy_req_t *moxy_req_background(moxy_req_t *from)
-{
-    moxy_client_t *fc = from->c;
-    moxy_worker_t *w = fc->w;
-    moxy_client_t *c = calloc(1, sizeof(*c));
-    if (!c) return NULL;
-    c->w = w;
-    c->conn.fd = -1;
-    c->socketless = 1;
-    c->listen_index = fc->listen_index;
-    c->state = MOXY_C_ACTIVE;
-    c->close_after = 1;
-    c->addr = *from->addr;
-    moxy_req_t *r = NULL;
-    if (client_ensure_buffers(c) != MOXY_OK || !(r = request_new(c, from->g, from->listen_index))) goto fail;
-    r->body_kind = MOXY_BODY_NONE;
-    r->body_done = 1;
-    r->retryable = 1;
-    if (request_copy(r, from) != MOXY_OK) {
-        moxy_req_end(r);
-        moxy_req_free(r);
-        goto fail;
-    }
-    moxy_req_make_id(r);
-    moxy_lua_req_fork(r, from);
-    LIST_INSERT_HEAD(&w->clients, c, link);
-    MOXY_STAT_ADD(w->nconns, 1);
-    return r;
-fail:
-    if (c->in) moxy_worker_buf_put(w, c->in);
-    if (c->out) moxy_worker_buf_put(w, c->out);
-    free(c);
-    return NULL;
-}
-
 static void client_free(moxy_client_t *c)
 {
     moxy_worker_t *w = c->w;
@@ -262,62 +184,14 @@ void moxy_client_release(moxy_client_t *c)
     if (--c->busy == 0 && c->dead) client_free(c);
 }
 
-/* r's on_log hooks wait: r outlives its connection c, which goes on (or
- * closes).  r keeps a copy of the client's addresses; it counts as a
- * connection until it is logged, so that a draining worker waits for it. */
-static int request_detach(moxy_client_t *c)
-{
-    moxy_req_t *r = c->req;
-    moxy_worker_t *w = c->w;
-    moxy_client_addr_t *a = moxy_palloc(&r->mem, sizeof(*a));
-    if (!a) return MOXY_ERROR;
-    *a = c->addr;
-    r->addr = a;
-    r->c = NULL;
-    r->stream_ctx = NULL;
-    c->req = NULL;
-    LIST_INSERT_HEAD(&w->detached, r, detached);
-    MOXY_STAT_ADD(w->nconns, 1);
-    return MOXY_OK;
-}
-
-/* The end of a detached request: its log line, its memory. */
-static void request_detached_end(moxy_req_t *r)
-{
-    moxy_worker_t *w = r->w;
-    moxy_access_log(r);
-    moxy_stats_request(r);
-    LIST_REMOVE(r, detached);
-    moxy_req_end(r);
-    moxy_req_free(r);
-    moxy_worker_conn_closed(w);
-}
-
-void moxy_client_end_detached(moxy_worker_t *w, const moxy_wgen_t *gen)
-{
-    moxy_req_t *r = LIST_FIRST(&w->detached), *next;
-    for (; r; r = next) {
-        next = LIST_NEXT(r, detached);
-        /* its parked on_log hooks are dropped */
-        if (!gen || r->g == gen) request_detached_end(r);
-    }
-}
-
-/* c's request is over: on_log hooks, then its access-log line.  When the
- * hooks wait, the request is detached from c (logged when they are done);
- * either way c->req is NULL after. */
+/* c's request is over: it leaves c, which goes on (or closes), and
+ * ends on its own (moxy_req_finish: on_log hooks, its log line). */
 static void request_log(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
-    r->ended_us = moxy_mono_us();
-    if (moxy_lua_has(r->g, MOXY_PHASE_LOG) && moxy_lua_run(r, MOXY_PHASE_LOG, log_hooks_done) == MOXY_AGAIN) {
-        if (request_detach(c) == MOXY_OK) return;
-    }
-    moxy_access_log(r);
-    moxy_stats_request(r);
-    moxy_req_end(r);
-    moxy_req_free(r);
     c->req = NULL;
+    r->stream_ctx = NULL;
+    moxy_req_finish(r);
 }
 
 void moxy_client_close(moxy_client_t *c)
@@ -326,12 +200,10 @@ void moxy_client_close(moxy_client_t *c)
     c->dead = 1;
     moxy_req_t *r = c->req;
     if (r) {
+        r->stream_ctx = NULL; /* its client is gone: no retry, nothing more to send */
         moxy_req_origin_cut(r);
         if (r->method_name) {
-            if (r->resp_state != MOXY_R_DONE) {
-                if (!r->status || !r->resp_head_sent) r->status = 499;
-                if (!r->error) r->error = "client closed";
-            }
+            moxy_req_aborted(r, "client closed");
             request_log(c);
         } else {
             moxy_req_end(r);
@@ -339,11 +211,9 @@ void moxy_client_close(moxy_client_t *c)
         }
         c->req = NULL;
     }
-    if (!c->socketless) {
-        event_del(&c->rev);
-        event_del(&c->wev);
-        moxy_conn_close(&c->conn);
-    }
+    event_del(&c->rev);
+    event_del(&c->wev);
+    moxy_conn_close(&c->conn);
     c->conn.fd = -1;
     if (c->busy == 0) client_free(c);
 }
@@ -391,7 +261,7 @@ static void client_linger(moxy_client_t *c)
 {
     double t = c->w->g->conf->timeouts.linger;
     c->linger = 0;
-    if (t <= 0 || c->eof || c->socketless || !c->in || moxy_conn_shutdown(&c->conn) != 0) {
+    if (t <= 0 || c->eof || !c->in || moxy_conn_shutdown(&c->conn) != 0) {
         moxy_client_close(c);
         return;
     }
@@ -475,10 +345,6 @@ int moxy_client_send(moxy_client_t *c)
     if (c->dead) return MOXY_ERROR;
     if (!c->out) return MOXY_OK;
     size_t left = evbuffer_get_length(c->out);
-    if (c->socketless) { /* a refresh's response: nobody reads it */
-        evbuffer_drain(c->out, left);
-        left = 0;
-    }
     while (left > 0) {
         ssize_t n = moxy_conn_write(&c->conn, c->out);
         if (n < 0) {
@@ -525,39 +391,6 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* --- starting a request --- */
-
-/* X-Forwarded-*, Via: set before the hooks so scripts see what goes out. */
-int moxy_req_add_forwarding(moxy_req_t *r)
-{
-    moxy_client_t *c = r->c;
-    moxy_pool_t *pool = &r->mem;
-    moxy_headers_t *hs = &r->headers;
-
-    /* X-Forwarded-For: what came in (all lines, joined) plus the client. */
-    size_t len = strlen(c->addr.ip);
-    for (uint32_t i = 0; i < hs->n; i++)
-        if (hs->h[i].kind & MOXY_HK_XFF)
-            len += hs->h[i].value_len + 2;
-    char *xff = moxy_palloc(pool, len + 1), *p = xff;
-    if (!xff) return MOXY_ERROR;
-    for (uint32_t i = 0; i < hs->n; i++) {
-        moxy_header_t *h = &hs->h[i];
-        if ((h->kind & MOXY_HK_XFF) && h->value_len) {
-            memcpy(p, h->value, h->value_len);
-            p += h->value_len;
-            *p++ = ',';
-            *p++ = ' ';
-        }
-    }
-    p = stpcpy(p, c->addr.ip);
-    /* what the client claimed is replaced, in one pass */
-    moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
-    if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
-        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK ||
-        (r->host && moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
-        return MOXY_ERROR;
-    return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
-}
 
 static void client_start_request(moxy_client_t *c)
 {
@@ -629,33 +462,110 @@ static void stream_read_on(void *ctx, const moxy_req_t *r)
     if (evbuffer_get_length(c->in) > 0) client_process(c);
 }
 
+static void stream_resume_read(void *ctx)
+{
+    client_resume_read(ctx);
+}
+
+static int stream_send_head(void *ctx, moxy_req_t *r)
+{
+    moxy_client_t *c = ctx;
+    return moxy_h1_write_head(c->out, r);
+}
+
+static void stream_send_interim(void *ctx, moxy_req_t *r, int status, const moxy_headers_t *h)
+{
+    moxy_client_t *c = ctx;
+    moxy_h1_write_interim(c->out, r, status, h);
+}
+
+static void stream_send_body(void *ctx, moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    moxy_client_t *c = ctx;
+    moxy_h1_write_body(c->out, r, from, n);
+}
+
+static void stream_send_data(void *ctx, moxy_req_t *r, const void *data, size_t n)
+{
+    moxy_client_t *c = ctx;
+    moxy_h1_write_data(c->out, r, data, n);
+}
+
+static int stream_flush(void *ctx)
+{
+    return moxy_client_send(ctx);
+}
+
+static int stream_backlogged(void *ctx)
+{
+    moxy_client_t *c = ctx;
+    return c->out && evbuffer_get_length(c->out) > MOXY_HIGH_WATER;
+}
+
+static int stream_sendfile(void *ctx)
+{
+    moxy_client_t *c = ctx;
+    if (c->conn.fd < 0 || !moxy_conn_sendfile(&c->conn)) return 0;
+    return MOXY_STREAM_SENDFILE | (c->local_peer ? MOXY_STREAM_LOCAL_PEER : 0);
+}
+
+static void stream_abort(void *ctx)
+{
+    moxy_client_close(ctx);
+}
+
+static int stream_tunnel(void *ctx, moxy_req_t *r)
+{
+    moxy_client_t *c = ctx;
+    MOXY_UNUSED(r);
+    moxy_client_tunnel(c);
+    return c->dead ? MOXY_DONE : MOXY_OK;
+}
+
+static int stream_tunnel_relay(void *ctx, struct evbuffer *from, int eof)
+{
+    moxy_client_t *c = ctx;
+    if (evbuffer_get_length(from)) evbuffer_add_buffer(c->out, from);
+    if (eof) moxy_conn_shutdown(&c->conn);
+    if (moxy_client_send(c) != MOXY_OK) return MOXY_DONE;
+    if (eof && (c->eof || evbuffer_get_length(c->out) == 0)) {
+        moxy_client_close(c);
+        return MOXY_DONE;
+    }
+    return evbuffer_get_length(c->out) > MOXY_HIGH_WATER ? MOXY_AGAIN : MOXY_OK;
+}
+
 static const moxy_stream_ops_t stream_ops = {
     .hold = stream_hold,
     .release = stream_release,
     .read_on = stream_read_on,
+    .resume_read = stream_resume_read,
+    .send_head = stream_send_head,
+    .send_interim = stream_send_interim,
+    .send_body = stream_send_body,
+    .send_data = stream_send_data,
+    .flush = stream_flush,
+    .backlogged = stream_backlogged,
+    .sendfile = stream_sendfile,
     .response_done = stream_response_done,
+    .abort = stream_abort,
+    .tunnel = stream_tunnel,
+    .tunnel_relay = stream_tunnel_relay,
 };
 
 /* on_request's hooks that yielded are done. */
 static void request_hooks_done(moxy_req_t *r, int rc)
 {
     moxy_stream_ref_t s = moxy_req_stream(r);
-    client_after_hooks(r->c, rc);
+    client_after_hooks(r->stream_ctx, rc);
     moxy_stream_read_on(s, r);
-}
-
-/* on_log's hooks that yielded are done: the request (detached) ends. */
-static void log_hooks_done(moxy_req_t *r, int rc)
-{
-    MOXY_UNUSED(rc);
-    request_detached_end(r);
 }
 
 /* --- the body bytes that came with the head --- */
 
 int moxy_req_body_check(moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
+    moxy_client_t *c = r->stream_ctx;
     if (r->body_kind != MOXY_BODY_CHUNKED || r->body_sent || r->buffering || r->body_buffered ||
         !c->in || evbuffer_get_length(c->in) == 0)
         return MOXY_OK;
@@ -723,7 +633,7 @@ static void body_cancel(void *op)
 
 int moxy_req_read_body(moxy_req_t *r, uint64_t max)
 {
-    moxy_client_t *c = r->c;
+    moxy_client_t *c = r->stream_ctx;
     if (r->body_buffered) return MOXY_OK;
     if (r->body_status) return MOXY_ERROR;
     if (r->body_kind == MOXY_BODY_NONE) {
@@ -821,7 +731,7 @@ static int client_read_body(moxy_client_t *c)
     return MOXY_OK;
 }
 
-void moxy_client_resume_read(moxy_client_t *c)
+static void client_resume_read(moxy_client_t *c)
 {
     if (c->state == MOXY_C_ACTIVE && c->req && !c->req->body_done && !c->reading && !c->eof) {
         client_want_read(c);
@@ -985,8 +895,8 @@ static void client_process(moxy_client_t *c)
 static void stream_response_done(void *ctx, moxy_req_t *r)
 {
     moxy_client_t *c = ctx;
-    MOXY_UNUSED(r);
     if (c->state == MOXY_C_TUNNEL) return;
+    moxy_h1_write_end(c->out, r); /* the last chunk, with the trailers */
     client_finish_request(c);
 }
 

@@ -42,7 +42,7 @@ ssize_t moxy_io_read(struct evbuffer *b, int fd, size_t max)
 
 void moxy_io_move(struct evbuffer *dst, struct evbuffer *src, size_t n)
 {
-    if (n < 4096) {
+    if (n < MOXY_IO_COPY_MAX) {
         struct evbuffer_iovec v;
         if (evbuffer_peek(src, (ev_ssize_t)n, NULL, &v, 1) == 1 && v.iov_len >= n) {
             evbuffer_add(dst, v.iov_base, n);

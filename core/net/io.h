@@ -33,8 +33,10 @@ static inline size_t moxy_io_next_size(size_t cur, ssize_t got)
 }
 
 /* Move n bytes from the front of src to the end of dst.  Whole buffers are
- * handed over without copying; a small piece (under 4 KiB) is copied, so a
- * trickle of small reads cannot pile up big, mostly empty buffers in dst. */
+ * handed over without copying; a small piece (under MOXY_IO_COPY_MAX) is
+ * copied, so a trickle of small reads cannot pile up big, mostly empty
+ * buffers in dst.  A small piece must be memory, not a file segment. */
+#define MOXY_IO_COPY_MAX 4096
 void moxy_io_move(struct evbuffer *dst, struct evbuffer *src, size_t n);
 
 #endif

@@ -6,6 +6,8 @@
 #include "ops/generation.h"
 #include "api/geoip.h"
 #include "http/http.h"
+#include "http/request.h"
+#include "http1/http1.h"
 #include "proxy/http_fetch.h"
 #include "http/lua_bridge.h"
 
@@ -156,7 +158,7 @@ static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
         next = LIST_NEXT(c, link);
         if (c->req && c->req->g == g) moxy_client_close(c);
     }
-    moxy_client_end_detached(w, g);
+    moxy_req_end_detached(w, g);
     moxy_lua_wgen_cut(g);
     moxy_wgen_release(g);
 }
@@ -276,7 +278,7 @@ static void *worker_main(void *arg)
     /* Whatever is still open is cut: it is logged as aborted. */
     moxy_client_t *c;
     while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
-    moxy_client_end_detached(w, NULL);
+    moxy_req_end_detached(w, NULL);
     moxy_worker_buf_free_all(w);
     moxy_fetch_free_worker(w);
     moxy_alog_flush(&w->alog);

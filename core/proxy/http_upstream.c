@@ -382,8 +382,7 @@ static void try_hooks_ended(moxy_req_t *r, int rc, const char *why)
  * try would have). */
 static int pick_peer(moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
-    moxy_worker_t *w = c->w;
+    moxy_worker_t *w = r->w;
     moxy_upstream_t *up = r->g->conf->upstreams[r->pool].state;
     long long now = moxy_mono_ms();
     if (r->tries == 1) moxy_budget_request(up, now);
@@ -459,14 +458,13 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc)
 
 static void try_after_request_hooks(moxy_req_t *r, int rc)
 {
-    moxy_client_t *c = r->c;
     if (rc != MOXY_OK) {
         try_hooks_ended(r, rc, "script error in on_upstream_request");
         return;
     }
     if (r->expect_continue && !r->body_done && r->tries == 1) {
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-        if (moxy_client_send(c) != MOXY_OK) return;
+        moxy_stream_send_interim(r, 100, NULL);
+        if (moxy_stream_flush(r) != MOXY_OK) return;
     }
     try_connect(r);
 }
@@ -484,7 +482,7 @@ int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks)
      * what went before, and the next origin would read the body's bytes as
      * requests of their own.  Only a body buffered whole (txn:read_body) is
      * sent again. */
-    if (!r->retryable || r->tries >= tries_max(r) || r->resp_head_sent || r->c->dead ||
+    if (!r->retryable || r->tries >= tries_max(r) || r->resp_head_sent || moxy_req_client_gone(r) ||
         (r->body_kind != MOXY_BODY_NONE && !r->body_buffered && (r->body_read > 0 || r->body_sent)))
         return 0;
     /* another peer: another server of the pool, or what on_upstream says */
@@ -558,8 +556,7 @@ static int try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *wh
 
 static void try_connect(moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
-    moxy_worker_t *w = c->w;
+    moxy_worker_t *w = r->w;
     moxy_upconn_t *u = NULL;
     if (moxy_req_body_check(r) != MOXY_OK) return; /* a bad body answered before the origin sees the head */
     event_base_gettimeofday_cached(w->base, &r->up_started);
@@ -647,12 +644,11 @@ static void up_fail(moxy_upconn_t *u, int status, const char *why, int retry)
 
 void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
 {
-    moxy_client_t *c = r->c;
     moxy_req_origin_cut(r);
     if (r->resp_head_sent) {
         r->error = why;
         moxy_log(MOXY_LOG_WARN, r->id, "%s (response already started, connection cut)", why);
-        moxy_client_close(c);
+        moxy_stream_abort(r);
         return;
     }
     if (cache->stale_on_error(r, status)) return;
@@ -695,7 +691,7 @@ void moxy_upstream_send(moxy_upconn_t *u)
         event_add(&u->rev, u->g->ctv_upstream);
         u->read_timer = 1;
     }
-    if (r && left < MOXY_LOW_WATER) moxy_client_resume_read(r->c);
+    if (r && left < MOXY_LOW_WATER) moxy_stream_resume_read(r);
 }
 
 static void up_write(moxy_upconn_t *u, short what)
@@ -730,16 +726,23 @@ static void up_write(moxy_upconn_t *u, short what)
     moxy_upstream_send(u);
 }
 
+/* The stream of u's request (none when u is idle): held across an event of u. */
+static moxy_stream_ref_t client_of(const moxy_upconn_t *u)
+{
+    moxy_stream_ref_t none = {NULL, NULL};
+    return u->req ? moxy_req_stream(u->req) : none;
+}
+
 static void up_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     moxy_upconn_t *u = arg;
     MOXY_UNUSED(fd);
-    moxy_client_t *c = u->req ? u->req->c : NULL;
-    if (c) moxy_client_hold(c);
+    moxy_stream_ref_t s = client_of(u);
+    moxy_stream_hold(s);
     up_hold(u);
     up_write(u, what);
     up_release(u);
-    if (c) moxy_client_release(c);
+    moxy_stream_release(s);
 }
 
 void moxy_upstream_resume_read(moxy_upconn_t *u)
@@ -813,26 +816,12 @@ static int rs_header_value_complete(llhttp_t *p)
     return 0;
 }
 
-/* Forward an interim (1xx) response to an HTTP/1.1 client; 100 is moxy's own
+/* Forward an interim (1xx) response to the client; 100 is moxy's own
  * business with the client and is not forwarded. */
 static void up_interim(moxy_upconn_t *u, int status)
 {
     moxy_req_t *r = u->req;
-    moxy_client_t *c = r->c;
-    if (status != 100 && r->http_minor >= 1) {
-        const char *reason = moxy_status_reason(status);
-        struct evbuffer_iovec v;
-        size_t max = 32 + strlen(reason) + moxy_headers_size(&r->resp_headers);
-        if (evbuffer_reserve_space(c->out, (ev_ssize_t)max, &v, 1) == 1) {
-            char *p = v.iov_base;
-            p += sprintf(p, "HTTP/1.1 %d %s\r\n", status, reason);
-            p += moxy_headers_write(p, &r->resp_headers, 0, MOXY_HK_CL);
-            *p++ = '\r';
-            *p++ = '\n';
-            v.iov_len = (size_t)(p - (char *)v.iov_base);
-            evbuffer_commit_space(c->out, &v, 1);
-        }
-    }
+    if (status != 100) moxy_stream_send_interim(r, status, &r->resp_headers);
     r->resp_headers.n = 0;
 }
 
@@ -891,20 +880,7 @@ static int rs_headers_complete(llhttp_t *p)
 static int rs_chunk_header(llhttp_t *p)
 {
     moxy_upconn_t *u = p->data;
-    moxy_req_t *r = u->req;
-    if (p->content_length == 0) {
-        u->in_trailers = 1;
-        return 0;
-    }
-    if (r->resp_chunked_out && !r->filtering) moxy_chunk_head(r->c->out, p->content_length);
-    return 0;
-}
-
-static int rs_chunk_complete(llhttp_t *p)
-{
-    moxy_upconn_t *u = p->data;
-    moxy_req_t *r = u->req;
-    if (!u->in_trailers && r->resp_chunked_out && !r->filtering) evbuffer_add(r->c->out, "\r\n", 2);
+    if (p->content_length == 0) u->in_trailers = 1;
     return 0;
 }
 
@@ -917,7 +893,7 @@ static int rs_body(llhttp_t *p, const char *at, size_t n)
         evbuffer_add(r->filter_in, at, n);
         return 0;
     }
-    evbuffer_add(r->c->out, at, n);
+    moxy_stream_send_data(r, at, n);
     r->bytes_sent += n;
     return 0;
 }
@@ -925,14 +901,11 @@ static int rs_body(llhttp_t *p, const char *at, size_t n)
 static int rs_message_complete(llhttp_t *p)
 {
     moxy_upconn_t *u = p->data;
-    moxy_req_t *r = u->req;
     if (u->interim) {
         u->interim = 0;
         return 0;
     }
-    if (r->resp_body_kind == MOXY_BODY_CHUNKED && r->resp_chunked_out && !r->filtering)
-        moxy_chunk_end(r->c->out, &r->resp_trailers);
-    u->body_done = 1;
+    u->body_done = 1; /* the trailers go with the body's end (moxy_req_response_done) */
     return HPE_PAUSED;
 }
 
@@ -948,7 +921,6 @@ static const llhttp_settings_t *response_settings(void)
         s.on_header_value_complete = rs_header_value_complete;
         s.on_headers_complete = rs_headers_complete;
         s.on_chunk_header = rs_chunk_header;
-        s.on_chunk_complete = rs_chunk_complete;
         s.on_body = rs_body;
         s.on_message_complete = rs_message_complete;
         ready = 1;
@@ -1049,21 +1021,17 @@ static void up_eof_before_head(moxy_upconn_t *u)
  * MOXY_ERROR when a hook failed: the response is cut (its head is out). */
 static int filter_emit(moxy_req_t *r, int rc)
 {
-    moxy_client_t *c = r->c;
     if (rc == MOXY_ERROR) {
         r->error = "script error in on_body";
         moxy_log(MOXY_LOG_WARN, r->id, "response cut: script error in on_body");
-        moxy_client_close(c);
+        moxy_stream_abort(r);
         return MOXY_ERROR;
     }
     size_t n = evbuffer_get_length(r->filter_out);
     if (n) {
-        if (r->resp_chunked_out) moxy_chunk_head(c->out, n);
-        evbuffer_add_buffer(c->out, r->filter_out);
-        if (r->resp_chunked_out) evbuffer_add(c->out, "\r\n", 2);
+        moxy_stream_send_body(r, r->filter_out, n);
         r->bytes_sent += n;
     }
-    if (r->filter_final && r->resp_chunked_out) moxy_chunk_end(c->out, &r->resp_trailers);
     return MOXY_OK;
 }
 
@@ -1090,7 +1058,6 @@ static int filter_pump(moxy_req_t *r)
  * more of the origin's body. */
 void moxy_upstream_filter_continue(moxy_req_t *r)
 {
-    moxy_client_t *c = r->c;
     moxy_upconn_t *u = r->up;
     int rc = filter_pump(r);
     if (rc == MOXY_ERROR) return;
@@ -1102,8 +1069,8 @@ void moxy_upstream_filter_continue(moxy_req_t *r)
         moxy_req_response_done(r);
         return;
     }
-    if (moxy_client_send(c) != MOXY_OK || !u) return;
-    if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) {
+    if (moxy_stream_flush(r) != MOXY_OK || !u) return;
+    if (moxy_stream_backlogged(r)) {
         up_stop_read(u);
         return;
     }
@@ -1145,7 +1112,7 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     if (rc == MOXY_OK && moxy_upstream_filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
     if (rc == MOXY_OK) {
         if (cache->response_decide(r) == MOXY_OK) {
-            moxy_resp_write_head(r);
+            moxy_stream_send_head(r);
             return MOXY_OK;
         }
         rc = MOXY_DECLINED; /* a background fetch whose response is not stored */
@@ -1198,7 +1165,7 @@ static void response_hooks_done(moxy_req_t *r, int rc)
     if (up_after_response_hooks(u, rc) == MOXY_OK) {
         moxy_upstream_resume_read(u);
         if (evbuffer_get_length(u->in) > 0 || u->eof) up_process(u);
-        else moxy_client_send(r->c);
+        else moxy_stream_flush(r);
     }
     up_release(u);
 }
@@ -1229,20 +1196,24 @@ static int up_head_verdict(moxy_upconn_t *u)
     return MOXY_OK;
 }
 
+/* n bytes of the origin's response body at the front of from: to the
+ * on_body hooks when they filter it, else to the client. */
+static void up_body(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    if (r->filtering) {
+        moxy_io_move(r->filter_in, from, n);
+        return;
+    }
+    moxy_stream_send_body(r, from, n);
+    r->bytes_sent += n;
+}
+
 static void up_process(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
-    moxy_client_t *c = r->c;
 
-    if (c->state == MOXY_C_TUNNEL) {
-        if (evbuffer_get_length(u->in)) evbuffer_add_buffer(c->out, u->in);
-        if (u->eof) moxy_conn_shutdown(&c->conn);
-        if (moxy_client_send(c) != MOXY_OK) return;
-        if (u->eof && (c->eof || evbuffer_get_length(c->out) == 0)) {
-            moxy_client_close(c);
-            return;
-        }
-        if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) up_stop_read(u);
+    if (r->tunnel) {
+        if (moxy_stream_tunnel_relay(r, u->in, u->eof) == MOXY_AGAIN) up_stop_read(u);
         return;
     }
     if (r->hook) {
@@ -1264,7 +1235,7 @@ static void up_process(moxy_upconn_t *u)
         }
         if (rc == MOXY_AGAIN) {
             if (u->eof) up_eof_before_head(u);
-            else if (evbuffer_get_length(c->out) > 0) moxy_client_send(c); /* 1xx */
+            else moxy_stream_flush(r); /* 1xx */
             return;
         }
         u->head_done = 1;
@@ -1281,11 +1252,10 @@ static void up_process(moxy_upconn_t *u)
                 up_fail(u, 502, "origin switched to a protocol the listener does not allow", 0);
                 return;
             }
-            moxy_resp_write_head(r);
-            moxy_client_tunnel(c);
-            if (c->dead) return;
+            moxy_stream_send_head(r);
+            if (moxy_stream_tunnel(r) != MOXY_OK) return; /* the client closed */
             if (evbuffer_get_length(u->in) || u->eof) up_process(u);
-            else moxy_client_send(c);
+            else moxy_stream_flush(r);
             return;
         }
         cache->response_head(r);
@@ -1310,8 +1280,6 @@ static void up_process(moxy_upconn_t *u)
         if (up_after_response_hooks(u, rc2) != MOXY_OK) return;
     }
 
-    struct evbuffer *to = r->filtering ? r->filter_in : c->out;
-    int framed = r->resp_chunked_out && !r->filtering; /* we chunk here, not the filter */
     int done = 0;
     switch (r->resp_body_kind) {
     case MOXY_BODY_NONE:
@@ -1322,16 +1290,15 @@ static void up_process(moxy_upconn_t *u)
         size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
         if (n) {
             if (r->cache_fill) cache->response_body_buffer(r, u->in, n);
-            moxy_io_move(to, u->in, n);
+            up_body(r, u->in, n);
             r->resp_body_left -= n;
-            if (!r->filtering) r->bytes_sent += n;
         }
         done = r->resp_body_left == 0;
         break;
     }
     case MOXY_BODY_CHUNKED: {
         const char *why = NULL;
-        int rc = up_parse(u, &why); /* rs_body writes to c->out or filter_in */
+        int rc = up_parse(u, &why); /* rs_body sends or filters the pieces */
         if (rc == MOXY_ERROR) {
             moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, why);
             u->keepalive = 0;
@@ -1345,15 +1312,9 @@ static void up_process(moxy_upconn_t *u)
         size_t have = evbuffer_get_length(u->in);
         if (have) {
             if (r->cache_fill) cache->response_body_buffer(r, u->in, have);
-            if (framed) moxy_chunk_head(c->out, have);
-            moxy_io_move(to, u->in, have);
-            if (framed) evbuffer_add(c->out, "\r\n", 2);
-            if (!r->filtering) r->bytes_sent += have;
+            up_body(r, u->in, have);
         }
-        if (u->eof) {
-            if (framed) moxy_chunk_end(c->out, NULL);
-            done = 1;
-        }
+        if (u->eof) done = 1;
         break;
     }
     }
@@ -1377,8 +1338,8 @@ static void up_process(moxy_upconn_t *u)
         moxy_upstream_filter_continue(r);
         return;
     }
-    if (moxy_client_send(c) != MOXY_OK) return;
-    if (evbuffer_get_length(c->out) > MOXY_HIGH_WATER) up_stop_read(u);
+    if (moxy_stream_flush(r) != MOXY_OK) return;
+    if (moxy_stream_backlogged(r)) up_stop_read(u);
 }
 
 static void up_read(moxy_upconn_t *u, short what)
@@ -1387,8 +1348,8 @@ static void up_read(moxy_upconn_t *u, short what)
     if (what & EV_TIMEOUT) {
         if (!r) {
             moxy_upconn_close(u); /* idle too long */
-        } else if (r->c->state == MOXY_C_TUNNEL) {
-            moxy_client_close(r->c);
+        } else if (r->tunnel) {
+            moxy_stream_abort(r);
         } else {
             up_fail(u, 504, "origin read timed out", 1);
         }
@@ -1423,10 +1384,10 @@ static void up_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     moxy_upconn_t *u = arg;
     MOXY_UNUSED(fd);
-    moxy_client_t *c = u->req ? u->req->c : NULL;
-    if (c) moxy_client_hold(c);
+    moxy_stream_ref_t s = client_of(u);
+    moxy_stream_hold(s);
     up_hold(u);
     up_read(u, what);
     up_release(u);
-    if (c) moxy_client_release(c);
+    moxy_stream_release(s);
 }
