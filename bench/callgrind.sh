@@ -6,6 +6,7 @@
 #   bench/callgrind.sh                 variants nohook noop moxy jit, 2000 requests each
 #   N=5000 VARIANTS="moxy" bench/callgrind.sh
 #   VARIANTS="moxy nginx nginx-lua" bench/callgrind.sh   (the nginx peers of run.sh)
+#   VARIANTS="cache" bench/callgrind.sh   (cache hits: bench/moxy-cache-bench.lua)
 #   MOXY_BIN=/path/to/moxy bench/callgrind.sh
 #
 # For each variant (bench/moxy-bench.lua's MOXY_BENCH_VARIANT, or nginx /
@@ -83,6 +84,12 @@ for variant in $VARIANTS; do
         valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
             nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off; master_process off;' \
             >"$WORK/$variant.log" 2>&1 &
+        ;;
+    cache)
+        # the warm-up's first request stores /bytes/100; the N that follow are hits
+        (cd "$REPO_DIR/bench" && LISTEN_PORT=$LISTEN_PORT ORIGIN_ADDR=127.0.0.1:$ORIGIN_PORT \
+            exec valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
+            "$MOXY_BIN" -c "$REPO_DIR/bench/moxy-cache-bench.lua") >"$WORK/moxy.$variant.log" 2>&1 &
         ;;
     *)
         LISTEN_PORT=$LISTEN_PORT ORIGIN_PORT=$ORIGIN_PORT MOXY_BENCH_VARIANT=$variant \

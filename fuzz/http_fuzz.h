@@ -32,6 +32,7 @@
 #include "base/log.h"
 #include "proxy/upstream.h"
 #include "ops/workers.h"
+#include "ops/modules.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -660,15 +661,12 @@ static void setup(void)
     fprintf(f, CONF, origin_port);
     fclose(f);
     const char *dbg = getenv("HTTP_FUZZ_LOG");
+    moxy_modules_setup();
     moxy_gen_t *gen = moxy_gen_load(path, NULL, 1, stderr);
     unlink(path);
     rmdir(dir);
     if (!gen) abort();
     moxy_log_open_error(dbg ? "stderr" : "/dev/null", dbg ? MOXY_LOG_DEBUG : MOXY_LOG_ERR);
-    moxy_http_init();
-    moxy_upstream_http_init();
-    moxy_req_set_content_handler(moxy_cache_content);
-    moxy_upstream_set_cache(&moxy_cache_for_proxy);
     W = moxy_worker_new(gen, 0);
     moxy_gen_release(gen); /* the worker's generation holds it */
     if (!W || W->error[0]) {

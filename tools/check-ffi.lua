@@ -1,5 +1,6 @@
 -- check-ffi.lua: each Lua module's ffi.cdef must declare exactly what
--- core/api/ffi.h exports for it, between "BEGIN FFI <module file>" and "END FFI";
+-- the C headers export for it, between "BEGIN FFI <module file>" and "END FFI"
+-- (core/api/ffi.h, and the headers of modules below api/ that export their own);
 -- and the constants C and Lua share (phase numbers, txn field, number and flag
 -- numbers, the ABI) must have the same values on both sides.  Run from the
 -- source root: `luajit tools/check-ffi.lua`; exits 1 and says what differs.
@@ -24,33 +25,50 @@ end
 
 local M = {}
 
--- Every "BEGIN FFI <lua file>" ... "END FFI" block of core/api/ffi.h against the
+-- The C headers under core/ (one folder level), core/api/ffi.h first.
+local function headers(root)
+  local list = { "core/api/ffi.h" }
+  local p = assert(io.popen("cd '" .. root .. "' && ls core/*/*.h"))
+  for path in p:lines() do
+    if path ~= "core/api/ffi.h" then list[#list + 1] = path end
+  end
+  p:close()
+  return list
+end
+
+-- Every "BEGIN FFI <lua file>" ... "END FFI" block of the headers against the
 -- first ffi.cdef of that Lua file (a block without a file name: txn.lua).
 -- Returns a list of problems (empty when they all agree).
 function M.compare(root)
   root = root or "."
-  local header = read(root .. "/core/api/ffi.h")
-  local problems, nblocks = {}, 0
-  for file, h in header:gmatch("/%* BEGIN FFI ?([%w_/%.%-]*) %*/(.-)/%* END FFI %*/") do
-    nblocks = nblocks + 1
-    if file == "" then file = "lua/moxy/txn.lua" end
-    local lua = read(root .. "/" .. file):match("ffi%.cdef%s*%[%[(.-)%]%]")
-    if not lua then
-      problems[#problems + 1] = file .. ": no ffi.cdef block"
-    else
-      local a, b = decls(h), decls(lua)
-      local seta, setb = {}, {}
-      for _, d in ipairs(a) do seta[d] = true end
-      for _, d in ipairs(b) do setb[d] = true end
-      for _, d in ipairs(a) do
-        if not setb[d] then problems[#problems + 1] = "only in core/api/ffi.h: " .. d end
+  local problems, nblocks, seen = {}, 0, {}
+  for _, path in ipairs(headers(root)) do
+    local header = read(root .. "/" .. path)
+    for file, h in header:gmatch("/%* BEGIN FFI ?([%w_/%.%-]*) %*/(.-)/%* END FFI %*/") do
+      nblocks = nblocks + 1
+      if file == "" then file = "lua/moxy/txn.lua" end
+      if seen[file] then
+        problems[#problems + 1] = ("%s: a second block for %s (the first is in %s)"):format(path, file, seen[file])
       end
-      for _, d in ipairs(b) do
-        if not seta[d] then problems[#problems + 1] = "only in " .. file .. ": " .. d end
+      seen[file] = path
+      local lua = read(root .. "/" .. file):match("ffi%.cdef%s*%[%[(.-)%]%]")
+      if not lua then
+        problems[#problems + 1] = file .. ": no ffi.cdef block"
+      else
+        local a, b = decls(h), decls(lua)
+        local seta, setb = {}, {}
+        for _, d in ipairs(a) do seta[d] = true end
+        for _, d in ipairs(b) do setb[d] = true end
+        for _, d in ipairs(a) do
+          if not setb[d] then problems[#problems + 1] = "only in " .. path .. ": " .. d end
+        end
+        for _, d in ipairs(b) do
+          if not seta[d] then problems[#problems + 1] = "only in " .. file .. ": " .. d end
+        end
       end
     end
   end
-  if nblocks == 0 then problems[#problems + 1] = "core/api/ffi.h: no BEGIN FFI / END FFI block" end
+  if nblocks == 0 then problems[#problems + 1] = "core/*/*.h: no BEGIN FFI / END FFI block" end
   return problems
 end
 
@@ -144,7 +162,7 @@ if arg and arg[0] and arg[0]:match("check%-ffi%.lua$") then
   for _, p in ipairs(M.compare_constants(".")) do problems[#problems + 1] = p end
   for _, p in ipairs(problems) do io.stderr:write(p, "\n") end
   if #problems > 0 then os.exit(1) end
-  print("check-ffi: core/api/ffi.h and the Lua cdefs agree, and so do the constants they share")
+  print("check-ffi: the C headers' FFI blocks and the Lua cdefs agree, and so do the constants they share")
 end
 
 return M

@@ -6,7 +6,11 @@
  *
  * Each block "BEGIN FFI <file>" ... "END FFI" lists what the ffi.cdef of that
  * Lua module declares: tools/check-ffi.lua (make lint, and a spec) compares
- * them.  Bump MOXY_FFI_ABI on any change.
+ * them.  Bump MOXY_FFI_ABI on any change.  The blocks of modules that live
+ * below api/ are in their own headers, so that nothing below includes this
+ * one: lua/moxy/runtime.lua in http/lua_bridge.h, shared.lua in
+ * base/shared_dict.h, http.lua in proxy/http_fetch.h, upstream.lua in
+ * proxy/upstream.h.
  */
 #ifndef MOXY_FFI_H
 #define MOXY_FFI_H
@@ -122,26 +126,6 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 int moxy_ffi_cache_purge(const char *key, size_t len, int prefix);
 /* END FFI */
 
-/* BEGIN FFI lua/moxy/runtime.lua */
-/* Park the running hook (or timer callback) for secs: it yields next, and
- * is resumed when the time is up.  MOXY_DECLINED outside hooks. */
-int moxy_ffi_sleep(double secs);
-
-/* Call runtime.timers[id] after delay seconds, then every interval seconds
- * (interval > 0) until cancelled.  MOXY_DECLINED: no event loop on this
- * thread (moxy -t, init); MOXY_ERROR: too many timers. */
-int moxy_ffi_timer_add(double delay, double interval, int id);
-
-/* Cancel timer id (a running callback finishes).  MOXY_DECLINED: unknown. */
-int moxy_ffi_timer_cancel(int id);
-
-/* moxy.watch: with watch = true, a change to the file at path (len bytes,
- * relative to the configuration's directory) reloads.  Recorded while the
- * main thread loads a generation's scripts (their top level and init
- * hooks); a no-op in workers.  MOXY_ERROR: out of memory. */
-int moxy_ffi_watch(const char *path, size_t len);
-/* END FFI */
-
 /* Field numbers of moxy_ffi_req_field (also in txn.lua). */
 enum {
     MOXY_FFI_F_METHOD = 0,
@@ -178,152 +162,6 @@ enum {
     MOXY_FFI_FLAG_RETRYABLE = 0, /* may go to another peer after a failure */
     MOXY_FFI_FLAG_NO_FILTER,     /* the response body skips on_body */
 };
-
-/* BEGIN FFI lua/moxy/shared.lua */
-typedef struct moxy_shdict_s moxy_shdict_t;
-
-/* What moxy_ffi_shdict_stats fills in, summed over the dict's stripes:
- * capacity (bytes, the configured size), used (bytes counted: keys + values
- * + a per-item overhead), items (expired ones not met yet included),
- * evictions (live items dropped to make room), hits and misses (of get). */
-typedef struct {
-    size_t capacity, used, items, evictions, hits, misses;
-} moxy_shdict_stats_t;
-
-/* The type tag of a stored value. */
-enum {
-    MOXY_SHDICT_NIL = 0,     /* no value: moxy_ffi_shdict_store deletes the key */
-    MOXY_SHDICT_STRING = 1,  /* bytes */
-    MOXY_SHDICT_NUMBER = 2,  /* a double, in num */
-    MOXY_SHDICT_BOOLEAN = 3, /* 0 or 1, in num */
-    MOXY_SHDICT_TABLE = 4    /* bytes of LuaJIT's string.buffer encode */
-};
-
-/* What moxy_ffi_shdict_store does about the key being there or not. */
-enum {
-    MOXY_SHDICT_SET = 0,    /* store either way */
-    MOXY_SHDICT_ADD = 1,    /* only when absent, else MOXY_SHDICT_E_EXISTS */
-    MOXY_SHDICT_REPLACE = 2 /* only when present, else MOXY_SHDICT_E_NOT_FOUND */
-};
-
-/* Why a call failed, in its *err out-parameter. */
-enum {
-    MOXY_SHDICT_E_NO_MEMORY = 1, /* bigger than a stripe's budget, or malloc failed */
-    MOXY_SHDICT_E_EXISTS = 2,
-    MOXY_SHDICT_E_NOT_FOUND = 3,
-    MOXY_SHDICT_E_NOT_NUMBER = 4,
-    MOXY_SHDICT_E_BAD_KEY = 5 /* empty, or longer than 65535 bytes */
-};
-
-/* The dict called name (nlen bytes), or NULL when none was created. */
-moxy_shdict_t *moxy_ffi_shdict_find(const char *name, size_t nlen);
-
-/* For tests and tools: the dict called name, created with a budget of size
- * bytes when absent (an existing one is returned as it is, data and size).
- * NULL: size 0 or out of memory.  The registry owns it until exit. */
-moxy_shdict_t *moxy_ffi_shdict_create(const char *name, size_t nlen, size_t size);
-
-/* Copy key's value out, under the lock.  *type gets its MOXY_SHDICT_* tag,
- * *num the number (or boolean 0/1).  A string or table is copied into *val,
- * a caller buffer of *vlen bytes, or when longer into a malloc'd buffer put
- * in *val with *must_free = 1 (free it with moxy_ffi_shdict_free); *vlen gets
- * its length.  MOXY_OK; MOXY_DECLINED: absent or expired (a miss);
- * MOXY_ERROR: bad key, or out of memory. */
-int moxy_ffi_shdict_get(moxy_shdict_t *d, const char *key, size_t klen, int *type, char **val,
-                        size_t *vlen, double *num, int *must_free);
-
-/* Store under key, as op (MOXY_SHDICT_SET/ADD/REPLACE) says, a value of type
- * (MOXY_SHDICT_NIL deletes the key): the slen bytes at str (copied) for a
- * string or table, num for a number or boolean; it expires in ttl seconds
- * (0: never).  MOXY_OK; MOXY_DECLINED with *err E_EXISTS (ADD) or
- * E_NOT_FOUND (REPLACE); MOXY_ERROR with *err E_NO_MEMORY or E_BAD_KEY
- * (then an old value is left as it was). */
-int moxy_ffi_shdict_store(moxy_shdict_t *d, int op, const char *key, size_t klen, int type,
-                          const char *str, size_t slen, double num, double ttl, int *err);
-
-/* Add by to key's number atomically; *out gets the sum.  An absent key is
- * created as init + by, expiring in ttl seconds (0: never), when has_init;
- * else MOXY_DECLINED (*err E_NOT_FOUND).  An existing key keeps its ttl.
- * MOXY_ERROR with *err E_NOT_NUMBER, E_NO_MEMORY or E_BAD_KEY. */
-int moxy_ffi_shdict_incr(moxy_shdict_t *d, const char *key, size_t klen, double by, double init,
-                         int has_init, double ttl, double *out, int *err);
-
-/* Seconds key has left into *ttl (0: never expires).  MOXY_DECLINED: absent. */
-int moxy_ffi_shdict_ttl(moxy_shdict_t *d, const char *key, size_t klen, double *ttl);
-
-/* Make key expire ttl seconds from now (0: never).  MOXY_DECLINED: absent. */
-int moxy_ffi_shdict_expire(moxy_shdict_t *d, const char *key, size_t klen, double ttl);
-
-/* Up to max live keys (max <= 0: all), stripe by stripe, each under its own
- * lock (not a snapshot of the whole dict), in a malloc'd *buf of *len bytes
- * (NULL when there is none; free it with moxy_ffi_shdict_free): *count
- * entries, each a size_t length, the key's bytes, padding to a multiple of
- * sizeof(size_t).  MOXY_OK, or MOXY_ERROR when out of memory. */
-int moxy_ffi_shdict_keys(moxy_shdict_t *d, int max, char **buf, size_t *len, int *count);
-
-/* Remove every item (the counters of the stats stay). */
-void moxy_ffi_shdict_flush_all(moxy_shdict_t *d);
-
-/* Fill *out; see moxy_shdict_stats_t. */
-void moxy_ffi_shdict_stats(moxy_shdict_t *d, moxy_shdict_stats_t *out);
-
-/* Free a buffer that moxy_ffi_shdict_get or moxy_ffi_shdict_keys malloc'd. */
-void moxy_ffi_shdict_free(void *p);
-/* END FFI */
-
-/* BEGIN FFI lua/moxy/http.lua */
-/* Start an HTTP/1.1 call for the running hook or timer callback, which then
- * waits (runtime.wait) for its result: a table { status, headers, body }, or
- * nil and an error.  host (hlen bytes: an IP literal without brackets, or a
- * name) and port say where to connect; req (rlen bytes, copied) is the whole
- * request, head and body; head: a HEAD request (no body comes back);
- * keepalive: the connection may be kept and reused; timeout: seconds for
- * the whole call; connect_timeout: seconds per connect (<= 0: the
- * configuration's timeouts.connect); max_body: bytes the response body may
- * have.  MOXY_OK: started; MOXY_DECLINED: no hook or timer callback runs;
- * MOXY_ERROR: failed at once, the reason in err (errlen bytes, NUL-ended). */
-int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req, size_t rlen,
-                        int head, int keepalive, double timeout, double connect_timeout,
-                        size_t max_body, char *err, size_t errlen);
-/* END FFI */
-
-/* BEGIN FFI lua/moxy/upstream.lua */
-/* One peer of a pool as moxy.upstream.peers() shows it. */
-typedef struct {
-    const char *addr;      /* as configured; valid while the configuration is */
-    int state;             /* 0 up, 1 down (ejected), 2 unhealthy, 3 drained, 4 unresolved */
-    int weight;            /* configured */
-    double weight_now;     /* with slow start */
-    int backup, max_conns;
-    int active;            /* requests in flight, all workers */
-    double ewma_ms;        /* latency EWMA to the response head; 0: no sample */
-    int fails;             /* consecutive failures */
-    double down_for;       /* seconds left of an ejection; 0: none */
-    unsigned long long requests, failures, checks;
-    unsigned long long ejections;   /* passive health ejections */
-    unsigned long long transitions; /* health-check verdict changes (up <-> unhealthy) */
-    char check_error[96];  /* why the last health check failed, "" */
-} moxy_ffi_peer_t;
-
-/* Peers of the pool called name (len bytes) in the running configuration;
- * -1: no such pool, -2: no configuration here (not in a hook or timer). */
-int moxy_ffi_upstream_npeers(const char *name, size_t len);
-
-/* Fill *out with peer i of the pool called name.  MOXY_OK or MOXY_DECLINED. */
-int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t *out);
-
-/* Drain (drained = 1) or enable the peer addr of the pool called name, for
- * every worker.  MOXY_OK; MOXY_DECLINED: no such pool or peer. */
-int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained);
-
-/* Peers of the pool called name that can take a request now (usable and
- * under max_conns); -1: no such pool; -2: no configuration here. */
-int moxy_ffi_upstream_usable(const char *name, size_t len);
-
-/* The pool's retries and retries the budget refused, since start. */
-int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long long *retries,
-                              unsigned long long *denied);
-/* END FFI */
 
 /* BEGIN FFI lua/moxy/geo.lua */
 /* A value of txn.client.geo (moxy_ffi_geo_client). */

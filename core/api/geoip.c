@@ -10,6 +10,7 @@
  * A field is taken from the first database (in name order) that has it,
  * whatever its type: City, Country, ASN, Anonymous-IP or a custom one.
  */
+#include "http/lifecycle.h"
 #include "api/geoip.h"
 #include "api/ffi.h"
 #include "http/http.h"
@@ -130,10 +131,10 @@ static geo_version_t *version_get(moxy_worker_t *w, int i)
     geo_db_t *db = &dbs[i];
     geo_version_t *cur = atomic_load_explicit(&db->current, memory_order_acquire);
     if (!w) return cur;
-    geo_slots_t *sl = w->geo;
+    geo_slots_t *sl = *moxy_worker_slot(w, &moxy_geoip_module);
     if (!sl || sl->gen != registry_gen) { /* first lookup, or another set of databases */
         slots_free(sl);
-        w->geo = sl = calloc(1, sizeof(*sl) + (size_t)ndbs * sizeof(sl->v[0]));
+        *moxy_worker_slot(w, &moxy_geoip_module) = sl = calloc(1, sizeof(*sl) + (size_t)ndbs * sizeof(sl->v[0]));
         if (!sl) return NULL;
         sl->gen = registry_gen;
         sl->n = ndbs;
@@ -151,7 +152,7 @@ static geo_version_t *version_get(moxy_worker_t *w, int i)
 
 void moxy_geoip_worker_refresh(moxy_worker_t *w)
 {
-    geo_slots_t *sl = w->geo;
+    geo_slots_t *sl = *moxy_worker_slot(w, &moxy_geoip_module);
     if (!sl || sl->gen != registry_gen) return;
     for (int i = 0; i < sl->n; i++) {
         if (sl->v[i] && sl->v[i] != atomic_load(&dbs[i].current)) {
@@ -163,8 +164,8 @@ void moxy_geoip_worker_refresh(moxy_worker_t *w)
 
 void moxy_geoip_worker_free(moxy_worker_t *w)
 {
-    slots_free(w->geo);
-    w->geo = NULL;
+    slots_free(*moxy_worker_slot(w, &moxy_geoip_module));
+    *moxy_worker_slot(w, &moxy_geoip_module) = NULL;
 }
 
 /* --- the registry --- */
@@ -557,3 +558,9 @@ EXPORT int moxy_ffi_geo_lookup(const char *ip, size_t iplen, int db, moxy_ffi_ge
     *n = count;
     return MOXY_OK;
 }
+
+moxy_module_t moxy_geoip_module = {
+    .name = "geoip",
+    .worker_tick = moxy_geoip_worker_refresh,
+    .worker_free = moxy_geoip_worker_free,
+};

@@ -47,4 +47,7 @@ void moxy_geoip_worker_refresh(moxy_worker_t *w);
 /* A worker ends: let go of every version it holds. */
 void moxy_geoip_worker_free(moxy_worker_t *w);
 
+/* The GeoIP databases' part in a worker's life (lifecycle.h): its versions in a worker slot, refreshed each second, freed with the worker. */
+extern struct moxy_module_s moxy_geoip_module;
+
 #endif

@@ -18,6 +18,7 @@
 #include "api/geoip.h"
 #include "base/headers.h"
 #include "http/http.h"
+#include "http/body_filter.h"
 #include "http/request.h"
 #include "http/lua_bridge.h"
 #include "proxy/upstream.h"
@@ -434,7 +435,7 @@ EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
 
 EXPORT int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks)
 {
-    /* moxy_upstream_filter_start + moxy_stream_send_head: the head is out */
+    /* moxy_body_filter_start + moxy_stream_send_head: the head is out */
     r->filtering = body_hooks && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
     r->resp_head_sent = 1;
     r->resp_state = MOXY_R_BODY;

@@ -3,7 +3,6 @@
  * shared_dict.h for the model and ffi.h for the contracts of the exports.
  */
 #include "base/shared_dict.h"
-#include "api/ffi.h"
 #include "base/siphash.h"
 
 #include <pthread.h>

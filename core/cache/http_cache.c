@@ -13,8 +13,10 @@
  */
 #include "cache/cache.h"
 #include "cache/cache_policy.h"
+#include "cache/http_cache.h"
 #include "base/headers.h"
 #include "http/http.h"
+#include "http/body_filter.h"
 #include "http/request.h"
 #include "base/log.h"
 #include "base/addr.h"
@@ -33,14 +35,14 @@
 
 /* r holds something of the cache's (an object reference, a flight, a
  * wait): moxy_cache_req_free lets it go when r ends. */
-static void cache_attach(moxy_req_t *r)
+void moxy_cache_attach(moxy_req_t *r)
 {
     moxy_req_cleanup_add(r, moxy_cache_req_free);
 }
 
 /* --- the key --- */
 
-static int make_key(moxy_req_t *r)
+int moxy_cache_make_key(moxy_req_t *r)
 {
     if (r->cache_key) return MOXY_OK; /* txn.cache.key set in on_request */
     r->cache_key = moxy_cache_build_key(&r->mem, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
@@ -68,16 +70,16 @@ static int variant_matches(const moxy_cache_obj_t *o, void *arg)
 
 /* --- age and freshness (RFC 9111 4.2) --- */
 
-static double tv_secs(const struct timeval *tv)
+double moxy_cache_tv_secs(const struct timeval *tv)
 {
     return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
 }
 
-static double wall_now(const moxy_req_t *r)
+double moxy_cache_wall_now(const moxy_req_t *r)
 {
     struct timeval now;
     event_base_gettimeofday_cached(r->w->base, &now);
-    return tv_secs(&now);
+    return moxy_cache_tv_secs(&now);
 }
 
 static double current_age(const moxy_cache_obj_t *o, double now)
@@ -92,7 +94,7 @@ static double current_age(const moxy_cache_obj_t *o, double now)
  * be revalidated before every use, or has s-maxage, which implies
  * proxy-revalidate for a shared cache (RFC 9111 5.2.2.10; the origin's
  * own stale-if-error or stale-while-revalidate still counts). */
-static int stale_if_error_allows(const moxy_req_t *r, const moxy_cache_obj_t *o, double now)
+int moxy_cache_stale_if_error_allows(const moxy_req_t *r, const moxy_cache_obj_t *o, double now)
 {
     double window = o->stale_if_error;
     if (window < 0 && !o->no_cache && !o->s_maxage && r->g->conf->cache.stale_if_error > 0)
@@ -109,8 +111,7 @@ static int fresh_now(const moxy_cache_obj_t *o, double now)
 
 /* --- Cache-Status (RFC 9211) and Age on the response --- */
 
-static void set_status_field(moxy_req_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_status_field(moxy_req_t *r, const char *fmt, ...)
+void moxy_cache_set_status(moxy_req_t *r, const char *fmt, ...)
 {
     char buf[128];
     va_list ap;
@@ -125,7 +126,7 @@ static void set_status_field(moxy_req_t *r, const char *fmt, ...)
 
 /* Count r's lookup as a hit or a miss, in its worker's counts (r's own
  * thread: one writer, no locked instruction on the request path). */
-static void count_lookup(moxy_req_t *r, int hit)
+void moxy_cache_count_lookup(moxy_req_t *r, int hit)
 {
     moxy_stats_t *st = &r->w->stats;
     if (hit) MOXY_STAT_ADD(st->cache_hits, 1);
@@ -222,7 +223,7 @@ static int send_body(moxy_req_t *r, moxy_cache_obj_t *o, uint64_t from, uint64_t
 
 /* The "Name: value\r\n" lines of a stored head (len bytes) appended to
  * list, copied into pool.  MOXY_ERROR: out of memory. */
-static int head_parse(moxy_pool_t *pool, const char *head, size_t len, moxy_headers_t *list)
+int moxy_cache_head_parse(moxy_pool_t *pool, const char *head, size_t len, moxy_headers_t *list)
 {
     for (const char *p = head, *end = head + len; p < end;) {
         const char *colon = memchr(p, ':', (size_t)(end - p));
@@ -239,13 +240,13 @@ static int head_parse(moxy_pool_t *pool, const char *head, size_t len, moxy_head
 static int load_head(moxy_req_t *r, const moxy_cache_obj_t *o)
 {
     r->resp_headers.n = 0;
-    return head_parse(&r->mem, o->head, o->head_len, &r->resp_headers);
+    return moxy_cache_head_parse(&r->mem, o->head, o->head_len, &r->resp_headers);
 }
 
 /* Serve r from o (a fresh hit, or a 304 for the client's condition). */
-static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
+void moxy_cache_serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
-    cache_attach(r);
+    moxy_cache_attach(r);
     r->cache_obj = o;
     r->cache_hit = 1;
     if (load_head(r, o) != MOXY_OK) {
@@ -258,11 +259,11 @@ static void serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     int n = snprintf(ab, sizeof(ab), "%.0f", floor(age));
     moxy_headers_add(&r->mem, &r->resp_headers, "Age", 3, ab, (size_t)n);
     if (r->cache_fwd_status == 304) /* revalidated */
-        set_status_field(r, "moxy; fwd=stale; fwd-status=304; stored; ttl=%.0f", floor(o->lifetime - age));
+        moxy_cache_set_status(r, "moxy; fwd=stale; fwd-status=304; stored; ttl=%.0f", floor(o->lifetime - age));
     else if (r->cache_fwd_status) /* the origin failed: stale-if-error */
-        set_status_field(r, "moxy; fwd=stale; fwd-status=%d; ttl=%.0f", r->cache_fwd_status, floor(o->lifetime - age));
+        moxy_cache_set_status(r, "moxy; fwd=stale; fwd-status=%d; ttl=%.0f", r->cache_fwd_status, floor(o->lifetime - age));
     else
-        set_status_field(r, "moxy; hit; ttl=%.0f%s", floor(o->lifetime - age), r->cache_collapsed ? "; collapsed" : "");
+        moxy_cache_set_status(r, "moxy; hit; ttl=%.0f%s", floor(o->lifetime - age), r->cache_collapsed ? "; collapsed" : "");
     r->status = o->status;
     r->up_status = o->status;
     /* streaming from an object still filling: its announced length (its
@@ -329,7 +330,7 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
         return;
     }
-    if (rc != MOXY_OK || moxy_upstream_filter_start(r) != MOXY_OK) {
+    if (rc != MOXY_OK || moxy_body_filter_start(r) != MOXY_OK) {
         moxy_req_fail(r, 500, rc != MOXY_OK ? "script error in on_response" : "out of memory");
         return;
     }
@@ -355,7 +356,7 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         return;
     }
     r->filter_eof = 1;
-    moxy_upstream_filter_continue(r);
+    moxy_body_filter_continue(r);
 }
 
 /* PURGE on a cached URI, from an address cache.purge allows: every variant
@@ -371,7 +372,7 @@ static int purge_method(moxy_req_t *r)
         moxy_resp_error(r, 403, "PURGE is not allowed from this address (cache.purge)");
         return MOXY_DONE;
     }
-    if (make_key(r) != MOXY_OK) {
+    if (moxy_cache_make_key(r) != MOXY_OK) {
         moxy_req_fail(r, 500, "out of memory");
         return MOXY_DONE;
     }
@@ -400,12 +401,12 @@ static int client_conditional(const moxy_req_t *r)
 static void keep_stale(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
     int validators = (o->etag || o->last_modified) && !client_conditional(r) && r->method == HTTP_GET;
-    int on_error = stale_if_error_allows(r, o, now);
+    int on_error = moxy_cache_stale_if_error_allows(r, o, now);
     if (!validators && !on_error) {
         moxy_cache_obj_unref(o);
         return;
     }
-    cache_attach(r);
+    moxy_cache_attach(r);
     r->cache_reval = o;
     r->cache_conditional = validators; /* moxy_upstream_write_head adds them to what the origin gets */
     r->cache_etag = o->etag;
@@ -445,7 +446,7 @@ static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
     b->cache_key = key;
     b->cache_klen = r->cache_klen;
     b->cache_hash = r->cache_hash;
-    cache_attach(b);
+    moxy_cache_attach(b);
     b->cache_lookup = 1;
     b->cache_leader = 1;
     b->cache_background = 1;
@@ -468,14 +469,14 @@ static int background_start(moxy_req_t *r, moxy_cache_obj_t *stale, double now)
  * refresh now starts in the background; 0: r refreshes it itself. */
 static int stale_while_revalidate(moxy_req_t *r, moxy_cache_obj_t *o, double now)
 {
-    cache_attach(r);
+    moxy_cache_attach(r);
     int f = moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash);
     return f != MOXY_FLIGHT_LEADER || background_start(r, o, now) == MOXY_OK;
 }
 
 /* 1 when a hook called txn.cache:bypass() for r (noted as its cache
  * status): no lookup, no store. */
-static int bypassed(moxy_req_t *r)
+int moxy_cache_bypassed(moxy_req_t *r)
 {
     if (!r->cache_bypass) return 0;
     r->cache_state = MOXY_CACHE_BYPASS;
@@ -486,7 +487,7 @@ static int bypassed(moxy_req_t *r)
 /* 1 for a request the cache looks up: a GET or HEAD, not a protocol
  * switch (a WebSocket handshake's 101 is no response to keep, and a
  * waiter would wait for a tunnel to end). */
-static int looked_up(const moxy_req_t *r)
+int moxy_cache_looked_up(const moxy_req_t *r)
 {
     return r->uri && (r->method == HTTP_GET || r->method == HTTP_HEAD) && !r->upgrade;
 }
@@ -494,7 +495,7 @@ static int looked_up(const moxy_req_t *r)
 /* The lookup of r, its key made. */
 static int lookup(moxy_req_t *r)
 {
-    if (bypassed(r)) return MOXY_DECLINED;
+    if (moxy_cache_bypassed(r)) return MOXY_DECLINED;
     r->cache_lookup = 1;
     /* cache.request_directives = false: the client's Cache-Control and
      * Pragma are not read (cc keeps its defaults: no directive) */
@@ -509,7 +510,7 @@ static int lookup(moxy_req_t *r)
     if (cc.no_store) r->cache_no_store = 1;
     int seen = 0;
     moxy_cache_obj_t *o = moxy_cache_find(r->cache_key, r->cache_klen, r->cache_hash, variant_matches, r, &seen);
-    double now = wall_now(r);
+    double now = moxy_cache_wall_now(r);
     r->cache_state = MOXY_CACHE_MISS;
     if (o) {
         double age = current_age(o, now), life = o->lifetime;
@@ -520,18 +521,18 @@ static int lookup(moxy_req_t *r)
             age - life <= cc.max_stale && cc.max_age != 0)
             fresh = 1; /* the client accepts it stale */
         if (fresh && !reload) {
-            count_lookup(r, 1);
+            moxy_cache_count_lookup(r, 1);
             r->cache_state = MOXY_CACHE_HIT;
-            serve(r, o, now);
+            moxy_cache_serve(r, o, now);
             return MOXY_DONE;
         }
         /* stale-while-revalidate (RFC 5861 3): the stale object at once,
          * while one request refreshes it in the background */
         if (!reload && life >= 0 && o->stale_while_revalidate >= 0 && !o->must_revalidate && !o->no_cache &&
             age - life <= o->stale_while_revalidate && stale_while_revalidate(r, o, now)) {
-            count_lookup(r, 1);
+            moxy_cache_count_lookup(r, 1);
             r->cache_state = MOXY_CACHE_STALE;
-            serve(r, o, now);
+            moxy_cache_serve(r, o, now);
             return MOXY_DONE;
         }
         if (!reload) r->cache_state = MOXY_CACHE_STALE;
@@ -541,14 +542,14 @@ static int lookup(moxy_req_t *r)
         r->cache_fwd = seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss";
     }
     if (cc.only_if_cached) {
-        count_lookup(r, 0);
+        moxy_cache_count_lookup(r, 0);
         moxy_resp_error(r, 504, "not in cache (only-if-cached)");
         return MOXY_DONE;
     }
     /* coalescing: one GET per key at the origin, the others wait for it */
     double timeout = r->g->conf->cache.coalesce_timeout;
     if (r->method == HTTP_GET && !reload && !r->cache_no_store && timeout > 0) {
-        cache_attach(r);
+        moxy_cache_attach(r);
         int f = moxy_cache_flight_begin(r->cache_key, r->cache_klen, r->cache_hash);
         /* a range of what the cache lacks: the whole response is fetched
          * in the background and stored, and r waits for it like any other
@@ -559,7 +560,7 @@ static int lookup(moxy_req_t *r)
         if (f == MOXY_FLIGHT_LEADER) r->cache_leader = 1;
         else if (f == MOXY_FLIGHT_WAIT && wait_start(r, timeout) == MOXY_DONE) return MOXY_DONE;
     }
-    count_lookup(r, 0);
+    moxy_cache_count_lookup(r, 0);
     return MOXY_DECLINED;
 }
 
@@ -621,8 +622,8 @@ static int stream_start(moxy_req_t *r, moxy_cache_obj_t *o, double now)
     r->cache_streaming = 1;
     r->cache_collapsed = 1;
     r->cache_state = MOXY_CACHE_HIT;
-    count_lookup(r, 1);
-    serve(r, o, now); /* takes the reference */
+    moxy_cache_count_lookup(r, 1);
+    moxy_cache_serve(r, o, now); /* takes the reference */
     return 1;
 }
 
@@ -633,7 +634,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     moxy_req_t *r = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    double now = wall_now(r);
+    double now = moxy_cache_wall_now(r);
     /* whether the leader is still at the origin is looked at before the
      * store: once it is gone, what it stored is there to be found */
     int active;
@@ -645,8 +646,8 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
         r->cache_wait = NULL;
         r->cache_collapsed = 1;
         r->cache_state = MOXY_CACHE_HIT;
-        count_lookup(r, 1);
-        serve(r, o, now);
+        moxy_cache_count_lookup(r, 1);
+        moxy_cache_serve(r, o, now);
         return;
     }
     if (o) moxy_cache_obj_unref(o);
@@ -657,7 +658,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     r->cache_wait = NULL; /* the leader is gone without a usable object, or the wait is over: go */
-    count_lookup(r, 0);
+    moxy_cache_count_lookup(r, 0);
     moxy_upstream_try(r);
 }
 
@@ -669,9 +670,9 @@ static int wait_start(moxy_req_t *r, double timeout)
     struct event *ev = moxy_palloc(&r->mem, sizeof(*ev));
     if (!ev) return MOXY_DECLINED;
     evtimer_assign(ev, r->w->base, wait_cb, r);
-    cache_attach(r);
+    moxy_cache_attach(r);
     r->cache_wait = ev;
-    r->cache_wait_until = wall_now(r) + timeout;
+    r->cache_wait_until = moxy_cache_wall_now(r) + timeout;
     r->cache_wait_ms = 1;
     struct timeval tv = {0, 1000};
     evtimer_add(ev, &tv);
@@ -682,7 +683,7 @@ static int wait_start(moxy_req_t *r, double timeout)
 
 /* r's time as its key's leader is over; not_storable: its response was not
  * stored (the key is not coalesced for a while). */
-static void flight_over(moxy_req_t *r, int not_storable)
+void moxy_cache_flight_over(moxy_req_t *r, int not_storable)
 {
     if (!r->cache_leader) return;
     r->cache_leader = 0;
@@ -723,12 +724,12 @@ int moxy_cache_request(moxy_req_t *r)
     if (!moxy_cache_enabled() || !r->uri) return MOXY_DECLINED;
     if (r->method == HTTP_PURGE && r->g->conf->cache.npurge) return purge_method(r);
     if (unsafe_method(r->method)) {
-        if (make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
+        if (moxy_cache_make_key(r) == MOXY_OK) r->cache_invalidate = 1; /* once the origin answered */
         return MOXY_DECLINED;
     }
-    if (!looked_up(r)) return MOXY_DECLINED;
+    if (!moxy_cache_looked_up(r)) return MOXY_DECLINED;
     if (r->cache_bypass) return lookup(r);
-    if (make_key(r) != MOXY_OK) return MOXY_DECLINED;
+    if (moxy_cache_make_key(r) != MOXY_OK) return MOXY_DECLINED;
     if (!moxy_lua_has(r->g, MOXY_PHASE_CACHE_KEY)) return lookup(r);
     int rc = moxy_lua_run(r, MOXY_PHASE_CACHE_KEY, key_hooks_done);
     if (rc == MOXY_AGAIN) return MOXY_DONE; /* key_hooks_done goes on */
@@ -776,7 +777,7 @@ EXPORT int moxy_ffi_cache_info(moxy_req_t *r, const char **key, size_t *klen, do
 {
     *key = r->cache_key;
     *klen = r->cache_key ? r->cache_klen : 0;
-    *age = r->cache_obj ? current_age(r->cache_obj, wall_now(r)) : -1;
+    *age = r->cache_obj ? current_age(r->cache_obj, moxy_cache_wall_now(r)) : -1;
     return r->cache_state;
 }
 
@@ -800,434 +801,3 @@ EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
     return prefix ? moxy_cache_invalidate_prefix(key, len) : moxy_cache_invalidate(key, len);
 }
 
-/* --- the response from the origin --- */
-
-/* Invalidate the key of the URI reference in field name of r's response,
- * when it is on the request's host (RFC 9111 4.4). */
-static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
-{
-    const moxy_header_t *h = moxy_headers_get(&r->resp_headers, name, nlen);
-    if (!h || !r->host) return;
-    const char *v = h->value;
-    size_t vl = h->value_len, hl = strlen(r->host);
-    if (vl >= 7 && moxy_strieq(v, 7, "http://", 7)) {
-        if (vl < 7 + hl || !moxy_strieq(v + 7, hl, r->host, hl) || (vl > 7 + hl && v[7 + hl] != '/')) return;
-        v += 7 + hl;
-        vl -= 7 + hl;
-    }
-    if (vl == 0 || v[0] != '/') return;
-    const char *qm = memchr(v, '?', vl);
-    uint32_t kl;
-    char *key = moxy_cache_build_key(&r->mem, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
-    if (key) moxy_cache_invalidate(key, kl);
-}
-
-/* Append h to a stored head at p ("Name: value\r\n"), unless it is
- * hop-by-hop or one moxy writes for each response (Content-Length, Age,
- * Cache-Status, X-Request-Id).  Returns the new end. */
-static char *store_field(char *p, const moxy_header_t *h)
-{
-    if (h->kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_TE | MOXY_HK_CL | MOXY_HK_UPGRADE | MOXY_HK_XRID))
-        return p;
-    if (MOXY_STRIEQ_LIT(h->name, h->name_len, "age") || MOXY_STRIEQ_LIT(h->name, h->name_len, "cache-status"))
-        return p;
-    memcpy(p, h->name, h->name_len);
-    p += h->name_len;
-    memcpy(p, ": ", 2);
-    p += 2;
-    memcpy(p, h->value, h->value_len);
-    p += h->value_len;
-    memcpy(p, "\r\n", 2);
-    return p + 2;
-}
-
-/* The directives of a response to r with head hs: its targeted field's
- * (cache.targeted_fields, RFC 9213) or its Cache-Control's. */
-static void response_cc(const moxy_req_t *r, const moxy_headers_t *hs, moxy_cc_t *cc)
-{
-    static char *const cdn[] = {"CDN-Cache-Control"}; /* moxy.test's runs: the default */
-    const moxy_conf_t *conf = r->g->conf;
-    if (conf->cache.enabled) moxy_cache_response_cc(hs, conf->cache.targeted, conf->cache.ntargeted, cc);
-    else moxy_cache_response_cc(hs, cdn, 1, cc);
-}
-
-/* When the response r got from the origin (head origin: its Date and Age)
- * was asked for and came, its Date, and its corrected initial age (RFC
- * 9111 4.2.3). */
-typedef struct {
-    double request, response, date, initial_age;
-} times_t;
-
-static void response_times(const moxy_req_t *r, const moxy_headers_t *origin, times_t *t)
-{
-    t->response = evutil_timerisset(&r->up_header) ? tv_secs(&r->up_header) : wall_now(r);
-    t->request = evutil_timerisset(&r->up_started) ? tv_secs(&r->up_started) : t->response;
-    t->date = moxy_cache_date(moxy_headers_get(origin, "Date", 4));
-    if (t->date < 0) t->date = t->response;
-    double age_value = moxy_cache_age(origin);
-    t->initial_age = MOXY_MAX(MOXY_MAX(0, t->response - t->date), age_value + (t->response - t->request));
-}
-
-/* o's head as stored (hs's fields, store_field), its validators, times
- * and freshness (life; the flags from cc).  MOXY_ERROR: out of memory. */
-static int object_fill(moxy_cache_obj_t *o, const moxy_headers_t *hs, const times_t *t, const moxy_cc_t *cc,
-                       double life)
-{
-    o->head = malloc(moxy_headers_size(hs) + 1);
-    if (!o->head) return MOXY_ERROR;
-    char *p = o->head;
-    const moxy_headers_t *conn = moxy_headers_connection_list(hs);
-    for (uint32_t i = 0; i < hs->n; i++) {
-        const moxy_header_t *h = &hs->h[i];
-        if (moxy_header_connection_named(conn, h->name, h->name_len)) continue; /* hop-by-hop */
-        /* a cookie is for the client that caused the fetch, never for the others a
-         * stored copy answers (such a response is stored only by txn.cache:store{}) */
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "set-cookie")) continue;
-        p = store_field(p, h);
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "etag") && !o->etag) o->etag = strndup(h->value, h->value_len);
-        if (MOXY_STRIEQ_LIT(h->name, h->name_len, "last-modified") && !o->last_modified) {
-            o->last_modified = strndup(h->value, h->value_len);
-            if (o->last_modified) o->lm_time = moxy_cache_date(h); /* parsed once, not on each If-Modified-Since */
-        }
-    }
-    o->head_len = (size_t)(p - o->head);
-    o->response_time = t->response;
-    o->initial_age = t->initial_age;
-    o->lifetime = life;
-    o->must_revalidate = cc->must_revalidate;
-    o->s_maxage = cc->s_maxage >= 0;
-    o->no_cache = cc->no_cache;
-    o->stale_while_revalidate = cc->swr;
-    o->stale_if_error = cc->sie;
-    return MOXY_OK;
-}
-
-/* The origin answered 304 to the revalidation of r->cache_reval (its
- * head in r->resp_headers): a new object, the stored head updated by the
- * 304's fields (RFC 9111 4.3.4), new times, the old body (shared).
- * NULL when out of memory. */
-static moxy_cache_obj_t *freshen(moxy_req_t *r)
-{
-    moxy_cache_obj_t *old = r->cache_reval;
-    const moxy_headers_t *fresh = &r->resp_headers;
-    moxy_pool_t *pool = &r->mem;
-    /* the stored fields, those the 304 brings replaced by its own */
-    moxy_headers_t merged = {0};
-    if (head_parse(pool, old->head, old->head_len, &merged) != MOXY_OK) return NULL;
-    for (uint32_t i = 0; i < fresh->n; i++) moxy_headers_remove(&merged, fresh->h[i].name, fresh->h[i].name_len);
-    for (uint32_t i = 0; i < fresh->n; i++) {
-        const moxy_header_t *h = &fresh->h[i];
-        if (moxy_headers_add(pool, &merged, h->name, h->name_len, h->value, h->value_len) != MOXY_OK) return NULL;
-    }
-    moxy_cache_obj_t *o = moxy_cache_obj_new(old->key, old->klen, old->hash);
-    if (!o) return NULL;
-    o->status = old->status;
-    o->body_owner = (moxy_cache_obj_t *)moxy_cache_body(old);
-    moxy_cache_obj_ref(o->body_owner);
-    o->body_len = old->body_len;
-    if (old->vary) {
-        o->vary = strdup(old->vary);
-        o->vary_values = strdup(old->vary_values);
-        if (!o->vary || !o->vary_values) goto fail;
-    }
-    moxy_cc_t cc;
-    response_cc(r, &merged, &cc);
-    times_t t;
-    response_times(r, fresh, &t);
-    double life = r->cache_ttl >= 0 ? r->cache_ttl : moxy_cache_lifetime(&merged, o->status, &cc, t.date);
-    if (object_fill(o, &merged, &t, &cc, life) != MOXY_OK) goto fail;
-    return o;
-fail:
-    moxy_cache_obj_unref(o);
-    return NULL;
-}
-
-/* 1 when r may be answered with the stale object it kept because the
- * origin failed (stale-if-error, RFC 5861 4); the clock is read only when
- * there is one. */
-static int stale_usable(const moxy_req_t *r)
-{
-    const moxy_cache_obj_t *o = r->cache_reval;
-    return o && !r->resp_head_sent && stale_if_error_allows(r, o, wall_now(r));
-}
-
-int moxy_cache_stale_on_error(moxy_req_t *r, int status)
-{
-    if (!stale_usable(r)) return 0;
-    moxy_log(MOXY_LOG_WARN, r->id, "cache: origin failed (%d); serving %s stale (stale-if-error)", status, r->cache_key);
-    r->cache_fwd_status = status;
-    moxy_cache_answer_kept(r);
-    return 1;
-}
-
-int moxy_cache_upstream_head(moxy_req_t *r)
-{
-    moxy_cache_obj_t *old = r->cache_reval;
-    if (!old) return MOXY_DECLINED;
-    if (r->status == 304 && r->cache_conditional) {
-        moxy_cache_obj_t *o = freshen(r);
-        if (!o) { /* the client gets the 304 it cannot use: rare, out of memory */
-            moxy_log(MOXY_LOG_ERR, r->id, "cache: %s: cannot refresh the stored response (out of memory)", r->cache_key);
-            return MOXY_DECLINED;
-        }
-        moxy_cache_publish(o);
-        cache_attach(r);
-        r->cache_reval = o; /* the filler's reference: served by moxy_cache_answer_kept */
-        r->cache_etag = o->etag;
-        r->cache_last_modified = o->last_modified;
-        moxy_cache_obj_unref(old);
-        r->cache_fwd_status = 304;
-        return MOXY_DONE;
-    }
-    if (r->status >= 500 && stale_usable(r)) {
-        moxy_log(MOXY_LOG_WARN, r->id, "cache: origin answered %d; serving %s stale (stale-if-error)", r->status,
-                 r->cache_key);
-        r->cache_fwd_status = r->status;
-        return MOXY_DONE;
-    }
-    return MOXY_DECLINED;
-}
-
-void moxy_cache_answer_kept(moxy_req_t *r)
-{
-    moxy_cache_obj_t *o = r->cache_reval;
-    r->cache_reval = NULL;
-    r->cache_conditional = 0;
-    r->cache_etag = r->cache_last_modified = NULL;
-    r->cache_head.h = NULL; /* nothing of the origin's is stored */
-    if (!r->cache_background) { /* a refresh's lookup was its client request's */
-        r->cache_state = r->cache_fwd_status == 304 ? MOXY_CACHE_HIT : MOXY_CACHE_STALE;
-        if (r->cache_fwd_status == 304) count_lookup(r, 1);
-    }
-    serve(r, o, wall_now(r));
-}
-
-void moxy_cache_response_head(moxy_req_t *r)
-{
-    if (r->cache_invalidate) {
-        if (r->status < 400 && r->cache_key) {
-            moxy_cache_invalidate(r->cache_key, r->cache_klen);
-            invalidate_ref(r, "Location", 8);
-            invalidate_ref(r, "Content-Location", 16);
-        }
-        return;
-    }
-    if (!r->cache_fwd) return; /* not looked up: a method the cache leaves alone */
-    if (r->cache_lookup && !r->cache_no_store) {
-        /* the origin's head as it came: what is stored, whatever on_response does */
-        moxy_headers_t *hs = &r->cache_head;
-        hs->h = moxy_palloc(&r->mem, (r->resp_headers.n + 1) * sizeof(moxy_header_t));
-        if (hs->h) {
-            memcpy(hs->h, r->resp_headers.h, r->resp_headers.n * sizeof(moxy_header_t));
-            hs->n = hs->cap = r->resp_headers.n;
-        }
-    }
-    /* the lookup's verdict on the response that answers it (not on a 1xx,
-     * nor on a try that is retried), after the entries of caches nearer the
-     * origin (RFC 9211 2) */
-    moxy_headers_add(&r->mem, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
-}
-
-/* 1 for a status whose caching requirements moxy implements. */
-static int understood_status(int status)
-{
-    return moxy_cache_heuristic_status(status) || status == 302 || status == 307;
-}
-
-#define CAP_STR_(x) #x
-#define CAP_STR(x) CAP_STR_(x) /* a limit's value, in a message */
-#define VARY_TOO_BIG                                                                               \
-    "Vary names more than " CAP_STR(MOXY_CACHE_VARY_NAMES) " fields or " CAP_STR(MOXY_CACHE_VARY_BYTES) " bytes"
-
-/* Whether the origin's response to r (its head as it came, r->cache_head)
- * is stored, by RFC 9111 3 and the txn.cache calls: NULL, with its
- * freshness lifetime in *life (and the directives, times and Vary names --
- * malloc'ed, or NULL -- the object is made with); or why not.  max_object:
- * the largest body stored. */
-static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, times_t *t, double *life, char **vary)
-{
-    const char *why = NULL;
-    const moxy_headers_t *hs = &r->cache_head;
-    int status = r->up_status;
-    response_cc(r, hs, cc);
-    *vary = NULL;
-    response_times(r, hs, t);
-    *life = moxy_cache_lifetime(hs, status, cc, t->date);
-    int has_validator = moxy_headers_get(hs, "ETag", 4) || moxy_headers_get(hs, "Last-Modified", 13);
-    int forced = r->cache_ttl >= 0; /* txn.cache:store{ttl} */
-    if (forced) *life = r->cache_ttl;
-    if (r->method != HTTP_GET) why = "method";
-    else if (r->cache_no_store) why = "no-store";
-    else if (status < 200 || status == 206 || status == 304) why = "status";
-    else if (forced) why = NULL;
-    /* must-understand (RFC 9111 5.2.2.3): no-store yields for a status whose
-     * caching rules moxy implements; any other status is not stored */
-    else if (cc->must_understand && !understood_status(status)) why = "must-understand";
-    else if (cc->no_store && !cc->must_understand) why = "no-store";
-    else if (cc->private_) why = "private";
-    else if (moxy_headers_get(&r->headers, "Authorization", 13) && !cc->public_ && !cc->must_revalidate &&
-             cc->s_maxage < 0)
-        why = "authorization";
-    else if (moxy_headers_get(hs, "Set-Cookie", 10)) why = "set-cookie";
-    else if (cc->no_cache && !has_validator) why = "no-cache without a validator";
-    else if (*life < 0 && !(moxy_cache_heuristic_status(status) && has_validator)) why = "no freshness";
-    else if (*life <= 0 && !has_validator) why = "not fresh";
-    if (!why && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > max_object) why = "too big";
-    if (!why) {
-        int rc = moxy_cache_vary_of(hs, vary);
-        if (rc == MOXY_DECLINED) why = VARY_TOO_BIG;
-        else if (rc != MOXY_OK) why = "out of memory";
-        else if (*vary && strcmp(*vary, "*") == 0) why = "vary *";
-    }
-    if (!why && forced && *life <= 0) why = "ttl 0";
-    if (why) {
-        free(*vary);
-        *vary = NULL;
-    }
-    return why;
-}
-
-int moxy_cache_response_decide(moxy_req_t *r)
-{
-    if (!r->cache_head.h) return r->cache_background ? MOXY_DONE : MOXY_OK;
-    moxy_cc_t cc;
-    times_t t;
-    double life;
-    char *vary;
-    const char *why = verdict(r, moxy_cache_max_object(), &cc, &t, &life, &vary);
-    const moxy_headers_t *hs = &r->cache_head;
-    int status = r->up_status;
-    if (why) {
-        moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: %s", r->cache_key, why);
-        /* a refresh the origin answered with something not to keep: the
-         * stale object it was to replace is not served any more either
-         * (an origin that fails, 5xx, leaves it for its stale windows) */
-        if (r->cache_background && status < 500) moxy_cache_invalidate(r->cache_key, r->cache_klen);
-        flight_over(r, 1); /* the waiters go to the origin themselves, new requests too */
-        return r->cache_background ? MOXY_DONE : MOXY_OK;
-    }
-    moxy_cache_obj_t *o = moxy_cache_obj_new(r->cache_key, r->cache_klen, r->cache_hash);
-    if (!o) {
-        free(vary);
-        return r->cache_background ? MOXY_DONE : MOXY_OK;
-    }
-    o->vary = vary;
-    if (vary) {
-        const char *vv = moxy_cache_vary_values(&r->mem, &r->headers, vary);
-        if (!vv) /* (or out of memory) */
-            moxy_log(MOXY_LOG_DEBUG, r->id, "cache: %s not stored: the request's values of Vary's fields pass %d "
-                     "bytes", r->cache_key, MOXY_CACHE_VARY_VALUES_MAX);
-        o->vary_values = vv ? strdup(vv) : NULL;
-        if (!o->vary_values) goto fail;
-    }
-    o->status = status;
-    if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
-    if (r->cache_ttl >= 0 && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
-    cache_attach(r);
-    r->cache_fill = o;
-    if (r->resp_body_kind == MOXY_BODY_LENGTH) moxy_cache_obj_reserve(o, r->resp_body_left);
-    if (r->cache_leader && r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left > 0) {
-        o->expected = r->resp_body_left; /* waiters may stream from it as it fills */
-        moxy_cache_flight_attach(r->cache_key, r->cache_klen, r->cache_hash, o);
-    }
-    /* the lookup's Cache-Status, and that this response is stored */
-    set_status_field(r, "%s; stored; ttl=%.0f", r->cache_fwd, floor(life - o->initial_age));
-    return MOXY_OK;
-fail:
-    moxy_cache_obj_unref(o);
-    flight_over(r, 0); /* nothing to wait for: the waiters go on now */
-    return r->cache_background ? MOXY_DONE : MOXY_OK;
-}
-
-void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len)
-{
-    if (moxy_cache_obj_append(r->cache_fill, data, len) != MOXY_OK) {
-        moxy_log(MOXY_LOG_INFO, r->id, "cache: %s not stored: larger than cache.max_object", r->cache_key);
-        atomic_store_explicit(&r->cache_fill->fill_state, -1, memory_order_release);
-        moxy_cache_obj_unref(r->cache_fill);
-        r->cache_fill = NULL;
-    }
-}
-
-void moxy_cache_response_body_buffer(moxy_req_t *r, struct evbuffer *b, size_t n)
-{
-    size_t off = 0;
-    while (off < n && r->cache_fill) {
-        struct evbuffer_iovec v[16];
-        struct evbuffer_ptr pos;
-        if (evbuffer_ptr_set(b, &pos, off, EVBUFFER_PTR_SET) != 0) return;
-        int k = evbuffer_peek(b, (ev_ssize_t)(n - off), &pos, v, 16);
-        if (k <= 0) return;
-        for (int i = 0; i < MOXY_MIN(k, 16) && off < n && r->cache_fill; i++) {
-            size_t take = MOXY_MIN(n - off, v[i].iov_len);
-            moxy_cache_response_body(r, v[i].iov_base, take);
-            off += take;
-        }
-    }
-}
-
-void moxy_cache_response_done(moxy_req_t *r)
-{
-    moxy_cache_obj_t *o = r->cache_fill;
-    if (!o) return;
-    r->cache_fill = NULL;
-    atomic_store_explicit(&o->fill_state, 1, memory_order_release);
-    moxy_cache_publish(o);
-    moxy_cache_obj_unref(o);
-    flight_over(r, 0);
-}
-
-void moxy_cache_req_free(moxy_req_t *r)
-{
-    flight_over(r, 0);
-    if (r->cache_wait) event_del(r->cache_wait); /* its client left while it waited or streamed */
-    r->cache_wait = NULL;
-    if (r->cache_fill) { /* an incomplete response is not stored; its streams are cut */
-        atomic_store_explicit(&r->cache_fill->fill_state, -1, memory_order_release);
-        moxy_cache_obj_unref(r->cache_fill);
-    }
-    if (r->cache_obj) moxy_cache_obj_unref(r->cache_obj);
-    if (r->cache_reval) moxy_cache_obj_unref(r->cache_reval);
-    r->cache_fill = r->cache_obj = r->cache_reval = NULL;
-    r->cache_etag = r->cache_last_modified = NULL;
-}
-
-/* --- moxy.test's steps (http.h) --- */
-
-int moxy_cache_test_key(moxy_req_t *r)
-{
-    return looked_up(r) && !r->cache_bypass && make_key(r) == MOXY_OK;
-}
-
-void moxy_cache_test_lookup(moxy_req_t *r)
-{
-    if (!looked_up(r) || bypassed(r)) return;
-    r->cache_lookup = 1;
-    r->cache_state = MOXY_CACHE_MISS;
-    r->cache_fwd = "moxy; fwd=uri-miss";
-}
-
-const char *moxy_cache_test_verdict(moxy_req_t *r, size_t max_object, double *ttl)
-{
-    if (!r->cache_head.h) return r->cache_bypass ? "bypass" : !r->cache_lookup ? "not looked up" : "no-store";
-    moxy_cc_t cc;
-    times_t t;
-    double life;
-    char *vary;
-    const char *why = verdict(r, max_object, &cc, &t, &life, &vary);
-    free(vary);
-    *ttl = why ? -1 : life;
-    if (!why) set_status_field(r, "%s; stored; ttl=%.0f", r->cache_fwd, floor(life - t.initial_age)); /* as decide */
-    return why;
-}
-
-const moxy_proxy_cache_t moxy_cache_for_proxy = {
-    .upstream_head = moxy_cache_upstream_head,
-    .answer_kept = moxy_cache_answer_kept,
-    .stale_on_error = moxy_cache_stale_on_error,
-    .response_head = moxy_cache_response_head,
-    .response_decide = moxy_cache_response_decide,
-    .response_body = moxy_cache_response_body,
-    .response_body_buffer = moxy_cache_response_body_buffer,
-    .response_done = moxy_cache_response_done,
-};

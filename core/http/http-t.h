@@ -194,6 +194,12 @@ typedef struct {
     int (*backlogged)(const moxy_req_t *r);
     /* The client took the response bytes queued for it: read the origin on. */
     void (*resume_read)(moxy_req_t *r);
+    /* The response body waits (a filter's hook, a backlogged client): stop
+     * reading the origin. */
+    void (*pause)(moxy_req_t *r);
+    /* A filter took what it was given: read the origin on, and go on now
+     * with what it already sent. */
+    void (*pump)(moxy_req_t *r);
 } moxy_origin_ops_t;
 
 /* What a module runs when a request ends (request.h), and how many

@@ -31,8 +31,6 @@ void moxy_upstream_http_init(void);
  * moxy_upstream_try.  NULL: out of memory. */
 moxy_req_t *moxy_req_background(moxy_req_t *from);
 
-/* The whole response of r is queued for the client. */
-void moxy_req_response_done(moxy_req_t *r);
 
 /* txn:read_body: buffer r's body (up to max bytes, 0: limits.body_bytes)
  * for the running hook.  MOXY_OK: r->body_buf holds it; MOXY_AGAIN: the
@@ -142,7 +140,7 @@ int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc
  * nothing. */
 int moxy_upstream_may_retry(const moxy_req_t *r, int upstream_hooks);
 
-/* r ends: free what its response body filter held. */
+/* r ends: what its try still holds is let go. */
 void moxy_upstream_req_free(moxy_req_t *r);
 
 /* The client drained below the low watermark: read more of the response. */
@@ -228,11 +226,6 @@ int moxy_cache_test_key(moxy_req_t *r);
 void moxy_cache_test_lookup(moxy_req_t *r);
 const char *moxy_cache_test_verdict(moxy_req_t *r, size_t max_object, double *ttl);
 
-/* on_body for a response that does not come from an origin connection (a
- * hit): decide whether it is filtered (before its head is written), and
- * pump filter_in once filled and marked filter_eof.  MOXY_ERROR: out of memory. */
-int moxy_upstream_filter_start(moxy_req_t *r);
-void moxy_upstream_filter_continue(moxy_req_t *r);
 
 /* --- responses moxy gives itself (http_response.c) --- */
 
@@ -279,5 +272,10 @@ void moxy_access_log(moxy_req_t *r);
 
 /* The cached Date header value of the current second, "Fri, 27 Nov 2026 ...". */
 const char *moxy_http_date(moxy_worker_t *w, size_t *len);
+
+/* The pools' part in a worker's life (lifecycle.h): made and freed with
+ * each generation, idle connections carried over or closed on a switch,
+ * closed when the worker drains. */
+extern struct moxy_module_s moxy_upstream_module;
 
 #endif

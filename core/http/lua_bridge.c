@@ -15,9 +15,9 @@
  * pointer and the results when the event fires.  A coroutine that failed,
  * or whose client left while it was parked, is dropped and collected.
  */
+#include "http/lifecycle.h"
 #include "http/lua_bridge.h"
 #include "http/request.h"
-#include "api/ffi.h"
 #include "http/http.h"
 #include "base/log.h"
 #include "base/lua_vm.h"
@@ -797,3 +797,18 @@ int moxy_lua_check_scripts(const moxy_conf_t *conf, FILE *err)
     moxy_lua_close(L);
     return rc;
 }
+
+/* A reload: the watchdog's tick follows the new CPU budget. */
+static int lua_reload(moxy_conf_t *conf, struct event_base *base)
+{
+    MOXY_UNUSED(base);
+    moxy_lua_watchdog_tick(conf->cpu_budget);
+    return MOXY_OK;
+}
+
+moxy_module_t moxy_lua_module = {
+    .name = "lua",
+    .reload = lua_reload,
+    .wgen_init = moxy_lua_wgen_init,
+    .wgen_free = moxy_lua_wgen_free,
+};

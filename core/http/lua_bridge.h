@@ -115,4 +115,30 @@ void moxy_lua_use_conf(const moxy_conf_t *conf);
  * hooks) and outside Lua. */
 moxy_worker_t *moxy_lua_worker(void);
 
+/* The FFI exports of lua/moxy/runtime.lua (tools/check-ffi.lua compares them with
+ * its ffi.cdef; bump api/ffi.h's MOXY_FFI_ABI on any change). */
+/* BEGIN FFI lua/moxy/runtime.lua */
+/* Park the running hook (or timer callback) for secs: it yields next, and
+ * is resumed when the time is up.  MOXY_DECLINED outside hooks. */
+int moxy_ffi_sleep(double secs);
+
+/* Call runtime.timers[id] after delay seconds, then every interval seconds
+ * (interval > 0) until cancelled.  MOXY_DECLINED: no event loop on this
+ * thread (moxy -t, init); MOXY_ERROR: too many timers. */
+int moxy_ffi_timer_add(double delay, double interval, int id);
+
+/* Cancel timer id (a running callback finishes).  MOXY_DECLINED: unknown. */
+int moxy_ffi_timer_cancel(int id);
+
+/* moxy.watch: with watch = true, a change to the file at path (len bytes,
+ * relative to the configuration's directory) reloads.  Recorded while the
+ * main thread loads a generation's scripts (their top level and init
+ * hooks); a no-op in workers.  MOXY_ERROR: out of memory. */
+int moxy_ffi_watch(const char *path, size_t len);
+/* END FFI */
+
+/* The scripts' part in moxy's life (lifecycle.h): a VM per worker and
+ * generation; the watchdog follows each reload. */
+extern struct moxy_module_s moxy_lua_module;
+
 #endif

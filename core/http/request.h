@@ -150,6 +150,10 @@ void moxy_req_set_content_handler(moxy_req_handler_fn h);
 /* Answer r with the content handler. */
 void moxy_req_content(moxy_req_t *r);
 
+/* The whole response of r is queued (its body's end too): its stream
+ * goes on (the next request, the close).  r may be gone after. */
+void moxy_req_response_done(moxy_req_t *r);
+
 /* r's response is over, or was cut (moxy_req_aborted), and its stream
  * let go of it (r->stream_ctx NULL or its own): its on_log hooks run, then
  * its access-log line and statistics, and it ends and is freed.  When the

@@ -58,6 +58,10 @@ struct moxy_wgen_s {
     LIST_ENTRY(moxy_wgen_s) link; /* the worker's retired generations */
 };
 
+/* The most modules that may register (lifecycle.h); each has a slot in
+ * every worker. */
+#define MOXY_MODULES 16
+
 struct moxy_worker_s {
     int id;
     pthread_t thread;
@@ -72,8 +76,7 @@ struct moxy_worker_s {
     atomic_llong lua_since;      /* when the running hook call started (ms, coarse monotonic); 0: none */
     atomic_llong lua_budget_ms;  /* the running hook call's CPU budget */
     lua_State *lua_running;      /* the VM whose hook call runs (the budget's signal handler) */
-    void *fetch;                 /* moxy.http's state (http_fetch.c), or NULL */
-    void *geo;                   /* geoip.c: the database versions this worker looks up in, or NULL */
+    void *slots[MOXY_MODULES];   /* each registered module's own state (lifecycle.h), or NULL */
     LIST_HEAD(, moxy_req_s) detached; /* requests whose on_log hooks outlived their
                                           connection (each counts in nconns) */
 

@@ -1,7 +1,8 @@
 /*
  * http1.h -- HTTP/1's server side, the parts of which share this header:
- * request_head.c reads a request's head and framing, http_client.c runs the
- * connection and its requests, response.c frames what goes back.
+ * http_client.c runs the connection and its requests, request_head.c reads
+ * a request's head and framing, request_body.c its body, response.c frames
+ * what goes back.
  */
 #ifndef MOXY_HTTP1_H
 #define MOXY_HTTP1_H
@@ -39,6 +40,36 @@ int moxy_client_send(moxy_client_t *c);
 
 /* Switch the client connection to a two-way tunnel with r's origin connection. */
 void moxy_client_tunnel(moxy_client_t *c);
+
+/* Reading: stop; (re)arm with the timeout that fits where c is; parse and
+ * start requests and move body bytes, whatever c->in allows (not
+ * re-entered: a call from below leaves the work to the loop running). */
+void moxy_h1_stop_read(moxy_client_t *c);
+void moxy_h1_want_read(moxy_client_t *c);
+void moxy_h1_process(moxy_client_t *c);
+
+/* Answer a request that could not be parsed or was refused before its
+ * hooks ran (status, why for the log), then close: nothing after a bad
+ * head can be trusted. */
+void moxy_h1_reject(moxy_client_t *c, int status, const char *why);
+
+/* --- the request body (request_body.c) --- */
+
+/* Move what c->in holds of the body of c's request into its body_buf
+ * (txn:read_body).  MOXY_AGAIN: more to come; MOXY_OK: all there;
+ * MOXY_ERROR: too large or malformed (r->body_status says which). */
+int moxy_h1_body_buffer(moxy_client_t *c);
+
+/* The body is in (or failed): resume the hook waiting for it. */
+void moxy_h1_body_wake(moxy_req_t *r);
+
+/* Move request body bytes from c->in to the origin connection.  MOXY_OK
+ * when the caller may go on, MOXY_ERROR when c was answered/closed. */
+int moxy_h1_read_body(moxy_client_t *c);
+
+/* The origin took the body bytes it was given: read more of the body (or
+ * of a tunnel). */
+void moxy_h1_resume_read(moxy_client_t *c);
 
 /* --- the request head (request_head.c) --- */
 

@@ -36,7 +36,6 @@
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
-static void client_process(moxy_client_t *c);
 static void client_finish_request(moxy_client_t *c);
 static void client_after_hooks(moxy_client_t *c, int rc);
 static void request_log(moxy_client_t *c);
@@ -44,7 +43,6 @@ static void request_hooks_done(moxy_req_t *r, int rc);
 static const moxy_stream_ops_t stream_ops;
 static void stream_response_done(void *ctx, moxy_req_t *r);
 static int client_ensure_buffers(moxy_client_t *c);
-static void client_resume_read(moxy_client_t *c);
 
 /* --- reading control --- */
 
@@ -54,7 +52,7 @@ static void client_read_timeout(moxy_client_t *c, const struct timeval *tv)
     c->reading = 1;
 }
 
-static void client_stop_read(moxy_client_t *c)
+void moxy_h1_stop_read(moxy_client_t *c)
 {
     if (c->reading) {
         event_del(&c->rev);
@@ -63,13 +61,13 @@ static void client_stop_read(moxy_client_t *c)
 }
 
 /* (Re)arm the read event with the timeout that fits where the connection is. */
-static void client_want_read(moxy_client_t *c)
+void moxy_h1_want_read(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     moxy_wgen_t *g = r ? r->g : c->w->g; /* the timeouts of the request's generation */
     if (c->state == MOXY_C_LINGER) return; /* its own timer */
     if (c->eof || c->state == MOXY_C_CLOSING) {
-        client_stop_read(c);
+        moxy_h1_stop_read(c);
         return;
     }
     if (c->state == MOXY_C_HEAD) {
@@ -85,7 +83,7 @@ static void client_want_read(moxy_client_t *c)
          * and not more than one head's worth.  A timeout left armed from
          * before is harmless (client_timeout ignores this state), and
          * not re-arming saves a timer operation per request. */
-        if (evbuffer_get_length(c->in) > g->conf->limits.header_bytes) client_stop_read(c);
+        if (evbuffer_get_length(c->in) > g->conf->limits.header_bytes) moxy_h1_stop_read(c);
         else if (!c->reading) client_read_timeout(c, NULL);
     }
 }
@@ -271,7 +269,7 @@ static void client_linger(moxy_client_t *c)
     struct timeval now, tv = moxy_timeval(t);
     event_base_gettimeofday_cached(c->w->base, &now);
     evutil_timeradd(&now, &tv, &c->head_deadline);
-    client_stop_read(c);
+    moxy_h1_stop_read(c);
     linger_wait(c);
 }
 
@@ -294,7 +292,7 @@ static void linger_read(moxy_client_t *c, short what)
         moxy_client_close(c);
         return;
     }
-    client_stop_read(c);
+    moxy_h1_stop_read(c);
     linger_wait(c);
 }
 
@@ -309,7 +307,7 @@ static void client_flushed_close(moxy_client_t *c)
 static void client_closing(moxy_client_t *c)
 {
     c->state = MOXY_C_CLOSING;
-    client_stop_read(c);
+    moxy_h1_stop_read(c);
     if (!c->out || evbuffer_get_length(c->out) == 0) {
         client_flushed_close(c);
         return;
@@ -319,10 +317,10 @@ static void client_closing(moxy_client_t *c)
 
 /* Answer a request that could not be parsed or was refused before its
  * hooks ran, then close: nothing after a bad head can be trusted. */
-static void client_reject(moxy_client_t *c, int status, const char *why)
+void moxy_h1_reject(moxy_client_t *c, int status, const char *why)
 {
     moxy_req_t *r = c->req;
-    client_stop_read(c);
+    moxy_h1_stop_read(c);
     r->keepalive = 0;
     c->close_after = 1;
     moxy_resp_error(r, status, why);
@@ -423,11 +421,11 @@ static void client_start_request(moxy_client_t *c)
     if (r->body_kind == MOXY_BODY_NONE) r->body_done = 1;
 
     if (r->body_kind == MOXY_BODY_LENGTH && r->body_left > conf->limits.body_bytes) {
-        client_reject(c, 413, "request body too large");
+        moxy_h1_reject(c, 413, "request body too large");
         return;
     }
     if (moxy_req_add_forwarding(r) != MOXY_OK) {
-        client_reject(c, 500, "out of memory");
+        moxy_h1_reject(c, 500, "out of memory");
         return;
     }
 
@@ -437,7 +435,7 @@ static void client_start_request(moxy_client_t *c)
          * stays in the socket until the hooks are done; without a body we
          * keep reading, to notice a client that leaves (DESIGN: cancel the
          * armed events when the client goes away). */
-        if (!r->body_done && !r->buffering) client_stop_read(c);
+        if (!r->body_done && !r->buffering) moxy_h1_stop_read(c);
         return;
     }
     client_after_hooks(c, rc);
@@ -458,13 +456,13 @@ static void stream_read_on(void *ctx, const moxy_req_t *r)
 {
     moxy_client_t *c = ctx;
     if (c->dead || c->req != r || c->state != MOXY_C_ACTIVE) return;
-    client_want_read(c);
-    if (evbuffer_get_length(c->in) > 0) client_process(c);
+    moxy_h1_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) moxy_h1_process(c);
 }
 
 static void stream_resume_read(void *ctx)
 {
-    client_resume_read(ctx);
+    moxy_h1_resume_read(ctx);
 }
 
 static int stream_send_head(void *ctx, moxy_req_t *r)
@@ -561,117 +559,6 @@ static void request_hooks_done(moxy_req_t *r, int rc)
     moxy_stream_read_on(s, r);
 }
 
-/* --- the body bytes that came with the head --- */
-
-int moxy_req_body_check(moxy_req_t *r)
-{
-    moxy_client_t *c = r->stream_ctx;
-    if (r->body_kind != MOXY_BODY_CHUNKED || r->body_sent || r->buffering || r->body_buffered ||
-        !c->in || evbuffer_get_length(c->in) == 0)
-        return MOXY_OK;
-    const char *why = moxy_h1_chunked_check(&r->parser, c->in);
-    if (!why) return MOXY_OK;
-    client_reject(c, 400, why);
-    return MOXY_ERROR;
-}
-
-/* --- txn:read_body: the request body buffered for the hooks --- */
-
-/* Move what c->in holds of the body into r->body_buf.  MOXY_AGAIN: more to
- * come; MOXY_OK: all there; MOXY_ERROR: too large or malformed
- * (r->body_status says which; the connection closes after the answer). */
-static int body_buffer(moxy_client_t *c)
-{
-    moxy_req_t *r = c->req;
-    if (r->body_kind == MOXY_BODY_LENGTH) {
-        size_t have = evbuffer_get_length(c->in);
-        size_t n = have < r->body_left ? have : (size_t)r->body_left;
-        if (n) {
-            evbuffer_remove_buffer(c->in, r->body_buf, n);
-            r->body_left -= n;
-            r->body_read += n;
-        }
-        if (r->body_left == 0) r->body_done = 1;
-    } else if (r->body_kind == MOXY_BODY_CHUNKED) {
-        const char *reason = NULL;
-        if (moxy_h1_parse(c, &reason) == MOXY_ERROR) {
-            r->body_status = r->status ? r->status : 400;
-            r->status = 0;
-            r->body_error = reason;
-        }
-    }
-    if (!r->body_status && evbuffer_get_length(r->body_buf) > r->body_max) {
-        r->body_status = 413;
-        r->body_error = "request body too large";
-    }
-    if (r->body_status) {
-        r->buffering = 0;
-        r->keepalive = 0;
-        client_stop_read(c);
-        return MOXY_ERROR;
-    }
-    if (!r->body_done) return MOXY_AGAIN;
-    r->buffering = 0;
-    r->body_buffered = 1;
-    return MOXY_OK;
-}
-
-/* The body is in (or failed): resume the hook waiting for it. */
-static void body_wake(moxy_req_t *r)
-{
-    moxy_lua_task_t *t = r->body_task;
-    r->body_task = NULL;
-    if (t) moxy_lua_task_wake(t, 0);
-}
-
-static void body_cancel(void *op)
-{
-    moxy_req_t *r = op;
-    r->body_task = NULL;
-    r->buffering = 0;
-}
-
-int moxy_req_read_body(moxy_req_t *r, uint64_t max)
-{
-    moxy_client_t *c = r->stream_ctx;
-    if (r->body_buffered) return MOXY_OK;
-    if (r->body_status) return MOXY_ERROR;
-    if (r->body_kind == MOXY_BODY_NONE) {
-        r->body_buffered = 1;
-        return MOXY_OK;
-    }
-    if (r->body_read > 0 || r->up || r->buffering || c->state != MOXY_C_ACTIVE) {
-        r->body_error = "the body is already on its way to the origin";
-        return MOXY_DECLINED;
-    }
-    if (!max || max > c->req->g->conf->limits.body_bytes) max = c->req->g->conf->limits.body_bytes;
-    r->body_max = max;
-    if (r->body_kind == MOXY_BODY_LENGTH && r->body_length > max) {
-        r->body_status = 413;
-        r->body_error = "request body too large";
-        r->keepalive = 0;
-        return MOXY_ERROR;
-    }
-    if (!moxy_req_body_buffer(r)) return MOXY_ERROR;
-    if (r->expect_continue) {
-        r->expect_continue = 0;
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-        moxy_client_send(c); /* a failure shows as the client going away */
-    }
-    r->buffering = 1;
-    int rc = body_buffer(c);
-    if (rc != MOXY_AGAIN) return rc;
-    moxy_lua_task_t *t = moxy_lua_current_task();
-    if (!t) {
-        r->buffering = 0;
-        return MOXY_ERROR;
-    }
-    r->body_task = t;
-    moxy_lua_task_wait(t, r, body_cancel);
-    client_want_read(c);
-    return MOXY_AGAIN;
-}
-
 /* The on_request hooks are done (rc from moxy_lua_on_request): answer, or
  * send the request on. */
 static void client_after_hooks(moxy_client_t *c, int rc)
@@ -686,60 +573,6 @@ static void client_after_hooks(moxy_client_t *c, int rc)
         return;
     }
     moxy_req_content(r);
-}
-
-/* Move request body bytes from c->in to the origin connection.  MOXY_OK when
- * the caller may go on, MOXY_ERROR when c was answered/closed. */
-static int client_read_body(moxy_client_t *c)
-{
-    moxy_req_t *r = c->req;
-    moxy_upconn_t *u = r->up;
-    if (!u) {
-        /* Answered without an origin: the body is not read, the connection
-         * will close after the answer. */
-        client_stop_read(c);
-        return MOXY_OK;
-    }
-    if (r->body_kind == MOXY_BODY_LENGTH) {
-        size_t have = evbuffer_get_length(c->in);
-        size_t n = have < r->body_left ? have : (size_t)r->body_left;
-        if (n) {
-            moxy_io_move(u->out, c->in, n);
-            r->body_left -= n;
-            r->body_read += n;
-            r->body_sent = 1;
-        }
-        if (r->body_left == 0) r->body_done = 1;
-    } else {
-        const char *reason = NULL;
-        int rc = moxy_h1_parse(c, &reason);
-        if (rc == MOXY_ERROR) {
-            int status = r->status ? r->status : 400;
-            r->status = 0;
-            if (!r->resp_head_sent) {
-                client_reject(c, status, reason); /* logs it */
-            } else {
-                moxy_log(MOXY_LOG_INFO, r->id, "client %s: bad request body: %s", c->addr.ip, reason);
-                r->error = reason;
-                moxy_client_close(c);
-            }
-            return MOXY_ERROR;
-        }
-    }
-    r->origin->send(r);
-    if (r->origin->backlogged(r)) client_stop_read(c);
-    return MOXY_OK;
-}
-
-static void client_resume_read(moxy_client_t *c)
-{
-    if (c->state == MOXY_C_ACTIVE && c->req && !c->req->body_done && !c->reading && !c->eof) {
-        client_want_read(c);
-        if (evbuffer_get_length(c->in) > 0) client_process(c);
-    } else if (c->state == MOXY_C_TUNNEL && !c->reading && !c->eof) {
-        client_want_read(c);
-        if (evbuffer_get_length(c->in) > 0) client_process(c);
-    }
 }
 
 /* --- the PROXY protocol header (listeners with proxy_protocol) --- */
@@ -803,7 +636,7 @@ static int client_proxy_header(moxy_client_t *c)
 /* Parse and start requests, move body bytes: whatever c->in allows.  Not
  * re-entered: a call from below (a response finished while a request was
  * being started) leaves the work to the loop already running. */
-static void client_process(moxy_client_t *c)
+void moxy_h1_process(moxy_client_t *c)
 {
     if (c->in_process) return;
     c->in_process = 1;
@@ -842,7 +675,7 @@ static void client_process(moxy_client_t *c)
             int rc = moxy_h1_parse(c, &reason);
             if (rc == MOXY_AGAIN) {
                 if (r->head_bytes > r->g->conf->limits.header_bytes)
-                    client_reject(c, 431, "request header fields too large");
+                    moxy_h1_reject(c, 431, "request header fields too large");
                 else if (first)
                     client_read_timeout(c, &r->g->tv_client_header);
                 break;
@@ -850,28 +683,28 @@ static void client_process(moxy_client_t *c)
             if (rc == MOXY_ERROR) {
                 int status = r->status ? r->status : 400;
                 r->status = 0;
-                client_reject(c, status, reason);
+                moxy_h1_reject(c, status, reason);
                 break;
             }
             client_start_request(c);
-            if (!c->dead && c->state == MOXY_C_ACTIVE) client_want_read(c);
+            if (!c->dead && c->state == MOXY_C_ACTIVE) moxy_h1_want_read(c);
             continue;
         }
         if (c->state == MOXY_C_ACTIVE) {
             moxy_req_t *r = c->req;
             if (r->buffering) {
                 if (evbuffer_get_length(c->in) == 0) break;
-                if (body_buffer(c) != MOXY_AGAIN) body_wake(r);
+                if (moxy_h1_body_buffer(c) != MOXY_AGAIN) moxy_h1_body_wake(r);
                 break;
             }
             if (r->hook) {
-                if (!r->body_done) client_stop_read(c); /* the body waits in the socket */
+                if (!r->body_done) moxy_h1_stop_read(c); /* the body waits in the socket */
                 break;
             }
             if (r->body_done || !r->up || evbuffer_get_length(c->in) == 0) break;
-            if (client_read_body(c) != MOXY_OK || c->dead) break;
+            if (moxy_h1_read_body(c) != MOXY_OK || c->dead) break;
             if (!r->body_done) break;
-            client_want_read(c);
+            moxy_h1_want_read(c);
             continue;
         }
         if (c->state == MOXY_C_TUNNEL) {
@@ -879,7 +712,7 @@ static void client_process(moxy_client_t *c)
             if (r->up && evbuffer_get_length(c->in) > 0) {
                 evbuffer_add_buffer(r->up->out, c->in);
                 r->origin->send(r);
-                if (!c->dead && r->origin->backlogged(r)) client_stop_read(c);
+                if (!c->dead && r->origin->backlogged(r)) moxy_h1_stop_read(c);
             }
             break;
         }
@@ -927,10 +760,10 @@ static void client_finish_request(moxy_client_t *c)
     }
     c->state = MOXY_C_HEAD;
     if (moxy_client_send(c) != MOXY_OK) return;
-    client_want_read(c);
+    moxy_h1_want_read(c);
     if (evbuffer_get_length(c->in) > 0) {
         /* a pipelined request is waiting */
-        if (!c->in_process) client_process(c);
+        if (!c->in_process) moxy_h1_process(c);
     } else if (draining) {
         moxy_client_drain(c); /* the drain grace for a request on its way */
     } else if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
@@ -945,8 +778,8 @@ static void client_finish_request(moxy_client_t *c)
 void moxy_client_tunnel(moxy_client_t *c)
 {
     c->state = MOXY_C_TUNNEL;
-    client_want_read(c);
-    if (evbuffer_get_length(c->in) > 0) client_process(c);
+    moxy_h1_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) moxy_h1_process(c);
 }
 
 /* --- events --- */
@@ -972,7 +805,7 @@ static void client_timeout(moxy_client_t *c)
             client_read_timeout(c, &left);
             return;
         }
-        client_reject(c, 408, "client header timeout");
+        moxy_h1_reject(c, 408, "client header timeout");
         return;
     }
     if (c->state == MOXY_C_TUNNEL) {
@@ -986,7 +819,7 @@ static void client_timeout(moxy_client_t *c)
             return;
         }
         moxy_req_origin_cut(r);
-        client_reject(c, 408, "client body timeout");
+        moxy_h1_reject(c, 408, "client body timeout");
     }
 }
 
@@ -1025,7 +858,7 @@ static void client_read(moxy_client_t *c, short what)
     }
     if (n == 0) {
         c->eof = 1;
-        client_stop_read(c);
+        moxy_h1_stop_read(c);
         moxy_req_t *r = c->req;
         if (c->state == MOXY_C_HEAD) {
             if (c->proxy_wait) {
@@ -1037,7 +870,7 @@ static void client_read(moxy_client_t *c, short what)
                 return;
             }
             if (r && r->head_bytes > 0 && evbuffer_get_length(c->in) > 0) {
-                client_process(c); /* parse what came before the close */
+                moxy_h1_process(c); /* parse what came before the close */
                 return;
             }
             moxy_client_close(c);
@@ -1063,5 +896,5 @@ static void client_read(moxy_client_t *c, short what)
         /* half-closed after a complete request: answer, then close */
         return;
     }
-    client_process(c);
+    moxy_h1_process(c);
 }

@@ -2,6 +2,7 @@
  * admin.c -- the admin listener (see admin.h): libevent's evhttp on the main
  * thread, reading what the workers counted and the shared upstream state.
  */
+#include "http/lifecycle.h"
 #include "ops/admin.h"
 #include "ops/admin_history.h"
 #include "ops/admin_page.h"
@@ -399,3 +400,15 @@ void moxy_admin_stop(void)
     if (admin.http) evhttp_free(admin.http);
     admin.http = NULL;
 }
+
+static int admin_reload(moxy_conf_t *conf, struct event_base *base)
+{
+    MOXY_UNUSED(base);
+    moxy_admin_set_conf(conf);
+    return MOXY_OK;
+}
+
+moxy_module_t moxy_admin_module = {
+    .name = "admin",
+    .reload = admin_reload,
+};

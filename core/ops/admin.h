@@ -41,4 +41,7 @@ void moxy_admin_set_conf(const moxy_conf_t *conf);
 void moxy_admin_stop(void);
 
 
+/* The admin listener follows each reload (lifecycle.h). */
+extern struct moxy_module_s moxy_admin_module;
+
 #endif

@@ -13,6 +13,7 @@
  *   4. The result goes to the log, the waiters (POST /reload), and the
  *      status file `moxy reload` reads.
  */
+#include "http/lifecycle.h"
 #include "ops/generation.h"
 #include "ops/admin.h"
 #include "cache/cache.h"
@@ -353,17 +354,6 @@ static void finish(int ok, const char *msg)
     if (rl.queued) event_active(rl.again_ev, EV_TIMEOUT, 0);
 }
 
-/* The main thread's services follow the new configuration. */
-static void services_switch(moxy_conf_t *conf)
-{
-    moxy_health_stop();
-    if (moxy_health_start(conf, rl.base) != MOXY_OK) moxy_log_err("reload: cannot start the health checks");
-    if (moxy_resolver_restart(conf, rl.base) != MOXY_OK) moxy_log_err("reload: cannot resolve upstream names");
-    moxy_admin_set_conf(conf);
-    moxy_lua_watchdog_tick(conf->cpu_budget);
-    moxy_watch_set(conf, rl.base);
-}
-
 /* Every worker answered PREPARE (or the time is up): commit or abort. */
 static void decide(int timed_out)
 {
@@ -391,7 +381,7 @@ static void decide(int timed_out)
     for (int i = 0; i < rl.n; i++) moxy_worker_signal(rl.workers[i], MOXY_WORKER_COMMIT);
     moxy_gen_t *old = rl.current;
     rl.current = g;
-    services_switch(g->conf);
+    moxy_modules_reload(g->conf, rl.base); /* the main thread's services follow it */
     moxy_gen_release(old);
     snprintf(msg, sizeof(msg), "generation %u serving (configuration %s)", g->id, g->conf->path);
     finish(1, msg);

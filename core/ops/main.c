@@ -11,6 +11,7 @@
  *                         result, exits 1 when the reload failed
  *   -p PIDFILE            overrides the configuration's pid_file
  */
+#include "ops/modules.h"
 #include "ops/admin.h"
 #include "cache/cache.h"
 #include "base/config.h"
@@ -283,6 +284,7 @@ out:
 
 int main(int argc, char **argv)
 {
+    moxy_modules_setup();
     if (argc >= 2 && strcmp(argv[1], "test") == 0) return moxy_test_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "reload") == 0) return reload_main(argc - 1, argv + 1);
     moxy_upgrade_init(argv);
@@ -336,10 +338,6 @@ int main(int argc, char **argv)
 
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
-    moxy_http_init();
-    moxy_upstream_http_init();
-    moxy_req_set_content_handler(moxy_cache_content);
-    moxy_upstream_set_cache(&moxy_cache_for_proxy);
 
     main_base = event_base_new();
     exit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -1,6 +1,7 @@
 /*
  * watch.c -- reloading when watched files change (see watch.h).
  */
+#include "http/lifecycle.h"
 #include "ops/watch.h"
 #include "ops/generation.h"
 #include "base/log.h"
@@ -139,3 +140,13 @@ void moxy_watch_stop(void)
     if (w.fd >= 0) close(w.fd);
     w.fd = -1;
 }
+
+static int watch_reload(moxy_conf_t *conf, struct event_base *base)
+{
+    return moxy_watch_set(conf, base);
+}
+
+moxy_module_t moxy_watch_module = {
+    .name = "watch",
+    .reload = watch_reload,
+};

@@ -26,4 +26,7 @@ int moxy_watch_set(const moxy_conf_t *conf, struct event_base *base);
 /* Stop watching and free everything (exit). */
 void moxy_watch_stop(void);
 
+/* The watched files follow each reload (lifecycle.h). */
+extern struct moxy_module_s moxy_watch_module;
+
 #endif

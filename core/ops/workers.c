@@ -2,6 +2,7 @@
  * workers.c -- worker threads: their generations' building and switching,
  * drain/stop on command from the main thread; see workers.h.
  */
+#include "http/lifecycle.h"
 #include "ops/workers.h"
 #include "ops/generation.h"
 #include "api/geoip.h"
@@ -72,7 +73,7 @@ static void control_cb(evutil_socket_t fd, short what, void *arg)
     if ((cmd & MOXY_WORKER_DRAIN) && !w->draining) {
         w->draining = 1;
         moxy_listeners_close(w);
-        moxy_upstream_close_idle(w);
+        moxy_modules_worker_drain(w);
         moxy_client_t *c = LIST_FIRST(&w->clients), *next;
         for (; c; c = next) {
             next = LIST_NEXT(c, link);
@@ -94,7 +95,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     moxy_alog_flush(&w->alog);
-    moxy_geoip_worker_refresh(w);
+    moxy_modules_worker_tick(w);
     /* event-loop lag: how late this one-second timer fires (a loop kept
      * busy by a slow callback fires it late) */
     long long now = moxy_mono_us();
@@ -112,8 +113,7 @@ static void wgen_free(moxy_wgen_t *g)
         LIST_REMOVE(g, link);
         event_del(&g->deadline);
     }
-    moxy_upstream_free_wgen(g);
-    moxy_lua_wgen_free(g);
+    moxy_modules_wgen_free(g);
     if (g->gen) moxy_gen_release(g->gen);
     free(g);
 }
@@ -131,12 +131,7 @@ static moxy_wgen_t *wgen_build(moxy_worker_t *w, moxy_gen_t *gen)
     moxy_gen_hold(gen);
     g->gen = gen;
     g->free = wgen_free;
-    if (moxy_upstream_init_wgen(g) != MOXY_OK) {
-        snprintf(w->error, sizeof(w->error), "out of memory");
-        wgen_free(g);
-        return NULL;
-    }
-    if (moxy_lua_wgen_init(g) != MOXY_OK) { /* w->error says why */
+    if (moxy_modules_wgen_init(g) != MOXY_OK) { /* w->error says why */
         wgen_free(g);
         return NULL;
     }
@@ -215,7 +210,7 @@ static void wgen_switch(moxy_worker_t *w, moxy_wgen_t *g)
 {
     moxy_wgen_t *old = w->g;
     listeners_switch(w, g);
-    moxy_upstream_switch_wgen(old, g);
+    moxy_modules_wgen_switch(old, g);
     moxy_lua_wgen_retire(old);
     w->g = g;
     old->retired = 1;
@@ -280,10 +275,9 @@ static void *worker_main(void *arg)
     while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
     moxy_req_end_detached(w, NULL);
     moxy_worker_buf_free_all(w);
-    moxy_fetch_free_worker(w);
+    moxy_modules_worker_free(w);
     moxy_alog_flush(&w->alog);
     worker_free_wgens(w);
-    moxy_geoip_worker_free(w);
     moxy_pool_thread_cleanup();
     moxy_main_worker_exited();
     return NULL;
@@ -309,8 +303,8 @@ void moxy_worker_join_free(moxy_worker_t *w)
     if (!w) return;
     if (atomic_load_explicit(&w->started, memory_order_acquire)) pthread_join(w->thread, NULL);
     else {
+        moxy_modules_worker_free(w);
         worker_free_wgens(w);
-        moxy_geoip_worker_free(w);
     }
     if (w->listeners) {
         moxy_listeners_close(w);

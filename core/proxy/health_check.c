@@ -21,6 +21,7 @@
  * when the round ends; the rest lives from moxy_health_start to
  * moxy_health_stop.
  */
+#include "http/lifecycle.h"
 #include "proxy/health_check.h"
 #include "net/conn.h"
 #include "base/log.h"
@@ -527,3 +528,14 @@ void moxy_health_stop(void)
     free(health.pools);
     memset(&health, 0, sizeof(health));
 }
+
+static int health_reload(moxy_conf_t *conf, struct event_base *base)
+{
+    moxy_health_stop();
+    return moxy_health_start(conf, base);
+}
+
+moxy_module_t moxy_health_module = {
+    .name = "health checks",
+    .reload = health_reload,
+};

@@ -25,4 +25,7 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base);
  * base are freed).  Safe when nothing was started. */
 void moxy_health_stop(void);
 
+/* The health checks follow each reload (lifecycle.h). */
+extern struct moxy_module_s moxy_health_module;
+
 #endif

@@ -19,8 +19,8 @@
  * then wakes the task, which may start new calls (and reuse the connection
  * just put back) before moxy_lua_task_wake returns.
  */
+#include "http/lifecycle.h"
 #include "proxy/http_fetch.h"
-#include "api/ffi.h"
 #include "http/lua_bridge.h"
 #include "http/worker.h"
 
@@ -82,7 +82,7 @@ typedef struct fetch_dns_s {
     struct evutil_addrinfo *ai;
 } fetch_dns_t;
 
-/* A worker's moxy.http state (w->fetch). */
+/* A worker's moxy.http state (its slot of moxy_fetch_module). */
 struct fetch_reg_s {
     moxy_worker_t *w;
     struct evdns_base *dns; /* created on the first name lookup */
@@ -159,7 +159,8 @@ static const llhttp_settings_t fetch_settings;
 
 static fetch_reg_t *reg_get(moxy_worker_t *w)
 {
-    if (w->fetch) return w->fetch;
+    void **slot = moxy_worker_slot(w, &moxy_fetch_module);
+    if (*slot) return *slot;
     fetch_reg_t *reg = calloc(1, sizeof(*reg));
     if (!reg) return NULL;
     reg->w = w;
@@ -168,7 +169,7 @@ static fetch_reg_t *reg_get(moxy_worker_t *w)
     LIST_INIT(&reg->lookups);
     struct timeval tv = {FETCH_IDLE_SECS, 0};
     reg->ctv_idle = event_base_init_common_timeout(w->base, &tv);
-    w->fetch = reg;
+    *slot = reg;
     return reg;
 }
 
@@ -953,7 +954,7 @@ err:
 
 void moxy_fetch_free_worker(moxy_worker_t *w)
 {
-    fetch_reg_t *reg = w->fetch;
+    fetch_reg_t *reg = *moxy_worker_slot(w, &moxy_fetch_module);
     if (!reg) return;
     /* calls in flight: their tasks' cancel frees them later (or already
      * did); here they only lose their sockets and events */
@@ -977,5 +978,10 @@ void moxy_fetch_free_worker(moxy_worker_t *w)
         idle_close(TAILQ_FIRST(&p->idle));
     if (reg->dns) evdns_base_free(reg->dns, 0);
     free(reg);
-    w->fetch = NULL;
+    *moxy_worker_slot(w, &moxy_fetch_module) = NULL;
 }
+
+moxy_module_t moxy_fetch_module = {
+    .name = "moxy.http",
+    .worker_free = moxy_fetch_free_worker,
+};

@@ -12,6 +12,7 @@
  * addresses in another order (round-robin DNS) is no change: addr_gen moves,
  * and idle connections to the old addresses close, only when the set does.
  */
+#include "http/lifecycle.h"
 #include "proxy/resolver.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
@@ -423,3 +424,8 @@ int moxy_resolver_restart(moxy_conf_t *conf, struct event_base *base)
     }
     return moxy_resolver_start(conf, base);
 }
+
+moxy_module_t moxy_resolver_module = {
+    .name = "resolver",
+    .reload = moxy_resolver_restart,
+};

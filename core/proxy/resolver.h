@@ -36,4 +36,7 @@ void moxy_resolver_stop(void);
  * first answers.  MOXY_OK or MOXY_ERROR. */
 int moxy_resolver_restart(moxy_conf_t *conf, struct event_base *base);
 
+/* The resolver follows each reload (lifecycle.h). */
+extern struct moxy_module_s moxy_resolver_module;
+
 #endif

@@ -4,7 +4,6 @@
  * retry budget.
  */
 #include "proxy/upstream.h"
-#include "api/ffi.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
 

@@ -21,12 +21,51 @@
 #define MOXY_UPSTREAM_H
 
 #include "base/config.h"
-#include "api/ffi.h"
 #include "base/moxy.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+
+/* The FFI exports of lua/moxy/upstream.lua (tools/check-ffi.lua compares them with
+ * its ffi.cdef; bump api/ffi.h's MOXY_FFI_ABI on any change). */
+/* BEGIN FFI lua/moxy/upstream.lua */
+/* One peer of a pool as moxy.upstream.peers() shows it. */
+typedef struct {
+    const char *addr;      /* as configured; valid while the configuration is */
+    int state;             /* 0 up, 1 down (ejected), 2 unhealthy, 3 drained, 4 unresolved */
+    int weight;            /* configured */
+    double weight_now;     /* with slow start */
+    int backup, max_conns;
+    int active;            /* requests in flight, all workers */
+    double ewma_ms;        /* latency EWMA to the response head; 0: no sample */
+    int fails;             /* consecutive failures */
+    double down_for;       /* seconds left of an ejection; 0: none */
+    unsigned long long requests, failures, checks;
+    unsigned long long ejections;   /* passive health ejections */
+    unsigned long long transitions; /* health-check verdict changes (up <-> unhealthy) */
+    char check_error[96];  /* why the last health check failed, "" */
+} moxy_ffi_peer_t;
+
+/* Peers of the pool called name (len bytes) in the running configuration;
+ * -1: no such pool, -2: no configuration here (not in a hook or timer). */
+int moxy_ffi_upstream_npeers(const char *name, size_t len);
+
+/* Fill *out with peer i of the pool called name.  MOXY_OK or MOXY_DECLINED. */
+int moxy_ffi_upstream_peer(const char *name, size_t len, int i, moxy_ffi_peer_t *out);
+
+/* Drain (drained = 1) or enable the peer addr of the pool called name, for
+ * every worker.  MOXY_OK; MOXY_DECLINED: no such pool or peer. */
+int moxy_ffi_upstream_drain(const char *name, size_t len, const char *addr, size_t alen, int drained);
+
+/* Peers of the pool called name that can take a request now (usable and
+ * under max_conns); -1: no such pool; -2: no configuration here. */
+int moxy_ffi_upstream_usable(const char *name, size_t len);
+
+/* The pool's retries and retries the budget refused, since start. */
+int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long long *retries,
+                              unsigned long long *denied);
+/* END FFI */
 
 #define MOXY_PEER_MAX_ADDRS 8
 #define MOXY_EWMA_DECAY_MS 5000.0 /* the latency EWMA's time constant */

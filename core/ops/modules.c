@@ -1,0 +1,34 @@
+/*
+ * modules.c -- what a moxy process is made of; see modules.h.  The order of
+ * registration is the order of the lifecycle calls (frees in reverse).
+ */
+#include "ops/modules.h"
+#include "api/geoip.h"
+#include "http/http.h"
+#include "http/lifecycle.h"
+#include "http/lua_bridge.h"
+#include "http/request.h"
+#include "ops/admin.h"
+#include "ops/watch.h"
+#include "proxy/health_check.h"
+#include "proxy/http_fetch.h"
+#include "proxy/resolver.h"
+
+void moxy_modules_setup(void)
+{
+    static int done;
+    if (done) return;
+    done = 1;
+    moxy_module_register(&moxy_upstream_module);
+    moxy_module_register(&moxy_lua_module);
+    moxy_module_register(&moxy_geoip_module);
+    moxy_module_register(&moxy_fetch_module);
+    moxy_module_register(&moxy_health_module);
+    moxy_module_register(&moxy_resolver_module);
+    moxy_module_register(&moxy_admin_module);
+    moxy_module_register(&moxy_watch_module);
+    moxy_http_init();
+    moxy_upstream_http_init();
+    moxy_req_set_content_handler(moxy_cache_content);
+    moxy_upstream_set_cache(&moxy_cache_for_proxy);
+}

@@ -1,0 +1,60 @@
+/*
+ * origin.h -- what the two halves of the proxy's origin side share:
+ * http_upstream.c (pools, tries, connections, failures) and
+ * origin_response.c (the response).  Not for other folders: http.h is the
+ * proxy's interface.
+ */
+#ifndef MOXY_ORIGIN_H
+#define MOXY_ORIGIN_H
+
+#include "http/http.h"
+#include "http/request.h"
+#include "proxy/upstream.h"
+
+#include <llhttp.h>
+
+/* The cache, as moxy_upstream_set_cache handed it over. */
+extern const moxy_proxy_cache_t *moxy_origin_cache;
+
+/* The stream of u's request (none when u is idle): held across an event of u. */
+static inline moxy_stream_ref_t moxy_origin_client(const moxy_upconn_t *u)
+{
+    moxy_stream_ref_t none = {NULL, NULL};
+    return u->req ? moxy_req_stream(u->req) : none;
+}
+
+/* Keep u's memory across a call that may close it / let it go. */
+void moxy_origin_hold(moxy_upconn_t *u);
+void moxy_origin_release(moxy_upconn_t *u);
+
+/* Stop reading u (its events stay set up). */
+void moxy_origin_stop_read(moxy_upconn_t *u);
+
+/* The origin failed u's request: another try when the failure came before
+ * any response byte and the request may (retry), else the client gets
+ * status (moxy_req_upstream_failed). */
+void moxy_origin_fail(moxy_upconn_t *u, int status, const char *why, int retry);
+
+/* r's try failed with status (why) before its response went on: start the
+ * next one when r may, closing u (if any).  1 when it did. */
+int moxy_origin_try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *why);
+
+/* The try's outcome (ok or not) to its peer's passive health. */
+void moxy_origin_try_report(moxy_req_t *r, int ok);
+
+/* The try lets go of its peer (its requests in flight). */
+void moxy_origin_try_release(moxy_req_t *r);
+
+/* The index in g of the pool with shared state state, or -1. */
+int moxy_origin_pool_of_state(const moxy_wgen_t *g, const moxy_upstream_t *state);
+
+/* Put u on rt's idle list (its idle timer armed by the caller). */
+void moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
+
+/* origin_response.c: the llhttp settings of a response (made once by
+ * moxy_upstream_http_init); u's read event; go on with what u has read. */
+const llhttp_settings_t *moxy_origin_response_settings(void);
+void moxy_origin_read_cb(evutil_socket_t fd, short what, void *arg);
+void moxy_origin_process(moxy_upconn_t *u);
+
+#endif

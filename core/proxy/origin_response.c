@@ -1,0 +1,554 @@
+/*
+ * origin_response.c -- the origin's response: its head parsed with llhttp
+ * (interim heads forwarded), the on_response hooks, then the body streamed
+ * to the client's stream (or its on_body filter) with back-pressure, and
+ * the connection kept for the next request when it is clean.
+ *
+ * Response bodies with Content-Length, and bodies delimited by close, are
+ * moved between evbuffers without copying; chunked bodies are decoded by
+ * llhttp and handed on piece by piece: the client's protocol frames them
+ * again.
+ */
+#include "base/headers.h"
+#include "http/http.h"
+#include "http/body_filter.h"
+#include "http/request.h"
+#include "net/io.h"
+#include "base/log.h"
+#include "http/lua_bridge.h"
+#include "proxy/origin.h"
+#include "proxy/upstream.h"
+#include "http/worker.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void response_hooks_done(moxy_req_t *r, int rc);
+
+/* --- response head (llhttp callbacks) --- */
+
+static int rs_fail(llhttp_t *p, const char *why)
+{
+    llhttp_set_error_reason(p, why);
+    return HPE_USER;
+}
+
+/* A piece of a response header name (value = 0) or value, counted against header_bytes. */
+static int rs_header_piece(llhttp_t *p, const char *at, size_t n, int value)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_pool_t *pool = &u->req->mem;
+    u->head_bytes += n;
+    if (u->head_bytes > u->g->conf->limits.header_bytes) return rs_fail(p, "response head too large");
+    return value ? moxy_pool_append(pool, &u->value, &u->value_len, &u->value_cap, at, n)
+                 : moxy_pool_append(pool, &u->field, &u->field_len, &u->field_cap, at, n);
+}
+
+static int rs_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    return rs_header_piece(p, at, n, 0);
+}
+
+static int rs_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    return rs_header_piece(p, at, n, 1);
+}
+
+static int rs_header_field_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    u->value_len = 0;
+    return 0;
+}
+
+static int rs_header_value_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    const char *v = u->value ? u->value : "";
+    uint32_t vl = u->value_len;
+    if (u->field_len == 0) return rs_fail(p, "empty header name in response");
+    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--; /* llhttp checked the rest */
+    moxy_headers_t *hs = u->in_trailers ? &r->resp_trailers : &r->resp_headers;
+    if ((int)hs->n >= u->g->conf->limits.headers) return rs_fail(p, "too many response headers");
+    if (moxy_headers_add(&r->mem, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;
+    u->field_len = u->value_len = 0;
+    u->head_bytes += 4;
+    return 0;
+}
+
+/* Forward an interim (1xx) response to the client; 100 is moxy's own
+ * business with the client and is not forwarded. */
+static void up_interim(moxy_upconn_t *u, int status)
+{
+    moxy_req_t *r = u->req;
+    if (status != 100) moxy_stream_send_interim(r, status, &r->resp_headers);
+    r->resp_headers.n = 0;
+}
+
+static int rs_headers_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    if (u->in_trailers) return 0;
+    int status = p->status_code;
+    if (status < 100 || status > 999) return rs_fail(p, "invalid status");
+    /* the fields the origin's Connection names are for this hop only */
+    moxy_headers_drop_connection_named(&r->resp_headers, MOXY_HK_CL);
+    if (status < 200 && status != 101) {
+        /* A 1xx never has a body (RFC 9110 15.2): framing on one is an
+         * attempt to split the response stream.  The interim heads of one
+         * response share a bound in number and in bytes. */
+        if (p->flags & (F_CHUNKED | F_CONTENT_LENGTH) ||
+            moxy_headers_find_kind(&r->resp_headers, MOXY_HK_TE | MOXY_HK_CL, 0) >= 0)
+            return rs_fail(p, "interim response with a body");
+        if (++u->interims > MOXY_MAX_INTERIM) return rs_fail(p, "too many interim responses");
+        u->interim_bytes += u->head_bytes;
+        if (u->interim_bytes > u->g->conf->limits.header_bytes)
+            return rs_fail(p, "interim responses too large");
+        up_interim(u, status);
+        u->interim = 1;
+        u->head_bytes = 0;
+        return 1; /* no body, whatever the status (llhttp reads one for 104-199) */
+    }
+    r->status = status;
+    int close = p->http_major == 1 && p->http_minor == 0;
+    for (uint32_t i = 0; i < r->resp_headers.n; i++) {
+        moxy_header_t *h = &r->resp_headers.h[i];
+        if (h->kind & MOXY_HK_CONNECTION) {
+            if (moxy_list_has_token(h->value, h->value_len, "close", 5)) close = 1;
+            if (moxy_list_has_token(h->value, h->value_len, "keep-alive", 10) && p->http_minor == 0)
+                close = 0;
+        }
+    }
+    if (close) u->keepalive = 0;
+    if (status == 101) {
+        r->resp_body_kind = MOXY_BODY_NONE;
+    } else if (r->method == HTTP_HEAD || status == 204 || status == 304) {
+        r->resp_body_kind = MOXY_BODY_NONE;
+    } else if (p->flags & F_CHUNKED) {
+        r->resp_body_kind = MOXY_BODY_CHUNKED;
+    } else if (p->flags & F_CONTENT_LENGTH) {
+        r->resp_body_kind = MOXY_BODY_LENGTH;
+        r->resp_body_left = p->content_length;
+    } else {
+        r->resp_body_kind = MOXY_BODY_EOF;
+        u->keepalive = 0;
+    }
+    return HPE_PAUSED;
+}
+
+static int rs_chunk_header(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    if (p->content_length == 0) u->in_trailers = 1;
+    return 0;
+}
+
+static int rs_body(llhttp_t *p, const char *at, size_t n)
+{
+    moxy_upconn_t *u = p->data;
+    moxy_req_t *r = u->req;
+    if (r->cache_fill) moxy_origin_cache->response_body(r, at, n);
+    if (r->filtering) {
+        evbuffer_add(r->filter_in, at, n);
+        return 0;
+    }
+    moxy_stream_send_data(r, at, n);
+    r->bytes_sent += n;
+    return 0;
+}
+
+static int rs_message_complete(llhttp_t *p)
+{
+    moxy_upconn_t *u = p->data;
+    if (u->interim) {
+        u->interim = 0;
+        return 0;
+    }
+    u->body_done = 1; /* the trailers go with the body's end (moxy_req_response_done) */
+    return HPE_PAUSED;
+}
+
+const llhttp_settings_t *moxy_origin_response_settings(void)
+{
+    static llhttp_settings_t s;
+    static int ready;
+    if (!ready) { /* first call is from the main thread (moxy_http_init) */
+        llhttp_settings_init(&s);
+        s.on_header_field = rs_header_field;
+        s.on_header_value = rs_header_value;
+        s.on_header_field_complete = rs_header_field_complete;
+        s.on_header_value_complete = rs_header_value_complete;
+        s.on_headers_complete = rs_headers_complete;
+        s.on_chunk_header = rs_chunk_header;
+        s.on_body = rs_body;
+        s.on_message_complete = rs_message_complete;
+        ready = 1;
+    }
+    return &s;
+}
+
+void moxy_upstream_http_init(void)
+{
+    moxy_origin_response_settings();
+}
+
+/* Feed u->in to llhttp.  MOXY_OK: paused; MOXY_AGAIN: all consumed;
+ * MOXY_ERROR: bad response (*why set). */
+static int up_parse(moxy_upconn_t *u, const char **why)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(u->in, -1, NULL, v, 16);
+    if (n > 16) n = 16;
+    size_t consumed = 0;
+    int rc = MOXY_AGAIN;
+    for (int i = 0; i < n; i++) {
+        const char *base = v[i].iov_base;
+        llhttp_errno_t err = llhttp_execute(&u->parser, base, v[i].iov_len);
+        if (err == HPE_OK) {
+            consumed += v[i].iov_len;
+            continue;
+        }
+        if (err == HPE_PAUSED) {
+            consumed += (size_t)(llhttp_get_error_pos(&u->parser) - base);
+            llhttp_resume(&u->parser);
+            rc = MOXY_OK;
+            break;
+        }
+        *why = llhttp_get_error_reason(&u->parser);
+        if (!*why) *why = llhttp_errno_name(err);
+        rc = MOXY_ERROR;
+        break;
+    }
+    if (consumed) evbuffer_drain(u->in, consumed);
+    return rc;
+}
+
+/* The origin's response is complete: keep the connection for the next
+ * request when it is clean. */
+static void up_finished(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    moxy_worker_t *w = u->w;
+    r->up_done_us = moxy_mono_us();
+    moxy_origin_try_release(r);
+    r->up = NULL;
+    u->req = NULL;
+    if (u->pool < 0 || u->server < 0) {
+        moxy_upconn_close(u);
+        return;
+    }
+    if (u->g != w->g) { /* a request that started before a reload */
+        int k = moxy_origin_pool_of_state(w->g, u->g->pools[u->pool].state);
+        if (k < 0) { /* the pool changed: its connections go with its generation */
+            moxy_upconn_close(u);
+            return;
+        }
+        u->g = w->g;
+        u->pool = k;
+    }
+    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
+    moxy_pool_rt_t *rt = &u->g->pools[u->pool];
+    int reuse = u->keepalive && !u->eof && !u->write_failed && r->body_done &&
+                evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 &&
+                rt->nidle < uc->keepalive && !w->draining;
+    if (!reuse) {
+        moxy_upconn_close(u);
+        return;
+    }
+    if (u->writing) event_del(&u->wev);
+    u->writing = 0;
+    event_add(&u->rev, rt->ctv_idle);
+    u->reading = 1;
+    u->field = u->value = NULL;
+    u->field_cap = u->value_cap = 0;
+    moxy_origin_idle_put(rt, u);
+}
+
+/* The origin closed (or reset) before the response head was complete. */
+static void up_eof_before_head(moxy_upconn_t *u)
+{
+    moxy_origin_fail(u, 502,
+            u->got_bytes ? "origin closed the connection in the response head"
+                         : "origin closed the connection without answering",
+            1);
+}
+
+/* r ends: what a try still holds is let go. */
+void moxy_upstream_req_free(moxy_req_t *r)
+{
+    moxy_origin_try_release(r);
+}
+
+/* --- the response --- */
+
+/* The on_response hooks ran (rc from moxy_lua_run): MOXY_OK when the
+ * origin's response goes on to the client (its head is queued); otherwise
+ * the request was answered (the hooks' answer or a 500) and u is closed. */
+static int up_after_response_hooks(moxy_upconn_t *u, int rc)
+{
+    moxy_req_t *r = u->req;
+    if (rc == MOXY_OK && moxy_body_filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
+    if (rc == MOXY_OK) {
+        if (moxy_origin_cache->response_decide(r) == MOXY_OK) {
+            moxy_stream_send_head(r);
+            return MOXY_OK;
+        }
+        rc = MOXY_DECLINED; /* a background fetch whose response is not stored */
+    }
+    /* the origin's body will not be read: its connection cannot be reused */
+    r->up = NULL;
+    u->req = NULL;
+    moxy_upconn_close(u);
+    if (rc == MOXY_DECLINED) {
+        moxy_req_response_done(r);
+    } else if (rc == MOXY_DONE) {
+        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+    } else {
+        moxy_req_fail(r, 500, "script error in on_response");
+    }
+    return MOXY_DONE;
+}
+
+/* on_response's hooks that yielded over an origin's head are done. */
+static void response_hooks_done(moxy_req_t *r, int rc)
+{
+    moxy_upconn_t *u = r->up;
+    if (!u) return;
+    moxy_origin_hold(u);
+    if (up_after_response_hooks(u, rc) == MOXY_OK) {
+        moxy_upstream_resume_read(u);
+        if (evbuffer_get_length(u->in) > 0 || u->eof) moxy_origin_process(u);
+        else moxy_stream_flush(r);
+    }
+    moxy_origin_release(u);
+}
+
+/* The origin's head is in: its status goes to passive health, and a retry
+ * status (retry_statuses) sends a retryable request to another peer.
+ * MOXY_OK: go on with this response; MOXY_DONE: another try started. */
+static int up_head_verdict(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    if (u->pool < 0) return MOXY_OK;
+    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
+    int failed = moxy_status_in(&uc->passive.statuses, r->status);
+    if (!moxy_status_in(&uc->retry_statuses, r->status)) {
+        moxy_origin_try_report(r, !failed);
+        return MOXY_OK;
+    }
+    char *why = moxy_palloc(&r->mem, 40);
+    if (!why) return MOXY_OK;
+    snprintf(why, 40, "origin answered %d", r->status);
+    if (!failed) moxy_origin_try_report(r, 1); /* the peer is fine; the answer is not */
+    /* the next try parses its own head into the same lists */
+    int status = r->status;
+    uint32_t nh = r->resp_headers.n;
+    r->resp_headers.n = 0;
+    if (moxy_origin_try_again(r, u, status, why)) return MOXY_DONE;
+    r->resp_headers.n = nh; /* no other try: the client gets this answer */
+    return MOXY_OK;
+}
+
+/* n bytes of the origin's response body at the front of from: to the
+ * on_body hooks when they filter it, else to the client. */
+static void up_body(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    if (r->filtering) {
+        moxy_io_move(r->filter_in, from, n);
+        return;
+    }
+    moxy_stream_send_body(r, from, n);
+    r->bytes_sent += n;
+}
+
+void moxy_origin_process(moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+
+    if (r->tunnel) {
+        if (moxy_stream_tunnel_relay(r, u->in, u->eof) == MOXY_AGAIN) moxy_origin_stop_read(u);
+        return;
+    }
+    if (r->hook) {
+        /* hooks wait (on_response, on_body): the rest waits in the socket */
+        moxy_origin_stop_read(u);
+        return;
+    }
+
+    if (!u->head_done) {
+        const char *why = NULL;
+        int rc = up_parse(u, &why);
+        if (rc == MOXY_ERROR) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "invalid response from origin: %s", why);
+            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: %s", r->peer, msg);
+            u->keepalive = 0;
+            moxy_origin_fail(u, 502, "invalid response from origin", 0);
+            return;
+        }
+        if (rc == MOXY_AGAIN) {
+            if (u->eof) up_eof_before_head(u);
+            else moxy_stream_flush(r); /* 1xx */
+            return;
+        }
+        u->head_done = 1;
+        r->up_status = r->status;
+        event_base_gettimeofday_cached(u->w->base, &r->up_header);
+        r->up_header_us = moxy_mono_us();
+        if (up_head_verdict(u) != MOXY_OK) return;
+        if (r->status == 101) {
+            if (!r->upgrade) {
+                moxy_origin_fail(u, 502, "origin switched protocols without being asked", 0);
+                return;
+            }
+            if (!moxy_req_upgrade_allowed(r, &r->resp_headers)) {
+                moxy_origin_fail(u, 502, "origin switched to a protocol the listener does not allow", 0);
+                return;
+            }
+            moxy_stream_send_head(r);
+            if (moxy_stream_tunnel(r) != MOXY_OK) return; /* the client closed */
+            if (evbuffer_get_length(u->in) || u->eof) moxy_origin_process(u);
+            else moxy_stream_flush(r);
+            return;
+        }
+        moxy_origin_cache->response_head(r);
+        if (moxy_origin_cache->upstream_head(r) == MOXY_DONE) {
+            /* a 304 to a revalidation (no body: the connection is kept), or a
+             * 5xx answered with the stale object (its body is not read) */
+            if (r->status == 304) {
+                up_finished(u);
+            } else {
+                r->up = NULL;
+                u->req = NULL;
+                moxy_upconn_close(u);
+            }
+            moxy_origin_cache->answer_kept(r);
+            return;
+        }
+        int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE, response_hooks_done);
+        if (rc2 == MOXY_AGAIN) {
+            moxy_origin_stop_read(u); /* the body waits in the socket */
+            return;
+        }
+        if (up_after_response_hooks(u, rc2) != MOXY_OK) return;
+    }
+
+    int done = 0;
+    switch (r->resp_body_kind) {
+    case MOXY_BODY_NONE:
+        done = 1;
+        break;
+    case MOXY_BODY_LENGTH: {
+        size_t have = evbuffer_get_length(u->in);
+        size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
+        if (n) {
+            if (r->cache_fill) moxy_origin_cache->response_body_buffer(r, u->in, n);
+            up_body(r, u->in, n);
+            r->resp_body_left -= n;
+        }
+        done = r->resp_body_left == 0;
+        break;
+    }
+    case MOXY_BODY_CHUNKED: {
+        const char *why = NULL;
+        int rc = up_parse(u, &why); /* rs_body sends or filters the pieces */
+        if (rc == MOXY_ERROR) {
+            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, why);
+            u->keepalive = 0;
+            moxy_origin_fail(u, 502, "invalid chunked body from origin", 0);
+            return;
+        }
+        done = rc == MOXY_OK;
+        break;
+    }
+    case MOXY_BODY_EOF: {
+        size_t have = evbuffer_get_length(u->in);
+        if (have) {
+            if (r->cache_fill) moxy_origin_cache->response_body_buffer(r, u->in, have);
+            up_body(r, u->in, have);
+        }
+        if (u->eof) done = 1;
+        break;
+    }
+    }
+
+    if (done) {
+        up_finished(u);
+        moxy_origin_cache->response_done(r);
+        if (!r->filtering) {
+            moxy_req_response_done(r);
+            return;
+        }
+        r->filter_eof = 1;
+        moxy_body_filter_continue(r);
+        return;
+    }
+    if (u->eof) {
+        moxy_origin_fail(u, 502, "origin closed the connection in the middle of the body", 0);
+        return;
+    }
+    if (r->filtering) {
+        moxy_body_filter_continue(r);
+        return;
+    }
+    if (moxy_stream_flush(r) != MOXY_OK) return;
+    if (moxy_stream_backlogged(r)) moxy_origin_stop_read(u);
+}
+
+static void up_read(moxy_upconn_t *u, short what)
+{
+    moxy_req_t *r = u->req;
+    if (what & EV_TIMEOUT) {
+        if (!r) {
+            moxy_upconn_close(u); /* idle too long */
+        } else if (r->tunnel) {
+            moxy_stream_abort(r);
+        } else {
+            moxy_origin_fail(u, 504, "origin read timed out", 1);
+        }
+        return;
+    }
+    if (!r) {
+        /* idle: the origin closed, or sent what nobody asked for */
+        moxy_upconn_close(u);
+        return;
+    }
+    /* small reads until the head is in: most responses fit in one */
+    size_t want = u->head_done ? u->read_size : MOXY_READ_CHUNK;
+    ssize_t n = moxy_conn_read(&u->conn, u->in, want);
+    if (u->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            if (evbuffer_get_length(u->in)) moxy_origin_process(u); /* resumed after a pause */
+            return;
+        }
+        n = 0;
+    }
+    if (n == 0) {
+        u->eof = 1;
+        moxy_origin_stop_read(u);
+    } else {
+        u->got_bytes = 1;
+    }
+    moxy_origin_process(u);
+}
+
+void moxy_origin_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_upconn_t *u = arg;
+    MOXY_UNUSED(fd);
+    moxy_stream_ref_t s = moxy_origin_client(u);
+    moxy_stream_hold(s);
+    moxy_origin_hold(u);
+    up_read(u, what);
+    moxy_origin_release(u);
+    moxy_stream_release(s);
+}
