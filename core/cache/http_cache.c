@@ -20,7 +20,6 @@
 #include "http/request.h"
 #include "base/log.h"
 #include "base/addr.h"
-#include "net/io.h"
 #include "http/lua_bridge.h"
 #include "http/worker.h"
 
@@ -156,34 +155,39 @@ static void file_release(const struct evbuffer_file_segment *seg, int flags, voi
     moxy_cache_obj_unref(arg);
 }
 
-/* Add bytes [from, end) of o's body to b by reference, each piece holding
- * a reference to o until it has left b.  Positions step by each segment's
+/* Bytes [from, end) of o's body by reference, each piece holding a
+ * reference to o until it has left: into b (the on_body filter's input),
+ * or, b NULL, out through r's stream.  Positions step by each segment's
  * capacity: every segment but the last is full, and one still filling (a
  * stream) is read no further than end, nor its successor's link once end is
- * reached.  to_socket: b is written to a socket (a client's output, whose
- * evbuffers drain to an fd): a body in a memfd goes as a file segment, sent
- * with sendfile, so that not even the kernel's copy from moxy's memory is
- * made.  MOXY_ERROR: out of memory. */
-static int add_body(struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint64_t end, int to_socket)
+ * reached.  to_socket (a stream whose transport can, use_sendfile): a body
+ * in a memfd goes as a file segment, sent with sendfile, so that not even
+ * the kernel's copy from moxy's memory is made.  MOXY_ERROR: out of
+ * memory. */
+static int add_body(moxy_req_t *r, struct evbuffer *b, moxy_cache_obj_t *o, uint64_t from, uint64_t end,
+                    int to_socket)
 {
     const moxy_cache_obj_t *bo = moxy_cache_body(o);
-    /* a small piece is copied on its way out (io.h): not worth a sendfile */
-    if (to_socket && bo->body_fd >= 0 && end - from >= MOXY_IO_COPY_MAX) {
+    if (!b && to_socket && bo->body_fd >= 0 && end > from) {
         struct evbuffer_file_segment *seg =
             evbuffer_file_segment_new(bo->body_fd, 0, (ev_off_t)bo->body->cap, EVBUF_FS_DISABLE_LOCKING);
         if (!seg) return MOXY_ERROR;
-        moxy_cache_obj_ref(o); /* released with the segment, once its bytes have left b */
+        moxy_cache_obj_ref(o); /* released with the segment, once its bytes have left */
         evbuffer_file_segment_add_cleanup_cb(seg, file_release, o);
-        int rc = evbuffer_add_file_segment(b, seg, (ev_off_t)from, (ev_off_t)(end - from));
-        evbuffer_file_segment_free(seg); /* b holds its own reference */
-        return rc == 0 ? MOXY_OK : MOXY_ERROR;
+        int rc = moxy_stream_send_file(r, seg, from, end - from);
+        evbuffer_file_segment_free(seg); /* the output holds its own reference */
+        return rc;
     }
     uint64_t pos = 0;
     for (const moxy_cache_seg_t *s = bo->body; s; s = s->next) {
         uint64_t lo = MOXY_MAX(pos, from), hi = MOXY_MIN(pos + s->cap, end);
         if (hi > lo) {
-            moxy_cache_obj_ref(o); /* released when the bytes have left the buffer */
-            if (evbuffer_add_reference(b, s->data + (lo - pos), (size_t)(hi - lo), seg_release, o) != 0) {
+            const char *data = s->data + (lo - pos);
+            size_t n = (size_t)(hi - lo);
+            moxy_cache_obj_ref(o); /* released when the bytes have left */
+            int rc = b ? (evbuffer_add_reference(b, data, n, seg_release, o) == 0 ? MOXY_OK : MOXY_ERROR)
+                       : moxy_stream_send_ref(r, data, n, seg_release, o);
+            if (rc != MOXY_OK) {
                 moxy_cache_obj_unref(o);
                 return MOXY_ERROR;
             }
@@ -212,13 +216,8 @@ static int use_sendfile(const moxy_req_t *r)
  * memory. */
 static int send_body(moxy_req_t *r, moxy_cache_obj_t *o, uint64_t from, uint64_t end)
 {
-    if (r->filtering) return add_body(r->filter_in, o, from, end, 0);
-    struct evbuffer *b = moxy_worker_buf_get(r->w);
-    if (!b) return MOXY_ERROR;
-    int rc = add_body(b, o, from, end, use_sendfile(r));
-    if (rc == MOXY_OK) moxy_stream_send_body(r, b, evbuffer_get_length(b));
-    moxy_worker_buf_put(r->w, b);
-    return rc;
+    if (r->filtering) return add_body(r, r->filter_in, o, from, end, 0);
+    return add_body(r, NULL, o, from, end, use_sendfile(r));
 }
 
 /* The "Name: value\r\n" lines of a stored head (len bytes) appended to

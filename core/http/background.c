@@ -56,6 +56,25 @@ static void none_send_data(void *ctx, moxy_req_t *r, const void *data, size_t n)
     MOXY_UNUSED(n);
 }
 
+static int none_send_ref(void *ctx, moxy_req_t *r, const void *data, size_t n, moxy_ref_release_fn release,
+                         void *arg)
+{
+    MOXY_UNUSED(ctx);
+    MOXY_UNUSED(r);
+    release(data, n, arg);
+    return MOXY_OK;
+}
+
+static int none_send_file(void *ctx, moxy_req_t *r, struct evbuffer_file_segment *seg, uint64_t off, uint64_t n)
+{
+    MOXY_UNUSED(ctx);
+    MOXY_UNUSED(r);
+    MOXY_UNUSED(seg);
+    MOXY_UNUSED(off);
+    MOXY_UNUSED(n);
+    return MOXY_OK; /* the caller frees its own reference to seg */
+}
+
 static int none_zero(void *ctx)
 {
     MOXY_UNUSED(ctx);
@@ -100,6 +119,8 @@ static const moxy_stream_ops_t no_client = {
     .send_interim = none_send_interim,
     .send_body = none_send_body,
     .send_data = none_send_data,
+    .send_ref = none_send_ref,
+    .send_file = none_send_file,
     .flush = none_zero, /* MOXY_OK */
     .backlogged = none_zero,
     .sendfile = none_zero,

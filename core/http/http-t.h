@@ -123,6 +123,11 @@ typedef struct {
  * moxy_lua_run returns): the code that ran them hands it to moxy_lua_run. */
 typedef void (*moxy_hooks_done_fn)(moxy_req_t *r, int rc);
 
+/* What frees the memory of a body piece queued by reference (the shape of
+ * libevent's evbuffer_ref_cleanup_cb). */
+typedef void (*moxy_ref_release_fn)(const void *data, size_t len, void *arg);
+struct evbuffer_file_segment;
+
 /* What the request layer asks of the protocol a request came on (HTTP/1
  * today: http1/), through r->stream with r->stream_ctx (the connection).
  * Every byte of a protocol's framing is written behind these calls; the
@@ -152,6 +157,13 @@ typedef struct {
      * (memory and file segments alike), or n bytes at data, copied. */
     void (*send_body)(void *ctx, moxy_req_t *r, struct evbuffer *from, size_t n);
     void (*send_data)(void *ctx, moxy_req_t *r, const void *data, size_t n);
+    /* A piece of r's response body that stays where it is until it has
+     * left: n bytes at data, release(data, n, arg) called then (or when
+     * the connection goes); or n bytes from offset off of a file segment.
+     * MOXY_ERROR: out of memory (release not called). */
+    int (*send_ref)(void *ctx, moxy_req_t *r, const void *data, size_t n, moxy_ref_release_fn release,
+                    void *arg);
+    int (*send_file)(void *ctx, moxy_req_t *r, struct evbuffer_file_segment *seg, uint64_t off, uint64_t n);
     /* Write what is queued, as much as the connection takes now.  MOXY_OK;
      * otherwise the connection closed (and r may be gone). */
     int (*flush)(void *ctx);

@@ -92,6 +92,18 @@ static inline void moxy_stream_send_data(moxy_req_t *r, const void *data, size_t
     r->stream->send_data(r->stream_ctx, r, data, n);
 }
 
+static inline int moxy_stream_send_ref(moxy_req_t *r, const void *data, size_t n, moxy_ref_release_fn release,
+                                       void *arg)
+{
+    return r->stream->send_ref(r->stream_ctx, r, data, n, release, arg);
+}
+
+static inline int moxy_stream_send_file(moxy_req_t *r, struct evbuffer_file_segment *seg, uint64_t off,
+                                        uint64_t n)
+{
+    return r->stream->send_file(r->stream_ctx, r, seg, off, n);
+}
+
 static inline int moxy_stream_flush(moxy_req_t *r)
 {
     return r->stream->flush(r->stream_ctx);

@@ -102,10 +102,19 @@ int moxy_h1_write_head(struct evbuffer *out, moxy_req_t *r);
 void moxy_h1_write_interim(struct evbuffer *out, const moxy_req_t *r, int status, const moxy_headers_t *h);
 
 /* Queue a piece of r's body as a chunk when r is chunked, else as it is:
- * the first n bytes of from (moved; all of from may hold file segments),
- * or n bytes at data (copied). */
+ * the first n bytes of from (moved, memory or file segments: a piece of a
+ * file segment is never split here, the caller gives whole buffers), or n
+ * bytes at data (copied). */
 void moxy_h1_write_body(struct evbuffer *out, const moxy_req_t *r, struct evbuffer *from, size_t n);
 void moxy_h1_write_data(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n);
+
+/* Queue a piece of r's body by reference (n bytes at data, release(data,
+ * n, arg) once they have left out), or n bytes from offset off of a file
+ * segment; chunked when r is.  MOXY_ERROR: out of memory. */
+int moxy_h1_write_ref(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n,
+                      moxy_ref_release_fn release, void *arg);
+int moxy_h1_write_file(struct evbuffer *out, const moxy_req_t *r, struct evbuffer_file_segment *seg,
+                       uint64_t off, uint64_t n);
 
 /* The end of r's body: the last chunk and r's trailers when r is chunked. */
 void moxy_h1_write_end(struct evbuffer *out, const moxy_req_t *r);

@@ -489,6 +489,19 @@ static void stream_send_data(void *ctx, moxy_req_t *r, const void *data, size_t 
     moxy_h1_write_data(c->out, r, data, n);
 }
 
+static int stream_send_ref(void *ctx, moxy_req_t *r, const void *data, size_t n, moxy_ref_release_fn release,
+                           void *arg)
+{
+    moxy_client_t *c = ctx;
+    return moxy_h1_write_ref(c->out, r, data, n, release, arg);
+}
+
+static int stream_send_file(void *ctx, moxy_req_t *r, struct evbuffer_file_segment *seg, uint64_t off, uint64_t n)
+{
+    moxy_client_t *c = ctx;
+    return moxy_h1_write_file(c->out, r, seg, off, n);
+}
+
 static int stream_flush(void *ctx)
 {
     return moxy_client_send(ctx);
@@ -542,6 +555,8 @@ static const moxy_stream_ops_t stream_ops = {
     .send_interim = stream_send_interim,
     .send_body = stream_send_body,
     .send_data = stream_send_data,
+    .send_ref = stream_send_ref,
+    .send_file = stream_send_file,
     .flush = stream_flush,
     .backlogged = stream_backlogged,
     .sendfile = stream_sendfile,

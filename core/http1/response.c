@@ -8,7 +8,6 @@
 #include "base/headers.h"
 #include "http/http.h"
 #include "http1/http1.h"
-#include "net/io.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -95,10 +94,8 @@ void moxy_h1_write_body(struct evbuffer *out, const moxy_req_t *r, struct evbuff
 {
     if (n == 0) return;
     if (r->resp_chunked_out) moxy_chunk_head(out, n);
-    /* small pieces are copied (io.h); a whole buffer of file segments is
-     * never that small (the cache's add_body) */
-    if (n >= MOXY_IO_COPY_MAX && n == evbuffer_get_length(from)) evbuffer_add_buffer(out, from);
-    else moxy_io_move(out, from, n);
+    if (n == evbuffer_get_length(from)) evbuffer_add_buffer(out, from);
+    else evbuffer_remove_buffer(from, out, n);
     if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
 }
 
@@ -108,6 +105,24 @@ void moxy_h1_write_data(struct evbuffer *out, const moxy_req_t *r, const void *d
     if (r->resp_chunked_out) moxy_chunk_head(out, n);
     evbuffer_add(out, data, n);
     if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+}
+
+int moxy_h1_write_ref(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n,
+                      moxy_ref_release_fn release, void *arg)
+{
+    if (r->resp_chunked_out) moxy_chunk_head(out, n);
+    if (evbuffer_add_reference(out, data, n, release, arg) != 0) return MOXY_ERROR;
+    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+    return MOXY_OK;
+}
+
+int moxy_h1_write_file(struct evbuffer *out, const moxy_req_t *r, struct evbuffer_file_segment *seg,
+                       uint64_t off, uint64_t n)
+{
+    if (r->resp_chunked_out) moxy_chunk_head(out, n);
+    if (evbuffer_add_file_segment(out, seg, (ev_off_t)off, (ev_off_t)n) != 0) return MOXY_ERROR;
+    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+    return MOXY_OK;
 }
 
 void moxy_h1_write_end(struct evbuffer *out, const moxy_req_t *r)

@@ -365,8 +365,16 @@ static void up_body(moxy_req_t *r, struct evbuffer *from, size_t n)
         moxy_io_move(r->filter_in, from, n);
         return;
     }
-    moxy_stream_send_body(r, from, n);
     r->bytes_sent += n;
+    struct evbuffer_iovec v;
+    if (n < MOXY_IO_COPY_MAX && evbuffer_peek(from, (ev_ssize_t)n, NULL, &v, 1) == 1 && v.iov_len >= n) {
+        /* a small piece is copied: the origin's input buffer keeps its
+         * memory for the next read (io.h) */
+        moxy_stream_send_data(r, v.iov_base, n);
+        evbuffer_drain(from, n);
+        return;
+    }
+    moxy_stream_send_body(r, from, n);
 }
 
 void moxy_origin_process(moxy_upconn_t *u)
