@@ -31,6 +31,9 @@
 #include "http1/http1.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
+#include "proxy/http_fetch.h"
+#include "base/shared_dict.h"
+#include "http/lua_bridge.h"
 #include "ops/workers.h"
 #include "ops/modules.h"
 
