@@ -75,6 +75,21 @@ static int none_send_file(void *ctx, moxy_req_t *r, struct evbuffer_file_segment
     return MOXY_OK; /* the caller frees its own reference to seg */
 }
 
+static int none_read_body(void *ctx, moxy_req_t *r, uint64_t max)
+{
+    MOXY_UNUSED(ctx);
+    MOXY_UNUSED(max);
+    r->body_error = "a request moxy makes itself has no body to read";
+    return MOXY_DECLINED; /* never here: its body is none (moxy_req_read_body) */
+}
+
+static int none_body_check(void *ctx, moxy_req_t *r)
+{
+    MOXY_UNUSED(ctx);
+    MOXY_UNUSED(r);
+    return MOXY_OK;
+}
+
 static int none_zero(void *ctx)
 {
     MOXY_UNUSED(ctx);
@@ -115,6 +130,8 @@ static const moxy_stream_ops_t no_client = {
     .release = none_hold,
     .read_on = none_read_on,
     .resume_read = none_hold,
+    .read_body = none_read_body,
+    .body_check = none_body_check,
     .send_head = none_send_head,
     .send_interim = none_send_interim,
     .send_body = none_send_body,

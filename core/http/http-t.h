@@ -144,6 +144,12 @@ typedef struct {
     /* The bytes toward the origin drained below the low watermark: read
      * more of the request body (or of a tunnel). */
     void (*resume_read)(void *ctx);
+    /* moxy_req_read_body past the checks every protocol shares (http.h):
+     * buffer r's body whole, up to max bytes. */
+    int (*read_body)(void *ctx, moxy_req_t *r, uint64_t max);
+    /* moxy_req_body_check (http.h): the framing of the body bytes already
+     * in, before r's head goes to an origin. */
+    int (*body_check)(void *ctx, moxy_req_t *r);
     /* Queue r's response head: r->status, r->resp_headers and the body's
      * size (r->resp_body_kind, r->resp_body_left; r->filtering: unknown),
      * with the framing the protocol chooses; sets r->resp_head_sent.

@@ -37,7 +37,8 @@ moxy_req_t *moxy_req_background(moxy_req_t *from);
  * hook waits for it (moxy_lua_current_task); MOXY_ERROR: too large or
  * malformed (r->body_status, r->body_error: answered so when the hooks end
  * without an answer); MOXY_DECLINED: the body already streams to the
- * origin. */
+ * origin, or r has no connection (r->body_error says which).  The checks
+ * every protocol shares are request.c's; the reading is the stream's. */
 int moxy_req_read_body(moxy_req_t *r, uint64_t max);
 
 /* Before r's head goes to an origin: check the framing of the chunked body

@@ -209,3 +209,25 @@ void moxy_req_end_detached(moxy_worker_t *w, const moxy_wgen_t *g)
     }
     while ((r = detached_find(w, g, 0))) request_log_free(r); /* its parked on_log hooks are dropped */
 }
+
+/* --- the request body, whatever its protocol --- */
+
+int moxy_req_read_body(moxy_req_t *r, uint64_t max)
+{
+    if (r->body_buffered) return MOXY_OK;
+    if (r->body_status) return MOXY_ERROR;
+    if (r->body_kind == MOXY_BODY_NONE) {
+        r->body_buffered = 1;
+        return MOXY_OK;
+    }
+    if (!r->stream_ctx) {
+        r->body_error = "the request has no connection to read its body from";
+        return MOXY_DECLINED;
+    }
+    return r->stream->read_body(r->stream_ctx, r, max);
+}
+
+int moxy_req_body_check(moxy_req_t *r)
+{
+    return r->stream_ctx ? r->stream->body_check(r->stream_ctx, r) : MOXY_OK;
+}

@@ -63,6 +63,12 @@ int moxy_h1_body_buffer(moxy_client_t *c);
 /* The body is in (or failed): resume the hook waiting for it. */
 void moxy_h1_body_wake(moxy_req_t *r);
 
+/* The stream's read_body and body_check (request.h's moxy_req_read_body,
+ * moxy_req_body_check) for c's request r, past the checks every protocol
+ * shares. */
+int moxy_h1_body_read_whole(moxy_client_t *c, moxy_req_t *r, uint64_t max);
+int moxy_h1_body_check(moxy_client_t *c, moxy_req_t *r);
+
 /* Move request body bytes from c->in to the origin connection.  MOXY_OK
  * when the caller may go on, MOXY_ERROR when c was answered/closed. */
 int moxy_h1_read_body(moxy_client_t *c);

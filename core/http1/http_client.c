@@ -502,6 +502,16 @@ static int stream_send_file(void *ctx, moxy_req_t *r, struct evbuffer_file_segme
     return moxy_h1_write_file(c->out, r, seg, off, n);
 }
 
+static int stream_read_body(void *ctx, moxy_req_t *r, uint64_t max)
+{
+    return moxy_h1_body_read_whole(ctx, r, max);
+}
+
+static int stream_body_check(void *ctx, moxy_req_t *r)
+{
+    return moxy_h1_body_check(ctx, r);
+}
+
 static int stream_flush(void *ctx)
 {
     return moxy_client_send(ctx);
@@ -551,6 +561,8 @@ static const moxy_stream_ops_t stream_ops = {
     .release = stream_release,
     .read_on = stream_read_on,
     .resume_read = stream_resume_read,
+    .read_body = stream_read_body,
+    .body_check = stream_body_check,
     .send_head = stream_send_head,
     .send_interim = stream_send_interim,
     .send_body = stream_send_body,

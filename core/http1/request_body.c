@@ -15,9 +15,8 @@
 
 /* --- the body bytes that came with the head --- */
 
-int moxy_req_body_check(moxy_req_t *r)
+int moxy_h1_body_check(moxy_client_t *c, moxy_req_t *r)
 {
-    moxy_client_t *c = r->stream_ctx;
     if (r->body_kind != MOXY_BODY_CHUNKED || r->body_sent || r->buffering || r->body_buffered ||
         !c->in || evbuffer_get_length(c->in) == 0)
         return MOXY_OK;
@@ -83,15 +82,8 @@ static void body_cancel(void *op)
     r->buffering = 0;
 }
 
-int moxy_req_read_body(moxy_req_t *r, uint64_t max)
+int moxy_h1_body_read_whole(moxy_client_t *c, moxy_req_t *r, uint64_t max)
 {
-    moxy_client_t *c = r->stream_ctx;
-    if (r->body_buffered) return MOXY_OK;
-    if (r->body_status) return MOXY_ERROR;
-    if (r->body_kind == MOXY_BODY_NONE) {
-        r->body_buffered = 1;
-        return MOXY_OK;
-    }
     if (r->body_read > 0 || r->up || r->buffering || c->state != MOXY_C_ACTIVE) {
         r->body_error = "the body is already on its way to the origin";
         return MOXY_DECLINED;
