@@ -603,6 +603,9 @@ static void stream_cb(evutil_socket_t fd, short what, void *arg)
 {
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
+    /* its client left (a send timeout) while its on_log hooks wait: nothing
+     * more is sent; the timer goes with the request */
+    if (moxy_req_client_gone(arg)) return;
     stream_step(arg);
 }
 
@@ -633,6 +636,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     moxy_req_t *r = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
+    if (moxy_req_client_gone(r)) return; /* as stream_cb */
     double now = moxy_cache_wall_now(r);
     /* whether the leader is still at the origin is looked at before the
      * store: once it is gone, what it stored is there to be found */

@@ -92,3 +92,49 @@ describe("background refreshes", function()
     assert.equal("worker stopped", refresh.error)
   end)
 end)
+
+-- A request that streams from the object another request fills, whose
+-- client stops reading: the send timeout closes its connection while the
+-- object still fills, and its on_log hooks wait (moxy.sleep).  It outlives
+-- its connection; the stream from the object must stop, not write to a
+-- connection that is gone.
+describe("a collapsed request cut by its send timeout while its on_log waits", function()
+  local origin, m
+
+  lazy_setup(function()
+    origin = helpers.start_origin()
+    m = helpers.start_moxy({
+      workers = 1,
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "128m", max_object = "64m" },
+      timeouts = { client_send = "1s" },
+      scripts = { "hooks.lua" },
+    }, { files = { ["hooks.lua"] = [[
+return { on_log = function(txn) if txn.req.headers:get("X-Sleep") then moxy.sleep(2) end end }
+]] } })
+  end)
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("stops streaming to it; the leader gets the whole body and moxy keeps serving", function()
+    -- 32 MB: the first 16 MB fill the follower's socket buffers, then the
+    -- origin pauses 3 s (longer than the send timeout) before the rest
+    local n = 32 * 1024 * 1024
+    local p = path("/bytes/" .. n, { "Cache-Control:max-age=60", "X-Case:send-timeout" }) .. "&pause=3"
+    local lead = assert(helpers.connection(m.port))
+    assert(lead:send(helpers.build_request({ path = p })))
+    local got = 0
+    helpers.sleep(0.3) -- the origin's head is in: the object fills
+    local f = assert(helpers.connection(m.port))
+    assert(f:send(helpers.build_request({ path = p, headers = { ["X-Sleep"] = "1" } })))
+    -- the follower reads nothing; the leader reads all
+    local res = assert(lead:read_response({ timeout = 15, sink = function(chunk) got = got + #chunk end }))
+    lead:close()
+    assert.equal(200, res.status)
+    assert.equal(n, got)
+    helpers.sleep(2.5) -- the follower's on_log hooks end
+    f:close()
+    assert.is_true(m:alive(), "moxy died")
+    local again = assert(helpers.request(m.port, { path = path("/bytes/100", { "X-Case:after" }) }))
+    assert.equal(200, again.status)
+  end)
+end)

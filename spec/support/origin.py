@@ -53,6 +53,7 @@ Options valid on every path:
   idle_close=S       after answering, close the connection if idle for S seconds
   rh=Name:Value      add a response header (repeatable)
   delay=S            sleep S seconds before reading the request body
+  pause=S            /bytes/N: send half the body, sleep S seconds, send the rest
   match304=TAG       answer 304 (with the rh headers, no body) when the request's
                      If-None-Match contains TAG
 """
@@ -593,7 +594,13 @@ def serve_one(c, r):
                 x.close = True
             c.send(x.head(200, hdrs))
             if not x.head_only:
-                stream_pattern(c, n)
+                pause = floatarg(qget(r, "pause"))
+                if pause:  # half the body, a pause, the rest
+                    stream_pattern(c, n // 2)
+                    time.sleep(pause)
+                    stream_pattern(c, n - n // 2, n // 2)
+                else:
+                    stream_pattern(c, n)
             if seg[1] == "close":
                 c.sock.shutdown(socket.SHUT_WR)
                 return False
