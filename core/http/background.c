@@ -104,10 +104,7 @@ static void none_response_done(void *ctx, moxy_req_t *r)
 
 static void none_abort(void *ctx)
 {
-    moxy_req_t *r = ctx;
-    moxy_req_aborted(r, "aborted");
-    moxy_req_origin_cut(r);
-    moxy_req_finish(r);
+    moxy_req_abort(ctx, "aborted");
 }
 
 static int none_tunnel(void *ctx, moxy_req_t *r)

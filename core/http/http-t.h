@@ -159,8 +159,9 @@ typedef struct {
      * 100 Continue when h is NULL.  A client that cannot take one does not
      * get it. */
     void (*send_interim)(void *ctx, moxy_req_t *r, int status, const moxy_headers_t *h);
-    /* Queue a piece of r's response body: the first n bytes of from, moved
-     * (memory and file segments alike), or n bytes at data, copied. */
+    /* Queue a piece of r's response body: the first n bytes of from (memory,
+     * no more than it holds), moved, or n bytes at data, copied.  Empty
+     * pieces queue nothing (a protocol's framing may end the body on one). */
     void (*send_body)(void *ctx, moxy_req_t *r, struct evbuffer *from, size_t n);
     void (*send_data)(void *ctx, moxy_req_t *r, const void *data, size_t n);
     /* A piece of r's response body that stays where it is until it has

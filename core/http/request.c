@@ -179,11 +179,14 @@ void moxy_req_finish(moxy_req_t *r)
     request_log_free(r);
 }
 
-void moxy_req_aborted(moxy_req_t *r, const char *why)
+void moxy_req_abort(moxy_req_t *r, const char *why)
 {
-    if (r->resp_state == MOXY_R_DONE) return;
-    if (!r->status || !r->resp_head_sent) r->status = 499;
-    if (!r->error) r->error = why;
+    if (r->resp_state != MOXY_R_DONE) {
+        if (!r->status || !r->resp_head_sent) r->status = 499;
+        if (!r->error) r->error = why;
+    }
+    moxy_req_origin_cut(r);
+    moxy_req_finish(r);
 }
 
 /* The first request of w's detached list on generation g (any when NULL)
@@ -202,11 +205,8 @@ void moxy_req_end_detached(moxy_worker_t *w, const moxy_wgen_t *g)
     /* Each step ends one request (or moves it to its on_log hooks) and may
      * change the list: search again after each. */
     moxy_req_t *r;
-    while ((r = detached_find(w, g, 1))) {
-        moxy_req_aborted(r, g ? "its generation's drain deadline passed" : "worker stopped");
-        moxy_req_origin_cut(r);
-        moxy_req_finish(r);
-    }
+    const char *why = g ? "its generation's drain deadline passed" : "worker stopped";
+    while ((r = detached_find(w, g, 1))) moxy_req_abort(r, why);
     while ((r = detached_find(w, g, 0))) request_log_free(r); /* its parked on_log hooks are dropped */
 }
 

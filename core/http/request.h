@@ -166,7 +166,7 @@ void moxy_req_content(moxy_req_t *r);
  * goes on (the next request, the close).  r may be gone after. */
 void moxy_req_response_done(moxy_req_t *r);
 
-/* r's response is over, or was cut (moxy_req_aborted), and its stream
+/* r's response is over, or was cut (moxy_req_abort), and its stream
  * let go of it (r->stream_ctx NULL or its own): its on_log hooks run, then
  * its access-log line and statistics, and it ends and is freed.  When the
  * hooks wait, r lives on by itself (moxy_req_detach) until they are done.
@@ -180,10 +180,12 @@ void moxy_req_finish(moxy_req_t *r);
  * MOXY_ERROR: out of memory (nothing changed). */
 int moxy_req_detach(moxy_req_t *r);
 
-/* r's response will not be finished (its client left, or the response
- * was cut): it is logged as 499 when no head went out, with why (unless
- * an error was already given). */
-void moxy_req_aborted(moxy_req_t *r, const char *why);
+/* r's response will not be finished (its client left, the response was
+ * cut, its worker stops) and its stream let go of it: it is logged as 499
+ * when no head went out, with why (unless an error was already given), its
+ * origin connection closes, and it ends (moxy_req_finish).  r is not the
+ * caller's after. */
+void moxy_req_abort(moxy_req_t *r, const char *why);
 
 /* End the requests of w without a connection that run on generation g
  * (its drain deadline passed), or all of them when g is NULL (the worker

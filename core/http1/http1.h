@@ -108,15 +108,16 @@ int moxy_h1_write_head(struct evbuffer *out, moxy_req_t *r);
 void moxy_h1_write_interim(struct evbuffer *out, const moxy_req_t *r, int status, const moxy_headers_t *h);
 
 /* Queue a piece of r's body as a chunk when r is chunked, else as it is:
- * the first n bytes of from (moved, memory or file segments: a piece of a
- * file segment is never split here, the caller gives whole buffers), or n
- * bytes at data (copied). */
+ * the first n bytes of from (memory: moved, or copied when small, io.h's
+ * moxy_io_move; no more than from holds), or n bytes at data (copied).
+ * An empty piece queues nothing. */
 void moxy_h1_write_body(struct evbuffer *out, const moxy_req_t *r, struct evbuffer *from, size_t n);
 void moxy_h1_write_data(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n);
 
 /* Queue a piece of r's body by reference (n bytes at data, release(data,
- * n, arg) once they have left out), or n bytes from offset off of a file
- * segment; chunked when r is.  MOXY_ERROR: out of memory. */
+ * n, arg) once they have left out, or at once when n is 0), or n bytes
+ * from offset off of a file segment; chunked when r is.  MOXY_ERROR: out
+ * of memory. */
 int moxy_h1_write_ref(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n,
                       moxy_ref_release_fn release, void *arg);
 int moxy_h1_write_file(struct evbuffer *out, const moxy_req_t *r, struct evbuffer_file_segment *seg,

@@ -198,16 +198,14 @@ void moxy_client_close(moxy_client_t *c)
     c->dead = 1;
     moxy_req_t *r = c->req;
     if (r) {
+        c->req = NULL;
         r->stream_ctx = NULL; /* its client is gone: no retry, nothing more to send */
-        moxy_req_origin_cut(r);
         if (r->method_name) {
-            moxy_req_aborted(r, "client closed");
-            request_log(c);
-        } else {
+            moxy_req_abort(r, "client closed");
+        } else { /* not even a request line: nothing to log */
             moxy_req_end(r);
             moxy_req_free(r);
         }
-        c->req = NULL;
     }
     event_del(&c->rev);
     event_del(&c->wev);

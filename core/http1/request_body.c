@@ -28,6 +28,21 @@ int moxy_h1_body_check(moxy_client_t *c, moxy_req_t *r)
 
 /* --- txn:read_body: the request body buffered for the hooks --- */
 
+/* Move what c->in holds of r's Content-Length body (no more than is left
+ * of it) to `to`.  The bytes moved. */
+static size_t length_body_move(moxy_client_t *c, moxy_req_t *r, struct evbuffer *to)
+{
+    size_t have = evbuffer_get_length(c->in);
+    size_t n = have < r->body_left ? have : (size_t)r->body_left;
+    if (n) {
+        moxy_io_move(to, c->in, n);
+        r->body_left -= n;
+        r->body_read += n;
+    }
+    if (r->body_left == 0) r->body_done = 1;
+    return n;
+}
+
 /* Move what c->in holds of the body into r->body_buf.  MOXY_AGAIN: more to
  * come; MOXY_OK: all there; MOXY_ERROR: too large or malformed
  * (r->body_status says which; the connection closes after the answer). */
@@ -35,14 +50,7 @@ int moxy_h1_body_buffer(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     if (r->body_kind == MOXY_BODY_LENGTH) {
-        size_t have = evbuffer_get_length(c->in);
-        size_t n = have < r->body_left ? have : (size_t)r->body_left;
-        if (n) {
-            evbuffer_remove_buffer(c->in, r->body_buf, n);
-            r->body_left -= n;
-            r->body_read += n;
-        }
-        if (r->body_left == 0) r->body_done = 1;
+        length_body_move(c, r, r->body_buf);
     } else if (r->body_kind == MOXY_BODY_CHUNKED) {
         const char *reason = NULL;
         if (moxy_h1_parse(c, &reason) == MOXY_ERROR) {
@@ -99,7 +107,7 @@ int moxy_h1_body_read_whole(moxy_client_t *c, moxy_req_t *r, uint64_t max)
     if (!moxy_req_body_buffer(r)) return MOXY_ERROR;
     if (r->expect_continue) {
         r->expect_continue = 0;
-        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        moxy_h1_write_interim(c->out, r, 100, NULL);
         moxy_client_send(c); /* a failure shows as the client going away */
     }
     r->buffering = 1;
@@ -131,15 +139,7 @@ int moxy_h1_read_body(moxy_client_t *c)
         return MOXY_OK;
     }
     if (r->body_kind == MOXY_BODY_LENGTH) {
-        size_t have = evbuffer_get_length(c->in);
-        size_t n = have < r->body_left ? have : (size_t)r->body_left;
-        if (n) {
-            moxy_io_move(u->out, c->in, n);
-            r->body_left -= n;
-            r->body_read += n;
-            r->body_sent = 1;
-        }
-        if (r->body_left == 0) r->body_done = 1;
+        if (length_body_move(c, r, u->out)) r->body_sent = 1;
     } else {
         const char *reason = NULL;
         int rc = moxy_h1_parse(c, &reason);
@@ -163,11 +163,8 @@ int moxy_h1_read_body(moxy_client_t *c)
 
 void moxy_h1_resume_read(moxy_client_t *c)
 {
-    if (c->state == MOXY_C_ACTIVE && c->req && !c->req->body_done && !c->reading && !c->eof) {
-        moxy_h1_want_read(c);
-        if (evbuffer_get_length(c->in) > 0) moxy_h1_process(c);
-    } else if (c->state == MOXY_C_TUNNEL && !c->reading && !c->eof) {
-        moxy_h1_want_read(c);
-        if (evbuffer_get_length(c->in) > 0) moxy_h1_process(c);
-    }
+    int body_left = c->state == MOXY_C_ACTIVE && c->req && !c->req->body_done;
+    if ((!body_left && c->state != MOXY_C_TUNNEL) || c->reading || c->eof) return;
+    moxy_h1_want_read(c);
+    if (evbuffer_get_length(c->in) > 0) moxy_h1_process(c);
 }

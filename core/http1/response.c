@@ -8,6 +8,7 @@
 #include "base/headers.h"
 #include "http/http.h"
 #include "http1/http1.h"
+#include "net/io.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -90,38 +91,56 @@ void moxy_h1_write_interim(struct evbuffer *out, const moxy_req_t *r, int status
     evbuffer_commit_space(out, &v, 1);
 }
 
+/* A body piece of n bytes (n > 0: a chunk of size 0 would end the body)
+ * is a chunk when r is chunked: its size line before it, CRLF after. */
+static void piece_open(struct evbuffer *out, const moxy_req_t *r, uint64_t n)
+{
+    if (r->resp_chunked_out) moxy_chunk_head(out, n);
+}
+
+static void piece_close(struct evbuffer *out, const moxy_req_t *r)
+{
+    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+}
+
 void moxy_h1_write_body(struct evbuffer *out, const moxy_req_t *r, struct evbuffer *from, size_t n)
 {
+    size_t have = evbuffer_get_length(from);
+    if (n > have) n = have; /* the size line says what is really moved */
     if (n == 0) return;
-    if (r->resp_chunked_out) moxy_chunk_head(out, n);
-    if (n == evbuffer_get_length(from)) evbuffer_add_buffer(out, from);
-    else evbuffer_remove_buffer(from, out, n);
-    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+    piece_open(out, r, n);
+    moxy_io_move(out, from, n);
+    piece_close(out, r);
 }
 
 void moxy_h1_write_data(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n)
 {
     if (n == 0) return;
-    if (r->resp_chunked_out) moxy_chunk_head(out, n);
+    piece_open(out, r, n);
     evbuffer_add(out, data, n);
-    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+    piece_close(out, r);
 }
 
 int moxy_h1_write_ref(struct evbuffer *out, const moxy_req_t *r, const void *data, size_t n,
                       moxy_ref_release_fn release, void *arg)
 {
-    if (r->resp_chunked_out) moxy_chunk_head(out, n);
+    if (n == 0) {
+        release(data, n, arg);
+        return MOXY_OK;
+    }
+    piece_open(out, r, n);
     if (evbuffer_add_reference(out, data, n, release, arg) != 0) return MOXY_ERROR;
-    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+    piece_close(out, r);
     return MOXY_OK;
 }
 
 int moxy_h1_write_file(struct evbuffer *out, const moxy_req_t *r, struct evbuffer_file_segment *seg,
                        uint64_t off, uint64_t n)
 {
-    if (r->resp_chunked_out) moxy_chunk_head(out, n);
+    if (n == 0) return MOXY_OK;
+    piece_open(out, r, n);
     if (evbuffer_add_file_segment(out, seg, (ev_off_t)off, (ev_off_t)n) != 0) return MOXY_ERROR;
-    if (r->resp_chunked_out) evbuffer_add(out, "\r\n", 2);
+    piece_close(out, r);
     return MOXY_OK;
 }
 

@@ -751,16 +751,21 @@ static void up_write(moxy_upconn_t *u, short what)
     moxy_upstream_send(u);
 }
 
-static void up_write_cb(evutil_socket_t fd, short what, void *arg)
+void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u, short what))
 {
-    moxy_upconn_t *u = arg;
-    MOXY_UNUSED(fd);
-    moxy_stream_ref_t s = moxy_origin_client(u);
+    moxy_stream_ref_t s = {NULL, NULL};
+    if (u->req) s = moxy_req_stream(u->req);
     moxy_stream_hold(s);
     moxy_origin_hold(u);
-    up_write(u, what);
+    fn(u, what);
     moxy_origin_release(u);
     moxy_stream_release(s);
+}
+
+static void up_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    moxy_origin_event(arg, what, up_write);
 }
 
 void moxy_upstream_resume_read(moxy_upconn_t *u)

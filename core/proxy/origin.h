@@ -16,13 +16,6 @@
 /* The cache, as moxy_upstream_set_cache handed it over. */
 extern const moxy_proxy_cache_t *moxy_origin_cache;
 
-/* The stream of u's request (none when u is idle): held across an event of u. */
-static inline moxy_stream_ref_t moxy_origin_client(const moxy_upconn_t *u)
-{
-    moxy_stream_ref_t none = {NULL, NULL};
-    return u->req ? moxy_req_stream(u->req) : none;
-}
-
 /* Keep u's memory across a call that may close it / let it go. */
 void moxy_origin_hold(moxy_upconn_t *u);
 void moxy_origin_release(moxy_upconn_t *u);
@@ -50,6 +43,10 @@ int moxy_origin_pool_of_state(const moxy_wgen_t *g, const moxy_upstream_t *state
 
 /* Put u on rt's idle list (its idle timer armed by the caller). */
 void moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
+
+/* Run fn(u, what) for an event of u, holding u and the connection of its
+ * request (if any) across it: either may close meanwhile. */
+void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u, short what));
 
 /* origin_response.c: the llhttp settings of a response (made once by
  * moxy_upstream_http_init); u's read event; go on with what u has read. */

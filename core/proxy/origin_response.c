@@ -365,16 +365,8 @@ static void up_body(moxy_req_t *r, struct evbuffer *from, size_t n)
         moxy_io_move(r->filter_in, from, n);
         return;
     }
-    r->bytes_sent += n;
-    struct evbuffer_iovec v;
-    if (n < MOXY_IO_COPY_MAX && evbuffer_peek(from, (ev_ssize_t)n, NULL, &v, 1) == 1 && v.iov_len >= n) {
-        /* a small piece is copied: the origin's input buffer keeps its
-         * memory for the next read (io.h) */
-        moxy_stream_send_data(r, v.iov_base, n);
-        evbuffer_drain(from, n);
-        return;
-    }
     moxy_stream_send_body(r, from, n);
+    r->bytes_sent += n;
 }
 
 void moxy_origin_process(moxy_upconn_t *u)
@@ -404,7 +396,7 @@ void moxy_origin_process(moxy_upconn_t *u)
         }
         if (rc == MOXY_AGAIN) {
             if (u->eof) up_eof_before_head(u);
-            else moxy_stream_flush(r); /* 1xx */
+            else if (u->interims) moxy_stream_flush(r); /* the 1xx heads queued */
             return;
         }
         u->head_done = 1;
@@ -551,12 +543,6 @@ static void up_read(moxy_upconn_t *u, short what)
 
 void moxy_origin_read_cb(evutil_socket_t fd, short what, void *arg)
 {
-    moxy_upconn_t *u = arg;
     MOXY_UNUSED(fd);
-    moxy_stream_ref_t s = moxy_origin_client(u);
-    moxy_stream_hold(s);
-    moxy_origin_hold(u);
-    up_read(u, what);
-    moxy_origin_release(u);
-    moxy_stream_release(s);
+    moxy_origin_event(arg, what, up_read);
 }

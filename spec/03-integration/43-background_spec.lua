@@ -43,6 +43,16 @@ describe("background refreshes", function()
     return out
   end
 
+  -- QUIT: moxy must exit 0 (within 8 s); the seconds it took
+  local function quit(m)
+    local t0 = helpers.now()
+    m:signal("QUIT")
+    local code, how = m:wait_exit(8)
+    assert.equal("exited", how)
+    assert.equal(0, code)
+    return helpers.now() - t0
+  end
+
   -- store p, let it go stale, and have the next request start its refresh
   local function start_refresh(m, p)
     assert.equal(200, get(m, p).status)
@@ -57,12 +67,7 @@ describe("background refreshes", function()
     local m, p = setup("10s", "2", "quit-waits")
     start_refresh(m, p)
     helpers.sleep(0.3) -- the clients' connections are closed; the refresh is at the origin
-    local t0 = helpers.now()
-    m:signal("QUIT")
-    local code, how = m:wait_exit(8)
-    local took = helpers.now() - t0
-    assert.equal("exited", how)
-    assert.equal(0, code)
+    local took = quit(m)
     -- the refresh took its second at the origin before the worker let go
     assert.is_true(took >= 1.2, ("moxy exited %.2f s after QUIT, before its refresh ended"):format(took))
     assert.equal(2, #origin:saw("^" .. p:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") .. "$"))
@@ -78,12 +83,7 @@ describe("background refreshes", function()
     -- the origin takes 3 s for every request of the path: the first one too
     local m, p = setup("1s", "3", "drain-cuts")
     start_refresh(m, p)
-    local t0 = helpers.now()
-    m:signal("QUIT")
-    local code, how = m:wait_exit(8)
-    local took = helpers.now() - t0
-    assert.equal("exited", how)
-    assert.equal(0, code)
+    local took = quit(m)
     assert.is_true(took < 4, ("moxy took %.2f s to exit with a drain of 1 s"):format(took))
     local lines = lines_for(m, p)
     assert.equal(3, #lines, "the miss, the stale hit and the cut refresh are logged")
