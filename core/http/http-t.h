@@ -427,31 +427,21 @@ struct moxy_upconn_s {
     struct event rev, wev;
     struct evbuffer *in;
     struct evbuffer *out;
-    llhttp_t parser;
+    struct moxy_h1_resp_s *resp; /* its response parser (http1/origin_codec.h), allocated with it */
     moxy_req_t *req;            /* the request it serves, NULL while idle */
     unsigned connected : 1;
     unsigned reused : 1;        /* served an earlier request */
     unsigned got_bytes : 1;     /* any response byte for the current request */
-    unsigned keepalive : 1;     /* may be reused after this response */
+    unsigned keepalive : 1;     /* may be reused after this response, as far as moxy goes */
     unsigned reading : 1;
     unsigned writing : 1;
     unsigned eof : 1;
-    unsigned head_done : 1;     /* response head of the current request parsed */
-    unsigned in_trailers : 1;
-    unsigned interim : 1;       /* parsing a 1xx response */
-    unsigned body_done : 1;     /* chunked response body complete */
     unsigned write_failed : 1;
     unsigned idle : 1;          /* in the pool's idle list */
     unsigned read_timer : 1;    /* rev carries the upstream read timeout */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;
     uint32_t read_size;         /* next body read (io.h) */
-    size_t head_bytes;
-    unsigned interims;          /* interim (1xx) heads of the current response */
-    size_t interim_bytes;       /* their bytes together (at most limits.header_bytes) */
-    char *field;
-    char *value;
-    uint32_t field_len, value_len, field_cap, value_cap;
     TAILQ_ENTRY(moxy_upconn_s) idle_link;
 };
 

@@ -14,10 +14,9 @@ struct evbuffer;
 /* Room for any of moxy's error pages (moxy_resp_error_body). */
 #define MOXY_ERROR_PAGE_MAX 512
 
-/* Prepare the parser settings of both sides; once, on the main thread,
+/* Prepare the request parser's settings; once, on the main thread,
  * before any worker starts. */
 void moxy_http_init(void);
-void moxy_upstream_http_init(void);
 
 /* --- requests moxy makes itself (background.c) --- */
 

@@ -12,26 +12,28 @@
  * A round: copy the peer's address (an unresolved name skips the round
  * without counting it), connect without blocking, then for an HTTP check
  * send the request built at start ("Connection: close") and parse the
- * response with llhttp until it is complete or the peer closes, keeping up
+ * response (http1/origin_codec.h, with the proxy's limits on its head)
+ * until it is complete or the peer closes, keeping up
  * to HEALTH_BODY_MAX bytes of body when health.body is set.  It passes when
  * the status is in health.statuses and the body matches; a TCP check passes
  * when the connect does.  The connection is closed after every round.
  *
- * Nothing is allocated per round but the body kept for the pattern, freed
- * when the round ends; the rest lives from moxy_health_start to
+ * Nothing is allocated per round but the body kept for the pattern and the
+ * read buffer's contents, freed when the round ends; the rest lives from moxy_health_start to
  * moxy_health_stop.
  */
 #include "http/lifecycle.h"
 #include "proxy/health_check.h"
+#include "http1/origin_codec.h"
 #include "net/conn.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
 
 #include <errno.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <limits.h>
-#include <llhttp.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdio.h>
@@ -71,10 +73,8 @@ typedef struct {
     int phase;            /* HC_* */
     long long due_us;     /* when the current (or last) round was due */
     long long started_ms; /* moxy_mono_ms() when the current (or last) round started */
-    llhttp_t parser;
-    int status;             /* the final response's status, 0 before its head */
-    unsigned done : 1;      /* the response is complete */
-    unsigned interim : 1;   /* a 1xx response is being skipped */
+    struct evbuffer *in;    /* read, not parsed yet */
+    moxy_h1_resp_t resp;    /* the response parser */
     unsigned got_bytes : 1; /* the peer sent something this round */
     char *body;             /* up to HEALTH_BODY_MAX bytes, when pool->re */
     size_t blen, bcap;
@@ -83,6 +83,8 @@ typedef struct {
 
 static struct {
     struct event_base *base;
+    size_t max_head;     /* limits.header_bytes and limits.headers, as for the proxy */
+    uint32_t max_fields;
     health_pool_t *pools;
     int npools;
     health_peer_t *peers;
@@ -149,6 +151,7 @@ static void round_clean(health_peer_t *hp)
         }
         moxy_conn_close(&hp->conn);
     }
+    if (hp->in) evbuffer_drain(hp->in, evbuffer_get_length(hp->in));
     free(hp->body);
     hp->body = NULL;
     hp->blen = hp->bcap = 0;
@@ -181,8 +184,8 @@ static void round_failed_errno(health_peer_t *hp, const char *what, int err)
 static void judge(health_peer_t *hp)
 {
     health_pool_t *hpool = hp->pool;
-    if (!moxy_status_in(&hpool->conf->health.statuses, hp->status)) {
-        snprintf(hp->why, sizeof(hp->why), "status %d", hp->status);
+    if (!moxy_status_in(&hpool->conf->health.statuses, hp->resp.status)) {
+        snprintf(hp->why, sizeof(hp->why), "status %d", hp->resp.status);
         round_end(hp, hp->why);
         return;
     }
@@ -204,64 +207,39 @@ static void judge(health_peer_t *hp)
     round_end(hp, NULL);
 }
 
-/* --- the response parser --- */
+/* --- the response --- */
 
-static int on_headers_complete(llhttp_t *parser)
+/* Keep n more body bytes (from at, or else from the front of in) for the
+ * pattern, up to HEALTH_BODY_MAX; the rest is dropped.  NULL or why not. */
+static const char *keep_body(health_peer_t *hp, const char *at, struct evbuffer *in, size_t n)
 {
-    health_peer_t *hp = parser->data;
-    int status = llhttp_get_status_code(parser);
-    if (status < 200 && status != 101) { /* 1xx: skipped, the real response follows */
-        hp->interim = 1;
-        return 0;
-    }
-    hp->status = status;
-    if (status == 101) { /* nothing follows that we could parse */
-        hp->done = 1;
-        return HPE_PAUSED;
-    }
-    /* a response to HEAD has no body, whatever its headers say */
-    return strcmp(hp->pool->conf->health.method, "HEAD") == 0 ? 1 : 0;
-}
-
-static int on_body(llhttp_t *parser, const char *at, size_t n)
-{
-    health_peer_t *hp = parser->data;
-    if (!hp->pool->re || hp->blen == HEALTH_BODY_MAX) return 0;
-    n = MOXY_MIN(n, HEALTH_BODY_MAX - hp->blen);
-    if (hp->blen + n > hp->bcap) {
+    size_t keep = hp->pool->re ? MOXY_MIN(n, HEALTH_BODY_MAX - hp->blen) : 0;
+    if (hp->blen + keep > hp->bcap) {
         size_t cap = hp->bcap ? hp->bcap : 4096;
-        while (cap < hp->blen + n)
+        while (cap < hp->blen + keep)
             cap *= 2;
         cap = MOXY_MIN(cap, (size_t)HEALTH_BODY_MAX);
         char *b = realloc(hp->body, cap);
-        if (!b) {
-            llhttp_set_error_reason(parser, "out of memory");
-            return HPE_USER;
-        }
+        if (!b) return "out of memory";
         hp->body = b;
         hp->bcap = cap;
     }
-    memcpy(hp->body + hp->blen, at, n);
-    hp->blen += n;
-    return 0;
-}
-
-static int on_message_complete(llhttp_t *parser)
-{
-    health_peer_t *hp = parser->data;
-    if (hp->interim) {
-        hp->interim = 0;
-        return 0;
+    if (at) {
+        memcpy(hp->body + hp->blen, at, keep);
+    } else {
+        evbuffer_remove(in, hp->body + hp->blen, keep);
+        evbuffer_drain(in, n - keep);
     }
-    hp->done = 1;
-    return HPE_PAUSED;
+    hp->blen += keep;
+    return NULL;
 }
 
-static const llhttp_settings_t health_settings = {
-    .on_headers_complete = on_headers_complete,
-    .on_body = on_body,
-    .on_message_complete = on_message_complete,
-};
+static const char *on_body(moxy_h1_resp_t *rs, const char *at, size_t n)
+{
+    return keep_body(rs->data, at, NULL, n);
+}
+
+static const moxy_h1_resp_ops_t health_resp_ops = {.body = on_body};
 
 /* --- a round's I/O --- */
 
@@ -273,42 +251,39 @@ static void watch(health_peer_t *hp, short what, event_callback_fn cb)
     event_add(&hp->io, NULL);
 }
 
+/* Read, and judge the response once it is complete (a 101 once its head
+ * is: nothing follows that could be parsed). */
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
     health_peer_t *hp = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    char buf[HEALTH_READ];
-    ssize_t n = moxy_conn_recv(&hp->conn, buf, sizeof(buf));
+    ssize_t n = moxy_conn_read(&hp->conn, hp->in, HEALTH_READ);
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) round_failed_errno(hp, "read", errno);
         return;
     }
-    llhttp_errno_t e;
-    if (n == 0) {
-        e = llhttp_finish(&hp->parser); /* ends a body delimited by the close */
-        if (hp->done) {
-            judge(hp);
-        } else if (!hp->got_bytes) {
-            round_end(hp, "closed without a response");
-        } else {
-            const char *why = e != HPE_OK ? llhttp_get_error_reason(&hp->parser) : NULL;
-            snprintf(hp->why, sizeof(hp->why), "closed before the response ended%s%s",
-                     why ? ": " : "", why ? why : "");
-            round_end(hp, hp->why);
+    int eof = n == 0;
+    if (!eof) hp->got_bytes = 1;
+    moxy_h1_resp_t *rs = &hp->resp;
+    int rc = rs->head_done ? MOXY_OK : moxy_h1_resp_head(rs, hp->in);
+    if (rc == MOXY_OK && rs->status != 101) {
+        size_t take;
+        rc = moxy_h1_resp_body(rs, hp->in, eof, &take);
+        const char *why = take ? keep_body(hp, NULL, hp->in, take) : NULL;
+        if (why) {
+            rs->why = why;
+            rc = MOXY_ERROR;
         }
-        return;
     }
-    hp->got_bytes = 1;
-    e = llhttp_execute(&hp->parser, buf, (size_t)n);
-    if (e == HPE_OK) return;
-    if (e == HPE_PAUSED && hp->done) {
+    if (rc == MOXY_OK) {
         judge(hp);
-        return;
+    } else if (rc == MOXY_ERROR) {
+        snprintf(hp->why, sizeof(hp->why), "invalid response: %s", rs->why);
+        round_end(hp, hp->why);
+    } else if (eof) {
+        round_end(hp, hp->got_bytes ? "closed before the response ended" : "closed without a response");
     }
-    const char *why = llhttp_get_error_reason(&hp->parser);
-    snprintf(hp->why, sizeof(hp->why), "invalid response: %s", why ? why : llhttp_errno_name(e));
-    round_end(hp, hp->why);
 }
 
 static void send_cb(evutil_socket_t fd, short what, void *arg)
@@ -329,8 +304,9 @@ static void send_cb(evutil_socket_t fd, short what, void *arg)
         hp->sent += (size_t)n;
     }
     hp->phase = HC_READING;
-    llhttp_init(&hp->parser, HTTP_RESPONSE, &health_settings);
-    hp->parser.data = hp;
+    moxy_h1_resp_init(&hp->resp, &health_resp_ops, hp, NULL,
+                      strcmp(hp->pool->conf->health.method, "HEAD") == 0, health.max_head,
+                      health.max_fields);
     watch(hp, EV_READ, read_cb);
 }
 
@@ -380,8 +356,8 @@ static void round_start(health_peer_t *hp)
         schedule_next(hp);
         return;
     }
-    hp->status = 0;
-    hp->done = hp->interim = hp->got_bytes = 0;
+    hp->resp.status = 0;
+    hp->got_bytes = 0;
     hp->started_ms = moxy_mono_ms();
     hp->phase = HC_CONNECTING;
     event_add(&hp->timer, &hp->pool->timeout); /* the deadline */
@@ -466,6 +442,8 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
     }
     if (npools == 0) return MOXY_OK;
     health.base = base;
+    health.max_head = conf->limits.header_bytes;
+    health.max_fields = (uint32_t)conf->limits.headers;
     health.pools = calloc((size_t)npools, sizeof(*health.pools));
     health.peers = calloc((size_t)npeers, sizeof(*health.peers));
     if (!health.pools || !health.peers) {
@@ -487,6 +465,7 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
             hp->pool = hpool;
             hp->peer = &uc->state->peers[j];
             hp->conn.fd = -1;
+            if (!(hp->in = evbuffer_new())) goto err;
             event_assign(&hp->timer, base, -1, 0, timer_cb, hp);
             event_assign(&hp->io, base, -1, 0, read_cb, hp); /* assigned again per round (watch) */
             if (uc->health.type == MOXY_CHECK_HTTP && build_request(hp) != MOXY_OK) goto err;
@@ -517,6 +496,7 @@ void moxy_health_stop(void)
         round_clean(hp);
         event_del(&hp->timer);
         free(hp->req);
+        if (hp->in) evbuffer_free(hp->in);
     }
     for (int i = 0; i < health.npools; i++) {
         health_pool_t *hpool = &health.pools[i];

@@ -7,8 +7,8 @@
  * the host (an IP literal directly, a name through evdns, which reads
  * /etc/hosts first) and connect to its addresses in turn (IPv4 first: a
  * refused or timed out address moves on to the next); write the request
- * bytes Lua built; parse the response with llhttp (strict) into headers and
- * a body capped by max_body; wake the task with the result table, or with
+ * bytes Lua built; parse the response (http1/origin_codec.h, as the proxy
+ * does) into headers and a body capped by max_body; wake the task with the result table, or with
  * nil and an error.  A reused connection that turns out closed before any
  * response byte is retried once on a fresh one (the request never reached
  * the origin, or the origin dropped it unanswered).
@@ -22,6 +22,7 @@
 #include "http/lifecycle.h"
 #include "proxy/http_fetch.h"
 #include "http/lua_bridge.h"
+#include "http1/origin_codec.h"
 #include "http/worker.h"
 
 #include <arpa/inet.h>
@@ -93,11 +94,6 @@ struct fetch_reg_s {
     const struct timeval *ctv_idle;
 };
 
-/* A response header: offsets into op->hbuf. */
-typedef struct {
-    uint32_t name, nlen, value, vlen;
-} fetch_hdr_t;
-
 /* One call. */
 struct fetch_op_s {
     fetch_reg_t *reg; /* NULL once the registry is freed */
@@ -117,20 +113,16 @@ struct fetch_op_s {
     size_t out_len, out_sent;
     double connect_timeout;
     size_t max_body, max_head;
-    int max_headers;
+    uint32_t max_headers;
 
     moxy_conn_t conn; /* fd -1: none */
     struct event rev, wev, timer;
-    llhttp_t parser;
-    const char *perr; /* why a callback stopped the parser */
+    struct evbuffer *in;  /* read from the origin, not parsed yet */
+    moxy_h1_resp_t resp;  /* the response parser */
+    moxy_pool_t mem;      /* the response's fields */
+    moxy_headers_t hdrs;  /* the final head's fields (names lower-cased), in mem */
+    const char *perr;     /* why moxy (not the parser) refused the response */
 
-    int status;
-    size_t head_bytes;
-    char *hbuf; /* names (lower-cased) and values */
-    size_t hlen, hcap;
-    fetch_hdr_t *hdrs;
-    int nhdrs, hdrcap;
-    size_t cur_name, cur_nlen, cur_value, cur_vlen;
     char *body;
     size_t blen, bcap;
 
@@ -142,18 +134,13 @@ struct fetch_op_s {
     unsigned reading : 1, writing : 1;
     unsigned got_bytes : 1; /* the origin sent something on this connection */
     unsigned write_failed : 1;
-    unsigned in_field : 1;
-    unsigned interim : 1; /* a 1xx response is being skipped */
-    unsigned in_trailers : 1;
-    unsigned done : 1;     /* the response is complete */
-    unsigned leftover : 1; /* bytes after the response: not reusable */
 
     char err[FETCH_ERR_MAX];
 };
 
 static void op_read_cb(evutil_socket_t fd, short what, void *arg);
 static void op_write_cb(evutil_socket_t fd, short what, void *arg);
-static const llhttp_settings_t fetch_settings;
+static const moxy_h1_resp_ops_t fetch_resp_ops;
 
 /* --- the registry and its idle connections --- */
 
@@ -296,8 +283,8 @@ static void op_free(fetch_op_t *op)
     free(op->host);
     free(op->key);
     free(op->out);
-    free(op->hbuf);
-    free(op->hdrs);
+    if (op->in) evbuffer_free(op->in);
+    moxy_pool_reset(&op->mem);
     free(op->body);
     free(op);
 }
@@ -336,15 +323,15 @@ static void push_result(fetch_op_t *op, lua_State *co)
 {
     lua_checkstack(co, 8);
     lua_createtable(co, 0, 3);
-    lua_pushinteger(co, op->status);
+    lua_pushinteger(co, op->resp.status);
     lua_setfield(co, -2, "status");
-    lua_createtable(co, 0, op->nhdrs);
+    lua_createtable(co, 0, (int)op->hdrs.n);
     int H = lua_gettop(co);
-    for (int i = 0; i < op->nhdrs; i++) {
-        const fetch_hdr_t *h = &op->hdrs[i];
-        const char *name = op->hbuf + h->name, *value = op->hbuf + h->value;
-        int cookie = MOXY_STRIEQ_LIT(name, h->nlen, "set-cookie");
-        lua_pushlstring(co, name, h->nlen);
+    for (uint32_t i = 0; i < op->hdrs.n; i++) {
+        const moxy_header_t *h = &op->hdrs.h[i];
+        const char *value = h->value;
+        int cookie = MOXY_STRIEQ_LIT(h->name, h->name_len, "set-cookie");
+        lua_pushlstring(co, h->name, h->name_len);
         lua_pushvalue(co, -1);
         lua_rawget(co, H);
         if (cookie) {
@@ -355,17 +342,17 @@ static void push_result(fetch_op_t *op, lua_State *co)
                 lua_pushvalue(co, -2);
                 lua_rawset(co, H);
             }
-            lua_pushlstring(co, value, h->vlen);
+            lua_pushlstring(co, value, h->value_len);
             lua_rawseti(co, -2, (int)lua_objlen(co, -2) + 1);
             lua_pop(co, 2);
             continue;
         }
         if (lua_isnil(co, -1)) {
             lua_pop(co, 1);
-            lua_pushlstring(co, value, h->vlen);
+            lua_pushlstring(co, value, h->value_len);
         } else {
             lua_pushliteral(co, ", ");
-            lua_pushlstring(co, value, h->vlen);
+            lua_pushlstring(co, value, h->value_len);
             lua_concat(co, 3);
         }
         lua_rawset(co, H);
@@ -380,8 +367,8 @@ static void push_result(fetch_op_t *op, lua_State *co)
 static void op_done(fetch_op_t *op, int eof)
 {
     fetch_reg_t *reg = op->reg;
-    int keep = reg && op->keepalive && !eof && !op->leftover && !op->write_failed &&
-               op->out_sent == op->out_len && llhttp_should_keep_alive(&op->parser);
+    int keep = reg && op->keepalive && !eof && evbuffer_get_length(op->in) == 0 && !op->write_failed &&
+               op->out_sent == op->out_len && op->resp.keepalive;
     if (keep) {
         event_del(&op->rev);
         event_del(&op->wev);
@@ -601,13 +588,12 @@ static int op_open(fetch_op_t *op)
 
 static void op_reset_response(fetch_op_t *op)
 {
-    llhttp_init(&op->parser, HTTP_RESPONSE, &fetch_settings);
-    op->parser.data = op;
+    evbuffer_drain(op->in, evbuffer_get_length(op->in));
+    moxy_pool_reset(&op->mem);
+    op->hdrs = (moxy_headers_t){0};
+    moxy_h1_resp_init(&op->resp, &fetch_resp_ops, op, &op->mem, op->head, op->max_head, op->max_headers);
     op->perr = NULL;
-    op->status = 0;
-    op->head_bytes = op->hlen = op->blen = 0;
-    op->nhdrs = 0;
-    op->in_field = op->interim = op->in_trailers = op->done = op->leftover = 0;
+    op->blen = 0;
     op->got_bytes = op->write_failed = 0;
 }
 
@@ -623,180 +609,109 @@ static void op_retry(fetch_op_t *op)
     if (op_open(op) == MOXY_ERROR) op_fail(op, op->err);
 }
 
-static int rs_stop(fetch_op_t *op, const char *why)
+/* A field of the head (names lower-cased; the trailers are not kept). */
+static const char *rs_field(moxy_h1_resp_t *rs, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    op->perr = why;
-    return -1;
+    fetch_op_t *op = rs->data;
+    if (rs->in_trailers) return NULL;
+    if (moxy_headers_add(&op->mem, &op->hdrs, name, nlen, value, vlen) != MOXY_OK) return "out of memory";
+    moxy_header_t *h = &op->hdrs.h[op->hdrs.n - 1];
+    for (uint32_t i = 0; i < h->name_len; i++)
+        h->name[i] = (char)tolower((unsigned char)h->name[i]);
+    return NULL;
 }
 
-static int rs_append(fetch_op_t *op, const char *at, size_t n)
+/* An interim response is skipped: the final one follows. */
+static const char *rs_interim(moxy_h1_resp_t *rs, int status)
 {
-    if (op->hlen + n > op->hcap) {
-        size_t cap = op->hcap ? op->hcap : 1024;
-        while (cap < op->hlen + n)
-            cap *= 2;
-        char *b = realloc(op->hbuf, cap);
-        if (!b) return rs_stop(op, "out of memory");
-        op->hbuf = b;
-        op->hcap = cap;
-    }
-    memcpy(op->hbuf + op->hlen, at, n);
-    op->hlen += n;
-    return 0;
+    fetch_op_t *op = rs->data;
+    MOXY_UNUSED(status);
+    op->hdrs.n = 0;
+    return NULL;
 }
 
-static int rs_header_field(llhttp_t *p, const char *at, size_t n)
+/* Keep n more body bytes from at, or from the front of in when at is NULL. */
+static const char *op_body(fetch_op_t *op, const char *at, struct evbuffer *in, size_t n)
 {
-    fetch_op_t *op = p->data;
-    op->head_bytes += n;
-    if (op->head_bytes > op->max_head) return rs_stop(op, "invalid response: head too large");
-    if (op->in_trailers) return 0; /* trailers are not kept */
-    if (!op->in_field) {
-        op->in_field = 1;
-        op->cur_name = op->hlen;
-        op->cur_nlen = 0;
-    }
-    op->cur_nlen += n;
-    return rs_append(op, at, n);
-}
-
-static int rs_header_field_complete(llhttp_t *p)
-{
-    fetch_op_t *op = p->data;
-    op->in_field = 0;
-    op->cur_value = op->hlen;
-    op->cur_vlen = 0;
-    return 0;
-}
-
-static int rs_header_value(llhttp_t *p, const char *at, size_t n)
-{
-    fetch_op_t *op = p->data;
-    op->head_bytes += n;
-    if (op->head_bytes > op->max_head) return rs_stop(op, "invalid response: head too large");
-    if (op->in_trailers) return 0;
-    op->cur_vlen += n;
-    return rs_append(op, at, n);
-}
-
-static int rs_header_value_complete(llhttp_t *p)
-{
-    fetch_op_t *op = p->data;
-    op->head_bytes += 4;
-    if (op->in_trailers) return 0;
-    if (op->nhdrs >= op->max_headers) return rs_stop(op, "invalid response: too many headers");
-    if (op->nhdrs == op->hdrcap) {
-        int cap = op->hdrcap ? op->hdrcap * 2 : 16;
-        fetch_hdr_t *h = realloc(op->hdrs, (size_t)cap * sizeof(*h));
-        if (!h) return rs_stop(op, "out of memory");
-        op->hdrs = h;
-        op->hdrcap = cap;
-    }
-    size_t vl = op->cur_vlen;
-    const char *v = op->hbuf + op->cur_value;
-    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
-        vl--; /* llhttp checked the rest */
-    char *name = op->hbuf + op->cur_name;
-    for (size_t i = 0; i < op->cur_nlen; i++)
-        name[i] = (char)tolower((unsigned char)name[i]);
-    op->hdrs[op->nhdrs++] = (fetch_hdr_t){(uint32_t)op->cur_name, (uint32_t)op->cur_nlen,
-                                          (uint32_t)op->cur_value, (uint32_t)vl};
-    return 0;
-}
-
-static int rs_headers_complete(llhttp_t *p)
-{
-    fetch_op_t *op = p->data;
-    if (op->in_trailers) return 0;
-    int status = p->status_code;
-    if (status == 101) return rs_stop(op, "invalid response: unexpected 101 Switching Protocols");
-    if (status < 200) { /* 1xx: skipped, the real response follows */
-        op->interim = 1;
-        op->nhdrs = 0;
-        op->hlen = 0;
-        op->head_bytes = 0;
-        return 1;
-    }
-    op->status = status;
-    op->head_bytes = 0; /* trailers get a budget of their own */
-    if (op->head) return 1;
-    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED)) {
-        if (p->content_length > op->max_body) return rs_stop(op, "body too large");
-        if (p->content_length > 0) {
-            op->body = malloc((size_t)p->content_length);
-            if (!op->body) return rs_stop(op, "out of memory");
-            op->bcap = (size_t)p->content_length;
-        }
-    }
-    return 0;
-}
-
-static int rs_chunk_header(llhttp_t *p)
-{
-    fetch_op_t *op = p->data;
-    if (p->content_length == 0) op->in_trailers = 1;
-    return 0;
-}
-
-static int rs_body(llhttp_t *p, const char *at, size_t n)
-{
-    fetch_op_t *op = p->data;
-    if (n > op->max_body - op->blen) {
-        op->perr = "body too large";
-        llhttp_set_error_reason(p, op->perr);
-        return HPE_USER;
-    }
+    if (n > op->max_body - op->blen) return op->perr = "body too large";
     if (op->blen + n > op->bcap) {
         size_t cap = op->bcap ? op->bcap : 16384;
         while (cap < op->blen + n)
             cap *= 2;
         if (cap > op->max_body) cap = op->max_body;
         char *b = realloc(op->body, cap);
-        if (!b) {
-            op->perr = "out of memory";
-            llhttp_set_error_reason(p, op->perr);
-            return HPE_USER;
-        }
+        if (!b) return op->perr = "out of memory";
         op->body = b;
         op->bcap = cap;
     }
-    memcpy(op->body + op->blen, at, n);
+    if (at) memcpy(op->body + op->blen, at, n);
+    else evbuffer_remove(in, op->body + op->blen, n);
     op->blen += n;
-    return 0;
+    return NULL;
 }
 
-static int rs_message_complete(llhttp_t *p)
+static const char *rs_body(moxy_h1_resp_t *rs, const char *at, size_t n)
 {
-    fetch_op_t *op = p->data;
-    if (op->interim) {
-        op->interim = 0;
-        return 0;
-    }
-    op->done = 1;
-    return HPE_PAUSED;
+    return op_body(rs->data, at, NULL, n);
 }
 
-static const llhttp_settings_t fetch_settings = {
-    .on_header_field = rs_header_field,
-    .on_header_value = rs_header_value,
-    .on_header_field_complete = rs_header_field_complete,
-    .on_header_value_complete = rs_header_value_complete,
-    .on_headers_complete = rs_headers_complete,
-    .on_chunk_header = rs_chunk_header,
-    .on_body = rs_body,
-    .on_message_complete = rs_message_complete,
+static const moxy_h1_resp_ops_t fetch_resp_ops = {
+    .field = rs_field,
+    .interim = rs_interim,
+    .body = rs_body,
 };
 
-/* The parser stopped on err: fail op with why. */
-static void op_parse_failed(fetch_op_t *op, llhttp_errno_t err)
+/* The response was refused: fail op with why. */
+static void op_refused(fetch_op_t *op)
 {
     if (op->perr) {
         op_fail(op, op->perr);
         return;
     }
-    const char *why = llhttp_get_error_reason(&op->parser);
-    snprintf(op->err, sizeof(op->err), "invalid response: %s", why ? why : llhttp_errno_name(err));
+    snprintf(op->err, sizeof(op->err), "invalid response: %s", op->resp.why);
     op_fail(op, op->err);
+}
+
+/* Go on with what op has read (eof: the origin closed after it). */
+static void op_process(fetch_op_t *op, int eof)
+{
+    moxy_h1_resp_t *rs = &op->resp;
+    int rc;
+    if (!rs->head_done) {
+        rc = moxy_h1_resp_head(rs, op->in);
+        if (rc == MOXY_ERROR) {
+            op_refused(op);
+            return;
+        }
+        if (rc == MOXY_AGAIN) {
+            if (eof) op_fail(op, "closed");
+            return;
+        }
+        if (rs->status == 101) {
+            op_fail(op, "invalid response: unexpected 101 Switching Protocols");
+            return;
+        }
+        if (rs->body_kind == MOXY_BODY_LENGTH) {
+            if (rs->body_left > op->max_body) {
+                op_fail(op, "body too large");
+                return;
+            }
+            if (rs->body_left > 0 && !(op->body = malloc((size_t)rs->body_left))) {
+                op_fail(op, "out of memory");
+                return;
+            }
+            op->bcap = (size_t)rs->body_left;
+        }
+    }
+    size_t take;
+    rc = moxy_h1_resp_body(rs, op->in, eof, &take);
+    if (rc != MOXY_ERROR && take && op_body(op, NULL, op->in, take)) rc = MOXY_ERROR;
+    if (rc == MOXY_ERROR) {
+        op_refused(op);
+        return;
+    }
+    if (rc == MOXY_OK) op_done(op, eof);
+    else if (eof) op_fail(op, "closed");
 }
 
 /* The origin closed op's connection (err: the read error, or 0 at EOF). */
@@ -811,16 +726,7 @@ static void op_eof(fetch_op_t *op, int err)
         op_fail(op, op->err);
         return;
     }
-    llhttp_errno_t e = llhttp_finish(&op->parser); /* ends a close-delimited body */
-    if (op->done) {
-        op_done(op, 1);
-        return;
-    }
-    if (e != HPE_OK && e != HPE_PAUSED && op->perr) {
-        op_fail(op, op->perr);
-        return;
-    }
-    op_fail(op, "closed");
+    op_process(op, 1);
 }
 
 static void op_read_cb(evutil_socket_t fd, short what, void *arg)
@@ -828,8 +734,7 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg)
     fetch_op_t *op = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    char buf[FETCH_READ];
-    ssize_t n = moxy_conn_recv(&op->conn, buf, sizeof(buf));
+    ssize_t n = moxy_conn_read(&op->conn, op->in, FETCH_READ);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
         op_eof(op, errno);
@@ -840,14 +745,7 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     op->got_bytes = 1;
-    llhttp_errno_t e = llhttp_execute(&op->parser, buf, (size_t)n);
-    if (e == HPE_OK) return;
-    if (e == HPE_PAUSED && op->done) {
-        if (llhttp_get_error_pos(&op->parser) < buf + n) op->leftover = 1;
-        op_done(op, 0);
-        return;
-    }
-    op_parse_failed(op, e);
+    op_process(op, 0);
 }
 
 static void op_write_cb(evutil_socket_t fd, short what, void *arg)
@@ -905,6 +803,8 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     if (!op) goto err;
     op->conn.fd = -1;
     op->task = t;
+    moxy_pool_init(&op->mem);
+    if (!(op->in = evbuffer_new())) goto err;
     op->host = malloc(hlen + 1);
     op->key = malloc(hlen + 8);
     op->out = malloc(rlen ? rlen : 1);
@@ -922,7 +822,7 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     if (op->connect_timeout > 1e7) op->connect_timeout = 1e7;
     op->max_body = max_body;
     op->max_head = conf->limits.header_bytes;
-    op->max_headers = conf->limits.headers;
+    op->max_headers = (uint32_t)conf->limits.headers;
     struct event_base *base = w->base;
     event_assign(&op->rev, base, -1, EV_READ | EV_PERSIST, op_read_cb, op);
     event_assign(&op->wev, base, -1, EV_WRITE | EV_PERSIST, op_write_cb, op);

@@ -15,6 +15,7 @@
 #include "net/io.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
+#include "http1/origin_codec.h"
 #include "proxy/origin.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
@@ -202,7 +203,13 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
         *err = strerror(errno);
         return NULL;
     }
-    moxy_upconn_t *u = calloc(1, sizeof(*u));
+    /* the connection and its response parser in one allocation */
+    struct {
+        moxy_upconn_t u;
+        moxy_h1_resp_t resp;
+    } *both = calloc(1, sizeof(*both));
+    moxy_upconn_t *u = both ? &both->u : NULL;
+    if (u) u->resp = &both->resp;
     if (!u || !(u->in = evbuffer_new()) || !(u->out = evbuffer_new())) {
         if (u && u->in) evbuffer_free(u->in);
         free(u);
@@ -222,71 +229,11 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
     return u;
 }
 
-/* Write "<name: >value\r\n" at p (name with its ": "); the end. */
-static char *put_field(char *p, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    memcpy(p, name, nlen);
-    memcpy(p + nlen, value, vlen);
-    memcpy(p + nlen + vlen, "\r\n", 2);
-    return p + nlen + vlen + 2;
-}
-
-/* The head is written in one piece into space reserved on out: no copy of
- * it is made on the way to the socket. */
 int moxy_upstream_write_head(const moxy_req_t *r, const moxy_upstream_conf_t *uc,
                              struct evbuffer *out)
 {
     const char *host = uc && uc->host ? uc->host : r->host ? r->host : r->peer;
-    size_t mlen = strlen(r->method_name), hlen = strlen(host);
-    /* a revalidation of a stale object: its validators (RFC 9111 4.3.1) */
-    const char *etag = r->cache_conditional ? r->cache_etag : NULL;
-    const char *lm = r->cache_conditional ? r->cache_last_modified : NULL;
-    size_t elen = etag ? strlen(etag) : 0, lmlen = lm ? strlen(lm) : 0;
-    size_t max = mlen + r->uri_len + hlen + moxy_headers_size(&r->headers) + elen + lmlen + 200;
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
-    char *p = v.iov_base;
-    memcpy(p, r->method_name, mlen);
-    p += mlen;
-    *p++ = ' ';
-    memcpy(p, r->uri, r->uri_len);
-    p += r->uri_len;
-    memcpy(p, " HTTP/1.1\r\nHost: ", 17);
-    p += 17;
-    memcpy(p, host, hlen);
-    p += hlen;
-    *p++ = '\r';
-    *p++ = '\n';
-    p += moxy_headers_write(p, &r->headers, r->upgrade, MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_EXPECT);
-    if (r->upgrade) {
-        memcpy(p, "Connection: upgrade\r\n", 21);
-        p += 21;
-    }
-    if (etag) p = put_field(p, "If-None-Match: ", 15, etag, elen);
-    if (lm) p = put_field(p, "If-Modified-Since: ", 19, lm, lmlen);
-    size_t buffered = r->body_buffered && r->body_buf ? evbuffer_get_length(r->body_buf) : 0;
-    if (r->body_buffered && r->body_kind != MOXY_BODY_NONE) {
-        /* read by a hook: sent whole, with its length (a retry sends it again) */
-        memcpy(p, "Content-Length: ", 16);
-        p = moxy_write_u64(p + 16, buffered);
-        *p++ = '\r';
-        *p++ = '\n';
-    } else if (r->body_kind == MOXY_BODY_CHUNKED) {
-        memcpy(p, "Transfer-Encoding: chunked\r\n", 28);
-        p += 28;
-    } else if (r->has_cl) {
-        memcpy(p, "Content-Length: ", 16);
-        p = moxy_write_u64(p + 16, r->body_length);
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-    *p++ = '\r';
-    *p++ = '\n';
-    v.iov_len = (size_t)(p - (char *)v.iov_base);
-    if (evbuffer_commit_space(out, &v, 1) != 0) return MOXY_ERROR;
-    if (buffered && evbuffer_add(out, evbuffer_pullup(r->body_buf, -1), buffered) != 0)
-        return MOXY_ERROR;
-    return MOXY_OK;
+    return moxy_h1_write_request(r, host, out);
 }
 
 /* --- a try: on_upstream, the peer, on_upstream_request, connect --- */
@@ -623,16 +570,9 @@ static void try_connect(moxy_req_t *r)
     if (u->connected) r->up_connected_us = r->up_started_us;
     u->req = r;
     r->up = u;
-    u->got_bytes = u->head_done = u->eof = u->interim = u->in_trailers = 0;
-    u->interims = 0;
-    u->interim_bytes = 0;
+    u->got_bytes = u->eof = u->write_failed = 0;
     u->keepalive = u->server >= 0; /* set_peer connections are not kept */
-    u->body_done = u->write_failed = 0;
-    u->head_bytes = 0;
-    u->field = u->value = NULL;
-    u->field_len = u->value_len = u->field_cap = u->value_cap = 0;
-    llhttp_init(&u->parser, HTTP_RESPONSE, moxy_origin_response_settings());
-    u->parser.data = u;
+    moxy_origin_response_start(u);
     const moxy_upstream_conf_t *uc = u->pool >= 0 ? &r->g->conf->upstreams[u->pool] : NULL;
     if (moxy_upstream_write_head(r, uc, u->out) != MOXY_OK) {
         moxy_req_upstream_failed(r, 500, "out of memory");
@@ -663,7 +603,7 @@ void moxy_origin_fail(moxy_upconn_t *u, int status, const char *why, int retry)
     moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
              u->pool >= 0 ? u->g->conf->upstreams[u->pool].name : "-", why);
     if (retry && !u->got_bytes && moxy_origin_try_again(r, u, status, why)) return;
-    if (!u->head_done) moxy_origin_try_report(r, 0);
+    if (!u->resp->head_done) moxy_origin_try_report(r, 0);
     moxy_req_upstream_failed(r, status, why);
 }
 

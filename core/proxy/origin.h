@@ -11,8 +11,6 @@
 #include "http/request.h"
 #include "proxy/upstream.h"
 
-#include <llhttp.h>
-
 /* The cache, as moxy_upstream_set_cache handed it over. */
 extern const moxy_proxy_cache_t *moxy_origin_cache;
 
@@ -48,9 +46,9 @@ void moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
  * request (if any) across it: either may close meanwhile. */
 void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u, short what));
 
-/* origin_response.c: the llhttp settings of a response (made once by
- * moxy_upstream_http_init); u's read event; go on with what u has read. */
-const llhttp_settings_t *moxy_origin_response_settings(void);
+/* origin_response.c: get u's parser ready for the response to u->req;
+ * u's read event; go on with what u has read. */
+void moxy_origin_response_start(moxy_upconn_t *u);
 void moxy_origin_read_cb(evutil_socket_t fd, short what, void *arg);
 void moxy_origin_process(moxy_upconn_t *u);
 

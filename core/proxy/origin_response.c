@@ -16,6 +16,7 @@
 #include "net/io.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
+#include "http1/origin_codec.h"
 #include "proxy/origin.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
@@ -31,204 +32,56 @@
 
 static void response_hooks_done(moxy_req_t *r, int rc);
 
-/* --- response head (llhttp callbacks) --- */
+/* --- what the parser hands over --- */
 
-static int rs_fail(llhttp_t *p, const char *why)
+static const char *of_field(moxy_h1_resp_t *rs, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    llhttp_set_error_reason(p, why);
-    return HPE_USER;
-}
-
-/* A piece of a response header name (value = 0) or value, counted against header_bytes. */
-static int rs_header_piece(llhttp_t *p, const char *at, size_t n, int value)
-{
-    moxy_upconn_t *u = p->data;
-    moxy_pool_t *pool = &u->req->mem;
-    u->head_bytes += n;
-    if (u->head_bytes > u->g->conf->limits.header_bytes) return rs_fail(p, "response head too large");
-    return value ? moxy_pool_append(pool, &u->value, &u->value_len, &u->value_cap, at, n)
-                 : moxy_pool_append(pool, &u->field, &u->field_len, &u->field_cap, at, n);
-}
-
-static int rs_header_field(llhttp_t *p, const char *at, size_t n)
-{
-    return rs_header_piece(p, at, n, 0);
-}
-
-static int rs_header_value(llhttp_t *p, const char *at, size_t n)
-{
-    return rs_header_piece(p, at, n, 1);
-}
-
-static int rs_header_field_complete(llhttp_t *p)
-{
-    moxy_upconn_t *u = p->data;
-    u->value_len = 0;
-    return 0;
-}
-
-static int rs_header_value_complete(llhttp_t *p)
-{
-    moxy_upconn_t *u = p->data;
+    moxy_upconn_t *u = rs->data;
     moxy_req_t *r = u->req;
-    const char *v = u->value ? u->value : "";
-    uint32_t vl = u->value_len;
-    if (u->field_len == 0) return rs_fail(p, "empty header name in response");
-    while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--; /* llhttp checked the rest */
-    moxy_headers_t *hs = u->in_trailers ? &r->resp_trailers : &r->resp_headers;
-    if ((int)hs->n >= u->g->conf->limits.headers) return rs_fail(p, "too many response headers");
-    if (moxy_headers_add(&r->mem, hs, u->field, u->field_len, v, vl) != MOXY_OK) return -1;
-    u->field_len = u->value_len = 0;
-    u->head_bytes += 4;
-    return 0;
+    moxy_headers_t *hs = rs->in_trailers ? &r->resp_trailers : &r->resp_headers;
+    return moxy_headers_add(&r->mem, hs, name, nlen, value, vlen) == MOXY_OK ? NULL : "out of memory";
 }
 
 /* Forward an interim (1xx) response to the client; 100 is moxy's own
  * business with the client and is not forwarded. */
-static void up_interim(moxy_upconn_t *u, int status)
+static const char *of_interim(moxy_h1_resp_t *rs, int status)
 {
+    moxy_upconn_t *u = rs->data;
     moxy_req_t *r = u->req;
-    if (status != 100) moxy_stream_send_interim(r, status, &r->resp_headers);
-    r->resp_headers.n = 0;
-}
-
-static int rs_headers_complete(llhttp_t *p)
-{
-    moxy_upconn_t *u = p->data;
-    moxy_req_t *r = u->req;
-    if (u->in_trailers) return 0;
-    int status = p->status_code;
-    if (status < 100 || status > 999) return rs_fail(p, "invalid status");
     /* the fields the origin's Connection names are for this hop only */
     moxy_headers_drop_connection_named(&r->resp_headers, MOXY_HK_CL);
-    if (status < 200 && status != 101) {
-        /* A 1xx never has a body (RFC 9110 15.2): framing on one is an
-         * attempt to split the response stream.  The interim heads of one
-         * response share a bound in number and in bytes. */
-        if (p->flags & (F_CHUNKED | F_CONTENT_LENGTH) ||
-            moxy_headers_find_kind(&r->resp_headers, MOXY_HK_TE | MOXY_HK_CL, 0) >= 0)
-            return rs_fail(p, "interim response with a body");
-        if (++u->interims > MOXY_MAX_INTERIM) return rs_fail(p, "too many interim responses");
-        u->interim_bytes += u->head_bytes;
-        if (u->interim_bytes > u->g->conf->limits.header_bytes)
-            return rs_fail(p, "interim responses too large");
-        up_interim(u, status);
-        u->interim = 1;
-        u->head_bytes = 0;
-        return 1; /* no body, whatever the status (llhttp reads one for 104-199) */
-    }
-    r->status = status;
-    int close = p->http_major == 1 && p->http_minor == 0;
-    for (uint32_t i = 0; i < r->resp_headers.n; i++) {
-        moxy_header_t *h = &r->resp_headers.h[i];
-        if (h->kind & MOXY_HK_CONNECTION) {
-            if (moxy_list_has_token(h->value, h->value_len, "close", 5)) close = 1;
-            if (moxy_list_has_token(h->value, h->value_len, "keep-alive", 10) && p->http_minor == 0)
-                close = 0;
-        }
-    }
-    if (close) u->keepalive = 0;
-    if (status == 101) {
-        r->resp_body_kind = MOXY_BODY_NONE;
-    } else if (r->method == HTTP_HEAD || status == 204 || status == 304) {
-        r->resp_body_kind = MOXY_BODY_NONE;
-    } else if (p->flags & F_CHUNKED) {
-        r->resp_body_kind = MOXY_BODY_CHUNKED;
-    } else if (p->flags & F_CONTENT_LENGTH) {
-        r->resp_body_kind = MOXY_BODY_LENGTH;
-        r->resp_body_left = p->content_length;
-    } else {
-        r->resp_body_kind = MOXY_BODY_EOF;
-        u->keepalive = 0;
-    }
-    return HPE_PAUSED;
+    if (status != 100) moxy_stream_send_interim(r, status, &r->resp_headers);
+    r->resp_headers.n = 0;
+    return NULL;
 }
 
-static int rs_chunk_header(llhttp_t *p)
+/* A piece of a chunked body: to the cache, and to the on_body filter or the client. */
+static const char *of_body(moxy_h1_resp_t *rs, const char *at, size_t n)
 {
-    moxy_upconn_t *u = p->data;
-    if (p->content_length == 0) u->in_trailers = 1;
-    return 0;
-}
-
-static int rs_body(llhttp_t *p, const char *at, size_t n)
-{
-    moxy_upconn_t *u = p->data;
+    moxy_upconn_t *u = rs->data;
     moxy_req_t *r = u->req;
     if (r->cache_fill) moxy_origin_cache->response_body(r, at, n);
     if (r->filtering) {
         evbuffer_add(r->filter_in, at, n);
-        return 0;
+        return NULL;
     }
     moxy_stream_send_data(r, at, n);
     r->bytes_sent += n;
-    return 0;
+    return NULL;
 }
 
-static int rs_message_complete(llhttp_t *p)
-{
-    moxy_upconn_t *u = p->data;
-    if (u->interim) {
-        u->interim = 0;
-        return 0;
-    }
-    u->body_done = 1; /* the trailers go with the body's end (moxy_req_response_done) */
-    return HPE_PAUSED;
-}
+static const moxy_h1_resp_ops_t origin_resp_ops = {
+    .field = of_field,
+    .interim = of_interim,
+    .body = of_body,
+};
 
-const llhttp_settings_t *moxy_origin_response_settings(void)
+void moxy_origin_response_start(moxy_upconn_t *u)
 {
-    static llhttp_settings_t s;
-    static int ready;
-    if (!ready) { /* first call is from the main thread (moxy_http_init) */
-        llhttp_settings_init(&s);
-        s.on_header_field = rs_header_field;
-        s.on_header_value = rs_header_value;
-        s.on_header_field_complete = rs_header_field_complete;
-        s.on_header_value_complete = rs_header_value_complete;
-        s.on_headers_complete = rs_headers_complete;
-        s.on_chunk_header = rs_chunk_header;
-        s.on_body = rs_body;
-        s.on_message_complete = rs_message_complete;
-        ready = 1;
-    }
-    return &s;
-}
-
-void moxy_upstream_http_init(void)
-{
-    moxy_origin_response_settings();
-}
-
-/* Feed u->in to llhttp.  MOXY_OK: paused; MOXY_AGAIN: all consumed;
- * MOXY_ERROR: bad response (*why set). */
-static int up_parse(moxy_upconn_t *u, const char **why)
-{
-    struct evbuffer_iovec v[16];
-    int n = evbuffer_peek(u->in, -1, NULL, v, 16);
-    if (n > 16) n = 16;
-    size_t consumed = 0;
-    int rc = MOXY_AGAIN;
-    for (int i = 0; i < n; i++) {
-        const char *base = v[i].iov_base;
-        llhttp_errno_t err = llhttp_execute(&u->parser, base, v[i].iov_len);
-        if (err == HPE_OK) {
-            consumed += v[i].iov_len;
-            continue;
-        }
-        if (err == HPE_PAUSED) {
-            consumed += (size_t)(llhttp_get_error_pos(&u->parser) - base);
-            llhttp_resume(&u->parser);
-            rc = MOXY_OK;
-            break;
-        }
-        *why = llhttp_get_error_reason(&u->parser);
-        if (!*why) *why = llhttp_errno_name(err);
-        rc = MOXY_ERROR;
-        break;
-    }
-    if (consumed) evbuffer_drain(u->in, consumed);
-    return rc;
+    moxy_req_t *r = u->req;
+    const moxy_conf_t *conf = u->g->conf;
+    moxy_h1_resp_init(u->resp, &origin_resp_ops, u, &r->mem, r->method == HTTP_HEAD,
+                      conf->limits.header_bytes, (uint32_t)conf->limits.headers);
 }
 
 /* The origin's response is complete: keep the connection for the next
@@ -256,7 +109,7 @@ static void up_finished(moxy_upconn_t *u)
     }
     const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
     moxy_pool_rt_t *rt = &u->g->pools[u->pool];
-    int reuse = u->keepalive && !u->eof && !u->write_failed && r->body_done &&
+    int reuse = u->keepalive && u->resp->keepalive && !u->eof && !u->write_failed && r->body_done &&
                 evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 &&
                 rt->nidle < uc->keepalive && !w->draining;
     if (!reuse) {
@@ -267,8 +120,6 @@ static void up_finished(moxy_upconn_t *u)
     u->writing = 0;
     event_add(&u->rev, rt->ctv_idle);
     u->reading = 1;
-    u->field = u->value = NULL;
-    u->field_cap = u->value_cap = 0;
     moxy_origin_idle_put(rt, u);
 }
 
@@ -383,23 +234,25 @@ void moxy_origin_process(moxy_upconn_t *u)
         return;
     }
 
-    if (!u->head_done) {
-        const char *why = NULL;
-        int rc = up_parse(u, &why);
+    moxy_h1_resp_t *rs = u->resp;
+    if (!rs->head_done) {
+        int rc = moxy_h1_resp_head(rs, u->in);
         if (rc == MOXY_ERROR) {
-            char msg[200];
-            snprintf(msg, sizeof(msg), "invalid response from origin: %s", why);
-            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: %s", r->peer, msg);
+            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: invalid response from origin: %s", r->peer, rs->why);
             u->keepalive = 0;
             moxy_origin_fail(u, 502, "invalid response from origin", 0);
             return;
         }
         if (rc == MOXY_AGAIN) {
             if (u->eof) up_eof_before_head(u);
-            else if (u->interims) moxy_stream_flush(r); /* the 1xx heads queued */
+            else if (rs->interims) moxy_stream_flush(r); /* the 1xx heads queued */
             return;
         }
-        u->head_done = 1;
+        r->status = rs->status;
+        r->resp_body_kind = rs->body_kind;
+        r->resp_body_left = rs->body_left;
+        /* the fields the origin's Connection names are for this hop only */
+        moxy_headers_drop_connection_named(&r->resp_headers, MOXY_HK_CL);
         r->up_status = r->status;
         event_base_gettimeofday_cached(u->w->base, &r->up_header);
         r->up_header_us = moxy_mono_us();
@@ -441,45 +294,20 @@ void moxy_origin_process(moxy_upconn_t *u)
         if (up_after_response_hooks(u, rc2) != MOXY_OK) return;
     }
 
-    int done = 0;
-    switch (r->resp_body_kind) {
-    case MOXY_BODY_NONE:
-        done = 1;
-        break;
-    case MOXY_BODY_LENGTH: {
-        size_t have = evbuffer_get_length(u->in);
-        size_t n = have < r->resp_body_left ? have : (size_t)r->resp_body_left;
-        if (n) {
-            if (r->cache_fill) moxy_origin_cache->response_body_buffer(r, u->in, n);
-            up_body(r, u->in, n);
-            r->resp_body_left -= n;
-        }
-        done = r->resp_body_left == 0;
-        break;
+    size_t take;
+    int rc = moxy_h1_resp_body(rs, u->in, u->eof, &take); /* of_body has the chunked pieces */
+    if (rc == MOXY_ERROR) {
+        moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, rs->why);
+        u->keepalive = 0;
+        moxy_origin_fail(u, 502, "invalid chunked body from origin", 0);
+        return;
     }
-    case MOXY_BODY_CHUNKED: {
-        const char *why = NULL;
-        int rc = up_parse(u, &why); /* rs_body sends or filters the pieces */
-        if (rc == MOXY_ERROR) {
-            moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, why);
-            u->keepalive = 0;
-            moxy_origin_fail(u, 502, "invalid chunked body from origin", 0);
-            return;
-        }
-        done = rc == MOXY_OK;
-        break;
+    if (take) {
+        if (r->cache_fill) moxy_origin_cache->response_body_buffer(r, u->in, take);
+        up_body(r, u->in, take);
     }
-    case MOXY_BODY_EOF: {
-        size_t have = evbuffer_get_length(u->in);
-        if (have) {
-            if (r->cache_fill) moxy_origin_cache->response_body_buffer(r, u->in, have);
-            up_body(r, u->in, have);
-        }
-        if (u->eof) done = 1;
-        break;
-    }
-    }
-
+    r->resp_body_left = rs->body_left;
+    int done = rc == MOXY_OK;
     if (done) {
         up_finished(u);
         moxy_origin_cache->response_done(r);
@@ -522,9 +350,9 @@ static void up_read(moxy_upconn_t *u, short what)
         return;
     }
     /* small reads until the head is in: most responses fit in one */
-    size_t want = u->head_done ? u->read_size : MOXY_READ_CHUNK;
+    size_t want = u->resp->head_done ? u->read_size : MOXY_READ_CHUNK;
     ssize_t n = moxy_conn_read(&u->conn, u->in, want);
-    if (u->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
+    if (u->resp->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             if (evbuffer_get_length(u->in)) moxy_origin_process(u); /* resumed after a pause */
