@@ -604,7 +604,7 @@ static unsigned long long signature(void)
             if (c->req->up) s = s * 31 + evbuffer_get_length(c->req->up->in) + evbuffer_get_length(c->req->up->out);
         }
     }
-    for (int i = 0; W->g && i < W->g->conf->nupstreams; i++) s = s * 31 + (unsigned)W->g->pools[i].nidle;
+    for (int i = 0; W->g && i < W->g->conf->nupstreams; i++) s = s * 31 + (unsigned)W->g->pools[i].idle.n;
     return s;
 }
 

@@ -16,6 +16,7 @@
 #include "base/moxy.h"
 #include "base/pool.h"
 #include "net/conn.h"
+#include "net/idle_pool.h"
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -437,24 +438,20 @@ struct moxy_upconn_s {
     unsigned writing : 1;
     unsigned eof : 1;
     unsigned write_failed : 1;
-    unsigned idle : 1;          /* in the pool's idle list */
     unsigned read_timer : 1;    /* rev carries the upstream read timeout */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;
     uint32_t read_size;         /* next body read (io.h) */
-    TAILQ_ENTRY(moxy_upconn_s) idle_link;
+    moxy_idle_t idle;           /* in its pool's idle list while idle (idle.list set) */
 };
-
-TAILQ_HEAD(moxy_upconn_list_s, moxy_upconn_s);
 
 /* A worker's running state of one upstream pool. */
 struct moxy_pool_rt_s {
     struct moxy_upstream_s *state;    /* the pool's shared state (carried over by reloads) */
     struct moxy_pool_stats_s *stats;  /* the worker's counts for the pool's name (stats.h) */
     int *current_weight;              /* smooth weighted round-robin state */
-    struct moxy_upconn_list_s *idle;  /* per server: idle keep-alive connections, newest first */
-    int nidle;                        /* idle connections of the whole pool */
-    const struct timeval *ctv_idle;   /* keepalive_timeout as a common timeout */
+    moxy_idle_group_t idle;           /* its idle keep-alive connections: at most keepalive */
+    moxy_idle_list_t *idle_lists;     /* per server */
 };
 
 #endif

@@ -54,6 +54,7 @@ static int rs_value_complete(llhttp_t *p)
 {
     moxy_h1_resp_t *rs = p->data;
     rs->head_bytes += 4; /* ": " and CRLF */
+    if (rs->head_bytes > rs->max_head) return rs_fail(p, "response head too large");
     if (++rs->nfields > rs->max_fields) return rs_fail(p, "too many response headers");
     if (!rs->ops->field) return 0;
     if (rs->name_len == 0) return rs_fail(p, "empty header name in response");

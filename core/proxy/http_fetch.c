@@ -54,18 +54,17 @@ typedef struct fetch_op_s fetch_op_t;
 typedef struct fetch_peer_s fetch_peer_t;
 
 /* An idle keep-alive connection.  No buffers: any byte or EOF closes it. */
-typedef struct fetch_idle_s {
+typedef struct {
     fetch_peer_t *peer;
     moxy_conn_t conn;
     struct event ev; /* readable (the origin closed) or idle timeout */
-    TAILQ_ENTRY(fetch_idle_s) link;
+    moxy_idle_t idle;
 } fetch_idle_t;
 
 /* The idle connections of one "host:port"; freed when it has none. */
 struct fetch_peer_s {
     fetch_reg_t *reg;
-    TAILQ_HEAD(, fetch_idle_s) idle; /* most recently used first */
-    int nidle;
+    moxy_idle_list_t idle;
     LIST_ENTRY(fetch_peer_s) link;
     size_t keylen;
     char key[]; /* "host:port", host lower-cased */
@@ -90,8 +89,8 @@ struct fetch_reg_s {
     LIST_HEAD(, fetch_peer_s) peers;
     LIST_HEAD(, fetch_op_s) ops;
     LIST_HEAD(, fetch_dns_s) lookups;
-    int nops, nidle;
-    const struct timeval *ctv_idle;
+    int nops;
+    moxy_idle_group_t idle; /* the idle connections of all peers */
 };
 
 /* One call. */
@@ -155,7 +154,8 @@ static fetch_reg_t *reg_get(moxy_worker_t *w)
     LIST_INIT(&reg->ops);
     LIST_INIT(&reg->lookups);
     struct timeval tv = {FETCH_IDLE_SECS, 0};
-    reg->ctv_idle = event_base_init_common_timeout(w->base, &tv);
+    reg->idle.max = FETCH_IDLE_MAX;
+    reg->idle.timeout = event_base_init_common_timeout(w->base, &tv);
     *slot = reg;
     return reg;
 }
@@ -169,19 +169,23 @@ static fetch_peer_t *peer_find(fetch_reg_t *reg, const char *key, size_t keylen)
     return NULL;
 }
 
-static void idle_close(fetch_idle_t *c)
+/* c leaves its peer's list (the peer is freed when it has no more). */
+static void idle_leave(fetch_idle_t *c)
 {
     fetch_peer_t *p = c->peer;
-    TAILQ_REMOVE(&p->idle, c, link);
-    p->nidle--;
-    p->reg->nidle--;
+    moxy_idle_remove(&c->idle);
     event_del(&c->ev);
-    moxy_conn_close(&c->conn);
-    free(c);
-    if (p->nidle == 0) {
+    if (p->idle.n == 0) {
         LIST_REMOVE(p, link);
         free(p);
     }
+}
+
+static void idle_close(fetch_idle_t *c)
+{
+    idle_leave(c);
+    moxy_conn_close(&c->conn);
+    free(c);
 }
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg)
@@ -194,37 +198,31 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
 /* Keep conn idle for key, or close it when the limits say no. */
 static void idle_put(fetch_reg_t *reg, const char *key, size_t keylen, moxy_conn_t *conn)
 {
-    fetch_peer_t *p = NULL;
+    fetch_peer_t *p = peer_find(reg, key, keylen);
     fetch_idle_t *c = NULL;
-    if (reg->nidle >= FETCH_IDLE_MAX || reg->w->draining) goto err;
-    p = peer_find(reg, key, keylen);
-    if (p && p->nidle >= FETCH_IDLE_PER_PEER) goto err;
+    if (reg->w->draining || reg->idle.n >= reg->idle.max) goto err;
     if (!p) {
         p = calloc(1, sizeof(*p) + keylen + 1);
         if (!p) goto err;
         p->reg = reg;
-        TAILQ_INIT(&p->idle);
+        moxy_idle_list_init(&p->idle, &reg->idle, FETCH_IDLE_PER_PEER);
         p->keylen = keylen;
         memcpy(p->key, key, keylen);
         LIST_INSERT_HEAD(&reg->peers, p, link);
     }
     c = calloc(1, sizeof(*c));
-    if (!c) {
-        if (p->nidle == 0) {
-            LIST_REMOVE(p, link);
-            free(p);
-        }
-        goto err;
-    }
+    if (!c) goto err;
     c->peer = p;
     c->conn = *conn;
     event_assign(&c->ev, reg->w->base, conn->fd, EV_READ, idle_cb, c);
-    event_add(&c->ev, reg->ctv_idle);
-    TAILQ_INSERT_HEAD(&p->idle, c, link);
-    p->nidle++;
-    reg->nidle++;
-    return;
+    c->idle.ev = &c->ev;
+    if (moxy_idle_put(&p->idle, &c->idle) == MOXY_OK) return;
 err:
+    free(c);
+    if (p && p->idle.n == 0) {
+        LIST_REMOVE(p, link);
+        free(p);
+    }
     moxy_conn_close(conn);
 }
 
@@ -233,18 +231,12 @@ err:
 static int idle_take(fetch_reg_t *reg, const char *key, size_t keylen, moxy_conn_t *out)
 {
     fetch_peer_t *p = peer_find(reg, key, keylen);
-    if (!p) return MOXY_DECLINED;
-    fetch_idle_t *c = TAILQ_FIRST(&p->idle);
+    moxy_idle_t *idle = p ? moxy_idle_take(&p->idle) : NULL;
+    if (!idle) return MOXY_DECLINED;
+    fetch_idle_t *c = MOXY_IDLE_OWNER(idle, fetch_idle_t, idle);
     *out = c->conn;
-    TAILQ_REMOVE(&p->idle, c, link);
-    p->nidle--;
-    reg->nidle--;
-    event_del(&c->ev);
+    idle_leave(c);
     free(c);
-    if (p->nidle == 0) {
-        LIST_REMOVE(p, link);
-        free(p);
-    }
     return MOXY_OK;
 }
 
@@ -875,7 +867,7 @@ void moxy_fetch_free_worker(moxy_worker_t *w)
     }
     fetch_peer_t *p;
     while ((p = LIST_FIRST(&reg->peers)))
-        idle_close(TAILQ_FIRST(&p->idle));
+        idle_close(MOXY_IDLE_OWNER(TAILQ_FIRST(&p->idle.conns), fetch_idle_t, idle));
     if (reg->dns) evdns_base_free(reg->dns, 0);
     free(reg);
     *moxy_worker_slot(w, &moxy_fetch_module) = NULL;

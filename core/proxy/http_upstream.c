@@ -44,11 +44,12 @@ int moxy_upstream_init_wgen(moxy_wgen_t *g)
         rt->state = conf->upstreams[i].state;
         rt->stats = moxy_stats_pool(g->w, conf->upstreams[i].name);
         rt->current_weight = calloc((size_t)n + 1, sizeof(int));
-        rt->idle = calloc((size_t)n + 1, sizeof(*rt->idle));
-        if (!rt->stats || !rt->current_weight || !rt->idle) return MOXY_ERROR;
-        for (int j = 0; j < n; j++) TAILQ_INIT(&rt->idle[j]);
+        rt->idle_lists = calloc((size_t)n + 1, sizeof(*rt->idle_lists));
+        if (!rt->stats || !rt->current_weight || !rt->idle_lists) return MOXY_ERROR;
         struct timeval tv = moxy_timeval(conf->upstreams[i].keepalive_timeout);
-        rt->ctv_idle = event_base_init_common_timeout(g->w->base, &tv);
+        rt->idle.max = conf->upstreams[i].keepalive;
+        rt->idle.timeout = event_base_init_common_timeout(g->w->base, &tv);
+        for (int j = 0; j < n; j++) moxy_idle_list_init(&rt->idle_lists[j], &rt->idle, 0);
     }
     return MOXY_OK;
 }
@@ -57,9 +58,10 @@ int moxy_upstream_init_wgen(moxy_wgen_t *g)
 static void close_idle(moxy_wgen_t *g)
 {
     for (int i = 0; g->pools && i < g->conf->nupstreams; i++) {
-        moxy_upconn_t *u;
-        for (int j = 0; j < g->conf->upstreams[i].nservers && g->pools[i].idle; j++)
-            while ((u = TAILQ_FIRST(&g->pools[i].idle[j]))) moxy_upconn_close(u);
+        moxy_idle_t *idle;
+        for (int j = 0; j < g->conf->upstreams[i].nservers && g->pools[i].idle_lists; j++)
+            while ((idle = TAILQ_FIRST(&g->pools[i].idle_lists[j].conns)))
+                moxy_upconn_close(MOXY_IDLE_OWNER(idle, moxy_upconn_t, idle));
     }
 }
 
@@ -76,7 +78,7 @@ void moxy_upstream_free_wgen(moxy_wgen_t *g)
     close_idle(g);
     for (int i = 0; i < g->conf->nupstreams; i++) {
         free(g->pools[i].current_weight);
-        free(g->pools[i].idle);
+        free(g->pools[i].idle_lists);
     }
     free(g->pools);
     g->pools = NULL;
@@ -99,16 +101,15 @@ void moxy_upstream_switch_wgen(moxy_wgen_t *old, moxy_wgen_t *g)
         moxy_pool_rt_t *to = &g->pools[k];
         memcpy(to->current_weight, from->current_weight, (size_t)from->state->npeers * sizeof(int));
         for (int j = 0; j < from->state->npeers; j++) {
-            moxy_upconn_t *u;
-            while ((u = TAILQ_LAST(&from->idle[j], moxy_upconn_list_s))) {
-                TAILQ_REMOVE(&from->idle[j], u, idle_link);
-                TAILQ_INSERT_HEAD(&to->idle[j], u, idle_link);
+            moxy_idle_t *idle;
+            TAILQ_FOREACH(idle, &from->idle_lists[j].conns, link) {
+                moxy_upconn_t *u = MOXY_IDLE_OWNER(idle, moxy_upconn_t, idle);
                 u->g = g;
                 u->pool = k;
             }
+            moxy_idle_move(&from->idle_lists[j], &to->idle_lists[j]);
         }
-        to->nidle = from->nidle;
-        from->nidle = 0;
+        MOXY_STAT_SET(to->stats->idle, to->idle.n);
     }
 }
 
@@ -161,29 +162,31 @@ void moxy_origin_release(moxy_upconn_t *u)
     if (--u->busy == 0 && u->dead) up_free(u);
 }
 
-/* u (idle, in rt) leaves rt's idle list; the idle-connections gauge follows. */
-static void idle_take(moxy_pool_rt_t *rt, moxy_upconn_t *u)
+/* The newest idle connection of rt to server, out of its list, or NULL;
+ * the idle-connections gauge follows. */
+static moxy_upconn_t *idle_take(moxy_pool_rt_t *rt, int server)
 {
-    TAILQ_REMOVE(&rt->idle[u->server], u, idle_link);
-    rt->nidle--;
-    MOXY_STAT_SET(rt->stats->idle, rt->nidle);
-    u->idle = 0;
+    moxy_idle_t *idle = moxy_idle_take(&rt->idle_lists[server]);
+    if (!idle) return NULL;
+    MOXY_STAT_SET(rt->stats->idle, rt->idle.n);
+    return MOXY_IDLE_OWNER(idle, moxy_upconn_t, idle);
 }
 
-/* u joins rt's idle list, newest first; the idle-connections gauge follows. */
-void moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u)
+int moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u)
 {
-    TAILQ_INSERT_HEAD(&rt->idle[u->server], u, idle_link);
-    rt->nidle++;
-    MOXY_STAT_SET(rt->stats->idle, rt->nidle);
-    u->idle = 1;
+    if (moxy_idle_put(&rt->idle_lists[u->server], &u->idle) != MOXY_OK) return MOXY_DECLINED;
+    MOXY_STAT_SET(rt->stats->idle, rt->idle.n);
+    return MOXY_OK;
 }
 
 void moxy_upconn_close(moxy_upconn_t *u)
 {
     if (u->dead) return;
     u->dead = 1;
-    if (u->idle) idle_take(&u->g->pools[u->pool], u);
+    if (u->idle.list) {
+        moxy_idle_remove(&u->idle);
+        MOXY_STAT_SET(u->g->pools[u->pool].stats->idle, u->g->pools[u->pool].idle.n);
+    }
     if (u->req) {
         u->req->up = NULL;
         u->req = NULL;
@@ -225,6 +228,7 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
     u->connected = connected;
     u->read_size = MOXY_IO_READ_MIN;
     event_assign(&u->rev, w->base, fd, EV_READ | EV_PERSIST, moxy_origin_read_cb, u);
+    u->idle.ev = &u->rev;
     event_assign(&u->wev, w->base, fd, EV_WRITE | EV_PERSIST, up_write_cb, u);
     return u;
 }
@@ -537,8 +541,7 @@ static void try_connect(moxy_req_t *r)
     /* an idle connection to the peer's current addresses, if any */
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
-    while (rt && r->tries == 1 && !r->fresh_conn && (u = TAILQ_FIRST(&rt->idle[r->server]))) {
-        idle_take(rt, u);
+    while (rt && r->tries == 1 && !r->fresh_conn && (u = idle_take(rt, r->server))) {
         if (u->addr_gen == gen) break;
         moxy_upconn_close(u); /* the name resolves elsewhere now */
         u = NULL;

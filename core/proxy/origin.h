@@ -39,8 +39,9 @@ void moxy_origin_try_release(moxy_req_t *r);
 /* The index in g of the pool with shared state state, or -1. */
 int moxy_origin_pool_of_state(const moxy_wgen_t *g, const moxy_upstream_t *state);
 
-/* Put u on rt's idle list (its idle timer armed by the caller). */
-void moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
+/* Keep u idle in rt for its server (its read event armed with the idle
+ * timeout): MOXY_OK, or MOXY_DECLINED when rt keeps enough (close u). */
+int moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
 
 /* Run fn(u, what) for an event of u, holding u and the connection of its
  * request (if any) across it: either may close meanwhile. */

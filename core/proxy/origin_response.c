@@ -107,20 +107,15 @@ static void up_finished(moxy_upconn_t *u)
         u->g = w->g;
         u->pool = k;
     }
-    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
-    moxy_pool_rt_t *rt = &u->g->pools[u->pool];
     int reuse = u->keepalive && u->resp->keepalive && !u->eof && !u->write_failed && r->body_done &&
-                evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 &&
-                rt->nidle < uc->keepalive && !w->draining;
-    if (!reuse) {
+                evbuffer_get_length(u->out) == 0 && evbuffer_get_length(u->in) == 0 && !w->draining;
+    if (!reuse || moxy_origin_idle_put(&u->g->pools[u->pool], u) != MOXY_OK) {
         moxy_upconn_close(u);
         return;
     }
     if (u->writing) event_del(&u->wev);
     u->writing = 0;
-    event_add(&u->rev, rt->ctv_idle);
-    u->reading = 1;
-    moxy_origin_idle_put(rt, u);
+    u->reading = 1; /* the idle pool armed its read event */
 }
 
 /* The origin closed (or reset) before the response head was complete. */
