@@ -311,6 +311,10 @@ static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, time
     return why;
 }
 
+static void fill_data(moxy_req_t *r, const char *data, size_t len);
+static void fill_end(moxy_req_t *r);
+static const moxy_body_tap_ops_t fill_tap = {.name = "cache fill", .data = fill_data, .end = fill_end};
+
 int moxy_cache_response_decide(moxy_req_t *r)
 {
     if (!r->cache_head.h) return r->cache_background ? MOXY_DONE : MOXY_OK;
@@ -347,6 +351,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     o->status = status;
     if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
     if (r->cache_ttl >= 0 && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
+    if (moxy_body_tap_add(r, &fill_tap) != MOXY_OK) goto fail;
     moxy_cache_attach(r);
     r->cache_fill = o;
     if (r->resp_body_kind == MOXY_BODY_LENGTH) moxy_cache_obj_reserve(o, r->resp_body_left);
@@ -363,8 +368,11 @@ fail:
     return r->cache_background ? MOXY_DONE : MOXY_OK;
 }
 
-void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len)
+/* The fill: a tap on the response body (http/body_filter.h) that stores
+ * what the origin sends in r->cache_fill, and publishes it at the end. */
+static void fill_data(moxy_req_t *r, const char *data, size_t len)
 {
+    if (!r->cache_fill) return; /* given up (too large) */
     if (moxy_cache_obj_append(r->cache_fill, data, len) != MOXY_OK) {
         moxy_log(MOXY_LOG_INFO, r->id, "cache: %s not stored: larger than cache.max_object", r->cache_key);
         atomic_store_explicit(&r->cache_fill->fill_state, -1, memory_order_release);
@@ -373,24 +381,7 @@ void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len)
     }
 }
 
-void moxy_cache_response_body_buffer(moxy_req_t *r, struct evbuffer *b, size_t n)
-{
-    size_t off = 0;
-    while (off < n && r->cache_fill) {
-        struct evbuffer_iovec v[16];
-        struct evbuffer_ptr pos;
-        if (evbuffer_ptr_set(b, &pos, off, EVBUFFER_PTR_SET) != 0) return;
-        int k = evbuffer_peek(b, (ev_ssize_t)(n - off), &pos, v, 16);
-        if (k <= 0) return;
-        for (int i = 0; i < MOXY_MIN(k, 16) && off < n && r->cache_fill; i++) {
-            size_t take = MOXY_MIN(n - off, v[i].iov_len);
-            moxy_cache_response_body(r, v[i].iov_base, take);
-            off += take;
-        }
-    }
-}
-
-void moxy_cache_response_done(moxy_req_t *r)
+static void fill_end(moxy_req_t *r)
 {
     moxy_cache_obj_t *o = r->cache_fill;
     if (!o) return;
@@ -451,7 +442,4 @@ const moxy_proxy_cache_t moxy_cache_for_proxy = {
     .stale_on_error = moxy_cache_stale_on_error,
     .response_head = moxy_cache_response_head,
     .response_decide = moxy_cache_response_decide,
-    .response_body = moxy_cache_response_body,
-    .response_body_buffer = moxy_cache_response_body_buffer,
-    .response_done = moxy_cache_response_done,
 };

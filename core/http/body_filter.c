@@ -7,6 +7,7 @@
 #include "http/lua_bridge.h"
 #include "http/request.h"
 #include "http/worker.h"
+#include "net/io.h"
 
 #include <event2/buffer.h>
 
@@ -82,6 +83,73 @@ static void filter_free(moxy_req_t *r)
     if (r->filter_out) moxy_worker_buf_put(r->w, r->filter_out);
     r->filter_in = r->filter_out = NULL;
 }
+
+/* --- the chain --- */
+
+int moxy_body_tap_add(moxy_req_t *r, const moxy_body_tap_ops_t *ops)
+{
+    moxy_body_tap_t *t = moxy_palloc(&r->mem, sizeof(*t)), **end = &r->taps;
+    if (!t) return MOXY_ERROR;
+    t->ops = ops;
+    t->next = NULL;
+    while (*end) end = &(*end)->next;
+    *end = t;
+    return MOXY_OK;
+}
+
+/* The taps see the n bytes at the front of from. */
+static void taps_see(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    struct evbuffer_ptr pos;
+    size_t off = 0;
+    while (off < n) {
+        struct evbuffer_iovec v[16];
+        if (evbuffer_ptr_set(from, &pos, off, EVBUFFER_PTR_SET) != 0) return;
+        int k = evbuffer_peek(from, (ev_ssize_t)(n - off), &pos, v, 16);
+        if (k <= 0) return;
+        for (int i = 0; i < MOXY_MIN(k, 16) && off < n; i++) {
+            size_t take = MOXY_MIN(n - off, v[i].iov_len);
+            for (moxy_body_tap_t *t = r->taps; t; t = t->next) t->ops->data(r, v[i].iov_base, take);
+            off += take;
+        }
+    }
+}
+
+void moxy_body_move(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    if (r->taps) taps_see(r, from, n);
+    if (r->filtering) {
+        moxy_io_move(r->filter_in, from, n);
+        return;
+    }
+    moxy_stream_send_body(r, from, n);
+    r->bytes_sent += n;
+}
+
+void moxy_body_add(moxy_req_t *r, const char *p, size_t n)
+{
+    for (moxy_body_tap_t *t = r->taps; t; t = t->next) t->ops->data(r, p, n);
+    if (r->filtering) {
+        evbuffer_add(r->filter_in, p, n);
+        return;
+    }
+    moxy_stream_send_data(r, p, n);
+    r->bytes_sent += n;
+}
+
+void moxy_body_end(moxy_req_t *r)
+{
+    for (moxy_body_tap_t *t = r->taps; t; t = t->next) t->ops->end(r);
+    r->taps = NULL;
+    if (!r->filtering) {
+        moxy_req_response_done(r);
+        return;
+    }
+    r->filter_eof = 1;
+    moxy_body_filter_continue(r);
+}
+
+/* --- on_body --- */
 
 int moxy_body_filter_start(moxy_req_t *r)
 {

@@ -32,6 +32,7 @@ typedef struct moxy_req_s moxy_req_t;
 typedef struct moxy_upconn_s moxy_upconn_t;
 typedef struct moxy_pool_rt_s moxy_pool_rt_t;
 typedef struct moxy_wgen_s moxy_wgen_t;
+typedef struct moxy_body_tap_s moxy_body_tap_t;
 
 /* Bytes queued toward a peer above which we stop reading from the other side,
  * and below which we start again (le-proxy's watermarks). */
@@ -330,6 +331,7 @@ struct moxy_req_s {
     long long up_header_us, up_done_us;       /* its response head, the origin's last byte (0: not yet) */
     struct evbuffer *filter_in;  /* response body waiting for on_body (lazily created) */
     struct evbuffer *filter_out; /* on_body's output, to be framed for the client */
+    moxy_body_tap_t *taps;       /* the response body's taps, in order (body_filter.h) */
 
     /* response */
     moxy_resp_state_t resp_state;

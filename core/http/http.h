@@ -109,9 +109,6 @@ typedef struct {
     int (*stale_on_error)(moxy_req_t *r, int status);
     void (*response_head)(moxy_req_t *r);
     int (*response_decide)(moxy_req_t *r);
-    void (*response_body)(moxy_req_t *r, const char *data, size_t len);
-    void (*response_body_buffer)(moxy_req_t *r, struct evbuffer *b, size_t n);
-    void (*response_done)(moxy_req_t *r);
 } moxy_proxy_cache_t;
 
 void moxy_upstream_set_cache(const moxy_proxy_cache_t *cache);
@@ -203,14 +200,6 @@ void moxy_cache_answer_kept(moxy_req_t *r);
 /* The origin failed (status: what the client would get): answer with the
  * stale object r kept when stale-if-error allows.  1 when it did. */
 int moxy_cache_stale_on_error(moxy_req_t *r, int status);
-
-/* Body bytes of the origin's response, for the object being filled
- * (r->cache_fill set): len bytes at data, or the first n bytes of b. */
-void moxy_cache_response_body(moxy_req_t *r, const char *data, size_t len);
-void moxy_cache_response_body_buffer(moxy_req_t *r, struct evbuffer *b, size_t n);
-
-/* The origin's response is complete: publish its object. */
-void moxy_cache_response_done(moxy_req_t *r);
 
 /* r ends: drop its references (an unfinished object is not stored). */
 void moxy_cache_req_free(moxy_req_t *r);

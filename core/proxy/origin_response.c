@@ -55,18 +55,11 @@ static const char *of_interim(moxy_h1_resp_t *rs, int status)
     return NULL;
 }
 
-/* A piece of a chunked body: to the cache, and to the on_body filter or the client. */
+/* A piece of a chunked body, decoded: on through the body's chain. */
 static const char *of_body(moxy_h1_resp_t *rs, const char *at, size_t n)
 {
     moxy_upconn_t *u = rs->data;
-    moxy_req_t *r = u->req;
-    if (r->cache_fill) moxy_origin_cache->response_body(r, at, n);
-    if (r->filtering) {
-        evbuffer_add(r->filter_in, at, n);
-        return NULL;
-    }
-    moxy_stream_send_data(r, at, n);
-    r->bytes_sent += n;
+    moxy_body_add(u->req, at, n);
     return NULL;
 }
 
@@ -203,18 +196,6 @@ static int up_head_verdict(moxy_upconn_t *u)
     return MOXY_OK;
 }
 
-/* n bytes of the origin's response body at the front of from: to the
- * on_body hooks when they filter it, else to the client. */
-static void up_body(moxy_req_t *r, struct evbuffer *from, size_t n)
-{
-    if (r->filtering) {
-        moxy_io_move(r->filter_in, from, n);
-        return;
-    }
-    moxy_stream_send_body(r, from, n);
-    r->bytes_sent += n;
-}
-
 void moxy_origin_process(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
@@ -297,21 +278,12 @@ void moxy_origin_process(moxy_upconn_t *u)
         moxy_origin_fail(u, 502, "invalid chunked body from origin", 0);
         return;
     }
-    if (take) {
-        if (r->cache_fill) moxy_origin_cache->response_body_buffer(r, u->in, take);
-        up_body(r, u->in, take);
-    }
+    if (take) moxy_body_move(r, u->in, take);
     r->resp_body_left = rs->body_left;
     int done = rc == MOXY_OK;
     if (done) {
         up_finished(u);
-        moxy_origin_cache->response_done(r);
-        if (!r->filtering) {
-            moxy_req_response_done(r);
-            return;
-        }
-        r->filter_eof = 1;
-        moxy_body_filter_continue(r);
+        moxy_body_end(r);
         return;
     }
     if (u->eof) {

@@ -734,6 +734,7 @@ return {
   end,
   on_body = function(txn, chunk, eof)
     if txn.req.path:find("^/echo/upper") then return chunk:upper() end
+    if txn.req.path:find("^/echo/tagged") then return chunk .. (eof and "[on_body]" or "") end
   end,
   on_response = function(txn)
     txn.resp.headers:set("X-Cache", tostring(txn.cache.status) .. " " .. tostring(txn.cache.age ~= nil))
@@ -791,6 +792,16 @@ return {
     local part = get(p, { Range = "bytes=70000-200000" })
     assert.equal(206, part.status)
     assert.is_true(helpers.pattern_ok(70000, part.body))
+  end)
+
+  it("stores what the origin sent, and runs on_body once on the way out of a miss and of a hit", function()
+    local p = uniq("/echo/tagged") .. "?rh=Cache-Control:max-age%3D60"
+    local miss, hit = get(p), get(p)
+    assert.equal("hit true", hit:header("x-cache"))
+    assert.equal(miss.body, hit.body)
+    local _, tags = hit.body:gsub("%[on_body%]", "")
+    assert.equal(1, tags, hit.body)
+    assert.equal(1, saw(p))
   end)
 
   it("keeps its objects across a reload", function()
