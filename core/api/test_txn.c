@@ -104,7 +104,7 @@ EXPORT void moxy_ffi_test_free(moxy_test_t *t)
     if (!t) return;
     if (t->r) { /* the hooks' state is test.lua's */
         moxy_req_end(t->r);
-        moxy_req_free(t->r);
+        moxy_req_release(t->r);
     }
     moxy_worker_t *w = t->w;
     if (w) {
@@ -239,7 +239,7 @@ EXPORT moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t 
     if (!u) {
         if (r) {
             moxy_req_end(r);
-            moxy_req_free(r);
+            moxy_req_release(r);
         }
         fail_msg(err, errlen, "out of memory");
         return NULL;

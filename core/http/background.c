@@ -196,7 +196,7 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
     r->retryable = 1;
     if (request_copy(r, from) != MOXY_OK || moxy_req_detach(r) != MOXY_OK) {
         moxy_req_end(r);
-        moxy_req_free(r);
+        moxy_req_release(r);
         return NULL;
     }
     r->stream = &no_client;

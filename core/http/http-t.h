@@ -233,6 +233,8 @@ struct moxy_req_s {
     moxy_pool_t mem;       /* its memory: r itself and all it points to (request.h) */
     moxy_req_cleanup_fn cleanups[MOXY_REQ_CLEANUPS]; /* run when it ends, newest first */
     int ncleanups;
+    unsigned refs;         /* references (its maker's first): its memory goes with the last */
+    unsigned over : 1;     /* moxy_req_end ran */
     moxy_worker_t *w;      /* the worker it runs on */
     const moxy_stream_ops_t *stream; /* its protocol's side of it */
     void *stream_ctx;      /* for stream's calls; NULL once it outlived its connection */

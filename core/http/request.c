@@ -26,6 +26,7 @@ moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index)
     r->w = w;
     r->g = g;
     moxy_wgen_hold(g);
+    r->refs = 1; /* its maker's */
     r->listen_index = listen_index;
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
@@ -67,6 +68,7 @@ void moxy_req_end(moxy_req_t *r)
     while (r->ncleanups > 0) r->cleanups[--r->ncleanups](r);
     if (r->g) moxy_wgen_release(r->g); /* may free an old generation: last */
     r->g = NULL;
+    r->over = 1;
 }
 
 /* 1 when a client's X-Request-Id may be kept as the request id. */
@@ -126,8 +128,9 @@ void moxy_req_content(moxy_req_t *r)
     content_handler(r);
 }
 
-void moxy_req_free(moxy_req_t *r)
+void moxy_req_release(moxy_req_t *r)
 {
+    if (--r->refs > 0) return;
     moxy_pool_t mem = r->mem; /* r lives in it */
     moxy_pool_reset(&mem);
 }
@@ -157,7 +160,7 @@ static void request_log_free(moxy_req_t *r)
     moxy_stats_request(r);
     if (detached) LIST_REMOVE(r, detached);
     moxy_req_end(r);
-    moxy_req_free(r);
+    moxy_req_release(r);
     if (detached) moxy_worker_conn_closed(w);
 }
 

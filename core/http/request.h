@@ -3,7 +3,8 @@
  * and what runs when it ends.
  *
  * A request owns its memory (r->mem, nginx's r->pool): r itself and
- * everything it points to come from it and go at once with moxy_req_free.
+ * everything it points to come from it and go at once when its last
+ * reference is let go (moxy_req_release).
  * Its id (moxy_req_make_id, moxy_req_set_id) and the end of its response
  * (moxy_req_response_done, which hands over to its protocol) are here too;
  * their prototypes are in http.h.
@@ -37,7 +38,7 @@ void moxy_req_cleanup_add(moxy_req_t *r, moxy_req_cleanup_fn fn);
 struct evbuffer *moxy_req_body_buffer(moxy_req_t *r);
 
 /* r is over: its cleanups run (newest first), then it lets go of its
- * generation.  Its memory stays until moxy_req_free. */
+ * generation.  Its memory stays until its last reference goes. */
 void moxy_req_end(moxy_req_t *r);
 
 /* r's stream (its protocol's ops and connection), taken before a call that
@@ -193,7 +194,17 @@ void moxy_req_abort(moxy_req_t *r, const char *why);
  * hooks wait is logged without them. */
 void moxy_req_end_detached(moxy_worker_t *w, const moxy_wgen_t *g);
 
-/* Free r's memory, r included (after moxy_req_end). */
-void moxy_req_free(moxy_req_t *r);
+/* Take / let go of a reference to r: its memory (r included) goes when the
+ * last is let go.  moxy_req_new's caller holds the first and lets go of it
+ * after moxy_req_end; whoever must read r across a call that may end it
+ * (an event of its origin connection) holds one, and after the call finds
+ * r->over set if r ended meanwhile: then nothing of r but its memory is
+ * left (no generation, no stream, no cleanups to run). */
+static inline void moxy_req_hold(moxy_req_t *r)
+{
+    r->refs++;
+}
+
+void moxy_req_release(moxy_req_t *r);
 
 #endif

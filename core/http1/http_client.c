@@ -204,7 +204,7 @@ void moxy_client_close(moxy_client_t *c)
             moxy_req_abort(r, "client closed");
         } else { /* not even a request line: nothing to log */
             moxy_req_end(r);
-            moxy_req_free(r);
+            moxy_req_release(r);
         }
     }
     event_del(&c->rev);

@@ -696,13 +696,18 @@ static void up_write(moxy_upconn_t *u, short what)
 
 void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u, short what))
 {
+    moxy_req_t *r = u->req;
     moxy_stream_ref_t s = {NULL, NULL};
-    if (u->req) s = moxy_req_stream(u->req);
+    if (r) {
+        s = moxy_req_stream(r);
+        moxy_req_hold(r);
+    }
     moxy_stream_hold(s);
     moxy_origin_hold(u);
     fn(u, what);
     moxy_origin_release(u);
     moxy_stream_release(s);
+    if (r) moxy_req_release(r);
 }
 
 static void up_write_cb(evutil_socket_t fd, short what, void *arg)

@@ -43,8 +43,8 @@ int moxy_origin_pool_of_state(const moxy_wgen_t *g, const moxy_upstream_t *state
  * timeout): MOXY_OK, or MOXY_DECLINED when rt keeps enough (close u). */
 int moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
 
-/* Run fn(u, what) for an event of u, holding u and the connection of its
- * request (if any) across it: either may close meanwhile. */
+/* Run fn(u, what) for an event of u, holding u, its request (if any) and
+ * the request's connection across it: any may end meanwhile. */
 void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u, short what));
 
 /* origin_response.c: get u's parser ready for the response to u->req;
