@@ -593,8 +593,9 @@ static int pending(void)
 static unsigned long long signature(void)
 {
     unsigned long long s = moved * 1000003u + (unsigned long long)W->nconns * 7919u + (unsigned)noconns;
-    moxy_client_t *c;
-    LIST_FOREACH(c, &W->clients, link) {
+    moxy_session_t *sess;
+    LIST_FOREACH(sess, &W->sessions, link) {
+        moxy_client_t *c = (moxy_client_t *)sess; /* HTTP/1 is the only protocol */
         s = s * 31 + (unsigned)c->state;
         s = s * 31 + (c->in ? evbuffer_get_length(c->in) : 7777);
         s = s * 31 + (c->out ? evbuffer_get_length(c->out) : 7777);
@@ -730,9 +731,9 @@ static void teardown(void)
     close(client_fd);
     client_fd = -1;
     quiet("both peers closed");
-    if (!LIST_EMPTY(&W->clients))
+    if (!LIST_EMPTY(&W->sessions))
         finding("a client connection is still open after both its peers closed (state %d)",
-                (int)LIST_FIRST(&W->clients)->state);
+                (int)((moxy_client_t *)LIST_FIRST(&W->sessions))->state);
     moxy_upstream_close_idle(W);
     if (W->nconns != 0) finding("the worker counts %d connections after all closed", (int)W->nconns);
 }

@@ -28,6 +28,7 @@
 typedef struct moxy_worker_s moxy_worker_t;
 typedef struct moxy_listener_s moxy_listener_t;
 typedef struct moxy_client_s moxy_client_t;
+typedef struct moxy_session_s moxy_session_t;
 typedef struct moxy_req_s moxy_req_t;
 typedef struct moxy_upconn_s moxy_upconn_t;
 typedef struct moxy_pool_rt_s moxy_pool_rt_t;
@@ -392,12 +393,31 @@ struct moxy_req_s {
     long long ended_us;     /* moxy_mono_us() when it was over (before on_log), 0: not yet */
 };
 
-/* A client connection. */
+/* A client connection as its worker sees it, whatever its protocol: the
+ * first member of the protocol's own connection object (HTTP/1's
+ * moxy_client_t), in its worker's list of sessions. */
+typedef struct {
+    /* Close once what is in flight is answered (QUIT, an upgrade, its
+     * listener removed by a reload). */
+    void (*drain)(moxy_session_t *s);
+    /* Close now: what is in flight ends as aborted. */
+    void (*close)(moxy_session_t *s);
+    /* Generation g's drain deadline passed: cut what runs on it. */
+    void (*cut_gen)(moxy_session_t *s, const moxy_wgen_t *g);
+} moxy_session_ops_t;
+
+struct moxy_session_s {
+    const moxy_session_ops_t *ops;
+    int listen_index; /* the current generation's conf->listens[] it came in on;
+                         -1: a reload removed that listener */
+    LIST_ENTRY(moxy_session_s) link; /* its worker's sessions */
+};
+
+/* An HTTP/1 client connection. */
 struct moxy_client_s {
+    moxy_session_t s;           /* first: what its worker sees */
     moxy_worker_t *w;
     moxy_conn_t conn;           /* the socket and its transport (fd -1: closed) */
-    int listen_index;           /* the current generation's conf->listens[] it came in on;
-                                   -1: a reload removed that listener */
     moxy_client_state_t state;
     struct event rev, wev;
     struct evbuffer *in;        /* NULL while idle */
@@ -418,7 +438,6 @@ struct moxy_client_s {
     unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
     uint32_t read_size;         /* next body read (io.h) */
     moxy_client_addr_t addr;    /* its addresses */
-    LIST_ENTRY(moxy_client_s) link; /* worker's list of connections */
 };
 
 /* A connection to an origin server. */

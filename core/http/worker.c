@@ -151,7 +151,7 @@ moxy_worker_t *moxy_worker_alloc(int id)
     if (!w) return NULL;
     w->id = id;
     w->control_fd = -1;
-    LIST_INIT(&w->clients);
+    LIST_INIT(&w->sessions);
     LIST_INIT(&w->detached);
     LIST_INIT(&w->retired);
     struct event_config *ec = event_config_new();

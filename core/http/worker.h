@@ -85,7 +85,7 @@ struct moxy_worker_s {
     int accepting;               /* listeners' events are added */
     atomic_int nconns;           /* open client connections (MOXY_STAT_ADD: its only writer is
                                     the worker; /status and /metrics read it) */
-    LIST_HEAD(, moxy_client_s) clients;
+    LIST_HEAD(, moxy_session_s) sessions; /* client connections, any protocol */
 #define MOXY_BUF_FREE_MAX 64
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;

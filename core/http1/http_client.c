@@ -108,9 +108,33 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
 
 static moxy_req_t *client_new_request(moxy_client_t *c)
 {
-    if (c->listen_index < 0) return NULL; /* a reload removed its listener */
-    return request_new(c, c->w->g, c->listen_index);
+    if (c->s.listen_index < 0) return NULL; /* a reload removed its listener */
+    return request_new(c, c->w->g, c->s.listen_index);
 }
+
+/* --- what the worker sees of it (moxy_session_ops_t) --- */
+
+static void session_drain(moxy_session_t *s)
+{
+    moxy_client_drain((moxy_client_t *)s);
+}
+
+static void session_close(moxy_session_t *s)
+{
+    moxy_client_close((moxy_client_t *)s);
+}
+
+static void session_cut_gen(moxy_session_t *s, const moxy_wgen_t *g)
+{
+    moxy_client_t *c = (moxy_client_t *)s;
+    if (c->req && c->req->g == g) moxy_client_close(c);
+}
+
+static const moxy_session_ops_t h1_session = {
+    .drain = session_drain,
+    .close = session_close,
+    .cut_gen = session_cut_gen,
+};
 
 void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index)
 {
@@ -121,9 +145,10 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
         moxy_conn_close(&conn);
         return;
     }
+    c->s.ops = &h1_session;
+    c->s.listen_index = listen_index;
     c->w = w;
     c->conn = conn;
-    c->listen_index = listen_index;
     c->read_size = MOXY_IO_READ_MIN;
     const moxy_conf_t *conf = w->g->conf;
     if (sa->sa_family == AF_INET) {
@@ -153,7 +178,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
     event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
-    LIST_INSERT_HEAD(&w->clients, c, link);
+    LIST_INSERT_HEAD(&w->sessions, &c->s, link);
     MOXY_STAT_ADD(w->nconns, 1);
     /* The first request gets the client_header timeout from accept on. */
     struct timeval now;
@@ -167,7 +192,7 @@ static void client_free(moxy_client_t *c)
     moxy_worker_t *w = c->w;
     if (c->in) moxy_worker_buf_put(w, c->in);
     if (c->out) moxy_worker_buf_put(w, c->out);
-    LIST_REMOVE(c, link);
+    LIST_REMOVE(&c->s, link);
     free(c);
     moxy_worker_conn_closed(w);
 }
@@ -606,7 +631,7 @@ static void client_after_hooks(moxy_client_t *c, int rc)
 static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
 {
     moxy_log(level, NULL, "listener %s: client %s:%u: %s; closing",
-             c->w->g->conf->listens[c->listen_index].name, c->addr.sock_ip, c->addr.sock_port, why);
+             c->w->g->conf->listens[c->s.listen_index].name, c->addr.sock_ip, c->addr.sock_port, why);
     moxy_client_close(c);
 }
 
@@ -653,7 +678,7 @@ static int client_proxy_header(moxy_client_t *c)
             conf->ntrusted && moxy_cidr_match(conf->trusted, conf->ntrusted, h.family, h.addr);
     }
     moxy_log(MOXY_LOG_DEBUG, NULL, "listener %s: client %s:%u: PROXY v%d, client %s:%u",
-             w->g->conf->listens[c->listen_index].name, c->addr.sock_ip, c->addr.sock_port, h.version, c->addr.ip,
+             w->g->conf->listens[c->s.listen_index].name, c->addr.sock_ip, c->addr.sock_port, h.version, c->addr.ip,
              c->addr.port);
     return MOXY_OK;
 }

@@ -74,10 +74,10 @@ static void control_cb(evutil_socket_t fd, short what, void *arg)
         w->draining = 1;
         moxy_listeners_close(w);
         moxy_modules_worker_drain(w);
-        moxy_client_t *c = LIST_FIRST(&w->clients), *next;
-        for (; c; c = next) {
-            next = LIST_NEXT(c, link);
-            moxy_client_drain(c);
+        moxy_session_t *s = LIST_FIRST(&w->sessions), *next;
+        for (; s; s = next) {
+            next = LIST_NEXT(s, link);
+            s->ops->drain(s);
         }
         if (w->nconns == 0) {
             event_base_loopexit(w->base, NULL);
@@ -138,6 +138,15 @@ static moxy_wgen_t *wgen_build(moxy_worker_t *w, moxy_gen_t *gen)
     return g;
 }
 
+/* The protocol that serves the connections of conf's listener i: HTTP/1
+ * on every listener today (HTTP/2 and ALPN will choose here). */
+static moxy_accept_fn listener_protocol(const moxy_conf_t *conf, int i)
+{
+    MOXY_UNUSED(conf);
+    MOXY_UNUSED(i);
+    return moxy_client_accept;
+}
+
 /* Past an old generation's drain deadline: what still runs on it is cut. */
 static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -148,10 +157,10 @@ static void wgen_deadline_cb(evutil_socket_t fd, short what, void *arg)
     moxy_log_warn("worker %d: generation %u: drain deadline passed with %d request%s or timer%s on it; "
                   "cutting them", w->id, g->gen->id, g->refs, g->refs == 1 ? "" : "s", g->refs == 1 ? "" : "s");
     g->refs++; /* g stays while the cut runs */
-    moxy_client_t *c = LIST_FIRST(&w->clients), *next;
-    for (; c; c = next) {
-        next = LIST_NEXT(c, link);
-        if (c->req && c->req->g == g) moxy_client_close(c);
+    moxy_session_t *s = LIST_FIRST(&w->sessions), *next;
+    for (; s; s = next) {
+        next = LIST_NEXT(s, link);
+        s->ops->cut_gen(s, g);
     }
     moxy_req_end_detached(w, g);
     moxy_lua_wgen_cut(g);
@@ -187,7 +196,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
             }
         }
         if (fd < 0) moxy_log_err("worker %d: no socket for listener %s", w->id, nc->listens[i].addr.text);
-        moxy_listener_assign(w, &nl[i], i, fd, moxy_client_accept);
+        moxy_listener_assign(w, &nl[i], i, fd, listener_protocol(nc, i));
     }
     for (int j = 0; j < w->nlisteners; j++) {
         if (w->listeners[j].fd >= 0) close(w->listeners[j].fd); /* an address no longer listened on */
@@ -195,11 +204,11 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
     free(w->listeners);
     w->listeners = nl;
     w->nlisteners = nc->nlistens;
-    moxy_client_t *c = LIST_FIRST(&w->clients), *next;
-    for (; c; c = next) {
-        next = LIST_NEXT(c, link);
-        c->listen_index = c->listen_index >= 0 ? map[c->listen_index] : -1;
-        if (c->listen_index < 0) moxy_client_drain(c);
+    moxy_session_t *s = LIST_FIRST(&w->sessions), *next;
+    for (; s; s = next) {
+        next = LIST_NEXT(s, link);
+        s->listen_index = s->listen_index >= 0 ? map[s->listen_index] : -1;
+        if (s->listen_index < 0) s->ops->drain(s);
     }
     free(map);
     if (was) moxy_accept_enable(w, 1);
@@ -254,7 +263,8 @@ moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
         return w;
     }
     for (int i = 0; i < conf->nlistens; i++)
-        moxy_listener_assign(w, &w->listeners[i], i, moxy_gen_take_listen_fd(gen, i, id), moxy_client_accept);
+        moxy_listener_assign(w, &w->listeners[i], i, moxy_gen_take_listen_fd(gen, i, id),
+                             listener_protocol(gen->conf, i));
     event_assign(&w->control, w->base, w->control_fd, EV_READ | EV_PERSIST, control_cb, w);
     event_add(&w->control, NULL);
     event_assign(&w->flush_timer, w->base, -1, EV_PERSIST, flush_cb, w);
@@ -271,8 +281,8 @@ static void *worker_main(void *arg)
     moxy_accept_enable(w, 1);
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
     /* Whatever is still open is cut: it is logged as aborted. */
-    moxy_client_t *c;
-    while ((c = LIST_FIRST(&w->clients))) moxy_client_close(c);
+    moxy_session_t *s;
+    while ((s = LIST_FIRST(&w->sessions))) s->ops->close(s);
     moxy_req_end_detached(w, NULL);
     moxy_worker_buf_free_all(w);
     moxy_modules_worker_free(w);
