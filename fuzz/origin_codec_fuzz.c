@@ -15,8 +15,8 @@
  *  - both runs end the same: refused or not, and when not the same status,
  *    framing, keep-alive, fields (in order), interim heads, trailers and
  *    body, byte for byte (names and values split across reads are joined);
- *  - a head (and trailers) within bounds: at most MAX_FIELDS fields,
- *    whose names and values with 4 bytes each fit MAX_HEAD; names non-empty, values
+ *  - every head (and the trailers) within bounds: at most MAX_FIELDS
+ *    fields, whose names and values with 4 bytes each fit MAX_HEAD; names non-empty, values
  *    without CR, LF or NUL and without leading or trailing SP/HTAB;
  *  - at most MOXY_MAX_INTERIM interim heads, each 1xx but 101;
  *  - the framing: a Content-Length body is exactly that long; HEAD, 1xx,
@@ -46,7 +46,6 @@ typedef struct {
     char body[MAX_KEPT];
     size_t blen, body_total;
     uint64_t declared;  /* Content-Length */
-    size_t head_bytes;  /* of the current head or trailers, as the bound counts them */
 } run_t;
 
 static void keep(char *to, size_t *len, const char *at, size_t n)
@@ -57,23 +56,28 @@ static void keep(char *to, size_t *len, const char *at, size_t n)
     *len += n;
 }
 
-static const char *on_field(moxy_h1_resp_t *rs, const char *name, size_t nlen, const char *value, size_t vlen)
+/* Check a head's (or the trailers') fields against the invariants, and
+ * keep them in run->fields for the comparison of the two runs. */
+static void check_fields(run_t *run, const moxy_headers_t *hs)
 {
-    run_t *run = rs->data;
-    if (nlen == 0) abort();
-    for (size_t i = 0; i < vlen; i++)
-        if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0') abort();
-    if (vlen && (value[0] == ' ' || value[0] == '\t' || value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
-        abort();
-    if (rs->in_trailers && run->ntrailers++ == 0) run->head_bytes = 0;
-    if (!rs->in_trailers) run->nfields++;
-    run->head_bytes += nlen + vlen + 4;
-    if (run->head_bytes > MAX_HEAD) abort();
-    keep(run->fields, &run->flen, name, nlen);
-    keep(run->fields, &run->flen, "", 1);
-    keep(run->fields, &run->flen, value, vlen);
-    keep(run->fields, &run->flen, "", 1);
-    return NULL;
+    size_t bytes = 0;
+    if (hs->n > MAX_FIELDS) abort();
+    for (uint32_t i = 0; i < hs->n; i++) {
+        const moxy_header_t *h = &hs->h[i];
+        const char *value = h->value;
+        size_t vlen = h->value_len;
+        if (h->name_len == 0) abort();
+        for (size_t k = 0; k < vlen; k++)
+            if (value[k] == '\r' || value[k] == '\n' || value[k] == '\0') abort();
+        if (vlen && (value[0] == ' ' || value[0] == '\t' || value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+            abort();
+        bytes += h->name_len + vlen + 4;
+        keep(run->fields, &run->flen, h->name, h->name_len);
+        keep(run->fields, &run->flen, "", 1);
+        keep(run->fields, &run->flen, value, vlen);
+        keep(run->fields, &run->flen, "", 1);
+    }
+    if (bytes > MAX_HEAD) abort();
 }
 
 static const char *on_interim(moxy_h1_resp_t *rs, int status)
@@ -82,9 +86,7 @@ static const char *on_interim(moxy_h1_resp_t *rs, int status)
     if (status < 100 || status > 199 || status == 101) abort();
     if (run->interims >= MOXY_MAX_INTERIM) abort();
     run->interim_status[run->interims++] = status;
-    run->nfields = 0; /* the head's fields start again */
-    run->flen = 0;
-    run->head_bytes = 0;
+    check_fields(run, rs->fields);
     return NULL;
 }
 
@@ -96,7 +98,7 @@ static const char *on_body(moxy_h1_resp_t *rs, const char *at, size_t n)
     return NULL;
 }
 
-static const moxy_h1_resp_ops_t ops = {.field = on_field, .interim = on_interim, .body = on_body};
+static const moxy_h1_resp_ops_t ops = {.interim = on_interim, .body = on_body};
 
 /* Drive rs after a read: 1 when it is over (done or refused). */
 static int drive(moxy_h1_resp_t *rs, run_t *run, struct evbuffer *in, int eof)
@@ -131,8 +133,9 @@ static void run_once(const uint8_t *data, size_t size, int head, unsigned seed, 
     moxy_pool_init(&mem);
     struct evbuffer *in = evbuffer_new();
     moxy_h1_resp_t rs;
+    moxy_headers_t fields = {0}, trailers = {0};
     memset(run, 0, sizeof(*run));
-    moxy_h1_resp_init(&rs, &ops, run, &mem, head, MAX_HEAD, MAX_FIELDS);
+    moxy_h1_resp_init(&rs, &ops, run, &mem, &fields, &trailers, head, MAX_HEAD, MAX_FIELDS);
     size_t at = 0;
     int over = 0;
     while (!over && at < size) {
@@ -152,7 +155,10 @@ static void run_once(const uint8_t *data, size_t size, int head, unsigned seed, 
         run->body_kind = rs.body_kind;
         run->keepalive = rs.keepalive;
         if (rs.status != 101 && (rs.status < 200 || rs.status > 999)) abort();
-        if (run->nfields > MAX_FIELDS || run->ntrailers > MAX_FIELDS) abort();
+        run->nfields = (int)fields.n;
+        run->ntrailers = (int)trailers.n;
+        check_fields(run, &fields);
+        check_fields(run, &trailers);
         if ((head || rs.status == 204 || rs.status == 304 || rs.status == 101) && rs.body_kind != MOXY_BODY_NONE)
             abort();
         if (rs.body_kind == MOXY_BODY_NONE && run->body_total) abort();

@@ -9,7 +9,6 @@
 
 #include <event2/buffer.h>
 #include <string.h>
-#include <strings.h>
 
 /* --- the response: llhttp callbacks --- */
 
@@ -21,16 +20,35 @@ static int rs_fail(llhttp_t *p, const char *why)
     return HPE_USER;
 }
 
-/* A piece of a name (value 0) or value, counted against the head's bound. */
+/* Copy what pc points to into mem, so that it outlives the buffer being
+ * parsed.  0, or -1 when out of memory. */
+static int piece_pin(moxy_h1_resp_t *rs, moxy_h1_piece_t *pc)
+{
+    const char *at = pc->p;
+    uint32_t n = pc->len;
+    pc->p = NULL;
+    pc->len = 0;
+    return moxy_pool_append(rs->mem, &pc->p, &pc->len, &pc->cap, at, n);
+}
+
+/* A piece of a name (value 0) or value, counted against the head's bound.
+ * The first piece is only pointed to: most names and values come whole. */
 static int rs_piece(llhttp_t *p, const char *at, size_t n, int value)
 {
     moxy_h1_resp_t *rs = p->data;
     rs->head_bytes += n;
     if (rs->head_bytes > rs->max_head) return rs_fail(p, "response head too large");
-    if (!rs->ops->field) return 0;
-    int rc = value ? moxy_pool_append(rs->mem, &rs->value, &rs->value_len, &rs->value_cap, at, n)
-                   : moxy_pool_append(rs->mem, &rs->name, &rs->name_len, &rs->name_cap, at, n);
-    return rc == 0 ? 0 : rs_fail(p, "out of memory");
+    if (!(rs->in_trailers ? rs->trailers : rs->fields)) return 0;
+    moxy_h1_piece_t *pc = value ? &rs->value : &rs->name;
+    if (pc->len == 0) {
+        pc->p = (char *)at;
+        pc->len = (uint32_t)n;
+        pc->cap = 0;
+        return 0;
+    }
+    if (pc->cap == 0 && piece_pin(rs, pc) != 0) return rs_fail(p, "out of memory");
+    if (moxy_pool_append(rs->mem, &pc->p, &pc->len, &pc->cap, at, n) != 0) return rs_fail(p, "out of memory");
+    return 0;
 }
 
 static int rs_name(llhttp_t *p, const char *at, size_t n)
@@ -46,7 +64,7 @@ static int rs_value(llhttp_t *p, const char *at, size_t n)
 static int rs_name_complete(llhttp_t *p)
 {
     moxy_h1_resp_t *rs = p->data;
-    rs->value_len = 0;
+    rs->value.len = 0;
     return 0;
 }
 
@@ -56,18 +74,20 @@ static int rs_value_complete(llhttp_t *p)
     rs->head_bytes += 4; /* ": " and CRLF */
     if (rs->head_bytes > rs->max_head) return rs_fail(p, "response head too large");
     if (++rs->nfields > rs->max_fields) return rs_fail(p, "too many response headers");
-    if (!rs->ops->field) return 0;
-    if (rs->name_len == 0) return rs_fail(p, "empty header name in response");
-    const char *v = rs->value ? rs->value : "";
-    size_t vl = rs->value_len;
+    moxy_headers_t *hs = rs->in_trailers ? rs->trailers : rs->fields;
+    if (!hs) return 0;
+    if (rs->name.len == 0) return rs_fail(p, "empty header name in response");
+    const char *v = rs->value.p;
+    uint32_t vl = rs->value.len;
     while (vl > 0 && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--; /* llhttp cut the leading ones */
-    if (!rs->in_trailers && rs->name_len == 10 && strncasecmp(rs->name, "connection", 10) == 0) {
+    if (moxy_headers_add(rs->mem, hs, rs->name.p, rs->name.len, vl ? v : "", vl) != MOXY_OK)
+        return rs_fail(p, "out of memory");
+    const moxy_header_t *h = &hs->h[hs->n - 1];
+    if ((h->kind & MOXY_HK_CONNECTION) && !rs->in_trailers) {
         if (moxy_list_has_token(v, vl, "close", 5)) rs->conn_close = 1;
         if (moxy_list_has_token(v, vl, "keep-alive", 10)) rs->conn_keepalive = 1;
     }
-    const char *why = rs->ops->field(rs, rs->name, rs->name_len, v, vl);
-    if (why) return rs_fail(p, why);
-    rs->name_len = rs->value_len = 0;
+    rs->name.len = rs->value.len = 0;
     return 0;
 }
 
@@ -98,6 +118,7 @@ static int rs_headers_complete(llhttp_t *p)
             const char *why = rs->ops->interim(rs, status);
             if (why) return rs_fail(p, why);
         }
+        if (rs->fields) rs->fields->n = 0;
         rs->interim = 1;
         rs_next_head(rs);
         return 1; /* no body, whatever the status (llhttp reads one for 104-199) */
@@ -161,17 +182,29 @@ static const llhttp_settings_t resp_settings = {
 /* --- the response: driving the parser --- */
 
 void moxy_h1_resp_init(moxy_h1_resp_t *rs, const moxy_h1_resp_ops_t *ops, void *data, moxy_pool_t *mem,
-                       int head_request, size_t max_head, uint32_t max_fields)
+                       moxy_headers_t *fields, moxy_headers_t *trailers, int head_request, size_t max_head,
+                       uint32_t max_fields)
 {
-    memset(rs, 0, sizeof(*rs));
-    llhttp_init(&rs->parser, HTTP_RESPONSE, &resp_settings);
+    llhttp_init(&rs->parser, HTTP_RESPONSE, &resp_settings); /* clears the parser */
     rs->parser.data = rs;
     rs->ops = ops;
     rs->data = data;
     rs->mem = mem;
-    rs->head_request = head_request != 0;
+    rs->fields = fields;
+    rs->trailers = trailers;
+    rs->why = NULL;
     rs->max_head = max_head;
     rs->max_fields = max_fields;
+    rs->status = 0;
+    rs->body_kind = MOXY_BODY_NONE;
+    rs->body_left = 0;
+    rs->keepalive = rs->head_done = rs->in_trailers = rs->done = 0;
+    rs->head_request = head_request != 0;
+    rs->interim = rs->conn_close = rs->conn_keepalive = 0;
+    rs->interims = 0;
+    rs->head_bytes = rs->interim_bytes = 0;
+    rs->nfields = 0;
+    rs->name = rs->value = (moxy_h1_piece_t){NULL, 0, 0}; /* mem may have been emptied since */
 }
 
 /* Feed in to llhttp, draining what it read.  MOXY_OK: paused (the final
@@ -200,6 +233,12 @@ static int resp_execute(moxy_h1_resp_t *rs, struct evbuffer *in)
         if (!rs->why) rs->why = llhttp_errno_name(err);
         rc = MOXY_ERROR;
         break;
+    }
+    /* a name or value still being read must outlive the bytes drained */
+    if (rc != MOXY_ERROR && ((rs->name.len && rs->name.cap == 0 && piece_pin(rs, &rs->name) != 0) ||
+                             (rs->value.len && rs->value.cap == 0 && piece_pin(rs, &rs->value) != 0))) {
+        rs->why = "out of memory";
+        rc = MOXY_ERROR;
     }
     if (consumed) evbuffer_drain(in, consumed);
     return rc;

@@ -4,16 +4,16 @@
  * moxy.http and health checks).
  *
  * The parser reads a response from an evbuffer in two steps.
- * moxy_h1_resp_head reads heads until the final one: each field goes to
- * ops->field whole (split reads joined), interim (1xx) heads to
- * ops->interim, and the framing is decided once, with the same checks for
+ * moxy_h1_resp_head reads heads until the final one: its fields go to the
+ * header list rs->fields (split reads joined), an interim (1xx) head's too
+ * before ops->interim sees it, and the framing is decided once, with the same checks for
  * every client: a bounded head, a bounded number of fields and of interim
  * heads, no framing on a 1xx, Content-Length and Transfer-Encoding not both
  * (llhttp, strict), keep-alive from the version and Connection.  Then
  * moxy_h1_resp_body says how much of what was read is body: bodies with a
  * Content-Length or delimited by the close are left in the buffer for the
  * caller to move without a copy; chunked bodies are decoded, piece by piece
- * to ops->body, their trailers to ops->field.
+ * to ops->body, their trailers to the list rs->trailers.
  */
 #ifndef MOXY_ORIGIN_CODEC_H
 #define MOXY_ORIGIN_CODEC_H
@@ -26,14 +26,19 @@ struct evbuffer;
 
 typedef struct moxy_h1_resp_s moxy_h1_resp_t;
 
+/* A name or value being read: its first piece is only pointed to, in the
+ * buffer being parsed; a second piece, or the end of the parse call while
+ * it is still being read, copies it into the parser's memory. */
+typedef struct {
+    char *p;
+    uint32_t len, cap; /* cap 0: p points into the buffer being parsed */
+} moxy_h1_piece_t;
+
 /* What the parser hands its owner.  Each returns NULL to go on or why the
  * response is refused (a static string).  Any may be NULL. */
 typedef struct {
-    /* A field of the head or, when rs->in_trailers, of the trailers: the
-     * name as received, the value without surrounding whitespace. */
-    const char *(*field)(moxy_h1_resp_t *rs, const char *name, size_t nlen, const char *value,
-                         size_t vlen);
-    /* An interim head (1xx other than 101) is complete, its fields given. */
+    /* An interim head (1xx other than 101) is complete, its fields in
+     * rs->fields (emptied after). */
     const char *(*interim)(moxy_h1_resp_t *rs, int status);
     /* A piece of a chunked body, decoded. */
     const char *(*body)(moxy_h1_resp_t *rs, const char *at, size_t n);
@@ -43,7 +48,10 @@ struct moxy_h1_resp_s {
     llhttp_t parser;
     const moxy_h1_resp_ops_t *ops;
     void *data;      /* the owner's */
-    moxy_pool_t *mem; /* where split names and values are joined (needed with ops->field) */
+    moxy_pool_t *mem; /* where fields are kept (needed with fields or trailers) */
+    moxy_headers_t *fields;   /* the head's fields (names as received, values without
+                                 surrounding whitespace), or NULL: not kept */
+    moxy_headers_t *trailers; /* the trailers', or NULL */
     const char *why; /* MOXY_ERROR: why the response was refused */
     size_t max_head;  /* bytes of a head (names, values, 4 per field); the trailers get as many */
     uint32_t max_fields; /* fields of a head; the trailers get as many */
@@ -64,14 +72,15 @@ struct moxy_h1_resp_s {
     unsigned interims;         /* interim heads so far */
     size_t head_bytes, interim_bytes;
     uint32_t nfields;
-    char *name, *value;
-    uint32_t name_len, value_len, name_cap, value_cap;
+    moxy_h1_piece_t name, value;
 };
 
 /* Get rs ready for one response (again for every response on a kept
- * connection, and for a retry).  head_request: the request was HEAD. */
+ * connection, and for a retry), its fields kept in fields and trailers
+ * (either NULL: not kept) from mem.  head_request: the request was HEAD. */
 void moxy_h1_resp_init(moxy_h1_resp_t *rs, const moxy_h1_resp_ops_t *ops, void *data, moxy_pool_t *mem,
-                       int head_request, size_t max_head, uint32_t max_fields);
+                       moxy_headers_t *fields, moxy_headers_t *trailers, int head_request, size_t max_head,
+                       uint32_t max_fields);
 
 /* Parse heads from the front of in, draining what was read: MOXY_OK when
  * the final head is in (rs->status, body_kind, body_left, keepalive set);

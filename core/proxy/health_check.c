@@ -304,7 +304,7 @@ static void send_cb(evutil_socket_t fd, short what, void *arg)
         hp->sent += (size_t)n;
     }
     hp->phase = HC_READING;
-    moxy_h1_resp_init(&hp->resp, &health_resp_ops, hp, NULL,
+    moxy_h1_resp_init(&hp->resp, &health_resp_ops, hp, NULL, NULL, NULL,
                       strcmp(hp->pool->conf->health.method, "HEAD") == 0, health.max_head,
                       health.max_fields);
     watch(hp, EV_READ, read_cb);

@@ -119,7 +119,7 @@ struct fetch_op_s {
     struct evbuffer *in;  /* read from the origin, not parsed yet */
     moxy_h1_resp_t resp;  /* the response parser */
     moxy_pool_t mem;      /* the response's fields */
-    moxy_headers_t hdrs;  /* the final head's fields (names lower-cased), in mem */
+    moxy_headers_t hdrs;  /* the final head's fields, in mem */
     const char *perr;     /* why moxy (not the parser) refused the response */
 
     char *body;
@@ -320,8 +320,10 @@ static void push_result(fetch_op_t *op, lua_State *co)
     lua_createtable(co, 0, (int)op->hdrs.n);
     int H = lua_gettop(co);
     for (uint32_t i = 0; i < op->hdrs.n; i++) {
-        const moxy_header_t *h = &op->hdrs.h[i];
+        moxy_header_t *h = &op->hdrs.h[i];
         const char *value = h->value;
+        for (uint32_t k = 0; k < h->name_len; k++) /* Lua sees names lower-cased */
+            h->name[k] = (char)tolower((unsigned char)h->name[k]);
         int cookie = MOXY_STRIEQ_LIT(h->name, h->name_len, "set-cookie");
         lua_pushlstring(co, h->name, h->name_len);
         lua_pushvalue(co, -1);
@@ -583,7 +585,8 @@ static void op_reset_response(fetch_op_t *op)
     evbuffer_drain(op->in, evbuffer_get_length(op->in));
     moxy_pool_reset(&op->mem);
     op->hdrs = (moxy_headers_t){0};
-    moxy_h1_resp_init(&op->resp, &fetch_resp_ops, op, &op->mem, op->head, op->max_head, op->max_headers);
+    moxy_h1_resp_init(&op->resp, &fetch_resp_ops, op, &op->mem, &op->hdrs, NULL, op->head, op->max_head,
+                      op->max_headers);
     op->perr = NULL;
     op->blen = 0;
     op->got_bytes = op->write_failed = 0;
@@ -599,27 +602,6 @@ static void op_retry(fetch_op_t *op)
     op->out_sent = 0;
     op_reset_response(op);
     if (op_open(op) == MOXY_ERROR) op_fail(op, op->err);
-}
-
-/* A field of the head (names lower-cased; the trailers are not kept). */
-static const char *rs_field(moxy_h1_resp_t *rs, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    fetch_op_t *op = rs->data;
-    if (rs->in_trailers) return NULL;
-    if (moxy_headers_add(&op->mem, &op->hdrs, name, nlen, value, vlen) != MOXY_OK) return "out of memory";
-    moxy_header_t *h = &op->hdrs.h[op->hdrs.n - 1];
-    for (uint32_t i = 0; i < h->name_len; i++)
-        h->name[i] = (char)tolower((unsigned char)h->name[i]);
-    return NULL;
-}
-
-/* An interim response is skipped: the final one follows. */
-static const char *rs_interim(moxy_h1_resp_t *rs, int status)
-{
-    fetch_op_t *op = rs->data;
-    MOXY_UNUSED(status);
-    op->hdrs.n = 0;
-    return NULL;
 }
 
 /* Keep n more body bytes from at, or from the front of in when at is NULL. */
@@ -647,11 +629,9 @@ static const char *rs_body(moxy_h1_resp_t *rs, const char *at, size_t n)
     return op_body(rs->data, at, NULL, n);
 }
 
-static const moxy_h1_resp_ops_t fetch_resp_ops = {
-    .field = rs_field,
-    .interim = rs_interim,
-    .body = rs_body,
-};
+/* (interim responses are skipped: their fields are dropped, the final
+ * response follows; the trailers are not kept) */
+static const moxy_h1_resp_ops_t fetch_resp_ops = {.body = rs_body};
 
 /* The response was refused: fail op with why. */
 static void op_refused(fetch_op_t *op)

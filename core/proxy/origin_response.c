@@ -34,14 +34,6 @@ static void response_hooks_done(moxy_req_t *r, int rc);
 
 /* --- what the parser hands over --- */
 
-static const char *of_field(moxy_h1_resp_t *rs, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    moxy_upconn_t *u = rs->data;
-    moxy_req_t *r = u->req;
-    moxy_headers_t *hs = rs->in_trailers ? &r->resp_trailers : &r->resp_headers;
-    return moxy_headers_add(&r->mem, hs, name, nlen, value, vlen) == MOXY_OK ? NULL : "out of memory";
-}
-
 /* Forward an interim (1xx) response to the client; 100 is moxy's own
  * business with the client and is not forwarded. */
 static const char *of_interim(moxy_h1_resp_t *rs, int status)
@@ -51,7 +43,6 @@ static const char *of_interim(moxy_h1_resp_t *rs, int status)
     /* the fields the origin's Connection names are for this hop only */
     moxy_headers_drop_connection_named(&r->resp_headers, MOXY_HK_CL);
     if (status != 100) moxy_stream_send_interim(r, status, &r->resp_headers);
-    r->resp_headers.n = 0;
     return NULL;
 }
 
@@ -64,7 +55,6 @@ static const char *of_body(moxy_h1_resp_t *rs, const char *at, size_t n)
 }
 
 static const moxy_h1_resp_ops_t origin_resp_ops = {
-    .field = of_field,
     .interim = of_interim,
     .body = of_body,
 };
@@ -73,8 +63,8 @@ void moxy_origin_response_start(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
     const moxy_conf_t *conf = u->g->conf;
-    moxy_h1_resp_init(u->resp, &origin_resp_ops, u, &r->mem, r->method == HTTP_HEAD,
-                      conf->limits.header_bytes, (uint32_t)conf->limits.headers);
+    moxy_h1_resp_init(u->resp, &origin_resp_ops, u, &r->mem, &r->resp_headers, &r->resp_trailers,
+                      r->method == HTTP_HEAD, conf->limits.header_bytes, (uint32_t)conf->limits.headers);
 }
 
 /* The origin's response is complete: keep the connection for the next

@@ -161,6 +161,21 @@ describe("http hardening", function()
     assert.is_nil(helpers.echo_value(e, "Connection"))
   end)
 
+  it("joins a response's names and values split across reads, the head's and the trailers'", function()
+    local raw = helpers.start_raw_origin("reply-drip", "HTTP/1.1 200 OK\r\nX-Split-Name: a value in pieces\r\n"
+      .. "Cache-Control: no-store\r\nTransfer-Encoding: chunked\r\nTrailer: X-Check\r\n\r\n"
+      .. "5\r\nhello\r\n7\r\n, world\r\n0\r\nX-Check: trailer value\r\n\r\n")
+    local m = helpers.start_moxy({ upstreams = { app = { servers = { raw.addr } } } })
+    local c = assert(helpers.connection(m.port))
+    assert(c:send("GET /split HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n"))
+    local res = assert(c:read_response({ timeout = 5 * S }))
+    c:close()
+    assert.equal(200, res.status)
+    assert.equal("a value in pieces", res:header("x-split-name"))
+    assert.equal("hello, world", res.body)
+    assert.same({ "trailer value" }, res.trailers["x-check"])
+  end)
+
   describe("interim responses", function()
     local function through(reply, n)
       local raw = helpers.start_raw_origin("reply", reply)

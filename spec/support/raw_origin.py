@@ -12,6 +12,9 @@ MODE, per connection:
   reply        read a request head, send REPLY_FILE's bytes, then go on
                reading (and recording) until the peer closes
   reply-close  the same, then close after sending
+  reply-drip   the same as reply, but the bytes go one at a time, 1 ms
+               apart (each its own TCP segment: names and values split
+               across the proxy's reads)
   close-head   read a request head, then close without answering
   close-body   read a request head and at least one byte after it, then
                close without answering
@@ -20,6 +23,7 @@ MODE, per connection:
 import socket
 import sys
 import threading
+import time
 
 
 def serve(conn, n, capture, mode, reply):
@@ -48,7 +52,13 @@ def serve(conn, n, capture, mode, reply):
                     if not more():
                         return
                 return
-            conn.sendall(reply)
+            if mode == "reply-drip":
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i in range(len(reply)):
+                    conn.sendall(reply[i:i + 1])
+                    time.sleep(0.001)
+            else:
+                conn.sendall(reply)
             if mode == "reply-close":
                 return
             while more():
