@@ -339,7 +339,7 @@ static void target_key(const char *text, size_t n)
     moxy_pool_t pool;
     moxy_pool_init(&pool);
     uint32_t klen = 0;
-    char *k = moxy_cache_build_key(&pool, host, uri, ulen, plen, &klen);
+    char *k = moxy_cache_build_key(&pool, 0, host, uri, ulen, plen, &klen);
     assert(k);
     /* within what it allocated (7 + the host encoded, at most 3 bytes a byte, + the target + NUL) */
     assert(k[klen] == '\0' && klen <= 7 + 3 * hl + ulen);

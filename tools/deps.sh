@@ -10,7 +10,7 @@ set -eu
 
 BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zlib1g-dev \
 libmaxminddb-dev libpcre2-dev node-llhttp lua-cjson"
-TEST="clang libclang-rt-14-dev lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
+TEST="clang libclang-rt-14-dev openssl lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
 chromium chromium-driver python3-selenium"
 BENCH="nginx wrk util-linux iproute2"
 

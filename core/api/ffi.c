@@ -57,6 +57,10 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *out = moxy_req_client_ip(r);
         *len = strlen(*out);
         return MOXY_OK;
+    case MOXY_FFI_F_SCHEME:
+        *out = r->https ? "https" : "http";
+        *len = strlen(*out);
+        return MOXY_OK;
     case MOXY_FFI_F_SOCKET_IP:
         *out = r->addr->sock_ip;
         *len = strlen(r->addr->sock_ip);

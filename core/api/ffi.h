@@ -142,6 +142,7 @@ enum {
     MOXY_FFI_F_PEER,
     MOXY_FFI_F_BODY_ERROR,
     MOXY_FFI_F_SOCKET_IP,  /* the TCP peer (CLIENT_IP: the real client) */
+    MOXY_FFI_F_SCHEME,     /* "http" or "https" */
 };
 
 /* Numbers of moxy_ffi_req_number (-1: not known yet). */

@@ -75,6 +75,58 @@ static int field_bool(lua_State *L, int idx, const char *key)
     return r;
 }
 
+static void tls_conf_free(moxy_tls_conf_t *tc)
+{
+    if (!tc) return;
+    for (int i = 0; i < tc->ncerts; i++) {
+        free(tc->certs[i].cert);
+        free(tc->certs[i].key);
+    }
+    free(tc->certs);
+    free(tc->ciphers);
+    free(tc->ciphersuites);
+    free(tc->groups);
+    free(tc);
+}
+
+/* The listener at l's `tls` (checked by config.lua: certificates with
+ * absolute paths, versions 12/13) into ls->tls; nothing without one. */
+static int read_tls(lua_State *L, int l, moxy_listen_conf_t *ls)
+{
+    lua_getfield(L, l, "tls");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return MOXY_OK;
+    }
+    int t = lua_gettop(L);
+    moxy_tls_conf_t *tc = calloc(1, sizeof(*tc));
+    ls->tls = tc;
+    if (!tc) goto err;
+    tc->refuse_unknown = field_bool(L, t, "refuse_unknown");
+    tc->min_version = (int)field_num(L, t, "min_version", 12);
+    tc->max_version = (int)field_num(L, t, "max_version", 13);
+    tc->ciphers = field_str(L, t, "ciphers");
+    tc->ciphersuites = field_str(L, t, "ciphersuites");
+    tc->groups = field_str(L, t, "groups");
+    lua_getfield(L, t, "certificates");
+    int n = (int)lua_objlen(L, -1);
+    tc->certs = calloc((size_t)n + 1, sizeof(*tc->certs));
+    if (!tc->certs) goto err;
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        tc->certs[i].cert = field_str(L, lua_gettop(L), "cert");
+        tc->certs[i].key = field_str(L, lua_gettop(L), "key");
+        tc->ncerts++;
+        lua_pop(L, 1);
+        if (!tc->certs[i].cert || !tc->certs[i].key) goto err;
+    }
+    lua_pop(L, 2);
+    return MOXY_OK;
+err:
+    lua_settop(L, t - 1);
+    return MOXY_ERROR;
+}
+
 /* The list of statuses at t[key] as a set (empty when absent). */
 static void read_statuses(lua_State *L, int t, const char *key, moxy_status_set_t *set)
 {
@@ -251,6 +303,10 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         ls->proxy_protocol = field_bool(L, l, "proxy_protocol");
         ls->upgrade = field_str(L, l, "upgrade");
         if (!ls->upgrade) ls->upgrade = strdup("websocket");
+        if (read_tls(L, l, ls) != MOXY_OK) {
+            fprintf(err, "%s: listen[%d]: out of memory\n", c->path, i + 1);
+            return MOXY_ERROR;
+        }
         char *up = field_str(L, l, "upstream");
         ls->upstream = up ? moxy_conf_upstream_index(c, up, strlen(up)) : -1;
         free(up);
@@ -502,6 +558,7 @@ void moxy_conf_release(moxy_conf_t *c)
         free(c->listens[i].addr.text);
         free(c->listens[i].name);
         free(c->listens[i].upgrade);
+        tls_conf_free(c->listens[i].tls);
     }
     free(c->listens);
     free(c->trusted);

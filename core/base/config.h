@@ -64,6 +64,24 @@ static inline int moxy_addr_port(const moxy_addr_t *a)
     return -1;
 }
 
+/* A certificate of a TLS listener: its file (the certificate, then its
+ * chain) and its private key's, as paths. */
+typedef struct {
+    char *cert, *key;
+} moxy_tls_cert_conf_t;
+
+/* A listener's `tls`. */
+typedef struct {
+    moxy_tls_cert_conf_t *certs;
+    int ncerts;
+    int refuse_unknown;           /* a client without a name, or with one no certificate serves, is
+                                     refused (else it gets the first certificate) */
+    int min_version, max_version; /* 12 or 13: TLS 1.2, TLS 1.3 */
+    char *ciphers;                /* TLS 1.2 cipher list, or NULL: the default */
+    char *ciphersuites;           /* TLS 1.3 suites, or NULL */
+    char *groups;                 /* key exchange groups, or NULL */
+} moxy_tls_conf_t;
+
 typedef struct {
     moxy_addr_t addr;
     char *name;    /* listener name (txn.listener), defaults to the address text */
@@ -72,6 +90,7 @@ typedef struct {
     int proxy_protocol; /* connections start with a PROXY protocol header (v1 or v2) */
     char *upgrade;      /* protocols a tunnel may carry (Upgrade), lower case, comma-separated
                            ("websocket"; "" for none) */
+    moxy_tls_conf_t *tls; /* NULL: plain */
 } moxy_listen_conf_t;
 
 /* An address block of trusted_proxies: the first bits bits of addr.  IPv4

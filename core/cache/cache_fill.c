@@ -34,15 +34,18 @@ static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
     if (!h || !r->host) return;
     const char *v = h->value;
     size_t vl = h->value_len, hl = strlen(r->host);
-    if (vl >= 7 && moxy_strieq(v, 7, "http://", 7)) {
-        if (vl < 7 + hl || !moxy_strieq(v + 7, hl, r->host, hl) || (vl > 7 + hl && v[7 + hl] != '/')) return;
-        v += 7 + hl;
-        vl -= 7 + hl;
+    /* an absolute reference: the request's own scheme and host only */
+    const char *scheme = r->https ? "https://" : "http://";
+    size_t sl = strlen(scheme);
+    if (vl >= sl && moxy_strieq(v, sl, scheme, sl)) {
+        if (vl < sl + hl || !moxy_strieq(v + sl, hl, r->host, hl) || (vl > sl + hl && v[sl + hl] != '/')) return;
+        v += sl + hl;
+        vl -= sl + hl;
     }
     if (vl == 0 || v[0] != '/') return;
     const char *qm = memchr(v, '?', vl);
     uint32_t kl;
-    char *key = moxy_cache_build_key(&r->mem, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
+    char *key = moxy_cache_build_key(&r->mem, r->https, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
     if (key) moxy_cache_invalidate(key, kl);
 }
 

@@ -420,20 +420,21 @@ static int host_char(unsigned char c)
  * "http://" ends it, and '%' itself is encoded -- a Host of
  * "shop.example/cc/login" cannot take the key of "shop.example" and
  * "/cc/login/...".  In pool; NULL when out of memory. */
-char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
-                       uint32_t *klen)
+char *moxy_cache_build_key(moxy_pool_t *pool, int https, const char *host, const char *uri, size_t ulen,
+                           size_t plen, uint32_t *klen)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t hl = strlen(host), henc = 0;
     for (size_t i = 0; i < hl; i++) henc += host_char((unsigned char)host[i]) ? 1 : 3;
     /* the query's parameters, rejoined, take at most the bytes they took */
-    size_t cap = 7 + henc + ulen + 1;
+    size_t slen = https ? 8 : 7;
+    size_t cap = slen + henc + ulen + 1;
     if (cap > UINT32_MAX) return NULL;
     char *k = moxy_palloc(pool, cap);
     if (!k) return NULL;
     char *p = k;
-    memcpy(p, "http://", 7);
-    p += 7;
+    memcpy(p, https ? "https://" : "http://", slen);
+    p += slen;
     for (size_t i = 0; i < hl; i++) {
         unsigned char c = (unsigned char)host[i];
         if (host_char(c)) {

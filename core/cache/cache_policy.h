@@ -38,14 +38,15 @@ double moxy_cache_date(const moxy_header_t *h);
 double moxy_cache_age(const moxy_headers_t *hs);
 
 /* The default key of host and uri (ulen bytes, the path its first plen;
- * the path starts with '/'): "http://host/path?parameters sorted", the host
+ * the path starts with '/'): "http://host/path?parameters sorted"
+ * ("https://" when https: the two schemes never share an object), the host
  * in lower case with every byte that a host may not hold (RFC 3986 3.2.2:
  * '/', '?', '#', '%', '@', ...) percent-encoded, so that no two hosts and
  * targets share a key unless they differ only in the host's case or the
  * order of the query's parameters.  In pool; its length in *klen.  NULL
  * when out of memory. */
-char *moxy_cache_build_key(moxy_pool_t *pool, const char *host, const char *uri, size_t ulen, size_t plen,
-                           uint32_t *klen);
+char *moxy_cache_build_key(moxy_pool_t *pool, int https, const char *host, const char *uri, size_t ulen,
+                           size_t plen, uint32_t *klen);
 
 /* What a Vary may ask for.  A response whose Vary names more distinct
  * fields, or whose names take more bytes (lower case, ", "-separated), is

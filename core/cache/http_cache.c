@@ -44,7 +44,8 @@ void moxy_cache_attach(moxy_req_t *r)
 int moxy_cache_make_key(moxy_req_t *r)
 {
     if (r->cache_key) return MOXY_OK; /* txn.cache.key set in on_request */
-    r->cache_key = moxy_cache_build_key(&r->mem, r->host ? r->host : "", r->uri, r->uri_len, r->path_len, &r->cache_klen);
+    r->cache_key = moxy_cache_build_key(&r->mem, r->https, r->host ? r->host : "", r->uri, r->uri_len, r->path_len,
+                                        &r->cache_klen);
     if (!r->cache_key) return MOXY_ERROR;
     r->cache_hash = moxy_cache_hash(r->cache_key, r->cache_klen);
     return MOXY_OK;

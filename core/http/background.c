@@ -191,6 +191,7 @@ moxy_req_t *moxy_req_background(moxy_req_t *from)
     moxy_req_t *r = moxy_req_new(from->w, from->g, from->listen_index);
     if (!r) return NULL;
     r->addr = from->addr;
+    r->https = from->https;
     r->body_kind = MOXY_BODY_NONE;
     r->body_done = 1;
     r->retryable = 1;

@@ -33,7 +33,8 @@ int moxy_req_add_forwarding(moxy_req_t *r)
     /* what the client claimed is replaced, in one pass */
     moxy_headers_remove_kind(hs, MOXY_HK_XFF | MOXY_HK_XFP | MOXY_HK_XFH);
     if (moxy_headers_add(pool, hs, "X-Forwarded-For", 15, xff, (size_t)(p - xff)) != MOXY_OK ||
-        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, "http", 4) != MOXY_OK ||
+        moxy_headers_add(pool, hs, "X-Forwarded-Proto", 17, r->https ? "https" : "http", r->https ? 5 : 4) !=
+            MOXY_OK ||
         (r->host && moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
         return MOXY_ERROR;
     return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);

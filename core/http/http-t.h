@@ -104,6 +104,7 @@ struct moxy_listener_s {
     struct event ev;
     /* its connections' protocol (worker.h's moxy_accept_fn) */
     void (*accept)(moxy_worker_t *w, int fd, const struct sockaddr *sa, int listen_index);
+    struct moxy_tls_server_s *tls; /* its TLS side (net/tls.h), NULL: plain; its generation's */
 };
 
 /* A field a hook added to the request's access-log line (txn:log_field). */
@@ -236,6 +237,7 @@ struct moxy_req_s {
     int ncleanups;
     unsigned refs;         /* references (its maker's first): its memory goes with the last */
     unsigned over : 1;     /* moxy_req_end ran */
+    unsigned https : 1;    /* it came over TLS */
     moxy_worker_t *w;      /* the worker it runs on */
     const moxy_stream_ops_t *stream; /* its protocol's side of it */
     void *stream_ctx;      /* for stream's calls; NULL once it outlived its connection */
@@ -434,6 +436,8 @@ struct moxy_client_s {
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */
     int busy;                   /* event callbacks on the stack that use c */
     unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
+    unsigned tls_wait : 1;      /* its TLS handshake is not done */
+    struct moxy_tls_server_s *tls; /* its listener's TLS side, held until the handshake starts */
     unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
     unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
     uint32_t read_size;         /* next body read (io.h) */

@@ -23,6 +23,7 @@
 #include "http/realip.h"
 #include "http/request.h"
 #include "net/proxy_protocol.h"
+#include "net/tls.h"
 #include "http/worker.h"
 
 #include <arpa/inet.h>
@@ -86,6 +87,8 @@ void moxy_h1_want_read(moxy_client_t *c)
         if (evbuffer_get_length(c->in) > g->conf->limits.header_bytes) moxy_h1_stop_read(c);
         else if (!c->reading) client_read_timeout(c, NULL);
     }
+    /* bytes a transport (TLS) holds already raise no socket event */
+    if (c->reading && moxy_conn_pending(&c->conn)) event_active(&c->rev, EV_READ, 1);
 }
 
 /* --- request life --- */
@@ -98,6 +101,7 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
     moxy_req_t *r = moxy_req_new(c->w, g, listen_index);
     if (!r) return NULL;
     r->addr = &c->addr;
+    r->https = c->conn.t == &moxy_transport_tls;
     r->stream = &stream_ops;
     r->stream_ctx = c;
     c->req = r;
@@ -174,6 +178,10 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     memcpy(c->addr.ip, c->addr.sock_ip, sizeof(c->addr.ip));
     c->addr.port = c->addr.sock_port;
     c->proxy_wait = conf->listens[listen_index].proxy_protocol != 0;
+    if (w->listeners[listen_index].tls) {
+        c->tls = moxy_tls_server_hold(w->listeners[listen_index].tls);
+        c->tls_wait = 1;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
@@ -192,6 +200,7 @@ static void client_free(moxy_client_t *c)
     moxy_worker_t *w = c->w;
     if (c->in) moxy_worker_buf_put(w, c->in);
     if (c->out) moxy_worker_buf_put(w, c->out);
+    if (c->tls) moxy_tls_server_free(c->tls);
     LIST_REMOVE(&c->s, link);
     free(c);
     moxy_worker_conn_closed(w);
@@ -407,7 +416,8 @@ static void client_write_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     moxy_client_hold(c);
-    moxy_client_send(c);
+    if (c->tls_wait) moxy_h1_process(c); /* the handshake wanted to write */
+    else moxy_client_send(c);
     moxy_client_release(c);
 }
 
@@ -683,6 +693,46 @@ static int client_proxy_header(moxy_client_t *c)
     return MOXY_OK;
 }
 
+/* Go on with c's TLS handshake (started here, past the PROXY protocol
+ * header: the bytes read after it are the handshake's).  MOXY_OK: done,
+ * and what came with it is read next; MOXY_AGAIN: it waits for the
+ * socket; MOXY_ERROR: it failed and c is closed. */
+static int client_tls_step(moxy_client_t *c)
+{
+    if (c->tls) {
+        if (moxy_tls_accept(&c->conn, c->tls, c->in) != MOXY_OK) {
+            moxy_client_close(c);
+            return MOXY_ERROR;
+        }
+        moxy_tls_server_free(c->tls);
+        c->tls = NULL;
+    }
+    short want = 0;
+    const char *why = NULL;
+    int rc = moxy_tls_handshake(&c->conn, &want, &why);
+    if (rc == MOXY_ERROR) {
+        moxy_log(MOXY_LOG_INFO, NULL, "listener %s: client %s:%u: TLS handshake failed: %s",
+                 c->s.listen_index >= 0 ? c->w->g->conf->listens[c->s.listen_index].name : "-", c->addr.sock_ip,
+                 c->addr.sock_port, why);
+        moxy_client_close(c);
+        return MOXY_ERROR;
+    }
+    if (rc == MOXY_AGAIN && want == EV_WRITE) {
+        if (!c->writing) event_add(&c->wev, NULL); /* the head deadline on rev bounds it */
+        c->writing = 1;
+        return MOXY_AGAIN;
+    }
+    if (c->writing) {
+        event_del(&c->wev);
+        c->writing = 0;
+    }
+    if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+    c->tls_wait = 0;
+    /* a request sent with the handshake's last flight raises no event */
+    if (moxy_conn_pending(&c->conn)) event_active(&c->rev, EV_READ, 1);
+    return MOXY_AGAIN;
+}
+
 /* Parse and start requests, move body bytes: whatever c->in allows.  Not
  * re-entered: a call from below (a response finished while a request was
  * being started) leaves the work to the loop already running. */
@@ -693,6 +743,10 @@ void moxy_h1_process(moxy_client_t *c)
     moxy_worker_t *w = c->w;
     while (!c->dead) {
         if (c->state == MOXY_C_HEAD) {
+            if (c->tls_wait && !c->proxy_wait) {
+                if (client_tls_step(c) != MOXY_OK) break;
+                continue;
+            }
             if (evbuffer_get_length(c->in) == 0) break;
             if (c->proxy_wait) {
                 if (client_proxy_header(c) != MOXY_OK) break;
@@ -844,6 +898,12 @@ static void client_timeout(moxy_client_t *c)
                               "no PROXY protocol header within timeouts.client_header");
             return;
         }
+        if (c->tls_wait) {
+            moxy_log(MOXY_LOG_INFO, NULL, "client %s:%u: TLS handshake not done within timeouts.client_header",
+                     c->addr.sock_ip, c->addr.sock_port);
+            moxy_client_close(c);
+            return;
+        }
         if (!r || r->head_bytes == 0) {
             moxy_client_close(c); /* idle keep-alive connection */
             return;
@@ -898,6 +958,10 @@ static void client_read(moxy_client_t *c, short what)
         moxy_client_close(c);
         return;
     }
+    if (c->tls_wait && !c->proxy_wait) { /* the handshake reads for itself */
+        moxy_h1_process(c);
+        return;
+    }
     int body = c->state != MOXY_C_HEAD;
     size_t want = body ? c->read_size : MOXY_READ_CHUNK;
     ssize_t n = moxy_conn_read(&c->conn, c->in, want);
@@ -906,6 +970,8 @@ static void client_read(moxy_client_t *c, short what)
         if (errno == EAGAIN || errno == EINTR) return;
         n = 0; /* reset: as a close */
     }
+    /* bytes a transport (TLS) holds already raise no socket event */
+    if (n > 0 && moxy_conn_pending(&c->conn)) event_active(&c->rev, EV_READ, 1);
     if (n == 0) {
         c->eof = 1;
         moxy_h1_stop_read(c);

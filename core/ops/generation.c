@@ -20,6 +20,7 @@
 #include "api/geoip.h"
 #include "proxy/health_check.h"
 #include "base/log.h"
+#include "net/tls.h"
 #include "http/lua_bridge.h"
 #include "proxy/resolver.h"
 #include "base/sd_notify.h"
@@ -54,6 +55,8 @@ void moxy_gen_release(moxy_gen_t *g)
     for (int i = 0; g->listen_fds && i < g->conf->nlistens * g->nworkers; i++)
         if (g->listen_fds[i] >= 0) close(g->listen_fds[i]);
     free(g->listen_fds);
+    for (int i = 0; g->tls && i < g->conf->nlistens; i++) moxy_tls_server_free(g->tls[i]);
+    free(g->tls);
     moxy_conf_release(g->conf);
     free(g);
 }
@@ -197,6 +200,29 @@ static int reload_limits(const moxy_conf_t *cur, const moxy_conf_t *conf, FILE *
     return MOXY_OK;
 }
 
+/* The TLS side of g's listeners that have one: certificates and keys
+ * read and checked now, so that a bad one fails the load (or the reload,
+ * the old generation serving on). */
+static int tls_load(moxy_gen_t *g, FILE *err)
+{
+    const moxy_conf_t *conf = g->conf;
+    g->tls = calloc((size_t)conf->nlistens + 1, sizeof(*g->tls));
+    if (!g->tls) {
+        fprintf(err, "moxy: out of memory\n");
+        return MOXY_ERROR;
+    }
+    for (int i = 0; i < conf->nlistens; i++) {
+        const moxy_listen_conf_t *l = &conf->listens[i];
+        if (!l->tls) continue;
+        char keys[32];
+        snprintf(keys, sizeof(keys), "listen[%d]", i + 1);
+        g->tls[i] = moxy_tls_server_new(conf, l, keys, err);
+        if (!g->tls[i]) return MOXY_ERROR;
+        moxy_tls_server_check_expiry(g->tls[i], l->name);
+    }
+    return MOXY_OK;
+}
+
 moxy_gen_t *moxy_gen_load(const char *path, const moxy_gen_t *cur, int nworkers, FILE *err)
 {
     moxy_conf_t *conf = moxy_conf_load(path, err);
@@ -217,6 +243,7 @@ moxy_gen_t *moxy_gen_load(const char *path, const moxy_gen_t *cur, int nworkers,
     g->id = cur ? cur->id + 1 : 1;
     const moxy_conf_t *cc = cur ? cur->conf : NULL;
     if (cc && reload_limits(cc, conf, err) != MOXY_OK) goto err;
+    if (tls_load(g, err) != MOXY_OK) goto err;
     if (moxy_upstreams_create(conf, cc) != MOXY_OK) {
         fprintf(err, "moxy: out of memory\n");
         goto err;

@@ -35,6 +35,7 @@ typedef struct moxy_gen_s {
     int nworkers;
     int *listen_fds;           /* [i * nworkers + worker]: a socket opened for conf->listens[i]
                                   that the worker takes over, or -1 (it has one for that address) */
+    struct moxy_tls_server_s **tls; /* [i]: conf->listens[i]'s TLS side (net/tls.h), NULL: plain */
 } moxy_gen_t;
 
 /* Load the configuration at path as the generation after cur (NULL: the

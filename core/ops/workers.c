@@ -197,6 +197,7 @@ static void listeners_switch(moxy_worker_t *w, moxy_wgen_t *g)
         }
         if (fd < 0) moxy_log_err("worker %d: no socket for listener %s", w->id, nc->listens[i].addr.text);
         moxy_listener_assign(w, &nl[i], i, fd, listener_protocol(nc, i));
+        nl[i].tls = g->gen->tls[i];
     }
     for (int j = 0; j < w->nlisteners; j++) {
         if (w->listeners[j].fd >= 0) close(w->listeners[j].fd); /* an address no longer listened on */
@@ -262,9 +263,11 @@ moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
         snprintf(w->error, sizeof(w->error), "out of memory");
         return w;
     }
-    for (int i = 0; i < conf->nlistens; i++)
+    for (int i = 0; i < conf->nlistens; i++) {
         moxy_listener_assign(w, &w->listeners[i], i, moxy_gen_take_listen_fd(gen, i, id),
                              listener_protocol(gen->conf, i));
+        w->listeners[i].tls = gen->tls[i];
+    }
     event_assign(&w->control, w->base, w->control_fd, EV_READ | EV_PERSIST, control_cb, w);
     event_add(&w->control, NULL);
     event_assign(&w->flush_timer, w->base, -1, EV_PERSIST, flush_cb, w);

@@ -282,6 +282,68 @@ function Checker:upgrade_protocols(v, keys)
   return table.concat(out, ",")
 end
 
+local TLS_VERSIONS = { ["TLSv1.2"] = 12, ["TLSv1.3"] = 13 }
+
+-- A listener's `tls`: its certificates ({ cert = path, key = path }, the
+-- first one for clients that name no host or one no certificate serves,
+-- unless refuse_unknown), the protocol versions and the ciphers.  Paths
+-- are relative to the configuration's folder; each file must be readable.
+function Checker:tls(v, keys)
+  if v == nil then return nil end
+  if not self:table(v, keys, { certificates = true, refuse_unknown = true, protocols = true, ciphers = true,
+                               ciphersuites = true, groups = true }) then
+    return nil
+  end
+  local out = { certificates = {} }
+  local ck = child(keys, "certificates")
+  local certs = list(self, v.certificates, ck)
+  if #certs == 0 then self:err(ck, "at least one { cert = ..., key = ... } is required") end
+  for i, cert in ipairs(certs) do
+    local k = child(ck, i)
+    if self:table(cert, k, { cert = true, key = true }) then
+      local one = {}
+      for _, f in ipairs({ "cert", "key" }) do
+        local fk = child(k, f)
+        local p = self:value(cert[f], fk, typed("string"))
+        if cert[f] == nil then self:err(k, f .. " is required") end
+        if p then
+          local full = p:sub(1, 1) == "/" and p or self.dir .. "/" .. p
+          local fh, err = io.open(full, "rb")
+          if fh then
+            fh:close()
+            one[f] = full
+          else
+            self:err(fk, "cannot open " .. (f == "cert" and "certificate" or "key") .. ": " .. tostring(err), p)
+          end
+        end
+      end
+      out.certificates[#out.certificates + 1] = one
+    end
+  end
+  out.refuse_unknown = self:value(v.refuse_unknown, child(keys, "refuse_unknown"), typed("boolean"), false)
+  local min, max = 12, 13
+  if v.protocols ~= nil then
+    min, max = nil, nil
+    for i, p in ipairs(list(self, v.protocols, child(keys, "protocols"))) do
+      local n = TLS_VERSIONS[p]
+      if not n then
+        self:err(child(child(keys, "protocols"), i), "expected \"TLSv1.2\" or \"TLSv1.3\" (older ones are not offered)", p)
+      else
+        min, max = math.min(min or n, n), math.max(max or n, n)
+      end
+    end
+    if not min then
+      self:err(child(keys, "protocols"), "at least one of \"TLSv1.2\", \"TLSv1.3\"")
+      min, max = 12, 13
+    end
+  end
+  out.min_version, out.max_version = min, max
+  for _, f in ipairs({ "ciphers", "ciphersuites", "groups" }) do
+    out[f] = self:value(v[f], child(keys, f), typed("string"))
+  end
+  return out
+end
+
 function Checker:listen(v, keys)
   local out = {}
   if v == nil then
@@ -296,7 +358,7 @@ function Checker:listen(v, keys)
       l, ak = { addr = l }, k
     end
     if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true,
-                          upgrade = true }) then
+                          upgrade = true, tls = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -308,6 +370,7 @@ function Checker:listen(v, keys)
           backlog = self:value(l.backlog, child(k, "backlog"), integer(1, 65535), 4096),
           proxy_protocol = self:value(l.proxy_protocol, child(k, "proxy_protocol"), typed("boolean"), false),
           upgrade = self:upgrade_protocols(l.upgrade, child(k, "upgrade")),
+          tls = self:tls(l.tls, child(k, "tls")),
         }
       end
     end
@@ -631,6 +694,7 @@ function M.check(t, path, src)
     end
   end
   conf.watch = c:value(t.watch, { "watch" }, typed("boolean"), false)
+  c.dir = conf.dir
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })

@@ -43,7 +43,7 @@ end
 local OK, AGAIN, DECLINED = 0, -2, -3
 local F = { method = 0, uri = 1, path = 2, query = 3, host = 4, client_ip = 5, id = 6,
             listener = 7, version = 8, pool = 9, error = 10, peer = 11, body_error = 12,
-            socket_ip = 13 }
+            socket_ip = 13, scheme = 14 }
 local N = { tries = 0, started = 1, up_status = 2, connect_time = 3, header_time = 4,
             response_time = 5, duration = 6, bytes_sent = 7, status = 8 }
 local FLAG = { retryable = 0, no_filter = 1 }
@@ -156,7 +156,7 @@ end
 
 local REQ_FIELDS = {
   method = F.method, uri = F.uri, path = F.path, query = F.query, host = F.host,
-  http_version = F.version,
+  http_version = F.version, scheme = F.scheme,
 }
 
 local function set_target(path, query)
@@ -172,7 +172,6 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
   __index = function(_, k)
     local f = REQ_FIELDS[k]
     if f then return field(req_ptr(), f) end
-    if k == "scheme" then return "http" end
     if k == "args" then return require("moxy.query").parse(field(req_ptr(), F.query) or "") end
     return nil
   end,

@@ -1,0 +1,249 @@
+-- TLS termination on a listener: certificates chosen by the name the client
+-- asks for (SNI, from the certificates' own names, wildcards), the first
+-- one for clients that name none (or a refusal), RSA and ECDSA side by
+-- side, TLS 1.2 and 1.3 only, the PROXY protocol before the handshake,
+-- handshake timeouts and failures, certificates reloaded, configuration
+-- errors naming file and key.  Certificates are made here with openssl;
+-- clients are curl and openssl s_client.
+local helpers = require "spec.helpers"
+
+local S = helpers.scale
+
+describe("TLS listener", function()
+  local dir, origin, m, port, plain_port, strict_port
+
+  -- a self-signed certificate for names (SANs) with key kind "ec" or "rsa"
+  local function make_cert(name, kind, cn, sans)
+    local newkey = kind == "ec" and "-newkey ec -pkeyopt ec_paramgen_curve:P-256" or "-newkey rsa:2048"
+    local san = {}
+    for i, s in ipairs(sans) do san[i] = "DNS:" .. s end
+    local out, code = helpers.sh(string.format(
+      "openssl req -x509 %s -nodes -keyout %s/%s.key -out %s/%s.pem -days 30 -subj /CN=%s -addext subjectAltName=%s",
+      newkey, dir, name, dir, name, cn, table.concat(san, ",")))
+    assert(code == 0, out)
+  end
+
+  -- openssl s_client to port with args: its output (bounded in time)
+  local function s_client(p, args)
+    return (helpers.sh(string.format("echo | timeout %d openssl s_client -connect 127.0.0.1:%d %s",
+      math.ceil(10 * S), p, args or "")))
+  end
+
+  -- curl over TLS to name on port p, trusting cacert: body, code
+  local function curl(p, name, path, cacert, extra)
+    local out = helpers.sh(string.format(
+      "timeout %d curl -sS --cacert %s/%s.pem --resolve %s:%d:127.0.0.1 %s -w '\\n%%{http_code}' https://%s:%d%s",
+      math.ceil(10 * S), dir, cacert, name, p, extra or "", name, p, path))
+    local body, code = out:match("^(.*)\n(%d+)$")
+    return body or out, tonumber(code)
+  end
+
+  local function conf(extra_tls)
+    local tls = {
+      certificates = {
+        { cert = dir .. "/a.pem", key = dir .. "/a.key" },
+        { cert = dir .. "/b.pem", key = dir .. "/b.key" },
+        { cert = dir .. "/c_ec.pem", key = dir .. "/c_ec.key" },
+        { cert = dir .. "/c_rsa.pem", key = dir .. "/c_rsa.key" },
+      },
+    }
+    for k, v in pairs(extra_tls or {}) do tls[k] = v end
+    return tls
+  end
+
+  lazy_setup(function()
+    dir = helpers.tmpdir("tls")
+    make_cert("a", "ec", "a.test", { "a.test", "*.w.test" })
+    make_cert("b", "rsa", "b.test", { "b.test" })
+    make_cert("c_ec", "ec", "c.test", { "c.test" })
+    make_cert("c_rsa", "rsa", "c.test", { "c.test" })
+    origin = helpers.start_origin()
+    port, plain_port, strict_port = helpers.free_port(), helpers.free_port(), helpers.free_port()
+    m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      timeouts = { client_header = 1 },
+      listen = {
+        { addr = "127.0.0.1:" .. port, tls = conf() },
+        "127.0.0.1:" .. plain_port,
+        { addr = "127.0.0.1:" .. strict_port, tls = conf({ refuse_unknown = true, protocols = { "TLSv1.3" } }) },
+      },
+      scripts = { "scheme.lua" },
+    }, { files = { ["scheme.lua"] = [[
+      return { on_response = function(txn) txn.resp.headers:set("X-Scheme", txn.req.scheme) end }
+    ]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("serves each name its own certificate, a wildcard one label deep, and tells the origin https", function()
+    local body, code = curl(port, "a.test", "/echo/a", "a")
+    assert.equal(200, code, body)
+    assert.matches('"X-Forwarded-Proto", "https"', body, 1, true)
+    body, code = curl(port, "b.test", "/echo/b", "b")
+    assert.equal(200, code, body)
+    body, code = curl(port, "x.w.test", "/echo/w", "a")
+    assert.equal(200, code, body)
+    -- two labels under the wildcard are not its name: a gets no match, curl refuses
+    local _, bad = curl(port, "y.x.w.test", "/echo/w", "a")
+    assert.is_not.equal(200, bad)
+    assert.matches("subject=CN = b.test", s_client(port, "-servername B.TEST"), 1, true)
+  end)
+
+  it("gives clients without a name, or with an unknown one, the first certificate", function()
+    assert.matches("subject=CN = a.test", s_client(port, ""), 1, true)
+    assert.matches("subject=CN = a.test", s_client(port, "-servername nobody.test"), 1, true)
+  end)
+
+  it("refuses them when the listener says so", function()
+    local out = s_client(strict_port, "-servername nobody.test")
+    assert.matches("unrecognized name", out, 1, true)
+    assert.is_nil(out:find("subject=", 1, true))
+    assert.matches("subject=CN = b.test", s_client(strict_port, "-servername b.test"), 1, true)
+  end)
+
+  it("picks the ECDSA or the RSA certificate of one name by what the client can verify", function()
+    local ec = s_client(port, "-servername c.test -tls1_2 -sigalgs ECDSA+SHA256")
+    assert.matches("Peer signature type: ECDSA", ec, 1, true)
+    local rsa = s_client(port, "-servername c.test -tls1_2 -sigalgs RSA+SHA256:RSA-PSS+SHA256")
+    assert.matches("Server public key is 2048 bit", rsa, 1, true)
+  end)
+
+  it("speaks TLS 1.2 and 1.3 with forward-secret AEAD ciphers only, never 1.0 or 1.1", function()
+    assert.matches("New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256", s_client(port, "-servername a.test"), 1, true)
+    local t12 = s_client(port, "-servername a.test -tls1_2")
+    assert.matches("New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-GCM-SHA256", t12, 1, true)
+    -- (the client told to offer what its defaults would not)
+    for _, old in ipairs({ "-tls1_1", "-tls1" }) do
+      assert.matches("alert protocol version",
+        s_client(port, "-servername a.test -cipher DEFAULT@SECLEVEL=0 " .. old), 1, true)
+    end
+    -- no RSA key exchange, no CBC
+    for _, weak in ipairs({ "AES128-SHA", "ECDHE-RSA-AES128-SHA", "AES256-GCM-SHA384" }) do
+      assert.matches("alert handshake failure",
+        s_client(port, "-servername b.test -tls1_2 -cipher " .. weak .. "@SECLEVEL=0"), 1, true)
+    end
+    -- a listener limited to TLS 1.3
+    assert.matches("Cipher is (NONE)", s_client(strict_port, "-servername b.test -tls1_2"), 1, true)
+    assert.matches("listener .*TLS handshake failed", m:error_text())
+  end)
+
+  it("carries keep-alive requests and large bodies, selects http/1.1 by ALPN, and txn.req.scheme says https", function()
+    local out = helpers.sh(string.format(
+      "timeout %d curl -sS -k --resolve a.test:%d:127.0.0.1 -w '%%{http_code} %%{num_connects} %%{http_version} %%{size_download}\\n' "
+        .. "-o /dev/null https://a.test:%d/bytes/1048576 -o /dev/null https://a.test:%d/echo/2 -D -",
+      math.ceil(20 * S), port, port, port))
+    assert.matches("200 1 1.1 1048576", out, 1, true)
+    assert.matches("200 0 1.1 %d+", out) -- the second request on the same connection
+    assert.matches("[Xx]%-[Ss]cheme: https", out)
+    local res = assert(helpers.request(plain_port, { path = "/echo/p" }))
+    assert.equal("http", res:header("x-scheme"))
+    assert.matches("ALPN protocol: http/1.1", s_client(port, "-servername a.test -alpn h2,http/1.1"), 1, true)
+  end)
+
+  it("resumes sessions: by ticket (TLS 1.2 and 1.3) and by session id (TLS 1.2)", function()
+    local sess = dir .. "/sess"
+    for _, case in ipairs({ "-tls1_2", "-tls1_2 -no_ticket", "-tls1_3" }) do
+      -- (a TLS 1.3 ticket comes after the handshake: the first client waits a little for it)
+      local first = helpers.sh(string.format("(sleep 0.3; echo) | timeout %d openssl s_client -connect 127.0.0.1:%d "
+        .. "-servername b.test %s -sess_out %s", math.ceil(10 * S), port, case, sess))
+      assert.matches("\nNew, TLSv1", first, 1, true)
+      local again = s_client(port, "-servername b.test " .. case .. " -sess_in " .. sess)
+      assert.matches("\nReused, TLSv1", again, 1, true, case)
+    end
+  end)
+
+  it("reads a PROXY protocol header before the handshake", function()
+    local pp = helpers.free_port()
+    local m2 = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = "127.0.0.1:" .. pp, proxy_protocol = true, tls = conf() } },
+    })
+    local body, code = curl(m2.port, "b.test", "/echo/pp", "b", "--haproxy-protocol")
+    assert.equal(200, code, body)
+    assert.matches('"X-Forwarded-Proto", "https"', body, 1, true)
+  end)
+
+  it("closes a connection whose handshake does not finish within timeouts.client_header, and one that sends no TLS", function()
+    local c = assert(helpers.connection(port))
+    local t0 = helpers.now()
+    local data, err = c:receive_some(5 * S)
+    assert.is_nil(data)
+    assert.equal("closed", err)
+    assert.is_true(helpers.now() - t0 < 3 * S)
+    c:close()
+    assert.truthy(m:wait_error_log("TLS handshake not done within timeouts.client_header"))
+    local text = helpers.raw(port, "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", { timeout = 3 * S })
+    assert.is_nil(text:find("HTTP/1.1", 1, true))
+    assert.truthy(m:wait_error_log("TLS handshake failed"))
+  end)
+end)
+
+describe("TLS configuration", function()
+  local dir
+
+  lazy_setup(function()
+    dir = helpers.tmpdir("tlsconf")
+    for _, n in ipairs({ "a", "b" }) do
+      local out, code = helpers.sh(string.format(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/%s.key -out %s/%s.pem "
+          .. "-days 30 -subj /CN=%s.test -addext subjectAltName=DNS:%s.test", dir, n, dir, n, n, n))
+      assert(code == 0, out)
+    end
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function check(tls)
+    local src = "return { listen = { { addr = '127.0.0.1:1', tls = " .. tls .. " } },\n"
+      .. "upstreams = { app = { servers = { '127.0.0.1:2' } } }, pid_file = false }\n"
+    local code, out = helpers.run_moxy_check(src)
+    return code, out
+  end
+
+  it("names the file and the key of a missing file, a key that is not the certificate's, a bad cipher list", function()
+    local code, out = check("{ certificates = { { cert = '" .. dir .. "/a.pem', key = '" .. dir .. "/none.key' } } }")
+    assert.equal(1, code)
+    assert.matches("moxy.lua:1: listen[1].tls.certificates[1].key: cannot open key", out, 1, true)
+    code, out = check("{ certificates = { { cert = '" .. dir .. "/a.pem', key = '" .. dir .. "/b.key' } } }")
+    assert.equal(1, code)
+    assert.matches("listen[1].tls.certificates[1].key: " .. dir .. "/b.key does not match the certificate", out, 1, true)
+    code, out = check("{ certificates = { { cert = '" .. dir .. "/a.pem', key = '" .. dir .. "/a.key' } }, ciphers = 'NOPE' }")
+    assert.equal(1, code)
+    assert.matches("listen[1].tls.ciphers: no cipher OpenSSL knows", out, 1, true)
+    code, out = check("{ certificates = { { cert = '" .. dir .. "/a.pem', key = '" .. dir .. "/a.key' } }, protocols = { 'TLSv1.1' } }")
+    assert.equal(1, code)
+    assert.matches("listen[1].tls.protocols[1]: expected \"TLSv1.2\" or \"TLSv1.3\"", out, 1, true)
+    code, out = check("{ certificates = {} }")
+    assert.equal(1, code)
+    assert.matches("listen[1].tls.certificates: at least one", out, 1, true)
+  end)
+
+  it("reloads renewed certificates; a broken one leaves the old ones serving", function()
+    local p = helpers.free_port()
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = "127.0.0.1:" .. p, tls = { certificates = { { cert = dir .. "/a.pem", key = dir .. "/a.key" } } } } },
+    })
+    local function subject()
+      return (helpers.sh(string.format("echo | timeout 5 openssl s_client -connect 127.0.0.1:%d -servername a.test", p)))
+        :match("subject=CN = (%S+)")
+    end
+    assert.equal("a.test", subject())
+    -- renewed: a new key and certificate for the same name, with another common name
+    local out, code = helpers.sh(string.format(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/a.key -out %s/a.pem "
+        .. "-days 30 -subj /CN=renewed.test -addext subjectAltName=DNS:a.test", dir, dir))
+    assert(code == 0, out)
+    m:signal("HUP")
+    assert.equal("renewed.test", helpers.wait_until(function()
+      local s = subject()
+      return s == "renewed.test" and s or nil
+    end, 5 * S, 0.1))
+    -- a key that does not match: the reload fails, the renewed one serves on
+    os.execute(string.format("cp %s/b.key %s/a.key", dir, dir))
+    m:signal("HUP")
+    assert.truthy(m:wait_error_log("does not match the certificate", 5 * S))
+    assert.equal("renewed.test", subject())
+  end)
+end)
