@@ -2,6 +2,7 @@
  * ffi.c -- the FFI exports of ffi.h.
  */
 #include "api/ffi.h"
+#include "net/tls.h"
 #include "base/headers.h"
 #include "http/http.h"
 #include "base/log.h"
@@ -23,6 +24,18 @@ EXPORT int moxy_ffi_abi_version(void)
 static moxy_headers_t *list_of(moxy_req_t *r, int which)
 {
     return which ? &r->resp_headers : &r->headers;
+}
+
+EXPORT int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out)
+{
+    const moxy_tls_info_t *t = r->tls;
+    if (!t) return MOXY_DECLINED;
+    out->sni = t->sni;
+    out->version = t->version;
+    out->cipher = t->cipher;
+    out->alpn = t->alpn;
+    out->resumed = t->resumed;
+    return MOXY_OK;
 }
 
 EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len)

@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 16
+#define MOXY_FFI_ABI 17
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -28,6 +28,17 @@ int moxy_ffi_abi_version(void);
 /* A field of the request (MOXY_FFI_F_*): a pointer into request memory, valid
  * until the request ends.  MOXY_DECLINED when absent (e.g. no query). */
 int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len);
+
+/* What the TLS connection of a request negotiated (txn.client.tls); the
+ * strings are valid until the request ends, NULL when absent. */
+typedef struct {
+    const char *sni, *version, *cipher, *alpn;
+    int resumed;
+} moxy_ffi_tls_t;
+
+/* r's TLS facts into *out: MOXY_OK, or MOXY_DECLINED when r did not come
+ * over TLS. */
+int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out);
 
 /* Value of the index-th (0-based) header called name, in the request
  * (which = 0) or response (which = 1) headers.  MOXY_DECLINED: none. */

@@ -238,6 +238,7 @@ struct moxy_req_s {
     unsigned refs;         /* references (its maker's first): its memory goes with the last */
     unsigned over : 1;     /* moxy_req_end ran */
     unsigned https : 1;    /* it came over TLS */
+    const struct moxy_tls_info_s *tls; /* what its TLS connection negotiated (net/tls.h), in mem; or NULL */
     moxy_worker_t *w;      /* the worker it runs on */
     const moxy_stream_ops_t *stream; /* its protocol's side of it */
     void *stream_ctx;      /* for stream's calls; NULL once it outlived its connection */

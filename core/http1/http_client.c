@@ -101,7 +101,16 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
     moxy_req_t *r = moxy_req_new(c->w, g, listen_index);
     if (!r) return NULL;
     r->addr = &c->addr;
-    r->https = c->conn.t == &moxy_transport_tls;
+    moxy_tls_info_t info;
+    if (moxy_tls_info(&c->conn, &info)) { /* kept with the request: it may outlive c */
+        moxy_tls_info_t *t = moxy_palloc(&r->mem, sizeof(*t));
+        if (t) {
+            *t = info;
+            t->sni = info.sni ? moxy_pstrdup(&r->mem, info.sni, strlen(info.sni)) : NULL;
+            r->tls = t;
+        }
+        r->https = 1;
+    }
     r->stream = &stream_ops;
     r->stream_ctx = c;
     c->req = r;

@@ -53,7 +53,7 @@ int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from)
 int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why);
 
 /* What a TLS connection negotiated (NULL / 0 for a plain one). */
-typedef struct {
+typedef struct moxy_tls_info_s {
     const char *sni;     /* the name the client asked for, or NULL */
     const char *version; /* "TLSv1.3" */
     const char *cipher;  /* "TLS_AES_128_GCM_SHA256" */

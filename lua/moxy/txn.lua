@@ -7,6 +7,11 @@ ffi.cdef [[
 typedef struct moxy_req_s moxy_req_t;
 int moxy_ffi_abi_version(void);
 int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len);
+typedef struct {
+    const char *sni, *version, *cipher, *alpn;
+    int resumed;
+} moxy_ffi_tls_t;
+int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out);
 int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen, int index,
                         const char **val, size_t *vlen);
 int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
@@ -34,7 +39,7 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 16
+local ABI = 17
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -242,9 +247,25 @@ local function geo()
   return geo_proxy
 end
 
+local tls_out = ffi.new("moxy_ffi_tls_t[1]")
+
+local function cstr(p)
+  if p == nil then return nil end
+  return ffi.string(p)
+end
+
+-- txn.client.tls: what the client's TLS connection negotiated, nil over plain HTTP
+local function client_tls()
+  if C.moxy_ffi_req_tls(req_ptr(), tls_out) ~= OK then return nil end
+  local t = tls_out[0]
+  return { sni = cstr(t.sni), version = cstr(t.version), cipher = cstr(t.cipher), alpn = cstr(t.alpn),
+           resumed = t.resumed ~= 0 }
+end
+
 local client = setmetatable({}, {
   __index = function(_, k)
     if k == "ip" then return field(req_ptr(), F.client_ip) end
+    if k == "tls" then return client_tls() end
     if k == "geo" then return geo() end
     if k == "port" then
       local port = C.moxy_ffi_client_port(req_ptr(), 0)

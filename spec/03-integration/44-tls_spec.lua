@@ -69,7 +69,12 @@ describe("TLS listener", function()
       },
       scripts = { "scheme.lua" },
     }, { files = { ["scheme.lua"] = [[
-      return { on_response = function(txn) txn.resp.headers:set("X-Scheme", txn.req.scheme) end }
+      return { on_response = function(txn)
+        txn.resp.headers:set("X-Scheme", txn.req.scheme)
+        local t = txn.client.tls
+        txn.resp.headers:set("X-TLS", t and table.concat({ t.version, t.cipher, tostring(t.sni), tostring(t.alpn),
+          tostring(t.resumed) }, " ") or "none")
+      end }
     ]] } })
   end)
 
@@ -127,7 +132,7 @@ describe("TLS listener", function()
     assert.matches("listener .*TLS handshake failed", m:error_text())
   end)
 
-  it("carries keep-alive requests and large bodies, selects http/1.1 by ALPN, and txn.req.scheme says https", function()
+  it("carries keep-alive requests and large bodies, selects http/1.1 by ALPN; txn.req.scheme and txn.client.tls say how", function()
     local out = helpers.sh(string.format(
       "timeout %d curl -sS -k --resolve a.test:%d:127.0.0.1 -w '%%{http_code} %%{num_connects} %%{http_version} %%{size_download}\\n' "
         .. "-o /dev/null https://a.test:%d/bytes/1048576 -o /dev/null https://a.test:%d/echo/2 -D -",
@@ -135,8 +140,10 @@ describe("TLS listener", function()
     assert.matches("200 1 1.1 1048576", out, 1, true)
     assert.matches("200 0 1.1 %d+", out) -- the second request on the same connection
     assert.matches("[Xx]%-[Ss]cheme: https", out)
+    assert.matches("[Xx]%-TLS: TLSv1.3 TLS_AES_128_GCM_SHA256 a.test http/1.1 false", out)
     local res = assert(helpers.request(plain_port, { path = "/echo/p" }))
     assert.equal("http", res:header("x-scheme"))
+    assert.equal("none", res:header("x-tls"))
     assert.matches("ALPN protocol: http/1.1", s_client(port, "-servername a.test -alpn h2,http/1.1"), 1, true)
   end)
 
@@ -216,6 +223,22 @@ describe("TLS configuration", function()
     code, out = check("{ certificates = {} }")
     assert.equal(1, code)
     assert.matches("listen[1].tls.certificates: at least one", out, 1, true)
+  end)
+
+  it("warns at load about a certificate that expires within 14 days, with its date", function()
+    local out, code = helpers.sh(string.format(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/soon.key -out %s/soon.pem "
+        .. "-days 5 -subj /CN=soon.test -addext subjectAltName=DNS:soon.test", dir, dir))
+    assert(code == 0, out)
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = "127.0.0.1:" .. helpers.free_port(), name = "edge",
+                   tls = { certificates = { { cert = dir .. "/soon.pem", key = dir .. "/soon.key" } } } } },
+    })
+    local line = m:wait_error_log("the certificate for soon.test expires on", 5 * S)
+    assert.truthy(line)
+    assert.matches("listener edge: .*expires on %d%d%d%d%-%d%d%-%d%d .*UTC %(in [45] days%)", line)
   end)
 
   it("reloads renewed certificates; a broken one leaves the old ones serving", function()
