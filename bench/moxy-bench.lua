@@ -57,7 +57,12 @@ end
 
 return {
   workers = tonumber(env("MOXY_WORKERS", "1")),
-  listen = { "127.0.0.1:" .. listen_port },
+  -- MOXY_BENCH_TLS_CERT / _KEY (bench/tls.sh): the listener terminates TLS
+  listen = { os.getenv("MOXY_BENCH_TLS_CERT")
+             and { addr = "127.0.0.1:" .. listen_port,
+                   tls = { certificates = { { cert = os.getenv("MOXY_BENCH_TLS_CERT"),
+                                              key = env("MOXY_BENCH_TLS_KEY") } } } }
+             or "127.0.0.1:" .. listen_port },
   upstreams = {
     origin = {
       servers = { "127.0.0.1:" .. origin_port },

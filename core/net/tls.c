@@ -459,6 +459,9 @@ static SSL_CTX *ctx_new(const moxy_tls_conf_t *tc, const char *where, FILE *err)
         SSL_CTX_free(ctx);
         return NULL;
     }
+    /* read whole records (and what follows them) in one recv, not the
+     * header and the body apart: readers see it through moxy_conn_pending */
+    SSL_CTX_set_read_ahead(ctx, 1);
     static const unsigned char sid[] = "moxy";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# bench/tls.sh -- TLS termination, moxy and nginx side by side.
+#
+# Both proxies terminate TLS with the same certificate (ECDSA P-256, then
+# RSA 2048), the same protocols (TLS 1.2 and 1.3) and ciphers, one worker
+# each on PROXY_CPUS, in front of one nginx origin (bench/nginx-origin.conf)
+# on ORIGIN_CPUS, wrk on WRK_CPUS; moxy runs bench/moxy-bench.lua (the usual
+# hook), nginx bench/nginx-proxy.conf with ssl.  Per key type and run, in
+# alternating order:
+#   keepalive   req/s of GET /small (100 B) over 50 kept-alive TLS connections
+#   handshake   req/s of GET /small with "Connection: close": a full TLS 1.3
+#               handshake per request, 50 at a time
+# and prints each ratio moxy/nginx as a median of RUNS.
+#
+#   RUNS [5] DURATION [8] seconds per measurement, MOXY_BIN [./moxy],
+#   PROXY_CPUS [0] ORIGIN_CPUS [1] WRK_CPUS [1]
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-8}
+MOXY_BIN=${MOXY_BIN:-$REPO_DIR/moxy}
+PROXY_CPUS=${PROXY_CPUS:-0}
+ORIGIN_CPUS=${ORIGIN_CPUS:-1}
+WRK_CPUS=${WRK_CPUS:-1}
+NOFILE=65536
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "tls.sh: $*"; exit 1; }
+for t in nginx wrk openssl curl taskset; do command -v $t >/dev/null || die "needs $t (tools/deps.sh bench)"; done
+[[ -x $MOXY_BIN ]] || die "no moxy binary at $MOXY_BIN (make)"
+
+SCRATCH=$(mktemp -d /tmp/moxy-tls-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+render() {
+    local tpl=$1 out=$2 kv args=()
+    shift 2
+    for kv in "$@"; do args+=(-e "s|@@${kv%%=*}@@|${kv#*=}|g"); done
+    sed "${args[@]}" "$tpl" >"$out"
+}
+wait_https() { # PORT : until GET /small answers 200 over TLS
+    for _ in $(seq 100); do
+        [[ $(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$1/small" 2>/dev/null) == 200 ]] && return 0
+        sleep 0.1
+    done
+    die "nothing answers https on :$1"
+}
+
+# the origin
+mkdir -p "$SCRATCH/www" "$SCRATCH/origin/tmp"
+head -c 100 /dev/urandom | base64 | head -c 100 >"$SCRATCH/www/small"
+head -c 1048576 /dev/urandom >"$SCRATCH/www/large.bin"
+ORIGIN_PORT=$(free_port)
+render "$BENCH_DIR/nginx-origin.conf" "$SCRATCH/origin/nginx.conf" PORT="$ORIGIN_PORT" DIR="$SCRATCH/origin" \
+    WWW="$SCRATCH/www" NOFILE="$NOFILE" WORKER_CONNS="$NOFILE" NAME=origin
+taskset -c "$ORIGIN_CPUS" nginx -p "$SCRATCH/origin" -e "$SCRATCH/origin/error.log" \
+    -c "$SCRATCH/origin/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+# certificates
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$SCRATCH/ecdsa.key" -out "$SCRATCH/ecdsa.pem" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test -keyout "$SCRATCH/rsa.key" -out "$SCRATCH/rsa.pem" 2>/dev/null
+
+CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
+CIPHERS+=":ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+start_nginx() { # KEY PORT
+    local d="$SCRATCH/nginx-$1"
+    mkdir -p "$d/tmp"
+    render "$BENCH_DIR/nginx-proxy.conf" "$d/nginx.conf" PORT="$2" DIR="$d" NOFILE="$NOFILE" \
+        WORKER_CONNS="$NOFILE" ORIGIN_PORT="$ORIGIN_PORT" EDGE_NAME=nginx NAME=nginx
+    # the same listener with TLS, as moxy's defaults
+    sed -i "s|listen 127.0.0.1:$2 backlog=4096;|listen 127.0.0.1:$2 ssl backlog=4096;\n\
+        ssl_certificate $SCRATCH/$1.pem; ssl_certificate_key $SCRATCH/$1.key;\n\
+        ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers $CIPHERS; ssl_prefer_server_ciphers on;\n\
+        ssl_ecdh_curve X25519:prime256v1; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;|" \
+        "$d/nginx.conf"
+    taskset -c "$PROXY_CPUS" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+    LAST=$!
+}
+
+start_moxy() { # KEY PORT
+    LISTEN_PORT=$2 ORIGIN_PORT=$ORIGIN_PORT MOXY_BENCH_TLS_CERT="$SCRATCH/$1.pem" MOXY_BENCH_TLS_KEY="$SCRATCH/$1.key" \
+        taskset -c "$PROXY_CPUS" "$MOXY_BIN" -c "$BENCH_DIR/moxy-bench.lua" >"$SCRATCH/moxy-$1.log" 2>&1 &
+    PIDS+=($!)
+    LAST=$!
+}
+
+wrk_rps() { # PORT EXTRA... : requests per second
+    taskset -c "$WRK_CPUS" timeout -k 5 $((DURATION + 30)) wrk -t1 -c50 -d"${DURATION}s" "$@" \
+        | awk '/^Requests\/sec/ { print $2 }'
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+for key in ecdsa rsa; do
+    np=$(free_port) mp=$(free_port)
+    start_nginx "$key" "$np"
+    npid=$LAST
+    start_moxy "$key" "$mp"
+    mpid=$LAST
+    wait_https "$np"
+    wait_https "$mp"
+    : >"$SCRATCH/ka.ratios"
+    : >"$SCRATCH/hs.ratios"
+    for run in $(seq "$RUNS"); do
+        order="nginx moxy"
+        ((run % 2 == 0)) && order="moxy nginx"
+        declare -A ka=() hs=()
+        for who in $order; do
+            port=$np
+            [[ $who == moxy ]] && port=$mp
+            ka[$who]=$(wrk_rps "https://127.0.0.1:$port/small")
+            hs[$who]=$(wrk_rps -H "Connection: close" "https://127.0.0.1:$port/small")
+        done
+        log "$key run $run: keepalive moxy ${ka[moxy]} nginx ${ka[nginx]} req/s;" \
+            "handshake moxy ${hs[moxy]} nginx ${hs[nginx]} req/s"
+        awk -v a="${ka[moxy]}" -v b="${ka[nginx]}" 'BEGIN { printf "%.3f\n", a / b }' >>"$SCRATCH/ka.ratios"
+        awk -v a="${hs[moxy]}" -v b="${hs[nginx]}" 'BEGIN { printf "%.3f\n", a / b }' >>"$SCRATCH/hs.ratios"
+    done
+    echo "$key: moxy/nginx keep-alive TLS req/s = $(median <"$SCRATCH/ka.ratios") (median of $RUNS, range" \
+        "$(sort -g "$SCRATCH/ka.ratios" | head -1)-$(sort -g "$SCRATCH/ka.ratios" | tail -1))"
+    echo "$key: moxy/nginx full handshakes/s     = $(median <"$SCRATCH/hs.ratios") (median of $RUNS, range" \
+        "$(sort -g "$SCRATCH/hs.ratios" | head -1)-$(sort -g "$SCRATCH/hs.ratios" | tail -1))"
+    kill "$npid" "$mpid" 2>/dev/null || true
+    wait "$npid" "$mpid" 2>/dev/null || true
+done
