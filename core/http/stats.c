@@ -90,5 +90,10 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
         out->budget_kills += LOAD(st->budget_kills);
         out->cache_hits += LOAD(st->cache_hits);
         out->cache_misses += LOAD(st->cache_misses);
+        for (int k = 0; k < 2; k++) {
+            out->tls_handshakes[k] += LOAD(st->tls_handshakes[k]);
+            out->tls_versions[k] += LOAD(st->tls_versions[k]);
+        }
+        for (int k = 0; k < MOXY_STATS_TLS_FAILS; k++) out->tls_failures[k] += LOAD(st->tls_failures[k]);
     }
 }

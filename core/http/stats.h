@@ -13,6 +13,7 @@
 
 #include <stdatomic.h>
 
+#define MOXY_STATS_TLS_FAILS 8 /* at least net/tls.h's MOXY_TLS_FAIL_N */
 #define MOXY_HIST_BUCKETS 13 /* upper bounds (whole µs) in stats.c, then +Inf */
 
 /* A latency histogram: counts per bucket (not cumulative) and the sum. */
@@ -46,6 +47,9 @@ typedef struct {
     atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
     atomic_ullong cache_hits;   /* cache lookups answered from the cache */
     atomic_ullong cache_misses; /* cache lookups that went to the origin */
+    atomic_ullong tls_handshakes[2];  /* completed TLS handshakes: [0] full, [1] resumed */
+    atomic_ullong tls_versions[2];    /* of those, [0] TLS 1.2, [1] TLS 1.3 */
+    atomic_ullong tls_failures[MOXY_STATS_TLS_FAILS]; /* failed, by net/tls.h's MOXY_TLS_FAIL_* */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
@@ -58,6 +62,7 @@ typedef struct {
     unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
     unsigned long long lua_errors, budget_kills;
     unsigned long long cache_hits, cache_misses; /* cache lookups */
+    unsigned long long tls_handshakes[2], tls_versions[2], tls_failures[MOXY_STATS_TLS_FAILS];
 } moxy_stats_total_t;
 
 /* Add n to a counter only its worker writes (no locked instruction). */

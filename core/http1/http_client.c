@@ -718,8 +718,10 @@ static int client_tls_step(moxy_client_t *c)
     }
     short want = 0;
     const char *why = NULL;
-    int rc = moxy_tls_handshake(&c->conn, &want, &why);
+    int kind = MOXY_TLS_FAIL_OTHER;
+    int rc = moxy_tls_handshake(&c->conn, &want, &why, &kind);
     if (rc == MOXY_ERROR) {
+        MOXY_STAT_ADD(c->w->stats.tls_failures[kind], 1);
         moxy_log(MOXY_LOG_INFO, NULL, "listener %s: client %s:%u: TLS handshake failed: %s",
                  c->s.listen_index >= 0 ? c->w->g->conf->listens[c->s.listen_index].name : "-", c->addr.sock_ip,
                  c->addr.sock_port, why);
@@ -737,6 +739,11 @@ static int client_tls_step(moxy_client_t *c)
     }
     if (rc == MOXY_AGAIN) return MOXY_AGAIN;
     c->tls_wait = 0;
+    moxy_tls_info_t info;
+    if (moxy_tls_info(&c->conn, &info)) {
+        MOXY_STAT_ADD(c->w->stats.tls_handshakes[info.resumed ? 1 : 0], 1);
+        MOXY_STAT_ADD(c->w->stats.tls_versions[strcmp(info.version, "TLSv1.3") == 0], 1);
+    }
     /* a request sent with the handshake's last flight raises no event */
     if (moxy_conn_pending(&c->conn)) event_active(&c->rev, EV_READ, 1);
     return MOXY_AGAIN;
@@ -908,6 +915,7 @@ static void client_timeout(moxy_client_t *c)
             return;
         }
         if (c->tls_wait) {
+            MOXY_STAT_ADD(c->w->stats.tls_failures[MOXY_TLS_FAIL_TIMEOUT], 1);
             moxy_log(MOXY_LOG_INFO, NULL, "client %s:%u: TLS handshake not done within timeouts.client_header",
                      c->addr.sock_ip, c->addr.sock_port);
             moxy_client_close(c);

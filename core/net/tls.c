@@ -294,7 +294,34 @@ int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from)
     return MOXY_OK;
 }
 
-int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why)
+const char *const moxy_tls_fail_names[MOXY_TLS_FAIL_N] = {
+    "protocol", "cipher", "name", "http", "closed", "timeout", "other",
+};
+
+/* The MOXY_TLS_FAIL_* of OpenSSL's reason code r. */
+static int fail_kind(int r)
+{
+    switch (r) {
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_VERSION_TOO_LOW:
+        return MOXY_TLS_FAIL_PROTOCOL;
+    case SSL_R_NO_SHARED_CIPHER:
+    case SSL_R_NO_SHARED_GROUPS:
+    case SSL_R_NO_SUITABLE_KEY_SHARE:
+    case SSL_R_NO_SHARED_SIGNATURE_ALGORITHMS:
+    case SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM:
+        return MOXY_TLS_FAIL_CIPHER;
+    case SSL_R_CALLBACK_FAILED: /* on_servername refused the name */
+        return MOXY_TLS_FAIL_NAME;
+    case SSL_R_HTTP_REQUEST:
+        return MOXY_TLS_FAIL_HTTP;
+    default:
+        return MOXY_TLS_FAIL_OTHER;
+    }
+}
+
+int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind)
 {
     tls_conn_t *t = c->ctx;
     errno = 0;
@@ -314,7 +341,11 @@ int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why)
     }
     unsigned long code = ERR_peek_last_error();
     const char *r = code ? ERR_reason_error_string(code) : NULL;
-    if (e == SSL_ERROR_SYSCALL) r = errno ? strerror(errno) : "the client closed";
+    *kind = code ? fail_kind(ERR_GET_REASON(code)) : MOXY_TLS_FAIL_OTHER;
+    if (e == SSL_ERROR_SYSCALL) {
+        r = errno ? strerror(errno) : "the client closed";
+        *kind = MOXY_TLS_FAIL_CLOSED;
+    }
     *why = r ? r : "handshake failed";
     ERR_clear_error();
     return MOXY_ERROR;
@@ -700,6 +731,20 @@ moxy_tls_server_t *moxy_tls_server_hold(moxy_tls_server_t *s)
 void moxy_tls_server_free(moxy_tls_server_t *s)
 {
     if (s) SSL_CTX_free(s->groups[0].ctx); /* s goes with it, once no SSL holds it */
+}
+
+long long moxy_tls_server_expiry(const moxy_tls_server_t *s)
+{
+    long long soonest = 0;
+    for (int i = 0; i < s->ngroups; i++) {
+        for (int k = 0; k < s->groups[i].ncerts; k++) {
+            struct tm tm;
+            if (!ASN1_TIME_to_tm(X509_get0_notAfter(s->groups[i].certs[k]), &tm)) continue;
+            long long t = (long long)timegm(&tm);
+            if (!soonest || t < soonest) soonest = t;
+        }
+    }
+    return soonest;
 }
 
 long long moxy_tls_server_check_expiry(const moxy_tls_server_t *s, const char *listener)

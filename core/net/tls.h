@@ -42,15 +42,34 @@ void moxy_tls_server_free(moxy_tls_server_t *s);
  * logged; the soonest expiry (seconds since the epoch). */
 long long moxy_tls_server_check_expiry(const moxy_tls_server_t *s, const char *listener);
 
+/* The soonest expiry of s's certificates (seconds since the epoch), quietly. */
+long long moxy_tls_server_expiry(const moxy_tls_server_t *s);
+
 /* c (plain, its socket open) becomes a TLS server connection of s; the
  * bytes of from (read from the socket already) are moved in and read
  * first.  MOXY_OK, or MOXY_ERROR (out of memory; c unchanged). */
 int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from);
 
+/* Why a handshake failed, as counted (moxy_tls_handshake's *kind). */
+enum {
+    MOXY_TLS_FAIL_PROTOCOL = 0, /* no protocol version in common (TLS 1.0, 1.1) */
+    MOXY_TLS_FAIL_CIPHER,       /* no cipher, group or signature in common */
+    MOXY_TLS_FAIL_NAME,         /* a name no certificate serves, refused */
+    MOXY_TLS_FAIL_HTTP,         /* plain HTTP sent to a TLS listener */
+    MOXY_TLS_FAIL_CLOSED,       /* the client closed or reset in the middle */
+    MOXY_TLS_FAIL_TIMEOUT,      /* not done within timeouts.client_header */
+    MOXY_TLS_FAIL_OTHER,        /* anything else (a malformed message, ...) */
+    MOXY_TLS_FAIL_N
+};
+
+/* The names of MOXY_TLS_FAIL_* ("protocol", ...), for metrics. */
+extern const char *const moxy_tls_fail_names[MOXY_TLS_FAIL_N];
+
 /* Go on with c's handshake: MOXY_OK when it is done; MOXY_AGAIN when it
  * waits for the socket to be readable (*want EV_READ) or writable
- * (EV_WRITE); MOXY_ERROR when it failed (*why: a reason for the log). */
-int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why);
+ * (EV_WRITE); MOXY_ERROR when it failed (*why: a reason for the log,
+ * *kind: MOXY_TLS_FAIL_*). */
+int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind);
 
 /* What a TLS connection negotiated (NULL / 0 for a plain one). */
 typedef struct moxy_tls_info_s {

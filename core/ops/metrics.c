@@ -9,6 +9,8 @@
 #include "base/shared_dict.h"
 #include "proxy/upstream.h"
 #include "ops/workers.h"
+#include "net/tls.h"
+#include "http/stats.h"
 
 #include <event2/buffer.h>
 #include <stddef.h>
@@ -238,6 +240,38 @@ static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
     }
 }
 
+/* TLS: handshakes by kind and version, failures by reason, certificates'
+ * expiry per listener (of the generation serving). */
+_Static_assert(MOXY_TLS_FAIL_N <= MOXY_STATS_TLS_FAILS, "stats.h counts fewer TLS failure reasons than tls.h has");
+
+static void render_tls(struct evbuffer *out, const moxy_stats_total_t *tot, const moxy_conf_t *conf)
+{
+    const moxy_gen_t *gen = moxy_gen_current();
+    int any = 0;
+    for (int i = 0; i < conf->nlistens; i++) any |= conf->listens[i].tls != NULL;
+    if (!any) return;
+    head(out, "moxy_tls_handshakes_total", "counter", "TLS handshakes done with clients, full or resumed.");
+    evbuffer_add_printf(out, "moxy_tls_handshakes_total{kind=\"full\"} %llu\n"
+                             "moxy_tls_handshakes_total{kind=\"resumed\"} %llu\n",
+                        tot->tls_handshakes[0], tot->tls_handshakes[1]);
+    head(out, "moxy_tls_handshakes_by_version_total", "counter", "TLS handshakes done with clients, by version.");
+    evbuffer_add_printf(out, "moxy_tls_handshakes_by_version_total{version=\"TLSv1.2\"} %llu\n"
+                             "moxy_tls_handshakes_by_version_total{version=\"TLSv1.3\"} %llu\n",
+                        tot->tls_versions[0], tot->tls_versions[1]);
+    head(out, "moxy_tls_handshake_failures_total", "counter", "TLS handshakes with clients that failed, by reason.");
+    for (int k = 0; k < MOXY_TLS_FAIL_N; k++)
+        evbuffer_add_printf(out, "moxy_tls_handshake_failures_total{reason=\"%s\"} %llu\n", moxy_tls_fail_names[k],
+                            tot->tls_failures[k]);
+    head(out, "moxy_tls_certificate_expiry_seconds", "gauge",
+         "When the listener's certificate that expires first expires (Unix time).");
+    for (int i = 0; gen && gen->conf == conf && gen->tls && i < conf->nlistens; i++) {
+        if (!gen->tls[i]) continue;
+        evbuffer_add(out, "moxy_tls_certificate_expiry_seconds{listener=\"", 46);
+        put_label(out, conf->listens[i].name);
+        evbuffer_add_printf(out, "\"} %lld\n", moxy_tls_server_expiry(gen->tls[i]));
+    }
+}
+
 int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
                         double uptime)
 {
@@ -275,5 +309,6 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
     render_cache(out, &tot);
+    render_tls(out, &tot, conf);
     return MOXY_OK;
 }

@@ -62,6 +62,7 @@ describe("TLS listener", function()
     m = helpers.start_moxy({
       upstreams = { app = { servers = { origin.addr } } },
       timeouts = { client_header = 1 },
+      admin = {},
       listen = {
         { addr = "127.0.0.1:" .. port, tls = conf() },
         "127.0.0.1:" .. plain_port,
@@ -147,6 +148,24 @@ describe("TLS listener", function()
     assert.matches("ALPN protocol: http/1.1", s_client(port, "-servername a.test -alpn h2,http/1.1"), 1, true)
   end)
 
+  it("reads large request bodies and pipelined requests that come in one record", function()
+    local f = dir .. "/upload"
+    helpers.write_file(f, string.rep("0123456789abcdef", 131072)) -- 2 MiB
+    local sum = helpers.sh("sha256sum " .. f):match("^(%x+)")
+    local body, code = curl(port, "a.test", "/echo/up", "a", "--data-binary @" .. f)
+    assert.equal(200, code, body)
+    assert.matches('"body_length": 2097152', body, 1, true)
+    assert.matches('"body_sha256": "' .. sum .. '"', body, 1, true)
+    -- three requests in one write: one TLS record, all answered in order
+    local out = helpers.sh(string.format("(printf 'GET /echo/1 HTTP/1.1\r\nHost: a.test\r\n\r\n"
+      .. "GET /echo/2 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /echo/3 HTTP/1.1\r\nHost: a.test\r\n"
+      .. "Connection: close\r\n\r\n'; sleep 2) | timeout %d openssl s_client -quiet -connect 127.0.0.1:%d "
+      .. "-servername a.test 2>/dev/null", math.ceil(10 * S), port))
+    local uris = {}
+    for u in out:gmatch('"uri": "([^"]+)"') do uris[#uris + 1] = u end
+    assert.same({ "/echo/1", "/echo/2", "/echo/3" }, uris)
+  end)
+
   it("resumes sessions: by ticket (TLS 1.2 and 1.3) and by session id (TLS 1.2)", function()
     local sess = dir .. "/sess"
     for _, case in ipairs({ "-tls1_2", "-tls1_2 -no_ticket", "-tls1_3" }) do
@@ -157,6 +176,26 @@ describe("TLS listener", function()
       local again = s_client(port, "-servername b.test " .. case .. " -sess_in " .. sess)
       assert.matches("\nReused, TLSv1", again, 1, true, case)
     end
+  end)
+
+  it("counts handshakes by kind and version, failures by reason, and shows when certificates expire", function()
+    s_client(port, "-servername a.test -tls1_2")
+    s_client(port, "-servername a.test -cipher DEFAULT@SECLEVEL=0 -tls1_1")
+    s_client(strict_port, "-servername nobody.test")
+    local metrics
+    local function value(pattern)
+      return tonumber(metrics:match(pattern:gsub("[%{%}%.%-\"]", "%%%0") .. " (%d+)"))
+    end
+    assert.truthy(helpers.wait_until(function()
+      local res = helpers.request(m.admin_port, { path = "/metrics" })
+      metrics = res and res.body or ""
+      return (value('moxy_tls_handshake_failures_total{reason="name"}') or 0) >= 1 and
+             (value('moxy_tls_handshakes_by_version_total{version="TLSv1.2"}') or 0) >= 1
+    end, 5 * S, 0.1), metrics)
+    assert.is_true(value('moxy_tls_handshakes_total{kind="full"}') >= 2)
+    assert.is_true(value('moxy_tls_handshake_failures_total{reason="protocol"}') >= 1)
+    local expiry = value('moxy_tls_certificate_expiry_seconds{listener="127.0.0.1:' .. port .. '"}')
+    assert.is_true(expiry > os.time() + 25 * 86400 and expiry < os.time() + 31 * 86400, tostring(expiry))
   end)
 
   it("reads a PROXY protocol header before the handshake", function()
