@@ -252,6 +252,22 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         moxy_upstream_conf_t *up = &c->upstreams[i];
         up->name = field_str(L, u, "name");
         up->host = field_str(L, u, "host");
+        lua_getfield(L, u, "tls");
+        if (lua_istable(L, -1)) {
+            int t = lua_gettop(L);
+            moxy_tls_origin_conf_t *tc = calloc(1, sizeof(*tc));
+            if (!tc) {
+                fprintf(err, "%s: upstreams.%s.tls: out of memory\n", c->path, up->name);
+                return MOXY_ERROR;
+            }
+            tc->verify = field_bool(L, t, "verify");
+            tc->ca = field_str(L, t, "ca");
+            tc->name = field_str(L, t, "name");
+            tc->client_cert = field_str(L, t, "client_cert");
+            tc->client_key = field_str(L, t, "client_key");
+            up->tls = tc;
+        }
+        lua_pop(L, 1);
         up->keepalive = (int)field_num(L, u, "keepalive", 64);
         up->keepalive_timeout = field_num(L, u, "keepalive_timeout", 60);
         up->tries = (int)field_num(L, u, "tries", 2);
@@ -546,6 +562,13 @@ void moxy_conf_release(moxy_conf_t *c)
         free(u->servers);
         free(u->name);
         free(u->host);
+        if (u->tls) {
+            free(u->tls->ca);
+            free(u->tls->name);
+            free(u->tls->client_cert);
+            free(u->tls->client_key);
+            free(u->tls);
+        }
         free(u->health.method);
         free(u->health.path);
         free(u->health.host);

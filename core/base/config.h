@@ -139,6 +139,15 @@ enum {
 /* Active health checks of a pool (health = {...}). */
 enum { MOXY_CHECK_NONE = 0, MOXY_CHECK_HTTP, MOXY_CHECK_TCP };
 
+/* A pool's `tls`: moxy speaks TLS to its servers. */
+typedef struct {
+    int verify;        /* check the server's certificate (chain and name) */
+    char *ca;          /* PEM file of the CAs to trust, NULL: the system's */
+    char *name;        /* the name asked for (SNI) and verified, NULL: each server's own */
+    char *client_cert; /* a certificate (and chain) to present, and its key; NULL: none */
+    char *client_key;
+} moxy_tls_origin_conf_t;
+
 typedef struct {
     char *name;
     moxy_server_conf_t *servers;
@@ -146,6 +155,8 @@ typedef struct {
     int keepalive;            /* idle connections kept per worker */
     double keepalive_timeout; /* seconds an idle connection is kept */
     char *host;               /* Host sent to this pool, NULL: the client's */
+    moxy_tls_origin_conf_t *tls; /* NULL: plain HTTP to its servers */
+    struct moxy_tls_client_s *tls_client; /* tls made ready (net/tls.h), by the generation that loads it */
     int balance;              /* MOXY_BAL_* */
     int tries;                /* peers a retryable request may try */
     double retry_timeout;     /* seconds from the first try after which none starts; 0: no limit */

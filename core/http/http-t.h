@@ -458,7 +458,9 @@ struct moxy_upconn_s {
     struct evbuffer *out;
     struct moxy_h1_resp_s *resp; /* its response parser (http1/origin_codec.h), allocated with it */
     moxy_req_t *req;            /* the request it serves, NULL while idle */
-    unsigned connected : 1;
+    unsigned connected : 1;     /* its transport is ready: TCP connected (and TLS done) */
+    unsigned tls_wait : 1;      /* connected, its TLS handshake under way */
+    unsigned tcp_up : 1;        /* its connect() succeeded at once; not ready yet */
     unsigned reused : 1;        /* served an earlier request */
     unsigned got_bytes : 1;     /* any response byte for the current request */
     unsigned keepalive : 1;     /* may be reused after this response, as far as moxy goes */

@@ -343,9 +343,12 @@ int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind)
     const char *r = code ? ERR_reason_error_string(code) : NULL;
     *kind = code ? fail_kind(ERR_GET_REASON(code)) : MOXY_TLS_FAIL_OTHER;
     if (e == SSL_ERROR_SYSCALL) {
-        r = errno ? strerror(errno) : "the client closed";
+        r = errno ? strerror(errno) : "the peer closed";
         *kind = MOXY_TLS_FAIL_CLOSED;
     }
+    long vr = SSL_get_verify_result(t->ssl);
+    if (!SSL_is_server(t->ssl) && vr != X509_V_OK) r = X509_verify_cert_error_string(vr); /* why the origin's
+                                                                                             certificate fails */
     *why = r ? r : "handshake failed";
     ERR_clear_error();
     return MOXY_ERROR;
@@ -365,6 +368,103 @@ int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info)
     info->alpn = alen == 8 && memcmp(alpn, "http/1.1", 8) == 0 ? "http/1.1" : NULL;
     info->resumed = SSL_session_reused(t->ssl);
     return 1;
+}
+
+/* --- TLS to origins --- */
+
+static void ssl_fail(FILE *err, const char *prefix);
+
+int moxy_tls_connect(moxy_conn_t *c, moxy_tls_client_t *cl, const char *sni, const char *host)
+{
+    SSL_CTX *ctx = (SSL_CTX *)cl;
+    tls_conn_t *t = calloc(1, sizeof(*t));
+    if (!t) return MOXY_ERROR;
+    t->fd = c->fd;
+    t->ssl = SSL_new(ctx);
+    BIO *b = t->ssl ? BIO_new(bio_method) : NULL;
+    int ok = b != NULL;
+    if (ok && sni) ok = SSL_set_tlsext_host_name(t->ssl, sni) == 1;
+    if (ok && host && SSL_CTX_get_verify_mode(ctx) != SSL_VERIFY_NONE) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        /* an IP address is checked against the certificate's IP names */
+        ok = X509_VERIFY_PARAM_set1_ip_asc(vp, host) == 1 || X509_VERIFY_PARAM_set1_host(vp, host, 0) == 1;
+    }
+    if (!ok) {
+        BIO_free(b);
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return MOXY_ERROR;
+    }
+    ERR_clear_error(); /* set1_ip_asc's refusal of a name */
+    BIO_set_data(b, t);
+    SSL_set_bio(t->ssl, b, b);
+    SSL_set_connect_state(t->ssl);
+    c->t = &moxy_transport_tls;
+    c->ctx = t;
+    return MOXY_OK;
+}
+
+int moxy_conn_idle_readable(moxy_conn_t *c)
+{
+    char byte;
+    ssize_t n = moxy_conn_recv(c, &byte, 1);
+    return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
+}
+
+moxy_tls_client_t *moxy_tls_client_new(const moxy_tls_origin_conf_t *oc, const char *where, FILE *err)
+{
+    if (bio_method_ready() != MOXY_OK) {
+        fprintf(err, "%s: OpenSSL could not be set up\n", where);
+        return NULL;
+    }
+    char msg[1200];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        ssl_fail(err, where);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    static const unsigned char h1[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, h1, sizeof(h1) - 1);
+    if (oc->verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        int ok = oc->ca ? SSL_CTX_load_verify_locations(ctx, oc->ca, NULL) : SSL_CTX_set_default_verify_paths(ctx);
+        if (ok != 1) {
+            snprintf(msg, sizeof(msg), "%s.ca: cannot read CA certificates from %s", where,
+                     oc->ca ? oc->ca : "the system's store");
+            ssl_fail(err, msg);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    }
+    if (oc->client_cert) {
+        if (SSL_CTX_use_certificate_chain_file(ctx, oc->client_cert) != 1) {
+            snprintf(msg, sizeof(msg), "%s.client_cert: cannot read a certificate from %s", where, oc->client_cert);
+            ssl_fail(err, msg);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, oc->client_key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ctx) != 1) {
+            snprintf(msg, sizeof(msg), "%s.client_key: %s is not the key of %s", where, oc->client_key,
+                     oc->client_cert);
+            ssl_fail(err, msg);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    }
+    return (moxy_tls_client_t *)ctx;
+}
+
+void moxy_tls_client_free(moxy_tls_client_t *cl)
+{
+    SSL_CTX_free((SSL_CTX *)cl);
 }
 
 /* --- a listener's certificates --- */

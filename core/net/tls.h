@@ -71,6 +71,30 @@ extern const char *const moxy_tls_fail_names[MOXY_TLS_FAIL_N];
  * *kind: MOXY_TLS_FAIL_*). */
 int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind);
 
+/* --- TLS to origins --- */
+
+typedef struct moxy_tls_client_s moxy_tls_client_t;
+
+/* The client side for a pool's tls (where: "FILE: upstreams.NAME.tls" for
+ * errors): its CAs and client certificate read.  NULL with a message on
+ * err. */
+moxy_tls_client_t *moxy_tls_client_new(const moxy_tls_origin_conf_t *oc, const char *where, FILE *err);
+
+/* Let go of cl (connections made with it keep what they need). */
+void moxy_tls_client_free(moxy_tls_client_t *cl);
+
+/* c (plain, connected) becomes a TLS client connection of cl: it asks for
+ * sni (NULL: no name is sent, e.g. for an IP address) and, when cl
+ * verifies, checks that the certificate names host (a DNS name, or an IP
+ * address as text).  Then moxy_tls_handshake until it is done.  MOXY_OK,
+ * or MOXY_ERROR (out of memory; c unchanged). */
+int moxy_tls_connect(moxy_conn_t *c, moxy_tls_client_t *cl, const char *sni, const char *host);
+
+/* On an idle connection that became readable: 1 when it must be closed
+ * (the peer sent data or closed), 0 when the transport only took a message
+ * of its own (a TLS 1.3 session ticket) and the connection stays. */
+int moxy_conn_idle_readable(moxy_conn_t *c);
+
 /* What a TLS connection negotiated (NULL / 0 for a plain one). */
 typedef struct moxy_tls_info_s {
     const char *sni;     /* the name the client asked for, or NULL */

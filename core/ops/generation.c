@@ -56,6 +56,10 @@ void moxy_gen_release(moxy_gen_t *g)
         if (g->listen_fds[i] >= 0) close(g->listen_fds[i]);
     free(g->listen_fds);
     for (int i = 0; g->tls && i < g->conf->nlistens; i++) moxy_tls_server_free(g->tls[i]);
+    for (int i = 0; i < g->conf->nupstreams; i++) {
+        if (g->conf->upstreams[i].tls_client) moxy_tls_client_free(g->conf->upstreams[i].tls_client);
+        g->conf->upstreams[i].tls_client = NULL;
+    }
     free(g->tls);
     moxy_conf_release(g->conf);
     free(g);
@@ -205,7 +209,15 @@ static int reload_limits(const moxy_conf_t *cur, const moxy_conf_t *conf, FILE *
  * the old generation serving on). */
 static int tls_load(moxy_gen_t *g, FILE *err)
 {
-    const moxy_conf_t *conf = g->conf;
+    moxy_conf_t *conf = g->conf;
+    for (int i = 0; i < conf->nupstreams; i++) {
+        moxy_upstream_conf_t *uc = &conf->upstreams[i];
+        if (!uc->tls) continue;
+        char where[600];
+        snprintf(where, sizeof(where), "%s: upstreams.%s.tls", conf->path, uc->name);
+        uc->tls_client = moxy_tls_client_new(uc->tls, where, err);
+        if (!uc->tls_client) return MOXY_ERROR;
+    }
     g->tls = calloc((size_t)conf->nlistens + 1, sizeof(*g->tls));
     if (!g->tls) {
         fprintf(err, "moxy: out of memory\n");

@@ -25,6 +25,7 @@
 #include "http/lifecycle.h"
 #include "proxy/health_check.h"
 #include "http1/origin_codec.h"
+#include "net/tls.h"
 #include "net/conn.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
@@ -49,7 +50,7 @@
 #define HEALTH_DEPTH_LIMIT 10000
 
 /* Where a peer's round is. */
-enum { HC_IDLE = 0, HC_CONNECTING, HC_SENDING, HC_READING };
+enum { HC_IDLE = 0, HC_CONNECTING, HC_TLS, HC_SENDING, HC_READING };
 
 /* What every peer of a checked pool shares. */
 typedef struct {
@@ -65,6 +66,7 @@ typedef struct {
 typedef struct {
     health_pool_t *pool;
     moxy_peer_t *peer;
+    int server;           /* its index in the pool's servers */
     char *req; /* the HTTP request (NULL for a TCP check) */
     size_t req_len, sent;
     struct event timer;   /* idle: the next round; during a round: its deadline */
@@ -276,7 +278,9 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
             rc = MOXY_ERROR;
         }
     }
-    if (rc == MOXY_OK) {
+    if (rc == MOXY_AGAIN && !eof && moxy_conn_pending(&hp->conn)) {
+        event_active(&hp->io, EV_READ, 0); /* bytes a transport (TLS) holds raise no event */
+    } else if (rc == MOXY_OK) {
         judge(hp);
     } else if (rc == MOXY_ERROR) {
         snprintf(hp->why, sizeof(hp->why), "invalid response: %s", rs->why);
@@ -311,10 +315,63 @@ static void send_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The connect succeeded: a TCP check passed, an HTTP one sends its request. */
+/* The TLS handshake of an HTTP check of a pool with tls, as the proxy's. */
+static void tls_cb(evutil_socket_t fd, short what, void *arg)
+{
+    health_peer_t *hp = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    short want = 0;
+    const char *why = NULL;
+    int kind;
+    int rc = moxy_tls_handshake(&hp->conn, &want, &why, &kind);
+    if (rc == MOXY_AGAIN) {
+        watch(hp, want, tls_cb);
+        return;
+    }
+    if (rc == MOXY_ERROR) {
+        snprintf(hp->why, sizeof(hp->why), "TLS handshake failed: %s", why);
+        round_end(hp, hp->why);
+        return;
+    }
+    hp->sent = 0;
+    hp->phase = HC_SENDING;
+    send_cb(hp->conn.fd, EV_WRITE, hp);
+}
+
+/* The host the server's certificate must name (as the proxy's tls_host). */
+static const char *tls_host(const health_peer_t *hp, char *buf, size_t len)
+{
+    const moxy_upstream_conf_t *uc = hp->pool->conf;
+    if (uc->tls->name) return uc->tls->name;
+    const moxy_server_conf_t *sc = &uc->servers[hp->server];
+    if (sc->name) return sc->name;
+    const char *t = sc->addr.text, *end = strrchr(t, ':');
+    if (!end) return NULL;
+    if (*t == '[') t++, end--;
+    size_t n = (size_t)(end - t);
+    if (n >= len) return NULL;
+    memcpy(buf, t, n);
+    buf[n] = '\0';
+    return buf;
+}
+
 static void connected(health_peer_t *hp)
 {
-    if (hp->pool->conf->health.type == MOXY_CHECK_TCP) {
+    const moxy_upstream_conf_t *uc = hp->pool->conf;
+    if (uc->health.type == MOXY_CHECK_TCP) {
         round_end(hp, NULL);
+        return;
+    }
+    if (uc->tls && uc->tls_client) {
+        char ip[64];
+        const char *sni = uc->tls->name ? uc->tls->name : uc->servers[hp->server].name;
+        if (moxy_tls_connect(&hp->conn, uc->tls_client, sni, tls_host(hp, ip, sizeof(ip))) != MOXY_OK) {
+            round_end(hp, "out of memory");
+            return;
+        }
+        hp->phase = HC_TLS;
+        tls_cb(hp->conn.fd, EV_WRITE, hp);
         return;
     }
     hp->sent = 0;
@@ -464,6 +521,7 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
             health_peer_t *hp = &health.peers[health.npeers++];
             hp->pool = hpool;
             hp->peer = &uc->state->peers[j];
+            hp->server = j;
             hp->conn.fd = -1;
             if (!(hp->in = evbuffer_new())) goto err;
             event_assign(&hp->timer, base, -1, 0, timer_cb, hp);

@@ -17,6 +17,7 @@
 #include "http/lua_bridge.h"
 #include "http1/origin_codec.h"
 #include "proxy/origin.h"
+#include "net/tls.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
 
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 static void up_write_cb(evutil_socket_t fd, short what, void *arg);
+static void up_tcp_ready(moxy_upconn_t *u);
 
 /* --- pools --- */
 
@@ -225,7 +227,7 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
     int fd = conn.fd;
     u->pool = pool;
     u->server = server;
-    u->connected = connected;
+    u->tcp_up = connected != 0;
     u->read_size = MOXY_IO_READ_MIN;
     event_assign(&u->rev, w->base, fd, EV_READ | EV_PERSIST, moxy_origin_read_cb, u);
     u->idle.ev = &u->rev;
@@ -570,7 +572,7 @@ static void try_connect(moxy_req_t *r)
         u->addr_gen = gen;
         u->g = r->g;
     }
-    if (u->connected) r->up_connected_us = r->up_started_us;
+    if (u->connected || u->tcp_up) r->up_connected_us = r->up_started_us;
     u->req = r;
     r->up = u;
     u->got_bytes = u->eof = u->write_failed = 0;
@@ -588,6 +590,9 @@ static void try_connect(moxy_req_t *r)
     u->reading = 1;
     if (u->connected) {
         moxy_upstream_send(u);
+    } else if (u->tcp_up) {
+        u->tcp_up = 0;
+        up_tcp_ready(u); /* connected at once: TLS, or the request */
     } else {
         event_add(&u->wev, &r->g->tv_connect);
         u->writing = 1;
@@ -662,10 +667,94 @@ void moxy_upstream_send(moxy_upconn_t *u)
     if (r && left < MOXY_LOW_WATER) moxy_stream_resume_read(r);
 }
 
+/* The host u's certificate must name: the pool's tls.name, else the
+ * server's DNS name, else its IP address (into buf); NULL for set_peer's. */
+static const char *tls_host(const moxy_upconn_t *u, char *buf, size_t len)
+{
+    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
+    if (uc->tls->name) return uc->tls->name;
+    const moxy_server_conf_t *sc = &uc->servers[u->server];
+    if (sc->name) return sc->name;
+    const char *t = sc->addr.text, *end = strrchr(t, ':');
+    if (!end) return NULL;
+    if (*t == '[') t++, end--; /* "[v6]:port" */
+    size_t n = (size_t)(end - t);
+    if (n >= len) return NULL;
+    memcpy(buf, t, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+void moxy_origin_tls_step(moxy_upconn_t *u)
+{
+    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
+    if (!u->tls_wait) { /* TCP just connected: TLS begins, within timeouts.connect */
+        char ip[64];
+        const char *host = tls_host(u, ip, sizeof(ip));
+        const char *sni = uc->tls->name ? uc->tls->name : uc->servers[u->server].name; /* never an address */
+        if (moxy_tls_connect(&u->conn, uc->tls_client, sni, host) != MOXY_OK) {
+            moxy_origin_fail(u, 502, "out of memory", 0);
+            return;
+        }
+        u->tls_wait = 1;
+        event_add(&u->rev, &u->g->tv_connect);
+        u->reading = 1;
+    }
+    short want = 0;
+    const char *why = NULL;
+    int kind;
+    int rc = moxy_tls_handshake(&u->conn, &want, &why, &kind);
+    if (rc == MOXY_ERROR) {
+        moxy_log(MOXY_LOG_ERR, u->req ? u->req->id : NULL, "origin %s (pool %s): TLS handshake failed: %s",
+                 uc->servers[u->server].addr.text, uc->name, why);
+        moxy_origin_fail(u, 502, "TLS handshake with the origin failed", 1);
+        return;
+    }
+    if (rc == MOXY_AGAIN) {
+        if (want == EV_WRITE && !u->writing) {
+            event_add(&u->wev, &u->g->tv_connect);
+            u->writing = 1;
+        } else if (want == EV_READ && u->writing) {
+            event_del(&u->wev);
+            u->writing = 0;
+        }
+        return;
+    }
+    u->tls_wait = 0;
+    u->connected = 1;
+    if (u->writing) {
+        event_del(&u->wev);
+        u->writing = 0;
+    }
+    /* the read timeout starts once the request is sent (try_connect's rule) */
+    event_add(&u->rev, u->read_timer ? u->g->ctv_upstream : NULL);
+    moxy_upstream_send(u);
+}
+
+/* u's TCP connection is up: TLS begins for a pool that speaks it, else
+ * the request goes. */
+static void up_tcp_ready(moxy_upconn_t *u)
+{
+    if (u->pool >= 0 && u->g->conf->upstreams[u->pool].tls) {
+        moxy_origin_tls_step(u);
+        return;
+    }
+    u->connected = 1;
+    moxy_upstream_send(u);
+}
+
 static void up_write(moxy_upconn_t *u, short what)
 {
     if (what & EV_TIMEOUT) {
-        moxy_origin_fail(u, 504, u->connected ? "origin write timed out" : "connect to origin timed out", !u->connected);
+        moxy_origin_fail(u, 504,
+                         u->connected  ? "origin write timed out"
+                         : u->tls_wait ? "TLS handshake with the origin timed out"
+                                       : "connect to origin timed out",
+                         !u->connected);
+        return;
+    }
+    if (u->tls_wait) {
+        moxy_origin_tls_step(u);
         return;
     }
     if (!u->connected) {
@@ -680,7 +769,6 @@ static void up_write(moxy_upconn_t *u, short what)
                     1);
             return;
         }
-        u->connected = 1;
         if (u->req) {
             moxy_req_t *r = u->req;
             r->up_connected_us = moxy_mono_us();
@@ -690,6 +778,8 @@ static void up_write(moxy_upconn_t *u, short what)
         }
         event_del(&u->wev);
         u->writing = 0;
+        up_tcp_ready(u);
+        return;
     }
     moxy_upstream_send(u);
 }
@@ -721,7 +811,7 @@ void moxy_upstream_resume_read(moxy_upconn_t *u)
     if (u->reading || u->dead || u->eof) return;
     event_add(&u->rev, u->g->ctv_upstream);
     u->reading = 1;
-    if (evbuffer_get_length(u->in) > 0) {
+    if (evbuffer_get_length(u->in) > 0 || moxy_conn_pending(&u->conn)) {
         /* bytes read before the pause are still waiting */
         event_active(&u->rev, EV_READ, 0);
     }

@@ -47,6 +47,10 @@ int moxy_origin_idle_put(moxy_pool_rt_t *rt, moxy_upconn_t *u);
  * the request's connection across it: any may end meanwhile. */
 void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u, short what));
 
+/* Go on with u's TLS handshake (its pool has tls; TCP is connected): when
+ * done, u is connected and its request goes; a failure fails the try. */
+void moxy_origin_tls_step(moxy_upconn_t *u);
+
 /* origin_response.c: get u's parser ready for the response to u->req;
  * u's read event; go on with what u has read. */
 void moxy_origin_response_start(moxy_upconn_t *u);

@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "http/lua_bridge.h"
 #include "http1/origin_codec.h"
+#include "net/tls.h"
 #include "proxy/origin.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
@@ -294,6 +295,8 @@ static void up_read(moxy_upconn_t *u, short what)
     if (what & EV_TIMEOUT) {
         if (!r) {
             moxy_upconn_close(u); /* idle too long */
+        } else if (u->tls_wait) {
+            moxy_origin_fail(u, 504, "TLS handshake with the origin timed out", 1);
         } else if (r->tunnel) {
             moxy_stream_abort(r);
         } else {
@@ -302,14 +305,21 @@ static void up_read(moxy_upconn_t *u, short what)
         return;
     }
     if (!r) {
-        /* idle: the origin closed, or sent what nobody asked for */
-        moxy_upconn_close(u);
+        /* idle: the origin closed, or sent what nobody asked for (a TLS
+         * session ticket is neither) */
+        if (moxy_conn_idle_readable(&u->conn)) moxy_upconn_close(u);
+        return;
+    }
+    if (u->tls_wait) {
+        moxy_origin_tls_step(u);
         return;
     }
     /* small reads until the head is in: most responses fit in one */
     size_t want = u->resp->head_done ? u->read_size : MOXY_READ_CHUNK;
     ssize_t n = moxy_conn_read(&u->conn, u->in, want);
     if (u->resp->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
+    /* bytes a transport (TLS) holds already raise no socket event */
+    if (n > 0 && moxy_conn_pending(&u->conn)) event_active(&u->rev, EV_READ, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) {
             if (evbuffer_get_length(u->in)) moxy_origin_process(u); /* resumed after a pause */

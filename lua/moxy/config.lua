@@ -492,8 +492,38 @@ end
 
 local POOL_KEYS = { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true,
                     tries = true, retry_timeout = true, retry_statuses = true, retry_budget = true,
-                    retry_budget_min = true, passive = true, health = true, resolve = true }
+                    retry_budget_min = true, passive = true, health = true, resolve = true, tls = true }
 local SERVER_KEYS = { addr = true, weight = true, backup = true, max_conns = true, slow_start = true, drain = true }
+
+-- A pool's `tls`: true, or { verify = true, ca = file, name = "host",
+-- client_cert = file, client_key = file }.  Files relative to the
+-- configuration's folder, each readable.
+function Checker:origin_tls(v, keys)
+  if v == nil or v == false then return nil end
+  if v == true then v = {} end
+  if not self:table(v, keys, { verify = true, ca = true, name = true, client_cert = true, client_key = true }) then
+    return nil
+  end
+  local out = { verify = self:value(v.verify, child(keys, "verify"), typed("boolean"), true) }
+  for _, f in ipairs({ "ca", "client_cert", "client_key" }) do
+    local p = self:value(v[f], child(keys, f), typed("string"))
+    if p then
+      local full = p:sub(1, 1) == "/" and p or self.dir .. "/" .. p
+      local fh, err = io.open(full, "rb")
+      if fh then
+        fh:close()
+        out[f] = full
+      else
+        self:err(child(keys, f), "cannot open " .. tostring(err), p)
+      end
+    end
+  end
+  if (out.client_cert == nil) ~= (out.client_key == nil) and (v.client_cert == nil) ~= (v.client_key == nil) then
+    self:err(keys, "client_cert and client_key go together")
+  end
+  out.name = self:value(v.name, child(keys, "name"), host_value)
+  return out
+end
 
 function Checker:upstreams(v, keys)
   local out, names = {}, {}
@@ -525,6 +555,7 @@ function Checker:upstreams(v, keys)
         passive = self:passive(u.passive, child(k, "passive")),
         health = self:health(u.health, child(k, "health")),
         resolve = self:value(u.resolve, child(k, "resolve"), duration, 30),
+        tls = self:origin_tls(u.tls, child(k, "tls")),
       }
       if pool.resolve < 1 then self:err(child(k, "resolve"), "at least 1s", u.resolve) end
       local sk = child(k, "servers")

@@ -1,0 +1,107 @@
+-- TLS from moxy to origins: a pool's `tls` verifies the origin's certificate
+-- (chain and name: the pool's tls.name, the server's DNS name, or its IP
+-- address), keeps its connections alive, and its health checks speak TLS
+-- too.  The TLS origin here is a second moxy terminating TLS in front of
+-- spec/support/origin.py, with a certificate made by openssl.
+local helpers = require "spec.helpers"
+
+local S = helpers.scale
+
+describe("TLS to origins", function()
+  local dir, origin, front, front_addr, m
+
+  local function metric(port, pattern)
+    local res = helpers.request(port, { path = "/metrics" })
+    return tonumber(((res and res.body) or ""):match(pattern:gsub("[%{%}%.%-\"]", "%%%0") .. " (%d+)"))
+  end
+
+  lazy_setup(function()
+    dir = helpers.tmpdir("otls")
+    local out, code = helpers.sh(string.format(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/o.key -out %s/o.pem "
+        .. "-days 30 -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,IP:127.0.0.1", dir, dir))
+    assert(code == 0, out)
+    origin = helpers.start_origin()
+    local fp = helpers.free_port()
+    front_addr = "127.0.0.1:" .. fp
+    front = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = front_addr, tls = { certificates = { { cert = dir .. "/o.pem", key = dir .. "/o.key" } } } } },
+      admin = {},
+    })
+    local ca = dir .. "/o.pem"
+    m = helpers.start_moxy({
+      upstreams = {
+        named = { servers = { front_addr }, tls = { ca = ca, name = "origin.test" } },
+        by_ip = { servers = { front_addr }, tls = { ca = ca } },
+        wrong_name = { servers = { front_addr }, tls = { ca = ca, name = "other.test" } },
+        wrong_checked = { servers = { front_addr }, tls = { ca = ca, name = "other.test" },
+                          health = { path = "/echo/health", interval = "200ms", unhealthy = 1 } },
+        untrusted = { servers = { front_addr }, tls = true },
+        unverified = { servers = { front_addr }, tls = { verify = false } },
+        checked = { servers = { front_addr }, tls = { ca = ca, name = "origin.test" },
+                    health = { path = "/echo/health-tls", interval = "200ms", healthy = 1, unhealthy = 1 } },
+      },
+      default_upstream = "named",
+      scripts = { "pick.lua" },
+    }, { files = { ["pick.lua"] = [[
+      return { on_request = function(txn)
+        local pool, rest = txn.req.path:match("^/([%w_]+)(/.*)$")
+        if pool then
+          txn.upstream:pick(pool)
+          txn.req.path = rest
+        end
+      end }
+    ]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function get(path)
+    return assert(helpers.request(m.port, { path = path }))
+  end
+
+  it("verifies the origin's certificate against the pool's CA and name, or its IP address", function()
+    local res = get("/named/echo/a")
+    assert.equal(200, res.status)
+    assert.matches('"X-Forwarded-Proto", "https"', res.body, 1, true) -- as the TLS front saw it
+    assert.equal(200, get("/by_ip/echo/b").status)
+    assert.equal(200, get("/unverified/echo/c").status)
+  end)
+
+  it("refuses an origin whose certificate does not name it, or that no trusted CA signed (502, logged)", function()
+    assert.equal(502, get("/wrong_name/echo/x").status)
+    assert.truthy(m:wait_error_log("(pool wrong_name): TLS handshake failed: hostname mismatch"))
+    assert.equal(502, get("/untrusted/echo/y").status)
+    assert.truthy(m:wait_error_log("(pool untrusted): TLS handshake failed: self-signed certificate"))
+    assert.same({}, origin:saw("^/echo/[xy]$"))
+  end)
+
+  it("keeps TLS connections alive across requests", function()
+    get("/named/echo/warm")
+    local before = metric(front.admin_port, 'moxy_tls_handshakes_total{kind="full"}')
+    for i = 1, 5 do assert.equal(200, get("/named/echo/ka" .. i).status) end
+    local after = metric(front.admin_port, 'moxy_tls_handshakes_total{kind="full"}')
+    assert.is_true(after - before <= 1, "full handshakes for 5 requests: " .. (after - before))
+  end)
+
+  it("checks health over TLS, with the same verification", function()
+    assert.truthy(helpers.wait_until(function() return #origin:saw("^/echo/health%-tls$") > 0 end, 3 * S, 0.05))
+    assert.truthy(m:wait_error_log("upstream wrong_checked: peer " .. front_addr
+      .. " is unhealthy: TLS handshake failed: hostname mismatch", 3 * S))
+    assert.same({}, origin:saw("^/echo/health$"))
+  end)
+end)
+
+describe("TLS to origins, configuration", function()
+  it("names the key of a CA file that cannot be read", function()
+    local code, out = helpers.run_moxy_check("return { listen = { '127.0.0.1:1' }, pid_file = false,\n"
+      .. "upstreams = { app = { servers = { '127.0.0.1:2' }, tls = { ca = '/nonexistent/ca.pem' } } } }\n")
+    assert.equal(1, code)
+    assert.matches("moxy.lua:2: upstreams.app.tls.ca: cannot open", out, 1, true)
+    code, out = helpers.run_moxy_check("return { listen = { '127.0.0.1:1' }, pid_file = false,\n"
+      .. "upstreams = { app = { servers = { '127.0.0.1:2' }, tls = { verify = 'yes' } } } }\n")
+    assert.equal(1, code)
+    assert.matches("upstreams.app.tls.verify: expected a boolean", out, 1, true)
+  end)
+end)
