@@ -23,6 +23,7 @@
 #include "base/log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <openssl/err.h>
@@ -460,6 +461,23 @@ moxy_tls_client_t *moxy_tls_client_new(const moxy_tls_origin_conf_t *oc, const c
         }
     }
     return (moxy_tls_client_t *)ctx;
+}
+
+static moxy_tls_client_t *default_clients[2];
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+
+static void default_clients_make(void)
+{
+    for (int v = 0; v < 2; v++) {
+        moxy_tls_origin_conf_t oc = {.verify = v};
+        default_clients[v] = moxy_tls_client_new(&oc, "moxy.http", stderr);
+    }
+}
+
+moxy_tls_client_t *moxy_tls_client_default(int verify)
+{
+    pthread_once(&default_once, default_clients_make);
+    return default_clients[verify != 0];
 }
 
 void moxy_tls_client_free(moxy_tls_client_t *cl)

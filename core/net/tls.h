@@ -80,6 +80,11 @@ typedef struct moxy_tls_client_s moxy_tls_client_t;
  * err. */
 moxy_tls_client_t *moxy_tls_client_new(const moxy_tls_origin_conf_t *oc, const char *where, FILE *err);
 
+/* The process's client side for calls that name no CA of their own
+ * (moxy.http): the system's CAs, verifying (verify 1) or not.  Made on the
+ * first call, kept for the process's life.  NULL when OpenSSL fails. */
+moxy_tls_client_t *moxy_tls_client_default(int verify);
+
 /* Let go of cl (connections made with it keep what they need). */
 void moxy_tls_client_free(moxy_tls_client_t *cl);
 

@@ -23,6 +23,7 @@
 #include "proxy/http_fetch.h"
 #include "http/lua_bridge.h"
 #include "http1/origin_codec.h"
+#include "net/tls.h"
 #include "http/worker.h"
 
 #include <arpa/inet.h>
@@ -101,7 +102,8 @@ struct fetch_op_s {
     fetch_dns_t *lookup;         /* the name lookup under way, or NULL */
 
     char *host; /* as in the URL, lower-cased, no brackets */
-    char *key;  /* "host:port" */
+    char *key;  /* "host:port", after "https:" (verified) or "https-unverified:" for TLS */
+    int tls;    /* 0: plain HTTP; 1: TLS, the certificate verified; 2: not verified */
     size_t keylen;
     int port;
     struct sockaddr_storage addr[FETCH_ADDRS_MAX];
@@ -130,6 +132,7 @@ struct fetch_op_s {
     unsigned reused : 1;    /* the connection came from the idle list */
     unsigned retried : 1;
     unsigned connected : 1;
+    unsigned tls_wait : 1;  /* TCP connected, the TLS handshake under way */
     unsigned reading : 1, writing : 1;
     unsigned got_bytes : 1; /* the origin sent something on this connection */
     unsigned write_failed : 1;
@@ -190,9 +193,14 @@ static void idle_close(fetch_idle_t *c)
 
 static void idle_cb(evutil_socket_t fd, short what, void *arg)
 {
+    fetch_idle_t *c = arg;
     MOXY_UNUSED(fd);
-    MOXY_UNUSED(what);
-    idle_close(arg); /* the origin closed or sent something, or idle too long */
+    /* a TLS 1.3 session ticket is not a reason to close: wait on */
+    if (!(what & EV_TIMEOUT) && !moxy_conn_idle_readable(&c->conn)) {
+        event_add(&c->ev, c->peer->reg->idle.timeout);
+        return;
+    }
+    idle_close(c); /* the origin closed or sent something, or idle too long */
 }
 
 /* Keep conn idle for key, or close it when the limits say no. */
@@ -400,7 +408,32 @@ static void op_send(fetch_op_t *op)
     op->writing = 0;
 }
 
-/* op's connection is up: read, and write the request. */
+/* Go on with op's TLS handshake; when done, write the request. */
+static void op_tls_step(fetch_op_t *op)
+{
+    short want = 0;
+    const char *why = NULL;
+    int kind;
+    int rc = moxy_tls_handshake(&op->conn, &want, &why, &kind);
+    if (rc == MOXY_ERROR) {
+        snprintf(op->err, sizeof(op->err), "TLS handshake failed: %s", why);
+        op_fail(op, op->err);
+        return;
+    }
+    if (rc == MOXY_AGAIN) {
+        if (want == EV_WRITE && !op->writing) event_add(&op->wev, NULL); /* the call's timeout bounds it */
+        else if (want == EV_READ && op->writing) event_del(&op->wev);
+        op->writing = want == EV_WRITE;
+        return;
+    }
+    op->tls_wait = 0;
+    if (op->writing) event_del(&op->wev);
+    op->writing = 0;
+    op_send(op);
+}
+
+/* op's connection is up: read, and write the request (after a TLS
+ * handshake on a new connection of an https call). */
 static void op_connected(fetch_op_t *op)
 {
     op->connected = 1;
@@ -408,6 +441,19 @@ static void op_connected(fetch_op_t *op)
     op->writing = 0;
     event_add(&op->rev, NULL);
     op->reading = 1;
+    if (op->tls && op->conn.t != &moxy_transport_tls) {
+        struct in6_addr a6;
+        struct in_addr a4;
+        int literal = inet_pton(AF_INET, op->host, &a4) == 1 || inet_pton(AF_INET6, op->host, &a6) == 1;
+        moxy_tls_client_t *cl = moxy_tls_client_default(op->tls == 1);
+        if (!cl || moxy_tls_connect(&op->conn, cl, literal ? NULL : op->host, op->host) != MOXY_OK) {
+            op_fail(op, "TLS could not be set up");
+            return;
+        }
+        op->tls_wait = 1;
+        op_tls_step(op);
+        return;
+    }
     op_send(op);
 }
 
@@ -706,7 +752,13 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg)
     fetch_op_t *op = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
+    if (op->tls_wait) {
+        op_tls_step(op);
+        return;
+    }
     ssize_t n = moxy_conn_read(&op->conn, op->in, FETCH_READ);
+    /* bytes a transport (TLS) holds already raise no socket event */
+    if (n > 0 && moxy_conn_pending(&op->conn)) event_active(&op->rev, EV_READ, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
         op_eof(op, errno);
@@ -724,6 +776,10 @@ static void op_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     fetch_op_t *op = arg;
     MOXY_UNUSED(fd);
+    if (op->tls_wait) {
+        op_tls_step(op);
+        return;
+    }
     if (op->connected) {
         op_send(op);
         return;
@@ -753,7 +809,7 @@ static void op_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req,
                                size_t rlen, int head, int keepalive, double timeout,
-                               double connect_timeout, size_t max_body, char *err, size_t errlen)
+                               double connect_timeout, size_t max_body, int tls, char *err, size_t errlen)
 {
     moxy_lua_task_t *t = moxy_lua_current_task();
     if (!t) return MOXY_DECLINED;
@@ -778,13 +834,15 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     moxy_pool_init(&op->mem);
     if (!(op->in = evbuffer_new())) goto err;
     op->host = malloc(hlen + 1);
-    op->key = malloc(hlen + 8);
+    op->key = malloc(hlen + 32);
     op->out = malloc(rlen ? rlen : 1);
     if (!op->host || !op->key || !op->out) goto err;
     for (size_t i = 0; i < hlen; i++)
         op->host[i] = (char)tolower((unsigned char)host[i]);
     op->host[hlen] = '\0';
-    op->keylen = (size_t)snprintf(op->key, hlen + 8, "%s:%d", op->host, port);
+    op->tls = tls == 1 || tls == 2 ? tls : 0;
+    op->keylen = (size_t)snprintf(op->key, hlen + 32, "%s%s:%d",
+                                  op->tls == 1 ? "https:" : op->tls == 2 ? "https-unverified:" : "", op->host, port);
     op->port = port;
     memcpy(op->out, req, rlen);
     op->out_len = rlen;

@@ -42,7 +42,7 @@ void moxy_fetch_free_worker(moxy_worker_t *w);
  * MOXY_ERROR: failed at once, the reason in err (errlen bytes, NUL-ended). */
 int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req, size_t rlen,
                         int head, int keepalive, double timeout, double connect_timeout,
-                        size_t max_body, char *err, size_t errlen);
+                        size_t max_body, int tls, char *err, size_t errlen);
 /* END FFI */
 
 /* moxy.http's part in a worker's life (lifecycle.h): its state in a worker slot, freed with the worker. */

@@ -18,7 +18,7 @@ local url = require "moxy.url"
 ffi.cdef [[
 int moxy_ffi_http_start(const char *host, size_t hlen, int port, const char *req, size_t rlen,
                         int head, int keepalive, double timeout, double connect_timeout,
-                        size_t max_body, char *err, size_t errlen);
+                        size_t max_body, int tls, char *err, size_t errlen);
 ]]
 
 local C = ffi.C
@@ -143,6 +143,9 @@ local function request(opts, level)
   local keepalive = opts.keepalive
   if keepalive == nil then keepalive = true end
   if type(keepalive) ~= "boolean" then bad("keepalive must be a boolean, got " .. type(keepalive)) end
+  local verify = opts.verify
+  if verify == nil then verify = true end
+  if type(verify) ~= "boolean" then bad("verify must be a boolean, got " .. type(verify)) end
   if not runtime.can_wait() then
     error("moxy.http.request: only hooks and timer callbacks may make HTTP calls "
       .. "(not a script's main chunk, init or worker_init)", level)
@@ -151,14 +154,15 @@ local function request(opts, level)
   -- the URL: runtime failures from here on are nil, err
   local p, perr = url.parse(u)
   if not p then return nil, "invalid URL: " .. perr:gsub("^url%.parse: ", "") end
-  if p.scheme == "https" then return nil, "https is not supported yet" end
-  if p.scheme ~= "http" then return nil, "unsupported URL scheme" end
+  if p.scheme ~= "http" and p.scheme ~= "https" then return nil, "unsupported URL scheme" end
+  local https = p.scheme == "https"
   local host = p.host
   if not host or host == "" then return nil, "invalid URL: no host in " .. u end
   if p.userinfo then return nil, "invalid URL: credentials in URLs are not supported" end
   local v6 = find(host, ":", 1, true) ~= nil
   if not v6 and not find(host, "^[%w%-%._]+$") then return nil, "invalid URL: bad host in " .. u end
-  local port = p.port or 80
+  local default_port = https and 443 or 80
+  local port = p.port or default_port
   if port == 0 then return nil, "invalid URL: port 0 in " .. u end
   local target = p.path ~= "" and p.path or "/"
   if target:byte(1) ~= 47 then return nil, "invalid URL: bad path in " .. u end
@@ -176,7 +180,7 @@ local function request(opts, level)
     end
     return test.http({ url = u, method = method, headers = headers or {}, body = body,
                        timeout = timeout, connect_timeout = ctimeout, max_body = max_body,
-                       keepalive = keepalive })
+                       keepalive = keepalive, verify = verify })
   end
 
   local out = { method, " ", target, " HTTP/1.1\r\n" }
@@ -188,7 +192,7 @@ local function request(opts, level)
   end
   if not seen.host then
     local h = v6 and "[" .. host .. "]" or host
-    if p.port and p.port ~= 80 then h = h .. ":" .. p.port end
+    if p.port and p.port ~= default_port then h = h .. ":" .. p.port end
     out[n + 1], out[n + 2] = "Host: ", h .. "\r\n"
     n = n + 2
   end
@@ -209,7 +213,7 @@ local function request(opts, level)
   local req = concat(out)
 
   local rc = C.moxy_ffi_http_start(host, #host, port, req, #req, method == "HEAD" and 1 or 0,
-    keepalive and 1 or 0, timeout, ctimeout or -1, max_body, errbuf, ERR_LEN)
+    keepalive and 1 or 0, timeout, ctimeout or -1, max_body, https and (verify and 1 or 2) or 0, errbuf, ERR_LEN)
   if rc == DECLINED then
     error("moxy.http.request: only hooks and timer callbacks may make HTTP calls", level)
   end
@@ -227,7 +231,7 @@ end
 -- = "text/plain", ["set-cookie"] = { "a=1", ... } }, body = "..." }.
 -- Raises on arguments of the wrong type; returns nil, err when the call
 -- fails ("connect: connection refused", "timeout", "body too large",
--- "invalid response: ...", "closed", "https is not supported yet", ...).
+-- "invalid response: ...", "closed", "TLS handshake failed: ...", ...).
 function M.request(opts)
   local res, err = request(opts, 3)
   return res, err

@@ -9,6 +9,7 @@ local S = helpers.scale
 
 describe("TLS to origins", function()
   local dir, origin, front, front_addr, m
+  local fp = helpers.free_port()
 
   local function metric(port, pattern)
     local res = helpers.request(port, { path = "/metrics" })
@@ -22,7 +23,6 @@ describe("TLS to origins", function()
         .. "-days 30 -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,IP:127.0.0.1", dir, dir))
     assert(code == 0, out)
     origin = helpers.start_origin()
-    local fp = helpers.free_port()
     front_addr = "127.0.0.1:" .. fp
     front = helpers.start_moxy({
       upstreams = { app = { servers = { origin.addr } } },
@@ -46,6 +46,13 @@ describe("TLS to origins", function()
       scripts = { "pick.lua" },
     }, { files = { ["pick.lua"] = [[
       return { on_request = function(txn)
+        local verify = txn.req.path:match("^/fetch/(%w+)$")
+        if verify then
+          local url = "https://127.0.0.1:]] .. fp .. [[/echo/fetched"
+          local res, err = moxy.http.request({ url = url, verify = verify == "yes" })
+          if not res then return txn:respond(502, "error: " .. err .. "\n") end
+          return txn:respond(200, res.status .. " " .. res.body)
+        end
         local pool, rest = txn.req.path:match("^/([%w_]+)(/.*)$")
         if pool then
           txn.upstream:pick(pool)
@@ -83,6 +90,16 @@ describe("TLS to origins", function()
     for i = 1, 5 do assert.equal(200, get("/named/echo/ka" .. i).status) end
     local after = metric(front.admin_port, 'moxy_tls_handshakes_total{kind="full"}')
     assert.is_true(after - before <= 1, "full handshakes for 5 requests: " .. (after - before))
+  end)
+
+  it("moxy.http calls https:// URLs, verifying with the system's CAs unless told not to", function()
+    local res = assert(helpers.request(m.port, { path = "/fetch/no" }))
+    assert.equal(200, res.status, res.body)
+    assert.matches('^200 {"method": "GET", "uri": "/echo/fetched"', res.body)
+    assert.matches('"X-Forwarded-Proto", "https"', res.body, 1, true)
+    res = assert(helpers.request(m.port, { path = "/fetch/yes" }))
+    assert.equal(502, res.status)
+    assert.equal("error: TLS handshake failed: self-signed certificate\n", res.body)
   end)
 
   it("checks health over TLS, with the same verification", function()
