@@ -35,6 +35,13 @@ EXPORT int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out)
     out->cipher = t->cipher;
     out->alpn = t->alpn;
     out->resumed = t->resumed;
+    out->has_cert = t->has_cert;
+    out->verified = t->verified;
+    out->subject = t->subject;
+    out->issuer = t->issuer;
+    out->serial = t->serial;
+    out->fingerprint = t->fingerprint;
+    out->not_after = (double)t->not_after;
     return MOXY_OK;
 }
 

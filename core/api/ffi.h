@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 18
+#define MOXY_FFI_ABI 19
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -34,6 +34,9 @@ int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len);
 typedef struct {
     const char *sni, *version, *cipher, *alpn;
     int resumed;
+    int has_cert, verified; /* mutual TLS: a client certificate came; it verified */
+    const char *subject, *issuer, *serial, *fingerprint;
+    double not_after;
 } moxy_ffi_tls_t;
 
 /* r's TLS facts into *out: MOXY_OK, or MOXY_DECLINED when r did not come

@@ -86,6 +86,7 @@ static void tls_conf_free(moxy_tls_conf_t *tc)
     free(tc->ciphers);
     free(tc->ciphersuites);
     free(tc->groups);
+    free(tc->client_ca);
     free(tc);
 }
 
@@ -108,6 +109,9 @@ static int read_tls(lua_State *L, int l, moxy_listen_conf_t *ls)
     tc->ciphers = field_str(L, t, "ciphers");
     tc->ciphersuites = field_str(L, t, "ciphersuites");
     tc->groups = field_str(L, t, "groups");
+    tc->client_ca = field_str(L, t, "client_ca");
+    tc->verify_clients = (int)field_num(L, t, "verify_clients", 0);
+    tc->verify_depth = (int)field_num(L, t, "verify_depth", 3);
     lua_getfield(L, t, "certificates");
     int n = (int)lua_objlen(L, -1);
     tc->certs = calloc((size_t)n + 1, sizeof(*tc->certs));

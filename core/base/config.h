@@ -80,6 +80,9 @@ typedef struct {
     char *ciphers;                /* TLS 1.2 cipher list, or NULL: the default */
     char *ciphersuites;           /* TLS 1.3 suites, or NULL */
     char *groups;                 /* key exchange groups, or NULL */
+    char *client_ca;              /* mutual TLS: PEM file of the CAs client certificates chain to */
+    int verify_clients;           /* 0: no client certificate asked; 1: optional; 2: required */
+    int verify_depth;             /* longest client chain (intermediates) accepted */
 } moxy_tls_conf_t;
 
 typedef struct {

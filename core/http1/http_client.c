@@ -106,7 +106,10 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
         moxy_tls_info_t *t = moxy_palloc(&r->mem, sizeof(*t));
         if (t) {
             *t = info;
-            t->sni = info.sni ? moxy_pstrdup(&r->mem, info.sni, strlen(info.sni)) : NULL;
+            /* the strings the connection holds are the request's own copies */
+            const char **s[] = {&t->sni, &t->subject, &t->issuer, &t->serial, &t->fingerprint};
+            for (size_t i = 0; i < MOXY_ARRAY_LEN(s); i++)
+                if (*s[i]) *s[i] = moxy_pstrdup(&r->mem, *s[i], strlen(*s[i]));
             r->tls = t;
         }
         r->https = 1;

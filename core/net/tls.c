@@ -74,6 +74,10 @@ typedef struct {
     int fd;
     unsigned done : 1;      /* the handshake is done */
     unsigned failed : 1;    /* a protocol error: its session is not resumed */
+    unsigned peer_read : 1; /* peer's facts below are filled */
+    int has_cert, verified;
+    char *subject, *issuer, *serial, *fingerprint; /* the client certificate's (mutual TLS) */
+    long long not_after;
 } tls_conn_t;
 
 static BIO_METHOD *bio_method;
@@ -251,6 +255,10 @@ static void tls_close(moxy_conn_t *c)
         if (t->done && !t->failed) SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         SSL_free(t->ssl);
         if (t->first) evbuffer_free(t->first);
+        free(t->subject);
+        free(t->issuer);
+        free(t->serial);
+        free(t->fingerprint);
         free(t);
     }
     c->ctx = NULL;
@@ -355,11 +363,62 @@ int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind)
     return MOXY_ERROR;
 }
 
+/* A name as RFC 2253 text (malloc'ed), or NULL. */
+static char *name_text(const X509_NAME *n)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    if (!b) return NULL;
+    char *s = NULL;
+    if (X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253) >= 0) {
+        char *p;
+        long len = BIO_get_mem_data(b, &p);
+        if (len >= 0) s = strndup(p, (size_t)len);
+    }
+    BIO_free(b);
+    return s;
+}
+
+/* The client certificate's facts, read once per connection. */
+static void peer_read(tls_conn_t *t)
+{
+    t->peer_read = 1;
+    X509 *cert = SSL_get1_peer_certificate(t->ssl);
+    if (!cert) return;
+    t->has_cert = 1;
+    t->verified = SSL_get_verify_result(t->ssl) == X509_V_OK;
+    t->subject = name_text(X509_get_subject_name(cert));
+    t->issuer = name_text(X509_get_issuer_name(cert));
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
+    if (bn) {
+        char *hex = BN_bn2hex(bn);
+        if (hex) t->serial = strdup(hex);
+        OPENSSL_free(hex);
+        BN_free(bn);
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    if (X509_digest(cert, EVP_sha256(), md, &mdlen) == 1 && (t->fingerprint = malloc(mdlen * 2 + 1))) {
+        for (unsigned i = 0; i < mdlen; i++) sprintf(t->fingerprint + 2 * i, "%02x", md[i]);
+    }
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm)) t->not_after = (long long)timegm(&tm);
+    X509_free(cert);
+    ERR_clear_error();
+}
+
 int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info)
 {
     if (c->t != &moxy_transport_tls || !c->ctx) return 0;
-    const tls_conn_t *t = c->ctx;
+    tls_conn_t *t = c->ctx;
     if (!t->done) return 0;
+    if (!t->peer_read && SSL_is_server(t->ssl)) peer_read(t);
+    info->has_cert = t->has_cert;
+    info->verified = t->verified;
+    info->subject = t->subject;
+    info->issuer = t->issuer;
+    info->serial = t->serial;
+    info->fingerprint = t->fingerprint;
+    info->not_after = t->not_after;
     const unsigned char *alpn = NULL;
     unsigned alen = 0;
     SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
@@ -573,6 +632,15 @@ static void ssl_fail(FILE *err, const char *prefix)
     ERR_clear_error();
 }
 
+/* verify_clients = "optional": a certificate that does not verify lets the
+ * handshake go on (txn.client.tls.verified is false). */
+static int verify_optional(int ok, X509_STORE_CTX *x)
+{
+    MOXY_UNUSED(ok);
+    MOXY_UNUSED(x);
+    return 1;
+}
+
 /* A context configured as tc says (protocols, ciphers, groups, options). */
 static SSL_CTX *ctx_new(const moxy_tls_conf_t *tc, const char *where, FILE *err)
 {
@@ -614,6 +682,20 @@ static SSL_CTX *ctx_new(const moxy_tls_conf_t *tc, const char *where, FILE *err)
     static const unsigned char sid[] = "moxy";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    if (tc->verify_clients && tc->client_ca) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(tc->client_ca);
+        if (!names || SSL_CTX_load_verify_locations(ctx, tc->client_ca, NULL) != 1) {
+            snprintf(msg, sizeof(msg), "%s.client_ca: cannot read CA certificates from %s", where, tc->client_ca);
+            ssl_fail(err, msg);
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names); /* the CAs a client is told to choose from */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (tc->verify_clients == 2 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                           tc->verify_clients == 2 ? NULL : verify_optional);
+        SSL_CTX_set_verify_depth(ctx, tc->verify_depth > 0 ? tc->verify_depth : 3);
+    }
     return ctx;
 }
 

@@ -107,6 +107,13 @@ typedef struct moxy_tls_info_s {
     const char *cipher;  /* "TLS_AES_128_GCM_SHA256" */
     const char *alpn;    /* "http/1.1", or NULL */
     int resumed;         /* the session was resumed */
+    /* mutual TLS: the client's certificate (has_cert 0: none was sent) */
+    int has_cert;
+    int verified;        /* it chains to the listener's client_ca */
+    const char *subject, *issuer; /* RFC 2253 */
+    const char *serial;  /* hex */
+    const char *fingerprint; /* SHA-256 of the DER, hex */
+    long long not_after; /* seconds since the epoch */
 } moxy_tls_info_t;
 
 /* 1 and *info filled when c is a TLS connection past its handshake. */

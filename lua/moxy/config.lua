@@ -291,7 +291,8 @@ local TLS_VERSIONS = { ["TLSv1.2"] = 12, ["TLSv1.3"] = 13 }
 function Checker:tls(v, keys)
   if v == nil then return nil end
   if not self:table(v, keys, { certificates = true, refuse_unknown = true, protocols = true, ciphers = true,
-                               ciphersuites = true, groups = true }) then
+                               ciphersuites = true, groups = true, client_ca = true, verify_clients = true,
+                               verify_depth = true }) then
     return nil
   end
   local out = { certificates = {} }
@@ -340,6 +341,25 @@ function Checker:tls(v, keys)
   out.min_version, out.max_version = min, max
   for _, f in ipairs({ "ciphers", "ciphersuites", "groups" }) do
     out[f] = self:value(v[f], child(keys, f), typed("string"))
+  end
+  -- mutual TLS: client certificates chained to client_ca, asked for
+  -- ("optional": txn.client.tls.verified says) or required
+  local vc = self:value(v.verify_clients, child(keys, "verify_clients"), one_of("off", "optional", "require"), "off")
+  out.verify_clients = ({ off = 0, optional = 1, require = 2 })[vc] or 0
+  out.verify_depth = self:value(v.verify_depth, child(keys, "verify_depth"), integer(1, 16), 3)
+  local ca = self:value(v.client_ca, child(keys, "client_ca"), typed("string"))
+  if ca then
+    local full = ca:sub(1, 1) == "/" and ca or self.dir .. "/" .. ca
+    local fh, err = io.open(full, "rb")
+    if fh then
+      fh:close()
+      out.client_ca = full
+    else
+      self:err(child(keys, "client_ca"), "cannot open " .. tostring(err), ca)
+    end
+  end
+  if out.verify_clients > 0 and not out.client_ca and not (ca and not out.client_ca) then
+    self:err(child(keys, "verify_clients"), "client_ca is required to verify clients")
   end
   return out
 end

@@ -10,6 +10,9 @@ int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t *len);
 typedef struct {
     const char *sni, *version, *cipher, *alpn;
     int resumed;
+    int has_cert, verified; /* mutual TLS: a client certificate came; it verified */
+    const char *subject, *issuer, *serial, *fingerprint;
+    double not_after;
 } moxy_ffi_tls_t;
 int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out);
 int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen, int index,
@@ -39,7 +42,7 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 18
+local ABI = 19
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -258,8 +261,15 @@ end
 local function client_tls()
   if C.moxy_ffi_req_tls(req_ptr(), tls_out) ~= OK then return nil end
   local t = tls_out[0]
-  return { sni = cstr(t.sni), version = cstr(t.version), cipher = cstr(t.cipher), alpn = cstr(t.alpn),
-           resumed = t.resumed ~= 0 }
+  local out = { sni = cstr(t.sni), version = cstr(t.version), cipher = cstr(t.cipher), alpn = cstr(t.alpn),
+                resumed = t.resumed ~= 0 }
+  if t.has_cert ~= 0 then
+    out.verified = t.verified ~= 0
+    out.subject, out.issuer = cstr(t.subject), cstr(t.issuer)
+    out.serial, out.fingerprint = cstr(t.serial), cstr(t.fingerprint)
+    out.not_after = t.not_after
+  end
+  return out
 end
 
 local client = setmetatable({}, {
