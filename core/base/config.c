@@ -87,6 +87,7 @@ static void tls_conf_free(moxy_tls_conf_t *tc)
     free(tc->ciphersuites);
     free(tc->groups);
     free(tc->client_ca);
+    free(tc->ticket_keys);
     free(tc);
 }
 
@@ -110,6 +111,7 @@ static int read_tls(lua_State *L, int l, moxy_listen_conf_t *ls)
     tc->ciphersuites = field_str(L, t, "ciphersuites");
     tc->groups = field_str(L, t, "groups");
     tc->client_ca = field_str(L, t, "client_ca");
+    tc->ticket_keys = field_str(L, t, "ticket_keys");
     tc->verify_clients = (int)field_num(L, t, "verify_clients", 0);
     tc->verify_depth = (int)field_num(L, t, "verify_depth", 3);
     lua_getfield(L, t, "certificates");

@@ -83,6 +83,8 @@ typedef struct {
     char *client_ca;              /* mutual TLS: PEM file of the CAs client certificates chain to */
     int verify_clients;           /* 0: no client certificate asked; 1: optional; 2: required */
     int verify_depth;             /* longest client chain (intermediates) accepted */
+    char *ticket_keys;            /* session ticket keys shared with other nodes (80 bytes each), or
+                                     NULL: the process's own, rotated */
 } moxy_tls_conf_t;
 
 typedef struct {

@@ -26,7 +26,9 @@
 #include <pthread.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -38,6 +40,9 @@
 #include <unistd.h>
 
 #define TLS_WRITE_MAX 16384 /* bytes per SSL_write: one full record */
+#define TLS_TICKET_KEYS_MAX 16
+#define TLS_TICKET_ROTATE_S 3600 /* the process's own ticket keys: a new one this often */
+#define TLS_TICKET_KEEP 3        /* ... and this many kept (the newest encrypts) */
 #define TLS_NAMES_MAX 1024  /* names one certificate may serve */
 
 /* Mozilla's "intermediate" profile, ECDHE and AEAD only (TLS 1.2). */
@@ -59,7 +64,25 @@ typedef struct {
     int ncerts;
 } tls_group_t;
 
+/* Session ticket keys: the first encrypts new tickets, all decrypt. */
+typedef struct {
+    unsigned char name[16], hmac[32], aes[32];
+} tls_ticket_key_t;
+
+typedef struct {
+    pthread_mutex_t lock;
+    tls_ticket_key_t keys[TLS_TICKET_KEYS_MAX];
+    int n;
+    int rotating;          /* the process's own ring: a new key every TLS_TICKET_ROTATE_S */
+    long long rotated_ms;  /* when the newest was made (moxy_mono_ms) */
+} tls_ticket_ring_t;
+
+/* The process's own keys: shared by every listener, worker and generation
+ * (a reload does not cost clients their sessions). */
+static tls_ticket_ring_t process_ring = {.lock = PTHREAD_MUTEX_INITIALIZER, .rotating = 1};
+
 struct moxy_tls_server_s {
+    tls_ticket_ring_t *ring; /* &process_ring, or the listener's ticket_keys file's */
     tls_group_t *groups; /* groups[0].ctx: where connections start */
     int ngroups;
     tls_name_t *names;
@@ -81,7 +104,86 @@ typedef struct {
 } tls_conn_t;
 
 static BIO_METHOD *bio_method;
-static int server_index = -1; /* SSL_CTX ex_data: the moxy_tls_server_t */
+static int server_index = -1; /* SSL_CTX ex_data: the moxy_tls_server_t (its first context's, which frees it) */
+static int ring_index = -1;   /* SSL_CTX ex_data: the server's ticket keys (every context of it) */
+
+/* --- session tickets --- */
+
+/* A new random key at the front of ring (the oldest beyond keep dropped).
+ * MOXY_ERROR when the random generator fails. */
+static int ring_add(tls_ticket_ring_t *ring, int keep)
+{
+    tls_ticket_key_t k;
+    if (RAND_bytes((unsigned char *)&k, sizeof(k)) != 1) return MOXY_ERROR;
+    int n = ring->n < keep ? ring->n + 1 : keep;
+    memmove(&ring->keys[1], &ring->keys[0], (size_t)(n - 1) * sizeof(k));
+    ring->keys[0] = k;
+    ring->n = n;
+    ring->rotated_ms = moxy_mono_ms();
+    OPENSSL_cleanse(&k, sizeof(k));
+    return MOXY_OK;
+}
+
+/* OpenSSL's ticket callback: encrypt with the newest key (enc 1), or find
+ * the ticket's key to decrypt (0: none, a full handshake; 2: an older
+ * one, a new ticket is issued). */
+static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc)
+{
+    tls_ticket_ring_t *ring = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ring_index);
+    if (!ring) return 0;
+    int rc = 0;
+    pthread_mutex_lock(&ring->lock);
+    if (ring->rotating && (ring->n == 0 || moxy_mono_ms() - ring->rotated_ms >= TLS_TICKET_ROTATE_S * 1000LL))
+        ring_add(ring, TLS_TICKET_KEEP);
+    const tls_ticket_key_t *k = NULL;
+    if (enc) {
+        if (ring->n > 0 && RAND_bytes(iv, EVP_MAX_IV_LENGTH) == 1) {
+            k = &ring->keys[0];
+            memcpy(name, k->name, 16);
+            rc = 1;
+        }
+    } else {
+        for (int i = 0; i < ring->n && !k; i++)
+            if (memcmp(ring->keys[i].name, name, 16) == 0) {
+                k = &ring->keys[i];
+                rc = i == 0 ? 1 : 2;
+            }
+    }
+    tls_ticket_key_t key;
+    if (k) key = *k;
+    pthread_mutex_unlock(&ring->lock);
+    if (!k) return 0;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac, sizeof(key.hmac)),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key.aes, iv)
+                 : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key.aes, iv);
+    ok = ok && EVP_MAC_CTX_set_params(hctx, params);
+    OPENSSL_cleanse(&key, sizeof(key));
+    return ok ? rc : -1;
+}
+
+/* The ring of a ticket_keys file (checked by config.lua: 80-byte keys). */
+static tls_ticket_ring_t *ring_from_file(const char *path, const char *where, FILE *err)
+{
+    FILE *f = fopen(path, "rb");
+    tls_ticket_ring_t *ring = calloc(1, sizeof(*ring));
+    size_t n = 0;
+    if (f && ring) n = fread(ring->keys, 1, sizeof(ring->keys) + 1, f);
+    if (f) fclose(f);
+    if (!ring || n == 0 || n % sizeof(tls_ticket_key_t) != 0 || n > sizeof(ring->keys)) {
+        fprintf(err, "%s.ticket_keys: %s: expected 1 to %d keys of 80 bytes each\n", where, path,
+                TLS_TICKET_KEYS_MAX);
+        free(ring);
+        return NULL;
+    }
+    ring->n = (int)(n / sizeof(tls_ticket_key_t));
+    pthread_mutex_init(&ring->lock, NULL);
+    return ring;
+}
 
 /* --- the BIO --- */
 
@@ -620,6 +722,11 @@ static void server_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
     }
     free(s->names);
     free(s->groups);
+    if (s->ring && s->ring != &process_ring) {
+        OPENSSL_cleanse(s->ring->keys, sizeof(s->ring->keys));
+        pthread_mutex_destroy(&s->ring->lock);
+        free(s->ring);
+    }
     free(s);
 }
 
@@ -782,6 +889,8 @@ static tls_group_t *group_for(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, c
         return NULL;
     }
     g->key = key;
+    SSL_CTX_set_ex_data(g->ctx, ring_index, s->ring);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(g->ctx, on_ticket);
     s->ngroups++;
     for (int k = 0; k < n; k++) { /* a name two groups serve goes to the first */
         if (server_find(s, names[k]) && names[k][0] != '*') {
@@ -889,7 +998,8 @@ moxy_tls_server_t *moxy_tls_server_new(const moxy_conf_t *conf, const moxy_liste
     const moxy_tls_conf_t *tc = l->tls;
     if (bio_method_ready() != MOXY_OK ||
         (server_index < 0 &&
-         (server_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_free_cb)) < 0)) {
+         (server_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, server_free_cb)) < 0) ||
+        (ring_index < 0 && (ring_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL)) < 0)) {
         fprintf(err, "%s: %s.tls: OpenSSL could not be set up\n", conf->path, keys);
         return NULL;
     }
@@ -901,6 +1011,11 @@ moxy_tls_server_t *moxy_tls_server_new(const moxy_conf_t *conf, const moxy_liste
     s->refuse_unknown = tc->refuse_unknown;
     char tls_where[512];
     snprintf(tls_where, sizeof(tls_where), "%s: %s.tls", conf->path, keys);
+    s->ring = tc->ticket_keys ? ring_from_file(tc->ticket_keys, tls_where, err) : &process_ring;
+    if (!s->ring) {
+        free(s);
+        return NULL;
+    }
     for (int i = 0; i < tc->ncerts; i++) {
         if (load_cert(s, tc, i, tls_where, err) != MOXY_OK) goto err;
     }

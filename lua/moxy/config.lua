@@ -292,7 +292,7 @@ function Checker:tls(v, keys)
   if v == nil then return nil end
   if not self:table(v, keys, { certificates = true, refuse_unknown = true, protocols = true, ciphers = true,
                                ciphersuites = true, groups = true, client_ca = true, verify_clients = true,
-                               verify_depth = true }) then
+                               verify_depth = true, ticket_keys = true }) then
     return nil
   end
   local out = { certificates = {} }
@@ -347,6 +347,23 @@ function Checker:tls(v, keys)
   local vc = self:value(v.verify_clients, child(keys, "verify_clients"), one_of("off", "optional", "require"), "off")
   out.verify_clients = ({ off = 0, optional = 1, require = 2 })[vc] or 0
   out.verify_depth = self:value(v.verify_depth, child(keys, "verify_depth"), integer(1, 16), 3)
+  local tk = self:value(v.ticket_keys, child(keys, "ticket_keys"), typed("string"))
+  if tk then
+    local full = tk:sub(1, 1) == "/" and tk or self.dir .. "/" .. tk
+    local fh, err = io.open(full, "rb")
+    if not fh then
+      self:err(child(keys, "ticket_keys"), "cannot open " .. tostring(err), tk)
+    else
+      local bytes = fh:read("*a")
+      fh:close()
+      if #bytes == 0 or #bytes % 80 ~= 0 or #bytes > 80 * 16 then
+        self:err(child(keys, "ticket_keys"), "expected 1 to 16 keys of 80 bytes each (e.g. openssl rand 80), got "
+          .. #bytes .. " bytes", tk)
+      else
+        out.ticket_keys = full
+      end
+    end
+  end
   local ca = self:value(v.client_ca, child(keys, "client_ca"), typed("string"))
   if ca then
     local full = ca:sub(1, 1) == "/" and ca or self.dir .. "/" .. ca

@@ -198,6 +198,36 @@ describe("TLS listener", function()
     assert.is_true(expiry > os.time() + 25 * 86400 and expiry < os.time() + 31 * 86400, tostring(expiry))
   end)
 
+  it("resumes across processes that share a ticket_keys file, and across a reload", function()
+    local keys = dir .. "/ticket.keys"
+    local out, code = helpers.sh("openssl rand -out " .. keys .. " 160")
+    assert(code == 0, out)
+    local function node()
+      return helpers.start_moxy({
+        upstreams = { app = { servers = { origin.addr } } },
+        listen = { { addr = "127.0.0.1:" .. helpers.free_port(),
+                     tls = { certificates = { { cert = dir .. "/b.pem", key = dir .. "/b.key" } }, ticket_keys = keys } } },
+      })
+    end
+    local a, b = node(), node()
+    local sess = dir .. "/sess-nodes"
+    for _, v in ipairs({ "-tls1_2", "-tls1_3" }) do
+      local first = helpers.sh(string.format("(sleep 0.3; echo) | timeout %d openssl s_client -connect 127.0.0.1:%d "
+        .. "-servername b.test %s -sess_out %s", math.ceil(10 * S), a.port, v, sess))
+      assert.matches("\nNew, TLSv1", first, 1, true)
+      assert.matches("\nReused, TLSv1", s_client(b.port, "-servername b.test " .. v .. " -sess_in " .. sess), 1, true, v)
+    end
+    -- the process's own keys outlive a reload
+    local sr = dir .. "/sess-reload"
+    helpers.sh(string.format("(sleep 0.3; echo) | timeout %d openssl s_client -connect 127.0.0.1:%d "
+      .. "-servername b.test -tls1_3 -sess_out %s", math.ceil(10 * S), port, sr))
+    m:signal("HUP")
+    assert.truthy(helpers.wait_until(function()
+      return m:error_text():match("reload: [^\n]*%(%d+%.%d+ s%)")
+    end, 5 * S, 0.05), m:error_text())
+    assert.matches("\nReused, TLSv1.3", s_client(port, "-servername b.test -tls1_3 -sess_in " .. sr), 1, true)
+  end)
+
   it("reads a PROXY protocol header before the handshake", function()
     local pp = helpers.free_port()
     local m2 = helpers.start_moxy({
