@@ -81,6 +81,7 @@ static void tls_conf_free(moxy_tls_conf_t *tc)
     for (int i = 0; i < tc->ncerts; i++) {
         free(tc->certs[i].cert);
         free(tc->certs[i].key);
+        free(tc->certs[i].ocsp);
     }
     free(tc->certs);
     free(tc->ciphers);
@@ -122,6 +123,7 @@ static int read_tls(lua_State *L, int l, moxy_listen_conf_t *ls)
         lua_rawgeti(L, -1, i + 1);
         tc->certs[i].cert = field_str(L, lua_gettop(L), "cert");
         tc->certs[i].key = field_str(L, lua_gettop(L), "key");
+        tc->certs[i].ocsp = field_str(L, lua_gettop(L), "ocsp");
         tc->ncerts++;
         lua_pop(L, 1);
         if (!tc->certs[i].cert || !tc->certs[i].key) goto err;

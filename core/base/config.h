@@ -68,6 +68,7 @@ static inline int moxy_addr_port(const moxy_addr_t *a)
  * chain) and its private key's, as paths. */
 typedef struct {
     char *cert, *key;
+    char *ocsp; /* a DER OCSP response to staple, or NULL */
 } moxy_tls_cert_conf_t;
 
 /* A listener's `tls`. */

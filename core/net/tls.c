@@ -28,6 +28,7 @@
 #include <event2/event.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/rand.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -61,6 +62,8 @@ typedef struct {
     SSL_CTX *ctx;
     char *key; /* its names, sorted, joined: certificates with the same key share ctx */
     X509 **certs;
+    unsigned char **ocsp; /* [i]: the DER OCSP response stapled for certs[i], or NULL */
+    long *ocsp_len;
     int ncerts;
 } tls_group_t;
 
@@ -716,8 +719,13 @@ static void server_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
     for (int i = 0; i < s->ngroups; i++) {
         tls_group_t *g = &s->groups[i];
         if (i > 0) SSL_CTX_free(g->ctx); /* the first is being freed: it holds s */
-        for (int k = 0; k < g->ncerts; k++) X509_free(g->certs[k]);
+        for (int k = 0; k < g->ncerts; k++) {
+            X509_free(g->certs[k]);
+            free(g->ocsp[k]);
+        }
         free(g->certs);
+        free(g->ocsp);
+        free(g->ocsp_len);
         free(g->key);
     }
     free(s->names);
@@ -911,6 +919,51 @@ oom:
     return NULL;
 }
 
+/* OCSP stapling: the response kept for the certificate the connection
+ * presents, to a client that asks (status_request). */
+static int on_status(SSL *ssl, void *arg)
+{
+    const moxy_tls_server_t *s = arg;
+    X509 *cert = SSL_get_certificate(ssl);
+    for (int i = 0; i < s->ngroups; i++) {
+        const tls_group_t *g = &s->groups[i];
+        for (int k = 0; k < g->ncerts; k++) {
+            if (g->certs[k] != cert || !g->ocsp[k]) continue;
+            unsigned char *copy = OPENSSL_malloc((size_t)g->ocsp_len[k]); /* the SSL frees it */
+            if (!copy) return SSL_TLSEXT_ERR_NOACK;
+            memcpy(copy, g->ocsp[k], (size_t)g->ocsp_len[k]);
+            SSL_set_tlsext_status_ocsp_resp(ssl, copy, g->ocsp_len[k]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+/* A DER OCSP response file, checked to be one that says "successful". */
+static int ocsp_read(const char *path, unsigned char **der, long *len, const char *where, FILE *err)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char buf[65536];
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+    if (f) fclose(f);
+    const unsigned char *p = buf;
+    OCSP_RESPONSE *resp = n > 0 && n < sizeof(buf) ? d2i_OCSP_RESPONSE(NULL, &p, (long)n) : NULL;
+    if (!resp || OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+        fprintf(err, "%s.ocsp: %s is not a successful OCSP response (DER, at most 64 KiB)\n", where, path);
+        OCSP_RESPONSE_free(resp);
+        ERR_clear_error();
+        return MOXY_ERROR;
+    }
+    OCSP_RESPONSE_free(resp);
+    if (!(*der = malloc(n))) {
+        fprintf(err, "%s: out of memory\n", where);
+        return MOXY_ERROR;
+    }
+    memcpy(*der, buf, n);
+    *len = (long)n;
+    return MOXY_OK;
+}
+
 /* Load certificate i of tc into s. */
 static int load_cert(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, int i, const char *tls_where, FILE *err)
 {
@@ -981,14 +1034,32 @@ static int load_cert(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, int i, con
         X509_free(cert);
         return MOXY_ERROR;
     }
-    X509 **cs = realloc(g->certs, (size_t)(g->ncerts + 1) * sizeof(*cs));
-    if (!cs) {
-        fprintf(err, "%s: out of memory\n", where);
+    unsigned char *der = NULL;
+    long dlen = 0;
+    if (cc->ocsp && ocsp_read(cc->ocsp, &der, &dlen, where, err) != MOXY_OK) {
         X509_free(cert);
         return MOXY_ERROR;
     }
-    g->certs = cs;
-    g->certs[g->ncerts++] = cert;
+    X509 **cs = realloc(g->certs, (size_t)(g->ncerts + 1) * sizeof(*cs));
+    if (cs) g->certs = cs;
+    unsigned char **os = cs ? realloc(g->ocsp, (size_t)(g->ncerts + 1) * sizeof(*os)) : NULL;
+    if (os) g->ocsp = os;
+    long *ls = os ? realloc(g->ocsp_len, (size_t)(g->ncerts + 1) * sizeof(*ls)) : NULL;
+    if (!ls) {
+        fprintf(err, "%s: out of memory\n", where);
+        free(der);
+        X509_free(cert);
+        return MOXY_ERROR;
+    }
+    g->ocsp_len = ls;
+    g->certs[g->ncerts] = cert;
+    g->ocsp[g->ncerts] = der;
+    g->ocsp_len[g->ncerts] = dlen;
+    g->ncerts++;
+    if (der) {
+        SSL_CTX_set_tlsext_status_cb(g->ctx, on_status);
+        SSL_CTX_set_tlsext_status_arg(g->ctx, s);
+    }
     return MOXY_OK;
 }
 

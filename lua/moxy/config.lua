@@ -301,12 +301,12 @@ function Checker:tls(v, keys)
   if #certs == 0 then self:err(ck, "at least one { cert = ..., key = ... } is required") end
   for i, cert in ipairs(certs) do
     local k = child(ck, i)
-    if self:table(cert, k, { cert = true, key = true }) then
+    if self:table(cert, k, { cert = true, key = true, ocsp = true }) then
       local one = {}
-      for _, f in ipairs({ "cert", "key" }) do
+      for _, f in ipairs({ "cert", "key", "ocsp" }) do
         local fk = child(k, f)
         local p = self:value(cert[f], fk, typed("string"))
-        if cert[f] == nil then self:err(k, f .. " is required") end
+        if cert[f] == nil and f ~= "ocsp" then self:err(k, f .. " is required") end
         if p then
           local full = p:sub(1, 1) == "/" and p or self.dir .. "/" .. p
           local fh, err = io.open(full, "rb")
@@ -314,7 +314,8 @@ function Checker:tls(v, keys)
             fh:close()
             one[f] = full
           else
-            self:err(fk, "cannot open " .. (f == "cert" and "certificate" or "key") .. ": " .. tostring(err), p)
+            self:err(fk, "cannot open " .. (f == "cert" and "certificate" or f == "key" and "key" or "OCSP response")
+              .. ": " .. tostring(err), p)
           end
         end
       end

@@ -339,3 +339,49 @@ describe("TLS configuration", function()
     assert.equal("renewed.test", subject())
   end)
 end)
+
+describe("OCSP stapling", function()
+  it("staples a certificate's OCSP response to clients that ask, and refuses a file that is not one", function()
+    local dir = helpers.tmpdir("ocsp")
+    local function sh(cmd)
+      local out, code = helpers.sh(cmd)
+      assert(code == 0, cmd .. "\n" .. out)
+      return out
+    end
+    local ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+    sh(string.format("cd %s && openssl req -x509 %s -keyout ca.key -out ca.pem -days 30 -subj /CN=OCSP-CA", dir, ec))
+    sh(string.format("cd %s && openssl req %s -keyout site.key -out site.csr -subj /CN=site.test", dir, ec))
+    helpers.write_file(dir .. "/ext.cnf", "subjectAltName=DNS:site.test\n")
+    sh(string.format("cd %s && openssl x509 -req -in site.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      .. "-out site.pem -days 30 -extfile ext.cnf", dir))
+    local serial = sh(string.format("openssl x509 -in %s/site.pem -noout -serial", dir)):match("serial=(%x+)")
+    helpers.write_file(dir .. "/index.txt", "V\t" .. os.date("!%y%m%d%H%M%SZ", os.time() + 30 * 86400) .. "\t\t"
+      .. serial .. "\tunknown\t/CN=site.test\n")
+    sh(string.format("cd %s && openssl ocsp -index index.txt -rsigner ca.pem -rkey ca.key -CA ca.pem -issuer ca.pem "
+      .. "-cert site.pem -respout resp.der -ndays 1", dir))
+    local origin = helpers.start_origin()
+    local p, plain_p = helpers.free_port(), helpers.free_port()
+    helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = {
+        { addr = "127.0.0.1:" .. p, tls = { certificates = {
+            { cert = dir .. "/site.pem", key = dir .. "/site.key", ocsp = dir .. "/resp.der" } } } },
+        { addr = "127.0.0.1:" .. plain_p, tls = { certificates = { { cert = dir .. "/site.pem", key = dir .. "/site.key" } } } },
+      },
+    })
+    for _, v in ipairs({ "-tls1_2", "-tls1_3" }) do
+      local out = helpers.sh(string.format("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d -servername site.test "
+        .. "-status %s", p, v))
+      assert.matches("OCSP Response Status: successful", out, 1, true, v)
+      assert.matches("Cert Status: good", out, 1, true, v)
+    end
+    local out = helpers.sh(string.format("echo | timeout 10 openssl s_client -connect 127.0.0.1:%d -servername site.test "
+      .. "-status", plain_p))
+    assert.matches("OCSP response: no response sent", out, 1, true)
+    local code, msg = helpers.run_moxy_check("return { pid_file = false, upstreams = { app = { servers = { '127.0.0.1:2' } } },\n"
+      .. "listen = { { addr = '127.0.0.1:1', tls = { certificates = { { cert = '" .. dir .. "/site.pem', key = '"
+      .. dir .. "/site.key', ocsp = '" .. dir .. "/site.pem' } } } } } }\n")
+    assert.equal(1, code)
+    assert.matches("listen[1].tls.certificates[1].ocsp: " .. dir .. "/site.pem is not a successful OCSP response", msg, 1, true)
+  end)
+end)
