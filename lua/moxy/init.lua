@@ -90,6 +90,7 @@ for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
 -- (lua/moxy/re.lua), moxy.http (lua/moxy/http.lua), moxy.upstream
 -- (lua/moxy/upstream.lua), moxy.geo (lua/moxy/geo.lua).
 local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http", upstream = "moxy.upstream",
+               crypto = "moxy.crypto",
                geo = "moxy.geo", cache = "moxy.cache" }
 
 setmetatable(M, {
