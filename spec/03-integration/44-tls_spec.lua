@@ -310,6 +310,45 @@ describe("TLS configuration", function()
     assert.matches("listener edge: .*expires on %d%d%d%d%-%d%d%-%d%d .*UTC %(in [45] days%)", line)
   end)
 
+  it("renews certificates by reloads under load without a failed handshake or request", function()
+    if not io.open("/usr/bin/wrk") then
+      pending("/usr/bin/wrk is missing: install wrk (Debian package wrk)")
+      return
+    end
+    local p = helpers.free_port()
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = "127.0.0.1:" .. p,
+                   tls = { certificates = { { cert = dir .. "/b.pem", key = dir .. "/b.key" } } } } },
+    })
+    local wrk_s = math.ceil(6 * S)
+    -- a new connection, so a full handshake, for every request
+    local wrk = helpers.spawn({ "/usr/bin/wrk", "-t1", "-c8", "-d" .. wrk_s .. "s", "-H", "Connection: close",
+                                "https://127.0.0.1:" .. p .. "/echo/load" }, { kind = "wrk" })
+    finally(function() wrk:stop("KILL") end)
+    helpers.sleep(0.5)
+    for i = 1, 5 do
+      local out, code = helpers.sh(string.format(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/b.key.new -out %s/b.pem.new "
+          .. "-days 30 -subj /CN=b%d.test -addext subjectAltName=DNS:b.test && mv %s/b.key.new %s/b.key && "
+          .. "mv %s/b.pem.new %s/b.pem", dir, dir, i, dir, dir, dir, dir))
+      assert(code == 0, out)
+      m:signal("HUP")
+      helpers.sleep(0.4)
+    end
+    assert.truthy(wrk:wait_exit(wrk_s + 10), "wrk did not end")
+    local text = wrk:stdout() .. wrk:stderr()
+    local requests = tonumber(text:match("(%d+) requests in"))
+    assert(requests and requests > 100, "wrk did not run:\n" .. text)
+    assert.is_nil(text:match("Socket errors"), text)
+    assert.is_nil(text:match("Non%-2xx"), text)
+    assert.matches("subject=CN = b5.test", helpers.sh(string.format(
+      "echo | timeout 5 openssl s_client -connect 127.0.0.1:%d -servername b.test", p)), 1, true)
+    print(("\n    wrk %d s, a TLS handshake per request, 5 certificate renewals: %d requests, no error"):format(
+      wrk_s, requests))
+  end)
+
   it("reloads renewed certificates; a broken one leaves the old ones serving", function()
     local p = helpers.free_port()
     local origin = helpers.start_origin()
