@@ -12,13 +12,16 @@
 #               handshake per request, 50 at a time
 # and prints each ratio moxy/nginx as a median of RUNS.
 #
-#   RUNS [5] DURATION [8] seconds per measurement, MOXY_BIN [./moxy],
+# and the memory (RSS) each proxy takes per idle kept-alive TLS connection.
+#
+#   RUNS [5] DURATION [8] seconds per measurement, IDLE_CONNS [2000], MOXY_BIN [./moxy],
 #   PROXY_CPUS [0] ORIGIN_CPUS [1] WRK_CPUS [1]
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 RUNS=${RUNS:-5}
+IDLE_CONNS=${IDLE_CONNS:-2000}
 DURATION=${DURATION:-8}
 MOXY_BIN=${MOXY_BIN:-$REPO_DIR/moxy}
 PROXY_CPUS=${PROXY_CPUS:-0}
@@ -103,6 +106,15 @@ wrk_rps() { # PORT EXTRA... : requests per second
         | awk '/^Requests\/sec/ { print $2 }'
 }
 
+# tree_rss PID : RSS in KiB of PID and its children (nginx's worker)
+tree_rss() {
+    local total=0 p
+    for p in $1 $(pgrep -P "$1"); do
+        total=$((total + $(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 for key in ecdsa rsa; do
@@ -134,6 +146,20 @@ for key in ecdsa rsa; do
         "$(sort -g "$SCRATCH/ka.ratios" | head -1)-$(sort -g "$SCRATCH/ka.ratios" | tail -1))"
     echo "$key: moxy/nginx full handshakes/s     = $(median <"$SCRATCH/hs.ratios") (median of $RUNS, range" \
         "$(sort -g "$SCRATCH/hs.ratios" | head -1)-$(sort -g "$SCRATCH/hs.ratios" | tail -1))"
+    # memory per idle TLS connection: RSS before and while IDLE_CONNS are held
+    for who in nginx moxy; do
+        port=$np pid=$npid
+        [[ $who == moxy ]] && port=$mp pid=$mpid
+        rss0=$(tree_rss "$pid")
+        python3 "$BENCH_DIR/tools/idle_tls.py" --port "$port" --conns "$IDLE_CONNS" --hold 4 >"$SCRATCH/idle.out" &
+        ipid=$!
+        for _ in $(seq 600); do grep -q READY "$SCRATCH/idle.out" 2>/dev/null && break; sleep 0.2; done
+        sleep 1
+        rss1=$(tree_rss "$pid")
+        wait "$ipid" || true
+        opened=$(awk '/^READY/ { print $2 }' "$SCRATCH/idle.out")
+        echo "$key: $who idle TLS connections: $opened held, $(( (rss1 - rss0) * 1024 / (opened > 0 ? opened : 1) )) bytes each (RSS)"
+    done
     kill "$npid" "$mpid" 2>/dev/null || true
     wait "$npid" "$mpid" 2>/dev/null || true
 done
