@@ -16,6 +16,7 @@ build = {
     ["moxy"] = "lua/moxy/init.lua",
     ["moxy.config"] = "lua/moxy/config.lua",
     ["moxy.cookie"] = "lua/moxy/cookie.lua",
+    ["moxy.crypto"] = "lua/moxy/crypto.lua",
     ["moxy.cache"] = "lua/moxy/cache.lua",
     ["moxy.geo"] = "lua/moxy/geo.lua",
     ["moxy.http"] = "lua/moxy/http.lua",
