@@ -4,6 +4,7 @@
  */
 #include "http/lifecycle.h"
 #include "ops/admin.h"
+#include "net/tls.h"
 #include "ops/admin_history.h"
 #include "ops/admin_page.h"
 #include "cache/cache.h"
@@ -126,6 +127,13 @@ static void status(struct evhttp_request *req)
     } else {
         evbuffer_add(b, "null", 4);
     }
+    /* TLS toward clients: handshakes by kind and version, failures by reason */
+    evbuffer_add_printf(b, ",\"tls\":{\"handshakes\":{\"full\":%llu,\"resumed\":%llu},"
+                           "\"versions\":{\"TLSv1.2\":%llu,\"TLSv1.3\":%llu},\"failures\":{",
+                        tot.tls_handshakes[0], tot.tls_handshakes[1], tot.tls_versions[0], tot.tls_versions[1]);
+    for (int k = 0; k < MOXY_TLS_FAIL_N; k++)
+        evbuffer_add_printf(b, "%s\"%s\":%llu", k ? "," : "", moxy_tls_fail_names[k], tot.tls_failures[k]);
+    evbuffer_add(b, "}}", 2);
     evbuffer_add(b, ",\"shared\":{", 11);
     for (int i = 0; i < conf->nshared; i++) {
         moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));
