@@ -79,8 +79,8 @@ static void setup(void)
     snprintf(bp, sizeof(bp), "%s/b.pem", dir);
     snprintf(bk, sizeof(bk), "%s/b.key", dir);
     static moxy_tls_cert_conf_t certs[2];
-    certs[0] = (moxy_tls_cert_conf_t){ap, ak};
-    certs[1] = (moxy_tls_cert_conf_t){bp, bk};
+    certs[0] = (moxy_tls_cert_conf_t){.cert = ap, .key = ak};
+    certs[1] = (moxy_tls_cert_conf_t){.cert = bp, .key = bk};
     for (int v = 0; v < 8; v++) {
         static moxy_tls_conf_t tcs[8];
         static moxy_listen_conf_t ls[8];
