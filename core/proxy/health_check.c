@@ -339,23 +339,6 @@ static void tls_cb(evutil_socket_t fd, short what, void *arg)
     send_cb(hp->conn.fd, EV_WRITE, hp);
 }
 
-/* The host the server's certificate must name (as the proxy's tls_host). */
-static const char *tls_host(const health_peer_t *hp, char *buf, size_t len)
-{
-    const moxy_upstream_conf_t *uc = hp->pool->conf;
-    if (uc->tls->name) return uc->tls->name;
-    const moxy_server_conf_t *sc = &uc->servers[hp->server];
-    if (sc->name) return sc->name;
-    const char *t = sc->addr.text, *end = strrchr(t, ':');
-    if (!end) return NULL;
-    if (*t == '[') t++, end--;
-    size_t n = (size_t)(end - t);
-    if (n >= len) return NULL;
-    memcpy(buf, t, n);
-    buf[n] = '\0';
-    return buf;
-}
-
 static void connected(health_peer_t *hp)
 {
     const moxy_upstream_conf_t *uc = hp->pool->conf;
@@ -365,8 +348,9 @@ static void connected(health_peer_t *hp)
     }
     if (uc->tls && uc->tls_client) {
         char ip[64];
-        const char *sni = uc->tls->name ? uc->tls->name : uc->servers[hp->server].name;
-        if (moxy_tls_connect(&hp->conn, uc->tls_client, sni, tls_host(hp, ip, sizeof(ip))) != MOXY_OK) {
+        const char *sni;
+        const char *host = moxy_upstream_tls_names(uc, hp->server, ip, sizeof(ip), &sni);
+        if (moxy_tls_connect(&hp->conn, uc->tls_client, sni, host) != MOXY_OK) {
             round_end(hp, "out of memory");
             return;
         }

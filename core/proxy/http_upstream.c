@@ -667,31 +667,13 @@ void moxy_upstream_send(moxy_upconn_t *u)
     if (r && left < MOXY_LOW_WATER) moxy_stream_resume_read(r);
 }
 
-/* The host u's certificate must name: the pool's tls.name, else the
- * server's DNS name, else its IP address (into buf); NULL for set_peer's. */
-static const char *tls_host(const moxy_upconn_t *u, char *buf, size_t len)
-{
-    const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
-    if (uc->tls->name) return uc->tls->name;
-    const moxy_server_conf_t *sc = &uc->servers[u->server];
-    if (sc->name) return sc->name;
-    const char *t = sc->addr.text, *end = strrchr(t, ':');
-    if (!end) return NULL;
-    if (*t == '[') t++, end--; /* "[v6]:port" */
-    size_t n = (size_t)(end - t);
-    if (n >= len) return NULL;
-    memcpy(buf, t, n);
-    buf[n] = '\0';
-    return buf;
-}
-
 void moxy_origin_tls_step(moxy_upconn_t *u)
 {
     const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
     if (!u->tls_wait) { /* TCP just connected: TLS begins, within timeouts.connect */
         char ip[64];
-        const char *host = tls_host(u, ip, sizeof(ip));
-        const char *sni = uc->tls->name ? uc->tls->name : uc->servers[u->server].name; /* never an address */
+        const char *sni;
+        const char *host = moxy_upstream_tls_names(uc, u->server, ip, sizeof(ip), &sni);
         if (moxy_tls_connect(&u->conn, uc->tls_client, sni, host) != MOXY_OK) {
             moxy_origin_fail(u, 502, "out of memory", 0);
             return;

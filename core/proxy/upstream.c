@@ -462,3 +462,19 @@ EXPORT int moxy_ffi_upstream_retries(const char *name, size_t len, unsigned long
     *denied = atomic_load(&up->budget_denied);
     return MOXY_OK;
 }
+
+const char *moxy_upstream_tls_names(const moxy_upstream_conf_t *uc, int server, char *buf, size_t len,
+                                    const char **sni)
+{
+    const moxy_server_conf_t *sc = &uc->servers[server];
+    *sni = uc->tls->name ? uc->tls->name : sc->name;
+    if (*sni) return *sni;
+    const char *t = sc->addr.text, *end = strrchr(t, ':');
+    if (!end) return NULL;
+    if (*t == '[') t++, end--; /* "[v6]:port" */
+    size_t n = (size_t)(end - t);
+    if (n >= len) return NULL;
+    memcpy(buf, t, n);
+    buf[n] = '\0';
+    return buf;
+}

@@ -234,6 +234,13 @@ int moxy_balancer_available(moxy_upstream_t *up, const uint64_t *tried, int last
 /* p's latency EWMA now (µs, decayed since its last sample); 0: none. */
 double moxy_peer_ewma(const moxy_peer_t *p, long long now);
 
+/* A TLS pool's names for server (an index of uc's servers): returns the
+ * host its certificate must name -- uc's tls.name, else the server's DNS
+ * name, else its IP address (written into buf, len bytes) -- and sets *sni
+ * to the name to ask for (never an address: NULL then). */
+const char *moxy_upstream_tls_names(const moxy_upstream_conf_t *uc, int server, char *buf, size_t len,
+                                    const char **sni);
+
 /* Build up's Maglev table (balance = "hash").  MOXY_OK or MOXY_ERROR (out of memory). */
 int moxy_balancer_build(moxy_upstream_t *up);
 

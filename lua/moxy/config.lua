@@ -284,6 +284,23 @@ end
 
 local TLS_VERSIONS = { ["TLSv1.2"] = 12, ["TLSv1.3"] = 13 }
 
+-- A file a setting names (what it holds, for the message): its path made
+-- absolute (relative to the configuration's folder) when it can be opened,
+-- else nil after an error naming the key.  Its bytes too when read is set.
+function Checker:file(v, keys, what, read)
+  local p = self:value(v, keys, typed("string"))
+  if not p then return nil end
+  local full = p:sub(1, 1) == "/" and p or self.dir .. "/" .. p
+  local fh, err = io.open(full, "rb")
+  if not fh then
+    self:err(keys, "cannot open " .. what .. ": " .. tostring(err), p)
+    return nil
+  end
+  local bytes = read and fh:read("*a")
+  fh:close()
+  return full, bytes
+end
+
 -- A listener's `tls`: its certificates ({ cert = path, key = path }, the
 -- first one for clients that name no host or one no certificate serves,
 -- unless refuse_unknown), the protocol versions and the ciphers.  Paths
@@ -303,21 +320,9 @@ function Checker:tls(v, keys)
     local k = child(ck, i)
     if self:table(cert, k, { cert = true, key = true, ocsp = true }) then
       local one = {}
-      for _, f in ipairs({ "cert", "key", "ocsp" }) do
-        local fk = child(k, f)
-        local p = self:value(cert[f], fk, typed("string"))
+      for f, what in pairs({ cert = "certificate", key = "key", ocsp = "OCSP response" }) do
         if cert[f] == nil and f ~= "ocsp" then self:err(k, f .. " is required") end
-        if p then
-          local full = p:sub(1, 1) == "/" and p or self.dir .. "/" .. p
-          local fh, err = io.open(full, "rb")
-          if fh then
-            fh:close()
-            one[f] = full
-          else
-            self:err(fk, "cannot open " .. (f == "cert" and "certificate" or f == "key" and "key" or "OCSP response")
-              .. ": " .. tostring(err), p)
-          end
-        end
+        one[f] = self:file(cert[f], child(k, f), what)
       end
       out.certificates[#out.certificates + 1] = one
     end
@@ -348,35 +353,15 @@ function Checker:tls(v, keys)
   local vc = self:value(v.verify_clients, child(keys, "verify_clients"), one_of("off", "optional", "require"), "off")
   out.verify_clients = ({ off = 0, optional = 1, require = 2 })[vc] or 0
   out.verify_depth = self:value(v.verify_depth, child(keys, "verify_depth"), integer(1, 16), 3)
-  local tk = self:value(v.ticket_keys, child(keys, "ticket_keys"), typed("string"))
-  if tk then
-    local full = tk:sub(1, 1) == "/" and tk or self.dir .. "/" .. tk
-    local fh, err = io.open(full, "rb")
-    if not fh then
-      self:err(child(keys, "ticket_keys"), "cannot open " .. tostring(err), tk)
-    else
-      local bytes = fh:read("*a")
-      fh:close()
-      if #bytes == 0 or #bytes % 80 ~= 0 or #bytes > 80 * 16 then
-        self:err(child(keys, "ticket_keys"), "expected 1 to 16 keys of 80 bytes each (e.g. openssl rand 80), got "
-          .. #bytes .. " bytes", tk)
-      else
-        out.ticket_keys = full
-      end
-    end
+  local tk, bytes = self:file(v.ticket_keys, child(keys, "ticket_keys"), "ticket keys", true)
+  if tk and (#bytes == 0 or #bytes % 80 ~= 0 or #bytes > 80 * 16) then
+    self:err(child(keys, "ticket_keys"), "expected 1 to 16 keys of 80 bytes each (e.g. openssl rand 80), got "
+      .. #bytes .. " bytes", v.ticket_keys)
+    tk = nil
   end
-  local ca = self:value(v.client_ca, child(keys, "client_ca"), typed("string"))
-  if ca then
-    local full = ca:sub(1, 1) == "/" and ca or self.dir .. "/" .. ca
-    local fh, err = io.open(full, "rb")
-    if fh then
-      fh:close()
-      out.client_ca = full
-    else
-      self:err(child(keys, "client_ca"), "cannot open " .. tostring(err), ca)
-    end
-  end
-  if out.verify_clients > 0 and not out.client_ca and not (ca and not out.client_ca) then
+  out.ticket_keys = tk
+  out.client_ca = self:file(v.client_ca, child(keys, "client_ca"), "CA certificates")
+  if out.verify_clients > 0 and v.client_ca == nil then
     self:err(child(keys, "verify_clients"), "client_ca is required to verify clients")
   end
   return out
@@ -543,20 +528,10 @@ function Checker:origin_tls(v, keys)
     return nil
   end
   local out = { verify = self:value(v.verify, child(keys, "verify"), typed("boolean"), true) }
-  for _, f in ipairs({ "ca", "client_cert", "client_key" }) do
-    local p = self:value(v[f], child(keys, f), typed("string"))
-    if p then
-      local full = p:sub(1, 1) == "/" and p or self.dir .. "/" .. p
-      local fh, err = io.open(full, "rb")
-      if fh then
-        fh:close()
-        out[f] = full
-      else
-        self:err(child(keys, f), "cannot open " .. tostring(err), p)
-      end
-    end
+  for f, what in pairs({ ca = "CA certificates", client_cert = "certificate", client_key = "key" }) do
+    out[f] = self:file(v[f], child(keys, f), what)
   end
-  if (out.client_cert == nil) ~= (out.client_key == nil) and (v.client_cert == nil) ~= (v.client_key == nil) then
+  if (v.client_cert == nil) ~= (v.client_key == nil) then
     self:err(keys, "client_cert and client_key go together")
   end
   out.name = self:value(v.name, child(keys, "name"), host_value)
