@@ -15,6 +15,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,6 +43,7 @@ EXPORT int moxy_ffi_crypto_hmac(const char *alg, const char *key, size_t klen, c
 {
     const EVP_MD *md = md_of(alg);
     unsigned n = 0;
+    if (klen > INT32_MAX) return -1; /* HMAC takes the key's length as an int */
     if (!md || !HMAC(md, key, (int)klen, (const unsigned char *)data, len, out, &n)) return -1;
     return (int)n;
 }
@@ -58,11 +60,13 @@ EXPORT int moxy_ffi_crypto_equal(const char *a, const char *b, size_t n)
 
 EXPORT int moxy_ffi_crypto_b64_encode(const unsigned char *in, size_t len, char *out)
 {
+    if (len > (size_t)INT32_MAX / 4 * 3) return -1; /* the text's length must fit an int */
     return EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 }
 
 EXPORT int moxy_ffi_crypto_b64_decode(const char *in, size_t len, unsigned char *out)
 {
+    if (len > INT32_MAX) return -1; /* EVP_DecodeBlock counts in ints */
     /* the alphabet, and '=' only as the padding of a whole last group */
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)in[i];
@@ -100,7 +104,7 @@ EXPORT int moxy_ffi_crypto_b64_decode(const char *in, size_t len, unsigned char 
 
 EXPORT moxy_pkey_t *moxy_ffi_crypto_pkey(const char *pem, size_t len, char *err, size_t errlen)
 {
-    BIO *b = BIO_new_mem_buf(pem, (int)len);
+    BIO *b = len <= INT32_MAX ? BIO_new_mem_buf(pem, (int)len) : NULL;
     EVP_PKEY *k = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
     if (!k && b) { /* a certificate's key */
         (void)BIO_reset(b);

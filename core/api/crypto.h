@@ -31,7 +31,8 @@ int moxy_ffi_crypto_random(unsigned char *out, size_t n);
 int moxy_ffi_crypto_equal(const char *a, const char *b, size_t n);
 
 /* Base64 (standard alphabet, padded) of the len bytes at in into out
- * (4 * ((len + 2) / 3) + 1 bytes of room): the text's length. */
+ * (4 * ((len + 2) / 3) + 1 bytes of room): the text's length, or -1 when
+ * it would not fit an int. */
 int moxy_ffi_crypto_b64_encode(const unsigned char *in, size_t len, char *out);
 
 /* The bytes of base64 text (standard alphabet, padding optional, no

@@ -182,7 +182,13 @@ static ssize_t tls_write(moxy_conn_t *c, struct evbuffer *b)
         size_t len = evbuffer_get_length(b);
         if (len == 0) return total;
         size_t n = len < TLS_WRITE_MAX ? len : TLS_WRITE_MAX;
-        const unsigned char *p = evbuffer_pullup(b, (ev_ssize_t)n);
+        /* a full record from the first chunk as it is; smaller chunks (a
+         * head before its body) are joined first.  n only grows while a
+         * write waits, as SSL_write's retry asks. */
+        struct evbuffer_iovec v;
+        const unsigned char *p = evbuffer_peek(b, -1, NULL, &v, 1) >= 1 && v.iov_len >= n
+                                     ? v.iov_base
+                                     : evbuffer_pullup(b, (ev_ssize_t)n);
         if (!p) {
             errno = ENOMEM;
             return total ? total : -1;

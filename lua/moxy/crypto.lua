@@ -86,6 +86,7 @@ function M.base64_encode(s)
   str(s, "data", "base64_encode")
   local out = ffi.new("char[?]", 4 * math.floor((#s + 2) / 3) + 1)
   local n = C.moxy_ffi_crypto_b64_encode(s, #s, out)
+  if n < 0 then error("moxy.crypto.base64_encode: data too long", 2) end
   return ffi.string(out, n)
 end
 
