@@ -1,51 +1,31 @@
 /*
  * tls.c -- TLS on a connection (see tls.h): the transport, the
- * handshake, what it negotiated, and the client side toward origins.  A
- * listener's certificates are in tls_server.c.
+ * handshake, what it negotiated.  A listener's certificates are in
+ * tls_server.c, the client side toward origins in tls_client.c.
  *
  * The transport reads and writes the socket through a BIO of moxy's own:
  * it hands out first the bytes read before the handshake (after a PROXY
  * protocol header), then the socket's, and sends with MSG_NOSIGNAL.
  * Writes take up to 16 KiB at a time from the front of the buffer, so
  * that records are full-sized.
- *
  */
 #include "net/tls.h"
 #include "net/tls_int.h"
 #include "base/log.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <openssl/core_names.h>
 #include <openssl/err.h>
-#include <openssl/ocsp.h>
-#include <openssl/rand.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define TLS_WRITE_MAX 16384 /* bytes per SSL_write: one full record */
-
-/* The transport's state: the SSL and its BIO's own. */
-typedef struct {
-    SSL *ssl;
-    struct evbuffer *first; /* bytes read before the handshake, read first */
-    int fd;
-    unsigned done : 1;      /* the handshake is done */
-    unsigned failed : 1;    /* a protocol error: its session is not resumed */
-    unsigned peer_read : 1; /* peer's facts below are filled */
-    int has_cert, verified;
-    char *subject, *issuer, *serial, *fingerprint; /* the client certificate's (mutual TLS) */
-    long long not_after;
-} tls_conn_t;
 
 static BIO_METHOD *bio_method;
 
@@ -249,29 +229,52 @@ const moxy_transport_t moxy_transport_tls = {
     .close = tls_close,
 };
 
-int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from)
+/* A TLS connection state for c on ctx, its BIO ours; NULL when out of memory. */
+tls_conn_t *moxy_tls_conn_new(moxy_conn_t *c, SSL_CTX *ctx)
 {
     tls_conn_t *t = calloc(1, sizeof(*t));
-    if (!t) return MOXY_ERROR;
+    if (!t) return NULL;
     t->fd = c->fd;
-    t->ssl = SSL_new(moxy_tls_server_first(s));
+    t->ssl = SSL_new(ctx);
     BIO *b = t->ssl ? BIO_new(bio_method) : NULL;
-    if (from && evbuffer_get_length(from) > 0) {
-        t->first = evbuffer_new();
-        if (t->first) evbuffer_add_buffer(t->first, from);
-    }
-    if (!b || (from && !t->first && evbuffer_get_length(from) > 0)) {
-        BIO_free(b);
+    if (!b) {
         SSL_free(t->ssl);
         free(t);
         ERR_clear_error();
-        return MOXY_ERROR;
+        return NULL;
     }
     BIO_set_data(b, t);
     SSL_set_bio(t->ssl, b, b);
-    SSL_set_accept_state(t->ssl);
+    return t;
+}
+
+/* t becomes c's transport state. */
+void moxy_tls_conn_attach(moxy_conn_t *c, tls_conn_t *t)
+{
     c->t = &moxy_transport_tls;
     c->ctx = t;
+}
+
+/* Free t, not attached to a connection (its socket stays open). */
+void moxy_tls_conn_free(tls_conn_t *t)
+{
+    SSL_free(t->ssl);
+    if (t->first) evbuffer_free(t->first);
+    free(t);
+}
+
+int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from)
+{
+    tls_conn_t *t = moxy_tls_conn_new(c, moxy_tls_server_first(s));
+    if (!t) return MOXY_ERROR;
+    if (from && evbuffer_get_length(from) > 0) {
+        if (!(t->first = evbuffer_new()) || evbuffer_add_buffer(t->first, from) != 0) {
+            moxy_tls_conn_free(t);
+            return MOXY_ERROR;
+        }
+    }
+    SSL_set_accept_state(t->ssl);
+    moxy_tls_conn_attach(c, t);
     return MOXY_OK;
 }
 
@@ -416,118 +419,4 @@ void moxy_tls_ssl_fail(FILE *err, const char *prefix)
 int moxy_tls_bio_ready(void)
 {
     return bio_method_ready();
-}
-
-/* --- TLS to origins --- */
-
-
-
-int moxy_tls_connect(moxy_conn_t *c, moxy_tls_client_t *cl, const char *sni, const char *host)
-{
-    SSL_CTX *ctx = (SSL_CTX *)cl;
-    tls_conn_t *t = calloc(1, sizeof(*t));
-    if (!t) return MOXY_ERROR;
-    t->fd = c->fd;
-    t->ssl = SSL_new(ctx);
-    BIO *b = t->ssl ? BIO_new(bio_method) : NULL;
-    int ok = b != NULL;
-    if (ok && sni) ok = SSL_set_tlsext_host_name(t->ssl, sni) == 1;
-    if (ok && host && SSL_CTX_get_verify_mode(ctx) != SSL_VERIFY_NONE) {
-        X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
-        X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        /* an IP address is checked against the certificate's IP names */
-        ok = X509_VERIFY_PARAM_set1_ip_asc(vp, host) == 1 || X509_VERIFY_PARAM_set1_host(vp, host, 0) == 1;
-    }
-    if (!ok) {
-        BIO_free(b);
-        SSL_free(t->ssl);
-        free(t);
-        ERR_clear_error();
-        return MOXY_ERROR;
-    }
-    ERR_clear_error(); /* set1_ip_asc's refusal of a name */
-    BIO_set_data(b, t);
-    SSL_set_bio(t->ssl, b, b);
-    SSL_set_connect_state(t->ssl);
-    c->t = &moxy_transport_tls;
-    c->ctx = t;
-    return MOXY_OK;
-}
-
-int moxy_conn_idle_readable(moxy_conn_t *c)
-{
-    char byte;
-    ssize_t n = moxy_conn_recv(c, &byte, 1);
-    return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR));
-}
-
-moxy_tls_client_t *moxy_tls_client_new(const moxy_tls_origin_conf_t *oc, const char *where, FILE *err)
-{
-    if (bio_method_ready() != MOXY_OK) {
-        fprintf(err, "%s: OpenSSL could not be set up\n", where);
-        return NULL;
-    }
-    char msg[1200];
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx) {
-        moxy_tls_ssl_fail(err, where);
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_read_ahead(ctx, 1);
-    static const unsigned char h1[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(ctx, h1, sizeof(h1) - 1);
-    if (oc->verify) {
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-        int ok = oc->ca ? SSL_CTX_load_verify_locations(ctx, oc->ca, NULL) : SSL_CTX_set_default_verify_paths(ctx);
-        if (ok != 1) {
-            snprintf(msg, sizeof(msg), "%s.ca: cannot read CA certificates from %s", where,
-                     oc->ca ? oc->ca : "the system's store");
-            moxy_tls_ssl_fail(err, msg);
-            SSL_CTX_free(ctx);
-            return NULL;
-        }
-    }
-    if (oc->client_cert) {
-        if (SSL_CTX_use_certificate_chain_file(ctx, oc->client_cert) != 1) {
-            snprintf(msg, sizeof(msg), "%s.client_cert: cannot read a certificate from %s", where, oc->client_cert);
-            moxy_tls_ssl_fail(err, msg);
-            SSL_CTX_free(ctx);
-            return NULL;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, oc->client_key, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(ctx) != 1) {
-            snprintf(msg, sizeof(msg), "%s.client_key: %s is not the key of %s", where, oc->client_key,
-                     oc->client_cert);
-            moxy_tls_ssl_fail(err, msg);
-            SSL_CTX_free(ctx);
-            return NULL;
-        }
-    }
-    return (moxy_tls_client_t *)ctx;
-}
-
-static moxy_tls_client_t *default_clients[2];
-static pthread_once_t default_once = PTHREAD_ONCE_INIT;
-
-static void default_clients_make(void)
-{
-    for (int v = 0; v < 2; v++) {
-        moxy_tls_origin_conf_t oc = {.verify = v};
-        default_clients[v] = moxy_tls_client_new(&oc, "moxy.http", stderr);
-    }
-}
-
-moxy_tls_client_t *moxy_tls_client_default(int verify)
-{
-    pthread_once(&default_once, default_clients_make);
-    return default_clients[verify != 0];
-}
-
-void moxy_tls_client_free(moxy_tls_client_t *cl)
-{
-    SSL_CTX_free((SSL_CTX *)cl);
 }
