@@ -8,6 +8,12 @@
 // the y (CSS pixels) of its zero line: for people and tests alike.  The
 // cache's section carries data-cache: "on", "off" (no cache configured: its
 // charts and cards are hidden) or "unknown" (before the first /history).
+// The TLS section (from /status's "tls") carries data-tls: "on" (shown: a
+// handshake or failure counted, or a listener's certificates reported),
+// "off" or "unknown"; its rows carry data-key, data-total and data-rate (per
+// second between the last two polls; empty when not known yet), a
+// certificate's row data-listener, data-expires (Unix seconds) and
+// data-level: "ok", "soon" (within 14 days), "expired" or "unknown".
 'use strict';
 
 (function () {
@@ -310,9 +316,132 @@
     untracked.textContent = h.untracked ? `${h.untracked} peers have no history (too many peers).` : '';
   }
 
+  // ---- TLS toward clients ----------------------------------------------------
+
+  const TLS_GROUPS = [['handshakes', 'tls-handshakes'], ['versions', 'tls-versions'], ['ciphers', 'tls-ciphers'],
+                      ['failures', 'tls-failures']];
+  const DAY = 86400;
+  const WARN_DAYS = 14;
+  const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+  // Per second, the change of each of st.tls's counters since prev (the
+  // /status before it, or null): {group: {name: rate or null}}; null where
+  // it cannot be known (no earlier sample, another process, a counter that
+  // went down).
+  function tlsRates(prev, st) {
+    const out = {};
+    if (!isObj(st.tls)) return out;
+    const dt = prev && prev.pid === st.pid ? st.uptime - prev.uptime : 0;
+    for (const [g] of TLS_GROUPS) {
+      const cur = isObj(st.tls[g]) ? st.tls[g] : {};
+      const old = prev && isObj(prev.tls) && isObj(prev.tls[g]) ? prev.tls[g] : {};
+      out[g] = {};
+      for (const [k, v] of Object.entries(cur)) {
+        const d = v - old[k];
+        out[g][k] = dt > 0 && typeof v === 'number' && typeof old[k] === 'number' && d >= 0 ? d / dt : null;
+      }
+    }
+    return out;
+  }
+
+  // The soonest certificate expiry of each listener, from tls.listeners:
+  // {name: {expires: Unix seconds}} (a bare number is taken as the expiry);
+  // soonest first.  null when /status does not report them.
+  function tlsListeners(t) {
+    if (!isObj(t.listeners)) return null;
+    return Object.entries(t.listeners)
+      .map(([name, v]) => ({ name, expires: typeof v === 'number' ? v : isObj(v) ? Number(v.expires) : NaN }))
+      .sort((a, b) => (a.expires > 0 ? a.expires : Infinity) - (b.expires > 0 ? b.expires : Infinity));
+  }
+
+  // "89 days", "4 days 23 h" (under WARN_DAYS), "5 h", "12 min" for a
+  // duration in seconds.
+  function duration(s) {
+    if (s >= WARN_DAYS * DAY) return Math.floor(s / DAY) + ' days';
+    if (s >= 2 * DAY) return Math.floor(s / DAY) + ' days ' + Math.floor((s % DAY) / 3600) + ' h';
+    if (s >= 2 * 3600) return Math.floor(s / 3600) + ' h';
+    return Math.max(1, Math.floor(s / 60)) + ' min';
+  }
+
+  // The row of tbody keyed key: its label, then a cell per class name in
+  // cells (made on first sight, then updated in place).
+  function keyedRow(tbody, key, cells) {
+    for (const tr of tbody.rows) if (tr.dataset.key === key) return tr;
+    const tr = el('tr', {}, el('td', {}, key), ...cells.map((className) => el('td', { className })));
+    tr.dataset.key = key;
+    tbody.append(tr);
+    return tr;
+  }
+
+  function dropRowsBut(tbody, seen) {
+    for (const tr of [...tbody.rows]) if (!seen.has(tr.dataset.key)) tr.remove();
+  }
+
+  // One row per counter of counts ({name: total}): its rate and total.
+  function counterRows(tbody, counts, rates) {
+    const seen = new Set();
+    for (const [k, v] of Object.entries(counts)) {
+      if (typeof v !== 'number') continue;
+      seen.add(k);
+      const tr = keyedRow(tbody, k, ['num', 'num']);
+      const r = rates[k];
+      tr.cells[1].textContent = r === null || r === undefined ? '–' : fmt(r);
+      tr.cells[2].textContent = String(v);
+      tr.dataset.rate = r === null || r === undefined ? '' : String(r);
+      tr.dataset.total = String(v);
+    }
+    dropRowsBut(tbody, seen);
+  }
+
+  // One row per listener: when its first certificate expires, and in how
+  // long; within WARN_DAYS days (or past) highlighted.
+  function certificateRows(tbody, listeners, now) {
+    const seen = new Set();
+    for (const l of listeners) {
+      seen.add(l.name);
+      const tr = keyedRow(tbody, l.name, ['', 'num']);
+      const left = l.expires - now;
+      const level = !(l.expires > 0) ? 'unknown' : left <= 0 ? 'expired' : left < WARN_DAYS * DAY ? 'soon' : 'ok';
+      const date = level === 'unknown' ? '–'
+        : new Date(l.expires * 1000).toISOString().slice(0, 16).replace('T', ' ') + ' UTC';
+      tr.cells[1].replaceChildren(el('span', { className: 'expiry ' + level }, date));
+      tr.cells[2].textContent = level === 'unknown' ? '–'
+        : level === 'expired' ? 'expired ' + duration(-left) + ' ago' : duration(left);
+      tr.className = level === 'soon' || level === 'expired' ? 'warn' : '';
+      tr.dataset.listener = l.name;
+      tr.dataset.expires = level === 'unknown' ? '' : String(l.expires);
+      tr.dataset.level = level;
+    }
+    dropRowsBut(tbody, seen);
+  }
+
+  // The TLS section from st.tls ({handshakes: {full, resumed}, versions:
+  // {...}, ciphers: {...}, failures: {reason: n}, listeners}): shown only when there is
+  // something to show, so that a moxy without TLS listeners has no TLS box.
+  function renderTls(st, rates) {
+    const t = isObj(st.tls) ? st.tls : null;
+    const listeners = t ? tlsListeners(t) : null;
+    let counted = false;
+    for (const [g] of TLS_GROUPS) {
+      if (t && isObj(t[g])) for (const v of Object.values(t[g])) if (typeof v === 'number' && v > 0) counted = true;
+    }
+    const on = Boolean(t && (counted || (listeners && listeners.length)));
+    const sec = $('tls');
+    sec.dataset.tls = on ? 'on' : 'off';
+    sec.hidden = !on;
+    if (!on) return;
+    for (const [g, id] of TLS_GROUPS) {
+      counterRows($(id).tBodies[0], isObj(t[g]) ? t[g] : {}, (rates && rates[g]) || {});
+    }
+    $('tls-certs').hidden = !listeners || !listeners.length;
+    $('tls-certs-none').hidden = Boolean(listeners && listeners.length);
+    certificateRows($('tls-certs').tBodies[0], listeners || [], Date.now() / 1000);
+  }
+
   function render() {
     if (!last) return;
     renderStatus(last.status);
+    renderTls(last.status, last.tlsRates);
     renderHistory(last.history);
   }
 
@@ -336,7 +465,7 @@
   async function poll() {
     try {
       const [status, history] = await Promise.all([getJSON('/status'), getJSON('/history')]);
-      last = { status, history };
+      last = { status, history, tlsRates: tlsRates(last && last.status, status) };
       render();
       $('live').dataset.live = 'yes';
       $('live').textContent = 'live';

@@ -8,7 +8,10 @@
  * Input:
  *   byte 0    bit 0: the listener refuses unknown names; bit 1: the
  *             bytes come after the accept (handed over) rather than from
- *             the socket; bit 2: mutual TLS asked for (optional)
+ *             the socket; bit 2: mutual TLS asked for (optional); bit 3:
+ *             the handshake stops at the hello for hooks (tls_hello.c),
+ *             which then (bits 4-5) do nothing, use b.test's
+ *             certificates, supply b's certificate and key, or refuse
  *   the rest  the client's bytes (a ClientHello and what follows it), then
  *             the client closes its side
  * The listener has two certificates made at start (ECDSA P-256 for a.test
@@ -18,7 +21,9 @@
  *  - the handshake ends (done or failed) within a bounded number of steps
  *    once the client's bytes are used up, never waits forever;
  *  - a failure has a reason and a MOXY_TLS_FAIL_* kind in range;
- *  - a finished handshake's moxy_tls_info has a version and a cipher.
+ *  - a finished handshake's moxy_tls_info has a version and a cipher;
+ *  - at the hello stop, the name is lower case printable ASCII of at most
+ *    253 bytes, the ALPN list is well-formed, a JA4 is 36 characters.
  * A violation aborts.
  */
 #include "fuzz.h"
@@ -34,6 +39,51 @@
 #include <unistd.h>
 
 static moxy_tls_server_t *servers[8]; /* by flags & 7 */
+static char *b_pem, *b_key;           /* b's certificate and key, for supply */
+static size_t b_pem_len, b_key_len;
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    static char buf[16384];
+    if (!f) abort();
+    *len = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    char *p = malloc(*len);
+    if (!p) abort();
+    memcpy(p, buf, *len);
+    return p;
+}
+
+/* The hooks' part at the hello stop: check what the hello says, decide. */
+static void at_hello(moxy_conn_t *c, unsigned what)
+{
+    moxy_tls_hello_t h;
+    if (!moxy_tls_hello(c, &h)) abort();
+    if (h.sni) {
+        size_t n = strlen(h.sni);
+        if (n == 0 || n > 253) abort();
+        for (size_t i = 0; i < n; i++)
+            if (h.sni[i] <= 0x20 || h.sni[i] >= 0x7f || (h.sni[i] >= 'A' && h.sni[i] <= 'Z')) abort();
+    }
+    for (size_t i = 0; i < h.alpn_len; i += 1 + h.alpn[i])
+        if (h.alpn[i] == 0 || h.alpn[i] > h.alpn_len - i - 1) abort();
+    if (h.ja4 && strlen(h.ja4) != 36) abort();
+    char err[256];
+    switch (what & 3) {
+    case 1:
+        if (moxy_tls_hello_use(c, "B.test", 6) != MOXY_OK) abort();
+        break;
+    case 2:
+        if (moxy_tls_hello_supply(c, "s.test", 6, b_pem, b_pem_len, b_key, b_key_len, err, sizeof(err)) != MOXY_OK)
+            abort();
+        if (moxy_tls_hello_use(c, "s.test", 6) != MOXY_OK) abort();
+        break;
+    case 3:
+        moxy_tls_hello_refuse(c);
+        break;
+    }
+}
 
 /* A self-signed certificate for names, its key of kind ("EC" or "RSA"), in dir. */
 static void make_cert(const char *dir, const char *base, const char *kind, const char *san)
@@ -78,6 +128,8 @@ static void setup(void)
     snprintf(ak, sizeof(ak), "%s/a.key", dir);
     snprintf(bp, sizeof(bp), "%s/b.pem", dir);
     snprintf(bk, sizeof(bk), "%s/b.key", dir);
+    b_pem = slurp(bp, &b_pem_len);
+    b_key = slurp(bk, &b_key_len);
     static moxy_tls_cert_conf_t certs[2];
     certs[0] = (moxy_tls_cert_conf_t){.cert = ap, .key = ak};
     certs[1] = (moxy_tls_cert_conf_t){.cert = bp, .key = bk};
@@ -88,7 +140,7 @@ static void setup(void)
         conf.path = "fuzz.lua";
         tcs[v] = (moxy_tls_conf_t){.certs = certs, .ncerts = 2, .refuse_unknown = v & 1, .min_version = 12,
                                    .max_version = 13, .client_ca = (v & 4) ? ap : NULL,
-                                   .verify_clients = (v & 4) ? 1 : 0, .verify_depth = 3};
+                                   .verify_clients = (v & 4) ? 1 : 0, .verify_depth = 3, .hello_cache = 4};
         ls[v].tls = &tcs[v];
         servers[v] = moxy_tls_server_new(&conf, &ls[v], "listen[1]", stderr);
         if (!servers[v]) abort();
@@ -115,13 +167,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     shutdown(sv[1], SHUT_WR); /* the client has said all it will */
     moxy_conn_t c;
     moxy_conn_plain(&c, sv[0]);
-    if (moxy_tls_accept(&c, servers[flags & 7], first) != MOXY_OK) abort();
+    if (moxy_tls_accept(&c, servers[flags & 7], first, flags & 8) != MOXY_OK) abort();
     int rc = MOXY_AGAIN, steps = 0;
     short want = 0;
     const char *why = NULL;
     int kind = -1;
     while (rc == MOXY_AGAIN && steps++ < 64) {
         rc = moxy_tls_handshake(&c, &want, &why, &kind);
+        if (rc == MOXY_AGAIN && want == MOXY_TLS_WANT_HELLO) {
+            if (!(flags & 8)) abort(); /* stopped without hooks */
+            at_hello(&c, flags >> 4);
+            continue;
+        }
         if (rc == MOXY_AGAIN && want == EV_READ) {
             /* nothing more will come (the client shut down): one more try sees the end */
             rc = moxy_tls_handshake(&c, &want, &why, &kind);

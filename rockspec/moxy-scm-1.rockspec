@@ -17,6 +17,7 @@ build = {
     ["moxy.config"] = "lua/moxy/config.lua",
     ["moxy.cookie"] = "lua/moxy/cookie.lua",
     ["moxy.crypto"] = "lua/moxy/crypto.lua",
+    ["moxy.tls_hello"] = "lua/moxy/tls_hello.lua",
     ["moxy.cache"] = "lua/moxy/cache.lua",
     ["moxy.geo"] = "lua/moxy/geo.lua",
     ["moxy.http"] = "lua/moxy/http.lua",

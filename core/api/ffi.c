@@ -42,6 +42,7 @@ EXPORT int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out)
     out->serial = t->serial;
     out->fingerprint = t->fingerprint;
     out->not_after = (double)t->not_after;
+    out->ja4 = t->ja4;
     return MOXY_OK;
 }
 

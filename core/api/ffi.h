@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 19
+#define MOXY_FFI_ABI 20
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -37,6 +37,7 @@ typedef struct {
     int has_cert, verified; /* mutual TLS: a client certificate came; it verified */
     const char *subject, *issuer, *serial, *fingerprint;
     double not_after;
+    const char *ja4; /* the client hello's JA4 fingerprint */
 } moxy_ffi_tls_t;
 
 /* r's TLS facts into *out: MOXY_OK, or MOXY_DECLINED when r did not come

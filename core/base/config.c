@@ -115,6 +115,7 @@ static int read_tls(lua_State *L, int l, moxy_listen_conf_t *ls)
     tc->ticket_keys = field_str(L, t, "ticket_keys");
     tc->verify_clients = (int)field_num(L, t, "verify_clients", 0);
     tc->verify_depth = (int)field_num(L, t, "verify_depth", 3);
+    tc->hello_cache = (int)field_num(L, t, "hello_cache", 1000);
     lua_getfield(L, t, "certificates");
     int n = (int)lua_objlen(L, -1);
     tc->certs = calloc((size_t)n + 1, sizeof(*tc->certs));

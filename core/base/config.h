@@ -86,6 +86,8 @@ typedef struct {
     int verify_depth;             /* longest client chain (intermediates) accepted */
     char *ticket_keys;            /* session ticket keys shared with other nodes (80 bytes each), or
                                      NULL: the process's own, rotated */
+    int hello_cache;              /* certificates on_tls_hello hooks supplied, kept by name: at most
+                                     this many (0: none kept) */
 } moxy_tls_conf_t;
 
 typedef struct {

@@ -90,6 +90,8 @@ enum {
     MOXY_PHASE_LOG,              /* on_log: after the last byte */
     MOXY_PHASE_ERROR,            /* on_error: moxy answers with an error */
     MOXY_PHASE_CACHE_KEY,        /* on_cache_key: after on_request, before the cache lookup */
+    MOXY_PHASE_TLS_HELLO,        /* on_tls_hello: a TLS client's hello, before any request
+                                    (a connection's, not a request's: moxy_lua_run_hello) */
     MOXY_PHASES
 };
 
@@ -439,6 +441,7 @@ struct moxy_client_s {
     unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
     unsigned tls_wait : 1;      /* its TLS handshake is not done */
     struct moxy_tls_server_s *tls; /* its listener's TLS side, held until the handshake starts */
+    struct moxy_lua_task_s *hello_task; /* its on_tls_hello hooks, parked (the handshake waits) */
     unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */
     unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
     uint32_t read_size;         /* next body read (io.h) */

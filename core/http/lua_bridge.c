@@ -59,12 +59,16 @@ typedef struct moxy_lua_timer_s {
     LIST_ENTRY(moxy_lua_timer_s) link;
 } moxy_lua_timer_t;
 
-/* One run of hooks: a request's phase, or a timer's callback. */
+/* One run of hooks: a request's phase, a timer's callback, or a
+ * connection's on_tls_hello hooks. */
 struct moxy_lua_task_s {
     moxy_wgen_t *g;             /* the generation whose VM runs it (on g->w) */
     struct moxy_lua_co_s co;
-    moxy_req_t *r;              /* NULL: a timer's callback */
+    moxy_req_t *r;              /* NULL: a timer's callback or a connection's hooks */
     moxy_lua_timer_t *timer;    /* the timer whose callback this is, or NULL */
+    void *owner;                /* on_tls_hello: the connection (what the hooks get) */
+    moxy_lua_task_t **slot;     /* ... where its owner keeps it while it is parked */
+    void (*owner_done)(void *owner, int rc); /* ... told when its hooks are done */
     struct evbuffer *body_out;  /* on_body: where the hooks' result goes */
     struct event *sleep;        /* moxy.sleep's timer, once stable (after the task) */
     void *op;                   /* the operation it waits for, or NULL */
@@ -75,7 +79,7 @@ struct moxy_lua_task_s {
 
 static const char *const phase_names[MOXY_PHASES + 1] = {
     "on_request", "on_upstream", "on_upstream_request", "on_response",
-    "on_body",    "on_log",      "on_error",            "on_cache_key", "timer"};
+    "on_body",    "on_log",      "on_error",            "on_cache_key", "on_tls_hello", "timer"};
 
 /* The task whose coroutine runs on this thread, and the generation whose
  * worker_init runs. */
@@ -278,6 +282,7 @@ int moxy_lua_wgen_init(moxy_wgen_t *g)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
+    g->lua_phases -= g->lua_hooks[MOXY_PHASE_TLS_HELLO] > 0; /* a connection's, not a request's */
     /* every coroutine runs the same body: hooks, or a timer's callback */
     lua_getfield(L, -1, "coroutine_body");
     g->lua_body = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -408,17 +413,23 @@ static moxy_lua_task_t *task_current(void)
     return s;
 }
 
-/* The request pointer as resumed coroutines receive it.  It travels as a
+/* The request pointer as resumed coroutines receive it (a connection's
+ * for on_tls_hello hooks, 0 for a timer's callback).  It travels as a
  * number: ffi.cast of a light userdata is not compiled by LuaJIT's JIT
  * (NYI), a number to pointer cast is. */
-static void push_req(lua_State *co, const moxy_req_t *r)
+static void push_ptr(lua_State *co, const void *p)
 {
-    lua_pushnumber(co, (lua_Number)(uintptr_t)r);
+    lua_pushnumber(co, (lua_Number)(uintptr_t)p);
+}
+
+static void push_task_ptr(const moxy_lua_task_t *t)
+{
+    push_ptr(t->co.co, t->r ? (const void *)t->r : t->owner);
 }
 
 static void log_task_error(moxy_lua_task_t *t, const char *msg)
 {
-    int phase = t->r ? t->r->hook_phase : PHASE_TIMER;
+    int phase = t->r ? t->r->hook_phase : t->timer ? PHASE_TIMER : MOXY_PHASE_TLS_HELLO;
     MOXY_STAT_ADD(t->g->w->stats.lua_errors, 1);
     moxy_log(MOXY_LOG_ERR, t->r ? t->r->id : NULL, "%s: %s", phase_names[phase], msg);
 }
@@ -471,7 +482,8 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     if (st == LUA_YIELD && lua_tointeger(c, 1) == YIELD_WAIT && (t->sleeping || t->op)) {
         lua_settop(c, 0);
         if (r) r->hook = t;
-        else t->timer->task = t;
+        else if (t->timer) t->timer->task = t;
+        else *t->slot = t;
         return MOXY_AGAIN;
     }
     /* an error, or a yield that did not come from moxy's API */
@@ -507,7 +519,7 @@ static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
     t->r = r;
     co_get(g, &t->co);
     r->hook_phase = phase;
-    push_req(t->co.co, r);
+    push_ptr(t->co.co, r);
     lua_pushinteger(t->co.co, phase);
     if (r->txn_ref > 0) {
         lua_rawgeti(g->L, LUA_REGISTRYINDEX, r->txn_ref);
@@ -543,18 +555,59 @@ int moxy_lua_run_body(moxy_req_t *r, const char *data, size_t len, int eof, stru
 
 static void timer_done(moxy_lua_timer_t *tm);
 
+int moxy_lua_run_hello(moxy_wgen_t *g, void *owner, moxy_lua_task_t **slot, void (*done)(void *owner, int rc))
+{
+    moxy_lua_task_t task = {0}, *t = &task;
+    t->g = g;
+    t->owner = owner;
+    t->slot = slot;
+    t->owner_done = done;
+    co_get(g, &t->co);
+    push_ptr(t->co.co, owner);
+    lua_pushinteger(t->co.co, MOXY_PHASE_TLS_HELLO);
+    lua_pushnil(t->co.co);
+    int rc = co_resume(&t, 3);
+    if (rc == MOXY_AGAIN) {
+        moxy_wgen_hold(g); /* a parked run keeps its generation */
+        return MOXY_AGAIN;
+    }
+    if (t->stable) free(t);
+    return rc == MOXY_DONE ? MOXY_OK : rc;
+}
+
+void moxy_lua_hello_drop(moxy_lua_task_t *t)
+{
+    moxy_wgen_t *g = t->g;
+    *t->slot = NULL;
+    task_drop(t);
+    free(t);
+    moxy_wgen_release(g);
+}
+
 /* Resume a parked task (its request pointer and nargs - 1 results pushed)
  * and, when its run is over, tell its owner. */
 static void task_resume_parked(moxy_lua_task_t *t, int nargs)
 {
     moxy_req_t *r = t->r;
-    if (!r) {
+    if (!r && t->timer) {
         moxy_lua_timer_t *tm = t->timer;
         tm->task = NULL;
         if (co_resume(&t, nargs) != MOXY_AGAIN) {
             free(t);
             timer_done(tm);
         }
+        return;
+    }
+    if (!r) { /* a connection's on_tls_hello hooks */
+        *t->slot = NULL;
+        int rc = co_resume(&t, nargs);
+        if (rc == MOXY_AGAIN) return;
+        moxy_wgen_t *g = t->g;
+        void *owner = t->owner;
+        void (*done)(void *, int) = t->owner_done;
+        free(t);
+        done(owner, rc == MOXY_DONE ? MOXY_OK : rc);
+        moxy_wgen_release(g);
         return;
     }
     /* a detached request (on_log) has no connection to hold: its end frees it */
@@ -573,7 +626,7 @@ static void task_sleep_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
     t->sleeping = 0;
-    push_req(t->co.co, t->r);
+    push_task_ptr(t);
     task_resume_parked(t, 1);
 }
 
@@ -591,7 +644,7 @@ lua_State *moxy_lua_task_thread(moxy_lua_task_t *t)
 void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults)
 {
     t->op = NULL;
-    push_req(t->co.co, t->r);
+    push_task_ptr(t);
     lua_insert(t->co.co, -(nresults + 1));
     task_resume_parked(t, nresults + 1);
 }

@@ -55,6 +55,16 @@ static inline int moxy_lua_has(const moxy_wgen_t *g, int phase)
     return g->lua_hooks[phase] > 0;
 }
 
+/* Run generation g's on_tls_hello hooks for a connection at its TLS
+ * client's hello; owner is what their hello object reads (through the
+ * FFI: an HTTP/1 moxy_client_t).  MOXY_OK: they are done; MOXY_ERROR: one
+ * failed (logged); MOXY_AGAIN: one waits, and *slot holds the parked run
+ * until done(owner, MOXY_OK or MOXY_ERROR) is called, or until the owner,
+ * going first, drops it with moxy_lua_hello_drop(*slot).  A parked run
+ * keeps g. */
+int moxy_lua_run_hello(moxy_wgen_t *g, void *owner, moxy_lua_task_t **slot, void (*done)(void *owner, int rc));
+void moxy_lua_hello_drop(moxy_lua_task_t *t);
+
 /* r ends: drop its hooks still parked, release what they kept (its txn).
  * Starting a phase drops an earlier phase's parked hooks the same way. */
 void moxy_lua_req_done(moxy_req_t *r);

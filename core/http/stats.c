@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Bucket upper bounds in microseconds, from cache-hit fast to slow-origin
  * slow: moxy_hist_add compares integers, and bound_us / 1e6 is the very
@@ -95,5 +96,34 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
             out->tls_versions[k] += LOAD(st->tls_versions[k]);
         }
         for (int k = 0; k < MOXY_STATS_TLS_FAILS; k++) out->tls_failures[k] += LOAD(st->tls_failures[k]);
+        for (int k = 0; k < MOXY_STATS_TLS_CIPHERS; k++) {
+            const char *name = atomic_load_explicit(&st->tls_cipher_names[k], memory_order_acquire);
+            if (!name) break;
+            unsigned long long v = LOAD(st->tls_ciphers[k]);
+            int j = 0;
+            while (j < out->ntls_ciphers && strcmp(out->tls_cipher_names[j], name) != 0) j++;
+            if (j == out->ntls_ciphers) {
+                if (j == MOXY_STATS_TLS_CIPHERS * 2) continue;
+                out->tls_cipher_names[out->ntls_ciphers++] = name;
+            }
+            out->tls_ciphers[j] += v;
+        }
     }
+}
+
+void moxy_stats_tls_cipher(moxy_stats_t *st, const char *name)
+{
+    int k = 0;
+    for (; k < MOXY_STATS_TLS_CIPHERS - 1; k++) {
+        const char *have = atomic_load_explicit(&st->tls_cipher_names[k], memory_order_relaxed);
+        if (have == name || (have && strcmp(have, name) == 0)) break;
+        if (!have) {
+            atomic_store_explicit(&st->tls_cipher_names[k], name, memory_order_release);
+            break;
+        }
+    }
+    if (k == MOXY_STATS_TLS_CIPHERS - 1 &&
+        !atomic_load_explicit(&st->tls_cipher_names[k], memory_order_relaxed))
+        atomic_store_explicit(&st->tls_cipher_names[k], "other", memory_order_release);
+    MOXY_STAT_ADD(st->tls_ciphers[k], 1);
 }

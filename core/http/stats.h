@@ -13,7 +13,8 @@
 
 #include <stdatomic.h>
 
-#define MOXY_STATS_TLS_FAILS 8 /* at least net/tls.h's MOXY_TLS_FAIL_N */
+#define MOXY_STATS_TLS_FAILS 12 /* at least net/tls.h's MOXY_TLS_FAIL_N */
+#define MOXY_STATS_TLS_CIPHERS 16 /* ciphers counted apart (the rest as "other") */
 #define MOXY_HIST_BUCKETS 13 /* upper bounds (whole µs) in stats.c, then +Inf */
 
 /* A latency histogram: counts per bucket (not cumulative) and the sum. */
@@ -50,6 +51,11 @@ typedef struct {
     atomic_ullong tls_handshakes[2];  /* completed TLS handshakes: [0] full, [1] resumed */
     atomic_ullong tls_versions[2];    /* of those, [0] TLS 1.2, [1] TLS 1.3 */
     atomic_ullong tls_failures[MOXY_STATS_TLS_FAILS]; /* failed, by net/tls.h's MOXY_TLS_FAIL_* */
+    /* completed TLS handshakes by cipher: names as OpenSSL keeps them (for
+     * the process's life), set once per slot before its first count; NULL
+     * slots are free, the last counts the rest */
+    _Atomic(const char *) tls_cipher_names[MOXY_STATS_TLS_CIPHERS];
+    atomic_ullong tls_ciphers[MOXY_STATS_TLS_CIPHERS];
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
@@ -63,12 +69,19 @@ typedef struct {
     unsigned long long lua_errors, budget_kills;
     unsigned long long cache_hits, cache_misses; /* cache lookups */
     unsigned long long tls_handshakes[2], tls_versions[2], tls_failures[MOXY_STATS_TLS_FAILS];
+    int ntls_ciphers;                             /* handshakes by cipher name ("other": the rest) */
+    const char *tls_cipher_names[MOXY_STATS_TLS_CIPHERS * 2];
+    unsigned long long tls_ciphers[MOXY_STATS_TLS_CIPHERS * 2];
 } moxy_stats_total_t;
 
 /* Add n to a counter only its worker writes (no locked instruction). */
 #define MOXY_STAT_ADD(v, n) \
     atomic_store_explicit(&(v), atomic_load_explicit(&(v), memory_order_relaxed) + (n), memory_order_relaxed)
 #define MOXY_STAT_SET(v, n) atomic_store_explicit(&(v), (n), memory_order_relaxed)
+
+/* One more TLS handshake of w with the cipher name (a string OpenSSL
+ * keeps for the process's life); on w's thread. */
+void moxy_stats_tls_cipher(moxy_stats_t *st, const char *name);
 
 /* w's counts for the pools called name: found, or made (on w's thread, or
  * before it runs).  NULL when out of memory. */

@@ -107,7 +107,7 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
         if (t) {
             *t = info;
             /* the strings the connection holds are the request's own copies */
-            const char **s[] = {&t->sni, &t->subject, &t->issuer, &t->serial, &t->fingerprint};
+            const char **s[] = {&t->sni, &t->subject, &t->issuer, &t->serial, &t->fingerprint, &t->ja4};
             for (size_t i = 0; i < MOXY_ARRAY_LEN(s); i++)
                 if (*s[i]) *s[i] = moxy_pstrdup(&r->mem, *s[i], strlen(*s[i]));
             r->tls = t;
@@ -143,7 +143,8 @@ static void session_close(moxy_session_t *s)
 static void session_cut_gen(moxy_session_t *s, const moxy_wgen_t *g)
 {
     moxy_client_t *c = (moxy_client_t *)s;
-    if (c->req && c->req->g == g) moxy_client_close(c);
+    if ((c->req && c->req->g == g) || (c->hello_task && moxy_lua_task_wgen(c->hello_task) == g))
+        moxy_client_close(c);
 }
 
 static const moxy_session_ops_t h1_session = {
@@ -253,6 +254,7 @@ void moxy_client_close(moxy_client_t *c)
             moxy_req_release(r);
         }
     }
+    if (c->hello_task) moxy_lua_hello_drop(c->hello_task);
     event_del(&c->rev);
     event_del(&c->wev);
     moxy_conn_close(&c->conn);
@@ -705,14 +707,54 @@ static int client_proxy_header(moxy_client_t *c)
     return MOXY_OK;
 }
 
+/* c's on_tls_hello hooks wait: c reads nothing meanwhile (what a client
+ * sends before an answer waits in the socket), its read event only keeps
+ * the handshake's deadline. */
+static void client_hello_park(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    struct timeval now, left = {0, 0};
+    event_base_gettimeofday_cached(w->base, &now);
+    if (evutil_timercmp(&now, &c->head_deadline, <)) evutil_timersub(&c->head_deadline, &now, &left);
+    event_del(&c->rev);
+    event_assign(&c->rev, w->base, c->conn.fd, 0, client_read_cb, c);
+    event_add(&c->rev, &left);
+    c->reading = 1;
+}
+
+static void client_hello_unpark(moxy_client_t *c)
+{
+    moxy_worker_t *w = c->w;
+    event_del(&c->rev);
+    event_assign(&c->rev, w->base, c->conn.fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    struct timeval now, left = {0, 0};
+    event_base_gettimeofday_cached(w->base, &now);
+    if (evutil_timercmp(&now, &c->head_deadline, <)) evutil_timersub(&c->head_deadline, &now, &left);
+    client_read_timeout(c, &left);
+}
+
+/* c's parked on_tls_hello hooks are done: the handshake goes on (refused
+ * when a hook failed). */
+static void client_hello_done(void *owner, int rc)
+{
+    moxy_client_t *c = owner;
+    if (rc != MOXY_OK) moxy_tls_hello_refuse(&c->conn);
+    moxy_client_hold(c);
+    client_hello_unpark(c);
+    moxy_h1_process(c);
+    moxy_client_release(c);
+}
+
 /* Go on with c's TLS handshake (started here, past the PROXY protocol
  * header: the bytes read after it are the handshake's).  MOXY_OK: done,
  * and what came with it is read next; MOXY_AGAIN: it waits for the
- * socket; MOXY_ERROR: it failed and c is closed. */
+ * socket, or for on_tls_hello hooks; MOXY_ERROR: it failed and c is
+ * closed. */
 static int client_tls_step(moxy_client_t *c)
 {
+    if (c->hello_task) return MOXY_AGAIN;
     if (c->tls) {
-        if (moxy_tls_accept(&c->conn, c->tls, c->in) != MOXY_OK) {
+        if (moxy_tls_accept(&c->conn, c->tls, c->in, moxy_lua_has(c->w->g, MOXY_PHASE_TLS_HELLO)) != MOXY_OK) {
             moxy_client_close(c);
             return MOXY_ERROR;
         }
@@ -723,9 +765,19 @@ static int client_tls_step(moxy_client_t *c)
     const char *why = NULL;
     int kind = MOXY_TLS_FAIL_OTHER;
     int rc = moxy_tls_handshake(&c->conn, &want, &why, &kind);
+    if (rc == MOXY_AGAIN && want == MOXY_TLS_WANT_HELLO) {
+        int hr = moxy_lua_run_hello(c->w->g, c, &c->hello_task, client_hello_done);
+        if (hr == MOXY_AGAIN) {
+            client_hello_park(c);
+            return MOXY_AGAIN;
+        }
+        if (hr != MOXY_OK) moxy_tls_hello_refuse(&c->conn);
+        rc = moxy_tls_handshake(&c->conn, &want, &why, &kind);
+    }
     if (rc == MOXY_ERROR) {
         MOXY_STAT_ADD(c->w->stats.tls_failures[kind], 1);
-        moxy_log(MOXY_LOG_INFO, NULL, "listener %s: client %s:%u: TLS handshake failed: %s",
+        moxy_log(kind == MOXY_TLS_FAIL_IDLE ? MOXY_LOG_DEBUG : MOXY_LOG_INFO, NULL,
+                 "listener %s: client %s:%u: TLS handshake failed: %s",
                  c->s.listen_index >= 0 ? c->w->g->conf->listens[c->s.listen_index].name : "-", c->addr.sock_ip,
                  c->addr.sock_port, why);
         moxy_client_close(c);
@@ -746,6 +798,7 @@ static int client_tls_step(moxy_client_t *c)
     if (moxy_tls_info(&c->conn, &info)) {
         MOXY_STAT_ADD(c->w->stats.tls_handshakes[info.resumed ? 1 : 0], 1);
         MOXY_STAT_ADD(c->w->stats.tls_versions[strcmp(info.version, "TLSv1.3") == 0], 1);
+        moxy_stats_tls_cipher(&c->w->stats, info.cipher);
     }
     /* a request sent with the handshake's last flight raises no event */
     if (moxy_conn_pending(&c->conn)) event_active(&c->rev, EV_READ, 1);

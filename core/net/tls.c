@@ -39,12 +39,14 @@ static int bio_read(BIO *b, char *out, size_t len, size_t *got)
         int n = evbuffer_remove(t->first, out, len);
         if (n > 0) {
             *got = (size_t)n;
+            t->got_bytes = 1;
             return 1;
         }
     }
     ssize_t n = recv(t->fd, out, len, 0);
     if (n > 0) {
         *got = (size_t)n;
+        t->got_bytes = 1;
         return 1;
     }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_read(b);
@@ -205,13 +207,7 @@ static void tls_close(moxy_conn_t *c)
         /* OpenSSL drops the session of a connection freed before its
          * shutdown: one that ended well may be resumed */
         if (t->done && !t->failed) SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-        SSL_free(t->ssl);
-        if (t->first) evbuffer_free(t->first);
-        free(t->subject);
-        free(t->issuer);
-        free(t->serial);
-        free(t->fingerprint);
-        free(t);
+        moxy_tls_conn_free(t);
     }
     c->ctx = NULL;
     close(c->fd);
@@ -260,13 +256,27 @@ void moxy_tls_conn_free(tls_conn_t *t)
 {
     SSL_free(t->ssl);
     if (t->first) evbuffer_free(t->first);
+    free(t->subject);
+    free(t->issuer);
+    free(t->serial);
+    free(t->fingerprint);
+    free(t->sni);
+    free(t->alpn);
     free(t);
 }
 
-int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from)
+tls_conn_t *moxy_tls_conn_of(const SSL *ssl)
+{
+    return BIO_get_data(SSL_get_rbio(ssl));
+}
+
+int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from, int hello)
 {
     tls_conn_t *t = moxy_tls_conn_new(c, moxy_tls_server_first(s));
     if (!t) return MOXY_ERROR;
+    t->server = s;
+    t->hello_hook = hello != 0;
+    SSL_set_msg_callback(t->ssl, moxy_tls_on_message);
     if (from && evbuffer_get_length(from) > 0) {
         if (!(t->first = evbuffer_new()) || evbuffer_add_buffer(t->first, from) != 0) {
             moxy_tls_conn_free(t);
@@ -279,7 +289,7 @@ int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from)
 }
 
 const char *const moxy_tls_fail_names[MOXY_TLS_FAIL_N] = {
-    "protocol", "cipher", "name", "http", "closed", "timeout", "other",
+    "protocol", "cipher", "name", "http", "closed", "timeout", "refused", "idle", "other",
 };
 
 /* The MOXY_TLS_FAIL_* of OpenSSL's reason code r. */
@@ -316,6 +326,10 @@ int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind)
             evbuffer_free(t->first);
             t->first = NULL;
         }
+        free(t->sni); /* the hello's: moxy_tls_info reads OpenSSL's */
+        free(t->alpn);
+        t->sni = NULL;
+        t->alpn = NULL;
         return MOXY_OK;
     }
     int e = SSL_get_error(t->ssl, rc);
@@ -323,12 +337,20 @@ int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind)
         *want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
         return MOXY_AGAIN;
     }
+    if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+        *want = MOXY_TLS_WANT_HELLO;
+        return MOXY_AGAIN;
+    }
     unsigned long code = ERR_peek_last_error();
     const char *r = code ? ERR_reason_error_string(code) : NULL;
     *kind = code ? fail_kind(ERR_GET_REASON(code)) : MOXY_TLS_FAIL_OTHER;
+    if (t->hello_refused) {
+        *kind = MOXY_TLS_FAIL_REFUSED;
+        r = "refused by an on_tls_hello hook";
+    }
     if (e == SSL_ERROR_SYSCALL) {
         r = errno ? strerror(errno) : "the peer closed";
-        *kind = MOXY_TLS_FAIL_CLOSED;
+        *kind = t->got_bytes ? MOXY_TLS_FAIL_CLOSED : MOXY_TLS_FAIL_IDLE;
     }
     long vr = SSL_get_verify_result(t->ssl);
     if (!SSL_is_server(t->ssl) && vr != X509_V_OK) r = X509_verify_cert_error_string(vr); /* why the origin's
@@ -402,6 +424,7 @@ int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info)
     info->cipher = SSL_get_cipher_name(t->ssl);
     info->alpn = alen == 8 && memcmp(alpn, "http/1.1", 8) == 0 ? "http/1.1" : NULL;
     info->resumed = SSL_session_reused(t->ssl);
+    info->ja4 = t->ja4[0] ? t->ja4 : NULL;
     return 1;
 }
 
@@ -414,6 +437,15 @@ void moxy_tls_ssl_fail(FILE *err, const char *prefix)
     const char *r = code ? ERR_reason_error_string(code) : NULL;
     fprintf(err, "%s%s%s\n", prefix, r ? ": " : "", r ? r : "");
     ERR_clear_error();
+}
+
+int moxy_tls_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    MOXY_UNUSED(buf);
+    MOXY_UNUSED(size);
+    MOXY_UNUSED(rwflag);
+    MOXY_UNUSED(u);
+    return -1;
 }
 
 int moxy_tls_bio_ready(void)

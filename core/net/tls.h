@@ -47,8 +47,10 @@ long long moxy_tls_server_expiry(const moxy_tls_server_t *s);
 
 /* c (plain, its socket open) becomes a TLS server connection of s; the
  * bytes of from (read from the socket already) are moved in and read
- * first.  MOXY_OK, or MOXY_ERROR (out of memory; c unchanged). */
-int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from);
+ * first.  hello: the handshake stops at the client's hello for hooks to
+ * choose the certificate (MOXY_TLS_WANT_HELLO).  MOXY_OK, or MOXY_ERROR
+ * (out of memory; c unchanged). */
+int moxy_tls_accept(moxy_conn_t *c, moxy_tls_server_t *s, struct evbuffer *from, int hello);
 
 /* Why a handshake failed, as counted (moxy_tls_handshake's *kind). */
 enum {
@@ -58,6 +60,8 @@ enum {
     MOXY_TLS_FAIL_HTTP,         /* plain HTTP sent to a TLS listener */
     MOXY_TLS_FAIL_CLOSED,       /* the client closed or reset in the middle */
     MOXY_TLS_FAIL_TIMEOUT,      /* not done within timeouts.client_header */
+    MOXY_TLS_FAIL_REFUSED,      /* an on_tls_hello hook refused it, or failed */
+    MOXY_TLS_FAIL_IDLE,         /* the client closed without sending a byte (a TCP probe) */
     MOXY_TLS_FAIL_OTHER,        /* anything else (a malformed message, ...) */
     MOXY_TLS_FAIL_N
 };
@@ -67,9 +71,47 @@ extern const char *const moxy_tls_fail_names[MOXY_TLS_FAIL_N];
 
 /* Go on with c's handshake: MOXY_OK when it is done; MOXY_AGAIN when it
  * waits for the socket to be readable (*want EV_READ) or writable
- * (EV_WRITE); MOXY_ERROR when it failed (*why: a reason for the log,
- * *kind: MOXY_TLS_FAIL_*). */
+ * (EV_WRITE), or for the caller's hooks at the client's hello (*want
+ * MOXY_TLS_WANT_HELLO: see below); MOXY_ERROR when it failed (*why: a
+ * reason for the log, *kind: MOXY_TLS_FAIL_*). */
 int moxy_tls_handshake(moxy_conn_t *c, short *want, const char **why, int *kind);
+
+/* --- the client's hello, for hooks (a connection accepted with hello) ---
+ *
+ * When moxy_tls_handshake says MOXY_TLS_WANT_HELLO, the client's hello is
+ * in and nothing is answered yet: the caller reads it (moxy_tls_hello),
+ * may choose the certificate (moxy_tls_hello_use, _supply) or refuse the
+ * handshake (moxy_tls_hello_refuse), at once or later, and then calls
+ * moxy_tls_handshake again.  Without a choice, the name the client asks
+ * for chooses, as without hooks. */
+#define MOXY_TLS_WANT_HELLO 0x1000
+
+typedef struct {
+    const char *sni;            /* the name asked for (lower case), or NULL */
+    const unsigned char *alpn;  /* the protocols offered, as on the wire
+                                   (each a length byte then the name), or NULL */
+    size_t alpn_len;
+    const char *ja4;            /* the hello's JA4 fingerprint, or NULL */
+} moxy_tls_hello_t;
+
+/* 1 and *h filled while c's handshake waits at the client's hello; else 0. */
+int moxy_tls_hello(const moxy_conn_t *c, moxy_tls_hello_t *h);
+
+/* Present the certificates the listener loaded for name (len bytes; as
+ * SNI chooses: exact, or a wildcard one label deep), else the one a hook
+ * supplied for name earlier (kept by the listener, at most its
+ * hello_cache).  MOXY_OK, or MOXY_DECLINED: none. */
+int moxy_tls_hello_use(moxy_conn_t *c, const char *name, size_t len);
+
+/* Present the certificate of cert (PEM: the certificate, then its chain)
+ * with key (PEM, not encrypted), and keep it for name (len bytes; 0:
+ * not kept) for later moxy_tls_hello_use.  MOXY_OK, or MOXY_ERROR with
+ * the reason in err (not a certificate, not its key, too large). */
+int moxy_tls_hello_supply(moxy_conn_t *c, const char *name, size_t len, const char *cert, size_t cert_len,
+                          const char *key, size_t key_len, char *err, size_t errlen);
+
+/* The handshake fails (a handshake_failure alert; counted as "refused"). */
+void moxy_tls_hello_refuse(moxy_conn_t *c);
 
 /* --- TLS to origins --- */
 
@@ -114,6 +156,7 @@ typedef struct moxy_tls_info_s {
     const char *serial;  /* hex */
     const char *fingerprint; /* SHA-256 of the DER, hex */
     long long not_after; /* seconds since the epoch */
+    const char *ja4;     /* the client hello's JA4 fingerprint, or NULL (server side) */
 } moxy_tls_info_t;
 
 /* 1 and *info filled when c is a TLS connection past its handshake. */

@@ -82,6 +82,7 @@ struct moxy_tls_server_s {
     tls_name_t *names;
     int nnames;
     int refuse_unknown;
+    struct tls_hello_cache_s *hello_cache; /* certificates hooks supplied (tls_hello.c) */
 };
 
 static int server_index = -1; /* SSL_CTX ex_data: the moxy_tls_server_t (its first context's, which frees it) */
@@ -167,8 +168,7 @@ static tls_ticket_ring_t *ring_from_file(const char *path, const char *where, FI
 
 /* --- a listener's certificates --- */
 
-/* The server's context group serving name (lower case), or NULL. */
-static SSL_CTX *server_find(const moxy_tls_server_t *s, const char *name)
+SSL_CTX *moxy_tls_server_find(const moxy_tls_server_t *s, const char *name)
 {
     for (int i = 0; i < s->nnames; i++)
         if (strcmp(s->names[i].name, name) == 0) return s->names[i].ctx;
@@ -185,6 +185,7 @@ static SSL_CTX *server_find(const moxy_tls_server_t *s, const char *name)
 static int on_servername(SSL *ssl, int *alert, void *arg)
 {
     moxy_tls_server_t *s = arg;
+    if (moxy_tls_conn_of(ssl)->hello_chose) return SSL_TLSEXT_ERR_OK; /* a hook chose */
     const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     char name[256];
     size_t n = sni ? strlen(sni) : 0;
@@ -194,7 +195,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
             name[i] = (char)((sni[i] >= 'A' && sni[i] <= 'Z') ? sni[i] + 32 : sni[i]);
         if (name[n - 1] == '.') n--; /* an absolute name */
         name[n] = '\0';
-        ctx = server_find(s, name);
+        ctx = moxy_tls_server_find(s, name);
     }
     if (!ctx) {
         if (!s->refuse_unknown) return SSL_TLSEXT_ERR_OK;
@@ -246,6 +247,7 @@ static void server_free_cb(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
     }
     free(s->names);
     free(s->groups);
+    if (s->hello_cache) moxy_tls_hello_cache_free(s->hello_cache);
     if (s->ring && s->ring != &process_ring) {
         OPENSSL_cleanse(s->ring->keys, sizeof(s->ring->keys));
         pthread_mutex_destroy(&s->ring->lock);
@@ -407,9 +409,10 @@ static tls_group_t *group_for(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, c
     g->key = key;
     SSL_CTX_set_ex_data(g->ctx, ring_index, s->ring);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(g->ctx, on_ticket);
+    SSL_CTX_set_client_hello_cb(g->ctx, moxy_tls_on_client_hello, NULL);
     s->ngroups++;
     for (int k = 0; k < n; k++) { /* a name two groups serve goes to the first */
-        if (server_find(s, names[k]) && names[k][0] != '*') {
+        if (moxy_tls_server_find(s, names[k]) && names[k][0] != '*') {
             free(names[k]);
             continue;
         }
@@ -480,7 +483,7 @@ static int load_cert(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, int i, con
     snprintf(where, sizeof(where), "%s.certificates[%d]", tls_where, i + 1);
     /* the chain: the first certificate is the server's */
     BIO *in = BIO_new_file(cc->cert, "r");
-    X509 *cert = in ? PEM_read_bio_X509_AUX(in, NULL, NULL, NULL) : NULL;
+    X509 *cert = in ? PEM_read_bio_X509_AUX(in, NULL, moxy_tls_no_passphrase, NULL) : NULL;
     if (!cert) {
         snprintf(msg, sizeof(msg), "%s.cert: cannot read a certificate from %s", where, cc->cert);
         moxy_tls_ssl_fail(err, msg);
@@ -519,7 +522,7 @@ static int load_cert(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, int i, con
         return MOXY_ERROR;
     }
     BIO *kin = BIO_new_file(cc->key, "r");
-    EVP_PKEY *pkey = kin ? PEM_read_bio_PrivateKey(kin, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *pkey = kin ? PEM_read_bio_PrivateKey(kin, NULL, moxy_tls_no_passphrase, NULL) : NULL;
     BIO_free(kin);
     if (!pkey) {
         snprintf(msg, sizeof(msg), "%s.key: cannot read a private key from %s", where, cc->key);
@@ -588,10 +591,16 @@ moxy_tls_server_t *moxy_tls_server_new(const moxy_conf_t *conf, const moxy_liste
         return NULL;
     }
     s->refuse_unknown = tc->refuse_unknown;
+    if (!(s->hello_cache = moxy_tls_hello_cache_new(tc->hello_cache))) {
+        fprintf(err, "%s: %s.tls: out of memory\n", conf->path, keys);
+        free(s);
+        return NULL;
+    }
     char tls_where[512];
     snprintf(tls_where, sizeof(tls_where), "%s: %s.tls", conf->path, keys);
     s->ring = tc->ticket_keys ? ring_from_file(tc->ticket_keys, tls_where, err) : &process_ring;
     if (!s->ring) {
+        moxy_tls_hello_cache_free(s->hello_cache);
         free(s);
         return NULL;
     }
@@ -670,4 +679,9 @@ long long moxy_tls_server_check_expiry(const moxy_tls_server_t *s, const char *l
 SSL_CTX *moxy_tls_server_first(const moxy_tls_server_t *s)
 {
     return s->groups[0].ctx;
+}
+
+struct tls_hello_cache_s *moxy_tls_server_hello_cache(const moxy_tls_server_t *s)
+{
+    return s->hello_cache;
 }

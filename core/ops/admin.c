@@ -71,6 +71,39 @@ static void reload_json(struct evbuffer *b, const moxy_reload_status_t *rs)
     evbuffer_add(b, "}", 1);
 }
 
+/* /status's "tls": TLS toward clients (handshakes by kind, version and
+ * cipher, failures by reason, when each listener's first certificate
+ * expires), or null without a TLS listener. */
+static void status_tls(struct evbuffer *b, const moxy_stats_total_t *tot, const moxy_conf_t *conf)
+{
+    int any = 0;
+    for (int i = 0; i < conf->nlistens; i++) any |= conf->listens[i].tls != NULL;
+    if (!any) {
+        evbuffer_add(b, ",\"tls\":null", 11);
+        return;
+    }
+    evbuffer_add_printf(b, ",\"tls\":{\"handshakes\":{\"full\":%llu,\"resumed\":%llu},"
+                           "\"versions\":{\"TLSv1.2\":%llu,\"TLSv1.3\":%llu},\"failures\":{",
+                        tot->tls_handshakes[0], tot->tls_handshakes[1], tot->tls_versions[0], tot->tls_versions[1]);
+    for (int k = 0; k < MOXY_TLS_FAIL_N; k++)
+        evbuffer_add_printf(b, "%s\"%s\":%llu", k ? "," : "", moxy_tls_fail_names[k], tot->tls_failures[k]);
+    evbuffer_add(b, "},\"ciphers\":{", 13);
+    for (int k = 0; k < tot->ntls_ciphers; k++) {
+        if (k) evbuffer_add(b, ",", 1);
+        moxy_json_str(b, tot->tls_cipher_names[k]);
+        evbuffer_add_printf(b, ":%llu", tot->tls_ciphers[k]);
+    }
+    evbuffer_add(b, "},\"listeners\":{", 15);
+    const moxy_gen_t *gen = moxy_gen_current();
+    for (int i = 0, n = 0; gen && gen->conf == conf && gen->tls && i < conf->nlistens; i++) {
+        if (!gen->tls[i]) continue;
+        if (n++) evbuffer_add(b, ",", 1);
+        moxy_json_str(b, conf->listens[i].name);
+        evbuffer_add_printf(b, ":{\"expires\":%lld}", moxy_tls_server_expiry(gen->tls[i]));
+    }
+    evbuffer_add(b, "}}", 2);
+}
+
 static void status(struct evhttp_request *req)
 {
     const moxy_conf_t *conf = admin.conf;
@@ -127,13 +160,7 @@ static void status(struct evhttp_request *req)
     } else {
         evbuffer_add(b, "null", 4);
     }
-    /* TLS toward clients: handshakes by kind and version, failures by reason */
-    evbuffer_add_printf(b, ",\"tls\":{\"handshakes\":{\"full\":%llu,\"resumed\":%llu},"
-                           "\"versions\":{\"TLSv1.2\":%llu,\"TLSv1.3\":%llu},\"failures\":{",
-                        tot.tls_handshakes[0], tot.tls_handshakes[1], tot.tls_versions[0], tot.tls_versions[1]);
-    for (int k = 0; k < MOXY_TLS_FAIL_N; k++)
-        evbuffer_add_printf(b, "%s\"%s\":%llu", k ? "," : "", moxy_tls_fail_names[k], tot.tls_failures[k]);
-    evbuffer_add(b, "}}", 2);
+    status_tls(b, &tot, conf);
     evbuffer_add(b, ",\"shared\":{", 11);
     for (int i = 0; i < conf->nshared; i++) {
         moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));

@@ -258,6 +258,12 @@ static void render_tls(struct evbuffer *out, const moxy_stats_total_t *tot, cons
     evbuffer_add_printf(out, "moxy_tls_handshakes_by_version_total{version=\"TLSv1.2\"} %llu\n"
                              "moxy_tls_handshakes_by_version_total{version=\"TLSv1.3\"} %llu\n",
                         tot->tls_versions[0], tot->tls_versions[1]);
+    head(out, "moxy_tls_handshakes_by_cipher_total", "counter", "TLS handshakes done with clients, by cipher.");
+    for (int k = 0; k < tot->ntls_ciphers; k++) {
+        evbuffer_add(out, "moxy_tls_handshakes_by_cipher_total{cipher=\"", 44);
+        put_label(out, tot->tls_cipher_names[k]);
+        evbuffer_add_printf(out, "\"} %llu\n", tot->tls_ciphers[k]);
+    }
     head(out, "moxy_tls_handshake_failures_total", "counter", "TLS handshakes with clients that failed, by reason.");
     for (int k = 0; k < MOXY_TLS_FAIL_N; k++)
         evbuffer_add_printf(out, "moxy_tls_handshake_failures_total{reason=\"%s\"} %llu\n", moxy_tls_fail_names[k],

@@ -309,7 +309,7 @@ function Checker:tls(v, keys)
   if v == nil then return nil end
   if not self:table(v, keys, { certificates = true, refuse_unknown = true, protocols = true, ciphers = true,
                                ciphersuites = true, groups = true, client_ca = true, verify_clients = true,
-                               verify_depth = true, ticket_keys = true }) then
+                               verify_depth = true, ticket_keys = true, hello_cache = true }) then
     return nil
   end
   local out = { certificates = {} }
@@ -353,6 +353,9 @@ function Checker:tls(v, keys)
   local vc = self:value(v.verify_clients, child(keys, "verify_clients"), one_of("off", "optional", "require"), "off")
   out.verify_clients = ({ off = 0, optional = 1, require = 2 })[vc] or 0
   out.verify_depth = self:value(v.verify_depth, child(keys, "verify_depth"), integer(1, 16), 3)
+  -- certificates on_tls_hello hooks supplied, kept by name for the next
+  -- handshakes (hello:use), at most this many
+  out.hello_cache = self:value(v.hello_cache, child(keys, "hello_cache"), integer(0, 1000000), 1000)
   local tk, bytes = self:file(v.ticket_keys, child(keys, "ticket_keys"), "ticket keys", true)
   if tk and (#bytes == 0 or #bytes % 80 ~= 0 or #bytes > 80 * 16) then
     self:err(child(keys, "ticket_keys"), "expected 1 to 16 keys of 80 bytes each (e.g. openssl rand 80), got "

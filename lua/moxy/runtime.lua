@@ -8,12 +8,15 @@
 -- Protocol with C (lua_resume):
 --   resume(co, ptr, phase, txn[, chunk, eof])  run the hooks of a phase
 --   resume(co, 0, TIMER, id)                   run timer `id`'s callback
+--   resume(co, conn, TLS_HELLO)                run on_tls_hello hooks for a
+--                                               connection at its hello
 --     -> yields DONE, answered, txn[, chunk]    finished
 --     -> yields WAIT                            parked: an FFI call started
 --                                               what it waits for
 --   resume(co, ptr, results...)                 after the event
 local ffi = require "ffi"
 local txn = require "moxy.txn"
+local tls_hello = require "moxy.tls_hello"
 local yield = coroutine.yield
 
 ffi.cdef [[
@@ -36,9 +39,10 @@ end
 
 -- index - 1 = MOXY_PHASE_* in C (core/http/http-t.h; tools/check-ffi.lua checks it)
 local PHASES = { "on_request", "on_upstream", "on_upstream_request", "on_response", "on_body",
-                 "on_log", "on_error", "on_cache_key" }
+                 "on_log", "on_error", "on_cache_key", "on_tls_hello" }
 local P = txn.PHASE
 local TIMER = #PHASES -- a timer's callback (not a phase)
+local TLS_HELLO = P.tls_hello -- a connection's hooks, not a request's
 M.PHASES = PHASES
 
 local KNOWN = { init = true, worker_init = true }
@@ -210,7 +214,9 @@ function M.coroutine_body(ptr, phase, t, chunk, eof)
   local DONE, set = M.DONE, hooks
   while true do
     local answered, out
-    if phase ~= TIMER then
+    if phase == TLS_HELLO then
+      tls_hello.run(set[phase + 1], ptr)
+    elseif phase ~= TIMER then
       answered, t, out = run_hooks(set, ptr, phase, t, chunk, eof)
       txn_leave()
     else
@@ -263,7 +269,12 @@ function M.can_wait()
 end
 
 local function resumed(ph, ptr, ...)
-  txn.enter(ptr, ph)
+  if ph == TLS_HELLO then
+    tls_hello.enter(ptr)
+    txn.enter(0, ph)
+  else
+    txn.enter(ptr, ph)
+  end
   return ...
 end
 
@@ -272,6 +283,7 @@ end
 function M.wait()
   local ph = txn.phase()
   txn.leave()
+  tls_hello.leave()
   return resumed(ph, yield(M.WAIT))
 end
 

@@ -13,6 +13,7 @@ typedef struct {
     int has_cert, verified; /* mutual TLS: a client certificate came; it verified */
     const char *subject, *issuer, *serial, *fingerprint;
     double not_after;
+    const char *ja4; /* the client hello's JA4 fingerprint */
 } moxy_ffi_tls_t;
 int moxy_ffi_req_tls(moxy_req_t *r, moxy_ffi_tls_t *out);
 int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen, int index,
@@ -42,7 +43,7 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 19
+local ABI = 20
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
@@ -209,7 +210,7 @@ local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
 
 -- Phases, as in C (MOXY_PHASE_*, core/http/http-t.h; tools/check-ffi.lua checks them).
 local PHASE = { request = 0, upstream = 1, upstream_request = 2, response = 3, body = 4, log = 5,
-                error = 6, cache_key = 7 }
+                error = 6, cache_key = 7, tls_hello = 8 }
 local phase = 0 -- of the running hook
 
 local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
@@ -262,7 +263,7 @@ local function client_tls()
   if C.moxy_ffi_req_tls(req_ptr(), tls_out) ~= OK then return nil end
   local t = tls_out[0]
   local out = { sni = cstr(t.sni), version = cstr(t.version), cipher = cstr(t.cipher), alpn = cstr(t.alpn),
-                resumed = t.resumed ~= 0 }
+                resumed = t.resumed ~= 0, ja4 = cstr(t.ja4) }
   if t.has_cert ~= 0 then
     out.verified = t.verified ~= 0
     out.subject, out.issuer = cstr(t.subject), cstr(t.issuer)

@@ -5,7 +5,8 @@
 -- charts that fill with the traffic sent (the cache's hit ratio among them),
 -- the pool's peers, and Drain / Enable buttons that work with the token
 -- typed in the page.  A second moxy without a cache shows how the page says
--- there is none.
+-- there is none (and, having no TLS listener, shows no TLS section); a third,
+-- started for its test, has a TLS listener whose handshakes the page shows.
 local helpers = require "spec.helpers"
 
 local cjson = require "cjson.safe"
@@ -246,5 +247,157 @@ describe("admin status page", function()
     local st = helpers.json(get("/status").body)
     assert.equal("up", st.pools.app.peers[1].state)
     assert.equal("up", st.pools.app.peers[2].state)
+  end)
+
+  -- The page's DOM after headless Chromium ran its script for a few seconds
+  -- of virtual time (polls included), bounded in real time.
+  local function rendered(port)
+    local profile = helpers.tmpdir("status-chromium")
+    local chromium = os.getenv("CHROMIUM") ~= nil and os.getenv("CHROMIUM") ~= "" and os.getenv("CHROMIUM")
+      or "/usr/bin/chromium"
+    local out, code = helpers.sh(string.format("timeout %d %s --headless=new --no-sandbox --disable-gpu "
+      .. "--disable-dev-shm-usage --no-first-run --disable-extensions --user-data-dir=%s "
+      .. "--virtual-time-budget=4000 --dump-dom http://127.0.0.1:%d/ 2>/dev/null",
+      math.ceil(30 * helpers.scale), helpers.shell_quote(chromium), helpers.shell_quote(profile), port))
+    assert(code == 0 and out:find("</html>", 1, true), "chromium --dump-dom failed (" .. tostring(code) .. "):\n" .. out)
+    return out
+  end
+
+  local function unescape(s)
+    return (s:gsub("&lt;", "<"):gsub("&gt;", ">"):gsub("&quot;", '"'):gsub("&#39;", "'"):gsub("&amp;", "&"))
+  end
+
+  -- The TLS section of a dumped page: its opening tag's attributes and, by
+  -- table id, its rows: {key = {attrs, cells = {text...}}}.
+  local function tls_section(dom)
+    local open, body = dom:match('(<section id="tls"[^>]*>)(.-)</section>')
+    assert(open, "no TLS section in the page")
+    local function attrs(tag)
+      local a = {}
+      for k, v in tag:gmatch('([%w%-]+)="([^"]*)"') do a[k] = unescape(v) end
+      for k in tag:gmatch('%s([%w%-]+)[%s>]') do a[k] = a[k] or "" end -- valueless: hidden
+      return a
+    end
+    local tables = {}
+    for id, tbody in body:gmatch('<table id="([%w%-]+)"[^>]*>.-<tbody>(.-)</tbody>') do
+      local rows = {}
+      for tr, cells in tbody:gmatch("(<tr[^>]*>)(.-)</tr>") do
+        local a, texts = attrs(tr), {}
+        for cell in cells:gmatch("<td[^>]*>(.-)</td>") do texts[#texts + 1] = unescape(cell:gsub("<[^>]*>", "")) end
+        a.cells = texts
+        rows[a["data-key"]] = a
+      end
+      tables[id] = rows
+    end
+    return attrs(open), tables, body
+  end
+
+  it("shows TLS handshakes, versions, failures and certificates' expiry when moxy has TLS listeners", function()
+    local dir = helpers.tmpdir("status-tls")
+    -- a certificate that expires in 10 days: within the page's 14-day warning
+    local out, code = helpers.sh(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+      .. "-nodes -keyout %s/a.key -out %s/a.pem -days 10 -subj /CN=a.test -addext subjectAltName=DNS:a.test",
+      dir, dir))
+    assert(code == 0, out)
+    local port = helpers.free_port()
+    local NAME = 'edge <b>"tls"</b> & co' -- listener names are the configuration's: never markup in the page
+    local t = helpers.start_moxy({
+      upstreams = { app = { servers = { a.addr } } },
+      admin = {},
+      listen = { { addr = "127.0.0.1:" .. port, name = NAME,
+                   tls = { certificates = { { cert = dir .. "/a.pem", key = dir .. "/a.key" } } } } },
+    })
+    finally(function() t:stop() end)
+    assert(helpers.wait_until(function()
+      return t:stderr():find("admin listener on 127.0.0.1:" .. t.admin_port, 1, true) or not t:alive()
+    end, 10 * helpers.scale) and t:alive(), "no admin listener:\n" .. t:stderr())
+    local function tget(path) return assert(helpers.request(t.admin_port, { path = path })) end
+    local S = math.ceil(10 * helpers.scale)
+    -- (the connections that saw the listener up closed without a handshake:
+    -- counted as failures, "closed", before this baseline)
+    local st0 = helpers.json(tget("/status").body)
+    -- two requests on one TLS 1.3 connection, one on a TLS 1.2 connection,
+    -- and plain HTTP sent to the TLS listener (a failed handshake: "http")
+    out = helpers.sh(string.format("timeout %d curl -sk -o /dev/null -o /dev/null -w '%%{http_code} ' "
+      .. "https://127.0.0.1:%d/echo/1 https://127.0.0.1:%d/echo/2", S, port, port))
+    assert.equal("200 200 ", out)
+    out = helpers.sh(string.format("timeout %d curl -sk --tlsv1.2 --tls-max 1.2 -o /dev/null -w '%%{http_code}' "
+      .. "https://127.0.0.1:%d/echo/3", S, port))
+    assert.equal("200", out)
+    helpers.sh(string.format("timeout %d curl -s -o /dev/null http://127.0.0.1:%d/echo/plain", S, port))
+    -- GET /status: the numbers the page draws from
+    local st
+    assert(helpers.wait_until(function()
+      st = helpers.json(tget("/status").body)
+      return st.tls and st.tls.handshakes.full >= 2 and st.tls.failures.http >= st0.tls.failures.http + 1
+    end, 5 * helpers.scale, 0.1), "GET /status did not count the handshakes: " .. cjson.encode(st))
+    local function since(g)
+      local d = {}
+      for k, v in pairs(st.tls[g]) do d[k] = v - (st0.tls[g][k] or 0) end
+      return d
+    end
+    assert.same({ full = 0, resumed = 0 }, st0.tls.handshakes)
+    assert.same({ full = 2, resumed = 0 }, since("handshakes"))
+    assert.same({ ["TLSv1.2"] = 1, ["TLSv1.3"] = 1 }, since("versions"))
+    -- by cipher: the TLS 1.3 connection's suite and the TLS 1.2 one's
+    local ciphers = since("ciphers")
+    assert.equal(1, ciphers["TLS_AES_256_GCM_SHA384"] or ciphers["TLS_AES_128_GCM_SHA256"]
+      or ciphers["TLS_CHACHA20_POLY1305_SHA256"], cjson.encode(ciphers))
+    assert.equal(1, ciphers["ECDHE-ECDSA-AES128-GCM-SHA256"] or ciphers["ECDHE-ECDSA-AES256-GCM-SHA384"]
+      or ciphers["ECDHE-ECDSA-CHACHA20-POLY1305"], cjson.encode(ciphers))
+    -- failures by reason: the page draws whatever reasons GET /status names
+    local failed = since("failures")
+    for _, reason in ipairs { "protocol", "cipher", "name", "http", "closed", "timeout", "refused", "idle", "other" } do
+      assert.is_number(failed[reason], reason)
+    end
+    for reason, n in pairs(failed) do assert.equal(reason == "http" and 1 or 0, n, reason) end
+    -- the page and its script carry the TLS section (hidden until the script
+    -- has seen something to show in it)
+    local page = tget("/").body
+    assert.matches('<section id="tls" class="panel" data-tls="unknown" hidden>', page, 1, true)
+    for _, id in ipairs { "tls-handshakes", "tls-versions", "tls-ciphers", "tls-failures", "tls-certs" } do
+      assert.matches('<table id="' .. id .. '">', page, 1, true)
+    end
+    local js = tget("/status.js").body
+    assert.matches("function renderTls(st, rates)", js, 1, true)
+    assert.matches("renderTls(last.status, last.tlsRates);", js, 1, true)
+    assert.matches("const WARN_DAYS = 14;", js, 1, true)
+
+    -- what a person sees: the section, its counts (and a rate per second:
+    -- nothing happened during the polls), no listener name as markup
+    local dom = rendered(t.admin_port)
+    local sec, tables = tls_section(dom)
+    assert.equal("on", sec["data-tls"])
+    assert.is_nil(sec.hidden)
+    local function row(id, key, total)
+      local r = tables[id][key]
+      assert(r, id .. ": no row " .. key)
+      assert.equal(tostring(total), r["data-total"], id .. " " .. key)
+      assert.same({ key, "0", tostring(total) }, r.cells, id .. " " .. key)
+      assert.equal("0", r["data-rate"], id .. " " .. key)
+    end
+    row("tls-handshakes", "full", 2)
+    row("tls-handshakes", "resumed", 0)
+    row("tls-versions", "TLSv1.2", 1)
+    row("tls-versions", "TLSv1.3", 1)
+    for reason, n in pairs(st.tls.failures) do row("tls-failures", reason, n) end
+    for cipher, n in pairs(st.tls.ciphers) do row("tls-ciphers", cipher, n) end
+    assert.is_nil(dom:find('<b>"tls"</b>', 1, true), "a listener name became markup")
+    -- the listener's soonest expiry, ten days away: a warning
+    local cert = tables["tls-certs"][NAME]
+    assert(cert, "no certificate row for the listener:\n" .. dom)
+    local expires = tonumber(cert["data-expires"])
+    assert.is_true(expires > os.time() + 9 * 86400 and expires < os.time() + 11 * 86400, tostring(expires))
+    assert.equal(st.tls.listeners[NAME].expires, expires)
+    assert.equal("soon", cert["data-level"])
+    assert.equal("warn", cert.class)
+    assert.equal(NAME, cert.cells[1])
+
+    -- a moxy without TLS listeners: no TLS in GET /status, no TLS section
+    local pst = helpers.json(assert(helpers.request(plain_admin, { path = "/status" })).body)
+    assert.equal(cjson.null, pst.tls)
+    local psec = tls_section(rendered(plain_admin))
+    assert.equal("off", psec["data-tls"])
+    assert.equal("", psec.hidden)
   end)
 end)
