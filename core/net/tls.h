@@ -133,7 +133,8 @@ void moxy_tls_client_free(moxy_tls_client_t *cl);
 /* c (plain, connected) becomes a TLS client connection of cl: it asks for
  * sni (NULL: no name is sent, e.g. for an IP address) and, when cl
  * verifies, checks that the certificate names host (a DNS name, or an IP
- * address as text).  Then moxy_tls_handshake until it is done.  MOXY_OK,
+ * address as text).  It offers the session the same peer (address, sni,
+ * host) gave last on cl, if any (tls_client.c).  Then moxy_tls_handshake until it is done.  MOXY_OK,
  * or MOXY_ERROR (out of memory; c unchanged). */
 int moxy_tls_connect(moxy_conn_t *c, moxy_tls_client_t *cl, const char *sni, const char *host);
 

@@ -122,3 +122,121 @@ describe("TLS to origins, configuration", function()
     assert.matches("upstreams.app.tls.verify: expected a boolean", out, 1, true)
   end)
 end)
+
+-- Sessions toward origins are resumed per peer: a new connection to the
+-- same origin (its address, the SNI, the name checked) resumes the session
+-- the last one was given, over TLS 1.3 and TLS 1.2; a connection with
+-- another name or address is not offered it.  Pools here keep no idle
+-- connection, moxy.http calls none (keepalive = false): every request is a
+-- new handshake.  The origin, a TLS moxy, answers each request with
+-- X-Resumed: "<version> <resumed>" as its own handshake went.
+describe("TLS to origins, session resumption", function()
+  local dir, front, m, keys, p13, p12
+
+  lazy_setup(function()
+    dir = helpers.tmpdir("otlsr")
+    local out, code = helpers.sh(string.format(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/o.key -out %s/o.pem "
+        .. "-days 30 -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,DNS:alias.test,IP:127.0.0.1",
+      dir, dir))
+    assert(code == 0, out)
+    keys = dir .. "/ticket.keys"
+    out, code = helpers.sh("openssl rand -out " .. keys .. " 80")
+    assert(code == 0, out)
+    local origin = helpers.start_origin()
+    p13, p12 = helpers.free_port(), helpers.free_port()
+    local certs = { { cert = dir .. "/o.pem", key = dir .. "/o.key" } }
+    front = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = {
+        { addr = "127.0.0.1:" .. p13, tls = { certificates = certs } },
+        { addr = "127.0.0.1:" .. p12, tls = { certificates = certs, protocols = { "TLSv1.2" }, ticket_keys = keys } },
+      },
+      scripts = { "resumed.lua" },
+    }, { files = { ["resumed.lua"] = [[
+      return { on_response = function(txn)
+        local t = txn.client.tls
+        txn.resp.headers:set("X-Resumed", t.version .. " " .. tostring(t.resumed))
+      end }
+    ]] } })
+    local ca = dir .. "/o.pem"
+    local function pool(port, name)
+      return { servers = { "127.0.0.1:" .. port }, keepalive = 0, tls = { ca = ca, name = name } }
+    end
+    m = helpers.start_moxy({
+      upstreams = {
+        v13 = pool(p13, "origin.test"),
+        v12 = pool(p12, "origin.test"),
+        alias = pool(p13, "alias.test"),
+      },
+      default_upstream = "v13",
+      scripts = { "pick.lua" },
+    }, { files = { ["pick.lua"] = [[
+      return { on_request = function(txn)
+        local host, port = txn.req.path:match("^/fetch/([%w%.]+)/(%d+)$")
+        if host then
+          local res, err = moxy.http.request({ url = "https://" .. host .. ":" .. port .. "/echo/fetched",
+                                               verify = false, keepalive = false })
+          if not res then return txn:respond(502, "error: " .. err) end
+          return txn:respond(200, tostring(res.headers["x-resumed"]))
+        end
+        local name, rest = txn.req.path:match("^/([%w_]+)(/.*)$")
+        txn.upstream:pick(name)
+        txn.req.path = rest
+      end }
+    ]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  -- what the origin saw of the handshake of a request through pool
+  local function via(pool, path)
+    local res = assert(helpers.request(m.port, { path = "/" .. pool .. path }))
+    assert.equal(200, res.status, res.body)
+    return res:header("X-Resumed")
+  end
+
+  -- ... of a moxy.http call to https://host:port
+  local function fetch(host, port)
+    local res = assert(helpers.request(m.port, { path = "/fetch/" .. host .. "/" .. port }))
+    assert.equal(200, res.status, res.body)
+    return res.body
+  end
+
+  it("resumes the last session of the same origin on each new connection, TLS 1.3 and TLS 1.2", function()
+    assert.equal("TLSv1.3 false", via("v13", "/echo/a"))
+    for i = 1, 3 do assert.equal("TLSv1.3 true", via("v13", "/echo/a" .. i)) end
+    assert.equal("TLSv1.2 false", via("v12", "/echo/b"))
+    for i = 1, 3 do assert.equal("TLSv1.2 true", via("v12", "/echo/b" .. i)) end
+  end)
+
+  it("offers a session to no other name or address", function()
+    via("v13", "/echo/warm")
+    -- another pool naming the same address otherwise
+    assert.equal("TLSv1.3 false", via("alias", "/echo/c"))
+    assert.equal("TLSv1.3 true", via("alias", "/echo/c1"))
+    -- one client side (moxy.http's): by IP address (no SNI), by name, at another port
+    assert.equal("TLSv1.3 false", fetch("127.0.0.1", p13))
+    assert.equal("TLSv1.3 true", fetch("127.0.0.1", p13))
+    assert.equal("TLSv1.3 false", fetch("localhost", p13))
+    assert.equal("TLSv1.3 true", fetch("localhost", p13))
+    assert.equal("TLSv1.2 false", fetch("127.0.0.1", p12))
+    assert.equal("TLSv1.3 true", fetch("127.0.0.1", p13)) -- each peer keeps its own
+  end)
+
+  it("keeps the new session a TLS 1.2 origin sends when it resumes an older one", function()
+    assert.matches("^TLSv1.2 ", via("v12", "/echo/d"))
+    assert.equal("TLSv1.2 true", via("v12", "/echo/d1"))
+    -- a new ticket key first, the old one second: the old ticket still
+    -- resumes, and a ticket under the new key comes with it
+    local out, code = helpers.sh(string.format("openssl rand -out %s.new 80 && cat %s.new %s > %s.both && mv %s.both %s",
+      keys, keys, keys, keys, keys, keys))
+    assert(code == 0, out)
+    front:signal("HUP")
+    assert.truthy(helpers.wait_until(function()
+      return front:error_text():match("reload: [^\n]*%(%d+%.%d+ s%)")
+    end, 5 * S, 0.05), front:error_text())
+    assert.equal("TLSv1.2 true", via("v12", "/echo/d2"))
+    assert.equal("TLSv1.2 true", via("v12", "/echo/d3"))
+  end)
+end)
