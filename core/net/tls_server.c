@@ -106,8 +106,10 @@ static int ring_add(tls_ticket_ring_t *ring, int keep)
 }
 
 /* OpenSSL's ticket callback: encrypt with the newest key (enc 1), or find
- * the ticket's key to decrypt (0: none, a full handshake; 2: an older
- * one, a new ticket is issued). */
+ * the ticket's key to decrypt (0: none, a full handshake; 2: a new ticket
+ * is issued: the key is an older one, or the connection is TLS 1.3, whose
+ * clients use a ticket once (RFC 8446 C.4) and would otherwise make every
+ * other connection a full handshake). */
 static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
                      EVP_MAC_CTX *hctx, int enc)
 {
@@ -128,7 +130,7 @@ static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         for (int i = 0; i < ring->n && !k; i++)
             if (memcmp(ring->keys[i].name, name, 16) == 0) {
                 k = &ring->keys[i];
-                rc = i == 0 ? 1 : 2;
+                rc = i == 0 && SSL_version(ssl) != TLS1_3_VERSION ? 1 : 2;
             }
     }
     tls_ticket_key_t key;

@@ -176,6 +176,18 @@ describe("TLS listener", function()
       local again = s_client(port, "-servername b.test " .. case .. " -sess_in " .. sess)
       assert.matches("\nReused, TLSv1", again, 1, true, case)
     end
+    -- TLS 1.3 clients use a ticket once: a resumed connection gets a new
+    -- one, which resumes the next
+    local sess2 = dir .. "/sess2"
+    local resumed = helpers.sh(string.format("(sleep 0.3; echo) | timeout %d openssl s_client -connect 127.0.0.1:%d "
+      .. "-servername b.test -tls1_3 -sess_in %s -sess_out %s", math.ceil(10 * S), port, sess, sess2))
+    assert.matches("\nReused, TLSv1.3", resumed, 1, true)
+    local function ticket(path)
+      return (helpers.sh("openssl sess_id -in " .. path .. " -noout -text"):match("TLS session ticket:\n(.-)\n%s*\n"))
+    end
+    assert.truthy(ticket(sess) and ticket(sess2))
+    assert.are_not.equal(ticket(sess), ticket(sess2))
+    assert.matches("\nReused, TLSv1.3", s_client(port, "-servername b.test -tls1_3 -sess_in " .. sess2), 1, true)
   end)
 
   it("counts handshakes by kind and version, failures by reason, and shows when certificates expire", function()
