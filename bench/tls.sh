@@ -8,13 +8,21 @@
 # hook), nginx bench/nginx-proxy.conf with ssl.  Per key type and run, in
 # alternating order:
 #   keepalive   req/s of GET /small (100 B) over 50 kept-alive TLS connections
-#   handshake   req/s of GET /small with "Connection: close": a full TLS 1.3
-#               handshake per request, 50 at a time
-# and prints each ratio moxy/nginx as a median of RUNS.
+#               (wrk), and of GET /large (1 MiB) over 10
+#   resumed     req/s of GET /small with "Connection: close", 50 at a time
+#               (wrk): a TLS 1.3 handshake per request, resumed (wrk keeps a
+#               connection's session for the next: SSL_clear), 1-RTT
+#   full        handshakes/s of openssl s_time -new (TLS 1.3, GET /small), in
+#               CLIENTS parallel clients: a full handshake per connection
+# and prints each ratio moxy/nginx as a median of RUNS.  The clients share
+# WRK_CPUS with the origin, and on a small machine they may saturate before
+# a proxy does: each handshake case also reports handshakes per second of
+# the proxy's CPU time (utime + stime of its process tree over the run),
+# the capacity a proxy would have on a core of its own.
 #
 # and the memory (RSS) each proxy takes per idle kept-alive TLS connection.
 #
-#   RUNS [5] DURATION [8] seconds per measurement, IDLE_CONNS [2000], MOXY_BIN [./moxy],
+#   RUNS [5] DURATION [8] seconds per measurement, IDLE_CONNS [2000], CLIENTS [16], MOXY_BIN [./moxy],
 #   PROXY_CPUS [0] ORIGIN_CPUS [1] WRK_CPUS [1]
 set -euo pipefail
 
@@ -23,6 +31,7 @@ REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 RUNS=${RUNS:-5}
 IDLE_CONNS=${IDLE_CONNS:-2000}
 DURATION=${DURATION:-8}
+CLIENTS=${CLIENTS:-16}
 MOXY_BIN=${MOXY_BIN:-$REPO_DIR/moxy}
 PROXY_CPUS=${PROXY_CPUS:-0}
 ORIGIN_CPUS=${ORIGIN_CPUS:-1}
@@ -101,9 +110,44 @@ start_moxy() { # KEY PORT
     LAST=$!
 }
 
-wrk_rps() { # PORT EXTRA... : requests per second
-    taskset -c "$WRK_CPUS" timeout -k 5 $((DURATION + 30)) wrk -t1 -c50 -d"${DURATION}s" "$@" \
+wrk_rps() { # CONNS URL EXTRA... : requests per second
+    local conns=$1
+    shift
+    taskset -c "$WRK_CPUS" timeout -k 5 $((DURATION + 30)) wrk -t1 -c"$conns" -d"${DURATION}s" "$@" \
         | awk '/^Requests\/sec/ { print $2 }'
+}
+
+# cpu_ticks PID : utime + stime (clock ticks) of PID and its children (nginx's worker)
+cpu_ticks() {
+    local total=0 p
+    for p in $1 $(pgrep -P "$1"); do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+# full_hs PORT : full TLS 1.3 handshakes (and GET /small) per second, CLIENTS s_time at once
+full_hs() {
+    local i pids=()
+    for i in $(seq "$CLIENTS"); do
+        taskset -c "$WRK_CPUS" timeout -k 5 $((DURATION + 30)) openssl s_time -connect "127.0.0.1:$1" -new -tls1_3 \
+            -time "$DURATION" -www /small >"$SCRATCH/stime.$i" 2>&1 &
+        pids+=($!)
+    done
+    wait "${pids[@]}" || true
+    cat "$SCRATCH"/stime.* | awk '/connections in [0-9.]+ real seconds/ { n += $1 } END { printf "%.1f\n", n / '"$DURATION"' }'
+    rm -f "$SCRATCH"/stime.*
+}
+
+# measure PID WHAT... : runs WHAT, prints "RATE PER_CPU_SECOND" (RATE: WHAT's output)
+measure() {
+    local pid=$1 t0 t1 rate
+    shift
+    t0=$(cpu_ticks "$pid")
+    rate=$("$@")
+    t1=$(cpu_ticks "$pid")
+    awk -v r="$rate" -v d="$DURATION" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%s %.0f\n", r, (t > 0 ? r * d / (t / hz) : 0) }'
 }
 
 # tree_rss PID : RSS in KiB of PID and its children (nginx's worker)
@@ -125,27 +169,41 @@ for key in ecdsa rsa; do
     mpid=$LAST
     wait_https "$np"
     wait_https "$mp"
-    : >"$SCRATCH/ka.ratios"
-    : >"$SCRATCH/hs.ratios"
+    for f in ka large res res_cpu full full_cpu; do : >"$SCRATCH/$f.ratios"; done
     for run in $(seq "$RUNS"); do
         order="nginx moxy"
         ((run % 2 == 0)) && order="moxy nginx"
-        declare -A ka=() hs=()
+        declare -A ka=() large=() res=() full=()
         for who in $order; do
-            port=$np
-            [[ $who == moxy ]] && port=$mp
-            ka[$who]=$(wrk_rps "https://127.0.0.1:$port/small")
-            hs[$who]=$(wrk_rps -H "Connection: close" "https://127.0.0.1:$port/small")
+            port=$np pid=$npid
+            [[ $who == moxy ]] && port=$mp pid=$mpid
+            ka[$who]=$(wrk_rps 50 "https://127.0.0.1:$port/small")
+            large[$who]=$(wrk_rps 10 "https://127.0.0.1:$port/large.bin")
+            res[$who]=$(measure "$pid" wrk_rps 50 -H "Connection: close" "https://127.0.0.1:$port/small")
+            full[$who]=$(measure "$pid" full_hs "$port")
         done
         log "$key run $run: keepalive moxy ${ka[moxy]} nginx ${ka[nginx]} req/s;" \
-            "handshake moxy ${hs[moxy]} nginx ${hs[nginx]} req/s"
-        awk -v a="${ka[moxy]}" -v b="${ka[nginx]}" 'BEGIN { printf "%.3f\n", a / b }' >>"$SCRATCH/ka.ratios"
-        awk -v a="${hs[moxy]}" -v b="${hs[nginx]}" 'BEGIN { printf "%.3f\n", a / b }' >>"$SCRATCH/hs.ratios"
+            "1 MiB moxy ${large[moxy]} nginx ${large[nginx]} req/s;" \
+            "resumed moxy ${res[moxy]} nginx ${res[nginx]} (hs/s, hs/cpu-s);" \
+            "full moxy ${full[moxy]} nginx ${full[nginx]} (hs/s, hs/cpu-s)"
+        ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", (b > 0 ? a / b : 0) }'; }
+        ratio "${ka[moxy]}" "${ka[nginx]}" >>"$SCRATCH/ka.ratios"
+        ratio "${large[moxy]}" "${large[nginx]}" >>"$SCRATCH/large.ratios"
+        ratio "${res[moxy]% *}" "${res[nginx]% *}" >>"$SCRATCH/res.ratios"
+        ratio "${res[moxy]#* }" "${res[nginx]#* }" >>"$SCRATCH/res_cpu.ratios"
+        ratio "${full[moxy]% *}" "${full[nginx]% *}" >>"$SCRATCH/full.ratios"
+        ratio "${full[moxy]#* }" "${full[nginx]#* }" >>"$SCRATCH/full_cpu.ratios"
     done
-    echo "$key: moxy/nginx keep-alive TLS req/s = $(median <"$SCRATCH/ka.ratios") (median of $RUNS, range" \
-        "$(sort -g "$SCRATCH/ka.ratios" | head -1)-$(sort -g "$SCRATCH/ka.ratios" | tail -1))"
-    echo "$key: moxy/nginx full handshakes/s     = $(median <"$SCRATCH/hs.ratios") (median of $RUNS, range" \
-        "$(sort -g "$SCRATCH/hs.ratios" | head -1)-$(sort -g "$SCRATCH/hs.ratios" | tail -1))"
+    report() { # FILE LABEL
+        echo "$key: moxy/nginx $2 = $(median <"$SCRATCH/$1.ratios") (median of $RUNS, range" \
+            "$(sort -g "$SCRATCH/$1.ratios" | head -1)-$(sort -g "$SCRATCH/$1.ratios" | tail -1))"
+    }
+    report ka "keep-alive TLS req/s, 100 B      "
+    report large "keep-alive TLS req/s, 1 MiB      "
+    report res "resumed handshakes/s             "
+    report res_cpu "resumed handshakes per CPU-second"
+    report full "full handshakes/s                "
+    report full_cpu "full handshakes per CPU-second   "
     # memory per idle TLS connection: RSS before and while IDLE_CONNS are held
     for who in nginx moxy; do
         port=$np pid=$npid

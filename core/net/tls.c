@@ -21,6 +21,8 @@
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -437,6 +439,22 @@ void moxy_tls_ssl_fail(FILE *err, const char *prefix)
     const char *r = code ? ERR_reason_error_string(code) : NULL;
     fprintf(err, "%s%s%s\n", prefix, r ? ": " : "", r ? r : "");
     ERR_clear_error();
+}
+
+int moxy_tls_kernel_offload(const char **why)
+{
+    /* the ULP's module answers an unconnected socket with ENOTCONN; without
+     * it the kernel knows no "tls" (ENOENT) */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) {
+        *why = strerror(errno);
+        return 0;
+    }
+    int rc = setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls"));
+    int e = errno;
+    close(fd);
+    *why = rc == 0 || e == ENOTCONN ? "the tls upper layer protocol is there" : strerror(e);
+    return rc == 0 || e == ENOTCONN;
 }
 
 int moxy_tls_no_passphrase(char *buf, int size, int rwflag, void *u)

@@ -163,6 +163,11 @@ typedef struct moxy_tls_info_s {
 /* 1 and *info filled when c is a TLS connection past its handshake. */
 int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info);
 
+/* Whether this kernel offers TLS offload (kTLS: the "tls" TCP upper layer
+ * protocol); *why says what the probe found.  moxy encrypts in OpenSSL
+ * either way: this says what a sendfile over TLS could use. */
+int moxy_tls_kernel_offload(const char **why);
+
 extern const moxy_transport_t moxy_transport_tls;
 
 #endif

@@ -231,6 +231,15 @@ static int tls_load(moxy_gen_t *g, FILE *err)
         g->tls[i] = moxy_tls_server_new(conf, l, keys, err);
         if (!g->tls[i]) return MOXY_ERROR;
         moxy_tls_server_check_expiry(g->tls[i], l->name);
+        static int told; /* once per process: what TLS responses go through */
+        if (!told++) {
+            const char *why;
+            int offload = moxy_tls_kernel_offload(&why);
+            moxy_log(MOXY_LOG_INFO, NULL,
+                     "TLS: responses, cache hits included, are encrypted by OpenSSL in moxy and copied to the "
+                     "socket (no sendfile over TLS); kernel TLS offload: %s (%s)",
+                     offload ? "offered by this kernel, not used" : "not offered by this kernel", why);
+        }
     }
     return MOXY_OK;
 }

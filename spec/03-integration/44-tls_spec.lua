@@ -244,6 +244,12 @@ describe("TLS listener", function()
     assert.matches("\nReused, TLSv1.3", s_client(port, "-servername b.test -tls1_3 -sess_in " .. sr), 1, true)
   end)
 
+  it("says at start how responses go out over TLS (copied through OpenSSL; whether the kernel offers TLS offload)", function()
+    local line = m:wait_error_log("kernel TLS offload: ", 5 * S)
+    assert.truthy(line, m:error_text())
+    assert.matches("cache hits included, are encrypted by OpenSSL in moxy and copied", m:error_text(), 1, true)
+  end)
+
   it("reads a PROXY protocol header before the handshake", function()
     local pp = helpers.free_port()
     local m2 = helpers.start_moxy({
