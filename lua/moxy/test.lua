@@ -715,4 +715,98 @@ function M.run(scripts, spec, opts)
   return result
 end
 
+-- t.tls_hello -----------------------------------------------------------------
+
+local HELLO_FIELDS = { sni = "string", alpn = "table", ja4 = "string", client_ip = "string",
+                       client_port = "number", listener = "string" }
+local HELLO_OPTS = { certificates = "table", supplied = "table", http = "function", shared = "table" }
+
+-- The name (lower case) that a certificate for `pattern` serves, as SNI
+-- chooses: the same name, or a wildcard one label deep.
+local function serves(pattern, name)
+  if pattern == name then return true end
+  local rest = name:match("^[^%.]+(%..+)$")
+  return pattern:sub(1, 2) == "*." and rest ~= nil and pattern:sub(2) == rest
+end
+
+--- t.tls_hello(scripts, hello, opts) -> what the on_tls_hello hooks decided.
+-- hello (all optional): sni, alpn ({ "h2", "http/1.1" }), ja4, client_ip
+-- ("127.0.0.1"), client_port (54321), listener ("test").  opts:
+-- certificates (the names the listener's certificates serve, for
+-- hello:use), supplied (names a hook supplied a certificate for on earlier
+-- handshakes), http and shared as for t.run.  Returns { used = name,
+-- supplied = { cert, key, name }, refused = true, error = "file:line: msg",
+-- logs = { {level, message} } }: used / supplied is the last choice (nil
+-- without one); error is set (and refused) when a hook failed.
+function M.tls_hello(scripts, hello, opts)
+  if running then error("t.tls_hello: called while a t.run runs", 2) end
+  hello, opts = hello or {}, opts or {}
+  for k, v in pairs(hello) do
+    if not HELLO_FIELDS[k] then error("t.tls_hello: unknown hello field " .. tostring(k), 2) end
+    if type(v) ~= HELLO_FIELDS[k] then error("t.tls_hello: hello." .. k .. " must be a " .. HELLO_FIELDS[k], 2) end
+  end
+  for k, v in pairs(opts) do
+    if not HELLO_OPTS[k] then error("t.tls_hello: unknown option " .. tostring(k), 2) end
+    if type(v) ~= HELLO_OPTS[k] then error("t.tls_hello: opts." .. k .. " must be a " .. HELLO_OPTS[k], 2) end
+  end
+  free_current()
+  running = true
+  local logs, result = {}, { logs = {} }
+  capture = logs
+  wrap_log(true)
+  local saved_test = runtime.test
+  local kept = {}
+  for _, n in ipairs(opts.supplied or {}) do kept[n:lower()] = true end
+  local fake = {
+    use = function(name)
+      name = name:lower():gsub("%.$", "")
+      for _, pattern in ipairs(opts.certificates or {}) do
+        if serves(pattern:lower(), name) then
+          result.used, result.supplied = name, nil
+          return true
+        end
+      end
+      if kept[name] then
+        result.used, result.supplied = name, nil
+        return true
+      end
+      return false
+    end,
+    supply = function(cert, key, name)
+      if not cert:find("-----BEGIN CERTIFICATE-----", 1, true) then
+        return nil, "the certificate is not a PEM certificate"
+      end
+      if not key:find("-----BEGIN [%w ]*PRIVATE KEY-----") then
+        return nil, "the key is not a PEM private key (or it is encrypted)"
+      end
+      if name ~= "" then kept[name:lower()] = true end
+      result.used, result.supplied = nil, { cert = cert, key = key, name = name ~= "" and name or nil }
+      return true
+    end,
+    refuse = function() result.refused = true end,
+  }
+  local ok, err = pcall(function()
+    for name, size in pairs(opts.shared or {}) do require("moxy.shared").create(name, size) end
+    local set = hook_set(scripts, "t.tls_hello")
+    runtime.test = { http = opts.http or no_http }
+    local alpn = hello.alpn and { unpack(hello.alpn) } or { "h2", "http/1.1" }
+    local ran, herr = pcall(require("moxy.tls_hello").run_fake, set[P.tls_hello + 1], {
+      sni = hello.sni and hello.sni:lower(), alpn = alpn, ja4 = hello.ja4,
+      client = { ip = hello.client_ip or "127.0.0.1", port = hello.client_port or 54321 },
+      listener = hello.listener or "test",
+    }, fake)
+    if not ran then
+      result.error = "on_tls_hello: " .. tostring(herr)
+      result.refused = true
+    end
+  end)
+  runtime.test = saved_test
+  wrap_log(false)
+  capture = nil
+  running = false
+  if not ok then error(err, 2) end
+  result.logs = logs
+  return result
+end
+
 return M

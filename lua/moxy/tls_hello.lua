@@ -46,6 +46,7 @@ local Hello = {}
 Hello.__index = Hello
 
 local function conn(self, what)
+  if self._ptr == nil then error("hello:" .. what .. ": only inside the on_tls_hello hook that received it", 3) end
   if cur == 0 or self._ptr ~= cur then
     error("hello:" .. what .. ": only inside the on_tls_hello hook that received it", 3)
   end
@@ -56,6 +57,8 @@ end
 -- deep), or the one supplied for it earlier; false when there are none.
 function Hello:use(name)
   if type(name) ~= "string" then error("hello:use: expected a host name (string), got " .. type(name), 2) end
+  local fake = rawget(self, "_fake")
+  if fake then return fake.use(name) end
   return C.moxy_ffi_hello_use(conn(self, "use"), name, #name) == OK
 end
 
@@ -72,6 +75,8 @@ function Hello:supply(cert, key, name)
     error("hello:supply: the name must be a string, got " .. type(name), 2)
   end
   name = name or self.sni or ""
+  local fake = rawget(self, "_fake")
+  if fake then return fake.supply(cert, key, name) end
   local rc = C.moxy_ffi_hello_supply(conn(self, "supply"), name, #name, cert, #cert, key, #key, errbuf, 256)
   if rc ~= OK then return nil, ffi.string(errbuf) end
   return true
@@ -79,7 +84,9 @@ end
 
 -- Refuse the handshake (the client gets a handshake_failure alert).
 function Hello:refuse()
-  C.moxy_ffi_hello_refuse(conn(self, "refuse"))
+  local fake = rawget(self, "_fake")
+  if fake then fake.refuse()
+  else C.moxy_ffi_hello_refuse(conn(self, "refuse")) end
   rawset(self, "_refused", true)
 end
 
@@ -123,6 +130,20 @@ function M.run(list, ptr)
   end
   local ok, err = pcall(run_list, list, h)
   cur = 0
+  txn.leave()
+  if not ok then error(err, 0) end
+end
+
+-- moxy.test: run the hooks of `list` on a hello made of `fields` (sni,
+-- alpn, ja4, client = { ip, port }, listener), deciding through `fake`
+-- ({ use = fn(name) -> bool, supply = fn(cert, key, name) -> true | nil, err,
+-- refuse = fn() }) instead of a connection.  Raises what a hook raised.
+function M.run_fake(list, fields, fake)
+  local h = setmetatable({ _fake = fake, sni = fields.sni, alpn = fields.alpn or {}, ja4 = fields.ja4,
+                           client = fields.client, listener = fields.listener }, Hello)
+  txn.enter(0, PHASE)
+  local ok, err = pcall(run_list, list, h)
+  rawset(h, "_fake", nil) -- kept and called later, it refuses like a real one
   txn.leave()
   if not ok then error(err, 0) end
 end
