@@ -422,6 +422,7 @@ int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info)
     unsigned alen = 0;
     SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
     info->sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    if (info->sni && !moxy_tls_host_ok(info->sni, strlen(info->sni))) info->sni = NULL; /* not a host name */
     info->version = SSL_get_version(t->ssl);
     info->cipher = SSL_get_cipher_name(t->ssl);
     info->alpn = alen == 8 && memcmp(alpn, "http/1.1", 8) == 0 ? "http/1.1" : NULL;
@@ -439,6 +440,18 @@ void moxy_tls_ssl_fail(FILE *err, const char *prefix)
     const char *r = code ? ERR_reason_error_string(code) : NULL;
     fprintf(err, "%s%s%s\n", prefix, r ? ": " : "", r ? r : "");
     ERR_clear_error();
+}
+
+int moxy_tls_host_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 253 || s[0] == '.') return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+                 (c == '.' && s[i - 1] != '.');
+        if (!ok) return 0;
+    }
+    return 1;
 }
 
 int moxy_tls_kernel_offload(const char **why)

@@ -35,6 +35,7 @@
 #include <string.h>
 
 #define HELLO_NAME_MAX 253          /* a DNS name */
+#define HELLO_ALPN_MAX 512          /* bytes of the ALPN list shown to hooks (clients offer a few) */
 #define HELLO_PEM_MAX (256 * 1024)  /* a supplied certificate chain, or key */
 #define HELLO_CHAIN_MAX 16          /* certificates after the first */
 #define HELLO_BUCKETS_MAX 65536
@@ -84,19 +85,12 @@ static char *hello_sni(const unsigned char *p, size_t len)
         size_t n = (size_t)((p[1] << 8) | p[2]);
         if (n > len - 3) return NULL;
         if (p[0] == 0) { /* host_name */
-            const unsigned char *name = p + 3;
+            const char *name = (const char *)p + 3;
             if (n > 0 && name[n - 1] == '.') n--;
-            if (n == 0 || n > HELLO_NAME_MAX) return NULL;
+            if (!moxy_tls_host_ok(name, n)) return NULL; /* scripts put it in URLs, keys, logs */
             char *s = malloc(n + 1);
             if (!s) return NULL;
-            for (size_t i = 0; i < n; i++) {
-                unsigned char ch = name[i];
-                if (ch <= 0x20 || ch >= 0x7f) {
-                    free(s);
-                    return NULL;
-                }
-                s[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-            }
+            for (size_t i = 0; i < n; i++) s[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);
             s[n] = '\0';
             return s;
         }
@@ -114,8 +108,12 @@ static size_t hello_alpn(const unsigned char *p, size_t len, unsigned char **out
     if (len < 2 || (size_t)((p[0] << 8) | p[1]) != len - 2) return 0;
     p += 2;
     len -= 2;
-    for (size_t i = 0; i < len; i += 1 + p[i])
+    size_t shown = 0; /* whole names, up to HELLO_ALPN_MAX bytes */
+    for (size_t i = 0; i < len; i += 1 + p[i]) {
         if (p[i] == 0 || p[i] > len - i - 1) return 0;
+        if (i + 1 + p[i] <= HELLO_ALPN_MAX) shown = i + 1 + p[i];
+    }
+    len = shown;
     if (len == 0 || !(*out = malloc(len))) return 0;
     memcpy(*out, p, len);
     return len;

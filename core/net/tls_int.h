@@ -81,6 +81,11 @@ int moxy_tls_on_client_hello(SSL *ssl, int *alert, void *arg);
 void moxy_tls_on_message(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
                          void *arg);
 
+/* tls.c: 1 when the n bytes at s are a host name as SNI may carry one:
+ * letters, digits, '-', '_', dots between labels, at most 253 bytes (no
+ * '/', '%', space...: scripts put it in URLs, keys and logs). */
+int moxy_tls_host_ok(const char *s, size_t n);
+
 /* tls.c: the connection state of ssl (its BIO's). */
 tls_conn_t *moxy_tls_conn_of(const SSL *ssl);
 

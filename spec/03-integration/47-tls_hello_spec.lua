@@ -141,6 +141,17 @@ describe("on_tls_hello", function()
     assert.equal(ja4, out)
   end)
 
+  it("shows scripts no name that is not a host name (scripts put it in URLs and keys)", function()
+    for _, bad in ipairs({ "x/../admin.test", "a%2fb.test", "a..b.test" }) do
+      s_client(port, "a.test")
+      assert.matches("^a%.test ", shared_get("last"))
+      s_client(port, "'" .. bad .. "'")
+      assert.matches("^%- ", shared_get("last"), nil, bad)
+    end
+    s_client(port, "Good-Name_1.TEST")
+    assert.matches("^good%-name_1%.test ", shared_get("last"))
+  end)
+
   it("computes JA4 equal to the reference value for a known ClientHello", function()
     local hello = require "spec.support.client_hello"
     local record, expected = hello.ja4_example("ja4.test")
