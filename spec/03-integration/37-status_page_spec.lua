@@ -313,8 +313,9 @@ describe("admin status page", function()
     end, 10 * helpers.scale) and t:alive(), "no admin listener:\n" .. t:stderr())
     local function tget(path) return assert(helpers.request(t.admin_port, { path = path })) end
     local S = math.ceil(10 * helpers.scale)
-    -- (the connections that saw the listener up closed without a handshake:
-    -- counted as failures, "closed", before this baseline)
+    -- (the connections that saw the listener up closed without sending a
+    -- byte: failures "idle", counted when the worker sees them close, maybe
+    -- after this baseline)
     local st0 = helpers.json(tget("/status").body)
     -- two requests on one TLS 1.3 connection, one on a TLS 1.2 connection,
     -- and plain HTTP sent to the TLS listener (a failed handshake: "http")
@@ -350,7 +351,9 @@ describe("admin status page", function()
     for _, reason in ipairs { "protocol", "cipher", "name", "http", "closed", "timeout", "refused", "idle", "other" } do
       assert.is_number(failed[reason], reason)
     end
-    for reason, n in pairs(failed) do assert.equal(reason == "http" and 1 or 0, n, reason) end
+    for reason, n in pairs(failed) do
+      if reason ~= "idle" then assert.equal(reason == "http" and 1 or 0, n, reason) end
+    end
     -- the page and its script carry the TLS section (hidden until the script
     -- has seen something to show in it)
     local page = tget("/").body
