@@ -178,7 +178,7 @@ for key in ecdsa rsa; do
             port=$np pid=$npid
             [[ $who == moxy ]] && port=$mp pid=$mpid
             ka[$who]=$(wrk_rps 50 "https://127.0.0.1:$port/small")
-            large[$who]=$(wrk_rps 10 "https://127.0.0.1:$port/large.bin")
+            large[$who]=$(wrk_rps 10 "https://127.0.0.1:$port/large")
             res[$who]=$(measure "$pid" wrk_rps 50 -H "Connection: close" "https://127.0.0.1:$port/small")
             full[$who]=$(measure "$pid" full_hs "$port")
         done
