@@ -71,6 +71,8 @@ wait_https() { # PORT : until GET /small answers 200 over TLS
 mkdir -p "$SCRATCH/www" "$SCRATCH/origin/tmp"
 head -c 100 /dev/urandom | base64 | head -c 100 >"$SCRATCH/www/small"
 head -c 1048576 /dev/urandom >"$SCRATCH/www/large.bin"
+chmod 755 "$SCRATCH" "$SCRATCH/www" # nginx workers run as nobody under root
+chmod 644 "$SCRATCH/www/small" "$SCRATCH/www/large.bin"
 ORIGIN_PORT=$(free_port)
 render "$BENCH_DIR/nginx-origin.conf" "$SCRATCH/origin/nginx.conf" PORT="$ORIGIN_PORT" DIR="$SCRATCH/origin" \
     WWW="$SCRATCH/www" NOFILE="$NOFILE" WORKER_CONNS="$NOFILE" NAME=origin
@@ -169,6 +171,10 @@ for key in ecdsa rsa; do
     mpid=$LAST
     wait_https "$np"
     wait_https "$mp"
+    for p in "$np" "$mp"; do
+        size=$(curl -sk -o /dev/null -w '%{size_download} %{http_code}' "https://127.0.0.1:$p/large")
+        [[ $size == "1048576 200" ]] || die "GET /large on :$p gave $size, not 1 MiB"
+    done
     for f in ka large res res_cpu full full_cpu; do : >"$SCRATCH/$f.ratios"; done
     for run in $(seq "$RUNS"); do
         order="nginx moxy"

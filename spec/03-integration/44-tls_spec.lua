@@ -276,6 +276,50 @@ describe("TLS listener", function()
   end)
 end)
 
+describe("TLS resumption across workers", function()
+  it("resumes by ticket (TLS 1.3) and by session id (TLS 1.2) whichever worker takes the connection", function()
+    local dir = helpers.tmpdir("tls-workers")
+    local out, code = helpers.sh(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+      .. "-keyout %s/w.key -out %s/w.pem -days 30 -subj /CN=w.test -addext subjectAltName=DNS:w.test", dir, dir))
+    assert(code == 0, out)
+    local origin = helpers.start_origin()
+    local port = helpers.free_port()
+    -- each worker has its own VM: a token drawn in worker_init names it
+    local m = helpers.start_moxy({
+      workers = 2,
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = "127.0.0.1:" .. port, tls = { certificates = { { cert = dir .. "/w.pem", key = dir .. "/w.key" } } } } },
+      scripts = { "vm.lua" },
+    }, { files = { ["vm.lua"] = [[
+      local me
+      return {
+        worker_init = function() me = moxy.crypto.hex(moxy.crypto.random_bytes(8)) end,
+        on_response = function(txn) txn.resp.headers:set("X-VM", me) end,
+      }
+    ]] } })
+    finally(function() m:stop() origin:stop() end)
+    for _, case in ipairs({ "-tls1_3", "-tls1_2 -no_ticket" }) do
+      local sess = dir .. "/sess"
+      local first = helpers.sh(string.format("(sleep 0.3; echo) | timeout %d openssl s_client -connect 127.0.0.1:%d "
+        .. "-servername w.test %s -sess_out %s", math.ceil(10 * S), port, case, sess))
+      assert.matches("\nNew, TLSv1", first, 1, true)
+      local vms, reused = {}, 0
+      for _ = 1, 16 do
+        local got = helpers.sh(string.format("printf 'GET /echo HTTP/1.1\\r\\nHost: w.test\\r\\nConnection: close\\r\\n\\r\\n' "
+          .. "| timeout %d openssl s_client -connect 127.0.0.1:%d -servername w.test %s -sess_in %s -ign_eof 2>&1",
+          math.ceil(10 * S), port, case, sess))
+        if got:find("\nReused, TLSv1", 1, true) then reused = reused + 1 end
+        local vm = got:match("X%-VM: (%x+)")
+        if vm then vms[vm] = true end
+      end
+      local n = 0
+      for _ in pairs(vms) do n = n + 1 end
+      assert.equal(16, reused, case)
+      assert.equal(2, n, case .. ": the connections did not reach both workers")
+    end
+  end)
+end)
+
 describe("TLS configuration", function()
   local dir
 
