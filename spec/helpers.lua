@@ -202,6 +202,19 @@ function helpers.tmpdir(prefix)
   return dir
 end
 
+-- A self-signed certificate dir/name.pem and its key dir/name.key (kind
+-- "ec": P-256, "rsa": 2048 bits) with common name cn and the DNS names
+-- sans, valid for days (default 30).
+function helpers.make_cert(dir, name, kind, cn, sans, days)
+  local newkey = kind == "ec" and "-newkey ec -pkeyopt ec_paramgen_curve:P-256" or "-newkey rsa:2048"
+  local san = {}
+  for i, s in ipairs(sans) do san[i] = "DNS:" .. s end
+  local out, code = helpers.sh(string.format(
+    "openssl req -x509 %s -nodes -keyout %s/%s.key -out %s/%s.pem -days %d -subj /CN=%s -addext subjectAltName=%s",
+    newkey, dir, name, dir, name, days or 30, cn, table.concat(san, ",")))
+  assert(code == 0, out)
+end
+
 function helpers.moxy_bin()
   local bin = os.getenv("MOXY_BIN")
   if not bin or bin == "" then bin = helpers.root .. "/moxy" end

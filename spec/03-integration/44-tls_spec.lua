@@ -12,16 +12,7 @@ local S = helpers.scale
 describe("TLS listener", function()
   local dir, origin, m, port, plain_port, strict_port
 
-  -- a self-signed certificate for names (SANs) with key kind "ec" or "rsa"
-  local function make_cert(name, kind, cn, sans)
-    local newkey = kind == "ec" and "-newkey ec -pkeyopt ec_paramgen_curve:P-256" or "-newkey rsa:2048"
-    local san = {}
-    for i, s in ipairs(sans) do san[i] = "DNS:" .. s end
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 %s -nodes -keyout %s/%s.key -out %s/%s.pem -days 30 -subj /CN=%s -addext subjectAltName=%s",
-      newkey, dir, name, dir, name, cn, table.concat(san, ",")))
-    assert(code == 0, out)
-  end
+  local function make_cert(name, kind, cn, sans) helpers.make_cert(dir, name, kind, cn, sans) end
 
   -- openssl s_client to port with args: its output (bounded in time)
   local function s_client(p, args)

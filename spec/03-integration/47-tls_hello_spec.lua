@@ -11,15 +11,7 @@ local S = helpers.scale
 describe("on_tls_hello", function()
   local dir, origin, m, port, small_port, store_port, admin_port
 
-  local function make_cert(name, kind, cn, sans)
-    local newkey = kind == "ec" and "-newkey ec -pkeyopt ec_paramgen_curve:P-256" or "-newkey rsa:2048"
-    local san = {}
-    for i, s in ipairs(sans) do san[i] = "DNS:" .. s end
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 %s -nodes -keyout %s/%s.key -out %s/%s.pem -days 30 -subj /CN=%s -addext subjectAltName=%s",
-      newkey, dir, name, dir, name, cn, table.concat(san, ",")))
-    assert(code == 0, out)
-  end
+  local function make_cert(name, kind, cn, sans) helpers.make_cert(dir, name, kind, cn, sans) end
 
   -- openssl s_client to p asking for name: its output (bounded in time)
   local function s_client(p, name, args)
