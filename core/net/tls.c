@@ -264,6 +264,7 @@ void moxy_tls_conn_free(tls_conn_t *t)
     free(t->fingerprint);
     free(t->sni);
     free(t->alpn);
+    moxy_tls_hello_forget(t);
     free(t);
 }
 

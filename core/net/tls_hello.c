@@ -11,17 +11,19 @@
  * The stop: the client hello callback of every context of a listener
  * returns "retry" once for a connection accepted with hello, after copying
  * the name asked for and the protocols offered; the handshake then says
- * MOXY_TLS_WANT_HELLO.  A decision changes the connection's SSL at once
- * (its context, or its certificate and key); the next moxy_tls_handshake
- * calls the callback again, which lets the handshake go on, or fails it
- * for a refusal.  A chosen certificate stands: the name callback
- * (tls_server.c) then leaves the connection where it is.
+ * MOXY_TLS_WANT_HELLO.  A decision is kept (references to a context, or to
+ * a certificate, its chain and key; the last one wins); the next
+ * moxy_tls_handshake calls the callback again, which applies it (the
+ * connection's context, or its certificate and key) and lets the handshake
+ * go on, or fails it for a refusal.  A chosen certificate stands: the name
+ * callback (tls_server.c) then leaves the connection where it is.
  *
  * Supplied certificates are kept by name, per listener, at most
  * hello_cache of them, the least recently used going first.  Names come
  * from clients (SNI) and scripts: the table hashes them with the process's
- * key.  Workers share it under a mutex; a lookup applies the certificate
- * under the lock (the SSL takes its own references).
+ * key.  Workers share it under a mutex; a lookup takes its references to
+ * the certificate under the lock, so an eviction never frees what a
+ * connection is about to present.
  */
 #include "net/tls.h"
 #include "net/tls_int.h"
@@ -131,6 +133,19 @@ int moxy_tls_on_client_hello(SSL *ssl, int *alert, void *arg)
     if (t->hello_wait) { /* called again: the hooks are done */
         t->hello_wait = 0;
         t->hello_hook = 0;
+        int ok = 1;
+        if (t->hello_ctx && t->hello_ctx != SSL_get_SSL_CTX(ssl)) ok = SSL_set_SSL_CTX(ssl, t->hello_ctx) != NULL;
+        if (ok && t->hello_cert) {
+            SSL_certs_clear(ssl);
+            ok = SSL_use_certificate(ssl, t->hello_cert) == 1 && SSL_use_PrivateKey(ssl, t->hello_key) == 1 &&
+                 SSL_set1_chain(ssl, t->hello_chain) == 1;
+        }
+        t->hello_chose = t->hello_ctx || t->hello_cert;
+        moxy_tls_hello_forget(t);
+        if (!ok) {
+            *alert = SSL_AD_INTERNAL_ERROR;
+            return SSL_CLIENT_HELLO_ERROR;
+        }
         return SSL_CLIENT_HELLO_SUCCESS;
     }
     const unsigned char *p;
@@ -167,17 +182,38 @@ void moxy_tls_hello_refuse(moxy_conn_t *c)
     if (t) t->hello_refused = 1;
 }
 
-/* Present cert (its chain, key) on t's connection, instead of what its
- * context has. */
-static int present(tls_conn_t *t, X509 *cert, STACK_OF(X509) *chain, EVP_PKEY *key)
+void moxy_tls_hello_forget(tls_conn_t *t)
 {
-    SSL_certs_clear(t->ssl);
-    if (SSL_use_certificate(t->ssl, cert) != 1 || SSL_use_PrivateKey(t->ssl, key) != 1 ||
-        SSL_set1_chain(t->ssl, chain) != 1) {
-        ERR_clear_error();
-        return MOXY_ERROR;
-    }
-    t->hello_chose = 1;
+    SSL_CTX_free(t->hello_ctx);
+    X509_free(t->hello_cert);
+    sk_X509_pop_free(t->hello_chain, X509_free);
+    EVP_PKEY_free(t->hello_key);
+    t->hello_ctx = NULL;
+    t->hello_cert = NULL;
+    t->hello_chain = NULL;
+    t->hello_key = NULL;
+}
+
+/* The hooks chose ctx: kept (a reference) in place of an earlier choice. */
+static void choose_ctx(tls_conn_t *t, SSL_CTX *ctx)
+{
+    moxy_tls_hello_forget(t);
+    SSL_CTX_up_ref(ctx);
+    t->hello_ctx = ctx;
+}
+
+/* The hooks chose cert (its chain, key): kept (references) in place of an
+ * earlier choice.  MOXY_ERROR: out of memory. */
+static int choose_cert(tls_conn_t *t, X509 *cert, STACK_OF(X509) *chain, EVP_PKEY *key)
+{
+    STACK_OF(X509) *c = chain ? X509_chain_up_ref(chain) : NULL;
+    if (chain && !c) return MOXY_ERROR;
+    moxy_tls_hello_forget(t);
+    X509_up_ref(cert);
+    EVP_PKEY_up_ref(key);
+    t->hello_cert = cert;
+    t->hello_chain = c;
+    t->hello_key = key;
     return MOXY_OK;
 }
 
@@ -295,11 +331,7 @@ int moxy_tls_hello_use(moxy_conn_t *c, const char *name, size_t len)
     if (!t || !(len = name_lower(name, len, buf))) return MOXY_DECLINED;
     SSL_CTX *ctx = moxy_tls_server_find(t->server, buf);
     if (ctx) {
-        if (ctx != SSL_get_SSL_CTX(t->ssl) && !SSL_set_SSL_CTX(t->ssl, ctx)) {
-            ERR_clear_error();
-            return MOXY_DECLINED;
-        }
-        t->hello_chose = 1;
+        choose_ctx(t, ctx);
         return MOXY_OK;
     }
     struct tls_hello_cache_s *hc = moxy_tls_server_hello_cache(t->server);
@@ -310,7 +342,7 @@ int moxy_tls_hello_use(moxy_conn_t *c, const char *name, size_t len)
     if (e) {
         lru_unlink(hc, e);
         lru_front(hc, e);
-        rc = present(t, e->cert, e->chain, e->key) == MOXY_OK ? MOXY_OK : MOXY_DECLINED;
+        rc = choose_cert(t, e->cert, e->chain, e->key) == MOXY_OK ? MOXY_OK : MOXY_DECLINED;
     }
     pthread_mutex_unlock(&hc->lock);
     return rc;
@@ -362,8 +394,8 @@ int moxy_tls_hello_supply(moxy_conn_t *c, const char *name, size_t len, const ch
         snprintf(err, errlen, "the key is not the certificate's");
         goto fail;
     }
-    if (present(t, e->cert, e->chain, e->key) != MOXY_OK) {
-        snprintf(err, errlen, "OpenSSL refused the certificate or its key");
+    if (choose_cert(t, e->cert, e->chain, e->key) != MOXY_OK) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
     }
     BIO_free(in);

@@ -34,6 +34,12 @@ typedef struct {
     unsigned char *alpn;
     size_t alpn_len;
     char ja4[MOXY_JA4_LEN + 1]; /* the hello's fingerprint ("": none) */
+    /* what the hooks chose, applied when the handshake goes on (the last
+     * choice wins): a listener's context, or a certificate (references) */
+    SSL_CTX *hello_ctx;
+    X509 *hello_cert;
+    STACK_OF(X509) *hello_chain;
+    EVP_PKEY *hello_key;
 } tls_conn_t;
 
 /* tls.c: a TLS connection state for c on ctx, reading and writing c's
@@ -75,6 +81,9 @@ void moxy_tls_hello_cache_free(struct tls_hello_cache_s *hc);
 /* tls_hello.c: OpenSSL's client hello callback of a server's contexts:
  * stops the handshake for the hooks once, then applies their refusal. */
 int moxy_tls_on_client_hello(SSL *ssl, int *alert, void *arg);
+
+/* tls_hello.c: let go of what t's hooks chose and was not applied. */
+void moxy_tls_hello_forget(tls_conn_t *t);
 
 /* tls_hello.c: OpenSSL's message callback of a server connection until
  * the client's hello is in: its JA4 fingerprint. */

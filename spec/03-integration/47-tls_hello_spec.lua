@@ -76,6 +76,16 @@ describe("on_tls_hello", function()
           if sni == "alias.test" then assert(hello:use("B.test")) return end
           if sni == "sub.alias.test" then assert(hello:use("x.b.test")) return end
           if sni == "keep.test" then kept = hello return end
+          if sni == "last.test" then -- the last choice wins
+            assert(hello:supply(read(dir .. "/s1.pem"), read(dir .. "/s1.key"), ""))
+            assert(hello:use("a.test"))
+            return
+          end
+          if sni == "last2.test" then
+            assert(hello:use("b.test"))
+            assert(hello:supply(read(dir .. "/s3.pem"), read(dir .. "/s3.key"), ""))
+            return
+          end
           if sni == "late.test" then
             moxy.sleep(0.2)
             assert(hello:use("b.test"))
@@ -163,6 +173,11 @@ describe("on_tls_hello", function()
     -- without a choice, the name asked for chooses as always
     assert.equal("a.test", presented(s_client(port, "a.test")))
     assert.equal("b.test", presented(s_client(port, "b.test")))
+  end)
+
+  it("presents the last choice a hook made", function()
+    assert.equal("a.test", presented(s_client(port, "last.test")))
+    assert.equal("s3.test", presented(s_client(port, "last2.test")))
   end)
 
   it("may wait (moxy.sleep) before it chooses", function()
