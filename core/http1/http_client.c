@@ -707,29 +707,16 @@ static int client_proxy_header(moxy_client_t *c)
     return MOXY_OK;
 }
 
-/* c's on_tls_hello hooks wait: c reads nothing meanwhile (what a client
- * sends before an answer waits in the socket), its read event only keeps
- * the handshake's deadline. */
-static void client_hello_park(moxy_client_t *c)
+/* c's on_tls_hello hooks wait (parked) or are done: while they wait, c
+ * reads nothing (what a client sends before an answer waits in the
+ * socket) and its read event only keeps the handshake's deadline. */
+static void client_hello_wait(moxy_client_t *c, int parked)
 {
-    moxy_worker_t *w = c->w;
     struct timeval now, left = {0, 0};
-    event_base_gettimeofday_cached(w->base, &now);
+    event_base_gettimeofday_cached(c->w->base, &now);
     if (evutil_timercmp(&now, &c->head_deadline, <)) evutil_timersub(&c->head_deadline, &now, &left);
     event_del(&c->rev);
-    event_assign(&c->rev, w->base, c->conn.fd, 0, client_read_cb, c);
-    event_add(&c->rev, &left);
-    c->reading = 1;
-}
-
-static void client_hello_unpark(moxy_client_t *c)
-{
-    moxy_worker_t *w = c->w;
-    event_del(&c->rev);
-    event_assign(&c->rev, w->base, c->conn.fd, EV_READ | EV_PERSIST, client_read_cb, c);
-    struct timeval now, left = {0, 0};
-    event_base_gettimeofday_cached(w->base, &now);
-    if (evutil_timercmp(&now, &c->head_deadline, <)) evutil_timersub(&c->head_deadline, &now, &left);
+    event_assign(&c->rev, c->w->base, c->conn.fd, parked ? 0 : EV_READ | EV_PERSIST, client_read_cb, c);
     client_read_timeout(c, &left);
 }
 
@@ -740,7 +727,7 @@ static void client_hello_done(void *owner, int rc)
     moxy_client_t *c = owner;
     if (rc != MOXY_OK) moxy_tls_hello_refuse(&c->conn);
     moxy_client_hold(c);
-    client_hello_unpark(c);
+    client_hello_wait(c, 0);
     moxy_h1_process(c);
     moxy_client_release(c);
 }
@@ -768,7 +755,7 @@ static int client_tls_step(moxy_client_t *c)
     if (rc == MOXY_AGAIN && want == MOXY_TLS_WANT_HELLO) {
         int hr = moxy_lua_run_hello(c->w->g, c, &c->hello_task, client_hello_done);
         if (hr == MOXY_AGAIN) {
-            client_hello_park(c);
+            client_hello_wait(c, 1);
             return MOXY_AGAIN;
         }
         if (hr != MOXY_OK) moxy_tls_hello_refuse(&c->conn);

@@ -445,7 +445,7 @@ void moxy_tls_ssl_fail(FILE *err, const char *prefix)
 
 int moxy_tls_host_ok(const char *s, size_t n)
 {
-    if (n == 0 || n > 253 || s[0] == '.') return 0;
+    if (n == 0 || n > MOXY_TLS_HOST_MAX || s[0] == '.') return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
@@ -453,6 +453,15 @@ int moxy_tls_host_ok(const char *s, size_t n)
         if (!ok) return 0;
     }
     return 1;
+}
+
+size_t moxy_tls_host_lower(const char *s, size_t n, char out[MOXY_TLS_HOST_MAX + 1])
+{
+    if (n > 0 && s[n - 1] == '.') n--;
+    if (!moxy_tls_host_ok(s, n)) return 0;
+    for (size_t i = 0; i < n; i++) out[i] = (char)(s[i] >= 'A' && s[i] <= 'Z' ? s[i] + 32 : s[i]);
+    out[n] = '\0';
+    return n;
 }
 
 int moxy_tls_kernel_offload(const char **why)

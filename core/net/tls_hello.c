@@ -36,7 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HELLO_NAME_MAX 253          /* a DNS name */
 #define HELLO_ALPN_MAX 512          /* bytes of the ALPN list shown to hooks (clients offer a few) */
 #define HELLO_PEM_MAX (256 * 1024)  /* a supplied certificate chain, or key */
 #define HELLO_CHAIN_MAX 16          /* certificates after the first */
@@ -86,15 +85,9 @@ static char *hello_sni(const unsigned char *p, size_t len)
     while (len >= 3) {
         size_t n = (size_t)((p[1] << 8) | p[2]);
         if (n > len - 3) return NULL;
-        if (p[0] == 0) { /* host_name */
-            const char *name = (const char *)p + 3;
-            if (n > 0 && name[n - 1] == '.') n--;
-            if (!moxy_tls_host_ok(name, n)) return NULL; /* scripts put it in URLs, keys, logs */
-            char *s = malloc(n + 1);
-            if (!s) return NULL;
-            for (size_t i = 0; i < n; i++) s[i] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);
-            s[n] = '\0';
-            return s;
+        if (p[0] == 0) { /* host_name: scripts put it in URLs, keys, logs */
+            char name[MOXY_TLS_HOST_MAX + 1];
+            return moxy_tls_host_lower((const char *)p + 3, n, name) ? strdup(name) : NULL;
         }
         p += 3 + n;
         len -= 3 + n;
@@ -309,26 +302,11 @@ static void cache_put(struct tls_hello_cache_s *hc, tls_supplied_t *e)
     pthread_mutex_unlock(&hc->lock);
 }
 
-/* name (lower case) lower-cased into buf (HELLO_NAME_MAX + 1 bytes): its
- * length, or 0 when it cannot be a name. */
-static size_t name_lower(const char *name, size_t len, char *buf)
-{
-    if (len > 0 && name[len - 1] == '.') len--;
-    if (len == 0 || len > HELLO_NAME_MAX) return 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = name[i];
-        if ((unsigned char)ch <= 0x20 || (unsigned char)ch >= 0x7f) return 0;
-        buf[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-    }
-    buf[len] = '\0';
-    return len;
-}
-
 int moxy_tls_hello_use(moxy_conn_t *c, const char *name, size_t len)
 {
     tls_conn_t *t = waiting(c);
-    char buf[HELLO_NAME_MAX + 1];
-    if (!t || !(len = name_lower(name, len, buf))) return MOXY_DECLINED;
+    char buf[MOXY_TLS_HOST_MAX + 1];
+    if (!t || !(len = moxy_tls_host_lower(name, len, buf))) return MOXY_DECLINED;
     SSL_CTX *ctx = moxy_tls_server_find(t->server, buf);
     if (ctx) {
         choose_ctx(t, ctx);
@@ -356,8 +334,8 @@ int moxy_tls_hello_supply(moxy_conn_t *c, const char *name, size_t len, const ch
         snprintf(err, errlen, "the handshake is past the client's hello");
         return MOXY_ERROR;
     }
-    char buf[HELLO_NAME_MAX + 1];
-    if (len > 0 && !(len = name_lower(name, len, buf))) {
+    char buf[MOXY_TLS_HOST_MAX + 1];
+    if (len > 0 && !(len = moxy_tls_host_lower(name, len, buf))) {
         snprintf(err, errlen, "not a host name to keep the certificate for");
         return MOXY_ERROR;
     }

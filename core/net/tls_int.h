@@ -95,6 +95,13 @@ void moxy_tls_on_message(int write_p, int version, int content_type, const void 
  * '/', '%', space...: scripts put it in URLs, keys and logs). */
 int moxy_tls_host_ok(const char *s, size_t n);
 
+#define MOXY_TLS_HOST_MAX 253
+
+/* tls.c: the n bytes at s as a name to look up (an absolute name's dot
+ * dropped, lower case) into out, NUL-terminated: its length, or 0 when it
+ * is not a host name (moxy_tls_host_ok). */
+size_t moxy_tls_host_lower(const char *s, size_t n, char out[MOXY_TLS_HOST_MAX + 1]);
+
 /* tls.c: the connection state of ssl (its BIO's). */
 tls_conn_t *moxy_tls_conn_of(const SSL *ssl);
 

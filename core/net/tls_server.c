@@ -189,16 +189,8 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     moxy_tls_server_t *s = arg;
     if (moxy_tls_conn_of(ssl)->hello_chose) return SSL_TLSEXT_ERR_OK; /* a hook chose */
     const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    char name[256];
-    size_t n = sni ? strlen(sni) : 0;
-    SSL_CTX *ctx = NULL;
-    if (n > 0 && n < sizeof(name)) {
-        for (size_t i = 0; i < n; i++)
-            name[i] = (char)((sni[i] >= 'A' && sni[i] <= 'Z') ? sni[i] + 32 : sni[i]);
-        if (name[n - 1] == '.') n--; /* an absolute name */
-        name[n] = '\0';
-        ctx = moxy_tls_server_find(s, name);
-    }
+    char name[MOXY_TLS_HOST_MAX + 1];
+    SSL_CTX *ctx = sni && moxy_tls_host_lower(sni, strlen(sni), name) ? moxy_tls_server_find(s, name) : NULL;
     if (!ctx) {
         if (!s->refuse_unknown) return SSL_TLSEXT_ERR_OK;
         *alert = SSL_AD_UNRECOGNIZED_NAME;
