@@ -203,12 +203,12 @@ function helpers.tmpdir(prefix)
 end
 
 -- A self-signed certificate dir/name.pem and its key dir/name.key (kind
--- "ec": P-256, "rsa": 2048 bits) with common name cn and the DNS names
--- sans, valid for days (default 30).
+-- "ec": P-256, "rsa": 2048 bits) with common name cn and the names sans
+-- (DNS names, or "IP:127.0.0.1"), valid for days (default 30).
 function helpers.make_cert(dir, name, kind, cn, sans, days)
   local newkey = kind == "ec" and "-newkey ec -pkeyopt ec_paramgen_curve:P-256" or "-newkey rsa:2048"
   local san = {}
-  for i, s in ipairs(sans) do san[i] = "DNS:" .. s end
+  for i, s in ipairs(sans) do san[i] = s:match("^IP:") and s or "DNS:" .. s end
   local out, code = helpers.sh(string.format(
     "openssl req -x509 %s -nodes -keyout %s/%s.key -out %s/%s.pem -days %d -subj /CN=%s -addext subjectAltName=%s",
     newkey, dir, name, dir, name, days or 30, cn, table.concat(san, ",")))

@@ -3,6 +3,7 @@
 -- by openssl.
 package.path = "lua/?.lua;" .. package.path
 local crypto = require "moxy.crypto"
+local helpers = require "spec.helpers"
 
 local function sh(cmd)
   local p = assert(io.popen(cmd .. " 2>/dev/null"))
@@ -11,12 +12,7 @@ local function sh(cmd)
   return out
 end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function read(path) return assert(helpers.read_file(path)) end
 
 describe("moxy.crypto", function()
   it("digests and HMACs match their published vectors", function()

@@ -295,10 +295,8 @@ describe("admin status page", function()
   it("shows TLS handshakes, versions, failures and certificates' expiry when moxy has TLS listeners", function()
     local dir = helpers.tmpdir("status-tls")
     -- a certificate that expires in 10 days: within the page's 14-day warning
-    local out, code = helpers.sh(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
-      .. "-nodes -keyout %s/a.key -out %s/a.pem -days 10 -subj /CN=a.test -addext subjectAltName=DNS:a.test",
-      dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "a", "ec", "a.test", { "a.test" }, 10)
+    local out
     local port = helpers.free_port()
     local NAME = 'edge <b>"tls"</b> & co' -- listener names are the configuration's: never markup in the page
     local t = helpers.start_moxy({

@@ -270,9 +270,7 @@ end)
 describe("TLS resumption across workers", function()
   it("resumes by ticket (TLS 1.3) and by session id (TLS 1.2) whichever worker takes the connection", function()
     local dir = helpers.tmpdir("tls-workers")
-    local out, code = helpers.sh(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-      .. "-keyout %s/w.key -out %s/w.pem -days 30 -subj /CN=w.test -addext subjectAltName=DNS:w.test", dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "w", "ec", "w.test", { "w.test" })
     local origin = helpers.start_origin()
     local port = helpers.free_port()
     -- each worker has its own VM: a token drawn in worker_init names it
@@ -316,12 +314,7 @@ describe("TLS configuration", function()
 
   lazy_setup(function()
     dir = helpers.tmpdir("tlsconf")
-    for _, n in ipairs({ "a", "b" }) do
-      local out, code = helpers.sh(string.format(
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/%s.key -out %s/%s.pem "
-          .. "-days 30 -subj /CN=%s.test -addext subjectAltName=DNS:%s.test", dir, n, dir, n, n, n))
-      assert(code == 0, out)
-    end
+    for _, n in ipairs({ "a", "b" }) do helpers.make_cert(dir, n, "ec", n .. ".test", { n .. ".test" }) end
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
@@ -352,10 +345,7 @@ describe("TLS configuration", function()
   end)
 
   it("warns at load about a certificate that expires within 14 days, with its date", function()
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/soon.key -out %s/soon.pem "
-        .. "-days 5 -subj /CN=soon.test -addext subjectAltName=DNS:soon.test", dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "soon", "ec", "soon.test", { "soon.test" }, 5)
     local origin = helpers.start_origin()
     local m = helpers.start_moxy({
       upstreams = { app = { servers = { origin.addr } } },
@@ -419,10 +409,7 @@ describe("TLS configuration", function()
     end
     assert.equal("a.test", subject())
     -- renewed: a new key and certificate for the same name, with another common name
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/a.key -out %s/a.pem "
-        .. "-days 30 -subj /CN=renewed.test -addext subjectAltName=DNS:a.test", dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "a", "ec", "renewed.test", { "a.test" })
     m:signal("HUP")
     assert.equal("renewed.test", helpers.wait_until(function()
       local s = subject()

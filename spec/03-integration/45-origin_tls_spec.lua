@@ -18,10 +18,7 @@ describe("TLS to origins", function()
 
   lazy_setup(function()
     dir = helpers.tmpdir("otls")
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/o.key -out %s/o.pem "
-        .. "-days 30 -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,IP:127.0.0.1", dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "o", "ec", "origin.test", { "origin.test", "IP:127.0.0.1" })
     origin = helpers.start_origin()
     front_addr = "127.0.0.1:" .. fp
     front = helpers.start_moxy({
@@ -135,11 +132,7 @@ describe("TLS to origins, session resumption", function()
 
   lazy_setup(function()
     dir = helpers.tmpdir("otlsr")
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/o.key -out %s/o.pem "
-        .. "-days 30 -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,DNS:alias.test,IP:127.0.0.1",
-      dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "o", "ec", "origin.test", { "origin.test", "alias.test", "IP:127.0.0.1" })
     keys = dir .. "/ticket.keys"
     out, code = helpers.sh("openssl rand -out " .. keys .. " 80")
     assert(code == 0, out)

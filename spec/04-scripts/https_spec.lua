@@ -9,10 +9,7 @@ describe("scripts/https.lua", function()
 
   lazy_setup(function()
     dir = helpers.tmpdir("https")
-    local out, code = helpers.sh(string.format(
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout %s/s.key -out %s/s.pem "
-        .. "-days 30 -subj /CN=site.test -addext subjectAltName=DNS:site.test", dir, dir))
-    assert(code == 0, out)
+    helpers.make_cert(dir, "s", "ec", "site.test", { "site.test" })
     origin = helpers.start_origin()
     plain, tls = helpers.free_port(), helpers.free_port()
     m = helpers.start_moxy({
