@@ -95,8 +95,8 @@ EXPORT int moxy_ffi_req_field(moxy_req_t *r, int field, const char **out, size_t
         *len = strlen(*out);
         return MOXY_OK;
     case MOXY_FFI_F_VERSION:
-        *out = r->http_minor ? "1.1" : "1.0";
-        *len = 3;
+        *out = r->http_major == 2 ? "2" : r->http_minor ? "1.1" : "1.0";
+        *len = strlen(*out);
         return MOXY_OK;
     case MOXY_FFI_F_BODY_ERROR:
         if (!r->body_error) return MOXY_DECLINED;

@@ -326,6 +326,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         ls->name = field_str(L, l, "name");
         ls->backlog = (int)field_num(L, l, "backlog", 4096);
         ls->proxy_protocol = field_bool(L, l, "proxy_protocol");
+        ls->http2 = field_bool(L, l, "http2");
         ls->upgrade = field_str(L, l, "upgrade");
         if (!ls->upgrade) ls->upgrade = strdup("websocket");
         if (read_tls(L, l, ls) != MOXY_OK) {
@@ -450,6 +451,17 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->limits.uri_bytes = (size_t)field_num(L, lim, "uri_bytes", 8192);
     c->limits.body_bytes = (uint64_t)field_num(L, lim, "body_bytes", 64.0 * 1024 * 1024);
     c->limits.connections = (int)field_num(L, lim, "connections", 10000);
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "http2");
+    int h2 = lua_gettop(L);
+    c->http2.max_concurrent_streams = (int)field_num(L, h2, "max_concurrent_streams", 128);
+    c->http2.stream_window = (int)field_num(L, h2, "stream_window", 65536);
+    c->http2.header_table_size = (int)field_num(L, h2, "header_table_size", 4096);
+    c->http2.max_continuations = (int)field_num(L, h2, "max_continuations", 8);
+    c->http2.max_resets = (int)field_num(L, h2, "max_resets", 200);
+    c->http2.reset_rate = (int)field_num(L, h2, "reset_rate", 33);
+    c->http2.max_control_frames = (int)field_num(L, h2, "max_control_frames", 1000);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "timeouts");

@@ -99,6 +99,8 @@ typedef struct {
     char *upgrade;      /* protocols a tunnel may carry (Upgrade), lower case, comma-separated
                            ("websocket"; "" for none) */
     moxy_tls_conf_t *tls; /* NULL: plain */
+    int http2;            /* HTTP/2 too: ALPN "h2" (preferred) with TLS, the preface (prior
+                             knowledge) on a plain listener */
 } moxy_listen_conf_t;
 
 /* An address block of trusted_proxies: the first bits bits of addr.  IPv4
@@ -273,6 +275,15 @@ typedef struct moxy_conf_s {
         uint64_t body_bytes;
         int connections;     /* client connections per worker */
     } limits;
+
+    struct { /* HTTP/2 toward clients (http2/) */
+        int max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS; more are refused */
+        int stream_window;          /* SETTINGS_INITIAL_WINDOW_SIZE: a stream's request body in moxy */
+        int header_table_size;      /* SETTINGS_HEADER_TABLE_SIZE: the HPACK decoder's table */
+        int max_continuations;      /* CONTINUATION frames after a HEADERS */
+        int max_resets, reset_rate; /* RST_STREAM from a client: a burst, then per second */
+        int max_control_frames;     /* SETTINGS, PING, PRIORITY, WINDOW_UPDATE...: a burst, back in 10 s */
+    } http2;
 
     struct { /* seconds */
         double client_header, client_body, client_send, connect, upstream, keepalive, drain;

@@ -37,5 +37,7 @@ int moxy_req_add_forwarding(moxy_req_t *r)
             MOXY_OK ||
         (r->host && moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
         return MOXY_ERROR;
-    return moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
+    /* the protocol the request came on (RFC 9110 7.6.3) */
+    return r->http_major == 2 ? moxy_headers_add(pool, hs, "Via", 3, "2 moxy", 6)
+                              : moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
 }

@@ -440,6 +440,7 @@ struct moxy_client_s {
     int busy;                   /* event callbacks on the stack that use c */
     unsigned proxy_wait : 1;    /* the PROXY protocol header is still to come */
     unsigned tls_wait : 1;      /* its TLS handshake is not done */
+    unsigned h2_maybe : 1;      /* a plain listener with http2: the HTTP/2 preface may come first */
     struct moxy_tls_server_s *tls; /* its listener's TLS side, held until the handshake starts */
     struct moxy_lua_task_s *hello_task; /* its on_tls_hello hooks, parked (the handshake waits) */
     unsigned trusted : 1;       /* ip is in trusted_proxies: requests' real-IP headers count */

@@ -64,11 +64,18 @@ void moxy_hist_add(moxy_hist_t *h, long long us)
     MOXY_STAT_ADD(h->sum_us, (unsigned long long)us);
 }
 
+const char *const moxy_h2_code_names[MOXY_H2_CODES] = {
+    "NO_ERROR",       "PROTOCOL_ERROR",     "INTERNAL_ERROR",      "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",  "FRAME_SIZE_ERROR",   "REFUSED_STREAM",      "CANCEL",             "COMPRESSION_ERROR",
+    "CONNECT_ERROR",  "ENHANCE_YOUR_CALM",  "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED",
+};
+
 void moxy_stats_request(moxy_req_t *r)
 {
     moxy_worker_t *w = r->w;
     int cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
     MOXY_STAT_ADD(w->stats.requests[cls], 1);
+    if (r->http_major == 2) MOXY_STAT_ADD(w->stats.requests_h2, 1);
     moxy_hist_add(&w->stats.duration, moxy_req_elapsed_us(r));
     if (r->pool >= 0 && r->g->pools && r->g->pools[r->pool].stats) {
         moxy_pool_stats_t *ps = r->g->pools[r->pool].stats;
@@ -96,6 +103,18 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
             out->tls_versions[k] += LOAD(st->tls_versions[k]);
         }
         for (int k = 0; k < MOXY_STATS_TLS_FAILS; k++) out->tls_failures[k] += LOAD(st->tls_failures[k]);
+        out->h2_conns += LOAD(st->h2_conns);
+        out->h2_conns_total += LOAD(st->h2_conns_total);
+        out->h2_streams += LOAD(st->h2_streams);
+        out->h2_refused += LOAD(st->h2_refused);
+        out->h2_floods += LOAD(st->h2_floods);
+        out->h2_stalls += LOAD(st->h2_stalls);
+        out->requests_h2 += LOAD(st->requests_h2);
+        for (int k = 0; k < MOXY_H2_CODES; k++) {
+            out->h2_goaway[k] += LOAD(st->h2_goaway[k]);
+            out->h2_rst_sent[k] += LOAD(st->h2_rst_sent[k]);
+            out->h2_rst_recv[k] += LOAD(st->h2_rst_recv[k]);
+        }
         for (int k = 0; k < MOXY_STATS_TLS_CIPHERS; k++) {
             const char *name = atomic_load_explicit(&st->tls_cipher_names[k], memory_order_acquire);
             if (!name) break;

@@ -15,6 +15,7 @@
 
 #define MOXY_STATS_TLS_FAILS 12 /* at least net/tls.h's MOXY_TLS_FAIL_N */
 #define MOXY_STATS_TLS_CIPHERS 16 /* ciphers counted apart (the rest as "other") */
+#define MOXY_H2_CODES 14 /* HTTP/2 error codes NO_ERROR..HTTP_1_1_REQUIRED (RFC 9113 7); larger as the last */
 #define MOXY_HIST_BUCKETS 13 /* upper bounds (whole µs) in stats.c, then +Inf */
 
 /* A latency histogram: counts per bucket (not cumulative) and the sum. */
@@ -56,6 +57,16 @@ typedef struct {
      * slots are free, the last counts the rest */
     _Atomic(const char *) tls_cipher_names[MOXY_STATS_TLS_CIPHERS];
     atomic_ullong tls_ciphers[MOXY_STATS_TLS_CIPHERS];
+    atomic_llong h2_conns;            /* open HTTP/2 client connections (gauge; also in nconns) */
+    atomic_ullong h2_conns_total;     /* HTTP/2 client connections since start */
+    atomic_ullong h2_streams;         /* HTTP/2 streams that became requests */
+    atomic_ullong h2_refused;         /* streams refused past max_concurrent_streams, or while closing */
+    atomic_ullong h2_floods;          /* connections closed for a flood (ENHANCE_YOUR_CALM) */
+    atomic_ullong h2_stalls;          /* streams reset for a window kept closed past client_send */
+    atomic_ullong h2_goaway[MOXY_H2_CODES];   /* GOAWAY sent, by error code */
+    atomic_ullong h2_rst_sent[MOXY_H2_CODES]; /* RST_STREAM sent, by error code */
+    atomic_ullong h2_rst_recv[MOXY_H2_CODES]; /* RST_STREAM received, by error code */
+    atomic_ullong requests_h2;        /* requests that came over HTTP/2 */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
@@ -69,6 +80,9 @@ typedef struct {
     unsigned long long lua_errors, budget_kills;
     unsigned long long cache_hits, cache_misses; /* cache lookups */
     unsigned long long tls_handshakes[2], tls_versions[2], tls_failures[MOXY_STATS_TLS_FAILS];
+    long long h2_conns;
+    unsigned long long h2_conns_total, h2_streams, h2_refused, h2_floods, h2_stalls, requests_h2;
+    unsigned long long h2_goaway[MOXY_H2_CODES], h2_rst_sent[MOXY_H2_CODES], h2_rst_recv[MOXY_H2_CODES];
     int ntls_ciphers;                             /* handshakes by cipher name ("other": the rest) */
     const char *tls_cipher_names[MOXY_STATS_TLS_CIPHERS * 2];
     unsigned long long tls_ciphers[MOXY_STATS_TLS_CIPHERS * 2];
@@ -81,6 +95,9 @@ typedef struct {
 
 /* One more TLS handshake of w with the cipher name (a string OpenSSL
  * keeps for the process's life); on w's thread. */
+/* The names of HTTP/2's error codes (RFC 9113 7), MOXY_H2_CODES of them. */
+extern const char *const moxy_h2_code_names[MOXY_H2_CODES];
+
 void moxy_stats_tls_cipher(moxy_stats_t *st, const char *name);
 
 /* w's counts for the pools called name: found, or made (on w's thread, or

@@ -25,6 +25,7 @@
 #include "net/proxy_protocol.h"
 #include "net/tls.h"
 #include "http/worker.h"
+#include "http2/http2.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -194,6 +195,8 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     if (w->listeners[listen_index].tls) {
         c->tls = moxy_tls_server_hold(w->listeners[listen_index].tls);
         c->tls_wait = 1;
+    } else {
+        c->h2_maybe = conf->listens[listen_index].http2 != 0;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -737,6 +740,29 @@ static void client_hello_done(void *owner, int rc)
  * and what came with it is read next; MOXY_AGAIN: it waits for the
  * socket, or for on_tls_hello hooks; MOXY_ERROR: it failed and c is
  * closed. */
+/* c speaks HTTP/2 from here (ALPN "h2", or the preface on a listener with
+ * http2): its connection, and what was read of it, go to http2/; c goes
+ * without closing it. */
+static void client_to_h2(moxy_client_t *c)
+{
+    moxy_h2_from_t from = {.listen_index = c->s.listen_index, .addr = &c->addr, .trusted = c->trusted,
+                           .local_peer = c->local_peer};
+    moxy_conn_t conn = c->conn;
+    moxy_req_t *r = c->req;
+    if (r) { /* the preface's first bytes made a request: nothing of it is logged */
+        c->req = NULL;
+        moxy_req_end(r);
+        moxy_req_release(r);
+    }
+    event_del(&c->rev);
+    event_del(&c->wev);
+    c->reading = c->writing = 0;
+    c->conn.fd = -1;
+    c->dead = 1;
+    moxy_h2_accept(c->w, &conn, &from, c->in); /* counted in the worker's connections before c goes */
+    if (c->busy == 0) client_free(c);
+}
+
 static int client_tls_step(moxy_client_t *c)
 {
     if (c->hello_task) return MOXY_AGAIN;
@@ -786,6 +812,10 @@ static int client_tls_step(moxy_client_t *c)
         MOXY_STAT_ADD(c->w->stats.tls_handshakes[info.resumed ? 1 : 0], 1);
         MOXY_STAT_ADD(c->w->stats.tls_versions[strcmp(info.version, "TLSv1.3") == 0], 1);
         moxy_stats_tls_cipher(&c->w->stats, info.cipher);
+        if (info.alpn && info.alpn[0] == 'h' && info.alpn[1] == '2') {
+            client_to_h2(c);
+            return MOXY_ERROR; /* c is gone */
+        }
     }
     /* a request sent with the handshake's last flight raises no event */
     if (moxy_conn_pending(&c->conn)) event_active(&c->rev, EV_READ, 1);
@@ -810,6 +840,17 @@ void moxy_h1_process(moxy_client_t *c)
             if (c->proxy_wait) {
                 if (client_proxy_header(c) != MOXY_OK) break;
                 continue;
+            }
+            if (c->h2_maybe) {
+                /* a listener with http2: a plain connection that starts
+                 * with the preface speaks HTTP/2 (prior knowledge) */
+                int m = moxy_h2_preface_match(c->in);
+                if (m == MOXY_H2_PREFACE_LEN) {
+                    client_to_h2(c);
+                    break;
+                }
+                if (m >= 0) break; /* the preface's start so far: more must come */
+                c->h2_maybe = 0;
             }
             moxy_req_t *r = c->req ? c->req : client_new_request(c);
             if (!r) {

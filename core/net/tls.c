@@ -426,7 +426,9 @@ int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info)
     if (info->sni && !moxy_tls_host_ok(info->sni, strlen(info->sni))) info->sni = NULL; /* not a host name */
     info->version = SSL_get_version(t->ssl);
     info->cipher = SSL_get_cipher_name(t->ssl);
-    info->alpn = alen == 8 && memcmp(alpn, "http/1.1", 8) == 0 ? "http/1.1" : NULL;
+    info->alpn = alen == 8 && memcmp(alpn, "http/1.1", 8) == 0 ? "http/1.1"
+                 : alen == 2 && memcmp(alpn, "h2", 2) == 0    ? "h2"
+                                                              : NULL;
     info->resumed = SSL_session_reused(t->ssl);
     info->ja4 = t->ja4[0] ? t->ja4 : NULL;
     return 1;

@@ -82,6 +82,7 @@ struct moxy_tls_server_s {
     tls_name_t *names;
     int nnames;
     int refuse_unknown;
+    int h2;                 /* ALPN offers "h2" too (the listener's http2), preferred */
     struct tls_hello_cache_s *hello_cache; /* certificates hooks supplied (tls_hello.c) */
 };
 
@@ -203,15 +204,18 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* ALPN: http/1.1 when the client offers it; nothing else is spoken yet. */
+/* ALPN: "h2" first when the listener speaks HTTP/2 (arg: its server), then
+ * "http/1.1"; a client that offers neither gets no ALPN answer. */
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
                    unsigned inlen, void *arg)
 {
     MOXY_UNUSED(ssl);
-    MOXY_UNUSED(arg);
-    static const unsigned char h1[] = "\x08http/1.1";
+    const moxy_tls_server_t *s = arg;
+    static const unsigned char h2[] = "\x02h2\x08http/1.1";
+    const unsigned char *ours = s && s->h2 ? h2 : h2 + 3;
+    unsigned ourlen = (unsigned)(s && s->h2 ? sizeof(h2) - 1 : sizeof(h2) - 4);
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, h1, sizeof(h1) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -300,7 +304,6 @@ static SSL_CTX *ctx_new(const moxy_tls_conf_t *tc, const char *where, FILE *err)
     SSL_CTX_set_read_ahead(ctx, 1);
     static const unsigned char sid[] = "moxy";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
-    SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
     if (tc->verify_clients && tc->client_ca) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(tc->client_ca);
         if (!names || SSL_CTX_load_verify_locations(ctx, tc->client_ca, NULL) != 1) {
@@ -394,6 +397,7 @@ static tls_group_t *group_for(moxy_tls_server_t *s, const moxy_tls_conf_t *tc, c
     tls_group_t *g = &s->groups[s->ngroups];
     memset(g, 0, sizeof(*g));
     g->ctx = ctx_new(tc, tls_where, err);
+    if (g->ctx) SSL_CTX_set_alpn_select_cb(g->ctx, on_alpn, s);
     if (!g->ctx) {
         free(key);
         for (int k = 0; k < n; k++) free(names[k]);
@@ -585,6 +589,7 @@ moxy_tls_server_t *moxy_tls_server_new(const moxy_conf_t *conf, const moxy_liste
         return NULL;
     }
     s->refuse_unknown = tc->refuse_unknown;
+    s->h2 = l->http2;
     if (!(s->hello_cache = moxy_tls_hello_cache_new(tc->hello_cache))) {
         fprintf(err, "%s: %s.tls: out of memory\n", conf->path, keys);
         free(s);

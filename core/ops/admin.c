@@ -104,6 +104,28 @@ static void status_tls(struct evbuffer *b, const moxy_stats_total_t *tot, const 
     evbuffer_add(b, "}}", 2);
 }
 
+/* /status's "http2": HTTP/2 toward clients (open connections, streams,
+ * refusals, floods, stalls; GOAWAYs and resets by error code, those seen). */
+static void status_http2(struct evbuffer *b, const moxy_stats_total_t *tot)
+{
+    evbuffer_add_printf(b, ",\"http2\":{\"connections\":%lld,\"connections_total\":%llu,\"streams\":%llu,"
+                           "\"requests\":%llu,\"refused\":%llu,\"floods\":%llu,\"stalls\":%llu",
+                        tot->h2_conns, tot->h2_conns_total, tot->h2_streams, tot->requests_h2, tot->h2_refused,
+                        tot->h2_floods, tot->h2_stalls);
+    const struct {
+        const char *key;
+        const unsigned long long *v;
+    } by_code[] = {{"goaway", tot->h2_goaway}, {"resets_sent", tot->h2_rst_sent}, {"resets_received", tot->h2_rst_recv}};
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(by_code); i++) {
+        evbuffer_add_printf(b, ",\"%s\":{", by_code[i].key);
+        for (int k = 0, n = 0; k < MOXY_H2_CODES; k++)
+            if (by_code[i].v[k])
+                evbuffer_add_printf(b, "%s\"%s\":%llu", n++ ? "," : "", moxy_h2_code_names[k], by_code[i].v[k]);
+        evbuffer_add(b, "}", 1);
+    }
+    evbuffer_add(b, "}", 1);
+}
+
 static void status(struct evhttp_request *req)
 {
     const moxy_conf_t *conf = admin.conf;
@@ -161,6 +183,7 @@ static void status(struct evhttp_request *req)
         evbuffer_add(b, "null", 4);
     }
     status_tls(b, &tot, conf);
+    status_http2(b, &tot);
     evbuffer_add(b, ",\"shared\":{", 11);
     for (int i = 0; i < conf->nshared; i++) {
         moxy_shdict_t *d = moxy_shdict_find(conf->shared[i].name, strlen(conf->shared[i].name));

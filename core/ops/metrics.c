@@ -278,6 +278,53 @@ static void render_tls(struct evbuffer *out, const moxy_stats_total_t *tot, cons
     }
 }
 
+/* Connections and requests by protocol, and HTTP/2's streams, refusals,
+ * GOAWAYs and resets by error code (codes never seen are left out). */
+static void render_protocols(struct evbuffer *out, const moxy_stats_total_t *tot)
+{
+    unsigned long long all = 0;
+    for (int c = 0; c < 6; c++) all += tot->requests[c];
+    head(out, "moxy_connections_by_protocol", "gauge", "Open client connections, by protocol.");
+    evbuffer_add_printf(out, "moxy_connections_by_protocol{protocol=\"http/1.1\"} %lld\n"
+                             "moxy_connections_by_protocol{protocol=\"h2\"} %lld\n",
+                        tot->conns - tot->h2_conns, tot->h2_conns);
+    head(out, "moxy_requests_by_protocol_total", "counter", "Requests answered, by the protocol they came on.");
+    evbuffer_add_printf(out, "moxy_requests_by_protocol_total{protocol=\"http/1.1\"} %llu\n"
+                             "moxy_requests_by_protocol_total{protocol=\"h2\"} %llu\n",
+                        all - tot->requests_h2, tot->requests_h2);
+    head(out, "moxy_http2_connections_total", "counter", "HTTP/2 client connections since start.");
+    evbuffer_add_printf(out, "moxy_http2_connections_total %llu\n", tot->h2_conns_total);
+    head(out, "moxy_http2_streams_total", "counter", "HTTP/2 streams that became requests.");
+    evbuffer_add_printf(out, "moxy_http2_streams_total %llu\n", tot->h2_streams);
+    head(out, "moxy_http2_refused_streams_total", "counter",
+         "HTTP/2 streams refused: past http2.max_concurrent_streams, or on a closing connection.");
+    evbuffer_add_printf(out, "moxy_http2_refused_streams_total %llu\n", tot->h2_refused);
+    head(out, "moxy_http2_floods_total", "counter",
+         "HTTP/2 connections closed with ENHANCE_YOUR_CALM for a flood of control frames or resets.");
+    evbuffer_add_printf(out, "moxy_http2_floods_total %llu\n", tot->h2_floods);
+    head(out, "moxy_http2_stalled_streams_total", "counter",
+         "HTTP/2 streams reset for a flow-control window kept closed past timeouts.client_send.");
+    evbuffer_add_printf(out, "moxy_http2_stalled_streams_total %llu\n", tot->h2_stalls);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } by_code[] = {
+        {"moxy_http2_goaway_sent_total", "GOAWAY frames sent to clients, by error code.",
+         offsetof(moxy_stats_total_t, h2_goaway)},
+        {"moxy_http2_resets_sent_total", "RST_STREAM frames sent to clients, by error code.",
+         offsetof(moxy_stats_total_t, h2_rst_sent)},
+        {"moxy_http2_resets_received_total", "RST_STREAM frames received from clients, by error code.",
+         offsetof(moxy_stats_total_t, h2_rst_recv)},
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(by_code); i++) {
+        const unsigned long long *v = (const unsigned long long *)((const char *)tot + by_code[i].off);
+        head(out, by_code[i].name, "counter", by_code[i].help);
+        for (int k = 0; k < MOXY_H2_CODES; k++)
+            if (v[k] || k == 0)
+                evbuffer_add_printf(out, "%s{code=\"%s\"} %llu\n", by_code[i].name, moxy_h2_code_names[k], v[k]);
+    }
+}
+
 int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
                         double uptime)
 {
@@ -316,5 +363,6 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     render_dicts(out, conf);
     render_cache(out, &tot);
     render_tls(out, &tot, conf);
+    render_protocols(out, &tot);
     return MOXY_OK;
 }

@@ -384,7 +384,7 @@ function Checker:listen(v, keys)
       l, ak = { addr = l }, k
     end
     if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true,
-                          upgrade = true, tls = true }) then
+                          upgrade = true, tls = true, http2 = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -397,6 +397,7 @@ function Checker:listen(v, keys)
           proxy_protocol = self:value(l.proxy_protocol, child(k, "proxy_protocol"), typed("boolean"), false),
           upgrade = self:upgrade_protocols(l.upgrade, child(k, "upgrade")),
           tls = self:tls(l.tls, child(k, "tls")),
+          http2 = self:value(l.http2, child(k, "http2"), typed("boolean"), false),
         }
       end
     end
@@ -714,7 +715,7 @@ end
 
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
-  limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true,
+  limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true, http2 = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -869,6 +870,26 @@ function M.check(t, path, src)
       body_bytes = c:value(lim.body_bytes, { "limits", "body_bytes" }, size, 64 * 1024 * 1024),
       connections = c:value(lim.connections, { "limits", "connections" }, integer(1, 1000000), 10000),
     }
+  end
+
+  local h2 = t.http2 or {}
+  local H2 = { max_concurrent_streams = true, stream_window = true, header_table_size = true,
+               max_continuations = true, max_resets = true, reset_rate = true, max_control_frames = true }
+  if c:table(h2, { "http2" }, H2) then
+    local function k(name) return { "http2", name } end
+    conf.http2 = {
+      max_concurrent_streams = c:value(h2.max_concurrent_streams, k("max_concurrent_streams"), integer(1, 10000), 128),
+      stream_window = c:value(h2.stream_window, k("stream_window"), size, 64 * 1024),
+      header_table_size = c:value(h2.header_table_size, k("header_table_size"), size, 4096),
+      max_continuations = c:value(h2.max_continuations, k("max_continuations"), integer(0, 1000), 8),
+      max_resets = c:value(h2.max_resets, k("max_resets"), integer(1, 1000000), 200),
+      reset_rate = c:value(h2.reset_rate, k("reset_rate"), integer(1, 1000000), 33),
+      max_control_frames = c:value(h2.max_control_frames, k("max_control_frames"), integer(10, 1000000), 1000),
+    }
+    if conf.http2.stream_window < 1024 or conf.http2.stream_window > 2147483647 then
+      c:err(k("stream_window"), "expected 1k..2g", h2.stream_window)
+    end
+    if conf.http2.header_table_size > 65536 then c:err(k("header_table_size"), "at most 64k", h2.header_table_size) end
   end
 
   local to = t.timeouts or {}

@@ -1,0 +1,42 @@
+/*
+ * http2.h -- HTTP/2 toward clients (RFC 9113, on libnghttp2): a
+ * connection's streams are requests with the same phases, cache, upstreams
+ * and logs as HTTP/1's, behind the same stream seam (http-t.h's
+ * moxy_stream_ops_t).
+ *
+ * HTTP/1 (http1/) accepts every connection, reads its PROXY header and
+ * runs its TLS handshake; it hands the connection here when ALPN chose
+ * "h2", or when a cleartext connection on a listener with http2 starts
+ * with the HTTP/2 preface (prior knowledge).
+ */
+#ifndef MOXY_HTTP2_H
+#define MOXY_HTTP2_H
+
+#include "http/http-t.h"
+
+struct evbuffer;
+
+/* The HTTP/2 connection preface a client sends first (RFC 9113 3.4). */
+#define MOXY_H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define MOXY_H2_PREFACE_LEN 24
+
+/* What HTTP/1 hands over with a connection. */
+typedef struct {
+    int listen_index;             /* its listener (the current generation's conf->listens[]) */
+    const moxy_client_addr_t *addr;
+    unsigned trusted : 1;         /* its peer is in trusted_proxies */
+    unsigned local_peer : 1;      /* its peer is on this host */
+} moxy_h2_from_t;
+
+/* Serve conn (its transport ready: TLS done, or plain) as an HTTP/2
+ * connection of worker w: conn is moved (the caller's copy is no longer
+ * used), in holds the bytes already read (the preface among them; it is
+ * emptied, and stays the caller's).  Counted in w's connections from then
+ * on; on failure conn is closed.  MOXY_OK or MOXY_ERROR. */
+int moxy_h2_accept(moxy_worker_t *w, moxy_conn_t *conn, const moxy_h2_from_t *from, struct evbuffer *in);
+
+/* The number of bytes of in that match the preface's start: MOXY_H2_PREFACE_LEN when in starts with the
+ * whole preface, less when it stops short of it, and -1 when it is not the preface. */
+int moxy_h2_preface_match(struct evbuffer *in);
+
+#endif
