@@ -80,6 +80,32 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     return h2_stream_field(arg, f, name, nlen, value, vlen);
 }
 
+/* Tell the client ENHANCE_YOUR_CALM (GOAWAY) and close once it is out:
+ * what (a budget) was spent, logged. */
+static void h2_calm(h2_conn_t *h, const char *what, int limit)
+{
+    MOXY_STAT_ADD(h->w->stats.h2_floods, 1);
+    moxy_log(MOXY_LOG_WARN, NULL, "client %s: HTTP/2 %s past %d; GOAWAY ENHANCE_YOUR_CALM", h->addr.ip, what, limit);
+    nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    h->goaway = 1;
+}
+
+/* A stream reset by the client costs a unit of its budget: http2.max_resets
+ * at once, http2.reset_rate back each second (the rapid reset attack opens
+ * and cancels streams faster than any page does). */
+static int h2_reset_budget(h2_conn_t *h)
+{
+    const moxy_conf_t *conf = h->w->g->conf;
+    long long now = moxy_mono_ms();
+    h->resets += (double)(now - h->resets_ms) * conf->http2.reset_rate / 1000.0;
+    h->resets_ms = now;
+    if (h->resets > conf->http2.max_resets) h->resets = conf->http2.max_resets;
+    h->resets -= 1;
+    if (h->resets >= 0) return 1;
+    h2_calm(h, "stream resets (http2.max_resets)", conf->http2.max_resets);
+    return 0;
+}
+
 /* A frame that asks work of moxy and carries no request costs a unit of
  * the budget; DATA moxy sends earns one back (a client that reads a big
  * response sends WINDOW_UPDATEs). */
@@ -98,6 +124,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
         break;
     case NGHTTP2_RST_STREAM:
         MOXY_STAT_ADD(h->w->stats.h2_rst_recv[MOXY_MIN(f->rst_stream.error_code, MOXY_H2_CODES - 1)], 1);
+        if (!h2_reset_budget(h)) return NGHTTP2_ERR_CALLBACK_FAILURE;
         break;
     case NGHTTP2_DATA:
         if (f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM) && !h2_conn_budget(h, 1))
@@ -223,16 +250,12 @@ int h2_conn_budget(h2_conn_t *h, double cost)
     if (h->tokens > max) h->tokens = max;
     h->tokens -= cost;
     if (h->tokens >= 0) return 1;
-    MOXY_STAT_ADD(h->w->stats.h2_floods, 1);
-    moxy_log(MOXY_LOG_WARN, NULL, "client %s: HTTP/2 control frames past http2.max_control_frames (%d); "
-             "GOAWAY ENHANCE_YOUR_CALM", h->addr.ip, conf->http2.max_control_frames);
-    nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
-    h->goaway = 1;
+    h2_calm(h, "control frames (http2.max_control_frames)", conf->http2.max_control_frames);
     return 0;
 }
 
 /* The read event armed as where h stands asks: not while h->out is
- * backlogged; with the keep-alive timeout while no stream runs. */
+ * backlogged; with the keep-alive timeout while h has no stream. */
 static void h2_want_read(h2_conn_t *h)
 {
     if (h->dead) return;
@@ -243,16 +266,17 @@ static void h2_want_read(h2_conn_t *h)
         return;
     }
     const moxy_wgen_t *g = h->w->g;
-    event_add(&h->rev, h->nstreams == 0 ? g->ctv_keepalive : NULL);
+    event_add(&h->rev, LIST_EMPTY(&h->streams) ? g->ctv_keepalive : NULL);
     h->reading = 1;
     /* bytes a transport (TLS) holds already raise no socket event */
     if (moxy_conn_pending(&h->conn)) event_active(&h->rev, EV_READ, 1);
 }
 
-/* The once-a-second checks run while h has streams, or drains. */
+/* The once-a-second checks run while h has streams (their requests, or
+ * responses still going out), or drains. */
 static void h2_want_tick(h2_conn_t *h)
 {
-    int want = !h->dead && (h->nstreams > 0 || h->drain_ms);
+    int want = !h->dead && (!LIST_EMPTY(&h->streams) || h->drain_ms);
     if (want && !h->ticking) {
         struct timeval one = {1, 0};
         event_add(&h->tick, &one);
@@ -306,7 +330,7 @@ static int h2_send(h2_conn_t *h)
     if (!h->dead) {
         h2_want_read(h);
         h2_want_tick(h);
-        if (h->nstreams == 0 && evbuffer_get_length(h->out) == 0 && !h->flush_queued) {
+        if (LIST_EMPTY(&h->streams) && evbuffer_get_length(h->out) == 0 && !h->flush_queued) {
             /* idle: its buffer goes back to the worker (an idle connection costs its
              * struct and nghttp2's session) */
             moxy_worker_buf_put(h->w, h->out);
@@ -339,14 +363,21 @@ static int h2_recv(h2_conn_t *h, const uint8_t *p, size_t n)
 {
     ssize_t rv = nghttp2_session_mem_recv(h->ng, p, n);
     if (rv >= 0) return h->goaway && !nghttp2_session_want_read(h->ng) ? MOXY_ERROR : MOXY_OK;
-    if (rv == NGHTTP2_ERR_CALLBACK_FAILURE && h->goaway) return MOXY_ERROR; /* a flood: GOAWAY queued */
+    if (rv == NGHTTP2_ERR_CALLBACK_FAILURE && h->goaway) return MOXY_ERROR; /* a budget spent: GOAWAY queued */
+    if (rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) {
+        /* queued answers it does not read, or a head that never ends (CVE-2024-27316) */
+        h2_calm(h, rv == NGHTTP2_ERR_FLOODED ? "unread answers to control frames"
+                                             : "CONTINUATION frames (http2.max_continuations)",
+                rv == NGHTTP2_ERR_FLOODED ? 1000 : h->w->g->conf->http2.max_continuations);
+        return MOXY_ERROR;
+    }
     if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC)
         moxy_log(MOXY_LOG_INFO, NULL, "client %s: not an HTTP/2 connection preface", h->addr.ip);
-    else if (rv == NGHTTP2_ERR_FLOODED)
-        moxy_log(MOXY_LOG_WARN, NULL, "client %s: HTTP/2 flood (%s); GOAWAY", h->addr.ip, nghttp2_strerror((int)rv));
     else
         moxy_log(MOXY_LOG_INFO, NULL, "client %s: HTTP/2: %s", h->addr.ip, nghttp2_strerror((int)rv));
-    if (rv == NGHTTP2_ERR_FLOODED) MOXY_STAT_ADD(h->w->stats.h2_floods, 1);
+    /* nghttp2 queued its GOAWAY for a protocol error; one more does nothing */
+    nghttp2_session_terminate_session(h->ng, rv == NGHTTP2_ERR_HEADER_COMP ? NGHTTP2_COMPRESSION_ERROR
+                                                                           : NGHTTP2_PROTOCOL_ERROR);
     h->goaway = 1;
     return MOXY_ERROR;
 }
@@ -480,8 +511,9 @@ static int h2_session_new(h2_conn_t *h, const moxy_conf_t *conf)
     nghttp2_option_set_no_auto_window_update(opt, 1); /* a stream's window opens as its body is passed on */
     nghttp2_option_set_no_closed_streams(opt, 1);
     nghttp2_option_set_max_continuations(opt, (size_t)conf->http2.max_continuations);
-    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)conf->http2.max_resets,
-                                               (uint64_t)conf->http2.reset_rate);
+    /* moxy's own reset budget answers first (ENHANCE_YOUR_CALM); nghttp2's is the backstop */
+    nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)conf->http2.max_resets * 2,
+                                               (uint64_t)conf->http2.reset_rate * 2);
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     nghttp2_option_set_max_settings(opt, 32);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
@@ -527,7 +559,8 @@ int moxy_h2_accept(moxy_worker_t *w, moxy_conn_t *conn, const moxy_h2_from_t *fr
     MOXY_STAT_ADD(w->stats.h2_conns_total, 1);
     const moxy_conf_t *conf = w->g->conf;
     h->tokens = conf->http2.max_control_frames;
-    h->tokens_ms = moxy_mono_ms();
+    h->resets = conf->http2.max_resets;
+    h->tokens_ms = h->resets_ms = moxy_mono_ms();
     event_assign(&h->rev, w->base, h->conn.fd, EV_READ | EV_PERSIST, h2_read_cb, h);
     event_assign(&h->wev, w->base, h->conn.fd, EV_WRITE | EV_PERSIST, h2_write_cb, h);
     event_assign(&h->flush_ev, w->base, -1, 0, h2_flush_cb, h);

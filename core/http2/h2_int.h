@@ -67,6 +67,8 @@ struct h2_conn_s {
     int busy;
     double tokens;            /* the control-frame budget (h2_conn.c's flood check) */
     long long tokens_ms;      /* when it was last refilled */
+    double resets;            /* the stream-reset budget (h2_conn.c) */
+    long long resets_ms;
     long long drain_ms;       /* draining: when the final GOAWAY goes (0: not yet draining) */
     unsigned trusted : 1;
     unsigned local_peer : 1;

@@ -43,7 +43,7 @@ function Headers:each() end
 ---@field args table<string, string|string[]>  the query parsed; settable from a table
 ---@field host string|nil
 ---@field scheme string
----@field http_version string        "1.1" or "1.0"
+---@field http_version string        "1.1", "1.0" or "2"
 ---@field headers moxy.Headers
 
 ---@class moxy.Response
