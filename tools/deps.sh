@@ -12,7 +12,7 @@ BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zl
 libmaxminddb-dev libpcre2-dev libnghttp2-dev node-llhttp lua-cjson"
 TEST="clang libclang-rt-14-dev openssl lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
 chromium chromium-driver python3-selenium nghttp2-client python3-h2"
-BENCH="nginx wrk util-linux iproute2"
+BENCH="nginx wrk util-linux iproute2 nghttp2-client"
 
 want="$BUILD $TEST"
 [ "${1:-}" = bench ] && want="$want $BENCH"

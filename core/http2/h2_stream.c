@@ -135,7 +135,10 @@ static int stream_pseudo(h2_stream_t *s, const char *name, size_t nlen, const ch
     const moxy_conf_t *conf = r->g->conf;
     if (nlen == 7 && memcmp(name, ":method", 7) == 0) {
         int m = method_number(v, vlen);
-        if (m < 0) return stream_bad(s, 501, "unknown method");
+        if (m < 0) { /* a token (nghttp2 checked): named in the log line */
+            r->method_name = moxy_pstrdup(&r->mem, v, vlen);
+            return stream_bad(s, 501, "unknown method");
+        }
         if (m == HTTP_CONNECT) return stream_bad(s, 405, "CONNECT is not supported");
         if (m == HTTP_PRI) return stream_bad(s, 400, "PRI is not a method");
         r->method = (uint8_t)m;
@@ -185,8 +188,9 @@ int h2_stream_field(h2_conn_t *h, const nghttp2_frame *f, const uint8_t *name, s
         return stream_bad(s, 431, trailers ? "request trailer fields too large" : "request header fields too large");
     if (s->nfields > (uint32_t)conf->limits.headers + 4)
         return stream_bad(s, 431, trailers ? "too many request trailer fields" : "too many request headers");
-    if (s->bad_status) return 0;
     const char *n = (const char *)name, *v = (const char *)value;
+    /* once refused, only the pseudo-headers are kept: the log line names the request */
+    if (s->bad_status && (trailers || nlen == 0 || n[0] != ':')) return 0;
     if (nlen > 0 && n[0] == ':') return trailers ? stream_bad(s, 400, "pseudo-header in trailers")
                                                  : stream_pseudo(s, n, nlen, v, vlen);
     if (trailers) {

@@ -78,7 +78,8 @@ describe("HTTP/2", function()
   lazy_teardown(function() helpers.stop_all() end)
 
   it("speaks h2 through ALPN on a TLS listener, and HTTP/1.1 to clients that do not offer it", function()
-    local body, code, head, version = curl("https://127.0.0.1:" .. tls_port .. "/echo/a", "--http2")
+    local body, code, head, version = curl("https://127.0.0.1:" .. tls_port .. "/echo/a",
+      "--http2 -H 'cookie: a=1' -H 'cookie: b=2'")
     assert.equal(200, code, body)
     assert.equal("2", version)
     assert.matches("x-phase: on_response 2 https", head, 1, true)
@@ -86,6 +87,7 @@ describe("HTTP/2", function()
     assert.equal("HTTP/1.1", echo.version) -- toward the origin
     assert.matches('"X-Version", "2"', body, 1, true)
     assert.matches('"Via", "2 moxy"', body, 1, true)
+    assert.matches('"cookie", "a=1; b=2"', body, 1, true) -- crumbs joined for the HTTP/1.1 origin
     assert.matches('"X-Forwarded-Proto", "https"', body, 1, true)
     body, code, head, version = curl("https://127.0.0.1:" .. tls_port .. "/echo/b", "--http1.1")
     assert.equal(200, code, body)
@@ -183,6 +185,29 @@ describe("HTTP/2", function()
     assert.matches(":status: 103", out, 1, true)
     assert.matches("link: </style.css>; rel=preload; as=style", out, 1, true)
     assert.matches(":status: 200", out, 1, true)
+  end)
+
+  it("refuses malformed heads (RFC 9113 8.2, 8.3): a stream reset, or a 4xx when the head is well-formed", function()
+    local function outcome(args)
+      local r = probe(h2c_port, "get", "--path /echo/x " .. args)
+      if next(r.rst) then return select(2, next(r.rst)) end
+      local res = select(2, next(r.responses))
+      return res and res.status or cjson.encode(r)
+    end
+    -- connection-specific fields (8.2.2), upper case (8.2.1), TE but trailers
+    for _, h in ipairs { "connection:close", "keep-alive:1", "upgrade:h2c", "transfer-encoding:chunked",
+                         "X-Upper:1", "te:gzip" } do
+      assert.equal("PROTOCOL_ERROR", outcome("--header '" .. h .. "'"), h)
+    end
+    assert.equal(200, outcome("--header 'te:trailers'"))
+    assert.equal(400, outcome("--header 'host:other.example'")) -- Host differs from :authority (8.3.1)
+    assert.equal("PROTOCOL_ERROR", outcome("--authority 'a b'"))
+    assert.equal(501, outcome("--method FOO"))
+    assert.equal("PROTOCOL_ERROR", (function()
+      local r = probe(h2c_port, "get", "--path echo")
+      return select(2, next(r.rst))
+    end)())
+    assert.is_truthy(m:wait_log('"FOO /echo/x HTTP/2.0" 501'))
   end)
 
   it("refuses heads past limits.header_bytes, however small their HPACK block (HPACK bomb): 431", function()
