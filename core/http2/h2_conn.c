@@ -159,6 +159,22 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
     return 0;
 }
 
+/* A DATA frame's payload: over TLS, at most what makes header and payload
+ * one 16 KiB record (net/tls.c writes records of 16 KiB); else nghttp2's
+ * own choice, the windows and the client's frame size permitting. */
+static ssize_t on_data_length(nghttp2_session *ng, uint8_t type, int32_t id, int32_t conn_window,
+                              int32_t stream_window, uint32_t max_frame, void *arg)
+{
+    MOXY_UNUSED(ng);
+    MOXY_UNUSED(type);
+    MOXY_UNUSED(id);
+    const h2_conn_t *h = arg;
+    ssize_t n = h->https ? 16384 - 9 : 16384;
+    n = MOXY_MIN(n, (ssize_t)max_frame);
+    n = MOXY_MIN(n, (ssize_t)conn_window);
+    return MOXY_MIN(n, (ssize_t)stream_window);
+}
+
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *arg)
 {
     MOXY_UNUSED(ng);
@@ -193,6 +209,7 @@ static void h2_init(void)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, on_data_length);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     h2_callbacks = cb;
 }

@@ -848,8 +848,21 @@ int h2_stream_data_send(h2_conn_t *h, nghttp2_frame *f, const uint8_t *framehd, 
 {
     h2_stream_t *s = src->ptr;
     MOXY_UNUSED(f); /* no padding: moxy sets no padding callback */
-    if (evbuffer_add(h->out, framehd, 9) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (length) moxy_io_move(h->out, s->out, length);
+    if (h->https) {
+        /* header and payload in one piece of h->out (h2_conn.c sizes them to
+         * fill a TLS record), which the transport encrypts where it is */
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(h->out, (ev_ssize_t)(9 + length), &v, 1) < 1)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        memcpy(v.iov_base, framehd, 9);
+        if (length && evbuffer_remove(s->out, (char *)v.iov_base + 9, length) != (int)length)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        v.iov_len = 9 + length;
+        if (evbuffer_commit_space(h->out, &v, 1) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    } else { /* plain: the payload is moved, written with the header by writev */
+        if (evbuffer_add(h->out, framehd, 9) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (length) moxy_io_move(h->out, s->out, length);
+    }
     s->stall_ms = 0;
     moxy_req_t *r = s->r;
     size_t left = s->out ? evbuffer_get_length(s->out) : 0;
