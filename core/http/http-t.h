@@ -411,8 +411,12 @@ typedef struct {
     void (*cut_gen)(moxy_session_t *s, const moxy_wgen_t *g);
 } moxy_session_ops_t;
 
+/* A session's protocol (moxy_session_t.protocol). */
+enum { MOXY_PROTO_HTTP1 = 1, MOXY_PROTO_HTTP2 = 2 };
+
 struct moxy_session_s {
     const moxy_session_ops_t *ops;
+    int protocol;     /* MOXY_PROTO_*: what the object it heads is */
     int listen_index; /* the current generation's conf->listens[] it came in on;
                          -1: a reload removed that listener */
     LIST_ENTRY(moxy_session_s) link; /* its worker's sessions */

@@ -164,6 +164,7 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
         return;
     }
     c->s.ops = &h1_session;
+    c->s.protocol = MOXY_PROTO_HTTP1;
     c->s.listen_index = listen_index;
     c->w = w;
     c->conn = conn;

@@ -562,6 +562,7 @@ int moxy_h2_accept(moxy_worker_t *w, moxy_conn_t *conn, const moxy_h2_from_t *fr
         return MOXY_ERROR;
     }
     h->s.ops = &h2_session_ops;
+    h->s.protocol = MOXY_PROTO_HTTP2;
     h->s.listen_index = from->listen_index;
     h->w = w;
     h->conn = *conn;
