@@ -8,6 +8,7 @@
 #include "http/lua_bridge.h"
 #include "http/stats.h"
 #include "http/worker.h"
+#include "net/tls.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,21 @@ moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index)
     event_base_gettimeofday_cached(w->base, &r->started);
     r->started_us = moxy_mono_us();
     return r;
+}
+
+void moxy_req_keep_tls(moxy_req_t *r, const moxy_conn_t *conn)
+{
+    moxy_tls_info_t info;
+    if (!moxy_tls_info(conn, &info)) return;
+    r->https = 1;
+    moxy_tls_info_t *t = moxy_palloc(&r->mem, sizeof(*t));
+    if (!t) return;
+    *t = info;
+    /* the strings the connection holds are the request's own copies */
+    const char **s[] = {&t->sni, &t->subject, &t->issuer, &t->serial, &t->fingerprint, &t->ja4};
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(s); i++)
+        if (*s[i]) *s[i] = moxy_pstrdup(&r->mem, *s[i], strlen(*s[i]));
+    r->tls = t;
 }
 
 void moxy_req_cleanup_add(moxy_req_t *r, moxy_req_cleanup_fn fn)

@@ -26,6 +26,11 @@ struct evbuffer;
  * memory. */
 moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index);
 
+/* r came on conn: when conn is TLS past its handshake, r is https and
+ * keeps its own copy of what was negotiated (r->tls, in r's memory: it may
+ * outlive conn). */
+void moxy_req_keep_tls(moxy_req_t *r, const moxy_conn_t *conn);
+
 /* Run fn(r) when r ends.  Adding a function already added does nothing,
  * so that a module adds its cleanup each time it attaches something (a
  * few pointer compares).  Each module has one: more than MOXY_REQ_CLEANUPS

@@ -102,19 +102,7 @@ static moxy_req_t *request_new(moxy_client_t *c, moxy_wgen_t *g, int listen_inde
     moxy_req_t *r = moxy_req_new(c->w, g, listen_index);
     if (!r) return NULL;
     r->addr = &c->addr;
-    moxy_tls_info_t info;
-    if (moxy_tls_info(&c->conn, &info)) { /* kept with the request: it may outlive c */
-        moxy_tls_info_t *t = moxy_palloc(&r->mem, sizeof(*t));
-        if (t) {
-            *t = info;
-            /* the strings the connection holds are the request's own copies */
-            const char **s[] = {&t->sni, &t->subject, &t->issuer, &t->serial, &t->fingerprint, &t->ja4};
-            for (size_t i = 0; i < MOXY_ARRAY_LEN(s); i++)
-                if (*s[i]) *s[i] = moxy_pstrdup(&r->mem, *s[i], strlen(*s[i]));
-            r->tls = t;
-        }
-        r->https = 1;
-    }
+    moxy_req_keep_tls(r, &c->conn);
     r->stream = &stream_ops;
     r->stream_ctx = c;
     c->req = r;

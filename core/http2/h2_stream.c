@@ -107,20 +107,7 @@ int h2_stream_begin(h2_conn_t *h, const nghttp2_frame *f)
     r->head_bytes = 1;
     r->stream = &h2_stream_ops;
     r->stream_ctx = s;
-    if (h->https) {
-        r->https = 1;
-        moxy_tls_info_t info;
-        if (moxy_tls_info(&h->conn, &info)) { /* kept with the request: it may outlive h */
-            moxy_tls_info_t *t = moxy_palloc(&r->mem, sizeof(*t));
-            if (t) {
-                *t = info;
-                const char **str[] = {&t->sni, &t->subject, &t->issuer, &t->serial, &t->fingerprint, &t->ja4};
-                for (size_t i = 0; i < MOXY_ARRAY_LEN(str); i++)
-                    if (*str[i]) *str[i] = moxy_pstrdup(&r->mem, *str[i], strlen(*str[i]));
-                r->tls = t;
-            }
-        }
-    }
+    moxy_req_keep_tls(r, &h->conn); /* kept with the request: it may outlive h */
     nghttp2_session_set_stream_user_data(h->ng, s->id, s);
     LIST_INSERT_HEAD(&h->streams, s, link);
     h->nstreams++;

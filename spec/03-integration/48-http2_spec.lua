@@ -70,6 +70,7 @@ describe("HTTP/2", function()
         end,
         on_response = function(txn)
           txn.resp.headers:set("X-Phase", "on_response " .. txn.req.http_version .. " " .. txn.req.scheme)
+          txn.resp.headers:set("X-ALPN", tostring(txn.client.tls and txn.client.tls.alpn))
         end,
       }
     ]] } })
@@ -83,6 +84,7 @@ describe("HTTP/2", function()
     assert.equal(200, code, body)
     assert.equal("2", version)
     assert.matches("x-phase: on_response 2 https", head, 1, true)
+    assert.matches("x-alpn: h2", head, 1, true) -- txn.client.tls over HTTP/2
     local echo = assert(cjson.decode(body))
     assert.equal("HTTP/1.1", echo.version) -- toward the origin
     assert.matches('"X-Version", "2"', body, 1, true)
@@ -93,6 +95,7 @@ describe("HTTP/2", function()
     assert.equal(200, code, body)
     assert.equal("1.1", version)
     assert.matches("X-Phase: on_response 1.1 https", head, 1, true)
+    assert.matches("X-ALPN: http/1.1", head, 1, true)
   end)
 
   it("speaks h2 with prior knowledge on a plain listener with http2, HTTP/1.1 beside it, and not elsewhere", function()
