@@ -36,6 +36,7 @@
 #include <getopt.h>
 #include <luajit.h>
 #include <limits.h>
+#include <malloc.h>
 #include <maxminddb.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -282,8 +283,23 @@ out:
     return rc;
 }
 
+/* Freed memory stays with the process up to 64 MiB per arena (a worker's
+ * is its own), and blocks up to 4 MiB come from the heap, not mmap: glibc's
+ * defaults give a worker's freed body buffers back to the kernel at once
+ * (madvise), and every response that follows faults its pages in again
+ * (3.5x the CPU per 64 KiB HTTP/2 response, measured).  GLIBC_TUNABLES'
+ * malloc settings win. */
+static void malloc_tune(void)
+{
+    const char *t = getenv("GLIBC_TUNABLES");
+    if (t && strstr(t, "glibc.malloc.")) return;
+    mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+}
+
 int main(int argc, char **argv)
 {
+    malloc_tune();
     moxy_modules_setup();
     if (argc >= 2 && strcmp(argv[1], "test") == 0) return moxy_test_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "reload") == 0) return reload_main(argc - 1, argv + 1);
