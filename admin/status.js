@@ -329,12 +329,17 @@
   // it cannot be known (no earlier sample, another process, a counter that
   // went down).
   function tlsRates(prev, st) {
+    return groupRates(prev, st, 'tls', TLS_GROUPS);
+  }
+
+  // The same for any object of counter groups: st[key][group] = {name: total}.
+  function groupRates(prev, st, key, groups) {
     const out = {};
-    if (!isObj(st.tls)) return out;
+    if (!isObj(st[key])) return out;
     const dt = prev && prev.pid === st.pid ? st.uptime - prev.uptime : 0;
-    for (const [g] of TLS_GROUPS) {
-      const cur = isObj(st.tls[g]) ? st.tls[g] : {};
-      const old = prev && isObj(prev.tls) && isObj(prev.tls[g]) ? prev.tls[g] : {};
+    for (const [g] of groups) {
+      const cur = isObj(st[key][g]) ? st[key][g] : {};
+      const old = prev && isObj(prev[key]) && isObj(prev[key][g]) ? prev[key][g] : {};
       out[g] = {};
       for (const [k, v] of Object.entries(cur)) {
         const d = v - old[k];
@@ -438,10 +443,48 @@
     certificateRows($('tls-certs').tBodies[0], listeners || [], Date.now() / 1000);
   }
 
+  // ---- HTTP/2 toward clients ----------------------------------------------------
+
+  const H2_GROUPS = [['counts', 'h2-counts'], ['goaway', 'h2-goaway'], ['resets_sent', 'h2-resets-sent'],
+                     ['resets_received', 'h2-resets-received']];
+  const H2_COUNTS = ['connections_total', 'streams', 'requests', 'refused', 'floods', 'stalls'];
+
+  // /status's "http2" as counter groups: its plain counters under "counts",
+  // its per-error objects as they are.
+  function h2Groups(st) {
+    const h = isObj(st.http2) ? st.http2 : null;
+    if (!h) return null;
+    const counts = {};
+    for (const k of H2_COUNTS) if (typeof h[k] === 'number') counts[k] = h[k];
+    return { counts, goaway: h.goaway, resets_sent: h.resets_sent, resets_received: h.resets_received,
+             open: h.connections };
+  }
+
+  function h2Rates(prev, st) {
+    const cur = { pid: st.pid, uptime: st.uptime, h2: h2Groups(st) };
+    const old = prev ? { pid: prev.pid, uptime: prev.uptime, h2: h2Groups(prev) } : null;
+    return groupRates(old, cur, 'h2', H2_GROUPS);
+  }
+
+  // The HTTP/2 section: shown once moxy has had an HTTP/2 connection.
+  function renderHttp2(st, rates) {
+    const h = h2Groups(st);
+    const on = Boolean(h && h.counts.connections_total > 0);
+    const sec = $('http2');
+    sec.dataset.http2 = on ? 'on' : 'off';
+    sec.hidden = !on;
+    if (!on) return;
+    $('h2-open').textContent = String(typeof h.open === 'number' ? h.open : 0);
+    for (const [g, id] of H2_GROUPS) {
+      counterRows($(id).tBodies[0], isObj(h[g]) ? h[g] : {}, (rates && rates[g]) || {});
+    }
+  }
+
   function render() {
     if (!last) return;
     renderStatus(last.status);
     renderTls(last.status, last.tlsRates);
+    renderHttp2(last.status, last.h2Rates);
     renderHistory(last.history);
   }
 
@@ -465,7 +508,8 @@
   async function poll() {
     try {
       const [status, history] = await Promise.all([getJSON('/status'), getJSON('/history')]);
-      last = { status, history, tlsRates: tlsRates(last && last.status, status) };
+      last = { status, history, tlsRates: tlsRates(last && last.status, status),
+               h2Rates: h2Rates(last && last.status, status) };
       render();
       $('live').dataset.live = 'yes';
       $('live').textContent = 'live';

@@ -274,6 +274,23 @@ describe("HTTP/2", function()
     local st = assert(cjson.decode(assert(helpers.request(m.admin_port, { path = "/status" })).body))
     assert.is_true(st.http2.streams > 10)
     assert.is_true(st.http2.goaway.ENHANCE_YOUR_CALM >= 7)
+    -- the status page's HTTP/2 section, as a browser draws it
+    local chromium = os.getenv("CHROMIUM") ~= nil and os.getenv("CHROMIUM") ~= "" and os.getenv("CHROMIUM")
+      or "/usr/bin/chromium"
+    local dom, code = helpers.sh(string.format("timeout %d %s --headless=new --no-sandbox --disable-gpu "
+      .. "--disable-dev-shm-usage --no-first-run --disable-extensions --user-data-dir=%s "
+      .. "--virtual-time-budget=4000 --dump-dom http://127.0.0.1:%d/ 2>/dev/null", math.ceil(30 * S),
+      helpers.shell_quote(chromium), helpers.shell_quote(helpers.tmpdir("h2-chromium")), m.admin_port))
+    assert(code == 0, "chromium --dump-dom failed")
+    local open, body = dom:match('(<section id="http2"[^>]*>)(.-)</section>')
+    assert(open, "no HTTP/2 section:\n" .. dom)
+    assert.matches('data-http2="on"', open, 1, true)
+    local function total(key)
+      return tonumber(body:match('<tr[^>]*data%-key="' .. key .. '"[^>]*data%-total="(%d+)"'))
+    end
+    assert.equal(st.http2.streams, total("streams"))
+    assert.equal(st.http2.goaway.ENHANCE_YOUR_CALM, total("ENHANCE_YOUR_CALM"))
+    assert.is_truthy(total("CANCEL"), body) -- the stalled stream's reset
   end)
 end)
 
