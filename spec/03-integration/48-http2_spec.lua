@@ -153,6 +153,24 @@ describe("HTTP/2", function()
     assert.equal(200, r.second.status)
   end)
 
+  it("holds back a big download to a client that does not read it: moxy's memory stays bounded", function()
+    local before = m:rss()
+    local out = os.tmpname()
+    local cmd = string.format("timeout %d /usr/bin/python3 %s/h2probe.py --port %d --timeout %g slow-reader "
+      .. "--path /bytes/300000000 --other /echo/small --delay 3 > %s", math.ceil(30 * S), helpers.support, h2c_port,
+      10 * S, out)
+    local p = helpers.spawn({ "sh", "-c", cmd }, {})
+    helpers.sleep(2) -- the origin sends as fast as moxy reads; the client reads 64 KiB
+    local during = m:rss()
+    p:wait_exit(20 * S)
+    local r = assert(cjson.decode(helpers.read_file(out)), helpers.read_file(out))
+    os.remove(out)
+    assert.is_true(r.first.stalled, cjson.encode(r))
+    assert.is_true(r.second.completed, cjson.encode(r))
+    -- one stream's response waits in moxy up to 256 KiB, the rest in the origin's socket
+    assert.is_true(during - before < 16 * 1024, string.format("RSS %d -> %d KiB", before, during)) -- KiB
+  end)
+
   it("streams request bodies to the origin: with a length, without one (chunked), with trailers", function()
     local r = probe(h2c_port, "upload", "--path /echo/up --size 3000000 --show-body")
     local res = select(2, next(r.responses))
