@@ -88,6 +88,42 @@ describe("binary upgrade (SIGUSR2)", function()
       .. "pid %d -> %d"):format(requests, old_pid, new_pid))
   end)
 
+  it("drains HTTP/2 connections with GOAWAY: streams in flight finish, clients go on with the new process", function()
+    -- the same moxy with an HTTP/2 listener beside (a restart with the new configuration)
+    m:stop()
+    local h2_port = helpers.free_port()
+    local src = config(port, admin_port, origin):gsub('listen = { "127.0.0.1:%d+" }', ('listen = { "127.0.0.1:%d", '
+      .. '{ addr = "127.0.0.1:%d", http2 = true } }'):format(port, h2_port))
+    m = helpers.start_moxy(src, { ports = { port, h2_port, admin_port } })
+    local old_pid = m.pid
+    local h2load = helpers.spawn({ "h2load", "-c", "4", "-m", "8", "-D", "6",
+      "http://127.0.0.1:" .. h2_port .. "/slow-headers/0.2" }, { kind = "h2load" })
+    finally(function() h2load:stop("KILL") end)
+    helpers.sleep(1.5)
+    m:signal("USR2")
+    assert(helpers.wait_until(function()
+      local p = pid_in_file()
+      return p and p ~= old_pid and p
+    end, 10 * helpers.scale), "no new PID in the pid file:\n" .. m:stderr())
+    new_pid = pid_in_file()
+    assert.equal(0, m:wait_exit(20 * helpers.scale), "the old moxy did not drain and exit 0:\n" .. m:stderr())
+    assert.truthy(h2load:wait_exit(20), "h2load did not end")
+    local text = h2load:stdout() .. h2load:stderr()
+    local total, done, ok, failed, errored = text:match(
+      "requests: (%d+) total, %d+ started, (%d+) done, (%d+) succeeded, (%d+) failed, (%d+) errored")
+    assert(total, text)
+    assert.is_true(tonumber(ok) > 50, text)
+    assert.equal("0", failed, text)
+    assert.equal("0", errored, text)
+    assert.equal(done, ok, text)
+    -- the new process speaks HTTP/2 on the handed-over socket
+    local r = helpers.sh("timeout 10 curl -sS --http2-prior-knowledge -o /dev/null -w '%{http_code} %{http_version}' "
+      .. "http://127.0.0.1:" .. h2_port .. "/echo")
+    assert.equal("200 2", r)
+    print(("\n    h2load 6 s, 4 connections x 8 streams, upgrade at 1.5 s: %s requests, %s succeeded, none failed; "
+      .. "pid %d -> %d"):format(total, ok, old_pid, new_pid))
+  end)
+
   it("keeps the old process serving when the new one cannot start", function()
     helpers.write_file(m.conf_path, "return { listen = {}, nonsense = true }\n")
     m:signal("USR2")
