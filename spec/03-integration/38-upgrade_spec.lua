@@ -88,7 +88,7 @@ describe("binary upgrade (SIGUSR2)", function()
       .. "pid %d -> %d"):format(requests, old_pid, new_pid))
   end)
 
-  it("drains HTTP/2 connections with GOAWAY: streams in flight finish, clients go on with the new process", function()
+  it("drains HTTP/2 connections with GOAWAY: streams in flight finish, the new process serves HTTP/2", function()
     -- the same moxy with an HTTP/2 listener beside (a restart with the new configuration)
     m:stop()
     local h2_port = helpers.free_port()
