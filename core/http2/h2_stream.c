@@ -667,8 +667,7 @@ void h2_stream_drop(h2_stream_t *s, const char *why)
         s->r = NULL;
         r->stream_ctx = NULL;
         s->h->nstreams--;
-        if (r->body_task) body_wake(r);
-        moxy_req_abort(r, why);
+        moxy_req_abort(r, why); /* a hook waiting for the body is dropped with it */
     }
     if (s->busy == 0) h2_stream_free(s);
 }

@@ -197,6 +197,40 @@ describe("HTTP/2", function()
     assert.equal("read 200000", res.body)
   end)
 
+  it("drops a hook waiting for a body whose stream the client resets (499), and the connection goes on", function()
+    local script = helpers.tmpdir("h2-rst") .. "/rst.py"
+    helpers.write_file(script, [[
+import socket, sys, time
+import h2.connection, h2.config, h2.events
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+c.send_headers(1, [(":method", "POST"), (":path", "/read"), (":scheme", "http"), (":authority", "x.test")])
+c.send_data(1, b"a" * 1000)
+s.sendall(c.data_to_send())
+time.sleep(0.5)
+c.reset_stream(1)
+c.send_headers(3, [(":method", "GET"), (":path", "/echo/after-reset"), (":scheme", "http"),
+                   (":authority", "x.test")], end_stream=True)
+s.sendall(c.data_to_send())
+s.settimeout(5)
+deadline = time.time() + 5
+while time.time() < deadline:
+    d = s.recv(65536)
+    if not d:
+        break
+    for ev in c.receive_data(d):
+        if isinstance(ev, h2.events.ResponseReceived):
+            print(ev.stream_id, dict(ev.headers)[b":status"].decode())
+            sys.exit(0)
+    s.sendall(c.data_to_send())
+print("no answer")
+]])
+    local out = helpers.sh(string.format("timeout %d /usr/bin/python3 %s %d", math.ceil(15 * S), script, h2c_port))
+    assert.matches("^3 200", out)
+    assert.is_truthy(m:wait_log('"POST /read HTTP/2.0" 499'))
+  end)
+
   it("sends response trailers and 103 Early Hints", function()
     local out = helpers.sh(string.format("timeout %d nghttp -v 'http://127.0.0.1:%d/chunked/1000?trailer=1'",
       math.ceil(10 * S), h2c_port))
