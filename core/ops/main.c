@@ -38,6 +38,8 @@
 #include <limits.h>
 #include <malloc.h>
 #include <maxminddb.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/crypto.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <signal.h>
@@ -87,6 +89,8 @@ static void print_versions(void)
     printf("libevent %s\n", event_get_version());
     printf("libmaxminddb %s\n", MMDB_lib_version());
     printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+    printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("libnghttp2 %s\n", nghttp2_version(0)->version_str);
     /* also links libpcre2-8 for moxy.re, whose FFI finds it through ffi.C */
     char pcre2[64];
     if (pcre2_config(PCRE2_CONFIG_VERSION, pcre2) > 0) printf("PCRE2 %s\n", pcre2);
