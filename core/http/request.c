@@ -144,6 +144,13 @@ void moxy_req_content(moxy_req_t *r)
     content_handler(r);
 }
 
+void moxy_req_after_request_hooks(moxy_req_t *r, int rc)
+{
+    if (rc == MOXY_DONE) moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
+    else if (rc == MOXY_ERROR) moxy_req_fail(r, 500, "script error in on_request");
+    else moxy_req_content(r);
+}
+
 void moxy_req_release(moxy_req_t *r)
 {
     if (--r->refs > 0) return;

@@ -168,6 +168,11 @@ void moxy_req_set_content_handler(moxy_req_handler_fn h);
 /* Answer r with the content handler. */
 void moxy_req_content(moxy_req_t *r);
 
+/* r's on_request hooks are done (rc as moxy_lua_run returns): a hook's
+ * answer goes out, a script error is a 500, else the content handler
+ * answers.  Every protocol's next step after on_request. */
+void moxy_req_after_request_hooks(moxy_req_t *r, int rc);
+
 /* The whole response of r is queued (its body's end too): its stream
  * goes on (the next request, the close).  r may be gone after. */
 void moxy_req_response_done(moxy_req_t *r);

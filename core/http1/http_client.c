@@ -39,7 +39,6 @@
 static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
 static void client_finish_request(moxy_client_t *c);
-static void client_after_hooks(moxy_client_t *c, int rc);
 static void request_log(moxy_client_t *c);
 static void request_hooks_done(moxy_req_t *r, int rc);
 static const moxy_stream_ops_t stream_ops;
@@ -477,7 +476,7 @@ static void client_start_request(moxy_client_t *c)
         if (!r->body_done && !r->buffering) moxy_h1_stop_read(c);
         return;
     }
-    client_after_hooks(c, rc);
+    moxy_req_after_request_hooks(r, rc);
 }
 
 /* HTTP/1's moxy_stream_ops_t: the connection is ctx. */
@@ -621,24 +620,8 @@ static const moxy_stream_ops_t stream_ops = {
 static void request_hooks_done(moxy_req_t *r, int rc)
 {
     moxy_stream_ref_t s = moxy_req_stream(r);
-    client_after_hooks(r->stream_ctx, rc);
+    moxy_req_after_request_hooks(r, rc);
     moxy_stream_read_on(s, r);
-}
-
-/* The on_request hooks are done (rc from moxy_lua_on_request): answer, or
- * send the request on. */
-static void client_after_hooks(moxy_client_t *c, int rc)
-{
-    moxy_req_t *r = c->req;
-    if (rc == MOXY_DONE) { /* a hook answered */
-        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
-        return;
-    }
-    if (rc == MOXY_ERROR) {
-        moxy_req_fail(r, 500, "script error in on_request");
-        return;
-    }
-    moxy_req_content(r);
 }
 
 /* --- the PROXY protocol header (listeners with proxy_protocol) --- */

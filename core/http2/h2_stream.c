@@ -255,24 +255,11 @@ static int join_cookies(moxy_req_t *r)
     return MOXY_OK;
 }
 
-/* on_request's hooks are done (rc as moxy_lua_run): answer, or send the
- * request on. */
-static void stream_after_hooks(moxy_req_t *r, int rc)
-{
-    if (rc == MOXY_DONE) {
-        moxy_resp_local(r, r->status, r->local_body, r->local_body_len);
-    } else if (rc == MOXY_ERROR) {
-        moxy_req_fail(r, 500, "script error in on_request");
-    } else {
-        moxy_req_content(r);
-    }
-}
-
 static void stream_hooks_done(moxy_req_t *r, int rc)
 {
     moxy_stream_ref_t ref = moxy_req_stream(r);
     moxy_stream_hold(ref);
-    stream_after_hooks(r, rc);
+    moxy_req_after_request_hooks(r, rc);
     moxy_stream_read_on(ref, r);
     moxy_stream_release(ref);
 }
@@ -324,7 +311,7 @@ static void stream_start(h2_stream_t *s, int end_stream)
         return;
     }
     int rc = moxy_lua_run(r, MOXY_PHASE_REQUEST, stream_hooks_done);
-    if (rc != MOXY_AGAIN) stream_after_hooks(r, rc);
+    if (rc != MOXY_AGAIN) moxy_req_after_request_hooks(r, rc);
 }
 
 int h2_stream_frame(h2_conn_t *h, const nghttp2_frame *f)
