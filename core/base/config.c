@@ -274,12 +274,17 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
             tc->name = field_str(L, t, "name");
             tc->client_cert = field_str(L, t, "client_cert");
             tc->client_key = field_str(L, t, "client_key");
+            tc->h2 = field_bool(L, t, "h2");
             up->tls = tc;
         }
         lua_pop(L, 1);
         up->keepalive = (int)field_num(L, u, "keepalive", 64);
         up->keepalive_timeout = field_num(L, u, "keepalive_timeout", 60);
         up->tries = (int)field_num(L, u, "tries", 2);
+        char *proto = field_str(L, u, "protocol");
+        up->protocol = proto && strcmp(proto, "h2") == 0 ? MOXY_UP_H2 : MOXY_UP_HTTP1;
+        free(proto);
+        up->max_streams = (int)field_num(L, u, "max_streams", 100);
         up->balance = balance_of(L, u);
         up->retry_timeout = field_num(L, u, "retry_timeout", 0);
         read_statuses(L, u, "retry_statuses", &up->retry_statuses);

@@ -156,7 +156,11 @@ typedef struct {
     char *name;        /* the name asked for (SNI) and verified, NULL: each server's own */
     char *client_cert; /* a certificate (and chain) to present, and its key; NULL: none */
     char *client_key;
+    int h2;            /* offer h2 in ALPN (the pool speaks HTTP/2), else http/1.1 */
 } moxy_tls_origin_conf_t;
+
+/* What a pool speaks to its servers (protocol = ...). */
+enum { MOXY_UP_HTTP1 = 0, MOXY_UP_H2 };
 
 typedef struct {
     char *name;
@@ -168,6 +172,9 @@ typedef struct {
     moxy_tls_origin_conf_t *tls; /* NULL: plain HTTP to its servers */
     struct moxy_tls_client_s *tls_client; /* tls made ready (net/tls.h), by the generation that loads it */
     int balance;              /* MOXY_BAL_* */
+    int protocol;             /* MOXY_UP_*: HTTP/1.1, or HTTP/2 (TLS with ALPN h2, else prior knowledge) */
+    int max_streams;          /* HTTP/2: streams a connection carries at once (and no more than
+                                 the server's SETTINGS allow) */
     int tries;                /* peers a retryable request may try */
     double retry_timeout;     /* seconds from the first try after which none starts; 0: no limit */
     moxy_status_set_t retry_statuses; /* origin statuses that send a retryable request elsewhere */

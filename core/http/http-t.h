@@ -212,7 +212,16 @@ typedef struct {
     /* The origin connection goes (the client is done or gone): closed,
      * r->up NULL. */
     void (*cut)(moxy_req_t *r);
-    /* Write the request body bytes queued on r->up->out. */
+    /* A piece of the request body toward the origin: n bytes from the
+     * front of from (moved), or n bytes at data (copied), framed as the
+     * origin's protocol wants; sets r->body_sent.  Nothing is written
+     * before send. */
+    void (*body)(moxy_req_t *r, struct evbuffer *from, size_t n);
+    void (*body_data)(moxy_req_t *r, const char *data, size_t n);
+    /* The request body is complete (r->body_done), its trailers in
+     * r->trailers: the origin's protocol ends it (once per try). */
+    void (*body_end)(moxy_req_t *r);
+    /* Write the request bytes queued toward the origin. */
     void (*send)(moxy_req_t *r);
     /* 1 when the bytes toward the origin are above the high watermark: stop
      * reading the client. */
@@ -288,6 +297,7 @@ struct moxy_req_s {
     unsigned keepalive : 1;    /* the client connection may serve another request */
     unsigned has_te : 1;
     unsigned has_cl : 1;
+    unsigned te_trailers : 1;  /* the client said TE: trailers (gRPC): HTTP/2 origins are told */
     unsigned hook_done : 1;
     unsigned buffering : 1;     /* txn:read_body: the body goes to body_buf */
     unsigned body_buffered : 1; /* body_buf holds the whole body (sent with Content-Length) */
@@ -481,6 +491,23 @@ struct moxy_upconn_s {
     int busy;
     uint32_t read_size;         /* next body read (io.h) */
     moxy_idle_t idle;           /* in its pool's idle list while idle (idle.list set) */
+
+    /* HTTP/2 (proxy/origin_h2.c): u is a stream of a shared connection,
+     * not a connection of its own (conn unused, rev its read timer and
+     * wake-up, wev the wake-up of its request body's reader); in holds the
+     * response's DATA payload, out the request body's payload */
+    struct moxy_h2o_s *h2;      /* its connection, or NULL: HTTP/1 */
+    LIST_ENTRY(moxy_upconn_s) h2_link; /* in its connection's streams */
+    int32_t stream_id;          /* 0: not submitted yet */
+    int h2_status;              /* the :status of the head being received */
+    int fail_status;            /* the stream failed: what its try answers (502, 504) */
+    const char *fail_why;       /* and why; NULL: it did not fail */
+    unsigned h2_head : 1;       /* its final head is in */
+    unsigned h2_end : 1;        /* END_STREAM came: the response is whole (eof is set too) */
+    unsigned h2_closed : 1;     /* nghttp2 closed the stream */
+    unsigned h2_sent : 1;       /* its HEADERS went to the origin */
+    unsigned h2_deferred : 1;   /* its body's DATA waits for more of the body */
+    unsigned h2_body_end : 1;   /* its body's end went (END_STREAM, or trailers) */
 };
 
 /* A worker's running state of one upstream pool. */
@@ -490,6 +517,7 @@ struct moxy_pool_rt_s {
     int *current_weight;              /* smooth weighted round-robin state */
     moxy_idle_group_t idle;           /* its idle keep-alive connections: at most keepalive */
     moxy_idle_list_t *idle_lists;     /* per server */
+    struct moxy_h2o_list_s *h2_lists; /* per server: its HTTP/2 connections (protocol = "h2") */
 };
 
 #endif

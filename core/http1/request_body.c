@@ -28,17 +28,14 @@ int moxy_h1_body_check(moxy_client_t *c, moxy_req_t *r)
 
 /* --- txn:read_body: the request body buffered for the hooks --- */
 
-/* Move what c->in holds of r's Content-Length body (no more than is left
- * of it) to `to`.  The bytes moved. */
-static size_t length_body_move(moxy_client_t *c, moxy_req_t *r, struct evbuffer *to)
+/* How much of what c->in holds is r's Content-Length body (no more than
+ * is left of it), counted as read: the caller moves that many bytes. */
+static size_t length_body_take(moxy_client_t *c, moxy_req_t *r)
 {
     size_t have = evbuffer_get_length(c->in);
     size_t n = have < r->body_left ? have : (size_t)r->body_left;
-    if (n) {
-        moxy_io_move(to, c->in, n);
-        r->body_left -= n;
-        r->body_read += n;
-    }
+    r->body_left -= n;
+    r->body_read += n;
     if (r->body_left == 0) r->body_done = 1;
     return n;
 }
@@ -50,7 +47,7 @@ int moxy_h1_body_buffer(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
     if (r->body_kind == MOXY_BODY_LENGTH) {
-        length_body_move(c, r, r->body_buf);
+        moxy_io_move(r->body_buf, c->in, length_body_take(c, r));
     } else if (r->body_kind == MOXY_BODY_CHUNKED) {
         const char *reason = NULL;
         if (moxy_h1_parse(c, &reason) == MOXY_ERROR) {
@@ -131,15 +128,16 @@ int moxy_h1_body_read_whole(moxy_client_t *c, moxy_req_t *r, uint64_t max)
 int moxy_h1_read_body(moxy_client_t *c)
 {
     moxy_req_t *r = c->req;
-    moxy_upconn_t *u = r->up;
-    if (!u) {
+    if (!r->up) {
         /* Answered without an origin: the body is not read, the connection
          * will close after the answer. */
         moxy_h1_stop_read(c);
         return MOXY_OK;
     }
     if (r->body_kind == MOXY_BODY_LENGTH) {
-        if (length_body_move(c, r, u->out)) r->body_sent = 1;
+        size_t n = length_body_take(c, r);
+        if (n) r->origin->body(r, c->in, n);
+        if (r->body_done) r->origin->body_end(r);
     } else {
         const char *reason = NULL;
         int rc = moxy_h1_parse(c, &reason);

@@ -88,6 +88,9 @@ static int check_head(llhttp_t *p, moxy_req_t *r)
     int hosts = 0, cls = 0, tes = 0;
     for (uint32_t i = 0; i < r->headers.n; i++) {
         moxy_header_t *h = &r->headers.h[i];
+        if (h->name_len == 2 && (h->kind & MOXY_HK_HOP) &&
+            moxy_list_has_token(h->value, h->value_len, "trailers", 8))
+            r->te_trailers = 1; /* TE (hop-by-hop): an HTTP/2 origin hears of it */
         if (!(h->kind & (MOXY_HK_HOST | MOXY_HK_CL | MOXY_HK_TE | MOXY_HK_EXPECT))) continue;
         if (h->kind & MOXY_HK_HOST) {
             hosts++;
@@ -269,23 +272,7 @@ static int on_headers_complete(llhttp_t *p)
 static int on_chunk_header(llhttp_t *p)
 {
     moxy_client_t *c = p->data;
-    moxy_req_t *r = c->req;
-    if (p->content_length == 0) {
-        r->in_trailers = 1;
-        return 0;
-    }
-    if (r->up && !r->buffering) {
-        moxy_chunk_head(r->up->out, p->content_length);
-        r->body_sent = 1;
-    }
-    return 0;
-}
-
-static int on_chunk_complete(llhttp_t *p)
-{
-    moxy_client_t *c = p->data;
-    moxy_req_t *r = c->req;
-    if (!r->in_trailers && r->up && !r->buffering) evbuffer_add(r->up->out, "\r\n", 2);
+    if (p->content_length == 0) c->req->in_trailers = 1;
     return 0;
 }
 
@@ -296,12 +283,8 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
     r->body_read += n;
     if (r->body_read > c->req->g->conf->limits.body_bytes)
         return parse_fail(p, 413, "request body too large");
-    if (r->buffering) {
-        evbuffer_add(r->body_buf, at, n);
-    } else if (r->up) {
-        evbuffer_add(r->up->out, at, n);
-        r->body_sent = 1;
-    }
+    if (r->buffering) evbuffer_add(r->body_buf, at, n);
+    else if (r->up) r->origin->body_data(r, at, n);
     return 0;
 }
 
@@ -310,11 +293,8 @@ static int on_message_complete(llhttp_t *p)
     moxy_client_t *c = p->data;
     moxy_req_t *r = c->req;
     if (r->body_kind != MOXY_BODY_CHUNKED) return HPE_PAUSED;
-    if (r->up && !r->buffering) {
-        moxy_chunk_end(r->up->out, &r->trailers);
-        r->body_sent = 1;
-    }
     r->body_done = 1;
+    if (r->up && !r->buffering) r->origin->body_end(r);
     return HPE_PAUSED; /* the next request waits for this one's response */
 }
 
@@ -331,7 +311,6 @@ const llhttp_settings_t *moxy_h1_request_settings(void)
         s.on_header_value_complete = on_header_value_complete;
         s.on_headers_complete = on_headers_complete;
         s.on_chunk_header = on_chunk_header;
-        s.on_chunk_complete = on_chunk_complete;
         s.on_body = on_body;
         s.on_message_complete = on_message_complete;
         ready = 1;

@@ -208,7 +208,10 @@ int h2_stream_field(h2_conn_t *h, const nghttp2_frame *f, const uint8_t *name, s
         r->expect_continue = 1;
         return 0;
     } else if (kind & (MOXY_HK_HOP | MOXY_HK_CONNECTION | MOXY_HK_UPGRADE | MOXY_HK_TE)) {
-        return 0; /* TE: trailers, the only one nghttp2 lets through, is for this hop */
+        /* TE: trailers, the only one nghttp2 lets through, is for this hop
+         * (an HTTP/2 origin is told again: gRPC's servers want it) */
+        if (nlen == 2) r->te_trailers = 1;
+        return 0;
     } else if (nlen == 6 && memcmp(n, "cookie", 6) == 0) {
         if (moxy_headers_find(&r->headers, "cookie", 6, 0) >= 0) s->cookies = 1;
     }
@@ -385,24 +388,17 @@ static void stream_pump(h2_stream_t *s)
         body_wake(r);
         return;
     }
-    moxy_upconn_t *u = r->up;
-    if (!u || r->hook || r->body_buffered || r->body_status || s->pumping) return;
+    if (!r->up || r->hook || r->body_buffered || r->body_status || s->pumping) return;
     int moved = have > 0;
     if (have) {
-        if (r->body_kind == MOXY_BODY_CHUNKED) moxy_chunk_head(u->out, have);
-        evbuffer_add_buffer(u->out, s->body);
-        if (r->body_kind == MOXY_BODY_CHUNKED) evbuffer_add(u->out, "\r\n", 2);
-        r->body_sent = 1;
+        r->origin->body(r, s->body, have);
         s->unacked += have;
     }
     if (s->in_eof && !s->body_ended) {
         s->body_ended = 1;
         r->body_done = 1;
         moved = 1;
-        if (r->body_kind == MOXY_BODY_CHUNKED) {
-            moxy_chunk_end(u->out, &r->trailers);
-            r->body_sent = 1;
-        }
+        r->origin->body_end(r);
     }
     if (moved) {
         s->pumping = 1; /* the origin's send may ask for more (resume_read): what there is went */

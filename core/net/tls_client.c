@@ -401,8 +401,9 @@ moxy_tls_client_t *moxy_tls_client_new(const moxy_tls_origin_conf_t *oc, const c
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_read_ahead(ctx, 1);
-    static const unsigned char h1[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(ctx, h1, sizeof(h1) - 1);
+    static const unsigned char h1[] = "\x08http/1.1", h2[] = "\x02h2";
+    if (oc->h2) SSL_CTX_set_alpn_protos(ctx, h2, sizeof(h2) - 1);
+    else SSL_CTX_set_alpn_protos(ctx, h1, sizeof(h1) - 1);
     if (oc->verify) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
         int ok = oc->ca ? SSL_CTX_load_verify_locations(ctx, oc->ca, NULL) : SSL_CTX_set_default_verify_paths(ctx);

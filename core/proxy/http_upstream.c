@@ -52,6 +52,7 @@ int moxy_upstream_init_wgen(moxy_wgen_t *g)
         rt->idle.max = conf->upstreams[i].keepalive;
         rt->idle.timeout = event_base_init_common_timeout(g->w->base, &tv);
         for (int j = 0; j < n; j++) moxy_idle_list_init(&rt->idle_lists[j], &rt->idle, 0);
+        if (moxy_origin_h2_init_pool(rt, n) != MOXY_OK) return MOXY_ERROR;
     }
     return MOXY_OK;
 }
@@ -64,6 +65,7 @@ static void close_idle(moxy_wgen_t *g)
         for (int j = 0; j < g->conf->upstreams[i].nservers && g->pools[i].idle_lists; j++)
             while ((idle = TAILQ_FIRST(&g->pools[i].idle_lists[j].conns)))
                 moxy_upconn_close(MOXY_IDLE_OWNER(idle, moxy_upconn_t, idle));
+        moxy_origin_h2_close_idle(&g->pools[i], g->conf->upstreams[i].nservers, 0);
     }
 }
 
@@ -79,6 +81,7 @@ void moxy_upstream_free_wgen(moxy_wgen_t *g)
     if (!g->pools) return;
     close_idle(g);
     for (int i = 0; i < g->conf->nupstreams; i++) {
+        moxy_origin_h2_free_pool(&g->pools[i], g->conf->upstreams[i].nservers);
         free(g->pools[i].current_weight);
         free(g->pools[i].idle_lists);
     }
@@ -111,6 +114,7 @@ void moxy_upstream_switch_wgen(moxy_wgen_t *old, moxy_wgen_t *g)
             }
             moxy_idle_move(&from->idle_lists[j], &to->idle_lists[j]);
         }
+        moxy_origin_h2_move(from, to, g, k, from->state->npeers);
         MOXY_STAT_SET(to->stats->idle, to->idle.n);
     }
 }
@@ -195,8 +199,31 @@ void moxy_upconn_close(moxy_upconn_t *u)
     }
     event_del(&u->rev);
     event_del(&u->wev);
-    moxy_conn_close(&u->conn);
+    if (u->h2) moxy_origin_h2_detach(u);
+    else moxy_conn_close(&u->conn);
     if (u->busy == 0) up_free(u);
+}
+
+moxy_upconn_t *moxy_origin_upconn_new(moxy_worker_t *w, int pool, int server)
+{
+    /* the connection and its response parser in one allocation */
+    struct {
+        moxy_upconn_t u;
+        moxy_h1_resp_t resp;
+    } *both = calloc(1, sizeof(*both));
+    moxy_upconn_t *u = both ? &both->u : NULL;
+    if (!u) return NULL;
+    u->resp = &both->resp;
+    if (!(u->in = evbuffer_new()) || !(u->out = evbuffer_new())) {
+        up_free(u);
+        return NULL;
+    }
+    u->w = w;
+    u->conn.fd = -1;
+    u->pool = pool;
+    u->server = server;
+    u->read_size = MOXY_IO_READ_MIN;
+    return u;
 }
 
 static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage *sa, socklen_t salen,
@@ -208,27 +235,15 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
         *err = strerror(errno);
         return NULL;
     }
-    /* the connection and its response parser in one allocation */
-    struct {
-        moxy_upconn_t u;
-        moxy_h1_resp_t resp;
-    } *both = calloc(1, sizeof(*both));
-    moxy_upconn_t *u = both ? &both->u : NULL;
-    if (u) u->resp = &both->resp;
-    if (!u || !(u->in = evbuffer_new()) || !(u->out = evbuffer_new())) {
-        if (u && u->in) evbuffer_free(u->in);
-        free(u);
+    moxy_upconn_t *u = moxy_origin_upconn_new(w, pool, server);
+    if (!u) {
         moxy_conn_close(&conn);
         *err = "out of memory";
         return NULL;
     }
-    u->w = w;
     u->conn = conn;
     int fd = conn.fd;
-    u->pool = pool;
-    u->server = server;
     u->tcp_up = connected != 0;
-    u->read_size = MOXY_IO_READ_MIN;
     event_assign(&u->rev, w->base, fd, EV_READ | EV_PERSIST, moxy_origin_read_cb, u);
     u->idle.ev = &u->rev;
     event_assign(&u->wev, w->base, fd, EV_WRITE | EV_PERSIST, up_write_cb, u);
@@ -285,6 +300,44 @@ static void origin_cut(moxy_req_t *r)
     moxy_upconn_close(u);
 }
 
+/* The request body toward an HTTP/1 origin is chunked when its head said
+ * so (moxy_h1_write_request); toward an HTTP/2 one it is the DATA's
+ * payload. */
+static int body_chunked(const moxy_req_t *r)
+{
+    return !r->up->h2 && r->body_kind == MOXY_BODY_CHUNKED && !r->body_buffered;
+}
+
+static void origin_body(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    if (!n) return;
+    moxy_upconn_t *u = r->up;
+    int chunked = body_chunked(r);
+    if (chunked) moxy_chunk_head(u->out, n);
+    moxy_io_move(u->out, from, n);
+    if (chunked) evbuffer_add(u->out, "\r\n", 2);
+    r->body_sent = 1;
+}
+
+static void origin_body_data(moxy_req_t *r, const char *data, size_t n)
+{
+    if (!n) return;
+    moxy_upconn_t *u = r->up;
+    int chunked = body_chunked(r);
+    if (chunked) moxy_chunk_head(u->out, n);
+    evbuffer_add(u->out, data, n);
+    if (chunked) evbuffer_add(u->out, "\r\n", 2);
+    r->body_sent = 1;
+}
+
+static void origin_body_end(moxy_req_t *r)
+{
+    if (body_chunked(r)) {
+        moxy_chunk_end(r->up->out, &r->trailers);
+        r->body_sent = 1;
+    }
+}
+
 static void origin_send(moxy_req_t *r)
 {
     if (r->up) moxy_upstream_send(r->up);
@@ -315,6 +368,9 @@ static void origin_pump(moxy_req_t *r)
 
 static const moxy_origin_ops_t origin_ops = {
     .cut = origin_cut,
+    .body = origin_body,
+    .body_data = origin_body_data,
+    .body_end = origin_body_end,
     .send = origin_send,
     .backlogged = origin_backlogged,
     .resume_read = origin_resume_read,
@@ -540,6 +596,14 @@ static void try_connect(moxy_req_t *r)
     event_base_gettimeofday_cached(w->base, &r->up_started);
     r->up_started_us = moxy_mono_us();
     moxy_peer_t *p = try_peer(r);
+    if (p && r->g->conf->upstreams[r->pool].protocol == MOXY_UP_H2) {
+        const char *err = NULL;
+        if (moxy_origin_h2_try(r, p, &err) == MOXY_OK) return;
+        moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
+        if (!moxy_origin_try_again(r, NULL, 502, "cannot connect to origin"))
+            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+        return;
+    }
     /* an idle connection to the peer's current addresses, if any */
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
@@ -635,6 +699,10 @@ int moxy_upstream_backlogged(const moxy_upconn_t *u)
 
 void moxy_upstream_send(moxy_upconn_t *u)
 {
+    if (u->h2 && !u->dead) {
+        moxy_origin_h2_send(u);
+        return;
+    }
     if (!u->connected || u->dead) return;
     size_t left = evbuffer_get_length(u->out);
     while (left > 0) {
@@ -790,6 +858,10 @@ static void up_write_cb(evutil_socket_t fd, short what, void *arg)
 
 void moxy_upstream_resume_read(moxy_upconn_t *u)
 {
+    if (u->h2) {
+        moxy_origin_h2_resume(u);
+        return;
+    }
     if (u->reading || u->dead || u->eof) return;
     event_add(&u->rev, u->g->ctv_upstream);
     u->reading = 1;

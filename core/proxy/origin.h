@@ -51,6 +51,46 @@ void moxy_origin_event(moxy_upconn_t *u, short what, void (*fn)(moxy_upconn_t *u
  * done, u is connected and its request goes; a failure fails the try. */
 void moxy_origin_tls_step(moxy_upconn_t *u);
 
+/* A try's origin object, not connected: its buffers and response parser
+ * (pool, server as moxy_upconn_t says), or NULL (out of memory). */
+moxy_upconn_t *moxy_origin_upconn_new(moxy_worker_t *w, int pool, int server);
+
+/* --- origin_h2.c: HTTP/2 origins (the pool's protocol = "h2") --- */
+
+/* Start r's try on p, server r->server of its pool, as a stream of an
+ * HTTP/2 connection to it: one that has room, else a new one (also for
+ * r->fresh_conn).  r->up is the stream; its request goes once the
+ * connection is ready.  MOXY_ERROR with *err: no connection could be
+ * started (nothing changed). */
+int moxy_origin_h2_try(moxy_req_t *r, moxy_peer_t *p, const char **err);
+
+/* u's stream is let go (reset if still open); its connection idles or
+ * closes once it carries no stream. */
+void moxy_origin_h2_detach(moxy_upconn_t *u);
+
+/* u->out has more of the request body (or it ended): its DATA go on. */
+void moxy_origin_h2_send(moxy_upconn_t *u);
+
+/* Read u's response on (after a pause). */
+void moxy_origin_h2_resume(moxy_upconn_t *u);
+
+/* The response, as moxy_h1_resp_head and moxy_h1_resp_body read it from
+ * an HTTP/1 connection: MOXY_OK once the final head is in (its fields in
+ * the parser's lists; MOXY_AGAIN before, u->eof set if the stream failed,
+ * u->fail_why saying why); then *take bytes of u->in are body (their
+ * window goes back to the origin), MOXY_OK once the body is whole,
+ * MOXY_ERROR when the stream failed in it. */
+int moxy_origin_h2_head(moxy_upconn_t *u);
+int moxy_origin_h2_body(moxy_upconn_t *u, size_t *take);
+
+/* A pool's HTTP/2 connections: set up for nservers servers; close the
+ * idle ones (all: every one, its streams failing); close all and free;
+ * move them all to another generation's pool (index pool of g). */
+int moxy_origin_h2_init_pool(moxy_pool_rt_t *rt, int nservers);
+void moxy_origin_h2_close_idle(moxy_pool_rt_t *rt, int nservers, int all);
+void moxy_origin_h2_free_pool(moxy_pool_rt_t *rt, int nservers);
+void moxy_origin_h2_move(moxy_pool_rt_t *from, moxy_pool_rt_t *to, moxy_wgen_t *g, int pool, int nservers);
+
 /* origin_response.c: get u's parser ready for the response to u->req;
  * u's read event; go on with what u has read. */
 void moxy_origin_response_start(moxy_upconn_t *u);

@@ -78,7 +78,7 @@ static void up_finished(moxy_upconn_t *u)
     moxy_origin_try_release(r);
     r->up = NULL;
     u->req = NULL;
-    if (u->pool < 0 || u->server < 0) {
+    if (u->pool < 0 || u->server < 0 || u->h2) { /* a stream ends with its response */
         moxy_upconn_close(u);
         return;
     }
@@ -105,6 +105,10 @@ static void up_finished(moxy_upconn_t *u)
 /* The origin closed (or reset) before the response head was complete. */
 static void up_eof_before_head(moxy_upconn_t *u)
 {
+    if (u->fail_why) { /* an HTTP/2 stream: reset, refused, its connection gone */
+        moxy_origin_fail(u, u->fail_status, u->fail_why, 1);
+        return;
+    }
     moxy_origin_fail(u, 502,
             u->got_bytes ? "origin closed the connection in the response head"
                          : "origin closed the connection without answering",
@@ -203,7 +207,7 @@ void moxy_origin_process(moxy_upconn_t *u)
 
     moxy_h1_resp_t *rs = u->resp;
     if (!rs->head_done) {
-        int rc = moxy_h1_resp_head(rs, u->in);
+        int rc = u->h2 ? moxy_origin_h2_head(u) : moxy_h1_resp_head(rs, u->in);
         if (rc == MOXY_ERROR) {
             moxy_log(MOXY_LOG_ERR, r->id, "origin %s: invalid response from origin: %s", r->peer, rs->why);
             u->keepalive = 0;
@@ -262,10 +266,16 @@ void moxy_origin_process(moxy_upconn_t *u)
     }
 
     size_t take;
-    int rc = moxy_h1_resp_body(rs, u->in, u->eof, &take); /* of_body has the chunked pieces */
+    int rc = u->h2 ? moxy_origin_h2_body(u, &take)
+                   : moxy_h1_resp_body(rs, u->in, u->eof, &take); /* of_body has the chunked pieces */
     if (rc == MOXY_ERROR) {
-        moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, rs->why);
+        if (take) moxy_body_move(r, u->in, take); /* what came before the stream failed */
         u->keepalive = 0;
+        if (u->h2) {
+            moxy_origin_fail(u, u->fail_status, rs->why, 0);
+            return;
+        }
+        moxy_log(MOXY_LOG_ERR, r->id, "origin %s: bad chunked body: %s", r->peer, rs->why);
         moxy_origin_fail(u, 502, "invalid chunked body from origin", 0);
         return;
     }
@@ -277,7 +287,7 @@ void moxy_origin_process(moxy_upconn_t *u)
         moxy_body_end(r);
         return;
     }
-    if (u->eof) {
+    if (u->eof && !u->h2) {
         moxy_origin_fail(u, 502, "origin closed the connection in the middle of the body", 0);
         return;
     }

@@ -49,7 +49,8 @@ static int pool_same(const moxy_upstream_conf_t *a, const moxy_upstream_conf_t *
 {
     if (!moxy_str_same(a->name, b->name) || a->nservers != b->nservers || !moxy_str_same(a->host, b->host) ||
         a->keepalive != b->keepalive || a->keepalive_timeout != b->keepalive_timeout ||
-        a->balance != b->balance || a->tries != b->tries || a->retry_timeout != b->retry_timeout ||
+        a->balance != b->balance || a->protocol != b->protocol || a->max_streams != b->max_streams ||
+        a->tries != b->tries || a->retry_timeout != b->retry_timeout ||
         memcmp(&a->retry_statuses, &b->retry_statuses, sizeof(a->retry_statuses)) != 0 ||
         a->retry_budget != b->retry_budget || a->retry_budget_min != b->retry_budget_min ||
         a->resolve != b->resolve || a->passive.failures != b->passive.failures ||

@@ -519,7 +519,8 @@ end
 
 local POOL_KEYS = { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true,
                     tries = true, retry_timeout = true, retry_statuses = true, retry_budget = true,
-                    retry_budget_min = true, passive = true, health = true, resolve = true, tls = true }
+                    retry_budget_min = true, passive = true, health = true, resolve = true, tls = true,
+                    protocol = true, max_streams = true }
 local SERVER_KEYS = { addr = true, weight = true, backup = true, max_conns = true, slow_start = true, drain = true }
 
 -- A pool's `tls`: true, or { verify = true, ca = file, name = "host",
@@ -573,7 +574,14 @@ function Checker:upstreams(v, keys)
         health = self:health(u.health, child(k, "health")),
         resolve = self:value(u.resolve, child(k, "resolve"), duration, 30),
         tls = self:origin_tls(u.tls, child(k, "tls")),
+        protocol = self:value(u.protocol, child(k, "protocol"), one_of("http/1.1", "h2"), "http/1.1"),
+        max_streams = self:value(u.max_streams, child(k, "max_streams"), integer(1, 10000), 100),
       }
+      if pool.protocol == "h2" and pool.health and pool.health.type == "http" then
+        self:err(child(child(k, "health"), "type"), "health checks speak HTTP/1.1: use type = \"tcp\" for an h2 pool",
+                 u.health.type or "http")
+      end
+      if pool.tls and pool.protocol == "h2" then pool.tls.h2 = true end
       if pool.resolve < 1 then self:err(child(k, "resolve"), "at least 1s", u.resolve) end
       local sk = child(k, "servers")
       if u.servers == nil or (type(u.servers) == "table" and #u.servers == 0) then
