@@ -39,6 +39,10 @@ typedef struct moxy_pool_stats_s {
     moxy_hist_t header_time;   /* try start to the origin's response head */
     moxy_hist_t connect_time;  /* try start to a new connection's establishment */
     atomic_llong idle;         /* idle keep-alive connections (gauge) */
+    atomic_llong h2_conns;     /* open HTTP/2 connections (gauge) */
+    atomic_ullong h2_streams;  /* HTTP/2 streams (tries) sent */
+    atomic_ullong h2_resets;   /* of those, reset or refused by the origin */
+    atomic_ullong h2_goaways;  /* GOAWAYs the origins sent */
 } moxy_pool_stats_t;
 
 /* A worker's counts. */

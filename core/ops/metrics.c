@@ -132,7 +132,14 @@ static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t
     long long v = 0;
     for (int k = 0; k < n; k++) {
         const moxy_pool_stats_t *ps = moxy_stats_pool_find(workers[k], conf->upstreams[i].name);
-        if (ps) v += LOAD(ps->idle);
+        if (!ps) continue;
+        switch (m) {
+        case 2: v += LOAD(ps->idle); break;
+        case 3: v += LOAD(ps->h2_conns); break;
+        case 4: v += (long long)LOAD(ps->h2_streams); break;
+        case 5: v += (long long)LOAD(ps->h2_resets); break;
+        default: v += (long long)LOAD(ps->h2_goaways); break;
+        }
     }
     return (double)v;
 }
@@ -156,6 +163,10 @@ static int render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers,
         {"moxy_pool_retries_total", "counter", "Retries of the pool's requests."},
         {"moxy_pool_retries_denied_total", "counter", "Retries the pool's retry budget refused."},
         {"moxy_pool_idle_connections", "gauge", "Idle keep-alive connections to the pool's origins."},
+        {"moxy_pool_h2_connections", "gauge", "Open HTTP/2 connections to the pool's origins."},
+        {"moxy_pool_h2_streams_total", "counter", "HTTP/2 streams (tries) sent to the pool's origins."},
+        {"moxy_pool_h2_resets_total", "counter", "Of those, streams the origins reset or refused."},
+        {"moxy_pool_h2_goaways_total", "counter", "GOAWAY frames the pool's origins sent."},
     };
     /* every peer read once, so that all its metrics tell the same moment */
     int total = 0;

@@ -55,6 +55,7 @@ struct moxy_h2o_s {
     int pool, server;
     unsigned addr_gen;
     char peer[64];               /* "ip:port", for logs */
+    moxy_pool_stats_t *stats;    /* its pool's counts on its worker */
     moxy_conn_t conn;
     struct event rev, wev, flush_ev;
     struct evbuffer *out;        /* frames made, not yet written */
@@ -188,6 +189,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
     if (f->hd.type == NGHTTP2_GOAWAY) {
         /* nghttp2 closes the streams above last_stream_id as refused */
         h->goaway = 1;
+        MOXY_STAT_ADD(h->stats->h2_goaways, 1);
         moxy_log(MOXY_LOG_INFO, NULL, "origin %s: HTTP/2 GOAWAY (error %u, last stream %d)", h->peer,
                  f->goaway.error_code, f->goaway.last_stream_id);
         return 0;
@@ -235,12 +237,13 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *arg)
 {
-    MOXY_UNUSED(arg);
+    moxy_h2o_t *h = arg;
     moxy_upconn_t *u = nghttp2_session_get_stream_user_data(ng, id);
     if (!u) return 0;
     u->h2_closed = 1;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     if (u->h2_end && code == NGHTTP2_NO_ERROR) return 0;
+    MOXY_STAT_ADD(h->stats->h2_resets, 1);
     if (code == NGHTTP2_REFUSED_STREAM && !u->got_bytes) {
         /* not processed (RFC 9113 8.7): it may go again on a new connection */
         u->reused = 1;
@@ -370,6 +373,7 @@ static void h2o_close(moxy_h2o_t *h, int status, const char *why)
     if (h->dead) return;
     h->dead = 1;
     h->busy++;
+    MOXY_STAT_ADD(h->stats->h2_conns, -1);
     if (why) moxy_log(MOXY_LOG_DEBUG, NULL, "origin %s: HTTP/2 connection closed: %s", h->peer, why);
     LIST_REMOVE(h, link);
     moxy_upconn_t *u;
@@ -515,6 +519,7 @@ static int stream_submit(moxy_h2o_t *h, moxy_upconn_t *u)
     }
     u->stream_id = id;
     h->served++;
+    MOXY_STAT_ADD(h->stats->h2_streams, 1);
     if (!has_body) u->h2_body_end = 1;
     return MOXY_OK;
 }
@@ -728,6 +733,8 @@ static moxy_h2o_t *h2o_connect(moxy_req_t *r, moxy_peer_t *p, const char **err)
     h->https = r->g->conf->upstreams[r->pool].tls != NULL;
     h->tcp_up = connected != 0;
     snprintf(h->peer, sizeof(h->peer), "%s", r->peer);
+    h->stats = r->g->pools[r->pool].stats;
+    MOXY_STAT_ADD(h->stats->h2_conns, 1);
     LIST_INIT(&h->streams);
     event_assign(&h->rev, w->base, h->conn.fd, EV_READ | EV_PERSIST, h2o_read_cb, h);
     event_assign(&h->wev, w->base, h->conn.fd, EV_WRITE | EV_PERSIST, h2o_write_cb, h);
