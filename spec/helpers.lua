@@ -527,6 +527,66 @@ function helpers.start_origin(opts)
   return setmetatable({ port = port, addr = "127.0.0.1:" .. port, pid = p.pid, proc = p }, Origin)
 end
 
+-- An HTTP/2 origin (spec/support/h2origin.py): prior knowledge, or TLS
+-- with ALPN h2 (opts.tls = { cert, key }); opts.max_streams, opts.window,
+-- opts.goaway_after.  o.port, o.addr; o:stats(), o:reset_stats() (its
+-- /stats: connections, streams, max_concurrent, per_conn, refused, log).
+local H2Origin = {}
+H2Origin.__index = H2Origin
+
+function helpers.start_h2_origin(opts)
+  opts = opts or {}
+  local args = { "0" }
+  if opts.tls then
+    args[#args + 1] = "--tls"; args[#args + 1] = opts.tls[1]; args[#args + 1] = opts.tls[2]
+  end
+  for k, flag in pairs({ max_streams = "--max-streams", window = "--window", goaway_after = "--goaway-after" }) do
+    if opts[k] then args[#args + 1] = flag; args[#args + 1] = tostring(opts[k]) end
+  end
+  local p, port = start_py_server("h2origin.py", args, helpers.tmpdir("h2origin"))
+  return setmetatable({ port = port, addr = "127.0.0.1:" .. port, proc = p, tls = opts.tls ~= nil }, H2Origin)
+end
+
+function H2Origin:get(path)
+  local url = (self.tls and "https" or "http") .. "://127.0.0.1:" .. self.port .. path
+  local out = helpers.sh(string.format("timeout %d curl -sS -k %s '%s'", math.ceil(10 * SCALE),
+    self.tls and "--http2" or "--http2-prior-knowledge", url))
+  return out
+end
+
+function H2Origin:stats()
+  local out = self:get("/stats")
+  local doc = helpers.json(out)
+  assert(doc, "h2origin /stats: " .. out)
+  return doc
+end
+
+function H2Origin:reset_stats()
+  self:get("/reset-stats")
+end
+
+function H2Origin:stop()
+  return self.proc:stop("KILL")
+end
+
+-- The gRPC origin of spec/support/grpc_peer.py (service moxy.test.Echo):
+-- g.port, g.addr.
+function helpers.start_grpc_origin()
+  local p, port = start_py_server("grpc_peer.py", { "server", "0" }, helpers.tmpdir("grpc"))
+  return { port = port, addr = "127.0.0.1:" .. port, proc = p, stop = function(self) return self.proc:stop("KILL") end }
+end
+
+-- grpc_peer.py's client against target ("127.0.0.1:PORT"): its JSON report.
+function helpers.grpc_call(target, ...)
+  local args = {}
+  for _, a in ipairs({ ... }) do args[#args + 1] = "'" .. tostring(a) .. "'" end
+  local out = helpers.sh(string.format("timeout %d %s %s/grpc_peer.py client %s %s", math.ceil(30 * SCALE), python(),
+    helpers.support, target, table.concat(args, " ")))
+  local doc = helpers.json(out)
+  assert(doc, "grpc_peer gave no JSON: " .. out)
+  return doc
+end
+
 -- An origin that answers exactly the given bytes and records exactly what it
 -- receives (spec/support/raw_origin.py; modes: "reply", "reply-close",
 -- "close-head", "close-body").  raw.port, raw.addr; raw:received(n) -> the

@@ -497,7 +497,7 @@ struct moxy_upconn_s {
      * wake-up, wev the wake-up of its request body's reader); in holds the
      * response's DATA payload, out the request body's payload */
     struct moxy_h2o_s *h2;      /* its connection, or NULL: HTTP/1 */
-    LIST_ENTRY(moxy_upconn_s) h2_link; /* in its connection's streams */
+    TAILQ_ENTRY(moxy_upconn_s) h2_link; /* in its connection's streams, oldest first */
     int32_t stream_id;          /* 0: not submitted yet */
     int h2_status;              /* the :status of the head being received */
     int fail_status;            /* the stream failed: what its try answers (502, 504) */

@@ -60,10 +60,12 @@ struct moxy_h2o_s {
     struct event rev, wev, flush_ev;
     struct evbuffer *out;        /* frames made, not yet written */
     nghttp2_session *ng;         /* NULL until connected */
-    LIST_HEAD(, moxy_upconn_s) streams; /* its tries, submitted or waiting for the connection */
+    TAILQ_HEAD(, moxy_upconn_s) streams; /* its tries, submitted or waiting for the connection */
     int nstreams;
     unsigned long long served;   /* streams it has carried */
     unsigned connected : 1, tls_wait : 1, tcp_up : 1, https : 1;
+    unsigned settings : 1;       /* the server's first SETTINGS came: streams may go */
+    unsigned dispatch_due : 1;   /* they came while nghttp2 read: dispatch after */
     unsigned goaway : 1;         /* no new stream: a GOAWAY came or went */
     unsigned reading : 1, writing : 1, flush_queued : 1;
     unsigned dead : 1;
@@ -76,6 +78,7 @@ static void h2o_write_cb(evutil_socket_t fd, short what, void *arg);
 static void h2o_flush_cb(evutil_socket_t fd, short what, void *arg);
 static void h2o_send(moxy_h2o_t *h);
 static void h2o_fail(moxy_h2o_t *h, int status, const char *why);
+static void h2o_dispatch(moxy_h2o_t *h);
 
 /* --- a stream's side --- */
 
@@ -192,6 +195,11 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
         MOXY_STAT_ADD(h->stats->h2_goaways, 1);
         moxy_log(MOXY_LOG_INFO, NULL, "origin %s: HTTP/2 GOAWAY (error %u, last stream %d)", h->peer,
                  f->goaway.error_code, f->goaway.last_stream_id);
+        return 0;
+    }
+    if (f->hd.type == NGHTTP2_SETTINGS && !(f->hd.flags & NGHTTP2_FLAG_ACK) && !h->settings) {
+        h->settings = 1;
+        h->dispatch_due = 1;
         return 0;
     }
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
@@ -377,7 +385,7 @@ static void h2o_close(moxy_h2o_t *h, int status, const char *why)
     if (why) moxy_log(MOXY_LOG_DEBUG, NULL, "origin %s: HTTP/2 connection closed: %s", h->peer, why);
     LIST_REMOVE(h, link);
     moxy_upconn_t *u;
-    LIST_FOREACH(u, &h->streams, h2_link) {
+    TAILQ_FOREACH(u, &h->streams, h2_link) {
         /* a stream that never reached the origin was not processed (as a
          * request on a keep-alive connection the origin closed) */
         if (!u->h2_sent && h->connected) u->reused = 1;
@@ -556,15 +564,10 @@ static void h2o_ready(moxy_h2o_t *h)
     h->tls_wait = 0;
     if (h->writing) event_del(&h->wev);
     h->writing = 0;
-    h->busy++;
-    moxy_upconn_t *u, *next;
-    for (u = LIST_FIRST(&h->streams); u && !h->dead; u = next) {
-        next = LIST_NEXT(u, h2_link);
-        if (u->req && !u->stream_id && !u->fail_why) stream_submit(h, u);
-    }
+    /* the streams wait for the server's SETTINGS (h2o_dispatch): how many
+     * it takes at once is in them */
     h2o_want_read(h);
     h2o_send(h);
-    h2o_release(h);
 }
 
 /* Go on with h's TLS handshake. */
@@ -589,7 +592,7 @@ static void h2o_tls_step(moxy_h2o_t *h)
     int rc = moxy_tls_handshake(&h->conn, &want, &why, &kind);
     if (rc == MOXY_ERROR) {
         char *msg = NULL;
-        moxy_upconn_t *u = LIST_FIRST(&h->streams);
+        moxy_upconn_t *u = TAILQ_FIRST(&h->streams);
         if (u && u->req && (msg = moxy_palloc(&u->req->mem, 160)))
             snprintf(msg, 160, "TLS handshake with the origin failed: %s", why);
         h2o_fail(h, 502, msg ? msg : "TLS handshake with the origin failed");
@@ -620,6 +623,8 @@ static void h2o_read(moxy_h2o_t *h, short what)
     if (what & EV_TIMEOUT) {
         if (!h->connected) {
             h2o_fail(h, 504, "TLS handshake with the origin timed out");
+        } else if (h->nstreams) {
+            h2o_want_read(h);
         } else { /* idle past keepalive_timeout */
             nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
             h->goaway = 1;
@@ -654,6 +659,7 @@ static void h2o_read(moxy_h2o_t *h, short what)
         if ((size_t)n < sizeof(buf) && !moxy_conn_pending(&h->conn)) break;
     }
     if (!h->dead && moxy_conn_pending(&h->conn)) event_active(&h->rev, EV_READ, 0);
+    if (!h->dead && h->dispatch_due) h2o_dispatch(h);
     h2o_send(h); /* SETTINGS and PING answers, window updates */
 }
 
@@ -735,7 +741,7 @@ static moxy_h2o_t *h2o_connect(moxy_req_t *r, moxy_peer_t *p, const char **err)
     snprintf(h->peer, sizeof(h->peer), "%s", r->peer);
     h->stats = r->g->pools[r->pool].stats;
     MOXY_STAT_ADD(h->stats->h2_conns, 1);
-    LIST_INIT(&h->streams);
+    TAILQ_INIT(&h->streams);
     event_assign(&h->rev, w->base, h->conn.fd, EV_READ | EV_PERSIST, h2o_read_cb, h);
     event_assign(&h->wev, w->base, h->conn.fd, EV_WRITE | EV_PERSIST, h2o_write_cb, h);
     event_assign(&h->flush_ev, w->base, -1, 0, h2o_flush_cb, h);
@@ -787,20 +793,106 @@ static void stream_drained_cb(evutil_socket_t fd, short what, void *arg)
     moxy_origin_event(arg, what, stream_drained);
 }
 
+/* --- which connection a stream goes on --- */
+
+/* A connection to r's peer p with room for one more stream, other than
+ * not; else a new one (*fresh set: h2o_start connects it), always for
+ * r->fresh_conn.  NULL with *err. */
+static moxy_h2o_t *h2o_pick(moxy_req_t *r, moxy_peer_t *p, const moxy_h2o_t *not, int *fresh, const char **err)
+{
+    moxy_pool_rt_t *rt = &r->g->pools[r->pool];
+    unsigned gen = atomic_load_explicit(&p->addr_gen, memory_order_relaxed);
+    moxy_h2o_t *h;
+    *fresh = 0;
+    if (!r->fresh_conn) {
+        LIST_FOREACH(h, &rt->h2_lists[r->server], link) {
+            if (h != not && !h->dead && !h->goaway && h->addr_gen == gen && h->nstreams < h2o_capacity(h))
+                return h;
+        }
+    }
+    h = h2o_connect(r, p, err);
+    *fresh = h != NULL;
+    return h;
+}
+
+/* Go on connecting h, new: its connect() may have succeeded at once. */
+static void h2o_start(moxy_h2o_t *h)
+{
+    if (h->tcp_up) {
+        h->tcp_up = 0;
+        h2o_tcp_ready(h);
+    } else {
+        event_add(&h->wev, &h->g->tv_connect);
+        h->writing = 1;
+    }
+}
+
+/* u becomes a stream of h: it goes once h has the server's SETTINGS. */
+static void stream_attach(moxy_h2o_t *h, moxy_upconn_t *u)
+{
+    u->h2 = h;
+    u->addr_gen = h->addr_gen;
+    h->busy++;
+    if (h->nstreams++ == 0) h2o_want_read(h); /* no more keep-alive timeout */
+    TAILQ_INSERT_TAIL(&h->streams, u, h2_link);
+}
+
+/* u, waiting on h, goes to another connection: h takes fewer streams at
+ * once than it was given before its SETTINGS came. */
+static void stream_move(moxy_h2o_t *h, moxy_upconn_t *u)
+{
+    moxy_req_t *r = u->req;
+    moxy_peer_t *p = &r->g->conf->upstreams[r->pool].state->peers[r->server];
+    int fresh;
+    const char *err;
+    moxy_h2o_t *to = h2o_pick(r, p, h, &fresh, &err);
+    if (!to) {
+        stream_fail(u, 502, "cannot connect to origin");
+        return;
+    }
+    TAILQ_REMOVE(&h->streams, u, h2_link);
+    h->nstreams--;
+    stream_attach(to, u);
+    h2o_release(h); /* what u held; the caller holds h */
+    if (fresh) {
+        h2o_start(to);
+    } else if (to->settings && !to->dead) {
+        stream_submit(to, u);
+        h2o_flush_later(to);
+    }
+}
+
+/* The server's first SETTINGS came: h's waiting streams go, as many as it
+ * takes at once; the others move to another connection. */
+static void h2o_dispatch(moxy_h2o_t *h)
+{
+    h->dispatch_due = 0;
+    int cap = h2o_capacity(h), active = 0;
+    moxy_upconn_t *u, *next;
+    TAILQ_FOREACH(u, &h->streams, h2_link)
+        if (u->stream_id && !u->h2_closed) active++;
+    h->busy++;
+    for (u = TAILQ_FIRST(&h->streams); u && !h->dead; u = next) {
+        next = TAILQ_NEXT(u, h2_link);
+        if (u->stream_id || u->fail_why || !u->req) continue;
+        if (active < cap) {
+            if (stream_submit(h, u) == MOXY_OK) active++;
+        } else if (cap == 0) {
+            stream_fail(u, 502, "origin takes no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0)");
+        } else {
+            stream_move(h, u);
+        }
+    }
+    h2o_release(h);
+}
+
 /* --- what the rest of the proxy asks --- */
 
 int moxy_origin_h2_try(moxy_req_t *r, moxy_peer_t *p, const char **err)
 {
-    moxy_pool_rt_t *rt = &r->g->pools[r->pool];
-    unsigned gen = atomic_load_explicit(&p->addr_gen, memory_order_relaxed);
-    moxy_h2o_t *h = NULL;
-    if (!r->fresh_conn) {
-        LIST_FOREACH(h, &rt->h2_lists[r->server], link) {
-            if (!h->dead && !h->goaway && h->addr_gen == gen && h->nstreams < h2o_capacity(h)) break;
-        }
-    }
-    int fresh = !h;
-    if (!h && !(h = h2o_connect(r, p, err))) return MOXY_ERROR;
+    int fresh;
+    moxy_h2o_t *h = h2o_pick(r, p, NULL, &fresh, err);
+    if (!h) return MOXY_ERROR;
     moxy_upconn_t *u = moxy_origin_upconn_new(r->w, r->pool, r->server);
     if (!u) {
         if (fresh) h2o_close(h, 500, NULL);
@@ -808,12 +900,7 @@ int moxy_origin_h2_try(moxy_req_t *r, moxy_peer_t *p, const char **err)
         return MOXY_ERROR;
     }
     u->g = r->g;
-    u->addr_gen = h->addr_gen;
-    u->h2 = h;
-    u->reused = 0;
-    h->busy++;
-    h->nstreams++;
-    LIST_INSERT_HEAD(&h->streams, u, h2_link);
+    stream_attach(h, u);
     event_assign(&u->rev, r->w->base, -1, EV_PERSIST, stream_event_cb, u);
     event_assign(&u->wev, r->w->base, -1, 0, stream_drained_cb, u);
 
@@ -831,24 +918,15 @@ int moxy_origin_h2_try(moxy_req_t *r, moxy_peer_t *p, const char **err)
     u->read_timer = r->body_done;
     event_add(&u->rev, u->read_timer ? r->g->ctv_upstream : NULL);
     u->reading = 1;
-    if (!fresh) {
-        if (h->connected && stream_submit(h, u) == MOXY_OK) h2o_flush_later(h);
-        return MOXY_OK;
-    }
-    if (h->tcp_up) {
-        h->tcp_up = 0;
-        h2o_tcp_ready(h);
-    } else {
-        event_add(&h->wev, &r->g->tv_connect);
-        h->writing = 1;
-    }
+    if (fresh) h2o_start(h);
+    else if (h->settings && !h->dead && stream_submit(h, u) == MOXY_OK) h2o_flush_later(h);
     return MOXY_OK;
 }
 
 void moxy_origin_h2_detach(moxy_upconn_t *u)
 {
     moxy_h2o_t *h = u->h2;
-    LIST_REMOVE(u, h2_link);
+    TAILQ_REMOVE(&h->streams, u, h2_link);
     h->nstreams--;
     if (!h->dead && h->ng && u->stream_id && !u->h2_closed) {
         nghttp2_session_set_stream_user_data(h->ng, u->stream_id, NULL);
