@@ -1009,11 +1009,13 @@ void moxy_origin_h2_close_idle(moxy_pool_rt_t *rt, int nservers, int all)
         for (h = LIST_FIRST(&rt->h2_lists[j]); h; h = next) {
             next = LIST_NEXT(h, link);
             if (h->nstreams == 0 || all) {
+                h->busy++;
                 if (h->ng) {
                     nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
                     h2o_send(h);
                 }
                 h2o_close(h, 502, "moxy closed the connection");
+                h2o_release(h);
             } else {
                 h->goaway = 1; /* closes once its streams are done */
             }
