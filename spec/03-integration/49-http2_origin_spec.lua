@@ -290,3 +290,56 @@ describe("HTTP/2 to origins", function()
     assert.matches("upstreams.b.health.type", out, 1, true)
   end)
 end)
+
+describe("HTTP/2 origins across a reload and a shutdown", function()
+  local o
+
+  lazy_setup(function() o = helpers.start_h2_origin() end)
+  lazy_teardown(function() helpers.stop_all() end)
+
+  -- curl in the background: its output file (status, then body)
+  local function background(u)
+    local out = os.tmpname()
+    local p = helpers.spawn({ "sh", "-c", string.format("timeout %d curl -sS -w '\\n%%{http_code}' '%s' > %s 2>&1",
+      math.ceil(20 * S), u, out) }, {})
+    return p, out
+  end
+
+  it("keeps its origin connections across a reload: streams in flight finish, new ones reuse them", function()
+    local m = helpers.start_moxy({
+      workers = 1,
+      upstreams = { app = { servers = { o.addr }, protocol = "h2" } },
+      scripts = { "tag.lua" },
+    }, { files = { ["tag.lua"] = [[return { on_response = function(txn) txn.resp.headers:set("X-Gen", "one") end }]] } })
+    local base = "http://127.0.0.1:" .. m.port
+    local body = curl(base .. "/echo/warm")
+    local conn = assert(cjson.decode(body), body).conn
+    local p, out = background(base .. "/slow-body/1")
+    helpers.sleep(0.3)
+    helpers.write_file(m.dir .. "/tag.lua",
+      [[return { on_response = function(txn) txn.resp.headers:set("X-Gen", "two") end }]])
+    m:signal("HUP")
+    local after
+    assert.is_truthy(helpers.wait_until(function()
+      local b, _, head = curl(base .. "/echo/after")
+      after = cjson.decode(b)
+      return head:find("X-Gen: two", 1, true)
+    end, 10 * S))
+    p:wait_exit(20 * S)
+    assert.matches("helloworld\n200$", helpers.read_file(out))
+    os.remove(out)
+    assert.equal(conn, after.conn) -- the same connection carried both generations' streams
+  end)
+
+  it("on QUIT finishes the streams in flight to an h2 origin, then exits", function()
+    local m = helpers.start_moxy({ upstreams = { app = { servers = { o.addr }, protocol = "h2" } } })
+    local base = "http://127.0.0.1:" .. m.port
+    local p, out = background(base .. "/slow-headers/1")
+    helpers.sleep(0.3)
+    m:signal("QUIT")
+    p:wait_exit(20 * S)
+    assert.matches("^slow\n\n200$", helpers.read_file(out))
+    os.remove(out)
+    assert.is_truthy(m:wait_exit(10 * S))
+  end)
+end)
