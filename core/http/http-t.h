@@ -507,7 +507,6 @@ struct moxy_upconn_s {
     unsigned h2_closed : 1;     /* nghttp2 closed the stream */
     unsigned h2_sent : 1;       /* its HEADERS went to the origin */
     unsigned h2_deferred : 1;   /* its body's DATA waits for more of the body */
-    unsigned h2_body_end : 1;   /* its body's end went (END_STREAM, or trailers) */
 };
 
 /* A worker's running state of one upstream pool. */

@@ -298,7 +298,6 @@ static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         event_active(&u->wev, EV_WRITE, 0); /* the client's body is read on, outside of nghttp2 */
     if (have - n == 0 && r->body_done) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
-        u->h2_body_end = 1;
         if (r->trailers.n) {
             nghttp2_nv *nv = moxy_palloc(&r->mem, r->trailers.n * sizeof(*nv));
             size_t k = 0;
@@ -528,7 +527,6 @@ static int stream_submit(moxy_h2o_t *h, moxy_upconn_t *u)
     u->stream_id = id;
     h->served++;
     MOXY_STAT_ADD(h->stats->h2_streams, 1);
-    if (!has_body) u->h2_body_end = 1;
     return MOXY_OK;
 }
 
