@@ -38,12 +38,14 @@
 #include <event2/buffer.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static void h2_read_cb(evutil_socket_t fd, short what, void *arg);
 static void h2_write_cb(evutil_socket_t fd, short what, void *arg);
 static void h2_flush_cb(evutil_socket_t fd, short what, void *arg);
 static void h2_tick_cb(evutil_socket_t fd, short what, void *arg);
 static int h2_send(h2_conn_t *h);
+static void h2_idle_pages(h2_conn_t *h);
 
 /* --- nghttp2's callbacks --- */
 
@@ -54,6 +56,7 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
     MOXY_UNUSED(flags);
     if (evbuffer_get_length(h->out) > MOXY_HIGH_WATER) return NGHTTP2_ERR_WOULDBLOCK;
     if (evbuffer_add(h->out, data, len) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    h->mem_idle = 0; /* a frame was made in the frame buffer */
     return (ssize_t)len;
 }
 
@@ -63,6 +66,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fr
     MOXY_UNUSED(ng);
     h2_conn_t *h = arg;
     if (evbuffer_get_length(h->out) > MOXY_HIGH_WATER) return NGHTTP2_ERR_WOULDBLOCK;
+    h->mem_idle = 0;
     return h2_stream_data_send(h, f, framehd, length, src);
 }
 
@@ -348,10 +352,12 @@ static int h2_send(h2_conn_t *h)
         h2_want_read(h);
         h2_want_tick(h);
         if (LIST_EMPTY(&h->streams) && evbuffer_get_length(h->out) == 0 && !h->flush_queued) {
-            /* idle: its buffer goes back to the worker (an idle connection costs its
-             * struct and nghttp2's session) */
+            /* idle: its buffer goes back to the worker, nghttp2's big blocks
+             * to the kernel (an idle connection costs its struct and the
+             * rest of nghttp2's session) */
             moxy_worker_buf_put(h->w, h->out);
             h->out = NULL;
+            h2_idle_pages(h);
         }
     }
     int rc = h->dead ? MOXY_ERROR : MOXY_OK;
@@ -518,6 +524,82 @@ int moxy_h2_preface_match(struct evbuffer *in)
     return (int)n;
 }
 
+/* --- nghttp2's memory --- */
+
+/* Most of an idle connection's memory would be two blocks nghttp2 makes
+ * with the session and keeps for its life: the 16 KiB output frame
+ * buffer, which only holds the frame being written, and the table of
+ * streams (4 KiB), all zero while there is no stream.  They are the two
+ * allocations of 4 KiB or more made with the session (the table zeroed
+ * with calloc, the buffer by realloc); both are made page-aligned, so that
+ * while the connection is idle their pages go back to the kernel
+ * (h2_idle_pages): nghttp2 writes each frame from the start of the buffer,
+ * and a table that is all zero reads the same from fresh zero pages. */
+static void *h2_block(h2_conn_t *h, size_t n, int zeroed)
+{
+    void **slot = zeroed ? &h->map_buf : &h->frame_buf;
+    if (!h->mem_making || *slot || n < (zeroed ? 4096 : 16384)) return zeroed ? calloc(1, n) : malloc(n);
+    size_t len = (n + 4095) & ~(size_t)4095;
+    void *p = aligned_alloc(4096, len);
+    if (!p) return NULL;
+    if (zeroed) memset(p, 0, len);
+    *slot = p;
+    if (zeroed) h->map_len = len;
+    else h->frame_len = len;
+    return p;
+}
+
+/* p is let go of: no longer one of the two blocks. */
+static void h2_unblock(h2_conn_t *h, const void *p)
+{
+    if (p && p == h->frame_buf) h->frame_buf = NULL;
+    if (p && p == h->map_buf) h->map_buf = NULL;
+}
+
+static void *h2_malloc(size_t n, void *arg)
+{
+    return h2_block(arg, n, 0);
+}
+
+static void h2_free_mem(void *p, void *arg)
+{
+    h2_unblock(arg, p);
+    free(p);
+}
+
+static void *h2_calloc(size_t n, size_t size, void *arg)
+{
+    if (size && n > SIZE_MAX / size) return NULL;
+    return h2_block(arg, n * size, 1);
+}
+
+/* (nghttp2 makes its buffers with realloc(NULL, n)) */
+static void *h2_realloc(void *p, size_t n, void *arg)
+{
+    if (!p) return h2_block(arg, n, 0);
+    h2_unblock(arg, p);
+    return realloc(p, n);
+}
+
+/* 1 when the n bytes at p are all zero. */
+static int all_zero(const void *p, size_t n)
+{
+    const uint64_t *w = p;
+    for (size_t i = 0; i < n / 8; i++)
+        if (w[i]) return 0;
+    return 1;
+}
+
+/* h is idle (no stream, nothing queued or half-written): the two blocks'
+ * pages go back to the kernel, once per idle spell (a frame made ends it). */
+static void h2_idle_pages(h2_conn_t *h)
+{
+    if (h->mem_idle || nghttp2_session_want_write(h->ng)) return;
+    h->mem_idle = 1;
+    if (h->frame_buf) madvise(h->frame_buf, h->frame_len, MADV_DONTNEED);
+    if (h->map_buf && all_zero(h->map_buf, h->map_len)) madvise(h->map_buf, h->map_len, MADV_DONTNEED);
+}
+
 /* The session of a new connection, with moxy's settings: streams, window,
  * HPACK table, head size; and nghttp2's own bounds on resets and
  * CONTINUATION frames. */
@@ -534,7 +616,10 @@ static int h2_session_new(h2_conn_t *h, const moxy_conf_t *conf)
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     nghttp2_option_set_max_settings(opt, 32);
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
-    int rv = nghttp2_session_server_new2(&h->ng, h2_callbacks, h, opt);
+    nghttp2_mem mem = {h, h2_malloc, h2_free_mem, h2_calloc, h2_realloc};
+    h->mem_making = 1;
+    int rv = nghttp2_session_server_new3(&h->ng, h2_callbacks, h, opt, &mem);
+    h->mem_making = 0;
     nghttp2_option_del(opt);
     if (rv != 0) return MOXY_ERROR;
     nghttp2_settings_entry iv[] = {

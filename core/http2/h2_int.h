@@ -62,6 +62,12 @@ struct h2_conn_s {
     struct event tick;        /* once a second while streams run: stalls, body timeouts, drain grace */
     struct evbuffer *out;     /* frames toward the client (NULL while idle) */
     moxy_client_addr_t addr;
+    void *frame_buf;          /* nghttp2's output frame buffer (page-aligned, see h2_conn.c), or NULL */
+    size_t frame_len;
+    void *map_buf;            /* nghttp2's table of streams (page-aligned), or NULL */
+    size_t map_len;
+    unsigned mem_making : 1;  /* the session is being made: those two are allocated now */
+    unsigned mem_idle : 1;    /* their pages went back to the kernel (idle) */
     LIST_HEAD(, h2_stream_s) streams;
     int nstreams;             /* streams that have a request */
     int busy;
