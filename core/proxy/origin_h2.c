@@ -144,28 +144,33 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 }
 
 /* A head is complete: an interim one goes to the client now, the final one
- * waits for the stream's turn. */
-static void head_recv(moxy_upconn_t *u, const nghttp2_frame *f)
+ * waits for the stream's turn.  MOXY_ERROR: the stream failed (reset it). */
+static int head_recv(moxy_upconn_t *u, const nghttp2_frame *f)
 {
     moxy_h1_resp_t *rs = u->resp;
     int status = u->h2_status;
     u->h2_status = 0;
     if (u->h2_head) { /* trailers */
-        if (!(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) stream_fail(u, 502, "origin sent a second head");
-        return;
+        if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) return MOXY_OK;
+        stream_fail(u, 502, "origin sent a second head");
+        return MOXY_ERROR;
     }
     u->got_bytes = 1;
+    if (status < 100 || status > 999) { /* as the HTTP/1 codec: three digits, 100 at least */
+        stream_fail(u, 502, "origin sent an invalid :status");
+        return MOXY_ERROR;
+    }
     if (status >= 100 && status < 200) {
         if (++rs->interims > 8) {
             stream_fail(u, 502, "origin sent too many interim responses");
-            return;
+            return MOXY_ERROR;
         }
         if (rs->ops && rs->ops->interim) rs->ops->interim(rs, status);
         if (rs->fields) rs->fields->n = 0;
         rs->nfields = 0;
         rs->head_bytes = 0;
         stream_wake(u); /* the interim head is flushed */
-        return;
+        return MOXY_OK;
     }
     rs->status = status;
     rs->nfields = 0;
@@ -184,6 +189,7 @@ static void head_recv(moxy_upconn_t *u, const nghttp2_frame *f)
     }
     u->h2_head = 1;
     stream_wake(u);
+    return MOXY_OK;
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
@@ -205,7 +211,10 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *arg)
     if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
     moxy_upconn_t *u = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
     if (!u || !u->req) return 0;
-    if (f->hd.type == NGHTTP2_HEADERS) head_recv(u, f);
+    if (f->hd.type == NGHTTP2_HEADERS && head_recv(u, f) != MOXY_OK) {
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_PROTOCOL_ERROR);
+        return 0;
+    }
     if ((f->hd.flags & NGHTTP2_FLAG_END_STREAM) && !u->fail_why) {
         u->h2_end = 1;
         u->eof = 1;
