@@ -297,7 +297,7 @@ static void h2_want_read(h2_conn_t *h)
  * responses still going out), or drains. */
 static void h2_want_tick(h2_conn_t *h)
 {
-    int want = !h->dead && (!LIST_EMPTY(&h->streams) || h->drain_ms);
+    int want = !h->dead && (!LIST_EMPTY(&h->streams) || h->drain_ms || h->idle_ms);
     if (want && !h->ticking) {
         struct timeval one = {1, 0};
         event_add(&h->tick, &one);
@@ -349,16 +349,18 @@ static int h2_send(h2_conn_t *h)
         evbuffer_get_length(h->out) == 0)
         h2_conn_close(h, NULL); /* a GOAWAY went and no stream is left */
     if (!h->dead) {
-        h2_want_read(h);
-        h2_want_tick(h);
         if (LIST_EMPTY(&h->streams) && evbuffer_get_length(h->out) == 0 && !h->flush_queued) {
-            /* idle: its buffer goes back to the worker, nghttp2's big blocks
-             * to the kernel (an idle connection costs its struct and the
-             * rest of nghttp2's session) */
+            /* idle: its buffer goes back to the worker; after a second of
+             * it, nghttp2's big blocks go to the kernel (h2_tick_cb): an
+             * idle connection costs its struct and the rest of the session */
             moxy_worker_buf_put(h->w, h->out);
             h->out = NULL;
-            h2_idle_pages(h);
+            if (!h->mem_idle && !h->idle_ms) h->idle_ms = moxy_mono_ms();
+        } else {
+            h->idle_ms = 0;
         }
+        h2_want_read(h);
+        h2_want_tick(h);
     }
     int rc = h->dead ? MOXY_ERROR : MOXY_OK;
     h2_conn_release(h);
@@ -477,6 +479,10 @@ static void h2_tick_cb(evutil_socket_t fd, short what, void *arg)
         h->goaway = 1;
     }
     h2_stream_tick(h, now);
+    if (h->idle_ms && now - h->idle_ms >= 1000) {
+        h2_idle_pages(h);
+        h->idle_ms = 0;
+    }
     h2_send(h);
     h2_conn_release(h);
 }
@@ -590,8 +596,11 @@ static int all_zero(const void *p, size_t n)
     return 1;
 }
 
-/* h is idle (no stream, nothing queued or half-written): the two blocks'
- * pages go back to the kernel, once per idle spell (a frame made ends it). */
+/* h has been idle for a second (no stream, nothing queued or
+ * half-written): the two blocks' pages go back to the kernel, once per
+ * idle spell (a frame made ends it).  Not at once: madvise and the page
+ * faults after it would cost a client that sends one request at a time
+ * more than half its speed. */
 static void h2_idle_pages(h2_conn_t *h)
 {
     if (h->mem_idle || nghttp2_session_want_write(h->ng)) return;

@@ -68,6 +68,8 @@ struct h2_conn_s {
     size_t map_len;
     unsigned mem_making : 1;  /* the session is being made: those two are allocated now */
     unsigned mem_idle : 1;    /* their pages went back to the kernel (idle) */
+    long long idle_ms;        /* when it last became idle (no stream, nothing queued); 0: it is not,
+                                 or its pages went back already */
     LIST_HEAD(, h2_stream_s) streams;
     int nstreams;             /* streams that have a request */
     int busy;
