@@ -171,6 +171,25 @@ describe("HTTP/2", function()
     assert.is_true(during - before < 16 * 1024, string.format("RSS %d -> %d KiB", before, during)) -- KiB
   end)
 
+  it("keeps an idle connection small: nghttp2's big buffers go back to the kernel after a second idle", function()
+    -- 300 TLS connections, one request each, then idle (bench/tools/idle_h2.py, as bench/h2.sh)
+    local n = 300
+    local before = m:rss()
+    local outf = os.tmpname()
+    local p = helpers.spawn({ "sh", "-c", string.format("timeout %d /usr/bin/python3 %s/bench/tools/idle_h2.py "
+      .. "--port %d --conns %d --hold %g --path /echo/idle --authority localhost > %s", math.ceil(60 * S), helpers.root,
+      tls_port, n, 4 * S, outf) }, {})
+    local ready = helpers.wait_until(function() return (helpers.read_file(outf) or ""):match("READY (%d+)") end, 40 * S)
+    assert.equal(tostring(n), ready, helpers.read_file(outf))
+    helpers.sleep(2.5) -- a second idle, and the next once-a-second tick
+    local during = m:rss()
+    p:wait_exit(30 * S)
+    os.remove(outf)
+    -- about 12 KB each (TLS, nghttp2's session and HPACK tables); 29 KB before the pages went back
+    local per = (during - before) * 1024 / n
+    assert.is_true(per < 20 * 1024, string.format("%.0f bytes per idle connection", per))
+  end)
+
   it("streams request bodies to the origin: with a length, without one (chunked), with trailers", function()
     local r = probe(h2c_port, "upload", "--path /echo/up --size 3000000 --show-body")
     local res = select(2, next(r.responses))
