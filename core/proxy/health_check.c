@@ -18,6 +18,12 @@
  * the status is in health.statuses and the body matches; a TCP check passes
  * when the connect does.  The connection is closed after every round.
  *
+ * A pool with protocol = "h2" is checked over HTTP/2 (TLS with ALPN h2, or
+ * prior knowledge): each round makes an nghttp2 client session whose first
+ * bytes (preface, SETTINGS, the request's HEADERS) are the request sent;
+ * what comes back is fed to it, the status and DATA of stream 1 judged as
+ * over HTTP/1.
+ *
  * Nothing is allocated per round but the body kept for the pattern and the
  * read buffer's contents, freed when the round ends; the rest lives from moxy_health_start to
  * moxy_health_stop.
@@ -35,6 +41,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <limits.h>
+#include <nghttp2/nghttp2.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdio.h>
@@ -67,7 +74,7 @@ typedef struct {
     health_pool_t *pool;
     moxy_peer_t *peer;
     int server;           /* its index in the pool's servers */
-    char *req; /* the HTTP request (NULL for a TCP check) */
+    char *req; /* the HTTP request (NULL for a TCP check; HTTP/2: made per round) */
     size_t req_len, sent;
     struct event timer;   /* idle: the next round; during a round: its deadline */
     struct event io;      /* the round's socket (assigned per round) */
@@ -78,6 +85,8 @@ typedef struct {
     struct evbuffer *in;    /* read, not parsed yet */
     moxy_h1_resp_t resp;    /* the response parser */
     unsigned got_bytes : 1; /* the peer sent something this round */
+    unsigned h2_done : 1;   /* HTTP/2: stream 1 ended (resp.status set, or why) */
+    nghttp2_session *h2;    /* HTTP/2: this round's session, or NULL */
     char *body;             /* up to HEALTH_BODY_MAX bytes, when pool->re */
     size_t blen, bcap;
     char why[96]; /* a failure's reason (as long as the peer's check_error) */
@@ -94,6 +103,8 @@ static struct {
 } health;
 
 static void round_start(health_peer_t *hp);
+static void h2_read(health_peer_t *hp, int eof);
+static void request_go(health_peer_t *hp);
 
 static struct timeval tv_of_us(long long us)
 {
@@ -154,6 +165,12 @@ static void round_clean(health_peer_t *hp)
         moxy_conn_close(&hp->conn);
     }
     if (hp->in) evbuffer_drain(hp->in, evbuffer_get_length(hp->in));
+    if (hp->h2) {
+        nghttp2_session_del(hp->h2);
+        hp->h2 = NULL;
+        free(hp->req);
+        hp->req = NULL;
+    }
     free(hp->body);
     hp->body = NULL;
     hp->blen = hp->bcap = 0;
@@ -267,6 +284,10 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
     }
     int eof = n == 0;
     if (!eof) hp->got_bytes = 1;
+    if (hp->h2) {
+        h2_read(hp, eof);
+        return;
+    }
     moxy_h1_resp_t *rs = &hp->resp;
     int rc = rs->head_done ? MOXY_OK : moxy_h1_resp_head(rs, hp->in);
     if (rc == MOXY_OK && rs->status != 101) {
@@ -287,6 +308,109 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         round_end(hp, hp->why);
     } else if (eof) {
         round_end(hp, hp->got_bytes ? "closed before the response ended" : "closed without a response");
+    }
+}
+
+/* --- HTTP/2 checks --- */
+
+static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                        const uint8_t *value, size_t vlen, uint8_t flags, void *arg)
+{
+    MOXY_UNUSED(ng);
+    MOXY_UNUSED(flags);
+    health_peer_t *hp = arg;
+    if (f->hd.stream_id != 1 || nlen != 7 || memcmp(name, ":status", 7) != 0 || vlen != 3) return 0;
+    int st = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+    if (st >= 200) hp->resp.status = st; /* 1xx: interim, the final one follows */
+    return 0;
+}
+
+static int h2_on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *arg)
+{
+    MOXY_UNUSED(ng);
+    MOXY_UNUSED(flags);
+    health_peer_t *hp = arg;
+    if (id != 1) return 0;
+    const char *why = keep_body(hp, (const char *)data, NULL, len);
+    if (why) snprintf(hp->why, sizeof(hp->why), "%s", why);
+    return why ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static int h2_on_close(nghttp2_session *ng, int32_t id, uint32_t code, void *arg)
+{
+    MOXY_UNUSED(ng);
+    health_peer_t *hp = arg;
+    if (id != 1) return 0;
+    hp->h2_done = 1;
+    if (code != NGHTTP2_NO_ERROR || !hp->resp.status)
+        snprintf(hp->why, sizeof(hp->why), "stream reset (%s)", nghttp2_http2_strerror(code));
+    return 0;
+}
+
+static nghttp2_session_callbacks *h2_callbacks;
+
+/* This round's session and the bytes that open it: the preface, SETTINGS
+ * and the request on stream 1, in hp->req.  MOXY_ERROR: out of memory. */
+static int h2_start(health_peer_t *hp)
+{
+    const moxy_upstream_conf_t *uc = hp->pool->conf;
+    if (!h2_callbacks) {
+        if (nghttp2_session_callbacks_new(&h2_callbacks) != 0) return MOXY_ERROR;
+        nghttp2_session_callbacks_set_on_header_callback(h2_callbacks, h2_on_header);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(h2_callbacks, h2_on_data);
+        nghttp2_session_callbacks_set_on_stream_close_callback(h2_callbacks, h2_on_close);
+    }
+    if (nghttp2_session_client_new(&hp->h2, h2_callbacks, hp) != 0) return MOXY_ERROR;
+    const char *host = uc->health.host ? uc->health.host : uc->host ? uc->host : hp->peer->conf->addr.text;
+    const char *method = uc->health.method, *path = uc->health.path;
+    nghttp2_nv nv[] = {
+        {(uint8_t *)":method", (uint8_t *)method, 7, strlen(method), NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":scheme", (uint8_t *)(uc->tls ? "https" : "http"), 7, uc->tls ? 5 : 4, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":authority", (uint8_t *)host, 10, strlen(host), NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"user-agent", (uint8_t *)"moxy-health/" MOXY_VERSION, 10,
+         sizeof("moxy-health/" MOXY_VERSION) - 1, NGHTTP2_NV_FLAG_NONE},
+    };
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0}};
+    if (nghttp2_submit_settings(hp->h2, NGHTTP2_FLAG_NONE, iv, 1) != 0 ||
+        nghttp2_submit_request(hp->h2, NULL, nv, MOXY_ARRAY_LEN(nv), NULL, NULL) != 1)
+        return MOXY_ERROR;
+    struct evbuffer *b = evbuffer_new();
+    const uint8_t *p;
+    ssize_t n;
+    while (b && (n = nghttp2_session_mem_send(hp->h2, &p)) > 0) evbuffer_add(b, p, (size_t)n);
+    size_t len = b ? evbuffer_get_length(b) : 0;
+    hp->req = len ? malloc(len) : NULL;
+    if (hp->req) evbuffer_remove(b, hp->req, len);
+    if (b) evbuffer_free(b);
+    hp->req_len = len;
+    return hp->req ? MOXY_OK : MOXY_ERROR;
+}
+
+/* What the peer sent (in hp->in) goes to the session; the frames it wants
+ * back (SETTINGS' ACK, window updates) go out as they can. */
+static void h2_read(health_peer_t *hp, int eof)
+{
+    size_t len = evbuffer_get_length(hp->in);
+    ssize_t rv = len ? nghttp2_session_mem_recv(hp->h2, evbuffer_pullup(hp->in, -1), len) : 0;
+    evbuffer_drain(hp->in, len);
+    if (rv < 0) {
+        if (!hp->why[0] || hp->h2_done) snprintf(hp->why, sizeof(hp->why), "invalid HTTP/2: %s",
+                                                 nghttp2_strerror((int)rv));
+        round_end(hp, hp->why);
+        return;
+    }
+    const uint8_t *p;
+    ssize_t n;
+    while (!hp->h2_done && (n = nghttp2_session_mem_send(hp->h2, &p)) > 0)
+        if (moxy_conn_send(&hp->conn, p, (size_t)n) != n) break; /* the check does not depend on them */
+    if (hp->h2_done) {
+        if (hp->why[0]) round_end(hp, hp->why);
+        else judge(hp);
+    } else if (eof) {
+        round_end(hp, hp->got_bytes ? "closed before the response ended" : "closed without a response");
+    } else if (moxy_conn_pending(&hp->conn)) {
+        event_active(&hp->io, EV_READ, 0);
     }
 }
 
@@ -334,6 +458,23 @@ static void tls_cb(evutil_socket_t fd, short what, void *arg)
         round_end(hp, hp->why);
         return;
     }
+    if (hp->pool->conf->protocol == MOXY_UP_H2) {
+        moxy_tls_info_t info;
+        if (!moxy_tls_info(&hp->conn, &info) || !info.alpn || strcmp(info.alpn, "h2") != 0) {
+            round_end(hp, "the peer did not agree to HTTP/2 (ALPN)");
+            return;
+        }
+    }
+    request_go(hp);
+}
+
+/* The connection is ready (TLS done): the request goes. */
+static void request_go(health_peer_t *hp)
+{
+    if (hp->pool->conf->protocol == MOXY_UP_H2 && h2_start(hp) != MOXY_OK) {
+        round_end(hp, "out of memory");
+        return;
+    }
     hp->sent = 0;
     hp->phase = HC_SENDING;
     send_cb(hp->conn.fd, EV_WRITE, hp);
@@ -358,9 +499,7 @@ static void connected(health_peer_t *hp)
         tls_cb(hp->conn.fd, EV_WRITE, hp);
         return;
     }
-    hp->sent = 0;
-    hp->phase = HC_SENDING;
-    send_cb(hp->conn.fd, EV_WRITE, hp);
+    request_go(hp);
 }
 
 static void connect_cb(evutil_socket_t fd, short what, void *arg)
@@ -399,6 +538,8 @@ static void round_start(health_peer_t *hp)
     }
     hp->resp.status = 0;
     hp->got_bytes = 0;
+    hp->h2_done = 0;
+    hp->why[0] = 0;
     hp->started_ms = moxy_mono_ms();
     hp->phase = HC_CONNECTING;
     event_add(&hp->timer, &hp->pool->timeout); /* the deadline */
@@ -510,7 +651,8 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
             if (!(hp->in = evbuffer_new())) goto err;
             event_assign(&hp->timer, base, -1, 0, timer_cb, hp);
             event_assign(&hp->io, base, -1, 0, read_cb, hp); /* assigned again per round (watch) */
-            if (uc->health.type == MOXY_CHECK_HTTP && build_request(hp) != MOXY_OK) goto err;
+            if (uc->health.type == MOXY_CHECK_HTTP && uc->protocol != MOXY_UP_H2 && build_request(hp) != MOXY_OK)
+                goto err;
             /* the first round at once, peers a little apart; schedule_next adds an interval */
             hp->due_us = now +
                          ((long long)(health.npeers - 1) * HEALTH_STAGGER_US) % hpool->interval_us -
@@ -521,8 +663,8 @@ int moxy_health_start(moxy_conf_t *conf, struct event_base *base)
             moxy_log_info("upstream %s: health checks every %gs: TCP connect", uc->name,
                           uc->health.interval);
         else
-            moxy_log_info("upstream %s: health checks every %gs: %s %s", uc->name,
-                          uc->health.interval, uc->health.method, uc->health.path);
+            moxy_log_info("upstream %s: health checks every %gs: %s %s%s", uc->name, uc->health.interval,
+                          uc->health.method, uc->health.path, uc->protocol == MOXY_UP_H2 ? " over HTTP/2" : "");
     }
     return MOXY_OK;
 

@@ -577,10 +577,6 @@ function Checker:upstreams(v, keys)
         protocol = self:value(u.protocol, child(k, "protocol"), one_of("http/1.1", "h2"), "http/1.1"),
         max_streams = self:value(u.max_streams, child(k, "max_streams"), integer(1, 10000), 100),
       }
-      if pool.protocol == "h2" and pool.health and pool.health.type == "http" then
-        self:err(child(child(k, "health"), "type"), "health checks speak HTTP/1.1: use type = \"tcp\" for an h2 pool",
-                 u.health.type or "http")
-      end
       if pool.tls and pool.protocol == "h2" then pool.tls.h2 = true end
       if pool.resolve < 1 then self:err(child(k, "resolve"), "at least 1s", u.resolve) end
       local sk = child(k, "servers")
