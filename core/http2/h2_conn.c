@@ -317,33 +317,16 @@ static int h2_send(h2_conn_t *h)
         return MOXY_ERROR;
     }
     h->busy++;
-    for (;;) {
-        int rv = nghttp2_session_send(h->ng);
-        if (rv != 0) {
-            h2_conn_close(h, nghttp2_strerror(rv));
-            break;
-        }
-        size_t left = evbuffer_get_length(h->out);
-        while (left > 0) {
-            ssize_t n = moxy_conn_write(&h->conn, h->out);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EINTR) break;
-                h2_conn_close(h, strerror(errno));
-                break;
-            }
-            if (n == 0) break;
-            left = evbuffer_get_length(h->out);
-        }
-        if (h->dead) break;
-        if (left > 0) {
-            if (!h->writing) event_add(&h->wev, h->w->g->ctv_client_send);
-            h->writing = 1;
-            break;
-        }
-        if (h->writing) event_del(&h->wev);
+    size_t left;
+    const char *why;
+    if (moxy_h2_send(h->ng, &h->conn, h->out, &left, &why) != MOXY_OK) {
+        h2_conn_close(h, why);
+    } else if (left > 0) {
+        if (!h->writing) event_add(&h->wev, h->w->g->ctv_client_send);
+        h->writing = 1;
+    } else if (h->writing) {
+        event_del(&h->wev);
         h->writing = 0;
-        if (!nghttp2_session_want_write(h->ng)) break;
-        /* nghttp2 stopped at the high watermark: the socket took it all, go on */
     }
     if (!h->dead && !nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng) &&
         evbuffer_get_length(h->out) == 0)
@@ -365,6 +348,31 @@ static int h2_send(h2_conn_t *h)
     int rc = h->dead ? MOXY_ERROR : MOXY_OK;
     h2_conn_release(h);
     return rc;
+}
+
+int moxy_h2_send(nghttp2_session *ng, moxy_conn_t *conn, struct evbuffer *out, size_t *left, const char **why)
+{
+    for (;;) {
+        int rv = nghttp2_session_send(ng);
+        if (rv != 0) {
+            *why = nghttp2_strerror(rv);
+            return MOXY_ERROR;
+        }
+        size_t n = evbuffer_get_length(out);
+        while (n > 0) {
+            ssize_t w = moxy_conn_write(conn, out);
+            if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
+            if (w < 0) {
+                *why = strerror(errno);
+                return MOXY_ERROR;
+            }
+            if (w == 0) break;
+            n = evbuffer_get_length(out);
+        }
+        *left = n;
+        /* nghttp2 stops at the high watermark: when the socket took it all, go on */
+        if (n > 0 || !nghttp2_session_want_write(ng)) return MOXY_OK;
+    }
 }
 
 void h2_conn_flush_later(h2_conn_t *h)

@@ -39,4 +39,14 @@ int moxy_h2_accept(moxy_worker_t *w, moxy_conn_t *conn, const moxy_h2_from_t *fr
  * whole preface, less when it stops short of it, and -1 when it is not the preface. */
 int moxy_h2_preface_match(struct evbuffer *in);
 
+/* For any nghttp2 session (toward clients here, toward origins in proxy/):
+ * make its frames (its send callback appends them to out, up to the high
+ * watermark) and write them to conn while the socket takes them.  MOXY_OK
+ * with *left the bytes that wait in out for the socket (0: all went, and
+ * nghttp2 has nothing more to send), or MOXY_ERROR with *why (nghttp2's
+ * error or the socket's). */
+struct nghttp2_session;
+int moxy_h2_send(struct nghttp2_session *ng, moxy_conn_t *conn, struct evbuffer *out, size_t *left,
+                 const char **why);
+
 #endif

@@ -28,6 +28,7 @@
 #include "http/request.h"
 #include "http/worker.h"
 #include "http1/origin_codec.h"
+#include "http2/http2.h"
 #include "net/io.h"
 #include "net/tls.h"
 #include "proxy/origin.h"
@@ -428,32 +429,16 @@ static void h2o_send(moxy_h2o_t *h)
 {
     if (h->dead || !h->ng) return;
     h->busy++;
-    for (;;) {
-        int rv = nghttp2_session_send(h->ng);
-        if (rv != 0) {
-            h2o_fail(h, 502, nghttp2_strerror(rv));
-            break;
-        }
-        size_t left = evbuffer_get_length(h->out);
-        while (left > 0) {
-            ssize_t n = moxy_conn_write(&h->conn, h->out);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EINTR) break;
-                h2o_fail(h, 502, strerror(errno));
-                break;
-            }
-            if (n == 0) break;
-            left = evbuffer_get_length(h->out);
-        }
-        if (h->dead) break;
-        if (left > 0) {
-            if (!h->writing) event_add(&h->wev, h->g->ctv_upstream);
-            h->writing = 1;
-            break;
-        }
-        if (h->writing) event_del(&h->wev);
+    size_t left;
+    const char *why;
+    if (moxy_h2_send(h->ng, &h->conn, h->out, &left, &why) != MOXY_OK) {
+        h2o_fail(h, 502, why);
+    } else if (left > 0) {
+        if (!h->writing) event_add(&h->wev, h->g->ctv_upstream);
+        h->writing = 1;
+    } else if (h->writing) {
+        event_del(&h->wev);
         h->writing = 0;
-        if (!nghttp2_session_want_write(h->ng)) break;
     }
     if (!h->dead && !nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
         h2o_close(h, 502, NULL); /* a GOAWAY went or came and no stream is left */
