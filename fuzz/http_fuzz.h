@@ -72,6 +72,13 @@ __attribute__((used)) static const void *const ffi_objects[] = {
 #define HTTP_FUZZ_LISTEN "\"127.0.0.1:1\""
 #endif
 
+/* Text a harness adds to the pool "app"'s table, after its last key (so it
+ * starts with a comma), e.g. ", protocol = \"h2\"" (a harness may define
+ * it before including this file); by default nothing. */
+#ifndef HTTP_FUZZ_POOL_EXTRA
+#define HTTP_FUZZ_POOL_EXTRA ""
+#endif
+
 /* Invariants a run leaves out: HTTP_FUZZ_SKIP="id,id" (each check names
  * its id), for a finding not fixed yet, so that a run goes on past it; by
  * default none: every check holds. */
@@ -644,7 +651,7 @@ static const char CONF[] =
     "  listen = " HTTP_FUZZ_LISTEN ",\n" /* never opened: connections are handed over */
     "  trusted_proxies = { \"192.0.2.0/24\" },\n"
     "  upstreams = { app = { servers = { \"127.0.0.1:%d\" }, keepalive = 4, keepalive_timeout = \"5s\",\n"
-    "                        tries = 1, passive = false } },\n"
+    "                        tries = 1, passive = false" HTTP_FUZZ_POOL_EXTRA " } },\n"
     "  limits = { header_bytes = \"8k\", headers = 64, uri_bytes = \"4k\", body_bytes = \"64k\" },\n"
     "  timeouts = { client_header = \"2s\", client_body = \"2s\", client_send = \"2s\", connect = \"1s\",\n"
     "               upstream = \"2s\", keepalive = \"2s\", drain = \"1s\" },\n"

@@ -180,9 +180,19 @@ static int head_recv(moxy_upconn_t *u, const nghttp2_frame *f)
     const moxy_header_t *cl = rs->fields ? moxy_headers_get(rs->fields, "content-length", 14) : NULL;
     if (rs->head_request || status == 204 || status == 304) {
         rs->body_kind = MOXY_BODY_NONE;
-    } else if (cl) { /* nghttp2 checked it, and checks the DATA against it */
+    } else if (cl) {
+        /* nghttp2 checked it is digits that fit in 63 bits (leading zeros
+         * and all: fuzz/h2_origin_fuzz.c found "000...017" read as 0), and
+         * checks the DATA against it */
         uint64_t n = 0;
-        for (uint32_t i = 0; i < cl->value_len && i < 19; i++) n = n * 10 + (uint64_t)(cl->value[i] - '0');
+        for (uint32_t i = 0; i < cl->value_len; i++) {
+            unsigned d = (unsigned)(cl->value[i] - '0');
+            if (d > 9 || n > (UINT64_MAX - d) / 10) {
+                stream_fail(u, 502, "origin sent an invalid content-length");
+                return MOXY_ERROR;
+            }
+            n = n * 10 + d;
+        }
         rs->body_kind = n ? MOXY_BODY_LENGTH : MOXY_BODY_NONE;
         rs->body_left = n;
     } else if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
@@ -959,7 +969,9 @@ void moxy_origin_h2_resume(moxy_upconn_t *u)
 
 int moxy_origin_h2_head(moxy_upconn_t *u)
 {
-    if (u->h2_head) {
+    /* a stream that failed before its head went on fails as a whole (a 502,
+     * not a head cut short) */
+    if (u->h2_head && !u->fail_why) {
         u->resp->head_done = 1;
         return MOXY_OK;
     }

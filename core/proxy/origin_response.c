@@ -64,6 +64,11 @@ void moxy_origin_response_start(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
     const moxy_conf_t *conf = u->g->conf;
+    /* a failed try may have left fields of a head it never finished (found
+     * by fuzz/h2_origin_fuzz.c: a refused stream's content-length came back
+     * in the retry's head) */
+    r->resp_headers.n = 0;
+    r->resp_trailers.n = 0;
     moxy_h1_resp_init(u->resp, &origin_resp_ops, u, &r->mem, &r->resp_headers, &r->resp_trailers,
                       r->method == HTTP_HEAD, conf->limits.header_bytes, (uint32_t)conf->limits.headers);
 }
