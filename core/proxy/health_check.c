@@ -233,6 +233,10 @@ static void judge(health_peer_t *hp)
 static const char *keep_body(health_peer_t *hp, const char *at, struct evbuffer *in, size_t n)
 {
     size_t keep = hp->pool->re ? MOXY_MIN(n, HEALTH_BODY_MAX - hp->blen) : 0;
+    if (!keep) { /* nothing kept: hp->body may be NULL */
+        if (!at) evbuffer_drain(in, n);
+        return NULL;
+    }
     if (hp->blen + keep > hp->bcap) {
         size_t cap = hp->bcap ? hp->bcap : 4096;
         while (cap < hp->blen + keep)
