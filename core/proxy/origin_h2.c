@@ -566,6 +566,13 @@ static void h2o_ready(moxy_h2o_t *h)
     h->tls_wait = 0;
     if (h->writing) event_del(&h->wev);
     h->writing = 0;
+    long long now = moxy_mono_us();
+    moxy_upconn_t *u;
+    TAILQ_FOREACH(u, &h->streams, h2_link) {
+        if (!u->req || u->req->up_connected_us) continue;
+        u->req->up_connected_us = now;
+        moxy_hist_add(&h->stats->connect_time, now - u->req->up_started_us);
+    }
     /* the streams wait for the server's SETTINGS (h2o_dispatch): how many
      * it takes at once is in them */
     h2o_want_read(h);
