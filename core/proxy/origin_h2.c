@@ -13,7 +13,9 @@
  *
  * A connection takes new streams while it has fewer than the pool's
  * max_streams and the server's SETTINGS_MAX_CONCURRENT_STREAMS and no
- * GOAWAY came; else another is opened.  Flow control: each stream's
+ * GOAWAY came; else another is opened.  A new connection holds its streams
+ * until the server's first SETTINGS: those it cannot take at once move to
+ * another connection (h2o_dispatch).  Flow control: each stream's
  * window (256 KiB) is given back as its bytes go on to the client, so a
  * slow client holds at most that much of its stream and the others go on;
  * the connection's window is given back as bytes arrive.  A stream the

@@ -175,6 +175,10 @@ describe("HTTP/2 to origins", function()
     body, code = curl(url("/upload"), "--data-binary @" .. f .. " -H 'Transfer-Encoding: chunked'")
     assert.equal(200, code, body)
     assert.equal(sha, assert(cjson.decode(body)).sha256)
+    -- with Expect: 100-continue (moxy answers the 100 itself, then streams the body as DATA)
+    local out = helpers.sh(string.format("timeout %d curl -sS --http1.1 -H 'Expect: 100-continue' --data-binary @%s '%s'",
+      math.ceil(20 * S), f, url("/upload")))
+    assert.equal(sha, (assert(cjson.decode(out), out)).sha256)
     body, code = curl(url("/upload"), "--data-binary @" .. f, true) -- an HTTP/2 client's DATA
     assert.equal(200, code, body)
     assert.equal(sha, assert(cjson.decode(body)).sha256)
