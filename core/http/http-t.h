@@ -438,7 +438,9 @@ struct moxy_client_s {
     moxy_worker_t *w;
     moxy_conn_t conn;           /* the socket and its transport (fd -1: closed) */
     moxy_client_state_t state;
-    struct event rev, wev;
+    struct event rev;
+    struct event *wev;          /* made when a write first waits for the socket; freed when idle
+                                   (an idle keep-alive connection costs its struct and little more) */
     struct evbuffer *in;        /* NULL while idle */
     struct evbuffer *out;       /* NULL while idle */
     moxy_req_t *req;            /* current request, NULL between requests */

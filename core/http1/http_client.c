@@ -38,6 +38,25 @@
 
 static void client_read_cb(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Wait for c's socket to take more (timeout tv, or none): its write event
+ * is made on first use.  MOXY_ERROR: out of memory. */
+static int client_want_write(moxy_client_t *c, const struct timeval *tv)
+{
+    if (!c->wev && !(c->wev = event_new(c->w->base, c->conn.fd, EV_WRITE | EV_PERSIST, client_write_cb, c)))
+        return MOXY_ERROR;
+    event_add(c->wev, tv);
+    c->writing = 1;
+    return MOXY_OK;
+}
+
+/* Stop waiting to write (the event is kept for the next wait). */
+static void client_stop_write(moxy_client_t *c)
+{
+    if (!c->writing) return;
+    event_del(c->wev);
+    c->writing = 0;
+}
 static void client_finish_request(moxy_client_t *c);
 static void request_log(moxy_client_t *c);
 static void request_hooks_done(moxy_req_t *r, int rc);
@@ -189,7 +208,6 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     event_assign(&c->rev, w->base, fd, EV_READ | EV_PERSIST, client_read_cb, c);
-    event_assign(&c->wev, w->base, fd, EV_WRITE | EV_PERSIST, client_write_cb, c);
     LIST_INSERT_HEAD(&w->sessions, &c->s, link);
     MOXY_STAT_ADD(w->nconns, 1);
     /* The first request gets the client_header timeout from accept on. */
@@ -204,6 +222,7 @@ static void client_free(moxy_client_t *c)
     moxy_worker_t *w = c->w;
     if (c->in) moxy_worker_buf_put(w, c->in);
     if (c->out) moxy_worker_buf_put(w, c->out);
+    if (c->wev) event_free(c->wev);
     if (c->tls) moxy_tls_server_free(c->tls);
     LIST_REMOVE(&c->s, link);
     free(c);
@@ -247,7 +266,7 @@ void moxy_client_close(moxy_client_t *c)
     }
     if (c->hello_task) moxy_lua_hello_drop(c->hello_task);
     event_del(&c->rev);
-    event_del(&c->wev);
+    client_stop_write(c);
     moxy_conn_close(&c->conn);
     c->conn.fd = -1;
     if (c->busy == 0) client_free(c);
@@ -393,13 +412,13 @@ int moxy_client_send(moxy_client_t *c)
         left = evbuffer_get_length(c->out);
     }
     if (left > 0) {
-        if (!c->writing) {
-            event_add(&c->wev, c->req ? c->req->g->ctv_client_send : c->w->g->ctv_client_send);
-            c->writing = 1;
+        if (!c->writing && client_want_write(c, c->req ? c->req->g->ctv_client_send : c->w->g->ctv_client_send) !=
+                               MOXY_OK) {
+            moxy_client_close(c);
+            return MOXY_ERROR;
         }
-    } else if (c->writing) {
-        event_del(&c->wev);
-        c->writing = 0;
+    } else {
+        client_stop_write(c);
     }
     if (c->state == MOXY_C_CLOSING && left == 0) {
         client_flushed_close(c);
@@ -727,8 +746,8 @@ static void client_to_h2(moxy_client_t *c)
         moxy_req_release(r);
     }
     event_del(&c->rev);
-    event_del(&c->wev);
-    c->reading = c->writing = 0;
+    client_stop_write(c);
+    c->reading = 0;
     c->conn.fd = -1;
     c->dead = 1;
     moxy_h2_accept(c->w, &conn, &from, c->in); /* counted in the worker's connections before c goes */
@@ -769,14 +788,14 @@ static int client_tls_step(moxy_client_t *c)
         return MOXY_ERROR;
     }
     if (rc == MOXY_AGAIN && want == EV_WRITE) {
-        if (!c->writing) event_add(&c->wev, NULL); /* the head deadline on rev bounds it */
-        c->writing = 1;
+        /* the head deadline on rev bounds it */
+        if (!c->writing && client_want_write(c, NULL) != MOXY_OK) {
+            moxy_client_close(c);
+            return MOXY_ERROR;
+        }
         return MOXY_AGAIN;
     }
-    if (c->writing) {
-        event_del(&c->wev);
-        c->writing = 0;
-    }
+    client_stop_write(c);
     if (rc == MOXY_AGAIN) return MOXY_AGAIN;
     c->tls_wait = 0;
     moxy_tls_info_t info;
@@ -948,6 +967,10 @@ static void client_finish_request(moxy_client_t *c)
         moxy_worker_buf_put(c->w, c->in);
         moxy_worker_buf_put(c->w, c->out);
         c->in = c->out = NULL;
+        if (c->wev && !c->writing) {
+            event_free(c->wev);
+            c->wev = NULL;
+        }
     }
 }
 
