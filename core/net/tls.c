@@ -434,6 +434,15 @@ int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info)
     return 1;
 }
 
+int moxy_tls_alpn_h2(const moxy_conn_t *c)
+{
+    if (c->t != &moxy_transport_tls || !c->ctx || !((tls_conn_t *)c->ctx)->done) return 0;
+    const unsigned char *alpn = NULL;
+    unsigned alen = 0;
+    SSL_get0_alpn_selected(((tls_conn_t *)c->ctx)->ssl, &alpn, &alen);
+    return alen == 2 && memcmp(alpn, "h2", 2) == 0;
+}
+
 /* --- shared with tls_server.c --- */
 
 /* Print OpenSSL's error queue's last reason after prefix on err. */

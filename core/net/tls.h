@@ -160,6 +160,10 @@ typedef struct moxy_tls_info_s {
     const char *ja4;     /* the client hello's JA4 fingerprint, or NULL (server side) */
 } moxy_tls_info_t;
 
+/* 1 when c is a TLS connection past its handshake that agreed on ALPN
+ * "h2" (an HTTP/2 origin or health check must). */
+int moxy_tls_alpn_h2(const moxy_conn_t *c);
+
 /* 1 and *info filled when c is a TLS connection past its handshake. */
 int moxy_tls_info(const moxy_conn_t *c, moxy_tls_info_t *info);
 

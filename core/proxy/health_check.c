@@ -463,8 +463,7 @@ static void tls_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (hp->pool->conf->protocol == MOXY_UP_H2) {
-        moxy_tls_info_t info;
-        if (!moxy_tls_info(&hp->conn, &info) || !info.alpn || strcmp(info.alpn, "h2") != 0) {
+        if (!moxy_tls_alpn_h2(&hp->conn)) {
             round_end(hp, "the peer did not agree to HTTP/2 (ALPN)");
             return;
         }

@@ -308,26 +308,28 @@ static int body_chunked(const moxy_req_t *r)
     return !r->up->h2 && r->body_kind == MOXY_BODY_CHUNKED && !r->body_buffered;
 }
 
-static void origin_body(moxy_req_t *r, struct evbuffer *from, size_t n)
+/* n body bytes toward the origin: moved from the front of from, or else
+ * copied from data; framed as a chunk when the head said chunked. */
+static void body_piece(moxy_req_t *r, struct evbuffer *from, const char *data, size_t n)
 {
     if (!n) return;
     moxy_upconn_t *u = r->up;
     int chunked = body_chunked(r);
     if (chunked) moxy_chunk_head(u->out, n);
-    moxy_io_move(u->out, from, n);
+    if (from) moxy_io_move(u->out, from, n);
+    else evbuffer_add(u->out, data, n);
     if (chunked) evbuffer_add(u->out, "\r\n", 2);
     r->body_sent = 1;
 }
 
+static void origin_body(moxy_req_t *r, struct evbuffer *from, size_t n)
+{
+    body_piece(r, from, NULL, n);
+}
+
 static void origin_body_data(moxy_req_t *r, const char *data, size_t n)
 {
-    if (!n) return;
-    moxy_upconn_t *u = r->up;
-    int chunked = body_chunked(r);
-    if (chunked) moxy_chunk_head(u->out, n);
-    evbuffer_add(u->out, data, n);
-    if (chunked) evbuffer_add(u->out, "\r\n", 2);
-    r->body_sent = 1;
+    body_piece(r, NULL, data, n);
 }
 
 static void origin_body_end(moxy_req_t *r)

@@ -65,7 +65,6 @@ struct moxy_h2o_s {
     nghttp2_session *ng;         /* NULL until connected */
     TAILQ_HEAD(, moxy_upconn_s) streams; /* its tries, submitted or waiting for the connection */
     int nstreams;
-    unsigned long long served;   /* streams it has carried */
     unsigned connected : 1, tls_wait : 1, tcp_up : 1, https : 1;
     unsigned settings : 1;       /* the server's first SETTINGS came: streams may go */
     unsigned dispatch_due : 1;   /* they came while nghttp2 read: dispatch after */
@@ -288,20 +287,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     return 0;
 }
 
-/* The name of field h for HTTP/2: lower case (a copy when it is not). */
-static const char *lower_name(moxy_pool_t *mem, const moxy_header_t *h)
-{
-    uint32_t i = 0;
-    while (i < h->name_len && !(h->name[i] >= 'A' && h->name[i] <= 'Z')) i++;
-    if (i == h->name_len) return h->name;
-    char *p = moxy_palloc(mem, h->name_len);
-    if (!p) return NULL;
-    for (i = 0; i < h->name_len; i++) {
-        char c = h->name[i];
-        p[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-    }
-    return p;
-}
+/* A field for nghttp2, copied by it (and its name lower-cased) when submitted. */
+#define NV(n, nl, v, vl) ((nghttp2_nv){(uint8_t *)(n), (uint8_t *)(v), (nl), (vl), NGHTTP2_NV_FLAG_NONE})
 
 /* The request body's payload for a DATA frame: what u->out holds, the end
  * once the client's body ended (its trailers after). */
@@ -325,10 +312,8 @@ static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
             size_t k = 0;
             for (uint32_t i = 0; nv && i < r->trailers.n; i++) {
                 const moxy_header_t *t = &r->trailers.h[i];
-                const char *name = t->kind & MOXY_HK_TRAILER_FORBIDDEN ? NULL : lower_name(&r->mem, t);
-                if (!name) continue;
-                nv[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)t->value, t->name_len, t->value_len,
-                                       NGHTTP2_NV_FLAG_NONE};
+                if (t->kind & MOXY_HK_TRAILER_FORBIDDEN) continue;
+                nv[k++] = NV(t->name, t->name_len, t->value, t->value_len);
             }
             if (k && nghttp2_submit_trailer(ng, id, nv, k) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         }
@@ -475,7 +460,6 @@ static void h2o_flush_cb(evutil_socket_t fd, short what, void *arg)
     h2o_send(h);
 }
 
-#define NV(n, nl, v, vl) ((nghttp2_nv){(uint8_t *)(n), (uint8_t *)(v), (nl), (vl), NGHTTP2_NV_FLAG_NONE})
 
 /* Submit u's request: its head (the pseudo-fields, r's fields less the
  * hop-by-hop ones, the length of its body when known), its body as it
@@ -504,12 +488,7 @@ static int stream_submit(moxy_h2o_t *h, moxy_upconn_t *u)
                        MOXY_HK_CL | MOXY_HK_EXPECT))
             continue;
         if (etag && (f->kind & MOXY_HK_CONDITION)) continue; /* the cache's own validators follow */
-        const char *name = lower_name(&r->mem, f);
-        if (!name) {
-            stream_fail(u, 500, "out of memory");
-            return MOXY_ERROR;
-        }
-        nv[k++] = NV(name, f->name_len, f->value, f->value_len);
+        nv[k++] = NV(f->name, f->name_len, f->value, f->value_len); /* nghttp2's copy lower-cases it */
     }
     if (r->te_trailers) nv[k++] = NV("te", 2, "trailers", 8);
     if (etag) nv[k++] = NV("if-none-match", 13, etag, strlen(etag));
@@ -531,7 +510,6 @@ static int stream_submit(moxy_h2o_t *h, moxy_upconn_t *u)
         return MOXY_ERROR;
     }
     u->stream_id = id;
-    h->served++;
     MOXY_STAT_ADD(h->stats->h2_streams, 1);
     return MOXY_OK;
 }
@@ -542,8 +520,7 @@ static void h2o_ready(moxy_h2o_t *h)
 {
     const moxy_conf_t *conf = h->g->conf;
     if (h->https) {
-        moxy_tls_info_t info;
-        if (!moxy_tls_info(&h->conn, &info) || !info.alpn || strcmp(info.alpn, "h2") != 0) {
+        if (!moxy_tls_alpn_h2(&h->conn)) {
             h2o_fail(h, 502, "origin did not agree to HTTP/2 (ALPN)");
             return;
         }
