@@ -491,10 +491,7 @@ static void connected(health_peer_t *hp)
         return;
     }
     if (uc->tls && uc->tls_client) {
-        char ip[64];
-        const char *sni;
-        const char *host = moxy_upstream_tls_names(uc, hp->server, ip, sizeof(ip), &sni);
-        if (moxy_tls_connect(&hp->conn, uc->tls_client, sni, host) != MOXY_OK) {
+        if (moxy_upstream_tls_connect(&hp->conn, uc, hp->server) != MOXY_OK) {
             round_end(hp, "out of memory");
             return;
         }

@@ -741,10 +741,7 @@ void moxy_origin_tls_step(moxy_upconn_t *u)
 {
     const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
     if (!u->tls_wait) { /* TCP just connected: TLS begins, within timeouts.connect */
-        char ip[64];
-        const char *sni;
-        const char *host = moxy_upstream_tls_names(uc, u->server, ip, sizeof(ip), &sni);
-        if (moxy_tls_connect(&u->conn, uc->tls_client, sni, host) != MOXY_OK) {
+        if (moxy_upstream_tls_connect(&u->conn, uc, u->server) != MOXY_OK) {
             moxy_origin_fail(u, 502, "out of memory", 0);
             return;
         }

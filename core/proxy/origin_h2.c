@@ -563,10 +563,7 @@ static void h2o_tls_step(moxy_h2o_t *h)
 {
     const moxy_upstream_conf_t *uc = &h->g->conf->upstreams[h->pool];
     if (!h->tls_wait) {
-        char ip[64];
-        const char *sni;
-        const char *host = moxy_upstream_tls_names(uc, h->server, ip, sizeof(ip), &sni);
-        if (moxy_tls_connect(&h->conn, uc->tls_client, sni, host) != MOXY_OK) {
+        if (moxy_upstream_tls_connect(&h->conn, uc, h->server) != MOXY_OK) {
             h2o_fail(h, 500, "out of memory");
             return;
         }

@@ -4,6 +4,7 @@
  * retry budget.
  */
 #include "proxy/upstream.h"
+#include "net/tls.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
 
@@ -478,4 +479,12 @@ const char *moxy_upstream_tls_names(const moxy_upstream_conf_t *uc, int server, 
     memcpy(buf, t, n);
     buf[n] = '\0';
     return buf;
+}
+
+int moxy_upstream_tls_connect(struct moxy_conn_s *c, const moxy_upstream_conf_t *uc, int server)
+{
+    char ip[64];
+    const char *sni;
+    const char *host = moxy_upstream_tls_names(uc, server, ip, sizeof(ip), &sni);
+    return moxy_tls_connect(c, uc->tls_client, sni, host);
 }

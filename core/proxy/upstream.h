@@ -241,6 +241,12 @@ double moxy_peer_ewma(const moxy_peer_t *p, long long now);
 const char *moxy_upstream_tls_names(const moxy_upstream_conf_t *uc, int server, char *buf, size_t len,
                                     const char **sni);
 
+/* c (plain, connected to server of uc's pool) becomes a TLS client
+ * connection as the pool says (those names, its client side); then
+ * moxy_tls_handshake.  MOXY_OK, or MOXY_ERROR (out of memory). */
+struct moxy_conn_s;
+int moxy_upstream_tls_connect(struct moxy_conn_s *c, const moxy_upstream_conf_t *uc, int server);
+
 /* Build up's Maglev table (balance = "hash").  MOXY_OK or MOXY_ERROR (out of memory). */
 int moxy_balancer_build(moxy_upstream_t *up);
 
