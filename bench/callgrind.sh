@@ -21,6 +21,7 @@ set -euo pipefail
 REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
 MOXY_BIN=${MOXY_BIN:-$REPO_DIR/moxy}
 N=${N:-2000}
+WARMUP=${WARMUP:-3000} # requests before counting: the JIT has compiled (or given up on) what it will
 VARIANTS=${VARIANTS:-"nohook noop moxy jit"}
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 
@@ -102,7 +103,7 @@ for variant in $VARIANTS; do
         (exec 3<>"/dev/tcp/127.0.0.1/$LISTEN_PORT") 2>/dev/null && break
         sleep 0.1
     done
-    send "$LISTEN_PORT" 200
+    send "$LISTEN_PORT" "$WARMUP"
     callgrind_control -z "$pid" >/dev/null 2>&1
     send "$LISTEN_PORT" "$N"
     callgrind_control -d "$pid" >/dev/null 2>&1

@@ -37,6 +37,7 @@ struct moxy_wgen_s {
     int refs;                    /* requests and running timer callbacks on it, + 1 while current */
     lua_State *L;
     struct moxy_lua_mem_s *lua_mem; /* L's memory accounting (lua.memory), or NULL */
+    int lua_gc_roomy;            /* L's collector runs at GC_PAUSE_ROOMY (lua_bridge.c) */
     int lua_body;                /* registry ref of runtime.coroutine_body, or LUA_NOREF (no hooks) */
     int lua_hooks[MOXY_PHASES];  /* hooks per phase (MOXY_PHASE_*) */
     int lua_phases;              /* phases with hooks: >1 keeps a request's txn between them */

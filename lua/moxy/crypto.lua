@@ -46,7 +46,8 @@ local function digest(alg)
   return function(s)
     str(s, "data", alg)
     local n = C.moxy_ffi_crypto_digest(alg, s, #s, md)
-    return ffi.string(md, n)
+    local s = ffi.string(md, n) -- not a tail call: see txn.lua's field()
+    return s
   end
 end
 M.sha1, M.sha256, M.sha384, M.sha512 = digest("sha1"), digest("sha256"), digest("sha384"), digest("sha512")
@@ -58,7 +59,8 @@ function M.hmac(alg, key, data)
   str(key, "key", "hmac")
   str(data, "data", "hmac")
   local n = C.moxy_ffi_crypto_hmac(alg, key, #key, data, #data, md)
-  return ffi.string(md, n)
+  local s = ffi.string(md, n) -- not a tail call: see txn.lua's field()
+  return s
 end
 
 function M.random_bytes(n)
@@ -67,7 +69,8 @@ function M.random_bytes(n)
   end
   local buf = ffi.new("unsigned char[?]", n > 0 and n or 1)
   if C.moxy_ffi_crypto_random(buf, n) ~= 0 then error("moxy.crypto.random_bytes: the random generator failed", 2) end
-  return ffi.string(buf, n)
+  local s = ffi.string(buf, n) -- not a tail call: see txn.lua's field()
+  return s
 end
 
 function M.hex(s)
@@ -87,7 +90,8 @@ function M.base64_encode(s)
   local out = ffi.new("char[?]", 4 * math.floor((#s + 2) / 3) + 1)
   local n = C.moxy_ffi_crypto_b64_encode(s, #s, out)
   if n < 0 then error("moxy.crypto.base64_encode: data too long", 2) end
-  return ffi.string(out, n)
+  local s = ffi.string(out, n) -- not a tail call: see txn.lua's field()
+  return s
 end
 
 function M.base64_decode(t)
@@ -95,7 +99,8 @@ function M.base64_decode(t)
   local out = ffi.new("unsigned char[?]", 3 * math.floor(#t / 4 + 1))
   local n = C.moxy_ffi_crypto_b64_decode(t, #t, out)
   if n < 0 then return nil end
-  return ffi.string(out, n)
+  local s = ffi.string(out, n) -- not a tail call: see txn.lua's field()
+  return s
 end
 
 local TO_URL = { ["+"] = "-", ["/"] = "_" }

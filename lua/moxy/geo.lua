@@ -66,7 +66,10 @@ local val = ffi.new("moxy_ffi_geo_value_t")
 
 local function value()
   local t = val.type
-  if t == STRING then return ffi_string(val.s, val.len) end
+  if t == STRING then
+    local s = ffi_string(val.s, val.len) -- not a tail call: see txn.lua's field()
+    return s
+  end
   if t == NUMBER then return val.n end
   if t == BOOLEAN then return val.n ~= 0 end
   return nil

@@ -50,7 +50,8 @@ local function conn(self, what)
   if cur == 0 or self._ptr ~= cur then
     error("hello:" .. what .. ": only inside the on_tls_hello hook that received it", 3)
   end
-  return ffi.cast(VOID_P, cur)
+  local p = ffi.cast(VOID_P, cur) -- not a tail call: see txn.lua's field()
+  return p
 end
 
 -- Present the certificates loaded for `name` (exact, or a wildcard one label
@@ -103,7 +104,8 @@ end
 
 local function cstr(p)
   if p == nil then return nil end
-  return ffi.string(p)
+  local s = ffi.string(p)
+  return s
 end
 
 local out = ffi.new("moxy_ffi_hello_t[1]")

@@ -63,9 +63,14 @@ local np = ffi.new("const char *[1]")
 local nl = ffi.new("size_t[1]")
 local ffi_string, type, tostring, error = ffi.string, type, tostring, error
 
+-- (No `return ffi_string(...)` in this file: a trace that starts in a
+-- function and ends in a tail call of a fast function cannot return to an
+-- interpreted caller -- LuaJIT aborts it, and after a few aborts blacklists
+-- the function, which then aborts every trace that would inline it.)
 local function field(r, f)
   if C.moxy_ffi_req_field(r, f, sp, sl) ~= OK then return nil end
-  return ffi_string(sp[0], sl[0])
+  local s = ffi_string(sp[0], sl[0])
+  return s
 end
 
 -- The address of the running hook's request, as a number (0: none).  A
@@ -81,7 +86,8 @@ local REQ_T = ffi.typeof("moxy_req_t *")
 -- hook, or used from code that runs outside hooks).
 local function req_ptr()
   if cur == 0 then error("txn: used outside of a hook of its request", 3) end
-  return cast(REQ_T, cur)
+  local r = cast(REQ_T, cur)
+  return r
 end
 
 -- Headers ------------------------------------------------------------------
@@ -99,7 +105,8 @@ end
 function Headers:get(name)
   check_name(name, "get")
   if C.moxy_ffi_header_get(req_ptr(), self._which, name, #name, 0, sp, sl) ~= OK then return nil end
-  return ffi_string(sp[0], sl[0])
+  local v = ffi_string(sp[0], sl[0])
+  return v
 end
 
 --- headers:get_all(name) -> a list of every value of header `name` (maybe empty).
@@ -177,7 +184,17 @@ local function set_target(path, query)
   end
 end
 
-local req = setmetatable({ headers = setmetatable({ _which = 0 }, Headers) }, {
+-- txn.req.headers and txn.resp.headers: the methods are the objects' own
+-- fields (headers:set is one table read, not a metatable's).
+local function headers_object(which)
+  local h = { _which = which }
+  for k, v in pairs(Headers) do
+    if k ~= "__index" then h[k] = v end
+  end
+  return setmetatable(h, Headers)
+end
+
+local req = setmetatable({ headers = headers_object(0) }, {
   __index = function(_, k)
     local f = REQ_FIELDS[k]
     if f then return field(req_ptr(), f) end
@@ -213,7 +230,7 @@ local PHASE = { request = 0, upstream = 1, upstream_request = 2, response = 3, b
                 error = 6, cache_key = 7, tls_hello = 8 }
 local phase = 0 -- of the running hook
 
-local resp = setmetatable({ headers = setmetatable({ _which = 1 }, Headers) }, {
+local resp = setmetatable({ headers = headers_object(1) }, {
   __index = function(_, k)
     if k == "status" then
       local s = C.moxy_ffi_resp_status(req_ptr(), 0)
@@ -255,7 +272,8 @@ local tls_out = ffi.new("moxy_ffi_tls_t[1]")
 
 local function cstr(p)
   if p == nil then return nil end
-  return ffi.string(p)
+  local s = ffi.string(p)
+  return s
 end
 
 -- txn.client.tls: what the client's TLS connection negotiated, nil over plain HTTP
@@ -486,7 +504,8 @@ function methods.read_body(_, max)
   if C.moxy_ffi_req_body(r, sp, sl) ~= OK then
     return nil, field(r, F.body_error) or "cannot read the body"
   end
-  return ffi_string(sp[0], sl[0])
+  local body = ffi_string(sp[0], sl[0])
+  return body
 end
 
 --- txn:log_field(name, value): add name=value to this request's access-log
@@ -533,7 +552,8 @@ local M = {}
 function M.new(ptr, ph)
   cur = ptr
   phase = ph or 0
-  return setmetatable({}, Txn)
+  local t = setmetatable({}, Txn)
+  return t
 end
 
 -- The running hook's request is `ptr` again (after a yield, or in a later
@@ -556,7 +576,8 @@ end
 -- The request of the running hook, or nil outside hooks.
 function M.current()
   if cur == 0 then return nil end
-  return cast(REQ_T, cur)
+  local r = cast(REQ_T, cur)
+  return r
 end
 
 M.C = C
