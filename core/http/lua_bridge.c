@@ -260,7 +260,10 @@ static int load_scripts(lua_State *L, const moxy_conf_t *conf)
  * grow to 4x (pause 400) halves the collection work per request (~330
  * instructions of ~20,000: bench/callgrind.sh).  Near lua.memory, whose
  * allocations fail rather than wait for a cycle, the default comes back:
- * above a quarter of the limit 2x, below an eighth 4x again. */
+ * above a quarter of the limit 2x, below an eighth 4x again.  The pause
+ * sets the next cycle's start when a cycle ends, so going to 2x ends one
+ * at once (a full collection, once per switch): the start the last cycle
+ * set at 4x may lie past the limit. */
 #define GC_PAUSE_ROOMY 400
 #define GC_PAUSE_TIGHT 200
 
@@ -271,6 +274,7 @@ static void gc_pace(moxy_wgen_t *g, size_t used)
     if (roomy == g->lua_gc_roomy) return;
     g->lua_gc_roomy = roomy;
     lua_gc(g->L, LUA_GCSETPAUSE, roomy ? GC_PAUSE_ROOMY : GC_PAUSE_TIGHT);
+    if (!roomy) lua_gc(g->L, LUA_GCCOLLECT, 0);
 }
 
 int moxy_lua_wgen_init(moxy_wgen_t *g)
