@@ -402,7 +402,7 @@ start_proxy() {
         start_bg "$name" "$logf" "$dir" env LISTEN_PORT="${PORT_OF[$name]}" \
             ORIGIN_PORT="$ORIGIN_PORT" MOXY_WORKERS="$MOXY_WORKERS" \
             MOXY_BENCH_VARIANT="$variant" \
-            "${PIN_PROXY[@]}" "$MOXY_BIN" -c "$BENCH_DIR/moxy-bench.lua"
+            "${PIN_PROXY[@]}" "$MOXY_BIN" -c "$BENCH_DIR/moxy-bench.lua" -p "$dir/moxy.pid"
         ;;
     esac
     PID_OF[$name]=$BG_PID

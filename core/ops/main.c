@@ -17,6 +17,7 @@
 #include "base/config.h"
 #include "ops/generation.h"
 #include "api/geoip.h"
+#include "net/event_mem.h"
 #include "proxy/health_check.h"
 #include "http/http.h"
 #include "http/request.h"
@@ -304,6 +305,7 @@ static void malloc_tune(void)
 int main(int argc, char **argv)
 {
     malloc_tune();
+    moxy_event_mem_init();
     moxy_modules_setup();
     if (argc >= 2 && strcmp(argv[1], "test") == 0) return moxy_test_main(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "reload") == 0) return reload_main(argc - 1, argv + 1);
@@ -510,5 +512,6 @@ out:
     moxy_pidfile_release(); /* removed if it names us: not after an upgrade took over, nor a failed start */
     moxy_log_close();
     libevent_global_shutdown();
+    moxy_event_mem_release();
     return status;
 }

@@ -1,0 +1,137 @@
+/*
+ * event_mem.c -- libevent's allocations through a per-thread cache; see
+ * event_mem.h.
+ *
+ * Blocks are plain malloc blocks, so realloc and free need no head.  A block
+ * of 512 B to 64 KiB is allocated as 2^k bytes (libevent sizes its chains
+ * in powers of two already); freed, a block whose usable size holds 2^k
+ * bytes joins list k of its thread while that list holds less than
+ * CLASS_KEEP bytes, else goes back to malloc.  So a thread keeps at most
+ * (CLASS_MAX - CLASS_MIN + 1) * CLASS_KEEP idle bytes, whatever its
+ * connections; smaller blocks (a connection's evbuffer and event structs)
+ * are plain malloc's.  A block may be freed on another thread than the one
+ * that allocated it: it joins that thread's list, or malloc.
+ */
+#include "net/event_mem.h"
+#include "base/moxy.h"
+
+#include <event2/event.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EVENT_MEM_PLAIN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EVENT_MEM_PLAIN 1
+#endif
+#endif
+
+#define CLASS_MIN 9  /* 512 B */
+#define CLASS_MAX 16 /* 64 KiB */
+#define CLASS_KEEP (64 * 1024)
+
+typedef struct free_block {
+    struct free_block *next;
+} free_block_t;
+
+typedef struct {
+    free_block_t *list[CLASS_MAX + 1];
+    size_t kept[CLASS_MAX + 1]; /* usable bytes on list[k] */
+    int registered;             /* the thread-exit destructor is armed */
+} cache_t;
+
+static _Thread_local cache_t cache;
+static pthread_key_t exit_key;
+static int exit_key_made;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+static void release(cache_t *c)
+{
+    for (int k = CLASS_MIN; k <= CLASS_MAX; k++) {
+        free_block_t *b = c->list[k];
+        while (b) {
+            free_block_t *next = b->next;
+            free(b);
+            b = next;
+        }
+        c->list[k] = NULL;
+        c->kept[k] = 0;
+    }
+}
+
+static void on_thread_exit(void *arg)
+{
+    release(arg);
+}
+
+static void make_exit_key(void)
+{
+    exit_key_made = pthread_key_create(&exit_key, on_thread_exit) == 0;
+}
+
+/* The smallest class holding n bytes; -1 past the classes. */
+static int class_of(size_t n)
+{
+    if (n > ((size_t)1 << CLASS_MAX)) return -1;
+    int k = CLASS_MIN;
+    while (((size_t)1 << k) < n) k++;
+    return k;
+}
+
+static void *mem_malloc(size_t n)
+{
+    if (n < ((size_t)1 << CLASS_MIN) / 2) return malloc(n); /* structs: exact */
+    int k = class_of(n);
+    if (k < 0) return malloc(n);
+    free_block_t *b = cache.list[k];
+    if (b) {
+        cache.list[k] = b->next;
+        cache.kept[k] -= (size_t)1 << k;
+        return b;
+    }
+    return malloc((size_t)1 << k);
+}
+
+static void mem_free(void *p)
+{
+    if (!p) return;
+    size_t u = malloc_usable_size(p);
+    if (u >= ((size_t)1 << CLASS_MIN) && u < ((size_t)1 << (CLASS_MAX + 1))) {
+        int k = CLASS_MIN; /* the largest class u holds */
+        while (k < CLASS_MAX && ((size_t)1 << (k + 1)) <= u) k++;
+        if (cache.kept[k] + ((size_t)1 << k) <= CLASS_KEEP) {
+            if (!cache.registered) {
+                /* the first block kept on this thread: free the lists when it exits */
+                pthread_once(&exit_once, make_exit_key);
+                cache.registered = 1;
+                if (exit_key_made) pthread_setspecific(exit_key, &cache);
+            }
+            free_block_t *b = p;
+            b->next = cache.list[k];
+            cache.list[k] = b;
+            cache.kept[k] += (size_t)1 << k;
+            return;
+        }
+    }
+    free(p);
+}
+
+static void *mem_realloc(void *p, size_t n)
+{
+    return realloc(p, n);
+}
+
+void moxy_event_mem_init(void)
+{
+#ifndef EVENT_MEM_PLAIN
+    event_set_mem_functions(mem_malloc, mem_realloc, mem_free);
+#endif
+}
+
+void moxy_event_mem_release(void)
+{
+    release(&cache);
+}
