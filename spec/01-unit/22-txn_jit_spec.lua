@@ -9,14 +9,17 @@
 -- ~350 ns).  These specs watch the JIT's own events while hooks use the API.
 local t = require "moxy.test"
 
--- "file:line: reason" of every aborted trace that started in, or aborted
--- in, lua/moxy/txn.lua while fn runs -- but for "loop unroll limit
--- reached", LuaJIT's normal way to a loop's trace when a compiled hook's loop
--- first runs into a function that is already hot.
+-- "file:line: reason" of every aborted root trace that started in, or
+-- aborted in, lua/moxy/txn.lua while fn runs: what LuaJIT penalizes and, a
+-- few times over, blacklists.  Not counted: side traces (a side exit of a
+-- compiled accessor that returns to the interpreted hook cannot be
+-- compiled on its own; it stays an exit, nothing is blacklisted) and "loop
+-- unroll limit reached" (the normal way to a loop's trace when a compiled
+-- hook's loop first runs into a function that is already hot).
 local function aborts_in_txn(fn)
   local jutil = require "jit.util"
   local vmdef = require "jit.vmdef"
-  local seen, starts = {}, {}
+  local seen, starts, side = {}, {}, {}
   local function where(func, pc)
     local info = jutil.funcinfo(func, pc)
     local src = info.source or ""
@@ -25,11 +28,11 @@ local function aborts_in_txn(fn)
   end
   local function on_trace(what, tr, func, pc, otr, oex)
     if what == "start" then
-      starts[tr] = where(func, pc)
+      starts[tr], side[tr] = where(func, pc), otr ~= nil and otr ~= 0
     elseif what == "abort" then
       local loc = starts[tr] or where(func, pc)
-      if loc and vmdef.traceerr[otr] ~= "loop unroll limit reached" then
-        local reason = vmdef.traceerr[otr] or tostring(otr)
+      local reason = vmdef.traceerr[otr] or tostring(otr)
+      if loc and not side[tr] and reason ~= "loop unroll limit reached" then
         if type(oex) == "number" then reason = reason:gsub("%%d", oex) end
         seen[#seen + 1] = loc .. ": " .. reason
       end
