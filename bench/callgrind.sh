@@ -3,7 +3,7 @@
 # hook variant, counted by valgrind's callgrind: deterministic, so unlike wrk
 # figures on a shared machine they compare across runs and commits.
 #
-#   bench/callgrind.sh                 variants nohook noop moxy jit, 2000 requests each
+#   bench/callgrind.sh                 variants nohook noop moxy reads jit, 2000 requests each
 #   N=5000 VARIANTS="moxy" bench/callgrind.sh
 #   VARIANTS="moxy nginx nginx-lua" bench/callgrind.sh   (the nginx peers of run.sh)
 #   VARIANTS="cache" bench/callgrind.sh   (cache hits: bench/moxy-cache-bench.lua)
@@ -22,7 +22,7 @@ REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
 MOXY_BIN=${MOXY_BIN:-$REPO_DIR/moxy}
 N=${N:-2000}
 WARMUP=${WARMUP:-3000} # requests before counting: the JIT has compiled (or given up on) what it will
-VARIANTS=${VARIANTS:-"nohook noop moxy jit"}
+VARIANTS=${VARIANTS:-"nohook noop moxy reads jit"}
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/moxy-callgrind.XXXXXX")
@@ -47,7 +47,7 @@ send() {
 import socket, sys
 port, count = int(sys.argv[1]), int(sys.argv[2])
 s = socket.create_connection(("127.0.0.1", port))
-req = b"GET /bytes/100 HTTP/1.1\r\nHost: bench\r\n\r\n"
+req = b"GET /bytes/100 HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind.sh\r\n\r\n"
 buf = b""
 for _ in range(count):
     s.sendall(req)
@@ -68,7 +68,8 @@ s.close()
 EOF
 }
 
-printf "%-8s %12s\n" variant "instr/req"
+printf "%-8s %12s %10s\n" variant "instr/req" "/nohook"
+NOHOOK=""
 for variant in $VARIANTS; do
     LISTEN_PORT=$(python3 "$REPO_DIR/bench/tools/free_ports.py" 1 | head -n 1)
     out="$WORK/callgrind.$variant"
@@ -112,5 +113,9 @@ for variant in $VARIANTS; do
     # the dump made after the N requests (the first one written by -d)
     dump=$(ls "$out.$pid".* 2>/dev/null | sort | head -n 1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-    printf "%-8s %12d\n" "$variant" $((total / N))
+    per=$((total / N))
+    [[ $variant == nohook ]] && NOHOOK=$per
+    ratio=-
+    [[ -n $NOHOOK ]] && ratio=$(awk -v a="$per" -v b="$NOHOOK" 'BEGIN {printf "%.3f", a / b}')
+    printf "%-8s %12d %10s\n" "$variant" "$per" "$ratio"
 done

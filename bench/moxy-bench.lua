@@ -33,6 +33,8 @@ local origin_port = port("ORIGIN_PORT")
 --                 users get it; MOXY_HOOK_JIT=1 lets the JIT compile it instead
 --   "jit"         bench-hook.lua with { jit = true } (no CPU budget on it)
 --   "noop"        bench-noop-hook.lua: on_request = function(txn) end (guarded)
+--   "reads"       bench-reads-hook.lua: five txn reads, two header sets, the
+--                 pick (guarded)
 --   "nohook"      no scripts at all: moxy's bare proxy path
 --   "geo"         bench-geo-hook.lua: scripts/geo_routing.lua's work (regions,
 --                 txn.client.geo, X-Geo-Country) on MOXY_BENCH_GEOIP, a City
@@ -46,12 +48,14 @@ elseif variant == "jit" then
   scripts = { { path = "bench-hook.lua", jit = true } }
 elseif variant == "noop" then
   scripts = { { path = "bench-noop-hook.lua", jit = false } }
+elseif variant == "reads" then
+  scripts = { { path = "bench-reads-hook.lua", jit = false } }
 elseif variant == "nohook" then
   scripts = {}
 elseif variant == "geo" then
   scripts = { { path = "bench-geo-hook.lua", jit = os.getenv("MOXY_HOOK_JIT") == "1" } }
 else
-  error("moxy-bench.lua: MOXY_BENCH_VARIANT must be moxy, jit, noop, nohook or geo, not "
+  error("moxy-bench.lua: MOXY_BENCH_VARIANT must be moxy, jit, noop, reads, nohook or geo, not "
         .. variant, 0)
 end
 

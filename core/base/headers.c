@@ -138,9 +138,11 @@ const moxy_header_t *moxy_headers_get(const moxy_headers_t *hs, const char *name
 
 int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen)
 {
-    uint32_t j = 0;
+    int first = moxy_headers_find(hs, name, nlen, 0);
+    if (first < 0) return 0; /* the common case: nothing moves */
+    uint32_t j = (uint32_t)first;
     int removed = 0;
-    for (uint32_t i = 0; i < hs->n; i++) {
+    for (uint32_t i = (uint32_t)first; i < hs->n; i++) {
         if (moxy_strieq(hs->h[i].name, hs->h[i].name_len, name, nlen)) {
             removed++;
             continue;
