@@ -76,9 +76,8 @@ static void make_exit_key(void)
 static int class_of(size_t n)
 {
     if (n > ((size_t)1 << CLASS_MAX)) return -1;
-    int k = CLASS_MIN;
-    while (((size_t)1 << k) < n) k++;
-    return k;
+    if (n <= ((size_t)1 << CLASS_MIN)) return CLASS_MIN;
+    return 64 - __builtin_clzll((unsigned long long)(n - 1));
 }
 
 static void *mem_malloc(size_t n)
@@ -100,8 +99,8 @@ static void mem_free(void *p)
     if (!p) return;
     size_t u = malloc_usable_size(p);
     if (u >= ((size_t)1 << CLASS_MIN) && u < ((size_t)1 << (CLASS_MAX + 1))) {
-        int k = CLASS_MIN; /* the largest class u holds */
-        while (k < CLASS_MAX && ((size_t)1 << (k + 1)) <= u) k++;
+        int k = 63 - __builtin_clzll((unsigned long long)u); /* the largest class u holds */
+        if (k > CLASS_MAX) k = CLASS_MAX;
         if (cache.kept[k] + ((size_t)1 << k) <= CLASS_KEEP) {
             if (!cache.registered) {
                 /* the first block kept on this thread: free the lists when it exits */
