@@ -137,9 +137,14 @@ $(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
 	$(CC) $(CFLAGS) $(MOXY_CFLAGS) -Ifuzz -fsanitize=fuzzer $(MOXY_LDFLAGS) -o $@ $< \
 	      $(BUILD)/libmoxy.a $(LDLIBS)
 
+# The performance figures (docs/performance.md): moxy against nginx and
+# nginx-lua with wrk (every peer of HOOKS=1, the 1 MiB case too), the txn
+# API per call, and callgrind's instructions per request.
 bench: moxy
 	@tools/deps.sh bench
-	bench/run.sh
+	HOOKS=1 LARGE_CONNS=50 bench/run.sh
+	bench/txn_api.sh
+	VARIANTS="nohook moxy reads jit cache" bench/callgrind.sh
 
 # The unit's ExecStart and ExecStartPre name $(PREFIX)/bin/moxy.
 UNIT_SED = sed 's|/usr/local/bin/moxy|$(PREFIX)/bin/moxy|g'

@@ -29,6 +29,8 @@
 #endif
 #endif
 
+#ifndef EVENT_MEM_PLAIN
+
 #define CLASS_MIN 9  /* 512 B */
 #define CLASS_MAX 16 /* 64 KiB */
 #define CLASS_KEEP (64 * 1024)
@@ -125,12 +127,22 @@ static void *mem_realloc(void *p, size_t n)
 
 void moxy_event_mem_init(void)
 {
-#ifndef EVENT_MEM_PLAIN
     event_set_mem_functions(mem_malloc, mem_realloc, mem_free);
-#endif
 }
 
 void moxy_event_mem_release(void)
 {
     release(&cache);
 }
+
+#else /* AddressSanitizer: libevent keeps malloc */
+
+void moxy_event_mem_init(void)
+{
+}
+
+void moxy_event_mem_release(void)
+{
+}
+
+#endif
