@@ -428,11 +428,10 @@ setmetatable(cache, CacheMT)
 
 local methods = {}
 local STATIC = { req = req, resp = resp, client = client, upstream = upstream, cache = cache }
--- Every txn starts as a copy of FIELDS: txn.req is a plain field, not a
--- call of Txn.__index (in an interpreted hook ~250 instructions a read; the
--- copy costs ~300 once per request: bench/txn_api.sh, bench/callgrind.sh).
-local FIELDS = { req = req, resp = resp, client = client, upstream = upstream, cache = cache }
-local clone = require "table.clone"
+-- A txn is an empty table whose metatable finds these (Txn.__index).  As
+-- plain fields of every txn they would save ~250 instructions a read in an
+-- interpreted hook but cost ~700 per request (a table with a hash part, and
+-- its collection): more than a hook's few reads gain (bench/callgrind.sh).
 
 local Txn = {
   __index = function(self, k)
@@ -557,7 +556,7 @@ local M = {}
 function M.new(ptr, ph)
   cur = ptr
   phase = ph or 0
-  local t = setmetatable(clone(FIELDS), Txn)
+  local t = setmetatable({}, Txn)
   return t
 end
 
