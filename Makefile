@@ -193,6 +193,7 @@ fmt:
 lint: $(OBJS)
 	@! grep -rn '#only' spec || (echo "lint: a spec is left with #only" && false)
 	luajit tools/check-ffi.lua
+	luajit tools/check-tailcalls.lua
 	@luajit tools/layers.lua -s core $(subst $(SPACE),$(COMMA),$(LAYERS)) $(OBJS) \
 	    > $(BUILD)/layers.txt || { grep -v '^known:' $(BUILD)/layers.txt; false; }
 	@tail -n 2 $(BUILD)/layers.txt

@@ -46,8 +46,8 @@ local function digest(alg)
   return function(s)
     str(s, "data", alg)
     local n = C.moxy_ffi_crypto_digest(alg, s, #s, md)
-    local s = ffi.string(md, n) -- not a tail call: see txn.lua's field()
-    return s
+    local out = ffi.string(md, n)
+    return out
   end
 end
 M.sha1, M.sha256, M.sha384, M.sha512 = digest("sha1"), digest("sha256"), digest("sha384"), digest("sha512")
@@ -59,7 +59,7 @@ function M.hmac(alg, key, data)
   str(key, "key", "hmac")
   str(data, "data", "hmac")
   local n = C.moxy_ffi_crypto_hmac(alg, key, #key, data, #data, md)
-  local s = ffi.string(md, n) -- not a tail call: see txn.lua's field()
+  local s = ffi.string(md, n)
   return s
 end
 
@@ -69,7 +69,7 @@ function M.random_bytes(n)
   end
   local buf = ffi.new("unsigned char[?]", n > 0 and n or 1)
   if C.moxy_ffi_crypto_random(buf, n) ~= 0 then error("moxy.crypto.random_bytes: the random generator failed", 2) end
-  local s = ffi.string(buf, n) -- not a tail call: see txn.lua's field()
+  local s = ffi.string(buf, n)
   return s
 end
 
@@ -90,8 +90,8 @@ function M.base64_encode(s)
   local out = ffi.new("char[?]", 4 * math.floor((#s + 2) / 3) + 1)
   local n = C.moxy_ffi_crypto_b64_encode(s, #s, out)
   if n < 0 then error("moxy.crypto.base64_encode: data too long", 2) end
-  local s = ffi.string(out, n) -- not a tail call: see txn.lua's field()
-  return s
+  local enc = ffi.string(out, n)
+  return enc
 end
 
 function M.base64_decode(t)
@@ -99,7 +99,7 @@ function M.base64_decode(t)
   local out = ffi.new("unsigned char[?]", 3 * math.floor(#t / 4 + 1))
   local n = C.moxy_ffi_crypto_b64_decode(t, #t, out)
   if n < 0 then return nil end
-  local s = ffi.string(out, n) -- not a tail call: see txn.lua's field()
+  local s = ffi.string(out, n)
   return s
 end
 
@@ -122,7 +122,8 @@ function M.public_key(pem)
   str(pem, "pem", "public_key")
   local k = C.moxy_ffi_crypto_pkey(pem, #pem, errbuf, 200)
   if k == nil then return nil, ffi.string(errbuf) end
-  return ffi.gc(k, C.moxy_ffi_crypto_pkey_free)
+  local key = ffi.gc(k, C.moxy_ffi_crypto_pkey_free)
+  return key
 end
 
 local VERIFY_ALGS = { RS256 = true, RS384 = true, RS512 = true, PS256 = true, PS384 = true, PS512 = true,

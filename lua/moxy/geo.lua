@@ -67,7 +67,7 @@ local val = ffi.new("moxy_ffi_geo_value_t")
 local function value()
   local t = val.type
   if t == STRING then
-    local s = ffi_string(val.s, val.len) -- not a tail call: see txn.lua's field()
+    local s = ffi_string(val.s, val.len)
     return s
   end
   if t == NUMBER then return val.n end

@@ -129,7 +129,8 @@ M.jit = u32[0] == 1
 local function pcre2_message(code)
   local n = P.pcre2_get_error_message_8(code, msgbuf, 256)
   if n < 0 then return "PCRE2 error " .. code end
-  return ffi_string(msgbuf, n)
+  local msg = ffi_string(msgbuf, n)
+  return msg
 end
 
 -- One match context per VM: the limits, and a JIT stack bigger than PCRE2's

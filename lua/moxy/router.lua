@@ -199,7 +199,8 @@ end
 
 --- router.new() -> an empty router.
 function M.new()
-  return setmetatable({ routes = {}, n = 0, any_host = false }, Router)
+  local router = setmetatable({ routes = {}, n = 0, any_host = false }, Router)
+  return router
 end
 
 --- r:add(method, pattern, handler, opts) -> r: add a route after the others.

@@ -303,7 +303,8 @@ Dict.__tostring = function(self) return "moxy." .. self._name end
 local M = {}
 
 local function new_dict(ptr, name)
-  return setmetatable({ _d = ptr, _name = "shared." .. name }, Dict)
+  local dict = setmetatable({ _d = ptr, _name = "shared." .. name }, Dict)
+  return dict
 end
 
 local function check_name(name, what)

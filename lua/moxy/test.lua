@@ -68,7 +68,8 @@ local M = {}
 
 local function field(r, f)
   if C.moxy_ffi_req_field(r, f, sp, sl) ~= OK then return nil end
-  return ffi_string(sp[0], sl[0])
+  local s = ffi_string(sp[0], sl[0])
+  return s
 end
 
 -- moxy.log during a run ------------------------------------------------------
@@ -129,7 +130,8 @@ function M.txn(fields)
   end
   local s = {}
   for k, v in pairs(fields) do s[k] = v end
-  return setmetatable(s, Spec)
+  local spec = setmetatable(s, Spec)
+  return spec
 end
 
 -- The request's headers as a list of { name, value }, Host first.
@@ -183,7 +185,8 @@ Upstream.__index = Upstream
 -- (.calls) and keeps every req (.requests).
 function M.upstream(fn)
   if type(fn) ~= "function" then error("t.upstream: fn must be a function, got " .. type(fn), 2) end
-  return setmetatable({ fn = fn, calls = 0, requests = {} }, Upstream)
+  local up = setmetatable({ fn = fn, calls = 0, requests = {} }, Upstream)
+  return up
 end
 
 local OriginHeaders = {}
@@ -268,7 +271,8 @@ function M.load(scripts)
   local ok, set = pcall(hook_set, scripts, "t.load")
   wrap_log(false)
   if not ok then error(set, 2) end
-  return setmetatable({ set = set }, Loaded)
+  local loaded = setmetatable({ set = set }, Loaded)
+  return loaded
 end
 
 -- t.run ----------------------------------------------------------------------

@@ -50,7 +50,7 @@ local function conn(self, what)
   if cur == 0 or self._ptr ~= cur then
     error("hello:" .. what .. ": only inside the on_tls_hello hook that received it", 3)
   end
-  local p = ffi.cast(VOID_P, cur) -- not a tail call: see txn.lua's field()
+  local p = ffi.cast(VOID_P, cur)
   return p
 end
 

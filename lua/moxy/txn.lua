@@ -63,10 +63,7 @@ local np = ffi.new("const char *[1]")
 local nl = ffi.new("size_t[1]")
 local ffi_string, type, tostring, error = ffi.string, type, tostring, error
 
--- (No `return ffi_string(...)` in this file: a trace that starts in a
--- function and ends in a tail call of a fast function cannot return to an
--- interpreted caller -- LuaJIT aborts it, and after a few aborts blacklists
--- the function, which then aborts every trace that would inline it.)
+-- (No `return ffi_string(...)`: `make lint` checks it, tools/check-tailcalls.lua says why.)
 local function field(r, f)
   if C.moxy_ffi_req_field(r, f, sp, sl) ~= OK then return nil end
   local s = ffi_string(sp[0], sl[0])
@@ -191,7 +188,8 @@ local function headers_object(which)
   for k, v in pairs(Headers) do
     if k ~= "__index" then h[k] = v end
   end
-  return setmetatable(h, Headers)
+  setmetatable(h, Headers)
+  return h
 end
 
 local req = setmetatable({ headers = headers_object(0) }, {
