@@ -11,7 +11,6 @@
 #include "net/tls.h"
 
 #include <stdlib.h>
-#include <pthread.h>
 #include <string.h>
 
 moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index)
@@ -114,26 +113,13 @@ void moxy_req_set_id(moxy_req_t *r)
     moxy_req_make_id(r);
 }
 
-/* "00" .. "ff": a byte's two hex digits */
-static char hex_pairs[256][2];
-static pthread_once_t hex_pairs_once = PTHREAD_ONCE_INIT;
-
-static void hex_pairs_init(void)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < 256; i++) {
-        hex_pairs[i][0] = hex[i >> 4];
-        hex_pairs[i][1] = hex[i & 15];
-    }
-}
-
 void moxy_req_make_id(moxy_req_t *r)
 {
-    pthread_once(&hex_pairs_once, hex_pairs_init);
-    uint64_t w[2] = {moxy_rng_next(r->w->rng), moxy_rng_next(r->w->rng)};
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = moxy_rng_next(r->w->rng), b = moxy_rng_next(r->w->rng);
     for (int i = 0; i < 16; i++) {
-        unsigned byte = (unsigned)(w[i >> 3] >> (56 - 8 * (i & 7))) & 0xff;
-        memcpy(r->id + 2 * i, hex_pairs[byte], 2);
+        r->id[i] = hex[(a >> (60 - 4 * i)) & 15];
+        r->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
     }
     r->id[32] = '\0';
     moxy_headers_remove_kind(&r->headers, MOXY_HK_XRID);
