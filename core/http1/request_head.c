@@ -361,7 +361,7 @@ static const char *head_scan(moxy_req_t *r, const char *p, size_t n)
         for (const char *sp = p; (sp = memchr(sp, ' ', (size_t)(stop - sp))) && sp + 1 < stop; sp++)
             if (sp[1] == ' ') return "malformed request line";
         if (!lf) {
-            r->head_prev = len ? stop[-1] : r->head_prev;
+            r->head_prev = end[-1]; /* p < end: the line goes on in the next read */
             return NULL;
         }
         r->head_line = 1;

@@ -288,6 +288,38 @@ describe("http hardening", function()
     assert.same({}, origin:saw("^/crlf"))
   end)
 
+  -- the head's checks carry their state from one read to the next
+  -- (request_head.c head_scan): a rule broken across a read boundary
+  it("holds the request line and obs-fold rules across reads of the head", function()
+    local function send_pieces(pieces)
+      local c = assert(helpers.connection(moxy.port))
+      for i, piece in ipairs(pieces) do
+        assert(c:send(piece))
+        if i < #pieces then helpers.sleep(0.1 * S) end -- moxy reads each piece on its own
+      end
+      local res = c:read_response()
+      c:close()
+      return res and res.status
+    end
+    local cases = {
+      { "double space", { "GET ", " /split-a HTTP/1.1\r\nHost: x\r\n\r\n" } },
+      { "double space before the version", { "GET /split-b ", " HTTP/1.1\r\nHost: x\r\n\r\n" } },
+      { "tab", { "GET /split-c", "\tHTTP/1.1\r\nHost: x\r\n\r\n" } },
+      { "obs-fold at a read's start", { "GET /split-d HTTP/1.1\r\nHost: x\r\nX-A: a\r\n", " b\r\n\r\n" } },
+      { "obs-fold after a split CRLF", { "GET /split-e HTTP/1.1\r\nHost: x\r\nX-A: a\r", "\n\tb\r\n\r\n" } },
+      { "obs-fold as the first field line", { "GET /split-f HTTP/1.1\r\n", " Host: x\r\n\r\n" } },
+    }
+    for _, case in ipairs(cases) do
+      assert.equal(400, send_pieces(case[2]), case[1])
+    end
+    assert.same({}, origin:saw("^/split"))
+    -- a good head cut anywhere, empty lines before it included, still goes through
+    local good = "\r\nGET /echo/split HTTP/1.1\r\nHost: x\r\nX-A: a b\r\nConnection: close\r\n\r\n"
+    for _, cut in ipairs { 1, 2, 4, 5, 19, 20, 31, 40, 47 } do
+      assert.equal(200, send_pieces { good:sub(1, cut), good:sub(cut + 1) }, "cut at " .. cut)
+    end
+  end)
+
   it("a malformed chunk that came with the head is answered 400 before any origin sees the head", function()
     -- an idle keep-alive connection to the origin: a head would go out at once
     assert.equal(200, helpers.request(moxy.port, { path = "/echo" }).status)
