@@ -19,7 +19,6 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <string.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EVENT_MEM_PLAIN 1
@@ -120,14 +119,9 @@ static void mem_free(void *p)
     free(p);
 }
 
-static void *mem_realloc(void *p, size_t n)
-{
-    return realloc(p, n);
-}
-
 void moxy_event_mem_init(void)
 {
-    event_set_mem_functions(mem_malloc, mem_realloc, mem_free);
+    event_set_mem_functions(mem_malloc, realloc, mem_free); /* blocks are malloc's */
 }
 
 void moxy_event_mem_release(void)
