@@ -524,7 +524,8 @@ static int co_resume(moxy_lua_task_t **tp, int nargs)
     }
     task_drop(t);
     /* what the failed hook held is garbage now: give it back before the
-     * next hook needs the room */
+     * next hook needs the room (gc_pace's collection above, if it ran one,
+     * came while the failed run's coroutine still held it) */
     if (g->conf->lua_memory && used > g->conf->lua_memory / 2) lua_gc(g->L, LUA_GCCOLLECT, 0);
     if (r) {
         r->local = 0; /* a half-made answer is not sent */

@@ -460,7 +460,6 @@ static void h2o_flush_cb(evutil_socket_t fd, short what, void *arg)
     h2o_send(h);
 }
 
-
 /* Submit u's request: its head (the pseudo-fields, r's fields less the
  * hop-by-hop ones, the length of its body when known), its body as it
  * comes.  MOXY_ERROR: the stream failed. */
