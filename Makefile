@@ -25,13 +25,13 @@ CFLAGS    ?= -O2 -g
 MOXY_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fno-strict-aliasing \
              -I$(LLHTTP_INC) -Icore -DMOXY_LUADIR='"$(LUADIR)"' -DLLHTTP_STRICT_MODE=1 \
              $(shell pkg-config --cflags luajit)
-LDLIBS    += -lluajit-5.1 -levent_extra -levent_core -lssl -lcrypto -lz -lmaxminddb -lpcre2-8 -lnghttp2 -lpthread -lm -ldl
+LDLIBS    += -lluajit-5.1 -levent_extra -levent_core -lssl -lcrypto -lz -lbrotlienc -lbrotlidec -lzstd -lmaxminddb -lpcre2-8 -lnghttp2 -lpthread -lm -ldl
 MOXY_LDFLAGS = -Wl,-E
 
 BUILD     ?= build
 # core/ is in layers, lowest first: a folder uses only itself and the folders
 # before it (docs/architecture.md; `make lint` checks it on the objects).
-LAYERS    := base net http http2 http1 proxy cache api ops
+LAYERS    := base codec net http http2 http1 proxy cache api ops
 COMMA     := ,
 SPACE     := $(subst x, ,x)
 SRCS      := $(foreach l,$(LAYERS),$(wildcard core/$(l)/*.c))

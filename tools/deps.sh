@@ -3,16 +3,17 @@
 #
 #   tools/deps.sh          build + test dependencies (clang: the fuzz harnesses; wrk: failover under load;
 #                          chromium, chromium-driver, python3-selenium: the status page spec;
-#                          nghttp2-client, python3-h2, python3-grpcio: the HTTP/2 specs and origins)
+#                          nghttp2-client, python3-h2, python3-grpcio: the HTTP/2 specs and origins;
+#                          brotli, zstd: the compression specs decode what moxy sends)
 #   tools/deps.sh bench    also the benchmark peers (nginx, its Lua module, wrk) and valgrind (callgrind)
 #
 # Installs only what is missing, so it is cheap to call before every build.
 set -eu
 
 BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zlib1g-dev \
-libmaxminddb-dev libpcre2-dev libnghttp2-dev node-llhttp lua-cjson"
+libmaxminddb-dev libbrotli-dev libzstd-dev libpcre2-dev libnghttp2-dev node-llhttp lua-cjson"
 TEST="clang libclang-rt-14-dev openssl lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
-chromium chromium-driver python3-selenium nghttp2-client python3-h2 python3-grpcio"
+chromium chromium-driver python3-selenium nghttp2-client python3-h2 python3-grpcio brotli zstd"
 BENCH="nginx libnginx-mod-http-lua wrk util-linux iproute2 nghttp2-client valgrind"
 
 want="$BUILD $TEST"

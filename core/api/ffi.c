@@ -351,6 +351,15 @@ EXPORT int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value)
     return MOXY_ERROR;
 }
 
+EXPORT int moxy_ffi_resp_compress(moxy_req_t *r, int want, int encoding, int level)
+{
+    if (r->resp_head_sent || r->filtering || r->head_held) return MOXY_DECLINED;
+    r->compress_want = (int8_t)(want > 0 ? 1 : want < 0 ? -1 : 0);
+    r->compress_enc = (uint8_t)(encoding >= 1 && encoding <= 3 ? encoding : 0);
+    r->compress_level = (uint8_t)(level >= 0 && level <= 19 ? level : 0);
+    return MOXY_OK;
+}
+
 EXPORT int moxy_ffi_client_port(moxy_req_t *r, int socket)
 {
     return socket ? r->addr->sock_port : moxy_req_client_port(r);

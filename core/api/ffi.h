@@ -116,6 +116,12 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
  * an unknown flag. */
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 
+/* txn.resp:compress: want 1 compress (with encoding 1 gzip, 2 br, 3 zstd,
+ * or 0: the client's choice; level 0: the configured one), -1 leave the
+ * body as the origin sent it (no compression, no decoding), 0 as
+ * configured.  MOXY_DECLINED once the response's head is decided. */
+int moxy_ffi_resp_compress(moxy_req_t *r, int want, int encoding, int level);
+
 /* Write msg (len bytes) to the error log at level (MOXY_LOG_*), with r's id
  * when r is not NULL.  MOXY_DECLINED when the level is not logged. */
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);

@@ -436,7 +436,7 @@ EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
 EXPORT int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks)
 {
     /* moxy_body_filter_start + moxy_stream_send_head: the head is out */
-    r->filtering = body_hooks && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
+    r->filtering = r->filter_hooks = body_hooks && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
     r->resp_head_sent = 1;
     r->resp_state = MOXY_R_BODY;
     return r->filtering;

@@ -244,6 +244,79 @@ static int read_trusted(lua_State *L, int t, moxy_conf_t *c, FILE *err)
 
 /* Copy the normalised table at index t into conf.  On a bad address (which
  * the Lua side should have caught) prints it and returns MOXY_ERROR. */
+/* The normalised compression table at the top of the stack into cc.
+ * MOXY_ERROR: out of memory. */
+static int read_compress(lua_State *L, moxy_compress_conf_t *cc)
+{
+    int t = lua_gettop(L);
+    cc->enabled = field_bool(L, t, "enabled");
+    cc->min_length = (uint64_t)field_num(L, t, "min_length", 256);
+    lua_getfield(L, t, "encodings");
+    cc->norder = 0;
+    for (int i = 1; i <= (int)lua_objlen(L, -1) && cc->norder < 3; i++) {
+        lua_rawgeti(L, -1, i);
+        cc->order[cc->norder++] = (uint8_t)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    static const char *const names[4] = {NULL, "gzip", "br", "zstd"};
+    for (int e = 1; e < 4; e++) {
+        lua_getfield(L, t, names[e]);
+        int ct = lua_gettop(L);
+        cc->enc[e].level = (int)field_num(L, ct, "level", 1);
+        cc->enc[e].window = (int)field_num(L, ct, "window", 15);
+        cc->enc[e].mem_level = (int)field_num(L, ct, "mem_level", 8);
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, t, "decompress");
+    int d = lua_gettop(L);
+    cc->max_size = (uint64_t)field_num(L, d, "max_size", 256.0 * 1024 * 1024);
+    cc->max_ratio = field_num(L, d, "max_ratio", 100);
+    lua_getfield(L, d, "codings");
+    cc->decompress = 0;
+    for (int e = 1; e < 4; e++) {
+        lua_rawgeti(L, -1, e);
+        if (lua_toboolean(L, -1)) cc->decompress |= 1u << e;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    lua_getfield(L, t, "types");
+    cc->ntypes = (int)lua_objlen(L, -1);
+    cc->types = calloc((size_t)cc->ntypes + 1, sizeof(char *));
+    if (!cc->types) cc->ntypes = 0;
+    for (int i = 0; i < cc->ntypes; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        cc->types[i] = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+        lua_pop(L, 1);
+        if (!cc->types[i]) {
+            lua_pop(L, 1);
+            return MOXY_ERROR;
+        }
+    }
+    lua_pop(L, 1);
+    return cc->types ? MOXY_OK : MOXY_ERROR;
+}
+
+/* A listener's or a pool's compression (key "compression" of the table at
+ * idx): *out made, or left NULL when it has none. */
+static int read_compress_field(lua_State *L, int idx, moxy_compress_conf_t **out)
+{
+    lua_getfield(L, idx, "compression");
+    int rc = MOXY_OK;
+    if (lua_istable(L, -1)) {
+        *out = calloc(1, sizeof(**out));
+        rc = *out ? read_compress(L, *out) : MOXY_ERROR;
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+static void compress_free(moxy_compress_conf_t *cc)
+{
+    for (int i = 0; cc->types && i < cc->ntypes; i++) free(cc->types[i]);
+    free(cc->types);
+}
+
 static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
 {
     c->workers = (int)field_num(L, t, "workers", 0);
@@ -251,6 +324,14 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->pid_file = field_str(L, t, "pid_file");
     c->pid_file_set = field_bool(L, t, "pid_file_set");
     c->watch = field_bool(L, t, "watch");
+
+    lua_getfield(L, t, "compression");
+    c->compress_memory = (size_t)field_num(L, lua_gettop(L), "memory", 128.0 * 1024 * 1024);
+    if (read_compress(L, &c->compress) != MOXY_OK) {
+        fprintf(err, "%s: compression: out of memory\n", c->path);
+        return MOXY_ERROR;
+    }
+    lua_pop(L, 1);
 
     lua_getfield(L, t, "upstreams");
     c->nupstreams = (int)lua_objlen(L, -1);
@@ -285,6 +366,10 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         up->protocol = proto && strcmp(proto, "h2") == 0 ? MOXY_UP_H2 : MOXY_UP_HTTP1;
         free(proto);
         up->max_streams = (int)field_num(L, u, "max_streams", 100);
+        if (read_compress_field(L, u, &up->compress) != MOXY_OK) {
+            fprintf(err, "%s: upstreams.%s: out of memory\n", c->path, up->name ? up->name : "?");
+            return MOXY_ERROR;
+        }
         up->balance = balance_of(L, u);
         up->retry_timeout = field_num(L, u, "retry_timeout", 0);
         read_statuses(L, u, "retry_statuses", &up->retry_statuses);
@@ -332,6 +417,10 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         ls->backlog = (int)field_num(L, l, "backlog", 4096);
         ls->proxy_protocol = field_bool(L, l, "proxy_protocol");
         ls->http2 = field_bool(L, l, "http2");
+        if (read_compress_field(L, l, &ls->compress) != MOXY_OK) {
+            fprintf(err, "%s: listen[%d]: out of memory\n", c->path, i + 1);
+            return MOXY_ERROR;
+        }
         ls->upgrade = field_str(L, l, "upgrade");
         if (!ls->upgrade) ls->upgrade = strdup("websocket");
         if (read_tls(L, l, ls) != MOXY_OK) {
@@ -599,6 +688,8 @@ void moxy_conf_release(moxy_conf_t *c)
         free(u->health.path);
         free(u->health.host);
         free(u->health.body);
+        if (u->compress) compress_free(u->compress);
+        free(u->compress);
         if (u->state_owner) moxy_conf_release(u->state_owner);
         else if (u->state) u->state_free(u->state);
     }
@@ -608,7 +699,10 @@ void moxy_conf_release(moxy_conf_t *c)
         free(c->listens[i].name);
         free(c->listens[i].upgrade);
         tls_conf_free(c->listens[i].tls);
+        if (c->listens[i].compress) compress_free(c->listens[i].compress);
+        free(c->listens[i].compress);
     }
+    compress_free(&c->compress);
     free(c->listens);
     free(c->trusted);
     free(c->cache.purge);

@@ -90,6 +90,24 @@ typedef struct {
                                      this many (0: none kept) */
 } moxy_tls_conf_t;
 
+/* compression = {...} (http/compress.c): the top level's, or a listener's
+ * or a pool's (the top level's with its own keys over it).  Codings are
+ * numbered as codec/coder.h's MOXY_ENC_* (gzip 1, br 2, zstd 3). */
+typedef struct {
+    int enabled;          /* responses are compressed (decompress is apart) */
+    uint8_t order[3];     /* the codings moxy makes, preferred first */
+    int norder;
+    char **types;         /* media-type patterns as configured, lower case (exact, any subtype, or a suffix) */
+    int ntypes;
+    uint64_t min_length;  /* a body known to be shorter is sent as it is */
+    struct {
+        int level, window, mem_level; /* mem_level: gzip's only */
+    } enc[4];             /* by coding */
+    unsigned decompress;  /* bit 1 << coding: decoded for a client that does not accept it */
+    uint64_t max_size;    /* a decoded body's largest size */
+    double max_ratio;     /* and its largest ratio to what it was decoded from (past 1 MiB) */
+} moxy_compress_conf_t;
+
 typedef struct {
     moxy_addr_t addr;
     char *name;    /* listener name (txn.listener), defaults to the address text */
@@ -101,6 +119,7 @@ typedef struct {
     moxy_tls_conf_t *tls; /* NULL: plain */
     int http2;            /* HTTP/2 too: ALPN "h2" (preferred) with TLS, the preface (prior
                              knowledge) on a plain listener */
+    moxy_compress_conf_t *compress; /* its own compression, or NULL: the top level's */
 } moxy_listen_conf_t;
 
 /* An address block of trusted_proxies: the first bits bits of addr.  IPv4
@@ -175,6 +194,7 @@ typedef struct {
     int protocol;             /* MOXY_UP_*: HTTP/1.1, or HTTP/2 (TLS with ALPN h2, else prior knowledge) */
     int max_streams;          /* HTTP/2: streams a connection carries at once (and no more than
                                  the server's SETTINGS allow) */
+    moxy_compress_conf_t *compress; /* its own compression (before the listener's), or NULL */
     int tries;                /* peers a retryable request may try */
     double retry_timeout;     /* seconds from the first try after which none starts; 0: no limit */
     moxy_status_set_t retry_statuses; /* origin statuses that send a retryable request elsewhere */
@@ -256,6 +276,9 @@ typedef struct moxy_conf_s {
         char **targeted;    /* RFC 9213 fields replacing Cache-Control, in order ("CDN-Cache-Control") */
         int ntargeted;
     } cache;
+
+    moxy_compress_conf_t compress; /* the top level's compression */
+    size_t compress_memory;        /* bytes of compressor state a worker may hold; 0: no limit */
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
     int nshared;

@@ -334,7 +334,7 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         moxy_req_fail(r, 500, rc != MOXY_OK ? "script error in on_response" : "out of memory");
         return;
     }
-    moxy_stream_send_head(r);
+    moxy_body_send_head(r);
     moxy_cache_obj_t *o = r->cache_obj;
     if (!moxy_resp_has_body(r) || r->resp_body_kind == MOXY_BODY_NONE) {
         moxy_req_response_done(r);

@@ -3,6 +3,8 @@
  * body_filter.h.
  */
 #include "http/body_filter.h"
+#include "http/compress.h"
+#include "http/http.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
 #include "http/request.h"
@@ -13,9 +15,31 @@
 
 static void body_hooks_done(moxy_req_t *r, int rc);
 
-/* Send the on_body hooks' output (rc: how they ended) to the client.
- * MOXY_OK, or MOXY_ERROR when a hook failed: the response is cut (its head
- * is out). */
+/* The coder failed (why; MOXY_DECLINED: a decoder's guard): the origin is
+ * let go and the client gets a 502 when nothing of the response went out
+ * yet, else the response is cut.  MOXY_ERROR. */
+static int coding_failed(moxy_req_t *r, int rc, const char *why)
+{
+    if (r->up) r->origin->cut(r);
+    int bomb = rc == MOXY_DECLINED;
+    if (!r->resp_head_sent) {
+        r->filtering = 0; /* the 502 is moxy's own answer, framed as such */
+        r->head_held = 0;
+        moxy_log(MOXY_LOG_WARN, r->id, "%s of the origin's body %s: %s", moxy_compress_what(r),
+                 bomb ? "stopped" : "failed", why);
+        moxy_req_fail(r, 502, why);
+        return MOXY_ERROR;
+    }
+    r->error = why;
+    moxy_log(MOXY_LOG_WARN, r->id, "response cut: %s: %s", moxy_compress_what(r), why);
+    moxy_stream_abort(r);
+    return MOXY_ERROR;
+}
+
+/* Send what the stage made (rc: how the on_body hooks ended, MOXY_OK
+ * without hooks) to the client: the hooks' output, or the body as it came,
+ * through the coder when there is one.  MOXY_OK, or MOXY_ERROR when a hook
+ * or the coder failed: the response is cut (or answered with an error). */
 static int filter_emit(moxy_req_t *r, int rc)
 {
     if (rc == MOXY_ERROR) {
@@ -24,16 +48,27 @@ static int filter_emit(moxy_req_t *r, int rc)
         moxy_stream_abort(r);
         return MOXY_ERROR;
     }
-    size_t n = evbuffer_get_length(r->filter_out);
+    struct evbuffer *out = r->filter_hooks ? r->filter_out : r->filter_in;
+    if (r->coder) {
+        const char *why = NULL;
+        int crc = moxy_compress_run(r, out, r->filter_final, &why);
+        if (crc != MOXY_OK) return coding_failed(r, crc, why);
+        out = r->coded;
+    }
+    size_t n = evbuffer_get_length(out);
+    if (r->head_held && (n || r->filter_final)) {
+        r->head_held = 0;
+        moxy_stream_send_head(r);
+    }
     if (n) {
-        moxy_stream_send_body(r, r->filter_out, n);
+        moxy_stream_send_body(r, out, n);
         r->bytes_sent += n;
     }
     return MOXY_OK;
 }
 
 /* Hand what filter_in holds -- and the end, once the body is complete --
- * to the on_body hooks.  MOXY_OK: all handed over, more may come;
+ * to the on_body hooks (if any) and the coder (if any).  MOXY_OK: all handed over, more may come;
  * MOXY_AGAIN: a hook waits; MOXY_DONE: the body's last piece went out;
  * MOXY_ERROR: a hook failed and the client connection is cut. */
 static int filter_pump(moxy_req_t *r)
@@ -41,11 +76,14 @@ static int filter_pump(moxy_req_t *r)
     for (;;) {
         size_t n = evbuffer_get_length(r->filter_in);
         if (n == 0 && !r->filter_eof) return MOXY_OK;
-        const char *data = n ? (const char *)evbuffer_pullup(r->filter_in, (ev_ssize_t)n) : "";
         r->filter_final = r->filter_eof;
-        int rc = moxy_lua_run_body(r, data, n, r->filter_final, r->filter_out, body_hooks_done);
-        evbuffer_drain(r->filter_in, n); /* the hooks got a copy */
-        if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+        int rc = MOXY_OK;
+        if (r->filter_hooks) {
+            const char *data = n ? (const char *)evbuffer_pullup(r->filter_in, (ev_ssize_t)n) : "";
+            rc = moxy_lua_run_body(r, data, n, r->filter_final, r->filter_out, body_hooks_done);
+            evbuffer_drain(r->filter_in, n); /* the hooks got a copy */
+            if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+        }
         if (filter_emit(r, rc) != MOXY_OK) return MOXY_ERROR;
         if (r->filter_final) return MOXY_DONE;
     }
@@ -79,6 +117,7 @@ static void body_hooks_done(moxy_req_t *r, int rc)
 /* r ends: its buffers go back to the worker. */
 static void filter_free(moxy_req_t *r)
 {
+    moxy_compress_end(r);
     if (r->filter_in) moxy_worker_buf_put(r->w, r->filter_in);
     if (r->filter_out) moxy_worker_buf_put(r->w, r->filter_out);
     r->filter_in = r->filter_out = NULL;
@@ -154,11 +193,17 @@ void moxy_body_end(moxy_req_t *r)
 int moxy_body_filter_start(moxy_req_t *r)
 {
     moxy_worker_t *w = r->w;
-    r->filtering = moxy_lua_has(r->g, MOXY_PHASE_BODY) && !r->no_filter &&
-                   r->resp_body_kind != MOXY_BODY_NONE;
+    r->filter_hooks = moxy_lua_has(r->g, MOXY_PHASE_BODY) && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
+    if (moxy_compress_start(r) != MOXY_OK) return MOXY_ERROR;
+    r->filtering = r->filter_hooks || r->coder;
     if (!r->filtering) return MOXY_OK;
     moxy_req_cleanup_add(r, filter_free);
     if (!r->filter_in) r->filter_in = moxy_worker_buf_get(w);
-    if (!r->filter_out) r->filter_out = moxy_worker_buf_get(w);
-    return r->filter_in && r->filter_out ? MOXY_OK : MOXY_ERROR;
+    if (r->filter_hooks && !r->filter_out) r->filter_out = moxy_worker_buf_get(w);
+    return r->filter_in && (r->filter_out || !r->filter_hooks) ? MOXY_OK : MOXY_ERROR;
+}
+
+void moxy_body_send_head(moxy_req_t *r)
+{
+    if (!r->head_held) moxy_stream_send_head(r);
 }

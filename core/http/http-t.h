@@ -340,7 +340,9 @@ struct moxy_req_s {
     struct moxy_addr_s *peer_addr; /* txn.upstream:set_peer's address (request pool), or NULL */
     unsigned retryable : 1;  /* may go to another peer after a failure (idempotent, or said so) */
     unsigned no_filter : 1;  /* on_body hooks skip this response */
-    unsigned filtering : 1;  /* the response body goes through on_body hooks */
+    unsigned filtering : 1;  /* the response body goes through the stage: on_body hooks, a coder */
+    unsigned filter_hooks : 1; /* of the stage: on_body hooks run */
+    unsigned head_held : 1;  /* the head waits for the stage's first output (a decoded body) */
     unsigned filter_eof : 1; /* the origin's body is complete; the last on_body call is due */
     unsigned filter_final : 1; /* the last on_body call ran (or runs) */
     int up_status;         /* the origin's status, before on_response changed it */
@@ -350,6 +352,13 @@ struct moxy_req_s {
     struct evbuffer *filter_in;  /* response body waiting for on_body (lazily created) */
     struct evbuffer *filter_out; /* on_body's output, to be framed for the client */
     moxy_body_tap_t *taps;       /* the response body's taps, in order (body_filter.h) */
+    struct moxy_coder_s *coder;  /* the stage's content coder (compress.h), or NULL */
+    struct evbuffer *coded;      /* its output */
+    uint8_t coding;              /* MOXY_CODING_*: what it does */
+    uint8_t coding_enc;          /* the coding it makes or reads (codec/coder.h's MOXY_ENC_*) */
+    int8_t compress_want;        /* txn.resp:compress: 1 compress, -1 leave the body as it is, 0 as configured */
+    uint8_t compress_enc;        /* its coding, 0: negotiated */
+    uint8_t compress_level;      /* its level, 0: the configured one */
 
     /* response */
     moxy_resp_state_t resp_state;

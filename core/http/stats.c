@@ -98,6 +98,16 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
         out->budget_kills += LOAD(st->budget_kills);
         out->cache_hits += LOAD(st->cache_hits);
         out->cache_misses += LOAD(st->cache_misses);
+        for (int d = 0; d < 2; d++)
+            for (int e = 0; e < 4; e++) {
+                out->comp_responses[d][e] += LOAD(st->comp_responses[d][e]);
+                out->comp_in[d][e] += LOAD(st->comp_in[d][e]);
+                out->comp_out[d][e] += LOAD(st->comp_out[d][e]);
+            }
+        out->comp_skipped += LOAD(st->comp_skipped);
+        out->decomp_failures += LOAD(st->decomp_failures);
+        out->decomp_bombs += LOAD(st->decomp_bombs);
+        out->comp_memory += LOAD(st->comp_memory);
         for (int k = 0; k < 2; k++) {
             out->tls_handshakes[k] += LOAD(st->tls_handshakes[k]);
             out->tls_versions[k] += LOAD(st->tls_versions[k]);

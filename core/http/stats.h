@@ -71,6 +71,13 @@ typedef struct {
     atomic_ullong h2_rst_sent[MOXY_H2_CODES]; /* RST_STREAM sent, by error code */
     atomic_ullong h2_rst_recv[MOXY_H2_CODES]; /* RST_STREAM received, by error code */
     atomic_ullong requests_h2;        /* requests that came over HTTP/2 */
+    /* compression (compress.c), [0] compressed, [1] decoded, by coding (codec/coder.h's MOXY_ENC_*) */
+    atomic_ullong comp_responses[2][4];
+    atomic_ullong comp_in[2][4], comp_out[2][4]; /* bytes into and out of the coder */
+    atomic_ullong comp_skipped;     /* responses sent as they were: the memory budget (or out of memory) */
+    atomic_ullong decomp_failures;  /* decoded bodies that did not decode: the response cut (or a 502) */
+    atomic_ullong decomp_bombs;     /* decoded bodies stopped past decompress.max_size or max_ratio */
+    atomic_llong comp_memory;       /* bytes of coder state the worker holds (gauge) */
     atomic_llong loop_lag_us;  /* how late the worker's one-second timer fired last (gauge) */
     long long timer_due_us;    /* when it is due next (monotonic µs; the worker's own) */
     moxy_pool_stats_t *_Atomic pools; /* by pool name, newest first */
@@ -83,6 +90,9 @@ typedef struct {
     unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
     unsigned long long lua_errors, budget_kills;
     unsigned long long cache_hits, cache_misses; /* cache lookups */
+    unsigned long long comp_responses[2][4], comp_in[2][4], comp_out[2][4];
+    unsigned long long comp_skipped, decomp_failures, decomp_bombs;
+    long long comp_memory;
     unsigned long long tls_handshakes[2], tls_versions[2], tls_failures[MOXY_STATS_TLS_FAILS];
     long long h2_conns;
     unsigned long long h2_conns_total, h2_streams, h2_refused, h2_floods, h2_stalls, requests_h2;

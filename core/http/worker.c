@@ -3,6 +3,7 @@
  * buffers, generations (see worker.h).
  */
 #include "http/worker.h"
+#include "codec/coder.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -104,6 +105,8 @@ void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b)
 void moxy_worker_buf_free_all(moxy_worker_t *w)
 {
     while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
+    moxy_coders_free(w->coders);
+    w->coders = NULL;
 }
 
 /* --- generations --- */

@@ -91,6 +91,9 @@ struct moxy_worker_s {
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;
 
+    struct moxy_coders_s *coders; /* the compressors and decompressors it keeps (codec/coder.h), made
+                                    at the first use */
+
     moxy_stats_t stats;          /* what this worker counted (http/stats.h), read by the admin listener */
 
     struct event control;        /* reads control_fd */
@@ -136,7 +139,7 @@ struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w);
 /* Give b back: kept as a spare when it is empty and w has room, else freed. */
 void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b);
 
-/* Free w's spares (the worker ends). */
+/* Free w's spares: buffers, coders (the worker ends). */
 void moxy_worker_buf_free_all(moxy_worker_t *w);
 
 /* Called when a client connection closes: lets a paused accept resume and a

@@ -71,6 +71,23 @@ static void reload_json(struct evbuffer *b, const moxy_reload_status_t *rs)
     evbuffer_add(b, "}", 1);
 }
 
+/* /status's "compression": per coding, the responses compressed and
+ * decoded and their bytes before and after; what was skipped and stopped;
+ * the coders' memory. */
+static void status_compression(struct evbuffer *b, const moxy_stats_total_t *tot)
+{
+    static const char *const enc[4] = {"identity", "gzip", "br", "zstd"};
+    evbuffer_add_printf(b, ",\"compression\":{\"memory\":%lld,\"skipped\":%llu,\"decode_failures\":%llu,"
+                           "\"bombs\":%llu,\"encodings\":{",
+                        tot->comp_memory, tot->comp_skipped, tot->decomp_failures, tot->decomp_bombs);
+    for (int e = 1; e < 4; e++)
+        evbuffer_add_printf(b, "%s\"%s\":{\"compressed\":{\"responses\":%llu,\"in\":%llu,\"out\":%llu},"
+                               "\"decoded\":{\"responses\":%llu,\"in\":%llu,\"out\":%llu}}",
+                            e > 1 ? "," : "", enc[e], tot->comp_responses[0][e], tot->comp_in[0][e], tot->comp_out[0][e],
+                            tot->comp_responses[1][e], tot->comp_in[1][e], tot->comp_out[1][e]);
+    evbuffer_add(b, "}}", 2);
+}
+
 /* /status's "tls": TLS toward clients (handshakes by kind, version and
  * cipher, failures by reason, when each listener's first certificate
  * expires), or null without a TLS listener. */
@@ -182,6 +199,7 @@ static void status(struct evhttp_request *req)
     } else {
         evbuffer_add(b, "null", 4);
     }
+    status_compression(b, &tot);
     status_tls(b, &tot, conf);
     status_http2(b, &tot);
     evbuffer_add(b, ",\"shared\":{", 11);

@@ -251,6 +251,41 @@ static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
     }
 }
 
+/* Compression: bytes into and out of the coders by coding and direction,
+ * responses, what was skipped and stopped, the coders' memory. */
+static void render_compression(struct evbuffer *out, const moxy_stats_total_t *tot)
+{
+    static const char *const enc[4] = {"identity", "gzip", "br", "zstd"};
+    static const char *const dir[2] = {"compress", "decompress"};
+    const struct {
+        const char *name, *help;
+        const unsigned long long (*v)[4];
+    } per[] = {
+        {"moxy_compression_responses_total", "Responses compressed (direction=compress) or decoded for the client.",
+         tot->comp_responses},
+        {"moxy_compression_in_bytes_total", "Body bytes into the coder: the origin's (compress), the coded ones (decompress).",
+         tot->comp_in},
+        {"moxy_compression_out_bytes_total", "Body bytes out of the coder, to the client.", tot->comp_out},
+    };
+    for (size_t m = 0; m < MOXY_ARRAY_LEN(per); m++) {
+        head(out, per[m].name, "counter", per[m].help);
+        for (int d = 0; d < 2; d++)
+            for (int e = 1; e < 4; e++)
+                evbuffer_add_printf(out, "%s{direction=\"%s\",encoding=\"%s\"} %llu\n", per[m].name, dir[d], enc[e],
+                                    per[m].v[d][e]);
+    }
+    head(out, "moxy_compression_skipped_total", "counter",
+         "Responses sent as they were because the workers' coders were past compression.memory.");
+    evbuffer_add_printf(out, "moxy_compression_skipped_total %llu\n", tot->comp_skipped);
+    head(out, "moxy_decompression_failures_total", "counter", "Origin bodies that did not decode (invalid or cut).");
+    evbuffer_add_printf(out, "moxy_decompression_failures_total %llu\n", tot->decomp_failures);
+    head(out, "moxy_decompression_bombs_total", "counter",
+         "Decoded bodies stopped past compression.decompress.max_size or max_ratio.");
+    evbuffer_add_printf(out, "moxy_decompression_bombs_total %llu\n", tot->decomp_bombs);
+    head(out, "moxy_compression_memory_bytes", "gauge", "Bytes the workers' compressors and decompressors hold.");
+    evbuffer_add_printf(out, "moxy_compression_memory_bytes %lld\n", tot->comp_memory);
+}
+
 /* TLS: handshakes by kind and version, failures by reason, certificates'
  * expiry per listener (of the generation serving). */
 _Static_assert(MOXY_TLS_FAIL_N <= MOXY_STATS_TLS_FAILS, "stats.h counts fewer TLS failure reasons than tls.h has");
@@ -373,6 +408,7 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
     render_cache(out, &tot);
+    render_compression(out, &tot);
     render_tls(out, &tot, conf);
     render_protocols(out, &tot);
     return MOXY_OK;

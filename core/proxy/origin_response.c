@@ -137,7 +137,7 @@ static int up_after_response_hooks(moxy_upconn_t *u, int rc)
     if (rc == MOXY_OK && moxy_body_filter_start(r) != MOXY_OK) rc = MOXY_ERROR;
     if (rc == MOXY_OK) {
         if (moxy_origin_cache->response_decide(r) == MOXY_OK) {
-            moxy_stream_send_head(r);
+            moxy_body_send_head(r);
             return MOXY_OK;
         }
         rc = MOXY_DECLINED; /* a background fetch whose response is not stored */

@@ -384,7 +384,8 @@ function Checker:listen(v, keys)
       l, ak = { addr = l }, k
     end
     if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true,
-                          upgrade = true, tls = true, http2 = true }) then
+                          upgrade = true, tls = true, http2 = true,
+                          compression = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -398,11 +399,136 @@ function Checker:listen(v, keys)
           upgrade = self:upgrade_protocols(l.upgrade, child(k, "upgrade")),
           tls = self:tls(l.tls, child(k, "tls")),
           http2 = self:value(l.http2, child(k, "http2"), typed("boolean"), false),
+          compression = l.compression ~= nil and self:compression(l.compression, child(k, "compression"),
+                                                                  self.compress_top) or nil,
         }
       end
     end
   end
   if #v == 0 then self:err(keys, "at least one listener is required") end
+  return out
+end
+
+-- compression = {...}: responses compressed on the way out (and decoded
+-- for clients that cannot read the origin's coding).  The top level's
+-- table is complete with defaults; a listener's or a pool's is the top
+-- level's with its own keys over it (false: off there).
+local CODINGS = { gzip = 1, br = 2, zstd = 3 }
+local CODING_RANGES = { -- level, window (log2), defaults
+  gzip = { level = { 1, 9, 6 }, window = { 9, 15, 15 } },
+  br = { level = { 0, 11, 4 }, window = { 10, 24, 18 } },
+  zstd = { level = { 1, 19, 3 }, window = { 10, 23, 21 } },
+}
+M.COMPRESS_TYPES = {
+  "text/*", "application/json", "application/*+json", "application/javascript", "application/x-javascript",
+  "application/ecmascript", "application/xml", "application/*+xml", "image/svg+xml", "application/wasm",
+  "font/ttf", "font/otf", "font/collection", "application/vnd.ms-fontobject", "application/x-font-ttf",
+  "application/x-font-opentype", "image/x-icon", "image/vnd.microsoft.icon", "image/bmp",
+}
+local COMPRESS_KEYS = { enabled = true, encodings = true, types = true, min_length = true, gzip = true, br = true,
+                        zstd = true, decompress = true, memory = true }
+
+local function compress_defaults()
+  local d = {
+    enabled = true, encodings = { 2, 3, 1 }, types = M.COMPRESS_TYPES, min_length = 256,
+    decompress = { codings = { [1] = true }, max_size = 256 * 1024 * 1024, max_ratio = 100 },
+  }
+  for name, r in pairs(CODING_RANGES) do
+    d[name] = { level = r.level[3], window = r.window[3], mem_level = name == "gzip" and 8 or nil }
+  end
+  return d
+end
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local o = {}
+  for k, v in pairs(t) do o[k] = copy(v) end
+  return o
+end
+
+-- A media-type pattern: "type/subtype", "type/*", "type/*+suffix" (lower case).
+local function media_pattern(v)
+  if type(v) ~= "string" then return nil, "expected a media type such as \"text/*\", got " .. type(v) end
+  local l = v:lower()
+  if not (l:match("^[%w!#$&^_.+-]+/[%w!#$&^_.+-]+$") or l:match("^[%w!#$&^_.+-]+/%*$")
+          or l:match("^[%w!#$&^_.+-]+/%*%+[%w!#$&^_.-]+$")) then
+    return nil, "expected \"type/subtype\", \"type/*\" or \"type/*+suffix\", got \"" .. v .. "\""
+  end
+  return l
+end
+
+function Checker:compression(v, keys, base)
+  local out = copy(base) or compress_defaults()
+  if v == nil then return out end
+  if v == false or v == true then
+    out.enabled = v
+    return out
+  end
+  local allowed = COMPRESS_KEYS
+  if base then -- the worker's memory budget is the top level's only
+    allowed = copy(COMPRESS_KEYS)
+    allowed.memory = nil
+  end
+  if not self:table(v, keys, allowed) then return out end
+  out.enabled = self:value(v.enabled, child(keys, "enabled"), typed("boolean"), out.enabled)
+  if v.encodings ~= nil then
+    local k = child(keys, "encodings")
+    local seen, order = {}, {}
+    for i, name in ipairs(list(self, v.encodings, k)) do
+      local code = CODINGS[name]
+      if not code then
+        self:err(child(k, i), "unknown coding (expected \"br\", \"zstd\" or \"gzip\")", name)
+      elseif seen[code] then
+        self:err(child(k, i), "listed twice", name)
+      else
+        seen[code] = true
+        order[#order + 1] = code
+      end
+    end
+    out.encodings = order
+  end
+  if v.types ~= nil then
+    local k = child(keys, "types")
+    local types = {}
+    for i, t in ipairs(list(self, v.types, k)) do
+      types[#types + 1] = self:value(t, child(k, i), media_pattern)
+    end
+    out.types = types
+  end
+  out.min_length = self:value(v.min_length, child(keys, "min_length"), size, out.min_length)
+  for name, r in pairs(CODING_RANGES) do
+    local cv = v[name]
+    if cv ~= nil then
+      local k = child(keys, name)
+      local ok_keys = { level = true, window = true }
+      if name == "gzip" then ok_keys.mem_level = true end
+      if self:table(cv, k, ok_keys) then
+        local o = out[name]
+        o.level = self:value(cv.level, child(k, "level"), integer(r.level[1], r.level[2]), o.level)
+        o.window = self:value(cv.window, child(k, "window"), integer(r.window[1], r.window[2]), o.window)
+        if name == "gzip" then o.mem_level = self:value(cv.mem_level, child(k, "mem_level"), integer(1, 9), o.mem_level) end
+      end
+    end
+  end
+  if v.decompress ~= nil then
+    local k = child(keys, "decompress")
+    local d = v.decompress
+    if d == false then
+      out.decompress.codings = {}
+    elseif self:table(d, k, { gzip = true, br = true, zstd = true, max_size = true, max_ratio = true }) then
+      for name, code in pairs(CODINGS) do
+        local on = self:value(d[name], child(k, name), typed("boolean"))
+        if on ~= nil then out.decompress.codings[code] = on or nil end
+      end
+      out.decompress.max_size = self:value(d.max_size, child(k, "max_size"), size, out.decompress.max_size)
+      local mr = self:value(d.max_ratio, child(k, "max_ratio"), function(x)
+        if type(x) ~= "number" or x < 2 then return nil, "expected a number >= 2" end
+        return x
+      end)
+      if mr then out.decompress.max_ratio = mr end
+    end
+  end
+  if v.memory ~= nil then out.memory = self:value(v.memory, child(keys, "memory"), size) end
   return out
 end
 
@@ -520,7 +646,7 @@ end
 local POOL_KEYS = { servers = true, keepalive = true, keepalive_timeout = true, host = true, balance = true,
                     tries = true, retry_timeout = true, retry_statuses = true, retry_budget = true,
                     retry_budget_min = true, passive = true, health = true, resolve = true, tls = true,
-                    protocol = true, max_streams = true }
+                    protocol = true, max_streams = true, compression = true }
 local SERVER_KEYS = { addr = true, weight = true, backup = true, max_conns = true, slow_start = true, drain = true }
 
 -- A pool's `tls`: true, or { verify = true, ca = file, name = "host",
@@ -576,6 +702,8 @@ function Checker:upstreams(v, keys)
         tls = self:origin_tls(u.tls, child(k, "tls")),
         protocol = self:value(u.protocol, child(k, "protocol"), one_of("http/1.1", "h2"), "http/1.1"),
         max_streams = self:value(u.max_streams, child(k, "max_streams"), integer(1, 10000), 100),
+        compression = u.compression ~= nil and self:compression(u.compression, child(k, "compression"),
+                                                                self.compress_top) or nil,
       }
       if pool.tls and pool.protocol == "h2" then pool.tls.h2 = true end
       if pool.resolve < 1 then self:err(child(k, "resolve"), "at least 1s", u.resolve) end
@@ -720,6 +848,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true, http2 = true,
+  compression = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -747,6 +876,9 @@ function M.check(t, path, src)
   end
   conf.watch = c:value(t.watch, { "watch" }, typed("boolean"), false)
   c.dir = conf.dir
+  conf.compression = c:compression(t.compression, { "compression" })
+  conf.compression.memory = conf.compression.memory or 128 * 1024 * 1024
+  c.compress_top = conf.compression
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })

@@ -35,6 +35,7 @@ int moxy_ffi_client_port(moxy_req_t *r, int socket);
 int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
+int moxy_ffi_resp_compress(moxy_req_t *r, int want, int encoding, int level);
 int moxy_ffi_req_read_body(moxy_req_t *r, double max);
 int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale);
@@ -228,7 +229,38 @@ local PHASE = { request = 0, upstream = 1, upstream_request = 2, response = 3, b
                 error = 6, cache_key = 7, tls_hello = 8 }
 local phase = 0 -- of the running hook
 
-local resp = setmetatable({ headers = headers_object(1) }, {
+-- txn.resp:compress(false | true | { encoding = "gzip", level = 4 }), until
+-- on_response: this response is left as the origin sent it (false: not
+-- compressed, not decoded), or compressed whatever its type and length
+-- (true, or a table: a coding, if the client accepts it, and a level).
+local CODING = { gzip = 1, br = 2, zstd = 3 }
+local LEVEL_MAX = { gzip = 9, br = 11, zstd = 19 }
+local function resp_compress(_, how)
+  if phase > PHASE.response then error("txn.resp:compress: until on_response", 2) end
+  local want, enc, level = 1, 0, 0
+  if how == false then
+    want = -1
+  elseif type(how) == "table" then
+    if how.encoding ~= nil then
+      enc = CODING[how.encoding]
+      if not enc then error("txn.resp:compress: encoding must be \"gzip\", \"br\" or \"zstd\"", 2) end
+    end
+    if how.level ~= nil then
+      local max = LEVEL_MAX[how.encoding] or 19
+      if type(how.level) ~= "number" or how.level ~= math.floor(how.level) or how.level < 1 or how.level > max then
+        error("txn.resp:compress: level must be a whole number in 1.." .. max, 2)
+      end
+      level = how.level
+    end
+  elseif how ~= true and how ~= nil then
+    error("txn.resp:compress: expected false, true or { encoding = ..., level = ... }", 2)
+  end
+  if C.moxy_ffi_resp_compress(req_ptr(), want, enc, level) ~= OK then
+    error("txn.resp:compress: the response's head is already decided", 2)
+  end
+end
+
+local resp = setmetatable({ headers = headers_object(1), compress = resp_compress }, {
   __index = function(_, k)
     if k == "status" then
       local s = C.moxy_ffi_resp_status(req_ptr(), 0)
