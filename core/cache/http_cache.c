@@ -17,6 +17,7 @@
 #include "base/headers.h"
 #include "http/http.h"
 #include "http/body_filter.h"
+#include "http/compress.h"
 #include "http/request.h"
 #include "base/log.h"
 #include "base/addr.h"
@@ -302,6 +303,8 @@ void moxy_cache_serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_headers_set(&r->mem, &r->resp_headers, "Content-Range", 13, cr, (size_t)cn);
     }
     if (not_modified) {
+        /* its 200 would be compressed: the 304 gets that 200's Vary and ETag (compress.h) */
+        r->compress_304 = moxy_compress_eligible(r);
         /* RFC 9110 15.4.5: only these fields, no body */
         static const char *const keep[] = {"cache-control", "content-location", "date", "etag", "expires",
                                            "vary", "age", "cache-status", "last-modified"};

@@ -201,15 +201,29 @@ static int choose(const moxy_req_t *r, const moxy_compress_conf_t *c, const moxy
     return moxy_accept_choose(a, offer, c->order, c->norder);
 }
 
+/* 1 when r's response, as its head stands, is one c compresses for a
+ * client that accepts a coding: no coding yet, no no-transform, its type
+ * and length (or on_response asked). */
+static int eligible(const moxy_req_t *r, const moxy_compress_conf_t *c)
+{
+    if (r->compress_want < 0 || no_transform(&r->resp_headers) || no_transform(&r->headers) ||
+        content_coding(&r->resp_headers) != MOXY_ENC_IDENTITY)
+        return 0;
+    if (r->compress_want > 0) return 1;
+    if (!c->enabled) return 0;
+    const moxy_header_t *ct = moxy_headers_get(&r->resp_headers, "Content-Type", 12);
+    if (!ct || !moxy_media_type_match(c->types, c->ntypes, ct->value, ct->value_len)) return 0;
+    return !(r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left < c->min_length);
+}
+
+int moxy_compress_eligible(const moxy_req_t *r)
+{
+    return eligible(r, conf_of(r));
+}
+
 static int start_encode(moxy_req_t *r, const moxy_compress_conf_t *c, const moxy_accept_t *a)
 {
-    int forced = r->compress_want > 0;
-    if (!c->enabled && !forced) return MOXY_OK;
-    const moxy_header_t *ct = moxy_headers_get(&r->resp_headers, "Content-Type", 12);
-    if (!forced) {
-        if (!ct || !moxy_media_type_match(c->types, c->ntypes, ct->value, ct->value_len)) return MOXY_OK;
-        if (r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left < c->min_length) return MOXY_OK;
-    }
+    if (!eligible(r, c)) return MOXY_OK;
     /* it could be compressed: what a cache keeps of it depends on Accept-Encoding */
     if (add_vary(r) != MOXY_OK) return MOXY_ERROR;
     if (r->resp_body_kind == MOXY_BODY_NONE || !moxy_resp_has_body(r) || r->status == 206 ||
@@ -275,11 +289,14 @@ int moxy_compress_start(moxy_req_t *r)
     moxy_accept_t a;
     accept_of(r, &a);
     if (r->status == 304) {
-        /* the 304 of a coded response: the ETag the client holds is the weak one */
-        int e = strong_etag(r);
-        if (c->enabled && e >= 0 && choose(r, c, &a) != MOXY_ENC_IDENTITY && client_holds_weak(r, e)) {
-            if (add_vary(r) != MOXY_OK || weaken_etag(r, e) != MOXY_OK) return MOXY_ERROR;
-        }
+        /* the fields its 200 would have (RFC 9110 15.4.5): Vary, and the
+         * ETag weak when that 200 would be compressed -- known for the
+         * cache's 304s (r->compress_304), guessed for the origin's from
+         * the weak ETag the client holds */
+        int e = strong_etag(r), coded = choose(r, c, &a) != MOXY_ENC_IDENTITY;
+        int weak = e >= 0 && coded && (r->compress_304 || (c->enabled && client_holds_weak(r, e)));
+        if ((r->compress_304 || weak) && add_vary(r) != MOXY_OK) return MOXY_ERROR;
+        if (weak && weaken_etag(r, e) != MOXY_OK) return MOXY_ERROR;
         return MOXY_OK;
     }
     int have = content_coding(&r->resp_headers);

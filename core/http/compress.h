@@ -27,6 +27,11 @@ enum { MOXY_CODING_NONE = 0, MOXY_CODING_ENCODE, MOXY_CODING_DECODE };
  * MOXY_ERROR: out of memory. */
 int moxy_compress_start(moxy_req_t *r);
 
+/* 1 when r's response, as its head now stands, is one the stage would
+ * compress for a client that accepts a coding (the cache asks before it
+ * turns a hit into a 304, whose fields must be its 200's). */
+int moxy_compress_eligible(const moxy_req_t *r);
+
 /* Code all of in (drained) into r->coded; final: the body ends there.
  * MOXY_OK; MOXY_ERROR with *why: the coder failed (a decoder's bad input,
  * out of memory); MOXY_DECLINED with *why: a decoder's guard stopped it

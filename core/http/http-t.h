@@ -359,6 +359,7 @@ struct moxy_req_s {
     int8_t compress_want;        /* txn.resp:compress: 1 compress, -1 leave the body as it is, 0 as configured */
     uint8_t compress_enc;        /* its coding, 0: negotiated */
     uint8_t compress_level;      /* its level, 0: the configured one */
+    unsigned compress_304 : 1;   /* a 304 whose 200 would be compressed (the cache's, which knows) */
 
     /* response */
     moxy_resp_state_t resp_state;
