@@ -58,6 +58,8 @@ typedef struct moxy_cache_obj_s {
     uint64_t body_len;
     int body_fd;                 /* a memfd holding the body, mapped at body->data (moxy_cache_obj_reserve),
                                     so that hits can hand it to the socket with sendfile; -1: none */
+    unsigned long long variant_of; /* a compressed variant's (cache_variant.c): the store sequence + 1
+                                      of the body it was made from; 0: not a variant */
     struct moxy_cache_obj_s *body_owner; /* a revalidated copy's: the object whose body it shares
                                             (a reference), or NULL: the body is its own */
     /* while it fills, coalesced waiters stream from it (http_cache.c) */
@@ -134,6 +136,11 @@ void moxy_cache_publish(moxy_cache_obj_t *o);
 
 /* Drop every variant of key (unsafe methods, purges).  Returns how many. */
 int moxy_cache_invalidate(const char *key, size_t klen);
+
+/* moxy_cache_invalidate, and the key's compressed variants too
+ * (cache_variant.c): what an unsafe method or a purge of key drops.
+ * Returns how many objects went. */
+int moxy_cache_drop(const char *key, size_t klen);
 
 /* Drop every object whose key starts with prefix.  Returns how many. */
 int moxy_cache_invalidate_prefix(const char *prefix, size_t len);

@@ -46,7 +46,7 @@ static void invalidate_ref(moxy_req_t *r, const char *name, size_t nlen)
     const char *qm = memchr(v, '?', vl);
     uint32_t kl;
     char *key = moxy_cache_build_key(&r->mem, r->https, r->host, v, vl, qm ? (size_t)(qm - v) : vl, &kl);
-    if (key) moxy_cache_invalidate(key, kl);
+    if (key) moxy_cache_drop(key, kl);
 }
 
 /* Append h to a stored head at p ("Name: value\r\n"), unless it is
@@ -233,7 +233,7 @@ void moxy_cache_response_head(moxy_req_t *r)
 {
     if (r->cache_invalidate) {
         if (r->status < 400 && r->cache_key) {
-            moxy_cache_invalidate(r->cache_key, r->cache_klen);
+            moxy_cache_drop(r->cache_key, r->cache_klen);
             invalidate_ref(r, "Location", 8);
             invalidate_ref(r, "Content-Location", 16);
         }
@@ -333,7 +333,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
         /* a refresh the origin answered with something not to keep: the
          * stale object it was to replace is not served any more either
          * (an origin that fails, 5xx, leaves it for its stale windows) */
-        if (r->cache_background && status < 500) moxy_cache_invalidate(r->cache_key, r->cache_klen);
+        if (r->cache_background && status < 500) moxy_cache_drop(r->cache_key, r->cache_klen);
         moxy_cache_flight_over(r, 1); /* the waiters go to the origin themselves, new requests too */
         return r->cache_background ? MOXY_DONE : MOXY_OK;
     }
@@ -354,7 +354,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     o->status = status;
     if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
     if (r->cache_ttl >= 0 && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
-    if (moxy_body_tap_add(r, &fill_tap) != MOXY_OK) goto fail;
+    if (moxy_body_tap_add(r, &fill_tap, MOXY_TAP_IN) != MOXY_OK) goto fail;
     moxy_cache_attach(r);
     r->cache_fill = o;
     if (r->resp_body_kind == MOXY_BODY_LENGTH) moxy_cache_obj_reserve(o, r->resp_body_left);
@@ -398,6 +398,7 @@ static void fill_end(moxy_req_t *r)
 void moxy_cache_req_free(moxy_req_t *r)
 {
     moxy_cache_flight_over(r, 0);
+    moxy_cache_variant_free(r);
     if (r->cache_wait) event_del(r->cache_wait); /* its client left while it waited or streamed */
     r->cache_wait = NULL;
     if (r->cache_fill) { /* an incomplete response is not stored; its streams are cut */

@@ -337,6 +337,7 @@ void moxy_cache_after_response_hooks(moxy_req_t *r, int rc)
         moxy_req_fail(r, 500, rc != MOXY_OK ? "script error in on_response" : "out of memory");
         return;
     }
+    moxy_cache_variant_hit(r); /* compressed: the object's variant of that coding, made once */
     moxy_body_send_head(r);
     moxy_cache_obj_t *o = r->cache_obj;
     if (!moxy_resp_has_body(r) || r->resp_body_kind == MOXY_BODY_NONE) {
@@ -379,7 +380,7 @@ static int purge_method(moxy_req_t *r)
         moxy_req_fail(r, 500, "out of memory");
         return MOXY_DONE;
     }
-    int n = moxy_cache_invalidate(r->cache_key, r->cache_klen);
+    int n = moxy_cache_drop(r->cache_key, r->cache_klen);
     char body[64];
     int len = snprintf(body, sizeof(body), n ? "purged %d\n" : "not in cache\n", n);
     moxy_log(MOXY_LOG_INFO, r->id, "cache: PURGE %s from %s: %d object%s", r->cache_key, ip, n, n == 1 ? "" : "s");
@@ -573,9 +574,14 @@ static int lookup(moxy_req_t *r)
 static void stream_step(moxy_req_t *r)
 {
     moxy_cache_obj_t *o = r->cache_obj;
-    uint64_t end = r->cache_from + r->resp_body_left; /* the whole body, or a range's end */
-    uint64_t avail = atomic_load_explicit(&o->avail, memory_order_acquire);
+    /* the state first: once complete, every byte is in avail */
     int state = atomic_load_explicit(&o->fill_state, memory_order_acquire);
+    uint64_t avail = atomic_load_explicit(&o->avail, memory_order_acquire);
+    /* the whole body, or a range's end; a compressed variant's length is
+     * known once it is complete */
+    uint64_t end = r->resp_body_kind == MOXY_BODY_LENGTH ? r->cache_from + r->resp_body_left
+                   : state == 1                         ? avail
+                                                        : UINT64_MAX;
     if (avail > end) avail = end;
     if (avail > r->cache_sent) {
         /* the bytes before avail are there, with the links to their segments;
@@ -584,11 +590,16 @@ static void stream_step(moxy_req_t *r)
             moxy_stream_abort(r);
             return;
         }
+        if (!r->filtering) r->bytes_sent = avail - r->cache_from; /* else the stage counts what it sends */
         r->cache_sent = avail;
-        r->bytes_sent = avail - r->cache_from;
     }
     if (r->cache_sent == end) {
-        moxy_req_response_done(r);
+        if (!r->filtering) {
+            moxy_req_response_done(r);
+            return;
+        }
+        r->filter_eof = 1; /* the stage (a coder) ends the response */
+        moxy_body_filter_continue(r);
         return;
     }
     if (state != 0) { /* abandoned (or complete short: the origin lied about its length) */
@@ -596,6 +607,15 @@ static void stream_step(moxy_req_t *r)
         moxy_log(MOXY_LOG_WARN, r->id, "cache: %s: %s after %llu bytes", r->cache_key, r->error,
                  (unsigned long long)r->cache_sent);
         moxy_stream_abort(r);
+        return;
+    }
+    if (r->filtering) {
+        /* the stage codes what came; a failure there ends r */
+        moxy_req_hold(r);
+        moxy_body_filter_continue(r);
+        struct timeval tv = {0, 2000};
+        if (!r->over && !moxy_req_client_gone(r)) evtimer_add(r->cache_wait, &tv);
+        moxy_req_release(r);
         return;
     }
     if (moxy_stream_flush(r) != MOXY_OK) return;
@@ -611,6 +631,14 @@ static void stream_cb(evutil_socket_t fd, short what, void *arg)
      * more is sent; the timer goes with the request */
     if (moxy_req_client_gone(arg)) return;
     stream_step(arg);
+}
+
+int moxy_cache_stream_setup(moxy_req_t *r)
+{
+    if (!r->cache_wait && !(r->cache_wait = moxy_palloc(&r->mem, sizeof(struct event)))) return MOXY_ERROR;
+    moxy_cache_attach(r);
+    evtimer_assign(r->cache_wait, r->w->base, stream_cb, r);
+    return MOXY_OK;
 }
 
 /* A waiter whose leader's response is being stored in o (a reference,
@@ -805,6 +833,6 @@ EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
 EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
 {
     if (!moxy_cache_enabled()) return -1;
-    return prefix ? moxy_cache_invalidate_prefix(key, len) : moxy_cache_invalidate(key, len);
+    return prefix ? moxy_cache_invalidate_prefix(key, len) : moxy_cache_drop(key, len);
 }
 

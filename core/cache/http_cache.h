@@ -35,6 +35,23 @@ void moxy_cache_serve(moxy_req_t *r, moxy_cache_obj_t *o, double now);
  * stored (the key is not coalesced for a while). */
 void moxy_cache_flight_over(moxy_req_t *r, int not_storable);
 
+/* --- cache_variant.c: compressed variants --- */
+
+/* r is a hit on r->cache_obj whose stage decided to compress it
+ * (moxy_body_filter_start ran; its head is not sent): answer it with the
+ * object's variant of that coding when there is one (r's coder cancelled,
+ * r->cache_obj the variant, its length known -- or streamed while another
+ * hit makes it), else make it from r's coded body when no other hit is. */
+void moxy_cache_variant_hit(moxy_req_t *r);
+
+/* r ends (moxy_cache_req_free): a variant it was making is dropped, and
+ * the hits streaming it cut. */
+void moxy_cache_variant_free(moxy_req_t *r);
+
+/* r will stream r->cache_obj as it fills (stream_step every 2 ms):
+ * its timer made.  MOXY_ERROR: out of memory. */
+int moxy_cache_stream_setup(moxy_req_t *r);
+
 /* tv in seconds. */
 double moxy_cache_tv_secs(const struct timeval *tv);
 

@@ -344,6 +344,16 @@ int moxy_compress_run(moxy_req_t *r, struct evbuffer *in, int final, const char 
     return rc;
 }
 
+void moxy_compress_cancel(moxy_req_t *r)
+{
+    if (!r->coder) return;
+    moxy_coder_put(r->coder); /* it coded nothing: nothing to count */
+    r->coder = NULL;
+    r->coding = MOXY_CODING_NONE;
+    r->filtering = r->filter_hooks;
+    memory_gauge(r);
+}
+
 const char *moxy_compress_what(const moxy_req_t *r)
 {
     static const char *const what[2][MOXY_ENC_COUNT] = {

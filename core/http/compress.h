@@ -38,6 +38,12 @@ int moxy_compress_eligible(const moxy_req_t *r);
  * (a bomb).  Counted in the worker's stats either way. */
 int moxy_compress_run(moxy_req_t *r, struct evbuffer *in, int final, const char **why);
 
+/* r's body will not be coded after all (a cache hit answered with the
+ * coded variant the cache keeps): its coder goes back unused, and the
+ * stage runs only if on_body hooks do.  Before any body byte; the head's
+ * fields stay as moxy_compress_start made them. */
+void moxy_compress_cancel(moxy_req_t *r);
+
 /* r ends: its coder goes back to the worker (its bytes counted), its
  * buffer too.  body_filter.c's cleanup calls it. */
 void moxy_compress_end(moxy_req_t *r);

@@ -320,7 +320,7 @@ static void purge(struct evhttp_request *req)
     }
     const char *key = evhttp_find_header(&q, "key"), *prefix = evhttp_find_header(&q, "prefix");
     int n = -1;
-    if (key && *key && !prefix) n = moxy_cache_invalidate(key, strlen(key));
+    if (key && *key && !prefix) n = moxy_cache_drop(key, strlen(key));
     else if (prefix && *prefix && !key) n = moxy_cache_invalidate_prefix(prefix, strlen(prefix));
     if (n < 0) {
         evhttp_clear_headers(&q);

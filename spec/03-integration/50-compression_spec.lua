@@ -823,8 +823,84 @@ describe("compression and the cache", function()
     origin = start_compress_origin()
     m = helpers.start_moxy({
       upstreams = { app = { servers = { origin.addr } } },
-      cache = { size = "16m", max_object = "2m" },
+      cache = { size = "16m", max_object = "2m", purge = { "127.0.0.1/32" } },
+      admin = {},
     })
+  end)
+
+  local function compressed(coding)
+    return metric(m.admin_port, "moxy_compression_responses_total", { direction = "compress", encoding = coding }) or 0
+  end
+
+  -- n requests for path at once with Accept-Encoding ae, each on its own connection
+  local function at_once(path, ae, n)
+    local conns, out = {}, {}
+    for i = 1, n do
+      conns[i] = assert(helpers.connection(m.port))
+      assert(conns[i]:send(helpers.build_request({ path = path, headers = { { "Accept-Encoding", ae } } })))
+    end
+    for i = 1, n do
+      out[i] = assert(conns[i]:read_response())
+      conns[i]:close()
+    end
+    return out
+  end
+
+  it("keeps a compressed variant per coding: later hits of that coding are not compressed again, and have a length", function()
+    local want = assert(helpers.request(origin.port, { path = "/gen/300000" })).body
+    local p = opath("/gen/300000", { "Cache-Control:max-age=60" }, { "case=variants" })
+    assert.equal(200, get(m.port, p).status) -- the miss: stored as the origin sent it
+    for _, coding in ipairs(CODINGS) do
+      local before = compressed(coding)
+      local first = get(m.port, p, coding)
+      assert.is_nil(first:header("content-length"), coding) -- the first hit of a coding compresses
+      same(want, decode(dir, coding, first.body), coding .. ", first hit")
+      for i = 1, 3 do
+        local res = get(m.port, p, coding)
+        assert.equal(coding, res:header("content-encoding"))
+        assert.equal(tostring(#res.body), res:header("content-length"), coding .. ", hit " .. i)
+        assert.matches("hit", res:header("cache-status"), 1, true)
+        same(want, decode(dir, coding, res.body), coding .. ", hit " .. i)
+      end
+      assert.equal(before + 1, compressed(coding), coding .. " compressed once")
+    end
+    -- the stored object itself is as the origin sent it
+    local plain = get(m.port, p, "identity")
+    assert.equal(tostring(#want), plain:header("content-length"))
+    same(want, plain.body, "identity hit")
+    assert.equal(1, origin:targets()[p], "the origin answered once")
+  end)
+
+  it("compresses a stored object once for concurrent hits: the others stream what it makes", function()
+    local want = assert(helpers.request(origin.port, { path = "/gen/1500000" })).body
+    local p = opath("/gen/1500000", { "Cache-Control:max-age=60" }, { "case=coalesced" })
+    assert.equal(200, get(m.port, p).status)
+    local before = compressed("gzip")
+    local res = at_once(p, "gzip", 20)
+    for i, r in ipairs(res) do
+      assert.equal(200, r.status)
+      assert.equal("gzip", r:header("content-encoding"))
+      same(want, decode(dir, "gzip", r.body), "hit " .. i)
+    end
+    assert.equal(before + 1, compressed("gzip"), "20 hits at once, compressed once")
+  end)
+
+  it("drops the variants with their object: a purge, and a new response for the key", function()
+    local want = assert(helpers.request(origin.port, { path = "/gen/50000" })).body
+    local p = opath("/gen/50000", { "Cache-Control:max-age=60" }, { "case=purge" })
+    get(m.port, p)
+    get(m.port, p, "br")
+    assert.equal(tostring(#get(m.port, p, "br").body), get(m.port, p, "br"):header("content-length"))
+    local purge = assert(helpers.request(m.port, { method = "PURGE", path = p }))
+    assert.equal(200, purge.status)
+    assert.equal("purged 2\n", purge.body) -- the object and its br variant
+    -- stored anew: its first br hit compresses again (a new body, a new variant)
+    local before = compressed("br")
+    get(m.port, p)
+    local res = get(m.port, p, "br")
+    assert.is_nil(res:header("content-length"))
+    same(want, decode(dir, "br", res.body), "after the purge")
+    assert.equal(before + 1, compressed("br"))
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
