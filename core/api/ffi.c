@@ -2,6 +2,7 @@
  * ffi.c -- the FFI exports of ffi.h.
  */
 #include "api/ffi.h"
+#include "http/compress.h"
 #include "net/tls.h"
 #include "base/headers.h"
 #include "http/http.h"
@@ -349,6 +350,11 @@ EXPORT int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value)
     case MOXY_FFI_FLAG_NO_FILTER: r->no_filter = value != 0; return MOXY_OK;
     }
     return MOXY_ERROR;
+}
+
+EXPORT int moxy_ffi_req_body_decode(moxy_req_t *r, double max)
+{
+    return moxy_compress_decode_body(r, max > 0 ? (uint64_t)max : 0);
 }
 
 EXPORT int moxy_ffi_resp_compress(moxy_req_t *r, int want, int encoding, int level)

@@ -116,6 +116,11 @@ int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
  * an unknown flag. */
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 
+/* txn:read_body{decode = true}: the buffered body decoded
+ * (moxy_compress_decode_body, max its size limit or 0).  MOXY_OK, or
+ * MOXY_ERROR with the body's error set. */
+int moxy_ffi_req_body_decode(moxy_req_t *r, double max);
+
 /* txn.resp:compress: want 1 compress (with encoding 1 gzip, 2 br, 3 zstd,
  * or 0: the client's choice; level 0: the configured one), -1 leave the
  * body as the origin sent it (no compression, no decoding), 0 as

@@ -344,6 +344,54 @@ int moxy_compress_run(moxy_req_t *r, struct evbuffer *in, int final, const char 
     return rc;
 }
 
+int moxy_compress_decode_body(moxy_req_t *r, uint64_t max)
+{
+    if (!r->body_buffered || !r->body_buf) return MOXY_OK;
+    int enc = content_coding(&r->headers);
+    if (enc == MOXY_ENC_IDENTITY) return MOXY_OK;
+    if (enc < 0) {
+        r->body_status = 415; /* RFC 9110 15.5.16 */
+        r->body_error = "request body: a Content-Encoding moxy does not decode";
+        return MOXY_ERROR;
+    }
+    const moxy_compress_conf_t *c = conf_of(r);
+    moxy_dec_limits_t lim = {max && max < c->max_size ? max : c->max_size, c->max_ratio};
+    const char *why = NULL;
+    moxy_coders_t *cs = coders_of(r);
+    moxy_coder_t *d = cs ? moxy_coder_decoder(cs, enc, &lim, &why) : NULL;
+    struct evbuffer *out = moxy_worker_buf_get(r->w);
+    if (!d || !out) {
+        if (d) moxy_coder_put(d);
+        if (out) moxy_worker_buf_put(r->w, out);
+        r->body_status = 503;
+        r->body_error = why ? why : "out of memory";
+        return MOXY_ERROR;
+    }
+    size_t n = evbuffer_get_length(r->body_buf);
+    const char *in = n ? (const char *)evbuffer_pullup(r->body_buf, -1) : "";
+    int rc = moxy_coder_run(d, in, n, MOXY_CODE_END, out, &why);
+    MOXY_STAT_ADD(r->w->stats.comp_responses[1][enc], 1);
+    MOXY_STAT_ADD(r->w->stats.comp_in[1][enc], moxy_coder_in(d));
+    MOXY_STAT_ADD(r->w->stats.comp_out[1][enc], moxy_coder_out(d));
+    moxy_coder_put(d);
+    if (rc != MOXY_OK) {
+        if (rc == MOXY_DECLINED) MOXY_STAT_ADD(r->w->stats.decomp_bombs, 1);
+        else MOXY_STAT_ADD(r->w->stats.decomp_failures, 1);
+        moxy_log(MOXY_LOG_WARN, r->id, "request body not decoded (%s): %s", moxy_enc_name(enc), why);
+        evbuffer_drain(out, evbuffer_get_length(out));
+        moxy_worker_buf_put(r->w, out);
+        r->body_status = rc == MOXY_DECLINED ? 413 : 400;
+        r->body_error = rc == MOXY_DECLINED ? "request body: decoded past its limits" : "request body: invalid coding";
+        return MOXY_ERROR;
+    }
+    /* the decoded body replaces the coded one, and goes on with its length */
+    evbuffer_drain(r->body_buf, n);
+    moxy_worker_buf_put(r->w, r->body_buf);
+    r->body_buf = out;
+    moxy_headers_remove(&r->headers, "Content-Encoding", 16);
+    return MOXY_OK;
+}
+
 void moxy_compress_cancel(moxy_req_t *r)
 {
     if (!r->coder) return;

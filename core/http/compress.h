@@ -38,6 +38,15 @@ int moxy_compress_eligible(const moxy_req_t *r);
  * (a bomb).  Counted in the worker's stats either way. */
 int moxy_compress_run(moxy_req_t *r, struct evbuffer *in, int final, const char **why);
 
+/* txn:read_body{decode = true}: r's buffered request body decoded when
+ * its Content-Encoding is gzip, br or zstd (the Content-Encoding field
+ * then goes; the body goes to the origin with its new length), with the
+ * response decoder's guard (decompress.max_size, or max when smaller, and
+ * max_ratio).  MOXY_OK (also for a body without a coding); MOXY_ERROR with
+ * r->body_status and r->body_error: 415 for a coding moxy does not decode,
+ * 400 for data that does not decode, 413 past the guard. */
+int moxy_compress_decode_body(moxy_req_t *r, uint64_t max);
+
 /* r's body will not be coded after all (a cache hit answered with the
  * coded variant the cache keeps): its coder goes back unused, and the
  * stage runs only if on_body hooks do.  Before any body byte; the head's

@@ -36,6 +36,7 @@ int moxy_ffi_log(moxy_req_t *r, int level, const char *msg, size_t len);
 int moxy_ffi_upstream_set_peer(moxy_req_t *r, const char *host, size_t len, int port);
 int moxy_ffi_req_flag(moxy_req_t *r, int flag, int value);
 int moxy_ffi_resp_compress(moxy_req_t *r, int want, int encoding, int level);
+int moxy_ffi_req_body_decode(moxy_req_t *r, double max);
 int moxy_ffi_req_read_body(moxy_req_t *r, double max);
 int moxy_ffi_req_body(moxy_req_t *r, const char **out, size_t *len);
 int moxy_ffi_cache_op(moxy_req_t *r, int op, double ttl, double stale);
@@ -523,7 +524,17 @@ end
 -- nil, err and 400.  In on_request, on_upstream and on_upstream_request
 -- (before the body streams to the origin); later phases get the body a
 -- hook read before.
+-- txn:read_body{ max = bytes, decode = true }: the same, and a body with
+-- Content-Encoding gzip, br or zstd is decoded (with compression.decompress's
+-- max_size, or max when smaller, and max_ratio): the hook and the origin
+-- get the decoded body, without Content-Encoding.  nil, err and 415 for
+-- another coding, 400 for a body that does not decode, 413 past the limits.
 function methods.read_body(_, max)
+  local decode = false
+  if type(max) == "table" then
+    decode = max.decode == true
+    max = max.max
+  end
   if max ~= nil and (type(max) ~= "number" or max < 0) then
     error("txn:read_body: max must be a number of bytes >= 0", 2)
   end
@@ -534,6 +545,9 @@ function methods.read_body(_, max)
     r = req_ptr()
   elseif rc ~= OK then
     return nil, field(r, F.body_error) or "cannot read the body"
+  end
+  if decode and C.moxy_ffi_req_body_decode(r, max or 0) ~= OK then
+    return nil, field(r, F.body_error) or "cannot decode the body"
   end
   if C.moxy_ffi_req_body(r, sp, sl) ~= OK then
     return nil, field(r, F.body_error) or "cannot read the body"

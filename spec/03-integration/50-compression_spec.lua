@@ -815,6 +815,93 @@ return {
   end)
 end)
 
+describe("request bodies: txn:read_body{decode = true}", function()
+  local origin, m, dir
+
+  lazy_setup(function()
+    dir = helpers.tmpdir("compress-body")
+    origin = helpers.start_origin()
+    m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      compression = { decompress = { max_ratio = 100 } },
+      scripts = { "site.lua" },
+    }, { files = { ["site.lua"] = [[
+      return {
+        on_request = function(txn)
+          local mode = txn.req.headers:get("X-Decode")
+          if not mode then return end -- the body streams to the origin as it came
+          local body, err = txn:read_body{ decode = true, max = tonumber(mode) }
+          if not body then
+            txn:log_field("decode_error", err)
+            return -- the request is answered with the failure's status
+          end
+          txn.req.headers:set("X-Hook-Saw", tostring(#body))
+        end,
+      }
+    ]] } })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  -- n bytes of varied, compressible text
+  local function text(n)
+    local parts, i = {}, 0
+    while #parts * 24 < n do
+      i = i + 1
+      parts[#parts + 1] = string.format("line %08d of the body\n", i * 7919 % 100000)
+    end
+    return table.concat(parts):sub(1, n)
+  end
+
+  -- data coded with the command-line tool of coding
+  local function encode(coding, data)
+    local enc = { gzip = "gzip -c", br = "brotli -c", zstd = "zstd -qc" }
+    helpers.write_file(dir .. "/plain", data)
+    assert(os.execute(enc[coding] .. " < " .. dir .. "/plain > " .. dir .. "/coded"))
+    return helpers.read_file(dir .. "/coded")
+  end
+
+  local function post(body, headers)
+    return assert(helpers.request(m.port, { method = "POST", path = "/echo", body = body, headers = headers,
+      timeout = 10 * S }))
+  end
+
+  it("decodes a gzip, br or zstd body: the hook and the origin get it decoded, with its length", function()
+    local plain = text(60000) -- the origin echoes bodies up to 64 KiB
+    for _, coding in ipairs(CODINGS) do
+      local res = post(encode(coding, plain), { { "Content-Encoding", coding }, { "X-Decode", "0" } })
+      assert.equal(200, res.status, coding)
+      local doc = helpers.echo(res)
+      assert.equal(#plain, doc.body_length, coding)
+      assert.equal(plain, doc.body, coding)
+      assert.is_nil(helpers.echo_value(doc, "Content-Encoding"), coding)
+      assert.equal(tostring(#plain), helpers.echo_value(doc, "Content-Length"), coding)
+      assert.equal(tostring(#plain), helpers.echo_value(doc, "X-Hook-Saw"), coding)
+    end
+  end)
+
+  it("passes a coded body untouched without decode, and a body without a coding as it is", function()
+    local coded = encode("gzip", text(5000))
+    local doc = helpers.echo(post(coded, { { "Content-Encoding", "gzip" } }))
+    assert.equal(#coded, doc.body_length)
+    assert.equal("gzip", helpers.echo_value(doc, "Content-Encoding"))
+    doc = helpers.echo(post(text(3000), { { "X-Decode", "0" } }))
+    assert.equal(text(3000), doc.body)
+  end)
+
+  it("answers 400 to a body that does not decode, 413 to a bomb or one past max, 415 to another coding", function()
+    local res = post(("not gzip at all "):rep(20), { { "Content-Encoding", "gzip" }, { "X-Decode", "0" } })
+    assert.equal(400, res.status)
+    res = post(encode("gzip", ("\0"):rep(10 * 1024 * 1024)), { { "Content-Encoding", "gzip" }, { "X-Decode", "0" } })
+    assert.equal(413, res.status)
+    res = post(encode("zstd", text(100000)), { { "Content-Encoding", "zstd" }, { "X-Decode", "50000" } })
+    assert.equal(413, res.status, "decoded past the hook's max")
+    res = post("x", { { "Content-Encoding", "deflate" }, { "X-Decode", "0" } })
+    assert.equal(415, res.status)
+    assert.truthy(m:wait_log("request body not decoded (gzip)", 3 * S, m.error_log))
+  end)
+end)
+
 describe("compression and the cache", function()
   local origin, m, dir
 
