@@ -43,6 +43,9 @@
 #include <openssl/crypto.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <brotli/encode.h>
+#include <zlib.h>
+#include <zstd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +98,9 @@ static void print_versions(void)
     /* also links libpcre2-8 for moxy.re, whose FFI finds it through ffi.C */
     char pcre2[64];
     if (pcre2_config(PCRE2_CONFIG_VERSION, pcre2) > 0) printf("PCRE2 %s\n", pcre2);
+    uint32_t br = BrotliEncoderVersion();
+    printf("zlib %s\nbrotli %u.%u.%u\nzstd %s\n", zlibVersion(), br >> 24, (br >> 12) & 0xfff, br & 0xfff,
+           ZSTD_versionString());
 }
 
 static void raise_nofile(void)

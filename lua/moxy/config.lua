@@ -417,7 +417,7 @@ local CODINGS = { gzip = 1, br = 2, zstd = 3 }
 local CODING_RANGES = { -- level, window (log2), defaults
   gzip = { level = { 1, 9, 6 }, window = { 9, 15, 15 } },
   br = { level = { 0, 11, 4 }, window = { 10, 24, 18 } },
-  zstd = { level = { 1, 19, 3 }, window = { 10, 23, 21 } },
+  zstd = { level = { 1, 19, 3 }, window = { 10, 23, 19 } },
 }
 M.COMPRESS_TYPES = {
   "text/*", "application/json", "application/*+json", "application/javascript", "application/x-javascript",
