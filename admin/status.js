@@ -13,7 +13,12 @@
 // "off" or "unknown"; its rows carry data-key, data-total and data-rate (per
 // second between the last two polls; empty when not known yet), a
 // certificate's row data-listener, data-expires (Unix seconds) and
-// data-level: "ok", "soon" (within 14 days), "expired" or "unknown".
+// data-level: "ok", "soon" (within 14 days), "expired" or "unknown".  The
+// compression section (from /status's "compression", always shown) carries
+// data-compression: "on", "off" (not in /status) or "unknown"; its rows (a
+// table per direction, compressed and decoded) data-key (the coding),
+// data-responses, data-in, data-out (bytes), data-rate (responses per
+// second, as for TLS) and data-ratio ("7.9×"; empty when there are no bytes).
 'use strict';
 
 (function () {
@@ -443,6 +448,75 @@
     certificateRows($('tls-certs').tBodies[0], listeners || [], Date.now() / 1000);
   }
 
+  // ---- compression ----------------------------------------------------------------
+
+  const COMP_GROUPS = [['compressed', 'comp-compressed'], ['decoded', 'comp-decoded']];
+
+  // /status's "compression" as counter groups: {compressed: {coding:
+  // responses}, decoded: {...}}, for groupRates.
+  function compGroups(st) {
+    const c = isObj(st.compression) && isObj(st.compression.encodings) ? st.compression.encodings : null;
+    if (!c) return null;
+    const out = { compressed: {}, decoded: {} };
+    for (const [coding, v] of Object.entries(c)) {
+      for (const [g] of COMP_GROUPS) {
+        if (isObj(v) && isObj(v[g]) && typeof v[g].responses === 'number') out[g][coding] = v[g].responses;
+      }
+    }
+    return out;
+  }
+
+  function compRates(prev, st) {
+    const cur = { pid: st.pid, uptime: st.uptime, comp: compGroups(st) };
+    const old = prev ? { pid: prev.pid, uptime: prev.uptime, comp: compGroups(prev) } : null;
+    return groupRates(old, cur, 'comp', COMP_GROUPS);
+  }
+
+  // big / small as "7.9×", or null when either is not a positive number.
+  function ratio(big, small) {
+    if (!(big > 0 && small > 0)) return null;
+    const r = big / small;
+    return (r >= 100 ? String(Math.round(r)) : r.toFixed(1)) + '×';
+  }
+
+  const num = (v) => (typeof v === 'number' ? v : 0);
+
+  // One row per coding of encodings ({coding: {compressed: {responses, in,
+  // out}, decoded: {...}}}) for direction g: responses, their rate, bytes in
+  // and out, and the ratio (in / out compressed, out / in decoded).
+  function codingRows(tbody, encodings, g, rates) {
+    const seen = new Set();
+    for (const [coding, v] of Object.entries(encodings)) {
+      const d = isObj(v) && isObj(v[g]) ? v[g] : {};
+      const n = num(d.responses), bin = num(d.in), bout = num(d.out);
+      seen.add(coding);
+      const tr = keyedRow(tbody, coding, ['num', 'num', 'num', 'num', 'num']);
+      const r = rates[coding];
+      const q = g === 'decoded' ? ratio(bout, bin) : ratio(bin, bout);
+      [String(n), r === null || r === undefined ? '–' : fmt(r), fmtBytes(bin), fmtBytes(bout), q || '–']
+        .forEach((t, i) => { tr.cells[i + 1].textContent = t; });
+      Object.assign(tr.dataset, { responses: String(n), in: String(bin), out: String(bout),
+                                  rate: r === null || r === undefined ? '' : String(r), ratio: q || '' });
+    }
+    dropRowsBut(tbody, seen);
+  }
+
+  // The compression section from st.compression: always shown (compression
+  // is on by default), zeros included; hidden only when /status lacks it.
+  function renderCompression(st, rates) {
+    const c = isObj(st.compression) ? st.compression : null;
+    const sec = $('compression');
+    sec.dataset.compression = c ? 'on' : 'off';
+    sec.hidden = !c;
+    if (!c) return;
+    $('comp-memory').textContent = fmtBytes(num(c.memory));
+    $('comp-skipped').textContent = String(num(c.skipped));
+    $('comp-failures').textContent = String(num(c.decode_failures));
+    $('comp-bombs').textContent = String(num(c.bombs));
+    const enc = isObj(c.encodings) ? c.encodings : {};
+    for (const [g, id] of COMP_GROUPS) codingRows($(id).tBodies[0], enc, g, (rates && rates[g]) || {});
+  }
+
   // ---- HTTP/2 toward clients ----------------------------------------------------
 
   const H2_GROUPS = [['counts', 'h2-counts'], ['goaway', 'h2-goaway'], ['resets_sent', 'h2-resets-sent'],
@@ -485,6 +559,7 @@
     renderStatus(last.status);
     renderTls(last.status, last.tlsRates);
     renderHttp2(last.status, last.h2Rates);
+    renderCompression(last.status, last.compRates);
     renderHistory(last.history);
   }
 
@@ -508,8 +583,9 @@
   async function poll() {
     try {
       const [status, history] = await Promise.all([getJSON('/status'), getJSON('/history')]);
-      last = { status, history, tlsRates: tlsRates(last && last.status, status),
-               h2Rates: h2Rates(last && last.status, status) };
+      const prev = last && last.status;
+      last = { status, history, tlsRates: tlsRates(prev, status), h2Rates: h2Rates(prev, status),
+               compRates: compRates(prev, status) };
       render();
       $('live').dataset.live = 'yes';
       $('live').textContent = 'live';

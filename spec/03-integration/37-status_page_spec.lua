@@ -7,6 +7,8 @@
 -- typed in the page.  A second moxy without a cache shows how the page says
 -- there is none (and, having no TLS listener, shows no TLS section); a third,
 -- started for its test, has a TLS listener whose handshakes the page shows.
+-- Compression (on by default) has its section on every page: responses
+-- compressed and decoded per coding, zeros included.
 local helpers = require "spec.helpers"
 
 local cjson = require "cjson.safe"
@@ -49,12 +51,15 @@ describe("admin status page", function()
                                                 headers = { Authorization = "Bearer " .. TOKEN } }))
   end
 
-  -- n requests to path on one connection
-  local function traffic(n, path)
+  -- n requests to path on one connection (with headers, if given)
+  local function traffic(n, path, headers)
     local conn = assert(helpers.connection(m.port))
-    for _ = 1, n do assert(conn:request({ path = path })) end
+    for _ = 1, n do assert(conn:request({ path = path, headers = headers })) end
     conn:close()
   end
+
+  -- a JSON answer (/echo) long enough to be compressed (min_length 256)
+  local GZIP_PATH = "/echo?case=gzip&pad=" .. string.rep("moxy", 100)
 
   -- requests answered in the window by status class: sum of rate x interval
   local function answered(h, class)
@@ -208,6 +213,7 @@ describe("admin status page", function()
       traffic(15, "/echo")
       traffic(5, "/status/503")
       traffic(5, "/bytes/100?rh=Cache-Control:max-age%3D60&rh=X-Case:browser") -- cache hits
+      traffic(2, GZIP_PATH, { ["Accept-Encoding"] = "gzip" }) -- compressed
       helpers.sleep(0.5)
     end
     local addr = a.addr:gsub("%p", "%%%0")
@@ -237,7 +243,7 @@ describe("admin status page", function()
       "cache cards: hit ratio [%d.]+ %%, used [^\n]+ / 8 MiB", "charts update by themselves", "peers .* listed, up",
       "Drain: .* drained in the table, the state chart and GET /status", "token kept in sessionStorage",
       "Enable: .* up again", "no console errors", "wrong token: 401 shown",
-      "without a cache: .*no cache configured",
+      "without a cache: .*no cache configured", "compression table: gzip %d+ responses compressed, .* ratio [%d.]+×",
     } do
       assert.matches("ok: [^\n]*" .. check, out)
     end
@@ -267,11 +273,12 @@ describe("admin status page", function()
     return (s:gsub("&lt;", "<"):gsub("&gt;", ">"):gsub("&quot;", '"'):gsub("&#39;", "'"):gsub("&amp;", "&"))
   end
 
-  -- The TLS section of a dumped page: its opening tag's attributes and, by
-  -- table id, its rows: {key = {attrs, cells = {text...}}}.
-  local function tls_section(dom)
-    local open, body = dom:match('(<section id="tls"[^>]*>)(.-)</section>')
-    assert(open, "no TLS section in the page")
+  -- The section id ("tls", "compression") of a dumped page: its opening
+  -- tag's attributes and, by table id, its rows: {key = {attrs, cells =
+  -- {text...}}}.
+  local function section(dom, id)
+    local open, body = dom:match('(<section id="' .. id .. '"[^>]*>)(.-)</section>')
+    assert(open, "no " .. id .. " section in the page")
     local function attrs(tag)
       local a = {}
       for k, v in tag:gmatch('([%w%-]+)="([^"]*)"') do a[k] = unescape(v) end
@@ -367,7 +374,7 @@ describe("admin status page", function()
     -- what a person sees: the section, its counts (and a rate per second:
     -- nothing happened during the polls), no listener name as markup
     local dom = rendered(t.admin_port)
-    local sec, tables = tls_section(dom)
+    local sec, tables = section(dom, "tls")
     assert.equal("on", sec["data-tls"])
     assert.is_nil(sec.hidden)
     local function row(id, key, total)
@@ -397,8 +404,98 @@ describe("admin status page", function()
     -- a moxy without TLS listeners: no TLS in GET /status, no TLS section
     local pst = helpers.json(assert(helpers.request(plain_admin, { path = "/status" })).body)
     assert.equal(cjson.null, pst.tls)
-    local psec = tls_section(rendered(plain_admin))
+    local psec = section(rendered(plain_admin), "tls")
     assert.equal("off", psec["data-tls"])
     assert.equal("", psec.hidden)
+  end)
+
+  it("shows compression per coding, compressed and decoded, with ratios; zeros when nothing was coded", function()
+    local CODINGS = { "gzip", "br", "zstd" }
+    local function comp(port)
+      return helpers.json(assert(helpers.request(port, { path = "/status" })).body).compression
+    end
+    local c0 = comp(admin_port)
+    assert.is_table(c0, "no compression in GET /status")
+    -- three JSON answers compressed with gzip (each checked), one sent as it is
+    for _ = 1, 3 do
+      local res = assert(helpers.request(m.port, { path = GZIP_PATH, headers = { ["Accept-Encoding"] = "gzip" } }))
+      assert.equal(200, res.status)
+      assert.equal("gzip", res:header("content-encoding"))
+    end
+    assert.is_nil(assert(helpers.request(m.port, { path = GZIP_PATH })):header("content-encoding"))
+    local c = helpers.wait_until(function()
+      local c = comp(admin_port)
+      return c.encodings.gzip.compressed.responses >= c0.encodings.gzip.compressed.responses + 3 and c
+    end, 5 * helpers.scale, 0.1)
+    assert(c, "GET /status did not count the gzip responses")
+    local gz = c.encodings.gzip.compressed
+    assert.equal(c0.encodings.gzip.compressed.responses + 3, gz.responses)
+    assert.is_true(gz.out > 0 and gz.out < gz["in"], "gzip in " .. gz["in"] .. ", out " .. gz.out)
+    local page = get("/").body
+    assert.matches('<section id="compression" class="panel" data-compression="unknown" hidden>', page, 1, true)
+    assert.matches('<table id="comp-compressed">', page, 1, true)
+    assert.matches('<table id="comp-decoded">', page, 1, true)
+
+    -- what a person sees: a row per coding in each direction, the counts of
+    -- GET /status (nothing happened during the polls: a rate of 0), the ratio
+    local dom = rendered(admin_port)
+    assert.same(c.encodings, comp(admin_port).encodings, "the page's own requests were counted")
+    local sec, tables, body = section(dom, "compression")
+    assert.equal("on", sec["data-compression"])
+    assert.is_nil(sec.hidden)
+    for _, g in ipairs { "compressed", "decoded" } do
+      for _, coding in ipairs(CODINGS) do
+        local r = tables["comp-" .. g][coding]
+        assert(r, g .. ": no row " .. coding .. "\n" .. body)
+        local want = c.encodings[coding][g]
+        assert.equal(tostring(want.responses), r["data-responses"], g .. " " .. coding)
+        assert.equal(tostring(want["in"]), r["data-in"], g .. " " .. coding)
+        assert.equal(tostring(want.out), r["data-out"], g .. " " .. coding)
+        assert.equal("0", r["data-rate"], g .. " " .. coding)
+        assert.equal(coding, r.cells[1])
+        assert.equal(tostring(want.responses), r.cells[2])
+        assert.equal("0", r.cells[3])
+        assert.matches("^[%d.]+ [KMG]?i?B$", r.cells[4])
+        assert.matches("^[%d.]+ [KMG]?i?B$", r.cells[5])
+        if want["in"] > 0 and want.out > 0 then -- in / out compressed, out / in decoded, one decimal
+          local q = g == "compressed" and want["in"] / want.out or want.out / want["in"]
+          local shown = tonumber(r["data-ratio"]:match("^([%d.]+)×$"))
+          assert.is_true(shown and math.abs(shown - q) <= 0.051, g .. " " .. coding .. ": " .. r["data-ratio"])
+        else
+          assert.equal("", r["data-ratio"], g .. " " .. coding)
+          assert.equal("–", r.cells[6])
+        end
+        assert.equal(r.cells[6], r["data-ratio"] ~= "" and r["data-ratio"] or "–")
+      end
+    end
+    local row = tables["comp-compressed"].gzip
+    assert.is_true(tonumber(row.cells[2]) >= 3, row.cells[2])
+    assert.matches("^%d+%.%d×$", row.cells[6])
+    assert.is_true(tonumber(row.cells[6]:match("^[%d.]+")) > 1, row.cells[6])
+    local function line(id)
+      return unescape(assert(body:match('<b id="' .. id:gsub("%-", "%%-") .. '">(.-)</b>'), "no " .. id))
+    end
+    assert.matches("^[%d.]+ [KMG]?i?B$", line("comp-memory"))
+    assert.equal(tostring(c.skipped), line("comp-skipped"))
+    assert.equal(tostring(c.decode_failures), line("comp-failures"))
+    assert.equal(tostring(c.bombs), line("comp-bombs"))
+
+    -- a moxy that compressed nothing: the same tables, all zeros, shown
+    local pc = comp(plain_admin)
+    local zero = { responses = 0, ["in"] = 0, out = 0 }
+    assert.same({ compressed = zero, decoded = zero }, pc.encodings.gzip)
+    local psec, ptables, pbody = section(rendered(plain_admin), "compression")
+    assert.equal("on", psec["data-compression"])
+    assert.is_nil(psec.hidden)
+    for _, g in ipairs { "compressed", "decoded" } do
+      for _, coding in ipairs(CODINGS) do
+        local r = ptables["comp-" .. g][coding]
+        assert(r, g .. ": no row " .. coding .. "\n" .. pbody)
+        assert.same({ coding, "0", "0", "0 B", "0 B", "–" }, r.cells, g .. " " .. coding)
+      end
+    end
+    for _, id in ipairs { "comp%-skipped", "comp%-failures", "comp%-bombs" } do
+      assert.equal("0", pbody:match('<b id="' .. id .. '">(.-)</b>'), id)
+    end
   end)
 end)

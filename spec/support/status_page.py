@@ -21,7 +21,10 @@ seconds; moxy has an 8 MiB cache).  Checks, each with a bounded wait:
   5. no console errors;
   6. a wrong token gets a 401 shown in the page and changes nothing;
   7. with --no-cache-admin (a moxy without a cache): that page says "no cache
-     configured" and shows no cache chart or card, without console errors.
+     configured" and shows no cache chart or card, without console errors;
+  8. the compression section is shown, its gzip row of the compressed table
+     with responses >= 1 (the spec sent some with Accept-Encoding: gzip), bytes
+     in and out and a ratio "N.N×", and a row per coding in both tables.
 Prints "ok: ..." per check; exits 1 with "FAIL: ..." at the first failure.
 """
 import argparse
@@ -119,6 +122,36 @@ def click(driver, addr, button):
     b.click()
 
 
+def coding_row(driver, table_id, coding):
+    """The texts of the cells of coding's row in table table_id, or None."""
+    for r in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr"):
+        if r.get_attribute("data-key") == coding:
+            return [td.text for td in r.find_elements(By.TAG_NAME, "td")]
+    return None
+
+
+def compression(driver, screenshots):
+    """8. the compression section: shown, gzip compressed with a ratio."""
+    wait_for("the compression section on",
+             lambda: driver.find_element(By.ID, "compression").get_attribute("data-compression") == "on")
+    if not driver.find_element(By.ID, "compression").is_displayed():
+        raise Failed("compression section not shown")
+    cells = wait_for("the gzip row of the compressed table with responses >= 1 and a ratio", lambda: (
+        lambda c: c if c and c[1].isdigit() and int(c[1]) >= 1 and c[5].endswith("×") else None)(
+        coding_row(driver, "comp-compressed", "gzip")))
+    for table in ("comp-compressed", "comp-decoded"):
+        missing = [k for k in ("gzip", "br", "zstd") if not coding_row(driver, table, k)]
+        if missing:
+            raise Failed(f"{table}: no row for {', '.join(missing)}")
+    memory = driver.find_element(By.ID, "comp-memory").text
+    if not memory.endswith("B"):
+        raise Failed(f"coders' memory shown as {memory!r}")
+    ok(f"compression table: gzip {cells[1]} responses compressed, {cells[3]} in, {cells[4]} out, "
+       f"ratio {cells[5]}; memory {memory}")
+    if screenshots:
+        driver.find_element(By.ID, "compression").screenshot(os.path.join(screenshots, "compression.png"))
+
+
 def console_errors(driver):
     return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
 
@@ -183,6 +216,7 @@ def run(driver, a):
     after = wait_for("the charts to update by themselves", lambda: (
         lambda n: n if n > before else None)(series(driver, "#chart-rate")["total"]["points"]), timeout=5)
     ok(f"charts update by themselves ({before} -> {after} samples)")
+    compression(driver, a.screenshots)
 
     # 3. peers table
     for addr in (a.peer, a.other):
