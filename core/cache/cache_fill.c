@@ -354,7 +354,7 @@ int moxy_cache_response_decide(moxy_req_t *r)
     o->status = status;
     if (object_fill(o, hs, &t, &cc, life) != MOXY_OK) goto fail;
     if (r->cache_ttl >= 0 && r->cache_stale >= 0) o->stale_if_error = r->cache_stale;
-    if (moxy_body_tap_add(r, &fill_tap, MOXY_TAP_IN) != MOXY_OK) goto fail;
+    if (moxy_body_tap_add(r, &fill_tap) != MOXY_OK) goto fail;
     moxy_cache_attach(r);
     r->cache_fill = o;
     if (r->resp_body_kind == MOXY_BODY_LENGTH) moxy_cache_obj_reserve(o, r->resp_body_left);
@@ -398,7 +398,6 @@ static void fill_end(moxy_req_t *r)
 void moxy_cache_req_free(moxy_req_t *r)
 {
     moxy_cache_flight_over(r, 0);
-    moxy_cache_variant_free(r);
     if (r->cache_wait) event_del(r->cache_wait); /* its client left while it waited or streamed */
     r->cache_wait = NULL;
     if (r->cache_fill) { /* an incomplete response is not stored; its streams are cut */

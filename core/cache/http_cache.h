@@ -44,10 +44,6 @@ void moxy_cache_flight_over(moxy_req_t *r, int not_storable);
  * hit makes it), else make it from r's coded body when no other hit is. */
 void moxy_cache_variant_hit(moxy_req_t *r);
 
-/* r ends (moxy_cache_req_free): a variant it was making is dropped, and
- * the hits streaming it cut. */
-void moxy_cache_variant_free(moxy_req_t *r);
-
 /* r will stream r->cache_obj as it fills (stream_step every 2 ms):
  * its timer made.  MOXY_ERROR: out of memory. */
 int moxy_cache_stream_setup(moxy_req_t *r);

@@ -14,7 +14,6 @@
 #include <event2/buffer.h>
 
 static void body_hooks_done(moxy_req_t *r, int rc);
-static void taps_see(moxy_body_tap_t *list, struct evbuffer *from, size_t n);
 
 /* The coder failed (why; MOXY_DECLINED: a decoder's guard): the origin is
  * let go and the client gets a 502 when nothing of the response went out
@@ -57,11 +56,6 @@ static int filter_emit(moxy_req_t *r, int rc)
         out = r->coded;
     }
     size_t n = evbuffer_get_length(out);
-    if (r->out_taps && n) taps_see(r->out_taps, out, n);
-    if (r->out_taps && r->filter_final) {
-        for (moxy_body_tap_t *t = r->out_taps; t; t = t->next) t->ops->end(r);
-        r->out_taps = NULL;
-    }
     if (r->head_held && (n || r->filter_final)) {
         r->head_held = 0;
         moxy_stream_send_head(r);
@@ -131,20 +125,19 @@ static void filter_free(moxy_req_t *r)
 
 /* --- the chain --- */
 
-int moxy_body_tap_add(moxy_req_t *r, const moxy_body_tap_ops_t *ops, int where)
+int moxy_body_tap_add(moxy_req_t *r, const moxy_body_tap_ops_t *ops)
 {
-    moxy_body_tap_t *t = moxy_palloc(&r->mem, sizeof(*t)), **end = where == MOXY_TAP_OUT ? &r->out_taps : &r->taps;
+    moxy_body_tap_t *t = moxy_palloc(&r->mem, sizeof(*t)), **end = &r->taps;
     if (!t) return MOXY_ERROR;
     t->ops = ops;
-    t->r = r;
     t->next = NULL;
     while (*end) end = &(*end)->next;
     *end = t;
     return MOXY_OK;
 }
 
-/* The taps of list see the n bytes at the front of from. */
-static void taps_see(moxy_body_tap_t *list, struct evbuffer *from, size_t n)
+/* The taps see the n bytes at the front of from. */
+static void taps_see(moxy_req_t *r, struct evbuffer *from, size_t n)
 {
     struct evbuffer_ptr pos;
     size_t off = 0;
@@ -155,7 +148,7 @@ static void taps_see(moxy_body_tap_t *list, struct evbuffer *from, size_t n)
         if (k <= 0) return;
         for (int i = 0; i < MOXY_MIN(k, 16) && off < n; i++) {
             size_t take = MOXY_MIN(n - off, v[i].iov_len);
-            for (moxy_body_tap_t *t = list; t; t = t->next) t->ops->data(t->r, v[i].iov_base, take);
+            for (moxy_body_tap_t *t = r->taps; t; t = t->next) t->ops->data(r, v[i].iov_base, take);
             off += take;
         }
     }
@@ -163,7 +156,7 @@ static void taps_see(moxy_body_tap_t *list, struct evbuffer *from, size_t n)
 
 void moxy_body_move(moxy_req_t *r, struct evbuffer *from, size_t n)
 {
-    if (r->taps) taps_see(r->taps, from, n);
+    if (r->taps) taps_see(r, from, n);
     if (r->filtering) {
         moxy_io_move(r->filter_in, from, n);
         return;
@@ -203,7 +196,6 @@ int moxy_body_filter_start(moxy_req_t *r)
     r->filter_hooks = moxy_lua_has(r->g, MOXY_PHASE_BODY) && !r->no_filter && r->resp_body_kind != MOXY_BODY_NONE;
     if (moxy_compress_start(r) != MOXY_OK) return MOXY_ERROR;
     r->filtering = r->filter_hooks || r->coder;
-    r->out_taps = NULL;
     if (!r->filtering) return MOXY_OK;
     moxy_req_cleanup_add(r, filter_free);
     if (!r->filter_in) r->filter_in = moxy_worker_buf_get(w);

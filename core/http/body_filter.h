@@ -2,7 +2,7 @@
  * body_filter.h -- the chain a response body passes through on its way to
  * r's stream:
  *
- *   producer (an origin) -> taps (the cache's fill) -> on_body -> coder -> out taps -> stream
+ *   producer (an origin) -> taps (the cache's fill) -> on_body -> coder -> stream
  *
  * A producer hands the body on with moxy_body_move / moxy_body_add and
  * ends it with moxy_body_end.  Taps see every byte in order and the end,
@@ -30,20 +30,12 @@ typedef struct {
 
 struct moxy_body_tap_s {
     const moxy_body_tap_ops_t *ops;
-    moxy_req_t *r;
     moxy_body_tap_t *next;
 };
 
-/* Where a tap sees the body. */
-enum {
-    MOXY_TAP_IN = 0, /* as the producer hands it on (the cache's fill: what the origin sent) */
-    MOXY_TAP_OUT,    /* as it leaves the stage (the cache's compressed variants: what the coder made);
-                        only once the stage is decided, when r->filtering */
-};
-
-/* Add a tap at the end of r's taps at where (before the head is sent).
- * MOXY_ERROR: out of memory. */
-int moxy_body_tap_add(moxy_req_t *r, const moxy_body_tap_ops_t *ops, int where);
+/* Add a tap at the end of r's (before the head is sent).  MOXY_ERROR: out
+ * of memory. */
+int moxy_body_tap_add(moxy_req_t *r, const moxy_body_tap_ops_t *ops);
 
 /* The producer's side: the n bytes at the front of from (moved on, not
  * copied, when nothing transforms them), the n bytes at p, the end (which

@@ -321,6 +321,7 @@ static int run_pieces(moxy_req_t *r, struct evbuffer *in, size_t n, int what, co
             if (rc != MOXY_OK) return rc;
             took += len;
         }
+        if (took == 0) break; /* never: n > 0 bytes are there */
         evbuffer_drain(in, took);
         n -= took;
     }
@@ -390,6 +391,15 @@ int moxy_compress_decode_body(moxy_req_t *r, uint64_t max)
     r->body_buf = out;
     moxy_headers_remove(&r->headers, "Content-Encoding", 16);
     return MOXY_OK;
+}
+
+struct moxy_coder_s *moxy_compress_take(moxy_req_t *r)
+{
+    moxy_coder_t *c = r->coder;
+    r->coder = NULL;
+    r->coding = MOXY_CODING_NONE;
+    r->filtering = r->filter_hooks;
+    return c;
 }
 
 void moxy_compress_cancel(moxy_req_t *r)

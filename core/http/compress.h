@@ -53,6 +53,11 @@ int moxy_compress_decode_body(moxy_req_t *r, uint64_t max);
  * fields stay as moxy_compress_start made them. */
 void moxy_compress_cancel(moxy_req_t *r);
 
+/* As moxy_compress_cancel, but r's coder is handed to the caller (who
+ * puts it back and counts what it coded): the cache's job that makes a
+ * compressed copy from the stored body. */
+struct moxy_coder_s *moxy_compress_take(moxy_req_t *r);
+
 /* r ends: its coder goes back to the worker (its bytes counted), its
  * buffer too.  body_filter.c's cleanup calls it. */
 void moxy_compress_end(moxy_req_t *r);

@@ -352,7 +352,6 @@ struct moxy_req_s {
     struct evbuffer *filter_in;  /* response body waiting for on_body (lazily created) */
     struct evbuffer *filter_out; /* on_body's output, to be framed for the client */
     moxy_body_tap_t *taps;       /* the response body's taps, in order (body_filter.h) */
-    moxy_body_tap_t *out_taps;   /* those that see it after the stage */
     struct moxy_coder_s *coder;  /* the stage's content coder (compress.h), or NULL */
     struct evbuffer *coded;      /* its output */
     uint8_t coding;              /* MOXY_CODING_*: what it does */
@@ -404,10 +403,6 @@ struct moxy_req_s {
     unsigned cache_leader : 1;     /* its key's request at the origin: others wait for it */
     unsigned cache_collapsed : 1;  /* answered with what another request fetched */
     unsigned cache_streaming : 1;  /* streams from the object another request fills */
-    struct moxy_cache_obj_s *cache_vfill; /* the compressed variant this hit makes (a reference), or NULL */
-    char *cache_vkey;              /* its key while this request leads its making (request pool), or NULL */
-    uint32_t cache_vklen;
-    uint64_t cache_vhash;
     unsigned cache_background : 1;    /* a background refresh of a stale object (stale-while-revalidate) */
     uint64_t cache_sent;           /* of that object, the bytes sent so far */
     struct event *cache_wait;      /* waiting for the leader's response (request pool), or NULL */

@@ -116,6 +116,10 @@ void moxy_upstream_set_cache(const moxy_proxy_cache_t *cache);
 /* The cache's moxy_proxy_cache_t. */
 extern const moxy_proxy_cache_t moxy_cache_for_proxy;
 
+/* The cache's per-worker part (registered by ops/modules.c): the jobs that
+ * make compressed copies of stored objects (cache/cache_variant.c). */
+extern struct moxy_module_s moxy_cache_module;
+
 /* The origin failed (status 502/504, why for the log): a stale object the
  * cache may serve (stale-if-error), else an error page if nothing was sent
  * yet, else the client connection is cut. */

@@ -27,6 +27,7 @@ void moxy_modules_setup(void)
     moxy_module_register(&moxy_resolver_module);
     moxy_module_register(&moxy_admin_module);
     moxy_module_register(&moxy_watch_module);
+    moxy_module_register(&moxy_cache_module);
     moxy_http_init();
     moxy_req_set_content_handler(moxy_cache_content);
     moxy_upstream_set_cache(&moxy_cache_for_proxy);

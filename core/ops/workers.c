@@ -287,8 +287,8 @@ static void *worker_main(void *arg)
     moxy_session_t *s;
     while ((s = LIST_FIRST(&w->sessions))) s->ops->close(s);
     moxy_req_end_detached(w, NULL);
+    moxy_modules_worker_free(w); /* before the spares: a module's jobs give back coders and buffers */
     moxy_worker_buf_free_all(w);
-    moxy_modules_worker_free(w);
     moxy_alog_flush(&w->alog);
     worker_free_wgens(w);
     moxy_pool_thread_cleanup();

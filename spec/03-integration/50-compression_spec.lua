@@ -972,6 +972,23 @@ describe("compression and the cache", function()
     assert.equal(before + 1, compressed("gzip"), "20 hits at once, compressed once")
   end)
 
+  it("makes the copy whatever its first client does: one that leaves at once cuts nobody else", function()
+    local want = assert(helpers.request(origin.port, { path = "/gen/1500000" })).body
+    local p = opath("/gen/1500000", { "Cache-Control:max-age=60" }, { "case=leaves" })
+    assert.equal(200, get(m.port, p).status)
+    local before = compressed("zstd")
+    local first = assert(helpers.connection(m.port))
+    assert(first:send(helpers.build_request({ path = p, headers = { { "Accept-Encoding", "zstd" } } })))
+    first:close() -- the hit that starts the copy is gone before it reads a byte
+    for i, r in ipairs(at_once(p, "zstd", 5)) do
+      assert.equal(200, r.status)
+      same(want, decode(dir, "zstd", r.body), "hit " .. i)
+    end
+    assert.equal(before + 1, compressed("zstd"), "compressed once")
+    local res = get(m.port, p, "zstd")
+    assert.equal(tostring(#res.body), res:header("content-length"), "the copy was kept")
+  end)
+
   it("drops the variants with their object: a purge, and a new response for the key", function()
     local want = assert(helpers.request(origin.port, { path = "/gen/50000" })).body
     local p = opath("/gen/50000", { "Cache-Control:max-age=60" }, { "case=purge" })
