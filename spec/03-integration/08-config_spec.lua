@@ -261,10 +261,13 @@ describe("moxy -v", function()
     assert.matches("^moxy %d+%.%d+%.%d+", out)
     assert.matches("\nLuaJIT 2%.%d+", out)
     assert.matches("\nllhttp %d+%.%d+%.%d+", out)
-    -- only what moxy uses: zlib is linked but nothing calls it yet
-    assert.is_nil(out:find("zlib", 1, true), out)
+    -- the compression libraries (gzip, br, zstd)
+    assert.matches("\nzlib %d+%.%d+", out)
+    assert.matches("\nbrotli %d+%.%d+%.%d+", out)
+    assert.matches("\nzstd %d+%.%d+%.%d+", out)
     assert.matches("\nOpenSSL 3%.%d+%.%d+", out)
-    for lib, pkg in pairs({ libevent = "libevent", libmaxminddb = "libmaxminddb", libnghttp2 = "libnghttp2" }) do
+    for lib, pkg in pairs({ libevent = "libevent", libmaxminddb = "libmaxminddb", libnghttp2 = "libnghttp2",
+                            zlib = "zlib", brotli = "libbrotlienc", zstd = "libzstd" }) do
       local v = modversion(pkg)
       if v then
         contains(out, "\n" .. lib .. " " .. v)
