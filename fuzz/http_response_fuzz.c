@@ -201,7 +201,8 @@ static int dbuf_put(dbuf_t *b, const uint8_t *p, size_t n)
 
 static uint8_t dec_room[65536];
 
-/* gzip (RFC 1952): members one after another, nothing else. */
+/* gzip (RFC 1952): members one after another; bytes after a member that
+ * do not start another (0x1f) are ignored, as browsers do. */
 static int dec_gzip(const uint8_t *in, size_t n, dbuf_t *out)
 {
     z_stream z;
@@ -219,7 +220,7 @@ static int dec_gzip(const uint8_t *in, size_t n, dbuf_t *out)
             break;
         }
         if (rc == Z_STREAM_END) {
-            if (z.avail_in == 0) {
+            if (z.avail_in == 0 || z.next_in[0] != 0x1f) {
                 res = DEC_OK;
                 break;
             }
@@ -290,6 +291,7 @@ static int dec_zstd(const uint8_t *in, size_t n, dbuf_t *out)
 static int decode(int enc, const char *in, size_t n, dbuf_t *out)
 {
     const uint8_t *p = (const uint8_t *)(in ? in : "");
+    if (n == 0) return DEC_OK; /* a coded body of no bytes: nothing */
     switch (enc) {
     case ENC_GZIP: return dec_gzip(p, n, out);
     case ENC_BR: return dec_br(p, n, out);

@@ -43,6 +43,7 @@ struct moxy_coder_s {
     uint8_t ended;  /* the input's end was handed over (or a decoder saw its stream end) */
     uint8_t failed; /* an error: takes nothing more, not kept */
     uint8_t member_end; /* gzip decoder: a member ended; more input starts another */
+    uint8_t trailing;   /* gzip decoder: what follows the last member is ignored */
     moxy_enc_params_t p; /* an encoder's, as used (the window may be smaller than asked) */
     moxy_dec_limits_t lim;
     uint64_t in, out;
@@ -195,7 +196,7 @@ static moxy_coder_t *idle_take(moxy_coders_t *cs, int decode, int enc, const mox
         cs->nidle[decode][enc]--;
         c->next = NULL;
         c->in = c->out = 0;
-        c->ended = c->failed = c->member_end = 0;
+        c->ended = c->failed = c->member_end = c->trailing = 0;
         return c;
     }
     return NULL;
@@ -428,7 +429,13 @@ static int run_inflate(moxy_coder_t *c, const char *in, size_t n, int what, stru
     z->avail_in = (uInt)n;
     for (;;) {
         if (c->member_end) {
-            if (z->avail_in == 0) return MOXY_OK;
+            if (z->avail_in == 0 || c->trailing) return MOXY_OK;
+            if (z->next_in[0] != 0x1f) {
+                /* bytes after the last member that start none: ignored, as
+                 * browsers do (padding some servers add) */
+                c->trailing = 1;
+                return MOXY_OK;
+            }
             /* another gzip member follows (RFC 1952 2.2) */
             if (inflateReset(z) != Z_OK) goto bad;
             c->member_end = 0;
@@ -594,6 +601,12 @@ int moxy_coder_run(moxy_coder_t *c, const char *in, size_t n, int what, struct e
         return MOXY_ERROR;
     }
     int rc = MOXY_OK;
+    /* a coded body of no bytes at all (Content-Encoding on an empty body)
+     * decodes to nothing */
+    if (c->decode && what == MOXY_CODE_END && n == 0 && c->in == 0) {
+        c->ended = 1;
+        return MOXY_OK;
+    }
     /* zlib counts in uInt: pieces of at most 1 GiB */
     do {
         size_t piece = MOXY_MIN(n, (size_t)1 << 30);

@@ -541,6 +541,8 @@ describe("compression", function()
     it("leaves br coded (decompress.br is off by default), decodes zstd (on at the top level here)", function()
       assert_passed(get(port, "/gen/5000?enc=br", "identity"), "br", text(5000), "br for identity")
       assert_plain(get(port, "/gen/5000?enc=zstd", "identity"), text(5000), "zstd for identity")
+      -- Content-Encoding on an empty body: nothing to decode, an empty body
+      assert_plain(get(port, "/gen/0?rh=Content-Encoding%3Agzip", "identity"), "", "empty gzip body")
       -- the body's end apart from its last bytes (an origin that closes, a last
       -- chunk in a later read): zstd's were cut (found by fuzz/http_response_fuzz.c)
       for _, frame in ipairs({ "close", "chunked" }) do
