@@ -187,11 +187,13 @@ describe("HTTP/2", function()
     local during = m:rss()
     p:wait_exit(30 * S)
     os.remove(outf)
-    -- about 12 KB each (TLS, nghttp2's session and HPACK tables); 29 KB before the pages went back.
-    -- Measured here 20.2 KB, and 20.5 KB since responses carry Vary: Accept-Encoding
-    -- (compression, on by default): an entry more in each connection's HPACK table
+    -- TLS, nghttp2's session and HPACK tables: 29 KB before the pages went back. Measured
+    -- 20.0-20.7 KB with this spec file alone, 20.7-21.6 KB in the whole suite (the heap
+    -- moxy starts from differs); responses carry Vary: Accept-Encoding (compression, on by
+    -- default), an entry more in each connection's HPACK table (+0.3 KB). The bound sits
+    -- between that and the 29 KB of buffers kept.
     local per = (during - before) * 1024 / n
-    assert.is_true(per < 21 * 1024, string.format("%.0f bytes per idle connection", per))
+    assert.is_true(per < 24 * 1024, string.format("%.0f bytes per idle connection", per))
   end)
 
   it("streams request bodies to the origin: with a length, without one (chunked), with trailers", function()
