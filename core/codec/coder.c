@@ -202,6 +202,26 @@ static moxy_coder_t *idle_take(moxy_coders_t *cs, int decode, int enc, const mox
     return NULL;
 }
 
+/* A zeroed coder of cs for enc (its library state not made yet), or NULL
+ * with *why: past the budget, out of memory. */
+static moxy_coder_t *coder_new(moxy_coders_t *cs, int enc, int decode, const char **why)
+{
+    if (!room(cs)) {
+        *why = "compression memory budget reached";
+        return NULL;
+    }
+    moxy_coder_t *c = cs_alloc(cs, sizeof(*c));
+    if (!c) {
+        *why = "out of memory for a coder";
+        return NULL;
+    }
+    memset(c, 0, sizeof(*c));
+    c->cs = cs;
+    c->enc = (uint8_t)enc;
+    c->decode = (uint8_t)decode;
+    return c;
+}
+
 /* --- encoders --- */
 
 /* ceil(log2(n)) for n >= 1. */
@@ -238,15 +258,7 @@ moxy_coder_t *moxy_coder_encoder(moxy_coders_t *cs, int enc, const moxy_enc_para
         if (ok) return c;
         coder_destroy(c);
     }
-    if (!room(cs)) {
-        *why = "compression memory budget reached";
-        return NULL;
-    }
-    c = cs_alloc(cs, sizeof(*c));
-    if (!c) goto nomem;
-    memset(c, 0, sizeof(*c));
-    c->cs = cs;
-    c->enc = (uint8_t)enc;
+    if (!(c = coder_new(cs, enc, 0, why))) return NULL;
     c->p = want;
     switch (enc) {
     case MOXY_ENC_GZIP:
@@ -299,16 +311,7 @@ moxy_coder_t *moxy_coder_decoder(moxy_coders_t *cs, int enc, const moxy_dec_limi
         }
         coder_destroy(c);
     }
-    if (!room(cs)) {
-        *why = "compression memory budget reached";
-        return NULL;
-    }
-    c = cs_alloc(cs, sizeof(*c));
-    if (!c) goto nomem;
-    memset(c, 0, sizeof(*c));
-    c->cs = cs;
-    c->enc = (uint8_t)enc;
-    c->decode = 1;
+    if (!(c = coder_new(cs, enc, 1, why))) return NULL;
     c->lim = *lim;
     switch (enc) {
     case MOXY_ENC_GZIP:
@@ -331,7 +334,6 @@ moxy_coder_t *moxy_coder_decoder(moxy_coders_t *cs, int enc, const moxy_dec_limi
     }
     }
     cs_free(cs, c);
-nomem:
     *why = "out of memory for a decompressor";
     return NULL;
 }
