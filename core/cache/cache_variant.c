@@ -36,7 +36,6 @@
 #include "http/compress.h"
 #include "http/lifecycle.h"
 #include "http/request.h"
-#include "http/stats.h"
 #include "http/worker.h"
 
 #include <event2/buffer.h>
@@ -116,12 +115,7 @@ static void job_end(vjob_t *j, int ok)
         atomic_store_explicit(&j->v->fill_state, -1, memory_order_release);
     }
     moxy_cache_flight_end(j->vkey, j->vklen, j->vhash, 0);
-    moxy_stats_t *st = &j->w->stats;
-    MOXY_STAT_ADD(st->comp_responses[0][j->enc], 1);
-    MOXY_STAT_ADD(st->comp_in[0][j->enc], moxy_coder_in(j->coder));
-    MOXY_STAT_ADD(st->comp_out[0][j->enc], moxy_coder_out(j->coder));
-    moxy_coder_put(j->coder);
-    if (j->w->coders) MOXY_STAT_SET(st->comp_memory, (long long)moxy_coders_memory(j->w->coders));
+    moxy_compress_count(j->w, 0, j->enc, j->coder);
     moxy_cache_obj_unref(j->v);
     moxy_cache_obj_unref(j->src);
     evbuffer_free(j->out);

@@ -202,13 +202,10 @@ static int choose(const moxy_req_t *r, const moxy_compress_conf_t *c, const moxy
 }
 
 /* 1 when r's response, as its head stands, is one c compresses for a
- * client that accepts a coding: no coding yet, no no-transform, its type
- * and length (or on_response asked). */
-static int eligible(const moxy_req_t *r, const moxy_compress_conf_t *c)
+ * client that accepts a coding: its type and length (or on_response
+ * asked).  The caller knows it has no coding and no no-transform. */
+static int compressible(const moxy_req_t *r, const moxy_compress_conf_t *c)
 {
-    if (r->compress_want < 0 || no_transform(&r->resp_headers) || no_transform(&r->headers) ||
-        content_coding(&r->resp_headers) != MOXY_ENC_IDENTITY)
-        return 0;
     if (r->compress_want > 0) return 1;
     if (!c->enabled) return 0;
     const moxy_header_t *ct = moxy_headers_get(&r->resp_headers, "Content-Type", 12);
@@ -216,20 +213,52 @@ static int eligible(const moxy_req_t *r, const moxy_compress_conf_t *c)
     return !(r->resp_body_kind == MOXY_BODY_LENGTH && r->resp_body_left < c->min_length);
 }
 
-int moxy_compress_eligible(const moxy_req_t *r)
+/* 1 when neither side forbids transforming the response (RFC 9111
+ * 5.2.1.6, 5.2.2.6), nor did a script (txn.resp:compress(false)). */
+static int transformable(const moxy_req_t *r)
 {
-    return eligible(r, conf_of(r));
+    return r->compress_want >= 0 && !no_transform(&r->resp_headers) && !no_transform(&r->headers);
 }
 
-static int start_encode(moxy_req_t *r, const moxy_compress_conf_t *c, const moxy_accept_t *a)
+int moxy_compress_eligible(const moxy_req_t *r)
 {
-    if (!eligible(r, c)) return MOXY_OK;
+    return transformable(r) && content_coding(&r->resp_headers) == MOXY_ENC_IDENTITY && compressible(r, conf_of(r));
+}
+
+/* 1 when r's response is whole content a coder may take: a body, not a
+ * range (206, a Range request, a Content-Range). */
+static int whole_body(const moxy_req_t *r)
+{
+    return r->resp_body_kind != MOXY_BODY_NONE && moxy_resp_has_body(r) && r->status != 206 &&
+           moxy_headers_find_kind(&r->headers, MOXY_HK_RANGE, 0) < 0 &&
+           !moxy_headers_get(&r->resp_headers, "Content-Range", 13);
+}
+
+/* r's coder is c (MOXY_CODING_ENCODE or _DECODE of enc). */
+static void coder_set(moxy_req_t *r, moxy_coder_t *c, int coding, int enc)
+{
+    r->coder = c;
+    r->coding = (uint8_t)coding;
+    r->coding_enc = (uint8_t)enc;
+    memory_gauge(r);
+}
+
+/* No coder for r (the budget, out of memory): its body goes as it is. */
+static void coder_skipped(moxy_req_t *r, const char *what, const char *why)
+{
+    MOXY_STAT_ADD(r->w->stats.comp_skipped, 1);
+    moxy_log(MOXY_LOG_DEBUG, r->id, "compression: %s: %s", what, why ? why : "out of memory");
+}
+
+static int start_encode(moxy_req_t *r, const moxy_compress_conf_t *c)
+{
+    if (!compressible(r, c)) return MOXY_OK;
     /* it could be compressed: what a cache keeps of it depends on Accept-Encoding */
     if (add_vary(r) != MOXY_OK) return MOXY_ERROR;
-    if (r->resp_body_kind == MOXY_BODY_NONE || !moxy_resp_has_body(r) || r->status == 206 ||
-        moxy_headers_find_kind(&r->headers, MOXY_HK_RANGE, 0) >= 0 || moxy_headers_get(&r->resp_headers, "Content-Range", 13))
-        return MOXY_OK;
-    int enc = choose(r, c, a);
+    if (!whole_body(r)) return MOXY_OK;
+    moxy_accept_t a;
+    accept_of(r, &a);
+    int enc = choose(r, c, &a);
     if (enc == MOXY_ENC_IDENTITY) return MOXY_OK;
     moxy_enc_params_t p = {c->enc[enc].level, c->enc[enc].window, c->enc[enc].mem_level};
     if (r->compress_level) {
@@ -240,42 +269,32 @@ static int start_encode(moxy_req_t *r, const moxy_compress_conf_t *c, const moxy
     moxy_coders_t *cs = coders_of(r);
     moxy_coder_t *coder = cs ? moxy_coder_encoder(cs, enc, &p, r->resp_body_kind == MOXY_BODY_LENGTH ? r->resp_body_left : UINT64_MAX, &why)
                              : NULL;
-    if (!coder) { /* sent as it is */
-        MOXY_STAT_ADD(r->w->stats.comp_skipped, 1);
-        moxy_log(MOXY_LOG_DEBUG, r->id, "compression: sent uncompressed: %s", why ? why : "out of memory");
+    if (!coder) {
+        coder_skipped(r, "sent uncompressed", why);
         return MOXY_OK;
     }
-    r->coder = coder;
-    r->coding = MOXY_CODING_ENCODE;
-    r->coding_enc = (uint8_t)enc;
-    memory_gauge(r);
+    coder_set(r, coder, MOXY_CODING_ENCODE, enc);
     return recode_fields(r, enc);
 }
 
-static int start_decode(moxy_req_t *r, const moxy_compress_conf_t *c, const moxy_accept_t *a, int enc)
+static int start_decode(moxy_req_t *r, const moxy_compress_conf_t *c, int enc)
 {
-    if (!(c->decompress & (1u << enc)) || moxy_accept_allows(a, enc) || !moxy_accept_allows(a, MOXY_ENC_IDENTITY))
-        return MOXY_OK;
-    if (r->resp_body_kind == MOXY_BODY_NONE || !moxy_resp_has_body(r) || r->status == 206 ||
-        moxy_headers_find_kind(&r->headers, MOXY_HK_RANGE, 0) >= 0 || moxy_headers_get(&r->resp_headers, "Content-Range", 13))
-        return MOXY_OK;
+    if (!(c->decompress & (1u << enc)) || !whole_body(r)) return MOXY_OK;
+    moxy_accept_t a;
+    accept_of(r, &a);
+    if (moxy_accept_allows(&a, enc) || !moxy_accept_allows(&a, MOXY_ENC_IDENTITY)) return MOXY_OK;
     moxy_dec_limits_t lim = {c->max_size, c->max_ratio};
     const char *why = NULL;
     moxy_coders_t *cs = coders_of(r);
     moxy_coder_t *coder = cs ? moxy_coder_decoder(cs, enc, &lim, &why) : NULL;
     if (!coder) {
-        MOXY_STAT_ADD(r->w->stats.comp_skipped, 1);
-        moxy_log(MOXY_LOG_DEBUG, r->id, "compression: %s body sent undecoded: %s", moxy_enc_name(enc),
-                 why ? why : "out of memory");
+        coder_skipped(r, "sent undecoded", why);
         return MOXY_OK;
     }
-    r->coder = coder;
-    r->coding = MOXY_CODING_DECODE;
-    r->coding_enc = (uint8_t)enc;
+    coder_set(r, coder, MOXY_CODING_DECODE, enc);
     /* the head waits for the first decoded bytes: a body that does not
      * decode (or a bomb) before them is a 502, not a cut response */
     r->head_held = 1;
-    memory_gauge(r);
     if (add_vary(r) != MOXY_OK) return MOXY_ERROR;
     return recode_fields(r, MOXY_ENC_IDENTITY);
 }
@@ -283,31 +302,33 @@ static int start_decode(moxy_req_t *r, const moxy_compress_conf_t *c, const moxy
 int moxy_compress_start(moxy_req_t *r)
 {
     r->coding = MOXY_CODING_NONE;
-    if (r->tunnel || r->status < 200 || r->compress_want < 0) return MOXY_OK;
+    if (r->tunnel || r->status < 200 || !transformable(r)) return MOXY_OK;
     const moxy_compress_conf_t *c = conf_of(r);
-    if (no_transform(&r->resp_headers) || no_transform(&r->headers)) return MOXY_OK;
-    moxy_accept_t a;
-    accept_of(r, &a);
     if (r->status == 304) {
         /* the fields its 200 would have (RFC 9110 15.4.5): Vary, and the
          * ETag weak when that 200 would be compressed -- known for the
          * cache's 304s (r->compress_304), guessed for the origin's from
          * the weak ETag the client holds */
-        int e = strong_etag(r), coded = choose(r, c, &a) != MOXY_ENC_IDENTITY;
-        int weak = e >= 0 && coded && (r->compress_304 || (c->enabled && client_holds_weak(r, e)));
+        int e = strong_etag(r);
+        if (!r->compress_304 && (e < 0 || !c->enabled)) return MOXY_OK;
+        moxy_accept_t a;
+        accept_of(r, &a);
+        int coded = choose(r, c, &a) != MOXY_ENC_IDENTITY;
+        int weak = e >= 0 && coded && (r->compress_304 || client_holds_weak(r, e));
         if ((r->compress_304 || weak) && add_vary(r) != MOXY_OK) return MOXY_ERROR;
         if (weak && weaken_etag(r, e) != MOXY_OK) return MOXY_ERROR;
         return MOXY_OK;
     }
     int have = content_coding(&r->resp_headers);
-    if (have == MOXY_ENC_IDENTITY) return start_encode(r, c, &a);
-    if (have > MOXY_ENC_IDENTITY) return start_decode(r, c, &a, have);
+    if (have == MOXY_ENC_IDENTITY) return start_encode(r, c);
+    if (have > MOXY_ENC_IDENTITY) return start_decode(r, c, have);
     return MOXY_OK;
 }
 
-/* Feed r's coder the n bytes at the front of in, what (MOXY_CODE_*) for
- * the last of them. */
-static int run_pieces(moxy_req_t *r, struct evbuffer *in, size_t n, int what, const char **why)
+/* Feed c the n bytes at the front of in (drained), what (MOXY_CODE_*) for
+ * the last of them, its output to out. */
+static int run_buffer(moxy_coder_t *c, struct evbuffer *in, size_t n, int what, struct evbuffer *out,
+                      const char **why)
 {
     while (n > 0) {
         struct evbuffer_iovec v[8];
@@ -317,7 +338,7 @@ static int run_pieces(moxy_req_t *r, struct evbuffer *in, size_t n, int what, co
         for (int i = 0; i < MOXY_MIN(k, 8) && took < n; i++) {
             size_t len = MOXY_MIN(v[i].iov_len, n - took);
             int last = took + len == n;
-            int rc = moxy_coder_run(r->coder, v[i].iov_base, len, last ? what : MOXY_CODE_MORE, r->coded, why);
+            int rc = moxy_coder_run(c, v[i].iov_base, len, last ? what : MOXY_CODE_MORE, out, why);
             if (rc != MOXY_OK) return rc;
             took += len;
         }
@@ -328,6 +349,24 @@ static int run_pieces(moxy_req_t *r, struct evbuffer *in, size_t n, int what, co
     return MOXY_OK;
 }
 
+/* A coder's failure (rc) counted: a bomb, or a decoder's bad input. */
+static void count_failure(moxy_worker_t *w, int rc, int decode)
+{
+    if (rc == MOXY_DECLINED) MOXY_STAT_ADD(w->stats.decomp_bombs, 1);
+    else if (decode) MOXY_STAT_ADD(w->stats.decomp_failures, 1);
+}
+
+void moxy_compress_count(moxy_worker_t *w, int decode, int enc, moxy_coder_t *c)
+{
+    moxy_stats_t *st = &w->stats;
+    /* bytes before and after the coding, by coding: for a decoder, in is the coded side */
+    MOXY_STAT_ADD(st->comp_responses[decode][enc], 1);
+    MOXY_STAT_ADD(st->comp_in[decode][enc], moxy_coder_in(c));
+    MOXY_STAT_ADD(st->comp_out[decode][enc], moxy_coder_out(c));
+    moxy_coder_put(c);
+    if (w->coders) MOXY_STAT_SET(st->comp_memory, (long long)moxy_coders_memory(w->coders));
+}
+
 int moxy_compress_run(moxy_req_t *r, struct evbuffer *in, int final, const char **why)
 {
     if (!r->coded && !(r->coded = moxy_worker_buf_get(r->w))) {
@@ -336,12 +375,9 @@ int moxy_compress_run(moxy_req_t *r, struct evbuffer *in, int final, const char 
     }
     size_t n = evbuffer_get_length(in);
     int rc = MOXY_OK;
-    if (n) rc = run_pieces(r, in, n, final ? MOXY_CODE_END : MOXY_CODE_FLUSH, why);
+    if (n) rc = run_buffer(r->coder, in, n, final ? MOXY_CODE_END : MOXY_CODE_FLUSH, r->coded, why);
     else if (final) rc = moxy_coder_run(r->coder, "", 0, MOXY_CODE_END, r->coded, why);
-    if (rc != MOXY_OK) {
-        if (rc == MOXY_DECLINED) MOXY_STAT_ADD(r->w->stats.decomp_bombs, 1);
-        else if (r->coding == MOXY_CODING_DECODE) MOXY_STAT_ADD(r->w->stats.decomp_failures, 1);
-    }
+    if (rc != MOXY_OK) count_failure(r->w, rc, r->coding == MOXY_CODING_DECODE);
     return rc;
 }
 
@@ -368,16 +404,13 @@ int moxy_compress_decode_body(moxy_req_t *r, uint64_t max)
         r->body_error = why ? why : "out of memory";
         return MOXY_ERROR;
     }
+    /* read in place, piece by piece (no copy of the whole body) */
     size_t n = evbuffer_get_length(r->body_buf);
-    const char *in = n ? (const char *)evbuffer_pullup(r->body_buf, -1) : "";
-    int rc = moxy_coder_run(d, in, n, MOXY_CODE_END, out, &why);
-    MOXY_STAT_ADD(r->w->stats.comp_responses[1][enc], 1);
-    MOXY_STAT_ADD(r->w->stats.comp_in[1][enc], moxy_coder_in(d));
-    MOXY_STAT_ADD(r->w->stats.comp_out[1][enc], moxy_coder_out(d));
-    moxy_coder_put(d);
+    int rc = n ? run_buffer(d, r->body_buf, n, MOXY_CODE_END, out, &why)
+               : moxy_coder_run(d, "", 0, MOXY_CODE_END, out, &why);
+    moxy_compress_count(r->w, 1, enc, d);
     if (rc != MOXY_OK) {
-        if (rc == MOXY_DECLINED) MOXY_STAT_ADD(r->w->stats.decomp_bombs, 1);
-        else MOXY_STAT_ADD(r->w->stats.decomp_failures, 1);
+        count_failure(r->w, rc, 1);
         moxy_log(MOXY_LOG_WARN, r->id, "request body not decoded (%s): %s", moxy_enc_name(enc), why);
         evbuffer_drain(out, evbuffer_get_length(out));
         moxy_worker_buf_put(r->w, out);
@@ -385,8 +418,8 @@ int moxy_compress_decode_body(moxy_req_t *r, uint64_t max)
         r->body_error = rc == MOXY_DECLINED ? "request body: decoded past its limits" : "request body: invalid coding";
         return MOXY_ERROR;
     }
-    /* the decoded body replaces the coded one, and goes on with its length */
-    evbuffer_drain(r->body_buf, n);
+    /* the decoded body replaces the coded one (drained as it was decoded),
+     * and goes on with its length */
     moxy_worker_buf_put(r->w, r->body_buf);
     r->body_buf = out;
     moxy_headers_remove(&r->headers, "Content-Encoding", 16);
@@ -405,10 +438,7 @@ struct moxy_coder_s *moxy_compress_take(moxy_req_t *r)
 void moxy_compress_cancel(moxy_req_t *r)
 {
     if (!r->coder) return;
-    moxy_coder_put(r->coder); /* it coded nothing: nothing to count */
-    r->coder = NULL;
-    r->coding = MOXY_CODING_NONE;
-    r->filtering = r->filter_hooks;
+    moxy_coder_put(moxy_compress_take(r)); /* it coded nothing: nothing to count */
     memory_gauge(r);
 }
 
@@ -424,15 +454,8 @@ const char *moxy_compress_what(const moxy_req_t *r)
 void moxy_compress_end(moxy_req_t *r)
 {
     if (r->coder) {
-        moxy_stats_t *st = &r->w->stats;
-        int e = r->coding_enc, dec = r->coding == MOXY_CODING_DECODE;
-        /* bytes before and after the coding, by coding: for a decoder, in is the coded side */
-        MOXY_STAT_ADD(st->comp_responses[dec][e], 1);
-        MOXY_STAT_ADD(st->comp_in[dec][e], moxy_coder_in(r->coder));
-        MOXY_STAT_ADD(st->comp_out[dec][e], moxy_coder_out(r->coder));
-        moxy_coder_put(r->coder);
+        moxy_compress_count(r->w, r->coding == MOXY_CODING_DECODE, r->coding_enc, r->coder);
         r->coder = NULL;
-        memory_gauge(r);
     }
     if (r->coded) moxy_worker_buf_put(r->w, r->coded);
     r->coded = NULL;

@@ -58,6 +58,10 @@ void moxy_compress_cancel(moxy_req_t *r);
  * compressed copy from the stored body. */
 struct moxy_coder_s *moxy_compress_take(moxy_req_t *r);
 
+/* A coder of w that is done (a decoder if decode, of enc): what it took
+ * in and gave out counted in w's stats, the coder back to w's set. */
+void moxy_compress_count(moxy_worker_t *w, int decode, int enc, struct moxy_coder_s *c);
+
 /* r ends: its coder goes back to the worker (its bytes counted), its
  * buffer too.  body_filter.c's cleanup calls it. */
 void moxy_compress_end(moxy_req_t *r);
