@@ -3,6 +3,7 @@
  * buffers, generations (see worker.h).
  */
 #include "http/worker.h"
+#include "net/dial.h"
 #include "codec/coder.h"
 
 #include <errno.h>
@@ -107,6 +108,18 @@ void moxy_worker_buf_free_all(moxy_worker_t *w)
     while (w->nbuf_free > 0) evbuffer_free(w->buf_free[--w->nbuf_free]);
     moxy_coders_free(w->coders);
     w->coders = NULL;
+    moxy_dialer_free(w->dialer);
+    w->dialer = NULL;
+}
+
+/* Idle connections a worker keeps for scripts and its own clients, and for how long at most. */
+#define WORKER_DIAL_IDLE_MAX 1024
+#define WORKER_DIAL_IDLE_SECS 60
+
+struct moxy_dialer_s *moxy_worker_dialer(moxy_worker_t *w)
+{
+    if (!w->dialer) w->dialer = moxy_dialer_new(w->base, WORKER_DIAL_IDLE_MAX, WORKER_DIAL_IDLE_SECS);
+    return w->dialer;
 }
 
 /* --- generations --- */

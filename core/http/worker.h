@@ -93,6 +93,8 @@ struct moxy_worker_s {
 
     struct moxy_coders_s *coders; /* the compressors and decompressors it keeps (codec/coder.h), made
                                     at the first use */
+    struct moxy_dialer_s *dialer; /* the resolver and idle connections of moxy.http, moxy.socket and
+                                    moxy.redis (net/dial.h), made at the first use */
 
     moxy_stats_t stats;          /* what this worker counted (http/stats.h), read by the admin listener */
 
@@ -139,8 +141,12 @@ struct evbuffer *moxy_worker_buf_get(moxy_worker_t *w);
 /* Give b back: kept as a spare when it is empty and w has room, else freed. */
 void moxy_worker_buf_put(moxy_worker_t *w, struct evbuffer *b);
 
-/* Free w's spares: buffers, coders (the worker ends). */
+/* Free w's spares: buffers, coders, the dialer (the worker ends, after its
+ * modules: their dials are cancelled). */
 void moxy_worker_buf_free_all(moxy_worker_t *w);
+
+/* w's dialer (net/dial.h), made on the first call: NULL when out of memory. */
+struct moxy_dialer_s *moxy_worker_dialer(moxy_worker_t *w);
 
 /* Called when a client connection closes: lets a paused accept resume and a
  * draining worker finish. */

@@ -4,6 +4,8 @@
  */
 #include "ops/modules.h"
 #include "api/geoip.h"
+#include "api/redis.h"
+#include "api/socket.h"
 #include "http/http.h"
 #include "http/lifecycle.h"
 #include "http/lua_bridge.h"
@@ -23,6 +25,8 @@ void moxy_modules_setup(void)
     moxy_module_register(&moxy_lua_module);
     moxy_module_register(&moxy_geoip_module);
     moxy_module_register(&moxy_fetch_module);
+    moxy_module_register(&moxy_socket_module);
+    moxy_module_register(&moxy_redis_module);
     moxy_module_register(&moxy_health_module);
     moxy_module_register(&moxy_resolver_module);
     moxy_module_register(&moxy_admin_module);

@@ -3,10 +3,9 @@
  * worker's event loop, for a hook or timer callback that waits for it; see
  * http_fetch.h for the ownership rules.
  *
- * A call: take an idle keep-alive connection for "host:port", or resolve
- * the host (an IP literal directly, a name through evdns, which reads
- * /etc/hosts first) and connect to its addresses in turn (IPv4 first: a
- * refused or timed out address moves on to the next); write the request
+ * A call: take an idle keep-alive connection for "host:port" from the
+ * worker's dialer, or dial a new one (net/dial.h: the host's addresses in
+ * turn, IPv4 first, then TLS for https); write the request
  * bytes Lua built; parse the response (http1/origin_codec.h, as the proxy
  * does) into headers and a body capped by max_body; wake the task with the result table, or with
  * nil and an error.  A reused connection that turns out closed before any
@@ -23,75 +22,33 @@
 #include "proxy/http_fetch.h"
 #include "http/lua_bridge.h"
 #include "http1/origin_codec.h"
-#include "net/tls.h"
+#include "net/dial.h"
 #include "http/worker.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/util.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
-#define FETCH_IDLE_PER_PEER 32 /* idle connections kept per "host:port" */
-#define FETCH_IDLE_MAX 1024    /* idle connections kept per worker */
-#define FETCH_IDLE_SECS 60     /* an idle connection is closed after this */
+#define FETCH_IDLE_PER_PEER 32 /* idle connections kept per "host:port" (the worker's dialer bounds them all) */
 #define FETCH_OPS_MAX 4096     /* calls in flight per worker */
-#define FETCH_ADDRS_MAX 4      /* addresses of a name tried in turn */
 #define FETCH_READ 65536       /* bytes read per readable event */
 #define FETCH_HOST_MAX 255
-#define FETCH_ERR_MAX 160
+#define FETCH_ERR_MAX MOXY_DIAL_ERR_MAX
 
 typedef struct fetch_reg_s fetch_reg_t;
 typedef struct fetch_op_s fetch_op_t;
-typedef struct fetch_peer_s fetch_peer_t;
 
-/* An idle keep-alive connection.  No buffers: any byte or EOF closes it. */
-typedef struct {
-    fetch_peer_t *peer;
-    moxy_conn_t conn;
-    struct event ev; /* readable (the origin closed) or idle timeout */
-    moxy_idle_t idle;
-} fetch_idle_t;
-
-/* The idle connections of one "host:port"; freed when it has none. */
-struct fetch_peer_s {
-    fetch_reg_t *reg;
-    moxy_idle_list_t idle;
-    LIST_ENTRY(fetch_peer_s) link;
-    size_t keylen;
-    char key[]; /* "host:port", host lower-cased */
-};
-
-/* A name lookup.  It outlives its op when the op is cancelled: evdns still
- * answers a cancelled lookup (EVUTIL_EAI_CANCEL), and only then is it freed. */
-typedef struct fetch_dns_s {
-    fetch_reg_t *reg;
-    fetch_op_t *op; /* the call waiting for it, or NULL */
-    struct evdns_getaddrinfo_request *req;
-    LIST_ENTRY(fetch_dns_s) link; /* in reg->lookups while evdns holds it */
-    int sync;                     /* inside evdns_getaddrinfo: keep the answer */
-    int done, result;
-    struct evutil_addrinfo *ai;
-} fetch_dns_t;
-
-/* A worker's moxy.http state (its slot of moxy_fetch_module). */
+/* A worker's moxy.http state (its slot of moxy_fetch_module); idle
+ * connections and name lookups are the worker's dialer's. */
 struct fetch_reg_s {
     moxy_worker_t *w;
-    struct evdns_base *dns; /* created on the first name lookup */
-    LIST_HEAD(, fetch_peer_s) peers;
     LIST_HEAD(, fetch_op_s) ops;
-    LIST_HEAD(, fetch_dns_s) lookups;
     int nops;
-    moxy_idle_group_t idle; /* the idle connections of all peers */
 };
 
 /* One call. */
@@ -99,20 +56,16 @@ struct fetch_op_s {
     fetch_reg_t *reg; /* NULL once the registry is freed */
     moxy_lua_task_t *task;
     LIST_ENTRY(fetch_op_s) link; /* in reg->ops */
-    fetch_dns_t *lookup;         /* the name lookup under way, or NULL */
 
     char *host; /* as in the URL, lower-cased, no brackets */
     char *key;  /* "host:port", after "https:" (verified) or "https-unverified:" for TLS */
-    int tls;    /* 0: plain HTTP; 1: TLS, the certificate verified; 2: not verified */
+    int tls;    /* MOXY_DIAL_PLAIN, _TLS (verified) or _TLS_NOVERIFY */
     size_t keylen;
     int port;
-    struct sockaddr_storage addr[FETCH_ADDRS_MAX];
-    socklen_t addrlen[FETCH_ADDRS_MAX];
-    int naddrs, addr_i; /* addresses known, the one tried now */
+    moxy_dial_t dial; /* finding and connecting a new connection */
 
     char *out; /* the request bytes (head and body) */
     size_t out_len, out_sent;
-    double connect_timeout;
     size_t max_body, max_head;
     uint32_t max_headers;
 
@@ -131,8 +84,6 @@ struct fetch_op_s {
     unsigned keepalive : 1; /* the caller allows keeping the connection */
     unsigned reused : 1;    /* the connection came from the idle list */
     unsigned retried : 1;
-    unsigned connected : 1;
-    unsigned tls_wait : 1;  /* TCP connected, the TLS handshake under way */
     unsigned reading : 1, writing : 1;
     unsigned got_bytes : 1; /* the origin sent something on this connection */
     unsigned write_failed : 1;
@@ -144,7 +95,7 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg);
 static void op_write_cb(evutil_socket_t fd, short what, void *arg);
 static const moxy_h1_resp_ops_t fetch_resp_ops;
 
-/* --- the registry and its idle connections --- */
+/* --- the registry --- */
 
 static fetch_reg_t *reg_get(moxy_worker_t *w)
 {
@@ -153,99 +104,9 @@ static fetch_reg_t *reg_get(moxy_worker_t *w)
     fetch_reg_t *reg = calloc(1, sizeof(*reg));
     if (!reg) return NULL;
     reg->w = w;
-    LIST_INIT(&reg->peers);
     LIST_INIT(&reg->ops);
-    LIST_INIT(&reg->lookups);
-    struct timeval tv = {FETCH_IDLE_SECS, 0};
-    reg->idle.max = FETCH_IDLE_MAX;
-    reg->idle.timeout = event_base_init_common_timeout(w->base, &tv);
     *slot = reg;
     return reg;
-}
-
-static fetch_peer_t *peer_find(fetch_reg_t *reg, const char *key, size_t keylen)
-{
-    fetch_peer_t *p;
-    LIST_FOREACH(p, &reg->peers, link) {
-        if (p->keylen == keylen && memcmp(p->key, key, keylen) == 0) return p;
-    }
-    return NULL;
-}
-
-/* c leaves its peer's list (the peer is freed when it has no more). */
-static void idle_leave(fetch_idle_t *c)
-{
-    fetch_peer_t *p = c->peer;
-    moxy_idle_remove(&c->idle);
-    event_del(&c->ev);
-    if (p->idle.n == 0) {
-        LIST_REMOVE(p, link);
-        free(p);
-    }
-}
-
-static void idle_close(fetch_idle_t *c)
-{
-    idle_leave(c);
-    moxy_conn_close(&c->conn);
-    free(c);
-}
-
-static void idle_cb(evutil_socket_t fd, short what, void *arg)
-{
-    fetch_idle_t *c = arg;
-    MOXY_UNUSED(fd);
-    /* a TLS 1.3 session ticket is not a reason to close: wait on */
-    if (!(what & EV_TIMEOUT) && !moxy_conn_idle_readable(&c->conn)) {
-        event_add(&c->ev, c->peer->reg->idle.timeout);
-        return;
-    }
-    idle_close(c); /* the origin closed or sent something, or idle too long */
-}
-
-/* Keep conn idle for key, or close it when the limits say no. */
-static void idle_put(fetch_reg_t *reg, const char *key, size_t keylen, moxy_conn_t *conn)
-{
-    fetch_peer_t *p = peer_find(reg, key, keylen);
-    fetch_idle_t *c = NULL;
-    if (reg->w->draining || reg->idle.n >= reg->idle.max) goto err;
-    if (!p) {
-        p = calloc(1, sizeof(*p) + keylen + 1);
-        if (!p) goto err;
-        p->reg = reg;
-        moxy_idle_list_init(&p->idle, &reg->idle, FETCH_IDLE_PER_PEER);
-        p->keylen = keylen;
-        memcpy(p->key, key, keylen);
-        LIST_INSERT_HEAD(&reg->peers, p, link);
-    }
-    c = calloc(1, sizeof(*c));
-    if (!c) goto err;
-    c->peer = p;
-    c->conn = *conn;
-    event_assign(&c->ev, reg->w->base, conn->fd, EV_READ, idle_cb, c);
-    c->idle.ev = &c->ev;
-    if (moxy_idle_put(&p->idle, &c->idle) == MOXY_OK) return;
-err:
-    free(c);
-    if (p && p->idle.n == 0) {
-        LIST_REMOVE(p, link);
-        free(p);
-    }
-    moxy_conn_close(conn);
-}
-
-/* An idle connection to key into *out (now the caller's): MOXY_OK, or
- * MOXY_DECLINED when there is none. */
-static int idle_take(fetch_reg_t *reg, const char *key, size_t keylen, moxy_conn_t *out)
-{
-    fetch_peer_t *p = peer_find(reg, key, keylen);
-    moxy_idle_t *idle = p ? moxy_idle_take(&p->idle) : NULL;
-    if (!idle) return MOXY_DECLINED;
-    fetch_idle_t *c = MOXY_IDLE_OWNER(idle, fetch_idle_t, idle);
-    *out = c->conn;
-    idle_leave(c);
-    free(c);
-    return MOXY_OK;
 }
 
 /* --- an op's life --- */
@@ -257,20 +118,14 @@ static void op_close_conn(fetch_op_t *op)
     event_del(&op->wev);
     op->reading = op->writing = 0;
     moxy_conn_close(&op->conn);
-    op->connected = 0;
 }
 
-/* Stop everything op waits for: socket, timer, name lookup. */
+/* Stop everything op waits for: socket, timer, a dial under way. */
 static void op_stop(fetch_op_t *op)
 {
     op_close_conn(op);
     event_del(&op->timer);
-    fetch_dns_t *d = op->lookup;
-    if (d) {
-        op->lookup = NULL;
-        d->op = NULL; /* freed when evdns answers the cancel */
-        evdns_getaddrinfo_cancel(d->req);
-    }
+    moxy_dial_cancel(&op->dial);
 }
 
 static void op_free(fetch_op_t *op)
@@ -375,8 +230,9 @@ static void op_done(fetch_op_t *op, int eof)
         event_del(&op->rev);
         event_del(&op->wev);
         op->reading = op->writing = 0;
-        idle_put(reg, op->key, op->keylen, &op->conn);
-        op->conn.fd = -1;
+        if (!reg->w->draining)
+            moxy_dialer_put(moxy_worker_dialer(reg->w), op->key, op->keylen, &op->conn, FETCH_IDLE_PER_PEER, 0, 0);
+        moxy_conn_close(&op->conn);
     }
     moxy_lua_task_t *t = op->task;
     lua_State *co = moxy_lua_task_thread(t);
@@ -408,56 +264,16 @@ static void op_send(fetch_op_t *op)
     op->writing = 0;
 }
 
-/* Go on with op's TLS handshake; when done, write the request. */
-static void op_tls_step(fetch_op_t *op)
-{
-    short want = 0;
-    const char *why = NULL;
-    int kind;
-    int rc = moxy_tls_handshake(&op->conn, &want, &why, &kind);
-    if (rc == MOXY_ERROR) {
-        snprintf(op->err, sizeof(op->err), "TLS handshake failed: %s", why);
-        op_fail(op, op->err);
-        return;
-    }
-    if (rc == MOXY_AGAIN) {
-        if (want == EV_WRITE && !op->writing) event_add(&op->wev, NULL); /* the call's timeout bounds it */
-        else if (want == EV_READ && op->writing) event_del(&op->wev);
-        op->writing = want == EV_WRITE;
-        return;
-    }
-    op->tls_wait = 0;
-    if (op->writing) event_del(&op->wev);
-    op->writing = 0;
-    op_send(op);
-}
-
-/* op's connection is up: read, and write the request (after a TLS
- * handshake on a new connection of an https call). */
+/* op's connection is up (new, TLS included, or reused): read, and write
+ * the request. */
 static void op_connected(fetch_op_t *op)
 {
-    op->connected = 1;
-    event_del(&op->wev);
-    op->writing = 0;
     event_add(&op->rev, NULL);
     op->reading = 1;
-    if (op->tls && op->conn.t != &moxy_transport_tls) {
-        struct in6_addr a6;
-        struct in_addr a4;
-        int literal = inet_pton(AF_INET, op->host, &a4) == 1 || inet_pton(AF_INET6, op->host, &a6) == 1;
-        moxy_tls_client_t *cl = moxy_tls_client_default(op->tls == 1);
-        if (!cl || moxy_tls_connect(&op->conn, cl, literal ? NULL : op->host, op->host) != MOXY_OK) {
-            op_fail(op, "TLS could not be set up");
-            return;
-        }
-        op->tls_wait = 1;
-        op_tls_step(op);
-        return;
-    }
     op_send(op);
 }
 
-/* Use conn (connecting or connected) for op. */
+/* Use conn (connected) for op. */
 static void op_attach(fetch_op_t *op, const moxy_conn_t *conn)
 {
     op->conn = *conn;
@@ -467,161 +283,31 @@ static void op_attach(fetch_op_t *op, const moxy_conn_t *conn)
     event_assign(&op->wev, base, fd, EV_WRITE | EV_PERSIST, op_write_cb, op);
 }
 
-/* Connect to op's next address.  MOXY_OK: connecting or connected (events
- * armed); MOXY_ERROR: no address left (op->err says why, unless an earlier
- * failure set it). */
-static int op_connect_next(fetch_op_t *op)
+static void op_dialed(moxy_dial_t *d, int rc)
 {
-    for (; op->addr_i < op->naddrs; op->addr_i++) {
-        const struct sockaddr *sa = (const struct sockaddr *)&op->addr[op->addr_i];
-        moxy_conn_t conn;
-        int done;
-        if (moxy_conn_connect(&conn, sa, op->addrlen[op->addr_i], &done) != MOXY_OK) {
-            set_errno_err(op, "connect", errno);
-            continue;
-        }
-        op_attach(op, &conn);
-        if (done) {
-            op_connected(op);
-            return MOXY_OK;
-        }
-        struct timeval tv = moxy_timeval(op->connect_timeout);
-        event_add(&op->wev, &tv);
-        op->writing = 1;
-        return MOXY_OK;
-    }
-    return MOXY_ERROR;
-}
-
-/* Keep up to FETCH_ADDRS_MAX addresses of ai for op, IPv4 first. */
-static void op_set_addrs(fetch_op_t *op, const struct evutil_addrinfo *ai)
-{
-    op->naddrs = op->addr_i = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        for (const struct evutil_addrinfo *a = ai; a && op->naddrs < FETCH_ADDRS_MAX;
-             a = a->ai_next) {
-            int fam = pass == 0 ? AF_INET : AF_INET6;
-            if (a->ai_family != fam || a->ai_addrlen > sizeof(op->addr[0])) continue;
-            memcpy(&op->addr[op->naddrs], a->ai_addr, a->ai_addrlen);
-            op->addrlen[op->naddrs] = (socklen_t)a->ai_addrlen;
-            if (fam == AF_INET)
-                ((struct sockaddr_in *)&op->addr[op->naddrs])->sin_port = htons((uint16_t)op->port);
-            else
-                ((struct sockaddr_in6 *)&op->addr[op->naddrs])->sin6_port =
-                    htons((uint16_t)op->port);
-            op->naddrs++;
-        }
-    }
-}
-
-/* op->host as an IP literal: fill op's address.  0 when it is a name. */
-static int op_literal(fetch_op_t *op)
-{
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&op->addr[0];
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&op->addr[0];
-    memset(&op->addr[0], 0, sizeof(op->addr[0]));
-    if (inet_pton(AF_INET, op->host, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)op->port);
-        op->addrlen[0] = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, op->host, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)op->port);
-        op->addrlen[0] = sizeof(*s6);
-    } else {
-        return 0;
-    }
-    op->naddrs = 1;
-    op->addr_i = 0;
-    return 1;
-}
-
-static int op_resolved(fetch_op_t *op, int result, struct evutil_addrinfo *ai);
-
-static void dns_cb(int result, struct evutil_addrinfo *ai, void *arg)
-{
-    fetch_dns_t *d = arg;
-    if (d->sync) { /* evdns_getaddrinfo answered at once (/etc/hosts) */
-        d->done = 1;
-        d->result = result;
-        d->ai = ai;
+    fetch_op_t *op = d->arg;
+    if (rc != MOXY_OK) {
+        op_fail(op, d->err);
         return;
     }
-    fetch_op_t *op = d->op;
-    LIST_REMOVE(d, link);
-    free(d);
-    if (!op) { /* cancelled */
-        if (ai) evutil_freeaddrinfo(ai);
-        return;
-    }
-    op->lookup = NULL;
-    if (op_resolved(op, result, ai) != MOXY_OK) op_fail(op, op->err);
+    op_attach(op, &d->conn);
+    d->conn.fd = -1;
+    op_connected(op);
 }
 
-/* The lookup of op's host ended: connect.  Frees ai. */
-static int op_resolved(fetch_op_t *op, int result, struct evutil_addrinfo *ai)
-{
-    if (result != 0) {
-        snprintf(op->err, sizeof(op->err), "resolve %s: %s", op->host, evutil_gai_strerror(result));
-        if (ai) evutil_freeaddrinfo(ai);
-        return MOXY_ERROR;
-    }
-    op_set_addrs(op, ai);
-    if (ai) evutil_freeaddrinfo(ai);
-    if (op->naddrs == 0) {
-        snprintf(op->err, sizeof(op->err), "resolve %s: no address", op->host);
-        return MOXY_ERROR;
-    }
-    return op_connect_next(op);
-}
-
-/* The worker's resolver: /etc/resolv.conf and /etc/hosts, made once. */
-static struct evdns_base *reg_dns(fetch_reg_t *reg)
-{
-    if (reg->dns) return reg->dns;
-    reg->dns = evdns_base_new(reg->w->base,
-                              EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-    if (!reg->dns) { /* no usable resolv.conf: /etc/hosts still works */
-        reg->dns = evdns_base_new(reg->w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (reg->dns) evdns_base_load_hosts(reg->dns, NULL);
-    }
-    return reg->dns;
-}
-
-/* Find op's addresses and connect.  MOXY_OK: connecting; MOXY_AGAIN: a
- * name lookup runs; MOXY_ERROR: op->err says why. */
+/* Find op's peer and connect (the dial calls op_dialed).  MOXY_ERROR: op->err says why. */
 static int op_open(fetch_op_t *op)
 {
-    if (op->naddrs > 0) {
-        op->addr_i = 0;
-        return op_connect_next(op);
-    }
-    if (op_literal(op)) return op_connect_next(op);
-    struct evdns_base *dns = op->reg ? reg_dns(op->reg) : NULL;
-    fetch_dns_t *d = dns ? calloc(1, sizeof(*d)) : NULL;
-    if (!d) {
-        snprintf(op->err, sizeof(op->err), "resolve %s: no resolver", op->host);
+    moxy_dialer_t *dl = op->reg ? moxy_worker_dialer(op->reg->w) : NULL;
+    if (!dl) {
+        snprintf(op->err, sizeof(op->err), "out of memory");
         return MOXY_ERROR;
     }
-    struct evutil_addrinfo hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
-    d->reg = op->reg;
-    d->op = op;
-    d->sync = 1;
-    d->req = evdns_getaddrinfo(dns, op->host, NULL, &hints, dns_cb, d);
-    d->sync = 0;
-    if (d->done || !d->req) {
-        int result = d->done ? d->result : EVUTIL_EAI_FAIL;
-        struct evutil_addrinfo *ai = d->ai;
-        free(d);
-        return op_resolved(op, result, ai);
+    if (moxy_dial_start(&op->dial, dl, op->host, strlen(op->host), op->port, op->tls, NULL) != MOXY_OK) {
+        snprintf(op->err, sizeof(op->err), "%s", op->dial.err);
+        return MOXY_ERROR;
     }
-    LIST_INSERT_HEAD(&op->reg->lookups, d, link);
-    op->lookup = d;
-    return MOXY_AGAIN;
+    return MOXY_OK;
 }
 
 /* --- the response --- */
@@ -752,10 +438,6 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg)
     fetch_op_t *op = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    if (op->tls_wait) {
-        op_tls_step(op);
-        return;
-    }
     ssize_t n = moxy_conn_read(&op->conn, op->in, FETCH_READ);
     /* bytes a transport (TLS) holds already raise no socket event */
     if (n > 0 && moxy_conn_pending(&op->conn)) event_active(&op->rev, EV_READ, 0);
@@ -774,28 +456,9 @@ static void op_read_cb(evutil_socket_t fd, short what, void *arg)
 
 static void op_write_cb(evutil_socket_t fd, short what, void *arg)
 {
-    fetch_op_t *op = arg;
     MOXY_UNUSED(fd);
-    if (op->tls_wait) {
-        op_tls_step(op);
-        return;
-    }
-    if (op->connected) {
-        op_send(op);
-        return;
-    }
-    if (what & EV_TIMEOUT) {
-        snprintf(op->err, sizeof(op->err), "timeout");
-    } else {
-        if (moxy_conn_connected(&op->conn) == MOXY_OK) {
-            op_connected(op);
-            return;
-        }
-        set_errno_err(op, "connect", errno);
-    }
-    op_close_conn(op);
-    op->addr_i++;
-    if (op_connect_next(op) != MOXY_OK) op_fail(op, op->err);
+    MOXY_UNUSED(what);
+    op_send(arg);
 }
 
 static void op_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -848,8 +511,11 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     op->out_len = rlen;
     op->head = head != 0;
     op->keepalive = keepalive != 0;
-    op->connect_timeout = connect_timeout > 0 ? connect_timeout : conf->timeouts.connect;
-    if (op->connect_timeout > 1e7) op->connect_timeout = 1e7;
+    op->dial.done = op_dialed;
+    op->dial.arg = op;
+    op->dial.conn.fd = -1;
+    op->dial.connect_timeout = connect_timeout > 0 ? connect_timeout : conf->timeouts.connect;
+    if (op->dial.connect_timeout > 1e7) op->dial.connect_timeout = 1e7;
     op->max_body = max_body;
     op->max_head = conf->limits.header_bytes;
     op->max_headers = (uint32_t)conf->limits.headers;
@@ -863,7 +529,8 @@ EXPORT int moxy_ffi_http_start(const char *host, size_t hlen, int port, const ch
     reg->nops++;
 
     moxy_conn_t idle;
-    if (op->keepalive && idle_take(reg, op->key, op->keylen, &idle) == MOXY_OK) {
+    moxy_dialer_t *dl = moxy_worker_dialer(w);
+    if (op->keepalive && dl && moxy_dialer_take(dl, op->key, op->keylen, &idle, NULL) == MOXY_OK) {
         op->reused = 1;
         op_attach(op, &idle);
         op_connected(op);
@@ -890,23 +557,10 @@ void moxy_fetch_free_worker(moxy_worker_t *w)
      * did); here they only lose their sockets and events */
     fetch_op_t *op;
     while ((op = LIST_FIRST(&reg->ops))) {
-        fetch_dns_t *d = op->lookup;
-        if (d) d->op = NULL;
-        op->lookup = NULL; /* no cancel: evdns_base_free drops the lookup */
         op_stop(op);
         LIST_REMOVE(op, link);
         op->reg = NULL;
     }
-    /* lookups evdns still holds: it will never answer them now */
-    fetch_dns_t *d;
-    while ((d = LIST_FIRST(&reg->lookups))) {
-        LIST_REMOVE(d, link);
-        free(d);
-    }
-    fetch_peer_t *p;
-    while ((p = LIST_FIRST(&reg->peers)))
-        idle_close(MOXY_IDLE_OWNER(TAILQ_FIRST(&p->idle.conns), fetch_idle_t, idle));
-    if (reg->dns) evdns_base_free(reg->dns, 0);
     free(reg);
     *moxy_worker_slot(w, &moxy_fetch_module) = NULL;
 }

@@ -4,16 +4,15 @@
  * moxy_ffi_http_start (below); the calling hook waits (yields) while
  * the call runs on its worker's event loop, and is woken with the result.
  *
- * Per worker (w->fetch, created on the first call): keep-alive connections
- * idle per "host:port" (at most FETCH_IDLE_PER_PEER each, closed after
- * FETCH_IDLE_SECS or when the origin closes them), the calls in flight, and
- * an evdns resolver for host names.
+ * Per worker (its slot of moxy_fetch_module, created on the first call): the
+ * calls in flight.  Keep-alive connections wait idle in the worker's dialer
+ * (net/dial.h) under "host:port" (at most FETCH_IDLE_PER_PEER each), which
+ * also resolves host names.
  *
  * Ownership: a call (op) belongs to the task that waits for it.  It is freed
  * when it completes (just before its task is woken) or when the bridge
- * cancels it (its task was dropped) -- never by the registry.  The registry
- * owns only idle connections, name lookups and the resolver; when it is
- * freed, calls still in flight lose their sockets and events but stay
+ * cancels it (its task was dropped) -- never by the registry.  When the
+ * registry is freed, calls still in flight lose their sockets and events but stay
  * allocated until their cancel comes, so either order is safe.
  */
 #ifndef MOXY_HTTP_FETCH_H

@@ -45,7 +45,7 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 20
+local ABI = 21
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
