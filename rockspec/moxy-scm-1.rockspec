@@ -22,6 +22,7 @@ build = {
     ["moxy.geo"] = "lua/moxy/geo.lua",
     ["moxy.http"] = "lua/moxy/http.lua",
     ["moxy.query"] = "lua/moxy/query.lua",
+    ["moxy.ratelimit"] = "lua/moxy/ratelimit.lua",
     ["moxy.re"] = "lua/moxy/re.lua",
     ["moxy.redis"] = "lua/moxy/redis.lua",
     ["moxy.router"] = "lua/moxy/router.lua",

@@ -592,6 +592,93 @@ end
 -- "close-head", "close-body").  raw.port, raw.addr; raw:received(n) -> the
 -- bytes connection n (from 1) received so far, or ""; raw:connections() ->
 -- how many connections it saw.
+---------------------------------------------------------------------------
+-- Redis (Debian redis-server): a server of the spec's own on loopback
+
+local Redis = {}
+Redis.__index = Redis
+
+-- One command over a fresh connection (RESP); -> the reply line(s) as text.
+function Redis:cmd(...)
+  local c = socket.tcp()
+  c:settimeout(5 * SCALE)
+  local ok, err = c:connect("127.0.0.1", self.port)
+  if not ok then return nil, err end
+  local out = {}
+  if self.password then
+    c:send(("*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n"):format(#self.password, self.password))
+    c:receive("*l")
+  end
+  local args = { ... }
+  out[1] = "*" .. #args .. "\r\n"
+  for _, a in ipairs(args) do
+    a = tostring(a)
+    out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n"
+  end
+  c:send(table.concat(out))
+  local line, rerr = c:receive("*l")
+  if not line then
+    c:close()
+    return nil, rerr
+  end
+  local kind = line:sub(1, 1)
+  local res = line:sub(2)
+  if kind == "$" then
+    local n = tonumber(res)
+    res = n >= 0 and c:receive(n + 2):sub(1, n) or nil
+  elseif kind == "*" then
+    local n, items = tonumber(res), {}
+    for i = 1, n do
+      local h = c:receive("*l")
+      local len = tonumber(h:sub(2))
+      items[i] = h:sub(1, 1) == "$" and len >= 0 and c:receive(len + 2):sub(1, len) or h:sub(2)
+    end
+    res = items
+  elseif kind == "-" then
+    c:close()
+    return nil, res
+  end
+  c:close()
+  return res
+end
+
+function Redis:start()
+  local argv = { "redis-server", "--port", tostring(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--daemonize", "no", "--dir", self.dir }
+  if self.password then
+    argv[#argv + 1] = "--requirepass"
+    argv[#argv + 1] = self.password
+  end
+  for _, a in ipairs(self.args or {}) do argv[#argv + 1] = a end
+  self.proc = helpers.spawn(argv, { dir = self.dir, kind = "redis" })
+  local up = helpers.wait_until(function()
+    if not self.proc:alive() then return false end
+    return self:cmd("PING") == "PONG"
+  end, 10 * SCALE, 0.05)
+  if not up then
+    local text = self.proc:stdout() .. self.proc:stderr()
+    self.proc:stop("KILL")
+    error("redis-server did not start: " .. text, 2)
+  end
+  return self
+end
+
+-- Stop it (KILL: as a crash would); start() brings it back on the same port, empty.
+function Redis:stop(sig)
+  if self.proc then self.proc:stop(sig or "TERM") end
+  self.proc = nil
+end
+
+-- opts.password, opts.args (more redis-server arguments).  r.port, r.addr,
+-- r:cmd(...), r:stop(), r:start().  Stopped by helpers.stop_all.
+function helpers.start_redis(opts)
+  opts = opts or {}
+  local r = setmetatable({ port = opts.port or helpers.free_port(), password = opts.password,
+                           args = opts.args, dir = helpers.tmpdir("redis") }, Redis)
+  r.addr = "127.0.0.1:" .. r.port
+  return r:start()
+end
+
 local RawOrigin = {}
 RawOrigin.__index = RawOrigin
 

@@ -5,7 +5,9 @@
 #include "http/compress.h"
 #include "net/tls.h"
 #include "base/headers.h"
+#include "base/shared_dict.h"
 #include "http/http.h"
+#include "http/request.h"
 #include "base/log.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
@@ -234,6 +236,33 @@ EXPORT int moxy_ffi_upstream_pick(moxy_req_t *r, const char *name, size_t len, c
     r->has_hash = has_key != 0;
     if (has_key) r->hash = moxy_hash64(key, klen);
     return plen && !p ? MOXY_ERROR : MOXY_OK;
+}
+
+/* A count to give back when a request ends (moxy.ratelimit's concurrency). */
+typedef struct {
+    moxy_shdict_t *dict;
+    double by;
+    size_t klen;
+    char key[];
+} req_incr_t;
+
+static void req_incr_run(void *arg)
+{
+    req_incr_t *d = arg;
+    double out;
+    int err;
+    moxy_ffi_shdict_incr(d->dict, d->key, d->klen, d->by, 0, 0, 0, &out, &err);
+}
+
+EXPORT int moxy_ffi_req_defer_incr(moxy_req_t *r, void *dict, const char *key, size_t klen, double by)
+{
+    req_incr_t *d = moxy_palloc(&r->mem, sizeof(*d) + klen);
+    if (!d || !dict || !moxy_req_defer(r, req_incr_run, d)) return MOXY_ERROR;
+    d->dict = dict;
+    d->by = by;
+    d->klen = klen;
+    memcpy(d->key, key, klen);
+    return MOXY_OK;
 }
 
 EXPORT int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted)

@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 21
+#define MOXY_FFI_ABI 22
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;
@@ -53,6 +53,12 @@ int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen,
  * MOXY_ERROR on an invalid name or value (CR, LF, NUL...). */
 int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
                         size_t vlen, int add);
+
+/* When r ends (whatever way: answered, failed, the client gone), add by
+ * to key's number in the shared dict d (a moxy_shdict_t): what
+ * moxy.ratelimit's concurrency limits use to give back a request's place.
+ * MOXY_ERROR: out of memory (nothing is deferred). */
+int moxy_ffi_req_defer_incr(moxy_req_t *r, void *d, const char *key, size_t klen, double by);
 
 /* Add the field name = value (nlen, vlen bytes; value a string when quoted,
  * else the text of a number or boolean) to the request's access-log line;

@@ -75,6 +75,11 @@ static void push_reply(lua_State *co, const redisReply *r, int depth)
     }
 }
 
+void moxy_redis_push_reply(lua_State *L, const redisReply *r)
+{
+    push_reply(L, r, 0);
+}
+
 static void op_done(void *arg, redisReply **replies, int n, const char *err)
 {
     redis_op_t *op = arg;
@@ -90,8 +95,8 @@ static void op_done(void *arg, redisReply **replies, int n, const char *err)
         return;
     }
     if (!pipeline) {
-        if (replies[0]->type == REDIS_REPLY_ERROR) {
-            lua_pushnil(co);
+        if (replies[0]->type == REDIS_REPLY_ERROR) { /* false, err: Redis answered */
+            lua_pushboolean(co, 0);
             lua_pushlstring(co, replies[0]->str, replies[0]->len);
             moxy_lua_task_wake(t, 2);
             return;
@@ -123,15 +128,40 @@ static int name_is(const char *s, size_t n, const char *lit)
 }
 
 /* Commands that change the connection for the commands after them, or
- * hold it: never on a shared connection. */
-static const char *const REFUSED[] = {
-    "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe", "monitor",
-    "blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax", "bzmpop", "wait", "waitaof",
-    "select", "auth", "hello", "quit", "reset", "sync", "psync", "readonly", "readwrite", NULL,
+ * hold it: never on a shared connection (with what to do instead). */
+static const struct {
+    const char *name, *why;
+} REFUSED[] = {
+    {"subscribe", "SUBSCRIBE is not allowed on moxy's shared Redis connections"},
+    {"psubscribe", "PSUBSCRIBE is not allowed on moxy's shared Redis connections"},
+    {"ssubscribe", "SSUBSCRIBE is not allowed on moxy's shared Redis connections"},
+    {"unsubscribe", "UNSUBSCRIBE is not allowed on moxy's shared Redis connections"},
+    {"punsubscribe", "PUNSUBSCRIBE is not allowed on moxy's shared Redis connections"},
+    {"sunsubscribe", "SUNSUBSCRIBE is not allowed on moxy's shared Redis connections"},
+    {"monitor", "MONITOR is not allowed on moxy's shared Redis connections"},
+    {"blpop", "BLPOP blocks the connection: not allowed on moxy's shared Redis connections (use LPOP)"},
+    {"brpop", "BRPOP blocks the connection: not allowed on moxy's shared Redis connections (use RPOP)"},
+    {"brpoplpush", "BRPOPLPUSH blocks the connection: not allowed on moxy's shared Redis connections"},
+    {"blmove", "BLMOVE blocks the connection: not allowed on moxy's shared Redis connections (use LMOVE)"},
+    {"blmpop", "BLMPOP blocks the connection: not allowed on moxy's shared Redis connections (use LMPOP)"},
+    {"bzpopmin", "BZPOPMIN blocks the connection: not allowed on moxy's shared Redis connections"},
+    {"bzpopmax", "BZPOPMAX blocks the connection: not allowed on moxy's shared Redis connections"},
+    {"bzmpop", "BZMPOP blocks the connection: not allowed on moxy's shared Redis connections"},
+    {"wait", "WAIT blocks the connection: not allowed on moxy's shared Redis connections"},
+    {"waitaof", "WAITAOF blocks the connection: not allowed on moxy's shared Redis connections"},
+    {"select", "SELECT is not allowed on moxy's shared Redis connections (use the db option)"},
+    {"auth", "AUTH is not allowed on moxy's shared Redis connections (use the user and password options)"},
+    {"hello", "HELLO is not allowed on moxy's shared Redis connections"},
+    {"quit", "QUIT is not allowed on moxy's shared Redis connections"},
+    {"reset", "RESET is not allowed on moxy's shared Redis connections"},
+    {"sync", "SYNC is not allowed on moxy's shared Redis connections"},
+    {"psync", "PSYNC is not allowed on moxy's shared Redis connections"},
+    {"readonly", "READONLY is not allowed on moxy's shared Redis connections"},
+    {"readwrite", "READWRITE is not allowed on moxy's shared Redis connections"},
+    {NULL, NULL},
 };
 
-/* NULL when the commands may go on a shared connection, else why not. */
-static const char *check_commands(int ncmds, const int *argc, const char **argv, const size_t *argvlen)
+const char *moxy_redis_check_commands(int ncmds, const int *argc, const char **argv, const size_t *argvlen)
 {
     size_t at = 0;
     int multi = 0, watch = 0;
@@ -139,14 +169,20 @@ static const char *check_commands(int ncmds, const int *argc, const char **argv,
         if (argc[i] <= 0) return "empty command";
         const char *name = argv[at];
         size_t n = argvlen[at];
-        for (int k = 0; REFUSED[k]; k++)
-            if (name_is(name, n, REFUSED[k])) return "command not allowed on moxy's shared connections";
+        for (int k = 0; REFUSED[k].name; k++)
+            if (name_is(name, n, REFUSED[k].name)) return REFUSED[k].why;
         if (name_is(name, n, "client") && argc[i] > 1 && name_is(argv[at + 1], argvlen[at + 1], "reply"))
-            return "command not allowed on moxy's shared connections";
+            return "CLIENT REPLY is not allowed on moxy's shared Redis connections";
         if (name_is(name, n, "xread") || name_is(name, n, "xreadgroup")) {
-            for (int k = 1; k < argc[i]; k++)
-                if (name_is(argv[at + (size_t)k], argvlen[at + (size_t)k], "block"))
-                    return "blocking XREAD is not allowed on moxy's shared connections";
+            /* options come before STREAMS; what follows are names and ids */
+            for (int k = 1; k < argc[i]; k++) {
+                const char *a = argv[at + (size_t)k];
+                size_t al = argvlen[at + (size_t)k];
+                if (name_is(a, al, "streams")) break;
+                if (name_is(a, al, "block"))
+                    return "XREAD with BLOCK is not allowed on moxy's shared Redis connections";
+                if (name_is(a, al, "group") || name_is(a, al, "count")) k += name_is(a, al, "group") ? 2 : 1;
+            }
         }
         if (name_is(name, n, "multi")) {
             if (multi) return "MULTI inside MULTI";
@@ -232,7 +268,7 @@ EXPORT int moxy_ffi_redis_call(moxy_redis_t *c, int ncmds, const int *argc, cons
 {
     moxy_lua_task_t *t = moxy_lua_current_task();
     if (!t) return MOXY_DECLINED;
-    const char *why = check_commands(ncmds, argc, argv, argvlen);
+    const char *why = moxy_redis_check_commands(ncmds, argc, argv, argvlen);
     if (why) {
         set_err(err, errlen, why);
         return MOXY_ERROR;

@@ -31,7 +31,7 @@ moxy_redis_t *moxy_ffi_redis_client(const char *host, int port, const char *user
 
 /* Send ncmds commands (command i: argc[i] of the arguments argv/argvlen,
  * in order) for the running hook, which then waits: it is woken with the
- * reply (ncmds 1, pipeline 0: a value, or nil and the Redis error), or a
+ * reply (ncmds 1, pipeline 0: a value, or false and the Redis error), or a
  * table of them (pipeline 1: an error reply is { false, "ERR ..." }), or
  * nil and why nothing came.  MOXY_OK: sent; MOXY_DECLINED: no hook or
  * timer callback runs; MOXY_ERROR: refused or failed at once, err says
@@ -39,6 +39,18 @@ moxy_redis_t *moxy_ffi_redis_client(const char *host, int port, const char *user
 int moxy_ffi_redis_call(moxy_redis_t *c, int ncmds, const int *argc, const char **argv, const size_t *argvlen,
                         int pipeline, char *err, size_t errlen);
 /* END FFI */
+
+/* --- for fuzz/redis_fuzz.c --- */
+struct lua_State;
+struct redisReply;
+
+/* Push reply r on L as a script sees it (a nested array at most 16 deep,
+ * deeper levels as moxy.redis.null). */
+void moxy_redis_push_reply(struct lua_State *L, const struct redisReply *r);
+
+/* NULL when the ncmds commands (as moxy_ffi_redis_call's) may go on a
+ * shared connection, else why not. */
+const char *moxy_redis_check_commands(int ncmds, const int *argc, const char **argv, const size_t *argvlen);
 
 /* moxy.redis's part in a worker's life (lifecycle.h): its clients, freed with the worker. */
 extern struct moxy_module_s moxy_redis_module;

@@ -16,6 +16,7 @@
 #include "api/socket.h"
 #include "http/lifecycle.h"
 #include "http/lua_bridge.h"
+#include "http/request.h"
 #include "http/worker.h"
 #include "net/dial.h"
 
@@ -69,6 +70,7 @@ struct moxy_sock_s {
     int is_tls;
     char *pool;      /* the key it was taken or is kept under */
     size_t pool_len;
+    moxy_req_defer_t *owner; /* closes it when the request that connected it ends */
 };
 
 static sock_reg_t *reg_get(moxy_worker_t *w)
@@ -126,6 +128,31 @@ static void sock_attach(moxy_sock_t *s, const moxy_conn_t *conn)
     event_assign(&s->rev, base, conn->fd, EV_READ | EV_PERSIST, sock_read_cb, s);
     event_assign(&s->wev, base, conn->fd, EV_WRITE | EV_PERSIST, sock_write_cb, s);
     s->events_set = 1;
+}
+
+/* The request that connected s ended: s closes, as OpenResty's cosockets
+ * do (a forgotten socket must not hold a connection until the collector
+ * runs). */
+static void sock_request_end(void *arg)
+{
+    moxy_sock_t *s = arg;
+    s->owner = NULL;
+    if (!s->task) sock_close(s);
+}
+
+/* s belongs to t's request (if any) from now: it closes when that ends. */
+static void sock_own(moxy_sock_t *s, moxy_lua_task_t *t)
+{
+    if (s->owner) s->owner->fn = NULL;
+    s->owner = NULL;
+    moxy_req_t *r = moxy_lua_task_request(t);
+    if (r) s->owner = moxy_req_defer(r, sock_request_end, s);
+}
+
+static void sock_disown(moxy_sock_t *s)
+{
+    if (s->owner) s->owner->fn = NULL;
+    s->owner = NULL;
 }
 
 /* The task that waited for s's call: s forgets it and disarms (the caller
@@ -195,7 +222,9 @@ static void sock_timer_cb(evutil_socket_t fd, short what, void *arg)
     moxy_sock_t *s = arg;
     MOXY_UNUSED(fd);
     MOXY_UNUSED(what);
-    if (s->op == OP_CONNECT || s->op == OP_TLS) sock_close(s); /* half made: gone */
+    /* half made, or half sent: the connection is of no use.  A receive
+     * that timed out keeps it (and what came): the script may read on. */
+    if (s->op != OP_RECV) sock_close(s);
     wake_err(s, "timeout");
 }
 
@@ -264,6 +293,7 @@ EXPORT void moxy_ffi_sock_free(moxy_sock_t *s)
 {
     if (!s) return;
     if (s->task) sock_release(s); /* cannot happen: a waiting task holds the object */
+    sock_disown(s);
     sock_close(s);
     if (s->reg) LIST_REMOVE(s, link);
     if (s->in) evbuffer_free(s->in);
@@ -284,6 +314,7 @@ EXPORT int moxy_ffi_sock_connect(moxy_sock_t *s, const char *host, size_t hlen, 
         return MOXY_ERROR;
     }
     sock_close(s);
+    sock_own(s, t);
     if (plen == 0 || plen > SOCK_POOL_MAX) {
         set_err(err, errlen, "bad pool name");
         return MOXY_ERROR;
@@ -616,6 +647,7 @@ EXPORT void moxy_ffi_sock_consume(moxy_sock_t *s, size_t n)
 
 EXPORT int moxy_ffi_sock_keepalive(moxy_sock_t *s, double idle, int size, char *err, size_t errlen)
 {
+    set_err(err, errlen, "");
     if (s->task) {
         set_err(err, errlen, "socket busy: another call waits on it");
         return MOXY_ERROR;
@@ -628,21 +660,28 @@ EXPORT int moxy_ffi_sock_keepalive(moxy_sock_t *s, double idle, int size, char *
         set_err(err, errlen, "unread data in buffer");
         return MOXY_ERROR;
     }
-    if (evbuffer_get_length(s->out) > 0 || s->eof || s->werr || s->reg->w->draining) {
+    const char *why = evbuffer_get_length(s->out) > 0 || s->werr ? "bytes left unsent"
+                      : s->eof                                   ? "closed by the peer"
+                      : s->reg->w->draining                      ? "the worker is stopping"
+                                                                 : NULL;
+    if (why) {
         sock_close(s);
+        set_err(err, errlen, why);
         return MOXY_DECLINED;
     }
     moxy_dialer_t *dl = moxy_worker_dialer(s->reg->w);
     moxy_conn_t conn = s->conn;
+    unsigned uses = s->uses;
     sock_disarm(s);
     s->events_set = 0;
     s->conn.fd = -1;
     sock_close(s);
-    if (!dl) {
-        moxy_conn_close(&conn);
+    sock_disown(s);
+    if (!dl || moxy_dialer_put(dl, s->pool, s->pool_len, &conn, size, idle, uses) != MOXY_OK) {
+        set_err(err, errlen, "connection in dubious state, or the worker's idle pool is full");
         return MOXY_DECLINED;
     }
-    return moxy_dialer_put(dl, s->pool, s->pool_len, &conn, size, idle, s->uses);
+    return MOXY_OK;
 }
 
 EXPORT int moxy_ffi_sock_close(moxy_sock_t *s)

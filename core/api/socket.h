@@ -9,7 +9,8 @@
  * Ownership: a socket is made by moxy_ffi_sock_new and freed by
  * moxy_ffi_sock_free (its Lua object's finaliser), on its worker's thread.
  * Its connection is its own until setkeepalive hands it to the worker's
- * dialer (net/dial.h) or close closes it.  A call in progress belongs to
+ * dialer (net/dial.h), close closes it, or the request whose hook
+ * connected it ends (then it closes).  A call in progress belongs to
  * the task that waits for it; if that task is dropped (its client left),
  * the socket is closed.  When its worker ends, an open socket loses its
  * connection and its events; the object stays until its finaliser.
@@ -77,9 +78,11 @@ int moxy_ffi_sock_receive(moxy_sock_t *s, int mode, size_t n, const char *pat, s
 void moxy_ffi_sock_consume(moxy_sock_t *s, size_t n);
 
 /* Keep s's connection idle under its pool for idle seconds (<= 0: the
- * worker's default), at most size there.  MOXY_OK: kept (s is closed);
- * MOXY_DECLINED: not kept, closed (a bound); MOXY_ERROR: err says why
- * (not connected, unread bytes, a call in progress: s is left as it is). */
+ * worker's default), at most size there (the pool's oldest go).
+ * MOXY_OK: kept (s is closed); MOXY_DECLINED: not kept but closed, err
+ * says why (bytes left unsent, the peer closed or sent more, the worker's
+ * idle pool full); MOXY_ERROR: err says why (not connected, unread bytes,
+ * a call in progress: s is left as it is). */
 int moxy_ffi_sock_keepalive(moxy_sock_t *s, double idle, int size, char *err, size_t errlen);
 
 /* Close s's connection.  MOXY_ERROR: it was not open. */

@@ -483,6 +483,69 @@ EXPORT int moxy_ffi_shdict_incr(moxy_shdict_t *d, const char *key, size_t klen, 
     return rc;
 }
 
+/* The precise monotonic clock, for GCRA's arrival times (the coarse one
+ * ticks in milliseconds: too coarse for 1000 requests a second). */
+static double now_precise(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+EXPORT int moxy_ffi_shdict_gcra(moxy_shdict_t *d, const char *key, size_t klen, double interval, double burst,
+                                double cost, moxy_gcra_t *out, int *err)
+{
+    if (!key_ok(key, klen)) {
+        *err = MOXY_SHDICT_E_BAD_KEY;
+        return MOXY_ERROR;
+    }
+    uint64_t hash = key_hash(key, klen);
+    shdict_stripe_t *s = stripe_of(d, hash);
+    double now = now_monotonic();
+    double t = now_precise();
+    double limit = (burst + 1) * interval; /* how far ahead of t the arrival time may run */
+    int rc = MOXY_OK;
+    pthread_mutex_lock(&s->lock);
+    shdict_node_t *n = node_find(s, hash, key, klen, now);
+    if (n && n->type != MOXY_SHDICT_NUMBER) {
+        *err = MOXY_SHDICT_E_NOT_NUMBER;
+        rc = MOXY_ERROR;
+        goto done;
+    }
+    double tat = n && n->num > t ? n->num : t;
+    double next = tat + cost * interval;
+    if (next - t > limit + 1e-9) { /* not yet: the state stays */
+        out->retry_after = next - limit - t;
+        out->reset = tat - t;
+        out->remaining = 0;
+        rc = MOXY_DECLINED;
+        goto done;
+    }
+    out->retry_after = 0;
+    out->reset = next - t;
+    out->remaining = (limit - (next - t)) / interval + 1e-9;
+    if (cost <= 0) goto done; /* a look, no change */
+    double ttl = next - t + 0.01; /* then it no longer limits anything */
+    if (n) {
+        n->num = next;
+        n->expires = expiry(ttl, now);
+        lru_touch(s, n);
+    } else if (node_cost(klen, 0) > s->budget) {
+        *err = MOXY_SHDICT_E_NO_MEMORY;
+        rc = MOXY_ERROR;
+    } else {
+        n = node_new(hash, key, klen, MOXY_SHDICT_NUMBER, NULL, 0, next, expiry(ttl, now));
+        if (!n || node_insert(s, n, now) != MOXY_OK) {
+            free(n);
+            *err = MOXY_SHDICT_E_NO_MEMORY;
+            rc = MOXY_ERROR;
+        }
+    }
+done:
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
 EXPORT int moxy_ffi_shdict_ttl(moxy_shdict_t *d, const char *key, size_t klen, double *ttl)
 {
     if (!key_ok(key, klen)) return MOXY_DECLINED;

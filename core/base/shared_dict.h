@@ -121,6 +121,23 @@ int moxy_ffi_shdict_store(moxy_shdict_t *d, int op, const char *key, size_t klen
 int moxy_ffi_shdict_incr(moxy_shdict_t *d, const char *key, size_t klen, double by, double init,
                          int has_init, double ttl, double *out, int *err);
 
+/* What moxy_ffi_shdict_gcra tells of a limit's key: seconds until the
+ * request would have been allowed (0 when it was), seconds until the key
+ * is back to its full burst, and the requests it allows now (after this
+ * one). */
+typedef struct {
+    double retry_after, reset, remaining;
+} moxy_gcra_t;
+
+/* GCRA (the generic cell rate algorithm) on key, atomically: one request
+ * of cost (in requests; 0: only look) against a rate of one per interval
+ * seconds with burst more at once.  The key holds the theoretical arrival
+ * time (a number, expiring once it no longer limits).  MOXY_OK: allowed
+ * (and counted); MOXY_DECLINED: not allowed, nothing changed; *out says
+ * more.  MOXY_ERROR with *err E_NOT_NUMBER, E_NO_MEMORY or E_BAD_KEY. */
+int moxy_ffi_shdict_gcra(moxy_shdict_t *d, const char *key, size_t klen, double interval, double burst,
+                         double cost, moxy_gcra_t *out, int *err);
+
 /* Seconds key has left into *ttl (0: never expires).  MOXY_DECLINED: absent. */
 int moxy_ffi_shdict_ttl(moxy_shdict_t *d, const char *key, size_t klen, double *ttl);
 

@@ -239,7 +239,7 @@ typedef struct {
 /* What a module runs when a request ends (request.h), and how many
  * different ones a request may have. */
 typedef void (*moxy_req_cleanup_fn)(moxy_req_t *r);
-#define MOXY_REQ_CLEANUPS 8
+#define MOXY_REQ_CLEANUPS 12
 
 /* A request, from its first byte to its access-log line. */
 struct moxy_req_s {
@@ -312,6 +312,7 @@ struct moxy_req_s {
 
     void *geo;             /* geoip.c: this request's lookups (request pool), or NULL */
     moxy_log_field_t *log_fields, *log_fields_last; /* txn:log_field's, in order */
+    struct moxy_req_defer_s *defers; /* what to do when it ends (moxy_req_defer) */
 
     /* hooks */
     void *hook;            /* lua_bridge.c's state of hooks parked on an event, or NULL */

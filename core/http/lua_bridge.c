@@ -675,6 +675,11 @@ void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults)
     task_resume_parked(t, nresults + 1);
 }
 
+moxy_req_t *moxy_lua_task_request(const moxy_lua_task_t *t)
+{
+    return t->r;
+}
+
 moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t)
 {
     return t->g->w;

@@ -107,6 +107,10 @@ lua_State *moxy_lua_task_thread(moxy_lua_task_t *t);
  * coroutine: resume it (its yield returns them). */
 void moxy_lua_task_wake(moxy_lua_task_t *t, int nresults);
 
+/* The request t runs hooks for; NULL for a timer's callback or a
+ * connection's hooks. */
+moxy_req_t *moxy_lua_task_request(const moxy_lua_task_t *t);
+
 /* The worker t runs on. */
 moxy_worker_t *moxy_lua_task_worker(const moxy_lua_task_t *t);
 

@@ -78,10 +78,26 @@ struct evbuffer *moxy_req_body_buffer(moxy_req_t *r)
     return r->body_buf;
 }
 
+moxy_req_defer_t *moxy_req_defer(moxy_req_t *r, void (*fn)(void *arg), void *arg)
+{
+    moxy_req_defer_t *d = moxy_palloc(&r->mem, sizeof(*d));
+    if (!d) return NULL;
+    d->fn = fn;
+    d->arg = arg;
+    d->next = r->defers;
+    r->defers = d;
+    return d;
+}
+
 void moxy_req_end(moxy_req_t *r)
 {
     /* a cleanup may add another one: take them one at a time */
     while (r->ncleanups > 0) r->cleanups[--r->ncleanups](r);
+    moxy_req_defer_t *d;
+    while ((d = r->defers)) {
+        r->defers = d->next;
+        if (d->fn) d->fn(d->arg);
+    }
     if (r->g) moxy_wgen_release(r->g); /* may free an old generation: last */
     r->g = NULL;
     r->over = 1;

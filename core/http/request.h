@@ -31,6 +31,18 @@ moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index);
  * outlive conn). */
 void moxy_req_keep_tls(moxy_req_t *r, const moxy_conn_t *conn);
 
+/* Something to do when r ends (moxy_req_defer). */
+typedef struct moxy_req_defer_s {
+    struct moxy_req_defer_s *next;
+    void (*fn)(void *arg); /* NULL: cancelled */
+    void *arg;
+} moxy_req_defer_t;
+
+/* Call fn(arg) when r ends, after its cleanups, newest first.  The record
+ * (in r's memory) is the caller's to cancel (d->fn = NULL) until then.
+ * NULL: out of memory. */
+moxy_req_defer_t *moxy_req_defer(moxy_req_t *r, void (*fn)(void *arg), void *arg);
+
 /* Run fn(r) when r ends.  Adding a function already added does nothing,
  * so that a module adds its cleanup each time it attaches something (a
  * few pointer compares).  Each module has one: more than MOXY_REQ_CLEANUPS

@@ -9,6 +9,7 @@
 #include "net/dial.h"
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <ctype.h>
 #include <errno.h>
 #include <event2/dns.h>
@@ -111,12 +112,31 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
     moxy_conn_close(&conn);
 }
 
+/* 1 when c must not be kept or reused: the peer sent something nobody
+ * asked for, or closed (a TLS session ticket alone is not a reason). */
+static int conn_dubious(moxy_conn_t *c)
+{
+    if (moxy_conn_pending(c) > 0) return 1;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    return moxy_conn_idle_readable(c);
+}
+
 int moxy_dialer_put(moxy_dialer_t *dl, const char *key, size_t klen, moxy_conn_t *conn, int per_key,
                     double idle_secs, unsigned uses)
 {
     dial_key_t *k = key_find(dl, key, klen);
     dial_idle_t *c = NULL;
-    if (conn->fd < 0 || dl->idle.n >= dl->idle.max || per_key <= 0) goto refuse;
+    if (conn->fd < 0 || per_key <= 0 || conn_dubious(conn)) goto refuse;
+    while (k && k->idle.n >= per_key) { /* the key's oldest go: the newest are the likelier alive */
+        dial_idle_t *old = MOXY_IDLE_OWNER(TAILQ_LAST(&k->idle.conns, moxy_idle_list_head_s), dial_idle_t, idle);
+        moxy_conn_t oc = old->conn;
+        moxy_idle_remove(&old->idle); /* not idle_leave: k stays for the new one */
+        event_del(&old->ev);
+        free(old);
+        moxy_conn_close(&oc);
+    }
+    if (dl->idle.n >= dl->idle.max) goto refuse;
     if (!k) {
         k = calloc(1, sizeof(*k) + klen + 1);
         if (!k) goto refuse;
@@ -150,14 +170,23 @@ refuse:
 
 int moxy_dialer_take(moxy_dialer_t *dl, const char *key, size_t klen, moxy_conn_t *out, unsigned *uses)
 {
-    dial_key_t *k = key_find(dl, key, klen);
-    moxy_idle_t *i = k ? moxy_idle_take(&k->idle) : NULL;
-    if (!i) return MOXY_DECLINED;
-    dial_idle_t *c = MOXY_IDLE_OWNER(i, dial_idle_t, idle);
-    *out = c->conn;
-    if (uses) *uses = c->uses;
-    idle_leave(c);
-    return MOXY_OK;
+    for (;;) {
+        dial_key_t *k = key_find(dl, key, klen);
+        moxy_idle_t *i = k ? TAILQ_FIRST(&k->idle.conns) : NULL;
+        if (!i) return MOXY_DECLINED;
+        dial_idle_t *c = MOXY_IDLE_OWNER(i, dial_idle_t, idle);
+        moxy_conn_t conn = c->conn;
+        unsigned n = c->uses;
+        idle_leave(c);
+        /* its close may not have been seen yet: the loop did not run since */
+        if (conn_dubious(&conn)) {
+            moxy_conn_close(&conn);
+            continue;
+        }
+        *out = conn;
+        if (uses) *uses = n;
+        return MOXY_OK;
+    }
 }
 
 int moxy_dialer_idle(const moxy_dialer_t *dl)

@@ -52,6 +52,7 @@ struct redis_conn_s {
     redisReader *reader;
     struct redis_reqs_s reqs;
     int nreqs;
+    size_t reply_bytes;   /* read since the last complete reply: bounded by max_reply */
     long long down_until; /* ms: no new connection before */
     unsigned gen;         /* counts its connections: a callback may replace it */
     int broken;           /* its output is out of step: the timer fails it */
@@ -117,6 +118,86 @@ moxy_redis_t *moxy_redis_new(moxy_dialer_t *dl, struct event_base *base, const m
     return r;
 }
 
+/* --- replies: hiredis's reader, with moxy's own objects ---
+ *
+ * The same redisReply trees as hiredis's own functions make (so
+ * freeReplyObject frees them), but an array may announce at most as many
+ * elements as its bytes could hold (three each: "+\r\n"): "*2147483647"
+ * alone must not allocate 16 GiB. */
+
+static redisReply *reply_new(const redisReadTask *task, int type)
+{
+    redisReply *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    r->type = type;
+    if (task->parent) {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+    return r;
+}
+
+static void *reply_string(const redisReadTask *task, char *str, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy) return NULL;
+    redisReply *r = reply_new(task, task->type);
+    if (!r) {
+        free(copy);
+        return NULL;
+    }
+    memcpy(copy, str, len);
+    copy[len] = '\0';
+    r->str = copy;
+    r->len = len;
+    return r;
+}
+
+static void *reply_array(const redisReadTask *task, int elements)
+{
+    const size_t *max = task->privdata;
+    if (elements < 0 || (size_t)elements > (max ? *max : 1u << 20) / 3) return NULL;
+    redisReply **el = NULL;
+    if (elements > 0 && !(el = calloc((size_t)elements, sizeof(*el)))) return NULL;
+    redisReply *r = reply_new(task, REDIS_REPLY_ARRAY);
+    if (!r) {
+        free(el);
+        return NULL;
+    }
+    r->element = el;
+    r->elements = (size_t)elements;
+    return r;
+}
+
+static void *reply_integer(const redisReadTask *task, long long value)
+{
+    redisReply *r = reply_new(task, REDIS_REPLY_INTEGER);
+    if (r) r->integer = value;
+    return r;
+}
+
+static void *reply_nil(const redisReadTask *task)
+{
+    return reply_new(task, REDIS_REPLY_NIL);
+}
+
+static redisReplyObjectFunctions reply_fns = {
+    .createString = reply_string,
+    .createArray = reply_array,
+    .createInteger = reply_integer,
+    .createNil = reply_nil,
+    .freeObject = freeReplyObject,
+};
+
+redisReader *moxy_redis_reader_new(const size_t *max_reply)
+{
+    redisReader *rd = redisReaderCreateWithFunctions(&reply_fns);
+    if (!rd) return NULL;
+    rd->maxbuf = 64 * 1024; /* it lets go of a large buffer once it is read */
+    rd->privdata = (void *)max_reply;
+    return rd;
+}
+
 /* --- a connection's end --- */
 
 static void req_free(moxy_redis_req_t *q)
@@ -141,6 +222,7 @@ static void conn_close(redis_conn_t *c)
     c->out = NULL;
     if (c->reader) redisReaderFree(c->reader);
     c->reader = NULL;
+    c->reply_bytes = 0;
     c->state = C_DOWN;
 }
 
@@ -275,7 +357,8 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         redisReader *rd = c->reader;
-        if (rd->len - rd->pos + (size_t)n > c->r->conf.max_reply) {
+        c->reply_bytes += (size_t)n;
+        if (c->reply_bytes > c->r->conf.max_reply) {
             conn_fail(c, "reply too large");
             return;
         }
@@ -292,6 +375,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
                 return;
             }
             if (!reply) break;
+            c->reply_bytes = rd->len - rd->pos; /* what is left belongs to the next replies */
             int rc = conn_reply(c, reply);
             if (rc == MOXY_DONE) return; /* c failed */
             if (rc == MOXY_ERROR) {
@@ -388,9 +472,8 @@ static int conn_open(redis_conn_t *c, char *err, size_t errlen)
 {
     const moxy_redis_conf_t *cf = &c->r->conf;
     c->out = evbuffer_new();
-    c->reader = redisReaderCreate();
+    c->reader = moxy_redis_reader_new(&c->r->conf.max_reply);
     if (!c->out || !c->reader) goto oom;
-    c->reader->maxbuf = 64 * 1024; /* the reader lets go of a large buffer once it is read */
     int n = (cf->password ? 1 : 0) + (cf->db > 0 ? 1 : 0);
     if (n > 0) {
         moxy_redis_req_t *q = req_new(c, n);
@@ -415,6 +498,7 @@ static int conn_open(redis_conn_t *c, char *err, size_t errlen)
         }
         TAILQ_INSERT_TAIL(&c->reqs, q, link);
         c->nreqs++;
+        conn_arm_timer(c); /* a server that never answers AUTH must not hold what follows */
     }
     c->dial.connect_timeout = cf->connect_timeout > 0 ? cf->connect_timeout : 1;
     if (moxy_dial_start(&c->dial, c->r->dl, cf->host, strlen(cf->host), cf->port, cf->tls, cf->server_name) !=

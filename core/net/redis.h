@@ -86,6 +86,11 @@ void moxy_redis_cancel(moxy_redis_req_t *req);
 /* The settings r was made with (its own copies). */
 const moxy_redis_conf_t *moxy_redis_conf(const moxy_redis_t *r);
 
+/* A reader of replies (hiredis's) whose arrays may announce no more
+ * elements than *max_reply bytes could hold (max_reply NULL: 1 MiB; the
+ * pointer must outlive the reader).  NULL: out of memory. */
+redisReader *moxy_redis_reader_new(const size_t *max_reply);
+
 /* 1 when r can take requests now (not in a failure's backoff). */
 int moxy_redis_available(const moxy_redis_t *r);
 

@@ -11,7 +11,7 @@
 --   local r = red:eval_script(LUA_SRC, { "key" }, { "arg" })  -- EVALSHA, SCRIPT LOAD when needed
 --
 -- Replies: bulk and status replies are strings, integers numbers, a nil
--- reply moxy.redis.null, arrays tables.  A Redis error: nil, "ERR ...";
+-- reply moxy.redis.null, arrays tables.  A Redis error: false, "ERR ...";
 -- inside a pipeline's table (or an array reply), { false, "ERR ..." }.
 -- A call that got no reply: nil, why ("timeout", "redis unavailable: ...").
 local ffi = require "ffi"
@@ -83,7 +83,7 @@ local function arg_string(v, i)
     if v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return format("%d", v) end
     return format("%.17g", v)
   end
-  if t == "boolean" then return v and "1" or "0" end
+  if t == "boolean" then return tostring(v) end -- as lua-resty-redis
   error("moxy.redis: argument " .. i .. " must be a string or a number, got " .. t, 4)
 end
 
@@ -154,6 +154,9 @@ end
 
 -- Send ncmds commands whose arguments fill argv[0 .. nargs-1]; wait.
 local function send(self, ncmds, pipeline, level)
+  if not runtime.can_wait() then
+    error("moxy.redis: only hooks and timer callbacks may call Redis", level)
+  end
   local h, err = handle(self)
   if not h then return nil, err end
   local rc = C.moxy_ffi_redis_call(h, ncmds, argc_buf, argv, argvlen, pipeline, errbuf, ERR_LEN)
@@ -164,12 +167,36 @@ local function send(self, ncmds, pipeline, level)
   return runtime.wait()
 end
 
---- client:call(name, ...) -> reply, or nil, err.
+-- hmset(key, { field = value, ... }) (HSET, MSET, MSETNX too): the table
+-- is spread into field, value pairs, as lua-resty-redis does for HMSET.
+local SPREAD = { hmset = true, hset = true, mset = true, msetnx = true }
+
+local function spread(args, n)
+  local t = args[n]
+  local name = args[1]
+  if type(t) == "table" and type(name) == "string" and SPREAD[name:lower()]
+     and n == (name:lower():sub(1, 1) == "m" and 2 or 3) then
+    args[n] = nil
+    n = n - 1
+    for k, v in pairs(t) do
+      n = n + 2
+      args[n - 1], args[n] = k, v
+    end
+  end
+  return n
+end
+
+--- client:call(name, ...) -> reply; false, err for a Redis error reply;
+-- nil, err when no reply came.  Between init_pipeline and
+-- commit_pipeline, queued instead.
 function Client:call(...)
   local n = select("#", ...)
   if n == 0 then error("moxy.redis: call: a command name is needed", 2) end
-  ensure(n, 1)
+  local q = rawget(self, "queued")
+  if q then return q:call(...) end
   local anchors = { ... }
+  if type(anchors[n]) == "table" then n = spread(anchors, n) end
+  ensure(n, 1)
   for i = 1, n do
     local s = arg_string(anchors[i], i)
     anchors[i] = s
@@ -177,7 +204,7 @@ function Client:call(...)
     argvlen[i - 1] = #s
   end
   argc_buf[0] = n
-  local res, err = send(self, 1, 0, 3)
+  local res, err = send(self, 1, 0, 3) -- false, err: Redis answered with an error
   anchors = nil
   return res, err
 end
@@ -196,8 +223,9 @@ local pipeline_mt = {
 function Pipeline:call(...)
   local n = select("#", ...)
   if n == 0 then error("moxy.redis: pipeline: a command name is needed", 2) end
-  local cmd = {}
-  for i = 1, n do cmd[i] = arg_string((select(i, ...)), i) end
+  local cmd = { ... }
+  if type(cmd[n]) == "table" then n = spread(cmd, n) end
+  for i = 1, n do cmd[i] = arg_string(cmd[i], i) end
   self.cmds[#self.cmds + 1] = cmd
 end
 
@@ -248,6 +276,14 @@ function Client:commit_pipeline()
   return self:pipeline(function(p) p.cmds = q.cmds end)
 end
 
+-- lua-resty-redis's connection calls, for scripts ported from OpenResty:
+-- moxy manages the connections (per worker, shared), so these do nothing.
+function Client:connect() return true end
+function Client:set_timeout() return true end
+function Client:set_timeouts() return true end
+function Client:set_keepalive() return true end
+function Client:close() return true end
+
 local sha_of = setmetatable({}, { __mode = "k" })
 local crypto
 
@@ -269,9 +305,9 @@ function Client:eval_script(src, keys, args)
   for i = 1, nk do call_args[#call_args + 1] = keys[i] end
   for i = 1, #args do call_args[#call_args + 1] = args[i] end
   local res, err = self:call(unpack(call_args))
-  if res == nil and type(err) == "string" and err:sub(1, 8) == "NOSCRIPT" then
+  if res == false and type(err) == "string" and err:sub(1, 8) == "NOSCRIPT" then
     local loaded, lerr = self:call("SCRIPT", "LOAD", src)
-    if not loaded then return nil, lerr end
+    if not loaded then return loaded, lerr end -- false: Redis refused it; nil: no reply
     res, err = self:call(unpack(call_args))
   end
   return res, err

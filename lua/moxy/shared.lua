@@ -43,6 +43,11 @@ int moxy_ffi_shdict_store(moxy_shdict_t *d, int op, const char *key, size_t klen
                           const char *str, size_t slen, double num, double ttl, int *err);
 int moxy_ffi_shdict_incr(moxy_shdict_t *d, const char *key, size_t klen, double by, double init,
                          int has_init, double ttl, double *out, int *err);
+typedef struct {
+    double retry_after, reset, remaining;
+} moxy_gcra_t;
+int moxy_ffi_shdict_gcra(moxy_shdict_t *d, const char *key, size_t klen, double interval, double burst,
+                         double cost, moxy_gcra_t *out, int *err);
 int moxy_ffi_shdict_ttl(moxy_shdict_t *d, const char *key, size_t klen, double *ttl);
 int moxy_ffi_shdict_expire(moxy_shdict_t *d, const char *key, size_t klen, double ttl);
 int moxy_ffi_shdict_keys(moxy_shdict_t *d, int max, char **buf, size_t *len, int *count);

@@ -67,7 +67,15 @@ local function err_text()
 end
 
 local function declined(what)
-  error("moxy.socket: " .. what .. ": only hooks and timer callbacks may use sockets", 3)
+  error("moxy.socket: " .. what .. ": only hooks and timer callbacks may use sockets", 4)
+end
+
+-- Raise (at the caller of the method that calls this) outside hooks and
+-- timer callbacks, where nothing could wake a waiting call.
+local function may_wait(what)
+  if not runtime.can_wait() then
+    error("moxy.socket: " .. what .. ": only hooks and timer callbacks may use sockets", 3)
+  end
 end
 
 -- A call came back: OK (done), AGAIN (wait for it), or an error.
@@ -120,9 +128,10 @@ function Sock:connect(host, port, opts)
   if not port or port < 1 or port > 65535 or port ~= floor(port) then
     error("moxy.socket: connect: port must be 1 to 65535", 2)
   end
-  local h = host
+  may_wait("connect")
+  local h = host:lower()
   if h:sub(1, 1) == "[" and h:sub(-1) == "]" then h = h:sub(2, -2) end
-  local pool = host .. ":" .. port
+  local pool = h .. ":" .. port
   if type(opts) == "table" and opts.pool ~= nil then
     if type(opts.pool) ~= "string" or opts.pool == "" then
       error("moxy.socket: connect: opts.pool must be a non-empty string", 2)
@@ -144,17 +153,21 @@ function Sock:sslhandshake(_, server_name, verify)
   local name = server_name
   if name == nil then name = self.host or "" end
   if type(name) ~= "string" then error("moxy.socket: sslhandshake: server_name must be a string", 2) end
+  may_wait("sslhandshake")
   local rc = C.moxy_ffi_sock_tls(self.s, name, #name, verify == false and 0 or 1, self.ct, errbuf, ERR_LEN)
   return finish(rc, "sslhandshake")
 end
 
+-- The strings of data (an array, nested arrays too) in out; nil when it
+-- holds something else.
 local function flatten(data, out)
   for i = 1, #data do
     local v = data[i]
     local t = type(v)
-    if t == "table" then flatten(v, out)
+    if t == "table" then
+      if not flatten(v, out) then return nil end
     elseif t == "string" or t == "number" then out[#out + 1] = tostring(v)
-    else error("moxy.socket: send: a table may hold strings, numbers and tables only", 4) end
+    else return nil end
   end
   return out
 end
@@ -163,9 +176,13 @@ end
 -- or an array of them (nested arrays too).
 function Sock:send(data)
   local t = type(data)
-  if t == "table" then data = concat(flatten(data, {}))
+  if t == "table" then
+    local parts = flatten(data, {})
+    if not parts then error("moxy.socket: send: a table may hold strings, numbers and tables only", 2) end
+    data = concat(parts)
   elseif t == "number" then data = tostring(data)
   elseif t ~= "string" then error("moxy.socket: send: data must be a string or a table", 2) end
+  may_wait("send")
   local rc = C.moxy_ffi_sock_send(self.s, data, #data, self.st, errbuf, ERR_LEN)
   local ok, err = finish(rc, "send")
   if ok then return #data end
@@ -201,6 +218,7 @@ end
 -- line without its LF or CRLF; the default), "*a" (everything until the
 -- peer closes: not an error), or a number of bytes.
 function Sock:receive(pattern)
+  may_wait("receive")
   if pattern == nil or pattern == "*l" or pattern == "l" then
     return receive(self, C.MOXY_SOCK_LINE, 0, nil)
   elseif pattern == "*a" or pattern == "a" then
@@ -221,6 +239,7 @@ end
 function Sock:receiveany(max)
   local n = tonumber(max)
   if not n or n < 1 or n ~= floor(n) then error("moxy.socket: receiveany: max must be a number >= 1", 2) end
+  may_wait("receiveany")
   return receive(self, C.MOXY_SOCK_ANY, n, nil)
 end
 
@@ -235,6 +254,7 @@ function Sock:receiveuntil(pattern, opts)
   local inclusive = type(opts) == "table" and opts.inclusive and 1 or 0
   local ended = false
   return function(size)
+    may_wait("receiveuntil")
     if size ~= nil then
       size = tonumber(size)
       if not size or size < 1 or size ~= floor(size) then
@@ -270,8 +290,7 @@ function Sock:setkeepalive(idle, size)
   end
   local rc = C.moxy_ffi_sock_keepalive(self.s, secs, size, errbuf, ERR_LEN)
   if rc == OK then return true end
-  if rc == DECLINED then return true end -- closed: nothing is kept, as after close
-  return nil, err_text()
+  return nil, err_text() -- DECLINED: closed, not kept; ERROR: left as it was
 end
 
 --- sock:close() -> true or nil, err.

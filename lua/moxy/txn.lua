@@ -20,6 +20,7 @@ int moxy_ffi_header_get(moxy_req_t *r, int which, const char *name, size_t nlen,
                         const char **val, size_t *vlen);
 int moxy_ffi_header_set(moxy_req_t *r, int which, const char *name, size_t nlen, const char *val,
                         size_t vlen, int add);
+int moxy_ffi_req_defer_incr(moxy_req_t *r, void *d, const char *key, size_t klen, double by);
 int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted);
 int moxy_ffi_header_remove(moxy_req_t *r, int which, const char *name, size_t nlen);
 int moxy_ffi_header_at(moxy_req_t *r, int which, int index, const char **name, size_t *nlen,
@@ -45,7 +46,7 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 21
+local ABI = 22
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)
