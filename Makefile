@@ -2,8 +2,10 @@
 #
 #   make run     install what is missing, build, start on the quickstart config
 #   make test    install what is missing, build, run every spec
+#   make ctest   the C tests of core functions (spec/02-core/*_test.c)
 #   make check   the same specs against an ASan+UBSan build
 #   make bench   moxy vs nginx side by side (wrk on loopback)
+#   make bench-acl   what a lookup in an ACL's prefix set costs (bench/acl_lookup.c)
 #   make fuzz    every libFuzzer harness in fuzz/ for FUZZ_S seconds (default 60)
 #   make install [PREFIX=/usr/local] [DESTDIR=]   binary, Lua modules, scripts, man page,
 #                the systemd unit and logrotate file as examples under share/moxy/dist
@@ -40,8 +42,8 @@ LLHTTP_OBJS = $(BUILD)/base/llhttp.o $(BUILD)/base/llhttp_api.o $(BUILD)/base/ll
 OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
 # Specs run inside moxy's own runtime (`moxy test` = busted with moxy's modules).
 
-.PHONY: all deps run test check tsan bench fuzz fuzz-build install install-systemd uninstall \
-        uninstall-systemd fmt lint clean FORCE
+.PHONY: all deps run test ctest check tsan bench bench-acl fuzz fuzz-build install install-systemd \
+        uninstall uninstall-systemd fmt lint clean FORCE
 
 all: moxy
 
@@ -88,7 +90,7 @@ FORCE:
 run: deps moxy
 	./moxy -c conf/quickstart.lua
 
-test: deps moxy lint
+test: deps moxy lint ctest
 	MOXY_BIN=$(CURDIR)/moxy ./moxy test spec
 	$(MAKE) fuzz FUZZ_S=$(FUZZ_TEST_S)
 
@@ -136,6 +138,25 @@ $(BUILD)/libmoxy.a: $(filter-out $(BUILD)/ops/main.o,$(OBJS))
 $(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
 	$(CC) $(CFLAGS) $(MOXY_CFLAGS) -Ifuzz -fsanitize=fuzzer $(MOXY_LDFLAGS) -o $@ $< \
 	      $(BUILD)/libmoxy.a $(LDLIBS)
+
+# C tests of the core's functions: spec/02-core/NAME_test.c, each a program linked
+# against the core's objects that prints what failed and exits non-zero when
+# anything did.  `make ctest` builds and runs them all (`make test` does too).
+CTEST_NAMES := $(patsubst spec/02-core/%_test.c,%,$(wildcard spec/02-core/*_test.c))
+
+ctest: $(CTEST_NAMES:%=$(BUILD)/%_test)
+	@for t in $^; do $$t || exit 1; done
+
+$(BUILD)/%_test: spec/02-core/%_test.c $(BUILD)/libmoxy.a
+	$(CC) $(CFLAGS) $(MOXY_CFLAGS) $(LDFLAGS) $(MOXY_LDFLAGS) -o $@ $< $(BUILD)/libmoxy.a $(LDLIBS)
+
+# What a lookup in an ACL's prefix set costs (bench/acl_lookup.c): build time,
+# memory, ns per lookup for 100,000 prefixes per family.
+bench-acl: $(BUILD)/acl_lookup
+	$(BUILD)/acl_lookup
+
+$(BUILD)/acl_lookup: bench/acl_lookup.c $(BUILD)/libmoxy.a
+	$(CC) $(CFLAGS) $(MOXY_CFLAGS) $(LDFLAGS) $(MOXY_LDFLAGS) -o $@ $< $(BUILD)/libmoxy.a $(LDLIBS)
 
 # The performance figures (docs/performance.md): moxy against nginx and
 # nginx-lua with wrk (every peer of HOOKS=1, the 1 MiB case too), the txn

@@ -9,11 +9,9 @@
 
 /* --- address blocks --- */
 
-static const uint8_t V4_MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
 void moxy_cidr_init(moxy_cidr_t *m, int family, int bits)
 {
-    if (family == 6 && bits >= 96 && memcmp(m->addr, V4_MAPPED, 12) == 0) {
+    if (family == 6 && bits >= 96 && moxy_ip_v4_mapped(m->addr)) {
         memmove(m->addr, m->addr + 12, 4);
         family = 4;
         bits -= 96;
@@ -32,9 +30,37 @@ void moxy_cidr_init(moxy_cidr_t *m, int family, int bits)
     }
 }
 
+int moxy_cidr_parse(const char *p, size_t n, moxy_cidr_t *m, const char **why)
+{
+    const char *slash = memchr(p, '/', n);
+    size_t alen = slash ? (size_t)(slash - p) : n;
+    int family = memchr(p, ':', alen) ? 6 : 4;
+    int max = family == 4 ? 32 : 128, bits = max;
+    if (memchr(p, '\0', n) || moxy_ip_pton(p, alen, &family, m->addr) != MOXY_OK) {
+        *why = "bad address";
+        return MOXY_ERROR;
+    }
+    if (slash) {
+        const char *d = slash + 1;
+        size_t dlen = n - alen - 1, i = 0;
+        for (bits = 0; i < dlen && i < 3 && d[i] >= '0' && d[i] <= '9'; i++)
+            bits = bits * 10 + (d[i] - '0');
+        if (dlen == 0 || i != dlen) {
+            *why = "bad prefix length";
+            return MOXY_ERROR;
+        }
+        if (bits > max) {
+            *why = family == 4 ? "prefix length past /32" : "prefix length past /128";
+            return MOXY_ERROR;
+        }
+    }
+    moxy_cidr_init(m, family, bits);
+    return MOXY_OK;
+}
+
 int moxy_cidr_match(const moxy_cidr_t *list, int n, int family, const uint8_t *addr)
 {
-    if (family == 6 && memcmp(addr, V4_MAPPED, 12) == 0) {
+    if (family == 6 && moxy_ip_v4_mapped(addr)) {
         family = 4;
         addr += 12;
     }
@@ -76,7 +102,7 @@ int moxy_ip_pton(const char *p, size_t n, int *family, uint8_t addr[16])
     }
     if (inet_pton(AF_INET6, buf, addr) != 1) return MOXY_ERROR;
     *family = 6;
-    if (memcmp(addr, V4_MAPPED, 12) == 0) {
+    if (moxy_ip_v4_mapped(addr)) {
         memmove(addr, addr + 12, 4);
         *family = 4;
     }

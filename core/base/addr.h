@@ -7,10 +7,28 @@
 
 #include "base/config.h"
 
+/* 1 when the 16 bytes at addr are an IPv4-mapped IPv6 address,
+ * ::ffff:a.b.c.d (the IPv4 address is at addr + 12). */
+static inline int moxy_ip_v4_mapped(const uint8_t *addr)
+{
+    static const uint8_t head[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return memcmp(addr, head, 12) == 0;
+}
+
 /* Fill in m (family 4 or 6, addr set, bits the prefix length): the bits past
  * the prefix are cleared, and an IPv4-mapped IPv6 block (::ffff:a.b.c.d/96
  * and longer) becomes the IPv4 block it maps. */
 void moxy_cidr_init(moxy_cidr_t *m, int family, int bits);
+
+/* A block as a list file or a configuration writes it, the n bytes at p: an
+ * address ("192.0.2.7", "2001:db8::1": the whole address, /32 or /128), or
+ * an address, '/' and a prefix length of 1 to 3 digits ("10.0.0.0/8",
+ * "2001:db8::/32").  Nothing else: no spaces, no NUL.  The bits past the
+ * prefix are cleared ("10.1.2.3/8" is 10.0.0.0/8, as nginx's allow and
+ * set_real_ip_from take it), and an IPv4-mapped block (::ffff:a.b.c.d/96
+ * and longer) becomes the IPv4 block it maps (moxy_cidr_init).  MOXY_OK
+ * with m, or MOXY_ERROR with *why, a static text ("bad address", ...). */
+int moxy_cidr_parse(const char *p, size_t n, moxy_cidr_t *m, const char **why);
 
 /* 1 when the address (family 4: 4 bytes at addr, 6: 16 bytes) is in one of
  * the n blocks of list, checked in order; an IPv4-mapped IPv6 address is
