@@ -21,6 +21,7 @@ build = {
     ["moxy.cache"] = "lua/moxy/cache.lua",
     ["moxy.geo"] = "lua/moxy/geo.lua",
     ["moxy.http"] = "lua/moxy/http.lua",
+    ["moxy.metrics"] = "lua/moxy/metrics.lua",
     ["moxy.query"] = "lua/moxy/query.lua",
     ["moxy.ratelimit"] = "lua/moxy/ratelimit.lua",
     ["moxy.re"] = "lua/moxy/re.lua",

@@ -7,6 +7,7 @@
 #include "ops/generation.h"
 #include "http/http.h"
 #include "base/shared_dict.h"
+#include "base/counters.h"
 #include "proxy/upstream.h"
 #include "ops/workers.h"
 #include "net/tls.h"
@@ -371,6 +372,31 @@ static void render_protocols(struct evbuffer *out, const moxy_stats_total_t *tot
     }
 }
 
+/* The counters of moxy's Lua modules and scripts (base/counters.h). */
+static void put_counter(void *arg, const char *name, const char *labels, const char *help, double value)
+{
+    struct evbuffer *out = arg;
+    if (help) { /* the first of its name: the HELP (one line) and TYPE lines */
+        evbuffer_add_printf(out, "# HELP %s ", name);
+        for (const char *p = *help ? help : "A counter of a script's."; *p; p++) {
+            if (*p == '\\') evbuffer_add(out, "\\\\", 2);
+            else if (*p == '\n') evbuffer_add(out, "\\n", 2);
+            else evbuffer_add(out, p, 1);
+        }
+        evbuffer_add_printf(out, "\n# TYPE %s counter\n", name);
+    }
+    if (*labels) evbuffer_add_printf(out, "%s{%s} %.17g\n", name, labels, value);
+    else evbuffer_add_printf(out, "%s %.17g\n", name, value);
+}
+
+static void render_counters(struct evbuffer *out)
+{
+    moxy_counters_each(put_counter, out);
+    head(out, "moxy_counters_refused_total", "counter",
+         "Counters (moxy.metrics, rate limits, ACL and WAF rules) not made: the table of 4096 was full.");
+    evbuffer_add_printf(out, "moxy_counters_refused_total %llu\n", moxy_counters_refused());
+}
+
 int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int n, const moxy_conf_t *conf,
                         double uptime)
 {
@@ -411,5 +437,6 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     render_compression(out, &tot);
     render_tls(out, &tot, conf);
     render_protocols(out, &tot);
+    render_counters(out);
     return MOXY_OK;
 }

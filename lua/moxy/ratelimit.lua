@@ -16,6 +16,7 @@
 local ffi = require "ffi"
 local shared = require "moxy.shared" -- the dict cdef (moxy_ffi_shdict_gcra)
 local txn_mod = require "moxy.txn"
+local metrics = require "moxy.metrics"
 
 local C = ffi.C
 local OK, DECLINED = 0, -3
@@ -96,6 +97,17 @@ function M.new(o)
   return self
 end
 
+-- Counted in /metrics: moxy_ratelimit_decisions_total{limit, result, store}.
+local DECISIONS = "moxy_ratelimit_decisions_total"
+local DECISIONS_HELP = "Rate-limit decisions, by limit, result (allowed, denied) and where the state was (local, redis)"
+local FALLBACKS = "moxy_ratelimit_redis_fallbacks_total"
+local FALLBACKS_HELP = "Rate-limit decisions made locally because Redis did not answer"
+
+local function count(self, allowed, store)
+  metrics.own_inc(DECISIONS, { limit = self.name, result = allowed and "allowed" or "denied", store = store }, 1,
+    DECISIONS_HELP)
+end
+
 -- The info table of a decision.
 local function info_of(self, allowed, retry_after, reset, remaining)
   return {
@@ -112,6 +124,7 @@ local function take_local(self, key, cost)
   local k = self.prefix .. key
   local rc = C.moxy_ffi_shdict_gcra(self.dict._d, k, #k, self.interval, self.burst, cost, gcra_out, err_out)
   if rc == OK or rc == DECLINED then
+    if cost > 0 then count(self, rc == OK, "local") end
     return rc == OK, info_of(self, rc == OK, gcra_out.retry_after, gcra_out.reset, gcra_out.remaining)
   end
   local e = err_out[0]
@@ -140,8 +153,6 @@ return { 1, '0', tostring(nxt - now), tostring((limit - (nxt - now)) / interval)
 ]]
 M.REDIS_GCRA = REDIS_GCRA
 
--- Counts of Redis trouble, per worker (docs/ratelimit.md; the metrics read them).
-M.stats = { redis_decisions = 0, redis_fallbacks = 0 }
 local last_warn = 0
 
 -- One decision in Redis; falls back to the local dict when Redis fails.
@@ -149,11 +160,11 @@ local function take_redis(self, key, cost)
   local k = "moxy:" .. self.prefix .. key
   local res, err = self.redis:eval_script(REDIS_GCRA, { k }, { self.interval * 1000, self.burst, cost })
   if type(res) == "table" and #res == 4 then
-    M.stats.redis_decisions = M.stats.redis_decisions + 1
     local allowed = res[1] == 1
+    if cost > 0 then count(self, allowed, "redis") end
     return allowed, info_of(self, allowed, tonumber(res[2]) / 1000, tonumber(res[3]) / 1000, tonumber(res[4]))
   end
-  M.stats.redis_fallbacks = M.stats.redis_fallbacks + 1
+  metrics.own_inc(FALLBACKS, { limit = self.name }, 1, FALLBACKS_HELP)
   local now = os.time()
   if now - last_warn >= 10 then
     last_warn = now
