@@ -3,7 +3,8 @@
 -- HTTP/1.1 and HTTP/2, from the origin and from the cache, in any case and
 -- however often they come; the list, moxy's own Server and its name in Via
 -- are configurable per listener; a script's on_response may set any of them
--- again.
+-- again.  Then every kind of origin failure, and what a client sees of it:
+-- never the origin's address, port or name.
 local helpers = require "spec.helpers"
 
 local S = helpers.scale
@@ -306,6 +307,131 @@ describe("masking the origins", function()
     assert.is_nil(res:header("server"))
     assert.is_nil(res:header("x-powered-by"))
     assert.equal("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", res:header("sec-websocket-accept"))
+  end)
+end)
+
+-- dns.py (spec/support) on a free port, answering from zone (a table)
+local function start_dns(zone)
+  local dir = helpers.tmpdir("dns")
+  helpers.write_file(dir .. "/zone.json", require("cjson").encode(zone))
+  local p = helpers.spawn({ "python3", "-u", helpers.support .. "/dns.py", dir .. "/zone.json" }, { dir = dir })
+  local port = helpers.wait_until(function()
+    local port = p:stdout():match("ready (%d+)")
+    if port then return tonumber(port) end
+    if not p:alive() then return -1 end
+  end, 10 * S)
+  assert(port and port > 0, "dns.py did not start: " .. p:stdout() .. p:stderr())
+  return "127.0.0.1:" .. port
+end
+
+describe("moxy's answers to origin failures", function()
+  local origin, closer, badname, tls_origin, hole, m, port
+  local cases -- pool -> { status, what the error log says, strings that must not reach a client }
+
+  lazy_setup(function()
+    local dir = helpers.tmpdir("mask-tls")
+    helpers.make_cert(dir, "o", "ec", "secret-origin.internal", { "secret-origin.internal" })
+    origin = helpers.start_origin()
+    closer = helpers.start_raw_origin("close-head")
+    badname = helpers.start_raw_origin("reply-close",
+      "HTTP/1.1 200 OK\r\nServer : leak-host.internal\r\nContent-Length: 2\r\n\r\nok")
+    tls_origin = helpers.start_h2_origin({ tls = { dir .. "/o.pem", dir .. "/o.key" } })
+    hole = assert(helpers.blackhole())
+    local refused = "127.0.0.1:" .. helpers.free_port()
+    local dns = start_dns({}) -- knows no name
+    port = helpers.free_port()
+    local function pool(servers, extra)
+      local p = { servers = servers, passive = false, tries = 1 }
+      for k, v in pairs(extra or {}) do p[k] = v end
+      return p
+    end
+    m = helpers.start_moxy({
+      listen = { { addr = "127.0.0.1:" .. port, http2 = true } },
+      upstreams = {
+        backend_refused = pool({ refused }),
+        backend_connect_timeout = pool({ hole.addr }),
+        backend_read_timeout = pool({ origin.addr }),
+        backend_bad = pool({ origin.addr }),
+        backend_closed = pool({ closer.addr }),
+        backend_badname = pool({ badname.addr }),
+        backend_dns = pool({ "db7.origin.internal:8080" }),
+        backend_tls = pool({ origin.addr }, { tls = { name = "secret-origin.internal" } }),
+        backend_tls_verify = pool({ tls_origin.addr }, { protocol = "h2", tls = { name = "secret-origin.internal" } }),
+      },
+      default_upstream = "backend_refused",
+      resolver = { nameservers = { dns }, timeout = "1s" },
+      timeouts = { connect = "500ms", upstream = "1s" },
+      log = { level = "debug" },
+      scripts = { "route.lua" },
+    }, { files = { ["route.lua"] = [[
+      return { on_request = function(txn)
+        local pool, rest = txn.req.path:match("^/p/([%w_]+)(/.*)$")
+        if pool then txn.upstream:pick(pool); txn.req.path = rest end
+      end }
+    ]] } })
+    cases = {
+      { pool = "backend_refused", path = "/x", status = 502, log = "connection refused", hide = { refused } },
+      { pool = "backend_connect_timeout", path = "/x", status = 504, log = "connect to origin timed out",
+        hide = { hole.addr } },
+      { pool = "backend_read_timeout", path = "/slow-headers/5", status = 504, log = "origin read timed out",
+        hide = { origin.addr } },
+      { pool = "backend_bad", path = "/bad-response", status = 502, log = "invalid response from origin",
+        hide = { origin.addr } },
+      { pool = "backend_closed", path = "/x", status = 502, log = "closed the connection without answering",
+        hide = { closer.addr } },
+      { pool = "backend_badname", path = "/x", status = 502, log = "invalid response from origin",
+        hide = { badname.addr, "leak-host" } },
+      { pool = "backend_dns", path = "/x", status = 502, log = "cannot resolve db7.origin.internal",
+        hide = { "db7", "origin.internal" } },
+      { pool = "backend_tls", path = "/x", status = 502, log = "TLS handshake with the origin failed",
+        hide = { origin.addr, "secret-origin" } },
+      { pool = "backend_tls_verify", path = "/echo", status = 502, log = "TLS handshake with the origin failed",
+        hide = { tls_origin.addr, "secret-origin" } },
+    }
+  end)
+
+  lazy_teardown(function()
+    if hole then hole.close() end
+    helpers.stop_all()
+  end)
+
+  -- what a client saw of res: its status line, head and body
+  local function text_of(res)
+    local out = { res.status_line }
+    for _, kv in ipairs(res.header_list) do out[#out + 1] = kv[1] .. ": " .. kv[2] end
+    out[#out + 1] = ""
+    out[#out + 1] = res.body
+    return table.concat(out, "\r\n")
+  end
+
+  -- the text a client saw must hold none of the origin's names
+  local function clean(text, case, how)
+    for _, s in ipairs(case.hide) do
+      assert.is_nil(text:find(s, 1, true), case.pool .. " (" .. how .. ") told the client " .. s .. ":\n" .. text)
+    end
+    assert.is_nil(text:find("backend_", 1, true), case.pool .. " (" .. how .. ") named its pool:\n" .. text)
+    assert.is_nil(text:find("127.0.0.1:", 1, true), case.pool .. " (" .. how .. ") named an address:\n" .. text)
+  end
+
+  it("answers each with its status and nothing of the origin, to HTTP/1.1 and HTTP/2 clients", function()
+    for _, case in ipairs(cases) do
+      local path = "/p/" .. case.pool .. case.path
+      for _, accept in ipairs({ "text/html", "application/json" }) do
+        local res = assert(helpers.request(port, { path = path, headers = { { "Accept", accept } } }))
+        assert.equal(case.status, res.status, case.pool .. ": " .. res.body)
+        clean(text_of(res), case, "HTTP/1.1, " .. accept)
+        if accept == "application/json" then
+          assert.equal(case.status, helpers.json(res.body).status)
+        else
+          assert.matches("request id", res.body, 1, true)
+        end
+      end
+      local body, code, _, head = curl_h2("http://127.0.0.1:" .. port .. path)
+      assert.equal(case.status, code, case.pool .. " over HTTP/2: " .. head)
+      clean(head .. body, case, "HTTP/2")
+      -- the error log is where the cause is told
+      assert(m:wait_log(case.log, 5 * S, m.error_log), case.pool .. ": no log line with " .. case.log)
+    end
   end)
 end)
 
