@@ -67,7 +67,8 @@
  *    client in a head (Connection only as moxy's "close", one
  *    Transfer-Encoding only as moxy's chunked, never with Content-Length)
  *    or in trailers (hop);
- *  - a complete final response with moxy's Via came from a stream where
+ *  - a complete final response with moxy's Via ("2 moxy": the origin
+ *    answered in HTTP/2) came from a stream where
  *    the origin sent a final head; when that stream's response is valid
  *    and complete, the client gets its status, its interim statuses (but
  *    100), its plain fields (and no other) and exactly its DATA bytes
@@ -1127,7 +1128,7 @@ __attribute__((noreturn, format(printf, 1, 2))) static void h2_finding(const cha
 static int has_moxy_via(const msg_t *m)
 {
     for (int i = 0; i < m->nh; i++)
-        if (!m->h[i].trailer && ieq(m->h[i].name, m->h[i].nlen, "via") && ieq(m->h[i].value, m->h[i].vlen, "1.1 moxy"))
+        if (!m->h[i].trailer && ieq(m->h[i].name, m->h[i].nlen, "via") && ieq(m->h[i].value, m->h[i].vlen, "2 moxy"))
             return 1;
     return 0;
 }

@@ -382,6 +382,17 @@ static inline int trailers_banned(const mparser_t *mp)
     return 0;
 }
 
+/* 1 when a field called name is on the default mask list (config.lua's
+ * MASK_HEADERS): moxy removes the origin's from what the client gets. */
+static inline int mask_listed(const char *name, size_t n)
+{
+    static const char *const listed[] = {"server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version",
+                                         "x-generator", "x-backend-server", "x-debug-token", "x-debug-token-link"};
+    for (size_t b = 0; b < MOXY_ARRAY_LEN(listed); b++)
+        if (ieq(name, n, listed[b])) return 1;
+    return 0;
+}
+
 /* --- findings --- */
 
 static const uint8_t *cur_input;
@@ -796,8 +807,10 @@ static int client_skip_body(mparser_t *mp, msg_t *m)
 }
 
 /* Parse what the client received as responses (strict llhttp; 1xx without
- * content); at most one final response per request of the nreq sent.
- * Fills rp (the caller frees it with mp_free). */
+ * content); at most one final response per request of the nreq sent; no
+ * field of the default mask list in any head or trailers (masked: the
+ * harnesses run no script that could set one).  Fills rp (the caller frees
+ * it with mp_free). */
 __attribute__((unused)) static void check_client_responses(mparser_t *rp, int nreq)
 {
     mp_init(rp, HTTP_RESPONSE);
@@ -815,6 +828,10 @@ __attribute__((unused)) static void check_client_responses(mparser_t *rp, int nr
         if (m->status < 200 && m->status != 101 && m->body_len && !skipped("1xx-body"))
             finding("an interim response with content");
         if (i < rp->n - 1 && !m->complete) finding("response %d is not complete but another follows", i);
+        for (int j = 0; j < m->nh && !skipped("masked"); j++)
+            if (mask_listed(m->h[j].name, m->h[j].nlen))
+                finding("response %d: the origin's %.*s reached the client (mask.headers)", i, (int)m->h[j].nlen,
+                        m->h[j].name);
     }
     if (finals > nreq) finding("%d final responses to %d requests", finals, nreq);
 }

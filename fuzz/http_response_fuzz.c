@@ -28,7 +28,8 @@
  *    responses none) as a sequence of responses, each complete but the last
  *    (cut where moxy gave up), at most one final response per request;
  *  - no response reaches the client with a framing, routing or hop-by-hop
- *    field in its trailers (trailers);
+ *    field in its trailers (trailers), nor with a field of the default mask
+ *    list (Server, X-Powered-By, ...) in its head or trailers (masked);
  *  - the first final response the client gets, when it is the origin's
  *    (moxy's Via, not one of its error pages) and complete, is the origin's
  *    first final response as a strict parser reads the input (1xx without

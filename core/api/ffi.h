@@ -260,6 +260,12 @@ moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, int npool
 /* Free t, its request and everything the request holds. */
 void moxy_ffi_test_free(moxy_test_t *t);
 
+/* t's configuration's mask (t.run's opts.mask, or config.lua's default):
+ * the n field names (any case) removed from origins' heads, moxy's Server
+ * (NULL: none) and its name in Via (NULL: no Via); strings copied.  Call it
+ * before moxy_ffi_test_req.  MOXY_OK, or MOXY_ERROR (out of memory). */
+int moxy_ffi_test_mask(moxy_test_t *t, const char **names, int n, const char *server, const char *via);
+
 /* t's request (one per t): method (one llhttp parses), uri (path and
  * query, as on the request line), HTTP/1.minor, from client ip:port.  NULL
  * with the reason in err (errlen bytes, NUL-ended) where the parser would
@@ -303,6 +309,9 @@ int moxy_ffi_test_try_failed(moxy_req_t *r, const char *why, size_t len, int ups
  * with body_len bytes of body: 1 when the response has a body, 0 when not
  * (HEAD, 204, 304). */
 int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len);
+
+/* The origin's head of r goes on to on_response: masked (http/mask.h). */
+void moxy_ffi_test_masked(moxy_req_t *r);
 
 /* The on_response hooks let the response go: its head is out.  1 when its
  * body goes through on_body (body_hooks: there are on_body hooks). */

@@ -21,6 +21,7 @@
 #include "http/body_filter.h"
 #include "http/request.h"
 #include "http/lua_bridge.h"
+#include "http/mask.h"
 #include "proxy/upstream.h"
 #include "http/worker.h"
 
@@ -140,6 +141,13 @@ EXPORT moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, in
 err:
     moxy_ffi_test_free(t);
     return NULL;
+}
+
+EXPORT int moxy_ffi_test_mask(moxy_test_t *t, const char **names, int n, const char *server, const char *via)
+{
+    moxy_mask_conf_t *m = &((moxy_conf_t *)t->w->g->conf)->mask; /* t's own: no request runs on it yet */
+    moxy_mask_conf_free(m);
+    return moxy_mask_conf_set(m, names, n, server, via);
 }
 
 /* --- the request --- */
@@ -431,6 +439,11 @@ EXPORT int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len)
     r->resp_body_kind = MOXY_BODY_LENGTH;
     r->resp_body_left = body_len;
     return 1;
+}
+
+EXPORT void moxy_ffi_test_masked(moxy_req_t *r)
+{
+    moxy_mask_response(r);
 }
 
 EXPORT int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks)

@@ -317,6 +317,86 @@ static void compress_free(moxy_compress_conf_t *cc)
     free(cc->types);
 }
 
+int moxy_mask_conf_set(moxy_mask_conf_t *m, const char *const *names, int n, const char *server, const char *via)
+{
+    memset(m, 0, sizeof(*m));
+    if (n > UINT16_MAX) n = UINT16_MAX; /* config.lua allows 256 */
+    moxy_field_set_t *set = &m->headers;
+    if (n > 0 && !(set->names = calloc((size_t)n, sizeof(*set->names)))) return MOXY_ERROR;
+    /* by length, so that a field is compared with the names of its length
+     * only (start[]): counted, then placed */
+    uint16_t count[64] = {0};
+    for (int i = 0; i < n; i++) count[MOXY_MIN(strlen(names[i]), 63)]++;
+    for (int b = 0; b < 64; b++) set->start[b + 1] = (uint16_t)(set->start[b] + count[b]);
+    uint16_t next[64];
+    memcpy(next, set->start, sizeof(next));
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(names[i]), b = MOXY_MIN(len, 63);
+        char *name = strdup(names[i]);
+        if (!name) return MOXY_ERROR;
+        int lit = 1;
+        for (size_t k = 0; k < len; k++) {
+            unsigned char ch = (unsigned char)name[k];
+            if ((unsigned)(ch - 'A') < 26u) name[k] = (char)(ch | 0x20);
+            lit &= ((unsigned)(name[k] - 'a') < 26u) || ((unsigned)(name[k] - '0') < 10u) || name[k] == '-';
+        }
+        set->names[next[b]++] = (moxy_field_name_t){name, (uint32_t)len, (uint32_t)lit};
+        set->n++;
+        set->lens |= 1ull << b;
+    }
+    if (server && !(m->server = strdup(server))) return MOXY_ERROR;
+    m->server_len = m->server ? (uint32_t)strlen(m->server) : 0;
+    if (!via) return MOXY_OK;
+    if (!(m->via = strdup(via))) return MOXY_ERROR;
+    static const char *const protocols[3] = {"1.0", "1.1", "2"};
+    for (int i = 0; i < 3; i++) {
+        size_t len = strlen(protocols[i]) + 1 + strlen(via);
+        if (!(m->via_value[i] = malloc(len + 1))) return MOXY_ERROR;
+        snprintf(m->via_value[i], len + 1, "%s %s", protocols[i], via);
+        m->via_len[i] = (uint32_t)len;
+    }
+    return MOXY_OK;
+}
+
+void moxy_mask_conf_free(moxy_mask_conf_t *m)
+{
+    for (uint32_t i = 0; m->headers.names && i < m->headers.start[64]; i++)
+        free((char *)m->headers.names[i].name); /* a slot not filled (out of memory) is NULL */
+    free(m->headers.names);
+    free(m->server);
+    free(m->via);
+    for (int i = 0; i < 3; i++) free(m->via_value[i]);
+    memset(m, 0, sizeof(*m));
+}
+
+/* The normalised mask table at the top of the stack ({ headers = { lower-case
+ * names }, server = s or nil, via = s or nil }) into m.  MOXY_ERROR: out of
+ * memory. */
+static int read_mask(lua_State *L, moxy_mask_conf_t *m)
+{
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "headers");
+    int n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 0;
+    const char **names = calloc((size_t)n + 1, sizeof(*names));
+    if (!names) {
+        lua_settop(L, t);
+        return MOXY_ERROR;
+    }
+    int k = 0;
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, t + 1, i); /* left on the stack: names point into them */
+        if (lua_type(L, -1) == LUA_TSTRING) names[k++] = lua_tostring(L, -1);
+    }
+    lua_getfield(L, t, "server");
+    const char *server = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_getfield(L, t, "via");
+    const char *via = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    int rc = moxy_mask_conf_set(m, names, k, server, via);
+    free(names);
+    lua_settop(L, t);
+    return rc;
+}
+
 static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
 {
     c->workers = (int)field_num(L, t, "workers", 0);
@@ -329,6 +409,13 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->compress_memory = (size_t)field_num(L, lua_gettop(L), "memory", 128.0 * 1024 * 1024);
     if (read_compress(L, &c->compress) != MOXY_OK) {
         fprintf(err, "%s: compression: out of memory\n", c->path);
+        return MOXY_ERROR;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "mask");
+    if (lua_istable(L, -1) && read_mask(L, &c->mask) != MOXY_OK) {
+        fprintf(err, "%s: mask: out of memory\n", c->path);
         return MOXY_ERROR;
     }
     lua_pop(L, 1);
@@ -421,6 +508,13 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
             fprintf(err, "%s: listen[%d]: out of memory\n", c->path, i + 1);
             return MOXY_ERROR;
         }
+        lua_getfield(L, l, "mask");
+        if (lua_istable(L, -1) &&
+            (!(ls->mask = calloc(1, sizeof(*ls->mask))) || read_mask(L, ls->mask) != MOXY_OK)) {
+            fprintf(err, "%s: listen[%d]: out of memory\n", c->path, i + 1);
+            return MOXY_ERROR;
+        }
+        lua_pop(L, 1);
         ls->upgrade = field_str(L, l, "upgrade");
         if (!ls->upgrade) ls->upgrade = strdup("websocket");
         if (read_tls(L, l, ls) != MOXY_OK) {
@@ -701,8 +795,11 @@ void moxy_conf_release(moxy_conf_t *c)
         tls_conf_free(c->listens[i].tls);
         if (c->listens[i].compress) compress_free(c->listens[i].compress);
         free(c->listens[i].compress);
+        if (c->listens[i].mask) moxy_mask_conf_free(c->listens[i].mask);
+        free(c->listens[i].mask);
     }
     compress_free(&c->compress);
+    moxy_mask_conf_free(&c->mask);
     free(c->listens);
     free(c->trusted);
     free(c->cache.purge);

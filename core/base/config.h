@@ -6,6 +6,7 @@
 #ifndef MOXY_CONFIG_H
 #define MOXY_CONFIG_H
 
+#include "base/headers.h"
 #include "base/moxy.h"
 
 #include <stdatomic.h>
@@ -108,6 +109,24 @@ typedef struct {
     double max_ratio;     /* and its largest ratio to what it was decoded from (past 1 MiB) */
 } moxy_compress_conf_t;
 
+/* mask = {...} (http/mask.c): what moxy says of the origins and of
+ * itself.  The top level's, or a listener's (the top level's with its own
+ * keys over it). */
+typedef struct moxy_mask_conf_s {
+    moxy_field_set_t headers; /* fields removed from origins' (and stored) responses; n 0: none */
+    char *server;             /* the Server field of responses that have none, moxy's own
+                                 answers included; NULL: none */
+    uint32_t server_len;
+    char *via;                /* moxy's name in Via (received-by, both ways): "moxy" or a
+                                 pseudonym; NULL: no Via */
+    char *via_value[3];       /* Via's value for a message received in HTTP/1.0, 1.1 and 2
+                                 (MOXY_VIA_*): "1.1 moxy" (NULL: no Via) */
+    uint32_t via_len[3];
+} moxy_mask_conf_t;
+
+/* The protocol a message came in (the index of moxy_mask_conf_t.via_value). */
+enum { MOXY_VIA_10 = 0, MOXY_VIA_11, MOXY_VIA_2 };
+
 typedef struct {
     moxy_addr_t addr;
     char *name;    /* listener name (txn.listener), defaults to the address text */
@@ -120,6 +139,7 @@ typedef struct {
     int http2;            /* HTTP/2 too: ALPN "h2" (preferred) with TLS, the preface (prior
                              knowledge) on a plain listener */
     moxy_compress_conf_t *compress; /* its own compression, or NULL: the top level's */
+    moxy_mask_conf_t *mask;         /* its own mask, or NULL: the top level's */
 } moxy_listen_conf_t;
 
 /* An address block of trusted_proxies: the first bits bits of addr.  IPv4
@@ -278,6 +298,7 @@ typedef struct moxy_conf_s {
     } cache;
 
     moxy_compress_conf_t compress; /* the top level's compression */
+    moxy_mask_conf_t mask;         /* the top level's mask */
     size_t compress_memory;        /* bytes of compressor state a worker may hold; 0: no limit */
 
     moxy_shared_conf_t *shared; /* dicts to create (shared_dict.c), sorted by name */
@@ -330,6 +351,15 @@ typedef struct moxy_conf_s {
     } log;
 } moxy_conf_t;
 
+/* The mask of requests that come in on listener listen_index of c: its
+ * own, else the top level's. */
+static inline const moxy_mask_conf_t *moxy_conf_mask(const moxy_conf_t *c, int listen_index)
+{
+    if (listen_index >= 0 && listen_index < c->nlistens && c->listens[listen_index].mask)
+        return c->listens[listen_index].mask;
+    return &c->mask;
+}
+
 /* Load and check the configuration file at path.  Returns a new configuration
  * (one reference), or NULL after writing every problem ("file:line: key:
  * message") to err. */
@@ -342,6 +372,14 @@ moxy_conf_t *moxy_conf_load(const char *path, FILE *err);
  * (fuzz/config_fuzz.c). */
 struct lua_State;
 moxy_conf_t *moxy_conf_from_table(struct lua_State *L, int idx, const char *path, FILE *err);
+
+/* Set m from names (n lower-case field names: copied), server and via
+ * (copied; NULL: none).  MOXY_OK, or MOXY_ERROR (out of memory: m holds
+ * what was made, for moxy_mask_conf_free). */
+int moxy_mask_conf_set(moxy_mask_conf_t *m, const char *const *names, int n, const char *server, const char *via);
+
+/* Free what m holds (not m). */
+void moxy_mask_conf_free(moxy_mask_conf_t *m);
 
 /* Index of the pool called name (len bytes) in conf, or -1. */
 int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t len);

@@ -35,6 +35,19 @@ int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, si
     return MOXY_OK;
 }
 
+int moxy_headers_add_ref(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                         const char *value, size_t vlen, uint32_t kind)
+{
+    if (hs->n == hs->cap && grow(pool, hs) != MOXY_OK) return MOXY_ERROR;
+    moxy_header_t *h = &hs->h[hs->n++];
+    h->kind = moxy_header_kind(name, nlen) | kind;
+    h->name = (char *)name;
+    h->name_len = (uint32_t)nlen;
+    h->value = (char *)value;
+    h->value_len = (uint32_t)vlen;
+    return MOXY_OK;
+}
+
 uint32_t moxy_header_kind(const char *n, size_t l)
 {
     switch (l) {
@@ -150,6 +163,28 @@ int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen)
         hs->h[j++] = hs->h[i];
     }
     hs->n = j;
+    return removed;
+}
+
+/* 1 when h goes: its name is in set, and moxy did not write it. */
+static inline int in_set(const moxy_header_t *h, const moxy_field_set_t *set)
+{
+    return ((set->lens >> MOXY_MIN(h->name_len, 63)) & 1) && !(h->kind & MOXY_HK_OWN) &&
+           moxy_field_set_has(set, h->name, h->name_len);
+}
+
+int moxy_headers_remove_set(moxy_headers_t *hs, const moxy_field_set_t *set)
+{
+    if (hs->n == 0) return 0; /* hs->h may be NULL */
+    moxy_header_t *h = hs->h, *end = h + hs->n;
+    /* up to the first that goes, nothing is written (most heads: to the end) */
+    while (h < end && !in_set(h, set)) h++;
+    if (h == end) return 0;
+    moxy_header_t *out = h;
+    for (h++; h < end; h++)
+        if (!in_set(h, set)) *out++ = *h;
+    int removed = (int)(end - out);
+    hs->n = (uint32_t)(out - hs->h);
     return removed;
 }
 

@@ -32,6 +32,8 @@ enum {
     MOXY_HK_IF_RANGE = 1 << 13,  /* If-Range */
     MOXY_HK_RANGE = 1 << 14,     /* Range */
     MOXY_HK_NOT_TRAILER = 1 << 15, /* other fields a trailer must not carry (RFC 9110 6.5.1) */
+    MOXY_HK_OWN = 1 << 16,       /* set by its adder, never by a name: a field moxy wrote itself
+                                    into a response head that masking must leave (Cache-Status) */
 };
 
 /* The fields dropped from trailers (RFC 9110 6.5.1): framing, routing,
@@ -60,9 +62,44 @@ typedef struct {
     uint32_t cap;
 } moxy_headers_t;
 
+/* A set of field names, matched in any case (mask.headers): a field whose
+ * length no name has is passed over with one bit test, and one whose
+ * length some have is compared with those only. */
+typedef struct {
+    const char *name; /* lower case */
+    uint32_t len;
+    uint32_t lit;     /* 1: only a-z, 0-9 and '-' (moxy_strieq_lit compares it) */
+} moxy_field_name_t;
+
+typedef struct {
+    moxy_field_name_t *names; /* by length, shortest first */
+    uint32_t n;
+    uint64_t lens;            /* bit MOXY_MIN(len, 63) for each name's len */
+    uint16_t start[65];       /* names[start[b] .. start[b + 1]) have MOXY_MIN(len, 63) == b */
+} moxy_field_set_t;
+
+/* 1 when the field name (len bytes, any case) is in s. */
+static inline int moxy_field_set_has(const moxy_field_set_t *s, const char *name, size_t len)
+{
+    size_t b = MOXY_MIN(len, 63);
+    if (!((s->lens >> b) & 1)) return 0;
+    for (uint32_t i = s->start[b]; i < s->start[b + 1]; i++) {
+        const moxy_field_name_t *f = &s->names[i];
+        if (f->len != len) continue; /* the bucket of 63 holds every longer length */
+        if (f->lit ? moxy_strieq_lit(name, len, f->name, len) : moxy_strieq(name, len, f->name, len)) return 1;
+    }
+    return 0;
+}
+
 /* Append name: value (copied into pool).  MOXY_OK or MOXY_ERROR (out of memory). */
 int moxy_headers_add(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
                      const char *value, size_t vlen);
+
+/* Append name: value without copying them: both must outlive hs (static,
+ * or the configuration r runs on); kind's bits are added to the name's.
+ * MOXY_OK or MOXY_ERROR (out of memory). */
+int moxy_headers_add_ref(moxy_pool_t *pool, moxy_headers_t *hs, const char *name, size_t nlen,
+                         const char *value, size_t vlen, uint32_t kind);
 
 /* The MOXY_HK_* bits of a header name. */
 uint32_t moxy_header_kind(const char *name, size_t len);
@@ -82,6 +119,10 @@ uint32_t moxy_headers_kinds(const moxy_headers_t *hs);
 
 /* Remove every header called name; returns how many were removed. */
 int moxy_headers_remove(moxy_headers_t *hs, const char *name, size_t nlen);
+
+/* Remove every header whose name is in set, but those with MOXY_HK_OWN; in
+ * one pass, order kept.  Returns how many were removed. */
+int moxy_headers_remove_set(moxy_headers_t *hs, const moxy_field_set_t *set);
 
 /* Remove every header with a kind bit of mask; returns how many were removed. */
 int moxy_headers_remove_kind(moxy_headers_t *hs, uint32_t mask);

@@ -252,7 +252,9 @@ void moxy_cache_response_head(moxy_req_t *r)
     /* the lookup's verdict on the response that answers it (not on a 1xx,
      * nor on a try that is retried), after the entries of caches nearer the
      * origin (RFC 9211 2) */
-    moxy_headers_add(&r->mem, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd));
+    if (moxy_headers_add(&r->mem, &r->resp_headers, "Cache-Status", 12, r->cache_fwd, strlen(r->cache_fwd)) ==
+        MOXY_OK)
+        r->resp_headers.h[r->resp_headers.n - 1].kind |= MOXY_HK_OWN; /* moxy's own: never masked */
 }
 
 /* 1 for a status whose caching requirements moxy implements. */

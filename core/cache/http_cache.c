@@ -22,6 +22,7 @@
 #include "base/log.h"
 #include "base/addr.h"
 #include "http/lua_bridge.h"
+#include "http/mask.h"
 #include "http/worker.h"
 
 #include <event2/buffer.h>
@@ -254,6 +255,10 @@ void moxy_cache_serve(moxy_req_t *r, moxy_cache_obj_t *o, double now)
         moxy_req_fail(r, 500, "out of memory");
         return;
     }
+    /* stored as the origin sent it; masked on the way out, before the
+     * fields moxy adds and before on_response (mask.h) */
+    r->resp_h2 = 0;
+    moxy_mask_response(r);
     /* a stored head has no Age nor Content-Length (store_field): added, not set */
     double age = current_age(o, now);
     char ab[24];

@@ -1,9 +1,10 @@
 /*
  * forwarding.c -- the fields that tell an origin who asked: X-Forwarded-For,
- * -Proto, -Host and Via, as moxy writes them.
+ * -Proto, -Host and Via (mask.via: moxy's name in it), as moxy writes them.
  */
 #include "base/headers.h"
 #include "http/http.h"
+#include "http/mask.h"
 
 #include <string.h>
 
@@ -37,7 +38,10 @@ int moxy_req_add_forwarding(moxy_req_t *r)
             MOXY_OK ||
         (r->host && moxy_headers_add(pool, hs, "X-Forwarded-Host", 16, r->host, strlen(r->host)) != MOXY_OK))
         return MOXY_ERROR;
-    /* the protocol the request came on (RFC 9110 7.6.3) */
-    return r->http_major == 2 ? moxy_headers_add(pool, hs, "Via", 3, "2 moxy", 6)
-                              : moxy_headers_add(pool, hs, "Via", 3, "1.1 moxy", 8);
+    /* the protocol the request came in and moxy's name (RFC 9110 7.6.3;
+     * mask.via: a pseudonym, or none) */
+    const moxy_mask_conf_t *m = moxy_mask_of(r);
+    int v = r->http_major == 2 ? MOXY_VIA_2 : r->http_minor == 0 ? MOXY_VIA_10 : MOXY_VIA_11;
+    if (!m->via_value[v]) return MOXY_OK;
+    return moxy_headers_add(pool, hs, "Via", 3, m->via_value[v], m->via_len[v]);
 }

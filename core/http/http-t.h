@@ -258,6 +258,7 @@ struct moxy_req_s {
     LIST_ENTRY(moxy_req_s) detached; /* in its worker's list while it outlives its connection */
     moxy_wgen_t *g;        /* the generation it runs on to its end (a reference) */
     int listen_index;      /* g->conf->listens[] it came in on */
+    const struct moxy_mask_conf_s *mask; /* what it tells of origins and of moxy: its listener's */
     llhttp_t parser;       /* the request's head and chunked body */
 
     /* request head */
@@ -372,6 +373,7 @@ struct moxy_req_s {
     unsigned resp_chunked_out : 1; /* we chunk the body toward the client */
     unsigned resp_head_sent : 1;
     unsigned local : 1;            /* answered by moxy itself (hook, error page) */
+    unsigned resp_h2 : 1;          /* the origin answered in HTTP/2 (Via says so) */
     unsigned tunnel : 1;           /* a 101 made its connection a tunnel (stream ops tunnel) */
     unsigned log_waiting : 1;      /* its on_log hooks run (moxy_req_finish) */
     unsigned is_detached : 1;      /* on its worker's detached list (moxy_req_detach) */

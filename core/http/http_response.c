@@ -7,6 +7,7 @@
 #include "http/http.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
+#include "http/mask.h"
 #include "http/request.h"
 #include "http/worker.h"
 
@@ -88,6 +89,7 @@ void moxy_resp_local_prepare(moxy_req_t *r, int status, size_t len)
         moxy_headers_add(&r->mem, &r->resp_headers, "Date", 4, date, dl);
     if (moxy_headers_find(&r->resp_headers, "Content-Type", 12, 0) < 0 && len > 0)
         moxy_headers_add(&r->mem, &r->resp_headers, "Content-Type", 12, "text/plain", 10);
+    moxy_mask_server(r);
 }
 
 void moxy_resp_local(moxy_req_t *r, int status, const char *body, size_t len)
@@ -130,10 +132,13 @@ size_t moxy_resp_error_body(moxy_req_t *r, int status, char *buf, size_t size)
                      status, reason, r->id);
         moxy_headers_add(&r->mem, &r->resp_headers, "Content-Type", 12, "application/json", 16);
     } else {
+        /* signed with the name moxy's Server field gives (mask.server: no
+         * characters HTML would read), or not at all: nothing of the origin */
+        const char *server = moxy_mask_of(r)->server;
         n = snprintf(buf, size,
                      "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
-                     "<body><h1>%d %s</h1><p>request id %s</p><hr>moxy</body></html>\n",
-                     status, reason, status, reason, r->id);
+                     "<body><h1>%d %s</h1><p>request id %s</p>%s%s</body></html>\n",
+                     status, reason, status, reason, r->id, server ? "<hr>" : "", server ? server : "");
         moxy_headers_add(&r->mem, &r->resp_headers, "Content-Type", 12, "text/html; charset=utf-8", 24);
     }
     moxy_headers_add(&r->mem, &r->resp_headers, "Cache-Control", 13, "no-store", 8);

@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "http/http.h"
 #include "http/lua_bridge.h"
+#include "http/mask.h"
 #include "http/stats.h"
 #include "http/worker.h"
 #include "net/tls.h"
@@ -29,6 +30,7 @@ moxy_req_t *moxy_req_new(moxy_worker_t *w, moxy_wgen_t *g, int listen_index)
     moxy_wgen_hold(g);
     r->refs = 1; /* its maker's */
     r->listen_index = listen_index;
+    r->mask = moxy_conf_mask(g->conf, listen_index);
     r->pool = -1;
     r->server = r->last_server = r->active_server = r->want_server = -1;
     r->cache_ttl = r->cache_stale = -1;
@@ -145,6 +147,7 @@ void moxy_req_make_id(moxy_req_t *r)
 void moxy_req_response_done(moxy_req_t *r)
 {
     r->resp_state = MOXY_R_DONE;
+    if (r->resp_trailers.n) moxy_mask_fields(r, &r->resp_trailers); /* the origin's: masked as its head */
     if (r->stream_ctx) r->stream->response_done(r->stream_ctx, r);
 }
 

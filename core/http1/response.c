@@ -7,6 +7,7 @@
  */
 #include "base/headers.h"
 #include "http/http.h"
+#include "http/mask.h"
 #include "http1/http1.h"
 #include "net/io.h"
 
@@ -32,8 +33,10 @@ int moxy_h1_write_head(struct evbuffer *out, moxy_req_t *r)
      * 304 the origin's tells the length of what was not sent; a 1xx or a 204
      * has none. */
     const char *reason = moxy_status_reason(r->status);
+    size_t vialen = 0;
+    const char *via = moxy_mask_via(r, &vialen);
     size_t idlen = strlen(r->id), rlen = strlen(reason);
-    size_t max = 16 + rlen + moxy_headers_size(&r->resp_headers) + idlen + 160;
+    size_t max = 16 + rlen + moxy_headers_size(&r->resp_headers) + idlen + vialen + 160;
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, (ev_ssize_t)max, &v, 1) < 1) return MOXY_ERROR;
     char *p = v.iov_base;
@@ -46,7 +49,12 @@ int moxy_h1_write_head(struct evbuffer *out, moxy_req_t *r)
     /* RFC 9110 8.6: no Content-Length on a 1xx or a 204 */
     int no_cl = body || r->status == 204 || r->status < 200;
     p += moxy_headers_write(p, &r->resp_headers, tunnel, MOXY_HK_XRID | (no_cl ? MOXY_HK_CL : 0));
-    if (!r->local) PUT_LIT(p, "Via: 1.1 moxy\r\n");
+    if (via) {
+        PUT_LIT(p, "Via: ");
+        memcpy(p, via, vialen);
+        p += vialen;
+        PUT_LIT(p, "\r\n");
+    }
     PUT_LIT(p, "X-Request-Id: ");
     memcpy(p, r->id, idlen);
     p += idlen;

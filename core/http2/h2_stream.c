@@ -19,6 +19,7 @@
 #include "base/log.h"
 #include "http/http.h"
 #include "http/lua_bridge.h"
+#include "http/mask.h"
 #include "http/realip.h"
 #include "http/request.h"
 #include "http/stats.h"
@@ -482,7 +483,9 @@ static int stream_send_head(void *ctx, moxy_req_t *r)
     /* moxy writes the length of a body it sends whole; a HEAD's or a 304's is the origin's */
     n += fields_nv(r, &r->resp_headers, MOXY_HK_XRID | (no_cl || (body && sized) ? MOXY_HK_CL : 0), nv + n);
     if (body && sized) nv[n++] = NV_LIT("content-length", cl, (size_t)(moxy_write_u64(cl, r->resp_body_left) - cl));
-    if (!r->local) nv[n++] = NV_LIT("via", "1.1 moxy", 8);
+    size_t vialen = 0;
+    const char *via = moxy_mask_via(r, &vialen);
+    if (via) nv[n++] = NV_LIT("via", via, vialen);
     nv[n++] = NV_LIT("x-request-id", r->id, strlen(r->id));
     nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = stream_data_read_cb};
     int has_data = body && r->status >= 200 && !(sized && r->resp_body_left == 0 && r->resp_trailers.n == 0);

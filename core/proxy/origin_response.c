@@ -16,6 +16,7 @@
 #include "net/io.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
+#include "http/mask.h"
 #include "http1/origin_codec.h"
 #include "net/tls.h"
 #include "proxy/origin.h"
@@ -43,7 +44,10 @@ static const char *of_interim(moxy_h1_resp_t *rs, int status)
     moxy_req_t *r = u->req;
     /* the fields the origin's Connection names are for this hop only */
     moxy_headers_drop_connection_named(&r->resp_headers, MOXY_HK_CL);
-    if (status != 100) moxy_stream_send_interim(r, status, &r->resp_headers);
+    if (status != 100) {
+        moxy_mask_fields(r, &r->resp_headers);
+        moxy_stream_send_interim(r, status, &r->resp_headers);
+    }
     return NULL;
 }
 
@@ -225,6 +229,7 @@ void moxy_origin_process(moxy_upconn_t *u)
             return;
         }
         r->status = rs->status;
+        r->resp_h2 = u->h2 != NULL;
         r->resp_body_kind = rs->body_kind;
         r->resp_body_left = rs->body_left;
         /* the fields the origin's Connection names are for this hop only */
@@ -242,6 +247,7 @@ void moxy_origin_process(moxy_upconn_t *u)
                 moxy_origin_fail(u, 502, "origin switched to a protocol the listener does not allow", 0);
                 return;
             }
+            moxy_mask_response(r);
             moxy_stream_send_head(r);
             if (moxy_stream_tunnel(r) != MOXY_OK) return; /* the client closed */
             if (evbuffer_get_length(u->in) || u->eof) moxy_origin_process(u);
@@ -262,6 +268,9 @@ void moxy_origin_process(moxy_upconn_t *u)
             moxy_origin_cache->answer_kept(r);
             return;
         }
+        /* after the cache took the head as it came (response_head), before
+         * on_response: a hook sees what the client would (mask.h) */
+        moxy_mask_response(r);
         int rc2 = moxy_lua_run(r, MOXY_PHASE_RESPONSE, response_hooks_done);
         if (rc2 == MOXY_AGAIN) {
             moxy_origin_stop_read(u); /* the body waits in the socket */

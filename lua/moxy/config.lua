@@ -385,7 +385,7 @@ function Checker:listen(v, keys)
     end
     if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true,
                           upgrade = true, tls = true, http2 = true,
-                          compression = true }) then
+                          compression = true, mask = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -401,6 +401,7 @@ function Checker:listen(v, keys)
           http2 = self:value(l.http2, child(k, "http2"), typed("boolean"), false),
           compression = l.compression ~= nil and self:compression(l.compression, child(k, "compression"),
                                                                   self.compress_top) or nil,
+          mask = l.mask ~= nil and self:mask(l.mask, child(k, "mask"), self.mask_top) or nil,
         }
       end
     end
@@ -529,6 +530,118 @@ function Checker:compression(v, keys, base)
     end
   end
   if v.memory ~= nil then out.memory = self:value(v.memory, child(keys, "memory"), size) end
+  return out
+end
+
+-- mask = {...}: what clients learn of the origins and of moxy.  The top
+-- level's table is complete with defaults; a listener's is the top level's
+-- with its own keys over it.  Normalised: { headers = { lower-case names },
+-- server = string or nil, via = string or nil }.
+M.MASK_HEADERS = {
+  "Server", "X-Powered-By", "X-AspNet-Version", "X-AspNetMvc-Version", -- software and version
+  "X-Generator",                                                       -- the CMS that made the page
+  "X-Backend-Server",                                                  -- the origin host's name
+  "X-Debug-Token", "X-Debug-Token-Link",                               -- a debug profiler's, and where it is
+}
+local MASK_KEYS = { headers = true, add = true, server = true, via = true }
+local MAX_MASKED = 256
+-- Fields moxy frames or drops itself: masking them would break a response,
+-- or mean nothing.
+local UNMASKABLE = { ["content-length"] = true, ["transfer-encoding"] = true, connection = true, upgrade = true,
+                     ["keep-alive"] = true, te = true, trailer = true }
+
+local function mask_defaults()
+  local names = {}
+  for i, n in ipairs(M.MASK_HEADERS) do names[i] = n:lower() end
+  return { headers = names, via = "moxy" }
+end
+
+-- A field name of mask.headers, lower case.
+local function masked_name(v)
+  if type(v) ~= "string" or not v:match("^[%w!#$%%&'*+%-.^_`|~]+$") then
+    return nil, "expected a header field name (a token such as \"X-Powered-By\"), got " ..
+      (type(v) == "string" and ("\"" .. v .. "\"") or type(v))
+  end
+  local l = v:lower()
+  if UNMASKABLE[l] or l:sub(1, 6) == "proxy-" then
+    return nil, v .. " is framing or hop-by-hop, which moxy writes or drops itself: it cannot be masked"
+  end
+  return l
+end
+
+-- mask.server: true ("moxy"), false (none) or a product ("edge/2", up to
+-- 128 visible characters and spaces; none that HTML reads, since error
+-- pages are signed with it).
+local function server_name(v)
+  if v == true then return "moxy" end
+  if v == false then return false end
+  if type(v) ~= "string" or #v == 0 or #v > 128 or v:find("[^\32-\126]") or v:find("[<>&\"'\\]")
+     or v:find("^ ") or v:find(" $") then
+    return nil, "expected true, false or a name such as \"edge/2\" (1..128 visible characters, spaces "
+      .. "between, none of < > & \" ' \\)"
+  end
+  return v
+end
+
+-- mask.via: true ("moxy"), false (no Via) or a pseudonym (a token, RFC 9110 7.6.3).
+local function via_name(v)
+  if v == true then return "moxy" end
+  if v == false then return false end
+  if type(v) ~= "string" or #v > 64 or not v:match("^[%w!#$%%&'*+%-.^_`|~]+$") then
+    return nil, "expected true, false or a pseudonym (a token of 1..64 letters, digits and !#$%&'*+-.^_`|~)"
+  end
+  return v
+end
+
+function Checker:mask(v, keys, base)
+  local out = copy(base) or mask_defaults()
+  if v == nil then return out end
+  if v == false then
+    out.headers = {}
+    return out
+  end
+  if v == true then
+    out.headers = mask_defaults().headers
+    return out
+  end
+  if not self:table(v, keys, MASK_KEYS) then return out end
+  local seen, names = {}, {}
+  local function take(list_v, k)
+    for i, n in ipairs(list(self, list_v, k)) do
+      local l = self:value(n, child(k, i), masked_name)
+      if l and not seen[l] then
+        seen[l] = true
+        names[#names + 1] = l
+      end
+    end
+  end
+  if v.headers == false then
+    -- none
+  elseif v.headers ~= nil then
+    take(v.headers, child(keys, "headers"))
+  else
+    for _, l in ipairs(out.headers) do
+      seen[l] = true
+      names[#names + 1] = l
+    end
+  end
+  if v.add ~= nil then take(v.add, child(keys, "add")) end
+  if #names > MAX_MASKED then self:err(child(keys, "headers"), "at most " .. MAX_MASKED .. " names") end
+  out.headers = names
+  local sv = self:value(v.server, child(keys, "server"), server_name)
+  if sv ~= nil then out.server = sv or nil end
+  local vv = self:value(v.via, child(keys, "via"), via_name)
+  if vv ~= nil then out.via = vv or nil end
+  return out
+end
+
+-- t.run's opts.mask (moxy.test): the mask it stands for, normalised as the
+-- top level's (nil: the default), or nil and the error.
+function M.test_mask(v)
+  local c = setmetatable({ errors = {}, path = "t.run", src = "" }, Checker)
+  function c.err(_, keys, msg) c.errors[#c.errors + 1] = "t.run: opts." .. path_text(keys) .. ": " .. msg end
+  local out = c:mask(v, { "mask" })
+  if #c.errors > 0 then return nil, c.errors[1] end
   return out
 end
 
@@ -848,7 +961,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true, http2 = true,
-  compression = true,
+  compression = true, mask = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -879,6 +992,8 @@ function M.check(t, path, src)
   conf.compression = c:compression(t.compression, { "compression" })
   conf.compression.memory = conf.compression.memory or 128 * 1024 * 1024
   c.compress_top = conf.compression
+  conf.mask = c:mask(t.mask, { "mask" })
+  c.mask_top = conf.mask
   conf.listen = c:listen(t.listen, { "listen" })
   conf.upstreams = c:upstreams(t.upstreams, { "upstreams" })
   conf.resolver = c:resolver(t.resolver, { "resolver" })

@@ -16,12 +16,14 @@ local ffi = require "ffi"
 local txn_mod = require "moxy.txn"
 local runtime = require "moxy.runtime"
 local moxy = require "moxy"
+local config = require "moxy.config"
 
 ffi.cdef [[
 typedef struct moxy_test_s moxy_test_t;
 moxy_test_t *moxy_ffi_test_new(const char **pools, const char **peers, int npools, int default_pool,
                                int tries);
 void moxy_ffi_test_free(moxy_test_t *t);
+int moxy_ffi_test_mask(moxy_test_t *t, const char **names, int n, const char *server, const char *via);
 moxy_req_t *moxy_ffi_test_req(moxy_test_t *t, const char *method, size_t mlen, const char *uri,
                               size_t ulen, int minor, const char *ip, size_t iplen, int port,
                               char *err, size_t errlen);
@@ -35,6 +37,7 @@ int moxy_ffi_test_origin_request(moxy_req_t *r, const char **head, size_t *hlen,
                                  size_t *blen);
 int moxy_ffi_test_try_failed(moxy_req_t *r, const char *why, size_t len, int upstream_hooks);
 int moxy_ffi_test_response(moxy_req_t *r, int status, size_t body_len);
+void moxy_ffi_test_masked(moxy_req_t *r);
 int moxy_ffi_test_resp_start(moxy_req_t *r, int body_hooks);
 void moxy_ffi_test_body_sent(moxy_req_t *r, size_t n, int done);
 void moxy_ffi_test_fail(moxy_req_t *r, int status, const char *why, size_t len);
@@ -278,7 +281,8 @@ end
 -- t.run ----------------------------------------------------------------------
 
 local OPTS = { upstreams = "table", peers = "table", default_upstream = "string", tries = "number",
-               chunk_size = "number", http = "function", shared = "table", geoip = "table", cache = "table" }
+               chunk_size = "number", http = "function", shared = "table", geoip = "table", cache = "table",
+               mask = "table" }
 local MAX_OBJECT = 16 * 1024 * 1024 -- cache.max_object's default
 
 -- The GeoIP databases open in this process ("name=path;..." of the last
@@ -454,6 +458,7 @@ local function proxy_response(run, status, body, headers)
   if not with_body then body = "" end
 
   if run.opts.cache then C.moxy_ffi_test_cache(r, 3, 1, 0, ttlp, sp) end
+  C.moxy_ffi_test_masked(r)
   local rc = phase(run, P.response)
   if rc == "done" then return answer_local(run) end
   if rc == "error" then return fail(run, 500, "script error in on_response") end
@@ -559,6 +564,14 @@ local function build(s, opts)
   local t = C.moxy_ffi_test_new(pools, peers, #names, default, tries)
   if t == nil then error("t.run: out of memory", 0) end
   current = ffi.gc(t, C.moxy_ffi_test_free)
+  -- the configuration's mask (opts.mask, checked as the file's would be)
+  local mask, merr = config.test_mask(opts.mask)
+  if not mask then error(merr, 0) end
+  local masked = ffi.new("const char *[?]", #mask.headers + 1)
+  for i, n in ipairs(mask.headers) do masked[i - 1] = n end
+  if C.moxy_ffi_test_mask(t, masked, #mask.headers, mask.server, mask.via) ~= OK then
+    error("t.run: out of memory", 0)
+  end
 
   local uri = (s.path or "/") .. (s.query and "?" .. s.query or "")
   local method = s.method or "GET"
@@ -588,7 +601,9 @@ local function check_opts(opts)
   for k, v in pairs(opts) do
     local want = OPTS[k]
     if not want then error("t.run: unknown option \"" .. tostring(k) .. "\"", 0) end
-    if type(v) ~= want then error("t.run: opts." .. k .. " must be a " .. want .. ", got " .. type(v), 0) end
+    if type(v) ~= want and not (k == "mask" and type(v) == "boolean") then
+      error("t.run: opts." .. k .. " must be a " .. want .. ", got " .. type(v), 0)
+    end
   end
   if opts.chunk_size and (opts.chunk_size < 1 or opts.chunk_size % 1 ~= 0) then
     error("t.run: opts.chunk_size must be an integer >= 1", 0)

@@ -351,6 +351,34 @@ return {
     assert.matches("cache%.max_object: at most half of cache%.size", table.concat(errs, "\n"))
   end)
 
+  it("reads mask: the defaults, a listener's over the top level's, lists lower-cased without repeats", function()
+    local path = tmpfile(BASE)
+    local c = config.load(path)
+    os.remove(path)
+    local want = {}
+    for i, n in ipairs(config.MASK_HEADERS) do want[i] = n:lower() end
+    assert.same({ headers = want, via = "moxy" }, c.mask) -- no Server of moxy's own
+    assert.is_nil(c.listen[1].mask) -- the top level's
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2,
+  mask = { headers = { "Server", "x-RUNTIME", "server" }, add = { "X-Internal-Host" }, server = true, via = "edge-1" },]])
+      :gsub('name = "v6" }', 'name = "v6", mask = { add = { "X-Extra" }, via = false } }')))
+    c = config.load(path)
+    os.remove(path)
+    assert.same({ headers = { "server", "x-runtime", "x-internal-host" }, server = "moxy", via = "edge-1" }, c.mask)
+    assert.same({ headers = { "server", "x-runtime", "x-internal-host", "x-extra" }, server = "moxy" },
+      c.listen[2].mask)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, mask = false,]])
+      :gsub('name = "v6" }', 'name = "v6", mask = true }')))
+    c = config.load(path)
+    os.remove(path)
+    assert.same({ headers = {}, via = "moxy" }, c.mask)
+    assert.same(want, c.listen[2].mask.headers)
+    path = tmpfile((BASE:gsub("workers = 2,", [[workers = 2, mask = { headers = false, server = "edge/2" },]])))
+    c = config.load(path)
+    os.remove(path)
+    assert.same({ headers = {}, server = "edge/2", via = "moxy" }, c.mask)
+  end)
+
   it("reports a syntax error with its line", function()
     local path = tmpfile("return {\n  workers = ,\n}\n")
     local c, errs = config.load(path)

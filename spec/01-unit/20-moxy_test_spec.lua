@@ -556,6 +556,55 @@ return { on_request = function(txn) warn("kept", 1) moxy.log.debug("dbg", nil) e
     end)
   end)
 
+  describe("the mask (opts.mask, as the configuration's mask)", function()
+    local function leaky()
+      return t.upstream(function()
+        return 200, "x", { Server = { "gunicorn", "nginx" }, ["x-powered-by"] = "PHP/8.3", ["X-Kept"] = "yes" }
+      end)
+    end
+    local hooks = {
+      on_request = function(txn)
+        if txn.req.path == "/answer" then return txn:respond(200, "mine") end
+      end,
+      on_response = function(txn)
+        txn.ctx.seen = txn.resp.headers:get_all("Server")
+      end,
+    }
+
+    it("by default: the origin's Server and X-Powered-By gone before on_response, Via 1.1 moxy", function()
+      local txn = t.run(hooks, t.txn{}, { upstreams = { app = leaky() } })
+      assert.same({}, txn.ctx.seen)
+      assert.is_nil(txn.resp.headers:get("X-Powered-By"))
+      assert.equal("yes", txn.resp.headers:get("X-Kept"))
+      assert.equal("1.1 moxy", txn.upstream.request.headers:get("Via"))
+    end)
+
+    it("takes the configuration's keys: a list, moxy's Server, a pseudonym, no Via", function()
+      local txn = t.run(hooks, t.txn{}, { upstreams = { app = leaky() },
+                                          mask = { headers = { "x-kept" }, server = "edge/2", via = "edge-1" } })
+      assert.same({ "gunicorn", "nginx" }, txn.ctx.seen) -- no longer masked: moxy adds none
+      assert.is_nil(txn.resp.headers:get("X-Kept"))
+      assert.equal("1.1 edge-1", txn.upstream.request.headers:get("Via"))
+      txn = t.run(hooks, t.txn{}, { upstreams = { app = leaky() }, mask = { server = "edge/2", via = false } })
+      assert.same({ "edge/2" }, txn.ctx.seen)
+      assert.is_nil(txn.upstream.request.headers:get("Via"))
+      txn = t.run(hooks, t.txn{ path = "/answer" }, { upstreams = { app = leaky() }, mask = { server = "edge/2" } })
+      assert.equal("edge/2", txn.resp.headers:get("Server")) -- moxy's own answers too
+      txn = t.run(hooks, t.txn{}, { upstreams = { app = leaky() }, mask = false })
+      assert.same({ "gunicorn", "nginx" }, txn.ctx.seen)
+      assert.equal("PHP/8.3", txn.resp.headers:get("X-Powered-By"))
+    end)
+
+    it("refuses a bad mask with the key that is wrong", function()
+      local ok, err = pcall(t.run, hooks, t.txn{}, { upstreams = { app = leaky() }, mask = { via = "a b" } })
+      assert.is_false(ok)
+      assert.matches("opts%.mask%.via: expected true, false or a pseudonym", err)
+      ok, err = pcall(t.run, hooks, t.txn{}, { upstreams = { app = leaky() }, mask = { headers = { "Connection" } } })
+      assert.is_false(ok)
+      assert.matches("opts%.mask%.headers%[1%]: Connection is framing", err)
+    end)
+  end)
+
   describe("on the project's scripts", function()
     it("headers.lua: sets request headers for the origin and hardens the response", function()
       local txn = t.run(script("headers.lua"), t.txn{ headers = { ["X-Debug-Token"] = "let-me-in" } },
