@@ -27,7 +27,7 @@ CFLAGS    ?= -O2 -g
 MOXY_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fno-strict-aliasing \
              -I$(LLHTTP_INC) -Icore -DMOXY_LUADIR='"$(LUADIR)"' -DLLHTTP_STRICT_MODE=1 \
              $(shell pkg-config --cflags luajit)
-LDLIBS    += -lluajit-5.1 -levent_extra -levent_core -lssl -lcrypto -lz -lbrotlienc -lbrotlidec -lzstd -lmaxminddb -lpcre2-8 -lnghttp2 -lhiredis -lpthread -lm -ldl
+LDLIBS    += -lluajit-5.1 -levent_extra -levent_core -lssl -lcrypto -lz -lbrotlienc -lbrotlidec -lzstd -lmaxminddb -lpcre2-8 -lnghttp2 -lhiredis -lcrypt -lpthread -lm -ldl
 MOXY_LDFLAGS = -Wl,-E
 
 BUILD     ?= build

@@ -13,7 +13,7 @@
 set -eu
 
 BUILD="gcc make pkg-config libluajit2-5.1-dev luajit2 libevent-dev libssl-dev zlib1g-dev \
-libmaxminddb-dev libbrotli-dev libzstd-dev libpcre2-dev libnghttp2-dev libhiredis-dev node-llhttp lua-cjson"
+libmaxminddb-dev libbrotli-dev libzstd-dev libpcre2-dev libnghttp2-dev libhiredis-dev libcrypt-dev node-llhttp lua-cjson"
 TEST="clang libclang-rt-14-dev openssl lua-busted lua-socket lua-posix lua-cjson python3 curl procps wrk mmdb-bin groff-base man-db systemd \
 chromium chromium-driver python3-selenium nghttp2-client python3-h2 python3-grpcio brotli zstd python3-brotli python3-zstandard redis-server"
 BENCH="nginx libnginx-mod-http-lua wrk util-linux iproute2 nghttp2-client valgrind"

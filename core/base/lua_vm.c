@@ -102,6 +102,7 @@ void moxy_lua_close(lua_State *L)
  * working directory: moxy test, moxy -c moxy.lua) needs no wrapper. */
 static const char relative_files[] =
     "local dir, dofile, loadfile = ...\n"
+    "package.loaded['moxy.conf_dir'] = dir\n"
     "if dir == '.' then return end\n"
     "local function full(p)\n"
     "  if type(p) == 'string' and p:sub(1, 1) ~= '/' then return dir .. '/' .. p end\n"

@@ -4,6 +4,7 @@
  */
 #include "ops/modules.h"
 #include "api/geoip.h"
+#include "http/offload.h"
 #include "api/redis.h"
 #include "api/socket.h"
 #include "http/http.h"
@@ -27,6 +28,7 @@ void moxy_modules_setup(void)
     moxy_module_register(&moxy_fetch_module);
     moxy_module_register(&moxy_socket_module);
     moxy_module_register(&moxy_redis_module);
+    moxy_module_register(&moxy_offload_module);
     moxy_module_register(&moxy_health_module);
     moxy_module_register(&moxy_resolver_module);
     moxy_module_register(&moxy_admin_module);
