@@ -14,6 +14,7 @@ build = {
   type = "builtin",
   modules = {
     ["moxy"] = "lua/moxy/init.lua",
+    ["moxy.access"] = "lua/moxy/access.lua",
     ["moxy.acl"] = "lua/moxy/acl.lua",
     ["moxy.config"] = "lua/moxy/config.lua",
     ["moxy.cookie"] = "lua/moxy/cookie.lua",

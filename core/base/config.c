@@ -539,9 +539,11 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->nscripts = (int)lua_objlen(L, -1);
     c->scripts = calloc((size_t)c->nscripts + 1, sizeof(char *));
     c->scripts_jit = calloc((size_t)c->nscripts + 1, sizeof(int));
+    c->scripts_src = calloc((size_t)c->nscripts + 1, sizeof(char *));
     for (int i = 0; i < c->nscripts; i++) {
         lua_rawgeti(L, -1, i + 1);
         c->scripts[i] = field_str(L, lua_gettop(L), "path");
+        c->scripts_src[i] = field_str(L, lua_gettop(L), "source");
         lua_getfield(L, -1, "jit");
         c->scripts_jit[i] = lua_toboolean(L, -1);
         lua_pop(L, 2);
@@ -805,9 +807,13 @@ void moxy_conf_release(moxy_conf_t *c)
     free(c->cache.purge);
     for (int i = 0; i < c->cache.ntargeted; i++) free(c->cache.targeted[i]);
     free(c->cache.targeted);
-    for (int i = 0; i < c->nscripts; i++) free(c->scripts[i]);
+    for (int i = 0; i < c->nscripts; i++) {
+        free(c->scripts[i]);
+        if (c->scripts_src) free(c->scripts_src[i]);
+    }
     free(c->scripts);
     free(c->scripts_jit);
+    free(c->scripts_src);
     for (int i = 0; c->resolver.nameservers && i < c->resolver.nnameservers; i++)
         free(c->resolver.nameservers[i]);
     free(c->resolver.nameservers);

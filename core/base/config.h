@@ -277,6 +277,8 @@ typedef struct moxy_conf_s {
 
     char **scripts; /* absolute or config-relative paths */
     int *scripts_jit; /* 1: the script's functions may be JIT-compiled (no CPU budget) */
+    char **scripts_src; /* a script's source when moxy made it (the access = {...} hooks), else NULL;
+                           its path names the configuration for messages */
     int nscripts;
     double cpu_budget; /* seconds one hook call may run before it is stopped; 0: no limit */
     size_t lua_memory; /* bytes a worker's Lua VM may hold while hooks run; 0: no limit */

@@ -249,6 +249,10 @@ static int load_scripts(lua_State *L, const moxy_conf_t *conf)
         lua_setfield(L, -2, "path");
         lua_pushboolean(L, conf->scripts_jit[i]);
         lua_setfield(L, -2, "jit");
+        if (conf->scripts_src && conf->scripts_src[i]) {
+            lua_pushstring(L, conf->scripts_src[i]);
+            lua_setfield(L, -2, "source");
+        }
         lua_rawseti(L, -2, i + 1);
     }
     return lua_pcall(L, 1, 1, 0);

@@ -124,7 +124,8 @@ int moxy_watch_set(const moxy_conf_t *conf, struct event_base *base)
         }
     }
     int rc = add(NULL, conf->path);
-    for (int i = 0; rc == MOXY_OK && i < conf->nscripts; i++) rc = add(NULL, conf->scripts[i]);
+    for (int i = 0; rc == MOXY_OK && i < conf->nscripts; i++)
+        if (!conf->scripts_src || !conf->scripts_src[i]) rc = add(NULL, conf->scripts[i]); /* made by moxy: no file */
     for (int i = 0; rc == MOXY_OK && i < conf->nwatched; i++) rc = add(conf->dir, conf->watched[i]);
     if (rc != MOXY_OK) moxy_log_err("watch: out of memory; some files are not watched");
     moxy_log(MOXY_LOG_DEBUG, NULL, "watch: %d file%s", w.nfiles, w.nfiles == 1 ? "" : "s");

@@ -385,7 +385,7 @@ function Checker:listen(v, keys)
     end
     if self:table(l, k, { addr = true, name = true, upstream = true, backlog = true, proxy_protocol = true,
                           upgrade = true, tls = true, http2 = true,
-                          compression = true, mask = true }) then
+                          compression = true, mask = true, access = true }) then
       local a = self:value(l.addr, ak, address)
       if l.addr == nil then self:err(k, "addr is required") end
       if a then
@@ -403,6 +403,7 @@ function Checker:listen(v, keys)
                                                                   self.compress_top) or nil,
           mask = l.mask ~= nil and self:mask(l.mask, child(k, "mask"), self.mask_top) or nil,
         }
+        if l.access ~= nil then out[#out].access = self:access(l.access, child(k, "access")) end
       end
     end
   end
@@ -915,6 +916,76 @@ function Checker:shared(v, keys)
   return out
 end
 
+-- access = { acl = {...}, limits = {...}, dict = "16m", redis = {...} }:
+-- access control and rate limits without a script of one's own.  Checked
+-- here for shape (with file:line and key); the rules themselves are
+-- checked when the hooks moxy makes of them load (moxy.acl, moxy.ratelimit:
+-- lua/moxy/access.lua), which names the rule.  Returns the table as it is
+-- (a copy), or false.
+local ACCESS_KEYS = { acl = true, limits = true, dict = true, redis = true }
+local LIMIT_KEYS = { name = true, key = true, rate = true, burst = true, concurrent = true, method = true,
+                     path = true, redis = true, status = true }
+
+local function plain_copy(v, depth)
+  if type(v) ~= "table" then return v end
+  if depth > 8 then return nil end
+  local out = {}
+  for k, x in pairs(v) do out[k] = plain_copy(x, depth + 1) end
+  return out
+end
+
+function Checker:access(v, keys)
+  if v == false then return false end
+  if not self:table(v, keys, ACCESS_KEYS) then return nil end
+  for i, r in ipairs(list(self, v.acl, child(keys, "acl"))) do
+    if type(r) ~= "table" then self:err(child(child(keys, "acl"), i), "a rule is a table (see docs/acl.md)") end
+  end
+  local names = {}
+  for i, l in ipairs(list(self, v.limits, child(keys, "limits"))) do
+    local k = child(child(keys, "limits"), i)
+    if self:table(l, k, LIMIT_KEYS) then
+      local name = self:value(l.name, child(k, "name"), typed("string"))
+      if not name then self:err(k, "name is required")
+      elseif names[name] then self:err(child(k, "name"), "a name used twice", name)
+      else names[name] = true end
+      local key = self:value(l.key, child(k, "key"), typed("string"), "ip")
+      if key and not (key == "ip" or key == "host" or key == "path" or key == "all" or key:match("^header:[%w%-_]+$")
+                      or key:match("^cookie:[%w%-_%.]+$")) then
+        self:err(child(k, "key"), 'expected "ip", "host", "path", "all", "header:NAME" or "cookie:NAME"', key)
+      end
+      if (l.rate == nil) == (l.concurrent == nil) then self:err(k, "one of rate or concurrent is required") end
+      if l.concurrent ~= nil then self:value(l.concurrent, child(k, "concurrent"), integer(1, 1e9)) end
+      if l.burst ~= nil then self:value(l.burst, child(k, "burst"), integer(0, 1e9)) end
+      if l.status ~= nil then self:value(l.status, child(k, "status"), integer(400, 599)) end
+      if l.redis ~= nil then
+        self:value(l.redis, child(k, "redis"), typed("boolean"))
+        if l.redis and v.redis == nil then self:err(child(k, "redis"), "access.redis is not set") end
+      end
+    end
+  end
+  if v.redis ~= nil then self:table(v.redis, child(keys, "redis"), { host = true, port = true, password = true,
+    user = true, db = true, tls = true, verify = true, server_name = true, timeout = true, connect_timeout = true,
+    pool_size = true }) end
+  local out = plain_copy(v, 0)
+  out.dict = self:value(v.dict, child(keys, "dict"), dict_size, 16 * 1024 * 1024)
+  return out
+end
+
+-- A Lua literal of v (strings, numbers, booleans, tables of them).
+local function literal(v)
+  local t = type(v)
+  if t == "string" then return string.format("%q", v) end
+  if t == "number" or t == "boolean" then return tostring(v) end
+  if t ~= "table" then return "nil" end
+  local parts = {}
+  for k, x in pairs(v) do
+    local key = type(k) == "number" and "[" .. k .. "]" or "[" .. string.format("%q", tostring(k)) .. "]"
+    parts[#parts + 1] = key .. "=" .. literal(x)
+  end
+  table.sort(parts)
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
 -- Walk v, a table of NAME = value, in name order: fn(name, value, keys)
 -- for each name that is a Lua identifier, an error (name_msg) for the
 -- others; v not a table: the error `expected`.
@@ -961,7 +1032,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true, http2 = true,
-  compression = true, mask = true,
+  compression = true, mask = true, access = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -1058,6 +1129,36 @@ function M.check(t, path, src)
   end
 
   conf.shared = c:shared(t.shared, { "shared" })
+
+  -- access = {...} (and listeners' own): moxy's own hooks, loaded before the
+  -- scripts, trusted (JIT-compiled), with a shared dict for the limits
+  local access_top = t.access ~= nil and c:access(t.access, { "access" }) or nil
+  local spec, limits, dict = { listeners = {} }, false, 0
+  if access_top then
+    spec.default = access_top
+    limits = limits or access_top.limits ~= nil
+    dict = access_top.dict or 0
+  end
+  for _, l in ipairs(conf.listen) do
+    if l.access ~= nil then
+      spec.listeners[l.name] = l.access
+      if l.access then
+        limits = limits or l.access.limits ~= nil
+        dict = math.max(dict, l.access.dict or 0)
+      end
+    end
+    l.access = nil
+  end
+  if spec.default or next(spec.listeners) then
+    if limits then
+      for _, d in ipairs(conf.shared) do
+        if d.name == "moxy_access" then c:err({ "shared", "moxy_access" }, "moxy_access is the access limits' own dict") end
+      end
+      conf.shared[#conf.shared + 1] = { name = "moxy_access", size = dict > 0 and dict or 16 * 1024 * 1024 }
+    end
+    table.insert(conf.scripts, 1, { path = path .. " (access)", jit = true,
+      source = "return require(\"moxy.access\").hooks(" .. literal(spec) .. ")\n" })
+  end
 
   -- cache = { size = "256m", max_object = "16m" }: the HTTP cache (off without it)
   if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true,

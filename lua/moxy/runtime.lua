@@ -80,13 +80,16 @@ end
 -- Compile and run the script at `path`; its table of hooks.  Unless jit,
 -- the script's functions are kept out of the JIT, so that the CPU budget's
 -- count hook (lua_bridge.c) sees them run; moxy's own modules stay compiled.
-local function load_script(path, jit_on)
+local function load_script(path, jit_on, source)
   -- not loadfile: the VM's loadfile reads a relative path from the
   -- configuration's directory, and path is one already (lua_vm.c)
-  local f, oerr = io.open(path, "rb")
-  if not f then error("cannot open " .. tostring(oerr), 0) end
-  local src = f:read("*a")
-  f:close()
+  local src = source
+  if not src then
+    local f, oerr = io.open(path, "rb")
+    if not f then error("cannot open " .. tostring(oerr), 0) end
+    src = f:read("*a")
+    f:close()
+  end
   local chunk, err = loadstring(src, "@" .. path)
   if not chunk then error(err, 0) end
   if not jit_on then jit.off(chunk, true) end
@@ -98,11 +101,11 @@ end
 local hooks = new_set() -- the worker's (M.load)
 
 -- Load the scripts (in order) into the worker's hooks.  `scripts`: a list of
--- { path = ..., jit = bool }.  Raises "file:line: message".  Returns the
+-- { path = ..., jit = bool [, source = text moxy made (access = {...})] }.  Raises "file:line: message".  Returns the
 -- number of hooks of each phase, by name.
 function M.load(scripts)
   _G.moxy = require "moxy"
-  for _, s in ipairs(scripts) do add_hooks(hooks, load_script(s.path, s.jit), s.path) end
+  for _, s in ipairs(scripts) do add_hooks(hooks, load_script(s.path, s.jit, s.source), s.path) end
   local counts = {}
   for i, name in ipairs(PHASES) do counts[name] = #hooks[i] end
   return counts
