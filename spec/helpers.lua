@@ -592,6 +592,28 @@ end
 -- "close-head", "close-body").  raw.port, raw.addr; raw:received(n) -> the
 -- bytes connection n (from 1) received so far, or ""; raw:connections() ->
 -- how many connections it saw.
+-- The value of the metric name{labels...} in the /metrics of the admin
+-- listener on port (labels: the ones that must be there), or nil.
+function helpers.metric(port, name, labels)
+  local res = helpers.request(port, { path = "/metrics" })
+  local text = res and res.body or ""
+  for line in text:gmatch("[^\n]+") do
+    local n, lab, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
+    if not n then
+      n, v = line:match("^([%w_:]+) (%S+)$")
+      lab = ""
+    end
+    if n == name then
+      local ok = true
+      for k, want in pairs(labels or {}) do
+        if not lab:find(k .. '="' .. want .. '"', 1, true) then ok = false end
+      end
+      if ok then return tonumber(v) end
+    end
+  end
+  return nil
+end
+
 ---------------------------------------------------------------------------
 -- Redis (Debian redis-server): a server of the spec's own on loopback
 

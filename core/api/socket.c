@@ -90,6 +90,17 @@ static void set_err(char *err, size_t errlen, const char *why)
     if (err && errlen) snprintf(err, errlen, "%s", why);
 }
 
+/* *dst becomes a copy of the n bytes at src (its old block reused or
+ * freed).  MOXY_ERROR: out of memory (*dst unchanged). */
+static int keep_copy(char **dst, const char *src, size_t n)
+{
+    char *p = realloc(*dst, n ? n : 1);
+    if (!p) return MOXY_ERROR;
+    memcpy(p, src, n);
+    *dst = p;
+    return MOXY_OK;
+}
+
 /* --- a socket's connection and events --- */
 
 static void sock_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -319,13 +330,10 @@ EXPORT int moxy_ffi_sock_connect(moxy_sock_t *s, const char *host, size_t hlen, 
         set_err(err, errlen, "bad pool name");
         return MOXY_ERROR;
     }
-    char *p = realloc(s->pool, plen);
-    if (!p) {
+    if (keep_copy(&s->pool, pool, plen) != MOXY_OK) {
         set_err(err, errlen, "out of memory");
         return MOXY_ERROR;
     }
-    memcpy(p, pool, plen);
-    s->pool = p;
     s->pool_len = plen;
     moxy_dialer_t *dl = moxy_worker_dialer(s->reg->w);
     if (!dl) {
@@ -611,14 +619,9 @@ EXPORT int moxy_ffi_sock_receive(moxy_sock_t *s, int mode, size_t n, const char 
         int r = sock_read(s);
         if (r == MOXY_AGAIN) {
             /* wait for the socket; the receive is called again when woken */
-            if (mode == MOXY_SOCK_UNTIL) {
-                char *p = realloc(s->pat, plen);
-                if (!p) {
-                    set_err(err, errlen, "out of memory");
-                    return MOXY_ERROR;
-                }
-                memcpy(p, pat, plen);
-                s->pat = p;
+            if (mode == MOXY_SOCK_UNTIL && keep_copy(&s->pat, pat, plen) != MOXY_OK) {
+                set_err(err, errlen, "out of memory");
+                return MOXY_ERROR;
             }
             s->mode = mode;
             s->n = n;

@@ -55,10 +55,21 @@ local function dict_of(name, where)
   return d
 end
 
-local function check_name(name, where)
+-- The options table's name (checked), for new and concurrency.
+local function name_of(o, where)
+  if type(o) ~= "table" then error(where .. ": a table of options is needed", 3) end
+  local name = o.name or "default"
   if type(name) ~= "string" or not name:find("^[%w_%-%.]+$") or #name > 64 then
     error(where .. ": name must be 1 to 64 letters, digits, '_', '-' or '.'", 3)
   end
+  return name
+end
+
+-- A key given as a string or a number, as a string.
+local function key_of(key, where)
+  if type(key) == "string" then return key end
+  if type(key) == "number" then return tostring(key) end
+  error(where .. ": key must be a string", 3)
 end
 
 local Limit = {}
@@ -72,9 +83,7 @@ Limit.__index = Limit
 -- Redis (see docs/ratelimit.md for what happens when it is down).
 function M.new(o)
   local where = "moxy.ratelimit.new"
-  if type(o) ~= "table" then error(where .. ": a table of options is needed", 2) end
-  local name = o.name or "default"
-  check_name(name, where)
+  local name = name_of(o, where)
   local n, window = parse_rate(o.rate)
   if not n then error(where .. ": rate must be like \"10r/s\", \"600r/m\", \"5r/h\" or a number per second", 2) end
   local burst = o.burst or 0
@@ -180,10 +189,7 @@ end
 -- requests this one counts for (default 1; 0 only looks).  A request that
 -- is not allowed is not counted.
 function Limit:take(key, cost)
-  if type(key) ~= "string" then
-    if type(key) == "number" then key = tostring(key)
-    else error("ratelimit:take: key must be a string", 2) end
-  end
+  key = key_of(key, "ratelimit:take")
   cost = cost or 1
   if type(cost) ~= "number" or cost < 0 then error("ratelimit:take: cost must be a number >= 0", 2) end
   if self.redis then return take_redis(self, key, cost) end
@@ -230,9 +236,7 @@ Concurrency.__index = Concurrency
 -- at most max requests in flight per key, across the workers.
 function M.concurrency(o)
   local where = "moxy.ratelimit.concurrency"
-  if type(o) ~= "table" then error(where .. ": a table of options is needed", 2) end
-  local name = o.name or "default"
-  check_name(name, where)
+  local name = name_of(o, where)
   local max = o.max
   if type(max) ~= "number" or max < 1 or max ~= floor(max) then error(where .. ": max must be a whole number >= 1", 2) end
   return setmetatable({ name = name, max = max, dict = dict_of(o.dict, where), prefix = "cc:" .. name .. ":" },
@@ -242,10 +246,7 @@ end
 --- conc:enter(txn, key) -> true (the request holds a place until it ends,
 -- whatever way it ends), or false, in_flight when key is at max.
 function Concurrency:enter(_, key)
-  if type(key) ~= "string" then
-    if type(key) == "number" then key = tostring(key)
-    else error("concurrency:enter: key must be a string", 2) end
-  end
+  key = key_of(key, "concurrency:enter")
   local k = self.prefix .. key
   local d = self.dict._d
   if C.moxy_ffi_shdict_incr(d, k, #k, 1, 0, 1, 0, num_out, err_out) ~= OK then

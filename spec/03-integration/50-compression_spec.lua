@@ -98,26 +98,7 @@ local function get(port, path, ae, extra, opts)
   return res
 end
 
--- admin /metrics: the value of name{labels...}
-local function metric(port, name, labels)
-  local res = helpers.request(port, { path = "/metrics" })
-  local text = res and res.body or ""
-  for line in text:gmatch("[^\n]+") do
-    local n, lab, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
-    if not n then
-      n, v = line:match("^([%w_:]+) (%S+)$")
-      lab = ""
-    end
-    if n == name then
-      local ok = true
-      for k, want in pairs(labels or {}) do
-        if not lab:find(k .. '="' .. want .. '"', 1, true) then ok = false end
-      end
-      if ok then return tonumber(v) end
-    end
-  end
-  return nil
-end
+local metric = helpers.metric
 
 local function wait_metric(port, name, labels, atleast)
   return helpers.wait_until(function()

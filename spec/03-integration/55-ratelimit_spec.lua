@@ -111,22 +111,7 @@ end
 
 -- admin /metrics: the value of name{labels...}
 local function metric(m, name, labels)
-  local res = helpers.request(m.admin_port, { path = "/metrics" })
-  for line in ((res and res.body) or ""):gmatch("[^\n]+") do
-    local n, lab, v = line:match("^([%w_:]+)(%b{}) (%S+)$")
-    if not n then
-      n, v = line:match("^([%w_:]+) (%S+)$")
-      lab = ""
-    end
-    if n == name then
-      local ok = true
-      for k, want in pairs(labels or {}) do
-        if not lab:find(k .. '="' .. want .. '"', 1, true) then ok = false end
-      end
-      if ok then return tonumber(v) end
-    end
-  end
-  return nil
+  return helpers.metric(m.admin_port, name, labels)
 end
 
 -- wrk against each node's /hit for secs, at once; -> the wrk outputs
