@@ -47,7 +47,7 @@ static int labels_ok(const char *s, size_t n)
     while (i < n) {
         size_t k = i;
         while (i < n && s[i] != '=') i++;
-        if (i == n || !name_ok(s + k, i - k) || s[k] == ':') return 0;
+        if (i == n || !name_ok(s + k, i - k) || memchr(s + k, ':', i - k)) return 0; /* label names: no ':' */
         if (++i == n || s[i] != '"') return 0;
         for (i++; i < n && s[i] != '"'; i++) {
             unsigned char c = (unsigned char)s[i];
