@@ -465,21 +465,19 @@ EXPORT int moxy_ffi_sock_send(moxy_sock_t *s, const char *data, size_t len, doub
 
 /* --- receive --- */
 
-/* What s->in answers for the receive (mode, n, pat): MOXY_OK / MOXY_DONE
- * with *len bytes to hand and *consume to drop; MOXY_AGAIN: more must be
- * read; MOXY_ERROR: the buffer holds max_buffer bytes and no answer. */
-static int recv_ready(moxy_sock_t *s, int mode, size_t n, const char *pat, size_t plen, size_t *len,
-                      size_t *consume)
+int moxy_sock_scan(struct evbuffer *in, int mode, size_t n, const char *pat, size_t plen, size_t max, int eof,
+                   size_t *scanned, size_t *len, size_t *consume)
 {
-    size_t have = evbuffer_get_length(s->in);
+    size_t have = evbuffer_get_length(in);
     struct evbuffer_ptr p;
+    if (*scanned > have) *scanned = 0;
     switch (mode) {
     case MOXY_SOCK_BYTES:
         if (have >= n) {
             *len = *consume = n;
             return MOXY_OK;
         }
-        if (n > s->max_buffer) return MOXY_ERROR;
+        if (n > max) return MOXY_ERROR;
         return MOXY_AGAIN;
     case MOXY_SOCK_ANY:
         if (have > 0) {
@@ -488,9 +486,9 @@ static int recv_ready(moxy_sock_t *s, int mode, size_t n, const char *pat, size_
         }
         return MOXY_AGAIN;
     case MOXY_SOCK_LINE:
-        evbuffer_ptr_set(s->in, &p, s->scanned, EVBUFFER_PTR_SET);
-        p = evbuffer_search(s->in, "\n", 1, &p);
-        if (p.pos < 0) s->scanned = have;
+        evbuffer_ptr_set(in, &p, *scanned, EVBUFFER_PTR_SET);
+        p = evbuffer_search(in, "\n", 1, &p);
+        if (p.pos < 0) *scanned = have;
         if (p.pos >= 0) {
             size_t at = (size_t)p.pos;
             *consume = at + 1;
@@ -498,25 +496,26 @@ static int recv_ready(moxy_sock_t *s, int mode, size_t n, const char *pat, size_
             if (at > 0) {
                 char c;
                 struct evbuffer_ptr q;
-                evbuffer_ptr_set(s->in, &q, at - 1, EVBUFFER_PTR_SET);
-                if (evbuffer_copyout_from(s->in, &q, &c, 1) == 1 && c == '\r') *len = at - 1;
+                evbuffer_ptr_set(in, &q, at - 1, EVBUFFER_PTR_SET);
+                if (evbuffer_copyout_from(in, &q, &c, 1) == 1 && c == '\r') *len = at - 1;
             }
             return MOXY_OK;
         }
         break;
     case MOXY_SOCK_ALL:
-        if (s->eof) {
+        if (eof) {
             *len = *consume = have;
             return MOXY_OK;
         }
         break;
     case MOXY_SOCK_UNTIL: {
+        if (plen == 0) return MOXY_ERROR;
         int inclusive = (int)(n & 1);
         size_t size = n >> 1;
-        size_t from = s->scanned >= plen ? s->scanned - (plen - 1) : 0;
-        evbuffer_ptr_set(s->in, &p, from, EVBUFFER_PTR_SET);
-        p = evbuffer_search(s->in, pat, plen, &p);
-        if (p.pos < 0) s->scanned = have;
+        size_t from = *scanned >= plen ? *scanned - (plen - 1) : 0;
+        evbuffer_ptr_set(in, &p, from, EVBUFFER_PTR_SET);
+        p = evbuffer_search(in, pat, plen, &p);
+        if (p.pos < 0) *scanned = have;
         if (p.pos >= 0) {
             size_t at = (size_t)p.pos;
             if (size > 0 && at > size) { /* a part of what comes before it */
@@ -538,8 +537,15 @@ static int recv_ready(moxy_sock_t *s, int mode, size_t n, const char *pat, size_
     default:
         return MOXY_ERROR;
     }
-    if (have >= s->max_buffer) return MOXY_ERROR;
+    if (have >= max) return MOXY_ERROR;
     return MOXY_AGAIN;
+}
+
+/* What s->in answers for the receive (mode, n, pat): moxy_sock_scan's. */
+static int recv_ready(moxy_sock_t *s, int mode, size_t n, const char *pat, size_t plen, size_t *len,
+                      size_t *consume)
+{
+    return moxy_sock_scan(s->in, mode, n, pat, plen, s->max_buffer, s->eof, &s->scanned, len, consume);
 }
 
 /* Read once into s->in.  MOXY_OK: bytes came; MOXY_AGAIN: none now;

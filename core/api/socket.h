@@ -98,6 +98,19 @@ int moxy_ffi_sock_reused(const moxy_sock_t *s);
 int moxy_ffi_sock_setoption(moxy_sock_t *s, const char *name, double value, char *err, size_t errlen);
 /* END FFI */
 
+/* --- what a receive answers, for socket.c and fuzz/socket_scan_fuzz.c --- */
+struct evbuffer;
+
+/* What the bytes in `in` answer for a receive (mode, n, pat, plen as
+ * moxy_ffi_sock_receive's; max: max_buffer; eof: the peer closed):
+ * MOXY_OK / MOXY_DONE (a part) with *len bytes to hand and *consume to
+ * drop; MOXY_AGAIN: more must come; MOXY_ERROR: no answer within max bytes
+ * (or a bad mode).  *scanned: bytes known not to hold the line's end or
+ * the pattern, kept between calls for the same receive (0 for a new one)
+ * so that a long line read piece by piece is searched once. */
+int moxy_sock_scan(struct evbuffer *in, int mode, size_t n, const char *pat, size_t plen, size_t max, int eof,
+                   size_t *scanned, size_t *len, size_t *consume);
+
 /* moxy.socket's part in a worker's life (lifecycle.h): its open sockets,
  * which lose their connections when the worker ends. */
 extern struct moxy_module_s moxy_socket_module;
