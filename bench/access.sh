@@ -107,7 +107,9 @@ REDIS_CPUS=${REDIS_CPUS:-$ORIGIN_CPUS}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_SCRATCH=${KEEP_SCRATCH:-0}
 STAMP=$(date +%Y%m%d-%H%M%S)
-RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results/access-$([[ ${CALLGRIND:-0} == 1 ]] && echo callgrind-)$STAMP}
+RESULTS_KIND=access
+[[ $CALLGRIND == 1 ]] && RESULTS_KIND=access-callgrind
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results/$RESULTS_KIND-$STAMP}
 
 # The measured variants and what the hook does (for meta.txt and the report)
 declare -A WHAT_OF=(

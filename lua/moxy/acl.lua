@@ -45,7 +45,19 @@ local Acl = {}
 Acl.__index = Acl
 
 local DECISIONS = "moxy_acl_decisions_total"
+
 local DECISIONS_HELP = "Requests an ACL rule decided, by ACL, rule and result (allow, deny, auth_ok, auth_failed)"
+
+-- The counter of (acl, rule, result), its id made once.
+local function count(self, rule, result)
+  local ids = rule.ids
+  local id = ids[result]
+  if id == nil then
+    id = metrics.own_id(DECISIONS, { acl = self.name, rule = rule.name, result = result }, DECISIONS_HELP)
+    ids[result] = id
+  end
+  metrics.add(id, 1)
+end
 
 -- The configuration's directory, for relative list and password files.
 local function path_of(p)
@@ -171,7 +183,7 @@ local function compile(r, i)
     bad(where, "name must be 1 to 64 of letters, digits, '_', '-', '.', ':'")
   end
   where = "rule " .. name
-  local rule = { name = name }
+  local rule = { name = name, ids = {} }
   local n = (r.allow and 1 or 0) + (r.deny and 1 or 0) + (r.auth and 1 or 0)
   if n ~= 1 then bad(where, "one of allow = true, deny = true or auth = { ... } is needed") end
   rule.action = r.allow and "allow" or r.deny and "deny" or "auth"
@@ -369,21 +381,21 @@ function Acl:enforce(txn)
   if not action then return true end
   txn:log_field("acl", name)
   if action == "allow" then
-    metrics.own_inc(DECISIONS, { acl = self.name, rule = name, result = "allow" }, 1, DECISIONS_HELP)
+    count(self, rule, "allow")
     return true
   end
   if action == "deny" then
-    metrics.own_inc(DECISIONS, { acl = self.name, rule = name, result = "deny" }, 1, DECISIONS_HELP)
+    count(self, rule, "deny")
     txn:respond(rule.status or 403, rule.body or "Forbidden\n", { ["Content-Type"] = "text/plain" })
     return false
   end
   local user = authenticate(rule, txn)
   if user then
-    metrics.own_inc(DECISIONS, { acl = self.name, rule = name, result = "auth_ok" }, 1, DECISIONS_HELP)
+    count(self, rule, "auth_ok")
     txn:log_field("user", user)
     return true
   end
-  metrics.own_inc(DECISIONS, { acl = self.name, rule = name, result = "auth_failed" }, 1, DECISIONS_HELP)
+  count(self, rule, "auth_failed")
   txn:respond(401, "Unauthorized\n", {
     ["Content-Type"] = "text/plain",
     ["WWW-Authenticate"] = format('Basic realm="%s", charset="UTF-8"', rule.realm),

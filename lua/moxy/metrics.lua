@@ -91,9 +91,15 @@ function M.get(name, labels)
   return C.moxy_ffi_counter_get(id)
 end
 
--- For moxy's own modules (moxy.ratelimit, ...): inc of a moxy_ name.
-function M.own_inc(name, labels, by, help)
-  local id = id_of(name, labels, help, 3, true)
+-- For moxy's own modules (moxy.ratelimit, ...): the id of a moxy_ counter
+-- (false when it could not be made), to keep and add to with M.add: making
+-- the key of a labels table costs more than the rest of a decision.
+function M.own_id(name, labels, help)
+  return id_of(name, labels, help, 3, true) or false
+end
+
+--- Add by to the counter id (from own_id); nothing when id is false.
+function M.add(id, by)
   if id then C.moxy_ffi_counter_add(id, by or 1) end
 end
 

@@ -93,7 +93,7 @@ function M.new(o)
   local d = dict_of(o.dict, where)
   local self = setmetatable({
     name = name, per = n, window = window, interval = window / n, burst = burst, dict = d,
-    prefix = "rl:" .. name .. ":",
+    prefix = "rl:" .. name .. ":", ids = {},
     policy = format('"%s";q=%s;w=%d', name, n == floor(n) and format("%d", n) or format("%.3f", n), window),
   }, Limit)
   if o.redis ~= nil then
@@ -112,9 +112,16 @@ local DECISIONS_HELP = "Rate-limit decisions, by limit, result (allowed, denied)
 local FALLBACKS = "moxy_ratelimit_redis_fallbacks_total"
 local FALLBACKS_HELP = "Rate-limit decisions made locally because Redis did not answer"
 
+-- The counters' ids are made once per limit, result and store.
 local function count(self, allowed, store)
-  metrics.own_inc(DECISIONS, { limit = self.name, result = allowed and "allowed" or "denied", store = store }, 1,
-    DECISIONS_HELP)
+  local k = allowed and store or "denied " .. store
+  local id = self.ids[k]
+  if id == nil then
+    id = metrics.own_id(DECISIONS, { limit = self.name, result = allowed and "allowed" or "denied", store = store },
+      DECISIONS_HELP)
+    self.ids[k] = id
+  end
+  metrics.add(id, 1)
 end
 
 -- The info table of a decision.
@@ -173,7 +180,8 @@ local function take_redis(self, key, cost)
     if cost > 0 then count(self, allowed, "redis") end
     return allowed, info_of(self, allowed, tonumber(res[2]) / 1000, tonumber(res[3]) / 1000, tonumber(res[4]))
   end
-  metrics.own_inc(FALLBACKS, { limit = self.name }, 1, FALLBACKS_HELP)
+  if self.ids.fallback == nil then self.ids.fallback = metrics.own_id(FALLBACKS, { limit = self.name }, FALLBACKS_HELP) end
+  metrics.add(self.ids.fallback, 1)
   local now = os.time()
   if now - last_warn >= 10 then
     last_warn = now
