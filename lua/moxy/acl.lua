@@ -244,7 +244,7 @@ end
 function M.new(rules, opts)
   if type(rules) ~= "table" then error("moxy.acl.new: a list of rules is needed", 2) end
   local name = type(opts) == "table" and opts.name or "acl"
-  local self = setmetatable({ name = name, rules = {} }, Acl)
+  local self = setmetatable({ name = name, rules = {}, seen = {} }, Acl)
   local seen = {}
   for i, r in ipairs(rules) do
     local ok, rule = pcall(compile, r, i)
@@ -268,7 +268,9 @@ local function cert_ok(want, tls)
   return true
 end
 
-local function matches(rule, txn, req)
+-- seen: what of the request one check has read already (its client's
+-- address and GeoIP fields), so that several rules read them once.
+local function matches(rule, txn, req, seen)
   if rule.method and not rule.method[req.method] then return false end
   if rule.path and not re.find(req.path, rule.path, "jo") then return false end
   if rule.host and not re.find(req.host or "", rule.host, "ijo") then return false end
@@ -283,13 +285,21 @@ local function matches(rule, txn, req)
   end
   if rule.cert ~= nil and not cert_ok(rule.cert, txn.client.tls) then return false end
   if rule.country or rule.continent or rule.asn then
-    local geo = txn.client.geo
+    local geo = seen.geo
+    if not geo then
+      geo = txn.client.geo
+      seen.geo = geo
+    end
     if rule.country and not rule.country[geo.country or ""] then return false end
     if rule.continent and not rule.continent[geo.continent or ""] then return false end
     if rule.asn and not rule.asn[geo.asn or -1] then return false end
   end
   if rule.ip then
-    local ip = txn.client.ip
+    local ip = seen.ip
+    if not ip then
+      ip = txn.client.ip
+      seen.ip = ip
+    end
     if C.moxy_ffi_pset_match(rule.ip, ip, #ip) ~= 1 then return false end
   end
   return true
@@ -299,8 +309,10 @@ end
 -- and name, or nil when no rule matched.
 function Acl:check(txn)
   local req = txn.req
+  local seen = self.seen -- reused: a check does not wait, so no other runs meanwhile
+  seen.ip, seen.geo = nil, nil
   for _, rule in ipairs(self.rules) do
-    if matches(rule, txn, req) then return rule.action, rule.name, rule end
+    if matches(rule, txn, req, seen) then return rule.action, rule.name, rule end
   end
   return nil
 end

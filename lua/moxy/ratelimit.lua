@@ -93,7 +93,7 @@ function M.new(o)
   local d = dict_of(o.dict, where)
   local self = setmetatable({
     name = name, per = n, window = window, interval = window / n, burst = burst, dict = d,
-    prefix = "rl:" .. name .. ":", ids = {},
+    prefix = "rl:" .. name .. ":", ids = {}, log_ok = name .. ":ok", log_denied = name .. ":429",
     policy = format('"%s";q=%s;w=%d', name, n == floor(n) and format("%d", n) or format("%.3f", n), window),
   }, Limit)
   if o.redis ~= nil then
@@ -222,12 +222,12 @@ function Limit:enforce(txn, key, cost)
     require("moxy").log.err("ratelimit ", self.name, ": ", tostring(info), ": request allowed")
     return true
   end
-  local policy, state = self:headers(info)
   if ok then
-    txn:log_field("ratelimit", self.name .. ":ok")
+    txn:log_field("ratelimit", self.log_ok)
     return true
   end
-  txn:log_field("ratelimit", self.name .. ":429")
+  local policy, state = self:headers(info)
+  txn:log_field("ratelimit", self.log_denied)
   txn:respond(429, "Too Many Requests\n", {
     ["Content-Type"] = "text/plain",
     ["Retry-After"] = tostring(ceil(info.retry_after)),
