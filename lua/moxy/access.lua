@@ -1,12 +1,13 @@
 -- moxy.access: the hooks moxy makes of the configuration's `access = {...}`
 -- (top level, and listeners' own): an ACL (moxy.acl) and rate and
--- concurrency limits (moxy.ratelimit), applied in on_request before any
--- script's hooks.  lua/moxy/config.lua checks the shape and makes a script
+-- concurrency limits (moxy.ratelimit) and a WAF (moxy.waf), applied in
+-- on_request before any script's hooks, in that order.  lua/moxy/config.lua checks the shape and makes a script
 -- of one line calling M.hooks; the rules and limits are checked here, when
 -- it loads, so mistakes name the configuration, the rule and the key.
 -- Reference: docs/acl.md ("In the configuration"), docs/ratelimit.md.
 local acl_mod = require "moxy.acl"
 local ratelimit = require "moxy.ratelimit"
+local waf_mod = require "moxy.waf"
 local re = require "moxy.re"
 
 local type, pairs, ipairs, error, tostring = type, pairs, ipairs, error, tostring
@@ -42,6 +43,13 @@ local function scope(spec, where)
     local ok, a = pcall(acl_mod.new, spec.acl, { name = where })
     if not ok then error(where .. ".acl: " .. tostring(a), 0) end
     s.acl = a
+  end
+  if spec.waf then
+    local w = spec.waf == true and {} or spec.waf
+    if w.name == nil then w.name = where == "access" and "waf" or (where:match("^listen%[(.-)%]"):gsub("[^%w_.:-]", "_")) end
+    local ok, obj = pcall(waf_mod.new, w)
+    if not ok then error(where .. ".waf: " .. tostring(obj), 0) end
+    s.waf = obj
   end
   for i, l in ipairs(spec.limits or {}) do
     local lw = where .. ".limits[" .. i .. "] (" .. tostring(l.name) .. ")"
@@ -94,6 +102,7 @@ local function apply(s, txn)
       end
     end
   end
+  if s.waf and not s.waf:enforce(txn) then return false end
   return true
 end
 

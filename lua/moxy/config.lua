@@ -916,13 +916,13 @@ function Checker:shared(v, keys)
   return out
 end
 
--- access = { acl = {...}, limits = {...}, dict = "16m", redis = {...} }:
--- access control and rate limits without a script of one's own.  Checked
+-- access = { acl = {...}, limits = {...}, waf = {...}, dict = "16m", redis = {...} }:
+-- access control, rate limits and a WAF without a script of one's own.  Checked
 -- here for shape (with file:line and key); the rules themselves are
 -- checked when the hooks moxy makes of them load (moxy.acl, moxy.ratelimit:
 -- lua/moxy/access.lua), which names the rule.  Returns the table as it is
 -- (a copy), or false.
-local ACCESS_KEYS = { acl = true, limits = true, dict = true, redis = true }
+local ACCESS_KEYS = { acl = true, limits = true, dict = true, redis = true, waf = true }
 local LIMIT_KEYS = { name = true, key = true, rate = true, burst = true, concurrent = true, method = true,
                      path = true, redis = true, status = true }
 
@@ -939,6 +939,9 @@ function Checker:access(v, keys)
   if not self:table(v, keys, ACCESS_KEYS) then return nil end
   for i, r in ipairs(list(self, v.acl, child(keys, "acl"))) do
     if type(r) ~= "table" then self:err(child(child(keys, "acl"), i), "a rule is a table (see docs/acl.md)") end
+  end
+  if v.waf ~= nil and v.waf ~= true and v.waf ~= false and type(v.waf) ~= "table" then
+    self:err(child(keys, "waf"), "true, false or a table (see docs/waf.md)")
   end
   local names = {}
   for i, l in ipairs(list(self, v.limits, child(keys, "limits"))) do
