@@ -526,9 +526,9 @@ local function transform(chain, v)
   return v
 end
 
--- Group rules by (transforms, flags), then by target: a value is
--- transformed once per chain, and the regex rules of a target run as one
--- union first (most values match none of them).
+-- Group rules by (transforms, flags) -- a chain -- then by target, and
+-- make each target's fast path.  -> chains, the targets to look up, the
+-- args:NAME / cookie:NAME targets by name (nil: none).
 local function plan(rules)
   local chains, by_key = {}, {}
   for _, c in ipairs(rules) do
@@ -549,20 +549,6 @@ local function plan(rules)
         end
         local list = (c.op == "regex" and not c.negate) and tg.regex or tg.other
         list[#list + 1] = c
-      end
-    end
-  end
-  for _, ch in ipairs(chains) do
-    for _, tg in ipairs(ch.targets) do
-      local parts = {}
-      for _, c in ipairs(tg.regex) do
-        if not unionable(c.value) then parts = nil break end
-        parts[#parts + 1] = "(?:" .. c.value .. ")"
-      end
-      if parts and #parts > 1 then
-        local u = concat(parts, "|")
-        local ok, err = re.find("", u, ch.flags)
-        if not (ok == nil and err) then tg.union = u end
       end
     end
   end
@@ -603,17 +589,6 @@ local function plan(rules)
   end
   local plain, named = {}, nil
   for _, pt in ipairs(targets) do
-    local kind, name = target_parts(pt.target)
-    if (kind == "args" or kind == "cookie") and name then
-      named = named or {}
-      named[pt.target] = pt
-    else
-      plain[#plain + 1] = pt
-    end
-  end
-  targets = plain
-  for _, pt in pairs(named or {}) do targets[#targets + 1] = pt end
-  for _, pt in ipairs(targets) do
     local trig = {}
     for name in pairs(pt.changes) do trig[#trig + 1] = CHANGES[name] end
     table.sort(trig)
@@ -624,10 +599,16 @@ local function plan(rules)
     pt.full = #parts > 0 and concat(parts, "|") or false
     if pt.full then
       local ok, err = re.find("", pt.full)
-      if ok == nil and err then pt.full = "" end
+      if ok == nil and err then pt.full = "" end -- "" finds: such values go the slow way
+    end
+    local kind, name = target_parts(pt.target)
+    if (kind == "args" or kind == "cookie") and name then
+      named = named or {}
+      named[pt.target] = pt
+    else
+      plain[#plain + 1] = pt
     end
   end
-  for i = #targets, #plain + 1, -1 do targets[i] = nil end
   return chains, plain, named
 end
 
