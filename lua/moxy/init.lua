@@ -95,7 +95,7 @@ for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
 local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http", upstream = "moxy.upstream",
                crypto = "moxy.crypto", socket = "moxy.socket", redis = "moxy.redis",
                ratelimit = "moxy.ratelimit", metrics = "moxy.metrics", acl = "moxy.acl",
-               geo = "moxy.geo", cache = "moxy.cache" }
+               geo = "moxy.geo", cache = "moxy.cache", fleet = "moxy.fleet" }
 
 setmetatable(M, {
   __index = function(t, k)

@@ -1,0 +1,370 @@
+-- fleet = {...}: cache purges and shared-dict invalidations broadcast to
+-- every node over Redis pub/sub.  One redis-server, three moxy nodes with a
+-- cache in front of one counting origin: a purge on A (admin /purge, the
+-- PURGE method, moxy.cache.purge, a prefix) makes the next request on B and
+-- C a miss; moxy.fleet.delete / flush reach B's and C's dicts; messages
+-- badly signed, malformed, stale or replayed are dropped and counted; with
+-- Redis down purges still apply where they are made and requests flow; the
+-- subscription comes back with Redis; a reload that changes the section
+-- takes effect, one that does not keeps the connection.
+local helpers = require "spec.helpers"
+
+local S = helpers.scale
+local TOKEN = "fleet-admin-token-0123456789"
+local SECRET = "fleet-spec-secret-0123456789abcdef"
+
+local SITE = [[
+return {
+  on_request = function(txn)
+    local p, h = txn.req.path, txn.req.headers
+    if p == "/purge" then return txn:respond(200, tostring(moxy.cache.purge(h:get("X-Key")))) end
+    if p == "/purge-prefix" then return txn:respond(200, tostring(moxy.cache.purge_prefix(h:get("X-Key")))) end
+    if p == "/dict-set" then
+      moxy.shared.sessions:set(h:get("X-Key"), "v")
+      return txn:respond(200, "set")
+    end
+    if p == "/dict-get" then return txn:respond(200, tostring(moxy.shared.sessions:get(h:get("X-Key")))) end
+    if p == "/dict-delete" then
+      local ok, err = moxy.fleet.delete("sessions", h:get("X-Key"))
+      return txn:respond(200, tostring(ok) .. " " .. tostring(err))
+    end
+    if p == "/dict-flush" then
+      local ok, err = moxy.fleet.flush("sessions")
+      return txn:respond(200, tostring(ok) .. " " .. tostring(err))
+    end
+    if p == "/dict-bad" then
+      local ok, err = pcall(moxy.fleet.delete, "nope", "k")
+      return txn:respond(200, tostring(ok) .. " " .. tostring(err))
+    end
+  end,
+  on_response = function(txn)
+    txn.resp.headers:set("X-Key", tostring(txn.cache.key))
+    txn.resp.headers:set("X-Cache", tostring(txn.cache.status))
+  end,
+}
+]]
+
+local function node_config(name, redis_port, origin)
+  return {
+    workers = 2,
+    upstreams = { app = { servers = { origin.addr } } },
+    cache = { size = "8m", purge = { "127.0.0.1" } },
+    shared = { sessions = "1m" },
+    admin = { token = TOKEN },
+    scripts = { "site.lua" },
+    fleet = { node = name, secret = SECRET, redis = { port = redis_port, timeout = 0.3, connect_timeout = 0.3 } },
+  }
+end
+
+-- the unsigned part of a message (base/fleet_msg.h's format)
+local function ns(s) return #s .. ":" .. s .. "," end
+local function message(node, ts_ms, nonce, kind, a1, a2)
+  return "MXF1" .. ns(string.format("%d", ts_ms)) .. ns(node) .. ns(nonce) .. ns(kind) .. ns(a1) .. ns(a2 or "")
+end
+
+-- HMAC-SHA256 of text under key, in hex (openssl's command line)
+local function hmac(key, text)
+  local dir = helpers.tmpdir("fleet-hmac")
+  local path = helpers.write_file(dir .. "/msg", text) or dir .. "/msg"
+  local out = helpers.sh("openssl dgst -sha256 -hmac " .. helpers.shell_quote(key) .. " -r " .. helpers.shell_quote(path))
+  return assert(out:match("^(%x+)"), out)
+end
+
+local function esc(s)
+  return (s:gsub("[^%w]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local out = {}
+  for k, v in pairs(t) do out[k] = copy(v) end
+  return out
+end
+
+local function signed(key, ...)
+  local m = message(...)
+  return m .. ns(hmac(key, m))
+end
+
+describe("fleet", function()
+  local redis, origin, nodes
+  local n = 0
+
+  local function metric(m, name, labels) return helpers.metric(m.admin_port, name, labels) or 0 end
+
+  local function get(m, p, headers, method)
+    local list = {}
+    for k, v in pairs(headers or {}) do list[#list + 1] = { k, v } end
+    return assert(helpers.request(m.port, { path = p, headers = list, method = method, timeout = 5 * S }))
+  end
+
+  local function admin_purge(m, query)
+    return assert(helpers.request(m.admin_port, { method = "POST", path = "/purge?" .. query,
+      headers = { Authorization = "Bearer " .. TOKEN } }))
+  end
+
+  local function uniq(base)
+    n = n + 1
+    return base .. n
+  end
+
+  -- times the origin was asked for path p (exact)
+  local function origin_saw(p)
+    local pat = "^" .. p:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0") .. "$"
+    return #origin:saw(pat)
+  end
+
+  -- p cached on every node: three misses, then three hits; -> its key
+  local function cache_everywhere(p)
+    local before, key = origin_saw(p)
+    for _, m in ipairs(nodes) do key = get(m, p):header("x-key") end
+    for _, m in ipairs(nodes) do assert.equal("hit", get(m, p):header("x-cache")) end
+    assert.equal(before + 3, origin_saw(p))
+    return key
+  end
+
+  local function applied(i) return metric(nodes[i], "moxy_fleet_applied_total") end
+
+  -- wait until nodes B and C applied more than they had in before
+  local function wait_applied(before, what)
+    assert(helpers.wait_until(function() return applied(2) > before[2] and applied(3) > before[3] end, 5 * S),
+      what .. ": not applied on B and C")
+  end
+
+  local function applied_now() return { applied(1), applied(2), applied(3) } end
+
+  -- the next request for p on B and C goes to the origin (a miss), and on A
+  local function misses_everywhere(p)
+    local before = origin_saw(p)
+    for _, m in ipairs(nodes) do assert.equal("miss", get(m, p):header("x-cache")) end
+    assert.equal(before + 3, origin_saw(p))
+  end
+
+  local function wait_connected(i)
+    return helpers.wait_until(function() return metric(nodes[i], "moxy_fleet_connected") == 1 end, 8 * S, 0.05)
+  end
+
+  lazy_setup(function()
+    redis = helpers.start_redis()
+    origin = helpers.start_origin()
+    nodes = {}
+    for i, name in ipairs({ "A", "B", "C" }) do
+      nodes[i] = helpers.start_moxy(node_config(name, redis.port, origin), { files = { ["site.lua"] = SITE } })
+    end
+    for i = 1, 3 do assert(wait_connected(i), "node " .. i .. " did not subscribe: " .. nodes[i]:stderr()) end
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("subscribes each node and says so in the log and /metrics", function()
+    for i, m in ipairs(nodes) do
+      assert(m:wait_error_log("fleet: subscribed to moxy:fleet on 127.0.0.1:" .. redis.port .. " as node " ..
+        ({ "A", "B", "C" })[i]))
+      assert.equal(1, metric(m, "moxy_fleet_connected"))
+    end
+  end)
+
+  it("an admin purge on A is a miss on B and C", function()
+    local p = uniq("/echo/admin") .. "?rh=Cache-Control:max-age%3D300"
+    local key = cache_everywhere(p)
+    local before = applied_now()
+    local res = admin_purge(nodes[1], "key=" .. esc(key))
+    assert.equal(200, res.status, res.body)
+    assert.equal('{"purged":1,"broadcast":true}\n', res.body)
+    wait_applied(before, "admin purge")
+    assert.equal(before[1], applied(1)) -- A's own echo is not applied twice
+    misses_everywhere(p)
+    assert.is_true(metric(nodes[1], "moxy_fleet_published_total") >= 1)
+  end)
+
+  it("the PURGE method on A is a miss on B and C", function()
+    local p = uniq("/echo/method") .. "?rh=Cache-Control:max-age%3D300"
+    cache_everywhere(p)
+    local before = applied_now()
+    local res = get(nodes[1], p, nil, "PURGE")
+    assert.equal(200, res.status)
+    assert.equal("purged 1\n", res.body)
+    wait_applied(before, "PURGE")
+    misses_everywhere(p)
+  end)
+
+  it("moxy.cache.purge and purge_prefix from a script on A are misses on B and C", function()
+    local p = uniq("/echo/script") .. "?rh=Cache-Control:max-age%3D300"
+    local key = cache_everywhere(p)
+    local before = applied_now()
+    assert.equal("1", get(nodes[1], "/purge", { ["X-Key"] = key }).body)
+    wait_applied(before, "moxy.cache.purge")
+    misses_everywhere(p)
+
+    local dir = uniq("/echo/dir")
+    local a, b = dir .. "/a?rh=Cache-Control:max-age%3D300", dir .. "/b?rh=Cache-Control:max-age%3D300"
+    cache_everywhere(a)
+    cache_everywhere(b)
+    before = applied_now()
+    assert.equal("2", get(nodes[1], "/purge-prefix", { ["X-Key"] = "http://localhost" .. dir .. "/" }).body)
+    wait_applied(before, "purge_prefix")
+    misses_everywhere(a)
+    misses_everywhere(b)
+
+    -- the admin's prefix purge too
+    local c = uniq("/echo/adminprefix") .. "/x?rh=Cache-Control:max-age%3D300"
+    cache_everywhere(c)
+    before = applied_now()
+    local res = admin_purge(nodes[1], "prefix=" .. esc("http://localhost" .. c:match("^(.*)/x")))
+    assert.equal(200, res.status, res.body)
+    wait_applied(before, "admin prefix purge")
+    misses_everywhere(c)
+  end)
+
+  it("moxy.fleet.delete and flush on A reach B's and C's dicts (and A's at once)", function()
+    for _, m in ipairs(nodes) do
+      get(m, "/dict-set", { ["X-Key"] = "s1" })
+      get(m, "/dict-set", { ["X-Key"] = "s2" })
+    end
+    local before = applied_now()
+    assert.equal("true nil", get(nodes[1], "/dict-delete", { ["X-Key"] = "s1" }).body)
+    assert.equal("nil", get(nodes[1], "/dict-get", { ["X-Key"] = "s1" }).body)
+    wait_applied(before, "moxy.fleet.delete")
+    for i = 2, 3 do
+      assert.equal("nil", get(nodes[i], "/dict-get", { ["X-Key"] = "s1" }).body)
+      assert.equal("v", get(nodes[i], "/dict-get", { ["X-Key"] = "s2" }).body)
+    end
+    before = applied_now()
+    assert.equal("true nil", get(nodes[1], "/dict-flush").body)
+    assert.equal("nil", get(nodes[1], "/dict-get", { ["X-Key"] = "s2" }).body)
+    wait_applied(before, "moxy.fleet.flush")
+    for i = 2, 3 do assert.equal("nil", get(nodes[i], "/dict-get", { ["X-Key"] = "s2" }).body) end
+    -- a dict that does not exist is the script's mistake: it raises, naming the call
+    assert.matches('false .*moxy.fleet.delete: no shared dict "nope"', get(nodes[1], "/dict-bad").body)
+  end)
+
+  it("drops messages badly signed, unsigned, malformed, stale or replayed, and counts them", function()
+    local p = uniq("/echo/forged") .. "?rh=Cache-Control:max-age%3D300"
+    local key = cache_everywhere(p)
+    local B = nodes[2]
+    local function dropped(reason) return metric(B, "moxy_fleet_dropped_total", { reason = reason }) end
+    local function publish(msg)
+      assert.equal(3, tonumber(redis:cmd("PUBLISH", "moxy:fleet", msg)))
+    end
+    local now_ms = math.floor(helpers.now() * 1000)
+    local sig0, mal0, stale0, replay0 = dropped("bad_signature"), dropped("malformed"), dropped("stale"), dropped("replay")
+    publish(signed("another-secret-0123456789", "mallory", now_ms, "00000000000000a1", "purge", key))
+    publish(message("mallory", now_ms, "00000000000000a2", "purge", key) .. ns(""))
+    publish("MXF1 not a message")
+    publish(string.rep("x", 100000))
+    publish(signed(SECRET, "mallory", now_ms - 3600 * 1000, "00000000000000a3", "purge", key))
+    assert(helpers.wait_until(function()
+      return dropped("bad_signature") == sig0 + 2 and dropped("malformed") == mal0 + 1 and
+        dropped("too_large") >= 1 and dropped("stale") == stale0 + 1
+    end, 5 * S), "drops not counted")
+    -- nothing was purged: still hits everywhere
+    for _, m in ipairs(nodes) do assert.equal("hit", get(m, p):header("x-cache")) end
+    -- a message signed with the secret (by anyone who has it) is applied, once
+    local before = applied_now()
+    local good = signed(SECRET, "ops-tool", now_ms, "00000000000000b1", "purge", key)
+    publish(good)
+    assert(helpers.wait_until(function()
+      return applied(1) > before[1] and applied(2) > before[2] and applied(3) > before[3]
+    end, 5 * S), "a well-signed message was not applied")
+    misses_everywhere(p)
+    get(B, p)
+    assert.equal("hit", get(B, p):header("x-cache"))
+    publish(good)
+    assert(helpers.wait_until(function() return dropped("replay") == replay0 + 1 end, 5 * S), "replay not dropped")
+    assert.equal("hit", get(B, p):header("x-cache"))
+  end)
+
+  it("with Redis down, purges apply where they are made and requests flow; broadcasts resume with Redis", function()
+    local p = uniq("/echo/down") .. "?rh=Cache-Control:max-age%3D300"
+    local key = cache_everywhere(p)
+    local A = nodes[1]
+    local failed0 = metric(A, "moxy_fleet_publish_failures_total")
+    redis:stop("KILL")
+    for i = 2, 3 do
+      assert(helpers.wait_until(function() return metric(nodes[i], "moxy_fleet_connected") == 0 end, 5 * S),
+        "node " .. i .. " still says it is subscribed")
+    end
+    assert(nodes[2]:wait_error_log("fleet: lost the subscription to moxy:fleet", 5 * S))
+    -- purges on A: applied on A at once, each answered without waiting for Redis
+    local t0 = helpers.now()
+    assert.equal("1", get(A, "/purge", { ["X-Key"] = key }).body)
+    local res = get(A, p, nil, "PURGE")
+    assert.equal(404, res.status) -- gone already
+    assert.is_true(helpers.now() - t0 < 0.3 * S, "purges waited on Redis")
+    assert.equal("miss", get(A, p):header("x-cache"))
+    -- B and C never heard of it (fire-and-forget): still hits
+    assert.equal("hit", get(nodes[2], p):header("x-cache"))
+    -- the failed broadcasts are counted and logged
+    assert(helpers.wait_until(function() return metric(A, "moxy_fleet_publish_failures_total") >= failed0 + 2 end,
+      5 * S), "failed publishes not counted")
+    assert(A:wait_error_log("fleet: a purge was not broadcast", 5 * S))
+    -- requests keep flowing on every node, none slower than the Redis timeout
+    for _ = 1, 5 do
+      for _, m in ipairs(nodes) do
+        local t = helpers.now()
+        assert.equal(200, get(m, uniq("/echo/flow")).status)
+        assert.is_true(helpers.now() - t < 0.3 * S, "a request took " .. (helpers.now() - t) .. " s")
+      end
+    end
+    assert.equal(0, metric(A, "moxy_requests_total", { class = "5xx" }))
+    -- Redis back (empty): every node subscribes again by itself
+    redis:start()
+    for i = 1, 3 do assert(wait_connected(i), "node " .. i .. " did not subscribe again") end
+    local q = uniq("/echo/back") .. "?rh=Cache-Control:max-age%3D300"
+    local k2 = cache_everywhere(q)
+    -- the publisher may still be in its backoff for a moment: purge until it goes through
+    local before = applied_now()
+    assert(helpers.wait_until(function()
+      get(A, "/purge", { ["X-Key"] = k2 })
+      return applied(2) > before[2] and applied(3) > before[3]
+    end, 8 * S, 0.3), "broadcasts did not resume")
+    misses_everywhere(q)
+  end)
+
+  it("a reload that changes fleet takes effect; one that does not keeps the connection", function()
+    local C = nodes[3]
+    local function subscribed_lines()
+      local _, count = C:stderr():gsub("fleet: subscribed to", "")
+      return count
+    end
+    local function reloads()
+      local _, count = C:stderr():gsub("reload: generation %d+ serving", "")
+      return count
+    end
+    local function reload(cfg)
+      local r0 = reloads()
+      helpers.write_file(C.conf_path, "return " .. helpers.serialize(cfg) .. "\n")
+      C:signal("HUP")
+      assert(helpers.wait_until(function() return reloads() > r0 end, 10 * S), "no reload: " .. C:stderr())
+    end
+    -- unchanged: no new subscription
+    local subs = subscribed_lines()
+    reload(C.config)
+    helpers.sleep(0.3)
+    assert.equal(subs, subscribed_lines())
+    assert.equal(1, metric(C, "moxy_fleet_connected"))
+    -- another channel: C no longer hears A's purges
+    local cfg = copy(C.config)
+    cfg.fleet.channel = "moxy:fleet-2"
+    reload(cfg)
+    assert(C:wait_error_log("fleet: subscribed to moxy:fleet-2", 5 * S))
+    local p = uniq("/echo/reload") .. "?rh=Cache-Control:max-age%3D300"
+    local key = cache_everywhere(p)
+    local before = applied_now()
+    get(nodes[1], "/purge", { ["X-Key"] = key })
+    wait_applied({ before[1], before[2], -1 }, "after the reload")
+    helpers.sleep(0.3)
+    assert.equal(before[3], applied(3))
+    assert.equal("hit", get(C, p):header("x-cache"))
+    -- a message on the new channel reaches C
+    assert.equal(1, tonumber(redis:cmd("PUBLISH", "moxy:fleet-2",
+      signed(SECRET, "ops-tool", math.floor(helpers.now() * 1000), "00000000000000c1", "purge", key))))
+    assert(helpers.wait_until(function() return applied(3) > before[3] end, 5 * S))
+    assert.equal("miss", get(C, p):header("x-cache"))
+    -- fleet removed: C stops
+    cfg.fleet = nil
+    reload(cfg)
+    assert(C:wait_error_log("fleet: stopped", 5 * S))
+    assert.equal(0, metric(C, "moxy_fleet_connected"))
+  end)
+end)
