@@ -144,6 +144,7 @@ int moxy_fleet_msg_parse(const char *p, size_t len, moxy_fleet_msg_t *m, int *wh
     size_t at = MAGIC_LEN;
     moxy_str_t ts, kind;
     if (get_ns(p, len, &at, 19, &ts) != MOXY_OK || ts.len == 0) return MOXY_ERROR;
+    if (ts.len > 1 && ts.data[0] == '0') return MOXY_ERROR; /* one way to write a number */
     long long t = 0;
     for (size_t i = 0; i < ts.len; i++) {
         if (ts.data[i] < '0' || ts.data[i] > '9') return MOXY_ERROR;
