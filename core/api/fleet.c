@@ -40,6 +40,7 @@
 #define FLEET_PING_S 10          /* the subscription's liveness check */
 #define FLEET_LOG_EVERY_MS 10000 /* failures logged at most this often */
 #define FLEET_MAX_REPLY (1024 * 1024)
+#define FLEET_LOG_LINES 20       /* messages applied logged a second, at most */
 
 typedef struct out_msg_s {
     TAILQ_ENTRY(out_msg_s) link;
@@ -85,6 +86,8 @@ typedef struct fleet_s {
     double tokens, costly;
     long long refill_ms;
     seen_t *seen;
+    long long log_sec; /* the second of the lines below */
+    int log_lines;     /* messages applied logged in it */
 } fleet_t;
 
 static pthread_mutex_t fleet_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -135,8 +138,9 @@ static void publish_failed(int kind, const char *why)
         return;
     }
     unsigned long long more = atomic_exchange(&fail_unlogged, 0);
-    moxy_log_warn("fleet: a %s was not broadcast: %s (applied here only; %llu more failed since the last line)",
-                  moxy_fleet_kind_name(kind), why, more);
+    char also[64] = "";
+    if (more) snprintf(also, sizeof(also), "; %llu more failed since the last line", more);
+    moxy_log_warn("fleet: a %s was not broadcast: %s (applied here only%s)", moxy_fleet_kind_name(kind), why, also);
 }
 
 /* --- publishing --- */
@@ -309,7 +313,7 @@ static int rate_take(fleet_t *f, int kind, long long now)
     return 1;
 }
 
-static void apply(const moxy_fleet_msg_t *m)
+static void apply(fleet_t *f, const moxy_fleet_msg_t *m)
 {
     /* the arguments as strings of their own (the cache and the dicts copy what they keep) */
     char *a1 = strndup(m->arg1.data, m->arg1.len);
@@ -322,13 +326,13 @@ static void apply(const moxy_fleet_msg_t *m)
         if (moxy_cache_enabled())
             n = m->kind == MOXY_FLEET_PURGE ? moxy_cache_drop(a1, m->arg1.len)
                                             : moxy_cache_invalidate_prefix(a1, m->arg1.len);
-        what = "cached objects";
+        what = "cached object(s)";
         break;
     case MOXY_FLEET_DICT_DELETE:
     case MOXY_FLEET_DICT_FLUSH: {
         moxy_shdict_t *d = moxy_shdict_find(a1, m->arg1.len);
         if (!d) {
-            what = "(no such dict here)";
+            what = "no such dict here";
             break;
         }
         if (m->kind == MOXY_FLEET_DICT_FLUSH) {
@@ -337,15 +341,25 @@ static void apply(const moxy_fleet_msg_t *m)
             int err = 0;
             moxy_ffi_shdict_store(d, MOXY_SHDICT_SET, m->arg2.data, m->arg2.len, MOXY_SHDICT_NIL, NULL, 0, 0, 0, &err);
         }
-        n = 1;
-        what = "dict";
+        what = "done";
         break;
     }
     }
     atomic_fetch_add(&st_applied, 1);
-    moxy_log(MOXY_LOG_INFO, NULL, "fleet: %s %.*s%s%.*s from %.*s: %d %s", moxy_fleet_kind_name(m->kind),
-             (int)MOXY_MIN(m->arg1.len, 256), a1, m->arg2.len ? " " : "", (int)MOXY_MIN(m->arg2.len, 256),
-             m->arg2.data, (int)m->node.len, m->node.data, n, what);
+    /* a line per message, FLEET_LOG_LINES a second at most: a flood must not flood the log too */
+    long long sec = moxy_mono_ms() / 1000;
+    if (sec != f->log_sec) {
+        f->log_sec = sec;
+        f->log_lines = 0;
+    }
+    if (f->log_lines++ < FLEET_LOG_LINES) {
+        char count[24] = "";
+        if (m->kind == MOXY_FLEET_PURGE || m->kind == MOXY_FLEET_PURGE_PREFIX) snprintf(count, sizeof(count), "%d ", n);
+        moxy_log(MOXY_LOG_INFO, NULL, "fleet: %s %.*s%s%.*s from %.*s: %s%s%s", moxy_fleet_kind_name(m->kind),
+                 (int)MOXY_MIN(m->arg1.len, 256), a1, m->arg2.len ? " " : "", (int)MOXY_MIN(m->arg2.len, 256),
+                 m->arg2.data, (int)m->node.len, m->node.data, count, what,
+                 f->log_lines == FLEET_LOG_LINES ? " (no more of these lines this second)" : "");
+    }
     free(a1);
 }
 
@@ -390,7 +404,7 @@ static void on_message(void *arg, const char *p, size_t len)
         drop(MOXY_FLEET_DROP_RATE);
         return;
     }
-    apply(&m);
+    apply(f, &m);
 }
 
 static void ping_cb(evutil_socket_t fd, short what, void *arg)
@@ -427,10 +441,12 @@ static void fleet_free(fleet_t *f)
         TAILQ_REMOVE(&f->inflight, m, link);
         moxy_redis_cancel(m->req);
         free(m);
+        atomic_fetch_add(&st_publish_failed, 1); /* not known to have been published */
     }
     while ((m = TAILQ_FIRST(&f->queue))) {
         TAILQ_REMOVE(&f->queue, m, link);
         free(m);
+        atomic_fetch_add(&st_publish_failed, 1);
     }
     if (f->base) {
         event_del(&f->wake_ev);

@@ -156,6 +156,28 @@ describe("fleet", function()
 
   lazy_teardown(function() helpers.stop_all() end)
 
+  it("names the file and the key of a mistake in fleet (moxy -t)", function()
+    local function check(fleet, want, files)
+      local src = "return { workers = 1, listen = { '127.0.0.1:18199' },\n  fleet = " .. fleet .. " }\n"
+      local code, out = helpers.run_moxy_check(src, { files = files })
+      assert.equal(1, code, out)
+      assert.matches(want, out, 1, true)
+    end
+    check("{ colour = 1 }", "moxy.lua:2: fleet.colour: unknown key")
+    check("{ redis = { port = 0 } }", "moxy.lua:2: fleet.redis.port: expected a number in 1..65535")
+    check("{ redis = { pool_size = 4 } }", "fleet.redis.pool_size: unknown key")
+    check("{ secret = 'short' }", "fleet.secret: a secret of at least 16 bytes")
+    check("{ secret = '0123456789abcdef0', secret_file = 'k' }", "fleet.secret_file: one of secret or secret_file")
+    check("{ secret_file = 'missing.key' }", "fleet.secret_file: cannot read")
+    check("{ node = '' }", "fleet.node: 1 to 128 bytes")
+    check("{ redis = { user = 'u' } }", "fleet.redis.user: user needs password")
+    check("{ max_age = 0 }", "fleet.max_age: 1 to 3600 seconds")
+    local code, out = helpers.run_moxy_check("return { workers = 1, listen = { '127.0.0.1:18199' },\n" ..
+      "  fleet = { secret_file = 'fleet.key', redis = { timeout = '250ms' } } }\n",
+      { files = { ["fleet.key"] = "0123456789abcdef0123\n" } })
+    assert.equal(0, code, out)
+  end)
+
   it("subscribes each node and says so in the log and /metrics", function()
     for i, m in ipairs(nodes) do
       assert(m:wait_error_log("fleet: subscribed to moxy:fleet on 127.0.0.1:" .. redis.port .. " as node " ..
