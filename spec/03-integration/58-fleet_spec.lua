@@ -62,13 +62,9 @@ local function message(node, ts_ms, nonce, kind, a1, a2)
   return "MXF1" .. ns(string.format("%d", ts_ms)) .. ns(node) .. ns(nonce) .. ns(kind) .. ns(a1) .. ns(a2 or "")
 end
 
--- HMAC-SHA256 of text under key, in hex (openssl's command line)
-local function hmac(key, text)
-  local dir = helpers.tmpdir("fleet-hmac")
-  local path = helpers.write_file(dir .. "/msg", text) or dir .. "/msg"
-  local out = helpers.sh("openssl dgst -sha256 -hmac " .. helpers.shell_quote(key) .. " -r " .. helpers.shell_quote(path))
-  return assert(out:match("^(%x+)"), out)
-end
+-- HMAC-SHA256 of text under key, in hex
+local crypto = require "moxy.crypto"
+local function hmac(key, text) return crypto.hex(crypto.hmac("sha256", key, text)) end
 
 local function esc(s)
   return (s:gsub("[^%w]", function(ch) return ("%%%02X"):format(ch:byte()) end))
@@ -184,6 +180,12 @@ describe("fleet", function()
         ({ "A", "B", "C" })[i]))
       assert.equal(1, metric(m, "moxy_fleet_connected"))
     end
+    -- an idle subscription has no timeout (0.3 s here): still up a second later
+    helpers.sleep(1)
+    for _, m in ipairs(nodes) do
+      assert.equal(1, metric(m, "moxy_fleet_connected"))
+      assert.is_nil(m:stderr():find("lost the subscription", 1, true))
+    end
   end)
 
   it("an admin purge on A is a miss on B and C", function()
@@ -294,6 +296,31 @@ describe("fleet", function()
     publish(good)
     assert(helpers.wait_until(function() return dropped("replay") == replay0 + 1 end, 5 * S), "replay not dropped")
     assert.equal("hit", get(B, p):header("x-cache"))
+  end)
+
+  it("bounds what a flood of messages costs: costly ones (prefix purges) at 10/s after a burst of 100", function()
+    local B = nodes[2]
+    local rate0, applied0 = metric(B, "moxy_fleet_dropped_total", { reason = "rate" }), applied(2)
+    local now_ms = math.floor(helpers.now() * 1000)
+    local c = assert(require("socket").connect("127.0.0.1", redis.port))
+    local out = {}
+    for i = 1, 300 do
+      local msg = signed(SECRET, "flood", now_ms, string.format("%016x", 0xf100000 + i), "purge_prefix",
+        "http://localhost/nothing-here/" .. i)
+      out[#out + 1] = string.format("*3\r\n$7\r\nPUBLISH\r\n$10\r\nmoxy:fleet\r\n$%d\r\n%s\r\n", #msg, msg)
+    end
+    assert(c:send(table.concat(out)))
+    for _ = 1, 300 do assert(c:receive("*l")) end
+    c:close()
+    local t0 = helpers.now()
+    assert(helpers.wait_until(function()
+      return metric(B, "moxy_fleet_dropped_total", { reason = "rate" }) - rate0 + applied(2) - applied0 >= 300
+    end, 5 * S), "the flood was not all accounted for")
+    local took = helpers.now() - t0
+    local got = applied(2) - applied0
+    -- a burst of 100 (less what earlier cases took), plus 10 a second while it came in
+    assert.is_true(got >= 50 and got <= 100 + 10 * (took + 1) * S, got .. " of 300 applied")
+    assert.is_true(metric(B, "moxy_fleet_dropped_total", { reason = "rate" }) - rate0 >= 150)
   end)
 
   it("with Redis down, purges apply where they are made and requests flow; broadcasts resume with Redis", function()
