@@ -313,11 +313,39 @@ static int rate_take(fleet_t *f, int kind, long long now)
     return 1;
 }
 
+#define LOG_ARG_MAX 256 /* bytes of a key shown in a log line */
+
+/* The n bytes at s for a log line (at most max of them): printable ASCII as
+ * it is, the rest as \xNN, so that a message cannot write lines of its own. */
+static void log_escape(char *out, size_t cap, const char *s, size_t n, size_t max)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < n && i < max && o + 5 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = digits[c >> 4];
+            out[o++] = digits[c & 15];
+        }
+    }
+    if (n > max && o + 4 < cap) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+}
+
 static void apply(fleet_t *f, const moxy_fleet_msg_t *m)
 {
-    /* the arguments as strings of their own (the cache and the dicts copy what they keep) */
-    char *a1 = strndup(m->arg1.data, m->arg1.len);
+    /* arg1 in a buffer of its own (it may hold NULs: lengths count, not strings) */
+    char *a1 = malloc(m->arg1.len + 1);
     if (!a1) return;
+    memcpy(a1, m->arg1.data, m->arg1.len);
+    a1[m->arg1.len] = '\0';
     int n = 0;
     const char *what = "";
     switch (m->kind) {
@@ -353,11 +381,13 @@ static void apply(fleet_t *f, const moxy_fleet_msg_t *m)
         f->log_lines = 0;
     }
     if (f->log_lines++ < FLEET_LOG_LINES) {
-        char count[24] = "";
+        char count[24] = "", e1[LOG_ARG_MAX * 4 + 8], e2[LOG_ARG_MAX * 4 + 8], en[MOXY_FLEET_NODE_MAX * 4 + 8];
         if (m->kind == MOXY_FLEET_PURGE || m->kind == MOXY_FLEET_PURGE_PREFIX) snprintf(count, sizeof(count), "%d ", n);
-        moxy_log(MOXY_LOG_INFO, NULL, "fleet: %s %.*s%s%.*s from %.*s: %s%s%s", moxy_fleet_kind_name(m->kind),
-                 (int)MOXY_MIN(m->arg1.len, 256), a1, m->arg2.len ? " " : "", (int)MOXY_MIN(m->arg2.len, 256),
-                 m->arg2.data, (int)m->node.len, m->node.data, count, what,
+        log_escape(e1, sizeof(e1), m->arg1.data, m->arg1.len, LOG_ARG_MAX);
+        log_escape(e2, sizeof(e2), m->arg2.data, m->arg2.len, LOG_ARG_MAX);
+        log_escape(en, sizeof(en), m->node.data, m->node.len, MOXY_FLEET_NODE_MAX);
+        moxy_log(MOXY_LOG_INFO, NULL, "fleet: %s %s%s%s from %s: %s%s%s", moxy_fleet_kind_name(m->kind), e1,
+                 m->arg2.len ? " " : "", e2, en, count, what,
                  f->log_lines == FLEET_LOG_LINES ? " (no more of these lines this second)" : "");
     }
     free(a1);

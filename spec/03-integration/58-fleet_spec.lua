@@ -298,6 +298,16 @@ describe("fleet", function()
     assert.equal("hit", get(B, p):header("x-cache"))
   end)
 
+  it("applies keys of any bytes and logs them escaped", function()
+    local before = applied_now()
+    local key = "http://localhost/odd\0\nfleet: forged line\r"
+    assert.equal(3, tonumber(redis:cmd("PUBLISH", "moxy:fleet",
+      signed(SECRET, "ops\ntool", math.floor(helpers.now() * 1000), "00000000000000d1", "purge", key))))
+    wait_applied(before, "a binary key")
+    assert(nodes[2]:wait_error_log("fleet: purge http://localhost/odd\\x00\\x0afleet: forged line\\x0d from ops\\x0atool: 0 cached object(s)", 5 * S))
+    assert.is_nil(nodes[2]:stderr():find("\nfleet: forged line", 1, true))
+  end)
+
   it("bounds what a flood of messages costs: costly ones (prefix purges) at 10/s after a burst of 100", function()
     local B = nodes[2]
     local rate0, applied0 = metric(B, "moxy_fleet_dropped_total", { reason = "rate" }), applied(2)
