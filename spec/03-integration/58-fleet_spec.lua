@@ -427,3 +427,83 @@ describe("fleet", function()
     assert.equal(0, metric(C, "moxy_fleet_connected"))
   end)
 end)
+
+describe("fleet over TLS, and across a binary upgrade", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function alive(pid) return pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0 end
+
+  it("subscribes and publishes over TLS (verify = false)", function()
+    local dir = helpers.tmpdir("redis-tls")
+    helpers.make_cert(dir, "srv", "rsa", "localhost", { "localhost", "IP:127.0.0.1" })
+    local port = helpers.free_port()
+    local proc = helpers.spawn({ "redis-server", "--port", "0", "--tls-port", tostring(port), "--bind", "127.0.0.1",
+      "--tls-cert-file", dir .. "/srv.pem", "--tls-key-file", dir .. "/srv.key",
+      "--tls-ca-cert-file", dir .. "/srv.pem", "--tls-auth-clients", "no",
+      "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", dir }, { dir = dir, kind = "redis" })
+    local up = helpers.wait_until(function()
+      if not proc:alive() then return "exited" end
+      return helpers.sh("redis-cli --tls --insecure -h 127.0.0.1 -p " .. port .. " PING"):match("PONG") and "up"
+    end, 10 * S, 0.05)
+    if up ~= "up" then
+      pending("redis-server with TLS did not start: " .. proc:stdout() .. proc:stderr())
+      return
+    end
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({
+      workers = 1,
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "2m" },
+      shared = { sessions = "1m" },
+      admin = { token = TOKEN },
+      scripts = { "site.lua" },
+      fleet = { node = "T", redis = { port = port, tls = true, verify = false, timeout = 0.5 } },
+    }, { files = { ["site.lua"] = SITE } })
+    assert(helpers.wait_until(function() return helpers.metric(m.admin_port, "moxy_fleet_connected") == 1 end, 8 * S),
+      m:stderr())
+    assert(m:wait_error_log("messages NOT signed (set fleet.secret)"))
+    -- its own purge goes out over TLS and comes back (an echo it ignores)
+    assert.equal("true nil", assert(helpers.request(m.port, { path = "/dict-flush" })).body)
+    assert(helpers.wait_until(function()
+      return helpers.metric(m.admin_port, "moxy_fleet_published_total") == 1 and
+        helpers.metric(m.admin_port, "moxy_fleet_received_total") == 1
+    end, 5 * S), m:stderr())
+    assert.equal(0, helpers.metric(m.admin_port, "moxy_fleet_applied_total"))
+  end)
+
+  it("the old process's fleet stops cleanly and the new one subscribes (SIGUSR2)", function()
+    local redis = helpers.start_redis()
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({
+      workers = 1,
+      upstreams = { app = { servers = { origin.addr } } },
+      cache = { size = "2m" },
+      admin = { token = TOKEN },
+      fleet = { node = "U", secret = SECRET, redis = { port = redis.port } },
+    })
+    assert(m:wait_error_log("fleet: subscribed to moxy:fleet", 5 * S))
+    local old_pid = m.pid
+    local function pid_in_file() return tonumber((helpers.read_file(m.dir .. "/moxy.pid") or ""):match("%d+")) end
+    m:signal("USR2")
+    local new_pid = helpers.wait_until(function()
+      local p = pid_in_file()
+      return p and p ~= old_pid and p
+    end, 10 * S)
+    assert(new_pid, "no new process:\n" .. m:stderr())
+    finally(function()
+      if alive(new_pid) then helpers.sh("kill -TERM " .. new_pid) end
+      helpers.wait_until(function() return not alive(new_pid) end, 10 * S)
+      if alive(new_pid) then helpers.sh("kill -KILL " .. new_pid) end
+    end)
+    assert.equal(0, m:wait_exit(20 * S), "the old moxy did not exit 0:\n" .. m:stderr())
+    local text = m:stderr()
+    assert.matches("fleet: stopped", text, 1, true)
+    -- both processes subscribed (the new one's lines go to the same stderr)
+    assert(helpers.wait_until(function()
+      local _, n = m:stderr():gsub("fleet: subscribed to moxy:fleet", "")
+      return n >= 2
+    end, 8 * S), m:stderr())
+    assert.equal("1", tostring(redis:cmd("PUBSUB", "NUMSUB", "moxy:fleet")[2]))
+    assert.is_nil(helpers.sanitizer_report(m:stderr()))
+  end)
+end)
