@@ -23,6 +23,7 @@ build = {
     ["moxy.crypto"] = "lua/moxy/crypto.lua",
     ["moxy.tls_hello"] = "lua/moxy/tls_hello.lua",
     ["moxy.cache"] = "lua/moxy/cache.lua",
+    ["moxy.fleet"] = "lua/moxy/fleet.lua",
     ["moxy.geo"] = "lua/moxy/geo.lua",
     ["moxy.http"] = "lua/moxy/http.lua",
     ["moxy.metrics"] = "lua/moxy/metrics.lua",

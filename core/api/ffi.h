@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#define MOXY_FFI_ABI 25
+#define MOXY_FFI_ABI 26
 
 /* BEGIN FFI lua/moxy/txn.lua */
 typedef struct moxy_req_s moxy_req_t;

@@ -616,6 +616,43 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "fleet");
+    if (lua_istable(L, -1)) {
+        int fl = lua_gettop(L);
+        c->fleet.enabled = 1;
+        c->fleet.node = field_str(L, fl, "node");
+        c->fleet.channel = field_str(L, fl, "channel");
+        lua_getfield(L, fl, "secret");
+        if (lua_isstring(L, -1)) {
+            size_t n;
+            const char *s = lua_tolstring(L, -1, &n);
+            if ((c->fleet.secret = malloc(n + 1))) {
+                memcpy(c->fleet.secret, s, n + 1);
+                c->fleet.secret_len = n;
+            }
+        }
+        lua_pop(L, 1);
+        c->fleet.max_age = field_num(L, fl, "max_age", 30);
+        lua_getfield(L, fl, "redis");
+        int rd = lua_gettop(L);
+        c->fleet.host = field_str(L, rd, "host");
+        c->fleet.port = (int)field_num(L, rd, "port", 6379);
+        c->fleet.db = (int)field_num(L, rd, "db", 0);
+        c->fleet.user = field_str(L, rd, "user");
+        c->fleet.password = field_str(L, rd, "password");
+        c->fleet.tls = (int)field_num(L, rd, "tls", 0);
+        c->fleet.server_name = field_str(L, rd, "server_name");
+        c->fleet.timeout = field_num(L, rd, "timeout", 1);
+        c->fleet.connect_timeout = field_num(L, rd, "connect_timeout", 1);
+        lua_pop(L, 1);
+        if (!c->fleet.channel || !c->fleet.host) {
+            fprintf(err, "%s: fleet: out of memory\n", c->path);
+            lua_pop(L, 1);
+            return MOXY_ERROR;
+        }
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "resolver");
     int rs = lua_gettop(L);
     c->resolver.timeout = field_num(L, rs, "timeout", 5);
@@ -826,6 +863,13 @@ void moxy_conf_release(moxy_conf_t *c)
     free(c->geoip);
     for (int i = 0; i < c->nshared; i++) free(c->shared[i].name);
     free(c->shared);
+    free(c->fleet.node);
+    free(c->fleet.channel);
+    free(c->fleet.secret);
+    free(c->fleet.host);
+    free(c->fleet.user);
+    free(c->fleet.password);
+    free(c->fleet.server_name);
     free(c->log.access);
     free(c->log.error);
     free(c->path);

@@ -254,6 +254,23 @@ typedef struct {
     size_t size; /* bytes */
 } moxy_shared_conf_t;
 
+/* fleet = {...}: purges and shared-dict invalidations broadcast over Redis
+ * pub/sub (api/fleet.c, docs/fleet.md). */
+typedef struct {
+    int enabled;          /* fleet = {...} is set */
+    char *node;           /* this node's id; NULL: hostname:pid */
+    char *channel;        /* the pub/sub channel */
+    char *secret;         /* HMAC-SHA256 key of every message; NULL: unsigned */
+    size_t secret_len;
+    double max_age;       /* seconds: older (or as far ahead) messages are dropped */
+    char *host;           /* Redis: an IP literal or a name */
+    int port, db;
+    char *user, *password; /* NULL: none */
+    int tls;              /* 0 plain, 1 TLS verifying, 2 TLS without verifying */
+    char *server_name;    /* TLS name; NULL: host */
+    double timeout, connect_timeout; /* seconds */
+} moxy_fleet_conf_t;
+
 typedef struct moxy_conf_s {
     atomic_int refs; /* its generation's, + each later one's that kept a pool state it made */
     char *path; /* the configuration file */
@@ -308,6 +325,8 @@ typedef struct moxy_conf_s {
 
     moxy_geoip_conf_t *geoip; /* MaxMind databases (geoip.c), sorted by name */
     int ngeoip;
+
+    moxy_fleet_conf_t fleet; /* fleet = {...}: purges and dict invalidations broadcast (api/fleet.c) */
 
     struct {
         int enabled;        /* admin = {...} is set */

@@ -34,6 +34,13 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+static moxy_cache_purged_fn purge_hook;
+
+void moxy_cache_set_purge_hook(moxy_cache_purged_fn fn)
+{
+    purge_hook = fn;
+}
+
 /* r holds something of the cache's (an object reference, a flight, a
  * wait): moxy_cache_req_free lets it go when r ends. */
 void moxy_cache_attach(moxy_req_t *r)
@@ -386,6 +393,7 @@ static int purge_method(moxy_req_t *r)
         return MOXY_DONE;
     }
     int n = moxy_cache_drop(r->cache_key, r->cache_klen);
+    if (purge_hook) purge_hook(0, r->cache_key, r->cache_klen);
     char body[64];
     int len = snprintf(body, sizeof(body), n ? "purged %d\n" : "not in cache\n", n);
     moxy_log(MOXY_LOG_INFO, r->id, "cache: PURGE %s from %s: %d object%s", r->cache_key, ip, n, n == 1 ? "" : "s");
@@ -838,6 +846,8 @@ EXPORT int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len)
 EXPORT int moxy_ffi_cache_purge(const char *key, size_t len, int prefix)
 {
     if (!moxy_cache_enabled()) return -1;
-    return prefix ? moxy_cache_invalidate_prefix(key, len) : moxy_cache_drop(key, len);
+    int n = prefix ? moxy_cache_invalidate_prefix(key, len) : moxy_cache_drop(key, len);
+    if (purge_hook) purge_hook(prefix != 0, key, len);
+    return n;
 }
 

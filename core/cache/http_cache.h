@@ -74,4 +74,11 @@ int moxy_cache_bypassed(moxy_req_t *r);
  * thread: one writer, no locked instruction on the request path). */
 void moxy_cache_count_lookup(moxy_req_t *r, int hit);
 
+/* Told of each purge a client (PURGE) or a script (moxy.cache.purge,
+ * purge_prefix) made here, after it was applied: prefix 1 for a prefix,
+ * key (len bytes).  The fleet broadcasts it (ops/modules.c sets it); NULL:
+ * nobody is told. */
+typedef void (*moxy_cache_purged_fn)(int prefix, const char *key, size_t len);
+void moxy_cache_set_purge_hook(moxy_cache_purged_fn fn);
+
 #endif

@@ -31,7 +31,8 @@ struct moxy_redis_req_s {
     TAILQ_ENTRY(moxy_redis_req_s) link;
     redis_conn_t *c;   /* NULL: an orphan, freed by its cancel */
     int n, got;        /* commands, replies received */
-    int handshake;     /* AUTH / SELECT of a new connection */
+    int handshake;     /* AUTH / SELECT (/ SUBSCRIBE) of a new connection */
+    int subscribe;     /* its last command is the subscriber's SUBSCRIBE */
     int cancelled;
     moxy_redis_cb cb;
     void *arg;
@@ -65,6 +66,13 @@ struct moxy_redis_s {
     struct event_base *base;
     moxy_redis_conf_t conf;
     int next; /* round robin */
+    /* subscriber mode (moxy_redis_subscribe): conns[0] holds the subscription */
+    char *sub_channel;      /* NULL: not a subscriber */
+    moxy_redis_push_cb sub_push;
+    moxy_redis_state_cb sub_state;
+    void *sub_arg;
+    int sub_up;             /* SUBSCRIBE confirmed on the current connection */
+    struct event sub_retry; /* opens the connection again after its backoff */
     redis_conn_t conns[];
 };
 
@@ -72,6 +80,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_dialed(moxy_dial_t *d, int rc);
+static void sub_down(redis_conn_t *c, const char *why);
 
 static char *dup_or_null(const char *s)
 {
@@ -247,6 +256,7 @@ static void conn_fail(redis_conn_t *c, const char *why)
         if (!q->cancelled && q->cb) q->cb(q->arg, NULL, 0, msg);
         req_free(q);
     }
+    sub_down(c, msg);
 }
 
 void moxy_redis_free(moxy_redis_t *r)
@@ -263,6 +273,10 @@ void moxy_redis_free(moxy_redis_t *r)
             else q->c = NULL; /* its owner's cancel frees it */
         }
         conn_close(c);
+    }
+    if (r->sub_channel) {
+        event_del(&r->sub_retry);
+        free(r->sub_channel);
     }
     free(r->conf.host);
     free(r->conf.user);
@@ -326,20 +340,47 @@ static int conn_reply(redis_conn_t *c, redisReply *reply)
     c->nreqs--;
     if (q->handshake) {
         for (int i = 0; i < q->n; i++) {
-            if (q->replies[i]->type == REDIS_REPLY_ERROR) {
+            const redisReply *x = q->replies[i];
+            int sub = q->subscribe && i == q->n - 1;
+            if (x->type == REDIS_REPLY_ERROR ||
+                (sub && (x->type != REDIS_REPLY_ARRAY || x->elements < 1 ||
+                         x->element[0]->type != REDIS_REPLY_STRING || strcmp(x->element[0]->str, "subscribe") != 0))) {
                 char why[MOXY_REDIS_ERR_MAX];
-                snprintf(why, sizeof(why), "redis %s failed: %.*s", i == 0 && c->r->conf.password ? "AUTH" : "SELECT",
-                         (int)(q->replies[i]->len > 200 ? 200 : q->replies[i]->len), q->replies[i]->str);
+                const char *cmd = sub ? "SUBSCRIBE" : i == 0 && c->r->conf.password ? "AUTH" : "SELECT";
+                if (x->type == REDIS_REPLY_ERROR)
+                    snprintf(why, sizeof(why), "redis %s failed: %.*s", cmd, (int)(x->len > 200 ? 200 : x->len),
+                             x->str);
+                else
+                    snprintf(why, sizeof(why), "redis %s failed: an unexpected reply", cmd);
                 req_free(q);
                 conn_fail(c, why);
                 return MOXY_DONE;
             }
+        }
+        if (q->subscribe) {
+            conn_arm_timer(c); /* an idle subscription has no deadline */
+            req_free(q);
+            moxy_redis_t *r = c->r;
+            r->sub_up = 1;
+            if (r->sub_state) r->sub_state(r->sub_arg, 1, NULL);
+            return MOXY_OK;
         }
     }
     conn_arm_timer(c);
     if (!q->cancelled && q->cb) q->cb(q->arg, q->replies, q->n, NULL);
     req_free(q);
     return MOXY_OK;
+}
+
+/* 1 when reply is a message pushed on r's channel: ["message", channel,
+ * payload]. */
+static int sub_message(const moxy_redis_t *r, const redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) return 0;
+    const redisReply *k = reply->element[0], *ch = reply->element[1], *p = reply->element[2];
+    return k->type == REDIS_REPLY_STRING && k->len == 7 && memcmp(k->str, "message", 7) == 0 &&
+           ch->type == REDIS_REPLY_STRING && ch->len == strlen(r->sub_channel) &&
+           memcmp(ch->str, r->sub_channel, ch->len) == 0 && p->type == REDIS_REPLY_STRING;
 }
 
 static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
@@ -376,6 +417,13 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
             }
             if (!reply) break;
             c->reply_bytes = rd->len - rd->pos; /* what is left belongs to the next replies */
+            if (c->r->sub_up && sub_message(c->r, reply)) {
+                const redisReply *m = reply;
+                c->r->sub_push(c->r->sub_arg, m->element[2]->str, m->element[2]->len);
+                freeReplyObject(reply);
+                if (c->state != C_UP || c->gen != gen) return; /* the callback closed it */
+                continue;
+            }
             int rc = conn_reply(c, reply);
             if (rc == MOXY_DONE) return; /* c failed */
             if (rc == MOXY_ERROR) {
@@ -474,11 +522,13 @@ static int conn_open(redis_conn_t *c, char *err, size_t errlen)
     c->out = evbuffer_new();
     c->reader = moxy_redis_reader_new(&c->r->conf.max_reply);
     if (!c->out || !c->reader) goto oom;
-    int n = (cf->password ? 1 : 0) + (cf->db > 0 ? 1 : 0);
+    int sub = c->r->sub_channel && c == &c->r->conns[0];
+    int n = (cf->password ? 1 : 0) + (cf->db > 0 ? 1 : 0) + sub;
     if (n > 0) {
         moxy_redis_req_t *q = req_new(c, n);
         if (!q) goto oom;
         q->handshake = 1;
+        q->subscribe = sub;
         int rc = MOXY_OK;
         if (cf->password) {
             const char *argv[3] = {"AUTH", cf->user ? cf->user : cf->password, cf->password};
@@ -490,6 +540,11 @@ static int conn_open(redis_conn_t *c, char *err, size_t errlen)
             int dl = snprintf(db, sizeof(db), "%d", cf->db);
             const char *argv[2] = {"SELECT", db};
             size_t lens[2] = {6, (size_t)dl};
+            rc = conn_format(c, 2, argv, lens);
+        }
+        if (rc == MOXY_OK && sub) {
+            const char *argv[2] = {"SUBSCRIBE", c->r->sub_channel};
+            size_t lens[2] = {9, strlen(c->r->sub_channel)};
             rc = conn_format(c, 2, argv, lens);
         }
         if (rc != MOXY_OK) {
@@ -517,6 +572,7 @@ static int conn_open(redis_conn_t *c, char *err, size_t errlen)
     }
     c->state = C_CONNECTING;
     c->gen++;
+    if (sub) event_del(&c->r->sub_retry);
     return MOXY_OK;
 oom:
     conn_close(c);
@@ -612,4 +668,58 @@ void moxy_redis_cancel(moxy_redis_req_t *q)
         return;
     }
     q->cancelled = 1;
+}
+
+/* --- subscriber mode --- */
+
+/* Arm r's retry for when conns[0]'s backoff ends. */
+static void sub_arm_retry(moxy_redis_t *r)
+{
+    long long left = r->conns[0].down_until - moxy_mono_ms();
+    struct timeval tv = {0, 0};
+    if (left > 0) {
+        tv.tv_sec = (time_t)(left / 1000);
+        tv.tv_usec = (suseconds_t)(left % 1000) * 1000;
+    }
+    evtimer_add(&r->sub_retry, &tv);
+}
+
+/* c (of a subscriber: conns[0]) failed: the subscription is down until
+ * the retry after its backoff. */
+static void sub_down(redis_conn_t *c, const char *why)
+{
+    moxy_redis_t *r = c->r;
+    if (!r->sub_channel || c != &r->conns[0]) return;
+    r->sub_up = 0;
+    sub_arm_retry(r);
+    if (r->sub_state) r->sub_state(r->sub_arg, 0, why);
+}
+
+static void sub_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_redis_t *r = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    redis_conn_t *c = &r->conns[0];
+    if (c->state != C_DOWN) return; /* a request (PING) opened it meanwhile */
+    char err[MOXY_REDIS_ERR_MAX];
+    if (conn_open(c, err, sizeof(err)) == MOXY_OK) return;
+    /* failed at once (a name that cannot be looked up, out of memory):
+     * back off more, and say so */
+    c->down_until = moxy_mono_ms() + c->backoff;
+    c->backoff = c->backoff * 2 > REDIS_BACKOFF_MAX_MS ? REDIS_BACKOFF_MAX_MS : c->backoff * 2;
+    sub_arm_retry(r);
+    if (r->sub_state) r->sub_state(r->sub_arg, 0, err);
+}
+
+int moxy_redis_subscribe(moxy_redis_t *r, const char *channel, moxy_redis_push_cb push, moxy_redis_state_cb state,
+                         void *arg)
+{
+    if (r->sub_channel || !(r->sub_channel = strdup(channel))) return MOXY_ERROR;
+    r->sub_push = push;
+    r->sub_state = state;
+    r->sub_arg = arg;
+    evtimer_assign(&r->sub_retry, r->base, sub_retry_cb, r);
+    event_active(&r->sub_retry, EV_TIMEOUT, 1); /* the first connection, from the loop */
+    return MOXY_OK;
 }

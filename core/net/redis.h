@@ -23,6 +23,10 @@
  * with "redis unavailable: <why>", so a dead Redis costs a request
  * nothing but a refused call.
  *
+ * Subscriber mode (moxy_redis_subscribe): one connection holds SUBSCRIBE
+ * to a channel and hands each message to a callback; it reconnects and
+ * subscribes again by itself after the same backoff.
+ *
  * Ownership: a request's callback is called exactly once, from the event
  * loop (never from inside moxy_redis_send), unless the request is
  * cancelled first; the replies belong to the client and are freed after
@@ -93,5 +97,27 @@ redisReader *moxy_redis_reader_new(const size_t *max_reply);
 
 /* 1 when r can take requests now (not in a failure's backoff). */
 int moxy_redis_available(const moxy_redis_t *r);
+
+/* --- subscriber mode --- */
+
+/* A message published on the channel: its payload (len bytes, owned by
+ * the client, valid during the call). */
+typedef void (*moxy_redis_push_cb)(void *arg, const char *payload, size_t len);
+
+/* The subscription is up (up 1: SUBSCRIBE confirmed) or down (up 0: why
+ * says why; a new connection follows after the backoff). */
+typedef void (*moxy_redis_state_cb)(void *arg, int up, const char *why);
+
+/* Make r (new, nothing sent on it yet) a subscriber of channel (copied):
+ * its first connection opens now and sends SUBSCRIBE after AUTH and
+ * SELECT; every message published on the channel goes to push(arg, ...);
+ * state(arg, ...) says when the subscription goes up or down.  A
+ * connection that fails or closes opens again after the backoff, and
+ * subscribes again, until r is freed.  The timeout applies to the
+ * handshake and to requests sent on the subscription (PING), not to the
+ * waits between messages.  Callbacks come from the event loop, never from
+ * inside this call.  MOXY_OK, or MOXY_ERROR: out of memory. */
+int moxy_redis_subscribe(moxy_redis_t *r, const char *channel, moxy_redis_push_cb push, moxy_redis_state_cb state,
+                         void *arg);
 
 #endif

@@ -3,6 +3,7 @@
  * thread, reading what the workers counted and the shared upstream state.
  */
 #include "http/lifecycle.h"
+#include "api/fleet.h"
 #include "ops/admin.h"
 #include "net/tls.h"
 #include "ops/admin_history.h"
@@ -327,15 +328,18 @@ static void purge(struct evhttp_request *req)
         reply_text(req, 400, "Bad Request", "POST /purge?key=KEY or /purge?prefix=PREFIX (one of them)");
         return;
     }
-    moxy_log_info("admin: purged %d cached object%s (%s %s)", n, n == 1 ? "" : "s", key ? "key" : "prefix",
-                  key ? key : prefix);
+    const char *what = key ? key : prefix;
+    int bc = moxy_fleet_publish(key ? MOXY_FLEET_PURGE : MOXY_FLEET_PURGE_PREFIX, what, strlen(what), NULL, 0);
+    moxy_log_info("admin: purged %d cached object%s (%s %s)%s", n, n == 1 ? "" : "s", key ? "key" : "prefix", what,
+                  bc == MOXY_OK ? ", broadcast to the fleet" : bc == MOXY_ERROR ? ", NOT broadcast to the fleet" : "");
     evhttp_clear_headers(&q);
     struct evbuffer *b = evbuffer_new();
     if (!b) {
         evhttp_send_error(req, 500, NULL);
         return;
     }
-    evbuffer_add_printf(b, "{\"purged\":%d}\n", n);
+    if (bc == MOXY_DECLINED) evbuffer_add_printf(b, "{\"purged\":%d}\n", n);
+    else evbuffer_add_printf(b, "{\"purged\":%d,\"broadcast\":%s}\n", n, bc == MOXY_OK ? "true" : "false");
     reply(req, 200, "OK", "application/json", b);
     evbuffer_free(b);
 }

@@ -12,6 +12,7 @@
  *   -p PIDFILE            overrides the configuration's pid_file
  */
 #include "ops/modules.h"
+#include "api/fleet.h"
 #include "ops/admin.h"
 #include "cache/cache.h"
 #include "base/config.h"
@@ -481,6 +482,10 @@ int main(int argc, char **argv)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
+    if (moxy_fleet_apply(conf) != MOXY_OK) {
+        for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_STOP);
+        goto out;
+    }
     if (moxy_admin_start(conf, main_base, workers, nworkers) != MOXY_OK) {
         for (int i = 0; i < nworkers; i++) moxy_worker_signal(workers[i], MOXY_WORKER_STOP);
         goto out;
@@ -503,6 +508,7 @@ out:
     moxy_admin_stop();
     moxy_lua_watchdog_stop();
     for (int i = 0; workers && i < nworkers; i++) moxy_worker_join_free(workers[i]);
+    moxy_fleet_stop(); /* after the workers (they publish), before the cache it purges */
     free(workers);
     if (exit_ev) event_free(exit_ev);
     if (exit_fd >= 0) close(exit_fd);

@@ -4,6 +4,7 @@
 #include "ops/metrics.h"
 #include "cache/cache.h"
 #include "api/ffi.h"
+#include "api/fleet.h"
 #include "ops/generation.h"
 #include "http/http.h"
 #include "base/shared_dict.h"
@@ -252,6 +253,36 @@ static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
     }
 }
 
+/* The fleet (fleet = {...}): broadcasts published, received, applied and
+ * dropped by reason, and whether the subscription is up. */
+static void render_fleet(struct evbuffer *out)
+{
+    moxy_fleet_stats_t st;
+    moxy_fleet_stats(&st);
+    if (!st.enabled && !st.received && !st.published && !st.publish_failed) return;
+    const struct {
+        const char *name, *type, *help;
+        unsigned long long v;
+    } m[] = {
+        {"moxy_fleet_connected", "gauge", "1 while the subscription to the fleet's Redis channel is up.",
+         (unsigned long long)st.connected},
+        {"moxy_fleet_published_total", "counter", "Purges and invalidations of this node that Redis took.", st.published},
+        {"moxy_fleet_publish_failures_total", "counter",
+         "Purges and invalidations applied here but not broadcast (Redis down or slow, queue full).", st.publish_failed},
+        {"moxy_fleet_received_total", "counter", "Messages that came on the channel (this node's echoes included).",
+         st.received},
+        {"moxy_fleet_applied_total", "counter", "Messages of other nodes applied here.", st.applied},
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(m); i++) {
+        head(out, m[i].name, m[i].type, m[i].help);
+        evbuffer_add_printf(out, "%s %llu\n", m[i].name, m[i].v);
+    }
+    head(out, "moxy_fleet_dropped_total", "counter", "Messages received and dropped, by reason.");
+    for (int r = 0; r < MOXY_FLEET_DROP_N; r++)
+        evbuffer_add_printf(out, "moxy_fleet_dropped_total{reason=\"%s\"} %llu\n", moxy_fleet_drop_name(r),
+                            st.dropped[r]);
+}
+
 /* Compression: bytes into and out of the coders by coding and direction,
  * responses, what was skipped and stopped, the coders' memory. */
 static void render_compression(struct evbuffer *out, const moxy_stats_total_t *tot)
@@ -434,6 +465,7 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
     render_cache(out, &tot);
+    render_fleet(out);
     render_compression(out, &tot);
     render_tls(out, &tot, conf);
     render_protocols(out, &tot);

@@ -3,7 +3,9 @@
  * registration is the order of the lifecycle calls (frees in reverse).
  */
 #include "ops/modules.h"
+#include "api/fleet.h"
 #include "api/geoip.h"
+#include "cache/http_cache.h"
 #include "http/offload.h"
 #include "api/redis.h"
 #include "api/socket.h"
@@ -34,7 +36,9 @@ void moxy_modules_setup(void)
     moxy_module_register(&moxy_admin_module);
     moxy_module_register(&moxy_watch_module);
     moxy_module_register(&moxy_cache_module);
+    moxy_module_register(&moxy_fleet_module);
     moxy_http_init();
     moxy_req_set_content_handler(moxy_cache_content);
     moxy_upstream_set_cache(&moxy_cache_for_proxy);
+    moxy_cache_set_purge_hook(moxy_fleet_cache_purged);
 }

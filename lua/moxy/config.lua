@@ -974,6 +974,78 @@ function Checker:access(v, keys)
   return out
 end
 
+-- fleet = { node = "edge-1", redis = {...}, channel = "moxy:fleet", secret = "..." | secret_file = "...",
+-- max_age = 30 }: purges and shared-dict invalidations broadcast to every node over Redis pub/sub
+-- (docs/fleet.md).  redis has moxy.redis's options (docs/redis.md), less pool_size and max_reply.
+local FLEET_KEYS = { node = true, redis = true, channel = true, secret = true, secret_file = true, max_age = true }
+local FLEET_REDIS_KEYS = { host = true, port = true, password = true, user = true, db = true, tls = true,
+                           verify = true, server_name = true, timeout = true, connect_timeout = true }
+
+local function short_string(max)
+  return function(v)
+    if type(v) ~= "string" then return nil, "expected a string, got " .. type(v) end
+    if #v == 0 or #v > max then return nil, string.format("1 to %d bytes", max) end
+    if v:find("[%c]") then return nil, "no control characters" end
+    return v
+  end
+end
+
+function Checker:fleet(v, keys, dir)
+  if not self:table(v, keys, FLEET_KEYS) then return nil end
+  local out = {
+    node = self:value(v.node, child(keys, "node"), short_string(128)),
+    channel = self:value(v.channel, child(keys, "channel"), short_string(256), "moxy:fleet"),
+    max_age = self:value(v.max_age, child(keys, "max_age"), duration, 30),
+  }
+  if out.max_age and (out.max_age < 1 or out.max_age > 3600) then
+    self:err(child(keys, "max_age"), "1 to 3600 seconds", v.max_age)
+  end
+  if v.secret ~= nil and v.secret_file ~= nil then
+    self:err(child(keys, "secret_file"), "one of secret or secret_file")
+  elseif v.secret ~= nil then
+    out.secret = self:value(v.secret, child(keys, "secret"), typed("string"))
+  elseif v.secret_file ~= nil then
+    local p = self:value(v.secret_file, child(keys, "secret_file"), typed("string"))
+    if p then
+      local full = p:sub(1, 1) == "/" and p or dir .. "/" .. p
+      local f, err = io.open(full, "rb")
+      if not f then
+        self:err(child(keys, "secret_file"), "cannot read: " .. tostring(err), p)
+      else
+        out.secret = (f:read("*a") or ""):gsub("[\r\n]+$", "")
+        f:close()
+      end
+    end
+  end
+  if out.secret and #out.secret < 16 then
+    self:err(child(keys, v.secret_file and "secret_file" or "secret"), "a secret of at least 16 bytes")
+  end
+  local r = v.redis == nil and {} or v.redis
+  local rk = child(keys, "redis")
+  if self:table(r, rk, FLEET_REDIS_KEYS) then
+    local function k(name) return child(rk, name) end
+    local tls = self:value(r.tls, k("tls"), typed("boolean"), false)
+    local verify = self:value(r.verify, k("verify"), typed("boolean"), true)
+    out.redis = {
+      host = self:value(r.host, k("host"), short_string(255), "127.0.0.1"),
+      port = self:value(r.port, k("port"), integer(1, 65535), 6379),
+      user = self:value(r.user, k("user"), typed("string")),
+      password = self:value(r.password, k("password"), typed("string")),
+      db = self:value(r.db, k("db"), integer(0, 1000000), 0),
+      tls = tls and (verify == false and 2 or 1) or 0,
+      server_name = self:value(r.server_name, k("server_name"), short_string(255)),
+      timeout = self:value(r.timeout, k("timeout"), duration, 1),
+      connect_timeout = self:value(r.connect_timeout, k("connect_timeout"), duration, 1),
+    }
+    if r.user ~= nil and r.password == nil then self:err(k("user"), "user needs password") end
+    for _, name in ipairs({ "timeout", "connect_timeout" }) do
+      local d = out.redis[name]
+      if d and (d <= 0 or d > 60) then self:err(k(name), "more than 0, at most 60 seconds", r[name]) end
+    end
+  end
+  return out
+end
+
 -- A Lua literal of v (strings, numbers, booleans, tables of them).
 local function literal(v)
   local t = type(v)
@@ -1035,7 +1107,7 @@ end
 local TOP = {
   workers = true, listen = true, upstreams = true, default_upstream = true, scripts = true, lua = true,
   limits = true, timeouts = true, log = true, pid_file = true, watch = true, cache = true, http2 = true,
-  compression = true, mask = true, access = true,
+  compression = true, mask = true, access = true, fleet = true,
   shared = true, resolver = true, geoip = true, trusted_proxies = true, real_ip_header = true, admin = true,
 }
 
@@ -1081,6 +1153,7 @@ function M.check(t, path, src)
     end
   end
   conf.geoip = c:geoip(t.geoip, { "geoip" }, conf.dir)
+  if t.fleet ~= nil then conf.fleet = c:fleet(t.fleet, { "fleet" }, conf.dir) end
   conf.trusted_proxies = c:trusted_proxies(t.trusted_proxies, { "trusted_proxies" })
   conf.real_ip_header = c:value(t.real_ip_header, { "real_ip_header" }, real_ip_header, "X-Forwarded-For")
   local pools = {}

@@ -90,12 +90,12 @@ for name, level in pairs(LEVELS) do M.log[name] = logger(level) end
 -- (lua/moxy/re.lua), moxy.http (lua/moxy/http.lua), moxy.socket
 -- (lua/moxy/socket.lua), moxy.redis (lua/moxy/redis.lua), moxy.ratelimit
 -- (lua/moxy/ratelimit.lua), moxy.metrics (lua/moxy/metrics.lua), moxy.acl
--- (lua/moxy/acl.lua), moxy.waf (lua/moxy/waf.lua), moxy.upstream
+-- (lua/moxy/acl.lua), moxy.waf (lua/moxy/waf.lua), moxy.fleet (lua/moxy/fleet.lua), moxy.upstream
 -- (lua/moxy/upstream.lua), moxy.geo (lua/moxy/geo.lua).
 local LAZY = { shared = "moxy.shared", re = "moxy.re", http = "moxy.http", upstream = "moxy.upstream",
                crypto = "moxy.crypto", socket = "moxy.socket", redis = "moxy.redis",
                ratelimit = "moxy.ratelimit", metrics = "moxy.metrics", acl = "moxy.acl", waf = "moxy.waf",
-               geo = "moxy.geo", cache = "moxy.cache" }
+               geo = "moxy.geo", cache = "moxy.cache", fleet = "moxy.fleet" }
 
 setmetatable(M, {
   __index = function(t, k)

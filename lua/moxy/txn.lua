@@ -46,7 +46,7 @@ int moxy_ffi_cache_set_key(moxy_req_t *r, const char *key, size_t len);
 ]]
 
 local C = ffi.C
-local ABI = 25
+local ABI = 26
 if C.moxy_ffi_abi_version() ~= ABI then
   error("moxy.txn: Lua modules (ABI " .. ABI .. ") do not match the moxy binary (ABI "
     .. C.moxy_ffi_abi_version() .. "); install them together", 0)

@@ -266,6 +266,11 @@ function moxy.watch(path) end
 ---@field purge_prefix fun(prefix: string): integer|nil, string|nil objects whose key starts with prefix
 moxy.cache = {}
 
+---@class moxy.fleet
+---@field delete fun(dict: string, key: string): boolean, string|nil  delete here, then on every node (docs/fleet.md)
+---@field flush fun(dict: string): boolean, string|nil               flush_all here, then on every node
+moxy.fleet = {}
+
 return moxy
 
 -- moxy.re (lua/moxy/re.lua, docs/re.md): PCRE2 regular expressions -----------
