@@ -272,26 +272,7 @@ EXPORT int moxy_ffi_log_field(moxy_req_t *r, const char *name, size_t nlen, cons
         unsigned char ch = (unsigned char)name[i];
         if (!(ch == '_' || (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z'))) return MOXY_ERROR;
     }
-    moxy_pool_t *pool = &r->mem;
-    char *v = moxy_pstrdup(pool, val, vlen);
-    if (!v && vlen) return MOXY_ERROR;
-    for (moxy_log_field_t *f = r->log_fields; f; f = f->next) {
-        if (f->name_len == nlen && memcmp(f->name, name, nlen) == 0) {
-            f->value = v;
-            f->value_len = (uint32_t)vlen;
-            f->quoted = quoted;
-            return MOXY_OK;
-        }
-    }
-    moxy_log_field_t *f = moxy_palloc(pool, sizeof(*f));
-    char *n = moxy_pstrdup(pool, name, nlen);
-    if (!f || !n) return MOXY_ERROR;
-    *f = (moxy_log_field_t){.name = n, .value = v, .name_len = (uint32_t)nlen, .value_len = (uint32_t)vlen,
-                            .quoted = quoted};
-    if (r->log_fields_last) r->log_fields_last->next = f;
-    else r->log_fields = f;
-    r->log_fields_last = f;
-    return MOXY_OK;
+    return moxy_req_log_field(r, name, nlen, val, vlen, quoted);
 }
 
 EXPORT int moxy_ffi_respond(moxy_req_t *r, int status, const char *body, size_t len)

@@ -67,6 +67,33 @@ int moxy_conf_upstream_index(const moxy_conf_t *conf, const char *name, size_t l
     return -1;
 }
 
+/* cache.shard of the cache table at idx (config.lua checked it: its pool
+ * exists and has self among its servers): c->cache.shard_*.  MOXY_OK, or
+ * MOXY_ERROR (said on err). */
+static int read_cache_shard(lua_State *L, int idx, moxy_conf_t *c, FILE *err)
+{
+    lua_getfield(L, idx, "shard");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return MOXY_OK;
+    }
+    int t = lua_gettop(L);
+    char *pool = field_str(L, t, "pool"), *self = field_str(L, t, "self");
+    c->cache.shard_secret = field_str(L, t, "secret");
+    lua_pop(L, 1);
+    int i = pool ? moxy_conf_upstream_index(c, pool, strlen(pool)) : -1;
+    c->cache.shard_self = -1;
+    for (int j = 0; i >= 0 && self && j < c->upstreams[i].nservers; j++)
+        if (strcmp(c->upstreams[i].servers[j].addr.text, self) == 0) c->cache.shard_self = j;
+    int ok = i >= 0 && c->cache.shard_self >= 0;
+    if (!ok) fprintf(err, "%s: cache.shard: pool %s has no server %s\n", c->path, pool ? pool : "?", self ? self : "?");
+    c->cache.shard = ok;
+    c->cache.shard_pool = i;
+    free(pool);
+    free(self);
+    return ok ? MOXY_OK : MOXY_ERROR;
+}
+
 static int field_bool(lua_State *L, int idx, const char *key)
 {
     lua_getfield(L, idx, key);
@@ -600,6 +627,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
         lua_pop(L, 1);
         if (read_cidrs(L, lua_gettop(L), "purge", &c->cache.purge, &c->cache.npurge, c->path, err) != MOXY_OK)
             return MOXY_ERROR;
+        if (read_cache_shard(L, lua_gettop(L), c, err) != MOXY_OK) return MOXY_ERROR;
     }
     lua_pop(L, 1);
 
@@ -844,6 +872,7 @@ void moxy_conf_release(moxy_conf_t *c)
     free(c->cache.purge);
     for (int i = 0; i < c->cache.ntargeted; i++) free(c->cache.targeted[i]);
     free(c->cache.targeted);
+    free(c->cache.shard_secret);
     for (int i = 0; i < c->nscripts; i++) {
         free(c->scripts[i]);
         if (c->scripts_src) free(c->scripts_src[i]);

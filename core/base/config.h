@@ -314,6 +314,11 @@ typedef struct moxy_conf_s {
                                MOXY_SENDFILE_AUTO (not to a client on the same host) */
         char **targeted;    /* RFC 9213 fields replacing Cache-Control, in order ("CDN-Cache-Control") */
         int ntargeted;
+        /* cache.shard: the fleet's caches as one (cache/cache_shard.c) */
+        int shard;          /* cache.shard is set: the fields below say how */
+        int shard_pool;     /* the pool of the fleet's nodes (an index of upstreams) */
+        int shard_self;     /* this node's server in it */
+        char *shard_secret; /* what fill requests carry (Moxy-Shard-Secret), or NULL */
     } cache;
 
     moxy_compress_conf_t compress; /* the top level's compression */

@@ -249,6 +249,17 @@ void moxy_cache_response_head(moxy_req_t *r)
             hs->n = hs->cap = r->resp_headers.n;
         }
     }
+    /* cache.shard: who answered the miss -- the owner (whose own entry
+     * comes before this one), or the origin when the owner was not reached */
+    if (r->shard_state == MOXY_SHARD_OWNER || r->shard_state == MOXY_SHARD_FALLBACK) {
+        const char *d = r->shard_state == MOXY_SHARD_OWNER ? "shard-owner" : "shard-fallback";
+        size_t n = strlen(r->cache_fwd) + 32;
+        char *f = moxy_palloc(&r->mem, n);
+        if (f && !strstr(r->cache_fwd, "; detail=")) {
+            snprintf(f, n, "%s; detail=%s", r->cache_fwd, d);
+            r->cache_fwd = f;
+        }
+    }
     /* the lookup's verdict on the response that answers it (not on a 1xx,
      * nor on a try that is retried), after the entries of caches nearer the
      * origin (RFC 9211 2) */
@@ -287,6 +298,9 @@ static const char *verdict(moxy_req_t *r, size_t max_object, moxy_cc_t *cc, time
     if (forced) *life = r->cache_ttl;
     if (r->method != HTTP_GET) why = "method";
     else if (r->cache_no_store) why = "no-store";
+    /* cache.shard: the owner keeps what it sent (a script's store{} here
+     * still keeps a copy here too) */
+    else if (r->shard_state == MOXY_SHARD_OWNER && !forced) why = "kept by its owner (cache.shard)";
     else if (status < 200 || status == 206 || status == 304) why = "status";
     else if (forced) why = NULL;
     /* must-understand (RFC 9111 5.2.2.3): no-store yields for a status whose

@@ -558,6 +558,13 @@ static int lookup(moxy_req_t *r)
     } else {
         r->cache_fwd = seen ? "moxy; fwd=vary-miss" : "moxy; fwd=uri-miss";
     }
+    /* cache.shard: a key another node owns goes there, where concurrent
+     * misses of the whole fleet wait for one fetch (not here as well), and
+     * where only-if-cached is answered */
+    if (moxy_cache_shard_route(r) == MOXY_OK) {
+        moxy_cache_count_lookup(r, 0);
+        return MOXY_DECLINED;
+    }
     if (cc.only_if_cached) {
         moxy_cache_count_lookup(r, 0);
         moxy_resp_error(r, 504, "not in cache (only-if-cached)");

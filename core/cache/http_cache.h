@@ -81,4 +81,14 @@ void moxy_cache_count_lookup(moxy_req_t *r, int hit);
 typedef void (*moxy_cache_purged_fn)(int prefix, const char *key, size_t len);
 void moxy_cache_set_purge_hook(moxy_cache_purged_fn fn);
 
+/* --- cache_shard.c: the fleet's caches as one --- */
+
+/* r misses (no object, or one it does not keep): with cache.shard, the
+ * owner of its key among the fleet's usable nodes.  MOXY_OK: another node
+ * (r->shard_owner: the proxy's try goes there, proxy/origin_shard.c);
+ * MOXY_DECLINED: this node fills it, as without sharding (this node owns
+ * it, no node is usable, or r is not for sharing: a peer's fill, no-store,
+ * a stale object kept here, set_peer, a key no field can carry). */
+int moxy_cache_shard_route(moxy_req_t *r);
+
 #endif

@@ -183,6 +183,8 @@ static int request_copy(moxy_req_t *r, const moxy_req_t *from)
     r->hash = from->hash;
     r->has_hash = from->has_hash;
     r->no_filter = from->no_filter;
+    r->shard_fill = from->shard_fill; /* a peer's fill's refresh runs no hook either */
+    r->compress_want = from->compress_want;
     return MOXY_OK;
 }
 

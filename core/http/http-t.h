@@ -98,6 +98,16 @@ enum {
 /* Where a request stands with the cache (txn.cache.status). */
 enum { MOXY_CACHE_NONE = 0, MOXY_CACHE_BYPASS, MOXY_CACHE_MISS, MOXY_CACHE_STALE, MOXY_CACHE_HIT, MOXY_CACHE_BACKGROUND };
 
+/* What the cache's sharding over a fleet did for a request (cache/cache_shard.c;
+ * the access log's shard= field). */
+enum {
+    MOXY_SHARD_NONE = 0, /* not sharded: no cache.shard, or not looked up */
+    MOXY_SHARD_SELF,     /* this node owns the key: as without sharding */
+    MOXY_SHARD_OWNER,    /* a miss sent to the key's owner */
+    MOXY_SHARD_FALLBACK, /* its owner could not be reached: to the origin itself */
+    MOXY_SHARD_FILL,     /* a peer's fill request, served here as the owner */
+};
+
 /* A listening socket of one worker. */
 struct moxy_listener_s {
     moxy_worker_t *w;
@@ -414,6 +424,13 @@ struct moxy_req_s {
     moxy_headers_t cache_head;     /* the origin's head before on_response (request pool) */
     const char *cache_fwd;         /* the lookup's Cache-Status ("moxy; fwd=uri-miss"...), added to
                                       the origin's head that answers; NULL: no lookup */
+
+    /* the cache sharded over a fleet (cache/cache_shard.c, proxy/origin_shard.c) */
+    unsigned shard_fill : 1;       /* a peer's fill request: only on_log runs, never sent to another node */
+    unsigned shard_try : 1;        /* the try under way goes to the key's owner, not to the origin */
+    unsigned char shard_state;     /* MOXY_SHARD_* */
+    int shard_owner;               /* the key's owner (a server of cache.shard's pool) + 1; 0: none */
+    int shard_origin;              /* the pool the origin would be, while shard_try */
 
     /* timing */
     struct timeval started; /* wall clock (cached) of its first byte: the log's time, txn.started */

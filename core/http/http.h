@@ -178,6 +178,14 @@ void moxy_cache_content(moxy_req_t *r);
 
 int moxy_cache_request(moxy_req_t *r);
 
+/* The early check (request.h's moxy_req_set_early_check) of cache.shard
+ * (cache_shard.c): 1 when r is a fill request of a peer node (its marks
+ * believed: the pool's address, the secret), which skips on_request and
+ * every hook but on_log, under the key and toward the pool its marks name;
+ * -1 when r was answered (421: its pool is not one of this node's); 0
+ * otherwise, the marks removed from r's fields if it had any. */
+int moxy_cache_shard_check(moxy_req_t *r);
+
 /* The on_response hooks of a hit are done (rc as moxy_lua_run): write it. */
 void moxy_cache_after_response_hooks(moxy_req_t *r, int rc);
 

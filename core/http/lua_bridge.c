@@ -562,6 +562,10 @@ static void task_start(moxy_lua_task_t *t, moxy_req_t *r, int phase)
 int moxy_lua_run(moxy_req_t *r, int phase, moxy_hooks_done_fn done)
 {
     if (r->g->lua_hooks[phase] == 0) return MOXY_OK;
+    /* a peer's fill request (cache_shard.c): the peer ran its hooks, the
+     * request as it came is what its origin gets, the response as stored
+     * is what it gets back; only the log is this node's */
+    if (r->shard_fill && phase != MOXY_PHASE_LOG) return MOXY_OK;
     /* what the hooks may leave on r (a parked run, the txn) goes with it */
     moxy_req_cleanup_add(r, moxy_lua_req_done);
     moxy_lua_task_t task = {0}, *t = &task;

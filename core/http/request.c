@@ -163,6 +163,42 @@ void moxy_req_content(moxy_req_t *r)
     content_handler(r);
 }
 
+static moxy_req_check_fn early_check;
+
+void moxy_req_set_early_check(moxy_req_check_fn fn)
+{
+    early_check = fn;
+}
+
+int moxy_req_early_check(moxy_req_t *r)
+{
+    return early_check ? early_check(r) : 0;
+}
+
+int moxy_req_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted)
+{
+    moxy_pool_t *pool = &r->mem;
+    char *v = moxy_pstrdup(pool, val, vlen);
+    if (!v && vlen) return MOXY_ERROR;
+    for (moxy_log_field_t *f = r->log_fields; f; f = f->next) {
+        if (f->name_len == nlen && memcmp(f->name, name, nlen) == 0) {
+            f->value = v;
+            f->value_len = (uint32_t)vlen;
+            f->quoted = quoted;
+            return MOXY_OK;
+        }
+    }
+    moxy_log_field_t *f = moxy_palloc(pool, sizeof(*f));
+    char *n = moxy_pstrdup(pool, name, nlen);
+    if (!f || !n) return MOXY_ERROR;
+    *f = (moxy_log_field_t){.name = n, .value = v, .name_len = (uint32_t)nlen, .value_len = (uint32_t)vlen,
+                            .quoted = quoted};
+    if (r->log_fields_last) r->log_fields_last->next = f;
+    else r->log_fields = f;
+    r->log_fields_last = f;
+    return MOXY_OK;
+}
+
 void moxy_req_after_request_hooks(moxy_req_t *r, int rc)
 {
     if (rc == MOXY_DONE) moxy_resp_local(r, r->status, r->local_body, r->local_body_len);

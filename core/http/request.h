@@ -180,6 +180,25 @@ void moxy_req_set_content_handler(moxy_req_handler_fn h);
 /* Answer r with the content handler. */
 void moxy_req_content(moxy_req_t *r);
 
+/* What looks at each request before its forwarding fields are added and
+ * its on_request hooks run, set once at start-up (ops/modules.c: the
+ * cache's sharding, cache_shard.c).  It returns 0: on as usual; 1: r goes
+ * straight to the content handler (no forwarding fields, no on_request);
+ * -1: it answered r. */
+typedef int (*moxy_req_check_fn)(moxy_req_t *r);
+void moxy_req_set_early_check(moxy_req_check_fn fn);
+
+/* Run the early check on r (0 without one); the protocols call it before
+ * moxy_req_add_forwarding, and on 1 call moxy_req_after_request_hooks(r,
+ * MOXY_OK), on -1 nothing more. */
+int moxy_req_early_check(moxy_req_t *r);
+
+/* Add (or replace) the access-log field name=value of r (txn:log_field's
+ * list; name: letters, digits, _, at most 64 bytes, checked by the
+ * caller); quoted: a string.  Copied into r's memory.  MOXY_OK, or
+ * MOXY_ERROR (out of memory). */
+int moxy_req_log_field(moxy_req_t *r, const char *name, size_t nlen, const char *val, size_t vlen, int quoted);
+
 /* r's on_request hooks are done (rc as moxy_lua_run returns): a hook's
  * answer goes out, a script error is a 500, else the content handler
  * answers.  Every protocol's next step after on_request. */

@@ -98,6 +98,9 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
         out->budget_kills += LOAD(st->budget_kills);
         out->cache_hits += LOAD(st->cache_hits);
         out->cache_misses += LOAD(st->cache_misses);
+        out->shard_forwarded += LOAD(st->shard_forwarded);
+        out->shard_fills += LOAD(st->shard_fills);
+        out->shard_fallbacks += LOAD(st->shard_fallbacks);
         for (int d = 0; d < 2; d++)
             for (int e = 0; e < 4; e++) {
                 out->comp_responses[d][e] += LOAD(st->comp_responses[d][e]);

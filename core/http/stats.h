@@ -53,6 +53,9 @@ typedef struct {
     atomic_ullong budget_kills; /* of those, runs stopped past lua.cpu_budget */
     atomic_ullong cache_hits;   /* cache lookups answered from the cache */
     atomic_ullong cache_misses; /* cache lookups that went to the origin */
+    atomic_ullong shard_forwarded; /* cache.shard: misses sent to their key's owner */
+    atomic_ullong shard_fills;     /* cache.shard: peers' fill requests served as the owner */
+    atomic_ullong shard_fallbacks; /* cache.shard: misses whose owner could not be reached, to the origin */
     atomic_ullong tls_handshakes[2];  /* completed TLS handshakes: [0] full, [1] resumed */
     atomic_ullong tls_versions[2];    /* of those, [0] TLS 1.2, [1] TLS 1.3 */
     atomic_ullong tls_failures[MOXY_STATS_TLS_FAILS]; /* failed, by net/tls.h's MOXY_TLS_FAIL_* */
@@ -90,6 +93,7 @@ typedef struct {
     unsigned long long duration[MOXY_HIST_BUCKETS + 1]; /* the duration histogram's counts per bucket */
     unsigned long long lua_errors, budget_kills;
     unsigned long long cache_hits, cache_misses; /* cache lookups */
+    unsigned long long shard_forwarded, shard_fills, shard_fallbacks; /* cache.shard */
     unsigned long long comp_responses[2][4], comp_in[2][4], comp_out[2][4];
     unsigned long long comp_skipped, decomp_failures, decomp_bombs;
     long long comp_memory;

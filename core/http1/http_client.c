@@ -481,6 +481,11 @@ static void client_start_request(moxy_client_t *c)
         moxy_h1_reject(c, 413, "request body too large");
         return;
     }
+    int early = moxy_req_early_check(r);
+    if (early != 0) {
+        if (early > 0) moxy_req_after_request_hooks(r, MOXY_OK);
+        return;
+    }
     if (moxy_req_add_forwarding(r) != MOXY_OK) {
         moxy_h1_reject(c, 500, "out of memory");
         return;

@@ -310,6 +310,11 @@ static void stream_start(h2_stream_t *s, int end_stream)
         moxy_resp_error(r, 413, "request body too large");
         return;
     }
+    int early = moxy_req_early_check(r);
+    if (early != 0) {
+        if (early > 0) moxy_req_after_request_hooks(r, MOXY_OK);
+        return;
+    }
     if (moxy_req_add_forwarding(r) != MOXY_OK) {
         moxy_resp_error(r, 500, "out of memory");
         return;

@@ -228,7 +228,27 @@ static void render_dicts(struct evbuffer *out, const moxy_conf_t *conf)
     }
 }
 
-static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
+/* cache.shard's counts: misses sent to their owner, fills served for
+ * peers, fallbacks to the origin (only with sharding configured). */
+static void render_cache_shard(struct evbuffer *out, const moxy_stats_total_t *tot, const moxy_conf_t *conf)
+{
+    if (!conf || !conf->cache.shard) return;
+    const struct {
+        const char *name, *help;
+        unsigned long long v;
+    } m[] = {
+        {"moxy_cache_shard_forwarded_total", "Cache misses sent to their key's owner (cache.shard).", tot->shard_forwarded},
+        {"moxy_cache_shard_fills_total", "Fill requests of peers served as the key's owner (cache.shard).", tot->shard_fills},
+        {"moxy_cache_shard_fallbacks_total", "Misses whose owner could not be reached, sent to the origin (cache.shard).",
+         tot->shard_fallbacks},
+    };
+    for (size_t i = 0; i < MOXY_ARRAY_LEN(m); i++) {
+        head(out, m[i].name, "counter", m[i].help);
+        evbuffer_add_printf(out, "%s %llu\n", m[i].name, m[i].v);
+    }
+}
+
+static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot, const moxy_conf_t *conf)
 {
     if (!moxy_cache_enabled()) return;
     moxy_cache_stats_t cs;
@@ -251,6 +271,7 @@ static void render_cache(struct evbuffer *out, const moxy_stats_total_t *tot)
         head(out, m[i].name, m[i].type, m[i].help);
         evbuffer_add_printf(out, "%s %.17g\n", m[i].name, m[i].v);
     }
+    render_cache_shard(out, tot, conf);
 }
 
 /* The fleet (fleet = {...}): broadcasts published, received, applied and
@@ -464,7 +485,7 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     render_requests(out, workers, n, conf, &tot);
     if (render_upstreams(out, workers, n, conf) != MOXY_OK) return MOXY_ERROR;
     render_dicts(out, conf);
-    render_cache(out, &tot);
+    render_cache(out, &tot, conf);
     render_fleet(out);
     render_compression(out, &tot);
     render_tls(out, &tot, conf);

@@ -39,6 +39,7 @@ void moxy_modules_setup(void)
     moxy_module_register(&moxy_fleet_module);
     moxy_http_init();
     moxy_req_set_content_handler(moxy_cache_content);
+    moxy_req_set_early_check(moxy_cache_shard_check);
     moxy_upstream_set_cache(&moxy_cache_for_proxy);
     moxy_cache_set_purge_hook(moxy_fleet_cache_purged);
 }

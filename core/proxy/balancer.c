@@ -242,6 +242,18 @@ static int pick_hash(pick_t *k, int *rr, uint64_t hash)
     return pick_rr(k, rr, -1, 1);
 }
 
+int moxy_balancer_owner(const moxy_upstream_t *up, uint64_t hash, long long now)
+{
+    if (!up->maglev) return -1;
+    uint64_t h = hash;
+    for (int i = 0; i < 21; i++) { /* pick_hash's walk, on health alone */
+        int p = up->maglev[h % up->maglev_size];
+        if (moxy_peer_state(&up->peers[p], now) == MOXY_PEER_UP) return p;
+        h = moxy_hash64(&h, sizeof(h)) ^ (uint64_t)i;
+    }
+    return -1;
+}
+
 int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, const uint64_t *tried,
                        int last, int want, long long now, const char **why)
 {

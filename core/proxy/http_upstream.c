@@ -486,10 +486,17 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc)
             moxy_req_fail(r, 502, "no upstream pool for this request");
             return;
         }
-        if (pick_peer(r) != MOXY_OK) return;
+        /* cache.shard: a miss whose key another node owns goes there */
+        if (!(r->shard_owner && moxy_origin_shard_begin(r)) && pick_peer(r) != MOXY_OK) return;
     }
     rc = moxy_lua_run(r, MOXY_PHASE_UPSTREAM_REQUEST, upstream_request_hooks_done);
     if (rc != MOXY_AGAIN) try_after_request_hooks(r, rc);
+}
+
+void moxy_origin_try_pool(moxy_req_t *r)
+{
+    moxy_upstream_try_begin(r);
+    try_after_upstream_hooks(r, MOXY_OK);
 }
 
 static void try_after_request_hooks(moxy_req_t *r, int rc)
@@ -572,6 +579,7 @@ int moxy_origin_try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const cha
         try_connect(r);
         return 1;
     }
+    if (r->shard_try) return moxy_origin_shard_fallback(r, u, why); /* cache.shard: the owner failed */
     moxy_origin_try_report(r, 0);
     int hooks = moxy_lua_has(r->g, MOXY_PHASE_UPSTREAM);
     int max = moxy_upstream_may_retry(r, hooks);
@@ -595,6 +603,10 @@ static void try_connect(moxy_req_t *r)
     moxy_worker_t *w = r->w;
     moxy_upconn_t *u = NULL;
     if (moxy_req_body_check(r) != MOXY_OK) return; /* a bad body answered before the origin sees the head */
+    if (r->shard_try && moxy_origin_shard_mark(r) != MOXY_OK) {
+        moxy_req_upstream_failed(r, 500, "out of memory");
+        return;
+    }
     event_base_gettimeofday_cached(w->base, &r->up_started);
     r->up_started_us = moxy_mono_us();
     moxy_peer_t *p = try_peer(r);
@@ -630,7 +642,8 @@ static void try_connect(moxy_req_t *r)
         }
         u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err);
         if (!u) {
-            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
+            /* a try to a cache.shard owner falls back, saying so once a second */
+            moxy_log(r->shard_try ? MOXY_LOG_DEBUG : MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
             if (!moxy_origin_try_again(r, NULL, 502, "cannot connect to origin"))
                 moxy_req_upstream_failed(r, 502, "cannot connect to origin");
             return;
@@ -645,7 +658,7 @@ static void try_connect(moxy_req_t *r)
     u->keepalive = u->server >= 0; /* set_peer connections are not kept */
     moxy_origin_response_start(u);
     const moxy_upstream_conf_t *uc = u->pool >= 0 ? &r->g->conf->upstreams[u->pool] : NULL;
-    if (moxy_upstream_write_head(r, uc, u->out) != MOXY_OK) {
+    if (moxy_upstream_write_head(r, moxy_origin_shard_host_pool(r, uc), u->out) != MOXY_OK) {
         moxy_req_upstream_failed(r, 500, "out of memory");
         return;
     }
@@ -674,7 +687,7 @@ void moxy_origin_fail(moxy_upconn_t *u, int status, const char *why, int retry)
         moxy_upconn_close(u);
         return;
     }
-    moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
+    moxy_log(r->shard_try ? MOXY_LOG_DEBUG : MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
              u->pool >= 0 ? u->g->conf->upstreams[u->pool].name : "-", why);
     if (retry && !u->got_bytes && moxy_origin_try_again(r, u, status, why)) return;
     if (!u->resp->head_done) moxy_origin_try_report(r, 0);

@@ -97,4 +97,38 @@ void moxy_origin_response_start(moxy_upconn_t *u);
 void moxy_origin_read_cb(evutil_socket_t fd, short what, void *arg);
 void moxy_origin_process(moxy_upconn_t *u);
 
+/* A first try of r to r->pool as it is, without on_upstream hooks: the
+ * peer, on_upstream_request, the connection (cache.shard's fallback). */
+void moxy_origin_try_pool(moxy_req_t *r);
+
+/* --- origin_shard.c: cache.shard's tries to a key's owner --- */
+
+/* After on_upstream chose r's pool: when the cache routed r to its key's
+ * owner (r->shard_owner) and the owner is usable, this try goes there
+ * (r->pool the shard pool, r->server the owner, counted in its requests in
+ * flight): 1.  0: the try goes to r->pool's origin as usual (no owner, or
+ * the owner went down since the lookup: a fallback, noted). */
+int moxy_origin_shard_begin(moxy_req_t *r);
+
+/* The marks of a fill request on r's fields (the sender's server in the
+ * pool, the key, the origin's pool, the secret), set, not added.
+ * MOXY_OK, or MOXY_ERROR (out of memory). */
+int moxy_origin_shard_mark(moxy_req_t *r);
+
+/* The pool whose Host the request head of r's try carries: the origin's
+ * for a try to the owner (what the origin would get), else uc. */
+const moxy_upstream_conf_t *moxy_origin_shard_host_pool(const moxy_req_t *r, const moxy_upstream_conf_t *uc);
+
+/* r's try to its owner failed before any response byte (u: its
+ * connection, or NULL; why: for the log): the owner's passive health told,
+ * the marks removed, r goes to its origin pool at once (a first try
+ * there).  1 when it did; 0 when r cannot be sent again (a body streamed,
+ * the client gone, a response started). */
+int moxy_origin_shard_fallback(moxy_req_t *r, moxy_upconn_t *u, const char *why);
+
+/* Note that r goes to the origin itself though a node owns its key (why:
+ * for the log): its state, the access log's shard=fallback, the counter,
+ * and a warning at most once a second per worker. */
+void moxy_origin_shard_fell_back(moxy_req_t *r, const char *why);
+
 #endif

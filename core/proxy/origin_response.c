@@ -181,6 +181,16 @@ static int up_head_verdict(moxy_upconn_t *u)
 {
     moxy_req_t *r = u->req;
     if (u->pool < 0) return MOXY_OK;
+    if (r->shard_try && r->status == 421) {
+        /* cache.shard: the owner cannot take this fill (its configuration
+         * lacks the pool): the origin, from here */
+        moxy_origin_try_report(r, 1);
+        uint32_t nh = r->resp_headers.n;
+        r->resp_headers.n = 0;
+        if (moxy_origin_try_again(r, u, 502, "its owner refused the fill (421)")) return MOXY_DONE;
+        r->resp_headers.n = nh;
+        return MOXY_OK;
+    }
     const moxy_upstream_conf_t *uc = &u->g->conf->upstreams[u->pool];
     int failed = moxy_status_in(&uc->passive.statuses, r->status);
     if (!moxy_status_in(&uc->retry_statuses, r->status)) {

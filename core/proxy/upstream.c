@@ -4,12 +4,14 @@
  * retry budget.
  */
 #include "proxy/upstream.h"
+#include "base/addr.h"
 #include "net/tls.h"
 #include "base/log.h"
 #include "http/lua_bridge.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* --- creation --- */
 
@@ -487,4 +489,30 @@ int moxy_upstream_tls_connect(struct moxy_conn_s *c, const moxy_upstream_conf_t 
     const char *sni;
     const char *host = moxy_upstream_tls_names(uc, server, ip, sizeof(ip), &sni);
     return moxy_tls_connect(c, uc->tls_client, sni, host);
+}
+
+/* 1 when sa holds the address family (4, 6) / a (4 or 16 bytes). */
+static int sockaddr_is(const struct sockaddr_storage *sa, int family, const uint8_t *a)
+{
+    if (family == 4 && sa->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)sa)->sin_addr, a, 4) == 0;
+    if (family == 6 && sa->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)sa)->sin6_addr, a, 16) == 0;
+    return 0;
+}
+
+int moxy_upstream_has_address(moxy_upstream_t *up, const char *ip)
+{
+    int family, port;
+    uint8_t a[16];
+    if (moxy_ip_parse(ip, strlen(ip), &family, a, &port) != MOXY_OK) return 0;
+    for (int i = 0; i < up->npeers; i++) {
+        moxy_peer_t *p = &up->peers[i];
+        pthread_mutex_lock(&p->addr_lock);
+        int found = 0;
+        for (int k = 0; k < p->naddrs && !found; k++) found = sockaddr_is(&p->addrs[k], family, a);
+        pthread_mutex_unlock(&p->addr_lock);
+        if (found) return 1;
+    }
+    return 0;
 }

@@ -228,6 +228,18 @@ uint64_t moxy_hash64(const void *key, size_t len);
 int moxy_balancer_pick(moxy_upstream_t *up, int *rr, uint64_t rng[2], uint64_t hash, const uint64_t *tried,
                        int last, int want, long long now, const char **why);
 
+/* The primary of up (balance = "hash") that owns hash: the Maglev table's
+ * choice, or its next choices (as moxy_balancer_pick rehashes) while that
+ * one is not usable (moxy_peer_state: ejected, unhealthy, drained,
+ * unresolved; max_conns is not looked at, so that ownership does not move
+ * with load).  -1: no table, or no usable peer in 21 choices. */
+int moxy_balancer_owner(const moxy_upstream_t *up, uint64_t hash, long long now);
+
+/* 1 when ip (an address as text, "10.0.0.1" or "2001:db8::1") is one of the
+ * addresses of a peer of up (a name's: those it resolved to).  Takes each
+ * named peer's address lock. */
+int moxy_upstream_has_address(moxy_upstream_t *up, const char *ip);
+
 /* 1 when moxy_balancer_pick would find a peer (tried, last as there). */
 int moxy_balancer_available(moxy_upstream_t *up, const uint64_t *tried, int last);
 

@@ -805,6 +805,7 @@ function Checker:upstreams(v, keys)
         keepalive_timeout = self:value(u.keepalive_timeout, child(k, "keepalive_timeout"), duration, 60),
         host = self:value(u.host, child(k, "host"), host_value),
         balance = self:value(u.balance, child(k, "balance"), one_of(unpack(BALANCE)), "round_robin"),
+        balance_set = u.balance ~= nil, -- cache.shard may choose "hash" for it
         tries = self:value(u.tries, child(k, "tries"), integer(1, 100), 2),
         retry_timeout = self:value(u.retry_timeout, child(k, "retry_timeout"), duration, 0),
         retry_statuses = statuses(self, u.retry_statuses, child(k, "retry_statuses"), {}),
@@ -855,6 +856,53 @@ function Checker:upstreams(v, keys)
     end
   end
   return out
+end
+
+-- cache.shard = { pool = "moxies", self = "10.0.0.1:8080", secret = "..." }:
+-- the fleet's caches as one (docs/cache.md, "Sharding the cache over a
+-- fleet").  pool names a pool of upstreams (the fleet's moxy nodes, this
+-- one included), self is this node's server in it; the pool balances by
+-- "hash" (set when it says nothing; another balance is an error: the
+-- owner of a key is the pool's Maglev choice).  -> { pool, self, secret }
+-- or nil.
+function Checker:cache_shard(v, keys, pools)
+  if v == nil then return nil end
+  if not self:table(v, keys, { pool = true, self = true, secret = true }) then return nil end
+  local name = self:value(v.pool, child(keys, "pool"), typed("string"))
+  local me = self:value(v.self, child(keys, "self"), typed("string"))
+  local secret = self:value(v.secret, child(keys, "secret"), typed("string"))
+  if v.pool == nil then self:err(keys, "pool is required (the pool of the fleet's moxy nodes)") end
+  if v.self == nil then self:err(keys, "self is required (this node's server in the pool)") end
+  if secret and (#secret < 16 or not secret:match("^[!-~]+$")) then
+    self:err(child(keys, "secret"), "at least 16 visible ASCII characters, no spaces")
+    secret = nil
+  end
+  if not name or not me then return nil end
+  local pool
+  for _, p in ipairs(pools) do
+    if p.name == name then pool = p end
+  end
+  if not pool then
+    self:err(child(keys, "pool"), "no pool named \"" .. name .. "\" in upstreams", v.pool)
+    return nil
+  end
+  local found
+  for _, s in ipairs(pool.servers) do
+    if s.text == me then found = s end
+  end
+  if not found then
+    self:err(child(keys, "self"), "not a server of pool \"" .. name .. "\" (written as there)", v.self)
+    return nil
+  end
+  if found.backup then self:err(child(keys, "self"), "a backup server owns no key", v.self) end
+  if pool.balance ~= "hash" then
+    if pool.balance_set then
+      self:err(child(keys, "pool"), "pool \"" .. name .. "\" must balance by \"hash\" (the owner of a key is its choice)",
+               v.pool)
+    end
+    pool.balance = "hash"
+  end
+  return { pool = name, self = me, secret = secret }
 end
 
 -- geoip = { NAME = "path.mmdb", ... }: MaxMind databases, as a list of
@@ -1240,7 +1288,7 @@ function M.check(t, path, src)
   if t.cache ~= nil and c:table(t.cache, { "cache" }, { size = true, max_object = true, purge = true,
                                                            coalesce_timeout = true, request_directives = true,
                                                            targeted_fields = true, sendfile = true,
-                                                           stale_if_error = true }) then
+                                                           stale_if_error = true, shard = true }) then
     local csize = c:value(t.cache.size, { "cache", "size" }, size, 256 * 1024 * 1024) or 0
     conf.cache = {
       size = csize,
@@ -1287,6 +1335,7 @@ function M.check(t, path, src)
     if conf.cache.size and conf.cache.max_object and conf.cache.max_object > conf.cache.size / 2 then
       c:err({ "cache", "max_object" }, "at most half of cache.size", t.cache.max_object)
     end
+    conf.cache.shard = c:cache_shard(t.cache.shard, { "cache", "shard" }, conf.upstreams)
   end
 
   local lim = t.limits or {}
