@@ -21,7 +21,10 @@
  *
  * They are believed only from a peer: the connection's address is one of
  * the pool's servers' and the secret, when configured, matches; from
- * anyone else they are removed and the request is an ordinary one.  The
+ * anyone else they are removed and the request is an ordinary one.  From
+ * a peer's address but not believed (its secret differs: a configuration
+ * on its way through the fleet) they are removed too, and the request is
+ * filled here rather than sent on: sent on, it could come back, and again.  The
  * owner serves a fill with no hook but on_log (the sender ran its own on
  * the request, and runs on_response and on_body on what it gets back),
  * under the key and toward the pool the marks name (one of its own pools,
@@ -70,6 +73,25 @@ static void note(moxy_req_t *r, int state, const char *word)
     moxy_req_log_field(r, "shard", 5, word, strlen(word), 1);
 }
 
+/* A fill mark from a peer's address was not believed (why): one warning a
+ * second per worker at most, the others counted in it. */
+static void not_believed(moxy_req_t *r, const char *why)
+{
+    static _Thread_local long long last_ms;
+    static _Thread_local unsigned long long quiet;
+    long long now = moxy_mono_ms();
+    if (now - last_ms < 1000) {
+        quiet++;
+        return;
+    }
+    last_ms = now;
+    moxy_log(MOXY_LOG_WARN, r->id,
+             "cache.shard: a fill mark from %s (a peer's address) not believed: %s; filled here (%llu more like it in "
+             "the last second not logged)",
+             r->addr->sock_ip, why, quiet);
+    quiet = 0;
+}
+
 int moxy_cache_shard_check(moxy_req_t *r)
 {
     const moxy_conf_t *conf = r->g->conf;
@@ -95,7 +117,8 @@ int moxy_cache_shard_check(moxy_req_t *r)
         const char *s = conf->cache.shard_secret;
         ok = secret && same_secret(secret->value, secret->value_len, s, strlen(s));
     }
-    if (ok) ok = moxy_upstream_has_address(conf->upstreams[conf->cache.shard_pool].state, r->addr->sock_ip);
+    int from_peer = moxy_upstream_has_address(conf->upstreams[conf->cache.shard_pool].state, r->addr->sock_ip);
+    ok = ok && from_peer;
     moxy_header_t k = key ? *key : (moxy_header_t){0}, p = pool ? *pool : (moxy_header_t){0};
     /* the marks never go further, believed or not */
     uint32_t n = 0;
@@ -105,9 +128,16 @@ int moxy_cache_shard_check(moxy_req_t *r)
     int dup = hs->n - n > (conf->cache.shard_secret ? 4u : 3u);
     hs->n = n;
     if (!ok || dup) {
-        if (mark)
-            moxy_log(MOXY_LOG_DEBUG, r->id, "cache.shard: a fill mark from %s not believed (%s): removed",
-                     r->addr->sock_ip, dup ? "marks repeated" : "not a peer, or no secret, key or pool");
+        if (mark && from_peer) {
+            /* a peer's configuration differs from this one (the secret, a
+             * rollout): sent on, it could come back here, and again -- so it
+             * is filled here; a client on a peer's address can do no more
+             * than that (set a secret, keep clients off the nodes' addresses) */
+            r->shard_local = 1;
+            not_believed(r, dup ? "marks repeated" : "a wrong or missing secret, key or pool");
+        } else if (mark) {
+            moxy_log(MOXY_LOG_DEBUG, r->id, "cache.shard: a fill mark from %s, not a peer: removed", r->addr->sock_ip);
+        }
         return 0;
     }
     int pi = moxy_conf_upstream_index(conf, p.value, p.value_len);
@@ -139,7 +169,7 @@ int moxy_cache_shard_check(moxy_req_t *r)
 int moxy_cache_shard_route(moxy_req_t *r)
 {
     const moxy_conf_t *conf = r->g->conf;
-    if (!conf->cache.shard || r->shard_fill || r->cache_background) return MOXY_DECLINED;
+    if (!conf->cache.shard || r->shard_fill || r->shard_local || r->cache_background) return MOXY_DECLINED;
     /* what the cache keeps to itself: a request that must not be stored,
      * and a stale object this node holds (it revalidates it itself) */
     if (r->cache_no_store || r->cache_reval || r->peer_addr) return MOXY_DECLINED;

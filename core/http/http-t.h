@@ -428,6 +428,7 @@ struct moxy_req_s {
     /* the cache sharded over a fleet (cache/cache_shard.c, proxy/origin_shard.c) */
     unsigned shard_fill : 1;       /* a peer's fill request: only on_log runs, never sent to another node */
     unsigned shard_try : 1;        /* the try under way goes to the key's owner, not to the origin */
+    unsigned shard_local : 1;      /* never sent to another node: a mark from a peer's address not believed */
     unsigned char shard_state;     /* MOXY_SHARD_* */
     int shard_owner;               /* the key's owner (a server of cache.shard's pool) + 1; 0: none */
     int shard_origin;              /* the pool the origin would be, while shard_try */

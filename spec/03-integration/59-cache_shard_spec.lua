@@ -24,7 +24,8 @@ return {
 
 -- n nodes' configurations: ports, one origin pool, the pool of nodes.
 -- opts.secret, opts.health ({interval...}), opts.drain[i] = j: node i's
--- pool has node j drained (the nodes disagree about owners)
+-- pool has node j drained (the nodes disagree about owners);
+-- opts.origin_pool[i]: node i's origin pool's name (default "app")
 local function fleet(origin, n, opts)
   opts = opts or {}
   local ports, addrs = {}, {}
@@ -38,16 +39,17 @@ local function fleet(origin, n, opts)
     for j = 1, n do
       servers[j] = { addr = addrs[j], drain = (opts.drain and opts.drain[i] == j) or nil }
     end
+    local op = opts.origin_pool and opts.origin_pool[i] or "app"
     nodes[i] = helpers.start_moxy({
       workers = 2,
       listen = { addrs[i] },
       upstreams = {
-        app = { servers = { origin.addr } },
+        [op] = { servers = { origin.addr } },
         moxies = { servers = servers,
                    health = opts.health or { path = "/moxy-health", interval = "200ms", timeout = "500ms",
                                              unhealthy = 1, healthy = 1 } },
       },
-      default_upstream = "app",
+      default_upstream = op,
       cache = { size = "8m", shard = { pool = "moxies", self = addrs[i], secret = opts.secret } },
       admin = {},
       scripts = { "hooks.lua" },
@@ -297,11 +299,14 @@ describe("cache.shard", function()
                                      { "Moxy-Shard-Pool", "app" }, { "Moxy-Shard-Secret", "wrong-secret-wrong-secret" } })
       assert.equal(200, res.status)
       assert.same({ "node2" }, res.headers["x-node"])
-      -- the request was not taken for a fill here (it may be a real one at its owner)
-      local after = sum(nodes, "moxy_cache_shard_fills_total")
-      assert.is_true(after - before <= 1)
-      for i = 1, 3 do assert.equal(200, get(nodes[i], p).status) end
+      -- not taken for a fill, nor sent on (a peer whose secret differs could send it back):
+      -- node2 filled it itself and says why
+      assert.equal(before, sum(nodes, "moxy_cache_shard_fills_total"))
       assert.equal(1, origin_saw(origin, p))
+      assert.truthy(nodes[2]:wait_error_log("(a peer's address) not believed: a wrong or missing secret", 3 * S))
+      -- the others find it at its owner (node2, or another that fetches it once more)
+      for i = 1, 3 do assert.equal(200, get(nodes[i], p).status) end
+      assert.is_true(origin_saw(origin, p) <= 2)
     end)
   end)
 
@@ -349,6 +354,35 @@ describe("cache.shard", function()
       print(("\n    node3 (owner of %d of %d keys) killed: %d fallbacks to the origin, then new owners, 0 5xx"):format(
         owned3, N, fallbacks))
       assert.truthy(nodes[1]:wait_error_log("cache.shard: ", 3 * S))
+    end)
+  end)
+
+  describe("a node whose origin pool has another name", function()
+    local nodes
+
+    lazy_setup(function()
+      -- node2's origin pool is "site": fills naming "app" get a 421 there
+      nodes = fleet(origin, 2, { origin_pool = { "app", "site" } })
+    end)
+
+    lazy_teardown(function()
+      for _, m in ipairs(nodes) do m:stop() end
+    end)
+
+    it("answers a fill naming a pool it lacks with 421, and the sender goes to the origin itself", function()
+      local p, res
+      for _ = 1, 20 do
+        p = fresh()
+        res = get(nodes[1], p)
+        if metric(nodes[1], "moxy_cache_shard_fallbacks_total") > 0 then break end
+      end
+      assert.is_true(metric(nodes[1], "moxy_cache_shard_fallbacks_total") > 0, "node2 owned no key of 20")
+      assert.equal(200, res.status)
+      assert.equal(1000, #res.body)
+      assert.matches("detail=shard%-fallback", table.concat(res.headers["cache-status"], ", "))
+      assert.equal(1, origin_saw(origin, p))
+      assert.truthy(nodes[2]:wait_error_log('names pool "app", which is not an origin pool here', 3 * S))
+      assert.truthy(nodes[1]:wait_error_log("its owner refused the fill (421)", 3 * S))
     end)
   end)
 
