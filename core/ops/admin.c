@@ -194,9 +194,13 @@ static void status(struct evhttp_request *req)
         moxy_cache_stats_t cs;
         moxy_cache_stats(&cs);
         evbuffer_add_printf(b, "{\"capacity\":%zu,\"used\":%zu,\"objects\":%zu,\"hits\":%llu,\"misses\":%llu,"
-                               "\"stores\":%llu,\"evictions\":%llu,\"invalidations\":%llu,\"too_big\":%llu}",
+                               "\"stores\":%llu,\"evictions\":%llu,\"invalidations\":%llu,\"too_big\":%llu",
                             cs.capacity, cs.used, cs.objects, tot.cache_hits, tot.cache_misses, cs.stores, cs.evictions,
                             cs.invalidations, cs.too_big);
+        if (conf->cache.shard) /* cache.shard's counts */
+            evbuffer_add_printf(b, ",\"shard\":{\"forwarded\":%llu,\"fills\":%llu,\"fallbacks\":%llu}",
+                                tot.shard_forwarded, tot.shard_fills, tot.shard_fallbacks);
+        evbuffer_add(b, "}", 1);
     } else {
         evbuffer_add(b, "null", 4);
     }

@@ -643,9 +643,12 @@ static void try_connect(moxy_req_t *r)
         u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err);
         if (!u) {
             /* a try to a cache.shard owner falls back, saying so once a second */
-            moxy_log(r->shard_try ? MOXY_LOG_DEBUG : MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
-            if (!moxy_origin_try_again(r, NULL, 502, "cannot connect to origin"))
+            int shard = r->shard_try;
+            if (!shard) moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
+            if (!moxy_origin_try_again(r, NULL, 502, "cannot connect to origin")) {
+                if (shard) moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
                 moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            }
             return;
         }
         u->addr_gen = gen;
@@ -687,9 +690,12 @@ void moxy_origin_fail(moxy_upconn_t *u, int status, const char *why, int retry)
         moxy_upconn_close(u);
         return;
     }
-    moxy_log(r->shard_try ? MOXY_LOG_DEBUG : MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer,
-             u->pool >= 0 ? u->g->conf->upstreams[u->pool].name : "-", why);
+    /* a try to a cache.shard owner that falls back says so once a second */
+    int shard = r->shard_try && retry && !u->got_bytes;
+    const char *pool = u->pool >= 0 ? u->g->conf->upstreams[u->pool].name : "-";
+    if (!shard) moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer, pool, why);
     if (retry && !u->got_bytes && moxy_origin_try_again(r, u, status, why)) return;
+    if (shard) moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer, pool, why);
     if (!u->resp->head_done) moxy_origin_try_report(r, 0);
     moxy_req_upstream_failed(r, status, why);
 }

@@ -188,6 +188,13 @@ describe("cache.shard", function()
       assert.equal(2 * N, owners[1] + owners[2] + owners[3])
       for i = 1, 3 do assert.is_true(owners[i] > 0, "node" .. i .. " owns no key of " .. N) end
       assert.equal(0, sum(nodes, "moxy_cache_shard_fallbacks_total"))
+      -- /status says the same
+      for i = 1, 3 do
+        local st = helpers.json(assert(helpers.request(nodes[i].admin_port, { path = "/status" })).body)
+        assert.equal(owners[i], st.cache.shard.fills)
+        assert.equal(metric(nodes[i], "moxy_cache_shard_forwarded_total"), st.cache.shard.forwarded)
+        assert.equal(0, st.cache.shard.fallbacks)
+      end
       print(("\n    %d keys x 3 nodes: %d origin requests; fills served per node %d / %d / %d"):format(
         N, N, owners[1], owners[2], owners[3]))
     end)
