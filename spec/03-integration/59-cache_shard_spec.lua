@@ -51,6 +51,7 @@ local function fleet(origin, n, opts)
       },
       default_upstream = op,
       cache = { size = "8m", shard = { pool = "moxies", self = addrs[i], secret = opts.secret } },
+      timeouts = opts.timeouts,
       admin = {},
       scripts = { "hooks.lua" },
     }, { files = { ["hooks.lua"] = HOOKS:gsub("NODE", "node" .. i) } })
@@ -361,6 +362,45 @@ describe("cache.shard", function()
       print(("\n    node3 (owner of %d of %d keys) killed: %d fallbacks to the origin, then new owners, 0 5xx"):format(
         owned3, N, fallbacks))
       assert.truthy(nodes[1]:wait_error_log("cache.shard: ", 3 * S))
+    end)
+  end)
+
+  describe("a node that hangs", function()
+    local nodes
+
+    lazy_setup(function()
+      nodes = fleet(origin, 2, { timeouts = { upstream = "1s" },
+                                 health = { path = "/moxy-health", interval = "5s", timeout = "500ms",
+                                            unhealthy = 1, healthy = 1 } })
+    end)
+
+    lazy_teardown(function()
+      nodes[2]:signal("CONT")
+      for _, m in ipairs(nodes) do m:stop() end
+    end)
+
+    it("costs its fills timeouts.upstream, then the origin answers them", function()
+      -- a key node2 owns, filled there
+      local p
+      for _ = 1, 20 do
+        local c = fresh()
+        local res = get(nodes[1], c)
+        if table.concat(res.headers["cache-status"], ", "):find("detail=shard-owner", 1, true) then
+          p = c
+          break
+        end
+      end
+      assert.truthy(p, "node2 owned no key of 20")
+      nodes[2]:signal("STOP")
+      local t0 = helpers.now()
+      local res = get(nodes[1], p)
+      local took = helpers.now() - t0
+      assert.equal(200, res.status)
+      assert.equal(1000, #res.body)
+      assert.matches("detail=shard%-fallback", table.concat(res.headers["cache-status"], ", "))
+      assert.equal(2, origin_saw(origin, p))
+      assert.is_true(took >= 0.9 and took < 2.5 * S, "took " .. took)
+      print(("\n    owner stopped (SIGSTOP), timeouts.upstream 1 s: answered from the origin in %.2f s"):format(took))
     end)
   end)
 
