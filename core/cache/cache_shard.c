@@ -37,6 +37,7 @@
 #include "base/headers.h"
 #include "base/log.h"
 #include "http/http.h"
+#include "http/realip.h"
 #include "http/request.h"
 #include "http/worker.h"
 #include "proxy/upstream.h"
@@ -158,6 +159,10 @@ int moxy_cache_shard_check(moxy_req_t *r)
     r->cache_klen = (uint32_t)k.value_len;
     r->cache_hash = moxy_cache_hash(kc, k.value_len);
     r->pool = pi;
+    /* the client the sender saw, from the X-Forwarded-For it appended to
+     * (trusted_proxies walked as the sender did): the log's client and a
+     * hash-balanced origin pool's key, as on the sender */
+    if (!r->client_ip) moxy_realip_resolve(r);
     r->shard_fill = 1;
     r->no_filter = 1;      /* on_body is the sender's */
     r->compress_want = -1; /* so is compression: the body goes as stored */

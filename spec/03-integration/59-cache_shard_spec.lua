@@ -259,19 +259,42 @@ describe("cache.shard", function()
     end)
 
     it("ignores the fill marks of a client that is not a peer", function()
-      local p = fresh()
       -- from 127.0.0.9, which no node of the pool has: the marks go, the request is a client's
-      local sock = socket.tcp()
-      sock:settimeout(3 * S)
-      assert(sock:bind("127.0.0.9", 0))
-      assert(sock:connect("127.0.0.1", nodes[1].port))
-      local c = setmetatable({ sock = sock, buf = "", eof = false, port = nodes[1].port, timeout = 5 * S }, helpers.Conn)
+      local function from_9(p, headers)
+        local sock = socket.tcp()
+        sock:settimeout(3 * S)
+        assert(sock:bind("127.0.0.9", 0))
+        assert(sock:connect("127.0.0.1", nodes[1].port))
+        local c = setmetatable({ sock = sock, buf = "", eof = false, port = nodes[1].port, timeout = 5 * S },
+                               helpers.Conn)
+        local res = assert(c:request({ path = p, headers = headers }))
+        c:close()
+        return res
+      end
       local forged = { { "Moxy-Shard", "127.0.0.9:1" }, { "Moxy-Shard-Key", "http://evil.example/x" },
                        { "Moxy-Shard-Pool", "moxies" } }
-      local res = assert(c:request({ path = p, headers = forged }))
-      c:close()
+      -- a key another node owns
+      local p, res
+      for _ = 1, 20 do
+        p = fresh()
+        res = from_9(p, forged)
+        if table.concat(res.headers["cache-status"], ", "):find("detail=shard-owner", 1, true) then break end
+        res = nil
+      end
+      assert.truthy(res, "no key of 20 was owned by another node")
       assert.equal(200, res.status)
       assert.same({ "node1" }, res.headers["x-node"]) -- node1 ran its hooks: a client's request
+      -- the owner filled it for node1, and logged the client node1 saw
+      local esc = p:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
+      local filled = helpers.wait_until(function()
+        for i = 2, 3 do
+          for _, l in ipairs(nodes[i]:access_lines()) do
+            if l:find(esc, 1) and l:find("shard=fill", 1, true) then return l end
+          end
+        end
+      end, 3 * S, 0.05)
+      assert.truthy(filled)
+      assert.matches("^127%.0%.0%.9 ", filled)
       -- stored under the path's own key: the other nodes find it
       for i = 2, 3 do assert.equal(200, get(nodes[i], p).status) end
       assert.equal(1, origin_saw(origin, p))
