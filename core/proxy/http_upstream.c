@@ -476,6 +476,7 @@ static void try_after_upstream_hooks(moxy_req_t *r, int rc)
         return;
     }
     if (r->peer_addr) {
+        moxy_origin_shard_cancel(r); /* set_peer: this address, not the key's owner */
         r->peer = r->peer_addr->text;
     } else {
         if (r->pool < 0) {

@@ -106,9 +106,15 @@ void moxy_origin_try_pool(moxy_req_t *r);
 /* After on_upstream chose r's pool: when the cache routed r to its key's
  * owner (r->shard_owner) and the owner is usable, this try goes there
  * (r->pool the shard pool, r->server the owner, counted in its requests in
- * flight): 1.  0: the try goes to r->pool's origin as usual (no owner, or
- * the owner went down since the lookup: a fallback, noted). */
+ * flight): 1.  0: the try goes to r->pool's origin as usual (no owner; the
+ * owner went down since the lookup: a fallback, noted; or a hook chose the
+ * shard pool itself: cancelled). */
 int moxy_origin_shard_begin(moxy_req_t *r);
+
+/* r, routed to its key's owner, goes elsewhere by a hook's choice
+ * (set_peer, or the shard pool as its origin pool): no longer sharded
+ * (its response may be stored here; the access log's shard=none). */
+void moxy_origin_shard_cancel(moxy_req_t *r);
 
 /* The marks of a fill request on r's fields (the sender's server in the
  * pool, the key, the origin's pool, the secret), set, not added.

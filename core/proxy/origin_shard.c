@@ -29,11 +29,23 @@ static const struct {
     size_t len;
 } marks[] = {{"Moxy-Shard", 10}, {"Moxy-Shard-Key", 14}, {"Moxy-Shard-Pool", 15}, {"Moxy-Shard-Secret", 17}};
 
+void moxy_origin_shard_cancel(moxy_req_t *r)
+{
+    if (r->shard_owner <= 0) return;
+    r->shard_owner = 0;
+    r->shard_state = MOXY_SHARD_NONE; /* its response is this node's to store */
+    moxy_req_log_field(r, "shard", 5, "none", 4, 1);
+}
+
 int moxy_origin_shard_begin(moxy_req_t *r)
 {
     const moxy_conf_t *conf = r->g->conf;
     int sp = conf->cache.shard_pool, owner = r->shard_owner - 1;
-    if (r->shard_owner <= 0 || r->pool == sp || !r->cache_key) return 0;
+    if (r->shard_owner <= 0) return 0;
+    if (r->pool == sp || !r->cache_key) { /* a hook sent it to the shard pool itself */
+        moxy_origin_shard_cancel(r);
+        return 0;
+    }
     moxy_upstream_t *up = conf->upstreams[sp].state;
     moxy_peer_t *p = &up->peers[owner];
     if (moxy_peer_state(p, moxy_mono_ms()) != MOXY_PEER_UP) {

@@ -16,6 +16,9 @@ return {
   on_request = function(txn)
     if txn.req.path == "/moxy-health" then return txn:respond(200, "ok\n") end
   end,
+  on_upstream = function(txn)
+    if txn.req.headers:get("X-Set-Peer") then txn.upstream:set_peer("127.0.0.1", ORIGIN_PORT) end
+  end,
   on_response = function(txn)
     txn.resp.headers:add("X-Node", NAME)
   end,
@@ -54,7 +57,7 @@ local function fleet(origin, n, opts)
       timeouts = opts.timeouts,
       admin = {},
       scripts = { "hooks.lua" },
-    }, { files = { ["hooks.lua"] = HOOKS:gsub("NODE", "node" .. i) } })
+    }, { files = { ["hooks.lua"] = HOOKS:gsub("NODE", "node" .. i):gsub("ORIGIN_PORT", tostring(origin.port)) } })
   end
   -- a node's first checks may have found the others not started yet: wait
   -- until every node sees every node up (but those it drains)
@@ -235,6 +238,18 @@ describe("cache.shard", function()
         end
       end, 3 * S, 0.05)
       assert.truthy(filled)
+    end)
+
+    it("leaves a request a hook sends elsewhere (set_peer) to the node asked, which stores it", function()
+      for _ = 1, 6 do
+        local p = fresh()
+        local first = get(nodes[1], p, { ["X-Set-Peer"] = "1" })
+        assert.equal(200, first.status)
+        assert.matches("^moxy; fwd=uri%-miss; stored; ttl=%d+$", table.concat(first.headers["cache-status"], ", "))
+        local again = get(nodes[1], p, { ["X-Set-Peer"] = "1" })
+        assert.matches("^moxy; hit; ttl=%d+$", table.concat(again.headers["cache-status"], ", "))
+        assert.equal(1, origin_saw(origin, p))
+      end
     end)
 
     it("makes concurrent first requests on all three nodes one origin fetch", function()
