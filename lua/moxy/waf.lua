@@ -69,6 +69,8 @@ local BEST_FIT = { ["\226\136\149"] = "/", ["\226\136\150"] = "\\", ["\226\128\1
 
 local T = {}
 
+local SPACE = { [32] = true, [9] = true, [10] = true, [11] = true, [12] = true, [13] = true }
+
 -- %XX and %uXXXX decoded (once), overlong UTF-8 folded to ASCII, and the
 -- look-alikes of / \ . (BEST_FIT) as those.
 function T.url_decode(s)
@@ -197,11 +199,13 @@ do
   for b = 0, 31 do CLS[b] = bor(CLS[b], CTL) end
   CLS[127] = bor(CLS[127], CTL)
   for b = 128, 255 do CLS[b] = bor(CLS[b], HIGH) end
-  for _, b in ipairs({ 32, 9, 10, 11, 12, 13 }) do CLS[b] = bor(CLS[b], WSB) end
+  for _, b in ipairs({ 32, 9, 11, 12 }) do CLS[b] = bor(CLS[b], WSB) end -- CR, LF: CTL only
   for b = 65, 90 do CLS[b] = bor(CLS[b], UPPER) end
 end
 
 -- The mask of the classes of the characters of s.
+local UPPER_BIT = lshift(1, 28)
+
 local function mask_of(s)
   local m = 0
   for i = 1, #s do m = bor(m, CLS[byte(s, i)]) end
@@ -213,8 +217,8 @@ M.mask_of = mask_of
 -- gate before its CHANGES pattern).
 local CHANGE_MASK = {
   url_decode = bor(CLS[37], CLS[192]), html_decode = CLS[38], lowercase = CLS[65], remove_nulls = CLS[0],
-  compress_whitespace = CLS[32], trim = CLS[32], remove_comments = CLS[42], normalize_path = bor(CLS[92], CLS[47], CLS[46]),
-  cmd_line = bor(CLS[92], CLS[34], CLS[39], CLS[94], CLS[36], CLS[32]),
+  compress_whitespace = bor(CLS[32], CLS[10]), trim = bor(CLS[32], CLS[10]), remove_comments = CLS[42],
+  normalize_path = bor(CLS[92], CLS[47], CLS[46]), cmd_line = bor(CLS[92], CLS[34], CLS[39], CLS[94], CLS[36], CLS[32], CLS[10]),
 }
 M.change_masks = CHANGE_MASK
 
@@ -305,13 +309,30 @@ local function add_xml(self, body, max)
   end
 end
 
+-- s without the white space around it (s itself when there is none).
+local function trim(s)
+  local a, b = 1, #s
+  while a <= b and SPACE[byte(s, a)] do a = a + 1 end
+  while b >= a and SPACE[byte(s, b)] do b = b - 1 end
+  if a == 1 and b == #s then return s end
+  return sub(s, a, b)
+end
+
 -- Cookie pairs of every Cookie field, duplicates kept (a WAF must see the
 -- second "id" an application might read).
 local function add_cookies(self, header)
   local cookies, names = self.lists.cookies, self.lists.cookie_names
-  for pair in header:gmatch("[^;]+") do
-    local name, value = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
-    if not name then name, value = pair:match("^%s*(.-)%s*$"), "" end
+  local pos, len = 1, #header
+  while pos <= len do
+    local semi = find(header, ";", pos, true) or len + 1
+    local eq = find(header, "=", pos, true)
+    local name, value
+    if eq and eq < semi then
+      name, value = trim(sub(header, pos, eq - 1)), trim(sub(header, eq + 1, semi - 1))
+    else
+      name, value = trim(sub(header, pos, semi - 1)), ""
+    end
+    pos = semi + 1
     if name ~= "" then
       if sub(value, 1, 1) == '"' and sub(value, -1) == '"' and #value >= 2 then value = sub(value, 2, -2) end
       push(cookies, "cookie:" .. name, value)
@@ -451,7 +472,7 @@ local function compile(r, i, seen)
   for k in pairs(r) do
     if not (k == "id" or k == "msg" or k == "tag" or k == "targets" or k == "transforms" or k == "op"
             or k == "value" or k == "flags" or k == "negate" or k == "gt" or k == "lt" or k == "score"
-            or k == "action" or k == "chars") then
+            or k == "action" or k == "chars" or k == "needs") then
       bad(where, "unknown key " .. tostring(k))
     end
   end
@@ -495,6 +516,13 @@ local function compile(r, i, seen)
     if type(r.chars) ~= "string" or r.chars == "" then bad(where, "chars: a non-empty string of characters") end
     c.mask = mask_of(r.chars)
   end
+  if r.needs ~= nil then
+    c.needs = {}
+    for j, lit in ipairs(string_list(r.needs, where, "needs")) do
+      if lit == "" then bad(where, "needs: empty text") end
+      c.needs[j] = lower(lit)
+    end
+  end
   c.ids = {}
   return c
 end
@@ -521,10 +549,7 @@ local function test(c, v)
   end
 end
 
-local function transform(chain, v)
-  for i = 1, #chain do v = T[chain[i]](v) end
-  return v
-end
+local MAX_NEED_BITS = 24 -- rules with `needs` per target that the fast path sorts by them
 
 -- Group rules by (transforms, flags) -- a chain -- then by target, and
 -- make each target's fast path.  -> chains, the targets to look up, the
@@ -564,7 +589,8 @@ local function plan(rules)
       local pt = by_target[tg.target]
       if not pt then
         pt = { target = tg.target, groups = {}, union_rules = {}, single = {}, other = {}, changes = {},
-               change_mask = 0, bits = 0, always = false, unions = {}, budget = budget }
+               change_mask = 0, bits = 0, always = false, unions = {}, budget = budget, need_rules = {},
+               need_bit = {} }
         by_target[tg.target] = pt
         targets[#targets + 1] = pt
       end
@@ -580,6 +606,10 @@ local function plan(rules)
           c.part = f .. c.value .. ")"
           pt.union_rules[#pt.union_rules + 1] = c
           if c.mask then pt.bits = bor(pt.bits, c.mask) else pt.always = true end
+          if c.needs and #pt.need_rules < MAX_NEED_BITS then
+            pt.need_rules[#pt.need_rules + 1] = c
+            pt.need_bit[c] = lshift(1, #pt.need_rules - 1)
+          end
         else
           pt.single[#pt.single + 1] = c
         end
@@ -750,16 +780,29 @@ end
 -- characters cannot make moxy compile patterns without end.
 local MAX_UNIONS = 256
 
-local function union_for(pt, m)
-  local key = band(m, pt.bits)
+-- Does lv (a value in lower case) hold one of c's needs?
+local function has_need(c, lv)
+  local needs = c.needs
+  for i = 1, #needs do
+    if find(lv, needs[i], 1, true) then return true end
+  end
+  return false
+end
+
+local function union_for(pt, m, nb)
+  local key = band(m, pt.bits) * 16777216 + nb
   local u = pt.unions[key]
   if u ~= nil then return u end
   local budget = pt.budget
   if budget.n >= MAX_UNIONS then return pt.full end
   budget.n = budget.n + 1
   local parts = {}
+  local need_bit = pt.need_bit
   for _, c in ipairs(pt.union_rules) do
-    if not c.mask or band(m, c.mask) ~= 0 then parts[#parts + 1] = c.part end
+    local nbit = need_bit[c]
+    if (not c.mask or band(m, c.mask) ~= 0) and (not nbit or band(nb, nbit) ~= 0) then
+      parts[#parts + 1] = c.part
+    end
   end
   u = #parts > 0 and concat(parts, "|") or false
   if u then
@@ -774,15 +817,31 @@ end
 -- look at pt: transformed, then its union (if any), then the rules.
 local function check_value(res, pt, v, name, active, nx)
   local target = pt.target
+  local d1, d2 -- v url-decoded once and twice: most chains start so
   for _, tg in ipairs(pt.groups) do
     local ch = tg.chain
-    local tv = transform(ch.transforms, v)
+    local chain, tv, from = ch.transforms, v, 1
+    if chain[1] == "url_decode" then
+      d1 = d1 or T.url_decode(v)
+      tv, from = d1, 2
+      if chain[2] == "url_decode" then
+        d2 = d2 or T.url_decode(d1)
+        tv, from = d2, 3
+      end
+    end
+    for i = from, #chain do tv = T[chain[i]](tv) end
     local regex, other = tg.regex, tg.other
     if #regex > 0 then
       local m = mask_of(tv)
+      local ltv
       for k = 1, #regex do
         local c = regex[k]
-        if not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0) and test(c, tv)
+        local maybe = not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0)
+        if maybe and c.needs then
+          ltv = ltv or lower(tv)
+          maybe = has_need(c, ltv)
+        end
+        if maybe and test(c, tv)
            and (nx == 0 or not excluded(active, c, name, target)) then
           hit(res, c, name)
         end
@@ -804,7 +863,16 @@ local function check(res, pt, v, name, active, nx)
   local m = mask_of(v)
   local slow = band(m, pt.change_mask) ~= 0 and pt.trigger and re.find(v, pt.trigger)
   if not slow and (pt.always or band(m, pt.bits) ~= 0) then
-    local u = union_for(pt, m)
+    local nb, lv = 0, nil
+    local need_rules = pt.need_rules
+    for k = 1, #need_rules do
+      local c = need_rules[k]
+      if not c.mask or band(m, c.mask) ~= 0 then
+        lv = lv or (band(m, UPPER_BIT) ~= 0 and lower(v) or v)
+        if has_need(c, lv) then nb = bor(nb, pt.need_bit[c]) end
+      end
+    end
+    local u = union_for(pt, m, nb)
     if u then
       local from, err = re.find(v, u)
       slow = from ~= nil or err ~= nil
@@ -814,7 +882,8 @@ local function check(res, pt, v, name, active, nx)
   local single, other = pt.single, pt.other
   for k = 1, #single do
     local c = single[k]
-    if not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0) and test(c, v)
+    if not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0)
+       and (not c.needs or has_need(c, band(m, UPPER_BIT) ~= 0 and lower(v) or v)) and test(c, v)
        and (nx == 0 or not excluded(active, c, name, pt.target)) then
       hit(res, c, name)
     end
