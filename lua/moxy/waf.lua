@@ -240,8 +240,10 @@ local function check_target(t, where)
 end
 
 -- Values of the request ------------------------------------------------------
--- One inspection's view of the request: names[i], values[i] per target,
--- collected on first use.
+-- One inspection's view of the request: a list per target, collected on
+-- first use.  A list is one table: n, then name and value of each value at
+-- 2i-1 and 2i; a value's target name in the log is the list's prefix and
+-- its name (made only when a rule matches it).
 
 local View = {}
 View.__index = View
@@ -249,23 +251,30 @@ View.__index = View
 local function push(list, name, value)
   local n = list.n + 1
   list.n = n
-  list.names[n] = name
-  list.values[n] = value
+  list[2 * n - 1] = name
+  list[2 * n] = value
 end
 
-local function new_list() return { n = 0, names = {}, values = {} } end
-local EMPTY = { n = 0, names = {}, values = {} } -- never pushed to
+local function new_list(prefix, low) return { n = 0, prefix = prefix, low = low } end
+local EMPTY = { n = 0 } -- never pushed to
+
+-- The target name of value i of list l ("args:q", "header:user-agent").
+local function label(l, i)
+  local name = l[2 * i - 1]
+  local prefix = l.prefix
+  if not prefix then return name end
+  return prefix .. (l.low and lower(name) or name)
+end
 
 -- Arguments of a parsed query / form: args (values), args_names.
 local function add_args(self, parsed)
   local args, names = self.lists.args, self.lists.args_names
   for name, v in pairs(parsed) do
-    local an = "args:" .. name
-    push(names, "args_names:" .. name, name)
+    push(names, name, name)
     if type(v) == "table" then
-      for _, x in ipairs(v) do push(args, an, x) end
+      for _, x in ipairs(v) do push(args, name, x) end
     else
-      push(args, an, v)
+      push(args, name, v)
     end
   end
 end
@@ -280,13 +289,13 @@ local function add_json(self, v, prefix, depth, max)
       if args.n > max then return end
       local ks = tostring(k)
       local path = prefix == "" and ks or prefix .. "." .. ks
-      if type(k) == "string" then push(names, "args_names:" .. path, ks) end
+      if type(k) == "string" then push(names, path, ks) end
       add_json(self, x, path, depth + 1, max)
     end
   elseif args.n <= max then
     local t = type(v)
-    if t == "string" then push(args, "args:" .. prefix, v)
-    elseif t == "number" or t == "boolean" then push(args, "args:" .. prefix, tostring(v)) end
+    if t == "string" then push(args, prefix, v)
+    elseif t == "number" or t == "boolean" then push(args, prefix, tostring(v)) end
   end
 end
 
@@ -297,15 +306,15 @@ local function add_xml(self, body, max)
   local args = self.lists.args
   for text in body:gmatch("<!%[CDATA%[(.-)%]%]>") do
     if args.n > max then return end
-    push(args, "args:xml:cdata", text)
+    push(args, "xml:cdata", text)
   end
   for name, text in body:gmatch("<([%w_:.-]+)[^>]*>([^<]+)") do
     if args.n > max then return end
-    if find(text, "%S") then push(args, "args:xml:" .. name, T.html_decode(text)) end
+    if find(text, "%S") then push(args, "xml:" .. name, T.html_decode(text)) end
   end
   for name, q, v in body:gmatch("([%w_:.-]+)%s*=%s*([\"'])(.-)%2") do
     if args.n > max then return end
-    push(args, "args:xml:@" .. name, T.html_decode(v))
+    push(args, "xml:@" .. name, T.html_decode(v))
   end
 end
 
@@ -335,15 +344,16 @@ local function add_cookies(self, header)
     pos = semi + 1
     if name ~= "" then
       if sub(value, 1, 1) == '"' and sub(value, -1) == '"' and #value >= 2 then value = sub(value, 2, -2) end
-      push(cookies, "cookie:" .. name, value)
-      push(names, "cookie:" .. name, name)
+      push(cookies, name, value)
+      push(names, name, name)
     end
   end
 end
 
 local function view_new(waf, txn)
   local req = txn.req
-  local lists = { args = new_list(), args_names = new_list(), cookies = new_list(), cookie_names = new_list() }
+  local lists = { args = new_list("args:"), args_names = new_list("args_names:"), cookies = new_list("cookie:"),
+                  cookie_names = new_list("cookie:") }
   local self = setmetatable({ waf = waf, txn = txn, req = req, lists = lists, indexed = {} }, View)
   local qs = req.query
   if qs and qs ~= "" then add_args(self, query.parse(qs, waf.max_args + 1)) end
@@ -369,6 +379,7 @@ function View:list(t)
   if l then return l end
   local req = self.req
   l = new_list()
+  if t == "headers" or t == "header_names" or t:find("^header:") then l.prefix, l.low = "header:", true end
   if t == "method" then push(l, "method", req.method)
   elseif t == "path" then push(l, "path", req.path)
   elseif t == "uri" then push(l, "uri", req.uri)
@@ -376,11 +387,11 @@ function View:list(t)
   elseif t == "body" then if self.body then push(l, "body", self.body) end
   elseif t == "body_error" then if self.body_error then push(l, "body", self.body_error) end
   elseif t == "headers" or t == "header_names" then
-    for name, value in req.headers:each() do push(l, "header:" .. lower(name), t == "headers" and value or name) end
+    for name, value in req.headers:each() do push(l, name, t == "headers" and value or name) end
   else
     local kind, name = target_parts(t)
     if kind == "header" then
-      for _, v in ipairs(req.headers:get_all(name)) do push(l, t, v) end
+      for _, v in ipairs(req.headers:get_all(name)) do push(l, name, v) end
     else
       -- args:NAME, cookie:NAME: every named list of the kind made in one
       -- pass, the first time one is asked for
@@ -388,13 +399,13 @@ function View:list(t)
       if not self.indexed[kind] then
         self.indexed[kind] = true
         for i = 1, from.n do
-          local n = from.names[i]
+          local n = from.prefix .. from[2 * i - 1]
           local x = self.lists[n]
           if not x then
-            x = new_list()
+            x = new_list(from.prefix)
             self.lists[n] = x
           end
-          push(x, n, from.values[i])
+          push(x, from[2 * i - 1], from[2 * i])
         end
       end
       l = self.lists[t] or EMPTY
@@ -436,7 +447,7 @@ local function read_body(self)
   elseif kind == "xml" then
     add_xml(self, body, waf.max_args)
   else
-    push(self.lists.args, "args:text", body)
+    push(self.lists.args, "text", body)
   end
   return true
 end
@@ -633,8 +644,8 @@ local function plan(rules)
     end
     local kind, name = target_parts(pt.target)
     if (kind == "args" or kind == "cookie") and name then
-      named = named or {}
-      named[pt.target] = pt
+      named = named or { args = {}, cookies = {} }
+      named[kind == "args" and "args" or "cookies"][name] = pt
     else
       plain[#plain + 1] = pt
     end
@@ -815,7 +826,7 @@ end
 
 -- Value v of target pt (named name) through every chain of rules that
 -- look at pt: transformed, then its union (if any), then the rules.
-local function check_value(res, pt, v, name, active, nx)
+local function check_value(res, pt, v, l, i, active, nx)
   local target = pt.target
   local d1, d2 -- v url-decoded once and twice: most chains start so
   for _, tg in ipairs(pt.groups) do
@@ -841,25 +852,26 @@ local function check_value(res, pt, v, name, active, nx)
           ltv = ltv or lower(tv)
           maybe = has_need(c, ltv)
         end
-        if maybe and test(c, tv)
-           and (nx == 0 or not excluded(active, c, name, target)) then
-          hit(res, c, name)
+        if maybe and test(c, tv) then
+          local name = label(l, i)
+          if nx == 0 or not excluded(active, c, name, target) then hit(res, c, name) end
         end
       end
     end
     for k = 1, #other do
       local c = other[k]
-      if not res.hit[c] and test(c, tv) ~= c.negate and (nx == 0 or not excluded(active, c, name, target)) then
-        hit(res, c, name)
+      if not res.hit[c] and test(c, tv) ~= c.negate then
+        local name = label(l, i)
+        if nx == 0 or not excluded(active, c, name, target) then hit(res, c, name) end
       end
     end
   end
 end
 
--- Value v of target pt (named name): the fast path when no
+-- Value v (the i-th of list l) of target pt: the fast path when no
 -- transformation changes it and the union of the rules its characters
 -- allow finds nothing; the slow path (check_value) otherwise.
-local function check(res, pt, v, name, active, nx)
+local function check(res, pt, v, l, i, active, nx)
   local m = mask_of(v)
   local slow = band(m, pt.change_mask) ~= 0 and pt.trigger and re.find(v, pt.trigger)
   if not slow and (pt.always or band(m, pt.bits) ~= 0) then
@@ -878,20 +890,21 @@ local function check(res, pt, v, name, active, nx)
       slow = from ~= nil or err ~= nil
     end
   end
-  if slow then return check_value(res, pt, v, name, active, nx) end
+  if slow then return check_value(res, pt, v, l, i, active, nx) end
   local single, other = pt.single, pt.other
   for k = 1, #single do
     local c = single[k]
     if not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0)
-       and (not c.needs or has_need(c, band(m, UPPER_BIT) ~= 0 and lower(v) or v)) and test(c, v)
-       and (nx == 0 or not excluded(active, c, name, pt.target)) then
-      hit(res, c, name)
+       and (not c.needs or has_need(c, band(m, UPPER_BIT) ~= 0 and lower(v) or v)) and test(c, v) then
+      local name = label(l, i)
+      if nx == 0 or not excluded(active, c, name, pt.target) then hit(res, c, name) end
     end
   end
   for k = 1, #other do
     local c = other[k]
-    if not res.hit[c] and test(c, v) ~= c.negate and (nx == 0 or not excluded(active, c, name, pt.target)) then
-      hit(res, c, name)
+    if not res.hit[c] and test(c, v) ~= c.negate then
+      local name = label(l, i)
+      if nx == 0 or not excluded(active, c, name, pt.target) then hit(res, c, name) end
     end
   end
 end
@@ -916,16 +929,16 @@ function Waf:inspect(txn)
 
   for _, pt in ipairs(self.targets) do
     local l = view:list(pt.target)
-    for i = 1, l.n do check(res, pt, l.values[i], l.names[i], active, nx) end
+    for i = 1, l.n do check(res, pt, l[2 * i], l, i, active, nx) end
   end
   -- args:NAME and cookie:NAME targets: driven by what the request has
   local named = self.named
   if named then
     for _, kind in ipairs(NAMED_KINDS) do
-      local l = view.lists[kind]
+      local l, by_name = view.lists[kind], named[kind]
       for i = 1, l.n do
-        local pt = named[l.names[i]]
-        if pt then check(res, pt, l.values[i], l.names[i], active, nx) end
+        local pt = by_name[l[2 * i - 1]]
+        if pt then check(res, pt, l[2 * i], l, i, active, nx) end
       end
     end
   end
