@@ -13,16 +13,23 @@
 --   redis       the same with redis = { port = MOXY_ACCESS_REDIS_PORT, timeout = 0.2 }:
 --               one EVALSHA round trip per request
 --   conc        moxy.ratelimit.concurrency{ max = 1e6 } + conc:enter(txn, txn.client.ip)
+--   waf         moxy.waf.new{ name = "bench" } (the default rule set, block mode,
+--               anomaly scoring) + waf:enforce(txn): every rule looks at the
+--               request (what there is to see depends on access.sh's REQUEST),
+--               none matches
 -- Check-only variants (access.sh's checks, never measured), built to deny:
 --   acl-deny    "blocklist" also holds 127.0.0.0/8: GET /small -> 403
 --   rl-deny     rate "1r/m", burst 0: the second request -> 429
 --   redis-deny  the same in Redis: 429, and the key moxy:rl:benchdeny:127.0.0.1 stays
 --               for a minute
+--   waf-deny    the waf's default rules + rule 9001 (path exact "/small", score 5):
+--               GET /small -> 403 with the WAF's page
 -- At load (and `moxy -t`), the acl variants check their list: each address of
 -- MOXY_ACCESS_PROBES (one inside a v4 and one inside a v6 prefix of the file)
 -- is in "blocklist", 127.0.0.1 is not (acl), and the set holds at least
 -- MOXY_ACCESS_MIN_PREFIXES; with MOXY_ACCESS_INFO set, acl:info() of the rule
--- is written to that file ("prefixes bytes").
+-- is written to that file ("prefixes bytes"); the waf variants write "waf
+-- <name>: N rules" (waf:list()) there.
 local variant = os.getenv("MOXY_ACCESS_VARIANT") or ""
 
 local function env(name)
@@ -98,5 +105,27 @@ if variant == "conc" then
   }
 end
 
-error("access-hook.lua: MOXY_ACCESS_VARIANT must be noop, acl, rl, redis, conc, acl-deny, rl-deny or redis-deny, not '"
+if variant == "waf" or variant == "waf-deny" then
+  local rules
+  if variant == "waf-deny" then
+    rules = { { id = 9001, msg = "bench: every GET /small", targets = { "path" }, op = "exact", value = "/small",
+                score = 5 } }
+  end
+  local waf = moxy.waf.new{ name = variant == "waf" and "bench" or "benchdeny", rules = rules }
+  local n = #waf:list()
+  assert(n >= 40, "access-hook.lua: the WAF has " .. n .. " rules, the default set has more")
+  local out = os.getenv("MOXY_ACCESS_INFO")
+  if out and out ~= "" then
+    local f = assert(io.open(out, "w"))
+    f:write(("waf %s: %d rules\n"):format(waf.name, n))
+    f:close()
+  end
+  return {
+    on_request = function(txn)
+      if not waf:enforce(txn) then return end -- 403 sent
+    end,
+  }
+end
+
+error("access-hook.lua: MOXY_ACCESS_VARIANT must be noop, acl, rl, redis, conc, waf, acl-deny, rl-deny, redis-deny or waf-deny, not '"
   .. variant .. "'", 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/access.sh -- what access control and rate limits cost a request:
-# moxy.acl, moxy.ratelimit (local and Redis) and the concurrency limit,
-# against the same moxy without them, side by side in one run.
+# moxy.acl, moxy.ratelimit (local and Redis), the concurrency limit and
+# moxy.waf, against the same moxy without them, side by side in one run.
 #
 # One nginx origin (bench/nginx-origin.conf: GET /small, 100 B from memory)
 # and one moxy per variant, all up at once (an idle one uses no CPU), one
@@ -20,22 +20,43 @@
 #   redis   the same, redis = { port = <a redis-server this script starts>,
 #           timeout = 0.2 }: one EVALSHA round trip a request
 #   conc    moxy.ratelimit.concurrency{ max = 1e6 } + conc:enter(txn, txn.client.ip)
+#   waf     moxy.waf.new{ name = "bench" } (the default rules, block mode, anomaly
+#           scoring) + waf:enforce(txn): no rule matches the measured request
 #   noop2   a second moxy with the noop hook: noop2/noop is the harness's
 #           noise floor (an A/A comparison)
+# The measured request (REQUEST; every variant of a run gets the same one, so
+# the ratios stay fair; the hooks' cost depends on it, the WAF's most):
+#   small    GET /small, Host only (wrk's default request; the CALLGRIND
+#            client adds "User-Agent: access.sh"): little for a WAF to look at
+#   browser  GET /small?q=summer+linen+shirts&page=2&sort=price_asc&utm_source=newsletter
+#            with the headers Chrome 131 sends on a page load (Host
+#            shop.example.com, User-Agent, Accept with q-values,
+#            Accept-Language, Accept-Encoding, Referer with a query,
+#            sec-ch-ua*, Sec-Fetch-*, Upgrade-Insecure-Requests, and a Cookie
+#            of 5 pairs: Google Analytics _ga and _ga_<id>, consent, cart, and a
+#            200-byte session token): ~1.3 KB of request head
+# wrk gets it as its path and -H options, curl (the checks) likewise, and the
+# CALLGRIND client as bytes; written to request.txt in the results.  The origin
+# must answer the request's path and query as it does /small (checked).
 # Checks before any load: `moxy -t` for each variant (the ACL's load-time
 # asserts: two addresses of the list are in its set, 127.0.0.1 is not, the
-# set's size); then each variant answers GET /small with 200 and the origin's
-# exact body; the acl variant answers /admin/x with 403 (its second rule is
-# evaluated); variants built to deny, started for the check only: acl-deny
-# (the list + 127.0.0.0/8) answers 403, rl-deny (1r/m) 200 then 429, and
-# redis-deny 200 then 429 with the key moxy:rl:benchdeny:127.0.0.1 in Redis;
+# set's size; the WAF's rule count); then each variant answers the measured
+# request with 200 and the origin's exact body; the acl variant answers
+# /admin/x with 403 (its second rule is evaluated); the waf variant answers
+# /small?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E and the measured request with
+# a Cookie "theme=../../etc/passwd" added with 403 and its page (its rules run,
+# on the query and on the cookies); variants built to deny, started for the
+# check only: acl-deny (the list + 127.0.0.0/8) answers 403, rl-deny (1r/m)
+# 200 then 429, redis-deny 200 then 429 with the key
+# moxy:rl:benchdeny:127.0.0.1 in Redis, and waf-deny (the default rules + one
+# that matches the path /small) answers the measured request with 403;
 # the redis variant's GET must make Redis run the limiter's script (EVALSHA,
 # INFO commandstats) and that script SET moxy:rl:bench:127.0.0.1 (redis-cli
 # MONITOR: at 1e6 r/s the key lives ~10 ms, too short to look it up after).
 #
 # Per run (RUNS), the variants start fresh and are measured in turn, the order
 # rotating by one each run: WARMUP s of unmeasured wrk, then DURATION s of
-# `wrk -t THREADS -c CONNS --latency /small`: req/s, p99, errors, and the
+# `wrk -t THREADS -c CONNS --latency` with REQUEST: req/s, p99, errors, and the
 # moxy's CPU time (utime + stime of its process tree, /proc) per request; for
 # Redis, redis-server's CPU per request and the EVALSHA calls per request (1.0:
 # every decision went to Redis, no local fallback).  tools/access_report.py
@@ -54,15 +75,23 @@
 #   RUNS [5]  DURATION [8] measured s  WARMUP [2] unmeasured s (0 = none)
 #   QUICK [0]  1 = RUNS=1 DURATION=2 WARMUP=1: a smoke run (explicit knobs win)
 #   CONNS [50]  THREADS [2]  WRK_TIMEOUT [10s]   wrk -c / -t / --timeout
-#   VARIANTS ["nohook noop acl rl redis conc noop2"]  noop is needed (the baseline)
+#   VARIANTS ["nohook noop acl rl redis conc waf noop2"]  noop is needed (the baseline)
+#   REQUEST [small]  small | browser: the measured request (above)
 #   PREFIXES [100000]  V6_SHARE [50] % of them IPv6   SEED [20261206]
 #   HOOK_JIT [0]  1 = the hooks with { jit = true } (not guarded)
 #   CALLGRIND [0]  1 = instead of wrk: each variant once under valgrind's
 #                  callgrind, one keep-alive connection, CG_WARMUP [3000]
 #                  requests, then CG_N [2000] counted: instructions per request
 #                  (deterministic: resolves what wrk's noise hides; RUNS,
-#                  DURATION, WARMUP, CONNS do not apply)
-#   MOXY_BIN [./moxy]  MOXY_WORKERS [1]
+#                  DURATION, WARMUP, CONNS do not apply); the dumps are kept in
+#                  logs/callgrind.<variant>.out (callgrind_annotate)
+#   MOXY_BIN [./moxy]  (copied at start, like the Lua modules)  MOXY_WORKERS [1]
+#   LUA_REV []  moxy's Lua modules, copied at start into the scratch directory
+#               (MOXY_LUA_DIR of every moxy, so an edit of lua/ during the run
+#               cannot reach half of the variants): empty = the working tree's
+#               lua/; "index" = the files staged in git; a directory (absolute
+#               path, holding moxy/config.lua); else a git commit (git archive
+#               REV lua).  meta.txt has the snapshot's sha256.
 #   PIN [1]  PROXY_CPUS [0]  ORIGIN_CPUS [1]  WRK_CPUS [1]  REDIS_CPUS [ORIGIN_CPUS]
 #   READY_TIMEOUT [20] s  RESULTS_DIR [bench/results/access-<timestamp>]  KEEP_SCRATCH [0]
 #
@@ -88,7 +117,8 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 WRK_TIMEOUT=${WRK_TIMEOUT:-10s}
-VARIANTS=${VARIANTS:-nohook noop acl rl redis conc noop2}
+VARIANTS=${VARIANTS:-nohook noop acl rl redis conc waf noop2}
+REQUEST=${REQUEST:-small}
 PREFIXES=${PREFIXES:-100000}
 V6_SHARE=${V6_SHARE:-50}
 SEED=${SEED:-20261206}
@@ -106,6 +136,7 @@ WRK_CPUS=${WRK_CPUS:-1}
 REDIS_CPUS=${REDIS_CPUS:-$ORIGIN_CPUS}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_SCRATCH=${KEEP_SCRATCH:-0}
+LUA_REV=${LUA_REV:-}
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS_KIND=access
 [[ $CALLGRIND == 1 ]] && RESULTS_KIND=access-callgrind
@@ -119,11 +150,12 @@ declare -A WHAT_OF=(
     [rl]="moxy.ratelimit local, enforce(txn, client.ip)"
     [redis]="moxy.ratelimit with redis, enforce(txn, client.ip)"
     [conc]="moxy.ratelimit.concurrency, enter(txn, client.ip)"
+    [waf]="moxy.waf, the default rules, block mode, enforce"
     [noop2]="empty on_request, a second moxy (A/A)"
 )
 # The hook's variant (access-hook.lua) of each name
-declare -A HOOK_OF=([nohook]=nohook [noop]=noop [acl]=acl [rl]=rl [redis]=redis [conc]=conc [noop2]=noop
-    [acl-deny]=acl-deny [rl-deny]=rl-deny [redis-deny]=redis-deny)
+declare -A HOOK_OF=([nohook]=nohook [noop]=noop [acl]=acl [rl]=rl [redis]=redis [conc]=conc [waf]=waf [noop2]=noop
+    [acl-deny]=acl-deny [rl-deny]=rl-deny [redis-deny]=redis-deny [waf-deny]=waf-deny)
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "access.sh: ERROR: $*"; exit 2; }
@@ -141,7 +173,7 @@ done
 VLIST=($VARIANTS)
 declare -A SEEN=()
 for v in "${VLIST[@]}"; do
-    [[ -n ${WHAT_OF[$v]:-} ]] || die "unknown variant '$v' in VARIANTS (want any of nohook noop acl rl redis conc noop2)"
+    [[ -n ${WHAT_OF[$v]:-} ]] || die "unknown variant '$v' in VARIANTS (want any of nohook noop acl rl redis conc waf noop2)"
     [[ -z ${SEEN[$v]:-} ]] || die "variant '$v' twice in VARIANTS"
     SEEN[$v]=1
 done
@@ -150,6 +182,45 @@ WANT_REDIS=0
 [[ -n ${SEEN[redis]:-} ]] && WANT_REDIS=1
 WANT_ACL=0
 [[ -n ${SEEN[acl]:-} ]] && WANT_ACL=1
+
+# The measured request (REQUEST): REQ_PATH, and REQ_HEADERS ("Name: value"
+# each, after Host; wrk and curl get them as -H, the CALLGRIND client as bytes).
+# REQ_HOST empty: the client's own Host (wrk: 127.0.0.1:port; CALLGRIND: bench).
+REQ_HEADERS=()
+case $REQUEST in
+small)
+    REQ_PATH=/small REQ_HOST=""
+    ;;
+browser)
+    REQ_PATH="/small?q=summer+linen+shirts&page=2&sort=price_asc&utm_source=newsletter"
+    REQ_HOST=shop.example.com
+    # a 200-byte session token (base64url, JWT-like: header.payload.signature)
+    SESSION_TOKEN="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzaWQiOiI3ZjNjOWUyYTRiMWQ0ZThmOWEwYjJjM2Q0ZTVmNjA3MSIsInVpZCI6ODQ1MjIxLCJpYXQiOjE3NjQ5NTA0MDAsImV4cCI6MTc2NTA1NDAwMH0.GzLCjLOMBUgOzMG9YP-XAptXoFyWcYuW2tfp2EiU9Uk"
+    ((${#SESSION_TOKEN} == 200)) || die "the session token is ${#SESSION_TOKEN} bytes, not 200"
+    REQ_HEADERS=(
+        "Connection: keep-alive"
+        'sec-ch-ua: "Google Chrome";v="131", "Chromium";v="131", "Not_A Brand";v="24"'
+        "sec-ch-ua-mobile: ?0"
+        'sec-ch-ua-platform: "Windows"'
+        "Upgrade-Insecure-Requests: 1"
+        "User-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+        "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"
+        "Sec-Fetch-Site: same-origin"
+        "Sec-Fetch-Mode: navigate"
+        "Sec-Fetch-User: ?1"
+        "Sec-Fetch-Dest: document"
+        "Referer: https://shop.example.com/search?q=linen+shirts&page=1&sort=relevance"
+        "Accept-Encoding: gzip, deflate, br, zstd"
+        "Accept-Language: en-US,en;q=0.9,de-DE;q=0.8,de;q=0.7"
+        "Cookie: _ga=GA1.1.1849204462.1764950400; _ga_7XK3M9PQ2R=GS1.1.1765036800.4.1.1765038291.0.0.0; cookie_consent=necessary%2Canalytics; cart_id=c-5e2b7f91a4d3; session=$SESSION_TOKEN"
+    )
+    ;;
+*) die "REQUEST must be small or browser (got '$REQUEST')" ;;
+esac
+# REQ_H: the -H options of wrk and curl
+REQ_H=()
+[[ -n $REQ_HOST ]] && REQ_H+=(-H "Host: $REQ_HOST")
+for h in "${REQ_HEADERS[@]}"; do REQ_H+=(-H "$h"); done
 
 # ------------------------------------------------------------- tools ----
 need_pkgs=()
@@ -339,6 +410,49 @@ mkdir -p "$SCRATCH/www" "$SCRATCH/origin/tmp" "$SCRATCH/checks" "$SCRATCH/redis"
 : >"$SCRATCH/www/large.bin" # the origin template's /large (not used here)
 chmod 755 "$SCRATCH/www" && chmod 644 "$SCRATCH/www/large.bin"
 
+# ---------------------------------------------------------------- lua ----
+# One snapshot of moxy's Lua modules for every moxy of the run (MOXY_LUA_DIR).
+LUA_DIR=$SCRATCH/lua
+case $LUA_REV in
+"")
+    [[ -f $REPO_DIR/lua/moxy/config.lua ]] || die "no $REPO_DIR/lua/moxy/config.lua"
+    cp -R "$REPO_DIR/lua" "$LUA_DIR" || die "cannot copy $REPO_DIR/lua"
+    LUA_FROM="the working tree's lua/"
+    ;;
+index)
+    mkdir -p "$SCRATCH/luarev"
+    git -C "$REPO_DIR" ls-files -z -- lua | (cd "$REPO_DIR" && xargs -0 git checkout-index --prefix="$SCRATCH/luarev/" --) ||
+        die "git checkout-index of lua/ failed"
+    mv "$SCRATCH/luarev/lua" "$LUA_DIR" || die "no lua/ in the git index"
+    LUA_FROM="lua/ as staged in git (the index)"
+    ;;
+/*)
+    [[ -f $LUA_REV/moxy/config.lua ]] || die "LUA_REV=$LUA_REV: no moxy/config.lua there"
+    cp -R "$LUA_REV" "$LUA_DIR" || die "cannot copy $LUA_REV"
+    LUA_FROM="the directory $LUA_REV"
+    ;;
+*)
+    mkdir -p "$SCRATCH/luarev"
+    git -C "$REPO_DIR" archive "$LUA_REV" lua | tar -x -C "$SCRATCH/luarev" || die "git archive $LUA_REV lua failed"
+    mv "$SCRATCH/luarev/lua" "$LUA_DIR" || die "no lua/ in $LUA_REV"
+    LUA_FROM="lua/ of git $LUA_REV ($(git -C "$REPO_DIR" rev-parse --short "$LUA_REV"))"
+    ;;
+esac
+[[ -f $LUA_DIR/moxy/config.lua ]] || die "the Lua snapshot has no moxy/config.lua"
+chmod -R a+rX "$LUA_DIR"
+# lua_sum DIR : sha256 (16 hex) of the tree's *.lua files, by name and content
+lua_sum() { (cd "$1" && find . -name '*.lua' -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16); }
+LUA_SUM=$(lua_sum "$LUA_DIR")
+LUA_WAF_SUM="waf.lua $(sha256sum <"$LUA_DIR/moxy/waf.lua" 2>/dev/null | cut -c1-16 || echo -)"
+LUA_WAF_SUM+=", waf_rules.lua $(sha256sum <"$LUA_DIR/moxy/waf_rules.lua" 2>/dev/null | cut -c1-16 || echo -)"
+log "Lua modules: $LUA_FROM, copied to $LUA_DIR (sha256 $LUA_SUM; $LUA_WAF_SUM)"
+# and of the binary (a rebuild during the run must not reach the later variants)
+MOXY_SRC=$MOXY_BIN
+mkdir -p "$SCRATCH/bin"
+cp -p "$MOXY_SRC" "$SCRATCH/bin/moxy" || die "cannot copy $MOXY_SRC"
+MOXY_BIN=$SCRATCH/bin/moxy
+chmod 755 "$SCRATCH/bin" "$MOXY_BIN"
+
 # ------------------------------------------------------------- list ----
 # PREFIXES distinct prefixes, V6_SHARE % IPv6, from random.Random(SEED), one a
 # line, in random order, as a blocklist file: IPv4 mostly /32 and /24 (some
@@ -422,6 +536,7 @@ CHECK_ONLY=()
 ((WANT_ACL)) && CHECK_ONLY+=(acl-deny)
 [[ -n ${SEEN[rl]:-} ]] && CHECK_ONLY+=(rl-deny)
 ((WANT_REDIS)) && CHECK_ONLY+=(redis-deny)
+[[ -n ${SEEN[waf]:-} ]] && CHECK_ONLY+=(waf-deny)
 ALL_NAMES=("${VLIST[@]}" "${CHECK_ONLY[@]}")
 # shellcheck disable=SC2207
 PORTS=($("$PYTHON" "$TOOLS_DIR/free_ports.py" $((${#ALL_NAMES[@]} + 2))))
@@ -446,6 +561,32 @@ done
 [[ $code == 200 ]] || die "the origin does not answer GET /small (last: $code)"
 SMALL_BYTES=$(wc -c <"$SCRATCH/checks/origin-small")
 ((SMALL_BYTES == 100)) || die "the origin's /small is $SMALL_BYTES bytes, not 100"
+# The measured request, straight to the origin: the same 200 and body as /small
+# (nginx-origin.conf's "location = /small" matches the path only, the query aside).
+if [[ $REQUEST != small ]]; then
+    code=$(curl -s -o "$SCRATCH/checks/origin-request" -w '%{http_code}' --max-time 5 "${REQ_H[@]}" \
+        "http://127.0.0.1:$ORIGIN_PORT$REQ_PATH" || true)
+    { [[ $code == 200 ]] && cmp -s "$SCRATCH/checks/origin-request" "$SCRATCH/checks/origin-small"; } ||
+        die "the origin does not answer REQUEST=$REQUEST ($REQ_PATH) as it answers /small (status $code," \
+            "$(wc -c <"$SCRATCH/checks/origin-request") bytes): see bench/nginx-origin.conf's location = /small"
+fi
+# The request's bytes as the CALLGRIND client sends them (and request.txt)
+{
+    printf 'GET %s HTTP/1.1\r\n' "$REQ_PATH"
+    if [[ $REQUEST == small ]]; then
+        printf 'Host: bench\r\nUser-Agent: access.sh\r\n' # what it sent before REQUEST existed
+    else
+        printf 'Host: %s\r\n' "$REQ_HOST"
+        printf '%s\r\n' "${REQ_HEADERS[@]}"
+    fi
+    printf '\r\n'
+} >"$SCRATCH/request.http"
+{
+    echo "# REQUEST=$REQUEST: the measured request.  wrk: path $REQ_PATH, Host ${REQ_HOST:-127.0.0.1:<port> (the default of wrk)}, and -H:"
+    for h in "${REQ_HEADERS[@]}"; do echo "  $h"; done
+    echo "# the CALLGRIND client's bytes ($(wc -c <"$SCRATCH/request.http") bytes):"
+    tr -d '\r' <"$SCRATCH/request.http"
+} >"$RESULTS_DIR/request.txt"
 
 # -------------------------------------------------------------- redis ----
 REDIS_PID=""
@@ -474,7 +615,7 @@ moxy_env() {
     echo "LISTEN_PORT=${PORT_OF[$name]} ORIGIN_PORT=$ORIGIN_PORT MOXY_WORKERS=$MOXY_WORKERS" \
         "MOXY_ACCESS_VARIANT=${HOOK_OF[$name]} MOXY_ACCESS_JIT=$HOOK_JIT MOXY_ACCESS_LIST=$LIST" \
         "MOXY_ACCESS_PROBES=${PROBES_CSV} MOXY_ACCESS_MIN_PREFIXES=$((PREFIXES * 9 / 10))" \
-        "MOXY_ACCESS_REDIS_PORT=$REDIS_PORT MOXY_ACCESS_CPU_BUDGET=$([[ $CALLGRIND == 1 ]] && echo 2s || echo 50ms)"
+        "MOXY_LUA_DIR=$LUA_DIR MOXY_ACCESS_REDIS_PORT=$REDIS_PORT MOXY_ACCESS_CPU_BUDGET=$([[ $CALLGRIND == 1 ]] && echo 2s || echo 50ms)"
 }
 WRAP=() # a command moxy runs under (valgrind, with CALLGRIND=1)
 # start_proxy NAME : NAME's moxy, fresh.  0 when it answers GET /small (the
@@ -521,10 +662,19 @@ CHECKS=$RESULTS_DIR/checks.tsv
 printf 'run\tvariant\tcheck\tstatus\tdetail\n' >"$CHECKS"
 # check_row RUN NAME CHECK STATUS DETAIL
 check_row() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$(oneline <<<"$5")" >>"$CHECKS"; }
-# get NAME PATH : "status" of GET PATH on NAME's moxy; the body in $SCRATCH/checks/NAME.body
+# get NAME PATH [CURL_ARG...] : "status" of GET PATH on NAME's moxy, with the
+# measured request's headers (REQUEST); the body in $SCRATCH/checks/NAME.body
 get() {
-    curl -s --max-time 5 -o "$SCRATCH/checks/$1.body" -w '%{http_code}' "http://127.0.0.1:${PORT_OF[$1]}$2" || true
+    local name=$1 path=$2
+    shift 2
+    curl -s --max-time 5 -o "$SCRATCH/checks/$name.body" -w '%{http_code}' "${REQ_H[@]}" "$@" \
+        "http://127.0.0.1:${PORT_OF[$name]}$path" || true
 }
+WAF_PAGE=Forbidden # moxy.waf's default page ("Forbidden\n"; $(cat) drops the newline)
+XSS_PATH="/small?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E"
+# the measured request's Cookie line (if any) + theme=../../etc/passwd (rule 300/310)
+COOKIE_ATTACK="theme=../../etc/passwd"
+for h in "${REQ_HEADERS[@]}"; do [[ $h == "Cookie: "* ]] && COOKIE_ATTACK="${h#Cookie: }; $COOKIE_ATTACK"; done
 
 # check_variant RUN NAME : the measured variant answers as it should.  0 =
 # ok; 1 = FAILED (FAIL_OF[NAME] says why).
@@ -538,15 +688,27 @@ check_variant() {
         mon_pid=$BG_PID
         sleep 0.3
     fi
-    code=$(get "$name" /small)
+    code=$(get "$name" "$REQ_PATH")
     if [[ $code != 200 ]]; then
-        why="GET /small: status '$code', want 200"
+        why="GET $REQ_PATH (REQUEST=$REQUEST): status '$code', want 200"
     elif ! cmp -s "$SCRATCH/checks/$name.body" "$SCRATCH/checks/origin-small"; then
-        why="GET /small: not the origin's body ($(wc -c <"$SCRATCH/checks/$name.body") bytes)"
+        why="GET $REQ_PATH (REQUEST=$REQUEST): not the origin's body ($(wc -c <"$SCRATCH/checks/$name.body") bytes)"
     fi
     if [[ -z $why && $name == acl ]]; then
         code=$(get "$name" /admin/x)
         [[ $code == 403 ]] || why="GET /admin/x: status '$code', want 403 (rule admin)"
+    fi
+    if [[ -z $why && $name == waf ]]; then
+        code=$(get "$name" "$XSS_PATH")
+        if [[ $code != 403 ]]; then
+            why="GET $XSS_PATH: status '$code', want 403 (the default rules: XSS)"
+        elif [[ $(cat "$SCRATCH/checks/$name.body") != "$WAF_PAGE" ]]; then
+            why="GET $XSS_PATH: 403 but not the WAF's page"
+        else
+            # the measured request with the Cookie line replaced by one that ends in a traversal
+            code=$(get "$name" "$REQ_PATH" -H "Cookie: $COOKIE_ATTACK")
+            [[ $code == 403 ]] || why="GET $REQ_PATH with Cookie '... $COOKIE_ATTACK': status '$code', want 403 (cookies inspected)"
+        fi
     fi
     if [[ -n $mon_pid ]]; then
         sleep 0.2
@@ -567,8 +729,9 @@ check_variant() {
         log "$name FAILED: $why"
         return 1
     fi
-    local detail="GET /small 200, the origin's body"
+    local detail="GET $REQ_PATH (REQUEST=$REQUEST) 200, the origin's body"
     [[ $name == acl ]] && detail+="; GET /admin/x 403"
+    [[ $name == waf ]] && detail+="; GET $XSS_PATH 403 (the WAF's page); with a Cookie theme=../../etc/passwd 403"
     [[ $name == redis ]] && detail+="; EVALSHA calls $c0 -> $c1, the script SET moxy:rl:bench:127.0.0.1 (MONITOR)"
     check_row "$run" "$name" answers ok "$detail"
     return 0
@@ -592,7 +755,9 @@ for name in "${ALL_NAMES[@]}"; do
     t1=$(date +%s.%N)
     TCHECK_OF[$name]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", 1000 * (b - a) }')
     detail="${TCHECK_OF[$name]} ms"
-    if [[ -s $info ]]; then
+    if [[ -s $info && $name == waf* ]]; then
+        detail+="; $(head -n 1 "$info" | oneline)"
+    elif [[ -s $info ]]; then
         read -r ip ib <"$info"
         detail+="; blocklist set: $ip prefixes, $ib bytes"
         [[ $name == acl ]] && ACL_INFO="$ip prefixes, $ib bytes"
@@ -614,6 +779,15 @@ for name in "${CHECK_ONLY[@]}"; do
         code=$(get "$name" /small)
         [[ $code == 403 ]] || why="GET /small: status '$code', want 403 (127.0.0.0/8 in the list)"
         detail="GET /small 403"
+        ;;
+    waf-deny)
+        code=$(get "$name" "$REQ_PATH")
+        if [[ $code != 403 ]]; then
+            why="GET $REQ_PATH: status '$code', want 403 (rule 9001: path /small)"
+        elif [[ $(cat "$SCRATCH/checks/$name.body") != "$WAF_PAGE" ]]; then
+            why="GET $REQ_PATH: 403 but not the WAF's page"
+        fi
+        detail="GET $REQ_PATH (REQUEST=$REQUEST) 403, the WAF's page"
         ;;
     rl-deny | redis-deny)
         # the first request is start_proxy's (a fresh dict; a fresh Redis)
@@ -640,7 +814,7 @@ for name in "${CHECK_ONLY[@]}"; do
         check_row 0 "$name" denies FAILED "$why"
         log "$name FAILED: $why"
         case $name in acl-deny) BAD[acl]="acl-deny: $why" ;; rl-deny) BAD[rl]="rl-deny: $why" ;;
-            redis-deny) BAD[redis]="redis-deny: $why" ;; esac
+            redis-deny) BAD[redis]="redis-deny: $why" ;; waf-deny) BAD[waf]="waf-deny: $why" ;; esac
     else
         check_row 0 "$name" denies ok "$detail"
         log "$name: ok ($detail)"
@@ -653,11 +827,14 @@ done
     echo "host: $(uname -sr), $NCPU CPUs; loadavg at start: $(cat /proc/loadavg)"
     echo "versions: $(nginx -v 2>&1) | $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)" \
         "$( ((WANT_REDIS)) && redis-server --version | cut -d' ' -f1-3)"
-    echo "moxy: $MOXY_BIN sha256 $(sha256sum "$MOXY_BIN" | cut -c1-16) built $(date -r "$MOXY_BIN" -Is)"
+    echo "moxy: $MOXY_SRC sha256 $(sha256sum "$MOXY_BIN" | cut -c1-16) built $(date -r "$MOXY_BIN" -Is) (a copy made at start)"
     echo "git $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')" \
         "($(git -C "$REPO_DIR" status --porcelain -- core lua 2>/dev/null | wc -l) changed files in core/ lua/)"
     echo "settings: RUNS=$RUNS DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS THREADS=$THREADS" \
-        "VARIANTS='$VARIANTS' PREFIXES=$PREFIXES V6_SHARE=$V6_SHARE SEED=$SEED HOOK_JIT=$HOOK_JIT MOXY_WORKERS=$MOXY_WORKERS CALLGRIND=$CALLGRIND${CALLGRIND/#1/ CG_N=$CG_N CG_WARMUP=$CG_WARMUP}"
+        "VARIANTS='$VARIANTS' REQUEST=$REQUEST PREFIXES=$PREFIXES V6_SHARE=$V6_SHARE SEED=$SEED HOOK_JIT=$HOOK_JIT MOXY_WORKERS=$MOXY_WORKERS CALLGRIND=$CALLGRIND$([[ $CALLGRIND == 1 ]] && echo " CG_N=$CG_N CG_WARMUP=$CG_WARMUP")"
+    echo "lua: $LUA_FROM, a copy made at start (MOXY_LUA_DIR); sha256 $LUA_SUM; $LUA_WAF_SUM"
+    echo "request: REQUEST=$REQUEST, GET $REQ_PATH, Host ${REQ_HOST:-(set by the client)}, ${#REQ_HEADERS[@]} more headers;" \
+        "$(wc -c <"$SCRATCH/request.http") bytes as the CALLGRIND client sends it (request.txt)"
     echo "list: $N4 IPv4 + $N6 IPv6 prefixes; acl's set: ${ACL_INFO:-?}; probes $PROBES"
     if [[ $PIN == 1 ]]; then
         echo "pinning: moxy=cpu$PROXY_CPUS origin=cpu$ORIGIN_CPUS wrk=cpu$WRK_CPUS redis=cpu$REDIS_CPUS"
@@ -673,7 +850,7 @@ log "results in $RESULTS_DIR"
 # run_wrk PORT SECONDS OUT : one time-bounded wrk run
 run_wrk() {
     bounded "$3" timeout -k 5 $(($2 + 30)) "${PIN_WRK[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$2s" \
-        --timeout "$WRK_TIMEOUT" --latency "http://127.0.0.1:$1/small" || true
+        --timeout "$WRK_TIMEOUT" --latency "${REQ_H[@]}" "http://127.0.0.1:$1$REQ_PATH" || true
 }
 
 # parse_wrk FILE : "requests runtime_s rps p50_ms p99_ms non2xx socket_errors"
@@ -766,13 +943,15 @@ fail_row() {
 # variant's check, CG_WARMUP requests, counters zeroed, CG_N requests on one
 # keep-alive connection (each must be a 200 with the origin's body), counters
 # dumped: instructions / CG_N.
-# cg_send PORT COUNT : COUNT GET /small on one keep-alive connection; exit 1 on a non-200
+# cg_send PORT COUNT : COUNT times the measured request ($SCRATCH/request.http)
+# on one keep-alive connection; exit 1 on a non-200
 cg_send() {
-    timeout 600 "$PYTHON" - "$1" "$2" <<'PYEOF'
+    timeout 600 "$PYTHON" - "$1" "$2" "$SCRATCH/request.http" <<'PYEOF'
 import socket, sys
 port, count = int(sys.argv[1]), int(sys.argv[2])
 s = socket.create_connection(("127.0.0.1", port))
-req = b"GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: access.sh\r\n\r\n"
+with open(sys.argv[3], "rb") as f:
+    req = f.read()
 buf = b""
 for _ in range(count):
     s.sendall(req)
@@ -808,7 +987,9 @@ if [[ $CALLGRIND == 1 ]]; then
         if ! start_proxy "$name"; then
             why=${FAIL_OF[$name]}
         else
-            for _ in 1 2 3; do curl -s -o /dev/null --max-time 30 "http://127.0.0.1:${PORT_OF[$name]}/small" || true; done
+            for _ in 1 2 3; do
+                curl -s -o /dev/null --max-time 30 "${REQ_H[@]}" "http://127.0.0.1:${PORT_OF[$name]}$REQ_PATH" || true
+            done
             if ! check_variant 1 "$name"; then
                 why=${FAIL_OF[$name]}
             elif ! cg_send "${PORT_OF[$name]}" "$CG_WARMUP" >"$SCRATCH/cg-send.txt" 2>&1; then
@@ -844,7 +1025,7 @@ if [[ $CALLGRIND == 1 ]]; then
     [[ -n $REDIS_PID ]] && stop_tree "$REDIS_PID"
     stop_tree "$ORIGIN_PID"
     "$PYTHON" "$TOOLS_DIR/access_report.py" "$RESULTS_DIR" | tee "$RESULTS_DIR/report.txt"
-    echo "raw results: $RESULTS_DIR (callgrind.tsv, checks.tsv, meta.txt, logs/)" | tee -a "$RESULTS_DIR/report.txt"
+    echo "raw results: $RESULTS_DIR (callgrind.tsv, checks.tsv, meta.txt, request.txt, logs/)" | tee -a "$RESULTS_DIR/report.txt"
     awk -F'\t' 'NR > 1 && $4 == "FAILED"' "$CHECKS" | grep -q . && exit 1
     awk -F'\t' 'NR > 1 && $2 == "FAILED"' "$CG_TSV" | grep -q . && exit 1
     exit 0
@@ -881,7 +1062,7 @@ stop_tree "$ORIGIN_PID"
 
 # -------------------------------------------------------------- report ----
 "$PYTHON" "$TOOLS_DIR/access_report.py" "$RESULTS_DIR" | tee "$RESULTS_DIR/report.txt"
-echo "raw results: $RESULTS_DIR (load.tsv, checks.tsv, meta.txt, wrk/, logs/)" | tee -a "$RESULTS_DIR/report.txt"
+echo "raw results: $RESULTS_DIR (load.tsv, checks.tsv, meta.txt, request.txt, wrk/, logs/)" | tee -a "$RESULTS_DIR/report.txt"
 awk -F'\t' 'NR > 1 && $4 == "FAILED"' "$CHECKS" | grep -q . && exit 1
 awk -F'\t' 'NR > 1 && $3 == "FAILED"' "$LOAD_TSV" | grep -q . && exit 1
 exit 0

@@ -5,8 +5,9 @@
     bench/tools/access_report.py bench/results/access-2026*    # pool several invocations
 
 Each argument is a results directory (load.tsv, checks.tsv, meta.txt).
-Several are pooled as more runs.  One row per variant (nohook, noop, acl, rl,
-redis, conc, noop2): req/s, moxy's CPU % of a core, CPU us per request, p99,
+Several are pooled as more runs (pool only results of the same REQUEST: the
+"request" line of each meta.txt is printed).  One row per variant (nohook,
+noop, acl, rl, redis, conc, waf, noop2): req/s, moxy's CPU % of a core, CPU us per request, p99,
 then the ratios against noop, the baseline (the same moxy whose hook is
 empty): req/s and CPU us/req, each taken within a run (the variants measured
 seconds apart) and then the median over the runs, with their range; the extra
@@ -25,7 +26,7 @@ import statistics
 import sys
 
 NAN = float("nan")
-ORDER = ["nohook", "noop", "acl", "rl", "redis", "conc", "noop2"]
+ORDER = ["nohook", "noop", "acl", "rl", "redis", "conc", "waf", "noop2"]
 LABEL = {
     "nohook": "nohook (no script)",
     "noop": "noop (baseline)",
@@ -33,6 +34,7 @@ LABEL = {
     "rl": "ratelimit, local",
     "redis": "ratelimit, Redis",
     "conc": "concurrency",
+    "waf": "waf (default rules)",
     "noop2": "noop2 (A/A)",
 }
 NOISY_PCT = 15  # moxy's core busy outside moxy above this: a noisy measurement
@@ -127,10 +129,13 @@ def callgrind_table(dirs):
 
 def main(dirs):
     for d in dirs:
-        for key in ("date", "moxy", "git", "settings", "list", "pinning"):
+        for key in ("date", "moxy", "git", "lua", "settings", "request", "list", "pinning"):
             v = meta_value(d, key)
             if v:
                 print(f"{key}: {v}")
+    requests = {meta_value(d, "request").split(",")[0] for d in dirs}
+    if len(requests) > 1:
+        print("WARNING: pooled results of different requests (" + "; ".join(sorted(requests)) + ")")
     if callgrind_table(dirs):
         print()
     rows, checks = [], []
