@@ -365,7 +365,7 @@ return {
   default_upstream = "origin",
   scripts = { { path = "$BENCH_DIR/bench-hook.lua", jit = $jit } },
   timeouts = { keepalive = "300s" },
-  limits = { connections = 20000 },
+  limits = { connections = 20000, connections_per_client = 0 },  -- one load generator: one address
   log = { access = false, error = "stderr", level = "warn" },
 }
 EOF

@@ -78,6 +78,7 @@ return {
   scripts = scripts,
   geoip = variant == "geo" and { city = env("MOXY_BENCH_GEOIP") } or nil,
   timeouts = { keepalive = "300s" },       -- never close a client mid-run
-  limits = { connections = 20000 },        -- room for IDLE_CONNS=10000
+  limits = { connections = 20000,          -- room for IDLE_CONNS=10000,
+              connections_per_client = 0 }, -- all from the load generator's one address
   log = { access = false, error = "stderr", level = "warn" },
 }

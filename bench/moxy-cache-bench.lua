@@ -19,6 +19,7 @@ return {
   listen = { "127.0.0.1:" .. env("LISTEN_PORT") },
   upstreams = { origin = { servers = { env("ORIGIN_ADDR") }, keepalive = 64 } },
   cache = { size = "256m", max_object = "16m" },
+  limits = { connections_per_client = 0 }, -- 1000 connections from the load generator's one address
   pid_file = false,
   log = { access = false, error = "stderr", level = "warn" },
   scripts = { "moxy-cache-bench-hook.lua" },

@@ -40,7 +40,7 @@
 --   helpers.stop_all()
 --
 -- Clients
---   helpers.connection(port[, opts])      -> conn or nil, err
+--   helpers.connection(port[, opts])      -> conn or nil, err  (opts.bind: a source address)
 --       conn:send(bytes) -> true or nil, err
 --       conn:request(req[, opts]) -> res or nil, err    (send + read_response)
 --       conn:read_response([opts]) -> res or nil, err  (opts.method for HEAD,
@@ -1068,6 +1068,13 @@ function helpers.connection(port, opts)
   opts = opts or {}
   local sock = socket.tcp()
   sock:settimeout(opts.connect_timeout or 3 * SCALE)
+  if opts.bind then -- a source address of the client's (loopback: any of 127.0.0.0/8)
+    local bok, berr = sock:bind(opts.bind, 0)
+    if not bok then
+      sock:close()
+      return nil, berr
+    end
+  end
   local ok, err = sock:connect(opts.host or "127.0.0.1", port)
   if not ok then
     sock:close()

@@ -351,6 +351,8 @@ typedef struct moxy_conf_s {
         size_t uri_bytes;
         uint64_t body_bytes;
         int connections;     /* client connections per worker */
+        int connections_per_client; /* client connections per client address (IPv6: /64), all
+                                       workers; 0: no limit */
     } limits;
 
     struct { /* HTTP/2 toward clients (http2/) */

@@ -16,6 +16,7 @@
 #include "base/moxy.h"
 #include "base/pool.h"
 #include "net/conn.h"
+#include "net/conn_limit.h"
 #include "net/idle_pool.h"
 
 #include <event2/event.h>
@@ -494,6 +495,7 @@ struct moxy_client_s {
     unsigned local_peer : 1;    /* the TCP peer is on this host (loopback or a unix socket) */
     uint32_t read_size;         /* next body read (io.h) */
     moxy_client_addr_t addr;    /* its addresses */
+    moxy_conn_slot_t climit;    /* its place under limits.connections_per_client (held: counted) */
 };
 
 /* A connection to an origin server. */

@@ -59,6 +59,29 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+int moxy_worker_admit(moxy_worker_t *w, moxy_conn_slot_t *s, int family, const uint8_t *addr, int trusted)
+{
+    int limit = w->g->conf->limits.connections_per_client, open = 0;
+    s->held = 0;
+    if (limit <= 0 || trusted || moxy_conn_limit_key(s, family, addr) != MOXY_OK) return MOXY_OK;
+    if (moxy_conn_limit_enter(s, limit, &open) != MOXY_DECLINED) return MOXY_OK; /* out of memory: let in */
+    MOXY_STAT_ADD(w->stats.client_refused, 1);
+    long long now = moxy_mono_ms();
+    if (w->refused_log_ms && now - w->refused_log_ms < 1000) {
+        w->refused_quiet++;
+        return MOXY_DECLINED;
+    }
+    char a[64];
+    moxy_conn_limit_text(s, a, sizeof(a));
+    moxy_log(MOXY_LOG_WARN, NULL,
+             "worker %d: client %s: %d connections open (limits.connections_per_client); refusing "
+             "(%u more refused since the last line)",
+             w->id, a, open, w->refused_quiet);
+    w->refused_log_ms = now;
+    w->refused_quiet = 0;
+    return MOXY_DECLINED;
+}
+
 void moxy_worker_conn_closed(moxy_worker_t *w)
 {
     MOXY_STAT_ADD(w->nconns, -1);

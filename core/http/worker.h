@@ -87,6 +87,8 @@ struct moxy_worker_s {
     atomic_int nconns;           /* open client connections (MOXY_STAT_ADD: its only writer is
                                     the worker; /status and /metrics read it) */
     LIST_HEAD(, moxy_session_s) sessions; /* client connections, any protocol */
+    long long refused_log_ms;    /* when a refusal past limits.connections_per_client was last logged */
+    unsigned refused_quiet;      /* refusals since, not logged */
 #define MOXY_BUF_FREE_MAX 64
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;
@@ -147,6 +149,15 @@ void moxy_worker_buf_free_all(moxy_worker_t *w);
 
 /* w's dialer (net/dial.h), made on the first call: NULL when out of memory. */
 struct moxy_dialer_s *moxy_worker_dialer(moxy_worker_t *w);
+
+/* Count a client connection of w under limits.connections_per_client (the
+ * current generation's): its client address is family 4 or 6 at addr (other
+ * families, and addresses in trusted_proxies, are not counted).  MOXY_OK:
+ * let in (s->held says whether it took a place, given back with
+ * moxy_conn_limit_leave once, however the connection ends); MOXY_DECLINED:
+ * over the limit, counted in w's stats and logged (at most once a second per
+ * worker, with how many went unlogged): the caller closes the connection. */
+int moxy_worker_admit(moxy_worker_t *w, moxy_conn_slot_t *s, int family, const uint8_t *addr, int trusted);
 
 /* Called when a client connection closes: lets a paused accept resume and a
  * draining worker finish. */

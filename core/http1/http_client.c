@@ -199,6 +199,16 @@ void moxy_client_accept(moxy_worker_t *w, int fd, const struct sockaddr *sa, int
     memcpy(c->addr.ip, c->addr.sock_ip, sizeof(c->addr.ip));
     c->addr.port = c->addr.sock_port;
     c->proxy_wait = conf->listens[listen_index].proxy_protocol != 0;
+    /* limits.connections_per_client: refused at once, before any TLS or
+     * HTTP byte (a PROXY listener counts the header's source, once read) */
+    int family = sa->sa_family == AF_INET ? 4 : sa->sa_family == AF_INET6 ? 6 : 0;
+    const uint8_t *a = family == 4 ? (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr
+                       : family == 6 ? ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr : NULL;
+    if (!c->proxy_wait && family && moxy_worker_admit(w, &c->climit, family, a, c->trusted) != MOXY_OK) {
+        moxy_conn_close(&c->conn);
+        free(c);
+        return;
+    }
     if (w->listeners[listen_index].tls) {
         c->tls = moxy_tls_server_hold(w->listeners[listen_index].tls);
         c->tls_wait = 1;
@@ -224,6 +234,7 @@ static void client_free(moxy_client_t *c)
     if (c->out) moxy_worker_buf_put(w, c->out);
     if (c->wev) event_free(c->wev);
     if (c->tls) moxy_tls_server_free(c->tls);
+    moxy_conn_limit_leave(&c->climit);
     LIST_REMOVE(&c->s, link);
     free(c);
     moxy_worker_conn_closed(w);
@@ -658,6 +669,18 @@ static void client_proxy_fail(moxy_client_t *c, int level, const char *why)
     moxy_client_close(c);
 }
 
+/* Re-arm c's read event with what is left of head_deadline (set at accept):
+ * the PROXY header and the TLS handshake must end within client_header of
+ * the accept, and bytes that come in pieces do not restart it (a persistent
+ * event's timeout starts again at each read). */
+static void client_accept_deadline(moxy_client_t *c)
+{
+    struct timeval now, left = {0, 1};
+    event_base_gettimeofday_cached(c->w->base, &now);
+    if (evutil_timercmp(&now, &c->head_deadline, <)) evutil_timersub(&c->head_deadline, &now, &left);
+    client_read_timeout(c, &left);
+}
+
 /* Read the PROXY header at the start of c->in.  MOXY_OK: consumed, c->addr.ip and
  * c->addr.port are its source (unless it keeps the socket's address); MOXY_AGAIN:
  * more must come (within the client_header deadline set at accept);
@@ -685,20 +708,29 @@ static int client_proxy_header(moxy_client_t *c)
     }
     /* The header, then the first byte of the first request, are due within
      * client_header of the accept (head_deadline): pieces do not restart it. */
-    struct timeval now, left = {0, 1};
-    event_base_gettimeofday_cached(w->base, &now);
-    if (evutil_timercmp(&now, &c->head_deadline, <))
-        evutil_timersub(&c->head_deadline, &now, &left);
-    client_read_timeout(c, &left);
+    client_accept_deadline(c);
     if (rc == MOXY_AGAIN) return MOXY_AGAIN;
     evbuffer_drain(c->in, h.len);
     c->proxy_wait = 0;
+    int family = 0;
+    uint8_t sock[16];
+    const uint8_t *a = sock;
     if (h.family) {
         const moxy_conf_t *conf = w->g->conf;
         inet_ntop(h.family == 4 ? AF_INET : AF_INET6, h.addr, c->addr.ip, sizeof(c->addr.ip));
         c->addr.port = h.port;
         c->trusted =
             conf->ntrusted && moxy_cidr_match(conf->trusted, conf->ntrusted, h.family, h.addr);
+        family = h.family;
+        a = h.addr;
+    } else if (inet_pton(AF_INET, c->addr.sock_ip, sock) == 1) {
+        family = 4; /* LOCAL or UNKNOWN: the socket's address is the client */
+    } else if (inet_pton(AF_INET6, c->addr.sock_ip, sock) == 1) {
+        family = 6;
+    }
+    if (family && moxy_worker_admit(w, &c->climit, family, a, c->trusted) != MOXY_OK) {
+        moxy_client_close(c);
+        return MOXY_ERROR;
     }
     moxy_log(MOXY_LOG_DEBUG, NULL, "listener %s: client %s:%u: PROXY v%d, client %s:%u",
              w->g->conf->listens[c->s.listen_index].name, c->addr.sock_ip, c->addr.sock_port, h.version, c->addr.ip,
@@ -742,7 +774,8 @@ static void client_hello_done(void *owner, int rc)
 static void client_to_h2(moxy_client_t *c)
 {
     moxy_h2_from_t from = {.listen_index = c->s.listen_index, .addr = &c->addr, .trusted = c->trusted,
-                           .local_peer = c->local_peer};
+                           .local_peer = c->local_peer, .climit = c->climit};
+    c->climit.held = 0; /* the place goes with the connection */
     moxy_conn_t conn = c->conn;
     moxy_req_t *r = c->req;
     if (r) { /* the preface's first bytes made a request: nothing of it is logged */
@@ -798,10 +831,14 @@ static int client_tls_step(moxy_client_t *c)
             moxy_client_close(c);
             return MOXY_ERROR;
         }
+        client_accept_deadline(c);
         return MOXY_AGAIN;
     }
     client_stop_write(c);
-    if (rc == MOXY_AGAIN) return MOXY_AGAIN;
+    if (rc == MOXY_AGAIN) {
+        client_accept_deadline(c); /* a ClientHello a byte at a time gets no more time */
+        return MOXY_AGAIN;
+    }
     c->tls_wait = 0;
     moxy_tls_info_t info;
     if (moxy_tls_info(&c->conn, &info)) {

@@ -232,6 +232,7 @@ static void h2_free(h2_conn_t *h)
     if (h->out) moxy_worker_buf_put(w, h->out);
     LIST_REMOVE(&h->s, link);
     MOXY_STAT_ADD(w->stats.h2_conns, -1);
+    moxy_conn_limit_leave(&h->climit);
     free(h);
     moxy_worker_conn_closed(w);
 }
@@ -660,10 +661,13 @@ int moxy_h2_accept(moxy_worker_t *w, moxy_conn_t *conn, const moxy_h2_from_t *fr
     pthread_once(&h2_once, h2_init);
     h2_conn_t *h = h2_callbacks ? calloc(1, sizeof(*h)) : NULL;
     if (!h) {
+        moxy_conn_slot_t s = from->climit;
+        moxy_conn_limit_leave(&s);
         moxy_conn_close(conn);
         return MOXY_ERROR;
     }
     h->s.ops = &h2_session_ops;
+    h->climit = from->climit;
     h->s.protocol = MOXY_PROTO_HTTP2;
     h->s.listen_index = from->listen_index;
     h->w = w;

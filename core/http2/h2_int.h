@@ -62,6 +62,7 @@ struct h2_conn_s {
     struct event tick;        /* once a second while streams run: stalls, body timeouts, drain grace */
     struct evbuffer *out;     /* frames toward the client (NULL while idle) */
     moxy_client_addr_t addr;
+    moxy_conn_slot_t climit;  /* its place under limits.connections_per_client (from HTTP/1) */
     void *frame_buf;          /* nghttp2's output frame buffer (page-aligned, see h2_conn.c), or NULL */
     size_t frame_len;
     void *map_buf;            /* nghttp2's table of streams (page-aligned), or NULL */

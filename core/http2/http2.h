@@ -26,11 +26,14 @@ typedef struct {
     const moxy_client_addr_t *addr;
     unsigned trusted : 1;         /* its peer is in trusted_proxies */
     unsigned local_peer : 1;      /* its peer is on this host */
+    moxy_conn_slot_t climit;      /* its place under limits.connections_per_client, moved to
+                                     HTTP/2 (given back when the connection goes) */
 } moxy_h2_from_t;
 
 /* Serve conn (its transport ready: TLS done, or plain) as an HTTP/2
- * connection of worker w: conn is moved (the caller's copy is no longer
- * used), in holds the bytes already read (the preface among them; it is
+ * connection of worker w: conn and from->climit's place are moved (the
+ * caller's copies are no longer used; the place is given back when the
+ * connection goes, or at once on failure), in holds the bytes already read (the preface among them; it is
  * emptied, and stays the caller's).  Counted in w's connections from then
  * on; on failure conn is closed.  MOXY_OK or MOXY_ERROR. */
 int moxy_h2_accept(moxy_worker_t *w, moxy_conn_t *conn, const moxy_h2_from_t *from, struct evbuffer *in);

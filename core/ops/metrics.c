@@ -391,6 +391,12 @@ static void render_protocols(struct evbuffer *out, const moxy_stats_total_t *tot
     evbuffer_add_printf(out, "moxy_requests_by_protocol_total{protocol=\"http/1.1\"} %llu\n"
                              "moxy_requests_by_protocol_total{protocol=\"h2\"} %llu\n",
                         all - tot->requests_h2, tot->requests_h2);
+    head(out, "moxy_client_connections_refused_total", "counter",
+         "Client connections closed at accept past limits.connections_per_client.");
+    evbuffer_add_printf(out, "moxy_client_connections_refused_total %llu\n", tot->client_refused);
+    head(out, "moxy_client_addresses", "gauge",
+         "Client addresses (IPv6: /64s) holding connections under limits.connections_per_client.");
+    evbuffer_add_printf(out, "moxy_client_addresses %ld\n", moxy_conn_limit_tracked());
     head(out, "moxy_http2_connections_total", "counter", "HTTP/2 client connections since start.");
     evbuffer_add_printf(out, "moxy_http2_connections_total %llu\n", tot->h2_conns_total);
     head(out, "moxy_http2_streams_total", "counter", "HTTP/2 streams that became requests.");

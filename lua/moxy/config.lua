@@ -1339,13 +1339,16 @@ function M.check(t, path, src)
   end
 
   local lim = t.limits or {}
-  if c:table(lim, { "limits" }, { header_bytes = true, headers = true, uri_bytes = true, body_bytes = true, connections = true }) then
+  if c:table(lim, { "limits" }, { header_bytes = true, headers = true, uri_bytes = true, body_bytes = true, connections = true,
+                                    connections_per_client = true }) then
     conf.limits = {
       header_bytes = c:value(lim.header_bytes, { "limits", "header_bytes" }, size, 32 * 1024),
       headers = c:value(lim.headers, { "limits", "headers" }, integer(1, 10000), 100),
       uri_bytes = c:value(lim.uri_bytes, { "limits", "uri_bytes" }, size, 8 * 1024),
       body_bytes = c:value(lim.body_bytes, { "limits", "body_bytes" }, size, 64 * 1024 * 1024),
       connections = c:value(lim.connections, { "limits", "connections" }, integer(1, 1000000), 10000),
+      connections_per_client = c:value(lim.connections_per_client, { "limits", "connections_per_client" },
+                                       integer(0, 1000000), 256),
     }
   end
 

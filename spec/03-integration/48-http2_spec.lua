@@ -48,6 +48,7 @@ describe("HTTP/2", function()
       admin = {},
       cache = { size = "8m" },
       timeouts = { client_send = 2, client_body = 2 },
+      limits = { connections_per_client = 0 }, -- 300 idle connections from 127.0.0.1 (below)
       http2 = { max_concurrent_streams = 16, max_resets = 50, reset_rate = 10, max_control_frames = 200 },
       listen = {
         { addr = "127.0.0.1:" .. tls_port, http2 = true,
