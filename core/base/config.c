@@ -706,7 +706,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->limits.uri_bytes = (size_t)field_num(L, lim, "uri_bytes", 8192);
     c->limits.body_bytes = (uint64_t)field_num(L, lim, "body_bytes", 64.0 * 1024 * 1024);
     c->limits.connections = (int)field_num(L, lim, "connections", 10000);
-    c->limits.connections_per_client = (int)field_num(L, lim, "connections_per_client", 256);
+    c->limits.connections_per_client = (int)field_num(L, lim, "connections_per_client", 1024);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "http2");

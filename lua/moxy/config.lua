@@ -1348,7 +1348,7 @@ function M.check(t, path, src)
       body_bytes = c:value(lim.body_bytes, { "limits", "body_bytes" }, size, 64 * 1024 * 1024),
       connections = c:value(lim.connections, { "limits", "connections" }, integer(1, 1000000), 10000),
       connections_per_client = c:value(lim.connections_per_client, { "limits", "connections_per_client" },
-                                       integer(0, 1000000), 256),
+                                       integer(0, 1000000), 1024),
     }
   end
 
