@@ -109,7 +109,7 @@ local function start_moxy(o, compression)
     workers = 1, -- so the figures are one worker's
     upstreams = { hold = { servers = { o.addr }, protocol = "h2", max_streams = 1000 } },
     admin = {},
-    limits = { connections = 20000 },
+    limits = { connections = 20000, connections_per_client = 0 }, -- 10,000 clients, all from 127.0.0.1
     timeouts = { upstream = 90, client_send = 90 },
     compression = compression,
     log = { access = false },
