@@ -7,6 +7,8 @@
 #   make bench   moxy vs nginx side by side (wrk on loopback)
 #   make bench-acl   what a lookup in an ACL's prefix set costs (bench/acl_lookup.c)
 #   make fuzz    every libFuzzer harness in fuzz/ for FUZZ_S seconds (default 60)
+#   make soak    moxy for SOAK_S seconds (default 600) under mixed load, reloads and
+#                origin restarts; checks crashes, fds, memory, errors (tools/soak.py)
 #   make install [PREFIX=/usr/local] [DESTDIR=]   binary, Lua modules, scripts, man page,
 #                the systemd unit and logrotate file as examples under share/moxy/dist
 #   make install-systemd   the unit to /etc/systemd/system, logrotate to /etc/logrotate.d
@@ -42,7 +44,7 @@ LLHTTP_OBJS = $(BUILD)/base/llhttp.o $(BUILD)/base/llhttp_api.o $(BUILD)/base/ll
 OBJS      := $(SRCS:core/%.c=$(BUILD)/%.o) $(LLHTTP_OBJS)
 # Specs run inside moxy's own runtime (`moxy test` = busted with moxy's modules).
 
-.PHONY: all deps run test ctest check tsan bench bench-acl fuzz fuzz-build install install-systemd \
+.PHONY: all deps run test ctest check tsan bench bench-acl fuzz fuzz-build soak install install-systemd \
         uninstall uninstall-systemd fmt lint clean FORCE
 
 all: moxy
@@ -138,6 +140,16 @@ $(BUILD)/libmoxy.a: $(filter-out $(BUILD)/ops/main.o,$(OBJS))
 $(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
 	$(CC) $(CFLAGS) $(MOXY_CFLAGS) -Ifuzz -fsanitize=fuzzer $(MOXY_LDFLAGS) -o $@ $< \
 	      $(BUILD)/libmoxy.a $(LDLIBS)
+
+# A bounded soak (tools/soak.py, docs/testing.md "Soak"): HTTP/1.1, TLS and HTTP/2
+# clients, cache hits and misses, slow and resetting clients, a reload every 5 s, the
+# origins killed and restarted; exits 1 on a crash, an fd leak, RSS past its bound or
+# an unexplained error. Not part of `make test` (it takes SOAK_S seconds). MOXY_BIN
+# picks another binary (e.g. build-asan/moxy after `make check`).
+SOAK_S ?= 600
+
+soak: deps moxy
+	SOAK_S=$(SOAK_S) /usr/bin/python3 tools/soak.py
 
 # C tests of the core's functions: spec/02-core/NAME_test.c, each a program linked
 # against the core's objects that prints what failed and exits non-zero when

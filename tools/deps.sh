@@ -3,7 +3,8 @@
 #
 #   tools/deps.sh          build + test dependencies (clang: the fuzz harnesses; wrk: failover under load;
 #                          chromium, chromium-driver, python3-selenium: the status page spec;
-#                          nghttp2-client, python3-h2, python3-grpcio: the HTTP/2 specs and origins;
+#                          nghttp2-client, python3-h2, python3-grpcio: the HTTP/2 specs and origins
+#                          (python3-h2: also make soak's HTTP/2 clients);
 #                          brotli, zstd, python3-brotli, python3-zstandard: the compression specs decode
 #                          what moxy sends, their origin codes what it sends;
 #                          redis-server: the moxy.redis and fleet specs start their own)
