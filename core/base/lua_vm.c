@@ -111,6 +111,45 @@ static const char relative_files[] =
     "_G.dofile = function(p, ...) return dofile(full(p), ...) end\n"
     "_G.loadfile = function(p, ...) return loadfile(full(p), ...) end\n";
 
+/* require's "loading" mark: LuaJIT sets package.loaded[name] to it while a
+ * module loads and leaves it there when the loading fails.  Found once per
+ * VM by a require made to fail, kept in the registry under &sentinel_key. */
+static char sentinel_key;
+static const char find_sentinel[] =
+    "package.preload['moxy.(sentinel)'] = function() error('') end\n"
+    "pcall(require, 'moxy.(sentinel)')\n"
+    "local s = package.loaded['moxy.(sentinel)']\n"
+    "package.loaded['moxy.(sentinel)'], package.preload['moxy.(sentinel)'] = nil, nil\n"
+    "return s\n";
+
+void moxy_lua_forget_broken_requires(lua_State *L)
+{
+    lua_pushlightuserdata(L, &sentinel_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getglobal(L, "package");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "loaded");
+        if (lua_istable(L, -1)) {
+            lua_pushnil(L);
+            while (lua_next(L, -2)) { /* stack: sentinel package loaded key value */
+                int broken = lua_rawequal(L, -1, -5);
+                lua_pop(L, 1);
+                if (broken) {
+                    lua_pushvalue(L, -1);
+                    lua_pushnil(L);
+                    lua_rawset(L, -4); /* clearing a field while traversing is allowed */
+                }
+            }
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}
+
 lua_State *moxy_lua_new(const char *conf_dir)
 {
     lua_State *L = luaL_newstate();
@@ -127,6 +166,10 @@ lua_State *moxy_lua_new(const char *conf_dir)
     lua_concat(L, 3);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
+    lua_pushlightuserdata(L, &sentinel_key);
+    if (luaL_loadbuffer(L, find_sentinel, sizeof(find_sentinel) - 1, "=moxy") != 0 || lua_pcall(L, 0, 1, 0) != 0)
+        goto err;
+    lua_rawset(L, LUA_REGISTRYINDEX);
     if (conf_dir) {
         if (luaL_loadbuffer(L, relative_files, sizeof(relative_files) - 1, "=moxy") != 0) goto err;
         lua_pushstring(L, conf_dir);

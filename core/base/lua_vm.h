@@ -18,6 +18,11 @@ const char *moxy_lua_dir(void);
  * moxy_lua_close. */
 lua_State *moxy_lua_new(const char *conf_dir);
 
+/* Forget the modules whose require failed midway in L (package.loaded
+ * left at require's loading mark), so that the next require loads them
+ * again instead of failing with "loop or previous error loading module". */
+void moxy_lua_forget_broken_requires(lua_State *L);
+
 /* Close L (made by moxy_lua_new) and free its memory accounting. */
 void moxy_lua_close(lua_State *L);
 

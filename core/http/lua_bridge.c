@@ -158,6 +158,7 @@ static void budget_disarm(moxy_wgen_t *g)
         MOXY_STAT_ADD(w->stats.budget_kills, 1);
         budget_hooked = 0;
         lua_sethook(g->L, NULL, 0, 0);
+        moxy_lua_forget_broken_requires(g->L); /* a require it stopped loads again next time */
     }
 }
 

@@ -1,6 +1,8 @@
 -- lua.cpu_budget: a hook call that runs away ends its request with a 500 and
 -- a log line naming file:line; the worker and other requests carry on, and
--- time spent parked (moxy.sleep) does not count.
+-- time spent parked (moxy.sleep) does not count; a require the budget
+-- stopped midway loads again on the next request (it used to leave the
+-- module broken -- "loop or previous error" -- until a reload).
 local helpers = require "spec.helpers"
 
 local SITE = [[
@@ -17,12 +19,28 @@ return {
     elseif mode == "nap" then
       moxy.sleep(0.3)
       txn.req.headers:set("X-Napped", "yes")
+    elseif mode == "require" then
+      txn.req.headers:set("X-Answer", tostring(require("slowmod").answer))
     end
   end,
 }
 ]]
 
 local SPIN_LINE = helpers.line_of(SITE, "SPIN_LINE")
+
+-- A module slow to load the first time only (while the file slow-once is
+-- there): os.clock() keeps the loop out of the JIT, so the budget sees it.
+local SLOWMOD = [[
+local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")
+local f = io.open(dir .. "/slow-once", "rb")
+if f then
+  f:close()
+  os.remove(dir .. "/slow-once")
+  local t = os.clock()
+  while os.clock() - t < 2 do end
+end
+return { answer = 42 }
+]]
 
 describe("lua.cpu_budget", function()
   local origin, moxy
@@ -33,7 +51,7 @@ describe("lua.cpu_budget", function()
       upstreams = { app = { servers = { origin.addr } } },
       scripts = { "site.lua" },
       lua = { cpu_budget = "100ms" },
-    }, { files = { ["site.lua"] = SITE } })
+    }, { files = { ["site.lua"] = SITE, ["slowmod.lua"] = SLOWMOD, ["slow-once"] = "" } })
   end)
 
   lazy_teardown(function() helpers.stop_all() end)
@@ -66,6 +84,13 @@ describe("lua.cpu_budget", function()
     end
     assert.equal(500, assert(c:read_response()).status)
     c:close()
+  end)
+
+  it("lets a module whose require it stopped load again on the next request", function()
+    assert.equal(500, assert(mode("require")).status)          -- stopped inside slowmod's loading
+    local res = assert(mode("require"))
+    assert.equal(200, res.status)
+    assert.equal("42", helpers.echo_value(helpers.echo(res), "X-Answer"))
   end)
 
   it("does not count the time a hook is parked", function()
