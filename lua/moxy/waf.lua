@@ -21,8 +21,8 @@ local default_rules = require "moxy.waf_rules"
 
 local type, tostring, tonumber, error, pairs, ipairs, setmetatable, pcall = type, tostring, tonumber, error, pairs,
   ipairs, setmetatable, pcall
-local find, sub, gsub, lower, char, byte, format, concat = string.find, string.sub, string.gsub, string.lower,
-  string.char, string.byte, string.format, table.concat
+local find, sub, gsub, match, lower, char, byte, format, concat = string.find, string.sub, string.gsub,
+  string.match, string.lower, string.char, string.byte, string.format, table.concat
 local band, bor, rshift, lshift = bit.band, bit.bor, bit.rshift, bit.lshift
 
 local M = {}
@@ -45,7 +45,7 @@ end
 
 local function hex_byte(h) return char(tonumber(h, 16)) end
 
--- The UTF-8 of code point cp (IIS %uXXXX).
+-- The UTF-8 of the code point written in hex h (IIS's %uHHHH escape).
 local function utf8_of(h)
   local cp = tonumber(h, 16)
   if cp < 0x80 then return char(cp) end
@@ -71,7 +71,7 @@ local T = {}
 
 local SPACE = { [32] = true, [9] = true, [10] = true, [11] = true, [12] = true, [13] = true }
 
--- %XX and %uXXXX decoded (once), overlong UTF-8 folded to ASCII, and the
+-- %HH and %uHHHH decoded (once), overlong UTF-8 folded to ASCII, and the
 -- look-alikes of / \ . (BEST_FIT) as those.
 function T.url_decode(s)
   if find(s, "%", 1, true) then
@@ -131,12 +131,31 @@ end
 
 -- SQL and C comments as one space (MySQL's /*!NNNNN ... */ keeps its
 -- text, as MySQL runs it).
+-- One left-to-right pass of plain searches: a value of many unclosed
+-- "/*" costs what its length does (a lazy pattern per "/*" would rescan
+-- the rest of the value each time).
 function T.remove_comments(s)
   if not find(s, "/*", 1, true) and not find(s, "*/", 1, true) then return s end
-  s = gsub(s, "/%*!%d*", " ")
-  s = gsub(s, "/%*.-%*/", " ")
-  s = gsub(s, "/%*.*$", " ")
-  return (gsub(s, "%*/", " "))
+  local out, pos, len = {}, 1, #s
+  while true do
+    local a = find(s, "/*", pos, true)
+    if not a then break end
+    out[#out + 1] = sub(s, pos, a - 1)
+    out[#out + 1] = " "
+    if byte(s, a + 2) == 33 then -- "/*!NNNNN": MySQL runs what follows
+      pos = a + 3
+      while pos <= len and byte(s, pos) >= 48 and byte(s, pos) <= 57 do pos = pos + 1 end
+    else
+      local e = find(s, "*/", a + 2, true)
+      if not e then
+        pos = len + 1
+        break
+      end
+      pos = e + 2
+    end
+  end
+  out[#out + 1] = sub(s, pos)
+  return (gsub(concat(out), "%*/", " "))
 end
 
 -- Backslashes as slashes, repeated slashes as one, "." and ".." segments
@@ -302,19 +321,40 @@ end
 -- XML values as arguments: element text (args:xml:ELEMENT), attribute
 -- values (args:xml:@NAME), CDATA sections (args:xml:cdata), character
 -- references decoded; at most max + 1 of them.
+-- One left-to-right pass of plain searches: a body of unclosed tags or
+-- CDATA sections costs what its length does.
 local function add_xml(self, body, max)
   local args = self.lists.args
-  for text in body:gmatch("<!%[CDATA%[(.-)%]%]>") do
-    if args.n > max then return end
-    push(args, "xml:cdata", text)
-  end
-  for name, text in body:gmatch("<([%w_:.-]+)[^>]*>([^<]+)") do
-    if args.n > max then return end
-    if find(text, "%S") then push(args, "xml:" .. name, T.html_decode(text)) end
-  end
-  for name, q, v in body:gmatch("([%w_:.-]+)%s*=%s*([\"'])(.-)%2") do
-    if args.n > max then return end
-    push(args, "xml:@" .. name, T.html_decode(v))
+  local pos, len = 1, #body
+  while pos <= len and args.n <= max do
+    local lt = find(body, "<", pos, true)
+    if not lt then break end
+    if sub(body, lt, lt + 8) == "<![CDATA[" then
+      local e = find(body, "]]>", lt + 9, true)
+      push(args, "xml:cdata", sub(body, lt + 9, (e or len + 1) - 1))
+      if not e then break end
+      pos = e + 3
+    else
+      local gt = find(body, ">", lt + 1, true)
+      if not gt then break end
+      local tag = sub(body, lt + 1, gt - 1)
+      local name = match(tag, "^/?([%w_:.-]+)") or ""
+      -- attribute values: the quoted runs inside the tag (searched in the
+      -- tag alone, so each search ends where the tag does)
+      local p = 1
+      while args.n <= max do
+        local q = find(tag, "[\"']", p)
+        if not q then break end
+        local e = find(tag, sub(tag, q, q), q + 1, true)
+        if not e then break end
+        push(args, "xml:@" .. name, T.html_decode(sub(tag, q + 1, e - 1)))
+        p = e + 1
+      end
+      local nxt = find(body, "<", gt + 1, true) or len + 1
+      local text = sub(body, gt + 1, nxt - 1)
+      if args.n <= max and find(text, "%S") then push(args, "xml:" .. name, T.html_decode(text)) end
+      pos = nxt
+    end
   end
 end
 
@@ -361,8 +401,9 @@ local function view_new(waf, txn)
   return self
 end
 
--- "kind:NAME" targets split, once per target string.
-local PARTS = setmetatable({}, { __mode = "k" })
+-- "kind:NAME" targets split, once per target string (the rules' targets:
+-- the configuration's, not the client's, so the table stays small).
+local PARTS = {}
 local function target_parts(t)
   local p = PARTS[t]
   if not p then
@@ -891,11 +932,15 @@ local function check(res, pt, v, l, i, active, nx)
     end
   end
   if slow then return check_value(res, pt, v, l, i, active, nx) end
-  local single, other = pt.single, pt.other
+  local single, other, lv = pt.single, pt.other, nil
   for k = 1, #single do
     local c = single[k]
-    if not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0)
-       and (not c.needs or has_need(c, band(m, UPPER_BIT) ~= 0 and lower(v) or v)) and test(c, v) then
+    local maybe = not res.hit[c] and (not c.mask or band(m, c.mask) ~= 0)
+    if maybe and c.needs then
+      lv = lv or (band(m, UPPER_BIT) ~= 0 and lower(v) or v)
+      maybe = has_need(c, lv)
+    end
+    if maybe and test(c, v) then
       local name = label(l, i)
       if nx == 0 or not excluded(active, c, name, pt.target) then hit(res, c, name) end
     end
@@ -913,15 +958,20 @@ local NAMED_KINDS = { "args", "cookies" }
 
 local function by_index(a, b) return a.index < b.index end
 
+local NO_EXCLUSIONS = {} -- never added to
+
 --- waf:inspect(txn) -> result: { score, blocked (bool), hits = { { id,
 -- msg, tag, target, score } ... } in rule order }, or nil, err when the
 -- body could not be read (moxy answers: 413, 400 or 415).
 function Waf:inspect(txn)
   local view = view_new(self, txn)
   if self.body_max and not read_body(view) then return nil, view.body_error end
-  local active = {}
-  for _, x in ipairs(self.exclude) do
-    if not x.path or re.find(view.req.path, x.path) then active[#active + 1] = x end
+  local active = NO_EXCLUSIONS
+  if #self.exclude > 0 then
+    active = {}
+    for _, x in ipairs(self.exclude) do
+      if not x.path or re.find(view.req.path, x.path) then active[#active + 1] = x end
+    end
   end
   local res = { n = 0, rules = {}, hit = {} }
   local nx = #active

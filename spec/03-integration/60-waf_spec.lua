@@ -237,6 +237,17 @@ describe("moxy.waf", function()
     -- a body type not inspected passes whole; one over body.max is refused (413)
     assert.equal(200, post("<script>alert(1)</script>", "application/octet-stream").status)
     assert.equal(413, post("a=" .. string.rep("b", 20000), "application/x-www-form-urlencoded").status)
+    -- bodies built to make a pattern rescan them (unclosed tags, CDATA
+    -- sections, comments): answered at once, each costs what its length does
+    for _, b in ipairs({ { string.rep("<a", 8000), "application/xml" },
+                         { string.rep("<![CDATA[", 1700), "text/xml" },
+                         { '<a b="' .. string.rep("'", 15000) .. '">', "application/xml" },
+                         { '{"q":"' .. string.rep("/*", 7000) .. '"}', "application/json" } }) do
+      local t = helpers.now()
+      local r = post(b[1], b[2])
+      assert.is_true(r.status == 200 or r.status == 403, b[2] .. ": " .. r.status)
+      assert.is_true(helpers.now() - t < 1 * S, b[2] .. ": " .. (helpers.now() - t) .. " s")
+    end
     -- a malformed chunked body: 400 from moxy, not the origin
     local c = assert(helpers.connection(m.port))
     c:send("POST /submit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
