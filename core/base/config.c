@@ -13,6 +13,19 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* limits.buffer_memory's default: 1 GiB, or a quarter of the machine's
+ * memory when that is less. */
+static double default_buffer_memory(void)
+{
+    double gib = 1024.0 * 1024 * 1024;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return gib;
+    double quarter = (double)pages * (double)page / 4;
+    return quarter < gib ? quarter : gib;
+}
 
 static char *field_str(lua_State *L, int idx, const char *key)
 {
@@ -707,6 +720,7 @@ static int read_conf(lua_State *L, int t, moxy_conf_t *c, FILE *err)
     c->limits.body_bytes = (uint64_t)field_num(L, lim, "body_bytes", 64.0 * 1024 * 1024);
     c->limits.connections = (int)field_num(L, lim, "connections", 10000);
     c->limits.connections_per_client = (int)field_num(L, lim, "connections_per_client", 1024);
+    c->limits.buffer_memory = (size_t)field_num(L, lim, "buffer_memory", default_buffer_memory());
     lua_pop(L, 1);
 
     lua_getfield(L, t, "http2");

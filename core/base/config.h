@@ -353,6 +353,8 @@ typedef struct moxy_conf_s {
         int connections;     /* client connections per worker */
         int connections_per_client; /* client connections per client address (IPv6: /64), all
                                        workers; 0: no limit */
+        size_t buffer_memory;       /* bytes all connections' buffers may hold before each keeps
+                                       less ahead of its peer (http/buffer_budget.h); 0: none */
     } limits;
 
     struct { /* HTTP/2 toward clients (http2/) */

@@ -17,6 +17,7 @@
 #include "base/pool.h"
 #include "net/conn.h"
 #include "net/conn_limit.h"
+#include "net/event_mem.h"
 #include "net/idle_pool.h"
 
 #include <event2/event.h>
@@ -48,6 +49,20 @@ typedef struct moxy_body_tap_s moxy_body_tap_t;
 
 #define MOXY_HIGH_WATER (256 * 1024)
 #define MOXY_LOW_WATER (64 * 1024)
+/* The same while buffers are over limits.buffer_memory. */
+#define MOXY_TIGHT_HIGH_WATER (16 * 1024)
+#define MOXY_TIGHT_LOW_WATER (8 * 1024)
+
+/* The watermarks now (tight while buffers are over their budget). */
+static inline size_t moxy_high_water(void)
+{
+    return moxy_event_mem_over() ? MOXY_TIGHT_HIGH_WATER : MOXY_HIGH_WATER;
+}
+
+static inline size_t moxy_low_water(void)
+{
+    return moxy_event_mem_over() ? MOXY_TIGHT_LOW_WATER : MOXY_LOW_WATER;
+}
 #define MOXY_READ_CHUNK 16384
 
 /* Lingering close: a connection closes once it has read and dropped this

@@ -436,7 +436,7 @@ int moxy_client_send(moxy_client_t *c)
         return MOXY_ERROR;
     }
     moxy_req_t *r = c->req;
-    if (r && r->up && left < MOXY_LOW_WATER) r->origin->resume_read(r);
+    if (r && r->up && left < moxy_low_water()) r->origin->resume_read(r);
     return MOXY_OK;
 }
 
@@ -593,7 +593,7 @@ static int stream_flush(void *ctx)
 static int stream_backlogged(void *ctx)
 {
     moxy_client_t *c = ctx;
-    return c->out && evbuffer_get_length(c->out) > MOXY_HIGH_WATER;
+    return c->out && evbuffer_get_length(c->out) > moxy_high_water();
 }
 
 static int stream_sendfile(void *ctx)
@@ -626,7 +626,7 @@ static int stream_tunnel_relay(void *ctx, struct evbuffer *from, int eof)
         moxy_client_close(c);
         return MOXY_DONE;
     }
-    return evbuffer_get_length(c->out) > MOXY_HIGH_WATER ? MOXY_AGAIN : MOXY_OK;
+    return evbuffer_get_length(c->out) > moxy_high_water() ? MOXY_AGAIN : MOXY_OK;
 }
 
 static const moxy_stream_ops_t stream_ops = {
@@ -1101,7 +1101,7 @@ static void client_read(moxy_client_t *c, short what)
         return;
     }
     int body = c->state != MOXY_C_HEAD;
-    size_t want = body ? c->read_size : MOXY_READ_CHUNK;
+    size_t want = body ? moxy_io_read_size(c->read_size) : MOXY_READ_CHUNK;
     ssize_t n = moxy_conn_read(&c->conn, c->in, want);
     if (body) c->read_size = (uint32_t)moxy_io_next_size(want, n);
     if (n < 0) {

@@ -54,7 +54,7 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
     h2_conn_t *h = arg;
     MOXY_UNUSED(ng);
     MOXY_UNUSED(flags);
-    if (evbuffer_get_length(h->out) > MOXY_HIGH_WATER) return NGHTTP2_ERR_WOULDBLOCK;
+    if (evbuffer_get_length(h->out) > moxy_high_water()) return NGHTTP2_ERR_WOULDBLOCK;
     if (evbuffer_add(h->out, data, len) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
     h->mem_idle = 0; /* a frame was made in the frame buffer */
     return (ssize_t)len;
@@ -65,7 +65,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fr
 {
     MOXY_UNUSED(ng);
     h2_conn_t *h = arg;
-    if (evbuffer_get_length(h->out) > MOXY_HIGH_WATER) return NGHTTP2_ERR_WOULDBLOCK;
+    if (evbuffer_get_length(h->out) > moxy_high_water()) return NGHTTP2_ERR_WOULDBLOCK;
     h->mem_idle = 0;
     return h2_stream_data_send(h, f, framehd, length, src);
 }
@@ -281,7 +281,7 @@ int h2_conn_budget(h2_conn_t *h, double cost)
 static void h2_want_read(h2_conn_t *h)
 {
     if (h->dead) return;
-    int want = nghttp2_session_want_read(h->ng) && (!h->out || evbuffer_get_length(h->out) <= MOXY_HIGH_WATER);
+    int want = nghttp2_session_want_read(h->ng) && (!h->out || evbuffer_get_length(h->out) <= moxy_high_water());
     if (!want) {
         if (h->reading) event_del(&h->rev);
         h->reading = 0;
@@ -447,7 +447,7 @@ static void h2_read(h2_conn_t *h, short what)
             return;
         }
         if ((size_t)n < sizeof(buf) && !moxy_conn_pending(&h->conn)) break;
-        if (h->out && evbuffer_get_length(h->out) > MOXY_HIGH_WATER) break;
+        if (h->out && evbuffer_get_length(h->out) > moxy_high_water()) break;
     }
     h2_send(h);
 }

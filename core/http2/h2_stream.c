@@ -596,7 +596,7 @@ static int stream_flush(void *ctx)
 static int stream_backlogged(void *ctx)
 {
     h2_stream_t *s = ctx;
-    return s->out && evbuffer_get_length(s->out) > MOXY_HIGH_WATER;
+    return s->out && evbuffer_get_length(s->out) > moxy_high_water();
 }
 
 /* r's trailers kept by s for after r is logged: one block with their bytes. */
@@ -843,7 +843,7 @@ int h2_stream_data_send(h2_conn_t *h, nghttp2_frame *f, const uint8_t *framehd, 
     s->stall_ms = 0;
     moxy_req_t *r = s->r;
     size_t left = s->out ? evbuffer_get_length(s->out) : 0;
-    if (r && r->up && left < MOXY_LOW_WATER) r->origin->resume_read(r);
+    if (r && r->up && left < moxy_low_water()) r->origin->resume_read(r);
     return 0;
 }
 

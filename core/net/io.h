@@ -9,6 +9,8 @@
 #ifndef MOXY_IO_H
 #define MOXY_IO_H
 
+#include "net/event_mem.h"
+
 #include <event2/buffer.h>
 #include <sys/types.h>
 
@@ -30,6 +32,13 @@ static inline size_t moxy_io_next_size(size_t cur, ssize_t got)
     if (got >= (ssize_t)cur && cur < MOXY_IO_READ_MAX) return cur * 2;
     if (got >= 0 && (size_t)got < cur / 4 && cur > MOXY_IO_READ_MIN) return cur / 2;
     return cur;
+}
+
+/* How much to read now with a read size of cur: cur, but MOXY_IO_READ_MIN
+ * while buffers are over limits.buffer_memory. */
+static inline size_t moxy_io_read_size(size_t cur)
+{
+    return moxy_event_mem_over() ? MOXY_IO_READ_MIN : cur;
 }
 
 /* Move n bytes from the front of src to the end of dst.  Whole buffers are

@@ -13,6 +13,7 @@
 #include "ops/workers.h"
 #include "net/tls.h"
 #include "http/stats.h"
+#include "http/buffer_budget.h"
 
 #include <event2/buffer.h>
 #include <stddef.h>
@@ -377,6 +378,20 @@ static void render_tls(struct evbuffer *out, const moxy_stats_total_t *tot, cons
     }
 }
 
+/* limits.buffer_memory: what the buffers hold against it. */
+static void render_buffers(struct evbuffer *out)
+{
+    head(out, "moxy_buffer_memory_bytes", "gauge", "Bytes all connections' buffers hold (to 64 KiB per worker).");
+    evbuffer_add_printf(out, "moxy_buffer_memory_bytes %zu\n", moxy_event_mem_held());
+    head(out, "moxy_buffer_memory_limit_bytes", "gauge", "limits.buffer_memory (0: none).");
+    evbuffer_add_printf(out, "moxy_buffer_memory_limit_bytes %zu\n", moxy_buffer_budget_limit());
+    head(out, "moxy_buffer_memory_over", "gauge",
+         "1 while the buffers are over limits.buffer_memory (each connection keeps less ahead of its peer).");
+    evbuffer_add_printf(out, "moxy_buffer_memory_over %d\n", moxy_event_mem_over());
+    head(out, "moxy_buffer_memory_over_total", "counter", "Times the buffers went over limits.buffer_memory.");
+    evbuffer_add_printf(out, "moxy_buffer_memory_over_total %llu\n", moxy_buffer_budget_episodes());
+}
+
 /* Connections and requests by protocol, and HTTP/2's streams, refusals,
  * GOAWAYs and resets by error code (codes never seen are left out). */
 static void render_protocols(struct evbuffer *out, const moxy_stats_total_t *tot)
@@ -478,6 +493,7 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     moxy_stats_sum(workers, n, &tot);
     head(out, "moxy_connections", "gauge", "Open client connections.");
     evbuffer_add_printf(out, "moxy_connections %lld\n", tot.conns);
+    render_buffers(out);
     head(out, "moxy_lua_errors_total", "counter",
          "Hook and timer runs that failed: script errors, CPU budget and memory limit.");
     evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", tot.lua_errors);

@@ -3,6 +3,7 @@
  * drain/stop on command from the main thread; see workers.h.
  */
 #include "http/lifecycle.h"
+#include "http/buffer_budget.h"
 #include "ops/workers.h"
 #include "ops/generation.h"
 #include "api/geoip.h"
@@ -96,6 +97,7 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
     MOXY_UNUSED(what);
     moxy_alog_flush(&w->alog);
     moxy_modules_worker_tick(w);
+    moxy_buffer_budget_tick(w);
     /* event-loop lag: how late this one-second timer fires (a loop kept
      * busy by a slow callback fires it late) */
     long long now = moxy_mono_us();
@@ -275,6 +277,7 @@ moxy_worker_t *moxy_worker_new(moxy_gen_t *gen, int id)
     event_add(&w->flush_timer, &sec);
     w->g = wgen_build(w, gen);
     atomic_store(&w->gen_id, gen->id);
+    if (w->g) moxy_buffer_budget_tick(w); /* limits.buffer_memory from the start */
     return w;
 }
 

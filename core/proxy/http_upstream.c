@@ -716,7 +716,7 @@ void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
 
 int moxy_upstream_backlogged(const moxy_upconn_t *u)
 {
-    return evbuffer_get_length(u->out) >= MOXY_HIGH_WATER;
+    return evbuffer_get_length(u->out) >= moxy_high_water();
 }
 
 void moxy_upstream_send(moxy_upconn_t *u)
@@ -754,7 +754,7 @@ void moxy_upstream_send(moxy_upconn_t *u)
         event_add(&u->rev, u->g->ctv_upstream);
         u->read_timer = 1;
     }
-    if (r && left < MOXY_LOW_WATER) moxy_stream_resume_read(r);
+    if (r && left < moxy_low_water()) moxy_stream_resume_read(r);
 }
 
 void moxy_origin_tls_step(moxy_upconn_t *u)

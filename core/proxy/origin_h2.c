@@ -108,7 +108,7 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
     MOXY_UNUSED(ng);
     MOXY_UNUSED(flags);
     moxy_h2o_t *h = arg;
-    if (evbuffer_get_length(h->out) > MOXY_HIGH_WATER) return NGHTTP2_ERR_WOULDBLOCK;
+    if (evbuffer_get_length(h->out) > moxy_high_water()) return NGHTTP2_ERR_WOULDBLOCK;
     if (evbuffer_add(h->out, data, len) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
     return (ssize_t)len;
 }
@@ -303,7 +303,8 @@ static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     size_t have = evbuffer_get_length(u->out);
     size_t n = have < len ? have : len;
     if (n) evbuffer_remove(u->out, buf, n);
-    if (have - n < MOXY_LOW_WATER && have >= MOXY_LOW_WATER && !r->body_done)
+    size_t low = moxy_low_water();
+    if (have - n < low && have >= low && !r->body_done)
         event_active(&u->wev, EV_WRITE, 0); /* the client's body is read on, outside of nghttp2 */
     if (have - n == 0 && r->body_done) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -768,7 +769,7 @@ static void stream_event_cb(evutil_socket_t fd, short what, void *arg)
 static void stream_drained(moxy_upconn_t *u, short what)
 {
     MOXY_UNUSED(what);
-    if (u->req && evbuffer_get_length(u->out) < MOXY_LOW_WATER) moxy_stream_resume_read(u->req);
+    if (u->req && evbuffer_get_length(u->out) < moxy_low_water()) moxy_stream_resume_read(u->req);
 }
 
 static void stream_drained_cb(evutil_socket_t fd, short what, void *arg)

@@ -349,7 +349,7 @@ static void up_read(moxy_upconn_t *u, short what)
         return;
     }
     /* small reads until the head is in: most responses fit in one */
-    size_t want = u->resp->head_done ? u->read_size : MOXY_READ_CHUNK;
+    size_t want = u->resp->head_done ? moxy_io_read_size(u->read_size) : MOXY_READ_CHUNK;
     ssize_t n = moxy_conn_read(&u->conn, u->in, want);
     if (u->resp->head_done) u->read_size = (uint32_t)moxy_io_next_size(want, n);
     /* bytes a transport (TLS) holds already raise no socket event */

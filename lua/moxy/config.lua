@@ -1340,7 +1340,7 @@ function M.check(t, path, src)
 
   local lim = t.limits or {}
   if c:table(lim, { "limits" }, { header_bytes = true, headers = true, uri_bytes = true, body_bytes = true, connections = true,
-                                    connections_per_client = true }) then
+                                    connections_per_client = true, buffer_memory = true }) then
     conf.limits = {
       header_bytes = c:value(lim.header_bytes, { "limits", "header_bytes" }, size, 32 * 1024),
       headers = c:value(lim.headers, { "limits", "headers" }, integer(1, 10000), 100),
@@ -1349,7 +1349,12 @@ function M.check(t, path, src)
       connections = c:value(lim.connections, { "limits", "connections" }, integer(1, 1000000), 10000),
       connections_per_client = c:value(lim.connections_per_client, { "limits", "connections_per_client" },
                                        integer(0, 1000000), 1024),
+      buffer_memory = c:value(lim.buffer_memory, { "limits", "buffer_memory" }, size, nil),
     }
+    local bm = conf.limits.buffer_memory
+    if bm and bm > 0 and bm < 1024 * 1024 then
+      c:err({ "limits", "buffer_memory" }, "0 (no budget) or at least 1m", lim.buffer_memory)
+    end
   end
 
   local h2 = t.http2 or {}
