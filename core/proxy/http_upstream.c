@@ -628,8 +628,13 @@ static void try_connect(moxy_req_t *r)
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
     while (rt && r->tries == 1 && !r->fresh_conn && (u = idle_take(rt, r->server))) {
-        if (u->addr_gen == gen) break;
-        moxy_upconn_close(u); /* the name resolves elsewhere now */
+        /* Not one whose name resolves elsewhere now, nor one the origin
+         * closed (or sent to) since the idle event last looked: its FIN
+         * may wait in the event loop's turn that brought this request.
+         * One recv() that finds nothing, against a request sent into a
+         * closing connection (a POST there cannot go again). */
+        if (u->addr_gen == gen && !moxy_conn_idle_readable(&u->conn)) break;
+        moxy_upconn_close(u);
         u = NULL;
     }
     if (u) {

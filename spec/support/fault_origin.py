@@ -23,6 +23,8 @@ What a request gets depends on its path's first segments, /f/<fault>/...:
   cut-head         half a head, then a clean close
   extra-body       Content-Length: 5 and 5 bytes, then in the same segment
                    a whole second response (EVIL); the connection stays open
+  extra-late       the same, but the second response 50 ms later (while
+                   moxy holds the connection idle)
   short-body       Content-Length: 100, 50 bytes, then a clean close (FIN)
   hang-head        no answer at all (held until the peer closes)
   hang-body        a head with Content-Length: 1000, 10 bytes, then nothing
@@ -166,6 +168,10 @@ def serve(conn, healthy):
             elif fault == "extra-body":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
                              b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Evil: 1\r\n\r\nEVIL")
+            elif fault == "extra-late":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                time.sleep(0.05)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Evil: 1\r\n\r\nEVIL")
             elif fault == "short-body":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 50)
                 time.sleep(0.05)

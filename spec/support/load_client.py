@@ -7,8 +7,9 @@ counting what came back.
 Sends N requests (PATH with "{i}" replaced by the request's number from 1, "{m}" by it modulo 4)
 from CONCURRENCY threads, each on its own keep-alive connection (a new one
 when moxy closes it); METHODS ("GET,DELETE"): the methods in turn.  Prints
-one JSON line: {"n", "ok" (2xx), "statuses": {status: count}, "errors": [..]}
-where an error is a request that got no complete response.  Bounded: 30 s
+one JSON line: {"n", "ok" (2xx), "statuses": {status: count}, "failed": n,
+"errors": [the first 20]} where an error is a request that got no complete
+response.  Bounded: 30 s
 per request.
 """
 import http.client
@@ -21,7 +22,7 @@ def main():
     port, path, n, conc = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     methods = (sys.argv[5] if len(sys.argv) > 5 else "GET").split(",")
     lock = threading.Lock()
-    out = {"n": n, "ok": 0, "statuses": {}, "errors": []}
+    out = {"n": n, "ok": 0, "statuses": {}, "failed": 0, "errors": []}
     todo = iter(range(1, n + 1))
 
     def worker():
@@ -47,7 +48,9 @@ def main():
                     conn = None
             except Exception as e:  # a request that got no whole response
                 with lock:
-                    out["errors"].append("%s %d: %r" % (method, i, e))
+                    out["failed"] += 1
+                    if len(out["errors"]) < 20:
+                        out["errors"].append("%s %d: %r" % (method, i, e))
                 if conn:
                     conn.close()
                 conn = None
