@@ -243,7 +243,7 @@ describe("origin faults", function()
     it("in the body, for an HTTP/2 client: the stream is reset, not ended", function()
       local code, body, err = curl_h2(p_h2, "/f/rst-body/h2")
       assert.equal(92, code, err) -- CURLE_HTTP2_STREAM
-      assert.truthy(err:find("not closed cleanly", 1, true), "[" .. err .. "]")
+      assert.truthy(err:find("not closed cleanly: INTERNAL_ERROR", 1, true), "[" .. err .. "]")
       assert.is_true(#body >= 1000 and #body < 100000, #body)
       code, body, err = curl_h2(p_h2, "/f/rst-eof/h2")
       assert.equal(92, code, err)

@@ -48,6 +48,11 @@ import sys
 import threading
 import time
 
+# before an RST in a body: long enough for moxy to have read what came
+# before (an RST discards what the receiver has not read yet), on a busy
+# machine too
+RST_AFTER = 0.3
+
 lock = threading.Lock()
 stats = {"conns": 0, "requests": 0, "paths": {}}
 
@@ -137,15 +142,15 @@ def serve(conn, healthy):
                 return rst(conn)
             elif fault == "rst-body":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
-                time.sleep(0.05)
+                time.sleep(RST_AFTER)
                 return rst(conn)
             elif fault == "rst-chunked":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + b"c" * 1000 + b"\r\n")
-                time.sleep(0.05)
+                time.sleep(RST_AFTER)
                 return rst(conn)
             elif fault == "rst-eof":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"e" * 1000)
-                time.sleep(0.05)
+                time.sleep(RST_AFTER)
                 return rst(conn)
             elif fault in ("eof-body", "eof-noclose"):
                 conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"e" * 1000)
