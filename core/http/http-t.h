@@ -535,6 +535,7 @@ struct moxy_upconn_s {
     unsigned reading : 1;
     unsigned writing : 1;
     unsigned eof : 1;
+    unsigned reset : 1;         /* with eof: the read failed (an RST, a TLS error), not a clean close */
     unsigned write_failed : 1;
     unsigned read_timer : 1;    /* rev carries the upstream read timeout */
     unsigned dead : 1;          /* closed; freed when busy drops to 0 */

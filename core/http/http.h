@@ -122,7 +122,8 @@ extern struct moxy_module_s moxy_cache_module;
 
 /* The origin failed (status 502/504, why for the log): a stale object the
  * cache may serve (stale-if-error), else an error page if nothing was sent
- * yet, else the client connection is cut. */
+ * yet, else the client connection is cut (HTTP/2: the stream reset) and
+ * counted in the pool's moxy_pool_responses_cut_total. */
 void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why);
 
 /* Queue on out the request head moxy sends to r's origin -- request line,

@@ -43,6 +43,7 @@ typedef struct moxy_pool_stats_s {
     atomic_ullong h2_streams;  /* HTTP/2 streams (tries) sent */
     atomic_ullong h2_resets;   /* of those, reset or refused by the origin */
     atomic_ullong h2_goaways;  /* GOAWAYs the origins sent */
+    atomic_ullong cut;         /* responses whose origin failed after their head went to the client */
 } moxy_pool_stats_t;
 
 /* A worker's counts. */

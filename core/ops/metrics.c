@@ -141,7 +141,8 @@ static double pool_value(moxy_worker_t *const *workers, int n, const moxy_conf_t
         case 3: v += LOAD(ps->h2_conns); break;
         case 4: v += (long long)LOAD(ps->h2_streams); break;
         case 5: v += (long long)LOAD(ps->h2_resets); break;
-        default: v += (long long)LOAD(ps->h2_goaways); break;
+        case 6: v += (long long)LOAD(ps->h2_goaways); break;
+        default: v += (long long)LOAD(ps->cut); break;
         }
     }
     return (double)v;
@@ -170,6 +171,8 @@ static int render_upstreams(struct evbuffer *out, moxy_worker_t *const *workers,
         {"moxy_pool_h2_streams_total", "counter", "HTTP/2 streams (tries) sent to the pool's origins."},
         {"moxy_pool_h2_resets_total", "counter", "Of those, streams the origins reset or refused."},
         {"moxy_pool_h2_goaways_total", "counter", "GOAWAY frames the pool's origins sent."},
+        {"moxy_pool_responses_cut_total", "counter",
+         "Responses cut for the client: the origin failed (reset, closed, timed out) after the head went on."},
     };
     /* every peer read once, so that all its metrics tell the same moment */
     int total = 0;

@@ -565,14 +565,19 @@ static int retry_allowed(moxy_req_t *r, const char *why)
 /* This try of r failed (u: its connection, or NULL) before any response
  * byte reached the client; status is what the client gets if no other try
  * follows.  A reused keep-alive connection that the origin closed (or
- * reset) before answering -- it closed while idle: the request never
- * reached it -- is sent again once on a new connection to the same peer.  Otherwise the next try
- * starts when r may have one (moxy_upstream_may_retry, retry_allowed).
- * 1 when another try started. */
+ * reset) before answering -- most likely it closed while idle, as the
+ * request went -- is sent again once on a new connection to the same peer
+ * when r is retryable: moxy cannot tell a close that came before the
+ * request from one that came after the origin acted on it, and a proxy
+ * must not repeat a non-idempotent request (RFC 9110 9.2.2, RFC 9112
+ * 9.3.1).  An HTTP/2 stream the origin refused (u->reused, RFC 9113 8.7)
+ * was not processed: it goes again whatever its method.  Otherwise the
+ * next try starts when r may have one (moxy_upstream_may_retry,
+ * retry_allowed).  1 when another try started. */
 int moxy_origin_try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *why)
 {
     if (u && u->reused && u->eof && !u->got_bytes && !r->fresh_conn && r->tries == 1 &&
-        (r->body_kind == MOXY_BODY_NONE || r->body_buffered)) {
+        (r->retryable || u->h2) && (r->body_kind == MOXY_BODY_NONE || r->body_buffered)) {
         r->up = NULL;
         u->req = NULL;
         moxy_upconn_close(u);
@@ -623,8 +628,13 @@ static void try_connect(moxy_req_t *r)
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
     while (rt && r->tries == 1 && !r->fresh_conn && (u = idle_take(rt, r->server))) {
-        if (u->addr_gen == gen) break;
-        moxy_upconn_close(u); /* the name resolves elsewhere now */
+        /* Not one whose name resolves elsewhere now, nor one the origin
+         * closed (or sent to) since the idle event last looked: its FIN
+         * may wait in the event loop's turn that brought this request.
+         * One recv() that finds nothing, against a request sent into a
+         * closing connection (a POST there cannot go again). */
+        if (u->addr_gen == gen && !moxy_conn_idle_readable(&u->conn)) break;
+        moxy_upconn_close(u);
         u = NULL;
     }
     if (u) {
@@ -658,7 +668,7 @@ static void try_connect(moxy_req_t *r)
     if (u->connected || u->tcp_up) r->up_connected_us = r->up_started_us;
     u->req = r;
     r->up = u;
-    u->got_bytes = u->eof = u->write_failed = 0;
+    u->got_bytes = u->eof = u->reset = u->write_failed = 0;
     u->keepalive = u->server >= 0; /* set_peer connections are not kept */
     moxy_origin_response_start(u);
     const moxy_upstream_conf_t *uc = u->pool >= 0 ? &r->g->conf->upstreams[u->pool] : NULL;
@@ -691,11 +701,16 @@ void moxy_origin_fail(moxy_upconn_t *u, int status, const char *why, int retry)
         moxy_upconn_close(u);
         return;
     }
+    /* Nothing of the response went on while its head is not whole (no
+     * interim head either): the try failed before any response byte
+     * reached the client, however many bytes of a head came (a malformed
+     * or cut head is a failed try, as a reset is). */
+    retry = retry && !u->resp->head_done && !u->resp->interims;
     /* a try to a cache.shard owner that falls back says so once a second */
     int shard = r->shard_try && retry && !u->got_bytes;
     const char *pool = u->pool >= 0 ? u->g->conf->upstreams[u->pool].name : "-";
     if (!shard) moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer, pool, why);
-    if (retry && !u->got_bytes && moxy_origin_try_again(r, u, status, why)) return;
+    if (retry && moxy_origin_try_again(r, u, status, why)) return;
     if (shard) moxy_log(MOXY_LOG_ERR, r->id, "origin %s (pool %s): %s", r->peer, pool, why);
     if (!u->resp->head_done) moxy_origin_try_report(r, 0);
     moxy_req_upstream_failed(r, status, why);
@@ -706,6 +721,7 @@ void moxy_req_upstream_failed(moxy_req_t *r, int status, const char *why)
     moxy_req_origin_cut(r);
     if (r->resp_head_sent) {
         r->error = why;
+        if (r->pool >= 0 && r->g->pools) MOXY_STAT_ADD(r->g->pools[r->pool].stats->cut, 1);
         moxy_log(MOXY_LOG_WARN, r->id, "%s (response already started, connection cut)", why);
         moxy_stream_abort(r);
         return;

@@ -118,10 +118,11 @@ static void up_eof_before_head(moxy_upconn_t *u)
         moxy_origin_fail(u, u->fail_status, u->fail_why, 1);
         return;
     }
-    moxy_origin_fail(u, 502,
-            u->got_bytes ? "origin closed the connection in the response head"
-                         : "origin closed the connection without answering",
-            1);
+    static const char *const why[2][2] = {
+        {"origin closed the connection without answering", "origin closed the connection in the response head"},
+        {"origin reset the connection without answering", "origin reset the connection in the response head"},
+    };
+    moxy_origin_fail(u, 502, why[u->reset][u->got_bytes], 1);
 }
 
 /* r ends: what a try still holds is let go. */
@@ -230,7 +231,7 @@ void moxy_origin_process(moxy_upconn_t *u)
         if (rc == MOXY_ERROR) {
             moxy_log(MOXY_LOG_ERR, r->id, "origin %s: invalid response from origin: %s", r->peer, rs->why);
             u->keepalive = 0;
-            moxy_origin_fail(u, 502, "invalid response from origin", 0);
+            moxy_origin_fail(u, 502, "invalid response from origin", 1);
             return;
         }
         if (rc == MOXY_AGAIN) {
@@ -289,9 +290,11 @@ void moxy_origin_process(moxy_upconn_t *u)
         if (up_after_response_hooks(u, rc2) != MOXY_OK) return;
     }
 
+    /* a body delimited by the close ends at a clean close only: after an
+     * RST (or a TLS error) it is cut, however it looks (RFC 9112 9.8) */
     size_t take;
     int rc = u->h2 ? moxy_origin_h2_body(u, &take)
-                   : moxy_h1_resp_body(rs, u->in, u->eof, &take); /* of_body has the chunked pieces */
+                   : moxy_h1_resp_body(rs, u->in, u->eof && !u->reset, &take); /* of_body: chunked pieces */
     if (rc == MOXY_ERROR) {
         if (take) moxy_body_move(r, u->in, take); /* what came before the stream failed */
         u->keepalive = 0;
@@ -312,7 +315,10 @@ void moxy_origin_process(moxy_upconn_t *u)
         return;
     }
     if (u->eof && !u->h2) {
-        moxy_origin_fail(u, 502, "origin closed the connection in the middle of the body", 0);
+        moxy_origin_fail(u, 502,
+                         u->reset ? "origin reset the connection in the middle of the body"
+                                  : "origin closed the connection in the middle of the body",
+                         0);
         return;
     }
     if (r->filtering) {
@@ -359,6 +365,7 @@ static void up_read(moxy_upconn_t *u, short what)
             if (evbuffer_get_length(u->in)) moxy_origin_process(u); /* resumed after a pause */
             return;
         }
+        u->reset = 1;
         n = 0;
     }
     if (n == 0) {
