@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/time.h>
@@ -19,6 +20,17 @@ static int error_level = MOXY_LOG_INFO;
 static char *error_path; /* NULL when stderr */
 static int access_fd = -1;
 static char *access_path;
+
+/* Each log's write failures (a full disk, /dev/full, an I/O error): the
+ * first of a run is reported (the access log's in the error log, the error
+ * log's on stderr), the rest only counted, and the first write that works
+ * again says how many were lost.  Any thread writes: atomics. */
+static struct {
+    atomic_ullong failures; /* writes that failed */
+    atomic_ullong dropped;  /* lines they lost */
+    atomic_ullong run;      /* failures since the last write that worked */
+    atomic_int failing;     /* the last write failed */
+} health[MOXY_LOGS];
 
 static int open_append(const char *path)
 {
@@ -82,17 +94,76 @@ int moxy_log_enabled(int level)
     return level <= error_level;
 }
 
-static void write_all(int fd, const char *p, size_t n)
+/* Write the n bytes at p; 0, or -1 with errno set (what is left unwritten
+ * at *left). */
+static int write_all(int fd, const char *p, size_t n, size_t *left)
 {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR) continue;
-            return; /* nowhere left to report it */
+            *left = n;
+            return -1;
+        }
+        if (w == 0) { /* nothing taken: treat as full rather than loop */
+            errno = ENOSPC;
+            *left = n;
+            return -1;
         }
         p += w;
         n -= (size_t)w;
     }
+    *left = 0;
+    return 0;
+}
+
+static unsigned long long count_lines(const char *p, size_t n)
+{
+    unsigned long long lines = 0;
+    for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))); p++) lines++;
+    return lines;
+}
+
+static void log_line(int level, const char *rid, const char *msg, size_t len);
+
+/* Write n bytes at p to log which's descriptor fd, counting a failure and
+ * reporting the first of a run (and the end of one). */
+static void log_write(int which, int fd, const char *p, size_t n)
+{
+    size_t left;
+    if (write_all(fd, p, n, &left) == 0) {
+        if (!atomic_load_explicit(&health[which].failing, memory_order_relaxed)) return;
+        if (!atomic_exchange(&health[which].failing, 0)) return; /* another thread reports it */
+        unsigned long long run = atomic_exchange(&health[which].run, 0);
+        moxy_log(MOXY_LOG_WARN, NULL, "%s log: writing again after %llu failed writes (%llu lines lost in all)",
+                 which == MOXY_LOG_ACCESS ? "access" : "error", run,
+                 (unsigned long long)atomic_load(&health[which].dropped));
+        return;
+    }
+    int err = errno;
+    atomic_fetch_add(&health[which].failures, 1);
+    atomic_fetch_add(&health[which].run, 1);
+    unsigned long long lines = count_lines(p + (n - left), left);
+    atomic_fetch_add(&health[which].dropped, lines ? lines : 1);
+    if (atomic_exchange(&health[which].failing, 1)) return; /* reported when the run started */
+    if (which == MOXY_LOG_ACCESS) {
+        moxy_log_err("access log \"%s\": write: %s; its lines are dropped (and counted in "
+                     "moxy_log_write_failures_total) until a write works again",
+                     access_path ? access_path : "stdout/stderr", strerror(err));
+    } else if (fd != 2) {
+        char msg[512];
+        int m = snprintf(msg, sizeof(msg),
+                         "moxy: error log \"%s\": write: %s; its lines are dropped (and counted in "
+                         "moxy_log_write_failures_total) until a write works again\n",
+                         error_path ? error_path : "?", strerror(err));
+        if (m > 0 && write_all(2, msg, MOXY_MIN((size_t)m, sizeof(msg) - 1), &left) != 0) return;
+    }
+}
+
+void moxy_log_write_failures(int which, unsigned long long *failures, unsigned long long *dropped)
+{
+    *failures = atomic_load_explicit(&health[which].failures, memory_order_relaxed);
+    *dropped = atomic_load_explicit(&health[which].dropped, memory_order_relaxed);
 }
 
 /* Copy the n bytes of msg into out (room bytes), control bytes escaped so
@@ -146,7 +217,7 @@ static void log_line(int level, const char *rid, const char *msg, size_t len)
     while (len > 0 && msg[len - 1] == '\n') len--;
     n += escape_line(line + n, sizeof(line) - n - 1, msg, len);
     line[n++] = '\n';
-    write_all(error_fd, line, n);
+    log_write(MOXY_LOG_ERROR, error_fd, line, n);
 }
 
 void moxy_log(int level, const char *rid, const char *fmt, ...)
@@ -182,7 +253,7 @@ char *moxy_alog_reserve(moxy_alog_buf_t *b, size_t n)
 
 void moxy_alog_flush(moxy_alog_buf_t *b)
 {
-    if (b->len && access_fd >= 0) write_all(access_fd, b->data, b->len);
+    if (b->len && access_fd >= 0) log_write(MOXY_LOG_ACCESS, access_fd, b->data, b->len);
     b->len = 0;
 }
 

@@ -226,12 +226,22 @@ moxy_upconn_t *moxy_origin_upconn_new(moxy_worker_t *w, int pool, int server)
     return u;
 }
 
+/* 1 when a connect failed for want of a resource of moxy's own (a
+ * descriptor, socket memory): not the origin's fault, and no other peer
+ * would do better. */
+static int local_failure(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage *sa, socklen_t salen,
-                                 int pool, int server, const char **err)
+                                 int pool, int server, const char **err, int *local)
 {
     moxy_conn_t conn;
     int connected;
+    *local = 0;
     if (moxy_conn_connect(&conn, (const struct sockaddr *)sa, salen, &connected) != MOXY_OK) {
+        *local = local_failure(errno);
         *err = strerror(errno);
         return NULL;
     }
@@ -641,7 +651,14 @@ static void try_connect(moxy_req_t *r)
             moxy_req_upstream_failed(r, 502, "origin's name has no address");
             return;
         }
-        u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err);
+        int local;
+        u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err, &local);
+        if (!u && local) {
+            /* moxy's own shortage: the peer is not marked failed, nor another tried */
+            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s (moxy's own limit, not the origin's)", r->peer, err);
+            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            return;
+        }
         if (!u) {
             /* a try to a cache.shard owner falls back, saying so once a second */
             int shard = r->shard_try;
