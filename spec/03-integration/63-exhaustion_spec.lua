@@ -135,3 +135,91 @@ describe("out of file descriptors", function()
     assert.is_true(m:alive())
   end)
 end)
+
+-- A log on a full disk (/dev/full: every write fails with ENOSPC, through a
+-- symlink the spec turns into a file later, as space coming back after a
+-- rotation would): requests are served as ever, the failure is reported
+-- once and counted, and logging resumes after USR1 reopens the file.
+describe("a full disk under the logs", function()
+  local origin
+
+  lazy_setup(function() origin = helpers.start_origin() end)
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local function full_link(path)
+    local out, code = helpers.sh("ln -sfn /dev/full " .. helpers.shell_quote(path))
+    assert(code == 0, out)
+  end
+  local function make_file(path)
+    local out, code = helpers.sh("rm -f " .. helpers.shell_quote(path) .. " && touch " .. helpers.shell_quote(path))
+    assert(code == 0, out)
+  end
+
+  it("access log: 200s go on, one error line, counted, written again after USR1", function()
+    local dir = helpers.tmpdir("fulllog")
+    local alog, elog = dir .. "/access.log", dir .. "/error.log"
+    full_link(alog)
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      admin = {},
+      log = { access = alog, error = elog },
+    })
+    local function metric(name, log) return helpers.metric(m.admin_port, name, { log = log }) or 0 end
+    local NEEDLE = 'access log "' .. alog .. '": write: No space left on device'
+
+    local t0 = helpers.now()
+    for i = 1, 100 do
+      assert.equal(200, assert(helpers.request(m.port, { path = "/echo/full" .. i })).status)
+      if i == 50 then helpers.sleep(1.2) end -- two flushes at least
+    end
+    local took = helpers.now() - t0 - 1.2
+    assert.is_true(took < 2 * S, "100 requests took " .. took .. " s")
+    assert(helpers.wait_until(function() return metric("moxy_log_dropped_lines_total", "access") >= 100 end, 3 * S))
+    assert.is_true(metric("moxy_log_write_failures_total", "access") >= 2)
+    assert.equal(1, count_lines(elog, NEEDLE), helpers.read_file(elog))
+    assert.equal(0, metric("moxy_log_write_failures_total", "error"))
+
+    -- space again: the file is a file, and USR1 reopens it
+    make_file(alog)
+    m:signal("USR1")
+    assert(helpers.wait_until(function() return count_lines(elog, "USR1: reopening log files") == 1 end, 2 * S))
+    assert.equal(200, assert(helpers.request(m.port, { path = "/echo/back" })).status)
+    assert.truthy(m:wait_log("GET /echo/back ", 3 * S), helpers.read_file(alog))
+    assert(helpers.wait_until(function() return count_lines(elog, "access log: writing again after") == 1 end, 2 * S),
+      helpers.read_file(elog))
+    assert.equal(1, count_lines(elog, NEEDLE))
+    assert.is_true(m:alive())
+  end)
+
+  it("error log: one line on stderr, counted, written again after USR1", function()
+    local dir = helpers.tmpdir("fullerr")
+    local elog = dir .. "/error.log"
+    full_link(elog)
+    local dead = helpers.free_port() -- nobody listens: every request logs an error line
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } }, dead = { servers = { "127.0.0.1:" .. dead }, passive = false } },
+      default_upstream = "app",
+      listen = { "127.0.0.1:" .. helpers.free_port(), { addr = "127.0.0.1:" .. helpers.free_port(), upstream = "dead" } },
+      admin = {},
+      log = { access = false, error = elog },
+    })
+    local function metric(name) return helpers.metric(m.admin_port, name, { log = "error" }) or 0 end
+    for i = 1, 20 do
+      assert.equal(502, assert(helpers.request(m.ports[2], { path = "/dead" .. i })).status)
+      assert.equal(200, assert(helpers.request(m.port, { path = "/echo/ok" .. i })).status)
+    end
+    assert.is_true(metric("moxy_log_dropped_lines_total") >= 20)
+    assert.is_true(metric("moxy_log_write_failures_total") >= 20)
+    local NEEDLE = 'error log "' .. elog .. '": write: No space left on device'
+    assert.equal(1, count_lines(m.stderr_path, NEEDLE), m:stderr())
+
+    make_file(elog)
+    m:signal("USR1")
+    helpers.sleep(0.3)
+    assert.equal(502, assert(helpers.request(m.ports[2], { path = "/dead-after" })).status)
+    assert(helpers.wait_until(function() return count_lines(elog, "/dead-after") >= 1 end, 2 * S), helpers.read_file(elog))
+    assert.equal(1, count_lines(elog, "error log: writing again after"), helpers.read_file(elog))
+    assert.equal(1, count_lines(m.stderr_path, NEEDLE))
+    assert.is_true(m:alive())
+  end)
+end)
