@@ -223,3 +223,198 @@ describe("a full disk under the logs", function()
     assert.is_true(m:alive())
   end)
 end)
+
+-- The cache filled far past its size by concurrent misses of every size:
+-- it evicts, stays within its size, keeps answering hits, and moxy's memory
+-- (resident, plus the memfds holding large bodies, which are not mapped and
+-- so not in VmRSS) stays within the cache's size and a fixed bound.
+describe("a cache filled past its size", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  -- VmRSS of pid plus the bytes of its memfds, KiB
+  local function footprint(pid)
+    local rss = helpers.rss(pid)
+    local out = helpers.sh("for f in /proc/" .. pid .. "/fd/*; do case $(readlink $f) in /memfd:*) stat -L -c %s $f;; esac; done")
+    local memfd = 0
+    for n in out:gmatch("%d+") do memfd = memfd + tonumber(n) end
+    memfd = math.floor(memfd / 1024)
+    return rss + memfd, rss, memfd
+  end
+
+  it("evicts, stays within its size and a bound, serves hits, no 5xx", function()
+    -- the origin: a moxy answering /bytes/N with N bytes, cacheable (the
+    -- Python origin is too slow to stream 40 MB in a few seconds)
+    local origin = helpers.start_moxy({ workers = 2, scripts = { "bytes.lua" }, log = { access = false } },
+      { files = { ["bytes.lua"] = [[
+local cache = {}
+return {
+  on_request = function(txn)
+    local n = tonumber(txn.req.path:match("^/bytes/(%d+)$")) or 0
+    cache[n] = cache[n] or string.rep("b", n)
+    txn:respond(200, cache[n], { ["Cache-Control"] = "max-age=600" })
+  end,
+}
+]] } })
+    local SIZE_MB = 8
+    local m = helpers.start_moxy({
+      workers = 2,
+      upstreams = { app = { servers = { "127.0.0.1:" .. origin.port }, keepalive = 32 } },
+      cache = { size = SIZE_MB .. "m" },
+      admin = {},
+      log = { access = false },
+    })
+    local function metric(name) return helpers.metric(m.admin_port, name) or 0 end
+    assert.equal(200, assert(helpers.request(m.port, { path = "/bytes/100?k=warm" })).status)
+    local base = footprint(m.pid)
+
+    -- 300 keys of 4 KiB .. 256 KiB (about 40 MB, 5x the cache), 16 at a time
+    local N = 300
+    local list = {}
+    for i = 1, N do
+      list[i] = string.format("http://127.0.0.1:%d/bytes/%d?k=%d", m.port, 4096 * (1 + (i * 37) % 64), i)
+    end
+    local listfile = helpers.tmpdir("urls") .. "/urls"
+    local lines = {}
+    for i, u in ipairs(list) do lines[i] = "-o /dev/null " .. u end
+    helpers.write_file(listfile, table.concat(lines, "\n") .. "\n")
+    local t0 = helpers.now()
+    -- 16 curls at a time, 5 URLs each
+    local out = helpers.sh(string.format(
+      "xargs -P 16 -n 15 curl -s -w '%%{http_code}\\n' --max-time %d < %s", 20 * S, listfile))
+    local took = helpers.now() - t0
+    local codes = {}
+    for c in out:gmatch("%d%d%d") do codes[c] = (codes[c] or 0) + 1 end
+    assert.equal(N, codes["200"], out)
+    assert.is_true(took < 20 * S)
+
+    local cap = metric("moxy_cache_capacity_bytes")
+    assert.equal(SIZE_MB * 1024 * 1024, cap)
+    assert.is_true(metric("moxy_cache_used_bytes") <= cap)
+    assert.is_true(metric("moxy_cache_evictions_total") >= 100, "evictions " .. metric("moxy_cache_evictions_total"))
+
+    -- hits are served: a key asked for again is stored again (straight to
+    -- S3-FIFO's main queue, its key being a ghost), and then hit
+    local hits = metric("moxy_cache_hits_total")
+    for i = 1, 10 do
+      local path = list[i * 7]:match("^http://[^/]+(.*)$")
+      for _ = 1, 3 do assert.equal(200, assert(helpers.request(m.port, { path = path })).status) end
+    end
+    assert.is_true(metric("moxy_cache_hits_total") - hits >= 10, "hits " .. (metric("moxy_cache_hits_total") - hits))
+
+    local total, rss, memfd = footprint(m.pid)
+    -- bound: the cache's size, plus 32 MiB for what the fill left around
+    -- (the workers' buffers, malloc's free lists)
+    print(string.format("\ncache fill: base %d KiB, after %d KiB (rss %d + memfd %d), took %.1f s",
+      base, total, rss, memfd, took))
+    if not helpers.sanitized then
+      assert.is_true(total - base <= (SIZE_MB + 32) * 1024,
+        string.format("footprint grew %d KiB (rss %d, memfd %d) for a %d MiB cache", total - base, rss, memfd, SIZE_MB))
+    end
+    assert.equal(0, metric("moxy_lua_errors_total"))
+    assert.equal(0, helpers.metric(m.admin_port, "moxy_requests_total", { class = "5xx" }) or 0)
+  end)
+end)
+
+-- A script that allocates without end, or loops without end: lua.memory and
+-- lua.cpu_budget hold on every worker (each has its own VM), the request
+-- gets a 500 at once, and every worker serves its next requests, its
+-- memory given back.
+describe("a runaway script on every worker", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  local SITE = [[
+local id -- which worker's VM this is: 1, 2, ... in the order they started
+return {
+  worker_init = function() id = moxy.shared.ids:incr("n", 1, 0) end,
+  on_request = function(txn)
+    local path = txn.req.path
+    if path == "/hog" then
+      moxy.shared.ids:incr("hog" .. id, 1, 0)
+      local t, i = {}, 0
+      while true do i = i + 1; t[i] = string.rep("x", 1000) .. i end
+    elseif path == "/counts" then
+      local c = {}
+      for _, k in ipairs({ "hog1", "hog2", "spin1", "spin2" }) do c[k] = moxy.shared.ids:get(k) end
+      return txn:respond(200, moxy.json.encode(c))
+    elseif path == "/spin" then
+      moxy.shared.ids:incr("spin" .. id, 1, 0)
+      local i = 0
+      while true do i = i + 1 end
+    end
+    txn:respond(200, "vm=" .. id .. " mem=" .. math.floor(collectgarbage("count") / 1024))
+  end,
+}
+]]
+
+  it("a 500 for each runaway on each worker, promptly; 200s after, memory back", function()
+    local m = helpers.start_moxy({
+      workers = 2,
+      scripts = { "site.lua" },
+      shared = { ids = "1m" },
+      lua = { memory = "32m", cpu_budget = "500ms" },
+      admin = {},
+      log = { access = false },
+    }, { files = { ["site.lua"] = SITE } })
+    local function metric(name) return helpers.metric(m.admin_port, name) or 0 end
+    -- each worker has its VM and served once
+    local seen = {}
+    assert(helpers.wait_until(function()
+      local res = helpers.request(m.port, { path = "/" })
+      if res and res.status == 200 then seen[res.body:match("vm=(%d+)")] = true end
+      return seen["1"] and seen["2"]
+    end, 5 * S, 0))
+    local base = m:rss()
+
+    -- separate connections: SO_REUSEPORT spreads them over the workers;
+    -- until each worker has had both kinds (bounded)
+    local slowest, sent = { hog = 0, spin = 0 }, { hog = 0, spin = 0 }
+    local function counts() return helpers.json(assert(helpers.request(m.port, { path = "/counts" })).body) end
+    local c = {}
+    for _ = 1, 20 do
+      for _, kind in ipairs({ "hog", "spin" }) do
+        local t0 = helpers.now()
+        local res = assert(helpers.request(m.port, { path = "/" .. kind }))
+        local took = helpers.now() - t0
+        assert.equal(500, res.status, kind)
+        slowest[kind] = math.max(slowest[kind], took)
+        sent[kind] = sent[kind] + 1
+        assert.equal(200, assert(helpers.request(m.port, { path = "/" })).status)
+      end
+      c = counts()
+      if (c.hog1 or 0) > 0 and (c.hog2 or 0) > 0 and (c.spin1 or 0) > 0 and (c.spin2 or 0) > 0 then break end
+    end
+    print(string.format("\nrunaways: %d of each kind, slowest 500 for /spin %.3f s, /hog %.3f s", sent.hog,
+      slowest.spin, slowest.hog))
+    for _, key in ipairs({ "hog1", "hog2", "spin1", "spin2" }) do
+      assert.is_true((c[key] or 0) > 0, "no " .. key .. ": " .. helpers.serialize(c))
+    end
+    -- a runaway is stopped within about 1.25 budgets (README)
+    assert.is_true(slowest.spin < 0.8 * S, "spin: " .. slowest.spin)
+    assert.is_true(slowest.hog < 0.8 * S, "hog: " .. slowest.hog)
+    -- (under sanitizers a hog may run out of CPU before memory)
+    local kills = metric("moxy_lua_budget_kills_total")
+    if helpers.sanitized then assert.is_true(kills >= sent.spin) else assert.equal(sent.spin, kills) end
+    assert.equal(sent.spin + sent.hog, metric("moxy_lua_errors_total"))
+
+    -- afterwards: 200 from both workers, each VM's heap small again
+    seen = {}
+    local deadline = helpers.now() + 5 * S
+    while not (seen["1"] and seen["2"]) and helpers.now() < deadline do
+      local res = assert(helpers.request(m.port, { path = "/" }))
+      assert.equal(200, res.status)
+      local vm, mem = res.body:match("vm=(%d+) mem=(%d+)")
+      assert.is_true(tonumber(mem) < 16, res.body)
+      seen[vm] = true
+    end
+    assert.truthy(seen["1"] and seen["2"])
+    local rss = m:rss()
+    print(string.format("runaways: RSS before %d KiB, after %d KiB", base, rss))
+    if not helpers.sanitized then
+      -- the VMs' heaps are collected at once (mem= above), but LuaJIT's
+      -- allocator keeps pages for reuse: up to lua.memory per worker
+      assert.is_true(rss - base <= 2 * 32 * 1024 + 16 * 1024, "RSS grew " .. (rss - base) .. " KiB")
+    end
+    assert.equal(sent.hog - (kills - sent.spin),
+      count_lines(m.stderr_path, "the worker's Lua memory limit was reached (lua.memory = 32 MiB)"), m:stderr())
+  end)
+end)
