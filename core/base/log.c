@@ -5,10 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +35,12 @@ static struct {
     atomic_int failing;     /* the last write failed */
 } health[MOXY_LOGS];
 
+/* Per log: 1 when its descriptor is a pipe or a socket (stdout under a
+ * container runtime, a FIFO), whose reader may stop reading: written only
+ * as far as it takes bytes without blocking; 0: a file; -1: not looked at
+ * yet (after an open or reopen). */
+static atomic_int pipe_like[MOXY_LOGS] = {-1, -1};
+
 static int open_append(const char *path)
 {
     return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -47,6 +56,7 @@ int moxy_log_open_error(const char *path, int level)
     error_path = strdup(path);
     if (error_fd > 2) close(error_fd);
     error_fd = fd;
+    atomic_store(&pipe_like[MOXY_LOG_ERROR], -1);
     return MOXY_OK;
 }
 
@@ -61,6 +71,7 @@ int moxy_log_open_access(const char *path)
     access_path = std ? NULL : strdup(path);
     if (access_fd >= 0) close(access_fd);
     access_fd = fd;
+    atomic_store(&pipe_like[MOXY_LOG_ACCESS], -1);
     return MOXY_OK;
 }
 
@@ -78,6 +89,7 @@ static int reopen_onto(const char *path, int fd)
 int moxy_log_reopen(void)
 {
     int rc = MOXY_OK;
+    for (int k = 0; k < MOXY_LOGS; k++) atomic_store(&pipe_like[k], -1); /* a FIFO may now be a file */
     if (error_path && reopen_onto(error_path, error_fd) != MOXY_OK) {
         moxy_log_err("cannot reopen error log \"%s\": %s", error_path, strerror(errno));
         rc = MOXY_ERROR;
@@ -95,11 +107,27 @@ int moxy_log_enabled(int level)
 }
 
 /* Write the n bytes at p; 0, or -1 with errno set (what is left unwritten
- * at *left). */
-static int write_all(int fd, const char *p, size_t n, size_t *left)
+ * at *left).  is_pipe: fd is a pipe or socket, written in pieces of at most
+ * PIPE_BUF (whole lines when they fit) while poll says it has room: a reader that stopped costs the lines
+ * (EAGAIN), never the worker's loop. */
+static int write_all(int fd, const char *p, size_t n, size_t *left, int is_pipe)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        size_t chunk = n;
+        if (is_pipe) {
+            struct pollfd pf = {.fd = fd, .events = POLLOUT};
+            int r = poll(&pf, 1, 0);
+            if (r < 0 && errno == EINTR) continue;
+            if (r == 0) errno = EAGAIN;
+            if (r <= 0) {
+                *left = n;
+                return -1;
+            }
+            chunk = MOXY_MIN(n, (size_t)PIPE_BUF); /* fits the room POLLOUT promises */
+            const char *nl = chunk < n ? memrchr(p, '\n', chunk) : NULL;
+            if (nl) chunk = (size_t)(nl - p) + 1;
+        }
+        ssize_t w = write(fd, p, chunk);
         if (w < 0) {
             if (errno == EINTR) continue;
             *left = n;
@@ -131,7 +159,13 @@ static void log_line(int level, const char *rid, const char *msg, size_t len);
 static void log_write(int which, int fd, const char *p, size_t n)
 {
     size_t left;
-    if (write_all(fd, p, n, &left) == 0) {
+    int is_pipe = atomic_load_explicit(&pipe_like[which], memory_order_relaxed);
+    if (is_pipe < 0) {
+        struct stat st;
+        is_pipe = fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
+        atomic_store_explicit(&pipe_like[which], is_pipe, memory_order_relaxed);
+    }
+    if (write_all(fd, p, n, &left, is_pipe) == 0) {
         if (!atomic_load_explicit(&health[which].failing, memory_order_relaxed)) return;
         if (!atomic_exchange(&health[which].failing, 0)) return; /* another thread reports it */
         unsigned long long run = atomic_exchange(&health[which].run, 0);
@@ -156,7 +190,7 @@ static void log_write(int which, int fd, const char *p, size_t n)
                          "moxy: error log \"%s\": write: %s; its lines are dropped (and counted in "
                          "moxy_log_write_failures_total) until a write works again\n",
                          error_path ? error_path : "?", strerror(err));
-        if (m > 0 && write_all(2, msg, MOXY_MIN((size_t)m, sizeof(msg) - 1), &left) != 0) return;
+        if (m > 0 && write_all(2, msg, MOXY_MIN((size_t)m, sizeof(msg) - 1), &left, 1) != 0) return;
     }
 }
 

@@ -200,6 +200,38 @@ describe("a full disk under the logs", function()
     assert.is_true(m:alive())
   end)
 
+  it("access log on a pipe nobody reads: the worker does not wait for it", function()
+    local dir = helpers.tmpdir("fifolog")
+    local fifo, elog = dir .. "/access.fifo", dir .. "/error.log"
+    local out, code = helpers.sh("mkfifo " .. helpers.shell_quote(fifo))
+    assert(code == 0, out)
+    -- a reader that opens the pipe and never reads (a stalled log collector)
+    helpers.spawn({ "sh", "-c", "exec 3<" .. helpers.shell_quote(fifo) .. "; exec sleep 60" })
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      admin = {},
+      log = { access = fifo, error = elog },
+    })
+    -- 300 lines of over 1 KiB: five times what the pipe holds
+    local c = assert(helpers.connection(m.port, { timeout = 3 * S }))
+    local long = string.rep("p", 1000)
+    local t0 = helpers.now()
+    for i = 1, 300 do
+      local res = assert(c:request({ path = "/echo/" .. long .. i }))
+      assert.equal(200, res.status)
+      if i % 100 == 0 then helpers.sleep(1.1) end -- let the worker flush its batch
+    end
+    local took = helpers.now() - t0 - 3.3
+    c:close()
+    assert.is_true(took < 3 * S, "300 requests took " .. took .. " s")
+    assert(helpers.wait_until(function()
+      return (helpers.metric(m.admin_port, "moxy_log_dropped_lines_total", { log = "access" }) or 0) > 0
+    end, 3 * S))
+    assert.equal(1, count_lines(elog, 'access log "' .. fifo .. '": write: Resource temporarily unavailable'),
+      helpers.read_file(elog))
+    assert.is_true(m:alive())
+  end)
+
   it("error log: one line on stderr, counted, written again after USR1", function()
     local dir = helpers.tmpdir("fullerr")
     local elog = dir .. "/error.log"
