@@ -112,7 +112,9 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
-            if (errno == EMFILE || errno == ENFILE) {
+            /* out of descriptors, or of socket memory: the listener stays
+             * readable, so retrying at once would spin */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 accept_out_of_fds(w, errno);
                 return;
             }
@@ -122,9 +124,20 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         if (w->fd_paused_ms && !w->fd_back_ms) accept_fds_back(w);
         l->accept(w, cfd, (struct sockaddr *)&ss, l->conf_index);
         if (w->nconns >= w->g->conf->limits.connections) {
-            moxy_log(MOXY_LOG_WARN, NULL, "worker %d: %d connections (limits.connections); pausing accept",
-                     w->id, w->nconns);
+            /* at the limit every close lets one more in and pauses again:
+             * a line a second at most */
             MOXY_STAT_ADD(w->stats.accept_paused[1], 1);
+            long long now = moxy_mono_ms();
+            if (!w->limit_log_ms || now - w->limit_log_ms >= 1000) {
+                moxy_log(MOXY_LOG_WARN, NULL,
+                         "worker %d: %d connections (limits.connections); pausing accept (%u more pauses since the "
+                         "last line)",
+                         w->id, w->nconns, w->limit_quiet);
+                w->limit_log_ms = now;
+                w->limit_quiet = 0;
+            } else {
+                w->limit_quiet++;
+            }
             moxy_accept_enable(w, 0);
             return;
         }

@@ -97,6 +97,8 @@ struct moxy_worker_s {
     int fd_retry_ms;             /* the next retry's delay (backoff, 100 ms .. 1 s) */
     unsigned accept_retry_set : 1; /* accept_retry is assigned */
     unsigned refused_quiet;      /* refusals since, not logged */
+    long long limit_log_ms;      /* when a pause at limits.connections was last logged */
+    unsigned limit_quiet;        /* pauses since, not logged */
 #define MOXY_BUF_FREE_MAX 64
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;

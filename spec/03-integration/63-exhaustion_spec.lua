@@ -145,6 +145,34 @@ describe("out of file descriptors", function()
   end)
 end)
 
+describe("at limits.connections", function()
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("pauses and resumes with each connection, logging a line a second at most", function()
+    local origin = helpers.start_origin()
+    local m = helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      admin = {},
+      limits = { connections = 5 },
+    })
+    local conns = {}
+    for i = 1, 5 do conns[i] = assert(helpers.connection(m.port)) end
+    -- at the edge: each close lets the next one in, which pauses accept again
+    for i = 1, 30 do
+      local c = assert(helpers.connection(m.port))
+      conns[1]:close()
+      table.remove(conns, 1)
+      assert.equal(200, assert(c:request({ path = "/echo/" .. i })).status)
+      conns[#conns + 1] = c
+    end
+    for _, c in ipairs(conns) do c:close() end
+    local lines = count_lines(m.stderr_path, "connections (limits.connections); pausing accept")
+    local pauses = helpers.metric(m.admin_port, "moxy_accept_paused_total", { reason = "connections" })
+    assert.is_true(pauses >= 30, "pauses " .. pauses)
+    assert.is_true(lines >= 1 and lines <= 1 + math.ceil(helpers.now() - m.proc.started), "lines " .. lines)
+  end)
+end)
+
 -- A log on a full disk (/dev/full: every write fails with ENOSPC, through a
 -- symlink the spec turns into a file later, as space coming back after a
 -- rotation would): requests are served as ever, the failure is reported
