@@ -623,7 +623,13 @@ static void try_connect(moxy_req_t *r)
     moxy_peer_t *p = try_peer(r);
     if (p && r->g->conf->upstreams[r->pool].protocol == MOXY_UP_H2) {
         const char *err = NULL;
+        errno = 0;
         if (moxy_origin_h2_try(r, p, &err) == MOXY_OK) return;
+        if (local_failure(errno)) { /* as below: not the origin's fault */
+            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s (moxy's own limit, not the origin's)", r->peer, err);
+            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            return;
+        }
         moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
         if (!moxy_origin_try_again(r, NULL, 502, "cannot connect to origin"))
             moxy_req_upstream_failed(r, 502, "cannot connect to origin");

@@ -44,7 +44,8 @@ describe("out of file descriptors", function()
     plain, cold, tlsp = helpers.free_port(), helpers.free_port(), helpers.free_port()
     m = helpers.start_moxy({
       workers = 1,
-      upstreams = { app = { servers = { origin.addr } }, cold = { servers = { origin.addr }, passive = { failures = 1, max_ejected = 1 } } },
+      upstreams = { app = { servers = { origin.addr } }, cold = { servers = { origin.addr }, passive = { failures = 1, max_ejected = 1 },
+                health = { type = "tcp", interval = "200ms", timeout = "1s", healthy = 2, unhealthy = 2 } } },
       default_upstream = "app",
       admin = {},
       listen = {
@@ -65,6 +66,7 @@ describe("out of file descriptors", function()
     local b = assert(helpers.connection(cold))
     assert(helpers.wait_until(function() return helpers.metric(m.admin_port, "moxy_connections") == 2 end, 3 * S))
 
+    local transitions = helpers.metric(m.admin_port, "moxy_peer_health_transitions_total", { pool = "cold" })
     set_nofile(m.pid, fd_count(m.pid) + 8)
     local holders = {}
     for i = 1, 30 do holders[i] = assert(helpers.connection(plain)) end
@@ -119,6 +121,8 @@ describe("out of file descriptors", function()
     assert.equal(1, helpers.metric(m.admin_port, "moxy_accept_paused_total", { reason = "descriptors" }))
     assert.is_true(helpers.metric(m.admin_port, "moxy_accept_descriptor_errors_total") >= 4)
     assert.equal(0, helpers.metric(m.admin_port, "moxy_peer_ejections_total", { pool = "cold" }) or 0)
+    -- nor taken for unhealthy by its active checks, which could not connect either
+    assert.equal(transitions, helpers.metric(m.admin_port, "moxy_peer_health_transitions_total", { pool = "cold" }))
   end)
 
   it("resumes as soon as a connection of its own closes; the TLS listener the same", function()
