@@ -108,8 +108,8 @@ int moxy_log_enabled(int level)
 
 /* Write the n bytes at p; 0, or -1 with errno set (what is left unwritten
  * at *left).  is_pipe: fd is a pipe or socket, written in pieces of at most
- * PIPE_BUF (whole lines when they fit) while poll says it has room: a reader that stopped costs the lines
- * (EAGAIN), never the worker's loop. */
+ * PIPE_BUF (whole lines when they fit) while poll says it has room: a
+ * reader that stopped costs the lines (EAGAIN), never the worker's loop. */
 static int write_all(int fd, const char *p, size_t n, size_t *left, int is_pipe)
 {
     while (n > 0) {

@@ -69,9 +69,9 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
     if (!w->accepting && w->nconns < w->g->conf->limits.connections) moxy_accept_enable(w, 1);
 }
 
-/* accept failed with EMFILE or ENFILE (err): stop accepting, and try again
- * after the backoff or when a connection closes.  The first failure of an
- * episode is logged; the rest are only counted. */
+/* accept failed with EMFILE, ENFILE, ENOBUFS or ENOMEM (err): stop
+ * accepting, and try again after the backoff or when a connection closes.
+ * The first failure of an episode is logged; the rest are only counted. */
 static void accept_out_of_fds(moxy_worker_t *w, int err)
 {
     MOXY_STAT_ADD(w->stats.accept_fd_errors, 1);
