@@ -20,7 +20,8 @@ local function fd_count(pid)
   return tonumber(out:match("%d+"))
 end
 
--- the soft RLIMIT_NOFILE of the running process pid
+-- set the soft RLIMIT_NOFILE of the running process pid (moxy's workers
+-- are threads: one limit for all)
 local function set_nofile(pid, n)
   local out, code = helpers.sh(string.format("prlimit --pid %d --nofile=%d:", pid, n))
   assert(code == 0, out)
@@ -44,8 +45,16 @@ describe("out of file descriptors", function()
     plain, cold, tlsp = helpers.free_port(), helpers.free_port(), helpers.free_port()
     m = helpers.start_moxy({
       workers = 1,
-      upstreams = { app = { servers = { origin.addr } }, cold = { servers = { origin.addr }, passive = { failures = 1, max_ejected = 1 },
-                health = { type = "tcp", interval = "200ms", timeout = "1s", healthy = 2, unhealthy = 2 } } },
+      upstreams = {
+        app = { servers = { origin.addr } },
+        -- never used before the descriptors run out; one failure would eject
+        -- its peer, two failed checks mark it unhealthy
+        cold = {
+          servers = { origin.addr },
+          passive = { failures = 1, max_ejected = 1 },
+          health = { type = "tcp", interval = "200ms", timeout = "1s", healthy = 2, unhealthy = 2 },
+        },
+      },
       default_upstream = "app",
       admin = {},
       listen = {
