@@ -70,8 +70,8 @@ static void accept_error(struct evconnlistener *lev, void *arg)
 {
     MOXY_UNUSED(arg);
     int err = EVUTIL_SOCKET_ERROR();
-    if (err != EMFILE && err != ENFILE) {
-        moxy_log_err("admin: accept: %s", strerror(err));
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        moxy_log_err("admin: accept: %s", strerror(err)); /* that connection is gone; the next may come */
         return;
     }
     evconnlistener_disable(lev);
@@ -542,6 +542,8 @@ void moxy_admin_stop(void)
     admin.accept_retry = NULL;
     admin.lev = NULL; /* freed with admin.http */
     admin.paused_ms = 0;
+    admin.hits = 0;
+    admin.trying = 0;
     if (admin.http) evhttp_free(admin.http);
     admin.http = NULL;
 }
