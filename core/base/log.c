@@ -152,8 +152,6 @@ static unsigned long long count_lines(const char *p, size_t n)
     return lines;
 }
 
-static void log_line(int level, const char *rid, const char *msg, size_t len);
-
 /* Write n bytes at p to log which's descriptor fd, counting a failure and
  * reporting the first of a run (and the end of one). */
 static void log_write(int which, int fd, const char *p, size_t n)
@@ -171,7 +169,7 @@ static void log_write(int which, int fd, const char *p, size_t n)
         unsigned long long run = atomic_exchange(&health[which].run, 0);
         moxy_log(MOXY_LOG_WARN, NULL, "%s log: writing again after %llu failed writes (%llu lines lost in all)",
                  which == MOXY_LOG_ACCESS ? "access" : "error", run,
-                 (unsigned long long)atomic_load(&health[which].dropped));
+                 atomic_load(&health[which].dropped));
         return;
     }
     int err = errno;
@@ -190,7 +188,7 @@ static void log_write(int which, int fd, const char *p, size_t n)
                          "moxy: error log \"%s\": write: %s; its lines are dropped (and counted in "
                          "moxy_log_write_failures_total) until a write works again\n",
                          error_path ? error_path : "?", strerror(err));
-        if (m > 0 && write_all(2, msg, MOXY_MIN((size_t)m, sizeof(msg) - 1), &left, 1) != 0) return;
+        if (m > 0) (void)write_all(2, msg, MOXY_MIN((size_t)m, sizeof(msg) - 1), &left, 1);
     }
 }
 
