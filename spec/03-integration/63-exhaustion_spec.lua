@@ -113,7 +113,8 @@ describe("out of file descriptors", function()
       return r and r.status == 200
     end, 3 * S, 0.02))
     local took = helpers.now() - t0
-    assert.is_true(took < 1.3 * S, "served again after " .. took .. " s")
+    print(string.format("\ndescriptors back from elsewhere: served again after %.3f s", took))
+    assert.is_true(took < 1.6 * S, "served again after " .. took .. " s") -- the retry timer backs off to 1 s
     assert(helpers.wait_until(function() return count_lines(m.stderr_path, RESUME) == 1 end, 2 * S), m:stderr())
     local line = m:stderr():match("[^\n]*" .. RESUME .. "[^\n]*")
     local ms, hits = line:match("after (%d+) ms paused out of descriptors %((%d+) failed accepts%)")
@@ -149,6 +150,7 @@ describe("out of file descriptors", function()
     local t0 = helpers.now()
     assert.equal(200, curl_status(url, 3 * S))
     local took = helpers.now() - t0
+    print(string.format("\nholders closed: TLS client served after %.3f s", took))
     assert.is_true(took < 0.5 * S, "served again after " .. took .. " s")
     assert(helpers.wait_until(function() return count_lines(m.stderr_path, RESUME) == 2 end, 2 * S), m:stderr())
     assert.equal(2, count_lines(m.stderr_path, PAUSE))
