@@ -5,9 +5,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,6 +23,23 @@ static int error_level = MOXY_LOG_INFO;
 static char *error_path; /* NULL when stderr */
 static int access_fd = -1;
 static char *access_path;
+
+/* Each log's write failures (a full disk, /dev/full, an I/O error): the
+ * first of a run is reported (the access log's in the error log, the error
+ * log's on stderr), the rest only counted, and the first write that works
+ * again says how many were lost.  Any thread writes: atomics. */
+static struct {
+    atomic_ullong failures; /* writes that failed */
+    atomic_ullong dropped;  /* lines they lost */
+    atomic_ullong run;      /* failures since the last write that worked */
+    atomic_int failing;     /* the last write failed */
+} health[MOXY_LOGS];
+
+/* Per log: 1 when its descriptor is a pipe or a socket (stdout under a
+ * container runtime, a FIFO), whose reader may stop reading: written only
+ * as far as it takes bytes without blocking; 0: a file; -1: not looked at
+ * yet (after an open or reopen). */
+static atomic_int pipe_like[MOXY_LOGS] = {-1, -1};
 
 static int open_append(const char *path)
 {
@@ -35,6 +56,7 @@ int moxy_log_open_error(const char *path, int level)
     error_path = strdup(path);
     if (error_fd > 2) close(error_fd);
     error_fd = fd;
+    atomic_store(&pipe_like[MOXY_LOG_ERROR], -1);
     return MOXY_OK;
 }
 
@@ -49,6 +71,7 @@ int moxy_log_open_access(const char *path)
     access_path = std ? NULL : strdup(path);
     if (access_fd >= 0) close(access_fd);
     access_fd = fd;
+    atomic_store(&pipe_like[MOXY_LOG_ACCESS], -1);
     return MOXY_OK;
 }
 
@@ -66,6 +89,7 @@ static int reopen_onto(const char *path, int fd)
 int moxy_log_reopen(void)
 {
     int rc = MOXY_OK;
+    for (int k = 0; k < MOXY_LOGS; k++) atomic_store(&pipe_like[k], -1); /* a FIFO may now be a file */
     if (error_path && reopen_onto(error_path, error_fd) != MOXY_OK) {
         moxy_log_err("cannot reopen error log \"%s\": %s", error_path, strerror(errno));
         rc = MOXY_ERROR;
@@ -82,17 +106,96 @@ int moxy_log_enabled(int level)
     return level <= error_level;
 }
 
-static void write_all(int fd, const char *p, size_t n)
+/* Write the n bytes at p; 0, or -1 with errno set (what is left unwritten
+ * at *left).  is_pipe: fd is a pipe or socket, written in pieces of at most
+ * PIPE_BUF (whole lines when they fit) while poll says it has room: a
+ * reader that stopped costs the lines (EAGAIN), never the worker's loop. */
+static int write_all(int fd, const char *p, size_t n, size_t *left, int is_pipe)
 {
     while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        size_t chunk = n;
+        if (is_pipe) {
+            struct pollfd pf = {.fd = fd, .events = POLLOUT};
+            int r = poll(&pf, 1, 0);
+            if (r < 0 && errno == EINTR) continue;
+            if (r == 0) errno = EAGAIN;
+            if (r <= 0) {
+                *left = n;
+                return -1;
+            }
+            chunk = MOXY_MIN(n, (size_t)PIPE_BUF); /* fits the room POLLOUT promises */
+            const char *nl = chunk < n ? memrchr(p, '\n', chunk) : NULL;
+            if (nl) chunk = (size_t)(nl - p) + 1;
+        }
+        ssize_t w = write(fd, p, chunk);
         if (w < 0) {
             if (errno == EINTR) continue;
-            return; /* nowhere left to report it */
+            *left = n;
+            return -1;
+        }
+        if (w == 0) { /* nothing taken: treat as full rather than loop */
+            errno = ENOSPC;
+            *left = n;
+            return -1;
         }
         p += w;
         n -= (size_t)w;
     }
+    *left = 0;
+    return 0;
+}
+
+static unsigned long long count_lines(const char *p, size_t n)
+{
+    unsigned long long lines = 0;
+    for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))); p++) lines++;
+    return lines;
+}
+
+/* Write n bytes at p to log which's descriptor fd, counting a failure and
+ * reporting the first of a run (and the end of one). */
+static void log_write(int which, int fd, const char *p, size_t n)
+{
+    size_t left;
+    int is_pipe = atomic_load_explicit(&pipe_like[which], memory_order_relaxed);
+    if (is_pipe < 0) {
+        struct stat st;
+        is_pipe = fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
+        atomic_store_explicit(&pipe_like[which], is_pipe, memory_order_relaxed);
+    }
+    if (write_all(fd, p, n, &left, is_pipe) == 0) {
+        if (!atomic_load_explicit(&health[which].failing, memory_order_relaxed)) return;
+        if (!atomic_exchange(&health[which].failing, 0)) return; /* another thread reports it */
+        unsigned long long run = atomic_exchange(&health[which].run, 0);
+        moxy_log(MOXY_LOG_WARN, NULL, "%s log: writing again after %llu failed writes (%llu lines lost in all)",
+                 which == MOXY_LOG_ACCESS ? "access" : "error", run,
+                 atomic_load(&health[which].dropped));
+        return;
+    }
+    int err = errno;
+    atomic_fetch_add(&health[which].failures, 1);
+    atomic_fetch_add(&health[which].run, 1);
+    unsigned long long lines = count_lines(p + (n - left), left);
+    atomic_fetch_add(&health[which].dropped, lines ? lines : 1);
+    if (atomic_exchange(&health[which].failing, 1)) return; /* reported when the run started */
+    if (which == MOXY_LOG_ACCESS) {
+        moxy_log_err("access log \"%s\": write: %s; its lines are dropped (and counted in "
+                     "moxy_log_write_failures_total) until a write works again",
+                     access_path ? access_path : "stdout/stderr", strerror(err));
+    } else if (fd != 2) {
+        char msg[512];
+        int m = snprintf(msg, sizeof(msg),
+                         "moxy: error log \"%s\": write: %s; its lines are dropped (and counted in "
+                         "moxy_log_write_failures_total) until a write works again\n",
+                         error_path ? error_path : "?", strerror(err));
+        if (m > 0) (void)write_all(2, msg, MOXY_MIN((size_t)m, sizeof(msg) - 1), &left, 1);
+    }
+}
+
+void moxy_log_write_failures(int which, unsigned long long *failures, unsigned long long *dropped)
+{
+    *failures = atomic_load_explicit(&health[which].failures, memory_order_relaxed);
+    *dropped = atomic_load_explicit(&health[which].dropped, memory_order_relaxed);
 }
 
 /* Copy the n bytes of msg into out (room bytes), control bytes escaped so
@@ -146,7 +249,7 @@ static void log_line(int level, const char *rid, const char *msg, size_t len)
     while (len > 0 && msg[len - 1] == '\n') len--;
     n += escape_line(line + n, sizeof(line) - n - 1, msg, len);
     line[n++] = '\n';
-    write_all(error_fd, line, n);
+    log_write(MOXY_LOG_ERROR, error_fd, line, n);
 }
 
 void moxy_log(int level, const char *rid, const char *fmt, ...)
@@ -182,7 +285,7 @@ char *moxy_alog_reserve(moxy_alog_buf_t *b, size_t n)
 
 void moxy_alog_flush(moxy_alog_buf_t *b)
 {
-    if (b->len && access_fd >= 0) write_all(access_fd, b->data, b->len);
+    if (b->len && access_fd >= 0) log_write(MOXY_LOG_ACCESS, access_fd, b->data, b->len);
     b->len = 0;
 }
 

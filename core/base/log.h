@@ -59,6 +59,15 @@ char *moxy_alog_reserve(moxy_alog_buf_t *b, size_t n);
 /* Write out what b holds. */
 void moxy_alog_flush(moxy_alog_buf_t *b);
 
+/* The logs, for moxy_log_write_failures. */
+enum { MOXY_LOG_ACCESS = 0, MOXY_LOG_ERROR, MOXY_LOGS };
+
+/* How many writes to log which (MOXY_LOG_ACCESS or MOXY_LOG_ERROR) failed
+ * since start, and how many lines they lost, into *failures and *dropped
+ * (any thread).  A failed write is reported once per run of failures: the
+ * access log's in the error log, the error log's on stderr. */
+void moxy_log_write_failures(int which, unsigned long long *failures, unsigned long long *dropped);
+
 /* Close the log files (at exit). */
 void moxy_log_close(void);
 

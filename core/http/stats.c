@@ -117,6 +117,8 @@ void moxy_stats_sum(moxy_worker_t *const *workers, int n, moxy_stats_total_t *ou
         }
         for (int k = 0; k < MOXY_STATS_TLS_FAILS; k++) out->tls_failures[k] += LOAD(st->tls_failures[k]);
         out->client_refused += LOAD(st->client_refused);
+        for (int k = 0; k < 2; k++) out->accept_paused[k] += LOAD(st->accept_paused[k]);
+        out->accept_fd_errors += LOAD(st->accept_fd_errors);
         out->h2_conns += LOAD(st->h2_conns);
         out->h2_conns_total += LOAD(st->h2_conns_total);
         out->h2_streams += LOAD(st->h2_streams);

@@ -66,6 +66,8 @@ typedef struct {
     _Atomic(const char *) tls_cipher_names[MOXY_STATS_TLS_CIPHERS];
     atomic_ullong tls_ciphers[MOXY_STATS_TLS_CIPHERS];
     atomic_ullong client_refused;     /* connections closed past limits.connections_per_client */
+    atomic_ullong accept_paused[2];   /* accept pauses: [0] out of descriptors, [1] limits.connections */
+    atomic_ullong accept_fd_errors;   /* accepts that failed with EMFILE or ENFILE */
     atomic_llong h2_conns;            /* open HTTP/2 client connections (gauge; also in nconns) */
     atomic_ullong h2_conns_total;     /* HTTP/2 client connections since start */
     atomic_ullong h2_streams;         /* HTTP/2 streams that became requests */
@@ -101,6 +103,7 @@ typedef struct {
     long long comp_memory;
     unsigned long long tls_handshakes[2], tls_versions[2], tls_failures[MOXY_STATS_TLS_FAILS];
     unsigned long long client_refused; /* past limits.connections_per_client */
+    unsigned long long accept_paused[2], accept_fd_errors; /* accept paused: descriptors, connections */
     long long h2_conns;
     unsigned long long h2_conns_total, h2_streams, h2_refused, h2_floods, h2_stalls, requests_h2;
     unsigned long long h2_goaway[MOXY_H2_CODES], h2_rst_sent[MOXY_H2_CODES], h2_rst_recv[MOXY_H2_CODES];

@@ -29,6 +29,78 @@ void moxy_accept_enable(moxy_worker_t *w, int on)
     w->accepting = on;
 }
 
+/* Out of descriptors: how soon accept is tried again, first and at most
+ * (doubling in between).  A closing connection of the worker's tries at
+ * once; the timer covers descriptors held elsewhere (another worker, the
+ * cache, origins, scripts' sockets).  The episode ends (and is logged as
+ * over) once accept has worked for ACCEPT_SETTLE_MS without failing again:
+ * at the edge, where each close lets one more connection in, accept comes
+ * and goes with every connection, and that is still one episode. */
+#define ACCEPT_RETRY_MIN_MS 100
+#define ACCEPT_RETRY_MAX_MS 1000
+#define ACCEPT_SETTLE_MS 1000
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg);
+
+static void accept_retry_arm(moxy_worker_t *w, int ms)
+{
+    if (!w->accept_retry_set) {
+        evtimer_assign(&w->accept_retry, w->base, accept_retry_cb, w);
+        w->accept_retry_set = 1;
+    }
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(&w->accept_retry, &tv);
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    moxy_worker_t *w = arg;
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    if (w->draining || !w->fd_paused_ms) return;
+    if (w->fd_back_ms) { /* accept has worked since fd_back_ms, and not failed again */
+        moxy_log(MOXY_LOG_WARN, NULL,
+                 "worker %d: accept resumed after %lld ms paused out of descriptors (%u failed accepts)", w->id,
+                 w->fd_back_ms - w->fd_paused_ms, w->fd_paused_hits);
+        w->fd_paused_ms = w->fd_back_ms = 0;
+        w->fd_paused_hits = 0;
+        return;
+    }
+    if (!w->accepting && w->nconns < w->g->conf->limits.connections) moxy_accept_enable(w, 1);
+}
+
+/* accept failed with EMFILE, ENFILE, ENOBUFS or ENOMEM (err): stop
+ * accepting, and try again after the backoff or when a connection closes.
+ * The first failure of an episode is logged; the rest are only counted. */
+static void accept_out_of_fds(moxy_worker_t *w, int err)
+{
+    MOXY_STAT_ADD(w->stats.accept_fd_errors, 1);
+    if (!w->fd_paused_ms) {
+        w->fd_paused_ms = MOXY_MAX(moxy_mono_ms(), 1);
+        w->fd_paused_hits = 0;
+        w->fd_retry_ms = ACCEPT_RETRY_MIN_MS;
+        MOXY_STAT_ADD(w->stats.accept_paused[0], 1);
+        moxy_log_err("worker %d: accept: %s; pausing accept, retrying every %d..%d ms and when a connection closes",
+                     w->id, strerror(err), ACCEPT_RETRY_MIN_MS, ACCEPT_RETRY_MAX_MS);
+    } else if (w->fd_back_ms) {
+        w->fd_retry_ms = ACCEPT_RETRY_MIN_MS; /* it had come back: short again */
+    } else {
+        w->fd_retry_ms = MOXY_MIN(w->fd_retry_ms * 2, ACCEPT_RETRY_MAX_MS);
+    }
+    w->fd_back_ms = 0;
+    w->fd_paused_hits++;
+    moxy_accept_enable(w, 0);
+    accept_retry_arm(w, w->fd_retry_ms);
+}
+
+/* A connection was accepted during an episode out of descriptors: it is
+ * over unless accept fails again within ACCEPT_SETTLE_MS. */
+static void accept_fds_back(moxy_worker_t *w)
+{
+    w->fd_back_ms = MOXY_MAX(moxy_mono_ms(), 1);
+    accept_retry_arm(w, ACCEPT_SETTLE_MS);
+}
+
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
 {
     moxy_listener_t *l = arg;
@@ -40,19 +112,32 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
-            if (errno == EMFILE || errno == ENFILE) {
-                /* out of descriptors: stop accepting until a connection closes */
-                moxy_log_err("worker %d: accept: %s; pausing accept", w->id, strerror(errno));
-                moxy_accept_enable(w, 0);
+            /* out of descriptors, or of socket memory: the listener stays
+             * readable, so retrying at once would spin */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                accept_out_of_fds(w, errno);
                 return;
             }
             moxy_log_err("worker %d: accept: %s", w->id, strerror(errno));
             return;
         }
+        if (w->fd_paused_ms && !w->fd_back_ms) accept_fds_back(w);
         l->accept(w, cfd, (struct sockaddr *)&ss, l->conf_index);
         if (w->nconns >= w->g->conf->limits.connections) {
-            moxy_log(MOXY_LOG_WARN, NULL, "worker %d: %d connections (limits.connections); pausing accept",
-                     w->id, w->nconns);
+            /* at the limit every close lets one more in and pauses again:
+             * a line a second at most */
+            MOXY_STAT_ADD(w->stats.accept_paused[1], 1);
+            long long now = moxy_mono_ms();
+            if (!w->limit_log_ms || now - w->limit_log_ms >= 1000) {
+                moxy_log(MOXY_LOG_WARN, NULL,
+                         "worker %d: %d connections (limits.connections); pausing accept (%u more pauses since the "
+                         "last line)",
+                         w->id, w->nconns, w->limit_quiet);
+                w->limit_log_ms = now;
+                w->limit_quiet = 0;
+            } else {
+                w->limit_quiet++;
+            }
             moxy_accept_enable(w, 0);
             return;
         }
@@ -104,6 +189,7 @@ void moxy_listener_assign(moxy_worker_t *w, moxy_listener_t *l, int i, int fd, m
 void moxy_listeners_close(moxy_worker_t *w)
 {
     moxy_accept_enable(w, 0);
+    if (w->accept_retry_set) evtimer_del(&w->accept_retry);
     for (int i = 0; i < w->nlisteners; i++) {
         if (w->listeners[i].fd >= 0) close(w->listeners[i].fd);
         w->listeners[i].fd = -1;

@@ -88,7 +88,17 @@ struct moxy_worker_s {
                                     the worker; /status and /metrics read it) */
     LIST_HEAD(, moxy_session_s) sessions; /* client connections, any protocol */
     long long refused_log_ms;    /* when a refusal past limits.connections_per_client was last logged */
+    /* out of descriptors (accept's EMFILE/ENFILE): one episode from the first
+     * failure to the next accepted connection, logged at both ends */
+    struct event accept_retry;   /* re-tries accept while out of descriptors */
+    long long fd_paused_ms;      /* when the episode started (monotonic ms); 0: none */
+    long long fd_back_ms;        /* when accept worked again in it, not failing since; 0: failing */
+    unsigned fd_paused_hits;     /* accepts that failed in it */
+    int fd_retry_ms;             /* the next retry's delay (backoff, 100 ms .. 1 s) */
+    unsigned accept_retry_set : 1; /* accept_retry is assigned */
     unsigned refused_quiet;      /* refusals since, not logged */
+    long long limit_log_ms;      /* when a pause at limits.connections was last logged */
+    unsigned limit_quiet;        /* pauses since, not logged */
 #define MOXY_BUF_FREE_MAX 64
     struct evbuffer *buf_free[MOXY_BUF_FREE_MAX]; /* spare empty buffers (moxy_worker_buf_get) */
     int nbuf_free;
@@ -160,7 +170,8 @@ struct moxy_dialer_s *moxy_worker_dialer(moxy_worker_t *w);
 int moxy_worker_admit(moxy_worker_t *w, moxy_conn_slot_t *s, int family, const uint8_t *addr, int trusted);
 
 /* Called when a client connection closes: lets a paused accept resume and a
- * draining worker finish. */
+ * draining worker finish.  Accept paused out of descriptors also resumes on
+ * its own timer (descriptors may come back from elsewhere). */
 void moxy_worker_conn_closed(moxy_worker_t *w);
 
 /* How a listener's connections are served: takes the accepted socket fd of

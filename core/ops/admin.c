@@ -21,6 +21,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -34,7 +35,58 @@ static struct {
     moxy_worker_t *const *workers;
     int n;
     long long started_us; /* moxy_mono_us() */
+    /* out of descriptors: evhttp's listener would retry accept in a busy
+     * loop, libevent warning on stderr each time; it is paused instead,
+     * and tried again on a timer, one line per episode */
+    struct evconnlistener *lev;
+    struct event *accept_retry;
+    long long paused_ms;  /* when accept last started failing (monotonic); 0: it works */
+    unsigned hits;        /* accepts that failed since */
+    int retry_ms;         /* the next retry's delay, 100 ms .. 1 s */
+    int trying;           /* the listener is on again: the timer ends the episode */
 } admin;
+
+static void accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    MOXY_UNUSED(fd);
+    MOXY_UNUSED(what);
+    MOXY_UNUSED(arg);
+    if (!admin.paused_ms || !admin.lev) return;
+    if (admin.trying) { /* on for a second without failing: over */
+        moxy_log_warn("admin: accept resumed after %lld ms paused out of descriptors (%u failed accepts)",
+                      moxy_mono_ms() - 1000 - admin.paused_ms, admin.hits);
+        admin.paused_ms = 0;
+        admin.hits = 0;
+        admin.trying = 0;
+        return;
+    }
+    admin.trying = 1;
+    evconnlistener_enable(admin.lev);
+    struct timeval tv = {1, 0};
+    evtimer_add(admin.accept_retry, &tv);
+}
+
+static void accept_error(struct evconnlistener *lev, void *arg)
+{
+    MOXY_UNUSED(arg);
+    int err = EVUTIL_SOCKET_ERROR();
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        moxy_log_err("admin: accept: %s", strerror(err)); /* that connection is gone; the next may come */
+        return;
+    }
+    evconnlistener_disable(lev);
+    if (!admin.paused_ms) {
+        admin.paused_ms = MOXY_MAX(moxy_mono_ms(), 1);
+        admin.retry_ms = 100;
+        moxy_log_err("admin: accept: %s; pausing the admin listener, retrying every 100..1000 ms", strerror(err));
+    } else {
+        admin.retry_ms = MOXY_MIN(admin.retry_ms * 2, 1000);
+    }
+    admin.hits++;
+    admin.trying = 0;
+    struct timeval tv = {admin.retry_ms / 1000, (admin.retry_ms % 1000) * 1000};
+    evtimer_add(admin.accept_retry, &tv);
+}
 
 static double uptime(void)
 {
@@ -453,17 +505,22 @@ int moxy_admin_start(const moxy_conf_t *conf, struct event_base *base, moxy_work
     static const struct timeval second = {1, 0};
     admin.tick = event_new(base, -1, EV_PERSIST, tick, NULL);
     if (!admin.tick || event_add(admin.tick, &second) != 0) goto err;
+    admin.accept_retry = evtimer_new(base, accept_retry, NULL);
+    if (!admin.accept_retry) goto err;
+    struct evhttp_bound_socket *bound = NULL;
     evutil_socket_t fd = socket(conf->admin.addr.sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     /* SO_REUSEPORT: a binary upgrade's new process listens here before the old one is gone */
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
         bind(fd, (const struct sockaddr *)&conf->admin.addr.sa, conf->admin.addr.salen) != 0 ||
-        listen(fd, 128) != 0 || !evhttp_accept_socket_with_handle(admin.http, fd)) {
+        listen(fd, 128) != 0 || !(bound = evhttp_accept_socket_with_handle(admin.http, fd))) {
         moxy_log_err("admin: cannot listen on %s: %s", conf->admin.addr.text, strerror(errno));
         if (fd >= 0) close(fd);
         goto err;
     }
+    admin.lev = evhttp_bound_socket_get_listener(bound);
+    evconnlistener_set_error_cb(admin.lev, accept_error);
     moxy_log_info("admin listener on %s%s", conf->admin.addr.text,
                   conf->admin.token ? "" : " (no admin.token: reload, purge, drain and enable are refused)");
     return MOXY_OK;
@@ -481,6 +538,12 @@ void moxy_admin_stop(void)
 {
     if (admin.tick) event_free(admin.tick);
     admin.tick = NULL;
+    if (admin.accept_retry) event_free(admin.accept_retry);
+    admin.accept_retry = NULL;
+    admin.lev = NULL; /* freed with admin.http */
+    admin.paused_ms = 0;
+    admin.hits = 0;
+    admin.trying = 0;
     if (admin.http) evhttp_free(admin.http);
     admin.http = NULL;
 }

@@ -412,6 +412,14 @@ static void render_protocols(struct evbuffer *out, const moxy_stats_total_t *tot
     head(out, "moxy_client_connections_refused_total", "counter",
          "Client connections closed at accept past limits.connections_per_client.");
     evbuffer_add_printf(out, "moxy_client_connections_refused_total %llu\n", tot->client_refused);
+    head(out, "moxy_accept_paused_total", "counter",
+         "Times the workers stopped accepting: out of file descriptors, or at limits.connections.");
+    evbuffer_add_printf(out, "moxy_accept_paused_total{reason=\"descriptors\"} %llu\n"
+                             "moxy_accept_paused_total{reason=\"connections\"} %llu\n",
+                        tot->accept_paused[0], tot->accept_paused[1]);
+    head(out, "moxy_accept_descriptor_errors_total", "counter",
+         "Accepts that failed for want of a file descriptor (EMFILE, ENFILE).");
+    evbuffer_add_printf(out, "moxy_accept_descriptor_errors_total %llu\n", tot->accept_fd_errors);
     head(out, "moxy_client_addresses", "gauge",
          "Client addresses (IPv6: /64s) holding connections under limits.connections_per_client.");
     evbuffer_add_printf(out, "moxy_client_addresses %ld\n", moxy_conn_limit_tracked());
@@ -502,6 +510,17 @@ int moxy_metrics_render(struct evbuffer *out, moxy_worker_t *const *workers, int
     evbuffer_add_printf(out, "moxy_lua_errors_total %llu\n", tot.lua_errors);
     head(out, "moxy_lua_budget_kills_total", "counter", "Hook and timer runs stopped past lua.cpu_budget.");
     evbuffer_add_printf(out, "moxy_lua_budget_kills_total %llu\n", tot.budget_kills);
+    unsigned long long log_fail[MOXY_LOGS], log_lost[MOXY_LOGS];
+    for (int k = 0; k < MOXY_LOGS; k++) moxy_log_write_failures(k, &log_fail[k], &log_lost[k]);
+    head(out, "moxy_log_write_failures_total", "counter",
+         "Writes to a log that failed (a full disk...): their lines are dropped, not retried.");
+    evbuffer_add_printf(out, "moxy_log_write_failures_total{log=\"access\"} %llu\n"
+                             "moxy_log_write_failures_total{log=\"error\"} %llu\n",
+                        log_fail[MOXY_LOG_ACCESS], log_fail[MOXY_LOG_ERROR]);
+    head(out, "moxy_log_dropped_lines_total", "counter", "Log lines lost to failed writes.");
+    evbuffer_add_printf(out, "moxy_log_dropped_lines_total{log=\"access\"} %llu\n"
+                             "moxy_log_dropped_lines_total{log=\"error\"} %llu\n",
+                        log_lost[MOXY_LOG_ACCESS], log_lost[MOXY_LOG_ERROR]);
     head(out, "moxy_worker_loop_lag_seconds", "gauge",
          "How late each worker's one-second timer fired last: time its event loop was kept busy.");
     for (int i = 0; i < n; i++)

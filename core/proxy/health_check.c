@@ -544,9 +544,16 @@ static void round_start(health_peer_t *hp)
     hp->phase = HC_CONNECTING;
     event_add(&hp->timer, &hp->pool->timeout); /* the deadline */
     int done;
-    if (moxy_conn_connect(&hp->conn, (struct sockaddr *)&sa, salen, &done) != MOXY_OK)
-        round_failed_errno(hp, "connect", errno);
-    else if (done)
+    if (moxy_conn_connect(&hp->conn, (struct sockaddr *)&sa, salen, &done) != MOXY_OK) {
+        int err = errno;
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+            /* moxy's own shortage says nothing of the peer: the round does not count */
+            round_clean(hp);
+            schedule_next(hp);
+            return;
+        }
+        round_failed_errno(hp, "connect", err);
+    } else if (done)
         connected(hp);
     else
         watch(hp, EV_WRITE, connect_cb);

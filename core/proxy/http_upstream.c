@@ -226,12 +226,22 @@ moxy_upconn_t *moxy_origin_upconn_new(moxy_worker_t *w, int pool, int server)
     return u;
 }
 
+/* 1 when a connect failed for want of a resource of moxy's own (a
+ * descriptor, socket memory): not the origin's fault, and no other peer
+ * would do better. */
+static int local_failure(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage *sa, socklen_t salen,
-                                 int pool, int server, const char **err)
+                                 int pool, int server, const char **err, int *local)
 {
     moxy_conn_t conn;
     int connected;
+    *local = 0;
     if (moxy_conn_connect(&conn, (const struct sockaddr *)sa, salen, &connected) != MOXY_OK) {
+        *local = local_failure(errno);
         *err = strerror(errno);
         return NULL;
     }
@@ -618,7 +628,13 @@ static void try_connect(moxy_req_t *r)
     moxy_peer_t *p = try_peer(r);
     if (p && r->g->conf->upstreams[r->pool].protocol == MOXY_UP_H2) {
         const char *err = NULL;
+        errno = 0;
         if (moxy_origin_h2_try(r, p, &err) == MOXY_OK) return;
+        if (local_failure(errno)) { /* as below: not the origin's fault */
+            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s (moxy's own limit, not the origin's)", r->peer, err);
+            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            return;
+        }
         moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s", r->peer, err);
         if (!moxy_origin_try_again(r, NULL, 502, "cannot connect to origin"))
             moxy_req_upstream_failed(r, 502, "cannot connect to origin");
@@ -651,7 +667,14 @@ static void try_connect(moxy_req_t *r)
             moxy_req_upstream_failed(r, 502, "origin's name has no address");
             return;
         }
-        u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err);
+        int local;
+        u = up_connect(w, sa, salen, p ? r->pool : -1, r->server, &err, &local);
+        if (!u && local) {
+            /* moxy's own shortage: the peer is not marked failed, nor another tried */
+            moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s (moxy's own limit, not the origin's)", r->peer, err);
+            moxy_req_upstream_failed(r, 502, "cannot connect to origin");
+            return;
+        }
         if (!u) {
             /* a try to a cache.shard owner falls back, saying so once a second */
             int shard = r->shard_try;
