@@ -144,12 +144,15 @@ $(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
 # A bounded soak (tools/soak.py, docs/testing.md "Soak"): HTTP/1.1, TLS and HTTP/2
 # clients, cache hits and misses, slow and resetting clients, a reload every 5 s, the
 # origins killed and restarted; exits 1 on a crash, an fd leak, RSS past its bound or
-# an unexplained error. Not part of `make test` (it takes SOAK_S seconds). MOXY_BIN
-# picks another binary (e.g. build-asan/moxy after `make check`).
+# an unexplained error. Then tools/hostile.py at full size (docs/testing.md "Hostile
+# clients": 10,000 slowloris connections, slow readers, resets, idle TLS, with a
+# probe's p99 against quiet). Not part of `make test` (it takes SOAK_S seconds and
+# some minutes). MOXY_BIN picks another binary (e.g. build-asan/moxy after `make check`).
 SOAK_S ?= 600
 
 soak: deps moxy
 	SOAK_S=$(SOAK_S) /usr/bin/python3 tools/soak.py
+	/usr/bin/python3 tools/hostile.py
 
 # C tests of the core's functions: spec/02-core/NAME_test.c, each a program linked
 # against the core's objects that prints what failed and exits non-zero when
