@@ -359,9 +359,14 @@ class H2Client:
                 elif isinstance(ev, h2.events.StreamEnded) and s:
                     s["done"] = True
                 elif isinstance(ev, h2.events.StreamReset) and s:
-                    s["status"] = "stream_reset %s (after: status %s, %s, %d bytes of body, %d left to send)" % (
+                    try:
+                        window = self.h2.local_flow_control_window(ev.stream_id)
+                    except h2.exceptions.H2Error:
+                        window = "-"
+                    s["status"] = ("stream_reset %s (after: status %s, %s, %d bytes of body, %d left to send; "
+                                   "send windows: connection %s, stream %s)") % (
                         ev.error_code, s["status"], "ended" if s["done"] else "not ended",
-                        sum(map(len, s["data"])), len(s["to_send"]))
+                        sum(map(len, s["data"])), len(s["to_send"]), self.h2.outbound_flow_control_window, window)
                     s["done"] = True
                 elif isinstance(ev, h2.events.ConnectionTerminated):
                     if ev.error_code != 0:
