@@ -614,6 +614,27 @@ int moxy_origin_try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const cha
     return 1;
 }
 
+/* Arm u's read event with the timeout tv, or with none (tv NULL).  For
+ * none, libevent must forget the timeout it was given before (the connect's,
+ * or the idle pool's keepalive_timeout): event_add(ev, NULL) leaves a pending
+ * one in place, and a persistent event re-arms the last timeout it was
+ * given at each read it wakes for -- which cut a request whose body was
+ * still coming at that old deadline.  event_assign clears it. */
+static void up_arm_read(moxy_upconn_t *u, const struct timeval *tv)
+{
+    if (!tv) {
+        struct event_base *base;
+        evutil_socket_t fd;
+        short what;
+        event_callback_fn cb;
+        void *arg;
+        event_del(&u->rev);
+        event_get_assignment(&u->rev, &base, &fd, &what, &cb, &arg);
+        event_assign(&u->rev, base, fd, what, cb, arg);
+    }
+    event_add(&u->rev, tv);
+}
+
 static void try_connect(moxy_req_t *r)
 {
     moxy_worker_t *w = r->w;
@@ -702,7 +723,7 @@ static void try_connect(moxy_req_t *r)
     /* The read timeout starts once the whole request is sent (as nginx's
      * proxy_read_timeout); until then the client's body timeout rules. */
     u->read_timer = r->body_done;
-    event_add(&u->rev, u->read_timer ? r->g->ctv_upstream : NULL);
+    up_arm_read(u, u->read_timer ? r->g->ctv_upstream : NULL);
     u->reading = 1;
     if (u->connected) {
         moxy_upstream_send(u);
@@ -834,8 +855,9 @@ void moxy_origin_tls_step(moxy_upconn_t *u)
         event_del(&u->wev);
         u->writing = 0;
     }
-    /* the read timeout starts once the request is sent (try_connect's rule) */
-    event_add(&u->rev, u->read_timer ? u->g->ctv_upstream : NULL);
+    /* the read timeout starts once the request is sent (try_connect's rule);
+     * the handshake's timeout ends here */
+    up_arm_read(u, u->read_timer ? u->g->ctv_upstream : NULL);
     moxy_upstream_send(u);
 }
 

@@ -168,6 +168,22 @@ describe("keep-alive", function()
       end
     end)
 
+    it("gives a reused origin connection no deadline of its idle time: a slow body is not cut", function()
+      -- libevent keeps an event's pending timeout when event_add gets none: the idle
+      -- connection's keepalive_timeout followed it into use and, while the request body
+      -- was still coming (the read timeout starts after it), cut the request at the idle
+      -- deadline with 504 "origin read timed out" (found by tools/reloads.py)
+      local c1 = echo(helpers.request(p_short, { path = "/echo?slow=1" })).conn
+      local head = "POST /echo?slow=2 HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+      local text = helpers.raw(p_short, { head .. "12345", "67890" }, { delay = 0.6, timeout = 5 * helpers.scale })
+      local res = helpers.parse_responses(text, { "POST" })[1]
+      assert(res, "no response: " .. text)
+      assert.equal(200, res.status, text)
+      local doc = echo(res)
+      assert.equal(c1, doc.conn, "the origin connection was not reused: the case is not tested")
+      assert.equal(10, doc.body_length)
+    end)
+
     it("drops idle origin connections after keepalive_timeout", function()
       local c1 = echo(helpers.request(p_short, { path = "/echo?kt=1" })).conn
       local c2 = echo(helpers.request(p_short, { path = "/echo?kt=2" })).conn

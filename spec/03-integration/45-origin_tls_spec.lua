@@ -233,3 +233,37 @@ describe("TLS to origins, session resumption", function()
     assert.equal("TLSv1.2 true", via("v12", "/echo/d3"))
   end)
 end)
+
+describe("TLS to origins, a request body slower than the handshake's timeout", function()
+  -- the handshake arms the read event with timeouts.connect; after it, event_add with
+  -- no timeout (the read timeout starts once the body is sent) kept that one pending:
+  -- a body still coming timeouts.connect after the handshake got 504 "origin read timed out"
+  local dir, m
+
+  lazy_setup(function()
+    dir = helpers.tmpdir("otls-slow")
+    helpers.make_cert(dir, "o", "ec", "origin.test", { "origin.test" })
+    local origin = helpers.start_origin()
+    local fp = helpers.free_port()
+    helpers.start_moxy({
+      upstreams = { app = { servers = { origin.addr } } },
+      listen = { { addr = "127.0.0.1:" .. fp, tls = { certificates = { { cert = dir .. "/o.pem", key = dir .. "/o.key" } } } } },
+    })
+    m = helpers.start_moxy({
+      upstreams = { tls = { servers = { "127.0.0.1:" .. fp }, keepalive = 0,
+                            tls = { ca = dir .. "/o.pem", name = "origin.test" } } },
+      timeouts = { connect = "400ms" },
+    })
+  end)
+
+  lazy_teardown(function() helpers.stop_all() end)
+
+  it("is not cut at the handshake's timeout", function()
+    local head = "POST /echo/slow-tls HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+    local text = helpers.raw(m.port, { head .. "12345", "67890" }, { delay = 1.0, timeout = 5 * S })
+    local res = helpers.parse_responses(text, { "POST" })[1]
+    assert(res, "no response: " .. text)
+    assert.equal(200, res.status, text .. m:stderr())
+    assert.equal(10, helpers.echo(res).body_length)
+  end)
+end)
