@@ -146,13 +146,17 @@ $(BUILD)/%_fuzz: fuzz/%_fuzz.c fuzz/fuzz.h $(BUILD)/libmoxy.a
 # origins killed and restarted; exits 1 on a crash, an fd leak, RSS past its bound or
 # an unexplained error. Then tools/hostile.py at full size (docs/testing.md "Hostile
 # clients": 10,000 slowloris connections, slow readers, resets, idle TLS, with a
-# probe's p99 against quiet). Not part of `make test` (it takes SOAK_S seconds and
+# probe's p99 against quiet), and tools/reloads.py (docs/testing.md "Reloads under
+# load": RELOADS reloads, then 3 binary upgrades, under load: 0 failed requests, flat
+# memory, no fd leak). Not part of `make test` (it takes SOAK_S seconds and
 # some minutes). MOXY_BIN picks another binary (e.g. build-asan/moxy after `make check`).
 SOAK_S ?= 600
+RELOADS ?= 1000
 
 soak: deps moxy
 	SOAK_S=$(SOAK_S) /usr/bin/python3 tools/soak.py
 	/usr/bin/python3 tools/hostile.py
+	/usr/bin/python3 tools/reloads.py --reloads $(RELOADS) --upgrade 3
 
 # C tests of the core's functions: spec/02-core/NAME_test.c, each a program linked
 # against the core's objects that prints what failed and exits non-zero when
