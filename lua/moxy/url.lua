@@ -14,7 +14,7 @@ local M = {}
 
 local type, error, tostring, tonumber, floor = type, error, tostring, tonumber, math.floor
 local find, sub, match, lower, byte = string.find, string.sub, string.match, string.lower, string.byte
-local concat, remove = table.concat, table.remove
+local concat = table.concat
 
 --- url.parse(s) -> { scheme, userinfo, host, port, path, query, fragment }, or
 -- nil, err.  Relative references parse too (scheme and host nil).  scheme is
@@ -130,32 +130,37 @@ end
 local build = M.build
 
 --- url.remove_dot_segments(path) -> path without "." and ".." segments (RFC 3986 5.2.4).
+-- The RFC's loop, with a position in the input instead of a shorter copy of it
+-- at each step: linear in the path (a path is what a client sends).
 local function remove_dot_segments(input)
-  local out = {}
-  while input ~= "" do
-    if sub(input, 1, 3) == "../" then
-      input = sub(input, 4)
-    elseif sub(input, 1, 2) == "./" then
-      input = sub(input, 3)
-    elseif sub(input, 1, 3) == "/./" then
-      input = sub(input, 3)
-    elseif input == "/." then
-      input = "/"
-    elseif sub(input, 1, 4) == "/../" then
-      input = sub(input, 4)
-      remove(out)
-    elseif input == "/.." then
-      input = "/"
-      remove(out)
-    elseif input == "." or input == ".." then
-      input = ""
+  local out, n, i, len = {}, 0, 1, #input
+  while i <= len do
+    local c3 = sub(input, i, i + 2)
+    if c3 == "../" then
+      i = i + 3
+    elseif sub(c3, 1, 2) == "./" then
+      i = i + 2
+    elseif c3 == "/./" then
+      i = i + 2 -- the input goes on with its "/"
+    elseif c3 == "/.." and (i + 3 > len or byte(input, i + 3) == 47) then
+      if n > 0 then out[n] = nil; n = n - 1 end
+      if i + 3 > len then -- "/.." at the end: the input becomes "/"
+        n = n + 1; out[n] = "/"
+        break
+      end
+      i = i + 3 -- "/../": the input goes on with its "/"
+    elseif c3 == "/." and i + 1 == len then -- "/." at the end: the input becomes "/"
+      n = n + 1; out[n] = "/"
+      break
+    elseif i == len and c3 == "." or i + 1 == len and c3 == ".." then
+      break
     else
-      local seg = match(input, "^/?[^/]*")
-      out[#out + 1] = seg
-      input = sub(input, #seg + 1)
+      local _, e = find(input, "^/?[^/]*", i)
+      n = n + 1; out[n] = sub(input, i, e)
+      i = e + 1
     end
   end
-  return concat(out)
+  return concat(out, "", 1, n)
 end
 M.remove_dot_segments = remove_dot_segments
 
