@@ -5,6 +5,7 @@
 #ifndef MOXY_H
 #define MOXY_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -71,6 +72,14 @@ static inline int moxy_strieq_lit(const char *p, size_t n, const char *lit, size
 static inline int moxy_str_same(const char *a, const char *b)
 {
     return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* 1 when a socket call (accept, socket, connect) failed for want of a
+ * resource of moxy's own -- a descriptor, socket memory -- rather than for
+ * anything of the peer's: errno EMFILE, ENFILE, ENOBUFS or ENOMEM. */
+static inline int moxy_errno_own_shortage(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
 }
 
 /* Seconds (a configuration duration) as a struct timeval. */

@@ -114,7 +114,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) return;
             /* out of descriptors, or of socket memory: the listener stays
              * readable, so retrying at once would spin */
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            if (moxy_errno_own_shortage(errno)) {
                 accept_out_of_fds(w, errno);
                 return;
             }

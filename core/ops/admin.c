@@ -70,7 +70,7 @@ static void accept_error(struct evconnlistener *lev, void *arg)
 {
     MOXY_UNUSED(arg);
     int err = EVUTIL_SOCKET_ERROR();
-    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+    if (!moxy_errno_own_shortage(err)) {
         moxy_log_err("admin: accept: %s", strerror(err)); /* that connection is gone; the next may come */
         return;
     }

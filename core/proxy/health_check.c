@@ -546,7 +546,7 @@ static void round_start(health_peer_t *hp)
     int done;
     if (moxy_conn_connect(&hp->conn, (struct sockaddr *)&sa, salen, &done) != MOXY_OK) {
         int err = errno;
-        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        if (moxy_errno_own_shortage(err)) {
             /* moxy's own shortage says nothing of the peer: the round does not count */
             round_clean(hp);
             schedule_next(hp);

@@ -226,14 +226,6 @@ moxy_upconn_t *moxy_origin_upconn_new(moxy_worker_t *w, int pool, int server)
     return u;
 }
 
-/* 1 when a connect failed for want of a resource of moxy's own (a
- * descriptor, socket memory): not the origin's fault, and no other peer
- * would do better. */
-static int local_failure(int err)
-{
-    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
-}
-
 static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage *sa, socklen_t salen,
                                  int pool, int server, const char **err, int *local)
 {
@@ -241,7 +233,8 @@ static moxy_upconn_t *up_connect(moxy_worker_t *w, const struct sockaddr_storage
     int connected;
     *local = 0;
     if (moxy_conn_connect(&conn, (const struct sockaddr *)sa, salen, &connected) != MOXY_OK) {
-        *local = local_failure(errno);
+        /* moxy's own shortage: not the origin's fault, no other peer would do better */
+        *local = moxy_errno_own_shortage(errno);
         *err = strerror(errno);
         return NULL;
     }
@@ -572,6 +565,12 @@ static int retry_allowed(moxy_req_t *r, const char *why)
     return 1;
 }
 
+/* r's body (none, or read whole) can go again on another connection. */
+static int body_resendable(const moxy_req_t *r)
+{
+    return r->body_kind == MOXY_BODY_NONE || r->body_buffered;
+}
+
 /* This try of r failed (u: its connection, or NULL) before any response
  * byte reached the client; status is what the client gets if no other try
  * follows.  A reused keep-alive connection that the origin closed (or
@@ -587,7 +586,7 @@ static int retry_allowed(moxy_req_t *r, const char *why)
 int moxy_origin_try_again(moxy_req_t *r, moxy_upconn_t *u, int status, const char *why)
 {
     if (u && u->reused && u->eof && !u->got_bytes && !r->fresh_conn && r->tries == 1 &&
-        (r->retryable || u->h2) && (r->body_kind == MOXY_BODY_NONE || r->body_buffered)) {
+        (r->retryable || u->h2) && body_resendable(r)) {
         r->up = NULL;
         u->req = NULL;
         moxy_upconn_close(u);
@@ -651,7 +650,7 @@ static void try_connect(moxy_req_t *r)
         const char *err = NULL;
         errno = 0;
         if (moxy_origin_h2_try(r, p, &err) == MOXY_OK) return;
-        if (local_failure(errno)) { /* as below: not the origin's fault */
+        if (moxy_errno_own_shortage(errno)) { /* as below: not the origin's fault */
             moxy_log(MOXY_LOG_ERR, r->id, "connect to %s: %s (moxy's own limit, not the origin's)", r->peer, err);
             moxy_req_upstream_failed(r, 502, "cannot connect to origin");
             return;
@@ -665,12 +664,16 @@ static void try_connect(moxy_req_t *r)
     unsigned gen = p ? atomic_load_explicit(&p->addr_gen, memory_order_relaxed) : 0;
     moxy_pool_rt_t *rt = p ? &r->g->pools[r->pool] : NULL;
     while (rt && r->tries == 1 && !r->fresh_conn && (u = idle_take(rt, r->server))) {
-        /* Not one whose name resolves elsewhere now, nor one the origin
-         * closed (or sent to) since the idle event last looked: its FIN
-         * may wait in the event loop's turn that brought this request.
-         * One recv() that finds nothing, against a request sent into a
-         * closing connection (a POST there cannot go again). */
-        if (u->addr_gen == gen && !moxy_conn_idle_readable(&u->conn)) break;
+        /* Not one whose name resolves elsewhere now, nor, for a request
+         * that could not go again (a POST), one the origin closed (or sent
+         * to) since the idle event last looked: its FIN may wait in the
+         * event loop's turn that brought this request.  One recv() that
+         * finds nothing; a retryable request without a body skips it (it
+         * goes again on its own, moxy_origin_try_again): no syscall per
+         * request on the common path. */
+        if (u->addr_gen == gen &&
+            ((r->retryable && body_resendable(r)) || !moxy_conn_idle_readable(&u->conn)))
+            break;
         moxy_upconn_close(u);
         u = NULL;
     }
